@@ -56,7 +56,8 @@ impl TopicName {
         Ok(TopicName(Arc::from(s)))
     }
 
-    pub(crate) fn empty() -> Self {
+    /// The empty name sent in a v5 PUBLISH whose topic is carried by a Topic Alias.
+    pub fn alias_placeholder() -> Self {
         TopicName(Arc::from(""))
     }
 

@@ -46,7 +46,7 @@ impl Publish {
                 return Err(DecodeError::Protocol("empty topic name without a topic alias"));
                 // [MQTT-4.7.3-1]
             }
-            TopicName::empty()
+            TopicName::alias_placeholder()
         } else {
             TopicName::new(&topic).map_err(super::name_error)?
         };

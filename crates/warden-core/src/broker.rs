@@ -1,0 +1,530 @@
+//! The shared broker: client-id registry (with identity binding and takeover), publish
+//! routing, retained messages, wills, session expiry and `$SYS`.
+//!
+//! Lock order (never taken the other way round): `sessions` registry → a session's state →
+//! `subs` / `retained`. Routing never holds the trie lock while it locks a session.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::{Bytes, BytesMut};
+use mqtt_codec::{
+    Connack, Connect, LastWill, Packet, Properties, Protocol, QoS, ReasonCode, SubscriptionOptions, TopicFilter,
+    TopicName,
+};
+use parking_lot::{Mutex, RwLock};
+use warden_policy::{Action, Authorizer, Principal};
+
+use crate::config::BrokerConfig;
+use crate::connection::Connection;
+use crate::message::Message;
+use crate::retained::RetainedStore;
+use crate::session::{ConnLink, Delivery, Enqueued, PendingWill, Session};
+use crate::trie::{SubEntry, SubTrie, Target};
+use crate::Wake;
+
+/// Counters exported as `$SYS` topics and metrics.
+#[derive(Debug, Default)]
+pub struct Stats {
+    /// Connections currently attached to sessions.
+    pub clients_connected: AtomicU64,
+    /// CONNECTs accepted since start.
+    pub connections_total: AtomicU64,
+    /// CONNECTs refused since start.
+    pub connections_refused: AtomicU64,
+    /// PUBLISH packets received from clients.
+    pub messages_received: AtomicU64,
+    /// PUBLISH packets sent to clients.
+    pub messages_sent: AtomicU64,
+    /// Deliveries dropped because a session queue was full.
+    pub messages_dropped: AtomicU64,
+    /// Operations refused by authorization.
+    pub denied: AtomicU64,
+}
+
+fn inc(c: &AtomicU64) {
+    c.fetch_add(1, Ordering::Relaxed);
+}
+
+/// Why a CONNECT was refused (the v5 reason code; v3 clients get the mapped return code).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ConnectError(pub ReasonCode);
+
+/// The broker state shared by all connections.
+pub struct Broker {
+    /// Limits.
+    pub config: BrokerConfig,
+    /// Counters.
+    pub stats: Stats,
+    sessions: Mutex<HashMap<Arc<str>, Arc<Session>>>,
+    /// Disconnected sessions that will expire or have a delayed will.
+    expiring: Mutex<HashMap<u64, Arc<Session>>>,
+    subs: RwLock<SubTrie>,
+    retained: RwLock<RetainedStore>,
+    authorizer: RwLock<Arc<dyn Authorizer>>,
+    next_id: AtomicU64,
+    started: Instant,
+}
+
+/// Version string published in `$SYS/broker/version`.
+pub const VERSION: &str = concat!("warden ", env!("CARGO_PKG_VERSION"));
+
+impl Broker {
+    /// A broker with these limits and this authorization policy.
+    pub fn new(config: BrokerConfig, authorizer: Arc<dyn Authorizer>, now: Instant) -> Arc<Broker> {
+        Arc::new(Broker {
+            config,
+            stats: Stats::default(),
+            sessions: Mutex::new(HashMap::new()),
+            expiring: Mutex::new(HashMap::new()),
+            subs: RwLock::new(SubTrie::default()),
+            retained: RwLock::new(RetainedStore::default()),
+            authorizer: RwLock::new(authorizer),
+            next_id: AtomicU64::new(1),
+            started: now,
+        })
+    }
+
+    /// The authorization policy in force.
+    pub fn authorizer(&self) -> Arc<dyn Authorizer> {
+        self.authorizer.read().clone()
+    }
+
+    /// Swap the authorization policy (takes effect for the next decision).
+    pub fn set_authorizer(&self, a: Arc<dyn Authorizer>) {
+        *self.authorizer.write() = a;
+    }
+
+    fn next_id(&self) -> u64 {
+        self.next_id.fetch_add(1, Ordering::Relaxed)
+    }
+
+    /// Number of sessions (connected or not).
+    pub fn session_count(&self) -> usize {
+        self.sessions.lock().len()
+    }
+
+    /// Number of retained messages.
+    pub fn retained_count(&self) -> usize {
+        self.retained.read().len()
+    }
+
+    /// Number of subscriptions.
+    pub fn subscription_count(&self) -> usize {
+        self.subs.read().len()
+    }
+
+    /// Accept an authenticated CONNECT: bind the client id to `principal`, create, resume or
+    /// take over the session, and write the CONNACK to `out`. On refusal the refusing CONNACK
+    /// is written to `out` and nothing else changes: no session is touched, no will is sent.
+    pub fn connect(
+        self: &Arc<Self>,
+        connect: Connect,
+        principal: Principal,
+        waker: Arc<dyn Wake>,
+        now: Instant,
+        out: &mut BytesMut,
+    ) -> Result<Connection, ConnectError> {
+        let v = connect.protocol;
+        let refuse = |code: ReasonCode, out: &mut BytesMut| {
+            inc(&self.stats.connections_refused);
+            write_connack(v, false, code, Properties::default(), out);
+            Err(ConnectError(code))
+        };
+        if connect.properties.authentication_method.is_some() {
+            // No enhanced authentication method is offered yet [MQTT-4.12.0-1].
+            return refuse(ReasonCode::BAD_AUTHENTICATION_METHOD, out);
+        }
+        let mut props = Properties::default();
+        let client_id: Arc<str> = if connect.client_id.is_empty() {
+            if v != Protocol::V5 && (!connect.clean_start || v == Protocol::V31) {
+                return refuse(ReasonCode::CLIENT_IDENTIFIER_NOT_VALID, out); // [MQTT-3.1.3-8]
+            }
+            let id = format!("warden-{:016x}", rand_u64(self.next_id()));
+            if v == Protocol::V5 {
+                props.assigned_client_identifier = Some(id.clone()); // [MQTT-3.2.2-16]
+            }
+            Arc::from(id)
+        } else {
+            Arc::from(connect.client_id.as_str())
+        };
+        if let Some(w) = &connect.will {
+            let d = self.authorizer().authorize(
+                &principal,
+                &client_id,
+                Action::Publish { qos: w.qos as u8, retain: w.retain },
+                w.topic.as_str(),
+            );
+            if !d.is_allowed() {
+                inc(&self.stats.denied);
+                return refuse(ReasonCode::NOT_AUTHORIZED, out);
+            }
+        }
+        let cfg = &self.config;
+        let requested_expiry = if v == Protocol::V5 {
+            connect.properties.session_expiry_interval.unwrap_or(0)
+        } else if connect.clean_start {
+            0
+        } else {
+            u32::MAX
+        };
+        let expiry = requested_expiry.min(cfg.max_session_expiry);
+        if v == Protocol::V5 && expiry != requested_expiry {
+            props.session_expiry_interval = Some(expiry);
+        }
+        let mut keep_alive = connect.keep_alive;
+        if v == Protocol::V5 && (keep_alive == 0 || keep_alive > cfg.max_keep_alive) && cfg.max_keep_alive < u16::MAX {
+            keep_alive = cfg.max_keep_alive;
+            props.server_keep_alive = Some(keep_alive); // [MQTT-3.2.2-21]
+        }
+        if v == Protocol::V5 {
+            props.receive_maximum = (cfg.receive_maximum != u16::MAX).then_some(cfg.receive_maximum);
+            props.maximum_packet_size = Some(cfg.max_packet_size);
+            props.topic_alias_maximum = (cfg.topic_alias_maximum > 0).then_some(cfg.topic_alias_maximum);
+        }
+
+        let generation = self.next_id();
+        let link = ConnLink { generation, waker };
+        let mut wills_to_send = Vec::new();
+        let (session, session_present, old_waker) = {
+            let mut reg = self.sessions.lock();
+            let existing = reg.get(&client_id).filter(|s| !s.is_ended()).cloned();
+            if let Some(s) = &existing {
+                if !s.owner.same_identity(&principal) {
+                    // SPEC §3: a client id belongs to the principal that holds its session.
+                    drop(reg);
+                    return refuse(ReasonCode::NOT_AUTHORIZED, out);
+                }
+            }
+            match existing {
+                Some(s) if !connect.clean_start => {
+                    let mut st = s.state.lock();
+                    let old = st.conn.replace(link);
+                    st.disconnected_at = None;
+                    // A new connection before the will delay passed cancels the will [MQTT-3.1.3-9].
+                    st.pending_will = None;
+                    st.expiry_interval = expiry;
+                    drop(st);
+                    s.set_connected(true);
+                    (s, true, old.map(|l| l.waker))
+                }
+                existing => {
+                    let mut old_waker = None;
+                    if let Some(old) = existing {
+                        let (waker, will) = self.end_session_locked(&old);
+                        old_waker = waker;
+                        wills_to_send.extend(will.map(|w| (old.clone(), w)));
+                    }
+                    let s = Arc::new(Session::new(self.next_id(), client_id.clone(), principal.clone(), expiry));
+                    s.state.lock().conn = Some(link);
+                    s.set_connected(true);
+                    reg.insert(client_id.clone(), s.clone());
+                    (s, false, old_waker)
+                }
+            }
+        };
+        if let Some(w) = old_waker {
+            // The old connection sees its generation replaced and closes with 0x8E [MQTT-3.1.4-3].
+            w.wake();
+        } else {
+            inc_gauge(&self.stats.clients_connected, 1);
+        }
+        for (s, w) in wills_to_send {
+            self.publish_will(&s, w, now);
+        }
+        inc(&self.stats.connections_total);
+        write_connack(v, session_present, ReasonCode::SUCCESS, props, out);
+        Ok(Connection::new(
+            self.clone(),
+            session,
+            generation,
+            connect,
+            client_id,
+            principal,
+            keep_alive,
+            session_present,
+        ))
+    }
+
+    /// Mark a session ended and drop its subscriptions; returns the waker of its live
+    /// connection (to be told it was taken over) and its pending will.
+    fn end_session_locked(&self, s: &Arc<Session>) -> (Option<Arc<dyn Wake>>, Option<LastWill>) {
+        let (conn, filters, will) = {
+            let mut st = s.state.lock();
+            s.set_ended();
+            s.set_connected(false);
+            let filters: Vec<_> = st.subscriptions.drain().map(|(_, sub)| sub.filter).collect();
+            st.queue.clear();
+            st.queued_bytes = 0;
+            st.inflight.clear();
+            (st.conn.take(), filters, st.pending_will.take().map(|p| p.will))
+        };
+        if !filters.is_empty() {
+            let mut trie = self.subs.write();
+            for f in filters {
+                trie.remove(f.shared().map(|(g, _)| g), f.match_filter(), s.id);
+            }
+        }
+        self.expiring.lock().remove(&s.id);
+        (conn.map(|c| c.waker), will)
+    }
+
+    /// A connection ended. `will` is the will to publish (None after a normal DISCONNECT).
+    pub(crate) fn disconnected(&self, s: &Arc<Session>, generation: u64, will: Option<LastWill>, now: Instant) {
+        let mut st = s.state.lock();
+        let ours = st.conn.as_ref().is_some_and(|c| c.generation == generation);
+        if !ours {
+            // Taken over (or the session ended): publish the will only if it was not delayed.
+            drop(st);
+            if let Some(w) = will {
+                if will_delay(&w) == 0 {
+                    self.publish_will(s, w, now);
+                }
+            }
+            return;
+        }
+        st.conn = None;
+        s.set_connected(false);
+        inc_gauge(&self.stats.clients_connected, -1);
+        st.disconnected_at = Some(now);
+        if st.expiry_interval == 0 {
+            drop(st);
+            {
+                let mut reg = self.sessions.lock();
+                if reg.get(&s.client_id).is_some_and(|r| r.id == s.id) {
+                    reg.remove(&s.client_id);
+                }
+                // Ending under the registry lock: a concurrent CONNECT either attached first
+                // (then `conn` is set and we would not be here) or sees the session ended.
+                self.end_session_locked(s);
+            }
+            if let Some(w) = will {
+                self.publish_will(s, w, now);
+            }
+            return;
+        }
+        let mut publish_now = None;
+        if let Some(w) = will {
+            let delay = will_delay(&w).min(st.expiry_interval);
+            if delay == 0 {
+                publish_now = Some(w);
+            } else {
+                st.pending_will = Some(PendingWill { will: w, due: now + Duration::from_secs(u64::from(delay)) });
+            }
+        }
+        drop(st);
+        self.expiring.lock().insert(s.id, s.clone());
+        if let Some(w) = publish_now {
+            self.publish_will(s, w, now);
+        }
+    }
+
+    /// Housekeeping: publish due wills and end expired sessions. Call about once a second.
+    pub fn tick(&self, now: Instant) {
+        let candidates: Vec<Arc<Session>> = self.expiring.lock().values().cloned().collect();
+        for s in candidates {
+            let mut st = s.state.lock();
+            if st.conn.is_some() || s.is_ended() {
+                drop(st);
+                self.expiring.lock().remove(&s.id);
+                continue;
+            }
+            let will_due = st.pending_will.as_ref().is_some_and(|p| now >= p.due);
+            let will = if will_due { st.pending_will.take().map(|p| p.will) } else { None };
+            let expired = st.expiry_interval != u32::MAX
+                && st.disconnected_at.is_some_and(|d| {
+                    now.saturating_duration_since(d) >= Duration::from_secs(u64::from(st.expiry_interval))
+                });
+            drop(st);
+            if let Some(w) = will {
+                self.publish_will(&s, w, now);
+            }
+            if expired {
+                let will = {
+                    let mut reg = self.sessions.lock();
+                    if s.state.lock().conn.is_some() {
+                        continue; // reconnected meanwhile
+                    }
+                    if reg.get(&s.client_id).is_some_and(|r| r.id == s.id) {
+                        reg.remove(&s.client_id);
+                    }
+                    self.end_session_locked(&s).1
+                };
+                // The session ended before the will delay passed: publish it now [MQTT-3.1.3-9].
+                if let Some(w) = will {
+                    self.publish_will(&s, w, now);
+                }
+            }
+        }
+    }
+
+    /// Publish `s`'s will, if its owner may still publish there.
+    fn publish_will(&self, s: &Session, w: LastWill, now: Instant) {
+        let d = self.authorizer().authorize(
+            &s.owner,
+            &s.client_id,
+            Action::Publish { qos: w.qos as u8, retain: w.retain },
+            w.topic.as_str(),
+        );
+        if !d.is_allowed() {
+            inc(&self.stats.denied);
+            return;
+        }
+        let expires_at = w.properties.message_expiry_interval.map(|e| now + Duration::from_secs(u64::from(e)));
+        self.route(Arc::new(Message {
+            topic: w.topic,
+            payload: w.payload,
+            qos: w.qos,
+            retain: w.retain,
+            properties: Message::forwarded_properties(w.properties),
+            expires_at,
+            origin: None,
+        }));
+    }
+
+    /// Route a message: store it if retained, then queue it for every matching subscription
+    /// (one delivery per session at the highest matching QoS, carrying every matching
+    /// subscription identifier [MQTT-3.3.4-2/3]; one member per shared group). Returns the
+    /// number of deliveries queued.
+    pub fn route(&self, msg: Arc<Message>) -> usize {
+        if msg.retain {
+            self.retained.write().set(msg.clone());
+        }
+        let mut targets: Vec<Target> = Vec::new();
+        self.subs.read().matches(msg.topic.as_str(), &mut targets);
+        if targets.is_empty() {
+            return 0;
+        }
+        // No Local: never send a client its own publication [MQTT-3.8.3-3].
+        targets.retain(|t| !(t.options.no_local && msg.origin == Some(t.session.id)));
+        if targets.len() > 1 {
+            targets.sort_unstable_by_key(|t| (t.session.id, t.shared));
+        }
+        let authz = self.authorizer();
+        let mut queued = 0;
+        let mut i = 0;
+        while i < targets.len() {
+            let t = &targets[i];
+            let mut qos = t.options.qos;
+            let mut rap = t.options.retain_as_published;
+            let mut ids: Vec<u32> = t.id.into_iter().collect();
+            let mut j = i + 1;
+            if !t.shared {
+                while j < targets.len() && targets[j].session.id == t.session.id && !targets[j].shared {
+                    qos = qos.max(targets[j].options.qos);
+                    rap |= targets[j].options.retain_as_published;
+                    ids.extend(targets[j].id);
+                    j += 1;
+                }
+            }
+            let s = &t.session;
+            i = j;
+            if !authz.authorize(&s.owner, &s.client_id, Action::Receive, msg.topic.as_str()).is_allowed() {
+                inc(&self.stats.denied);
+                continue;
+            }
+            let d = Delivery { msg: msg.clone(), qos: qos.min(msg.qos), retain: rap && msg.retain, sub_ids: ids };
+            match s.enqueue(d, self.config.max_queued_messages, self.config.max_queued_bytes) {
+                Enqueued::Queued => queued += 1,
+                Enqueued::Dropped => inc(&self.stats.messages_dropped),
+                Enqueued::SkippedOffline => {}
+            }
+        }
+        queued
+    }
+
+    /// Add or replace a subscription; returns true when it already existed.
+    pub(crate) fn subscribe(
+        &self,
+        s: &Arc<Session>,
+        filter: &TopicFilter,
+        options: SubscriptionOptions,
+        id: Option<u32>,
+    ) -> bool {
+        let entry = SubEntry { session: s.clone(), options, id };
+        let group = filter.shared().map(|(g, _)| g);
+        self.subs.write().insert(group, filter.match_filter(), entry);
+        let mut st = s.state.lock();
+        st.subscriptions
+            .insert(Arc::from(filter.as_str()), crate::session::Subscription { filter: filter.clone(), options, id })
+            .is_some()
+    }
+
+    /// Remove a subscription; returns true when it existed.
+    pub(crate) fn unsubscribe(&self, s: &Arc<Session>, filter: &TopicFilter) -> bool {
+        let existed = s.state.lock().subscriptions.remove(filter.as_str()).is_some();
+        if existed {
+            self.subs.write().remove(filter.shared().map(|(g, _)| g), filter.match_filter(), s.id);
+        }
+        existed
+    }
+
+    /// Retained messages matching a (non-shared) filter.
+    pub(crate) fn retained_matching(&self, filter: &str) -> Vec<Arc<Message>> {
+        let mut out = Vec::new();
+        self.retained.read().matching(filter, &mut out);
+        out
+    }
+
+    /// Publish the `$SYS/broker/...` topics (retained), as Mosquitto does.
+    pub fn publish_sys(&self, now: Instant) {
+        let st = &self.stats;
+        let load = |c: &AtomicU64| c.load(Ordering::Relaxed).to_string();
+        let topics: [(&str, String); 10] = [
+            ("$SYS/broker/version", VERSION.to_string()),
+            ("$SYS/broker/uptime", format!("{} seconds", now.saturating_duration_since(self.started).as_secs())),
+            ("$SYS/broker/clients/connected", load(&st.clients_connected)),
+            ("$SYS/broker/clients/total", self.session_count().to_string()),
+            ("$SYS/broker/connections/total", load(&st.connections_total)),
+            ("$SYS/broker/messages/received", load(&st.messages_received)),
+            ("$SYS/broker/messages/sent", load(&st.messages_sent)),
+            ("$SYS/broker/messages/dropped", load(&st.messages_dropped)),
+            ("$SYS/broker/subscriptions/count", self.subscription_count().to_string()),
+            ("$SYS/broker/retained messages/count", self.retained_count().to_string()),
+        ];
+        for (t, v) in topics {
+            let Ok(topic) = TopicName::new(t) else { continue };
+            self.route(Arc::new(Message {
+                topic,
+                payload: Bytes::from(v),
+                qos: QoS::AtMostOnce,
+                retain: true,
+                properties: Properties::default(),
+                expires_at: None,
+                origin: None,
+            }));
+        }
+    }
+}
+
+fn will_delay(w: &LastWill) -> u32 {
+    w.properties.will_delay_interval.unwrap_or(0)
+}
+
+fn inc_gauge(c: &AtomicU64, delta: i64) {
+    if delta >= 0 {
+        c.fetch_add(delta as u64, Ordering::Relaxed);
+    } else {
+        let _ = c.fetch_update(Ordering::Relaxed, Ordering::Relaxed, |v| Some(v.saturating_sub(delta.unsigned_abs())));
+    }
+}
+
+/// Write a CONNACK for protocol `v` (v3 return codes are mapped from the v5 reason code).
+pub fn write_connack(v: Protocol, session_present: bool, code: ReasonCode, properties: Properties, out: &mut BytesMut) {
+    let reason_code = if v == Protocol::V5 { code } else { code.to_v3_connack() };
+    // A refused CONNECT never has session present set [MQTT-3.2.2-6].
+    let session_present = session_present && code.is_success();
+    Packet::Connack(Connack { session_present, reason_code, properties }).encode(v, out);
+}
+
+/// A cheap, non-cryptographic mix for assigned client ids (uniqueness comes from the counter).
+fn rand_u64(seed: u64) -> u64 {
+    let t = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_nanos() as u64);
+    let mut x = seed ^ t.rotate_left(17) ^ 0x9E37_79B9_7F4A_7C15;
+    x ^= x >> 33;
+    x = x.wrapping_mul(0xff51_afd7_ed55_8ccd);
+    x ^= x >> 33;
+    x
+}

@@ -1,0 +1,478 @@
+//! One client connection's MQTT state machine, after a successful CONNECT.
+//!
+//! Inputs: [`Connection::handle`] for each decoded inbound packet, [`Connection::pull`] when
+//! the session's queue has something (the shell is woken through [`crate::Wake`]).
+//! Outputs: encoded packets appended to the caller's write buffer. A returned [`Close`]
+//! means the connection must be closed once the buffer is flushed; any v5 DISCONNECT that
+//! the specification asks for has already been written. Finally the shell calls
+//! [`Connection::closed`] exactly once.
+
+use std::collections::HashMap;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::BytesMut;
+use mqtt_codec::{
+    Connect, DecodeError, Disconnect, LastWill, Packet, Properties, Protocol, PubAck, Publish, QoS, ReasonCode,
+    RetainHandling, SubAck, Subscribe, TopicName, UnsubAck, Unsubscribe,
+};
+use warden_policy::{Action, Decision, Principal};
+
+use crate::broker::Broker;
+use crate::message::Message;
+use crate::session::{Delivery, Inflight, OutStage, Session};
+
+/// Why (and how) a connection ends.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Close {
+    /// The reason (sent in a v5 DISCONNECT when the server closes).
+    pub reason: ReasonCode,
+    /// Publish the will (anything but a normal DISCONNECT from the client).
+    pub publish_will: bool,
+}
+
+/// An accepted client connection.
+pub struct Connection {
+    broker: Arc<Broker>,
+    session: Arc<Session>,
+    generation: u64,
+    protocol: Protocol,
+    principal: Principal,
+    client_id: Arc<str>,
+    keep_alive: u16,
+    client_receive_max: u16,
+    client_max_packet: u32,
+    client_alias_max: u16,
+    in_aliases: HashMap<u16, TopicName>,
+    out_aliases: HashMap<TopicName, u16>,
+    will: Option<LastWill>,
+    resend: bool,
+    connect_expiry_zero: bool,
+}
+
+impl Connection {
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) fn new(
+        broker: Arc<Broker>,
+        session: Arc<Session>,
+        generation: u64,
+        connect: Connect,
+        client_id: Arc<str>,
+        principal: Principal,
+        keep_alive: u16,
+        session_present: bool,
+    ) -> Self {
+        let p = &connect.properties;
+        Connection {
+            generation,
+            protocol: connect.protocol,
+            client_receive_max: p.receive_maximum.unwrap_or(u16::MAX),
+            client_max_packet: p.maximum_packet_size.unwrap_or(u32::MAX),
+            client_alias_max: p.topic_alias_maximum.unwrap_or(0),
+            connect_expiry_zero: connect.protocol == Protocol::V5 && p.session_expiry_interval.unwrap_or(0) == 0,
+            will: connect.will,
+            keep_alive,
+            client_id,
+            principal,
+            session,
+            broker,
+            in_aliases: HashMap::new(),
+            out_aliases: HashMap::new(),
+            resend: session_present,
+        }
+    }
+
+    /// Protocol version of this connection.
+    pub fn protocol(&self) -> Protocol {
+        self.protocol
+    }
+
+    /// Effective keep alive in seconds (0 = none); the shell closes after 1.5× this without
+    /// a packet [MQTT-3.1.2-24].
+    pub fn keep_alive(&self) -> u16 {
+        self.keep_alive
+    }
+
+    /// The client identifier (assigned if the client sent none).
+    pub fn client_id(&self) -> &Arc<str> {
+        &self.client_id
+    }
+
+    /// The principal this connection authenticated as.
+    pub fn principal(&self) -> &Principal {
+        &self.principal
+    }
+
+    /// Write a server DISCONNECT (v5 only; v3 has none) and return the matching [`Close`].
+    fn fail(&self, out: &mut BytesMut, reason: ReasonCode) -> Close {
+        if self.protocol == Protocol::V5 {
+            Packet::Disconnect(Disconnect::new(reason)).encode(self.protocol, out);
+        }
+        Close { reason, publish_will: true }
+    }
+
+    /// The connection sent bytes that do not decode: write the DISCONNECT that reports it.
+    pub fn decode_error(&self, e: &DecodeError, out: &mut BytesMut) -> Close {
+        self.fail(out, e.reason_code())
+    }
+
+    /// No packet within 1.5× keep alive.
+    pub fn keep_alive_timeout(&self, out: &mut BytesMut) -> Close {
+        self.fail(out, ReasonCode::KEEP_ALIVE_TIMEOUT)
+    }
+
+    /// The server is shutting down.
+    pub fn shutdown(&self, out: &mut BytesMut) -> Close {
+        self.fail(out, ReasonCode::SERVER_SHUTTING_DOWN)
+    }
+
+    fn authorize(&self, action: Action, topic: &str) -> Decision {
+        let d = self.broker.authorizer().authorize(&self.principal, &self.client_id, action, topic);
+        if !d.is_allowed() {
+            self.broker.stats.denied.fetch_add(1, Ordering::Relaxed);
+        }
+        d
+    }
+
+    /// Handle one inbound packet.
+    pub fn handle(&mut self, packet: Packet, now: Instant, out: &mut BytesMut) -> Result<(), Close> {
+        match packet {
+            Packet::Publish(p) => self.handle_publish(p, now, out),
+            Packet::PubAck(a) => {
+                let mut st = self.session.state.lock();
+                if let Some(i) = st.inflight_index(a.packet_id) {
+                    if st.inflight[i].1.stage == OutStage::AwaitAck && st.inflight[i].1.delivery.qos == QoS::AtLeastOnce
+                    {
+                        st.inflight.remove(i);
+                    }
+                }
+                Ok(())
+            }
+            Packet::PubRec(a) => {
+                let mut st = self.session.state.lock();
+                let found =
+                    st.inflight_index(a.packet_id).filter(|&i| st.inflight[i].1.delivery.qos == QoS::ExactlyOnce);
+                match found {
+                    Some(i) if !a.reason_code.is_success() => {
+                        // A failing PUBREC ends the flow [MQTT-4.3.3-?]: no PUBREL.
+                        st.inflight.remove(i);
+                    }
+                    Some(i) => {
+                        st.inflight[i].1.stage = OutStage::AwaitComp;
+                        drop(st);
+                        self.send(&Packet::PubRel(PubAck::new(a.packet_id)), out);
+                    }
+                    None => {
+                        drop(st);
+                        let rc = ReasonCode::PACKET_IDENTIFIER_NOT_FOUND;
+                        self.send(
+                            &Packet::PubRel(PubAck { packet_id: a.packet_id, reason_code: rc, ..Default::default() }),
+                            out,
+                        );
+                    }
+                }
+                Ok(())
+            }
+            Packet::PubComp(a) => {
+                let mut st = self.session.state.lock();
+                if let Some(i) = st.inflight_index(a.packet_id) {
+                    if st.inflight[i].1.stage == OutStage::AwaitComp {
+                        st.inflight.remove(i);
+                    }
+                }
+                Ok(())
+            }
+            Packet::PubRel(a) => {
+                let existed = self.session.state.lock().inbound_qos2.remove(&a.packet_id);
+                let rc = if existed { ReasonCode::SUCCESS } else { ReasonCode::PACKET_IDENTIFIER_NOT_FOUND };
+                self.send(
+                    &Packet::PubComp(PubAck { packet_id: a.packet_id, reason_code: rc, ..Default::default() }),
+                    out,
+                );
+                Ok(())
+            }
+            Packet::Subscribe(s) => self.handle_subscribe(s, now, out),
+            Packet::Unsubscribe(u) => {
+                self.handle_unsubscribe(u, out);
+                Ok(())
+            }
+            Packet::PingReq => {
+                self.send(&Packet::PingResp, out);
+                Ok(())
+            }
+            Packet::Disconnect(d) => {
+                if let Some(e) = d.properties.session_expiry_interval {
+                    if self.connect_expiry_zero && e != 0 {
+                        return Err(self.fail(out, ReasonCode::PROTOCOL_ERROR)); // [MQTT-3.14.2-2]
+                    }
+                    self.session.state.lock().expiry_interval = e.min(self.broker.config.max_session_expiry);
+                }
+                // Normal disconnection discards the will; 0x04 asks for it [MQTT-3.14.4-3].
+                let publish_will = d.reason_code == ReasonCode::DISCONNECT_WITH_WILL;
+                Err(Close { reason: d.reason_code, publish_will })
+            }
+            // No enhanced authentication was negotiated, so AUTH is a protocol error [MQTT-4.12.0-?].
+            Packet::Auth(_) => Err(self.fail(out, ReasonCode::PROTOCOL_ERROR)),
+            // A second CONNECT [MQTT-3.1.0-2] and server-to-client packets.
+            Packet::Connect(_) | Packet::Connack(_) | Packet::SubAck(_) | Packet::UnsubAck(_) | Packet::PingResp => {
+                Err(self.fail(out, ReasonCode::PROTOCOL_ERROR))
+            }
+        }
+    }
+
+    fn send(&self, p: &Packet, out: &mut BytesMut) {
+        p.encode(self.protocol, out);
+    }
+
+    fn handle_publish(&mut self, p: Publish, now: Instant, out: &mut BytesMut) -> Result<(), Close> {
+        let Publish { mut topic, qos, retain, packet_id, mut properties, payload, .. } = p;
+        let cfg = &self.broker.config;
+        if self.protocol == Protocol::V5 {
+            if !properties.subscription_identifiers.is_empty() {
+                return Err(self.fail(out, ReasonCode::PROTOCOL_ERROR)); // [MQTT-3.3.4-6]
+            }
+            if let Some(alias) = properties.topic_alias.take() {
+                if alias == 0 || alias > cfg.topic_alias_maximum {
+                    return Err(self.fail(out, ReasonCode::TOPIC_ALIAS_INVALID));
+                    // [MQTT-3.3.2-9/10]
+                }
+                if topic.is_empty() {
+                    match self.in_aliases.get(&alias) {
+                        Some(t) => topic = t.clone(),
+                        None => return Err(self.fail(out, ReasonCode::PROTOCOL_ERROR)),
+                    }
+                } else {
+                    self.in_aliases.insert(alias, topic.clone());
+                }
+            }
+        }
+        if topic.is_empty() {
+            return Err(self.fail(out, ReasonCode::PROTOCOL_ERROR));
+        }
+        if topic.levels().count() > cfg.max_topic_levels {
+            return Err(self.fail(out, ReasonCode::TOPIC_NAME_INVALID));
+        }
+        self.broker.stats.messages_received.fetch_add(1, Ordering::Relaxed);
+        let decision = self.authorize(Action::Publish { qos: qos as u8, retain }, topic.as_str());
+        let denied = match decision {
+            Decision::Allow => false,
+            Decision::Deny { disconnect } => {
+                if disconnect {
+                    return Err(self.fail(out, ReasonCode::NOT_AUTHORIZED));
+                }
+                true
+            }
+        };
+        let ack_code =
+            if denied && self.protocol == Protocol::V5 { ReasonCode::NOT_AUTHORIZED } else { ReasonCode::SUCCESS };
+        if qos == QoS::ExactlyOnce {
+            let mut st = self.session.state.lock();
+            if st.inbound_qos2.contains(&packet_id) {
+                // A re-sent QoS 2 PUBLISH: acknowledge again, deliver nothing [MQTT-4.3.3-?].
+                drop(st);
+                self.send(&Packet::PubRec(PubAck::new(packet_id)), out);
+                return Ok(());
+            }
+            if st.inbound_qos2.len() >= usize::from(cfg.receive_maximum) {
+                drop(st);
+                return Err(self.fail(out, ReasonCode::RECEIVE_MAXIMUM_EXCEEDED));
+                // [MQTT-3.3.4-9]
+            }
+            if !(denied && self.protocol == Protocol::V5) {
+                st.inbound_qos2.insert(packet_id);
+            }
+        }
+        if !denied {
+            let expires_at = properties.message_expiry_interval.map(|e| now + Duration::from_secs(u64::from(e)));
+            let properties = if self.protocol == Protocol::V5 {
+                Message::forwarded_properties(properties)
+            } else {
+                Properties::default()
+            };
+            self.broker.route(Arc::new(Message {
+                topic,
+                payload,
+                qos,
+                retain,
+                properties,
+                expires_at,
+                origin: Some(self.session.id),
+            }));
+        }
+        let ack = PubAck { packet_id, reason_code: ack_code, ..Default::default() };
+        match qos {
+            QoS::AtMostOnce => {}
+            QoS::AtLeastOnce => self.send(&Packet::PubAck(ack), out),
+            QoS::ExactlyOnce => self.send(&Packet::PubRec(ack), out),
+        }
+        Ok(())
+    }
+
+    fn handle_subscribe(&mut self, s: Subscribe, now: Instant, out: &mut BytesMut) -> Result<(), Close> {
+        let v5 = self.protocol == Protocol::V5;
+        let cfg = &self.broker.config;
+        let sub_id = s.properties.subscription_identifiers.first().copied();
+        let mut codes = Vec::with_capacity(s.filters.len());
+        let mut retained = Vec::new();
+        for (filter, opts) in &s.filters {
+            if filter.match_filter().split('/').count() > cfg.max_topic_levels {
+                return Err(self.fail(out, ReasonCode::TOPIC_FILTER_INVALID));
+            }
+            let shared = filter.shared().is_some();
+            if shared && opts.no_local {
+                return Err(self.fail(out, ReasonCode::PROTOCOL_ERROR)); // [MQTT-3.8.3-4]
+            }
+            // `$share/{group}/{filter}` is authorized on `{filter}`.
+            if !self.authorize(Action::Subscribe { qos: opts.qos as u8 }, filter.match_filter()).is_allowed() {
+                codes.push(if v5 { ReasonCode::NOT_AUTHORIZED } else { ReasonCode::V3_SUBACK_FAILURE });
+                continue;
+            }
+            let exists = self.session.state.lock().subscriptions.contains_key(filter.as_str());
+            if !exists && self.session.state.lock().subscriptions.len() >= cfg.max_subscriptions_per_client {
+                codes.push(if v5 { ReasonCode::QUOTA_EXCEEDED } else { ReasonCode::V3_SUBACK_FAILURE });
+                continue;
+            }
+            let existed = self.broker.subscribe(&self.session, filter, *opts, sub_id);
+            codes.push(ReasonCode(opts.qos as u8));
+            let send_retained = !shared
+                && match opts.retain_handling {
+                    RetainHandling::SendAtSubscribe => true,
+                    RetainHandling::SendIfNew => !existed,
+                    RetainHandling::DoNotSend => false,
+                };
+            if send_retained {
+                for m in self.broker.retained_matching(filter.match_filter()) {
+                    if m.expired(now) || !self.authorize(Action::Receive, m.topic.as_str()).is_allowed() {
+                        continue;
+                    }
+                    let qos = m.qos.min(opts.qos);
+                    // Retained messages sent on subscribe carry RETAIN = 1 [MQTT-3.3.1-8].
+                    retained.push(Delivery { msg: m, qos, retain: true, sub_ids: sub_id.into_iter().collect() });
+                }
+            }
+        }
+        self.send(
+            &Packet::SubAck(SubAck { packet_id: s.packet_id, properties: Properties::default(), reason_codes: codes }),
+            out,
+        );
+        if !retained.is_empty() {
+            let mut st = self.session.state.lock();
+            for d in retained {
+                st.queued_bytes += d.msg.cost();
+                st.queue.push_back(d);
+            }
+        }
+        Ok(())
+    }
+
+    fn handle_unsubscribe(&mut self, u: Unsubscribe, out: &mut BytesMut) {
+        let codes = u
+            .filters
+            .iter()
+            .map(|f| {
+                if self.broker.unsubscribe(&self.session, f) {
+                    ReasonCode::SUCCESS
+                } else {
+                    ReasonCode::NO_SUBSCRIPTION_EXISTED
+                }
+            })
+            .collect();
+        let reason_codes = if self.protocol == Protocol::V5 { codes } else { Vec::new() };
+        self.send(
+            &Packet::UnsubAck(UnsubAck { packet_id: u.packet_id, properties: Properties::default(), reason_codes }),
+            out,
+        );
+    }
+
+    /// Build the PUBLISH for a delivery (per-delivery expiry, aliases, subscription ids).
+    fn publish_packet(&mut self, d: &Delivery, packet_id: u16, dup: bool, now: Instant) -> Publish {
+        let mut topic = d.msg.topic.clone();
+        let properties = if self.protocol == Protocol::V5 {
+            let mut p = d.msg.properties.clone();
+            p.message_expiry_interval = d.msg.remaining_expiry(now);
+            p.subscription_identifiers.clone_from(&d.sub_ids);
+            if self.client_alias_max > 0 {
+                if let Some(&a) = self.out_aliases.get(&topic) {
+                    p.topic_alias = Some(a);
+                    topic = TopicName::alias_placeholder();
+                } else if self.out_aliases.len() < usize::from(self.client_alias_max) {
+                    let a = self.out_aliases.len() as u16 + 1;
+                    self.out_aliases.insert(topic.clone(), a);
+                    p.topic_alias = Some(a);
+                }
+            }
+            p
+        } else {
+            Properties::default()
+        };
+        Publish { dup, qos: d.qos, retain: d.retain, topic, packet_id, properties, payload: d.msg.payload.clone() }
+    }
+
+    /// Encode queued deliveries into `out` until it holds `budget` bytes, the client's
+    /// receive maximum is reached, or the queue is empty. Returns true when more is queued
+    /// and only the budget stopped it (call again once `out` has drained). Returns `Err` when
+    /// the session was taken over by another connection (DISCONNECT 0x8E written).
+    pub fn pull(&mut self, now: Instant, out: &mut BytesMut, budget: usize) -> Result<bool, Close> {
+        let session = self.session.clone();
+        let broker = self.broker.clone();
+        let mut st = session.state.lock();
+        if st.conn.as_ref().map(|c| c.generation) != Some(self.generation) {
+            drop(st);
+            return Err(self.fail(out, ReasonCode::SESSION_TAKEN_OVER)); // [MQTT-3.1.4-3]
+        }
+        let sent = &broker.stats.messages_sent;
+        if self.resend {
+            // Resume: re-send unacknowledged PUBLISH with DUP, and PUBREL [MQTT-4.4.0-1].
+            self.resend = false;
+            let inflight: Vec<(u16, Inflight)> = st.inflight.iter().cloned().collect();
+            for (id, f) in inflight {
+                match f.stage {
+                    OutStage::AwaitAck => {
+                        let p = self.publish_packet(&f.delivery, id, true, now);
+                        Packet::Publish(p).encode(self.protocol, out);
+                        sent.fetch_add(1, Ordering::Relaxed);
+                    }
+                    OutStage::AwaitComp => Packet::PubRel(PubAck::new(id)).encode(self.protocol, out),
+                }
+            }
+        }
+        let max_inflight = usize::from(self.client_receive_max.min(broker.config.max_inflight));
+        while out.len() < budget {
+            let Some(front) = st.queue.front() else { break };
+            if front.qos != QoS::AtMostOnce && st.inflight.len() >= max_inflight {
+                return Ok(false); // flow control: wait for acknowledgements [MQTT-4.9.0-2]
+            }
+            let Some(d) = st.pop() else { break };
+            if d.msg.expired(now) {
+                continue; // [MQTT-3.3.2-5]
+            }
+            let packet_id = if d.qos == QoS::AtMostOnce {
+                0
+            } else {
+                match st.alloc_packet_id() {
+                    Some(id) => id,
+                    None => break,
+                }
+            };
+            let p = Packet::Publish(self.publish_packet(&d, packet_id, false, now));
+            if p.encoded_len(self.protocol) > self.client_max_packet as usize {
+                // Too large for the client: discard as if delivered [MQTT-3.1.2-25].
+                continue;
+            }
+            p.encode(self.protocol, out);
+            sent.fetch_add(1, Ordering::Relaxed);
+            if d.qos != QoS::AtMostOnce {
+                st.inflight.push_back((packet_id, Inflight { delivery: d, stage: OutStage::AwaitAck }));
+            }
+        }
+        Ok(!st.queue.is_empty() && out.len() >= budget)
+    }
+
+    /// The connection is gone (after a [`Close`], an I/O error or EOF). Publishes the will
+    /// unless `close` says the client disconnected normally.
+    pub fn closed(mut self, close: Close, now: Instant) {
+        let will = if close.publish_will { self.will.take() } else { None };
+        self.broker.disconnected(&self.session, self.generation, will, now);
+    }
+}

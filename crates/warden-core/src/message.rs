@@ -1,0 +1,60 @@
+//! An application message as the broker routes it.
+
+use std::time::Instant;
+
+use bytes::Bytes;
+use mqtt_codec::{Properties, QoS, TopicName};
+
+/// A published message, decoded once and shared (`Arc<Message>`) by every subscriber's queue.
+#[derive(Debug, Clone)]
+pub struct Message {
+    /// Topic name (aliases already resolved).
+    pub topic: TopicName,
+    /// Payload, shared, never copied per subscriber.
+    pub payload: Bytes,
+    /// QoS it was published with.
+    pub qos: QoS,
+    /// Retain flag as published.
+    pub retain: bool,
+    /// Properties forwarded to subscribers unaltered (payload format, content type, response
+    /// topic, correlation data, user properties). Expiry, aliases and subscription
+    /// identifiers are per delivery and never stored here.
+    pub properties: Properties,
+    /// When the message expires (v5 Message Expiry Interval).
+    pub expires_at: Option<Instant>,
+    /// Session id of the publisher, for v5 No Local (`None` for wills and `$SYS`).
+    pub origin: Option<u64>,
+}
+
+impl Message {
+    /// Keep only the properties that are forwarded to subscribers [MQTT-3.3.2-?].
+    pub fn forwarded_properties(p: Properties) -> Properties {
+        Properties {
+            payload_format_indicator: p.payload_format_indicator,
+            content_type: p.content_type,
+            response_topic: p.response_topic,
+            correlation_data: p.correlation_data,
+            user_properties: p.user_properties,
+            ..Properties::default()
+        }
+    }
+
+    /// True when the message has expired at `now`.
+    pub fn expired(&self, now: Instant) -> bool {
+        self.expires_at.is_some_and(|e| now >= e)
+    }
+
+    /// Seconds left before expiry, rounded up, for the forwarded Message Expiry Interval.
+    pub fn remaining_expiry(&self, now: Instant) -> Option<u32> {
+        self.expires_at.map(|e| {
+            let left = e.saturating_duration_since(now);
+            let secs = left.as_secs() + u64::from(left.subsec_nanos() > 0);
+            u32::try_from(secs).unwrap_or(u32::MAX)
+        })
+    }
+
+    /// Approximate memory charged to a queue holding this message.
+    pub fn cost(&self) -> u64 {
+        (self.payload.len() + self.topic.as_str().len()) as u64
+    }
+}

@@ -1,0 +1,224 @@
+//! Session state that outlives a network connection (§4.1): subscriptions, queued and
+//! in-flight outbound messages, inbound QoS 2 packet ids, and the link to the live connection.
+
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Instant;
+
+use mqtt_codec::{LastWill, QoS, SubscriptionOptions, TopicFilter};
+use parking_lot::Mutex;
+use warden_policy::Principal;
+
+use crate::message::Message;
+use crate::Wake;
+
+/// A message waiting in a session's queue for delivery.
+#[derive(Clone)]
+pub struct Delivery {
+    /// The shared message.
+    pub msg: Arc<Message>,
+    /// QoS of this delivery: the lower of the publish QoS and the subscription's.
+    pub qos: QoS,
+    /// RETAIN flag to send.
+    pub retain: bool,
+    /// v5 Subscription Identifiers of the matching subscriptions.
+    pub sub_ids: Vec<u32>,
+}
+
+/// Where an outbound QoS 1/2 delivery stands.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub enum OutStage {
+    /// PUBLISH sent, waiting for PUBACK (QoS 1) or PUBREC (QoS 2).
+    AwaitAck,
+    /// PUBREL sent, waiting for PUBCOMP (QoS 2).
+    AwaitComp,
+}
+
+/// An outbound delivery that has a packet identifier.
+#[derive(Clone)]
+pub struct Inflight {
+    /// The delivery, resent with DUP on reconnect.
+    pub delivery: Delivery,
+    /// Stage of the QoS flow.
+    pub stage: OutStage,
+}
+
+/// The live connection attached to a session.
+#[derive(Clone)]
+pub struct ConnLink {
+    /// Changes on every (re)connection; a connection whose generation no longer matches has
+    /// been taken over.
+    pub generation: u64,
+    /// Wakes the connection's task.
+    pub waker: Arc<dyn Wake>,
+}
+
+/// A subscription as the session remembers it.
+#[derive(Clone, Debug)]
+pub struct Subscription {
+    /// The filter as subscribed.
+    pub filter: TopicFilter,
+    /// Options.
+    pub options: SubscriptionOptions,
+    /// Subscription identifier.
+    pub id: Option<u32>,
+}
+
+/// A will waiting for its delay (or the session's end) before it is published.
+pub struct PendingWill {
+    /// The will.
+    pub will: LastWill,
+    /// When it is due.
+    pub due: Instant,
+}
+
+/// Mutable session state, behind the session's lock.
+pub struct SessionState {
+    /// The live connection, if any.
+    pub conn: Option<ConnLink>,
+    /// Subscriptions by filter string.
+    pub subscriptions: HashMap<Arc<str>, Subscription>,
+    /// Messages waiting to be sent.
+    pub queue: VecDeque<Delivery>,
+    /// Bytes charged to the queue.
+    pub queued_bytes: u64,
+    /// Sent QoS 1/2 messages awaiting acknowledgement, in send order (acks mostly arrive in
+    /// order, so the search is short; the length is bounded by the receive maximum).
+    pub inflight: VecDeque<(u16, Inflight)>,
+    /// Inbound QoS 2 packet ids for which PUBREC was sent and PUBREL not yet received.
+    pub inbound_qos2: HashSet<u16>,
+    /// Next outbound packet id to try.
+    pub next_packet_id: u16,
+    /// Session Expiry Interval in seconds (u32::MAX = never).
+    pub expiry_interval: u32,
+    /// When the last connection closed (None while connected).
+    pub disconnected_at: Option<Instant>,
+    /// Will waiting for its delay.
+    pub pending_will: Option<PendingWill>,
+    /// Messages dropped because the queue was full.
+    pub dropped: u64,
+}
+
+/// A session: the client id, the principal that owns it, and its state.
+pub struct Session {
+    /// Unique id of this session object (never reused).
+    pub id: u64,
+    /// The client identifier.
+    pub client_id: Arc<str>,
+    /// The principal the client id is bound to (SPEC §3).
+    pub owner: Principal,
+    connected: AtomicBool,
+    ended: AtomicBool,
+    /// Mutable state.
+    pub state: Mutex<SessionState>,
+}
+
+/// Result of offering a delivery to a session's queue.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Enqueued {
+    /// Queued (and the connection woken if live).
+    Queued,
+    /// Dropped: the session is offline and the message is QoS 0.
+    SkippedOffline,
+    /// Dropped: the queue is full.
+    Dropped,
+}
+
+impl Session {
+    /// A new, empty session.
+    pub fn new(id: u64, client_id: Arc<str>, owner: Principal, expiry_interval: u32) -> Self {
+        Session {
+            id,
+            client_id,
+            owner,
+            connected: AtomicBool::new(false),
+            ended: AtomicBool::new(false),
+            state: Mutex::new(SessionState {
+                conn: None,
+                subscriptions: HashMap::new(),
+                queue: VecDeque::new(),
+                queued_bytes: 0,
+                inflight: VecDeque::new(),
+                inbound_qos2: HashSet::new(),
+                next_packet_id: 1,
+                expiry_interval,
+                disconnected_at: None,
+                pending_will: None,
+                dropped: 0,
+            }),
+        }
+    }
+
+    /// True while a network connection is attached (lock-free hint for shared-subscription picks).
+    pub fn is_connected(&self) -> bool {
+        self.connected.load(Ordering::Relaxed)
+    }
+
+    pub(crate) fn set_connected(&self, v: bool) {
+        self.connected.store(v, Ordering::Relaxed);
+    }
+
+    /// True once the session was discarded (clean start, expiry); deliveries are ignored.
+    pub fn is_ended(&self) -> bool {
+        self.ended.load(Ordering::Relaxed)
+    }
+
+    pub(crate) fn set_ended(&self) {
+        self.ended.store(true, Ordering::Relaxed);
+    }
+
+    /// Offer a delivery. QoS 0 messages are not queued for offline sessions; when the queue
+    /// is at its message or byte limit the delivery is dropped and counted.
+    pub fn enqueue(&self, d: Delivery, max_messages: usize, max_bytes: u64) -> Enqueued {
+        let waker = {
+            let mut st = self.state.lock();
+            if self.is_ended() {
+                return Enqueued::Dropped;
+            }
+            if st.conn.is_none() && d.qos == QoS::AtMostOnce {
+                return Enqueued::SkippedOffline;
+            }
+            let cost = d.msg.cost();
+            if st.queue.len() >= max_messages || st.queued_bytes + cost > max_bytes {
+                st.dropped += 1;
+                return Enqueued::Dropped;
+            }
+            st.queued_bytes += cost;
+            st.queue.push_back(d);
+            st.conn.as_ref().map(|c| c.waker.clone())
+        };
+        if let Some(w) = waker {
+            w.wake();
+        }
+        Enqueued::Queued
+    }
+}
+
+impl SessionState {
+    /// Take the next queued delivery, releasing its queue charge.
+    pub fn pop(&mut self) -> Option<Delivery> {
+        let d = self.queue.pop_front()?;
+        self.queued_bytes = self.queued_bytes.saturating_sub(d.msg.cost());
+        Some(d)
+    }
+
+    /// Index of the in-flight entry with packet id `id`.
+    pub fn inflight_index(&self, id: u16) -> Option<usize> {
+        self.inflight.iter().position(|(i, _)| *i == id)
+    }
+
+    /// A packet identifier not in use by an outbound in-flight message.
+    pub fn alloc_packet_id(&mut self) -> Option<u16> {
+        if self.inflight.len() >= usize::from(u16::MAX) {
+            return None;
+        }
+        loop {
+            let id = self.next_packet_id;
+            self.next_packet_id = if id == u16::MAX { 1 } else { id + 1 };
+            if !self.inflight.iter().any(|(i, _)| *i == id) {
+                return Some(id);
+            }
+        }
+    }
+}

@@ -1,0 +1,199 @@
+//! The subscription trie: topic filters split into levels, so matching a topic name costs
+//! O(levels × wildcard branches), not O(subscriptions).
+//!
+//! `$`-topics are not matched by `+` or `#` at the first level [MQTT-4.7.2-1]. Shared
+//! subscriptions live in the node of their filter as named groups; each message goes to one
+//! member of each group, chosen round-robin among connected members.
+
+use std::collections::HashMap;
+use std::str::Split;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+
+use mqtt_codec::SubscriptionOptions;
+
+use crate::session::Session;
+
+/// One subscription held in the trie.
+#[derive(Clone)]
+pub struct SubEntry {
+    /// The subscribing session.
+    pub session: Arc<Session>,
+    /// Its options.
+    pub options: SubscriptionOptions,
+    /// v5 Subscription Identifier.
+    pub id: Option<u32>,
+}
+
+struct SharedGroup {
+    name: Arc<str>,
+    members: Vec<SubEntry>,
+    next: AtomicUsize,
+}
+
+#[derive(Default)]
+struct Node {
+    children: HashMap<Box<str>, Node>,
+    subs: Vec<SubEntry>,
+    shared: Vec<SharedGroup>,
+}
+
+impl Node {
+    fn is_empty(&self) -> bool {
+        self.children.is_empty() && self.subs.is_empty() && self.shared.is_empty()
+    }
+}
+
+/// A matched subscription: the session and how it subscribed.
+pub struct Target {
+    /// Session to deliver to.
+    pub session: Arc<Session>,
+    /// Options of the matching subscription.
+    pub options: SubscriptionOptions,
+    /// Subscription identifier, if any.
+    pub id: Option<u32>,
+    /// True when chosen from a shared subscription group.
+    pub shared: bool,
+}
+
+/// Subscription trie.
+#[derive(Default)]
+pub struct SubTrie {
+    root: Node,
+    count: usize,
+}
+
+impl SubTrie {
+    /// Number of subscriptions held.
+    pub fn len(&self) -> usize {
+        self.count
+    }
+
+    /// True when empty.
+    pub fn is_empty(&self) -> bool {
+        self.count == 0
+    }
+
+    /// Insert or replace `session`'s subscription to `filter` (for a shared subscription,
+    /// `group` names the share and `filter` is the part after `$share/{group}/`).
+    /// Returns true when it replaced an existing subscription.
+    pub fn insert(&mut self, group: Option<&str>, filter: &str, entry: SubEntry) -> bool {
+        let mut node = &mut self.root;
+        for level in filter.split('/') {
+            node = node.children.entry(Box::from(level)).or_default();
+        }
+        let sid = entry.session.id;
+        let list = match group {
+            None => &mut node.subs,
+            Some(g) => {
+                let idx = match node.shared.iter().position(|s| &*s.name == g) {
+                    Some(i) => i,
+                    None => {
+                        node.shared.push(SharedGroup {
+                            name: Arc::from(g),
+                            members: Vec::new(),
+                            next: AtomicUsize::new(0),
+                        });
+                        node.shared.len() - 1
+                    }
+                };
+                &mut node.shared[idx].members
+            }
+        };
+        if let Some(e) = list.iter_mut().find(|e| e.session.id == sid) {
+            *e = entry;
+            true
+        } else {
+            list.push(entry);
+            self.count += 1;
+            false
+        }
+    }
+
+    /// Remove `session_id`'s subscription; returns true when one existed.
+    pub fn remove(&mut self, group: Option<&str>, filter: &str, session_id: u64) -> bool {
+        let levels: Vec<&str> = filter.split('/').collect();
+        let removed = remove_rec(&mut self.root, &levels, group, session_id);
+        if removed {
+            self.count -= 1;
+        }
+        removed
+    }
+
+    /// Collect every subscription matching `topic` into `out`. Shared groups contribute one
+    /// member each, chosen round-robin (connected members first).
+    pub fn matches(&self, topic: &str, out: &mut Vec<Target>) {
+        let dollar = topic.starts_with('$');
+        match_rec(&self.root, topic.split('/'), 0, dollar, out);
+    }
+}
+
+fn remove_rec(node: &mut Node, levels: &[&str], group: Option<&str>, sid: u64) -> bool {
+    let Some((first, rest)) = levels.split_first() else {
+        return match group {
+            None => {
+                let before = node.subs.len();
+                node.subs.retain(|e| e.session.id != sid);
+                node.subs.len() != before
+            }
+            Some(g) => {
+                let Some(i) = node.shared.iter().position(|s| &*s.name == g) else { return false };
+                let grp = &mut node.shared[i];
+                let before = grp.members.len();
+                grp.members.retain(|e| e.session.id != sid);
+                let removed = grp.members.len() != before;
+                if grp.members.is_empty() {
+                    node.shared.swap_remove(i);
+                }
+                removed
+            }
+        };
+    };
+    let Some(child) = node.children.get_mut(*first) else { return false };
+    let removed = remove_rec(child, rest, group, sid);
+    if child.is_empty() {
+        node.children.remove(*first);
+    }
+    removed
+}
+
+fn emit(node: &Node, out: &mut Vec<Target>) {
+    for e in &node.subs {
+        out.push(Target { session: e.session.clone(), options: e.options, id: e.id, shared: false });
+    }
+    for g in &node.shared {
+        let n = g.members.len();
+        if n == 0 {
+            continue;
+        }
+        // Round-robin, preferring a member whose connection is live. Concurrent publishers may
+        // race on `next`; that only perturbs the rotation, never loses a message.
+        let start = g.next.load(Ordering::Relaxed) % n;
+        let pick = (0..n).map(|k| (start + k) % n).find(|&i| g.members[i].session.is_connected()).unwrap_or(start);
+        g.next.store(pick + 1, Ordering::Relaxed);
+        let e = &g.members[pick];
+        out.push(Target { session: e.session.clone(), options: e.options, id: e.id, shared: true });
+    }
+}
+
+fn match_rec(node: &Node, mut levels: Split<'_, char>, depth: usize, dollar: bool, out: &mut Vec<Target>) {
+    let wild_ok = !(depth == 0 && dollar);
+    if wild_ok {
+        if let Some(h) = node.children.get("#") {
+            // "#" matches the parent level and everything below [MQTT-4.7.1-2].
+            emit(h, out);
+        }
+    }
+    let Some(first) = levels.next() else {
+        emit(node, out);
+        return;
+    };
+    if wild_ok {
+        if let Some(p) = node.children.get("+") {
+            match_rec(p, levels.clone(), depth + 1, dollar, out);
+        }
+    }
+    if let Some(c) = node.children.get(first) {
+        match_rec(c, levels, depth + 1, dollar, out);
+    }
+}

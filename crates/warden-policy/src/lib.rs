@@ -1,0 +1,13 @@
+//! Warden's security decisions, kept pure: no tokio, no filesystem, no network, no clock.
+//!
+//! # Layout
+//! - [`principal`]: who a connection is (`Principal`), the identity every session is bound to.
+//! - [`password`]: password files (argon2id, Mosquitto `$6$`/`$7$`), hashing and verification.
+//! - [`authz`]: the one question every publish / subscribe / delivery asks: "is this allowed?".
+
+pub mod authz;
+pub mod password;
+pub mod principal;
+
+pub use authz::{Action, AllowAll, Authorizer, Decision};
+pub use principal::{Principal, PrincipalKind};

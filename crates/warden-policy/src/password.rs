@@ -1,0 +1,602 @@
+//! Password files and hashing.
+//!
+//! A password file is Mosquitto-style text: one `user:hash` per line, blank lines and lines
+//! starting with `#` ignored. The user name is everything before the first `:`. Accepted hash
+//! formats:
+//! - PHC strings `$argon2id$…` (also `$argon2i$`, `$argon2d$`); new hashes are argon2id
+//!   ([`hash_password`]);
+//! - Mosquitto `$6$<b64 salt>$<b64 hash>`: SHA-512(password ‖ salt);
+//! - Mosquitto `$7$<iterations>$<b64 salt>$<b64 hash>`: PBKDF2-HMAC-SHA512, 64-byte output.
+//!
+//! Pure code: no filesystem, no clock. Errors and `Debug` output never contain hashes or
+//! passwords.
+
+use std::collections::HashMap;
+use std::fmt;
+use std::sync::OnceLock;
+
+use argon2::password_hash::{PasswordHash, PasswordHasher, PasswordVerifier, SaltString};
+use argon2::{Argon2, Params};
+use base64::engine::general_purpose::{GeneralPurpose, GeneralPurposeConfig};
+use base64::engine::DecodePaddingMode;
+use base64::Engine as _;
+use sha2::{Digest, Sha512};
+use subtle::ConstantTimeEq;
+
+/// Largest argon2 working memory accepted from a password file, in 1 KiB blocks (1 GiB).
+/// Larger values would let one line make every verification allocate without bound.
+const MAX_ARGON2_BLOCKS: usize = 1 << 20;
+
+/// Length of the digest in Mosquitto `$6$` / `$7$` hashes.
+const MOSQ_HASH_LEN: usize = 64;
+
+/// Standard base64 alphabet; padding optional (Mosquitto writes it, but be lenient).
+const B64: GeneralPurpose = GeneralPurpose::new(
+    &base64::alphabet::STANDARD,
+    GeneralPurposeConfig::new().with_decode_padding_mode(DecodePaddingMode::Indifferent),
+);
+
+/// Why a line (or a hash / user name given to [`upsert_user`]) was refused.
+/// Never carries the hash text or any secret.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum Reason {
+    #[error("missing ':' between user name and hash")]
+    MissingSeparator,
+    #[error("empty user name")]
+    EmptyUser,
+    #[error("user name has leading or trailing whitespace")]
+    UserWhitespace,
+    #[error("user name contains a forbidden character")]
+    UserForbiddenChar,
+    #[error("user name starts with '#'")]
+    UserStartsWithHash,
+    #[error("missing hash")]
+    MissingHash,
+    #[error("hash contains whitespace or control characters")]
+    HashWhitespace,
+    #[error("unknown hash format")]
+    UnknownFormat,
+    #[error("malformed argon2 hash")]
+    MalformedArgon2,
+    #[error("argon2 memory cost too large")]
+    Argon2TooLarge,
+    #[error("malformed $6$ hash")]
+    MalformedSha512,
+    #[error("malformed $7$ hash")]
+    MalformedPbkdf2,
+    #[error("duplicate user (first defined on line {first_line})")]
+    DuplicateUser { first_line: usize },
+}
+
+/// Error from [`PasswordFile::parse`] or [`upsert_user`].
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum PasswordFileError {
+    /// A line of the file (1-based) is malformed.
+    #[error("line {line}: {reason}")]
+    Line { line: usize, reason: Reason },
+    /// The user name given to [`upsert_user`] cannot be stored.
+    #[error("invalid user name: {0}")]
+    InvalidUser(Reason),
+    /// The hash given to [`upsert_user`] is not in an accepted format.
+    #[error("invalid hash: {0}")]
+    InvalidHash(Reason),
+}
+
+/// A parsed, validated stored hash.
+enum StoredHash {
+    /// PHC string (argon2id / argon2i / argon2d), validated at parse time.
+    Argon2(String),
+    /// Mosquitto `$6$`.
+    Sha512 { salt: Vec<u8>, hash: [u8; MOSQ_HASH_LEN] },
+    /// Mosquitto `$7$`.
+    Pbkdf2 { iterations: u32, salt: Vec<u8>, hash: [u8; MOSQ_HASH_LEN] },
+}
+
+impl StoredHash {
+    fn verify(&self, password: &[u8]) -> bool {
+        match self {
+            StoredHash::Argon2(phc) => verify_argon2(phc, password),
+            StoredHash::Sha512 { salt, hash } => {
+                let mut h = Sha512::new();
+                h.update(password);
+                h.update(salt);
+                let out = h.finalize();
+                out.as_slice().ct_eq(hash.as_slice()).into()
+            }
+            StoredHash::Pbkdf2 { iterations, salt, hash } => {
+                let mut out = [0u8; MOSQ_HASH_LEN];
+                pbkdf2::pbkdf2_hmac::<Sha512>(password, salt, *iterations, &mut out);
+                out.ct_eq(hash).into()
+            }
+        }
+    }
+}
+
+fn verify_argon2(phc: &str, password: &[u8]) -> bool {
+    match PasswordHash::new(phc) {
+        Ok(parsed) => Argon2::default().verify_password(password, &parsed).is_ok(),
+        Err(_) => false,
+    }
+}
+
+/// Parses and validates one hash (no surrounding whitespace allowed).
+fn parse_hash(s: &str) -> Result<StoredHash, Reason> {
+    if s.is_empty() {
+        return Err(Reason::MissingHash);
+    }
+    if s.chars().any(|c| c.is_whitespace() || c.is_control()) {
+        return Err(Reason::HashWhitespace);
+    }
+    if s.starts_with("$argon2id$") || s.starts_with("$argon2i$") || s.starts_with("$argon2d$") {
+        parse_argon2(s)?;
+        Ok(StoredHash::Argon2(s.to_owned()))
+    } else if let Some(rest) = s.strip_prefix("$6$") {
+        let (salt, hash) = rest.split_once('$').ok_or(Reason::MalformedSha512)?;
+        let salt = decode_salt(salt).ok_or(Reason::MalformedSha512)?;
+        let hash = decode_digest(hash).ok_or(Reason::MalformedSha512)?;
+        Ok(StoredHash::Sha512 { salt, hash })
+    } else if let Some(rest) = s.strip_prefix("$7$") {
+        let mut parts = rest.split('$');
+        let (Some(iter), Some(salt), Some(hash), None) = (parts.next(), parts.next(), parts.next(), parts.next())
+        else {
+            return Err(Reason::MalformedPbkdf2);
+        };
+        // Mosquitto stores the count as a C int; plain decimal digits only.
+        if iter.is_empty() || !iter.bytes().all(|b| b.is_ascii_digit()) {
+            return Err(Reason::MalformedPbkdf2);
+        }
+        let iterations: u32 = iter.parse().map_err(|_| Reason::MalformedPbkdf2)?;
+        if iterations == 0 || iterations > i32::MAX as u32 {
+            return Err(Reason::MalformedPbkdf2);
+        }
+        let salt = decode_salt(salt).ok_or(Reason::MalformedPbkdf2)?;
+        let hash = decode_digest(hash).ok_or(Reason::MalformedPbkdf2)?;
+        Ok(StoredHash::Pbkdf2 { iterations, salt, hash })
+    } else {
+        Err(Reason::UnknownFormat)
+    }
+}
+
+fn parse_argon2(s: &str) -> Result<(), Reason> {
+    let parsed = PasswordHash::new(s).map_err(|_| Reason::MalformedArgon2)?;
+    // Algorithm and version must be ones the argon2 crate can run.
+    argon2::Algorithm::try_from(parsed.algorithm).map_err(|_| Reason::MalformedArgon2)?;
+    if let Some(v) = parsed.version {
+        argon2::Version::try_from(v).map_err(|_| Reason::MalformedArgon2)?;
+    }
+    if parsed.salt.is_none() || parsed.hash.is_none() {
+        return Err(Reason::MalformedArgon2);
+    }
+    let params = Params::try_from(&parsed).map_err(|_| Reason::MalformedArgon2)?;
+    if params.block_count() > MAX_ARGON2_BLOCKS {
+        return Err(Reason::Argon2TooLarge);
+    }
+    Ok(())
+}
+
+fn decode_salt(s: &str) -> Option<Vec<u8>> {
+    let salt = B64.decode(s).ok()?;
+    (!salt.is_empty()).then_some(salt)
+}
+
+fn decode_digest(s: &str) -> Option<[u8; MOSQ_HASH_LEN]> {
+    B64.decode(s).ok()?.try_into().ok()
+}
+
+/// Checks a user name against what a password file line can hold.
+fn check_user(user: &str) -> Result<(), Reason> {
+    if user.is_empty() {
+        return Err(Reason::EmptyUser);
+    }
+    if user.contains([':', '\n', '\r', '\0']) {
+        return Err(Reason::UserForbiddenChar);
+    }
+    if user.trim() != user {
+        return Err(Reason::UserWhitespace);
+    }
+    if user.starts_with('#') {
+        return Err(Reason::UserStartsWithHash);
+    }
+    Ok(())
+}
+
+/// What one line of a password file is.
+enum Line<'a> {
+    /// Blank or comment.
+    Skip,
+    Entry {
+        user: &'a str,
+        hash: &'a str,
+    },
+}
+
+/// Splits one line (without its `\n`) into user and hash; the hash is not validated here.
+fn split_line(raw: &str) -> Result<Line<'_>, Reason> {
+    let line = raw.strip_suffix('\r').unwrap_or(raw);
+    if line.trim().is_empty() || line.starts_with('#') {
+        return Ok(Line::Skip);
+    }
+    let (user, hash) = line.split_once(':').ok_or(Reason::MissingSeparator)?;
+    check_user(user)?;
+    Ok(Line::Entry { user, hash: hash.trim() })
+}
+
+/// A parsed password file: user name → stored hash.
+pub struct PasswordFile {
+    users: HashMap<String, StoredHash>,
+}
+
+impl fmt::Debug for PasswordFile {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("PasswordFile").field("users", &self.users.len()).finish()
+    }
+}
+
+impl PasswordFile {
+    /// Parses the text of a password file. The first bad line is reported by its 1-based number.
+    pub fn parse(text: &str) -> Result<PasswordFile, PasswordFileError> {
+        let mut users = HashMap::new();
+        let mut first_lines: HashMap<&str, usize> = HashMap::new();
+        for (idx, raw) in text.split('\n').enumerate() {
+            let line = idx + 1;
+            let err = |reason| PasswordFileError::Line { line, reason };
+            let Line::Entry { user, hash } = split_line(raw).map_err(err)? else {
+                continue;
+            };
+            if let Some(&first_line) = first_lines.get(user) {
+                return Err(err(Reason::DuplicateUser { first_line }));
+            }
+            let stored = parse_hash(hash).map_err(err)?;
+            first_lines.insert(user, line);
+            users.insert(user.to_owned(), stored);
+        }
+        Ok(PasswordFile { users })
+    }
+
+    /// Checks `password` for `username`. Unknown users cost the same argon2id work as a real
+    /// verification; empty passwords and unknown users are always refused.
+    pub fn verify(&self, username: &str, password: &[u8]) -> bool {
+        let ok = match self.users.get(username) {
+            Some(stored) => stored.verify(password),
+            None => {
+                std::hint::black_box(verify_argon2(dummy_hash(), password));
+                false
+            }
+        };
+        ok && !password.is_empty()
+    }
+
+    /// Number of users.
+    pub fn len(&self) -> usize {
+        self.users.len()
+    }
+
+    /// True when the file names no user.
+    pub fn is_empty(&self) -> bool {
+        self.users.is_empty()
+    }
+
+    /// True when `user` has a line in the file.
+    pub fn contains(&self, user: &str) -> bool {
+        self.users.contains_key(user)
+    }
+}
+
+/// A fixed argon2id hash (of a random password) to verify against for unknown users.
+fn dummy_hash() -> &'static str {
+    static DUMMY: OnceLock<String> = OnceLock::new();
+    DUMMY.get_or_init(|| {
+        let mut pw = [0u8; 32];
+        rand::RngCore::fill_bytes(&mut rand::rngs::OsRng, &mut pw);
+        hash_password(&pw)
+    })
+}
+
+/// Hashes `password` as an argon2id PHC string with a random salt and the argon2 crate's
+/// default parameters (m=19456 KiB, t=2, p=1: the OWASP recommendation).
+pub fn hash_password(password: &[u8]) -> String {
+    let salt = SaltString::generate(&mut rand::rngs::OsRng);
+    Argon2::default()
+        .hash_password(password, &salt)
+        // Default parameters and a generated salt are always valid; only the password length
+        // could fail, and argon2 accepts up to 2^32 - 1 bytes.
+        .expect("argon2id hashing with default parameters")
+        .to_string()
+}
+
+/// Returns `file_text` with `user`'s line set to `user:hash`: replaced in place when the user
+/// exists, else appended. Other lines, comments and line endings are kept. The existing text
+/// must parse, and `hash` must be an accepted format.
+pub fn upsert_user(file_text: &str, user: &str, hash: &str) -> Result<String, PasswordFileError> {
+    check_user(user).map_err(PasswordFileError::InvalidUser)?;
+    parse_hash(hash).map_err(PasswordFileError::InvalidHash)?;
+    PasswordFile::parse(file_text)?;
+
+    let mut out = String::with_capacity(file_text.len() + user.len() + hash.len() + 2);
+    let mut replaced = false;
+    for raw in file_text.split_inclusive('\n') {
+        let body = raw.strip_suffix('\n').unwrap_or(raw);
+        let body = body.strip_suffix('\r').unwrap_or(body);
+        // The text parsed above, so split_line cannot fail here.
+        match split_line(body) {
+            Ok(Line::Entry { user: u, .. }) if u == user => {
+                out.push_str(user);
+                out.push(':');
+                out.push_str(hash);
+                out.push_str(&raw[body.len()..]);
+                replaced = true;
+            }
+            _ => out.push_str(raw),
+        }
+    }
+    if !replaced {
+        if !out.is_empty() && !out.ends_with('\n') {
+            out.push('\n');
+        }
+        out.push_str(user);
+        out.push(':');
+        out.push_str(hash);
+        out.push('\n');
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    // Made with the real `mosquitto_passwd` (Mosquitto 2.x):
+    //   mosquitto_passwd -H sha512 -b -c pw6 bob 's3cret!'
+    //   mosquitto_passwd -H sha512 -b pw6 erin ''
+    //   mosquitto_passwd -H sha512 -b pw6 frank 'a:b c'
+    const MOSQ_6: &str = "\
+bob:$6$WVhX5N17EUPraG/4$vhV+Kl7RPBhLbrULK5CoSXqJOEfh3aQTzCCbUAl9ZJ/qmBKYaZBwh7RBn7k+qZgompvAunEb6rMZUEAGcIzIsQ==
+erin:$6$Rks7lTgXwh9Syzq2$Po6fctTzS73IK8i0piJ1D6RKHqGOjLhkw+HgoND+hNj8fMqB2oVBiaOFjrHaJZg7kYvmTAAd5Ar76ySgCYWFYw==
+frank:$6$zwmVrzXcBj/jdkio$m72RJZYi6lBC7EVX5gACKqb4g6ErfjIQbnkeoC8NaJO8WyPWGsu6LgApKJs7Bgz6hOPyHg9IGm16M4lM+H1oNw==
+";
+
+    //   mosquitto_passwd -b -c pw7 alice 'correct horse'
+    //   mosquitto_passwd -b -H sha512-pbkdf2 -I 1000 pw7 carol 'x'
+    //   mosquitto_passwd -b pw7 dave 'pässwörd ünïcode'
+    const MOSQ_7: &str = "\
+alice:$7$101$p6EhehGAcOHnO3xT$Q4qbonZb8IfjArob96nKUdbwJzB0e27kDJOYqfG1dI+KVur0a0thHUSxruOUDfPWYwiy5m2rajrIOXyv2+QOhw==
+carol:$7$1000$mfYwgT/Y4jM3hZ7u$DniZKh5PncUQ12f/cOy4+NC+gqd5QFkarrDMLevjVfgynmu4+lOcuI8MzbmQxsKsXGwEm3N/cOjPnRRjEUo5Dg==
+dave:$7$101$xMLV0E0XbD07xjjh$5VRL76e0uvTcVcHJ88b+wCnaWCLZGGmwEBthhfu0TAKZXpJzbYs21dVV49EbXTyRfRkCtrmnknafDIk88qqESA==
+";
+
+    const SHA6: &str =
+        "$6$WVhX5N17EUPraG/4$vhV+Kl7RPBhLbrULK5CoSXqJOEfh3aQTzCCbUAl9ZJ/qmBKYaZBwh7RBn7k+qZgompvAunEb6rMZUEAGcIzIsQ==";
+
+    fn line_err(text: &str) -> (usize, Reason) {
+        match PasswordFile::parse(text) {
+            Err(PasswordFileError::Line { line, reason }) => (line, reason),
+            other => panic!("expected a line error, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn argon2id_round_trip() {
+        let h = hash_password(b"hunter2");
+        assert!(h.starts_with("$argon2id$v=19$m=19456,t=2,p=1$"), "{h}");
+        let f = PasswordFile::parse(&format!("# comment\n\nalice:{h}\n")).unwrap();
+        assert_eq!(f.len(), 1);
+        assert!(f.contains("alice"));
+        assert!(f.verify("alice", b"hunter2"));
+        assert!(!f.verify("alice", b"hunter3"));
+        assert!(!f.verify("alice", b""));
+        assert!(!f.verify("bob", b"hunter2"));
+        // Salts differ.
+        assert_ne!(h, hash_password(b"hunter2"));
+    }
+
+    #[test]
+    fn argon2i_and_argon2d_accepted() {
+        for alg in [argon2::Algorithm::Argon2i, argon2::Algorithm::Argon2d] {
+            let salt = SaltString::generate(&mut rand::rngs::OsRng);
+            let a = Argon2::new(alg, argon2::Version::V0x13, Params::new(64, 1, 1, None).unwrap());
+            let h = a.hash_password(b"pw", &salt).unwrap().to_string();
+            let f = PasswordFile::parse(&format!("u:{h}")).unwrap();
+            assert!(f.verify("u", b"pw"), "{h}");
+            assert!(!f.verify("u", b"pW"), "{h}");
+        }
+    }
+
+    #[test]
+    fn mosquitto_sha512_vectors() {
+        let f = PasswordFile::parse(MOSQ_6).unwrap();
+        assert_eq!(f.len(), 3);
+        assert!(f.verify("bob", b"s3cret!"));
+        assert!(!f.verify("bob", b"s3cret"));
+        assert!(!f.verify("bob", b"s3cret!\n"));
+        assert!(f.verify("frank", b"a:b c"));
+        // erin's stored password is empty: empty passwords are always refused.
+        assert!(!f.verify("erin", b""));
+        assert!(!f.verify("erin", b"x"));
+    }
+
+    #[test]
+    fn mosquitto_pbkdf2_vectors() {
+        let f = PasswordFile::parse(MOSQ_7).unwrap();
+        assert_eq!(f.len(), 3);
+        assert!(f.verify("alice", b"correct horse"));
+        assert!(!f.verify("alice", b"correct horsE"));
+        assert!(f.verify("carol", b"x"));
+        assert!(!f.verify("carol", b"y"));
+        assert!(f.verify("dave", "pässwörd ünïcode".as_bytes()));
+        assert!(!f.verify("dave", b"passwort"));
+        // A hash belongs to its user only.
+        assert!(!f.verify("carol", b"correct horse"));
+    }
+
+    #[test]
+    fn mixed_file_crlf_and_unknown_user() {
+        let h = hash_password(b"pw");
+        let text = format!("# users\r\nx:{h}\r\n{}\r\n\r\n", MOSQ_7.lines().next().unwrap());
+        let f = PasswordFile::parse(&text).unwrap();
+        assert_eq!(f.len(), 2);
+        assert!(f.verify("x", b"pw"));
+        assert!(f.verify("alice", b"correct horse"));
+        assert!(!f.verify("nobody", b"pw"));
+        assert!(!f.verify("nobody", b""));
+        assert!(!f.contains("nobody"));
+        assert!(!f.verify("", b"pw"));
+    }
+
+    #[test]
+    fn user_name_is_everything_before_first_colon() {
+        // The hash itself can never contain ':', so "a:b:$6$…" is a malformed hash.
+        let (line, reason) = line_err(&format!("a:b:{SHA6}"));
+        assert_eq!((line, reason), (1, Reason::UnknownFormat));
+        let f = PasswordFile::parse(&format!("user@example.com:{SHA6}")).unwrap();
+        assert!(f.verify("user@example.com", b"s3cret!"));
+    }
+
+    #[test]
+    fn malformed_lines_report_line_number() {
+        let good = format!("bob:{SHA6}");
+        let cases: &[(&str, Reason)] = &[
+            ("no separator here", Reason::MissingSeparator),
+            (":$6$abc$def", Reason::EmptyUser),
+            ("carol:", Reason::MissingHash),
+            ("carol:plaintext", Reason::UnknownFormat),
+            ("carol:$1$abc$def", Reason::UnknownFormat),
+            ("carol:$argon2id$garbage", Reason::MalformedArgon2),
+            ("carol:$argon2id$v=19$m=4194304,t=1,p=1$c2FsdHNhbHQ$aGFzaGhhc2hoYXNoaGFzaA", Reason::Argon2TooLarge),
+            ("carol:$6$c2FsdA==$c2hvcnQ=", Reason::MalformedSha512),
+            ("carol:$6$!!!$c2hvcnQ=", Reason::MalformedSha512),
+            ("carol:$6$nodollar", Reason::MalformedSha512),
+            ("carol:$7$abc$c2FsdA==$c2hvcnQ=", Reason::MalformedPbkdf2),
+            ("carol:$7$0$c2FsdA==$c2hvcnQ=", Reason::MalformedPbkdf2),
+            ("carol:$7$101$c2FsdA==", Reason::MalformedPbkdf2),
+            (" carol:$6$x$y", Reason::UserWhitespace),
+            ("ca\0rol:$6$x$y", Reason::UserForbiddenChar),
+            ("carol:$6$a b$c", Reason::HashWhitespace),
+            ("bob:$6$a$b", Reason::DuplicateUser { first_line: 2 }),
+        ];
+        for (bad, reason) in cases {
+            let text = format!("# header\n{good}\n\n{bad}\n");
+            assert_eq!(line_err(&text), (4, *reason), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn errors_never_show_hashes() {
+        let secret_hash = "$7$101$c2VjcmV0c2FsdA==$bm90IDY0IGJ5dGVz";
+        let err = PasswordFile::parse(&format!("u:{secret_hash}")).unwrap_err();
+        let shown = format!("{err} {err:?}");
+        assert_eq!(err.to_string(), "line 1: malformed $7$ hash");
+        assert!(!shown.contains("c2Vj"), "{shown}");
+        assert_eq!(line_err("x\ny\n"), (1, Reason::MissingSeparator));
+        assert_eq!(
+            PasswordFile::parse(&format!("a:{SHA6}\nb\n")).unwrap_err().to_string(),
+            "line 2: missing ':' between user name and hash"
+        );
+        let f = PasswordFile::parse(MOSQ_6).unwrap();
+        let dbg = format!("{f:?}");
+        assert_eq!(dbg, "PasswordFile { users: 3 }");
+    }
+
+    #[test]
+    fn empty_file() {
+        let f = PasswordFile::parse("").unwrap();
+        assert!(f.is_empty());
+        assert!(!f.verify("a", b"b"));
+        let f = PasswordFile::parse("# only comments\n\n   \n").unwrap();
+        assert_eq!(f.len(), 0);
+    }
+
+    #[test]
+    fn upsert_appends_and_replaces() {
+        let h1 = hash_password(b"one");
+        let h2 = hash_password(b"two");
+
+        let t = upsert_user("", "alice", &h1).unwrap();
+        assert_eq!(t, format!("alice:{h1}\n"));
+
+        // Append to a file without a trailing newline; comments kept.
+        let base = format!("# keep me\nbob:{SHA6}");
+        let t = upsert_user(&base, "alice", &h1).unwrap();
+        assert_eq!(t, format!("# keep me\nbob:{SHA6}\nalice:{h1}\n"));
+
+        // Replace in place, keeping order, other lines and CRLF endings.
+        let crlf = format!("# c\r\nalice:{h1}\r\nbob:{SHA6}\r\n");
+        let t = upsert_user(&crlf, "alice", &h2).unwrap();
+        assert_eq!(t, format!("# c\r\nalice:{h2}\r\nbob:{SHA6}\r\n"));
+        let f = PasswordFile::parse(&t).unwrap();
+        assert!(f.verify("alice", b"two"));
+        assert!(!f.verify("alice", b"one"));
+        assert!(f.verify("bob", b"s3cret!"));
+
+        // Replace the last line that has no newline.
+        let t = upsert_user(&format!("bob:{SHA6}"), "bob", &h2).unwrap();
+        assert_eq!(t, format!("bob:{h2}"));
+
+        // A Mosquitto hash can be stored too.
+        let t = upsert_user("", "carol", SHA6).unwrap();
+        assert!(PasswordFile::parse(&t).unwrap().verify("carol", b"s3cret!"));
+    }
+
+    #[test]
+    fn upsert_rejects_bad_input() {
+        let h = hash_password(b"pw");
+        for user in ["", "a:b", "a\nb", "a\rb", "a\0b", " a", "a ", "#a"] {
+            assert!(matches!(upsert_user("", user, &h), Err(PasswordFileError::InvalidUser(_))), "{user:?}");
+        }
+        for hash in ["", "plain", "$6$x", "$6$c2FsdA==$c2hvcnQ=", &format!("{h}\nx:{h}")] {
+            assert!(matches!(upsert_user("", "a", hash), Err(PasswordFileError::InvalidHash(_))), "{hash:?}");
+        }
+        assert_eq!(
+            upsert_user("ok\n", "a", &h).unwrap_err(),
+            PasswordFileError::Line { line: 1, reason: Reason::MissingSeparator }
+        );
+        assert_eq!(
+            upsert_user("", "a:b", &h).unwrap_err().to_string(),
+            "invalid user name: user name contains a forbidden character"
+        );
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(256))]
+
+        #[test]
+        fn parse_and_verify_never_panic(
+            lines in proptest::collection::vec(
+                prop_oneof![
+                    any::<String>(),
+                    "[a-z]{0,4}:\\$[67]\\$[0-9]{0,3}\\$?[A-Za-z0-9+/=$]{0,100}",
+                    "[a-z]{0,4}:\\$argon2(id|i|d)\\$[a-z0-9=,$]{0,60}",
+                ],
+                0..6,
+            ),
+            user in any::<String>(),
+            password in proptest::collection::vec(any::<u8>(), 0..64),
+        ) {
+            let text = lines.join("\n");
+            if let Ok(f) = PasswordFile::parse(&text) {
+                let _ = f.verify(&user, &password);
+                for l in &lines {
+                    if let Some((u, _)) = l.split_once(':') {
+                        let _ = f.verify(u, &password);
+                    }
+                }
+            }
+            let _ = upsert_user(&text, &user, SHA6);
+        }
+
+        #[test]
+        fn mosquitto_like_lines_never_panic(
+            iter in 0u64..5000,
+            salt in proptest::collection::vec(any::<u8>(), 0..20),
+            digest in proptest::collection::vec(any::<u8>(), 60..68),
+            password in proptest::collection::vec(any::<u8>(), 0..32),
+        ) {
+            let (s, d) = (B64.encode(&salt), B64.encode(&digest));
+            let text = format!("a:$7${iter}${s}${d}\nb:$6${s}${d}\n");
+            if let Ok(f) = PasswordFile::parse(&text) {
+                prop_assert!(!f.verify("a", &password) || digest.len() == 64);
+                let _ = f.verify("b", &password);
+            }
+        }
+    }
+}

@@ -1,0 +1,78 @@
+//! The identity a connection authenticated as.
+
+use std::fmt;
+use std::sync::Arc;
+
+/// How a principal proved who it is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum PrincipalKind {
+    /// A user name and password (password file or policy store).
+    User,
+    /// An X.509 client certificate identity.
+    Certificate,
+    /// The subject of a verified access token.
+    Token,
+    /// No credentials (only where `allow_anonymous = true`); all anonymous clients are one principal.
+    Anonymous,
+}
+
+impl PrincipalKind {
+    /// Lower-case name used in logs and audit records.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            PrincipalKind::User => "user",
+            PrincipalKind::Certificate => "certificate",
+            PrincipalKind::Token => "token",
+            PrincipalKind::Anonymous => "anonymous",
+        }
+    }
+}
+
+/// An authenticated identity. Two principals are the same identity when kind and name match;
+/// roles and scopes are what it may do, not who it is.
+#[derive(Debug, Clone)]
+pub struct Principal {
+    /// How it authenticated.
+    pub kind: PrincipalKind,
+    /// The user name, certificate identity or token subject (`anonymous` for anonymous).
+    pub name: Arc<str>,
+    /// Role names granted (RBAC), empty until the authorization issue uses them.
+    pub roles: Vec<Arc<str>>,
+}
+
+impl Principal {
+    /// The single anonymous principal.
+    pub fn anonymous() -> Self {
+        Principal { kind: PrincipalKind::Anonymous, name: Arc::from("anonymous"), roles: Vec::new() }
+    }
+
+    /// A password-authenticated user.
+    pub fn user(name: &str) -> Self {
+        Principal { kind: PrincipalKind::User, name: Arc::from(name), roles: Vec::new() }
+    }
+
+    /// True when `other` is the same identity (so it may take over this principal's sessions).
+    pub fn same_identity(&self, other: &Principal) -> bool {
+        self.kind == other.kind && self.name == other.name
+    }
+}
+
+impl fmt::Display for Principal {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}:{}", self.kind.as_str(), self.name)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn identity_is_kind_and_name() {
+        assert!(Principal::user("ann").same_identity(&Principal::user("ann")));
+        assert!(!Principal::user("ann").same_identity(&Principal::user("ben")));
+        let cert = Principal { kind: PrincipalKind::Certificate, ..Principal::user("ann") };
+        assert!(!cert.same_identity(&Principal::user("ann")));
+        assert!(Principal::anonymous().same_identity(&Principal::anonymous()));
+    }
+}

@@ -1,0 +1,118 @@
+//! Authentication of CONNECT credentials (SPEC §4, first method: password file).
+//!
+//! Refusals look the same whether the user exists or not: the same reason code, and the same
+//! slow-hash work (the password file verifies unknown users against a dummy hash). Secrets are
+//! never logged. Hashing runs on the blocking pool, a few at a time, so a flood of CONNECTs
+//! cannot exhaust memory (argon2id uses ~19 MiB per verification).
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use anyhow::Context;
+use mqtt_codec::{Connect, ReasonCode};
+use parking_lot::RwLock;
+use tokio::sync::Semaphore;
+use warden_policy::password::PasswordFile;
+use warden_policy::Principal;
+
+use crate::config::AuthConfig;
+
+/// Concurrent password verifications.
+const HASH_CONCURRENCY: usize = 4;
+
+/// Decides who a CONNECT is.
+pub struct Authenticator {
+    allow_anonymous: bool,
+    password_path: Option<PathBuf>,
+    passwords: RwLock<Option<Arc<PasswordFile>>>,
+    hashing: Semaphore,
+}
+
+impl std::fmt::Debug for Authenticator {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Authenticator")
+            .field("allow_anonymous", &self.allow_anonymous)
+            .field("password_path", &self.password_path)
+            .finish_non_exhaustive()
+    }
+}
+
+fn load_file(path: &PathBuf) -> anyhow::Result<PasswordFile> {
+    let text =
+        std::fs::read_to_string(path).with_context(|| format!("{}: cannot read password file", path.display()))?;
+    PasswordFile::parse(&text)
+        .map_err(|e| anyhow::anyhow!("{}:{}", path.display(), e.to_string().trim_start_matches("line ")))
+}
+
+impl Authenticator {
+    /// Load the password file named by the configuration (if any).
+    pub fn load(cfg: &AuthConfig) -> anyhow::Result<Self> {
+        let passwords = match &cfg.password_file {
+            Some(p) => Some(Arc::new(load_file(p)?)),
+            None => None,
+        };
+        Ok(Authenticator {
+            allow_anonymous: cfg.allow_anonymous,
+            password_path: cfg.password_file.clone(),
+            passwords: RwLock::new(passwords),
+            hashing: Semaphore::new(HASH_CONCURRENCY),
+        })
+    }
+
+    /// Number of users in the password file.
+    pub fn user_count(&self) -> usize {
+        self.passwords.read().as_ref().map_or(0, |p| p.len())
+    }
+
+    /// Re-read the password file (SIGHUP). On error the old file stays in force.
+    pub fn reload(&self) -> anyhow::Result<usize> {
+        let Some(path) = &self.password_path else { return Ok(0) };
+        let file = load_file(path)?;
+        let n = file.len();
+        *self.passwords.write() = Some(Arc::new(file));
+        Ok(n)
+    }
+
+    /// Authenticate a CONNECT. Refusals carry the v5 reason code (mapped for v3 clients):
+    /// 0x86 bad user name or password, 0x87 not authorized (anonymous refused).
+    pub async fn authenticate(&self, connect: &Connect) -> Result<Principal, ReasonCode> {
+        match (&connect.username, &connect.password) {
+            (None, None) => {
+                if self.allow_anonymous {
+                    Ok(Principal::anonymous())
+                } else {
+                    Err(ReasonCode::NOT_AUTHORIZED)
+                }
+            }
+            (Some(user), Some(password)) => {
+                let file = self.passwords.read().clone();
+                let Some(file) = file else {
+                    // No password source: credentials cannot be checked. With anonymous access
+                    // allowed they are ignored (the client is the anonymous principal).
+                    return if self.allow_anonymous {
+                        Ok(Principal::anonymous())
+                    } else {
+                        Err(ReasonCode::BAD_USER_NAME_OR_PASSWORD)
+                    };
+                };
+                let _permit = self.hashing.acquire().await.map_err(|_| ReasonCode::SERVER_UNAVAILABLE)?;
+                let (user_c, password) = (user.clone(), password.clone());
+                let ok = tokio::task::spawn_blocking(move || file.verify(&user_c, &password))
+                    .await
+                    .map_err(|_| ReasonCode::SERVER_UNAVAILABLE)?;
+                if ok {
+                    Ok(Principal::user(user))
+                } else {
+                    Err(ReasonCode::BAD_USER_NAME_OR_PASSWORD)
+                }
+            }
+            (Some(_), None) | (None, Some(_)) => {
+                if self.allow_anonymous && self.passwords.read().is_none() {
+                    Ok(Principal::anonymous())
+                } else {
+                    Err(ReasonCode::BAD_USER_NAME_OR_PASSWORD)
+                }
+            }
+        }
+    }
+}

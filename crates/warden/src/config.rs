@@ -1,0 +1,958 @@
+//! Configuration: a TOML file (SPEC §2) turned into a validated, typed [`Config`].
+//!
+//! Every problem is reported as `path/to/warden.toml:LINE: reason`. Unknown keys are errors
+//! (`deny_unknown_fields` everywhere); values are validated while they are deserialized (so the
+//! TOML error carries the value's span) or, for checks that involve several values, afterwards
+//! using `toml::Spanned` positions.
+
+use std::collections::HashMap;
+use std::fmt;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::ops::Range;
+use std::path::{Component, Path, PathBuf};
+use std::time::Duration;
+
+use serde::de::{self, Deserializer, Visitor};
+use serde::Deserialize;
+use toml::Spanned;
+
+/// Largest packet MQTT can express (variable byte integer maximum, 256 MiB - 1).
+pub const MQTT_MAX_PACKET_SIZE: u32 = 268_435_455;
+
+/// Default data directory (relative to the working directory).
+pub const DEFAULT_DATA_DIR: &str = "./warden-data";
+
+/// Default URL path of WebSocket listeners.
+pub const DEFAULT_WS_PATH: &str = "/mqtt";
+
+/// A loaded and validated configuration.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Config {
+    /// Data directory; relative paths given in a file are resolved against the file's directory.
+    pub data_dir: PathBuf,
+    /// `[[listener]]` tables; at least one, no duplicate bind addresses.
+    pub listeners: Vec<ListenerConfig>,
+    pub auth: AuthConfig,
+    pub limits: Limits,
+    /// The file this configuration was loaded from (`None` for the embedded default).
+    pub source: Option<PathBuf>,
+}
+
+/// One `[[listener]]` table.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ListenerConfig {
+    pub bind: SocketAddr,
+    pub protocol: ListenerProtocol,
+    /// WebSocket URL path (ws only; `"/mqtt"` by default, always starts with `/`).
+    pub path: String,
+}
+
+/// Transport of a listener. TOML: `"mqtt"` | `"ws"`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum ListenerProtocol {
+    Mqtt,
+    Ws,
+}
+
+/// The `[auth]` table.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct AuthConfig {
+    /// Default `false`: anonymous clients are refused.
+    pub allow_anonymous: bool,
+    /// Password file; relative paths given in a file are resolved against the file's directory.
+    /// `None` when a config file does not name one.
+    pub password_file: Option<PathBuf>,
+}
+
+/// The `[limits]` table. Every field has a default ([`Limits::default`]).
+///
+/// Sizes accept integer bytes or strings such as `"256KiB"` (see [`parse_size`]); durations
+/// accept integer seconds or strings such as `"500ms"`, `"10s"`, `"5m"`, `"1h"` (see
+/// [`parse_duration`]). Values are range-checked while they are deserialized.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Limits {
+    /// Bytes, 64 ..= 268435455. Default 256 KiB.
+    #[serde(deserialize_with = "de_max_packet_size")]
+    pub max_packet_size: u32,
+    /// > 0. Default 10 s.
+    #[serde(deserialize_with = "de_connect_timeout")]
+    pub connect_timeout: Duration,
+    /// Per session, >= 1. Default 10000.
+    #[serde(deserialize_with = "de_max_queued_messages")]
+    pub max_queued_messages: usize,
+    /// Per session, >= 1 byte. Default 16 MiB.
+    #[serde(deserialize_with = "de_max_queued_bytes")]
+    pub max_queued_bytes: u64,
+    /// Advertised in CONNACK (v5); 0 disables topic aliases. Default 10.
+    #[serde(deserialize_with = "de_topic_alias_maximum")]
+    pub topic_alias_maximum: u16,
+    /// >= 1 s. Default 10 s.
+    #[serde(deserialize_with = "de_sys_interval")]
+    pub sys_interval: Duration,
+    /// >= 1. Default 100000.
+    #[serde(deserialize_with = "de_max_connections")]
+    pub max_connections: usize,
+    /// Receive Maximum the broker advertises (inbound QoS>0 inflight per client), 1 ..= 65535.
+    /// Default 100.
+    #[serde(deserialize_with = "de_receive_maximum")]
+    pub receive_maximum: u16,
+    /// Outbound inflight per client (further capped by the client's receive maximum),
+    /// 1 ..= 65535. Default 100.
+    #[serde(deserialize_with = "de_max_inflight")]
+    pub max_inflight: u16,
+    /// Seconds, 1 ..= 65535; a v5 client asking for more (or 0) gets Server Keep Alive.
+    /// Default 65535.
+    #[serde(deserialize_with = "de_max_keep_alive")]
+    pub max_keep_alive: u16,
+    /// Seconds, 0 ..= 4294967295 (u32::MAX = never expires). Default 604800 (7 days).
+    #[serde(deserialize_with = "de_max_session_expiry")]
+    pub max_session_expiry: u32,
+    /// >= 1. Default 128.
+    #[serde(deserialize_with = "de_max_topic_levels")]
+    pub max_topic_levels: usize,
+    /// >= 1. Default 1000.
+    #[serde(deserialize_with = "de_max_subscriptions_per_client")]
+    pub max_subscriptions_per_client: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            max_packet_size: 256 * 1024,
+            connect_timeout: Duration::from_secs(10),
+            max_queued_messages: 10_000,
+            max_queued_bytes: 16 * 1024 * 1024,
+            topic_alias_maximum: 10,
+            sys_interval: Duration::from_secs(10),
+            max_connections: 100_000,
+            receive_maximum: 100,
+            max_inflight: 100,
+            max_keep_alive: 65_535,
+            max_session_expiry: 604_800,
+            max_topic_levels: 128,
+            max_subscriptions_per_client: 1000,
+        }
+    }
+}
+
+/// Why a configuration could not be loaded.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file could not be read. Display: `path: reason`.
+    #[error("{}: {source}", path.display())]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    /// The file is not a valid configuration. Display: `path:line: reason`.
+    #[error("{}:{line}: {reason}", path.display())]
+    Invalid {
+        path: PathBuf,
+        /// 1-based line.
+        line: usize,
+        reason: String,
+    },
+}
+
+impl Config {
+    /// Reads and validates the configuration file at `path`.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let text =
+            std::fs::read_to_string(path).map_err(|source| ConfigError::Io { path: path.to_path_buf(), source })?;
+        Config::parse(&text, path)
+    }
+
+    /// Parses and validates configuration `text`; `path` names the file in error messages,
+    /// anchors relative paths (its directory) and becomes [`Config::source`].
+    pub fn parse(text: &str, path: &Path) -> Result<Config, ConfigError> {
+        let invalid = |span: Option<Range<usize>>, reason: String| ConfigError::Invalid {
+            path: path.to_path_buf(),
+            line: span.map_or(1, |s| line_of(text, s.start)),
+            reason,
+        };
+        let raw: RawConfig = toml::from_str(text).map_err(|e| invalid(e.span(), one_line(e.message())))?;
+        let base = path.parent().unwrap_or(Path::new(""));
+
+        let data_dir = match raw.data_dir {
+            Some(d) => resolve(base, non_empty_path(d, "data_dir").map_err(|(s, r)| invalid(Some(s), r))?),
+            None => PathBuf::from(DEFAULT_DATA_DIR),
+        };
+
+        let password_file = match raw.auth.password_file {
+            Some(p) => Some(resolve(base, non_empty_path(p, "password_file").map_err(|(s, r)| invalid(Some(s), r))?)),
+            None => None,
+        };
+
+        let Some(raw_listeners) = raw.listeners else {
+            return Err(invalid(None, "no listener configured: at least one [[listener]] table is required".into()));
+        };
+        if raw_listeners.get_ref().0.is_empty() {
+            return Err(invalid(
+                Some(raw_listeners.span()),
+                "no listener configured: at least one [[listener]] table is required".into(),
+            ));
+        }
+        let mut listeners = Vec::with_capacity(raw_listeners.get_ref().0.len());
+        let mut seen: HashMap<SocketAddr, usize> = HashMap::new();
+        for l in raw_listeners.into_inner().0 {
+            let bind_span = l.bind.span();
+            let bind = l.bind.into_inner().0;
+            // Port 0 asks the OS for any free port: two such listeners do not collide.
+            if bind.port() != 0 {
+                let line = line_of(text, bind_span.start);
+                if let Some(first) = seen.insert(bind, line) {
+                    return Err(invalid(
+                        Some(bind_span),
+                        format!("duplicate bind address {bind} (already used by the listener on line {first})"),
+                    ));
+                }
+            }
+            let protocol = l.protocol;
+            let path = match l.path {
+                None => DEFAULT_WS_PATH.to_string(),
+                Some(p) => {
+                    let span = p.span();
+                    let p = p.into_inner();
+                    if protocol != ListenerProtocol::Ws {
+                        return Err(invalid(
+                            Some(span),
+                            format!("`path` applies only to ws listeners, not {protocol}"),
+                        ));
+                    }
+                    if !p.starts_with('/') {
+                        return Err(invalid(Some(span), format!("invalid listener path {p:?}: must start with '/'")));
+                    }
+                    p
+                }
+            };
+            listeners.push(ListenerConfig { bind, protocol, path });
+        }
+
+        Ok(Config {
+            data_dir,
+            listeners,
+            auth: AuthConfig { allow_anonymous: raw.auth.allow_anonymous, password_file },
+            limits: raw.limits,
+            source: Some(path.to_path_buf()),
+        })
+    }
+
+    /// The configuration used when no file is given: data in `./warden-data`, MQTT on
+    /// 127.0.0.1:1883, WebSocket on 127.0.0.1:9001 (path `/mqtt`), anonymous clients refused,
+    /// password file `./warden-data/passwd`, default limits.
+    pub fn embedded_default() -> Config {
+        let data_dir = PathBuf::from(DEFAULT_DATA_DIR);
+        let localhost = IpAddr::V4(Ipv4Addr::LOCALHOST);
+        Config {
+            listeners: vec![
+                ListenerConfig {
+                    bind: SocketAddr::new(localhost, 1883),
+                    protocol: ListenerProtocol::Mqtt,
+                    path: DEFAULT_WS_PATH.to_string(),
+                },
+                ListenerConfig {
+                    bind: SocketAddr::new(localhost, 9001),
+                    protocol: ListenerProtocol::Ws,
+                    path: DEFAULT_WS_PATH.to_string(),
+                },
+            ],
+            auth: AuthConfig { allow_anonymous: false, password_file: Some(data_dir.join("passwd")) },
+            data_dir,
+            limits: Limits::default(),
+            source: None,
+        }
+    }
+}
+
+impl ListenerProtocol {
+    /// The TOML spelling: `"mqtt"` or `"ws"`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ListenerProtocol::Mqtt => "mqtt",
+            ListenerProtocol::Ws => "ws",
+        }
+    }
+}
+
+impl fmt::Display for ListenerProtocol {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl<'de> Deserialize<'de> for ListenerProtocol {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl Visitor<'_> for V {
+            type Value = ListenerProtocol;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a listener protocol, \"mqtt\" or \"ws\"")
+            }
+            fn visit_str<E: de::Error>(self, v: &str) -> Result<ListenerProtocol, E> {
+                match v {
+                    "mqtt" => Ok(ListenerProtocol::Mqtt),
+                    "ws" => Ok(ListenerProtocol::Ws),
+                    "mqtts" | "wss" => Err(E::custom(format!("protocol {v:?}: TLS listeners are not supported yet"))),
+                    _ => Err(E::custom(format!("unknown protocol {v:?}, expected \"mqtt\" or \"ws\""))),
+                }
+            }
+        }
+        d.deserialize_str(V)
+    }
+}
+
+/// Parses a size: a whole number of bytes with an optional unit, `B`, `KiB`, `MiB`, `GiB`
+/// (powers of 2) or `KB`/`kB`, `MB`, `GB` (powers of 10); e.g. `"256KiB"`, `"16 MiB"`,
+/// `"1000"`.
+pub fn parse_size(s: &str) -> Result<u64, String> {
+    let (n, unit) = split_number(s, "size")?;
+    let mult: u64 = match unit {
+        "" | "B" => 1,
+        "KiB" => 1 << 10,
+        "MiB" => 1 << 20,
+        "GiB" => 1 << 30,
+        "KB" | "kB" => 1_000,
+        "MB" => 1_000_000,
+        "GB" => 1_000_000_000,
+        _ => {
+            return Err(format!("invalid size {s:?}: unknown unit {unit:?} (expected B, KiB, MiB, GiB, KB, MB or GB)"))
+        }
+    };
+    n.checked_mul(mult).ok_or_else(|| format!("invalid size {s:?}: too large"))
+}
+
+/// Parses a duration: a whole number with a unit, `ms`, `s`, `m` or `h`; e.g. `"500ms"`,
+/// `"10s"`, `"5m"`, `"1h"`. (Integer seconds are accepted by the config fields themselves.)
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    let (n, unit) = split_number(s, "duration")?;
+    let secs = |mult: u64| {
+        n.checked_mul(mult).map(Duration::from_secs).ok_or_else(|| format!("invalid duration {s:?}: too large"))
+    };
+    match unit {
+        "ms" => Ok(Duration::from_millis(n)),
+        "s" => secs(1),
+        "m" => secs(60),
+        "h" => secs(3600),
+        "" => Err(format!("invalid duration {s:?}: missing unit (ms, s, m or h)")),
+        _ => Err(format!("invalid duration {s:?}: unknown unit {unit:?} (expected ms, s, m or h)")),
+    }
+}
+
+/// Splits `" 16 MiB "` into `(16, "MiB")`; `what` names the kind of value in errors.
+fn split_number<'a>(s: &'a str, what: &str) -> Result<(u64, &'a str), String> {
+    let t = s.trim();
+    let digits = t.bytes().take_while(u8::is_ascii_digit).count();
+    if digits == 0 {
+        return Err(format!("invalid {what} {s:?}: expected a whole number followed by a unit"));
+    }
+    let n = t[..digits].parse::<u64>().map_err(|_| format!("invalid {what} {s:?}: too large"))?;
+    Ok((n, t[digits..].trim_start()))
+}
+
+// ---------------------------------------------------------------------------------------------
+// Raw (file-shaped) structures; positions kept where validation spans several values.
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawConfig {
+    data_dir: Option<Spanned<PathBuf>>,
+    #[serde(rename = "listener")]
+    listeners: Option<Spanned<RawListeners>>,
+    #[serde(default)]
+    auth: RawAuth,
+    #[serde(default)]
+    limits: Limits,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawListener {
+    bind: Spanned<BindAddr>,
+    #[serde(default = "default_protocol")]
+    protocol: ListenerProtocol,
+    path: Option<Spanned<String>>,
+}
+
+/// The `listener` key: an array of tables (`[[listener]]`), with a clear message for `[listener]`.
+struct RawListeners(Vec<RawListener>);
+
+impl<'de> Deserialize<'de> for RawListeners {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> Visitor<'de> for V {
+            type Value = RawListeners;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("an array of tables: write [[listener]], not [listener]")
+            }
+            fn visit_seq<A: de::SeqAccess<'de>>(self, mut seq: A) -> Result<RawListeners, A::Error> {
+                let mut v = Vec::with_capacity(seq.size_hint().unwrap_or(0));
+                while let Some(l) = seq.next_element()? {
+                    v.push(l);
+                }
+                Ok(RawListeners(v))
+            }
+        }
+        d.deserialize_seq(V)
+    }
+}
+
+fn default_protocol() -> ListenerProtocol {
+    ListenerProtocol::Mqtt
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawAuth {
+    #[serde(default)]
+    allow_anonymous: bool,
+    password_file: Option<Spanned<PathBuf>>,
+}
+
+/// A socket address with a helpful error message.
+struct BindAddr(SocketAddr);
+
+impl<'de> Deserialize<'de> for BindAddr {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl Visitor<'_> for V {
+            type Value = BindAddr;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a bind address such as \"127.0.0.1:1883\" or \"[::1]:1883\"")
+            }
+            fn visit_str<E: de::Error>(self, v: &str) -> Result<BindAddr, E> {
+                v.parse().map(BindAddr).map_err(|_| {
+                    E::custom(format!(
+                        "invalid bind address {v:?}: expected IP:PORT such as \"127.0.0.1:1883\" or \"[::1]:1883\""
+                    ))
+                })
+            }
+        }
+        d.deserialize_str(V)
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Range-checked value deserializers for [limits].
+
+/// An integer, or (when `size`) a size string, in `min ..= max`.
+struct IntVisitor {
+    key: &'static str,
+    min: u64,
+    max: u64,
+    size: bool,
+}
+
+impl IntVisitor {
+    fn check<E: de::Error>(&self, v: u64) -> Result<u64, E> {
+        if (self.min..=self.max).contains(&v) {
+            Ok(v)
+        } else {
+            let unit = if self.size { " bytes" } else { "" };
+            Err(E::custom(format!("{} must be between {} and {}{unit}, not {v}", self.key, self.min, self.max)))
+        }
+    }
+}
+
+impl Visitor<'_> for IntVisitor {
+    type Value = u64;
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.size {
+            write!(f, "a size for {} (bytes, or a string such as \"256KiB\")", self.key)
+        } else {
+            write!(f, "an integer for {} between {} and {}", self.key, self.min, self.max)
+        }
+    }
+    fn visit_i64<E: de::Error>(self, v: i64) -> Result<u64, E> {
+        match u64::try_from(v) {
+            Ok(v) => self.check(v),
+            Err(_) => Err(E::custom(format!("{} must be between {} and {}, not {v}", self.key, self.min, self.max))),
+        }
+    }
+    fn visit_u64<E: de::Error>(self, v: u64) -> Result<u64, E> {
+        self.check(v)
+    }
+    fn visit_str<E: de::Error>(self, v: &str) -> Result<u64, E> {
+        if !self.size {
+            return Err(E::invalid_type(de::Unexpected::Str(v), &self));
+        }
+        let n = parse_size(v).map_err(|e| E::custom(format!("{}: {e}", self.key)))?;
+        self.check(n)
+    }
+}
+
+fn de_int<'de, D: Deserializer<'de>>(d: D, key: &'static str, min: u64, max: u64) -> Result<u64, D::Error> {
+    d.deserialize_any(IntVisitor { key, min, max, size: false })
+}
+
+fn de_size<'de, D: Deserializer<'de>>(d: D, key: &'static str, min: u64, max: u64) -> Result<u64, D::Error> {
+    d.deserialize_any(IntVisitor { key, min, max, size: true })
+}
+
+/// A duration (integer seconds or a string such as `"10s"`) of at least `min`.
+struct DurationVisitor {
+    key: &'static str,
+    min: Duration,
+}
+
+impl DurationVisitor {
+    fn check<E: de::Error>(&self, v: Duration) -> Result<Duration, E> {
+        if v >= self.min {
+            Ok(v)
+        } else if self.min == Duration::from_millis(1) {
+            Err(E::custom(format!("{} must be greater than 0", self.key)))
+        } else {
+            Err(E::custom(format!("{} must be at least {:?}, not {v:?}", self.key, self.min)))
+        }
+    }
+}
+
+impl Visitor<'_> for DurationVisitor {
+    type Value = Duration;
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "a duration for {} (integer seconds, or a string such as \"500ms\", \"10s\", \"5m\", \"1h\")",
+            self.key
+        )
+    }
+    fn visit_i64<E: de::Error>(self, v: i64) -> Result<Duration, E> {
+        match u64::try_from(v) {
+            Ok(v) => self.check(Duration::from_secs(v)),
+            Err(_) => Err(E::custom(format!("{} must not be negative", self.key))),
+        }
+    }
+    fn visit_u64<E: de::Error>(self, v: u64) -> Result<Duration, E> {
+        self.check(Duration::from_secs(v))
+    }
+    fn visit_str<E: de::Error>(self, v: &str) -> Result<Duration, E> {
+        let d = parse_duration(v).map_err(|e| E::custom(format!("{}: {e}", self.key)))?;
+        self.check(d)
+    }
+}
+
+fn de_duration<'de, D: Deserializer<'de>>(d: D, key: &'static str, min: Duration) -> Result<Duration, D::Error> {
+    d.deserialize_any(DurationVisitor { key, min })
+}
+
+/// The bounds below make these narrowing conversions infallible; `map_err` keeps them honest.
+fn narrow<T: TryFrom<u64>, E: de::Error>(v: u64) -> Result<T, E> {
+    T::try_from(v).map_err(|_| E::custom(format!("value {v} out of range")))
+}
+
+fn de_max_packet_size<'de, D: Deserializer<'de>>(d: D) -> Result<u32, D::Error> {
+    narrow(de_size(d, "max_packet_size", 64, MQTT_MAX_PACKET_SIZE.into())?)
+}
+fn de_connect_timeout<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+    de_duration(d, "connect_timeout", Duration::from_millis(1))
+}
+fn de_max_queued_messages<'de, D: Deserializer<'de>>(d: D) -> Result<usize, D::Error> {
+    narrow(de_int(d, "max_queued_messages", 1, usize::MAX as u64)?)
+}
+fn de_max_queued_bytes<'de, D: Deserializer<'de>>(d: D) -> Result<u64, D::Error> {
+    de_size(d, "max_queued_bytes", 1, u64::MAX)
+}
+fn de_topic_alias_maximum<'de, D: Deserializer<'de>>(d: D) -> Result<u16, D::Error> {
+    narrow(de_int(d, "topic_alias_maximum", 0, u16::MAX.into())?)
+}
+fn de_sys_interval<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+    de_duration(d, "sys_interval", Duration::from_secs(1))
+}
+fn de_max_connections<'de, D: Deserializer<'de>>(d: D) -> Result<usize, D::Error> {
+    narrow(de_int(d, "max_connections", 1, usize::MAX as u64)?)
+}
+fn de_receive_maximum<'de, D: Deserializer<'de>>(d: D) -> Result<u16, D::Error> {
+    narrow(de_int(d, "receive_maximum", 1, u16::MAX.into())?)
+}
+fn de_max_inflight<'de, D: Deserializer<'de>>(d: D) -> Result<u16, D::Error> {
+    narrow(de_int(d, "max_inflight", 1, u16::MAX.into())?)
+}
+fn de_max_keep_alive<'de, D: Deserializer<'de>>(d: D) -> Result<u16, D::Error> {
+    narrow(de_int(d, "max_keep_alive", 1, u16::MAX.into())?)
+}
+fn de_max_session_expiry<'de, D: Deserializer<'de>>(d: D) -> Result<u32, D::Error> {
+    narrow(de_int(d, "max_session_expiry", 0, u32::MAX.into())?)
+}
+fn de_max_topic_levels<'de, D: Deserializer<'de>>(d: D) -> Result<usize, D::Error> {
+    narrow(de_int(d, "max_topic_levels", 1, usize::MAX as u64)?)
+}
+fn de_max_subscriptions_per_client<'de, D: Deserializer<'de>>(d: D) -> Result<usize, D::Error> {
+    narrow(de_int(d, "max_subscriptions_per_client", 1, usize::MAX as u64)?)
+}
+
+// ---------------------------------------------------------------------------------------------
+// Helpers.
+
+/// 1-based line of byte offset `at` in `text`.
+fn line_of(text: &str, at: usize) -> usize {
+    let at = at.min(text.len());
+    text.as_bytes()[..at].iter().filter(|&&b| b == b'\n').count() + 1
+}
+
+/// TOML parser messages may span several lines; keep the report on one.
+fn one_line(msg: &str) -> String {
+    msg.trim().lines().map(str::trim).filter(|l| !l.is_empty()).collect::<Vec<_>>().join("; ")
+}
+
+fn non_empty_path(p: Spanned<PathBuf>, key: &str) -> Result<PathBuf, (Range<usize>, String)> {
+    if p.get_ref().as_os_str().is_empty() {
+        Err((p.span(), format!("{key} must not be empty")))
+    } else {
+        Ok(p.into_inner())
+    }
+}
+
+/// Resolves `p` against `base` (the config file's directory) unless it is absolute; drops
+/// `.` components so `"./passwd"` next to `/etc/warden/warden.toml` is `/etc/warden/passwd`.
+fn resolve(base: &Path, p: PathBuf) -> PathBuf {
+    if p.is_absolute() {
+        return p;
+    }
+    let tail: PathBuf = p.components().filter(|c| *c != Component::CurDir).collect();
+    if base.as_os_str().is_empty() {
+        if tail.as_os_str().is_empty() {
+            PathBuf::from(".")
+        } else {
+            tail
+        }
+    } else {
+        base.join(tail)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const FILE: &str = "conf/warden.toml";
+
+    fn parse(text: &str) -> Result<Config, ConfigError> {
+        Config::parse(text, Path::new(FILE))
+    }
+
+    /// Parses `text`, expects an `Invalid` error on `line` whose reason contains `needle`;
+    /// returns the Display string.
+    fn fails_at(text: &str, line: usize, needle: &str) -> String {
+        let e = parse(text).expect_err("config should be refused");
+        let shown = e.to_string();
+        match &e {
+            ConfigError::Invalid { path, line: l, reason } => {
+                assert_eq!(path, Path::new(FILE), "{shown}");
+                assert_eq!(*l, line, "{shown}");
+                assert!(reason.contains(needle), "{shown} lacks {needle:?}");
+            }
+            other => panic!("expected Invalid, got {other:?}"),
+        }
+        assert!(shown.starts_with(&format!("{FILE}:{line}: ")), "{shown}");
+        shown
+    }
+
+    const LISTENER: &str = "[[listener]]\nbind = \"127.0.0.1:1883\"\n";
+
+    fn with_limits(body: &str) -> String {
+        // Lines 1-2 listener, line 3 [limits], body starts on line 4.
+        format!("{LISTENER}[limits]\n{body}\n")
+    }
+
+    #[test]
+    fn spec_example_without_unsupported_tables() {
+        let text = r#"data_dir = "./warden-data"
+
+[[listener]]            # repeatable
+bind = "127.0.0.1:1883"
+protocol = "mqtt"       # mqtt | mqtts | ws | wss
+
+[[listener]]
+bind = "127.0.0.1:9001"
+protocol = "ws"
+
+[auth]
+allow_anonymous = false
+password_file = "passwd"          # argon2id; Mosquitto $6$/$7$ lines also accepted
+
+[limits]
+max_packet_size = "256KiB"
+connect_timeout = "10s"
+max_queued_messages = 10000       # per session, offline or slow; then QoS 0 dropped and counted
+max_queued_bytes = "16MiB"        # per session, whichever limit comes first
+topic_alias_maximum = 10          # advertised in CONNACK (v5)
+sys_interval = "10s"              # $SYS topics are retained and refreshed this often
+"#;
+        let c = Config::parse(text, Path::new("/etc/warden/warden.toml")).unwrap();
+        assert_eq!(c.data_dir, PathBuf::from("/etc/warden/warden-data"));
+        assert_eq!(c.listeners.len(), 2);
+        assert_eq!(c.listeners[0].bind, "127.0.0.1:1883".parse().unwrap());
+        assert_eq!(c.listeners[0].protocol, ListenerProtocol::Mqtt);
+        assert_eq!(c.listeners[1].bind, "127.0.0.1:9001".parse().unwrap());
+        assert_eq!(c.listeners[1].protocol, ListenerProtocol::Ws);
+        assert_eq!(c.listeners[1].path, "/mqtt");
+        assert!(!c.auth.allow_anonymous);
+        assert_eq!(c.auth.password_file, Some(PathBuf::from("/etc/warden/passwd")));
+        assert_eq!(c.limits, Limits::default());
+        assert_eq!(c.source, Some(PathBuf::from("/etc/warden/warden.toml")));
+    }
+
+    #[test]
+    fn minimal_file_gets_defaults() {
+        let c = parse(LISTENER).unwrap();
+        assert_eq!(c.data_dir, PathBuf::from(DEFAULT_DATA_DIR));
+        assert_eq!(c.auth, AuthConfig::default());
+        assert_eq!(c.limits, Limits::default());
+        assert_eq!(c.listeners[0].protocol, ListenerProtocol::Mqtt);
+        assert_eq!(c.source, Some(PathBuf::from(FILE)));
+    }
+
+    #[test]
+    fn defaults_match_the_brief() {
+        let l = Limits::default();
+        assert_eq!(l.max_packet_size, 262_144);
+        assert_eq!(l.connect_timeout, Duration::from_secs(10));
+        assert_eq!(l.max_queued_messages, 10_000);
+        assert_eq!(l.max_queued_bytes, 16 * 1024 * 1024);
+        assert_eq!(l.topic_alias_maximum, 10);
+        assert_eq!(l.sys_interval, Duration::from_secs(10));
+        assert_eq!(l.max_connections, 100_000);
+        assert_eq!(l.receive_maximum, 100);
+        assert_eq!(l.max_inflight, 100);
+        assert_eq!(l.max_keep_alive, 65_535);
+        assert_eq!(l.max_session_expiry, 604_800);
+        assert_eq!(l.max_topic_levels, 128);
+        assert_eq!(l.max_subscriptions_per_client, 1000);
+
+        let c = Config::embedded_default();
+        assert_eq!(c.data_dir, PathBuf::from("./warden-data"));
+        assert_eq!(c.source, None);
+        assert_eq!(c.listeners.len(), 2);
+        assert_eq!(c.listeners[0].bind, "127.0.0.1:1883".parse().unwrap());
+        assert_eq!(c.listeners[0].protocol, ListenerProtocol::Mqtt);
+        assert_eq!(c.listeners[1].bind, "127.0.0.1:9001".parse().unwrap());
+        assert_eq!(c.listeners[1].protocol, ListenerProtocol::Ws);
+        assert_eq!(c.listeners[1].path, "/mqtt");
+        assert!(!c.auth.allow_anonymous);
+        assert_eq!(c.auth.password_file, Some(PathBuf::from("./warden-data/passwd")));
+        assert_eq!(c.limits, Limits::default());
+    }
+
+    #[test]
+    fn all_limits_parse() {
+        let text = with_limits(
+            "max_packet_size = 1024\nconnect_timeout = 3\nmax_queued_messages = 5\n\
+             max_queued_bytes = \"1MB\"\ntopic_alias_maximum = 0\nsys_interval = \"1m\"\n\
+             max_connections = 7\nreceive_maximum = 65535\nmax_inflight = 1\n\
+             max_keep_alive = 60\nmax_session_expiry = 4294967295\nmax_topic_levels = 8\n\
+             max_subscriptions_per_client = 9",
+        );
+        let l = parse(&text).unwrap().limits;
+        assert_eq!(
+            l,
+            Limits {
+                max_packet_size: 1024,
+                connect_timeout: Duration::from_secs(3),
+                max_queued_messages: 5,
+                max_queued_bytes: 1_000_000,
+                topic_alias_maximum: 0,
+                sys_interval: Duration::from_secs(60),
+                max_connections: 7,
+                receive_maximum: 65535,
+                max_inflight: 1,
+                max_keep_alive: 60,
+                max_session_expiry: u32::MAX,
+                max_topic_levels: 8,
+                max_subscriptions_per_client: 9,
+            }
+        );
+        // Inline-table form works too.
+        let c = parse(&format!("limits = {{ connect_timeout = \"500ms\" }}\n{LISTENER}")).unwrap();
+        assert_eq!(c.limits.connect_timeout, Duration::from_millis(500));
+    }
+
+    #[test]
+    fn unknown_top_level_key() {
+        let shown = fails_at(
+            &format!("data_dir = \"d\"\ncolour_of_sky = \"blue\"\n{LISTENER}"),
+            2,
+            "unknown field `colour_of_sky`",
+        );
+        assert!(shown.contains("warden.toml"), "{shown}");
+        assert!(shown.contains(":2:"), "{shown}");
+        assert!(shown.contains("expected one of"), "{shown}");
+    }
+
+    #[test]
+    fn unknown_keys_in_tables() {
+        fails_at(&with_limits("max_packet_size = 100\nfrobs = 1"), 5, "`frobs`");
+        // Later-issue keys are refused for now.
+        fails_at(
+            &with_limits("auth_fail_ban = { failures = 20, within = \"60s\", ban = \"300s\" }"),
+            4,
+            "unknown field `auth_fail_ban`",
+        );
+        fails_at(&format!("{LISTENER}protocol = \"mqtt\"\ncert = \"server.pem\"\n"), 4, "unknown field `cert`");
+        fails_at(&format!("{LISTENER}\n[auth]\nallow_anonymous = true\njwt = 1\n"), 6, "unknown field `jwt`");
+        for table in ["http", "authz", "oauth"] {
+            fails_at(&format!("{LISTENER}[{table}]\nenabled = true\n"), 3, &format!("unknown field `{table}`"));
+        }
+    }
+
+    #[test]
+    fn bad_listener_values() {
+        let l = "[[listener]]\n";
+        fails_at(&format!("{l}bind = \"nope\"\n"), 2, "invalid bind address \"nope\"");
+        fails_at(
+            &format!("# comment\n{l}bind = \"127.0.0.1:1\"\nprotocol = \"carrier-pigeon\"\n"),
+            4,
+            "unknown protocol \"carrier-pigeon\"",
+        );
+        fails_at(
+            &format!("{LISTENER}{l}bind = \"127.0.0.1:8883\"\nprotocol = \"mqtts\"\n"),
+            5,
+            "TLS listeners are not supported yet",
+        );
+        fails_at(
+            &format!("{l}bind = \"127.0.0.1:8884\"\nprotocol = \"wss\"\n"),
+            3,
+            "TLS listeners are not supported yet",
+        );
+        fails_at(&format!("\n{l}protocol = \"ws\"\n"), 2, "missing field `bind`");
+        fails_at(&format!("{l}bind = \"127.0.0.1:1\"\nprotocol = \"ws\"\npath = \"mqtt\"\n"), 4, "must start with '/'");
+        fails_at(&format!("{l}bind = \"127.0.0.1:1\"\npath = \"/mqtt\"\n"), 3, "only to ws listeners");
+        fails_at("[listener]\nbind = \"127.0.0.1:1\"\n", 1, "write [[listener]]");
+        let c = parse(&format!("{l}bind = \"[::1]:9001\"\nprotocol = \"ws\"\npath = \"/ws\"\n")).unwrap();
+        assert_eq!(c.listeners[0].bind, "[::1]:9001".parse().unwrap());
+        assert_eq!(c.listeners[0].path, "/ws");
+    }
+
+    #[test]
+    fn bad_limit_values() {
+        fails_at(&with_limits("max_packet_size = \"12 parsecs\""), 4, "unknown unit \"parsecs\"");
+        fails_at(&with_limits("\nconnect_timeout = \"0s\""), 5, "connect_timeout must be greater than 0");
+        fails_at(&with_limits("connect_timeout = 0"), 4, "greater than 0");
+        fails_at(&with_limits("connect_timeout = -1"), 4, "negative");
+        fails_at(&with_limits("max_packet_size = 63"), 4, "between 64 and");
+        fails_at(&with_limits("max_packet_size = \"256MiB\""), 4, "268435455");
+        fails_at(&with_limits("max_packet_size = 1.5"), 4, "invalid type");
+        fails_at(&with_limits("sys_interval = \"999ms\""), 4, "at least 1s");
+        fails_at(&with_limits("receive_maximum = 0"), 4, "between 1 and 65535");
+        fails_at(&with_limits("max_inflight = 65536"), 4, "between 1 and 65535");
+        fails_at(&with_limits("max_keep_alive = 0"), 4, "max_keep_alive");
+        fails_at(&with_limits("topic_alias_maximum = -1"), 4, "topic_alias_maximum");
+        fails_at(&with_limits("max_queued_messages = 0"), 4, "max_queued_messages");
+        fails_at(&with_limits("max_queued_bytes = \"0B\""), 4, "max_queued_bytes");
+        fails_at(&with_limits("max_session_expiry = 4294967296"), 4, "max_session_expiry");
+        fails_at(&with_limits("max_connections = \"many\""), 4, "invalid type");
+        fails_at(&with_limits("max_topic_levels = 0"), 4, "max_topic_levels");
+        fails_at(&with_limits("max_subscriptions_per_client = 0"), 4, "max_subscriptions_per_client");
+    }
+
+    #[test]
+    fn other_bad_values() {
+        fails_at("\n\ndata_dir = 5\n", 3, "invalid type");
+        fails_at(&format!("data_dir = \"\"\n{LISTENER}"), 1, "data_dir must not be empty");
+        fails_at(&format!("{LISTENER}[auth]\npassword_file = \"\"\n"), 4, "password_file must not be empty");
+        fails_at(&format!("{LISTENER}[auth]\nallow_anonymous = \"yes\"\n"), 4, "invalid type");
+        // TOML syntax errors keep their line, on one line.
+        let shown = fails_at("\n[[listener]\nbind = \"127.0.0.1:1\"\n", 2, "invalid table header");
+        assert!(!shown.contains('\n'), "{shown}");
+    }
+
+    #[test]
+    fn relative_paths_resolve_against_config_dir() {
+        let text = format!("data_dir = \"./data\"\n{LISTENER}[auth]\npassword_file = \"secrets/passwd\"\n");
+        let c = Config::parse(&text, Path::new("/etc/warden/warden.toml")).unwrap();
+        assert_eq!(c.data_dir, PathBuf::from("/etc/warden/data"));
+        assert_eq!(c.auth.password_file, Some(PathBuf::from("/etc/warden/secrets/passwd")));
+
+        let c = Config::parse(&text, Path::new("rel/dir/w.toml")).unwrap();
+        assert_eq!(c.data_dir, PathBuf::from("rel/dir/data"));
+        assert_eq!(c.auth.password_file, Some(PathBuf::from("rel/dir/secrets/passwd")));
+
+        // A bare file name: relative to the working directory.
+        let c = Config::parse(&text, Path::new("w.toml")).unwrap();
+        assert_eq!(c.data_dir, PathBuf::from("data"));
+        assert_eq!(c.auth.password_file, Some(PathBuf::from("secrets/passwd")));
+
+        // Absolute paths are kept.
+        let text = format!("data_dir = \"/var/lib/warden\"\n{LISTENER}[auth]\npassword_file = \"/etc/pw\"\n");
+        let c = Config::parse(&text, Path::new("/etc/warden/warden.toml")).unwrap();
+        assert_eq!(c.data_dir, PathBuf::from("/var/lib/warden"));
+        assert_eq!(c.auth.password_file, Some(PathBuf::from("/etc/pw")));
+    }
+
+    #[test]
+    fn duplicate_binds_refused() {
+        let text = format!("{LISTENER}\n[[listener]]\nbind = \"127.0.0.1:1883\"\nprotocol = \"ws\"\n");
+        let shown = fails_at(&text, 5, "duplicate bind address 127.0.0.1:1883");
+        assert!(shown.contains("line 2"), "{shown}");
+        // Port 0 (any free port) may repeat.
+        let text = "[[listener]]\nbind = \"127.0.0.1:0\"\n[[listener]]\nbind = \"127.0.0.1:0\"\nprotocol = \"ws\"\n";
+        assert_eq!(parse(text).unwrap().listeners.len(), 2);
+    }
+
+    #[test]
+    fn listeners_required() {
+        fails_at("", 1, "at least one [[listener]]");
+        fails_at("data_dir = \"x\"\n[auth]\nallow_anonymous = true\n", 1, "at least one [[listener]]");
+        fails_at("\nlistener = []\n", 2, "at least one [[listener]]");
+    }
+
+    #[test]
+    fn load_reads_file_and_reports_io_errors() {
+        let dir = std::env::temp_dir().join(format!("warden-config-test-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let file = dir.join("warden.toml");
+        std::fs::write(&file, format!("{LISTENER}[auth]\npassword_file = \"pw\"\n")).unwrap();
+        let c = Config::load(&file).unwrap();
+        assert_eq!(c.source.as_deref(), Some(file.as_path()));
+        assert_eq!(c.auth.password_file, Some(dir.join("pw")));
+
+        std::fs::write(&file, "[[listener]]\nbind = \"nope\"\n").unwrap();
+        let e = Config::load(&file).unwrap_err().to_string();
+        assert_eq!(
+            e,
+            format!(
+                "{}:2: invalid bind address \"nope\": expected IP:PORT such as \"127.0.0.1:1883\" or \"[::1]:1883\"",
+                file.display()
+            )
+        );
+
+        let missing = dir.join("missing.toml");
+        let e = Config::load(&missing).unwrap_err();
+        assert!(matches!(e, ConfigError::Io { .. }));
+        assert!(e.to_string().starts_with(&format!("{}: ", missing.display())), "{e}");
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn sizes() {
+        assert_eq!(parse_size("256KiB"), Ok(262_144));
+        assert_eq!(parse_size("16MiB"), Ok(16 << 20));
+        assert_eq!(parse_size("1GiB"), Ok(1 << 30));
+        assert_eq!(parse_size("1KB"), Ok(1000));
+        assert_eq!(parse_size("1kB"), Ok(1000));
+        assert_eq!(parse_size("2MB"), Ok(2_000_000));
+        assert_eq!(parse_size("3GB"), Ok(3_000_000_000));
+        assert_eq!(parse_size("100B"), Ok(100));
+        assert_eq!(parse_size("100"), Ok(100));
+        assert_eq!(parse_size(" 16 MiB "), Ok(16 << 20));
+        for bad in ["", "KiB", "12 parsecs", "1.5MiB", "-1", "1 kib", "99999999999999999999", "18446744073709551615KiB"]
+        {
+            assert!(parse_size(bad).is_err(), "{bad:?} accepted");
+        }
+        assert!(parse_size("12 parsecs").unwrap_err().contains("parsecs"));
+    }
+
+    #[test]
+    fn durations() {
+        assert_eq!(parse_duration("500ms"), Ok(Duration::from_millis(500)));
+        assert_eq!(parse_duration("10s"), Ok(Duration::from_secs(10)));
+        assert_eq!(parse_duration("5m"), Ok(Duration::from_secs(300)));
+        assert_eq!(parse_duration("1h"), Ok(Duration::from_secs(3600)));
+        assert_eq!(parse_duration("0s"), Ok(Duration::ZERO));
+        assert_eq!(parse_duration(" 2 s "), Ok(Duration::from_secs(2)));
+        for bad in ["", "s", "10", "10x", "1.5s", "-1s", "10 sec", "18446744073709551615h"] {
+            assert!(parse_duration(bad).is_err(), "{bad:?} accepted");
+        }
+        assert!(parse_duration("10").unwrap_err().contains("missing unit"));
+    }
+}

@@ -1,0 +1,232 @@
+//! The task that drives one client connection: read bytes, decode, hand packets to the core,
+//! write what the core produced — batched, so many small packets leave in one write.
+//!
+//! Phases: CONNECT must arrive within `connect_timeout` (slowloris guard); authentication
+//! runs next (hashing off the async threads); then the core's [`Connection`] takes over
+//! until a [`Close`], EOF, an I/O error, a keep-alive timeout or shutdown.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::BytesMut;
+use mqtt_codec::{decode, DecodeError, Packet, Protocol, ReasonCode};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::sync::{watch, Notify};
+use tracing::{debug, info};
+use warden_core::broker::write_connack;
+use warden_core::{Broker, Close, Connection, Wake};
+
+use crate::auth::Authenticator;
+
+/// Stop encoding deliveries once this much is waiting to be written.
+const WRITE_BUDGET: usize = 64 * 1024;
+/// Stop reading from a client while this much output is unwritten (it is not reading).
+const WRITE_HIGH_WATER: usize = 1024 * 1024;
+
+/// What every connection task shares.
+pub struct ConnContext {
+    /// The broker core.
+    pub broker: Arc<Broker>,
+    /// Authentication.
+    pub auth: Arc<Authenticator>,
+    /// Largest inbound packet.
+    pub max_packet_size: u32,
+    /// Deadline for the CONNECT packet.
+    pub connect_timeout: Duration,
+    /// Flips to true on shutdown.
+    pub shutdown: watch::Receiver<bool>,
+}
+
+struct NotifyWake(Notify);
+
+impl Wake for NotifyWake {
+    fn wake(&self) {
+        self.0.notify_one();
+    }
+}
+
+enum Pre {
+    Connect(Box<mqtt_codec::Connect>),
+    Closed(&'static str),
+}
+
+async fn read_connect<R: AsyncRead + Unpin>(rd: &mut R, buf: &mut BytesMut, max: u32, out: &mut BytesMut) -> Pre {
+    loop {
+        match decode(buf, Protocol::V311, max) {
+            Ok(Some(Packet::Connect(c))) => return Pre::Connect(c),
+            // [MQTT-3.1.0-1]: the first packet must be CONNECT.
+            Ok(Some(_)) => return Pre::Closed("first packet is not CONNECT"),
+            Ok(None) => {}
+            Err(DecodeError::UnsupportedProtocol) => {
+                // [MQTT-3.1.2-2]: CONNACK 0x01 (unacceptable protocol version), then close.
+                write_connack(Protocol::V311, false, ReasonCode::UNSUPPORTED_PROTOCOL_VERSION, Default::default(), out);
+                return Pre::Closed("unsupported protocol version");
+            }
+            Err(_) => return Pre::Closed("malformed CONNECT"),
+        }
+        buf.reserve(4096);
+        match rd.read_buf(buf).await {
+            Ok(0) | Err(_) => return Pre::Closed("closed before CONNECT"),
+            Ok(_) => {}
+        }
+    }
+}
+
+/// Drive one connection to its end.
+pub async fn run<S>(stream: S, peer: SocketAddr, ctx: Arc<ConnContext>)
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send,
+{
+    let (mut rd, mut wr) = tokio::io::split(stream);
+    let mut rbuf = BytesMut::with_capacity(4096);
+    let mut wbuf = BytesMut::with_capacity(4096);
+
+    let pre =
+        tokio::time::timeout(ctx.connect_timeout, read_connect(&mut rd, &mut rbuf, ctx.max_packet_size, &mut wbuf))
+            .await;
+    let connect = match pre {
+        Ok(Pre::Connect(c)) => c,
+        Ok(Pre::Closed(why)) => {
+            debug!(%peer, why, "connection closed before CONNECT");
+            let _ = wr.write_all(&wbuf).await;
+            return;
+        }
+        Err(_) => {
+            debug!(%peer, "no CONNECT within connect_timeout");
+            return;
+        }
+    };
+    let protocol = connect.protocol;
+    let principal = match ctx.auth.authenticate(&connect).await {
+        Ok(p) => p,
+        Err(code) => {
+            // The user name is logged; the password never is.
+            info!(%peer, client_id = %connect.client_id, user = ?connect.username, reason = %code, "authentication refused");
+            ctx.broker.stats.connections_refused.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            write_connack(protocol, false, code, Default::default(), &mut wbuf);
+            let _ = wr.write_all(&wbuf).await;
+            let _ = wr.shutdown().await;
+            return;
+        }
+    };
+    let notify = Arc::new(NotifyWake(Notify::new()));
+    let client_id_req = connect.client_id.clone();
+    let mut conn = match ctx.broker.connect(*connect, principal.clone(), notify.clone(), Instant::now(), &mut wbuf) {
+        Ok(c) => c,
+        Err(e) => {
+            info!(%peer, client_id = %client_id_req, principal = %principal, reason = %e.0, "connection refused");
+            let _ = wr.write_all(&wbuf).await;
+            let _ = wr.shutdown().await;
+            return;
+        }
+    };
+    debug!(%peer, client_id = %conn.client_id(), principal = %principal, ?protocol, "client connected");
+    let close = drive(&mut conn, &mut rd, &mut wr, &mut rbuf, &mut wbuf, &notify, &ctx).await;
+    // Flush what is pending (a DISCONNECT with a reason code, for instance), briefly.
+    if !wbuf.is_empty() {
+        let _ = tokio::time::timeout(Duration::from_secs(1), wr.write_all(&wbuf)).await;
+    }
+    let _ = tokio::time::timeout(Duration::from_secs(1), wr.shutdown()).await;
+    debug!(%peer, client_id = %conn.client_id(), reason = %close.reason, "client disconnected");
+    conn.closed(close, Instant::now());
+}
+
+async fn drive<R, W>(
+    conn: &mut Connection,
+    rd: &mut R,
+    wr: &mut W,
+    rbuf: &mut BytesMut,
+    wbuf: &mut BytesMut,
+    notify: &NotifyWake,
+    ctx: &ConnContext,
+) -> Close
+where
+    R: AsyncRead + Unpin,
+    W: AsyncWrite + Unpin,
+{
+    let lost = Close { reason: ReasonCode::UNSPECIFIED_ERROR, publish_will: true };
+    let protocol = conn.protocol();
+    let keep_alive = (conn.keep_alive() > 0).then(|| Duration::from_millis(u64::from(conn.keep_alive()) * 1500));
+    let mut deadline = keep_alive.map(|k| tokio::time::Instant::now() + k);
+    let mut shutdown = ctx.shutdown.clone();
+    // Bytes read before CONNECT was decoded may already hold more packets.
+    let mut more = match conn.pull(Instant::now(), wbuf, WRITE_BUDGET) {
+        Ok(m) => m,
+        Err(c) => return c,
+    };
+    let mut pending_input = !rbuf.is_empty();
+    loop {
+        if pending_input {
+            pending_input = false;
+            let now = Instant::now();
+            loop {
+                match decode(rbuf, protocol, ctx.max_packet_size) {
+                    Ok(Some(p)) => {
+                        if let Err(c) = conn.handle(p, now, wbuf) {
+                            return c;
+                        }
+                    }
+                    Ok(None) => break,
+                    Err(e) => {
+                        debug!(client_id = %conn.client_id(), error = %e, "bad packet");
+                        return conn.decode_error(&e, wbuf);
+                    }
+                }
+            }
+            match conn.pull(now, wbuf, WRITE_BUDGET) {
+                Ok(m) => more = m,
+                Err(c) => return c,
+            }
+        }
+        tokio::select! {
+            r = async {
+                rbuf.reserve(8192);
+                rd.read_buf(rbuf).await
+            }, if wbuf.len() < WRITE_HIGH_WATER => {
+                match r {
+                    Ok(0) | Err(_) => return lost,
+                    Ok(_) => {
+                        pending_input = true;
+                        if let Some(k) = keep_alive {
+                            deadline = Some(tokio::time::Instant::now() + k);
+                        }
+                    }
+                }
+            }
+            r = wr.write_buf(wbuf), if !wbuf.is_empty() => {
+                match r {
+                    Ok(0) | Err(_) => return lost,
+                    Ok(_) => {
+                        if more && wbuf.len() < WRITE_BUDGET / 2 {
+                            match conn.pull(Instant::now(), wbuf, WRITE_BUDGET) {
+                                Ok(m) => more = m,
+                                Err(c) => return c,
+                            }
+                        }
+                    }
+                }
+            }
+            _ = notify.0.notified() => {
+                match conn.pull(Instant::now(), wbuf, WRITE_BUDGET) {
+                    Ok(m) => more = m,
+                    Err(c) => return c,
+                }
+            }
+            _ = sleep_until_opt(deadline) => {
+                debug!(client_id = %conn.client_id(), "keep alive timeout");
+                return conn.keep_alive_timeout(wbuf); // [MQTT-3.1.2-24]
+            }
+            _ = shutdown.changed() => {
+                return conn.shutdown(wbuf);
+            }
+        }
+    }
+}
+
+async fn sleep_until_opt(deadline: Option<tokio::time::Instant>) {
+    match deadline {
+        Some(d) => tokio::time::sleep_until(d).await,
+        None => std::future::pending().await,
+    }
+}

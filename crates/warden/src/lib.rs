@@ -1,0 +1,20 @@
+//! Warden, a secure MQTT broker: the async shell around `warden-core`.
+//!
+//! # Layout
+//! - [`config`]: TOML configuration → validated [`config::Config`] (errors with file:line).
+//! - [`auth`]: authentication of CONNECT credentials (password file, anonymous), run off the
+//!   async threads for slow hashes; reloadable on SIGHUP.
+//! - [`server`]: listeners (TCP, WebSocket), the accept loops, housekeeping and `$SYS` timers;
+//!   the one place where concurrency is decided.
+//! - [`conn`]: the task that drives one client connection: socket ↔ codec ↔ core.
+//! - [`ws`]: WebSocket transport (`/mqtt`, subprotocol `mqtt`) bridged to a byte stream.
+//! - [`bootstrap`]: first-start set-up of the embedded default (admin user).
+//! - [`passwd_cmd`]: `warden passwd`.
+
+pub mod auth;
+pub mod bootstrap;
+pub mod config;
+pub mod conn;
+pub mod passwd_cmd;
+pub mod server;
+pub mod ws;

@@ -1,0 +1,151 @@
+//! `warden`: the broker binary. Subcommands: `serve` (the default), `passwd`, `check`.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand, ValueEnum};
+use tracing::{error, info};
+use warden::config::{Config, ListenerProtocol};
+use warden::server::Server;
+
+#[derive(Parser, Debug)]
+#[command(name = "warden", version, about = "Warden: a secure MQTT broker")]
+struct Cli {
+    /// Log format.
+    #[arg(long, value_enum, default_value_t = LogFormat::Text, global = true)]
+    log_format: LogFormat,
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(Clone, Copy, Debug, ValueEnum)]
+enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Run the broker (the default). Without --config: the embedded default configuration.
+    Serve {
+        /// Configuration file (TOML).
+        #[arg(long, short)]
+        config: Option<PathBuf>,
+    },
+    /// Add or update a user in a password file (argon2id), like mosquitto_passwd.
+    Passwd(warden::passwd_cmd::PasswdArgs),
+    /// Validate a configuration (and its password file) without starting.
+    Check {
+        /// Configuration file (TOML).
+        #[arg(long, short)]
+        config: PathBuf,
+    },
+}
+
+fn init_logging(format: LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).with_ansi(ansi);
+    match format {
+        LogFormat::Text => builder.init(),
+        LogFormat::Json => builder.json().init(),
+    }
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_logging(cli.log_format);
+    let result = match cli.command.unwrap_or(Command::Serve { config: None }) {
+        Command::Serve { config } => serve(config),
+        Command::Passwd(args) => warden::passwd_cmd::run(&args),
+        Command::Check { config } => check(&config),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("warden: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn check(path: &std::path::Path) -> anyhow::Result<()> {
+    let cfg = Config::load(path)?;
+    let auth = warden::auth::Authenticator::load(&cfg.auth)?;
+    println!(
+        "{}: ok ({} listener(s), {} user(s) in the password file, anonymous {})",
+        path.display(),
+        cfg.listeners.len(),
+        auth.user_count(),
+        if cfg.auth.allow_anonymous { "allowed" } else { "refused" }
+    );
+    Ok(())
+}
+
+fn serve(config: Option<PathBuf>) -> anyhow::Result<()> {
+    let embedded = config.is_none();
+    let cfg = match &config {
+        Some(p) => Config::load(p)?,
+        None => Config::embedded_default(),
+    };
+    let mut admin_password = None;
+    if embedded {
+        if let Some(pf) = &cfg.auth.password_file {
+            admin_password = warden::bootstrap::ensure_admin(&cfg.data_dir, pf)?;
+        }
+    }
+    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    rt.block_on(async move {
+        let server = Server::start(&cfg).await?;
+        banner(&server, &cfg, embedded, admin_password.as_deref());
+        let mut hup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())?;
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+        loop {
+            tokio::select! {
+                _ = hup.recv() => server.reload(),
+                _ = term.recv() => break,
+                _ = tokio::signal::ctrl_c() => break,
+            }
+        }
+        info!("shutting down");
+        server.shutdown().await;
+        Ok::<_, anyhow::Error>(())
+    })
+    .inspect_err(|e| error!("{e:#}"))
+}
+
+fn banner(server: &Server, cfg: &Config, embedded: bool, admin_password: Option<&str>) {
+    let source = match &cfg.source {
+        Some(p) => p.display().to_string(),
+        None => "embedded default configuration".to_string(),
+    };
+    info!(config = %source, data_dir = %cfg.data_dir.display(), "{}", warden_core::broker::VERSION);
+    for l in &server.listeners {
+        match l.protocol {
+            ListenerProtocol::Mqtt => info!("listening: mqtt://{}", l.addr),
+            ListenerProtocol::Ws => info!("listening: ws://{}{}", l.addr, l.path),
+        }
+    }
+    if let Some(pw) = admin_password {
+        // Shown once, on the terminal only (stdout), never in the logs.
+        let mqtt = server.addr(ListenerProtocol::Mqtt);
+        println!();
+        println!(
+            "  First start: created user 'admin' in {}",
+            cfg.auth.password_file.as_ref().map_or(String::new(), |p| p.display().to_string())
+        );
+        println!("  One-time password (shown only now; change it with `warden passwd`): {pw}");
+        if let Some(a) = mqtt {
+            println!("  Try: mosquitto_sub -h {} -p {} -u admin -P '{pw}' -t '#' -v", a.ip(), a.port());
+        }
+        println!();
+    } else if embedded {
+        if let Some(a) = server.addr(ListenerProtocol::Mqtt) {
+            println!("  Connect: mosquitto_sub -h {} -p {} -u admin -P <password> -t '#' -v", a.ip(), a.port());
+        }
+    }
+    if !cfg.auth.allow_anonymous {
+        info!("anonymous clients are refused");
+    }
+}

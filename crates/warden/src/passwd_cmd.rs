@@ -1,0 +1,122 @@
+//! `warden passwd FILE USER [--password-stdin]` and `warden passwd --hash-only` (SPEC §1).
+//!
+//! All parsing and hashing lives in `warden_policy::password`; this file only does I/O.
+
+use std::fs;
+use std::io::{self, BufRead, Write};
+use std::path::{Path, PathBuf};
+
+use anyhow::{bail, Context};
+use warden_policy::password::{hash_password, upsert_user};
+
+/// Add or update a user in a password file (argon2id), or print a hash.
+#[derive(clap::Args, Debug)]
+pub struct PasswdArgs {
+    /// Password file to create or update.
+    #[arg(required_unless_present = "hash_only")]
+    pub file: Option<PathBuf>,
+    /// User name to add or update.
+    #[arg(required_unless_present = "hash_only")]
+    pub user: Option<String>,
+    /// Read the password as one line from stdin instead of the terminal.
+    #[arg(long)]
+    pub password_stdin: bool,
+    /// Print just the argon2id hash of one password line read from stdin.
+    #[arg(long, conflicts_with_all = ["file", "user"])]
+    pub hash_only: bool,
+}
+
+pub fn run(args: &PasswdArgs) -> anyhow::Result<()> {
+    if args.hash_only {
+        let password = read_stdin_line()?;
+        println!("{}", hash_password(&password));
+        return Ok(());
+    }
+    let (Some(file), Some(user)) = (&args.file, &args.user) else {
+        bail!("usage: warden passwd FILE USER [--password-stdin] | warden passwd --hash-only");
+    };
+    let password = if args.password_stdin { read_stdin_line()? } else { read_terminal_twice()? };
+    let hash = hash_password(&password);
+
+    let existing = match fs::read_to_string(file) {
+        Ok(text) => Some(text),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => None,
+        Err(e) => return Err(e).with_context(|| format!("reading {}", file.display())),
+    };
+    let text = upsert_user(existing.as_deref().unwrap_or(""), user, &hash)
+        .with_context(|| format!("updating {}", file.display()))?;
+    write_atomically(file, text.as_bytes()).with_context(|| format!("writing {}", file.display()))?;
+    let verb = if existing.is_some() { "updated" } else { "created" };
+    eprintln!("{verb} {}: set password for user {user:?}", file.display());
+    Ok(())
+}
+
+/// Reads one line from stdin; the trailing "\n" or "\r\n" is not part of the password.
+fn read_stdin_line() -> anyhow::Result<Vec<u8>> {
+    let mut line = Vec::new();
+    io::stdin().lock().read_until(b'\n', &mut line).context("reading stdin")?;
+    if line.ends_with(b"\n") {
+        line.pop();
+        if line.ends_with(b"\r") {
+            line.pop();
+        }
+    }
+    check_not_empty(line)
+}
+
+fn read_terminal_twice() -> anyhow::Result<Vec<u8>> {
+    let first = rpassword::prompt_password("Password: ").context("reading password")?;
+    let second = rpassword::prompt_password("Reenter password: ").context("reading password")?;
+    if first != second {
+        bail!("passwords do not match");
+    }
+    check_not_empty(first.into_bytes())
+}
+
+fn check_not_empty(password: Vec<u8>) -> anyhow::Result<Vec<u8>> {
+    if password.is_empty() {
+        bail!("empty password refused");
+    }
+    Ok(password)
+}
+
+/// Writes `data` to a temporary file next to `path`, then renames it over `path`. A new file
+/// gets mode 0600 on unix; an existing file keeps its permissions.
+/// Write `data` to `path` atomically (temp file in the same directory, fsync, rename); a new
+/// file gets mode 0600.
+pub fn write_atomically(path: &Path, data: &[u8]) -> io::Result<()> {
+    let dir = match path.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p,
+        _ => Path::new("."),
+    };
+    let name = path.file_name().ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "path has no file name"))?;
+    let mut tmp_name = std::ffi::OsString::from(".");
+    tmp_name.push(name);
+    tmp_name.push(format!(".tmp.{}", std::process::id()));
+    let tmp = dir.join(tmp_name);
+
+    if let Err(e) = write_and_rename(&tmp, path, data) {
+        let _ = fs::remove_file(&tmp);
+        return Err(e);
+    }
+    // Make the rename durable; not all platforms can open a directory, so best effort.
+    if let Ok(d) = fs::File::open(dir) {
+        let _ = d.sync_all();
+    }
+    Ok(())
+}
+
+fn write_and_rename(tmp: &Path, path: &Path, data: &[u8]) -> io::Result<()> {
+    let mut opts = fs::OpenOptions::new();
+    opts.write(true).create_new(true);
+    #[cfg(unix)]
+    std::os::unix::fs::OpenOptionsExt::mode(&mut opts, 0o600);
+    let mut f = opts.open(tmp)?;
+    if let Ok(meta) = fs::metadata(path) {
+        f.set_permissions(meta.permissions())?;
+    }
+    f.write_all(data)?;
+    f.sync_all()?;
+    drop(f);
+    fs::rename(tmp, path)
+}
