@@ -1,0 +1,149 @@
+//! The subscription and retained tries agree with the reference matcher of the codec
+//! (§4.7), including `$`-topics [MQTT-4.7.2-1] and `#` matching its parent level [MQTT-4.7.1-2].
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use bytes::Bytes;
+use mqtt_codec::topic::filter_matches;
+use mqtt_codec::{Properties, QoS, SubscriptionOptions, TopicFilter, TopicName};
+use proptest::prelude::*;
+use warden_core::retained::RetainedStore;
+use warden_core::session::Session;
+use warden_core::trie::{SubEntry, SubTrie, Target};
+use warden_core::Message;
+use warden_policy::Principal;
+
+fn session(id: u64) -> Arc<Session> {
+    Arc::new(Session::new(id, Arc::from(format!("c{id}")), Principal::anonymous(), 0))
+}
+
+fn msg(topic: &str) -> Arc<Message> {
+    Arc::new(Message {
+        topic: TopicName::new(topic).unwrap(),
+        payload: Bytes::from_static(b"x"),
+        qos: QoS::AtMostOnce,
+        retain: true,
+        properties: Properties::default(),
+        expires_at: None,
+        origin: None,
+    })
+}
+
+fn level() -> impl Strategy<Value = String> {
+    prop_oneof![Just("a".to_string()), Just("b".to_string()), Just("".to_string()), Just("$x".to_string())]
+}
+
+fn topic() -> impl Strategy<Value = String> {
+    proptest::collection::vec(level(), 1..5).prop_map(|v| v.join("/")).prop_filter("non-empty", |t| !t.is_empty())
+}
+
+fn filter() -> impl Strategy<Value = String> {
+    (proptest::collection::vec(prop_oneof![level(), Just("+".to_string())], 0..4), any::<bool>()).prop_map(
+        |(mut v, hash)| {
+            if hash || v.is_empty() {
+                v.push("#".to_string());
+            }
+            v.join("/")
+        },
+    )
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(300))]
+
+    #[test]
+    fn sub_trie_equals_reference(filters in proptest::collection::vec(filter(), 1..12), topics in proptest::collection::vec(topic(), 1..8)) {
+        let mut trie = SubTrie::default();
+        for (i, f) in filters.iter().enumerate() {
+            prop_assume!(TopicFilter::new(f).is_ok());
+            trie.insert(None, f, SubEntry { session: session(i as u64), options: SubscriptionOptions::default(), id: None });
+        }
+        for t in &topics {
+            let mut out: Vec<Target> = Vec::new();
+            trie.matches(t, &mut out);
+            let mut got: Vec<u64> = out.iter().map(|x| x.session.id).collect();
+            got.sort_unstable();
+            let want: Vec<u64> = filters.iter().enumerate().filter(|(_, f)| filter_matches(f, t)).map(|(i, _)| i as u64).collect();
+            prop_assert_eq!(got, want, "topic {}", t);
+        }
+    }
+
+    #[test]
+    fn retained_equals_reference(topics in proptest::collection::vec(topic(), 1..12), filters in proptest::collection::vec(filter(), 1..8)) {
+        let mut store = RetainedStore::default();
+        let mut uniq: Vec<String> = topics.clone();
+        uniq.sort();
+        uniq.dedup();
+        for t in &uniq {
+            store.set(msg(t));
+        }
+        prop_assert_eq!(store.len(), uniq.len());
+        for f in &filters {
+            let mut out = Vec::new();
+            store.matching(f, &mut out);
+            let mut got: Vec<String> = out.iter().map(|m| m.topic.as_str().to_owned()).collect();
+            got.sort();
+            let want: Vec<String> = uniq.iter().filter(|t| filter_matches(f, t)).cloned().collect();
+            prop_assert_eq!(got, want, "filter {}", f);
+        }
+    }
+}
+
+#[test]
+fn remove_prunes_and_counts() {
+    let mut trie = SubTrie::default();
+    let s = session(1);
+    assert!(!trie.insert(
+        None,
+        "a/+/c",
+        SubEntry { session: s.clone(), options: SubscriptionOptions::default(), id: None }
+    ));
+    assert!(trie.insert(
+        None,
+        "a/+/c",
+        SubEntry { session: s.clone(), options: SubscriptionOptions::default(), id: Some(3) }
+    ));
+    assert_eq!(trie.len(), 1);
+    assert!(trie.remove(None, "a/+/c", 1));
+    assert!(!trie.remove(None, "a/+/c", 1));
+    assert!(trie.is_empty());
+    let mut out = Vec::new();
+    trie.matches("a/b/c", &mut out);
+    assert!(out.is_empty());
+}
+
+#[test]
+fn shared_group_round_robin_is_fair() {
+    let mut trie = SubTrie::default();
+    for i in 0..3 {
+        trie.insert(
+            Some("g"),
+            "t/#",
+            SubEntry { session: session(i), options: SubscriptionOptions::default(), id: None },
+        );
+    }
+    let mut counts = [0u32; 3];
+    for _ in 0..300 {
+        let mut out = Vec::new();
+        trie.matches("t/x", &mut out);
+        assert_eq!(out.len(), 1, "one member per group");
+        assert!(out[0].shared);
+        counts[out[0].session.id as usize] += 1;
+    }
+    // No member is connected in this test, so rotation covers all evenly.
+    assert_eq!(counts, [100, 100, 100]);
+}
+
+#[test]
+fn retained_clear_with_empty_payload() {
+    let mut store = RetainedStore::default();
+    store.set(msg("a/b"));
+    assert!(store.get("a/b").is_some());
+    let mut empty = (*msg("a/b")).clone();
+    empty.payload = Bytes::new();
+    store.set(Arc::new(empty)); // [MQTT-3.3.1-10]
+    assert!(store.get("a/b").is_none());
+    assert!(store.is_empty());
+    let _ = Instant::now();
+}

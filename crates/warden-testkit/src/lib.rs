@@ -1,0 +1,242 @@
+//! Test helpers for Warden (dev-only).
+//!
+//! # Layout
+//! - [`TestBroker`]: the real broker, in-process, on ephemeral loopback ports, with a
+//!   temporary data directory and graceful shutdown.
+//! - [`RawClient`]: a byte-level MQTT client for protocol and abuse tests (send any bytes,
+//!   read decoded packets, observe the close).
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use bytes::BytesMut;
+use mqtt_codec::{decode, Connect, Packet, Properties, Protocol};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use warden::config::{Config, ListenerProtocol};
+use warden::server::Server;
+
+/// How long a test waits for something that should happen promptly.
+pub const WAIT: Duration = Duration::from_secs(5);
+
+/// The real broker on `127.0.0.1:0` (MQTT and WebSocket listeners).
+pub struct TestBroker {
+    /// The running server.
+    pub server: Server,
+    /// Its temporary data directory (removed on drop).
+    pub dir: tempfile::TempDir,
+}
+
+impl TestBroker {
+    /// Start with `allow_anonymous = true` and default limits.
+    pub async fn start() -> TestBroker {
+        Self::with_config("[auth]\nallow_anonymous = true\n").await
+    }
+
+    /// Start with extra TOML appended after the listeners (e.g. `[auth]` or `[limits]`).
+    /// `{dir}` in the text is replaced by the data directory.
+    pub async fn with_config(extra: &str) -> TestBroker {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let text = format!(
+            "data_dir = \"{d}\"\n[[listener]]\nbind = \"127.0.0.1:0\"\nprotocol = \"mqtt\"\n[[listener]]\nbind = \"127.0.0.1:0\"\nprotocol = \"ws\"\n{extra}",
+            d = dir.path().display(),
+            extra = extra.replace("{dir}", &dir.path().display().to_string())
+        );
+        let path = dir.path().join("warden.toml");
+        std::fs::write(&path, &text).expect("write config");
+        let cfg = Config::load(&path).unwrap_or_else(|e| panic!("test config invalid: {e}\n{text}"));
+        let server = Server::start(&cfg).await.expect("broker starts");
+        TestBroker { server, dir }
+    }
+
+    /// The MQTT (TCP) listener's address.
+    pub fn addr(&self) -> SocketAddr {
+        self.server.addr(ListenerProtocol::Mqtt).expect("mqtt listener")
+    }
+
+    /// The MQTT port.
+    pub fn port(&self) -> u16 {
+        self.addr().port()
+    }
+
+    /// The WebSocket listener's address.
+    pub fn ws_addr(&self) -> SocketAddr {
+        self.server.addr(ListenerProtocol::Ws).expect("ws listener")
+    }
+
+    /// The data directory.
+    pub fn dir(&self) -> &Path {
+        self.dir.path()
+    }
+
+    /// A path inside the data directory.
+    pub fn path(&self, name: &str) -> PathBuf {
+        self.dir.path().join(name)
+    }
+
+    /// Stop the broker (clients get DISCONNECT 0x8B).
+    pub async fn stop(self) {
+        self.server.shutdown().await;
+    }
+}
+
+/// What a raw client observed when it waited for a packet.
+#[derive(Debug, PartialEq)]
+pub enum Recv {
+    /// A decoded packet.
+    Packet(Packet),
+    /// The broker closed the connection.
+    Closed,
+    /// Nothing arrived within the wait.
+    Timeout,
+}
+
+/// A byte-level MQTT client.
+pub struct RawClient {
+    stream: TcpStream,
+    buf: BytesMut,
+    /// Protocol used to encode and decode.
+    pub protocol: Protocol,
+}
+
+impl RawClient {
+    /// Open a TCP connection (no CONNECT sent).
+    pub async fn open(addr: SocketAddr, protocol: Protocol) -> RawClient {
+        let stream = TcpStream::connect(addr).await.expect("connect");
+        stream.set_nodelay(true).ok();
+        RawClient { stream, buf: BytesMut::new(), protocol }
+    }
+
+    /// Open, send CONNECT and return the client with the CONNACK.
+    pub async fn connect(addr: SocketAddr, connect: Connect) -> (RawClient, Recv) {
+        let mut c = RawClient::open(addr, connect.protocol).await;
+        c.send(&Packet::Connect(Box::new(connect))).await;
+        let r = c.recv().await;
+        (c, r)
+    }
+
+    /// Send a packet.
+    pub async fn send(&mut self, p: &Packet) {
+        let mut b = BytesMut::new();
+        p.encode(self.protocol, &mut b);
+        self.send_bytes(&b).await;
+    }
+
+    /// Send raw bytes (errors ignored: the broker may already have closed).
+    pub async fn send_bytes(&mut self, b: &[u8]) {
+        let _ = self.stream.write_all(b).await;
+    }
+
+    /// Wait up to [`WAIT`] for the next packet.
+    pub async fn recv(&mut self) -> Recv {
+        self.recv_within(WAIT).await
+    }
+
+    /// Wait up to `d` for the next packet.
+    pub async fn recv_within(&mut self, d: Duration) -> Recv {
+        let deadline = tokio::time::Instant::now() + d;
+        loop {
+            match decode(&mut self.buf, self.protocol, u32::MAX) {
+                Ok(Some(p)) => return Recv::Packet(p),
+                Ok(None) => {}
+                Err(e) => panic!("broker sent an undecodable packet: {e}"),
+            }
+            self.buf.reserve(4096);
+            match tokio::time::timeout_at(deadline, self.stream.read_buf(&mut self.buf)).await {
+                Err(_) => return Recv::Timeout,
+                Ok(Ok(0)) | Ok(Err(_)) => return Recv::Closed,
+                Ok(Ok(_)) => {}
+            }
+        }
+    }
+
+    /// Read packets until the broker closes the connection; returns them.
+    /// Panics if the connection stays open longer than `d`.
+    pub async fn expect_closed_within(&mut self, d: Duration) -> Vec<Packet> {
+        let mut seen = Vec::new();
+        let deadline = tokio::time::Instant::now() + d;
+        loop {
+            let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+            match self.recv_within(left).await {
+                Recv::Packet(p) => seen.push(p),
+                Recv::Closed => return seen,
+                Recv::Timeout => panic!("connection still open after {d:?}; received {seen:?}"),
+            }
+        }
+    }
+}
+
+/// A CONNECT with the given client id and clean start, no credentials.
+pub fn connect_packet(protocol: Protocol, client_id: &str, clean_start: bool) -> Connect {
+    Connect {
+        protocol,
+        clean_start,
+        keep_alive: 60,
+        properties: Properties::default(),
+        client_id: client_id.to_owned(),
+        will: None,
+        username: None,
+        password: None,
+    }
+}
+
+/// A PUBLISH packet.
+pub fn publish(topic: &str, qos: mqtt_codec::QoS, packet_id: u16, payload: &[u8]) -> Packet {
+    Packet::Publish(mqtt_codec::Publish {
+        dup: false,
+        qos,
+        retain: false,
+        topic: mqtt_codec::TopicName::new(topic).expect("valid topic"),
+        packet_id,
+        properties: Properties::default(),
+        payload: bytes::Bytes::copy_from_slice(payload),
+    })
+}
+
+/// A SUBSCRIBE packet for one filter.
+pub fn subscribe(packet_id: u16, filter: &str, qos: mqtt_codec::QoS) -> Packet {
+    subscribe_with(packet_id, filter, mqtt_codec::SubscriptionOptions { qos, ..Default::default() })
+}
+
+/// A SUBSCRIBE packet for one filter with options.
+pub fn subscribe_with(packet_id: u16, filter: &str, options: mqtt_codec::SubscriptionOptions) -> Packet {
+    Packet::Subscribe(mqtt_codec::Subscribe {
+        packet_id,
+        properties: Properties::default(),
+        filters: vec![(mqtt_codec::TopicFilter::new(filter).expect("valid filter"), options)],
+    })
+}
+
+/// Connect a raw client and assert the CONNACK is a success.
+pub async fn connected(addr: SocketAddr, connect: Connect) -> (RawClient, mqtt_codec::Connack) {
+    let (c, r) = RawClient::connect(addr, connect).await;
+    match r {
+        Recv::Packet(Packet::Connack(a)) if a.reason_code.is_success() => (c, a),
+        other => panic!("expected a successful CONNACK, got {other:?}"),
+    }
+}
+
+impl RawClient {
+    /// Send a SUBSCRIBE and wait for its SUBACK; returns the reason codes.
+    pub async fn subscribe(
+        &mut self,
+        packet_id: u16,
+        filter: &str,
+        qos: mqtt_codec::QoS,
+    ) -> Vec<mqtt_codec::ReasonCode> {
+        self.send(&subscribe(packet_id, filter, qos)).await;
+        match self.recv().await {
+            Recv::Packet(Packet::SubAck(a)) if a.packet_id == packet_id => a.reason_codes,
+            other => panic!("expected SUBACK, got {other:?}"),
+        }
+    }
+
+    /// Wait for a PUBLISH (panics on anything else).
+    pub async fn expect_publish(&mut self) -> mqtt_codec::Publish {
+        match self.recv().await {
+            Recv::Packet(Packet::Publish(p)) => p,
+            other => panic!("expected PUBLISH, got {other:?}"),
+        }
+    }
+}

@@ -1,0 +1,385 @@
+//! Protocol conformance and protocol abuse, byte by byte, against the real broker.
+//! Each test names the normative statement it guards.
+
+use std::time::Duration;
+
+use mqtt_codec::{
+    Auth, Connack, Disconnect, Packet, Properties, Protocol, PubAck, QoS, ReasonCode, SubAck, SubscriptionOptions,
+    UnsubAck,
+};
+use warden_testkit::{connect_packet, connected, publish, subscribe_with, RawClient, Recv, TestBroker};
+
+const V5: Protocol = Protocol::V5;
+const V3: Protocol = Protocol::V311;
+
+fn disconnect_reason(packets: &[Packet]) -> Option<ReasonCode> {
+    packets.iter().find_map(|p| match p {
+        Packet::Disconnect(d) => Some(d.reason_code),
+        _ => None,
+    })
+}
+
+async fn assert_alive(b: &TestBroker) {
+    let (mut c, _) = connected(b.addr(), connect_packet(V3, "alive-check", true)).await;
+    c.send(&Packet::PingReq).await;
+    assert_eq!(c.recv().await, Recv::Packet(Packet::PingResp));
+}
+
+#[tokio::test]
+async fn first_packet_must_be_connect() {
+    // [MQTT-3.1.0-1]
+    let b = TestBroker::start().await;
+    let mut c = RawClient::open(b.addr(), V3).await;
+    c.send(&publish("a", QoS::AtMostOnce, 0, b"hi")).await;
+    assert!(c.expect_closed_within(Duration::from_secs(3)).await.is_empty());
+    assert_alive(&b).await;
+}
+
+#[tokio::test]
+async fn huge_declared_length_closes_without_allocating() {
+    let b = TestBroker::start().await;
+    let mut c = RawClient::open(b.addr(), V3).await;
+    c.send_bytes(b"\x10\xff\xff\xff\x7f").await; // 256 MB declared, nothing follows
+    c.expect_closed_within(Duration::from_secs(3)).await;
+    assert_alive(&b).await;
+}
+
+#[tokio::test]
+async fn five_byte_remaining_length_closes() {
+    // [MQTT-1.5.5-1]
+    let b = TestBroker::start().await;
+    let mut c = RawClient::open(b.addr(), V3).await;
+    c.send_bytes(b"\x10\xff\xff\xff\xff\x01").await;
+    c.expect_closed_within(Duration::from_secs(3)).await;
+}
+
+#[tokio::test]
+async fn trickled_connect_is_closed_at_connect_timeout() {
+    let b = TestBroker::with_config("[auth]\nallow_anonymous = true\n[limits]\nconnect_timeout = \"1s\"\n").await;
+    let mut c = RawClient::open(b.addr(), V3).await;
+    let start = std::time::Instant::now();
+    c.send_bytes(b"\x10\x0e\x00").await; // a CONNECT that never completes
+    c.expect_closed_within(Duration::from_secs(4)).await;
+    assert!(start.elapsed() >= Duration::from_millis(900), "closed too early: {:?}", start.elapsed());
+    assert_alive(&b).await;
+}
+
+#[tokio::test]
+async fn unsupported_protocol_level_gets_connack_0x01() {
+    // [MQTT-3.1.2-2]
+    let b = TestBroker::start().await;
+    let mut c = RawClient::open(b.addr(), V3).await;
+    c.send_bytes(b"\x10\x0c\x00\x04MQTT\x07\x02\x00\x3c\x00\x00").await;
+    let seen = c.expect_closed_within(Duration::from_secs(3)).await;
+    assert!(matches!(&seen[..], [Packet::Connack(Connack { reason_code: ReasonCode(0x01), .. })]), "{seen:?}");
+}
+
+#[tokio::test]
+async fn server_only_packets_from_a_client_close_it() {
+    let b = TestBroker::start().await;
+    let bad: Vec<Packet> = vec![
+        Packet::Connack(Connack::default()),
+        Packet::SubAck(SubAck { packet_id: 1, reason_codes: vec![ReasonCode(0)], ..Default::default() }),
+        Packet::UnsubAck(UnsubAck { packet_id: 1, ..Default::default() }),
+        Packet::PingResp,
+        Packet::Connect(Box::new(connect_packet(V5, "again", true))), // [MQTT-3.1.0-2]
+    ];
+    for p in bad {
+        let (mut c, _) = connected(b.addr(), connect_packet(V5, "srv-only", true)).await;
+        c.send(&p).await;
+        let seen = c.expect_closed_within(Duration::from_secs(3)).await;
+        assert_eq!(disconnect_reason(&seen), Some(ReasonCode::PROTOCOL_ERROR), "after {p:?}");
+    }
+    assert_alive(&b).await;
+}
+
+#[tokio::test]
+async fn nul_and_invalid_utf8_in_topics_close_the_connection() {
+    // [MQTT-1.5.4-1], [MQTT-1.5.4-2]: closed, never normalised.
+    let b = TestBroker::start().await;
+    let (mut sub, _) = connected(b.addr(), connect_packet(V3, "watcher", true)).await;
+    sub.subscribe(1, "#", QoS::AtMostOnce).await;
+    // v5 PUBLISH QoS 0: topic, then an empty property list.
+    for bytes in [&b"\x30\x06\x00\x03a\x00b\x00"[..], &b"\x30\x05\x00\x02\xC3\x28\x00"[..]] {
+        let (mut c, _) = connected(b.addr(), connect_packet(V5, "utf8", true)).await;
+        c.send_bytes(bytes).await;
+        let seen = c.expect_closed_within(Duration::from_secs(3)).await;
+        assert_eq!(disconnect_reason(&seen), Some(ReasonCode::MALFORMED_PACKET));
+    }
+    assert_eq!(sub.recv_within(Duration::from_millis(300)).await, Recv::Timeout, "nothing was routed");
+}
+
+#[tokio::test]
+async fn filter_with_tens_of_thousands_of_levels_closes() {
+    let b = TestBroker::start().await;
+    let (mut c, _) = connected(b.addr(), connect_packet(V5, "deep", true)).await;
+    let filter = vec!["a"; 30_000].join("/");
+    c.send(&subscribe_with(1, &filter, SubscriptionOptions::default())).await;
+    let seen = c.expect_closed_within(Duration::from_secs(3)).await;
+    assert_eq!(disconnect_reason(&seen), Some(ReasonCode::TOPIC_FILTER_INVALID));
+    assert_alive(&b).await;
+}
+
+#[tokio::test]
+async fn packet_larger_than_maximum_is_refused_with_0x95() {
+    let b = TestBroker::with_config("[auth]\nallow_anonymous = true\n[limits]\nmax_packet_size = \"1KiB\"\n").await;
+    let (mut c, ack) = connected(b.addr(), connect_packet(V5, "big", true)).await;
+    assert_eq!(ack.properties.maximum_packet_size, Some(1024)); // advertised in CONNACK
+    c.send(&publish("t", QoS::AtMostOnce, 0, &[0u8; 2000])).await;
+    let seen = c.expect_closed_within(Duration::from_secs(3)).await;
+    assert_eq!(disconnect_reason(&seen), Some(ReasonCode::PACKET_TOO_LARGE));
+}
+
+#[tokio::test]
+async fn client_exceeding_receive_maximum_gets_0x93() {
+    // [MQTT-3.3.4-9] / §4.9: the client must not exceed the server's Receive Maximum.
+    let b = TestBroker::with_config("[auth]\nallow_anonymous = true\n[limits]\nreceive_maximum = 2\n").await;
+    let (mut c, ack) = connected(b.addr(), connect_packet(V5, "greedy", true)).await;
+    assert_eq!(ack.properties.receive_maximum, Some(2));
+    for id in 1..=3 {
+        c.send(&publish("t", QoS::ExactlyOnce, id, b"x")).await;
+    }
+    let seen = c.expect_closed_within(Duration::from_secs(3)).await;
+    let recs = seen.iter().filter(|p| matches!(p, Packet::PubRec(_))).count();
+    assert_eq!(recs, 2);
+    assert_eq!(disconnect_reason(&seen), Some(ReasonCode::RECEIVE_MAXIMUM_EXCEEDED));
+}
+
+#[tokio::test]
+async fn repeated_qos2_packet_id_is_delivered_once() {
+    // [MQTT-4.3.3-?] exactly once: a re-sent QoS 2 PUBLISH with the same packet id is not
+    // delivered again, and thousands of repeats keep one entry of state.
+    let b = TestBroker::start().await;
+    let (mut sub, _) = connected(b.addr(), connect_packet(V3, "q2sub", true)).await;
+    sub.subscribe(1, "q2/#", QoS::AtMostOnce).await;
+    let (mut c, _) = connected(b.addr(), connect_packet(V3, "q2pub", true)).await;
+    for _ in 0..5000 {
+        c.send(&publish("q2/x", QoS::ExactlyOnce, 7, b"once")).await;
+    }
+    for _ in 0..5000 {
+        assert!(matches!(c.recv().await, Recv::Packet(Packet::PubRec(PubAck { packet_id: 7, .. }))));
+    }
+    c.send(&Packet::PubRel(PubAck::new(7))).await;
+    assert!(matches!(
+        c.recv().await,
+        Recv::Packet(Packet::PubComp(PubAck { packet_id: 7, reason_code: ReasonCode(0), .. }))
+    ));
+    assert_eq!(sub.expect_publish().await.payload.as_ref(), b"once");
+    assert_eq!(sub.recv_within(Duration::from_millis(300)).await, Recv::Timeout);
+}
+
+#[tokio::test]
+async fn keep_alive_timeout_disconnects_with_0x8d() {
+    // [MQTT-3.1.2-24]: no packet within 1.5 × keep alive.
+    let b = TestBroker::start().await;
+    let mut cp = connect_packet(V5, "sleepy", true);
+    cp.keep_alive = 1;
+    let (mut c, _) = connected(b.addr(), cp).await;
+    let start = std::time::Instant::now();
+    let seen = c.expect_closed_within(Duration::from_secs(5)).await;
+    assert_eq!(disconnect_reason(&seen), Some(ReasonCode::KEEP_ALIVE_TIMEOUT));
+    assert!(start.elapsed() >= Duration::from_millis(1400));
+}
+
+#[tokio::test]
+async fn server_keep_alive_is_announced() {
+    // [MQTT-3.2.2-21]
+    let b = TestBroker::with_config("[auth]\nallow_anonymous = true\n[limits]\nmax_keep_alive = 30\n").await;
+    let mut cp = connect_packet(V5, "ka", true);
+    cp.keep_alive = 0;
+    let (_c, ack) = connected(b.addr(), cp).await;
+    assert_eq!(ack.properties.server_keep_alive, Some(30));
+}
+
+#[tokio::test]
+async fn client_maximum_packet_size_is_respected() {
+    // [MQTT-3.1.2-25]: never send a packet larger than the client's Maximum Packet Size.
+    let b = TestBroker::start().await;
+    let mut cp = connect_packet(V5, "small", true);
+    cp.properties.maximum_packet_size = Some(100);
+    let (mut c, _) = connected(b.addr(), cp).await;
+    c.subscribe(1, "m/#", QoS::AtMostOnce).await;
+    let (mut p, _) = connected(b.addr(), connect_packet(V3, "m-pub", true)).await;
+    p.send(&publish("m/big", QoS::AtMostOnce, 0, &[1u8; 200])).await;
+    p.send(&publish("m/small", QoS::AtMostOnce, 0, b"ok")).await;
+    let got = c.expect_publish().await;
+    assert_eq!(got.topic.as_str(), "m/small");
+}
+
+#[tokio::test]
+async fn outbound_flow_control_honours_client_receive_maximum() {
+    // [MQTT-3.3.4-7]: no more unacknowledged QoS > 0 PUBLISH than the client's Receive Maximum.
+    let b = TestBroker::start().await;
+    let mut cp = connect_packet(V5, "slow", true);
+    cp.properties.receive_maximum = Some(2);
+    let (mut c, _) = connected(b.addr(), cp).await;
+    c.subscribe(1, "f/#", QoS::AtLeastOnce).await;
+    let (mut p, _) = connected(b.addr(), connect_packet(V3, "f-pub", true)).await;
+    for i in 1..=5u16 {
+        p.send(&publish("f/x", QoS::AtLeastOnce, i, &[i as u8])).await;
+    }
+    let a = c.expect_publish().await;
+    let b2 = c.expect_publish().await;
+    assert_eq!(c.recv_within(Duration::from_millis(300)).await, Recv::Timeout, "third held back");
+    c.send(&Packet::PubAck(PubAck::new(a.packet_id))).await;
+    let third = c.expect_publish().await;
+    assert_eq!(third.payload.as_ref(), &[3u8]);
+    c.send(&Packet::PubAck(PubAck::new(b2.packet_id))).await;
+    c.send(&Packet::PubAck(PubAck::new(third.packet_id))).await;
+    assert_eq!(c.expect_publish().await.payload.as_ref(), &[4u8]);
+    assert_eq!(c.expect_publish().await.payload.as_ref(), &[5u8]);
+}
+
+#[tokio::test]
+async fn unacknowledged_messages_are_resent_with_dup_on_reconnect() {
+    // [MQTT-4.4.0-1], [MQTT-3.3.1-1]: same packet id, DUP = 1.
+    let b = TestBroker::start().await;
+    let (mut c, _) = connected(b.addr(), connect_packet(V3, "dup", false)).await;
+    c.subscribe(1, "d/#", QoS::ExactlyOnce).await;
+    let (mut p, _) = connected(b.addr(), connect_packet(V3, "d-pub", true)).await;
+    p.send(&publish("d/1", QoS::AtLeastOnce, 1, b"one")).await;
+    p.send(&publish("d/2", QoS::ExactlyOnce, 2, b"two")).await;
+    let first = c.expect_publish().await;
+    let second = c.expect_publish().await;
+    assert!(!first.dup && !second.dup);
+    // Acknowledge the QoS 2 one only up to PUBREC: the broker then owes a PUBREL.
+    c.send(&Packet::PubRec(PubAck::new(second.packet_id))).await;
+    assert!(matches!(c.recv().await, Recv::Packet(Packet::PubRel(_))));
+    drop(c);
+    let (mut c, ack) = connected(b.addr(), connect_packet(V3, "dup", false)).await;
+    assert!(ack.session_present);
+    let again = c.expect_publish().await;
+    assert!(again.dup, "resent with DUP");
+    assert_eq!(again.packet_id, first.packet_id);
+    assert_eq!(again.payload.as_ref(), b"one");
+    match c.recv().await {
+        Recv::Packet(Packet::PubRel(r)) => assert_eq!(r.packet_id, second.packet_id),
+        other => panic!("expected PUBREL re-sent, got {other:?}"),
+    }
+    c.send(&Packet::PubComp(PubAck::new(second.packet_id))).await;
+    c.send(&Packet::PubAck(PubAck::new(again.packet_id))).await;
+    assert_eq!(c.recv_within(Duration::from_millis(300)).await, Recv::Timeout);
+}
+
+#[tokio::test]
+async fn enhanced_authentication_is_answered() {
+    // No method is offered yet: CONNECT naming one gets 0x8C; AUTH after CONNECT is a
+    // protocol error [MQTT-4.12.0-1].
+    let b = TestBroker::start().await;
+    let mut cp = connect_packet(V5, "scram", true);
+    cp.properties.authentication_method = Some("SCRAM-SHA-256".into());
+    let (mut c, r) = RawClient::connect(b.addr(), cp).await;
+    assert!(matches!(r, Recv::Packet(Packet::Connack(Connack { reason_code: ReasonCode(0x8C), .. }))), "{r:?}");
+    c.expect_closed_within(Duration::from_secs(3)).await;
+    let (mut c, _) = connected(b.addr(), connect_packet(V5, "auth-pkt", true)).await;
+    c.send(&Packet::Auth(Auth { reason_code: ReasonCode::REAUTHENTICATE, properties: Properties::default() })).await;
+    let seen = c.expect_closed_within(Duration::from_secs(3)).await;
+    assert_eq!(disconnect_reason(&seen), Some(ReasonCode::PROTOCOL_ERROR));
+}
+
+#[tokio::test]
+async fn shared_subscription_with_no_local_is_a_protocol_error() {
+    // [MQTT-3.8.3-4]
+    let b = TestBroker::start().await;
+    let (mut c, _) = connected(b.addr(), connect_packet(V5, "nl", true)).await;
+    c.send(&subscribe_with(1, "$share/g/x", SubscriptionOptions { no_local: true, ..Default::default() })).await;
+    let seen = c.expect_closed_within(Duration::from_secs(3)).await;
+    assert_eq!(disconnect_reason(&seen), Some(ReasonCode::PROTOCOL_ERROR));
+}
+
+#[tokio::test]
+async fn topic_alias_errors() {
+    // [MQTT-3.3.2-9/10]: alias above the maximum → 0x94; unknown alias with empty topic → 0x82.
+    let b = TestBroker::start().await;
+    let (mut c, ack) = connected(b.addr(), connect_packet(V5, "alias", true)).await;
+    let max = ack.properties.topic_alias_maximum.expect("topic aliases offered");
+    let mut p = publish("t", QoS::AtMostOnce, 0, b"x");
+    if let Packet::Publish(ref mut pp) = p {
+        pp.properties.topic_alias = Some(max + 1);
+    }
+    c.send(&p).await;
+    let seen = c.expect_closed_within(Duration::from_secs(3)).await;
+    assert_eq!(disconnect_reason(&seen), Some(ReasonCode::TOPIC_ALIAS_INVALID));
+
+    let (mut c, _) = connected(b.addr(), connect_packet(V5, "alias2", true)).await;
+    // Empty topic with alias 1 that was never bound: hand-encoded (the codec type forbids it).
+    c.send_bytes(b"\x30\x06\x00\x00\x03\x23\x00\x01").await;
+    let seen = c.expect_closed_within(Duration::from_secs(3)).await;
+    assert_eq!(disconnect_reason(&seen), Some(ReasonCode::PROTOCOL_ERROR));
+}
+
+#[tokio::test]
+async fn disconnect_cannot_set_expiry_after_zero() {
+    // [MQTT-3.14.2-2]
+    let b = TestBroker::start().await;
+    let (mut c, _) = connected(b.addr(), connect_packet(V5, "exp0", true)).await;
+    let mut d = Disconnect::default();
+    d.properties.session_expiry_interval = Some(60);
+    c.send(&Packet::Disconnect(d)).await;
+    let seen = c.expect_closed_within(Duration::from_secs(3)).await;
+    assert_eq!(disconnect_reason(&seen), Some(ReasonCode::PROTOCOL_ERROR));
+}
+
+#[tokio::test]
+async fn disconnect_with_will_publishes_the_will() {
+    // [MQTT-3.14.4-3]: 0x00 discards the will, 0x04 asks for it.
+    let b = TestBroker::start().await;
+    let (mut sub, _) = connected(b.addr(), connect_packet(V3, "will-sub", true)).await;
+    sub.subscribe(1, "will/#", QoS::AtLeastOnce).await;
+    for (reason, expect) in [(ReasonCode::NORMAL_DISCONNECTION, false), (ReasonCode::DISCONNECT_WITH_WILL, true)] {
+        let mut cp = connect_packet(V5, "willer", true);
+        cp.will = Some(mqtt_codec::LastWill {
+            topic: mqtt_codec::TopicName::new("will/x").unwrap(),
+            payload: bytes::Bytes::from_static(b"bye"),
+            qos: QoS::AtLeastOnce,
+            retain: false,
+            properties: Properties::default(),
+        });
+        let (mut c, _) = connected(b.addr(), cp).await;
+        c.send(&Packet::Disconnect(Disconnect::new(reason))).await;
+        c.expect_closed_within(Duration::from_secs(3)).await;
+        if expect {
+            let w = sub.expect_publish().await;
+            assert_eq!(w.payload.as_ref(), b"bye");
+            sub.send(&Packet::PubAck(PubAck::new(w.packet_id))).await;
+        } else {
+            assert_eq!(sub.recv_within(Duration::from_millis(300)).await, Recv::Timeout);
+        }
+    }
+}
+
+#[tokio::test]
+async fn takeover_sends_0x8e_to_the_old_connection() {
+    // [MQTT-3.1.4-3]
+    let b = TestBroker::start().await;
+    let (mut old, _) = connected(b.addr(), connect_packet(V5, "same-id", false)).await;
+    let (_new, ack) = connected(b.addr(), connect_packet(V5, "same-id", false)).await;
+    assert!(ack.session_present);
+    let seen = old.expect_closed_within(Duration::from_secs(3)).await;
+    assert_eq!(disconnect_reason(&seen), Some(ReasonCode::SESSION_TAKEN_OVER));
+}
+
+#[tokio::test]
+async fn websocket_transport_negotiates_mqtt_subprotocol() {
+    use futures_util::{SinkExt, StreamExt};
+    use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+    use tokio_tungstenite::tungstenite::Message;
+
+    let b = TestBroker::start().await;
+    let url = format!("ws://{}/mqtt", b.ws_addr());
+    let mut req = url.as_str().into_client_request().unwrap();
+    req.headers_mut().insert("Sec-WebSocket-Protocol", "mqtt".parse().unwrap());
+    let (mut ws, resp) = tokio_tungstenite::connect_async(req).await.expect("ws upgrade");
+    assert_eq!(resp.headers().get("sec-websocket-protocol").unwrap(), "mqtt"); // [MQTT-6.0.0-3]
+    let mut buf = bytes::BytesMut::new();
+    Packet::Connect(Box::new(connect_packet(V3, "ws-raw", true))).encode(V3, &mut buf);
+    // Split the CONNECT across two frames: MQTT over WebSocket is a byte stream [MQTT-6.0.0-2].
+    let (a, rest) = buf.split_at(5);
+    ws.send(Message::Binary(a.to_vec().into())).await.unwrap();
+    ws.send(Message::Binary(rest.to_vec().into())).await.unwrap();
+    let msg = tokio::time::timeout(Duration::from_secs(5), ws.next()).await.unwrap().unwrap().unwrap();
+    assert_eq!(msg.into_data().as_ref(), b"\x20\x02\x00\x00");
+
+    let bad = format!("ws://{}/not-mqtt", b.ws_addr());
+    assert!(tokio_tungstenite::connect_async(bad).await.is_err(), "wrong path refused");
+}
