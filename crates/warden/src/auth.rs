@@ -59,6 +59,11 @@ impl Authenticator {
         })
     }
 
+    /// The password file in use, if any.
+    pub fn password_path(&self) -> Option<&std::path::Path> {
+        self.password_path.as_deref()
+    }
+
     /// Number of users in the password file.
     pub fn user_count(&self) -> usize {
         self.passwords.read().as_ref().map_or(0, |p| p.len())

@@ -1,0 +1,172 @@
+//! The `warden` binary as an operator uses it: `check`, `passwd`, `serve` with a config file
+//! (bad configs refused with file:line), SIGHUP reload and SIGTERM shutdown of the real process.
+
+use std::io::{BufRead, BufReader, Write};
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use mqtt_codec::{Packet, Protocol, ReasonCode};
+use warden_testkit::{connect_packet, RawClient, Recv};
+
+const BIN: &str = env!("CARGO_BIN_EXE_warden");
+
+fn warden(args: &[&str]) -> std::process::Output {
+    Command::new(BIN).args(args).output().expect("run warden")
+}
+
+#[test]
+fn check_accepts_a_good_config_and_names_file_and_line_of_a_bad_one() {
+    let dir = tempfile::tempdir().unwrap();
+    let good = dir.path().join("good.toml");
+    std::fs::write(&good, "[[listener]]\nbind = \"127.0.0.1:0\"\n[auth]\nallow_anonymous = true\n").unwrap();
+    let out = warden(&["check", "--config", good.to_str().unwrap()]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+
+    let bad = dir.path().join("bad.toml");
+    std::fs::write(&bad, "data_dir = \"x\"\ncolour_of_sky = \"blue\"\n").unwrap();
+    for args in [vec!["check", "--config"], vec!["serve", "--config"]] {
+        let mut a = args.clone();
+        a.push(bad.to_str().unwrap());
+        let out = warden(&a);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success());
+        assert!(err.contains("bad.toml:2:") && err.contains("colour_of_sky"), "{err}");
+    }
+
+    let bad_value = dir.path().join("bad_value.toml");
+    std::fs::write(&bad_value, "[[listener]]\nbind = \"127.0.0.1:0\"\n[limits]\nmax_packet_size = \"12 parsecs\"\n")
+        .unwrap();
+    let out = warden(&["check", "--config", bad_value.to_str().unwrap()]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && err.contains("bad_value.toml:4:") && err.contains("max_packet_size"), "{err}");
+}
+
+#[test]
+fn a_missing_or_broken_password_file_is_refused_at_start() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = dir.path().join("w.toml");
+    std::fs::write(&cfg, "[[listener]]\nbind = \"127.0.0.1:0\"\n[auth]\npassword_file = \"passwd\"\n").unwrap();
+    let out = warden(&["check", "--config", cfg.to_str().unwrap()]);
+    assert!(!out.status.success());
+    std::fs::write(dir.path().join("passwd"), "ann:$6$notbase64!$x\n").unwrap();
+    let out = warden(&["check", "--config", cfg.to_str().unwrap()]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && err.contains("passwd:1"), "{err}");
+    assert!(!err.contains("notbase64"), "the hash is not echoed: {err}");
+}
+
+#[test]
+fn passwd_writes_argon2id_and_hash_only_prints_a_hash() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("passwd");
+    let mut child = Command::new(BIN)
+        .args(["passwd", file.to_str().unwrap(), "dev-001", "--password-stdin"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    child.stdin.take().unwrap().write_all(b"s3cret\n").unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(out.status.success());
+    let text = std::fs::read_to_string(&file).unwrap();
+    assert!(text.starts_with("dev-001:$argon2id$"), "{text}");
+    assert!(!String::from_utf8_lossy(&out.stdout).contains("s3cret"));
+    let file_db = warden_policy::password::PasswordFile::parse(&text).unwrap();
+    assert!(file_db.verify("dev-001", b"s3cret"), "trailing newline is not part of the password");
+
+    let mut child =
+        Command::new(BIN).args(["passwd", "--hash-only"]).stdin(Stdio::piped()).stdout(Stdio::piped()).spawn().unwrap();
+    child.stdin.take().unwrap().write_all(b"other\n").unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(String::from_utf8_lossy(&out.stdout).trim().starts_with("$argon2id$"));
+}
+
+#[tokio::test]
+async fn real_process_serves_reloads_on_sighup_and_stops_on_sigterm() {
+    let dir = tempfile::tempdir().unwrap();
+    let passwd = dir.path().join("passwd");
+    let hash = warden_policy::password::hash_password(b"annpw");
+    std::fs::write(&passwd, format!("ann:{hash}\n")).unwrap();
+    let cfg = dir.path().join("w.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "data_dir = \"{}\"\n[[listener]]\nbind = \"127.0.0.1:0\"\n[auth]\npassword_file = \"passwd\"\n",
+            dir.path().join("data").display()
+        ),
+    )
+    .unwrap();
+    let mut child = Command::new(BIN)
+        .args(["serve", "--config", cfg.to_str().unwrap()])
+        .stderr(Stdio::piped())
+        .stdout(Stdio::null())
+        .spawn()
+        .unwrap();
+    let stderr = child.stderr.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel::<String>();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            let _ = tx.send(line);
+        }
+    });
+    let addr = loop {
+        let line = rx.recv_timeout(Duration::from_secs(20)).expect("broker prints its listen address");
+        if let Some(rest) = line.split("listening: mqtt://").nth(1) {
+            break rest.trim().parse::<std::net::SocketAddr>().unwrap();
+        }
+    };
+    let login = |user: &str, pw: &str| {
+        let mut c = connect_packet(Protocol::V5, "cli-test", true);
+        c.username = Some(user.into());
+        c.password = Some(bytes::Bytes::copy_from_slice(pw.as_bytes()));
+        c
+    };
+    let code = |r: Recv| match r {
+        Recv::Packet(Packet::Connack(a)) => a.reason_code,
+        other => panic!("{other:?}"),
+    };
+    assert_eq!(code(RawClient::connect(addr, login("ann", "annpw")).await.1), ReasonCode(0));
+    assert_eq!(code(RawClient::connect(addr, login("bob", "bobpw")).await.1), ReasonCode(0x86));
+
+    // Add bob, SIGHUP, and wait for the reload to be logged.
+    std::fs::write(&passwd, format!("ann:{hash}\nbob:{}\n", warden_policy::password::hash_password(b"bobpw"))).unwrap();
+    assert!(Command::new("kill").args(["-HUP", &child.id().to_string()]).status().unwrap().success());
+    loop {
+        let line = rx.recv_timeout(Duration::from_secs(10)).expect("reload logged");
+        if line.contains("password file reloaded") {
+            break;
+        }
+    }
+    assert_eq!(code(RawClient::connect(addr, login("bob", "bobpw")).await.1), ReasonCode(0));
+
+    // A connected v5 client is told the server is shutting down (0x8B) on SIGTERM.
+    let (mut c, _) = RawClient::connect(addr, login("ann", "annpw")).await;
+    assert!(Command::new("kill").args(["-TERM", &child.id().to_string()]).status().unwrap().success());
+    let seen = c.expect_closed_within(Duration::from_secs(10)).await;
+    assert!(
+        seen.iter().any(|p| matches!(p, Packet::Disconnect(d) if d.reason_code == ReasonCode::SERVER_SHUTTING_DOWN)),
+        "{seen:?}"
+    );
+    let status = child.wait().unwrap();
+    assert!(status.success(), "clean exit on SIGTERM: {status:?}");
+    let all: Vec<String> = rx.try_iter().collect();
+    assert!(!all.iter().any(|l| l.contains("annpw") || l.contains("bobpw")), "no password in the log");
+}
+
+#[test]
+fn first_start_creates_an_admin_with_a_one_time_password() {
+    let dir = tempfile::tempdir().unwrap();
+    let pf = dir.path().join("data/passwd");
+    let pw = warden::bootstrap::ensure_admin(&dir.path().join("data"), &pf).unwrap().expect("created");
+    assert!(pw.len() >= 20);
+    let text = std::fs::read_to_string(&pf).unwrap();
+    assert!(!text.contains(&pw), "only a hash is stored");
+    assert!(warden_policy::password::PasswordFile::parse(&text).unwrap().verify("admin", pw.as_bytes()));
+    assert_eq!(warden::bootstrap::ensure_admin(&dir.path().join("data"), &pf).unwrap(), None, "printed once");
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        assert_eq!(std::fs::metadata(&pf).unwrap().permissions().mode() & 0o777, 0o600);
+    }
+}
