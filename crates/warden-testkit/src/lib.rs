@@ -83,6 +83,7 @@ impl TestBroker {
 
 /// What a raw client observed when it waited for a packet.
 #[derive(Debug, PartialEq)]
+#[allow(clippy::large_enum_variant)] // test-only; a Packet is what tests inspect
 pub enum Recv {
     /// A decoded packet.
     Packet(Packet),
