@@ -128,9 +128,10 @@ impl Broker {
         out: &mut BytesMut,
     ) -> Result<Connection, ConnectError> {
         let v = connect.protocol;
+        let client_max = connect.properties.maximum_packet_size.unwrap_or(u32::MAX);
         let refuse = |code: ReasonCode, out: &mut BytesMut| {
             inc(&self.stats.connections_refused);
-            write_connack(v, false, code, Properties::default(), out);
+            write_connack(v, false, code, Properties::default(), client_max, out);
             Err(ConnectError(code))
         };
         if connect.properties.authentication_method.is_some() {
@@ -235,7 +236,7 @@ impl Broker {
             self.publish_will(&s, w, now);
         }
         inc(&self.stats.connections_total);
-        write_connack(v, session_present, ReasonCode::SUCCESS, props, out);
+        write_connack(v, session_present, ReasonCode::SUCCESS, props, client_max, out);
         Ok(Connection::new(
             self.clone(),
             session,
@@ -512,8 +513,24 @@ fn inc_gauge(c: &AtomicU64, delta: i64) {
 }
 
 /// Write a CONNACK for protocol `v` (v3 return codes are mapped from the v5 reason code).
-pub fn write_connack(v: Protocol, session_present: bool, code: ReasonCode, properties: Properties, out: &mut BytesMut) {
+/// A refusal carries a Reason String when it fits the client's Maximum Packet Size
+/// (`client_max`) [MQTT-3.2.2-19].
+pub fn write_connack(
+    v: Protocol,
+    session_present: bool,
+    code: ReasonCode,
+    mut properties: Properties,
+    client_max: u32,
+    out: &mut BytesMut,
+) {
     let reason_code = if v == Protocol::V5 { code } else { code.to_v3_connack() };
+    if v == Protocol::V5 && !code.is_success() {
+        properties.reason_string = Some(code.description().to_owned());
+        let probe = Packet::Connack(Connack { session_present: false, reason_code, properties: properties.clone() });
+        if probe.encoded_len(v) > client_max as usize {
+            properties.reason_string = None;
+        }
+    }
     // A refused CONNECT never has session present set [MQTT-3.2.2-6].
     let session_present = session_present && code.is_success();
     Packet::Connack(Connack { session_present, reason_code, properties }).encode(v, out);

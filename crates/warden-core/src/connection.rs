@@ -107,7 +107,14 @@ impl Connection {
     /// Write a server DISCONNECT (v5 only; v3 has none) and return the matching [`Close`].
     fn fail(&self, out: &mut BytesMut, reason: ReasonCode) -> Close {
         if self.protocol == Protocol::V5 {
-            Packet::Disconnect(Disconnect::new(reason)).encode(self.protocol, out);
+            let mut d = Disconnect::new(reason);
+            d.properties.reason_string = Some(reason.description().to_owned());
+            let mut p = Packet::Disconnect(d);
+            if p.encoded_len(self.protocol) > self.client_max_packet as usize {
+                // Never exceed the client's Maximum Packet Size for a reason string [MQTT-3.14.2-3].
+                p = Packet::Disconnect(Disconnect::new(reason));
+            }
+            p.encode(self.protocol, out);
         }
         Close { reason, publish_will: true }
     }

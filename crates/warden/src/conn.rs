@@ -60,7 +60,7 @@ async fn read_connect<R: AsyncRead + Unpin>(rd: &mut R, buf: &mut BytesMut, max:
             Ok(None) => {}
             Err(DecodeError::UnsupportedProtocol) => {
                 // [MQTT-3.1.2-2]: CONNACK 0x01 (unacceptable protocol version), then close.
-                write_connack(Protocol::V311, false, ReasonCode::UNSUPPORTED_PROTOCOL_VERSION, Default::default(), out);
+                write_connack(Protocol::V311, false, ReasonCode::UNSUPPORTED_PROTOCOL_VERSION, Default::default(), 0, out);
                 return Pre::Closed("unsupported protocol version");
             }
             Err(_) => return Pre::Closed("malformed CONNECT"),
@@ -104,7 +104,8 @@ where
             // The user name is logged; the password never is.
             info!(%peer, client_id = %connect.client_id, user = ?connect.username, reason = %code, "authentication refused");
             ctx.broker.stats.connections_refused.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-            write_connack(protocol, false, code, Default::default(), &mut wbuf);
+            let client_max = connect.properties.maximum_packet_size.unwrap_or(u32::MAX);
+            write_connack(protocol, false, code, Default::default(), client_max, &mut wbuf);
             let _ = wr.write_all(&wbuf).await;
             let _ = wr.shutdown().await;
             return;
