@@ -145,6 +145,9 @@ pub fn peek_header(buf: &[u8]) -> Result<Option<FixedHeader>, DecodeError> {
     }
 }
 
+/// How much [`decode`] reserves ahead of bytes that have not arrived yet.
+const RESERVE_AHEAD: usize = 64 * 1024;
+
 /// Decode one packet from the front of `buf`, consuming it.
 ///
 /// `v` is the connection's protocol version (ignored for CONNECT, which carries its own).
@@ -158,7 +161,9 @@ pub fn decode(buf: &mut BytesMut, v: Protocol, max_packet_size: u32) -> Result<O
         return Err(DecodeError::PacketTooLarge { size: total as u64, max: max_packet_size });
     }
     if buf.len() < total {
-        buf.reserve(total - buf.len());
+        // Grow towards the declared size, but only by what a peer can be trusted with before
+        // it has sent the bytes: a 5-byte header must not make us reserve 256 MiB.
+        buf.reserve((total - buf.len()).min(RESERVE_AHEAD));
         return Ok(None);
     }
     let frame = buf.split_to(total).freeze();

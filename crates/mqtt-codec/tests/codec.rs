@@ -337,3 +337,11 @@ fn two_packets_in_one_buffer() {
     assert_eq!(decode(&mut b, Protocol::V311, MAX).unwrap(), Some(Packet::PingResp));
     assert_eq!(decode(&mut b, Protocol::V311, MAX).unwrap(), None);
 }
+
+#[test]
+fn declared_size_does_not_reserve_memory_ahead_of_the_bytes() {
+    // A peer that declares a 256 MB packet (allowed by the limit) gets no 256 MB reservation.
+    let mut b = BytesMut::from(&b"\x30\xff\xff\xff\x7f"[..]);
+    assert_eq!(decode(&mut b, Protocol::V311, MAX), Ok(None));
+    assert!(b.capacity() <= 128 * 1024, "reserved {}", b.capacity());
+}
