@@ -60,7 +60,14 @@ async fn read_connect<R: AsyncRead + Unpin>(rd: &mut R, buf: &mut BytesMut, max:
             Ok(None) => {}
             Err(DecodeError::UnsupportedProtocol) => {
                 // [MQTT-3.1.2-2]: CONNACK 0x01 (unacceptable protocol version), then close.
-                write_connack(Protocol::V311, false, ReasonCode::UNSUPPORTED_PROTOCOL_VERSION, Default::default(), 0, out);
+                write_connack(
+                    Protocol::V311,
+                    false,
+                    ReasonCode::UNSUPPORTED_PROTOCOL_VERSION,
+                    Default::default(),
+                    0,
+                    out,
+                );
                 return Pre::Closed("unsupported protocol version");
             }
             Err(_) => return Pre::Closed("malformed CONNECT"),
