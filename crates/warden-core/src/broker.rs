@@ -277,10 +277,11 @@ impl Broker {
         let mut st = s.state.lock();
         let ours = st.conn.as_ref().is_some_and(|c| c.generation == generation);
         if !ours {
-            // Taken over (or the session ended): publish the will only if it was not delayed.
+            // Taken over. A resumed session cancels a delayed will (a new connection arrived
+            // before the delay passed); a session ended by Clean Start publishes it [MQTT-3.1.3-9].
             drop(st);
             if let Some(w) = will {
-                if will_delay(&w) == 0 {
+                if will_delay(&w) == 0 || s.is_ended() {
                     self.publish_will(s, w, now);
                 }
             }

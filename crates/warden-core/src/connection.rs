@@ -393,8 +393,11 @@ impl Connection {
     }
 
     /// Build the PUBLISH for a delivery (per-delivery expiry, aliases, subscription ids).
-    fn publish_packet(&mut self, d: &Delivery, packet_id: u16, dup: bool, now: Instant) -> Publish {
+    /// A new outbound alias is only proposed here; [`Self::commit_alias`] records it once the
+    /// packet is really sent, so a discarded packet never leaves the client an unknown alias.
+    fn publish_packet(&self, d: &Delivery, packet_id: u16, dup: bool, now: Instant) -> (Publish, Option<u16>) {
         let mut topic = d.msg.topic.clone();
+        let mut new_alias = None;
         let properties = if self.protocol == Protocol::V5 {
             let mut p = d.msg.properties.clone();
             p.message_expiry_interval = d.msg.remaining_expiry(now);
@@ -405,15 +408,24 @@ impl Connection {
                     topic = TopicName::alias_placeholder();
                 } else if self.out_aliases.len() < usize::from(self.client_alias_max) {
                     let a = self.out_aliases.len() as u16 + 1;
-                    self.out_aliases.insert(topic.clone(), a);
                     p.topic_alias = Some(a);
+                    new_alias = Some(a);
                 }
             }
             p
         } else {
             Properties::default()
         };
-        Publish { dup, qos: d.qos, retain: d.retain, topic, packet_id, properties, payload: d.msg.payload.clone() }
+        (
+            Publish { dup, qos: d.qos, retain: d.retain, topic, packet_id, properties, payload: d.msg.payload.clone() },
+            new_alias,
+        )
+    }
+
+    fn commit_alias(&mut self, d: &Delivery, alias: Option<u16>) {
+        if let Some(a) = alias {
+            self.out_aliases.insert(d.msg.topic.clone(), a);
+        }
     }
 
     /// Encode queued deliveries into `out` until it holds `budget` bytes, the client's
@@ -436,7 +448,8 @@ impl Connection {
             for (id, f) in inflight {
                 match f.stage {
                     OutStage::AwaitAck => {
-                        let p = self.publish_packet(&f.delivery, id, true, now);
+                        let (p, alias) = self.publish_packet(&f.delivery, id, true, now);
+                        self.commit_alias(&f.delivery, alias);
                         Packet::Publish(p).encode(self.protocol, out);
                         sent.fetch_add(1, Ordering::Relaxed);
                     }
@@ -462,11 +475,13 @@ impl Connection {
                     None => break,
                 }
             };
-            let p = Packet::Publish(self.publish_packet(&d, packet_id, false, now));
+            let (p, alias) = self.publish_packet(&d, packet_id, false, now);
+            let p = Packet::Publish(p);
             if p.encoded_len(self.protocol) > self.client_max_packet as usize {
                 // Too large for the client: discard as if delivered [MQTT-3.1.2-25].
                 continue;
             }
+            self.commit_alias(&d, alias);
             p.encode(self.protocol, out);
             sent.fetch_add(1, Ordering::Relaxed);
             if d.qos != QoS::AtMostOnce {
