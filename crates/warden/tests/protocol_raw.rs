@@ -383,3 +383,25 @@ async fn websocket_transport_negotiates_mqtt_subprotocol() {
     let bad = format!("ws://{}/not-mqtt", b.ws_addr());
     assert!(tokio_tungstenite::connect_async(bad).await.is_err(), "wrong path refused");
 }
+
+#[tokio::test]
+async fn max_connections_refuses_the_one_too_many() {
+    let b = TestBroker::with_config("[auth]\nallow_anonymous = true\n[limits]\nmax_connections = 2\n").await;
+    let (_a, _) = connected(b.addr(), connect_packet(V3, "one", true)).await;
+    let (mut two, _) = connected(b.addr(), connect_packet(V3, "two", true)).await;
+    let mut three = RawClient::open(b.addr(), V3).await;
+    three.send(&Packet::Connect(Box::new(connect_packet(V3, "three", true)))).await;
+    assert!(three.expect_closed_within(Duration::from_secs(3)).await.is_empty(), "closed without CONNACK");
+    // A slot frees when a client leaves.
+    two.send(&Packet::Disconnect(Disconnect::default())).await;
+    two.expect_closed_within(Duration::from_secs(3)).await;
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    loop {
+        let (_c, r) = RawClient::connect(b.addr(), connect_packet(V3, "four", true)).await;
+        if matches!(r, Recv::Packet(Packet::Connack(_))) {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "slot never freed");
+        tokio::task::yield_now().await;
+    }
+}
