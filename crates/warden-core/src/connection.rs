@@ -440,7 +440,8 @@ impl Connection {
             drop(st);
             return Err(self.fail(out, ReasonCode::SESSION_TAKEN_OVER)); // [MQTT-3.1.4-3]
         }
-        let sent = &broker.stats.messages_sent;
+        // Counted locally and added once: the shared counter is touched once per batch.
+        let mut sent = 0u64;
         if self.resend {
             // Resume: re-send unacknowledged PUBLISH with DUP, and PUBREL [MQTT-4.4.0-1].
             self.resend = false;
@@ -451,7 +452,7 @@ impl Connection {
                         let (p, alias) = self.publish_packet(&f.delivery, id, true, now);
                         self.commit_alias(&f.delivery, alias);
                         Packet::Publish(p).encode(self.protocol, out);
-                        sent.fetch_add(1, Ordering::Relaxed);
+                        sent += 1;
                     }
                     OutStage::AwaitComp => Packet::PubRel(PubAck::new(id)).encode(self.protocol, out),
                 }
@@ -461,7 +462,7 @@ impl Connection {
         while out.len() < budget {
             let Some(front) = st.queue.front() else { break };
             if front.qos != QoS::AtMostOnce && st.inflight.len() >= max_inflight {
-                return Ok(false); // flow control: wait for acknowledgements [MQTT-4.9.0-2]
+                break; // flow control: wait for acknowledgements [MQTT-4.9.0-2]
             }
             let Some(d) = st.pop() else { break };
             if d.msg.expired(now) {
@@ -483,12 +484,15 @@ impl Connection {
             }
             self.commit_alias(&d, alias);
             p.encode(self.protocol, out);
-            sent.fetch_add(1, Ordering::Relaxed);
+            sent += 1;
             if d.qos != QoS::AtMostOnce {
                 st.inflight.push_back((packet_id, Inflight { delivery: d, stage: OutStage::AwaitAck }));
             }
         }
-        Ok(!st.queue.is_empty() && out.len() >= budget)
+        let more = !st.queue.is_empty() && out.len() >= budget;
+        drop(st);
+        broker.stats.messages_sent.fetch_add(sent, Ordering::Relaxed);
+        Ok(more)
     }
 
     /// The connection is gone (after a [`Close`], an I/O error or EOF). Publishes the will

@@ -97,20 +97,9 @@ fn match_rec(node: &Node, levels: &[&str], depth: usize, out: &mut Vec<Arc<Messa
         return;
     };
     match *first {
-        "#" => {
-            // Matches this level (the parent) and everything below; not `$` topics at the root.
-            if depth > 0 {
-                if let Some(m) = &node.message {
-                    out.push(m.clone());
-                }
-            }
-            for (name, child) in &node.children {
-                if depth == 0 && name.starts_with('$') {
-                    continue;
-                }
-                collect_all(child, depth + 1, out);
-            }
-        }
+        // Matches this level (the parent) and everything below [MQTT-4.7.1-2]; `$` topics are
+        // skipped at the root [MQTT-4.7.2-1], and the root itself never holds a message.
+        "#" => collect_all(node, depth, out),
         "+" => {
             for (name, child) in &node.children {
                 if depth == 0 && name.starts_with('$') {
