@@ -6,6 +6,7 @@
 //! - [`authz`]: the one question every publish / subscribe / delivery asks: "is this allowed?".
 
 pub mod authz;
+pub mod cert;
 pub mod password;
 pub mod principal;
 

@@ -13,6 +13,7 @@
 
 pub mod auth;
 pub mod bootstrap;
+pub mod cert_cmd;
 pub mod config;
 pub mod conn;
 pub mod passwd_cmd;

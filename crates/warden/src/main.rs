@@ -34,6 +34,8 @@ enum Command {
     },
     /// Add or update a user in a password file (argon2id), like mosquitto_passwd.
     Passwd(warden::passwd_cmd::PasswdArgs),
+    /// Make a development PKI: `warden cert ca`, `warden cert server`, `warden cert client`.
+    Cert(warden::cert_cmd::CertArgs),
     /// Validate a configuration (and its password file) without starting.
     Check {
         /// Configuration file (TOML).
@@ -59,6 +61,7 @@ fn main() -> ExitCode {
     let result = match cli.command.unwrap_or(Command::Serve { config: None }) {
         Command::Serve { config } => serve(config),
         Command::Passwd(args) => warden::passwd_cmd::run(&args),
+        Command::Cert(args) => warden::cert_cmd::run(&args),
         Command::Check { config } => check(&config),
     };
     match result {

@@ -1,0 +1,1 @@
+//! Certificate identities (being written).
