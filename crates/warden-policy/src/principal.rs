@@ -51,6 +51,11 @@ impl Principal {
         Principal { kind: PrincipalKind::User, name: Arc::from(name), roles: Vec::new() }
     }
 
+    /// A principal authenticated by a client certificate.
+    pub fn certificate(name: &str) -> Self {
+        Principal { kind: PrincipalKind::Certificate, name: Arc::from(name), roles: Vec::new() }
+    }
+
     /// True when `other` is the same identity (so it may take over this principal's sessions).
     pub fn same_identity(&self, other: &Principal) -> bool {
         self.kind == other.kind && self.name == other.name

@@ -6,6 +6,8 @@
 //! - [`RawClient`]: a byte-level MQTT client for protocol and abuse tests (send any bytes,
 //!   read decoded packets, observe the close).
 
+pub mod pki;
+
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -37,17 +39,36 @@ impl TestBroker {
     /// Start with extra TOML appended after the listeners (e.g. `[auth]` or `[limits]`).
     /// `{dir}` in the text is replaced by the data directory.
     pub async fn with_config(extra: &str) -> TestBroker {
+        Self::from_toml(&format!(
+            "[[listener]]\nbind = \"127.0.0.1:0\"\nprotocol = \"mqtt\"\n[[listener]]\nbind = \"127.0.0.1:0\"\nprotocol = \"ws\"\n{extra}"
+        ))
+        .await
+    }
+
+    /// Start with this configuration (listeners included; `data_dir` is set to a temporary
+    /// directory). `{dir}` in the text is replaced by that directory.
+    pub async fn from_toml(body: &str) -> TestBroker {
         let dir = tempfile::tempdir().expect("tempdir");
+        Self::from_toml_in(dir, body).await
+    }
+
+    /// [`TestBroker::from_toml`] with a directory the caller prepared (certificates, say).
+    pub async fn from_toml_in(dir: tempfile::TempDir, body: &str) -> TestBroker {
         let text = format!(
-            "data_dir = \"{d}\"\n[[listener]]\nbind = \"127.0.0.1:0\"\nprotocol = \"mqtt\"\n[[listener]]\nbind = \"127.0.0.1:0\"\nprotocol = \"ws\"\n{extra}",
+            "data_dir = \"{d}\"\n{body}",
             d = dir.path().display(),
-            extra = extra.replace("{dir}", &dir.path().display().to_string())
+            body = body.replace("{dir}", &dir.path().display().to_string())
         );
         let path = dir.path().join("warden.toml");
         std::fs::write(&path, &text).expect("write config");
         let cfg = Config::load(&path).unwrap_or_else(|e| panic!("test config invalid: {e}\n{text}"));
         let server = Server::start(&cfg).await.expect("broker starts");
         TestBroker { server, dir }
+    }
+
+    /// The first listener of this kind.
+    pub fn addr_of(&self, protocol: ListenerProtocol) -> SocketAddr {
+        self.server.addr(protocol).expect("listener of that kind")
     }
 
     /// The MQTT (TCP) listener's address.
@@ -93,9 +114,13 @@ pub enum Recv {
     Timeout,
 }
 
+/// Any byte stream a raw client can speak over (TCP, TLS).
+pub trait ByteStream: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send {}
+impl<T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send> ByteStream for T {}
+
 /// A byte-level MQTT client.
 pub struct RawClient {
-    stream: TcpStream,
+    stream: Box<dyn ByteStream>,
     buf: BytesMut,
     /// Protocol used to encode and decode.
     pub protocol: Protocol,
@@ -106,7 +131,20 @@ impl RawClient {
     pub async fn open(addr: SocketAddr, protocol: Protocol) -> RawClient {
         let stream = TcpStream::connect(addr).await.expect("connect");
         stream.set_nodelay(true).ok();
-        RawClient { stream, buf: BytesMut::new(), protocol }
+        RawClient::over(stream, protocol)
+    }
+
+    /// A raw client over an established stream (e.g. TLS).
+    pub fn over(stream: impl ByteStream + 'static, protocol: Protocol) -> RawClient {
+        RawClient { stream: Box::new(stream), buf: BytesMut::new(), protocol }
+    }
+
+    /// Send CONNECT over an established stream and return the client with what came back.
+    pub async fn connect_over(stream: impl ByteStream + 'static, connect: Connect) -> (RawClient, Recv) {
+        let mut c = RawClient::over(stream, connect.protocol);
+        c.send(&Packet::Connect(Box::new(connect))).await;
+        let r = c.recv().await;
+        (c, r)
     }
 
     /// Open, send CONNECT and return the client with the CONNACK.

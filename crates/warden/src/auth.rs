@@ -13,9 +13,10 @@ use mqtt_codec::{Connect, ReasonCode};
 use parking_lot::RwLock;
 use tokio::sync::Semaphore;
 use warden_policy::password::PasswordFile;
-use warden_policy::Principal;
+use warden_policy::{Principal, PrincipalKind};
 
-use crate::config::AuthConfig;
+use crate::config::{AuthConfig, ClientIdMatch, IdentityConfig};
+use crate::tls::CertIdentity;
 
 /// Concurrent password verifications.
 const HASH_CONCURRENCY: usize = 4;
@@ -23,6 +24,7 @@ const HASH_CONCURRENCY: usize = 4;
 /// Decides who a CONNECT is.
 pub struct Authenticator {
     allow_anonymous: bool,
+    client_id_rule: ClientIdMatch,
     password_path: Option<PathBuf>,
     passwords: RwLock<Option<Arc<PasswordFile>>>,
     hashing: Semaphore,
@@ -46,13 +48,14 @@ fn load_file(path: &PathBuf) -> anyhow::Result<PasswordFile> {
 
 impl Authenticator {
     /// Load the password file named by the configuration (if any).
-    pub fn load(cfg: &AuthConfig) -> anyhow::Result<Self> {
+    pub fn load(cfg: &AuthConfig, identity: IdentityConfig) -> anyhow::Result<Self> {
         let passwords = match &cfg.password_file {
             Some(p) => Some(Arc::new(load_file(p)?)),
             None => None,
         };
         Ok(Authenticator {
             allow_anonymous: cfg.allow_anonymous,
+            client_id_rule: identity.client_id_must_match,
             password_path: cfg.password_file.clone(),
             passwords: RwLock::new(passwords),
             hashing: Semaphore::new(HASH_CONCURRENCY),
@@ -78,9 +81,37 @@ impl Authenticator {
         Ok(n)
     }
 
+    /// `[identity] client_id_must_match`: may this principal use this client id? Anonymous
+    /// clients are exempt (they have no name to match). Refusal: 0x85 (v3 0x02).
+    pub fn check_client_id(&self, principal: &Principal, client_id: &str) -> Result<(), ReasonCode> {
+        if principal.kind == PrincipalKind::Anonymous {
+            return Ok(());
+        }
+        let ok = match self.client_id_rule {
+            ClientIdMatch::Off => true,
+            ClientIdMatch::Exact => client_id == &*principal.name,
+            ClientIdMatch::Prefix => client_id.starts_with(&*principal.name),
+        };
+        if ok {
+            Ok(())
+        } else {
+            Err(ReasonCode::CLIENT_IDENTIFIER_NOT_VALID)
+        }
+    }
+
     /// Authenticate a CONNECT. Refusals carry the v5 reason code (mapped for v3 clients):
-    /// 0x86 bad user name or password, 0x87 not authorized (anonymous refused).
-    pub async fn authenticate(&self, connect: &Connect) -> Result<Principal, ReasonCode> {
+    /// 0x86 bad user name or password, 0x87 not authorized (anonymous refused, or a
+    /// certificate whose identity is refused).
+    ///
+    /// A verified client certificate (`cert`) authenticates the connection at the transport:
+    /// the principal is the certificate identity and the CONNECT's user name and password are
+    /// not consulted. Without one, the password file decides, then anonymous access.
+    pub async fn authenticate(&self, connect: &Connect, cert: CertIdentity) -> Result<Principal, ReasonCode> {
+        match cert {
+            Some(Ok(name)) => return Ok(Principal::certificate(&name)),
+            Some(Err(_)) => return Err(ReasonCode::NOT_AUTHORIZED),
+            None => {}
+        }
         match (&connect.username, &connect.password) {
             (None, None) => {
                 if self.allow_anonymous {

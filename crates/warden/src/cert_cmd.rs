@@ -1,7 +1,36 @@
 //! `warden cert ca|server|client`: a development PKI (rcgen) for people who have none yet.
-//! (Being written.)
+//!
+//! - `warden cert ca` makes `DIR/ca.pem` + `DIR/ca.key` (ECDSA P-256, CA:TRUE);
+//! - `warden cert server` signs `DIR/NAME.pem` (leaf then CA: a chain) + `DIR/NAME.key`
+//!   (EKU serverAuth, SANs from `--san`);
+//! - `warden cert client --cn DEVICE_ID` signs `DIR/NAME.pem` + `DIR/NAME.key` (EKU clientAuth,
+//!   subject CN = the device id, which becomes the principal with `identity_from_cert = "cn"`).
+//!
+//! Private keys are PKCS#8 PEM written with mode 0600. Existing files are never overwritten
+//! without `--force`. [`ensure_dev_pki`] is what the embedded default configuration uses.
 
+use std::fs;
+use std::io::{self, Write};
+use std::net::IpAddr;
 use std::path::{Path, PathBuf};
+use std::time::{Duration, SystemTime};
+
+use anyhow::{bail, Context};
+use rcgen::{
+    BasicConstraints, Certificate, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa,
+    KeyPair, KeyUsagePurpose, SanType, SerialNumber,
+};
+
+/// Default subject CN of a CA made by `warden cert ca` and by [`ensure_dev_pki`].
+pub const DEFAULT_CA_CN: &str = "Warden Development CA";
+const DEFAULT_CA_DAYS: u32 = 3650;
+const DEFAULT_SERVER_DAYS: u32 = 825;
+const DEFAULT_CLIENT_DAYS: u32 = 365;
+/// SANs of a server certificate when no `--san` is given (and of the embedded default's).
+const DEFAULT_SANS: [&str; 3] = ["localhost", "127.0.0.1", "::1"];
+/// Certificates start this much before "now", to tolerate clock skew between hosts.
+const BACKDATE: Duration = Duration::from_secs(5 * 60);
+const DAY: u64 = 24 * 60 * 60;
 
 /// `warden cert …` arguments.
 #[derive(clap::Args, Debug)]
@@ -12,13 +41,115 @@ pub struct CertArgs {
 
 #[derive(clap::Subcommand, Debug)]
 enum CertCommand {
-    /// Make a CA.
-    Ca,
+    /// Make a development CA: DIR/ca.pem and DIR/ca.key (ECDSA P-256).
+    Ca(CaArgs),
+    /// Sign a server certificate with DIR/ca.pem + DIR/ca.key: DIR/NAME.pem (chain) and DIR/NAME.key.
+    Server(ServerArgs),
+    /// Sign a device (client) certificate whose subject CN is the device id: DIR/NAME.pem and DIR/NAME.key.
+    Client(ClientArgs),
+}
+
+#[derive(clap::Args, Debug)]
+struct CaArgs {
+    /// Directory to write ca.pem and ca.key into (created when missing).
+    #[arg(long, default_value = ".")]
+    dir: PathBuf,
+    /// Subject common name of the CA.
+    #[arg(long, default_value = DEFAULT_CA_CN)]
+    cn: String,
+    /// Validity in days.
+    #[arg(long, default_value_t = DEFAULT_CA_DAYS, value_parser = days_parser())]
+    days: u32,
+    /// Overwrite an existing ca.pem / ca.key.
+    #[arg(long)]
+    force: bool,
+}
+
+#[derive(clap::Args, Debug)]
+struct ServerArgs {
+    /// Directory holding ca.pem and ca.key, and where the certificate and key are written.
+    #[arg(long, default_value = ".")]
+    dir: PathBuf,
+    /// Subject alternative name (repeatable): an IP address becomes an IP SAN, anything else a DNS
+    /// name. Default: localhost, 127.0.0.1 and ::1.
+    #[arg(long = "san", value_name = "NAME_OR_IP")]
+    sans: Vec<String>,
+    /// Subject common name (default: the first SAN).
+    #[arg(long)]
+    cn: Option<String>,
+    /// Validity in days (clamped to the CA's expiry).
+    #[arg(long, default_value_t = DEFAULT_SERVER_DAYS, value_parser = days_parser())]
+    days: u32,
+    /// Base name of the output files: DIR/NAME.pem and DIR/NAME.key.
+    #[arg(long, value_name = "NAME", default_value = "server")]
+    out: String,
+    /// Overwrite existing output files.
+    #[arg(long)]
+    force: bool,
+}
+
+#[derive(clap::Args, Debug)]
+struct ClientArgs {
+    /// Device id: the certificate's subject common name (the principal with identity_from_cert = "cn").
+    #[arg(long, value_name = "DEVICE_ID")]
+    cn: String,
+    /// Directory holding ca.pem and ca.key, and where the certificate and key are written.
+    #[arg(long, default_value = ".")]
+    dir: PathBuf,
+    /// Validity in days (clamped to the CA's expiry).
+    #[arg(long, default_value_t = DEFAULT_CLIENT_DAYS, value_parser = days_parser())]
+    days: u32,
+    /// Base name of the output files: DIR/NAME.pem and DIR/NAME.key (default: the CN).
+    #[arg(long, value_name = "NAME")]
+    out: Option<String>,
+    /// Overwrite existing output files.
+    #[arg(long)]
+    force: bool,
+}
+
+fn days_parser() -> clap::builder::RangedU64ValueParser<u32> {
+    // Up to ~100 years: far enough for anyone, near enough to stay a valid date.
+    clap::builder::RangedU64ValueParser::<u32>::new().range(1..=36_500)
 }
 
 /// Run `warden cert …`.
-pub fn run(_args: &CertArgs) -> anyhow::Result<()> {
-    anyhow::bail!("not implemented yet")
+pub fn run(args: &CertArgs) -> anyhow::Result<()> {
+    match &args.command {
+        CertCommand::Ca(a) => {
+            let (cert, key) = ca_paths(&a.dir);
+            refuse_overwrite(&[&cert, &key], a.force)?;
+            create_dir(&a.dir)?;
+            let (cert_pem, key_pem) = make_ca(&a.cn, a.days)?;
+            write_pair(&cert, &cert_pem, &key, &key_pem)?;
+            print_written("CA certificate", &cert, &key);
+            println!(
+                "next: warden cert server --dir {dir}   and   warden cert client --dir {dir} --cn DEVICE_ID",
+                dir = shell_word(&a.dir)
+            );
+        }
+        CertCommand::Server(a) => {
+            let out = out_name(&a.out)?;
+            let sans =
+                if a.sans.is_empty() { DEFAULT_SANS.iter().map(|s| s.to_string()).collect() } else { a.sans.clone() };
+            let (cert, key) = leaf_paths(&a.dir, out);
+            refuse_overwrite(&[&cert, &key], a.force)?;
+            let ca = LoadedCa::load(&a.dir)?;
+            let leaf = issue_server(&ca, &sans, a.cn.as_deref(), a.days)?;
+            leaf.write(&cert, &key)?;
+            print_written("server certificate chain", &cert, &key);
+        }
+        CertCommand::Client(a) => {
+            validate_device_id(&a.cn)?;
+            let out = out_name(a.out.as_deref().unwrap_or(&a.cn))?;
+            let (cert, key) = leaf_paths(&a.dir, out);
+            refuse_overwrite(&[&cert, &key], a.force)?;
+            let ca = LoadedCa::load(&a.dir)?;
+            let leaf = issue_client(&ca, &a.cn, a.days)?;
+            leaf.write(&cert, &key)?;
+            print_written(&format!("client certificate for {:?}", a.cn), &cert, &key);
+        }
+    }
+    Ok(())
 }
 
 /// Paths of the development PKI the embedded default uses.
@@ -34,6 +165,461 @@ pub struct DevPki {
 
 /// Create (if missing) a development CA and a server certificate for localhost/127.0.0.1
 /// under `dir`. Returns the paths, and whether they were created now.
-pub fn ensure_dev_pki(_dir: &Path) -> anyhow::Result<(DevPki, bool)> {
-    anyhow::bail!("not implemented yet")
+///
+/// When `ca.pem` and `ca.key` exist but the server pair is incomplete, the existing CA is kept
+/// (device certificates already issued by it stay valid) and only the server pair is made. When
+/// exactly one of `ca.pem` / `ca.key` exists, this is an error rather than a silent overwrite.
+pub fn ensure_dev_pki(dir: &Path) -> anyhow::Result<(DevPki, bool)> {
+    let (ca_cert, ca_key) = ca_paths(dir);
+    let (server_cert, server_key) = leaf_paths(dir, "server");
+    let pki = DevPki { ca_cert: ca_cert.clone(), server_cert: server_cert.clone(), server_key: server_key.clone() };
+    if [&ca_cert, &ca_key, &server_cert, &server_key].iter().all(|p| p.exists()) {
+        return Ok((pki, false));
+    }
+    create_dir(dir)?;
+    match (ca_cert.exists(), ca_key.exists()) {
+        (true, true) => {}
+        (false, false) => {
+            let (cert_pem, key_pem) = make_ca(DEFAULT_CA_CN, DEFAULT_CA_DAYS)?;
+            write_pair(&ca_cert, &cert_pem, &ca_key, &key_pem)?;
+        }
+        (true, false) => {
+            bail!("{} exists but {} is missing: refusing to replace the CA", ca_cert.display(), ca_key.display())
+        }
+        (false, true) => {
+            bail!("{} exists but {} is missing: refusing to replace the CA", ca_key.display(), ca_cert.display())
+        }
+    }
+    let ca = LoadedCa::load(dir)?;
+    let sans: Vec<String> = DEFAULT_SANS.iter().map(|s| s.to_string()).collect();
+    issue_server(&ca, &sans, None, DEFAULT_SERVER_DAYS)?.write(&server_cert, &server_key)?;
+    Ok((pki, true))
+}
+
+// ---------------------------------------------------------------------------------------------
+// Generation
+
+/// A new self-signed CA: (certificate PEM, PKCS#8 key PEM).
+fn make_ca(cn: &str, days: u32) -> anyhow::Result<(String, String)> {
+    if cn.is_empty() || cn.chars().any(char::is_control) {
+        bail!("CA common name {cn:?} must be non-empty and contain no control characters");
+    }
+    let key = new_key()?;
+    let mut params = CertificateParams::default();
+    params.distinguished_name = dn(cn);
+    params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained); // + subject key id
+    params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
+    params.serial_number = Some(random_serial());
+    let (not_before, not_after) = validity(days)?;
+    params.not_before = not_before.into();
+    params.not_after = not_after.into();
+    let cert = params.self_signed(&key).context("signing the CA certificate")?;
+    Ok((cert.pem(), key.serialize_pem()))
+}
+
+/// A signed leaf: its certificate (and chain) PEM, its key PEM, and a note for the user.
+struct Issued {
+    chain_pem: String,
+    key_pem: String,
+    note: Option<String>,
+}
+
+impl Issued {
+    fn write(&self, cert: &Path, key: &Path) -> anyhow::Result<()> {
+        write_pair(cert, &self.chain_pem, key, &self.key_pem)?;
+        if let Some(note) = &self.note {
+            eprintln!("warden: note: {note}");
+        }
+        Ok(())
+    }
+}
+
+fn issue_server(ca: &LoadedCa, sans: &[String], cn: Option<&str>, days: u32) -> anyhow::Result<Issued> {
+    let mut san_types = Vec::with_capacity(sans.len());
+    for san in sans {
+        san_types.push(parse_san(san)?);
+    }
+    let Some(first) = sans.first() else { bail!("a server certificate needs at least one --san") };
+    let cn = cn.unwrap_or(first);
+    if cn.is_empty() || cn.chars().any(char::is_control) {
+        bail!("server common name {cn:?} must be non-empty and contain no control characters");
+    }
+    let mut params = leaf_params(cn);
+    params.subject_alt_names = san_types;
+    params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
+    let mut issued = ca.sign(params, days)?;
+    // A chain: leaf, then the CA certificate(s) as found in ca.pem.
+    issued.chain_pem.push_str(&ca.pem);
+    if !issued.chain_pem.ends_with('\n') {
+        issued.chain_pem.push('\n');
+    }
+    Ok(issued)
+}
+
+fn issue_client(ca: &LoadedCa, device_id: &str, days: u32) -> anyhow::Result<Issued> {
+    validate_device_id(device_id)?;
+    let mut params = leaf_params(device_id);
+    params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
+    ca.sign(params, days)
+}
+
+/// Parameters shared by every leaf: one CN, CA:FALSE (+ subject key id), authority key id,
+/// keyUsage digitalSignature (rcgen always marks keyUsage critical), a random serial.
+fn leaf_params(cn: &str) -> CertificateParams {
+    let mut params = CertificateParams::default();
+    params.distinguished_name = dn(cn);
+    params.is_ca = IsCa::ExplicitNoCa;
+    params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
+    params.use_authority_key_identifier_extension = true;
+    params.serial_number = Some(random_serial());
+    params
+}
+
+/// A DN with exactly one attribute, the CN. (rcgen's `DistinguishedName` keeps one value per
+/// attribute type, so a second CN could not sneak in anyway.)
+fn dn(cn: &str) -> DistinguishedName {
+    let mut dn = DistinguishedName::new();
+    dn.push(DnType::CommonName, cn);
+    dn
+}
+
+fn new_key() -> anyhow::Result<KeyPair> {
+    KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).context("generating an ECDSA P-256 key")
+}
+
+/// 128 random bits, positive, always 16 bytes long in DER.
+fn random_serial() -> SerialNumber {
+    let mut bytes: [u8; 16] = rand::random();
+    bytes[0] = (bytes[0] & 0x7f) | 0x40;
+    SerialNumber::from(bytes.to_vec())
+}
+
+/// (not before, not after) for a certificate valid `days` days from now.
+fn validity(days: u32) -> anyhow::Result<(SystemTime, SystemTime)> {
+    let now = SystemTime::now();
+    let not_after = now.checked_add(Duration::from_secs(u64::from(days) * DAY)).context("--days is out of range")?;
+    Ok((now - BACKDATE, not_after))
+}
+
+/// An IP address becomes an IP SAN (also `[v6]`), anything else a DNS name.
+fn parse_san(san: &str) -> anyhow::Result<SanType> {
+    let bare = san.strip_prefix('[').and_then(|s| s.strip_suffix(']')).unwrap_or(san);
+    if let Ok(ip) = bare.parse::<IpAddr>() {
+        return Ok(SanType::IpAddress(ip));
+    }
+    let valid_dns = !san.is_empty()
+        && san.len() <= 253
+        && san.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'*'));
+    if !valid_dns {
+        bail!("--san {san:?} is neither an IP address nor a DNS name (ASCII letters, digits, '-', '.', '*')");
+    }
+    let name = rcgen::Ia5String::try_from(san).map_err(|e| anyhow::anyhow!("--san {san:?}: {e}"))?;
+    Ok(SanType::DnsName(name))
+}
+
+/// Refuse device ids Warden would refuse as certificate identities anyway.
+fn validate_device_id(cn: &str) -> anyhow::Result<()> {
+    const WHY: &str = "Warden refuses certificate identities that are empty or contain '+', '#', '/', '*', \
+                       U+0000 or control characters, so a device with this certificate could never log in";
+    if cn.is_empty() {
+        bail!("client --cn is empty: {WHY}");
+    }
+    if let Some(c) = cn.chars().find(|c| matches!(c, '+' | '#' | '/' | '*') || c.is_control()) {
+        bail!("client --cn {cn:?} contains {c:?}: {WHY}");
+    }
+    Ok(())
+}
+
+// ---------------------------------------------------------------------------------------------
+// An existing CA
+
+/// A CA loaded from DIR/ca.pem + DIR/ca.key, ready to sign.
+struct LoadedCa {
+    /// ca.pem as read (possibly several certificates: the first is the CA itself).
+    pem: String,
+    /// The CA's own certificate (DER).
+    der: Vec<u8>,
+    /// Re-signed copy of the CA: same DN, same key, same subject key id; only used as the
+    /// `issuer` argument of `signed_by`.
+    issuer: Certificate,
+    key: KeyPair,
+    not_after: SystemTime,
+    cert_path: PathBuf,
+}
+
+impl LoadedCa {
+    fn load(dir: &Path) -> anyhow::Result<Self> {
+        let (cert_path, key_path) = ca_paths(dir);
+        let pem = match fs::read_to_string(&cert_path) {
+            Ok(pem) => pem,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                bail!("no CA at {} (make one with `warden cert ca --dir {}`)", cert_path.display(), shell_word(dir))
+            }
+            Err(e) => return Err(e).with_context(|| format!("reading {}", cert_path.display())),
+        };
+        let key_pem = fs::read_to_string(&key_path).with_context(|| format!("reading {}", key_path.display()))?;
+        let der = pem_first_cert(&pem).with_context(|| format!("{}: no PEM certificate", cert_path.display()))?;
+        let params = CertificateParams::from_ca_cert_pem(&pem).map_err(|e| {
+            anyhow::anyhow!(
+                "{}: cannot use this certificate as a CA ({e}; multi-valued RDNs are not supported)",
+                cert_path.display()
+            )
+        })?;
+        if !matches!(params.is_ca, IsCa::Ca(_)) {
+            bail!("{}: not a CA certificate (basicConstraints CA:TRUE is missing)", cert_path.display());
+        }
+        let key = KeyPair::from_pem(&key_pem).map_err(|e| {
+            anyhow::anyhow!(
+                "{}: cannot load the CA private key ({e}); an unencrypted PKCS#8 PEM key is expected \
+                 (convert with `openssl pkcs8 -topk8 -nocrypt`)",
+                key_path.display()
+            )
+        })?;
+        let parts = der_parts(&der).with_context(|| format!("{}: malformed certificate", cert_path.display()))?;
+        if bit_string_of_spki(parts.spki) != bit_string_of_spki(&key.public_key_der()) {
+            bail!("{} does not belong to the CA certificate {}", key_path.display(), cert_path.display());
+        }
+        let not_after = SystemTime::from(params.not_after);
+        if not_after <= SystemTime::now() {
+            bail!("the CA {} expired on {}", cert_path.display(), params.not_after.date());
+        }
+        let issuer = params.self_signed(&key).context("preparing the CA for signing")?;
+        Ok(LoadedCa { pem, der, issuer, key, not_after, cert_path })
+    }
+
+    /// Sign `params` (for a fresh P-256 key) for `days`, clamped to the CA's own expiry.
+    fn sign(&self, mut params: CertificateParams, days: u32) -> anyhow::Result<Issued> {
+        let (not_before, mut not_after) = validity(days)?;
+        let mut note = None;
+        if not_after > self.not_after {
+            not_after = self.not_after;
+            note = Some(format!("validity shortened to the CA's expiry ({})", self.issuer.params().not_after.date()));
+        }
+        params.not_before = not_before.into();
+        params.not_after = not_after.into();
+        let key = new_key()?;
+        let cert = params.signed_by(&key, &self.issuer, &self.key).context("signing the certificate")?;
+        // rcgen re-encodes the CA's name from its parsed form; make sure it came out byte for byte,
+        // or chain building (issuer == subject) would fail later in a confusing way.
+        let ca = der_parts(&self.der).context("malformed CA certificate")?;
+        let leaf = der_parts(cert.der()).context("malformed new certificate")?;
+        if leaf.issuer != ca.subject {
+            bail!(
+                "cannot sign with {}: its subject name cannot be reproduced exactly (rcgen supports one value \
+                 per attribute type and single-valued RDNs only)",
+                self.cert_path.display()
+            );
+        }
+        Ok(Issued { chain_pem: cert.pem(), key_pem: key.serialize_pem(), note })
+    }
+}
+
+/// DER of the first CERTIFICATE block of a PEM text.
+fn pem_first_cert(pem: &str) -> Option<Vec<u8>> {
+    use rustls_pki_types::pem::PemObject;
+    rustls_pki_types::CertificateDer::from_pem_slice(pem.as_bytes()).ok().map(|der| der.to_vec())
+}
+
+/// Raw TLVs of the fields of a certificate that matter here.
+struct DerParts<'a> {
+    issuer: &'a [u8],
+    subject: &'a [u8],
+    spki: &'a [u8],
+}
+
+/// Certificate ::= SEQUENCE { tbs SEQUENCE { [0] version?, serial, sigAlg, issuer, validity, subject, spki, … } … }
+fn der_parts(der: &[u8]) -> Option<DerParts<'_>> {
+    let cert = Tlv::parse(der)?.content;
+    let mut tbs = Tlv::parse(cert)?.content;
+    let mut next = || {
+        let tlv = Tlv::parse(tbs)?;
+        tbs = tlv.rest;
+        Some(tlv)
+    };
+    let mut serial = next()?;
+    if serial.tag == 0xa0 {
+        serial = next()?; // after the version
+    }
+    if serial.tag != 0x02 {
+        return None;
+    }
+    next()?; // signature algorithm
+    let issuer = next()?.whole;
+    next()?; // validity
+    let subject = next()?.whole;
+    let spki = next()?.whole;
+    Some(DerParts { issuer, subject, spki })
+}
+
+/// The subjectPublicKey BIT STRING of a SubjectPublicKeyInfo (ignores how the algorithm
+/// identifier is spelled).
+fn bit_string_of_spki(spki: &[u8]) -> Option<&[u8]> {
+    let algorithm = Tlv::parse(Tlv::parse(spki)?.content)?;
+    Some(Tlv::parse(algorithm.rest)?.whole)
+}
+
+/// One DER TLV. Low tag numbers only, definite lengths.
+struct Tlv<'a> {
+    tag: u8,
+    /// Tag, length and content.
+    whole: &'a [u8],
+    content: &'a [u8],
+    /// What follows the TLV.
+    rest: &'a [u8],
+}
+
+impl<'a> Tlv<'a> {
+    fn parse(input: &'a [u8]) -> Option<Self> {
+        let tag = *input.first()?;
+        if tag & 0x1f == 0x1f {
+            return None;
+        }
+        let first = *input.get(1)?;
+        let (len, header) = if first < 0x80 {
+            (usize::from(first), 2)
+        } else {
+            let n = usize::from(first & 0x7f);
+            if n == 0 || n > 4 {
+                return None;
+            }
+            let mut len = 0usize;
+            for b in input.get(2..2 + n)? {
+                len = (len << 8) | usize::from(*b);
+            }
+            (len, 2 + n)
+        };
+        let end = header.checked_add(len)?;
+        let whole = input.get(..end)?;
+        Some(Tlv { tag, whole, content: &whole[header..], rest: &input[end..] })
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Files
+
+fn ca_paths(dir: &Path) -> (PathBuf, PathBuf) {
+    (dir.join("ca.pem"), dir.join("ca.key"))
+}
+
+fn leaf_paths(dir: &Path, name: &str) -> (PathBuf, PathBuf) {
+    (dir.join(format!("{name}.pem")), dir.join(format!("{name}.key")))
+}
+
+/// `--out NAME`: a plain file name stem, and not the CA's.
+fn out_name(name: &str) -> anyhow::Result<&str> {
+    if name.is_empty() || name.contains(['/', '\\', '\0']) || name == "." || name == ".." {
+        bail!("--out {name:?}: expected a plain file name (no directory; use --dir for that)");
+    }
+    if name == "ca" {
+        bail!("--out ca would replace the CA's own files; choose another name (or --out)");
+    }
+    Ok(name)
+}
+
+fn refuse_overwrite(paths: &[&Path], force: bool) -> anyhow::Result<()> {
+    if force {
+        return Ok(());
+    }
+    if let Some(p) = paths.iter().find(|p| p.exists()) {
+        bail!("{} already exists; refusing to overwrite it (use --force to replace it)", p.display());
+    }
+    Ok(())
+}
+
+fn create_dir(dir: &Path) -> anyhow::Result<()> {
+    fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))
+}
+
+/// Write the key (mode 0600) then the certificate, each atomically.
+fn write_pair(cert: &Path, cert_pem: &str, key: &Path, key_pem: &str) -> anyhow::Result<()> {
+    write_atomically(key, key_pem.as_bytes(), true).with_context(|| format!("writing {}", key.display()))?;
+    write_atomically(cert, cert_pem.as_bytes(), false).with_context(|| format!("writing {}", cert.display()))
+}
+
+/// Write to a new temporary file beside `path` (mode 0600 when `secret`, so the key is never
+/// readable by others, not even briefly), then rename it over `path`.
+fn write_atomically(path: &Path, data: &[u8], secret: bool) -> io::Result<()> {
+    let dir = path.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(Path::new("."));
+    let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    let tmp = dir.join(format!(".{name}.tmp-{}-{:08x}", std::process::id(), rand::random::<u32>()));
+    let mut options = fs::OpenOptions::new();
+    options.write(true).create_new(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        options.mode(if secret { 0o600 } else { 0o644 });
+    }
+    #[cfg(not(unix))]
+    let _ = secret;
+    let result = (|| {
+        let mut file = options.open(&tmp)?;
+        file.write_all(data)?;
+        file.sync_all()?;
+        drop(file);
+        fs::rename(&tmp, path)
+    })();
+    if result.is_err() {
+        let _ = fs::remove_file(&tmp);
+    }
+    result
+}
+
+fn print_written(what: &str, cert: &Path, key: &Path) {
+    println!("wrote {} ({what})", cert.display());
+    println!("wrote {} (private key, mode 0600)", key.display());
+}
+
+/// A path as one shell word, for the hints printed to the user.
+fn shell_word(path: &Path) -> String {
+    let s = path.display().to_string();
+    if !s.is_empty() && s.bytes().all(|b| b.is_ascii_alphanumeric() || b"-_./:@%+=,".contains(&b)) {
+        s
+    } else {
+        format!("'{}'", s.replace('\'', r"'\''"))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn device_ids() {
+        for ok in ["dev-001", "a.b_c", "ü-device", "x y"] {
+            assert!(validate_device_id(ok).is_ok(), "{ok}");
+        }
+        for bad in ["", "dev/1", "+", "#", "a*", "a\0b", "a\nb", "a\u{7f}"] {
+            assert!(validate_device_id(bad).is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn sans() {
+        assert!(matches!(parse_san("127.0.0.1").unwrap(), SanType::IpAddress(_)));
+        assert!(matches!(parse_san("::1").unwrap(), SanType::IpAddress(_)));
+        assert!(matches!(parse_san("[::1]").unwrap(), SanType::IpAddress(_)));
+        assert!(matches!(parse_san("localhost").unwrap(), SanType::DnsName(_)));
+        assert!(matches!(parse_san("*.example.com").unwrap(), SanType::DnsName(_)));
+        assert!(parse_san("").is_err());
+        assert!(parse_san("bad name").is_err());
+        assert!(parse_san("bäd").is_err());
+    }
+
+    #[test]
+    fn out_names() {
+        assert!(out_name("server").is_ok());
+        for bad in ["", "a/b", "..", "ca"] {
+            assert!(out_name(bad).is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn der_walk_finds_fields() {
+        let (cert_pem, key_pem) = make_ca("Test CA", 1).unwrap();
+        let der = pem_first_cert(&cert_pem).unwrap();
+        let parts = der_parts(&der).unwrap();
+        assert_eq!(parts.issuer, parts.subject);
+        let key = KeyPair::from_pem(&key_pem).unwrap();
+        assert_eq!(parts.spki, key.public_key_der().as_slice());
+    }
 }

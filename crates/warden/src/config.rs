@@ -33,6 +33,7 @@ pub struct Config {
     /// `[[listener]]` tables; at least one, no duplicate bind addresses.
     pub listeners: Vec<ListenerConfig>,
     pub auth: AuthConfig,
+    pub identity: IdentityConfig,
     pub limits: Limits,
     /// The file this configuration was loaded from (`None` for the embedded default).
     pub source: Option<PathBuf>,
@@ -43,15 +44,67 @@ pub struct Config {
 pub struct ListenerConfig {
     pub bind: SocketAddr,
     pub protocol: ListenerProtocol,
-    /// WebSocket URL path (ws only; `"/mqtt"` by default, always starts with `/`).
+    /// WebSocket URL path (ws/wss only; `"/mqtt"` by default, always starts with `/`).
     pub path: String,
+    /// TLS settings (mqtts/wss only).
+    pub tls: Option<TlsConfig>,
 }
 
-/// Transport of a listener. TOML: `"mqtt"` | `"ws"`.
+/// Transport of a listener. TOML: `"mqtt"` | `"mqtts"` | `"ws"` | `"wss"`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum ListenerProtocol {
     Mqtt,
+    Mqtts,
     Ws,
+    Wss,
+}
+
+/// Whether a TLS listener asks for a client certificate.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ClientCertMode {
+    /// No certificate, no connection (refused during the handshake).
+    Required,
+    /// A certificate is verified when presented; without one the client falls through to the
+    /// other authentication methods.
+    Optional,
+}
+
+/// TLS settings of an mqtts/wss listener. Paths are resolved like every other path.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TlsConfig {
+    /// Server certificate chain (PEM, leaf first, intermediates after).
+    pub cert: PathBuf,
+    /// Server private key (PEM: PKCS#8, PKCS#1 or SEC1).
+    pub key: PathBuf,
+    /// CA certificates (PEM) that client certificates must chain to; turns on mutual TLS.
+    pub client_ca: Option<PathBuf>,
+    /// Required (the default with `client_ca`) or optional.
+    pub client_cert: ClientCertMode,
+    /// Certificate revocation lists (PEM or DER), checked for client certificates.
+    pub crls: Vec<PathBuf>,
+    /// Which part of the client certificate names the principal (default `cn`).
+    pub identity_from_cert: warden_policy::cert::IdentitySource,
+}
+
+/// The `[identity]` table.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct IdentityConfig {
+    /// Must the client id equal (or start with) the principal's name?
+    pub client_id_must_match: ClientIdMatch,
+}
+
+/// `[identity] client_id_must_match`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ClientIdMatch {
+    /// The client id equals the principal's name.
+    Exact,
+    /// The client id starts with the principal's name.
+    Prefix,
+    /// No rule (the default).
+    #[default]
+    Off,
 }
 
 /// The `[auth]` table.
@@ -197,6 +250,10 @@ impl Config {
         let mut listeners = Vec::with_capacity(raw_listeners.get_ref().0.len());
         let mut seen: HashMap<SocketAddr, usize> = HashMap::new();
         for l in raw_listeners.into_inner().0 {
+            let protocol = l.protocol.as_ref().map_or(ListenerProtocol::Mqtt, |p| *p.get_ref());
+            // Errors about the listener as a whole point at its `protocol` (or `bind`) line.
+            let at = l.protocol.as_ref().map_or_else(|| l.bind.span(), |p| p.span());
+            let tls = tls_settings(&l, protocol, base).map_err(|(s, r)| invalid(Some(s.unwrap_or(at)), r))?;
             let bind_span = l.bind.span();
             let bind = l.bind.into_inner().0;
             // Port 0 asks the OS for any free port: two such listeners do not collide.
@@ -209,16 +266,15 @@ impl Config {
                     ));
                 }
             }
-            let protocol = l.protocol;
             let path = match l.path {
                 None => DEFAULT_WS_PATH.to_string(),
                 Some(p) => {
                     let span = p.span();
                     let p = p.into_inner();
-                    if protocol != ListenerProtocol::Ws {
+                    if !protocol.is_ws() {
                         return Err(invalid(
                             Some(span),
-                            format!("`path` applies only to ws listeners, not {protocol}"),
+                            format!("`path` applies only to ws and wss listeners, not {protocol}"),
                         ));
                     }
                     if !p.starts_with('/') {
@@ -227,38 +283,52 @@ impl Config {
                     p
                 }
             };
-            listeners.push(ListenerConfig { bind, protocol, path });
+            listeners.push(ListenerConfig { bind, protocol, path, tls });
         }
 
         Ok(Config {
             data_dir,
             listeners,
             auth: AuthConfig { allow_anonymous: raw.auth.allow_anonymous, password_file },
+            identity: IdentityConfig { client_id_must_match: raw.identity.client_id_must_match },
             limits: raw.limits,
             source: Some(path.to_path_buf()),
         })
     }
 
-    /// The configuration used when no file is given: data in `./warden-data`, MQTT on
-    /// 127.0.0.1:1883, WebSocket on 127.0.0.1:9001 (path `/mqtt`), anonymous clients refused,
-    /// password file `./warden-data/passwd`, default limits.
+    /// The configuration used when no file is given, loopback only: MQTT on 127.0.0.1:1883,
+    /// MQTT over TLS on 127.0.0.1:8883, WebSocket on 127.0.0.1:9001 and WebSocket over TLS on
+    /// 127.0.0.1:8443 (path `/mqtt`). TLS uses the development PKI in `./warden-data/tls`
+    /// (created on first start); client certificates signed by its CA are accepted (optional)
+    /// with the CN as identity. Anonymous clients are refused; password file
+    /// `./warden-data/passwd`; default limits.
     pub fn embedded_default() -> Config {
         let data_dir = PathBuf::from(DEFAULT_DATA_DIR);
         let localhost = IpAddr::V4(Ipv4Addr::LOCALHOST);
+        let pki = data_dir.join("tls");
+        let tls = TlsConfig {
+            cert: pki.join("server.pem"),
+            key: pki.join("server.key"),
+            client_ca: Some(pki.join("ca.pem")),
+            client_cert: ClientCertMode::Optional,
+            crls: Vec::new(),
+            identity_from_cert: warden_policy::cert::IdentitySource::Cn,
+        };
+        let listener = |port, protocol: ListenerProtocol| ListenerConfig {
+            bind: SocketAddr::new(localhost, port),
+            protocol,
+            path: DEFAULT_WS_PATH.to_string(),
+            tls: protocol.is_tls().then(|| tls.clone()),
+        };
         Config {
             listeners: vec![
-                ListenerConfig {
-                    bind: SocketAddr::new(localhost, 1883),
-                    protocol: ListenerProtocol::Mqtt,
-                    path: DEFAULT_WS_PATH.to_string(),
-                },
-                ListenerConfig {
-                    bind: SocketAddr::new(localhost, 9001),
-                    protocol: ListenerProtocol::Ws,
-                    path: DEFAULT_WS_PATH.to_string(),
-                },
+                listener(1883, ListenerProtocol::Mqtt),
+                listener(8883, ListenerProtocol::Mqtts),
+                listener(9001, ListenerProtocol::Ws),
+                listener(8443, ListenerProtocol::Wss),
             ],
             auth: AuthConfig { allow_anonymous: false, password_file: Some(data_dir.join("passwd")) },
+            identity: IdentityConfig::default(),
             data_dir,
             limits: Limits::default(),
             source: None,
@@ -267,12 +337,24 @@ impl Config {
 }
 
 impl ListenerProtocol {
-    /// The TOML spelling: `"mqtt"` or `"ws"`.
+    /// The TOML spelling.
     pub fn as_str(self) -> &'static str {
         match self {
             ListenerProtocol::Mqtt => "mqtt",
+            ListenerProtocol::Mqtts => "mqtts",
             ListenerProtocol::Ws => "ws",
+            ListenerProtocol::Wss => "wss",
         }
+    }
+
+    /// mqtts or wss.
+    pub fn is_tls(self) -> bool {
+        matches!(self, ListenerProtocol::Mqtts | ListenerProtocol::Wss)
+    }
+
+    /// ws or wss.
+    pub fn is_ws(self) -> bool {
+        matches!(self, ListenerProtocol::Ws | ListenerProtocol::Wss)
     }
 }
 
@@ -288,14 +370,17 @@ impl<'de> Deserialize<'de> for ListenerProtocol {
         impl Visitor<'_> for V {
             type Value = ListenerProtocol;
             fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-                f.write_str("a listener protocol, \"mqtt\" or \"ws\"")
+                f.write_str("a listener protocol: \"mqtt\", \"mqtts\", \"ws\" or \"wss\"")
             }
             fn visit_str<E: de::Error>(self, v: &str) -> Result<ListenerProtocol, E> {
                 match v {
                     "mqtt" => Ok(ListenerProtocol::Mqtt),
+                    "mqtts" => Ok(ListenerProtocol::Mqtts),
                     "ws" => Ok(ListenerProtocol::Ws),
-                    "mqtts" | "wss" => Err(E::custom(format!("protocol {v:?}: TLS listeners are not supported yet"))),
-                    _ => Err(E::custom(format!("unknown protocol {v:?}, expected \"mqtt\" or \"ws\""))),
+                    "wss" => Ok(ListenerProtocol::Wss),
+                    _ => Err(E::custom(format!(
+                        "unknown protocol {v:?}, expected \"mqtt\", \"mqtts\", \"ws\" or \"wss\""
+                    ))),
                 }
             }
         }
@@ -363,16 +448,104 @@ struct RawConfig {
     #[serde(default)]
     auth: RawAuth,
     #[serde(default)]
+    identity: RawIdentity,
+    #[serde(default)]
     limits: Limits,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawIdentity {
+    #[serde(default)]
+    client_id_must_match: ClientIdMatch,
+}
+
+/// A path or a list of paths.
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum OneOrMany {
+    One(PathBuf),
+    Many(Vec<PathBuf>),
+}
+
+/// Validate the TLS keys of one listener against its protocol.
+fn tls_settings(
+    raw: &RawListener,
+    protocol: ListenerProtocol,
+    base: &Path,
+) -> Result<Option<TlsConfig>, (Option<Range<usize>>, String)> {
+    let present: Vec<(&str, Range<usize>)> = [
+        ("cert", raw.cert.as_ref().map(|v| v.span())),
+        ("key", raw.key.as_ref().map(|v| v.span())),
+        ("client_ca", raw.client_ca.as_ref().map(|v| v.span())),
+        ("client_cert", raw.client_cert.as_ref().map(|v| v.span())),
+        ("crl", raw.crl.as_ref().map(|v| v.span())),
+        ("identity_from_cert", raw.identity_from_cert.as_ref().map(|v| v.span())),
+    ]
+    .into_iter()
+    .filter_map(|(k, s)| s.map(|s| (k, s)))
+    .collect();
+    if !protocol.is_tls() {
+        if let Some((k, span)) = present.first() {
+            return Err((Some(span.clone()), format!("`{k}` applies only to mqtts and wss listeners, not {protocol}")));
+        }
+        return Ok(None);
+    }
+    let path_of =
+        |v: &Option<Spanned<PathBuf>>, name: &str| -> Result<Option<PathBuf>, (Option<Range<usize>>, String)> {
+            match v {
+                None => Ok(None),
+                Some(p) if p.get_ref().as_os_str().is_empty() => Err((Some(p.span()), format!("`{name}` is empty"))),
+                Some(p) => Ok(Some(resolve(base, p.get_ref().clone()))),
+            }
+        };
+    let cert = path_of(&raw.cert, "cert")?
+        .ok_or((None, format!("a {protocol} listener needs `cert` (the server certificate chain, PEM)")))?;
+    let key = path_of(&raw.key, "key")?
+        .ok_or((None, format!("a {protocol} listener needs `key` (the server private key, PEM)")))?;
+    let client_ca = path_of(&raw.client_ca, "client_ca")?;
+    if client_ca.is_none() {
+        for (k, span) in &present {
+            if matches!(*k, "client_cert" | "crl" | "identity_from_cert") {
+                return Err((Some(span.clone()), format!("`{k}` needs `client_ca` (it turns on client certificates)")));
+            }
+        }
+    }
+    let client_cert = raw.client_cert.as_ref().map_or(ClientCertMode::Required, |v| *v.get_ref());
+    let crls = match &raw.crl {
+        None => Vec::new(),
+        Some(c) => match c.get_ref() {
+            OneOrMany::One(p) => vec![resolve(base, p.clone())],
+            OneOrMany::Many(v) => v.iter().map(|p| resolve(base, p.clone())).collect(),
+        },
+    };
+    let identity_from_cert = match &raw.identity_from_cert {
+        None => warden_policy::cert::IdentitySource::Cn,
+        Some(v) => v.get_ref().parse().map_err(|_| {
+            (
+                Some(v.span()),
+                format!(
+                    "identity_from_cert {:?}: expected \"cn\", \"san-dns\", \"san-uri\" or \"fingerprint\"",
+                    v.get_ref()
+                ),
+            )
+        })?,
+    };
+    Ok(Some(TlsConfig { cert, key, client_ca, client_cert, crls, identity_from_cert }))
 }
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawListener {
     bind: Spanned<BindAddr>,
-    #[serde(default = "default_protocol")]
-    protocol: ListenerProtocol,
+    protocol: Option<Spanned<ListenerProtocol>>,
     path: Option<Spanned<String>>,
+    cert: Option<Spanned<PathBuf>>,
+    key: Option<Spanned<PathBuf>>,
+    client_ca: Option<Spanned<PathBuf>>,
+    client_cert: Option<Spanned<ClientCertMode>>,
+    crl: Option<Spanned<OneOrMany>>,
+    identity_from_cert: Option<Spanned<String>>,
 }
 
 /// The `listener` key: an array of tables (`[[listener]]`), with a clear message for `[listener]`.
@@ -396,10 +569,6 @@ impl<'de> Deserialize<'de> for RawListeners {
         }
         d.deserialize_seq(V)
     }
-}
-
-fn default_protocol() -> ListenerProtocol {
-    ListenerProtocol::Mqtt
 }
 
 #[derive(Deserialize, Default)]
@@ -723,12 +892,18 @@ sys_interval = "10s"              # $SYS topics are retained and refreshed this 
         let c = Config::embedded_default();
         assert_eq!(c.data_dir, PathBuf::from("./warden-data"));
         assert_eq!(c.source, None);
-        assert_eq!(c.listeners.len(), 2);
-        assert_eq!(c.listeners[0].bind, "127.0.0.1:1883".parse().unwrap());
-        assert_eq!(c.listeners[0].protocol, ListenerProtocol::Mqtt);
-        assert_eq!(c.listeners[1].bind, "127.0.0.1:9001".parse().unwrap());
-        assert_eq!(c.listeners[1].protocol, ListenerProtocol::Ws);
-        assert_eq!(c.listeners[1].path, "/mqtt");
+        assert_eq!(c.listeners.len(), 4);
+        let by = |p| c.listeners.iter().find(|l| l.protocol == p).unwrap();
+        assert_eq!(by(ListenerProtocol::Mqtt).bind, "127.0.0.1:1883".parse().unwrap());
+        assert_eq!(by(ListenerProtocol::Mqtts).bind, "127.0.0.1:8883".parse().unwrap());
+        assert_eq!(by(ListenerProtocol::Ws).bind, "127.0.0.1:9001".parse().unwrap());
+        assert_eq!(by(ListenerProtocol::Wss).bind, "127.0.0.1:8443".parse().unwrap());
+        assert_eq!(by(ListenerProtocol::Ws).path, "/mqtt");
+        assert!(c.listeners.iter().all(|l| l.bind.ip().is_loopback()), "loopback only");
+        assert!(by(ListenerProtocol::Mqtt).tls.is_none());
+        let t = by(ListenerProtocol::Mqtts).tls.clone().unwrap();
+        assert_eq!(t.client_cert, ClientCertMode::Optional);
+        assert_eq!(t.client_ca, Some(PathBuf::from("./warden-data/tls/ca.pem")));
         assert!(!c.auth.allow_anonymous);
         assert_eq!(c.auth.password_file, Some(PathBuf::from("./warden-data/passwd")));
         assert_eq!(c.limits, Limits::default());
@@ -788,7 +963,12 @@ sys_interval = "10s"              # $SYS topics are retained and refreshed this 
             4,
             "unknown field `auth_fail_ban`",
         );
-        fails_at(&format!("{LISTENER}protocol = \"mqtt\"\ncert = \"server.pem\"\n"), 4, "unknown field `cert`");
+        fails_at(
+            &format!("{LISTENER}protocol = \"mqtt\"\ncert = \"server.pem\"\n"),
+            4,
+            "`cert` applies only to mqtts and wss listeners, not mqtt",
+        );
+        fails_at(&format!("{LISTENER}protocol = \"mqtt\"\nsni = \"x\"\n"), 4, "unknown field `sni`");
         fails_at(&format!("{LISTENER}\n[auth]\nallow_anonymous = true\njwt = 1\n"), 6, "unknown field `jwt`");
         for table in ["http", "authz", "oauth"] {
             fails_at(&format!("{LISTENER}[{table}]\nenabled = true\n"), 3, &format!("unknown field `{table}`"));
@@ -807,16 +987,37 @@ sys_interval = "10s"              # $SYS topics are retained and refreshed this 
         fails_at(
             &format!("{LISTENER}{l}bind = \"127.0.0.1:8883\"\nprotocol = \"mqtts\"\n"),
             5,
-            "TLS listeners are not supported yet",
+            "a mqtts listener needs `cert`",
         );
         fails_at(
-            &format!("{l}bind = \"127.0.0.1:8884\"\nprotocol = \"wss\"\n"),
+            &format!("{l}bind = \"127.0.0.1:8884\"\nprotocol = \"wss\"\ncert = \"s.pem\"\n"),
             3,
-            "TLS listeners are not supported yet",
+            "a wss listener needs `key`",
+        );
+        let tls = "bind = \"127.0.0.1:8883\"\nprotocol = \"mqtts\"\ncert = \"s.pem\"\nkey = \"s.key\"\n";
+        fails_at(&format!("{l}{tls}client_cert = \"optional\"\n"), 6, "`client_cert` needs `client_ca`");
+        fails_at(&format!("{l}{tls}crl = \"ca.crl\"\n"), 6, "`crl` needs `client_ca`");
+        fails_at(
+            &format!("{l}{tls}client_ca = \"ca.pem\"\nidentity_from_cert = \"email\"\n"),
+            7,
+            "identity_from_cert \"email\"",
+        );
+        fails_at(&format!("{l}{tls}client_ca = \"ca.pem\"\nclient_cert = \"maybe\"\n"), 7, "unknown variant `maybe`");
+        let c = parse(&format!("{l}{tls}client_ca = \"ca.pem\"\ncrl = [\"a.crl\", \"/abs/b.crl\"]\nidentity_from_cert = \"san-uri\"\n[identity]\nclient_id_must_match = \"prefix\"\n")).unwrap();
+        let t = c.listeners[0].tls.clone().unwrap();
+        assert_eq!(t.client_cert, ClientCertMode::Required, "required is the default with client_ca");
+        assert_eq!(t.crls, vec![PathBuf::from("conf/a.crl"), PathBuf::from("/abs/b.crl")]);
+        assert_eq!(t.cert, PathBuf::from("conf/s.pem"));
+        assert_eq!(t.identity_from_cert, warden_policy::cert::IdentitySource::SanUri);
+        assert_eq!(c.identity.client_id_must_match, ClientIdMatch::Prefix);
+        fails_at(
+            "[identity]\nclient_id_must_match = \"sometimes\"\n[[listener]]\nbind = \"127.0.0.1:1\"\n",
+            2,
+            "unknown variant",
         );
         fails_at(&format!("\n{l}protocol = \"ws\"\n"), 2, "missing field `bind`");
         fails_at(&format!("{l}bind = \"127.0.0.1:1\"\nprotocol = \"ws\"\npath = \"mqtt\"\n"), 4, "must start with '/'");
-        fails_at(&format!("{l}bind = \"127.0.0.1:1\"\npath = \"/mqtt\"\n"), 3, "only to ws listeners");
+        fails_at(&format!("{l}bind = \"127.0.0.1:1\"\npath = \"/mqtt\"\n"), 3, "only to ws and wss listeners");
         fails_at("[listener]\nbind = \"127.0.0.1:1\"\n", 1, "write [[listener]]");
         let c = parse(&format!("{l}bind = \"[::1]:9001\"\nprotocol = \"ws\"\npath = \"/ws\"\n")).unwrap();
         assert_eq!(c.listeners[0].bind, "[::1]:9001".parse().unwrap());

@@ -18,6 +18,7 @@ use warden_core::broker::write_connack;
 use warden_core::{Broker, Close, Connection, Wake};
 
 use crate::auth::Authenticator;
+use crate::tls::CertIdentity;
 
 /// Stop encoding deliveries once this much is waiting to be written.
 const WRITE_BUDGET: usize = 64 * 1024;
@@ -80,8 +81,8 @@ async fn read_connect<R: AsyncRead + Unpin>(rd: &mut R, buf: &mut BytesMut, max:
     }
 }
 
-/// Drive one connection to its end.
-pub async fn run<S>(stream: S, peer: SocketAddr, ctx: Arc<ConnContext>)
+/// Drive one connection to its end. `cert` is what TLS proved about the client.
+pub async fn run<S>(stream: S, peer: SocketAddr, cert: CertIdentity, ctx: Arc<ConnContext>)
 where
     S: AsyncRead + AsyncWrite + Unpin + Send,
 {
@@ -105,7 +106,10 @@ where
         }
     };
     let protocol = connect.protocol;
-    let principal = match ctx.auth.authenticate(&connect).await {
+    let principal = match ctx.auth.authenticate(&connect, cert).await.and_then(|p| {
+        ctx.auth.check_client_id(&p, &connect.client_id)?;
+        Ok(p)
+    }) {
         Ok(p) => p,
         Err(code) => {
             // The user name is logged; the password never is.

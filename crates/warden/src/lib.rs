@@ -7,6 +7,7 @@
 //! - [`server`]: listeners (TCP, WebSocket), the accept loops, housekeeping and `$SYS` timers;
 //!   the one place where concurrency is decided.
 //! - [`conn`]: the task that drives one client connection: socket ↔ codec ↔ core.
+//! - [`tls`]: TLS listeners (rustls), client-certificate identity, reload.
 //! - [`ws`]: WebSocket transport (`/mqtt`, subprotocol `mqtt`) bridged to a byte stream.
 //! - [`bootstrap`]: first-start set-up of the embedded default (admin user).
 //! - [`passwd_cmd`]: `warden passwd`.
@@ -18,4 +19,5 @@ pub mod config;
 pub mod conn;
 pub mod passwd_cmd;
 pub mod server;
+pub mod tls;
 pub mod ws;

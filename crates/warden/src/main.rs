@@ -75,7 +75,12 @@ fn main() -> ExitCode {
 
 fn check(path: &std::path::Path) -> anyhow::Result<()> {
     let cfg = Config::load(path)?;
-    let auth = warden::auth::Authenticator::load(&cfg.auth)?;
+    let auth = warden::auth::Authenticator::load(&cfg.auth, cfg.identity)?;
+    for l in &cfg.listeners {
+        if let Some(t) = &l.tls {
+            warden::tls::server_config(t).map_err(|e| anyhow::anyhow!("{} listener {}: {e:#}", l.protocol, l.bind))?;
+        }
+    }
     println!(
         "{}: ok ({} listener(s), {} user(s) in the password file, anonymous {})",
         path.display(),
@@ -96,6 +101,10 @@ fn serve(config: Option<PathBuf>) -> anyhow::Result<()> {
     if embedded {
         if let Some(pf) = &cfg.auth.password_file {
             admin_password = warden::bootstrap::ensure_admin(&cfg.data_dir, pf)?;
+        }
+        let (pki, created) = warden::cert_cmd::ensure_dev_pki(&cfg.data_dir.join("tls"))?;
+        if created {
+            info!(ca = %pki.ca_cert.display(), "created a development CA and a localhost server certificate");
         }
     }
     let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
@@ -127,26 +136,42 @@ fn banner(server: &Server, cfg: &Config, embedded: bool, admin_password: Option<
     for l in &server.listeners {
         match l.protocol {
             ListenerProtocol::Mqtt => info!("listening: mqtt://{}", l.addr),
+            ListenerProtocol::Mqtts => info!("listening: mqtts://{}", l.addr),
             ListenerProtocol::Ws => info!("listening: ws://{}{}", l.addr, l.path),
+            ListenerProtocol::Wss => info!("listening: wss://{}{}", l.addr, l.path),
         }
     }
-    if let Some(pw) = admin_password {
-        // Shown once, on the terminal only (stdout), never in the logs.
-        let mqtt = server.addr(ListenerProtocol::Mqtt);
-        println!();
-        println!(
-            "  First start: created user 'admin' in {}",
-            cfg.auth.password_file.as_ref().map_or(String::new(), |p| p.display().to_string())
+    if embedded {
+        // The one-time password is shown once, on the terminal only (stdout), never in the logs.
+        let pw = admin_password.map_or_else(
+            || "<password>".to_string(),
+            |p| {
+                println!();
+                println!(
+                    "  First start: created user 'admin' in {}",
+                    cfg.auth.password_file.as_ref().map_or(String::new(), |p| p.display().to_string())
+                );
+                println!("  One-time password (shown only now; change it with `warden passwd`): {p}");
+                format!("'{p}'")
+            },
         );
-        println!("  One-time password (shown only now; change it with `warden passwd`): {pw}");
-        if let Some(a) = mqtt {
-            println!("  Try: mosquitto_sub -h {} -p {} -u admin -P '{pw}' -t '#' -v", a.ip(), a.port());
+        println!();
+        if let Some(a) = server.addr(ListenerProtocol::Mqtt) {
+            println!("  Try: mosquitto_sub -h {} -p {} -u admin -P {pw} -t '#' -v", a.ip(), a.port());
+        }
+        if let Some(a) = server.addr(ListenerProtocol::Mqtts) {
+            let ca = cfg.data_dir.join("tls").join("ca.pem");
+            println!(
+                "  TLS: mosquitto_sub -h localhost -p {} --cafile {} -u admin -P {pw} -t '#' -v",
+                a.port(),
+                ca.display()
+            );
+            println!(
+                "  Device certificates: warden cert client --dir {} --cn DEVICE_ID",
+                ca.parent().unwrap_or(&ca).display()
+            );
         }
         println!();
-    } else if embedded {
-        if let Some(a) = server.addr(ListenerProtocol::Mqtt) {
-            println!("  Connect: mosquitto_sub -h {} -p {} -u admin -P <password> -t '#' -v", a.ip(), a.port());
-        }
     }
     if !cfg.auth.allow_anonymous {
         info!("anonymous clients are refused");

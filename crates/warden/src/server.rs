@@ -18,6 +18,7 @@ use warden_policy::AllowAll;
 use crate::auth::Authenticator;
 use crate::config::{Config, ListenerProtocol};
 use crate::conn::ConnContext;
+use crate::tls::TlsListener;
 
 /// A listener that is bound and accepting.
 #[derive(Debug, Clone)]
@@ -38,6 +39,8 @@ pub struct Server {
     pub broker: Arc<Broker>,
     /// Authentication (reloadable).
     pub auth: Arc<Authenticator>,
+    /// TLS listeners' certificates (reloadable).
+    pub tls: Vec<Arc<TlsListener>>,
     shutdown: watch::Sender<bool>,
     tasks: JoinSet<()>,
 }
@@ -71,7 +74,7 @@ impl Drop for ConnGuard {
 impl Server {
     /// Bind every listener and start serving.
     pub async fn start(cfg: &Config) -> anyhow::Result<Server> {
-        let auth = Arc::new(Authenticator::load(&cfg.auth)?);
+        let auth = Arc::new(Authenticator::load(&cfg.auth, cfg.identity)?);
         if !cfg.auth.allow_anonymous && cfg.auth.password_file.is_none() {
             warn!("no authentication method is configured and anonymous access is off: every client will be refused");
         }
@@ -87,8 +90,18 @@ impl Server {
         });
         let mut tasks = JoinSet::new();
         let mut listeners = Vec::new();
+        let mut tls_listeners = Vec::new();
         let live = Arc::new(AtomicUsize::new(0));
         for l in &cfg.listeners {
+            let tls = match &l.tls {
+                Some(t) => {
+                    let t =
+                        Arc::new(TlsListener::load(t).with_context(|| format!("{} listener {}", l.protocol, l.bind))?);
+                    tls_listeners.push(t.clone());
+                    Some(t)
+                }
+                None => None,
+            };
             let tcp = TcpListener::bind(l.bind)
                 .await
                 .with_context(|| format!("cannot listen on {} ({})", l.bind, l.protocol.as_str()))?;
@@ -123,9 +136,10 @@ impl Server {
                     let guard = ConnGuard(live.clone());
                     let ctx = ctx.clone();
                     let path = path.clone();
+                    let tls = tls.clone();
                     tokio::spawn(async move {
                         let _guard = guard;
-                        serve_socket(sock, peer, protocol, path, ctx).await;
+                        serve_socket(sock, peer, protocol, tls, path, ctx).await;
                     });
                 }
             });
@@ -159,7 +173,7 @@ impl Server {
                 }
             });
         }
-        Ok(Server { listeners, broker, auth, shutdown, tasks })
+        Ok(Server { listeners, broker, auth, tls: tls_listeners, shutdown, tasks })
     }
 
     /// The address of the first listener of this kind.
@@ -167,13 +181,15 @@ impl Server {
         self.listeners.iter().find(|l| l.protocol == protocol).map(|l| l.addr)
     }
 
-    /// Re-read what can change without a restart (the password file). Errors leave the old
-    /// state in force.
+    /// Re-read what can change without a restart: the password file and every TLS
+    /// listener's certificate, key, client CA and CRLs. Errors leave the old state in force;
+    /// live connections are never dropped.
     pub fn reload(&self) {
         match self.auth.reload() {
             Ok(n) => info!(users = n, "password file reloaded"),
             Err(e) => warn!(error = %e, "password file reload failed; the previous one stays in force"),
         }
+        crate::tls::reload_all(&self.tls);
     }
 
     /// Stop accepting, tell every client the server is shutting down (v5 DISCONNECT 0x8B),
@@ -190,12 +206,30 @@ async fn serve_socket(
     sock: TcpStream,
     peer: SocketAddr,
     protocol: ListenerProtocol,
+    tls: Option<Arc<TlsListener>>,
     path: Arc<str>,
     ctx: Arc<ConnContext>,
 ) {
     let _ = sock.set_nodelay(true);
-    match protocol {
-        ListenerProtocol::Mqtt => crate::conn::run(sock, peer, ctx).await,
-        ListenerProtocol::Ws => crate::ws::serve(sock, peer, path, ctx).await,
+    let Some(tls) = tls else {
+        match protocol {
+            ListenerProtocol::Ws | ListenerProtocol::Wss => crate::ws::serve(sock, peer, None, path, ctx).await,
+            ListenerProtocol::Mqtt | ListenerProtocol::Mqtts => crate::conn::run(sock, peer, None, ctx).await,
+        }
+        return;
+    };
+    // The handshake counts against connect_timeout (slowloris over TLS).
+    let (stream, identity) = match tokio::time::timeout(ctx.connect_timeout, tls.accept(sock, peer)).await {
+        Ok(Some(s)) => s,
+        Ok(None) => return,
+        Err(_) => {
+            info!(%peer, "TLS handshake timed out");
+            return;
+        }
+    };
+    if protocol.is_ws() {
+        crate::ws::serve(stream, peer, identity, path, ctx).await;
+    } else {
+        crate::conn::run(stream, peer, identity, ctx).await;
     }
 }

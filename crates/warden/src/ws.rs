@@ -16,9 +16,10 @@ use tokio_tungstenite::tungstenite::Message;
 use tracing::debug;
 
 use crate::conn::ConnContext;
+use crate::tls::CertIdentity;
 
 /// Accept a WebSocket upgrade on `stream` and run the MQTT connection over it.
-pub async fn serve<S>(stream: S, peer: SocketAddr, path: Arc<str>, ctx: Arc<ConnContext>)
+pub async fn serve<S>(stream: S, peer: SocketAddr, cert: CertIdentity, path: Arc<str>, ctx: Arc<ConnContext>)
 where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
@@ -93,7 +94,7 @@ where
         }
         let _ = sink.close().await;
     };
-    let mqtt = crate::conn::run(mqtt_side, peer, ctx);
+    let mqtt = crate::conn::run(mqtt_side, peer, cert, ctx);
     // The MQTT side ends first in every orderly case; its end closes the duplex, which ends
     // the outbound pump; the inbound pump ends with the socket.
     tokio::join!(mqtt, outbound, async {
