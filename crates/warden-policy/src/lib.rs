@@ -3,10 +3,12 @@
 //! # Layout
 //! - [`principal`]: who a connection is (`Principal`), the identity every session is bound to.
 //! - [`password`]: password files (argon2id, Mosquitto `$6$`/`$7$`), hashing and verification.
+//! - [`jwt`]: JSON Web Tokens: verification against a key set, minting for the token service.
 //! - [`authz`]: the one question every publish / subscribe / delivery asks: "is this allowed?".
 
 pub mod authz;
 pub mod cert;
+pub mod jwt;
 pub mod password;
 pub mod principal;
 
