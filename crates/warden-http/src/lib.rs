@@ -1,0 +1,1 @@
+//! HTTP side (being written).
