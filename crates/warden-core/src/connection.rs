@@ -134,6 +134,12 @@ impl Connection {
         self.fail(out, ReasonCode::SERVER_SHUTTING_DOWN)
     }
 
+    /// The server ends the connection for `reason` (v5: DISCONNECT with it), e.g. 0xA0 when
+    /// the access token expired or 0x87 when it was revoked. The will is published.
+    pub fn disconnect(&self, out: &mut BytesMut, reason: ReasonCode) -> Close {
+        self.fail(out, reason)
+    }
+
     fn authorize(&self, action: Action, topic: &str) -> Decision {
         let d = self.broker.authorizer().authorize(&self.principal, &self.client_id, action, topic);
         if !d.is_allowed() {

@@ -1,1 +1,38 @@
-//! HTTP side (being written).
+//! Warden's HTTP side: the built-in OAuth 2.0 token service (SPEC §5).
+//!
+//! The client-credentials grant (RFC 6749 §4.4) issues EdDSA-signed JWT access tokens
+//! ([`warden_policy::jwt::mint`]) that the broker accepts in the CONNECT password field; their
+//! keys are published as a JWKS, and tokens can be introspected (RFC 7662) and revoked
+//! (RFC 7009). Endpoints, all answering with `Cache-Control: no-store`:
+//!
+//! | Method | Path | |
+//! |---|---|---|
+//! | POST | `/oauth/token` | `grant_type=client_credentials`, optional `scope` |
+//! | POST | `/oauth/introspect` | `token`; client authentication required |
+//! | POST | `/oauth/revoke` | `token`; client authentication required |
+//! | GET | `/.well-known/jwks.json` | current and rotated-out public keys |
+//! | GET | `/.well-known/oauth-authorization-server` | RFC 8414 metadata |
+//!
+//! Clients authenticate with HTTP Basic (`client_secret_basic`, id and secret form-urlencoded
+//! before base64) or `client_id` + `client_secret` form parameters (`client_secret_post`),
+//! never both. Errors are RFC 6749 §5.2 JSON (`error`, `error_description`). Secrets and
+//! tokens are never logged.
+//!
+//! # Layout
+//! - [`service`]: [`OAuthService`], the shared state: clients, signing keys and rotation,
+//!   token issuance and verification, the revocation list and its callbacks.
+//! - [`routes`]: [`router`], the axum handlers of the endpoints above.
+//! - `request`: form parameters (RFC 6749 §3.2) and client credentials (§2.3.1).
+//! - `error`: RFC 6749 §5.2 error responses and the `no-store` headers.
+//! - `tests`: the endpoints end to end through the router (no sockets).
+
+mod error;
+mod request;
+pub mod routes;
+pub mod service;
+#[cfg(test)]
+mod tests;
+
+pub use routes::{router, MAX_BODY_BYTES};
+pub use service::{OAuthClient, OAuthService, OAuthSettings, TokenRejected};
+pub use warden_policy::jwt::{KeySet, SigningKey, VerifiedToken};

@@ -5,12 +5,14 @@
 //! - [`password`]: password files (argon2id, Mosquitto `$6$`/`$7$`), hashing and verification.
 //! - [`jwt`]: JSON Web Tokens: verification against a key set, minting for the token service.
 //! - [`authz`]: the one question every publish / subscribe / delivery asks: "is this allowed?".
+//! - [`acl`]: Mosquitto `acl_file` rules (`user`, `topic`, `pattern`), compiled to per-user tries.
 
+pub mod acl;
 pub mod authz;
 pub mod cert;
 pub mod jwt;
 pub mod password;
 pub mod principal;
 
-pub use authz::{Action, AllowAll, Authorizer, Decision};
+pub use authz::{Action, AllowAll, Authorizer, Decision, PolicyAuthorizer};
 pub use principal::{Principal, PrincipalKind};

@@ -41,27 +41,49 @@ pub struct Principal {
     /// OAuth scopes granted by an access token (`mqtt:pub:<filter>`, `mqtt:sub:<filter>`,
     /// role names); empty for other principals.
     pub scopes: Vec<Arc<str>>,
+    /// The `mqtt:` scopes compiled into rules (token principals only; an empty set grants
+    /// nothing). See [`crate::authz::compile_scopes`].
+    pub grants: Option<Arc<crate::acl::AclFile>>,
 }
 
 impl Principal {
     /// The single anonymous principal.
     pub fn anonymous() -> Self {
-        Principal { kind: PrincipalKind::Anonymous, name: Arc::from("anonymous"), roles: Vec::new(), scopes: Vec::new() }
+        Principal {
+            kind: PrincipalKind::Anonymous,
+            name: Arc::from("anonymous"),
+            roles: Vec::new(),
+            scopes: Vec::new(),
+            grants: None,
+        }
     }
 
     /// A password-authenticated user.
     pub fn user(name: &str) -> Self {
-        Principal { kind: PrincipalKind::User, name: Arc::from(name), roles: Vec::new(), scopes: Vec::new() }
+        Principal {
+            kind: PrincipalKind::User,
+            name: Arc::from(name),
+            roles: Vec::new(),
+            scopes: Vec::new(),
+            grants: None,
+        }
     }
 
     /// A principal authenticated by a client certificate.
     pub fn certificate(name: &str) -> Self {
-        Principal { kind: PrincipalKind::Certificate, name: Arc::from(name), roles: Vec::new(), scopes: Vec::new() }
+        Principal {
+            kind: PrincipalKind::Certificate,
+            name: Arc::from(name),
+            roles: Vec::new(),
+            scopes: Vec::new(),
+            grants: None,
+        }
     }
 
     /// A principal authenticated by an access token (its subject), with the token's grants.
     pub fn token(subject: &str, roles: Vec<Arc<str>>, scopes: Vec<Arc<str>>) -> Self {
-        Principal { kind: PrincipalKind::Token, name: Arc::from(subject), roles, scopes }
+        let grants = Some(Arc::new(crate::authz::compile_scopes(&scopes)));
+        Principal { kind: PrincipalKind::Token, name: Arc::from(subject), roles, scopes, grants }
     }
 
     /// True when `other` is the same identity (so it may take over this principal's sessions).

@@ -1,4 +1,5 @@
-//! Authentication of CONNECT credentials (SPEC §4, first method: password file).
+//! Authentication of CONNECT credentials (SPEC §4): a verified client certificate, an access
+//! token in the password field ([`crate::tokens`]), the password file, then anonymous access.
 //!
 //! Refusals look the same whether the user exists or not: the same reason code, and the same
 //! slow-hash work (the password file verifies unknown users against a dummy hash). Secrets are
@@ -17,6 +18,22 @@ use warden_policy::{Principal, PrincipalKind};
 
 use crate::config::{AuthConfig, ClientIdMatch, IdentityConfig};
 use crate::tls::CertIdentity;
+use crate::tokens::{TokenAuth, TokenInfo};
+
+/// Who a connection is, and for how long (token-authenticated connections end at expiry).
+#[derive(Debug, Clone)]
+pub struct Authenticated {
+    /// The principal.
+    pub principal: Principal,
+    /// The access token it authenticated with, if any.
+    pub token: Option<TokenInfo>,
+}
+
+impl From<Principal> for Authenticated {
+    fn from(principal: Principal) -> Self {
+        Authenticated { principal, token: None }
+    }
+}
 
 /// Concurrent password verifications.
 const HASH_CONCURRENCY: usize = 4;
@@ -24,6 +41,7 @@ const HASH_CONCURRENCY: usize = 4;
 /// Decides who a CONNECT is.
 pub struct Authenticator {
     allow_anonymous: bool,
+    tokens: TokenAuth,
     client_id_rule: ClientIdMatch,
     password_path: Option<PathBuf>,
     passwords: RwLock<Option<Arc<PasswordFile>>>,
@@ -48,13 +66,14 @@ fn load_file(path: &PathBuf) -> anyhow::Result<PasswordFile> {
 
 impl Authenticator {
     /// Load the password file named by the configuration (if any).
-    pub fn load(cfg: &AuthConfig, identity: IdentityConfig) -> anyhow::Result<Self> {
+    pub fn load(cfg: &AuthConfig, identity: IdentityConfig, tokens: TokenAuth) -> anyhow::Result<Self> {
         let passwords = match &cfg.password_file {
             Some(p) => Some(Arc::new(load_file(p)?)),
             None => None,
         };
         Ok(Authenticator {
             allow_anonymous: cfg.allow_anonymous,
+            tokens,
             client_id_rule: identity.client_id_must_match,
             password_path: cfg.password_file.clone(),
             passwords: RwLock::new(passwords),
@@ -106,12 +125,21 @@ impl Authenticator {
     /// A verified client certificate (`cert`) authenticates the connection at the transport:
     /// the principal is the certificate identity and the CONNECT's user name and password are
     /// not consulted. Without one, the password file decides, then anonymous access.
-    pub async fn authenticate(&self, connect: &Connect, cert: CertIdentity) -> Result<Principal, ReasonCode> {
+    pub async fn authenticate(&self, connect: &Connect, cert: CertIdentity) -> Result<Authenticated, ReasonCode> {
         match cert {
-            Some(Ok(name)) => return Ok(Principal::certificate(&name)),
+            Some(Ok(name)) => return Ok(Principal::certificate(&name).into()),
             Some(Err(_)) => return Err(ReasonCode::NOT_AUTHORIZED),
             None => {}
         }
+        if let Some(password) = &connect.password {
+            if let Some(r) = self.tokens.authenticate(connect, password).await {
+                return r.map(|(principal, token)| Authenticated { principal, token: Some(token) });
+            }
+        }
+        self.authenticate_password(connect).await.map(Authenticated::from)
+    }
+
+    async fn authenticate_password(&self, connect: &Connect) -> Result<Principal, ReasonCode> {
         match (&connect.username, &connect.password) {
             (None, None) => {
                 if self.allow_anonymous {

@@ -34,6 +34,11 @@ pub struct Config {
     pub listeners: Vec<ListenerConfig>,
     pub auth: AuthConfig,
     pub identity: IdentityConfig,
+    /// The HTTP side (token service, metrics); `None` when `[http]` is absent.
+    pub http: Option<HttpConfig>,
+    /// The built-in OAuth 2.0 token service (needs `[http]`).
+    pub oauth: OAuthConfig,
+    pub authz: AuthzConfig,
     pub limits: Limits,
     /// The file this configuration was loaded from (`None` for the embedded default).
     pub source: Option<PathBuf>,
@@ -115,6 +120,124 @@ pub struct AuthConfig {
     /// Password file; relative paths given in a file are resolved against the file's directory.
     /// `None` when a config file does not name one.
     pub password_file: Option<PathBuf>,
+    /// `[auth.jwt]`: access tokens from an outside issuer in the CONNECT password field.
+    pub jwt: Option<JwtConfig>,
+}
+
+/// A secret from the configuration: never printed by `Debug`.
+#[derive(Clone, PartialEq, Eq, Deserialize)]
+#[serde(transparent)]
+pub struct Secret(pub String);
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("<redacted>")
+    }
+}
+
+/// Which CONNECT field a token's subject must equal.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SubjectMatch {
+    /// No requirement (the default).
+    #[default]
+    Off,
+    /// `sub` must equal the CONNECT user name.
+    Username,
+    /// `sub` must equal the client id.
+    ClientId,
+}
+
+/// `[auth.jwt]`: verification of outside access tokens.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct JwtConfig {
+    /// Required `iss`, when set.
+    pub issuer: Option<String>,
+    /// Required `aud`, when set.
+    pub audience: Option<String>,
+    /// A JWKS file (RFC 7517) with the issuer's public keys.
+    pub jwks_file: Option<PathBuf>,
+    /// A JWKS URL, fetched at start, cached, refreshed on an unknown `kid` (rate-limited).
+    pub jwks_url: Option<String>,
+    /// A shared HS256 secret.
+    pub hs256_secret: Option<Secret>,
+    /// Clock leeway for `exp`/`nbf` (default 0 s).
+    #[serde(default, deserialize_with = "de_leeway")]
+    pub leeway: Duration,
+    /// Require the token subject to equal the user name or the client id.
+    #[serde(default)]
+    pub subject_must_match: SubjectMatch,
+}
+
+/// `[http]`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HttpConfig {
+    /// Address of the HTTP listener.
+    pub bind: SocketAddr,
+}
+
+/// One `[[oauth.client]]`.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct OAuthClientConfig {
+    /// Client id (also the `sub` of its tokens).
+    pub id: String,
+    /// Hash of the client secret (`warden passwd --hash-only`).
+    pub secret_hash: Secret,
+    /// Scopes the client may ask for.
+    #[serde(default)]
+    pub scopes: Vec<String>,
+    /// Roles carried in its tokens.
+    #[serde(default)]
+    pub roles: Vec<String>,
+}
+
+/// `[oauth]`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OAuthConfig {
+    /// On by default where `[http]` exists.
+    pub enabled: bool,
+    /// `iss` of minted tokens (default `http://<http.bind>`).
+    pub issuer: Option<String>,
+    /// Lifetime of access tokens (default 15 min).
+    pub token_ttl: Duration,
+    /// `aud` of minted tokens, if any.
+    pub audience: Option<String>,
+    /// Declared clients.
+    pub clients: Vec<OAuthClientConfig>,
+}
+
+impl Default for OAuthConfig {
+    fn default() -> Self {
+        OAuthConfig {
+            enabled: true,
+            issuer: None,
+            token_ttl: Duration::from_secs(900),
+            audience: None,
+            clients: Vec::new(),
+        }
+    }
+}
+
+/// What a denied publish gets (`[authz] on_deny`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum OnDeny {
+    /// v5 DISCONNECT 0x87 (v3: the connection is closed).
+    #[default]
+    Disconnect,
+    /// Acknowledge (v5 with 0x87) and do not deliver.
+    Drop,
+}
+
+/// `[authz]`.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct AuthzConfig {
+    /// Mosquitto-syntax ACL file.
+    pub acl_file: Option<PathBuf>,
+    /// Disconnect or drop on a denied publish.
+    pub on_deny: OnDeny,
 }
 
 /// The `[limits]` table. Every field has a default ([`Limits::default`]).
@@ -238,6 +361,76 @@ impl Config {
             None => None,
         };
 
+        let jwt = match raw.auth.jwt {
+            None => None,
+            Some(j) => {
+                let span = j.span();
+                let mut j = j.into_inner();
+                if j.jwks_file.is_none() && j.jwks_url.is_none() && j.hs256_secret.is_none() {
+                    return Err(invalid(
+                        Some(span),
+                        "[auth.jwt] needs a key source: jwks_file, jwks_url or hs256_secret".into(),
+                    ));
+                }
+                if j.hs256_secret.as_ref().is_some_and(|s| s.0.len() < 16) {
+                    return Err(invalid(Some(span), "[auth.jwt] hs256_secret must be at least 16 bytes".into()));
+                }
+                if let Some(u) = &j.jwks_url {
+                    if !(u.starts_with("https://") || u.starts_with("http://")) {
+                        return Err(invalid(Some(span), format!("[auth.jwt] jwks_url {u:?} is not an http(s) URL")));
+                    }
+                }
+                j.jwks_file = j.jwks_file.map(|p| resolve(base, p));
+                Some(j)
+            }
+        };
+        let http = raw.http.map(|h| HttpConfig { bind: h.bind.0 });
+        let mut oauth = OAuthConfig::default();
+        if let Some(o) = raw.oauth {
+            let span = o.span();
+            let o = o.into_inner();
+            oauth.enabled = o.enabled.unwrap_or(true);
+            oauth.issuer = o.issuer;
+            oauth.audience = o.audience;
+            if let Some(t) = o.token_ttl {
+                oauth.token_ttl = t.0;
+            }
+            let mut ids = std::collections::HashSet::new();
+            for c in &o.client {
+                if c.id.is_empty() || !ids.insert(c.id.clone()) {
+                    return Err(invalid(
+                        Some(span.clone()),
+                        format!("[[oauth.client]] id {:?} is empty or repeated", c.id),
+                    ));
+                }
+                if !warden_policy::password::is_valid_hash(&c.secret_hash.0) {
+                    return Err(invalid(
+                        Some(span.clone()),
+                        format!(
+                            "[[oauth.client]] {:?}: secret_hash is not a hash (use `warden passwd --hash-only`)",
+                            c.id
+                        ),
+                    ));
+                }
+            }
+            oauth.clients = o.client;
+            if oauth.enabled && http.is_none() && !oauth.clients.is_empty() {
+                return Err(invalid(Some(span), "[oauth] clients are declared but there is no [http] listener".into()));
+            }
+        }
+        let authz = match raw.authz {
+            None => AuthzConfig::default(),
+            Some(a) => AuthzConfig {
+                acl_file: match a.acl_file {
+                    Some(p) => {
+                        Some(resolve(base, non_empty_path(p, "acl_file").map_err(|(s, r)| invalid(Some(s), r))?))
+                    }
+                    None => None,
+                },
+                on_deny: a.on_deny,
+            },
+        };
+
         let Some(raw_listeners) = raw.listeners else {
             return Err(invalid(None, "no listener configured: at least one [[listener]] table is required".into()));
         };
@@ -289,8 +482,11 @@ impl Config {
         Ok(Config {
             data_dir,
             listeners,
-            auth: AuthConfig { allow_anonymous: raw.auth.allow_anonymous, password_file },
+            auth: AuthConfig { allow_anonymous: raw.auth.allow_anonymous, password_file, jwt },
             identity: IdentityConfig { client_id_must_match: raw.identity.client_id_must_match },
+            http,
+            oauth,
+            authz,
             limits: raw.limits,
             source: Some(path.to_path_buf()),
         })
@@ -327,8 +523,11 @@ impl Config {
                 listener(9001, ListenerProtocol::Ws),
                 listener(8443, ListenerProtocol::Wss),
             ],
-            auth: AuthConfig { allow_anonymous: false, password_file: Some(data_dir.join("passwd")) },
+            auth: AuthConfig { allow_anonymous: false, password_file: Some(data_dir.join("passwd")), jwt: None },
             identity: IdentityConfig::default(),
+            http: Some(HttpConfig { bind: SocketAddr::new(localhost, 8080) }),
+            oauth: OAuthConfig::default(),
+            authz: AuthzConfig::default(),
             data_dir,
             limits: Limits::default(),
             source: None,
@@ -449,8 +648,57 @@ struct RawConfig {
     auth: RawAuth,
     #[serde(default)]
     identity: RawIdentity,
+    http: Option<RawHttp>,
+    oauth: Option<Spanned<RawOAuth>>,
+    authz: Option<RawAuthz>,
     #[serde(default)]
     limits: Limits,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawHttp {
+    bind: BindAddr,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawOAuth {
+    enabled: Option<bool>,
+    issuer: Option<String>,
+    token_ttl: Option<Ttl>,
+    audience: Option<String>,
+    #[serde(default)]
+    client: Vec<OAuthClientConfig>,
+}
+
+/// A token lifetime (1 s ..= 1 day).
+struct Ttl(Duration);
+
+impl<'de> Deserialize<'de> for Ttl {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let v = de_duration(d, "token_ttl", Duration::from_secs(1))?;
+        if v > Duration::from_secs(86_400) {
+            return Err(de::Error::custom("token_ttl: at most 1 day (24h)"));
+        }
+        Ok(Ttl(v))
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawAuthz {
+    acl_file: Option<Spanned<PathBuf>>,
+    #[serde(default)]
+    on_deny: OnDeny,
+}
+
+fn de_leeway<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+    let v = de_duration(d, "leeway", Duration::ZERO)?;
+    if v > Duration::from_secs(300) {
+        return Err(de::Error::custom("leeway: at most 5 minutes"));
+    }
+    Ok(v)
 }
 
 #[derive(Deserialize, Default)]
@@ -577,6 +825,7 @@ struct RawAuth {
     #[serde(default)]
     allow_anonymous: bool,
     password_file: Option<Spanned<PathBuf>>,
+    jwt: Option<Spanned<JwtConfig>>,
 }
 
 /// A socket address with a helpful error message.
@@ -969,10 +1218,42 @@ sys_interval = "10s"              # $SYS topics are retained and refreshed this 
             "`cert` applies only to mqtts and wss listeners, not mqtt",
         );
         fails_at(&format!("{LISTENER}protocol = \"mqtt\"\nsni = \"x\"\n"), 4, "unknown field `sni`");
-        fails_at(&format!("{LISTENER}\n[auth]\nallow_anonymous = true\njwt = 1\n"), 6, "unknown field `jwt`");
-        for table in ["http", "authz", "oauth"] {
-            fails_at(&format!("{LISTENER}[{table}]\nenabled = true\n"), 3, &format!("unknown field `{table}`"));
-        }
+        fails_at(&format!("{LISTENER}\n[auth]\nallow_anonymous = true\nldap = 1\n"), 6, "unknown field `ldap`");
+        fails_at(
+            &format!("{LISTENER}[http]\nbind = \"127.0.0.1:8080\"\nenabled = true\n"),
+            5,
+            "unknown field `enabled`",
+        );
+        fails_at(&format!("{LISTENER}[authz]\nacl = \"x\"\n"), 4, "unknown field `acl`");
+        fails_at(&format!("{LISTENER}[oauth]\nttl = \"1m\"\n"), 4, "unknown field `ttl`");
+        fails_at(&format!("{LISTENER}[auth.jwt]\nissuer = \"x\"\nsecret = \"y\"\n"), 5, "unknown field `secret`");
+    }
+
+    #[test]
+    fn tokens_oauth_and_authz_tables() {
+        let text = format!(
+            "{LISTENER}[http]\nbind = \"127.0.0.1:8080\"\n[auth.jwt]\nissuer = \"i\"\naudience = \"warden\"\nhs256_secret = \"0123456789abcdef0123\"\nleeway = \"5s\"\nsubject_must_match = \"client_id\"\n[authz]\nacl_file = \"acl\"\non_deny = \"drop\"\n[oauth]\nissuer = \"https://broker.example\"\ntoken_ttl = \"5m\"\n[[oauth.client]]\nid = \"dev-001\"\nsecret_hash = '{}'\nscopes = [\"mqtt:pub:d/#\"]\n",
+            warden_policy::password::hash_password(b"s")
+        );
+        let c = parse(&text).unwrap();
+        let j = c.auth.jwt.clone().unwrap();
+        assert_eq!(j.leeway, Duration::from_secs(5));
+        assert_eq!(j.subject_must_match, SubjectMatch::ClientId);
+        assert!(!format!("{c:?}").contains("0123456789abcdef"), "secrets are redacted in Debug");
+        assert_eq!(c.authz.acl_file, Some(PathBuf::from("conf/acl")));
+        assert_eq!(c.authz.on_deny, OnDeny::Drop);
+        assert_eq!(c.oauth.token_ttl, Duration::from_secs(300));
+        assert_eq!(c.oauth.clients[0].scopes, vec!["mqtt:pub:d/#".to_string()]);
+        assert_eq!(c.http.unwrap().bind, "127.0.0.1:8080".parse().unwrap());
+        fails_at(&format!("{LISTENER}[auth.jwt]\nissuer = \"x\"\n"), 3, "needs a key source");
+        fails_at(&format!("{LISTENER}[auth.jwt]\nhs256_secret = \"short\"\n"), 3, "at least 16 bytes");
+        fails_at(&format!("{LISTENER}[oauth]\ntoken_ttl = \"2d\"\n"), 4, "unknown unit");
+        fails_at(&format!("{LISTENER}[oauth]\ntoken_ttl = \"48h\"\n"), 4, "at most 1 day");
+        fails_at(
+            &format!("{LISTENER}[http]\nbind = \"127.0.0.1:1\"\n[oauth]\n[[oauth.client]]\nid = \"a\"\nsecret_hash = \"plain\"\n"),
+            5,
+            "secret_hash is not a hash",
+        );
     }
 
     #[test]

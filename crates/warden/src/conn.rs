@@ -37,6 +37,58 @@ pub struct ConnContext {
     pub connect_timeout: Duration,
     /// Flips to true on shutdown.
     pub shutdown: watch::Receiver<bool>,
+    /// Connections by access-token id, for revocation.
+    pub live_tokens: Arc<LiveTokens>,
+}
+
+/// Live connections by the id (`jti`) of the access token they authenticated with.
+#[derive(Default)]
+pub struct LiveTokens {
+    map: parking_lot::Mutex<std::collections::HashMap<String, Vec<TokenWaiter>>>,
+    next: std::sync::atomic::AtomicU64,
+}
+
+/// A connection waiting on a token: its registration id and its revocation signal.
+type TokenWaiter = (u64, Arc<Notify>);
+
+/// A connection's registration in [`LiveTokens`]; removed on drop.
+pub struct TokenRegistration {
+    owner: Arc<LiveTokens>,
+    jti: String,
+    id: u64,
+    /// Notified when the token is revoked.
+    pub signal: Arc<Notify>,
+}
+
+impl Drop for TokenRegistration {
+    fn drop(&mut self) {
+        let mut map = self.owner.map.lock();
+        if let Some(v) = map.get_mut(&self.jti) {
+            v.retain(|(id, _)| *id != self.id);
+            if v.is_empty() {
+                map.remove(&self.jti);
+            }
+        }
+    }
+}
+
+impl LiveTokens {
+    /// Register a connection using token `jti`.
+    pub fn register(self: &Arc<Self>, jti: &str) -> TokenRegistration {
+        let id = self.next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let signal = Arc::new(Notify::new());
+        self.map.lock().entry(jti.to_owned()).or_default().push((id, signal.clone()));
+        TokenRegistration { owner: self.clone(), jti: jti.to_owned(), id, signal }
+    }
+
+    /// Disconnect every connection that authenticated with token `jti`.
+    pub fn revoke(&self, jti: &str) {
+        if let Some(v) = self.map.lock().get(jti) {
+            for (_, n) in v {
+                n.notify_one();
+            }
+        }
+    }
 }
 
 struct NotifyWake(Notify);
@@ -106,11 +158,11 @@ where
         }
     };
     let protocol = connect.protocol;
-    let principal = match ctx.auth.authenticate(&connect, cert).await.and_then(|p| {
-        ctx.auth.check_client_id(&p, &connect.client_id)?;
-        Ok(p)
+    let authed = match ctx.auth.authenticate(&connect, cert).await.and_then(|a| {
+        ctx.auth.check_client_id(&a.principal, &connect.client_id)?;
+        Ok(a)
     }) {
-        Ok(p) => p,
+        Ok(a) => a,
         Err(code) => {
             // The user name is logged; the password never is.
             info!(%peer, client_id = %connect.client_id, user = ?connect.username, reason = %code, "authentication refused");
@@ -122,6 +174,13 @@ where
             return;
         }
     };
+    let principal = authed.principal;
+    // A token-authenticated connection ends when its token expires or is revoked.
+    let token_deadline = authed.token.as_ref().map(|t| {
+        let left = t.expires_at.saturating_sub(crate::tokens::unix_now());
+        tokio::time::Instant::now() + Duration::from_secs(left)
+    });
+    let revocation = authed.token.as_ref().and_then(|t| t.jti.as_deref()).map(|jti| ctx.live_tokens.register(jti));
     let notify = Arc::new(NotifyWake(Notify::new()));
     let client_id_req = connect.client_id.clone();
     let mut conn = match ctx.broker.connect(*connect, principal.clone(), notify.clone(), Instant::now(), &mut wbuf) {
@@ -134,7 +193,9 @@ where
         }
     };
     debug!(%peer, client_id = %conn.client_id(), principal = %principal, ?protocol, "client connected");
-    let close = drive(&mut conn, &mut rd, &mut wr, &mut rbuf, &mut wbuf, &notify, &ctx).await;
+    let limits = Limits { token_deadline, revoked: revocation.as_ref().map(|r| r.signal.clone()) };
+    let close = drive(&mut conn, &mut rd, &mut wr, &mut rbuf, &mut wbuf, &notify, &ctx, limits).await;
+    drop(revocation);
     // Flush what is pending (a DISCONNECT with a reason code, for instance), briefly.
     if !wbuf.is_empty() {
         let _ = tokio::time::timeout(Duration::from_secs(1), wr.write_all(&wbuf)).await;
@@ -144,6 +205,15 @@ where
     conn.closed(close, Instant::now());
 }
 
+/// Deadlines that end a connection from outside the protocol.
+struct Limits {
+    /// When the access token expires.
+    token_deadline: Option<tokio::time::Instant>,
+    /// Fires when the access token is revoked.
+    revoked: Option<Arc<Notify>>,
+}
+
+#[allow(clippy::too_many_arguments)]
 async fn drive<R, W>(
     conn: &mut Connection,
     rd: &mut R,
@@ -152,6 +222,7 @@ async fn drive<R, W>(
     wbuf: &mut BytesMut,
     notify: &NotifyWake,
     ctx: &ConnContext,
+    limits: Limits,
 ) -> Close
 where
     R: AsyncRead + Unpin,
@@ -232,7 +303,22 @@ where
             _ = shutdown.changed() => {
                 return conn.shutdown(wbuf);
             }
+            _ = sleep_until_opt(limits.token_deadline) => {
+                debug!(client_id = %conn.client_id(), "access token expired");
+                return conn.disconnect(wbuf, ReasonCode::MAXIMUM_CONNECT_TIME);
+            }
+            _ = notified_opt(limits.revoked.as_deref()) => {
+                info!(client_id = %conn.client_id(), "access token revoked: disconnecting");
+                return conn.disconnect(wbuf, ReasonCode::NOT_AUTHORIZED);
+            }
         }
+    }
+}
+
+async fn notified_opt(n: Option<&Notify>) {
+    match n {
+        Some(n) => n.notified().await,
+        None => std::future::pending().await,
     }
 }
 

@@ -8,6 +8,7 @@
 //!   the one place where concurrency is decided.
 //! - [`conn`]: the task that drives one client connection: socket ↔ codec ↔ core.
 //! - [`tls`]: TLS listeners (rustls), client-certificate identity, reload.
+//! - [`tokens`]: access tokens in the CONNECT password (built-in token service, `[auth.jwt]`).
 //! - [`ws`]: WebSocket transport (`/mqtt`, subprotocol `mqtt`) bridged to a byte stream.
 //! - [`bootstrap`]: first-start set-up of the embedded default (admin user).
 //! - [`passwd_cmd`]: `warden passwd`.
@@ -20,4 +21,6 @@ pub mod conn;
 pub mod passwd_cmd;
 pub mod server;
 pub mod tls;
+pub mod token_cmd;
+pub mod tokens;
 pub mod ws;

@@ -36,6 +36,8 @@ enum Command {
     Passwd(warden::passwd_cmd::PasswdArgs),
     /// Make a development PKI: `warden cert ca`, `warden cert server`, `warden cert client`.
     Cert(warden::cert_cmd::CertArgs),
+    /// Get an access token from the built-in token service (client-credentials grant).
+    Token(warden::token_cmd::TokenArgs),
     /// Validate a configuration (and its password file) without starting.
     Check {
         /// Configuration file (TOML).
@@ -62,6 +64,7 @@ fn main() -> ExitCode {
         Command::Serve { config } => serve(config),
         Command::Passwd(args) => warden::passwd_cmd::run(&args),
         Command::Cert(args) => warden::cert_cmd::run(&args),
+        Command::Token(args) => warden::token_cmd::run(&args),
         Command::Check { config } => check(&config),
     };
     match result {
@@ -75,7 +78,9 @@ fn main() -> ExitCode {
 
 fn check(path: &std::path::Path) -> anyhow::Result<()> {
     let cfg = Config::load(path)?;
-    let auth = warden::auth::Authenticator::load(&cfg.auth, cfg.identity)?;
+    let tokens = warden::tokens::TokenAuth::new(cfg.auth.jwt.as_ref(), None)?;
+    let auth = warden::auth::Authenticator::load(&cfg.auth, cfg.identity, tokens)?;
+    warden::server::load_policy(&cfg.authz)?;
     for l in &cfg.listeners {
         if let Some(t) = &l.tls {
             warden::tls::server_config(t).map_err(|e| anyhow::anyhow!("{} listener {}: {e:#}", l.protocol, l.bind))?;
@@ -140,6 +145,9 @@ fn banner(server: &Server, cfg: &Config, embedded: bool, admin_password: Option<
             ListenerProtocol::Ws => info!("listening: ws://{}{}", l.addr, l.path),
             ListenerProtocol::Wss => info!("listening: wss://{}{}", l.addr, l.path),
         }
+    }
+    if let Some(a) = server.http_addr {
+        info!("listening: http://{a} (token service: /oauth/token, /.well-known/jwks.json)");
     }
     if embedded {
         // The one-time password is shown once, on the terminal only (stdout), never in the logs.

@@ -13,12 +13,16 @@ use tokio::sync::watch;
 use tokio::task::JoinSet;
 use tracing::{info, warn};
 use warden_core::{Broker, BrokerConfig};
-use warden_policy::AllowAll;
+use warden_policy::acl::AclFile;
+use warden_policy::PolicyAuthorizer;
 
 use crate::auth::Authenticator;
-use crate::config::{Config, ListenerProtocol};
-use crate::conn::ConnContext;
+use crate::config::{AuthzConfig, Config, ListenerProtocol, OnDeny};
+use crate::conn::{ConnContext, LiveTokens};
 use crate::tls::TlsListener;
+use crate::tokens::TokenAuth;
+use warden_http::{OAuthClient, OAuthService, OAuthSettings};
+use warden_policy::jwt::SigningKey;
 
 /// A listener that is bound and accepting.
 #[derive(Debug, Clone)]
@@ -41,6 +45,11 @@ pub struct Server {
     pub auth: Arc<Authenticator>,
     /// TLS listeners' certificates (reloadable).
     pub tls: Vec<Arc<TlsListener>>,
+    /// The built-in OAuth 2.0 token service, when enabled.
+    pub oauth: Option<Arc<OAuthService>>,
+    /// The HTTP listener's address, when configured.
+    pub http_addr: Option<SocketAddr>,
+    authz: AuthzConfig,
     shutdown: watch::Sender<bool>,
     tasks: JoinSet<()>,
 }
@@ -63,6 +72,64 @@ pub fn broker_config(cfg: &Config) -> BrokerConfig {
     }
 }
 
+/// The token service: its signing key lives in `<data_dir>/oauth/signing-key.pem` (made on
+/// first start, mode 0600); revoking a token disconnects the connections that used it.
+fn oauth_service(
+    cfg: &Config,
+    http: &crate::config::HttpConfig,
+    live_tokens: &Arc<LiveTokens>,
+) -> anyhow::Result<Arc<OAuthService>> {
+    let dir = cfg.data_dir.join("oauth");
+    let key_path = dir.join("signing-key.pem");
+    let key = if key_path.exists() {
+        let pem = std::fs::read_to_string(&key_path).with_context(|| format!("{}: cannot read", key_path.display()))?;
+        SigningKey::from_pkcs8_pem(&pem).map_err(|e| anyhow::anyhow!("{}: {e}", key_path.display()))?
+    } else {
+        std::fs::create_dir_all(&dir).with_context(|| format!("{}: cannot create", dir.display()))?;
+        let key = SigningKey::generate();
+        crate::passwd_cmd::write_atomically(&key_path, key.to_pkcs8_pem().as_bytes())
+            .with_context(|| format!("{}: cannot write", key_path.display()))?;
+        info!(kid = key.kid(), "created the token service's signing key");
+        key
+    };
+    let issuer = cfg.oauth.issuer.clone().unwrap_or_else(|| format!("http://{}", http.bind));
+    let clients = cfg
+        .oauth
+        .clients
+        .iter()
+        .map(|c| OAuthClient {
+            id: c.id.clone(),
+            secret_hash: c.secret_hash.0.clone(),
+            scopes: c.scopes.clone(),
+            roles: c.roles.clone(),
+        })
+        .collect();
+    let service = Arc::new(OAuthService::new(
+        OAuthSettings { issuer, token_ttl: cfg.oauth.token_ttl, audience: cfg.oauth.audience.clone() },
+        clients,
+        vec![key],
+        Arc::new(crate::tokens::unix_now),
+    ));
+    let live = live_tokens.clone();
+    service.on_revoke(Box::new(move |jti| live.revoke(jti)));
+    Ok(service)
+}
+
+/// The authorization policy: the ACL file (if any) and token scopes.
+pub fn load_policy(cfg: &AuthzConfig) -> anyhow::Result<PolicyAuthorizer> {
+    let acl = match &cfg.acl_file {
+        None => None,
+        Some(p) => {
+            let text = std::fs::read_to_string(p).with_context(|| format!("{}: cannot read ACL file", p.display()))?;
+            Some(
+                AclFile::parse(&text)
+                    .map_err(|e| anyhow::anyhow!("{}:{}", p.display(), e.to_string().trim_start_matches("line ")))?,
+            )
+        }
+    };
+    Ok(PolicyAuthorizer::new(acl, cfg.on_deny == OnDeny::Disconnect))
+}
+
 struct ConnGuard(Arc<AtomicUsize>);
 
 impl Drop for ConnGuard {
@@ -74,12 +141,26 @@ impl Drop for ConnGuard {
 impl Server {
     /// Bind every listener and start serving.
     pub async fn start(cfg: &Config) -> anyhow::Result<Server> {
-        let auth = Arc::new(Authenticator::load(&cfg.auth, cfg.identity)?);
-        if !cfg.auth.allow_anonymous && cfg.auth.password_file.is_none() {
+        let live_tokens = Arc::new(LiveTokens::default());
+        let oauth = match (&cfg.http, cfg.oauth.enabled) {
+            (Some(http), true) => Some(oauth_service(cfg, http, &live_tokens)?),
+            _ => None,
+        };
+        let tokens = TokenAuth::new(cfg.auth.jwt.as_ref(), oauth.clone())?;
+        let auth = Arc::new(Authenticator::load(&cfg.auth, cfg.identity, tokens)?);
+        let any_method = cfg.auth.allow_anonymous
+            || cfg.auth.password_file.is_some()
+            || cfg.auth.jwt.is_some()
+            || (cfg.http.is_some() && cfg.oauth.enabled)
+            || cfg.listeners.iter().any(|l| l.tls.as_ref().is_some_and(|t| t.client_ca.is_some()));
+        if !any_method {
             warn!("no authentication method is configured and anonymous access is off: every client will be refused");
         }
-        warn!("no authorization source configured: every authenticated client may publish and subscribe anywhere");
-        let broker = Broker::new(broker_config(cfg), Arc::new(AllowAll), Instant::now());
+        let authorizer = load_policy(&cfg.authz)?;
+        if !authorizer.has_acl() {
+            warn!("no ACL configured: every authenticated client (but token clients, bound by their scopes) may publish and subscribe anywhere");
+        }
+        let broker = Broker::new(broker_config(cfg), Arc::new(authorizer), Instant::now());
         let (shutdown, shutdown_rx) = watch::channel(false);
         let ctx = Arc::new(ConnContext {
             broker: broker.clone(),
@@ -87,6 +168,7 @@ impl Server {
             max_packet_size: cfg.limits.max_packet_size,
             connect_timeout: cfg.limits.connect_timeout,
             shutdown: shutdown_rx.clone(),
+            live_tokens,
         });
         let mut tasks = JoinSet::new();
         let mut listeners = Vec::new();
@@ -144,6 +226,26 @@ impl Server {
                 }
             });
         }
+        // The HTTP side: token service, health.
+        let mut http_addr = None;
+        if let Some(http) = &cfg.http {
+            let tcp =
+                TcpListener::bind(http.bind).await.with_context(|| format!("cannot listen on {} (http)", http.bind))?;
+            http_addr = Some(tcp.local_addr()?);
+            let mut app = axum::Router::new().route("/healthz", axum::routing::get(|| async { "ok\n" }));
+            if let Some(o) = &oauth {
+                app = app.merge(warden_http::router(o.clone()));
+            }
+            let mut stop = shutdown_rx.clone();
+            tasks.spawn(async move {
+                let served = axum::serve(tcp, app).with_graceful_shutdown(async move {
+                    let _ = stop.changed().await;
+                });
+                if let Err(e) = served.await {
+                    warn!(error = %e, "HTTP listener failed");
+                }
+            });
+        }
         // Housekeeping: due wills and expired sessions, once a second.
         {
             let broker = broker.clone();
@@ -173,7 +275,17 @@ impl Server {
                 }
             });
         }
-        Ok(Server { listeners, broker, auth, tls: tls_listeners, shutdown, tasks })
+        Ok(Server {
+            listeners,
+            broker,
+            auth,
+            tls: tls_listeners,
+            oauth,
+            http_addr,
+            authz: cfg.authz.clone(),
+            shutdown,
+            tasks,
+        })
     }
 
     /// The address of the first listener of this kind.
@@ -190,6 +302,15 @@ impl Server {
             Err(e) => warn!(error = %e, "password file reload failed; the previous one stays in force"),
         }
         crate::tls::reload_all(&self.tls);
+        if self.authz.acl_file.is_some() {
+            match load_policy(&self.authz) {
+                Ok(p) => {
+                    self.broker.set_authorizer(Arc::new(p));
+                    info!("ACL file reloaded");
+                }
+                Err(e) => warn!(error = %e, "ACL reload failed; the previous ACL stays in force"),
+            }
+        }
     }
 
     /// Stop accepting, tell every client the server is shutting down (v5 DISCONNECT 0x8B),

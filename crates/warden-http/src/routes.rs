@@ -1,0 +1,183 @@
+//! The axum router: token, JWKS, metadata, introspection and revocation endpoints.
+
+use std::sync::Arc;
+
+use axum::extract::rejection::FormRejection;
+use axum::extract::{DefaultBodyLimit, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Form, Json, Router};
+use serde_json::json;
+
+use crate::error::{no_store, OAuthError};
+use crate::request::{credentials, Params};
+use crate::service::{token_client, OAuthService, ScopeError};
+
+/// Largest accepted request body.
+pub const MAX_BODY_BYTES: usize = 16 * 1024;
+
+pub const TOKEN_PATH: &str = "/oauth/token";
+pub const INTROSPECT_PATH: &str = "/oauth/introspect";
+pub const REVOKE_PATH: &str = "/oauth/revoke";
+pub const JWKS_PATH: &str = "/.well-known/jwks.json";
+pub const METADATA_PATH: &str = "/.well-known/oauth-authorization-server";
+
+const AUTH_METHODS: [&str; 2] = ["client_secret_basic", "client_secret_post"];
+
+/// The token service's routes (see the crate docs), with a [`MAX_BODY_BYTES`] body limit.
+pub fn router(service: Arc<OAuthService>) -> Router {
+    Router::new()
+        .route(TOKEN_PATH, post(token))
+        .route(INTROSPECT_PATH, post(introspect))
+        .route(REVOKE_PATH, post(revoke))
+        .route(JWKS_PATH, get(jwks))
+        .route(METADATA_PATH, get(metadata))
+        .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
+        .with_state(service)
+}
+
+type FormResult = Result<Form<Vec<(String, String)>>, FormRejection>;
+
+fn endpoint(service: &OAuthService, path: &str) -> String {
+    format!("{}{path}", service.settings().issuer.trim_end_matches('/'))
+}
+
+/// Authenticates the client of an introspection / revocation request.
+async fn authenticate(
+    service: &OAuthService,
+    headers: &HeaderMap,
+    params: &Params,
+    endpoint: &'static str,
+) -> Result<String, OAuthError> {
+    let creds = credentials(headers, params)?;
+    let method = creds.method;
+    let client_id = creds.client_id.clone();
+    match service.authenticate(&creds.client_id, creds.secret).await {
+        Some(client) => Ok(client.id),
+        None => {
+            tracing::info!(client_id = ?client_id, ?method, endpoint, "oauth: client authentication failed");
+            Err(OAuthError::invalid_client("client authentication failed"))
+        }
+    }
+}
+
+/// `POST /oauth/token`: the client-credentials grant (RFC 6749 §4.4).
+async fn token(State(service): State<Arc<OAuthService>>, headers: HeaderMap, form: FormResult) -> Response {
+    match token_inner(&service, &headers, form).await {
+        Ok(response) => response,
+        Err(error) => error.into_response(),
+    }
+}
+
+async fn token_inner(service: &OAuthService, headers: &HeaderMap, form: FormResult) -> Result<Response, OAuthError> {
+    let params = Params::from_form(form)?;
+    if params.require("grant_type")? != "client_credentials" {
+        return Err(OAuthError::unsupported_grant_type());
+    }
+    let creds = credentials(headers, &params)?;
+    let method = creds.method;
+    let client_id = creds.client_id.clone();
+    let Some(client) = service.authenticate(&creds.client_id, creds.secret).await else {
+        tracing::info!(client_id = ?client_id, ?method, "oauth: token refused: client authentication failed");
+        return Err(OAuthError::invalid_client("client authentication failed"));
+    };
+    let issued = service.issue(&client, params.get("scope")).map_err(|e| {
+        tracing::info!(client_id = ?client.id, "oauth: token refused: invalid scope");
+        match e {
+            ScopeError::Malformed => OAuthError::invalid_scope("malformed scope"),
+            ScopeError::NotAllowed => OAuthError::invalid_scope("a requested scope is not allowed for this client"),
+        }
+    })?;
+    tracing::info!(client_id = ?client.id, jti = %issued.jti, scope = ?issued.scope, method = ?method, "oauth: token issued");
+    Ok(no_store(Json(json!({
+        "access_token": issued.access_token,
+        "token_type": "Bearer",
+        "expires_in": issued.expires_in,
+        "scope": issued.scope,
+    }))))
+}
+
+/// `POST /oauth/introspect` (RFC 7662). Any authenticated client may call it, but a token is
+/// reported active only to the client it was issued to: for every other caller (and for any
+/// invalid, expired or revoked token) the answer is `{"active": false}`, so introspection
+/// reveals nothing about other clients' tokens.
+async fn introspect(State(service): State<Arc<OAuthService>>, headers: HeaderMap, form: FormResult) -> Response {
+    match introspect_inner(&service, &headers, form).await {
+        Ok(response) => response,
+        Err(error) => error.into_response(),
+    }
+}
+
+async fn introspect_inner(
+    service: &OAuthService,
+    headers: &HeaderMap,
+    form: FormResult,
+) -> Result<Response, OAuthError> {
+    let params = Params::from_form(form)?;
+    let caller = authenticate(service, headers, &params, "introspect").await?;
+    let token = params.require("token")?;
+    let body = match service.verify(token) {
+        Ok(verified) if token_client(&verified) == caller => {
+            let mut body = json!({
+                "active": true,
+                "scope": verified.scopes.join(" "),
+                "client_id": token_client(&verified),
+                "sub": verified.subject,
+                "exp": verified.expires_at,
+                "iat": verified.issued_at,
+                "iss": verified.issuer,
+                "token_type": "Bearer",
+                "jti": verified.jti,
+            });
+            if let Some(aud) = &service.settings().audience {
+                body["aud"] = json!(aud);
+            }
+            body
+        }
+        _ => json!({ "active": false }),
+    };
+    Ok(no_store(Json(body)))
+}
+
+/// `POST /oauth/revoke` (RFC 7009). A client may revoke only its own tokens; any other token
+/// (another client's, invalid, expired, already revoked) gets the same empty 200 and nothing
+/// happens, so the endpoint is no oracle for other clients' tokens.
+async fn revoke(State(service): State<Arc<OAuthService>>, headers: HeaderMap, form: FormResult) -> Response {
+    match revoke_inner(&service, &headers, form).await {
+        Ok(response) => response,
+        Err(error) => error.into_response(),
+    }
+}
+
+async fn revoke_inner(service: &OAuthService, headers: &HeaderMap, form: FormResult) -> Result<Response, OAuthError> {
+    let params = Params::from_form(form)?;
+    let caller = authenticate(service, headers, &params, "revoke").await?;
+    let token = params.require("token")?;
+    if let Some(jti) = service.revoke(token, &caller) {
+        tracing::info!(client_id = ?caller, jti = %jti, "oauth: token revoked");
+    }
+    Ok(no_store(StatusCode::OK))
+}
+
+/// `GET /.well-known/jwks.json`: current and rotated-out public keys.
+async fn jwks(State(service): State<Arc<OAuthService>>) -> Response {
+    no_store(Json(service.jwks()))
+}
+
+/// `GET /.well-known/oauth-authorization-server` (RFC 8414).
+async fn metadata(State(service): State<Arc<OAuthService>>) -> Response {
+    no_store(Json(json!({
+        "issuer": service.settings().issuer,
+        "token_endpoint": endpoint(&service, TOKEN_PATH),
+        "jwks_uri": endpoint(&service, JWKS_PATH),
+        "introspection_endpoint": endpoint(&service, INTROSPECT_PATH),
+        "revocation_endpoint": endpoint(&service, REVOKE_PATH),
+        "grant_types_supported": ["client_credentials"],
+        "response_types_supported": [],
+        "token_endpoint_auth_methods_supported": AUTH_METHODS,
+        "introspection_endpoint_auth_methods_supported": AUTH_METHODS,
+        "revocation_endpoint_auth_methods_supported": AUTH_METHODS,
+        "scopes_supported": service.scopes_supported(),
+    })))
+}

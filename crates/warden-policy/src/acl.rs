@@ -1,0 +1,1123 @@
+//! Mosquitto `acl_file` authorization: an operator's existing file works as it is.
+//!
+//! # Syntax (Mosquitto's `mosquitto.conf(5)`, `acl_file`)
+//! - `user <name>`: the `topic` lines that follow apply to that user (the rest of the line,
+//!   trimmed, is the name, so it may contain spaces). Several blocks for one user add up.
+//! - `topic [read|write|readwrite|deny] <filter>`: access defaults to `readwrite`; the rest of
+//!   the line after the access keyword is the filter (it may contain spaces, and then the access
+//!   keyword is required). **`topic` lines before the first `user` line apply to anonymous
+//!   clients only** (clients without a user name), not to everyone: that is what Mosquitto
+//!   documents ("The first set of topics are applied to anonymous clients") and does
+//!   (`security_default.c`: rules stored under a NULL user name, matched only when the client
+//!   has no user name).
+//! - `pattern [read|write|readwrite|deny] <filter>`: applies to every client, anonymous or not,
+//!   even after a `user` line; `%u` is replaced by the user name and `%c` by the client id
+//!   (anywhere in a level, left to right, like Mosquitto). A pattern using `%u` never applies to
+//!   anonymous clients (Mosquitto skips it).
+//! - A line whose first non-blank character is `#` is a comment; blank lines are ignored.
+//!   Keywords are case-sensitive. Tokens are separated by spaces or tabs (Mosquitto: spaces).
+//!
+//! # Semantics
+//! - `read` allows SUBSCRIBE and delivery (receive); `write` allows PUBLISH; `deny` denies all.
+//! - PUBLISH and receive: the topic name must match a rule's filter (MQTT wildcard semantics).
+//! - SUBSCRIBE: the requested filter is allowed only when a `read` rule's filter *covers* it,
+//!   i.e. every topic name the requested filter matches is matched by the rule (`sensors/#`
+//!   covers `sensors/+/temp`; `sensors/+/temp` does not cover `sensors/#`). A deny rule refuses
+//!   the subscription only when it covers the whole requested filter; a deny on part of it is
+//!   applied at delivery. (Mosquitto itself accepts every subscription and filters only at
+//!   delivery; Warden answers the SUBSCRIBE too, per SPEC §6.)
+//! - `$` topics: `+` or `#` in the first level of a rule never match a first level starting with
+//!   `$` (so `#` does not grant `$SYS/...`; `$SYS/#` does).
+//! - Deny wins: if any applicable deny rule matches, the answer is deny, whatever allows match.
+//!   This differs from Mosquitto in one corner: Mosquitto stops at the user's own `topic` rules
+//!   when one of them allows, before looking at `pattern deny` lines; here a matching
+//!   `pattern deny` wins over a `topic` allow too (SPEC §6: an explicit deny wins over any allow).
+//! - Injection safety (CVE-2017-7650): a value substituted for `%u` or `%c` is literal. A value
+//!   containing `/`, `+`, `#` or U+0000 is *unsafe*: allow patterns using it do not apply to that
+//!   client at all, and deny patterns using it deny that client everything (fail closed). So a
+//!   user named `#` gets nothing from `pattern readwrite users/%u/#`, and client id `a/b` does not
+//!   get `c/a/b` from `pattern write c/%c`. (Mosquitto refuses only `+` and `#`.)
+//! - No rule matching means no answer (`None`): the caller denies by default.
+//!
+//! # Cost
+//! Rules are compiled into one topic trie per user (plus one for anonymous clients and one for
+//! patterns, whose `%u` / `%c` levels are matched in place, without building strings), so a
+//! check walks the levels of the topic in two tries and never looks at other users' rules.
+
+use std::collections::HashMap;
+use std::fmt;
+
+use crate::{Action, Authorizer, Decision, Principal, PrincipalKind};
+
+/// A line of an ACL file was refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("line {line}: {reason}")]
+pub struct AclError {
+    /// 1-based line number.
+    pub line: usize,
+    /// What is wrong with it.
+    pub reason: String,
+}
+
+/// The access a `topic` or `pattern` line grants (or `deny`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Access {
+    /// Subscribe and receive.
+    Read,
+    /// Publish.
+    Write,
+    /// Both.
+    ReadWrite,
+    /// Explicitly denied (wins over any allow).
+    Deny,
+}
+
+impl Access {
+    fn parse(s: &str) -> Option<Access> {
+        match s {
+            "read" => Some(Access::Read),
+            "write" => Some(Access::Write),
+            "readwrite" => Some(Access::ReadWrite),
+            "deny" => Some(Access::Deny),
+            _ => None,
+        }
+    }
+
+    /// The keyword as written in the file.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Access::Read => "read",
+            Access::Write => "write",
+            Access::ReadWrite => "readwrite",
+            Access::Deny => "deny",
+        }
+    }
+
+    #[cfg(test)]
+    fn grants(self, need: Need) -> bool {
+        matches!(
+            (self, need),
+            (Access::Read | Access::ReadWrite, Need::Read) | (Access::Write | Access::ReadWrite, Need::Write)
+        )
+    }
+}
+
+/// Who a rule applies to.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum RuleScope {
+    /// A `topic` line before any `user` line: anonymous clients only.
+    Anonymous,
+    /// A `topic` line after `user <name>`.
+    User(String),
+    /// A `pattern` line: every client, with `%u` / `%c` substituted.
+    Pattern,
+}
+
+/// One `topic` or `pattern` line, as parsed (kept for explanations and audit records).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AclRule {
+    /// 1-based line number in the file.
+    pub line: usize,
+    /// Who it applies to.
+    pub scope: RuleScope,
+    /// What it grants.
+    pub access: Access,
+    /// The filter as written (for patterns, before substitution).
+    pub filter: String,
+}
+
+impl fmt::Display for AclRule {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let kw = if self.scope == RuleScope::Pattern { "pattern" } else { "topic" };
+        write!(f, "line {}: {kw} {} {}", self.line, self.access.as_str(), self.filter)?;
+        if let RuleScope::User(u) = &self.scope {
+            write!(f, " (user {u})")?;
+        }
+        Ok(())
+    }
+}
+
+/// The rule that decides a check: see [`AclFile::explain`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct AclMatch {
+    /// Allowed (`false`: an explicit deny).
+    pub allowed: bool,
+    /// Line of the deciding rule (the first such line when several match).
+    pub line: usize,
+}
+
+/// Which access bit a check needs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Need {
+    Read,
+    Write,
+}
+
+/// Lines of the rules that end at a trie node (the smallest line of each kind).
+#[derive(Debug, Clone, Copy, Default)]
+struct Marks {
+    deny: Option<usize>,
+    read: Option<usize>,
+    write: Option<usize>,
+}
+
+fn min_line(a: Option<usize>, b: Option<usize>) -> Option<usize> {
+    match (a, b) {
+        (Some(x), Some(y)) => Some(x.min(y)),
+        (x, None) => x,
+        (None, y) => y,
+    }
+}
+
+impl Marks {
+    fn add(&mut self, access: Access, line: usize) {
+        let l = Some(line);
+        match access {
+            Access::Deny => self.deny = min_line(self.deny, l),
+            Access::Read => self.read = min_line(self.read, l),
+            Access::Write => self.write = min_line(self.write, l),
+            Access::ReadWrite => {
+                self.read = min_line(self.read, l);
+                self.write = min_line(self.write, l);
+            }
+        }
+    }
+
+    fn merge(&mut self, o: &Marks) {
+        self.deny = min_line(self.deny, o.deny);
+        self.read = min_line(self.read, o.read);
+        self.write = min_line(self.write, o.write);
+    }
+
+    fn verdict(&self, need: Need) -> Option<AclMatch> {
+        if let Some(line) = self.deny {
+            return Some(AclMatch { allowed: false, line });
+        }
+        let allow = match need {
+            Need::Read => self.read,
+            Need::Write => self.write,
+        };
+        allow.map(|line| AclMatch { allowed: true, line })
+    }
+}
+
+/// A piece of a pattern level.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Part {
+    Lit(Box<str>),
+    User,
+    Client,
+}
+
+/// A pattern level containing `%u` and/or `%c`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Template {
+    parts: Vec<Part>,
+}
+
+/// The substitution values of one check; `None` when absent or unsafe (then templates using
+/// them match nothing).
+#[derive(Clone, Copy)]
+struct Vals<'a> {
+    user: Option<&'a str>,
+    client: Option<&'a str>,
+}
+
+impl Template {
+    /// Split a level into literal text and `%u` / `%c` (Mosquitto's left-to-right scan);
+    /// `None` when the level has neither.
+    fn parse(level: &str) -> Option<Template> {
+        let mut parts = Vec::new();
+        let mut lit = String::new();
+        let mut chars = level.chars().peekable();
+        while let Some(ch) = chars.next() {
+            let var = match (ch, chars.peek()) {
+                ('%', Some('u')) => Some(Part::User),
+                ('%', Some('c')) => Some(Part::Client),
+                _ => None,
+            };
+            match var {
+                Some(v) => {
+                    chars.next();
+                    if !lit.is_empty() {
+                        parts.push(Part::Lit(std::mem::take(&mut lit).into()));
+                    }
+                    parts.push(v);
+                }
+                None => lit.push(ch),
+            }
+        }
+        if !lit.is_empty() {
+            parts.push(Part::Lit(lit.into()));
+        }
+        parts.iter().any(|p| !matches!(p, Part::Lit(_))).then_some(Template { parts })
+    }
+
+    /// Does this level, with the values substituted, equal `level` exactly?
+    fn matches(&self, mut level: &str, vals: Vals<'_>) -> bool {
+        for p in &self.parts {
+            let s: &str = match p {
+                Part::Lit(s) => s,
+                Part::User => match vals.user {
+                    Some(u) => u,
+                    None => return false,
+                },
+                Part::Client => match vals.client {
+                    Some(c) => c,
+                    None => return false,
+                },
+            };
+            match level.strip_prefix(s) {
+                Some(rest) => level = rest,
+                None => return false,
+            }
+        }
+        level.is_empty()
+    }
+}
+
+/// A topic trie node: rules ending here, children by level.
+#[derive(Debug, Default)]
+struct Node {
+    /// Rules whose filter ends exactly at this node.
+    marks: Marks,
+    /// Rules `<path>/#` (`#` is always the last level).
+    hash: Option<Marks>,
+    plus: Option<Box<Node>>,
+    literal: HashMap<Box<str>, Node>,
+    /// Pattern levels with `%u` / `%c` (only in the pattern trie).
+    templated: Vec<(Template, Node)>,
+}
+
+impl Node {
+    fn insert(&mut self, levels: &[&str], access: Access, line: usize, templates: bool) {
+        let Some((first, rest)) = levels.split_first() else {
+            self.marks.add(access, line);
+            return;
+        };
+        let child = match *first {
+            "#" => {
+                self.hash.get_or_insert_with(Marks::default).add(access, line);
+                return;
+            }
+            "+" => self.plus.get_or_insert_with(Box::default),
+            lvl => match Template::parse(lvl).filter(|_| templates) {
+                Some(t) => match self.templated.iter().position(|(u, _)| *u == t) {
+                    Some(i) => &mut self.templated[i].1,
+                    None => {
+                        self.templated.push((t, Node::default()));
+                        &mut self.templated.last_mut().expect("just pushed").1
+                    }
+                },
+                None => self.literal.entry(lvl.into()).or_default(),
+            },
+        };
+        child.insert(rest, access, line, templates);
+    }
+
+    /// Merge into `acc` the marks of every rule whose filter covers `req` (a topic name or a
+    /// filter, split into levels). `depth` is the level index of `req[0]`; `dollar` tells
+    /// whether the first level of the whole request starts with `$`.
+    fn collect(&self, req: &[&str], depth: usize, dollar: bool, vals: Vals<'_>, acc: &mut Marks) {
+        let top = depth == 0;
+        // A rule `<path>/#` covers everything below (and at) this node, except that a `#` as the
+        // rule's first level does not match `$` topics.
+        if let Some(h) = &self.hash {
+            if !(top && dollar) {
+                acc.merge(h);
+            }
+        }
+        let Some((lvl, rest)) = req.split_first() else {
+            acc.merge(&self.marks);
+            return;
+        };
+        if *lvl == "#" {
+            // Only a rule `#` at this point covers a requested `#` (handled above), except that a
+            // requested `#` at the first level matches one or more levels, not starting with `$`:
+            // exactly what a rule `+/#` matches.
+            if top {
+                if let Some(h) = self.plus.as_ref().and_then(|p| p.hash.as_ref()) {
+                    acc.merge(h);
+                }
+            }
+            return;
+        }
+        if let Some(p) = &self.plus {
+            if !(top && dollar) {
+                p.collect(rest, depth + 1, dollar, vals, acc);
+            }
+        }
+        if *lvl == "+" {
+            // A requested `+` is covered only by a rule `+` (or `#`), not by any literal.
+            return;
+        }
+        if let Some(c) = self.literal.get(*lvl) {
+            c.collect(rest, depth + 1, dollar, vals, acc);
+        }
+        for (t, c) in &self.templated {
+            if t.matches(lvl, vals) {
+                c.collect(rest, depth + 1, dollar, vals, acc);
+            }
+        }
+    }
+}
+
+/// A compiled ACL file: one trie per user, one for anonymous clients, one for patterns.
+#[derive(Debug, Default)]
+pub struct AclFile {
+    rules: Vec<AclRule>,
+    users: HashMap<Box<str>, Node>,
+    anonymous: Node,
+    patterns: Node,
+    /// Deny patterns using substitutions, in file order: (line, uses `%u`, uses `%c`). One
+    /// that applies to a client whose value is unsafe denies it everything.
+    deny_patterns: Vec<(usize, bool, bool)>,
+}
+
+/// Is `f` a valid MQTT topic filter (wildcards whole levels, `#` last, no U+0000, not empty)?
+fn valid_filter(f: &str) -> Result<(), &'static str> {
+    if f.is_empty() {
+        return Err("empty topic filter");
+    }
+    if f.contains('\0') {
+        return Err("topic filter contains U+0000");
+    }
+    if f.len() > usize::from(u16::MAX) {
+        return Err("topic filter longer than 65535 bytes");
+    }
+    let mut levels = f.split('/').peekable();
+    while let Some(l) = levels.next() {
+        if l == "#" && levels.peek().is_some() {
+            return Err("'#' must be the last level of a topic filter");
+        }
+        if l.len() > 1 && (l.contains('+') || l.contains('#')) {
+            return Err("wildcards '+' and '#' must occupy a whole topic level");
+        }
+    }
+    Ok(())
+}
+
+/// A substitution value is safe when it cannot add levels or wildcards (CVE-2017-7650).
+fn safe_value(v: &str) -> bool {
+    !v.contains(['/', '+', '#', '\0'])
+}
+
+impl AclFile {
+    /// Parse and compile an ACL file in Mosquitto's syntax (see the module docs).
+    pub fn parse(text: &str) -> Result<AclFile, AclError> {
+        let mut acl = AclFile::default();
+        let mut user: Option<String> = None;
+        let text = text.strip_prefix('\u{feff}').unwrap_or(text);
+        for (i, raw) in text.lines().enumerate() {
+            let line = i + 1;
+            let err = |reason: &str| AclError { line, reason: reason.to_string() };
+            let l = trim_ascii(raw);
+            if l.is_empty() || l.starts_with('#') {
+                continue;
+            }
+            let (directive, rest) = split_token(l);
+            match directive {
+                "user" => {
+                    if rest.is_empty() {
+                        return Err(err("missing user name after 'user'"));
+                    }
+                    if rest.contains('\0') {
+                        return Err(err("user name contains U+0000"));
+                    }
+                    user = Some(rest.to_string());
+                }
+                "topic" | "pattern" => {
+                    if rest.is_empty() {
+                        return Err(err(&format!("missing topic filter after '{directive}'")));
+                    }
+                    let (first, tail) = split_token(rest);
+                    let (access, filter) = if tail.is_empty() {
+                        (Access::ReadWrite, first)
+                    } else {
+                        match Access::parse(first) {
+                            Some(a) => (a, tail),
+                            None => {
+                                return Err(err(&format!(
+                                    "invalid access '{first}' (expected read, write, readwrite or deny)"
+                                )))
+                            }
+                        }
+                    };
+                    valid_filter(filter).map_err(|r| err(&format!("invalid topic filter '{filter}': {r}")))?;
+                    let scope = match (directive, &user) {
+                        ("pattern", _) => RuleScope::Pattern,
+                        (_, Some(u)) => RuleScope::User(u.clone()),
+                        (_, None) => RuleScope::Anonymous,
+                    };
+                    acl.add(AclRule { line, scope, access, filter: filter.to_string() });
+                }
+                other => return Err(err(&format!("unknown directive '{other}'"))),
+            }
+        }
+        Ok(acl)
+    }
+
+    fn add(&mut self, rule: AclRule) {
+        let levels: Vec<&str> = rule.filter.split('/').collect();
+        match &rule.scope {
+            RuleScope::Anonymous => self.anonymous.insert(&levels, rule.access, rule.line, false),
+            RuleScope::User(u) => {
+                self.users.entry(u.as_str().into()).or_default().insert(&levels, rule.access, rule.line, false)
+            }
+            RuleScope::Pattern => {
+                self.patterns.insert(&levels, rule.access, rule.line, true);
+                let parts = || levels.iter().filter_map(|l| Template::parse(l)).flat_map(|t| t.parts);
+                let uses_user = parts().any(|p| p == Part::User);
+                let uses_client = parts().any(|p| p == Part::Client);
+                if rule.access == Access::Deny && (uses_user || uses_client) {
+                    self.deny_patterns.push((rule.line, uses_user, uses_client));
+                }
+            }
+        }
+        self.rules.push(rule);
+    }
+
+    /// The rules, in file order.
+    pub fn rules(&self) -> &[AclRule] {
+        &self.rules
+    }
+
+    /// The rule at `line`, if that line is a `topic` or `pattern` line.
+    pub fn rule_at(&self, line: usize) -> Option<&AclRule> {
+        self.rules.binary_search_by_key(&line, |r| r.line).ok().map(|i| &self.rules[i])
+    }
+
+    /// Mosquitto semantics: is `user` (`None` for anonymous) with `client_id` allowed to do
+    /// `action` on `topic` (a topic name for publish / receive, a filter for subscribe)?
+    /// `Some(true)`: allowed; `Some(false)`: explicitly denied (or the topic is malformed);
+    /// `None`: no rule matches (the caller denies by default).
+    pub fn check(&self, user: Option<&str>, client_id: &str, action: Action, topic: &str) -> Option<bool> {
+        self.explain(user, client_id, action, topic).map(|m| m.allowed)
+    }
+
+    /// Like [`AclFile::check`], also naming the deciding rule's line. A malformed topic is
+    /// denied with line 0.
+    pub fn explain(&self, user: Option<&str>, client_id: &str, action: Action, topic: &str) -> Option<AclMatch> {
+        let need = match action {
+            Action::Publish { .. } => Need::Write,
+            Action::Subscribe { .. } | Action::Receive => Need::Read,
+        };
+        let well_formed = match action {
+            Action::Subscribe { .. } => valid_filter(topic).is_ok(),
+            _ => !topic.is_empty() && !topic.contains(['+', '#', '\0']),
+        };
+        if !well_formed {
+            return Some(AclMatch { allowed: false, line: 0 });
+        }
+
+        // Fail closed: a deny pattern that cannot be substituted safely denies everything.
+        // (A pattern using `%u` does not apply to anonymous clients at all.)
+        let user_unsafe = user.is_some_and(|u| !safe_value(u));
+        let client_unsafe = !safe_value(client_id);
+        if user_unsafe || client_unsafe {
+            let fail_closed = self
+                .deny_patterns
+                .iter()
+                .find(|&&(_, u, c)| !(u && user.is_none()) && ((u && user_unsafe) || (c && client_unsafe)));
+            if let Some(&(line, _, _)) = fail_closed {
+                return Some(AclMatch { allowed: false, line });
+            }
+        }
+
+        let req: Vec<&str> = topic.split('/').collect();
+        let dollar = topic.starts_with('$');
+        let mut acc = Marks::default();
+        let none = Vals { user: None, client: None };
+        let own = match user {
+            None => Some(&self.anonymous),
+            Some(u) => self.users.get(u),
+        };
+        if let Some(t) = own {
+            t.collect(&req, 0, dollar, none, &mut acc);
+        }
+        let vals = Vals { user: user.filter(|u| safe_value(u)), client: Some(client_id).filter(|c| safe_value(c)) };
+        self.patterns.collect(&req, 0, dollar, vals, &mut acc);
+        acc.verdict(need)
+    }
+}
+
+/// First whitespace-separated token and the trimmed rest of the line.
+fn split_token(s: &str) -> (&str, &str) {
+    match s.split_once([' ', '\t']) {
+        Some((a, b)) => (a, trim_ascii(b)),
+        None => (s, ""),
+    }
+}
+
+/// Trim ASCII whitespace only (like Mosquitto's `isspace`), so that user names differing in
+/// other white space stay distinct.
+fn trim_ascii(s: &str) -> &str {
+    s.trim_matches(|c: char| c.is_ascii_whitespace())
+}
+
+/// An [`Authorizer`] over an [`AclFile`]: what no rule allows is denied.
+///
+/// The ACL user name is the principal's name (user name, certificate identity or token
+/// subject), like Mosquitto with `use_identity_as_username`; anonymous principals are `None`.
+#[derive(Debug)]
+pub struct AclAuthorizer {
+    acl: AclFile,
+    deny_disconnects: bool,
+}
+
+impl AclAuthorizer {
+    /// `deny_disconnects`: a denied PUBLISH disconnects the client (`on_deny = disconnect`)
+    /// rather than being acknowledged and dropped. Denied subscriptions and deliveries never
+    /// disconnect.
+    pub fn new(acl: AclFile, deny_disconnects: bool) -> Self {
+        AclAuthorizer { acl, deny_disconnects }
+    }
+
+    /// The compiled file.
+    pub fn acl(&self) -> &AclFile {
+        &self.acl
+    }
+}
+
+impl Authorizer for AclAuthorizer {
+    fn authorize(&self, principal: &Principal, client_id: &str, action: Action, topic: &str) -> Decision {
+        let user = match principal.kind {
+            PrincipalKind::Anonymous => None,
+            _ => Some(&*principal.name),
+        };
+        match self.acl.check(user, client_id, action, topic) {
+            Some(true) => Decision::Allow,
+            _ => Decision::Deny { disconnect: self.deny_disconnects && matches!(action, Action::Publish { .. }) },
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    const PUB: Action = Action::Publish { qos: 0, retain: false };
+    const SUB: Action = Action::Subscribe { qos: 0 };
+    const RCV: Action = Action::Receive;
+
+    fn acl(text: &str) -> AclFile {
+        AclFile::parse(text).unwrap()
+    }
+
+    // --- Parsing ---------------------------------------------------------------------------
+
+    #[test]
+    fn parses_mosquitto_example() {
+        // Mosquitto's aclfile.example, verbatim.
+        let a = acl("# This affects access control for clients with no username.\n\
+                     topic read $SYS/#\n\
+                     \n\
+                     # This only affects clients with username \"roger\".\n\
+                     user roger\n\
+                     topic foo/bar\n\
+                     \n\
+                     # This affects all clients.\n\
+                     pattern write $SYS/broker/connection/%c/state\n");
+        assert_eq!(a.rules().len(), 3);
+        assert_eq!(
+            a.rules()[1],
+            AclRule {
+                line: 6,
+                scope: RuleScope::User("roger".into()),
+                access: Access::ReadWrite,
+                filter: "foo/bar".into()
+            }
+        );
+        assert_eq!(a.rule_at(9).unwrap().scope, RuleScope::Pattern);
+        assert_eq!(a.check(None, "c", SUB, "$SYS/broker/uptime"), Some(true));
+        assert_eq!(a.check(Some("roger"), "c", PUB, "foo/bar"), Some(true));
+        assert_eq!(a.check(Some("roger"), "c", RCV, "foo/bar"), Some(true));
+        assert_eq!(a.check(Some("roger"), "br1", PUB, "$SYS/broker/connection/br1/state"), Some(true));
+        assert_eq!(a.check(Some("roger"), "br1", PUB, "$SYS/broker/connection/br2/state"), None);
+    }
+
+    #[test]
+    fn parse_errors_carry_line_numbers() {
+        let cases = [
+            ("topic a\nfrobnicate x\n", 2, "unknown directive"),
+            ("\n\ntopic\n", 3, "missing topic"),
+            ("pattern   \n", 1, "missing topic"),
+            ("topic readonly a/b\n", 1, "invalid access"),
+            ("topic foo bar\n", 1, "invalid access"), // a filter with a space needs the keyword
+            ("topic read a/#/b\n", 1, "'#' must be the last"),
+            ("topic a/b#\n", 1, "whole topic level"),
+            ("pattern write x/%u+\n", 1, "whole topic level"),
+            ("user\n", 1, "missing user name"),
+            ("topic a\nuser   \t\n", 2, "missing user name"),
+            ("Topic a\n", 1, "unknown directive"), // keywords are case-sensitive, like Mosquitto
+        ];
+        for (text, line, reason) in cases {
+            let e = AclFile::parse(text).unwrap_err();
+            assert_eq!(e.line, line, "{text:?}: {e}");
+            assert!(e.reason.contains(reason), "{text:?}: {e}");
+            assert!(e.to_string().starts_with(&format!("line {line}: ")));
+        }
+    }
+
+    #[test]
+    fn parse_details() {
+        // Comments (also indented), blank lines, tabs, filters with spaces, names with spaces.
+        let a = acl("  # indented comment\n\ttopic\tread\ta b/c\nuser John Smith \ntopic write x y\n");
+        assert_eq!(a.rules()[0].filter, "a b/c");
+        assert_eq!(a.rules()[0].scope, RuleScope::Anonymous);
+        assert_eq!(a.rules()[1].scope, RuleScope::User("John Smith".into()));
+        assert_eq!(a.rules()[1].filter, "x y");
+        assert_eq!(a.check(Some("John Smith"), "c", PUB, "x y"), Some(true));
+        // A byte-order mark is ignored; non-ASCII white space is part of a name.
+        let b = acl("\u{feff}user bob\u{a0}\ntopic x\n");
+        assert_eq!(b.check(Some("bob\u{a0}"), "c", PUB, "x"), Some(true));
+        assert_eq!(b.check(Some("bob"), "c", PUB, "x"), None);
+        // An empty file has no rules: nothing is allowed.
+        assert_eq!(acl("").check(Some("u"), "c", PUB, "a"), None);
+    }
+
+    // --- Who rules apply to ----------------------------------------------------------------
+
+    #[test]
+    fn topics_before_any_user_line_apply_to_anonymous_only() {
+        // mosquitto.conf(5): "The first set of topics are applied to anonymous clients".
+        let a = acl("topic readwrite public/#\nuser alice\ntopic readwrite alice/#\n");
+        assert_eq!(a.check(None, "c", PUB, "public/x"), Some(true));
+        assert_eq!(a.check(Some("alice"), "c", PUB, "public/x"), None);
+        assert_eq!(a.check(Some("bob"), "c", PUB, "public/x"), None);
+        assert_eq!(a.check(Some("alice"), "c", PUB, "alice/x"), Some(true));
+        assert_eq!(a.check(None, "c", PUB, "alice/x"), None);
+        assert_eq!(a.check(Some("bob"), "c", PUB, "alice/x"), None);
+    }
+
+    #[test]
+    fn repeated_user_blocks_add_up() {
+        let a = acl("user u\ntopic a\nuser v\ntopic b\nuser u\ntopic c\n");
+        assert_eq!(a.check(Some("u"), "c", PUB, "a"), Some(true));
+        assert_eq!(a.check(Some("u"), "c", PUB, "c"), Some(true));
+        assert_eq!(a.check(Some("u"), "c", PUB, "b"), None);
+    }
+
+    #[test]
+    fn patterns_apply_to_everyone_even_after_user_lines() {
+        // mosquitto.conf(5): "Pattern ACLs apply to all users even if the user keyword has
+        // previously been given."
+        let a = acl("user alice\ntopic x\npattern readwrite clients/%c/#\npattern readwrite users/%u/#\n");
+        assert_eq!(a.check(Some("bob"), "b1", PUB, "clients/b1/t"), Some(true));
+        assert_eq!(a.check(None, "anon1", PUB, "clients/anon1/t"), Some(true));
+        assert_eq!(a.check(Some("bob"), "b1", PUB, "users/bob/t"), Some(true));
+        assert_eq!(a.check(Some("bob"), "b1", PUB, "users/alice/t"), None);
+        // A pattern with %u never applies to anonymous clients (Mosquitto skips it).
+        assert_eq!(a.check(None, "anon1", PUB, "users/anonymous/t"), None);
+        assert_eq!(a.check(None, "anon1", PUB, "users//t"), None);
+    }
+
+    #[test]
+    fn substitution_inside_a_level_and_both_variables() {
+        let a = acl("pattern write dev-%u/%c-x/%u%c\n");
+        assert_eq!(a.check(Some("u"), "c", PUB, "dev-u/c-x/uc"), Some(true));
+        assert_eq!(a.check(Some("u"), "c", PUB, "dev-u/c-x/cu"), None);
+        assert_eq!(a.check(Some("u"), "d", PUB, "dev-u/c-x/uc"), None);
+        // `%` followed by anything else is literal.
+        let a = acl("pattern write a/%x/%%c\n");
+        assert_eq!(a.check(None, "c", PUB, "a/%x/%c"), Some(true));
+        // `%u` in a `topic` line is not substituted.
+        let a = acl("user u\ntopic write a/%u\n");
+        assert_eq!(a.check(Some("u"), "c", PUB, "a/%u"), Some(true));
+        assert_eq!(a.check(Some("u"), "c", PUB, "a/u"), None);
+    }
+
+    // --- Actions ---------------------------------------------------------------------------
+
+    #[test]
+    fn read_is_subscribe_and_receive_write_is_publish() {
+        let a = acl("user u\ntopic read r\ntopic write w\ntopic readwrite rw\ntopic rw2\n");
+        let u = Some("u");
+        for (t, r, w) in [("r", true, false), ("w", false, true), ("rw", true, true), ("rw2", true, true)] {
+            let some = |b: bool| b.then_some(true);
+            assert_eq!(a.check(u, "c", SUB, t), some(r), "{t}");
+            assert_eq!(a.check(u, "c", RCV, t), some(r), "{t}");
+            assert_eq!(a.check(u, "c", PUB, t), some(w), "{t}");
+        }
+        assert_eq!(a.check(u, "c", Action::Publish { qos: 2, retain: true }, "w"), Some(true));
+        assert_eq!(a.check(u, "c", Action::Subscribe { qos: 2 }, "r"), Some(true));
+    }
+
+    #[test]
+    fn subscribe_needs_a_rule_covering_the_whole_filter() {
+        let a = acl("user u\ntopic read sensors/#\ntopic read room/+/temp\n");
+        let u = Some("u");
+        assert_eq!(a.check(u, "c", SUB, "sensors/+/temp"), Some(true));
+        assert_eq!(a.check(u, "c", SUB, "sensors/#"), Some(true));
+        assert_eq!(a.check(u, "c", SUB, "sensors"), Some(true)); // `a/#` matches `a`
+        assert_eq!(a.check(u, "c", SUB, "room/1/temp"), Some(true));
+        assert_eq!(a.check(u, "c", SUB, "room/+/temp"), Some(true));
+        assert_eq!(a.check(u, "c", SUB, "room/#"), None);
+        assert_eq!(a.check(u, "c", SUB, "room/+/#"), None);
+        assert_eq!(a.check(u, "c", SUB, "room/+/+"), None);
+        assert_eq!(a.check(u, "c", SUB, "+/1/temp"), None);
+        assert_eq!(a.check(u, "c", SUB, "#"), None);
+        // A requested `#` matches one or more levels, so `+/#` covers it (and `+` does not).
+        assert_eq!(acl("user u\ntopic read +/#\n").check(u, "c", SUB, "#"), Some(true));
+        assert_eq!(acl("user u\ntopic read +\n").check(u, "c", SUB, "#"), None);
+        // Receive checks topic names with ordinary matching.
+        assert_eq!(a.check(u, "c", RCV, "room/1/temp"), Some(true));
+        assert_eq!(a.check(u, "c", RCV, "room/1/hum"), None);
+        // `sensors/+/temp` does not allow subscribing to `sensors/#`.
+        let b = acl("user u\ntopic read sensors/+/temp\n");
+        assert_eq!(b.check(u, "c", SUB, "sensors/#"), None);
+        assert_eq!(b.check(u, "c", SUB, "sensors/+/temp"), Some(true));
+    }
+
+    #[test]
+    fn dollar_topics_need_explicit_rules() {
+        // SPEC §6 / MQTT 4.7.2: wildcards in the first level do not match `$` topics.
+        let a = acl("user u\ntopic readwrite #\ntopic read +/x\n");
+        let u = Some("u");
+        assert_eq!(a.check(u, "c", PUB, "a/b"), Some(true));
+        assert_eq!(a.check(u, "c", PUB, "$SYS/broker/uptime"), None);
+        assert_eq!(a.check(u, "c", RCV, "$SYS/x"), None);
+        assert_eq!(a.check(u, "c", SUB, "$SYS/#"), None);
+        assert_eq!(a.check(u, "c", SUB, "#"), Some(true)); // `#` subscribes to non-`$` topics only
+        assert_eq!(a.check(u, "c", SUB, "+/x"), Some(true));
+        // `$` deeper than the first level is an ordinary character.
+        assert_eq!(a.check(u, "c", PUB, "a/$b"), Some(true));
+        let b = acl("user u\ntopic read $SYS/#\n");
+        assert_eq!(b.check(u, "c", RCV, "$SYS/broker/uptime"), Some(true));
+        assert_eq!(b.check(u, "c", SUB, "$SYS/broker/+"), Some(true));
+        assert_eq!(b.check(u, "c", SUB, "#"), None);
+    }
+
+    #[test]
+    fn deny_wins_over_allow() {
+        // mosquitto.conf(5): "deny" topics are handled before topics that grant access.
+        let a = acl("user u\ntopic readwrite a/#\ntopic deny a/secret\ntopic deny a/private/#\n");
+        let u = Some("u");
+        assert_eq!(a.check(u, "c", PUB, "a/x"), Some(true));
+        assert_eq!(a.check(u, "c", PUB, "a/secret"), Some(false));
+        assert_eq!(a.check(u, "c", RCV, "a/secret"), Some(false));
+        assert_eq!(a.check(u, "c", SUB, "a/secret"), Some(false));
+        assert_eq!(a.check(u, "c", SUB, "a/private/+"), Some(false));
+        // A deny covering only part of a subscription is enforced at delivery.
+        assert_eq!(a.check(u, "c", SUB, "a/#"), Some(true));
+        assert_eq!(a.check(u, "c", RCV, "a/private/p"), Some(false));
+        // Deny rules written after or before the allow: same result (order-independent).
+        let b = acl("user u\ntopic deny a/secret\ntopic readwrite a/#\n");
+        assert_eq!(b.check(u, "c", PUB, "a/secret"), Some(false));
+        // A deny pattern wins over a user's own topic allow (SPEC §6; Mosquitto would allow).
+        let c = acl("user u\ntopic readwrite a/#\npattern deny a/%u\n");
+        assert_eq!(c.check(u, "c", PUB, "a/u"), Some(false));
+        assert_eq!(c.check(u, "c", PUB, "a/v"), Some(true));
+        // Explanations name the deciding rule.
+        assert_eq!(a.explain(u, "c", PUB, "a/secret"), Some(AclMatch { allowed: false, line: 3 }));
+        assert_eq!(a.explain(u, "c", PUB, "a/x"), Some(AclMatch { allowed: true, line: 2 }));
+    }
+
+    #[test]
+    fn deny_covers_every_action_but_a_non_matching_access_does_not_allow() {
+        let a = acl("user u\ntopic read a\n");
+        assert_eq!(a.check(Some("u"), "c", PUB, "a"), None); // read does not allow publish
+        let b = acl("user u\ntopic deny a\ntopic write a\n");
+        assert_eq!(b.check(Some("u"), "c", RCV, "a"), Some(false));
+    }
+
+    #[test]
+    fn malformed_topics_are_denied() {
+        let a = acl("user u\ntopic readwrite #\n");
+        let u = Some("u");
+        for t in ["", "a/+", "a/#", "a\0b"] {
+            assert_eq!(a.check(u, "c", PUB, t), Some(false), "{t:?}");
+            assert_eq!(a.check(u, "c", RCV, t), Some(false), "{t:?}");
+        }
+        for f in ["", "a/#/b", "a+", "a\0"] {
+            assert_eq!(a.check(u, "c", SUB, f), Some(false), "{f:?}");
+        }
+    }
+
+    // --- Injection (CVE-2017-7650) ---------------------------------------------------------
+
+    #[test]
+    fn wildcard_user_names_cannot_widen_patterns() {
+        let a = acl("pattern readwrite users/%u/#\n");
+        for evil in ["+", "#", "alice/..", "a\0", "+/+"] {
+            assert_eq!(a.check(Some(evil), "c", PUB, "users/alice/x"), None, "{evil:?}");
+            assert_eq!(a.check(Some(evil), "c", SUB, "users/alice/#"), None, "{evil:?}");
+            assert_eq!(a.check(Some(evil), "c", RCV, "users/alice/x"), None, "{evil:?}");
+        }
+        // A user literally named like a level still only gets its own level.
+        assert_eq!(a.check(Some("alice"), "c", PUB, "users/alice/x"), Some(true));
+        assert_eq!(a.check(Some("alice"), "c", SUB, "users/+/x"), None);
+    }
+
+    #[test]
+    fn client_ids_with_separators_cannot_widen_patterns() {
+        let a = acl("pattern write c/%c\npattern read r/%c/#\n");
+        assert_eq!(a.check(None, "a/b", PUB, "c/a/b"), None);
+        assert_eq!(a.check(None, "#", PUB, "c/x"), None);
+        assert_eq!(a.check(None, "+", RCV, "r/x/y"), None);
+        assert_eq!(a.check(None, "ab", PUB, "c/ab"), Some(true));
+    }
+
+    #[test]
+    fn unsafe_values_make_deny_patterns_deny_everything() {
+        // Fail closed: a deny pattern that cannot be substituted safely denies that client.
+        let a = acl("user a/b\ntopic readwrite open/#\npattern deny secret/%u\npattern deny cid/%c\n");
+        assert_eq!(a.explain(Some("a/b"), "ok", PUB, "open/x"), Some(AclMatch { allowed: false, line: 3 }));
+        assert_eq!(a.check(Some("ok"), "#", PUB, "open/x"), Some(false));
+        // Safe values: the deny patterns apply literally, the rest is unaffected.
+        let b = acl("user ok\ntopic readwrite open/#\npattern deny open/%u\n");
+        assert_eq!(b.check(Some("ok"), "c", PUB, "open/x"), Some(true));
+        assert_eq!(b.check(Some("ok"), "c", PUB, "open/ok"), Some(false));
+        // A %c-only deny pattern does not care about an unsafe user name (and vice versa).
+        let c = acl("user +\ntopic readwrite open/#\npattern deny cid/%c\n");
+        assert_eq!(c.check(Some("+"), "c", PUB, "open/x"), Some(true));
+        // A deny pattern using %u does not apply to anonymous clients, whatever their client id.
+        let d = acl("topic readwrite open/#\npattern deny %u/%c\n");
+        assert_eq!(d.check(None, "a/b", PUB, "open/x"), Some(true));
+        assert_eq!(d.check(Some("u"), "a/b", PUB, "open/x"), Some(false));
+    }
+
+    // --- Authorizer ------------------------------------------------------------------------
+
+    #[test]
+    fn authorizer_denies_by_default_and_disconnects_only_publishers() {
+        let a = acl("topic read pub/#\nuser alice\ntopic readwrite alice/#\n");
+        let z = AclAuthorizer::new(a, true);
+        let alice = Principal::user("alice");
+        assert_eq!(z.authorize(&alice, "c", PUB, "alice/x"), Decision::Allow);
+        assert_eq!(z.authorize(&alice, "c", PUB, "other"), Decision::Deny { disconnect: true });
+        assert_eq!(z.authorize(&alice, "c", SUB, "other"), Decision::Deny { disconnect: false });
+        assert_eq!(z.authorize(&alice, "c", RCV, "other"), Decision::Deny { disconnect: false });
+        assert_eq!(z.authorize(&Principal::anonymous(), "c", SUB, "pub/#"), Decision::Allow);
+        // The anonymous principal's name "anonymous" is not a user name.
+        assert!(!z.authorize(&Principal::anonymous(), "c", PUB, "alice/x").is_allowed());
+        assert_eq!(z.authorize(&Principal::certificate("alice"), "c", PUB, "alice/x"), Decision::Allow);
+        let z = AclAuthorizer::new(acl("user alice\ntopic read x\n"), false);
+        assert_eq!(z.authorize(&alice, "c", PUB, "x"), Decision::Deny { disconnect: false });
+        assert_eq!(z.acl().rules().len(), 1);
+    }
+
+    // --- Reference model -------------------------------------------------------------------
+
+    /// Does rule filter `r` cover requested `q` (a name or a filter)? Straight level-by-level.
+    fn covers(r: &[&str], q: &[&str]) -> bool {
+        let dollar = q.first().is_some_and(|l| l.starts_with('$'));
+        let mut i = 0;
+        loop {
+            match (r.get(i), q.get(i)) {
+                (Some(&"#"), _) => return !(i == 0 && dollar),
+                (None, None) => return true,
+                (None, Some(_)) => return false,
+                (Some(_), None) => return false,
+                (Some(&"+"), Some(&"#")) if i == 0 => return r.get(1) == Some(&"#"),
+                (Some(_), Some(&"#")) => return false,
+                (Some(&"+"), Some(_)) => {
+                    if i == 0 && dollar {
+                        return false;
+                    }
+                }
+                (Some(a), Some(b)) => {
+                    if a != b {
+                        return false;
+                    }
+                }
+            }
+            i += 1;
+        }
+    }
+
+    /// Textual substitution (Mosquitto's loop).
+    fn substitute(f: &str, user: Option<&str>, client: &str) -> String {
+        let mut out = String::new();
+        let mut chars = f.chars().peekable();
+        while let Some(ch) = chars.next() {
+            match (ch, chars.peek(), user) {
+                ('%', Some('c'), _) => {
+                    chars.next();
+                    out.push_str(client);
+                }
+                ('%', Some('u'), Some(u)) => {
+                    chars.next();
+                    out.push_str(u);
+                }
+                _ => out.push(ch),
+            }
+        }
+        out
+    }
+
+    /// Rule-by-rule evaluation over the rule list.
+    fn naive(acl: &AclFile, user: Option<&str>, client: &str, action: Action, topic: &str) -> Option<bool> {
+        let valid = match action {
+            Action::Subscribe { .. } => valid_filter(topic).is_ok(),
+            _ => !topic.is_empty() && !topic.contains(['+', '#', '\0']),
+        };
+        if !valid {
+            return Some(false);
+        }
+        let need = if matches!(action, Action::Publish { .. }) { Need::Write } else { Need::Read };
+        let q: Vec<&str> = topic.split('/').collect();
+        let (mut deny, mut allow) = (false, false);
+        for r in acl.rules() {
+            let filter = match &r.scope {
+                RuleScope::Anonymous if user.is_none() => r.filter.clone(),
+                RuleScope::User(u) if Some(u.as_str()) == user => r.filter.clone(),
+                RuleScope::Pattern => {
+                    let uses_u = substitute(&r.filter, Some("\u{1}"), "") != substitute(&r.filter, Some(""), "");
+                    let uses_c = substitute(&r.filter, Some(""), "\u{1}") != substitute(&r.filter, Some(""), "");
+                    if uses_u && user.is_none() {
+                        continue;
+                    }
+                    let unsafe_ = (uses_u && !safe_value(user.unwrap_or(""))) || (uses_c && !safe_value(client));
+                    if unsafe_ {
+                        deny |= r.access == Access::Deny;
+                        continue;
+                    }
+                    substitute(&r.filter, user, client)
+                }
+                _ => continue,
+            };
+            let levels: Vec<&str> = filter.split('/').collect();
+            if covers(&levels, &q) {
+                deny |= r.access == Access::Deny;
+                allow |= r.access.grants(need);
+            }
+        }
+        if deny {
+            Some(false)
+        } else if allow {
+            Some(true)
+        } else {
+            None
+        }
+    }
+
+    #[test]
+    fn covers_agrees_with_enumeration() {
+        // `covers(r, q)` iff every topic name matched by q is matched by r, over a universe of
+        // names that includes a literal absent from all filters.
+        let lv = ["a", "$s", "", "+", "#"];
+        let mut filters: Vec<Vec<&str>> = Vec::new();
+        for n in 1..=3 {
+            let mut idx = vec![0usize; n];
+            loop {
+                let f: Vec<&str> = idx.iter().map(|&i| lv[i]).collect();
+                if valid_filter(&f.join("/")).is_ok() {
+                    filters.push(f);
+                }
+                let mut k = 0;
+                while k < n {
+                    idx[k] += 1;
+                    if idx[k] < lv.len() {
+                        break;
+                    }
+                    idx[k] = 0;
+                    k += 1;
+                }
+                if k == n {
+                    break;
+                }
+            }
+        }
+        let names: Vec<Vec<&str>> = {
+            let nl = ["a", "$s", "", "q"];
+            let mut out = Vec::new();
+            for n in 1..=4 {
+                let mut idx = vec![0usize; n];
+                loop {
+                    out.push(idx.iter().map(|&i| nl[i]).collect());
+                    let mut k = 0;
+                    while k < n {
+                        idx[k] += 1;
+                        if idx[k] < nl.len() {
+                            break;
+                        }
+                        idx[k] = 0;
+                        k += 1;
+                    }
+                    if k == n {
+                        break;
+                    }
+                }
+            }
+            out
+        };
+        for r in &filters {
+            for q in &filters {
+                let by_enum = names.iter().filter(|t| covers(q, t)).all(|t| covers(r, t));
+                assert_eq!(covers(r, q), by_enum, "rule {r:?} request {q:?}");
+            }
+        }
+    }
+
+    fn level() -> impl Strategy<Value = String> {
+        prop_oneof![
+            4 => prop::sample::select(vec!["a", "b", "$s", ""]).prop_map(String::from),
+            2 => Just("+".to_string()),
+            2 => prop::sample::select(vec!["%u", "%c", "x%u", "%u%c"]).prop_map(String::from),
+        ]
+    }
+
+    /// Mostly valid filters (`#` only last); now and then an invalid one, which must make the
+    /// whole file a parse error.
+    fn filter() -> impl Strategy<Value = String> {
+        prop_oneof![
+            12 => (prop::collection::vec(level(), 0..4), any::<bool>()).prop_map(|(mut v, hash)| {
+                if hash || v.is_empty() {
+                    v.push("#".into());
+                }
+                v.join("/")
+            }),
+            1 => prop::sample::select(vec!["a/#/b", "#/a", "a+", "b/x#"]).prop_map(String::from),
+        ]
+    }
+
+    fn line() -> impl Strategy<Value = String> {
+        let access = prop::sample::select(vec!["", "read ", "write ", "readwrite ", "deny "]);
+        prop_oneof![
+            3 => (access.clone(), filter()).prop_map(|(a, f)| format!("topic {a}{f}")),
+            2 => (access, filter()).prop_map(|(a, f)| format!("pattern {a}{f}")),
+            1 => prop::sample::select(vec!["user u", "user v", "user a", "user +"]).prop_map(String::from),
+        ]
+    }
+
+    fn request() -> impl Strategy<Value = (Option<String>, String, u8, String)> {
+        let user = prop::sample::select(vec![None, Some("u"), Some("v"), Some("a"), Some("+"), Some("a/b"), Some("")])
+            .prop_map(|u| u.map(String::from));
+        let client = prop::sample::select(vec!["c", "a", "u", "#", "c/d", "x"]).prop_map(String::from);
+        let topic = prop::collection::vec(
+            prop::sample::select(vec!["a", "b", "$s", "", "u", "c", "xu", "uc", "+", "#", "%u", "x"]),
+            1..5,
+        )
+        .prop_map(|v| v.join("/"));
+        (user, client, 0u8..3, topic)
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(512))]
+
+        #[test]
+        fn compiled_check_agrees_with_naive_evaluator(
+            lines in prop::collection::vec(line(), 0..12),
+            reqs in prop::collection::vec(request(), 1..24),
+        ) {
+            let text = lines.join("\n");
+            let Ok(acl) = AclFile::parse(&text) else {
+                // Only invalid filters are generated as errors; they must be rejected.
+                let has_bad_filter = lines.iter().any(|l| {
+                    let f = l.rsplit(' ').next().unwrap();
+                    (l.starts_with("topic") || l.starts_with("pattern")) && valid_filter(f).is_err()
+                });
+                prop_assert!(has_bad_filter);
+                return Ok(());
+            };
+            for (user, client, a, topic) in reqs {
+                let action = match a { 0 => PUB, 1 => SUB, _ => RCV };
+                let got = acl.check(user.as_deref(), &client, action, &topic);
+                let want = naive(&acl, user.as_deref(), &client, action, &topic);
+                prop_assert_eq!(got, want, "{:?} {:?} {:?} {:?}\n{}", user, client, action, topic, text);
+            }
+        }
+    }
+}

@@ -1,0 +1,201 @@
+//! Access tokens in the CONNECT password field (SPEC §4, method 3): tokens minted by the
+//! built-in token service, and tokens from an outside issuer (`[auth.jwt]`: JWKS file or URL,
+//! or an HS256 secret).
+//!
+//! The outside JWKS URL is fetched at start, cached, and fetched again when a token names an
+//! unknown `kid` — at most once per [`JWKS_REFRESH_INTERVAL`], so a flood of made-up kids
+//! cannot turn the broker into a request amplifier. Keys offered inside a token (`jku`, `jwk`,
+//! `x5u`) are never used or fetched (see `warden_policy::jwt`).
+
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use anyhow::{anyhow, Context};
+use mqtt_codec::{Connect, ReasonCode};
+use parking_lot::{Mutex, RwLock};
+use tracing::{info, warn};
+use warden_http::OAuthService;
+use warden_policy::jwt::{self, JwtError, JwtSettings, KeySet, VerifiedToken};
+use warden_policy::Principal;
+
+use crate::config::{JwtConfig, SubjectMatch};
+
+/// Least time between two fetches of the outside JWKS URL.
+pub const JWKS_REFRESH_INTERVAL: Duration = Duration::from_secs(30);
+
+/// What a verified token grants, beyond the principal.
+#[derive(Debug, Clone)]
+pub struct TokenInfo {
+    /// Token id (`jti`), for revocation.
+    pub jti: Option<String>,
+    /// Expiry (unix seconds): the connection is closed then.
+    pub expires_at: u64,
+}
+
+/// Seconds since the epoch.
+pub fn unix_now() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs())
+}
+
+struct External {
+    settings: JwtSettings,
+    static_keys: KeySet,
+    url_keys: RwLock<KeySet>,
+    url: Option<String>,
+    last_fetch: Mutex<Option<Instant>>,
+    subject_must_match: SubjectMatch,
+}
+
+/// Token verification for CONNECT.
+pub struct TokenAuth {
+    external: Option<External>,
+    builtin: Option<Arc<OAuthService>>,
+}
+
+fn fetch_jwks(url: &str) -> anyhow::Result<KeySet> {
+    let body = ureq::get(url)
+        .timeout(Duration::from_secs(5))
+        .call()
+        .map_err(|e| anyhow!("GET {url}: {e}"))?
+        .into_string()
+        .with_context(|| format!("GET {url}: body"))?;
+    KeySet::from_jwks_json(&body).map_err(|e| anyhow!("{url}: {e}"))
+}
+
+impl TokenAuth {
+    /// Set up from `[auth.jwt]` and the built-in token service (either may be absent).
+    pub fn new(cfg: Option<&JwtConfig>, builtin: Option<Arc<OAuthService>>) -> anyhow::Result<TokenAuth> {
+        let external = match cfg {
+            None => None,
+            Some(c) => {
+                let mut static_keys = match &c.jwks_file {
+                    Some(p) => {
+                        let text =
+                            std::fs::read_to_string(p).with_context(|| format!("{}: cannot read JWKS", p.display()))?;
+                        KeySet::from_jwks_json(&text).map_err(|e| anyhow!("{}: {e}", p.display()))?
+                    }
+                    None => KeySet::empty(),
+                };
+                if let Some(s) = &c.hs256_secret {
+                    static_keys.add_hs256_secret(s.0.as_bytes());
+                }
+                let url_keys = match &c.jwks_url {
+                    Some(u) => match fetch_jwks(u) {
+                        Ok(k) => {
+                            info!(url = %u, keys = k.len(), "JWKS fetched");
+                            k
+                        }
+                        Err(e) => {
+                            warn!(error = %e, "JWKS fetch failed; tokens from this issuer are refused until it succeeds");
+                            KeySet::empty()
+                        }
+                    },
+                    None => KeySet::empty(),
+                };
+                Some(External {
+                    settings: JwtSettings {
+                        issuer: c.issuer.clone(),
+                        audience: c.audience.clone(),
+                        leeway_secs: c.leeway.as_secs(),
+                    },
+                    static_keys,
+                    url_keys: RwLock::new(url_keys),
+                    last_fetch: Mutex::new(c.jwks_url.as_ref().map(|_| Instant::now())),
+                    url: c.jwks_url.clone(),
+                    subject_must_match: c.subject_must_match,
+                })
+            }
+        };
+        Ok(TokenAuth { external, builtin })
+    }
+
+    /// True when some token method is configured.
+    pub fn enabled(&self) -> bool {
+        self.external.is_some() || self.builtin.is_some()
+    }
+
+    /// Verify a token sent as the CONNECT password. `None`: not a token (or no token method),
+    /// so the other methods decide.
+    pub async fn authenticate(
+        &self,
+        connect: &Connect,
+        password: &[u8],
+    ) -> Option<Result<(Principal, TokenInfo), ReasonCode>> {
+        if !self.enabled() || !jwt::looks_like_jwt(password) {
+            return None;
+        }
+        let token = std::str::from_utf8(password).ok()?;
+        let now = unix_now();
+        let mut last_err = String::from("no token method accepted it");
+        if let Some(b) = &self.builtin {
+            match b.verify(token) {
+                Ok(v) => return Some(grant(v, SubjectMatch::Off, connect)),
+                Err(e) => last_err = e.to_string(),
+            }
+        }
+        if let Some(x) = &self.external {
+            match x.verify(token, now).await {
+                Ok(v) => return Some(grant(v, x.subject_must_match, connect)),
+                Err(e) => last_err = e.to_string(),
+            }
+        }
+        // The reason is logged; the token never is.
+        info!(client_id = %connect.client_id, reason = %last_err, "access token refused");
+        Some(Err(ReasonCode::BAD_USER_NAME_OR_PASSWORD))
+    }
+}
+
+/// The principal a verified token stands for, once its subject passes the configured rule.
+fn grant(v: VerifiedToken, rule: SubjectMatch, connect: &Connect) -> Result<(Principal, TokenInfo), ReasonCode> {
+    let subject_ok = match rule {
+        SubjectMatch::Off => true,
+        SubjectMatch::Username => connect.username.as_deref() == Some(v.subject.as_str()),
+        SubjectMatch::ClientId => connect.client_id == v.subject,
+    };
+    if !subject_ok || warden_policy::cert::check_identity(&v.subject).is_err() {
+        return Err(ReasonCode::NOT_AUTHORIZED);
+    }
+    let principal = Principal::token(
+        &v.subject,
+        v.roles.iter().map(|r| Arc::from(r.as_str())).collect(),
+        v.scopes.iter().map(|s| Arc::from(s.as_str())).collect(),
+    );
+    Ok((principal, TokenInfo { jti: v.jti, expires_at: v.expires_at }))
+}
+
+impl External {
+    async fn verify(&self, token: &str, now: u64) -> Result<VerifiedToken, JwtError> {
+        match jwt::verify(token, &self.static_keys, &self.settings, now) {
+            Ok(v) => return Ok(v),
+            Err(JwtError::UnknownKid | JwtError::NoMatchingKey) if self.url.is_some() => {}
+            Err(e) => return Err(e),
+        }
+        let first = {
+            let keys = self.url_keys.read();
+            jwt::verify(token, &keys, &self.settings, now)
+        };
+        match first {
+            Err(JwtError::UnknownKid | JwtError::NoMatchingKey) => {}
+            other => return other,
+        }
+        // Unknown kid: refresh the JWKS, rate-limited.
+        let Some(url) = self.url.clone() else { return first };
+        {
+            let mut last = self.last_fetch.lock();
+            if last.is_some_and(|t| t.elapsed() < JWKS_REFRESH_INTERVAL) {
+                return first;
+            }
+            *last = Some(Instant::now());
+        }
+        match tokio::task::spawn_blocking(move || fetch_jwks(&url)).await {
+            Ok(Ok(k)) => {
+                info!(keys = k.len(), "JWKS refreshed (unknown kid)");
+                *self.url_keys.write() = k;
+            }
+            Ok(Err(e)) => warn!(error = %e, "JWKS refresh failed"),
+            Err(_) => {}
+        }
+        let keys = self.url_keys.read();
+        jwt::verify(token, &keys, &self.settings, now)
+    }
+}
