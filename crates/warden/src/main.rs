@@ -43,6 +43,19 @@ enum Command {
         /// Configuration file (TOML).
         #[arg(long, short)]
         config: PathBuf,
+        /// Explain the ACL decision for one operation: `--explain [--user U] [--client C]
+        /// publish|subscribe|receive TOPIC`.
+        #[arg(long, requires = "operation")]
+        explain: bool,
+        /// User name (omit for an anonymous client).
+        #[arg(long, requires = "explain")]
+        user: Option<String>,
+        /// Client id.
+        #[arg(long, default_value = "", requires = "explain")]
+        client: String,
+        /// publish | subscribe | receive, then the topic (or filter).
+        #[arg(num_args = 2, value_names = ["ACTION", "TOPIC"], requires = "explain")]
+        operation: Vec<String>,
     },
 }
 
@@ -65,7 +78,13 @@ fn main() -> ExitCode {
         Command::Passwd(args) => warden::passwd_cmd::run(&args),
         Command::Cert(args) => warden::cert_cmd::run(&args),
         Command::Token(args) => warden::token_cmd::run(&args),
-        Command::Check { config } => check(&config),
+        Command::Check { config, explain, user, client, operation } => check(&config).and_then(|()| {
+            if explain {
+                explain_decision(&config, user.as_deref(), &client, &operation)
+            } else {
+                Ok(())
+            }
+        }),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -93,6 +112,40 @@ fn check(path: &std::path::Path) -> anyhow::Result<()> {
         auth.user_count(),
         if cfg.auth.allow_anonymous { "allowed" } else { "refused" }
     );
+    Ok(())
+}
+
+fn explain_decision(path: &std::path::Path, user: Option<&str>, client: &str, op: &[String]) -> anyhow::Result<()> {
+    use warden_policy::Action;
+    let cfg = Config::load(path)?;
+    let (action, topic) = match op {
+        [a, t] => (a.as_str(), t.as_str()),
+        _ => anyhow::bail!("--explain needs ACTION TOPIC"),
+    };
+    let action = match action {
+        "publish" => Action::Publish { qos: 0, retain: false },
+        "subscribe" => Action::Subscribe { qos: 0 },
+        "receive" => Action::Receive,
+        other => anyhow::bail!("unknown action {other:?}: publish, subscribe or receive"),
+    };
+    let who = user.map_or_else(|| "anonymous".to_string(), |u| format!("user {u:?}"));
+    let Some(acl_path) = &cfg.authz.acl_file else {
+        println!(
+            "allow: no ACL file is configured, so {who} may do anything (token clients are bound by their scopes)"
+        );
+        return Ok(());
+    };
+    let text = std::fs::read_to_string(acl_path)?;
+    let acl = warden_policy::acl::AclFile::parse(&text).map_err(|e| anyhow::anyhow!("{}: {e}", acl_path.display()))?;
+    match acl.explain(user, client, action, topic) {
+        Some(m) if m.line == 0 => println!("deny: {topic:?} is not a valid topic for this action"),
+        Some(m) => {
+            let rule = text.lines().nth(m.line - 1).unwrap_or("").trim();
+            let verdict = if m.allowed { "allow" } else { "deny" };
+            println!("{verdict}: {}:{}: {rule}", acl_path.display(), m.line);
+        }
+        None => println!("deny: no rule in {} matches (default deny)", acl_path.display()),
+    }
     Ok(())
 }
 

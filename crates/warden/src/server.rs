@@ -14,7 +14,7 @@ use tokio::task::JoinSet;
 use tracing::{info, warn};
 use warden_core::{Broker, BrokerConfig};
 use warden_policy::acl::AclFile;
-use warden_policy::PolicyAuthorizer;
+use warden_policy::{Action, Authorizer, Decision, PolicyAuthorizer, Principal};
 
 use crate::auth::Authenticator;
 use crate::config::{AuthzConfig, Config, ListenerProtocol, OnDeny};
@@ -115,6 +115,25 @@ fn oauth_service(
     Ok(service)
 }
 
+/// The policy with every denial written to the audit log (target `warden::audit`; with
+/// `--log-format json` these are JSON lines: time, principal, client id, action, topic).
+pub struct Audited(pub PolicyAuthorizer);
+
+impl Authorizer for Audited {
+    fn authorize(&self, principal: &Principal, client_id: &str, action: Action, topic: &str) -> Decision {
+        let d = self.0.authorize(principal, client_id, action, topic);
+        if !d.is_allowed() {
+            let action = match action {
+                Action::Publish { .. } => "publish",
+                Action::Subscribe { .. } => "subscribe",
+                Action::Receive => "receive",
+            };
+            info!(target: "warden::audit", principal = %principal, client_id, action, topic, result = "deny", "authorization denied");
+        }
+        d
+    }
+}
+
 /// The authorization policy: the ACL file (if any) and token scopes.
 pub fn load_policy(cfg: &AuthzConfig) -> anyhow::Result<PolicyAuthorizer> {
     let acl = match &cfg.acl_file {
@@ -160,7 +179,7 @@ impl Server {
         if !authorizer.has_acl() {
             warn!("no ACL configured: every authenticated client (but token clients, bound by their scopes) may publish and subscribe anywhere");
         }
-        let broker = Broker::new(broker_config(cfg), Arc::new(authorizer), Instant::now());
+        let broker = Broker::new(broker_config(cfg), Arc::new(Audited(authorizer)), Instant::now());
         let (shutdown, shutdown_rx) = watch::channel(false);
         let ctx = Arc::new(ConnContext {
             broker: broker.clone(),
@@ -305,7 +324,7 @@ impl Server {
         if self.authz.acl_file.is_some() {
             match load_policy(&self.authz) {
                 Ok(p) => {
-                    self.broker.set_authorizer(Arc::new(p));
+                    self.broker.set_authorizer(Arc::new(Audited(p)));
                     info!("ACL file reloaded");
                 }
                 Err(e) => warn!(error = %e, "ACL reload failed; the previous ACL stays in force"),

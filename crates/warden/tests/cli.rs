@@ -170,3 +170,29 @@ fn first_start_creates_an_admin_with_a_one_time_password() {
         assert_eq!(std::fs::metadata(&pf).unwrap().permissions().mode() & 0o777, 0o600);
     }
 }
+
+#[test]
+fn check_explain_names_the_deciding_rule() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("acl"), "user alice\ntopic readwrite sensors/#\ntopic deny sensors/secret\n")
+        .unwrap();
+    let cfg = dir.path().join("w.toml");
+    std::fs::write(
+        &cfg,
+        "[[listener]]\nbind = \"127.0.0.1:0\"\n[auth]\nallow_anonymous = true\n[authz]\nacl_file = \"acl\"\n",
+    )
+    .unwrap();
+    let run = |args: &[&str]| {
+        let mut a = vec!["check", "--config", cfg.to_str().unwrap(), "--explain"];
+        a.extend_from_slice(args);
+        let out = warden(&a);
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        String::from_utf8_lossy(&out.stdout).lines().last().unwrap_or("").to_string()
+    };
+    assert!(
+        run(&["--user", "alice", "publish", "sensors/a"]).starts_with("allow:")
+            && run(&["--user", "alice", "publish", "sensors/a"]).ends_with(":2: topic readwrite sensors/#")
+    );
+    assert!(run(&["--user", "alice", "publish", "sensors/secret"]).contains(":3: topic deny sensors/secret"));
+    assert!(run(&["--user", "bob", "subscribe", "sensors/#"]).starts_with("deny: no rule"));
+}
