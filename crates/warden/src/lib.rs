@@ -18,6 +18,8 @@ pub mod bootstrap;
 pub mod cert_cmd;
 pub mod config;
 pub mod conn;
+pub mod lookup;
+pub mod oauth_store;
 pub mod passwd_cmd;
 pub mod server;
 pub mod tls;

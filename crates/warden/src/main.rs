@@ -36,6 +36,8 @@ enum Command {
     Passwd(warden::passwd_cmd::PasswdArgs),
     /// Make a development PKI: `warden cert ca`, `warden cert server`, `warden cert client`.
     Cert(warden::cert_cmd::CertArgs),
+    /// Manage the token service: `warden oauth client add|remove|list`, `warden oauth rotate-key`.
+    Oauth(warden::oauth_store::OAuthArgs),
     /// Get an access token from the built-in token service (client-credentials grant).
     Token(warden::token_cmd::TokenArgs),
     /// Validate a configuration (and its password file) without starting.
@@ -78,6 +80,7 @@ fn main() -> ExitCode {
         Command::Passwd(args) => warden::passwd_cmd::run(&args),
         Command::Cert(args) => warden::cert_cmd::run(&args),
         Command::Token(args) => warden::token_cmd::run(&args),
+        Command::Oauth(args) => warden::oauth_store::run(&args),
         Command::Check { config, explain, user, client, operation } => check(&config).and_then(|()| {
             if explain {
                 explain_decision(&config, user.as_deref(), &client, &operation)

@@ -22,7 +22,6 @@ use crate::conn::{ConnContext, LiveTokens};
 use crate::tls::TlsListener;
 use crate::tokens::TokenAuth;
 use warden_http::{OAuthClient, OAuthService, OAuthSettings};
-use warden_policy::jwt::SigningKey;
 
 /// A listener that is bound and accepting.
 #[derive(Debug, Clone)]
@@ -49,7 +48,7 @@ pub struct Server {
     pub oauth: Option<Arc<OAuthService>>,
     /// The HTTP listener's address, when configured.
     pub http_addr: Option<SocketAddr>,
-    authz: AuthzConfig,
+    config: Config,
     shutdown: watch::Sender<bool>,
     tasks: JoinSet<()>,
 }
@@ -79,40 +78,24 @@ fn oauth_service(
     http: &crate::config::HttpConfig,
     live_tokens: &Arc<LiveTokens>,
 ) -> anyhow::Result<Arc<OAuthService>> {
-    let dir = cfg.data_dir.join("oauth");
-    let key_path = dir.join("signing-key.pem");
-    let key = if key_path.exists() {
-        let pem = std::fs::read_to_string(&key_path).with_context(|| format!("{}: cannot read", key_path.display()))?;
-        SigningKey::from_pkcs8_pem(&pem).map_err(|e| anyhow::anyhow!("{}: {e}", key_path.display()))?
-    } else {
-        std::fs::create_dir_all(&dir).with_context(|| format!("{}: cannot create", dir.display()))?;
-        let key = SigningKey::generate();
-        crate::passwd_cmd::write_atomically(&key_path, key.to_pkcs8_pem().as_bytes())
-            .with_context(|| format!("{}: cannot write", key_path.display()))?;
-        info!(kid = key.kid(), "created the token service's signing key");
-        key
-    };
+    let keys = crate::oauth_store::load_keys(&cfg.data_dir)?;
     let issuer = cfg.oauth.issuer.clone().unwrap_or_else(|| format!("http://{}", http.bind));
-    let clients = cfg
-        .oauth
-        .clients
-        .iter()
-        .map(|c| OAuthClient {
-            id: c.id.clone(),
-            secret_hash: c.secret_hash.0.clone(),
-            scopes: c.scopes.clone(),
-            roles: c.roles.clone(),
-        })
-        .collect();
     let service = Arc::new(OAuthService::new(
         OAuthSettings { issuer, token_ttl: cfg.oauth.token_ttl, audience: cfg.oauth.audience.clone() },
-        clients,
-        vec![key],
+        oauth_clients(cfg)?,
+        keys,
         Arc::new(crate::tokens::unix_now),
     ));
     let live = live_tokens.clone();
     service.on_revoke(Box::new(move |jti| live.revoke(jti)));
     Ok(service)
+}
+
+fn oauth_clients(cfg: &Config) -> anyhow::Result<Vec<OAuthClient>> {
+    Ok(crate::oauth_store::all_clients(cfg)?
+        .into_iter()
+        .map(|c| OAuthClient { id: c.id, secret_hash: c.secret_hash.0, scopes: c.scopes, roles: c.roles })
+        .collect())
 }
 
 /// The policy with every denial written to the audit log (target `warden::audit`; with
@@ -301,7 +284,7 @@ impl Server {
             tls: tls_listeners,
             oauth,
             http_addr,
-            authz: cfg.authz.clone(),
+            config: cfg.clone(),
             shutdown,
             tasks,
         })
@@ -321,8 +304,24 @@ impl Server {
             Err(e) => warn!(error = %e, "password file reload failed; the previous one stays in force"),
         }
         crate::tls::reload_all(&self.tls);
-        if self.authz.acl_file.is_some() {
-            match load_policy(&self.authz) {
+        if let Some(o) = &self.oauth {
+            match (oauth_clients(&self.config), crate::oauth_store::load_keys(&self.config.data_dir)) {
+                (Ok(clients), Ok(keys)) => {
+                    let n = clients.len();
+                    o.set_clients(clients);
+                    // Retired keys first, so the current key ends up signing; all stay published.
+                    for k in keys.into_iter().rev() {
+                        o.rotate(k);
+                    }
+                    info!(clients = n, kid = %o.current_kid(), "token service reloaded");
+                }
+                (Err(e), _) | (_, Err(e)) => {
+                    warn!(error = %e, "token service reload failed; the previous clients and keys stay")
+                }
+            }
+        }
+        if self.config.authz.acl_file.is_some() {
+            match load_policy(&self.config.authz) {
                 Ok(p) => {
                     self.broker.set_authorizer(Arc::new(Audited(p)));
                     info!("ACL file reloaded");

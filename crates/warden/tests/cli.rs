@@ -196,3 +196,66 @@ fn check_explain_names_the_deciding_rule() {
     assert!(run(&["--user", "alice", "publish", "sensors/secret"]).contains(":3: topic deny sensors/secret"));
     assert!(run(&["--user", "bob", "subscribe", "sensors/#"]).starts_with("deny: no rule"));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn oauth_clients_and_key_rotation_from_the_cli_apply_on_reload() {
+    let b = warden_testkit::TestBroker::from_toml(
+        "[[listener]]\nbind = \"127.0.0.1:0\"\n[http]\nbind = \"127.0.0.1:0\"\n[auth]\nallow_anonymous = false\n",
+    )
+    .await;
+    let cfg = b.path("warden.toml");
+    let out = warden(&[
+        "oauth",
+        "client",
+        "add",
+        "dev-9",
+        "--scope",
+        "mqtt:pub:devices/dev-9/#",
+        "--config",
+        cfg.to_str().unwrap(),
+    ]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let secret = String::from_utf8_lossy(&out.stdout).trim().to_string();
+    assert!(secret.len() >= 32, "generated secret printed once");
+    let stored = std::fs::read_to_string(b.path("oauth/clients.toml")).unwrap();
+    assert!(!stored.contains(&secret) && stored.contains("$argon2id$"), "only a hash is stored");
+    let list = warden(&["oauth", "client", "list", "--config", cfg.to_str().unwrap()]);
+    assert!(String::from_utf8_lossy(&list.stdout).contains("dev-9\tscopes=mqtt:pub:devices/dev-9/#"));
+
+    let service = b.server.oauth.clone().expect("token service");
+    assert!(service.clients().iter().all(|c| c.id != "dev-9"), "not live before the reload");
+    b.server.reload();
+    assert!(service.clients().iter().any(|c| c.id == "dev-9"));
+    let http = b.server.http_addr.unwrap();
+    let get_token = move |secret: String| {
+        tokio::task::spawn_blocking(move || {
+            let r = ureq::post(&format!("http://{http}/oauth/token"))
+                .set("Authorization", &format!("Basic {}", base64_encode(&format!("dev-9:{secret}"))))
+                .send_form(&[("grant_type", "client_credentials")])
+                .expect("token");
+            r.into_json::<serde_json::Value>().unwrap()["access_token"].as_str().unwrap().to_string()
+        })
+    };
+    let old_token = get_token(secret.clone()).await.unwrap();
+    let old_kid = service.current_kid();
+
+    let out = warden(&["oauth", "rotate-key", "--config", cfg.to_str().unwrap()]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    b.server.reload();
+    assert_ne!(service.current_kid(), old_kid, "the new key signs");
+    assert!(service.verify(&old_token).is_ok(), "tokens of the retired key still verify");
+    let jwks = service.jwks();
+    assert_eq!(jwks["keys"].as_array().unwrap().len(), 2);
+    let new_token = get_token(secret).await.unwrap();
+    assert!(service.verify(&new_token).is_ok());
+
+    let out = warden(&["oauth", "client", "remove", "dev-9", "--config", cfg.to_str().unwrap()]);
+    assert!(out.status.success());
+    b.server.reload();
+    assert!(service.verify(&new_token).is_err(), "a removed client's tokens stop verifying");
+}
+
+fn base64_encode(s: &str) -> String {
+    use base64::Engine;
+    base64::engine::general_purpose::STANDARD.encode(s)
+}
