@@ -6,6 +6,7 @@
 //! never logged. Hashing runs on the blocking pool, a few at a time, so a flood of CONNECTs
 //! cannot exhaust memory (argon2id uses ~19 MiB per verification).
 
+use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
 
@@ -17,6 +18,7 @@ use warden_policy::password::PasswordFile;
 use warden_policy::{Principal, PrincipalKind};
 
 use crate::config::{AuthConfig, ClientIdMatch, IdentityConfig};
+use crate::lookup::{HttpLookup, LookupRequest, LookupVerdict};
 use crate::tls::CertIdentity;
 use crate::tokens::{TokenAuth, TokenInfo};
 
@@ -42,6 +44,7 @@ const HASH_CONCURRENCY: usize = 4;
 pub struct Authenticator {
     allow_anonymous: bool,
     tokens: TokenAuth,
+    lookup: Option<HttpLookup>,
     client_id_rule: ClientIdMatch,
     password_path: Option<PathBuf>,
     passwords: RwLock<Option<Arc<PasswordFile>>>,
@@ -71,9 +74,11 @@ impl Authenticator {
             Some(p) => Some(Arc::new(load_file(p)?)),
             None => None,
         };
+        let lookup = cfg.lookup.clone().map(HttpLookup::new).transpose()?;
         Ok(Authenticator {
             allow_anonymous: cfg.allow_anonymous,
             tokens,
+            lookup,
             client_id_rule: identity.client_id_must_match,
             password_path: cfg.password_file.clone(),
             passwords: RwLock::new(passwords),
@@ -125,18 +130,71 @@ impl Authenticator {
     /// A verified client certificate (`cert`) authenticates the connection at the transport:
     /// the principal is the certificate identity and the CONNECT's user name and password are
     /// not consulted. Without one, the password file decides, then anonymous access.
-    pub async fn authenticate(&self, connect: &Connect, cert: CertIdentity) -> Result<Authenticated, ReasonCode> {
-        match cert {
-            Some(Ok(name)) => return Ok(Principal::certificate(&name).into()),
+    pub async fn authenticate(
+        &self,
+        connect: &Connect,
+        cert: CertIdentity,
+        peer: SocketAddr,
+    ) -> Result<Authenticated, ReasonCode> {
+        let cert_identity = match cert {
+            Some(Ok(name)) if self.lookup.is_none() => return Ok(Principal::certificate(&name).into()),
+            Some(Ok(name)) => Some(name),
             Some(Err(_)) => return Err(ReasonCode::NOT_AUTHORIZED),
-            None => {}
+            None => None,
+        };
+        if let Some(name) = cert_identity {
+            // With a look-up service the certificate identity is still the principal; the
+            // service may add grants (or refuse).
+            return self.look_up(connect, peer, Some(name)).await.map(Authenticated::from);
         }
         if let Some(password) = &connect.password {
             if let Some(r) = self.tokens.authenticate(connect, password).await {
                 return r.map(|(principal, token)| Authenticated { principal, token: Some(token) });
             }
         }
+        let file_knows_user =
+            connect.username.as_deref().is_some_and(|u| self.passwords.read().as_ref().is_some_and(|f| f.contains(u)));
+        if self.lookup.is_some() && connect.username.is_some() && !file_knows_user {
+            return self.look_up(connect, peer, None).await.map(Authenticated::from);
+        }
         self.authenticate_password(connect).await.map(Authenticated::from)
+    }
+
+    /// The third-party look-up decides (`[auth.http]`): its principal name and grants, a
+    /// refusal (0x86), or — when it cannot be reached — 0x88 unless `fail_open`.
+    async fn look_up(
+        &self,
+        connect: &Connect,
+        peer: SocketAddr,
+        cert_identity: Option<String>,
+    ) -> Result<Principal, ReasonCode> {
+        let Some(lookup) = &self.lookup else { return Err(ReasonCode::NOT_AUTHORIZED) };
+        let req = LookupRequest {
+            client_id: connect.client_id.clone(),
+            username: connect.username.clone(),
+            password: connect.password.as_ref().map(|p| p.to_vec()),
+            peer,
+            cert_identity: cert_identity.clone(),
+        };
+        match lookup.check(&req).await {
+            LookupVerdict::Allow(grant) => {
+                let mut p = match &cert_identity {
+                    Some(name) => Principal::certificate(name),
+                    None => Principal::user(&grant.principal),
+                };
+                p.roles = grant.roles.iter().map(|r| Arc::from(r.as_str())).collect();
+                p.scopes = grant.scopes.iter().map(|r| Arc::from(r.as_str())).collect();
+                p.grants = grant.rules().map(Arc::new);
+                Ok(p)
+            }
+            LookupVerdict::Deny => Err(ReasonCode::BAD_USER_NAME_OR_PASSWORD),
+            LookupVerdict::Unavailable if lookup.fail_open() => match (&cert_identity, &connect.username) {
+                (Some(name), _) => Ok(Principal::certificate(name)),
+                (None, Some(u)) => Ok(Principal::user(u)),
+                (None, None) => Err(ReasonCode::SERVER_UNAVAILABLE),
+            },
+            LookupVerdict::Unavailable => Err(ReasonCode::SERVER_UNAVAILABLE),
+        }
     }
 
     async fn authenticate_password(&self, connect: &Connect) -> Result<Principal, ReasonCode> {

@@ -122,6 +122,8 @@ pub struct AuthConfig {
     pub password_file: Option<PathBuf>,
     /// `[auth.jwt]`: access tokens from an outside issuer in the CONNECT password field.
     pub jwt: Option<JwtConfig>,
+    /// `[auth.http]`: third-party look-up of credentials.
+    pub lookup: Option<crate::lookup::LookupConfig>,
 }
 
 /// A secret from the configuration: never printed by `Debug`.
@@ -482,7 +484,7 @@ impl Config {
         Ok(Config {
             data_dir,
             listeners,
-            auth: AuthConfig { allow_anonymous: raw.auth.allow_anonymous, password_file, jwt },
+            auth: AuthConfig { allow_anonymous: raw.auth.allow_anonymous, password_file, jwt, lookup: raw.auth.http },
             identity: IdentityConfig { client_id_must_match: raw.identity.client_id_must_match },
             http,
             oauth,
@@ -523,7 +525,12 @@ impl Config {
                 listener(9001, ListenerProtocol::Ws),
                 listener(8443, ListenerProtocol::Wss),
             ],
-            auth: AuthConfig { allow_anonymous: false, password_file: Some(data_dir.join("passwd")), jwt: None },
+            auth: AuthConfig {
+                allow_anonymous: false,
+                password_file: Some(data_dir.join("passwd")),
+                jwt: None,
+                lookup: None,
+            },
             identity: IdentityConfig::default(),
             http: Some(HttpConfig { bind: SocketAddr::new(localhost, 8080) }),
             oauth: OAuthConfig::default(),
@@ -826,6 +833,7 @@ struct RawAuth {
     allow_anonymous: bool,
     password_file: Option<Spanned<PathBuf>>,
     jwt: Option<Spanned<JwtConfig>>,
+    http: Option<crate::lookup::LookupConfig>,
 }
 
 /// A socket address with a helpful error message.

@@ -158,7 +158,7 @@ where
         }
     };
     let protocol = connect.protocol;
-    let authed = match ctx.auth.authenticate(&connect, cert).await.and_then(|a| {
+    let authed = match ctx.auth.authenticate(&connect, cert, peer).await.and_then(|a| {
         ctx.auth.check_client_id(&a.principal, &connect.client_id)?;
         Ok(a)
     }) {
