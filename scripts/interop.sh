@@ -7,7 +7,9 @@
 # openssl (for the TLS checks), and optionally node + npm (MQTT.js is installed into the temporary
 # directory, never into the repo). Starts the broker on free loopback ports (MQTT over TCP and
 # over WebSocket) with password authentication, then a second one with mqtts and wss listeners
-# that require client certificates (two PKIs: `warden cert` and openssl). Prints `ok   NAME` /
+# that require client certificates (two PKIs: `warden cert` and openssl), and a third with
+# [auth.jwt] taking JWT access tokens from oidc-provider (npm, installed into the temporary
+# directory like MQTT.js; needs curl). Prints `ok   NAME` /
 # `FAIL NAME` per check and `N passed, M failed` at the end.
 # Exits 1 if anything failed.
 set -uo pipefail
@@ -545,6 +547,458 @@ CONF
   check "TLS: broker process still running" kill -0 "$TLS_PID"
 }
 tls_checks
+
+# --- An outside OAuth 2.0 issuer: oidc-provider (panva/node-oidc-provider, from npm)
+# scripts/interop_oidc.mjs runs it on loopback with one client-credentials client that gets
+# RFC 9068 JWT access tokens (resource indicator urn:warden:mqtt, aud "warden"). A third broker
+# takes them through [auth.jwt], with issuer and jwks_url read from the discovery document; a
+# password user (no ACL: may subscribe anywhere) watches what token clients publish. Instances
+# B and C claim the same issuer string with keys of their own (B even reuses A's kid): their
+# tokens must be refused. Instance D is down when a fourth broker starts, so that broker's start
+# fetch of the JWKS fails; D's token (kid unknown to it) makes it fetch again, once 30 s have
+# passed since the start fetch. oidc-provider is installed into the temp dir; the whole section
+# is skipped (not failed) when npm cannot install it.
+OIDC=$TMP/oidc
+OIDC_CLIENT=dev-9
+OIDC_SECRET="cs-$RANDOM$RANDOM-$$"
+OIDC_SCOPE="mqtt:pub:devices/dev-9/# mqtt:sub:devices/dev-9/#"
+OIDC_PIDS=()   # oidc-provider instances and the brokers of this section
+oidc_stop_all() {
+  local p
+  for p in "${OIDC_PIDS[@]}"; do
+    kill "$p" 2>/dev/null
+    wait "$p" 2>/dev/null
+  done
+}
+trap 'oidc_stop_all; cleanup' EXIT
+# check, returning whether it passed
+ocheck() {  # ocheck NAME COMMAND...
+  local before=$failed
+  check "$@"
+  [ "$failed" -eq "$before" ]
+}
+
+# Starts an oidc-provider instance claiming ISSUER on PORT (with kid KID for its RSA key when
+# given); waits for its "ready". Log: $OIDC/NAME.log.
+start_oidc() {  # start_oidc NAME PORT ISSUER [KID]
+  local pid deadline=$((SECONDS + 30))
+  OIDC_PROVIDER_DIR="$OIDC/npm" node "$HERE/interop_oidc.mjs" "$2" "$3" "$OIDC_CLIENT" \
+    "$OIDC_SECRET" ${4:+"$4"} >"$OIDC/$1.log" 2>&1 &
+  pid=$!
+  OIDC_PIDS+=("$pid")
+  until grep -qx 'ready' "$OIDC/$1.log"; do
+    if [ "$SECONDS" -ge "$deadline" ] || ! kill -0 "$pid" 2>/dev/null; then
+      echo "oidc-provider $1 did not get ready; its output:"; cat "$OIDC/$1.log"
+      return 1
+    fi
+    sleep 0.1
+  done
+}
+# Prints "ISSUER JWKS_URI TOKEN_ENDPOINT" from the discovery document of the instance on PORT.
+oidc_discover() {  # oidc_discover PORT
+  curl -sS --fail --max-time 10 "http://127.0.0.1:$1/.well-known/openid-configuration" |
+    python3 -c '
+import json, sys
+d = json.load(sys.stdin)
+assert "client_credentials" in d["grant_types_supported"], d["grant_types_supported"]
+print(d["issuer"], d["jwks_uri"], d["token_endpoint"])'
+}
+# Prints an access token from the client-credentials grant at TOKEN_ENDPOINT for RESOURCE.
+oidc_token() {  # oidc_token TOKEN_ENDPOINT RESOURCE
+  curl -sS --max-time 10 -u "$OIDC_CLIENT:$OIDC_SECRET" -d grant_type=client_credentials \
+    --data-urlencode "resource=$2" --data-urlencode "scope=$OIDC_SCOPE" "$1" |
+    python3 -c '
+import json, sys
+body = sys.stdin.read()
+try:
+    print(json.loads(body)["access_token"])
+except Exception:
+    sys.exit("no access_token in the token response: " + body)'
+}
+# Prints a JWT's header and claims, one JSON object a line (for checks and as evidence).
+jwt_show() {  # jwt_show TOKEN
+  python3 -c '
+import base64, json, sys
+for part in sys.argv[1].split(".")[:2]:
+    print(json.dumps(json.loads(base64.urlsafe_b64decode(part + "=" * (-len(part) % 4))), sort_keys=True))' "$1"
+}
+# The token oidc-provider issued is what [auth.jwt] expects: RS256 (or ES256), typ at+jwt, a
+# kid, iss = the discovered issuer, aud "warden", sub = the client id, the requested scopes.
+oidc_claims_ok() {  # oidc_claims_ok TOKEN ALG
+  jwt_show "$1" | python3 -c '
+import json, sys
+alg, iss, sub, scope = sys.argv[1:]
+h, c = (json.loads(l) for l in sys.stdin)
+print("header:", h); print("claims:", c)
+assert h["alg"] == alg and h["typ"] == "at+jwt" and h.get("kid"), "header"
+assert c["iss"] == iss and c["aud"] == "warden" and c["sub"] == sub, "iss/aud/sub"
+assert c["scope"] == scope and c["iat"] <= c["exp"], "scope/exp"' "$2" "$OIDC_ISS" "$OIDC_CLIENT" "$OIDC_SCOPE"
+}
+
+# Subscriber and publisher both log in with TOKEN (user name = the token's sub) and use
+# devices/dev-9/x, inside the token's scopes: three QoS 1 messages must arrive.
+oidc_roundtrip() {  # oidc_roundtrip VERSION TOKEN
+  local v=$1 topic=devices/dev-9/x out sub i want="" got
+  # a fresh, empty output file: an old SUBACK line in it would start the publishing too early
+  out=$(mktemp "$OIDC/sub-rt-$1.XXXXXX") || return 1
+  timeout 30 stdbuf -oL mosquitto_sub -h 127.0.0.1 -p "$OIDC_PORT" -u "$OIDC_CLIENT" -P "$2" \
+    -V "$v" -d -q 1 -t "$topic" -C 3 -W 25 >"$out" 2>&1 &
+  sub=$!
+  BG_PIDS=("$sub")
+  if ! wait_for_line "$out" '^Subscribed \(mid: 1\): 1$' 10; then
+    kill "$sub" 2>/dev/null; wait "$sub" 2>/dev/null; BG_PIDS=()
+    echo "no SUBACK granting QoS 1; subscriber output:"; tail -5 "$out"
+    return 1
+  fi
+  for i in 1 2 3; do
+    want+="oidc-$v-$i "
+    timeout 10 mosquitto_pub -h 127.0.0.1 -p "$OIDC_PORT" -u "$OIDC_CLIENT" -P "$2" -V "$v" -q 1 \
+      -t "$topic" -m "oidc-$v-$i" \
+      || { echo "mosquitto_pub failed"; kill "$sub" 2>/dev/null; wait "$sub" 2>/dev/null; BG_PIDS=(); return 1; }
+  done
+  wait "$sub"
+  BG_PIDS=()
+  got=$(grep -E '^oidc-' "$out" | tr '\n' ' ')
+  [ "$got" = "$want" ] || { echo "expected: $want"; echo "received: $got"; return 1; }
+}
+# MQTT 5 lets a client send a password without a user name (mosquitto_pub and paho cannot):
+# a raw-socket client connects with the token alone, subscribes to devices/dev-9/x and gets its
+# own QoS 1 message back.
+oidc_v5_no_username() {  # oidc_v5_no_username TOKEN
+  python3 - "$OIDC_PORT" "$1" <<'PY'
+import socket, struct, sys
+port, token = int(sys.argv[1]), sys.argv[2].encode()
+def varint(n):
+    out = b""
+    while True:
+        n, b = divmod(n, 128)
+        out += bytes([b | (0x80 if n else 0)])
+        if not n:
+            return out
+def s16(b):
+    return struct.pack("!H", len(b)) + b
+def send(kind, body):
+    sock.sendall(bytes([kind]) + varint(len(body)) + body)
+def take_varint(buf, i):
+    n = shift = 0
+    while True:
+        b = buf[i]; i += 1
+        n |= (b & 0x7F) << shift; shift += 7
+        if b < 0x80:
+            return n, i
+def recv():
+    head = f.read(1)
+    if not head:
+        sys.exit("the broker closed the connection")
+    n = shift = 0
+    while True:
+        b = f.read(1)[0]
+        n |= (b & 0x7F) << shift; shift += 7
+        if b < 0x80:
+            break
+    return head[0], f.read(n)
+sock = socket.create_connection(("127.0.0.1", port), timeout=10)
+f = sock.makefile("rb")
+# CONNECT: "MQTT", level 5, flags = password (0x40) + clean start (0x02), keep alive 30, no
+# properties, client id, and no user name field at all
+send(0x10, s16(b"MQTT") + bytes([5, 0x42]) + struct.pack("!H", 30) + b"\x00"
+     + s16(b"oidc-no-username") + s16(token))
+kind, body = recv()
+if kind != 0x20 or body[1] != 0:
+    sys.exit(f"CONNACK expected with reason 0, got packet 0x{kind:02x} {body[:2].hex()}")
+send(0x82, struct.pack("!H", 1) + b"\x00" + s16(b"devices/dev-9/x") + b"\x01")
+kind, body = recv()
+_, i = take_varint(body, 2)
+if kind != 0x90 or body[i:] != b"\x01":
+    sys.exit(f"SUBACK granting QoS 1 expected, got packet 0x{kind:02x} {body.hex()}")
+send(0x32, s16(b"devices/dev-9/x") + struct.pack("!H", 2) + b"\x00" + b"no-username")
+got_ack = got_msg = False
+while not (got_ack and got_msg):
+    kind, body = recv()
+    if kind == 0x40:
+        if len(body) > 2 and body[2] != 0:
+            sys.exit(f"PUBACK reason 0x{body[2]:02x}")
+        got_ack = True
+    elif kind & 0xF0 == 0x30:
+        n = struct.unpack("!H", body[:2])[0]
+        topic, i = body[2:2 + n], 2 + n
+        if kind & 0x06:
+            pid, i = body[i:i + 2], i + 2
+            send(0x40, pid)
+        plen, i = take_varint(body, i)
+        payload = body[i + plen:]
+        if (topic, payload) != (b"devices/dev-9/x", b"no-username"):
+            sys.exit(f"unexpected message {topic!r} {payload!r}")
+        got_msg = True
+    else:
+        sys.exit(f"unexpected packet 0x{kind:02x}")
+send(0xE0, b"\x00")
+sock.close()
+PY
+}
+# A QoS 1 publish to devices/dev-8/x (outside the token's scopes) ends the connection (on_deny
+# "disconnect"; v5: DISCONNECT 0x87) and reaches nobody: the watching password user's first
+# message is the in-scope one published next. The audit log names the token's sub.
+oidc_publish_denied() {  # oidc_publish_denied VERSION TOKEN
+  local v=$1 out watch res rc
+  out=$(mktemp "$OIDC/watch-$1.XXXXXX") || return 1
+  timeout 30 stdbuf -oL mosquitto_sub -h 127.0.0.1 -p "$OIDC_PORT" -u "$USER_NAME" -P "$USER_PASS" \
+    -d -v -q 1 -t 'devices/#' -C 1 -W 25 >"$out" 2>&1 &
+  watch=$!
+  BG_PIDS=("$watch")
+  wait_for_line "$out" '^Subscribed \(mid' 10 || {
+    kill "$watch" 2>/dev/null; wait "$watch" 2>/dev/null; BG_PIDS=()
+    echo "no SUBACK for the watcher"; tail -5 "$out"; return 1; }
+  res=$(timeout 10 mosquitto_pub -d -h 127.0.0.1 -p "$OIDC_PORT" -u "$OIDC_CLIENT" -P "$2" -V "$v" \
+    -q 1 -t devices/dev-8/x -m "denied-$v" 2>&1)
+  rc=$?
+  if [ "$rc" -eq 0 ] || grep -q 'received PUBACK' <<<"$res"; then
+    echo "the out-of-scope publish was acknowledged:"; echo "$res"
+    kill "$watch" 2>/dev/null; wait "$watch" 2>/dev/null; BG_PIDS=(); return 1
+  fi
+  if [ "$v" = mqttv5 ] && ! grep -q 'Received DISCONNECT (135)' <<<"$res"; then
+    echo "expected DISCONNECT (135), got:"; echo "$res"
+    kill "$watch" 2>/dev/null; wait "$watch" 2>/dev/null; BG_PIDS=(); return 1
+  fi
+  timeout 10 mosquitto_pub -h 127.0.0.1 -p "$OIDC_PORT" -u "$OIDC_CLIENT" -P "$2" -V "$v" -q 1 \
+    -t devices/dev-9/x -m "allowed-$v" || {
+    echo "the in-scope publish failed"; kill "$watch" 2>/dev/null; wait "$watch" 2>/dev/null; BG_PIDS=(); return 1; }
+  wait "$watch"
+  BG_PIDS=()
+  grep -qx "devices/dev-9/x allowed-$v" "$out" || { echo "watcher got:"; cat "$out"; return 1; }
+  grep -q "authorization denied principal=token:$OIDC_CLIENT .*action=\"publish\" topic=\"devices/dev-8/x\"" \
+    "$OIDC_LOG" || { echo "no audit line for the denied publish"; tail -5 "$OIDC_LOG"; return 1; }
+}
+# SUBSCRIBE outside the scopes: SUBACK 0x87 (v5) / 0x80 (v3.1.1).
+oidc_subscribe_denied() {  # oidc_subscribe_denied VERSION WANT TOKEN
+  local out
+  out=$(timeout 10 mosquitto_sub -d -h 127.0.0.1 -p "$OIDC_PORT" -u "$OIDC_CLIENT" -P "$3" -V "$1" \
+    -q 1 -t devices/dev-8/x -C 1 -W 5 2>&1)
+  grep -q "^Subscribed (mid: 1): $2\$" <<<"$out" || { echo "expected SUBACK $2, got:"; echo "$out"; return 1; }
+}
+# Refused at CONNECT with CONNACK WANT, and the broker logs "access token refused" with a
+# reason matching REASON (extended regex) on LOG.
+oidc_refused() {  # oidc_refused VERSION WANT REASON TOKEN [PORT LOG]
+  local port=${5:-$OIDC_PORT} log=${6:-$OIDC_LOG} seen out deadline
+  seen=$(wc -l <"$log")
+  out=$(timeout 10 mosquitto_pub -d -h 127.0.0.1 -p "$port" -u "$OIDC_CLIENT" -P "$4" -V "$1" -q 1 \
+    -t devices/dev-9/x -m refused 2>&1) && { echo "accepted:"; echo "$out"; return 1; }
+  grep -q "received CONNACK ($2)" <<<"$out" || { echo "expected CONNACK ($2), got:"; echo "$out"; return 1; }
+  deadline=$((SECONDS + 5))
+  until tail -n +$((seen + 1)) "$log" | grep -qE "access token refused.*reason=.*($3)"; do
+    if [ "$SECONDS" -ge "$deadline" ]; then
+      echo "no 'access token refused ... ($3)' in the broker log; new lines:"
+      tail -n +$((seen + 1)) "$log"
+      return 1
+    fi
+    sleep 0.1
+  done
+}
+# A token for urn:warden:mqtt:short lives 4 s: the broker closes the connection at its exp
+# (v5 DISCONNECT 0xA0, maximum connect time).
+oidc_expiry() {  # oidc_expiry TOKEN
+  local out
+  out=$(timeout 20 mosquitto_sub -d -h 127.0.0.1 -p "$OIDC_PORT" -u "$OIDC_CLIENT" -P "$1" -V mqttv5 \
+    -q 1 -t devices/dev-9/x 2>&1)
+  grep -q 'Received DISCONNECT (160)' <<<"$out" || { echo "expected DISCONNECT (160), got:"; echo "$out"; return 1; }
+}
+# Flips one character in the middle of the signature (every bit of it is significant there).
+jwt_tamper() {  # jwt_tamper TOKEN
+  python3 -c '
+import sys
+h, p, s = sys.argv[1].split(".")
+i = len(s) // 2
+print(".".join((h, p, s[:i] + ("B" if s[i] == "A" else "A") + s[i + 1:])))' "$1"
+}
+# Prints the kid of a JWT's header.
+jwt_kid() { jwt_show "$1" | python3 -c 'import json, sys; print(json.loads(sys.stdin.readline())["kid"])'; }
+# Starts a broker with [auth.jwt] on PORT; data in DIR, log DIR/warden.log. Sets STARTED_PID.
+start_jwt_broker() {  # start_jwt_broker DIR PORT ISSUER JWKS_URL
+  mkdir -p "$1" || return 1
+  cat >"$1/warden.toml" <<CONF
+data_dir = "$1/data"
+
+[[listener]]
+bind = "127.0.0.1:$2"
+protocol = "mqtt"
+
+[auth]
+allow_anonymous = false
+password_file = "$PASSWD"
+
+[auth.jwt]
+issuer = "$3"
+audience = "warden"
+jwks_url = "$4"
+CONF
+  "$BIN" serve --config "$1/warden.toml" >"$1/warden.log" 2>&1 &
+  STARTED_PID=$!
+  OIDC_PIDS+=("$STARTED_PID")
+  wait_port "$2" 30 "$STARTED_PID" || { echo "broker did not listen; log:"; tail -20 "$1/warden.log"; return 1; }
+}
+
+oidc_checks() {
+  local reason failed_before=$failed tok tok_es tok_other tok_short tok_bad tok_b tok_c tok_d kid_a
+  local port_a port_b port_c port_d iss jwks tokep wd_port wd_pid= wd_start wd_log discovery
+  local inst tok_x tokep_x broker_pid=
+  if ! command -v node >/dev/null || ! command -v npm >/dev/null; then
+    echo "skip oidc-provider checks: node/npm not found"; return
+  fi
+  if ! command -v curl >/dev/null; then
+    echo "skip oidc-provider checks: curl not found"; return
+  fi
+  mkdir -p "$OIDC/npm"
+  if ! (cd "$OIDC/npm" && timeout 180 npm install --prefix "$OIDC/npm" --no-package-lock --no-audit \
+        --no-fund --loglevel=error --fetch-retries=1 oidc-provider@9 >"$OIDC/npm.log" 2>&1); then
+    reason=$(grep -m1 -E 'ERR|error' "$OIDC/npm.log" || head -1 "$OIDC/npm.log")
+    echo "skip oidc-provider checks: 'npm install oidc-provider@9' failed (offline?): ${reason:-no output}"
+    return
+  fi
+  port_a=$(free_port); port_b=$(free_port); port_c=$(free_port); port_d=$(free_port)
+  OIDC_PORT=$(free_port); wd_port=$(free_port)
+  echo "# oidc-provider $(node -p "require('$OIDC/npm/node_modules/oidc-provider/package.json').version"):" \
+    "A on 127.0.0.1:$port_a, B :$port_b, C :$port_c, D :$port_d; brokers on :$OIDC_PORT, :$wd_port"
+
+  # The broker for instance D starts first, while D is down: its JWKS fetch at start fails.
+  wd_log=$OIDC/broker-d/warden.log
+  ocheck "oidc: a broker whose jwks_url is unreachable at start still starts" \
+    start_jwt_broker "$OIDC/broker-d" "$wd_port" "http://127.0.0.1:$port_d" "http://127.0.0.1:$port_d/jwks" \
+    && wd_pid=$STARTED_PID
+  wd_start=$SECONDS
+
+  if ! ocheck "oidc: oidc-provider A starts (issuer http://127.0.0.1:$port_a)" \
+       start_oidc A "$port_a" "http://127.0.0.1:$port_a"; then
+    return
+  fi
+  if ! discovery=$(oidc_discover "$port_a" 2>&1); then
+    fail "oidc: A's discovery document has issuer, jwks_uri, token_endpoint, client_credentials"
+    echo "    $discovery"; return
+  fi
+  ok "oidc: A's discovery document has issuer, jwks_uri, token_endpoint, client_credentials"
+  read -r OIDC_ISS jwks tokep <<<"$discovery"
+  echo "# A: issuer $OIDC_ISS, jwks_uri $jwks, token_endpoint $tokep"
+
+  if ! ocheck "oidc: broker with [auth.jwt] issuer and jwks_url from A's discovery listens" \
+       start_jwt_broker "$OIDC/broker" "$OIDC_PORT" "$OIDC_ISS" "$jwks"; then
+    return
+  fi
+  broker_pid=$STARTED_PID
+  OIDC_LOG=$OIDC/broker/warden.log
+  check "oidc: the broker logged 'JWKS fetched ... keys=2'" grep -q 'JWKS fetched.* keys=2' "$OIDC_LOG"
+
+  tok=$(oidc_token "$tokep" urn:warden:mqtt 2>&1) || { fail "oidc: client-credentials token from A"; echo "    $tok"; return; }
+  ok "oidc: client-credentials token from A (curl -u client:secret, resource urn:warden:mqtt)"
+  check "oidc: A's token: RS256, typ at+jwt, kid, iss = discovered issuer, aud warden, sub $OIDC_CLIENT, scopes" \
+    oidc_claims_ok "$tok" RS256
+  kid_a=$(jwt_kid "$tok")
+
+  check "oidc mosquitto -V mqttv5: token as password, QoS 1 round trip on devices/dev-9/x" \
+    oidc_roundtrip mqttv5 "$tok"
+  check "oidc mosquitto -V mqttv311: user name + token, QoS 1 round trip on devices/dev-9/x" \
+    oidc_roundtrip mqttv311 "$tok"
+  check "oidc raw MQTT 5: token as password without a user name, QoS 1 round trip" \
+    oidc_v5_no_username "$tok"
+  if tok_es=$(oidc_token "$tokep" urn:warden:mqtt:es256 2>&1) && oidc_claims_ok "$tok_es" ES256 >/dev/null; then
+    check "oidc mosquitto -V mqttv5: ES256 token from A, QoS 1 round trip" oidc_roundtrip mqttv5 "$tok_es"
+  else
+    fail "oidc: ES256 token from A (resource urn:warden:mqtt:es256)"; echo "    $tok_es"
+  fi
+
+  check "oidc mosquitto -V mqttv5: publish outside the scopes: DISCONNECT 0x87, not delivered" \
+    oidc_publish_denied mqttv5 "$tok"
+  check "oidc mosquitto -V mqttv311: publish outside the scopes: disconnected, not delivered" \
+    oidc_publish_denied mqttv311 "$tok"
+  check "oidc mosquitto -V mqttv5: subscribe outside the scopes: SUBACK 0x87" \
+    oidc_subscribe_denied mqttv5 135 "$tok"
+  check "oidc mosquitto -V mqttv311: subscribe outside the scopes: SUBACK 0x80" \
+    oidc_subscribe_denied mqttv311 128 "$tok"
+
+  tok_bad=$(jwt_tamper "$tok")
+  check "oidc mosquitto -V mqttv5: A's token with one signature character flipped refused (CONNACK 0x86)" \
+    oidc_refused mqttv5 134 'bad signature' "$tok_bad"
+  check "oidc mosquitto -V mqttv311: A's token with one signature character flipped refused (CONNACK 4)" \
+    oidc_refused mqttv311 4 'bad signature' "$tok_bad"
+  if tok_other=$(oidc_token "$tokep" urn:other:api 2>&1); then
+    check "oidc mosquitto -V mqttv5: A's token for another resource (aud other-api) refused (CONNACK 0x86)" \
+      oidc_refused mqttv5 134 'audience' "$tok_other"
+  else
+    fail "oidc: token from A for urn:other:api"; echo "    $tok_other"
+  fi
+
+  # B and C: same issuer string as A, keys of their own; B's RSA key has A's kid.
+  for inst in B C; do
+    if [ "$inst" = B ]; then
+      ocheck "oidc: oidc-provider B starts (issuer $OIDC_ISS, RSA kid = A's, new keys)" \
+        start_oidc B "$port_b" "$OIDC_ISS" "$kid_a" || continue
+      discovery=$(oidc_discover "$port_b" 2>&1)
+    else
+      ocheck "oidc: oidc-provider C starts (issuer $OIDC_ISS, new keys)" \
+        start_oidc C "$port_c" "$OIDC_ISS" || continue
+      discovery=$(oidc_discover "$port_c" 2>&1)
+    fi
+    read -r iss _ tokep_x <<<"$discovery"
+    [ "$iss" = "$OIDC_ISS" ] || { fail "oidc: $inst's discovery claims issuer $OIDC_ISS"; echo "    $discovery"; continue; }
+    if ! tok_x=$(oidc_token "$tokep_x" urn:warden:mqtt 2>&1) || ! oidc_claims_ok "$tok_x" RS256 >/dev/null; then
+      fail "oidc: token from $inst with A's claims"; echo "    $tok_x"; continue
+    fi
+    if [ "$inst" = B ]; then
+      if [ "$(jwt_kid "$tok_x")" = "$kid_a" ] && [ "$tok_x" != "$tok" ]; then
+        check "oidc mosquitto -V mqttv5: B's token (same iss and kid as A, other key) refused (CONNACK 0x86)" \
+          oidc_refused mqttv5 134 'bad signature' "$tok_x"
+      else
+        fail "oidc: B's token carries A's kid $kid_a"; jwt_show "$tok_x" | sed 's/^/    /'
+      fi
+    else
+      check "oidc mosquitto -V mqttv5: C's token (same iss as A, other key and kid) refused (CONNACK 0x86)" \
+        oidc_refused mqttv5 134 'unknown key id' "$tok_x"
+      check "oidc mosquitto -V mqttv311: C's token refused (CONNACK 4)" \
+        oidc_refused mqttv311 4 'unknown key id' "$tok_x"
+    fi
+  done
+
+  if tok_short=$(oidc_token "$tokep" urn:warden:mqtt:short 2>&1); then
+    check "oidc mosquitto -V mqttv5: a 4 s token's connection is closed at exp (DISCONNECT 0xA0)" \
+      oidc_expiry "$tok_short"
+  else
+    fail "oidc: short-lived token from A"; echo "    $tok_short"
+  fi
+
+  # D, for the broker that could not fetch its JWKS at start.
+  if [ -n "$wd_pid" ] && ocheck "oidc: oidc-provider D starts (issuer http://127.0.0.1:$port_d)" \
+       start_oidc D "$port_d" "http://127.0.0.1:$port_d"; then
+    discovery=$(oidc_discover "$port_d" 2>&1)
+    read -r iss jwks _ <<<"$discovery"
+    check "oidc: D's discovery matches that broker's [auth.jwt] issuer and jwks_url" \
+      test "$iss $jwks" = "http://127.0.0.1:$port_d http://127.0.0.1:$port_d/jwks"
+    check "oidc: that broker logged 'JWKS fetch failed' at start" grep -q 'JWKS fetch failed' "$wd_log"
+    if tok_d=$(oidc_token "http://127.0.0.1:$port_d/token" urn:warden:mqtt 2>&1); then
+      # at most one fetch every 30 s, and the failed start fetch counts: wait that out
+      while [ $((SECONDS - wd_start)) -lt 32 ]; do sleep 1; done
+      check "oidc mosquitto -V mqttv5: D's token accepted once the JWKS is fetched again (unknown kid)" \
+        timeout 10 mosquitto_pub -h 127.0.0.1 -p "$wd_port" -u "$OIDC_CLIENT" -P "$tok_d" -V mqttv5 -q 1 \
+        -t devices/dev-9/x -m after-refetch
+      check "oidc: that broker logged 'JWKS refreshed (unknown kid)'" grep -q 'JWKS refreshed (unknown kid)' "$wd_log"
+    else
+      fail "oidc: token from D"; echo "    $tok_d"
+    fi
+  fi
+
+  check "oidc: broker process still running" kill -0 "$broker_pid"
+  local t leaked=
+  for t in "$tok" "$tok_bad" "${tok_es:-}" "${tok_other:-}" "${tok_short:-}" "${tok_d:-}"; do
+    [ -n "$t" ] || continue
+    grep -qF "${t##*.}" "$OIDC_LOG" "$wd_log" && leaked=1
+  done
+  if [ -n "$leaked" ]; then fail "oidc: no token appears in the broker logs"; else ok "oidc: no token appears in the broker logs"; fi
+
+  if [ "$failed" -ne "$failed_before" ]; then
+    echo "--- last lines of the oidc broker log:"
+    tail -20 "$OIDC_LOG"
+    echo "--- last lines of the JWKS-unreachable-at-start broker log:"
+    tail -10 "$wd_log"
+  fi
+}
+oidc_checks
 
 if [ "$failed" -ne 0 ]; then
   echo "--- last lines of the broker log:"

@@ -119,11 +119,17 @@ impl Broker {
     /// Accept an authenticated CONNECT: bind the client id to `principal`, create, resume or
     /// take over the session, and write the CONNACK to `out`. On refusal the refusing CONNACK
     /// is written to `out` and nothing else changes: no session is touched, no will is sent.
+    ///
+    /// `enhanced_auth` is the final Authentication Data of a completed MQTT 5 enhanced
+    /// authentication (the shell ran the exchange); a CONNECT naming an authentication method
+    /// without it is refused with 0x8C [MQTT-4.12.0-1].
+    #[allow(clippy::too_many_arguments)]
     pub fn connect(
         self: &Arc<Self>,
         connect: Connect,
         principal: Principal,
         waker: Arc<dyn Wake>,
+        enhanced_auth: Option<Bytes>,
         now: Instant,
         out: &mut BytesMut,
     ) -> Result<Connection, ConnectError> {
@@ -134,11 +140,15 @@ impl Broker {
             write_connack(v, false, code, Properties::default(), client_max, out);
             Err(ConnectError(code))
         };
-        if connect.properties.authentication_method.is_some() {
-            // No enhanced authentication method is offered yet [MQTT-4.12.0-1].
-            return refuse(ReasonCode::BAD_AUTHENTICATION_METHOD, out);
-        }
         let mut props = Properties::default();
+        if let Some(method) = &connect.properties.authentication_method {
+            let Some(data) = enhanced_auth else {
+                return refuse(ReasonCode::BAD_AUTHENTICATION_METHOD, out); // [MQTT-4.12.0-1]
+            };
+            // The CONNACK closes the exchange with the same method [MQTT-4.12.0-?].
+            props.authentication_method = Some(method.clone());
+            props.authentication_data = Some(data);
+        }
         let client_id: Arc<str> = if connect.client_id.is_empty() {
             if v != Protocol::V5 && (!connect.clean_start || v == Protocol::V31) {
                 return refuse(ReasonCode::CLIENT_IDENTIFIER_NOT_VALID, out); // [MQTT-3.1.3-8]

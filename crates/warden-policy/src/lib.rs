@@ -5,6 +5,7 @@
 //! - [`password`]: password files (argon2id, Mosquitto `$6$`/`$7$`), hashing and verification.
 //! - [`jwt`]: JSON Web Tokens: verification against a key set, minting for the token service.
 //! - [`authz`]: the one question every publish / subscribe / delivery asks: "is this allowed?".
+//! - [`scram`]: SCRAM-SHA-256 (RFC 5802 / RFC 7677) server state machine for MQTT 5 AUTH.
 //! - [`acl`]: Mosquitto `acl_file` rules (`user`, `topic`, `pattern`), compiled to per-user tries.
 
 pub mod acl;
@@ -13,6 +14,7 @@ pub mod cert;
 pub mod jwt;
 pub mod password;
 pub mod principal;
+pub mod scram;
 
 pub use authz::{Action, AllowAll, Authorizer, Decision, PolicyAuthorizer};
 pub use principal::{Principal, PrincipalKind};

@@ -6,7 +6,14 @@
 //! - PHC strings `$argon2id$…` (also `$argon2i$`, `$argon2d$`); new hashes are argon2id
 //!   ([`hash_password`]);
 //! - Mosquitto `$6$<b64 salt>$<b64 hash>`: SHA-512(password ‖ salt);
-//! - Mosquitto `$7$<iterations>$<b64 salt>$<b64 hash>`: PBKDF2-HMAC-SHA512, 64-byte output.
+//! - Mosquitto `$7$<iterations>$<b64 salt>$<b64 hash>`: PBKDF2-HMAC-SHA512, 64-byte output;
+//! - SCRAM-SHA-256 credentials in the RFC 5803 layout,
+//!   `SCRAM-SHA-256$<iterations>:<b64 salt>$<b64 StoredKey>:<b64 ServerKey>`
+//!   ([`hash_password_scram`]), iterations in
+//!   [`MIN_ITERATIONS`]`..=`[`MAX_ITERATIONS`].
+//!   Such a user can log in with a plain password (checked against StoredKey) and with MQTT 5
+//!   SCRAM-SHA-256 ([`PasswordFile::scram_credentials`], [`crate::scram`]); users with other
+//!   formats can only use plain passwords.
 //!
 //! Pure code: no filesystem, no clock. Errors and `Debug` output never contain hashes or
 //! passwords.
@@ -23,12 +30,22 @@ use base64::Engine as _;
 use sha2::{Digest, Sha512};
 use subtle::ConstantTimeEq;
 
+/// Stored SCRAM-SHA-256 credentials (defined in [`crate::scram`]).
+pub use crate::scram::ScramCredentials;
+use crate::scram::{DEFAULT_ITERATIONS, MAX_ITERATIONS, MIN_ITERATIONS};
+
 /// Largest argon2 working memory accepted from a password file, in 1 KiB blocks (1 GiB).
 /// Larger values would let one line make every verification allocate without bound.
 const MAX_ARGON2_BLOCKS: usize = 1 << 20;
 
 /// Length of the digest in Mosquitto `$6$` / `$7$` hashes.
 const MOSQ_HASH_LEN: usize = 64;
+
+/// Prefix of stored SCRAM-SHA-256 credentials (RFC 5803).
+const SCRAM_PREFIX: &str = "SCRAM-SHA-256$";
+
+/// Salt length for [`hash_password_scram`].
+const SCRAM_SALT_LEN: usize = 16;
 
 /// Standard base64 alphabet; padding optional (Mosquitto writes it, but be lenient).
 const B64: GeneralPurpose = GeneralPurpose::new(
@@ -64,6 +81,10 @@ pub enum Reason {
     MalformedSha512,
     #[error("malformed $7$ hash")]
     MalformedPbkdf2,
+    #[error("malformed SCRAM-SHA-256 hash")]
+    MalformedScram,
+    #[error("SCRAM-SHA-256 iteration count out of range (4096..=1000000)")]
+    ScramIterations,
     #[error("duplicate user (first defined on line {first_line})")]
     DuplicateUser { first_line: usize },
 }
@@ -90,6 +111,8 @@ enum StoredHash {
     Sha512 { salt: Vec<u8>, hash: [u8; MOSQ_HASH_LEN] },
     /// Mosquitto `$7$`.
     Pbkdf2 { iterations: u32, salt: Vec<u8>, hash: [u8; MOSQ_HASH_LEN] },
+    /// RFC 5803 `SCRAM-SHA-256$…`.
+    Scram(ScramCredentials),
 }
 
 impl StoredHash {
@@ -108,6 +131,7 @@ impl StoredHash {
                 pbkdf2::pbkdf2_hmac::<Sha512>(password, salt, *iterations, &mut out);
                 out.ct_eq(hash).into()
             }
+            StoredHash::Scram(creds) => creds.verify_password(password),
         }
     }
 }
@@ -152,6 +176,8 @@ fn parse_hash(s: &str) -> Result<StoredHash, Reason> {
         let salt = decode_salt(salt).ok_or(Reason::MalformedPbkdf2)?;
         let hash = decode_digest(hash).ok_or(Reason::MalformedPbkdf2)?;
         Ok(StoredHash::Pbkdf2 { iterations, salt, hash })
+    } else if let Some(rest) = s.strip_prefix(SCRAM_PREFIX) {
+        parse_scram(rest).map(StoredHash::Scram)
     } else {
         Err(Reason::UnknownFormat)
     }
@@ -172,6 +198,39 @@ fn parse_argon2(s: &str) -> Result<(), Reason> {
         return Err(Reason::Argon2TooLarge);
     }
     Ok(())
+}
+
+/// Parses `<iterations>:<b64 salt>$<b64 StoredKey>:<b64 ServerKey>` (after the prefix).
+fn parse_scram(s: &str) -> Result<ScramCredentials, Reason> {
+    let (params, keys) = s.split_once('$').ok_or(Reason::MalformedScram)?;
+    let (iter, salt) = params.split_once(':').ok_or(Reason::MalformedScram)?;
+    let (stored_key, server_key) = keys.split_once(':').ok_or(Reason::MalformedScram)?;
+    if iter.is_empty() || !iter.bytes().all(|b| b.is_ascii_digit()) {
+        return Err(Reason::MalformedScram);
+    }
+    // Too many digits for a u32 is out of range too, not malformed.
+    let iterations = iter.parse::<u32>().unwrap_or(u32::MAX);
+    if !(MIN_ITERATIONS..=MAX_ITERATIONS).contains(&iterations) {
+        return Err(Reason::ScramIterations);
+    }
+    let salt = decode_salt(salt).ok_or(Reason::MalformedScram)?;
+    let stored_key = decode_key(stored_key).ok_or(Reason::MalformedScram)?;
+    let server_key = decode_key(server_key).ok_or(Reason::MalformedScram)?;
+    Ok(ScramCredentials { salt, iterations, stored_key, server_key })
+}
+
+fn decode_key(s: &str) -> Option<[u8; 32]> {
+    B64.decode(s).ok()?.try_into().ok()
+}
+
+fn format_scram(c: &ScramCredentials) -> String {
+    format!(
+        "{SCRAM_PREFIX}{}:{}${}:{}",
+        c.iterations,
+        B64.encode(&c.salt),
+        B64.encode(c.stored_key),
+        B64.encode(c.server_key)
+    )
 }
 
 fn decode_salt(s: &str) -> Option<Vec<u8>> {
@@ -280,6 +339,17 @@ impl PasswordFile {
     pub fn contains(&self, user: &str) -> bool {
         self.users.contains_key(user)
     }
+
+    /// `user`'s SCRAM-SHA-256 credentials, or `None` when the user is unknown or their line is
+    /// in another format (then pass `None` to
+    /// [`ScramServer::server_first`](crate::scram::ScramServer::server_first), which fails the
+    /// exchange at the proof without revealing which case it was).
+    pub fn scram_credentials(&self, user: &str) -> Option<ScramCredentials> {
+        match self.users.get(user)? {
+            StoredHash::Scram(creds) => Some(creds.clone()),
+            _ => None,
+        }
+    }
 }
 
 /// Checks `password` against one stored hash (any format a password file accepts), e.g. an
@@ -321,6 +391,16 @@ pub fn hash_password(password: &[u8]) -> String {
         // could fail, and argon2 accepts up to 2^32 - 1 bytes.
         .expect("argon2id hashing with default parameters")
         .to_string()
+}
+
+/// Hashes `password` as stored SCRAM-SHA-256 credentials (RFC 5803 layout):
+/// `SCRAM-SHA-256$10000:<b64 16-byte random salt>$<b64 StoredKey>:<b64 ServerKey>`. The
+/// password is used as given (no SASLprep). Such a line serves both plain-password logins and
+/// MQTT 5 SCRAM-SHA-256.
+pub fn hash_password_scram(password: &[u8]) -> String {
+    let mut salt = [0u8; SCRAM_SALT_LEN];
+    rand::RngCore::fill_bytes(&mut rand::rngs::OsRng, &mut salt);
+    format_scram(&ScramCredentials::derive(password, &salt, DEFAULT_ITERATIONS))
 }
 
 /// Returns `file_text` with `user`'s line set to `user:hash`: replaced in place when the user
@@ -386,6 +466,11 @@ dave:$7$101$xMLV0E0XbD07xjjh$5VRL76e0uvTcVcHJ88b+wCnaWCLZGGmwEBthhfu0TAKZXpJzbYs
 
     const SHA6: &str =
         "$6$WVhX5N17EUPraG/4$vhV+Kl7RPBhLbrULK5CoSXqJOEfh3aQTzCCbUAl9ZJ/qmBKYaZBwh7RBn7k+qZgompvAunEb6rMZUEAGcIzIsQ==";
+
+    // RFC 7677 §3: user "user", password "pencil", salt W22ZaJ0SNY7soEsUEjb6gQ==, i=4096.
+    // StoredKey / ServerKey computed independently (Python hashlib / hmac).
+    const RFC7677_LINE: &str = "user:SCRAM-SHA-256$4096:W22ZaJ0SNY7soEsUEjb6gQ==$\
+        WG5d8oPm3OtcPnkdi4Uo7BkeZkBFzpcXkuLmtbsT4qY=:wfPLwcE6nTWhTAmQ7tl2KeoiWGPlZqQxSrmfPwDl2dU=";
 
     fn line_err(text: &str) -> (usize, Reason) {
         match PasswordFile::parse(text) {
@@ -585,8 +670,125 @@ dave:$7$101$xMLV0E0XbD07xjjh$5VRL76e0uvTcVcHJ88b+wCnaWCLZGGmwEBthhfu0TAKZXpJzbYs
         );
     }
 
+    #[test]
+    fn scram_round_trip() {
+        let h = hash_password_scram(b"hunter2");
+        let (params, keys) = h.strip_prefix("SCRAM-SHA-256$10000:").unwrap().split_once('$').unwrap();
+        assert_eq!(B64.decode(params).unwrap().len(), 16, "{h}");
+        assert!(keys.split_once(':').is_some(), "{h}");
+        assert_ne!(h, hash_password_scram(b"hunter2"));
+        assert!(is_valid_hash(&h));
+        assert!(verify_hash(&h, b"hunter2"));
+
+        let argon = hash_password(b"pw");
+        let f = PasswordFile::parse(&format!(
+            "alice:{h}
+bob:{argon}
+"
+        ))
+        .unwrap();
+        assert!(f.verify("alice", b"hunter2"));
+        assert!(!f.verify("alice", b"hunter3"));
+        assert!(!f.verify("alice", b""));
+        assert!(!f.verify("bob", b"hunter2"));
+        assert!(f.verify("bob", b"pw"));
+
+        let creds = f.scram_credentials("alice").unwrap();
+        assert_eq!((creds.iterations, creds.salt.len()), (10_000, 16));
+        assert!(creds.verify_password(b"hunter2"));
+        assert_eq!(creds, ScramCredentials::derive(b"hunter2", &creds.salt, 10_000));
+        assert!(f.scram_credentials("bob").is_none());
+        assert!(f.scram_credentials("carol").is_none());
+
+        // upsert keeps the format.
+        let t = upsert_user("", "carol", &h).unwrap();
+        assert!(PasswordFile::parse(&t).unwrap().verify("carol", b"hunter2"));
+        let err = format!("{:?}", PasswordFile::parse(&format!("a:{h}\na:{h}")).unwrap_err());
+        assert!(!err.contains(params), "{err}");
+    }
+
+    #[test]
+    fn scram_rfc7677_vector() {
+        let salt = B64.decode("W22ZaJ0SNY7soEsUEjb6gQ==").unwrap();
+        let derived = ScramCredentials::derive(b"pencil", &salt, 4096);
+        assert_eq!(B64.encode(derived.stored_key), "WG5d8oPm3OtcPnkdi4Uo7BkeZkBFzpcXkuLmtbsT4qY=");
+        assert_eq!(B64.encode(derived.server_key), "wfPLwcE6nTWhTAmQ7tl2KeoiWGPlZqQxSrmfPwDl2dU=");
+        assert_eq!(format!("user:{}", format_scram(&derived)), RFC7677_LINE);
+
+        let f = PasswordFile::parse(RFC7677_LINE).unwrap();
+        assert!(f.verify("user", b"pencil"));
+        assert!(!f.verify("user", b"Pencil"));
+        let creds = f.scram_credentials("user").unwrap();
+        assert_eq!(creds, derived);
+
+        // The RFC 7677 §3 exchange against the file's credentials.
+        use crate::scram::ScramServer;
+        let first = ScramServer::client_first(b"n,,n=user,r=rOprNGfwEbeRWgbNEkqO").unwrap();
+        let creds = f.scram_credentials(&first.username);
+        let (server, _) =
+            ScramServer::server_first_with_nonce(first, creds.as_ref(), "%hvYDpWUa2RaTCAfuxFIlj)hNlF$k0").unwrap();
+        let c_final = "c=biws,r=rOprNGfwEbeRWgbNEkqO%hvYDpWUa2RaTCAfuxFIlj)hNlF$k0,\
+                       p=dHzbZapWIk4jUhN+Ute9ytag9zjfMHgsqmmiz7AndVQ=";
+        let (user, s_final) = server.client_final(c_final.as_bytes()).unwrap();
+        assert_eq!(user, "user");
+        assert_eq!(s_final, b"v=6rriTRBi23WpRR/wtup+mMhUZUn/dB5nLTJRsjl95G4=");
+    }
+
+    #[test]
+    fn scram_malformed_lines() {
+        let salt = "W22ZaJ0SNY7soEsUEjb6gQ==";
+        let keys = "WG5d8oPm3OtcPnkdi4Uo7BkeZkBFzpcXkuLmtbsT4qY=:wfPLwcE6nTWhTAmQ7tl2KeoiWGPlZqQxSrmfPwDl2dU=";
+        let short = "c2hvcnQ=";
+        let cases: Vec<(String, Reason)> = vec![
+            (format!("SCRAM-SHA-256$4095:{salt}${keys}"), Reason::ScramIterations),
+            (format!("SCRAM-SHA-256$1000001:{salt}${keys}"), Reason::ScramIterations),
+            (format!("SCRAM-SHA-256$0:{salt}${keys}"), Reason::ScramIterations),
+            (format!("SCRAM-SHA-256$99999999999999:{salt}${keys}"), Reason::ScramIterations),
+            (format!("SCRAM-SHA-256$:{salt}${keys}"), Reason::MalformedScram),
+            (format!("SCRAM-SHA-256$+4096:{salt}${keys}"), Reason::MalformedScram),
+            (format!("SCRAM-SHA-256$4096${keys}"), Reason::MalformedScram),
+            (format!("SCRAM-SHA-256$4096:{salt}"), Reason::MalformedScram),
+            (format!("SCRAM-SHA-256$4096:${keys}"), Reason::MalformedScram),
+            (format!("SCRAM-SHA-256$4096:!!!${keys}"), Reason::MalformedScram),
+            (format!("SCRAM-SHA-256$4096:{salt}${short}:{short}"), Reason::MalformedScram),
+            (format!("SCRAM-SHA-256$4096:{salt}$WG5d8oPm3OtcPnkdi4Uo7BkeZkBFzpcXkuLmtbsT4qY="), Reason::MalformedScram),
+            (format!("SCRAM-SHA-256$4096:{salt}${keys}:x"), Reason::MalformedScram),
+            (format!("SCRAM-SHA-256$4096:{salt}${keys}$"), Reason::MalformedScram),
+            (format!("SCRAM-SHA-1$4096:{salt}${keys}"), Reason::UnknownFormat),
+            (format!("scram-sha-256$4096:{salt}${keys}"), Reason::UnknownFormat),
+        ];
+        for (hash, reason) in cases {
+            assert_eq!(line_err(&format!("u:{hash}")), (1, reason), "{hash}");
+            assert!(!is_valid_hash(&hash), "{hash}");
+        }
+        // Both bounds are inclusive.
+        assert!(is_valid_hash(&format!("SCRAM-SHA-256$4096:{salt}${keys}")));
+        assert!(is_valid_hash(&format!("SCRAM-SHA-256$1000000:{salt}${keys}")));
+    }
+
     proptest! {
         #![proptest_config(ProptestConfig::with_cases(256))]
+
+        #[test]
+        fn scram_like_lines_never_panic(
+            iter in prop_oneof![Just("4096".to_owned()), "[0-9+-]{0,12}"],
+            salt in proptest::collection::vec(any::<u8>(), 0..20),
+            stored in proptest::collection::vec(any::<u8>(), 30..34),
+            server in proptest::collection::vec(any::<u8>(), 30..34),
+            tail in "[A-Za-z0-9+/=:$]{0,8}",
+            password in proptest::collection::vec(any::<u8>(), 0..32),
+        ) {
+            let (s, a, b) = (B64.encode(&salt), B64.encode(&stored), B64.encode(&server));
+            let text = format!("u:SCRAM-SHA-256${iter}:{s}${a}:{b}{tail}\n");
+            if let Ok(f) = PasswordFile::parse(&text) {
+                let c = f.scram_credentials("u").unwrap();
+                prop_assert!((4096..=1_000_000).contains(&c.iterations));
+                // Keep the test fast: only run cheap derivations.
+                if c.iterations <= 10_000 {
+                    prop_assert!(!f.verify("u", &password) || password.is_empty() || stored.len() == 32);
+                }
+            }
+        }
 
         #[test]
         fn parse_and_verify_never_panic(

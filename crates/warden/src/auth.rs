@@ -86,6 +86,17 @@ impl Authenticator {
         })
     }
 
+    /// True when SCRAM-SHA-256 can run: a password file is configured (users with SCRAM lines
+    /// can complete it; others fail at the proof, indistinguishably).
+    pub fn scram_enabled(&self) -> bool {
+        self.passwords.read().is_some()
+    }
+
+    /// SCRAM credentials of `user` (None: unknown user or a non-SCRAM line).
+    pub fn scram_credentials(&self, user: &str) -> Option<warden_policy::password::ScramCredentials> {
+        self.passwords.read().as_ref().and_then(|f| f.scram_credentials(user))
+    }
+
     /// The password file in use, if any.
     pub fn password_path(&self) -> Option<&std::path::Path> {
         self.password_path.as_deref()

@@ -133,6 +133,63 @@ async fn read_connect<R: AsyncRead + Unpin>(rd: &mut R, buf: &mut BytesMut, max:
     }
 }
 
+/// The SCRAM-SHA-256 exchange (RFC 5802 / 7677) carried in CONNECT → AUTH (0x18) → AUTH (0x18)
+/// → CONNACK. Returns the user name and the server-final message, or the CONNACK refusal:
+/// 0x8C for an unsupported method (or no SCRAM credentials configured), 0x86 for a failed
+/// proof (the same exchange whether the user exists or not), 0x82 for a protocol violation.
+async fn scram_exchange<R, W>(
+    connect: &mqtt_codec::Connect,
+    rd: &mut R,
+    wr: &mut W,
+    rbuf: &mut BytesMut,
+    max: u32,
+    auth: &Authenticator,
+) -> Result<(String, Vec<u8>), ReasonCode>
+where
+    R: AsyncRead + Unpin,
+    W: AsyncWrite + Unpin,
+{
+    use mqtt_codec::{Auth, Properties};
+    use warden_policy::scram::ScramServer;
+    let method = connect.properties.authentication_method.clone().unwrap_or_default();
+    if connect.protocol != Protocol::V5 || method != "SCRAM-SHA-256" || !auth.scram_enabled() {
+        return Err(ReasonCode::BAD_AUTHENTICATION_METHOD);
+    }
+    let first_data = connect.properties.authentication_data.as_deref().unwrap_or_default();
+    let first = ScramServer::client_first(first_data).map_err(|_| ReasonCode::BAD_USER_NAME_OR_PASSWORD)?;
+    let creds = auth.scram_credentials(&first.username);
+    let (server, server_first) = ScramServer::server_first(first, creds.as_ref());
+    let mut out = BytesMut::new();
+    let props = Properties {
+        authentication_method: Some(method.clone()),
+        authentication_data: Some(bytes::Bytes::from(server_first)),
+        ..Default::default()
+    };
+    Packet::Auth(Auth { reason_code: ReasonCode::CONTINUE_AUTHENTICATION, properties: props })
+        .encode(Protocol::V5, &mut out);
+    wr.write_all(&out).await.map_err(|_| ReasonCode::UNSPECIFIED_ERROR)?;
+    let reply = loop {
+        match decode(rbuf, Protocol::V5, max) {
+            Ok(Some(p)) => break p,
+            Ok(None) => {}
+            Err(e) => return Err(e.reason_code()),
+        }
+        rbuf.reserve(4096);
+        match rd.read_buf(rbuf).await {
+            Ok(0) | Err(_) => return Err(ReasonCode::UNSPECIFIED_ERROR),
+            Ok(_) => {}
+        }
+    };
+    let Packet::Auth(a) = reply else { return Err(ReasonCode::PROTOCOL_ERROR) };
+    if a.reason_code != ReasonCode::CONTINUE_AUTHENTICATION
+        || a.properties.authentication_method.as_deref() != Some(&method)
+    {
+        return Err(ReasonCode::PROTOCOL_ERROR); // the method may not change mid-exchange [MQTT-4.12.0-?]
+    }
+    let data = a.properties.authentication_data.as_deref().unwrap_or_default();
+    server.client_final(data).map_err(|_| ReasonCode::BAD_USER_NAME_OR_PASSWORD)
+}
+
 /// Drive one connection to its end. `cert` is what TLS proved about the client.
 pub async fn run<S>(stream: S, peer: SocketAddr, cert: CertIdentity, ctx: Arc<ConnContext>)
 where
@@ -158,7 +215,38 @@ where
         }
     };
     let protocol = connect.protocol;
-    let authed = match ctx.auth.authenticate(&connect, cert, peer).await.and_then(|a| {
+    // MQTT 5 enhanced authentication (SCRAM-SHA-256) runs before the CONNACK, within the
+    // same connect_timeout [MQTT-4.12.0-?].
+    let mut enhanced_auth = None;
+    let mut scram_principal = None;
+    if connect.properties.authentication_method.is_some() {
+        let exchange = tokio::time::timeout(
+            ctx.connect_timeout,
+            scram_exchange(&connect, &mut rd, &mut wr, &mut rbuf, ctx.max_packet_size, &ctx.auth),
+        )
+        .await
+        .unwrap_or(Err(ReasonCode::NOT_AUTHORIZED));
+        match exchange {
+            Ok((user, server_final)) => {
+                scram_principal = Some(warden_policy::Principal::user(&user));
+                enhanced_auth = Some(bytes::Bytes::from(server_final));
+            }
+            Err(code) => {
+                info!(%peer, client_id = %connect.client_id, reason = %code, "enhanced authentication refused");
+                ctx.broker.stats.connections_refused.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                let client_max = connect.properties.maximum_packet_size.unwrap_or(u32::MAX);
+                write_connack(protocol, false, code, Default::default(), client_max, &mut wbuf);
+                let _ = wr.write_all(&wbuf).await;
+                let _ = wr.shutdown().await;
+                return;
+            }
+        }
+    }
+    let authenticated = match scram_principal {
+        Some(p) => Ok(crate::auth::Authenticated::from(p)),
+        None => ctx.auth.authenticate(&connect, cert, peer).await,
+    };
+    let authed = match authenticated.and_then(|a| {
         ctx.auth.check_client_id(&a.principal, &connect.client_id)?;
         Ok(a)
     }) {
@@ -183,15 +271,17 @@ where
     let revocation = authed.token.as_ref().and_then(|t| t.jti.as_deref()).map(|jti| ctx.live_tokens.register(jti));
     let notify = Arc::new(NotifyWake(Notify::new()));
     let client_id_req = connect.client_id.clone();
-    let mut conn = match ctx.broker.connect(*connect, principal.clone(), notify.clone(), Instant::now(), &mut wbuf) {
-        Ok(c) => c,
-        Err(e) => {
-            info!(%peer, client_id = %client_id_req, principal = %principal, reason = %e.0, "connection refused");
-            let _ = wr.write_all(&wbuf).await;
-            let _ = wr.shutdown().await;
-            return;
-        }
-    };
+    let mut conn =
+        match ctx.broker.connect(*connect, principal.clone(), notify.clone(), enhanced_auth, Instant::now(), &mut wbuf)
+        {
+            Ok(c) => c,
+            Err(e) => {
+                info!(%peer, client_id = %client_id_req, principal = %principal, reason = %e.0, "connection refused");
+                let _ = wr.write_all(&wbuf).await;
+                let _ = wr.shutdown().await;
+                return;
+            }
+        };
     debug!(%peer, client_id = %conn.client_id(), principal = %principal, ?protocol, "client connected");
     let limits = Limits { token_deadline, revoked: revocation.as_ref().map(|r| r.signal.clone()) };
     let close = drive(&mut conn, &mut rd, &mut wr, &mut rbuf, &mut wbuf, &notify, &ctx, limits).await;

@@ -7,7 +7,15 @@ use std::io::{self, BufRead, Write};
 use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context};
-use warden_policy::password::{hash_password, upsert_user};
+use warden_policy::password::{hash_password, hash_password_scram, upsert_user};
+
+fn make_hash(args: &PasswdArgs, password: &[u8]) -> String {
+    if args.scram {
+        hash_password_scram(password)
+    } else {
+        hash_password(password)
+    }
+}
 
 /// Add or update a user in a password file (argon2id), or print a hash.
 #[derive(clap::Args, Debug)]
@@ -24,19 +32,23 @@ pub struct PasswdArgs {
     /// Print just the argon2id hash of one password line read from stdin.
     #[arg(long, conflicts_with_all = ["file", "user"])]
     pub hash_only: bool,
+    /// Store SCRAM-SHA-256 credentials (RFC 5803 form) instead of argon2id: the user can then
+    /// log in with MQTT 5 enhanced authentication (SCRAM-SHA-256) as well as with the password.
+    #[arg(long)]
+    pub scram: bool,
 }
 
 pub fn run(args: &PasswdArgs) -> anyhow::Result<()> {
     if args.hash_only {
         let password = read_stdin_line()?;
-        println!("{}", hash_password(&password));
+        println!("{}", make_hash(args, &password));
         return Ok(());
     }
     let (Some(file), Some(user)) = (&args.file, &args.user) else {
         bail!("usage: warden passwd FILE USER [--password-stdin] | warden passwd --hash-only");
     };
     let password = if args.password_stdin { read_stdin_line()? } else { read_terminal_twice()? };
-    let hash = hash_password(&password);
+    let hash = make_hash(args, &password);
 
     let existing = match fs::read_to_string(file) {
         Ok(text) => Some(text),

@@ -79,10 +79,14 @@ impl TokenAuth {
                 if let Some(s) = &c.hs256_secret {
                     static_keys.add_hs256_secret(s.0.as_bytes());
                 }
+                // A failed first fetch does not count against the refresh rate limit: the first
+                // token with a kid then triggers a fetch at once.
+                let mut fetched_at = None;
                 let url_keys = match &c.jwks_url {
                     Some(u) => match fetch_jwks(u) {
                         Ok(k) => {
                             info!(url = %u, keys = k.len(), "JWKS fetched");
+                            fetched_at = Some(Instant::now());
                             k
                         }
                         Err(e) => {
@@ -100,7 +104,7 @@ impl TokenAuth {
                     },
                     static_keys,
                     url_keys: RwLock::new(url_keys),
-                    last_fetch: Mutex::new(c.jwks_url.as_ref().map(|_| Instant::now())),
+                    last_fetch: Mutex::new(fetched_at),
                     url: c.jwks_url.clone(),
                     subject_must_match: c.subject_must_match,
                 })
