@@ -64,6 +64,7 @@ pub struct Broker {
     subs: RwLock<SubTrie>,
     retained: RwLock<RetainedStore>,
     authorizer: RwLock<Arc<dyn Authorizer>>,
+    policy_gen: AtomicU64,
     next_id: AtomicU64,
     started: Instant,
 }
@@ -82,6 +83,7 @@ impl Broker {
             subs: RwLock::new(SubTrie::default()),
             retained: RwLock::new(RetainedStore::default()),
             authorizer: RwLock::new(authorizer),
+            policy_gen: AtomicU64::new(0),
             next_id: AtomicU64::new(1),
             started: now,
         })
@@ -92,9 +94,16 @@ impl Broker {
         self.authorizer.read().clone()
     }
 
-    /// Swap the authorization policy (takes effect for the next decision).
+    /// Swap the authorization policy. It takes effect for the next decision, including the
+    /// delivery of messages already queued (they are authorized again before they are sent).
     pub fn set_authorizer(&self, a: Arc<dyn Authorizer>) {
         *self.authorizer.write() = a;
+        self.policy_gen.fetch_add(1, Ordering::AcqRel);
+    }
+
+    /// Generation of the authorization policy (changes with every [`Broker::set_authorizer`]).
+    pub fn policy_generation(&self) -> u64 {
+        self.policy_gen.load(Ordering::Acquire)
     }
 
     fn next_id(&self) -> u64 {
@@ -414,6 +423,7 @@ impl Broker {
         if targets.len() > 1 {
             targets.sort_unstable_by_key(|t| (t.session.id, t.shared));
         }
+        let policy_gen = self.policy_generation();
         let authz = self.authorizer();
         let mut queued = 0;
         let mut i = 0;
@@ -437,7 +447,13 @@ impl Broker {
                 inc(&self.stats.denied);
                 continue;
             }
-            let d = Delivery { msg: msg.clone(), qos: qos.min(msg.qos), retain: rap && msg.retain, sub_ids: ids };
+            let d = Delivery {
+                msg: msg.clone(),
+                qos: qos.min(msg.qos),
+                retain: rap && msg.retain,
+                sub_ids: ids,
+                policy_gen,
+            };
             match s.enqueue(d, self.config.max_queued_messages, self.config.max_queued_bytes) {
                 Enqueued::Queued => queued += 1,
                 Enqueued::Dropped => inc(&self.stats.messages_dropped),

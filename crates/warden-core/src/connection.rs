@@ -361,7 +361,13 @@ impl Connection {
                     }
                     let qos = m.qos.min(opts.qos);
                     // Retained messages sent on subscribe carry RETAIN = 1 [MQTT-3.3.1-8].
-                    retained.push(Delivery { msg: m, qos, retain: true, sub_ids: sub_id.into_iter().collect() });
+                    retained.push(Delivery {
+                        msg: m,
+                        qos,
+                        retain: true,
+                        sub_ids: sub_id.into_iter().collect(),
+                        policy_gen: self.broker.policy_generation(),
+                    });
                 }
             }
         }
@@ -473,6 +479,11 @@ impl Connection {
             let Some(d) = st.pop() else { break };
             if d.msg.expired(now) {
                 continue; // [MQTT-3.3.2-5]
+            }
+            if d.policy_gen != broker.policy_generation()
+                && !self.authorize(Action::Receive, d.msg.topic.as_str()).is_allowed()
+            {
+                continue; // queued under a policy that has since changed, and now denied
             }
             let packet_id = if d.qos == QoS::AtMostOnce {
                 0

@@ -24,6 +24,9 @@ pub struct Delivery {
     pub retain: bool,
     /// v5 Subscription Identifiers of the matching subscriptions.
     pub sub_ids: Vec<u32>,
+    /// The policy generation `receive` was authorized under; a delivery queued under an
+    /// older policy is authorized again before it is sent.
+    pub policy_gen: u64,
 }
 
 /// Where an outbound QoS 1/2 delivery stands.
