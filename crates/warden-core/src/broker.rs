@@ -212,7 +212,7 @@ impl Broker {
             let mut reg = self.sessions.lock();
             let existing = reg.get(&client_id).filter(|s| !s.is_ended()).cloned();
             if let Some(s) = &existing {
-                if !s.owner.same_identity(&principal) {
+                if !s.owner().same_identity(&principal) {
                     // SPEC §3: a client id belongs to the principal that holds its session.
                     drop(reg);
                     return refuse(ReasonCode::NOT_AUTHORIZED, out);
@@ -227,6 +227,9 @@ impl Broker {
                     st.pending_will = None;
                     st.expiry_interval = expiry;
                     drop(st);
+                    // Same identity; the grants are the new connection's (a narrower token
+                    // narrows the live subscriptions at once).
+                    s.set_owner(principal.clone());
                     s.set_connected(true);
                     (s, true, old.map(|l| l.waker))
                 }
@@ -384,7 +387,7 @@ impl Broker {
     /// Publish `s`'s will, if its owner may still publish there.
     fn publish_will(&self, s: &Session, w: LastWill, now: Instant) {
         let d = self.authorizer().authorize(
-            &s.owner,
+            &s.owner(),
             &s.client_id,
             Action::Publish { qos: w.qos as u8, retain: w.retain },
             w.topic.as_str(),
@@ -443,7 +446,7 @@ impl Broker {
             }
             let s = &t.session;
             i = j;
-            if !authz.authorize(&s.owner, &s.client_id, Action::Receive, msg.topic.as_str()).is_allowed() {
+            if !authz.authorize(&s.owner(), &s.client_id, Action::Receive, msg.topic.as_str()).is_allowed() {
                 inc(&self.stats.denied);
                 continue;
             }

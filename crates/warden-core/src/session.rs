@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use mqtt_codec::{LastWill, QoS, SubscriptionOptions, TopicFilter};
-use parking_lot::Mutex;
+use parking_lot::{Mutex, RwLock};
 use warden_policy::Principal;
 
 use crate::message::Message;
@@ -109,8 +109,9 @@ pub struct Session {
     pub id: u64,
     /// The client identifier.
     pub client_id: Arc<str>,
-    /// The principal the client id is bound to (SPEC §3).
-    pub owner: Principal,
+    /// The principal the client id is bound to (SPEC §3). Its identity never changes; its
+    /// grants (token scopes, look-up rules) are those of the latest connection.
+    owner: RwLock<Principal>,
     connected: AtomicBool,
     ended: AtomicBool,
     /// Mutable state.
@@ -134,7 +135,7 @@ impl Session {
         Session {
             id,
             client_id,
-            owner,
+            owner: RwLock::new(owner),
             connected: AtomicBool::new(false),
             ended: AtomicBool::new(false),
             state: Mutex::new(SessionState {
@@ -151,6 +152,16 @@ impl Session {
                 dropped: 0,
             }),
         }
+    }
+
+    /// The principal that owns the session (read lock held while borrowed).
+    pub fn owner(&self) -> parking_lot::RwLockReadGuard<'_, Principal> {
+        self.owner.read()
+    }
+
+    /// A resuming connection of the same identity brings its current grants.
+    pub(crate) fn set_owner(&self, p: Principal) {
+        *self.owner.write() = p;
     }
 
     /// True while a network connection is attached (lock-free hint for shared-subscription picks).

@@ -139,7 +139,11 @@ impl TokenAuth {
         }
         if let Some(x) = &self.external {
             match x.verify(token, now).await {
-                Ok(v) => return Some(grant(v, x.subject_must_match, connect)),
+                Ok(mut v) => {
+                    // A token accepted within the leeway lives as long as the leeway allows.
+                    v.expires_at = v.expires_at.saturating_add(x.settings.leeway_secs);
+                    return Some(grant(v, x.subject_must_match, connect));
+                }
                 Err(e) => last_err = e.to_string(),
             }
         }
