@@ -219,6 +219,7 @@ where
     // same connect_timeout [MQTT-4.12.0-?].
     let mut enhanced_auth = None;
     let mut scram_principal = None;
+    let mut scram_user = None;
     if connect.properties.authentication_method.is_some() {
         let exchange = tokio::time::timeout(
             ctx.connect_timeout,
@@ -229,6 +230,7 @@ where
         match exchange {
             Ok((user, server_final)) => {
                 scram_principal = Some(warden_policy::Principal::user(&user));
+                scram_user = Some(user);
                 enhanced_auth = Some(bytes::Bytes::from(server_final));
             }
             Err(code) => {
@@ -283,7 +285,7 @@ where
             }
         };
     debug!(%peer, client_id = %conn.client_id(), principal = %principal, ?protocol, "client connected");
-    let limits = Limits { token_deadline, revoked: revocation.as_ref().map(|r| r.signal.clone()) };
+    let limits = Limits { token_deadline, revoked: revocation.as_ref().map(|r| r.signal.clone()), scram_user };
     let close = drive(&mut conn, &mut rd, &mut wr, &mut rbuf, &mut wbuf, &notify, &ctx, limits).await;
     drop(revocation);
     // Flush what is pending (a DISCONNECT with a reason code, for instance), briefly.
@@ -301,6 +303,64 @@ struct Limits {
     token_deadline: Option<tokio::time::Instant>,
     /// Fires when the access token is revoked.
     revoked: Option<Arc<Notify>>,
+    /// The user of a connection authenticated with SCRAM-SHA-256 (it may re-authenticate).
+    scram_user: Option<String>,
+}
+
+/// MQTT 5 re-authentication (§4.12.1) of a SCRAM-authenticated connection: AUTH 0x19
+/// (client-first) → AUTH 0x18 (server-first) → AUTH 0x18 (client-final) → AUTH 0x00
+/// (server-final). The same user must prove itself again; a failure disconnects with 0x87.
+#[derive(Default)]
+enum Reauth {
+    #[default]
+    Idle,
+    AwaitFinal(warden_policy::scram::ScramServer),
+}
+
+impl Reauth {
+    fn step(
+        &mut self,
+        a: mqtt_codec::Auth,
+        user: &str,
+        auth: &Authenticator,
+        out: &mut BytesMut,
+    ) -> Result<(), ReasonCode> {
+        use mqtt_codec::{Auth, Properties};
+        use warden_policy::scram::ScramServer;
+        const METHOD: &str = "SCRAM-SHA-256";
+        // The method may not change [MQTT-4.12.1-1].
+        if a.properties.authentication_method.as_deref() != Some(METHOD) {
+            return Err(ReasonCode::PROTOCOL_ERROR);
+        }
+        let data = a.properties.authentication_data.as_deref().unwrap_or_default();
+        let reply = |code: ReasonCode, data: Vec<u8>, out: &mut BytesMut| {
+            let properties = Properties {
+                authentication_method: Some(METHOD.into()),
+                authentication_data: Some(bytes::Bytes::from(data)),
+                ..Default::default()
+            };
+            Packet::Auth(Auth { reason_code: code, properties }).encode(Protocol::V5, out);
+        };
+        match (std::mem::take(self), a.reason_code) {
+            (Reauth::Idle, ReasonCode::REAUTHENTICATE) => {
+                let first = ScramServer::client_first(data).map_err(|_| ReasonCode::NOT_AUTHORIZED)?;
+                if first.username != user {
+                    return Err(ReasonCode::NOT_AUTHORIZED); // the identity may not change
+                }
+                let creds = auth.scram_credentials(&first.username);
+                let (server, server_first) = ScramServer::server_first(first, creds.as_ref());
+                reply(ReasonCode::CONTINUE_AUTHENTICATION, server_first, out);
+                *self = Reauth::AwaitFinal(server);
+                Ok(())
+            }
+            (Reauth::AwaitFinal(server), ReasonCode::CONTINUE_AUTHENTICATION) => {
+                let (_, server_final) = server.client_final(data).map_err(|_| ReasonCode::NOT_AUTHORIZED)?;
+                reply(ReasonCode::SUCCESS, server_final, out);
+                Ok(())
+            }
+            _ => Err(ReasonCode::PROTOCOL_ERROR),
+        }
+    }
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -329,12 +389,19 @@ where
         Err(c) => return c,
     };
     let mut pending_input = !rbuf.is_empty();
+    let mut reauth = Reauth::default();
     loop {
         if pending_input {
             pending_input = false;
             let now = Instant::now();
             loop {
                 match decode(rbuf, protocol, ctx.max_packet_size) {
+                    Ok(Some(Packet::Auth(a))) if limits.scram_user.is_some() => {
+                        if let Err(code) = reauth.step(a, limits.scram_user.as_deref().unwrap_or(""), &ctx.auth, wbuf) {
+                            info!(client_id = %conn.client_id(), reason = %code, "re-authentication refused");
+                            return conn.disconnect(wbuf, code);
+                        }
+                    }
                     Ok(Some(p)) => {
                         if let Err(c) = conn.handle(p, now, wbuf) {
                             return c;

@@ -13,22 +13,8 @@ fn hmac256(key: &[u8], msg: &[u8]) -> Vec<u8> {
     hmac::sign(&hmac::Key::new(hmac::HMAC_SHA256, key), msg).as_ref().to_vec()
 }
 
-/// Run the client side; returns what the broker finally answered.
-async fn scram_login(b: &TestBroker, user: &str, password: &str) -> Recv {
-    let nonce = "fyko+d2lbbFgONRv9qkxdawL";
-    let bare = format!("n={user},r={nonce}");
-    let mut c = connect_packet(Protocol::V5, "scram-client", true);
-    c.properties.authentication_method = Some(METHOD.into());
-    c.properties.authentication_data = Some(format!("n,,{bare}").into_bytes().into());
-    let (mut cl, r) = RawClient::connect(b.addr(), c).await;
-    let server_first = match r {
-        Recv::Packet(Packet::Auth(a)) => {
-            assert_eq!(a.reason_code, ReasonCode::CONTINUE_AUTHENTICATION);
-            assert_eq!(a.properties.authentication_method.as_deref(), Some(METHOD));
-            String::from_utf8(a.properties.authentication_data.unwrap().to_vec()).unwrap()
-        }
-        other => return other,
-    };
+/// The client-final message for `server_first`, and the server-final message to expect.
+fn client_final(bare: &str, nonce: &str, server_first: &str, password: &str) -> (String, String) {
     let mut r = String::new();
     let mut salt = Vec::new();
     let mut iters = 0u32;
@@ -56,23 +42,51 @@ async fn scram_login(b: &TestBroker, user: &str, password: &str) -> Recv {
     let auth_message = format!("{bare},{server_first},{without_proof}");
     let signature = hmac256(stored_key.as_ref(), auth_message.as_bytes());
     let proof: Vec<u8> = client_key.iter().zip(signature).map(|(a, b)| a ^ b).collect();
-    let client_final = format!("{without_proof},p={}", B64.encode(proof));
+    let server_key = hmac256(&salted, b"Server Key");
+    let expected = format!("v={}", B64.encode(hmac256(&server_key, auth_message.as_bytes())));
+    (format!("{without_proof},p={}", B64.encode(proof)), expected)
+}
+
+fn auth_packet(code: ReasonCode, data: String) -> Packet {
     let props = Properties {
         authentication_method: Some(METHOD.into()),
-        authentication_data: Some(client_final.into_bytes().into()),
+        authentication_data: Some(data.into_bytes().into()),
         ..Default::default()
     };
-    cl.send(&Packet::Auth(Auth { reason_code: ReasonCode::CONTINUE_AUTHENTICATION, properties: props })).await;
+    Packet::Auth(Auth { reason_code: code, properties: props })
+}
+
+/// Run the client side; returns what the broker finally answered.
+async fn scram_login(b: &TestBroker, user: &str, password: &str) -> Recv {
+    scram_login_keep(b, user, password).await.1
+}
+
+/// Like [`scram_login`], keeping the connection.
+async fn scram_login_keep(b: &TestBroker, user: &str, password: &str) -> (RawClient, Recv) {
+    let nonce = "fyko+d2lbbFgONRv9qkxdawL";
+    let bare = format!("n={user},r={nonce}");
+    let mut c = connect_packet(Protocol::V5, "scram-client", true);
+    c.properties.authentication_method = Some(METHOD.into());
+    c.properties.authentication_data = Some(format!("n,,{bare}").into_bytes().into());
+    let (mut cl, r) = RawClient::connect(b.addr(), c).await;
+    let server_first = match r {
+        Recv::Packet(Packet::Auth(a)) => {
+            assert_eq!(a.reason_code, ReasonCode::CONTINUE_AUTHENTICATION);
+            assert_eq!(a.properties.authentication_method.as_deref(), Some(METHOD));
+            String::from_utf8(a.properties.authentication_data.unwrap().to_vec()).unwrap()
+        }
+        other => return (cl, other),
+    };
+    let (final_msg, expected) = client_final(&bare, nonce, &server_first, password);
+    cl.send(&auth_packet(ReasonCode::CONTINUE_AUTHENTICATION, final_msg)).await;
     let answer = cl.recv().await;
     if let Recv::Packet(Packet::Connack(a)) = &answer {
         if a.reason_code.is_success() {
             // The server proves it knows the credentials too (v=ServerSignature).
-            let server_key = hmac256(&salted, b"Server Key");
-            let expected = format!("v={}", B64.encode(hmac256(&server_key, auth_message.as_bytes())));
             assert_eq!(a.properties.authentication_data.as_deref(), Some(expected.as_bytes()));
         }
     }
-    answer
+    (cl, answer)
 }
 
 async fn broker() -> TestBroker {
@@ -126,4 +140,53 @@ async fn scram_users_can_still_log_in_with_a_password_and_other_methods_get_0x8c
     let mut c = connect_packet(Protocol::V5, "k", true);
     c.properties.authentication_method = Some("KERBEROS".into());
     assert_eq!(code(&RawClient::connect(b.addr(), c).await.1), Some(ReasonCode::BAD_AUTHENTICATION_METHOD));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_scram_connection_can_re_authenticate_and_a_failed_one_is_disconnected() {
+    // MQTT 5 §4.12.1: AUTH 0x19 starts re-authentication with the same method.
+    let b = broker().await;
+    let (mut c, r) = scram_login_keep(&b, "ann", "annpw").await;
+    assert_eq!(code(&r), Some(ReasonCode(0)));
+    for round in 0..2 {
+        let nonce = format!("again{round}xyz");
+        let bare = format!("n=ann,r={nonce}");
+        c.send(&auth_packet(ReasonCode::REAUTHENTICATE, format!("n,,{bare}"))).await;
+        let server_first = match c.recv().await {
+            Recv::Packet(Packet::Auth(a)) if a.reason_code == ReasonCode::CONTINUE_AUTHENTICATION => {
+                String::from_utf8(a.properties.authentication_data.unwrap().to_vec()).unwrap()
+            }
+            other => panic!("{other:?}"),
+        };
+        let (final_msg, expected) = client_final(&bare, &nonce, &server_first, "annpw");
+        c.send(&auth_packet(ReasonCode::CONTINUE_AUTHENTICATION, final_msg)).await;
+        match c.recv().await {
+            Recv::Packet(Packet::Auth(a)) => {
+                assert_eq!(a.reason_code, ReasonCode::SUCCESS);
+                assert_eq!(a.properties.authentication_data.as_deref(), Some(expected.as_bytes()));
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+    // A wrong password on re-authentication ends the connection (0x87).
+    let bare = "n=ann,r=badbadbad".to_string();
+    c.send(&auth_packet(ReasonCode::REAUTHENTICATE, format!("n,,{bare}"))).await;
+    let Recv::Packet(Packet::Auth(a)) = c.recv().await else { panic!("no challenge") };
+    let server_first = String::from_utf8(a.properties.authentication_data.unwrap().to_vec()).unwrap();
+    let (final_msg, _) = client_final(&bare, "badbadbad", &server_first, "wrong");
+    c.send(&auth_packet(ReasonCode::CONTINUE_AUTHENTICATION, final_msg)).await;
+    let seen = c.expect_closed_within(std::time::Duration::from_secs(3)).await;
+    assert!(
+        seen.iter().any(|p| matches!(p, Packet::Disconnect(d) if d.reason_code == ReasonCode::NOT_AUTHORIZED)),
+        "{seen:?}"
+    );
+
+    // Another user's name on re-authentication is refused too.
+    let (mut c, _) = scram_login_keep(&b, "ann", "annpw").await;
+    c.send(&auth_packet(ReasonCode::REAUTHENTICATE, "n,,n=ben,r=abcdef".into())).await;
+    let seen = c.expect_closed_within(std::time::Duration::from_secs(3)).await;
+    assert!(
+        seen.iter().any(|p| matches!(p, Packet::Disconnect(d) if d.reason_code == ReasonCode::NOT_AUTHORIZED)),
+        "{seen:?}"
+    );
 }
