@@ -292,6 +292,55 @@ pub struct Limits {
     /// >= 1. Default 1000.
     #[serde(deserialize_with = "de_max_subscriptions_per_client")]
     pub max_subscriptions_per_client: usize,
+    /// Live connections from one source address, >= 1. Default 1000.
+    #[serde(deserialize_with = "de_max_connections_per_ip")]
+    pub max_connections_per_ip: usize,
+    /// New connections per second from one source address (token bucket with a burst of the
+    /// same size), >= 1. Default 200.
+    #[serde(deserialize_with = "de_connect_rate_per_ip")]
+    pub connect_rate_per_ip: u32,
+    /// Failed authentications from one address before it is banned for a while.
+    pub auth_fail_ban: AuthFailBan,
+}
+
+/// `auth_fail_ban = { failures = 20, within = "60s", ban = "300s" }`: after `failures` failed
+/// authentications from one source address within `within`, that address is refused for
+/// `ban` — before any TLS handshake or password hashing. Per address only: failures from other
+/// addresses never lock a user out.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct AuthFailBan {
+    /// Failures that trigger a ban, >= 1.
+    #[serde(deserialize_with = "de_ban_failures")]
+    pub failures: u32,
+    /// The window they are counted in.
+    #[serde(deserialize_with = "de_ban_within")]
+    pub within: Duration,
+    /// How long the address is refused.
+    #[serde(deserialize_with = "de_ban_duration")]
+    pub ban: Duration,
+}
+
+impl Default for AuthFailBan {
+    fn default() -> Self {
+        AuthFailBan { failures: 20, within: Duration::from_secs(60), ban: Duration::from_secs(300) }
+    }
+}
+
+fn de_ban_failures<'de, D: Deserializer<'de>>(d: D) -> Result<u32, D::Error> {
+    narrow(de_int(d, "failures", 1, u32::MAX.into())?)
+}
+fn de_ban_within<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+    de_duration(d, "within", Duration::from_secs(1))
+}
+fn de_ban_duration<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+    de_duration(d, "ban", Duration::from_secs(1))
+}
+fn de_max_connections_per_ip<'de, D: Deserializer<'de>>(d: D) -> Result<usize, D::Error> {
+    narrow(de_int(d, "max_connections_per_ip", 1, usize::MAX as u64)?)
+}
+fn de_connect_rate_per_ip<'de, D: Deserializer<'de>>(d: D) -> Result<u32, D::Error> {
+    narrow(de_int(d, "connect_rate_per_ip", 1, u32::MAX.into())?)
 }
 
 impl Default for Limits {
@@ -310,6 +359,9 @@ impl Default for Limits {
             max_session_expiry: 604_800,
             max_topic_levels: 128,
             max_subscriptions_per_client: 1000,
+            max_connections_per_ip: 1000,
+            connect_rate_per_ip: 200,
+            auth_fail_ban: AuthFailBan::default(),
         }
     }
 }
@@ -1192,6 +1244,7 @@ sys_interval = "10s"              # $SYS topics are retained and refreshed this 
                 max_session_expiry: u32::MAX,
                 max_topic_levels: 8,
                 max_subscriptions_per_client: 9,
+                ..Limits::default()
             }
         );
         // Inline-table form works too.
@@ -1214,12 +1267,18 @@ sys_interval = "10s"              # $SYS topics are retained and refreshed this 
     #[test]
     fn unknown_keys_in_tables() {
         fails_at(&with_limits("max_packet_size = 100\nfrobs = 1"), 5, "`frobs`");
-        // Later-issue keys are refused for now.
         fails_at(
-            &with_limits("auth_fail_ban = { failures = 20, within = \"60s\", ban = \"300s\" }"),
+            &with_limits("auth_fail_ban = { failures = 20, within = \"60s\", forever = true }"),
             4,
-            "unknown field `auth_fail_ban`",
+            "unknown field `forever`",
         );
+        fails_at(&with_limits("auth_fail_ban = { failures = 0 }"), 4, "failures");
+        let c = parse(&with_limits("auth_fail_ban = { failures = 5, within = \"10s\", ban = \"1m\" }\nmax_connections_per_ip = 3\nconnect_rate_per_ip = 7")).unwrap();
+        assert_eq!(
+            c.limits.auth_fail_ban,
+            AuthFailBan { failures: 5, within: Duration::from_secs(10), ban: Duration::from_secs(60) }
+        );
+        assert_eq!((c.limits.max_connections_per_ip, c.limits.connect_rate_per_ip), (3, 7));
         fails_at(
             &format!("{LISTENER}protocol = \"mqtt\"\ncert = \"server.pem\"\n"),
             4,

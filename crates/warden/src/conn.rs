@@ -18,6 +18,7 @@ use warden_core::broker::write_connack;
 use warden_core::{Broker, Close, Connection, Wake};
 
 use crate::auth::Authenticator;
+use crate::guard::Admitted;
 use crate::tls::CertIdentity;
 
 /// Stop encoding deliveries once this much is waiting to be written.
@@ -190,8 +191,9 @@ where
     server.client_final(data).map_err(|_| ReasonCode::BAD_USER_NAME_OR_PASSWORD)
 }
 
-/// Drive one connection to its end. `cert` is what TLS proved about the client.
-pub async fn run<S>(stream: S, peer: SocketAddr, cert: CertIdentity, ctx: Arc<ConnContext>)
+/// Drive one connection to its end. `cert` is what TLS proved about the client; `slot` is its
+/// admission by the per-address guard (failed authentications are reported to it).
+pub async fn run<S>(stream: S, peer: SocketAddr, cert: CertIdentity, slot: Option<Admitted>, ctx: Arc<ConnContext>)
 where
     S: AsyncRead + AsyncWrite + Unpin + Send,
 {
@@ -234,6 +236,9 @@ where
                 enhanced_auth = Some(bytes::Bytes::from(server_final));
             }
             Err(code) => {
+                if let Some(s) = &slot {
+                    s.auth_failed(Instant::now());
+                }
                 info!(%peer, client_id = %connect.client_id, reason = %code, "enhanced authentication refused");
                 ctx.broker.stats.connections_refused.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                 let client_max = connect.properties.maximum_packet_size.unwrap_or(u32::MAX);
@@ -254,6 +259,9 @@ where
     }) {
         Ok(a) => a,
         Err(code) => {
+            if let Some(s) = &slot {
+                s.auth_failed(Instant::now());
+            }
             // The user name is logged; the password never is.
             info!(%peer, client_id = %connect.client_id, user = ?connect.username, reason = %code, "authentication refused");
             ctx.broker.stats.connections_refused.fetch_add(1, std::sync::atomic::Ordering::Relaxed);

@@ -9,6 +9,7 @@
 //! - [`conn`]: the task that drives one client connection: socket ↔ codec ↔ core.
 //! - [`tls`]: TLS listeners (rustls), client-certificate identity, reload.
 //! - [`tokens`]: access tokens in the CONNECT password (built-in token service, `[auth.jwt]`).
+//! - [`guard`]: per-address admission: connection caps, connect rate, failed-auth bans.
 //! - [`ws`]: WebSocket transport (`/mqtt`, subprotocol `mqtt`) bridged to a byte stream.
 //! - [`bootstrap`]: first-start set-up of the embedded default (admin user).
 //! - [`passwd_cmd`]: `warden passwd`.
@@ -18,6 +19,7 @@ pub mod bootstrap;
 pub mod cert_cmd;
 pub mod config;
 pub mod conn;
+pub mod guard;
 pub mod lookup;
 pub mod oauth_store;
 pub mod passwd_cmd;

@@ -19,6 +19,7 @@ use warden_policy::{Action, Authorizer, Decision, PolicyAuthorizer, Principal};
 use crate::auth::Authenticator;
 use crate::config::{AuthzConfig, Config, ListenerProtocol, OnDeny};
 use crate::conn::{ConnContext, LiveTokens};
+use crate::guard::{Admitted, Guard};
 use crate::tls::TlsListener;
 use crate::tokens::TokenAuth;
 use warden_http::{OAuthClient, OAuthService, OAuthSettings};
@@ -176,6 +177,8 @@ impl Server {
         let mut listeners = Vec::new();
         let mut tls_listeners = Vec::new();
         let live = Arc::new(AtomicUsize::new(0));
+        let l = &cfg.limits;
+        let guard = Guard::new(l.max_connections_per_ip, l.connect_rate_per_ip, l.auth_fail_ban);
         for l in &cfg.listeners {
             let tls = match &l.tls {
                 Some(t) => {
@@ -197,6 +200,7 @@ impl Server {
             let protocol = l.protocol;
             let path: Arc<str> = Arc::from(l.path.as_str());
             let mut stop = shutdown_rx.clone();
+            let guard = guard.clone();
             tasks.spawn(async move {
                 loop {
                     let (sock, peer) = tokio::select! {
@@ -216,14 +220,23 @@ impl Server {
                         drop(sock);
                         continue;
                     }
+                    // Per-address limits and bans, before any handshake or hashing.
+                    let slot = match guard.admit(peer.ip(), Instant::now()) {
+                        Ok(s) => s,
+                        Err(why) => {
+                            tracing::debug!(%peer, ?why, "connection refused by the per-address guard");
+                            drop(sock);
+                            continue;
+                        }
+                    };
                     live.fetch_add(1, Ordering::Relaxed);
-                    let guard = ConnGuard(live.clone());
+                    let live_slot = ConnGuard(live.clone());
                     let ctx = ctx.clone();
                     let path = path.clone();
                     let tls = tls.clone();
                     tokio::spawn(async move {
-                        let _guard = guard;
-                        serve_socket(sock, peer, protocol, tls, path, ctx).await;
+                        let _live = live_slot;
+                        serve_socket(sock, peer, protocol, tls, slot, path, ctx).await;
                     });
                 }
             });
@@ -346,29 +359,37 @@ async fn serve_socket(
     peer: SocketAddr,
     protocol: ListenerProtocol,
     tls: Option<Arc<TlsListener>>,
+    slot: Admitted,
     path: Arc<str>,
     ctx: Arc<ConnContext>,
 ) {
+    let slot = Some(slot);
     let _ = sock.set_nodelay(true);
     let Some(tls) = tls else {
         match protocol {
-            ListenerProtocol::Ws | ListenerProtocol::Wss => crate::ws::serve(sock, peer, None, path, ctx).await,
-            ListenerProtocol::Mqtt | ListenerProtocol::Mqtts => crate::conn::run(sock, peer, None, ctx).await,
+            ListenerProtocol::Ws | ListenerProtocol::Wss => crate::ws::serve(sock, peer, None, slot, path, ctx).await,
+            ListenerProtocol::Mqtt | ListenerProtocol::Mqtts => crate::conn::run(sock, peer, None, slot, ctx).await,
         }
         return;
     };
     // The handshake counts against connect_timeout (slowloris over TLS).
     let (stream, identity) = match tokio::time::timeout(ctx.connect_timeout, tls.accept(sock, peer)).await {
         Ok(Some(s)) => s,
-        Ok(None) => return,
+        Ok(None) => {
+            // A refused certificate counts like a failed password towards a ban.
+            if let Some(s) = &slot {
+                s.auth_failed(Instant::now());
+            }
+            return;
+        }
         Err(_) => {
             info!(%peer, "TLS handshake timed out");
             return;
         }
     };
     if protocol.is_ws() {
-        crate::ws::serve(stream, peer, identity, path, ctx).await;
+        crate::ws::serve(stream, peer, identity, slot, path, ctx).await;
     } else {
-        crate::conn::run(stream, peer, identity, ctx).await;
+        crate::conn::run(stream, peer, identity, slot, ctx).await;
     }
 }

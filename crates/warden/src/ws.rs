@@ -19,8 +19,14 @@ use crate::conn::ConnContext;
 use crate::tls::CertIdentity;
 
 /// Accept a WebSocket upgrade on `stream` and run the MQTT connection over it.
-pub async fn serve<S>(stream: S, peer: SocketAddr, cert: CertIdentity, path: Arc<str>, ctx: Arc<ConnContext>)
-where
+pub async fn serve<S>(
+    stream: S,
+    peer: SocketAddr,
+    cert: CertIdentity,
+    slot: Option<crate::guard::Admitted>,
+    path: Arc<str>,
+    ctx: Arc<ConnContext>,
+) where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
     // The callback signature is tungstenite's; its error type is large by design.
@@ -94,7 +100,7 @@ where
         }
         let _ = sink.close().await;
     };
-    let mqtt = crate::conn::run(mqtt_side, peer, cert, ctx);
+    let mqtt = crate::conn::run(mqtt_side, peer, cert, slot, ctx);
     // The MQTT side ends first in every orderly case; its end closes the duplex, which ends
     // the outbound pump; the inbound pump ends with the socket.
     tokio::join!(mqtt, outbound, async {

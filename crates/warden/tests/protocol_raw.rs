@@ -405,3 +405,56 @@ async fn max_connections_refuses_the_one_too_many() {
         tokio::task::yield_now().await;
     }
 }
+
+#[tokio::test]
+async fn repeated_failed_logins_ban_the_address_before_any_hashing() {
+    // SPEC §7: failed-auth bans per source address; a banned address gets no CONNACK at all.
+    let dir = tempfile::tempdir().unwrap();
+    let passwd = dir.path().join("passwd");
+    std::fs::write(&passwd, format!("ann:{}\n", warden_policy::password::hash_password(b"annpw"))).unwrap();
+    let b = TestBroker::with_config(&format!(
+        "[auth]\npassword_file = \"{}\"\n[limits]\nauth_fail_ban = {{ failures = 3, within = \"60s\", ban = \"300s\" }}\n",
+        passwd.display()
+    ))
+    .await;
+    let login = |pw: &str| {
+        let mut c = connect_packet(V5, "ann-dev", true);
+        c.username = Some("ann".into());
+        c.password = Some(bytes::Bytes::copy_from_slice(pw.as_bytes()));
+        c
+    };
+    assert!(
+        matches!(RawClient::connect(b.addr(), login("annpw")).await.1, Recv::Packet(Packet::Connack(a)) if a.reason_code == ReasonCode(0))
+    );
+    for _ in 0..3 {
+        let r = RawClient::connect(b.addr(), login("wrong")).await.1;
+        assert!(
+            matches!(r, Recv::Packet(Packet::Connack(a)) if a.reason_code == ReasonCode::BAD_USER_NAME_OR_PASSWORD)
+        );
+    }
+    // Banned: even the right password is not looked at.
+    let mut c = RawClient::open(b.addr(), V5).await;
+    c.send(&Packet::Connect(Box::new(login("annpw")))).await;
+    assert!(c.expect_closed_within(Duration::from_secs(3)).await.is_empty(), "closed without CONNACK");
+}
+
+#[tokio::test]
+async fn connections_per_address_and_connect_rate_are_limited() {
+    let b = TestBroker::with_config("[auth]\nallow_anonymous = true\n[limits]\nmax_connections_per_ip = 2\n").await;
+    let (_a, _) = connected(b.addr(), connect_packet(V3, "ip-1", true)).await;
+    let (_b, _) = connected(b.addr(), connect_packet(V3, "ip-2", true)).await;
+    let mut c = RawClient::open(b.addr(), V3).await;
+    c.send(&Packet::Connect(Box::new(connect_packet(V3, "ip-3", true)))).await;
+    assert!(c.expect_closed_within(Duration::from_secs(3)).await.is_empty());
+
+    let b = TestBroker::with_config("[auth]\nallow_anonymous = true\n[limits]\nconnect_rate_per_ip = 3\n").await;
+    let mut refused = 0;
+    for i in 0..6 {
+        let mut c = RawClient::open(b.addr(), V3).await;
+        c.send(&Packet::Connect(Box::new(connect_packet(V3, &format!("r{i}"), true)))).await;
+        if matches!(c.recv_within(Duration::from_secs(3)).await, Recv::Closed) {
+            refused += 1;
+        }
+    }
+    assert!(refused >= 2, "a burst beyond the rate is refused ({refused} of 6)");
+}

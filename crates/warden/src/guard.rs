@@ -1,0 +1,227 @@
+//! Per-source-address admission: live connections per address, a connect-rate token bucket
+//! per address, and temporary bans after repeated failed authentications (SPEC §7).
+//!
+//! Checked at accept time, before any TLS handshake, WebSocket upgrade or password hashing, so
+//! a banned or flooding address costs almost nothing. Bans are per address only: failures from
+//! one address never lock a user out for everyone else. Each ban is logged once, when it
+//! starts; refused connections are counted, not logged one by one.
+
+use std::collections::{HashMap, VecDeque};
+use std::net::IpAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use parking_lot::Mutex;
+use tracing::warn;
+
+use crate::config::AuthFailBan;
+
+/// Addresses tracked at most; idle ones are forgotten first.
+const MAX_TRACKED: usize = 100_000;
+
+#[derive(Debug)]
+struct Peer {
+    live: usize,
+    tokens: f64,
+    refilled: Instant,
+    failures: VecDeque<Instant>,
+    banned_until: Option<Instant>,
+}
+
+/// Why an address was refused at accept time.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Refusal {
+    /// Banned after failed authentications.
+    Banned,
+    /// Too many live connections from this address.
+    TooManyConnections,
+    /// Connecting faster than the configured rate.
+    RateExceeded,
+}
+
+/// Counters of refusals (exported in `$SYS`/metrics later).
+#[derive(Debug, Default)]
+pub struct GuardStats {
+    /// Connections refused because the address is banned.
+    pub banned: AtomicU64,
+    /// Connections refused by the per-address connection limit.
+    pub too_many: AtomicU64,
+    /// Connections refused by the per-address rate limit.
+    pub rate: AtomicU64,
+    /// Bans started.
+    pub bans: AtomicU64,
+}
+
+/// Per-address admission state.
+#[derive(Debug)]
+pub struct Guard {
+    max_per_ip: usize,
+    rate: f64,
+    ban: AuthFailBan,
+    peers: Mutex<HashMap<IpAddr, Peer>>,
+    /// Refusal counters.
+    pub stats: GuardStats,
+}
+
+/// A live connection's slot; released on drop.
+#[derive(Debug)]
+pub struct Admitted {
+    guard: Arc<Guard>,
+    ip: IpAddr,
+}
+
+impl Drop for Admitted {
+    fn drop(&mut self) {
+        if let Some(p) = self.guard.peers.lock().get_mut(&self.ip) {
+            p.live = p.live.saturating_sub(1);
+        }
+    }
+}
+
+impl Admitted {
+    /// Record a failed authentication from this connection's address.
+    pub fn auth_failed(&self, now: Instant) {
+        self.guard.auth_failed(self.ip, now);
+    }
+}
+
+impl Guard {
+    /// A guard with these limits.
+    pub fn new(max_per_ip: usize, rate_per_sec: u32, ban: AuthFailBan) -> Arc<Guard> {
+        Arc::new(Guard {
+            max_per_ip,
+            rate: f64::from(rate_per_sec),
+            ban,
+            peers: Mutex::new(HashMap::new()),
+            stats: GuardStats::default(),
+        })
+    }
+
+    /// May a new connection from `ip` proceed?
+    pub fn admit(self: &Arc<Self>, ip: IpAddr, now: Instant) -> Result<Admitted, Refusal> {
+        let mut peers = self.peers.lock();
+        if peers.len() >= MAX_TRACKED && !peers.contains_key(&ip) {
+            prune(&mut peers, now, self.ban.within);
+        }
+        let p = peers.entry(ip).or_insert_with(|| Peer {
+            live: 0,
+            tokens: self.rate,
+            refilled: now,
+            failures: VecDeque::new(),
+            banned_until: None,
+        });
+        if let Some(until) = p.banned_until {
+            if now < until {
+                self.stats.banned.fetch_add(1, Ordering::Relaxed);
+                return Err(Refusal::Banned);
+            }
+            p.banned_until = None;
+        }
+        if p.live >= self.max_per_ip {
+            self.stats.too_many.fetch_add(1, Ordering::Relaxed);
+            return Err(Refusal::TooManyConnections);
+        }
+        let elapsed = now.saturating_duration_since(p.refilled).as_secs_f64();
+        p.tokens = (p.tokens + elapsed * self.rate).min(self.rate);
+        p.refilled = now;
+        if p.tokens < 1.0 {
+            self.stats.rate.fetch_add(1, Ordering::Relaxed);
+            return Err(Refusal::RateExceeded);
+        }
+        p.tokens -= 1.0;
+        p.live += 1;
+        Ok(Admitted { guard: self.clone(), ip })
+    }
+
+    /// Record a failed authentication from `ip`; bans it once the threshold is reached.
+    pub fn auth_failed(&self, ip: IpAddr, now: Instant) {
+        let mut peers = self.peers.lock();
+        let Some(p) = peers.get_mut(&ip) else { return };
+        while p.failures.front().is_some_and(|t| now.saturating_duration_since(*t) > self.ban.within) {
+            p.failures.pop_front();
+        }
+        p.failures.push_back(now);
+        if p.failures.len() >= self.ban.failures as usize && p.banned_until.is_none_or(|u| u <= now) {
+            p.banned_until = Some(now + self.ban.ban);
+            p.failures.clear();
+            self.stats.bans.fetch_add(1, Ordering::Relaxed);
+            warn!(%ip, failures = self.ban.failures, ban = ?self.ban.ban, "address banned after repeated failed authentication");
+        }
+    }
+
+    /// Is `ip` banned at `now`?
+    pub fn is_banned(&self, ip: IpAddr, now: Instant) -> bool {
+        self.peers.lock().get(&ip).and_then(|p| p.banned_until).is_some_and(|u| now < u)
+    }
+}
+
+/// Forget addresses with no live connection, no ban and no recent failure.
+fn prune(peers: &mut HashMap<IpAddr, Peer>, now: Instant, within: Duration) {
+    peers.retain(|_, p| {
+        p.live > 0
+            || p.banned_until.is_some_and(|u| now < u)
+            || p.failures.back().is_some_and(|t| now.saturating_duration_since(*t) <= within)
+    });
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ip(n: u8) -> IpAddr {
+        IpAddr::from([127, 0, 0, n])
+    }
+
+    #[test]
+    fn connections_per_address_are_capped_and_released() {
+        let g = Guard::new(2, 1000, AuthFailBan::default());
+        let now = Instant::now();
+        let a = g.admit(ip(1), now).unwrap();
+        let _b = g.admit(ip(1), now).unwrap();
+        assert_eq!(g.admit(ip(1), now).unwrap_err(), Refusal::TooManyConnections);
+        assert!(g.admit(ip(2), now).is_ok(), "other addresses unaffected");
+        drop(a);
+        assert!(g.admit(ip(1), now).is_ok());
+    }
+
+    #[test]
+    fn connect_rate_is_a_token_bucket() {
+        let g = Guard::new(1000, 5, AuthFailBan::default());
+        let t0 = Instant::now();
+        let mut held = Vec::new();
+        for _ in 0..5 {
+            held.push(g.admit(ip(1), t0).unwrap());
+        }
+        assert_eq!(g.admit(ip(1), t0).unwrap_err(), Refusal::RateExceeded);
+        assert!(g.admit(ip(1), t0 + Duration::from_millis(250)).is_ok(), "refills at 5/s");
+        assert!(g.admit(ip(2), t0).is_ok());
+    }
+
+    #[test]
+    fn repeated_failures_ban_the_address_only() {
+        let ban = AuthFailBan { failures: 3, within: Duration::from_secs(60), ban: Duration::from_secs(300) };
+        let g = Guard::new(1000, 1000, ban);
+        let t0 = Instant::now();
+        for i in 0..3 {
+            let c = g.admit(ip(1), t0).unwrap();
+            assert!(!g.is_banned(ip(1), t0), "not before failure {i}");
+            c.auth_failed(t0);
+        }
+        assert_eq!(g.admit(ip(1), t0 + Duration::from_secs(1)).unwrap_err(), Refusal::Banned);
+        assert!(g.admit(ip(2), t0).is_ok(), "a different address is not banned");
+        assert!(g.admit(ip(1), t0 + Duration::from_secs(301)).is_ok(), "the ban ends");
+    }
+
+    #[test]
+    fn failures_outside_the_window_do_not_add_up() {
+        let ban = AuthFailBan { failures: 3, within: Duration::from_secs(10), ban: Duration::from_secs(300) };
+        let g = Guard::new(1000, 1000, ban);
+        let t0 = Instant::now();
+        for i in 0..6u64 {
+            let t = t0 + Duration::from_secs(i * 6);
+            g.admit(ip(1), t).unwrap().auth_failed(t);
+        }
+        assert!(!g.is_banned(ip(1), t0 + Duration::from_secs(36)));
+    }
+}
