@@ -21,6 +21,13 @@ use crate::auth::Authenticator;
 use crate::guard::Admitted;
 use crate::tls::CertIdentity;
 
+/// Read buffer of a quiet connection: idle connections should cost little memory.
+const IDLE_READ: usize = 512;
+/// Read buffer growth once a connection is busy (the last read filled the buffer).
+const BUSY_READ: usize = 32 * 1024;
+/// Buffers grown beyond this are given back once they are empty.
+const KEEP_CAPACITY: usize = 64 * 1024;
+
 /// Stop encoding deliveries once this much is waiting to be written.
 const WRITE_BUDGET: usize = 64 * 1024;
 /// Stop reading from a client while this much output is unwritten (it is not reading).
@@ -126,7 +133,7 @@ async fn read_connect<R: AsyncRead + Unpin>(rd: &mut R, buf: &mut BytesMut, max:
             }
             Err(_) => return Pre::Closed("malformed CONNECT"),
         }
-        buf.reserve(4096);
+        buf.reserve(IDLE_READ);
         match rd.read_buf(buf).await {
             Ok(0) | Err(_) => return Pre::Closed("closed before CONNECT"),
             Ok(_) => {}
@@ -198,8 +205,8 @@ where
     S: AsyncRead + AsyncWrite + Unpin + Send,
 {
     let (mut rd, mut wr) = tokio::io::split(stream);
-    let mut rbuf = BytesMut::with_capacity(4096);
-    let mut wbuf = BytesMut::with_capacity(4096);
+    let mut rbuf = BytesMut::with_capacity(IDLE_READ);
+    let mut wbuf = BytesMut::new();
 
     let pre =
         tokio::time::timeout(ctx.connect_timeout, read_connect(&mut rd, &mut rbuf, ctx.max_packet_size, &mut wbuf))
@@ -397,6 +404,7 @@ where
         Err(c) => return c,
     };
     let mut pending_input = !rbuf.is_empty();
+    let mut busy = false;
     let mut reauth = Reauth::default();
     loop {
         if pending_input {
@@ -426,15 +434,23 @@ where
                 Ok(m) => more = m,
                 Err(c) => return c,
             }
+            if rbuf.is_empty() && rbuf.capacity() > KEEP_CAPACITY {
+                *rbuf = BytesMut::new(); // a burst is over: give the memory back
+            }
+        }
+        if wbuf.is_empty() && wbuf.capacity() > KEEP_CAPACITY {
+            *wbuf = BytesMut::new();
         }
         tokio::select! {
             r = async {
-                rbuf.reserve(8192);
-                rd.read_buf(rbuf).await
+                rbuf.reserve(if busy { BUSY_READ } else { IDLE_READ });
+                let spare = rbuf.capacity() - rbuf.len();
+                rd.read_buf(rbuf).await.map(|n| (n, n == spare))
             }, if wbuf.len() < WRITE_HIGH_WATER => {
                 match r {
-                    Ok(0) | Err(_) => return lost,
-                    Ok(_) => {
+                    Ok((0, _)) | Err(_) => return lost,
+                    Ok((_, filled)) => {
+                        busy = filled;
                         pending_input = true;
                         if let Some(k) = keep_alive {
                             deadline = Some(tokio::time::Instant::now() + k);
