@@ -1,0 +1,280 @@
+//! `warden-bench`: an MQTT load generator that targets any broker by address and prints one
+//! JSON line per run, and `warden-bench report`, which turns those lines into the tables of
+//! `docs/PERFORMANCE.md`. See `scripts/bench-compare` for the side-by-side comparison.
+//!
+//! ```sh
+//! cargo run --release -p warden-bench -- fan-in --port 1883 --pid $(pidof warden) --qos 1
+//! ```
+
+mod idle;
+mod output;
+mod proto;
+mod report;
+mod stats;
+mod traffic;
+
+use std::net::{IpAddr, SocketAddr, ToSocketAddrs};
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::{anyhow, bail, Result};
+use clap::{Args, Parser, Subcommand};
+use mqtt_codec::{Protocol, QoS};
+
+#[derive(Parser, Debug)]
+#[command(name = "warden-bench", about = "MQTT broker load generator (one JSON line per run)")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// P publishers -> 1 subscriber on a wildcard filter.
+    FanIn {
+        #[command(flatten)]
+        common: Common,
+        #[command(flatten)]
+        load: Load,
+        /// Publishers.
+        #[arg(long, default_value_t = 4)]
+        publishers: usize,
+    },
+    /// 1 publisher -> N subscribers of the same topic.
+    FanOut {
+        #[command(flatten)]
+        common: Common,
+        #[command(flatten)]
+        load: Load,
+        /// Subscribers.
+        #[arg(long, default_value_t = 100)]
+        subscribers: usize,
+    },
+    /// N publisher/subscriber pairs, each on its own topic.
+    Pairs {
+        #[command(flatten)]
+        common: Common,
+        #[command(flatten)]
+        load: Load,
+        /// Pairs.
+        #[arg(long, default_value_t = 50)]
+        pairs: usize,
+    },
+    /// 1 publisher at a fixed rate (--rate, default 1000 msg/s) -> 1 subscriber; latency percentiles.
+    Latency {
+        #[command(flatten)]
+        common: Common,
+        #[command(flatten)]
+        load: Load,
+    },
+    /// C idle connections: connects/s and broker RSS per connection.
+    Idle {
+        #[command(flatten)]
+        common: Common,
+        /// Connections to open.
+        #[arg(long, default_value_t = 10_000)]
+        connections: usize,
+        /// Connection attempts in flight at once (keep it at or below the broker's listen backlog,
+        /// Mosquitto's is 100: beyond, SYNs are dropped and retried a second later).
+        #[arg(long, default_value_t = 100)]
+        concurrency: usize,
+        /// Seconds to hold the connections before reading the broker's memory.
+        #[arg(long, default_value_t = 1.0)]
+        hold: f64,
+        /// Spread client sockets over this many source addresses 127.0.0.1.. (1: let the kernel choose).
+        #[arg(long, default_value_t = 1)]
+        source_addrs: u8,
+    },
+    /// Turn JSON lines from earlier runs into Markdown tables (medians and ratios).
+    Report {
+        /// Files of JSON lines (one run per line).
+        #[arg(required = true)]
+        inputs: Vec<PathBuf>,
+        /// The broker label the others are compared with.
+        #[arg(long, default_value = "warden")]
+        reference: String,
+    },
+}
+
+/// Options every scenario takes.
+#[derive(Args, Debug, Clone)]
+struct Common {
+    /// Broker host.
+    #[arg(long, default_value = "127.0.0.1")]
+    host: String,
+    /// Broker MQTT port.
+    #[arg(long, default_value_t = 1883)]
+    port: u16,
+    /// Broker process id: report its CPU seconds per million delivered messages and its RSS.
+    #[arg(long)]
+    pid: Option<u32>,
+    /// Broker label in the output (default: host:port).
+    #[arg(long)]
+    label: Option<String>,
+    /// Case name in the output, grouping runs in `report` (default: derived from the options).
+    #[arg(long)]
+    case: Option<String>,
+    /// User name sent in CONNECT.
+    #[arg(long)]
+    username: Option<String>,
+    /// Password sent in CONNECT.
+    #[arg(long)]
+    password: Option<String>,
+    /// Speak MQTT 5.0 (default: 3.1.1).
+    #[arg(long)]
+    mqtt5: bool,
+    /// Generator threads (tokio workers; 1 = a single-threaded runtime).
+    #[arg(long, default_value_t = 2)]
+    threads: usize,
+    /// A run ends this many seconds after the last delivery once publishing is over (not counted
+    /// in the rates).
+    #[arg(long, default_value_t = 2.0)]
+    quiet_timeout: f64,
+    /// Seconds to wait for a CONNACK or SUBACK.
+    #[arg(long, default_value_t = 10.0)]
+    handshake_timeout: f64,
+}
+
+/// Traffic options.
+#[derive(Args, Debug, Clone)]
+struct Load {
+    /// QoS of publications and subscriptions (0 or 1).
+    #[arg(long, default_value_t = 0, value_parser = clap::value_parser!(u8).range(0..=1))]
+    qos: u8,
+    /// Payload bytes (the first 8 carry the send time when there are at least 8).
+    #[arg(long, default_value_t = 64)]
+    payload: usize,
+    /// Messages per publisher (instead of --duration).
+    #[arg(long, conflicts_with = "duration")]
+    count: Option<u64>,
+    /// Seconds of publishing (default 5 without --count).
+    #[arg(long)]
+    duration: Option<f64>,
+    /// Total publish rate, msg/s over all publishers (default: as fast as the broker takes them;
+    /// latency: 1000).
+    #[arg(long)]
+    rate: Option<f64>,
+    /// QoS 1: unacknowledged PUBLISH packets per publisher at most (capped by the broker's
+    /// Receive Maximum).
+    #[arg(long, default_value_t = 100)]
+    inflight: u16,
+    /// Most messages per write.
+    #[arg(long, default_value_t = 512)]
+    batch: usize,
+    /// End-to-end flow control: a publisher stays at most this many messages ahead of the newest
+    /// of its messages that all its subscribers received, so that a broker slower than the
+    /// publishers is measured at its sustainable rate instead of piling up a backlog (0: no
+    /// limit; needs payloads of at least 20 bytes).
+    #[arg(long, default_value_t = 2000)]
+    backlog: u64,
+}
+
+impl Common {
+    fn client_opts(&self) -> Result<proto::ClientOpts> {
+        let addr: SocketAddr = (self.host.as_str(), self.port)
+            .to_socket_addrs()?
+            .next()
+            .ok_or_else(|| anyhow!("cannot resolve {}", self.host))?;
+        Ok(proto::ClientOpts {
+            addr,
+            protocol: if self.mqtt5 { Protocol::V5 } else { Protocol::V311 },
+            username: self.username.clone(),
+            password: self.password.clone(),
+            keep_alive: 300,
+            source: None,
+            handshake_timeout: Duration::from_secs_f64(self.handshake_timeout),
+        })
+    }
+
+    fn label(&self) -> String {
+        self.label.clone().unwrap_or_else(|| format!("{}:{}", self.host, self.port))
+    }
+}
+
+fn runtime(threads: usize) -> Result<tokio::runtime::Runtime> {
+    Ok(if threads <= 1 {
+        tokio::runtime::Builder::new_current_thread().enable_all().build()?
+    } else {
+        tokio::runtime::Builder::new_multi_thread().worker_threads(threads).enable_all().build()?
+    })
+}
+
+fn main() -> std::process::ExitCode {
+    match run(Cli::parse()) {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("warden-bench: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(cli: Cli) -> Result<()> {
+    let (common, scenario) = match cli.command {
+        Command::Report { inputs, reference } => {
+            print!("{}", report::render(&inputs, &reference)?);
+            return Ok(());
+        }
+        Command::FanIn { common, load, publishers } => {
+            (common, Scenario::Traffic(traffic::Plan::fan_in(publishers), load))
+        }
+        Command::FanOut { common, load, subscribers } => {
+            (common, Scenario::Traffic(traffic::Plan::fan_out(subscribers), load))
+        }
+        Command::Pairs { common, load, pairs } => (common, Scenario::Traffic(traffic::Plan::pairs(pairs), load)),
+        Command::Latency { common, mut load } => {
+            load.rate.get_or_insert(1000.0);
+            (common, Scenario::Traffic(traffic::Plan::latency(), load))
+        }
+        Command::Idle { common, connections, concurrency, hold, source_addrs } => {
+            (common, Scenario::Idle(idle::Params { connections, concurrency, hold, source_addrs }))
+        }
+    };
+    let rt = runtime(common.threads)?;
+    let out = match scenario {
+        Scenario::Traffic(plan, load) => {
+            if load.payload > 0 && load.payload < 8 {
+                eprintln!("warden-bench: payloads under 8 bytes carry no timestamp: no latency figures");
+            }
+            let qos = if load.qos == 1 { QoS::AtLeastOnce } else { QoS::AtMostOnce };
+            let duration = match (load.count, load.duration) {
+                (Some(_), _) => None,
+                (None, d) => Some(Duration::from_secs_f64(d.unwrap_or(5.0))),
+            };
+            if let Some(r) = load.rate {
+                if r <= 0.0 {
+                    bail!("--rate must be positive");
+                }
+            }
+            let params = traffic::Params {
+                qos,
+                payload: load.payload,
+                count: load.count,
+                duration,
+                rate: load.rate,
+                inflight: load.inflight.max(1),
+                batch: load.batch.max(1),
+                backlog: load.backlog,
+                quiet: Duration::from_secs_f64(common.quiet_timeout),
+            };
+            let opts = common.client_opts()?;
+            rt.block_on(traffic::run(plan, params, opts, common.pid))?
+        }
+        Scenario::Idle(params) => {
+            let mut opts = common.client_opts()?;
+            if params.source_addrs > 1 && !matches!(opts.addr.ip(), IpAddr::V4(a) if a.is_loopback()) {
+                bail!("--source-addrs needs an IPv4 loopback broker address");
+            }
+            opts.source = None;
+            rt.block_on(idle::run(params, opts, common.pid))?
+        }
+    };
+    let out = out.finish(common.label(), common.case.clone(), common.mqtt5);
+    println!("{}", serde_json::to_string(&out)?);
+    Ok(())
+}
+
+enum Scenario {
+    Traffic(traffic::Plan, Load),
+    Idle(idle::Params),
+}
