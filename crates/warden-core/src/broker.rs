@@ -21,7 +21,7 @@ use crate::config::BrokerConfig;
 use crate::connection::Connection;
 use crate::message::Message;
 use crate::retained::RetainedStore;
-use crate::session::{ConnLink, Delivery, Enqueued, PendingWill, Session};
+use crate::session::{ConnLink, Delivery, Enqueued, PendingWill, Session, WakeBatch};
 use crate::trie::{SubEntry, SubTrie, Target};
 use crate::Wake;
 
@@ -413,6 +413,12 @@ impl Broker {
     /// subscription identifier [MQTT-3.3.4-2/3]; one member per shared group). Returns the
     /// number of deliveries queued.
     pub fn route(&self, msg: Arc<Message>) -> usize {
+        self.route_batched(msg, None)
+    }
+
+    /// [`Broker::route`], deferring subscriber wake-ups into `batch` (flushed by the caller
+    /// once its read batch is routed).
+    pub fn route_batched(&self, msg: Arc<Message>, mut batch: Option<&mut WakeBatch>) -> usize {
         if msg.retain {
             self.retained.write().set(msg.clone());
         }
@@ -457,7 +463,12 @@ impl Broker {
                 sub_ids: ids,
                 policy_gen,
             };
-            match s.enqueue(d, self.config.max_queued_messages, self.config.max_queued_bytes) {
+            match s.enqueue_batched(
+                d,
+                self.config.max_queued_messages,
+                self.config.max_queued_bytes,
+                batch.as_deref_mut(),
+            ) {
                 Enqueued::Queued => queued += 1,
                 Enqueued::Dropped => inc(&self.stats.messages_dropped),
                 Enqueued::SkippedOffline => {}

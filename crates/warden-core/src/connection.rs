@@ -21,7 +21,7 @@ use warden_policy::{Action, Decision, Principal};
 
 use crate::broker::Broker;
 use crate::message::Message;
-use crate::session::{Delivery, Inflight, OutStage, Session};
+use crate::session::{Delivery, Inflight, OutStage, Session, WakeBatch};
 
 /// Why (and how) a connection ends.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -49,6 +49,7 @@ pub struct Connection {
     will: Option<LastWill>,
     resend: bool,
     connect_expiry_zero: bool,
+    wakes: WakeBatch,
 }
 
 impl Connection {
@@ -80,6 +81,7 @@ impl Connection {
             in_aliases: HashMap::new(),
             out_aliases: HashMap::new(),
             resend: session_present,
+            wakes: WakeBatch::default(),
         }
     }
 
@@ -303,15 +305,18 @@ impl Connection {
             } else {
                 Properties::default()
             };
-            self.broker.route(Arc::new(Message {
-                topic,
-                payload,
-                qos,
-                retain,
-                properties,
-                expires_at,
-                origin: Some(self.session.id),
-            }));
+            self.broker.route_batched(
+                Arc::new(Message {
+                    topic,
+                    payload,
+                    qos,
+                    retain,
+                    properties,
+                    expires_at,
+                    origin: Some(self.session.id),
+                }),
+                Some(&mut self.wakes),
+            );
         }
         let ack = PubAck { packet_id, reason_code: ack_code, ..Default::default() };
         match qos {
@@ -512,9 +517,16 @@ impl Connection {
         Ok(more)
     }
 
+    /// Wake the subscribers of everything routed since the last call. The shell calls this
+    /// after each batch of inbound packets (one wake per subscriber per batch).
+    pub fn flush_wakes(&mut self) {
+        self.wakes.flush();
+    }
+
     /// The connection is gone (after a [`Close`], an I/O error or EOF). Publishes the will
     /// unless `close` says the client disconnected normally.
     pub fn closed(mut self, close: Close, now: Instant) {
+        self.wakes.flush();
         let will = if close.publish_will { self.will.take() } else { None };
         self.broker.disconnected(&self.session, self.generation, will, now);
     }

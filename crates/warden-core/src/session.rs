@@ -114,6 +114,8 @@ pub struct Session {
     owner: RwLock<Principal>,
     connected: AtomicBool,
     ended: AtomicBool,
+    /// A wake-up for this session is already in some publisher's [`WakeBatch`].
+    wake_batched: AtomicBool,
     /// Mutable state.
     pub state: Mutex<SessionState>,
 }
@@ -138,6 +140,7 @@ impl Session {
             owner: RwLock::new(owner),
             connected: AtomicBool::new(false),
             ended: AtomicBool::new(false),
+            wake_batched: AtomicBool::new(false),
             state: Mutex::new(SessionState {
                 conn: None,
                 subscriptions: HashMap::new(),
@@ -184,7 +187,19 @@ impl Session {
 
     /// Offer a delivery. QoS 0 messages are not queued for offline sessions; when the queue
     /// is at its message or byte limit the delivery is dropped and counted.
-    pub fn enqueue(&self, d: Delivery, max_messages: usize, max_bytes: u64) -> Enqueued {
+    pub fn enqueue(self: &Arc<Self>, d: Delivery, max_messages: usize, max_bytes: u64) -> Enqueued {
+        self.enqueue_batched(d, max_messages, max_bytes, None)
+    }
+
+    /// [`Session::enqueue`], deferring the wake-up into `batch` when given (one wake per
+    /// session per publisher read batch, so the subscriber writes many messages at once).
+    pub fn enqueue_batched(
+        self: &Arc<Self>,
+        d: Delivery,
+        max_messages: usize,
+        max_bytes: u64,
+        batch: Option<&mut WakeBatch>,
+    ) -> Enqueued {
         let waker = {
             let mut st = self.state.lock();
             if self.is_ended() {
@@ -203,9 +218,44 @@ impl Session {
             st.conn.as_ref().map(|c| c.waker.clone())
         };
         if let Some(w) = waker {
-            w.wake();
+            match batch {
+                Some(b) => {
+                    if !self.wake_batched.swap(true, Ordering::AcqRel) {
+                        b.0.push((self.clone(), w));
+                    }
+                }
+                None => w.wake(),
+            }
         }
         Enqueued::Queued
+    }
+}
+
+/// Wake-ups deferred while a publisher's read batch is routed; [`WakeBatch::flush`] wakes each
+/// session once.
+#[derive(Default)]
+pub struct WakeBatch(Vec<(Arc<Session>, Arc<dyn Wake>)>);
+
+impl WakeBatch {
+    /// Wake every session collected, once each.
+    pub fn flush(&mut self) {
+        for (s, w) in self.0.drain(..) {
+            // Cleared before waking: a delivery queued after this point batches a new wake.
+            s.wake_batched.store(false, Ordering::Release);
+            w.wake();
+        }
+    }
+
+    /// True when nothing is pending.
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+}
+
+impl Drop for WakeBatch {
+    /// A batch is never lost: whatever was collected is woken (and the flags cleared).
+    fn drop(&mut self) {
+        self.flush();
     }
 }
 

@@ -430,6 +430,7 @@ where
                     }
                 }
             }
+            conn.flush_wakes();
             match conn.pull(now, wbuf, WRITE_BUDGET) {
                 Ok(m) => more = m,
                 Err(c) => return c,
