@@ -58,12 +58,14 @@ impl Authorizer for AllowAll {
     }
 }
 
-/// Compile token scopes into rules: `mqtt:pub:<filter>` allows publishing to what the filter
-/// matches, `mqtt:sub:<filter>` allows subscribing within the filter and receiving what it
-/// matches. Other scopes (role names) and scopes with an invalid filter grant nothing here.
-pub fn compile_scopes(scopes: &[std::sync::Arc<str>]) -> crate::acl::AclFile {
+/// The rule lines that `mqtt:` scopes stand for: `mqtt:pub:<filter>` → `topic write <filter>`,
+/// `mqtt:sub:<filter>` → `topic read <filter>`. Other scopes (role names) and scopes with an
+/// invalid filter give no line; one rule per line, so a filter with a newline cannot smuggle in
+/// another directive.
+pub fn scope_rule_lines<S: AsRef<str>>(scopes: &[S]) -> String {
     let mut text = String::new();
     for s in scopes {
+        let s = s.as_ref();
         let (access, filter) = if let Some(f) = s.strip_prefix("mqtt:pub:") {
             ("write", f)
         } else if let Some(f) = s.strip_prefix("mqtt:sub:") {
@@ -71,17 +73,21 @@ pub fn compile_scopes(scopes: &[std::sync::Arc<str>]) -> crate::acl::AclFile {
         } else {
             continue;
         };
-        // One rule per line: a filter with a newline cannot smuggle in another directive.
-        if filter.is_empty()
-            || filter.contains(['\n', '\r'])
-            || crate::acl::AclFile::parse(&format!("topic {access} {filter}\n")).is_err()
-        {
+        let line = format!("topic {access} {filter}\n");
+        if filter.is_empty() || filter.contains(['\n', '\r']) || crate::acl::AclFile::parse(&line).is_err() {
             continue;
         }
-        text.push_str(&format!("topic {access} {filter}\n"));
+        text.push_str(&line);
     }
+    text
+}
+
+/// Compile token scopes into rules (see [`scope_rule_lines`]): `mqtt:pub:<filter>` allows
+/// publishing to what the filter matches, `mqtt:sub:<filter>` allows subscribing within the
+/// filter and receiving what it matches.
+pub fn compile_scopes(scopes: &[std::sync::Arc<str>]) -> crate::acl::AclFile {
     // Every line was checked on its own; the whole cannot fail.
-    crate::acl::AclFile::parse(&text).unwrap_or_default()
+    crate::acl::AclFile::parse(&scope_rule_lines(scopes)).unwrap_or_default()
 }
 
 /// The broker's policy: the ACL file (if configured) and each token principal's scopes.

@@ -225,40 +225,24 @@ where
     };
     let protocol = connect.protocol;
     // MQTT 5 enhanced authentication (SCRAM-SHA-256) runs before the CONNACK, within the
-    // same connect_timeout [MQTT-4.12.0-?].
+    // same connect_timeout [MQTT-4.12.0-?]; otherwise the configured methods decide.
     let mut enhanced_auth = None;
-    let mut scram_principal = None;
     let mut scram_user = None;
-    if connect.properties.authentication_method.is_some() {
-        let exchange = tokio::time::timeout(
+    let authenticated = if connect.properties.authentication_method.is_some() {
+        tokio::time::timeout(
             ctx.connect_timeout,
             scram_exchange(&connect, &mut rd, &mut wr, &mut rbuf, ctx.max_packet_size, &ctx.auth),
         )
         .await
-        .unwrap_or(Err(ReasonCode::NOT_AUTHORIZED));
-        match exchange {
-            Ok((user, server_final)) => {
-                scram_principal = Some(warden_policy::Principal::user(&user));
-                scram_user = Some(user);
-                enhanced_auth = Some(bytes::Bytes::from(server_final));
-            }
-            Err(code) => {
-                if let Some(s) = &slot {
-                    s.auth_failed(Instant::now());
-                }
-                info!(%peer, client_id = %connect.client_id, reason = %code, "enhanced authentication refused");
-                ctx.broker.stats.connections_refused.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                let client_max = connect.properties.maximum_packet_size.unwrap_or(u32::MAX);
-                write_connack(protocol, false, code, Default::default(), client_max, &mut wbuf);
-                let _ = wr.write_all(&wbuf).await;
-                let _ = wr.shutdown().await;
-                return;
-            }
-        }
-    }
-    let authenticated = match scram_principal {
-        Some(p) => Ok(crate::auth::Authenticated::from(p)),
-        None => ctx.auth.authenticate(&connect, cert, peer).await,
+        .unwrap_or(Err(ReasonCode::NOT_AUTHORIZED))
+        .map(|(user, server_final)| {
+            enhanced_auth = Some(bytes::Bytes::from(server_final));
+            let principal = warden_policy::Principal::user(&user);
+            scram_user = Some(user);
+            crate::auth::Authenticated::from(principal)
+        })
+    } else {
+        ctx.auth.authenticate(&connect, cert, peer).await
     };
     let authed = match authenticated.and_then(|a| {
         ctx.auth.check_client_id(&a.principal, &connect.client_id)?;

@@ -218,21 +218,7 @@ impl Grant {
     /// The rules are checked as the principal's own (user `None` in
     /// [`AclFile::check`], like token scopes): `topic` lines and `pattern` lines with `%c` apply.
     pub fn rules(&self) -> Option<AclFile> {
-        let mut text = String::new();
-        for s in &self.scopes {
-            let (access, filter) = if let Some(f) = s.strip_prefix("mqtt:pub:") {
-                ("write", f)
-            } else if let Some(f) = s.strip_prefix("mqtt:sub:") {
-                ("read", f)
-            } else {
-                continue;
-            };
-            let line = format!("topic {access} {filter}\n");
-            if filter.is_empty() || filter.contains(['\n', '\r']) || AclFile::parse(&line).is_err() {
-                continue;
-            }
-            text.push_str(&line);
-        }
+        let mut text = warden_policy::authz::scope_rule_lines(&self.scopes);
         for l in &self.acl {
             text.push_str(l);
             text.push('\n');
