@@ -34,6 +34,21 @@ use tokio::task::JoinHandle;
 use tokio::time::Instant;
 use warden_testkit::{connect_packet, RawClient, Recv, TestBroker};
 
+/// One test per protocol version for a scenario written once over [`Mqtt`].
+macro_rules! both_versions {
+    ($v3:ident, $v5:ident, $scenario:ident) => {
+        #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+        async fn $v3() {
+            $scenario::<C3>().await;
+        }
+
+        #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+        async fn $v5() {
+            $scenario::<C5>().await;
+        }
+    };
+}
+
 /// How long to wait for something that should happen promptly.
 const WAIT: Duration = Duration::from_secs(5);
 /// How long to watch for something that must NOT happen (when no sentinel can prove it).
@@ -513,15 +528,7 @@ async fn pubsub_qos_matrix<C: Mqtt>() {
     sub.expect_no_publish(QUIET).await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn v3_pubsub_qos_matrix() {
-    pubsub_qos_matrix::<C3>().await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn v5_pubsub_qos_matrix() {
-    pubsub_qos_matrix::<C5>().await;
-}
+both_versions!(v3_pubsub_qos_matrix, v5_pubsub_qos_matrix, pubsub_qos_matrix);
 
 // ========================================================================= 2. wildcards
 
@@ -562,15 +569,7 @@ async fn wildcards<C: Mqtt>() {
     all.expect_no_publish(QUIET).await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn v3_wildcards_and_dollar_topics() {
-    wildcards::<C3>().await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn v5_wildcards_and_dollar_topics() {
-    wildcards::<C5>().await;
-}
+both_versions!(v3_wildcards_and_dollar_topics, v5_wildcards_and_dollar_topics, wildcards);
 
 // ========================================================================== 3. retained
 
@@ -607,15 +606,7 @@ async fn retained_set_replace_clear<C: Mqtt>() {
     assert_eq!((m.payload.as_slice(), m.retain), (&b"after"[..], false), "retained message was not cleared");
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn v3_retained_set_replace_clear() {
-    retained_set_replace_clear::<C3>().await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn v5_retained_set_replace_clear() {
-    retained_set_replace_clear::<C5>().await;
-}
+both_versions!(v3_retained_set_replace_clear, v5_retained_set_replace_clear, retained_set_replace_clear);
 
 /// Retain Handling 0: retained sent at every subscribe [MQTT-3.3.1-9]; 1: only if the
 /// subscription did not exist [MQTT-3.3.1-10]; 2: never [MQTT-3.3.1-11].
@@ -692,25 +683,9 @@ async fn no_will_after_disconnect<C: Mqtt>() {
     sub.expect_no_publish(QUIET).await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn v3_will_on_abrupt_drop() {
-    will_on_abrupt_drop::<C3>().await;
-}
+both_versions!(v3_will_on_abrupt_drop, v5_will_on_abrupt_drop, will_on_abrupt_drop);
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn v5_will_on_abrupt_drop() {
-    will_on_abrupt_drop::<C5>().await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn v3_no_will_after_normal_disconnect() {
-    no_will_after_disconnect::<C3>().await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn v5_no_will_after_normal_disconnect() {
-    no_will_after_disconnect::<C5>().await;
-}
+both_versions!(v3_no_will_after_normal_disconnect, v5_no_will_after_normal_disconnect, no_will_after_disconnect);
 
 /// DISCONNECT with reason 0x04 (Disconnect with Will Message) publishes the will (§3.14.2.1;
 /// contrast [MQTT-3.14.4-3]). rumqttc always sends 0x00, so the leaving client is a RawClient;
@@ -872,25 +847,9 @@ async fn clean_start_discards<C: Mqtt>() {
     s.expect_no_publish(QUIET).await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn v3_persistent_session_resumes_in_order() {
-    persistent_session::<C3>().await;
-}
+both_versions!(v3_persistent_session_resumes_in_order, v5_persistent_session_resumes_in_order, persistent_session);
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn v5_persistent_session_resumes_in_order() {
-    persistent_session::<C5>().await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn v3_clean_session_discards() {
-    clean_start_discards::<C3>().await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn v5_clean_start_discards() {
-    clean_start_discards::<C5>().await;
-}
+both_versions!(v3_clean_session_discards, v5_clean_start_discards, clean_start_discards);
 
 /// v5 Session Expiry Interval: absent (0) ends the session with the connection, and a
 /// non-zero interval ends it once elapsed (§3.1.2.11.2); Clean Start 0 then finds no session,
@@ -1355,12 +1314,4 @@ async fn sys_topics<C: Mqtt>() {
     secs.parse::<u64>().unwrap_or_else(|e| panic!("uptime payload {u:?}: {e}"));
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn v3_sys_topics() {
-    sys_topics::<C3>().await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn v5_sys_topics() {
-    sys_topics::<C5>().await;
-}
+both_versions!(v3_sys_topics, v5_sys_topics, sys_topics);
