@@ -119,16 +119,8 @@ pub fn render(inputs: &[PathBuf], reference: &str) -> Result<String> {
     // Summary: the two key figures per case, medians and ratios.
     s.push_str("#### Summary (medians; ratios are ");
     s.push_str(reference);
-    s.push_str(" / peer)\n\n| case | metric |");
-    for b in &brokers {
-        s.push_str(&format!(" {b} |"));
-    }
-    for o in &others {
-        s.push_str(&format!(" {reference}/{o} |"));
-    }
-    s.push_str("\n|---|---|");
-    s.push_str(&"---:|".repeat(brokers.len() + others.len()));
-    s.push('\n');
+    s.push_str(" / peer)\n\n");
+    table_header(&mut s, &["case", "metric"], &brokers, &others, reference);
     for case in &cases {
         let scenario = runs.iter().find(|r| &r.case == case).map(|r| r.scenario.clone()).unwrap_or_default();
         let ms = metrics(&scenario);
@@ -168,16 +160,7 @@ pub fn render(inputs: &[PathBuf], reference: &str) -> Result<String> {
                 first.publishers, first.subscribers, first.qos, first.payload, first.protocol
             ));
         }
-        s.push_str("| metric (median) |");
-        for b in &brokers {
-            s.push_str(&format!(" {b} |"));
-        }
-        for o in &others {
-            s.push_str(&format!(" {reference}/{o} |"));
-        }
-        s.push_str("\n|---|");
-        s.push_str(&"---:|".repeat(brokers.len() + others.len()));
-        s.push('\n');
+        table_header(&mut s, &["metric (median)"], &brokers, &others, reference);
         for m in &ms {
             s.push_str(&format!("| {} |", m.name));
             let mine = med(case, reference, m);
@@ -224,4 +207,28 @@ pub fn render(inputs: &[PathBuf], reference: &str) -> Result<String> {
         }
     }
     Ok(s)
+}
+
+/// A table header: the leading columns, one column per broker, one ratio column per peer.
+fn table_header<B: std::fmt::Display, O: std::fmt::Display>(
+    s: &mut String,
+    leading: &[&str],
+    brokers: &[B],
+    others: &[O],
+    reference: &str,
+) {
+    s.push('|');
+    for c in leading {
+        s.push_str(&format!(" {c} |"));
+    }
+    for b in brokers {
+        s.push_str(&format!(" {b} |"));
+    }
+    for o in others {
+        s.push_str(&format!(" {reference}/{o} |"));
+    }
+    s.push_str("\n|");
+    s.push_str(&"---|".repeat(leading.len()));
+    s.push_str(&"---:|".repeat(brokers.len() + others.len()));
+    s.push('\n');
 }

@@ -63,8 +63,7 @@ impl std::fmt::Debug for Authenticator {
 fn load_file(path: &PathBuf) -> anyhow::Result<PasswordFile> {
     let text =
         std::fs::read_to_string(path).with_context(|| format!("{}: cannot read password file", path.display()))?;
-    PasswordFile::parse(&text)
-        .map_err(|e| anyhow::anyhow!("{}:{}", path.display(), e.to_string().trim_start_matches("line ")))
+    PasswordFile::parse(&text).map_err(|e| crate::config::file_line_error(path, &e))
 }
 
 impl Authenticator {

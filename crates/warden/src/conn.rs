@@ -112,32 +112,47 @@ enum Pre {
     Closed(&'static str),
 }
 
-async fn read_connect<R: AsyncRead + Unpin>(rd: &mut R, buf: &mut BytesMut, max: u32, out: &mut BytesMut) -> Pre {
+/// Why no packet could be read before the connection is in the main loop.
+enum ReadError {
+    /// The peer closed or the socket failed.
+    Closed,
+    /// The bytes do not decode.
+    Decode(DecodeError),
+}
+
+/// Read until one whole packet is decoded (the phases before the main loop: CONNECT, SCRAM).
+async fn read_packet<R: AsyncRead + Unpin>(
+    rd: &mut R,
+    buf: &mut BytesMut,
+    v: Protocol,
+    max: u32,
+) -> Result<Packet, ReadError> {
     loop {
-        match decode(buf, Protocol::V311, max) {
-            Ok(Some(Packet::Connect(c))) => return Pre::Connect(c),
-            // [MQTT-3.1.0-1]: the first packet must be CONNECT.
-            Ok(Some(_)) => return Pre::Closed("first packet is not CONNECT"),
+        match decode(buf, v, max) {
+            Ok(Some(p)) => return Ok(p),
             Ok(None) => {}
-            Err(DecodeError::UnsupportedProtocol) => {
-                // [MQTT-3.1.2-2]: CONNACK 0x01 (unacceptable protocol version), then close.
-                write_connack(
-                    Protocol::V311,
-                    false,
-                    ReasonCode::UNSUPPORTED_PROTOCOL_VERSION,
-                    Default::default(),
-                    0,
-                    out,
-                );
-                return Pre::Closed("unsupported protocol version");
-            }
-            Err(_) => return Pre::Closed("malformed CONNECT"),
+            Err(e) => return Err(ReadError::Decode(e)),
         }
         buf.reserve(IDLE_READ);
         match rd.read_buf(buf).await {
-            Ok(0) | Err(_) => return Pre::Closed("closed before CONNECT"),
+            Ok(0) | Err(_) => return Err(ReadError::Closed),
             Ok(_) => {}
         }
+    }
+}
+
+async fn read_connect<R: AsyncRead + Unpin>(rd: &mut R, buf: &mut BytesMut, max: u32, out: &mut BytesMut) -> Pre {
+    match read_packet(rd, buf, Protocol::V311, max).await {
+        Ok(Packet::Connect(c)) => Pre::Connect(c),
+        // [MQTT-3.1.0-1]: the first packet must be CONNECT.
+        Ok(_) => Pre::Closed("first packet is not CONNECT"),
+        Err(ReadError::Decode(DecodeError::UnsupportedProtocol)) => {
+            // [MQTT-3.1.2-2]: CONNACK 0x01 (unacceptable protocol version), then close.
+            write_connack(Protocol::V311, false, ReasonCode::UNSUPPORTED_PROTOCOL_VERSION, Default::default(), 0, out);
+            Pre::Closed("unsupported protocol version")
+        }
+        Err(ReadError::Decode(_)) => Pre::Closed("malformed CONNECT"),
+        Err(ReadError::Closed) => Pre::Closed("closed before CONNECT"),
     }
 }
 
@@ -176,17 +191,10 @@ where
     Packet::Auth(Auth { reason_code: ReasonCode::CONTINUE_AUTHENTICATION, properties: props })
         .encode(Protocol::V5, &mut out);
     wr.write_all(&out).await.map_err(|_| ReasonCode::UNSPECIFIED_ERROR)?;
-    let reply = loop {
-        match decode(rbuf, Protocol::V5, max) {
-            Ok(Some(p)) => break p,
-            Ok(None) => {}
-            Err(e) => return Err(e.reason_code()),
-        }
-        rbuf.reserve(4096);
-        match rd.read_buf(rbuf).await {
-            Ok(0) | Err(_) => return Err(ReasonCode::UNSPECIFIED_ERROR),
-            Ok(_) => {}
-        }
+    let reply = match read_packet(rd, rbuf, Protocol::V5, max).await {
+        Ok(p) => p,
+        Err(ReadError::Decode(e)) => return Err(e.reason_code()),
+        Err(ReadError::Closed) => return Err(ReasonCode::UNSPECIFIED_ERROR),
     };
     let Packet::Auth(a) = reply else { return Err(ReasonCode::PROTOCOL_ERROR) };
     if a.reason_code != ReasonCode::CONTINUE_AUTHENTICATION

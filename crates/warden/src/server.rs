@@ -124,10 +124,7 @@ pub fn load_policy(cfg: &AuthzConfig) -> anyhow::Result<PolicyAuthorizer> {
         None => None,
         Some(p) => {
             let text = std::fs::read_to_string(p).with_context(|| format!("{}: cannot read ACL file", p.display()))?;
-            Some(
-                AclFile::parse(&text)
-                    .map_err(|e| anyhow::anyhow!("{}:{}", p.display(), e.to_string().trim_start_matches("line ")))?,
-            )
+            Some(AclFile::parse(&text).map_err(|e| crate::config::file_line_error(p, &e))?)
         }
     };
     Ok(PolicyAuthorizer::new(acl, cfg.on_deny == OnDeny::Disconnect))
