@@ -20,8 +20,9 @@ use warden_policy::{Action, Authorizer, Principal};
 use crate::config::BrokerConfig;
 use crate::connection::Connection;
 use crate::message::Message;
+use crate::persist::{Persist, PersistOp, RestoredSession};
 use crate::retained::RetainedStore;
-use crate::session::{ConnLink, Delivery, Enqueued, PendingWill, Session, WakeBatch};
+use crate::session::{ConnLink, Delivery, Enqueued, Inflight, PendingWill, Session, WakeBatch};
 use crate::trie::{SubEntry, SubTrie, Target};
 use crate::Wake;
 
@@ -64,6 +65,7 @@ pub struct Broker {
     subs: RwLock<SubTrie>,
     retained: RwLock<RetainedStore>,
     authorizer: RwLock<Arc<dyn Authorizer>>,
+    store: Option<Arc<dyn Persist>>,
     policy_gen: AtomicU64,
     next_id: AtomicU64,
     started: Instant,
@@ -75,7 +77,19 @@ pub const VERSION: &str = concat!("warden ", env!("CARGO_PKG_VERSION"));
 impl Broker {
     /// A broker with these limits and this authorization policy.
     pub fn new(config: BrokerConfig, authorizer: Arc<dyn Authorizer>, now: Instant) -> Arc<Broker> {
+        Broker::with_store(config, authorizer, None, now)
+    }
+
+    /// A broker that reports every change to durable state to `store` (see [`crate::persist`]).
+    /// Restore what the store held with [`Broker::restore`] before accepting connections.
+    pub fn with_store(
+        config: BrokerConfig,
+        authorizer: Arc<dyn Authorizer>,
+        store: Option<Arc<dyn Persist>>,
+        now: Instant,
+    ) -> Arc<Broker> {
         Arc::new(Broker {
+            store,
             config,
             stats: Stats::default(),
             sessions: Mutex::new(HashMap::new()),
@@ -108,6 +122,80 @@ impl Broker {
 
     fn next_id(&self) -> u64 {
         self.next_id.fetch_add(1, Ordering::Relaxed)
+    }
+
+    /// The durable store, if any.
+    pub fn store(&self) -> Option<&Arc<dyn Persist>> {
+        self.store.as_ref()
+    }
+
+    /// Store the session's record if it outlives its connections (expiry > 0). Returns the
+    /// store ticket (0 when nothing was stored or nothing needs to wait).
+    pub(crate) fn save_session(&self, s: &Session) -> u64 {
+        let Some(store) = &self.store else { return 0 };
+        let mut st = s.state.lock();
+        if st.expiry_interval == 0 || s.is_ended() {
+            return 0;
+        }
+        st.persisted = true;
+        let rec = s.record(&st);
+        // Submitted under the session lock, so records reach the store in the order of changes.
+        store.submit(PersistOp::Session(Box::new(rec)))
+    }
+
+    /// Put back what the store held: sessions with their subscriptions, queues, in-flight
+    /// messages and inbound QoS 2 state, and retained messages. Call before connections are
+    /// accepted.
+    pub fn restore(&self, sessions: Vec<RestoredSession>, retained: Vec<Arc<Message>>, now: Instant) {
+        {
+            let mut r = self.retained.write();
+            for m in retained {
+                r.set(m);
+            }
+        }
+        let mut reg = self.sessions.lock();
+        for rs in sessions {
+            self.next_id.fetch_max(rs.sid + 1, Ordering::Relaxed);
+            let s = Arc::new(Session::new(rs.sid, rs.client_id.clone(), rs.owner, rs.expiry_interval));
+            {
+                let mut st = s.state.lock();
+                st.persisted = true;
+                st.disconnected_at = Some(now.checked_sub(rs.disconnected_for).unwrap_or(now));
+                st.inbound_qos2 = rs.inbound_qos2.into_iter().collect();
+                let mut trie = self.subs.write();
+                for sub in rs.subscriptions {
+                    let entry = SubEntry { session: s.clone(), options: sub.options, id: sub.id };
+                    trie.insert(sub.filter.shared().map(|(g, _)| g), sub.filter.match_filter(), entry);
+                    st.subscriptions.insert(Arc::from(sub.filter.as_str()), sub);
+                }
+                drop(trie);
+                let mut max_pid = 0;
+                for d in rs.deliveries {
+                    let delivery = Delivery {
+                        msg: d.msg,
+                        qos: d.qos,
+                        retain: d.retain,
+                        sub_ids: d.sub_ids,
+                        // Authorized again before it is sent: the policy may have changed.
+                        policy_gen: u64::MAX,
+                        seq: d.seq,
+                    };
+                    match d.stage {
+                        Some((pid, stage)) => {
+                            max_pid = max_pid.max(pid);
+                            st.inflight.push_back((pid, Inflight { delivery, stage }));
+                        }
+                        None => {
+                            st.queued_bytes += delivery.msg.cost();
+                            st.queue.push_back(delivery);
+                        }
+                    }
+                }
+                st.next_packet_id = max_pid.checked_add(1).unwrap_or(1);
+            }
+            self.expiring.lock().insert(s.id, s.clone());
+            reg.insert(rs.client_id, s);
+        }
     }
 
     /// Number of sessions (connected or not).
@@ -248,6 +336,7 @@ impl Broker {
                 }
             }
         };
+        let durable = self.save_session(&session);
         if let Some(w) = old_waker {
             // The old connection sees its generation replaced and closes with 0x8E [MQTT-3.1.4-3].
             w.wake();
@@ -259,7 +348,7 @@ impl Broker {
         }
         inc(&self.stats.connections_total);
         write_connack(v, session_present, ReasonCode::SUCCESS, props, client_max, out);
-        Ok(Connection::new(
+        let mut conn = Connection::new(
             self.clone(),
             session,
             generation,
@@ -268,7 +357,9 @@ impl Broker {
             principal,
             keep_alive,
             session_present,
-        ))
+        );
+        conn.add_durable(durable);
+        Ok(conn)
     }
 
     /// Mark a session ended and drop its subscriptions; returns the waker of its live
@@ -282,6 +373,11 @@ impl Broker {
             st.queue.clear();
             st.queued_bytes = 0;
             st.inflight.clear();
+            if std::mem::take(&mut st.persisted) {
+                if let Some(store) = &self.store {
+                    store.submit(PersistOp::SessionEnd { sid: s.id });
+                }
+            }
             (st.conn.take(), filters, st.pending_will.take().map(|p| p.will))
         };
         if !filters.is_empty() {
@@ -339,6 +435,7 @@ impl Broker {
             }
         }
         drop(st);
+        self.save_session(s);
         self.expiring.lock().insert(s.id, s.clone());
         if let Some(w) = publish_now {
             self.publish_will(s, w, now);
@@ -405,6 +502,7 @@ impl Broker {
             properties: Message::forwarded_properties(w.properties),
             expires_at,
             origin: None,
+            persisted: Default::default(),
         }));
     }
 
@@ -421,6 +519,13 @@ impl Broker {
     pub fn route_batched(&self, msg: Arc<Message>, mut batch: Option<&mut WakeBatch>) -> usize {
         if msg.retain {
             self.retained.write().set(msg.clone());
+            if let Some(store) = self.store.as_ref().filter(|_| !msg.topic.as_str().starts_with("$SYS/")) {
+                let stored = (!msg.payload.is_empty()).then(|| msg.clone());
+                let t = store.submit(PersistOp::Retained { topic: msg.topic.clone(), msg: stored });
+                if let Some(b) = batch.as_deref_mut() {
+                    b.durable = b.durable.max(t);
+                }
+            }
         }
         let mut targets: Vec<Target> = Vec::new();
         self.subs.read().matches(msg.topic.as_str(), &mut targets);
@@ -462,12 +567,14 @@ impl Broker {
                 retain: rap && msg.retain,
                 sub_ids: ids,
                 policy_gen,
+                seq: 0,
             };
             match s.enqueue_batched(
                 d,
                 self.config.max_queued_messages,
                 self.config.max_queued_bytes,
                 batch.as_deref_mut(),
+                self.store.as_ref(),
             ) {
                 Enqueued::Queued => queued += 1,
                 Enqueued::Dropped => inc(&self.stats.messages_dropped),
@@ -536,6 +643,7 @@ impl Broker {
                 properties: Properties::default(),
                 expires_at: None,
                 origin: None,
+                persisted: Default::default(),
             }));
         }
     }

@@ -21,7 +21,8 @@ use warden_policy::{Action, Decision, Principal};
 
 use crate::broker::Broker;
 use crate::message::Message;
-use crate::session::{Delivery, Inflight, OutStage, Session, WakeBatch};
+use crate::persist::PersistOp;
+use crate::session::{store_delivery, Delivery, Inflight, OutStage, Session, WakeBatch};
 
 /// Why (and how) a connection ends.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -50,6 +51,8 @@ pub struct Connection {
     resend: bool,
     connect_expiry_zero: bool,
     wakes: WakeBatch,
+    /// Store ticket the output written so far must wait for (0: none).
+    durable: u64,
 }
 
 impl Connection {
@@ -82,6 +85,35 @@ impl Connection {
             out_aliases: HashMap::new(),
             resend: session_present,
             wakes: WakeBatch::default(),
+            durable: 0,
+        }
+    }
+
+    pub(crate) fn add_durable(&mut self, ticket: u64) {
+        self.durable = self.durable.max(ticket);
+    }
+
+    /// The store ticket that must be committed before the output produced since the last call
+    /// is written (an acknowledgement of a message the store must keep); 0 when none. The shell
+    /// waits for it (group commit) before writing.
+    pub fn take_durable(&mut self) -> u64 {
+        std::mem::take(&mut self.durable)
+    }
+
+    /// Record that the session's delivery `seq` is finished in the store.
+    fn delivery_done(&self, seq: u64) {
+        if seq != 0 {
+            if let Some(store) = self.broker.store() {
+                store.submit(PersistOp::DeliveryDone { sid: self.session.id, seq });
+            }
+        }
+    }
+
+    /// Record an inbound QoS 2 packet id (PUBREC sent) or its release (PUBREL received).
+    fn inbound_qos2(&mut self, packet_id: u16, present: bool, persistent: bool) {
+        if let Some(store) = self.broker.store().filter(|_| persistent) {
+            let t = store.submit(PersistOp::InboundQos2 { sid: self.session.id, packet_id, present });
+            self.add_durable(t);
         }
     }
 
@@ -159,7 +191,9 @@ impl Connection {
                 if let Some(i) = st.inflight_index(a.packet_id) {
                     if st.inflight[i].1.stage == OutStage::AwaitAck && st.inflight[i].1.delivery.qos == QoS::AtLeastOnce
                     {
-                        st.inflight.remove(i);
+                        if let Some((_, f)) = st.inflight.remove(i) {
+                            self.delivery_done(f.delivery.seq);
+                        }
                     }
                 }
                 Ok(())
@@ -171,10 +205,19 @@ impl Connection {
                 match found {
                     Some(i) if !a.reason_code.is_success() => {
                         // A failing PUBREC ends the flow [MQTT-4.3.3-?]: no PUBREL.
-                        st.inflight.remove(i);
+                        if let Some((_, f)) = st.inflight.remove(i) {
+                            self.delivery_done(f.delivery.seq);
+                        }
                     }
                     Some(i) => {
                         st.inflight[i].1.stage = OutStage::AwaitComp;
+                        let f = &mut st.inflight[i].1;
+                        if f.delivery.seq != 0 {
+                            if let Some(store) = self.broker.store() {
+                                let stage = Some((a.packet_id, OutStage::AwaitComp));
+                                store_delivery(store, self.session.id, &mut f.delivery, stage);
+                            }
+                        }
                         drop(st);
                         self.send(&Packet::PubRel(PubAck::new(a.packet_id)), out);
                     }
@@ -193,13 +236,21 @@ impl Connection {
                 let mut st = self.session.state.lock();
                 if let Some(i) = st.inflight_index(a.packet_id) {
                     if st.inflight[i].1.stage == OutStage::AwaitComp {
-                        st.inflight.remove(i);
+                        if let Some((_, f)) = st.inflight.remove(i) {
+                            self.delivery_done(f.delivery.seq);
+                        }
                     }
                 }
                 Ok(())
             }
             Packet::PubRel(a) => {
-                let existed = self.session.state.lock().inbound_qos2.remove(&a.packet_id);
+                let (existed, persistent) = {
+                    let mut st = self.session.state.lock();
+                    (st.inbound_qos2.remove(&a.packet_id), st.persisted)
+                };
+                if existed {
+                    self.inbound_qos2(a.packet_id, false, persistent);
+                }
                 let rc = if existed { ReasonCode::SUCCESS } else { ReasonCode::PACKET_IDENTIFIER_NOT_FOUND };
                 self.send(
                     &Packet::PubComp(PubAck { packet_id: a.packet_id, reason_code: rc, ..Default::default() }),
@@ -296,6 +347,9 @@ impl Connection {
             }
             if !(denied && self.protocol == Protocol::V5) {
                 st.inbound_qos2.insert(packet_id);
+                let persistent = st.persisted;
+                drop(st);
+                self.inbound_qos2(packet_id, true, persistent);
             }
         }
         if !denied {
@@ -314,9 +368,15 @@ impl Connection {
                     properties,
                     expires_at,
                     origin: Some(self.session.id),
+                    persisted: Default::default(),
                 }),
                 Some(&mut self.wakes),
             );
+            // The acknowledgement waits until what was stored for it is durable.
+            let t = std::mem::take(&mut self.wakes.durable);
+            if qos != QoS::AtMostOnce {
+                self.add_durable(t);
+            }
         }
         let ack = PubAck { packet_id, reason_code: ack_code, ..Default::default() };
         match qos {
@@ -372,10 +432,13 @@ impl Connection {
                         retain: true,
                         sub_ids: sub_id.into_iter().collect(),
                         policy_gen: self.broker.policy_generation(),
+                        seq: 0,
                     });
                 }
             }
         }
+        let t = self.broker.save_session(&self.session);
+        self.add_durable(t);
         self.send(
             &Packet::SubAck(SubAck { packet_id: s.packet_id, properties: Properties::default(), reason_codes: codes }),
             out,
@@ -402,6 +465,8 @@ impl Connection {
                 }
             })
             .collect();
+        let t = self.broker.save_session(&self.session);
+        self.add_durable(t);
         let reason_codes = if self.protocol == Protocol::V5 { codes } else { Vec::new() };
         self.send(
             &Packet::UnsubAck(UnsubAck { packet_id: u.packet_id, properties: Properties::default(), reason_codes }),
@@ -481,13 +546,15 @@ impl Connection {
             if front.qos != QoS::AtMostOnce && st.inflight.len() >= max_inflight {
                 break; // flow control: wait for acknowledgements [MQTT-4.9.0-2]
             }
-            let Some(d) = st.pop() else { break };
+            let Some(mut d) = st.pop() else { break };
             if d.msg.expired(now) {
+                self.delivery_done(d.seq);
                 continue; // [MQTT-3.3.2-5]
             }
             if d.policy_gen != broker.policy_generation()
                 && !self.authorize(Action::Receive, d.msg.topic.as_str()).is_allowed()
             {
+                self.delivery_done(d.seq);
                 continue; // queued under a policy that has since changed, and now denied
             }
             let packet_id = if d.qos == QoS::AtMostOnce {
@@ -502,12 +569,19 @@ impl Connection {
             let p = Packet::Publish(p);
             if p.encoded_len(self.protocol) > self.client_max_packet as usize {
                 // Too large for the client: discard as if delivered [MQTT-3.1.2-25].
+                self.delivery_done(d.seq);
                 continue;
             }
             self.commit_alias(&d, alias);
             p.encode(self.protocol, out);
             sent += 1;
             if d.qos != QoS::AtMostOnce {
+                if let Some(store) = broker.store().filter(|_| st.expiry_interval > 0) {
+                    // The packet id is stored with the message; a QoS 2 PUBLISH leaves only
+                    // once that is durable, so it is never sent twice under two ids.
+                    let t = store_delivery(store, self.session.id, &mut d, Some((packet_id, OutStage::AwaitAck)));
+                    self.durable = self.durable.max(t);
+                }
                 st.inflight.push_back((packet_id, Inflight { delivery: d, stage: OutStage::AwaitAck }));
             }
         }

@@ -10,6 +10,8 @@
 //! - [`session`]: session state that outlives connections: subscriptions, queue, inflight.
 //! - [`broker`]: the shared broker: client-id registry and takeover, publish routing, wills,
 //!   session expiry, `$SYS`.
+//! - [`persist`]: the seam to durable storage (what is stored, and when an acknowledgement
+//!   must wait for it).
 //! - [`connection`]: one client connection's protocol state machine (`handle` inbound packets,
 //!   `pull` outbound deliveries, encoded into a write buffer).
 //!
@@ -23,6 +25,7 @@ pub mod broker;
 pub mod config;
 pub mod connection;
 pub mod message;
+pub mod persist;
 pub mod retained;
 pub mod session;
 pub mod trie;

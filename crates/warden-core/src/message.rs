@@ -1,12 +1,15 @@
 //! An application message as the broker routes it.
 
+use std::sync::{Arc, OnceLock};
 use std::time::Instant;
 
 use bytes::Bytes;
 use mqtt_codec::{Properties, QoS, TopicName};
 
+use crate::persist::{Persist, PersistOp, PersistedMsg};
+
 /// A published message, decoded once and shared (`Arc<Message>`) by every subscriber's queue.
-#[derive(Debug, Clone)]
+#[derive(Debug)]
 pub struct Message {
     /// Topic name (aliases already resolved).
     pub topic: TopicName,
@@ -24,9 +27,38 @@ pub struct Message {
     pub expires_at: Option<Instant>,
     /// Session id of the publisher, for v5 No Local (`None` for wills and `$SYS`).
     pub origin: Option<u64>,
+    /// Set once the message is stored for a persistent session (see [`crate::persist`]).
+    pub persisted: OnceLock<PersistedMsg>,
+}
+
+impl Clone for Message {
+    /// A copy is a new message: it is not the stored one.
+    fn clone(&self) -> Self {
+        Message {
+            topic: self.topic.clone(),
+            payload: self.payload.clone(),
+            qos: self.qos,
+            retain: self.retain,
+            properties: self.properties.clone(),
+            expires_at: self.expires_at,
+            origin: self.origin,
+            persisted: OnceLock::new(),
+        }
+    }
 }
 
 impl Message {
+    /// The id of this message in `store`, storing it on first use.
+    pub fn stored_id(self: &Arc<Self>, store: &Arc<dyn Persist>) -> u64 {
+        self.persisted
+            .get_or_init(|| {
+                let id = store.next_id();
+                store.submit(PersistOp::Message { id, msg: self.clone() });
+                PersistedMsg::new(id, store.clone())
+            })
+            .id
+    }
+
     /// Keep only the properties that are forwarded to subscribers [MQTT-3.3.2-?].
     pub fn forwarded_properties(p: Properties) -> Properties {
         Properties {

@@ -11,6 +11,7 @@ use parking_lot::{Mutex, RwLock};
 use warden_policy::Principal;
 
 use crate::message::Message;
+use crate::persist::{Persist, PersistOp, SessionRecord};
 use crate::Wake;
 
 /// A message waiting in a session's queue for delivery.
@@ -27,6 +28,8 @@ pub struct Delivery {
     /// The policy generation `receive` was authorized under; a delivery queued under an
     /// older policy is authorized again before it is sent.
     pub policy_gen: u64,
+    /// Its sequence number in the store (0 when it is not stored).
+    pub seq: u64,
 }
 
 /// Where an outbound QoS 1/2 delivery stands.
@@ -101,6 +104,8 @@ pub struct SessionState {
     pub pending_will: Option<PendingWill>,
     /// Messages dropped because the queue was full.
     pub dropped: u64,
+    /// The session has a record in the store (it must be removed when the session ends).
+    pub persisted: bool,
 }
 
 /// A session: the client id, the principal that owns it, and its state.
@@ -153,7 +158,20 @@ impl Session {
                 disconnected_at: None,
                 pending_will: None,
                 dropped: 0,
+                persisted: false,
             }),
+        }
+    }
+
+    /// The stored form of this session (its state is passed in, already locked).
+    pub(crate) fn record(&self, st: &SessionState) -> SessionRecord {
+        SessionRecord {
+            sid: self.id,
+            client_id: self.client_id.clone(),
+            owner: self.owner().clone(),
+            expiry_interval: st.expiry_interval,
+            disconnected_at: st.disconnected_at,
+            subscriptions: st.subscriptions.values().cloned().collect(),
         }
     }
 
@@ -188,18 +206,22 @@ impl Session {
     /// Offer a delivery. QoS 0 messages are not queued for offline sessions; when the queue
     /// is at its message or byte limit the delivery is dropped and counted.
     pub fn enqueue(self: &Arc<Self>, d: Delivery, max_messages: usize, max_bytes: u64) -> Enqueued {
-        self.enqueue_batched(d, max_messages, max_bytes, None)
+        self.enqueue_batched(d, max_messages, max_bytes, None, None)
     }
 
     /// [`Session::enqueue`], deferring the wake-up into `batch` when given (one wake per
     /// session per publisher read batch, so the subscriber writes many messages at once).
+    /// With a `store`, a QoS 1/2 delivery to a persistent session is stored, and the ticket
+    /// its acknowledgement waits for is added to `batch`.
     pub fn enqueue_batched(
         self: &Arc<Self>,
-        d: Delivery,
+        mut d: Delivery,
         max_messages: usize,
         max_bytes: u64,
         batch: Option<&mut WakeBatch>,
+        store: Option<&Arc<dyn Persist>>,
     ) -> Enqueued {
+        let mut ticket = 0;
         let waker = {
             let mut st = self.state.lock();
             if self.is_ended() {
@@ -213,15 +235,22 @@ impl Session {
                 st.dropped += 1;
                 return Enqueued::Dropped;
             }
+            if let Some(store) = store.filter(|_| d.qos != QoS::AtMostOnce && st.expiry_interval > 0) {
+                ticket = store_delivery(store, self.id, &mut d, None);
+            }
             st.queued_bytes += cost;
             st.queue.push_back(d);
             st.conn.as_ref().map(|c| c.waker.clone())
         };
+        let mut batch = batch;
+        if let Some(b) = batch.as_deref_mut() {
+            b.durable = b.durable.max(ticket);
+        }
         if let Some(w) = waker {
             match batch {
                 Some(b) => {
                     if !self.wake_batched.swap(true, Ordering::AcqRel) {
-                        b.0.push((self.clone(), w));
+                        b.wakes.push((self.clone(), w));
                     }
                 }
                 None => w.wake(),
@@ -231,15 +260,42 @@ impl Session {
     }
 }
 
+/// Store (or update) a delivery of session `sid`, giving it a sequence number if it has none.
+/// Returns the ticket its acknowledgement waits for.
+pub(crate) fn store_delivery(
+    store: &Arc<dyn Persist>,
+    sid: u64,
+    d: &mut Delivery,
+    stage: Option<(u16, OutStage)>,
+) -> u64 {
+    if d.seq == 0 {
+        d.seq = store.next_id();
+    }
+    let msg_id = d.msg.stored_id(store);
+    store.submit(PersistOp::Delivery {
+        sid,
+        seq: d.seq,
+        msg_id,
+        qos: d.qos,
+        retain: d.retain,
+        sub_ids: d.sub_ids.clone(),
+        stage,
+    })
+}
+
 /// Wake-ups deferred while a publisher's read batch is routed; [`WakeBatch::flush`] wakes each
-/// session once.
+/// session once. It also collects the store ticket the publisher's acknowledgements wait for.
 #[derive(Default)]
-pub struct WakeBatch(Vec<(Arc<Session>, Arc<dyn Wake>)>);
+pub struct WakeBatch {
+    wakes: Vec<(Arc<Session>, Arc<dyn Wake>)>,
+    /// Highest store ticket of what was routed (0: nothing to wait for).
+    pub durable: u64,
+}
 
 impl WakeBatch {
     /// Wake every session collected, once each.
     pub fn flush(&mut self) {
-        for (s, w) in self.0.drain(..) {
+        for (s, w) in self.wakes.drain(..) {
             // Cleared before waking: a delivery queued after this point batches a new wake.
             s.wake_batched.store(false, Ordering::Release);
             w.wake();
@@ -248,7 +304,7 @@ impl WakeBatch {
 
     /// True when nothing is pending.
     pub fn is_empty(&self) -> bool {
-        self.0.is_empty()
+        self.wakes.is_empty()
     }
 }
 

@@ -27,6 +27,7 @@ fn msg(topic: &str) -> Arc<Message> {
         properties: Properties::default(),
         expires_at: None,
         origin: None,
+        persisted: Default::default(),
     })
 }
 

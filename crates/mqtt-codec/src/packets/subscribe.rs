@@ -32,6 +32,16 @@ pub struct SubscriptionOptions {
 }
 
 impl SubscriptionOptions {
+    /// The MQTT 5 options byte (for storing a subscription).
+    pub fn to_byte(&self) -> u8 {
+        self.encode(Protocol::V5)
+    }
+
+    /// Options from an MQTT 5 options byte, validated as on the wire.
+    pub fn from_byte(b: u8) -> Result<Self, DecodeError> {
+        Self::decode(b, Protocol::V5)
+    }
+
     fn decode(b: u8, v: Protocol) -> Result<Self, DecodeError> {
         let reserved = if v.is_v5() { 0xC0 } else { 0xFC };
         if b & reserved != 0 {

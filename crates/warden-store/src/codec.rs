@@ -1,0 +1,334 @@
+//! On-disk record formats. Every value starts with a format version byte, so a later version
+//! can read (or knowingly drop) what an older one wrote.
+//!
+//! - message / retained: `[1][expires_at: u64 BE unix ms, 0 = never][MQTT 5 PUBLISH packet]`.
+//!   The PUBLISH encoding is the codec's own, so topic and property validation on the way back
+//!   in is the same as for a packet from the network: a damaged record fails to decode instead
+//!   of producing garbage.
+//! - delivery: `[1][msg id u64][qos u8][retain u8][stage u8: 0 queued, 1 await ack, 2 await comp]
+//!   [packet id u16][n u16][n × subscription id u32]` (big-endian).
+//! - session: `[1]` followed by JSON ([`SessionJson`]).
+
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use bytes::BytesMut;
+use mqtt_codec::{decode, Packet, Protocol, Publish, QoS, SubscriptionOptions, TopicFilter};
+use serde::{Deserialize, Serialize};
+use warden_core::persist::SessionRecord;
+use warden_core::session::{OutStage, Subscription};
+use warden_core::Message;
+use warden_policy::{Principal, PrincipalKind};
+
+const V1: u8 = 1;
+
+/// Converts between the broker's monotonic clock and wall-clock milliseconds.
+#[derive(Clone, Copy)]
+pub(crate) struct Clock {
+    now: Instant,
+    wall_ms: u64,
+}
+
+impl Clock {
+    pub(crate) fn now() -> Clock {
+        let wall_ms = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64);
+        Clock { now: Instant::now(), wall_ms }
+    }
+
+    pub(crate) fn to_wall(self, t: Instant) -> u64 {
+        match t.checked_duration_since(self.now) {
+            Some(ahead) => self.wall_ms.saturating_add(ahead.as_millis() as u64),
+            None => self.wall_ms.saturating_sub(self.now.saturating_duration_since(t).as_millis() as u64),
+        }
+        .max(1)
+    }
+
+    /// The instant of wall time `ms`; None when it lies too far in the past to represent.
+    pub(crate) fn to_instant(self, ms: u64) -> Option<Instant> {
+        if ms >= self.wall_ms {
+            self.now.checked_add(Duration::from_millis(ms - self.wall_ms))
+        } else {
+            self.now.checked_sub(Duration::from_millis(self.wall_ms - ms))
+        }
+    }
+
+    pub(crate) fn wall_ms(self) -> u64 {
+        self.wall_ms
+    }
+}
+
+/// Why a record could not be read back.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct BadRecord(pub(crate) String);
+
+fn bad(s: impl Into<String>) -> BadRecord {
+    BadRecord(s.into())
+}
+
+pub(crate) fn encode_message(m: &Message, clock: Clock) -> Vec<u8> {
+    let mut out = BytesMut::with_capacity(16 + m.topic.as_str().len() + m.payload.len());
+    out.extend_from_slice(&[V1]);
+    out.extend_from_slice(&m.expires_at.map_or(0, |e| clock.to_wall(e)).to_be_bytes());
+    let p = Publish {
+        dup: false,
+        qos: m.qos,
+        retain: m.retain,
+        topic: m.topic.clone(),
+        packet_id: if m.qos == QoS::AtMostOnce { 0 } else { 1 },
+        properties: m.properties.clone(),
+        payload: m.payload.clone(),
+    };
+    Packet::Publish(p).encode(Protocol::V5, &mut out);
+    out.to_vec()
+}
+
+/// A message record; `Ok(None)` when it has expired.
+pub(crate) fn decode_message(b: &[u8], clock: Clock) -> Result<Option<Message>, BadRecord> {
+    if b.len() < 9 || b[0] != V1 {
+        return Err(bad("unknown message record version or short record"));
+    }
+    let expires = u64::from_be_bytes(b[1..9].try_into().map_err(|_| bad("short record"))?);
+    let mut buf = BytesMut::from(&b[9..]);
+    let packet = decode(&mut buf, Protocol::V5, u32::MAX).map_err(|e| bad(format!("message: {e}")))?;
+    let Some(Packet::Publish(p)) = packet else { return Err(bad("message record is not a PUBLISH")) };
+    if !buf.is_empty() || p.topic.is_empty() {
+        return Err(bad("message record has trailing bytes or no topic"));
+    }
+    let expires_at = if expires == 0 {
+        None
+    } else if expires <= clock.wall_ms() {
+        return Ok(None);
+    } else {
+        clock.to_instant(expires)
+    };
+    Ok(Some(Message {
+        topic: p.topic,
+        payload: p.payload,
+        qos: p.qos,
+        retain: p.retain,
+        properties: Message::forwarded_properties(p.properties),
+        expires_at,
+        origin: None,
+        persisted: Default::default(),
+    }))
+}
+
+/// A delivery as stored.
+pub(crate) struct DeliveryRec {
+    pub msg_id: u64,
+    pub qos: QoS,
+    pub retain: bool,
+    pub stage: Option<(u16, OutStage)>,
+    pub sub_ids: Vec<u32>,
+}
+
+pub(crate) fn encode_delivery(d: &DeliveryRec) -> Vec<u8> {
+    let mut v = Vec::with_capacity(16 + 4 * d.sub_ids.len());
+    v.push(V1);
+    v.extend_from_slice(&d.msg_id.to_be_bytes());
+    v.push(d.qos as u8);
+    v.push(u8::from(d.retain));
+    let (stage, pid) = match d.stage {
+        None => (0u8, 0u16),
+        Some((pid, OutStage::AwaitAck)) => (1, pid),
+        Some((pid, OutStage::AwaitComp)) => (2, pid),
+    };
+    v.push(stage);
+    v.extend_from_slice(&pid.to_be_bytes());
+    let n = d.sub_ids.len().min(usize::from(u16::MAX));
+    v.extend_from_slice(&(n as u16).to_be_bytes());
+    for id in &d.sub_ids[..n] {
+        v.extend_from_slice(&id.to_be_bytes());
+    }
+    v
+}
+
+pub(crate) fn decode_delivery(b: &[u8]) -> Result<DeliveryRec, BadRecord> {
+    if b.len() < 16 || b[0] != V1 {
+        return Err(bad("unknown delivery record version or short record"));
+    }
+    let msg_id = u64::from_be_bytes(b[1..9].try_into().map_err(|_| bad("short"))?);
+    let qos = QoS::from_u8(b[9]).filter(|q| *q != QoS::AtMostOnce).ok_or_else(|| bad("delivery QoS"))?;
+    let retain = match b[10] {
+        0 => false,
+        1 => true,
+        _ => return Err(bad("delivery retain flag")),
+    };
+    let pid = u16::from_be_bytes([b[12], b[13]]);
+    let stage = match b[11] {
+        0 => None,
+        1 if pid != 0 => Some((pid, OutStage::AwaitAck)),
+        2 if pid != 0 && qos == QoS::ExactlyOnce => Some((pid, OutStage::AwaitComp)),
+        _ => return Err(bad("delivery stage")),
+    };
+    let n = usize::from(u16::from_be_bytes([b[14], b[15]]));
+    if b.len() != 16 + 4 * n {
+        return Err(bad("delivery record length"));
+    }
+    let sub_ids = b[16..].chunks_exact(4).map(|c| u32::from_be_bytes([c[0], c[1], c[2], c[3]])).collect();
+    Ok(DeliveryRec { msg_id, qos, retain, stage, sub_ids })
+}
+
+#[derive(Serialize, Deserialize)]
+struct SubJson {
+    f: String,
+    o: u8,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    i: Option<u32>,
+}
+
+/// A session record's JSON body.
+#[derive(Serialize, Deserialize)]
+pub(crate) struct SessionJson {
+    pub client_id: String,
+    kind: String,
+    name: String,
+    #[serde(default)]
+    roles: Vec<String>,
+    #[serde(default)]
+    scopes: Vec<String>,
+    pub expiry: u32,
+    /// Wall-clock ms of the last disconnection (None while it was connected).
+    pub disconnected: Option<u64>,
+    subs: Vec<SubJson>,
+}
+
+fn kind_name(k: PrincipalKind) -> &'static str {
+    match k {
+        PrincipalKind::User => "user",
+        PrincipalKind::Certificate => "certificate",
+        PrincipalKind::Token => "token",
+        PrincipalKind::Anonymous => "anonymous",
+    }
+}
+
+pub(crate) fn encode_session(r: &SessionRecord, clock: Clock) -> Vec<u8> {
+    let j = SessionJson {
+        client_id: r.client_id.to_string(),
+        kind: kind_name(r.owner.kind).to_owned(),
+        name: r.owner.name.to_string(),
+        roles: r.owner.roles.iter().map(|s| s.to_string()).collect(),
+        scopes: r.owner.scopes.iter().map(|s| s.to_string()).collect(),
+        expiry: r.expiry_interval,
+        disconnected: r.disconnected_at.map(|t| clock.to_wall(t)),
+        subs: r
+            .subscriptions
+            .iter()
+            .map(|s| SubJson { f: s.filter.as_str().to_owned(), o: s.options.to_byte(), i: s.id })
+            .collect(),
+    };
+    let mut v = vec![V1];
+    // Serializing these plain types cannot fail.
+    v.extend_from_slice(&serde_json::to_vec(&j).unwrap_or_default());
+    v
+}
+
+pub(crate) struct DecodedSession {
+    pub json: SessionJson,
+    pub owner: Principal,
+    pub subscriptions: Vec<Subscription>,
+}
+
+pub(crate) fn decode_session(b: &[u8]) -> Result<DecodedSession, BadRecord> {
+    if b.first() != Some(&V1) {
+        return Err(bad("unknown session record version"));
+    }
+    let json: SessionJson = serde_json::from_slice(&b[1..]).map_err(|e| bad(format!("session: {e}")))?;
+    let kind = match json.kind.as_str() {
+        "user" => PrincipalKind::User,
+        "certificate" => PrincipalKind::Certificate,
+        "token" => PrincipalKind::Token,
+        "anonymous" => PrincipalKind::Anonymous,
+        _ => return Err(bad("session owner kind")),
+    };
+    if json.client_id.is_empty() || json.client_id.contains('\0') {
+        return Err(bad("session client id"));
+    }
+    let mut owner = Principal::anonymous();
+    owner.kind = kind;
+    owner.name = Arc::from(json.name.as_str());
+    owner.roles = json.roles.iter().map(|s| Arc::from(s.as_str())).collect();
+    owner.scopes = json.scopes.iter().map(|s| Arc::from(s.as_str())).collect();
+    if kind == PrincipalKind::Token {
+        owner.grants = Some(Arc::new(warden_policy::authz::compile_scopes(&owner.scopes)));
+    }
+    let mut subscriptions = Vec::with_capacity(json.subs.len());
+    for s in &json.subs {
+        let filter = TopicFilter::new(&s.f).map_err(|_| bad("session subscription filter"))?;
+        let options = SubscriptionOptions::from_byte(s.o).map_err(|_| bad("session subscription options"))?;
+        subscriptions.push(Subscription { filter, options, id: s.i });
+    }
+    Ok(DecodedSession { json, owner, subscriptions })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use bytes::Bytes;
+    use mqtt_codec::{Properties, TopicName};
+
+    fn msg(expiry: Option<Instant>) -> Message {
+        Message {
+            topic: TopicName::new("a/b").unwrap(),
+            payload: Bytes::from_static(b"hello"),
+            qos: QoS::AtLeastOnce,
+            retain: true,
+            properties: Properties { content_type: Some("text/plain".into()), ..Default::default() },
+            expires_at: expiry,
+            origin: None,
+            persisted: Default::default(),
+        }
+    }
+
+    #[test]
+    fn message_round_trip_keeps_expiry() {
+        let c = Clock::now();
+        let m = msg(Some(c.now + Duration::from_secs(60)));
+        let b = encode_message(&m, c);
+        let back = decode_message(&b, c).unwrap().unwrap();
+        assert_eq!(back.topic.as_str(), "a/b");
+        assert_eq!(&back.payload[..], b"hello");
+        assert!(back.retain);
+        assert_eq!(back.properties.content_type.as_deref(), Some("text/plain"));
+        let left = back.expires_at.unwrap().duration_since(c.now);
+        assert!(left > Duration::from_secs(59) && left <= Duration::from_secs(60));
+    }
+
+    #[test]
+    fn expired_message_reads_as_none() {
+        let c = Clock::now();
+        let b = encode_message(&msg(Some(c.now + Duration::from_millis(5))), c);
+        let later = Clock { now: c.now + Duration::from_secs(1), wall_ms: c.wall_ms + 1000 };
+        assert!(decode_message(&b, later).unwrap().is_none());
+    }
+
+    #[test]
+    fn damaged_records_are_refused_not_misread() {
+        let c = Clock::now();
+        let b = encode_message(&msg(None), c);
+        for cut in 0..b.len() {
+            assert!(decode_message(&b[..cut], c).is_err(), "truncated at {cut}");
+        }
+        let mut v = b.clone();
+        v[0] = 9;
+        assert!(decode_message(&v, c).is_err());
+        let d = encode_delivery(&DeliveryRec {
+            msg_id: 7,
+            qos: QoS::ExactlyOnce,
+            retain: false,
+            stage: Some((3, OutStage::AwaitComp)),
+            sub_ids: vec![1, 2],
+        });
+        let back = decode_delivery(&d).unwrap();
+        assert_eq!((back.msg_id, back.stage, back.sub_ids), (7, Some((3, OutStage::AwaitComp)), vec![1, 2]));
+        for cut in 0..d.len() {
+            assert!(decode_delivery(&d[..cut]).is_err());
+        }
+        let mut bad_stage = d.clone();
+        bad_stage[11] = 7;
+        assert!(decode_delivery(&bad_stage).is_err());
+        assert!(decode_session(b"\x01{not json").is_err());
+        assert!(decode_session(b"").is_err());
+    }
+}

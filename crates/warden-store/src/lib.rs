@@ -1,0 +1,673 @@
+//! Warden's durable state, in one embedded [redb](https://docs.rs/redb) file under `data_dir`.
+//!
+//! The broker core reports changes as [`PersistOp`]s ([`warden_core::persist`]); [`Store`]
+//! queues them and one writer thread applies everything queued in one write transaction and
+//! commits (group commit: one fsync covers every op that arrived during the previous one).
+//! [`Store::wait`] lets a connection hold back an acknowledgement until the change it
+//! acknowledges is committed.
+//!
+//! # Durability modes ([`Durability`])
+//! - `Sync`: every change (session, subscription, message, retained, in-flight progress) is
+//!   durable before the client sees the packet that answers it (CONNACK, SUBACK, PUBACK …).
+//! - `Batched` (default): an accepted QoS 1/2 message for a persistent session, a retained
+//!   message, an inbound QoS 2 packet id and an outbound QoS 2 packet id are durable before
+//!   the PUBACK / PUBREC / PUBLISH that depends on them; other changes (session records,
+//!   acknowledgements received, disconnection times) go into the next commit without holding
+//!   anything back. After a crash, a message acknowledged by its subscriber just before may
+//!   be delivered again (QoS 1 allows that; QoS 2 stays exactly once).
+//! - `None`: nothing waits; commits are not synced, and the file is made durable once a
+//!   second and at shutdown. A crash loses up to the last second.
+//!
+//! # Recovery
+//! Opening never trusts the file blindly: redb checks its pages, every record is decoded
+//! with the same validation as a packet from the network, records that fail are dropped and
+//! reported, references to missing messages are dropped, orphans are removed. If a table
+//! cannot be read at all, what could be read is written to a fresh file and the damaged one
+//! is kept beside it (`<file>.corrupt-<unix time>`). [`Report`] says what was loaded and
+//! what was dropped.
+
+mod codec;
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use parking_lot::{Condvar, Mutex};
+use redb::{Database, ReadableTable, ReadableTableMetadata, TableDefinition};
+use tokio::sync::watch;
+use tracing::{error, info, warn};
+use warden_core::persist::{Persist, PersistOp, PersistedMsg, RestoredDelivery, RestoredSession};
+use warden_core::Message;
+
+use crate::codec::{Clock, DeliveryRec};
+
+const SESSIONS: TableDefinition<u64, &[u8]> = TableDefinition::new("sessions");
+const DELIVERIES: TableDefinition<(u64, u64), &[u8]> = TableDefinition::new("deliveries");
+const MESSAGES: TableDefinition<u64, &[u8]> = TableDefinition::new("messages");
+const QOS2_IN: TableDefinition<(u64, u16), ()> = TableDefinition::new("qos2_in");
+const RETAINED: TableDefinition<&str, &[u8]> = TableDefinition::new("retained");
+
+/// What an acknowledgement waits for (see the crate documentation).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Durability {
+    /// Every change is durable before the packet that answers it.
+    Sync,
+    /// Accepted messages and QoS 2 state are durable before they are acknowledged.
+    #[default]
+    Batched,
+    /// Nothing waits; synced once a second.
+    None,
+}
+
+/// The store could not be opened.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// Creating or replacing the file failed.
+    #[error("{path}: {source}")]
+    Io {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// redb refused the file even after it was moved aside.
+    #[error("{path}: {source}")]
+    Db {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        source: Box<redb::Error>,
+    },
+}
+
+/// What [`Store::open`] found.
+#[derive(Debug, Default)]
+pub struct Report {
+    /// Sessions restored.
+    pub sessions: usize,
+    /// Deliveries (queued or in flight) restored.
+    pub deliveries: usize,
+    /// Retained messages restored.
+    pub retained: usize,
+    /// Sessions and messages that had expired while the broker was down.
+    pub expired: usize,
+    /// Records that could not be read back, and why (each was removed).
+    pub dropped: Vec<String>,
+    /// Where the damaged file was moved, when it had to be rebuilt.
+    pub moved_aside: Option<PathBuf>,
+}
+
+/// What the store held at start.
+pub struct Loaded {
+    /// Sessions to give to [`warden_core::Broker::restore`].
+    pub sessions: Vec<RestoredSession>,
+    /// Retained messages.
+    pub retained: Vec<Arc<Message>>,
+    /// What was found and dropped.
+    pub report: Report,
+}
+
+struct Pending {
+    ops: Vec<PersistOp>,
+    ticket: u64,
+    closing: bool,
+}
+
+/// The durable store (see the crate documentation).
+pub struct Store {
+    path: PathBuf,
+    durability: Durability,
+    pending: Mutex<Pending>,
+    wake: Condvar,
+    committed: watch::Sender<u64>,
+    next_id: AtomicU64,
+    writer: Mutex<Option<JoinHandle<()>>>,
+    commits: AtomicU64,
+    ops: AtomicU64,
+}
+
+/// Everything read from the file, before it becomes broker state.
+#[derive(Default)]
+struct Raw {
+    sessions: BTreeMap<u64, codec::DecodedSession>,
+    deliveries: Vec<((u64, u64), DeliveryRec)>,
+    messages: HashMap<u64, Message>,
+    qos2: Vec<(u64, u16)>,
+    retained: Vec<(String, Message)>,
+    /// Keys of records to delete: unreadable, expired, or orphaned.
+    bad_sessions: Vec<u64>,
+    bad_deliveries: Vec<(u64, u64)>,
+    bad_messages: Vec<u64>,
+    bad_retained: Vec<String>,
+    /// A table could not be read to its end: rebuild the file.
+    damaged: bool,
+    max_id: u64,
+}
+
+impl Store {
+    /// Open (or create) the store at `path` and read back what it holds.
+    pub fn open(path: &Path, durability: Durability) -> Result<(Arc<Store>, Loaded), StoreError> {
+        let clock = Clock::now();
+        let mut report = Report::default();
+        // A damaged file is input like any other: redb errors (or, defensively, panics) on it
+        // become a report and a rebuilt file, never a crash or garbage.
+        let (db, raw) = match std::panic::catch_unwind(|| Database::create(path)) {
+            Ok(Ok(db)) => {
+                match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| read_all(&db, clock, &mut report))) {
+                    Ok(raw) => (Some(db), raw),
+                    Err(_) => {
+                        report.dropped.push("the store could not be read (redb panicked on it)".to_owned());
+                        (None, Raw { damaged: true, ..Raw::default() })
+                    }
+                }
+            }
+            Ok(Err(e)) => {
+                report.dropped.push(format!("the store could not be opened: {e}"));
+                (None, Raw { damaged: true, ..Raw::default() })
+            }
+            Err(_) => {
+                report.dropped.push("the store could not be opened (redb panicked on it)".to_owned());
+                (None, Raw { damaged: true, ..Raw::default() })
+            }
+        };
+        let db_err = |e: redb::Error| StoreError::Db { path: path.to_owned(), source: Box::new(e) };
+        let db = match db {
+            Some(db) if !raw.damaged => {
+                remove_bad(&db, &raw).map_err(db_err)?;
+                db
+            }
+            db => {
+                drop(db);
+                let aside = aside_name(path, clock.wall_ms() / 1000);
+                if path.exists() {
+                    std::fs::rename(path, &aside).map_err(|source| StoreError::Io { path: path.to_owned(), source })?;
+                    error!(path = %path.display(), moved_to = %aside.display(), "store damaged: rebuilt from what was readable");
+                    report.moved_aside = Some(aside);
+                }
+                let db = Database::create(path).map_err(|e| db_err(e.into()))?;
+                write_back(&db, &raw).map_err(db_err)?;
+                db
+            }
+        };
+        let (committed, _) = watch::channel(0);
+        let store = Arc::new(Store {
+            path: path.to_owned(),
+            durability,
+            pending: Mutex::new(Pending { ops: Vec::new(), ticket: 0, closing: false }),
+            wake: Condvar::new(),
+            committed,
+            next_id: AtomicU64::new(raw.max_id + 1),
+            writer: Mutex::new(None),
+            commits: AtomicU64::new(0),
+            ops: AtomicU64::new(0),
+        });
+        let loaded = restore(&store, raw, report);
+        let writer = store.clone();
+        let handle = std::thread::Builder::new()
+            .name("warden-store".into())
+            .spawn(move || writer.run(db))
+            .map_err(|source| StoreError::Io { path: path.to_owned(), source })?;
+        *store.writer.lock() = Some(handle);
+        Ok((store, loaded))
+    }
+
+    /// The file.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// The durability mode.
+    pub fn durability(&self) -> Durability {
+        self.durability
+    }
+
+    /// Commits and ops applied since start.
+    pub fn counters(&self) -> (u64, u64) {
+        (self.commits.load(Ordering::Relaxed), self.ops.load(Ordering::Relaxed))
+    }
+
+    /// Wait until `ticket` (from [`Persist::submit`]) is committed. Returns at once for 0.
+    pub async fn wait(&self, ticket: u64) {
+        if ticket == 0 || *self.committed.borrow() >= ticket {
+            return;
+        }
+        let mut rx = self.committed.subscribe();
+        let _ = rx.wait_for(|c| *c >= ticket).await;
+    }
+
+    /// Block until `ticket` is committed (for threads outside the async runtime).
+    pub fn wait_blocking(&self, ticket: u64) {
+        let mut rx = self.committed.subscribe();
+        while *rx.borrow_and_update() < ticket {
+            if self.writer.lock().is_none() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(1));
+        }
+    }
+
+    /// Commit what is queued, make it durable and stop the writer. Later ops are ignored.
+    pub fn close(&self) {
+        self.pending.lock().closing = true;
+        self.wake.notify_all();
+        let handle = self.writer.lock().take();
+        if let Some(h) = handle {
+            let _ = h.join();
+        }
+    }
+
+    fn run(self: Arc<Self>, db: Database) {
+        let mut unsynced = false;
+        let mut failures = 0u32;
+        loop {
+            let (ops, ticket, closing) = {
+                let mut p = self.pending.lock();
+                while p.ops.is_empty() && !p.closing {
+                    if unsynced {
+                        if self.wake.wait_for(&mut p, Duration::from_secs(1)).timed_out() {
+                            break;
+                        }
+                    } else {
+                        self.wake.wait(&mut p);
+                    }
+                }
+                (std::mem::take(&mut p.ops), p.ticket, p.closing)
+            };
+            let sync = self.durability != Durability::None || closing || ops.is_empty();
+            if ops.is_empty() && !unsynced {
+                if closing {
+                    return;
+                }
+                continue;
+            }
+            loop {
+                match commit(&db, &ops, sync) {
+                    Ok(()) => {
+                        if failures > 0 {
+                            info!(path = %self.path.display(), "store writes succeed again");
+                        }
+                        failures = 0;
+                        break;
+                    }
+                    Err(e) => {
+                        // Acknowledgements keep waiting: nothing is acknowledged that is not stored.
+                        if failures % 50 == 0 {
+                            error!(path = %self.path.display(), error = %e, "store commit failed; retrying");
+                        }
+                        failures += 1;
+                        if closing && failures > 20 {
+                            error!(path = %self.path.display(), "giving up on the store at shutdown");
+                            return;
+                        }
+                        std::thread::sleep(Duration::from_millis(100));
+                    }
+                }
+            }
+            unsynced = !sync;
+            self.commits.fetch_add(1, Ordering::Relaxed);
+            self.ops.fetch_add(ops.len() as u64, Ordering::Relaxed);
+            self.committed.send_replace(ticket);
+            drop(ops); // may drop the last reference to messages, which queues their removal
+            if closing && self.pending.lock().ops.is_empty() && !unsynced {
+                return;
+            }
+        }
+    }
+}
+
+impl Persist for Store {
+    fn submit(&self, op: PersistOp) -> u64 {
+        let wait = match self.durability {
+            Durability::Sync => true,
+            Durability::Batched => op.acknowledged(),
+            Durability::None => false,
+        };
+        let mut p = self.pending.lock();
+        if p.closing && self.writer.lock().is_none() {
+            return 0;
+        }
+        p.ticket += 1;
+        let t = p.ticket;
+        p.ops.push(op);
+        drop(p);
+        self.wake.notify_one();
+        if wait {
+            t
+        } else {
+            0
+        }
+    }
+
+    fn next_id(&self) -> u64 {
+        self.next_id.fetch_add(1, Ordering::Relaxed)
+    }
+}
+
+fn aside_name(path: &Path, unix: u64) -> PathBuf {
+    let mut name = path.file_name().unwrap_or_default().to_os_string();
+    name.push(format!(".corrupt-{unix}"));
+    path.with_file_name(name)
+}
+
+fn commit(db: &Database, ops: &[PersistOp], sync: bool) -> Result<(), redb::Error> {
+    let clock = Clock::now();
+    let mut txn = db.begin_write()?;
+    txn.set_durability(if sync { redb::Durability::Immediate } else { redb::Durability::None });
+    {
+        let mut sessions = txn.open_table(SESSIONS)?;
+        let mut deliveries = txn.open_table(DELIVERIES)?;
+        let mut messages = txn.open_table(MESSAGES)?;
+        let mut qos2 = txn.open_table(QOS2_IN)?;
+        let mut retained = txn.open_table(RETAINED)?;
+        for op in ops {
+            match op {
+                PersistOp::Session(r) => {
+                    sessions.insert(r.sid, codec::encode_session(r, clock).as_slice())?;
+                }
+                PersistOp::SessionEnd { sid } => {
+                    sessions.remove(*sid)?;
+                    deliveries.retain_in((*sid, 0)..=(*sid, u64::MAX), |_, _| false)?;
+                    qos2.retain_in((*sid, 0)..=(*sid, u16::MAX), |_, _| false)?;
+                }
+                PersistOp::Message { id, msg } => {
+                    messages.insert(*id, codec::encode_message(msg, clock).as_slice())?;
+                }
+                PersistOp::MessageDrop { id } => {
+                    messages.remove(*id)?;
+                }
+                PersistOp::Delivery { sid, seq, msg_id, qos, retain, sub_ids, stage } => {
+                    let rec =
+                        DeliveryRec { msg_id: *msg_id, qos: *qos, retain: *retain, stage: *stage, sub_ids: sub_ids.clone() };
+                    deliveries.insert((*sid, *seq), codec::encode_delivery(&rec).as_slice())?;
+                }
+                PersistOp::DeliveryDone { sid, seq } => {
+                    deliveries.remove((*sid, *seq))?;
+                }
+                PersistOp::InboundQos2 { sid, packet_id, present } => {
+                    if *present {
+                        qos2.insert((*sid, *packet_id), ())?;
+                    } else {
+                        qos2.remove((*sid, *packet_id))?;
+                    }
+                }
+                PersistOp::Retained { topic, msg } => match msg {
+                    Some(m) => {
+                        retained.insert(topic.as_str(), codec::encode_message(m, clock).as_slice())?;
+                    }
+                    None => {
+                        retained.remove(topic.as_str())?;
+                    }
+                },
+            }
+        }
+    }
+    txn.commit()?;
+    Ok(())
+}
+
+/// Read every table; a table that fails part-way marks the file damaged (what was read is kept).
+fn read_all(db: &Database, clock: Clock, report: &mut Report) -> Raw {
+    let mut raw = Raw::default();
+    if let Err(e) = read_tables(db, clock, &mut raw, report) {
+        report.dropped.push(format!("a table could not be read to its end: {e}"));
+        raw.damaged = true;
+    }
+    raw
+}
+
+fn read_tables(db: &Database, clock: Clock, raw: &mut Raw, report: &mut Report) -> Result<(), redb::Error> {
+    let txn = db.begin_read()?;
+    let open = |e: redb::TableError| -> Result<(), redb::Error> {
+        match e {
+            redb::TableError::TableDoesNotExist(_) => Ok(()),
+            e => Err(e.into()),
+        }
+    };
+    match txn.open_table(SESSIONS) {
+        Ok(t) => {
+            for row in t.iter()? {
+                let (k, v) = row?;
+                let sid = k.value();
+                match codec::decode_session(v.value()) {
+                    Ok(s) => {
+                        let expired = s.json.expiry != u32::MAX
+                            && s.json.disconnected.is_some_and(|d| {
+                                clock.wall_ms().saturating_sub(d) >= u64::from(s.json.expiry) * 1000
+                            });
+                        if s.json.expiry == 0 || expired {
+                            report.expired += 1;
+                            raw.bad_sessions.push(sid);
+                        } else {
+                            raw.sessions.insert(sid, s);
+                        }
+                    }
+                    Err(e) => {
+                        report.dropped.push(format!("session {sid}: {e}"));
+                        raw.bad_sessions.push(sid);
+                    }
+                }
+            }
+        }
+        Err(e) => open(e)?,
+    }
+    match txn.open_table(MESSAGES) {
+        Ok(t) => {
+            for row in t.iter()? {
+                let (k, v) = row?;
+                let id = k.value();
+                raw.max_id = raw.max_id.max(id);
+                match codec::decode_message(v.value(), clock) {
+                    Ok(Some(m)) => {
+                        raw.messages.insert(id, m);
+                    }
+                    Ok(None) => raw.bad_messages.push(id), // expired
+                    Err(e) => {
+                        report.dropped.push(format!("message {id}: {e}"));
+                        raw.bad_messages.push(id);
+                    }
+                }
+            }
+        }
+        Err(e) => open(e)?,
+    }
+    match txn.open_table(DELIVERIES) {
+        Ok(t) => {
+            for row in t.iter()? {
+                let (k, v) = row?;
+                let key = k.value();
+                raw.max_id = raw.max_id.max(key.1);
+                match codec::decode_delivery(v.value()) {
+                    Ok(d) => raw.deliveries.push((key, d)),
+                    Err(e) => {
+                        report.dropped.push(format!("delivery {}/{}: {e}", key.0, key.1));
+                        raw.bad_deliveries.push(key);
+                    }
+                }
+            }
+        }
+        Err(e) => open(e)?,
+    }
+    match txn.open_table(QOS2_IN) {
+        Ok(t) => {
+            for row in t.iter()? {
+                let (k, _) = row?;
+                raw.qos2.push(k.value());
+            }
+        }
+        Err(e) => open(e)?,
+    }
+    match txn.open_table(RETAINED) {
+        Ok(t) => {
+            raw.retained.reserve(t.len()? as usize);
+            for row in t.iter()? {
+                let (k, v) = row?;
+                let topic = k.value().to_owned();
+                match codec::decode_message(v.value(), clock) {
+                    Ok(Some(m)) if m.topic.as_str() == topic => raw.retained.push((topic, m)),
+                    Ok(None) => {
+                        report.expired += 1;
+                        raw.bad_retained.push(topic);
+                    }
+                    Ok(Some(_)) => {
+                        report.dropped.push(format!("retained {topic:?}: topic does not match its key"));
+                        raw.bad_retained.push(topic);
+                    }
+                    Err(e) => {
+                        report.dropped.push(format!("retained {topic:?}: {e}"));
+                        raw.bad_retained.push(topic);
+                    }
+                }
+            }
+        }
+        Err(e) => open(e)?,
+    }
+    Ok(())
+}
+
+/// Remove unreadable, expired and orphaned records.
+fn remove_bad(db: &Database, raw: &Raw) -> Result<(), redb::Error> {
+    let orphans = raw.deliveries.iter().filter(|(k, d)| !raw.sessions.contains_key(&k.0) || !raw.messages.contains_key(&d.msg_id));
+    let referenced: std::collections::HashSet<u64> = raw.deliveries.iter().map(|(_, d)| d.msg_id).collect();
+    let unreferenced = raw.messages.keys().filter(|id| !referenced.contains(id));
+    let txn = db.begin_write()?;
+    {
+        let mut sessions = txn.open_table(SESSIONS)?;
+        let mut deliveries = txn.open_table(DELIVERIES)?;
+        let mut messages = txn.open_table(MESSAGES)?;
+        let mut qos2 = txn.open_table(QOS2_IN)?;
+        let mut retained = txn.open_table(RETAINED)?;
+        for sid in &raw.bad_sessions {
+            sessions.remove(*sid)?;
+            deliveries.retain_in((*sid, 0)..=(*sid, u64::MAX), |_, _| false)?;
+            qos2.retain_in((*sid, 0)..=(*sid, u16::MAX), |_, _| false)?;
+        }
+        for k in raw.bad_deliveries.iter().copied().chain(orphans.map(|(k, _)| *k)) {
+            deliveries.remove(k)?;
+        }
+        for id in raw.bad_messages.iter().chain(unreferenced) {
+            messages.remove(*id)?;
+        }
+        for (sid, pid) in &raw.qos2 {
+            if !raw.sessions.contains_key(sid) {
+                qos2.remove((*sid, *pid))?;
+            }
+        }
+        for t in &raw.bad_retained {
+            retained.remove(t.as_str())?;
+        }
+    }
+    txn.commit()?;
+    Ok(())
+}
+
+/// Write what was read from a damaged file into a fresh one.
+fn write_back(db: &Database, raw: &Raw) -> Result<(), redb::Error> {
+    let clock = Clock::now();
+    let txn = db.begin_write()?;
+    {
+        let mut sessions = txn.open_table(SESSIONS)?;
+        let mut deliveries = txn.open_table(DELIVERIES)?;
+        let mut messages = txn.open_table(MESSAGES)?;
+        let mut qos2 = txn.open_table(QOS2_IN)?;
+        let mut retained = txn.open_table(RETAINED)?;
+        for (sid, s) in &raw.sessions {
+            let rec = warden_core::persist::SessionRecord {
+                sid: *sid,
+                client_id: Arc::from(s.json.client_id.as_str()),
+                owner: s.owner.clone(),
+                expiry_interval: s.json.expiry,
+                disconnected_at: s.json.disconnected.and_then(|ms| clock.to_instant(ms)),
+                subscriptions: s.subscriptions.clone(),
+            };
+            sessions.insert(*sid, codec::encode_session(&rec, clock).as_slice())?;
+        }
+        for (k, d) in &raw.deliveries {
+            if raw.sessions.contains_key(&k.0) && raw.messages.contains_key(&d.msg_id) {
+                deliveries.insert(*k, codec::encode_delivery(d).as_slice())?;
+            }
+        }
+        let referenced: std::collections::HashSet<u64> = raw.deliveries.iter().map(|(_, d)| d.msg_id).collect();
+        for (id, m) in &raw.messages {
+            if referenced.contains(id) {
+                messages.insert(*id, codec::encode_message(m, clock).as_slice())?;
+            }
+        }
+        for k in &raw.qos2 {
+            if raw.sessions.contains_key(&k.0) {
+                qos2.insert(*k, ())?;
+            }
+        }
+        for (t, m) in &raw.retained {
+            retained.insert(t.as_str(), codec::encode_message(m, clock).as_slice())?;
+        }
+    }
+    txn.commit()?;
+    Ok(())
+}
+
+/// Turn what was read into broker state; messages shared by deliveries become one `Arc`.
+fn restore(store: &Arc<Store>, raw: Raw, mut report: Report) -> Loaded {
+    let clock = Clock::now();
+    let sink: Arc<dyn Persist> = store.clone();
+    let mut messages: HashMap<u64, Arc<Message>> = HashMap::new();
+    let mut raw_messages = raw.messages;
+    let mut per_session: HashMap<u64, Vec<RestoredDelivery>> = HashMap::new();
+    for ((sid, seq), d) in raw.deliveries {
+        if !raw.sessions.contains_key(&sid) {
+            continue;
+        }
+        let msg = match messages.get(&d.msg_id) {
+            Some(m) => m.clone(),
+            None => match raw_messages.remove(&d.msg_id) {
+                Some(m) => {
+                    let m = Arc::new(m);
+                    let _ = m.persisted.set(PersistedMsg::new(d.msg_id, sink.clone()));
+                    messages.insert(d.msg_id, m.clone());
+                    m
+                }
+                None => continue, // expired or unreadable: already reported and removed
+            },
+        };
+        report.deliveries += 1;
+        per_session.entry(sid).or_default().push(RestoredDelivery {
+            seq,
+            msg,
+            qos: d.qos,
+            retain: d.retain,
+            sub_ids: d.sub_ids,
+            stage: d.stage,
+        });
+    }
+    let mut qos2: HashMap<u64, Vec<u16>> = HashMap::new();
+    for (sid, pid) in raw.qos2 {
+        qos2.entry(sid).or_default().push(pid);
+    }
+    let mut sessions = Vec::with_capacity(raw.sessions.len());
+    for (sid, s) in raw.sessions {
+        let disconnected_for =
+            s.json.disconnected.map_or(Duration::ZERO, |d| Duration::from_millis(clock.wall_ms().saturating_sub(d)));
+        sessions.push(RestoredSession {
+            sid,
+            client_id: Arc::from(s.json.client_id.as_str()),
+            owner: s.owner,
+            expiry_interval: s.json.expiry,
+            disconnected_for,
+            subscriptions: s.subscriptions,
+            inbound_qos2: qos2.remove(&sid).unwrap_or_default(),
+            deliveries: per_session.remove(&sid).unwrap_or_default(),
+        });
+    }
+    report.sessions = sessions.len();
+    report.retained = raw.retained.len();
+    let retained = raw.retained.into_iter().map(|(_, m)| Arc::new(m)).collect();
+    if !report.dropped.is_empty() {
+        warn!(dropped = report.dropped.len(), "store: records dropped while loading");
+    }
+    Loaded { sessions, retained, report }
+}
+
+#[cfg(test)]
+mod tests;
