@@ -212,13 +212,17 @@ impl Connection {
                     Some(i) => {
                         st.inflight[i].1.stage = OutStage::AwaitComp;
                         let f = &mut st.inflight[i].1;
+                        let mut ticket = 0;
                         if f.delivery.seq != 0 {
                             if let Some(store) = self.broker.store() {
+                                // PUBREL leaves once "released" is stored: after a crash the
+                                // message is never sent again, only its PUBREL [MQTT-4.3.3-?].
                                 let stage = Some((a.packet_id, OutStage::AwaitComp));
-                                store_delivery(store, self.session.id, &mut f.delivery, stage);
+                                ticket = store_delivery(store, self.session.id, &mut f.delivery, stage);
                             }
                         }
                         drop(st);
+                        self.add_durable(ticket);
                         self.send(&Packet::PubRel(PubAck::new(a.packet_id)), out);
                     }
                     None => {

@@ -379,8 +379,13 @@ fn commit(db: &Database, ops: &[PersistOp], sync: bool) -> Result<(), redb::Erro
                     messages.remove(*id)?;
                 }
                 PersistOp::Delivery { sid, seq, msg_id, qos, retain, sub_ids, stage } => {
-                    let rec =
-                        DeliveryRec { msg_id: *msg_id, qos: *qos, retain: *retain, stage: *stage, sub_ids: sub_ids.clone() };
+                    let rec = DeliveryRec {
+                        msg_id: *msg_id,
+                        qos: *qos,
+                        retain: *retain,
+                        stage: *stage,
+                        sub_ids: sub_ids.clone(),
+                    };
                     deliveries.insert((*sid, *seq), codec::encode_delivery(&rec).as_slice())?;
                 }
                 PersistOp::DeliveryDone { sid, seq } => {
@@ -434,9 +439,9 @@ fn read_tables(db: &Database, clock: Clock, raw: &mut Raw, report: &mut Report) 
                 match codec::decode_session(v.value()) {
                     Ok(s) => {
                         let expired = s.json.expiry != u32::MAX
-                            && s.json.disconnected.is_some_and(|d| {
-                                clock.wall_ms().saturating_sub(d) >= u64::from(s.json.expiry) * 1000
-                            });
+                            && s.json
+                                .disconnected
+                                .is_some_and(|d| clock.wall_ms().saturating_sub(d) >= u64::from(s.json.expiry) * 1000);
                         if s.json.expiry == 0 || expired {
                             report.expired += 1;
                             raw.bad_sessions.push(sid);
@@ -529,7 +534,10 @@ fn read_tables(db: &Database, clock: Clock, raw: &mut Raw, report: &mut Report) 
 
 /// Remove unreadable, expired and orphaned records.
 fn remove_bad(db: &Database, raw: &Raw) -> Result<(), redb::Error> {
-    let orphans = raw.deliveries.iter().filter(|(k, d)| !raw.sessions.contains_key(&k.0) || !raw.messages.contains_key(&d.msg_id));
+    let orphans = raw
+        .deliveries
+        .iter()
+        .filter(|(k, d)| !raw.sessions.contains_key(&k.0) || !raw.messages.contains_key(&d.msg_id));
     let referenced: std::collections::HashSet<u64> = raw.deliveries.iter().map(|(_, d)| d.msg_id).collect();
     let unreferenced = raw.messages.keys().filter(|id| !referenced.contains(id));
     let txn = db.begin_write()?;

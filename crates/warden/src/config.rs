@@ -40,8 +40,47 @@ pub struct Config {
     pub oauth: OAuthConfig,
     pub authz: AuthzConfig,
     pub limits: Limits,
+    /// `[persistence]`: the durable store in `data_dir`.
+    pub persistence: PersistenceConfig,
     /// The file this configuration was loaded from (`None` for the embedded default).
     pub source: Option<PathBuf>,
+}
+
+/// `[persistence]`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PersistenceConfig {
+    /// Keep sessions, queued QoS 1/2 messages and retained messages in `data_dir/state.redb`
+    /// (default true). When false, all state is lost at exit.
+    #[serde(default = "yes")]
+    pub enabled: bool,
+    /// What an acknowledgement waits for: `"sync"`, `"batched"` (default) or `"none"`.
+    #[serde(default)]
+    pub durability: DurabilityMode,
+}
+
+fn yes() -> bool {
+    true
+}
+
+impl Default for PersistenceConfig {
+    fn default() -> Self {
+        PersistenceConfig { enabled: true, durability: DurabilityMode::Batched }
+    }
+}
+
+/// `[persistence] durability` (see docs/persistence.md for what each promises).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum DurabilityMode {
+    /// Every change is durable before the packet that answers it.
+    Sync,
+    /// Accepted QoS 1/2 messages for persistent sessions, retained messages and QoS 2 state
+    /// are durable before they are acknowledged (group commit).
+    #[default]
+    Batched,
+    /// Nothing waits; the store is synced once a second.
+    None,
 }
 
 /// One `[[listener]]` table.
@@ -542,6 +581,7 @@ impl Config {
             oauth,
             authz,
             limits: raw.limits,
+            persistence: raw.persistence,
             source: Some(path.to_path_buf()),
         })
     }
@@ -589,6 +629,7 @@ impl Config {
             authz: AuthzConfig::default(),
             data_dir,
             limits: Limits::default(),
+            persistence: PersistenceConfig::default(),
             source: None,
         }
     }
@@ -718,6 +759,8 @@ struct RawConfig {
     authz: Option<RawAuthz>,
     #[serde(default)]
     limits: Limits,
+    #[serde(default)]
+    persistence: PersistenceConfig,
 }
 
 #[derive(Deserialize)]

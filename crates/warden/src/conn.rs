@@ -47,6 +47,8 @@ pub struct ConnContext {
     pub shutdown: watch::Receiver<bool>,
     /// Connections by access-token id, for revocation.
     pub live_tokens: Arc<LiveTokens>,
+    /// The durable store: acknowledgements wait for it (group commit).
+    pub store: Option<Arc<warden_store::Store>>,
 }
 
 /// Live connections by the id (`jti`) of the access token they authenticated with.
@@ -430,6 +432,12 @@ where
             if rbuf.is_empty() && rbuf.capacity() > KEEP_CAPACITY {
                 *rbuf = BytesMut::new(); // a burst is over: give the memory back
             }
+        }
+        // Output that acknowledges something the store must keep leaves only once it is
+        // durable; one commit covers every connection waiting meanwhile.
+        let ticket = conn.take_durable();
+        if let (true, Some(store)) = (ticket != 0, &ctx.store) {
+            store.wait(ticket).await;
         }
         if wbuf.is_empty() && wbuf.capacity() > KEEP_CAPACITY {
             *wbuf = BytesMut::new();

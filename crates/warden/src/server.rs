@@ -11,18 +11,19 @@ use anyhow::Context;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 use tokio::task::JoinSet;
-use tracing::{info, warn};
+use tracing::{error, info, warn};
 use warden_core::{Broker, BrokerConfig};
 use warden_policy::acl::AclFile;
 use warden_policy::{Action, Authorizer, Decision, PolicyAuthorizer, Principal};
 
 use crate::auth::Authenticator;
-use crate::config::{AuthzConfig, Config, ListenerProtocol, OnDeny};
+use crate::config::{AuthzConfig, Config, DurabilityMode, ListenerProtocol, OnDeny};
 use crate::conn::{ConnContext, LiveTokens};
 use crate::guard::{Admitted, Guard};
 use crate::tls::TlsListener;
 use crate::tokens::TokenAuth;
 use warden_http::{OAuthClient, OAuthService, OAuthSettings};
+use warden_store::{Durability, Store};
 
 /// A listener that is bound and accepting.
 #[derive(Debug, Clone)]
@@ -52,6 +53,50 @@ pub struct Server {
     config: Config,
     shutdown: watch::Sender<bool>,
     tasks: JoinSet<()>,
+    /// The durable store (`[persistence]`), closed at shutdown.
+    store: Option<Arc<Store>>,
+}
+
+impl Drop for Server {
+    /// Whatever way the server ends, the store commits what it holds and stops its writer.
+    fn drop(&mut self) {
+        if let Some(s) = &self.store {
+            s.close();
+        }
+    }
+}
+
+/// Open `data_dir/state.redb` and say what it held (and what it had to drop).
+fn open_store(cfg: &Config) -> anyhow::Result<(Arc<Store>, warden_store::Loaded)> {
+    std::fs::create_dir_all(&cfg.data_dir)
+        .with_context(|| format!("cannot create data_dir {}", cfg.data_dir.display()))?;
+    let path = cfg.data_dir.join("state.redb");
+    let durability = match cfg.persistence.durability {
+        DurabilityMode::Sync => Durability::Sync,
+        DurabilityMode::Batched => Durability::Batched,
+        DurabilityMode::None => Durability::None,
+    };
+    let started = Instant::now();
+    let (store, loaded) =
+        Store::open(&path, durability).with_context(|| format!("cannot open the store {}", path.display()))?;
+    let r = &loaded.report;
+    info!(
+        path = %path.display(),
+        ?durability,
+        sessions = r.sessions,
+        messages = r.deliveries,
+        retained = r.retained,
+        expired = r.expired,
+        ms = started.elapsed().as_millis() as u64,
+        "store loaded"
+    );
+    for d in &r.dropped {
+        warn!(path = %path.display(), dropped = %d, "store: record dropped");
+    }
+    if let Some(a) = &r.moved_aside {
+        error!(path = %path.display(), kept_at = %a.display(), "store was damaged: rebuilt from what was readable; the damaged file is kept");
+    }
+    Ok((store, loaded))
 }
 
 /// Map the validated configuration onto the core's limits.
@@ -160,7 +205,20 @@ impl Server {
         if !authorizer.has_acl() {
             warn!("no ACL configured: every authenticated client (but token clients, bound by their scopes) may publish and subscribe anywhere");
         }
-        let broker = Broker::new(broker_config(cfg), Arc::new(Audited(authorizer)), Instant::now());
+        let store = if cfg.persistence.enabled { Some(open_store(cfg)?) } else { None };
+        let broker = match &store {
+            Some((store, _)) => Broker::with_store(
+                broker_config(cfg),
+                Arc::new(Audited(authorizer)),
+                Some(store.clone() as Arc<dyn warden_core::persist::Persist>),
+                Instant::now(),
+            ),
+            None => Broker::new(broker_config(cfg), Arc::new(Audited(authorizer)), Instant::now()),
+        };
+        let store = store.map(|(store, loaded)| {
+            broker.restore(loaded.sessions, loaded.retained, Instant::now());
+            store
+        });
         let (shutdown, shutdown_rx) = watch::channel(false);
         let ctx = Arc::new(ConnContext {
             broker: broker.clone(),
@@ -169,6 +227,7 @@ impl Server {
             connect_timeout: cfg.limits.connect_timeout,
             shutdown: shutdown_rx.clone(),
             live_tokens,
+            store: store.clone(),
         });
         let mut tasks = JoinSet::new();
         let mut listeners = Vec::new();
@@ -297,6 +356,7 @@ impl Server {
             config: cfg.clone(),
             shutdown,
             tasks,
+            store,
         })
     }
 

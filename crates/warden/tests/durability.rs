@@ -1,0 +1,286 @@
+//! Durable state, proved the hard way: the real `warden` process is killed with SIGKILL while
+//! clients are mid-flight, restarted on the same data directory, and every acknowledged message
+//! must still arrive (QoS 2 exactly once), with sessions and retained messages back.
+
+use std::collections::{BTreeSet, HashMap};
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc::Receiver;
+use std::time::Duration;
+
+use mqtt_codec::{Packet, Protocol, PubAck, QoS};
+use warden_testkit::{connect_packet, connected, publish, Recv};
+
+const BIN: &str = env!("CARGO_BIN_EXE_warden");
+
+/// The real broker process on an ephemeral loopback port.
+struct Proc {
+    child: Child,
+    addr: SocketAddr,
+    log: Receiver<String>,
+    /// What it logged before it listened (the store report among it).
+    early: Vec<String>,
+}
+
+impl Proc {
+    fn start(dir: &Path, durability: &str) -> Proc {
+        let cfg = dir.join("warden.toml");
+        std::fs::write(
+            &cfg,
+            format!(
+                "data_dir = \"{}\"\n[[listener]]\nbind = \"127.0.0.1:0\"\n[auth]\nallow_anonymous = true\n\
+                 [persistence]\ndurability = \"{durability}\"\n",
+                dir.join("data").display()
+            ),
+        )
+        .unwrap();
+        let mut child = Command::new(BIN)
+            .args(["serve", "--config", cfg.to_str().unwrap()])
+            .env("RUST_LOG", "info")
+            .stderr(Stdio::piped())
+            .stdout(Stdio::null())
+            .spawn()
+            .unwrap();
+        let stderr = child.stderr.take().unwrap();
+        let (tx, log) = std::sync::mpsc::channel::<String>();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                let _ = tx.send(line);
+            }
+        });
+        let mut early = Vec::new();
+        let addr = loop {
+            let line = log.recv_timeout(Duration::from_secs(30)).expect("broker prints its listen address");
+            if let Some(rest) = line.split("listening: mqtt://").nth(1) {
+                break rest.trim().parse().unwrap();
+            }
+            early.push(line);
+        };
+        Proc { child, addr, log, early }
+    }
+
+    /// SIGKILL: no shutdown path runs, nothing is flushed.
+    fn kill9(mut self) -> Vec<String> {
+        self.child.kill().unwrap();
+        self.child.wait().unwrap();
+        let mut all = std::mem::take(&mut self.early);
+        all.extend(self.log.try_iter());
+        all
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn puback_id(r: Recv) -> Option<u16> {
+    match r {
+        Recv::Packet(Packet::PubAck(a)) if a.reason_code.is_success() => Some(a.packet_id),
+        Recv::Packet(p) => panic!("unexpected {p:?}"),
+        _ => None,
+    }
+}
+
+/// [MQTT-4.3.2-?] / SPEC §8: a QoS 1 message the broker acknowledged to its publisher is
+/// delivered to the persistent session it was queued for, even across `kill -9`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kill_9_under_load_loses_no_acknowledged_message() {
+    let dir = tempfile::tempdir().unwrap();
+    let broker = Proc::start(dir.path(), "batched");
+    // A persistent v3.1.1 session subscribes, then goes offline.
+    let (mut sub, _) = connected(broker.addr, connect_packet(Protocol::V311, "durable-sub", false)).await;
+    sub.subscribe(1, "load/#", QoS::AtLeastOnce).await;
+    sub.send(&Packet::Disconnect(Default::default())).await;
+    let (mut p, _) = connected(broker.addr, connect_packet(Protocol::V311, "durable-pub", true)).await;
+    let mut retained = publish("load/retained", QoS::AtLeastOnce, 1, b"kept");
+    if let Packet::Publish(ref mut x) = retained {
+        x.retain = true;
+    }
+    p.send(&retained).await;
+    assert_eq!(puback_id(p.recv().await), Some(1));
+
+    // Publish in windows of 50 and kill the broker mid-stream, with a window unacknowledged.
+    let mut acked = BTreeSet::new();
+    let mut in_window: HashMap<u16, u32> = HashMap::new();
+    let mut next = 0u32;
+    let killed_after = 3000;
+    while acked.len() < killed_after {
+        for _ in 0..50 {
+            let pid = (next % 60_000 + 1) as u16;
+            in_window.insert(pid, next);
+            p.send(&publish("load/m", QoS::AtLeastOnce, pid, next.to_string().as_bytes())).await;
+            next += 1;
+        }
+        while !in_window.is_empty() {
+            let pid = puback_id(p.recv().await).expect("PUBACK");
+            acked.insert(in_window.remove(&pid).expect("acknowledged a packet id in flight"));
+        }
+    }
+    // One more window in flight, then SIGKILL while the broker is working on it.
+    for _ in 0..50 {
+        let pid = (next % 60_000 + 1) as u16;
+        in_window.insert(pid, next);
+        p.send(&publish("load/m", QoS::AtLeastOnce, pid, next.to_string().as_bytes())).await;
+        next += 1;
+    }
+    if let Some(pid) = puback_id(p.recv_within(Duration::from_millis(200)).await) {
+        acked.insert(in_window.remove(&pid).unwrap());
+    }
+    let old_log = broker.kill9();
+    assert!(!old_log.iter().any(|l| l.contains("panicked")), "{old_log:?}");
+
+    let broker = Proc::start(dir.path(), "batched");
+    let loaded = broker.early.iter().find(|l| l.contains("store loaded")).expect("store load logged");
+    assert!(loaded.contains("sessions=1"), "{loaded}");
+
+    // The real client (rumqttc, MQTT 3.1.1) resumes the session and receives everything.
+    let mut opts = rumqttc::MqttOptions::new("durable-sub", broker.addr.ip().to_string(), broker.addr.port());
+    opts.set_clean_session(false);
+    opts.set_keep_alive(Duration::from_secs(30));
+    let (client, mut events) = rumqttc::AsyncClient::new(opts, 100);
+    let mut got = BTreeSet::new();
+    let mut session_present = None;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    while !acked.is_subset(&got) {
+        let ev = tokio::time::timeout_at(deadline, events.poll())
+            .await
+            .unwrap_or_else(|_| panic!("only {} of {} acknowledged messages arrived", got.len(), acked.len()));
+        match ev.expect("subscriber connection") {
+            rumqttc::Event::Incoming(rumqttc::Packet::ConnAck(a)) => session_present = Some(a.session_present),
+            rumqttc::Event::Incoming(rumqttc::Packet::Publish(m)) if m.topic == "load/m" => {
+                got.insert(std::str::from_utf8(&m.payload).unwrap().parse::<u32>().unwrap());
+            }
+            _ => {}
+        }
+    }
+    assert_eq!(session_present, Some(true), "the session survived kill -9 [MQTT-3.2.2-2]");
+    // Nothing that was never published shows up.
+    assert!(got.iter().all(|n| *n < next));
+    drop(client);
+
+    // The retained message survived too.
+    let (mut late, _) = connected(broker.addr, connect_packet(Protocol::V311, "late", true)).await;
+    late.subscribe(1, "load/retained", QoS::AtLeastOnce).await;
+    let m = late.expect_publish().await;
+    assert_eq!((&m.payload[..], m.retain), (&b"kept"[..], true));
+}
+
+fn pubrec(pid: u16) -> Packet {
+    Packet::PubRec(PubAck::new(pid))
+}
+
+/// QoS 2 stays exactly once across SIGKILL on both sides of the broker [MQTT-4.3.3]:
+/// - inbound: a PUBLISH acknowledged with PUBREC and re-sent (DUP) after the restart is not
+///   routed again; its PUBREL is answered;
+/// - outbound: a PUBLISH sent to the subscriber is re-sent with the same packet id and DUP, and a
+///   message the subscriber already PUBREC'd gets only its PUBREL again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn qos2_state_survives_kill_9_exactly_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let broker = Proc::start(dir.path(), "batched");
+    let v5 = |id: &str| {
+        let mut c = connect_packet(Protocol::V5, id, false);
+        c.properties.session_expiry_interval = Some(3600);
+        c
+    };
+    let (mut sub, _) = connected(broker.addr, v5("q2-sub")).await;
+    sub.subscribe(1, "q2/#", QoS::ExactlyOnce).await;
+    let (mut p, _) = connected(broker.addr, v5("q2-pub")).await;
+    for (pid, body) in [(11u16, "a"), (12, "b")] {
+        p.send(&publish("q2/t", QoS::ExactlyOnce, pid, body.as_bytes())).await;
+        match p.recv().await {
+            Recv::Packet(Packet::PubRec(a)) => assert_eq!(a.packet_id, pid),
+            other => panic!("{other:?}"),
+        }
+    }
+    // Message "a" is released (PUBREL → PUBCOMP); "b" stays between PUBREC and PUBREL.
+    p.send(&Packet::PubRel(PubAck::new(11))).await;
+    assert!(matches!(p.recv().await, Recv::Packet(Packet::PubComp(_))));
+    // The subscriber gets both; it PUBRECs "a" (and receives the PUBREL) and leaves "b" unanswered.
+    let mut ids = HashMap::new();
+    for _ in 0..2 {
+        let m = sub.expect_publish().await;
+        ids.insert(String::from_utf8(m.payload.to_vec()).unwrap(), m.packet_id);
+    }
+    sub.send(&pubrec(ids["a"])).await;
+    match sub.recv().await {
+        Recv::Packet(Packet::PubRel(r)) => assert_eq!(r.packet_id, ids["a"]),
+        other => panic!("{other:?}"),
+    }
+    broker.kill9();
+
+    let broker = Proc::start(dir.path(), "batched");
+    // Publisher: re-sends "b" with DUP (it never saw PUBCOMP): acknowledged, not routed again.
+    let (mut p, ack) = connected(broker.addr, v5("q2-pub")).await;
+    assert!(ack.session_present);
+    let mut again = publish("q2/t", QoS::ExactlyOnce, 12, b"b");
+    if let Packet::Publish(ref mut x) = again {
+        x.dup = true;
+    }
+    p.send(&again).await;
+    assert!(matches!(p.recv().await, Recv::Packet(Packet::PubRec(a)) if a.packet_id == 12));
+    p.send(&Packet::PubRel(PubAck::new(12))).await;
+    match p.recv().await {
+        Recv::Packet(Packet::PubComp(c)) => assert!(c.reason_code.is_success(), "PUBREL of a stored id: {c:?}"),
+        other => panic!("{other:?}"),
+    }
+    // Subscriber: PUBREL for "a" again, "b" re-sent with DUP under the same packet id, once.
+    let (mut sub, ack) = connected(broker.addr, v5("q2-sub")).await;
+    assert!(ack.session_present);
+    let mut seen = Vec::new();
+    loop {
+        match sub.recv_within(Duration::from_secs(2)).await {
+            Recv::Packet(p) => seen.push(p),
+            Recv::Timeout => break,
+            Recv::Closed => panic!("closed; saw {seen:?}"),
+        }
+    }
+    let rels: Vec<u16> =
+        seen.iter().filter_map(|p| if let Packet::PubRel(r) = p { Some(r.packet_id) } else { None }).collect();
+    let pubs: Vec<(u16, bool, Vec<u8>)> = seen
+        .iter()
+        .filter_map(|p| if let Packet::Publish(m) = p { Some((m.packet_id, m.dup, m.payload.to_vec())) } else { None })
+        .collect();
+    assert_eq!(rels, vec![ids["a"]], "{seen:?}");
+    assert_eq!(pubs, vec![(ids["b"], true, b"b".to_vec())], "exactly once: {seen:?}");
+}
+
+/// `durability = "sync"` keeps even a subscription made just before the crash.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sync_mode_keeps_a_subscription_acknowledged_just_before_the_crash() {
+    let dir = tempfile::tempdir().unwrap();
+    let broker = Proc::start(dir.path(), "sync");
+    let (mut sub, _) = connected(broker.addr, connect_packet(Protocol::V311, "sync-sub", false)).await;
+    sub.subscribe(1, "s/#", QoS::AtLeastOnce).await;
+    broker.kill9();
+    let broker = Proc::start(dir.path(), "sync");
+    let (mut p, _) = connected(broker.addr, connect_packet(Protocol::V311, "sync-pub", true)).await;
+    p.send(&publish("s/x", QoS::AtLeastOnce, 1, b"hi")).await;
+    assert_eq!(puback_id(p.recv().await), Some(1));
+    let (mut sub, ack) = connected(broker.addr, connect_packet(Protocol::V311, "sync-sub", false)).await;
+    assert!(ack.session_present);
+    assert_eq!(&sub.expect_publish().await.payload[..], b"hi");
+}
+
+/// A store file that is not a store at all: the broker starts, says so, keeps the bad file.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_damaged_store_is_set_aside_loudly_and_the_broker_starts() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::create_dir_all(dir.path().join("data")).unwrap();
+    std::fs::write(dir.path().join("data/state.redb"), b"definitely not a redb file").unwrap();
+    let broker = Proc::start(dir.path(), "batched");
+    connected(broker.addr, connect_packet(Protocol::V311, "after-damage", true)).await;
+    let log = broker.kill9();
+    assert!(log.iter().any(|l| l.contains("store was damaged")), "{log:?}");
+    let kept: Vec<_> = std::fs::read_dir(dir.path().join("data"))
+        .unwrap()
+        .filter_map(|e| e.ok())
+        .filter(|e| e.file_name().to_string_lossy().starts_with("state.redb.corrupt-"))
+        .collect();
+    assert_eq!(kept.len(), 1);
+}
