@@ -123,6 +123,10 @@ struct Common {
     /// Speak MQTT 5.0 (default: 3.1.1).
     #[arg(long)]
     mqtt5: bool,
+    /// Persistent sessions (v3 clean session 0, v5 session expiry 300 s): QoS 1 messages to
+    /// them are kept by the broker's store before they are acknowledged.
+    #[arg(long)]
+    persistent: bool,
     /// Generator threads (tokio workers; 1 = a single-threaded runtime).
     #[arg(long, default_value_t = 2)]
     threads: usize,
@@ -183,6 +187,7 @@ impl Common {
             keep_alive: 300,
             source: None,
             handshake_timeout: Duration::from_secs_f64(self.handshake_timeout),
+            persistent: self.persistent,
         })
     }
 

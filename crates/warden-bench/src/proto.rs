@@ -37,6 +37,9 @@ pub struct ClientOpts {
     pub source: Option<std::net::IpAddr>,
     /// Give up on CONNECT/CONNACK and SUBSCRIBE/SUBACK after this long.
     pub handshake_timeout: Duration,
+    /// Ask for a session that outlives the connection (v3 clean session 0, v5 expiry 300 s),
+    /// so that QoS 1 deliveries go through the broker's durable store.
+    pub persistent: bool,
 }
 
 /// A connected client: the stream, the bytes read past the CONNACK, and what the broker allows.
@@ -65,10 +68,13 @@ pub async fn connect(opts: &ClientOpts, client_id: &str) -> Result<Client> {
     if opts.protocol.is_v5() {
         // Let the broker send as much as it likes; the generator never limits it.
         properties.receive_maximum = Some(u16::MAX);
+        if opts.persistent {
+            properties.session_expiry_interval = Some(300);
+        }
     }
     let packet = Packet::Connect(Box::new(Connect {
         protocol: opts.protocol,
-        clean_start: true,
+        clean_start: !opts.persistent || opts.protocol.is_v5(),
         keep_alive: opts.keep_alive,
         properties,
         client_id: client_id.to_owned(),

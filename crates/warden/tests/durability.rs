@@ -147,9 +147,9 @@ async fn kill_9_under_load_loses_no_acknowledged_message() {
     let mut session_present = None;
     let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
     while !acked.is_subset(&got) {
-        let ev = tokio::time::timeout_at(deadline, events.poll())
-            .await
-            .unwrap_or_else(|_| panic!("only {} of {} acknowledged messages arrived", got.len(), acked.len()));
+        let Ok(ev) = tokio::time::timeout_at(deadline, events.poll()).await else {
+            panic!("only {} of {} acknowledged messages arrived", got.len(), acked.len());
+        };
         match ev.expect("subscriber connection") {
             rumqttc::Event::Incoming(rumqttc::Packet::ConnAck(a)) => session_present = Some(a.session_present),
             rumqttc::Event::Incoming(rumqttc::Packet::Publish(m)) if m.topic == "load/m" => {
