@@ -69,20 +69,21 @@ pub enum Durability {
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
     /// Creating or replacing the file failed.
-    #[error("{path}: {source}")]
+    #[error("{path}: {error}")]
     Io {
         /// The file.
         path: PathBuf,
         /// Why.
-        source: std::io::Error,
+        error: std::io::Error,
     },
-    /// redb refused the file even after it was moved aside.
-    #[error("{path}: {source}")]
+    /// redb refused the file: in use by another process, not readable, or still refused
+    /// after it was moved aside.
+    #[error("{path}: {error}")]
     Db {
         /// The file.
         path: PathBuf,
         /// Why.
-        source: Box<redb::Error>,
+        error: Box<redb::Error>,
     },
 }
 
@@ -167,6 +168,11 @@ impl Store {
                     }
                 }
             }
+            Ok(Err(e)) if !is_damage(&e) => {
+                // In use by another broker, no permission, disk gone: refuse to start rather
+                // than touch a file that may be fine.
+                return Err(StoreError::Db { path: path.to_owned(), error: Box::new(e.into()) });
+            }
             Ok(Err(e)) => {
                 report.dropped.push(format!("the store could not be opened: {e}"));
                 (None, Raw { damaged: true, ..Raw::default() })
@@ -176,7 +182,7 @@ impl Store {
                 (None, Raw { damaged: true, ..Raw::default() })
             }
         };
-        let db_err = |e: redb::Error| StoreError::Db { path: path.to_owned(), source: Box::new(e) };
+        let db_err = |e: redb::Error| StoreError::Db { path: path.to_owned(), error: Box::new(e) };
         let db = match db {
             Some(db) if !raw.damaged => {
                 remove_bad(&db, &raw).map_err(db_err)?;
@@ -186,7 +192,7 @@ impl Store {
                 drop(db);
                 let aside = aside_name(path, clock.wall_ms() / 1000);
                 if path.exists() {
-                    std::fs::rename(path, &aside).map_err(|source| StoreError::Io { path: path.to_owned(), source })?;
+                    std::fs::rename(path, &aside).map_err(|error| StoreError::Io { path: path.to_owned(), error })?;
                     error!(path = %path.display(), moved_to = %aside.display(), "store damaged: rebuilt from what was readable");
                     report.moved_aside = Some(aside);
                 }
@@ -212,7 +218,7 @@ impl Store {
         let handle = std::thread::Builder::new()
             .name("warden-store".into())
             .spawn(move || writer.run(db))
-            .map_err(|source| StoreError::Io { path: path.to_owned(), source })?;
+            .map_err(|error| StoreError::Io { path: path.to_owned(), error })?;
         *store.writer.lock() = Some(handle);
         Ok((store, loaded))
     }
@@ -346,6 +352,21 @@ impl Persist for Store {
 
     fn next_id(&self) -> u64 {
         self.next_id.fetch_add(1, Ordering::Relaxed)
+    }
+}
+
+/// True when opening failed because of what is in the file (not because of where it is or
+/// who holds it).
+fn is_damage(e: &redb::DatabaseError) -> bool {
+    use std::io::ErrorKind;
+    match e {
+        redb::DatabaseError::DatabaseAlreadyOpen => false,
+        redb::DatabaseError::Storage(redb::StorageError::Io(io)) => {
+            matches!(io.kind(), ErrorKind::InvalidData | ErrorKind::UnexpectedEof)
+        }
+        redb::DatabaseError::Storage(redb::StorageError::Corrupted(_)) => true,
+        redb::DatabaseError::RepairAborted | redb::DatabaseError::UpgradeRequired(_) => false,
+        _ => true,
     }
 }
 

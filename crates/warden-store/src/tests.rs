@@ -203,3 +203,15 @@ fn damaged_files_are_recovered_or_set_aside() {
         store.close();
     }
 }
+
+/// A store in use (another broker on the same data_dir) is refused, and left untouched.
+#[test]
+fn a_store_in_use_is_refused_not_set_aside() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("state.redb");
+    let (store, _) = Store::open(&path, Durability::Batched).unwrap();
+    let err = Store::open(&path, Durability::Batched).err().expect("second open refused");
+    assert!(err.to_string().contains("state.redb"), "{err}");
+    assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 1, "nothing moved aside");
+    store.close();
+}

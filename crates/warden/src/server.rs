@@ -77,8 +77,7 @@ fn open_store(cfg: &Config) -> anyhow::Result<(Arc<Store>, warden_store::Loaded)
         DurabilityMode::None => Durability::None,
     };
     let started = Instant::now();
-    let (store, loaded) =
-        Store::open(&path, durability).with_context(|| format!("cannot open the store {}", path.display()))?;
+    let (store, loaded) = Store::open(&path, durability).context("cannot open the store")?;
     let r = &loaded.report;
     info!(
         path = %path.display(),
