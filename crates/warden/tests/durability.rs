@@ -284,3 +284,20 @@ async fn a_damaged_store_is_set_aside_loudly_and_the_broker_starts() {
         .collect();
     assert_eq!(kept.len(), 1);
 }
+
+/// Two brokers on one data directory: the second is refused at start and the first's store is
+/// untouched.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_second_broker_on_the_same_data_dir_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let first = Proc::start(dir.path(), "batched");
+    let out = Command::new(BIN)
+        .args(["serve", "--config", dir.path().join("warden.toml").to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("cannot open the store") && err.contains("state.redb"), "{err}");
+    connected(first.addr, connect_packet(Protocol::V311, "still-served", true)).await;
+    assert_eq!(std::fs::read_dir(dir.path().join("data")).unwrap().count(), 1);
+}
