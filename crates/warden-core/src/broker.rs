@@ -640,7 +640,7 @@ impl Broker {
                 payload: Bytes::from(v),
                 qos: QoS::AtMostOnce,
                 retain: true,
-                properties: Properties::default(),
+                properties: None,
                 expires_at: None,
                 origin: None,
                 persisted: Default::default(),

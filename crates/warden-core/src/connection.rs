@@ -47,7 +47,7 @@ pub struct Connection {
     client_alias_max: u16,
     in_aliases: HashMap<u16, TopicName>,
     out_aliases: HashMap<TopicName, u16>,
-    will: Option<LastWill>,
+    will: Option<Box<LastWill>>,
     resend: bool,
     connect_expiry_zero: bool,
     wakes: WakeBatch,
@@ -75,7 +75,7 @@ impl Connection {
             client_max_packet: p.maximum_packet_size.unwrap_or(u32::MAX),
             client_alias_max: p.topic_alias_maximum.unwrap_or(0),
             connect_expiry_zero: connect.protocol == Protocol::V5 && p.session_expiry_interval.unwrap_or(0) == 0,
-            will: connect.will,
+            will: connect.will.map(Box::new),
             keep_alive,
             client_id,
             principal,
@@ -358,11 +358,8 @@ impl Connection {
         }
         if !denied {
             let expires_at = properties.message_expiry_interval.map(|e| now + Duration::from_secs(u64::from(e)));
-            let properties = if self.protocol == Protocol::V5 {
-                Message::forwarded_properties(properties)
-            } else {
-                Properties::default()
-            };
+            let properties =
+                if self.protocol == Protocol::V5 { Message::forwarded_properties(properties) } else { None };
             self.broker.route_batched(
                 Arc::new(Message {
                     topic,
@@ -485,7 +482,7 @@ impl Connection {
         let mut topic = d.msg.topic.clone();
         let mut new_alias = None;
         let properties = if self.protocol == Protocol::V5 {
-            let mut p = d.msg.properties.clone();
+            let mut p = d.msg.properties.as_deref().cloned().unwrap_or_default();
             p.message_expiry_interval = d.msg.remaining_expiry(now);
             p.subscription_identifiers.clone_from(&d.sub_ids);
             if self.client_alias_max > 0 {
@@ -605,7 +602,7 @@ impl Connection {
     /// unless `close` says the client disconnected normally.
     pub fn closed(mut self, close: Close, now: Instant) {
         self.wakes.flush();
-        let will = if close.publish_will { self.will.take() } else { None };
+        let will = if close.publish_will { self.will.take().map(|w| *w) } else { None };
         self.broker.disconnected(&self.session, self.generation, will, now);
     }
 }

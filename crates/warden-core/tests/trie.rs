@@ -6,7 +6,7 @@ use std::time::Instant;
 
 use bytes::Bytes;
 use mqtt_codec::topic::filter_matches;
-use mqtt_codec::{Properties, QoS, SubscriptionOptions, TopicFilter, TopicName};
+use mqtt_codec::{QoS, SubscriptionOptions, TopicFilter, TopicName};
 use proptest::prelude::*;
 use warden_core::retained::RetainedStore;
 use warden_core::session::Session;
@@ -24,7 +24,7 @@ fn msg(topic: &str) -> Arc<Message> {
         payload: Bytes::from_static(b"x"),
         qos: QoS::AtMostOnce,
         retain: true,
-        properties: Properties::default(),
+        properties: None,
         expires_at: None,
         origin: None,
         persisted: Default::default(),

@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use bytes::Bytes;
-use mqtt_codec::{Properties, QoS, TopicName};
+use mqtt_codec::{QoS, TopicName};
 use warden_core::persist::{Persist, PersistOp};
 use warden_core::Message;
 use warden_store::{Durability, Store};
@@ -29,7 +29,7 @@ fn main() {
             payload: Bytes::from(format!("{{\"n\":{i},\"ok\":true,\"pad\":\"0123456789012345678901234567\"}}")),
             qos: QoS::AtLeastOnce,
             retain: true,
-            properties: Properties::default(),
+            properties: None,
             expires_at: None,
             origin: None,
             persisted: Default::default(),

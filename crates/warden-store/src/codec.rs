@@ -76,7 +76,7 @@ pub(crate) fn encode_message(m: &Message, clock: Clock) -> Vec<u8> {
         retain: m.retain,
         topic: m.topic.clone(),
         packet_id: if m.qos == QoS::AtMostOnce { 0 } else { 1 },
-        properties: m.properties.clone(),
+        properties: m.properties.as_deref().cloned().unwrap_or_default(),
         payload: m.payload.clone(),
     };
     Packet::Publish(p).encode(Protocol::V5, &mut out);
@@ -274,7 +274,7 @@ mod tests {
             payload: Bytes::from_static(b"hello"),
             qos: QoS::AtLeastOnce,
             retain: true,
-            properties: Properties { content_type: Some("text/plain".into()), ..Default::default() },
+            properties: Some(Box::new(Properties { content_type: Some("text/plain".into()), ..Default::default() })),
             expires_at: expiry,
             origin: None,
             persisted: Default::default(),
@@ -290,7 +290,7 @@ mod tests {
         assert_eq!(back.topic.as_str(), "a/b");
         assert_eq!(&back.payload[..], b"hello");
         assert!(back.retain);
-        assert_eq!(back.properties.content_type.as_deref(), Some("text/plain"));
+        assert_eq!(back.properties.as_ref().unwrap().content_type.as_deref(), Some("text/plain"));
         let left = back.expires_at.unwrap().duration_since(c.now);
         assert!(left > Duration::from_secs(59) && left <= Duration::from_secs(60));
     }

@@ -2,7 +2,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use mqtt_codec::{Properties, QoS, SubscriptionOptions, TopicFilter, TopicName};
+use mqtt_codec::{QoS, SubscriptionOptions, TopicFilter, TopicName};
 use warden_core::persist::{Persist, PersistOp, SessionRecord};
 use warden_core::session::{OutStage, Subscription};
 use warden_core::Message;
@@ -16,7 +16,7 @@ fn msg(topic: &str, payload: &'static [u8]) -> Arc<Message> {
         payload: Bytes::from_static(payload),
         qos: QoS::AtLeastOnce,
         retain: false,
-        properties: Properties::default(),
+        properties: None,
         expires_at: None,
         origin: None,
         persisted: Default::default(),

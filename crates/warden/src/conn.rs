@@ -239,9 +239,10 @@ where
     let mut enhanced_auth = None;
     let mut scram_user = None;
     let authenticated = if connect.properties.authentication_method.is_some() {
+        // Boxed: this state is needed only during CONNECT, not for the connection's life.
         tokio::time::timeout(
             ctx.connect_timeout,
-            scram_exchange(&connect, &mut rd, &mut wr, &mut rbuf, ctx.max_packet_size, &ctx.auth),
+            Box::pin(scram_exchange(&connect, &mut rd, &mut wr, &mut rbuf, ctx.max_packet_size, &ctx.auth)),
         )
         .await
         .unwrap_or(Err(ReasonCode::NOT_AUTHORIZED))
@@ -252,7 +253,7 @@ where
             crate::auth::Authenticated::from(principal)
         })
     } else {
-        ctx.auth.authenticate(&connect, cert, peer).await
+        Box::pin(ctx.auth.authenticate(&connect, cert, peer)).await
     };
     let authed = match authenticated.and_then(|a| {
         ctx.auth.check_client_id(&a.principal, &connect.client_id)?;

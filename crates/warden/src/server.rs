@@ -291,7 +291,15 @@ impl Server {
                     let tls = tls.clone();
                     tokio::spawn(async move {
                         let _live = live_slot;
-                        serve_socket(sock, peer, protocol, tls, slot, path, ctx).await;
+                        // A task's future lives as long as its connection: plain MQTT gets the
+                        // small one; WebSocket and TLS handshakes (kilobytes of state) are boxed
+                        // so that they do not make every idle TCP connection pay for them.
+                        if tls.is_none() && protocol == ListenerProtocol::Mqtt {
+                            let _ = sock.set_nodelay(true);
+                            crate::conn::run(sock, peer, None, Some(slot), ctx).await;
+                        } else {
+                            Box::pin(serve_socket(sock, peer, protocol, tls, slot, path, ctx)).await;
+                        }
                     });
                 }
             });
