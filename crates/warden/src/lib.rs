@@ -20,6 +20,7 @@ pub mod cert_cmd;
 pub mod config;
 pub mod conn;
 pub mod guard;
+pub mod limits;
 pub mod lookup;
 pub mod oauth_store;
 pub mod passwd_cmd;
