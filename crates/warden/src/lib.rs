@@ -24,6 +24,7 @@ pub mod limits;
 pub mod lookup;
 pub mod oauth_store;
 pub mod passwd_cmd;
+pub mod revocations;
 pub mod server;
 pub mod tls;
 pub mod token_cmd;

@@ -118,7 +118,8 @@ pub fn broker_config(cfg: &Config) -> BrokerConfig {
 }
 
 /// The token service: its signing key lives in `<data_dir>/oauth/signing-key.pem` (made on
-/// first start, mode 0600); revoking a token disconnects the connections that used it.
+/// first start, mode 0600); revoking a token disconnects the connections that used it, and the
+/// revocation is kept in `<data_dir>/oauth/revoked.json` until the token expires.
 fn oauth_service(
     cfg: &Config,
     http: &crate::config::HttpConfig,
@@ -132,6 +133,8 @@ fn oauth_service(
         keys,
         Arc::new(crate::tokens::unix_now),
     ));
+    // Revocations survive restarts: saved on every revocation, loaded here.
+    crate::revocations::attach(&service, &cfg.data_dir)?;
     let live = live_tokens.clone();
     service.on_revoke(Box::new(move |jti| live.revoke(jti)));
     Ok(service)
