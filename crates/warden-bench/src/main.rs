@@ -6,6 +6,7 @@
 //! cargo run --release -p warden-bench -- fan-in --port 1883 --pid $(pidof warden) --qos 1
 //! ```
 
+mod botnet;
 mod idle;
 mod output;
 mod proto;
@@ -84,6 +85,39 @@ enum Command {
         /// Spread client sockets over this many source addresses 127.0.0.1.. (1: let the kernel choose).
         #[arg(long, default_value_t = 1)]
         source_addrs: u8,
+    },
+    /// Legitimate pairs at a fixed rate while attackers from many 127.0.x.y addresses flood
+    /// connects, wrong passwords, slow CONNECTs and publishes and hold non-reading subscribers;
+    /// legitimate latency/loss and broker peak RSS (--no-attack: the baseline).
+    Botnet {
+        #[command(flatten)]
+        common: Common,
+        /// Seconds the run lasts (legitimate traffic and attack alike).
+        #[arg(long, default_value_t = 10.0)]
+        duration: f64,
+        /// Legitimate publisher/subscriber pairs.
+        #[arg(long, default_value_t = 4)]
+        pairs: usize,
+        /// Messages per second per legitimate publisher (QoS 1).
+        #[arg(long, default_value_t = 100.0)]
+        rate: f64,
+        /// Attacker tasks per attack kind (5 kinds).
+        #[arg(long, default_value_t = 20)]
+        attackers: usize,
+        /// Loopback source addresses the attackers spread over (127.0.1.1 onwards).
+        #[arg(long, default_value_t = 100)]
+        source_addrs: usize,
+        /// Payload bytes of the publish flood.
+        #[arg(long, default_value_t = 1024)]
+        flood_payload: usize,
+        /// No attackers: the baseline to compare with.
+        #[arg(long)]
+        no_attack: bool,
+        /// Attack kinds, comma-separated: connect (valid CONNECT, then close), password (wrong
+        /// password), slow (CONNECT never finished), flood (publish flood), stall (subscribers to
+        /// everything that never read).
+        #[arg(long, value_delimiter = ',', default_value = "connect,password,slow,flood,stall")]
+        attacks: Vec<String>,
     },
     /// Turn JSON lines from earlier runs into Markdown tables (medians and ratios).
     Report {
@@ -231,6 +265,29 @@ fn run(cli: Cli) -> Result<()> {
             load.rate.get_or_insert(1000.0);
             (common, Scenario::Traffic(traffic::Plan::latency(), load))
         }
+        Command::Botnet {
+            common,
+            duration,
+            pairs,
+            rate,
+            attackers,
+            source_addrs,
+            flood_payload,
+            no_attack,
+            attacks,
+        } => {
+            if let Some(bad) =
+                attacks.iter().find(|k| !["connect", "password", "slow", "flood", "stall"].contains(&k.as_str()))
+            {
+                bail!("unknown attack kind {bad:?} (connect, password, slow, flood, stall)");
+            }
+            if !(duration > 0.0 && rate > 0.0 && pairs > 0) {
+                bail!("--duration, --rate and --pairs must be positive");
+            }
+            let attackers = if no_attack { 0 } else { attackers };
+            let p = botnet::Params { duration, pairs, rate, attackers, source_addrs, flood_payload, kinds: attacks };
+            (common, Scenario::Botnet(p))
+        }
         Command::Idle { common, connections, concurrency, hold, source_addrs } => {
             (common, Scenario::Idle(idle::Params { connections, concurrency, hold, source_addrs }))
         }
@@ -265,6 +322,13 @@ fn run(cli: Cli) -> Result<()> {
             let opts = common.client_opts()?;
             rt.block_on(traffic::run(plan, params, opts, common.pid))?
         }
+        Scenario::Botnet(params) => {
+            let opts = common.client_opts()?;
+            if !matches!(opts.addr.ip(), IpAddr::V4(a) if a.is_loopback()) {
+                bail!("botnet binds attackers to 127.0.x.y: it needs an IPv4 loopback broker address");
+            }
+            rt.block_on(botnet::run(params, opts, common.pid))?
+        }
         Scenario::Idle(params) => {
             let mut opts = common.client_opts()?;
             if params.source_addrs > 1 && !matches!(opts.addr.ip(), IpAddr::V4(a) if a.is_loopback()) {
@@ -282,4 +346,5 @@ fn run(cli: Cli) -> Result<()> {
 enum Scenario {
     Traffic(traffic::Plan, Load),
     Idle(idle::Params),
+    Botnet(botnet::Params),
 }

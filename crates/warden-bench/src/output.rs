@@ -73,6 +73,9 @@ pub struct Output {
     /// The first few errors the connections met.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub errors: Vec<String>,
+    /// Botnet: what the attackers did, by kind.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub attack: Option<std::collections::BTreeMap<String, u64>>,
 }
 
 impl Output {
@@ -103,6 +106,7 @@ impl Output {
             "pairs" => format!("pairs {}x qos{}", self.publishers, self.qos),
             "latency" => format!("latency qos{}", self.qos),
             "idle" => format!("idle {}", self.connections.unwrap_or(0)),
+            "botnet" | "botnet-baseline" => format!("{} {} pairs", self.scenario, self.publishers),
             other => other.to_owned(),
         });
         self

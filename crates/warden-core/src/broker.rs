@@ -43,6 +43,8 @@ pub struct Stats {
     pub messages_dropped: AtomicU64,
     /// Operations refused by authorization.
     pub denied: AtomicU64,
+    /// Abuse-resistance counters (see [`crate::limits`]).
+    pub limits: crate::limits::LimitStats,
 }
 
 fn inc(c: &AtomicU64) {
@@ -211,6 +213,13 @@ impl Broker {
     /// Number of subscriptions.
     pub fn subscription_count(&self) -> usize {
         self.subs.read().len()
+    }
+
+    /// Bytes charged to every session queue, summed (one brief lock per session; the
+    /// registry lock is held only to copy the list). Used by the shell's memory high-water mark.
+    pub fn queued_bytes(&self) -> u64 {
+        let sessions: Vec<Arc<Session>> = self.sessions.lock().values().cloned().collect();
+        sessions.iter().map(|s| s.state.lock().queued_bytes).sum()
     }
 
     /// Accept an authenticated CONNECT: bind the client id to `principal`, create, resume or
@@ -646,6 +655,7 @@ impl Broker {
                 persisted: Default::default(),
             }));
         }
+        self.publish_limits_sys();
     }
 }
 

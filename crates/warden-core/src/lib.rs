@@ -12,6 +12,7 @@
 //!   session expiry, `$SYS`.
 //! - [`persist`]: the seam to durable storage (what is stored, and when an acknowledgement
 //!   must wait for it).
+//! - [`limits`]: abuse-resistance counters and their `$SYS/broker/limits/...` topics.
 //! - [`connection`]: one client connection's protocol state machine (`handle` inbound packets,
 //!   `pull` outbound deliveries, encoded into a write buffer).
 //!
@@ -24,6 +25,7 @@
 pub mod broker;
 pub mod config;
 pub mod connection;
+pub mod limits;
 pub mod message;
 pub mod persist;
 pub mod retained;

@@ -242,6 +242,33 @@ impl OAuthService {
         self.revoked.lock().contains_key(jti)
     }
 
+    /// The revoked token ids with their tokens' `exp` (Unix seconds), without those past
+    /// `exp` + [`REVOCATION_GRACE_SECS`]: what must survive a restart.
+    pub fn revocations(&self) -> Vec<(String, u64)> {
+        let now = self.now();
+        let mut v: Vec<(String, u64)> = self
+            .revoked
+            .lock()
+            .iter()
+            .filter(|(_, exp)| exp.saturating_add(REVOCATION_GRACE_SECS) >= now)
+            .map(|(j, e)| (j.clone(), *e))
+            .collect();
+        v.sort_unstable();
+        v
+    }
+
+    /// Puts back revocations saved by an earlier run (see [`OAuthService::revocations`]);
+    /// entries already past their grace period are skipped. No callbacks are called.
+    pub fn restore_revocations(&self, entries: impl IntoIterator<Item = (String, u64)>) {
+        let now = self.now();
+        let mut revoked = self.revoked.lock();
+        for (jti, exp) in entries {
+            if exp.saturating_add(REVOCATION_GRACE_SECS) >= now {
+                revoked.insert(jti, exp);
+            }
+        }
+    }
+
     /// Registers `f` to be called with the `jti` of each newly revoked token (after the
     /// revocation is recorded). Called on the HTTP task: it must not block (e.g. send on a
     /// channel). Several callbacks may be registered.

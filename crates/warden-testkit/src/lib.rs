@@ -55,8 +55,8 @@ impl TestBroker {
     /// [`TestBroker::from_toml`] with a directory the caller prepared (certificates, say).
     ///
     /// Every client of a test broker comes from 127.0.0.1, so the per-address guard's failed-
-    /// authentication ban and connect rate are lifted unless the configuration sets them (the
-    /// tests of the guard do).
+    /// authentication ban, per-(user, address) backoff and connect rate are lifted unless the
+    /// configuration sets them (the tests of the guard do).
     pub async fn from_toml_in(dir: tempfile::TempDir, body: &str) -> TestBroker {
         let mut lifted = String::new();
         if !body.contains("auth_fail_ban") {
@@ -64,6 +64,9 @@ impl TestBroker {
         }
         if !body.contains("connect_rate_per_ip") {
             lifted.push_str("connect_rate_per_ip = 1000000\n");
+        }
+        if !body.contains("auth_fail_backoff") {
+            lifted.push_str("auth_fail_backoff = { failures = 1000000 }\n");
         }
         let body = if let Some(i) = body.find("[limits]\n") {
             let at = i + "[limits]\n".len();

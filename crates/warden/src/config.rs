@@ -340,6 +340,84 @@ pub struct Limits {
     pub connect_rate_per_ip: u32,
     /// Failed authentications from one address before it is banned for a while.
     pub auth_fail_ban: AuthFailBan,
+    /// PUBLISH packets per second per connection (token bucket, burst = one second's worth);
+    /// 0 = off. Default 1000.
+    #[serde(deserialize_with = "de_max_publish_rate")]
+    pub max_publish_rate: u32,
+    /// PUBLISH bytes (whole packets) per second per connection (token bucket, burst = one
+    /// second's worth but at least `max_packet_size`); 0 = off. Default 10 MiB.
+    #[serde(deserialize_with = "de_max_publish_bandwidth")]
+    pub max_publish_bandwidth: u64,
+    /// How long a connection over its publish rate or bandwidth is throttled (reading paused)
+    /// before it is disconnected (v5 0x96 / 0x97); 0 = disconnect at once. Default 10 s.
+    #[serde(deserialize_with = "de_publish_throttle")]
+    pub publish_throttle: Duration,
+    /// The TLS handshake of mqtts/wss connections must finish within this, > 0. Default 10 s.
+    #[serde(deserialize_with = "de_tls_handshake_timeout")]
+    pub tls_handshake_timeout: Duration,
+    /// Failed authentications of one user name from one address before that pair backs off.
+    pub auth_fail_backoff: AuthFailBackoff,
+    /// Bytes of queued messages and connection buffers across the broker above which
+    /// publishers stop being read (heaviest first); 0 = off. Default 2 GiB.
+    #[serde(deserialize_with = "de_max_memory")]
+    pub max_memory: u64,
+    /// A connection whose pending output does not move for this long is closed; 0 = off.
+    /// Default 60 s.
+    #[serde(deserialize_with = "de_write_stall_timeout")]
+    pub write_stall_timeout: Duration,
+}
+
+/// `auth_fail_backoff = { failures = 5, initial = "1s", max = "5m" }`: after `failures`
+/// failed authentications of one user name from one source address, further CONNECTs for
+/// that user name from that address are refused without checking the credentials for
+/// `initial`, doubling with every further failure up to `max`; a success clears it. Per
+/// (user name, address): failures from other addresses never lock the user out (SPEC §7).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct AuthFailBackoff {
+    /// Failures before the backoff starts, >= 1.
+    #[serde(deserialize_with = "de_backoff_failures")]
+    pub failures: u32,
+    /// First backoff, >= 1 ms.
+    #[serde(deserialize_with = "de_backoff_initial")]
+    pub initial: Duration,
+    /// Longest backoff, >= 1 ms (and the time after which a quiet pair is forgotten).
+    #[serde(deserialize_with = "de_backoff_max")]
+    pub max: Duration,
+}
+
+impl Default for AuthFailBackoff {
+    fn default() -> Self {
+        AuthFailBackoff { failures: 5, initial: Duration::from_secs(1), max: Duration::from_secs(300) }
+    }
+}
+
+fn de_backoff_failures<'de, D: Deserializer<'de>>(d: D) -> Result<u32, D::Error> {
+    narrow(de_int(d, "failures", 1, u32::MAX.into())?)
+}
+fn de_backoff_initial<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+    de_duration(d, "initial", Duration::from_millis(1))
+}
+fn de_backoff_max<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+    de_duration(d, "max", Duration::from_millis(1))
+}
+fn de_max_publish_rate<'de, D: Deserializer<'de>>(d: D) -> Result<u32, D::Error> {
+    narrow(de_int(d, "max_publish_rate", 0, u32::MAX.into())?)
+}
+fn de_max_publish_bandwidth<'de, D: Deserializer<'de>>(d: D) -> Result<u64, D::Error> {
+    de_size(d, "max_publish_bandwidth", 0, u64::MAX)
+}
+fn de_publish_throttle<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+    de_duration(d, "publish_throttle", Duration::ZERO)
+}
+fn de_tls_handshake_timeout<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+    de_duration(d, "tls_handshake_timeout", Duration::from_millis(1))
+}
+fn de_max_memory<'de, D: Deserializer<'de>>(d: D) -> Result<u64, D::Error> {
+    de_size(d, "max_memory", 0, u64::MAX)
+}
+fn de_write_stall_timeout<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+    de_duration(d, "write_stall_timeout", Duration::ZERO)
 }
 
 /// `auth_fail_ban = { failures = 20, within = "60s", ban = "300s" }`: after `failures` failed
@@ -401,6 +479,13 @@ impl Default for Limits {
             max_connections_per_ip: 1000,
             connect_rate_per_ip: 200,
             auth_fail_ban: AuthFailBan::default(),
+            max_publish_rate: 1000,
+            max_publish_bandwidth: 10 * 1024 * 1024,
+            publish_throttle: Duration::from_secs(10),
+            tls_handshake_timeout: Duration::from_secs(10),
+            auth_fail_backoff: AuthFailBackoff::default(),
+            max_memory: 2 * 1024 * 1024 * 1024,
+            write_stall_timeout: Duration::from_secs(60),
         }
     }
 }
@@ -1552,5 +1637,38 @@ sys_interval = "10s"              # $SYS topics are retained and refreshed this 
             assert!(parse_duration(bad).is_err(), "{bad:?} accepted");
         }
         assert!(parse_duration("10").unwrap_err().contains("missing unit"));
+    }
+
+    #[test]
+    fn abuse_limits_parse_and_errors_name_the_line() {
+        let l = Limits::default();
+        assert_eq!((l.max_publish_rate, l.max_publish_bandwidth), (1000, 10 * 1024 * 1024));
+        assert_eq!(l.publish_throttle, Duration::from_secs(10));
+        assert_eq!(l.tls_handshake_timeout, Duration::from_secs(10));
+        assert_eq!(l.max_memory, 2 << 30);
+        assert_eq!(l.write_stall_timeout, Duration::from_secs(60));
+        assert_eq!(l.auth_fail_backoff, AuthFailBackoff::default());
+        let c = parse(&with_limits(
+            "max_publish_rate = 0\nmax_publish_bandwidth = \"1MiB\"\npublish_throttle = 0\n\
+             tls_handshake_timeout = \"250ms\"\nmax_memory = \"64MiB\"\nwrite_stall_timeout = \"5s\"\n\
+             auth_fail_backoff = { failures = 2, initial = \"100ms\", max = \"1m\" }",
+        ))
+        .unwrap();
+        let l = c.limits;
+        assert_eq!((l.max_publish_rate, l.max_publish_bandwidth), (0, 1 << 20));
+        assert_eq!(l.publish_throttle, Duration::ZERO);
+        assert_eq!(l.tls_handshake_timeout, Duration::from_millis(250));
+        assert_eq!(l.max_memory, 64 << 20);
+        assert_eq!(l.write_stall_timeout, Duration::from_secs(5));
+        assert_eq!(
+            l.auth_fail_backoff,
+            AuthFailBackoff { failures: 2, initial: Duration::from_millis(100), max: Duration::from_secs(60) }
+        );
+        fails_at(&with_limits("max_publish_rate = -1"), 4, "max_publish_rate");
+        fails_at(&with_limits("max_connections = 5\nmax_publish_bandwidth = \"9 parsecs\""), 5, "unknown unit");
+        fails_at(&with_limits("tls_handshake_timeout = 0"), 4, "greater than 0");
+        fails_at(&with_limits("max_memory = \"lots\""), 4, "max_memory");
+        fails_at(&with_limits("auth_fail_backoff = { failures = 0 }"), 4, "failures");
+        fails_at(&with_limits("auth_fail_backoff = { forever = true }"), 4, "unknown field `forever`");
     }
 }

@@ -4,6 +4,11 @@
 //! Phases: CONNECT must arrive within `connect_timeout` (slowloris guard); authentication
 //! runs next (hashing off the async threads); then the core's [`Connection`] takes over
 //! until a [`Close`], EOF, an I/O error, a keep-alive timeout or shutdown.
+//!
+//! Limits enforced here (see [`crate::limits`]): publish rate and bandwidth (throttle, then
+//! DISCONNECT 0x96 / 0x97), the memory high-water mark (publishers stop being read), stalled
+//! writers (closed after `write_stall_timeout`), and the per-(user name, address) backoff
+//! after failed authentications (CONNACK 0x9F before any hashing).
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -19,7 +24,9 @@ use warden_core::{Broker, Close, Connection, Wake};
 
 use crate::auth::Authenticator;
 use crate::guard::Admitted;
+use crate::limits::{LogOnce, MemCharge, MemoryGauge, PublishLimiter, PublishLimits, Throttle};
 use crate::tls::CertIdentity;
+use warden_core::limits::hit;
 
 /// Read buffer of a quiet connection: idle connections should cost little memory.
 const IDLE_READ: usize = 512;
@@ -49,6 +56,25 @@ pub struct ConnContext {
     pub live_tokens: Arc<LiveTokens>,
     /// The durable store: acknowledgements wait for it (group commit).
     pub store: Option<Arc<warden_store::Store>>,
+    /// Per-connection publish rate and bandwidth.
+    pub publish_limits: PublishLimits,
+    /// The broker-wide memory high-water mark.
+    pub memory: Arc<MemoryGauge>,
+    /// Close a connection whose output does not move for this long (zero = never).
+    pub write_stall_timeout: Duration,
+    /// Limit hits are logged once per client id (or address) per [`crate::limits::LOG_INTERVAL`].
+    pub limit_log: LogOnce<String>,
+    /// Deadline for the TLS handshake (mqtts, wss).
+    pub tls_handshake_timeout: Duration,
+}
+
+impl ConnContext {
+    /// Log a limit hit for `key` (a client id or an address), at most once per interval.
+    pub fn log_limit(&self, key: &str, limit: &'static str, action: &'static str) {
+        if let Some(suppressed) = self.limit_log.check(key.to_owned(), Instant::now()) {
+            info!(key, limit, action, suppressed, "limit hit (logged once per client per minute)");
+        }
+    }
 }
 
 /// Live connections by the id (`jti`) of the access token they authenticated with.
@@ -230,10 +256,36 @@ where
         }
         Err(_) => {
             debug!(%peer, "no CONNECT within connect_timeout");
+            hit(&ctx.broker.stats.limits.connect_timeouts);
             return;
         }
     };
     let protocol = connect.protocol;
+    // A user name backing off from this address after repeated failures is refused before any
+    // hashing (v5 0x9F Connection rate exceeded; v3 0x03). Other addresses are not affected.
+    if let (Some(s), Some(user)) = (&slot, connect.username.as_deref()) {
+        let now = Instant::now();
+        if s.user_backing_off(user, now) {
+            if s.auth_failed(now) {
+                hit(&ctx.broker.stats.limits.bans);
+            }
+            hit(&ctx.broker.stats.limits.auth_backoff_refused);
+            ctx.broker.stats.connections_refused.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            ctx.log_limit(&peer.ip().to_string(), "auth_fail_backoff", "CONNECT refused (0x9F)");
+            let client_max = connect.properties.maximum_packet_size.unwrap_or(u32::MAX);
+            write_connack(
+                protocol,
+                false,
+                ReasonCode::CONNECTION_RATE_EXCEEDED,
+                Default::default(),
+                client_max,
+                &mut wbuf,
+            );
+            let _ = wr.write_all(&wbuf).await;
+            let _ = wr.shutdown().await;
+            return;
+        }
+    }
     // MQTT 5 enhanced authentication (SCRAM-SHA-256) runs before the CONNACK, within the
     // same connect_timeout [MQTT-4.12.0-?]; otherwise the configured methods decide.
     let mut enhanced_auth = None;
@@ -259,10 +311,21 @@ where
         ctx.auth.check_client_id(&a.principal, &connect.client_id)?;
         Ok(a)
     }) {
-        Ok(a) => a,
+        Ok(a) => {
+            if let (Some(s), Some(user)) = (&slot, connect.username.as_deref()) {
+                s.user_succeeded(user);
+            }
+            a
+        }
         Err(code) => {
             if let Some(s) = &slot {
-                s.auth_failed(Instant::now());
+                let now = Instant::now();
+                if s.auth_failed(now) {
+                    hit(&ctx.broker.stats.limits.bans);
+                }
+                if let Some(user) = connect.username.as_deref() {
+                    s.user_failed(user, now);
+                }
             }
             // The user name is logged; the password never is.
             info!(%peer, client_id = %connect.client_id, user = ?connect.username, reason = %code, "authentication refused");
@@ -401,11 +464,19 @@ where
     let mut pending_input = !rbuf.is_empty();
     let mut busy = false;
     let mut reauth = Reauth::default();
+    let mut limiter = PublishLimiter::new(ctx.publish_limits, Instant::now());
+    // Reading is paused until then (publish rate or bandwidth throttle).
+    let mut throttled_until: Option<tokio::time::Instant> = None;
+    let mut mem = MemCharge::new(ctx.memory.clone(), Instant::now());
+    let mut mem_paused = false;
+    // Since when pending output has not moved.
+    let mut stalled_since: Option<tokio::time::Instant> = None;
     loop {
         if pending_input {
             pending_input = false;
             let now = Instant::now();
             loop {
+                let before = rbuf.len();
                 match decode(rbuf, protocol, ctx.max_packet_size) {
                     Ok(Some(Packet::Auth(a))) if limits.scram_user.is_some() => {
                         if let Err(code) = reauth.step(a, limits.scram_user.as_deref().unwrap_or(""), &ctx.auth, wbuf) {
@@ -414,6 +485,15 @@ where
                         }
                     }
                     Ok(Some(p)) => {
+                        if matches!(p, Packet::Publish(_)) {
+                            let size = before - rbuf.len();
+                            mem.published(size as u64, now);
+                            if let Some(Err(code)) = limiter.as_mut().map(|l| l.charge(size, now)) {
+                                // publish_throttle = 0: refused before it is routed.
+                                publish_limit_disconnect(ctx, conn.client_id(), code);
+                                return conn.disconnect(wbuf, code);
+                            }
+                        }
                         if let Err(c) = conn.handle(p, now, wbuf) {
                             return c;
                         }
@@ -433,6 +513,28 @@ where
             if rbuf.is_empty() && rbuf.capacity() > KEEP_CAPACITY {
                 *rbuf = BytesMut::new(); // a burst is over: give the memory back
             }
+            if let Some(l) = limiter.as_mut() {
+                match l.after_batch(now) {
+                    Throttle::Read => throttled_until = None,
+                    Throttle::Pause { until, started } => {
+                        let wait = until.saturating_duration_since(now);
+                        throttled_until = Some(tokio::time::Instant::now() + wait);
+                        if let Some(code) = started {
+                            let (counter, name) = if code == ReasonCode::MESSAGE_RATE_TOO_HIGH {
+                                (&ctx.broker.stats.limits.publish_rate_throttled, "max_publish_rate")
+                            } else {
+                                (&ctx.broker.stats.limits.publish_bandwidth_throttled, "max_publish_bandwidth")
+                            };
+                            hit(counter);
+                            ctx.log_limit(conn.client_id(), name, "throttled (reading paused)");
+                        }
+                    }
+                    Throttle::Disconnect(code) => {
+                        publish_limit_disconnect(ctx, conn.client_id(), code);
+                        return conn.disconnect(wbuf, code);
+                    }
+                }
+            }
         }
         // Output that acknowledges something the store must keep leaves only once it is
         // durable; one commit covers every connection waiting meanwhile.
@@ -443,12 +545,28 @@ where
         if wbuf.is_empty() && wbuf.capacity() > KEEP_CAPACITY {
             *wbuf = BytesMut::new();
         }
+        mem.set((rbuf.capacity() + wbuf.capacity()) as u64);
+        // Above max_memory the heaviest publishers are not read (backpressure).
+        let paused_now = ctx.memory.enabled() && mem.should_pause();
+        if paused_now && !mem_paused {
+            hit(&ctx.broker.stats.limits.memory_paused);
+            ctx.log_limit(conn.client_id(), "max_memory", "publisher not read (broker above max_memory)");
+        }
+        mem_paused = paused_now;
+        if wbuf.is_empty() {
+            stalled_since = None;
+        } else if stalled_since.is_none() {
+            stalled_since = Some(tokio::time::Instant::now());
+        }
+        let stall_deadline =
+            stalled_since.filter(|_| !ctx.write_stall_timeout.is_zero()).map(|s| s + ctx.write_stall_timeout);
+        let can_read = wbuf.len() < WRITE_HIGH_WATER && throttled_until.is_none() && !mem_paused;
         tokio::select! {
             r = async {
                 rbuf.reserve(if busy { BUSY_READ } else { IDLE_READ });
                 let spare = rbuf.capacity() - rbuf.len();
                 rd.read_buf(rbuf).await.map(|n| (n, n == spare))
-            }, if wbuf.len() < WRITE_HIGH_WATER => {
+            }, if can_read => {
                 match r {
                     Ok((0, _)) | Err(_) => return lost,
                     Ok((_, filled)) => {
@@ -464,6 +582,7 @@ where
                 match r {
                     Ok(0) | Err(_) => return lost,
                     Ok(_) => {
+                        stalled_since = None;
                         if more && wbuf.len() < WRITE_BUDGET / 2 {
                             match conn.pull(Instant::now(), wbuf, WRITE_BUDGET) {
                                 Ok(m) => more = m,
@@ -494,8 +613,31 @@ where
                 info!(client_id = %conn.client_id(), "access token revoked: disconnecting");
                 return conn.disconnect(wbuf, ReasonCode::NOT_AUTHORIZED);
             }
+            _ = sleep_until_opt(throttled_until) => {
+                throttled_until = None;
+            }
+            _ = tokio::time::sleep(MemoryGauge::SAMPLE), if mem_paused => {}
+            _ = sleep_until_opt(stall_deadline) => {
+                // The client reads nothing: what is pending cannot be delivered, DISCONNECT
+                // included. Its QoS 1/2 messages stay in the session for a reconnect.
+                hit(&ctx.broker.stats.limits.write_stalled);
+                ctx.log_limit(conn.client_id(), "write_stall_timeout", "closed (output not read)");
+                wbuf.clear();
+                return conn.disconnect(&mut BytesMut::new(), ReasonCode::SERVER_BUSY);
+            }
         }
     }
+}
+
+/// Count and log a publish-limit disconnect (0x96 rate, 0x97 bandwidth).
+fn publish_limit_disconnect(ctx: &ConnContext, client_id: &str, code: ReasonCode) {
+    let (counter, name) = if code == ReasonCode::MESSAGE_RATE_TOO_HIGH {
+        (&ctx.broker.stats.limits.publish_rate_disconnects, "max_publish_rate")
+    } else {
+        (&ctx.broker.stats.limits.publish_bandwidth_disconnects, "max_publish_bandwidth")
+    };
+    hit(counter);
+    ctx.log_limit(client_id, name, "disconnected");
 }
 
 async fn notified_opt(n: Option<&Notify>) {

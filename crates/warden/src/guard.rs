@@ -5,8 +5,15 @@
 //! a banned or flooding address costs almost nothing. Bans are per address only: failures from
 //! one address never lock a user out for everyone else. Each ban is logged once, when it
 //! starts; refused connections are counted, not logged one by one.
+//!
+//! On top of the per-address ban, failures are also counted per (user name, address): after
+//! `auth_fail_backoff.failures` of them, that user name is refused from that address — once its
+//! CONNECT is read, before any password hashing — for a backoff that doubles with every further
+//! failure. The same user connecting from any other address is not affected (SPEC §7).
 
+use std::collections::hash_map::RandomState;
 use std::collections::{HashMap, VecDeque};
+use std::hash::BuildHasher;
 use std::net::IpAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -15,7 +22,7 @@ use std::time::{Duration, Instant};
 use parking_lot::Mutex;
 use tracing::warn;
 
-use crate::config::AuthFailBan;
+use crate::config::{AuthFailBackoff, AuthFailBan};
 
 /// Addresses tracked at most; idle ones are forgotten first.
 const MAX_TRACKED: usize = 100_000;
@@ -60,8 +67,21 @@ pub struct Guard {
     rate: f64,
     ban: AuthFailBan,
     peers: Mutex<HashMap<IpAddr, Peer>>,
+    backoff: AuthFailBackoff,
+    /// Failures per (address, keyed hash of the user name): user names can be long, a hash
+    /// keeps every entry small; the random key makes collisions impossible to aim at.
+    users: Mutex<HashMap<(IpAddr, u64), UserFailures>>,
+    user_key: RandomState,
     /// Refusal counters.
     pub stats: GuardStats,
+}
+
+/// Consecutive failed authentications of one user name from one address.
+#[derive(Debug)]
+struct UserFailures {
+    failures: u32,
+    last: Instant,
+    until: Option<Instant>,
 }
 
 /// A live connection's slot; released on drop.
@@ -80,22 +100,92 @@ impl Drop for Admitted {
 }
 
 impl Admitted {
-    /// Record a failed authentication from this connection's address.
-    pub fn auth_failed(&self, now: Instant) {
-        self.guard.auth_failed(self.ip, now);
+    /// Record a failed authentication from this connection's address; true when this failure
+    /// started a ban.
+    pub fn auth_failed(&self, now: Instant) -> bool {
+        self.guard.auth_failed(self.ip, now)
+    }
+
+    /// Is `user` backing off from this connection's address (refuse without hashing)?
+    pub fn user_backing_off(&self, user: &str, now: Instant) -> bool {
+        self.guard.user_backing_off(self.ip, user, now)
+    }
+
+    /// Record a failed authentication of `user` from this address.
+    pub fn user_failed(&self, user: &str, now: Instant) {
+        self.guard.user_failed(self.ip, user, now);
+    }
+
+    /// `user` authenticated from this address: its failures are forgotten.
+    pub fn user_succeeded(&self, user: &str) {
+        self.guard.user_succeeded(self.ip, user);
     }
 }
 
 impl Guard {
     /// A guard with these limits.
     pub fn new(max_per_ip: usize, rate_per_sec: u32, ban: AuthFailBan) -> Arc<Guard> {
+        Self::with_backoff(max_per_ip, rate_per_sec, ban, AuthFailBackoff::default())
+    }
+
+    /// A guard with these limits and this per-(user name, address) backoff.
+    pub fn with_backoff(
+        max_per_ip: usize,
+        rate_per_sec: u32,
+        ban: AuthFailBan,
+        backoff: AuthFailBackoff,
+    ) -> Arc<Guard> {
         Arc::new(Guard {
             max_per_ip,
             rate: f64::from(rate_per_sec),
             ban,
             peers: Mutex::new(HashMap::new()),
+            backoff,
+            users: Mutex::new(HashMap::new()),
+            user_key: RandomState::new(),
             stats: GuardStats::default(),
         })
+    }
+
+    fn user_entry(&self, ip: IpAddr, user: &str) -> (IpAddr, u64) {
+        (ip, self.user_key.hash_one(user))
+    }
+
+    /// Is `user` refused from `ip` at `now` (backing off after repeated failures)?
+    pub fn user_backing_off(&self, ip: IpAddr, user: &str, now: Instant) -> bool {
+        let key = self.user_entry(ip, user);
+        self.users.lock().get(&key).and_then(|u| u.until).is_some_and(|until| now < until)
+    }
+
+    /// Record a failed authentication of `user` from `ip`; from the configured number of
+    /// consecutive failures on, the pair backs off for `initial`, doubling up to `max`.
+    pub fn user_failed(&self, ip: IpAddr, user: &str, now: Instant) {
+        let key = self.user_entry(ip, user);
+        let b = self.backoff;
+        let mut users = self.users.lock();
+        if users.len() >= MAX_TRACKED && !users.contains_key(&key) {
+            users.retain(|_, u| now.saturating_duration_since(u.last) <= b.max || u.until.is_some_and(|t| now < t));
+            if users.len() >= MAX_TRACKED {
+                return; // a flood of distinct pairs: the per-address ban handles it
+            }
+        }
+        let u = users.entry(key).or_insert(UserFailures { failures: 0, last: now, until: None });
+        if now.saturating_duration_since(u.last) > b.max && u.until.is_none_or(|t| t <= now) {
+            u.failures = 0; // quiet for long enough: start over
+        }
+        u.failures = u.failures.saturating_add(1);
+        u.last = now;
+        if u.failures >= b.failures {
+            let doublings = (u.failures - b.failures).min(30);
+            let wait = b.initial.saturating_mul(1u32 << doublings).min(b.max);
+            u.until = Some(now + wait);
+        }
+    }
+
+    /// `user` authenticated from `ip`: forget its failures there.
+    pub fn user_succeeded(&self, ip: IpAddr, user: &str) {
+        let key = self.user_entry(ip, user);
+        self.users.lock().remove(&key);
     }
 
     /// May a new connection from `ip` proceed?
@@ -134,10 +224,11 @@ impl Guard {
         Ok(Admitted { guard: self.clone(), ip })
     }
 
-    /// Record a failed authentication from `ip`; bans it once the threshold is reached.
-    pub fn auth_failed(&self, ip: IpAddr, now: Instant) {
+    /// Record a failed authentication from `ip`; bans it once the threshold is reached (and
+    /// then returns true).
+    pub fn auth_failed(&self, ip: IpAddr, now: Instant) -> bool {
         let mut peers = self.peers.lock();
-        let Some(p) = peers.get_mut(&ip) else { return };
+        let Some(p) = peers.get_mut(&ip) else { return false };
         while p.failures.front().is_some_and(|t| now.saturating_duration_since(*t) > self.ban.within) {
             p.failures.pop_front();
         }
@@ -147,7 +238,9 @@ impl Guard {
             p.failures.clear();
             self.stats.bans.fetch_add(1, Ordering::Relaxed);
             warn!(%ip, failures = self.ban.failures, ban = ?self.ban.ban, "address banned after repeated failed authentication");
+            return true;
         }
+        false
     }
 
     /// Is `ip` banned at `now`?
@@ -211,6 +304,33 @@ mod tests {
         assert_eq!(g.admit(ip(1), t0 + Duration::from_secs(1)).unwrap_err(), Refusal::Banned);
         assert!(g.admit(ip(2), t0).is_ok(), "a different address is not banned");
         assert!(g.admit(ip(1), t0 + Duration::from_secs(301)).is_ok(), "the ban ends");
+    }
+
+    #[test]
+    fn a_user_backs_off_per_address_only() {
+        let backoff = AuthFailBackoff { failures: 3, initial: Duration::from_secs(1), max: Duration::from_secs(10) };
+        let g = Guard::with_backoff(1000, 1000, AuthFailBan::default(), backoff);
+        let t0 = Instant::now();
+        for _ in 0..2 {
+            g.user_failed(ip(1), "ann", t0);
+        }
+        assert!(!g.user_backing_off(ip(1), "ann", t0), "not before the third failure");
+        g.user_failed(ip(1), "ann", t0);
+        assert!(g.user_backing_off(ip(1), "ann", t0));
+        assert!(!g.user_backing_off(ip(2), "ann", t0), "the same user from another address is not locked");
+        assert!(!g.user_backing_off(ip(1), "bob", t0), "another user from the same address is not locked");
+        assert!(!g.user_backing_off(ip(1), "ann", t0 + Duration::from_secs(1)), "1 s backoff over");
+        // The next failure doubles it, up to max.
+        g.user_failed(ip(1), "ann", t0 + Duration::from_secs(1));
+        assert!(g.user_backing_off(ip(1), "ann", t0 + Duration::from_millis(2900)));
+        assert!(!g.user_backing_off(ip(1), "ann", t0 + Duration::from_secs(3)));
+        for i in 0..10 {
+            g.user_failed(ip(1), "ann", t0 + Duration::from_secs(3 + i));
+        }
+        let t = t0 + Duration::from_secs(12);
+        assert!(g.user_backing_off(ip(1), "ann", t) && !g.user_backing_off(ip(1), "ann", t + Duration::from_secs(10)));
+        g.user_succeeded(ip(1), "ann");
+        assert!(!g.user_backing_off(ip(1), "ann", t));
     }
 
     #[test]

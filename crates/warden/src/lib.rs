@@ -10,6 +10,8 @@
 //! - [`tls`]: TLS listeners (rustls), client-certificate identity, reload.
 //! - [`tokens`]: access tokens in the CONNECT password (built-in token service, `[auth.jwt]`).
 //! - [`guard`]: per-address admission: connection caps, connect rate, failed-auth bans.
+//! - [`limits`]: publish rate/bandwidth buckets, the `max_memory` gauge, log-once-per-interval.
+//! - [`revocations`]: the token service's revocations, kept in the data directory.
 //! - [`ws`]: WebSocket transport (`/mqtt`, subprotocol `mqtt`) bridged to a byte stream.
 //! - [`bootstrap`]: first-start set-up of the embedded default (admin user).
 //! - [`passwd_cmd`]: `warden passwd`.
@@ -20,9 +22,11 @@ pub mod cert_cmd;
 pub mod config;
 pub mod conn;
 pub mod guard;
+pub mod limits;
 pub mod lookup;
 pub mod oauth_store;
 pub mod passwd_cmd;
+pub mod revocations;
 pub mod server;
 pub mod tls;
 pub mod token_cmd;

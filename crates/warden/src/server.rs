@@ -19,9 +19,10 @@ use warden_policy::{Action, Authorizer, Decision, PolicyAuthorizer, Principal};
 use crate::auth::Authenticator;
 use crate::config::{AuthzConfig, Config, DurabilityMode, ListenerProtocol, OnDeny};
 use crate::conn::{ConnContext, LiveTokens};
-use crate::guard::{Admitted, Guard};
+use crate::guard::{Admitted, Guard, Refusal};
 use crate::tls::TlsListener;
 use crate::tokens::TokenAuth;
+use warden_core::limits::hit;
 use warden_http::{OAuthClient, OAuthService, OAuthSettings};
 use warden_store::{Durability, Store};
 
@@ -117,7 +118,8 @@ pub fn broker_config(cfg: &Config) -> BrokerConfig {
 }
 
 /// The token service: its signing key lives in `<data_dir>/oauth/signing-key.pem` (made on
-/// first start, mode 0600); revoking a token disconnects the connections that used it.
+/// first start, mode 0600); revoking a token disconnects the connections that used it, and the
+/// revocation is kept in `<data_dir>/oauth/revoked.json` until the token expires.
 fn oauth_service(
     cfg: &Config,
     http: &crate::config::HttpConfig,
@@ -131,6 +133,8 @@ fn oauth_service(
         keys,
         Arc::new(crate::tokens::unix_now),
     ));
+    // Revocations survive restarts: saved on every revocation, loaded here.
+    crate::revocations::attach(&service, &cfg.data_dir)?;
     let live = live_tokens.clone();
     service.on_revoke(Box::new(move |jti| live.revoke(jti)));
     Ok(service)
@@ -227,13 +231,24 @@ impl Server {
             shutdown: shutdown_rx.clone(),
             live_tokens,
             store: store.clone(),
+            publish_limits: crate::limits::PublishLimits {
+                rate: cfg.limits.max_publish_rate,
+                bandwidth: cfg.limits.max_publish_bandwidth,
+                max_packet_size: cfg.limits.max_packet_size,
+                throttle: cfg.limits.publish_throttle,
+            },
+            memory: crate::limits::MemoryGauge::new(cfg.limits.max_memory),
+            write_stall_timeout: cfg.limits.write_stall_timeout,
+            limit_log: crate::limits::LogOnce::new(crate::limits::LOG_INTERVAL, 10_000),
+            tls_handshake_timeout: cfg.limits.tls_handshake_timeout,
         });
         let mut tasks = JoinSet::new();
         let mut listeners = Vec::new();
         let mut tls_listeners = Vec::new();
         let live = Arc::new(AtomicUsize::new(0));
         let l = &cfg.limits;
-        let guard = Guard::new(l.max_connections_per_ip, l.connect_rate_per_ip, l.auth_fail_ban);
+        let guard =
+            Guard::with_backoff(l.max_connections_per_ip, l.connect_rate_per_ip, l.auth_fail_ban, l.auth_fail_backoff);
         for l in &cfg.listeners {
             let tls = match &l.tls {
                 Some(t) => {
@@ -270,8 +285,10 @@ impl Server {
                         },
                         _ = stop.changed() => break,
                     };
+                    let lim = &ctx.broker.stats.limits;
                     if live.load(Ordering::Relaxed) >= max {
-                        warn!(%peer, max, "max_connections reached: connection refused");
+                        hit(&lim.max_connections);
+                        ctx.log_limit("max_connections", "max_connections", "connection refused");
                         drop(sock);
                         continue;
                     }
@@ -279,7 +296,13 @@ impl Server {
                     let slot = match guard.admit(peer.ip(), Instant::now()) {
                         Ok(s) => s,
                         Err(why) => {
-                            tracing::debug!(%peer, ?why, "connection refused by the per-address guard");
+                            let (counter, name) = match why {
+                                Refusal::Banned => (&lim.banned_refused, "auth_fail_ban"),
+                                Refusal::TooManyConnections => (&lim.connections_per_ip, "max_connections_per_ip"),
+                                Refusal::RateExceeded => (&lim.connect_rate_per_ip, "connect_rate_per_ip"),
+                            };
+                            hit(counter);
+                            ctx.log_limit(&peer.ip().to_string(), name, "connection refused");
                             drop(sock);
                             continue;
                         }
@@ -333,6 +356,33 @@ impl Server {
                 loop {
                     tokio::select! {
                         _ = every.tick() => broker.tick(Instant::now()),
+                        _ = stop.changed() => break,
+                    }
+                }
+            });
+        }
+        // The memory high-water mark: sample the core's queues, move the pause threshold.
+        if ctx.memory.enabled() {
+            let broker = broker.clone();
+            let memory = ctx.memory.clone();
+            let mut stop = shutdown_rx.clone();
+            tasks.spawn(async move {
+                let mut every = tokio::time::interval(crate::limits::MemoryGauge::SAMPLE);
+                let mut over = false;
+                loop {
+                    tokio::select! {
+                        _ = every.tick() => {
+                            let now_over = memory.set_queued(broker.queued_bytes());
+                            if now_over != over {
+                                let used = memory.used();
+                                if now_over {
+                                    warn!(used, "above max_memory: the heaviest publishers are not read");
+                                } else {
+                                    info!(used, "back under max_memory");
+                                }
+                                over = now_over;
+                            }
+                        }
                         _ = stop.changed() => break,
                     }
                 }
@@ -436,18 +486,23 @@ async fn serve_socket(
         }
         return;
     };
-    // The handshake counts against connect_timeout (slowloris over TLS).
-    let (stream, identity) = match tokio::time::timeout(ctx.connect_timeout, tls.accept(sock, peer)).await {
+    // The handshake must finish within tls_handshake_timeout, and never takes longer than
+    // connect_timeout either (slowloris over TLS); then CONNECT has connect_timeout.
+    let handshake_deadline = ctx.tls_handshake_timeout.min(ctx.connect_timeout);
+    let (stream, identity) = match tokio::time::timeout(handshake_deadline, tls.accept(sock, peer)).await {
         Ok(Some(s)) => s,
         Ok(None) => {
             // A refused certificate counts like a failed password towards a ban.
             if let Some(s) = &slot {
-                s.auth_failed(Instant::now());
+                if s.auth_failed(Instant::now()) {
+                    hit(&ctx.broker.stats.limits.bans);
+                }
             }
             return;
         }
         Err(_) => {
-            info!(%peer, "TLS handshake timed out");
+            hit(&ctx.broker.stats.limits.tls_handshake_timeouts);
+            ctx.log_limit(&peer.ip().to_string(), "tls_handshake_timeout", "connection closed");
             return;
         }
     };

@@ -862,3 +862,29 @@ async fn a_resumed_session_is_bound_by_the_new_tokens_scopes() {
     let p = c.expect_publish().await;
     assert_eq!(p.topic.as_str(), "commands/sensor-9/reboot", "delivered beyond the connection's token scopes");
 }
+
+// ------------------------------------------------------------------------------------------
+// Revocations survive a restart
+// ------------------------------------------------------------------------------------------
+
+#[tokio::test]
+async fn a_revoked_token_stays_refused_after_a_restart() {
+    // RFC 7009 §2: after revocation the token is invalid; SPEC §5: that holds across a
+    // restart (<data_dir>/oauth/revoked.json) until the token expires.
+    let config = builtin_config("15m");
+    let b = TestBroker::from_toml(&config).await;
+    let revoked = token(&b, DEV_BASIC, None).await;
+    let kept = token(&b, DEV_BASIC, None).await;
+    assert_eq!(revoke(&b, DEV_BASIC, &revoked).await, 200);
+    assert_bad_token(&b, &revoked, "revoked token").await;
+    let saved = std::fs::read_to_string(b.path("oauth/revoked.json")).expect("revocations saved");
+    assert!(!saved.contains(&revoked), "the file holds ids, never tokens");
+
+    // Restart on the same data directory (same signing key, new ports).
+    let TestBroker { server, dir } = b;
+    server.shutdown().await;
+    let b = TestBroker::from_toml_in(dir, &config).await;
+    assert_bad_token(&b, &revoked, "revoked token after a restart").await;
+    assert_eq!(introspect(&b, DEV_BASIC, &revoked).await, json!({ "active": false }));
+    assert_accepted(&b, &kept, "a token that was not revoked").await;
+}

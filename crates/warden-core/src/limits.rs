@@ -1,0 +1,118 @@
+//! Abuse-resistance counters (SPEC §7) and their `$SYS/broker/limits/...` topics.
+//!
+//! The limits themselves are enforced by the shell (per-address guard, publish rate and
+//! bandwidth, TLS handshake timeout, memory high-water mark, stalled writers); the core only
+//! holds the counters, so they are exported with the other broker statistics, and measures
+//! how many bytes its session queues hold ([`Broker::queued_bytes`]).
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+
+use bytes::Bytes;
+use mqtt_codec::{Properties, QoS, TopicName};
+
+use crate::{Broker, Message};
+
+/// One counter per limit: how often it was hit since start. Each is published as
+/// `$SYS/broker/limits/<name>`.
+#[derive(Debug, Default)]
+pub struct LimitStats {
+    /// Connections refused: `max_connections` reached.
+    pub max_connections: AtomicU64,
+    /// Connections refused: `max_connections_per_ip` reached.
+    pub connections_per_ip: AtomicU64,
+    /// Connections refused: `connect_rate_per_ip` exceeded.
+    pub connect_rate_per_ip: AtomicU64,
+    /// Connections refused because their address is banned (`auth_fail_ban`).
+    pub banned_refused: AtomicU64,
+    /// Bans started (`auth_fail_ban`).
+    pub bans: AtomicU64,
+    /// CONNECTs refused without checking the credentials: that user name is backing off from
+    /// that address (`auth_fail_backoff`).
+    pub auth_backoff_refused: AtomicU64,
+    /// Connections closed because no CONNECT arrived within `connect_timeout`.
+    pub connect_timeouts: AtomicU64,
+    /// Connections closed because the TLS handshake did not finish within
+    /// `tls_handshake_timeout`.
+    pub tls_handshake_timeouts: AtomicU64,
+    /// Times a connection started being throttled by `max_publish_rate`.
+    pub publish_rate_throttled: AtomicU64,
+    /// Times a connection started being throttled by `max_publish_bandwidth`.
+    pub publish_bandwidth_throttled: AtomicU64,
+    /// Connections disconnected by `max_publish_rate` (v5 DISCONNECT 0x96).
+    pub publish_rate_disconnects: AtomicU64,
+    /// Connections disconnected by `max_publish_bandwidth` (v5 DISCONNECT 0x97).
+    pub publish_bandwidth_disconnects: AtomicU64,
+    /// Times a publisher stopped being read because the broker was above `max_memory`.
+    pub memory_paused: AtomicU64,
+    /// Connections closed because their output did not move for `write_stall_timeout`.
+    pub write_stalled: AtomicU64,
+}
+
+/// Add one to a counter.
+pub fn hit(c: &AtomicU64) {
+    c.fetch_add(1, Ordering::Relaxed);
+}
+
+impl LimitStats {
+    /// `(name, value)` of every counter, in a fixed order.
+    pub fn snapshot(&self) -> [(&'static str, u64); 14] {
+        let v = |c: &AtomicU64| c.load(Ordering::Relaxed);
+        [
+            ("max_connections", v(&self.max_connections)),
+            ("connections_per_ip", v(&self.connections_per_ip)),
+            ("connect_rate_per_ip", v(&self.connect_rate_per_ip)),
+            ("banned_refused", v(&self.banned_refused)),
+            ("bans", v(&self.bans)),
+            ("auth_backoff_refused", v(&self.auth_backoff_refused)),
+            ("connect_timeouts", v(&self.connect_timeouts)),
+            ("tls_handshake_timeouts", v(&self.tls_handshake_timeouts)),
+            ("publish_rate_throttled", v(&self.publish_rate_throttled)),
+            ("publish_bandwidth_throttled", v(&self.publish_bandwidth_throttled)),
+            ("publish_rate_disconnects", v(&self.publish_rate_disconnects)),
+            ("publish_bandwidth_disconnects", v(&self.publish_bandwidth_disconnects)),
+            ("memory_paused", v(&self.memory_paused)),
+            ("write_stalled", v(&self.write_stalled)),
+        ]
+    }
+}
+
+impl Broker {
+    /// Publish `$SYS/broker/limits/<counter>` (retained, QoS 0) for every [`LimitStats`]
+    /// counter, plus `$SYS/broker/limits/queued_bytes`. Called by [`Broker::publish_sys`].
+    pub fn publish_limits_sys(&self) {
+        let counters = self.stats.limits.snapshot();
+        let extra = [("queued_bytes", self.queued_bytes())];
+        for (name, value) in counters.into_iter().chain(extra) {
+            let Ok(topic) = TopicName::new(&format!("$SYS/broker/limits/{name}")) else { continue };
+            self.route(Arc::new(Message {
+                topic,
+                payload: Bytes::from(value.to_string()),
+                qos: QoS::AtMostOnce,
+                retain: true,
+                properties: Properties::default(),
+                expires_at: None,
+                origin: None,
+                persisted: Default::default(),
+            }));
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn snapshot_names_are_unique_and_follow_the_counters() {
+        let s = LimitStats::default();
+        hit(&s.write_stalled);
+        hit(&s.write_stalled);
+        let snap = s.snapshot();
+        let mut names: Vec<_> = snap.iter().map(|(n, _)| *n).collect();
+        names.sort_unstable();
+        names.dedup();
+        assert_eq!(names.len(), snap.len());
+        assert_eq!(snap.iter().find(|(n, _)| *n == "write_stalled").map(|x| x.1), Some(2));
+    }
+}
