@@ -9,7 +9,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use bytes::Bytes;
-use mqtt_codec::{Properties, QoS, TopicName};
+use mqtt_codec::{QoS, TopicName};
 
 use crate::{Broker, Message};
 
@@ -90,7 +90,7 @@ impl Broker {
                 payload: Bytes::from(value.to_string()),
                 qos: QoS::AtMostOnce,
                 retain: true,
-                properties: Properties::default(),
+                properties: None,
                 expires_at: None,
                 origin: None,
                 persisted: Default::default(),
