@@ -85,6 +85,17 @@ impl Authenticator {
         })
     }
 
+    /// True when the CONNECT carries a user name and a password that would be checked as a
+    /// password (not an access token): the attempts that per-user backoff guards against
+    /// guessing. A wrong token is not a guess (its signature cannot be found by trying); it
+    /// counts towards the address's ban only.
+    pub fn is_password_attempt(&self, connect: &mqtt_codec::Connect) -> bool {
+        match (&connect.username, &connect.password) {
+            (Some(_), Some(pw)) => !(self.tokens.enabled() && warden_policy::jwt::looks_like_jwt(pw)),
+            _ => false,
+        }
+    }
+
     /// True when SCRAM-SHA-256 can run: a password file is configured (users with SCRAM lines
     /// can complete it; others fail at the proof, indistinguishably).
     pub fn scram_enabled(&self) -> bool {

@@ -261,9 +261,11 @@ where
         }
     };
     let protocol = connect.protocol;
-    // A user name backing off from this address after repeated failures is refused before any
-    // hashing (v5 0x9F Connection rate exceeded; v3 0x03). Other addresses are not affected.
-    if let (Some(s), Some(user)) = (&slot, connect.username.as_deref()) {
+    // A user name backing off from this address after repeated failed passwords is refused
+    // before any hashing (v5 0x9F Connection rate exceeded; v3 0x03). Other addresses are not
+    // affected, and neither are access tokens (nothing to guess; the address ban covers floods).
+    let password_attempt = ctx.auth.is_password_attempt(&connect);
+    if let (Some(s), Some(user), true) = (&slot, connect.username.as_deref(), password_attempt) {
         let now = Instant::now();
         if s.user_backing_off(user, now) {
             if s.auth_failed(now) {
@@ -323,7 +325,7 @@ where
                 if s.auth_failed(now) {
                     hit(&ctx.broker.stats.limits.bans);
                 }
-                if let Some(user) = connect.username.as_deref() {
+                if let (Some(user), true) = (connect.username.as_deref(), password_attempt) {
                     s.user_failed(user, now);
                 }
             }

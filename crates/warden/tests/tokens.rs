@@ -888,3 +888,21 @@ async fn a_revoked_token_stays_refused_after_a_restart() {
     assert_eq!(introspect(&b, DEV_BASIC, &revoked).await, json!({ "active": false }));
     assert_accepted(&b, &kept, "a token that was not revoked").await;
 }
+
+/// Per-user backoff guards passwords against guessing; a wrong or expired token is not a
+/// guess, so a device retrying with a stale token is not locked out once it has a fresh one
+/// (failed tokens still count towards the address ban).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn failed_tokens_do_not_put_the_user_name_in_backoff() {
+    let b = TestBroker::from_toml(&hs256_config(
+        "[limits]\nauth_fail_backoff = { failures = 2, initial = \"60s\", max = \"60s\" }\n",
+    ))
+    .await;
+    let hs = Header::new(Algorithm::HS256);
+    for _ in 0..4 {
+        let stale = hs256(&hs, &claims("sensor-9", -10), HS_SECRET);
+        assert_eq!(connack(&b, v3("c3", "sensor-9", &stale)).await, BAD_TOKEN_V3);
+    }
+    let fresh = hs256(&hs, &claims("sensor-9", 300), HS_SECRET);
+    assert_eq!(connack(&b, v3("c3", "sensor-9", &fresh)).await, ReasonCode::SUCCESS);
+}
