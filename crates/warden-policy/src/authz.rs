@@ -125,7 +125,7 @@ impl std::fmt::Display for DecidedBy {
 /// principal), everything is allowed, as in Mosquitto without an ACL.
 #[derive(Debug)]
 pub struct PolicyAuthorizer {
-    acl: Option<crate::acl::AclFile>,
+    acl: Option<std::sync::Arc<crate::acl::AclFile>>,
     store: Option<std::sync::Arc<crate::store::CompiledStore>>,
     deny_disconnects: bool,
 }
@@ -134,6 +134,12 @@ impl PolicyAuthorizer {
     /// `deny_disconnects`: a denied PUBLISH disconnects (`on_deny = "disconnect"`) instead of
     /// being acknowledged and dropped.
     pub fn new(acl: Option<crate::acl::AclFile>, deny_disconnects: bool) -> Self {
+        Self::new_shared(acl.map(std::sync::Arc::new), deny_disconnects)
+    }
+
+    /// [`PolicyAuthorizer::new`] with an ACL file shared with other policies (the policy store
+    /// rebuilds the authorizer on every change, keeping the ACL file as loaded).
+    pub fn new_shared(acl: Option<std::sync::Arc<crate::acl::AclFile>>, deny_disconnects: bool) -> Self {
         PolicyAuthorizer { acl, store: None, deny_disconnects }
     }
 
@@ -154,7 +160,7 @@ impl PolicyAuthorizer {
     }
 
     /// The ACL file in force.
-    pub fn acl(&self) -> Option<&crate::acl::AclFile> {
+    pub fn acl(&self) -> Option<&std::sync::Arc<crate::acl::AclFile>> {
         self.acl.as_ref()
     }
 
