@@ -17,11 +17,13 @@
 //! - [`passwd_cmd`]: `warden passwd`.
 //! - [`policy_store`]: the policy store on disk (`policy.json`) and live (authorizer swap),
 //!   and the audited authorizer the broker runs.
+//! - [`admin_cmd`]: `warden admin …`, the CLI over the admin API.
 //! - [`admin_backend`]: the broker side of the admin API (policy, clients, kick, bans).
 //! - [`live`]: the registry of live connections (list, kick, disconnect a user's).
 //! - [`bans`]: the admin ban list (client id, user name, IP, CIDR; persisted).
 
 pub mod admin_backend;
+pub mod admin_cmd;
 pub mod auth;
 pub mod bans;
 pub mod bootstrap;

@@ -40,6 +40,9 @@ enum Command {
     Oauth(warden::oauth_store::OAuthArgs),
     /// Get an access token from the built-in token service (client-credentials grant).
     Token(warden::token_cmd::TokenArgs),
+    /// Manage a running broker through its admin API: users, groups, roles, rules, clients,
+    /// kick, bans.
+    Admin(warden::admin_cmd::AdminArgs),
     /// Validate a configuration (and its password file) without starting.
     Check {
         /// Configuration file (TOML).
@@ -81,6 +84,7 @@ fn main() -> ExitCode {
         Command::Cert(args) => warden::cert_cmd::run(&args),
         Command::Token(args) => warden::token_cmd::run(&args),
         Command::Oauth(args) => warden::oauth_store::run(&args),
+        Command::Admin(args) => warden::admin_cmd::run(&args),
         Command::Check { config, explain, user, client, operation } => check(&config).and_then(|()| {
             if explain {
                 explain_decision(&config, user.as_deref(), &client, &operation)

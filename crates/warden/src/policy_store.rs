@@ -215,3 +215,84 @@ impl PolicyManager {
 fn store_users(store: &PolicyStore) -> anyhow::Result<PasswordFile> {
     PasswordFile::parse(&store.password_lines()).map_err(|e| anyhow::anyhow!("policy store users: {e}"))
 }
+
+#[cfg(test)]
+mod tests {
+    use std::io::Write;
+
+    use super::*;
+
+    #[derive(Clone, Default)]
+    struct Buf(Arc<Mutex<Vec<u8>>>);
+
+    impl Write for Buf {
+        fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+            self.0.lock().extend_from_slice(b);
+            Ok(b.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    /// The audit records written while `f` runs (JSON lines).
+    fn audit_lines(f: impl FnOnce()) -> Vec<serde_json::Value> {
+        let buf = Buf::default();
+        let b = buf.clone();
+        let sub = tracing_subscriber::fmt().json().with_writer(move || b.clone()).finish();
+        tracing::subscriber::with_default(sub, f);
+        let text = String::from_utf8(buf.0.lock().clone()).unwrap();
+        text.lines().map(|l| serde_json::from_str(l).unwrap()).collect()
+    }
+
+    fn audited(all: bool) -> Audited {
+        let acl = AclFile::parse("user ann\ntopic write a/#\ntopic deny a/secret\n").unwrap();
+        Audited { policy: PolicyAuthorizer::new(Some(acl), true), all, live: None }
+    }
+
+    #[test]
+    fn denials_are_always_audited_and_allows_only_with_all() {
+        let ann = Principal::user("ann");
+        let pubq = Action::Publish { qos: 1, retain: false };
+        let lines = audit_lines(|| {
+            let a = audited(false);
+            assert!(a.authorize(&ann, "c1", pubq, "a/x").is_allowed());
+            assert!(!a.authorize(&ann, "c1", pubq, "a/secret").is_allowed());
+        });
+        assert_eq!(lines.len(), 1, "{lines:?}");
+        let f = &lines[0]["fields"];
+        assert_eq!(lines[0]["target"], "warden::audit");
+        assert_eq!(f["principal"], "user:ann");
+        assert_eq!(f["client_id"], "c1");
+        assert_eq!(f["action"], "publish");
+        assert_eq!(f["topic"], "a/secret");
+        assert_eq!(f["result"], "deny");
+        assert_eq!(f["rule"], "acl:3");
+        assert_eq!(f["peer"], "-");
+        assert!(lines[0]["timestamp"].is_string());
+        let lines = audit_lines(|| {
+            let a = audited(true);
+            a.authorize(&ann, "c1", pubq, "a/x");
+            a.authorize(&ann, "c1", Action::Receive, "b");
+        });
+        assert_eq!(lines.len(), 2);
+        assert_eq!((&lines[0]["fields"]["result"], &lines[0]["fields"]["rule"]), (&"allow".into(), &"acl:2".into()));
+        assert_eq!(
+            (&lines[1]["fields"]["result"], &lines[1]["fields"]["rule"]),
+            (&"deny".into(), &"default-deny".into())
+        );
+    }
+
+    #[test]
+    fn load_save_and_corrupt_store() {
+        let dir = tempfile::tempdir().unwrap();
+        assert_eq!(load(dir.path()).unwrap(), PolicyStore::default());
+        let mut s = PolicyStore::default();
+        s.roles.insert("r".into(), Default::default());
+        save(dir.path(), &s).unwrap();
+        assert_eq!(load(dir.path()).unwrap(), s);
+        std::fs::write(dir.path().join(FILE), "[]").unwrap();
+        let e = load(dir.path()).unwrap_err().to_string();
+        assert!(e.contains("policy.json: corrupt policy store"), "{e}");
+    }
+}

@@ -376,3 +376,67 @@ async fn rumqttc_user_created_through_the_api() {
     assert_eq!(got, "t/x");
     b.stop().await;
 }
+
+/// `warden admin …` against the running broker; returns (success, stdout + stderr).
+async fn cli(b: &TestBroker, args: &[&str], stdin: Option<&str>) -> (bool, String) {
+    let url = format!("http://{}", b.server.http_addr.unwrap());
+    let args: Vec<String> = args.iter().map(|s| s.to_string()).collect();
+    let stdin = stdin.map(str::to_owned);
+    tokio::task::spawn_blocking(move || {
+        use std::io::Write;
+        let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_warden"))
+            .arg("admin")
+            .arg("--url")
+            .arg(&url)
+            .args(&args)
+            .env("WARDEN_ADMIN_TOKEN", ADMIN_TOKEN)
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .expect("run warden");
+        let mut input = child.stdin.take().unwrap();
+        if let Some(s) = stdin {
+            input.write_all(s.as_bytes()).unwrap();
+        }
+        drop(input);
+        let out = child.wait_with_output().unwrap();
+        let text = String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
+        (out.status.success(), text)
+    })
+    .await
+    .unwrap()
+}
+
+#[tokio::test]
+async fn the_admin_cli_drives_the_api() {
+    let b = broker().await;
+    assert!(cli(&b, &["role", "add", "dev"], None).await.0);
+    let (ok, out) =
+        cli(&b, &["rule", "add", "dev", "pub", "--action", "publish", "--topic", "dev/%u/#", "--max-qos", "1"], None)
+            .await;
+    assert!(ok, "{out}");
+    let (ok, out) =
+        cli(&b, &["user", "add", "cli-user", "--role", "dev", "--password-stdin"], Some(&format!("{PW}\n"))).await;
+    assert!(ok, "{out}");
+    let (_, out) = cli(&b, &["user", "list"], None).await;
+    assert!(out.contains("cli-user\tgroups=\troles=dev"), "{out}");
+    let (_, out) = cli(&b, &["role", "list"], None).await;
+    assert!(out.contains("pub\tallow publish dev/%u/#\tmax_qos=1"), "{out}");
+    let mut c = connected(&b, login(Protocol::V5, "cli-c", "cli-user", true)).await;
+    publish1(&mut c, 1, "dev/cli-user/x").await;
+    let (_, out) = cli(&b, &["clients"], None).await;
+    assert!(out.contains("cli-c\tuser:cli-user\t127.0.0.1:"), "{out}");
+    assert!(cli(&b, &["ban", "add", "username", "cli-user", "--expires-in", "3600"], None).await.0);
+    c.expect_closed_within(WAIT).await;
+    let (_, out) = cli(&b, &["ban", "list"], None).await;
+    assert!(out.contains("username\tcli-user\texpires_at="), "{out}");
+    assert!(cli(&b, &["ban", "remove", "username", "cli-user"], None).await.0);
+    let (ok, out) = cli(&b, &["kick", "nobody"], None).await;
+    assert!(!ok && out.contains("404: no connected client 'nobody'"), "{out}");
+    let (ok, out) = cli(&b, &["rule", "add", "dev", "x", "--action", "nope", "--topic", "t"], None).await;
+    assert!(!ok && out.contains("400: invalid JSON body"), "{out}");
+    assert!(cli(&b, &["user", "disable", "cli-user"], None).await.0);
+    assert!(cli(&b, &["user", "remove", "cli-user"], None).await.0);
+    b.stop().await;
+}
