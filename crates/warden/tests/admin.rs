@@ -440,3 +440,34 @@ async fn the_admin_cli_drives_the_api() {
     assert!(cli(&b, &["user", "remove", "cli-user"], None).await.0);
     b.stop().await;
 }
+
+#[tokio::test]
+async fn check_explain_names_the_deciding_store_rule() {
+    let b = broker().await;
+    let deny = json!({"id": "no", "action": "publish", "topic": "dev/%u/secret", "effect": "deny", "priority": 5});
+    admin(
+        &b,
+        "POST",
+        "/admin/roles",
+        Some(json!({"name": "dev", "rules": [rule("own", "publish", "dev/%u/#"), deny]})),
+    )
+    .await;
+    admin(&b, "POST", "/admin/groups", Some(json!({"name": "anyone-authenticated", "roles": ["dev"]}))).await;
+    let cfg = b.path("warden.toml");
+    let explain = |topic: &str| {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_warden"))
+            .args(["check", "--config"])
+            .arg(&cfg)
+            .args(["--explain", "--user", "ann", "publish", topic])
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{out:?}");
+        String::from_utf8(out.stdout).unwrap()
+    };
+    let out = explain("dev/ann/x");
+    assert!(out.contains("1 in the policy store") || out.contains("0 in the policy store"), "{out}");
+    assert!(out.contains("allow: decided by store:dev/own"), "{out}");
+    assert!(explain("dev/ann/secret").contains("deny: decided by store:dev/no"));
+    assert!(explain("dev/bob/x").contains("deny: decided by default-deny"));
+    b.stop().await;
+}
