@@ -18,7 +18,10 @@
 //! never both. Errors are RFC 6749 §5.2 JSON (`error`, `error_description`). Secrets and
 //! tokens are never logged.
 //!
+//! The admin REST API ([`admin`], `/admin/...`) is mounted next to it by the broker.
+//!
 //! # Layout
+//! - [`admin`]: the admin API router over an [`admin::AdminBackend`] the broker implements.
 //! - [`service`]: [`OAuthService`], the shared state: clients, signing keys and rotation,
 //!   token issuance and verification, the revocation list and its callbacks.
 //! - [`routes`]: [`router`], the axum handlers of the endpoints above.
@@ -26,6 +29,7 @@
 //! - `error`: RFC 6749 §5.2 error responses and the `no-store` headers.
 //! - `tests`: the endpoints end to end through the router (no sockets).
 
+pub mod admin;
 mod error;
 mod request;
 pub mod routes;

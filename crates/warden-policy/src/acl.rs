@@ -155,7 +155,7 @@ enum Need {
 
 /// Lines of the rules that end at a trie node (the smallest line of each kind).
 #[derive(Debug, Clone, Copy, Default)]
-struct Marks {
+struct AclMarks {
     deny: Option<usize>,
     read: Option<usize>,
     write: Option<usize>,
@@ -169,7 +169,21 @@ fn min_line(a: Option<usize>, b: Option<usize>) -> Option<usize> {
     }
 }
 
-impl Marks {
+impl TrieMarks for AclMarks {
+    fn merge(&mut self, o: &AclMarks) {
+        self.deny = min_line(self.deny, o.deny);
+        self.read = min_line(self.read, o.read);
+        self.write = min_line(self.write, o.write);
+    }
+}
+
+impl AclMarks {
+    fn of(access: Access, line: usize) -> AclMarks {
+        let mut m = AclMarks::default();
+        m.add(access, line);
+        m
+    }
+
     fn add(&mut self, access: Access, line: usize) {
         let l = Some(line);
         match access {
@@ -181,12 +195,6 @@ impl Marks {
                 self.write = min_line(self.write, l);
             }
         }
-    }
-
-    fn merge(&mut self, o: &Marks) {
-        self.deny = min_line(self.deny, o.deny);
-        self.read = min_line(self.read, o.read);
-        self.write = min_line(self.write, o.write);
     }
 
     fn verdict(&self, need: Need) -> Option<AclMatch> {
@@ -203,30 +211,49 @@ impl Marks {
 
 /// A piece of a pattern level.
 #[derive(Debug, Clone, PartialEq, Eq)]
-enum Part {
+pub(crate) enum Part {
     Lit(Box<str>),
+    /// `%u`.
     User,
+    /// `%c`.
     Client,
+    /// `%i` (policy store only).
+    Identity,
 }
 
-/// A pattern level containing `%u` and/or `%c`.
+/// Which substitutions a trie understands in its rules' levels.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Syntax {
+    /// No substitution: every level is literal (ACL `topic` lines).
+    Literal,
+    /// `%u` and `%c` (ACL `pattern` lines, Mosquitto's syntax).
+    Pattern,
+    /// `%u`, `%c` and `%i` (policy-store rules).
+    Store,
+}
+
+/// A pattern level containing `%u`, `%c` (or, in the store, `%i`).
 #[derive(Debug, Clone, PartialEq, Eq)]
-struct Template {
+pub(crate) struct Template {
     parts: Vec<Part>,
 }
 
 /// The substitution values of one check; `None` when absent or unsafe (then templates using
 /// them match nothing).
-#[derive(Clone, Copy)]
-struct Vals<'a> {
-    user: Option<&'a str>,
-    client: Option<&'a str>,
+#[derive(Clone, Copy, Default)]
+pub(crate) struct Vals<'a> {
+    pub(crate) user: Option<&'a str>,
+    pub(crate) client: Option<&'a str>,
+    pub(crate) identity: Option<&'a str>,
 }
 
 impl Template {
-    /// Split a level into literal text and `%u` / `%c` (Mosquitto's left-to-right scan);
-    /// `None` when the level has neither.
-    fn parse(level: &str) -> Option<Template> {
+    /// Split a level into literal text and `%u` / `%c` / `%i` (Mosquitto's left-to-right
+    /// scan); `None` when the level has none of the substitutions `syntax` knows.
+    pub(crate) fn parse(level: &str, syntax: Syntax) -> Option<Template> {
+        if syntax == Syntax::Literal {
+            return None;
+        }
         let mut parts = Vec::new();
         let mut lit = String::new();
         let mut chars = level.chars().peekable();
@@ -234,6 +261,7 @@ impl Template {
             let var = match (ch, chars.peek()) {
                 ('%', Some('u')) => Some(Part::User),
                 ('%', Some('c')) => Some(Part::Client),
+                ('%', Some('i')) if syntax == Syntax::Store => Some(Part::Identity),
                 _ => None,
             };
             match var {
@@ -253,6 +281,22 @@ impl Template {
         parts.iter().any(|p| !matches!(p, Part::Lit(_))).then_some(Template { parts })
     }
 
+    /// The substitutions a whole filter uses: (`%u`, `%c`, `%i`).
+    pub(crate) fn uses(filter: &str, syntax: Syntax) -> (bool, bool, bool) {
+        let mut uses = (false, false, false);
+        for t in filter.split('/').filter_map(|l| Template::parse(l, syntax)) {
+            for p in t.parts {
+                match p {
+                    Part::User => uses.0 = true,
+                    Part::Client => uses.1 = true,
+                    Part::Identity => uses.2 = true,
+                    Part::Lit(_) => {}
+                }
+            }
+        }
+        uses
+    }
+
     /// Does this level, with the values substituted, equal `level` exactly?
     fn matches(&self, mut level: &str, vals: Vals<'_>) -> bool {
         for p in &self.parts {
@@ -266,6 +310,10 @@ impl Template {
                     Some(c) => c,
                     None => return false,
                 },
+                Part::Identity => match vals.identity {
+                    Some(i) => i,
+                    None => return false,
+                },
             };
             match level.strip_prefix(s) {
                 Some(rest) => level = rest,
@@ -276,32 +324,42 @@ impl Template {
     }
 }
 
-/// A topic trie node: rules ending here, children by level.
-#[derive(Debug, Default)]
-struct Node {
-    /// Rules whose filter ends exactly at this node.
-    marks: Marks,
-    /// Rules `<path>/#` (`#` is always the last level).
-    hash: Option<Marks>,
-    plus: Option<Box<Node>>,
-    literal: HashMap<Box<str>, Node>,
-    /// Pattern levels with `%u` / `%c` (only in the pattern trie).
-    templated: Vec<(Template, Node)>,
+/// What a trie node records of the rules ending at it; merged along a check, so the order
+/// in which matching nodes are visited must not matter (`merge` is commutative and
+/// associative).
+pub(crate) trait TrieMarks: Default + fmt::Debug {
+    /// Add what `other` records.
+    fn merge(&mut self, other: &Self);
 }
 
-impl Node {
-    fn insert(&mut self, levels: &[&str], access: Access, line: usize, templates: bool) {
+/// A topic trie node: rules ending here, children by level. Shared by the ACL file and the
+/// policy store ([`crate::store`]); `M` is what a rule leaves at the node it ends at.
+#[derive(Debug, Default)]
+pub(crate) struct Node<M> {
+    /// Rules whose filter ends exactly at this node.
+    marks: M,
+    /// Rules `<path>/#` (`#` is always the last level).
+    hash: Option<M>,
+    plus: Option<Box<Node<M>>>,
+    literal: HashMap<Box<str>, Node<M>>,
+    /// Levels with substitutions (`%u`, `%c`, `%i`), when the syntax has them.
+    templated: Vec<(Template, Node<M>)>,
+}
+
+impl<M: TrieMarks> Node<M> {
+    /// Record `mark` for the rule whose filter is `levels`.
+    pub(crate) fn insert(&mut self, levels: &[&str], mark: &M, syntax: Syntax) {
         let Some((first, rest)) = levels.split_first() else {
-            self.marks.add(access, line);
+            self.marks.merge(mark);
             return;
         };
         let child = match *first {
             "#" => {
-                self.hash.get_or_insert_with(Marks::default).add(access, line);
+                self.hash.get_or_insert_with(M::default).merge(mark);
                 return;
             }
             "+" => self.plus.get_or_insert_with(Box::default),
-            lvl => match Template::parse(lvl).filter(|_| templates) {
+            lvl => match Template::parse(lvl, syntax) {
                 Some(t) => match self.templated.iter().position(|(u, _)| *u == t) {
                     Some(i) => &mut self.templated[i].1,
                     None => {
@@ -312,13 +370,13 @@ impl Node {
                 None => self.literal.entry(lvl.into()).or_default(),
             },
         };
-        child.insert(rest, access, line, templates);
+        child.insert(rest, mark, syntax);
     }
 
     /// Merge into `acc` the marks of every rule whose filter covers `req` (a topic name or a
     /// filter, split into levels). `depth` is the level index of `req[0]`; `dollar` tells
     /// whether the first level of the whole request starts with `$`.
-    fn collect(&self, req: &[&str], depth: usize, dollar: bool, vals: Vals<'_>, acc: &mut Marks) {
+    pub(crate) fn collect(&self, req: &[&str], depth: usize, dollar: bool, vals: Vals<'_>, acc: &mut M) {
         let top = depth == 0;
         // A rule `<path>/#` covers everything below (and at) this node, except that a `#` as the
         // rule's first level does not match `$` topics.
@@ -366,16 +424,16 @@ impl Node {
 #[derive(Debug, Default)]
 pub struct AclFile {
     rules: Vec<AclRule>,
-    users: HashMap<Box<str>, Node>,
-    anonymous: Node,
-    patterns: Node,
+    users: HashMap<Box<str>, Node<AclMarks>>,
+    anonymous: Node<AclMarks>,
+    patterns: Node<AclMarks>,
     /// Deny patterns using substitutions, in file order: (line, uses `%u`, uses `%c`). One
     /// that applies to a client whose value is unsafe denies it everything.
     deny_patterns: Vec<(usize, bool, bool)>,
 }
 
 /// Is `f` a valid MQTT topic filter (wildcards whole levels, `#` last, no U+0000, not empty)?
-fn valid_filter(f: &str) -> Result<(), &'static str> {
+pub(crate) fn valid_filter(f: &str) -> Result<(), &'static str> {
     if f.is_empty() {
         return Err("empty topic filter");
     }
@@ -398,7 +456,7 @@ fn valid_filter(f: &str) -> Result<(), &'static str> {
 }
 
 /// A substitution value is safe when it cannot add levels or wildcards (CVE-2017-7650).
-fn safe_value(v: &str) -> bool {
+pub(crate) fn safe_value(v: &str) -> bool {
     !v.contains(['/', '+', '#', '\0'])
 }
 
@@ -459,16 +517,15 @@ impl AclFile {
 
     fn add(&mut self, rule: AclRule) {
         let levels: Vec<&str> = rule.filter.split('/').collect();
+        let mark = AclMarks::of(rule.access, rule.line);
         match &rule.scope {
-            RuleScope::Anonymous => self.anonymous.insert(&levels, rule.access, rule.line, false),
+            RuleScope::Anonymous => self.anonymous.insert(&levels, &mark, Syntax::Literal),
             RuleScope::User(u) => {
-                self.users.entry(u.as_str().into()).or_default().insert(&levels, rule.access, rule.line, false)
+                self.users.entry(u.as_str().into()).or_default().insert(&levels, &mark, Syntax::Literal)
             }
             RuleScope::Pattern => {
-                self.patterns.insert(&levels, rule.access, rule.line, true);
-                let parts = || levels.iter().filter_map(|l| Template::parse(l)).flat_map(|t| t.parts);
-                let uses_user = parts().any(|p| p == Part::User);
-                let uses_client = parts().any(|p| p == Part::Client);
+                self.patterns.insert(&levels, &mark, Syntax::Pattern);
+                let (uses_user, uses_client, _) = Template::uses(&rule.filter, Syntax::Pattern);
                 if rule.access == Access::Deny && (uses_user || uses_client) {
                     self.deny_patterns.push((rule.line, uses_user, uses_client));
                 }
@@ -526,8 +583,8 @@ impl AclFile {
 
         let req: Vec<&str> = topic.split('/').collect();
         let dollar = topic.starts_with('$');
-        let mut acc = Marks::default();
-        let none = Vals { user: None, client: None };
+        let mut acc = AclMarks::default();
+        let none = Vals::default();
         let own = match user {
             None => Some(&self.anonymous),
             Some(u) => self.users.get(u),
@@ -535,7 +592,11 @@ impl AclFile {
         if let Some(t) = own {
             t.collect(&req, 0, dollar, none, &mut acc);
         }
-        let vals = Vals { user: user.filter(|u| safe_value(u)), client: Some(client_id).filter(|c| safe_value(c)) };
+        let vals = Vals {
+            user: user.filter(|u| safe_value(u)),
+            client: Some(client_id).filter(|c| safe_value(c)),
+            identity: None,
+        };
         self.patterns.collect(&req, 0, dollar, vals, &mut acc);
         acc.verdict(need)
     }
@@ -593,7 +654,7 @@ impl Authorizer for AclAuthorizer {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use proptest::prelude::*;
 
@@ -901,7 +962,7 @@ mod tests {
     // --- Reference model -------------------------------------------------------------------
 
     /// Does rule filter `r` cover requested `q` (a name or a filter)? Straight level-by-level.
-    fn covers(r: &[&str], q: &[&str]) -> bool {
+    pub(crate) fn covers(r: &[&str], q: &[&str]) -> bool {
         let dollar = q.first().is_some_and(|l| l.starts_with('$'));
         let mut i = 0;
         loop {

@@ -90,13 +90,43 @@ pub fn compile_scopes(scopes: &[std::sync::Arc<str>]) -> crate::acl::AclFile {
     crate::acl::AclFile::parse(&scope_rule_lines(scopes)).unwrap_or_default()
 }
 
-/// The broker's policy: the ACL file (if configured) and each token principal's scopes.
-/// A principal's permissions are the union of the grants of every source that names it; an
-/// explicit deny wins (SPEC §6). With no source at all for a principal (no ACL file, not a
-/// token principal), everything is allowed, as in Mosquitto without an ACL.
+/// Which source decided a request (for audit records and `check --explain`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum DecidedBy {
+    /// No source is configured for this principal: allowed (Mosquitto without an ACL).
+    NoSource,
+    /// Sources are configured but none has a rule for this request: denied by default.
+    Default,
+    /// The ACL file, at this line (0: a malformed topic).
+    Acl(usize),
+    /// The policy store: `role/rule-id` (empty for a malformed topic).
+    Store(String),
+    /// The principal's token scopes or look-up rules.
+    Scopes,
+}
+
+impl std::fmt::Display for DecidedBy {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            DecidedBy::NoSource => f.write_str("no-source"),
+            DecidedBy::Default => f.write_str("default-deny"),
+            DecidedBy::Acl(line) => write!(f, "acl:{line}"),
+            DecidedBy::Store(r) => write!(f, "store:{r}"),
+            DecidedBy::Scopes => f.write_str("scopes"),
+        }
+    }
+}
+
+/// The broker's policy: the ACL file (if configured), the policy store (when it has rules) and
+/// each token principal's scopes. A principal's permissions are the union of the grants of
+/// every source that names it; an explicit deny from any source wins (SPEC §6). Within the
+/// store, priorities decide first (see [`crate::store`]), so its answer is one allow or deny.
+/// With no source at all for a principal (no ACL file, no store rules, not a token
+/// principal), everything is allowed, as in Mosquitto without an ACL.
 #[derive(Debug)]
 pub struct PolicyAuthorizer {
-    acl: Option<crate::acl::AclFile>,
+    acl: Option<std::sync::Arc<crate::acl::AclFile>>,
+    store: Option<std::sync::Arc<crate::store::CompiledStore>>,
     deny_disconnects: bool,
 }
 
@@ -104,12 +134,85 @@ impl PolicyAuthorizer {
     /// `deny_disconnects`: a denied PUBLISH disconnects (`on_deny = "disconnect"`) instead of
     /// being acknowledged and dropped.
     pub fn new(acl: Option<crate::acl::AclFile>, deny_disconnects: bool) -> Self {
-        PolicyAuthorizer { acl, deny_disconnects }
+        Self::new_shared(acl.map(std::sync::Arc::new), deny_disconnects)
+    }
+
+    /// [`PolicyAuthorizer::new`] with an ACL file shared with other policies (the policy store
+    /// rebuilds the authorizer on every change, keeping the ACL file as loaded).
+    pub fn new_shared(acl: Option<std::sync::Arc<crate::acl::AclFile>>, deny_disconnects: bool) -> Self {
+        PolicyAuthorizer { acl, store: None, deny_disconnects }
+    }
+
+    /// The same policy with the policy store as a source (it counts only when it has rules).
+    pub fn with_store(mut self, store: std::sync::Arc<crate::store::CompiledStore>) -> Self {
+        self.store = Some(store).filter(|s| s.is_configured());
+        self
     }
 
     /// True when an ACL file is in force.
     pub fn has_acl(&self) -> bool {
         self.acl.is_some()
+    }
+
+    /// True when the policy store has rules in force.
+    pub fn has_store(&self) -> bool {
+        self.store.is_some()
+    }
+
+    /// The ACL file in force.
+    pub fn acl(&self) -> Option<&std::sync::Arc<crate::acl::AclFile>> {
+        self.acl.as_ref()
+    }
+
+    /// Decide, naming the deciding source and rule (slower than [`Authorizer::authorize`]:
+    /// it builds the rule name).
+    pub fn explain(
+        &self,
+        principal: &Principal,
+        client_id: &str,
+        action: Action,
+        topic: &str,
+    ) -> (Decision, DecidedBy) {
+        let user = match principal.kind {
+            crate::PrincipalKind::Anonymous => None,
+            _ => Some(&*principal.name),
+        };
+        let acl = self.acl.as_ref().map(|a| a.explain(user, client_id, action, topic));
+        let store = self.store.as_ref().map(|s| (s, s.check(principal, client_id, action, topic)));
+        let scopes = principal.grants.as_ref().map(|g| g.check(None, client_id, action, topic));
+        let store_name = |s: &crate::store::CompiledStore, m: crate::store::StoreMatch| {
+            DecidedBy::Store(
+                m.rule.and_then(|i| s.rule(i)).map(|r| format!("{}/{}", r.role, r.rule.id)).unwrap_or_default(),
+            )
+        };
+        let mut answers: Vec<(bool, DecidedBy)> = Vec::new();
+        if let Some(Some(m)) = acl {
+            answers.push((m.allowed, DecidedBy::Acl(m.line)));
+        }
+        if let Some((s, Some(m))) = store {
+            answers.push((m.allowed, store_name(s, m)));
+        }
+        if let Some(Some(ok)) = scopes {
+            answers.push((ok, DecidedBy::Scopes));
+        }
+        let (allowed, by) = if acl.is_none() && store.is_none() && scopes.is_none() {
+            (true, DecidedBy::NoSource)
+        } else if let Some((_, by)) = answers.iter().find(|(ok, _)| !ok) {
+            (false, by.clone()) // an explicit deny wins
+        } else if let Some((_, by)) = answers.into_iter().next() {
+            (true, by)
+        } else {
+            (false, DecidedBy::Default)
+        };
+        (self.decision(allowed, action), by)
+    }
+
+    fn decision(&self, allowed: bool, action: Action) -> Decision {
+        if allowed {
+            Decision::Allow
+        } else {
+            Decision::Deny { disconnect: self.deny_disconnects && matches!(action, Action::Publish { .. }) }
+        }
     }
 }
 
@@ -120,8 +223,9 @@ impl Authorizer for PolicyAuthorizer {
             _ => Some(&*principal.name),
         };
         let from_acl = self.acl.as_ref().map(|a| a.check(user, client_id, action, topic));
+        let from_store = self.store.as_ref().map(|s| s.check(principal, client_id, action, topic).map(|m| m.allowed));
         let from_scopes = principal.grants.as_ref().map(|g| g.check(None, client_id, action, topic));
-        let answers = [from_acl, from_scopes];
+        let answers = [from_acl, from_store, from_scopes];
         let allowed = if answers.iter().all(Option::is_none) {
             true // no source names this principal
         } else if answers.contains(&Some(Some(false))) {
@@ -129,11 +233,7 @@ impl Authorizer for PolicyAuthorizer {
         } else {
             answers.contains(&Some(Some(true)))
         };
-        if allowed {
-            Decision::Allow
-        } else {
-            Decision::Deny { disconnect: self.deny_disconnects && matches!(action, Action::Publish { .. }) }
-        }
+        self.decision(allowed, action)
     }
 }
 
@@ -189,5 +289,40 @@ mod tests {
         let a = PolicyAuthorizer::new(None, true);
         assert!(a.authorize(&Principal::user("ann"), "c", PUB, "$SYS/x").is_allowed());
         assert!(a.authorize(&Principal::anonymous(), "c", SUB, "#").is_allowed());
+    }
+
+    #[test]
+    fn store_acl_and_scopes_combine_and_deny_wins_across_sources() {
+        use crate::store::*;
+        let mut st = PolicyStore::default();
+        let r = |id: &str, topic: &str, effect| Rule {
+            id: id.into(),
+            action: RuleAction::Publish,
+            topic: topic.into(),
+            max_qos: 2,
+            retain: true,
+            effect,
+            priority: 0,
+        };
+        st.roles.insert(
+            "dev".into(),
+            Role { rules: vec![r("a", "store/#", Effect::Allow), r("d", "extra/blocked", Effect::Deny)] },
+        );
+        st.users.insert("dev-001".into(), User { roles: vec!["dev".into()], ..User::default() });
+        let acl = crate::acl::AclFile::parse("user dev-001\ntopic write extra/#\n").unwrap();
+        let a = PolicyAuthorizer::new(Some(acl), true).with_store(Arc::new(st.compile()));
+        assert!(a.has_store());
+        let p = token(&["mqtt:pub:devices/dev-001/#"]);
+        assert!(a.authorize(&p, "c", PUB, "store/x").is_allowed(), "from the store");
+        assert!(a.authorize(&p, "c", PUB, "extra/x").is_allowed(), "from the ACL");
+        assert!(a.authorize(&p, "c", PUB, "devices/dev-001/x").is_allowed(), "from the scopes");
+        assert!(!a.authorize(&p, "c", PUB, "extra/blocked").is_allowed(), "a store deny beats an ACL allow");
+        assert_eq!(a.explain(&p, "c", PUB, "extra/blocked").1, DecidedBy::Store("dev/d".into()));
+        assert_eq!(a.explain(&p, "c", PUB, "extra/x").1, DecidedBy::Acl(2));
+        assert_eq!(a.explain(&p, "c", PUB, "nowhere").1, DecidedBy::Default);
+        assert_eq!(a.explain(&p, "c", PUB, "nowhere").1.to_string(), "default-deny");
+        let empty = PolicyAuthorizer::new(None, false).with_store(Arc::new(PolicyStore::default().compile()));
+        assert!(!empty.has_store(), "an empty store is no source");
+        assert_eq!(empty.explain(&Principal::user("x"), "c", PUB, "t"), (Decision::Allow, DecidedBy::NoSource));
     }
 }

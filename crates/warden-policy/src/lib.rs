@@ -7,6 +7,8 @@
 //! - [`authz`]: the one question every publish / subscribe / delivery asks: "is this allowed?".
 //! - [`scram`]: SCRAM-SHA-256 (RFC 5802 / RFC 7677) server state machine for MQTT 5 AUTH.
 //! - [`acl`]: Mosquitto `acl_file` rules (`user`, `topic`, `pattern`), compiled to per-user tries.
+//! - [`store`]: the policy store (users, groups, roles, prioritized rules), compiled into the
+//!   same tries; managed live through the admin API.
 
 pub mod acl;
 pub mod authz;
@@ -15,6 +17,7 @@ pub mod jwt;
 pub mod password;
 pub mod principal;
 pub mod scram;
+pub mod store;
 
-pub use authz::{Action, AllowAll, Authorizer, Decision, PolicyAuthorizer};
+pub use authz::{Action, AllowAll, Authorizer, DecidedBy, Decision, PolicyAuthorizer};
 pub use principal::{Principal, PrincipalKind};

@@ -1,5 +1,6 @@
 //! Authentication of CONNECT credentials (SPEC §4): a verified client certificate, an access
-//! token in the password field ([`crate::tokens`]), the password file, then anonymous access.
+//! token in the password field ([`crate::tokens`]), the password file, the policy store's users
+//! ([`crate::policy_store`]), then anonymous access.
 //!
 //! Refusals look the same whether the user exists or not: the same reason code, and the same
 //! slow-hash work (the password file verifies unknown users against a dummy hash). Secrets are
@@ -48,6 +49,8 @@ pub struct Authenticator {
     client_id_rule: ClientIdMatch,
     password_path: Option<PathBuf>,
     passwords: RwLock<Option<Arc<PasswordFile>>>,
+    /// Users of the policy store with a password (enabled ones only), as a password file.
+    store_users: RwLock<Option<Arc<PasswordFile>>>,
     hashing: Semaphore,
 }
 
@@ -81,6 +84,7 @@ impl Authenticator {
             client_id_rule: identity.client_id_must_match,
             password_path: cfg.password_file.clone(),
             passwords: RwLock::new(passwords),
+            store_users: RwLock::new(None),
             hashing: Semaphore::new(HASH_CONCURRENCY),
         })
     }
@@ -115,6 +119,25 @@ impl Authenticator {
     /// Number of users in the password file.
     pub fn user_count(&self) -> usize {
         self.passwords.read().as_ref().map_or(0, |p| p.len())
+    }
+
+    /// The policy store's users (those enabled and with a password), applied at once.
+    pub fn set_store_users(&self, users: PasswordFile) {
+        *self.store_users.write() = (!users.is_empty()).then(|| Arc::new(users));
+    }
+
+    /// The file that decides `user`: the password file when it names the user, else the
+    /// policy store when it does, else the password file (or the store when there is no
+    /// password file), so an unknown user costs the same dummy hash either way.
+    fn file_for(&self, user: &str) -> Option<Arc<PasswordFile>> {
+        let file = self.passwords.read().clone();
+        let store = self.store_users.read().clone();
+        match (file, store) {
+            (Some(f), _) if f.contains(user) => Some(f),
+            (_, Some(s)) if s.contains(user) => Some(s),
+            (Some(f), _) => Some(f),
+            (None, s) => s,
+        }
     }
 
     /// Re-read the password file (SIGHUP). On error the old file stays in force.
@@ -174,7 +197,7 @@ impl Authenticator {
             }
         }
         let file_knows_user =
-            connect.username.as_deref().is_some_and(|u| self.passwords.read().as_ref().is_some_and(|f| f.contains(u)));
+            connect.username.as_deref().is_some_and(|u| self.file_for(u).is_some_and(|f| f.contains(u)));
         if self.lookup.is_some() && connect.username.is_some() && !file_knows_user {
             return self.look_up(connect, peer, None).await.map(Authenticated::from);
         }
@@ -228,8 +251,9 @@ impl Authenticator {
                 }
             }
             (Some(user), Some(password)) => {
-                let file = self.passwords.read().clone();
-                let Some(file) = file else {
+                // Password-file users first, then policy-store users (SPEC §4), with the same
+                // hashing and refusal.
+                let Some(file) = self.file_for(user) else {
                     // No password source: credentials cannot be checked. With anonymous access
                     // allowed they are ignored (the client is the anonymous principal).
                     return if self.allow_anonymous {
@@ -250,7 +274,7 @@ impl Authenticator {
                 }
             }
             (Some(_), None) | (None, Some(_)) => {
-                if self.allow_anonymous && self.passwords.read().is_none() {
+                if self.allow_anonymous && self.passwords.read().is_none() && self.store_users.read().is_none() {
                     Ok(Principal::anonymous())
                 } else {
                     Err(ReasonCode::BAD_USER_NAME_OR_PASSWORD)

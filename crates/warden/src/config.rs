@@ -216,6 +216,8 @@ pub struct JwtConfig {
 pub struct HttpConfig {
     /// Address of the HTTP listener.
     pub bind: SocketAddr,
+    /// Hash (argon2id, `warden passwd --hash-only`) of the static admin API token, if any.
+    pub admin_token_hash: Option<Secret>,
 }
 
 /// One `[[oauth.client]]`.
@@ -272,6 +274,17 @@ pub enum OnDeny {
     Drop,
 }
 
+/// Which authorization decisions go to the audit log (`[authz] audit`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum AuditMode {
+    /// Denials only (the default).
+    #[default]
+    Denials,
+    /// Every decision (publish, subscribe, receive): costly on a busy broker.
+    All,
+}
+
 /// `[authz]`.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct AuthzConfig {
@@ -279,6 +292,8 @@ pub struct AuthzConfig {
     pub acl_file: Option<PathBuf>,
     /// Disconnect or drop on a denied publish.
     pub on_deny: OnDeny,
+    /// Which decisions are written to the audit log.
+    pub audit: AuditMode,
 }
 
 /// The `[limits]` table. Every field has a default ([`Limits::default`]).
@@ -562,7 +577,22 @@ impl Config {
                 Some(j)
             }
         };
-        let http = raw.http.map(|h| HttpConfig { bind: h.bind.0 });
+        let http = match raw.http {
+            None => None,
+            Some(h) => {
+                let span = h.span();
+                let h = h.into_inner();
+                if let Some(t) = &h.admin_token_hash {
+                    if !warden_policy::password::is_valid_hash(t) {
+                        return Err(invalid(
+                            Some(span),
+                            "[http] admin_token_hash is not a hash (use `warden passwd --hash-only`)".into(),
+                        ));
+                    }
+                }
+                Some(HttpConfig { bind: h.bind.0, admin_token_hash: h.admin_token_hash.map(Secret) })
+            }
+        };
         let mut oauth = OAuthConfig::default();
         if let Some(o) = raw.oauth {
             let span = o.span();
@@ -606,6 +636,7 @@ impl Config {
                     None => None,
                 },
                 on_deny: a.on_deny,
+                audit: a.audit,
             },
         };
 
@@ -709,7 +740,7 @@ impl Config {
                 lookup: None,
             },
             identity: IdentityConfig::default(),
-            http: Some(HttpConfig { bind: SocketAddr::new(localhost, 8080) }),
+            http: Some(HttpConfig { bind: SocketAddr::new(localhost, 8080), admin_token_hash: None }),
             oauth: OAuthConfig::default(),
             authz: AuthzConfig::default(),
             data_dir,
@@ -839,7 +870,7 @@ struct RawConfig {
     auth: RawAuth,
     #[serde(default)]
     identity: RawIdentity,
-    http: Option<RawHttp>,
+    http: Option<Spanned<RawHttp>>,
     oauth: Option<Spanned<RawOAuth>>,
     authz: Option<RawAuthz>,
     #[serde(default)]
@@ -852,6 +883,7 @@ struct RawConfig {
 #[serde(deny_unknown_fields)]
 struct RawHttp {
     bind: BindAddr,
+    admin_token_hash: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -884,6 +916,8 @@ struct RawAuthz {
     acl_file: Option<Spanned<PathBuf>>,
     #[serde(default)]
     on_deny: OnDeny,
+    #[serde(default)]
+    audit: AuditMode,
 }
 
 fn de_leeway<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {

@@ -66,6 +66,10 @@ pub struct ConnContext {
     pub limit_log: LogOnce<String>,
     /// Deadline for the TLS handshake (mqtts, wss).
     pub tls_handshake_timeout: Duration,
+    /// Live connections, for the admin API (list, kick).
+    pub live: Arc<crate::live::LiveClients>,
+    /// The admin ban list (client ids and user names are checked here).
+    pub bans: Arc<crate::bans::BanList>,
 }
 
 impl ConnContext {
@@ -261,6 +265,16 @@ where
         }
     };
     let protocol = connect.protocol;
+    // Banned client ids and user names are refused before any authentication work.
+    let banned = |user: Option<&str>| ctx.bans.name_banned(&connect.client_id, user, crate::tokens::unix_now());
+    if banned(connect.username.as_deref()) {
+        info!(%peer, client_id = %connect.client_id, user = ?connect.username, "banned client refused");
+        let client_max = connect.properties.maximum_packet_size.unwrap_or(u32::MAX);
+        write_connack(protocol, false, ReasonCode::BANNED, Default::default(), client_max, &mut wbuf);
+        let _ = wr.write_all(&wbuf).await;
+        let _ = wr.shutdown().await;
+        return;
+    }
     // A user name backing off from this address after repeated failed passwords is refused
     // before any hashing (v5 0x9F Connection rate exceeded; v3 0x03). Other addresses are not
     // affected, and neither are access tokens (nothing to guess; the address ban covers floods).
@@ -311,6 +325,9 @@ where
     };
     let authed = match authenticated.and_then(|a| {
         ctx.auth.check_client_id(&a.principal, &connect.client_id)?;
+        if banned(Some(&a.principal.name)) {
+            return Err(ReasonCode::BANNED);
+        }
         Ok(a)
     }) {
         Ok(a) => {
@@ -360,9 +377,16 @@ where
             }
         };
     debug!(%peer, client_id = %conn.client_id(), principal = %principal, ?protocol, "client connected");
-    let limits = Limits { token_deadline, revoked: revocation.as_ref().map(|r| r.signal.clone()), scram_user };
+    let registration = ctx.live.register(conn.client_id().clone(), principal.clone(), peer, protocol);
+    let limits = Limits {
+        token_deadline,
+        revoked: revocation.as_ref().map(|r| r.signal.clone()),
+        scram_user,
+        ended: registration.signal.clone(),
+    };
     let close = drive(&mut conn, &mut rd, &mut wr, &mut rbuf, &mut wbuf, &notify, &ctx, limits).await;
     drop(revocation);
+    drop(registration);
     // Flush what is pending (a DISCONNECT with a reason code, for instance), briefly.
     if !wbuf.is_empty() {
         let _ = tokio::time::timeout(Duration::from_secs(1), wr.write_all(&wbuf)).await;
@@ -380,6 +404,8 @@ struct Limits {
     revoked: Option<Arc<Notify>>,
     /// The user of a connection authenticated with SCRAM-SHA-256 (it may re-authenticate).
     scram_user: Option<String>,
+    /// Fires when an admin ends the connection (kick, ban, user disabled or deleted).
+    ended: Arc<crate::live::EndSignal>,
 }
 
 /// MQTT 5 re-authentication (§4.12.1) of a SCRAM-authenticated connection: AUTH 0x19
@@ -610,6 +636,10 @@ where
             _ = sleep_until_opt(limits.token_deadline) => {
                 debug!(client_id = %conn.client_id(), "access token expired");
                 return conn.disconnect(wbuf, ReasonCode::MAXIMUM_CONNECT_TIME);
+            }
+            reason = limits.ended.ended() => {
+                info!(client_id = %conn.client_id(), %reason, "disconnected by an administrator");
+                return conn.disconnect(wbuf, reason);
             }
             _ = notified_opt(limits.revoked.as_deref()) => {
                 info!(client_id = %conn.client_id(), "access token revoked: disconnecting");

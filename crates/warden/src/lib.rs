@@ -15,17 +15,28 @@
 //! - [`ws`]: WebSocket transport (`/mqtt`, subprotocol `mqtt`) bridged to a byte stream.
 //! - [`bootstrap`]: first-start set-up of the embedded default (admin user).
 //! - [`passwd_cmd`]: `warden passwd`.
+//! - [`policy_store`]: the policy store on disk (`policy.json`) and live (authorizer swap),
+//!   and the audited authorizer the broker runs.
+//! - [`admin_cmd`]: `warden admin …`, the CLI over the admin API.
+//! - [`admin_backend`]: the broker side of the admin API (policy, clients, kick, bans).
+//! - [`live`]: the registry of live connections (list, kick, disconnect a user's).
+//! - [`bans`]: the admin ban list (client id, user name, IP, CIDR; persisted).
 
+pub mod admin_backend;
+pub mod admin_cmd;
 pub mod auth;
+pub mod bans;
 pub mod bootstrap;
 pub mod cert_cmd;
 pub mod config;
 pub mod conn;
 pub mod guard;
 pub mod limits;
+pub mod live;
 pub mod lookup;
 pub mod oauth_store;
 pub mod passwd_cmd;
+pub mod policy_store;
 pub mod revocations;
 pub mod server;
 pub mod tls;

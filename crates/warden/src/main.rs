@@ -40,6 +40,9 @@ enum Command {
     Oauth(warden::oauth_store::OAuthArgs),
     /// Get an access token from the built-in token service (client-credentials grant).
     Token(warden::token_cmd::TokenArgs),
+    /// Manage a running broker through its admin API: users, groups, roles, rules, clients,
+    /// kick, bans.
+    Admin(warden::admin_cmd::AdminArgs),
     /// Validate a configuration (and its password file) without starting.
     Check {
         /// Configuration file (TOML).
@@ -81,6 +84,7 @@ fn main() -> ExitCode {
         Command::Cert(args) => warden::cert_cmd::run(&args),
         Command::Token(args) => warden::token_cmd::run(&args),
         Command::Oauth(args) => warden::oauth_store::run(&args),
+        Command::Admin(args) => warden::admin_cmd::run(&args),
         Command::Check { config, explain, user, client, operation } => check(&config).and_then(|()| {
             if explain {
                 explain_decision(&config, user.as_deref(), &client, &operation)
@@ -103,16 +107,19 @@ fn check(path: &std::path::Path) -> anyhow::Result<()> {
     let tokens = warden::tokens::TokenAuth::new(cfg.auth.jwt.as_ref(), None)?;
     let auth = warden::auth::Authenticator::load(&cfg.auth, cfg.identity, tokens)?;
     warden::server::load_policy(&cfg.authz)?;
+    let store = warden::policy_store::load(&cfg.data_dir)?;
+    warden::bans::BanList::load(&cfg.data_dir)?;
     for l in &cfg.listeners {
         if let Some(t) = &l.tls {
             warden::tls::server_config(t).map_err(|e| anyhow::anyhow!("{} listener {}: {e:#}", l.protocol, l.bind))?;
         }
     }
     println!(
-        "{}: ok ({} listener(s), {} user(s) in the password file, anonymous {})",
+        "{}: ok ({} listener(s), {} user(s) in the password file, {} in the policy store, anonymous {})",
         path.display(),
         cfg.listeners.len(),
         auth.user_count(),
+        store.users.len(),
         if cfg.auth.allow_anonymous { "allowed" } else { "refused" }
     );
     Ok(())
@@ -132,6 +139,17 @@ fn explain_decision(path: &std::path::Path, user: Option<&str>, client: &str, op
         other => anyhow::bail!("unknown action {other:?}: publish, subscribe or receive"),
     };
     let who = user.map_or_else(|| "anonymous".to_string(), |u| format!("user {u:?}"));
+    let store = warden::policy_store::load(&cfg.data_dir)?;
+    if store.has_rules() {
+        // The policy store is a source too: explain the combined decision.
+        let acl = warden::policy_store::load_acl(&cfg.authz)?;
+        let policy = warden_policy::PolicyAuthorizer::new(acl, false).with_store(std::sync::Arc::new(store.compile()));
+        let principal = user.map_or_else(warden_policy::Principal::anonymous, warden_policy::Principal::user);
+        let (d, by) = policy.explain(&principal, client, action, topic);
+        let verdict = if d.is_allowed() { "allow" } else { "deny" };
+        println!("{verdict}: decided by {by} (ACL file and policy store, {who})");
+        return Ok(());
+    }
     let Some(acl_path) = &cfg.authz.acl_file else {
         println!(
             "allow: no ACL file is configured, so {who} may do anything (token clients are bound by their scopes)"

@@ -106,6 +106,39 @@ pub fn all_clients(cfg: &Config) -> anyhow::Result<Vec<OAuthClientConfig>> {
     Ok(out)
 }
 
+/// Add or replace a client stored in the data directory (the admin API's `POST
+/// /admin/oauth/clients`). Clients declared in the configuration cannot be changed here.
+pub fn put_stored_client(
+    cfg: &Config,
+    id: &str,
+    secret_hash: String,
+    scopes: Vec<String>,
+    roles: Vec<String>,
+) -> anyhow::Result<()> {
+    if id.is_empty() || warden_policy::cert::check_identity(id).is_err() {
+        bail!("client id {id:?} is not a valid principal name (no + # / * or control characters)");
+    }
+    if cfg.oauth.clients.iter().any(|c| c.id == id) {
+        bail!("client {id:?} is declared in the configuration; change it there");
+    }
+    let mut f = read_clients_file(&cfg.data_dir)?;
+    f.client.retain(|c| c.id != id);
+    f.client.push(StoredClient { id: id.to_owned(), secret_hash, scopes, roles });
+    write_clients(&cfg.data_dir, &f)
+}
+
+/// Remove a client stored in the data directory; false when there was none.
+pub fn remove_stored_client(data_dir: &Path, id: &str) -> anyhow::Result<bool> {
+    let mut f = read_clients_file(data_dir)?;
+    let before = f.client.len();
+    f.client.retain(|c| c.id != id);
+    if f.client.len() == before {
+        return Ok(false);
+    }
+    write_clients(data_dir, &f)?;
+    Ok(true)
+}
+
 /// `warden oauth …` arguments.
 #[derive(clap::Args, Debug)]
 pub struct OAuthArgs {
@@ -183,22 +216,12 @@ pub fn run(args: &OAuthArgs) -> anyhow::Result<()> {
             }
         }
         OAuthCommand::Client(ClientCommand::Remove { id }) => {
-            let mut f = read_clients_file(data_dir)?;
-            let before = f.client.len();
-            f.client.retain(|c| &c.id != id);
-            if f.client.len() == before {
+            if !remove_stored_client(data_dir, id)? {
                 bail!("no client {id:?} in {}", clients_path(data_dir).display());
             }
-            write_clients(data_dir, &f)?;
             println!("removed client {id:?}; send SIGHUP to a running broker");
         }
         OAuthCommand::Client(ClientCommand::Add { id, scopes, roles, secret_stdin }) => {
-            if id.is_empty() || warden_policy::cert::check_identity(id).is_err() {
-                bail!("client id {id:?} is not a valid principal name (no + # / * or control characters)");
-            }
-            if cfg.oauth.clients.iter().any(|c| &c.id == id) {
-                bail!("client {id:?} is declared in the configuration; change it there");
-            }
             let (secret, generated) = if *secret_stdin {
                 let mut line = String::new();
                 std::io::stdin().read_line(&mut line)?;
@@ -210,15 +233,8 @@ pub fn run(args: &OAuthArgs) -> anyhow::Result<()> {
             if secret.is_empty() {
                 bail!("empty secret");
             }
-            let mut f = read_clients_file(data_dir)?;
-            f.client.retain(|c| &c.id != id);
-            f.client.push(StoredClient {
-                id: id.clone(),
-                secret_hash: warden_policy::password::hash_password(secret.as_bytes()),
-                scopes: scopes.clone(),
-                roles: roles.clone(),
-            });
-            write_clients(data_dir, &f)?;
+            let hash = warden_policy::password::hash_password(secret.as_bytes());
+            put_stored_client(&cfg, id, hash, scopes.clone(), roles.clone())?;
             eprintln!("stored client {id:?} in {}; send SIGHUP to a running broker", clients_path(data_dir).display());
             if generated {
                 // The only time the secret is shown.

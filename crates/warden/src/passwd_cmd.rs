@@ -64,7 +64,7 @@ pub fn run(args: &PasswdArgs) -> anyhow::Result<()> {
 }
 
 /// Reads one line from stdin; the trailing "\n" or "\r\n" is not part of the password.
-fn read_stdin_line() -> anyhow::Result<Vec<u8>> {
+pub(crate) fn read_stdin_line() -> anyhow::Result<Vec<u8>> {
     let mut line = Vec::new();
     io::stdin().lock().read_until(b'\n', &mut line).context("reading stdin")?;
     if line.ends_with(b"\n") {
@@ -76,7 +76,7 @@ fn read_stdin_line() -> anyhow::Result<Vec<u8>> {
     check_not_empty(line)
 }
 
-fn read_terminal_twice() -> anyhow::Result<Vec<u8>> {
+pub(crate) fn read_terminal_twice() -> anyhow::Result<Vec<u8>> {
     let first = rpassword::prompt_password("Password: ").context("reading password")?;
     let second = rpassword::prompt_password("Reenter password: ").context("reading password")?;
     if first != second {

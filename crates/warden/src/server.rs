@@ -13,13 +13,15 @@ use tokio::sync::watch;
 use tokio::task::JoinSet;
 use tracing::{error, info, warn};
 use warden_core::{Broker, BrokerConfig};
-use warden_policy::acl::AclFile;
-use warden_policy::{Action, Authorizer, Decision, PolicyAuthorizer, Principal};
+use warden_policy::PolicyAuthorizer;
 
 use crate::auth::Authenticator;
+use crate::bans::BanList;
 use crate::config::{AuthzConfig, Config, DurabilityMode, ListenerProtocol, OnDeny};
 use crate::conn::{ConnContext, LiveTokens};
 use crate::guard::{Admitted, Guard, Refusal};
+use crate::live::LiveClients;
+use crate::policy_store::PolicyManager;
 use crate::tls::TlsListener;
 use crate::tokens::TokenAuth;
 use warden_core::limits::hit;
@@ -51,6 +53,12 @@ pub struct Server {
     pub oauth: Option<Arc<OAuthService>>,
     /// The HTTP listener's address, when configured.
     pub http_addr: Option<SocketAddr>,
+    /// The policy in force: ACL file and policy store.
+    pub policy: Arc<PolicyManager>,
+    /// Live connections.
+    pub live: Arc<LiveClients>,
+    /// The admin ban list.
+    pub bans: Arc<BanList>,
     config: Config,
     shutdown: watch::Sender<bool>,
     tasks: JoinSet<()>,
@@ -140,42 +148,17 @@ fn oauth_service(
     Ok(service)
 }
 
-fn oauth_clients(cfg: &Config) -> anyhow::Result<Vec<OAuthClient>> {
+/// Every OAuth client (configured and stored) as the token service takes them.
+pub fn oauth_clients(cfg: &Config) -> anyhow::Result<Vec<OAuthClient>> {
     Ok(crate::oauth_store::all_clients(cfg)?
         .into_iter()
         .map(|c| OAuthClient { id: c.id, secret_hash: c.secret_hash.0, scopes: c.scopes, roles: c.roles })
         .collect())
 }
 
-/// The policy with every denial written to the audit log (target `warden::audit`; with
-/// `--log-format json` these are JSON lines: time, principal, client id, action, topic).
-pub struct Audited(pub PolicyAuthorizer);
-
-impl Authorizer for Audited {
-    fn authorize(&self, principal: &Principal, client_id: &str, action: Action, topic: &str) -> Decision {
-        let d = self.0.authorize(principal, client_id, action, topic);
-        if !d.is_allowed() {
-            let action = match action {
-                Action::Publish { .. } => "publish",
-                Action::Subscribe { .. } => "subscribe",
-                Action::Receive => "receive",
-            };
-            info!(target: "warden::audit", principal = %principal, client_id, action, topic, result = "deny", "authorization denied");
-        }
-        d
-    }
-}
-
-/// The authorization policy: the ACL file (if any) and token scopes.
+/// The authorization policy of the ACL file alone (for `warden check`).
 pub fn load_policy(cfg: &AuthzConfig) -> anyhow::Result<PolicyAuthorizer> {
-    let acl = match &cfg.acl_file {
-        None => None,
-        Some(p) => {
-            let text = std::fs::read_to_string(p).with_context(|| format!("{}: cannot read ACL file", p.display()))?;
-            Some(AclFile::parse(&text).map_err(|e| crate::config::file_line_error(p, &e))?)
-        }
-    };
-    Ok(PolicyAuthorizer::new(acl, cfg.on_deny == OnDeny::Disconnect))
+    Ok(PolicyAuthorizer::new(crate::policy_store::load_acl(cfg)?, cfg.on_deny == OnDeny::Disconnect))
 }
 
 struct ConnGuard(Arc<AtomicUsize>);
@@ -204,24 +187,27 @@ impl Server {
         if !any_method {
             warn!("no authentication method is configured and anonymous access is off: every client will be refused");
         }
-        let authorizer = load_policy(&cfg.authz)?;
-        if !authorizer.has_acl() {
-            warn!("no ACL configured: every authenticated client (but token clients, bound by their scopes) may publish and subscribe anywhere");
+        let live = Arc::new(LiveClients::default());
+        let bans = Arc::new(BanList::load(&cfg.data_dir)?);
+        let policy = Arc::new(PolicyManager::load(&cfg.data_dir, &cfg.authz, auth.clone(), live.clone())?);
+        if !policy.has_rules() {
+            warn!("no ACL file and no policy-store rules: every authenticated client (but token clients, bound by their scopes) may publish and subscribe anywhere");
         }
         let store = if cfg.persistence.enabled { Some(open_store(cfg)?) } else { None };
         let broker = match &store {
             Some((store, _)) => Broker::with_store(
                 broker_config(cfg),
-                Arc::new(Audited(authorizer)),
+                policy.authorizer(),
                 Some(store.clone() as Arc<dyn warden_core::persist::Persist>),
                 Instant::now(),
             ),
-            None => Broker::new(broker_config(cfg), Arc::new(Audited(authorizer)), Instant::now()),
+            None => Broker::new(broker_config(cfg), policy.authorizer(), Instant::now()),
         };
         let store = store.map(|(store, loaded)| {
             broker.restore(loaded.sessions, loaded.retained, Instant::now());
             store
         });
+        policy.attach(broker.clone());
         let (shutdown, shutdown_rx) = watch::channel(false);
         let ctx = Arc::new(ConnContext {
             broker: broker.clone(),
@@ -241,11 +227,13 @@ impl Server {
             write_stall_timeout: cfg.limits.write_stall_timeout,
             limit_log: crate::limits::LogOnce::new(crate::limits::LOG_INTERVAL, 10_000),
             tls_handshake_timeout: cfg.limits.tls_handshake_timeout,
+            live: live.clone(),
+            bans: bans.clone(),
         });
         let mut tasks = JoinSet::new();
         let mut listeners = Vec::new();
         let mut tls_listeners = Vec::new();
-        let live = Arc::new(AtomicUsize::new(0));
+        let live_count = Arc::new(AtomicUsize::new(0));
         let l = &cfg.limits;
         let guard =
             Guard::with_backoff(l.max_connections_per_ip, l.connect_rate_per_ip, l.auth_fail_ban, l.auth_fail_backoff);
@@ -265,7 +253,8 @@ impl Server {
             let addr = tcp.local_addr()?;
             listeners.push(BoundListener { protocol: l.protocol, addr, path: l.path.clone() });
             let ctx = ctx.clone();
-            let live = live.clone();
+            let live = live_count.clone();
+            let bans = bans.clone();
             let max = cfg.limits.max_connections;
             let protocol = l.protocol;
             let path: Arc<str> = Arc::from(l.path.as_str());
@@ -292,7 +281,12 @@ impl Server {
                         drop(sock);
                         continue;
                     }
-                    // Per-address limits and bans, before any handshake or hashing.
+                    // Admin bans, per-address limits and bans, before any handshake or hashing.
+                    if bans.ip_banned(peer.ip(), crate::tokens::unix_now()) {
+                        tracing::debug!(%peer, "connection refused: address banned by an administrator");
+                        drop(sock);
+                        continue;
+                    }
                     let slot = match guard.admit(peer.ip(), Instant::now()) {
                         Ok(s) => s,
                         Err(why) => {
@@ -337,6 +331,18 @@ impl Server {
             if let Some(o) = &oauth {
                 app = app.merge(warden_http::router(o.clone()));
             }
+            let backend = Arc::new(crate::admin_backend::Backend {
+                policy: policy.clone(),
+                live: live.clone(),
+                bans: bans.clone(),
+                oauth: oauth.clone(),
+                config: cfg.clone(),
+            });
+            let admin_auth = warden_http::admin::AdminAuth {
+                token_hash: http.admin_token_hash.as_ref().map(|s| s.0.clone()),
+                oauth: oauth.clone(),
+            };
+            app = app.merge(warden_http::admin::admin_router(backend, admin_auth));
             let mut stop = shutdown_rx.clone();
             tasks.spawn(async move {
                 let served = axum::serve(tcp, app).with_graceful_shutdown(async move {
@@ -410,6 +416,9 @@ impl Server {
             tls: tls_listeners,
             oauth,
             http_addr,
+            policy,
+            live,
+            bans,
             config: cfg.clone(),
             shutdown,
             tasks,
@@ -448,11 +457,8 @@ impl Server {
             }
         }
         if self.config.authz.acl_file.is_some() {
-            match load_policy(&self.config.authz) {
-                Ok(p) => {
-                    self.broker.set_authorizer(Arc::new(Audited(p)));
-                    info!("ACL file reloaded");
-                }
+            match self.policy.reload_acl() {
+                Ok(()) => info!("ACL file reloaded"),
                 Err(e) => warn!(error = %e, "ACL reload failed; the previous ACL stays in force"),
             }
         }

@@ -1,0 +1,226 @@
+//! The admin API through the router with an in-memory backend (no sockets).
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use axum::body::Body;
+use axum::http::{Method, Request};
+use parking_lot::Mutex;
+use serde_json::{json, Value};
+use tower::ServiceExt as _;
+use warden_policy::jwt::SigningKey;
+
+use super::*;
+use crate::{OAuthClient, OAuthSettings};
+
+const ADMIN_TOKEN: &str = "correct-horse-battery-staple";
+
+#[derive(Default)]
+struct Memory {
+    policy: Mutex<PolicyStore>,
+    bans: Mutex<Vec<Ban>>,
+    kicked: Mutex<Vec<String>>,
+}
+
+impl AdminBackend for Memory {
+    fn policy(&self) -> PolicyStore {
+        self.policy.lock().clone()
+    }
+    fn update_policy(&self, edit: PolicyEdit<'_>) -> Result<(), AdminError> {
+        let mut p = self.policy.lock();
+        let mut next = p.clone();
+        edit(&mut next)?;
+        next.validate().map_err(|e| AdminError::bad_request(e.0))?;
+        *p = next;
+        Ok(())
+    }
+    fn clients(&self) -> Vec<ClientInfo> {
+        vec![ClientInfo {
+            client_id: "c1".into(),
+            principal: "user:ann".into(),
+            peer: "127.0.0.1:5000".into(),
+            protocol: "5.0".into(),
+            connected_at: 1,
+        }]
+    }
+    fn kick(&self, client_id: &str) -> bool {
+        self.kicked.lock().push(client_id.into());
+        client_id == "c1"
+    }
+    fn bans(&self) -> Vec<Ban> {
+        self.bans.lock().clone()
+    }
+    fn add_ban(&self, ban: Ban) -> Result<(), AdminError> {
+        self.bans.lock().push(ban);
+        Ok(())
+    }
+    fn remove_ban(&self, kind: BanKind, value: &str) -> Result<bool, AdminError> {
+        let mut b = self.bans.lock();
+        let n = b.len();
+        b.retain(|x| !(x.kind == kind && x.value == value));
+        Ok(b.len() != n)
+    }
+    fn oauth_clients(&self) -> Result<Vec<OAuthClientInfo>, AdminError> {
+        Ok(vec![])
+    }
+    fn put_oauth_client(&self, _: OAuthClientInfo, _: String) -> Result<(), AdminError> {
+        Ok(())
+    }
+    fn remove_oauth_client(&self, _: &str) -> Result<bool, AdminError> {
+        Ok(false)
+    }
+}
+
+struct Fx {
+    app: Router,
+    backend: Arc<Memory>,
+    oauth: Arc<OAuthService>,
+    clock: Arc<AtomicU64>,
+}
+
+fn client(id: &str, scopes: &[&str]) -> OAuthClient {
+    OAuthClient {
+        id: id.into(),
+        secret_hash: password::hash_password(b"x"),
+        scopes: scopes.iter().map(|s| s.to_string()).collect(),
+        roles: vec![],
+    }
+}
+
+fn fixture() -> Fx {
+    let clock = Arc::new(AtomicU64::new(1_700_000_000));
+    let c = clock.clone();
+    let oauth = Arc::new(OAuthService::new(
+        OAuthSettings { issuer: "http://x".into(), token_ttl: Duration::from_secs(60), audience: None },
+        vec![client("ops", &["admin"]), client("dev", &["mqtt:pub:a"])],
+        vec![SigningKey::generate()],
+        Arc::new(move || c.load(Ordering::SeqCst)),
+    ));
+    let backend = Arc::new(Memory::default());
+    let auth =
+        AdminAuth { token_hash: Some(password::hash_password(ADMIN_TOKEN.as_bytes())), oauth: Some(oauth.clone()) };
+    Fx { app: admin_router(backend.clone(), auth), backend, oauth, clock }
+}
+
+impl Fx {
+    fn token_of(&self, id: &str) -> String {
+        let c = self.oauth.clients().into_iter().find(|c| c.id == id).expect("client");
+        self.oauth.issue(&c, None).expect("issued").access_token
+    }
+
+    async fn call(&self, method: Method, path: &str, token: Option<&str>, body: Option<&str>) -> (StatusCode, Value) {
+        let mut r = Request::builder().method(method).uri(path);
+        if let Some(t) = token {
+            r = r.header(header::AUTHORIZATION, format!("Bearer {t}"));
+        }
+        let req = r.body(body.map(|b| Body::from(b.to_owned())).unwrap_or_default()).expect("request");
+        let resp = self.app.clone().oneshot(req).await.expect("response");
+        let status = resp.status();
+        let bytes = axum::body::to_bytes(resp.into_body(), 1 << 20).await.expect("body");
+        (status, serde_json::from_slice(&bytes).unwrap_or(Value::Null))
+    }
+
+    async fn admin(&self, method: Method, path: &str, body: Option<Value>) -> (StatusCode, Value) {
+        let b = body.map(|b| b.to_string());
+        self.call(method, path, Some(ADMIN_TOKEN), b.as_deref()).await
+    }
+}
+
+#[tokio::test]
+async fn refusals_401_and_403() {
+    let fx = fixture();
+    let (s, v) = fx.call(Method::GET, "/admin/users", None, None).await;
+    assert_eq!(s, StatusCode::UNAUTHORIZED);
+    assert!(v["error"].as_str().unwrap().contains("bearer"));
+    assert_eq!(fx.call(Method::GET, "/admin/users", Some("wrong"), None).await.0, StatusCode::UNAUTHORIZED);
+    assert_eq!(fx.call(Method::GET, "/admin/users", Some("a.b.c"), None).await.0, StatusCode::UNAUTHORIZED);
+    let dev = fx.token_of("dev");
+    assert_eq!(fx.call(Method::GET, "/admin/users", Some(&dev), None).await.0, StatusCode::FORBIDDEN);
+    let ops = fx.token_of("ops");
+    assert_eq!(fx.call(Method::GET, "/admin/users", Some(&ops), None).await.0, StatusCode::OK);
+    fx.clock.fetch_add(3600, Ordering::SeqCst);
+    assert_eq!(fx.call(Method::GET, "/admin/users", Some(&ops), None).await.0, StatusCode::UNAUTHORIZED, "expired");
+    assert_eq!(fx.admin(Method::GET, "/admin/users", None).await.0, StatusCode::OK);
+    let (s, doc) = fx.call(Method::GET, "/admin/openapi.json", None, None).await;
+    assert_eq!(s, StatusCode::OK);
+    assert_eq!(doc["openapi"], "3.0.3");
+}
+
+#[tokio::test]
+async fn crud_users_groups_roles_rules() {
+    let fx = fixture();
+    let (s, v) = fx.call(Method::POST, "/admin/users", Some(ADMIN_TOKEN), Some("{not json")).await;
+    assert_eq!(s, StatusCode::BAD_REQUEST);
+    assert!(v["error"].as_str().unwrap().starts_with("invalid JSON body"), "{v}");
+    let (s, v) = fx.admin(Method::POST, "/admin/users", Some(json!({"name": "ann", "roles": ["nope"]}))).await;
+    assert_eq!(s, StatusCode::BAD_REQUEST);
+    assert!(v["error"].as_str().unwrap().contains("unknown role"), "{v}");
+    let rule = json!({"id": "r1", "action": "publish", "topic": "a/%u/#", "effect": "allow"});
+    assert_eq!(fx.admin(Method::POST, "/admin/roles", Some(json!({"name": "dev"}))).await.0, StatusCode::CREATED);
+    assert_eq!(fx.admin(Method::POST, "/admin/roles/dev/rules", Some(rule.clone())).await.0, StatusCode::CREATED);
+    assert_eq!(fx.admin(Method::POST, "/admin/roles/dev/rules", Some(rule)).await.0, StatusCode::CONFLICT);
+    let bad = json!({"id": "r2", "action": "publish", "topic": "a/#/b", "effect": "allow"});
+    assert_eq!(fx.admin(Method::POST, "/admin/roles/dev/rules", Some(bad)).await.0, StatusCode::BAD_REQUEST);
+    assert_eq!(
+        fx.admin(Method::POST, "/admin/groups", Some(json!({"name": "g", "roles": ["dev"]}))).await.0,
+        StatusCode::CREATED
+    );
+    let (s, _) =
+        fx.admin(Method::POST, "/admin/users", Some(json!({"name": "ann", "password": "pw", "groups": ["g"]}))).await;
+    assert_eq!(s, StatusCode::CREATED);
+    assert_eq!(fx.admin(Method::POST, "/admin/users", Some(json!({"name": "ann"}))).await.0, StatusCode::CONFLICT);
+    let (s, v) = fx.admin(Method::GET, "/admin/users/ann", None).await;
+    assert_eq!(s, StatusCode::OK);
+    assert_eq!(v, json!({"name": "ann", "groups": ["g"], "roles": [], "disabled": false, "has_password": true}));
+    let stored = fx.backend.policy().users["ann"].password_hash.clone().unwrap();
+    assert!(password::verify_hash(&stored, b"pw"));
+    assert_eq!(fx.admin(Method::PUT, "/admin/users/ann", Some(json!({"disabled": true}))).await.0, StatusCode::OK);
+    assert!(fx.backend.policy().users["ann"].disabled);
+    assert_eq!(fx.admin(Method::PUT, "/admin/users/bob", Some(json!({}))).await.0, StatusCode::NOT_FOUND);
+    let (_, rules) = fx.admin(Method::GET, "/admin/roles/dev/rules", None).await;
+    assert_eq!(rules[0]["max_qos"], 2);
+    assert_eq!(fx.admin(Method::DELETE, "/admin/roles/dev/rules/r1", None).await.0, StatusCode::OK);
+    assert_eq!(fx.admin(Method::DELETE, "/admin/roles/dev/rules/r1", None).await.0, StatusCode::NOT_FOUND);
+    assert_eq!(fx.admin(Method::DELETE, "/admin/roles/dev", None).await.0, StatusCode::OK);
+    assert!(fx.backend.policy().groups["g"].roles.is_empty(), "references removed");
+    assert_eq!(fx.admin(Method::DELETE, "/admin/users/ann", None).await.0, StatusCode::OK);
+    assert_eq!(fx.admin(Method::GET, "/admin/users", None).await.1, json!([]));
+}
+
+#[tokio::test]
+async fn clients_kick_and_bans() {
+    let fx = fixture();
+    let (_, v) = fx.admin(Method::GET, "/admin/clients", None).await;
+    assert_eq!(v[0]["client_id"], "c1");
+    assert_eq!(fx.admin(Method::POST, "/admin/clients/c1/kick", None).await.0, StatusCode::OK);
+    assert_eq!(fx.admin(Method::POST, "/admin/clients/zz/kick", None).await.0, StatusCode::NOT_FOUND);
+    let ban = json!({"kind": "cidr", "value": "10.0.0.0/8", "expires_at": 5});
+    assert_eq!(fx.admin(Method::POST, "/admin/bans", Some(ban.clone())).await.0, StatusCode::CREATED);
+    assert_eq!(fx.admin(Method::GET, "/admin/bans", None).await.1, json!([ban]));
+    assert_eq!(
+        fx.admin(Method::POST, "/admin/bans", Some(json!({"kind": "nope", "value": "x"}))).await.0,
+        StatusCode::BAD_REQUEST
+    );
+    assert_eq!(fx.admin(Method::DELETE, "/admin/bans?kind=cidr", None).await.0, StatusCode::BAD_REQUEST);
+    assert_eq!(fx.admin(Method::DELETE, "/admin/bans?kind=cidr&value=10.0.0.0%2F8", None).await.0, StatusCode::OK);
+    assert_eq!(
+        fx.admin(Method::DELETE, "/admin/bans?kind=cidr&value=10.0.0.0%2F8", None).await.0,
+        StatusCode::NOT_FOUND
+    );
+}
+
+#[test]
+fn openapi_document_names_every_route() {
+    let doc: Value = serde_json::from_str(OPENAPI).expect("valid JSON");
+    for p in [
+        "/admin/users",
+        "/admin/users/{name}",
+        "/admin/groups",
+        "/admin/roles/{name}/rules/{id}",
+        "/admin/clients/{id}/kick",
+        "/admin/bans",
+        "/admin/oauth/clients",
+    ] {
+        assert!(doc["paths"][p].is_object(), "{p}");
+    }
+}

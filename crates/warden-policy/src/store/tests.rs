@@ -1,0 +1,421 @@
+use std::sync::Arc;
+
+use proptest::prelude::*;
+
+use super::*;
+use crate::acl::tests::covers;
+
+const PUB0: Action = Action::Publish { qos: 0, retain: false };
+const PUB2: Action = Action::Publish { qos: 2, retain: false };
+const PUBR: Action = Action::Publish { qos: 0, retain: true };
+const SUB1: Action = Action::Subscribe { qos: 1 };
+const RCV: Action = Action::Receive;
+
+fn rule(id: &str, action: RuleAction, topic: &str, effect: Effect, priority: i32) -> Rule {
+    Rule { id: id.into(), action, topic: topic.into(), max_qos: 2, retain: true, effect, priority }
+}
+
+fn allow(id: &str, action: RuleAction, topic: &str) -> Rule {
+    rule(id, action, topic, Effect::Allow, 0)
+}
+
+fn store(roles: &[(&str, Vec<Rule>)], users: &[(&str, &[&str], &[&str])], groups: &[(&str, &[&str])]) -> PolicyStore {
+    let mut s = PolicyStore::default();
+    for (name, rules) in roles {
+        s.roles.insert((*name).into(), Role { rules: rules.clone() });
+    }
+    for (name, roles) in groups {
+        s.groups.insert((*name).into(), Group { roles: roles.iter().map(|r| r.to_string()).collect() });
+    }
+    for (name, roles, groups) in users {
+        s.users.insert(
+            (*name).into(),
+            User {
+                password_hash: None,
+                groups: groups.iter().map(|r| r.to_string()).collect(),
+                roles: roles.iter().map(|r| r.to_string()).collect(),
+                disabled: false,
+            },
+        );
+    }
+    s.validate().expect("valid store");
+    s
+}
+
+fn ok(c: &CompiledStore, p: &Principal, client: &str, a: Action, t: &str) -> Option<bool> {
+    c.check(p, client, a, t).map(|m| m.allowed)
+}
+
+#[test]
+fn priority_decides_and_deny_wins_at_equal_priority() {
+    let s = store(
+        &[(
+            "r",
+            vec![
+                allow("all", RuleAction::Publish, "a/#"),
+                rule("no-secret", RuleAction::Publish, "a/secret/#", Effect::Deny, 5),
+                rule("but-this", RuleAction::Publish, "a/secret/ok", Effect::Allow, 10),
+                rule("tie-allow", RuleAction::Publish, "a/tie", Effect::Allow, 3),
+                rule("tie-deny", RuleAction::Publish, "a/tie", Effect::Deny, 3),
+            ],
+        )],
+        &[("ann", &["r"], &[])],
+        &[],
+    );
+    let c = s.compile();
+    let ann = Principal::user("ann");
+    assert_eq!(ok(&c, &ann, "c", PUB0, "a/x"), Some(true));
+    assert_eq!(ok(&c, &ann, "c", PUB0, "a/secret/x"), Some(false));
+    assert_eq!(ok(&c, &ann, "c", PUB0, "a/secret/ok"), Some(true), "higher priority allow");
+    assert_eq!(ok(&c, &ann, "c", PUB0, "a/tie"), Some(false), "deny wins at equal priority");
+    assert_eq!(ok(&c, &ann, "c", PUB0, "b"), None, "no rule: no answer");
+    let m = c.check(&ann, "c", PUB0, "a/secret/x").unwrap();
+    assert_eq!(c.rule(m.rule.unwrap()).unwrap().rule.id, "no-secret");
+    assert_eq!(c.rule(m.rule.unwrap()).unwrap().to_string(), "role r rule no-secret");
+}
+
+#[test]
+fn max_qos_and_retain_limit_allows() {
+    let mut low = allow("low", RuleAction::Publish, "t/#");
+    low.max_qos = 0;
+    low.retain = false;
+    let mut sub = allow("s", RuleAction::Subscribe, "t/#");
+    sub.max_qos = 0;
+    let s = store(&[("r", vec![low, sub])], &[("ann", &["r"], &[])], &[]);
+    let c = s.compile();
+    let ann = Principal::user("ann");
+    assert_eq!(ok(&c, &ann, "c", PUB0, "t/x"), Some(true));
+    assert_eq!(ok(&c, &ann, "c", PUB2, "t/x"), Some(false));
+    assert_eq!(ok(&c, &ann, "c", PUBR, "t/x"), Some(false));
+    assert_eq!(ok(&c, &ann, "c", Action::Subscribe { qos: 0 }, "t/+"), Some(true));
+    assert_eq!(ok(&c, &ann, "c", SUB1, "t/+"), Some(false));
+    assert_eq!(ok(&c, &ann, "c", RCV, "t/x"), Some(true), "receive falls back to subscribe rules");
+}
+
+#[test]
+fn receive_rules_override_the_subscribe_fallback() {
+    let s = store(
+        &[(
+            "r",
+            vec![
+                allow("s", RuleAction::Subscribe, "t/#"),
+                rule("hide", RuleAction::Receive, "t/hidden", Effect::Deny, 0),
+                allow("extra", RuleAction::Receive, "other"),
+            ],
+        )],
+        &[("ann", &["r"], &[])],
+        &[],
+    );
+    let c = s.compile();
+    let ann = Principal::user("ann");
+    assert_eq!(ok(&c, &ann, "c", RCV, "t/x"), Some(true));
+    assert_eq!(ok(&c, &ann, "c", RCV, "t/hidden"), Some(false));
+    assert_eq!(ok(&c, &ann, "c", RCV, "other"), Some(true));
+    assert_eq!(ok(&c, &ann, "c", SUB1, "other"), None);
+}
+
+#[test]
+fn subjects_groups_roles_and_disabled_users() {
+    let mut s = store(
+        &[
+            ("own", vec![allow("own", RuleAction::Publish, "own/%u/#")]),
+            ("grp", vec![allow("g", RuleAction::Publish, "grp/#")]),
+            ("anon", vec![allow("a", RuleAction::Publish, "public/#")]),
+            ("tok", vec![allow("t", RuleAction::Publish, "tok/%i/#")]),
+        ],
+        &[("ann", &[], &["staff"])],
+        &[("staff", &["grp"]), (ANYONE_AUTHENTICATED, &["own"]), (ANONYMOUS, &["anon"])],
+    );
+    let c = s.compile();
+    let ann = Principal::user("ann");
+    let bob = Principal::user("bob");
+    let anon = Principal::anonymous();
+    assert_eq!(ok(&c, &ann, "c", PUB0, "grp/x"), Some(true), "group role");
+    assert_eq!(ok(&c, &bob, "c", PUB0, "grp/x"), None);
+    assert_eq!(ok(&c, &bob, "c", PUB0, "own/bob/x"), Some(true), "anyone-authenticated");
+    assert_eq!(ok(&c, &bob, "c", PUB0, "own/ann/x"), None);
+    assert_eq!(ok(&c, &anon, "c", PUB0, "own/anonymous/x"), None, "not for anonymous");
+    assert_eq!(ok(&c, &anon, "c", PUB0, "public/x"), Some(true));
+    assert_eq!(ok(&c, &bob, "c", PUB0, "public/x"), None, "anonymous group is for anonymous only");
+    let cert = Principal::certificate("dev-1");
+    assert_eq!(ok(&c, &cert, "c", PUB0, "own/dev-1/x"), None, "%u is a user name only");
+    let tok = Principal::token("dev-2", vec![Arc::from("tok")], vec![]);
+    assert_eq!(ok(&c, &tok, "c", PUB0, "tok/dev-2/x"), Some(true), "token role, %i");
+    assert_eq!(ok(&c, &tok, "c", PUB0, "tok/dev-3/x"), None);
+    s.users.get_mut("ann").unwrap().disabled = true;
+    let c = s.compile();
+    assert_eq!(ok(&c, &ann, "c", PUB0, "grp/x"), None, "a disabled user gets nothing");
+    assert!(!s.password_lines().contains("ann"));
+}
+
+#[test]
+fn substitutions_are_literal_and_fail_closed() {
+    let s = store(
+        &[(
+            "r",
+            vec![
+                allow("u", RuleAction::Publish, "u/%u/#"),
+                allow("c", RuleAction::Publish, "c/%c"),
+                allow("i", RuleAction::Publish, "i/x%i"),
+                rule("d", RuleAction::Publish, "deny/%c", Effect::Deny, 0),
+            ],
+        )],
+        &[],
+        &[(ANYONE_AUTHENTICATED, &["r"])],
+    );
+    let c = s.compile();
+    for name in ["#", "+", "a/b", "a\0"] {
+        let p = Principal::user(name);
+        for t in ["u/x/y", "u/a/b/z", "u/#", "u/a"] {
+            assert_ne!(ok(&c, &p, "ok", PUB0, t), Some(true), "user {name:?} topic {t}");
+        }
+        let cert = Principal::certificate(name);
+        assert_ne!(ok(&c, &cert, "ok", PUB0, "i/xa/b"), Some(true));
+    }
+    let p = Principal::user("ann");
+    assert_eq!(ok(&c, &p, "ok", PUB0, "c/ok"), Some(true));
+    assert_eq!(ok(&c, &p, "ok", PUB0, "i/xann"), Some(true));
+    // Client id "a/b": the deny rule using %c cannot be applied safely, so it denies all.
+    assert_eq!(ok(&c, &p, "a/b", PUB0, "u/ann/x"), Some(false));
+    assert_eq!(ok(&c, &p, "a/b", PUB0, "c/a/b"), Some(false));
+}
+
+#[test]
+fn malformed_topics_are_denied_and_empty_store_has_no_opinion() {
+    let s = store(&[("r", vec![allow("a", RuleAction::Publish, "#")])], &[("ann", &["r"], &[])], &[]);
+    let c = s.compile();
+    let ann = Principal::user("ann");
+    assert_eq!(ok(&c, &ann, "c", PUB0, "a/+"), Some(false));
+    assert_eq!(ok(&c, &ann, "c", SUB1, "a/#/b"), Some(false));
+    let empty = PolicyStore::default().compile();
+    assert!(!empty.is_configured());
+    assert_eq!(ok(&empty, &ann, "c", PUB0, "a/+"), None);
+}
+
+#[test]
+fn validation_and_json() {
+    let mut s = store(&[("r", vec![allow("a", RuleAction::Publish, "x")])], &[("ann", &["r"], &[])], &[]);
+    let text = s.to_json();
+    assert_eq!(PolicyStore::from_json(&text).unwrap(), s);
+    assert!(PolicyStore::from_json("{").is_err());
+    assert!(PolicyStore::from_json(r#"{"version":2}"#).unwrap_err().0.contains("version"));
+    assert!(PolicyStore::from_json(r#"{"version":1,"bogus":1}"#).is_err());
+    let bad = r#"{"version":1,"users":{"a":{"roles":["nope"]}}}"#;
+    assert!(PolicyStore::from_json(bad).unwrap_err().0.contains("unknown role 'nope'"));
+    let bad =
+        r#"{"version":1,"roles":{"r":{"rules":[{"id":"x","action":"publish","topic":"a/#/b","effect":"allow"}]}}}"#;
+    assert!(PolicyStore::from_json(bad).unwrap_err().0.contains("invalid topic filter"));
+    let bad = r#"{"version":1,"users":{"a":{"password_hash":"plain"}}}"#;
+    assert!(PolicyStore::from_json(bad).is_err());
+    assert!(valid_name("user", "a:b").is_err());
+    assert!(valid_name("user", "").is_err());
+    assert!(valid_name("user", "a\nb").is_err());
+    let mut dup = s.clone();
+    dup.roles.get_mut("r").unwrap().rules.push(allow("a", RuleAction::Subscribe, "y"));
+    assert!(dup.validate().unwrap_err().0.contains("duplicate rule id"));
+    assert!(s.remove_role("r"));
+    assert!(s.users["ann"].roles.is_empty());
+    s.validate().unwrap();
+    let u = User { password_hash: Some("$argon2id$secret".into()), ..User::default() };
+    assert!(!format!("{u:?}").contains("secret"));
+}
+
+// --- Reference model -------------------------------------------------------------------------
+
+fn substitute(f: &str, user: Option<&str>, client: &str, identity: Option<&str>) -> Option<String> {
+    let mut out = String::new();
+    let mut chars = f.chars().peekable();
+    while let Some(ch) = chars.next() {
+        let v = match (ch, chars.peek()) {
+            ('%', Some('u')) => Some(user),
+            ('%', Some('c')) => Some(Some(client)),
+            ('%', Some('i')) => Some(identity),
+            _ => None,
+        };
+        match v {
+            Some(Some(v)) => {
+                chars.next();
+                out.push_str(v);
+            }
+            Some(None) => return None,
+            None => out.push(ch),
+        }
+    }
+    Some(out)
+}
+
+/// Rule by rule: the applicable rules, substituted textually, matched level by level.
+fn naive(s: &PolicyStore, p: &Principal, client: &str, action: Action, topic: &str) -> Option<bool> {
+    if !s.has_rules() {
+        return None;
+    }
+    let valid = match action {
+        Action::Subscribe { .. } => valid_filter(topic).is_ok(),
+        _ => !topic.is_empty() && !topic.contains(['+', '#', '\0']),
+    };
+    if !valid {
+        return Some(false);
+    }
+    let anonymous = p.kind == PrincipalKind::Anonymous;
+    let mut roles: Vec<&String> = Vec::new();
+    let subject = if anonymous { ANONYMOUS } else { ANYONE_AUTHENTICATED };
+    roles.extend(s.groups.get(subject).into_iter().flat_map(|g| g.roles.iter()));
+    if !anonymous {
+        if let Some(u) = s.users.get(&*p.name).filter(|u| !u.disabled) {
+            roles.extend(u.roles.iter());
+            for g in &u.groups {
+                roles.extend(s.groups[g].roles.iter());
+            }
+        }
+        let tok: Vec<&String> = s.roles.keys().filter(|k| p.roles.iter().any(|r| &**r == k.as_str())).collect();
+        roles.extend(tok);
+    }
+    let user = (p.kind == PrincipalKind::User).then_some(&*p.name);
+    let identity = (!anonymous).then_some(&*p.name);
+    let unsafe_ = |v: &str| v.contains(['/', '+', '#', '\0']);
+    let q: Vec<&str> = topic.split('/').collect();
+    let mut matched: Vec<&Rule> = Vec::new();
+    for r in roles.iter().flat_map(|name| s.roles[*name].rules.iter()) {
+        let uses_unsafe = [("%u", user), ("%c", Some(client)), ("%i", identity)]
+            .iter()
+            .any(|(var, v)| r.topic.contains(var) && v.is_some_and(unsafe_));
+        if uses_unsafe {
+            if r.effect == Effect::Deny {
+                return Some(false);
+            }
+            continue;
+        }
+        let Some(f) = substitute(&r.topic, user, client, identity) else { continue };
+        let levels: Vec<&str> = f.split('/').collect();
+        if covers(&levels, &q) {
+            matched.push(r);
+        }
+    }
+    let pick = |a: RuleAction| -> Vec<&Rule> { matched.iter().copied().filter(|r| r.action == a).collect() };
+    let (rules, qos, retain) = match action {
+        Action::Publish { qos, retain } => (pick(RuleAction::Publish), qos, retain),
+        Action::Subscribe { qos } => (pick(RuleAction::Subscribe), qos, false),
+        Action::Receive => {
+            let r = pick(RuleAction::Receive);
+            (if r.is_empty() { pick(RuleAction::Subscribe) } else { r }, 0, false)
+        }
+    };
+    let top = rules.iter().map(|r| r.priority).max()?;
+    let at_top: Vec<&&Rule> = rules.iter().filter(|r| r.priority == top).collect();
+    if at_top.iter().any(|r| r.effect == Effect::Deny) {
+        return Some(false);
+    }
+    Some(at_top.iter().any(|r| qos <= r.max_qos && (!retain || r.retain)))
+}
+
+fn level() -> impl Strategy<Value = String> {
+    prop_oneof![
+        4 => prop::sample::select(vec!["a", "b", "$s", ""]).prop_map(String::from),
+        2 => Just("+".to_string()),
+        2 => prop::sample::select(vec!["%u", "%c", "%i", "x%u", "%u%c"]).prop_map(String::from),
+    ]
+}
+
+fn filter() -> impl Strategy<Value = String> {
+    (prop::collection::vec(level(), 0..4), any::<bool>()).prop_map(|(mut v, hash)| {
+        if hash || v.is_empty() || v == [""] {
+            v.push("#".into());
+        }
+        v.join("/")
+    })
+}
+
+fn arb_rule() -> impl Strategy<Value = Rule> {
+    let action = prop::sample::select(vec![RuleAction::Publish, RuleAction::Subscribe, RuleAction::Receive]);
+    let effect = prop::sample::select(vec![Effect::Allow, Effect::Allow, Effect::Deny]);
+    (action, filter(), 0u8..3, any::<bool>(), effect, -1i32..2).prop_map(
+        |(action, topic, max_qos, retain, effect, priority)| Rule {
+            id: String::new(),
+            action,
+            topic,
+            max_qos,
+            retain,
+            effect,
+            priority,
+        },
+    )
+}
+
+fn arb_store() -> impl Strategy<Value = PolicyStore> {
+    let roles = prop::collection::vec(prop::collection::vec(arb_rule(), 0..4), 3);
+    let pick = || prop::collection::vec(prop::sample::select(vec!["r0", "r1", "r2"]), 0..3);
+    let groups = prop::collection::vec(pick(), 3);
+    let users = prop::collection::vec(
+        (pick(), prop::collection::vec(prop::sample::select(vec!["g", ANYONE_AUTHENTICATED]), 0..2), any::<bool>()),
+        3,
+    );
+    (roles, groups, users).prop_map(|(roles, groups, users)| {
+        let mut s = PolicyStore::default();
+        for (i, mut rules) in roles.into_iter().enumerate() {
+            for (j, r) in rules.iter_mut().enumerate() {
+                r.id = format!("x{j}");
+            }
+            s.roles.insert(format!("r{i}"), Role { rules });
+        }
+        let names = ["g", ANYONE_AUTHENTICATED, ANONYMOUS];
+        for (n, roles) in names.iter().zip(groups) {
+            s.groups.insert((*n).into(), Group { roles: roles.into_iter().map(String::from).collect() });
+        }
+        let unames = ["u", "a+", "v"];
+        for (n, (roles, groups, disabled)) in unames.iter().zip(users) {
+            let u = User {
+                password_hash: None,
+                roles: roles.into_iter().map(String::from).collect(),
+                groups: groups.into_iter().map(String::from).collect(),
+                disabled,
+            };
+            s.users.insert((*n).into(), u);
+        }
+        s
+    })
+}
+
+fn arb_principal() -> impl Strategy<Value = Principal> {
+    prop::sample::select(vec![0usize, 1, 2, 3, 4, 5, 6]).prop_map(|i| match i {
+        0 => Principal::user("u"),
+        1 => Principal::user("a+"),
+        2 => Principal::user("v"),
+        3 => Principal::user("x/y"),
+        4 => Principal::certificate("u"),
+        5 => Principal::token("t", vec![Arc::from("r1")], vec![]),
+        _ => Principal::anonymous(),
+    })
+}
+
+fn request() -> impl Strategy<Value = (String, Action, String)> {
+    let client = prop::sample::select(vec!["c", "u", "#", "c/d"]).prop_map(String::from);
+    let action = (0u8..5, 0u8..3, any::<bool>()).prop_map(|(a, qos, retain)| match a {
+        0 | 1 => Action::Publish { qos, retain },
+        2 | 3 => Action::Subscribe { qos },
+        _ => Action::Receive,
+    });
+    let topic = prop::collection::vec(
+        prop::sample::select(vec!["a", "b", "$s", "", "u", "c", "xu", "uc", "t", "+", "#", "%u"]),
+        1..5,
+    )
+    .prop_map(|v| v.join("/"));
+    (client, action, topic)
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(512))]
+
+    #[test]
+    fn compiled_store_agrees_with_naive_evaluator(
+        s in arb_store(),
+        reqs in prop::collection::vec((arb_principal(), request()), 1..24),
+    ) {
+        prop_assert!(s.validate().is_ok());
+        let c = s.compile();
+        for (p, (client, action, topic)) in reqs {
+            let got = c.check(&p, &client, action, &topic).map(|m| m.allowed);
+            let want = naive(&s, &p, &client, action, &topic);
+            prop_assert_eq!(got, want, "{} {:?} {:?} {:?}\n{}", p, client, action, topic, s.to_json());
+        }
+    }
+}

@@ -1,0 +1,104 @@
+//! The broker side of the admin API ([`warden_http::admin`]): the policy store, live clients,
+//! bans and stored OAuth clients, each change persisted and applied at once.
+
+use std::sync::Arc;
+
+use mqtt_codec::ReasonCode;
+use tracing::info;
+use warden_http::admin::{AdminBackend, AdminError, Ban, BanKind, ClientInfo, OAuthClientInfo, PolicyEdit};
+use warden_http::OAuthService;
+use warden_policy::store::PolicyStore;
+
+use crate::bans::BanList;
+use crate::config::Config;
+use crate::live::LiveClients;
+use crate::policy_store::PolicyManager;
+
+/// The admin API's view of the running broker.
+pub struct Backend {
+    /// The policy store.
+    pub policy: Arc<PolicyManager>,
+    /// Live connections.
+    pub live: Arc<LiveClients>,
+    /// The ban list.
+    pub bans: Arc<BanList>,
+    /// The token service, when enabled (its clients are refreshed after a change).
+    pub oauth: Option<Arc<OAuthService>>,
+    /// The configuration (data directory, declared OAuth clients).
+    pub config: Config,
+}
+
+fn internal(what: &str, e: anyhow::Error) -> AdminError {
+    tracing::warn!(error = %format!("{e:#}"), "admin API: {what} failed");
+    AdminError::internal(format!("{what} failed (see the broker log)"))
+}
+
+impl Backend {
+    fn refresh_oauth(&self) -> Result<(), AdminError> {
+        if let Some(o) = &self.oauth {
+            let clients =
+                crate::server::oauth_clients(&self.config).map_err(|e| internal("loading OAuth clients", e))?;
+            o.set_clients(clients);
+        }
+        Ok(())
+    }
+}
+
+impl AdminBackend for Backend {
+    fn policy(&self) -> PolicyStore {
+        self.policy.store()
+    }
+
+    fn update_policy(&self, edit: PolicyEdit<'_>) -> Result<(), AdminError> {
+        self.policy.update(edit)
+    }
+
+    fn clients(&self) -> Vec<ClientInfo> {
+        self.live.list()
+    }
+
+    fn kick(&self, client_id: &str) -> bool {
+        let kicked = self.live.kick(client_id);
+        if kicked {
+            info!(client_id, "admin API: client kicked");
+        }
+        kicked
+    }
+
+    fn bans(&self) -> Vec<Ban> {
+        self.bans.list()
+    }
+
+    fn add_ban(&self, ban: Ban) -> Result<(), AdminError> {
+        crate::bans::validate(&ban).map_err(AdminError::bad_request)?;
+        self.bans.add(ban.clone()).map_err(|e| internal("saving the ban list", e))?;
+        let now = crate::tokens::unix_now();
+        if ban.expires_at.is_none_or(|e| now < e) {
+            let n = self.live.end_where(ReasonCode::BANNED, |c, p, peer| BanList::matches(&ban, c, &p.name, peer.ip()));
+            info!(kind = ?ban.kind, value = %ban.value, connections = n, "admin API: ban added");
+        }
+        Ok(())
+    }
+
+    fn remove_ban(&self, kind: BanKind, value: &str) -> Result<bool, AdminError> {
+        self.bans.remove(kind, value).map_err(|e| internal("saving the ban list", e))
+    }
+
+    fn oauth_clients(&self) -> Result<Vec<OAuthClientInfo>, AdminError> {
+        let all = crate::oauth_store::all_clients(&self.config).map_err(|e| internal("loading OAuth clients", e))?;
+        Ok(all.into_iter().map(|c| OAuthClientInfo { id: c.id, scopes: c.scopes, roles: c.roles }).collect())
+    }
+
+    fn put_oauth_client(&self, client: OAuthClientInfo, secret_hash: String) -> Result<(), AdminError> {
+        crate::oauth_store::put_stored_client(&self.config, &client.id, secret_hash, client.scopes, client.roles)
+            .map_err(|e| AdminError::bad_request(format!("{e:#}")))?;
+        self.refresh_oauth()
+    }
+
+    fn remove_oauth_client(&self, id: &str) -> Result<bool, AdminError> {
+        let removed = crate::oauth_store::remove_stored_client(&self.config.data_dir, id)
+            .map_err(|e| internal("saving OAuth clients", e))?;
+        self.refresh_oauth()?;
+        Ok(removed)
+    }
+}

@@ -1,0 +1,379 @@
+//! `warden admin …`: a thin client of the admin REST API (docs/admin.md). The token comes from
+//! `--token` or, better (it stays out of process listings), `WARDEN_ADMIN_TOKEN`.
+
+use anyhow::{anyhow, bail, Context};
+use serde_json::{json, Value};
+
+/// `warden admin` arguments.
+#[derive(clap::Args, Debug)]
+pub struct AdminArgs {
+    /// Base URL of the broker's HTTP listener [default: $WARDEN_ADMIN_URL, else
+    /// http://127.0.0.1:8080].
+    #[arg(long, global = true)]
+    pub url: Option<String>,
+    /// Admin bearer token [default: $WARDEN_ADMIN_TOKEN, which keeps it out of process
+    /// listings].
+    #[arg(long, global = true)]
+    pub token: Option<String>,
+    #[command(subcommand)]
+    command: AdminCommand,
+}
+
+#[derive(clap::Subcommand, Debug)]
+enum AdminCommand {
+    /// Policy-store users: add, remove, list, passwd, disable, enable.
+    #[command(subcommand)]
+    User(UserCmd),
+    /// Groups: add, remove, list.
+    #[command(subcommand)]
+    Group(GroupCmd),
+    /// Roles: add, remove, list.
+    #[command(subcommand)]
+    Role(RoleCmd),
+    /// Rules of a role: add, remove, list.
+    #[command(subcommand)]
+    Rule(RuleCmd),
+    /// List connected clients.
+    Clients,
+    /// Disconnect a client (MQTT 5: DISCONNECT 0x98 Administrative action).
+    Kick {
+        /// Client id.
+        client_id: String,
+    },
+    /// Bans: add, remove, list.
+    #[command(subcommand)]
+    Ban(BanCmd),
+}
+
+#[derive(clap::Args, Debug)]
+struct PasswordArg {
+    /// Read the password as one line from stdin instead of the terminal.
+    #[arg(long)]
+    password_stdin: bool,
+}
+
+#[derive(clap::Subcommand, Debug)]
+enum UserCmd {
+    /// Add a user (prompts for its password unless --no-password).
+    Add {
+        name: String,
+        /// A group (repeatable).
+        #[arg(long = "group")]
+        groups: Vec<String>,
+        /// A role (repeatable).
+        #[arg(long = "role")]
+        roles: Vec<String>,
+        /// No password (its rules still apply to e.g. a certificate with this name).
+        #[arg(long, conflicts_with = "password_stdin")]
+        no_password: bool,
+        #[command(flatten)]
+        password: PasswordArg,
+    },
+    /// Remove a user (its connections are closed).
+    Remove { name: String },
+    /// List users.
+    List,
+    /// Set a user's password.
+    Passwd {
+        name: String,
+        #[command(flatten)]
+        password: PasswordArg,
+    },
+    /// Disable a user (its connections are closed; it cannot log in).
+    Disable { name: String },
+    /// Enable a user.
+    Enable { name: String },
+}
+
+#[derive(clap::Subcommand, Debug)]
+enum GroupCmd {
+    /// Add a group (`anyone-authenticated` and `anonymous` are subjects).
+    Add {
+        name: String,
+        /// A role (repeatable).
+        #[arg(long = "role")]
+        roles: Vec<String>,
+    },
+    /// Remove a group.
+    Remove { name: String },
+    /// List groups.
+    List,
+}
+
+#[derive(clap::Subcommand, Debug)]
+enum RoleCmd {
+    /// Add an empty role.
+    Add { name: String },
+    /// Remove a role (and every reference to it).
+    Remove { name: String },
+    /// List roles and their rules.
+    List,
+}
+
+#[derive(clap::Subcommand, Debug)]
+enum RuleCmd {
+    /// Append a rule to a role.
+    Add {
+        role: String,
+        id: String,
+        /// publish | subscribe | receive
+        #[arg(long)]
+        action: String,
+        /// Topic filter (%u, %c, %i allowed).
+        #[arg(long)]
+        topic: String,
+        /// A deny rule (default: allow).
+        #[arg(long)]
+        deny: bool,
+        /// Highest QoS allowed.
+        #[arg(long, default_value_t = 2)]
+        max_qos: u8,
+        /// Refuse retained publishes.
+        #[arg(long)]
+        no_retain: bool,
+        /// Higher decides first.
+        #[arg(long, default_value_t = 0, allow_hyphen_values = true)]
+        priority: i32,
+    },
+    /// Remove a rule.
+    Remove { role: String, id: String },
+    /// List a role's rules.
+    List { role: String },
+}
+
+#[derive(clap::Subcommand, Debug)]
+enum BanCmd {
+    /// Ban a client id, user name, IP address or CIDR block.
+    Add {
+        /// client-id | username | ip | cidr
+        kind: String,
+        value: String,
+        /// Lifts itself after this many seconds.
+        #[arg(long)]
+        expires_in: Option<u64>,
+        /// A note for operators.
+        #[arg(long)]
+        reason: Option<String>,
+    },
+    /// Lift a ban.
+    Remove { kind: String, value: String },
+    /// List bans.
+    List,
+}
+
+struct Api {
+    url: String,
+    token: String,
+}
+
+impl Api {
+    fn call(&self, method: &str, path: &str, body: Option<Value>) -> anyhow::Result<Value> {
+        let url = format!("{}{path}", self.url.trim_end_matches('/'));
+        let req = ureq::request(method, &url)
+            .timeout(std::time::Duration::from_secs(30))
+            .set("Authorization", &format!("Bearer {}", self.token));
+        let resp = match body {
+            Some(b) => req.send_json(b),
+            None => req.call(),
+        };
+        match resp {
+            Ok(r) => Ok(r.into_json().unwrap_or(Value::Null)),
+            Err(ureq::Error::Status(code, r)) => {
+                let v: Value = r.into_json().unwrap_or(Value::Null);
+                bail!("{code}: {}", v["error"].as_str().unwrap_or("request refused"))
+            }
+            Err(e) => Err(anyhow!("{url}: {e}")),
+        }
+    }
+}
+
+fn enc(s: &str) -> String {
+    let mut out = String::new();
+    for b in s.bytes() {
+        if b.is_ascii_alphanumeric() || b"-._~".contains(&b) {
+            out.push(b as char);
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
+}
+
+fn password(p: &PasswordArg) -> anyhow::Result<String> {
+    let bytes = if p.password_stdin {
+        crate::passwd_cmd::read_stdin_line()?
+    } else {
+        crate::passwd_cmd::read_terminal_twice()?
+    };
+    String::from_utf8(bytes).context("the password must be UTF-8")
+}
+
+fn strs(v: &Value) -> String {
+    v.as_array().map(|a| a.iter().filter_map(Value::as_str).collect::<Vec<_>>().join(",")).unwrap_or_default()
+}
+
+fn print_rule(r: &Value) {
+    println!(
+        "  {}\t{} {} {}\tmax_qos={} retain={} priority={}",
+        r["id"].as_str().unwrap_or(""),
+        r["effect"].as_str().unwrap_or(""),
+        r["action"].as_str().unwrap_or(""),
+        r["topic"].as_str().unwrap_or(""),
+        r["max_qos"],
+        r["retain"],
+        r["priority"]
+    );
+}
+
+/// Run `warden admin …`.
+pub fn run(args: &AdminArgs) -> anyhow::Result<()> {
+    let token = args
+        .token
+        .clone()
+        .or_else(|| std::env::var("WARDEN_ADMIN_TOKEN").ok())
+        .filter(|t| !t.is_empty())
+        .ok_or_else(|| anyhow!("no admin token: set WARDEN_ADMIN_TOKEN or pass --token"))?;
+    let url = args
+        .url
+        .clone()
+        .or_else(|| std::env::var("WARDEN_ADMIN_URL").ok())
+        .unwrap_or_else(|| "http://127.0.0.1:8080".into());
+    let api = Api { url, token };
+    match &args.command {
+        AdminCommand::User(c) => match c {
+            UserCmd::Add { name, groups, roles, no_password, password: p } => {
+                let mut body = json!({"name": name, "groups": groups, "roles": roles});
+                if !no_password {
+                    body["password"] = json!(password(p)?);
+                }
+                api.call("POST", "/admin/users", Some(body))?;
+                println!("added user {name:?}");
+            }
+            UserCmd::Remove { name } => {
+                api.call("DELETE", &format!("/admin/users/{}", enc(name)), None)?;
+                println!("removed user {name:?}");
+            }
+            UserCmd::List => {
+                for u in api.call("GET", "/admin/users", None)?.as_array().into_iter().flatten() {
+                    println!(
+                        "{}\tgroups={}\troles={}{}{}",
+                        u["name"].as_str().unwrap_or(""),
+                        strs(&u["groups"]),
+                        strs(&u["roles"]),
+                        if u["disabled"] == true { "\tdisabled" } else { "" },
+                        if u["has_password"] == true { "" } else { "\tno password" },
+                    );
+                }
+            }
+            UserCmd::Passwd { name, password: p } => {
+                api.call("PUT", &format!("/admin/users/{}", enc(name)), Some(json!({"password": password(p)?})))?;
+                println!("password of {name:?} changed");
+            }
+            UserCmd::Disable { name } | UserCmd::Enable { name } => {
+                let disabled = matches!(c, UserCmd::Disable { .. });
+                api.call("PUT", &format!("/admin/users/{}", enc(name)), Some(json!({"disabled": disabled})))?;
+                println!("user {name:?} {}", if disabled { "disabled" } else { "enabled" });
+            }
+        },
+        AdminCommand::Group(c) => match c {
+            GroupCmd::Add { name, roles } => {
+                api.call("POST", "/admin/groups", Some(json!({"name": name, "roles": roles})))?;
+                println!("added group {name:?}");
+            }
+            GroupCmd::Remove { name } => {
+                api.call("DELETE", &format!("/admin/groups/{}", enc(name)), None)?;
+                println!("removed group {name:?}");
+            }
+            GroupCmd::List => {
+                for g in api.call("GET", "/admin/groups", None)?.as_array().into_iter().flatten() {
+                    println!("{}\troles={}", g["name"].as_str().unwrap_or(""), strs(&g["roles"]));
+                }
+            }
+        },
+        AdminCommand::Role(c) => match c {
+            RoleCmd::Add { name } => {
+                api.call("POST", "/admin/roles", Some(json!({"name": name})))?;
+                println!("added role {name:?}");
+            }
+            RoleCmd::Remove { name } => {
+                api.call("DELETE", &format!("/admin/roles/{}", enc(name)), None)?;
+                println!("removed role {name:?}");
+            }
+            RoleCmd::List => {
+                for r in api.call("GET", "/admin/roles", None)?.as_array().into_iter().flatten() {
+                    println!("{}", r["name"].as_str().unwrap_or(""));
+                    r["rules"].as_array().into_iter().flatten().for_each(print_rule);
+                }
+            }
+        },
+        AdminCommand::Rule(c) => match c {
+            RuleCmd::Add { role, id, action, topic, deny, max_qos, no_retain, priority } => {
+                let body = json!({
+                    "id": id, "action": action, "topic": topic,
+                    "effect": if *deny { "deny" } else { "allow" },
+                    "max_qos": max_qos, "retain": !no_retain, "priority": priority,
+                });
+                api.call("POST", &format!("/admin/roles/{}/rules", enc(role)), Some(body))?;
+                println!("added rule {id:?} to role {role:?}");
+            }
+            RuleCmd::Remove { role, id } => {
+                api.call("DELETE", &format!("/admin/roles/{}/rules/{}", enc(role), enc(id)), None)?;
+                println!("removed rule {id:?} from role {role:?}");
+            }
+            RuleCmd::List { role } => {
+                for r in api
+                    .call("GET", &format!("/admin/roles/{}/rules", enc(role)), None)?
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                {
+                    print_rule(r);
+                }
+            }
+        },
+        AdminCommand::Clients => {
+            for c in api.call("GET", "/admin/clients", None)?.as_array().into_iter().flatten() {
+                println!(
+                    "{}\t{}\t{}\tMQTT {}",
+                    c["client_id"].as_str().unwrap_or(""),
+                    c["principal"].as_str().unwrap_or(""),
+                    c["peer"].as_str().unwrap_or(""),
+                    c["protocol"].as_str().unwrap_or("")
+                );
+            }
+        }
+        AdminCommand::Kick { client_id } => {
+            api.call("POST", &format!("/admin/clients/{}/kick", enc(client_id)), None)?;
+            println!("kicked {client_id:?}");
+        }
+        AdminCommand::Ban(c) => match c {
+            BanCmd::Add { kind, value, expires_in, reason } => {
+                let mut body = json!({"kind": kind, "value": value});
+                if let Some(s) = expires_in {
+                    body["expires_at"] = json!(crate::tokens::unix_now().saturating_add(*s));
+                }
+                if let Some(r) = reason {
+                    body["reason"] = json!(r);
+                }
+                api.call("POST", "/admin/bans", Some(body))?;
+                println!("banned {kind} {value:?}");
+            }
+            BanCmd::Remove { kind, value } => {
+                api.call("DELETE", &format!("/admin/bans?kind={}&value={}", enc(kind), enc(value)), None)?;
+                println!("lifted the ban on {kind} {value:?}");
+            }
+            BanCmd::List => {
+                for b in api.call("GET", "/admin/bans", None)?.as_array().into_iter().flatten() {
+                    let exp = b["expires_at"].as_u64().map_or("permanent".to_string(), |e| format!("expires_at={e}"));
+                    println!(
+                        "{}\t{}\t{exp}\t{}",
+                        b["kind"].as_str().unwrap_or(""),
+                        b["value"].as_str().unwrap_or(""),
+                        b["reason"].as_str().unwrap_or("")
+                    );
+                }
+            }
+        },
+    }
+    Ok(())
+}

@@ -1,0 +1,148 @@
+//! The registry of live client connections, for the admin API: list them, and end one (kick)
+//! or all of a principal's (a disabled or deleted user, a new ban) with a reason code.
+//!
+//! Each connection registers after its CONNACK and is removed when its task ends (the
+//! [`LiveRegistration`] guard). Ending a connection sets its reason and wakes its driver
+//! (`conn::drive`), which sends the v5 DISCONNECT with that reason and closes.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+
+use mqtt_codec::{Protocol, ReasonCode};
+use parking_lot::Mutex;
+use tokio::sync::Notify;
+use warden_policy::{Principal, PrincipalKind};
+
+/// Tells a connection to end, and why.
+#[derive(Debug, Default)]
+pub struct EndSignal {
+    notify: Notify,
+    reason: Mutex<Option<ReasonCode>>,
+}
+
+impl EndSignal {
+    /// Ask the connection to end with `reason` (the first reason given wins).
+    pub fn end(&self, reason: ReasonCode) {
+        self.reason.lock().get_or_insert(reason);
+        self.notify.notify_one();
+    }
+
+    /// Resolves once [`EndSignal::end`] was called; returns the reason.
+    pub async fn ended(&self) -> ReasonCode {
+        loop {
+            if let Some(r) = *self.reason.lock() {
+                return r;
+            }
+            self.notify.notified().await;
+        }
+    }
+}
+
+struct Entry {
+    client_id: Arc<str>,
+    principal: Principal,
+    peer: SocketAddr,
+    protocol: Protocol,
+    connected_at: u64,
+    signal: Arc<EndSignal>,
+}
+
+/// Live connections by registration id.
+#[derive(Default)]
+pub struct LiveClients {
+    map: Mutex<HashMap<u64, Entry>>,
+    next: AtomicU64,
+}
+
+/// A connection's registration; removed on drop.
+pub struct LiveRegistration {
+    owner: Arc<LiveClients>,
+    id: u64,
+    /// Fires when an admin ends this connection.
+    pub signal: Arc<EndSignal>,
+}
+
+impl Drop for LiveRegistration {
+    fn drop(&mut self) {
+        self.owner.map.lock().remove(&self.id);
+    }
+}
+
+fn protocol_name(p: Protocol) -> &'static str {
+    match p {
+        Protocol::V31 => "3.1",
+        Protocol::V311 => "3.1.1",
+        Protocol::V5 => "5.0",
+    }
+}
+
+impl LiveClients {
+    /// Register a connection that has just been accepted.
+    pub fn register(
+        self: &Arc<Self>,
+        client_id: Arc<str>,
+        principal: Principal,
+        peer: SocketAddr,
+        protocol: Protocol,
+    ) -> LiveRegistration {
+        let id = self.next.fetch_add(1, Ordering::Relaxed);
+        let signal = Arc::new(EndSignal::default());
+        let entry = Entry {
+            client_id,
+            principal,
+            peer,
+            protocol,
+            connected_at: crate::tokens::unix_now(),
+            signal: signal.clone(),
+        };
+        self.map.lock().insert(id, entry);
+        LiveRegistration { owner: self.clone(), id, signal }
+    }
+
+    /// The connected clients, sorted by client id.
+    pub fn list(&self) -> Vec<warden_http::admin::ClientInfo> {
+        let mut v: Vec<_> = self
+            .map
+            .lock()
+            .values()
+            .map(|e| warden_http::admin::ClientInfo {
+                client_id: e.client_id.to_string(),
+                principal: e.principal.to_string(),
+                peer: e.peer.to_string(),
+                protocol: protocol_name(e.protocol).into(),
+                connected_at: e.connected_at,
+            })
+            .collect();
+        v.sort_by(|a, b| a.client_id.cmp(&b.client_id));
+        v
+    }
+
+    /// The peer address of a connected client (for audit records).
+    pub fn peer_of(&self, client_id: &str) -> Option<SocketAddr> {
+        self.map.lock().values().find(|e| &*e.client_id == client_id).map(|e| e.peer)
+    }
+
+    /// End every connection for which `pred(client id, principal, peer)` holds; returns how
+    /// many were told to end.
+    pub fn end_where(&self, reason: ReasonCode, pred: impl Fn(&str, &Principal, &SocketAddr) -> bool) -> usize {
+        let map = self.map.lock();
+        let mut n = 0;
+        for e in map.values().filter(|e| pred(&e.client_id, &e.principal, &e.peer)) {
+            e.signal.end(reason);
+            n += 1;
+        }
+        n
+    }
+
+    /// End the connection of `client_id` (kick, v5 DISCONNECT 0x98); false when not connected.
+    pub fn kick(&self, client_id: &str) -> bool {
+        self.end_where(ReasonCode::ADMINISTRATIVE_ACTION, |c, _, _| c == client_id) > 0
+    }
+
+    /// End the connections of user principals named `user` (disabled or deleted: 0x87).
+    pub fn end_user(&self, user: &str) -> usize {
+        self.end_where(ReasonCode::NOT_AUTHORIZED, |_, p, _| p.kind == PrincipalKind::User && &*p.name == user)
+    }
+}

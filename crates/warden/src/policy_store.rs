@@ -1,0 +1,298 @@
+//! The policy store on disk and live: `<data_dir>/policy.json`, loaded at start (a corrupt
+//! file refuses start with the file and the reason), written atomically on every change (temp
+//! file, fsync, rename, fsync of the directory), and applied at once: the broker's authorizer
+//! is swapped (queued deliveries are authorized again), store users' password hashes go to the
+//! authenticator, and the connections of users that were disabled or deleted are closed.
+//!
+//! Also here: [`Audited`], the authorizer the broker runs, which writes decisions to the audit
+//! log (target `warden::audit`): denials always, every decision with `[authz] audit = "all"`.
+
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, OnceLock};
+
+use anyhow::Context;
+use parking_lot::{Mutex, RwLock};
+use tracing::info;
+use warden_core::Broker;
+use warden_http::admin::AdminError;
+use warden_policy::acl::AclFile;
+use warden_policy::password::PasswordFile;
+use warden_policy::store::PolicyStore;
+use warden_policy::{Action, Authorizer, Decision, PolicyAuthorizer, Principal};
+
+use crate::auth::Authenticator;
+use crate::config::{AuditMode, AuthzConfig, OnDeny};
+use crate::live::LiveClients;
+
+/// The file in the data directory.
+pub const FILE: &str = "policy.json";
+
+/// Read `<data_dir>/policy.json` (missing: an empty store).
+pub fn load(data_dir: &Path) -> anyhow::Result<PolicyStore> {
+    let path = data_dir.join(FILE);
+    match std::fs::read_to_string(&path) {
+        Ok(text) => {
+            PolicyStore::from_json(&text).map_err(|e| anyhow::anyhow!("{}: corrupt policy store: {e}", path.display()))
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(PolicyStore::default()),
+        Err(e) => Err(e).with_context(|| format!("{}: cannot read policy store", path.display())),
+    }
+}
+
+/// Write the store atomically.
+pub fn save(data_dir: &Path, store: &PolicyStore) -> anyhow::Result<()> {
+    std::fs::create_dir_all(data_dir).with_context(|| format!("{}: cannot create", data_dir.display()))?;
+    let path = data_dir.join(FILE);
+    crate::passwd_cmd::write_atomically(&path, store.to_json().as_bytes())
+        .with_context(|| format!("{}: cannot write policy store", path.display()))
+}
+
+/// The broker's authorizer: the policy, with decisions written to the audit log.
+pub struct Audited {
+    /// The policy.
+    pub policy: PolicyAuthorizer,
+    /// Log every decision, not only denials.
+    pub all: bool,
+    /// For the peer address of audit records.
+    pub live: Option<Arc<LiveClients>>,
+}
+
+impl Audited {
+    fn record(&self, principal: &Principal, client_id: &str, action: Action, topic: &str, d: Decision, by: &str) {
+        let (action, qos, retain) = match action {
+            Action::Publish { qos, retain } => ("publish", Some(qos), Some(retain)),
+            Action::Subscribe { qos } => ("subscribe", Some(qos), None),
+            Action::Receive => ("receive", None, None),
+        };
+        let peer = self.live.as_ref().and_then(|l| l.peer_of(client_id)).map(|p| p.to_string());
+        let result = if d.is_allowed() { "allow" } else { "deny" };
+        // No secret is in any of these fields: principal names, client ids, topics, rule ids.
+        info!(
+            target: "warden::audit",
+            principal = %principal,
+            client_id,
+            peer = peer.as_deref().unwrap_or("-"),
+            action,
+            topic,
+            qos,
+            retain,
+            result,
+            rule = by,
+            "authorization {result}"
+        );
+    }
+}
+
+impl Authorizer for Audited {
+    fn authorize(&self, principal: &Principal, client_id: &str, action: Action, topic: &str) -> Decision {
+        if !self.all {
+            let d = self.policy.authorize(principal, client_id, action, topic);
+            if d.is_allowed() {
+                return d;
+            }
+        }
+        let (d, by) = self.policy.explain(principal, client_id, action, topic);
+        self.record(principal, client_id, action, topic, d, &by.to_string());
+        d
+    }
+}
+
+/// Load the ACL file named by the configuration.
+pub fn load_acl(cfg: &AuthzConfig) -> anyhow::Result<Option<AclFile>> {
+    match &cfg.acl_file {
+        None => Ok(None),
+        Some(p) => {
+            let text = std::fs::read_to_string(p).with_context(|| format!("{}: cannot read ACL file", p.display()))?;
+            Ok(Some(AclFile::parse(&text).map_err(|e| crate::config::file_line_error(p, &e))?))
+        }
+    }
+}
+
+/// The policy in force (ACL file + store) and the store's persistence.
+pub struct PolicyManager {
+    data_dir: PathBuf,
+    authz: AuthzConfig,
+    acl: RwLock<Option<Arc<AclFile>>>,
+    store: Mutex<PolicyStore>,
+    auth: Arc<Authenticator>,
+    live: Arc<LiveClients>,
+    broker: OnceLock<Arc<Broker>>,
+}
+
+impl PolicyManager {
+    /// Load the ACL file and the store; give the store's users to the authenticator.
+    pub fn load(
+        data_dir: &Path,
+        authz: &AuthzConfig,
+        auth: Arc<Authenticator>,
+        live: Arc<LiveClients>,
+    ) -> anyhow::Result<PolicyManager> {
+        let acl = load_acl(authz)?.map(Arc::new);
+        let store = load(data_dir)?;
+        auth.set_store_users(store_users(&store)?);
+        Ok(PolicyManager {
+            data_dir: data_dir.to_path_buf(),
+            authz: authz.clone(),
+            acl: RwLock::new(acl),
+            store: Mutex::new(store),
+            auth,
+            live,
+            broker: OnceLock::new(),
+        })
+    }
+
+    /// The authorizer for the current ACL file and store.
+    pub fn authorizer(&self) -> Arc<Audited> {
+        let store = self.store.lock();
+        self.build(&store)
+    }
+
+    fn build(&self, store: &PolicyStore) -> Arc<Audited> {
+        let policy = PolicyAuthorizer::new_shared(self.acl.read().clone(), self.authz.on_deny == OnDeny::Disconnect)
+            .with_store(Arc::new(store.compile()));
+        Arc::new(Audited { policy, all: self.authz.audit == AuditMode::All, live: Some(self.live.clone()) })
+    }
+
+    /// The broker whose authorizer this manager swaps (set once, after the broker is made).
+    pub fn attach(&self, broker: Arc<Broker>) {
+        let _ = self.broker.set(broker);
+    }
+
+    fn swap(&self, store: &PolicyStore) {
+        if let Some(b) = self.broker.get() {
+            b.set_authorizer(self.build(store));
+        }
+    }
+
+    /// True when the ACL file or the store has rules (else everything is allowed).
+    pub fn has_rules(&self) -> bool {
+        self.acl.read().is_some() || self.store.lock().has_rules()
+    }
+
+    /// The store as it is now.
+    pub fn store(&self) -> PolicyStore {
+        self.store.lock().clone()
+    }
+
+    /// Re-read the ACL file (SIGHUP); on error the previous one stays.
+    pub fn reload_acl(&self) -> anyhow::Result<()> {
+        let acl = load_acl(&self.authz)?.map(Arc::new);
+        let store = self.store.lock();
+        *self.acl.write() = acl;
+        self.swap(&store);
+        Ok(())
+    }
+
+    /// Edit the store: on a copy, validated, persisted, then applied live. All or nothing.
+    pub fn update(&self, edit: warden_http::admin::PolicyEdit<'_>) -> Result<(), AdminError> {
+        let mut store = self.store.lock();
+        let mut next = store.clone();
+        edit(&mut next)?;
+        next.validate().map_err(|e| AdminError::bad_request(e.0))?;
+        let users = store_users(&next).map_err(|e| AdminError::bad_request(e.to_string()))?;
+        save(&self.data_dir, &next).map_err(|e| {
+            tracing::warn!(error = %e, "policy store not saved; the change is not applied");
+            AdminError::internal("cannot save the policy store (see the broker log)")
+        })?;
+        let ended: Vec<String> = store
+            .users
+            .iter()
+            .filter(|(name, u)| !u.disabled && next.users.get(*name).is_none_or(|n| n.disabled))
+            .map(|(name, _)| name.clone())
+            .collect();
+        self.auth.set_store_users(users);
+        self.swap(&next);
+        *store = next;
+        drop(store);
+        for name in ended {
+            let n = self.live.end_user(&name);
+            info!(user = %name, connections = n, "policy store: user disabled or deleted; connections closed");
+        }
+        Ok(())
+    }
+}
+
+fn store_users(store: &PolicyStore) -> anyhow::Result<PasswordFile> {
+    PasswordFile::parse(&store.password_lines()).map_err(|e| anyhow::anyhow!("policy store users: {e}"))
+}
+
+#[cfg(test)]
+mod tests {
+    use std::io::Write;
+
+    use super::*;
+
+    #[derive(Clone, Default)]
+    struct Buf(Arc<Mutex<Vec<u8>>>);
+
+    impl Write for Buf {
+        fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+            self.0.lock().extend_from_slice(b);
+            Ok(b.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    /// The audit records written while `f` runs (JSON lines).
+    fn audit_lines(f: impl FnOnce()) -> Vec<serde_json::Value> {
+        let buf = Buf::default();
+        let b = buf.clone();
+        let sub = tracing_subscriber::fmt().json().with_writer(move || b.clone()).finish();
+        tracing::subscriber::with_default(sub, f);
+        let text = String::from_utf8(buf.0.lock().clone()).unwrap();
+        text.lines().map(|l| serde_json::from_str(l).unwrap()).collect()
+    }
+
+    fn audited(all: bool) -> Audited {
+        let acl = AclFile::parse("user ann\ntopic write a/#\ntopic deny a/secret\n").unwrap();
+        Audited { policy: PolicyAuthorizer::new(Some(acl), true), all, live: None }
+    }
+
+    #[test]
+    fn denials_are_always_audited_and_allows_only_with_all() {
+        let ann = Principal::user("ann");
+        let pubq = Action::Publish { qos: 1, retain: false };
+        let lines = audit_lines(|| {
+            let a = audited(false);
+            assert!(a.authorize(&ann, "c1", pubq, "a/x").is_allowed());
+            assert!(!a.authorize(&ann, "c1", pubq, "a/secret").is_allowed());
+        });
+        assert_eq!(lines.len(), 1, "{lines:?}");
+        let f = &lines[0]["fields"];
+        assert_eq!(lines[0]["target"], "warden::audit");
+        assert_eq!(f["principal"], "user:ann");
+        assert_eq!(f["client_id"], "c1");
+        assert_eq!(f["action"], "publish");
+        assert_eq!(f["topic"], "a/secret");
+        assert_eq!(f["result"], "deny");
+        assert_eq!(f["rule"], "acl:3");
+        assert_eq!(f["peer"], "-");
+        assert!(lines[0]["timestamp"].is_string());
+        let lines = audit_lines(|| {
+            let a = audited(true);
+            a.authorize(&ann, "c1", pubq, "a/x");
+            a.authorize(&ann, "c1", Action::Receive, "b");
+        });
+        assert_eq!(lines.len(), 2);
+        assert_eq!((&lines[0]["fields"]["result"], &lines[0]["fields"]["rule"]), (&"allow".into(), &"acl:2".into()));
+        assert_eq!(
+            (&lines[1]["fields"]["result"], &lines[1]["fields"]["rule"]),
+            (&"deny".into(), &"default-deny".into())
+        );
+    }
+
+    #[test]
+    fn load_save_and_corrupt_store() {
+        let dir = tempfile::tempdir().unwrap();
+        assert_eq!(load(dir.path()).unwrap(), PolicyStore::default());
+        let mut s = PolicyStore::default();
+        s.roles.insert("r".into(), Default::default());
+        save(dir.path(), &s).unwrap();
+        assert_eq!(load(dir.path()).unwrap(), s);
+        std::fs::write(dir.path().join(FILE), "[]").unwrap();
+        let e = load(dir.path()).unwrap_err().to_string();
+        assert!(e.contains("policy.json: corrupt policy store"), "{e}");
+    }
+}

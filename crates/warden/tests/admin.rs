@@ -1,0 +1,473 @@
+//! The admin API and the policy store against the real broker: users created through the API
+//! connect; rules added and removed apply live (to live subscriptions and to messages queued
+//! for offline sessions); disabling a user drops its connections; kick; bans by client id,
+//! user name and address; refusals (401 / 403 / 400); persistence; v3 and v5; `on_deny`.
+//!
+//! To show that a message is NOT delivered, a later "fence" message that must arrive first is
+//! published (as in `authz.rs`): nothing sleeps to synchronise.
+
+use std::sync::OnceLock;
+use std::time::Duration;
+
+use bytes::Bytes;
+use mqtt_codec::{Connect, Packet, Protocol, QoS, ReasonCode};
+use serde_json::{json, Value};
+use warden_testkit::{connect_packet, publish, RawClient, Recv, TestBroker, WAIT};
+
+const LISTENER: &str = "[[listener]]\nbind = \"127.0.0.1:0\"\nprotocol = \"mqtt\"\n";
+const ADMIN_TOKEN: &str = "admin-token-for-tests-0123456789";
+const PW: &str = "pw-of-test-users";
+const BOTH: [Protocol; 2] = [Protocol::V311, Protocol::V5];
+
+fn token_hash() -> &'static str {
+    static H: OnceLock<String> = OnceLock::new();
+    H.get_or_init(|| warden_policy::password::hash_password(ADMIN_TOKEN.as_bytes()))
+}
+
+fn config(on_deny: &str) -> String {
+    format!(
+        "{LISTENER}[http]\nbind = \"127.0.0.1:0\"\nadmin_token_hash = \"{}\"\n\
+         [oauth]\nenabled = true\n[[oauth.client]]\nid = \"ops\"\nsecret_hash = \"{}\"\nscopes = [\"admin\"]\n\
+         [[oauth.client]]\nid = \"dev\"\nsecret_hash = \"{}\"\nscopes = [\"mqtt:pub:x\"]\n\
+         [authz]\non_deny = \"{on_deny}\"\n",
+        token_hash(),
+        token_hash(),
+        token_hash()
+    )
+}
+
+async fn broker() -> TestBroker {
+    TestBroker::from_toml(&config("disconnect")).await
+}
+
+/// One HTTP call (ureq on the blocking pool); returns the status and the JSON body.
+async fn http(b: &TestBroker, method: &str, path: &str, token: Option<&str>, body: Option<String>) -> (u16, Value) {
+    let url = format!("http://{}{path}", b.server.http_addr.expect("http listener"));
+    let (method, token) = (method.to_owned(), token.map(str::to_owned));
+    tokio::task::spawn_blocking(move || {
+        let mut req = ureq::request(&method, &url).timeout(WAIT);
+        if let Some(t) = token {
+            req = req.set("Authorization", &format!("Bearer {t}"));
+        }
+        let resp = match body {
+            Some(b) => req.set("Content-Type", "application/json").send_string(&b),
+            None => req.call(),
+        };
+        let resp = match resp {
+            Ok(r) => r,
+            Err(ureq::Error::Status(_, r)) => r,
+            Err(e) => panic!("HTTP {method} {url}: {e}"),
+        };
+        let status = resp.status();
+        let v = resp.into_json::<Value>().unwrap_or(Value::Null);
+        (status, v)
+    })
+    .await
+    .expect("http task")
+}
+
+async fn admin(b: &TestBroker, method: &str, path: &str, body: Option<Value>) -> Value {
+    let (s, v) = http(b, method, path, Some(ADMIN_TOKEN), body.map(|b| b.to_string())).await;
+    assert!((200..300).contains(&s), "{method} {path}: {s} {v}");
+    v
+}
+
+fn login(v: Protocol, client_id: &str, user: &str, clean: bool) -> Connect {
+    let mut c = connect_packet(v, client_id, clean);
+    c.username = Some(user.to_owned());
+    c.password = Some(Bytes::from_static(PW.as_bytes()));
+    if !clean && v == Protocol::V5 {
+        c.properties.session_expiry_interval = Some(300);
+    }
+    c
+}
+
+async fn connect(b: &TestBroker, c: Connect) -> (RawClient, ReasonCode) {
+    let (client, r) = RawClient::connect(b.addr(), c).await;
+    match r {
+        Recv::Packet(Packet::Connack(a)) => (client, a.reason_code),
+        other => panic!("expected CONNACK, got {other:?}"),
+    }
+}
+
+async fn connected(b: &TestBroker, c: Connect) -> RawClient {
+    let (client, code) = connect(b, c).await;
+    assert_eq!(code, ReasonCode::SUCCESS);
+    client
+}
+
+/// Publish at QoS 1 and wait for the PUBACK.
+async fn publish1(c: &mut RawClient, id: u16, topic: &str) {
+    c.send(&publish(topic, QoS::AtLeastOnce, id, b"m")).await;
+    match c.recv().await {
+        Recv::Packet(Packet::PubAck(a)) if a.packet_id == id => assert!(a.reason_code.is_success(), "{topic}"),
+        other => panic!("expected PUBACK for {topic}, got {other:?}"),
+    }
+}
+
+fn rule(id: &str, action: &str, topic: &str) -> Value {
+    json!({"id": id, "action": action, "topic": topic, "effect": "allow"})
+}
+
+/// Role `writer` (publish anywhere) for user `pub`, role `dev` for users made by the test.
+async fn setup(b: &TestBroker) {
+    admin(b, "POST", "/admin/roles", Some(json!({"name": "writer", "rules": [rule("all", "publish", "#")]}))).await;
+    admin(b, "POST", "/admin/roles", Some(json!({"name": "dev", "rules": [rule("fence", "subscribe", "fence/#")]})))
+        .await;
+    admin(b, "POST", "/admin/users", Some(json!({"name": "pub", "password": PW, "roles": ["writer"]}))).await;
+}
+
+#[tokio::test]
+async fn api_user_connects_and_rules_apply_live() {
+    let b = broker().await;
+    setup(&b).await;
+    for v in BOTH {
+        let user = format!("ann{}", v as u8);
+        // Unknown user: refused like a wrong password.
+        let (_, code) = connect(&b, login(v, "a1", &user, true)).await;
+        assert_eq!(code, if v == Protocol::V5 { ReasonCode::BAD_USER_NAME_OR_PASSWORD } else { ReasonCode(4) });
+        admin(&b, "POST", "/admin/users", Some(json!({"name": user, "password": PW, "roles": ["dev"]}))).await;
+        let mut ann = connected(&b, login(v, "a1", &user, true)).await;
+        let mut p = connected(&b, login(v, "p1", "pub", true)).await;
+        // No rule yet for t/#: refused.
+        assert!(!ann.subscribe(1, "t/#", QoS::AtLeastOnce).await[0].is_success());
+        admin(&b, "POST", "/admin/roles/dev/rules", Some(rule("t", "subscribe", "t/#"))).await;
+        assert!(ann.subscribe(2, "t/#", QoS::AtLeastOnce).await[0].is_success());
+        assert!(ann.subscribe(3, "fence/#", QoS::AtLeastOnce).await[0].is_success());
+        publish1(&mut p, 1, "t/a").await;
+        assert_eq!(ann.expect_publish().await.topic.as_str(), "t/a");
+        // Remove the rule: the live subscription stops receiving at once.
+        admin(&b, "DELETE", "/admin/roles/dev/rules/t", None).await;
+        publish1(&mut p, 2, "t/b").await;
+        publish1(&mut p, 3, "fence/1").await;
+        assert_eq!(ann.expect_publish().await.topic.as_str(), "fence/1");
+        ann.send(&Packet::Disconnect(mqtt_codec::Disconnect::new(ReasonCode::SUCCESS))).await;
+        p.send(&Packet::Disconnect(mqtt_codec::Disconnect::new(ReasonCode::SUCCESS))).await;
+    }
+    b.stop().await;
+}
+
+#[tokio::test]
+async fn a_message_queued_for_an_offline_session_is_not_delivered_after_the_rule_is_removed() {
+    let b = broker().await;
+    setup(&b).await;
+    for v in BOTH {
+        let user = format!("q{}", v as u8);
+        admin(&b, "POST", "/admin/roles", Some(json!({"name": user, "rules": [rule("q", "subscribe", "q/#")]}))).await;
+        admin(&b, "POST", "/admin/users", Some(json!({"name": user, "password": PW, "roles": ["dev", user]}))).await;
+        let cid = format!("offline{}", v as u8);
+        let mut s = connected(&b, login(v, &cid, &user, false)).await;
+        assert!(s.subscribe(1, "q/#", QoS::AtLeastOnce).await[0].is_success());
+        assert!(s.subscribe(2, "fence/#", QoS::AtLeastOnce).await[0].is_success());
+        s.send(&Packet::Disconnect(mqtt_codec::Disconnect::new(ReasonCode::SUCCESS))).await;
+        assert!(matches!(s.recv().await, Recv::Closed));
+        let mut p = connected(&b, login(v, "p2", "pub", true)).await;
+        publish1(&mut p, 1, "q/1").await;
+        publish1(&mut p, 2, "fence/1").await;
+        admin(&b, "DELETE", &format!("/admin/roles/{user}/rules/q"), None).await;
+        let mut s = RawClient::connect(b.addr(), login(v, &cid, &user, false)).await.0;
+        assert_eq!(s.expect_publish().await.topic.as_str(), "fence/1", "q/1 must have been dropped");
+        p.send(&Packet::Disconnect(mqtt_codec::Disconnect::new(ReasonCode::SUCCESS))).await;
+    }
+    b.stop().await;
+}
+
+#[tokio::test]
+async fn disabling_or_deleting_a_user_drops_its_connections() {
+    let b = broker().await;
+    setup(&b).await;
+    for v in BOTH {
+        let user = format!("d{}", v as u8);
+        admin(&b, "POST", "/admin/users", Some(json!({"name": user, "password": PW}))).await;
+        let mut c = connected(&b, login(v, "d1", &user, true)).await;
+        admin(&b, "PUT", &format!("/admin/users/{user}"), Some(json!({"disabled": true}))).await;
+        let seen = c.expect_closed_within(WAIT).await;
+        if v == Protocol::V5 {
+            assert!(
+                matches!(&seen[..], [Packet::Disconnect(d)] if d.reason_code == ReasonCode::NOT_AUTHORIZED),
+                "{seen:?}"
+            );
+        }
+        let (_, code) = connect(&b, login(v, "d1", &user, true)).await;
+        assert_ne!(code, ReasonCode::SUCCESS, "a disabled user cannot log in");
+        admin(&b, "PUT", &format!("/admin/users/{user}"), Some(json!({"disabled": false}))).await;
+        let mut c = connected(&b, login(v, "d1", &user, true)).await;
+        admin(&b, "DELETE", &format!("/admin/users/{user}"), None).await;
+        c.expect_closed_within(WAIT).await;
+    }
+    b.stop().await;
+}
+
+#[tokio::test]
+async fn list_and_kick() {
+    let b = broker().await;
+    setup(&b).await;
+    let mut c5 = connected(&b, login(Protocol::V5, "k5", "pub", true)).await;
+    let mut c3 = connected(&b, login(Protocol::V311, "k3", "pub", true)).await;
+    let list = admin(&b, "GET", "/admin/clients", None).await;
+    let ids: Vec<&str> = list.as_array().unwrap().iter().map(|c| c["client_id"].as_str().unwrap()).collect();
+    assert_eq!(ids, ["k3", "k5"]);
+    assert_eq!(list[1]["principal"], "user:pub");
+    assert_eq!(list[1]["protocol"], "5.0");
+    assert!(list[1]["peer"].as_str().unwrap().starts_with("127.0.0.1:"));
+    admin(&b, "POST", "/admin/clients/k5/kick", None).await;
+    let seen = c5.expect_closed_within(WAIT).await;
+    assert!(
+        matches!(&seen[..], [Packet::Disconnect(d)] if d.reason_code == ReasonCode::ADMINISTRATIVE_ACTION),
+        "{seen:?}"
+    );
+    admin(&b, "POST", "/admin/clients/k3/kick", None).await;
+    c3.expect_closed_within(WAIT).await;
+    let (s, _) = http(&b, "POST", "/admin/clients/k3/kick", Some(ADMIN_TOKEN), None).await;
+    assert_eq!(s, 404);
+    b.stop().await;
+}
+
+#[tokio::test]
+async fn bans_by_client_id_user_and_address() {
+    let b = broker().await;
+    setup(&b).await;
+    for v in BOTH {
+        let banned = if v == Protocol::V5 { ReasonCode::BANNED } else { ReasonCode(5) };
+        let mut live = connected(&b, login(v, "evil", "pub", true)).await;
+        admin(&b, "POST", "/admin/bans", Some(json!({"kind": "client-id", "value": "evil"}))).await;
+        live.expect_closed_within(WAIT).await;
+        assert_eq!(connect(&b, login(v, "evil", "pub", true)).await.1, banned);
+        admin(&b, "DELETE", "/admin/bans?kind=client-id&value=evil", None).await;
+        connected(&b, login(v, "evil", "pub", true)).await;
+
+        admin(&b, "POST", "/admin/bans", Some(json!({"kind": "username", "value": "pub", "reason": "test"}))).await;
+        assert_eq!(connect(&b, login(v, "other", "pub", true)).await.1, banned);
+        admin(&b, "DELETE", "/admin/bans?kind=username&value=pub", None).await;
+        // An expired ban does not apply.
+        admin(&b, "POST", "/admin/bans", Some(json!({"kind": "username", "value": "pub", "expires_at": 1}))).await;
+        connected(&b, login(v, "other", "pub", true)).await;
+    }
+    admin(&b, "POST", "/admin/bans", Some(json!({"kind": "cidr", "value": "127.0.0.0/8"}))).await;
+    let (mut c, r) = RawClient::connect(b.addr(), login(Protocol::V5, "x", "pub", true)).await;
+    assert_eq!(r, Recv::Closed, "refused at accept, before any CONNACK");
+    drop(c.recv_within(Duration::from_millis(1)).await);
+    let saved = std::fs::read_to_string(b.path("bans.json")).unwrap();
+    assert!(saved.contains("127.0.0.0/8"), "{saved}");
+    admin(&b, "DELETE", "/admin/bans?kind=cidr&value=127.0.0.0%2F8", None).await;
+    connected(&b, login(Protocol::V5, "x", "pub", true)).await;
+    let (s, v) =
+        http(&b, "POST", "/admin/bans", Some(ADMIN_TOKEN), Some(r#"{"kind":"ip","value":"nope"}"#.into())).await;
+    assert_eq!((s, v["error"].as_str().unwrap()), (400, "'nope' is not an IP address"));
+    b.stop().await;
+}
+
+/// An access token from the built-in token service (client-credentials grant).
+async fn oauth_token(b: &TestBroker, client: &str) -> String {
+    let url = format!("http://{}/oauth/token", b.server.http_addr.unwrap());
+    let client = client.to_owned();
+    tokio::task::spawn_blocking(move || {
+        let v: Value = ureq::post(&url)
+            .send_form(&[("grant_type", "client_credentials"), ("client_id", &client), ("client_secret", ADMIN_TOKEN)])
+            .expect("token")
+            .into_json()
+            .unwrap();
+        v["access_token"].as_str().unwrap().to_owned()
+    })
+    .await
+    .unwrap()
+}
+
+#[tokio::test]
+async fn admin_api_refusals() {
+    let b = broker().await;
+    assert_eq!(http(&b, "GET", "/admin/users", None, None).await.0, 401);
+    assert_eq!(http(&b, "GET", "/admin/users", Some("wrong"), None).await.0, 401);
+    let dev = oauth_token(&b, "dev").await;
+    assert_eq!(http(&b, "GET", "/admin/users", Some(&dev), None).await.0, 403);
+    let ops = oauth_token(&b, "ops").await;
+    assert_eq!(http(&b, "GET", "/admin/users", Some(&ops), None).await.0, 200);
+    let (s, v) = http(&b, "POST", "/admin/users", Some(ADMIN_TOKEN), Some("{\"name\": ".into())).await;
+    assert_eq!(s, 400);
+    assert!(v["error"].as_str().unwrap().starts_with("invalid JSON body"), "{v}");
+    let (s, v) =
+        http(&b, "POST", "/admin/users", Some(ADMIN_TOKEN), Some(r#"{"name":"a","roles":["none"]}"#.into())).await;
+    assert_eq!((s, v["error"].as_str().unwrap()), (400, "user 'a': unknown role 'none'"));
+    let (s, doc) = http(&b, "GET", "/admin/openapi.json", None, None).await;
+    assert_eq!(s, 200);
+    let checked_in: Value =
+        serde_json::from_str(include_str!("../../../docs/admin-openapi.json")).expect("docs/admin-openapi.json");
+    assert_eq!(doc, checked_in);
+    b.stop().await;
+}
+
+#[tokio::test]
+async fn on_deny_modes_apply_to_store_rules() {
+    for (mode, v) in [("disconnect", Protocol::V5), ("drop", Protocol::V5), ("disconnect", Protocol::V311)] {
+        let b = TestBroker::from_toml(&config(mode)).await;
+        admin(&b, "POST", "/admin/roles", Some(json!({"name": "r", "rules": [rule("a", "publish", "ok/#")]}))).await;
+        admin(&b, "POST", "/admin/users", Some(json!({"name": "u", "password": PW, "roles": ["r"]}))).await;
+        let mut c = connected(&b, login(v, "c", "u", true)).await;
+        publish1(&mut c, 1, "ok/1").await;
+        c.send(&publish("no/1", QoS::AtLeastOnce, 2, b"x")).await;
+        match (mode, v) {
+            ("drop", _) => match c.recv().await {
+                Recv::Packet(Packet::PubAck(a)) => assert_eq!(a.reason_code, ReasonCode::NOT_AUTHORIZED),
+                other => panic!("{other:?}"),
+            },
+            (_, Protocol::V5) => {
+                let seen = c.expect_closed_within(WAIT).await;
+                assert!(matches!(&seen[..], [Packet::Disconnect(d)] if d.reason_code == ReasonCode::NOT_AUTHORIZED));
+            }
+            _ => {
+                c.expect_closed_within(WAIT).await;
+            }
+        }
+        b.stop().await;
+    }
+}
+
+#[tokio::test]
+async fn the_store_persists_and_a_corrupt_store_refuses_start() {
+    let b = broker().await;
+    setup(&b).await;
+    let text = std::fs::read_to_string(b.path("policy.json")).unwrap();
+    assert!(text.contains("\"writer\"") && !text.contains(PW), "persisted, hashed");
+    let dir = b.dir.path().to_path_buf();
+    b.server.shutdown().await;
+    // Same data directory: the user still logs in.
+    let cfg_path = dir.join("warden.toml");
+    let cfg = warden::config::Config::load(&cfg_path).unwrap();
+    let server = warden::server::Server::start(&cfg).await.expect("restart");
+    let addr = server.addr(warden::config::ListenerProtocol::Mqtt).unwrap();
+    let (_, r) = RawClient::connect(addr, login(Protocol::V5, "again", "pub", true)).await;
+    assert!(matches!(r, Recv::Packet(Packet::Connack(a)) if a.reason_code.is_success()));
+    server.shutdown().await;
+    std::fs::write(dir.join("policy.json"), "{\"version\": 1, \"users\": 7}").unwrap();
+    let err = format!("{:#}", warden::server::Server::start(&cfg).await.err().expect("refused"));
+    assert!(err.contains("policy.json") && err.contains("corrupt policy store"), "{err}");
+}
+
+/// A real MQTT client (rumqttc) logs in as a user created through the API.
+#[tokio::test]
+async fn rumqttc_user_created_through_the_api() {
+    let b = broker().await;
+    setup(&b).await;
+    admin(&b, "POST", "/admin/roles/dev/rules", Some(rule("t", "subscribe", "t/#"))).await;
+    admin(&b, "POST", "/admin/users", Some(json!({"name": "rq", "password": PW, "roles": ["dev"]}))).await;
+    let mut o = rumqttc::MqttOptions::new("rq", "127.0.0.1", b.port());
+    o.set_credentials("rq", PW);
+    let (client, mut ev) = rumqttc::AsyncClient::new(o, 10);
+    client.subscribe("t/#", rumqttc::QoS::AtLeastOnce).await.unwrap();
+    let mut p = connected(&b, login(Protocol::V5, "p", "pub", true)).await;
+    let got = tokio::time::timeout(WAIT, async {
+        let mut published = false;
+        loop {
+            match ev.poll().await.expect("event loop") {
+                rumqttc::Event::Incoming(rumqttc::Packet::SubAck(a)) => {
+                    assert!(matches!(a.return_codes[0], rumqttc::SubscribeReasonCode::Success(_)));
+                    if !published {
+                        published = true;
+                        publish1(&mut p, 1, "t/x").await;
+                    }
+                }
+                rumqttc::Event::Incoming(rumqttc::Packet::Publish(m)) => return m.topic,
+                _ => {}
+            }
+        }
+    })
+    .await
+    .expect("delivered");
+    assert_eq!(got, "t/x");
+    b.stop().await;
+}
+
+/// `warden admin …` against the running broker; returns (success, stdout + stderr).
+async fn cli(b: &TestBroker, args: &[&str], stdin: Option<&str>) -> (bool, String) {
+    let url = format!("http://{}", b.server.http_addr.unwrap());
+    let args: Vec<String> = args.iter().map(|s| s.to_string()).collect();
+    let stdin = stdin.map(str::to_owned);
+    tokio::task::spawn_blocking(move || {
+        use std::io::Write;
+        let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_warden"))
+            .arg("admin")
+            .arg("--url")
+            .arg(&url)
+            .args(&args)
+            .env("WARDEN_ADMIN_TOKEN", ADMIN_TOKEN)
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .expect("run warden");
+        let mut input = child.stdin.take().unwrap();
+        if let Some(s) = stdin {
+            input.write_all(s.as_bytes()).unwrap();
+        }
+        drop(input);
+        let out = child.wait_with_output().unwrap();
+        let text = String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
+        (out.status.success(), text)
+    })
+    .await
+    .unwrap()
+}
+
+#[tokio::test]
+async fn the_admin_cli_drives_the_api() {
+    let b = broker().await;
+    assert!(cli(&b, &["role", "add", "dev"], None).await.0);
+    let (ok, out) =
+        cli(&b, &["rule", "add", "dev", "pub", "--action", "publish", "--topic", "dev/%u/#", "--max-qos", "1"], None)
+            .await;
+    assert!(ok, "{out}");
+    let (ok, out) =
+        cli(&b, &["user", "add", "cli-user", "--role", "dev", "--password-stdin"], Some(&format!("{PW}\n"))).await;
+    assert!(ok, "{out}");
+    let (_, out) = cli(&b, &["user", "list"], None).await;
+    assert!(out.contains("cli-user\tgroups=\troles=dev"), "{out}");
+    let (_, out) = cli(&b, &["role", "list"], None).await;
+    assert!(out.contains("pub\tallow publish dev/%u/#\tmax_qos=1"), "{out}");
+    let mut c = connected(&b, login(Protocol::V5, "cli-c", "cli-user", true)).await;
+    publish1(&mut c, 1, "dev/cli-user/x").await;
+    let (_, out) = cli(&b, &["clients"], None).await;
+    assert!(out.contains("cli-c\tuser:cli-user\t127.0.0.1:"), "{out}");
+    assert!(cli(&b, &["ban", "add", "username", "cli-user", "--expires-in", "3600"], None).await.0);
+    c.expect_closed_within(WAIT).await;
+    let (_, out) = cli(&b, &["ban", "list"], None).await;
+    assert!(out.contains("username\tcli-user\texpires_at="), "{out}");
+    assert!(cli(&b, &["ban", "remove", "username", "cli-user"], None).await.0);
+    let (ok, out) = cli(&b, &["kick", "nobody"], None).await;
+    assert!(!ok && out.contains("404: no connected client 'nobody'"), "{out}");
+    let (ok, out) = cli(&b, &["rule", "add", "dev", "x", "--action", "nope", "--topic", "t"], None).await;
+    assert!(!ok && out.contains("400: invalid JSON body"), "{out}");
+    assert!(cli(&b, &["user", "disable", "cli-user"], None).await.0);
+    assert!(cli(&b, &["user", "remove", "cli-user"], None).await.0);
+    b.stop().await;
+}
+
+#[tokio::test]
+async fn check_explain_names_the_deciding_store_rule() {
+    let b = broker().await;
+    let deny = json!({"id": "no", "action": "publish", "topic": "dev/%u/secret", "effect": "deny", "priority": 5});
+    admin(
+        &b,
+        "POST",
+        "/admin/roles",
+        Some(json!({"name": "dev", "rules": [rule("own", "publish", "dev/%u/#"), deny]})),
+    )
+    .await;
+    admin(&b, "POST", "/admin/groups", Some(json!({"name": "anyone-authenticated", "roles": ["dev"]}))).await;
+    let cfg = b.path("warden.toml");
+    let explain = |topic: &str| {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_warden"))
+            .args(["check", "--config"])
+            .arg(&cfg)
+            .args(["--explain", "--user", "ann", "publish", topic])
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{out:?}");
+        String::from_utf8(out.stdout).unwrap()
+    };
+    let out = explain("dev/ann/x");
+    assert!(out.contains("1 in the policy store") || out.contains("0 in the policy store"), "{out}");
+    assert!(out.contains("allow: decided by store:dev/own"), "{out}");
+    assert!(explain("dev/ann/secret").contains("deny: decided by store:dev/no"));
+    assert!(explain("dev/bob/x").contains("deny: decided by default-deny"));
+    b.stop().await;
+}
