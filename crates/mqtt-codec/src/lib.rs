@@ -27,7 +27,7 @@ pub use packet::{decode, Packet, PacketType};
 pub use packets::ack::PubAck;
 pub use packets::connect::{Connack, Connect, LastWill};
 pub use packets::disconnect::{Auth, Disconnect};
-pub use packets::publish::Publish;
+pub use packets::publish::{Publish, PublishRef};
 pub use packets::subscribe::{RetainHandling, SubAck, Subscribe, SubscriptionOptions, UnsubAck, Unsubscribe};
 pub use properties::Properties;
 pub use reason::ReasonCode;

@@ -537,13 +537,15 @@ impl Broker {
             }
         }
         let mut targets: Vec<Target> = Vec::new();
-        self.subs.read().matches(msg.topic.as_str(), &mut targets);
+        let lists = self.subs.read().matches(msg.topic.as_str(), &mut targets);
         if targets.is_empty() {
             return 0;
         }
         // No Local: never send a client its own publication [MQTT-3.8.3-3].
         targets.retain(|t| !(t.options.no_local && msg.origin == Some(t.session.id)));
-        if targets.len() > 1 {
+        // Overlapping subscriptions of one session (several filters matched) are merged below,
+        // which needs them adjacent; one matching filter has each session once: no sort.
+        if lists > 1 && targets.len() > 1 {
             targets.sort_unstable_by_key(|t| (t.session.id, t.shared));
         }
         let policy_gen = self.policy_generation();

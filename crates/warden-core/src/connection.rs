@@ -14,8 +14,8 @@ use std::time::{Duration, Instant};
 
 use bytes::BytesMut;
 use mqtt_codec::{
-    Connect, DecodeError, Disconnect, LastWill, Packet, Properties, Protocol, PubAck, Publish, QoS, ReasonCode,
-    RetainHandling, SubAck, Subscribe, TopicName, UnsubAck, Unsubscribe,
+    Connect, DecodeError, Disconnect, LastWill, Packet, Properties, Protocol, PubAck, Publish, PublishRef, QoS,
+    ReasonCode, RetainHandling, SubAck, Subscribe, TopicName, UnsubAck, Unsubscribe,
 };
 use warden_policy::{Action, Decision, Principal};
 
@@ -475,40 +475,54 @@ impl Connection {
         );
     }
 
-    /// Build the PUBLISH for a delivery (per-delivery expiry, aliases, subscription ids).
-    /// A new outbound alias is only proposed here; [`Self::commit_alias`] records it once the
-    /// packet is really sent, so a discarded packet never leaves the client an unknown alias.
-    fn publish_packet(&self, d: &Delivery, packet_id: u16, dup: bool, now: Instant) -> (Publish, Option<u16>) {
-        let mut topic = d.msg.topic.clone();
+    /// Encode the PUBLISH of a delivery into `out` (per-delivery expiry, aliases, subscription
+    /// ids), straight from the shared message: no `Publish` is built per subscriber, and v3
+    /// and property-less v5 deliveries copy nothing but the topic and payload bytes. Returns
+    /// false (writing nothing) when the packet exceeds the client's Maximum Packet Size
+    /// [MQTT-3.1.2-25]; a new outbound alias is recorded only once the packet is written, so a
+    /// discarded packet never leaves the client an unknown alias.
+    fn encode_delivery(&mut self, d: &Delivery, packet_id: u16, dup: bool, now: Instant, out: &mut BytesMut) -> bool {
+        let mut topic = d.msg.topic.as_str();
         let mut new_alias = None;
-        let properties = if self.protocol == Protocol::V5 {
-            let mut p = d.msg.properties.as_deref().cloned().unwrap_or_default();
-            p.message_expiry_interval = d.msg.remaining_expiry(now);
-            p.subscription_identifiers.clone_from(&d.sub_ids);
+        let mut props = None;
+        if self.protocol == Protocol::V5 {
+            let expiry = d.msg.remaining_expiry(now);
+            let mut alias = None;
             if self.client_alias_max > 0 {
-                if let Some(&a) = self.out_aliases.get(&topic) {
-                    p.topic_alias = Some(a);
-                    topic = TopicName::alias_placeholder();
+                if let Some(&a) = self.out_aliases.get(&d.msg.topic) {
+                    alias = Some(a);
+                    topic = "";
                 } else if self.out_aliases.len() < usize::from(self.client_alias_max) {
                     let a = self.out_aliases.len() as u16 + 1;
-                    p.topic_alias = Some(a);
+                    alias = Some(a);
                     new_alias = Some(a);
                 }
             }
-            p
-        } else {
-            Properties::default()
+            if d.msg.properties.is_some() || expiry.is_some() || !d.sub_ids.is_empty() || alias.is_some() {
+                let mut p = d.msg.properties.as_deref().cloned().unwrap_or_default();
+                p.message_expiry_interval = expiry;
+                p.subscription_identifiers.clone_from(&d.sub_ids);
+                p.topic_alias = alias;
+                props = Some(p);
+            }
+        }
+        let packet = PublishRef {
+            dup,
+            qos: d.qos,
+            retain: d.retain,
+            topic,
+            packet_id,
+            properties: props.as_ref(),
+            payload: &d.msg.payload,
         };
-        (
-            Publish { dup, qos: d.qos, retain: d.retain, topic, packet_id, properties, payload: d.msg.payload.clone() },
-            new_alias,
-        )
-    }
-
-    fn commit_alias(&mut self, d: &Delivery, alias: Option<u16>) {
-        if let Some(a) = alias {
+        if packet.encoded_len(self.protocol) > self.client_max_packet as usize {
+            return false;
+        }
+        packet.encode(self.protocol, out);
+        if let Some(a) = new_alias {
             self.out_aliases.insert(d.msg.topic.clone(), a);
         }
+        true
     }
 
     /// Encode queued deliveries into `out` until it holds `budget` bytes, the client's
@@ -532,10 +546,9 @@ impl Connection {
             for (id, f) in inflight {
                 match f.stage {
                     OutStage::AwaitAck => {
-                        let (p, alias) = self.publish_packet(&f.delivery, id, true, now);
-                        self.commit_alias(&f.delivery, alias);
-                        Packet::Publish(p).encode(self.protocol, out);
-                        sent += 1;
+                        if self.encode_delivery(&f.delivery, id, true, now, out) {
+                            sent += 1;
+                        }
                     }
                     OutStage::AwaitComp => Packet::PubRel(PubAck::new(id)).encode(self.protocol, out),
                 }
@@ -566,15 +579,11 @@ impl Connection {
                     None => break,
                 }
             };
-            let (p, alias) = self.publish_packet(&d, packet_id, false, now);
-            let p = Packet::Publish(p);
-            if p.encoded_len(self.protocol) > self.client_max_packet as usize {
+            if !self.encode_delivery(&d, packet_id, false, now, out) {
                 // Too large for the client: discard as if delivered [MQTT-3.1.2-25].
                 self.delivery_done(d.seq);
                 continue;
             }
-            self.commit_alias(&d, alias);
-            p.encode(self.protocol, out);
             sent += 1;
             if d.qos != QoS::AtMostOnce {
                 if let Some(store) = broker.store().filter(|_| st.expiry_interval > 0) {

@@ -240,7 +240,13 @@ impl Session {
             }
             st.queued_bytes += cost;
             st.queue.push_back(d);
-            st.conn.as_ref().map(|c| c.waker.clone())
+            // The waker is cloned only when a wake-up is due: a session already in the batch
+            // needs none, and the clone's atomic increment on the waker (shared with the
+            // subscriber's task) is the costliest part of an enqueue otherwise.
+            match &st.conn {
+                Some(c) if batch.is_none() || !self.wake_batched.swap(true, Ordering::AcqRel) => Some(c.waker.clone()),
+                _ => None,
+            }
         };
         let mut batch = batch;
         if let Some(b) = batch.as_deref_mut() {
@@ -248,11 +254,7 @@ impl Session {
         }
         if let Some(w) = waker {
             match batch {
-                Some(b) => {
-                    if !self.wake_batched.swap(true, Ordering::AcqRel) {
-                        b.wakes.push((self.clone(), w));
-                    }
-                }
+                Some(b) => b.wakes.push((self.clone(), w)),
                 None => w.wake(),
             }
         }

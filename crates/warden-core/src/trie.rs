@@ -121,10 +121,14 @@ impl SubTrie {
     }
 
     /// Collect every subscription matching `topic` into `out`. Shared groups contribute one
-    /// member each, chosen round-robin (connected members first).
-    pub fn matches(&self, topic: &str, out: &mut Vec<Target>) {
+    /// member each, chosen round-robin (connected members first). Returns how many filters'
+    /// (non-shared) subscriber lists contributed: with one or none, no session can appear
+    /// twice among the non-shared targets (a list holds a session once).
+    pub fn matches(&self, topic: &str, out: &mut Vec<Target>) -> usize {
         let dollar = topic.starts_with('$');
-        match_rec(&self.root, topic.split('/'), 0, dollar, out);
+        let mut lists = 0;
+        match_rec(&self.root, topic.split('/'), 0, dollar, out, &mut lists);
+        lists
     }
 }
 
@@ -157,7 +161,8 @@ fn remove_rec(node: &mut Node, levels: &[&str], group: Option<&str>, sid: u64) -
     removed
 }
 
-fn emit(node: &Node, out: &mut Vec<Target>) {
+fn emit(node: &Node, out: &mut Vec<Target>, lists: &mut usize) {
+    *lists += usize::from(!node.subs.is_empty());
     for e in &node.subs {
         out.push(Target { session: e.session.clone(), options: e.options, id: e.id, shared: false });
     }
@@ -176,24 +181,31 @@ fn emit(node: &Node, out: &mut Vec<Target>) {
     }
 }
 
-fn match_rec(node: &Node, mut levels: Split<'_, char>, depth: usize, dollar: bool, out: &mut Vec<Target>) {
+fn match_rec(
+    node: &Node,
+    mut levels: Split<'_, char>,
+    depth: usize,
+    dollar: bool,
+    out: &mut Vec<Target>,
+    lists: &mut usize,
+) {
     let wild_ok = !(depth == 0 && dollar);
     if wild_ok {
         if let Some(h) = node.children.get("#") {
             // "#" matches the parent level and everything below [MQTT-4.7.1-2].
-            emit(h, out);
+            emit(h, out, lists);
         }
     }
     let Some(first) = levels.next() else {
-        emit(node, out);
+        emit(node, out, lists);
         return;
     };
     if wild_ok {
         if let Some(p) = node.children.get("+") {
-            match_rec(p, levels.clone(), depth + 1, dollar, out);
+            match_rec(p, levels.clone(), depth + 1, dollar, out, lists);
         }
     }
     if let Some(c) = node.children.get(first) {
-        match_rec(c, levels, depth + 1, dollar, out);
+        match_rec(c, levels, depth + 1, dollar, out, lists);
     }
 }
