@@ -106,6 +106,10 @@ pub struct SessionState {
     pub dropped: u64,
     /// The session has a record in the store (it must be removed when the session ends).
     pub persisted: bool,
+    /// A wake-up for this session is already in some publisher's [`WakeBatch`]. Kept under
+    /// the session lock, beside the queue an enqueue touches anyway: an atomic flag of its
+    /// own was a cache line bounced between the publisher's and the subscriber's cores.
+    pub wake_batched: bool,
 }
 
 /// A session: the client id, the principal that owns it, and its state.
@@ -119,8 +123,6 @@ pub struct Session {
     owner: RwLock<Principal>,
     connected: AtomicBool,
     ended: AtomicBool,
-    /// A wake-up for this session is already in some publisher's [`WakeBatch`].
-    wake_batched: AtomicBool,
     /// Mutable state.
     pub state: Mutex<SessionState>,
 }
@@ -145,7 +147,6 @@ impl Session {
             owner: RwLock::new(owner),
             connected: AtomicBool::new(false),
             ended: AtomicBool::new(false),
-            wake_batched: AtomicBool::new(false),
             state: Mutex::new(SessionState {
                 conn: None,
                 subscriptions: HashMap::new(),
@@ -159,6 +160,7 @@ impl Session {
                 pending_will: None,
                 dropped: 0,
                 persisted: false,
+                wake_batched: false,
             }),
         }
     }
@@ -243,8 +245,9 @@ impl Session {
             // The waker is cloned only when a wake-up is due: a session already in the batch
             // needs none, and the clone's atomic increment on the waker (shared with the
             // subscriber's task) is the costliest part of an enqueue otherwise.
+            let st = &mut *st;
             match &st.conn {
-                Some(c) if batch.is_none() || !self.wake_batched.swap(true, Ordering::AcqRel) => Some(c.waker.clone()),
+                Some(c) if batch.is_none() || !std::mem::replace(&mut st.wake_batched, true) => Some(c.waker.clone()),
                 _ => None,
             }
         };
@@ -299,7 +302,7 @@ impl WakeBatch {
     pub fn flush(&mut self) {
         for (s, w) in self.wakes.drain(..) {
             // Cleared before waking: a delivery queued after this point batches a new wake.
-            s.wake_batched.store(false, Ordering::Release);
+            s.state.lock().wake_batched = false;
             w.wake();
         }
     }
