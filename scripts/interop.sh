@@ -776,7 +776,7 @@ oidc_publish_denied() {  # oidc_publish_denied VERSION TOKEN
   wait "$watch"
   BG_PIDS=()
   grep -qx "devices/dev-9/x allowed-$v" "$out" || { echo "watcher got:"; cat "$out"; return 1; }
-  grep -q "authorization denied principal=token:$OIDC_CLIENT .*action=\"publish\" topic=\"devices/dev-8/x\"" \
+  grep -q "authorization deny principal=token:$OIDC_CLIENT .*action=\"publish\" topic=\"devices/dev-8/x\"" \
     "$OIDC_LOG" || { echo "no audit line for the denied publish"; tail -5 "$OIDC_LOG"; return 1; }
 }
 # SUBSCRIBE outside the scopes: SUBACK 0x87 (v5) / 0x80 (v3.1.1).

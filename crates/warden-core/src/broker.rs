@@ -22,7 +22,7 @@ use crate::connection::Connection;
 use crate::message::Message;
 use crate::persist::{Persist, PersistOp, RestoredSession};
 use crate::retained::RetainedStore;
-use crate::session::{ConnLink, Delivery, Enqueued, Inflight, PendingWill, Session, WakeBatch};
+use crate::session::{ConnLink, Delivery, Inflight, PendingWill, Session, WakeBatch};
 use crate::trie::{SubEntry, SubTrie, Target};
 use crate::Wake;
 
@@ -49,6 +49,17 @@ pub struct Stats {
 
 fn inc(c: &AtomicU64) {
     c.fetch_add(1, Ordering::Relaxed);
+}
+
+/// One session a message goes to (see [`Broker::resolve`]).
+struct Resolved {
+    session: Arc<Session>,
+    /// Highest QoS of its matching subscriptions.
+    qos: QoS,
+    /// Retain As Published on any of them.
+    rap: bool,
+    /// Subscription identifiers.
+    ids: Vec<u32>,
 }
 
 /// Why a CONNECT was refused (the v5 reason code; v3 clients get the mapped return code).
@@ -525,22 +536,82 @@ impl Broker {
 
     /// [`Broker::route`], deferring subscriber wake-ups into `batch` (flushed by the caller
     /// once its read batch is routed).
-    pub fn route_batched(&self, msg: Arc<Message>, mut batch: Option<&mut WakeBatch>) -> usize {
-        if msg.retain {
-            self.retained.write().set(msg.clone());
-            if let Some(store) = self.store.as_ref().filter(|_| !msg.topic.as_str().starts_with("$SYS/")) {
-                let stored = (!msg.payload.is_empty()).then(|| msg.clone());
-                let t = store.submit(PersistOp::Retained { topic: msg.topic.clone(), msg: stored });
-                if let Some(b) = batch.as_deref_mut() {
-                    b.durable = b.durable.max(t);
+    pub fn route_batched(&self, msg: Arc<Message>, batch: Option<&mut WakeBatch>) -> usize {
+        match batch {
+            Some(b) => self.route_many(std::slice::from_ref(&msg), b),
+            None => self.route_many(std::slice::from_ref(&msg), &mut WakeBatch::default()),
+        }
+    }
+
+    /// Route a publisher's batch of messages, in order. Each subscriber session is locked once
+    /// for the whole batch (not once per message): on a fan-out the lock's cache line crossing
+    /// between the publisher's and the subscriber's cores was the largest cost per delivery.
+    /// Consecutive messages on one topic reuse its matching (subscriptions, `receive`
+    /// decisions) unless a shared subscription needs a fresh round-robin pick per message.
+    /// Returns the number of deliveries queued.
+    pub fn route_many(&self, msgs: &[Arc<Message>], batch: &mut WakeBatch) -> usize {
+        let policy_gen = self.policy_generation();
+        let authz = self.authorizer();
+        let mut per_session: Vec<(Arc<Session>, Vec<Delivery>)> = Vec::new();
+        let mut slot: HashMap<u64, usize> = HashMap::new();
+        // (topic, origin, reusable, resolved targets) of the previous message.
+        let mut last: Option<(TopicName, Option<u64>, bool, Vec<Resolved>)> = None;
+        for msg in msgs {
+            if msg.retain {
+                self.retained.write().set(msg.clone());
+                if let Some(store) = self.store.as_ref().filter(|_| !msg.topic.as_str().starts_with("$SYS/")) {
+                    let stored = (!msg.payload.is_empty()).then(|| msg.clone());
+                    let t = store.submit(PersistOp::Retained { topic: msg.topic.clone(), msg: stored });
+                    batch.durable = batch.durable.max(t);
                 }
             }
+            let reuse = last.as_ref().is_some_and(|(t, o, ok, _)| *ok && *t == msg.topic && *o == msg.origin);
+            if !reuse {
+                let (resolved, reusable) = self.resolve(msg, authz.as_ref());
+                last = Some((msg.topic.clone(), msg.origin, reusable, resolved));
+            }
+            let Some((_, _, _, resolved)) = &last else { continue };
+            for r in resolved {
+                let d = Delivery {
+                    msg: msg.clone(),
+                    qos: r.qos.min(msg.qos),
+                    retain: r.rap && msg.retain,
+                    sub_ids: r.ids.clone(),
+                    policy_gen,
+                    seq: 0,
+                };
+                let i = *slot.entry(r.session.id).or_insert_with(|| {
+                    per_session.push((r.session.clone(), Vec::new()));
+                    per_session.len() - 1
+                });
+                per_session[i].1.push(d);
+            }
         }
+        let mut queued = 0;
+        for (s, ds) in per_session {
+            let (q, dropped) = s.enqueue_many(
+                ds,
+                self.config.max_queued_messages,
+                self.config.max_queued_bytes,
+                batch,
+                self.store.as_ref(),
+            );
+            queued += q;
+            if dropped > 0 {
+                self.stats.messages_dropped.fetch_add(dropped as u64, Ordering::Relaxed);
+            }
+        }
+        queued
+    }
+
+    /// The sessions a message goes to, one entry per session (overlapping subscriptions merged:
+    /// highest QoS, every subscription identifier [MQTT-3.3.4-2/3]; one member per shared group;
+    /// No Local applied; `receive` authorized). The flag says whether the answer may be reused
+    /// for the next message on the same topic (no shared group was involved).
+    fn resolve(&self, msg: &Message, authz: &dyn Authorizer) -> (Vec<Resolved>, bool) {
         let mut targets: Vec<Target> = Vec::new();
         let lists = self.subs.read().matches(msg.topic.as_str(), &mut targets);
-        if targets.is_empty() {
-            return 0;
-        }
+        let reusable = !targets.iter().any(|t| t.shared);
         // No Local: never send a client its own publication [MQTT-3.8.3-3].
         targets.retain(|t| !(t.options.no_local && msg.origin == Some(t.session.id)));
         // Overlapping subscriptions of one session (several filters matched) are merged below,
@@ -548,9 +619,7 @@ impl Broker {
         if lists > 1 && targets.len() > 1 {
             targets.sort_unstable_by_key(|t| (t.session.id, t.shared));
         }
-        let policy_gen = self.policy_generation();
-        let authz = self.authorizer();
-        let mut queued = 0;
+        let mut out = Vec::with_capacity(targets.len());
         let mut i = 0;
         while i < targets.len() {
             let t = &targets[i];
@@ -572,27 +641,9 @@ impl Broker {
                 inc(&self.stats.denied);
                 continue;
             }
-            let d = Delivery {
-                msg: msg.clone(),
-                qos: qos.min(msg.qos),
-                retain: rap && msg.retain,
-                sub_ids: ids,
-                policy_gen,
-                seq: 0,
-            };
-            match s.enqueue_batched(
-                d,
-                self.config.max_queued_messages,
-                self.config.max_queued_bytes,
-                batch.as_deref_mut(),
-                self.store.as_ref(),
-            ) {
-                Enqueued::Queued => queued += 1,
-                Enqueued::Dropped => inc(&self.stats.messages_dropped),
-                Enqueued::SkippedOffline => {}
-            }
+            out.push(Resolved { session: s.clone(), qos, rap, ids });
         }
-        queued
+        (out, reusable)
     }
 
     /// Add or replace a subscription; returns true when it already existed.

@@ -53,6 +53,11 @@ pub struct Connection {
     wakes: WakeBatch,
     /// Store ticket the output written so far must wait for (0: none).
     durable: u64,
+    /// Accepted messages not routed yet: routed together at the end of the read batch (or
+    /// before any other packet is handled), so each subscriber is locked once per batch.
+    pending: Vec<Arc<Message>>,
+    /// Some pending message is QoS 1/2: its acknowledgement waits for what routing stores.
+    pending_acked: bool,
 }
 
 impl Connection {
@@ -86,6 +91,8 @@ impl Connection {
             resend: session_present,
             wakes: WakeBatch::default(),
             durable: 0,
+            pending: Vec::new(),
+            pending_acked: false,
         }
     }
 
@@ -182,8 +189,27 @@ impl Connection {
         d
     }
 
+    /// Route the messages accepted so far (in order).
+    fn route_pending(&mut self) {
+        if self.pending.is_empty() {
+            return;
+        }
+        self.broker.route_many(&self.pending, &mut self.wakes);
+        self.pending.clear();
+        // The acknowledgements wait until what was stored for them is durable.
+        let t = std::mem::take(&mut self.wakes.durable);
+        if std::mem::take(&mut self.pending_acked) {
+            self.add_durable(t);
+        }
+    }
+
     /// Handle one inbound packet.
     pub fn handle(&mut self, packet: Packet, now: Instant, out: &mut BytesMut) -> Result<(), Close> {
+        if !matches!(packet, Packet::Publish(_)) {
+            // Anything else (a SUBSCRIBE that expects the retained message just published,
+            // a DISCONNECT) sees every earlier PUBLISH routed.
+            self.route_pending();
+        }
         match packet {
             Packet::Publish(p) => self.handle_publish(p, now, out),
             Packet::PubAck(a) => {
@@ -360,23 +386,19 @@ impl Connection {
             let expires_at = properties.message_expiry_interval.map(|e| now + Duration::from_secs(u64::from(e)));
             let properties =
                 if self.protocol == Protocol::V5 { Message::forwarded_properties(properties) } else { None };
-            self.broker.route_batched(
-                Arc::new(Message {
-                    topic,
-                    payload,
-                    qos,
-                    retain,
-                    properties,
-                    expires_at,
-                    origin: Some(self.session.id),
-                    persisted: Default::default(),
-                }),
-                Some(&mut self.wakes),
-            );
-            // The acknowledgement waits until what was stored for it is durable.
-            let t = std::mem::take(&mut self.wakes.durable);
-            if qos != QoS::AtMostOnce {
-                self.add_durable(t);
+            self.pending.push(Arc::new(Message {
+                topic,
+                payload,
+                qos,
+                retain,
+                properties,
+                expires_at,
+                origin: Some(self.session.id),
+                persisted: Default::default(),
+            }));
+            self.pending_acked |= qos != QoS::AtMostOnce;
+            if self.pending.len() >= 1024 {
+                self.route_pending();
             }
         }
         let ack = PubAck { packet_id, reason_code: ack_code, ..Default::default() };
@@ -601,15 +623,18 @@ impl Connection {
         Ok(more)
     }
 
-    /// Wake the subscribers of everything routed since the last call. The shell calls this
-    /// after each batch of inbound packets (one wake per subscriber per batch).
+    /// Route the messages accepted since the last call and wake their subscribers (one wake
+    /// per subscriber per batch). The shell calls this after each batch of inbound packets,
+    /// before [`Connection::take_durable`].
     pub fn flush_wakes(&mut self) {
+        self.route_pending();
         self.wakes.flush();
     }
 
     /// The connection is gone (after a [`Close`], an I/O error or EOF). Publishes the will
     /// unless `close` says the client disconnected normally.
     pub fn closed(mut self, close: Close, now: Instant) {
+        self.route_pending();
         self.wakes.flush();
         let will = if close.publish_will { self.will.take().map(|w| *w) } else { None };
         self.broker.disconnected(&self.session, self.generation, will, now);

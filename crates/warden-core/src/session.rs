@@ -265,6 +265,53 @@ impl Session {
     }
 }
 
+impl Session {
+    /// Offer a publisher's batch of deliveries under one lock (see [`Session::enqueue_batched`]
+    /// for what happens to each). Returns (queued, dropped because the queue was full).
+    pub fn enqueue_many(
+        self: &Arc<Self>,
+        ds: Vec<Delivery>,
+        max_messages: usize,
+        max_bytes: u64,
+        batch: &mut WakeBatch,
+        store: Option<&Arc<dyn Persist>>,
+    ) -> (usize, usize) {
+        let (mut queued, mut dropped) = (0, 0);
+        let waker = {
+            let mut st = self.state.lock();
+            if self.is_ended() {
+                return (0, ds.len());
+            }
+            let st = &mut *st;
+            for mut d in ds {
+                if st.conn.is_none() && d.qos == QoS::AtMostOnce {
+                    continue;
+                }
+                let cost = d.msg.cost();
+                if st.queue.len() >= max_messages || st.queued_bytes + cost > max_bytes {
+                    st.dropped += 1;
+                    dropped += 1;
+                    continue;
+                }
+                if let Some(store) = store.filter(|_| d.qos != QoS::AtMostOnce && st.expiry_interval > 0) {
+                    batch.durable = batch.durable.max(store_delivery(store, self.id, &mut d, None));
+                }
+                st.queued_bytes += cost;
+                st.queue.push_back(d);
+                queued += 1;
+            }
+            match &st.conn {
+                Some(c) if queued > 0 && !std::mem::replace(&mut st.wake_batched, true) => Some(c.waker.clone()),
+                _ => None,
+            }
+        };
+        if let Some(w) = waker {
+            batch.wakes.push((self.clone(), w));
+        }
+        (queued, dropped)
+    }
+}
+
 /// Store (or update) a delivery of session `sid`, giving it a sequence number if it has none.
 /// Returns the ticket its acknowledgement waits for.
 pub(crate) fn store_delivery(

@@ -387,6 +387,13 @@ where
     let close = drive(&mut conn, &mut rd, &mut wr, &mut rbuf, &mut wbuf, &notify, &ctx, limits).await;
     drop(revocation);
     drop(registration);
+    // Messages accepted in the last batch are routed now, and their acknowledgements (already
+    // in `wbuf`) leave only once what the store must keep for them is durable.
+    conn.flush_wakes();
+    let ticket = conn.take_durable();
+    if let (true, Some(store)) = (ticket != 0, &ctx.store) {
+        store.wait(ticket).await;
+    }
     // Flush what is pending (a DISCONNECT with a reason code, for instance), briefly.
     if !wbuf.is_empty() {
         let _ = tokio::time::timeout(Duration::from_secs(1), wr.write_all(&wbuf)).await;
