@@ -6,12 +6,14 @@
 //! cargo run --release -p warden-bench -- fan-in --port 1883 --pid $(pidof warden) --qos 1
 //! ```
 
+mod authz;
 mod botnet;
 mod idle;
 mod output;
 mod proto;
 mod report;
 mod stats;
+mod tls;
 mod traffic;
 
 use std::net::{IpAddr, SocketAddr, ToSocketAddrs};
@@ -86,6 +88,33 @@ enum Command {
         #[arg(long, default_value_t = 1)]
         source_addrs: u8,
     },
+    /// N TLS connections, C at a time: full handshake (no resumption), CONNECT/CONNACK,
+    /// DISCONNECT, close; handshakes/s and broker CPU per handshake.
+    TlsHandshakes {
+        #[command(flatten)]
+        common: Common,
+        /// Connections to open (one after another, --concurrency at a time).
+        #[arg(long, default_value_t = 2000)]
+        connections: usize,
+        /// Handshakes in flight at once.
+        #[arg(long, default_value_t = 32)]
+        concurrency: usize,
+        /// CA certificate (PEM) the server certificate is verified against.
+        #[arg(long)]
+        ca: PathBuf,
+        /// Client certificate chain (PEM), for mutual TLS (with --key).
+        #[arg(long, requires = "key")]
+        cert: Option<PathBuf>,
+        /// Client private key (PEM).
+        #[arg(long, requires = "cert")]
+        key: Option<PathBuf>,
+        /// Name the server certificate must carry (default: --host).
+        #[arg(long)]
+        server_name: Option<String>,
+        /// Offer TLS 1.2 too (default: TLS 1.3 only).
+        #[arg(long)]
+        tls12: bool,
+    },
     /// Legitimate pairs at a fixed rate while attackers from many 127.0.x.y addresses flood
     /// connects, wrong passwords, slow CONNECTs and publishes and hold non-reading subscribers;
     /// legitimate latency/loss and broker peak RSS (--no-attack: the baseline).
@@ -118,6 +147,28 @@ enum Command {
         /// everything that never read).
         #[arg(long, value_delimiter = ',', default_value = "connect,password,slow,flood,stall")]
         attacks: Vec<String>,
+    },
+    /// The cost of one authorization decision (no broker): ACL file, policy store and token
+    /// scopes of N rules, topics of 3-8 levels; one JSON line per case (ns per decision).
+    Authz {
+        /// Rules per source (comma-separated).
+        #[arg(long, value_delimiter = ',', default_value = "10,1000,10000")]
+        rules: Vec<usize>,
+        /// Topic levels (comma-separated, 3 to 8).
+        #[arg(long, value_delimiter = ',', default_value = "3,5,8")]
+        levels: Vec<usize>,
+        /// Sources: acl, store, scopes, all (the three together).
+        #[arg(long, value_delimiter = ',', default_value = "acl,store,scopes,all")]
+        sources: Vec<String>,
+        /// Milliseconds per timed batch.
+        #[arg(long, default_value_t = 10)]
+        batch_ms: u64,
+        /// Timed batches per case (the median and the fastest are reported).
+        #[arg(long, default_value_t = 7)]
+        batches: usize,
+        /// Print the generated ACL file of this many rules and exit.
+        #[arg(long)]
+        print_acl: Option<usize>,
     },
     /// Turn JSON lines from earlier runs into Markdown tables (medians and ratios).
     Report {
@@ -254,6 +305,14 @@ fn run(cli: Cli) -> Result<()> {
             print!("{}", report::render(&inputs, &reference)?);
             return Ok(());
         }
+        Command::Authz { rules, levels, sources, batch_ms, batches, print_acl } => {
+            if let Some(n) = print_acl {
+                print!("{}", authz::acl_text(n));
+                return Ok(());
+            }
+            let batch = Duration::from_millis(batch_ms.max(1));
+            return authz::run(&authz::Params { sizes: rules, levels, batch, batches, sources });
+        }
         Command::FanIn { common, load, publishers } => {
             (common, Scenario::Traffic(traffic::Plan::fan_in(publishers), load))
         }
@@ -287,6 +346,11 @@ fn run(cli: Cli) -> Result<()> {
             let attackers = if no_attack { 0 } else { attackers };
             let p = botnet::Params { duration, pairs, rate, attackers, source_addrs, flood_payload, kinds: attacks };
             (common, Scenario::Botnet(p))
+        }
+        Command::TlsHandshakes { common, connections, concurrency, ca, cert, key, server_name, tls12 } => {
+            let server_name = server_name.unwrap_or_else(|| common.host.clone());
+            let client_cert = cert.zip(key);
+            (common, Scenario::Tls(tls::Params { connections, concurrency, ca, client_cert, server_name, tls12 }))
         }
         Command::Idle { common, connections, concurrency, hold, source_addrs } => {
             (common, Scenario::Idle(idle::Params { connections, concurrency, hold, source_addrs }))
@@ -329,6 +393,7 @@ fn run(cli: Cli) -> Result<()> {
             }
             rt.block_on(botnet::run(params, opts, common.pid))?
         }
+        Scenario::Tls(params) => rt.block_on(tls::run(params, common.client_opts()?, common.pid))?,
         Scenario::Idle(params) => {
             let mut opts = common.client_opts()?;
             if params.source_addrs > 1 && !matches!(opts.addr.ip(), IpAddr::V4(a) if a.is_loopback()) {
@@ -346,5 +411,6 @@ fn run(cli: Cli) -> Result<()> {
 enum Scenario {
     Traffic(traffic::Plan, Load),
     Idle(idle::Params),
+    Tls(tls::Params),
     Botnet(botnet::Params),
 }

@@ -70,6 +70,9 @@ pub struct Output {
     /// Idle: broker RSS growth per connection (VmRSS with the connections open minus before), bytes.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub rss_per_conn_bytes: Option<f64>,
+    /// TLS handshakes: whether the client presented a certificate.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub client_cert: Option<bool>,
     /// The first few errors the connections met.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub errors: Vec<String>,
@@ -106,6 +109,9 @@ impl Output {
             "pairs" => format!("pairs {}x qos{}", self.publishers, self.qos),
             "latency" => format!("latency qos{}", self.qos),
             "idle" => format!("idle {}", self.connections.unwrap_or(0)),
+            "tls-handshakes" => {
+                format!("tls-handshakes{}", if self.client_cert == Some(true) { " mTLS" } else { "" })
+            }
             "botnet" | "botnet-baseline" => format!("{} {} pairs", self.scenario, self.publishers),
             other => other.to_owned(),
         });

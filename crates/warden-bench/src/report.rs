@@ -74,6 +74,17 @@ fn metrics(scenario: &str) -> Vec<Metric> {
             Metric { name: "connections failed", better: Better::Lower, get: |o| o.connect_failures.map(|f| f as f64) },
             rss,
         ],
+        "tls-handshakes" => vec![
+            Metric { name: "TLS handshakes/s", better: Better::Higher, get: |o| o.connects_per_s },
+            Metric {
+                name: "broker CPU µs per handshake",
+                better: Better::Lower,
+                get: |o| o.broker_cpu_s_per_m, // CPU-s per M = µs each
+            },
+            Metric { name: "CONNACK latency p50 µs", better: Better::Lower, get: |o| o.lat_p50_us },
+            Metric { name: "CONNACK latency p99 µs", better: Better::Lower, get: |o| o.lat_p99_us },
+            Metric { name: "connections failed", better: Better::Lower, get: |o| o.connect_failures.map(|f| f as f64) },
+        ],
         "latency" => vec![p50, p99, p999, cpu, lost, rate],
         _ => vec![rate, cpu, lost, p50, p99, rss],
     }
