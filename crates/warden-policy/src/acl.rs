@@ -46,6 +46,7 @@
 
 use std::collections::HashMap;
 use std::fmt;
+use std::hash::{BuildHasherDefault, Hasher};
 
 use crate::{Action, Authorizer, Decision, Principal, PrincipalKind};
 
@@ -209,6 +210,89 @@ impl AclMarks {
     }
 }
 
+/// The hasher of the tries' level maps and of the per-user maps: FxHash (rustc's), a multiply
+/// and a rotate per 8 bytes, instead of std's keyed SipHash-1-3, which was a third of a check.
+///
+/// Not keyed, hence not flooding-resistant for maps an attacker fills; these maps are filled
+/// only from configuration (ACL file, policy store, a token's scopes, a look-up service's
+/// answer) and clients only look names up in them. A lookup costs at most the probe sequence of
+/// one hash, bounded by the map's load whatever the key, so a crafted topic level cannot make it
+/// slower than a lookup of a present key.
+#[derive(Default, Clone, Copy)]
+pub(crate) struct FxHasher {
+    hash: u64,
+}
+
+const FX_SEED: u64 = 0x51_7c_c1_b7_27_22_0a_95;
+
+impl FxHasher {
+    #[inline]
+    fn add(&mut self, word: u64) {
+        self.hash = (self.hash.rotate_left(5) ^ word).wrapping_mul(FX_SEED);
+    }
+}
+
+impl Hasher for FxHasher {
+    #[inline]
+    fn write(&mut self, mut bytes: &[u8]) {
+        while let Some((chunk, rest)) = bytes.split_first_chunk::<8>() {
+            self.add(u64::from_le_bytes(*chunk));
+            bytes = rest;
+        }
+        if let Some((chunk, rest)) = bytes.split_first_chunk::<4>() {
+            self.add(u64::from(u32::from_le_bytes(*chunk)));
+            bytes = rest;
+        }
+        for &b in bytes {
+            self.add(u64::from(b));
+        }
+    }
+
+    #[inline]
+    fn write_u8(&mut self, i: u8) {
+        self.add(u64::from(i));
+    }
+
+    #[inline]
+    fn write_usize(&mut self, i: usize) {
+        self.add(i as u64);
+    }
+
+    #[inline]
+    fn finish(&self) -> u64 {
+        self.hash
+    }
+}
+
+/// A map keyed by names, looked up on the hot path (see [`FxHasher`]).
+pub(crate) type FxMap<K, V> = HashMap<K, V, BuildHasherDefault<FxHasher>>;
+
+/// Most levels split on the stack by [`with_levels`]; deeper topics use a `Vec`.
+const STACK_LEVELS: usize = 16;
+
+/// Call `f` with the levels of `topic` (split on `/`), without allocating for topics of up to
+/// 16 levels: a check used to allocate a `Vec` for them every time.
+#[inline]
+pub(crate) fn with_levels<R>(topic: &str, f: impl FnOnce(&[&str]) -> R) -> R {
+    let mut buf = [""; STACK_LEVELS];
+    let mut n = 0;
+    let mut start = 0;
+    // A byte loop ('/' is ASCII, so every cut is a char boundary): cheaper than `split('/')`'s
+    // searcher on topics of a few short levels.
+    for (i, &b) in topic.as_bytes().iter().enumerate() {
+        if b == b'/' {
+            if n == STACK_LEVELS - 1 {
+                return f(&topic.split('/').collect::<Vec<_>>());
+            }
+            buf[n] = &topic[start..i];
+            n += 1;
+            start = i + 1;
+        }
+    }
+    buf[n] = &topic[start..];
+    f(&buf[..=n])
+}
+
 /// A piece of a pattern level.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) enum Part {
@@ -341,7 +425,7 @@ pub(crate) struct Node<M> {
     /// Rules `<path>/#` (`#` is always the last level).
     hash: Option<M>,
     plus: Option<Box<Node<M>>>,
-    literal: HashMap<Box<str>, Node<M>>,
+    literal: FxMap<Box<str>, Node<M>>,
     /// Levels with substitutions (`%u`, `%c`, `%i`), when the syntax has them.
     templated: Vec<(Template, Node<M>)>,
 }
@@ -424,7 +508,7 @@ impl<M: TrieMarks> Node<M> {
 #[derive(Debug, Default)]
 pub struct AclFile {
     rules: Vec<AclRule>,
-    users: HashMap<Box<str>, Node<AclMarks>>,
+    users: FxMap<Box<str>, Node<AclMarks>>,
     anonymous: Node<AclMarks>,
     patterns: Node<AclMarks>,
     /// Deny patterns using substitutions, in file order: (line, uses `%u`, uses `%c`). One
@@ -457,7 +541,15 @@ pub(crate) fn valid_filter(f: &str) -> Result<(), &'static str> {
 
 /// A substitution value is safe when it cannot add levels or wildcards (CVE-2017-7650).
 pub(crate) fn safe_value(v: &str) -> bool {
-    !v.contains(['/', '+', '#', '\0'])
+    // Bytes, not chars: these are ASCII, which never occurs inside a multi-byte UTF-8 sequence,
+    // and a byte loop is several times faster than `contains([..])` on short names.
+    !v.bytes().any(|b| matches!(b, b'/' | b'+' | b'#' | 0))
+}
+
+/// Is `t` a topic *name* the checks accept: not empty, no wildcard, no U+0000?
+#[inline]
+pub(crate) fn plain_topic(t: &str) -> bool {
+    !t.is_empty() && !t.bytes().any(|b| matches!(b, b'+' | b'#' | 0))
 }
 
 impl AclFile {
@@ -561,7 +653,7 @@ impl AclFile {
         };
         let well_formed = match action {
             Action::Subscribe { .. } => valid_filter(topic).is_ok(),
-            _ => !topic.is_empty() && !topic.contains(['+', '#', '\0']),
+            _ => plain_topic(topic),
         };
         if !well_formed {
             return Some(AclMatch { allowed: false, line: 0 });
@@ -581,7 +673,6 @@ impl AclFile {
             }
         }
 
-        let req: Vec<&str> = topic.split('/').collect();
         let dollar = topic.starts_with('$');
         let mut acc = AclMarks::default();
         let none = Vals::default();
@@ -589,15 +680,17 @@ impl AclFile {
             None => Some(&self.anonymous),
             Some(u) => self.users.get(u),
         };
-        if let Some(t) = own {
-            t.collect(&req, 0, dollar, none, &mut acc);
-        }
         let vals = Vals {
-            user: user.filter(|u| safe_value(u)),
-            client: Some(client_id).filter(|c| safe_value(c)),
+            user: user.filter(|_| !user_unsafe),
+            client: Some(client_id).filter(|_| !client_unsafe),
             identity: None,
         };
-        self.patterns.collect(&req, 0, dollar, vals, &mut acc);
+        with_levels(topic, |req| {
+            if let Some(t) = own {
+                t.collect(req, 0, dollar, none, &mut acc);
+            }
+            self.patterns.collect(req, 0, dollar, vals, &mut acc);
+        });
         acc.verdict(need)
     }
 }
@@ -667,6 +760,28 @@ pub(crate) mod tests {
     }
 
     // --- Parsing ---------------------------------------------------------------------------
+
+    #[test]
+    fn levels_are_split_without_allocating_and_deep_topics_still_work() {
+        for t in ["a", "", "/", "a//b/", "a/b/c/d/e/f/g/h/i/j/k/l/m/n/o/p", "a/b/c/d/e/f/g/h/i/j/k/l/m/n/o/p/q/r"] {
+            let want: Vec<&str> = t.split('/').collect();
+            with_levels(t, |got| assert_eq!(got, &want[..], "{t}"));
+        }
+        let deep = (0..40).map(|i| i.to_string()).collect::<Vec<_>>().join("/");
+        let a = acl("user u\ntopic write 0/1/#\ntopic deny 0/1/2/3/4/5/6/7/8/9/10/11/12/13/14/15/16/17/#\n");
+        assert_eq!(a.check(Some("u"), "c", PUB, "0/1/2/3/4/5/6/7/8/9/10/11/12/13/14/15/16"), Some(true));
+        assert_eq!(a.check(Some("u"), "c", PUB, &deep), Some(false));
+    }
+
+    #[test]
+    fn fx_hasher_is_deterministic_and_spreads_short_names() {
+        use std::hash::BuildHasher;
+        let b = BuildHasherDefault::<FxHasher>::default();
+        assert_eq!(b.hash_one("sensors"), b.hash_one("sensors"));
+        let hashes: std::collections::HashSet<u64> = (0..10_000).map(|i| b.hash_one(format!("user{i}"))).collect();
+        assert_eq!(hashes.len(), 10_000);
+        assert_ne!(b.hash_one("ab"), b.hash_one("ba"));
+    }
 
     #[test]
     fn parses_mosquitto_example() {

@@ -36,7 +36,7 @@ use std::fmt;
 
 use serde::{Deserialize, Serialize};
 
-use crate::acl::{safe_value, valid_filter, Node, Syntax, Template, TrieMarks, Vals};
+use crate::acl::{plain_topic, safe_value, valid_filter, with_levels, FxMap, Node, Syntax, Template, TrieMarks, Vals};
 use crate::{Action, Principal, PrincipalKind};
 
 /// The group whose roles apply to every authenticated principal.
@@ -486,8 +486,8 @@ pub struct StoreMatch {
 pub struct CompiledStore {
     configured: bool,
     rules: Vec<CompiledRule>,
-    users: HashMap<Box<str>, RuleTrie>,
-    roles: HashMap<Box<str>, RuleTrie>,
+    users: FxMap<Box<str>, RuleTrie>,
+    roles: FxMap<Box<str>, RuleTrie>,
     authenticated: RuleTrie,
     anonymous: RuleTrie,
 }
@@ -520,7 +520,7 @@ impl CompiledStore {
         }
         let well_formed = match action {
             Action::Subscribe { .. } => valid_filter(topic).is_ok(),
-            _ => !topic.is_empty() && !topic.contains(['+', '#', '\0']),
+            _ => plain_topic(topic),
         };
         if !well_formed {
             return Some(StoreMatch { allowed: false, rule: None });
@@ -545,12 +545,13 @@ impl CompiledStore {
             client: Some(client_id).filter(|v| safe_value(v)),
             identity: identity.filter(|v| safe_value(v)),
         };
-        let req: Vec<&str> = topic.split('/').collect();
         let dollar = topic.starts_with('$');
         let mut acc = StoreMarks::default();
-        for t in self.tries(principal) {
-            t.trie.collect(&req, 0, dollar, vals, &mut acc);
-        }
+        with_levels(topic, |req| {
+            for t in self.tries(principal) {
+                t.trie.collect(req, 0, dollar, vals, &mut acc);
+            }
+        });
         let (level, qos, retain) = match action {
             Action::Publish { qos, retain } => (acc.0[0], qos, retain),
             Action::Subscribe { qos } => (acc.0[1], qos, false),
