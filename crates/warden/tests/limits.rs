@@ -304,7 +304,7 @@ async fn wait_sys(c: &mut RawClient, ok: impl Fn(u64) -> bool) -> u64 {
 #[tokio::test]
 async fn above_max_memory_publishers_stop_being_read_and_resume_when_it_drains() {
     let b = TestBroker::with_config(
-        "[auth]\nallow_anonymous = true\n[limits]\nmax_memory = \"1MiB\"\nsys_interval = 1\nmax_publish_bandwidth = 0\nmax_publish_rate = 0\nwrite_stall_timeout = 0\nmax_queued_messages = 1000000\nmax_queued_bytes = \"1GiB\"\n",
+        "[auth]\nallow_anonymous = true\n[limits]\nmax_memory = \"1MiB\"\nsys_interval = 1\nmax_publish_bandwidth = 0\nmax_publish_rate = 0\nwrite_stall_timeout = 0\nmax_queued_messages = 1000000\nmax_queued_bytes = \"64MiB\"\n",
     )
     .await;
     let (mut sys, _) = connected(b.addr(), connect_packet(V5, "sys", true)).await;
@@ -314,13 +314,22 @@ async fn above_max_memory_publishers_stop_being_read_and_resume_when_it_drains()
     let (mut srd, mut swr) = sub_stream.into_split();
     swr.write_all(&encoded(&Packet::Connect(Box::new(connect_packet(V3, "slow-sub", true))), V3)).await.unwrap();
     swr.write_all(&encoded(&warden_testkit::subscribe(1, "mem/#", QoS::AtMostOnce), V3)).await.unwrap();
-    // The heavy publisher, bounded: 3000 × 32 KiB.
+    // The heavy publisher writes 32 KiB messages until the test has seen it paused (a fixed
+    // amount could all be read and routed before the 200 ms memory sample on a loaded machine,
+    // and then nothing would ever be paused). Bounded: at most 20,000 messages, and the
+    // subscriber's queue holds at most 64 MiB (beyond it deliveries are dropped), so the
+    // broker stays above the 1 MiB mark without growing without bound.
     let pub_stream = TcpStream::connect(b.addr()).await.unwrap();
     let (mut prd, mut pwr) = pub_stream.into_split();
     pwr.write_all(&encoded(&Packet::Connect(Box::new(connect_packet(V3, "heavy", true))), V3)).await.unwrap();
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let stop_w = stop.clone();
     let writer = tokio::spawn(async move {
         let one = encoded(&publish("mem/x", QoS::AtMostOnce, 0, &vec![1u8; 32 * 1024]), V3);
-        for _ in 0..3000 {
+        for _ in 0..20_000 {
+            if stop_w.load(Ordering::Relaxed) {
+                break;
+            }
             if pwr.write_all(&one).await.is_err() {
                 return None;
             }
@@ -330,6 +339,7 @@ async fn above_max_memory_publishers_stop_being_read_and_resume_when_it_drains()
     });
     // The broker reports the pause in $SYS (sys_interval = 1 s).
     wait_sys(&mut sys, |v| v >= 1).await;
+    stop.store(true, Ordering::Relaxed);
     // A light client is still served meanwhile.
     let (mut light, _) = connected(b.addr(), connect_packet(V5, "light", true)).await;
     ping(&mut light).await;
