@@ -187,10 +187,15 @@ fn code(r: &Recv) -> Option<ReasonCode> {
 }
 
 async fn password_broker(limits: &str) -> TestBroker {
+    password_broker_with("", limits).await
+}
+
+/// `password_broker` with `extra` password-file lines.
+async fn password_broker_with(extra: &str, limits: &str) -> TestBroker {
     let dir = tempfile::tempdir().unwrap();
     let passwd = dir.path().join("passwd");
     let hash = |pw: &[u8]| warden_policy::password::hash_password(pw);
-    std::fs::write(&passwd, format!("ann:{}\nbob:{}\n", hash(b"annpw"), hash(b"bobpw"))).unwrap();
+    std::fs::write(&passwd, format!("ann:{}\nbob:{}\n{extra}", hash(b"annpw"), hash(b"bobpw"))).unwrap();
     TestBroker::from_toml_in(
         dir,
         &format!(
@@ -249,6 +254,53 @@ async fn a_wrong_password_flood_from_one_address_does_not_stop_the_user_from_ano
     let l = &b.server.broker.stats.limits;
     assert_eq!(l.bans.load(Ordering::Relaxed), 1);
     assert!(l.banned_refused.load(Ordering::Relaxed) >= 1);
+}
+
+/// User `slow`, password `slowpw`: an argon2id hash with 150 passes over 8 MiB (about a second
+/// or two to verify), so its verification holds a hashing slot long enough to be seen.
+const SLOW_HASH: &str =
+    "$argon2id$v=19$m=8192,t=150,p=1$c2xvd3NhbHRzbG93c2FsdA$nxcczZwsTrJeN/n5zojjreutO5bX/BUEabbnp/8yLnk";
+
+#[tokio::test]
+async fn a_connect_that_waits_too_long_for_a_hashing_slot_is_refused_busy_and_not_counted_as_a_failure() {
+    // One verification at a time; a CONNECT waits at most 100 ms for it. The address ban is at
+    // the first failure, so a busy refusal counted as a failed login would show as a ban.
+    let b = password_broker_with(
+        &format!("slow:{SLOW_HASH}\n"),
+        "auth_hash_concurrency = 1\nauth_hash_wait = \"100ms\"\nauth_fail_ban = { failures = 1 }\n",
+    )
+    .await;
+    let addr = b.addr();
+    // `slow` takes the only slot (retrying should it itself find the slot taken).
+    let slow = tokio::spawn(async move {
+        loop {
+            let r = RawClient::connect_over(open_from([127, 0, 0, 6], addr).await, login("slow", "slowpw", V5)).await.1;
+            if code(&r) != Some(ReasonCode::SERVER_BUSY) {
+                return r;
+            }
+        }
+    });
+    // Meanwhile ann, from another address, is refused with v5 0x89 Server busy and v3 0x03
+    // Server unavailable (an attempt that finds the slot free is simply accepted).
+    let (mut v5_busy, mut v3_busy) = (false, false);
+    let deadline = tokio::time::Instant::now() + LONG;
+    while !(v5_busy && v3_busy) {
+        assert!(!slow.is_finished(), "slow's verification ended before ann saw the slot taken");
+        assert!(tokio::time::Instant::now() < deadline, "no busy refusal within {LONG:?}");
+        let v = if v5_busy { V3 } else { V5 };
+        match code(&connack_from([127, 0, 0, 7], &b, login("ann", "annpw", v)).await) {
+            Some(ReasonCode::SERVER_BUSY) if v == V5 => v5_busy = true,
+            Some(ReasonCode(0x03)) if v == V3 => v3_busy = true,
+            Some(ReasonCode::SUCCESS) => {}
+            other => panic!("unexpected answer {other:?}"),
+        }
+    }
+    assert_eq!(code(&tokio::time::timeout(LONG, slow).await.unwrap().unwrap()), Some(ReasonCode::SUCCESS));
+    // Not a failed login: ann's address is not banned, and nobody backs off.
+    assert_eq!(code(&connack_from([127, 0, 0, 7], &b, login("ann", "annpw", V5)).await), Some(ReasonCode::SUCCESS));
+    let l = &b.server.broker.stats.limits;
+    assert!(l.auth_hash_busy.load(Ordering::Relaxed) >= 2);
+    assert_eq!(l.bans.load(Ordering::Relaxed), 0);
 }
 
 #[tokio::test]
