@@ -102,13 +102,37 @@ pub async fn run(p: Params, opts: ClientOpts, pid: Option<u32>) -> Result<Output
     let end = origin + window;
     let mem0 = pid.map(stats::memory).transpose()?;
 
-    // Legitimate subscribers first, then the attack, then the legitimate publishers.
+    // Every legitimate client is connected, and its subscriber read, before the attack starts:
+    // what is measured is their traffic under attack. (Connecting during the attack is the
+    // probe below; connecting publishers one after the other under attack, with nobody yet
+    // reading the subscribers, measured the harness's own wait, not the broker.)
     let mut subs = Vec::new();
+    let mut pub_clients = Vec::new();
     for i in 0..p.pairs {
         let mut c = proto::connect(&opts, &format!("legit-sub-{i}")).await?;
         c.subscribe(&opts, &[format!("legit/{i}")], QoS::AtLeastOnce).await?;
         subs.push(c);
+        pub_clients.push(proto::connect(&opts, &format!("legit-pub-{i}")).await?);
     }
+    let grace = end + Duration::from_secs(2);
+    let readers = read_legit(subs, v, origin, grace);
+    // A legitimate client (re)connecting in the middle of the attack: how long until it is
+    // accepted, and how many refusals (e.g. Server busy) it met first.
+    let probe = {
+        let o = opts.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep_until((origin + window / 2).into()).await;
+            let t0 = Instant::now();
+            let mut refused = 0u64;
+            while Instant::now() < end {
+                match tokio::time::timeout(Duration::from_secs(5), proto::connect(&o, "legit-probe")).await {
+                    Ok(Ok(_)) => return (Some(t0.elapsed()), refused),
+                    _ => refused += 1,
+                }
+            }
+            (None, refused)
+        })
+    };
     let mut attack = Vec::new();
     for i in 0..p.attackers {
         let n_src = p.source_addrs;
@@ -210,8 +234,7 @@ pub async fn run(p: Params, opts: ClientOpts, pid: Option<u32>) -> Result<Output
     // Legitimate publishers at a fixed rate, QoS 1, timestamped and numbered payloads.
     let sent = Arc::new(AtomicU64::new(0));
     let mut pubs = Vec::new();
-    for i in 0..p.pairs {
-        let mut c = proto::connect(&opts, &format!("legit-pub-{i}")).await?;
+    for (i, mut c) in pub_clients.into_iter().enumerate() {
         let sent = sent.clone();
         let rate = p.rate;
         pubs.push(tokio::spawn(async move {
@@ -229,40 +252,6 @@ pub async fn run(p: Params, opts: ClientOpts, pid: Option<u32>) -> Result<Output
                 let _ = c.stream.try_read(&mut acks); // PUBACKs: drained, not counted
             }
             anyhow::Ok(())
-        }));
-    }
-    // Legitimate subscribers: latency and count until the end plus a grace second.
-    let grace = end + Duration::from_secs(2);
-    let mut readers = Vec::new();
-    for mut c in subs {
-        readers.push(tokio::spawn(async move {
-            let mut hist = Histogram::default();
-            let mut got = 0u64;
-            let mut acks = Vec::new();
-            loop {
-                while let Ok(Some(f)) = proto::next_frame(&mut c.rbuf, v) {
-                    if let Frame::Publish { packet_id, stamp, qos, .. } = f {
-                        got += 1;
-                        if let Some(s) = stamp {
-                            hist.record((origin.elapsed().as_nanos() as u64).saturating_sub(s));
-                        }
-                        if qos > 0 {
-                            proto::put_puback(&mut acks, packet_id);
-                        }
-                    }
-                }
-                if !acks.is_empty() {
-                    let _ = c.stream.write_all(&acks).await;
-                    acks.clear();
-                }
-                c.rbuf.reserve(64 * 1024);
-                let left = grace.saturating_duration_since(Instant::now());
-                match tokio::time::timeout(left, c.stream.read_buf(&mut c.rbuf)).await {
-                    Ok(Ok(n)) if n > 0 => {}
-                    _ => break,
-                }
-            }
-            (hist, got)
         }));
     }
     // Broker memory while it runs.
@@ -291,6 +280,7 @@ pub async fn run(p: Params, opts: ClientOpts, pid: Option<u32>) -> Result<Output
     for a in attack {
         a.abort();
     }
+    let (probe_time, probe_refused) = probe.await.unwrap_or((None, 0));
     let sent = sent.load(Ordering::Relaxed);
     let mem1 = pid.map(stats::memory).transpose()?;
     let mut out = Output {
@@ -328,6 +318,51 @@ pub async fn run(p: Params, opts: ClientOpts, pid: Option<u32>) -> Result<Output
         ("flood_publishes_written".to_owned(), l(&t.flood_publishes)),
         ("flood_connections_closed".to_owned(), l(&t.flood_closed)),
         ("stalled_subscribers".to_owned(), l(&t.stalled_subscribers)),
+        // u64::MAX: the probe was not accepted before the end.
+        ("legit_probe_connect_ms".to_owned(), probe_time.map_or(u64::MAX, |d| d.as_millis() as u64)),
+        ("legit_probe_refusals".to_owned(), probe_refused),
     ]));
     Ok(out)
+}
+
+/// Legitimate subscribers: latency and count until `grace` (the end plus two seconds).
+fn read_legit(
+    subs: Vec<proto::Client>,
+    v: Protocol,
+    origin: Instant,
+    grace: Instant,
+) -> Vec<tokio::task::JoinHandle<(Histogram, u64)>> {
+    let mut readers = Vec::new();
+    for mut c in subs {
+        readers.push(tokio::spawn(async move {
+            let mut hist = Histogram::default();
+            let mut got = 0u64;
+            let mut acks = Vec::new();
+            loop {
+                while let Ok(Some(f)) = proto::next_frame(&mut c.rbuf, v) {
+                    if let Frame::Publish { packet_id, stamp, qos, .. } = f {
+                        got += 1;
+                        if let Some(s) = stamp {
+                            hist.record((origin.elapsed().as_nanos() as u64).saturating_sub(s));
+                        }
+                        if qos > 0 {
+                            proto::put_puback(&mut acks, packet_id);
+                        }
+                    }
+                }
+                if !acks.is_empty() {
+                    let _ = c.stream.write_all(&acks).await;
+                    acks.clear();
+                }
+                c.rbuf.reserve(64 * 1024);
+                let left = grace.saturating_duration_since(Instant::now());
+                match tokio::time::timeout(left, c.stream.read_buf(&mut c.rbuf)).await {
+                    Ok(Ok(n)) if n > 0 => {}
+                    _ => break,
+                }
+            }
+            (hist, got)
+        }));
+    }
+    readers
 }

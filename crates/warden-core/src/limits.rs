@@ -47,6 +47,9 @@ pub struct LimitStats {
     pub memory_paused: AtomicU64,
     /// Connections closed because their output did not move for `write_stall_timeout`.
     pub write_stalled: AtomicU64,
+    /// CONNECTs refused with Server busy: no password-verification slot within
+    /// `auth_hash_wait`.
+    pub auth_hash_busy: AtomicU64,
 }
 
 /// Add one to a counter.
@@ -56,7 +59,7 @@ pub fn hit(c: &AtomicU64) {
 
 impl LimitStats {
     /// `(name, value)` of every counter, in a fixed order.
-    pub fn snapshot(&self) -> [(&'static str, u64); 14] {
+    pub fn snapshot(&self) -> [(&'static str, u64); 15] {
         let v = |c: &AtomicU64| c.load(Ordering::Relaxed);
         [
             ("max_connections", v(&self.max_connections)),
@@ -73,6 +76,7 @@ impl LimitStats {
             ("publish_bandwidth_disconnects", v(&self.publish_bandwidth_disconnects)),
             ("memory_paused", v(&self.memory_paused)),
             ("write_stalled", v(&self.write_stalled)),
+            ("auth_hash_busy", v(&self.auth_hash_busy)),
         ]
     }
 }

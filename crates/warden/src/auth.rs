@@ -4,17 +4,20 @@
 //!
 //! Refusals look the same whether the user exists or not: the same reason code, and the same
 //! slow-hash work (the password file verifies unknown users against a dummy hash). Secrets are
-//! never logged. Hashing runs on the blocking pool, a few at a time, so a flood of CONNECTs
-//! cannot exhaust memory (argon2id uses ~19 MiB per verification).
+//! never logged. Hashing runs on the blocking pool, a few at a time (`auth_hash_concurrency`, by
+//! default the cores minus one), so a flood of CONNECTs can neither exhaust memory (argon2id
+//! uses ~19 MiB per verification) nor take every core; a CONNECT that waits longer than
+//! `auth_hash_wait` for a slot is refused with Server busy.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
+use std::time::Duration;
 
 use anyhow::Context;
 use mqtt_codec::{Connect, ReasonCode};
 use parking_lot::RwLock;
-use tokio::sync::Semaphore;
+use tokio::sync::{Semaphore, TryAcquireError};
 use warden_policy::password::PasswordFile;
 use warden_policy::{Principal, PrincipalKind};
 
@@ -38,8 +41,11 @@ impl From<Principal> for Authenticated {
     }
 }
 
-/// Concurrent password verifications.
-const HASH_CONCURRENCY: usize = 4;
+/// Concurrent password verifications for `auth_hash_concurrency = 0`: the number of cores
+/// minus one (at least 1), so a flood of CONNECTs with passwords leaves a core to the broker.
+pub fn default_hash_concurrency() -> usize {
+    std::thread::available_parallelism().map_or(1, |n| n.get()).saturating_sub(1).max(1)
+}
 
 /// Decides who a CONNECT is.
 pub struct Authenticator {
@@ -52,6 +58,8 @@ pub struct Authenticator {
     /// Users of the policy store with a password (enabled ones only), as a password file.
     store_users: RwLock<Option<Arc<PasswordFile>>>,
     hashing: Semaphore,
+    /// How long a CONNECT may wait for a slot in `hashing` before it is refused busy.
+    hash_wait: Duration,
 }
 
 impl std::fmt::Debug for Authenticator {
@@ -85,8 +93,19 @@ impl Authenticator {
             password_path: cfg.password_file.clone(),
             passwords: RwLock::new(passwords),
             store_users: RwLock::new(None),
-            hashing: Semaphore::new(HASH_CONCURRENCY),
+            hashing: Semaphore::new(default_hash_concurrency()),
+            hash_wait: Duration::from_secs(2),
         })
+    }
+
+    /// At most `concurrency` password verifications at once (0: [`default_hash_concurrency`]);
+    /// a CONNECT that waits longer than `wait` for a slot is refused with Server busy (0x89).
+    /// Waiting CONNECTs are served in arrival order.
+    pub fn with_hashing(mut self, concurrency: usize, wait: Duration) -> Self {
+        let n = if concurrency == 0 { default_hash_concurrency() } else { concurrency };
+        self.hashing = Semaphore::new(n);
+        self.hash_wait = wait;
+        self
     }
 
     /// True when the CONNECT carries a user name and a password that would be checked as a
@@ -169,7 +188,8 @@ impl Authenticator {
 
     /// Authenticate a CONNECT. Refusals carry the v5 reason code (mapped for v3 clients):
     /// 0x86 bad user name or password, 0x87 not authorized (anonymous refused, or a
-    /// certificate whose identity is refused).
+    /// certificate whose identity is refused), 0x89 server busy (no password-verification
+    /// slot within `auth_hash_wait`: not a failed login).
     ///
     /// A verified client certificate (`cert`) authenticates the connection at the transport:
     /// the principal is the certificate identity and the CONNECT's user name and password are
@@ -262,7 +282,20 @@ impl Authenticator {
                         Err(ReasonCode::BAD_USER_NAME_OR_PASSWORD)
                     };
                 };
-                let _permit = self.hashing.acquire().await.map_err(|_| ReasonCode::SERVER_UNAVAILABLE)?;
+                // A bounded wait for a slot: under a flood of CONNECTs with passwords, waiting
+                // ones are refused busy (not counted as failed logins) instead of piling up.
+                let permit = if self.hash_wait.is_zero() {
+                    self.hashing.try_acquire().map_err(|e| match e {
+                        TryAcquireError::NoPermits => ReasonCode::SERVER_BUSY,
+                        TryAcquireError::Closed => ReasonCode::SERVER_UNAVAILABLE,
+                    })
+                } else {
+                    match tokio::time::timeout(self.hash_wait, self.hashing.acquire()).await {
+                        Ok(p) => p.map_err(|_| ReasonCode::SERVER_UNAVAILABLE),
+                        Err(_) => Err(ReasonCode::SERVER_BUSY),
+                    }
+                };
+                let _permit = permit?;
                 let (user_c, password) = (user.clone(), password.clone());
                 let ok = tokio::task::spawn_blocking(move || file.verify(&user_c, &password))
                     .await

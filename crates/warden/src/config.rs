@@ -380,6 +380,15 @@ pub struct Limits {
     /// Default 60 s.
     #[serde(deserialize_with = "de_write_stall_timeout")]
     pub write_stall_timeout: Duration,
+    /// Password verifications (argon2id: CPU and ~19 MiB each) run at once on the blocking
+    /// pool, 0 ..= 1024; 0 = the number of cores minus one, at least 1. Default 0.
+    #[serde(deserialize_with = "de_auth_hash_concurrency")]
+    pub auth_hash_concurrency: usize,
+    /// A CONNECT that waits longer than this for a verification slot is refused with v5 0x89
+    /// Server busy (v3 0x03) and not counted as a failed login; 0 = refuse at once when every
+    /// slot is taken. Default 2 s.
+    #[serde(deserialize_with = "de_auth_hash_wait")]
+    pub auth_hash_wait: Duration,
 }
 
 /// `auth_fail_backoff = { failures = 5, initial = "1s", max = "5m" }`: after `failures`
@@ -433,6 +442,12 @@ fn de_max_memory<'de, D: Deserializer<'de>>(d: D) -> Result<u64, D::Error> {
 }
 fn de_write_stall_timeout<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
     de_duration(d, "write_stall_timeout", Duration::ZERO)
+}
+fn de_auth_hash_concurrency<'de, D: Deserializer<'de>>(d: D) -> Result<usize, D::Error> {
+    narrow(de_int(d, "auth_hash_concurrency", 0, 1024)?)
+}
+fn de_auth_hash_wait<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+    de_duration(d, "auth_hash_wait", Duration::ZERO)
 }
 
 /// `auth_fail_ban = { failures = 20, within = "60s", ban = "300s" }`: after `failures` failed
@@ -501,6 +516,8 @@ impl Default for Limits {
             auth_fail_backoff: AuthFailBackoff::default(),
             max_memory: 2 * 1024 * 1024 * 1024,
             write_stall_timeout: Duration::from_secs(60),
+            auth_hash_concurrency: 0,
+            auth_hash_wait: Duration::from_secs(2),
         }
     }
 }
@@ -1702,6 +1719,13 @@ sys_interval = "10s"              # $SYS topics are retained and refreshed this 
         fails_at(&with_limits("max_connections = 5\nmax_publish_bandwidth = \"9 parsecs\""), 5, "unknown unit");
         fails_at(&with_limits("tls_handshake_timeout = 0"), 4, "greater than 0");
         fails_at(&with_limits("max_memory = \"lots\""), 4, "max_memory");
+        fails_at(&with_limits("max_memory = 0\nauth_hash_concurrency = 1025"), 5, "auth_hash_concurrency");
+        fails_at(&with_limits("auth_hash_wait = -1"), 4, "auth_hash_wait");
+        fails_at(&with_limits("auth_hash_wait = \"soon\""), 4, "auth_hash_wait");
+        let l = parse(&with_limits("auth_hash_concurrency = 3\nauth_hash_wait = \"250ms\"")).unwrap().limits;
+        assert_eq!((l.auth_hash_concurrency, l.auth_hash_wait), (3, Duration::from_millis(250)));
+        let l = parse(&with_limits("auth_hash_wait = 0")).unwrap().limits;
+        assert_eq!((l.auth_hash_concurrency, l.auth_hash_wait), (0, Duration::ZERO));
         fails_at(&with_limits("auth_fail_backoff = { failures = 0 }"), 4, "failures");
         fails_at(&with_limits("auth_fail_backoff = { forever = true }"), 4, "unknown field `forever`");
     }

@@ -336,6 +336,18 @@ where
             }
             a
         }
+        Err(code) if code == ReasonCode::SERVER_BUSY => {
+            // No hashing slot in time: the credentials were not checked, so this is not a
+            // failed login (no ban, no backoff). Logged once per address per interval.
+            hit(&ctx.broker.stats.limits.auth_hash_busy);
+            ctx.broker.stats.connections_refused.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            ctx.log_limit(&peer.ip().to_string(), "auth_hash_wait", "CONNECT refused (0x89 server busy)");
+            let client_max = connect.properties.maximum_packet_size.unwrap_or(u32::MAX);
+            write_connack(protocol, false, code, Default::default(), client_max, &mut wbuf);
+            let _ = wr.write_all(&wbuf).await;
+            let _ = wr.shutdown().await;
+            return;
+        }
         Err(code) => {
             if let Some(s) = &slot {
                 let now = Instant::now();

@@ -8,6 +8,12 @@ use tracing::{error, info};
 use warden::config::{Config, ListenerProtocol};
 use warden::server::Server;
 
+/// mimalloc instead of glibc's malloc: glibc keeps the heaps that argon2id's 19 MiB blocks grew
+/// (its mmap threshold rises after the first one is freed), so a wrong-password flood left the
+/// broker at over a gigabyte; see docs/PERFORMANCE.md, "Optimisation log".
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[derive(Parser, Debug)]
 #[command(name = "warden", version, about = "Warden: a secure MQTT broker")]
 struct Cli {

@@ -178,7 +178,10 @@ impl Server {
             _ => None,
         };
         let tokens = TokenAuth::new(cfg.auth.jwt.as_ref(), oauth.clone())?;
-        let auth = Arc::new(Authenticator::load(&cfg.auth, cfg.identity, tokens)?);
+        let auth = Arc::new(
+            Authenticator::load(&cfg.auth, cfg.identity, tokens)?
+                .with_hashing(cfg.limits.auth_hash_concurrency, cfg.limits.auth_hash_wait),
+        );
         let any_method = cfg.auth.allow_anonymous
             || cfg.auth.password_file.is_some()
             || cfg.auth.jwt.is_some()
