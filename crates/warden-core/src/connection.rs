@@ -58,6 +58,9 @@ pub struct Connection {
     pending: Vec<Arc<Message>>,
     /// Some pending message is QoS 1/2: its acknowledgement waits for what routing stores.
     pending_acked: bool,
+    /// The last publish allowed (topic, QoS, retain, policy generation), when the policy
+    /// lets allows be reused ([`warden_policy::Authorizer::allows_are_cacheable`]).
+    publish_allowed: Option<(TopicName, QoS, bool, u64)>,
 }
 
 impl Connection {
@@ -93,6 +96,7 @@ impl Connection {
             durable: 0,
             pending: Vec::new(),
             pending_acked: false,
+            publish_allowed: None,
         }
     }
 
@@ -350,7 +354,23 @@ impl Connection {
             return Err(self.fail(out, ReasonCode::TOPIC_NAME_INVALID));
         }
         self.broker.stats.messages_received.fetch_add(1, Ordering::Relaxed);
-        let decision = self.authorize(Action::Publish { qos: qos as u8, retain }, topic.as_str());
+        // A device publishing to one topic again and again is authorized once per policy:
+        // the generation is read before the policy, so a swap in between is never cached.
+        let policy_gen = self.broker.policy_generation();
+        let cached = self
+            .publish_allowed
+            .as_ref()
+            .is_some_and(|(t, q, r, g)| *g == policy_gen && *q == qos && *r == retain && *t == topic);
+        let decision = if cached {
+            Decision::Allow
+        } else {
+            let authz = self.broker.authorizer();
+            let d = self.authorize(Action::Publish { qos: qos as u8, retain }, topic.as_str());
+            if d.is_allowed() && authz.allows_are_cacheable() {
+                self.publish_allowed = Some((topic.clone(), qos, retain, policy_gen));
+            }
+            d
+        };
         let denied = match decision {
             Decision::Allow => false,
             Decision::Deny { disconnect } => {

@@ -45,6 +45,14 @@ impl Decision {
 pub trait Authorizer: Send + Sync {
     /// Decide `action` on `topic` (a topic name for publish/receive, a filter for subscribe).
     fn authorize(&self, principal: &Principal, client_id: &str, action: Action, topic: &str) -> Decision;
+
+    /// True when an `Allow` for the same principal, client id, action and topic may be reused
+    /// until this authorizer is replaced: the decision is a pure function of them and has no
+    /// side effect that must happen every time (such as auditing every decision). Denials are
+    /// never reused. Default: false.
+    fn allows_are_cacheable(&self) -> bool {
+        false
+    }
 }
 
 /// No authorization source configured: everything is allowed (Mosquitto's behaviour, SPEC §6);
@@ -55,6 +63,10 @@ pub struct AllowAll;
 impl Authorizer for AllowAll {
     fn authorize(&self, _: &Principal, _: &str, _: Action, _: &str) -> Decision {
         Decision::Allow
+    }
+
+    fn allows_are_cacheable(&self) -> bool {
+        true
     }
 }
 
@@ -234,6 +246,10 @@ impl Authorizer for PolicyAuthorizer {
             answers.contains(&Some(Some(true)))
         };
         self.decision(allowed, action)
+    }
+
+    fn allows_are_cacheable(&self) -> bool {
+        true
     }
 }
 

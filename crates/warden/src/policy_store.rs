@@ -95,6 +95,11 @@ impl Authorizer for Audited {
         self.record(principal, client_id, action, topic, d, &by.to_string());
         d
     }
+
+    /// With `audit = "all"` every decision is logged, so none may be skipped.
+    fn allows_are_cacheable(&self) -> bool {
+        !self.all
+    }
 }
 
 /// Load the ACL file named by the configuration.
