@@ -125,6 +125,18 @@ pub fn render(inputs: &[PathBuf], reference: &str) -> Result<String> {
     let med = |case: &str, broker: &str, m: &Metric| {
         median(runs.iter().filter(|r| r.case == case && r.broker == broker).filter_map(|r| (m.get)(r)).collect())
     };
+    // The cells of one metric's row: every broker's median, then the reference's ratio to each peer.
+    let cells = |case: &str, m: &Metric| {
+        let mine = med(case, reference, m);
+        let mut row = String::new();
+        for b in &brokers {
+            row.push_str(&format!(" {} |", fmt(med(case, b, m))));
+        }
+        for o in &others {
+            row.push_str(&format!(" {} |", ratio(mine, med(case, o, m))));
+        }
+        row
+    };
     let mut s = String::new();
 
     // Summary: the two key figures per case, medians and ratios.
@@ -141,15 +153,7 @@ pub fn render(inputs: &[PathBuf], reference: &str) -> Result<String> {
                 Better::Higher => "↑",
                 Better::Lower => "↓",
             };
-            s.push_str(&format!("| {case} | {} {arrow} |", m.name));
-            let mine = med(case, reference, m);
-            for b in &brokers {
-                s.push_str(&format!(" {} |", fmt(med(case, b, m))));
-            }
-            for o in &others {
-                s.push_str(&format!(" {} |", ratio(mine, med(case, o, m))));
-            }
-            s.push('\n');
+            s.push_str(&format!("| {case} | {} {arrow} |{}\n", m.name, cells(case, m)));
         }
     }
     s.push_str(
@@ -173,15 +177,7 @@ pub fn render(inputs: &[PathBuf], reference: &str) -> Result<String> {
         }
         table_header(&mut s, &["metric (median)"], &brokers, &others, reference);
         for m in &ms {
-            s.push_str(&format!("| {} |", m.name));
-            let mine = med(case, reference, m);
-            for b in &brokers {
-                s.push_str(&format!(" {} |", fmt(med(case, b, m))));
-            }
-            for o in &others {
-                s.push_str(&format!(" {} |", ratio(mine, med(case, o, m))));
-            }
-            s.push('\n');
+            s.push_str(&format!("| {} |{}\n", m.name, cells(case, m)));
         }
         s.push_str("\nRuns (in the order they ran):\n\n");
         for r in &case_runs {
