@@ -531,16 +531,8 @@ impl Broker {
     /// subscription identifier [MQTT-3.3.4-2/3]; one member per shared group). Returns the
     /// number of deliveries queued.
     pub fn route(&self, msg: Arc<Message>) -> usize {
-        self.route_batched(msg, None)
-    }
-
-    /// [`Broker::route`], deferring subscriber wake-ups into `batch` (flushed by the caller
-    /// once its read batch is routed).
-    pub fn route_batched(&self, msg: Arc<Message>, batch: Option<&mut WakeBatch>) -> usize {
-        match batch {
-            Some(b) => self.route_many(std::slice::from_ref(&msg), b),
-            None => self.route_many(std::slice::from_ref(&msg), &mut WakeBatch::default()),
-        }
+        // The local batch wakes the subscribers when it is dropped.
+        self.route_many(std::slice::from_ref(&msg), &mut WakeBatch::default())
     }
 
     /// Route a publisher's batch of messages, in order. Each subscriber session is locked once
@@ -696,19 +688,24 @@ impl Broker {
             ("$SYS/broker/retained messages/count", self.retained_count().to_string()),
         ];
         for (t, v) in topics {
-            let Ok(topic) = TopicName::new(t) else { continue };
-            self.route(Arc::new(Message {
-                topic,
-                payload: Bytes::from(v),
-                qos: QoS::AtMostOnce,
-                retain: true,
-                properties: None,
-                expires_at: None,
-                origin: None,
-                persisted: Default::default(),
-            }));
+            self.publish_sys_value(t, v);
         }
         self.publish_limits_sys();
+    }
+
+    /// Publish one `$SYS` value: retained, QoS 0, from the broker itself.
+    pub(crate) fn publish_sys_value(&self, topic: &str, value: String) {
+        let Ok(topic) = TopicName::new(topic) else { return };
+        self.route(Arc::new(Message {
+            topic,
+            payload: Bytes::from(value),
+            qos: QoS::AtMostOnce,
+            retain: true,
+            properties: None,
+            expires_at: None,
+            origin: None,
+            persisted: Default::default(),
+        }));
     }
 }
 

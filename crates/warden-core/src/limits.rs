@@ -6,12 +6,8 @@
 //! how many bytes its session queues hold ([`Broker::queued_bytes`]).
 
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
 
-use bytes::Bytes;
-use mqtt_codec::{QoS, TopicName};
-
-use crate::{Broker, Message};
+use crate::Broker;
 
 /// One counter per limit: how often it was hit since start. Each is published as
 /// `$SYS/broker/limits/<name>`.
@@ -88,17 +84,7 @@ impl Broker {
         let counters = self.stats.limits.snapshot();
         let extra = [("queued_bytes", self.queued_bytes())];
         for (name, value) in counters.into_iter().chain(extra) {
-            let Ok(topic) = TopicName::new(&format!("$SYS/broker/limits/{name}")) else { continue };
-            self.route(Arc::new(Message {
-                topic,
-                payload: Bytes::from(value.to_string()),
-                qos: QoS::AtMostOnce,
-                retain: true,
-                properties: None,
-                expires_at: None,
-                origin: None,
-                persisted: Default::default(),
-            }));
+            self.publish_sys_value(&format!("$SYS/broker/limits/{name}"), value.to_string());
         }
     }
 }

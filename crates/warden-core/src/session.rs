@@ -127,17 +127,6 @@ pub struct Session {
     pub state: Mutex<SessionState>,
 }
 
-/// Result of offering a delivery to a session's queue.
-#[derive(Debug, PartialEq, Eq)]
-pub enum Enqueued {
-    /// Queued (and the connection woken if live).
-    Queued,
-    /// Dropped: the session is offline and the message is QoS 0.
-    SkippedOffline,
-    /// Dropped: the queue is full.
-    Dropped,
-}
-
 impl Session {
     /// A new, empty session.
     pub fn new(id: u64, client_id: Arc<str>, owner: Principal, expiry_interval: u32) -> Self {
@@ -204,70 +193,16 @@ impl Session {
     pub(crate) fn set_ended(&self) {
         self.ended.store(true, Ordering::Relaxed);
     }
-
-    /// Offer a delivery. QoS 0 messages are not queued for offline sessions; when the queue
-    /// is at its message or byte limit the delivery is dropped and counted.
-    pub fn enqueue(self: &Arc<Self>, d: Delivery, max_messages: usize, max_bytes: u64) -> Enqueued {
-        self.enqueue_batched(d, max_messages, max_bytes, None, None)
-    }
-
-    /// [`Session::enqueue`], deferring the wake-up into `batch` when given (one wake per
-    /// session per publisher read batch, so the subscriber writes many messages at once).
-    /// With a `store`, a QoS 1/2 delivery to a persistent session is stored, and the ticket
-    /// its acknowledgement waits for is added to `batch`.
-    pub fn enqueue_batched(
-        self: &Arc<Self>,
-        mut d: Delivery,
-        max_messages: usize,
-        max_bytes: u64,
-        batch: Option<&mut WakeBatch>,
-        store: Option<&Arc<dyn Persist>>,
-    ) -> Enqueued {
-        let mut ticket = 0;
-        let waker = {
-            let mut st = self.state.lock();
-            if self.is_ended() {
-                return Enqueued::Dropped;
-            }
-            if st.conn.is_none() && d.qos == QoS::AtMostOnce {
-                return Enqueued::SkippedOffline;
-            }
-            let cost = d.msg.cost();
-            if st.queue.len() >= max_messages || st.queued_bytes + cost > max_bytes {
-                st.dropped += 1;
-                return Enqueued::Dropped;
-            }
-            if let Some(store) = store.filter(|_| d.qos != QoS::AtMostOnce && st.expiry_interval > 0) {
-                ticket = store_delivery(store, self.id, &mut d, None);
-            }
-            st.queued_bytes += cost;
-            st.queue.push_back(d);
-            // The waker is cloned only when a wake-up is due: a session already in the batch
-            // needs none, and the clone's atomic increment on the waker (shared with the
-            // subscriber's task) is the costliest part of an enqueue otherwise.
-            let st = &mut *st;
-            match &st.conn {
-                Some(c) if batch.is_none() || !std::mem::replace(&mut st.wake_batched, true) => Some(c.waker.clone()),
-                _ => None,
-            }
-        };
-        let mut batch = batch;
-        if let Some(b) = batch.as_deref_mut() {
-            b.durable = b.durable.max(ticket);
-        }
-        if let Some(w) = waker {
-            match batch {
-                Some(b) => b.wakes.push((self.clone(), w)),
-                None => w.wake(),
-            }
-        }
-        Enqueued::Queued
-    }
 }
 
 impl Session {
-    /// Offer a publisher's batch of deliveries under one lock (see [`Session::enqueue_batched`]
-    /// for what happens to each). Returns (queued, dropped because the queue was full).
+    /// Offer a publisher's batch of deliveries under one lock. QoS 0 deliveries are not
+    /// queued for an offline session; when the queue is at its message or byte limit a
+    /// delivery is dropped and counted. With a `store`, a QoS 1/2 delivery to a persistent
+    /// session is stored and the ticket its acknowledgement waits for is added to `batch`.
+    /// The session is added to `batch` for one wake-up (its waker is cloned only then: that
+    /// atomic increment on a line the subscriber's task shares is costly).
+    /// Returns (queued, dropped because the queue was full).
     pub fn enqueue_many(
         self: &Arc<Self>,
         ds: Vec<Delivery>,
