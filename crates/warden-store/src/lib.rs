@@ -145,6 +145,7 @@ struct Raw {
     bad_sessions: Vec<u64>,
     bad_deliveries: Vec<(u64, u64)>,
     bad_messages: Vec<u64>,
+    bad_qos2: Vec<(u64, u16)>,
     bad_retained: Vec<String>,
     /// A table could not be read to its end: rebuild the file.
     damaged: bool,
@@ -158,7 +159,7 @@ impl Store {
         let mut report = Report::default();
         // A damaged file is input like any other: redb errors (or, defensively, panics) on it
         // become a report and a rebuilt file, never a crash or garbage.
-        let (db, raw) = match std::panic::catch_unwind(|| Database::create(path)) {
+        let (db, mut raw) = match std::panic::catch_unwind(|| Database::create(path)) {
             Ok(Ok(db)) => {
                 match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| read_all(&db, clock, &mut report))) {
                     Ok(raw) => (Some(db), raw),
@@ -182,6 +183,7 @@ impl Store {
                 (None, Raw { damaged: true, ..Raw::default() })
             }
         };
+        raw.prune();
         let db_err = |e: redb::Error| StoreError::Db { path: path.to_owned(), error: Box::new(e) };
         let db = match db {
             Some(db) if !raw.damaged => {
@@ -433,25 +435,20 @@ fn commit(db: &Database, ops: &[PersistOp], sync: bool) -> Result<(), redb::Erro
     let mut txn = db.begin_write()?;
     txn.set_durability(if sync { redb::Durability::Immediate } else { redb::Durability::None });
     {
-        let mut sessions = txn.open_table(SESSIONS)?;
-        let mut deliveries = txn.open_table(DELIVERIES)?;
-        let mut messages = txn.open_table(MESSAGES)?;
-        let mut qos2 = txn.open_table(QOS2_IN)?;
-        let mut retained = txn.open_table(RETAINED)?;
+        let mut t = Tables::open(&txn)?;
         for sid in &net.ended {
-            deliveries.retain_in((*sid, 0)..=(*sid, u64::MAX), |_, _| false)?;
-            qos2.retain_in((*sid, 0)..=(*sid, u16::MAX), |_, _| false)?;
+            t.end_session(*sid)?;
         }
         for (sid, r) in &net.sessions {
             match r {
-                Some(r) => sessions.insert(*sid, codec::encode_session(r, clock).as_slice())?,
-                None => sessions.remove(*sid)?,
+                Some(r) => t.sessions.insert(*sid, codec::encode_session(r, clock).as_slice())?,
+                None => t.sessions.remove(*sid)?,
             };
         }
         for (id, m) in &net.messages {
             match m {
-                Some(m) => messages.insert(*id, codec::encode_message(m, clock).as_slice())?,
-                None => messages.remove(*id)?,
+                Some(m) => t.messages.insert(*id, codec::encode_message(m, clock).as_slice())?,
+                None => t.messages.remove(*id)?,
             };
         }
         for (key, d) in &net.deliveries {
@@ -464,22 +461,22 @@ fn commit(db: &Database, ops: &[PersistOp], sync: bool) -> Result<(), redb::Erro
                         stage: *stage,
                         sub_ids: sub_ids.clone(),
                     };
-                    deliveries.insert(*key, codec::encode_delivery(&rec).as_slice())?
+                    t.deliveries.insert(*key, codec::encode_delivery(&rec).as_slice())?
                 }
-                _ => deliveries.remove(*key)?,
+                _ => t.deliveries.remove(*key)?,
             };
         }
         for (key, present) in &net.qos2 {
             if *present {
-                qos2.insert(*key, ())?;
+                t.qos2.insert(*key, ())?;
             } else {
-                qos2.remove(*key)?;
+                t.qos2.remove(*key)?;
             }
         }
         for (topic, m) in &net.retained {
             match m {
-                Some(m) => retained.insert(*topic, codec::encode_message(m, clock).as_slice())?,
-                None => retained.remove(*topic)?,
+                Some(m) => t.retained.insert(*topic, codec::encode_message(m, clock).as_slice())?,
+                None => t.retained.remove(*topic)?,
             };
         }
     }
@@ -606,39 +603,77 @@ fn read_tables(db: &Database, clock: Clock, raw: &mut Raw, report: &mut Report) 
     Ok(())
 }
 
-/// Remove unreadable, expired and orphaned records.
+impl Raw {
+    /// Apply the store's invariants to what was read, in one place: a delivery needs its
+    /// session and its message, a message needs a delivery, inbound QoS 2 state needs its
+    /// session. What breaks them joins the records to remove.
+    fn prune(&mut self) {
+        let (keep, orphans): (Vec<_>, Vec<_>) = std::mem::take(&mut self.deliveries)
+            .into_iter()
+            .partition(|(k, d)| self.sessions.contains_key(&k.0) && self.messages.contains_key(&d.msg_id));
+        self.bad_deliveries.extend(orphans.into_iter().map(|(k, _)| k));
+        self.deliveries = keep;
+        let referenced: std::collections::HashSet<u64> = self.deliveries.iter().map(|(_, d)| d.msg_id).collect();
+        let unreferenced: Vec<u64> = self.messages.keys().filter(|id| !referenced.contains(id)).copied().collect();
+        for id in unreferenced {
+            self.messages.remove(&id);
+            self.bad_messages.push(id);
+        }
+        let (keep, orphans): (Vec<_>, Vec<_>) =
+            std::mem::take(&mut self.qos2).into_iter().partition(|(sid, _)| self.sessions.contains_key(sid));
+        self.qos2 = keep;
+        self.bad_qos2 = orphans;
+    }
+}
+
+/// The five tables, opened in one write transaction.
+struct Tables<'t> {
+    sessions: redb::Table<'t, u64, &'static [u8]>,
+    deliveries: redb::Table<'t, (u64, u64), &'static [u8]>,
+    messages: redb::Table<'t, u64, &'static [u8]>,
+    qos2: redb::Table<'t, (u64, u16), ()>,
+    retained: redb::Table<'t, &'static str, &'static [u8]>,
+}
+
+impl<'t> Tables<'t> {
+    fn open(txn: &'t redb::WriteTransaction) -> Result<Self, redb::Error> {
+        Ok(Tables {
+            sessions: txn.open_table(SESSIONS)?,
+            deliveries: txn.open_table(DELIVERIES)?,
+            messages: txn.open_table(MESSAGES)?,
+            qos2: txn.open_table(QOS2_IN)?,
+            retained: txn.open_table(RETAINED)?,
+        })
+    }
+
+    /// Remove a session with everything filed under it (deliveries, inbound QoS 2 ids).
+    fn end_session(&mut self, sid: u64) -> Result<(), redb::Error> {
+        self.sessions.remove(sid)?;
+        self.deliveries.retain_in((sid, 0)..=(sid, u64::MAX), |_, _| false)?;
+        self.qos2.retain_in((sid, 0)..=(sid, u16::MAX), |_, _| false)?;
+        Ok(())
+    }
+}
+
+/// Remove the records [`Raw::prune`] and reading set aside: unreadable, expired, orphaned.
 fn remove_bad(db: &Database, raw: &Raw) -> Result<(), redb::Error> {
-    let orphans = raw
-        .deliveries
-        .iter()
-        .filter(|(k, d)| !raw.sessions.contains_key(&k.0) || !raw.messages.contains_key(&d.msg_id));
-    let referenced: std::collections::HashSet<u64> = raw.deliveries.iter().map(|(_, d)| d.msg_id).collect();
-    let unreferenced = raw.messages.keys().filter(|id| !referenced.contains(id));
     let txn = db.begin_write()?;
     {
-        let mut sessions = txn.open_table(SESSIONS)?;
-        let mut deliveries = txn.open_table(DELIVERIES)?;
-        let mut messages = txn.open_table(MESSAGES)?;
-        let mut qos2 = txn.open_table(QOS2_IN)?;
-        let mut retained = txn.open_table(RETAINED)?;
+        let mut t = Tables::open(&txn)?;
         for sid in &raw.bad_sessions {
-            sessions.remove(*sid)?;
-            deliveries.retain_in((*sid, 0)..=(*sid, u64::MAX), |_, _| false)?;
-            qos2.retain_in((*sid, 0)..=(*sid, u16::MAX), |_, _| false)?;
+            t.end_session(*sid)?;
         }
-        for k in raw.bad_deliveries.iter().copied().chain(orphans.map(|(k, _)| *k)) {
-            deliveries.remove(k)?;
+        for k in &raw.bad_deliveries {
+            t.deliveries.remove(*k)?;
         }
-        for id in raw.bad_messages.iter().chain(unreferenced) {
-            messages.remove(*id)?;
+        for id in &raw.bad_messages {
+            t.messages.remove(*id)?;
         }
-        for (sid, pid) in &raw.qos2 {
-            if !raw.sessions.contains_key(sid) {
-                qos2.remove((*sid, *pid))?;
-            }
+        for k in &raw.bad_qos2 {
+            t.qos2.remove(*k)?;
         }
-        for t in &raw.bad_retained {
-            retained.remove(t.as_str())?;
+        for topic in &raw.bad_retained {
+            t.retained.remove(topic.as_str())?;
         }
     }
     txn.commit()?;
@@ -650,11 +685,7 @@ fn write_back(db: &Database, raw: &Raw) -> Result<(), redb::Error> {
     let clock = Clock::now();
     let txn = db.begin_write()?;
     {
-        let mut sessions = txn.open_table(SESSIONS)?;
-        let mut deliveries = txn.open_table(DELIVERIES)?;
-        let mut messages = txn.open_table(MESSAGES)?;
-        let mut qos2 = txn.open_table(QOS2_IN)?;
-        let mut retained = txn.open_table(RETAINED)?;
+        let mut t = Tables::open(&txn)?;
         for (sid, s) in &raw.sessions {
             let rec = warden_core::persist::SessionRecord {
                 sid: *sid,
@@ -664,26 +695,19 @@ fn write_back(db: &Database, raw: &Raw) -> Result<(), redb::Error> {
                 disconnected_at: s.json.disconnected.and_then(|ms| clock.to_instant(ms)),
                 subscriptions: s.subscriptions.clone(),
             };
-            sessions.insert(*sid, codec::encode_session(&rec, clock).as_slice())?;
+            t.sessions.insert(*sid, codec::encode_session(&rec, clock).as_slice())?;
         }
         for (k, d) in &raw.deliveries {
-            if raw.sessions.contains_key(&k.0) && raw.messages.contains_key(&d.msg_id) {
-                deliveries.insert(*k, codec::encode_delivery(d).as_slice())?;
-            }
+            t.deliveries.insert(*k, codec::encode_delivery(d).as_slice())?;
         }
-        let referenced: std::collections::HashSet<u64> = raw.deliveries.iter().map(|(_, d)| d.msg_id).collect();
         for (id, m) in &raw.messages {
-            if referenced.contains(id) {
-                messages.insert(*id, codec::encode_message(m, clock).as_slice())?;
-            }
+            t.messages.insert(*id, codec::encode_message(m, clock).as_slice())?;
         }
         for k in &raw.qos2 {
-            if raw.sessions.contains_key(&k.0) {
-                qos2.insert(*k, ())?;
-            }
+            t.qos2.insert(*k, ())?;
         }
-        for (t, m) in &raw.retained {
-            retained.insert(t.as_str(), codec::encode_message(m, clock).as_slice())?;
+        for (topic, m) in &raw.retained {
+            t.retained.insert(topic.as_str(), codec::encode_message(m, clock).as_slice())?;
         }
     }
     txn.commit()?;
@@ -697,21 +721,17 @@ fn restore(store: &Arc<Store>, raw: Raw, mut report: Report) -> Loaded {
     let mut messages: HashMap<u64, Arc<Message>> = HashMap::new();
     let mut raw_messages = raw.messages;
     let mut per_session: HashMap<u64, Vec<RestoredDelivery>> = HashMap::new();
+    // After `Raw::prune`, every delivery's session and message are here.
     for ((sid, seq), d) in raw.deliveries {
-        if !raw.sessions.contains_key(&sid) {
-            continue;
-        }
         let msg = match messages.get(&d.msg_id) {
             Some(m) => m.clone(),
-            None => match raw_messages.remove(&d.msg_id) {
-                Some(m) => {
-                    let m = Arc::new(m);
-                    let _ = m.persisted.set(PersistedMsg::new(d.msg_id, sink.clone()));
-                    messages.insert(d.msg_id, m.clone());
-                    m
-                }
-                None => continue, // expired or unreadable: already reported and removed
-            },
+            None => {
+                let Some(m) = raw_messages.remove(&d.msg_id) else { continue };
+                let m = Arc::new(m);
+                let _ = m.persisted.set(PersistedMsg::new(d.msg_id, sink.clone()));
+                messages.insert(d.msg_id, m.clone());
+                m
+            }
         };
         report.deliveries += 1;
         per_session.entry(sid).or_default().push(RestoredDelivery {

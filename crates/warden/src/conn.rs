@@ -81,6 +81,17 @@ impl ConnContext {
     }
 }
 
+impl ConnContext {
+    /// Wait until what `conn`'s output so far acknowledges is durable (at once when nothing
+    /// needs the store).
+    async fn wait_durable(&self, conn: &mut Connection) {
+        let ticket = conn.take_durable();
+        if let Some(store) = &self.store {
+            store.wait(ticket).await;
+        }
+    }
+}
+
 /// Live connections by the id (`jti`) of the access token they authenticated with.
 #[derive(Default)]
 pub struct LiveTokens {
@@ -402,10 +413,7 @@ where
     // Messages accepted in the last batch are routed now, and their acknowledgements (already
     // in `wbuf`) leave only once what the store must keep for them is durable.
     conn.flush_wakes();
-    let ticket = conn.take_durable();
-    if let (true, Some(store)) = (ticket != 0, &ctx.store) {
-        store.wait(ticket).await;
-    }
+    ctx.wait_durable(&mut conn).await;
     // Flush what is pending (a DISCONNECT with a reason code, for instance), briefly.
     if !wbuf.is_empty() {
         let _ = tokio::time::timeout(Duration::from_secs(1), wr.write_all(&wbuf)).await;
@@ -585,10 +593,7 @@ where
         }
         // Output that acknowledges something the store must keep leaves only once it is
         // durable; one commit covers every connection waiting meanwhile.
-        let ticket = conn.take_durable();
-        if let (true, Some(store)) = (ticket != 0, &ctx.store) {
-            store.wait(ticket).await;
-        }
+        ctx.wait_durable(conn).await;
         if wbuf.is_empty() && wbuf.capacity() > KEEP_CAPACITY {
             *wbuf = BytesMut::new();
         }
