@@ -249,17 +249,6 @@ impl Store {
         let _ = rx.wait_for(|c| *c >= ticket).await;
     }
 
-    /// Block until `ticket` is committed (for threads outside the async runtime).
-    pub fn wait_blocking(&self, ticket: u64) {
-        let mut rx = self.committed.subscribe();
-        while *rx.borrow_and_update() < ticket {
-            if self.writer.lock().is_none() {
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(1));
-        }
-    }
-
     /// Commit what is queued, make it durable and stop the writer. Later ops are ignored.
     pub fn close(&self) {
         self.pending.lock().closing = true;

@@ -148,7 +148,7 @@ fn tickets_follow_the_durability_mode() {
             stage: None,
         });
         assert_eq!(t != 0, delivery_waits, "{mode:?}");
-        store.wait_blocking(t);
+        tokio::runtime::Builder::new_current_thread().build().unwrap().block_on(store.wait(t));
         store.close();
     }
 }
