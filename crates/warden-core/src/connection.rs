@@ -17,7 +17,7 @@ use mqtt_codec::{
     Connect, DecodeError, Disconnect, LastWill, Packet, Properties, Protocol, PubAck, Publish, PublishRef, QoS,
     ReasonCode, RetainHandling, SubAck, Subscribe, TopicName, UnsubAck, Unsubscribe,
 };
-use warden_policy::{Action, Decision, Principal};
+use warden_policy::{Action, Authorizer, Decision, Principal};
 
 use crate::broker::Broker;
 use crate::message::Message;
@@ -186,7 +186,12 @@ impl Connection {
     }
 
     fn authorize(&self, action: Action, topic: &str) -> Decision {
-        let d = self.broker.authorizer().authorize(&self.principal, &self.client_id, action, topic);
+        self.authorize_with(self.broker.authorizer().as_ref(), action, topic)
+    }
+
+    /// [`Self::authorize`] with a policy the caller already holds.
+    fn authorize_with(&self, authz: &dyn Authorizer, action: Action, topic: &str) -> Decision {
+        let d = authz.authorize(&self.principal, &self.client_id, action, topic);
         if !d.is_allowed() {
             self.broker.stats.denied.fetch_add(1, Ordering::Relaxed);
         }
@@ -365,7 +370,7 @@ impl Connection {
             Decision::Allow
         } else {
             let authz = self.broker.authorizer();
-            let d = self.authorize(Action::Publish { qos: qos as u8, retain }, topic.as_str());
+            let d = self.authorize_with(authz.as_ref(), Action::Publish { qos: qos as u8, retain }, topic.as_str());
             if d.is_allowed() && authz.allows_are_cacheable() {
                 self.publish_allowed = Some((topic.clone(), qos, retain, policy_gen));
             }
