@@ -29,7 +29,7 @@ pub use packets::connect::{Connack, Connect, LastWill};
 pub use packets::disconnect::{Auth, Disconnect};
 pub use packets::publish::{Publish, PublishRef};
 pub use packets::subscribe::{RetainHandling, SubAck, Subscribe, SubscriptionOptions, UnsubAck, Unsubscribe};
-pub use properties::Properties;
+pub use properties::{LazyProperties, Properties};
 pub use reason::ReasonCode;
 pub use topic::{TopicError, TopicFilter, TopicName};
 

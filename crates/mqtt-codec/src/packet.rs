@@ -1,6 +1,6 @@
 //! The [`Packet`] enum, the fixed header (§2.1) and the decode / encode entry points.
 
-use bytes::{BufMut, BytesMut};
+use bytes::{Buf, BufMut, BytesMut};
 
 use crate::packets::{ack::PubAck, connect, disconnect, publish::Publish, subscribe};
 use crate::wire::{peek_varint, put_varint, varint_len, Reader, VarInt};
@@ -166,8 +166,8 @@ pub fn decode(buf: &mut BytesMut, v: Protocol, max_packet_size: u32) -> Result<O
         buf.reserve((total - buf.len()).min(RESERVE_AHEAD));
         return Ok(None);
     }
-    let frame = buf.split_to(total).freeze();
-    let mut r = Reader::new(frame.slice(header_len..));
+    buf.advance(header_len);
+    let mut r = Reader::new(buf.split_to(total - header_len).freeze());
     let packet = decode_body(first, &mut r, v)?;
     if !r.is_empty() {
         return Err(DecodeError::Malformed("unexpected bytes after the packet"));

@@ -68,6 +68,102 @@ pub struct Properties {
     pub shared_subscription_available: Option<u8>,
 }
 
+/// A property list held only when it has something in it: what a PUBLISH carries. Most
+/// PUBLISH packets (every 3.1.1 one, most v5 ones) have no properties, and a [`Properties`]
+/// is ~330 bytes that every move of the packet would copy and every drop would walk; this is
+/// one pointer, `None` until a property is set. It reads as a `Properties` (an empty one when
+/// nothing is held) and allocates on the first write.
+#[derive(Clone, Default)]
+pub struct LazyProperties(Option<Box<Properties>>);
+
+/// Equal when the lists are: an empty box equals nothing held.
+impl PartialEq for LazyProperties {
+    fn eq(&self, other: &Self) -> bool {
+        **self == **other
+    }
+}
+
+impl Eq for LazyProperties {}
+
+/// What an empty [`LazyProperties`] reads as.
+static EMPTY: Properties = Properties {
+    payload_format_indicator: None,
+    message_expiry_interval: None,
+    content_type: None,
+    response_topic: None,
+    correlation_data: None,
+    subscription_identifiers: Vec::new(),
+    session_expiry_interval: None,
+    assigned_client_identifier: None,
+    server_keep_alive: None,
+    authentication_method: None,
+    authentication_data: None,
+    request_problem_information: None,
+    will_delay_interval: None,
+    request_response_information: None,
+    response_information: None,
+    server_reference: None,
+    reason_string: None,
+    receive_maximum: None,
+    topic_alias_maximum: None,
+    topic_alias: None,
+    maximum_qos: None,
+    retain_available: None,
+    user_properties: Vec::new(),
+    maximum_packet_size: None,
+    wildcard_subscription_available: None,
+    subscription_identifier_available: None,
+    shared_subscription_available: None,
+};
+
+impl LazyProperties {
+    /// The properties, if any were set (`None` for an empty list).
+    pub fn get(&self) -> Option<&Properties> {
+        self.0.as_deref()
+    }
+
+    /// Take the properties out (`None` when empty), leaving an empty list.
+    pub fn take(&mut self) -> Option<Box<Properties>> {
+        self.0.take()
+    }
+
+    /// The boxed properties (`None` when empty).
+    pub fn into_inner(self) -> Option<Box<Properties>> {
+        self.0
+    }
+}
+
+impl From<Properties> for LazyProperties {
+    fn from(p: Properties) -> Self {
+        LazyProperties((!p.is_empty()).then(|| Box::new(p)))
+    }
+}
+
+impl From<Option<Box<Properties>>> for LazyProperties {
+    fn from(p: Option<Box<Properties>>) -> Self {
+        LazyProperties(p.filter(|p| !p.is_empty()))
+    }
+}
+
+impl std::ops::Deref for LazyProperties {
+    type Target = Properties;
+    fn deref(&self) -> &Properties {
+        self.0.as_deref().unwrap_or(&EMPTY)
+    }
+}
+
+impl std::ops::DerefMut for LazyProperties {
+    fn deref_mut(&mut self) -> &mut Properties {
+        self.0.get_or_insert_with(Box::default)
+    }
+}
+
+impl std::fmt::Debug for LazyProperties {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        std::fmt::Debug::fmt(&**self, f)
+    }
+}
+
 mod id {
     pub const PAYLOAD_FORMAT_INDICATOR: u8 = 0x01;
     pub const MESSAGE_EXPIRY_INTERVAL: u8 = 0x02;
@@ -379,6 +475,24 @@ mod tests {
 
     fn dec(bytes: &[u8], ctx: PropertyContext) -> Result<Properties, DecodeError> {
         Properties::decode(&mut Reader::new(Bytes::copy_from_slice(bytes)), ctx)
+    }
+
+    #[test]
+    fn lazy_properties_hold_nothing_until_set() {
+        let mut l = LazyProperties::default();
+        assert!(l.get().is_none());
+        assert!(l.is_empty() && l.topic_alias.is_none());
+        // An empty list converts to nothing held; equality looks at the contents.
+        assert!(LazyProperties::from(Properties::default()).get().is_none());
+        let mut written = LazyProperties::default();
+        let _: &mut Properties = &mut written; // a write allocates an (empty) list
+        assert!(written.get().is_some());
+        assert_eq!(written, l);
+        l.topic_alias = Some(3);
+        assert_eq!(l.get().and_then(|p| p.topic_alias), Some(3));
+        assert_ne!(written, l);
+        let p = Properties { content_type: Some("t".into()), ..Properties::default() };
+        assert_eq!(LazyProperties::from(p.clone()).into_inner().as_deref(), Some(&p));
     }
 
     #[test]

@@ -49,8 +49,10 @@ pub struct TopicName(Arc<str>);
 impl TopicName {
     /// Validate a topic name.
     pub fn new(s: &str) -> Result<Self, TopicError> {
-        check_common(s)?;
-        if s.contains(['+', '#']) {
+        // Every PUBLISH passes here: one scan for the three forbidden bytes (all ASCII, so
+        // bytes suffice), the exact error only when one is found.
+        if s.as_bytes().iter().any(|&b| matches!(b, 0 | b'+' | b'#')) || s.is_empty() || s.len() > u16::MAX as usize {
+            check_common(s)?;
             return Err(TopicError::WildcardInName);
         }
         Ok(TopicName(Arc::from(s)))
@@ -69,6 +71,11 @@ impl TopicName {
     /// True only for the placeholder of a PUBLISH that relies on a topic alias.
     pub fn is_empty(&self) -> bool {
         self.0.is_empty()
+    }
+
+    /// How many levels the name has (one more than its `/` separators).
+    pub fn level_count(&self) -> usize {
+        self.0.bytes().filter(|&b| b == b'/').count() + 1
     }
 
     /// Topic levels, split on `/`.
@@ -200,6 +207,14 @@ mod tests {
         assert_eq!(TopicName::new("a/+"), Err(TopicError::WildcardInName)); // [MQTT-3.3.2-2]
         assert_eq!(TopicName::new("a#"), Err(TopicError::WildcardInName));
         assert_eq!(TopicName::new("a\0b"), Err(TopicError::Nul)); // [MQTT-4.7.3-2]
+                                                                  // U+0000 is reported before a wildcard, wherever each is.
+        assert_eq!(TopicName::new("a/+\0"), Err(TopicError::Nul));
+        assert_eq!(TopicName::new(&"a".repeat(65_536)), Err(TopicError::TooLong));
+        assert!(TopicName::new(&"a".repeat(65_535)).is_ok());
+        assert!(TopicName::new("é/ü/\u{1F600}").is_ok());
+        assert_eq!(TopicName::new("a/b/c").unwrap().level_count(), 3);
+        assert_eq!(TopicName::new("/").unwrap().level_count(), 2);
+        assert_eq!(TopicName::new("a").unwrap().level_count(), 1);
     }
 
     #[test]

@@ -1,7 +1,7 @@
 //! Primitive data types of MQTT (§1.5): integers, UTF-8 strings, binary data and variable byte
 //! integers, read from a bounded [`Reader`] and written to a [`BytesMut`].
 
-use bytes::{BufMut, Bytes, BytesMut};
+use bytes::{Buf, BufMut, Bytes, BytesMut};
 
 use crate::DecodeError;
 
@@ -67,9 +67,12 @@ impl Reader {
     }
 
     /// Everything left (the PUBLISH payload), shared with the packet buffer.
+    /// The reader is empty afterwards; its buffer is handed over, not shared (no reference
+    /// count traffic).
     pub fn rest(&mut self) -> Bytes {
-        let b = self.buf.slice(self.pos..);
-        self.pos = self.buf.len();
+        let mut b = std::mem::take(&mut self.buf);
+        b.advance(self.pos);
+        self.pos = 0;
         b
     }
 
@@ -81,13 +84,18 @@ impl Reader {
 
     /// UTF-8 encoded string (§1.5.4): well-formed UTF-8 without U+0000 [MQTT-1.5.4-1/2].
     pub fn string(&mut self) -> Result<String, DecodeError> {
+        self.str().map(str::to_owned)
+    }
+
+    /// A UTF-8 string, checked as [`Reader::string`] does, borrowed from the packet.
+    pub fn str(&mut self) -> Result<&str, DecodeError> {
         let n = self.u16()? as usize;
         let s = self.take_slice(n)?;
         let s = std::str::from_utf8(s).map_err(|_| DecodeError::Malformed("invalid UTF-8 string"))?;
         if s.contains('\0') {
             return Err(DecodeError::Malformed("U+0000 in a UTF-8 string"));
         }
-        Ok(s.to_owned())
+        Ok(s)
     }
 
     /// Variable byte integer (§1.5.5): at most four bytes [MQTT-1.5.5-1].
@@ -191,6 +199,16 @@ mod tests {
         assert!(peek_varint(&[0xFF, 0xFF, 0xFF, 0xFF, 0x01]).is_err());
         assert!(Reader::new(Bytes::from_static(&[0xFF, 0xFF, 0xFF, 0xFF, 0x01])).varint().is_err());
         assert_eq!(peek_varint(&[0xFF, 0xFF]).unwrap(), VarInt::Incomplete);
+    }
+
+    #[test]
+    fn rest_hands_over_what_is_left() {
+        let mut r = Reader::new(Bytes::from_static(b"\x00\x01abc"));
+        assert_eq!(r.u16().unwrap(), 1);
+        assert_eq!(&r.rest()[..], b"abc");
+        assert!(r.is_empty());
+        assert_eq!(r.remaining(), 0);
+        assert!(r.rest().is_empty());
     }
 
     #[test]

@@ -82,7 +82,7 @@ fn any_packet(v: Protocol) -> impl Strategy<Value = Packet> {
                     retain,
                     topic: TopicName::new(&t).unwrap(),
                     packet_id: if qos == QoS::AtMostOnce { 0 } else { id },
-                    properties,
+                    properties: properties.into(),
                     payload: Bytes::from(payload),
                 })
             }),
@@ -319,7 +319,7 @@ fn publish_payload_is_shared_not_copied() {
         retain: false,
         topic: TopicName::new("a/b").unwrap(),
         packet_id: 9,
-        properties: Properties::default(),
+        properties: Default::default(),
         payload: Bytes::from(vec![7u8; 1000]),
     });
     let b = enc(&p, Protocol::V311).freeze();

@@ -179,7 +179,7 @@ impl PubBatch {
             retain: false,
             topic: topic.clone(),
             packet_id: if qos == QoS::AtMostOnce { 0 } else { 1 },
-            properties: Properties::default(),
+            properties: Default::default(),
             payload: Bytes::from({
                 let mut p = vec![0x5a; payload_len];
                 if payload_len >= SEQ_PAYLOAD {

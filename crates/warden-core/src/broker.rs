@@ -545,7 +545,8 @@ impl Broker {
         let policy_gen = self.policy_generation();
         let authz = self.authorizer();
         let mut per_session: Vec<(Arc<Session>, Vec<Delivery>)> = Vec::new();
-        let mut slot: HashMap<u64, usize> = HashMap::new();
+        // Session ids are the broker's own counter, not client input: an unkeyed hash is safe.
+        let mut slot: HashMap<u64, usize, foldhash::fast::FixedState> = HashMap::default();
         // (topic, origin, reusable, resolved targets) of the previous message.
         let mut last: Option<(TopicName, Option<u64>, bool, Vec<Resolved>)> = None;
         for msg in msgs {

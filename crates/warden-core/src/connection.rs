@@ -61,6 +61,9 @@ pub struct Connection {
     /// The last publish allowed (topic, QoS, retain, policy generation), when the policy
     /// lets allows be reused ([`warden_policy::Authorizer::allows_are_cacheable`]).
     publish_allowed: Option<(TopicName, QoS, bool, u64)>,
+    /// PUBLISH packets received and not yet added to the broker's counter: added once per
+    /// batch, not per message (the counter's cache line is shared by every connection).
+    received: u64,
 }
 
 impl Connection {
@@ -97,6 +100,7 @@ impl Connection {
             pending: Vec::new(),
             pending_acked: false,
             publish_allowed: None,
+            received: 0,
         }
     }
 
@@ -200,6 +204,9 @@ impl Connection {
 
     /// Route the messages accepted so far (in order).
     fn route_pending(&mut self) {
+        if self.received > 0 {
+            self.broker.stats.messages_received.fetch_add(std::mem::take(&mut self.received), Ordering::Relaxed);
+        }
         if self.pending.is_empty() {
             return;
         }
@@ -331,13 +338,15 @@ impl Connection {
     }
 
     fn handle_publish(&mut self, p: Publish, now: Instant, out: &mut BytesMut) -> Result<(), Close> {
-        let Publish { mut topic, qos, retain, packet_id, mut properties, payload, .. } = p;
+        let Publish { mut topic, qos, retain, packet_id, properties, payload, .. } = p;
         let cfg = &self.broker.config;
         if self.protocol == Protocol::V5 {
             if !properties.subscription_identifiers.is_empty() {
                 return Err(self.fail(out, ReasonCode::PROTOCOL_ERROR)); // [MQTT-3.3.4-6]
             }
-            if let Some(alias) = properties.topic_alias.take() {
+            // Read, not taken: taking would allocate an empty list's box (and the alias is
+            // never forwarded).
+            if let Some(alias) = properties.topic_alias {
                 if alias == 0 || alias > cfg.topic_alias_maximum {
                     return Err(self.fail(out, ReasonCode::TOPIC_ALIAS_INVALID));
                     // [MQTT-3.3.2-9/10]
@@ -355,10 +364,10 @@ impl Connection {
         if topic.is_empty() {
             return Err(self.fail(out, ReasonCode::PROTOCOL_ERROR));
         }
-        if topic.levels().count() > cfg.max_topic_levels {
+        if topic.level_count() > cfg.max_topic_levels {
             return Err(self.fail(out, ReasonCode::TOPIC_NAME_INVALID));
         }
-        self.broker.stats.messages_received.fetch_add(1, Ordering::Relaxed);
+        self.received += 1;
         // A device publishing to one topic again and again is authorized once per policy:
         // the generation is read before the policy, so a swap in between is never cached.
         let policy_gen = self.broker.policy_generation();

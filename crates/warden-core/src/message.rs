@@ -4,7 +4,7 @@ use std::sync::{Arc, OnceLock};
 use std::time::Instant;
 
 use bytes::Bytes;
-use mqtt_codec::{Properties, QoS, TopicName};
+use mqtt_codec::{LazyProperties, Properties, QoS, TopicName};
 
 use crate::persist::{Persist, PersistOp, PersistedMsg};
 
@@ -60,23 +60,20 @@ impl Message {
             .id
     }
 
-    /// Keep only the properties that are forwarded to subscribers [MQTT-3.3.2-?].
-    pub fn forwarded_properties(p: Properties) -> Option<Box<Properties>> {
-        let empty = p.payload_format_indicator.is_none()
-            && p.content_type.is_none()
-            && p.response_topic.is_none()
-            && p.correlation_data.is_none()
-            && p.user_properties.is_empty();
-        (!empty).then(|| {
-            Box::new(Properties {
-                payload_format_indicator: p.payload_format_indicator,
-                content_type: p.content_type,
-                response_topic: p.response_topic,
-                correlation_data: p.correlation_data,
-                user_properties: p.user_properties,
-                ..Properties::default()
-            })
-        })
+    /// Keep only the properties that are forwarded to subscribers [MQTT-3.3.2-?], in the box
+    /// they came in (`None` when nothing is forwarded).
+    pub fn forwarded_properties(p: impl Into<LazyProperties>) -> Option<Box<Properties>> {
+        let mut b = p.into().into_inner()?;
+        let p = &mut *b;
+        *p = Properties {
+            payload_format_indicator: p.payload_format_indicator,
+            content_type: p.content_type.take(),
+            response_topic: p.response_topic.take(),
+            correlation_data: p.correlation_data.take(),
+            user_properties: std::mem::take(&mut p.user_properties),
+            ..Properties::default()
+        };
+        (!p.is_empty()).then_some(b)
     }
 
     /// True when the message has expired at `now`.

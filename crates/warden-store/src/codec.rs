@@ -76,7 +76,7 @@ pub(crate) fn encode_message(m: &Message, clock: Clock) -> Vec<u8> {
         retain: m.retain,
         topic: m.topic.clone(),
         packet_id: if m.qos == QoS::AtMostOnce { 0 } else { 1 },
-        properties: m.properties.as_deref().cloned().unwrap_or_default(),
+        properties: m.properties.clone().into(),
         payload: m.payload.clone(),
     };
     Packet::Publish(p).encode(Protocol::V5, &mut out);

@@ -249,7 +249,7 @@ pub fn publish(topic: &str, qos: mqtt_codec::QoS, packet_id: u16, payload: &[u8]
         retain: false,
         topic: mqtt_codec::TopicName::new(topic).expect("valid topic"),
         packet_id,
-        properties: Properties::default(),
+        properties: Default::default(),
         payload: bytes::Bytes::copy_from_slice(payload),
     })
 }

@@ -2,7 +2,7 @@
 
 use bytes::{BufMut, Bytes, BytesMut};
 
-use crate::properties::PropertyContext;
+use crate::properties::{LazyProperties, PropertyContext};
 use crate::wire::{put_str, str_len, Reader};
 use crate::{DecodeError, Properties, Protocol, QoS, TopicName};
 
@@ -19,8 +19,8 @@ pub struct Publish {
     pub topic: TopicName,
     /// Packet identifier (0 for QoS 0).
     pub packet_id: u16,
-    /// PUBLISH properties (v5).
-    pub properties: Properties,
+    /// PUBLISH properties (v5); empty (no allocation) unless one is set.
+    pub properties: LazyProperties,
     /// Payload, shared with the buffer it was decoded from.
     pub payload: Bytes,
 }
@@ -37,18 +37,24 @@ impl Publish {
         if dup && qos == QoS::AtMostOnce {
             return Err(DecodeError::Malformed("DUP flag on a QoS 0 PUBLISH")); // [MQTT-3.3.1-2]
         }
-        let topic = r.string()?;
+        // Validated where it lies and copied once, into the name's shared string.
+        let topic = r.str()?;
+        let topic = if topic.is_empty() { None } else { Some(TopicName::new(topic).map_err(super::name_error)?) };
         let packet_id = if qos == QoS::AtMostOnce { 0 } else { super::packet_id(r)? };
-        let properties =
-            if v.is_v5() { Properties::decode(r, PropertyContext::Publish)? } else { Properties::default() };
-        let topic = if topic.is_empty() {
-            if properties.topic_alias.is_none() {
-                return Err(DecodeError::Protocol("empty topic name without a topic alias"));
-                // [MQTT-4.7.3-1]
-            }
-            TopicName::alias_placeholder()
+        let properties = if v.is_v5() {
+            LazyProperties::from(Properties::decode(r, PropertyContext::Publish)?)
         } else {
-            TopicName::new(&topic).map_err(super::name_error)?
+            LazyProperties::default()
+        };
+        let topic = match topic {
+            Some(t) => t,
+            None => {
+                if properties.topic_alias.is_none() {
+                    return Err(DecodeError::Protocol("empty topic name without a topic alias"));
+                    // [MQTT-4.7.3-1]
+                }
+                TopicName::alias_placeholder()
+            }
         };
         let payload = r.rest();
         Ok(Publish { dup, qos, retain, topic, packet_id, properties, payload })
@@ -153,7 +159,7 @@ mod ref_tests {
                             retain,
                             topic: TopicName::new("a/b/c").unwrap(),
                             packet_id: if qos == QoS::AtMostOnce { 0 } else { 513 },
-                            properties: props.cloned().unwrap_or_default(),
+                            properties: props.cloned().unwrap_or_default().into(),
                             payload: Bytes::from(payload.clone()),
                         });
                         let r = PublishRef {
