@@ -23,7 +23,7 @@ pub mod topic;
 pub mod wire;
 
 pub use error::DecodeError;
-pub use packet::{decode, Packet, PacketType};
+pub use packet::{decode, decode_cached, Packet, PacketType};
 pub use packets::ack::PubAck;
 pub use packets::connect::{Connack, Connect, LastWill};
 pub use packets::disconnect::{Auth, Disconnect};

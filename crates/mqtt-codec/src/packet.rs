@@ -4,7 +4,7 @@ use bytes::{Buf, BufMut, BytesMut};
 
 use crate::packets::{ack::PubAck, connect, disconnect, publish::Publish, subscribe};
 use crate::wire::{peek_varint, put_varint, varint_len, Reader, VarInt};
-use crate::{DecodeError, Protocol, MAX_REMAINING_LENGTH};
+use crate::{DecodeError, Protocol, TopicName, MAX_REMAINING_LENGTH};
 
 /// The control packet type (high nibble of the first byte).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -154,6 +154,18 @@ const RESERVE_AHEAD: usize = 64 * 1024;
 /// Returns `Ok(None)` when more bytes are needed. A packet whose declared size exceeds
 /// `max_packet_size` is refused from its fixed header alone, before its body is buffered.
 pub fn decode(buf: &mut BytesMut, v: Protocol, max_packet_size: u32) -> Result<Option<Packet>, DecodeError> {
+    decode_cached(buf, v, max_packet_size, &mut None)
+}
+
+/// [`decode`], reusing `last_topic` for a PUBLISH to the same topic name as the previous one
+/// (a device publishing to one topic again and again: no allocation, copy or validation of
+/// the name per message) and keeping the name of each PUBLISH decoded there.
+pub fn decode_cached(
+    buf: &mut BytesMut,
+    v: Protocol,
+    max_packet_size: u32,
+    last_topic: &mut Option<TopicName>,
+) -> Result<Option<Packet>, DecodeError> {
     let Some(FixedHeader { first, header_len, total }) = peek_header(buf)? else {
         return Ok(None);
     };
@@ -168,14 +180,19 @@ pub fn decode(buf: &mut BytesMut, v: Protocol, max_packet_size: u32) -> Result<O
     }
     buf.advance(header_len);
     let mut r = Reader::new(buf.split_to(total - header_len).freeze());
-    let packet = decode_body(first, &mut r, v)?;
+    let packet = decode_body(first, &mut r, v, last_topic)?;
     if !r.is_empty() {
         return Err(DecodeError::Malformed("unexpected bytes after the packet"));
     }
     Ok(Some(packet))
 }
 
-fn decode_body(first: u8, r: &mut Reader, v: Protocol) -> Result<Packet, DecodeError> {
+fn decode_body(
+    first: u8,
+    r: &mut Reader,
+    v: Protocol,
+    last_topic: &mut Option<TopicName>,
+) -> Result<Packet, DecodeError> {
     let flags = first & 0x0F;
     let kind = first >> 4;
     // [MQTT-2.2.2-2]: reserved flag bits must hold the values of the table.
@@ -195,7 +212,7 @@ fn decode_body(first: u8, r: &mut Reader, v: Protocol) -> Result<Packet, DecodeE
             expect_flags(0)?;
             Packet::Connack(connect::Connack::decode(r, v)?)
         }
-        3 => Packet::Publish(Publish::decode(flags, r, v)?),
+        3 => Packet::Publish(Publish::decode(flags, r, v, last_topic)?),
         4 => {
             expect_flags(0)?;
             Packet::PubAck(PubAck::decode(r, v)?)

@@ -12,6 +12,16 @@ pub struct Reader {
     pos: usize,
 }
 
+/// The bytes of a UTF-8 encoded string (§1.5.4) as a `str`: well-formed UTF-8 without U+0000
+/// [MQTT-1.5.4-1/2].
+pub fn utf8(s: &[u8]) -> Result<&str, DecodeError> {
+    let s = std::str::from_utf8(s).map_err(|_| DecodeError::Malformed("invalid UTF-8 string"))?;
+    if s.contains('\0') {
+        return Err(DecodeError::Malformed("U+0000 in a UTF-8 string"));
+    }
+    Ok(s)
+}
+
 impl Reader {
     /// Read `buf` from the start.
     pub fn new(buf: Bytes) -> Self {
@@ -89,13 +99,13 @@ impl Reader {
 
     /// A UTF-8 string, checked as [`Reader::string`] does, borrowed from the packet.
     pub fn str(&mut self) -> Result<&str, DecodeError> {
+        utf8(self.prefixed()?)
+    }
+
+    /// Two-byte length then that many bytes, borrowed, not checked.
+    pub fn prefixed(&mut self) -> Result<&[u8], DecodeError> {
         let n = self.u16()? as usize;
-        let s = self.take_slice(n)?;
-        let s = std::str::from_utf8(s).map_err(|_| DecodeError::Malformed("invalid UTF-8 string"))?;
-        if s.contains('\0') {
-            return Err(DecodeError::Malformed("U+0000 in a UTF-8 string"));
-        }
-        Ok(s)
+        self.take_slice(n)
     }
 
     /// Variable byte integer (§1.5.5): at most four bytes [MQTT-1.5.5-1].

@@ -214,6 +214,26 @@ proptest! {
         }
     }
 
+    /// A stream decoded with the topic cache gives exactly the packets decoded without it:
+    /// repeated names reuse the cached one, new names replace it.
+    #[test]
+    fn topic_cache_changes_nothing(ps in proptest::collection::vec(any_packet(Protocol::V5), 1..12), repeat in 1usize..4) {
+        let mut stream = BytesMut::new();
+        let mut want = Vec::new();
+        for p in &ps {
+            for _ in 0..repeat {
+                stream.extend_from_slice(&enc(p, Protocol::V5));
+                want.push(p.clone());
+            }
+        }
+        let mut last = None;
+        let mut got = Vec::new();
+        while let Some(p) = decode_cached(&mut stream, Protocol::V5, MAX, &mut last).unwrap() {
+            got.push(p);
+        }
+        prop_assert_eq!(got, want);
+    }
+
     /// Arbitrary bytes never panic the decoder, for any protocol version.
     #[test]
     fn arbitrary_bytes_never_panic(bytes in proptest::collection::vec(any::<u8>(), 0..256)) {
@@ -309,6 +329,33 @@ fn v5_short_acks() {
     assert_eq!(p, Packet::Disconnect(Disconnect::default()));
     let p = dec(b"\xE0\x01\x04", Protocol::V5).unwrap().unwrap();
     assert_eq!(p, Packet::Disconnect(Disconnect::new(ReasonCode::DISCONNECT_WITH_WILL)));
+}
+
+#[test]
+fn topic_cache_still_refuses_bad_names() {
+    // [MQTT-3.3.2-2] wildcards, [MQTT-1.5.4-2] U+0000, [MQTT-1.5.4-1] bad UTF-8: refused
+    // whatever name was cached before.
+    let good = Packet::Publish(Publish {
+        dup: false,
+        qos: QoS::AtMostOnce,
+        retain: false,
+        topic: TopicName::new("a/b").unwrap(),
+        packet_id: 0,
+        properties: Default::default(),
+        payload: Bytes::from_static(b"x"),
+    });
+    let good = enc(&good, Protocol::V311);
+    for bad_name in [&b"a/+"[..], b"a/#", b"a\0b", b"a\xff"] {
+        let mut last = None;
+        let mut b = BytesMut::from(&good[..]);
+        assert!(decode_cached(&mut b, Protocol::V311, MAX, &mut last).unwrap().is_some());
+        assert_eq!(last.as_ref().map(TopicName::as_str), Some("a/b"));
+        let mut bad = vec![0x30, (2 + bad_name.len() + 1) as u8, 0, bad_name.len() as u8];
+        bad.extend_from_slice(bad_name);
+        bad.push(b'x');
+        let mut b = BytesMut::from(&bad[..]);
+        assert!(decode_cached(&mut b, Protocol::V311, MAX, &mut last).is_err(), "{bad_name:?}");
+    }
 }
 
 #[test]

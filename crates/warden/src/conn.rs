@@ -15,7 +15,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::BytesMut;
-use mqtt_codec::{decode, DecodeError, Packet, Protocol, ReasonCode};
+use mqtt_codec::{decode, decode_cached, DecodeError, Packet, Protocol, ReasonCode};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::sync::{watch, Notify};
 use tracing::{debug, info};
@@ -526,13 +526,15 @@ where
     let mut mem_paused = false;
     // Since when pending output has not moved.
     let mut stalled_since: Option<tokio::time::Instant> = None;
+    // The name of the last PUBLISH, reused while a client publishes to the same topic.
+    let mut last_topic = None;
     loop {
         if pending_input {
             pending_input = false;
             let now = Instant::now();
             loop {
                 let before = rbuf.len();
-                match decode(rbuf, protocol, ctx.max_packet_size) {
+                match decode_cached(rbuf, protocol, ctx.max_packet_size, &mut last_topic) {
                     Ok(Some(Packet::Auth(a))) if limits.scram_user.is_some() => {
                         if let Err(code) = reauth.step(a, limits.scram_user.as_deref().unwrap_or(""), &ctx.auth, wbuf) {
                             info!(client_id = %conn.client_id(), reason = %code, "re-authentication refused");

@@ -3,7 +3,7 @@
 use bytes::{BufMut, Bytes, BytesMut};
 
 use crate::properties::{LazyProperties, PropertyContext};
-use crate::wire::{put_str, str_len, Reader};
+use crate::wire::{put_str, str_len, utf8, Reader};
 use crate::{DecodeError, Properties, Protocol, QoS, TopicName};
 
 /// PUBLISH: an application message.
@@ -30,16 +30,30 @@ impl Publish {
         (u8::from(self.dup) << 3) | ((self.qos as u8) << 1) | u8::from(self.retain)
     }
 
-    pub(crate) fn decode(flags: u8, r: &mut Reader, v: Protocol) -> Result<Publish, DecodeError> {
+    pub(crate) fn decode(
+        flags: u8,
+        r: &mut Reader,
+        v: Protocol,
+        last_topic: &mut Option<TopicName>,
+    ) -> Result<Publish, DecodeError> {
         let dup = flags & 0x08 != 0;
         let qos = QoS::from_u8((flags >> 1) & 0x03).ok_or(DecodeError::Malformed("PUBLISH with QoS 3"))?; // [MQTT-3.3.1-4]
         let retain = flags & 0x01 != 0;
         if dup && qos == QoS::AtMostOnce {
             return Err(DecodeError::Malformed("DUP flag on a QoS 0 PUBLISH")); // [MQTT-3.3.1-2]
         }
-        // Validated where it lies and copied once, into the name's shared string.
-        let topic = r.str()?;
-        let topic = if topic.is_empty() { None } else { Some(TopicName::new(topic).map_err(super::name_error)?) };
+        // Validated where it lies and copied once, into the name's shared string; the same
+        // name as the last PUBLISH is that one again.
+        let raw = r.prefixed()?;
+        let topic = match last_topic {
+            _ if raw.is_empty() => None,
+            Some(t) if t.as_str().as_bytes() == raw => Some(t.clone()),
+            _ => {
+                let t = TopicName::new(utf8(raw)?).map_err(super::name_error)?;
+                *last_topic = Some(t.clone());
+                Some(t)
+            }
+        };
         let packet_id = if qos == QoS::AtMostOnce { 0 } else { super::packet_id(r)? };
         let properties = if v.is_v5() {
             LazyProperties::from(Properties::decode(r, PropertyContext::Publish)?)
