@@ -544,57 +544,80 @@ impl Broker {
     pub fn route_many(&self, msgs: &[Arc<Message>], batch: &mut WakeBatch) -> usize {
         let policy_gen = self.policy_generation();
         let authz = self.authorizer();
-        let mut per_session: Vec<(Arc<Session>, Vec<Delivery>)> = Vec::new();
+        for msg in msgs.iter().filter(|m| m.retain) {
+            self.retain(msg, batch);
+        }
+        let delivery = |msg: &Arc<Message>, r: &Resolved| Delivery {
+            msg: msg.clone(),
+            qos: r.qos.min(msg.qos),
+            retain: r.rap && msg.retain,
+            sub_ids: r.ids.clone(),
+            policy_gen,
+            seq: 0,
+        };
+        let mut queued = 0;
+        // Each session's deliveries, gathered in order so it is locked once per batch.
         // Session ids are the broker's own counter, not client input: an unkeyed hash is safe.
+        let mut per_session: Vec<(Arc<Session>, Vec<Delivery>)> = Vec::new();
         let mut slot: HashMap<u64, usize, foldhash::fast::FixedState> = HashMap::default();
-        // (topic, origin, reusable, resolved targets) of the previous message.
-        let mut last: Option<(TopicName, Option<u64>, bool, Vec<Resolved>)> = None;
-        for msg in msgs {
-            if msg.retain {
-                self.retained.write().set(msg.clone());
-                if let Some(store) = self.store.as_ref().filter(|_| !msg.topic.as_str().starts_with("$SYS/")) {
-                    let stored = (!msg.payload.is_empty()).then(|| msg.clone());
-                    let t = store.submit(PersistOp::Retained { topic: msg.topic.clone(), msg: stored });
-                    batch.durable = batch.durable.max(t);
+        let mut i = 0;
+        while i < msgs.len() {
+            // A run: consecutive messages on one topic from one origin share a resolution
+            // (unless a shared group must pick a member per message).
+            let (resolved, reusable) = self.resolve(&msgs[i], authz.as_ref());
+            let mut j = i + 1;
+            if reusable {
+                while j < msgs.len() && msgs[j].topic == msgs[i].topic && msgs[j].origin == msgs[i].origin {
+                    j += 1;
                 }
             }
-            let reuse = last.as_ref().is_some_and(|(t, o, ok, _)| *ok && *t == msg.topic && *o == msg.origin);
-            if !reuse {
-                let (resolved, reusable) = self.resolve(msg, authz.as_ref());
-                last = Some((msg.topic.clone(), msg.origin, reusable, resolved));
+            let run = &msgs[i..j];
+            if run.len() == msgs.len() {
+                // The whole batch is one run (the usual case: a device publishing to its
+                // topic): it goes straight into each session's queue.
+                for r in &resolved {
+                    queued += self.enqueue(&r.session, run.iter().map(|m| delivery(m, r)), batch);
+                }
+                return queued;
             }
-            let Some((_, _, _, resolved)) = &last else { continue };
-            for r in resolved {
-                let d = Delivery {
-                    msg: msg.clone(),
-                    qos: r.qos.min(msg.qos),
-                    retain: r.rap && msg.retain,
-                    sub_ids: r.ids.clone(),
-                    policy_gen,
-                    seq: 0,
-                };
-                let i = *slot.entry(r.session.id).or_insert_with(|| {
+            for r in &resolved {
+                let k = *slot.entry(r.session.id).or_insert_with(|| {
                     per_session.push((r.session.clone(), Vec::new()));
                     per_session.len() - 1
                 });
-                per_session[i].1.push(d);
+                per_session[k].1.extend(run.iter().map(|m| delivery(m, r)));
             }
+            i = j;
         }
-        let mut queued = 0;
         for (s, ds) in per_session {
-            let (q, dropped) = s.enqueue_many(
-                ds,
-                self.config.max_queued_messages,
-                self.config.max_queued_bytes,
-                batch,
-                self.store.as_ref(),
-            );
-            queued += q;
-            if dropped > 0 {
-                self.stats.messages_dropped.fetch_add(dropped as u64, Ordering::Relaxed);
-            }
+            queued += self.enqueue(&s, ds.into_iter(), batch);
         }
         queued
+    }
+
+    /// Queue deliveries for one session (locked once); returns how many were queued.
+    fn enqueue(&self, s: &Arc<Session>, ds: impl ExactSizeIterator<Item = Delivery>, batch: &mut WakeBatch) -> usize {
+        let (queued, dropped) = s.enqueue_many(
+            ds,
+            self.config.max_queued_messages,
+            self.config.max_queued_bytes,
+            batch,
+            self.store.as_ref(),
+        );
+        if dropped > 0 {
+            self.stats.messages_dropped.fetch_add(dropped as u64, Ordering::Relaxed);
+        }
+        queued
+    }
+
+    /// Keep a retained message (an empty payload clears the topic) and store it.
+    fn retain(&self, msg: &Arc<Message>, batch: &mut WakeBatch) {
+        self.retained.write().set(msg.clone());
+        if let Some(store) = self.store.as_ref().filter(|_| !msg.topic.as_str().starts_with("$SYS/")) {
+            let stored = (!msg.payload.is_empty()).then(|| msg.clone());
+            let t = store.submit(PersistOp::Retained { topic: msg.topic.clone(), msg: stored });
+            batch.durable = batch.durable.max(t);
+        }
     }
 
     /// The sessions a message goes to, one entry per session (overlapping subscriptions merged:

@@ -205,7 +205,7 @@ impl Session {
     /// Returns (queued, dropped because the queue was full).
     pub fn enqueue_many(
         self: &Arc<Self>,
-        ds: Vec<Delivery>,
+        ds: impl ExactSizeIterator<Item = Delivery>,
         max_messages: usize,
         max_bytes: u64,
         batch: &mut WakeBatch,
@@ -218,6 +218,7 @@ impl Session {
                 return (0, ds.len());
             }
             let st = &mut *st;
+            st.queue.reserve(ds.len().min(max_messages.saturating_sub(st.queue.len())));
             for mut d in ds {
                 if st.conn.is_none() && d.qos == QoS::AtMostOnce {
                     continue;
