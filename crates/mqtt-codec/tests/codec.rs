@@ -89,27 +89,27 @@ fn any_packet(v: Protocol) -> impl Strategy<Value = Packet> {
         (1u16.., rc(), pp(2)).prop_map(|(id, c, p)| Packet::PubAck(PubAck {
             packet_id: id,
             reason_code: c,
-            properties: p
+            properties: p.into()
         })),
         (1u16.., rc(), pp(2)).prop_map(|(id, c, p)| Packet::PubRec(PubAck {
             packet_id: id,
             reason_code: c,
-            properties: p
+            properties: p.into()
         })),
         (1u16.., rc(), pp(2)).prop_map(|(id, c, p)| Packet::PubRel(PubAck {
             packet_id: id,
             reason_code: c,
-            properties: p
+            properties: p.into()
         })),
         (1u16.., rc(), pp(2)).prop_map(|(id, c, p)| Packet::PubComp(PubAck {
             packet_id: id,
             reason_code: c,
-            properties: p
+            properties: p.into()
         })),
         (1u16.., proptest::collection::vec((filter_str(), 0u8..3, any::<bool>(), any::<bool>(), 0u8..3), 1..4))
             .prop_map(move |(id, fs)| Packet::Subscribe(Subscribe {
                 packet_id: id,
-                properties: Properties::default(),
+                properties: Default::default(),
                 filters: fs
                     .into_iter()
                     .map(|(f, q, nl, rap, rh)| {
@@ -130,28 +130,28 @@ fn any_packet(v: Protocol) -> impl Strategy<Value = Packet> {
             })),
         (1u16.., pp(2), proptest::collection::vec(any::<u8>(), 0..5)).prop_map(|(id, p, c)| Packet::SubAck(SubAck {
             packet_id: id,
-            properties: p,
+            properties: p.into(),
             reason_codes: c.into_iter().map(ReasonCode).collect()
         })),
         (1u16.., proptest::collection::vec(filter_str(), 1..4)).prop_map(|(id, fs)| Packet::Unsubscribe(Unsubscribe {
             packet_id: id,
-            properties: Properties::default(),
+            properties: Default::default(),
             filters: fs.iter().map(|f| TopicFilter::new(f).unwrap()).collect()
         })),
         (1u16.., pp(2), proptest::collection::vec(any::<u8>(), 0..5)).prop_map(move |(id, p, c)| Packet::UnsubAck(
             UnsubAck {
                 packet_id: id,
-                properties: p,
+                properties: p.into(),
                 reason_codes: if v5 { c.into_iter().map(ReasonCode).collect() } else { vec![] }
             }
         )),
         Just(Packet::PingReq),
         Just(Packet::PingResp),
-        (rc(), pp(2)).prop_map(|(c, p)| Packet::Disconnect(Disconnect { reason_code: c, properties: p })),
+        (rc(), pp(2)).prop_map(|(c, p)| Packet::Disconnect(Disconnect { reason_code: c, properties: p.into() })),
         (any::<bool>(), rc(), pp(1)).prop_map(|(sp, c, p)| Packet::Connack(Connack {
             session_present: sp,
             reason_code: c,
-            properties: p
+            properties: p.into()
         })),
         (
             any::<bool>(),
@@ -391,4 +391,12 @@ fn declared_size_does_not_reserve_memory_ahead_of_the_bytes() {
     let mut b = BytesMut::from(&b"\x30\xff\xff\xff\x7f"[..]);
     assert_eq!(decode(&mut b, Protocol::V311, MAX), Ok(None));
     assert!(b.capacity() <= 128 * 1024, "reserved {}", b.capacity());
+}
+
+#[test]
+fn packets_stay_small_to_move() {
+    // Every decoded packet is moved a few times on its way to the broker; property lists are
+    // held behind a pointer so a packet stays a few words, not ~400 bytes.
+    assert!(std::mem::size_of::<Packet>() <= 96, "Packet is {} bytes", std::mem::size_of::<Packet>());
+    assert_eq!(std::mem::size_of::<LazyProperties>(), std::mem::size_of::<usize>());
 }

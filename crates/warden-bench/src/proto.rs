@@ -123,7 +123,7 @@ impl Client {
             let filter = TopicFilter::new(f).map_err(|e| anyhow!("filter {f}: {e}"))?;
             list.push((filter, SubscriptionOptions { qos, ..Default::default() }));
         }
-        let packet = Packet::Subscribe(Subscribe { packet_id: 1, properties: Properties::default(), filters: list });
+        let packet = Packet::Subscribe(Subscribe { packet_id: 1, properties: Default::default(), filters: list });
         let mut out = BytesMut::new();
         packet.encode(opts.protocol, &mut out);
         tokio::time::timeout(opts.handshake_timeout, async {

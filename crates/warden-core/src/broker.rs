@@ -759,14 +759,15 @@ pub fn write_connack(
     let reason_code = if v == Protocol::V5 { code } else { code.to_v3_connack() };
     if v == Protocol::V5 && !code.is_success() {
         properties.reason_string = Some(code.description().to_owned());
-        let probe = Packet::Connack(Connack { session_present: false, reason_code, properties: properties.clone() });
+        let probe =
+            Packet::Connack(Connack { session_present: false, reason_code, properties: properties.clone().into() });
         if probe.encoded_len(v) > client_max as usize {
             properties.reason_string = None;
         }
     }
     // A refused CONNECT never has session present set [MQTT-3.2.2-6].
     let session_present = session_present && code.is_success();
-    Packet::Connack(Connack { session_present, reason_code, properties }).encode(v, out);
+    Packet::Connack(Connack { session_present, reason_code, properties: properties.into() }).encode(v, out);
 }
 
 /// A cheap, non-cryptographic mix for assigned client ids (uniqueness comes from the counter).

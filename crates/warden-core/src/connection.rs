@@ -14,8 +14,8 @@ use std::time::{Duration, Instant};
 
 use bytes::BytesMut;
 use mqtt_codec::{
-    Connect, DecodeError, Disconnect, LastWill, Packet, Properties, Protocol, PubAck, Publish, PublishRef, QoS,
-    ReasonCode, RetainHandling, SubAck, Subscribe, TopicName, UnsubAck, Unsubscribe,
+    Connect, DecodeError, Disconnect, LastWill, Packet, Protocol, PubAck, Publish, PublishRef, QoS, ReasonCode,
+    RetainHandling, SubAck, Subscribe, TopicName, UnsubAck, Unsubscribe,
 };
 use warden_policy::{Action, Authorizer, Decision, Principal};
 
@@ -497,7 +497,7 @@ impl Connection {
         let t = self.broker.save_session(&self.session);
         self.add_durable(t);
         self.send(
-            &Packet::SubAck(SubAck { packet_id: s.packet_id, properties: Properties::default(), reason_codes: codes }),
+            &Packet::SubAck(SubAck { packet_id: s.packet_id, properties: Default::default(), reason_codes: codes }),
             out,
         );
         if !retained.is_empty() {
@@ -526,7 +526,7 @@ impl Connection {
         self.add_durable(t);
         let reason_codes = if self.protocol == Protocol::V5 { codes } else { Vec::new() };
         self.send(
-            &Packet::UnsubAck(UnsubAck { packet_id: u.packet_id, properties: Properties::default(), reason_codes }),
+            &Packet::UnsubAck(UnsubAck { packet_id: u.packet_id, properties: Default::default(), reason_codes }),
             out,
         );
     }

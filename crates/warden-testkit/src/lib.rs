@@ -263,7 +263,7 @@ pub fn subscribe(packet_id: u16, filter: &str, qos: mqtt_codec::QoS) -> Packet {
 pub fn subscribe_with(packet_id: u16, filter: &str, options: mqtt_codec::SubscriptionOptions) -> Packet {
     Packet::Subscribe(mqtt_codec::Subscribe {
         packet_id,
-        properties: Properties::default(),
+        properties: Default::default(),
         filters: vec![(mqtt_codec::TopicFilter::new(filter).expect("valid filter"), options)],
     })
 }

@@ -231,7 +231,7 @@ where
         authentication_data: Some(bytes::Bytes::from(server_first)),
         ..Default::default()
     };
-    Packet::Auth(Auth { reason_code: ReasonCode::CONTINUE_AUTHENTICATION, properties: props })
+    Packet::Auth(Auth { reason_code: ReasonCode::CONTINUE_AUTHENTICATION, properties: props.into() })
         .encode(Protocol::V5, &mut out);
     wr.write_all(&out).await.map_err(|_| ReasonCode::UNSPECIFIED_ERROR)?;
     let reply = match read_packet(rd, rbuf, Protocol::V5, max).await {
@@ -467,7 +467,7 @@ impl Reauth {
                 authentication_data: Some(bytes::Bytes::from(data)),
                 ..Default::default()
             };
-            Packet::Auth(Auth { reason_code: code, properties }).encode(Protocol::V5, out);
+            Packet::Auth(Auth { reason_code: code, properties: properties.into() }).encode(Protocol::V5, out);
         };
         match (std::mem::take(self), a.reason_code) {
             (Reauth::Idle, ReasonCode::REAUTHENTICATE) => {

@@ -146,7 +146,7 @@ async fn subscribe_many(c: &mut RawClient, packet_id: u16, filters: &[&str]) -> 
         .iter()
         .map(|f| (TopicFilter::new(f).unwrap(), SubscriptionOptions { qos: QoS::AtLeastOnce, ..Default::default() }))
         .collect();
-    c.send(&Packet::Subscribe(Subscribe { packet_id, properties: Properties::default(), filters })).await;
+    c.send(&Packet::Subscribe(Subscribe { packet_id, properties: Default::default(), filters })).await;
     match c.recv().await {
         Recv::Packet(Packet::SubAck(a)) if a.packet_id == packet_id => a.reason_codes,
         other => panic!("expected SUBACK, got {other:?}"),

@@ -272,7 +272,7 @@ async fn enhanced_authentication_is_answered() {
     assert!(matches!(r, Recv::Packet(Packet::Connack(Connack { reason_code: ReasonCode(0x8C), .. }))), "{r:?}");
     c.expect_closed_within(Duration::from_secs(3)).await;
     let (mut c, _) = connected(b.addr(), connect_packet(V5, "auth-pkt", true)).await;
-    c.send(&Packet::Auth(Auth { reason_code: ReasonCode::REAUTHENTICATE, properties: Properties::default() })).await;
+    c.send(&Packet::Auth(Auth { reason_code: ReasonCode::REAUTHENTICATE, properties: Default::default() })).await;
     let seen = c.expect_closed_within(Duration::from_secs(3)).await;
     assert_eq!(disconnect_reason(&seen), Some(ReasonCode::PROTOCOL_ERROR));
 }

@@ -53,7 +53,7 @@ fn auth_packet(code: ReasonCode, data: String) -> Packet {
         authentication_data: Some(data.into_bytes().into()),
         ..Default::default()
     };
-    Packet::Auth(Auth { reason_code: code, properties: props })
+    Packet::Auth(Auth { reason_code: code, properties: props.into() })
 }
 
 /// Run the client side; returns what the broker finally answered.
@@ -73,7 +73,7 @@ async fn scram_login_keep(b: &TestBroker, user: &str, password: &str) -> (RawCli
         Recv::Packet(Packet::Auth(a)) => {
             assert_eq!(a.reason_code, ReasonCode::CONTINUE_AUTHENTICATION);
             assert_eq!(a.properties.authentication_method.as_deref(), Some(METHOD));
-            String::from_utf8(a.properties.authentication_data.unwrap().to_vec()).unwrap()
+            String::from_utf8(a.properties.authentication_data.clone().unwrap().to_vec()).unwrap()
         }
         other => return (cl, other),
     };
@@ -154,7 +154,7 @@ async fn a_scram_connection_can_re_authenticate_and_a_failed_one_is_disconnected
         c.send(&auth_packet(ReasonCode::REAUTHENTICATE, format!("n,,{bare}"))).await;
         let server_first = match c.recv().await {
             Recv::Packet(Packet::Auth(a)) if a.reason_code == ReasonCode::CONTINUE_AUTHENTICATION => {
-                String::from_utf8(a.properties.authentication_data.unwrap().to_vec()).unwrap()
+                String::from_utf8(a.properties.authentication_data.clone().unwrap().to_vec()).unwrap()
             }
             other => panic!("{other:?}"),
         };
@@ -172,7 +172,7 @@ async fn a_scram_connection_can_re_authenticate_and_a_failed_one_is_disconnected
     let bare = "n=ann,r=badbadbad".to_string();
     c.send(&auth_packet(ReasonCode::REAUTHENTICATE, format!("n,,{bare}"))).await;
     let Recv::Packet(Packet::Auth(a)) = c.recv().await else { panic!("no challenge") };
-    let server_first = String::from_utf8(a.properties.authentication_data.unwrap().to_vec()).unwrap();
+    let server_first = String::from_utf8(a.properties.authentication_data.clone().unwrap().to_vec()).unwrap();
     let (final_msg, _) = client_final(&bare, "badbadbad", &server_first, "wrong");
     c.send(&auth_packet(ReasonCode::CONTINUE_AUTHENTICATION, final_msg)).await;
     let seen = c.expect_closed_within(std::time::Duration::from_secs(3)).await;

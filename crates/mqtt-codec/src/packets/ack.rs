@@ -2,7 +2,7 @@
 
 use bytes::{BufMut, BytesMut};
 
-use crate::properties::PropertyContext;
+use crate::properties::{LazyProperties, PropertyContext};
 use crate::wire::Reader;
 use crate::{DecodeError, Properties, Protocol, ReasonCode};
 
@@ -14,7 +14,7 @@ pub struct PubAck {
     /// Reason code (v5; success for v3).
     pub reason_code: ReasonCode,
     /// Properties (v5).
-    pub properties: Properties,
+    pub properties: LazyProperties,
 }
 
 impl PubAck {
@@ -32,7 +32,7 @@ impl PubAck {
                 ack.reason_code = ReasonCode(r.u8()?);
             }
             if !r.is_empty() {
-                ack.properties = Properties::decode(r, PropertyContext::PubAck)?;
+                ack.properties = Properties::decode(r, PropertyContext::PubAck)?.into();
             }
         }
         Ok(ack)

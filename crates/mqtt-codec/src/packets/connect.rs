@@ -2,7 +2,7 @@
 
 use bytes::{BufMut, Bytes, BytesMut};
 
-use crate::properties::PropertyContext;
+use crate::properties::{LazyProperties, PropertyContext};
 use crate::wire::{put_bin, put_str, str_len, Reader};
 use crate::{DecodeError, Properties, Protocol, QoS, ReasonCode, TopicName};
 
@@ -177,7 +177,7 @@ pub struct Connack {
     /// v5 reason code, or the v3 return code (see [`ReasonCode::to_v3_connack`]).
     pub reason_code: ReasonCode,
     /// CONNACK properties (v5).
-    pub properties: Properties,
+    pub properties: LazyProperties,
 }
 
 impl Connack {
@@ -189,7 +189,7 @@ impl Connack {
         let reason_code = ReasonCode(r.u8()?);
         let properties =
             if v.is_v5() { Properties::decode(r, PropertyContext::Connack)? } else { Properties::default() };
-        Ok(Connack { session_present: flags & 1 != 0, reason_code, properties })
+        Ok(Connack { session_present: flags & 1 != 0, reason_code, properties: properties.into() })
     }
 
     pub(crate) fn body_len(&self, v: Protocol) -> usize {

@@ -2,7 +2,7 @@
 
 use bytes::{BufMut, BytesMut};
 
-use crate::properties::PropertyContext;
+use crate::properties::{LazyProperties, PropertyContext};
 use crate::wire::Reader;
 use crate::{DecodeError, Properties, Protocol, ReasonCode};
 
@@ -12,13 +12,13 @@ pub struct Disconnect {
     /// Reason code (v5).
     pub reason_code: ReasonCode,
     /// Properties (v5).
-    pub properties: Properties,
+    pub properties: LazyProperties,
 }
 
 impl Disconnect {
     /// A DISCONNECT with this reason code.
     pub fn new(reason_code: ReasonCode) -> Self {
-        Disconnect { reason_code, properties: Properties::default() }
+        Disconnect { reason_code, properties: LazyProperties::default() }
     }
 
     pub(crate) fn decode(r: &mut Reader, v: Protocol) -> Result<Disconnect, DecodeError> {
@@ -28,7 +28,7 @@ impl Disconnect {
                 d.reason_code = ReasonCode(r.u8()?);
             }
             if !r.is_empty() {
-                d.properties = Properties::decode(r, PropertyContext::Disconnect)?;
+                d.properties = Properties::decode(r, PropertyContext::Disconnect)?.into();
             }
         }
         Ok(d)
@@ -61,7 +61,7 @@ pub struct Auth {
     /// 0x00 success, 0x18 continue authentication, 0x19 re-authenticate.
     pub reason_code: ReasonCode,
     /// Properties (authentication method and data).
-    pub properties: Properties,
+    pub properties: LazyProperties,
 }
 
 impl Auth {
@@ -73,7 +73,7 @@ impl Auth {
                 return Err(DecodeError::Malformed("invalid AUTH reason code"));
             }
             if !r.is_empty() {
-                a.properties = Properties::decode(r, PropertyContext::Auth)?;
+                a.properties = Properties::decode(r, PropertyContext::Auth)?.into();
             }
         }
         Ok(a)

@@ -2,7 +2,7 @@
 
 use bytes::{BufMut, BytesMut};
 
-use crate::properties::PropertyContext;
+use crate::properties::{LazyProperties, PropertyContext};
 use crate::wire::{put_str, str_len, Reader};
 use crate::{DecodeError, Properties, Protocol, QoS, ReasonCode, TopicFilter};
 
@@ -80,7 +80,7 @@ pub struct Subscribe {
     /// Packet identifier.
     pub packet_id: u16,
     /// Properties (v5: subscription identifier, user properties).
-    pub properties: Properties,
+    pub properties: LazyProperties,
     /// At least one filter with its options.
     pub filters: Vec<(TopicFilter, SubscriptionOptions)>,
 }
@@ -100,7 +100,7 @@ impl Subscribe {
             return Err(DecodeError::Protocol("SUBSCRIBE without a topic filter"));
             // [MQTT-3.8.3-3]
         }
-        Ok(Subscribe { packet_id, properties, filters })
+        Ok(Subscribe { packet_id, properties: properties.into(), filters })
     }
 
     pub(crate) fn body_len(&self, v: Protocol) -> usize {
@@ -126,7 +126,7 @@ pub struct SubAck {
     /// Packet identifier of the SUBSCRIBE.
     pub packet_id: u16,
     /// Properties (v5).
-    pub properties: Properties,
+    pub properties: LazyProperties,
     /// One code per filter: granted QoS or failure.
     pub reason_codes: Vec<ReasonCode>,
 }
@@ -140,7 +140,7 @@ impl SubAck {
         while !r.is_empty() {
             reason_codes.push(ReasonCode(r.u8()?));
         }
-        Ok(SubAck { packet_id, properties, reason_codes })
+        Ok(SubAck { packet_id, properties: properties.into(), reason_codes })
     }
 
     pub(crate) fn body_len(&self, v: Protocol) -> usize {
@@ -164,7 +164,7 @@ pub struct Unsubscribe {
     /// Packet identifier.
     pub packet_id: u16,
     /// Properties (v5).
-    pub properties: Properties,
+    pub properties: LazyProperties,
     /// At least one filter.
     pub filters: Vec<TopicFilter>,
 }
@@ -182,7 +182,7 @@ impl Unsubscribe {
             return Err(DecodeError::Protocol("UNSUBSCRIBE without a topic filter"));
             // [MQTT-3.10.3-2]
         }
-        Ok(Unsubscribe { packet_id, properties, filters })
+        Ok(Unsubscribe { packet_id, properties: properties.into(), filters })
     }
 
     pub(crate) fn body_len(&self, v: Protocol) -> usize {
@@ -207,7 +207,7 @@ pub struct UnsubAck {
     /// Packet identifier of the UNSUBSCRIBE.
     pub packet_id: u16,
     /// Properties (v5).
-    pub properties: Properties,
+    pub properties: LazyProperties,
     /// One code per filter (v5).
     pub reason_codes: Vec<ReasonCode>,
 }
@@ -217,7 +217,7 @@ impl UnsubAck {
         let packet_id = super::packet_id(r)?;
         let mut a = UnsubAck { packet_id, ..Default::default() };
         if v.is_v5() {
-            a.properties = Properties::decode(r, PropertyContext::UnsubAck)?;
+            a.properties = Properties::decode(r, PropertyContext::UnsubAck)?.into();
             while !r.is_empty() {
                 a.reason_codes.push(ReasonCode(r.u8()?));
             }
