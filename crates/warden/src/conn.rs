@@ -249,13 +249,133 @@ where
     server.client_final(data).map_err(|_| ReasonCode::BAD_USER_NAME_OR_PASSWORD)
 }
 
+/// A connection's transport, split into halves that the driver reads and writes concurrently.
+pub trait Transport: AsyncRead + AsyncWrite + Unpin + Send + Sized {
+    /// The read half.
+    type Read: ReadReady;
+    /// The write half.
+    type Write: AsyncWrite + Unpin + Send;
+    /// Split the transport.
+    fn halves(self) -> (Self::Read, Self::Write);
+}
+
+/// A read half that can wait for input without a buffer: an idle connection then holds none.
+pub trait ReadReady: AsyncRead + Unpin + Send {
+    /// Resolves once input, the end of input or an error is waiting (it may be spurious: the
+    /// read that follows may still wait). A transport that cannot tell resolves at once, and
+    /// the driver waits in `read` with a buffer.
+    fn ready(&mut self) -> impl std::future::Future<Output = std::io::Result<()>> + Send;
+}
+
+impl Transport for tokio::net::TcpStream {
+    type Read = tokio::net::tcp::OwnedReadHalf;
+    type Write = tokio::net::tcp::OwnedWriteHalf;
+    fn halves(self) -> (Self::Read, Self::Write) {
+        self.into_split()
+    }
+}
+
+impl ReadReady for tokio::net::tcp::OwnedReadHalf {
+    fn ready(&mut self) -> impl std::future::Future<Output = std::io::Result<()>> + Send {
+        self.readable()
+    }
+}
+
+/// Transports whose input may be buffered above the socket (TLS records, WebSocket frames)
+/// are split with [`tokio::io::split`] and read with a buffer.
+macro_rules! buffered_transport {
+    ($($t:ty),*) => {$(
+        impl Transport for $t {
+            type Read = tokio::io::ReadHalf<$t>;
+            type Write = tokio::io::WriteHalf<$t>;
+            fn halves(self) -> (Self::Read, Self::Write) {
+                tokio::io::split(self)
+            }
+        }
+    )*};
+}
+buffered_transport!(tokio_rustls::server::TlsStream<tokio::net::TcpStream>, tokio::io::DuplexStream);
+
+impl<S: AsyncRead + Unpin + Send> ReadReady for tokio::io::ReadHalf<S> {
+    fn ready(&mut self) -> impl std::future::Future<Output = std::io::Result<()>> + Send {
+        std::future::ready(Ok(()))
+    }
+}
+
+/// What a connection task starts with. Boxed, and consumed by the CONNECT phase, so that the
+/// long-lived task keeps no room for it (an async fn keeps its arguments for its whole life).
+struct Start<S> {
+    stream: S,
+    peer: SocketAddr,
+    cert: CertIdentity,
+    slot: Option<Admitted>,
+    ctx: Arc<ConnContext>,
+}
+
+/// A connection past its CONNACK: what the driver needs for the connection's life.
+struct Live<R, W> {
+    conn: Connection,
+    rd: R,
+    wr: W,
+    rbuf: BytesMut,
+    wbuf: BytesMut,
+    notify: Arc<NotifyWake>,
+    ctx: Arc<ConnContext>,
+    peer: SocketAddr,
+    limits: Limits,
+    /// Removed from the admin registry and the token registry when the driver ends.
+    registration: crate::live::LiveRegistration,
+    revocation: Option<TokenRegistration>,
+    /// The per-address admission slot, released when the task ends.
+    _slot: Option<Admitted>,
+}
+
 /// Drive one connection to its end. `cert` is what TLS proved about the client; `slot` is its
 /// admission by the per-address guard (failed authentications are reported to it).
-pub async fn run<S>(stream: S, peer: SocketAddr, cert: CertIdentity, slot: Option<Admitted>, ctx: Arc<ConnContext>)
-where
-    S: AsyncRead + AsyncWrite + Unpin + Send,
-{
-    let (mut rd, mut wr) = tokio::io::split(stream);
+///
+/// The task's future is allocated once, at the size of its largest state, and lives as long
+/// as the connection: the CONNECT and authentication phase (kilobytes of state: the decoded
+/// CONNECT, hashing, SCRAM) runs in a boxed future of its own that is freed once it ends, and
+/// so is the closing phase; what stays is [`Live`] and the driver's wait.
+pub fn run<S: Transport>(
+    stream: S,
+    peer: SocketAddr,
+    cert: CertIdentity,
+    slot: Option<Admitted>,
+    ctx: Arc<ConnContext>,
+) -> impl std::future::Future<Output = ()> + Send {
+    serve(Box::new(Start { stream, peer, cert, slot, ctx }))
+}
+
+async fn serve<S: Transport>(start: Box<Start<S>>) {
+    let Some(mut l) = Box::pin(establish(start)).await else { return };
+    let close = drive(&mut l.conn, &mut l.rd, &mut l.wr, &mut l.rbuf, &mut l.wbuf, &l.notify, &l.ctx, &l.limits).await;
+    Box::pin(finish(l, close)).await;
+}
+
+/// The end of a connection: unregister, flush what is pending, close the session.
+async fn finish<R: ReadReady, W: AsyncWrite + Unpin + Send>(l: Live<R, W>, close: Close) {
+    // The rest of `l` (the admission slot among it) is dropped once the session is closed.
+    let Live { mut conn, mut wr, wbuf, ctx, peer, registration, revocation, .. } = l;
+    drop(revocation);
+    drop(registration);
+    // Messages accepted in the last batch are routed now, and their acknowledgements (already
+    // in `wbuf`) leave only once what the store must keep for them is durable.
+    conn.flush_wakes();
+    ctx.wait_durable(&mut conn).await;
+    // Flush what is pending (a DISCONNECT with a reason code, for instance), briefly.
+    if !wbuf.is_empty() {
+        let _ = tokio::time::timeout(Duration::from_secs(1), wr.write_all(&wbuf)).await;
+    }
+    let _ = tokio::time::timeout(Duration::from_secs(1), wr.shutdown()).await;
+    debug!(%peer, client_id = %conn.client_id(), reason = %close.reason, "client disconnected");
+    conn.closed(close, Instant::now());
+}
+
+/// CONNECT, authentication and CONNACK; `None` when the connection ended there.
+async fn establish<S: Transport>(start: Box<Start<S>>) -> Option<Live<S::Read, S::Write>> {
+    let Start { stream, peer, cert, slot, ctx } = *start;
+    let (mut rd, mut wr) = stream.halves();
     let mut rbuf = BytesMut::with_capacity(IDLE_READ);
     let mut wbuf = BytesMut::new();
 
@@ -267,12 +387,12 @@ where
         Ok(Pre::Closed(why)) => {
             debug!(%peer, why, "connection closed before CONNECT");
             let _ = wr.write_all(&wbuf).await;
-            return;
+            return None;
         }
         Err(_) => {
             debug!(%peer, "no CONNECT within connect_timeout");
             hit(&ctx.broker.stats.limits.connect_timeouts);
-            return;
+            return None;
         }
     };
     let protocol = connect.protocol;
@@ -284,7 +404,7 @@ where
         write_connack(protocol, false, ReasonCode::BANNED, Default::default(), client_max, &mut wbuf);
         let _ = wr.write_all(&wbuf).await;
         let _ = wr.shutdown().await;
-        return;
+        return None;
     }
     // A user name backing off from this address after repeated failed passwords is refused
     // before any hashing (v5 0x9F Connection rate exceeded; v3 0x03). Other addresses are not
@@ -310,7 +430,7 @@ where
             );
             let _ = wr.write_all(&wbuf).await;
             let _ = wr.shutdown().await;
-            return;
+            return None;
         }
     }
     // MQTT 5 enhanced authentication (SCRAM-SHA-256) runs before the CONNACK, within the
@@ -357,7 +477,7 @@ where
             write_connack(protocol, false, code, Default::default(), client_max, &mut wbuf);
             let _ = wr.write_all(&wbuf).await;
             let _ = wr.shutdown().await;
-            return;
+            return None;
         }
         Err(code) => {
             if let Some(s) = &slot {
@@ -376,7 +496,7 @@ where
             write_connack(protocol, false, code, Default::default(), client_max, &mut wbuf);
             let _ = wr.write_all(&wbuf).await;
             let _ = wr.shutdown().await;
-            return;
+            return None;
         }
     };
     let principal = authed.principal;
@@ -388,7 +508,7 @@ where
     let revocation = authed.token.as_ref().and_then(|t| t.jti.as_deref()).map(|jti| ctx.live_tokens.register(jti));
     let notify = Arc::new(NotifyWake(Notify::new()));
     let client_id_req = connect.client_id.clone();
-    let mut conn =
+    let conn =
         match ctx.broker.connect(*connect, principal.clone(), notify.clone(), enhanced_auth, Instant::now(), &mut wbuf)
         {
             Ok(c) => c,
@@ -396,7 +516,7 @@ where
                 info!(%peer, client_id = %client_id_req, principal = %principal, reason = %e.0, "connection refused");
                 let _ = wr.write_all(&wbuf).await;
                 let _ = wr.shutdown().await;
-                return;
+                return None;
             }
         };
     debug!(%peer, client_id = %conn.client_id(), principal = %principal, ?protocol, "client connected");
@@ -407,20 +527,7 @@ where
         scram_user,
         ended: registration.signal.clone(),
     };
-    let close = drive(&mut conn, &mut rd, &mut wr, &mut rbuf, &mut wbuf, &notify, &ctx, limits).await;
-    drop(revocation);
-    drop(registration);
-    // Messages accepted in the last batch are routed now, and their acknowledgements (already
-    // in `wbuf`) leave only once what the store must keep for them is durable.
-    conn.flush_wakes();
-    ctx.wait_durable(&mut conn).await;
-    // Flush what is pending (a DISCONNECT with a reason code, for instance), briefly.
-    if !wbuf.is_empty() {
-        let _ = tokio::time::timeout(Duration::from_secs(1), wr.write_all(&wbuf)).await;
-    }
-    let _ = tokio::time::timeout(Duration::from_secs(1), wr.shutdown()).await;
-    debug!(%peer, client_id = %conn.client_id(), reason = %close.reason, "client disconnected");
-    conn.closed(close, Instant::now());
+    Some(Live { conn, rd, wr, rbuf, wbuf, notify, ctx, peer, limits, registration, revocation, _slot: slot })
 }
 
 /// Deadlines that end a connection from outside the protocol.
@@ -442,7 +549,8 @@ struct Limits {
 enum Reauth {
     #[default]
     Idle,
-    AwaitFinal(warden_policy::scram::ScramServer),
+    /// Boxed: a connection holds it only between two AUTH packets.
+    AwaitFinal(Box<warden_policy::scram::ScramServer>),
 }
 
 impl Reauth {
@@ -478,7 +586,7 @@ impl Reauth {
                 let creds = auth.scram_credentials(&first.username);
                 let (server, server_first) = ScramServer::server_first(first, creds.as_ref());
                 reply(ReasonCode::CONTINUE_AUTHENTICATION, server_first, out);
-                *self = Reauth::AwaitFinal(server);
+                *self = Reauth::AwaitFinal(Box::new(server));
                 Ok(())
             }
             (Reauth::AwaitFinal(server), ReasonCode::CONTINUE_AUTHENTICATION) => {
@@ -492,7 +600,7 @@ impl Reauth {
 }
 
 #[allow(clippy::too_many_arguments)]
-async fn drive<R, W>(
+async fn drive<R: ReadReady, W>(
     conn: &mut Connection,
     rd: &mut R,
     wr: &mut W,
@@ -500,7 +608,7 @@ async fn drive<R, W>(
     wbuf: &mut BytesMut,
     notify: &NotifyWake,
     ctx: &ConnContext,
-    limits: Limits,
+    limits: &Limits,
 ) -> Close
 where
     R: AsyncRead + Unpin,
@@ -519,7 +627,9 @@ where
     let mut pending_input = !rbuf.is_empty();
     let mut busy = false;
     let mut reauth = Reauth::default();
-    let mut limiter = PublishLimiter::new(ctx.publish_limits, Instant::now());
+    // Made at the first PUBLISH (a bucket starts full, so this is the same as making it now):
+    // connections that never publish carry none.
+    let mut limiter: Option<Box<PublishLimiter>> = None;
     // Reading is paused until then (publish rate or bandwidth throttle).
     let mut throttled_until: Option<tokio::time::Instant> = None;
     let mut mem = MemCharge::new(ctx.memory.clone(), Instant::now());
@@ -543,6 +653,9 @@ where
                         if matches!(p, Packet::Publish(_)) {
                             let size = before - rbuf.len();
                             mem.published(size as u64, now);
+                            if limiter.is_none() {
+                                limiter = PublishLimiter::new(ctx.publish_limits, now).map(Box::new);
+                            }
                             if let Some(Err(code)) = limiter.as_mut().map(|l| l.charge(size, now)) {
                                 // publish_throttle = 0: refused before it is routed.
                                 publish_limit_disconnect(ctx, conn.client_id(), code);
@@ -564,9 +677,6 @@ where
             match conn.pull(now, wbuf, WRITE_BUDGET) {
                 Ok(m) => more = m,
                 Err(c) => return c,
-            }
-            if rbuf.is_empty() && rbuf.capacity() > KEEP_CAPACITY {
-                *rbuf = BytesMut::new(); // a burst is over: give the memory back
             }
             if let Some(l) = limiter.as_mut() {
                 match l.after_batch(now) {
@@ -594,6 +704,11 @@ where
         // Output that acknowledges something the store must keep leaves only once it is
         // durable; one commit covers every connection waiting meanwhile.
         ctx.wait_durable(conn).await;
+        // An empty read buffer is given back unless the connection is streaming (its last read
+        // filled the buffer): an idle connection waits for input without one (`ReadReady`).
+        if rbuf.is_empty() && rbuf.capacity() > 0 && (!busy || rbuf.capacity() > KEEP_CAPACITY) {
+            *rbuf = BytesMut::new();
+        }
         if wbuf.is_empty() && wbuf.capacity() > KEEP_CAPACITY {
             *wbuf = BytesMut::new();
         }
@@ -613,12 +728,14 @@ where
         let stall_deadline =
             stalled_since.filter(|_| !ctx.write_stall_timeout.is_zero()).map(|s| s + ctx.write_stall_timeout);
         let can_read = wbuf.len() < WRITE_HIGH_WATER && throttled_until.is_none() && !mem_paused;
+        // One timer for every deadline (a `Sleep` is over 100 bytes of the task's state): the
+        // keep alive, the access token's expiry, the end of a throttle, the write stall and
+        // the memory sample; which of them passed is sorted out when it fires.
+        let mem_sample = mem_paused.then(|| tokio::time::Instant::now() + MemoryGauge::SAMPLE);
+        let wake_at =
+            [deadline, limits.token_deadline, throttled_until, stall_deadline, mem_sample].into_iter().flatten().min();
         tokio::select! {
-            r = async {
-                rbuf.reserve(if busy { BUSY_READ } else { IDLE_READ });
-                let spare = rbuf.capacity() - rbuf.len();
-                rd.read_buf(rbuf).await.map(|n| (n, n == spare))
-            }, if can_read => {
+            r = read_some(rd, rbuf, busy), if can_read => {
                 match r {
                     Ok((0, _)) | Err(_) => return lost,
                     Ok((_, filled)) => {
@@ -650,16 +767,8 @@ where
                     Err(c) => return c,
                 }
             }
-            _ = sleep_until_opt(deadline) => {
-                debug!(client_id = %conn.client_id(), "keep alive timeout");
-                return conn.keep_alive_timeout(wbuf); // [MQTT-3.1.2-24]
-            }
             _ = shutdown.changed() => {
                 return conn.shutdown(wbuf);
-            }
-            _ = sleep_until_opt(limits.token_deadline) => {
-                debug!(client_id = %conn.client_id(), "access token expired");
-                return conn.disconnect(wbuf, ReasonCode::MAXIMUM_CONNECT_TIME);
             }
             reason = limits.ended.ended() => {
                 info!(client_id = %conn.client_id(), %reason, "disconnected by an administrator");
@@ -669,20 +778,44 @@ where
                 info!(client_id = %conn.client_id(), "access token revoked: disconnecting");
                 return conn.disconnect(wbuf, ReasonCode::NOT_AUTHORIZED);
             }
-            _ = sleep_until_opt(throttled_until) => {
-                throttled_until = None;
-            }
-            _ = tokio::time::sleep(MemoryGauge::SAMPLE), if mem_paused => {}
-            _ = sleep_until_opt(stall_deadline) => {
-                // The client reads nothing: what is pending cannot be delivered, DISCONNECT
-                // included. Its QoS 1/2 messages stay in the session for a reconnect.
-                hit(&ctx.broker.stats.limits.write_stalled);
-                ctx.log_limit(conn.client_id(), "write_stall_timeout", "closed (output not read)");
-                wbuf.clear();
-                return conn.disconnect(&mut BytesMut::new(), ReasonCode::SERVER_BUSY);
+            _ = sleep_until_opt(wake_at) => {
+                let now = tokio::time::Instant::now();
+                let passed = |d: Option<tokio::time::Instant>| d.is_some_and(|d| d <= now);
+                if passed(stall_deadline) {
+                    // The client reads nothing: what is pending cannot be delivered, DISCONNECT
+                    // included. Its QoS 1/2 messages stay in the session for a reconnect.
+                    hit(&ctx.broker.stats.limits.write_stalled);
+                    ctx.log_limit(conn.client_id(), "write_stall_timeout", "closed (output not read)");
+                    wbuf.clear();
+                    return conn.disconnect(&mut BytesMut::new(), ReasonCode::SERVER_BUSY);
+                }
+                if passed(deadline) {
+                    debug!(client_id = %conn.client_id(), "keep alive timeout");
+                    return conn.keep_alive_timeout(wbuf); // [MQTT-3.1.2-24]
+                }
+                if passed(limits.token_deadline) {
+                    debug!(client_id = %conn.client_id(), "access token expired");
+                    return conn.disconnect(wbuf, ReasonCode::MAXIMUM_CONNECT_TIME);
+                }
+                if passed(throttled_until) {
+                    throttled_until = None;
+                }
+                // The memory sample: the next turn of the loop looks at the gauge again.
             }
         }
     }
+}
+
+/// Read what is waiting; `(bytes read, the read filled the buffer)`. A connection without a
+/// read buffer (idle) waits for input before it allocates one.
+async fn read_some<R: ReadReady>(rd: &mut R, rbuf: &mut BytesMut, busy: bool) -> std::io::Result<(usize, bool)> {
+    if rbuf.capacity() == 0 {
+        rd.ready().await?;
+    }
+    rbuf.reserve(if busy { BUSY_READ } else { IDLE_READ });
+    let spare = rbuf.capacity() - rbuf.len();
+    let n = rd.read_buf(rbuf).await?;
+    Ok((n, n == spare))
 }
 
 /// Count and log a publish-limit disconnect (0x96 rate, 0x97 bandwidth).

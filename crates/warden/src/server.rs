@@ -8,6 +8,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
+use futures_util::FutureExt;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 use tokio::task::JoinSet;
@@ -307,20 +308,17 @@ impl Server {
                     live.fetch_add(1, Ordering::Relaxed);
                     let live_slot = ConnGuard(live.clone());
                     let ctx = ctx.clone();
-                    let path = path.clone();
-                    let tls = tls.clone();
-                    tokio::spawn(async move {
-                        let _live = live_slot;
-                        // A task's future lives as long as its connection: plain MQTT gets the
-                        // small one; WebSocket and TLS handshakes (kilobytes of state) are boxed
-                        // so that they do not make every idle TCP connection pay for them.
-                        if tls.is_none() && protocol == ListenerProtocol::Mqtt {
-                            let _ = sock.set_nodelay(true);
-                            crate::conn::run(sock, peer, None, Some(slot), ctx).await;
-                        } else {
-                            Box::pin(serve_socket(sock, peer, protocol, tls, slot, path, ctx)).await;
-                        }
-                    });
+                    // A task's future lives as long as its connection: plain MQTT gets the
+                    // small one; WebSocket and TLS handshakes (kilobytes of state) are boxed
+                    // so that they do not make every idle TCP connection pay for them.
+                    if tls.is_none() && protocol == ListenerProtocol::Mqtt {
+                        let _ = sock.set_nodelay(true);
+                        let conn = crate::conn::run(sock, peer, None, Some(slot), ctx);
+                        tokio::spawn(conn.map(move |()| drop(live_slot)));
+                    } else {
+                        let serve = serve_socket(sock, peer, protocol, tls.clone(), slot, path.clone(), ctx);
+                        tokio::spawn(Box::pin(serve).map(move |()| drop(live_slot)));
+                    }
                 }
             });
         }
