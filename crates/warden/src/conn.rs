@@ -25,6 +25,7 @@ use warden_core::{Broker, Close, Connection, Wake};
 use crate::auth::Authenticator;
 use crate::guard::Admitted;
 use crate::limits::{LogOnce, MemCharge, MemoryGauge, PublishLimiter, PublishLimits, Throttle};
+use crate::live::EndSignal;
 use crate::tls::CertIdentity;
 use warden_core::limits::hit;
 
@@ -100,15 +101,15 @@ pub struct LiveTokens {
 }
 
 /// A connection waiting on a token: its registration id and its revocation signal.
-type TokenWaiter = (u64, Arc<Notify>);
+type TokenWaiter = (u64, Arc<EndSignal>);
 
 /// A connection's registration in [`LiveTokens`]; removed on drop.
 pub struct TokenRegistration {
     owner: Arc<LiveTokens>,
     jti: String,
     id: u64,
-    /// Notified when the token is revoked.
-    pub signal: Arc<Notify>,
+    /// Ended (0x87) when the token is revoked.
+    pub signal: Arc<EndSignal>,
 }
 
 impl Drop for TokenRegistration {
@@ -124,10 +125,10 @@ impl Drop for TokenRegistration {
 }
 
 impl LiveTokens {
-    /// Register a connection using token `jti`.
-    pub fn register(self: &Arc<Self>, jti: &str) -> TokenRegistration {
+    /// Register a connection using token `jti`; `waker` wakes it when the token is revoked.
+    pub fn register(self: &Arc<Self>, jti: &str, waker: Arc<dyn Wake>) -> TokenRegistration {
         let id = self.next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        let signal = Arc::new(Notify::new());
+        let signal = Arc::new(EndSignal::new(waker));
         self.map.lock().entry(jti.to_owned()).or_default().push((id, signal.clone()));
         TokenRegistration { owner: self.clone(), jti: jti.to_owned(), id, signal }
     }
@@ -135,8 +136,8 @@ impl LiveTokens {
     /// Disconnect every connection that authenticated with token `jti`.
     pub fn revoke(&self, jti: &str) {
         if let Some(v) = self.map.lock().get(jti) {
-            for (_, n) in v {
-                n.notify_one();
+            for (_, signal) in v {
+                signal.end(ReasonCode::NOT_AUTHORIZED);
             }
         }
     }
@@ -277,7 +278,8 @@ impl Transport for tokio::net::TcpStream {
 
 impl ReadReady for tokio::net::tcp::OwnedReadHalf {
     fn ready(&mut self) -> impl std::future::Future<Output = std::io::Result<()>> + Send {
-        self.readable()
+        // Polled directly: `readable()` is a future of some 170 bytes in the task's state.
+        std::future::poll_fn(move |cx| self.as_ref().poll_read_ready(cx))
     }
 }
 
@@ -325,7 +327,8 @@ struct Live<R, W> {
     limits: Limits,
     /// Removed from the admin registry and the token registry when the driver ends.
     registration: crate::live::LiveRegistration,
-    revocation: Option<TokenRegistration>,
+    /// Boxed: only token-authenticated connections have one.
+    revocation: Option<Box<TokenRegistration>>,
     /// The per-address admission slot, released when the task ends.
     _slot: Option<Admitted>,
 }
@@ -505,8 +508,12 @@ async fn establish<S: Transport>(start: Box<Start<S>>) -> Option<Live<S::Read, S
         let left = t.expires_at.saturating_sub(crate::tokens::unix_now());
         tokio::time::Instant::now() + Duration::from_secs(left)
     });
-    let revocation = authed.token.as_ref().and_then(|t| t.jti.as_deref()).map(|jti| ctx.live_tokens.register(jti));
     let notify = Arc::new(NotifyWake(Notify::new()));
+    let revocation = authed
+        .token
+        .as_ref()
+        .and_then(|t| t.jti.as_deref())
+        .map(|jti| Box::new(ctx.live_tokens.register(jti, notify.clone())));
     let client_id_req = connect.client_id.clone();
     let conn =
         match ctx.broker.connect(*connect, principal.clone(), notify.clone(), enhanced_auth, Instant::now(), &mut wbuf)
@@ -520,7 +527,7 @@ async fn establish<S: Transport>(start: Box<Start<S>>) -> Option<Live<S::Read, S
             }
         };
     debug!(%peer, client_id = %conn.client_id(), principal = %principal, ?protocol, "client connected");
-    let registration = ctx.live.register(conn.client_id().clone(), principal.clone(), peer, protocol);
+    let registration = ctx.live.register(conn.client_id().clone(), principal.clone(), peer, protocol, notify.clone());
     let limits = Limits {
         token_deadline,
         revoked: revocation.as_ref().map(|r| r.signal.clone()),
@@ -534,12 +541,13 @@ async fn establish<S: Transport>(start: Box<Start<S>>) -> Option<Live<S::Read, S
 struct Limits {
     /// When the access token expires.
     token_deadline: Option<tokio::time::Instant>,
-    /// Fires when the access token is revoked.
-    revoked: Option<Arc<Notify>>,
+    /// Ended when the access token is revoked (it wakes the driver like the core does).
+    revoked: Option<Arc<EndSignal>>,
     /// The user of a connection authenticated with SCRAM-SHA-256 (it may re-authenticate).
     scram_user: Option<String>,
-    /// Fires when an admin ends the connection (kick, ban, user disabled or deleted).
-    ended: Arc<crate::live::EndSignal>,
+    /// Ended when an admin ends the connection (kick, ban, user disabled or deleted); it wakes
+    /// the driver like the core does.
+    ended: Arc<EndSignal>,
 }
 
 /// MQTT 5 re-authentication (§4.12.1) of a SCRAM-authenticated connection: AUTH 0x19
@@ -761,7 +769,17 @@ where
                     }
                 }
             }
+            // The core (deliveries, a take-over), an administrator and a token revocation all
+            // wake the connection here: one wait instead of three.
             _ = notify.0.notified() => {
+                if let Some(reason) = limits.ended.reason() {
+                    info!(client_id = %conn.client_id(), %reason, "disconnected by an administrator");
+                    return conn.disconnect(wbuf, reason);
+                }
+                if limits.revoked.as_ref().is_some_and(|r| r.reason().is_some()) {
+                    info!(client_id = %conn.client_id(), "access token revoked: disconnecting");
+                    return conn.disconnect(wbuf, ReasonCode::NOT_AUTHORIZED);
+                }
                 match conn.pull(Instant::now(), wbuf, WRITE_BUDGET) {
                     Ok(m) => more = m,
                     Err(c) => return c,
@@ -769,14 +787,6 @@ where
             }
             _ = shutdown.changed() => {
                 return conn.shutdown(wbuf);
-            }
-            reason = limits.ended.ended() => {
-                info!(client_id = %conn.client_id(), %reason, "disconnected by an administrator");
-                return conn.disconnect(wbuf, reason);
-            }
-            _ = notified_opt(limits.revoked.as_deref()) => {
-                info!(client_id = %conn.client_id(), "access token revoked: disconnecting");
-                return conn.disconnect(wbuf, ReasonCode::NOT_AUTHORIZED);
             }
             _ = sleep_until_opt(wake_at) => {
                 let now = tokio::time::Instant::now();
@@ -827,13 +837,6 @@ fn publish_limit_disconnect(ctx: &ConnContext, client_id: &str, code: ReasonCode
     };
     hit(counter);
     ctx.log_limit(client_id, name, "disconnected");
-}
-
-async fn notified_opt(n: Option<&Notify>) {
-    match n {
-        Some(n) => n.notified().await,
-        None => std::future::pending().await,
-    }
 }
 
 async fn sleep_until_opt(deadline: Option<tokio::time::Instant>) {
