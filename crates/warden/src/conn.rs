@@ -51,7 +51,8 @@ pub struct ConnContext {
     pub max_packet_size: u32,
     /// Deadline for the CONNECT packet.
     pub connect_timeout: Duration,
-    /// Flips to true on shutdown.
+    /// Flips to true on shutdown. Connections past their CONNACK are then ended through
+    /// [`crate::live::LiveClients::end_all`]; one that registers later sees the flag.
     pub shutdown: watch::Receiver<bool>,
     /// Connections by access-token id, for revocation.
     pub live_tokens: Arc<LiveTokens>,
@@ -352,7 +353,7 @@ pub fn run<S: Transport>(
 
 async fn serve<S: Transport>(start: Box<Start<S>>) {
     let Some(mut l) = Box::pin(establish(start)).await else { return };
-    let close = drive(&mut l.conn, &mut l.rd, &mut l.wr, &mut l.rbuf, &mut l.wbuf, &l.notify, &l.ctx, &l.limits).await;
+    let close = drive(&mut l).await;
     Box::pin(finish(l, close)).await;
 }
 
@@ -528,6 +529,11 @@ async fn establish<S: Transport>(start: Box<Start<S>>) -> Option<Live<S::Read, S
         };
     debug!(%peer, client_id = %conn.client_id(), principal = %principal, ?protocol, "client connected");
     let registration = ctx.live.register(conn.client_id().clone(), principal.clone(), peer, protocol, notify.clone());
+    if *ctx.shutdown.borrow() {
+        // Registered after the server told every live connection to end (it set the flag
+        // first): end this one too.
+        registration.signal.end(ReasonCode::SERVER_SHUTTING_DOWN);
+    }
     let limits = Limits {
         token_deadline,
         revoked: revocation.as_ref().map(|r| r.signal.clone()),
@@ -608,25 +614,13 @@ impl Reauth {
 }
 
 #[allow(clippy::too_many_arguments)]
-async fn drive<R: ReadReady, W>(
-    conn: &mut Connection,
-    rd: &mut R,
-    wr: &mut W,
-    rbuf: &mut BytesMut,
-    wbuf: &mut BytesMut,
-    notify: &NotifyWake,
-    ctx: &ConnContext,
-    limits: &Limits,
-) -> Close
-where
-    R: AsyncRead + Unpin,
-    W: AsyncWrite + Unpin,
-{
+async fn drive<R: ReadReady, W: AsyncWrite + Unpin>(l: &mut Live<R, W>) -> Close {
+    let Live { conn, rd, wr, rbuf, wbuf, notify, ctx, limits, .. } = l;
+    let (notify, ctx, limits): (&NotifyWake, &ConnContext, &Limits) = (notify, ctx, limits);
     let lost = Close { reason: ReasonCode::UNSPECIFIED_ERROR, publish_will: true };
     let protocol = conn.protocol();
     let keep_alive = (conn.keep_alive() > 0).then(|| Duration::from_millis(u64::from(conn.keep_alive()) * 1500));
     let mut deadline = keep_alive.map(|k| tokio::time::Instant::now() + k);
-    let mut shutdown = ctx.shutdown.clone();
     // Bytes read before CONNECT was decoded may already hold more packets.
     let mut more = match conn.pull(Instant::now(), wbuf, WRITE_BUDGET) {
         Ok(m) => m,
@@ -769,9 +763,12 @@ where
                     }
                 }
             }
-            // The core (deliveries, a take-over), an administrator and a token revocation all
-            // wake the connection here: one wait instead of three.
+            // The core (deliveries, a take-over), an administrator, a token revocation and the
+            // server's shutdown all wake the connection here: one wait instead of four.
             _ = notify.0.notified() => {
+                if limits.ended.reason() == Some(ReasonCode::SERVER_SHUTTING_DOWN) {
+                    return conn.shutdown(wbuf);
+                }
                 if let Some(reason) = limits.ended.reason() {
                     info!(client_id = %conn.client_id(), %reason, "disconnected by an administrator");
                     return conn.disconnect(wbuf, reason);
@@ -784,9 +781,6 @@ where
                     Ok(m) => more = m,
                     Err(c) => return c,
                 }
-            }
-            _ = shutdown.changed() => {
-                return conn.shutdown(wbuf);
             }
             _ = sleep_until_opt(wake_at) => {
                 let now = tokio::time::Instant::now();

@@ -139,6 +139,11 @@ impl LiveClients {
         n
     }
 
+    /// End every live connection (the server is shutting down: v5 DISCONNECT 0x8B).
+    pub fn end_all(&self, reason: ReasonCode) -> usize {
+        self.end_where(reason, |_, _, _| true)
+    }
+
     /// End the connection of `client_id` (kick, v5 DISCONNECT 0x98); false when not connected.
     pub fn kick(&self, client_id: &str) -> bool {
         self.end_where(ReasonCode::ADMINISTRATIVE_ACTION, |c, _, _| c == client_id) > 0

@@ -70,6 +70,7 @@ pub struct Server {
 impl Drop for Server {
     /// Whatever way the server ends, the store commits what it holds and stops its writer.
     fn drop(&mut self) {
+        self.stop();
         if let Some(s) = &self.store {
             s.close();
         }
@@ -465,10 +466,17 @@ impl Server {
         }
     }
 
+    /// Raise the shutdown flag (listeners and timers stop), then end every live connection
+    /// (0x8B). In this order: a connection that registers after `end_all` sees the flag.
+    fn stop(&self) {
+        self.shutdown.send_replace(true);
+        self.live.end_all(mqtt_codec::ReasonCode::SERVER_SHUTTING_DOWN);
+    }
+
     /// Stop accepting, tell every client the server is shutting down (v5 DISCONNECT 0x8B),
     /// and wait for the listeners to stop.
     pub async fn shutdown(mut self) {
-        let _ = self.shutdown.send(true);
+        self.stop();
         while self.tasks.join_next().await.is_some() {}
         // Give connection tasks a moment to flush their DISCONNECT.
         tokio::time::sleep(Duration::from_millis(50)).await;
