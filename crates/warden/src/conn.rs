@@ -263,6 +263,9 @@ pub trait Transport: AsyncRead + AsyncWrite + Unpin + Send + Sized {
 
 /// A read half that can wait for input without a buffer: an idle connection then holds none.
 pub trait ReadReady: AsyncRead + Unpin + Send {
+    /// [`ReadReady::ready`] really waits: an idle connection may give its read buffer back.
+    const WAITS_WITHOUT_BUFFER: bool;
+
     /// Resolves once input, the end of input or an error is waiting (it may be spurious: the
     /// read that follows may still wait). A transport that cannot tell resolves at once, and
     /// the driver waits in `read` with a buffer.
@@ -278,6 +281,8 @@ impl Transport for tokio::net::TcpStream {
 }
 
 impl ReadReady for tokio::net::tcp::OwnedReadHalf {
+    const WAITS_WITHOUT_BUFFER: bool = true;
+
     fn ready(&mut self) -> impl std::future::Future<Output = std::io::Result<()>> + Send {
         // Polled directly: `readable()` is a future of some 170 bytes in the task's state.
         std::future::poll_fn(move |cx| self.as_ref().poll_read_ready(cx))
@@ -300,6 +305,8 @@ macro_rules! buffered_transport {
 buffered_transport!(tokio_rustls::server::TlsStream<tokio::net::TcpStream>, tokio::io::DuplexStream);
 
 impl<S: AsyncRead + Unpin + Send> ReadReady for tokio::io::ReadHalf<S> {
+    const WAITS_WITHOUT_BUFFER: bool = false;
+
     fn ready(&mut self) -> impl std::future::Future<Output = std::io::Result<()>> + Send {
         std::future::ready(Ok(()))
     }
@@ -707,8 +714,10 @@ async fn drive<R: ReadReady, W: AsyncWrite + Unpin>(l: &mut Live<R, W>) -> Close
         // durable; one commit covers every connection waiting meanwhile.
         ctx.wait_durable(conn).await;
         // An empty read buffer is given back unless the connection is streaming (its last read
-        // filled the buffer): an idle connection waits for input without one (`ReadReady`).
-        if rbuf.is_empty() && rbuf.capacity() > 0 && (!busy || rbuf.capacity() > KEEP_CAPACITY) {
+        // filled the buffer) or its transport cannot wait without one: an idle TCP connection
+        // waits for input without a buffer (`ReadReady`).
+        let idle = !busy && R::WAITS_WITHOUT_BUFFER;
+        if rbuf.is_empty() && rbuf.capacity() > 0 && (idle || rbuf.capacity() > KEEP_CAPACITY) {
             *rbuf = BytesMut::new();
         }
         if wbuf.is_empty() && wbuf.capacity() > KEEP_CAPACITY {
