@@ -451,7 +451,8 @@ impl Broker {
             if delay == 0 {
                 publish_now = Some(w);
             } else {
-                st.pending_will = Some(PendingWill { will: w, due: now + Duration::from_secs(u64::from(delay)) });
+                st.pending_will =
+                    Some(Box::new(PendingWill { will: w, due: now + Duration::from_secs(u64::from(delay)) }));
             }
         }
         drop(st);

@@ -100,8 +100,9 @@ pub struct SessionState {
     pub expiry_interval: u32,
     /// When the last connection closed (None while connected).
     pub disconnected_at: Option<Instant>,
-    /// Will waiting for its delay.
-    pub pending_will: Option<PendingWill>,
+    /// Will waiting for its delay. Boxed: a `LastWill` is some 400 bytes, and every session
+    /// (an idle connection's included) would carry the room for one.
+    pub pending_will: Option<Box<PendingWill>>,
     /// Messages dropped because the queue was full.
     pub dropped: u64,
     /// The session has a record in the store (it must be removed when the session ends).

@@ -28,6 +28,8 @@ impl PrincipalKind {
     }
 }
 
+static ANONYMOUS: std::sync::OnceLock<Arc<str>> = std::sync::OnceLock::new();
+
 /// An authenticated identity. Two principals are the same identity when kind and name match;
 /// roles and scopes are what it may do, not who it is.
 #[derive(Debug, Clone)]
@@ -51,7 +53,8 @@ impl Principal {
     pub fn anonymous() -> Self {
         Principal {
             kind: PrincipalKind::Anonymous,
-            name: Arc::from("anonymous"),
+            // One shared name: every anonymous connection would otherwise allocate its own.
+            name: ANONYMOUS.get_or_init(|| Arc::from("anonymous")).clone(),
             roles: Vec::new(),
             scopes: Vec::new(),
             grants: None,

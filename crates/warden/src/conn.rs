@@ -25,6 +25,7 @@ use warden_core::{Broker, Close, Connection, Wake};
 use crate::auth::Authenticator;
 use crate::guard::Admitted;
 use crate::limits::{LogOnce, MemCharge, MemoryGauge, PublishLimiter, PublishLimits, Throttle};
+use crate::live::EndSignal;
 use crate::tls::CertIdentity;
 use warden_core::limits::hit;
 
@@ -50,7 +51,8 @@ pub struct ConnContext {
     pub max_packet_size: u32,
     /// Deadline for the CONNECT packet.
     pub connect_timeout: Duration,
-    /// Flips to true on shutdown.
+    /// Flips to true on shutdown. Connections past their CONNACK are then ended through
+    /// [`crate::live::LiveClients::end_all`]; one that registers later sees the flag.
     pub shutdown: watch::Receiver<bool>,
     /// Connections by access-token id, for revocation.
     pub live_tokens: Arc<LiveTokens>,
@@ -100,15 +102,15 @@ pub struct LiveTokens {
 }
 
 /// A connection waiting on a token: its registration id and its revocation signal.
-type TokenWaiter = (u64, Arc<Notify>);
+type TokenWaiter = (u64, Arc<EndSignal>);
 
 /// A connection's registration in [`LiveTokens`]; removed on drop.
 pub struct TokenRegistration {
     owner: Arc<LiveTokens>,
     jti: String,
     id: u64,
-    /// Notified when the token is revoked.
-    pub signal: Arc<Notify>,
+    /// Ended (0x87) when the token is revoked.
+    pub signal: Arc<EndSignal>,
 }
 
 impl Drop for TokenRegistration {
@@ -124,10 +126,10 @@ impl Drop for TokenRegistration {
 }
 
 impl LiveTokens {
-    /// Register a connection using token `jti`.
-    pub fn register(self: &Arc<Self>, jti: &str) -> TokenRegistration {
+    /// Register a connection using token `jti`; `waker` wakes it when the token is revoked.
+    pub fn register(self: &Arc<Self>, jti: &str, waker: Arc<dyn Wake>) -> TokenRegistration {
         let id = self.next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        let signal = Arc::new(Notify::new());
+        let signal = Arc::new(EndSignal::new(waker));
         self.map.lock().entry(jti.to_owned()).or_default().push((id, signal.clone()));
         TokenRegistration { owner: self.clone(), jti: jti.to_owned(), id, signal }
     }
@@ -135,8 +137,8 @@ impl LiveTokens {
     /// Disconnect every connection that authenticated with token `jti`.
     pub fn revoke(&self, jti: &str) {
         if let Some(v) = self.map.lock().get(jti) {
-            for (_, n) in v {
-                n.notify_one();
+            for (_, signal) in v {
+                signal.end(ReasonCode::NOT_AUTHORIZED);
             }
         }
     }
@@ -249,13 +251,142 @@ where
     server.client_final(data).map_err(|_| ReasonCode::BAD_USER_NAME_OR_PASSWORD)
 }
 
+/// A connection's transport, split into halves that the driver reads and writes concurrently.
+pub trait Transport: AsyncRead + AsyncWrite + Unpin + Send + Sized {
+    /// The read half.
+    type Read: ReadReady;
+    /// The write half.
+    type Write: AsyncWrite + Unpin + Send;
+    /// Split the transport.
+    fn halves(self) -> (Self::Read, Self::Write);
+}
+
+/// A read half that can wait for input without a buffer: an idle connection then holds none.
+pub trait ReadReady: AsyncRead + Unpin + Send {
+    /// [`ReadReady::ready`] really waits: an idle connection may give its read buffer back.
+    const WAITS_WITHOUT_BUFFER: bool;
+
+    /// Resolves once input, the end of input or an error is waiting (it may be spurious: the
+    /// read that follows may still wait). A transport that cannot tell resolves at once, and
+    /// the driver waits in `read` with a buffer.
+    fn ready(&mut self) -> impl std::future::Future<Output = std::io::Result<()>> + Send;
+}
+
+impl Transport for tokio::net::TcpStream {
+    type Read = tokio::net::tcp::OwnedReadHalf;
+    type Write = tokio::net::tcp::OwnedWriteHalf;
+    fn halves(self) -> (Self::Read, Self::Write) {
+        self.into_split()
+    }
+}
+
+impl ReadReady for tokio::net::tcp::OwnedReadHalf {
+    const WAITS_WITHOUT_BUFFER: bool = true;
+
+    fn ready(&mut self) -> impl std::future::Future<Output = std::io::Result<()>> + Send {
+        // Polled directly: `readable()` is a future of some 170 bytes in the task's state.
+        std::future::poll_fn(move |cx| self.as_ref().poll_read_ready(cx))
+    }
+}
+
+/// Transports whose input may be buffered above the socket (TLS records, WebSocket frames)
+/// are split with [`tokio::io::split`] and read with a buffer.
+macro_rules! buffered_transport {
+    ($($t:ty),*) => {$(
+        impl Transport for $t {
+            type Read = tokio::io::ReadHalf<$t>;
+            type Write = tokio::io::WriteHalf<$t>;
+            fn halves(self) -> (Self::Read, Self::Write) {
+                tokio::io::split(self)
+            }
+        }
+    )*};
+}
+buffered_transport!(tokio_rustls::server::TlsStream<tokio::net::TcpStream>, tokio::io::DuplexStream);
+
+impl<S: AsyncRead + Unpin + Send> ReadReady for tokio::io::ReadHalf<S> {
+    const WAITS_WITHOUT_BUFFER: bool = false;
+
+    fn ready(&mut self) -> impl std::future::Future<Output = std::io::Result<()>> + Send {
+        std::future::ready(Ok(()))
+    }
+}
+
+/// What a connection task starts with. Boxed, and consumed by the CONNECT phase, so that the
+/// long-lived task keeps no room for it (an async fn keeps its arguments for its whole life).
+struct Start<S> {
+    stream: S,
+    peer: SocketAddr,
+    cert: CertIdentity,
+    slot: Option<Admitted>,
+    ctx: Arc<ConnContext>,
+}
+
+/// A connection past its CONNACK: what the driver needs for the connection's life.
+struct Live<R, W> {
+    conn: Connection,
+    rd: R,
+    wr: W,
+    rbuf: BytesMut,
+    wbuf: BytesMut,
+    notify: Arc<NotifyWake>,
+    ctx: Arc<ConnContext>,
+    peer: SocketAddr,
+    limits: Limits,
+    /// Removed from the admin registry and the token registry when the driver ends.
+    registration: crate::live::LiveRegistration,
+    /// Boxed: only token-authenticated connections have one.
+    revocation: Option<Box<TokenRegistration>>,
+    /// The per-address admission slot, released when the task ends.
+    _slot: Option<Admitted>,
+}
+
 /// Drive one connection to its end. `cert` is what TLS proved about the client; `slot` is its
 /// admission by the per-address guard (failed authentications are reported to it).
-pub async fn run<S>(stream: S, peer: SocketAddr, cert: CertIdentity, slot: Option<Admitted>, ctx: Arc<ConnContext>)
-where
-    S: AsyncRead + AsyncWrite + Unpin + Send,
-{
-    let (mut rd, mut wr) = tokio::io::split(stream);
+///
+/// The task's future is allocated once, at the size of its largest state, and lives as long
+/// as the connection: the CONNECT and authentication phase (kilobytes of state: the decoded
+/// CONNECT, hashing, SCRAM) runs in a boxed future of its own that is freed once it ends, and
+/// so is the closing phase; what stays is [`Live`] and the driver's wait.
+pub fn run<S: Transport>(
+    stream: S,
+    peer: SocketAddr,
+    cert: CertIdentity,
+    slot: Option<Admitted>,
+    ctx: Arc<ConnContext>,
+) -> impl std::future::Future<Output = ()> + Send {
+    serve(Box::new(Start { stream, peer, cert, slot, ctx }))
+}
+
+async fn serve<S: Transport>(start: Box<Start<S>>) {
+    let Some(mut l) = Box::pin(establish(start)).await else { return };
+    let close = drive(&mut l).await;
+    Box::pin(finish(l, close)).await;
+}
+
+/// The end of a connection: unregister, flush what is pending, close the session.
+async fn finish<R: ReadReady, W: AsyncWrite + Unpin + Send>(l: Live<R, W>, close: Close) {
+    // The rest of `l` (the admission slot among it) is dropped once the session is closed.
+    let Live { mut conn, mut wr, wbuf, ctx, peer, registration, revocation, .. } = l;
+    drop(revocation);
+    drop(registration);
+    // Messages accepted in the last batch are routed now, and their acknowledgements (already
+    // in `wbuf`) leave only once what the store must keep for them is durable.
+    conn.flush_wakes();
+    ctx.wait_durable(&mut conn).await;
+    // Flush what is pending (a DISCONNECT with a reason code, for instance), briefly.
+    if !wbuf.is_empty() {
+        let _ = tokio::time::timeout(Duration::from_secs(1), wr.write_all(&wbuf)).await;
+    }
+    let _ = tokio::time::timeout(Duration::from_secs(1), wr.shutdown()).await;
+    debug!(%peer, client_id = %conn.client_id(), reason = %close.reason, "client disconnected");
+    conn.closed(close, Instant::now());
+}
+
+/// CONNECT, authentication and CONNACK; `None` when the connection ended there.
+async fn establish<S: Transport>(start: Box<Start<S>>) -> Option<Live<S::Read, S::Write>> {
+    let Start { stream, peer, cert, slot, ctx } = *start;
+    let (mut rd, mut wr) = stream.halves();
     let mut rbuf = BytesMut::with_capacity(IDLE_READ);
     let mut wbuf = BytesMut::new();
 
@@ -267,12 +398,12 @@ where
         Ok(Pre::Closed(why)) => {
             debug!(%peer, why, "connection closed before CONNECT");
             let _ = wr.write_all(&wbuf).await;
-            return;
+            return None;
         }
         Err(_) => {
             debug!(%peer, "no CONNECT within connect_timeout");
             hit(&ctx.broker.stats.limits.connect_timeouts);
-            return;
+            return None;
         }
     };
     let protocol = connect.protocol;
@@ -284,7 +415,7 @@ where
         write_connack(protocol, false, ReasonCode::BANNED, Default::default(), client_max, &mut wbuf);
         let _ = wr.write_all(&wbuf).await;
         let _ = wr.shutdown().await;
-        return;
+        return None;
     }
     // A user name backing off from this address after repeated failed passwords is refused
     // before any hashing (v5 0x9F Connection rate exceeded; v3 0x03). Other addresses are not
@@ -310,7 +441,7 @@ where
             );
             let _ = wr.write_all(&wbuf).await;
             let _ = wr.shutdown().await;
-            return;
+            return None;
         }
     }
     // MQTT 5 enhanced authentication (SCRAM-SHA-256) runs before the CONNACK, within the
@@ -357,7 +488,7 @@ where
             write_connack(protocol, false, code, Default::default(), client_max, &mut wbuf);
             let _ = wr.write_all(&wbuf).await;
             let _ = wr.shutdown().await;
-            return;
+            return None;
         }
         Err(code) => {
             if let Some(s) = &slot {
@@ -376,7 +507,7 @@ where
             write_connack(protocol, false, code, Default::default(), client_max, &mut wbuf);
             let _ = wr.write_all(&wbuf).await;
             let _ = wr.shutdown().await;
-            return;
+            return None;
         }
     };
     let principal = authed.principal;
@@ -385,10 +516,14 @@ where
         let left = t.expires_at.saturating_sub(crate::tokens::unix_now());
         tokio::time::Instant::now() + Duration::from_secs(left)
     });
-    let revocation = authed.token.as_ref().and_then(|t| t.jti.as_deref()).map(|jti| ctx.live_tokens.register(jti));
     let notify = Arc::new(NotifyWake(Notify::new()));
+    let revocation = authed
+        .token
+        .as_ref()
+        .and_then(|t| t.jti.as_deref())
+        .map(|jti| Box::new(ctx.live_tokens.register(jti, notify.clone())));
     let client_id_req = connect.client_id.clone();
-    let mut conn =
+    let conn =
         match ctx.broker.connect(*connect, principal.clone(), notify.clone(), enhanced_auth, Instant::now(), &mut wbuf)
         {
             Ok(c) => c,
@@ -396,43 +531,36 @@ where
                 info!(%peer, client_id = %client_id_req, principal = %principal, reason = %e.0, "connection refused");
                 let _ = wr.write_all(&wbuf).await;
                 let _ = wr.shutdown().await;
-                return;
+                return None;
             }
         };
     debug!(%peer, client_id = %conn.client_id(), principal = %principal, ?protocol, "client connected");
-    let registration = ctx.live.register(conn.client_id().clone(), principal.clone(), peer, protocol);
+    let registration = ctx.live.register(conn.client_id().clone(), principal.clone(), peer, protocol, notify.clone());
+    if *ctx.shutdown.borrow() {
+        // Registered after the server told every live connection to end (it set the flag
+        // first): end this one too.
+        registration.signal.end(ReasonCode::SERVER_SHUTTING_DOWN);
+    }
     let limits = Limits {
         token_deadline,
         revoked: revocation.as_ref().map(|r| r.signal.clone()),
         scram_user,
         ended: registration.signal.clone(),
     };
-    let close = drive(&mut conn, &mut rd, &mut wr, &mut rbuf, &mut wbuf, &notify, &ctx, limits).await;
-    drop(revocation);
-    drop(registration);
-    // Messages accepted in the last batch are routed now, and their acknowledgements (already
-    // in `wbuf`) leave only once what the store must keep for them is durable.
-    conn.flush_wakes();
-    ctx.wait_durable(&mut conn).await;
-    // Flush what is pending (a DISCONNECT with a reason code, for instance), briefly.
-    if !wbuf.is_empty() {
-        let _ = tokio::time::timeout(Duration::from_secs(1), wr.write_all(&wbuf)).await;
-    }
-    let _ = tokio::time::timeout(Duration::from_secs(1), wr.shutdown()).await;
-    debug!(%peer, client_id = %conn.client_id(), reason = %close.reason, "client disconnected");
-    conn.closed(close, Instant::now());
+    Some(Live { conn, rd, wr, rbuf, wbuf, notify, ctx, peer, limits, registration, revocation, _slot: slot })
 }
 
 /// Deadlines that end a connection from outside the protocol.
 struct Limits {
     /// When the access token expires.
     token_deadline: Option<tokio::time::Instant>,
-    /// Fires when the access token is revoked.
-    revoked: Option<Arc<Notify>>,
+    /// Ended when the access token is revoked (it wakes the driver like the core does).
+    revoked: Option<Arc<EndSignal>>,
     /// The user of a connection authenticated with SCRAM-SHA-256 (it may re-authenticate).
     scram_user: Option<String>,
-    /// Fires when an admin ends the connection (kick, ban, user disabled or deleted).
-    ended: Arc<crate::live::EndSignal>,
+    /// Ended when an admin ends the connection (kick, ban, user disabled or deleted); it wakes
+    /// the driver like the core does.
+    ended: Arc<EndSignal>,
 }
 
 /// MQTT 5 re-authentication (§4.12.1) of a SCRAM-authenticated connection: AUTH 0x19
@@ -442,7 +570,8 @@ struct Limits {
 enum Reauth {
     #[default]
     Idle,
-    AwaitFinal(warden_policy::scram::ScramServer),
+    /// Boxed: a connection holds it only between two AUTH packets.
+    AwaitFinal(Box<warden_policy::scram::ScramServer>),
 }
 
 impl Reauth {
@@ -478,7 +607,7 @@ impl Reauth {
                 let creds = auth.scram_credentials(&first.username);
                 let (server, server_first) = ScramServer::server_first(first, creds.as_ref());
                 reply(ReasonCode::CONTINUE_AUTHENTICATION, server_first, out);
-                *self = Reauth::AwaitFinal(server);
+                *self = Reauth::AwaitFinal(Box::new(server));
                 Ok(())
             }
             (Reauth::AwaitFinal(server), ReasonCode::CONTINUE_AUTHENTICATION) => {
@@ -492,25 +621,13 @@ impl Reauth {
 }
 
 #[allow(clippy::too_many_arguments)]
-async fn drive<R, W>(
-    conn: &mut Connection,
-    rd: &mut R,
-    wr: &mut W,
-    rbuf: &mut BytesMut,
-    wbuf: &mut BytesMut,
-    notify: &NotifyWake,
-    ctx: &ConnContext,
-    limits: Limits,
-) -> Close
-where
-    R: AsyncRead + Unpin,
-    W: AsyncWrite + Unpin,
-{
+async fn drive<R: ReadReady, W: AsyncWrite + Unpin>(l: &mut Live<R, W>) -> Close {
+    let Live { conn, rd, wr, rbuf, wbuf, notify, ctx, limits, .. } = l;
+    let (notify, ctx, limits): (&NotifyWake, &ConnContext, &Limits) = (notify, ctx, limits);
     let lost = Close { reason: ReasonCode::UNSPECIFIED_ERROR, publish_will: true };
     let protocol = conn.protocol();
     let keep_alive = (conn.keep_alive() > 0).then(|| Duration::from_millis(u64::from(conn.keep_alive()) * 1500));
     let mut deadline = keep_alive.map(|k| tokio::time::Instant::now() + k);
-    let mut shutdown = ctx.shutdown.clone();
     // Bytes read before CONNECT was decoded may already hold more packets.
     let mut more = match conn.pull(Instant::now(), wbuf, WRITE_BUDGET) {
         Ok(m) => m,
@@ -519,7 +636,9 @@ where
     let mut pending_input = !rbuf.is_empty();
     let mut busy = false;
     let mut reauth = Reauth::default();
-    let mut limiter = PublishLimiter::new(ctx.publish_limits, Instant::now());
+    // Made at the first PUBLISH (a bucket starts full, so this is the same as making it now):
+    // connections that never publish carry none.
+    let mut limiter: Option<Box<PublishLimiter>> = None;
     // Reading is paused until then (publish rate or bandwidth throttle).
     let mut throttled_until: Option<tokio::time::Instant> = None;
     let mut mem = MemCharge::new(ctx.memory.clone(), Instant::now());
@@ -545,6 +664,9 @@ where
                         if matches!(p, Packet::Publish(_)) {
                             let size = before - rbuf.len();
                             mem.published(size as u64, now);
+                            if limiter.is_none() {
+                                limiter = PublishLimiter::new(ctx.publish_limits, now).map(Box::new);
+                            }
                             if let Some(Err(code)) = limiter.as_mut().map(|l| l.charge(size, now)) {
                                 // publish_throttle = 0: refused before it is routed.
                                 publish_limit_disconnect(ctx, conn.client_id(), code);
@@ -566,9 +688,6 @@ where
             match conn.pull(now, wbuf, WRITE_BUDGET) {
                 Ok(m) => more = m,
                 Err(c) => return c,
-            }
-            if rbuf.is_empty() && rbuf.capacity() > KEEP_CAPACITY {
-                *rbuf = BytesMut::new(); // a burst is over: give the memory back
             }
             if let Some(l) = limiter.as_mut() {
                 match l.after_batch(now) {
@@ -596,6 +715,13 @@ where
         // Output that acknowledges something the store must keep leaves only once it is
         // durable; one commit covers every connection waiting meanwhile.
         ctx.wait_durable(conn).await;
+        // An empty read buffer is given back unless the connection is streaming (its last read
+        // filled the buffer) or its transport cannot wait without one: an idle TCP connection
+        // waits for input without a buffer (`ReadReady`).
+        let idle = !busy && R::WAITS_WITHOUT_BUFFER;
+        if rbuf.is_empty() && rbuf.capacity() > 0 && (idle || rbuf.capacity() > KEEP_CAPACITY) {
+            *rbuf = BytesMut::new();
+        }
         if wbuf.is_empty() && wbuf.capacity() > KEEP_CAPACITY {
             *wbuf = BytesMut::new();
         }
@@ -615,12 +741,14 @@ where
         let stall_deadline =
             stalled_since.filter(|_| !ctx.write_stall_timeout.is_zero()).map(|s| s + ctx.write_stall_timeout);
         let can_read = wbuf.len() < WRITE_HIGH_WATER && throttled_until.is_none() && !mem_paused;
+        // One timer for every deadline (a `Sleep` is over 100 bytes of the task's state): the
+        // keep alive, the access token's expiry, the end of a throttle, the write stall and
+        // the memory sample; which of them passed is sorted out when it fires.
+        let mem_sample = mem_paused.then(|| tokio::time::Instant::now() + MemoryGauge::SAMPLE);
+        let wake_at =
+            [deadline, limits.token_deadline, throttled_until, stall_deadline, mem_sample].into_iter().flatten().min();
         tokio::select! {
-            r = async {
-                rbuf.reserve(if busy { BUSY_READ } else { IDLE_READ });
-                let spare = rbuf.capacity() - rbuf.len();
-                rd.read_buf(rbuf).await.map(|n| (n, n == spare))
-            }, if can_read => {
+            r = read_some(rd, rbuf, busy), if can_read => {
                 match r {
                     Ok((0, _)) | Err(_) => return lost,
                     Ok((_, filled)) => {
@@ -646,45 +774,63 @@ where
                     }
                 }
             }
+            // The core (deliveries, a take-over), an administrator, a token revocation and the
+            // server's shutdown all wake the connection here: one wait instead of four.
             _ = notify.0.notified() => {
+                if limits.ended.reason() == Some(ReasonCode::SERVER_SHUTTING_DOWN) {
+                    return conn.shutdown(wbuf);
+                }
+                if let Some(reason) = limits.ended.reason() {
+                    info!(client_id = %conn.client_id(), %reason, "disconnected by an administrator");
+                    return conn.disconnect(wbuf, reason);
+                }
+                if limits.revoked.as_ref().is_some_and(|r| r.reason().is_some()) {
+                    info!(client_id = %conn.client_id(), "access token revoked: disconnecting");
+                    return conn.disconnect(wbuf, ReasonCode::NOT_AUTHORIZED);
+                }
                 match conn.pull(Instant::now(), wbuf, WRITE_BUDGET) {
                     Ok(m) => more = m,
                     Err(c) => return c,
                 }
             }
-            _ = sleep_until_opt(deadline) => {
-                debug!(client_id = %conn.client_id(), "keep alive timeout");
-                return conn.keep_alive_timeout(wbuf); // [MQTT-3.1.2-24]
-            }
-            _ = shutdown.changed() => {
-                return conn.shutdown(wbuf);
-            }
-            _ = sleep_until_opt(limits.token_deadline) => {
-                debug!(client_id = %conn.client_id(), "access token expired");
-                return conn.disconnect(wbuf, ReasonCode::MAXIMUM_CONNECT_TIME);
-            }
-            reason = limits.ended.ended() => {
-                info!(client_id = %conn.client_id(), %reason, "disconnected by an administrator");
-                return conn.disconnect(wbuf, reason);
-            }
-            _ = notified_opt(limits.revoked.as_deref()) => {
-                info!(client_id = %conn.client_id(), "access token revoked: disconnecting");
-                return conn.disconnect(wbuf, ReasonCode::NOT_AUTHORIZED);
-            }
-            _ = sleep_until_opt(throttled_until) => {
-                throttled_until = None;
-            }
-            _ = tokio::time::sleep(MemoryGauge::SAMPLE), if mem_paused => {}
-            _ = sleep_until_opt(stall_deadline) => {
-                // The client reads nothing: what is pending cannot be delivered, DISCONNECT
-                // included. Its QoS 1/2 messages stay in the session for a reconnect.
-                hit(&ctx.broker.stats.limits.write_stalled);
-                ctx.log_limit(conn.client_id(), "write_stall_timeout", "closed (output not read)");
-                wbuf.clear();
-                return conn.disconnect(&mut BytesMut::new(), ReasonCode::SERVER_BUSY);
+            _ = sleep_until_opt(wake_at) => {
+                let now = tokio::time::Instant::now();
+                let passed = |d: Option<tokio::time::Instant>| d.is_some_and(|d| d <= now);
+                if passed(stall_deadline) {
+                    // The client reads nothing: what is pending cannot be delivered, DISCONNECT
+                    // included. Its QoS 1/2 messages stay in the session for a reconnect.
+                    hit(&ctx.broker.stats.limits.write_stalled);
+                    ctx.log_limit(conn.client_id(), "write_stall_timeout", "closed (output not read)");
+                    wbuf.clear();
+                    return conn.disconnect(&mut BytesMut::new(), ReasonCode::SERVER_BUSY);
+                }
+                if passed(deadline) {
+                    debug!(client_id = %conn.client_id(), "keep alive timeout");
+                    return conn.keep_alive_timeout(wbuf); // [MQTT-3.1.2-24]
+                }
+                if passed(limits.token_deadline) {
+                    debug!(client_id = %conn.client_id(), "access token expired");
+                    return conn.disconnect(wbuf, ReasonCode::MAXIMUM_CONNECT_TIME);
+                }
+                if passed(throttled_until) {
+                    throttled_until = None;
+                }
+                // The memory sample: the next turn of the loop looks at the gauge again.
             }
         }
     }
+}
+
+/// Read what is waiting; `(bytes read, the read filled the buffer)`. A connection without a
+/// read buffer (idle) waits for input before it allocates one.
+async fn read_some<R: ReadReady>(rd: &mut R, rbuf: &mut BytesMut, busy: bool) -> std::io::Result<(usize, bool)> {
+    if rbuf.capacity() == 0 {
+        rd.ready().await?;
+    }
+    rbuf.reserve(if busy { BUSY_READ } else { IDLE_READ });
+    let spare = rbuf.capacity() - rbuf.len();
+    let n = rd.read_buf(rbuf).await?;
+    Ok((n, n == spare))
 }
 
 /// Count and log a publish-limit disconnect (0x96 rate, 0x97 bandwidth).
@@ -696,13 +842,6 @@ fn publish_limit_disconnect(ctx: &ConnContext, client_id: &str, code: ReasonCode
     };
     hit(counter);
     ctx.log_limit(client_id, name, "disconnected");
-}
-
-async fn notified_opt(n: Option<&Notify>) {
-    match n {
-        Some(n) => n.notified().await,
-        None => std::future::pending().await,
-    }
 }
 
 async fn sleep_until_opt(deadline: Option<tokio::time::Instant>) {

@@ -12,31 +12,32 @@ use std::sync::Arc;
 
 use mqtt_codec::{Protocol, ReasonCode};
 use parking_lot::Mutex;
-use tokio::sync::Notify;
+use warden_core::Wake;
 use warden_policy::{Principal, PrincipalKind};
 
-/// Tells a connection to end, and why.
-#[derive(Debug, Default)]
+/// Tells a connection to end, and why. It wakes the connection's driver through the same
+/// waker as the core does (one wait in the driver for both; see `conn::drive`), and the
+/// driver then looks at [`EndSignal::reason`].
 pub struct EndSignal {
-    notify: Notify,
     reason: Mutex<Option<ReasonCode>>,
+    waker: Arc<dyn Wake>,
 }
 
 impl EndSignal {
+    /// A signal that wakes the connection with `waker`.
+    pub fn new(waker: Arc<dyn Wake>) -> Self {
+        EndSignal { reason: Mutex::new(None), waker }
+    }
+
     /// Ask the connection to end with `reason` (the first reason given wins).
     pub fn end(&self, reason: ReasonCode) {
         self.reason.lock().get_or_insert(reason);
-        self.notify.notify_one();
+        self.waker.wake();
     }
 
-    /// Resolves once [`EndSignal::end`] was called; returns the reason.
-    pub async fn ended(&self) -> ReasonCode {
-        loop {
-            if let Some(r) = *self.reason.lock() {
-                return r;
-            }
-            self.notify.notified().await;
-        }
+    /// The reason, once [`EndSignal::end`] was called.
+    pub fn reason(&self) -> Option<ReasonCode> {
+        *self.reason.lock()
     }
 }
 
@@ -52,7 +53,8 @@ struct Entry {
 /// Live connections by registration id.
 #[derive(Default)]
 pub struct LiveClients {
-    map: Mutex<HashMap<u64, Entry>>,
+    /// Entries boxed: the table (with its spare capacity) holds 16 bytes per slot, not 160.
+    map: Mutex<HashMap<u64, Box<Entry>>>,
     next: AtomicU64,
 }
 
@@ -86,9 +88,10 @@ impl LiveClients {
         principal: Principal,
         peer: SocketAddr,
         protocol: Protocol,
+        waker: Arc<dyn Wake>,
     ) -> LiveRegistration {
         let id = self.next.fetch_add(1, Ordering::Relaxed);
-        let signal = Arc::new(EndSignal::default());
+        let signal = Arc::new(EndSignal::new(waker));
         let entry = Entry {
             client_id,
             principal,
@@ -97,7 +100,7 @@ impl LiveClients {
             connected_at: crate::tokens::unix_now(),
             signal: signal.clone(),
         };
-        self.map.lock().insert(id, entry);
+        self.map.lock().insert(id, Box::new(entry));
         LiveRegistration { owner: self.clone(), id, signal }
     }
 
@@ -134,6 +137,11 @@ impl LiveClients {
             n += 1;
         }
         n
+    }
+
+    /// End every live connection (the server is shutting down: v5 DISCONNECT 0x8B).
+    pub fn end_all(&self, reason: ReasonCode) -> usize {
+        self.end_where(reason, |_, _, _| true)
     }
 
     /// End the connection of `client_id` (kick, v5 DISCONNECT 0x98); false when not connected.

@@ -8,6 +8,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
+use futures_util::FutureExt;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 use tokio::task::JoinSet;
@@ -69,6 +70,7 @@ pub struct Server {
 impl Drop for Server {
     /// Whatever way the server ends, the store commits what it holds and stops its writer.
     fn drop(&mut self) {
+        self.stop();
         if let Some(s) = &self.store {
             s.close();
         }
@@ -307,20 +309,17 @@ impl Server {
                     live.fetch_add(1, Ordering::Relaxed);
                     let live_slot = ConnGuard(live.clone());
                     let ctx = ctx.clone();
-                    let path = path.clone();
-                    let tls = tls.clone();
-                    tokio::spawn(async move {
-                        let _live = live_slot;
-                        // A task's future lives as long as its connection: plain MQTT gets the
-                        // small one; WebSocket and TLS handshakes (kilobytes of state) are boxed
-                        // so that they do not make every idle TCP connection pay for them.
-                        if tls.is_none() && protocol == ListenerProtocol::Mqtt {
-                            let _ = sock.set_nodelay(true);
-                            crate::conn::run(sock, peer, None, Some(slot), ctx).await;
-                        } else {
-                            Box::pin(serve_socket(sock, peer, protocol, tls, slot, path, ctx)).await;
-                        }
-                    });
+                    // A task's future lives as long as its connection: plain MQTT gets the
+                    // small one; WebSocket and TLS handshakes (kilobytes of state) are boxed
+                    // so that they do not make every idle TCP connection pay for them.
+                    if tls.is_none() && protocol == ListenerProtocol::Mqtt {
+                        let _ = sock.set_nodelay(true);
+                        let conn = crate::conn::run(sock, peer, None, Some(slot), ctx);
+                        tokio::spawn(conn.map(move |()| drop(live_slot)));
+                    } else {
+                        let serve = serve_socket(sock, peer, protocol, tls.clone(), slot, path.clone(), ctx);
+                        tokio::spawn(Box::pin(serve).map(move |()| drop(live_slot)));
+                    }
                 }
             });
         }
@@ -467,10 +466,17 @@ impl Server {
         }
     }
 
+    /// Raise the shutdown flag (listeners and timers stop), then end every live connection
+    /// (0x8B). In this order: a connection that registers after `end_all` sees the flag.
+    fn stop(&self) {
+        self.shutdown.send_replace(true);
+        self.live.end_all(mqtt_codec::ReasonCode::SERVER_SHUTTING_DOWN);
+    }
+
     /// Stop accepting, tell every client the server is shutting down (v5 DISCONNECT 0x8B),
     /// and wait for the listeners to stop.
     pub async fn shutdown(mut self) {
-        let _ = self.shutdown.send(true);
+        self.stop();
         while self.tasks.join_next().await.is_some() {}
         // Give connection tasks a moment to flush their DISCONNECT.
         tokio::time::sleep(Duration::from_millis(50)).await;
