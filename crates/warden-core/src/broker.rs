@@ -62,6 +62,34 @@ struct Resolved {
     ids: Vec<u32>,
 }
 
+/// A publisher's last routing answer (see [`Broker::route_many`]): who receives its topic,
+/// reused by its next batches on that topic while neither a subscription, a subscriber's
+/// grants (both change the trie's generation) nor the policy changed. Only answers with
+/// no shared group (a member is picked per message) and no denied subscriber (each denial
+/// is counted and audited when it happens) are kept, and only for pure policies
+/// ([`Authorizer::allows_are_cacheable`]). Empty: one pointer.
+#[derive(Default)]
+pub struct RouteCache(Option<Box<CachedRoute>>);
+
+struct CachedRoute {
+    topic: TopicName,
+    origin: Option<u64>,
+    trie_gen: u64,
+    policy_gen: u64,
+    resolved: Vec<Resolved>,
+}
+
+/// What [`Broker::resolve`] found.
+struct Resolution {
+    targets: Vec<Resolved>,
+    /// No shared group: the answer holds for the next message on the same topic.
+    reusable: bool,
+    /// A subscriber was denied `receive`.
+    denied: bool,
+    /// The trie's generation the answer was computed at.
+    trie_gen: u64,
+}
+
 /// Why a CONNECT was refused (the v5 reason code; v3 clients get the mapped return code).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ConnectError(pub ReasonCode);
@@ -338,6 +366,8 @@ impl Broker {
                     // Same identity; the grants are the new connection's (a narrower token
                     // narrows the live subscriptions at once).
                     s.set_owner(principal.clone());
+                    // Routing answers cached with the old grants are stale.
+                    self.subs.write().touch();
                     s.set_connected(true);
                     (s, true, old.map(|l| l.waker))
                 }
@@ -533,7 +563,7 @@ impl Broker {
     /// number of deliveries queued.
     pub fn route(&self, msg: Arc<Message>) -> usize {
         // The local batch wakes the subscribers when it is dropped.
-        self.route_many(std::slice::from_ref(&msg), &mut WakeBatch::default())
+        self.route_many(std::slice::from_ref(&msg), &mut WakeBatch::default(), &mut RouteCache::default())
     }
 
     /// Route a publisher's batch of messages, in order. Each subscriber session is locked once
@@ -542,7 +572,7 @@ impl Broker {
     /// Consecutive messages on one topic reuse its matching (subscriptions, `receive`
     /// decisions) unless a shared subscription needs a fresh round-robin pick per message.
     /// Returns the number of deliveries queued.
-    pub fn route_many(&self, msgs: &[Arc<Message>], batch: &mut WakeBatch) -> usize {
+    pub fn route_many(&self, msgs: &[Arc<Message>], batch: &mut WakeBatch, cache: &mut RouteCache) -> usize {
         let policy_gen = self.policy_generation();
         let authz = self.authorizer();
         for msg in msgs.iter().filter(|m| m.retain) {
@@ -565,7 +595,34 @@ impl Broker {
         while i < msgs.len() {
             // A run: consecutive messages on one topic from one origin share a resolution
             // (unless a shared group must pick a member per message).
-            let (resolved, reusable) = self.resolve(&msgs[i], authz.as_ref());
+            let msg = &msgs[i];
+            let trie_gen = self.subs.read().generation();
+            let hit = cache.0.as_ref().is_some_and(|c| {
+                c.trie_gen == trie_gen && c.policy_gen == policy_gen && c.origin == msg.origin && c.topic == msg.topic
+            });
+            let mut fresh = Vec::new();
+            let mut reusable = true;
+            let mut use_cache = hit;
+            if !hit {
+                let r = self.resolve(msg, authz.as_ref());
+                reusable = r.reusable;
+                use_cache = r.reusable && !r.denied && authz.allows_are_cacheable();
+                if use_cache {
+                    cache.0 = Some(Box::new(CachedRoute {
+                        topic: msg.topic.clone(),
+                        origin: msg.origin,
+                        trie_gen: r.trie_gen,
+                        policy_gen,
+                        resolved: r.targets,
+                    }));
+                } else {
+                    fresh = r.targets;
+                }
+            }
+            let resolved = match &cache.0 {
+                Some(c) if use_cache => &c.resolved,
+                _ => &fresh,
+            };
             let mut j = i + 1;
             if reusable {
                 while j < msgs.len() && msgs[j].topic == msgs[i].topic && msgs[j].origin == msgs[i].origin {
@@ -576,12 +633,12 @@ impl Broker {
             if run.len() == msgs.len() {
                 // The whole batch is one run (the usual case: a device publishing to its
                 // topic): it goes straight into each session's queue.
-                for r in &resolved {
+                for r in resolved {
                     queued += self.enqueue(&r.session, run.iter().map(|m| delivery(m, r)), batch);
                 }
                 return queued;
             }
-            for r in &resolved {
+            for r in resolved {
                 let k = *slot.entry(r.session.id).or_insert_with(|| {
                     per_session.push((r.session.clone(), Vec::new()));
                     per_session.len() - 1
@@ -625,9 +682,12 @@ impl Broker {
     /// highest QoS, every subscription identifier [MQTT-3.3.4-2/3]; one member per shared group;
     /// No Local applied; `receive` authorized). The flag says whether the answer may be reused
     /// for the next message on the same topic (no shared group was involved).
-    fn resolve(&self, msg: &Message, authz: &dyn Authorizer) -> (Vec<Resolved>, bool) {
+    fn resolve(&self, msg: &Message, authz: &dyn Authorizer) -> Resolution {
         let mut targets: Vec<Target> = Vec::new();
-        let lists = self.subs.read().matches(msg.topic.as_str(), &mut targets);
+        let (lists, trie_gen) = {
+            let trie = self.subs.read();
+            (trie.matches(msg.topic.as_str(), &mut targets), trie.generation())
+        };
         let reusable = !targets.iter().any(|t| t.shared);
         // No Local: never send a client its own publication [MQTT-3.8.3-3].
         targets.retain(|t| !(t.options.no_local && msg.origin == Some(t.session.id)));
@@ -637,6 +697,7 @@ impl Broker {
             targets.sort_unstable_by_key(|t| (t.session.id, t.shared));
         }
         let mut out = Vec::with_capacity(targets.len());
+        let mut denied = false;
         let mut i = 0;
         while i < targets.len() {
             let t = &targets[i];
@@ -656,11 +717,12 @@ impl Broker {
             i = j;
             if !authz.authorize(&s.owner(), &s.client_id, Action::Receive, msg.topic.as_str()).is_allowed() {
                 inc(&self.stats.denied);
+                denied = true;
                 continue;
             }
             out.push(Resolved { session: s.clone(), qos, rap, ids });
         }
-        (out, reusable)
+        Resolution { targets: out, reusable, denied, trie_gen }
     }
 
     /// Add or replace a subscription; returns true when it already existed.

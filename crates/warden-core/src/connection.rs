@@ -19,7 +19,7 @@ use mqtt_codec::{
 };
 use warden_policy::{Action, Authorizer, Decision, Principal};
 
-use crate::broker::Broker;
+use crate::broker::{Broker, RouteCache};
 use crate::message::Message;
 use crate::persist::PersistOp;
 use crate::session::{store_delivery, Delivery, Inflight, OutStage, Session, WakeBatch};
@@ -64,6 +64,8 @@ pub struct Connection {
     /// PUBLISH packets received and not yet added to the broker's counter: added once per
     /// batch, not per message (the counter's cache line is shared by every connection).
     received: u64,
+    /// Who received this connection's last topic (reused while nothing changed).
+    route_cache: RouteCache,
 }
 
 impl Connection {
@@ -101,6 +103,7 @@ impl Connection {
             pending_acked: false,
             publish_allowed: None,
             received: 0,
+            route_cache: RouteCache::default(),
         }
     }
 
@@ -210,7 +213,7 @@ impl Connection {
         if self.pending.is_empty() {
             return;
         }
-        self.broker.route_many(&self.pending, &mut self.wakes);
+        self.broker.route_many(&self.pending, &mut self.wakes, &mut self.route_cache);
         self.pending.clear();
         // The acknowledgements wait until what was stored for them is durable.
         let t = std::mem::take(&mut self.wakes.durable);

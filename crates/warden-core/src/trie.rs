@@ -65,9 +65,22 @@ pub struct Target {
 pub struct SubTrie {
     root: Node,
     count: usize,
+    generation: u64,
 }
 
 impl SubTrie {
+    /// Changes with every insert and removal (and [`SubTrie::touch`]): a routing answer
+    /// computed at one generation is still right while it holds.
+    pub fn generation(&self) -> u64 {
+        self.generation
+    }
+
+    /// Mark routing answers stale without changing a subscription (a subscriber's identity
+    /// changed, so its `receive` authorizations must be asked again).
+    pub fn touch(&mut self) {
+        self.generation += 1;
+    }
+
     /// Number of subscriptions held.
     pub fn len(&self) -> usize {
         self.count
@@ -82,6 +95,7 @@ impl SubTrie {
     /// `group` names the share and `filter` is the part after `$share/{group}/`).
     /// Returns true when it replaced an existing subscription.
     pub fn insert(&mut self, group: Option<&str>, filter: &str, entry: SubEntry) -> bool {
+        self.generation += 1;
         let mut node = &mut self.root;
         for level in filter.split('/') {
             node = node.children.entry(Box::from(level)).or_default();
@@ -116,6 +130,7 @@ impl SubTrie {
 
     /// Remove `session_id`'s subscription; returns true when one existed.
     pub fn remove(&mut self, group: Option<&str>, filter: &str, session_id: u64) -> bool {
+        self.generation += 1;
         let levels: Vec<&str> = filter.split('/').collect();
         let removed = remove_rec(&mut self.root, &levels, group, session_id);
         if removed {

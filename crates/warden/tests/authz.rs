@@ -561,6 +561,47 @@ async fn reloading_the_acl_changes_decisions_for_live_connections() {
     assert_eq!(puback(&mut bob, "sensors/z", 7).await, DENIED);
 }
 
+/// A publisher's connection remembers who received its last topic; a new subscriber, an
+/// unsubscription and a reloaded ACL each make it ask again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn repeated_publishes_follow_subscription_and_acl_changes() {
+    let b = broker(ACL, "drop").await;
+    let mut dave = login(&b, Protocol::V5, "dave-1", "dave").await;
+    let mut alice = login(&b, Protocol::V5, "alice-1", "alice").await;
+    let mut carol = login(&b, Protocol::V5, "carol-1", "carol").await;
+    assert_eq!(subscribe_many(&mut alice, 1, &["sensors/#", "users/alice/#"]).await, vec![OK1, OK1]);
+    assert_eq!(subscribe_many(&mut carol, 1, &["fence/#"]).await, vec![OK1]);
+    assert_eq!(puback(&mut dave, "sensors/a", 1).await, ReasonCode::SUCCESS);
+    assert_eq!(topics_until(&mut alice, "sensors/a").await, ["sensors/a"]);
+
+    // A new subscriber gets the very next publish on the same topic.
+    assert_eq!(subscribe_many(&mut carol, 2, &["sensors/#"]).await, vec![OK1]);
+    assert_eq!(puback(&mut dave, "sensors/a", 2).await, ReasonCode::SUCCESS);
+    assert_eq!(topics_until(&mut alice, "sensors/a").await, ["sensors/a"]);
+    assert_eq!(topics_until(&mut carol, "sensors/a").await, ["sensors/a"]);
+
+    // An unsubscribed one does not.
+    carol
+        .send(&Packet::Unsubscribe(mqtt_codec::Unsubscribe {
+            packet_id: 3,
+            properties: Default::default(),
+            filters: vec![TopicFilter::new("sensors/#").unwrap()],
+        }))
+        .await;
+    assert!(matches!(carol.recv().await, Recv::Packet(Packet::UnsubAck(_))));
+    assert_eq!(puback(&mut dave, "sensors/a", 3).await, ReasonCode::SUCCESS);
+    assert_eq!(puback(&mut dave, "fence/1", 4).await, ReasonCode::SUCCESS);
+    assert_eq!(topics_until(&mut carol, "fence/1").await, ["fence/1"]);
+    assert_eq!(topics_until(&mut alice, "sensors/a").await, ["sensors/a"]);
+
+    // Alice may no longer read sensors: the same topic again is not delivered to her.
+    std::fs::write(b.path("acl"), ACL.replace("user alice\ntopic readwrite sensors/#\n", "user alice\n")).unwrap();
+    b.server.reload();
+    assert_eq!(puback(&mut dave, "sensors/a", 5).await, ReasonCode::SUCCESS);
+    assert_eq!(puback(&mut dave, "users/alice/fence", 6).await, ReasonCode::SUCCESS);
+    assert_eq!(topics_until(&mut alice, "users/alice/fence").await, ["users/alice/fence"]);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_reloaded_acl_applies_to_messages_already_queued() {
     // Receive is checked again when a queued message is sent, not only when it is queued.

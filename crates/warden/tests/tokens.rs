@@ -848,6 +848,12 @@ async fn a_resumed_session_is_bound_by_the_new_tokens_scopes() {
     let broad = scoped_token("sensor-9", "mqtt:sub:commands/#");
     let (mut c, _) = connected(b.addr(), persistent(&broad)).await;
     assert_eq!(c.subscribe(1, "commands/#", QoS::AtLeastOnce).await, vec![ReasonCode::GRANTED_QOS_1]);
+    // Delivered under the broad token; the publisher's connection now remembers who receives
+    // this topic, and must forget it when the subscriber's grants change.
+    assert_eq!(puback(&mut o, "commands/other/reboot", 10).await, ReasonCode::SUCCESS);
+    let p = c.expect_publish().await;
+    assert_eq!(p.topic.as_str(), "commands/other/reboot");
+    c.send(&Packet::PubAck(mqtt_codec::PubAck::new(p.packet_id))).await;
     c.send(&Packet::Disconnect(mqtt_codec::Disconnect::new(ReasonCode::NORMAL_DISCONNECTION))).await;
     let rest = c.expect_closed_within(WAIT).await;
     assert!(rest.is_empty(), "{rest:?}");
