@@ -570,8 +570,9 @@ impl Broker {
     /// for the whole batch (not once per message): on a fan-out the lock's cache line crossing
     /// between the publisher's and the subscriber's cores was the largest cost per delivery.
     /// Consecutive messages on one topic reuse its matching (subscriptions, `receive`
-    /// decisions) unless a shared subscription needs a fresh round-robin pick per message.
-    /// Returns the number of deliveries queued.
+    /// decisions) unless a shared subscription needs a fresh round-robin pick per message;
+    /// across batches, the publisher's `cache` keeps the last answer while it holds (see
+    /// [`RouteCache`]). Returns the number of deliveries queued.
     pub fn route_many(&self, msgs: &[Arc<Message>], batch: &mut WakeBatch, cache: &mut RouteCache) -> usize {
         let policy_gen = self.policy_generation();
         let authz = self.authorizer();
