@@ -1,6 +1,8 @@
 //! Incremental decoding equivalence: feeding the input into one buffer in random-sized chunks
 //! (as reads from a socket would) must yield exactly the packets, the terminating error and the
-//! leftover bytes that decoding the whole input at once yields.
+//! leftover bytes that decoding the whole input at once yields. The incremental side decodes
+//! as a connection does, with `decode_cached` keeping the last PUBLISH topic across packets;
+//! the whole-buffer side uses plain `decode`: the cache must change nothing.
 //!
 //! Input layout: byte 0 picks the protocol version and the maximum packet size (see
 //! `common::config`), bytes 1-2 seed the chunk-size generator, the rest is the byte stream.
@@ -11,7 +13,7 @@ mod common;
 
 use bytes::BytesMut;
 use libfuzzer_sys::fuzz_target;
-use mqtt_codec::{decode, DecodeError, Packet};
+use mqtt_codec::{decode, decode_cached, DecodeError, Packet};
 
 #[derive(Debug, PartialEq)]
 struct Outcome {
@@ -47,13 +49,14 @@ fuzz_target!(|data: &[u8]| {
     // allowed (a decode call with nothing new must change nothing).
     let mut inc = Outcome { packets: Vec::new(), error: None, leftover: Vec::new() };
     let mut buf = BytesMut::new();
+    let mut last_topic = None;
     let mut rest = stream;
     'feed: loop {
         let n = chunk_len(&mut seed).min(rest.len());
         buf.extend_from_slice(&rest[..n]);
         rest = &rest[n..];
         loop {
-            match decode(&mut buf, v, max) {
+            match decode_cached(&mut buf, v, max, &mut last_topic) {
                 Ok(Some(p)) => inc.packets.push(p),
                 Ok(None) => break,
                 Err(e) => {
