@@ -626,7 +626,7 @@ impl Broker {
             };
             let mut j = i + 1;
             if reusable {
-                while j < msgs.len() && msgs[j].topic == msgs[i].topic && msgs[j].origin == msgs[i].origin {
+                while j < msgs.len() && msgs[j].topic == msg.topic && msgs[j].origin == msg.origin {
                     j += 1;
                 }
             }

@@ -333,7 +333,8 @@ struct Live<R, W> {
     ctx: Arc<ConnContext>,
     peer: SocketAddr,
     limits: Limits,
-    /// Removed from the admin registry and the token registry when the driver ends.
+    /// Removed from the admin registry and the token registry when the driver ends; the
+    /// driver reads their end signals when it is woken.
     registration: crate::live::LiveRegistration,
     /// Boxed: only token-authenticated connections have one.
     revocation: Option<Box<TokenRegistration>>,
@@ -541,12 +542,7 @@ async fn establish<S: Transport>(start: Box<Start<S>>) -> Option<Live<S::Read, S
         // first): end this one too.
         registration.signal.end(ReasonCode::SERVER_SHUTTING_DOWN);
     }
-    let limits = Limits {
-        token_deadline,
-        revoked: revocation.as_ref().map(|r| r.signal.clone()),
-        scram_user,
-        ended: registration.signal.clone(),
-    };
+    let limits = Limits { token_deadline, scram_user };
     Some(Live { conn, rd, wr, rbuf, wbuf, notify, ctx, peer, limits, registration, revocation, _slot: slot })
 }
 
@@ -554,13 +550,8 @@ async fn establish<S: Transport>(start: Box<Start<S>>) -> Option<Live<S::Read, S
 struct Limits {
     /// When the access token expires.
     token_deadline: Option<tokio::time::Instant>,
-    /// Ended when the access token is revoked (it wakes the driver like the core does).
-    revoked: Option<Arc<EndSignal>>,
     /// The user of a connection authenticated with SCRAM-SHA-256 (it may re-authenticate).
     scram_user: Option<String>,
-    /// Ended when an admin ends the connection (kick, ban, user disabled or deleted); it wakes
-    /// the driver like the core does.
-    ended: Arc<EndSignal>,
 }
 
 /// MQTT 5 re-authentication (§4.12.1) of a SCRAM-authenticated connection: AUTH 0x19
@@ -622,7 +613,7 @@ impl Reauth {
 
 #[allow(clippy::too_many_arguments)]
 async fn drive<R: ReadReady, W: AsyncWrite + Unpin>(l: &mut Live<R, W>) -> Close {
-    let Live { conn, rd, wr, rbuf, wbuf, notify, ctx, limits, .. } = l;
+    let Live { conn, rd, wr, rbuf, wbuf, notify, ctx, limits, registration, revocation, .. } = l;
     let (notify, ctx, limits): (&NotifyWake, &ConnContext, &Limits) = (notify, ctx, limits);
     let lost = Close { reason: ReasonCode::UNSPECIFIED_ERROR, publish_will: true };
     let protocol = conn.protocol();
@@ -777,14 +768,17 @@ async fn drive<R: ReadReady, W: AsyncWrite + Unpin>(l: &mut Live<R, W>) -> Close
             // The core (deliveries, a take-over), an administrator, a token revocation and the
             // server's shutdown all wake the connection here: one wait instead of four.
             _ = notify.0.notified() => {
-                if limits.ended.reason() == Some(ReasonCode::SERVER_SHUTTING_DOWN) {
-                    return conn.shutdown(wbuf);
+                // The admin registry's signal (kick, ban, user disabled or deleted; shutdown)
+                // and the token registry's (revocation): looked at once per wake.
+                match registration.signal.reason() {
+                    Some(ReasonCode::SERVER_SHUTTING_DOWN) => return conn.shutdown(wbuf),
+                    Some(reason) => {
+                        info!(client_id = %conn.client_id(), %reason, "disconnected by an administrator");
+                        return conn.disconnect(wbuf, reason);
+                    }
+                    None => {}
                 }
-                if let Some(reason) = limits.ended.reason() {
-                    info!(client_id = %conn.client_id(), %reason, "disconnected by an administrator");
-                    return conn.disconnect(wbuf, reason);
-                }
-                if limits.revoked.as_ref().is_some_and(|r| r.reason().is_some()) {
+                if revocation.as_ref().is_some_and(|r| r.signal.reason().is_some()) {
                     info!(client_id = %conn.client_id(), "access token revoked: disconnecting");
                     return conn.disconnect(wbuf, ReasonCode::NOT_AUTHORIZED);
                 }
