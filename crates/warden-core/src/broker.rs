@@ -21,6 +21,7 @@ use crate::config::BrokerConfig;
 use crate::connection::Connection;
 use crate::message::Message;
 use crate::persist::{Persist, PersistOp, RestoredSession};
+use crate::queue::{Batch, Run};
 use crate::retained::RetainedStore;
 use crate::session::{ConnLink, Delivery, Inflight, PendingWill, Session, WakeBatch};
 use crate::trie::{SubEntry, SubTrie, Target};
@@ -226,10 +227,7 @@ impl Broker {
                             max_pid = max_pid.max(pid);
                             st.inflight.push_back((pid, Inflight { delivery, stage }));
                         }
-                        None => {
-                            st.queued_bytes += delivery.msg.cost();
-                            st.queue.push_back(delivery);
-                        }
+                        None => st.queue.push(delivery),
                     }
                 }
                 st.next_packet_id = max_pid.checked_add(1).unwrap_or(1);
@@ -258,7 +256,7 @@ impl Broker {
     /// registry lock is held only to copy the list). Used by the shell's memory high-water mark.
     pub fn queued_bytes(&self) -> u64 {
         let sessions: Vec<Arc<Session>> = self.sessions.lock().values().cloned().collect();
-        sessions.iter().map(|s| s.state.lock().queued_bytes).sum()
+        sessions.iter().map(|s| s.state.lock().queue.bytes()).sum()
     }
 
     /// Accept an authenticated CONNECT: bind the client id to `principal`, create, resume or
@@ -421,7 +419,6 @@ impl Broker {
             s.set_connected(false);
             let filters: Vec<_> = st.subscriptions.drain().map(|(_, sub)| sub.filter).collect();
             st.queue.clear();
-            st.queued_bytes = 0;
             st.inflight.clear();
             if std::mem::take(&mut st.persisted) {
                 if let Some(store) = &self.store {
@@ -563,7 +560,7 @@ impl Broker {
     /// number of deliveries queued.
     pub fn route(&self, msg: Arc<Message>) -> usize {
         // The local batch wakes the subscribers when it is dropped.
-        self.route_many(std::slice::from_ref(&msg), &mut WakeBatch::default(), &mut RouteCache::default())
+        self.route_many(&Arc::new(Batch::new(vec![msg])), &mut WakeBatch::default(), &mut RouteCache::default())
     }
 
     /// Route a publisher's batch of messages, in order. Each subscriber session is locked once
@@ -573,24 +570,27 @@ impl Broker {
     /// decisions) unless a shared subscription needs a fresh round-robin pick per message;
     /// across batches, the publisher's `cache` keeps the last answer while it holds (see
     /// [`RouteCache`]). Returns the number of deliveries queued.
-    pub fn route_many(&self, msgs: &[Arc<Message>], batch: &mut WakeBatch, cache: &mut RouteCache) -> usize {
+    pub fn route_many(&self, shared: &Arc<Batch>, batch: &mut WakeBatch, cache: &mut RouteCache) -> usize {
+        let msgs = shared.messages();
         let policy_gen = self.policy_generation();
         let authz = self.authorizer();
         for msg in msgs.iter().filter(|m| m.retain) {
             self.retain(msg, batch);
         }
-        let delivery = |msg: &Arc<Message>, r: &Resolved| Delivery {
-            msg: msg.clone(),
-            qos: r.qos.min(msg.qos),
-            retain: r.rap && msg.retain,
+        // The run of a whole batch for one resolved session.
+        let run = |shared: &Arc<Batch>, r: &Resolved| Run {
+            batch: shared.clone(),
+            start: 0,
+            end: shared.len() as u32,
+            qos: r.qos,
+            rap: r.rap,
             sub_ids: r.ids.clone(),
             policy_gen,
-            seq: 0,
         };
         let mut queued = 0;
-        // Each session's deliveries, gathered in order so it is locked once per batch.
+        // Each session's runs, gathered in order so it is locked once per batch.
         // Session ids are the broker's own counter, not client input: an unkeyed hash is safe.
-        let mut per_session: Vec<(Arc<Session>, Vec<Delivery>)> = Vec::new();
+        let mut per_session: Vec<(Arc<Session>, Vec<Run>)> = Vec::new();
         let mut slot: HashMap<u64, usize, foldhash::fast::FixedState> = HashMap::default();
         let mut i = 0;
         while i < msgs.len() {
@@ -630,34 +630,39 @@ impl Broker {
                     j += 1;
                 }
             }
-            let run = &msgs[i..j];
-            if run.len() == msgs.len() {
+            if j - i == msgs.len() {
                 // The whole batch is one run (the usual case: a device publishing to its
-                // topic): it goes straight into each session's queue.
+                // topic): every session's queue shares it.
+                shared.set_fanout(resolved.len());
                 for r in resolved {
-                    queued += self.enqueue(&r.session, run.iter().map(|m| delivery(m, r)), batch);
+                    queued += self.enqueue(&r.session, [run(shared, r)], batch);
                 }
                 return queued;
             }
-            for r in resolved {
-                let k = *slot.entry(r.session.id).or_insert_with(|| {
-                    per_session.push((r.session.clone(), Vec::new()));
-                    per_session.len() - 1
-                });
-                per_session[k].1.extend(run.iter().map(|m| delivery(m, r)));
+            if !resolved.is_empty() {
+                // A part of the batch: its own slice, so that a queue holds only what it sends.
+                let part = Arc::new(Batch::new(msgs[i..j].to_vec()));
+                part.set_fanout(resolved.len());
+                for r in resolved {
+                    let k = *slot.entry(r.session.id).or_insert_with(|| {
+                        per_session.push((r.session.clone(), Vec::new()));
+                        per_session.len() - 1
+                    });
+                    per_session[k].1.push(run(&part, r));
+                }
             }
             i = j;
         }
-        for (s, ds) in per_session {
-            queued += self.enqueue(&s, ds.into_iter(), batch);
+        for (s, runs) in per_session {
+            queued += self.enqueue(&s, runs, batch);
         }
         queued
     }
 
-    /// Queue deliveries for one session (locked once); returns how many were queued.
-    fn enqueue(&self, s: &Arc<Session>, ds: impl ExactSizeIterator<Item = Delivery>, batch: &mut WakeBatch) -> usize {
-        let (queued, dropped) = s.enqueue_many(
-            ds,
+    /// Queue runs for one session (locked once); returns how many deliveries were queued.
+    fn enqueue(&self, s: &Arc<Session>, runs: impl IntoIterator<Item = Run>, batch: &mut WakeBatch) -> usize {
+        let (queued, dropped) = s.enqueue_runs(
+            runs,
             self.config.max_queued_messages,
             self.config.max_queued_bytes,
             batch,

@@ -22,6 +22,7 @@ use warden_policy::{Action, Authorizer, Decision, Principal};
 use crate::broker::{Broker, RouteCache};
 use crate::message::Message;
 use crate::persist::PersistOp;
+use crate::queue::{Batch, DeliveryRef};
 use crate::session::{store_delivery, Delivery, Inflight, OutStage, Session, WakeBatch};
 
 /// Why (and how) a connection ends.
@@ -213,8 +214,10 @@ impl Connection {
         if self.pending.is_empty() {
             return;
         }
-        self.broker.route_many(&self.pending, &mut self.wakes, &mut self.route_cache);
-        self.pending.clear();
+        // Moved, not cloned, into the slice the subscribers' queues share.
+        let cap = self.pending.len();
+        let batch = Arc::new(Batch::new(std::mem::replace(&mut self.pending, Vec::with_capacity(cap))));
+        self.broker.route_many(&batch, &mut self.wakes, &mut self.route_cache);
         // The acknowledgements wait until what was stored for them is durable.
         let t = std::mem::take(&mut self.wakes.durable);
         if std::mem::take(&mut self.pending_acked) {
@@ -506,8 +509,7 @@ impl Connection {
         if !retained.is_empty() {
             let mut st = self.session.state.lock();
             for d in retained {
-                st.queued_bytes += d.msg.cost();
-                st.queue.push_back(d);
+                st.queue.push(d);
             }
         }
         Ok(())
@@ -540,7 +542,14 @@ impl Connection {
     /// false (writing nothing) when the packet exceeds the client's Maximum Packet Size
     /// [MQTT-3.1.2-25]; a new outbound alias is recorded only once the packet is written, so a
     /// discarded packet never leaves the client an unknown alias.
-    fn encode_delivery(&mut self, d: &Delivery, packet_id: u16, dup: bool, now: Instant, out: &mut BytesMut) -> bool {
+    fn encode_delivery(
+        &mut self,
+        d: DeliveryRef<'_>,
+        packet_id: u16,
+        dup: bool,
+        now: Instant,
+        out: &mut BytesMut,
+    ) -> bool {
         let mut topic = d.msg.topic.as_str();
         let mut new_alias = None;
         let mut props = None;
@@ -560,7 +569,7 @@ impl Connection {
             if d.msg.properties.is_some() || expiry.is_some() || !d.sub_ids.is_empty() || alias.is_some() {
                 let mut p = d.msg.properties.as_deref().cloned().unwrap_or_default();
                 p.message_expiry_interval = expiry;
-                p.subscription_identifiers.clone_from(&d.sub_ids);
+                p.subscription_identifiers = d.sub_ids.to_vec();
                 p.topic_alias = alias;
                 props = Some(p);
             }
@@ -605,7 +614,7 @@ impl Connection {
             for (id, f) in inflight {
                 match f.stage {
                     OutStage::AwaitAck => {
-                        if self.encode_delivery(&f.delivery, id, true, now, out) {
+                        if self.encode_delivery(f.delivery.as_ref(), id, true, now, out) {
                             sent += 1;
                         }
                     }
@@ -614,45 +623,62 @@ impl Connection {
             }
         }
         let max_inflight = usize::from(self.client_receive_max.min(broker.config.max_inflight));
+        let policy_gen = broker.policy_generation();
+        // A client that takes plain packets gets runs shared with other subscribers copied
+        // from their packets encoded once (see `Frames`).
+        let plain = self.protocol != Protocol::V5 || self.client_alias_max == 0;
         while out.len() < budget {
+            if let Some(run) = st.queue.front_run().filter(|r| plain && r.policy_gen == policy_gen) {
+                if let Some(f) = run.plain_frames(self.protocol).filter(|f| f.max_packet <= self.client_max_packet) {
+                    let n = f.fitting(run.start, run.end, budget - out.len());
+                    out.extend_from_slice(f.packets(run.start, run.start + n));
+                    sent += u64::from(n);
+                    st.queue.skip_in_run(n);
+                    continue;
+                }
+            }
             let Some(front) = st.queue.front() else { break };
             if front.qos != QoS::AtMostOnce && st.inflight.len() >= max_inflight {
                 break; // flow control: wait for acknowledgements [MQTT-4.9.0-2]
             }
-            let Some(mut d) = st.pop() else { break };
-            if d.msg.expired(now) {
-                self.delivery_done(d.seq);
-                continue; // [MQTT-3.3.2-5]
-            }
-            if d.policy_gen != broker.policy_generation()
-                && !self.authorize(Action::Receive, d.msg.topic.as_str()).is_allowed()
+            if front.msg.expired(now)
+                || (front.policy_gen != policy_gen
+                    && !self.authorize(Action::Receive, front.msg.topic.as_str()).is_allowed())
             {
-                self.delivery_done(d.seq);
-                continue; // queued under a policy that has since changed, and now denied
-            }
-            let packet_id = if d.qos == QoS::AtMostOnce {
-                0
-            } else {
-                match st.alloc_packet_id() {
-                    Some(id) => id,
-                    None => break,
-                }
-            };
-            if !self.encode_delivery(&d, packet_id, false, now, out) {
-                // Too large for the client: discard as if delivered [MQTT-3.1.2-25].
-                self.delivery_done(d.seq);
+                // Expired [MQTT-3.3.2-5], or queued under a policy that has since changed
+                // and now denied.
+                let seq = front.seq;
+                st.queue.skip();
+                self.delivery_done(seq);
                 continue;
             }
-            sent += 1;
-            if d.qos != QoS::AtMostOnce {
-                if let Some(store) = broker.store().filter(|_| st.expiry_interval > 0) {
-                    // The packet id is stored with the message; a QoS 2 PUBLISH leaves only
-                    // once that is durable, so it is never sent twice under two ids.
-                    let t = store_delivery(store, self.session.id, &mut d, Some((packet_id, OutStage::AwaitAck)));
-                    self.durable = self.durable.max(t);
+            if front.qos == QoS::AtMostOnce {
+                // Encoded from the queue as it is (a run's message is not even cloned).
+                let (seq, fits) = (front.seq, self.encode_delivery(front, 0, false, now, out));
+                st.queue.skip();
+                if fits {
+                    sent += 1;
+                } else {
+                    // Too large for the client: discard as if delivered [MQTT-3.1.2-25].
+                    self.delivery_done(seq);
                 }
-                st.inflight.push_back((packet_id, Inflight { delivery: d, stage: OutStage::AwaitAck }));
+                continue;
             }
+            let mut d = front.to_owned();
+            let Some(packet_id) = st.alloc_packet_id() else { break };
+            st.queue.skip();
+            if !self.encode_delivery(d.as_ref(), packet_id, false, now, out) {
+                self.delivery_done(d.seq);
+                continue; // [MQTT-3.1.2-25]
+            }
+            sent += 1;
+            if let Some(store) = broker.store().filter(|_| st.expiry_interval > 0) {
+                // The packet id is stored with the message; a QoS 2 PUBLISH leaves only once
+                // that is durable, so it is never sent twice under two ids.
+                let t = store_delivery(store, self.session.id, &mut d, Some((packet_id, OutStage::AwaitAck)));
+                self.durable = self.durable.max(t);
+            }
+            st.inflight.push_back((packet_id, Inflight { delivery: d, stage: OutStage::AwaitAck }));
         }
         let more = !st.queue.is_empty() && out.len() >= budget;
         drop(st);

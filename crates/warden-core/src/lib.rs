@@ -8,6 +8,7 @@
 //! - [`trie`]: the subscription trie (`+`, `#`, `$`-topics, shared subscription groups).
 //! - [`retained`]: retained messages, in a topic trie so a wildcard subscribe is cheap.
 //! - [`session`]: session state that outlives connections: subscriptions, queue, inflight.
+//! - [`queue`]: a session's queue of deliveries, most of them runs sharing a publisher's batch.
 //! - [`broker`]: the shared broker: client-id registry and takeover, publish routing, wills,
 //!   session expiry, `$SYS`.
 //! - [`persist`]: the seam to durable storage (what is stored, and when an acknowledgement
@@ -28,6 +29,7 @@ pub mod connection;
 pub mod limits;
 pub mod message;
 pub mod persist;
+pub mod queue;
 pub mod retained;
 pub mod session;
 pub mod trie;

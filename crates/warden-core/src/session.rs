@@ -12,6 +12,7 @@ use warden_policy::Principal;
 
 use crate::message::Message;
 use crate::persist::{Persist, PersistOp, SessionRecord};
+use crate::queue::{Queue, Run};
 use crate::Wake;
 
 /// A message waiting in a session's queue for delivery.
@@ -85,10 +86,8 @@ pub struct SessionState {
     pub conn: Option<ConnLink>,
     /// Subscriptions by filter string.
     pub subscriptions: HashMap<Arc<str>, Subscription>,
-    /// Messages waiting to be sent.
-    pub queue: VecDeque<Delivery>,
-    /// Bytes charged to the queue.
-    pub queued_bytes: u64,
+    /// Messages waiting to be sent (with their count and bytes charged).
+    pub queue: Queue,
     /// Sent QoS 1/2 messages awaiting acknowledgement, in send order (acks mostly arrive in
     /// order, so the search is short; the length is bounded by the receive maximum).
     pub inflight: VecDeque<(u16, Inflight)>,
@@ -140,8 +139,7 @@ impl Session {
             state: Mutex::new(SessionState {
                 conn: None,
                 subscriptions: HashMap::new(),
-                queue: VecDeque::new(),
-                queued_bytes: 0,
+                queue: Queue::default(),
                 inflight: VecDeque::new(),
                 inbound_qos2: HashSet::new(),
                 next_packet_id: 1,
@@ -197,16 +195,16 @@ impl Session {
 }
 
 impl Session {
-    /// Offer a publisher's batch of deliveries under one lock. QoS 0 deliveries are not
-    /// queued for an offline session; when the queue is at its message or byte limit a
-    /// delivery is dropped and counted. With a `store`, a QoS 1/2 delivery to a persistent
-    /// session is stored and the ticket its acknowledgement waits for is added to `batch`.
-    /// The session is added to `batch` for one wake-up (its waker is cloned only then: that
-    /// atomic increment on a line the subscriber's task shares is costly).
-    /// Returns (queued, dropped because the queue was full).
-    pub fn enqueue_many(
+    /// Offer a publisher's runs of messages under one lock. QoS 0 deliveries are not queued
+    /// for an offline session; when the queue is at its message or byte limit a delivery is
+    /// dropped and counted. With a `store`, a QoS 1/2 delivery to a persistent session is
+    /// stored (it is queued on its own, with its sequence number) and the ticket its
+    /// acknowledgement waits for is added to `batch`. The session is added to `batch` for one
+    /// wake-up (its waker is cloned only then: that atomic increment on a line the
+    /// subscriber's task shares is costly). Returns (queued, dropped because the queue was full).
+    pub fn enqueue_runs(
         self: &Arc<Self>,
-        ds: impl ExactSizeIterator<Item = Delivery>,
+        runs: impl IntoIterator<Item = Run>,
         max_messages: usize,
         max_bytes: u64,
         batch: &mut WakeBatch,
@@ -215,27 +213,65 @@ impl Session {
         let (mut queued, mut dropped) = (0, 0);
         let waker = {
             let mut st = self.state.lock();
-            if self.is_ended() {
-                return (0, ds.len());
-            }
             let st = &mut *st;
-            st.queue.reserve(ds.len().min(max_messages.saturating_sub(st.queue.len())));
-            for mut d in ds {
-                if st.conn.is_none() && d.qos == QoS::AtMostOnce {
+            for run in runs {
+                if self.is_ended() {
+                    dropped += run.len();
                     continue;
                 }
-                let cost = d.msg.cost();
-                if st.queue.len() >= max_messages || st.queued_bytes + cost > max_bytes {
-                    st.dropped += 1;
-                    dropped += 1;
+                let stored = store.filter(|_| run.qos != QoS::AtMostOnce && st.expiry_interval > 0);
+                if st.conn.is_none() || stored.is_some() {
+                    // Offline (QoS 0 is skipped) or stored: one entry per delivery.
+                    for m in run.messages() {
+                        let mut d = Delivery {
+                            msg: m.clone(),
+                            qos: run.qos.min(m.qos),
+                            retain: run.rap && m.retain,
+                            sub_ids: run.sub_ids.clone(),
+                            policy_gen: run.policy_gen,
+                            seq: 0,
+                        };
+                        if st.conn.is_none() && d.qos == QoS::AtMostOnce {
+                            continue;
+                        }
+                        if st.queue.len() >= max_messages || st.queue.bytes() + d.msg.cost() > max_bytes {
+                            st.dropped += 1;
+                            dropped += 1;
+                            continue;
+                        }
+                        if let Some(store) = stored.filter(|_| d.qos != QoS::AtMostOnce) {
+                            batch.durable = batch.durable.max(store_delivery(store, self.id, &mut d, None));
+                        }
+                        st.queue.push(d);
+                        queued += 1;
+                    }
                     continue;
                 }
-                if let Some(store) = store.filter(|_| d.qos != QoS::AtMostOnce && st.expiry_interval > 0) {
-                    batch.durable = batch.durable.max(store_delivery(store, self.id, &mut d, None));
+                // Connected and nothing to store: the run is queued as it is, or split around
+                // the messages the queue limits refuse.
+                if st.queue.len() + run.len() <= max_messages && st.queue.bytes() + run.cost() <= max_bytes {
+                    queued += run.len();
+                    st.queue.push_run(run);
+                    continue;
                 }
-                st.queued_bytes += cost;
-                st.queue.push_back(d);
-                queued += 1;
+                let (mut len, mut bytes) = (st.queue.len(), st.queue.bytes());
+                let mut refused = 0;
+                let parts = run.retain_split(|m| {
+                    let cost = m.cost();
+                    if len >= max_messages || bytes + cost > max_bytes {
+                        refused += 1;
+                        return false;
+                    }
+                    len += 1;
+                    bytes += cost;
+                    true
+                });
+                st.dropped += refused as u64;
+                dropped += refused;
+                for part in parts {
+                    queued += part.len();
+                    st.queue.push_run(part);
+                }
             }
             match &st.conn {
                 Some(c) if queued > 0 && !std::mem::replace(&mut st.wake_batched, true) => Some(c.waker.clone()),
@@ -305,13 +341,6 @@ impl Drop for WakeBatch {
 }
 
 impl SessionState {
-    /// Take the next queued delivery, releasing its queue charge.
-    pub fn pop(&mut self) -> Option<Delivery> {
-        let d = self.queue.pop_front()?;
-        self.queued_bytes = self.queued_bytes.saturating_sub(d.msg.cost());
-        Some(d)
-    }
-
     /// Index of the in-flight entry with packet id `id`.
     pub fn inflight_index(&self, id: u16) -> Option<usize> {
         self.inflight.iter().position(|(i, _)| *i == id)

@@ -458,3 +458,138 @@ async fn connections_per_address_and_connect_rate_are_limited() {
     }
     assert!(refused >= 2, "a burst beyond the rate is refused ({refused} of 6)");
 }
+
+/// Subscribe `c` to `filter` with `options` and, when given, a subscription identifier.
+async fn subscribe_as(c: &mut RawClient, filter: &str, options: SubscriptionOptions, id: Option<u32>) {
+    let mut s = subscribe_with(1, filter, options);
+    if let (Packet::Subscribe(s), Some(id)) = (&mut s, id) {
+        s.properties.subscription_identifiers = vec![id];
+    }
+    c.send(&s).await;
+    match c.recv().await {
+        Recv::Packet(Packet::SubAck(a)) => assert!(a.reason_codes.iter().all(|r| r.is_success()), "{a:?}"),
+        other => panic!("expected SUBACK, got {other:?}"),
+    }
+}
+
+/// A received PUBLISH: (topic, payload, QoS, RETAIN, topic alias, subscription ids, expiry set).
+type Got = (String, Vec<u8>, QoS, bool, Option<u16>, Vec<u32>, bool);
+
+/// The next `n` PUBLISH packets; PUBACKs what needs one.
+async fn publishes(c: &mut RawClient, n: usize) -> Vec<Got> {
+    let mut got = Vec::new();
+    while got.len() < n {
+        let p = c.expect_publish().await;
+        if p.qos == QoS::AtLeastOnce {
+            c.send(&Packet::PubAck(PubAck::new(p.packet_id))).await;
+        }
+        got.push((
+            p.topic.as_str().to_owned(),
+            p.payload.to_vec(),
+            p.qos,
+            p.retain,
+            p.properties.topic_alias,
+            p.properties.subscription_identifiers.clone(),
+            p.properties.message_expiry_interval.is_some(),
+        ));
+    }
+    got
+}
+
+#[tokio::test]
+async fn a_batch_shared_by_many_subscribers_reaches_each_in_its_own_form() {
+    // A publisher's batch on one topic is queued once for all its subscribers and its plain
+    // QoS 0 packets encoded once; each subscriber must still get exactly what its protocol and
+    // subscription ask: [MQTT-3.3.1-12/13] RETAIN only with Retain As Published,
+    // [MQTT-3.3.4-3] subscription identifiers, [MQTT-3.3.2-12] topic aliases (the topic once),
+    // [MQTT-3.1.2-25] nothing over the client's Maximum Packet Size, [MQTT-3.3.2-6] expiry
+    // forwarded, [MQTT-3.8.4-8] the lower of the two QoS.
+    let b = TestBroker::start().await;
+    let q0 = SubscriptionOptions { qos: QoS::AtMostOnce, ..Default::default() };
+    let q1 = SubscriptionOptions { qos: QoS::AtLeastOnce, ..Default::default() };
+    let (mut v3, _) = connected(b.addr(), connect_packet(V3, "fan-v3", true)).await;
+    let (mut v5, _) = connected(b.addr(), connect_packet(V5, "fan-v5", true)).await;
+    let mut cp = connect_packet(V5, "fan-alias", true);
+    cp.properties.topic_alias_maximum = Some(4);
+    let (mut alias, _) = connected(b.addr(), cp).await;
+    let (mut ids, _) = connected(b.addr(), connect_packet(V5, "fan-ids", true)).await;
+    let (mut rap, _) = connected(b.addr(), connect_packet(V5, "fan-rap", true)).await;
+    let mut cp = connect_packet(V5, "fan-small", true);
+    cp.properties.maximum_packet_size = Some(100);
+    let (mut small, _) = connected(b.addr(), cp).await;
+    let (mut qos1, _) = connected(b.addr(), connect_packet(V3, "fan-qos1", true)).await;
+    subscribe_as(&mut v3, "fan/#", q0, None).await;
+    subscribe_as(&mut v5, "fan/#", q0, None).await;
+    subscribe_as(&mut alias, "fan/#", q0, None).await;
+    subscribe_as(&mut ids, "fan/#", q0, Some(9)).await;
+    subscribe_as(&mut rap, "fan/#", SubscriptionOptions { retain_as_published: true, ..q0 }, None).await;
+    subscribe_as(&mut small, "fan/#", q0, None).await;
+    subscribe_as(&mut qos1, "fan/#", q1, None).await;
+
+    // One write, so that the broker reads it as one batch: QoS 0 messages (one too large for
+    // `small`), a retained one and a QoS 1 one; then, alone (a message with an expiry is
+    // encoded per subscriber, and so is a batch that holds one), one with an expiry.
+    let (mut p, _) = connected(b.addr(), connect_packet(V5, "fan-pub", true)).await;
+    let mut retained = publish("fan/t", QoS::AtMostOnce, 0, b"r");
+    let mut expiring = publish("fan/t", QoS::AtMostOnce, 0, b"e");
+    if let (Packet::Publish(r), Packet::Publish(e)) = (&mut retained, &mut expiring) {
+        r.retain = true;
+        e.properties.message_expiry_interval = Some(600);
+    }
+    let mut wire = bytes::BytesMut::new();
+    for pk in [
+        publish("fan/t", QoS::AtMostOnce, 0, b"1"),
+        publish("fan/t", QoS::AtMostOnce, 0, &[b'x'; 200]),
+        publish("fan/t", QoS::AtMostOnce, 0, b"3"),
+        retained,
+        publish("fan/t", QoS::AtLeastOnce, 7, b"q"),
+    ] {
+        pk.encode(V5, &mut wire);
+    }
+    p.send_bytes(&wire).await;
+    assert!(matches!(p.recv().await, Recv::Packet(Packet::PubAck(_))));
+    p.send(&expiring).await;
+
+    let big = vec![b'x'; 200];
+    let plain = |payload: &[u8], qos, retain| ("fan/t".to_owned(), payload.to_vec(), qos, retain, None, vec![], false);
+    let expected_plain = vec![
+        plain(b"1", QoS::AtMostOnce, false),
+        plain(&big, QoS::AtMostOnce, false),
+        plain(b"3", QoS::AtMostOnce, false),
+        plain(b"r", QoS::AtMostOnce, false),
+        plain(b"q", QoS::AtMostOnce, false),
+        ("fan/t".to_owned(), b"e".to_vec(), QoS::AtMostOnce, false, None, vec![], true),
+    ];
+    // 3.1.1 has no properties: the expiry is not sent, but the message still is.
+    let mut expected_v3 = expected_plain.clone();
+    expected_v3[5].6 = false;
+    assert_eq!(publishes(&mut v3, 6).await, expected_v3);
+    assert_eq!(publishes(&mut v5, 6).await, expected_plain);
+
+    // Topic alias: the topic with alias 1 the first time, then the alias alone.
+    let got = publishes(&mut alias, 6).await;
+    assert_eq!((got[0].0.as_str(), got[0].4), ("fan/t", Some(1)));
+    for g in &got[1..] {
+        assert_eq!((g.0.as_str(), g.4), ("", Some(1)));
+    }
+    let payloads = |got: &[Got]| got.iter().map(|g| g.1.clone()).collect::<Vec<_>>();
+    assert_eq!(payloads(&got), payloads(&expected_plain));
+
+    let got = publishes(&mut ids, 6).await;
+    assert!(got.iter().all(|g| g.5 == vec![9]), "{got:?}");
+    assert_eq!(payloads(&got), payloads(&expected_plain));
+
+    let got = publishes(&mut rap, 6).await;
+    assert_eq!(got.iter().map(|g| g.3).collect::<Vec<_>>(), vec![false, false, false, true, false, false]);
+
+    let got = publishes(&mut small, 5).await;
+    assert_eq!(payloads(&got), vec![b"1".to_vec(), b"3".to_vec(), b"r".to_vec(), b"q".to_vec(), b"e".to_vec()]);
+
+    let got = publishes(&mut qos1, 6).await;
+    let qos: Vec<QoS> = got.iter().map(|g| g.2).collect();
+    assert_eq!(qos, [[QoS::AtMostOnce; 4].as_slice(), &[QoS::AtLeastOnce, QoS::AtMostOnce]].concat());
+    assert_eq!(payloads(&got), payloads(&expected_plain));
+    for c in [&mut v3, &mut v5, &mut alias, &mut ids, &mut rap, &mut small, &mut qos1] {
+        assert_eq!(c.recv_within(Duration::from_millis(100)).await, Recv::Timeout, "nothing more");
+    }
+}
