@@ -231,6 +231,7 @@ impl Broker {
                     }
                 }
                 st.next_packet_id = max_pid.checked_add(1).unwrap_or(1);
+                st.ids_in_order = st.inflight.is_empty();
             }
             self.expiring.lock().insert(s.id, s.clone());
             reg.insert(rs.client_id, s);

@@ -106,6 +106,9 @@ pub struct SessionState {
     pub dropped: u64,
     /// The session has a record in the store (it must be removed when the session ends).
     pub persisted: bool,
+    /// Every in-flight id was handed out by [`SessionState::alloc_packet_id`] in turn and is
+    /// in `inflight` in that order (false after a restore until nothing is in flight).
+    pub ids_in_order: bool,
     /// A wake-up for this session is already in some publisher's [`WakeBatch`]. Kept under
     /// the session lock, beside the queue an enqueue touches anyway: an atomic flag of its
     /// own was a cache line bounced between the publisher's and the subscriber's cores.
@@ -149,6 +152,7 @@ impl Session {
                 dropped: 0,
                 persisted: false,
                 wake_batched: false,
+                ids_in_order: true,
             }),
         }
     }
@@ -347,16 +351,124 @@ impl SessionState {
     }
 
     /// A packet identifier not in use by an outbound in-flight message.
+    ///
+    /// Ids are handed out in turn (`next_packet_id`) and each goes to the back of `inflight`,
+    /// so while that holds (`ids_in_order`) the in-flight ids lie, in deque order, in the
+    /// cyclic range from the front's id up to `next_packet_id`: the next id is free unless
+    /// the counter has come round to the front's id, and no scan is needed. When it has, or
+    /// the order is unknown (a restored session), the window is scanned, and the order is
+    /// trusted again once nothing is in flight.
     pub fn alloc_packet_id(&mut self) -> Option<u16> {
         if self.inflight.len() >= usize::from(u16::MAX) {
             return None;
         }
+        let advance = |id: u16| if id == u16::MAX { 1 } else { id + 1 };
+        if self.inflight.is_empty() {
+            self.ids_in_order = true;
+        }
+        let id = self.next_packet_id;
+        if self.ids_in_order && self.inflight.front().map(|(f, _)| *f) != Some(id) {
+            self.next_packet_id = advance(id);
+            return Some(id);
+        }
+        self.ids_in_order = false;
         loop {
             let id = self.next_packet_id;
-            self.next_packet_id = if id == u16::MAX { 1 } else { id + 1 };
+            self.next_packet_id = advance(id);
             if !self.inflight.iter().any(|(i, _)| *i == id) {
                 return Some(id);
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn inflight(id: u16) -> (u16, Inflight) {
+        let msg = Arc::new(Message {
+            topic: mqtt_codec::TopicName::new("t").unwrap(),
+            payload: bytes::Bytes::new(),
+            qos: QoS::AtLeastOnce,
+            retain: false,
+            properties: None,
+            expires_at: None,
+            origin: None,
+            persisted: Default::default(),
+        });
+        let delivery = Delivery { msg, qos: QoS::AtLeastOnce, retain: false, sub_ids: vec![], policy_gen: 0, seq: 0 };
+        (id, Inflight { delivery, stage: OutStage::AwaitAck })
+    }
+
+    /// The naive allocator: the next id in turn that is not in flight.
+    fn naive(st: &mut SessionState) -> u16 {
+        loop {
+            let id = st.next_packet_id;
+            st.next_packet_id = if id == u16::MAX { 1 } else { id + 1 };
+            if !st.inflight.iter().any(|(i, _)| *i == id) {
+                return id;
+            }
+        }
+    }
+
+    proptest! {
+        /// Whatever the acknowledgements, restores and wrap-arounds, the allocator gives the
+        /// same ids as the naive scan, and never one in flight.
+        #[test]
+        fn packet_ids_match_the_naive_allocator(
+            start in 1u16..=u16::MAX,
+            restored in proptest::collection::vec(0u16..8, 0..5),
+            ops in proptest::collection::vec((0u8..4, any::<prop::sample::Index>()), 1..400),
+        ) {
+            let s = Session::new(1, Arc::from("c"), Principal::anonymous(), 0);
+            let mut st = s.state.lock();
+            let mut twin_inflight: VecDeque<(u16, Inflight)> = VecDeque::new();
+            // A restored window: ids just ahead of the counter, in no particular order.
+            let mut restored: Vec<u16> =
+                restored.iter().map(|&off| ((u32::from(start) - 1 + u32::from(off)) % 65535 + 1) as u16).collect();
+            restored.sort_unstable();
+            restored.dedup();
+            for &id in restored.iter().rev() {
+                st.inflight.push_back(inflight(id));
+                twin_inflight.push_back(inflight(id));
+            }
+            if !restored.is_empty() {
+                st.ids_in_order = false;
+            }
+            st.next_packet_id = start;
+            let mut twin_next = start;
+            for (op, ix) in ops {
+                if op == 0 && !st.inflight.is_empty() {
+                    // An acknowledgement, anywhere in the window.
+                    let i = ix.index(st.inflight.len());
+                    st.inflight.remove(i);
+                    twin_inflight.remove(i);
+                    continue;
+                }
+                let got = st.alloc_packet_id().unwrap();
+                let mut twin = SessionState { inflight: std::mem::take(&mut twin_inflight), next_packet_id: twin_next, ..blank() };
+                let want = naive(&mut twin);
+                twin_inflight = std::mem::take(&mut twin.inflight);
+                twin_next = twin.next_packet_id;
+                prop_assert_eq!(got, want);
+                prop_assert!(!st.inflight.iter().any(|(i, _)| *i == got));
+                st.inflight.push_back(inflight(got));
+                twin_inflight.push_back(inflight(got));
+                if op == 3 {
+                    // A long quiet stretch: the counter comes round to the oldest id.
+                    if let Some(&(f, _)) = st.inflight.front() {
+                        st.next_packet_id = f;
+                        twin_next = f;
+                    }
+                }
+            }
+        }
+    }
+
+    fn blank() -> SessionState {
+        let s = Session::new(0, Arc::from("x"), Principal::anonymous(), 0);
+        s.state.into_inner()
     }
 }
