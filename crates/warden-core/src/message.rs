@@ -90,6 +90,21 @@ impl Message {
         })
     }
 
+    /// A message on `topic` with no properties, expiry or origin (unit tests).
+    #[cfg(test)]
+    pub(crate) fn for_test(topic: &str, payload: &'static [u8], qos: QoS, retain: bool) -> Message {
+        Message {
+            topic: TopicName::new(topic).expect("valid topic"),
+            payload: Bytes::from_static(payload),
+            qos,
+            retain,
+            properties: None,
+            expires_at: None,
+            origin: None,
+            persisted: OnceLock::new(),
+        }
+    }
+
     /// Approximate memory charged to a queue holding this message.
     pub fn cost(&self) -> u64 {
         (self.payload.len() + self.topic.as_str().len()) as u64

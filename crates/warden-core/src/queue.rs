@@ -128,16 +128,7 @@ impl Batch {
         f.buf.reserve(self.msgs.iter().map(|m| m.cost() as usize + 8).sum());
         for m in &self.msgs {
             let before = f.buf.len();
-            PublishRef {
-                dup: false,
-                qos: QoS::AtMostOnce,
-                retain: false,
-                topic: m.topic.as_str(),
-                packet_id: 0,
-                properties: None,
-                payload: &m.payload,
-            }
-            .encode(v, &mut f.buf);
+            plain_publish(m).encode(v, &mut f.buf);
             let len = u32::try_from(f.buf.len() - before).ok()?;
             f.max_packet = f.max_packet.max(len);
             f.ends.push(u32::try_from(f.buf.len()).ok()?);
@@ -145,6 +136,19 @@ impl Batch {
             f.all_qos0 &= m.qos == QoS::AtMostOnce;
         }
         Some(f)
+    }
+}
+
+/// A message as a plain QoS 0 PUBLISH (see [`Frames`]).
+fn plain_publish(m: &Message) -> PublishRef<'_> {
+    PublishRef {
+        dup: false,
+        qos: QoS::AtMostOnce,
+        retain: false,
+        topic: m.topic.as_str(),
+        packet_id: 0,
+        properties: None,
+        payload: &m.payload,
     }
 }
 
@@ -419,20 +423,9 @@ impl Queue {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use bytes::Bytes;
-    use mqtt_codec::TopicName;
 
     fn msg(topic: &str, payload: &'static [u8], qos: QoS, retain: bool) -> Arc<Message> {
-        Arc::new(Message {
-            topic: TopicName::new(topic).unwrap(),
-            payload: Bytes::from_static(payload),
-            qos,
-            retain,
-            properties: None,
-            expires_at: None,
-            origin: None,
-            persisted: Default::default(),
-        })
+        Arc::new(Message::for_test(topic, payload, qos, retain))
     }
 
     fn run(batch: &Arc<Batch>, qos: QoS) -> Run {
@@ -512,16 +505,7 @@ mod tests {
             let mut each = Vec::new();
             for m in batch.messages() {
                 let mut b = BytesMut::new();
-                PublishRef {
-                    dup: false,
-                    qos: QoS::AtMostOnce,
-                    retain: false,
-                    topic: m.topic.as_str(),
-                    packet_id: 0,
-                    properties: None,
-                    payload: &m.payload,
-                }
-                .encode(v, &mut b);
+                plain_publish(m).encode(v, &mut b);
                 each.push(b.to_vec());
             }
             assert_eq!(f.packets(0, 3), each.concat());

@@ -388,16 +388,7 @@ mod tests {
     use proptest::prelude::*;
 
     fn inflight(id: u16) -> (u16, Inflight) {
-        let msg = Arc::new(Message {
-            topic: mqtt_codec::TopicName::new("t").unwrap(),
-            payload: bytes::Bytes::new(),
-            qos: QoS::AtLeastOnce,
-            retain: false,
-            properties: None,
-            expires_at: None,
-            origin: None,
-            persisted: Default::default(),
-        });
+        let msg = Arc::new(Message::for_test("t", b"", QoS::AtLeastOnce, false));
         let delivery = Delivery { msg, qos: QoS::AtLeastOnce, retain: false, sub_ids: vec![], policy_gen: 0, seq: 0 };
         (id, Inflight { delivery, stage: OutStage::AwaitAck })
     }
