@@ -21,7 +21,7 @@ use crate::config::BrokerConfig;
 use crate::connection::Connection;
 use crate::message::Message;
 use crate::persist::{Persist, PersistOp, RestoredSession};
-use crate::queue::{Batch, Run};
+use crate::queue::{Batch, Offer, Run};
 use crate::retained::RetainedStore;
 use crate::session::{ConnLink, Delivery, Inflight, PendingWill, Session, WakeBatch};
 use crate::trie::{SubEntry, SubTrie, Target};
@@ -62,6 +62,11 @@ struct Resolved {
     /// Subscription identifiers.
     ids: Vec<u32>,
 }
+
+/// A part of a publisher's batch shorter than this (a run among runs on other topics, or a
+/// message at a time for a shared group) is queued as single deliveries rather than as a
+/// slice of its own: a shared slice costs allocations that a few messages do not repay.
+const SHARED_PART_MIN: usize = 8;
 
 /// A publisher's last routing answer (see [`Broker::route_many`]): who receives its topic,
 /// reused by its next batches on that topic while neither a subscription, a subscriber's
@@ -591,7 +596,7 @@ impl Broker {
         let mut queued = 0;
         // Each session's runs, gathered in order so it is locked once per batch.
         // Session ids are the broker's own counter, not client input: an unkeyed hash is safe.
-        let mut per_session: Vec<(Arc<Session>, Vec<Run>)> = Vec::new();
+        let mut per_session: Vec<(Arc<Session>, Vec<Offer>)> = Vec::new();
         let mut slot: HashMap<u64, usize, foldhash::fast::FixedState> = HashMap::default();
         let mut i = 0;
         while i < msgs.len() {
@@ -636,34 +641,50 @@ impl Broker {
                 // topic): every session's queue shares it.
                 shared.set_fanout(resolved.len());
                 for r in resolved {
-                    queued += self.enqueue(&r.session, [run(shared, r)], batch);
+                    queued += self.enqueue(&r.session, [Offer::Run(run(shared, r))], batch);
                 }
                 return queued;
             }
-            if !resolved.is_empty() {
-                // A part of the batch: its own slice, so that a queue holds only what it sends.
+            // A part of the batch: a short one as single deliveries (a message at a time
+            // when a shared group picks a member per message); a longer one as its own slice,
+            // so that a queue holds only what it sends.
+            let part = (j - i >= SHARED_PART_MIN && !resolved.is_empty()).then(|| {
                 let part = Arc::new(Batch::new(msgs[i..j].to_vec()));
                 part.set_fanout(resolved.len());
-                for r in resolved {
-                    let k = *slot.entry(r.session.id).or_insert_with(|| {
-                        per_session.push((r.session.clone(), Vec::new()));
-                        per_session.len() - 1
-                    });
-                    per_session[k].1.push(run(&part, r));
+                part
+            });
+            for r in resolved {
+                let k = *slot.entry(r.session.id).or_insert_with(|| {
+                    per_session.push((r.session.clone(), Vec::new()));
+                    per_session.len() - 1
+                });
+                match &part {
+                    Some(part) => per_session[k].1.push(Offer::Run(run(part, r))),
+                    None => per_session[k].1.extend(msgs[i..j].iter().map(|m| {
+                        Offer::One(Delivery {
+                            msg: m.clone(),
+                            qos: r.qos.min(m.qos),
+                            retain: r.rap && m.retain,
+                            sub_ids: r.ids.clone(),
+                            policy_gen,
+                            seq: 0,
+                        })
+                    })),
                 }
             }
             i = j;
         }
-        for (s, runs) in per_session {
-            queued += self.enqueue(&s, runs, batch);
+        for (s, offers) in per_session {
+            queued += self.enqueue(&s, offers, batch);
         }
         queued
     }
 
-    /// Queue runs for one session (locked once); returns how many deliveries were queued.
-    fn enqueue(&self, s: &Arc<Session>, runs: impl IntoIterator<Item = Run>, batch: &mut WakeBatch) -> usize {
-        let (queued, dropped) = s.enqueue_runs(
-            runs,
+    /// Queue runs and deliveries for one session (locked once); returns how many deliveries
+    /// were queued.
+    fn enqueue(&self, s: &Arc<Session>, offers: impl IntoIterator<Item = Offer>, batch: &mut WakeBatch) -> usize {
+        let (queued, dropped) = s.enqueue(
+            offers,
             self.config.max_queued_messages,
             self.config.max_queued_bytes,
             batch,

@@ -250,6 +250,14 @@ impl Run {
     }
 }
 
+/// What a publisher's batch offers one session ([`crate::session::Session::enqueue`]).
+pub enum Offer {
+    /// A run of the batch.
+    Run(Run),
+    /// A single delivery (a short part of a batch is cheaper so than as a shared slice).
+    One(Delivery),
+}
+
 enum Entry {
     One(Delivery),
     Run(Run),

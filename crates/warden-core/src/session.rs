@@ -12,7 +12,7 @@ use warden_policy::Principal;
 
 use crate::message::Message;
 use crate::persist::{Persist, PersistOp, SessionRecord};
-use crate::queue::{Queue, Run};
+use crate::queue::{Offer, Queue};
 use crate::Wake;
 
 /// A message waiting in a session's queue for delivery.
@@ -198,36 +198,73 @@ impl Session {
     }
 }
 
+/// What became of one delivery offered to a session.
+enum Offered {
+    Queued,
+    /// Refused by the queue limits.
+    Dropped,
+    /// A QoS 0 delivery for an offline session.
+    Skipped,
+}
+
+/// Deliveries queued and dropped by one [`Session::enqueue`].
+#[derive(Default)]
+struct Tally {
+    queued: usize,
+    dropped: usize,
+}
+
+impl Tally {
+    fn count(&mut self, o: Offered) {
+        match o {
+            Offered::Queued => self.queued += 1,
+            Offered::Dropped => self.dropped += 1,
+            Offered::Skipped => {}
+        }
+    }
+}
+
 impl Session {
-    /// Offer a publisher's runs of messages under one lock. QoS 0 deliveries are not queued
-    /// for an offline session; when the queue is at its message or byte limit a delivery is
-    /// dropped and counted. With a `store`, a QoS 1/2 delivery to a persistent session is
-    /// stored (it is queued on its own, with its sequence number) and the ticket its
-    /// acknowledgement waits for is added to `batch`. The session is added to `batch` for one
-    /// wake-up (its waker is cloned only then: that atomic increment on a line the
+    /// Offer what a publisher's batch holds for this session, under one lock: runs of the
+    /// batch (queued as they are while connected) and single deliveries. QoS 0 deliveries are
+    /// not queued for an offline session; when the queue is at its message or byte limit a
+    /// delivery is dropped and counted. With a `store`, a QoS 1/2 delivery to a persistent
+    /// session is stored (it is queued on its own, with its sequence number) and the ticket
+    /// its acknowledgement waits for is added to `batch`. The session is added to `batch` for
+    /// one wake-up (its waker is cloned only then: that atomic increment on a line the
     /// subscriber's task shares is costly). Returns (queued, dropped because the queue was full).
-    pub fn enqueue_runs(
+    pub fn enqueue(
         self: &Arc<Self>,
-        runs: impl IntoIterator<Item = Run>,
+        offers: impl IntoIterator<Item = Offer>,
         max_messages: usize,
         max_bytes: u64,
         batch: &mut WakeBatch,
         store: Option<&Arc<dyn Persist>>,
     ) -> (usize, usize) {
-        let (mut queued, mut dropped) = (0, 0);
+        let mut n = Tally::default();
         let waker = {
             let mut st = self.state.lock();
             let st = &mut *st;
-            for run in runs {
-                if self.is_ended() {
-                    dropped += run.len();
-                    continue;
-                }
-                let stored = store.filter(|_| run.qos != QoS::AtMostOnce && st.expiry_interval > 0);
-                if st.conn.is_none() || stored.is_some() {
+            for offer in offers {
+                let run = match offer {
+                    Offer::One(_) if self.is_ended() => {
+                        n.dropped += 1;
+                        continue;
+                    }
+                    Offer::Run(run) if self.is_ended() => {
+                        n.dropped += run.len();
+                        continue;
+                    }
+                    Offer::One(d) => {
+                        n.count(self.offer_one(st, d, max_messages, max_bytes, batch, store));
+                        continue;
+                    }
+                    Offer::Run(run) => run,
+                };
+                if st.conn.is_none() || store.is_some_and(|_| run.qos != QoS::AtMostOnce && st.expiry_interval > 0) {
                     // Offline (QoS 0 is skipped) or stored: one entry per delivery.
                     for m in run.messages() {
-                        let mut d = Delivery {
+                        let d = Delivery {
                             msg: m.clone(),
                             qos: run.qos.min(m.qos),
                             retain: run.rap && m.retain,
@@ -235,57 +272,67 @@ impl Session {
                             policy_gen: run.policy_gen,
                             seq: 0,
                         };
-                        if st.conn.is_none() && d.qos == QoS::AtMostOnce {
-                            continue;
-                        }
-                        if st.queue.len() >= max_messages || st.queue.bytes() + d.msg.cost() > max_bytes {
-                            st.dropped += 1;
-                            dropped += 1;
-                            continue;
-                        }
-                        if let Some(store) = stored.filter(|_| d.qos != QoS::AtMostOnce) {
-                            batch.durable = batch.durable.max(store_delivery(store, self.id, &mut d, None));
-                        }
-                        st.queue.push(d);
-                        queued += 1;
+                        n.count(self.offer_one(st, d, max_messages, max_bytes, batch, store));
                     }
                     continue;
                 }
                 // Connected and nothing to store: the run is queued as it is, or split around
                 // the messages the queue limits refuse.
                 if st.queue.len() + run.len() <= max_messages && st.queue.bytes() + run.cost() <= max_bytes {
-                    queued += run.len();
+                    n.queued += run.len();
                     st.queue.push_run(run);
                     continue;
                 }
                 let (mut len, mut bytes) = (st.queue.len(), st.queue.bytes());
-                let mut refused = 0;
                 let parts = run.retain_split(|m| {
                     let cost = m.cost();
                     if len >= max_messages || bytes + cost > max_bytes {
-                        refused += 1;
+                        st.dropped += 1;
+                        n.dropped += 1;
                         return false;
                     }
                     len += 1;
                     bytes += cost;
+                    n.queued += 1;
                     true
                 });
-                st.dropped += refused as u64;
-                dropped += refused;
                 for part in parts {
-                    queued += part.len();
                     st.queue.push_run(part);
                 }
             }
             match &st.conn {
-                Some(c) if queued > 0 && !std::mem::replace(&mut st.wake_batched, true) => Some(c.waker.clone()),
+                Some(c) if n.queued > 0 && !std::mem::replace(&mut st.wake_batched, true) => Some(c.waker.clone()),
                 _ => None,
             }
         };
         if let Some(w) = waker {
             batch.wakes.push((self.clone(), w));
         }
-        (queued, dropped)
+        (n.queued, n.dropped)
+    }
+
+    /// Offer one delivery (the session's state locked by the caller).
+    fn offer_one(
+        &self,
+        st: &mut SessionState,
+        mut d: Delivery,
+        max_messages: usize,
+        max_bytes: u64,
+        batch: &mut WakeBatch,
+        store: Option<&Arc<dyn Persist>>,
+    ) -> Offered {
+        if st.conn.is_none() && d.qos == QoS::AtMostOnce {
+            return Offered::Skipped;
+        }
+        if st.queue.len() >= max_messages || st.queue.bytes() + d.msg.cost() > max_bytes {
+            st.dropped += 1;
+            return Offered::Dropped;
+        }
+        if let Some(store) = store.filter(|_| d.qos != QoS::AtMostOnce && st.expiry_interval > 0) {
+            batch.durable = batch.durable.max(store_delivery(store, self.id, &mut d, None));
+        }
+        st.queue.push(d);
+        Offered::Queued
     }
 }
 

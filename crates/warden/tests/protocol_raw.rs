@@ -593,3 +593,42 @@ async fn a_batch_shared_by_many_subscribers_reaches_each_in_its_own_form() {
         assert_eq!(c.recv_within(Duration::from_millis(100)).await, Recv::Timeout, "nothing more");
     }
 }
+
+#[tokio::test]
+async fn a_batch_of_runs_on_several_topics_keeps_each_subscribers_order() {
+    // Order per topic for QoS 0 and across topics from one publisher [MQTT-4.6.0-6]: a batch
+    // read at once is queued in parts (long runs as shared slices, short ones as single
+    // deliveries); each subscriber must see exactly its messages, in publication order.
+    let b = TestBroker::start().await;
+    let q0 = SubscriptionOptions { qos: QoS::AtMostOnce, ..Default::default() };
+    let (mut all, _) = connected(b.addr(), connect_packet(V5, "mix-all", true)).await;
+    let (mut only_a, _) = connected(b.addr(), connect_packet(V3, "mix-a", true)).await;
+    let (mut shared, _) = connected(b.addr(), connect_packet(V5, "mix-shared", true)).await;
+    subscribe_as(&mut all, "mix/#", q0, None).await;
+    subscribe_as(&mut only_a, "mix/a", q0, None).await;
+    subscribe_as(&mut shared, "$share/g/mix/b", q0, None).await;
+
+    let mut sent = Vec::new();
+    for (topic, n) in [("mix/a", 10), ("mix/b", 3), ("mix/a", 2), ("mix/b", 9), ("mix/a", 10)] {
+        for _ in 0..n {
+            sent.push((topic, format!("{}", sent.len()).into_bytes()));
+        }
+    }
+    let mut wire = bytes::BytesMut::new();
+    for (topic, payload) in &sent {
+        publish(topic, QoS::AtMostOnce, 0, payload).encode(V5, &mut wire);
+    }
+    let (mut p, _) = connected(b.addr(), connect_packet(V5, "mix-pub", true)).await;
+    p.send_bytes(&wire).await;
+
+    let want = |filter: &str| -> Vec<Vec<u8>> {
+        sent.iter().filter(|(t, _)| filter == "#" || *t == filter).map(|(_, p)| p.clone()).collect()
+    };
+    let got = |v: Vec<Got>| v.into_iter().map(|g| g.1).collect::<Vec<_>>();
+    assert_eq!(got(publishes(&mut all, sent.len()).await), want("#"));
+    assert_eq!(got(publishes(&mut only_a, 22).await), want("mix/a"));
+    assert_eq!(got(publishes(&mut shared, 12).await), want("mix/b"));
+    for c in [&mut all, &mut only_a, &mut shared] {
+        assert_eq!(c.recv_within(Duration::from_millis(100)).await, Recv::Timeout, "nothing more");
+    }
+}
