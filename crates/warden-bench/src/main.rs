@@ -53,6 +53,16 @@ enum Command {
         #[arg(long, default_value_t = 100)]
         subscribers: usize,
     },
+    /// 1 publisher -> N members of one shared subscription (`$share/wb/...`), each message to one.
+    Shared {
+        #[command(flatten)]
+        common: Common,
+        #[command(flatten)]
+        load: Load,
+        /// Members of the shared group.
+        #[arg(long, default_value_t = 4)]
+        members: usize,
+    },
     /// N publisher/subscriber pairs, each on its own topic.
     Pairs {
         #[command(flatten)]
@@ -319,6 +329,7 @@ fn run(cli: Cli) -> Result<()> {
         Command::FanOut { common, load, subscribers } => {
             (common, Scenario::Traffic(traffic::Plan::fan_out(subscribers), load))
         }
+        Command::Shared { common, load, members } => (common, Scenario::Traffic(traffic::Plan::shared(members), load)),
         Command::Pairs { common, load, pairs } => (common, Scenario::Traffic(traffic::Plan::pairs(pairs), load)),
         Command::Latency { common, mut load } => {
             load.rate.get_or_insert(1000.0);

@@ -106,6 +106,7 @@ impl Output {
         self.case = case.unwrap_or_else(|| match self.scenario.as_str() {
             "fan-in" => format!("fan-in {}->1 qos{}", self.publishers, self.qos),
             "fan-out" => format!("fan-out 1->{} qos{}", self.subscribers, self.qos),
+            "shared" => format!("shared 1->{} members qos{}", self.subscribers, self.qos),
             "pairs" => format!("pairs {}x qos{}", self.publishers, self.qos),
             "latency" => format!("latency qos{}", self.qos),
             "idle" => format!("idle {}", self.connections.unwrap_or(0)),

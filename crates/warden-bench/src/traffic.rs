@@ -68,6 +68,23 @@ impl Plan {
         }
     }
 
+    /// 1 publisher on `bench/T/work` -> N members of the shared subscription
+    /// `$share/wb/bench/T/work`: each message goes to one of them.
+    pub fn shared(members: usize) -> Plan {
+        let t = token();
+        let n = members.max(1);
+        Plan {
+            scenario: "shared",
+            pubs: vec![format!("bench/{t}/work")],
+            subs: vec![vec![format!("$share/wb/bench/{t}/work")]; n],
+            factor: 1,
+            // The backlog follows the slowest member's newest message (round-robin keeps them
+            // all close to the head).
+            pub_subs: vec![(0..n).collect()],
+            token: t,
+        }
+    }
+
     /// N pairs: publisher i on `bench/T/pair/i` -> subscriber i of that topic.
     pub fn pairs(pairs: usize) -> Plan {
         let t = token();
