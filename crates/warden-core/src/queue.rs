@@ -8,7 +8,12 @@
 //! counts, not N × S. The per-message reference count on a message shared by subscribers on
 //! both cores was the largest cost of a fan-out (its cache line bounced between the cores).
 //! Deliveries that need their own state (a sequence number in the store, a retained message
-//! sent on subscribe, a restored session's queue) are single entries.
+//! sent on subscribe, a restored session's queue) are single entries, and so are short parts
+//! of a batch (see `SHARED_PART_MIN` in the broker).
+//!
+//! A batch queued for several sessions also keeps its plain QoS 0 PUBLISH packets, encoded
+//! once per protocol by the first subscriber that needs them ([`Frames`]): the others copy
+//! whole runs of packets into their write buffers without touching the messages.
 
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicU32, Ordering};
