@@ -21,7 +21,7 @@ use crate::config::BrokerConfig;
 use crate::connection::Connection;
 use crate::message::Message;
 use crate::persist::{Persist, PersistOp, RestoredSession};
-use crate::queue::{Batch, Offer, Run};
+use crate::queue::{Batch, DeliveryRef, Offer, Run};
 use crate::retained::RetainedStore;
 use crate::session::{ConnLink, Delivery, Inflight, PendingWill, Session, WakeBatch};
 use crate::trie::{SubEntry, SubTrie, Target};
@@ -660,16 +660,11 @@ impl Broker {
                 });
                 match &part {
                     Some(part) => per_session[k].1.push(Offer::Run(run(part, r))),
-                    None => per_session[k].1.extend(msgs[i..j].iter().map(|m| {
-                        Offer::One(Delivery {
-                            msg: m.clone(),
-                            qos: r.qos.min(m.qos),
-                            retain: r.rap && m.retain,
-                            sub_ids: r.ids.clone(),
-                            policy_gen,
-                            seq: 0,
-                        })
-                    })),
+                    None => per_session[k].1.extend(
+                        msgs[i..j]
+                            .iter()
+                            .map(|m| Offer::One(DeliveryRef::of(m, r.qos, r.rap, &r.ids, policy_gen).to_owned())),
+                    ),
                 }
             }
             i = j;

@@ -55,15 +55,23 @@ pub struct Frames {
 }
 
 impl Frames {
+    /// Where the packet of message `i` starts in `buf`.
+    fn start_of(&self, i: u32) -> usize {
+        if i == 0 {
+            0
+        } else {
+            self.ends[i as usize - 1] as usize
+        }
+    }
+
     /// The packets of messages `start..end`.
     pub fn packets(&self, start: u32, end: u32) -> &[u8] {
-        let from = if start == 0 { 0 } else { self.ends[start as usize - 1] as usize };
-        &self.buf[from..self.ends[end as usize - 1] as usize]
+        &self.buf[self.start_of(start)..self.start_of(end)]
     }
 
     /// How many packets from `start` (at most up to `end`) fit in `room` bytes; at least one.
     pub fn fitting(&self, start: u32, end: u32, room: usize) -> u32 {
-        let from = if start == 0 { 0 } else { self.ends[start as usize - 1] as usize };
+        let from = self.start_of(start);
         let ends = &self.ends[start as usize..end as usize];
         (ends.partition_point(|&e| e as usize - from <= room) as u32).max(1)
     }
@@ -222,15 +230,8 @@ impl Run {
     }
 
     /// The delivery of message `msg` of this run.
-    fn delivery_ref<'a>(&'a self, msg: &'a Arc<Message>) -> DeliveryRef<'a> {
-        DeliveryRef {
-            msg,
-            qos: self.qos.min(msg.qos),
-            retain: self.rap && msg.retain,
-            sub_ids: &self.sub_ids,
-            policy_gen: self.policy_gen,
-            seq: 0,
-        }
+    pub(crate) fn delivery_ref<'a>(&'a self, msg: &'a Arc<Message>) -> DeliveryRef<'a> {
+        DeliveryRef::of(msg, self.qos, self.rap, &self.sub_ids, self.policy_gen)
     }
 
     /// Split into the runs of the messages `keep` accepts (in order; a rejected message ends
@@ -263,6 +264,21 @@ pub enum Offer {
     One(Delivery),
 }
 
+impl Offer {
+    /// Deliveries offered.
+    pub fn len(&self) -> usize {
+        match self {
+            Offer::Run(r) => r.len(),
+            Offer::One(_) => 1,
+        }
+    }
+
+    /// True when nothing is offered.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
 enum Entry {
     One(Delivery),
     Run(Run),
@@ -285,7 +301,14 @@ pub struct DeliveryRef<'a> {
     pub seq: u64,
 }
 
-impl DeliveryRef<'_> {
+impl<'a> DeliveryRef<'a> {
+    /// The delivery of `msg` to a session whose matching subscriptions allow `max_qos`, with
+    /// Retain As Published `rap`: the lower of the two QoS, RETAIN only as published with RAP
+    /// [MQTT-3.3.1-12/13].
+    pub fn of(msg: &'a Arc<Message>, max_qos: QoS, rap: bool, sub_ids: &'a [u32], policy_gen: u64) -> Self {
+        DeliveryRef { msg, qos: max_qos.min(msg.qos), retain: rap && msg.retain, sub_ids, policy_gen, seq: 0 }
+    }
+
     /// An owned delivery (clones the message's `Arc`).
     pub fn to_owned(self) -> Delivery {
         Delivery {
@@ -392,42 +415,14 @@ impl Queue {
 
     /// Remove the next delivery, releasing its charge.
     pub fn skip(&mut self) {
-        let cost = match self.entries.front_mut() {
-            None => return,
-            Some(Entry::One(d)) => {
-                let cost = d.msg.cost();
-                self.entries.pop_front();
-                cost
-            }
-            Some(Entry::Run(r)) => {
-                let cost = r.batch.msgs[r.start as usize].cost();
-                r.start += 1;
-                if r.is_empty() {
-                    self.entries.pop_front();
+        match self.entries.front() {
+            None => {}
+            Some(Entry::Run(_)) => self.skip_in_run(1),
+            Some(Entry::One(_)) => {
+                if let Some(Entry::One(d)) = self.entries.pop_front() {
+                    self.len -= 1;
+                    self.bytes = self.bytes.saturating_sub(d.msg.cost());
                 }
-                cost
-            }
-        };
-        self.len -= 1;
-        self.bytes = self.bytes.saturating_sub(cost);
-    }
-
-    /// Take the next delivery, releasing its charge.
-    pub fn pop(&mut self) -> Option<Delivery> {
-        let d = match self.entries.front()? {
-            Entry::One(_) => None,
-            Entry::Run(r) => Some(r.delivery_ref(&r.batch.msgs[r.start as usize]).to_owned()),
-        };
-        match d {
-            Some(d) => {
-                self.skip();
-                Some(d)
-            }
-            None => {
-                let Some(Entry::One(d)) = self.entries.pop_front() else { unreachable!("front was One") };
-                self.len -= 1;
-                self.bytes = self.bytes.saturating_sub(d.msg.cost());
-                Some(d)
             }
         }
     }
@@ -439,6 +434,13 @@ mod tests {
 
     fn msg(topic: &str, payload: &'static [u8], qos: QoS, retain: bool) -> Arc<Message> {
         Arc::new(Message::for_test(topic, payload, qos, retain))
+    }
+
+    /// The next delivery, owned, and removed (as `Connection::pull` takes a QoS 1 one).
+    fn take(q: &mut Queue) -> Option<Delivery> {
+        let d = q.front()?.to_owned();
+        q.skip();
+        Some(d)
     }
 
     fn run(batch: &Arc<Batch>, qos: QoS) -> Run {
@@ -465,7 +467,7 @@ mod tests {
 
         let f = q.front().unwrap();
         assert_eq!((f.msg.topic.as_str(), f.seq, f.retain), ("b", 9, true));
-        let d = q.pop().unwrap();
+        let d = take(&mut q).unwrap();
         assert_eq!(d.seq, 9);
         assert_eq!((q.len(), q.bytes()), (2, 7));
 
@@ -474,12 +476,12 @@ mod tests {
         let f = q.front().unwrap();
         assert_eq!((f.qos, f.retain, f.sub_ids, f.policy_gen), (QoS::AtLeastOnce, true, &[7][..], 3));
         q.skip();
-        let d = q.pop().unwrap();
+        let d = take(&mut q).unwrap();
         assert_eq!(
             (d.qos, d.retain, d.sub_ids.as_slice(), &d.msg.payload[..]),
             (QoS::AtMostOnce, false, &[7][..], &b"345"[..])
         );
-        assert!(q.is_empty() && q.front().is_none() && q.pop().is_none());
+        assert!(q.is_empty() && q.front().is_none() && take(&mut q).is_none());
         assert_eq!(q.bytes(), 0);
         q.skip(); // on an empty queue: nothing
         assert_eq!(q.len(), 0);

@@ -244,17 +244,13 @@ impl Session {
         let mut n = Tally::default();
         let waker = {
             let mut st = self.state.lock();
+            if self.is_ended() {
+                // Ended under this lock: nothing is queued any more.
+                return (0, offers.into_iter().map(|o| o.len()).sum());
+            }
             let st = &mut *st;
             for offer in offers {
                 let run = match offer {
-                    Offer::One(_) if self.is_ended() => {
-                        n.dropped += 1;
-                        continue;
-                    }
-                    Offer::Run(run) if self.is_ended() => {
-                        n.dropped += run.len();
-                        continue;
-                    }
                     Offer::One(d) => {
                         n.count(self.offer_one(st, d, max_messages, max_bytes, batch, store));
                         continue;
@@ -264,14 +260,7 @@ impl Session {
                 if st.conn.is_none() || store.is_some_and(|_| run.qos != QoS::AtMostOnce && st.expiry_interval > 0) {
                     // Offline (QoS 0 is skipped) or stored: one entry per delivery.
                     for m in run.messages() {
-                        let d = Delivery {
-                            msg: m.clone(),
-                            qos: run.qos.min(m.qos),
-                            retain: run.rap && m.retain,
-                            sub_ids: run.sub_ids.clone(),
-                            policy_gen: run.policy_gen,
-                            seq: 0,
-                        };
+                        let d = run.delivery_ref(m).to_owned();
                         n.count(self.offer_one(st, d, max_messages, max_bytes, batch, store));
                     }
                     continue;
