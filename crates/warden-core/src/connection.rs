@@ -46,14 +46,34 @@ pub struct Connection {
     client_receive_max: u16,
     client_max_packet: u32,
     client_alias_max: u16,
-    in_aliases: HashMap<u16, TopicName>,
-    out_aliases: HashMap<TopicName, u16>,
+    /// Made at the first topic alias: most connections never use one.
+    aliases: Option<Box<Aliases>>,
     will: Option<Box<LastWill>>,
     resend: bool,
     connect_expiry_zero: bool,
-    wakes: WakeBatch,
     /// Store ticket the output written so far must wait for (0: none).
     durable: u64,
+    /// Made at the first PUBLISH; given back by [`Connection::shrink`] once nothing is pending.
+    publishing: Option<Box<Publishing>>,
+    /// PUBLISH packets received and not yet added to the broker's counter: added once per
+    /// batch, not per message (the counter's cache line is shared by every connection).
+    received: u64,
+}
+
+/// Topic aliases (MQTT 5 §3.3.2.3.4), both ways.
+#[derive(Default)]
+struct Aliases {
+    /// Set by the client's PUBLISH packets.
+    inbound: HashMap<u16, TopicName>,
+    /// Chosen by the broker for its deliveries (up to the client's Topic Alias Maximum).
+    outbound: HashMap<TopicName, u16>,
+}
+
+/// What a publishing connection keeps between the packets of a read batch, and the caches
+/// that make its next PUBLISH cheap. Idle connections carry none (see [`Connection::shrink`]).
+#[derive(Default)]
+struct Publishing {
+    wakes: WakeBatch,
     /// Accepted messages not routed yet: routed together at the end of the read batch (or
     /// before any other packet is handled), so each subscriber is locked once per batch.
     pending: Vec<Arc<Message>>,
@@ -62,9 +82,6 @@ pub struct Connection {
     /// The last publish allowed (topic, QoS, retain, policy generation), when the policy
     /// lets allows be reused ([`warden_policy::Authorizer::allows_are_cacheable`]).
     publish_allowed: Option<(TopicName, QoS, bool, u64)>,
-    /// PUBLISH packets received and not yet added to the broker's counter: added once per
-    /// batch, not per message (the counter's cache line is shared by every connection).
-    received: u64,
     /// Who received this connection's last topic (reused while nothing changed).
     route_cache: RouteCache,
 }
@@ -95,16 +112,11 @@ impl Connection {
             principal,
             session,
             broker,
-            in_aliases: HashMap::new(),
-            out_aliases: HashMap::new(),
+            aliases: None,
             resend: session_present,
-            wakes: WakeBatch::default(),
             durable: 0,
-            pending: Vec::new(),
-            pending_acked: false,
-            publish_allowed: None,
+            publishing: None,
             received: 0,
-            route_cache: RouteCache::default(),
         }
     }
 
@@ -211,17 +223,23 @@ impl Connection {
         if self.received > 0 {
             self.broker.stats.messages_received.fetch_add(std::mem::take(&mut self.received), Ordering::Relaxed);
         }
-        if self.pending.is_empty() {
-            return;
-        }
+        let Some(p) = self.publishing.as_deref_mut().filter(|p| !p.pending.is_empty()) else { return };
         // Moved, not cloned, into the slice the subscribers' queues share.
-        let cap = self.pending.len();
-        let batch = Arc::new(Batch::new(std::mem::replace(&mut self.pending, Vec::with_capacity(cap))));
-        self.broker.route_many(&batch, &mut self.wakes, &mut self.route_cache);
+        let cap = p.pending.len();
+        let batch = Arc::new(Batch::new(std::mem::replace(&mut p.pending, Vec::with_capacity(cap))));
+        self.broker.route_many(&batch, &mut p.wakes, &mut p.route_cache);
         // The acknowledgements wait until what was stored for them is durable.
-        let t = std::mem::take(&mut self.wakes.durable);
-        if std::mem::take(&mut self.pending_acked) {
+        let t = std::mem::take(&mut p.wakes.durable);
+        if std::mem::take(&mut p.pending_acked) {
             self.add_durable(t);
+        }
+    }
+
+    /// Give back what only a publishing connection needs, once nothing is pending (the shell
+    /// calls this before it parks an idle connection).
+    pub fn shrink(&mut self) {
+        if self.publishing.as_ref().is_some_and(|p| p.pending.is_empty() && p.wakes.is_empty()) {
+            self.publishing = None;
         }
     }
 
@@ -358,12 +376,12 @@ impl Connection {
                     // [MQTT-3.3.2-9/10]
                 }
                 if topic.is_empty() {
-                    match self.in_aliases.get(&alias) {
+                    match self.aliases.as_ref().and_then(|a| a.inbound.get(&alias)) {
                         Some(t) => topic = t.clone(),
                         None => return Err(self.fail(out, ReasonCode::PROTOCOL_ERROR)),
                     }
                 } else {
-                    self.in_aliases.insert(alias, topic.clone());
+                    self.aliases.get_or_insert_with(Default::default).inbound.insert(alias, topic.clone());
                 }
             }
         }
@@ -378,8 +396,9 @@ impl Connection {
         // the generation is read before the policy, so a swap in between is never cached.
         let policy_gen = self.broker.policy_generation();
         let cached = self
-            .publish_allowed
+            .publishing
             .as_ref()
+            .and_then(|p| p.publish_allowed.as_ref())
             .is_some_and(|(t, q, r, g)| *g == policy_gen && *q == qos && *r == retain && *t == topic);
         let decision = if cached {
             Decision::Allow
@@ -387,7 +406,8 @@ impl Connection {
             let authz = self.broker.authorizer();
             let d = self.authorize_with(authz.as_ref(), Action::Publish { qos: qos as u8, retain }, topic.as_str());
             if d.is_allowed() && authz.allows_are_cacheable() {
-                self.publish_allowed = Some((topic.clone(), qos, retain, policy_gen));
+                self.publishing.get_or_insert_with(Default::default).publish_allowed =
+                    Some((topic.clone(), qos, retain, policy_gen));
             }
             d
         };
@@ -426,7 +446,8 @@ impl Connection {
             let expires_at = properties.message_expiry_interval.map(|e| now + Duration::from_secs(u64::from(e)));
             let properties =
                 if self.protocol == Protocol::V5 { Message::forwarded_properties(properties) } else { None };
-            self.pending.push(Arc::new(Message {
+            let p = self.publishing.get_or_insert_with(Default::default);
+            p.pending.push(Arc::new(Message {
                 topic,
                 payload,
                 qos,
@@ -436,8 +457,8 @@ impl Connection {
                 origin: Some(self.session.id),
                 persisted: Default::default(),
             }));
-            self.pending_acked |= qos != QoS::AtMostOnce;
-            if self.pending.len() >= 1024 {
+            p.pending_acked |= qos != QoS::AtMostOnce;
+            if p.pending.len() >= 1024 {
                 self.route_pending();
             }
         }
@@ -557,11 +578,12 @@ impl Connection {
             let expiry = d.msg.remaining_expiry(now);
             let mut alias = None;
             if self.client_alias_max > 0 {
-                if let Some(&a) = self.out_aliases.get(&d.msg.topic) {
+                let used = self.aliases.as_ref().map(|a| &a.outbound);
+                if let Some(&a) = used.and_then(|o| o.get(&d.msg.topic)) {
                     alias = Some(a);
                     topic = "";
-                } else if self.out_aliases.len() < usize::from(self.client_alias_max) {
-                    let a = self.out_aliases.len() as u16 + 1;
+                } else if used.map_or(0, HashMap::len) < usize::from(self.client_alias_max) {
+                    let a = used.map_or(0, HashMap::len) as u16 + 1;
                     alias = Some(a);
                     new_alias = Some(a);
                 }
@@ -588,7 +610,7 @@ impl Connection {
         }
         packet.encode(self.protocol, out);
         if let Some(a) = new_alias {
-            self.out_aliases.insert(d.msg.topic.clone(), a);
+            self.aliases.get_or_insert_with(Default::default).outbound.insert(d.msg.topic.clone(), a);
         }
         true
     }
@@ -691,14 +713,15 @@ impl Connection {
     /// before [`Connection::take_durable`].
     pub fn flush_wakes(&mut self) {
         self.route_pending();
-        self.wakes.flush();
+        if let Some(p) = &mut self.publishing {
+            p.wakes.flush();
+        }
     }
 
     /// The connection is gone (after a [`Close`], an I/O error or EOF). Publishes the will
     /// unless `close` says the client disconnected normally.
     pub fn closed(mut self, close: Close, now: Instant) {
-        self.route_pending();
-        self.wakes.flush();
+        self.flush_wakes();
         let will = if close.publish_will { self.will.take().map(|w| *w) } else { None };
         self.broker.disconnected(&self.session, self.generation, will, now);
     }

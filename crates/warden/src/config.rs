@@ -389,6 +389,11 @@ pub struct Limits {
     /// slot is taken. Default 2 s.
     #[serde(deserialize_with = "de_auth_hash_wait")]
     pub auth_hash_wait: Duration,
+    /// A plain-TCP connection with nothing to read, write or wait for parks after this long:
+    /// its task ends and one thread watches its socket until input, a delivery, an end signal
+    /// or its keep alive wakes it (memory per idle connection); 0 = never. Default 2 s.
+    #[serde(deserialize_with = "de_idle_park_after")]
+    pub idle_park_after: Duration,
 }
 
 /// `auth_fail_backoff = { failures = 5, initial = "1s", max = "5m" }`: after `failures`
@@ -445,6 +450,9 @@ fn de_write_stall_timeout<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D
 }
 fn de_auth_hash_concurrency<'de, D: Deserializer<'de>>(d: D) -> Result<usize, D::Error> {
     narrow(de_int(d, "auth_hash_concurrency", 0, 1024)?)
+}
+fn de_idle_park_after<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+    de_duration(d, "idle_park_after", Duration::ZERO)
 }
 fn de_auth_hash_wait<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
     de_duration(d, "auth_hash_wait", Duration::ZERO)
@@ -518,6 +526,7 @@ impl Default for Limits {
             write_stall_timeout: Duration::from_secs(60),
             auth_hash_concurrency: 0,
             auth_hash_wait: Duration::from_secs(2),
+            idle_park_after: Duration::from_secs(2),
         }
     }
 }

@@ -17,10 +17,12 @@ use std::time::{Duration, Instant};
 use bytes::BytesMut;
 use mqtt_codec::{decode, decode_cached, DecodeError, Packet, Protocol, ReasonCode};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
-use tokio::sync::{watch, Notify};
+use tokio::sync::watch;
 use tracing::{debug, info};
 use warden_core::broker::write_connack;
 use warden_core::{Broker, Close, Connection, Wake};
+
+use crate::park::ConnWaker;
 
 use crate::auth::Authenticator;
 use crate::guard::Admitted;
@@ -40,6 +42,10 @@ const KEEP_CAPACITY: usize = 64 * 1024;
 const WRITE_BUDGET: usize = 64 * 1024;
 /// Stop reading from a client while this much output is unwritten (it is not reading).
 const WRITE_HIGH_WATER: usize = 1024 * 1024;
+
+/// A connection that has not parked yet parks after this much quiet (or `idle_park_after`,
+/// when shorter).
+const FIRST_PARK_AFTER: Duration = Duration::from_millis(100);
 
 /// What every connection task shares.
 pub struct ConnContext {
@@ -72,6 +78,8 @@ pub struct ConnContext {
     pub live: Arc<crate::live::LiveClients>,
     /// The admin ban list (client ids and user names are checked here).
     pub bans: Arc<crate::bans::BanList>,
+    /// Where idle plain-TCP connections park (`idle_park_after`; `None`: they never do).
+    pub parking: Option<Arc<crate::park::ParkingLot>>,
 }
 
 impl ConnContext {
@@ -144,11 +152,12 @@ impl LiveTokens {
     }
 }
 
-struct NotifyWake(Notify);
+/// Counts a live connection (`max_connections`) until dropped.
+pub struct ConnCount(pub Arc<std::sync::atomic::AtomicUsize>);
 
-impl Wake for NotifyWake {
-    fn wake(&self) {
-        self.0.notify_one();
+impl Drop for ConnCount {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
     }
 }
 
@@ -259,6 +268,16 @@ pub trait Transport: AsyncRead + AsyncWrite + Unpin + Send + Sized {
     type Write: AsyncWrite + Unpin + Send;
     /// Split the transport.
     fn halves(self) -> (Self::Read, Self::Write);
+    /// The socket of a plain TCP connection, taken out of tokio so that it can park
+    /// ([`crate::park`]): `Ok(Err(_))` when that failed (the connection is lost), `Err` with
+    /// the halves for a transport that cannot park.
+    #[allow(clippy::type_complexity)]
+    fn into_std(
+        rd: Self::Read,
+        wr: Self::Write,
+    ) -> Result<std::io::Result<std::net::TcpStream>, (Self::Read, Self::Write)> {
+        Err((rd, wr))
+    }
 }
 
 /// A read half that can wait for input without a buffer: an idle connection then holds none.
@@ -277,6 +296,15 @@ impl Transport for tokio::net::TcpStream {
     type Write = tokio::net::tcp::OwnedWriteHalf;
     fn halves(self) -> (Self::Read, Self::Write) {
         self.into_split()
+    }
+    fn into_std(
+        rd: Self::Read,
+        wr: Self::Write,
+    ) -> Result<std::io::Result<std::net::TcpStream>, (Self::Read, Self::Write)> {
+        match rd.reunite(wr) {
+            Ok(s) => Ok(s.into_std()),
+            Err(e) => Err((e.0, e.1)),
+        }
     }
 }
 
@@ -319,27 +347,49 @@ struct Start<S> {
     peer: SocketAddr,
     cert: CertIdentity,
     slot: Option<Admitted>,
+    count: Option<ConnCount>,
     ctx: Arc<ConnContext>,
 }
 
-/// A connection past its CONNACK: what the driver needs for the connection's life.
+/// A connection past its CONNACK: its state, and the transport while a task drives it.
 struct Live<R, W> {
-    conn: Connection,
+    core: Core,
     rd: R,
     wr: W,
     rbuf: BytesMut,
     wbuf: BytesMut,
-    notify: Arc<NotifyWake>,
+}
+
+/// What a connection keeps for its life, driven or parked ([`crate::park`]).
+pub struct Core {
+    conn: Connection,
+    notify: Arc<ConnWaker>,
     ctx: Arc<ConnContext>,
     peer: SocketAddr,
-    limits: Limits,
-    /// Removed from the admin registry and the token registry when the driver ends; the
+    /// Boxed: only token- and SCRAM-authenticated connections have limits of their own.
+    limits: Option<Box<Limits>>,
+    /// Removed from the admin registry and the token registry when the connection ends; the
     /// driver reads their end signals when it is woken.
     registration: crate::live::LiveRegistration,
     /// Boxed: only token-authenticated connections have one.
     revocation: Option<Box<TokenRegistration>>,
-    /// The per-address admission slot, released when the task ends.
+    /// The per-address admission slot, released when the connection ends.
     _slot: Option<Admitted>,
+    _count: Option<ConnCount>,
+    /// When the keep alive runs out without input (none when the keep alive is 0).
+    keep_alive_deadline: Option<tokio::time::Instant>,
+    /// Made at the first PUBLISH (a bucket starts full, so this is the same as making it now):
+    /// connections that never publish carry none.
+    limiter: Option<Box<PublishLimiter>>,
+    /// Parked at least once: later parks wait the full `idle_park_after`.
+    parked_before: bool,
+}
+
+impl Core {
+    /// The connection's wake-up.
+    pub fn waker(&self) -> &Arc<ConnWaker> {
+        &self.notify
+    }
 }
 
 /// Drive one connection to its end. `cert` is what TLS proved about the client; `slot` is its
@@ -349,26 +399,87 @@ struct Live<R, W> {
 /// as the connection: the CONNECT and authentication phase (kilobytes of state: the decoded
 /// CONNECT, hashing, SCRAM) runs in a boxed future of its own that is freed once it ends, and
 /// so is the closing phase; what stays is [`Live`] and the driver's wait.
+/// `count` (the `max_connections` count) is held until the connection ends, parked or not.
 pub fn run<S: Transport>(
     stream: S,
     peer: SocketAddr,
     cert: CertIdentity,
     slot: Option<Admitted>,
+    count: Option<ConnCount>,
     ctx: Arc<ConnContext>,
 ) -> impl std::future::Future<Output = ()> + Send {
-    serve(Box::new(Start { stream, peer, cert, slot, ctx }))
+    serve(Box::new(Start { stream, peer, cert, slot, count, ctx }))
 }
 
 async fn serve<S: Transport>(start: Box<Start<S>>) {
-    let Some(mut l) = Box::pin(establish(start)).await else { return };
-    let close = drive(&mut l).await;
-    Box::pin(finish(l, close)).await;
+    let Some(l) = Box::pin(establish(start)).await else { return };
+    live::<S>(l).await;
+}
+
+/// Drive a connection until it ends or parks.
+async fn live<S: Transport>(mut l: Live<S::Read, S::Write>) {
+    loop {
+        match drive(&mut l).await {
+            Driven::Closed(close) => return Box::pin(finish(l, close)).await,
+            Driven::Quiet => {
+                let Live { core, rd, wr, rbuf, wbuf } = l;
+                match S::into_std(rd, wr) {
+                    Ok(Ok(stream)) => {
+                        let deadline = [core.keep_alive_deadline, core.limits.as_ref().and_then(|l| l.token_deadline)]
+                            .into_iter()
+                            .flatten()
+                            .min()
+                            .map(|d| d.into_std());
+                        if let Some(lot) = core.ctx.parking.clone() {
+                            lot.park(core, stream, deadline);
+                        }
+                        return;
+                    }
+                    Ok(Err(e)) => {
+                        debug!(client_id = %core.conn.client_id(), error = %e, "socket lost while parking");
+                        let conn = core.conn;
+                        conn.closed(
+                            Close { reason: ReasonCode::UNSPECIFIED_ERROR, publish_will: true },
+                            Instant::now(),
+                        );
+                        return;
+                    }
+                    Err((rd, wr)) => l = Live { core, rd, wr, rbuf, wbuf },
+                }
+            }
+        }
+    }
+}
+
+/// Drive a parked connection again ([`crate::park`]): its socket back in tokio, a new task.
+pub async fn resume(core: Core, stream: std::net::TcpStream) {
+    match tokio::net::TcpStream::from_std(stream) {
+        Ok(s) => {
+            let (rd, wr) = s.into_split();
+            let l = Live { core, rd, wr, rbuf: BytesMut::new(), wbuf: BytesMut::new() };
+            Box::pin(live::<tokio::net::TcpStream>(l)).await
+        }
+        Err(e) => {
+            debug!(client_id = %core.conn.client_id(), error = %e, "parked socket lost");
+            let conn = core.conn;
+            conn.closed(Close { reason: ReasonCode::UNSPECIFIED_ERROR, publish_will: true }, Instant::now());
+        }
+    }
+}
+
+/// How [`drive`] stopped.
+enum Driven {
+    /// The connection ends.
+    Closed(Close),
+    /// Nothing happened for `idle_park_after` and nothing is pending: park it.
+    Quiet,
 }
 
 /// The end of a connection: unregister, flush what is pending, close the session.
 async fn finish<R: ReadReady, W: AsyncWrite + Unpin + Send>(l: Live<R, W>, close: Close) {
     // The rest of `l` (the admission slot among it) is dropped once the session is closed.
-    let Live { mut conn, mut wr, wbuf, ctx, peer, registration, revocation, .. } = l;
+    let Live { core, mut wr, wbuf, .. } = l;
+    let Core { mut conn, ctx, peer, registration, revocation, .. } = core;
     drop(revocation);
     drop(registration);
     // Messages accepted in the last batch are routed now, and their acknowledgements (already
@@ -386,7 +497,7 @@ async fn finish<R: ReadReady, W: AsyncWrite + Unpin + Send>(l: Live<R, W>, close
 
 /// CONNECT, authentication and CONNACK; `None` when the connection ended there.
 async fn establish<S: Transport>(start: Box<Start<S>>) -> Option<Live<S::Read, S::Write>> {
-    let Start { stream, peer, cert, slot, ctx } = *start;
+    let Start { stream, peer, cert, slot, count, ctx } = *start;
     let (mut rd, mut wr) = stream.halves();
     let mut rbuf = BytesMut::with_capacity(IDLE_READ);
     let mut wbuf = BytesMut::new();
@@ -517,7 +628,7 @@ async fn establish<S: Transport>(start: Box<Start<S>>) -> Option<Live<S::Read, S
         let left = t.expires_at.saturating_sub(crate::tokens::unix_now());
         tokio::time::Instant::now() + Duration::from_secs(left)
     });
-    let notify = Arc::new(NotifyWake(Notify::new()));
+    let notify = Arc::new(ConnWaker::default());
     let revocation = authed
         .token
         .as_ref()
@@ -542,8 +653,29 @@ async fn establish<S: Transport>(start: Box<Start<S>>) -> Option<Live<S::Read, S
         // first): end this one too.
         registration.signal.end(ReasonCode::SERVER_SHUTTING_DOWN);
     }
-    let limits = Limits { token_deadline, scram_user };
-    Some(Live { conn, rd, wr, rbuf, wbuf, notify, ctx, peer, limits, registration, revocation, _slot: slot })
+    let limits =
+        (token_deadline.is_some() || scram_user.is_some()).then(|| Box::new(Limits { token_deadline, scram_user }));
+    let keep_alive_deadline = keep_alive_span(&conn).map(|k| tokio::time::Instant::now() + k);
+    let core = Core {
+        conn,
+        notify,
+        ctx,
+        peer,
+        limits,
+        registration,
+        revocation,
+        _slot: slot,
+        _count: count,
+        keep_alive_deadline,
+        limiter: None,
+        parked_before: false,
+    };
+    Some(Live { core, rd, wr, rbuf, wbuf })
+}
+
+/// How long a connection may stay silent: 1.5 × its keep alive [MQTT-3.1.2-24] (none for 0).
+fn keep_alive_span(conn: &Connection) -> Option<Duration> {
+    (conn.keep_alive() > 0).then(|| Duration::from_millis(u64::from(conn.keep_alive()) * 1500))
 }
 
 /// Deadlines that end a connection from outside the protocol.
@@ -611,25 +743,47 @@ impl Reauth {
     }
 }
 
-#[allow(clippy::too_many_arguments)]
-async fn drive<R: ReadReady, W: AsyncWrite + Unpin>(l: &mut Live<R, W>) -> Close {
-    let Live { conn, rd, wr, rbuf, wbuf, notify, ctx, limits, registration, revocation, .. } = l;
-    let (notify, ctx, limits): (&NotifyWake, &ConnContext, &Limits) = (notify, ctx, limits);
+async fn drive<R: ReadReady, W: AsyncWrite + Unpin>(l: &mut Live<R, W>) -> Driven {
+    let Live { core, rd, wr, rbuf, wbuf } = l;
+    let Core {
+        conn,
+        notify,
+        ctx,
+        limits,
+        registration,
+        revocation,
+        keep_alive_deadline: deadline,
+        limiter,
+        parked_before,
+        ..
+    } = core;
+    let (notify, ctx): (&ConnWaker, &ConnContext) = (notify, ctx);
+    let scram_user = limits.as_ref().and_then(|l| l.scram_user.clone());
+    let token_deadline = limits.as_ref().and_then(|l| l.token_deadline);
     let lost = Close { reason: ReasonCode::UNSPECIFIED_ERROR, publish_will: true };
     let protocol = conn.protocol();
-    let keep_alive = (conn.keep_alive() > 0).then(|| Duration::from_millis(u64::from(conn.keep_alive()) * 1500));
-    let mut deadline = keep_alive.map(|k| tokio::time::Instant::now() + k);
-    // Bytes read before CONNECT was decoded may already hold more packets.
+    let keep_alive = keep_alive_span(conn);
+    // Quiet this long, the connection parks (plain TCP only: its transport can wait without a
+    // buffer and be taken out of tokio).
+    // Most idle connections are idle from their CONNACK on (devices that connect, subscribe
+    // and wait): the first park comes sooner, so that a burst of connections (a fleet coming
+    // back after a restart) never holds a task each at once.
+    let park_after = ctx.parking.as_ref().filter(|_| R::WAITS_WITHOUT_BUFFER).map(|p| {
+        if *parked_before {
+            p.after
+        } else {
+            p.after.min(FIRST_PARK_AFTER)
+        }
+    });
+    // Bytes read before CONNECT was decoded may already hold more packets (a resumed
+    // connection may have been woken for deliveries).
     let mut more = match conn.pull(Instant::now(), wbuf, WRITE_BUDGET) {
         Ok(m) => m,
-        Err(c) => return c,
+        Err(c) => return Driven::Closed(c),
     };
     let mut pending_input = !rbuf.is_empty();
     let mut busy = false;
     let mut reauth = Reauth::default();
-    // Made at the first PUBLISH (a bucket starts full, so this is the same as making it now):
-    // connections that never publish carry none.
-    let mut limiter: Option<Box<PublishLimiter>> = None;
     // Reading is paused until then (publish rate or bandwidth throttle).
     let mut throttled_until: Option<tokio::time::Instant> = None;
     let mut mem = MemCharge::new(ctx.memory.clone(), Instant::now());
@@ -645,10 +799,10 @@ async fn drive<R: ReadReady, W: AsyncWrite + Unpin>(l: &mut Live<R, W>) -> Close
             loop {
                 let before = rbuf.len();
                 match decode_cached(rbuf, protocol, ctx.max_packet_size, &mut last_topic) {
-                    Ok(Some(Packet::Auth(a))) if limits.scram_user.is_some() => {
-                        if let Err(code) = reauth.step(a, limits.scram_user.as_deref().unwrap_or(""), &ctx.auth, wbuf) {
+                    Ok(Some(Packet::Auth(a))) if scram_user.is_some() => {
+                        if let Err(code) = reauth.step(a, scram_user.as_deref().unwrap_or(""), &ctx.auth, wbuf) {
                             info!(client_id = %conn.client_id(), reason = %code, "re-authentication refused");
-                            return conn.disconnect(wbuf, code);
+                            return Driven::Closed(conn.disconnect(wbuf, code));
                         }
                     }
                     Ok(Some(p)) => {
@@ -656,29 +810,29 @@ async fn drive<R: ReadReady, W: AsyncWrite + Unpin>(l: &mut Live<R, W>) -> Close
                             let size = before - rbuf.len();
                             mem.published(size as u64, now);
                             if limiter.is_none() {
-                                limiter = PublishLimiter::new(ctx.publish_limits, now).map(Box::new);
+                                *limiter = PublishLimiter::new(ctx.publish_limits, now).map(Box::new);
                             }
                             if let Some(Err(code)) = limiter.as_mut().map(|l| l.charge(size, now)) {
                                 // publish_throttle = 0: refused before it is routed.
                                 publish_limit_disconnect(ctx, conn.client_id(), code);
-                                return conn.disconnect(wbuf, code);
+                                return Driven::Closed(conn.disconnect(wbuf, code));
                             }
                         }
                         if let Err(c) = conn.handle(p, now, wbuf) {
-                            return c;
+                            return Driven::Closed(c);
                         }
                     }
                     Ok(None) => break,
                     Err(e) => {
                         debug!(client_id = %conn.client_id(), error = %e, "bad packet");
-                        return conn.decode_error(&e, wbuf);
+                        return Driven::Closed(conn.decode_error(&e, wbuf));
                     }
                 }
             }
             conn.flush_wakes();
             match conn.pull(now, wbuf, WRITE_BUDGET) {
                 Ok(m) => more = m,
-                Err(c) => return c,
+                Err(c) => return Driven::Closed(c),
             }
             if let Some(l) = limiter.as_mut() {
                 match l.after_batch(now) {
@@ -698,7 +852,7 @@ async fn drive<R: ReadReady, W: AsyncWrite + Unpin>(l: &mut Live<R, W>) -> Close
                     }
                     Throttle::Disconnect(code) => {
                         publish_limit_disconnect(ctx, conn.client_id(), code);
-                        return conn.disconnect(wbuf, code);
+                        return Driven::Closed(conn.disconnect(wbuf, code));
                     }
                 }
             }
@@ -736,30 +890,41 @@ async fn drive<R: ReadReady, W: AsyncWrite + Unpin>(l: &mut Live<R, W>) -> Close
         // keep alive, the access token's expiry, the end of a throttle, the write stall and
         // the memory sample; which of them passed is sorted out when it fires.
         let mem_sample = mem_paused.then(|| tokio::time::Instant::now() + MemoryGauge::SAMPLE);
-        let wake_at =
-            [deadline, limits.token_deadline, throttled_until, stall_deadline, mem_sample].into_iter().flatten().min();
+        // Nothing to read, write or wait for but the client and the core: park after a while.
+        let quiet = !more
+            && !pending_input
+            && rbuf.is_empty()
+            && wbuf.is_empty()
+            && throttled_until.is_none()
+            && !mem_paused
+            && matches!(reauth, Reauth::Idle);
+        let park_at = park_after.filter(|_| quiet).map(|a| tokio::time::Instant::now() + a);
+        let wake_at = [*deadline, token_deadline, throttled_until, stall_deadline, mem_sample, park_at]
+            .into_iter()
+            .flatten()
+            .min();
         tokio::select! {
             r = read_some(rd, rbuf, busy), if can_read => {
                 match r {
-                    Ok((0, _)) | Err(_) => return lost,
+                    Ok((0, _)) | Err(_) => return Driven::Closed(lost),
                     Ok((_, filled)) => {
                         busy = filled;
                         pending_input = true;
                         if let Some(k) = keep_alive {
-                            deadline = Some(tokio::time::Instant::now() + k);
+                            *deadline = Some(tokio::time::Instant::now() + k);
                         }
                     }
                 }
             }
             r = wr.write_buf(wbuf), if !wbuf.is_empty() => {
                 match r {
-                    Ok(0) | Err(_) => return lost,
+                    Ok(0) | Err(_) => return Driven::Closed(lost),
                     Ok(_) => {
                         stalled_since = None;
                         if more && wbuf.len() < WRITE_BUDGET / 2 {
                             match conn.pull(Instant::now(), wbuf, WRITE_BUDGET) {
                                 Ok(m) => more = m,
-                                Err(c) => return c,
+                                Err(c) => return Driven::Closed(c),
                             }
                         }
                     }
@@ -767,24 +932,24 @@ async fn drive<R: ReadReady, W: AsyncWrite + Unpin>(l: &mut Live<R, W>) -> Close
             }
             // The core (deliveries, a take-over), an administrator, a token revocation and the
             // server's shutdown all wake the connection here: one wait instead of four.
-            _ = notify.0.notified() => {
+            _ = notify.woken() => {
                 // The admin registry's signal (kick, ban, user disabled or deleted; shutdown)
                 // and the token registry's (revocation): looked at once per wake.
                 match registration.signal.reason() {
-                    Some(ReasonCode::SERVER_SHUTTING_DOWN) => return conn.shutdown(wbuf),
+                    Some(ReasonCode::SERVER_SHUTTING_DOWN) => return Driven::Closed(conn.shutdown(wbuf)),
                     Some(reason) => {
                         info!(client_id = %conn.client_id(), %reason, "disconnected by an administrator");
-                        return conn.disconnect(wbuf, reason);
+                        return Driven::Closed(conn.disconnect(wbuf, reason));
                     }
                     None => {}
                 }
                 if revocation.as_ref().is_some_and(|r| r.signal.reason().is_some()) {
                     info!(client_id = %conn.client_id(), "access token revoked: disconnecting");
-                    return conn.disconnect(wbuf, ReasonCode::NOT_AUTHORIZED);
+                    return Driven::Closed(conn.disconnect(wbuf, ReasonCode::NOT_AUTHORIZED));
                 }
                 match conn.pull(Instant::now(), wbuf, WRITE_BUDGET) {
                     Ok(m) => more = m,
-                    Err(c) => return c,
+                    Err(c) => return Driven::Closed(c),
                 }
             }
             _ = sleep_until_opt(wake_at) => {
@@ -796,18 +961,23 @@ async fn drive<R: ReadReady, W: AsyncWrite + Unpin>(l: &mut Live<R, W>) -> Close
                     hit(&ctx.broker.stats.limits.write_stalled);
                     ctx.log_limit(conn.client_id(), "write_stall_timeout", "closed (output not read)");
                     wbuf.clear();
-                    return conn.disconnect(&mut BytesMut::new(), ReasonCode::SERVER_BUSY);
+                    return Driven::Closed(conn.disconnect(&mut BytesMut::new(), ReasonCode::SERVER_BUSY));
                 }
-                if passed(deadline) {
+                if passed(*deadline) {
                     debug!(client_id = %conn.client_id(), "keep alive timeout");
-                    return conn.keep_alive_timeout(wbuf); // [MQTT-3.1.2-24]
+                    return Driven::Closed(conn.keep_alive_timeout(wbuf)); // [MQTT-3.1.2-24]
                 }
-                if passed(limits.token_deadline) {
+                if passed(token_deadline) {
                     debug!(client_id = %conn.client_id(), "access token expired");
-                    return conn.disconnect(wbuf, ReasonCode::MAXIMUM_CONNECT_TIME);
+                    return Driven::Closed(conn.disconnect(wbuf, ReasonCode::MAXIMUM_CONNECT_TIME));
                 }
                 if passed(throttled_until) {
                     throttled_until = None;
+                }
+                if passed(park_at) {
+                    *parked_before = true;
+                    conn.shrink();
+                    return Driven::Quiet;
                 }
                 // The memory sample: the next turn of the loop looks at the gauge again.
             }

@@ -35,6 +35,7 @@ pub mod limits;
 pub mod live;
 pub mod lookup;
 pub mod oauth_store;
+pub mod park;
 pub mod passwd_cmd;
 pub mod policy_store;
 pub mod revocations;

@@ -65,6 +65,8 @@ pub struct Server {
     tasks: JoinSet<()>,
     /// The durable store (`[persistence]`), closed at shutdown.
     store: Option<Arc<Store>>,
+    /// Where idle connections park (stopped at shutdown, after they were told to end).
+    parking: Option<Arc<crate::park::ParkingLot>>,
 }
 
 impl Drop for Server {
@@ -163,14 +165,6 @@ pub fn load_policy(cfg: &AuthzConfig) -> anyhow::Result<PolicyAuthorizer> {
     Ok(PolicyAuthorizer::new(crate::policy_store::load_acl(cfg)?, cfg.on_deny == OnDeny::Disconnect))
 }
 
-struct ConnGuard(Arc<AtomicUsize>);
-
-impl Drop for ConnGuard {
-    fn drop(&mut self) {
-        self.0.fetch_sub(1, Ordering::Relaxed);
-    }
-}
-
 impl Server {
     /// Bind every listener and start serving.
     pub async fn start(cfg: &Config) -> anyhow::Result<Server> {
@@ -234,6 +228,14 @@ impl Server {
             tls_handshake_timeout: cfg.limits.tls_handshake_timeout,
             live: live.clone(),
             bans: bans.clone(),
+            parking: if cfg.limits.idle_park_after.is_zero() {
+                None
+            } else {
+                Some(
+                    crate::park::ParkingLot::start(cfg.limits.idle_park_after)
+                        .context("cannot start the parking thread")?,
+                )
+            },
         });
         let mut tasks = JoinSet::new();
         let mut listeners = Vec::new();
@@ -307,15 +309,14 @@ impl Server {
                         }
                     };
                     live.fetch_add(1, Ordering::Relaxed);
-                    let live_slot = ConnGuard(live.clone());
+                    let live_slot = crate::conn::ConnCount(live.clone());
                     let ctx = ctx.clone();
                     // A task's future lives as long as its connection: plain MQTT gets the
                     // small one; WebSocket and TLS handshakes (kilobytes of state) are boxed
                     // so that they do not make every idle TCP connection pay for them.
                     if tls.is_none() && protocol == ListenerProtocol::Mqtt {
                         let _ = sock.set_nodelay(true);
-                        let conn = crate::conn::run(sock, peer, None, Some(slot), ctx);
-                        tokio::spawn(conn.map(move |()| drop(live_slot)));
+                        tokio::spawn(crate::conn::run(sock, peer, None, Some(slot), Some(live_slot), ctx));
                     } else {
                         let serve = serve_socket(sock, peer, protocol, tls.clone(), slot, path.clone(), ctx);
                         tokio::spawn(Box::pin(serve).map(move |()| drop(live_slot)));
@@ -425,6 +426,7 @@ impl Server {
             shutdown,
             tasks,
             store,
+            parking: ctx.parking.clone(),
         })
     }
 
@@ -471,6 +473,9 @@ impl Server {
     fn stop(&self) {
         self.shutdown.send_replace(true);
         self.live.end_all(mqtt_codec::ReasonCode::SERVER_SHUTTING_DOWN);
+        if let Some(p) = &self.parking {
+            p.stop();
+        }
     }
 
     /// Stop accepting, tell every client the server is shutting down (v5 DISCONNECT 0x8B),
@@ -497,7 +502,9 @@ async fn serve_socket(
     let Some(tls) = tls else {
         match protocol {
             ListenerProtocol::Ws | ListenerProtocol::Wss => crate::ws::serve(sock, peer, None, slot, path, ctx).await,
-            ListenerProtocol::Mqtt | ListenerProtocol::Mqtts => crate::conn::run(sock, peer, None, slot, ctx).await,
+            ListenerProtocol::Mqtt | ListenerProtocol::Mqtts => {
+                crate::conn::run(sock, peer, None, slot, None, ctx).await
+            }
         }
         return;
     };
@@ -524,6 +531,6 @@ async fn serve_socket(
     if protocol.is_ws() {
         crate::ws::serve(stream, peer, identity, slot, path, ctx).await;
     } else {
-        crate::conn::run(stream, peer, identity, slot, ctx).await;
+        crate::conn::run(stream, peer, identity, slot, None, ctx).await;
     }
 }

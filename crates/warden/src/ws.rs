@@ -100,7 +100,7 @@ pub async fn serve<S>(
         }
         let _ = sink.close().await;
     };
-    let mqtt = crate::conn::run(mqtt_side, peer, cert, slot, ctx);
+    let mqtt = crate::conn::run(mqtt_side, peer, cert, slot, None, ctx);
     // The MQTT side ends first in every orderly case; its end closes the duplex, which ends
     // the outbound pump; the inbound pump ends with the socket.
     tokio::join!(mqtt, outbound, async {

@@ -1,0 +1,286 @@
+//! Parking idle connections: a plain-TCP connection with nothing to read, write or wait for
+//! gives up its task.
+//!
+//! Why: a tokio task per connection costs its task cell (the driver's future, ≈ 1.3 KB) and its
+//! I/O registration (256 B) for as long as the connection lives, even when the client only
+//! sends a PINGREQ a minute. A broker holding a fleet of mostly idle devices pays that per
+//! device. After `idle_park_after` of quiet (`[limits]`), the driver ends its task and leaves
+//! a [`Parked`] record — the core connection and the socket — in the connection's
+//! [`ConnWaker`]; the socket is watched by one thread for the whole broker (one `epoll` set,
+//! through `mio`), together with a heap of the parked connections' keep-alive and token
+//! deadlines.
+//!
+//! Anything that would have woken the task resumes it instead: input on the socket (or its
+//! end), a delivery from the core, an administrator's or a token revocation's end signal,
+//! shutdown, or a deadline. Resuming takes the record out of the waker, takes the socket out of
+//! the parking thread's set and spawns a new driver task, which finds the connection exactly as
+//! it was left (its keep-alive deadline included) and sorts out what woke it the same way a
+//! running driver does.
+//!
+//! The race between parking and waking is settled by [`ConnWaker`]'s state: a wake sets
+//! `WOKEN` and, if it finds `PARKED`, takes the record under the lock; the driver stores the
+//! record under the same lock and parks only if `WOKEN` is not set (a wake since it last
+//! looked). Either the wake sees the record, or the driver sees the wake.
+
+use std::cmp::Reverse;
+use std::collections::BinaryHeap;
+use std::os::fd::AsRawFd;
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU8, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
+
+use futures_util::task::AtomicWaker;
+use mio::unix::SourceFd;
+use mio::{Events, Interest, Token};
+use parking_lot::Mutex;
+use slab::Slab;
+use warden_core::Wake;
+
+/// Something woke the connection since its driver last looked.
+const WOKEN: u8 = 1;
+/// The connection is parked: its record is in [`ConnWaker::parked`].
+const PARKED: u8 = 2;
+
+/// A connection's single wake-up: the core (deliveries, a take-over), the admin registry and
+/// the token registry (end signals) and the parking thread (input, deadlines) all call
+/// [`Wake::wake`]; a running driver waits for it with [`ConnWaker::woken`], a parked one is
+/// resumed by it.
+pub struct ConnWaker {
+    state: AtomicU8,
+    task: AtomicWaker,
+    parked: Mutex<Option<Box<Parked>>>,
+}
+
+impl Default for ConnWaker {
+    fn default() -> Self {
+        ConnWaker { state: AtomicU8::new(0), task: AtomicWaker::new(), parked: Mutex::new(None) }
+    }
+}
+
+impl Wake for ConnWaker {
+    fn wake(&self) {
+        let prev = self.state.fetch_or(WOKEN, Ordering::AcqRel);
+        if prev & PARKED != 0 {
+            let record = {
+                let mut slot = self.parked.lock();
+                self.state.fetch_and(!PARKED, Ordering::AcqRel);
+                slot.take()
+            };
+            // `None`: another wake resumed it first.
+            if let Some(p) = record {
+                p.resume();
+            }
+        } else if prev & WOKEN == 0 {
+            self.task.wake();
+        }
+    }
+}
+
+impl ConnWaker {
+    /// Resolves once the connection was woken since the last time this resolved.
+    pub fn woken(&self) -> impl std::future::Future<Output = ()> + Send + '_ {
+        std::future::poll_fn(move |cx: &mut Context<'_>| {
+            if self.state.load(Ordering::Acquire) & WOKEN == 0 {
+                self.task.register(cx.waker());
+                if self.state.load(Ordering::Acquire) & WOKEN == 0 {
+                    return Poll::Pending;
+                }
+            }
+            self.state.fetch_and(!WOKEN, Ordering::AcqRel);
+            Poll::Ready(())
+        })
+    }
+
+    /// Leave `record` here unless a wake came since the driver last looked; `Err` gives it back
+    /// (the caller resumes it).
+    fn try_park(&self, record: Box<Parked>) -> Result<(), Box<Parked>> {
+        let mut slot = self.parked.lock();
+        match self.state.compare_exchange(0, PARKED, Ordering::AcqRel, Ordering::Acquire) {
+            Ok(_) => {
+                *slot = Some(record);
+                // The ended task's waker would keep its cell (the whole driver future) alive.
+                drop(self.task.take());
+                Ok(())
+            }
+            Err(_) => Err(record),
+        }
+    }
+}
+
+/// A parked connection: what its driver needs to go on, and its socket.
+pub struct Parked {
+    /// The connection's state (core connection, registrations, deadlines).
+    pub core: crate::conn::Core,
+    /// The socket, registered with the parking thread under `token`.
+    pub stream: std::net::TcpStream,
+    token: Token,
+    lot: Arc<ParkingLot>,
+}
+
+impl Parked {
+    /// Take the socket out of the parking set and spawn a driver for the connection again.
+    fn resume(self: Box<Self>) {
+        let Parked { core, stream, token, lot } = *self;
+        tracing::trace!(token = token.0, "resuming a parked connection");
+        lot.forget(&stream, token);
+        lot.parked.fetch_sub(1, Ordering::Relaxed);
+        lot.handle.spawn(crate::conn::resume(core, stream));
+    }
+}
+
+/// One entry per parked socket.
+struct Entry {
+    generation: u32,
+    waker: Arc<ConnWaker>,
+}
+
+/// The parking lot: one `epoll` set watched by one thread, and the parked connections'
+/// deadlines.
+pub struct ParkingLot {
+    registry: mio::Registry,
+    /// Interrupts the thread's wait (stop, an earlier deadline).
+    interrupt: mio::Waker,
+    entries: Mutex<Slab<Entry>>,
+    deadlines: Mutex<BinaryHeap<Reverse<(Instant, Token)>>>,
+    generation: AtomicU32,
+    stop: AtomicBool,
+    parked: AtomicUsize,
+    /// Resumed drivers are spawned here.
+    handle: tokio::runtime::Handle,
+    /// Quiet this long before a connection parks.
+    pub after: Duration,
+}
+
+const INTERRUPT: Token = Token(usize::MAX);
+
+impl ParkingLot {
+    /// Start the parking thread; connections quiet for `after` park (from within a tokio
+    /// runtime: resumed drivers are spawned on it).
+    pub fn start(after: Duration) -> std::io::Result<Arc<ParkingLot>> {
+        let poll = mio::Poll::new()?;
+        let registry = poll.registry().try_clone()?;
+        let interrupt = mio::Waker::new(poll.registry(), INTERRUPT)?;
+        let lot = Arc::new(ParkingLot {
+            registry,
+            interrupt,
+            entries: Mutex::new(Slab::new()),
+            deadlines: Mutex::new(BinaryHeap::new()),
+            generation: AtomicU32::new(0),
+            stop: AtomicBool::new(false),
+            parked: AtomicUsize::new(0),
+            handle: tokio::runtime::Handle::current(),
+            after,
+        });
+        let shared = lot.clone();
+        std::thread::Builder::new().name("warden-parking".into()).spawn(move || shared.run(poll))?;
+        Ok(lot)
+    }
+
+    /// Connections parked now.
+    pub fn parked(&self) -> usize {
+        self.parked.load(Ordering::Relaxed)
+    }
+
+    /// Stop the thread (parked connections are resumed by their end signals first).
+    pub fn stop(&self) {
+        self.stop.store(true, Ordering::Release);
+        let _ = self.interrupt.wake();
+    }
+
+    /// Park `core` with `stream`: the task that drove it ends after this. The connection is
+    /// resumed at once if something woke it meanwhile, or if the socket cannot be watched.
+    pub fn park(self: &Arc<Self>, core: crate::conn::Core, stream: std::net::TcpStream, deadline: Option<Instant>) {
+        let waker = core.waker().clone();
+        let generation = self.generation.fetch_add(1, Ordering::Relaxed);
+        let token = {
+            let mut entries = self.entries.lock();
+            let key = entries.insert(Entry { generation, waker: waker.clone() });
+            Token(key | (generation as usize) << 32)
+        };
+        if let Err(e) = self.registry.register(&mut SourceFd(&stream.as_raw_fd()), token, Interest::READABLE) {
+            tracing::debug!(error = %e, "cannot park a connection: it stays in a task");
+            self.entries.lock().remove(token.0 & 0xffff_ffff);
+            self.handle.spawn(crate::conn::resume(core, stream));
+            return;
+        }
+        if let Some(d) = deadline {
+            let mut heap = self.deadlines.lock();
+            let earliest = heap.peek().is_none_or(|Reverse((e, _))| d < *e);
+            heap.push(Reverse((d, token)));
+            drop(heap);
+            if earliest {
+                let _ = self.interrupt.wake();
+            }
+        }
+        self.parked.fetch_add(1, Ordering::Relaxed);
+        tracing::trace!(token = token.0, "parking a connection");
+        if let Err(record) = waker.try_park(Box::new(Parked { core, stream, token, lot: self.clone() })) {
+            record.resume();
+        }
+    }
+
+    /// Take `stream` out of the set.
+    fn forget(&self, stream: &std::net::TcpStream, token: Token) {
+        let _ = self.registry.deregister(&mut SourceFd(&stream.as_raw_fd()));
+        let mut entries = self.entries.lock();
+        let key = token.0 & 0xffff_ffff;
+        if entries.get(key).is_some_and(|e| e.generation as usize == token.0 >> 32) {
+            entries.remove(key);
+        }
+    }
+
+    /// The waker of the connection parked under `token`, if it still is.
+    fn waker_of(&self, token: Token) -> Option<Arc<ConnWaker>> {
+        let entries = self.entries.lock();
+        entries.get(token.0 & 0xffff_ffff).filter(|e| e.generation as usize == token.0 >> 32).map(|e| e.waker.clone())
+    }
+
+    fn run(&self, mut poll: mio::Poll) {
+        let mut events = Events::with_capacity(1024);
+        let mut due = Vec::new();
+        while !self.stop.load(Ordering::Acquire) {
+            let timeout = {
+                let heap = self.deadlines.lock();
+                heap.peek().map(|Reverse((d, _))| d.saturating_duration_since(Instant::now()))
+            };
+            if let Err(e) = poll.poll(&mut events, timeout) {
+                if e.kind() != std::io::ErrorKind::Interrupted {
+                    tracing::error!(error = %e, "parking thread: poll failed");
+                    std::thread::sleep(Duration::from_millis(100));
+                }
+                continue;
+            }
+            for ev in events.iter() {
+                if ev.token() != INTERRUPT {
+                    if let Some(w) = self.waker_of(ev.token()) {
+                        w.wake();
+                    }
+                }
+            }
+            let now = Instant::now();
+            {
+                let mut heap = self.deadlines.lock();
+                while heap.peek().is_some_and(|Reverse((d, _))| *d <= now) {
+                    if let Some(Reverse((_, t))) = heap.pop() {
+                        due.push(t);
+                    }
+                }
+                // Deadlines of connections resumed since are dropped when they come due; a heap
+                // much larger than the parked set is cleaned at once.
+                let live = self.parked.load(Ordering::Relaxed);
+                if heap.len() > 2 * live + 1024 {
+                    let entries = self.entries.lock();
+                    heap.retain(|Reverse((_, t))| {
+                        entries.get(t.0 & 0xffff_ffff).is_some_and(|e| e.generation as usize == t.0 >> 32)
+                    });
+                }
+            }
+            for t in due.drain(..) {
+                if let Some(w) = self.waker_of(t) {
+                    w.wake();
+                }
+            }
+        }
+    }
+}
