@@ -283,6 +283,8 @@ impl Broker {
         out: &mut BytesMut,
     ) -> Result<Connection, ConnectError> {
         let v = connect.protocol;
+        // One copy, shared by the connection, its session and the shell's registry.
+        let principal = Arc::new(principal);
         let client_max = connect.properties.maximum_packet_size.unwrap_or(u32::MAX);
         let refuse = |code: ReasonCode, out: &mut BytesMut| {
             inc(&self.stats.connections_refused);

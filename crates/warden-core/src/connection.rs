@@ -40,7 +40,8 @@ pub struct Connection {
     session: Arc<Session>,
     generation: u64,
     protocol: Protocol,
-    principal: Principal,
+    /// Shared with the session and the shell's registry of live connections.
+    principal: Arc<Principal>,
     client_id: Arc<str>,
     keep_alive: u16,
     client_receive_max: u16,
@@ -94,7 +95,7 @@ impl Connection {
         generation: u64,
         connect: Connect,
         client_id: Arc<str>,
-        principal: Principal,
+        principal: Arc<Principal>,
         keep_alive: u16,
         session_present: bool,
     ) -> Self {
@@ -166,6 +167,11 @@ impl Connection {
 
     /// The principal this connection authenticated as.
     pub fn principal(&self) -> &Principal {
+        &self.principal
+    }
+
+    /// The principal, to share (the shell's registry of live connections keeps it).
+    pub fn principal_arc(&self) -> &Arc<Principal> {
         &self.principal
     }
 

@@ -20,14 +20,13 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::sync::watch;
 use tracing::{debug, info};
 use warden_core::broker::write_connack;
-use warden_core::{Broker, Close, Connection, Wake};
+use warden_core::{Broker, Close, Connection};
 
 use crate::park::ConnWaker;
 
 use crate::auth::Authenticator;
 use crate::guard::Admitted;
 use crate::limits::{LogOnce, MemCharge, MemoryGauge, PublishLimiter, PublishLimits, Throttle};
-use crate::live::EndSignal;
 use crate::tls::CertIdentity;
 use warden_core::limits::hit;
 
@@ -110,15 +109,13 @@ pub struct LiveTokens {
 }
 
 /// A connection waiting on a token: its registration id and its revocation signal.
-type TokenWaiter = (u64, Arc<EndSignal>);
+type TokenWaiter = (u64, Arc<ConnWaker>);
 
 /// A connection's registration in [`LiveTokens`]; removed on drop.
 pub struct TokenRegistration {
     owner: Arc<LiveTokens>,
     jti: String,
     id: u64,
-    /// Ended (0x87) when the token is revoked.
-    pub signal: Arc<EndSignal>,
 }
 
 impl Drop for TokenRegistration {
@@ -135,18 +132,18 @@ impl Drop for TokenRegistration {
 
 impl LiveTokens {
     /// Register a connection using token `jti`; `waker` wakes it when the token is revoked.
-    pub fn register(self: &Arc<Self>, jti: &str, waker: Arc<dyn Wake>) -> TokenRegistration {
+    pub fn register(self: &Arc<Self>, jti: &str, conn: Arc<ConnWaker>) -> TokenRegistration {
         let id = self.next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        let signal = Arc::new(EndSignal::new(waker));
-        self.map.lock().entry(jti.to_owned()).or_default().push((id, signal.clone()));
-        TokenRegistration { owner: self.clone(), jti: jti.to_owned(), id, signal }
+        self.map.lock().entry(jti.to_owned()).or_default().push((id, conn));
+        TokenRegistration { owner: self.clone(), jti: jti.to_owned(), id }
     }
 
     /// Disconnect every connection that authenticated with token `jti`.
     pub fn revoke(&self, jti: &str) {
         if let Some(v) = self.map.lock().get(jti) {
-            for (_, signal) in v {
-                signal.end(ReasonCode::NOT_AUTHORIZED);
+            info!(connections = v.len(), "access token revoked: disconnecting");
+            for (_, conn) in v {
+                conn.end(ReasonCode::NOT_AUTHORIZED);
             }
         }
     }
@@ -647,11 +644,12 @@ async fn establish<S: Transport>(start: Box<Start<S>>) -> Option<Live<S::Read, S
             }
         };
     debug!(%peer, client_id = %conn.client_id(), principal = %principal, ?protocol, "client connected");
-    let registration = ctx.live.register(conn.client_id().clone(), principal.clone(), peer, protocol, notify.clone());
+    let registration =
+        ctx.live.register(conn.client_id().clone(), conn.principal_arc().clone(), peer, protocol, notify.clone());
     if *ctx.shutdown.borrow() {
         // Registered after the server told every live connection to end (it set the flag
         // first): end this one too.
-        registration.signal.end(ReasonCode::SERVER_SHUTTING_DOWN);
+        notify.end(ReasonCode::SERVER_SHUTTING_DOWN);
     }
     let limits =
         (token_deadline.is_some() || scram_user.is_some()).then(|| Box::new(Limits { token_deadline, scram_user }));
@@ -745,18 +743,7 @@ impl Reauth {
 
 async fn drive<R: ReadReady, W: AsyncWrite + Unpin>(l: &mut Live<R, W>) -> Driven {
     let Live { core, rd, wr, rbuf, wbuf } = l;
-    let Core {
-        conn,
-        notify,
-        ctx,
-        limits,
-        registration,
-        revocation,
-        keep_alive_deadline: deadline,
-        limiter,
-        parked_before,
-        ..
-    } = core;
+    let Core { conn, notify, ctx, limits, keep_alive_deadline: deadline, limiter, parked_before, .. } = core;
     let (notify, ctx): (&ConnWaker, &ConnContext) = (notify, ctx);
     let scram_user = limits.as_ref().and_then(|l| l.scram_user.clone());
     let token_deadline = limits.as_ref().and_then(|l| l.token_deadline);
@@ -933,19 +920,15 @@ async fn drive<R: ReadReady, W: AsyncWrite + Unpin>(l: &mut Live<R, W>) -> Drive
             // The core (deliveries, a take-over), an administrator, a token revocation and the
             // server's shutdown all wake the connection here: one wait instead of four.
             _ = notify.woken() => {
-                // The admin registry's signal (kick, ban, user disabled or deleted; shutdown)
-                // and the token registry's (revocation): looked at once per wake.
-                match registration.signal.reason() {
+                // The admin registry (kick, ban, user disabled or deleted; shutdown) and the
+                // token registry (revocation) end a connection through its wake-up.
+                match notify.end_reason() {
                     Some(ReasonCode::SERVER_SHUTTING_DOWN) => return Driven::Closed(conn.shutdown(wbuf)),
                     Some(reason) => {
-                        info!(client_id = %conn.client_id(), %reason, "disconnected by an administrator");
+                        info!(client_id = %conn.client_id(), %reason, "ended by an administrator, a ban or a token revocation");
                         return Driven::Closed(conn.disconnect(wbuf, reason));
                     }
                     None => {}
-                }
-                if revocation.as_ref().is_some_and(|r| r.signal.reason().is_some()) {
-                    info!(client_id = %conn.client_id(), "access token revoked: disconnecting");
-                    return Driven::Closed(conn.disconnect(wbuf, ReasonCode::NOT_AUTHORIZED));
                 }
                 match conn.pull(Instant::now(), wbuf, WRITE_BUDGET) {
                     Ok(m) => more = m,

@@ -3,7 +3,8 @@
 //!
 //! Each connection registers after its CONNACK and is removed when its task ends (the
 //! [`LiveRegistration`] guard). Ending a connection sets its reason and wakes its driver
-//! (`conn::drive`), which sends the v5 DISCONNECT with that reason and closes.
+//! ([`ConnWaker::end`]; a parked connection is resumed), which sends the v5 DISCONNECT with that
+//! reason and closes.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -12,42 +13,19 @@ use std::sync::Arc;
 
 use mqtt_codec::{Protocol, ReasonCode};
 use parking_lot::Mutex;
-use warden_core::Wake;
+
+use crate::park::ConnWaker;
 use warden_policy::{Principal, PrincipalKind};
-
-/// Tells a connection to end, and why. It wakes the connection's driver through the same
-/// waker as the core does (one wait in the driver for both; see `conn::drive`), and the
-/// driver then looks at [`EndSignal::reason`].
-pub struct EndSignal {
-    reason: Mutex<Option<ReasonCode>>,
-    waker: Arc<dyn Wake>,
-}
-
-impl EndSignal {
-    /// A signal that wakes the connection with `waker`.
-    pub fn new(waker: Arc<dyn Wake>) -> Self {
-        EndSignal { reason: Mutex::new(None), waker }
-    }
-
-    /// Ask the connection to end with `reason` (the first reason given wins).
-    pub fn end(&self, reason: ReasonCode) {
-        self.reason.lock().get_or_insert(reason);
-        self.waker.wake();
-    }
-
-    /// The reason, once [`EndSignal::end`] was called.
-    pub fn reason(&self) -> Option<ReasonCode> {
-        *self.reason.lock()
-    }
-}
 
 struct Entry {
     client_id: Arc<str>,
-    principal: Principal,
+    /// Shared with the connection and its session.
+    principal: Arc<Principal>,
     peer: SocketAddr,
     protocol: Protocol,
     connected_at: u64,
-    signal: Arc<EndSignal>,
+    /// Ended through its wake-up ([`ConnWaker::end`]).
+    conn: Arc<ConnWaker>,
 }
 
 /// Live connections by registration id.
@@ -62,8 +40,6 @@ pub struct LiveClients {
 pub struct LiveRegistration {
     owner: Arc<LiveClients>,
     id: u64,
-    /// Fires when an admin ends this connection.
-    pub signal: Arc<EndSignal>,
 }
 
 impl Drop for LiveRegistration {
@@ -85,23 +61,15 @@ impl LiveClients {
     pub fn register(
         self: &Arc<Self>,
         client_id: Arc<str>,
-        principal: Principal,
+        principal: Arc<Principal>,
         peer: SocketAddr,
         protocol: Protocol,
-        waker: Arc<dyn Wake>,
+        conn: Arc<ConnWaker>,
     ) -> LiveRegistration {
         let id = self.next.fetch_add(1, Ordering::Relaxed);
-        let signal = Arc::new(EndSignal::new(waker));
-        let entry = Entry {
-            client_id,
-            principal,
-            peer,
-            protocol,
-            connected_at: crate::tokens::unix_now(),
-            signal: signal.clone(),
-        };
+        let entry = Entry { client_id, principal, peer, protocol, connected_at: crate::tokens::unix_now(), conn };
         self.map.lock().insert(id, Box::new(entry));
-        LiveRegistration { owner: self.clone(), id, signal }
+        LiveRegistration { owner: self.clone(), id }
     }
 
     /// The connected clients, sorted by client id.
@@ -133,7 +101,7 @@ impl LiveClients {
         let map = self.map.lock();
         let mut n = 0;
         for e in map.values().filter(|e| pred(&e.client_id, &e.principal, &e.peer)) {
-            e.signal.end(reason);
+            e.conn.end(reason);
             n += 1;
         }
         n

@@ -33,6 +33,7 @@ use std::time::{Duration, Instant};
 use futures_util::task::AtomicWaker;
 use mio::unix::SourceFd;
 use mio::{Events, Interest, Token};
+use mqtt_codec::ReasonCode;
 use parking_lot::Mutex;
 use slab::Slab;
 use warden_core::Wake;
@@ -48,13 +49,16 @@ const PARKED: u8 = 2;
 /// resumed by it.
 pub struct ConnWaker {
     state: AtomicU8,
+    /// Why the connection must end (a reason code; 0: it need not): set by the admin registry
+    /// (kick, ban, user disabled or deleted, shutdown) and the token registry (revocation).
+    end: AtomicU8,
     task: AtomicWaker,
     parked: Mutex<Option<Box<Parked>>>,
 }
 
 impl Default for ConnWaker {
     fn default() -> Self {
-        ConnWaker { state: AtomicU8::new(0), task: AtomicWaker::new(), parked: Mutex::new(None) }
+        ConnWaker { state: AtomicU8::new(0), end: AtomicU8::new(0), task: AtomicWaker::new(), parked: Mutex::new(None) }
     }
 }
 
@@ -78,6 +82,20 @@ impl Wake for ConnWaker {
 }
 
 impl ConnWaker {
+    /// Ask the connection to end with `reason` (the first reason given wins) and wake it.
+    pub fn end(&self, reason: ReasonCode) {
+        let _ = self.end.compare_exchange(0, reason.0.max(1), Ordering::AcqRel, Ordering::Acquire);
+        self.wake();
+    }
+
+    /// The reason given to [`ConnWaker::end`], once it was called.
+    pub fn end_reason(&self) -> Option<ReasonCode> {
+        match self.end.load(Ordering::Acquire) {
+            0 => None,
+            r => Some(ReasonCode(r)),
+        }
+    }
+
     /// Resolves once the connection was woken since the last time this resolved.
     pub fn woken(&self) -> impl std::future::Future<Output = ()> + Send + '_ {
         std::future::poll_fn(move |cx: &mut Context<'_>| {
