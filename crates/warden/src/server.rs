@@ -430,6 +430,11 @@ impl Server {
         })
     }
 
+    /// Connections parked now (idle, without a task; see [`crate::park`]).
+    pub fn parked_connections(&self) -> usize {
+        self.parking.as_ref().map_or(0, |p| p.parked())
+    }
+
     /// The address of the first listener of this kind.
     pub fn addr(&self, protocol: ListenerProtocol) -> Option<SocketAddr> {
         self.listeners.iter().find(|l| l.protocol == protocol).map(|l| l.addr)
