@@ -180,11 +180,11 @@ impl Broker {
     /// store ticket (0 when nothing was stored or nothing needs to wait).
     pub(crate) fn save_session(&self, s: &Session) -> u64 {
         let Some(store) = &self.store else { return 0 };
-        let mut st = s.state.lock();
+        let st = s.state.lock();
         if st.expiry_interval == 0 || s.is_ended() {
             return 0;
         }
-        st.persisted = true;
+        s.set_persisted(true);
         let rec = s.record(&st);
         // Submitted under the session lock, so records reach the store in the order of changes.
         store.submit(PersistOp::Session(Box::new(rec)))
@@ -206,7 +206,7 @@ impl Broker {
             let s = Arc::new(Session::new(rs.sid, rs.client_id.clone(), rs.owner, rs.expiry_interval));
             {
                 let mut st = s.state.lock();
-                st.persisted = true;
+                s.set_persisted(true);
                 st.disconnected_at = Some(now.checked_sub(rs.disconnected_for).unwrap_or(now));
                 st.inbound_qos2 = rs.inbound_qos2.into_iter().collect();
                 let mut trie = self.subs.write();
@@ -428,7 +428,7 @@ impl Broker {
             let filters: Vec<_> = st.subscriptions.drain().map(|(_, sub)| sub.filter).collect();
             st.queue.clear();
             st.inflight.clear();
-            if std::mem::take(&mut st.persisted) {
+            if s.set_persisted(false) {
                 if let Some(store) = &self.store {
                     store.submit(PersistOp::SessionEnd { sid: s.id });
                 }

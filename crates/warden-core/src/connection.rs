@@ -322,7 +322,7 @@ impl Connection {
             Packet::PubRel(a) => {
                 let (existed, persistent) = {
                     let mut st = self.session.state.lock();
-                    (st.inbound_qos2.remove(&a.packet_id), st.persisted)
+                    (st.inbound_qos2.remove(&a.packet_id), self.session.is_persisted())
                 };
                 if existed {
                     self.inbound_qos2(a.packet_id, false, persistent);
@@ -443,7 +443,7 @@ impl Connection {
             }
             if !(denied && self.protocol == Protocol::V5) {
                 st.inbound_qos2.insert(packet_id);
-                let persistent = st.persisted;
+                let persistent = self.session.is_persisted();
                 drop(st);
                 self.inbound_qos2(packet_id, true, persistent);
             }

@@ -1,7 +1,7 @@
 //! Session state that outlives a network connection (§4.1): subscriptions, queued and
 //! in-flight outbound messages, inbound QoS 2 packet ids, and the link to the live connection.
 
-use std::collections::{HashMap, HashSet, VecDeque};
+use std::collections::{HashSet, VecDeque};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
@@ -85,7 +85,7 @@ pub struct SessionState {
     /// The live connection, if any.
     pub conn: Option<ConnLink>,
     /// Subscriptions by filter string.
-    pub subscriptions: HashMap<Arc<str>, Subscription>,
+    pub subscriptions: foldhash::HashMap<Arc<str>, Subscription>,
     /// Messages waiting to be sent (with their count and bytes charged).
     pub queue: Queue,
     /// Sent QoS 1/2 messages awaiting acknowledgement, in send order (acks mostly arrive in
@@ -102,10 +102,6 @@ pub struct SessionState {
     /// Will waiting for its delay. Boxed: a `LastWill` is some 400 bytes, and every session
     /// (an idle connection's included) would carry the room for one.
     pub pending_will: Option<Box<PendingWill>>,
-    /// Messages dropped because the queue was full.
-    pub dropped: u64,
-    /// The session has a record in the store (it must be removed when the session ends).
-    pub persisted: bool,
     /// Every in-flight id was handed out by [`SessionState::alloc_packet_id`] in turn and is
     /// in `inflight` in that order (false after a restore until nothing is in flight).
     pub ids_in_order: bool,
@@ -126,6 +122,10 @@ pub struct Session {
     owner: RwLock<Arc<Principal>>,
     connected: AtomicBool,
     ended: AtomicBool,
+    /// The session has a record in the store (it must be removed when the session ends).
+    /// Changed under the state lock; an atomic only because it fits here, where the state
+    /// (read on every enqueue) has no room left in its allocation size class.
+    persisted: AtomicBool,
     /// Mutable state.
     pub state: Mutex<SessionState>,
 }
@@ -139,9 +139,10 @@ impl Session {
             owner: RwLock::new(owner.into()),
             connected: AtomicBool::new(false),
             ended: AtomicBool::new(false),
+            persisted: AtomicBool::new(false),
             state: Mutex::new(SessionState {
                 conn: None,
-                subscriptions: HashMap::new(),
+                subscriptions: foldhash::HashMap::default(),
                 queue: Queue::default(),
                 inflight: VecDeque::new(),
                 inbound_qos2: Qos2Ids::default(),
@@ -149,8 +150,6 @@ impl Session {
                 expiry_interval,
                 disconnected_at: None,
                 pending_will: None,
-                dropped: 0,
-                persisted: false,
                 wake_batched: false,
                 ids_in_order: true,
             }),
@@ -177,6 +176,16 @@ impl Session {
     /// A resuming connection of the same identity brings its current grants.
     pub(crate) fn set_owner(&self, p: Arc<Principal>) {
         *self.owner.write() = p;
+    }
+
+    /// The session has a record in the store.
+    pub fn is_persisted(&self) -> bool {
+        self.persisted.load(Ordering::Relaxed)
+    }
+
+    /// Mark the session as stored (`true`) or its record as removed; returns the old value.
+    pub(crate) fn set_persisted(&self, v: bool) -> bool {
+        self.persisted.swap(v, Ordering::Relaxed)
     }
 
     /// True while a network connection is attached (lock-free hint for shared-subscription picks).
@@ -276,7 +285,6 @@ impl Session {
                 let parts = run.retain_split(|m| {
                     let cost = m.cost();
                     if len >= max_messages || bytes + cost > max_bytes {
-                        st.dropped += 1;
                         n.dropped += 1;
                         return false;
                     }
@@ -314,7 +322,6 @@ impl Session {
             return Offered::Skipped;
         }
         if st.queue.len() >= max_messages || st.queue.bytes() + d.msg.cost() > max_bytes {
-            st.dropped += 1;
             return Offered::Dropped;
         }
         if let Some(store) = store.filter(|_| d.qos != QoS::AtMostOnce && st.expiry_interval > 0) {

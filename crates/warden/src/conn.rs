@@ -362,7 +362,6 @@ pub struct Core {
     conn: Connection,
     notify: Arc<ConnWaker>,
     ctx: Arc<ConnContext>,
-    peer: SocketAddr,
     /// Boxed: only token- and SCRAM-authenticated connections have limits of their own.
     limits: Option<Box<Limits>>,
     /// Removed from the admin registry and the token registry when the connection ends; the
@@ -476,7 +475,9 @@ enum Driven {
 async fn finish<R: ReadReady, W: AsyncWrite + Unpin + Send>(l: Live<R, W>, close: Close) {
     // The rest of `l` (the admission slot among it) is dropped once the session is closed.
     let Live { core, mut wr, wbuf, .. } = l;
-    let Core { mut conn, ctx, peer, registration, revocation, .. } = core;
+    let Core { mut conn, ctx, registration, revocation, .. } = core;
+    // The peer address is kept once, in the registry.
+    let peer = registration.peer();
     drop(revocation);
     drop(registration);
     // Messages accepted in the last batch are routed now, and their acknowledgements (already
@@ -488,7 +489,7 @@ async fn finish<R: ReadReady, W: AsyncWrite + Unpin + Send>(l: Live<R, W>, close
         let _ = tokio::time::timeout(Duration::from_secs(1), wr.write_all(&wbuf)).await;
     }
     let _ = tokio::time::timeout(Duration::from_secs(1), wr.shutdown()).await;
-    debug!(%peer, client_id = %conn.client_id(), reason = %close.reason, "client disconnected");
+    debug!(?peer, client_id = %conn.client_id(), reason = %close.reason, "client disconnected");
     conn.closed(close, Instant::now());
 }
 
@@ -658,7 +659,6 @@ async fn establish<S: Transport>(start: Box<Start<S>>) -> Option<Live<S::Read, S
         conn,
         notify,
         ctx,
-        peer,
         limits,
         registration,
         revocation,

@@ -42,6 +42,13 @@ pub struct LiveRegistration {
     id: u64,
 }
 
+impl LiveRegistration {
+    /// The connection's peer address.
+    pub fn peer(&self) -> Option<SocketAddr> {
+        self.owner.map.lock().get(&self.id).map(|e| e.peer)
+    }
+}
+
 impl Drop for LiveRegistration {
     fn drop(&mut self) {
         self.owner.map.lock().remove(&self.id);
