@@ -404,16 +404,8 @@ impl Broker {
         }
         inc(&self.stats.connections_total);
         write_connack(v, session_present, ReasonCode::SUCCESS, props, client_max, out);
-        let mut conn = Connection::new(
-            self.clone(),
-            session,
-            generation,
-            connect,
-            client_id,
-            principal,
-            keep_alive,
-            session_present,
-        );
+        let mut conn =
+            Connection::new(self.clone(), session, generation, connect, principal, keep_alive, session_present);
         conn.add_durable(durable);
         Ok(conn)
     }

@@ -42,7 +42,6 @@ pub struct Connection {
     protocol: Protocol,
     /// Shared with the session and the shell's registry of live connections.
     principal: Arc<Principal>,
-    client_id: Arc<str>,
     keep_alive: u16,
     client_receive_max: u16,
     client_max_packet: u32,
@@ -94,7 +93,6 @@ impl Connection {
         session: Arc<Session>,
         generation: u64,
         connect: Connect,
-        client_id: Arc<str>,
         principal: Arc<Principal>,
         keep_alive: u16,
         session_present: bool,
@@ -109,7 +107,6 @@ impl Connection {
             connect_expiry_zero: connect.protocol == Protocol::V5 && p.session_expiry_interval.unwrap_or(0) == 0,
             will: connect.will.map(Box::new),
             keep_alive,
-            client_id,
             principal,
             session,
             broker,
@@ -162,7 +159,8 @@ impl Connection {
 
     /// The client identifier (assigned if the client sent none).
     pub fn client_id(&self) -> &Arc<str> {
-        &self.client_id
+        // The session's: a connection's client id is its session's key.
+        &self.session.client_id
     }
 
     /// The principal this connection authenticated as.
@@ -217,7 +215,7 @@ impl Connection {
 
     /// [`Self::authorize`] with a policy the caller already holds.
     fn authorize_with(&self, authz: &dyn Authorizer, action: Action, topic: &str) -> Decision {
-        let d = authz.authorize(&self.principal, &self.client_id, action, topic);
+        let d = authz.authorize(&self.principal, &self.session.client_id, action, topic);
         if !d.is_allowed() {
             self.broker.stats.denied.fetch_add(1, Ordering::Relaxed);
         }

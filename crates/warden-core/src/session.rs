@@ -430,6 +430,14 @@ mod tests {
     use super::*;
     use proptest::prelude::*;
 
+    /// Every connected or idle client holds one session: with its reference counts it fits
+    /// mimalloc's 256-byte class. A field added here moves every session up to the 320 class.
+    #[cfg(target_pointer_width = "64")]
+    #[test]
+    fn a_session_stays_in_its_size_class() {
+        assert!(std::mem::size_of::<Session>() <= 240, "Session is {} bytes", std::mem::size_of::<Session>());
+    }
+
     fn inflight(id: u16) -> (u16, Inflight) {
         let msg = Arc::new(Message::for_test("t", b"", QoS::AtLeastOnce, false));
         let delivery = Delivery { msg, qos: QoS::AtLeastOnce, retain: false, sub_ids: vec![], policy_gen: 0, seq: 0 };

@@ -39,10 +39,10 @@ pub struct Principal {
     /// The user name, certificate identity or token subject (`anonymous` for anonymous).
     pub name: Arc<str>,
     /// Role names granted (RBAC), empty until the authorization issue uses them.
-    pub roles: Vec<Arc<str>>,
+    pub roles: Box<[Arc<str>]>,
     /// OAuth scopes granted by an access token (`mqtt:pub:<filter>`, `mqtt:sub:<filter>`,
     /// role names); empty for other principals.
-    pub scopes: Vec<Arc<str>>,
+    pub scopes: Box<[Arc<str>]>,
     /// The `mqtt:` scopes compiled into rules (token principals only; an empty set grants
     /// nothing). See [`crate::authz::compile_scopes`].
     pub grants: Option<Arc<crate::acl::AclFile>>,
@@ -55,8 +55,8 @@ impl Principal {
             kind: PrincipalKind::Anonymous,
             // One shared name: every anonymous connection would otherwise allocate its own.
             name: ANONYMOUS.get_or_init(|| Arc::from("anonymous")).clone(),
-            roles: Vec::new(),
-            scopes: Vec::new(),
+            roles: Box::default(),
+            scopes: Box::default(),
             grants: None,
         }
     }
@@ -66,8 +66,8 @@ impl Principal {
         Principal {
             kind: PrincipalKind::User,
             name: Arc::from(name),
-            roles: Vec::new(),
-            scopes: Vec::new(),
+            roles: Box::default(),
+            scopes: Box::default(),
             grants: None,
         }
     }
@@ -77,8 +77,8 @@ impl Principal {
         Principal {
             kind: PrincipalKind::Certificate,
             name: Arc::from(name),
-            roles: Vec::new(),
-            scopes: Vec::new(),
+            roles: Box::default(),
+            scopes: Box::default(),
             grants: None,
         }
     }
@@ -86,7 +86,13 @@ impl Principal {
     /// A principal authenticated by an access token (its subject), with the token's grants.
     pub fn token(subject: &str, roles: Vec<Arc<str>>, scopes: Vec<Arc<str>>) -> Self {
         let grants = Some(Arc::new(crate::authz::compile_scopes(&scopes)));
-        Principal { kind: PrincipalKind::Token, name: Arc::from(subject), roles, scopes, grants }
+        Principal {
+            kind: PrincipalKind::Token,
+            name: Arc::from(subject),
+            roles: roles.into(),
+            scopes: scopes.into(),
+            grants,
+        }
     }
 
     /// True when `other` is the same identity (so it may take over this principal's sessions).

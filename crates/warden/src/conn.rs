@@ -386,6 +386,11 @@ impl Core {
     pub fn waker(&self) -> &Arc<ConnWaker> {
         &self.notify
     }
+
+    /// Where the connection parks when idle (none when parking is off).
+    pub fn parking(&self) -> Option<&Arc<crate::park::ParkingLot>> {
+        self.ctx.parking.as_ref()
+    }
 }
 
 /// Drive one connection to its end. `cert` is what TLS proved about the client; `slot` is its
@@ -426,20 +431,13 @@ async fn live<S: Transport>(mut l: Live<S::Read, S::Write>) {
                             .flatten()
                             .min()
                             .map(|d| d.into_std());
-                        if let Some(lot) = core.ctx.parking.clone() {
-                            lot.park(core, stream, deadline);
+                        match core.ctx.parking.clone() {
+                            Some(lot) => lot.park(core, stream, deadline),
+                            None => lost(core, &"no parking lot"),
                         }
                         return;
                     }
-                    Ok(Err(e)) => {
-                        debug!(client_id = %core.conn.client_id(), error = %e, "socket lost while parking");
-                        let conn = core.conn;
-                        conn.closed(
-                            Close { reason: ReasonCode::UNSPECIFIED_ERROR, publish_will: true },
-                            Instant::now(),
-                        );
-                        return;
-                    }
+                    Ok(Err(e)) => return lost(core, &e),
                     Err((rd, wr)) => l = Live { core, rd, wr, rbuf, wbuf },
                 }
             }
@@ -455,12 +453,15 @@ pub async fn resume(core: Core, stream: std::net::TcpStream) {
             let l = Live { core, rd, wr, rbuf: BytesMut::new(), wbuf: BytesMut::new() };
             Box::pin(live::<tokio::net::TcpStream>(l)).await
         }
-        Err(e) => {
-            debug!(client_id = %core.conn.client_id(), error = %e, "parked socket lost");
-            let conn = core.conn;
-            conn.closed(Close { reason: ReasonCode::UNSPECIFIED_ERROR, publish_will: true }, Instant::now());
-        }
+        Err(e) => lost(core, &e),
     }
+}
+
+/// A connection whose socket was lost on its way into or out of the parking lot: its session
+/// sees it gone as after an I/O error (the will is published).
+pub fn lost(core: Core, why: &dyn std::fmt::Display) {
+    debug!(client_id = %core.conn.client_id(), error = %why, "socket lost while parking or resuming");
+    core.conn.closed(Close { reason: ReasonCode::UNSPECIFIED_ERROR, publish_will: true }, Instant::now());
 }
 
 /// How [`drive`] stopped.

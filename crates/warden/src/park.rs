@@ -133,17 +133,23 @@ pub struct Parked {
     /// The socket, registered with the parking thread under `token`.
     pub stream: std::net::TcpStream,
     token: Token,
-    lot: Arc<ParkingLot>,
 }
 
 impl Parked {
     /// Take the socket out of the parking set and spawn a driver for the connection again.
     fn resume(self: Box<Self>) {
-        let Parked { core, stream, token, lot } = *self;
+        let Parked { core, stream, token } = *self;
         tracing::trace!(token = token.0, "resuming a parked connection");
-        lot.forget(&stream, token);
-        lot.parked.fetch_sub(1, Ordering::Relaxed);
-        lot.handle.spawn(crate::conn::resume(core, stream));
+        // Always there: only a parking lot makes a `Parked` (the lot is not kept in the
+        // record: 8 bytes that would take it out of its allocation size class).
+        match core.parking().cloned() {
+            Some(lot) => {
+                lot.forget(&stream, token);
+                lot.parked.fetch_sub(1, Ordering::Relaxed);
+                lot.handle.spawn(crate::conn::resume(core, stream));
+            }
+            None => crate::conn::lost(core, &"no parking lot"),
+        }
     }
 }
 
@@ -233,7 +239,7 @@ impl ParkingLot {
         }
         self.parked.fetch_add(1, Ordering::Relaxed);
         tracing::trace!(token = token.0, "parking a connection");
-        if let Err(record) = waker.try_park(Box::new(Parked { core, stream, token, lot: self.clone() })) {
+        if let Err(record) = waker.try_park(Box::new(Parked { core, stream, token })) {
             record.resume();
         }
     }
@@ -300,5 +306,26 @@ impl ParkingLot {
                 }
             }
         }
+    }
+}
+
+#[cfg(all(test, target_pointer_width = "64"))]
+mod tests {
+    /// What an idle connection costs is mostly these two records and the session; each sits
+    /// at the top of an allocation size class (mimalloc: 224, 64). A field added here moves
+    /// every parked connection up a class: make room first (docs/PERFORMANCE.md, "Idle
+    /// connections park").
+    #[test]
+    fn the_parked_record_and_the_waker_stay_in_their_size_class() {
+        assert!(
+            std::mem::size_of::<super::Parked>() <= 224,
+            "Parked is {} bytes",
+            std::mem::size_of::<super::Parked>()
+        );
+        assert!(
+            std::mem::size_of::<super::ConnWaker>() <= 48,
+            "ConnWaker is {} bytes",
+            std::mem::size_of::<super::ConnWaker>()
+        );
     }
 }
