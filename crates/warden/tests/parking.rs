@@ -108,34 +108,31 @@ async fn a_parked_connection_is_kicked_and_shut_down() {
     assert_eq!(disconnect_reason(&seen), Some(ReasonCode::SERVER_SHUTTING_DOWN));
 }
 
+/// A v5 CONNECT whose will says `offline` on `status/<client id>`.
+fn with_will(client_id: &str) -> mqtt_codec::Connect {
+    let mut cp = connect_packet(V5, client_id, true);
+    cp.will = Some(mqtt_codec::LastWill {
+        topic: mqtt_codec::TopicName::new(&format!("status/{client_id}")).unwrap(),
+        payload: bytes::Bytes::from_static(b"offline"),
+        qos: QoS::AtMostOnce,
+        retain: false,
+        properties: Properties::default(),
+    });
+    cp
+}
+
 #[tokio::test]
 async fn a_parked_client_that_vanishes_sends_its_will() {
     // [MQTT-3.1.2-8]: the network connection closed without DISCONNECT: the will is published.
     let b = parking_broker().await;
     let (mut sub, _) = connected(b.addr(), connect_packet(V3, "watcher", true)).await;
     sub.subscribe(1, "status/#", QoS::AtMostOnce).await;
-    let mut cp = connect_packet(V5, "device-9", true);
-    cp.will = Some(mqtt_codec::LastWill {
-        topic: mqtt_codec::TopicName::new("status/device-9").unwrap(),
-        payload: bytes::Bytes::from_static(b"offline"),
-        qos: QoS::AtMostOnce,
-        retain: false,
-        properties: Properties::default(),
-    });
-    let (c, _) = connected(b.addr(), cp).await;
+    let (c, _) = connected(b.addr(), with_will("device-9")).await;
     until_parked(&b, 2).await;
     drop(c);
     assert_eq!(sub.expect_publish().await.payload.as_ref(), b"offline");
     // A normal DISCONNECT from a parked client discards its will [MQTT-3.1.2-10].
-    let mut cp = connect_packet(V5, "device-10", true);
-    cp.will = Some(mqtt_codec::LastWill {
-        topic: mqtt_codec::TopicName::new("status/device-10").unwrap(),
-        payload: bytes::Bytes::from_static(b"offline"),
-        qos: QoS::AtMostOnce,
-        retain: false,
-        properties: Properties::default(),
-    });
-    let (mut c, _) = connected(b.addr(), cp).await;
+    let (mut c, _) = connected(b.addr(), with_will("device-10")).await;
     until_parked(&b, 2).await;
     c.send(&Packet::Disconnect(Disconnect::new(ReasonCode::NORMAL_DISCONNECTION))).await;
     c.expect_closed_within(WAIT).await;
