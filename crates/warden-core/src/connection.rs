@@ -163,13 +163,9 @@ impl Connection {
         &self.session.client_id
     }
 
-    /// The principal this connection authenticated as.
-    pub fn principal(&self) -> &Principal {
-        &self.principal
-    }
-
-    /// The principal, to share (the shell's registry of live connections keeps it).
-    pub fn principal_arc(&self) -> &Arc<Principal> {
+    /// The principal this connection authenticated as (shared with its session; the shell's
+    /// registry of live connections keeps a clone).
+    pub fn principal(&self) -> &Arc<Principal> {
         &self.principal
     }
 
@@ -583,11 +579,12 @@ impl Connection {
             let mut alias = None;
             if self.client_alias_max > 0 {
                 let used = self.aliases.as_ref().map(|a| &a.outbound);
+                let in_use = used.map_or(0, HashMap::len);
                 if let Some(&a) = used.and_then(|o| o.get(&d.msg.topic)) {
                     alias = Some(a);
                     topic = "";
-                } else if used.map_or(0, HashMap::len) < usize::from(self.client_alias_max) {
-                    let a = used.map_or(0, HashMap::len) as u16 + 1;
+                } else if in_use < usize::from(self.client_alias_max) {
+                    let a = in_use as u16 + 1;
                     alias = Some(a);
                     new_alias = Some(a);
                 }

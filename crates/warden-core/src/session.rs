@@ -551,11 +551,6 @@ impl Qos2Ids {
         }
         removed
     }
-
-    /// The ids, in no order.
-    pub fn iter(&self) -> impl Iterator<Item = u16> + '_ {
-        self.0.iter().flat_map(|s| s.iter().copied())
-    }
 }
 
 impl FromIterator<u16> for Qos2Ids {

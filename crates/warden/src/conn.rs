@@ -431,7 +431,7 @@ async fn live<S: Transport>(mut l: Live<S::Read, S::Write>) {
                             .flatten()
                             .min()
                             .map(|d| d.into_std());
-                        match core.ctx.parking.clone() {
+                        match core.parking().cloned() {
                             Some(lot) => lot.park(core, stream, deadline),
                             None => lost(core, &"no parking lot"),
                         }
@@ -477,10 +477,9 @@ async fn finish<R: ReadReady, W: AsyncWrite + Unpin + Send>(l: Live<R, W>, close
     // The rest of `l` (the admission slot among it) is dropped once the session is closed.
     let Live { core, mut wr, wbuf, .. } = l;
     let Core { mut conn, ctx, registration, revocation, .. } = core;
-    // The peer address is kept once, in the registry.
-    let peer = registration.peer();
     drop(revocation);
-    drop(registration);
+    // The peer address is kept once, in the registry: read as the entry is removed.
+    let peer = registration.remove();
     // Messages accepted in the last batch are routed now, and their acknowledgements (already
     // in `wbuf`) leave only once what the store must keep for them is durable.
     conn.flush_wakes();
@@ -647,7 +646,7 @@ async fn establish<S: Transport>(start: Box<Start<S>>) -> Option<Live<S::Read, S
         };
     debug!(%peer, client_id = %conn.client_id(), principal = %principal, ?protocol, "client connected");
     let registration =
-        ctx.live.register(conn.client_id().clone(), conn.principal_arc().clone(), peer, protocol, notify.clone());
+        ctx.live.register(conn.client_id().clone(), conn.principal().clone(), peer, protocol, notify.clone());
     if *ctx.shutdown.borrow() {
         // Registered after the server told every live connection to end (it set the flag
         // first): end this one too.
@@ -746,8 +745,9 @@ async fn drive<R: ReadReady, W: AsyncWrite + Unpin>(l: &mut Live<R, W>) -> Drive
     let Live { core, rd, wr, rbuf, wbuf } = l;
     let Core { conn, notify, ctx, limits, keep_alive_deadline: deadline, limiter, parked_before, .. } = core;
     let (notify, ctx): (&ConnWaker, &ConnContext) = (notify, ctx);
-    let scram_user = limits.as_ref().and_then(|l| l.scram_user.clone());
-    let token_deadline = limits.as_ref().and_then(|l| l.token_deadline);
+    let limits = limits.as_deref();
+    let scram_user = limits.and_then(|l| l.scram_user.as_deref());
+    let token_deadline = limits.and_then(|l| l.token_deadline);
     let lost = Close { reason: ReasonCode::UNSPECIFIED_ERROR, publish_will: true };
     let protocol = conn.protocol();
     let keep_alive = keep_alive_span(conn);
@@ -788,7 +788,7 @@ async fn drive<R: ReadReady, W: AsyncWrite + Unpin>(l: &mut Live<R, W>) -> Drive
                 let before = rbuf.len();
                 match decode_cached(rbuf, protocol, ctx.max_packet_size, &mut last_topic) {
                     Ok(Some(Packet::Auth(a))) if scram_user.is_some() => {
-                        if let Err(code) = reauth.step(a, scram_user.as_deref().unwrap_or(""), &ctx.auth, wbuf) {
+                        if let Err(code) = reauth.step(a, scram_user.unwrap_or(""), &ctx.auth, wbuf) {
                             info!(client_id = %conn.client_id(), reason = %code, "re-authentication refused");
                             return Driven::Closed(conn.disconnect(wbuf, code));
                         }

@@ -38,20 +38,25 @@ pub struct LiveClients {
 
 /// A connection's registration; removed on drop.
 pub struct LiveRegistration {
-    owner: Arc<LiveClients>,
+    /// `None` once removed.
+    owner: Option<Arc<LiveClients>>,
     id: u64,
 }
 
 impl LiveRegistration {
-    /// The connection's peer address.
-    pub fn peer(&self) -> Option<SocketAddr> {
-        self.owner.map.lock().get(&self.id).map(|e| e.peer)
+    /// Remove the entry now; returns the connection's peer address.
+    pub fn remove(mut self) -> Option<SocketAddr> {
+        let owner = self.owner.take()?;
+        let entry = owner.map.lock().remove(&self.id);
+        entry.map(|e| e.peer)
     }
 }
 
 impl Drop for LiveRegistration {
     fn drop(&mut self) {
-        self.owner.map.lock().remove(&self.id);
+        if let Some(owner) = &self.owner {
+            owner.map.lock().remove(&self.id);
+        }
     }
 }
 
@@ -76,7 +81,7 @@ impl LiveClients {
         let id = self.next.fetch_add(1, Ordering::Relaxed);
         let entry = Entry { client_id, principal, peer, protocol, connected_at: crate::tokens::unix_now(), conn };
         self.map.lock().insert(id, Box::new(entry));
-        LiveRegistration { owner: self.clone(), id }
+        LiveRegistration { owner: Some(self.clone()), id }
     }
 
     /// The connected clients, sorted by client id.
@@ -105,13 +110,19 @@ impl LiveClients {
     /// End every connection for which `pred(client id, principal, peer)` holds; returns how
     /// many were told to end.
     pub fn end_where(&self, reason: ReasonCode, pred: impl Fn(&str, &Principal, &SocketAddr) -> bool) -> usize {
-        let map = self.map.lock();
-        let mut n = 0;
-        for e in map.values().filter(|e| pred(&e.client_id, &e.principal, &e.peer)) {
-            e.conn.end(reason);
-            n += 1;
+        // Ended outside the registry's lock: ending a parked connection resumes it (a task
+        // spawned, its socket moved back to tokio), and ending ones unregister meanwhile.
+        let ending: Vec<Arc<ConnWaker>> = self
+            .map
+            .lock()
+            .values()
+            .filter(|e| pred(&e.client_id, &e.principal, &e.peer))
+            .map(|e| e.conn.clone())
+            .collect();
+        for c in &ending {
+            c.end(reason);
         }
-        n
+        ending.len()
     }
 
     /// End every live connection (the server is shutting down: v5 DISCONNECT 0x8B).

@@ -159,6 +159,17 @@ struct Entry {
     waker: Arc<ConnWaker>,
 }
 
+/// A parked socket's token: its slab key in the low half, the entry's generation in the high
+/// half (an event or deadline for a key since reused is told apart).
+fn token_of(key: usize, generation: u32) -> Token {
+    Token(key | (generation as usize) << 32)
+}
+
+/// The entry `token` names, while it is still the one parked under it.
+fn entry_of(entries: &Slab<Entry>, token: Token) -> Option<&Entry> {
+    entries.get(token.0 & 0xffff_ffff).filter(|e| e.generation as usize == token.0 >> 32)
+}
+
 /// The parking lot: one `epoll` set watched by one thread, and the parked connections'
 /// deadlines.
 pub struct ParkingLot {
@@ -220,11 +231,11 @@ impl ParkingLot {
         let token = {
             let mut entries = self.entries.lock();
             let key = entries.insert(Entry { generation, waker: waker.clone() });
-            Token(key | (generation as usize) << 32)
+            token_of(key, generation)
         };
         if let Err(e) = self.registry.register(&mut SourceFd(&stream.as_raw_fd()), token, Interest::READABLE) {
             tracing::debug!(error = %e, "cannot park a connection: it stays in a task");
-            self.entries.lock().remove(token.0 & 0xffff_ffff);
+            self.entries.lock().remove(token.0 & 0xffff_ffff); // the key just inserted
             self.handle.spawn(crate::conn::resume(core, stream));
             return;
         }
@@ -248,16 +259,14 @@ impl ParkingLot {
     fn forget(&self, stream: &std::net::TcpStream, token: Token) {
         let _ = self.registry.deregister(&mut SourceFd(&stream.as_raw_fd()));
         let mut entries = self.entries.lock();
-        let key = token.0 & 0xffff_ffff;
-        if entries.get(key).is_some_and(|e| e.generation as usize == token.0 >> 32) {
-            entries.remove(key);
+        if entry_of(&entries, token).is_some() {
+            entries.remove(token.0 & 0xffff_ffff);
         }
     }
 
     /// The waker of the connection parked under `token`, if it still is.
     fn waker_of(&self, token: Token) -> Option<Arc<ConnWaker>> {
-        let entries = self.entries.lock();
-        entries.get(token.0 & 0xffff_ffff).filter(|e| e.generation as usize == token.0 >> 32).map(|e| e.waker.clone())
+        entry_of(&self.entries.lock(), token).map(|e| e.waker.clone())
     }
 
     fn run(&self, mut poll: mio::Poll) {
@@ -295,9 +304,7 @@ impl ParkingLot {
                 let live = self.parked.load(Ordering::Relaxed);
                 if heap.len() > 2 * live + 1024 {
                     let entries = self.entries.lock();
-                    heap.retain(|Reverse((_, t))| {
-                        entries.get(t.0 & 0xffff_ffff).is_some_and(|e| e.generation as usize == t.0 >> 32)
-                    });
+                    heap.retain(|Reverse((_, t))| entry_of(&entries, *t).is_some());
                 }
             }
             for t in due.drain(..) {
