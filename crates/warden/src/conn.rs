@@ -364,11 +364,9 @@ pub struct Core {
     ctx: Arc<ConnContext>,
     /// Boxed: only token- and SCRAM-authenticated connections have limits of their own.
     limits: Option<Box<Limits>>,
-    /// Removed from the admin registry and the token registry when the connection ends; the
-    /// driver reads their end signals when it is woken.
+    /// Removed from the admin registry when the connection ends; the driver reads the end
+    /// signals (of the admin and the token registries) when it is woken.
     registration: crate::live::LiveRegistration,
-    /// Boxed: only token-authenticated connections have one.
-    revocation: Option<Box<TokenRegistration>>,
     /// The per-address admission slot, released when the connection ends.
     _slot: Option<Admitted>,
     _count: Option<ConnCount>,
@@ -476,9 +474,9 @@ enum Driven {
 async fn finish<R: ReadReady, W: AsyncWrite + Unpin + Send>(l: Live<R, W>, close: Close) {
     // The rest of `l` (the admission slot among it) is dropped once the session is closed.
     let Live { core, mut wr, wbuf, .. } = l;
-    let Core { mut conn, ctx, registration, revocation, .. } = core;
-    drop(revocation);
-    // The peer address is kept once, in the registry: read as the entry is removed.
+    let Core { mut conn, ctx, registration, limits, .. } = core;
+    drop(limits); // the token registration among them
+                  // The peer address is kept once, in the registry: read as the entry is removed.
     let peer = registration.remove();
     // Messages accepted in the last batch are routed now, and their acknowledgements (already
     // in `wbuf`) leave only once what the store must keep for them is durable.
@@ -627,11 +625,8 @@ async fn establish<S: Transport>(start: Box<Start<S>>) -> Option<Live<S::Read, S
         tokio::time::Instant::now() + Duration::from_secs(left)
     });
     let notify = Arc::new(ConnWaker::default());
-    let revocation = authed
-        .token
-        .as_ref()
-        .and_then(|t| t.jti.as_deref())
-        .map(|jti| Box::new(ctx.live_tokens.register(jti, notify.clone())));
+    let revocation =
+        authed.token.as_ref().and_then(|t| t.jti.as_deref()).map(|jti| ctx.live_tokens.register(jti, notify.clone()));
     let client_id_req = connect.client_id.clone();
     let conn =
         match ctx.broker.connect(*connect, principal.clone(), notify.clone(), enhanced_auth, Instant::now(), &mut wbuf)
@@ -652,8 +647,8 @@ async fn establish<S: Transport>(start: Box<Start<S>>) -> Option<Live<S::Read, S
         // first): end this one too.
         notify.end(ReasonCode::SERVER_SHUTTING_DOWN);
     }
-    let limits =
-        (token_deadline.is_some() || scram_user.is_some()).then(|| Box::new(Limits { token_deadline, scram_user }));
+    let limits = (token_deadline.is_some() || scram_user.is_some() || revocation.is_some())
+        .then(|| Box::new(Limits { token_deadline, scram_user, _revocation: revocation }));
     let keep_alive_deadline = keep_alive_span(&conn).map(|k| tokio::time::Instant::now() + k);
     let core = Core {
         conn,
@@ -661,7 +656,6 @@ async fn establish<S: Transport>(start: Box<Start<S>>) -> Option<Live<S::Read, S
         ctx,
         limits,
         registration,
-        revocation,
         _slot: slot,
         _count: count,
         keep_alive_deadline,
@@ -682,6 +676,9 @@ struct Limits {
     token_deadline: Option<tokio::time::Instant>,
     /// The user of a connection authenticated with SCRAM-SHA-256 (it may re-authenticate).
     scram_user: Option<String>,
+    /// The registration of a token-authenticated connection in the token registry (for
+    /// revocation), removed when the connection ends.
+    _revocation: Option<TokenRegistration>,
 }
 
 /// MQTT 5 re-authentication (§4.12.1) of a SCRAM-authenticated connection: AUTH 0x19

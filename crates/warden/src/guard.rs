@@ -15,8 +15,8 @@ use std::collections::hash_map::RandomState;
 use std::collections::{HashMap, VecDeque};
 use std::hash::BuildHasher;
 use std::net::IpAddr;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Weak};
 use std::time::{Duration, Instant};
 
 use parking_lot::Mutex;
@@ -29,7 +29,8 @@ const MAX_TRACKED: usize = 100_000;
 
 #[derive(Debug)]
 struct Peer {
-    live: usize,
+    /// Shared with this address's live connections ([`Admitted`]).
+    slot: Arc<PeerSlot>,
     tokens: f64,
     refilled: Instant,
     failures: VecDeque<Instant>,
@@ -84,41 +85,55 @@ struct UserFailures {
     until: Option<Instant>,
 }
 
-/// A live connection's slot; released on drop.
+/// One address's live connections, shared by them: a connection releases its slot with one
+/// atomic decrement, without the guard's lock, and holds a pointer, not the address.
 #[derive(Debug)]
-pub struct Admitted {
-    guard: Arc<Guard>,
+struct PeerSlot {
+    /// Weak: the guard's table holds the slot.
+    guard: Weak<Guard>,
     ip: IpAddr,
+    live: AtomicUsize,
 }
+
+/// A live connection's slot; released on drop. One pointer: every connection keeps one for
+/// its whole life, parked or not.
+#[derive(Debug)]
+pub struct Admitted(Arc<PeerSlot>);
 
 impl Drop for Admitted {
     fn drop(&mut self) {
-        if let Some(p) = self.guard.peers.lock().get_mut(&self.ip) {
-            p.live = p.live.saturating_sub(1);
-        }
+        self.0.live.fetch_sub(1, Ordering::AcqRel);
     }
 }
 
 impl Admitted {
+    fn guard(&self) -> Option<Arc<Guard>> {
+        self.0.guard.upgrade()
+    }
+
     /// Record a failed authentication from this connection's address; true when this failure
     /// started a ban.
     pub fn auth_failed(&self, now: Instant) -> bool {
-        self.guard.auth_failed(self.ip, now)
+        self.guard().is_some_and(|g| g.auth_failed(self.0.ip, now))
     }
 
     /// Is `user` backing off from this connection's address (refuse without hashing)?
     pub fn user_backing_off(&self, user: &str, now: Instant) -> bool {
-        self.guard.user_backing_off(self.ip, user, now)
+        self.guard().is_some_and(|g| g.user_backing_off(self.0.ip, user, now))
     }
 
     /// Record a failed authentication of `user` from this address.
     pub fn user_failed(&self, user: &str, now: Instant) {
-        self.guard.user_failed(self.ip, user, now);
+        if let Some(g) = self.guard() {
+            g.user_failed(self.0.ip, user, now);
+        }
     }
 
     /// `user` authenticated from this address: its failures are forgotten.
     pub fn user_succeeded(&self, user: &str) {
-        self.guard.user_succeeded(self.ip, user);
+        if let Some(g) = self.guard() {
+            g.user_succeeded(self.0.ip, user);
+        }
     }
 }
 
@@ -195,7 +210,7 @@ impl Guard {
             prune(&mut peers, now, self.ban.within);
         }
         let p = peers.entry(ip).or_insert_with(|| Peer {
-            live: 0,
+            slot: Arc::new(PeerSlot { guard: Arc::downgrade(self), ip, live: AtomicUsize::new(0) }),
             tokens: self.rate,
             refilled: now,
             failures: VecDeque::new(),
@@ -208,7 +223,8 @@ impl Guard {
             }
             p.banned_until = None;
         }
-        if p.live >= self.max_per_ip {
+        // Released without the lock (a decrement), taken under it: no admission races another.
+        if p.slot.live.load(Ordering::Acquire) >= self.max_per_ip {
             self.stats.too_many.fetch_add(1, Ordering::Relaxed);
             return Err(Refusal::TooManyConnections);
         }
@@ -220,8 +236,8 @@ impl Guard {
             return Err(Refusal::RateExceeded);
         }
         p.tokens -= 1.0;
-        p.live += 1;
-        Ok(Admitted { guard: self.clone(), ip })
+        p.slot.live.fetch_add(1, Ordering::AcqRel);
+        Ok(Admitted(p.slot.clone()))
     }
 
     /// Record a failed authentication from `ip`; bans it once the threshold is reached (and
@@ -252,7 +268,7 @@ impl Guard {
 /// Forget addresses with no live connection, no ban and no recent failure.
 fn prune(peers: &mut HashMap<IpAddr, Peer>, now: Instant, within: Duration) {
     peers.retain(|_, p| {
-        p.live > 0
+        p.slot.live.load(Ordering::Acquire) > 0
             || p.banned_until.is_some_and(|u| now < u)
             || p.failures.back().is_some_and(|t| now.saturating_duration_since(*t) <= within)
     });

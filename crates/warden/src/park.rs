@@ -27,10 +27,9 @@ use std::collections::BinaryHeap;
 use std::os::fd::AsRawFd;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU8, AtomicUsize, Ordering};
 use std::sync::Arc;
-use std::task::{Context, Poll};
+use std::task::{Context, Poll, Waker};
 use std::time::{Duration, Instant};
 
-use futures_util::task::AtomicWaker;
 use mio::unix::SourceFd;
 use mio::{Events, Interest, Token};
 use mqtt_codec::ReasonCode;
@@ -47,18 +46,41 @@ const PARKED: u8 = 2;
 /// the token registry (end signals) and the parking thread (input, deadlines) all call
 /// [`Wake::wake`]; a running driver waits for it with [`ConnWaker::woken`], a parked one is
 /// resumed by it.
+///
+/// 32 bytes: every connection has one for its whole life. The running task's waker and the
+/// parked record are never there at once, so they share one slot under one lock.
 pub struct ConnWaker {
     state: AtomicU8,
     /// Why the connection must end (a reason code; 0: it need not): set by the admin registry
     /// (kick, ban, user disabled or deleted, shutdown) and the token registry (revocation).
     end: AtomicU8,
-    task: AtomicWaker,
-    parked: Mutex<Option<Box<Parked>>>,
+    /// The generation of the parking lot's entry while parked (changed under the lot's entry
+    /// lock): an event or deadline for an entry since reused is told apart.
+    generation: AtomicU32,
+    slot: Mutex<Slot>,
+}
+
+/// Who waits for the connection's wake-up. No task waiting is a no-op waker: two variants
+/// fit in 16 bytes (the record's pointer sits beside the waker's non-null vtable pointer).
+enum Slot {
+    /// The running driver task.
+    Task(Waker),
+    /// Nothing runs: the record is resumed by the next wake.
+    Parked(Box<Parked>),
+}
+
+fn empty() -> Slot {
+    Slot::Task(Waker::noop().clone())
 }
 
 impl Default for ConnWaker {
     fn default() -> Self {
-        ConnWaker { state: AtomicU8::new(0), end: AtomicU8::new(0), task: AtomicWaker::new(), parked: Mutex::new(None) }
+        ConnWaker {
+            state: AtomicU8::new(0),
+            end: AtomicU8::new(0),
+            generation: AtomicU32::new(0),
+            slot: Mutex::new(empty()),
+        }
     }
 }
 
@@ -67,16 +89,34 @@ impl Wake for ConnWaker {
         let prev = self.state.fetch_or(WOKEN, Ordering::AcqRel);
         if prev & PARKED != 0 {
             let record = {
-                let mut slot = self.parked.lock();
+                let mut slot = self.slot.lock();
                 self.state.fetch_and(!PARKED, Ordering::AcqRel);
-                slot.take()
+                match std::mem::replace(&mut *slot, empty()) {
+                    Slot::Parked(p) => Some(p),
+                    // Another wake resumed it first, and its new task may be waiting already.
+                    other => {
+                        *slot = other;
+                        None
+                    }
+                }
             };
-            // `None`: another wake resumed it first.
             if let Some(p) = record {
-                p.resume();
+                (*p).resume();
             }
         } else if prev & WOKEN == 0 {
-            self.task.wake();
+            let task = {
+                let mut slot = self.slot.lock();
+                match std::mem::replace(&mut *slot, empty()) {
+                    Slot::Task(w) => Some(w),
+                    other => {
+                        *slot = other;
+                        None
+                    }
+                }
+            };
+            if let Some(w) = task {
+                w.wake();
+            }
         }
     }
 }
@@ -100,7 +140,15 @@ impl ConnWaker {
     pub fn woken(&self) -> impl std::future::Future<Output = ()> + Send + '_ {
         std::future::poll_fn(move |cx: &mut Context<'_>| {
             if self.state.load(Ordering::Acquire) & WOKEN == 0 {
-                self.task.register(cx.waker());
+                {
+                    let mut slot = self.slot.lock();
+                    match &*slot {
+                        Slot::Task(w) if w.will_wake(cx.waker()) => {}
+                        _ => *slot = Slot::Task(cx.waker().clone()),
+                    }
+                }
+                // A wake that set WOKEN before the waker was stored is seen here; one after
+                // it finds the waker.
                 if self.state.load(Ordering::Acquire) & WOKEN == 0 {
                     return Poll::Pending;
                 }
@@ -113,12 +161,12 @@ impl ConnWaker {
     /// Leave `record` here unless a wake came since the driver last looked; `Err` gives it back
     /// (the caller resumes it).
     fn try_park(&self, record: Box<Parked>) -> Result<(), Box<Parked>> {
-        let mut slot = self.parked.lock();
+        let mut slot = self.slot.lock();
         match self.state.compare_exchange(0, PARKED, Ordering::AcqRel, Ordering::Acquire) {
             Ok(_) => {
-                *slot = Some(record);
-                // The ended task's waker would keep its cell (the whole driver future) alive.
-                drop(self.task.take());
+                // Replaces the ended task's waker, which would keep its cell (the whole driver
+                // future) alive.
+                *slot = Slot::Parked(record);
                 Ok(())
             }
             Err(_) => Err(record),
@@ -137,8 +185,8 @@ pub struct Parked {
 
 impl Parked {
     /// Take the socket out of the parking set and spawn a driver for the connection again.
-    fn resume(self: Box<Self>) {
-        let Parked { core, stream, token } = *self;
+    fn resume(self) {
+        let Parked { core, stream, token } = self;
         tracing::trace!(token = token.0, "resuming a parked connection");
         // Always there: only a parking lot makes a `Parked` (the lot is not kept in the
         // record: 8 bytes that would take it out of its allocation size class).
@@ -153,21 +201,16 @@ impl Parked {
     }
 }
 
-/// One entry per parked socket.
-struct Entry {
-    generation: u32,
-    waker: Arc<ConnWaker>,
-}
-
 /// A parked socket's token: its slab key in the low half, the entry's generation in the high
 /// half (an event or deadline for a key since reused is told apart).
 fn token_of(key: usize, generation: u32) -> Token {
     Token(key | (generation as usize) << 32)
 }
 
-/// The entry `token` names, while it is still the one parked under it.
-fn entry_of(entries: &Slab<Entry>, token: Token) -> Option<&Entry> {
-    entries.get(token.0 & 0xffff_ffff).filter(|e| e.generation as usize == token.0 >> 32)
+/// The waker of the connection parked under `token`, while it still is (its generation is
+/// kept in the waker: a slab entry is one pointer).
+fn entry_of(entries: &Slab<Arc<ConnWaker>>, token: Token) -> Option<&Arc<ConnWaker>> {
+    entries.get(token.0 & 0xffff_ffff).filter(|w| w.generation.load(Ordering::Relaxed) as usize == token.0 >> 32)
 }
 
 /// The parking lot: one `epoll` set watched by one thread, and the parked connections'
@@ -176,8 +219,11 @@ pub struct ParkingLot {
     registry: mio::Registry,
     /// Interrupts the thread's wait (stop, an earlier deadline).
     interrupt: mio::Waker,
-    entries: Mutex<Slab<Entry>>,
-    deadlines: Mutex<BinaryHeap<Reverse<(Instant, Token)>>>,
+    /// One per parked socket, by the low half of its token.
+    entries: Mutex<Slab<Arc<ConnWaker>>>,
+    /// Deadlines in nanoseconds since `epoch` (16 bytes an entry, not 24), with their tokens.
+    deadlines: Mutex<BinaryHeap<Reverse<(u64, usize)>>>,
+    epoch: Instant,
     generation: AtomicU32,
     stop: AtomicBool,
     parked: AtomicUsize,
@@ -201,6 +247,7 @@ impl ParkingLot {
             interrupt,
             entries: Mutex::new(Slab::new()),
             deadlines: Mutex::new(BinaryHeap::new()),
+            epoch: Instant::now(),
             generation: AtomicU32::new(0),
             stop: AtomicBool::new(false),
             parked: AtomicUsize::new(0),
@@ -230,7 +277,8 @@ impl ParkingLot {
         let generation = self.generation.fetch_add(1, Ordering::Relaxed);
         let token = {
             let mut entries = self.entries.lock();
-            let key = entries.insert(Entry { generation, waker: waker.clone() });
+            waker.generation.store(generation, Ordering::Relaxed);
+            let key = entries.insert(waker.clone());
             token_of(key, generation)
         };
         if let Err(e) = self.registry.register(&mut SourceFd(&stream.as_raw_fd()), token, Interest::READABLE) {
@@ -240,9 +288,10 @@ impl ParkingLot {
             return;
         }
         if let Some(d) = deadline {
+            let d = self.nanos(d);
             let mut heap = self.deadlines.lock();
             let earliest = heap.peek().is_none_or(|Reverse((e, _))| d < *e);
-            heap.push(Reverse((d, token)));
+            heap.push(Reverse((d, token.0)));
             drop(heap);
             if earliest {
                 let _ = self.interrupt.wake();
@@ -251,7 +300,7 @@ impl ParkingLot {
         self.parked.fetch_add(1, Ordering::Relaxed);
         tracing::trace!(token = token.0, "parking a connection");
         if let Err(record) = waker.try_park(Box::new(Parked { core, stream, token })) {
-            record.resume();
+            (*record).resume();
         }
     }
 
@@ -266,7 +315,12 @@ impl ParkingLot {
 
     /// The waker of the connection parked under `token`, if it still is.
     fn waker_of(&self, token: Token) -> Option<Arc<ConnWaker>> {
-        entry_of(&self.entries.lock(), token).map(|e| e.waker.clone())
+        entry_of(&self.entries.lock(), token).cloned()
+    }
+
+    /// `t` in nanoseconds since the lot started (584 years fit).
+    fn nanos(&self, t: Instant) -> u64 {
+        u64::try_from(t.saturating_duration_since(self.epoch).as_nanos()).unwrap_or(u64::MAX)
     }
 
     fn run(&self, mut poll: mio::Poll) {
@@ -275,7 +329,7 @@ impl ParkingLot {
         while !self.stop.load(Ordering::Acquire) {
             let timeout = {
                 let heap = self.deadlines.lock();
-                heap.peek().map(|Reverse((d, _))| d.saturating_duration_since(Instant::now()))
+                heap.peek().map(|Reverse((d, _))| Duration::from_nanos(*d).saturating_sub(self.epoch.elapsed()))
             };
             if let Err(e) = poll.poll(&mut events, timeout) {
                 if e.kind() != std::io::ErrorKind::Interrupted {
@@ -291,12 +345,12 @@ impl ParkingLot {
                     }
                 }
             }
-            let now = Instant::now();
+            let now = self.nanos(Instant::now());
             {
                 let mut heap = self.deadlines.lock();
                 while heap.peek().is_some_and(|Reverse((d, _))| *d <= now) {
                     if let Some(Reverse((_, t))) = heap.pop() {
-                        due.push(t);
+                        due.push(Token(t));
                     }
                 }
                 // Deadlines of connections resumed since are dropped when they come due; a heap
@@ -304,7 +358,7 @@ impl ParkingLot {
                 let live = self.parked.load(Ordering::Relaxed);
                 if heap.len() > 2 * live + 1024 {
                     let entries = self.entries.lock();
-                    heap.retain(|Reverse((_, t))| entry_of(&entries, *t).is_some());
+                    heap.retain(|Reverse((_, t))| entry_of(&entries, Token(*t)).is_some());
                 }
             }
             for t in due.drain(..) {
@@ -319,18 +373,18 @@ impl ParkingLot {
 #[cfg(all(test, target_pointer_width = "64"))]
 mod tests {
     /// What an idle connection costs is mostly these two records and the session; each sits
-    /// at the top of an allocation size class (mimalloc: 224, 64). A field added here moves
+    /// at the top of an allocation size class (mimalloc: 192, 48 with the `Arc` counts). A field added here moves
     /// every parked connection up a class: make room first (docs/PERFORMANCE.md, "Idle
     /// connections park").
     #[test]
     fn the_parked_record_and_the_waker_stay_in_their_size_class() {
         assert!(
-            std::mem::size_of::<super::Parked>() <= 224,
+            std::mem::size_of::<super::Parked>() <= 192,
             "Parked is {} bytes",
             std::mem::size_of::<super::Parked>()
         );
         assert!(
-            std::mem::size_of::<super::ConnWaker>() <= 48,
+            std::mem::size_of::<super::ConnWaker>() <= 32,
             "ConnWaker is {} bytes",
             std::mem::size_of::<super::ConnWaker>()
         );
