@@ -43,8 +43,12 @@ const WRITE_BUDGET: usize = 64 * 1024;
 const WRITE_HIGH_WATER: usize = 1024 * 1024;
 
 /// A connection that has not parked yet parks after this much quiet (or `idle_park_after`,
-/// when shorter).
-const FIRST_PARK_AFTER: Duration = Duration::from_millis(100);
+/// when shorter). Short: during a burst of connections (a fleet coming back after a restart)
+/// the broker holds a task, a tokio I/O registration and buffers for every connection younger
+/// than this, and the allocator keeps much of that memory afterwards (measured at 10,000
+/// connections: 100 ms left 1.07 KB per connection, 20 ms 0.91 KB). A client that sends its
+/// SUBSCRIBE later than this pays one resume (about 10 µs).
+const FIRST_PARK_AFTER: Duration = Duration::from_millis(20);
 
 /// What every connection task shares.
 pub struct ConnContext {
