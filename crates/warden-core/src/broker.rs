@@ -23,7 +23,7 @@ use crate::message::Message;
 use crate::persist::{Persist, PersistOp, RestoredSession};
 use crate::queue::{Batch, DeliveryRef, Offer, Run};
 use crate::retained::RetainedStore;
-use crate::session::{ConnLink, Delivery, Inflight, PendingWill, Session, WakeBatch};
+use crate::session::{ConnLink, Delivery, Inflight, Moment, PendingWill, Session, WakeBatch};
 use crate::trie::{SubEntry, SubTrie, Target};
 use crate::Wake;
 
@@ -207,7 +207,7 @@ impl Broker {
             {
                 let mut st = s.state.lock();
                 s.set_persisted(true);
-                st.disconnected_at = Some(now.checked_sub(rs.disconnected_for).unwrap_or(now));
+                st.disconnected_at = Some(Moment::new(now.checked_sub(rs.disconnected_for).unwrap_or(now)));
                 st.inbound_qos2 = rs.inbound_qos2.into_iter().collect();
                 let mut trie = self.subs.write();
                 for sub in rs.subscriptions {
@@ -238,7 +238,7 @@ impl Broker {
                 st.next_packet_id = max_pid.checked_add(1).unwrap_or(1);
                 st.ids_in_order = st.inflight.is_empty();
             }
-            self.expiring.lock().insert(s.id, s.clone());
+            self.expiring.lock().insert(s.id(), s.clone());
             reg.insert(rs.client_id, s);
         }
     }
@@ -422,7 +422,7 @@ impl Broker {
             st.inflight.clear();
             if s.set_persisted(false) {
                 if let Some(store) = &self.store {
-                    store.submit(PersistOp::SessionEnd { sid: s.id });
+                    store.submit(PersistOp::SessionEnd { sid: s.id() });
                 }
             }
             (st.conn.take(), filters, st.pending_will.take().map(|p| p.will))
@@ -430,10 +430,10 @@ impl Broker {
         if !filters.is_empty() {
             let mut trie = self.subs.write();
             for f in filters {
-                trie.remove(f.shared().map(|(g, _)| g), f.match_filter(), s.id);
+                trie.remove(f.shared().map(|(g, _)| g), f.match_filter(), s.id());
             }
         }
-        self.expiring.lock().remove(&s.id);
+        self.expiring.lock().remove(&s.id());
         (conn.map(|c| c.waker), will)
     }
 
@@ -455,12 +455,12 @@ impl Broker {
         st.conn = None;
         s.set_connected(false);
         inc_gauge(&self.stats.clients_connected, -1);
-        st.disconnected_at = Some(now);
+        st.disconnected_at = Some(Moment::new(now));
         if st.expiry_interval == 0 {
             drop(st);
             {
                 let mut reg = self.sessions.lock();
-                if reg.get(&s.client_id).is_some_and(|r| r.id == s.id) {
+                if reg.get(&s.client_id).is_some_and(|r| r.id() == s.id()) {
                     reg.remove(&s.client_id);
                 }
                 // Ending under the registry lock: a concurrent CONNECT either attached first
@@ -484,7 +484,7 @@ impl Broker {
         }
         drop(st);
         self.save_session(s);
-        self.expiring.lock().insert(s.id, s.clone());
+        self.expiring.lock().insert(s.id(), s.clone());
         if let Some(w) = publish_now {
             self.publish_will(s, w, now);
         }
@@ -497,14 +497,14 @@ impl Broker {
             let mut st = s.state.lock();
             if st.conn.is_some() || s.is_ended() {
                 drop(st);
-                self.expiring.lock().remove(&s.id);
+                self.expiring.lock().remove(&s.id());
                 continue;
             }
             let will_due = st.pending_will.as_ref().is_some_and(|p| now >= p.due);
             let will = if will_due { st.pending_will.take().map(|p| p.will) } else { None };
             let expired = st.expiry_interval != u32::MAX
                 && st.disconnected_at.is_some_and(|d| {
-                    now.saturating_duration_since(d) >= Duration::from_secs(u64::from(st.expiry_interval))
+                    now.saturating_duration_since(d.instant()) >= Duration::from_secs(u64::from(st.expiry_interval))
                 });
             drop(st);
             if let Some(w) = will {
@@ -516,7 +516,7 @@ impl Broker {
                     if s.state.lock().conn.is_some() {
                         continue; // reconnected meanwhile
                     }
-                    if reg.get(&s.client_id).is_some_and(|r| r.id == s.id) {
+                    if reg.get(&s.client_id).is_some_and(|r| r.id() == s.id()) {
                         reg.remove(&s.client_id);
                     }
                     self.end_session_locked(&s).1
@@ -648,7 +648,7 @@ impl Broker {
                 part
             });
             for r in resolved {
-                let k = *slot.entry(r.session.id).or_insert_with(|| {
+                let k = *slot.entry(r.session.id()).or_insert_with(|| {
                     per_session.push((r.session.clone(), Vec::new()));
                     per_session.len() - 1
                 });
@@ -707,11 +707,11 @@ impl Broker {
         };
         let reusable = !targets.iter().any(|t| t.shared);
         // No Local: never send a client its own publication [MQTT-3.8.3-3].
-        targets.retain(|t| !(t.options.no_local && msg.origin == Some(t.session.id)));
+        targets.retain(|t| !(t.options.no_local && msg.origin == Some(t.session.id())));
         // Overlapping subscriptions of one session (several filters matched) are merged below,
         // which needs them adjacent; one matching filter has each session once: no sort.
         if lists > 1 && targets.len() > 1 {
-            targets.sort_unstable_by_key(|t| (t.session.id, t.shared));
+            targets.sort_unstable_by_key(|t| (t.session.id(), t.shared));
         }
         let mut out = Vec::with_capacity(targets.len());
         let mut denied = false;
@@ -723,7 +723,7 @@ impl Broker {
             let mut ids: Vec<u32> = t.id.into_iter().collect();
             let mut j = i + 1;
             if !t.shared {
-                while j < targets.len() && targets[j].session.id == t.session.id && !targets[j].shared {
+                while j < targets.len() && targets[j].session.id() == t.session.id() && !targets[j].shared {
                     qos = qos.max(targets[j].options.qos);
                     rap |= targets[j].options.retain_as_published;
                     ids.extend(targets[j].id);
@@ -763,7 +763,7 @@ impl Broker {
     pub(crate) fn unsubscribe(&self, s: &Arc<Session>, filter: &TopicFilter) -> bool {
         let existed = s.state.lock().subscriptions.remove(filter.as_str()).is_some();
         if existed {
-            self.subs.write().remove(filter.shared().map(|(g, _)| g), filter.match_filter(), s.id);
+            self.subs.write().remove(filter.shared().map(|(g, _)| g), filter.match_filter(), s.id());
         }
         existed
     }

@@ -133,7 +133,7 @@ impl Connection {
     fn delivery_done(&self, seq: u64) {
         if seq != 0 {
             if let Some(store) = self.broker.store() {
-                store.submit(PersistOp::DeliveryDone { sid: self.session.id, seq });
+                store.submit(PersistOp::DeliveryDone { sid: self.session.id(), seq });
             }
         }
     }
@@ -141,7 +141,7 @@ impl Connection {
     /// Record an inbound QoS 2 packet id (PUBREC sent) or its release (PUBREL received).
     fn inbound_qos2(&mut self, packet_id: u16, present: bool, persistent: bool) {
         if let Some(store) = self.broker.store().filter(|_| persistent) {
-            let t = store.submit(PersistOp::InboundQos2 { sid: self.session.id, packet_id, present });
+            let t = store.submit(PersistOp::InboundQos2 { sid: self.session.id(), packet_id, present });
             self.add_durable(t);
         }
     }
@@ -284,7 +284,7 @@ impl Connection {
                                 // PUBREL leaves once "released" is stored: after a crash the
                                 // message is never sent again, only its PUBREL [MQTT-4.3.3-?].
                                 let stage = Some((a.packet_id, OutStage::AwaitComp));
-                                ticket = store_delivery(store, self.session.id, &mut f.delivery, stage);
+                                ticket = store_delivery(store, self.session.id(), &mut f.delivery, stage);
                             }
                         }
                         drop(st);
@@ -454,7 +454,7 @@ impl Connection {
                 retain,
                 properties,
                 expires_at,
-                origin: Some(self.session.id),
+                origin: Some(self.session.id()),
                 persisted: Default::default(),
             }));
             p.pending_acked |= qos != QoS::AtMostOnce;
@@ -698,7 +698,7 @@ impl Connection {
             if let Some(store) = broker.store().filter(|_| st.expiry_interval > 0) {
                 // The packet id is stored with the message; a QoS 2 PUBLISH leaves only once
                 // that is durable, so it is never sent twice under two ids.
-                let t = store_delivery(store, self.session.id, &mut d, Some((packet_id, OutStage::AwaitAck)));
+                let t = store_delivery(store, self.session.id(), &mut d, Some((packet_id, OutStage::AwaitAck)));
                 self.durable = self.durable.max(t);
             }
             st.inflight.push_back((packet_id, Inflight { delivery: d, stage: OutStage::AwaitAck }));

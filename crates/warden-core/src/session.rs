@@ -2,9 +2,10 @@
 //! in-flight outbound messages, inbound QoS 2 packet ids, and the link to the live connection.
 
 use std::collections::{HashSet, VecDeque};
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
-use std::time::Instant;
+use std::num::NonZeroI64;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, OnceLock};
+use std::time::{Duration, Instant};
 
 use mqtt_codec::{LastWill, QoS, SubscriptionOptions, TopicFilter};
 use parking_lot::{Mutex, RwLock};
@@ -98,7 +99,7 @@ pub struct SessionState {
     /// Session Expiry Interval in seconds (u32::MAX = never).
     pub expiry_interval: u32,
     /// When the last connection closed (None while connected).
-    pub disconnected_at: Option<Instant>,
+    pub disconnected_at: Option<Moment>,
     /// Will waiting for its delay. Boxed: a `LastWill` is some 400 bytes, and every session
     /// (an idle connection's included) would carry the room for one.
     pub pending_will: Option<Box<PendingWill>>,
@@ -111,21 +112,50 @@ pub struct SessionState {
     pub wake_batched: bool,
 }
 
+/// An instant in 8 bytes (an `Instant` is 16, and `Option<Instant>` took [`SessionState`]
+/// out of its size class): milliseconds from a process-wide origin, never 0.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Moment(NonZeroI64);
+
+fn origin() -> Instant {
+    static ORIGIN: OnceLock<Instant> = OnceLock::new();
+    *ORIGIN.get_or_init(Instant::now)
+}
+
+impl Moment {
+    /// `t`, to a millisecond or two (plenty for expiry intervals counted in seconds).
+    pub fn new(t: Instant) -> Self {
+        let o = origin();
+        let ms = match t.checked_duration_since(o) {
+            Some(after) => i64::try_from(after.as_millis()).unwrap_or(i64::MAX),
+            None => -i64::try_from(o.duration_since(t).as_millis()).unwrap_or(i64::MAX),
+        };
+        // 0 is 1 ms late; `MAX` is never taken.
+        Moment(NonZeroI64::new(if ms == 0 { 1 } else { ms }).unwrap_or(NonZeroI64::MAX))
+    }
+
+    /// Back to an `Instant` (the origin when out of range, which no instant made by
+    /// [`Moment::new`] is).
+    pub fn instant(self) -> Instant {
+        let o = origin();
+        let ms = self.0.get();
+        let d = Duration::from_millis(ms.unsigned_abs());
+        if ms >= 0 { o.checked_add(d) } else { o.checked_sub(d) }.unwrap_or(o)
+    }
+}
+
 /// A session: the client id, the principal that owns it, and its state.
 pub struct Session {
-    /// Unique id of this session object (never reused).
-    pub id: u64,
+    /// The session's id (unique, never reused) above [`ID_SHIFT`], its flags ([`CONNECTED`],
+    /// [`ENDED`], [`PERSISTED`]) below: one word, so that a session fits mimalloc's 224-byte
+    /// class (three `AtomicBool`s beside a `u64` took it to 232, in the 256 class); every
+    /// connection, idle or not, has a session.
+    word: AtomicU64,
     /// The client identifier.
     pub client_id: Arc<str>,
     /// The principal the client id is bound to (SPEC §3). Its identity never changes; its
     /// grants (token scopes, look-up rules) are those of the latest connection.
     owner: RwLock<Arc<Principal>>,
-    connected: AtomicBool,
-    ended: AtomicBool,
-    /// The session has a record in the store (it must be removed when the session ends).
-    /// Changed under the state lock; an atomic only because it fits here, where the state
-    /// (read on every enqueue) has no room left in its allocation size class.
-    persisted: AtomicBool,
     /// Mutable state.
     pub state: Mutex<SessionState>,
 }
@@ -133,13 +163,11 @@ pub struct Session {
 impl Session {
     /// A new, empty session.
     pub fn new(id: u64, client_id: Arc<str>, owner: impl Into<Arc<Principal>>, expiry_interval: u32) -> Self {
+        debug_assert!(id < 1 << (64 - ID_SHIFT), "session id {id} out of range");
         Session {
-            id,
+            word: AtomicU64::new(id << ID_SHIFT),
             client_id,
             owner: RwLock::new(owner.into()),
-            connected: AtomicBool::new(false),
-            ended: AtomicBool::new(false),
-            persisted: AtomicBool::new(false),
             state: Mutex::new(SessionState {
                 conn: None,
                 subscriptions: foldhash::HashMap::default(),
@@ -159,11 +187,11 @@ impl Session {
     /// The stored form of this session (its state is passed in, already locked).
     pub(crate) fn record(&self, st: &SessionState) -> SessionRecord {
         SessionRecord {
-            sid: self.id,
+            sid: self.id(),
             client_id: self.client_id.clone(),
             owner: Principal::clone(&self.owner()),
             expiry_interval: st.expiry_interval,
-            disconnected_at: st.disconnected_at,
+            disconnected_at: st.disconnected_at.map(Moment::instant),
             subscriptions: st.subscriptions.values().cloned().collect(),
         }
     }
@@ -178,34 +206,59 @@ impl Session {
         *self.owner.write() = p;
     }
 
+    /// Unique id of this session object (never reused).
+    pub fn id(&self) -> u64 {
+        self.word.load(Ordering::Relaxed) >> ID_SHIFT
+    }
+
+    fn flag(&self, f: u64) -> bool {
+        self.word.load(Ordering::Relaxed) & f != 0
+    }
+
+    /// Set or clear `f`; returns whether it was set.
+    fn set_flag(&self, f: u64, v: bool) -> bool {
+        let old = if v { self.word.fetch_or(f, Ordering::Relaxed) } else { self.word.fetch_and(!f, Ordering::Relaxed) };
+        old & f != 0
+    }
+
     /// The session has a record in the store.
     pub fn is_persisted(&self) -> bool {
-        self.persisted.load(Ordering::Relaxed)
+        self.flag(PERSISTED)
     }
 
     /// Mark the session as stored (`true`) or its record as removed; returns the old value.
     pub(crate) fn set_persisted(&self, v: bool) -> bool {
-        self.persisted.swap(v, Ordering::Relaxed)
+        self.set_flag(PERSISTED, v)
     }
 
     /// True while a network connection is attached (lock-free hint for shared-subscription picks).
     pub fn is_connected(&self) -> bool {
-        self.connected.load(Ordering::Relaxed)
+        self.flag(CONNECTED)
     }
 
     pub(crate) fn set_connected(&self, v: bool) {
-        self.connected.store(v, Ordering::Relaxed);
+        self.set_flag(CONNECTED, v);
     }
 
     /// True once the session was discarded (clean start, expiry); deliveries are ignored.
     pub fn is_ended(&self) -> bool {
-        self.ended.load(Ordering::Relaxed)
+        self.flag(ENDED)
     }
 
     pub(crate) fn set_ended(&self) {
-        self.ended.store(true, Ordering::Relaxed);
+        self.set_flag(ENDED, true);
     }
 }
+
+/// [`Session`]'s id is kept above this many bits of flags.
+const ID_SHIFT: u32 = 8;
+/// A network connection is attached.
+const CONNECTED: u64 = 1;
+/// The session was discarded (clean start, expiry).
+const ENDED: u64 = 2;
+/// The session has a record in the store (it must be removed when the session ends); changed
+/// under the state lock.
+const PERSISTED: u64 = 4;
 
 /// What became of one delivery offered to a session.
 enum Offered {
@@ -325,7 +378,7 @@ impl Session {
             return Offered::Dropped;
         }
         if let Some(store) = store.filter(|_| d.qos != QoS::AtMostOnce && st.expiry_interval > 0) {
-            batch.durable = batch.durable.max(store_delivery(store, self.id, &mut d, None));
+            batch.durable = batch.durable.max(store_delivery(store, self.id(), &mut d, None));
         }
         st.queue.push(d);
         Offered::Queued
@@ -432,10 +485,27 @@ mod tests {
 
     /// Every connected or idle client holds one session: with its reference counts it fits
     /// mimalloc's 256-byte class. A field added here moves every session up to the 320 class.
+    #[test]
+    fn a_moment_keeps_an_instant_to_a_millisecond_or_two() {
+        let now = Instant::now();
+        for t in [
+            now,
+            now + Duration::from_secs(3600),
+            now.checked_sub(Duration::from_secs(86_400)).unwrap_or(now),
+            origin(),
+        ] {
+            let back = Moment::new(t).instant();
+            let err = if back > t { back - t } else { t - back };
+            assert!(err < Duration::from_millis(2), "{t:?} came back as {back:?}");
+        }
+        let (a, b) = (Moment::new(now), Moment::new(now + Duration::from_secs(1)));
+        assert!(b.instant() > a.instant());
+    }
+
     #[cfg(target_pointer_width = "64")]
     #[test]
     fn a_session_stays_in_its_size_class() {
-        assert!(std::mem::size_of::<Session>() <= 240, "Session is {} bytes", std::mem::size_of::<Session>());
+        assert!(std::mem::size_of::<Session>() <= 224, "Session is {} bytes", std::mem::size_of::<Session>());
     }
 
     fn inflight(id: u16) -> (u16, Inflight) {

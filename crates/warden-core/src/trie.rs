@@ -100,7 +100,7 @@ impl SubTrie {
         for level in filter.split('/') {
             node = node.children.entry(Box::from(level)).or_default();
         }
-        let sid = entry.session.id;
+        let sid = entry.session.id();
         let list = match group {
             None => &mut node.subs,
             Some(g) => {
@@ -118,7 +118,7 @@ impl SubTrie {
                 &mut node.shared[idx].members
             }
         };
-        if let Some(e) = list.iter_mut().find(|e| e.session.id == sid) {
+        if let Some(e) = list.iter_mut().find(|e| e.session.id() == sid) {
             *e = entry;
             true
         } else {
@@ -156,14 +156,14 @@ fn remove_rec(node: &mut Node, levels: &[&str], group: Option<&str>, sid: u64) -
         return match group {
             None => {
                 let before = node.subs.len();
-                node.subs.retain(|e| e.session.id != sid);
+                node.subs.retain(|e| e.session.id() != sid);
                 node.subs.len() != before
             }
             Some(g) => {
                 let Some(i) = node.shared.iter().position(|s| &*s.name == g) else { return false };
                 let grp = &mut node.shared[i];
                 let before = grp.members.len();
-                grp.members.retain(|e| e.session.id != sid);
+                grp.members.retain(|e| e.session.id() != sid);
                 let removed = grp.members.len() != before;
                 if grp.members.is_empty() {
                     node.shared.swap_remove(i);

@@ -63,7 +63,7 @@ proptest! {
         for t in &topics {
             let mut out: Vec<Target> = Vec::new();
             trie.matches(t, &mut out);
-            let mut got: Vec<u64> = out.iter().map(|x| x.session.id).collect();
+            let mut got: Vec<u64> = out.iter().map(|x| x.session.id()).collect();
             got.sort_unstable();
             let want: Vec<u64> = filters.iter().enumerate().filter(|(_, f)| filter_matches(f, t)).map(|(i, _)| i as u64).collect();
             prop_assert_eq!(got, want, "topic {}", t);
@@ -130,7 +130,7 @@ fn shared_group_round_robin_is_fair() {
         trie.matches("t/x", &mut out);
         assert_eq!(out.len(), 1, "one member per group");
         assert!(out[0].shared);
-        counts[out[0].session.id as usize] += 1;
+        counts[out[0].session.id() as usize] += 1;
     }
     // No member is connected in this test, so rotation covers all evenly.
     assert_eq!(counts, [100, 100, 100]);
