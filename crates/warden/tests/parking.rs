@@ -6,7 +6,7 @@
 use std::time::{Duration, Instant};
 
 use mqtt_codec::{Disconnect, Packet, Properties, Protocol, PubAck, QoS, ReasonCode};
-use warden_testkit::{connect_packet, connected, publish, Recv, TestBroker, WAIT};
+use warden_testkit::{connect_packet, connected, publish, RawClient, Recv, TestBroker, WAIT};
 
 const V5: Protocol = Protocol::V5;
 const V3: Protocol = Protocol::V311;
@@ -180,5 +180,36 @@ async fn many_connections_park_and_all_resume() {
     p.send(&publish("all", QoS::AtMostOnce, 0, b"wake")).await;
     for s in &mut subs {
         assert_eq!(s.expect_publish().await.payload.as_ref(), b"wake");
+    }
+}
+
+#[tokio::test]
+async fn a_parked_connection_holds_its_address_slot_until_it_ends() {
+    // The per-address limit counts parked connections (their admission slot is in the parked
+    // record) and frees the slot when one ends.
+    let b = TestBroker::with_config(
+        "[auth]\nallow_anonymous = true\n[limits]\nidle_park_after = \"50ms\"\nmax_connections_per_ip = 1\n",
+    )
+    .await;
+    let (mut first, _) = connected(b.addr(), connect_packet(V3, "only-one", true)).await;
+    until_parked(&b, 1).await;
+    let mut second = RawClient::open(b.addr(), V3).await;
+    second.send(&Packet::Connect(Box::new(connect_packet(V3, "second", true)))).await;
+    assert!(second.expect_closed_within(WAIT).await.is_empty(), "refused at accept, without a CONNACK");
+    first.send(&Packet::Disconnect(Disconnect::new(ReasonCode::NORMAL_DISCONNECTION))).await;
+    assert!(first.expect_closed_within(WAIT).await.is_empty());
+    // The slot is released as the ended connection's state is dropped, just after its socket
+    // closes: a new connection from the address is admitted within the wait.
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let mut c = RawClient::open(b.addr(), V3).await;
+        c.send(&Packet::Connect(Box::new(connect_packet(V3, "next", true)))).await;
+        match c.recv_within(WAIT).await {
+            Recv::Packet(Packet::Connack(a)) => {
+                assert_eq!(a.reason_code, ReasonCode::SUCCESS);
+                break;
+            }
+            other => assert!(Instant::now() < deadline, "the address's slot was not released: {other:?}"),
+        }
     }
 }
