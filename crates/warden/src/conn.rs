@@ -479,8 +479,9 @@ async fn finish<R: ReadReady, W: AsyncWrite + Unpin + Send>(l: Live<R, W>, close
     // The rest of `l` (the admission slot among it) is dropped once the session is closed.
     let Live { core, mut wr, wbuf, .. } = l;
     let Core { mut conn, ctx, registration, limits, .. } = core;
-    drop(limits); // the token registration among them
-                  // The peer address is kept once, in the registry: read as the entry is removed.
+    // The token registration (among the limits) goes first.
+    drop(limits);
+    // The peer address is kept once, in the registry: read as the entry is removed.
     let peer = registration.remove();
     // Messages accepted in the last batch are routed now, and their acknowledgements (already
     // in `wbuf`) leave only once what the store must keep for them is durable.

@@ -73,6 +73,32 @@ fn empty() -> Slot {
     Slot::Task(Waker::noop().clone())
 }
 
+impl Slot {
+    /// The parked record, if that is what is here (the slot is left empty); a task's waker
+    /// stays.
+    fn take_parked(&mut self) -> Option<Box<Parked>> {
+        match std::mem::replace(self, empty()) {
+            Slot::Parked(p) => Some(p),
+            task => {
+                *self = task;
+                None
+            }
+        }
+    }
+
+    /// The task's waker, if that is what is here (the slot is left empty); a parked record
+    /// stays.
+    fn take_task(&mut self) -> Option<Waker> {
+        match std::mem::replace(self, empty()) {
+            Slot::Task(w) => Some(w),
+            parked => {
+                *self = parked;
+                None
+            }
+        }
+    }
+}
+
 impl Default for ConnWaker {
     fn default() -> Self {
         ConnWaker {
@@ -91,29 +117,15 @@ impl Wake for ConnWaker {
             let record = {
                 let mut slot = self.slot.lock();
                 self.state.fetch_and(!PARKED, Ordering::AcqRel);
-                match std::mem::replace(&mut *slot, empty()) {
-                    Slot::Parked(p) => Some(p),
-                    // Another wake resumed it first, and its new task may be waiting already.
-                    other => {
-                        *slot = other;
-                        None
-                    }
-                }
+                // None: another wake resumed it first (its new task may be waiting already).
+                slot.take_parked()
             };
             if let Some(p) = record {
                 (*p).resume();
             }
         } else if prev & WOKEN == 0 {
-            let task = {
-                let mut slot = self.slot.lock();
-                match std::mem::replace(&mut *slot, empty()) {
-                    Slot::Task(w) => Some(w),
-                    other => {
-                        *slot = other;
-                        None
-                    }
-                }
-            };
+            // Woken outside the lock.
+            let task = self.slot.lock().take_task();
             if let Some(w) = task {
                 w.wake();
             }
@@ -207,10 +219,15 @@ fn token_of(key: usize, generation: u32) -> Token {
     Token(key | (generation as usize) << 32)
 }
 
+/// The slab key in `token`.
+fn key_of(token: Token) -> usize {
+    token.0 & 0xffff_ffff
+}
+
 /// The waker of the connection parked under `token`, while it still is (its generation is
 /// kept in the waker: a slab entry is one pointer).
 fn entry_of(entries: &Slab<Arc<ConnWaker>>, token: Token) -> Option<&Arc<ConnWaker>> {
-    entries.get(token.0 & 0xffff_ffff).filter(|w| w.generation.load(Ordering::Relaxed) as usize == token.0 >> 32)
+    entries.get(key_of(token)).filter(|w| w.generation.load(Ordering::Relaxed) as usize == token.0 >> 32)
 }
 
 /// The parking lot: one `epoll` set watched by one thread, and the parked connections'
@@ -283,7 +300,7 @@ impl ParkingLot {
         };
         if let Err(e) = self.registry.register(&mut SourceFd(&stream.as_raw_fd()), token, Interest::READABLE) {
             tracing::debug!(error = %e, "cannot park a connection: it stays in a task");
-            self.entries.lock().remove(token.0 & 0xffff_ffff); // the key just inserted
+            self.entries.lock().remove(key_of(token)); // the key just inserted
             self.handle.spawn(crate::conn::resume(core, stream));
             return;
         }
@@ -309,7 +326,7 @@ impl ParkingLot {
         let _ = self.registry.deregister(&mut SourceFd(&stream.as_raw_fd()));
         let mut entries = self.entries.lock();
         if entry_of(&entries, token).is_some() {
-            entries.remove(token.0 & 0xffff_ffff);
+            entries.remove(key_of(token));
         }
     }
 

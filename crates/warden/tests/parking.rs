@@ -12,7 +12,13 @@ const V5: Protocol = Protocol::V5;
 const V3: Protocol = Protocol::V311;
 
 async fn parking_broker() -> TestBroker {
-    TestBroker::with_config("[auth]\nallow_anonymous = true\n[limits]\nidle_park_after = \"50ms\"\n").await
+    parking_broker_with("").await
+}
+
+/// A broker whose connections park after 50 ms of quiet, with more `[limits]` lines.
+async fn parking_broker_with(limits: &str) -> TestBroker {
+    TestBroker::with_config(&format!("[auth]\nallow_anonymous = true\n[limits]\nidle_park_after = \"50ms\"\n{limits}"))
+        .await
 }
 
 /// Wait until exactly `n` connections are parked (the broker parks after 50 ms of quiet).
@@ -187,10 +193,7 @@ async fn many_connections_park_and_all_resume() {
 async fn a_parked_connection_holds_its_address_slot_until_it_ends() {
     // The per-address limit counts parked connections (their admission slot is in the parked
     // record) and frees the slot when one ends.
-    let b = TestBroker::with_config(
-        "[auth]\nallow_anonymous = true\n[limits]\nidle_park_after = \"50ms\"\nmax_connections_per_ip = 1\n",
-    )
-    .await;
+    let b = parking_broker_with("max_connections_per_ip = 1\n").await;
     let (mut first, _) = connected(b.addr(), connect_packet(V3, "only-one", true)).await;
     until_parked(&b, 1).await;
     let mut second = RawClient::open(b.addr(), V3).await;
