@@ -9,6 +9,8 @@
 //! - [`acl`]: Mosquitto `acl_file` rules (`user`, `topic`, `pattern`), compiled to per-user tries.
 //! - [`store`]: the policy store (users, groups, roles, prioritized rules), compiled into the
 //!   same tries; managed live through the admin API.
+//! - [`trust`]: the trust lifecycle: which credential a principal holds ([`trust::Credential`])
+//!   and whether a [`trust::TrustEvent`] (revocation, removal, narrowing) ends its standing.
 
 pub mod acl;
 pub mod authz;
@@ -18,6 +20,7 @@ pub mod password;
 pub mod principal;
 pub mod scram;
 pub mod store;
+pub mod trust;
 
 pub use authz::{Action, AllowAll, Authorizer, DecidedBy, Decision, PolicyAuthorizer};
 pub use principal::{Principal, PrincipalKind};

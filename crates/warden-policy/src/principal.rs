@@ -3,6 +3,8 @@
 use std::fmt;
 use std::sync::Arc;
 
+use crate::trust::{Credential, CredentialSource};
+
 /// How a principal proved who it is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum PrincipalKind {
@@ -46,6 +48,12 @@ pub struct Principal {
     /// The `mqtt:` scopes compiled into rules (token principals only; an empty set grants
     /// nothing). See [`crate::authz::compile_scopes`].
     pub grants: Option<Arc<crate::acl::AclFile>>,
+    /// Which kind of credential proved it (SPEC §10: a change in that credential's standing
+    /// ends what it holds; see [`crate::trust`]).
+    pub source: CredentialSource,
+    /// The certificate or token behind it (`None` for users and anonymous). Shared: a
+    /// principal is cloned into its connection, session and registry entry.
+    pub credential: Option<Arc<Credential>>,
 }
 
 impl Principal {
@@ -58,6 +66,8 @@ impl Principal {
             roles: Box::default(),
             scopes: Box::default(),
             grants: None,
+            source: CredentialSource::Anonymous,
+            credential: None,
         }
     }
 
@@ -69,6 +79,8 @@ impl Principal {
             roles: Box::default(),
             scopes: Box::default(),
             grants: None,
+            source: CredentialSource::PasswordFile,
+            credential: None,
         }
     }
 
@@ -80,6 +92,8 @@ impl Principal {
             roles: Box::default(),
             scopes: Box::default(),
             grants: None,
+            source: CredentialSource::Certificate,
+            credential: None,
         }
     }
 
@@ -92,7 +106,22 @@ impl Principal {
             roles: roles.into(),
             scopes: scopes.into(),
             grants,
+            source: CredentialSource::Token,
+            credential: None,
         }
+    }
+
+    /// This principal, proved by a credential of `source` (and `credential`, for a
+    /// certificate or token).
+    pub fn with_credential(mut self, source: CredentialSource, credential: Option<Credential>) -> Self {
+        self.source = source;
+        self.credential = credential.map(Arc::new);
+        self
+    }
+
+    /// The certificate or token behind this principal, if any.
+    pub fn credential(&self) -> Option<&Credential> {
+        self.credential.as_deref()
     }
 
     /// True when `other` is the same identity (so it may take over this principal's sessions).

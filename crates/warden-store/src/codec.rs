@@ -18,6 +18,7 @@ use serde::{Deserialize, Serialize};
 use warden_core::persist::SessionRecord;
 use warden_core::session::{OutStage, Subscription};
 use warden_core::Message;
+use warden_policy::trust::CredentialSource;
 use warden_policy::{Principal, PrincipalKind};
 
 const V1: u8 = 1;
@@ -192,6 +193,10 @@ pub(crate) struct SessionJson {
     /// Wall-clock ms of the last disconnection (None while it was connected).
     pub disconnected: Option<u64>,
     subs: Vec<SubJson>,
+    /// Which kind of credential proved the owner (SPEC §10), so that its grants are
+    /// re-derived at load. Absent in records written before it was kept.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    src: Option<String>,
 }
 
 fn kind_name(k: PrincipalKind) -> &'static str {
@@ -201,6 +206,19 @@ fn kind_name(k: PrincipalKind) -> &'static str {
         PrincipalKind::Token => "token",
         PrincipalKind::Anonymous => "anonymous",
     }
+}
+
+fn source_from_name(s: &str) -> Option<CredentialSource> {
+    Some(match s {
+        "anonymous" => CredentialSource::Anonymous,
+        "password-file" => CredentialSource::PasswordFile,
+        "policy-store" => CredentialSource::StoreUser,
+        "certificate" => CredentialSource::Certificate,
+        "token" => CredentialSource::Token,
+        "lookup" => CredentialSource::Lookup,
+        "restored" => CredentialSource::Restored,
+        _ => return None,
+    })
 }
 
 pub(crate) fn encode_session(r: &SessionRecord, clock: Clock) -> Vec<u8> {
@@ -217,6 +235,7 @@ pub(crate) fn encode_session(r: &SessionRecord, clock: Clock) -> Vec<u8> {
             .iter()
             .map(|s| SubJson { f: s.filter.as_str().to_owned(), o: s.options.to_byte(), i: s.id })
             .collect(),
+        src: Some(r.owner.source.as_str().to_owned()),
     };
     let mut v = vec![V1];
     // Serializing these plain types cannot fail.
@@ -250,8 +269,19 @@ pub(crate) fn decode_session(b: &[u8]) -> Result<DecodedSession, BadRecord> {
     owner.name = Arc::from(json.name.as_str());
     owner.roles = json.roles.iter().map(|s| Arc::from(s.as_str())).collect();
     owner.scopes = json.scopes.iter().map(|s| Arc::from(s.as_str())).collect();
-    if kind == PrincipalKind::Token {
+    // Grants are re-derived from what can be derived again (SPEC §10): a token's scopes were
+    // signed by its issuer; ACL and store rules name the principal. A look-up answer (or a
+    // record that does not say where its owner came from, and carries grants) cannot be asked
+    // again here: it gets no grants of its own, never "no source names it" (allow all).
+    owner.source = match json.src.as_deref() {
+        Some(s) => source_from_name(s).ok_or_else(|| bad("session owner credential source"))?,
+        None => CredentialSource::Restored,
+    };
+    let from_unknown = owner.source == CredentialSource::Restored && !(owner.roles.is_empty() && owner.scopes.is_empty());
+    if kind == PrincipalKind::Token && owner.source != CredentialSource::Lookup {
         owner.grants = Some(Arc::new(warden_policy::authz::compile_scopes(&owner.scopes)));
+    } else if owner.source == CredentialSource::Lookup || from_unknown {
+        owner.grants = Some(Arc::new(warden_policy::authz::compile_scopes(&[])));
     }
     let mut subscriptions = Vec::with_capacity(json.subs.len());
     for s in &json.subs {
@@ -330,5 +360,58 @@ mod tests {
         assert!(decode_delivery(&bad_stage).is_err());
         assert!(decode_session(b"\x01{not json").is_err());
         assert!(decode_session(b"").is_err());
+    }
+
+    fn session_of(owner: Principal) -> Vec<u8> {
+        let rec = SessionRecord {
+            sid: 1,
+            client_id: Arc::from("dev-1"),
+            owner,
+            expiry_interval: 60,
+            disconnected_at: None,
+            subscriptions: vec![],
+        };
+        encode_session(&rec, Clock::now())
+    }
+
+    /// Trust lifecycle item 6 (SPEC §10): a session whose owner came from the third-party
+    /// look-up is restored with no grants of its own (only rules naming it), never with none
+    /// recorded (which reads as "no source names it": allow all).
+    #[test]
+    fn a_restored_lookup_principal_gets_no_grants_never_all() {
+        use warden_policy::{Action, Authorizer, PolicyAuthorizer};
+        let mut p = Principal::user("dev-1").with_credential(CredentialSource::Lookup, None);
+        p.roles = vec![Arc::from("device")].into();
+        let back = decode_session(&session_of(p)).unwrap().owner;
+        assert_eq!(back.source, CredentialSource::Lookup);
+        let open = PolicyAuthorizer::new(None, false);
+        let pubish = Action::Publish { qos: 0, retain: false };
+        assert!(!open.authorize(&back, "dev-1", pubish, "denied/by/lookup").is_allowed());
+        // A password-file user is re-derived by name: no grants of its own, rules decide.
+        let user = decode_session(&session_of(Principal::user("ann"))).unwrap().owner;
+        assert_eq!(user.source, CredentialSource::PasswordFile);
+        assert!(user.grants.is_none());
+        // A token keeps the scopes its issuer signed.
+        let tok = Principal::token("t", vec![], vec![Arc::from("mqtt:pub:a/#")]);
+        let tok = decode_session(&session_of(tok)).unwrap().owner;
+        assert!(open.authorize(&tok, "t", pubish, "a/b").is_allowed());
+        assert!(!open.authorize(&tok, "t", pubish, "b").is_allowed());
+    }
+
+    #[test]
+    fn an_old_record_without_a_source_and_with_grants_gets_none() {
+        let rec = br#"{"client_id":"c","kind":"user","name":"u","roles":["r"],"expiry":5,"disconnected":null,"subs":[]}"#;
+        let mut v = vec![V1];
+        v.extend_from_slice(rec);
+        let back = decode_session(&v).unwrap().owner;
+        assert_eq!(back.source, CredentialSource::Restored);
+        assert!(back.grants.is_some(), "no grants of its own, not none recorded");
+        let plain = br#"{"client_id":"c","kind":"user","name":"u","expiry":5,"disconnected":null,"subs":[]}"#;
+        let mut v = vec![V1];
+        v.extend_from_slice(plain);
+        assert!(decode_session(&v).unwrap().owner.grants.is_none(), "a plain user: rules naming it decide");
+        let mut bad_src = br#"{"client_id":"c","kind":"user","name":"u","expiry":5,"disconnected":null,"subs":[],"src":"x"}"#.to_vec();
+        bad_src.insert(0, V1);
+        assert!(decode_session(&bad_src).is_err());
     }
 }
