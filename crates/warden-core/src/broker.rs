@@ -529,6 +529,20 @@ impl Broker {
         }
     }
 
+    /// A trust change (SPEC §10): discard the pending (delayed) wills of disconnected sessions
+    /// whose owner `lost` says lost its standing; they are never published. Returns how many.
+    pub fn discard_wills_where(&self, lost: impl Fn(&Principal) -> bool) -> usize {
+        // Collected first: `expiring` comes after a session's state in the lock order.
+        let waiting: Vec<Arc<Session>> = self.expiring.lock().values().cloned().collect();
+        let mut n = 0;
+        for s in waiting {
+            if lost(&s.owner()) && s.state.lock().pending_will.take().is_some() {
+                n += 1;
+            }
+        }
+        n
+    }
+
     /// Publish `s`'s will, if its owner may still publish there.
     fn publish_will(&self, s: &Session, w: LastWill, now: Instant) {
         let d = self.authorizer().authorize(

@@ -66,6 +66,9 @@ pub enum TokenRejected {
     /// No `jti`: every token this service issues has one (revocation needs it).
     #[error("token has no jti")]
     MissingJti,
+    /// Its client no longer has every scope or role the token carries.
+    #[error("token grants more than its client now has (client narrowed)")]
+    Narrowed,
     /// Revoked through `/oauth/revoke`.
     #[error("token has been revoked")]
     Revoked,
@@ -231,9 +234,18 @@ impl OAuthService {
         if self.is_revoked(jti) {
             return Err(TokenRejected::Revoked);
         }
-        if !self.clients.read().contains_key(token_client(&verified)) {
+        let clients = self.clients.read();
+        let Some(client) = clients.get(token_client(&verified)) else {
             return Err(TokenRejected::UnknownClient);
+        };
+        // A client narrowed since the token was issued: the token's grants are no longer its
+        // client's (SPEC §10), so it is refused rather than honoured until it expires.
+        let within = verified.scopes.iter().all(|s| client.scopes.contains(s))
+            && verified.roles.iter().all(|r| client.roles.contains(r));
+        if !within {
+            return Err(TokenRejected::Narrowed);
         }
+        drop(clients);
         Ok(verified)
     }
 

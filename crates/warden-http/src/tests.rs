@@ -648,6 +648,27 @@ async fn removed_clients_lose_their_tokens() {
     assert_eq!(meta["scopes_supported"], serde_json::json!(DEV1_SCOPES));
 }
 
+/// Trust lifecycle item 2 (SPEC §10): a client whose scopes are narrowed no longer honours
+/// tokens issued before with the broader scopes; a token within the new scopes still verifies.
+#[tokio::test]
+async fn narrowed_clients_lose_their_broader_tokens() {
+    let f = Fixture::new();
+    let broad = f.token(DEV1, None).await;
+    let narrow = f.token(DEV1, Some(DEV1_SCOPES[0])).await;
+    let narrowed: Vec<OAuthClient> = clients()
+        .into_iter()
+        .map(|mut c| {
+            if c.id == "dev-001" {
+                c.scopes.truncate(1);
+            }
+            c
+        })
+        .collect();
+    f.service.set_clients(narrowed);
+    assert!(matches!(f.service.verify(&broad), Err(TokenRejected::Narrowed)));
+    assert!(f.service.verify(&narrow).is_ok(), "within the client's scopes now");
+}
+
 #[test]
 fn debug_output_hides_secrets() {
     let client = &clients()[0];

@@ -117,6 +117,11 @@ impl RevokedCerts {
         Ok(())
     }
 
+    /// Add every certificate `other` revokes.
+    pub fn extend(&mut self, other: &RevokedCerts) {
+        self.revoked.extend(other.revoked.iter().cloned());
+    }
+
     /// True when `cert` is among the revoked.
     pub fn contains(&self, cert: &CertRef) -> bool {
         // One lookup; the tuple is built from borrowed parts only on a hit's path.

@@ -24,6 +24,8 @@ pub struct Backend {
     pub bans: Arc<BanList>,
     /// The token service, when enabled (its clients are refreshed after a change).
     pub oauth: Option<Arc<OAuthService>>,
+    /// Where a change to the OAuth clients ends what deleted or narrowed clients hold.
+    pub trust: Arc<crate::trust::Trust>,
     /// The configuration (data directory, declared OAuth clients).
     pub config: Config,
 }
@@ -39,6 +41,7 @@ impl Backend {
             let clients =
                 crate::server::oauth_clients(&self.config).map_err(|e| internal("loading OAuth clients", e))?;
             o.set_clients(clients);
+            self.trust.oauth_clients_changed(o);
         }
         Ok(())
     }

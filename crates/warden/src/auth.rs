@@ -19,11 +19,12 @@ use mqtt_codec::{Connect, ReasonCode};
 use parking_lot::RwLock;
 use tokio::sync::{Semaphore, TryAcquireError};
 use warden_policy::password::PasswordFile;
+use warden_policy::trust::{CertRef, Credential, CredentialSource};
 use warden_policy::{Principal, PrincipalKind};
 
 use crate::config::{AuthConfig, ClientIdMatch, IdentityConfig};
 use crate::lookup::{HttpLookup, LookupRequest, LookupVerdict};
-use crate::tls::CertIdentity;
+use crate::tls::{CertIdentity, ClientCert};
 use crate::tokens::{TokenAuth, TokenInfo};
 
 /// Who a connection is, and for how long (token-authenticated connections end at expiry).
@@ -57,6 +58,8 @@ pub struct Authenticator {
     passwords: RwLock<Option<Arc<PasswordFile>>>,
     /// Users of the policy store with a password (enabled ones only), as a password file.
     store_users: RwLock<Option<Arc<PasswordFile>>>,
+    /// Names disabled in the policy store: refused whichever method names them (SPEC §10).
+    disabled: RwLock<Arc<std::collections::HashSet<String>>>,
     hashing: Semaphore,
     /// How long a CONNECT may wait for a slot in `hashing` before it is refused busy.
     hash_wait: Duration,
@@ -93,6 +96,7 @@ impl Authenticator {
             password_path: cfg.password_file.clone(),
             passwords: RwLock::new(passwords),
             store_users: RwLock::new(None),
+            disabled: RwLock::default(),
             hashing: Semaphore::new(default_hash_concurrency()),
             hash_wait: Duration::from_secs(2),
         })
@@ -145,27 +149,38 @@ impl Authenticator {
         *self.store_users.write() = (!users.is_empty()).then(|| Arc::new(users));
     }
 
-    /// The file that decides `user`: the password file when it names the user, else the
-    /// policy store when it does, else the password file (or the store when there is no
-    /// password file), so an unknown user costs the same dummy hash either way.
-    fn file_for(&self, user: &str) -> Option<Arc<PasswordFile>> {
+    /// The names the policy store has disabled, applied at once to new CONNECTs.
+    pub fn set_disabled(&self, names: Arc<std::collections::HashSet<String>>) {
+        *self.disabled.write() = names;
+    }
+
+    /// True when `name` is disabled in the policy store.
+    pub fn is_disabled(&self, name: &str) -> bool {
+        self.disabled.read().contains(name)
+    }
+
+    /// The file that decides `user` and the credential source it stands for: the password
+    /// file when it names the user, else the policy store when it does, else the password file
+    /// (or the store when there is no password file), so an unknown user costs the same dummy
+    /// hash either way.
+    fn file_for(&self, user: &str) -> Option<(Arc<PasswordFile>, CredentialSource)> {
         let file = self.passwords.read().clone();
         let store = self.store_users.read().clone();
         match (file, store) {
-            (Some(f), _) if f.contains(user) => Some(f),
-            (_, Some(s)) if s.contains(user) => Some(s),
-            (Some(f), _) => Some(f),
-            (None, s) => s,
+            (Some(f), _) if f.contains(user) => Some((f, CredentialSource::PasswordFile)),
+            (_, Some(s)) if s.contains(user) => Some((s, CredentialSource::StoreUser)),
+            (Some(f), _) => Some((f, CredentialSource::PasswordFile)),
+            (None, s) => s.map(|s| (s, CredentialSource::StoreUser)),
         }
     }
 
-    /// Re-read the password file (SIGHUP). On error the old file stays in force.
-    pub fn reload(&self) -> anyhow::Result<usize> {
-        let Some(path) = &self.password_path else { return Ok(0) };
-        let file = load_file(path)?;
-        let n = file.len();
-        *self.passwords.write() = Some(Arc::new(file));
-        Ok(n)
+    /// Re-read the password file (SIGHUP). On error the old file stays in force. Returns the
+    /// file now in force (`None`: no password file is configured).
+    pub fn reload(&self) -> anyhow::Result<Option<Arc<PasswordFile>>> {
+        let Some(path) = &self.password_path else { return Ok(None) };
+        let file = Arc::new(load_file(path)?);
+        *self.passwords.write() = Some(file.clone());
+        Ok(Some(file))
     }
 
     /// `[identity] client_id_must_match`: may this principal use this client id? Anonymous
@@ -200,16 +215,34 @@ impl Authenticator {
         cert: CertIdentity,
         peer: SocketAddr,
     ) -> Result<Authenticated, ReasonCode> {
-        let cert_identity = match cert {
-            Some(Ok(name)) if self.lookup.is_none() => return Ok(Principal::certificate(&name).into()),
-            Some(Ok(name)) => Some(name),
-            Some(Err(_)) => return Err(ReasonCode::NOT_AUTHORIZED),
-            None => None,
+        let a = self.authenticate_any(connect, cert, peer).await?;
+        // A name disabled in the policy store is refused whichever method proved it (SPEC §10).
+        if a.principal.kind != PrincipalKind::Anonymous && self.is_disabled(&a.principal.name) {
+            return Err(ReasonCode::NOT_AUTHORIZED);
+        }
+        Ok(a)
+    }
+
+    async fn authenticate_any(
+        &self,
+        connect: &Connect,
+        cert: CertIdentity,
+        peer: SocketAddr,
+    ) -> Result<Authenticated, ReasonCode> {
+        let (cert_identity, cert_ref) = match cert {
+            Some(ClientCert { identity: Ok(name), cert }) if self.lookup.is_none() => {
+                let p = Principal::certificate(&name)
+                    .with_credential(CredentialSource::Certificate, cert.map(Credential::Certificate));
+                return Ok(p.into());
+            }
+            Some(ClientCert { identity: Ok(name), cert }) => (Some(name), cert),
+            Some(ClientCert { identity: Err(_), .. }) => return Err(ReasonCode::NOT_AUTHORIZED),
+            None => (None, None),
         };
         if let Some(name) = cert_identity {
             // With a look-up service the certificate identity is still the principal; the
             // service may add grants (or refuse).
-            return self.look_up(connect, peer, Some(name)).await.map(Authenticated::from);
+            return self.look_up(connect, peer, Some(name), cert_ref).await.map(Authenticated::from);
         }
         if let Some(password) = &connect.password {
             if let Some(r) = self.tokens.authenticate(connect, password).await {
@@ -217,9 +250,9 @@ impl Authenticator {
             }
         }
         let file_knows_user =
-            connect.username.as_deref().is_some_and(|u| self.file_for(u).is_some_and(|f| f.contains(u)));
+            connect.username.as_deref().is_some_and(|u| self.file_for(u).is_some_and(|(f, _)| f.contains(u)));
         if self.lookup.is_some() && connect.username.is_some() && !file_knows_user {
-            return self.look_up(connect, peer, None).await.map(Authenticated::from);
+            return self.look_up(connect, peer, None, None).await.map(Authenticated::from);
         }
         self.authenticate_password(connect).await.map(Authenticated::from)
     }
@@ -231,7 +264,10 @@ impl Authenticator {
         connect: &Connect,
         peer: SocketAddr,
         cert_identity: Option<String>,
+        cert_ref: Option<CertRef>,
     ) -> Result<Principal, ReasonCode> {
+        // The look-up's answer is the credential; a certificate behind it stays revocable.
+        let credential = cert_ref.map(Credential::Certificate);
         let Some(lookup) = &self.lookup else { return Err(ReasonCode::NOT_AUTHORIZED) };
         let req = LookupRequest {
             client_id: connect.client_id.clone(),
@@ -245,7 +281,8 @@ impl Authenticator {
                 let mut p = match &cert_identity {
                     Some(name) => Principal::certificate(name),
                     None => Principal::user(&grant.principal),
-                };
+                }
+                .with_credential(CredentialSource::Lookup, credential);
                 p.roles = grant.roles.iter().map(|r| Arc::from(r.as_str())).collect();
                 p.scopes = grant.scopes.iter().map(|r| Arc::from(r.as_str())).collect();
                 p.grants = grant.rules().map(Arc::new);
@@ -253,8 +290,8 @@ impl Authenticator {
             }
             LookupVerdict::Deny => Err(ReasonCode::BAD_USER_NAME_OR_PASSWORD),
             LookupVerdict::Unavailable if lookup.fail_open() => match (&cert_identity, &connect.username) {
-                (Some(name), _) => Ok(Principal::certificate(name)),
-                (None, Some(u)) => Ok(Principal::user(u)),
+                (Some(name), _) => Ok(Principal::certificate(name).with_credential(CredentialSource::Lookup, credential)),
+                (None, Some(u)) => Ok(Principal::user(u).with_credential(CredentialSource::Lookup, None)),
                 (None, None) => Err(ReasonCode::SERVER_UNAVAILABLE),
             },
             LookupVerdict::Unavailable => Err(ReasonCode::SERVER_UNAVAILABLE),
@@ -273,7 +310,7 @@ impl Authenticator {
             (Some(user), Some(password)) => {
                 // Password-file users first, then policy-store users (SPEC §4), with the same
                 // hashing and refusal.
-                let Some(file) = self.file_for(user) else {
+                let Some((file, source)) = self.file_for(user) else {
                     // No password source: credentials cannot be checked. With anonymous access
                     // allowed they are ignored (the client is the anonymous principal).
                     return if self.allow_anonymous {
@@ -301,7 +338,7 @@ impl Authenticator {
                     .await
                     .map_err(|_| ReasonCode::SERVER_UNAVAILABLE)?;
                 if ok {
-                    Ok(Principal::user(user))
+                    Ok(Principal::user(user).with_credential(source, None))
                 } else {
                     Err(ReasonCode::BAD_USER_NAME_OR_PASSWORD)
                 }

@@ -63,8 +63,6 @@ pub struct ConnContext {
     /// Flips to true on shutdown. Connections past their CONNACK are then ended through
     /// [`crate::live::LiveClients::end_all`]; one that registers later sees the flag.
     pub shutdown: watch::Receiver<bool>,
-    /// Connections by access-token id, for revocation.
-    pub live_tokens: Arc<LiveTokens>,
     /// The durable store: acknowledgements wait for it (group commit).
     pub store: Option<Arc<warden_store::Store>>,
     /// Per-connection publish rate and bandwidth.
@@ -101,54 +99,6 @@ impl ConnContext {
         let ticket = conn.take_durable();
         if let Some(store) = &self.store {
             store.wait(ticket).await;
-        }
-    }
-}
-
-/// Live connections by the id (`jti`) of the access token they authenticated with.
-#[derive(Default)]
-pub struct LiveTokens {
-    map: parking_lot::Mutex<std::collections::HashMap<String, Vec<TokenWaiter>>>,
-    next: std::sync::atomic::AtomicU64,
-}
-
-/// A connection waiting on a token: its registration id and its revocation signal.
-type TokenWaiter = (u64, Arc<ConnWaker>);
-
-/// A connection's registration in [`LiveTokens`]; removed on drop.
-pub struct TokenRegistration {
-    owner: Arc<LiveTokens>,
-    jti: String,
-    id: u64,
-}
-
-impl Drop for TokenRegistration {
-    fn drop(&mut self) {
-        let mut map = self.owner.map.lock();
-        if let Some(v) = map.get_mut(&self.jti) {
-            v.retain(|(id, _)| *id != self.id);
-            if v.is_empty() {
-                map.remove(&self.jti);
-            }
-        }
-    }
-}
-
-impl LiveTokens {
-    /// Register a connection using token `jti`; `waker` wakes it when the token is revoked.
-    pub fn register(self: &Arc<Self>, jti: &str, conn: Arc<ConnWaker>) -> TokenRegistration {
-        let id = self.next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        self.map.lock().entry(jti.to_owned()).or_default().push((id, conn));
-        TokenRegistration { owner: self.clone(), jti: jti.to_owned(), id }
-    }
-
-    /// Disconnect every connection that authenticated with token `jti`.
-    pub fn revoke(&self, jti: &str) {
-        if let Some(v) = self.map.lock().get(jti) {
-            info!(connections = v.len(), "access token revoked: disconnecting");
-            for (_, conn) in v {
-                conn.end(ReasonCode::NOT_AUTHORIZED);
-            }
         }
     }
 }
@@ -478,9 +428,7 @@ enum Driven {
 async fn finish<R: ReadReady, W: AsyncWrite + Unpin + Send>(l: Live<R, W>, close: Close) {
     // The rest of `l` (the admission slot among it) is dropped once the session is closed.
     let Live { core, mut wr, wbuf, .. } = l;
-    let Core { mut conn, ctx, registration, limits, .. } = core;
-    // The token registration (among the limits) goes first.
-    drop(limits);
+    let Core { mut conn, ctx, registration, .. } = core;
     // The peer address is kept once, in the registry: read as the entry is removed.
     let peer = registration.remove();
     // Messages accepted in the last batch are routed now, and their acknowledgements (already
@@ -630,8 +578,6 @@ async fn establish<S: Transport>(start: Box<Start<S>>) -> Option<Live<S::Read, S
         tokio::time::Instant::now() + Duration::from_secs(left)
     });
     let notify = Arc::new(ConnWaker::default());
-    let revocation =
-        authed.token.as_ref().and_then(|t| t.jti.as_deref()).map(|jti| ctx.live_tokens.register(jti, notify.clone()));
     let client_id_req = connect.client_id.clone();
     let conn =
         match ctx.broker.connect(*connect, principal.clone(), notify.clone(), enhanced_auth, Instant::now(), &mut wbuf)
@@ -652,8 +598,8 @@ async fn establish<S: Transport>(start: Box<Start<S>>) -> Option<Live<S::Read, S
         // first): end this one too.
         notify.end(ReasonCode::SERVER_SHUTTING_DOWN);
     }
-    let limits = (token_deadline.is_some() || scram_user.is_some() || revocation.is_some())
-        .then(|| Box::new(Limits { token_deadline, scram_user, _revocation: revocation }));
+    let limits = (token_deadline.is_some() || scram_user.is_some())
+        .then(|| Box::new(Limits { token_deadline, scram_user }));
     let keep_alive_deadline = keep_alive_span(&conn).map(|k| tokio::time::Instant::now() + k);
     let core = Core {
         conn,
@@ -681,9 +627,6 @@ struct Limits {
     token_deadline: Option<tokio::time::Instant>,
     /// The user of a connection authenticated with SCRAM-SHA-256 (it may re-authenticate).
     scram_user: Option<String>,
-    /// The registration of a token-authenticated connection in the token registry (for
-    /// revocation), removed when the connection ends.
-    _revocation: Option<TokenRegistration>,
 }
 
 /// MQTT 5 re-authentication (§4.12.1) of a SCRAM-authenticated connection: AUTH 0x19
@@ -928,8 +871,15 @@ async fn drive<R: ReadReady, W: AsyncWrite + Unpin>(l: &mut Live<R, W>) -> Drive
                 match notify.end_reason() {
                     Some(ReasonCode::SERVER_SHUTTING_DOWN) => return Driven::Closed(conn.shutdown(wbuf)),
                     Some(reason) => {
-                        info!(client_id = %conn.client_id(), %reason, "ended by an administrator, a ban or a token revocation");
-                        return Driven::Closed(conn.disconnect(wbuf, reason));
+                        let mut close = conn.disconnect(wbuf, reason);
+                        if notify.revoked() {
+                            // Its credential lost its standing (SPEC §10): the will is discarded.
+                            close.publish_will = false;
+                            info!(client_id = %conn.client_id(), %reason, "ended: its credential lost its standing (will discarded)");
+                        } else {
+                            info!(client_id = %conn.client_id(), %reason, "ended by an administrator or a ban");
+                        }
+                        return Driven::Closed(close);
                     }
                     None => {}
                 }
@@ -955,7 +905,10 @@ async fn drive<R: ReadReady, W: AsyncWrite + Unpin>(l: &mut Live<R, W>) -> Drive
                 }
                 if passed(token_deadline) {
                     debug!(client_id = %conn.client_id(), "access token expired");
-                    return Driven::Closed(conn.disconnect(wbuf, ReasonCode::MAXIMUM_CONNECT_TIME));
+                    // The credential expired (SPEC §10): the will is discarded, like a revocation's.
+                    let mut close = conn.disconnect(wbuf, ReasonCode::MAXIMUM_CONNECT_TIME);
+                    close.publish_will = false;
+                    return Driven::Closed(close);
                 }
                 if passed(throttled_until) {
                     throttled_until = None;

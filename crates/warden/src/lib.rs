@@ -20,6 +20,9 @@
 //! - [`admin_cmd`]: `warden admin …`, the CLI over the admin API.
 //! - [`admin_backend`]: the broker side of the admin API (policy, clients, kick, bans).
 //! - [`live`]: the registry of live connections (list, kick, disconnect a user's).
+//! - [`trust`]: the one place a change of trust (token revoked, OAuth client deleted or
+//!   narrowed, CRL or password file reloaded, store user disabled) is applied to live
+//!   connections and pending wills (SPEC §10).
 //! - [`bans`]: the admin ban list (client id, user name, IP, CIDR; persisted).
 
 pub mod admin_backend;
@@ -43,4 +46,5 @@ pub mod server;
 pub mod tls;
 pub mod token_cmd;
 pub mod tokens;
+pub mod trust;
 pub mod ws;

@@ -15,7 +15,7 @@ use mqtt_codec::{Protocol, ReasonCode};
 use parking_lot::Mutex;
 
 use crate::park::ConnWaker;
-use warden_policy::{Principal, PrincipalKind};
+use warden_policy::Principal;
 
 /// 56 bytes (every connection has one): the peer address packed, the connect time in 32 bits.
 struct Entry {
@@ -156,6 +156,21 @@ impl LiveClients {
         ending.len()
     }
 
+    /// End, with their wills discarded, the connections whose principal `verdict` gives a
+    /// reason for (a trust change: [`crate::trust`]); returns how many were told to end.
+    pub fn revoke_where(&self, verdict: impl Fn(&Principal) -> Option<ReasonCode>) -> usize {
+        let ending: Vec<(Arc<ConnWaker>, ReasonCode)> = self
+            .map
+            .lock()
+            .values()
+            .filter_map(|e| verdict(&e.principal).map(|r| (e.conn.clone(), r)))
+            .collect();
+        for (c, reason) in &ending {
+            c.revoke(*reason);
+        }
+        ending.len()
+    }
+
     /// End every live connection (the server is shutting down: v5 DISCONNECT 0x8B).
     pub fn end_all(&self, reason: ReasonCode) -> usize {
         self.end_where(reason, |_, _, _| true)
@@ -166,10 +181,6 @@ impl LiveClients {
         self.end_where(ReasonCode::ADMINISTRATIVE_ACTION, |c, _, _| c == client_id) > 0
     }
 
-    /// End the connections of user principals named `user` (disabled or deleted: 0x87).
-    pub fn end_user(&self, user: &str) -> usize {
-        self.end_where(ReasonCode::NOT_AUTHORIZED, |_, p, _| p.kind == PrincipalKind::User && &*p.name == user)
-    }
 }
 
 #[cfg(all(test, target_pointer_width = "64"))]

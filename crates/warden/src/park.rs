@@ -41,6 +41,8 @@ use warden_core::Wake;
 const WOKEN: u8 = 1;
 /// The connection is parked: its record is in [`ConnWaker::parked`].
 const PARKED: u8 = 2;
+/// The connection ends because its credential lost its standing: its will is discarded.
+const REVOKED: u8 = 4;
 
 /// A connection's single wake-up: the core (deliveries, a take-over), the admin registry and
 /// the token registry (end signals) and the parking thread (input, deadlines) all call
@@ -138,6 +140,18 @@ impl ConnWaker {
     pub fn end(&self, reason: ReasonCode) {
         let _ = self.end.compare_exchange(0, reason.0.max(1), Ordering::AcqRel, Ordering::Acquire);
         self.wake();
+    }
+
+    /// Ask the connection to end with `reason` because its credential lost its standing (a
+    /// trust change): its will is discarded, never published.
+    pub fn revoke(&self, reason: ReasonCode) {
+        self.state.fetch_or(REVOKED, Ordering::AcqRel);
+        self.end(reason);
+    }
+
+    /// True when [`ConnWaker::revoke`] was called: the connection's will is discarded.
+    pub fn revoked(&self) -> bool {
+        self.state.load(Ordering::Acquire) & REVOKED != 0
     }
 
     /// The reason given to [`ConnWaker::end`], once it was called.

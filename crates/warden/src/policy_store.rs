@@ -7,6 +7,7 @@
 //! Also here: [`Audited`], the authorizer the broker runs, which writes decisions to the audit
 //! log (target `warden::audit`): denials always, every decision with `[authz] audit = "all"`.
 
+use std::collections::HashSet;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, OnceLock};
 
@@ -18,6 +19,7 @@ use warden_http::admin::AdminError;
 use warden_policy::acl::AclFile;
 use warden_policy::password::PasswordFile;
 use warden_policy::store::PolicyStore;
+use warden_policy::trust::TrustEvent;
 use warden_policy::{Action, Authorizer, Decision, PolicyAuthorizer, Principal};
 
 use crate::auth::Authenticator;
@@ -121,6 +123,7 @@ pub struct PolicyManager {
     store: Mutex<PolicyStore>,
     auth: Arc<Authenticator>,
     live: Arc<LiveClients>,
+    trust: Arc<crate::trust::Trust>,
     broker: OnceLock<Arc<Broker>>,
 }
 
@@ -131,10 +134,12 @@ impl PolicyManager {
         authz: &AuthzConfig,
         auth: Arc<Authenticator>,
         live: Arc<LiveClients>,
+        trust: Arc<crate::trust::Trust>,
     ) -> anyhow::Result<PolicyManager> {
         let acl = load_acl(authz)?.map(Arc::new);
         let store = load(data_dir)?;
         auth.set_store_users(store_users(&store)?);
+        auth.set_disabled(Arc::new(disabled_names(&store)));
         Ok(PolicyManager {
             data_dir: data_dir.to_path_buf(),
             authz: authz.clone(),
@@ -142,6 +147,7 @@ impl PolicyManager {
             store: Mutex::new(store),
             auth,
             live,
+            trust,
             broker: OnceLock::new(),
         })
     }
@@ -199,22 +205,29 @@ impl PolicyManager {
             tracing::warn!(error = %e, "policy store not saved; the change is not applied");
             AdminError::internal("cannot save the policy store (see the broker log)")
         })?;
-        let ended: Vec<String> = store
+        let enabled: HashSet<String> = next
             .users
             .iter()
-            .filter(|(name, u)| !u.disabled && next.users.get(*name).is_none_or(|n| n.disabled))
-            .map(|(name, _)| name.clone())
+            .filter(|(_, u)| !u.disabled && u.password_hash.is_some())
+            .map(|(n, _)| n.clone())
             .collect();
+        let disabled = Arc::new(disabled_names(&next));
         self.auth.set_store_users(users);
+        self.auth.set_disabled(disabled.clone());
         self.swap(&next);
         *store = next;
         drop(store);
-        for name in ended {
-            let n = self.live.end_user(&name);
-            info!(user = %name, connections = n, "policy store: user disabled or deleted; connections closed");
-        }
+        // Store users deleted or disabled, and every principal of a disabled name (whichever
+        // method proved it), lose their standing (SPEC §10).
+        self.trust.apply(&TrustEvent::StoreUsers(Arc::new(enabled)));
+        self.trust.apply(&TrustEvent::Disabled(disabled));
         Ok(())
     }
+}
+
+/// The names the store has disabled.
+fn disabled_names(store: &PolicyStore) -> HashSet<String> {
+    store.users.iter().filter(|(_, u)| u.disabled).map(|(n, _)| n.clone()).collect()
 }
 
 fn store_users(store: &PolicyStore) -> anyhow::Result<PasswordFile> {

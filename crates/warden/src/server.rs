@@ -19,12 +19,14 @@ use warden_policy::PolicyAuthorizer;
 use crate::auth::Authenticator;
 use crate::bans::BanList;
 use crate::config::{AuthzConfig, Config, DurabilityMode, ListenerProtocol, OnDeny};
-use crate::conn::{ConnContext, LiveTokens};
+use crate::conn::ConnContext;
 use crate::guard::{Admitted, Guard, Refusal};
 use crate::live::LiveClients;
 use crate::policy_store::PolicyManager;
 use crate::tls::TlsListener;
 use crate::tokens::TokenAuth;
+use crate::trust::Trust;
+use warden_policy::trust::TrustEvent;
 use warden_core::limits::hit;
 use warden_http::{OAuthClient, OAuthService, OAuthSettings};
 use warden_store::{Durability, Store};
@@ -60,6 +62,8 @@ pub struct Server {
     pub live: Arc<LiveClients>,
     /// The admin ban list.
     pub bans: Arc<BanList>,
+    /// Where changes of trust are applied (revocation, removal, narrowing).
+    pub trust: Arc<Trust>,
     config: Config,
     shutdown: watch::Sender<bool>,
     tasks: JoinSet<()>,
@@ -135,7 +139,7 @@ pub fn broker_config(cfg: &Config) -> BrokerConfig {
 fn oauth_service(
     cfg: &Config,
     http: &crate::config::HttpConfig,
-    live_tokens: &Arc<LiveTokens>,
+    trust: &Arc<Trust>,
 ) -> anyhow::Result<Arc<OAuthService>> {
     let keys = crate::oauth_store::load_keys(&cfg.data_dir)?;
     let issuer = cfg.oauth.issuer.clone().unwrap_or_else(|| format!("http://{}", http.bind));
@@ -147,8 +151,10 @@ fn oauth_service(
     ));
     // Revocations survive restarts: saved on every revocation, loaded here.
     crate::revocations::attach(&service, &cfg.data_dir)?;
-    let live = live_tokens.clone();
-    service.on_revoke(Box::new(move |jti| live.revoke(jti)));
+    let trust = trust.clone();
+    service.on_revoke(Box::new(move |jti| {
+        trust.apply(&TrustEvent::TokenRevoked { jti: jti.to_owned() });
+    }));
     Ok(service)
 }
 
@@ -168,9 +174,11 @@ pub fn load_policy(cfg: &AuthzConfig) -> anyhow::Result<PolicyAuthorizer> {
 impl Server {
     /// Bind every listener and start serving.
     pub async fn start(cfg: &Config) -> anyhow::Result<Server> {
-        let live_tokens = Arc::new(LiveTokens::default());
+        let live = Arc::new(LiveClients::default());
+        // Every change of trust (revocation, removal, narrowing) is applied here (SPEC §10).
+        let trust = Trust::new(live.clone());
         let oauth = match (&cfg.http, cfg.oauth.enabled) {
-            (Some(http), true) => Some(oauth_service(cfg, http, &live_tokens)?),
+            (Some(http), true) => Some(oauth_service(cfg, http, &trust)?),
             _ => None,
         };
         let tokens = TokenAuth::new(cfg.auth.jwt.as_ref(), oauth.clone())?;
@@ -186,9 +194,9 @@ impl Server {
         if !any_method {
             warn!("no authentication method is configured and anonymous access is off: every client will be refused");
         }
-        let live = Arc::new(LiveClients::default());
         let bans = Arc::new(BanList::load(&cfg.data_dir)?);
-        let policy = Arc::new(PolicyManager::load(&cfg.data_dir, &cfg.authz, auth.clone(), live.clone())?);
+        let policy =
+            Arc::new(PolicyManager::load(&cfg.data_dir, &cfg.authz, auth.clone(), live.clone(), trust.clone())?);
         if !policy.has_rules() {
             warn!("no ACL file and no policy-store rules: every authenticated client (but token clients, bound by their scopes) may publish and subscribe anywhere");
         }
@@ -207,6 +215,7 @@ impl Server {
             store
         });
         policy.attach(broker.clone());
+        trust.attach(broker.clone());
         let (shutdown, shutdown_rx) = watch::channel(false);
         let ctx = Arc::new(ConnContext {
             broker: broker.clone(),
@@ -214,7 +223,6 @@ impl Server {
             max_packet_size: cfg.limits.max_packet_size,
             connect_timeout: cfg.limits.connect_timeout,
             shutdown: shutdown_rx.clone(),
-            live_tokens,
             store: store.clone(),
             publish_limits: crate::limits::PublishLimits {
                 rate: cfg.limits.max_publish_rate,
@@ -339,6 +347,7 @@ impl Server {
                 live: live.clone(),
                 bans: bans.clone(),
                 oauth: oauth.clone(),
+                trust: trust.clone(),
                 config: cfg.clone(),
             });
             let admin_auth = warden_http::admin::AdminAuth {
@@ -422,6 +431,7 @@ impl Server {
             policy,
             live,
             bans,
+            trust,
             config: cfg.clone(),
             shutdown,
             tasks,
@@ -440,15 +450,25 @@ impl Server {
         self.listeners.iter().find(|l| l.protocol == protocol).map(|l| l.addr)
     }
 
-    /// Re-read what can change without a restart: the password file and every TLS
-    /// listener's certificate, key, client CA and CRLs. Errors leave the old state in force;
-    /// live connections are never dropped.
+    /// Re-read what can change without a restart: the password file, every TLS listener's
+    /// certificate, key, client CA and CRLs, the OAuth clients and keys, and the ACL file.
+    /// Errors leave the old state in force. What a reload takes standing from (a user removed
+    /// from the password file, a certificate a CRL now revokes, an OAuth client deleted or
+    /// narrowed) ends its live connections, wills discarded ([`crate::trust`]); nothing else is
+    /// disturbed.
     pub fn reload(&self) {
         match self.auth.reload() {
-            Ok(n) => info!(users = n, "password file reloaded"),
+            Ok(Some(file)) => {
+                info!(users = file.len(), "password file reloaded");
+                self.trust.apply(&TrustEvent::PasswordFile(file));
+            }
+            Ok(None) => {}
             Err(e) => warn!(error = %e, "password file reload failed; the previous one stays in force"),
         }
-        crate::tls::reload_all(&self.tls);
+        let revoked = crate::tls::reload_all(&self.tls);
+        if !self.tls.is_empty() {
+            self.trust.apply(&TrustEvent::CertificatesRevoked(Arc::new(revoked)));
+        }
         if let Some(o) = &self.oauth {
             match (oauth_clients(&self.config), crate::oauth_store::load_keys(&self.config.data_dir)) {
                 (Ok(clients), Ok(keys)) => {
@@ -459,6 +479,7 @@ impl Server {
                         o.rotate(k);
                     }
                     info!(clients = n, kid = %o.current_kid(), "token service reloaded");
+                    self.trust.oauth_clients_changed(o);
                 }
                 (Err(e), _) | (_, Err(e)) => {
                     warn!(error = %e, "token service reload failed; the previous clients and keys stay")

@@ -26,17 +26,30 @@ use tokio_rustls::server::TlsStream;
 use tokio_rustls::TlsAcceptor;
 use tracing::{info, warn};
 use warden_policy::cert::{identity_from_der, CertIdentityError};
+use warden_policy::trust::{CertRef, RevokedCerts};
 
 use crate::config::{ClientCertMode, TlsConfig};
 
-/// What the TLS layer proved about the client: nothing (no certificate), a principal name
-/// taken from a verified certificate, or a verified certificate whose identity is refused.
-pub type CertIdentity = Option<Result<String, CertIdentityError>>;
+/// What the TLS layer proved about the client: nothing (no certificate), or a verified
+/// certificate with the principal name taken from it (or the reason its identity is refused).
+pub type CertIdentity = Option<ClientCert>;
+
+/// A verified client certificate.
+#[derive(Debug)]
+pub struct ClientCert {
+    /// The principal name taken from it, or why none can be.
+    pub identity: Result<String, CertIdentityError>,
+    /// Its issuer and serial, which a CRL names (SPEC §10: a reloaded CRL that revokes it ends
+    /// the connection).
+    pub cert: Option<CertRef>,
+}
 
 /// A TLS listener's reloadable server configuration.
 pub struct TlsListener {
     settings: TlsConfig,
     current: RwLock<Arc<ServerConfig>>,
+    /// The certificates its CRLs revoke (for connections made before a reload).
+    revoked: RwLock<Arc<RevokedCerts>>,
 }
 
 impl std::fmt::Debug for TlsListener {
@@ -103,18 +116,41 @@ pub fn server_config(settings: &TlsConfig) -> anyhow::Result<ServerConfig> {
         .map_err(|e| anyhow!("{} / {}: {e}", settings.cert.display(), settings.key.display()))
 }
 
+/// The certificates revoked by the CRLs named in `settings`.
+fn revoked_certs(settings: &TlsConfig) -> anyhow::Result<RevokedCerts> {
+    let mut revoked = RevokedCerts::default();
+    for p in &settings.crls {
+        for der in read_crl(p)? {
+            revoked.add_der(der.as_ref()).map_err(|e| anyhow!("{}: {e}", p.display()))?;
+        }
+    }
+    Ok(revoked)
+}
+
 impl TlsListener {
     /// Load the listener's certificate, key, client CA and CRLs.
     pub fn load(settings: &TlsConfig) -> anyhow::Result<TlsListener> {
         let cfg = server_config(settings)?;
-        Ok(TlsListener { settings: settings.clone(), current: RwLock::new(Arc::new(cfg)) })
+        let revoked = revoked_certs(settings)?;
+        Ok(TlsListener {
+            settings: settings.clone(),
+            current: RwLock::new(Arc::new(cfg)),
+            revoked: RwLock::new(Arc::new(revoked)),
+        })
     }
 
     /// Re-read every file; on error the config in force stays.
     pub fn reload(&self) -> anyhow::Result<()> {
         let cfg = server_config(&self.settings)?;
+        let revoked = revoked_certs(&self.settings)?;
         *self.current.write() = Arc::new(cfg);
+        *self.revoked.write() = Arc::new(revoked);
         Ok(())
+    }
+
+    /// The certificates this listener's CRLs revoke now.
+    pub fn revoked(&self) -> Arc<RevokedCerts> {
+        self.revoked.read().clone()
     }
 
     /// The certificate file (for log lines).
@@ -128,13 +164,11 @@ impl TlsListener {
         let acceptor = TlsAcceptor::from(self.current.read().clone());
         match acceptor.accept(sock).await {
             Ok(stream) => {
-                let identity = stream
-                    .get_ref()
-                    .1
-                    .peer_certificates()
-                    .and_then(|c| c.first())
-                    .map(|leaf| identity_from_der(leaf.as_ref(), self.settings.identity_from_cert));
-                if let Some(Err(e)) = &identity {
+                let identity = stream.get_ref().1.peer_certificates().and_then(|c| c.first()).map(|leaf| ClientCert {
+                    identity: identity_from_der(leaf.as_ref(), self.settings.identity_from_cert),
+                    cert: CertRef::from_der(leaf.as_ref()),
+                });
+                if let Some(ClientCert { identity: Err(e), .. }) = &identity {
                     info!(%peer, reason = %e, "client certificate identity refused");
                 }
                 Some((stream, identity))
@@ -147,12 +181,16 @@ impl TlsListener {
     }
 }
 
-/// Log the outcome of reloading every TLS listener.
-pub fn reload_all(listeners: &[Arc<TlsListener>]) {
+/// Reload every TLS listener (logging the outcome); returns the certificates their CRLs
+/// revoke now (all listeners together: an issuer and serial name one certificate).
+pub fn reload_all(listeners: &[Arc<TlsListener>]) -> RevokedCerts {
+    let mut all = RevokedCerts::default();
     for l in listeners {
         match l.reload() {
             Ok(()) => info!(cert = %l.cert_path().display(), "TLS certificates reloaded"),
             Err(e) => warn!(error = %e, "TLS reload failed; the previous certificates stay in force"),
         }
+        all.extend(&l.revoked());
     }
+    all
 }

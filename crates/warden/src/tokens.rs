@@ -16,6 +16,7 @@ use parking_lot::{Mutex, RwLock};
 use tracing::{info, warn};
 use warden_http::OAuthService;
 use warden_policy::jwt::{self, JwtError, JwtSettings, KeySet, VerifiedToken};
+use warden_policy::trust::{Credential, CredentialSource, TokenRef};
 use warden_policy::Principal;
 
 use crate::config::{JwtConfig, SubjectMatch};
@@ -133,7 +134,7 @@ impl TokenAuth {
         let mut last_err = String::from("no token method accepted it");
         if let Some(b) = &self.builtin {
             match b.verify(token) {
-                Ok(v) => return Some(grant(v, SubjectMatch::Off, connect)),
+                Ok(v) => return Some(grant(v, SubjectMatch::Off, connect, true)),
                 Err(e) => last_err = e.to_string(),
             }
         }
@@ -142,7 +143,7 @@ impl TokenAuth {
                 Ok(mut v) => {
                     // A token accepted within the leeway lives as long as the leeway allows.
                     v.expires_at = v.expires_at.saturating_add(x.settings.leeway_secs);
-                    return Some(grant(v, x.subject_must_match, connect));
+                    return Some(grant(v, x.subject_must_match, connect, false));
                 }
                 Err(e) => last_err = e.to_string(),
             }
@@ -154,7 +155,14 @@ impl TokenAuth {
 }
 
 /// The principal a verified token stands for, once its subject passes the configured rule.
-fn grant(v: VerifiedToken, rule: SubjectMatch, connect: &Connect) -> Result<(Principal, TokenInfo), ReasonCode> {
+/// `builtin`: the token was issued by the built-in token service (its OAuth client is then
+/// the token's `client_id`, else its subject).
+fn grant(
+    v: VerifiedToken,
+    rule: SubjectMatch,
+    connect: &Connect,
+    builtin: bool,
+) -> Result<(Principal, TokenInfo), ReasonCode> {
     let subject_ok = match rule {
         SubjectMatch::Off => true,
         SubjectMatch::Username => connect.username.as_deref() == Some(v.subject.as_str()),
@@ -163,11 +171,16 @@ fn grant(v: VerifiedToken, rule: SubjectMatch, connect: &Connect) -> Result<(Pri
     if !subject_ok || warden_policy::cert::check_identity(&v.subject).is_err() {
         return Err(ReasonCode::NOT_AUTHORIZED);
     }
+    let credential = TokenRef {
+        jti: v.jti.as_deref().map(Into::into),
+        oauth_client: builtin.then(|| v.client_id.as_deref().unwrap_or(&v.subject).into()),
+    };
     let principal = Principal::token(
         &v.subject,
         v.roles.iter().map(|r| Arc::from(r.as_str())).collect(),
         v.scopes.iter().map(|s| Arc::from(s.as_str())).collect(),
-    );
+    )
+    .with_credential(CredentialSource::Token, Some(Credential::Token(credential)));
     Ok((principal, TokenInfo { jti: v.jti, expires_at: v.expires_at }))
 }
 
