@@ -245,7 +245,8 @@ mod tests {
     #[test]
     fn oauth_client_deleted_or_narrowed_ends_its_tokens() {
         let p = token("dev-1", "j", Some("dev-1"), &["mqtt:pub:a/#", "mqtt:sub:b/#"]);
-        let grants = |scopes: &[&str]| ClientGrants { scopes: scopes.iter().map(|s| s.to_string()).collect(), roles: vec![] };
+        let grants =
+            |scopes: &[&str]| ClientGrants { scopes: scopes.iter().map(|s| s.to_string()).collect(), roles: vec![] };
         let same = HashMap::from([("dev-1".to_string(), grants(&["mqtt:pub:a/#", "mqtt:sub:b/#", "x"]))]);
         assert_eq!(TrustEvent::OAuthClients(Arc::new(same)).verdict(&p), None, "wider or equal: kept");
         let narrowed = HashMap::from([("dev-1".to_string(), grants(&["mqtt:pub:a/#"]))]);

@@ -1,0 +1,399 @@
+//! The trust lifecycle against the real broker (SPEC §10, issue "Trust changes reach
+//! everything", docs/trust-lifecycle.md): when a credential's standing changes, its live
+//! connections end with v5 DISCONNECT 0x87 and their wills are discarded — delayed ones
+//! included — while other credentials are untouched, and the credential is refused afterwards.
+//!
+//! Each test names the review's item it guards. The real client is rumqttc v5 (it must see
+//! DISCONNECT 0x87 as a server disconnect, not a malformed packet); observers are the
+//! testkit's raw clients. Absence of a will is shown without sleeping: once the connection is
+//! gone from the broker, a marker published on the will topic arrives at the observer first
+//! (deliveries to one subscriber keep their order), and no retained message is left.
+
+use std::time::{Duration, Instant};
+
+use mqtt_codec::{Packet, Protocol, QoS, ReasonCode};
+use rumqttc::v5::mqttbytes::v5 as p5;
+use rumqttc::v5::mqttbytes::QoS as QoS5;
+use warden::config::ListenerProtocol;
+use warden_policy::password::hash_password;
+use warden_testkit::pki::{tls_connect, TestPki, Validity};
+use warden_testkit::{connect_packet, connected, publish, RawClient, Recv, TestBroker, WAIT};
+
+const LISTENER: &str = "[[listener]]\nbind = \"127.0.0.1:0\"\nprotocol = \"mqtt\"\n";
+
+/// A v5 CONNECT with a user name and password.
+fn login(client_id: &str, user: &str, password: &str) -> mqtt_codec::Connect {
+    let mut c = connect_packet(Protocol::V5, client_id, true);
+    c.username = Some(user.into());
+    c.password = Some(bytes::Bytes::from(password.as_bytes().to_vec()));
+    c
+}
+
+/// Wait until the server sends DISCONNECT (v5) and closes; its reason code.
+async fn expect_disconnect(c: &mut RawClient) -> ReasonCode {
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        match tokio::time::timeout_at(deadline, c.recv()).await.expect("DISCONNECT in time") {
+            Recv::Packet(Packet::Disconnect(d)) => return d.reason_code,
+            Recv::Packet(_) => {}
+            other => panic!("closed without DISCONNECT: {other:?}"),
+        }
+    }
+}
+
+/// The connection still answers a PINGREQ.
+async fn assert_alive(c: &mut RawClient) {
+    c.send(&Packet::PingReq).await;
+    loop {
+        match c.recv_within(WAIT).await {
+            Recv::Packet(Packet::PingResp) => return,
+            Recv::Packet(_) => {}
+            other => panic!("connection not alive: {other:?}"),
+        }
+    }
+}
+
+/// Poll until no connection of `client_id` is live.
+async fn wait_gone(b: &TestBroker, client_id: &str) {
+    let deadline = Instant::now() + WAIT;
+    while b.server.live.list().iter().any(|c| c.client_id == client_id) {
+        assert!(Instant::now() < deadline, "{client_id} still live");
+        tokio::task::yield_now().await;
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    // The session's end (and a will, if one were published) follows the registry's removal
+    // on the connection's task; the connected-clients gauge is decremented there.
+    let deadline = Instant::now() + WAIT;
+    while b.server.live.list().len() as u64
+        != b.server.broker.stats.clients_connected.load(std::sync::atomic::Ordering::Relaxed)
+    {
+        assert!(Instant::now() < deadline, "session of {client_id} not closed");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
+/// `observer` (subscribed to `topic`) gets `marker`, published now by `publisher`, with no will
+/// before it; and nothing is retained on `topic` (a new subscriber's first message is the next
+/// marker: a retained will would be queued for it at its SUBSCRIBE, before the marker).
+async fn assert_no_will(b: &TestBroker, observer: &mut RawClient, publisher: &mut RawClient, topic: &str) {
+    publisher.send(&publish(topic, QoS::AtMostOnce, 0, b"marker")).await;
+    let p = observer.expect_publish().await;
+    assert_eq!(&p.payload[..], b"marker", "a will arrived before the marker: {p:?}");
+    let (mut fresh, _) = connected(b.addr(), login("fresh-observer", "watcher", "watcher-pw")).await;
+    fresh.subscribe(1, topic, QoS::AtMostOnce).await;
+    publisher.send(&publish(topic, QoS::AtMostOnce, 0, b"marker-2")).await;
+    let p = fresh.expect_publish().await;
+    assert_eq!(&p.payload[..], b"marker-2", "a retained will was left on the broker: {p:?}");
+    assert_eq!(&observer.expect_publish().await.payload[..], b"marker-2");
+}
+
+/// The CONNACK reason code a CONNECT gets.
+async fn connack(b: &TestBroker, c: mqtt_codec::Connect) -> ReasonCode {
+    match RawClient::connect(b.addr(), c).await.1 {
+        Recv::Packet(Packet::Connack(a)) => a.reason_code,
+        other => panic!("no CONNACK: {other:?}"),
+    }
+}
+
+// ------------------------------------------------------------------------------ tokens
+
+const DEV: &str = "dev-001";
+const DEV_SECRET: &str = "dev-001 secret, 32 bytes or so!!";
+
+fn oauth_config() -> String {
+    format!(
+        "{LISTENER}[http]\nbind = \"127.0.0.1:0\"\n[oauth]\ntoken_ttl = \"15m\"\n\
+         [[oauth.client]]\nid = \"{DEV}\"\nsecret_hash = '{}'\nscopes = [\"mqtt:pub:wills/#\"]\n\
+         [auth]\npassword_file = \"passwd\"\n",
+        hash_password(DEV_SECRET.as_bytes())
+    )
+}
+
+/// A broker whose password file holds `watcher` (password `watcher-pw`) and `users`.
+async fn broker_with_users(config: &str, users: &[&str]) -> TestBroker {
+    let dir = tempfile::tempdir().unwrap();
+    let mut lines = String::new();
+    for u in std::iter::once(&"watcher").chain(users) {
+        lines.push_str(&format!("{u}:{}\n", hash_password(format!("{u}-pw").as_bytes())));
+    }
+    std::fs::write(dir.path().join("passwd"), lines).unwrap();
+    TestBroker::from_toml_in(dir, config).await
+}
+
+fn basic_auth() -> String {
+    use base64::Engine as _;
+    format!("Basic {}", base64::engine::general_purpose::STANDARD.encode(format!("{DEV}:{DEV_SECRET}")))
+}
+
+fn http_base(b: &TestBroker) -> String {
+    format!("http://{}", b.server.http_addr.expect("http listener"))
+}
+
+async fn post_form(url: String, params: Vec<(&'static str, String)>) -> u16 {
+    tokio::task::spawn_blocking(move || {
+        let params: Vec<(&str, &str)> = params.iter().map(|(k, v)| (*k, v.as_str())).collect();
+        match ureq::post(&url).set("Authorization", &basic_auth()).send_form(&params) {
+            Ok(r) => r.status(),
+            Err(ureq::Error::Status(s, _)) => s,
+            Err(e) => panic!("{url}: {e}"),
+        }
+    })
+    .await
+    .unwrap()
+}
+
+async fn token(b: &TestBroker) -> String {
+    let url = format!("{}/oauth/token", http_base(b));
+    tokio::task::spawn_blocking(move || {
+        let r = ureq::post(&url).set("Authorization", &basic_auth()).send_form(&[("grant_type", "client_credentials")]);
+        let v: serde_json::Value = r.expect("token").into_json().unwrap();
+        v["access_token"].as_str().unwrap().to_owned()
+    })
+    .await
+    .unwrap()
+}
+
+/// A rumqttc v5 client of dev-001 with `token`, a retained QoS 1 will on `topic` (delayed by
+/// `delay` seconds, session expiry 300 s), connected.
+async fn rumqttc_with_will(b: &TestBroker, id: &str, token: &str, topic: &str, delay: u32) -> rumqttc::v5::EventLoop {
+    let mut o = rumqttc::v5::MqttOptions::new(id, "127.0.0.1", b.port());
+    o.set_credentials(DEV, token);
+    let props = p5::LastWillProperties {
+        delay_interval: Some(delay),
+        payload_format_indicator: None,
+        message_expiry_interval: None,
+        content_type: None,
+        response_topic: None,
+        correlation_data: None,
+        user_properties: Vec::new(),
+    };
+    o.set_last_will(p5::LastWill::new(topic, b"will".to_vec(), QoS5::AtLeastOnce, true, Some(props)));
+    let cp = p5::ConnectProperties { session_expiry_interval: Some(300), ..Default::default() };
+    o.set_connect_properties(cp);
+    let (_client, mut ev) = rumqttc::v5::AsyncClient::new(o, 10);
+    tokio::time::timeout(WAIT, async {
+        loop {
+            match ev.poll().await {
+                Ok(rumqttc::v5::Event::Incoming(p5::Packet::ConnAck(a))) => {
+                    assert_eq!(a.code, p5::ConnectReturnCode::Success);
+                    return;
+                }
+                Ok(_) => {}
+                Err(e) => panic!("rumqttc: {e:?}"),
+            }
+        }
+    })
+    .await
+    .expect("CONNACK in time");
+    // The client must outlive this function: its event loop is the connection.
+    std::mem::forget(_client);
+    ev
+}
+
+/// Poll `ev` until the server disconnects it; the reason code rumqttc read.
+async fn server_disconnect(ev: &mut rumqttc::v5::EventLoop) -> p5::DisconnectReasonCode {
+    tokio::time::timeout(WAIT, async {
+        loop {
+            match ev.poll().await {
+                Ok(rumqttc::v5::Event::Incoming(p5::Packet::Disconnect(d))) => return d.reason_code,
+                Ok(_) => {}
+                Err(rumqttc::v5::ConnectionError::MqttState(rumqttc::v5::StateError::ServerDisconnect {
+                    reason_code,
+                    ..
+                })) => return reason_code,
+                Err(e) => panic!("rumqttc: expected a server DISCONNECT, got {e:?}"),
+            }
+        }
+    })
+    .await
+    .expect("server DISCONNECT in time")
+}
+
+/// Items 4 (revoked token's will) with its control: a token client that vanishes has its
+/// retained will published; one whose token is revoked gets DISCONNECT 0x87 (read by rumqttc)
+/// and its will — immediate or delayed — is never published.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn item4_a_revoked_tokens_will_is_discarded_immediate_or_delayed() {
+    let b = broker_with_users(&oauth_config(), &[]).await;
+    let (mut watcher, _) = connected(b.addr(), login("watcher", "watcher", "watcher-pw")).await;
+    watcher.subscribe(1, "wills/#", QoS::AtMostOnce).await;
+
+    // Control: the same kind of client vanishing publishes its will.
+    let t = token(&b).await;
+    let ev = rumqttc_with_will(&b, "dev-ctl", &t, "wills/ctl", 0).await;
+    drop(ev);
+    let p = watcher.expect_publish().await;
+    assert_eq!((p.topic.as_str(), &p.payload[..]), ("wills/ctl", &b"will"[..]));
+    let (mut cleaner, _) = connected(b.addr(), login("cleaner", "watcher", "watcher-pw")).await;
+    // Clear the retained control will (an empty retained message removes it).
+    let Packet::Publish(mut clear) = publish("wills/ctl", QoS::AtMostOnce, 0, b"") else { unreachable!() };
+    clear.retain = true;
+    cleaner.send(&Packet::Publish(clear)).await;
+    assert_eq!(watcher.expect_publish().await.payload.len(), 0);
+
+    // Immediate will: revoked -> DISCONNECT 0x87, no will.
+    let t = token(&b).await;
+    let mut ev = rumqttc_with_will(&b, "dev-now", &t, "wills/now", 0).await;
+    assert_eq!(post_form(format!("{}/oauth/revoke", http_base(&b)), vec![("token", t.clone())]).await, 200);
+    assert_eq!(server_disconnect(&mut ev).await, p5::DisconnectReasonCode::NotAuthorized);
+    wait_gone(&b, "dev-now").await;
+    assert_no_will(&b, &mut watcher, &mut cleaner, "wills/now").await;
+
+    // Delayed will of a client that vanished before its token was revoked: pending, then
+    // discarded by the revocation (the housekeeping past its delay publishes nothing).
+    let t = token(&b).await;
+    let ev = rumqttc_with_will(&b, "dev-later", &t, "wills/later", 60).await;
+    drop(ev);
+    wait_gone(&b, "dev-later").await;
+    assert_eq!(post_form(format!("{}/oauth/revoke", http_base(&b)), vec![("token", t)]).await, 200);
+    b.server.broker.tick(Instant::now() + Duration::from_secs(120));
+    assert_no_will(&b, &mut watcher, &mut cleaner, "wills/later").await;
+    // A pending will of a credential still in good standing is published when due.
+    let t = token(&b).await;
+    let ev = rumqttc_with_will(&b, "dev-kept", &t, "wills/kept", 60).await;
+    drop(ev);
+    wait_gone(&b, "dev-kept").await;
+    b.server.broker.tick(Instant::now() + Duration::from_secs(120));
+    assert_eq!(&watcher.expect_publish().await.payload[..], b"will");
+}
+
+/// Item 2: an OAuth client removed (the stored-clients file + SIGHUP, as the CLI does; the admin
+/// API's DELETE takes the same path) ends its tokens' live connections with 0x87, and its
+/// tokens are refused afterwards.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn item2_a_removed_oauth_clients_connections_end() {
+    let cfg = format!(
+        "{LISTENER}[http]\nbind = \"127.0.0.1:0\"\n[oauth]\ntoken_ttl = \"15m\"\n[auth]\npassword_file = \"passwd\"\n"
+    );
+    let b = broker_with_users(&cfg, &[]).await;
+    let data = b.dir().to_path_buf();
+    let store_cfg = warden::config::Config::load(&b.path("warden.toml")).unwrap();
+    warden::oauth_store::put_stored_client(
+        &store_cfg,
+        DEV,
+        hash_password(DEV_SECRET.as_bytes()),
+        vec!["mqtt:pub:d/#".into()],
+        vec![],
+    )
+    .unwrap();
+    b.server.reload();
+    let t = token(&b).await;
+    let (mut dev, _) = connected(b.addr(), login("dev-rm", DEV, &t)).await;
+    let (mut bystander, _) = connected(b.addr(), login("by", "watcher", "watcher-pw")).await;
+    assert!(warden::oauth_store::remove_stored_client(&data, DEV).unwrap());
+    b.server.reload();
+    assert_eq!(expect_disconnect(&mut dev).await, ReasonCode::NOT_AUTHORIZED);
+    assert_alive(&mut bystander).await;
+    let refused = connack(&b, login("dev-rm2", DEV, &t)).await;
+    assert_eq!(refused, ReasonCode::BAD_USER_NAME_OR_PASSWORD, "the removed client's token is refused");
+}
+
+// ------------------------------------------------------------------------------ passwords
+
+/// Item 3: a user removed from the password file + SIGHUP: its live connection ends (0x87, will
+/// discarded), it cannot log in again, and another user is untouched.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn item3_a_user_removed_from_the_password_file_is_disconnected() {
+    let cfg = format!("{LISTENER}[auth]\npassword_file = \"passwd\"\n");
+    let b = broker_with_users(&cfg, &["keep", "gone"]).await;
+    let (mut watcher, _) = connected(b.addr(), login("watcher", "watcher", "watcher-pw")).await;
+    watcher.subscribe(1, "st/#", QoS::AtMostOnce).await;
+    let (mut keep, _) = connected(b.addr(), login("keep", "keep", "keep-pw")).await;
+    let mut c = login("gone", "gone", "gone-pw");
+    c.will = Some(mqtt_codec::LastWill {
+        topic: mqtt_codec::TopicName::new("st/gone").unwrap(),
+        payload: bytes::Bytes::from_static(b"will"),
+        qos: QoS::AtLeastOnce,
+        retain: true,
+        properties: Default::default(),
+    });
+    let (mut gone, _) = connected(b.addr(), c).await;
+    let passwd = b.path("passwd");
+    let text = std::fs::read_to_string(&passwd).unwrap();
+    let kept: String = text.lines().filter(|l| !l.starts_with("gone:")).map(|l| format!("{l}\n")).collect();
+    std::fs::write(&passwd, kept).unwrap();
+    b.server.reload();
+    assert_eq!(expect_disconnect(&mut gone).await, ReasonCode::NOT_AUTHORIZED);
+    wait_gone(&b, "gone").await;
+    assert_no_will(&b, &mut watcher, &mut keep, "st/gone").await;
+    assert_alive(&mut keep).await;
+    assert_eq!(connack(&b, login("gone-again", "gone", "gone-pw")).await, ReasonCode::BAD_USER_NAME_OR_PASSWORD);
+}
+
+/// Item 7: a policy-store user marked disabled is refused whichever method names it — here the
+/// password file — and its live connections end (0x87), whatever method proved them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn item7_a_disabled_store_user_is_refused_by_every_method() {
+    let cfg = format!("{LISTENER}[auth]\npassword_file = \"passwd\"\n");
+    let b = broker_with_users(&cfg, &["dev-9", "dev-10"]).await;
+    let (mut live, _) = connected(b.addr(), login("dev-9", "dev-9", "dev-9-pw")).await;
+    let (mut other, _) = connected(b.addr(), login("dev-10", "dev-10", "dev-10-pw")).await;
+    b.server
+        .policy
+        .update(&mut |s| {
+            s.users.insert("dev-9".into(), warden_policy::store::User { disabled: true, ..Default::default() });
+            Ok(())
+        })
+        .unwrap();
+    assert_eq!(expect_disconnect(&mut live).await, ReasonCode::NOT_AUTHORIZED);
+    assert_alive(&mut other).await;
+    let refused = connack(&b, login("dev-9b", "dev-9", "dev-9-pw")).await;
+    assert_eq!(refused, ReasonCode::NOT_AUTHORIZED, "the password file cannot bring a disabled user back");
+    // Enabled again: it logs in.
+    b.server
+        .policy
+        .update(&mut |s| {
+            s.users.get_mut("dev-9").unwrap().disabled = false;
+            Ok(())
+        })
+        .unwrap();
+    assert_eq!(connack(&b, login("dev-9c", "dev-9", "dev-9-pw")).await, ReasonCode::SUCCESS);
+}
+
+// ------------------------------------------------------------------------------ certificates
+
+/// Item 1: a live connection whose client certificate a reloaded CRL now revokes ends (0x87);
+/// another device's stays; the revoked certificate's new handshakes are refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn item1_a_certificate_revoked_by_a_reloaded_crl_ends_its_connection() {
+    let dir = tempfile::tempdir().unwrap();
+    let pki = TestPki::new(&dir.path().join("pki"), "fleet");
+    pki.crl("fleet.crl", &[]);
+    let s = pki.server();
+    let body = format!(
+        "[[listener]]\nbind = \"127.0.0.1:0\"\nprotocol = \"mqtts\"\ncert = \"{}\"\nkey = \"{}\"\n\
+         client_ca = \"{}\"\ncrl = \"{}\"\n",
+        s.cert.display(),
+        s.key.display(),
+        pki.ca_pem().display(),
+        pki.dir.join("fleet.crl").display()
+    );
+    let b = TestBroker::from_toml_in(dir, &body).await;
+    let addr = b.addr_of(ListenerProtocol::Mqtts);
+    let (dev_a, dev_b) = (pki.client("dev-a", Validity::Valid), pki.client("dev-b", Validity::Valid));
+    let open = |cert: warden_testkit::pki::CertFiles, id: &'static str| {
+        let ca = pki.ca_pem();
+        async move {
+            let stream = tls_connect(addr, &ca, Some(&cert)).await.expect("handshake");
+            let (c, r) = RawClient::connect_over(stream, connect_packet(Protocol::V5, id, true)).await;
+            assert!(matches!(r, Recv::Packet(Packet::Connack(ref a)) if a.reason_code == ReasonCode::SUCCESS), "{r:?}");
+            c
+        }
+    };
+    let mut a = open(dev_a.clone(), "dev-a").await;
+    let mut bb = open(dev_b, "dev-b").await;
+    pki.crl("fleet.crl", &[dev_a.serial]);
+    b.server.reload();
+    assert_eq!(expect_disconnect(&mut a).await, ReasonCode::NOT_AUTHORIZED);
+    assert_alive(&mut bb).await;
+    assert!(
+        tls_connect(addr, &pki.ca_pem(), Some(&dev_a)).await.is_err() || {
+            // TLS 1.3: the client may finish its side before the server's refusal arrives.
+            let stream = tls_connect(addr, &pki.ca_pem(), Some(&dev_a)).await.unwrap();
+            !matches!(
+                RawClient::connect_over(stream, connect_packet(Protocol::V5, "dev-a2", true)).await.1,
+                Recv::Packet(Packet::Connack(_))
+            )
+        }
+    );
+}
