@@ -184,6 +184,11 @@ impl OAuthService {
         *self.clients.write() = Arc::new(map);
     }
 
+    /// True when a client with this id is registered.
+    pub fn has_client(&self, id: &str) -> bool {
+        self.clients.read().contains_key(id)
+    }
+
     /// The current clients.
     pub fn clients(&self) -> Vec<OAuthClient> {
         self.clients.read().values().cloned().collect()

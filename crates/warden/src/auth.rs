@@ -48,12 +48,26 @@ pub fn default_hash_concurrency() -> usize {
     std::thread::available_parallelism().map_or(1, |n| n.get()).saturating_sub(1).max(1)
 }
 
+/// Characters that may follow the principal's name in a `prefix` client id: `dev-1` may use
+/// `dev-1`, `dev-1-a`, `dev-1/sensor`, `dev-1:2`, `dev-1.x` or `dev-1_b`, never `dev-10`.
+pub const CLIENT_ID_DELIMITERS: [char; 5] = ['-', '/', ':', '.', '_'];
+
+/// `client_id` is `name`, or `name` followed by a delimiter ([`CLIENT_ID_DELIMITERS`]).
+fn has_prefix(client_id: &str, name: &str) -> bool {
+    match client_id.strip_prefix(name) {
+        Some("") => true,
+        Some(rest) => rest.starts_with(CLIENT_ID_DELIMITERS),
+        None => false,
+    }
+}
+
 /// Decides who a CONNECT is.
 pub struct Authenticator {
     allow_anonymous: bool,
     tokens: TokenAuth,
     lookup: Option<HttpLookup>,
     client_id_rule: ClientIdMatch,
+    reserve_names: bool,
     password_path: Option<PathBuf>,
     passwords: RwLock<Option<Arc<PasswordFile>>>,
     /// Users of the policy store with a password (enabled ones only), as a password file.
@@ -93,6 +107,7 @@ impl Authenticator {
             tokens,
             lookup,
             client_id_rule: identity.client_id_must_match,
+            reserve_names: identity.reserve_principal_names,
             password_path: cfg.password_file.clone(),
             passwords: RwLock::new(passwords),
             store_users: RwLock::new(None),
@@ -149,6 +164,14 @@ impl Authenticator {
         *self.store_users.write() = (!users.is_empty()).then(|| Arc::new(users));
     }
 
+    /// True when `name` is a user of the password file or the policy store, or a client of the
+    /// built-in token service.
+    fn is_principal_name(&self, name: &str) -> bool {
+        self.passwords.read().as_ref().is_some_and(|f| f.contains(name))
+            || self.store_users.read().as_ref().is_some_and(|f| f.contains(name))
+            || self.tokens.is_oauth_client(name)
+    }
+
     /// The names the policy store has disabled, applied at once to new CONNECTs.
     pub fn set_disabled(&self, names: Arc<std::collections::HashSet<String>>) {
         *self.disabled.write() = names;
@@ -186,13 +209,18 @@ impl Authenticator {
     /// `[identity] client_id_must_match`: may this principal use this client id? Anonymous
     /// clients are exempt (they have no name to match). Refusal: 0x85 (v3 0x02).
     pub fn check_client_id(&self, principal: &Principal, client_id: &str) -> Result<(), ReasonCode> {
+        // A client id named like another principal the broker knows is that principal's: no
+        // other principal (anonymous included) may take it and hold its session (SPEC §3, §10).
+        if self.reserve_names && client_id != &*principal.name && self.is_principal_name(client_id) {
+            return Err(ReasonCode::CLIENT_IDENTIFIER_NOT_VALID);
+        }
         if principal.kind == PrincipalKind::Anonymous {
             return Ok(());
         }
         let ok = match self.client_id_rule {
             ClientIdMatch::Off => true,
             ClientIdMatch::Exact => client_id == &*principal.name,
-            ClientIdMatch::Prefix => client_id.starts_with(&*principal.name),
+            ClientIdMatch::Prefix => has_prefix(client_id, &principal.name),
         };
         if ok {
             Ok(())
@@ -352,6 +380,23 @@ impl Authenticator {
                     Err(ReasonCode::BAD_USER_NAME_OR_PASSWORD)
                 }
             }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::has_prefix;
+
+    /// Trust lifecycle item 11: `prefix` needs a delimiter after the name.
+    #[test]
+    fn prefix_needs_a_delimiter() {
+        assert!(has_prefix("dev-1", "dev-1"));
+        for ok in ["dev-1-a", "dev-1/sensor", "dev-1:2", "dev-1.x", "dev-1_b"] {
+            assert!(has_prefix(ok, "dev-1"), "{ok}");
+        }
+        for refused in ["dev-10", "dev-1a", "dev-", "xdev-1", ""] {
+            assert!(!has_prefix(refused, "dev-1"), "{refused}");
         }
     }
 }

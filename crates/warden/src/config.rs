@@ -132,10 +132,19 @@ pub struct TlsConfig {
 }
 
 /// The `[identity]` table.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct IdentityConfig {
     /// Must the client id equal (or start with) the principal's name?
     pub client_id_must_match: ClientIdMatch,
+    /// A client id equal to the name of a principal the broker knows (a password-file or
+    /// policy-store user, an OAuth client) is reserved for that principal (default true).
+    pub reserve_principal_names: bool,
+}
+
+impl Default for IdentityConfig {
+    fn default() -> Self {
+        IdentityConfig { client_id_must_match: ClientIdMatch::default(), reserve_principal_names: true }
+    }
 }
 
 /// `[identity] client_id_must_match`.
@@ -718,7 +727,10 @@ impl Config {
             data_dir,
             listeners,
             auth: AuthConfig { allow_anonymous: raw.auth.allow_anonymous, password_file, jwt, lookup: raw.auth.http },
-            identity: IdentityConfig { client_id_must_match: raw.identity.client_id_must_match },
+            identity: IdentityConfig {
+                client_id_must_match: raw.identity.client_id_must_match,
+                reserve_principal_names: raw.identity.reserve_principal_names,
+            },
             http,
             oauth,
             authz,
@@ -954,11 +966,19 @@ fn de_leeway<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
     Ok(v)
 }
 
-#[derive(Deserialize, Default)]
+#[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawIdentity {
     #[serde(default)]
     client_id_must_match: ClientIdMatch,
+    #[serde(default = "yes")]
+    reserve_principal_names: bool,
+}
+
+impl Default for RawIdentity {
+    fn default() -> Self {
+        RawIdentity { client_id_must_match: ClientIdMatch::default(), reserve_principal_names: true }
+    }
 }
 
 /// A path or a list of paths.

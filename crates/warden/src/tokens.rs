@@ -114,6 +114,11 @@ impl TokenAuth {
         Ok(TokenAuth { external, builtin })
     }
 
+    /// True when `id` is a client of the built-in token service.
+    pub fn is_oauth_client(&self, id: &str) -> bool {
+        self.builtin.as_ref().is_some_and(|b| b.has_client(id))
+    }
+
     /// True when some token method is configured.
     pub fn enabled(&self) -> bool {
         self.external.is_some() || self.builtin.is_some()

@@ -397,3 +397,25 @@ async fn item1_a_certificate_revoked_by_a_reloaded_crl_ends_its_connection() {
         }
     );
 }
+
+// ------------------------------------------------------------------------------ client ids
+
+/// Item 11: a client id named like another known principal (a password-file user here) is
+/// reserved for it: another user — or the same device's stolen token of another name — cannot
+/// take it and hold its session for days (0x85 Client Identifier not valid, v3 0x02); the
+/// principal itself uses it; `reserve_principal_names = false` lifts the rule.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn item11_a_known_principals_name_is_reserved_as_a_client_id() {
+    let cfg = format!("{LISTENER}[auth]\npassword_file = \"passwd\"\n");
+    let b = broker_with_users(&cfg, &["dev-9", "mallory"]).await;
+    assert_eq!(connack(&b, login("dev-9", "mallory", "mallory-pw")).await, ReasonCode::CLIENT_IDENTIFIER_NOT_VALID);
+    let mut v3 = login("dev-9", "mallory", "mallory-pw");
+    v3.protocol = Protocol::V311;
+    assert_eq!(connack(&b, v3).await, ReasonCode(0x02));
+    assert_eq!(connack(&b, login("dev-9", "dev-9", "dev-9-pw")).await, ReasonCode::SUCCESS);
+    assert_eq!(connack(&b, login("unnamed-id", "mallory", "mallory-pw")).await, ReasonCode::SUCCESS);
+
+    let cfg = format!("{LISTENER}[auth]\npassword_file = \"passwd\"\n[identity]\nreserve_principal_names = false\n");
+    let b = broker_with_users(&cfg, &["dev-9", "mallory"]).await;
+    assert_eq!(connack(&b, login("dev-9", "mallory", "mallory-pw")).await, ReasonCode::SUCCESS);
+}
