@@ -97,7 +97,7 @@ pub struct TokenRef {
 /// The certificates revoked by a set of CRLs (issuer name + serial).
 #[derive(Debug, Default, Clone)]
 pub struct RevokedCerts {
-    revoked: HashSet<(Box<[u8]>, Box<[u8]>)>,
+    revoked: HashSet<CertRef>,
 }
 
 /// A CRL that cannot be parsed.
@@ -112,7 +112,7 @@ impl RevokedCerts {
         let (_, crl) = CertificateRevocationList::from_der(der).map_err(|e| CrlError(e.to_string()))?;
         let issuer: Box<[u8]> = crl.issuer().as_raw().into();
         for r in crl.iter_revoked_certificates() {
-            self.revoked.insert((issuer.clone(), trim(r.raw_serial()).into()));
+            self.revoked.insert(CertRef { issuer: issuer.clone(), serial: trim(r.raw_serial()).into() });
         }
         Ok(())
     }
@@ -124,8 +124,7 @@ impl RevokedCerts {
 
     /// True when `cert` is among the revoked.
     pub fn contains(&self, cert: &CertRef) -> bool {
-        // One lookup; the tuple is built from borrowed parts only on a hit's path.
-        self.revoked.contains(&(cert.issuer.clone(), cert.serial.clone()))
+        self.revoked.contains(cert)
     }
 
     /// Number of revoked certificates.
@@ -286,7 +285,7 @@ mod tests {
     fn certificates_are_named_by_issuer_and_serial() {
         let cert = CertRef { issuer: b"ca".as_slice().into(), serial: [1u8, 2].as_slice().into() };
         let mut revoked = RevokedCerts::default();
-        revoked.revoked.insert((cert.issuer.clone(), cert.serial.clone()));
+        revoked.revoked.insert(cert.clone());
         let ev = TrustEvent::CertificatesRevoked(Arc::new(revoked));
         let holder = Principal::certificate("dev")
             .with_credential(CredentialSource::Certificate, Some(Credential::Certificate(cert.clone())));
