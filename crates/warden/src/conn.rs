@@ -867,7 +867,7 @@ async fn drive<R: ReadReady, W: AsyncWrite + Unpin>(l: &mut Live<R, W>) -> Drive
             // server's shutdown all wake the connection here: one wait instead of four.
             _ = notify.woken() => {
                 // The admin registry (kick, ban, user disabled or deleted; shutdown) and the
-                // token registry (revocation) end a connection through its wake-up.
+                // trust seam (revocation, removal; crate::trust) end a connection through its wake-up.
                 match notify.end_reason() {
                     Some(ReasonCode::SERVER_SHUTTING_DOWN) => return Driven::Closed(conn.shutdown(wbuf)),
                     Some(reason) => {

@@ -45,7 +45,7 @@ const PARKED: u8 = 2;
 const REVOKED: u8 = 4;
 
 /// A connection's single wake-up: the core (deliveries, a take-over), the admin registry and
-/// the token registry (end signals) and the parking thread (input, deadlines) all call
+/// the trust seam (end signals) and the parking thread (input, deadlines) all call
 /// [`Wake::wake`]; a running driver waits for it with [`ConnWaker::woken`], a parked one is
 /// resumed by it.
 ///
@@ -54,7 +54,7 @@ const REVOKED: u8 = 4;
 pub struct ConnWaker {
     state: AtomicU8,
     /// Why the connection must end (a reason code; 0: it need not): set by the admin registry
-    /// (kick, ban, user disabled or deleted, shutdown) and the token registry (revocation).
+    /// (kick, ban, shutdown) and the trust seam (revocation, removal: [`ConnWaker::revoke`]).
     end: AtomicU8,
     /// The generation of the parking lot's entry while parked (changed under the lot's entry
     /// lock): an event or deadline for an entry since reused is told apart.
