@@ -52,6 +52,24 @@ fn inc(c: &AtomicU64) {
     c.fetch_add(1, Ordering::Relaxed);
 }
 
+/// Authorize a client's publish (or will) to `topic`. A `$` topic (`$SYS/…`) needs an
+/// explicit grant ([`Authorizer::authorize_granted`]): clients cannot publish there by
+/// default, not even when no authorization source is configured (SPEC §10; Mosquitto refuses
+/// client publishes to `$SYS`). The broker's own `$SYS` values do not come through here.
+pub(crate) fn authorize_publish(
+    authz: &dyn Authorizer,
+    principal: &Principal,
+    client_id: &str,
+    action: Action,
+    topic: &str,
+) -> warden_policy::Decision {
+    if topic.starts_with('$') {
+        authz.authorize_granted(principal, client_id, action, topic)
+    } else {
+        authz.authorize(principal, client_id, action, topic)
+    }
+}
+
 /// One session a message goes to (see [`Broker::resolve`]).
 struct Resolved {
     session: Arc<Session>,
@@ -313,7 +331,8 @@ impl Broker {
             Arc::from(connect.client_id.as_str())
         };
         if let Some(w) = &connect.will {
-            let d = self.authorizer().authorize(
+            let d = authorize_publish(
+                self.authorizer().as_ref(),
                 &principal,
                 &client_id,
                 Action::Publish { qos: w.qos as u8, retain: w.retain },
@@ -531,7 +550,8 @@ impl Broker {
 
     /// Publish `s`'s will, if its owner may still publish there.
     fn publish_will(&self, s: &Session, w: LastWill, now: Instant) {
-        let d = self.authorizer().authorize(
+        let d = authorize_publish(
+            self.authorizer().as_ref(),
             &s.owner(),
             &s.client_id,
             Action::Publish { qos: w.qos as u8, retain: w.retain },
@@ -696,15 +716,27 @@ impl Broker {
     }
 
     /// The sessions a message goes to, one entry per session (overlapping subscriptions merged:
-    /// highest QoS, every subscription identifier [MQTT-3.3.4-2/3]; one member per shared group;
-    /// No Local applied; `receive` authorized). The flag says whether the answer may be reused
+    /// highest QoS, every subscription identifier [MQTT-3.3.4-2/3]; one member per shared group,
+    /// picked among those allowed to receive; No Local applied; `receive` authorized). The flag says whether the answer may be reused
     /// for the next message on the same topic (no shared group was involved).
     fn resolve(&self, msg: &Message, authz: &dyn Authorizer) -> Resolution {
         let mut targets: Vec<Target> = Vec::new();
-        let (lists, trie_gen) = {
-            let trie = self.subs.read();
-            (trie.matches(msg.topic.as_str(), &mut targets), trie.generation())
+        let topic = msg.topic.as_str();
+        // A shared group's member is picked among those allowed to receive (asked only for
+        // shared groups' members, so plain subscriptions pay nothing for it).
+        let mut may_receive = |s: &Arc<Session>| {
+            // No Local never applies to a shared subscription [MQTT-3.8.3-4].
+            authz.authorize(&s.owner(), &s.client_id, Action::Receive, topic).is_allowed()
         };
+        let ((lists, refused_groups), trie_gen) = {
+            let trie = self.subs.read();
+            (trie.matches_with(topic, &mut targets, &mut may_receive), trie.generation())
+        };
+        let mut denied = refused_groups > 0;
+        if denied {
+            // No member of a group may receive: the message is dropped for it (once counted).
+            self.stats.denied.fetch_add(refused_groups as u64, Ordering::Relaxed);
+        }
         let reusable = !targets.iter().any(|t| t.shared);
         // No Local: never send a client its own publication [MQTT-3.8.3-3].
         targets.retain(|t| !(t.options.no_local && msg.origin == Some(t.session.id())));
@@ -714,7 +746,6 @@ impl Broker {
             targets.sort_unstable_by_key(|t| (t.session.id(), t.shared));
         }
         let mut out = Vec::with_capacity(targets.len());
-        let mut denied = false;
         let mut i = 0;
         while i < targets.len() {
             let t = &targets[i];
@@ -731,8 +762,10 @@ impl Broker {
                 }
             }
             let s = &t.session;
+            let shared = t.shared;
             i = j;
-            if !authz.authorize(&s.owner(), &s.client_id, Action::Receive, msg.topic.as_str()).is_allowed() {
+            // A shared group's pick was authorized when it was picked.
+            if !shared && !authz.authorize(&s.owner(), &s.client_id, Action::Receive, topic).is_allowed() {
                 inc(&self.stats.denied);
                 denied = true;
                 continue;

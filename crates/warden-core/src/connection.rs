@@ -404,7 +404,17 @@ impl Connection {
             Decision::Allow
         } else {
             let authz = self.broker.authorizer();
-            let d = self.authorize_with(authz.as_ref(), Action::Publish { qos: qos as u8, retain }, topic.as_str());
+            let action = Action::Publish { qos: qos as u8, retain };
+            let d = crate::broker::authorize_publish(
+                authz.as_ref(),
+                &self.principal,
+                &self.session.client_id,
+                action,
+                topic.as_str(),
+            );
+            if !d.is_allowed() {
+                self.broker.stats.denied.fetch_add(1, Ordering::Relaxed);
+            }
             if d.is_allowed() && authz.allows_are_cacheable() {
                 self.publishing.get_or_insert_with(Default::default).publish_allowed =
                     Some((topic.clone(), qos, retain, policy_gen));

@@ -1,0 +1,288 @@
+//! Trust lifecycle (SPEC §10), in memory: a `Broker` with an authorizer, driven through
+//! `Connection`s with decoded packets. Each test names the item it covers:
+//! 1 shared subscriptions pick a member allowed to receive; 2 `$` topics need an explicit
+//! grant; 3 queued messages are authorized again on session resume; 4 retained messages
+//! are checked against their publisher's current right to publish.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Instant;
+
+use bytes::{Bytes, BytesMut};
+use mqtt_codec::{
+    decode, Connect, LastWill, Packet, Properties, Protocol, Publish, QoS, ReasonCode, Subscribe, SubscriptionOptions,
+    TopicFilter, TopicName,
+};
+use parking_lot::RwLock;
+use warden_core::{Broker, BrokerConfig, Connection, Wake};
+use warden_policy::acl::AclFile;
+use warden_policy::{Action, AllowAll, Authorizer, PolicyAuthorizer, Principal};
+
+struct NoWake;
+
+impl Wake for NoWake {
+    fn wake(&self) {}
+}
+
+/// An authorizer the test can swap underneath the broker without a policy generation change
+/// (to prove a check does not depend on one), counting its `receive` questions.
+struct Swappable {
+    inner: RwLock<Arc<dyn Authorizer>>,
+    receives: AtomicU64,
+}
+
+impl Swappable {
+    fn new(a: impl Authorizer + 'static) -> Arc<Swappable> {
+        Arc::new(Swappable { inner: RwLock::new(Arc::new(a)), receives: AtomicU64::new(0) })
+    }
+}
+
+impl Authorizer for Swappable {
+    fn authorize(&self, p: &Principal, c: &str, a: Action, t: &str) -> warden_policy::Decision {
+        if a == Action::Receive {
+            self.receives.fetch_add(1, Ordering::Relaxed);
+        }
+        self.inner.read().authorize(p, c, a, t)
+    }
+
+    fn authorize_granted(&self, p: &Principal, c: &str, a: Action, t: &str) -> warden_policy::Decision {
+        self.inner.read().authorize_granted(p, c, a, t)
+    }
+
+    fn has_rules(&self) -> bool {
+        self.inner.read().has_rules()
+    }
+}
+
+fn acl(text: &str) -> PolicyAuthorizer {
+    PolicyAuthorizer::new(Some(AclFile::parse(text).expect("valid ACL")), false)
+}
+
+fn broker(authz: Arc<dyn Authorizer>) -> Arc<Broker> {
+    Broker::new(BrokerConfig::default(), authz, Instant::now())
+}
+
+fn connect_packet(id: &str, clean: bool, expiry: u32, will: Option<LastWill>) -> Connect {
+    Connect {
+        protocol: Protocol::V5,
+        clean_start: clean,
+        keep_alive: 0,
+        properties: Properties { session_expiry_interval: Some(expiry), ..Default::default() },
+        client_id: id.to_owned(),
+        will,
+        username: None,
+        password: None,
+    }
+}
+
+/// Every packet in `out` (server to client), decoded.
+fn packets(out: &mut BytesMut) -> Vec<Packet> {
+    let mut v = Vec::new();
+    while let Some(p) = decode(out, Protocol::V5, u32::MAX).expect("the broker writes valid packets") {
+        v.push(p);
+    }
+    v
+}
+
+fn try_connect(b: &Arc<Broker>, c: Connect, p: Principal) -> Result<Connection, ReasonCode> {
+    let mut out = BytesMut::new();
+    let r = b.connect(c, p, Arc::new(NoWake), None, Instant::now(), &mut out);
+    match (r, packets(&mut out).as_slice()) {
+        (Ok(conn), [Packet::Connack(a)]) if a.reason_code.is_success() => Ok(conn),
+        (Err(e), [Packet::Connack(a)]) if a.reason_code == e.0 => Err(e.0),
+        (_, other) => panic!("unexpected CONNECT answer {other:?}"),
+    }
+}
+
+fn connect(b: &Arc<Broker>, id: &str, p: Principal) -> Connection {
+    try_connect(b, connect_packet(id, true, 0, None), p).expect("connected")
+}
+
+/// A persistent session (clean start off, expiry 1 h).
+fn connect_persistent(b: &Arc<Broker>, id: &str, p: Principal) -> Connection {
+    try_connect(b, connect_packet(id, false, 3600, None), p).expect("connected")
+}
+
+fn publish_packet(topic: &str, payload: &'static [u8], qos: QoS, retain: bool, pid: u16) -> Packet {
+    Packet::Publish(Publish {
+        dup: false,
+        qos,
+        retain,
+        topic: TopicName::new(topic).expect("valid topic"),
+        packet_id: pid,
+        properties: Default::default(),
+        payload: Bytes::from_static(payload),
+    })
+}
+
+/// Publish and route; returns what the publisher was sent (its acknowledgement).
+fn publish(c: &mut Connection, topic: &str, payload: &'static [u8], qos: QoS, retain: bool, pid: u16) -> Vec<Packet> {
+    let mut out = BytesMut::new();
+    c.handle(publish_packet(topic, payload, qos, retain, pid), Instant::now(), &mut out).expect("not closed");
+    c.flush_wakes();
+    packets(&mut out)
+}
+
+/// Subscribe; returns the SUBACK reason codes.
+fn subscribe(c: &mut Connection, filter: &str, qos: QoS) -> Vec<ReasonCode> {
+    let mut out = BytesMut::new();
+    let s = Subscribe {
+        packet_id: 1,
+        properties: Default::default(),
+        filters: vec![(
+            TopicFilter::new(filter).expect("valid filter"),
+            SubscriptionOptions { qos, ..Default::default() },
+        )],
+    };
+    c.handle(Packet::Subscribe(s), Instant::now(), &mut out).expect("not closed");
+    match packets(&mut out).as_slice() {
+        [Packet::SubAck(a)] => a.reason_codes.clone(),
+        other => panic!("expected a SUBACK, got {other:?}"),
+    }
+}
+
+/// The PUBLISH packets the connection has to send now.
+fn received(c: &mut Connection) -> Vec<Publish> {
+    let mut out = BytesMut::new();
+    c.pull(Instant::now(), &mut out, usize::MAX).expect("not taken over");
+    packets(&mut out)
+        .into_iter()
+        .filter_map(|p| match p {
+            Packet::Publish(p) => Some(p),
+            _ => None,
+        })
+        .collect()
+}
+
+fn payloads(ps: &[Publish]) -> Vec<&[u8]> {
+    ps.iter().map(|p| &p.payload[..]).collect()
+}
+
+fn denied(b: &Broker) -> u64 {
+    b.stats.denied.load(Ordering::Relaxed)
+}
+
+// ---- 1. Shared subscriptions -------------------------------------------------------------
+
+/// Item 1: a shared group's message goes to a member allowed to receive it. Half of the
+/// members may not receive `jobs/x`; before the fix the round-robin picked a denied member for
+/// half of the messages and they were lost for the whole group.
+#[test]
+fn item1_shared_group_skips_members_denied_receive_and_stays_fair() {
+    // Members "ok-*" may read jobs/#; "no-*" may subscribe to it but not receive jobs/x.
+    let mut text = String::from("user pub\ntopic write jobs/#\n");
+    for i in 0..5 {
+        text.push_str(&format!("user ok-{i}\ntopic read jobs/#\n"));
+        text.push_str(&format!("user no-{i}\ntopic read jobs/#\ntopic deny jobs/x\n"));
+    }
+    let b = broker(Arc::new(acl(&text)));
+    let mut members = Vec::new();
+    for i in 0..5 {
+        for name in [format!("no-{i}"), format!("ok-{i}")] {
+            let mut c = connect(&b, &name, Principal::user(&name));
+            assert_eq!(subscribe(&mut c, "$share/g/jobs/#", QoS::AtMostOnce), vec![ReasonCode(0)], "{name}");
+            members.push((name, c));
+        }
+    }
+    let mut p = connect(&b, "pub", Principal::user("pub"));
+    for _ in 0..10 {
+        publish(&mut p, "jobs/x", b"j", QoS::AtMostOnce, false, 0);
+    }
+    let mut total = 0;
+    for (name, c) in &mut members {
+        let n = received(c).len();
+        if name.starts_with("no-") {
+            assert_eq!(n, 0, "{name} may not receive");
+        } else {
+            assert_eq!(n, 2, "{name}: round-robin among the allowed members");
+        }
+        total += n;
+    }
+    assert_eq!(total, 10, "no message is lost for the group");
+    // In one read batch too (route_many picks per message).
+    let mut out = BytesMut::new();
+    for _ in 0..10 {
+        p.handle(publish_packet("jobs/x", b"k", QoS::AtMostOnce, false, 0), Instant::now(), &mut out).unwrap();
+    }
+    p.flush_wakes();
+    let total: usize = members.iter_mut().map(|(_, c)| received(c).len()).sum();
+    assert_eq!(total, 10);
+}
+
+/// Item 1: when no member may receive, the message is dropped (and counted as denied) once.
+#[test]
+fn item1_shared_group_with_no_allowed_member_drops_the_message() {
+    let b = broker(Arc::new(acl("user pub\ntopic write jobs/#\nuser no\ntopic read jobs/#\ntopic deny jobs/x\n")));
+    let mut m = connect(&b, "no", Principal::user("no"));
+    subscribe(&mut m, "$share/g/jobs/#", QoS::AtMostOnce);
+    let mut p = connect(&b, "pub", Principal::user("pub"));
+    let before = denied(&b);
+    publish(&mut p, "jobs/x", b"j", QoS::AtMostOnce, false, 0);
+    assert!(received(&mut m).is_empty());
+    assert_eq!(denied(&b) - before, 1);
+    publish(&mut p, "jobs/y", b"k", QoS::AtMostOnce, false, 0);
+    assert_eq!(payloads(&received(&mut m)), vec![&b"k"[..]]);
+}
+
+// ---- 2. `$` topics -----------------------------------------------------------------------
+
+/// Item 2: with no authorization source (allow all), a client cannot publish to `$SYS/…`
+/// (v5 PUBACK 0x87; nothing reaches subscribers), but the broker's own `$SYS` values still do.
+#[test]
+fn item2_clients_cannot_publish_to_sys_without_a_grant_even_with_no_source() {
+    let b = broker(Arc::new(AllowAll));
+    let mut sub = connect(&b, "sub", Principal::user("sub"));
+    subscribe(&mut sub, "$SYS/#", QoS::AtLeastOnce);
+    let mut spoofer = connect(&b, "spoofer", Principal::user("mallory"));
+    match publish(&mut spoofer, "$SYS/broker/version", b"evil 1.0", QoS::AtLeastOnce, true, 7).as_slice() {
+        [Packet::PubAck(a)] => assert_eq!((a.packet_id, a.reason_code), (7, ReasonCode::NOT_AUTHORIZED)),
+        other => panic!("expected PUBACK, got {other:?}"),
+    }
+    publish(&mut spoofer, "$other/x", b"evil", QoS::AtMostOnce, false, 0);
+    assert!(received(&mut sub).is_empty(), "nothing spoofed reaches subscribers");
+    assert_eq!(b.retained_count(), 0, "nor the retained store");
+    // Ordinary topics are unaffected.
+    subscribe(&mut sub, "a/#", QoS::AtMostOnce);
+    publish(&mut spoofer, "a/b", b"fine", QoS::AtMostOnce, false, 0);
+    assert_eq!(payloads(&received(&mut sub)), vec![&b"fine"[..]]);
+
+    b.publish_sys(Instant::now());
+    let got = received(&mut sub);
+    let version = got.iter().find(|p| p.topic.as_str() == "$SYS/broker/version").expect("the broker's own $SYS");
+    assert_eq!(&version.payload[..], warden_core::broker::VERSION.as_bytes());
+    // A later subscriber gets the broker's retained value, not a spoofed one.
+    let mut late = connect(&b, "late", Principal::user("late"));
+    subscribe(&mut late, "$SYS/broker/version", QoS::AtMostOnce);
+    assert_eq!(payloads(&received(&mut late)), vec![warden_core::broker::VERSION.as_bytes()]);
+}
+
+/// Item 2: a will on a `$` topic is refused at CONNECT like any denied will.
+#[test]
+fn item2_a_will_on_sys_is_refused_without_a_grant() {
+    let b = broker(Arc::new(AllowAll));
+    let will = LastWill {
+        topic: TopicName::new("$SYS/broker/clients/connected").unwrap(),
+        payload: Bytes::from_static(b"0"),
+        qos: QoS::AtMostOnce,
+        retain: true,
+        properties: Properties::default(),
+    };
+    let r = try_connect(&b, connect_packet("w", true, 0, Some(will)), Principal::user("w"));
+    assert_eq!(r.err(), Some(ReasonCode::NOT_AUTHORIZED));
+}
+
+/// Item 2: when rules exist, an explicit grant allows a `$` topic (and `#` does not grant it).
+#[test]
+fn item2_an_explicit_rule_grants_a_dollar_topic() {
+    let b = broker(Arc::new(acl("user ops\ntopic readwrite $SYS/custom/#\ntopic readwrite #\n")));
+    let mut ops = connect(&b, "ops", Principal::user("ops"));
+    assert_eq!(subscribe(&mut ops, "$SYS/custom/#", QoS::AtMostOnce), vec![ReasonCode(0)]);
+    assert!(publish(&mut ops, "$SYS/custom/x", b"ok", QoS::AtLeastOnce, false, 1)
+        .iter()
+        .all(|p| matches!(p, Packet::PubAck(a) if a.reason_code.is_success())));
+    match publish(&mut ops, "$SYS/broker/version", b"no", QoS::AtLeastOnce, false, 2).as_slice() {
+        [Packet::PubAck(a)] => assert_eq!(a.reason_code, ReasonCode::NOT_AUTHORIZED, "`#` is no grant for `$SYS`"),
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(payloads(&received(&mut ops)), vec![&b"ok"[..]]);
+}
