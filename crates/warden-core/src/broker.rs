@@ -242,7 +242,7 @@ impl Broker {
                         retain: d.retain,
                         sub_ids: d.sub_ids,
                         // Authorized again before it is sent: the policy may have changed.
-                        policy_gen: u64::MAX,
+                        policy_gen: crate::session::REAUTHORIZE,
                         seq: d.seq,
                     };
                     match d.stage {
@@ -381,18 +381,29 @@ impl Broker {
             }
             match existing {
                 Some(s) if !connect.clean_start => {
+                    // Same identity; the grants are the new connection's (a narrower token
+                    // narrows the live subscriptions at once). Set before the trie's
+                    // generation moves: a route that sees the new generation authorizes
+                    // `receive` with the new grants.
+                    s.set_owner(principal.clone());
                     let mut st = s.state.lock();
                     let old = st.conn.replace(link);
                     st.disconnected_at = None;
                     // A new connection before the will delay passed cancels the will [MQTT-3.1.3-9].
                     st.pending_will = None;
                     st.expiry_interval = expiry;
+                    // Any resume may bring narrower grants (SPEC §10): what is queued was
+                    // authorized for the old ones and is authorized again at delivery; what a
+                    // publisher routes now under an older trie generation (or from a routing
+                    // answer cached with the old grants) is queued marked so too.
+                    st.queue.reauthorize_all();
+                    {
+                        // Lock order: a session's state, then the trie.
+                        let mut trie = self.subs.write();
+                        trie.touch();
+                        st.grants_gen = trie.generation();
+                    }
                     drop(st);
-                    // Same identity; the grants are the new connection's (a narrower token
-                    // narrows the live subscriptions at once).
-                    s.set_owner(principal.clone());
-                    // Routing answers cached with the old grants are stale.
-                    self.subs.write().touch();
                     s.set_connected(true);
                     (s, true, old.map(|l| l.waker))
                 }
@@ -610,7 +621,8 @@ impl Broker {
         let mut queued = 0;
         // Each session's runs, gathered in order so it is locked once per batch.
         // Session ids are the broker's own counter, not client input: an unkeyed hash is safe.
-        let mut per_session: Vec<(Arc<Session>, Vec<Offer>)> = Vec::new();
+        // With the trie generation their `receive` was authorized at (see `Session::enqueue`).
+        let mut per_session: Vec<(Arc<Session>, Vec<Offer>, u64)> = Vec::new();
         let mut slot: HashMap<u64, usize, foldhash::fast::FixedState> = HashMap::default();
         let mut i = 0;
         while i < msgs.len() {
@@ -622,10 +634,12 @@ impl Broker {
                 c.trie_gen == trie_gen && c.policy_gen == policy_gen && c.origin == msg.origin && c.topic == msg.topic
             });
             let mut fresh = Vec::new();
+            let mut fresh_gen = 0;
             let mut reusable = true;
             let mut use_cache = hit;
             if !hit {
                 let r = self.resolve(msg, authz.as_ref());
+                fresh_gen = r.trie_gen;
                 reusable = r.reusable;
                 use_cache = r.reusable && !r.denied && authz.allows_are_cacheable();
                 if use_cache {
@@ -640,9 +654,9 @@ impl Broker {
                     fresh = r.targets;
                 }
             }
-            let resolved = match &cache.0 {
-                Some(c) if use_cache => &c.resolved,
-                _ => &fresh,
+            let (resolved, authorized_at) = match &cache.0 {
+                Some(c) if use_cache => (&c.resolved, c.trie_gen),
+                _ => (&fresh, fresh_gen),
             };
             let mut j = i + 1;
             if reusable {
@@ -655,7 +669,7 @@ impl Broker {
                 // topic): every session's queue shares it.
                 shared.set_fanout(resolved.len());
                 for r in resolved {
-                    queued += self.enqueue(&r.session, [Offer::Run(run(shared, r))], batch);
+                    queued += self.enqueue(&r.session, [Offer::Run(run(shared, r))], batch, authorized_at);
                 }
                 return queued;
             }
@@ -669,9 +683,11 @@ impl Broker {
             });
             for r in resolved {
                 let k = *slot.entry(r.session.id()).or_insert_with(|| {
-                    per_session.push((r.session.clone(), Vec::new()));
+                    per_session.push((r.session.clone(), Vec::new(), authorized_at));
                     per_session.len() - 1
                 });
+                // The oldest authorization among the session's offers decides.
+                per_session[k].2 = per_session[k].2.min(authorized_at);
                 match &part {
                     Some(part) => per_session[k].1.push(Offer::Run(run(part, r))),
                     None => per_session[k].1.extend(
@@ -683,21 +699,28 @@ impl Broker {
             }
             i = j;
         }
-        for (s, offers) in per_session {
-            queued += self.enqueue(&s, offers, batch);
+        for (s, offers, authorized_at) in per_session {
+            queued += self.enqueue(&s, offers, batch, authorized_at);
         }
         queued
     }
 
-    /// Queue runs and deliveries for one session (locked once); returns how many deliveries
-    /// were queued.
-    fn enqueue(&self, s: &Arc<Session>, offers: impl IntoIterator<Item = Offer>, batch: &mut WakeBatch) -> usize {
+    /// Queue runs and deliveries for one session (locked once), authorized at trie generation
+    /// `authorized_at`; returns how many deliveries were queued.
+    fn enqueue(
+        &self,
+        s: &Arc<Session>,
+        offers: impl IntoIterator<Item = Offer>,
+        batch: &mut WakeBatch,
+        authorized_at: u64,
+    ) -> usize {
         let (queued, dropped) = s.enqueue(
             offers,
             self.config.max_queued_messages,
             self.config.max_queued_bytes,
             batch,
             self.store.as_ref(),
+            authorized_at,
         );
         if dropped > 0 {
             self.stats.messages_dropped.fetch_add(dropped as u64, Ordering::Relaxed);
