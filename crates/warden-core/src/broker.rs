@@ -22,7 +22,7 @@ use crate::connection::Connection;
 use crate::message::Message;
 use crate::persist::{Persist, PersistOp, RestoredSession};
 use crate::queue::{Batch, DeliveryRef, Offer, Run};
-use crate::retained::RetainedStore;
+use crate::retained::{RetainSource, RetainedStore};
 use crate::session::{ConnLink, Delivery, Inflight, Moment, PendingWill, Session, WakeBatch};
 use crate::trie::{SubEntry, SubTrie, Target};
 use crate::Wake;
@@ -211,11 +211,11 @@ impl Broker {
     /// Put back what the store held: sessions with their subscriptions, queues, in-flight
     /// messages and inbound QoS 2 state, and retained messages. Call before connections are
     /// accepted.
-    pub fn restore(&self, sessions: Vec<RestoredSession>, retained: Vec<Arc<Message>>, now: Instant) {
+    pub fn restore(&self, sessions: Vec<RestoredSession>, retained: Vec<(Arc<Message>, RetainSource)>, now: Instant) {
         {
             let mut r = self.retained.write();
-            for m in retained {
-                r.set(m);
+            for (m, source) in retained {
+                r.set(m, source);
             }
         }
         let mut reg = self.sessions.lock();
@@ -561,9 +561,10 @@ impl Broker {
 
     /// Publish `s`'s will, if its owner may still publish there.
     fn publish_will(&self, s: &Session, w: LastWill, now: Instant) {
+        let owner = s.owner().clone();
         let d = authorize_publish(
             self.authorizer().as_ref(),
-            &s.owner(),
+            &owner,
             &s.client_id,
             Action::Publish { qos: w.qos as u8, retain: w.retain },
             w.topic.as_str(),
@@ -573,25 +574,34 @@ impl Broker {
             return;
         }
         let expires_at = w.properties.message_expiry_interval.map(|e| now + Duration::from_secs(u64::from(e)));
-        self.route(Arc::new(Message {
-            topic: w.topic,
-            payload: w.payload,
-            qos: w.qos,
-            retain: w.retain,
-            properties: Message::forwarded_properties(w.properties),
-            expires_at,
-            origin: None,
-            persisted: Default::default(),
-        }));
+        self.route(
+            Arc::new(Message {
+                topic: w.topic,
+                payload: w.payload,
+                qos: w.qos,
+                retain: w.retain,
+                properties: Message::forwarded_properties(w.properties),
+                expires_at,
+                origin: None,
+                persisted: Default::default(),
+            }),
+            Some((&owner, &s.client_id)),
+        );
     }
 
     /// Route a message: store it if retained, then queue it for every matching subscription
     /// (one delivery per session at the highest matching QoS, carrying every matching
     /// subscription identifier [MQTT-3.3.4-2/3]; one member per shared group). Returns the
-    /// number of deliveries queued.
-    pub fn route(&self, msg: Arc<Message>) -> usize {
+    /// number of deliveries queued. `publisher` is who published it (principal and client id;
+    /// `None`: the broker itself), kept with a retained message.
+    pub fn route(&self, msg: Arc<Message>, publisher: Option<(&Arc<Principal>, &Arc<str>)>) -> usize {
         // The local batch wakes the subscribers when it is dropped.
-        self.route_many(&Arc::new(Batch::new(vec![msg])), &mut WakeBatch::default(), &mut RouteCache::default())
+        self.route_many(
+            &Arc::new(Batch::new(vec![msg])),
+            &mut WakeBatch::default(),
+            &mut RouteCache::default(),
+            publisher,
+        )
     }
 
     /// Route a publisher's batch of messages, in order. Each subscriber session is locked once
@@ -601,12 +611,24 @@ impl Broker {
     /// decisions) unless a shared subscription needs a fresh round-robin pick per message;
     /// across batches, the publisher's `cache` keeps the last answer while it holds (see
     /// [`RouteCache`]). Returns the number of deliveries queued.
-    pub fn route_many(&self, shared: &Arc<Batch>, batch: &mut WakeBatch, cache: &mut RouteCache) -> usize {
+    /// `publisher` is who published the batch (see [`Broker::route`]).
+    pub fn route_many(
+        &self,
+        shared: &Arc<Batch>,
+        batch: &mut WakeBatch,
+        cache: &mut RouteCache,
+        publisher: Option<(&Arc<Principal>, &Arc<str>)>,
+    ) -> usize {
         let msgs = shared.messages();
         let policy_gen = self.policy_generation();
         let authz = self.authorizer();
         for msg in msgs.iter().filter(|m| m.retain) {
-            self.retain(msg, batch);
+            // Only retained messages keep their publisher (two reference counts).
+            let source = match publisher {
+                None => RetainSource::Broker,
+                Some((p, c)) => RetainSource::Client { principal: p.clone(), client_id: c.clone() },
+            };
+            self.retain(msg, source, batch);
         }
         // The run of a whole batch for one resolved session.
         let run = |shared: &Arc<Batch>, r: &Resolved| Run {
@@ -729,12 +751,39 @@ impl Broker {
     }
 
     /// Keep a retained message (an empty payload clears the topic) and store it.
-    fn retain(&self, msg: &Arc<Message>, batch: &mut WakeBatch) {
-        self.retained.write().set(msg.clone());
+    fn retain(&self, msg: &Arc<Message>, source: RetainSource, batch: &mut WakeBatch) {
+        self.retained.write().set(msg.clone(), source.clone());
         if let Some(store) = self.store.as_ref().filter(|_| !msg.topic.as_str().starts_with("$SYS/")) {
             let stored = (!msg.payload.is_empty()).then(|| msg.clone());
-            let t = store.submit(PersistOp::Retained { topic: msg.topic.clone(), msg: stored });
+            let t = store.submit(PersistOp::Retained { topic: msg.topic.clone(), msg: stored, source });
             batch.durable = batch.durable.max(t);
+        }
+    }
+
+    /// Whether a retained message's publisher may still publish it (SPEC §10; Mosquitto's
+    /// `check_retain_source`): the broker's own always; a client's if the policy in force now
+    /// allows its principal (as published; after a restart its kind and name, with no token
+    /// grants) to publish there with RETAIN, `$` topics needing an explicit grant as for any
+    /// client publish; an unknown publisher's (a record from before publishers were stored)
+    /// only while no authorization source with rules is configured.
+    fn retain_source_allowed(&self, authz: &dyn Authorizer, msg: &Message, source: &RetainSource) -> bool {
+        match source {
+            RetainSource::Broker => true,
+            RetainSource::Client { principal, client_id } => {
+                let action = Action::Publish { qos: msg.qos as u8, retain: true };
+                authorize_publish(authz, principal, client_id, action, msg.topic.as_str()).is_allowed()
+            }
+            RetainSource::Unknown => !authz.has_rules(),
+        }
+    }
+
+    /// Remove a retained message (if its topic still holds it) and the stored copy.
+    fn drop_retained(&self, msg: &Arc<Message>) {
+        if !self.retained.write().remove_if_same(msg) {
+            return;
+        }
+        if let Some(store) = self.store.as_ref().filter(|_| !msg.topic.as_str().starts_with("$SYS/")) {
+            store.submit(PersistOp::Retained { topic: msg.topic.clone(), msg: None, source: RetainSource::Broker });
         }
     }
 
@@ -824,10 +873,21 @@ impl Broker {
         existed
     }
 
-    /// Retained messages matching a (non-shared) filter.
-    pub(crate) fn retained_matching(&self, filter: &str) -> Vec<Arc<Message>> {
-        let mut out = Vec::new();
-        self.retained.read().matching(filter, &mut out);
+    /// Retained messages matching a (non-shared) filter that may be delivered: with
+    /// `check_retain_source`, one whose publisher may no longer publish it is left out, removed
+    /// from the store and counted as denied.
+    pub(crate) fn retained_matching(&self, filter: &str, authz: &dyn Authorizer) -> Vec<Arc<Message>> {
+        let mut found = Vec::new();
+        self.retained.read().matching_with_source(filter, &mut found);
+        let mut out = Vec::with_capacity(found.len());
+        for (m, source) in found {
+            if self.config.check_retain_source && !self.retain_source_allowed(authz, &m, &source) {
+                inc(&self.stats.denied);
+                self.drop_retained(&m);
+                continue;
+            }
+            out.push(m);
+        }
         out
     }
 
@@ -856,16 +916,19 @@ impl Broker {
     /// Publish one `$SYS` value: retained, QoS 0, from the broker itself.
     pub(crate) fn publish_sys_value(&self, topic: &str, value: String) {
         let Ok(topic) = TopicName::new(topic) else { return };
-        self.route(Arc::new(Message {
-            topic,
-            payload: Bytes::from(value),
-            qos: QoS::AtMostOnce,
-            retain: true,
-            properties: None,
-            expires_at: None,
-            origin: None,
-            persisted: Default::default(),
-        }));
+        self.route(
+            Arc::new(Message {
+                topic,
+                payload: Bytes::from(value),
+                qos: QoS::AtMostOnce,
+                retain: true,
+                properties: None,
+                expires_at: None,
+                origin: None,
+                persisted: Default::default(),
+            }),
+            None,
+        );
     }
 }
 

@@ -14,7 +14,7 @@ use mqtt_codec::{
     TopicFilter, TopicName,
 };
 use parking_lot::RwLock;
-use warden_core::{Broker, BrokerConfig, Connection, Wake};
+use warden_core::{Broker, BrokerConfig, Connection, Message, Wake};
 use warden_policy::acl::AclFile;
 use warden_policy::{Action, AllowAll, Authorizer, PolicyAuthorizer, Principal};
 
@@ -355,4 +355,97 @@ fn item3_runs_queued_before_a_takeover_and_cached_routes_use_the_new_grants() {
     publish(&mut p, "fleet/secret", b"d", QoS::AtMostOnce, false, 0);
     publish(&mut p, "fleet/public", b"e", QoS::AtMostOnce, false, 0);
     assert_eq!(payloads(&received(&mut dev2)), vec![&b"e"[..]], "no cached answer for the old grants");
+}
+
+// ---- 4. Retained messages and their publisher's current right -----------------------------
+
+const RETAIN_ACL: &str = "user pub\ntopic write sensors/#\nuser sub\ntopic read sensors/#\n";
+const REVOKED_ACL: &str = "user pub\ntopic write other/#\nuser sub\ntopic read sensors/#\n";
+
+/// Item 4 (CVE-2018-12546 class): once the publisher of a retained message may no longer
+/// publish to its topic, the message is not delivered on SUBSCRIBE and is removed.
+#[test]
+fn item4_retained_message_is_withheld_and_removed_once_its_publisher_lost_the_right() {
+    let b = broker(Arc::new(acl(RETAIN_ACL)));
+    let mut p = connect(&b, "pub-1", Principal::user("pub"));
+    publish(&mut p, "sensors/t", b"21.5", QoS::AtLeastOnce, true, 1);
+    disconnect(p);
+    let mut s1 = connect(&b, "sub-1", Principal::user("sub"));
+    subscribe(&mut s1, "sensors/#", QoS::AtLeastOnce);
+    assert_eq!(payloads(&received(&mut s1)), vec![&b"21.5"[..]], "deliverable while the publisher may publish");
+
+    b.set_authorizer(Arc::new(acl(REVOKED_ACL)));
+    let before = denied(&b);
+    let mut s2 = connect(&b, "sub-2", Principal::user("sub"));
+    subscribe(&mut s2, "sensors/#", QoS::AtLeastOnce);
+    assert!(received(&mut s2).is_empty(), "the publisher's write right was revoked");
+    assert_eq!(b.retained_count(), 0, "and the message is removed");
+    assert_eq!(denied(&b) - before, 1);
+    // The subscriber's own right to receive is still checked (and the message stays gone).
+    b.set_authorizer(Arc::new(acl(RETAIN_ACL)));
+    subscribe(&mut s2, "sensors/t", QoS::AtLeastOnce);
+    assert!(received(&mut s2).is_empty());
+}
+
+/// Item 4: a will retained by a session is checked against the session owner's right too, and
+/// `check_retain_source = false` keeps the old behaviour.
+#[test]
+fn item4_check_retain_source_can_be_turned_off_and_covers_wills() {
+    let cfg = BrokerConfig { check_retain_source: false, ..BrokerConfig::default() };
+    let b = Broker::new(cfg, Arc::new(acl(RETAIN_ACL)), Instant::now());
+    let mut p = connect(&b, "pub-1", Principal::user("pub"));
+    publish(&mut p, "sensors/t", b"kept", QoS::AtMostOnce, true, 0);
+    b.set_authorizer(Arc::new(acl(REVOKED_ACL)));
+    let mut s = connect(&b, "sub-1", Principal::user("sub"));
+    subscribe(&mut s, "sensors/t", QoS::AtMostOnce);
+    assert_eq!(payloads(&received(&mut s)), vec![&b"kept"[..]], "not checked when turned off");
+
+    let b = broker(Arc::new(acl(RETAIN_ACL)));
+    let will = LastWill {
+        topic: TopicName::new("sensors/w").unwrap(),
+        payload: Bytes::from_static(b"gone"),
+        qos: QoS::AtMostOnce,
+        retain: true,
+        properties: Properties::default(),
+    };
+    let w = try_connect(&b, connect_packet("pub-1", true, 0, Some(will)), Principal::user("pub")).unwrap();
+    w.closed(warden_core::Close { reason: ReasonCode::KEEP_ALIVE_TIMEOUT, publish_will: true }, Instant::now());
+    assert_eq!(b.retained_count(), 1, "the will was retained");
+    b.set_authorizer(Arc::new(acl(REVOKED_ACL)));
+    let mut s = connect(&b, "sub-1", Principal::user("sub"));
+    subscribe(&mut s, "sensors/#", QoS::AtMostOnce);
+    assert!(received(&mut s).is_empty());
+    assert_eq!(b.retained_count(), 0);
+}
+
+/// Item 4: a retained message restored without its publisher (a record from before publishers
+/// were stored) is deliverable only while no authorization source with rules is configured.
+#[test]
+fn item4_a_retained_message_of_unknown_publisher_needs_no_rules_to_be_delivered() {
+    use warden_core::retained::RetainSource;
+    let restored = || {
+        let m = Message {
+            topic: TopicName::new("sensors/old").unwrap(),
+            payload: Bytes::from_static(b"old"),
+            qos: QoS::AtMostOnce,
+            retain: true,
+            properties: None,
+            expires_at: None,
+            origin: None,
+            persisted: Default::default(),
+        };
+        vec![(Arc::new(m), RetainSource::Unknown)]
+    };
+    let open = broker(Arc::new(AllowAll));
+    open.restore(vec![], restored(), Instant::now());
+    let mut s = connect(&open, "sub", Principal::user("sub"));
+    subscribe(&mut s, "sensors/#", QoS::AtMostOnce);
+    assert_eq!(payloads(&received(&mut s)), vec![&b"old"[..]]);
+
+    let ruled = broker(Arc::new(acl(RETAIN_ACL)));
+    ruled.restore(vec![], restored(), Instant::now());
+    let mut s = connect(&ruled, "sub", Principal::user("sub"));
+    subscribe(&mut s, "sensors/#", QoS::AtMostOnce);
+    assert!(received(&mut s).is_empty(), "with rules, an unknown publisher has no right");
+    assert_eq!(ruled.retained_count(), 0);
 }
