@@ -22,7 +22,7 @@ use crate::connection::Connection;
 use crate::message::Message;
 use crate::persist::{Persist, PersistOp, RestoredSession};
 use crate::queue::{Batch, DeliveryRef, Offer, Run};
-use crate::retained::RetainedStore;
+use crate::retained::{RetainSource, RetainedStore};
 use crate::session::{ConnLink, Delivery, Inflight, Moment, PendingWill, Session, WakeBatch};
 use crate::trie::{SubEntry, SubTrie, Target};
 use crate::Wake;
@@ -50,6 +50,24 @@ pub struct Stats {
 
 fn inc(c: &AtomicU64) {
     c.fetch_add(1, Ordering::Relaxed);
+}
+
+/// Authorize a client's publish (or will) to `topic`. A `$` topic (`$SYS/…`) needs an
+/// explicit grant ([`Authorizer::authorize_granted`]): clients cannot publish there by
+/// default, not even when no authorization source is configured (SPEC §10; Mosquitto refuses
+/// client publishes to `$SYS`). The broker's own `$SYS` values do not come through here.
+pub(crate) fn authorize_publish(
+    authz: &dyn Authorizer,
+    principal: &Principal,
+    client_id: &str,
+    action: Action,
+    topic: &str,
+) -> warden_policy::Decision {
+    if topic.starts_with('$') {
+        authz.authorize_granted(principal, client_id, action, topic)
+    } else {
+        authz.authorize(principal, client_id, action, topic)
+    }
 }
 
 /// One session a message goes to (see [`Broker::resolve`]).
@@ -193,11 +211,11 @@ impl Broker {
     /// Put back what the store held: sessions with their subscriptions, queues, in-flight
     /// messages and inbound QoS 2 state, and retained messages. Call before connections are
     /// accepted.
-    pub fn restore(&self, sessions: Vec<RestoredSession>, retained: Vec<Arc<Message>>, now: Instant) {
+    pub fn restore(&self, sessions: Vec<RestoredSession>, retained: Vec<(Arc<Message>, RetainSource)>, now: Instant) {
         {
             let mut r = self.retained.write();
-            for m in retained {
-                r.set(m);
+            for (m, source) in retained {
+                r.set(m, source);
             }
         }
         let mut reg = self.sessions.lock();
@@ -224,7 +242,7 @@ impl Broker {
                         retain: d.retain,
                         sub_ids: d.sub_ids,
                         // Authorized again before it is sent: the policy may have changed.
-                        policy_gen: u64::MAX,
+                        policy_gen: crate::session::REAUTHORIZE,
                         seq: d.seq,
                     };
                     match d.stage {
@@ -313,7 +331,8 @@ impl Broker {
             Arc::from(connect.client_id.as_str())
         };
         if let Some(w) = &connect.will {
-            let d = self.authorizer().authorize(
+            let d = authorize_publish(
+                self.authorizer().as_ref(),
                 &principal,
                 &client_id,
                 Action::Publish { qos: w.qos as u8, retain: w.retain },
@@ -362,18 +381,29 @@ impl Broker {
             }
             match existing {
                 Some(s) if !connect.clean_start => {
+                    // Same identity; the grants are the new connection's (a narrower token
+                    // narrows the live subscriptions at once). Set before the trie's
+                    // generation moves: a route that sees the new generation authorizes
+                    // `receive` with the new grants.
+                    s.set_owner(principal.clone());
                     let mut st = s.state.lock();
                     let old = st.conn.replace(link);
                     st.disconnected_at = None;
                     // A new connection before the will delay passed cancels the will [MQTT-3.1.3-9].
                     st.pending_will = None;
                     st.expiry_interval = expiry;
+                    // Any resume may bring narrower grants (SPEC §10): what is queued was
+                    // authorized for the old ones and is authorized again at delivery; what a
+                    // publisher routes now under an older trie generation (or from a routing
+                    // answer cached with the old grants) is queued marked so too.
+                    st.queue.reauthorize_all();
+                    {
+                        // Lock order: a session's state, then the trie.
+                        let mut trie = self.subs.write();
+                        trie.touch();
+                        st.grants_gen = trie.generation();
+                    }
                     drop(st);
-                    // Same identity; the grants are the new connection's (a narrower token
-                    // narrows the live subscriptions at once).
-                    s.set_owner(principal.clone());
-                    // Routing answers cached with the old grants are stale.
-                    self.subs.write().touch();
                     s.set_connected(true);
                     (s, true, old.map(|l| l.waker))
                 }
@@ -545,8 +575,10 @@ impl Broker {
 
     /// Publish `s`'s will, if its owner may still publish there.
     fn publish_will(&self, s: &Session, w: LastWill, now: Instant) {
-        let d = self.authorizer().authorize(
-            &s.owner(),
+        let owner = s.owner().clone();
+        let d = authorize_publish(
+            self.authorizer().as_ref(),
+            &owner,
             &s.client_id,
             Action::Publish { qos: w.qos as u8, retain: w.retain },
             w.topic.as_str(),
@@ -556,25 +588,34 @@ impl Broker {
             return;
         }
         let expires_at = w.properties.message_expiry_interval.map(|e| now + Duration::from_secs(u64::from(e)));
-        self.route(Arc::new(Message {
-            topic: w.topic,
-            payload: w.payload,
-            qos: w.qos,
-            retain: w.retain,
-            properties: Message::forwarded_properties(w.properties),
-            expires_at,
-            origin: None,
-            persisted: Default::default(),
-        }));
+        self.route(
+            Arc::new(Message {
+                topic: w.topic,
+                payload: w.payload,
+                qos: w.qos,
+                retain: w.retain,
+                properties: Message::forwarded_properties(w.properties),
+                expires_at,
+                origin: None,
+                persisted: Default::default(),
+            }),
+            Some((&owner, &s.client_id)),
+        );
     }
 
     /// Route a message: store it if retained, then queue it for every matching subscription
     /// (one delivery per session at the highest matching QoS, carrying every matching
     /// subscription identifier [MQTT-3.3.4-2/3]; one member per shared group). Returns the
-    /// number of deliveries queued.
-    pub fn route(&self, msg: Arc<Message>) -> usize {
+    /// number of deliveries queued. `publisher` is who published it (principal and client id;
+    /// `None`: the broker itself), kept with a retained message.
+    pub fn route(&self, msg: Arc<Message>, publisher: Option<(&Arc<Principal>, &Arc<str>)>) -> usize {
         // The local batch wakes the subscribers when it is dropped.
-        self.route_many(&Arc::new(Batch::new(vec![msg])), &mut WakeBatch::default(), &mut RouteCache::default())
+        self.route_many(
+            &Arc::new(Batch::new(vec![msg])),
+            &mut WakeBatch::default(),
+            &mut RouteCache::default(),
+            publisher,
+        )
     }
 
     /// Route a publisher's batch of messages, in order. Each subscriber session is locked once
@@ -584,12 +625,24 @@ impl Broker {
     /// decisions) unless a shared subscription needs a fresh round-robin pick per message;
     /// across batches, the publisher's `cache` keeps the last answer while it holds (see
     /// [`RouteCache`]). Returns the number of deliveries queued.
-    pub fn route_many(&self, shared: &Arc<Batch>, batch: &mut WakeBatch, cache: &mut RouteCache) -> usize {
+    /// `publisher` is who published the batch (see [`Broker::route`]).
+    pub fn route_many(
+        &self,
+        shared: &Arc<Batch>,
+        batch: &mut WakeBatch,
+        cache: &mut RouteCache,
+        publisher: Option<(&Arc<Principal>, &Arc<str>)>,
+    ) -> usize {
         let msgs = shared.messages();
         let policy_gen = self.policy_generation();
         let authz = self.authorizer();
         for msg in msgs.iter().filter(|m| m.retain) {
-            self.retain(msg, batch);
+            // Only retained messages keep their publisher (two reference counts).
+            let source = match publisher {
+                None => RetainSource::Broker,
+                Some((p, c)) => RetainSource::Client { principal: p.clone(), client_id: c.clone() },
+            };
+            self.retain(msg, source, batch);
         }
         // The run of a whole batch for one resolved session.
         let run = |shared: &Arc<Batch>, r: &Resolved| Run {
@@ -604,7 +657,8 @@ impl Broker {
         let mut queued = 0;
         // Each session's runs, gathered in order so it is locked once per batch.
         // Session ids are the broker's own counter, not client input: an unkeyed hash is safe.
-        let mut per_session: Vec<(Arc<Session>, Vec<Offer>)> = Vec::new();
+        // With the trie generation their `receive` was authorized at (see `Session::enqueue`).
+        let mut per_session: Vec<(Arc<Session>, Vec<Offer>, u64)> = Vec::new();
         let mut slot: HashMap<u64, usize, foldhash::fast::FixedState> = HashMap::default();
         let mut i = 0;
         while i < msgs.len() {
@@ -616,10 +670,12 @@ impl Broker {
                 c.trie_gen == trie_gen && c.policy_gen == policy_gen && c.origin == msg.origin && c.topic == msg.topic
             });
             let mut fresh = Vec::new();
+            let mut fresh_gen = 0;
             let mut reusable = true;
             let mut use_cache = hit;
             if !hit {
                 let r = self.resolve(msg, authz.as_ref());
+                fresh_gen = r.trie_gen;
                 reusable = r.reusable;
                 use_cache = r.reusable && !r.denied && authz.allows_are_cacheable();
                 if use_cache {
@@ -634,9 +690,9 @@ impl Broker {
                     fresh = r.targets;
                 }
             }
-            let resolved = match &cache.0 {
-                Some(c) if use_cache => &c.resolved,
-                _ => &fresh,
+            let (resolved, authorized_at) = match &cache.0 {
+                Some(c) if use_cache => (&c.resolved, c.trie_gen),
+                _ => (&fresh, fresh_gen),
             };
             let mut j = i + 1;
             if reusable {
@@ -649,7 +705,7 @@ impl Broker {
                 // topic): every session's queue shares it.
                 shared.set_fanout(resolved.len());
                 for r in resolved {
-                    queued += self.enqueue(&r.session, [Offer::Run(run(shared, r))], batch);
+                    queued += self.enqueue(&r.session, [Offer::Run(run(shared, r))], batch, authorized_at);
                 }
                 return queued;
             }
@@ -663,9 +719,11 @@ impl Broker {
             });
             for r in resolved {
                 let k = *slot.entry(r.session.id()).or_insert_with(|| {
-                    per_session.push((r.session.clone(), Vec::new()));
+                    per_session.push((r.session.clone(), Vec::new(), authorized_at));
                     per_session.len() - 1
                 });
+                // The oldest authorization among the session's offers decides.
+                per_session[k].2 = per_session[k].2.min(authorized_at);
                 match &part {
                     Some(part) => per_session[k].1.push(Offer::Run(run(part, r))),
                     None => per_session[k].1.extend(
@@ -677,21 +735,28 @@ impl Broker {
             }
             i = j;
         }
-        for (s, offers) in per_session {
-            queued += self.enqueue(&s, offers, batch);
+        for (s, offers, authorized_at) in per_session {
+            queued += self.enqueue(&s, offers, batch, authorized_at);
         }
         queued
     }
 
-    /// Queue runs and deliveries for one session (locked once); returns how many deliveries
-    /// were queued.
-    fn enqueue(&self, s: &Arc<Session>, offers: impl IntoIterator<Item = Offer>, batch: &mut WakeBatch) -> usize {
+    /// Queue runs and deliveries for one session (locked once), authorized at trie generation
+    /// `authorized_at`; returns how many deliveries were queued.
+    fn enqueue(
+        &self,
+        s: &Arc<Session>,
+        offers: impl IntoIterator<Item = Offer>,
+        batch: &mut WakeBatch,
+        authorized_at: u64,
+    ) -> usize {
         let (queued, dropped) = s.enqueue(
             offers,
             self.config.max_queued_messages,
             self.config.max_queued_bytes,
             batch,
             self.store.as_ref(),
+            authorized_at,
         );
         if dropped > 0 {
             self.stats.messages_dropped.fetch_add(dropped as u64, Ordering::Relaxed);
@@ -700,25 +765,64 @@ impl Broker {
     }
 
     /// Keep a retained message (an empty payload clears the topic) and store it.
-    fn retain(&self, msg: &Arc<Message>, batch: &mut WakeBatch) {
-        self.retained.write().set(msg.clone());
+    fn retain(&self, msg: &Arc<Message>, source: RetainSource, batch: &mut WakeBatch) {
+        self.retained.write().set(msg.clone(), source.clone());
         if let Some(store) = self.store.as_ref().filter(|_| !msg.topic.as_str().starts_with("$SYS/")) {
             let stored = (!msg.payload.is_empty()).then(|| msg.clone());
-            let t = store.submit(PersistOp::Retained { topic: msg.topic.clone(), msg: stored });
+            let t = store.submit(PersistOp::Retained { topic: msg.topic.clone(), msg: stored, source });
             batch.durable = batch.durable.max(t);
         }
     }
 
+    /// Whether a retained message's publisher may still publish it (SPEC §10; Mosquitto's
+    /// `check_retain_source`): the broker's own always; a client's if the policy in force now
+    /// allows its principal (as published; after a restart its kind and name, with no token
+    /// grants) to publish there with RETAIN, `$` topics needing an explicit grant as for any
+    /// client publish; an unknown publisher's (a record from before publishers were stored)
+    /// only while no authorization source with rules is configured.
+    fn retain_source_allowed(&self, authz: &dyn Authorizer, msg: &Message, source: &RetainSource) -> bool {
+        match source {
+            RetainSource::Broker => true,
+            RetainSource::Client { principal, client_id } => {
+                let action = Action::Publish { qos: msg.qos as u8, retain: true };
+                authorize_publish(authz, principal, client_id, action, msg.topic.as_str()).is_allowed()
+            }
+            RetainSource::Unknown => !authz.has_rules(),
+        }
+    }
+
+    /// Remove a retained message (if its topic still holds it) and the stored copy.
+    fn drop_retained(&self, msg: &Arc<Message>) {
+        if !self.retained.write().remove_if_same(msg) {
+            return;
+        }
+        if let Some(store) = self.store.as_ref().filter(|_| !msg.topic.as_str().starts_with("$SYS/")) {
+            store.submit(PersistOp::Retained { topic: msg.topic.clone(), msg: None, source: RetainSource::Broker });
+        }
+    }
+
     /// The sessions a message goes to, one entry per session (overlapping subscriptions merged:
-    /// highest QoS, every subscription identifier [MQTT-3.3.4-2/3]; one member per shared group;
-    /// No Local applied; `receive` authorized). The flag says whether the answer may be reused
+    /// highest QoS, every subscription identifier [MQTT-3.3.4-2/3]; one member per shared group,
+    /// picked among those allowed to receive; No Local applied; `receive` authorized). The flag says whether the answer may be reused
     /// for the next message on the same topic (no shared group was involved).
     fn resolve(&self, msg: &Message, authz: &dyn Authorizer) -> Resolution {
         let mut targets: Vec<Target> = Vec::new();
-        let (lists, trie_gen) = {
-            let trie = self.subs.read();
-            (trie.matches(msg.topic.as_str(), &mut targets), trie.generation())
+        let topic = msg.topic.as_str();
+        // A shared group's member is picked among those allowed to receive (asked only for
+        // shared groups' members, so plain subscriptions pay nothing for it).
+        let mut may_receive = |s: &Arc<Session>| {
+            // No Local never applies to a shared subscription [MQTT-3.8.3-4].
+            authz.authorize(&s.owner(), &s.client_id, Action::Receive, topic).is_allowed()
         };
+        let ((lists, refused_groups), trie_gen) = {
+            let trie = self.subs.read();
+            (trie.matches_with(topic, &mut targets, &mut may_receive), trie.generation())
+        };
+        let mut denied = refused_groups > 0;
+        if denied {
+            // No member of a group may receive: the message is dropped for it (once counted).
+            self.stats.denied.fetch_add(refused_groups as u64, Ordering::Relaxed);
+        }
         let reusable = !targets.iter().any(|t| t.shared);
         // No Local: never send a client its own publication [MQTT-3.8.3-3].
         targets.retain(|t| !(t.options.no_local && msg.origin == Some(t.session.id())));
@@ -728,7 +832,6 @@ impl Broker {
             targets.sort_unstable_by_key(|t| (t.session.id(), t.shared));
         }
         let mut out = Vec::with_capacity(targets.len());
-        let mut denied = false;
         let mut i = 0;
         while i < targets.len() {
             let t = &targets[i];
@@ -745,8 +848,10 @@ impl Broker {
                 }
             }
             let s = &t.session;
+            let shared = t.shared;
             i = j;
-            if !authz.authorize(&s.owner(), &s.client_id, Action::Receive, msg.topic.as_str()).is_allowed() {
+            // A shared group's pick was authorized when it was picked.
+            if !shared && !authz.authorize(&s.owner(), &s.client_id, Action::Receive, topic).is_allowed() {
                 inc(&self.stats.denied);
                 denied = true;
                 continue;
@@ -782,10 +887,21 @@ impl Broker {
         existed
     }
 
-    /// Retained messages matching a (non-shared) filter.
-    pub(crate) fn retained_matching(&self, filter: &str) -> Vec<Arc<Message>> {
-        let mut out = Vec::new();
-        self.retained.read().matching(filter, &mut out);
+    /// Retained messages matching a (non-shared) filter that may be delivered: with
+    /// `check_retain_source`, one whose publisher may no longer publish it is left out, removed
+    /// from the store and counted as denied.
+    pub(crate) fn retained_matching(&self, filter: &str, authz: &dyn Authorizer) -> Vec<Arc<Message>> {
+        let mut found = Vec::new();
+        self.retained.read().matching_with_source(filter, &mut found);
+        let mut out = Vec::with_capacity(found.len());
+        for (m, source) in found {
+            if self.config.check_retain_source && !self.retain_source_allowed(authz, &m, &source) {
+                inc(&self.stats.denied);
+                self.drop_retained(&m);
+                continue;
+            }
+            out.push(m);
+        }
         out
     }
 
@@ -814,16 +930,19 @@ impl Broker {
     /// Publish one `$SYS` value: retained, QoS 0, from the broker itself.
     pub(crate) fn publish_sys_value(&self, topic: &str, value: String) {
         let Ok(topic) = TopicName::new(topic) else { return };
-        self.route(Arc::new(Message {
-            topic,
-            payload: Bytes::from(value),
-            qos: QoS::AtMostOnce,
-            retain: true,
-            properties: None,
-            expires_at: None,
-            origin: None,
-            persisted: Default::default(),
-        }));
+        self.route(
+            Arc::new(Message {
+                topic,
+                payload: Bytes::from(value),
+                qos: QoS::AtMostOnce,
+                retain: true,
+                properties: None,
+                expires_at: None,
+                origin: None,
+                persisted: Default::default(),
+            }),
+            None,
+        );
     }
 }
 

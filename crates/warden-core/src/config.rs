@@ -27,6 +27,10 @@ pub struct BrokerConfig {
     pub max_subscriptions_per_client: usize,
     /// How often `$SYS` topics are refreshed.
     pub sys_interval: Duration,
+    /// Before a retained message is delivered, check that its publisher may still publish to
+    /// its topic; if not, it is not delivered and is removed (Mosquitto's
+    /// `check_retain_source`; SPEC §10).
+    pub check_retain_source: bool,
 }
 
 impl Default for BrokerConfig {
@@ -43,6 +47,7 @@ impl Default for BrokerConfig {
             max_topic_levels: 128,
             max_subscriptions_per_client: 1000,
             sys_interval: Duration::from_secs(10),
+            check_retain_source: true,
         }
     }
 }

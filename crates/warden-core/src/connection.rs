@@ -227,7 +227,8 @@ impl Connection {
         // Moved, not cloned, into the slice the subscribers' queues share.
         let cap = p.pending.len();
         let batch = Arc::new(Batch::new(std::mem::replace(&mut p.pending, Vec::with_capacity(cap))));
-        self.broker.route_many(&batch, &mut p.wakes, &mut p.route_cache);
+        let publisher = Some((&self.principal, &self.session.client_id));
+        self.broker.route_many(&batch, &mut p.wakes, &mut p.route_cache, publisher);
         // The acknowledgements wait until what was stored for them is durable.
         let t = std::mem::take(&mut p.wakes.durable);
         if std::mem::take(&mut p.pending_acked) {
@@ -404,7 +405,17 @@ impl Connection {
             Decision::Allow
         } else {
             let authz = self.broker.authorizer();
-            let d = self.authorize_with(authz.as_ref(), Action::Publish { qos: qos as u8, retain }, topic.as_str());
+            let action = Action::Publish { qos: qos as u8, retain };
+            let d = crate::broker::authorize_publish(
+                authz.as_ref(),
+                &self.principal,
+                &self.session.client_id,
+                action,
+                topic.as_str(),
+            );
+            if !d.is_allowed() {
+                self.broker.stats.denied.fetch_add(1, Ordering::Relaxed);
+            }
             if d.is_allowed() && authz.allows_are_cacheable() {
                 self.publishing.get_or_insert_with(Default::default).publish_allowed =
                     Some((topic.clone(), qos, retain, policy_gen));
@@ -504,7 +515,8 @@ impl Connection {
                     RetainHandling::DoNotSend => false,
                 };
             if send_retained {
-                for m in self.broker.retained_matching(filter.match_filter()) {
+                let authz = self.broker.authorizer();
+                for m in self.broker.retained_matching(filter.match_filter(), authz.as_ref()) {
                     if m.expired(now) || !self.authorize(Action::Receive, m.topic.as_str()).is_allowed() {
                         continue;
                     }

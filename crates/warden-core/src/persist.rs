@@ -109,6 +109,9 @@ pub enum PersistOp {
         topic: TopicName,
         /// The message.
         msg: Option<Arc<Message>>,
+        /// Who published it (stored so that its right to publish can be checked after a
+        /// restart).
+        source: crate::retained::RetainSource,
     },
 }
 

@@ -377,6 +377,17 @@ impl Queue {
         self.entries.push_back(Entry::Run(r));
     }
 
+    /// Mark every queued delivery to be authorized again before it is sent (the session's
+    /// grants changed: see [`crate::session::REAUTHORIZE`]).
+    pub fn reauthorize_all(&mut self) {
+        for e in &mut self.entries {
+            match e {
+                Entry::One(d) => d.policy_gen = crate::session::REAUTHORIZE,
+                Entry::Run(r) => r.policy_gen = crate::session::REAUTHORIZE,
+            }
+        }
+    }
+
     /// Drop everything.
     pub fn clear(&mut self) {
         self.entries.clear();

@@ -1,15 +1,36 @@
 //! Retained messages, stored in a topic trie so that a wildcard SUBSCRIBE walks only the
-//! matching branches instead of every retained topic.
+//! matching branches instead of every retained topic. Each keeps who published it
+//! ([`RetainSource`]): before it is delivered, its publisher's right to publish there is
+//! checked again (SPEC §10; Mosquitto's `check_retain_source`).
 
 use std::collections::HashMap;
 use std::sync::Arc;
 
+use warden_policy::Principal;
+
 use crate::message::Message;
+
+/// Who published a retained message. Kept beside it in the store, not in [`Message`]:
+/// only retained messages pay for it.
+#[derive(Clone, Debug)]
+pub enum RetainSource {
+    /// The broker itself (`$SYS` values).
+    Broker,
+    /// A client (or its session's will), with the principal it held then.
+    Client {
+        /// The publisher's principal (after a restart: its kind and name, no token grants).
+        principal: Arc<Principal>,
+        /// The publisher's client id.
+        client_id: Arc<str>,
+    },
+    /// Not known: restored from a record written before publishers were stored.
+    Unknown,
+}
 
 #[derive(Default)]
 struct Node {
     children: HashMap<Box<str>, Node>,
-    message: Option<Arc<Message>>,
+    message: Option<(Arc<Message>, RetainSource)>,
 }
 
 /// The retained-message store.
@@ -30,12 +51,13 @@ impl RetainedStore {
         self.count == 0
     }
 
-    /// Set (or with an empty payload, clear [MQTT-3.3.1-10]) the retained message of its topic.
-    pub fn set(&mut self, msg: Arc<Message>) {
+    /// Set (or with an empty payload, clear [MQTT-3.3.1-10]) the retained message of its topic,
+    /// published by `source`.
+    pub fn set(&mut self, msg: Arc<Message>, source: RetainSource) {
         let topic = msg.topic.as_str().to_owned();
         if msg.payload.is_empty() {
             let levels: Vec<&str> = topic.split('/').collect();
-            if remove_rec(&mut self.root, &levels) {
+            if remove_rec(&mut self.root, &levels, None) {
                 self.count -= 1;
             }
             return;
@@ -44,13 +66,29 @@ impl RetainedStore {
         for level in topic.split('/') {
             node = node.children.entry(Box::from(level)).or_default();
         }
-        if node.message.replace(msg).is_none() {
+        if node.message.replace((msg, source)).is_none() {
             self.count += 1;
         }
     }
 
+    /// Remove the retained message of its topic if it is still `msg` (not since replaced);
+    /// returns true when it was removed.
+    pub fn remove_if_same(&mut self, msg: &Arc<Message>) -> bool {
+        let levels: Vec<&str> = msg.topic.as_str().split('/').collect();
+        let removed = remove_rec(&mut self.root, &levels, Some(msg));
+        if removed {
+            self.count -= 1;
+        }
+        removed
+    }
+
     /// The retained message of exactly `topic`.
     pub fn get(&self, topic: &str) -> Option<Arc<Message>> {
+        self.get_with_source(topic).map(|(m, _)| m)
+    }
+
+    /// The retained message of exactly `topic`, with its publisher.
+    pub fn get_with_source(&self, topic: &str) -> Option<(Arc<Message>, RetainSource)> {
         let mut node = &self.root;
         for level in topic.split('/') {
             node = node.children.get(level)?;
@@ -60,24 +98,35 @@ impl RetainedStore {
 
     /// Every retained message matching `filter` (not a shared filter).
     pub fn matching(&self, filter: &str, out: &mut Vec<Arc<Message>>) {
+        let mut with = Vec::new();
+        self.matching_with_source(filter, &mut with);
+        out.extend(with.into_iter().map(|(m, _)| m));
+    }
+
+    /// [`RetainedStore::matching`], with each message's publisher.
+    pub fn matching_with_source(&self, filter: &str, out: &mut Vec<(Arc<Message>, RetainSource)>) {
         let levels: Vec<&str> = filter.split('/').collect();
         match_rec(&self.root, &levels, 0, out);
     }
 }
 
-fn remove_rec(node: &mut Node, levels: &[&str]) -> bool {
+/// Remove the message at `levels` (only if it is `only` when given).
+fn remove_rec(node: &mut Node, levels: &[&str], only: Option<&Arc<Message>>) -> bool {
     let Some((first, rest)) = levels.split_first() else {
+        if only.is_some_and(|m| !node.message.as_ref().is_some_and(|(cur, _)| Arc::ptr_eq(cur, m))) {
+            return false;
+        }
         return node.message.take().is_some();
     };
     let Some(child) = node.children.get_mut(*first) else { return false };
-    let removed = remove_rec(child, rest);
+    let removed = remove_rec(child, rest, only);
     if child.message.is_none() && child.children.is_empty() {
         node.children.remove(*first);
     }
     removed
 }
 
-fn collect_all(node: &Node, depth: usize, out: &mut Vec<Arc<Message>>) {
+fn collect_all(node: &Node, depth: usize, out: &mut Vec<(Arc<Message>, RetainSource)>) {
     if let Some(m) = &node.message {
         out.push(m.clone());
     }
@@ -89,7 +138,7 @@ fn collect_all(node: &Node, depth: usize, out: &mut Vec<Arc<Message>>) {
     }
 }
 
-fn match_rec(node: &Node, levels: &[&str], depth: usize, out: &mut Vec<Arc<Message>>) {
+fn match_rec(node: &Node, levels: &[&str], depth: usize, out: &mut Vec<(Arc<Message>, RetainSource)>) {
     let Some((first, rest)) = levels.split_first() else {
         if let Some(m) = &node.message {
             out.push(m.clone());

@@ -162,7 +162,17 @@ pub struct SessionState {
     /// the session lock, beside the queue an enqueue touches anyway: an atomic flag of its
     /// own was a cache line bounced between the publisher's and the subscriber's cores.
     pub wake_batched: bool,
+    /// The subscription trie's generation when the session's grants last changed (a resume
+    /// brings the new connection's grants, see [`crate::Broker::connect`]). A delivery whose
+    /// `receive` was authorized at an older generation may have been authorized for the old
+    /// grants: it is queued marked [`REAUTHORIZE`].
+    pub grants_gen: u64,
 }
+
+/// The policy generation of a delivery that must be authorized again before it is sent (no
+/// policy ever has it): restored deliveries, and those queued before (or routed across) a
+/// session resume, which may bring narrower grants (SPEC §10).
+pub const REAUTHORIZE: u64 = u64::MAX;
 
 /// An instant in 8 bytes (an `Instant` is 16, and `Option<Instant>` took [`SessionState`]
 /// out of its size class): milliseconds from a process-wide origin, never 0.
@@ -231,6 +241,7 @@ impl Session {
                 disconnected_at: None,
                 pending_will: None,
                 wake_batched: false,
+                grants_gen: 0,
                 ids_in_order: true,
             }),
         }
@@ -346,7 +357,10 @@ impl Session {
     /// session is stored (it is queued on its own, with its sequence number) and the ticket
     /// its acknowledgement waits for is added to `batch`. The session is added to `batch` for
     /// one wake-up (its waker is cloned only then: that atomic increment on a line the
-    /// subscriber's task shares is costly). Returns (queued, dropped because the queue was full).
+    /// subscriber's task shares is costly). `authorized_at` is the subscription trie's
+    /// generation at which `receive` was authorized for the offers: when the session's grants
+    /// changed since ([`SessionState::grants_gen`]), they are queued marked [`REAUTHORIZE`].
+    /// Returns (queued, dropped because the queue was full).
     pub fn enqueue(
         self: &Arc<Self>,
         offers: impl IntoIterator<Item = Offer>,
@@ -354,6 +368,7 @@ impl Session {
         max_bytes: u64,
         batch: &mut WakeBatch,
         store: Option<&Arc<dyn Persist>>,
+        authorized_at: u64,
     ) -> (usize, usize) {
         let mut n = Tally::default();
         let waker = {
@@ -363,7 +378,15 @@ impl Session {
                 return (0, offers.into_iter().map(|o| o.len()).sum());
             }
             let st = &mut *st;
-            for offer in offers {
+            // Authorized for grants the session no longer has (it resumed meanwhile).
+            let stale = st.grants_gen > authorized_at;
+            for mut offer in offers {
+                if stale {
+                    match &mut offer {
+                        Offer::One(d) => d.policy_gen = REAUTHORIZE,
+                        Offer::Run(r) => r.policy_gen = REAUTHORIZE,
+                    }
+                }
                 let run = match offer {
                     Offer::One(d) => {
                         n.count(self.offer_one(st, d, max_messages, max_bytes, batch, store));
@@ -566,6 +589,23 @@ mod tests {
         let msg = Arc::new(Message::for_test("t", b"", QoS::AtLeastOnce, false));
         let delivery = Delivery { msg, qos: QoS::AtLeastOnce, retain: false, sub_ids: vec![], policy_gen: 0, seq: 0 };
         (id, Inflight { delivery, stage: OutStage::AwaitAck })
+    }
+
+    /// Trust lifecycle item 3: a delivery authorized (at trie generation 4) for grants the
+    /// session replaced since (its resume at generation 5) is queued to be authorized again;
+    /// one authorized after the resume keeps its policy generation.
+    #[test]
+    fn an_offer_authorized_before_a_resume_is_queued_for_reauthorization() {
+        let s = Arc::new(Session::new(1, Arc::from("c"), Principal::anonymous(), 60));
+        s.state.lock().grants_gen = 5;
+        let offer = || Offer::One(inflight(0).1.delivery);
+        let mut batch = WakeBatch::default();
+        s.enqueue([offer()], 10, 1 << 20, &mut batch, None, 4);
+        s.enqueue([offer()], 10, 1 << 20, &mut batch, None, 5);
+        let mut st = s.state.lock();
+        assert_eq!(st.queue.front().map(|d| d.policy_gen), Some(REAUTHORIZE));
+        st.queue.skip();
+        assert_eq!(st.queue.front().map(|d| d.policy_gen), Some(0));
     }
 
     /// The naive allocator: the next id in turn that is not in flight.

@@ -3,7 +3,8 @@
 //!
 //! `$`-topics are not matched by `+` or `#` at the first level [MQTT-4.7.2-1]. Shared
 //! subscriptions live in the node of their filter as named groups; each message goes to one
-//! member of each group, chosen round-robin among connected members.
+//! member of each group, chosen round-robin among the members allowed to receive it
+//! (connected ones first).
 //!
 //! Level maps hash with foldhash: several times faster than std's SipHash on short level
 //! names, and seeded per process, so clients choosing filter and topic names cannot aim for
@@ -144,10 +145,25 @@ impl SubTrie {
     /// (non-shared) subscriber lists contributed: with one or none, no session can appear
     /// twice among the non-shared targets (a list holds a session once).
     pub fn matches(&self, topic: &str, out: &mut Vec<Target>) -> usize {
+        self.matches_with(topic, out, &mut |_| true).0
+    }
+
+    /// [`SubTrie::matches`], where a shared group's member is picked only among those `allow`
+    /// accepts (the broker asks whether the member may receive the message): round-robin
+    /// among the allowed members, connected ones first. A group with no allowed member
+    /// contributes nothing. `allow` is asked only for shared groups' members (under the
+    /// trie's read lock), so plain subscriptions pay nothing for it. Returns the number of
+    /// subscriber lists (as `matches`) and the number of groups that had no allowed member.
+    pub fn matches_with(
+        &self,
+        topic: &str,
+        out: &mut Vec<Target>,
+        allow: &mut dyn FnMut(&Arc<Session>) -> bool,
+    ) -> (usize, usize) {
         let dollar = topic.starts_with('$');
-        let mut lists = 0;
-        match_rec(&self.root, topic.split('/'), 0, dollar, out, &mut lists);
-        lists
+        let mut m = Walk { out, lists: 0, refused_groups: 0, allow };
+        match_rec(&self.root, topic.split('/'), 0, dollar, &mut m);
+        (m.lists, m.refused_groups)
     }
 }
 
@@ -180,51 +196,74 @@ fn remove_rec(node: &mut Node, levels: &[&str], group: Option<&str>, sid: u64) -
     removed
 }
 
-fn emit(node: &Node, out: &mut Vec<Target>, lists: &mut usize) {
-    *lists += usize::from(!node.subs.is_empty());
+/// What a match collects, and how shared groups pick.
+struct Walk<'a, 'f> {
+    out: &'a mut Vec<Target>,
+    lists: usize,
+    refused_groups: usize,
+    allow: &'f mut dyn FnMut(&Arc<Session>) -> bool,
+}
+
+fn emit(node: &Node, m: &mut Walk<'_, '_>) {
+    m.lists += usize::from(!node.subs.is_empty());
     for e in &node.subs {
-        out.push(Target { session: e.session.clone(), options: e.options, id: e.id, shared: false });
+        m.out.push(Target { session: e.session.clone(), options: e.options, id: e.id, shared: false });
     }
     for g in &node.shared {
         let n = g.members.len();
         if n == 0 {
             continue;
         }
-        // Round-robin, preferring a member whose connection is live. Concurrent publishers may
-        // race on `next`; that only perturbs the rotation, never loses a message.
+        // Round-robin among the members allowed to receive, preferring one whose connection
+        // is live (else the first allowed one, whose session queues what it may). A denied
+        // member is skipped, never picked: one member's denial does not drop the message for
+        // the group (SPEC §10). Concurrent publishers may race on `next`; that only perturbs
+        // the rotation, never loses a message.
         let start = g.next.load(Ordering::Relaxed) % n;
-        let pick = (0..n).map(|k| (start + k) % n).find(|&i| g.members[i].session.is_connected()).unwrap_or(start);
+        let mut offline = None;
+        let mut pick = None;
+        for i in (0..n).map(|k| (start + k) % n) {
+            let connected = g.members[i].session.is_connected();
+            if !connected && offline.is_some() {
+                continue; // an allowed offline member is known: only a live one would do better
+            }
+            if !(m.allow)(&g.members[i].session) {
+                continue;
+            }
+            if connected {
+                pick = Some(i);
+                break;
+            }
+            offline = Some(i);
+        }
+        let Some(pick) = pick.or(offline) else {
+            m.refused_groups += 1;
+            continue;
+        };
         g.next.store(pick + 1, Ordering::Relaxed);
         let e = &g.members[pick];
-        out.push(Target { session: e.session.clone(), options: e.options, id: e.id, shared: true });
+        m.out.push(Target { session: e.session.clone(), options: e.options, id: e.id, shared: true });
     }
 }
 
-fn match_rec(
-    node: &Node,
-    mut levels: Split<'_, char>,
-    depth: usize,
-    dollar: bool,
-    out: &mut Vec<Target>,
-    lists: &mut usize,
-) {
+fn match_rec(node: &Node, mut levels: Split<'_, char>, depth: usize, dollar: bool, m: &mut Walk<'_, '_>) {
     let wild_ok = !(depth == 0 && dollar);
     if wild_ok {
         if let Some(h) = node.children.get("#") {
             // "#" matches the parent level and everything below [MQTT-4.7.1-2].
-            emit(h, out, lists);
+            emit(h, m);
         }
     }
     let Some(first) = levels.next() else {
-        emit(node, out, lists);
+        emit(node, m);
         return;
     };
     if wild_ok {
         if let Some(p) = node.children.get("+") {
-            match_rec(p, levels.clone(), depth + 1, dollar, out, lists);
+            match_rec(p, levels.clone(), depth + 1, dollar, m);
         }
     }
     if let Some(c) = node.children.get(first) {
-        match_rec(c, levels, depth + 1, dollar, out, lists);
+        match_rec(c, levels, depth + 1, dollar, m);
     }
 }

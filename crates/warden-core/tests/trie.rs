@@ -8,7 +8,7 @@ use bytes::Bytes;
 use mqtt_codec::topic::filter_matches;
 use mqtt_codec::{QoS, SubscriptionOptions, TopicFilter, TopicName};
 use proptest::prelude::*;
-use warden_core::retained::RetainedStore;
+use warden_core::retained::{RetainSource, RetainedStore};
 use warden_core::session::Session;
 use warden_core::trie::{SubEntry, SubTrie, Target};
 use warden_core::Message;
@@ -77,7 +77,7 @@ proptest! {
         uniq.sort();
         uniq.dedup();
         for t in &uniq {
-            store.set(msg(t));
+            store.set(msg(t), RetainSource::Broker);
         }
         prop_assert_eq!(store.len(), uniq.len());
         for f in &filters {
@@ -139,11 +139,11 @@ fn shared_group_round_robin_is_fair() {
 #[test]
 fn retained_clear_with_empty_payload() {
     let mut store = RetainedStore::default();
-    store.set(msg("a/b"));
+    store.set(msg("a/b"), RetainSource::Broker);
     assert!(store.get("a/b").is_some());
     let mut empty = (*msg("a/b")).clone();
     empty.payload = Bytes::new();
-    store.set(Arc::new(empty)); // [MQTT-3.3.1-10]
+    store.set(Arc::new(empty), RetainSource::Broker); // [MQTT-3.3.1-10]
     assert!(store.get("a/b").is_none());
     assert!(store.is_empty());
     let _ = Instant::now();

@@ -744,6 +744,11 @@ impl Authorizer for AclAuthorizer {
             _ => Decision::Deny { disconnect: self.deny_disconnects && matches!(action, Action::Publish { .. }) },
         }
     }
+
+    /// Every allow of an ACL file is a rule's grant.
+    fn authorize_granted(&self, principal: &Principal, client_id: &str, action: Action, topic: &str) -> Decision {
+        self.authorize(principal, client_id, action, topic)
+    }
 }
 
 #[cfg(test)]

@@ -53,6 +53,25 @@ pub trait Authorizer: Send + Sync {
     fn allows_are_cacheable(&self) -> bool {
         false
     }
+
+    /// Decide `action` on `topic` allowing only what a rule of a configured source grants:
+    /// where [`Authorizer::authorize`] allows because no source applies (Mosquitto without an
+    /// ACL), this denies. The broker asks it for client publishes and wills to `$` topics
+    /// (`$SYS/…`), which need an explicit grant even when no source is configured (SPEC §10).
+    /// Default: denied, so that an authorizer (or a wrapper) grants `$` topics only by saying
+    /// so.
+    fn authorize_granted(&self, principal: &Principal, client_id: &str, action: Action, topic: &str) -> Decision {
+        let _ = (principal, client_id, action, topic);
+        Decision::Deny { disconnect: false }
+    }
+
+    /// True when some authorization source with rules is in force (an ACL file, policy-store
+    /// rules), so that a principal without grants of its own gets only what rules give it;
+    /// false when no source is configured (everything is allowed). The broker asks it for a
+    /// retained message whose publisher is unknown (stored by an older version). Default: true.
+    fn has_rules(&self) -> bool {
+        true
+    }
 }
 
 /// No authorization source configured: everything is allowed (Mosquitto's behaviour, SPEC §6);
@@ -67,6 +86,15 @@ impl Authorizer for AllowAll {
 
     fn allows_are_cacheable(&self) -> bool {
         true
+    }
+
+    /// Nothing is granted explicitly: `$` topics stay closed to clients.
+    fn authorize_granted(&self, _: &Principal, _: &str, _: Action, _: &str) -> Decision {
+        Decision::Deny { disconnect: false }
+    }
+
+    fn has_rules(&self) -> bool {
+        false
     }
 }
 
@@ -228,8 +256,17 @@ impl PolicyAuthorizer {
     }
 }
 
-impl Authorizer for PolicyAuthorizer {
-    fn authorize(&self, principal: &Principal, client_id: &str, action: Action, topic: &str) -> Decision {
+impl PolicyAuthorizer {
+    /// [`Authorizer::authorize`]; `no_source_allows` says what a principal no source names
+    /// gets (true: everything; false: nothing, for [`Authorizer::authorize_granted`]).
+    fn decide(
+        &self,
+        principal: &Principal,
+        client_id: &str,
+        action: Action,
+        topic: &str,
+        no_source_allows: bool,
+    ) -> Decision {
         let user = match principal.kind {
             crate::PrincipalKind::Anonymous => None,
             _ => Some(&*principal.name),
@@ -239,7 +276,7 @@ impl Authorizer for PolicyAuthorizer {
         let from_scopes = principal.grants.as_ref().map(|g| g.check(None, client_id, action, topic));
         let answers = [from_acl, from_store, from_scopes];
         let allowed = if answers.iter().all(Option::is_none) {
-            true // no source names this principal
+            no_source_allows // no source names this principal
         } else if answers.contains(&Some(Some(false))) {
             false // an explicit deny wins
         } else {
@@ -247,9 +284,23 @@ impl Authorizer for PolicyAuthorizer {
         };
         self.decision(allowed, action)
     }
+}
+
+impl Authorizer for PolicyAuthorizer {
+    fn authorize(&self, principal: &Principal, client_id: &str, action: Action, topic: &str) -> Decision {
+        self.decide(principal, client_id, action, topic, true)
+    }
 
     fn allows_are_cacheable(&self) -> bool {
         true
+    }
+
+    fn authorize_granted(&self, principal: &Principal, client_id: &str, action: Action, topic: &str) -> Decision {
+        self.decide(principal, client_id, action, topic, false)
+    }
+
+    fn has_rules(&self) -> bool {
+        self.acl.is_some() || self.store.is_some()
     }
 }
 
@@ -305,6 +356,29 @@ mod tests {
         let a = PolicyAuthorizer::new(None, true);
         assert!(a.authorize(&Principal::user("ann"), "c", PUB, "$SYS/x").is_allowed());
         assert!(a.authorize(&Principal::anonymous(), "c", SUB, "#").is_allowed());
+    }
+
+    /// Trust lifecycle item 2 (`$` topics): with no source, `authorize_granted` grants nothing
+    /// (a `$SYS` publish needs a rule); with rules, only what a rule grants.
+    #[test]
+    fn dollar_topics_need_an_explicit_grant_even_without_a_source() {
+        let none = PolicyAuthorizer::new(None, true);
+        assert!(!none.has_rules());
+        assert_eq!(
+            none.authorize_granted(&Principal::user("ann"), "c", PUB, "$SYS/broker/version"),
+            Decision::Deny { disconnect: true },
+            "per on_deny, like any denial"
+        );
+        assert!(!AllowAll.authorize_granted(&Principal::user("ann"), "c", PUB, "$SYS/x").is_allowed());
+        assert!(!AllowAll.has_rules());
+        let acl = crate::acl::AclFile::parse("user ann\ntopic write $SYS/custom/#\ntopic write #\n").unwrap();
+        let a = PolicyAuthorizer::new(Some(acl), false);
+        assert!(a.has_rules());
+        assert!(a.authorize_granted(&Principal::user("ann"), "c", PUB, "$SYS/custom/x").is_allowed());
+        assert!(!a.authorize_granted(&Principal::user("ann"), "c", PUB, "$SYS/broker/version").is_allowed());
+        assert!(a.authorize_granted(&Principal::user("ann"), "c", PUB, "a/b").is_allowed());
+        let p = token(&["mqtt:pub:$SYS/t"]);
+        assert!(none.authorize_granted(&p, "c", PUB, "$SYS/t").is_allowed(), "a token scope is a grant");
     }
 
     #[test]

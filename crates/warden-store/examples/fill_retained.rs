@@ -34,7 +34,11 @@ fn main() {
             origin: None,
             persisted: Default::default(),
         };
-        store.submit(PersistOp::Retained { topic, msg: Some(Arc::new(msg)) });
+        store.submit(PersistOp::Retained {
+            topic,
+            msg: Some(Arc::new(msg)),
+            source: warden_core::retained::RetainSource::Unknown,
+        });
     }
     store.close();
     println!("wrote {n} retained messages in {:.1} s", t.elapsed().as_secs_f64());

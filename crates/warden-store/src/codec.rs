@@ -1,7 +1,11 @@
 //! On-disk record formats. Every value starts with a format version byte, so a later version
 //! can read (or knowingly drop) what an older one wrote.
 //!
-//! - message / retained: `[1][expires_at: u64 BE unix ms, 0 = never][MQTT 5 PUBLISH packet]`.
+//! - message: `[1][expires_at: u64 BE unix ms, 0 = never][MQTT 5 PUBLISH packet]`.
+//! - retained: `[2][expires_at][n: u16 BE][n bytes: publisher JSON ([`PublisherJson`]: kind,
+//!   name, client id), n = 0 when unknown][MQTT 5 PUBLISH packet]`. A version 1 retained record
+//!   (the message format, written before publishers were stored) reads as published by an
+//!   unknown publisher ([`RetainSource::Unknown`]).
 //!   The PUBLISH encoding is the codec's own, so topic and property validation on the way back
 //!   in is the same as for a packet from the network: a damaged record fails to decode instead
 //!   of producing garbage.
@@ -16,12 +20,15 @@ use bytes::BytesMut;
 use mqtt_codec::{decode, Packet, Protocol, Publish, QoS, SubscriptionOptions, TopicFilter};
 use serde::{Deserialize, Serialize};
 use warden_core::persist::SessionRecord;
+use warden_core::retained::RetainSource;
 use warden_core::session::{OutStage, Subscription};
 use warden_core::Message;
 use warden_policy::trust::CredentialSource;
 use warden_policy::{Principal, PrincipalKind};
 
 const V1: u8 = 1;
+/// Retained records with their publisher.
+const V2: u8 = 2;
 
 /// Converts between the broker's monotonic clock and wall-clock milliseconds.
 #[derive(Clone, Copy)]
@@ -89,8 +96,76 @@ pub(crate) fn decode_message(b: &[u8], clock: Clock) -> Result<Option<Message>, 
     if b.len() < 9 || b[0] != V1 {
         return Err(bad("unknown message record version or short record"));
     }
-    let expires = u64::from_be_bytes(b[1..9].try_into().map_err(|_| bad("short record"))?);
-    let mut buf = BytesMut::from(&b[9..]);
+    decode_message_body(&b[1..9], &b[9..], clock)
+}
+
+/// Who published a retained message, as stored (no token scopes: after a restart a token
+/// publisher is checked with no grants of its own).
+#[derive(Serialize, Deserialize)]
+struct PublisherJson {
+    kind: String,
+    name: String,
+    client_id: String,
+}
+
+/// A retained record (version 2: with its publisher).
+pub(crate) fn encode_retained(m: &Message, source: &RetainSource, clock: Clock) -> Vec<u8> {
+    let publisher = match source {
+        RetainSource::Client { principal, client_id } => serde_json::to_vec(&PublisherJson {
+            kind: kind_name(principal.kind).to_owned(),
+            name: principal.name.to_string(),
+            client_id: client_id.to_string(),
+        })
+        .unwrap_or_default(),
+        RetainSource::Broker => {
+            serde_json::to_vec(&PublisherJson { kind: "broker".into(), name: String::new(), client_id: String::new() })
+                .unwrap_or_default()
+        }
+        RetainSource::Unknown => Vec::new(),
+    };
+    let n = u16::try_from(publisher.len()).unwrap_or(0);
+    let body = encode_message(m, clock);
+    let mut out = Vec::with_capacity(body.len() + 2 + usize::from(n));
+    out.push(V2);
+    out.extend_from_slice(&body[1..9]);
+    out.extend_from_slice(&n.to_be_bytes());
+    out.extend_from_slice(&publisher[..usize::from(n)]);
+    out.extend_from_slice(&body[9..]);
+    out
+}
+
+/// A retained record of either version; `Ok(None)` when it has expired.
+pub(crate) fn decode_retained(b: &[u8], clock: Clock) -> Result<Option<(Message, RetainSource)>, BadRecord> {
+    match b.first() {
+        Some(&V1) => Ok(decode_message(b, clock)?.map(|m| (m, RetainSource::Unknown))),
+        Some(&V2) if b.len() >= 11 => {
+            let n = usize::from(u16::from_be_bytes([b[9], b[10]]));
+            let rest = b.get(11..).filter(|r| r.len() >= n).ok_or_else(|| bad("short retained record"))?;
+            let source = if n == 0 { RetainSource::Unknown } else { decode_publisher(&rest[..n])? };
+            Ok(decode_message_body(&b[1..9], &rest[n..], clock)?.map(|m| (m, source)))
+        }
+        _ => Err(bad("unknown retained record version or short record")),
+    }
+}
+
+fn decode_publisher(b: &[u8]) -> Result<RetainSource, BadRecord> {
+    let j: PublisherJson = serde_json::from_slice(b).map_err(|e| bad(format!("retained publisher: {e}")))?;
+    let principal = match j.kind.as_str() {
+        "broker" => return Ok(RetainSource::Broker),
+        "user" => Principal::user(&j.name),
+        "certificate" => Principal::certificate(&j.name),
+        // No scopes: a credential that cannot be re-derived gets no grants (SPEC §10).
+        "token" => Principal::token(&j.name, vec![], vec![]),
+        "anonymous" => Principal::anonymous(),
+        _ => return Err(bad("retained publisher kind")),
+    };
+    Ok(RetainSource::Client { principal: Arc::new(principal), client_id: Arc::from(j.client_id.as_str()) })
+}
+
+/// The expiry (8 bytes) and PUBLISH packet of a message or retained record.
+fn decode_message_body(expires: &[u8], packet: &[u8], clock: Clock) -> Result<Option<Message>, BadRecord> {
+    let expires = u64::from_be_bytes(expires.try_into().map_err(|_| bad("short record"))?);
+    let mut buf = BytesMut::from(packet);
     let packet = decode(&mut buf, Protocol::V5, u32::MAX).map_err(|e| bad(format!("message: {e}")))?;
     let Some(Packet::Publish(p)) = packet else { return Err(bad("message record is not a PUBLISH")) };
     if !buf.is_empty() || p.topic.is_empty() {
@@ -324,6 +399,40 @@ mod tests {
         assert_eq!(back.properties.as_ref().unwrap().content_type.as_deref(), Some("text/plain"));
         let left = back.expires_at.unwrap().duration_since(c.now);
         assert!(left > Duration::from_secs(59) && left <= Duration::from_secs(60));
+    }
+
+    /// Trust lifecycle item 4: a retained record keeps its publisher (kind, name, client id;
+    /// a token publisher comes back with no grants), and an old (version 1) record reads as
+    /// published by an unknown publisher.
+    #[test]
+    fn retained_records_keep_their_publisher_and_old_ones_read_as_unknown() {
+        let c = Clock::now();
+        let m = msg(None);
+        let src = |p: Principal| RetainSource::Client { principal: Arc::new(p), client_id: Arc::from("dev-1") };
+        let token = Principal::token("svc", vec![], vec![Arc::from("mqtt:pub:#")]);
+        for (source, kind, name) in [
+            (src(Principal::user("ann")), PrincipalKind::User, "ann"),
+            (src(token), PrincipalKind::Token, "svc"),
+            (src(Principal::certificate("CN=x")), PrincipalKind::Certificate, "CN=x"),
+        ] {
+            let b = encode_retained(&m, &source, c);
+            let (back, s) = decode_retained(&b, c).unwrap().unwrap();
+            assert_eq!(&back.payload[..], b"hello");
+            let RetainSource::Client { principal, client_id } = s else { panic!("publisher lost") };
+            assert_eq!((principal.kind, &*principal.name, &*client_id), (kind, name, "dev-1"));
+            if kind == PrincipalKind::Token {
+                assert!(principal.scopes.is_empty() && principal.grants.is_some(), "no token grants after a restart");
+            }
+            for cut in 0..b.len() {
+                assert!(decode_retained(&b[..cut], c).is_err(), "truncated at {cut}");
+            }
+        }
+        let old = encode_message(&m, c);
+        let (back, s) = decode_retained(&old, c).unwrap().unwrap();
+        assert_eq!(back.topic.as_str(), "a/b");
+        assert!(matches!(s, RetainSource::Unknown));
+        let unknown = encode_retained(&m, &RetainSource::Unknown, c);
+        assert!(matches!(decode_retained(&unknown, c).unwrap().unwrap().1, RetainSource::Unknown));
     }
 
     #[test]

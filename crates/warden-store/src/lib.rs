@@ -43,6 +43,7 @@ use redb::{Database, ReadableTable, ReadableTableMetadata, TableDefinition};
 use tokio::sync::watch;
 use tracing::{error, info, warn};
 use warden_core::persist::{Persist, PersistOp, PersistedMsg, RestoredDelivery, RestoredSession};
+use warden_core::retained::RetainSource;
 use warden_core::Message;
 
 use crate::codec::{Clock, DeliveryRec};
@@ -108,8 +109,8 @@ pub struct Report {
 pub struct Loaded {
     /// Sessions to give to [`warden_core::Broker::restore`].
     pub sessions: Vec<RestoredSession>,
-    /// Retained messages.
-    pub retained: Vec<Arc<Message>>,
+    /// Retained messages, with who published them.
+    pub retained: Vec<(Arc<Message>, RetainSource)>,
     /// What was found and dropped.
     pub report: Report,
 }
@@ -140,7 +141,7 @@ struct Raw {
     deliveries: Vec<((u64, u64), DeliveryRec)>,
     messages: HashMap<u64, Message>,
     qos2: Vec<(u64, u16)>,
-    retained: Vec<(String, Message)>,
+    retained: Vec<(String, Message, RetainSource)>,
     /// Keys of records to delete: unreadable, expired, or orphaned.
     bad_sessions: Vec<u64>,
     bad_deliveries: Vec<(u64, u64)>,
@@ -376,7 +377,7 @@ struct Net<'a> {
     deliveries: HashMap<(u64, u64), Option<&'a PersistOp>>,
     messages: HashMap<u64, Option<&'a Arc<Message>>>,
     qos2: HashMap<(u64, u16), bool>,
-    retained: HashMap<&'a str, Option<&'a Arc<Message>>>,
+    retained: HashMap<&'a str, Option<(&'a Arc<Message>, &'a RetainSource)>>,
 }
 
 impl<'a> Net<'a> {
@@ -409,8 +410,8 @@ impl<'a> Net<'a> {
                 PersistOp::InboundQos2 { sid, packet_id, present } => {
                     n.qos2.insert((*sid, *packet_id), *present);
                 }
-                PersistOp::Retained { topic, msg } => {
-                    n.retained.insert(topic.as_str(), msg.as_ref());
+                PersistOp::Retained { topic, msg, source } => {
+                    n.retained.insert(topic.as_str(), msg.as_ref().map(|m| (m, source)));
                 }
             }
         }
@@ -464,7 +465,7 @@ fn commit(db: &Database, ops: &[PersistOp], sync: bool) -> Result<(), redb::Erro
         }
         for (topic, m) in &net.retained {
             match m {
-                Some(m) => t.retained.insert(*topic, codec::encode_message(m, clock).as_slice())?,
+                Some((m, source)) => t.retained.insert(*topic, codec::encode_retained(m, source, clock).as_slice())?,
                 None => t.retained.remove(*topic)?,
             };
         }
@@ -570,8 +571,8 @@ fn read_tables(db: &Database, clock: Clock, raw: &mut Raw, report: &mut Report) 
             for row in t.iter()? {
                 let (k, v) = row?;
                 let topic = k.value().to_owned();
-                match codec::decode_message(v.value(), clock) {
-                    Ok(Some(m)) if m.topic.as_str() == topic => raw.retained.push((topic, m)),
+                match codec::decode_retained(v.value(), clock) {
+                    Ok(Some((m, source))) if m.topic.as_str() == topic => raw.retained.push((topic, m, source)),
                     Ok(None) => {
                         report.expired += 1;
                         raw.bad_retained.push(topic);
@@ -695,8 +696,8 @@ fn write_back(db: &Database, raw: &Raw) -> Result<(), redb::Error> {
         for k in &raw.qos2 {
             t.qos2.insert(*k, ())?;
         }
-        for (topic, m) in &raw.retained {
-            t.retained.insert(topic.as_str(), codec::encode_message(m, clock).as_slice())?;
+        for (topic, m, source) in &raw.retained {
+            t.retained.insert(topic.as_str(), codec::encode_retained(m, source, clock).as_slice())?;
         }
     }
     txn.commit()?;
@@ -753,7 +754,7 @@ fn restore(store: &Arc<Store>, raw: Raw, mut report: Report) -> Loaded {
     }
     report.sessions = sessions.len();
     report.retained = raw.retained.len();
-    let retained = raw.retained.into_iter().map(|(_, m)| Arc::new(m)).collect();
+    let retained = raw.retained.into_iter().map(|(_, m, source)| (Arc::new(m), source)).collect();
     if !report.dropped.is_empty() {
         warn!(dropped = report.dropped.len(), "store: records dropped while loading");
     }

@@ -4,6 +4,7 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use mqtt_codec::{QoS, SubscriptionOptions, TopicFilter, TopicName};
 use warden_core::persist::{Persist, PersistOp, SessionRecord};
+use warden_core::retained::RetainSource;
 use warden_core::session::{OutStage, Subscription};
 use warden_core::Message;
 use warden_policy::Principal;
@@ -58,7 +59,8 @@ fn fill(store: &Arc<Store>) -> Arc<Message> {
     store.submit(PersistOp::InboundQos2 { sid: 5, packet_id: 42, present: true });
     let mut r = (*msg("r/t", b"kept")).clone();
     r.retain = true;
-    store.submit(PersistOp::Retained { topic: r.topic.clone(), msg: Some(Arc::new(r)) });
+    let source = RetainSource::Client { principal: Arc::new(Principal::user("ann")), client_id: Arc::from("dev-1") };
+    store.submit(PersistOp::Retained { topic: r.topic.clone(), msg: Some(Arc::new(r)), source });
     m
 }
 
@@ -89,7 +91,12 @@ fn what_is_committed_comes_back() {
     assert!(Arc::ptr_eq(&s.deliveries[0].msg, &s.deliveries[1].msg));
     assert_eq!(&s.deliveries[0].msg.payload[..], b"one");
     assert_eq!(loaded.retained.len(), 1);
-    assert_eq!(&loaded.retained[0].payload[..], b"kept");
+    assert_eq!(&loaded.retained[0].0.payload[..], b"kept");
+    // Trust lifecycle item 4: the publisher survives the restart.
+    match &loaded.retained[0].1 {
+        RetainSource::Client { principal, client_id } => assert_eq!((&*principal.name, &**client_id), ("ann", "dev-1")),
+        other => panic!("publisher lost: {other:?}"),
+    }
     store.close();
 }
 
@@ -102,7 +109,11 @@ fn finished_deliveries_ended_sessions_and_dropped_messages_are_gone() {
     store.submit(PersistOp::DeliveryDone { sid: 5, seq: 100 });
     store.submit(session(6, "dev-2"));
     store.submit(PersistOp::SessionEnd { sid: 5 });
-    store.submit(PersistOp::Retained { topic: TopicName::new("r/t").unwrap(), msg: None });
+    store.submit(PersistOp::Retained {
+        topic: TopicName::new("r/t").unwrap(),
+        msg: None,
+        source: RetainSource::Broker,
+    });
     drop(m); // last reference: the message is removed from the store
     store.close();
     let (store, loaded) = Store::open(&path, Durability::Sync).unwrap();
@@ -188,7 +199,7 @@ fn damaged_files_are_recovered_or_set_aside() {
                 assert_eq!(&d.msg.payload[..], b"one", "{what}");
             }
         }
-        for r in &loaded.retained {
+        for (r, _) in &loaded.retained {
             assert_eq!((r.topic.as_str(), &r.payload[..]), ("r/t", &b"kept"[..]), "{what}");
         }
         if loaded.report.moved_aside.is_some() {

@@ -295,7 +295,7 @@ pub enum AuditMode {
 }
 
 /// `[authz]`.
-#[derive(Debug, Clone, PartialEq, Eq, Default)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct AuthzConfig {
     /// Mosquitto-syntax ACL file.
     pub acl_file: Option<PathBuf>,
@@ -303,6 +303,20 @@ pub struct AuthzConfig {
     pub on_deny: OnDeny,
     /// Which decisions are written to the audit log.
     pub audit: AuditMode,
+    /// Deliver a retained message only while its publisher may still publish it (else it is
+    /// removed). Default true.
+    pub check_retain_source: bool,
+}
+
+impl Default for AuthzConfig {
+    fn default() -> Self {
+        AuthzConfig {
+            acl_file: None,
+            on_deny: OnDeny::default(),
+            audit: AuditMode::default(),
+            check_retain_source: true,
+        }
+    }
 }
 
 /// The `[limits]` table. Every field has a default ([`Limits::default`]).
@@ -672,6 +686,7 @@ impl Config {
                 },
                 on_deny: a.on_deny,
                 audit: a.audit,
+                check_retain_source: a.check_retain_source,
             },
         };
 
@@ -956,6 +971,8 @@ struct RawAuthz {
     on_deny: OnDeny,
     #[serde(default)]
     audit: AuditMode,
+    #[serde(default = "yes")]
+    check_retain_source: bool,
 }
 
 fn de_leeway<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
@@ -1523,6 +1540,11 @@ sys_interval = "10s"              # $SYS topics are retained and refreshed this 
         assert!(!format!("{c:?}").contains("0123456789abcdef"), "secrets are redacted in Debug");
         assert_eq!(c.authz.acl_file, Some(PathBuf::from("conf/acl")));
         assert_eq!(c.authz.on_deny, OnDeny::Drop);
+        assert!(c.authz.check_retain_source, "on unless turned off");
+        assert!(parse(LISTENER).unwrap().authz.check_retain_source, "on without an [authz] table");
+        let off = parse(&format!("{LISTENER}[authz]\ncheck_retain_source = false\n")).unwrap();
+        assert!(!off.authz.check_retain_source);
+        assert!(!crate::server::broker_config(&off).check_retain_source, "wired to the core");
         assert_eq!(c.oauth.token_ttl, Duration::from_secs(300));
         assert_eq!(c.oauth.clients[0].scopes, vec!["mqtt:pub:d/#".to_string()]);
         assert_eq!(c.http.unwrap().bind, "127.0.0.1:8080".parse().unwrap());

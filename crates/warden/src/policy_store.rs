@@ -102,6 +102,25 @@ impl Authorizer for Audited {
     fn allows_are_cacheable(&self) -> bool {
         !self.all
     }
+
+    /// The policy's explicit grants (asked for `$` topics), audited like other decisions.
+    fn authorize_granted(&self, principal: &Principal, client_id: &str, action: Action, topic: &str) -> Decision {
+        let d = self.policy.authorize_granted(principal, client_id, action, topic);
+        if self.all || !d.is_allowed() {
+            let (_, by) = self.policy.explain(principal, client_id, action, topic);
+            let by = match by {
+                // No source: `authorize` would allow, but a `$` topic needs a grant.
+                warden_policy::DecidedBy::NoSource => "no-grant".to_owned(),
+                by => by.to_string(),
+            };
+            self.record(principal, client_id, action, topic, d, &by);
+        }
+        d
+    }
+
+    fn has_rules(&self) -> bool {
+        self.policy.has_rules()
+    }
 }
 
 /// Load the ACL file named by the configuration.

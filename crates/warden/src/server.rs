@@ -130,6 +130,7 @@ pub fn broker_config(cfg: &Config) -> BrokerConfig {
         max_topic_levels: l.max_topic_levels,
         max_subscriptions_per_client: l.max_subscriptions_per_client,
         sys_interval: l.sys_interval,
+        check_retain_source: cfg.authz.check_retain_source,
     }
 }
 

@@ -536,8 +536,17 @@ both_versions!(v3_pubsub_qos_matrix, v5_pubsub_qos_matrix, pubsub_qos_matrix);
 /// [MQTT-4.7.1-2], and neither matches a topic starting with `$` at the first level
 /// [MQTT-4.7.2-1] (nor are `$SYS` retained messages sent to a `#` subscriber). The last
 /// publication matches every subscriber, so anything wrongly delivered would show up before it.
+/// A client may publish to a `$` topic only with an explicit grant (SPEC §10): the ACL grants
+/// `$foo` and opens everything else.
 async fn wildcards<C: Mqtt>() {
-    let b = TestBroker::start().await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    std::fs::write(dir.path().join("acl"), "topic readwrite #\ntopic write $foo\ntopic write $foo/x\n").unwrap();
+    let b = TestBroker::from_toml_in(
+        dir,
+        "[[listener]]\nbind = \"127.0.0.1:0\"\nprotocol = \"mqtt\"\n[[listener]]\nbind = \"127.0.0.1:0\"\nprotocol = \"ws\"\n\
+         [auth]\nallow_anonymous = true\n[authz]\nacl_file = \"{dir}/acl\"\n",
+    )
+    .await;
     let (mut plus, _) = C::connect(&b, "wc-plus", true, None).await;
     let (mut hash, _) = C::connect(&b, "wc-hash", true, None).await;
     let (mut all, _) = C::connect(&b, "wc-all", true, None).await;
