@@ -791,6 +791,24 @@ impl Broker {
         }
     }
 
+    /// A trust change (SPEC §10): remove the retained messages whose publisher `lost` says lost
+    /// its standing (a revoked token, a removed user, a revoked certificate): their publisher no
+    /// longer has any right to publish them. Returns how many were removed.
+    pub fn drop_retained_where(&self, lost: impl Fn(&Principal) -> bool) -> usize {
+        let mut all = Vec::new();
+        self.retained.read().all_with_source(&mut all);
+        let mut n = 0;
+        for (msg, source) in all {
+            if let RetainSource::Client { principal, .. } = &source {
+                if lost(principal) {
+                    self.drop_retained(&msg);
+                    n += 1;
+                }
+            }
+        }
+        n
+    }
+
     /// Remove a retained message (if its topic still holds it) and the stored copy.
     fn drop_retained(&self, msg: &Arc<Message>) {
         if !self.retained.write().remove_if_same(msg) {

@@ -108,6 +108,19 @@ impl RetainedStore {
         let levels: Vec<&str> = filter.split('/').collect();
         match_rec(&self.root, &levels, 0, out);
     }
+
+    /// Every retained message with its publisher, `$` topics included.
+    pub fn all_with_source(&self, out: &mut Vec<(Arc<Message>, RetainSource)>) {
+        fn walk(node: &Node, out: &mut Vec<(Arc<Message>, RetainSource)>) {
+            if let Some(m) = &node.message {
+                out.push(m.clone());
+            }
+            for child in node.children.values() {
+                walk(child, out);
+            }
+        }
+        walk(&self.root, out);
+    }
 }
 
 /// Remove the message at `levels` (only if it is `only` when given).

@@ -7,6 +7,7 @@
 //! - live connections end (v5 DISCONNECT 0x87 Not authorized) and their wills are discarded,
 //!   never published;
 //! - pending (delayed) wills of disconnected sessions are discarded;
+//! - retained messages it published are removed (their publisher has no right left);
 //! - the next CONNECT with the credential is refused by authentication, which reads the same
 //!   state the event was made from (revocation list, client registry, CRLs, files, store).
 //!
@@ -37,6 +38,8 @@ pub struct Applied {
     pub connections: usize,
     /// Pending wills of disconnected sessions discarded.
     pub wills: usize,
+    /// Retained messages the credential published, removed.
+    pub retained: usize,
 }
 
 impl Trust {
@@ -54,11 +57,19 @@ impl Trust {
     /// from (their wills discarded), and discard such sessions' pending wills.
     pub fn apply(&self, event: &TrustEvent) -> Applied {
         let connections = self.live.revoke_where(|p| event.verdict(p).map(reason_code));
-        let wills = self.broker.get().map_or(0, |b| b.discard_wills_where(|p| event.verdict(p).is_some()));
-        if connections > 0 || wills > 0 {
-            info!(event = event.name(), connections, wills, "trust change applied: connections ended, wills discarded");
+        let lost = |p: &warden_policy::Principal| event.verdict(p).is_some();
+        let (wills, retained) =
+            self.broker.get().map_or((0, 0), |b| (b.discard_wills_where(lost), b.drop_retained_where(lost)));
+        if connections > 0 || wills > 0 || retained > 0 {
+            info!(
+                event = event.name(),
+                connections,
+                wills,
+                retained,
+                "trust change applied: connections ended, wills and retained messages discarded"
+            );
         }
-        Applied { connections, wills }
+        Applied { connections, wills, retained }
     }
 
     /// The OAuth client registry changed (a client deleted, narrowed or replaced): tokens of

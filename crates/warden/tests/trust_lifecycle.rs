@@ -419,3 +419,28 @@ async fn item11_a_known_principals_name_is_reserved_as_a_client_id() {
     let b = broker_with_users(&cfg, &["dev-9", "mallory"]).await;
     assert_eq!(connack(&b, login("dev-9", "mallory", "mallory-pw")).await, ReasonCode::SUCCESS);
 }
+
+/// Item 8 (the CVE-2018-12546 class), for a change of trust: a retained message published with
+/// a token is removed when the token is revoked — its publisher has no right left to publish it
+/// — while a retained message of another credential stays. (Narrowed grants are checked at
+/// delivery by the core: `crates/warden-core/tests/trust_lifecycle.rs`, item 4.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn item8_a_revoked_tokens_retained_messages_are_removed() {
+    let b = broker_with_users(&oauth_config(), &[]).await;
+    let t = token(&b).await;
+    let (mut dev, _) = connected(b.addr(), login("dev-ret", DEV, &t)).await;
+    let Packet::Publish(mut p) = publish("wills/fw", QoS::AtLeastOnce, 1, b"flash http://x/fw.bin") else {
+        unreachable!()
+    };
+    p.retain = true;
+    dev.send(&Packet::Publish(p)).await;
+    assert!(matches!(dev.recv_within(WAIT).await, Recv::Packet(Packet::PubAck(_))));
+    let (mut watcher, _) = connected(b.addr(), login("watcher", "watcher", "watcher-pw")).await;
+    watcher.subscribe(1, "wills/#", QoS::AtMostOnce).await;
+    assert_eq!(&watcher.expect_publish().await.payload[..], b"flash http://x/fw.bin", "control: retained");
+    let (mut other, _) = connected(b.addr(), login("other", "watcher", "watcher-pw")).await;
+
+    assert_eq!(post_form(format!("{}/oauth/revoke", http_base(&b)), vec![("token", t)]).await, 200);
+    assert_eq!(expect_disconnect(&mut dev).await, ReasonCode::NOT_AUTHORIZED);
+    assert_no_will(&b, &mut watcher, &mut other, "wills/fw").await;
+}
