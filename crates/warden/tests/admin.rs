@@ -471,3 +471,43 @@ async fn check_explain_names_the_deciding_store_rule() {
     assert!(explain("dev/bob/x").contains("deny: decided by default-deny"));
     b.stop().await;
 }
+
+/// A ban ends a live v5 client with DISCONNECT 0x98 Administrative action, which a real client
+/// (rumqttc v5) reads as a server disconnect; 0x8A Banned is a CONNACK-only code that it
+/// rejected as a malformed packet.
+#[tokio::test]
+async fn a_ban_disconnects_a_live_v5_client_with_administrative_action() {
+    use rumqttc::v5::mqttbytes::v5::{DisconnectReasonCode, Packet as P5};
+    use rumqttc::v5::{ConnectionError, Event, StateError};
+    let b = broker().await;
+    setup(&b).await;
+    let mut o = rumqttc::v5::MqttOptions::new("banned-live", "127.0.0.1", b.port());
+    o.set_credentials("pub", PW);
+    let (_client, mut ev) = rumqttc::v5::AsyncClient::new(o, 10);
+    let err = tokio::time::timeout(WAIT, async {
+        let mut banned = false;
+        loop {
+            match ev.poll().await {
+                Ok(Event::Incoming(P5::ConnAck(_))) if !banned => {
+                    banned = true;
+                    admin(&b, "POST", "/admin/bans", Some(json!({"kind": "client-id", "value": "banned-live"}))).await;
+                }
+                Ok(_) => {}
+                Err(e) => return e,
+            }
+        }
+    })
+    .await
+    .expect("the ban ends the connection");
+    assert!(
+        matches!(
+            err,
+            ConnectionError::MqttState(StateError::ServerDisconnect {
+                reason_code: DisconnectReasonCode::AdministrativeAction,
+                ..
+            })
+        ),
+        "{err:?}"
+    );
+    b.stop().await;
+}
