@@ -336,7 +336,7 @@ async fn the_store_persists_and_a_corrupt_store_refuses_start() {
     let server = warden::server::Server::start(&cfg).await.expect("restart");
     let addr = server.addr(warden::config::ListenerProtocol::Mqtt).unwrap();
     let (_, r) = RawClient::connect(addr, login(Protocol::V5, "again", "pub", true)).await;
-    assert!(matches!(r, Recv::Packet(Packet::Connack(a)) if a.reason_code.is_success()));
+    assert!(matches!(&r, Recv::Packet(Packet::Connack(a)) if a.reason_code.is_success()));
     server.shutdown().await;
     std::fs::write(dir.join("policy.json"), "{\"version\": 1, \"users\": 7}").unwrap();
     let err = format!("{:#}", warden::server::Server::start(&cfg).await.err().expect("refused"));
@@ -509,5 +509,44 @@ async fn a_ban_disconnects_a_live_v5_client_with_administrative_action() {
         ),
         "{err:?}"
     );
+    b.stop().await;
+}
+
+/// A TCP connection to `to` from the loopback source address `from`.
+async fn tcp_from(from: [u8; 4], to: std::net::SocketAddr) -> tokio::net::TcpStream {
+    let s = tokio::net::TcpSocket::new_v4().unwrap();
+    s.bind(std::net::SocketAddr::from((from, 0))).unwrap();
+    let stream = s.connect(to).await.expect("connect");
+    stream.set_nodelay(true).ok();
+    stream
+}
+
+/// A ban on the IPv4-mapped IPv6 spelling of an address (`::ffff:127.0.0.9`, the form the admin
+/// API shows for peers of a dual-stack listener) bans the IPv4 peer 127.0.0.9: its live
+/// connection ends and new ones are refused at accept; other addresses are unaffected; the
+/// ban is listed, and removed, as 127.0.0.9.
+#[tokio::test]
+async fn an_ipv4_mapped_ip_ban_refuses_the_ipv4_peer() {
+    let b = broker().await;
+    setup(&b).await;
+    let (mut live, r) =
+        RawClient::connect_over(tcp_from([127, 0, 0, 9], b.addr()).await, login(Protocol::V5, "m9", "pub", true)).await;
+    assert!(matches!(&r, Recv::Packet(Packet::Connack(a)) if a.reason_code == ReasonCode::SUCCESS), "{r:?}");
+    admin(&b, "POST", "/admin/bans", Some(json!({"kind": "ip", "value": "::ffff:127.0.0.9"}))).await;
+    let seen = live.expect_closed_within(WAIT).await;
+    assert!(
+        matches!(&seen[..], [Packet::Disconnect(d)] if d.reason_code == ReasonCode::ADMINISTRATIVE_ACTION),
+        "the live connection from 127.0.0.9 is ended: {seen:?}"
+    );
+    let (_, r) =
+        RawClient::connect_over(tcp_from([127, 0, 0, 9], b.addr()).await, login(Protocol::V5, "m9", "pub", true)).await;
+    assert_eq!(r, Recv::Closed, "refused at accept, before any CONNACK");
+    connected(&b, login(Protocol::V5, "m1", "pub", true)).await;
+    let list = admin(&b, "GET", "/admin/bans", None).await;
+    assert_eq!(list[0]["value"], "127.0.0.9", "{list}");
+    admin(&b, "DELETE", "/admin/bans?kind=ip&value=%3A%3Affff%3A127.0.0.9", None).await;
+    let (_, r) =
+        RawClient::connect_over(tcp_from([127, 0, 0, 9], b.addr()).await, login(Protocol::V5, "m9", "pub", true)).await;
+    assert!(matches!(&r, Recv::Packet(Packet::Connack(a)) if a.reason_code == ReasonCode::SUCCESS), "{r:?}");
     b.stop().await;
 }
