@@ -3,6 +3,7 @@
 
 use std::sync::Arc;
 
+use crate::logsafe::Escaped;
 use mqtt_codec::ReasonCode;
 use tracing::info;
 use warden_http::admin::{AdminBackend, AdminError, Ban, BanKind, ClientInfo, OAuthClientInfo, PolicyEdit};
@@ -79,7 +80,7 @@ impl AdminBackend for Backend {
             let n = self.live.end_where(ReasonCode::ADMINISTRATIVE_ACTION, |c, p, peer| {
                 BanList::matches(&ban, c, &p.name, peer.ip())
             });
-            info!(kind = ?ban.kind, value = %ban.value, connections = n, "admin API: ban added");
+            info!(kind = ?ban.kind, value = %Escaped(&ban.value), connections = n, "admin API: ban added");
         }
         Ok(())
     }

@@ -462,7 +462,7 @@ pub async fn resume(core: Core, stream: std::net::TcpStream) {
 /// A connection whose socket was lost on its way into or out of the parking lot: its session
 /// sees it gone as after an I/O error (the will is published).
 pub fn lost(core: Core, why: &dyn std::fmt::Display) {
-    debug!(client_id = %core.conn.client_id(), error = %why, "socket lost while parking or resuming");
+    debug!(client_id = %crate::logsafe::Escaped(core.conn.client_id()), error = %why, "socket lost while parking or resuming");
     core.conn.closed(Close { reason: ReasonCode::UNSPECIFIED_ERROR, publish_will: true }, Instant::now());
 }
 
@@ -492,7 +492,7 @@ async fn finish<R: ReadReady, W: AsyncWrite + Unpin + Send>(l: Live<R, W>, close
         let _ = tokio::time::timeout(Duration::from_secs(1), wr.write_all(&wbuf)).await;
     }
     let _ = tokio::time::timeout(Duration::from_secs(1), wr.shutdown()).await;
-    debug!(?peer, client_id = %conn.client_id(), reason = %close.reason, "client disconnected");
+    debug!(?peer, client_id = %crate::logsafe::Escaped(conn.client_id()), reason = %close.reason, "client disconnected");
     conn.closed(close, Instant::now());
 }
 
@@ -523,7 +523,7 @@ async fn establish<S: Transport>(start: Box<Start<S>>) -> Option<Live<S::Read, S
     // Banned client ids and user names are refused before any authentication work.
     let banned = |user: Option<&str>| ctx.bans.name_banned(&connect.client_id, user, crate::tokens::unix_now());
     if banned(connect.username.as_deref()) {
-        info!(%peer, client_id = %connect.client_id, user = ?connect.username, "banned client refused");
+        info!(%peer, client_id = %crate::logsafe::Escaped(&connect.client_id), user = ?connect.username, "banned client refused");
         let client_max = connect.properties.maximum_packet_size.unwrap_or(u32::MAX);
         write_connack(protocol, false, ReasonCode::BANNED, Default::default(), client_max, &mut wbuf);
         let _ = wr.write_all(&wbuf).await;
@@ -614,7 +614,7 @@ async fn establish<S: Transport>(start: Box<Start<S>>) -> Option<Live<S::Read, S
                 }
             }
             // The user name is logged; the password never is.
-            info!(%peer, client_id = %connect.client_id, user = ?connect.username, reason = %code, "authentication refused");
+            info!(%peer, client_id = %crate::logsafe::Escaped(&connect.client_id), user = ?connect.username, reason = %code, "authentication refused");
             ctx.broker.stats.connections_refused.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             let client_max = connect.properties.maximum_packet_size.unwrap_or(u32::MAX);
             write_connack(protocol, false, code, Default::default(), client_max, &mut wbuf);
@@ -633,18 +633,23 @@ async fn establish<S: Transport>(start: Box<Start<S>>) -> Option<Live<S::Read, S
     let revocation =
         authed.token.as_ref().and_then(|t| t.jti.as_deref()).map(|jti| ctx.live_tokens.register(jti, notify.clone()));
     let client_id_req = connect.client_id.clone();
-    let conn =
-        match ctx.broker.connect(*connect, principal.clone(), notify.clone(), enhanced_auth, Instant::now(), &mut wbuf)
-        {
-            Ok(c) => c,
-            Err(e) => {
-                info!(%peer, client_id = %client_id_req, principal = %principal, reason = %e.0, "connection refused");
-                let _ = wr.write_all(&wbuf).await;
-                let _ = wr.shutdown().await;
-                return None;
-            }
-        };
-    debug!(%peer, client_id = %conn.client_id(), principal = %principal, ?protocol, "client connected");
+    let conn = match ctx.broker.connect(
+        *connect,
+        principal.clone(),
+        notify.clone(),
+        enhanced_auth,
+        Instant::now(),
+        &mut wbuf,
+    ) {
+        Ok(c) => c,
+        Err(e) => {
+            info!(%peer, client_id = %crate::logsafe::Escaped(&client_id_req), principal = %crate::logsafe::Escaped(&principal), reason = %e.0, "connection refused");
+            let _ = wr.write_all(&wbuf).await;
+            let _ = wr.shutdown().await;
+            return None;
+        }
+    };
+    debug!(%peer, client_id = %crate::logsafe::Escaped(conn.client_id()), principal = %crate::logsafe::Escaped(&principal), ?protocol, "client connected");
     let registration =
         ctx.live.register(conn.client_id().clone(), conn.principal().clone(), peer, protocol, notify.clone());
     if *ctx.shutdown.borrow() {
@@ -791,7 +796,7 @@ async fn drive<R: ReadReady, W: AsyncWrite + Unpin>(l: &mut Live<R, W>) -> Drive
                 match decode_cached(rbuf, protocol, ctx.max_packet_size, &mut last_topic) {
                     Ok(Some(Packet::Auth(a))) if scram_user.is_some() => {
                         if let Err(code) = reauth.step(a, scram_user.unwrap_or(""), &ctx.auth, wbuf) {
-                            info!(client_id = %conn.client_id(), reason = %code, "re-authentication refused");
+                            info!(client_id = %crate::logsafe::Escaped(conn.client_id()), reason = %code, "re-authentication refused");
                             return Driven::Closed(conn.disconnect(wbuf, code));
                         }
                     }
@@ -814,7 +819,7 @@ async fn drive<R: ReadReady, W: AsyncWrite + Unpin>(l: &mut Live<R, W>) -> Drive
                     }
                     Ok(None) => break,
                     Err(e) => {
-                        debug!(client_id = %conn.client_id(), error = %e, "bad packet");
+                        debug!(client_id = %crate::logsafe::Escaped(conn.client_id()), error = %e, "bad packet");
                         return Driven::Closed(conn.decode_error(&e, wbuf));
                     }
                 }
@@ -928,7 +933,7 @@ async fn drive<R: ReadReady, W: AsyncWrite + Unpin>(l: &mut Live<R, W>) -> Drive
                 match notify.end_reason() {
                     Some(ReasonCode::SERVER_SHUTTING_DOWN) => return Driven::Closed(conn.shutdown(wbuf)),
                     Some(reason) => {
-                        info!(client_id = %conn.client_id(), %reason, "ended by an administrator, a ban or a token revocation");
+                        info!(client_id = %crate::logsafe::Escaped(conn.client_id()), %reason, "ended by an administrator, a ban or a token revocation");
                         return Driven::Closed(conn.disconnect(wbuf, reason));
                     }
                     None => {}
@@ -950,11 +955,11 @@ async fn drive<R: ReadReady, W: AsyncWrite + Unpin>(l: &mut Live<R, W>) -> Drive
                     return Driven::Closed(conn.disconnect(&mut BytesMut::new(), ReasonCode::SERVER_BUSY));
                 }
                 if passed(*deadline) {
-                    debug!(client_id = %conn.client_id(), "keep alive timeout");
+                    debug!(client_id = %crate::logsafe::Escaped(conn.client_id()), "keep alive timeout");
                     return Driven::Closed(conn.keep_alive_timeout(wbuf)); // [MQTT-3.1.2-24]
                 }
                 if passed(token_deadline) {
-                    debug!(client_id = %conn.client_id(), "access token expired");
+                    debug!(client_id = %crate::logsafe::Escaped(conn.client_id()), "access token expired");
                     return Driven::Closed(conn.disconnect(wbuf, ReasonCode::MAXIMUM_CONNECT_TIME));
                 }
                 if passed(throttled_until) {

@@ -21,6 +21,7 @@
 //! - [`admin_backend`]: the broker side of the admin API (policy, clients, kick, bans).
 //! - [`live`]: the registry of live connections (list, kick, disconnect a user's).
 //! - [`bans`]: the admin ban list (client id, user name, IP, CIDR; persisted).
+//! - [`logsafe`]: peer-supplied strings in log lines, control characters escaped.
 
 pub mod admin_backend;
 pub mod admin_cmd;
@@ -33,6 +34,7 @@ pub mod conn;
 pub mod guard;
 pub mod limits;
 pub mod live;
+pub mod logsafe;
 pub mod lookup;
 pub mod oauth_store;
 pub mod park;

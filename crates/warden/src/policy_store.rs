@@ -10,6 +10,7 @@
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, OnceLock};
 
+use crate::logsafe::Escaped;
 use anyhow::Context;
 use parking_lot::{Mutex, RwLock};
 use tracing::info;
@@ -69,7 +70,7 @@ impl Audited {
         // No secret is in any of these fields: principal names, client ids, topics, rule ids.
         info!(
             target: "warden::audit",
-            principal = %principal,
+            principal = %Escaped(principal),
             client_id,
             peer = peer.as_deref().unwrap_or("-"),
             action,
@@ -211,7 +212,7 @@ impl PolicyManager {
         drop(store);
         for name in ended {
             let n = self.live.end_user(&name);
-            info!(user = %name, connections = n, "policy store: user disabled or deleted; connections closed");
+            info!(user = %Escaped(&name), connections = n, "policy store: user disabled or deleted; connections closed");
         }
         Ok(())
     }

@@ -15,6 +15,7 @@ use std::net::SocketAddr;
 use std::path::Path;
 use std::sync::Arc;
 
+use crate::logsafe::Escaped;
 use anyhow::{anyhow, Context};
 use parking_lot::RwLock;
 use rustls::server::WebPkiClientVerifier;
@@ -135,7 +136,7 @@ impl TlsListener {
                     .and_then(|c| c.first())
                     .map(|leaf| identity_from_der(leaf.as_ref(), self.settings.identity_from_cert));
                 if let Some(Err(e)) = &identity {
-                    info!(%peer, reason = %e, "client certificate identity refused");
+                    info!(%peer, reason = %Escaped(e), "client certificate identity refused");
                 }
                 Some((stream, identity))
             }
