@@ -633,22 +633,18 @@ async fn establish<S: Transport>(start: Box<Start<S>>) -> Option<Live<S::Read, S
     let revocation =
         authed.token.as_ref().and_then(|t| t.jti.as_deref()).map(|jti| ctx.live_tokens.register(jti, notify.clone()));
     let client_id_req = connect.client_id.clone();
-    let conn = match ctx.broker.connect(
-        *connect,
-        principal.clone(),
-        notify.clone(),
-        enhanced_auth,
-        Instant::now(),
-        &mut wbuf,
-    ) {
-        Ok(c) => c,
-        Err(e) => {
-            info!(%peer, client_id = %crate::logsafe::Escaped(&client_id_req), principal = %crate::logsafe::Escaped(&principal), reason = %e.0, "connection refused");
-            let _ = wr.write_all(&wbuf).await;
-            let _ = wr.shutdown().await;
-            return None;
-        }
-    };
+    let conn =
+        match ctx.broker.connect(*connect, principal.clone(), notify.clone(), enhanced_auth, Instant::now(), &mut wbuf)
+        {
+            Ok(c) => c,
+            Err(e) => {
+                info!(%peer, client_id = %crate::logsafe::Escaped(&client_id_req),
+                    principal = %crate::logsafe::Escaped(&principal), reason = %e.0, "connection refused");
+                let _ = wr.write_all(&wbuf).await;
+                let _ = wr.shutdown().await;
+                return None;
+            }
+        };
     debug!(%peer, client_id = %crate::logsafe::Escaped(conn.client_id()), principal = %crate::logsafe::Escaped(&principal), ?protocol, "client connected");
     let registration =
         ctx.live.register(conn.client_id().clone(), conn.principal().clone(), peer, protocol, notify.clone());
