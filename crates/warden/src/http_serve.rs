@@ -2,7 +2,8 @@
 //! slowloris and descriptor exhaustion (`axum::serve` has neither a header timeout nor a
 //! connection cap):
 //!
-//! - accept: the admin ban list (`ip` / `cidr` bans), then at most `max_connections` open
+//! - accept: the admin ban list (`ip` / `cidr` bans; loopback peers exempt, so that a ban on a
+//!   range holding the operator's own address can still be lifted), then at most `max_connections` open
 //!   connections in all and `max_connections_per_ip` per source address (IPv4-mapped IPv6
 //!   counted as IPv4); a connection over a cap is closed at once;
 //! - per connection (hyper's HTTP/1 server): the request headers must be complete within
@@ -83,6 +84,13 @@ impl Counts {
     }
 }
 
+/// Is `ip` refused by an admin ban on the HTTP listener? Loopback is exempt: an operator who
+/// bans a range holding their own address can still reach the admin API on the host to lift
+/// the ban (and a loopback peer is not a remote one).
+fn banned(bans: &BanList, ip: IpAddr, now: u64) -> bool {
+    !canonical_ip(ip).is_loopback() && bans.ip_banned(ip, now)
+}
+
 /// Serve `app` on `tcp` until `stop` changes (or its sender is dropped).
 pub async fn serve(
     tcp: TcpListener,
@@ -111,7 +119,7 @@ pub async fn serve(
             Some(_) = conns.join_next(), if !conns.is_empty() => continue,
             _ = stop.changed() => break,
         };
-        if bans.ip_banned(peer.ip(), crate::tokens::unix_now()) {
+        if banned(&bans, peer.ip(), crate::tokens::unix_now()) {
             debug!(%peer, "HTTP connection refused: address banned by an administrator");
             continue;
         }
@@ -250,5 +258,45 @@ impl AsyncWrite for Tracked {
 
     fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
         Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use warden_http::admin::{Ban, BanKind};
+
+    #[test]
+    fn admin_bans_apply_except_to_loopback() {
+        let dir = tempfile::tempdir().unwrap();
+        let bans = BanList::load(dir.path()).unwrap();
+        let ban = |kind, value: &str| Ban { kind, value: value.into(), expires_at: None, reason: None };
+        bans.add(ban(BanKind::Ip, "192.0.2.7")).unwrap();
+        let ip = |s: &str| s.parse::<IpAddr>().unwrap();
+        assert!(banned(&bans, ip("192.0.2.7"), 0));
+        assert!(banned(&bans, ip("::ffff:192.0.2.7"), 0), "IPv4-mapped");
+        assert!(!banned(&bans, ip("192.0.2.8"), 0));
+        bans.add(ban(BanKind::Cidr, "0.0.0.0/0")).unwrap();
+        bans.add(ban(BanKind::Cidr, "::/0")).unwrap();
+        assert!(banned(&bans, ip("198.51.100.1"), 0));
+        for l in ["127.0.0.1", "127.0.0.9", "::1", "::ffff:127.0.0.1"] {
+            assert!(!banned(&bans, ip(l), 0), "{l}: loopback is exempt");
+        }
+    }
+
+    #[test]
+    fn connection_caps() {
+        let counts = Arc::new(Counts::default());
+        let limits = HttpLimits { max_connections: 3, max_connections_per_ip: 2, ..HttpLimits::default() };
+        let ip = |s: &str| s.parse::<IpAddr>().unwrap();
+        let a = counts.admit(ip("10.0.0.1"), &limits).unwrap();
+        let _b = counts.admit(ip("::ffff:10.0.0.1"), &limits).unwrap();
+        assert_eq!(counts.admit(ip("10.0.0.1"), &limits).err(), Some("max_connections_per_ip"));
+        let _c = counts.admit(ip("10.0.0.2"), &limits).unwrap();
+        assert_eq!(counts.admit(ip("10.0.0.3"), &limits).err(), Some("max_connections"));
+        drop(a);
+        assert!(counts.admit(ip("10.0.0.1"), &limits).is_ok(), "a slot given back is usable");
+        assert_eq!(counts.total.load(Ordering::Relaxed), 2);
+        assert!(counts.per_ip.lock().get(&ip("10.0.0.1")).is_some_and(|n| *n == 1));
     }
 }

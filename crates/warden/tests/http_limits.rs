@@ -141,3 +141,19 @@ async fn an_oversized_body_is_refused_with_413() {
     assert!(r.starts_with("HTTP/1.1 413"), "{r}");
     b.stop().await;
 }
+
+/// Admin `ip` / `cidr` bans close HTTP connections at accept, except from loopback (so that a
+/// ban on a range holding the operator's own address can be lifted through the API).
+#[tokio::test]
+async fn admin_bans_apply_at_accept_but_not_to_loopback() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("bans.json"),
+        r#"{"version":1,"bans":[{"kind":"ip","value":"10.9.9.9"},{"kind":"cidr","value":"0.0.0.0/0"}]}"#,
+    )
+    .unwrap();
+    let b = TestBroker::from_toml_in(dir, &format!("{LISTENER}[http]\nbind = \"127.0.0.1:0\"\n")).await;
+    assert!(b.server.bans.ip_banned("127.0.0.70".parse().unwrap(), 0), "127.0.0.70 is inside 0.0.0.0/0");
+    assert!(healthy(call_from(70, http_addr(&b), HEALTHZ).await), "loopback is exempt on the HTTP listener");
+    b.stop().await;
+}
