@@ -3,6 +3,7 @@
 
 use std::sync::Arc;
 
+use crate::logsafe::Escaped;
 use mqtt_codec::ReasonCode;
 use tracing::info;
 use warden_http::admin::{AdminBackend, AdminError, Ban, BanKind, ClientInfo, OAuthClientInfo, PolicyEdit};
@@ -77,8 +78,12 @@ impl AdminBackend for Backend {
         self.bans.add(ban.clone()).map_err(|e| internal("saving the ban list", e))?;
         let now = crate::tokens::unix_now();
         if ban.expires_at.is_none_or(|e| now < e) {
-            let n = self.live.end_where(ReasonCode::BANNED, |c, p, peer| BanList::matches(&ban, c, &p.name, peer.ip()));
-            info!(kind = ?ban.kind, value = %ban.value, connections = n, "admin API: ban added");
+            // 0x98 Administrative action: 0x8A Banned is a CONNACK-only code (MQTT 5
+            // §3.14.2.1 has no 0x8A for DISCONNECT; clients read it as a malformed packet).
+            let n = self.live.end_where(ReasonCode::ADMINISTRATIVE_ACTION, |c, p, peer| {
+                BanList::matches(&ban, c, &p.name, peer.ip())
+            });
+            info!(kind = ?ban.kind, value = %Escaped(&ban.value), connections = n, "admin API: ban added");
         }
         Ok(())
     }

@@ -6,8 +6,13 @@
 //! per-address guard); client ids and user names as soon as the CONNECT is decoded, before
 //! authentication, and the authenticated principal's name again after it. A banned CONNECT
 //! gets CONNACK 0x8A Banned (v3: 0x05 Not authorized).
+//!
+//! IPv4-mapped IPv6 addresses (`::ffff:a.b.c.d`, what a dual-stack socket reports for an IPv4
+//! peer, and so what the admin API shows for it) are the IPv4 address they carry: a ban value
+//! in that form is stored as the IPv4 address (`::ffff:10.0.0.0/104` as `10.0.0.0/8`), and a
+//! peer is checked as its IPv4 address, so either spelling bans either kind of peer.
 
-use std::net::IpAddr;
+use std::net::{IpAddr, Ipv4Addr};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -33,7 +38,17 @@ enum Net {
     V6(u128, u32),
 }
 
-/// `a.b.c.d/n` or `x::/n` (or a plain address as a /32 or /128).
+/// The address a peer is checked and counted as: an IPv4-mapped IPv6 address
+/// (`::ffff:a.b.c.d`) is the IPv4 address it carries; every other address is itself.
+pub fn canonical_ip(ip: IpAddr) -> IpAddr {
+    match ip {
+        IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(ip, IpAddr::V4),
+        v4 => v4,
+    }
+}
+
+/// `a.b.c.d/n` or `x::/n` (or a plain address as a /32 or /128). A block inside
+/// `::ffff:0:0/96` (IPv4-mapped) is the IPv4 block it maps.
 fn parse_net(s: &str) -> Option<Net> {
     let (addr, len) = match s.split_once('/') {
         Some((a, l)) => (a, Some(l.parse::<u32>().ok()?)),
@@ -46,27 +61,55 @@ fn parse_net(s: &str) -> Option<Net> {
         }
         IpAddr::V6(a) => {
             let len = len.unwrap_or(128);
-            (len <= 128).then_some(Net::V6(u128::from(a), len))
+            match a.to_ipv4_mapped() {
+                Some(v4) if (96..=128).contains(&len) => Some(Net::V4(u32::from(v4), len - 96)),
+                _ => (len <= 128).then_some(Net::V6(u128::from(a), len)),
+            }
         }
     }
 }
 
 fn net_contains(net: Net, ip: IpAddr) -> bool {
-    let ip = match ip {
-        IpAddr::V6(v6) => v6.to_ipv4_mapped().map(IpAddr::V4).unwrap_or(ip),
-        v4 => v4,
-    };
-    match (net, ip) {
+    match (net, canonical_ip(ip)) {
         (Net::V4(n, len), IpAddr::V4(a)) => {
             let mask = if len == 0 { 0 } else { u32::MAX << (32 - len) };
             (u32::from(a) & mask) == (n & mask)
         }
-        (Net::V6(n, len), IpAddr::V6(a)) => {
+        (Net::V6(n, len), ip) => {
+            // An IPv4 peer is inside an IPv6 block that covers its mapped form (`::/0`).
+            let a = match ip {
+                IpAddr::V4(v4) => u128::from(v4.to_ipv6_mapped()),
+                IpAddr::V6(v6) => u128::from(v6),
+            };
             let mask = if len == 0 { 0 } else { u128::MAX << (128 - len) };
-            (u128::from(a) & mask) == (n & mask)
+            (a & mask) == (n & mask)
         }
-        _ => false,
+        (Net::V4(..), IpAddr::V6(_)) => false,
     }
+}
+
+/// The stored spelling of an `ip` or `cidr` ban value: an IPv4-mapped address or block is
+/// written as the IPv4 one (so that adding, listing and removing agree on one form); any
+/// other value (names, and addresses that do not parse) is kept as given.
+fn canonical_value(kind: BanKind, value: &str) -> String {
+    let mapped = |a: &str| a.parse::<std::net::Ipv6Addr>().ok().and_then(|a| a.to_ipv4_mapped());
+    match kind {
+        BanKind::Ip => mapped(value).map_or_else(|| value.to_owned(), |v4: Ipv4Addr| v4.to_string()),
+        BanKind::Cidr => match value.split_once('/') {
+            Some((a, l)) => match (mapped(a), l.parse::<u32>()) {
+                (Some(v4), Ok(len)) if (96..=128).contains(&len) => format!("{v4}/{}", len - 96),
+                _ => value.to_owned(),
+            },
+            None => mapped(value).map_or_else(|| value.to_owned(), |v4| v4.to_string()),
+        },
+        _ => value.to_owned(),
+    }
+}
+
+/// `ban` with its value in the stored spelling ([`canonical_value`]).
+fn canonical(mut ban: Ban) -> Ban {
+    ban.value = canonical_value(ban.kind, &ban.value);
+    ban
 }
 
 /// Check a ban before it is stored: the value must parse for its kind.
@@ -128,7 +171,7 @@ impl BanList {
                 for b in &f.bans {
                     validate(b).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
                 }
-                f.bans
+                f.bans.into_iter().map(canonical).collect()
             }
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Vec::new(),
             Err(e) => return Err(e).with_context(|| format!("{}: cannot read", path.display())),
@@ -152,9 +195,11 @@ impl BanList {
         Ok(())
     }
 
-    /// Add or replace (same kind and value) a ban, persisted before it applies.
+    /// Add or replace (same kind and value) a ban, persisted before it applies. An
+    /// IPv4-mapped address or block is stored as the IPv4 one.
     pub fn add(&self, ban: Ban) -> anyhow::Result<()> {
         validate(&ban).map_err(|e| anyhow::anyhow!(e))?;
+        let ban = canonical(ban);
         let _w = self.write.lock();
         let mut bans = self.list();
         bans.retain(|b| !(b.kind == ban.kind && b.value == ban.value));
@@ -164,6 +209,7 @@ impl BanList {
 
     /// Remove a ban; false when there was none.
     pub fn remove(&self, kind: BanKind, value: &str) -> anyhow::Result<bool> {
+        let value = canonical_value(kind, value);
         let _w = self.write.lock();
         let mut bans = self.list();
         let n = bans.len();
@@ -231,6 +277,44 @@ mod tests {
         assert!(again.remove(BanKind::Cidr, "10.1.0.0/16").unwrap());
         assert!(!again.remove(BanKind::Cidr, "10.1.0.0/16").unwrap());
         assert!(!again.ip_banned("10.1.2.3".parse().unwrap(), 0));
+    }
+
+    #[test]
+    fn ipv4_mapped_addresses_are_their_ipv4_address() {
+        let dir = tempfile::tempdir().unwrap();
+        let l = BanList::load(dir.path()).unwrap();
+        let v4 = |s: &str| s.parse::<IpAddr>().unwrap();
+        // A mapped ban (the form the admin API shows for dual-stack peers) bans the IPv4 peer.
+        l.add(ban(BanKind::Ip, "::ffff:127.0.0.9", None)).unwrap();
+        assert!(l.ip_banned(v4("127.0.0.9"), 0));
+        assert!(l.ip_banned(v4("::ffff:127.0.0.9"), 0));
+        assert!(!l.ip_banned(v4("127.0.0.10"), 0));
+        assert_eq!(l.list()[0].value, "127.0.0.9", "stored as the IPv4 address");
+        // Removed by either spelling.
+        assert!(l.remove(BanKind::Ip, "127.0.0.9").unwrap());
+        assert!(!l.ip_banned(v4("127.0.0.9"), 0));
+        // And the other way round: an IPv4 ban matches the mapped peer.
+        l.add(ban(BanKind::Ip, "127.0.0.8", None)).unwrap();
+        assert!(l.ip_banned(v4("::ffff:127.0.0.8"), 0));
+        assert!(l.remove(BanKind::Ip, "::ffff:127.0.0.8").unwrap());
+        // Blocks.
+        l.add(ban(BanKind::Cidr, "::ffff:10.0.0.0/104", None)).unwrap();
+        assert_eq!(l.list()[0].value, "10.0.0.0/8");
+        assert!(l.ip_banned(v4("10.9.8.7"), 0) && l.ip_banned(v4("::ffff:10.9.8.7"), 0));
+        assert!(!l.ip_banned(v4("11.0.0.1"), 0));
+        l.add(ban(BanKind::Cidr, "::/0", None)).unwrap();
+        assert!(l.ip_banned(v4("192.0.2.1"), 0), "::/0 covers the mapped IPv4 space");
+        assert!(l.ip_banned(v4("2001:db8::1"), 0));
+        // A live connection from a mapped peer matches an IPv4 ban, and the reverse.
+        let b = ban(BanKind::Ip, "::ffff:127.0.0.9", None);
+        assert!(BanList::matches(&b, "c", "u", v4("127.0.0.9")));
+        assert!(BanList::matches(&ban(BanKind::Ip, "127.0.0.9", None), "c", "u", v4("::ffff:127.0.0.9")));
+        // A file written with the mapped form loads canonical.
+        std::fs::write(dir.path().join(FILE), r#"{"version":1,"bans":[{"kind":"ip","value":"::ffff:192.0.2.7"}]}"#)
+            .unwrap();
+        let again = BanList::load(dir.path()).unwrap();
+        assert!(again.ip_banned(v4("192.0.2.7"), 0));
+        assert_eq!(again.list()[0].value, "192.0.2.7");
     }
 
     #[test]

@@ -227,6 +227,62 @@ pub struct HttpConfig {
     pub bind: SocketAddr,
     /// Hash (argon2id, `warden passwd --hash-only`) of the static admin API token, if any.
     pub admin_token_hash: Option<Secret>,
+    /// Connection limits and timeouts of the HTTP listener.
+    pub limits: HttpLimits,
+}
+
+impl HttpConfig {
+    /// An HTTP listener on `bind` with the default limits and no admin token.
+    pub fn new(bind: SocketAddr) -> HttpConfig {
+        HttpConfig { bind, admin_token_hash: None, limits: HttpLimits::default() }
+    }
+}
+
+/// `[http]` limits: what one client (or all of them) can hold of the HTTP listener.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct HttpLimits {
+    /// Open HTTP connections at most (default 1024); more are closed when accepted.
+    pub max_connections: usize,
+    /// Open HTTP connections per source address at most (default 64).
+    pub max_connections_per_ip: usize,
+    /// A connection must send a request's complete headers within this (default 10 s), also
+    /// counted from the end of the previous response on a kept-alive connection: else it is
+    /// closed (slowloris).
+    pub header_timeout: Duration,
+    /// Reading a request's body and answering it must finish within this (default 30 s; 408
+    /// otherwise), and a connection on which no byte moves for this long is closed.
+    pub request_timeout: Duration,
+    /// Largest request body (default 64 KiB; 413 beyond). The token service and the admin API
+    /// keep their own, smaller limit (16 KiB).
+    pub max_body_size: u64,
+}
+
+impl Default for HttpLimits {
+    fn default() -> Self {
+        HttpLimits {
+            max_connections: 1024,
+            max_connections_per_ip: 64,
+            header_timeout: Duration::from_secs(10),
+            request_timeout: Duration::from_secs(30),
+            max_body_size: 64 * 1024,
+        }
+    }
+}
+
+fn de_http_max_connections<'de, D: Deserializer<'de>>(d: D) -> Result<usize, D::Error> {
+    narrow(de_int(d, "max_connections", 1, 1_000_000)?)
+}
+fn de_http_max_connections_per_ip<'de, D: Deserializer<'de>>(d: D) -> Result<usize, D::Error> {
+    narrow(de_int(d, "max_connections_per_ip", 1, 1_000_000)?)
+}
+fn de_http_header_timeout<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+    de_duration(d, "header_timeout", Duration::from_millis(1))
+}
+fn de_http_request_timeout<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+    de_duration(d, "request_timeout", Duration::from_millis(1))
+}
+fn de_http_max_body_size<'de, D: Deserializer<'de>>(d: D) -> Result<u64, D::Error> {
+    de_size(d, "max_body_size", 1, 1 << 30)
 }
 
 /// One `[[oauth.client]]`.
@@ -639,7 +695,8 @@ impl Config {
                         ));
                     }
                 }
-                Some(HttpConfig { bind: h.bind.0, admin_token_hash: h.admin_token_hash.map(Secret) })
+                let limits = h.limits();
+                Some(HttpConfig { bind: h.bind.0, admin_token_hash: h.admin_token_hash.map(Secret), limits })
             }
         };
         let mut oauth = OAuthConfig::default();
@@ -793,7 +850,7 @@ impl Config {
                 lookup: None,
             },
             identity: IdentityConfig::default(),
-            http: Some(HttpConfig { bind: SocketAddr::new(localhost, 8080), admin_token_hash: None }),
+            http: Some(HttpConfig::new(SocketAddr::new(localhost, 8080))),
             oauth: OAuthConfig::default(),
             authz: AuthzConfig::default(),
             data_dir,
@@ -937,6 +994,44 @@ struct RawConfig {
 struct RawHttp {
     bind: BindAddr,
     admin_token_hash: Option<String>,
+    #[serde(default = "http_default_max_connections", deserialize_with = "de_http_max_connections")]
+    max_connections: usize,
+    #[serde(default = "http_default_max_connections_per_ip", deserialize_with = "de_http_max_connections_per_ip")]
+    max_connections_per_ip: usize,
+    #[serde(default = "http_default_header_timeout", deserialize_with = "de_http_header_timeout")]
+    header_timeout: Duration,
+    #[serde(default = "http_default_request_timeout", deserialize_with = "de_http_request_timeout")]
+    request_timeout: Duration,
+    #[serde(default = "http_default_max_body_size", deserialize_with = "de_http_max_body_size")]
+    max_body_size: u64,
+}
+
+impl RawHttp {
+    fn limits(&self) -> HttpLimits {
+        HttpLimits {
+            max_connections: self.max_connections,
+            max_connections_per_ip: self.max_connections_per_ip,
+            header_timeout: self.header_timeout,
+            request_timeout: self.request_timeout,
+            max_body_size: self.max_body_size,
+        }
+    }
+}
+
+fn http_default_max_connections() -> usize {
+    HttpLimits::default().max_connections
+}
+fn http_default_max_connections_per_ip() -> usize {
+    HttpLimits::default().max_connections_per_ip
+}
+fn http_default_header_timeout() -> Duration {
+    HttpLimits::default().header_timeout
+}
+fn http_default_request_timeout() -> Duration {
+    HttpLimits::default().request_timeout
+}
+fn http_default_max_body_size() -> u64 {
+    HttpLimits::default().max_body_size
 }
 
 #[derive(Deserialize)]
@@ -1525,6 +1620,35 @@ sys_interval = "10s"              # $SYS topics are retained and refreshed this 
         fails_at(&format!("{LISTENER}[authz]\nacl = \"x\"\n"), 4, "unknown field `acl`");
         fails_at(&format!("{LISTENER}[oauth]\nttl = \"1m\"\n"), 4, "unknown field `ttl`");
         fails_at(&format!("{LISTENER}[auth.jwt]\nissuer = \"x\"\nsecret = \"y\"\n"), 5, "unknown field `secret`");
+    }
+
+    #[test]
+    fn http_limits() {
+        let c = parse(&format!("{LISTENER}[http]\nbind = \"127.0.0.1:8080\"\n")).unwrap();
+        assert_eq!(c.http.unwrap().limits, HttpLimits::default());
+        let d = HttpLimits::default();
+        assert_eq!(
+            (d.max_connections, d.max_connections_per_ip, d.header_timeout, d.request_timeout, d.max_body_size),
+            (1024, 64, Duration::from_secs(10), Duration::from_secs(30), 64 * 1024)
+        );
+        let c = parse(&format!(
+            "{LISTENER}[http]\nbind = \"127.0.0.1:8080\"\nmax_connections = 10\nmax_connections_per_ip = 2\n\
+             header_timeout = \"1s\"\nrequest_timeout = 5\nmax_body_size = \"1MiB\"\n"
+        ))
+        .unwrap();
+        let l = c.http.unwrap().limits;
+        assert_eq!(
+            (l.max_connections, l.max_connections_per_ip, l.header_timeout, l.request_timeout, l.max_body_size),
+            (10, 2, Duration::from_secs(1), Duration::from_secs(5), 1 << 20)
+        );
+        let at = |body: &str, line, what| {
+            fails_at(&format!("{LISTENER}[http]\nbind = \"127.0.0.1:8080\"\n{body}"), line, what)
+        };
+        at("max_connections = 0\n", 5, "max_connections");
+        at("\nmax_connections_per_ip = -1\n", 6, "max_connections_per_ip");
+        at("header_timeout = \"0s\"\n", 5, "header_timeout must be greater than 0");
+        at("request_timeout = \"soon\"\n", 5, "request_timeout");
+        at("max_body_size = \"12 parsecs\"\n", 5, "max_body_size");
     }
 
     #[test]

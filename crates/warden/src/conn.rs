@@ -412,7 +412,7 @@ pub async fn resume(core: Core, stream: std::net::TcpStream) {
 /// A connection whose socket was lost on its way into or out of the parking lot: its session
 /// sees it gone as after an I/O error (the will is published).
 pub fn lost(core: Core, why: &dyn std::fmt::Display) {
-    debug!(client_id = %core.conn.client_id(), error = %why, "socket lost while parking or resuming");
+    debug!(client_id = %crate::logsafe::Escaped(core.conn.client_id()), error = %why, "socket lost while parking or resuming");
     core.conn.closed(Close { reason: ReasonCode::UNSPECIFIED_ERROR, publish_will: true }, Instant::now());
 }
 
@@ -440,7 +440,7 @@ async fn finish<R: ReadReady, W: AsyncWrite + Unpin + Send>(l: Live<R, W>, close
         let _ = tokio::time::timeout(Duration::from_secs(1), wr.write_all(&wbuf)).await;
     }
     let _ = tokio::time::timeout(Duration::from_secs(1), wr.shutdown()).await;
-    debug!(?peer, client_id = %conn.client_id(), reason = %close.reason, "client disconnected");
+    debug!(?peer, client_id = %crate::logsafe::Escaped(conn.client_id()), reason = %close.reason, "client disconnected");
     conn.closed(close, Instant::now());
 }
 
@@ -471,7 +471,7 @@ async fn establish<S: Transport>(start: Box<Start<S>>) -> Option<Live<S::Read, S
     // Banned client ids and user names are refused before any authentication work.
     let banned = |user: Option<&str>| ctx.bans.name_banned(&connect.client_id, user, crate::tokens::unix_now());
     if banned(connect.username.as_deref()) {
-        info!(%peer, client_id = %connect.client_id, user = ?connect.username, "banned client refused");
+        info!(%peer, client_id = %crate::logsafe::Escaped(&connect.client_id), user = ?connect.username, "banned client refused");
         let client_max = connect.properties.maximum_packet_size.unwrap_or(u32::MAX);
         write_connack(protocol, false, ReasonCode::BANNED, Default::default(), client_max, &mut wbuf);
         let _ = wr.write_all(&wbuf).await;
@@ -562,7 +562,7 @@ async fn establish<S: Transport>(start: Box<Start<S>>) -> Option<Live<S::Read, S
                 }
             }
             // The user name is logged; the password never is.
-            info!(%peer, client_id = %connect.client_id, user = ?connect.username, reason = %code, "authentication refused");
+            info!(%peer, client_id = %crate::logsafe::Escaped(&connect.client_id), user = ?connect.username, reason = %code, "authentication refused");
             ctx.broker.stats.connections_refused.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             let client_max = connect.properties.maximum_packet_size.unwrap_or(u32::MAX);
             write_connack(protocol, false, code, Default::default(), client_max, &mut wbuf);
@@ -584,13 +584,14 @@ async fn establish<S: Transport>(start: Box<Start<S>>) -> Option<Live<S::Read, S
         {
             Ok(c) => c,
             Err(e) => {
-                info!(%peer, client_id = %client_id_req, principal = %principal, reason = %e.0, "connection refused");
+                info!(%peer, client_id = %crate::logsafe::Escaped(&client_id_req),
+                    principal = %crate::logsafe::Escaped(&principal), reason = %e.0, "connection refused");
                 let _ = wr.write_all(&wbuf).await;
                 let _ = wr.shutdown().await;
                 return None;
             }
         };
-    debug!(%peer, client_id = %conn.client_id(), principal = %principal, ?protocol, "client connected");
+    debug!(%peer, client_id = %crate::logsafe::Escaped(conn.client_id()), principal = %crate::logsafe::Escaped(&principal), ?protocol, "client connected");
     let registration =
         ctx.live.register(conn.client_id().clone(), conn.principal().clone(), peer, protocol, notify.clone());
     if *ctx.shutdown.borrow() {
@@ -734,7 +735,7 @@ async fn drive<R: ReadReady, W: AsyncWrite + Unpin>(l: &mut Live<R, W>) -> Drive
                 match decode_cached(rbuf, protocol, ctx.max_packet_size, &mut last_topic) {
                     Ok(Some(Packet::Auth(a))) if scram_user.is_some() => {
                         if let Err(code) = reauth.step(a, scram_user.unwrap_or(""), &ctx.auth, wbuf) {
-                            info!(client_id = %conn.client_id(), reason = %code, "re-authentication refused");
+                            info!(client_id = %crate::logsafe::Escaped(conn.client_id()), reason = %code, "re-authentication refused");
                             return Driven::Closed(conn.disconnect(wbuf, code));
                         }
                     }
@@ -757,7 +758,7 @@ async fn drive<R: ReadReady, W: AsyncWrite + Unpin>(l: &mut Live<R, W>) -> Drive
                     }
                     Ok(None) => break,
                     Err(e) => {
-                        debug!(client_id = %conn.client_id(), error = %e, "bad packet");
+                        debug!(client_id = %crate::logsafe::Escaped(conn.client_id()), error = %e, "bad packet");
                         return Driven::Closed(conn.decode_error(&e, wbuf));
                     }
                 }
@@ -875,9 +876,9 @@ async fn drive<R: ReadReady, W: AsyncWrite + Unpin>(l: &mut Live<R, W>) -> Drive
                         if notify.revoked() {
                             // Its credential lost its standing (SPEC §10): the will is discarded.
                             close.publish_will = false;
-                            info!(client_id = %conn.client_id(), %reason, "ended: its credential lost its standing (will discarded)");
+                            info!(client_id = %crate::logsafe::Escaped(conn.client_id()), %reason, "ended: its credential lost its standing (will discarded)");
                         } else {
-                            info!(client_id = %conn.client_id(), %reason, "ended by an administrator or a ban");
+                            info!(client_id = %crate::logsafe::Escaped(conn.client_id()), %reason, "ended by an administrator or a ban");
                         }
                         return Driven::Closed(close);
                     }
@@ -900,11 +901,11 @@ async fn drive<R: ReadReady, W: AsyncWrite + Unpin>(l: &mut Live<R, W>) -> Drive
                     return Driven::Closed(conn.disconnect(&mut BytesMut::new(), ReasonCode::SERVER_BUSY));
                 }
                 if passed(*deadline) {
-                    debug!(client_id = %conn.client_id(), "keep alive timeout");
+                    debug!(client_id = %crate::logsafe::Escaped(conn.client_id()), "keep alive timeout");
                     return Driven::Closed(conn.keep_alive_timeout(wbuf)); // [MQTT-3.1.2-24]
                 }
                 if passed(token_deadline) {
-                    debug!(client_id = %conn.client_id(), "access token expired");
+                    debug!(client_id = %crate::logsafe::Escaped(conn.client_id()), "access token expired");
                     // The credential expired (SPEC §10): the will is discarded, like a revocation's.
                     let mut close = conn.disconnect(wbuf, ReasonCode::MAXIMUM_CONNECT_TIME);
                     close.publish_will = false;

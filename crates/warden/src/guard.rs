@@ -22,6 +22,7 @@ use std::time::{Duration, Instant};
 use parking_lot::Mutex;
 use tracing::warn;
 
+use crate::bans::canonical_ip;
 use crate::config::{AuthFailBackoff, AuthFailBan};
 
 /// Addresses tracked at most; idle ones are forgotten first.
@@ -163,7 +164,7 @@ impl Guard {
     }
 
     fn user_entry(&self, ip: IpAddr, user: &str) -> (IpAddr, u64) {
-        (ip, self.user_key.hash_one(user))
+        (canonical_ip(ip), self.user_key.hash_one(user))
     }
 
     /// Is `user` refused from `ip` at `now` (backing off after repeated failures)?
@@ -205,6 +206,7 @@ impl Guard {
 
     /// May a new connection from `ip` proceed?
     pub fn admit(self: &Arc<Self>, ip: IpAddr, now: Instant) -> Result<Admitted, Refusal> {
+        let ip = canonical_ip(ip);
         let mut peers = self.peers.lock();
         if peers.len() >= MAX_TRACKED && !peers.contains_key(&ip) {
             prune(&mut peers, now, self.ban.within);
@@ -243,6 +245,7 @@ impl Guard {
     /// Record a failed authentication from `ip`; bans it once the threshold is reached (and
     /// then returns true).
     pub fn auth_failed(&self, ip: IpAddr, now: Instant) -> bool {
+        let ip = canonical_ip(ip);
         let mut peers = self.peers.lock();
         let Some(p) = peers.get_mut(&ip) else { return false };
         while p.failures.front().is_some_and(|t| now.saturating_duration_since(*t) > self.ban.within) {
@@ -261,6 +264,7 @@ impl Guard {
 
     /// Is `ip` banned at `now`?
     pub fn is_banned(&self, ip: IpAddr, now: Instant) -> bool {
+        let ip = canonical_ip(ip);
         self.peers.lock().get(&ip).and_then(|p| p.banned_until).is_some_and(|u| now < u)
     }
 }
@@ -292,6 +296,18 @@ mod tests {
         assert!(g.admit(ip(2), now).is_ok(), "other addresses unaffected");
         drop(a);
         assert!(g.admit(ip(1), now).is_ok());
+    }
+
+    #[test]
+    fn an_ipv4_mapped_peer_is_counted_as_its_ipv4_address() {
+        let g = Guard::new(1, 1000, AuthFailBan::default());
+        let now = Instant::now();
+        let _a = g.admit(ip(9), now).unwrap();
+        let mapped = IpAddr::V6(std::net::Ipv4Addr::new(127, 0, 0, 9).to_ipv6_mapped());
+        assert_eq!(g.admit(mapped, now).unwrap_err(), Refusal::TooManyConnections);
+        g.user_failed(mapped, "ann", now);
+        g.user_failed(ip(9), "ann", now);
+        assert_eq!(g.users.lock().len(), 1, "one (user, address) entry for both spellings");
     }
 
     #[test]

@@ -9,6 +9,8 @@
 //! - [`conn`]: the task that drives one client connection: socket ↔ codec ↔ core.
 //! - [`tls`]: TLS listeners (rustls), client-certificate identity, reload.
 //! - [`tokens`]: access tokens in the CONNECT password (built-in token service, `[auth.jwt]`).
+//! - [`http_serve`]: the HTTP listener's serving loop: connection caps, header and request
+//!   timeouts, body limit, ban list, graceful shutdown.
 //! - [`guard`]: per-address admission: connection caps, connect rate, failed-auth bans.
 //! - [`limits`]: publish rate/bandwidth buckets, the `max_memory` gauge, log-once-per-interval.
 //! - [`revocations`]: the token service's revocations, kept in the data directory.
@@ -24,6 +26,7 @@
 //!   narrowed, CRL or password file reloaded, store user disabled) is applied to live
 //!   connections and pending wills (SPEC §10).
 //! - [`bans`]: the admin ban list (client id, user name, IP, CIDR; persisted).
+//! - [`logsafe`]: peer-supplied strings in log lines, control characters escaped.
 
 pub mod admin_backend;
 pub mod admin_cmd;
@@ -34,8 +37,10 @@ pub mod cert_cmd;
 pub mod config;
 pub mod conn;
 pub mod guard;
+pub mod http_serve;
 pub mod limits;
 pub mod live;
+pub mod logsafe;
 pub mod lookup;
 pub mod oauth_store;
 pub mod park;

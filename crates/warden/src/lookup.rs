@@ -66,6 +66,7 @@ use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use crate::logsafe::Escaped;
 use anyhow::{anyhow, bail};
 use base64::engine::general_purpose::STANDARD;
 use base64::Engine as _;
@@ -450,35 +451,35 @@ impl HttpLookup {
         let key = caching.then(|| self.cache_key(req));
         if let Some(k) = &key {
             if let Some(grant) = self.cache.lock().get(k, Instant::now()) {
-                debug!(client_id = %req.client_id, username = ?req.username, peer = %req.peer,
-                    principal = %grant.principal, "HTTP look-up: allowed (cached)");
+                debug!(client_id = %Escaped(&req.client_id), username = ?req.username, peer = %req.peer,
+                    principal = %Escaped(&grant.principal), "HTTP look-up: allowed (cached)");
                 return LookupVerdict::Allow(grant);
             }
         }
         let outcome = self.call(req).await;
         let (status, answer) = match outcome {
             Outcome::Failed { status, reason } => {
-                warn!(client_id = %req.client_id, username = ?req.username, peer = %req.peer, status = ?status,
-                    reason = %reason, fail_open = self.cfg.fail_open, "HTTP look-up: service unavailable");
+                warn!(client_id = %Escaped(&req.client_id), username = ?req.username, peer = %req.peer, status = ?status,
+                    reason = %Escaped(&reason), fail_open = self.cfg.fail_open, "HTTP look-up: service unavailable");
                 return LookupVerdict::Unavailable;
             }
             Outcome::Answer { status, answer } => (status, answer),
         };
         if !answer.allow {
-            info!(client_id = %req.client_id, username = ?req.username, peer = %req.peer, status,
+            info!(client_id = %Escaped(&req.client_id), username = ?req.username, peer = %req.peer, status,
                 "HTTP look-up: denied");
             return LookupVerdict::Deny;
         }
         let grant = match self.grant(req, answer) {
             Ok(g) => g,
             Err(reason) => {
-                warn!(client_id = %req.client_id, username = ?req.username, peer = %req.peer, status,
-                    reason = %reason, "HTTP look-up: allow refused (unusable answer)");
+                warn!(client_id = %Escaped(&req.client_id), username = ?req.username, peer = %req.peer, status,
+                    reason = %Escaped(&reason), "HTTP look-up: allow refused (unusable answer)");
                 return LookupVerdict::Deny;
             }
         };
-        info!(client_id = %req.client_id, username = ?req.username, peer = %req.peer, status,
-            principal = %grant.principal, roles = grant.roles.len(), scopes = grant.scopes.len(),
+        info!(client_id = %Escaped(&req.client_id), username = ?req.username, peer = %req.peer, status,
+            principal = %Escaped(&grant.principal), roles = grant.roles.len(), scopes = grant.scopes.len(),
             acl = grant.acl.len(), "HTTP look-up: allowed");
         if let (Some(k), Some(ttl)) = (key, grant.cache_ttl) {
             let ttl = ttl.min(self.cfg.cache_ttl);

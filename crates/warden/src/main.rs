@@ -76,7 +76,9 @@ fn init_logging(format: LogFormat) {
     let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
     let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).with_ansi(ansi);
     match format {
-        LogFormat::Text => builder.init(),
+        // Peer-supplied values are escaped where they are logged (warden::logsafe); the text
+        // format escapes control characters in every field as well. JSON escapes its strings.
+        LogFormat::Text => builder.fmt_fields(warden::logsafe::escaping_fields()).init(),
         LogFormat::Json => builder.json().init(),
     }
 }

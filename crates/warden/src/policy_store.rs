@@ -11,6 +11,7 @@ use std::collections::HashSet;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, OnceLock};
 
+use crate::logsafe::Escaped;
 use anyhow::Context;
 use parking_lot::{Mutex, RwLock};
 use tracing::info;
@@ -71,7 +72,7 @@ impl Audited {
         // No secret is in any of these fields: principal names, client ids, topics, rule ids.
         info!(
             target: "warden::audit",
-            principal = %principal,
+            principal = %Escaped(principal),
             client_id,
             peer = peer.as_deref().unwrap_or("-"),
             action,

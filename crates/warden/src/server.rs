@@ -356,15 +356,7 @@ impl Server {
                 oauth: oauth.clone(),
             };
             app = app.merge(warden_http::admin::admin_router(backend, admin_auth));
-            let mut stop = shutdown_rx.clone();
-            tasks.spawn(async move {
-                let served = axum::serve(tcp, app).with_graceful_shutdown(async move {
-                    let _ = stop.changed().await;
-                });
-                if let Err(e) = served.await {
-                    warn!(error = %e, "HTTP listener failed");
-                }
-            });
+            tasks.spawn(crate::http_serve::serve(tcp, app, http.limits, bans.clone(), shutdown_rx.clone()));
         }
         // Housekeeping: due wills and expired sessions, once a second.
         {

@@ -15,6 +15,7 @@ use std::net::SocketAddr;
 use std::path::Path;
 use std::sync::Arc;
 
+use crate::logsafe::Escaped;
 use anyhow::{anyhow, Context};
 use parking_lot::RwLock;
 use rustls::server::WebPkiClientVerifier;
@@ -169,7 +170,7 @@ impl TlsListener {
                     cert: CertRef::from_der(leaf.as_ref()),
                 });
                 if let Some(ClientCert { identity: Err(e), .. }) = &identity {
-                    info!(%peer, reason = %e, "client certificate identity refused");
+                    info!(%peer, reason = %Escaped(e), "client certificate identity refused");
                 }
                 Some((stream, identity))
             }

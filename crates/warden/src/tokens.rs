@@ -10,6 +10,7 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
+use crate::logsafe::Escaped;
 use anyhow::{anyhow, Context};
 use mqtt_codec::{Connect, ReasonCode};
 use parking_lot::{Mutex, RwLock};
@@ -154,7 +155,7 @@ impl TokenAuth {
             }
         }
         // The reason is logged; the token never is.
-        info!(client_id = %connect.client_id, reason = %last_err, "access token refused");
+        info!(client_id = %Escaped(&connect.client_id), reason = %Escaped(&last_err), "access token refused");
         Some(Err(ReasonCode::BAD_USER_NAME_OR_PASSWORD))
     }
 }

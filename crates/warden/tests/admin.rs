@@ -336,7 +336,7 @@ async fn the_store_persists_and_a_corrupt_store_refuses_start() {
     let server = warden::server::Server::start(&cfg).await.expect("restart");
     let addr = server.addr(warden::config::ListenerProtocol::Mqtt).unwrap();
     let (_, r) = RawClient::connect(addr, login(Protocol::V5, "again", "pub", true)).await;
-    assert!(matches!(r, Recv::Packet(Packet::Connack(a)) if a.reason_code.is_success()));
+    assert!(matches!(&r, Recv::Packet(Packet::Connack(a)) if a.reason_code.is_success()));
     server.shutdown().await;
     std::fs::write(dir.join("policy.json"), "{\"version\": 1, \"users\": 7}").unwrap();
     let err = format!("{:#}", warden::server::Server::start(&cfg).await.err().expect("refused"));
@@ -469,5 +469,84 @@ async fn check_explain_names_the_deciding_store_rule() {
     assert!(out.contains("allow: decided by store:dev/own"), "{out}");
     assert!(explain("dev/ann/secret").contains("deny: decided by store:dev/no"));
     assert!(explain("dev/bob/x").contains("deny: decided by default-deny"));
+    b.stop().await;
+}
+
+/// A ban ends a live v5 client with DISCONNECT 0x98 Administrative action, which a real client
+/// (rumqttc v5) reads as a server disconnect; 0x8A Banned is a CONNACK-only code that it
+/// rejected as a malformed packet.
+#[tokio::test]
+async fn a_ban_disconnects_a_live_v5_client_with_administrative_action() {
+    use rumqttc::v5::mqttbytes::v5::{DisconnectReasonCode, Packet as P5};
+    use rumqttc::v5::{ConnectionError, Event, StateError};
+    let b = broker().await;
+    setup(&b).await;
+    let mut o = rumqttc::v5::MqttOptions::new("banned-live", "127.0.0.1", b.port());
+    o.set_credentials("pub", PW);
+    let (_client, mut ev) = rumqttc::v5::AsyncClient::new(o, 10);
+    let err = tokio::time::timeout(WAIT, async {
+        let mut banned = false;
+        loop {
+            match ev.poll().await {
+                Ok(Event::Incoming(P5::ConnAck(_))) if !banned => {
+                    banned = true;
+                    admin(&b, "POST", "/admin/bans", Some(json!({"kind": "client-id", "value": "banned-live"}))).await;
+                }
+                Ok(_) => {}
+                Err(e) => return e,
+            }
+        }
+    })
+    .await
+    .expect("the ban ends the connection");
+    assert!(
+        matches!(
+            err,
+            ConnectionError::MqttState(StateError::ServerDisconnect {
+                reason_code: DisconnectReasonCode::AdministrativeAction,
+                ..
+            })
+        ),
+        "{err:?}"
+    );
+    b.stop().await;
+}
+
+/// A TCP connection to `to` from the loopback source address `from`.
+async fn tcp_from(from: [u8; 4], to: std::net::SocketAddr) -> tokio::net::TcpStream {
+    let s = tokio::net::TcpSocket::new_v4().unwrap();
+    s.bind(std::net::SocketAddr::from((from, 0))).unwrap();
+    let stream = s.connect(to).await.expect("connect");
+    stream.set_nodelay(true).ok();
+    stream
+}
+
+/// A ban on the IPv4-mapped IPv6 spelling of an address (`::ffff:127.0.0.9`, the form the admin
+/// API shows for peers of a dual-stack listener) bans the IPv4 peer 127.0.0.9: its live
+/// connection ends and new ones are refused at accept; other addresses are unaffected; the
+/// ban is listed, and removed, as 127.0.0.9.
+#[tokio::test]
+async fn an_ipv4_mapped_ip_ban_refuses_the_ipv4_peer() {
+    let b = broker().await;
+    setup(&b).await;
+    let (mut live, r) =
+        RawClient::connect_over(tcp_from([127, 0, 0, 9], b.addr()).await, login(Protocol::V5, "m9", "pub", true)).await;
+    assert!(matches!(&r, Recv::Packet(Packet::Connack(a)) if a.reason_code == ReasonCode::SUCCESS), "{r:?}");
+    admin(&b, "POST", "/admin/bans", Some(json!({"kind": "ip", "value": "::ffff:127.0.0.9"}))).await;
+    let seen = live.expect_closed_within(WAIT).await;
+    assert!(
+        matches!(&seen[..], [Packet::Disconnect(d)] if d.reason_code == ReasonCode::ADMINISTRATIVE_ACTION),
+        "the live connection from 127.0.0.9 is ended: {seen:?}"
+    );
+    let (_, r) =
+        RawClient::connect_over(tcp_from([127, 0, 0, 9], b.addr()).await, login(Protocol::V5, "m9", "pub", true)).await;
+    assert_eq!(r, Recv::Closed, "refused at accept, before any CONNACK");
+    connected(&b, login(Protocol::V5, "m1", "pub", true)).await;
+    let list = admin(&b, "GET", "/admin/bans", None).await;
+    assert_eq!(list[0]["value"], "127.0.0.9", "{list}");
+    admin(&b, "DELETE", "/admin/bans?kind=ip&value=%3A%3Affff%3A127.0.0.9", None).await;
+    let (_, r) =
+        RawClient::connect_over(tcp_from([127, 0, 0, 9], b.addr()).await, login(Protocol::V5, "m9", "pub", true)).await;
+    assert!(matches!(&r, Recv::Packet(Packet::Connack(a)) if a.reason_code == ReasonCode::SUCCESS), "{r:?}");
     b.stop().await;
 }
