@@ -94,10 +94,13 @@ pub struct TokenRef {
     pub oauth_client: Option<Box<str>>,
 }
 
+/// A revoked certificate: its issuer's name (DER) and its serial number.
+type IssuerSerial = (Box<[u8]>, Box<[u8]>);
+
 /// The certificates revoked by a set of CRLs (issuer name + serial).
 #[derive(Debug, Default, Clone)]
 pub struct RevokedCerts {
-    revoked: HashSet<(Box<[u8]>, Box<[u8]>)>,
+    revoked: HashSet<IssuerSerial>,
 }
 
 /// A CRL that cannot be parsed.
@@ -245,7 +248,8 @@ mod tests {
     #[test]
     fn oauth_client_deleted_or_narrowed_ends_its_tokens() {
         let p = token("dev-1", "j", Some("dev-1"), &["mqtt:pub:a/#", "mqtt:sub:b/#"]);
-        let grants = |scopes: &[&str]| ClientGrants { scopes: scopes.iter().map(|s| s.to_string()).collect(), roles: vec![] };
+        let grants =
+            |scopes: &[&str]| ClientGrants { scopes: scopes.iter().map(|s| s.to_string()).collect(), roles: vec![] };
         let same = HashMap::from([("dev-1".to_string(), grants(&["mqtt:pub:a/#", "mqtt:sub:b/#", "x"]))]);
         assert_eq!(TrustEvent::OAuthClients(Arc::new(same)).verdict(&p), None, "wider or equal: kept");
         let narrowed = HashMap::from([("dev-1".to_string(), grants(&["mqtt:pub:a/#"]))]);

@@ -277,7 +277,8 @@ pub(crate) fn decode_session(b: &[u8]) -> Result<DecodedSession, BadRecord> {
         Some(s) => source_from_name(s).ok_or_else(|| bad("session owner credential source"))?,
         None => CredentialSource::Restored,
     };
-    let from_unknown = owner.source == CredentialSource::Restored && !(owner.roles.is_empty() && owner.scopes.is_empty());
+    let from_unknown =
+        owner.source == CredentialSource::Restored && !(owner.roles.is_empty() && owner.scopes.is_empty());
     if kind == PrincipalKind::Token && owner.source != CredentialSource::Lookup {
         owner.grants = Some(Arc::new(warden_policy::authz::compile_scopes(&owner.scopes)));
     } else if owner.source == CredentialSource::Lookup || from_unknown {
@@ -400,7 +401,8 @@ mod tests {
 
     #[test]
     fn an_old_record_without_a_source_and_with_grants_gets_none() {
-        let rec = br#"{"client_id":"c","kind":"user","name":"u","roles":["r"],"expiry":5,"disconnected":null,"subs":[]}"#;
+        let rec =
+            br#"{"client_id":"c","kind":"user","name":"u","roles":["r"],"expiry":5,"disconnected":null,"subs":[]}"#;
         let mut v = vec![V1];
         v.extend_from_slice(rec);
         let back = decode_session(&v).unwrap().owner;
@@ -410,7 +412,9 @@ mod tests {
         let mut v = vec![V1];
         v.extend_from_slice(plain);
         assert!(decode_session(&v).unwrap().owner.grants.is_none(), "a plain user: rules naming it decide");
-        let mut bad_src = br#"{"client_id":"c","kind":"user","name":"u","expiry":5,"disconnected":null,"subs":[],"src":"x"}"#.to_vec();
+        let mut bad_src =
+            br#"{"client_id":"c","kind":"user","name":"u","expiry":5,"disconnected":null,"subs":[],"src":"x"}"#
+                .to_vec();
         bad_src.insert(0, V1);
         assert!(decode_session(&bad_src).is_err());
     }

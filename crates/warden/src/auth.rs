@@ -290,7 +290,9 @@ impl Authenticator {
             }
             LookupVerdict::Deny => Err(ReasonCode::BAD_USER_NAME_OR_PASSWORD),
             LookupVerdict::Unavailable if lookup.fail_open() => match (&cert_identity, &connect.username) {
-                (Some(name), _) => Ok(Principal::certificate(name).with_credential(CredentialSource::Lookup, credential)),
+                (Some(name), _) => {
+                    Ok(Principal::certificate(name).with_credential(CredentialSource::Lookup, credential))
+                }
                 (None, Some(u)) => Ok(Principal::user(u).with_credential(CredentialSource::Lookup, None)),
                 (None, None) => Err(ReasonCode::SERVER_UNAVAILABLE),
             },

@@ -598,8 +598,8 @@ async fn establish<S: Transport>(start: Box<Start<S>>) -> Option<Live<S::Read, S
         // first): end this one too.
         notify.end(ReasonCode::SERVER_SHUTTING_DOWN);
     }
-    let limits = (token_deadline.is_some() || scram_user.is_some())
-        .then(|| Box::new(Limits { token_deadline, scram_user }));
+    let limits =
+        (token_deadline.is_some() || scram_user.is_some()).then(|| Box::new(Limits { token_deadline, scram_user }));
     let keep_alive_deadline = keep_alive_span(&conn).map(|k| tokio::time::Instant::now() + k);
     let core = Core {
         conn,

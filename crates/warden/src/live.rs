@@ -159,12 +159,8 @@ impl LiveClients {
     /// End, with their wills discarded, the connections whose principal `verdict` gives a
     /// reason for (a trust change: [`crate::trust`]); returns how many were told to end.
     pub fn revoke_where(&self, verdict: impl Fn(&Principal) -> Option<ReasonCode>) -> usize {
-        let ending: Vec<(Arc<ConnWaker>, ReasonCode)> = self
-            .map
-            .lock()
-            .values()
-            .filter_map(|e| verdict(&e.principal).map(|r| (e.conn.clone(), r)))
-            .collect();
+        let ending: Vec<(Arc<ConnWaker>, ReasonCode)> =
+            self.map.lock().values().filter_map(|e| verdict(&e.principal).map(|r| (e.conn.clone(), r))).collect();
         for (c, reason) in &ending {
             c.revoke(*reason);
         }
@@ -180,7 +176,6 @@ impl LiveClients {
     pub fn kick(&self, client_id: &str) -> bool {
         self.end_where(ReasonCode::ADMINISTRATIVE_ACTION, |c, _, _| c == client_id) > 0
     }
-
 }
 
 #[cfg(all(test, target_pointer_width = "64"))]

@@ -26,9 +26,9 @@ use crate::policy_store::PolicyManager;
 use crate::tls::TlsListener;
 use crate::tokens::TokenAuth;
 use crate::trust::Trust;
-use warden_policy::trust::TrustEvent;
 use warden_core::limits::hit;
 use warden_http::{OAuthClient, OAuthService, OAuthSettings};
+use warden_policy::trust::TrustEvent;
 use warden_store::{Durability, Store};
 
 /// A listener that is bound and accepting.

@@ -64,11 +64,8 @@ impl Trust {
     /// The OAuth client registry changed (a client deleted, narrowed or replaced): tokens of
     /// clients that are gone, or that hold scopes or roles their client no longer has, end.
     pub fn oauth_clients_changed(&self, service: &warden_http::OAuthService) -> Applied {
-        let clients: HashMap<String, ClientGrants> = service
-            .clients()
-            .into_iter()
-            .map(|c| (c.id, ClientGrants { scopes: c.scopes, roles: c.roles }))
-            .collect();
+        let clients: HashMap<String, ClientGrants> =
+            service.clients().into_iter().map(|c| (c.id, ClientGrants { scopes: c.scopes, roles: c.roles })).collect();
         self.apply(&TrustEvent::OAuthClients(Arc::new(clients)))
     }
 }
