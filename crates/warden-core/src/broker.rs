@@ -15,15 +15,15 @@ use mqtt_codec::{
     TopicName,
 };
 use parking_lot::{Mutex, RwLock};
-use warden_policy::{Action, Authorizer, Principal};
+use warden_policy::{Action, Authorizer, Principal, PrincipalKind};
 
 use crate::config::BrokerConfig;
 use crate::connection::Connection;
 use crate::message::Message;
 use crate::persist::{Persist, PersistOp, RestoredSession};
-use crate::queue::{Batch, DeliveryRef, Offer, Run};
+use crate::queue::{Account, Batch, DeliveryRef, Offer, Run};
 use crate::retained::{RetainSource, RetainedStore};
-use crate::session::{ConnLink, Delivery, Inflight, Moment, PendingWill, Session, WakeBatch};
+use crate::session::{ConnLink, Delivery, Inflight, Moment, PendingWill, QueueLimits, Session, WakeBatch};
 use crate::trie::{SubEntry, SubTrie, Target};
 use crate::Wake;
 
@@ -40,7 +40,7 @@ pub struct Stats {
     pub messages_received: AtomicU64,
     /// PUBLISH packets sent to clients.
     pub messages_sent: AtomicU64,
-    /// Deliveries dropped because a session queue was full.
+    /// Deliveries dropped because a session queue (or its principal's queues) was full.
     pub messages_dropped: AtomicU64,
     /// Operations refused by authorization.
     pub denied: AtomicU64,
@@ -134,6 +134,16 @@ pub struct Broker {
     policy_gen: AtomicU64,
     next_id: AtomicU64,
     started: Instant,
+    /// The queued-bytes account of each principal that has a session (see [`Account`]).
+    accounts: Mutex<Accounts>,
+}
+
+/// Principals' accounts by identity. Entries no session holds any more are pruned when the
+/// map has doubled since the last pruning, so it stays within twice the live principals.
+#[derive(Default)]
+struct Accounts {
+    by_identity: HashMap<(PrincipalKind, Arc<str>), Arc<Account>>,
+    prune_at: usize,
 }
 
 /// Version string published in `$SYS/broker/version`.
@@ -165,6 +175,7 @@ impl Broker {
             policy_gen: AtomicU64::new(0),
             next_id: AtomicU64::new(1),
             started: now,
+            accounts: Mutex::new(Accounts::default()),
         })
     }
 
@@ -183,6 +194,30 @@ impl Broker {
     /// Generation of the authorization policy (changes with every [`Broker::set_authorizer`]).
     pub fn policy_generation(&self) -> u64 {
         self.policy_gen.load(Ordering::Acquire)
+    }
+
+    /// The queued-bytes account shared by every session of `p`'s identity (kind and name),
+    /// made at its first session. Lock order: taken last (under a session lock or none).
+    pub fn account_for(&self, p: &Principal) -> Arc<Account> {
+        let mut a = self.accounts.lock();
+        if let Some(acct) = a.by_identity.get(&(p.kind, p.name.clone())) {
+            return acct.clone();
+        }
+        if a.by_identity.len() >= a.prune_at {
+            a.by_identity.retain(|_, acct| Arc::strong_count(acct) > 1);
+            a.prune_at = (a.by_identity.len() * 2).max(64);
+        }
+        let acct = Arc::new(Account::default());
+        a.by_identity.insert((p.kind, p.name.clone()), acct.clone());
+        acct
+    }
+
+    fn queue_limits(&self) -> QueueLimits {
+        QueueLimits {
+            messages: self.config.max_queued_messages,
+            bytes: self.config.max_queued_bytes,
+            principal_bytes: self.config.max_queued_bytes_per_principal,
+        }
     }
 
     fn next_id(&self) -> u64 {
@@ -221,9 +256,11 @@ impl Broker {
         let mut reg = self.sessions.lock();
         for rs in sessions {
             self.next_id.fetch_max(rs.sid + 1, Ordering::Relaxed);
+            let account = self.account_for(&rs.owner);
             let s = Arc::new(Session::new(rs.sid, rs.client_id.clone(), rs.owner, rs.expiry_interval));
             {
                 let mut st = s.state.lock();
+                st.queue.set_account(Some(account));
                 s.set_persisted(true);
                 st.disconnected_at = Some(Moment::new(now.checked_sub(rs.disconnected_for).unwrap_or(now)));
                 st.inbound_qos2 = rs.inbound_qos2.into_iter().collect();
@@ -415,7 +452,11 @@ impl Broker {
                         wills_to_send.extend(will.map(|w| (old.clone(), w)));
                     }
                     let s = Arc::new(Session::new(self.next_id(), client_id.clone(), principal.clone(), expiry));
-                    s.state.lock().conn = Some(link);
+                    {
+                        let mut st = s.state.lock();
+                        st.conn = Some(link);
+                        st.queue.set_account(Some(self.account_for(&principal)));
+                    }
                     s.set_connected(true);
                     reg.insert(client_id.clone(), s.clone());
                     (s, false, old_waker)
@@ -750,18 +791,31 @@ impl Broker {
         batch: &mut WakeBatch,
         authorized_at: u64,
     ) -> usize {
-        let (queued, dropped) = s.enqueue(
-            offers,
-            self.config.max_queued_messages,
-            self.config.max_queued_bytes,
-            batch,
-            self.store.as_ref(),
-            authorized_at,
-        );
-        if dropped > 0 {
-            self.stats.messages_dropped.fetch_add(dropped as u64, Ordering::Relaxed);
+        let n = s.enqueue(offers, self.queue_limits(), batch, self.store.as_ref(), authorized_at);
+        if n.dropped > 0 {
+            self.stats.messages_dropped.fetch_add(n.dropped as u64, Ordering::Relaxed);
         }
-        queued
+        if n.principal_dropped > 0 {
+            self.principal_over(s, n.principal_dropped);
+        }
+        n.queued
+    }
+
+    /// Deliveries to `s` were refused by its principal's bound: count them, log once a minute
+    /// per principal.
+    #[cold]
+    fn principal_over(&self, s: &Session, dropped: usize) {
+        self.stats.limits.queued_bytes_per_principal.fetch_add(dropped as u64, Ordering::Relaxed);
+        let account = s.state.lock().queue.account().cloned();
+        let now_s = self.started.elapsed().as_secs();
+        if account.is_some_and(|a| a.should_log(now_s, 60)) {
+            tracing::warn!(
+                principal = %s.owner(),
+                client_id = %s.client_id,
+                limit = self.config.max_queued_bytes_per_principal,
+                "max_queued_bytes_per_principal: deliveries to this principal's sessions dropped"
+            );
+        }
     }
 
     /// Keep a retained message (an empty payload clears the topic) and store it.

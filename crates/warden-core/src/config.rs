@@ -17,6 +17,10 @@ pub struct BrokerConfig {
     pub max_queued_messages: usize,
     /// Bytes of payload queued per session before new messages are dropped and counted.
     pub max_queued_bytes: u64,
+    /// Bytes queued across all the sessions of one principal (kind and name) before new
+    /// deliveries to them are dropped and counted: one account's offline sessions cannot
+    /// fill the broker's memory.
+    pub max_queued_bytes_per_principal: u64,
     /// Largest keep alive accepted; v5 clients asking for more (or 0) get Server Keep Alive.
     pub max_keep_alive: u16,
     /// Largest session expiry interval granted (seconds).
@@ -42,6 +46,7 @@ impl Default for BrokerConfig {
             topic_alias_maximum: 10,
             max_queued_messages: 10_000,
             max_queued_bytes: 16 * 1024 * 1024,
+            max_queued_bytes_per_principal: 64 * 1024 * 1024,
             max_keep_alive: u16::MAX,
             max_session_expiry: u32::MAX,
             max_topic_levels: 128,

@@ -41,6 +41,9 @@ pub struct LimitStats {
     pub publish_bandwidth_disconnects: AtomicU64,
     /// Times a publisher stopped being read because the broker was above `max_memory`.
     pub memory_paused: AtomicU64,
+    /// Deliveries dropped because the receiving principal's queues, across its sessions, were
+    /// at `max_queued_bytes_per_principal` (also counted in `messages_dropped`).
+    pub queued_bytes_per_principal: AtomicU64,
     /// Connections closed because their output did not move for `write_stall_timeout`.
     pub write_stalled: AtomicU64,
     /// CONNECTs refused with Server busy: no password-verification slot within
@@ -55,7 +58,7 @@ pub fn hit(c: &AtomicU64) {
 
 impl LimitStats {
     /// `(name, value)` of every counter, in a fixed order.
-    pub fn snapshot(&self) -> [(&'static str, u64); 15] {
+    pub fn snapshot(&self) -> [(&'static str, u64); 16] {
         let v = |c: &AtomicU64| c.load(Ordering::Relaxed);
         [
             ("max_connections", v(&self.max_connections)),
@@ -71,6 +74,7 @@ impl LimitStats {
             ("publish_rate_disconnects", v(&self.publish_rate_disconnects)),
             ("publish_bandwidth_disconnects", v(&self.publish_bandwidth_disconnects)),
             ("memory_paused", v(&self.memory_paused)),
+            ("queued_bytes_per_principal", v(&self.queued_bytes_per_principal)),
             ("write_stalled", v(&self.write_stalled)),
             ("auth_hash_busy", v(&self.auth_hash_busy)),
         ]

@@ -16,7 +16,7 @@
 //! whole runs of packets into their write buffers without touching the messages.
 
 use std::collections::VecDeque;
-use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};
 
 use bytes::BytesMut;
@@ -336,12 +336,47 @@ impl Delivery {
     }
 }
 
+/// The bytes queued for one principal (kind and name) across all its sessions, shared by
+/// their queues (`Arc`): each queue adds what it charges and takes back what it releases, so
+/// the figure is the sum of those queues' charges, kept with one relaxed atomic per push or
+/// release (no lock, no walk over the sessions). The broker keeps one per principal that has
+/// a session and refuses deliveries that would take it over `max_queued_bytes_per_principal`.
+#[derive(Debug, Default)]
+pub struct Account {
+    bytes: AtomicU64,
+    /// When a refusal was last logged (seconds from the broker's start, plus one; 0 = never).
+    logged_at: AtomicU64,
+}
+
+impl Account {
+    /// Bytes charged to the principal's queues now.
+    pub fn bytes(&self) -> u64 {
+        self.bytes.load(Ordering::Relaxed)
+    }
+
+    /// Would `cost` more bytes take the principal over `max`?
+    pub fn over(&self, cost: u64, max: u64) -> bool {
+        self.bytes().saturating_add(cost) > max
+    }
+
+    /// True at most once per `interval_s` seconds (`now_s`: seconds from any fixed origin):
+    /// a principal over its bound is logged once, not once per delivery refused.
+    pub fn should_log(&self, now_s: u64, interval_s: u64) -> bool {
+        let last = self.logged_at.load(Ordering::Relaxed);
+        (last == 0 || now_s + 1 >= last + interval_s)
+            && self.logged_at.compare_exchange(last, now_s + 1, Ordering::Relaxed, Ordering::Relaxed).is_ok()
+    }
+}
+
 /// The deliveries waiting for a session, in order, with their count and the bytes charged.
+/// The charge is also counted in the owner's [`Account`] when the queue has one (released
+/// when the queue is cleared or dropped).
 #[derive(Default)]
 pub struct Queue {
     entries: VecDeque<Entry>,
     len: usize,
     bytes: u64,
+    account: Option<Arc<Account>>,
 }
 
 impl Queue {
@@ -360,10 +395,46 @@ impl Queue {
         self.bytes
     }
 
+    /// The principal's account this queue charges, if any.
+    pub fn account(&self) -> Option<&Arc<Account>> {
+        self.account.as_ref()
+    }
+
+    /// Charge this queue to `account` from now on (what it holds moves over with it).
+    pub fn set_account(&mut self, account: Option<Arc<Account>>) {
+        if let Some(old) = &self.account {
+            old.bytes.fetch_sub(self.bytes, Ordering::Relaxed);
+        }
+        if let Some(new) = &account {
+            new.bytes.fetch_add(self.bytes, Ordering::Relaxed);
+        }
+        self.account = account;
+    }
+
+    /// Would `cost` more bytes take the owner's account over `max`? (False without one.)
+    pub fn account_over(&self, cost: u64, max: u64) -> bool {
+        self.account.as_ref().is_some_and(|a| a.over(cost, max))
+    }
+
+    fn charge(&mut self, cost: u64) {
+        self.bytes += cost;
+        if let Some(a) = &self.account {
+            a.bytes.fetch_add(cost, Ordering::Relaxed);
+        }
+    }
+
+    fn release(&mut self, cost: u64) {
+        let cost = cost.min(self.bytes);
+        self.bytes -= cost;
+        if let Some(a) = self.account.as_ref().filter(|_| cost > 0) {
+            a.bytes.fetch_sub(cost, Ordering::Relaxed);
+        }
+    }
+
     /// Queue one delivery.
     pub fn push(&mut self, d: Delivery) {
         self.len += 1;
-        self.bytes += d.msg.cost();
+        self.charge(d.msg.cost());
         self.entries.push_back(Entry::One(d));
     }
 
@@ -373,7 +444,7 @@ impl Queue {
             return;
         }
         self.len += r.len();
-        self.bytes += r.cost();
+        self.charge(r.cost());
         self.entries.push_back(Entry::Run(r));
     }
 
@@ -392,7 +463,7 @@ impl Queue {
     pub fn clear(&mut self) {
         self.entries.clear();
         self.len = 0;
-        self.bytes = 0;
+        self.release(self.bytes);
     }
 
     /// The next delivery, borrowed.
@@ -421,7 +492,7 @@ impl Queue {
             self.entries.pop_front();
         }
         self.len -= n as usize;
-        self.bytes = self.bytes.saturating_sub(cost);
+        self.release(cost);
     }
 
     /// Remove the next delivery, releasing its charge.
@@ -432,10 +503,17 @@ impl Queue {
             Some(Entry::One(_)) => {
                 if let Some(Entry::One(d)) = self.entries.pop_front() {
                     self.len -= 1;
-                    self.bytes = self.bytes.saturating_sub(d.msg.cost());
+                    self.release(d.msg.cost());
                 }
             }
         }
+    }
+}
+
+impl Drop for Queue {
+    /// A session that goes away gives its charge back to its principal.
+    fn drop(&mut self) {
+        self.release(self.bytes);
     }
 }
 

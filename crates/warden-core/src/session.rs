@@ -138,7 +138,7 @@ pub struct SessionState {
     /// The live connection, if any.
     pub conn: Option<ConnLink>,
     /// Subscriptions by filter string.
-    pub subscriptions: foldhash::HashMap<Arc<str>, Subscription>,
+    pub subscriptions: SubscriptionMap,
     /// Messages waiting to be sent (with their count and bytes charged).
     pub queue: Queue,
     /// Sent QoS 1/2 messages awaiting acknowledgement, in send order (acks mostly arrive in
@@ -206,6 +206,33 @@ impl Moment {
     }
 }
 
+/// A session's subscriptions by filter. The hasher is foldhash with a per-process random seed
+/// (client-chosen filters cannot aim for collisions) held in a static, so the map keeps no
+/// seed of its own: 8 bytes less in every session (the per-principal queue account and the
+/// grants generation took them).
+pub type SubscriptionMap = std::collections::HashMap<Arc<str>, Subscription, ProcessSeeded>;
+
+/// A zero-sized [`std::hash::BuildHasher`]: foldhash, seeded once per process.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct ProcessSeeded;
+
+impl std::hash::BuildHasher for ProcessSeeded {
+    type Hasher = foldhash::fast::FoldHasher;
+
+    fn build_hasher(&self) -> Self::Hasher {
+        static SEED: OnceLock<u64> = OnceLock::new();
+        let seed = *SEED.get_or_init(|| {
+            use std::hash::Hasher as _;
+            // A fresh foldhash RandomState draws a random per-hasher seed; take one of its
+            // outputs as this process's seed.
+            let mut h = foldhash::fast::RandomState::default().build_hasher();
+            h.write_u64(0x5eed);
+            h.finish()
+        });
+        foldhash::fast::FoldHasher::with_seed(seed, foldhash::SharedSeed::global_random())
+    }
+}
+
 /// A session: the client id, the principal that owns it, and its state.
 pub struct Session {
     /// The session's id (unique, never reused) above [`ID_SHIFT`], its flags ([`CONNECTED`],
@@ -232,7 +259,7 @@ impl Session {
             owner: RwLock::new(owner.into()),
             state: Mutex::new(SessionState {
                 conn: None,
-                subscriptions: foldhash::HashMap::default(),
+                subscriptions: SubscriptionMap::default(),
                 queue: Queue::default(),
                 inflight: InflightList::default(),
                 inbound_qos2: Qos2Ids::default(),
@@ -323,20 +350,38 @@ const ENDED: u64 = 2;
 /// under the state lock.
 const PERSISTED: u64 = 4;
 
+/// The bounds a delivery must fit to be queued.
+#[derive(Debug, Clone, Copy)]
+pub struct QueueLimits {
+    /// Deliveries per session (`max_queued_messages`).
+    pub messages: usize,
+    /// Bytes per session (`max_queued_bytes`).
+    pub bytes: u64,
+    /// Bytes across all the sessions of one principal (`max_queued_bytes_per_principal`),
+    /// counted in the queue's [`crate::queue::Account`].
+    pub principal_bytes: u64,
+}
+
 /// What became of one delivery offered to a session.
 enum Offered {
     Queued,
-    /// Refused by the queue limits.
+    /// Refused by the session's queue limits.
     Dropped,
+    /// Refused: the owner's queues across its sessions are at their bound.
+    PrincipalDropped,
     /// A QoS 0 delivery for an offline session.
     Skipped,
 }
 
 /// Deliveries queued and dropped by one [`Session::enqueue`].
-#[derive(Default)]
-struct Tally {
-    queued: usize,
-    dropped: usize,
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Tally {
+    /// Deliveries queued.
+    pub queued: usize,
+    /// Deliveries dropped (by any limit).
+    pub dropped: usize,
+    /// Of `dropped`, those refused by the principal's bound.
+    pub principal_dropped: usize,
 }
 
 impl Tally {
@@ -344,6 +389,10 @@ impl Tally {
         match o {
             Offered::Queued => self.queued += 1,
             Offered::Dropped => self.dropped += 1,
+            Offered::PrincipalDropped => {
+                self.dropped += 1;
+                self.principal_dropped += 1;
+            }
             Offered::Skipped => {}
         }
     }
@@ -352,30 +401,31 @@ impl Tally {
 impl Session {
     /// Offer what a publisher's batch holds for this session, under one lock: runs of the
     /// batch (queued as they are while connected) and single deliveries. QoS 0 deliveries are
-    /// not queued for an offline session; when the queue is at its message or byte limit a
-    /// delivery is dropped and counted. With a `store`, a QoS 1/2 delivery to a persistent
+    /// not queued for an offline session; when the queue is at its message or byte limit, or
+    /// the owner's queues across its sessions at `principal_bytes`, a delivery is dropped and
+    /// counted. With a `store`, a QoS 1/2 delivery to a persistent
     /// session is stored (it is queued on its own, with its sequence number) and the ticket
     /// its acknowledgement waits for is added to `batch`. The session is added to `batch` for
     /// one wake-up (its waker is cloned only then: that atomic increment on a line the
     /// subscriber's task shares is costly). `authorized_at` is the subscription trie's
     /// generation at which `receive` was authorized for the offers: when the session's grants
     /// changed since ([`SessionState::grants_gen`]), they are queued marked [`REAUTHORIZE`].
-    /// Returns (queued, dropped because the queue was full).
+    /// Returns what was queued and dropped.
     pub fn enqueue(
         self: &Arc<Self>,
         offers: impl IntoIterator<Item = Offer>,
-        max_messages: usize,
-        max_bytes: u64,
+        limits: QueueLimits,
         batch: &mut WakeBatch,
         store: Option<&Arc<dyn Persist>>,
         authorized_at: u64,
-    ) -> (usize, usize) {
+    ) -> Tally {
         let mut n = Tally::default();
         let waker = {
             let mut st = self.state.lock();
             if self.is_ended() {
                 // Ended under this lock: nothing is queued any more.
-                return (0, offers.into_iter().map(|o| o.len()).sum());
+                n.dropped = offers.into_iter().map(|o| o.len()).sum();
+                return n;
             }
             let st = &mut *st;
             // Authorized for grants the session no longer has (it resumed meanwhile).
@@ -389,7 +439,7 @@ impl Session {
                 }
                 let run = match offer {
                     Offer::One(d) => {
-                        n.count(self.offer_one(st, d, max_messages, max_bytes, batch, store));
+                        n.count(self.offer_one(st, d, limits, batch, store));
                         continue;
                     }
                     Offer::Run(run) => run,
@@ -398,26 +448,36 @@ impl Session {
                     // Offline (QoS 0 is skipped) or stored: one entry per delivery.
                     for m in run.messages() {
                         let d = run.delivery_ref(m).to_owned();
-                        n.count(self.offer_one(st, d, max_messages, max_bytes, batch, store));
+                        n.count(self.offer_one(st, d, limits, batch, store));
                     }
                     continue;
                 }
                 // Connected and nothing to store: the run is queued as it is, or split around
                 // the messages the queue limits refuse.
-                if st.queue.len() + run.len() <= max_messages && st.queue.bytes() + run.cost() <= max_bytes {
+                let cost = run.cost();
+                if st.queue.len() + run.len() <= limits.messages
+                    && st.queue.bytes() + cost <= limits.bytes
+                    && !st.queue.account_over(cost, limits.principal_bytes)
+                {
                     n.queued += run.len();
                     st.queue.push_run(run);
                     continue;
                 }
                 let (mut len, mut bytes) = (st.queue.len(), st.queue.bytes());
+                let mut principal = st.queue.account().map(|a| a.bytes());
                 let parts = run.retain_split(|m| {
                     let cost = m.cost();
-                    if len >= max_messages || bytes + cost > max_bytes {
-                        n.dropped += 1;
+                    if len >= limits.messages || bytes + cost > limits.bytes {
+                        n.count(Offered::Dropped);
+                        return false;
+                    }
+                    if principal.is_some_and(|p| p.saturating_add(cost) > limits.principal_bytes) {
+                        n.count(Offered::PrincipalDropped);
                         return false;
                     }
                     len += 1;
                     bytes += cost;
+                    principal = principal.map(|p| p + cost);
                     n.queued += 1;
                     true
                 });
@@ -433,7 +493,7 @@ impl Session {
         if let Some(w) = waker {
             batch.wakes.push((self.clone(), w));
         }
-        (n.queued, n.dropped)
+        n
     }
 
     /// Offer one delivery (the session's state locked by the caller).
@@ -441,16 +501,19 @@ impl Session {
         &self,
         st: &mut SessionState,
         mut d: Delivery,
-        max_messages: usize,
-        max_bytes: u64,
+        limits: QueueLimits,
         batch: &mut WakeBatch,
         store: Option<&Arc<dyn Persist>>,
     ) -> Offered {
         if st.conn.is_none() && d.qos == QoS::AtMostOnce {
             return Offered::Skipped;
         }
-        if st.queue.len() >= max_messages || st.queue.bytes() + d.msg.cost() > max_bytes {
+        let cost = d.msg.cost();
+        if st.queue.len() >= limits.messages || st.queue.bytes() + cost > limits.bytes {
             return Offered::Dropped;
+        }
+        if st.queue.account_over(cost, limits.principal_bytes) {
+            return Offered::PrincipalDropped;
         }
         if let Some(store) = store.filter(|_| d.qos != QoS::AtMostOnce && st.expiry_interval > 0) {
             batch.durable = batch.durable.max(store_delivery(store, self.id(), &mut d, None));
@@ -585,6 +648,57 @@ mod tests {
         assert!(std::mem::size_of::<Session>() <= 208, "Session is {} bytes", std::mem::size_of::<Session>());
     }
 
+    /// `max_queued_bytes_per_principal`: the sessions of one principal share one bound (an
+    /// offline session's QoS 1 deliveries are refused once the principal's queues hold it,
+    /// while each session is far under its own limit); another principal is unaffected, and
+    /// what a session releases (sent, or the session gone) is room again.
+    #[test]
+    fn sessions_of_one_principal_share_the_per_principal_bound() {
+        let broker =
+            crate::Broker::new(crate::BrokerConfig::default(), Arc::new(warden_policy::AllowAll), Instant::now());
+        let session = |id: u64, p: &Principal| {
+            let s = Arc::new(Session::new(id, Arc::from(format!("c{id}")), p.clone(), 3600));
+            s.state.lock().queue.set_account(Some(broker.account_for(p)));
+            s
+        };
+        let (m, v) = (Principal::user("m"), Principal::user("v"));
+        let (m1, m2, v1) = (session(1, &m), session(2, &m), session(3, &v));
+        // Each delivery costs 100 bytes (topic "t" + 99 bytes of payload).
+        let payload: &'static [u8] = &[0u8; 99];
+        let msg = Arc::new(Message::for_test("t", payload, QoS::AtLeastOnce, false));
+        let offer = || {
+            let d = Delivery {
+                msg: msg.clone(),
+                qos: QoS::AtLeastOnce,
+                retain: false,
+                sub_ids: vec![],
+                policy_gen: 0,
+                seq: 0,
+            };
+            Offer::One(d)
+        };
+        let limits = QueueLimits { messages: 1000, bytes: 10_000, principal_bytes: 500 };
+        let mut batch = WakeBatch::default();
+        let t = m1.enqueue((0..3).map(|_| offer()), limits, &mut batch, None, 0);
+        assert_eq!(t, Tally { queued: 3, dropped: 0, principal_dropped: 0 });
+        // m's second session gets what is left of the bound, whatever its own room.
+        let t = m2.enqueue((0..4).map(|_| offer()), limits, &mut batch, None, 0);
+        assert_eq!(t, Tally { queued: 2, dropped: 2, principal_dropped: 2 });
+        assert_eq!(broker.account_for(&m).bytes(), 500);
+        assert_eq!(m1.enqueue([offer()], limits, &mut batch, None, 0).principal_dropped, 1);
+        // Another principal is not affected by m's full queues.
+        let t = v1.enqueue((0..5).map(|_| offer()), limits, &mut batch, None, 0);
+        assert_eq!(t, Tally { queued: 5, dropped: 0, principal_dropped: 0 });
+        assert_eq!(broker.account_for(&v).bytes(), 500);
+        // A delivery sent from m1 makes room for m2; m1 gone gives back the rest.
+        m1.state.lock().queue.skip();
+        assert_eq!(m2.enqueue([offer(), offer()], limits, &mut batch, None, 0).queued, 1);
+        drop(m1);
+        assert_eq!(broker.account_for(&m).bytes(), 300, "m2's three deliveries");
+        m2.state.lock().queue.clear();
+        assert_eq!(broker.account_for(&m).bytes(), 0);
+    }
+
     fn inflight(id: u16) -> (u16, Inflight) {
         let msg = Arc::new(Message::for_test("t", b"", QoS::AtLeastOnce, false));
         let delivery = Delivery { msg, qos: QoS::AtLeastOnce, retain: false, sub_ids: vec![], policy_gen: 0, seq: 0 };
@@ -600,8 +714,9 @@ mod tests {
         s.state.lock().grants_gen = 5;
         let offer = || Offer::One(inflight(0).1.delivery);
         let mut batch = WakeBatch::default();
-        s.enqueue([offer()], 10, 1 << 20, &mut batch, None, 4);
-        s.enqueue([offer()], 10, 1 << 20, &mut batch, None, 5);
+        let limits = QueueLimits { messages: 10, bytes: 1 << 20, principal_bytes: u64::MAX };
+        s.enqueue([offer()], limits, &mut batch, None, 4);
+        s.enqueue([offer()], limits, &mut batch, None, 5);
         let mut st = s.state.lock();
         assert_eq!(st.queue.front().map(|d| d.policy_gen), Some(REAUTHORIZE));
         st.queue.skip();

@@ -395,6 +395,12 @@ pub struct Limits {
     /// Per session, >= 1 byte. Default 16 MiB.
     #[serde(deserialize_with = "de_max_queued_bytes")]
     pub max_queued_bytes: u64,
+    /// Bytes queued across all the sessions of one principal (kind and name), >= 1 byte;
+    /// beyond it new deliveries to that principal's sessions are dropped and counted. `None`
+    /// (not set): a quarter of `max_memory` when that is set, else 64 MiB (see
+    /// [`Limits::queued_bytes_per_principal`]).
+    #[serde(deserialize_with = "de_max_queued_bytes_per_principal")]
+    pub max_queued_bytes_per_principal: Option<u64>,
     /// Advertised in CONNACK (v5); 0 disables topic aliases. Default 10.
     #[serde(deserialize_with = "de_topic_alias_maximum")]
     pub topic_alias_maximum: u16,
@@ -521,6 +527,9 @@ fn de_publish_throttle<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::E
 fn de_tls_handshake_timeout<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
     de_duration(d, "tls_handshake_timeout", Duration::from_millis(1))
 }
+fn de_max_queued_bytes_per_principal<'de, D: Deserializer<'de>>(d: D) -> Result<Option<u64>, D::Error> {
+    de_size(d, "max_queued_bytes_per_principal", 1, u64::MAX).map(Some)
+}
 fn de_max_memory<'de, D: Deserializer<'de>>(d: D) -> Result<u64, D::Error> {
     de_size(d, "max_memory", 0, u64::MAX)
 }
@@ -584,6 +593,7 @@ impl Default for Limits {
             connect_timeout: Duration::from_secs(10),
             max_queued_messages: 10_000,
             max_queued_bytes: 16 * 1024 * 1024,
+            max_queued_bytes_per_principal: None,
             topic_alias_maximum: 10,
             sys_interval: Duration::from_secs(10),
             max_connections: 100_000,
@@ -606,6 +616,19 @@ impl Default for Limits {
             auth_hash_concurrency: 0,
             auth_hash_wait: Duration::from_secs(2),
             idle_park_after: Duration::from_secs(2),
+        }
+    }
+}
+
+impl Limits {
+    /// `max_queued_bytes_per_principal` in force: as set, else a quarter of `max_memory`
+    /// when that is set (one principal's offline queues cannot take the broker over the mark
+    /// alone), else 64 MiB.
+    pub fn queued_bytes_per_principal(&self) -> u64 {
+        match self.max_queued_bytes_per_principal {
+            Some(b) => b,
+            None if self.max_memory > 0 => (self.max_memory / 4).max(1),
+            None => 64 * 1024 * 1024,
         }
     }
 }
@@ -1902,6 +1925,19 @@ sys_interval = "10s"              # $SYS topics are retained and refreshed this 
         let l = parse(&with_limits("auth_hash_wait = 0")).unwrap().limits;
         assert_eq!((l.auth_hash_concurrency, l.auth_hash_wait), (0, Duration::ZERO));
         fails_at(&with_limits("auth_fail_backoff = { failures = 0 }"), 4, "failures");
+        // max_queued_bytes_per_principal: a quarter of max_memory, 64 MiB without it, or as set.
+        assert_eq!(Limits::default().queued_bytes_per_principal(), 512 << 20);
+        let l = parse(&with_limits("max_memory = 0")).unwrap().limits;
+        assert_eq!(l.queued_bytes_per_principal(), 64 << 20);
+        let l =
+            parse(&with_limits("max_memory = \"16MiB\"\nmax_queued_bytes_per_principal = \"3MiB\"")).unwrap().limits;
+        assert_eq!((l.max_queued_bytes_per_principal, l.queued_bytes_per_principal()), (Some(3 << 20), 3 << 20));
+        fails_at(
+            &with_limits("max_memory = 0\nmax_queued_bytes_per_principal = \"0B\""),
+            5,
+            "max_queued_bytes_per_principal",
+        );
+        fails_at(&with_limits("max_queued_bytes_per_principal = \"much\""), 4, "max_queued_bytes_per_principal");
         fails_at(&with_limits("auth_fail_backoff = { forever = true }"), 4, "unknown field `forever`");
     }
 }

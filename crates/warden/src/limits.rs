@@ -9,7 +9,8 @@
 //!   `publish_throttle = 0` disconnects at the first PUBLISH beyond the burst, before routing it.
 //! - [`MemoryGauge`]: the `max_memory` high-water mark over the bytes held in session queues
 //!   (sampled from the core) and in connection buffers (tracked exactly with atomics). Above
-//!   it publishers stop being read, the heaviest first.
+//!   it publishers stop being read, the heaviest first, and only those above their fair share
+//!   of the recent publish bandwidth: a light publisher is never paused.
 //! - [`LogOnce`]: "log once per key per interval", so a flood costs one log line per client
 //!   (or address) per minute, not one per packet.
 
@@ -184,9 +185,13 @@ impl PublishLimiter {
 /// connection buffers (read and write), tracked exactly by each connection's [`MemCharge`].
 /// While the total is above `max_memory`, publishers stop being read, heaviest first: a
 /// threshold on each connection's recent publish bandwidth starts at half the heaviest
-/// publisher's and is quartered at every sample while the broker stays above the mark; once it
-/// is back under 90 % of the mark every publisher is read again. Connections that do not
-/// publish (subscribers acknowledging deliveries) are never paused, so queues keep draining.
+/// publisher's and is quartered at every sample while the broker stays above the mark, but
+/// never below the fair share (the mean bandwidth of the connections that published in the
+/// last sample window) nor below [`MemoryGauge::LIGHT`]: a publisher at or under its fair
+/// share, or lighter than that, is never paused (one flooding account cannot stop the others
+/// being read). Once the broker is back under 90 % of the mark every publisher is read again.
+/// Connections that do not publish (subscribers acknowledging deliveries) are never paused,
+/// so queues keep draining.
 #[derive(Debug)]
 pub struct MemoryGauge {
     max: u64,
@@ -196,11 +201,21 @@ pub struct MemoryGauge {
     threshold: AtomicU64,
     /// Heaviest publisher bandwidth seen since the last sample.
     peak: AtomicU64,
+    /// Sample windows so far: a connection reports its bandwidth once per window.
+    epoch: AtomicU64,
+    /// Sum of the bandwidths reported in this window, and how many connections reported.
+    window_sum: AtomicU64,
+    window_count: AtomicU64,
+    /// The fair share: mean bandwidth of the last window anyone published in.
+    fair: AtomicU64,
 }
 
 impl MemoryGauge {
     /// How often the server samples the core's queues and adjusts the threshold.
     pub const SAMPLE: Duration = Duration::from_millis(200);
+
+    /// A publisher below this bandwidth (bytes/s) is never paused.
+    pub const LIGHT: u64 = 64 * 1024;
 
     /// A gauge for `max` bytes (0 = off: nothing is ever paused).
     pub fn new(max: u64) -> Arc<MemoryGauge> {
@@ -210,6 +225,10 @@ impl MemoryGauge {
             buffered: AtomicU64::new(0),
             threshold: AtomicU64::new(u64::MAX),
             peak: AtomicU64::new(0),
+            epoch: AtomicU64::new(0),
+            window_sum: AtomicU64::new(0),
+            window_count: AtomicU64::new(0),
+            fair: AtomicU64::new(0),
         })
     }
 
@@ -228,6 +247,12 @@ impl MemoryGauge {
     pub fn set_queued(&self, queued: u64) -> bool {
         self.queued.store(queued, Ordering::Relaxed);
         let peak = self.peak.swap(0, Ordering::Relaxed);
+        self.epoch.fetch_add(1, Ordering::Relaxed);
+        let sum = self.window_sum.swap(0, Ordering::Relaxed);
+        let count = self.window_count.swap(0, Ordering::Relaxed);
+        if let Some(mean) = sum.checked_div(count) {
+            self.fair.store(mean, Ordering::Relaxed);
+        }
         if !self.enabled() {
             return false;
         }
@@ -235,7 +260,8 @@ impl MemoryGauge {
         let t = self.threshold.load(Ordering::Relaxed);
         if used > self.max {
             let next = if t == u64::MAX { (peak / 2).max(1) } else { t / 4 };
-            self.threshold.store(next, Ordering::Relaxed);
+            let floor = self.fair.load(Ordering::Relaxed).max(Self::LIGHT);
+            self.threshold.store(next.max(floor), Ordering::Relaxed);
             true
         } else {
             if used <= self.max / 10 * 9 && t != u64::MAX {
@@ -253,6 +279,12 @@ impl MemoryGauge {
     fn report_rate(&self, rate: u64) {
         self.peak.fetch_max(rate, Ordering::Relaxed);
     }
+
+    /// A connection's first report in this sample window counts toward the fair share.
+    fn report_share(&self, rate: u64) {
+        self.window_sum.fetch_add(rate, Ordering::Relaxed);
+        self.window_count.fetch_add(1, Ordering::Relaxed);
+    }
 }
 
 /// One connection's share of [`MemoryGauge`]: its buffers' bytes and its publish bandwidth.
@@ -264,6 +296,8 @@ pub struct MemCharge {
     window_start: Instant,
     window_bytes: u64,
     rate: u64,
+    /// The gauge's sample window this connection last reported its share in.
+    epoch: u64,
 }
 
 impl MemCharge {
@@ -272,7 +306,7 @@ impl MemCharge {
 
     /// A connection's charge, starting at zero.
     pub fn new(gauge: Arc<MemoryGauge>, now: Instant) -> MemCharge {
-        MemCharge { gauge, charged: 0, window_start: now, window_bytes: 0, rate: 0 }
+        MemCharge { gauge, charged: 0, window_start: now, window_bytes: 0, rate: 0, epoch: u64::MAX }
     }
 
     /// The connection's buffers now hold `bytes`.
@@ -294,11 +328,17 @@ impl MemCharge {
             self.window_bytes = 0;
             self.window_start = now;
         }
-        self.gauge.report_rate(self.rate.max(self.window_bytes));
+        let rate = self.rate.max(self.window_bytes);
+        self.gauge.report_rate(rate);
+        let epoch = self.gauge.epoch.load(Ordering::Relaxed);
+        if epoch != self.epoch {
+            self.epoch = epoch;
+            self.gauge.report_share(rate);
+        }
     }
 
     /// Should this connection stop being read (the broker is above `max_memory` and it is
-    /// among the heaviest publishers)?
+    /// among the heaviest publishers, above its fair share and above [`MemoryGauge::LIGHT`])?
     pub fn should_pause(&self) -> bool {
         self.gauge.should_pause(self.rate.max(self.window_bytes))
     }
@@ -426,25 +466,57 @@ mod tests {
         let g = MemoryGauge::new(1000);
         let t0 = Instant::now();
         let mut heavy = MemCharge::new(g.clone(), t0);
+        let mut medium = MemCharge::new(g.clone(), t0);
         let mut light = MemCharge::new(g.clone(), t0);
         let quiet = MemCharge::new(g.clone(), t0);
-        heavy.published(100_000, t0 + ms(300));
-        light.published(1_000, t0 + ms(300));
+        let publish = |heavy: &mut MemCharge, medium: &mut MemCharge, light: &mut MemCharge, at| {
+            heavy.published(3_000_000, at);
+            medium.published(150_000, at);
+            light.published(1_000, at);
+        };
+        publish(&mut heavy, &mut medium, &mut light, t0 + ms(300));
         assert!(!g.set_queued(500), "under the mark");
         assert!(!heavy.should_pause());
-        heavy.published(100_000, t0 + ms(600));
-        light.published(1_000, t0 + ms(600));
+        publish(&mut heavy, &mut medium, &mut light, t0 + ms(600));
         assert!(g.set_queued(5000), "over the mark");
-        assert!(heavy.should_pause() && !light.should_pause() && !quiet.should_pause());
+        assert!(heavy.should_pause() && !medium.should_pause() && !light.should_pause() && !quiet.should_pause());
+        // Still over; the heavy publisher is not read, the others go on publishing.
+        let mut t = t0 + ms(600);
         for _ in 0..20 {
+            t += ms(300);
+            medium.published(150_000, t);
+            light.published(1_000, t);
             g.set_queued(5000);
         }
-        assert!(light.should_pause(), "still over: lighter publishers follow");
+        assert!(heavy.should_pause());
+        assert!(medium.should_pause(), "still over: the next heaviest, above its fair share, follows");
+        assert!(!light.should_pause(), "a light publisher (under MemoryGauge::LIGHT) is never paused");
         assert!(!quiet.should_pause(), "a connection that does not publish is always read");
         g.set_queued(950);
-        assert!(light.should_pause(), "hysteresis: above 90 % nothing resumes");
+        assert!(medium.should_pause(), "hysteresis: above 90 % nothing resumes");
         g.set_queued(100);
-        assert!(!heavy.should_pause() && !light.should_pause());
+        assert!(!heavy.should_pause() && !medium.should_pause() && !light.should_pause());
+    }
+
+    #[test]
+    fn above_the_mark_a_publisher_at_its_fair_share_is_read() {
+        // Many publishers at the same bandwidth (over LIGHT) and one flooding: only the flood
+        // is paused, however long the broker stays above the mark.
+        let g = MemoryGauge::new(1000);
+        let t0 = Instant::now();
+        let mut flood = MemCharge::new(g.clone(), t0);
+        let mut fair: Vec<_> = (0..10).map(|_| MemCharge::new(g.clone(), t0)).collect();
+        let mut t = t0;
+        for _ in 0..20 {
+            t += ms(300);
+            flood.published(10_000_000, t);
+            for c in &mut fair {
+                c.published(100_000, t);
+            }
+            g.set_queued(5000);
+            assert!(fair.iter().all(|c| !c.should_pause()), "at the fair share: read");
+        }
+        assert!(flood.should_pause());
     }
 
     #[test]

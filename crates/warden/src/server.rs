@@ -125,6 +125,7 @@ pub fn broker_config(cfg: &Config) -> BrokerConfig {
         topic_alias_maximum: l.topic_alias_maximum,
         max_queued_messages: l.max_queued_messages,
         max_queued_bytes: l.max_queued_bytes,
+        max_queued_bytes_per_principal: l.queued_bytes_per_principal(),
         max_keep_alive: l.max_keep_alive,
         max_session_expiry: l.max_session_expiry,
         max_topic_levels: l.max_topic_levels,

@@ -356,11 +356,13 @@ async fn wait_sys(c: &mut RawClient, ok: impl Fn(u64) -> bool) -> u64 {
 #[tokio::test]
 async fn above_max_memory_publishers_stop_being_read_and_resume_when_it_drains() {
     let b = TestBroker::with_config(
-        "[auth]\nallow_anonymous = true\n[limits]\nmax_memory = \"1MiB\"\nsys_interval = 1\nmax_publish_bandwidth = 0\nmax_publish_rate = 0\nwrite_stall_timeout = 0\nmax_queued_messages = 1000000\nmax_queued_bytes = \"64MiB\"\n",
+        "[auth]\nallow_anonymous = true\n[limits]\nmax_memory = \"1MiB\"\nsys_interval = 1\nmax_publish_bandwidth = 0\nmax_publish_rate = 0\nwrite_stall_timeout = 0\nmax_queued_messages = 1000000\nmax_queued_bytes = \"64MiB\"\nmax_queued_bytes_per_principal = \"64MiB\"\n",
     )
     .await;
     let (mut sys, _) = connected(b.addr(), connect_packet(V5, "sys", true)).await;
     sys.subscribe(1, "$SYS/broker/limits/memory_paused", QoS::AtMostOnce).await;
+    // (The one principal's queues may hold 64 MiB: by default they would stop at a quarter of
+    // max_memory, and the broker would never go above the mark.)
     // A subscriber that does not read for now.
     let sub_stream = TcpStream::connect(b.addr()).await.unwrap();
     let (mut srd, mut swr) = sub_stream.into_split();
@@ -437,4 +439,98 @@ async fn limit_counters_are_published_under_sys() {
     let (mut sys, _) = connected(b.addr(), connect_packet(V5, "sys", true)).await;
     sys.subscribe(1, "$SYS/broker/limits/publish_rate_disconnects", QoS::AtMostOnce).await;
     assert_eq!(wait_sys(&mut sys, |v| v == 1).await, 1);
+}
+
+/// A broker with users `m` and `v` (passwords `mpw`, `vpw`), persistence on, and these limits.
+async fn two_users_broker(limits: &str) -> TestBroker {
+    let dir = tempfile::tempdir().unwrap();
+    let hash = |pw: &[u8]| warden_policy::password::hash_password(pw);
+    std::fs::write(dir.path().join("passwd"), format!("m:{}\nv:{}\n", hash(b"mpw"), hash(b"vpw"))).unwrap();
+    TestBroker::from_toml_in(
+        dir,
+        &format!(
+            "[[listener]]\nbind = \"127.0.0.1:0\"\nprotocol = \"mqtt\"\n[auth]\npassword_file = \"{{dir}}/passwd\"\n\
+             [persistence]\nenabled = true\n[limits]\n{limits}"
+        ),
+    )
+    .await
+}
+
+#[tokio::test]
+async fn one_principal_flooding_its_offline_sessions_does_not_stall_another() {
+    // SPEC §7 "no client can hurt another", the adversarial review at a smaller scale: user m
+    // holds 20 offline persistent sessions subscribed at QoS 1 and floods them with ~30 MB;
+    // their per-session bound (1 MiB each, 20 MiB together) is above max_memory (16 MiB).
+    // The principal's bound (a quarter of max_memory) keeps m's queues under 4 MiB, so the
+    // broker does not stay above the mark and stop reading every publisher: user v's QoS 1
+    // publishes are each acknowledged within 2 s, and m's own publishes are acknowledged too.
+    let b = two_users_broker(
+        "max_memory = \"16MiB\"\nmax_queued_bytes = \"1MiB\"\nmax_publish_rate = 0\nmax_publish_bandwidth = 0\n\
+         write_stall_timeout = 0\n",
+    )
+    .await;
+    for i in 0..20 {
+        let mut c = login("m", "mpw", V3);
+        c.client_id = format!("m-offline-{i}");
+        c.clean_start = false;
+        let (mut s, _) = connected(b.addr(), c).await;
+        s.subscribe(1, "mem/#", QoS::AtLeastOnce).await;
+        s.send(&Packet::Disconnect(Default::default())).await;
+        assert!(s.expect_closed_within(LONG).await.is_empty());
+    }
+    // The flood: m publishes 460 messages of 64 KiB at QoS 1, 32 in flight.
+    const FLOOD: usize = 460;
+    let mut o = rumqttc::MqttOptions::new("m-pub", "127.0.0.1", b.port());
+    o.set_credentials("m", "mpw");
+    o.set_inflight(32);
+    o.set_max_packet_size(1 << 20, 1 << 20);
+    o.set_keep_alive(Duration::from_secs(60));
+    let (client, mut eventloop) = rumqttc::AsyncClient::new(o, 64);
+    let acked = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let acked_ev = acked.clone();
+    let events = tokio::spawn(async move {
+        while let Ok(ev) = eventloop.poll().await {
+            if let rumqttc::Event::Incoming(rumqttc::Packet::PubAck(_)) = ev {
+                if acked_ev.fetch_add(1, Ordering::Relaxed) + 1 == FLOOD {
+                    return;
+                }
+            }
+        }
+    });
+    let flood = tokio::spawn(async move {
+        let payload = Bytes::from(vec![7u8; 64 * 1024]);
+        for _ in 0..FLOOD {
+            if client.publish_bytes("mem/x", rumqttc::QoS::AtLeastOnce, false, payload.clone()).await.is_err() {
+                break;
+            }
+        }
+        client
+    });
+    // Until the flood is acknowledged (or 20 s, the broker stalled), then v publishes.
+    let _ = tokio::time::timeout(LONG, async {
+        while acked.load(Ordering::Relaxed) < FLOOD {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await;
+    let mut c = login("v", "vpw", V5);
+    c.client_id = "v-pub".into();
+    let (mut v, _) = connected(b.addr(), c).await;
+    for id in 1..=6u16 {
+        v.send(&publish("v/x", QoS::AtLeastOnce, id, b"small")).await;
+        match v.recv_within(Duration::from_secs(2)).await {
+            Recv::Packet(Packet::PubAck(a)) if a.packet_id == id => {}
+            other => panic!("v's PUBLISH {id} not acknowledged within 2 s: {other:?}"),
+        }
+    }
+    // m's publishes were all acknowledged: the deliveries over its bound were dropped, not
+    // the publisher.
+    assert_eq!(acked.load(Ordering::Relaxed), FLOOD, "m's flood acknowledged");
+    events.await.unwrap();
+    drop(flood.await.unwrap());
+    let broker = &b.server.broker;
+    let per_principal = 4 << 20;
+    assert!(broker.queued_bytes() <= per_principal, "m's queues hold {} bytes", broker.queued_bytes());
+    assert!(broker.stats.limits.queued_bytes_per_principal.load(Ordering::Relaxed) > 0);
+    assert!(broker.stats.messages_dropped.load(Ordering::Relaxed) > 0);
 }
