@@ -219,7 +219,7 @@ impl PolicyAuthorizer {
         };
         let acl = self.acl.as_ref().map(|a| a.explain(user, client_id, action, topic));
         let store = self.store.as_ref().map(|s| (s, s.check(principal, client_id, action, topic)));
-        let scopes = principal.grants.as_ref().map(|g| g.check(None, client_id, action, topic));
+        let scopes = principal.grants().map(|g| g.check(None, client_id, action, topic));
         let store_name = |s: &crate::store::CompiledStore, m: crate::store::StoreMatch| {
             DecidedBy::Store(
                 m.rule.and_then(|i| s.rule(i)).map(|r| format!("{}/{}", r.role, r.rule.id)).unwrap_or_default(),
@@ -273,7 +273,7 @@ impl PolicyAuthorizer {
         };
         let from_acl = self.acl.as_ref().map(|a| a.check(user, client_id, action, topic));
         let from_store = self.store.as_ref().map(|s| s.check(principal, client_id, action, topic).map(|m| m.allowed));
-        let from_scopes = principal.grants.as_ref().map(|g| g.check(None, client_id, action, topic));
+        let from_scopes = principal.grants().map(|g| g.check(None, client_id, action, topic));
         let answers = [from_acl, from_store, from_scopes];
         let allowed = if answers.iter().all(Option::is_none) {
             no_source_allows // no source names this principal

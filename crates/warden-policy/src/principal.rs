@@ -45,15 +45,22 @@ pub struct Principal {
     /// OAuth scopes granted by an access token (`mqtt:pub:<filter>`, `mqtt:sub:<filter>`,
     /// role names); empty for other principals.
     pub scopes: Box<[Arc<str>]>,
-    /// The `mqtt:` scopes compiled into rules (token principals only; an empty set grants
-    /// nothing). See [`crate::authz::compile_scopes`].
-    pub grants: Option<Arc<crate::acl::AclFile>>,
     /// Which kind of credential proved it (SPEC §10: a change in that credential's standing
     /// ends what it holds; see [`crate::trust`]).
     pub source: CredentialSource,
-    /// The certificate or token behind it (`None` for users and anonymous). Shared: a
-    /// principal is cloned into its connection, session and registry entry.
-    pub credential: Option<Arc<Credential>>,
+    /// Grants of its own and the certificate or token behind it, in one shared allocation
+    /// that plain users and anonymous clients do without: a principal stays at 64 bytes
+    /// (every connection has one; see [`Principal::grants`], [`Principal::credential`]).
+    extra: Option<Arc<Extra>>,
+}
+
+/// What only some principals carry.
+#[derive(Debug, Default)]
+struct Extra {
+    /// Rules of its own (a token's `mqtt:` scopes compiled, a look-up answer's rules).
+    grants: Option<Arc<crate::acl::AclFile>>,
+    /// The certificate or token behind it.
+    credential: Option<Credential>,
 }
 
 impl Principal {
@@ -65,9 +72,8 @@ impl Principal {
             name: ANONYMOUS.get_or_init(|| Arc::from("anonymous")).clone(),
             roles: Box::default(),
             scopes: Box::default(),
-            grants: None,
             source: CredentialSource::Anonymous,
-            credential: None,
+            extra: None,
         }
     }
 
@@ -78,9 +84,8 @@ impl Principal {
             name: Arc::from(name),
             roles: Box::default(),
             scopes: Box::default(),
-            grants: None,
             source: CredentialSource::PasswordFile,
-            credential: None,
+            extra: None,
         }
     }
 
@@ -91,9 +96,8 @@ impl Principal {
             name: Arc::from(name),
             roles: Box::default(),
             scopes: Box::default(),
-            grants: None,
             source: CredentialSource::Certificate,
-            credential: None,
+            extra: None,
         }
     }
 
@@ -105,9 +109,8 @@ impl Principal {
             name: Arc::from(subject),
             roles: roles.into(),
             scopes: scopes.into(),
-            grants,
             source: CredentialSource::Token,
-            credential: None,
+            extra: Some(Arc::new(Extra { grants, credential: None })),
         }
     }
 
@@ -115,13 +118,27 @@ impl Principal {
     /// certificate or token).
     pub fn with_credential(mut self, source: CredentialSource, credential: Option<Credential>) -> Self {
         self.source = source;
-        self.credential = credential.map(Arc::new);
+        let grants = self.grants().cloned();
+        self.extra = (grants.is_some() || credential.is_some()).then(|| Arc::new(Extra { grants, credential }));
         self
     }
 
     /// The certificate or token behind this principal, if any.
     pub fn credential(&self) -> Option<&Credential> {
-        self.credential.as_deref()
+        self.extra.as_ref().and_then(|e| e.credential.as_ref())
+    }
+
+    /// Rules of its own: a token's `mqtt:` scopes compiled (an empty set grants nothing), a
+    /// look-up answer's rules; `None` when only the configured sources decide. See
+    /// [`crate::authz::compile_scopes`].
+    pub fn grants(&self) -> Option<&Arc<crate::acl::AclFile>> {
+        self.extra.as_ref().and_then(|e| e.grants.as_ref())
+    }
+
+    /// Replace its own rules (the credential stays).
+    pub fn set_grants(&mut self, grants: Option<Arc<crate::acl::AclFile>>) {
+        let credential = self.credential().cloned();
+        self.extra = (grants.is_some() || credential.is_some()).then(|| Arc::new(Extra { grants, credential }));
     }
 
     /// True when `other` is the same identity (so it may take over this principal's sessions).
@@ -139,6 +156,14 @@ impl fmt::Display for Principal {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Every connection has one (in an `Arc`: 16 bytes of counts): 64 bytes keeps the
+    /// allocation in mimalloc's 80-byte class.
+    #[cfg(target_pointer_width = "64")]
+    #[test]
+    fn a_principal_stays_in_its_size_class() {
+        assert!(std::mem::size_of::<Principal>() <= 64, "Principal is {} bytes", std::mem::size_of::<Principal>());
+    }
 
     #[test]
     fn identity_is_kind_and_name() {

@@ -355,9 +355,9 @@ pub(crate) fn decode_session(b: &[u8]) -> Result<DecodedSession, BadRecord> {
     let from_unknown =
         owner.source == CredentialSource::Restored && !(owner.roles.is_empty() && owner.scopes.is_empty());
     if kind == PrincipalKind::Token && owner.source != CredentialSource::Lookup {
-        owner.grants = Some(Arc::new(warden_policy::authz::compile_scopes(&owner.scopes)));
+        owner.set_grants(Some(Arc::new(warden_policy::authz::compile_scopes(&owner.scopes))));
     } else if owner.source == CredentialSource::Lookup || from_unknown {
-        owner.grants = Some(Arc::new(warden_policy::authz::compile_scopes(&[])));
+        owner.set_grants(Some(Arc::new(warden_policy::authz::compile_scopes(&[]))));
     }
     let mut subscriptions = Vec::with_capacity(json.subs.len());
     for s in &json.subs {
@@ -421,7 +421,7 @@ mod tests {
             let RetainSource::Client { principal, client_id } = s else { panic!("publisher lost") };
             assert_eq!((principal.kind, &*principal.name, &*client_id), (kind, name, "dev-1"));
             if kind == PrincipalKind::Token {
-                assert!(principal.scopes.is_empty() && principal.grants.is_some(), "no token grants after a restart");
+                assert!(principal.scopes.is_empty() && principal.grants().is_some(), "no token grants after a restart");
             }
             for cut in 0..b.len() {
                 assert!(decode_retained(&b[..cut], c).is_err(), "truncated at {cut}");
@@ -500,7 +500,7 @@ mod tests {
         // A password-file user is re-derived by name: no grants of its own, rules decide.
         let user = decode_session(&session_of(Principal::user("ann"))).unwrap().owner;
         assert_eq!(user.source, CredentialSource::PasswordFile);
-        assert!(user.grants.is_none());
+        assert!(user.grants().is_none());
         // A token keeps the scopes its issuer signed.
         let tok = Principal::token("t", vec![], vec![Arc::from("mqtt:pub:a/#")]);
         let tok = decode_session(&session_of(tok)).unwrap().owner;
@@ -516,11 +516,11 @@ mod tests {
         v.extend_from_slice(rec);
         let back = decode_session(&v).unwrap().owner;
         assert_eq!(back.source, CredentialSource::Restored);
-        assert!(back.grants.is_some(), "no grants of its own, not none recorded");
+        assert!(back.grants().is_some(), "no grants of its own, not none recorded");
         let plain = br#"{"client_id":"c","kind":"user","name":"u","expiry":5,"disconnected":null,"subs":[]}"#;
         let mut v = vec![V1];
         v.extend_from_slice(plain);
-        assert!(decode_session(&v).unwrap().owner.grants.is_none(), "a plain user: rules naming it decide");
+        assert!(decode_session(&v).unwrap().owner.grants().is_none(), "a plain user: rules naming it decide");
         let mut bad_src =
             br#"{"client_id":"c","kind":"user","name":"u","expiry":5,"disconnected":null,"subs":[],"src":"x"}"#
                 .to_vec();

@@ -313,7 +313,7 @@ impl Authenticator {
                 .with_credential(CredentialSource::Lookup, credential);
                 p.roles = grant.roles.iter().map(|r| Arc::from(r.as_str())).collect();
                 p.scopes = grant.scopes.iter().map(|r| Arc::from(r.as_str())).collect();
-                p.grants = grant.rules().map(Arc::new);
+                p.set_grants(grant.rules().map(Arc::new));
                 Ok(p)
             }
             LookupVerdict::Deny => Err(ReasonCode::BAD_USER_NAME_OR_PASSWORD),
