@@ -109,19 +109,7 @@ mod tests {
 
     #[test]
     fn the_text_log_formatter_escapes_every_field() {
-        use std::sync::{Arc, Mutex};
-        #[derive(Clone, Default)]
-        struct Buf(Arc<Mutex<Vec<u8>>>);
-        impl std::io::Write for Buf {
-            fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
-                self.0.lock().unwrap().extend_from_slice(b);
-                Ok(b.len())
-            }
-            fn flush(&mut self) -> std::io::Result<()> {
-                Ok(())
-            }
-        }
-        let buf = Buf::default();
+        let buf = warden_testkit::LogBuf::default();
         let w = buf.clone();
         let subscriber = tracing_subscriber::fmt()
             .with_writer(move || w.clone())
@@ -132,7 +120,7 @@ mod tests {
             let raw = "x\nFORGED \u{1b}[2J";
             tracing::info!(client_id = %raw, user = raw, "line\nbreak");
         });
-        let out = String::from_utf8(buf.0.lock().unwrap().clone()).unwrap();
+        let out = buf.text();
         assert_eq!(out.lines().count(), 1, "{out}");
         assert!(!out.contains('\u{1b}'), "{out}");
         assert!(out.contains("line\\nbreak client_id=x\\nFORGED \\u{1b}[2J user=\"x\\nFORGED \\u{1b}[2J\""), "{out}");

@@ -8,27 +8,12 @@
 //! The subscriber is set for the test's thread; `#[tokio::test]` runs the broker's tasks on that
 //! same thread, so every line the broker logs is captured.
 
-use std::sync::{Arc, Mutex};
-
 use bytes::Bytes;
 use mqtt_codec::{Packet, Protocol, QoS, ReasonCode};
 use warden_testkit::{connect_packet, RawClient, Recv, TestBroker, WAIT};
 
 const FORGED: &str = "FORGED INFO warden: connection accepted client_id=admin";
 const PW: &str = "right-password";
-
-#[derive(Clone, Default)]
-struct Buf(Arc<Mutex<Vec<u8>>>);
-
-impl std::io::Write for Buf {
-    fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
-        self.0.lock().unwrap().extend_from_slice(b);
-        Ok(b.len())
-    }
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
-}
 
 fn evil_client_id() -> String {
     format!("x\n{FORGED}\u{1b}[2J\r\n{FORGED}")
@@ -75,7 +60,7 @@ fn check(log: &str) {
 
 #[tokio::test]
 async fn peer_strings_cannot_forge_text_log_lines() {
-    let buf = Buf::default();
+    let buf = warden_testkit::LogBuf::default();
     let w = buf.clone();
     let subscriber = tracing_subscriber::fmt()
         .with_max_level(tracing::Level::DEBUG)
@@ -84,7 +69,7 @@ async fn peer_strings_cannot_forge_text_log_lines() {
         .finish();
     let _guard = tracing::subscriber::set_default(subscriber);
     drive_the_broker().await;
-    let log = String::from_utf8(buf.0.lock().unwrap().clone()).unwrap();
+    let log = buf.text();
     check(&log);
     for what in ["authentication refused", "authorization deny", "client connected"] {
         let line = log.lines().find(|l| l.contains(what)).unwrap_or_else(|| panic!("no {what:?} line:\n{log}"));
@@ -94,7 +79,7 @@ async fn peer_strings_cannot_forge_text_log_lines() {
 
 #[tokio::test]
 async fn peer_strings_cannot_forge_json_log_lines() {
-    let buf = Buf::default();
+    let buf = warden_testkit::LogBuf::default();
     let w = buf.clone();
     let subscriber = tracing_subscriber::fmt()
         .json()
@@ -104,7 +89,7 @@ async fn peer_strings_cannot_forge_json_log_lines() {
         .finish();
     let _guard = tracing::subscriber::set_default(subscriber);
     drive_the_broker().await;
-    let log = String::from_utf8(buf.0.lock().unwrap().clone()).unwrap();
+    let log = buf.text();
     check(&log);
     let mut refused = false;
     for line in log.lines() {

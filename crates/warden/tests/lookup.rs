@@ -318,24 +318,10 @@ async fn bearer_token_is_sent() {
     assert_eq!(m.header("authorization").as_deref(), Some("Bearer s3rvice-t0ken"));
 }
 
-/// A `tracing` writer into a shared buffer.
-#[derive(Clone, Default)]
-struct Buf(Arc<Mutex<Vec<u8>>>);
-
-impl std::io::Write for Buf {
-    fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
-        self.0.lock().unwrap().extend_from_slice(b);
-        Ok(b.len())
-    }
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
-}
-
 #[tokio::test]
 async fn verdicts_are_logged_without_secrets() {
     let m = Mock::start().await;
-    let buf = Buf::default();
+    let buf = warden_testkit::LogBuf::default();
     let w = buf.clone();
     let subscriber = tracing_subscriber::fmt().with_writer(move || w.clone()).with_ansi(false).finish();
     let _guard = tracing::subscriber::set_default(subscriber);
@@ -345,7 +331,7 @@ async fn verdicts_are_logged_without_secrets() {
     allowed(HttpLookup::new(cfg).unwrap().check(&secret).await);
     assert_eq!(m.lookup("deny").check(&secret).await, LookupVerdict::Deny);
     assert_eq!(m.lookup("error").check(&secret).await, LookupVerdict::Unavailable);
-    let log = String::from_utf8(buf.0.lock().unwrap().clone()).unwrap();
+    let log = buf.text();
     for needle in ["allowed", "denied", "unavailable", "dev-7", "carol", "127.0.0.1:40000", "status=200", "500"] {
         assert!(log.contains(needle), "{needle:?} missing from log:\n{log}");
     }
