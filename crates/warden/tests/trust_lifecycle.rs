@@ -444,3 +444,251 @@ async fn item8_a_revoked_tokens_retained_messages_are_removed() {
     assert_eq!(expect_disconnect(&mut dev).await, ReasonCode::NOT_AUTHORIZED);
     assert_no_will(&b, &mut watcher, &mut other, "wills/fw").await;
 }
+
+// ------------------------------------------------------------------------------ queued messages
+
+/// A token of dev-001 asking for `scope` (a subset of the client's scopes).
+async fn token_with_scope(b: &TestBroker, scope: &str) -> String {
+    let url = format!("{}/oauth/token", http_base(b));
+    let scope = scope.to_owned();
+    tokio::task::spawn_blocking(move || {
+        let r = ureq::post(&url)
+            .set("Authorization", &basic_auth())
+            .send_form(&[("grant_type", "client_credentials"), ("scope", &scope)]);
+        let v: serde_json::Value = r.expect("token").into_json().unwrap();
+        assert_eq!(v["scope"], scope, "the token carries the scopes asked for");
+        v["access_token"].as_str().unwrap().to_owned()
+    })
+    .await
+    .unwrap()
+}
+
+/// A v5 persistent-session CONNECT (session expiry 300 s).
+fn persistent(mut c: mqtt_codec::Connect) -> mqtt_codec::Connect {
+    c.clean_start = false;
+    c.properties.session_expiry_interval = Some(300);
+    c
+}
+
+/// Item 5: messages queued for a persistent session while its client held a broad token are
+/// not delivered when the same client resumes with a narrower token: the queue is re-checked
+/// against the grants in force at delivery, not the ones in force when the message was queued.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn item5_queued_messages_follow_the_grants_of_the_resuming_token() {
+    let cfg = format!(
+        "{LISTENER}[http]\nbind = \"127.0.0.1:0\"\n[oauth]\ntoken_ttl = \"15m\"\n\
+         [[oauth.client]]\nid = \"{DEV}\"\nsecret_hash = '{}'\nscopes = [\"mqtt:sub:open/#\", \"mqtt:sub:secret/#\"]\n\
+         [auth]\npassword_file = \"passwd\"\n",
+        hash_password(DEV_SECRET.as_bytes())
+    );
+    let b = broker_with_users(&cfg, &[]).await;
+    let broad = token_with_scope(&b, "mqtt:sub:open/# mqtt:sub:secret/#").await;
+    let (mut dev, _) = connected(b.addr(), persistent(login("dev-q", DEV, &broad))).await;
+    dev.subscribe(1, "open/#", QoS::AtLeastOnce).await;
+    dev.subscribe(2, "secret/#", QoS::AtLeastOnce).await;
+    dev.send(&Packet::Disconnect(Default::default())).await;
+    wait_gone(&b, "dev-q").await;
+
+    let (mut publisher, _) = connected(b.addr(), login("pub", "watcher", "watcher-pw")).await;
+    for (i, topic) in ["open/1", "secret/1", "open/2"].into_iter().enumerate() {
+        publisher.send(&publish(topic, QoS::AtLeastOnce, i as u16 + 1, topic.as_bytes())).await;
+        assert!(matches!(publisher.recv_within(WAIT).await, Recv::Packet(Packet::PubAck(_))));
+    }
+
+    // Resume with a token that may read open/# only.
+    let narrow = token_with_scope(&b, "mqtt:sub:open/#").await;
+    let (mut dev, ack) = connected(b.addr(), persistent(login("dev-q", DEV, &narrow))).await;
+    assert!(ack.session_present, "the session resumed");
+    publisher.send(&publish("open/marker", QoS::AtLeastOnce, 9, b"open/marker")).await;
+    let mut got = Vec::new();
+    while got.last().map(String::as_str) != Some("open/marker") {
+        let p = dev.expect_publish().await;
+        if p.qos != QoS::AtMostOnce {
+            dev.send(&Packet::PubAck(mqtt_codec::PubAck::new(p.packet_id))).await;
+        }
+        got.push(p.topic.as_str().to_owned());
+    }
+    assert_eq!(got, ["open/1", "open/2", "open/marker"], "secret/1 was queued under the broad token");
+}
+
+// ------------------------------------------------------------------------------ look-up restart
+
+/// Item 6: a session whose principal came from the third-party look-up is restored after a
+/// restart with no grants, never "allow all": a topic the look-up no longer grants is neither
+/// queued for it while it is away nor delivered when it comes back (the look-up is asked again
+/// at that CONNECT and its new answer binds).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn item6_a_restored_lookup_session_gets_no_grants_it_was_not_given_again() {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::Arc;
+    // The look-up grants ann `ann/#` and, until `narrowed`, `secret/#`.
+    let narrowed = Arc::new(AtomicBool::new(false));
+    let state = narrowed.clone();
+    let app = axum::Router::new().route(
+        "/auth",
+        axum::routing::post(move |axum::Json(req): axum::Json<serde_json::Value>| {
+            let narrowed = state.load(Ordering::SeqCst);
+            async move {
+                if req["username"] != "ann" || req["password"] != "annpw" {
+                    return axum::Json(serde_json::json!({"allow": false}));
+                }
+                let mut scopes = vec!["mqtt:sub:ann/#"];
+                if !narrowed {
+                    scopes.push("mqtt:sub:secret/#");
+                }
+                axum::Json(serde_json::json!({"allow": true, "scopes": scopes}))
+            }
+        }),
+    );
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}/auth", l.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(l, app).await.unwrap() });
+
+    let cfg = format!("{LISTENER}[auth]\npassword_file = \"passwd\"\n[auth.http]\nurl = \"{url}\"\n");
+    let b = broker_with_users(&cfg, &[]).await;
+    let (mut ann, _) = connected(b.addr(), persistent(login("ann-1", "ann", "annpw"))).await;
+    ann.subscribe(1, "ann/#", QoS::AtLeastOnce).await;
+    ann.subscribe(2, "secret/#", QoS::AtLeastOnce).await;
+    ann.send(&Packet::Disconnect(Default::default())).await;
+    wait_gone(&b, "ann-1").await;
+
+    // Restart on the same data directory; the look-up's answer for ann narrows meanwhile.
+    let TestBroker { server, dir } = b;
+    server.shutdown().await;
+    narrowed.store(true, Ordering::SeqCst);
+    let b = TestBroker::from_toml_in(dir, &cfg).await;
+
+    let (mut publisher, _) = connected(b.addr(), login("pub", "watcher", "watcher-pw")).await;
+    publisher.send(&publish("secret/1", QoS::AtLeastOnce, 1, b"secret/1")).await;
+    assert!(matches!(publisher.recv_within(WAIT).await, Recv::Packet(Packet::PubAck(_))));
+
+    let (mut ann, ack) = connected(b.addr(), persistent(login("ann-1", "ann", "annpw"))).await;
+    assert!(ack.session_present, "the session was restored");
+    publisher.send(&publish("ann/marker", QoS::AtLeastOnce, 2, b"ann/marker")).await;
+    publisher.send(&publish("secret/2", QoS::AtLeastOnce, 3, b"secret/2")).await;
+    publisher.send(&publish("ann/marker-2", QoS::AtLeastOnce, 4, b"ann/marker-2")).await;
+    let mut got = Vec::new();
+    while got.last().map(String::as_str) != Some("ann/marker-2") {
+        let p = ann.expect_publish().await;
+        if p.qos != QoS::AtMostOnce {
+            ann.send(&Packet::PubAck(mqtt_codec::PubAck::new(p.packet_id))).await;
+        }
+        got.push(p.topic.as_str().to_owned());
+    }
+    assert_eq!(got, ["ann/marker", "ann/marker-2"], "nothing on secret/ after the look-up narrowed");
+}
+
+// ------------------------------------------------------------------------------ shared subscriptions
+
+/// Item 9: a shared subscription's message goes to a member allowed to receive it: half the
+/// members of `$share/g/jobs/#` may not receive `jobs/secret`, and none of the ten messages is
+/// lost for the group (before the fix, 5 of 10 were).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn item9_shared_subscriptions_choose_among_allowed_members() {
+    let mut acl = String::from("user watcher\ntopic write jobs/#\ntopic write mark/#\n");
+    let mut users = Vec::new();
+    for i in 0..5 {
+        acl.push_str(&format!("user ok-{i}\ntopic read jobs/#\ntopic read mark/#\n"));
+        acl.push_str(&format!("user no-{i}\ntopic read jobs/#\ntopic deny jobs/secret\ntopic read mark/#\n"));
+        users.push(format!("ok-{i}"));
+        users.push(format!("no-{i}"));
+    }
+    let cfg = format!("{LISTENER}[auth]\npassword_file = \"passwd\"\n[authz]\nacl_file = \"acl\"\n");
+    let names: Vec<&str> = users.iter().map(String::as_str).collect();
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("acl"), &acl).unwrap();
+    let mut lines = String::new();
+    for u in std::iter::once(&"watcher").chain(&names) {
+        lines.push_str(&format!("{u}:{}\n", hash_password(format!("{u}-pw").as_bytes())));
+    }
+    std::fs::write(dir.path().join("passwd"), lines).unwrap();
+    let b = TestBroker::from_toml_in(dir, &cfg).await;
+
+    let mut members = Vec::new();
+    for name in &names {
+        let (mut c, _) = connected(b.addr(), login(name, name, &format!("{name}-pw"))).await;
+        c.subscribe(1, "$share/g/jobs/#", QoS::AtMostOnce).await;
+        c.subscribe(2, &format!("mark/{name}"), QoS::AtMostOnce).await;
+        members.push((name.to_string(), c));
+    }
+    let (mut publisher, _) = connected(b.addr(), login("pub", "watcher", "watcher-pw")).await;
+    for i in 0..10u16 {
+        publisher.send(&publish("jobs/secret", QoS::AtLeastOnce, i + 1, b"job")).await;
+        match publisher.recv_within(WAIT).await {
+            Recv::Packet(Packet::PubAck(a)) => assert!(a.reason_code.is_success(), "{a:?}"),
+            other => panic!("{other:?}"),
+        }
+    }
+    // Each member's deliveries keep their order: a marker published now arrives after any job.
+    for (name, _) in &members {
+        publisher.send(&publish(&format!("mark/{name}"), QoS::AtMostOnce, 0, b"mark")).await;
+    }
+    let mut total = 0;
+    for (name, c) in &mut members {
+        let mut jobs = 0;
+        loop {
+            let p = c.expect_publish().await;
+            if p.topic.as_str().starts_with("mark/") {
+                break;
+            }
+            jobs += 1;
+        }
+        if name.starts_with("no-") {
+            assert_eq!(jobs, 0, "{name} may not receive jobs/secret");
+        }
+        total += jobs;
+    }
+    assert_eq!(total, 10, "no message is lost for the group");
+}
+
+// ------------------------------------------------------------------------------ $SYS
+
+/// Item 10: with no authorization source configured, a client cannot spoof the broker's own
+/// statistics: a publish to `$SYS/…` is refused with 0x87 (read by rumqttc v5) and reaches no
+/// subscriber and no retained store, while ordinary topics stay open.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn item10_clients_cannot_publish_to_sys_with_no_authorization_source() {
+    let cfg = format!("{LISTENER}[auth]\npassword_file = \"passwd\"\n");
+    let b = broker_with_users(&cfg, &["mallory"]).await;
+    let (mut sub, _) = connected(b.addr(), login("watcher", "watcher", "watcher-pw")).await;
+    sub.subscribe(1, "$SYS/broker/spoof/#", QoS::AtMostOnce).await;
+    sub.subscribe(2, "plain/#", QoS::AtMostOnce).await;
+
+    let mut o = rumqttc::v5::MqttOptions::new("mallory-1", "127.0.0.1", b.port());
+    o.set_credentials("mallory", "mallory-pw");
+    let (client, mut ev) = rumqttc::v5::AsyncClient::new(o, 10);
+    client.publish("$SYS/broker/spoof/version", QoS5::AtLeastOnce, true, "evil 1.0").await.unwrap();
+    let refused = tokio::time::timeout(WAIT, async {
+        loop {
+            match ev.poll().await {
+                Ok(rumqttc::v5::Event::Incoming(p5::Packet::PubAck(a))) => return format!("PUBACK {:?}", a.reason),
+                Ok(rumqttc::v5::Event::Incoming(p5::Packet::Disconnect(d))) => {
+                    return format!("DISCONNECT {:?}", d.reason_code)
+                }
+                Ok(_) => {}
+                Err(rumqttc::v5::ConnectionError::MqttState(rumqttc::v5::StateError::ServerDisconnect {
+                    reason_code,
+                    ..
+                })) => return format!("DISCONNECT {reason_code:?}"),
+                Err(e) => panic!("rumqttc: {e:?}"),
+            }
+        }
+    })
+    .await
+    .expect("an answer in time");
+    assert!(
+        refused == "PUBACK NotAuthorized" || refused == "DISCONNECT NotAuthorized",
+        "the spoofed $SYS publish is refused with 0x87: {refused}"
+    );
+
+    let (mut honest, _) = connected(b.addr(), login("honest", "watcher", "watcher-pw")).await;
+    honest.send(&publish("plain/x", QoS::AtMostOnce, 0, b"fine")).await;
+    let p = sub.expect_publish().await;
+    assert_eq!(p.topic.as_str(), "plain/x", "nothing spoofed arrived first: {p:?}");
+    // Nothing retained under $SYS/broker/spoof: a new subscriber's first message is a marker.
+    let (mut late, _) = connected(b.addr(), login("late", "watcher", "watcher-pw")).await;
+    late.subscribe(1, "$SYS/broker/spoof/#", QoS::AtMostOnce).await;
+    late.subscribe(2, "plain/#", QoS::AtMostOnce).await;
+    honest.send(&publish("plain/y", QoS::AtMostOnce, 0, b"fine")).await;
+    assert_eq!(late.expect_publish().await.topic.as_str(), "plain/y", "no spoofed retained message");
+}
