@@ -308,13 +308,9 @@ impl Properties {
                     set_once(&mut out.receive_maximum, v)?
                 }
                 id::TOPIC_ALIAS_MAXIMUM => set_once(&mut out.topic_alias_maximum, p.u16()?)?,
-                id::TOPIC_ALIAS => {
-                    let v = p.u16()?;
-                    if v == 0 {
-                        return Err(DecodeError::Protocol("topic alias of 0")); // [MQTT-3.3.2-8]
-                    }
-                    set_once(&mut out.topic_alias, v)?
-                }
+                // A topic alias of 0 is decoded: the receiver answers it with DISCONNECT 0x94
+                // Topic Alias invalid (MQTT 5 §3.3.2.3.4), which needs the connection's state.
+                id::TOPIC_ALIAS => set_once(&mut out.topic_alias, p.u16()?)?,
                 id::MAXIMUM_QOS => set_once(&mut out.maximum_qos, flag(&mut p)?)?,
                 id::RETAIN_AVAILABLE => set_once(&mut out.retain_available, flag(&mut p)?)?,
                 id::USER_PROPERTY => {
@@ -514,7 +510,8 @@ mod tests {
     #[test]
     fn zero_values_refused() {
         assert!(dec(&[3, 0x21, 0, 0], PropertyContext::Connect).is_err()); // receive maximum 0
-        assert!(dec(&[3, 0x23, 0, 0], PropertyContext::Publish).is_err()); // [MQTT-3.3.2-8]
+                                                                           // Topic alias 0 [MQTT-3.3.2-8] is decoded, for the connection to answer with 0x94.
+        assert_eq!(dec(&[3, 0x23, 0, 0], PropertyContext::Publish).unwrap().topic_alias, Some(0));
         assert!(dec(&[2, 0x0B, 0], PropertyContext::Subscribe).is_err()); // subscription id 0
         assert!(dec(&[5, 0x27, 0, 0, 0, 0], PropertyContext::Connect).is_err());
         assert!(dec(&[2, 0x01, 2], PropertyContext::Publish).is_err()); // payload format 2

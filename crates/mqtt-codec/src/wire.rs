@@ -115,6 +115,10 @@ impl Reader {
             let b = self.u8()?;
             value |= u32::from(b & 0x7F) << (7 * i);
             if b & 0x80 == 0 {
+                if b == 0 && i > 0 {
+                    // [MQTT-1.5.5-1]: the fewest bytes that hold the value.
+                    return Err(DecodeError::Malformed("variable byte integer not in its shortest form"));
+                }
                 return Ok(value);
             }
         }
@@ -140,6 +144,10 @@ pub fn peek_varint(buf: &[u8]) -> Result<VarInt, DecodeError> {
         };
         value |= u32::from(b & 0x7F) << (7 * i);
         if b & 0x80 == 0 {
+            if b == 0 && i > 0 {
+                // [MQTT-1.5.5-1]: the fewest bytes that hold the value (0x80 0x00 is not 0).
+                return Err(DecodeError::Malformed("remaining length not in its shortest form"));
+            }
             return Ok(VarInt::Value(value, i + 1));
         }
     }
@@ -209,6 +217,19 @@ mod tests {
         assert!(peek_varint(&[0xFF, 0xFF, 0xFF, 0xFF, 0x01]).is_err());
         assert!(Reader::new(Bytes::from_static(&[0xFF, 0xFF, 0xFF, 0xFF, 0x01])).varint().is_err());
         assert_eq!(peek_varint(&[0xFF, 0xFF]).unwrap(), VarInt::Incomplete);
+    }
+
+    #[test]
+    fn non_minimal_varint_is_malformed() {
+        // [MQTT-1.5.5-1]: "the minimum number of bytes necessary to represent the value".
+        for bytes in [&[0x80, 0x00][..], &[0xFF, 0x80, 0x00], &[0x80, 0x80, 0x80, 0x00], &[0x81, 0x00]] {
+            assert!(peek_varint(bytes).is_err(), "{bytes:?}");
+            assert!(Reader::new(Bytes::copy_from_slice(bytes)).varint().is_err(), "{bytes:?}");
+        }
+        // A zero in the last byte of a longer value is fine when that byte is not the last
+        // one written: 128 is 0x80 0x01.
+        assert_eq!(peek_varint(&[0x80, 0x01]).unwrap(), VarInt::Value(128, 2));
+        assert_eq!(peek_varint(&[0x00]).unwrap(), VarInt::Value(0, 1));
     }
 
     #[test]

@@ -93,6 +93,24 @@ async fn server_only_packets_from_a_client_close_it() {
     assert_alive(&b).await;
 }
 
+/// A Remaining Length not in its shortest form is malformed [MQTT-1.5.5-1] (issue 17, smaller
+/// ones): PINGREQ with a two-byte length of 0 (`0x80 0x00`) closes the connection with 0x81,
+/// and a v3.1.1 connection is closed (no DISCONNECT to send there).
+#[tokio::test]
+async fn a_non_minimal_remaining_length_is_malformed() {
+    let b = TestBroker::start().await;
+    let (mut c, _) = connected(b.addr(), connect_packet(V5, "varint5", true)).await;
+    c.send_bytes(b"\xC0\x80\x00").await;
+    let seen = c.expect_closed_within(Duration::from_secs(3)).await;
+    assert_eq!(disconnect_reason(&seen), Some(ReasonCode::MALFORMED_PACKET));
+    let (mut c, _) = connected(b.addr(), connect_packet(V3, "varint3", true)).await;
+    // A QoS 0 PUBLISH of topic "t" with its length 5 written as 0x85 0x00.
+    c.send_bytes(b"\x30\x85\x00\x00\x01txy").await;
+    let seen = c.expect_closed_within(Duration::from_secs(3)).await;
+    assert!(seen.is_empty(), "{seen:?}");
+    assert_alive(&b).await;
+}
+
 #[tokio::test]
 async fn nul_and_invalid_utf8_in_topics_close_the_connection() {
     // [MQTT-1.5.4-1], [MQTT-1.5.4-2]: closed, never normalised.
@@ -298,6 +316,13 @@ async fn topic_alias_errors() {
         pp.properties.topic_alias = Some(max + 1);
     }
     c.send(&p).await;
+    let seen = c.expect_closed_within(Duration::from_secs(3)).await;
+    assert_eq!(disconnect_reason(&seen), Some(ReasonCode::TOPIC_ALIAS_INVALID));
+
+    // Alias 0 (issue 17, smaller ones): 0x94 Topic Alias invalid too, not 0x82 — the value
+    // is not permitted [MQTT-3.3.2-8] and the receiver treats it as an invalid alias (§3.3.2.3.4).
+    let (mut c, _) = connected(b.addr(), connect_packet(V5, "alias0", true)).await;
+    c.send_bytes(b"\x30\x07\x00\x01t\x03\x23\x00\x00").await;
     let seen = c.expect_closed_within(Duration::from_secs(3)).await;
     assert_eq!(disconnect_reason(&seen), Some(ReasonCode::TOPIC_ALIAS_INVALID));
 
