@@ -158,6 +158,7 @@ impl Store {
     pub fn open(path: &Path, durability: Durability) -> Result<(Arc<Store>, Loaded), StoreError> {
         let clock = Clock::now();
         let mut report = Report::default();
+        private_file(path).map_err(|error| StoreError::Io { path: path.to_owned(), error })?;
         // A damaged file is input like any other: redb errors (or, defensively, panics) on it
         // become a report and a rebuilt file, never a crash or garbage.
         let (db, mut raw) = match std::panic::catch_unwind(|| Database::create(path)) {
@@ -199,6 +200,7 @@ impl Store {
                     error!(path = %path.display(), moved_to = %aside.display(), "store damaged: rebuilt from what was readable");
                     report.moved_aside = Some(aside);
                 }
+                private_file(path).map_err(|error| StoreError::Io { path: path.to_owned(), error })?;
                 let db = Database::create(path).map_err(|e| db_err(e.into()))?;
                 write_back(&db, &raw).map_err(db_err)?;
                 db
@@ -359,6 +361,25 @@ fn is_damage(e: &redb::DatabaseError) -> bool {
         redb::DatabaseError::Storage(redb::StorageError::Corrupted(_)) => true,
         redb::DatabaseError::RepairAborted | redb::DatabaseError::UpgradeRequired(_) => false,
         _ => true,
+    }
+}
+
+/// Make sure the store file exists readable and writable by its owner only (0600): it holds
+/// messages' payloads and session state in clear. A new file is created so (never briefly
+/// wider); an existing one with group or other bits has them removed, and says so.
+fn private_file(path: &Path) -> std::io::Result<()> {
+    use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+    match std::fs::OpenOptions::new().write(true).create_new(true).mode(0o600).open(path) {
+        Ok(_) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
+            let mode = std::fs::metadata(path)?.permissions().mode();
+            if mode & 0o077 != 0 {
+                std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode & 0o700))?;
+                warn!(path = %path.display(), was = format!("{:o}", mode & 0o777), "store file was readable by others: now 0600");
+            }
+            Ok(())
+        }
+        Err(e) => Err(e),
     }
 }
 

@@ -226,3 +226,24 @@ fn a_store_in_use_is_refused_not_set_aside() {
     assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 1, "nothing moved aside");
     store.close();
 }
+
+/// Issue 17 (smaller ones): the store holds payloads in clear, so its file is the owner's
+/// only: created 0600, and an existing file with group or other bits is narrowed to 0600
+/// (its data kept).
+#[test]
+fn the_store_file_is_readable_by_its_owner_only() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().unwrap();
+    let mode = |p: &std::path::Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+    let path = dir.path().join("state.redb");
+    let (store, _) = Store::open(&path, Durability::Sync).unwrap();
+    assert_eq!(mode(&path), 0o600);
+    fill(&store);
+    store.close();
+    drop(store);
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let (store, loaded) = Store::open(&path, Durability::Sync).unwrap();
+    assert_eq!(mode(&path), 0o600);
+    assert!(!loaded.sessions.is_empty(), "what it held is kept");
+    store.close();
+}

@@ -83,10 +83,22 @@ impl Drop for Server {
     }
 }
 
+/// Create `dir` (and missing parents) for the owner only (0700): it holds the store, keys and
+/// credential files. An existing directory is left as the operator made it, with a warning
+/// when others may read it.
+fn private_dir(dir: &std::path::Path) -> std::io::Result<()> {
+    use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+    std::fs::DirBuilder::new().recursive(true).mode(0o700).create(dir)?;
+    let mode = std::fs::metadata(dir)?.permissions().mode();
+    if mode & 0o007 != 0 {
+        warn!(data_dir = %dir.display(), mode = format!("{:o}", mode & 0o777), "data_dir is accessible to every user: consider chmod 700");
+    }
+    Ok(())
+}
+
 /// Open `data_dir/state.redb` and say what it held (and what it had to drop).
 fn open_store(cfg: &Config) -> anyhow::Result<(Arc<Store>, warden_store::Loaded)> {
-    std::fs::create_dir_all(&cfg.data_dir)
-        .with_context(|| format!("cannot create data_dir {}", cfg.data_dir.display()))?;
+    private_dir(&cfg.data_dir).with_context(|| format!("cannot create data_dir {}", cfg.data_dir.display()))?;
     let path = cfg.data_dir.join("state.redb");
     let durability = match cfg.persistence.durability {
         DurabilityMode::Sync => Durability::Sync,
@@ -552,5 +564,21 @@ async fn serve_socket(
         crate::ws::serve(stream, peer, identity, slot, path, ctx).await;
     } else {
         crate::conn::run(stream, peer, identity, slot, None, ctx).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    /// Issue 17 (smaller ones): a data_dir the broker creates is the owner's only (0700).
+    #[test]
+    fn a_new_data_dir_is_private() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let data = dir.path().join("a/b/data");
+        super::private_dir(&data).unwrap();
+        assert_eq!(std::fs::metadata(&data).unwrap().permissions().mode() & 0o777, 0o700);
+        // Again on the existing directory: fine, unchanged.
+        super::private_dir(&data).unwrap();
+        assert_eq!(std::fs::metadata(&data).unwrap().permissions().mode() & 0o777, 0o700);
     }
 }
