@@ -57,8 +57,9 @@ impl CredentialSource {
 /// identified by its name).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Credential {
-    /// A client certificate: its issuer's name (DER) and serial number, which a CRL names.
-    Certificate(CertRef),
+    /// A client certificate: its issuer's name (DER) and serial number, which a CRL names, and
+    /// those of the intermediate CAs it was verified through.
+    Certificate(CertChain),
     /// An access token.
     Token(TokenRef),
 }
@@ -77,6 +78,31 @@ impl CertRef {
     pub fn from_der(der: &[u8]) -> Option<CertRef> {
         let (_, cert) = X509Certificate::from_der(der).ok()?;
         Some(CertRef { issuer: cert.issuer().as_raw().into(), serial: trim(cert.raw_serial()).into() })
+    }
+}
+
+/// A client certificate and the intermediate CA certificates it chains through, as CRLs name
+/// them: a CRL that revokes any of them ends the standing of the certificate.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CertChain {
+    /// The client's own certificate.
+    pub leaf: CertRef,
+    /// The intermediate CAs between it and the trust anchor (empty: none, or not checked).
+    pub issuers: Box<[CertRef]>,
+}
+
+impl CertChain {
+    /// A certificate alone (its chain not checked).
+    pub fn leaf(leaf: CertRef) -> CertChain {
+        CertChain { leaf, issuers: Box::default() }
+    }
+
+    /// From the DER certificates a client presented, leaf first (`None`: the leaf is not a
+    /// certificate). Intermediates that cannot be parsed are left out: the TLS layer verified
+    /// the chain it used, and a CRL can only name what parses.
+    pub fn from_ders<'a>(mut ders: impl Iterator<Item = &'a [u8]>) -> Option<CertChain> {
+        let leaf = CertRef::from_der(ders.next()?)?;
+        Some(CertChain { leaf, issuers: ders.filter_map(CertRef::from_der).collect() })
     }
 }
 
@@ -108,8 +134,13 @@ pub struct CrlError(String);
 impl RevokedCerts {
     /// Add the entries of one DER CRL. Its signature is not checked here: the TLS layer checks
     /// it against the client CA when it loads the same CRL.
+    /// A CRL without a CRL Number is refused (RFC 5280 §5.2.3: conforming CRL issuers MUST
+    /// include it; the TLS layer refuses such a CRL too).
     pub fn add_der(&mut self, der: &[u8]) -> Result<(), CrlError> {
         let (_, crl) = CertificateRevocationList::from_der(der).map_err(|e| CrlError(e.to_string()))?;
+        if crl.crl_number().is_none() {
+            return Err(CrlError("it has no CRL Number extension (RFC 5280 §5.2.3 requires one)".into()));
+        }
         let issuer: Box<[u8]> = crl.issuer().as_raw().into();
         for r in crl.iter_revoked_certificates() {
             self.revoked.insert(CertRef { issuer: issuer.clone(), serial: trim(r.raw_serial()).into() });
@@ -125,6 +156,11 @@ impl RevokedCerts {
     /// True when `cert` is among the revoked.
     pub fn contains(&self, cert: &CertRef) -> bool {
         self.revoked.contains(cert)
+    }
+
+    /// True when the certificate or one of the intermediates it chains through is revoked.
+    pub fn revokes(&self, chain: &CertChain) -> bool {
+        self.contains(&chain.leaf) || chain.issuers.iter().any(|c| self.contains(c))
     }
 
     /// Number of revoked certificates.
@@ -194,7 +230,7 @@ impl TrustEvent {
                 _ => false,
             },
             TrustEvent::CertificatesRevoked(revoked) => {
-                matches!(p.credential(), Some(Credential::Certificate(c)) if revoked.contains(c))
+                matches!(p.credential(), Some(Credential::Certificate(c)) if revoked.revokes(c))
             }
             TrustEvent::PasswordFile(file) => p.source == CredentialSource::PasswordFile && !file.contains(&p.name),
             TrustEvent::StoreUsers(users) => p.source == CredentialSource::StoreUser && !users.contains(&*p.name),
@@ -287,13 +323,16 @@ mod tests {
         let mut revoked = RevokedCerts::default();
         revoked.revoked.insert(cert.clone());
         let ev = TrustEvent::CertificatesRevoked(Arc::new(revoked));
-        let holder = Principal::certificate("dev")
-            .with_credential(CredentialSource::Certificate, Some(Credential::Certificate(cert.clone())));
-        assert_eq!(ev.verdict(&holder), Some(Verdict::Revoked));
-        let other = CertRef { serial: [1u8, 3].as_slice().into(), ..cert };
-        let other = Principal::certificate("dev")
-            .with_credential(CredentialSource::Certificate, Some(Credential::Certificate(other)));
-        assert_eq!(ev.verdict(&other), None);
+        let holding = |chain: CertChain| {
+            Principal::certificate("dev")
+                .with_credential(CredentialSource::Certificate, Some(Credential::Certificate(chain)))
+        };
+        assert_eq!(ev.verdict(&holding(CertChain::leaf(cert.clone()))), Some(Verdict::Revoked));
+        let other = CertRef { serial: [1u8, 3].as_slice().into(), ..cert.clone() };
+        assert_eq!(ev.verdict(&holding(CertChain::leaf(other.clone()))), None);
+        // Issued under a revoked intermediate: revoked too.
+        let under = CertChain { leaf: other.clone(), issuers: vec![cert].into() };
+        assert_eq!(ev.verdict(&holding(under)), Some(Verdict::Revoked));
         assert_eq!(trim(&[0, 0, 5]), &[5]);
         assert_eq!(trim(&[0]), &[0]);
     }

@@ -24,6 +24,11 @@ pub struct TestPki {
     ca: rcgen::Certificate,
     ca_key: KeyPair,
     next_serial: std::cell::Cell<u64>,
+    /// PEM of the intermediate CAs between this CA and the root, appended to every leaf file
+    /// (empty for a root).
+    chain_pem: String,
+    /// This CA's serial number as its issuer gave it (0 for a root).
+    pub serial: u64,
 }
 
 /// A certificate and its key, as files.
@@ -65,8 +70,15 @@ impl TestPki {
         let ca_key = KeyPair::generate().expect("key");
         let ca = params.self_signed(&ca_key).expect("ca");
         std::fs::write(dir.join(format!("{name}-ca.pem")), ca.pem()).expect("write ca");
-        let pki =
-            TestPki { dir: dir.to_owned(), name: name.to_owned(), ca, ca_key, next_serial: std::cell::Cell::new(100) };
+        let pki = TestPki {
+            dir: dir.to_owned(),
+            name: name.to_owned(),
+            ca,
+            ca_key,
+            next_serial: std::cell::Cell::new(100),
+            chain_pem: String::new(),
+            serial: 0,
+        };
         pki.leaf("server", |p| {
             p.subject_alt_names = vec![
                 rcgen::SanType::DnsName("localhost".try_into().expect("dns")),
@@ -75,6 +87,38 @@ impl TestPki {
             p.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
         });
         pki
+    }
+
+    /// An intermediate CA named `name` signed by this one, writing into the same directory;
+    /// its leaf certificate files carry the chain up to (not including) the root, as a device
+    /// presents it. Its CRLs are signed by it; this CA's CRL may revoke it by `serial`.
+    pub fn intermediate(&self, name: &str) -> TestPki {
+        let serial = self.next_serial.get();
+        self.next_serial.set(serial + 1);
+        let mut params = CertificateParams::new(Vec::<String>::new()).expect("params");
+        let mut dn = DistinguishedName::new();
+        dn.push(DnType::CommonName, format!("{name} test intermediate CA"));
+        params.distinguished_name = dn;
+        params.is_ca = IsCa::Ca(BasicConstraints::Constrained(0));
+        params.key_usages =
+            vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign, KeyUsagePurpose::DigitalSignature];
+        params.not_before = rcgen::date_time_ymd(2020, 1, 1);
+        params.not_after = rcgen::date_time_ymd(2099, 1, 1);
+        params.serial_number = Some(SerialNumber::from(serial));
+        params.use_authority_key_identifier_extension = true;
+        let ca_key = KeyPair::generate().expect("key");
+        let ca = params.signed_by(&ca_key, &self.ca, &self.ca_key).expect("intermediate");
+        std::fs::write(self.dir.join(format!("{name}-ca.pem")), ca.pem()).expect("write intermediate");
+        let chain_pem = format!("{}{}", ca.pem(), self.chain_pem);
+        TestPki {
+            dir: self.dir.clone(),
+            name: name.to_owned(),
+            ca,
+            ca_key,
+            next_serial: std::cell::Cell::new(1000),
+            chain_pem,
+            serial,
+        }
     }
 
     /// The CA certificate file.
@@ -103,7 +147,7 @@ impl TestPki {
         let cert = p.signed_by(&key, &self.ca, &self.ca_key).expect("sign");
         let files =
             CertFiles { cert: self.dir.join(format!("{file}.pem")), key: self.dir.join(format!("{file}.key")), serial };
-        std::fs::write(&files.cert, cert.pem()).expect("write cert");
+        std::fs::write(&files.cert, format!("{}{}", cert.pem(), self.chain_pem)).expect("write cert");
         std::fs::write(&files.key, key.serialize_pem()).expect("write key");
         files
     }
@@ -147,6 +191,35 @@ impl TestPki {
         std::fs::write(&path, crl.pem().expect("crl pem")).expect("write crl");
         path
     }
+}
+
+/// A DER TLV (short or long form length).
+fn tlv(tag: u8, body: &[u8]) -> Vec<u8> {
+    let mut v = vec![tag];
+    match body.len() {
+        n @ 0..=127 => v.push(n as u8),
+        n @ 128..=255 => v.extend([0x81, n as u8]),
+        n => v.extend([0x82, (n >> 8) as u8, n as u8]),
+    }
+    v.extend_from_slice(body);
+    v
+}
+
+/// A DER CRL of issuer `CN=ca` revoking serial 5, with a CRL Number extension or without one
+/// (RFC 5280 §5.2.3 requires it; rcgen always writes one). Its signature is not valid: it is
+/// for the checks that come before a signature is verified.
+pub fn crl_der(with_number: bool) -> Vec<u8> {
+    let alg = tlv(0x30, &tlv(0x06, &[0x2A, 0x86, 0x48, 0xCE, 0x3D, 0x04, 0x03, 0x02])); // ecdsa-with-SHA256
+    let cn = [tlv(0x06, &[0x55, 0x04, 0x03]), tlv(0x0C, b"ca")].concat();
+    let issuer = tlv(0x30, &tlv(0x31, &tlv(0x30, &cn)));
+    let time = tlv(0x17, b"200101000000Z");
+    let entry = tlv(0x30, &[tlv(0x02, &[5]), time.clone()].concat());
+    let mut tbs = [tlv(0x02, &[1]), alg.clone(), issuer, time.clone(), time, tlv(0x30, &entry)].concat();
+    if with_number {
+        let number = tlv(0x30, &[tlv(0x06, &[0x55, 0x1D, 0x14]), tlv(0x04, &tlv(0x02, &[1]))].concat());
+        tbs.extend(tlv(0xA0, &tlv(0x30, &number)));
+    }
+    tlv(0x30, &[tlv(0x30, &tbs), alg, tlv(0x03, &[0, 1, 2, 3])].concat())
 }
 
 /// A TLS connection to the broker trusting `ca`, presenting `client` if given.

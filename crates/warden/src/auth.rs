@@ -19,7 +19,7 @@ use mqtt_codec::{Connect, ReasonCode};
 use parking_lot::RwLock;
 use tokio::sync::{Semaphore, TryAcquireError};
 use warden_policy::password::PasswordFile;
-use warden_policy::trust::{CertRef, Credential, CredentialSource};
+use warden_policy::trust::{CertChain, Credential, CredentialSource};
 use warden_policy::{Principal, PrincipalKind};
 
 use crate::config::{AuthConfig, ClientIdMatch, IdentityConfig};
@@ -292,7 +292,7 @@ impl Authenticator {
         connect: &Connect,
         peer: SocketAddr,
         cert_identity: Option<String>,
-        cert_ref: Option<CertRef>,
+        cert_ref: Option<CertChain>,
     ) -> Result<Principal, ReasonCode> {
         // The look-up's answer is the credential; a certificate behind it stays revocable.
         let credential = cert_ref.map(Credential::Certificate);

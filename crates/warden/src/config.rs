@@ -114,6 +114,19 @@ pub enum ClientCertMode {
     Optional,
 }
 
+/// Which certificates of a client's chain the CRLs are checked for (`crl_scope`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum CrlScope {
+    /// Every certificate of the chain but the trust anchor (an intermediate CA revoked by its
+    /// issuer's CRL refuses every certificate under it); each issuing CA needs a CRL among
+    /// `crl`, or its certificates' status is unknown and they are refused.
+    #[default]
+    Chain,
+    /// The client's own certificate only.
+    EndEntity,
+}
+
 /// TLS settings of an mqtts/wss listener. Paths are resolved like every other path.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct TlsConfig {
@@ -127,6 +140,8 @@ pub struct TlsConfig {
     pub client_cert: ClientCertMode,
     /// Certificate revocation lists (PEM or DER), checked for client certificates.
     pub crls: Vec<PathBuf>,
+    /// Which certificates of the client's chain the CRLs cover (default the whole chain).
+    pub crl_scope: CrlScope,
     /// Which part of the client certificate names the principal (default `cn`).
     pub identity_from_cert: warden_policy::cert::IdentitySource,
 }
@@ -851,6 +866,7 @@ impl Config {
             client_ca: Some(pki.join("ca.pem")),
             client_cert: ClientCertMode::Optional,
             crls: Vec::new(),
+            crl_scope: CrlScope::Chain,
             identity_from_cert: warden_policy::cert::IdentitySource::Cn,
         };
         let listener = |port, protocol: ListenerProtocol| ListenerConfig {
@@ -1136,6 +1152,7 @@ fn tls_settings(
         ("client_ca", raw.client_ca.as_ref().map(|v| v.span())),
         ("client_cert", raw.client_cert.as_ref().map(|v| v.span())),
         ("crl", raw.crl.as_ref().map(|v| v.span())),
+        ("crl_scope", raw.crl_scope.as_ref().map(|v| v.span())),
         ("identity_from_cert", raw.identity_from_cert.as_ref().map(|v| v.span())),
     ]
     .into_iter()
@@ -1162,7 +1179,7 @@ fn tls_settings(
     let client_ca = path_of(&raw.client_ca, "client_ca")?;
     if client_ca.is_none() {
         for (k, span) in &present {
-            if matches!(*k, "client_cert" | "crl" | "identity_from_cert") {
+            if matches!(*k, "client_cert" | "crl" | "crl_scope" | "identity_from_cert") {
                 return Err((Some(span.clone()), format!("`{k}` needs `client_ca` (it turns on client certificates)")));
             }
         }
@@ -1175,6 +1192,7 @@ fn tls_settings(
             OneOrMany::Many(v) => v.iter().map(|p| resolve(base, p.clone())).collect(),
         },
     };
+    let crl_scope = raw.crl_scope.as_ref().map_or(CrlScope::default(), |v| *v.get_ref());
     let identity_from_cert = match &raw.identity_from_cert {
         None => warden_policy::cert::IdentitySource::Cn,
         Some(v) => v.get_ref().parse().map_err(|_| {
@@ -1187,7 +1205,7 @@ fn tls_settings(
             )
         })?,
     };
-    Ok(Some(TlsConfig { cert, key, client_ca, client_cert, crls, identity_from_cert }))
+    Ok(Some(TlsConfig { cert, key, client_ca, client_cert, crls, crl_scope, identity_from_cert }))
 }
 
 #[derive(Deserialize)]
@@ -1201,6 +1219,7 @@ struct RawListener {
     client_ca: Option<Spanned<PathBuf>>,
     client_cert: Option<Spanned<ClientCertMode>>,
     crl: Option<Spanned<OneOrMany>>,
+    crl_scope: Option<Spanned<CrlScope>>,
     identity_from_cert: Option<Spanned<String>>,
 }
 

@@ -27,9 +27,9 @@ use tokio_rustls::server::TlsStream;
 use tokio_rustls::TlsAcceptor;
 use tracing::{info, warn};
 use warden_policy::cert::{identity_from_der, CertIdentityError};
-use warden_policy::trust::{CertRef, RevokedCerts};
+use warden_policy::trust::{CertChain, RevokedCerts};
 
-use crate::config::{ClientCertMode, TlsConfig};
+use crate::config::{ClientCertMode, CrlScope, TlsConfig};
 
 /// What the TLS layer proved about the client: nothing (no certificate), or a verified
 /// certificate with the principal name taken from it (or the reason its identity is refused).
@@ -40,9 +40,10 @@ pub type CertIdentity = Option<ClientCert>;
 pub struct ClientCert {
     /// The principal name taken from it, or why none can be.
     pub identity: Result<String, CertIdentityError>,
-    /// Its issuer and serial, which a CRL names (SPEC §10: a reloaded CRL that revokes it ends
-    /// the connection).
-    pub cert: Option<CertRef>,
+    /// Its issuer and serial, which a CRL names, and those of the intermediates it chains
+    /// through when `crl_scope = "chain"` (SPEC §10: a reloaded CRL that revokes any of them
+    /// ends the connection).
+    pub cert: Option<CertChain>,
 }
 
 /// A TLS listener's reloadable server configuration.
@@ -102,9 +103,10 @@ pub fn server_config(settings: &TlsConfig) -> anyhow::Result<ServerConfig> {
             for p in &settings.crls {
                 crls.extend(read_crl(p)?);
             }
-            let mut v = WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider)
-                .with_crls(crls)
-                .only_check_end_entity_revocation();
+            let mut v = WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider).with_crls(crls);
+            if settings.crl_scope == CrlScope::EndEntity {
+                v = v.only_check_end_entity_revocation();
+            }
             if settings.client_cert == ClientCertMode::Optional {
                 v = v.allow_unauthenticated();
             }
@@ -131,8 +133,9 @@ fn revoked_certs(settings: &TlsConfig) -> anyhow::Result<RevokedCerts> {
 impl TlsListener {
     /// Load the listener's certificate, key, client CA and CRLs.
     pub fn load(settings: &TlsConfig) -> anyhow::Result<TlsListener> {
-        let cfg = server_config(settings)?;
+        // The CRLs first: their errors name the CRL file (the verifier's would name the CA).
         let revoked = revoked_certs(settings)?;
+        let cfg = server_config(settings)?;
         Ok(TlsListener {
             settings: settings.clone(),
             current: RwLock::new(Arc::new(cfg)),
@@ -142,8 +145,8 @@ impl TlsListener {
 
     /// Re-read every file; on error the config in force stays.
     pub fn reload(&self) -> anyhow::Result<()> {
-        let cfg = server_config(&self.settings)?;
         let revoked = revoked_certs(&self.settings)?;
+        let cfg = server_config(&self.settings)?;
         *self.current.write() = Arc::new(cfg);
         *self.revoked.write() = Arc::new(revoked);
         Ok(())
@@ -165,9 +168,13 @@ impl TlsListener {
         let acceptor = TlsAcceptor::from(self.current.read().clone());
         match acceptor.accept(sock).await {
             Ok(stream) => {
-                let identity = stream.get_ref().1.peer_certificates().and_then(|c| c.first()).map(|leaf| ClientCert {
+                let chain = stream.get_ref().1.peer_certificates().unwrap_or_default();
+                let identity = chain.first().map(|leaf| ClientCert {
                     identity: identity_from_der(leaf.as_ref(), self.settings.identity_from_cert),
-                    cert: CertRef::from_der(leaf.as_ref()),
+                    cert: match self.settings.crl_scope {
+                        CrlScope::Chain => CertChain::from_ders(chain.iter().map(|c| c.as_ref())),
+                        CrlScope::EndEntity => CertChain::from_ders(chain.iter().take(1).map(|c| c.as_ref())),
+                    },
                 });
                 if let Some(ClientCert { identity: Err(e), .. }) = &identity {
                     info!(%peer, reason = %Escaped(e), "client certificate identity refused");

@@ -262,3 +262,118 @@ async fn tls_handshake_counts_against_connect_timeout() {
     raw.send_bytes(b"\x16\x03\x01").await; // the start of a ClientHello, then nothing
     raw.expect_closed_within(Duration::from_secs(4)).await;
 }
+
+/// Issue 17 (smaller ones): CRLs are checked for the whole chain, not the end-entity
+/// certificate only. A device certificate issued by an intermediate CA: once the root's CRL
+/// revokes the intermediate (SIGHUP), the device's live connection ends (0x87) and its new
+/// handshakes are refused. `crl_scope = "end_entity"` keeps the old, leaf-only check. With the
+/// chain checked, every issuing CA needs its CRL: without the root's, the intermediate's status
+/// is unknown and its certificates are refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_revoked_intermediate_ca_refuses_its_certificates_and_ends_their_connections() {
+    for scope in ["chain", "end_entity"] {
+        let dir = tempfile::tempdir().unwrap();
+        let root = TestPki::new(&dir.path().join("pki"), "fleet");
+        let ops = root.intermediate("ops");
+        let (root_crl, ops_crl) = (root.crl("root.crl", &[]), ops.crl("ops.crl", &[]));
+        let s = root.server();
+        let body = format!(
+            "[[listener]]\nbind = \"127.0.0.1:0\"\nprotocol = \"mqtts\"\ncert = \"{}\"\nkey = \"{}\"\n\
+             client_ca = \"{}\"\ncrl = [\"{}\", \"{}\"]\ncrl_scope = \"{scope}\"\n",
+            s.cert.display(),
+            s.key.display(),
+            root.ca_pem().display(),
+            root_crl.display(),
+            ops_crl.display()
+        );
+        let b = TestBroker::from_toml_in(dir, &body).await;
+        let addr = b.addr_of(ListenerProtocol::Mqtts);
+        let dev = ops.client("dev-i", Validity::Valid);
+        let connect = |id: &'static str| {
+            let (ca, dev) = (root.ca_pem(), dev.clone());
+            async move {
+                let stream = tls_connect(addr, &ca, Some(&dev)).await?;
+                let (c, r) = RawClient::connect_over(stream, connect_packet(Protocol::V5, id, true)).await;
+                match r {
+                    Recv::Packet(Packet::Connack(a)) if a.reason_code == ReasonCode(0) => Ok(c),
+                    other => Err(format!("{other:?}")),
+                }
+            }
+        };
+        let mut live = connect("dev-i").await.expect("issued by the intermediate: accepted");
+        root.crl("root.crl", &[ops.serial]);
+        b.server.reload();
+        if scope == "chain" {
+            let seen = live.expect_closed_within(Duration::from_secs(5)).await;
+            assert!(
+                seen.iter().any(|p| matches!(p, Packet::Disconnect(d) if d.reason_code == ReasonCode::NOT_AUTHORIZED)),
+                "{scope}: {seen:?}"
+            );
+            assert!(connect("dev-i2").await.is_err(), "the revoked intermediate's certificates are refused");
+        } else {
+            live.send(&Packet::PingReq).await;
+            assert_eq!(live.recv_within(Duration::from_secs(5)).await, Recv::Packet(Packet::PingResp));
+            assert!(connect("dev-i2").await.is_ok(), "end_entity: the intermediate is not checked");
+        }
+    }
+
+    // Chain checked, the root's CRL missing: the intermediate's status is unknown -> refused.
+    let dir = tempfile::tempdir().unwrap();
+    let root = TestPki::new(&dir.path().join("pki"), "fleet");
+    let ops = root.intermediate("ops");
+    let ops_crl = ops.crl("ops.crl", &[]);
+    let s = root.server();
+    let body = format!(
+        "[[listener]]\nbind = \"127.0.0.1:0\"\nprotocol = \"mqtts\"\ncert = \"{}\"\nkey = \"{}\"\n\
+         client_ca = \"{}\"\ncrl = \"{}\"\n",
+        s.cert.display(),
+        s.key.display(),
+        root.ca_pem().display(),
+        ops_crl.display()
+    );
+    let b = TestBroker::from_toml_in(dir, &body).await;
+    let dev = ops.client("dev-u", Validity::Valid);
+    let addr = b.addr_of(ListenerProtocol::Mqtts);
+    let refused = match tls_connect(addr, &root.ca_pem(), Some(&dev)).await {
+        Err(_) => true,
+        Ok(stream) => !matches!(
+            RawClient::connect_over(stream, connect_packet(Protocol::V5, "dev-u", true)).await.1,
+            Recv::Packet(Packet::Connack(_))
+        ),
+    };
+    assert!(refused, "unknown revocation status of the intermediate is a refusal");
+}
+
+/// Issue 17 (smaller ones): a CRL without a CRL Number (RFC 5280 §5.2.3) is refused at start
+/// with an error naming the CRL file, not the client CA; the same CRL with a number is read.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_crl_without_a_crl_number_is_refused_by_its_own_name() {
+    let dir = tempfile::tempdir().unwrap();
+    let pki = TestPki::new(&dir.path().join("pki"), "fleet");
+    let s = pki.server();
+    let crl = dir.path().join("numberless.crl");
+    std::fs::write(&crl, warden_testkit::pki::crl_der(false)).unwrap();
+    let cfg_path = dir.path().join("warden.toml");
+    std::fs::write(
+        &cfg_path,
+        format!(
+            "data_dir = \"{}\"\n[[listener]]\nbind = \"127.0.0.1:0\"\nprotocol = \"mqtts\"\ncert = \"{}\"\nkey = \"{}\"\n\
+             client_ca = \"{}\"\ncrl = \"{}\"\n",
+            dir.path().display(),
+            s.cert.display(),
+            s.key.display(),
+            pki.ca_pem().display(),
+            crl.display()
+        ),
+    )
+    .unwrap();
+    let cfg = warden::config::Config::load(&cfg_path).unwrap();
+    let Err(err) = warden::server::Server::start(&cfg).await else { panic!("started with a numberless CRL") };
+    let err = format!("{err:#}");
+    assert!(err.contains("numberless.crl") && err.contains("no CRL Number"), "{err}");
+    assert!(!err.contains("fleet-ca.pem"), "the CA file is not blamed: {err}");
+
+    let mut revoked = warden_policy::trust::RevokedCerts::default();
+    revoked.add_der(&warden_testkit::pki::crl_der(true)).unwrap();
+    assert_eq!(revoked.len(), 1);
+}
