@@ -90,6 +90,10 @@ pub struct ListenerConfig {
     pub protocol: ListenerProtocol,
     /// WebSocket URL path (ws/wss only; `"/mqtt"` by default, always starts with `/`).
     pub path: String,
+    /// Browser origins allowed to open WebSocket connections besides the listener's own host
+    /// (ws/wss only; exact `scheme://host[:port]`, or `"*"` for any): a handshake with another
+    /// `Origin` is refused (403), one without `Origin` (not a browser) is not concerned.
+    pub allowed_origins: Vec<String>,
     /// TLS settings (mqtts/wss only).
     pub tls: Option<TlsConfig>,
 }
@@ -830,7 +834,29 @@ impl Config {
                     p
                 }
             };
-            listeners.push(ListenerConfig { bind, protocol, path, tls });
+            let allowed_origins = match l.allowed_origins {
+                None => Vec::new(),
+                Some(o) => {
+                    let span = o.span();
+                    let o = o.into_inner();
+                    if !protocol.is_ws() {
+                        return Err(invalid(
+                            Some(span),
+                            format!("`allowed_origins` applies only to ws and wss listeners, not {protocol}"),
+                        ));
+                    }
+                    if let Some(bad) = o.iter().find(|x| *x != "*" && *x != "null" && !x.contains("://")) {
+                        return Err(invalid(
+                            Some(span),
+                            format!(
+                                "allowed_origins: {bad:?} is not an origin (scheme://host[:port], \"null\" or \"*\")"
+                            ),
+                        ));
+                    }
+                    o
+                }
+            };
+            listeners.push(ListenerConfig { bind, protocol, path, allowed_origins, tls });
         }
 
         Ok(Config {
@@ -873,6 +899,7 @@ impl Config {
             bind: SocketAddr::new(localhost, port),
             protocol,
             path: DEFAULT_WS_PATH.to_string(),
+            allowed_origins: Vec::new(),
             tls: protocol.is_tls().then(|| tls.clone()),
         };
         Config {
@@ -1214,6 +1241,7 @@ struct RawListener {
     bind: Spanned<BindAddr>,
     protocol: Option<Spanned<ListenerProtocol>>,
     path: Option<Spanned<String>>,
+    allowed_origins: Option<Spanned<Vec<String>>>,
     cert: Option<Spanned<PathBuf>>,
     key: Option<Spanned<PathBuf>>,
     client_ca: Option<Spanned<PathBuf>>,
@@ -1768,6 +1796,16 @@ sys_interval = "10s"              # $SYS topics are retained and refreshed this 
         fails_at(&format!("\n{l}protocol = \"ws\"\n"), 2, "missing field `bind`");
         fails_at(&format!("{l}bind = \"127.0.0.1:1\"\nprotocol = \"ws\"\npath = \"mqtt\"\n"), 4, "must start with '/'");
         fails_at(&format!("{l}bind = \"127.0.0.1:1\"\npath = \"/mqtt\"\n"), 3, "only to ws and wss listeners");
+        fails_at(
+            &format!("{l}bind = \"127.0.0.1:1\"\nallowed_origins = [\"https://a\"]\n"),
+            3,
+            "`allowed_origins` applies only to ws and wss",
+        );
+        fails_at(
+            &format!("{l}bind = \"127.0.0.1:1\"\nprotocol = \"ws\"\nallowed_origins = [\"console.example\"]\n"),
+            4,
+            "is not an origin",
+        );
         fails_at("[listener]\nbind = \"127.0.0.1:1\"\n", 1, "write [[listener]]");
         let c = parse(&format!("{l}bind = \"[::1]:9001\"\nprotocol = \"ws\"\npath = \"/ws\"\n")).unwrap();
         assert_eq!(c.listeners[0].bind, "[::1]:9001".parse().unwrap());

@@ -286,7 +286,7 @@ impl Server {
             let bans = bans.clone();
             let max = cfg.limits.max_connections;
             let protocol = l.protocol;
-            let path: Arc<str> = Arc::from(l.path.as_str());
+            let path = Arc::new(crate::ws::WsSettings::new(&l.path, &l.allowed_origins));
             let mut stop = shutdown_rx.clone();
             let guard = guard.clone();
             tasks.spawn(async move {
@@ -526,7 +526,7 @@ async fn serve_socket(
     protocol: ListenerProtocol,
     tls: Option<Arc<TlsListener>>,
     slot: Admitted,
-    path: Arc<str>,
+    path: Arc<crate::ws::WsSettings>,
     ctx: Arc<ConnContext>,
 ) {
     let slot = Some(slot);

@@ -409,6 +409,44 @@ async fn websocket_transport_negotiates_mqtt_subprotocol() {
     assert!(tokio_tungstenite::connect_async(bad).await.is_err(), "wrong path refused");
 }
 
+/// Issue 17 (smaller ones): the WebSocket listener checks `Origin` (cross-site WebSocket
+/// hijacking): a page of another site is refused (403) before any MQTT, the listener's own host
+/// (as paho sends it) and clients without `Origin` are not, and `allowed_origins` adds sites.
+#[tokio::test]
+async fn websocket_origins_of_other_sites_are_refused() {
+    use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+    use tokio_tungstenite::tungstenite::Error as WsError;
+
+    async fn upgrade(b: &TestBroker, origin: Option<&str>) -> Result<(), u16> {
+        let mut req = format!("ws://{}/mqtt", b.ws_addr()).into_client_request().unwrap();
+        req.headers_mut().insert("Sec-WebSocket-Protocol", "mqtt".parse().unwrap());
+        if let Some(o) = origin {
+            req.headers_mut().insert("Origin", o.parse().unwrap());
+        }
+        match tokio_tungstenite::connect_async(req).await {
+            Ok(_) => Ok(()),
+            Err(WsError::Http(resp)) => Err(resp.status().as_u16()),
+            Err(e) => panic!("{e}"),
+        }
+    }
+    let b = TestBroker::start().await;
+    let own = format!("https://127.0.0.1:{}", b.ws_addr().port());
+    assert_eq!(upgrade(&b, Some("https://evil.example")).await, Err(403));
+    assert_eq!(upgrade(&b, Some("null")).await, Err(403));
+    assert_eq!(upgrade(&b, None).await, Ok(()), "not a browser");
+    assert_eq!(upgrade(&b, Some(&own)).await, Ok(()), "the listener's own host (paho sends this)");
+    assert_eq!(upgrade(&b, Some("http://127.0.0.1:3000")).await, Ok(()), "a page of the same host");
+
+    let b = TestBroker::from_toml(
+        "[[listener]]\nbind = \"127.0.0.1:0\"\nprotocol = \"mqtt\"\n\
+         [[listener]]\nbind = \"127.0.0.1:0\"\nprotocol = \"ws\"\nallowed_origins = [\"https://console.example\"]\n\
+         [auth]\nallow_anonymous = true\n",
+    )
+    .await;
+    assert_eq!(upgrade(&b, Some("https://console.example")).await, Ok(()));
+    assert_eq!(upgrade(&b, Some("https://console.example.evil")).await, Err(403));
+}
+
 #[tokio::test]
 async fn max_connections_refuses_the_one_too_many() {
     let b = TestBroker::with_config("[auth]\nallow_anonymous = true\n[limits]\nmax_connections = 2\n").await;
