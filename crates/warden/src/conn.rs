@@ -161,6 +161,20 @@ async fn read_connect<R: AsyncRead + Unpin>(rd: &mut R, buf: &mut BytesMut, max:
     }
 }
 
+/// Does a CONNECT refused with `code` count as a failed login towards the address's ban and the
+/// user name's backoff? Only guesses do: a wrong secret (0x86), and a CONNECT without any
+/// credentials where anonymous clients are refused (0x87: a scanner). A refusal of what the
+/// credentials may do — a will topic, an unsupported authentication method (0x8C), a client id
+/// (0x85), a disabled account, a ban — is not a guess: counting it would let one misconfigured
+/// device ban the whole address it shares with others behind a NAT.
+fn failed_credentials(code: ReasonCode, connect: &mqtt_codec::Connect) -> bool {
+    code == ReasonCode::BAD_USER_NAME_OR_PASSWORD
+        || (code == ReasonCode::NOT_AUTHORIZED
+            && connect.username.is_none()
+            && connect.password.is_none()
+            && connect.properties.authentication_method.is_none())
+}
+
 /// The SCRAM-SHA-256 exchange (RFC 5802 / 7677) carried in CONNECT → AUTH (0x18) → AUTH (0x18)
 /// → CONNACK. Returns the user name and the server-final message, or the CONNACK refusal:
 /// 0x8C for an unsupported method (or no SCRAM credentials configured), 0x86 for a failed
@@ -481,7 +495,10 @@ async fn establish<S: Transport>(start: Box<Start<S>>) -> Option<Live<S::Read, S
     // A user name backing off from this address after repeated failed passwords is refused
     // before any hashing (v5 0x9F Connection rate exceeded; v3 0x03). Other addresses are not
     // affected, and neither are access tokens (nothing to guess; the address ban covers floods).
-    let password_attempt = ctx.auth.is_password_attempt(&connect);
+    // (A verified client certificate authenticates on its own: a password sent with it is
+    // not consulted, so it is no attempt at that user name's password.)
+    let cert_proves = matches!(&cert, Some(crate::tls::ClientCert { identity: Ok(_), .. }));
+    let password_attempt = ctx.auth.is_password_attempt(&connect) && !cert_proves;
     if let (Some(s), Some(user), true) = (&slot, connect.username.as_deref(), password_attempt) {
         let now = Instant::now();
         if s.user_backing_off(user, now) {
@@ -534,8 +551,12 @@ async fn establish<S: Transport>(start: Box<Start<S>>) -> Option<Live<S::Read, S
         Ok(a)
     }) {
         Ok(a) => {
-            if let (Some(s), Some(user)) = (&slot, connect.username.as_deref()) {
-                s.user_succeeded(user);
+            // Only the password of that user name lifts its backoff: a token or a certificate
+            // of another principal sent with the name does not.
+            if let (Some(s), Some(user), true) = (&slot, connect.username.as_deref(), password_attempt) {
+                if *a.principal.name == *user {
+                    s.user_succeeded(user);
+                }
             }
             a
         }
@@ -552,7 +573,7 @@ async fn establish<S: Transport>(start: Box<Start<S>>) -> Option<Live<S::Read, S
             return None;
         }
         Err(code) => {
-            if let Some(s) = &slot {
+            if let Some(s) = slot.as_ref().filter(|_| failed_credentials(code, &connect)) {
                 let now = Instant::now();
                 if s.auth_failed(now) {
                     hit(&ctx.broker.stats.limits.bans);

@@ -256,6 +256,49 @@ async fn a_wrong_password_flood_from_one_address_does_not_stop_the_user_from_ano
     assert!(l.banned_refused.load(Ordering::Relaxed) >= 1);
 }
 
+/// Issue 17 (smaller ones): only failed credentials count towards the address ban. Refusals
+/// of something else — an unsupported authentication method (0x8C), a client id reserved for
+/// another principal (0x85), a will the client may not publish (0x87) — do not ban the address
+/// (one misconfigured device must not ban everyone behind its NAT); wrong passwords still do.
+#[tokio::test]
+async fn refusals_that_are_not_failed_credentials_do_not_ban_the_address() {
+    let dir = tempfile::tempdir().unwrap();
+    let hash = |pw: &[u8]| warden_policy::password::hash_password(pw);
+    std::fs::write(dir.path().join("passwd"), format!("ann:{}\nbob:{}\n", hash(b"annpw"), hash(b"bobpw"))).unwrap();
+    std::fs::write(dir.path().join("acl"), "user ann\ntopic readwrite ann/#\n").unwrap();
+    let b = TestBroker::from_toml_in(
+        dir,
+        "[[listener]]\nbind = \"127.0.0.1:0\"\nprotocol = \"mqtt\"\n[auth]\npassword_file = \"{dir}/passwd\"\n\
+         [authz]\nacl_file = \"{dir}/acl\"\n[limits]\nauth_fail_ban = { failures = 3, within = \"60s\", ban = \"300s\" }\n",
+    )
+    .await;
+    let device = [127, 0, 0, 7];
+    for i in 0..4 {
+        let mut c = login("ann", "annpw", V5);
+        c.properties.authentication_method = Some("FOO".into());
+        assert_eq!(code(&connack_from(device, &b, c).await), Some(ReasonCode::BAD_AUTHENTICATION_METHOD), "{i}");
+        let mut c = login("ann", "annpw", V5);
+        c.client_id = "bob".into();
+        assert_eq!(code(&connack_from(device, &b, c).await), Some(ReasonCode::CLIENT_IDENTIFIER_NOT_VALID), "{i}");
+        let mut c = login("ann", "annpw", V5);
+        c.will = Some(mqtt_codec::LastWill {
+            topic: mqtt_codec::TopicName::new("bob/will").unwrap(),
+            payload: Bytes::from_static(b"x"),
+            qos: QoS::AtMostOnce,
+            retain: false,
+            properties: Default::default(),
+        });
+        assert_eq!(code(&connack_from(device, &b, c).await), Some(ReasonCode::NOT_AUTHORIZED), "{i}");
+    }
+    assert_eq!(code(&connack_from(device, &b, login("ann", "annpw", V5)).await), Some(ReasonCode(0)), "not banned");
+    assert_eq!(b.server.broker.stats.limits.bans.load(Ordering::Relaxed), 0);
+    // Control: three wrong passwords ban the address.
+    for _ in 0..3 {
+        assert_eq!(code(&connack_from(device, &b, login("ann", "guess", V5)).await), Some(ReasonCode(0x86)));
+    }
+    assert_eq!(connack_from(device, &b, login("ann", "annpw", V5)).await, Recv::Closed, "banned");
+}
+
 /// User `slow`, password `slowpw`: an argon2id hash with 150 passes over 8 MiB (about a second
 /// or two to verify), so its verification holds a hashing slot long enough to be seen.
 const SLOW_HASH: &str =

@@ -377,3 +377,47 @@ async fn a_crl_without_a_crl_number_is_refused_by_its_own_name() {
     revoked.add_der(&warden_testkit::pki::crl_der(true)).unwrap();
     assert_eq!(revoked.len(), 1);
 }
+
+/// Issue 17 (smaller ones): a success for principal X does not lift the backoff of the user
+/// name Y the CONNECT claimed — here a device certificate sent with `ann`'s name and a wrong
+/// password (the certificate authenticates, the password is not consulted) leaves `ann`'s
+/// backoff from this address in force.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn another_principals_success_does_not_lift_a_user_names_backoff() {
+    let dir = tempfile::tempdir().unwrap();
+    let passwd = dir.path().join("passwd");
+    std::fs::write(&passwd, format!("ann:{}\n", warden_policy::password::hash_password(b"annpw"))).unwrap();
+    let s = setup(
+        "client_cert = \"optional\"",
+        &format!(
+            "[auth]\npassword_file = \"{}\"\n[limits]\nauth_fail_ban = {{ failures = 1000 }}\n\
+             auth_fail_backoff = {{ failures = 2, initial = \"60s\", max = \"60s\" }}\n",
+            passwd.display()
+        ),
+    )
+    .await;
+    let addr = s.broker.addr_of(ListenerProtocol::Mqtts);
+    let login = |cert: Option<CertFiles>, cid: &'static str, pw: &'static [u8]| {
+        let ca = s.pki.ca_pem();
+        async move {
+            let stream = tls_connect(addr, &ca, cert.as_ref()).await.unwrap();
+            let mut cp = connect_packet(Protocol::V5, cid, true);
+            cp.username = Some("ann".into());
+            cp.password = Some(bytes::Bytes::from_static(pw));
+            match RawClient::connect_over(stream, cp).await.1 {
+                Recv::Packet(Packet::Connack(a)) => a.reason_code,
+                other => panic!("{other:?}"),
+            }
+        }
+    };
+    assert_eq!(login(None, "ann-1", b"guess").await, ReasonCode(0x86));
+    assert_eq!(login(None, "ann-2", b"guess").await, ReasonCode(0x86));
+    assert_eq!(login(None, "ann-3", b"annpw").await, ReasonCode::CONNECTION_RATE_EXCEEDED, "ann backs off");
+    let dev = s.pki.client("dev-001", Validity::Valid);
+    assert_eq!(login(Some(dev), "dev-001", b"guess").await, ReasonCode(0), "the certificate authenticates");
+    assert_eq!(
+        login(None, "ann-4", b"annpw").await,
+        ReasonCode::CONNECTION_RATE_EXCEEDED,
+        "dev-001's success is not ann's: her backoff stays"
+    );
+}
