@@ -23,6 +23,9 @@ pub struct Backend {
     pub live: Arc<LiveClients>,
     /// The ban list.
     pub bans: Arc<BanList>,
+    /// The per-address guard, whose automatic bans (`auth_fail_ban`) are listed and lifted
+    /// with the operator's.
+    pub guard: Arc<crate::guard::Guard>,
     /// The token service, when enabled (its clients are refreshed after a change).
     pub oauth: Option<Arc<OAuthService>>,
     /// Where a change to the OAuth clients ends what deleted or narrowed clients hold.
@@ -30,6 +33,9 @@ pub struct Backend {
     /// The configuration (data directory, declared OAuth clients).
     pub config: Config,
 }
+
+/// The reason shown for a ban the broker set itself after failed authentications.
+pub const AUTO_BAN_REASON: &str = "automatic: repeated failed authentication (auth_fail_ban)";
 
 fn internal(what: &str, e: anyhow::Error) -> AdminError {
     tracing::warn!(error = %format!("{e:#}"), "admin API: {what} failed");
@@ -70,7 +76,15 @@ impl AdminBackend for Backend {
     }
 
     fn bans(&self) -> Vec<Ban> {
-        self.bans.list()
+        let mut all = self.bans.list();
+        let now = crate::tokens::unix_now();
+        all.extend(self.guard.auto_bans(std::time::Instant::now()).into_iter().map(|(ip, left)| Ban {
+            kind: BanKind::Ip,
+            value: ip.to_string(),
+            expires_at: Some(now + left.as_secs().max(1)),
+            reason: Some(AUTO_BAN_REASON.to_owned()),
+        }));
+        all
     }
 
     fn add_ban(&self, ban: Ban) -> Result<(), AdminError> {
@@ -89,7 +103,14 @@ impl AdminBackend for Backend {
     }
 
     fn remove_ban(&self, kind: BanKind, value: &str) -> Result<bool, AdminError> {
-        self.bans.remove(kind, value).map_err(|e| internal("saving the ban list", e))
+        let listed = self.bans.remove(kind, value).map_err(|e| internal("saving the ban list", e))?;
+        // An automatic ban is lifted by its address (either spelling of an IPv4 peer).
+        let lifted = kind == BanKind::Ip
+            && value.parse::<std::net::IpAddr>().is_ok_and(|ip| self.guard.lift(ip, std::time::Instant::now()));
+        if lifted {
+            info!(address = %Escaped(value), "admin API: automatic ban lifted");
+        }
+        Ok(listed || lifted)
     }
 
     fn oauth_clients(&self) -> Result<Vec<OAuthClientInfo>, AdminError> {

@@ -262,6 +262,24 @@ impl Guard {
         false
     }
 
+    /// The addresses banned at `now` after failed authentications, with the time left.
+    pub fn auto_bans(&self, now: Instant) -> Vec<(IpAddr, Duration)> {
+        let peers = self.peers.lock();
+        let mut v: Vec<_> =
+            peers.iter().filter_map(|(ip, p)| p.banned_until.filter(|u| now < *u).map(|u| (*ip, u - now))).collect();
+        v.sort();
+        v
+    }
+
+    /// Lift the automatic ban of `ip` (and forget its failures); true when there was one.
+    pub fn lift(&self, ip: IpAddr, now: Instant) -> bool {
+        let ip = canonical_ip(ip);
+        let mut peers = self.peers.lock();
+        let Some(p) = peers.get_mut(&ip) else { return false };
+        p.failures.clear();
+        p.banned_until.take().is_some_and(|u| now < u)
+    }
+
     /// Is `ip` banned at `now`?
     pub fn is_banned(&self, ip: IpAddr, now: Instant) -> bool {
         let ip = canonical_ip(ip);

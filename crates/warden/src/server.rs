@@ -360,6 +360,7 @@ impl Server {
                 policy: policy.clone(),
                 live: live.clone(),
                 bans: bans.clone(),
+                guard: guard.clone(),
                 oauth: oauth.clone(),
                 trust: trust.clone(),
                 config: cfg.clone(),

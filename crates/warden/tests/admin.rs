@@ -550,3 +550,38 @@ async fn an_ipv4_mapped_ip_ban_refuses_the_ipv4_peer() {
     assert!(matches!(&r, Recv::Packet(Packet::Connack(a)) if a.reason_code == ReasonCode::SUCCESS), "{r:?}");
     b.stop().await;
 }
+
+/// Issue 17 (smaller ones): an automatic ban (`auth_fail_ban`, after failed authentications)
+/// is shown in the ban list — marked as automatic, with its expiry — and the operator can lift
+/// it like any other (it used to be invisible, and DELETE answered 404).
+#[tokio::test]
+async fn automatic_bans_are_listed_and_can_be_lifted() {
+    let b = TestBroker::from_toml(&format!(
+        "{}[limits]\nauth_fail_ban = {{ failures = 2, within = \"60s\", ban = \"300s\" }}\n",
+        config("disconnect")
+    ))
+    .await;
+    setup(&b).await;
+    let from = [127, 0, 0, 11];
+    for _ in 0..2 {
+        let mut c = login(Protocol::V5, "guess", "pub", true);
+        c.password = Some(Bytes::from_static(b"wrong"));
+        let (_, r) = RawClient::connect_over(tcp_from(from, b.addr()).await, c).await;
+        assert!(matches!(&r, Recv::Packet(Packet::Connack(a)) if a.reason_code.0 == 0x86), "{r:?}");
+    }
+    let (_, r) = RawClient::connect_over(tcp_from(from, b.addr()).await, login(Protocol::V5, "m11", "pub", true)).await;
+    assert_eq!(r, Recv::Closed, "banned: refused at accept");
+    let list = admin(&b, "GET", "/admin/bans", None).await;
+    let ban = list.as_array().unwrap().iter().find(|x| x["value"] == "127.0.0.11").unwrap_or_else(|| panic!("{list}"));
+    assert_eq!(ban["kind"], "ip");
+    assert!(ban["reason"].as_str().unwrap().starts_with("automatic"), "{ban}");
+    let left = ban["expires_at"].as_u64().unwrap().saturating_sub(warden::tokens::unix_now());
+    assert!((1..=300).contains(&left), "{ban}");
+    admin(&b, "DELETE", "/admin/bans?kind=ip&value=127.0.0.11", None).await;
+    assert_eq!(admin(&b, "GET", "/admin/bans", None).await, json!([]));
+    let (_, r) = RawClient::connect_over(tcp_from(from, b.addr()).await, login(Protocol::V5, "m11", "pub", true)).await;
+    assert!(matches!(&r, Recv::Packet(Packet::Connack(a)) if a.reason_code == ReasonCode::SUCCESS), "lifted: {r:?}");
+    let (s, _) = http(&b, "DELETE", "/admin/bans?kind=ip&value=127.0.0.11", Some(ADMIN_TOKEN), None).await;
+    assert_eq!(s, 404, "nothing left to lift");
+    b.stop().await;
+}
