@@ -116,7 +116,20 @@ enum StoredHash {
 }
 
 impl StoredHash {
+    /// Every format costs at least one argon2id verification: a user stored as `$6$`, `$7$` or
+    /// SCRAM was otherwise refused in about a millisecond, and an unknown or argon2 user in
+    /// tens — which told an attacker which names exist (and how they are stored).
     fn verify(&self, password: &[u8]) -> bool {
+        if let StoredHash::Argon2(phc) = self {
+            return verify_argon2(phc, password);
+        }
+        let ok = self.verify_fast(password);
+        std::hint::black_box(verify_argon2(dummy_hash(), password));
+        ok
+    }
+
+    /// The check of a format other than argon2, alone.
+    fn verify_fast(&self, password: &[u8]) -> bool {
         match self {
             StoredHash::Argon2(phc) => verify_argon2(phc, password),
             StoredHash::Sha512 { salt, hash } => {
@@ -136,7 +149,15 @@ impl StoredHash {
     }
 }
 
+#[cfg(test)]
+thread_local! {
+    /// argon2id verifications run on this thread (tests of the timing equalisation).
+    static ARGON2_RUNS: std::cell::Cell<u32> = const { std::cell::Cell::new(0) };
+}
+
 fn verify_argon2(phc: &str, password: &[u8]) -> bool {
+    #[cfg(test)]
+    ARGON2_RUNS.with(|n| n.set(n.get() + 1));
     match PasswordHash::new(phc) {
         Ok(parsed) => Argon2::default().verify_password(password, &parsed).is_ok(),
         Err(_) => false,
@@ -764,6 +785,32 @@ bob:{argon}
         // Both bounds are inclusive.
         assert!(is_valid_hash(&format!("SCRAM-SHA-256$4096:{salt}${keys}")));
         assert!(is_valid_hash(&format!("SCRAM-SHA-256$1000000:{salt}${keys}")));
+    }
+
+    /// Argon2 verifications run by `f`.
+    fn argon2_runs(f: impl FnOnce()) -> u32 {
+        ARGON2_RUNS.with(|n| n.set(0));
+        f();
+        ARGON2_RUNS.with(|n| n.get())
+    }
+
+    /// A user stored as `$6$`, `$7$` or SCRAM costs the same argon2id work as an argon2 or an
+    /// unknown user, right or wrong password: the refusal's timing does not say which names
+    /// exist or how they are stored (user enumeration by timing).
+    #[test]
+    fn every_format_costs_one_argon2_verification() {
+        let argon = hash_password(b"pw");
+        let text = format!("{MOSQ_6}{MOSQ_7}{RFC7677_LINE}\nzed:{argon}\n");
+        let f = PasswordFile::parse(&text).unwrap();
+        for (user, right) in
+            [("bob", &b"s3cret!"[..]), ("alice", b"correct horse"), ("user", b"pencil"), ("zed", b"pw")]
+        {
+            assert_eq!(argon2_runs(|| assert!(f.verify(user, right))), 1, "{user} right");
+            assert_eq!(argon2_runs(|| assert!(!f.verify(user, b"wrong"))), 1, "{user} wrong");
+        }
+        assert_eq!(argon2_runs(|| assert!(!f.verify("nobody", b"x"))), 1);
+        assert_eq!(argon2_runs(|| assert!(verify_hash(SHA6, b"s3cret!"))), 1);
+        assert_eq!(argon2_runs(|| assert!(!verify_hash("garbage", b"x"))), 1);
     }
 
     proptest! {
