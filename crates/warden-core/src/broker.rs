@@ -281,6 +281,7 @@ impl Broker {
                         // Authorized again before it is sent: the policy may have changed.
                         policy_gen: crate::session::REAUTHORIZE,
                         seq: d.seq,
+                        from_retained: false,
                     };
                     match d.stage {
                         Some((pid, stage)) => {
@@ -975,6 +976,30 @@ impl Broker {
             out.push(m);
         }
         out
+    }
+
+    /// Whether a retained message that SUBSCRIBE queued may be sent now (with
+    /// `check_retain_source`; SPEC §10): the check is made when it is sent, not only when it
+    /// was queued (it may wait behind flow control, or in a persistent session across a
+    /// disconnect). It must still be its topic's retained message: one removed since (its
+    /// publisher lost its standing in a trust change, or an earlier check failed) is not sent,
+    /// nor one replaced or cleared since (the subscriber was sent the newer one as it was
+    /// published). And its publisher must still be allowed to publish it; if not, it is removed
+    /// and counted as denied, as on SUBSCRIBE.
+    pub(crate) fn retained_still_deliverable(&self, msg: &Arc<Message>) -> bool {
+        if !self.config.check_retain_source {
+            return true;
+        }
+        let current = self.retained.read().get_with_source(msg.topic.as_str());
+        let Some(source) = current.and_then(|(m, source)| Arc::ptr_eq(&m, msg).then_some(source)) else {
+            return false;
+        };
+        if self.retain_source_allowed(self.authorizer().as_ref(), msg, &source) {
+            return true;
+        }
+        inc(&self.stats.denied);
+        self.drop_retained(msg);
+        false
     }
 
     /// Publish the `$SYS/broker/...` topics (retained), as Mosquitto does.

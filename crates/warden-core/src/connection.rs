@@ -529,6 +529,7 @@ impl Connection {
                         sub_ids: sub_id.into_iter().collect(),
                         policy_gen: self.broker.policy_generation(),
                         seq: 0,
+                        from_retained: true,
                     });
                 }
             }
@@ -679,9 +680,11 @@ impl Connection {
             if front.msg.expired(now)
                 || (front.policy_gen != policy_gen
                     && !self.authorize(Action::Receive, front.msg.topic.as_str()).is_allowed())
+                || (front.from_retained && !broker.retained_still_deliverable(front.msg))
             {
-                // Expired [MQTT-3.3.2-5], or queued under a policy that has since changed
-                // and now denied.
+                // Expired [MQTT-3.3.2-5], queued under a policy that has since changed and
+                // now denied, or a retained message whose publisher lost the right (or its
+                // standing) since SUBSCRIBE queued it.
                 let seq = front.seq;
                 st.queue.skip();
                 self.delivery_done(seq);

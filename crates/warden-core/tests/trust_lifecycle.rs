@@ -449,3 +449,57 @@ fn item4_a_retained_message_of_unknown_publisher_needs_no_rules_to_be_delivered(
     assert!(received(&mut s).is_empty(), "with rules, an unknown publisher has no right");
     assert_eq!(ruled.retained_count(), 0);
 }
+
+/// Item 4, found by the trust model's property test (`tests/trust_model.rs`): the check is made
+/// when the retained message is sent, not only when SUBSCRIBE queues it. A queued message can
+/// wait (flow control, a client not reading, a persistent session across a disconnect); if its
+/// publisher loses the right meanwhile (a policy change) or its standing (a trust change that
+/// removes its retained messages), it is not sent.
+#[test]
+fn item4_retained_message_queued_on_subscribe_is_checked_again_when_sent() {
+    // A policy change between SUBSCRIBE and the send, across a session resume.
+    let b = broker(Arc::new(acl(RETAIN_ACL)));
+    let mut p = connect(&b, "pub-1", Principal::user("pub"));
+    publish(&mut p, "sensors/t", b"21.5", QoS::AtLeastOnce, true, 1);
+    let mut s = connect_persistent(&b, "sub-1", Principal::user("sub"));
+    subscribe(&mut s, "sensors/#", QoS::AtLeastOnce);
+    b.set_authorizer(Arc::new(acl(REVOKED_ACL)));
+    let before = denied(&b);
+    let mut s = try_connect(&b, connect_packet("sub-1", false, 3600, None), Principal::user("sub")).unwrap();
+    assert!(received(&mut s).is_empty(), "the publisher lost its right before the message was sent");
+    assert_eq!(b.retained_count(), 0, "and the message is removed");
+    assert_eq!(denied(&b) - before, 1);
+
+    // A trust change (the publisher's credential revoked) between SUBSCRIBE and the send.
+    let b = broker(Arc::new(acl(RETAIN_ACL)));
+    let mut p = connect(&b, "pub-1", Principal::user("pub"));
+    publish(&mut p, "sensors/t", b"21.5", QoS::AtMostOnce, true, 0);
+    let mut s = connect(&b, "sub-1", Principal::user("sub"));
+    subscribe(&mut s, "sensors/#", QoS::AtMostOnce);
+    assert_eq!(b.drop_retained_where(|p| &*p.name == "pub"), 1);
+    assert!(received(&mut s).is_empty(), "its publisher lost its standing before it was sent");
+
+    // Still sent when nothing changed.
+    let b = broker(Arc::new(acl(RETAIN_ACL)));
+    let mut p = connect(&b, "pub-1", Principal::user("pub"));
+    publish(&mut p, "sensors/t", b"21.5", QoS::AtLeastOnce, true, 1);
+    let mut s = connect(&b, "sub-1", Principal::user("sub"));
+    subscribe(&mut s, "sensors/#", QoS::AtLeastOnce);
+    let got = received(&mut s);
+    assert_eq!(payloads(&got), vec![&b"21.5"[..]]);
+    assert!(got[0].retain, "sent as retained");
+}
+
+/// Item 4: with `check_retain_source = false`, a retained message queued on SUBSCRIBE is sent
+/// whatever happened to its publisher meanwhile (the old behaviour).
+#[test]
+fn item4_without_check_retain_source_a_queued_retained_message_is_sent() {
+    let cfg = BrokerConfig { check_retain_source: false, ..BrokerConfig::default() };
+    let b = Broker::new(cfg, Arc::new(acl(RETAIN_ACL)), Instant::now());
+    let mut p = connect(&b, "pub-1", Principal::user("pub"));
+    publish(&mut p, "sensors/t", b"kept", QoS::AtMostOnce, true, 0);
+    let mut s = connect(&b, "sub-1", Principal::user("sub"));
+    subscribe(&mut s, "sensors/t", QoS::AtMostOnce);
+    b.set_authorizer(Arc::new(acl(REVOKED_ACL)));
+    assert_eq!(payloads(&received(&mut s)), vec![&b"kept"[..]]);
+}
