@@ -650,6 +650,16 @@ impl Connection {
             for (id, f) in inflight {
                 match f.stage {
                     OutStage::AwaitAck => {
+                        // Sent to an earlier connection, whose grants may have been wider: the
+                        // resuming one gets it again only if it may receive it (SPEC §10, as
+                        // for what is queued); if not, it is dropped and its packet id freed.
+                        if !self.authorize(Action::Receive, f.delivery.msg.topic.as_str()).is_allowed() {
+                            if let Some(i) = st.inflight_index(id) {
+                                st.inflight.remove(i);
+                            }
+                            self.delivery_done(f.delivery.seq);
+                            continue;
+                        }
                         if self.encode_delivery(f.delivery.as_ref(), id, true, now, out) {
                             sent += 1;
                         }

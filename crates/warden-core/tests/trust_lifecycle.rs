@@ -357,6 +357,37 @@ fn item3_runs_queued_before_a_takeover_and_cached_routes_use_the_new_grants() {
     assert_eq!(payloads(&received(&mut dev2)), vec![&b"e"[..]], "no cached answer for the old grants");
 }
 
+/// Item 3, found by the trust model's property test (`tests/trust_model.rs`): messages in
+/// flight (sent, not acknowledged) when the session resumes are re-sent only if the resuming
+/// connection's grants allow receiving them; the others are dropped, counted as denied, and
+/// their packet ids freed. A PUBREL (no message) is re-sent as before.
+#[test]
+fn item3_in_flight_messages_are_reauthorized_before_they_are_re_sent_on_resume() {
+    let b = broker(Arc::new(PolicyAuthorizer::new(None, false)));
+    let mut dev = connect_persistent(&b, "dev", token("dev", &["mqtt:sub:fleet/#"]));
+    subscribe(&mut dev, "fleet/#", QoS::ExactlyOnce);
+    let mut p = connect(&b, "pub", Principal::user("ops"));
+    publish(&mut p, "fleet/secret", b"s1", QoS::AtLeastOnce, false, 1);
+    publish(&mut p, "fleet/public", b"p1", QoS::AtLeastOnce, false, 2);
+    publish(&mut p, "fleet/secret", b"s2", QoS::ExactlyOnce, false, 3);
+    let sent = received(&mut dev);
+    assert_eq!(payloads(&sent), vec![&b"s1"[..], &b"p1"[..], &b"s2"[..]], "sent, never acknowledged");
+    disconnect(dev);
+
+    let before = denied(&b);
+    let narrow = token("dev", &["mqtt:sub:fleet/public"]);
+    let mut dev = try_connect(&b, connect_packet("dev", false, 3600, None), narrow).expect("resumed");
+    let again = received(&mut dev);
+    assert_eq!(payloads(&again), vec![&b"p1"[..]], "only what the new grants allow is re-sent");
+    assert!(again[0].dup);
+    assert_eq!(denied(&b) - before, 2);
+    // The dropped ones are gone, not re-sent on the next resume.
+    disconnect(dev);
+    let mut dev =
+        try_connect(&b, connect_packet("dev", false, 3600, None), token("dev", &["mqtt:sub:fleet/#"])).unwrap();
+    assert_eq!(payloads(&received(&mut dev)), vec![&b"p1"[..]]);
+}
+
 // ---- 4. Retained messages and their publisher's current right -----------------------------
 
 const RETAIN_ACL: &str = "user pub\ntopic write sensors/#\nuser sub\ntopic read sensors/#\n";
