@@ -749,6 +749,6 @@ impl Connection {
     pub fn closed(mut self, close: Close, now: Instant) {
         self.flush_wakes();
         let will = if close.publish_will { self.will.take().map(|w| *w) } else { None };
-        self.broker.disconnected(&self.session, self.generation, will, now);
+        self.broker.disconnected(&self.session, self.generation, will, &self.principal, now);
     }
 }

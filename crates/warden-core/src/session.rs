@@ -133,6 +133,10 @@ pub struct Subscription {
 pub struct PendingWill {
     /// The will.
     pub will: LastWill,
+    /// The principal of the connection that set it: the will is authorized and published
+    /// under it (a trust change that ends its standing discards the will), never under a
+    /// later connection's.
+    pub owner: Arc<Principal>,
     /// When it is due.
     pub due: Instant,
 }

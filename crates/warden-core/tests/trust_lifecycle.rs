@@ -534,3 +534,70 @@ fn item4_without_check_retain_source_a_queued_retained_message_is_sent() {
     b.set_authorizer(Arc::new(acl(REVOKED_ACL)));
     assert_eq!(payloads(&received(&mut s)), vec![&b"kept"[..]]);
 }
+
+// ---- Wills and the credential that set them ----------------------------------------------
+
+fn token_with_jti(name: &str, jti: &str, scopes: &[&str]) -> Principal {
+    use warden_policy::trust::{Credential, CredentialSource, TokenRef};
+    let cred = TokenRef { jti: Some(jti.into()), oauth_client: None };
+    token(name, scopes).with_credential(CredentialSource::Token, Some(Credential::Token(cred)))
+}
+
+fn status_will() -> LastWill {
+    LastWill {
+        topic: TopicName::new("status/dev").unwrap(),
+        payload: Bytes::from_static(b"offline"),
+        qos: QoS::AtMostOnce,
+        retain: true,
+        properties: Properties::default(),
+    }
+}
+
+/// The taken-over connection `old` ends as in the shell: its next pull fails (0x8E), then it
+/// is closed (a will published as for any server-side close).
+fn close_taken_over(mut old: Connection) {
+    let mut out = BytesMut::new();
+    let close = old.pull(Instant::now(), &mut out, usize::MAX).expect_err("taken over");
+    old.closed(close, Instant::now());
+}
+
+/// Found by the trust model's property test (`tests/trust_model.rs`): a will published when
+/// the same identity resumes the session (the old connection taken over) is the old
+/// connection's: authorized under its principal and kept (retained) as its publication, so
+/// that revoking the credential that set it removes it. Before, it was the resuming
+/// connection's: a will set with a leaked token survived that token's revocation.
+#[test]
+fn a_will_published_at_a_takeover_belongs_to_the_credential_that_set_it() {
+    let b = broker(Arc::new(PolicyAuthorizer::new(None, false)));
+    let leaked = token_with_jti("dev", "leaked", &["mqtt:pub:status/#"]);
+    let old = try_connect(&b, connect_packet("dev", false, 3600, Some(status_will())), leaked).expect("connected");
+    // The device resumes with a fresh token that may not publish there: the will is the old
+    // connection's, which may.
+    let fresh = token_with_jti("dev", "fresh", &["mqtt:sub:cmd/#"]);
+    let _dev = try_connect(&b, connect_packet("dev", false, 3600, None), fresh).expect("resumed");
+    close_taken_over(old);
+    assert_eq!(b.retained_count(), 1, "published under the principal that set it");
+    // Revoking the leaked token removes what it published, its will included.
+    let revoked = |p: &Principal| matches!(p.credential(), Some(warden_policy::trust::Credential::Token(t)) if t.jti.as_deref() == Some("leaked"));
+    assert_eq!(b.drop_retained_where(revoked), 1);
+    let mut s = connect(&b, "obs", Principal::user("obs"));
+    subscribe(&mut s, "status/#", QoS::AtMostOnce);
+    assert!(received(&mut s).is_empty());
+}
+
+/// A delayed will waiting in a disconnected session is the connection's that set it: a trust
+/// change that ends that credential's standing discards it (and only it).
+#[test]
+fn a_pending_will_is_discarded_when_the_credential_that_set_it_is_revoked() {
+    let b = broker(Arc::new(PolicyAuthorizer::new(None, false)));
+    let mut will = status_will();
+    will.properties.will_delay_interval = Some(30);
+    let dev = token_with_jti("dev", "j1", &["mqtt:pub:status/#"]);
+    let c = try_connect(&b, connect_packet("dev", false, 3600, Some(will)), dev).expect("connected");
+    c.closed(warden_core::Close { reason: ReasonCode::KEEP_ALIVE_TIMEOUT, publish_will: true }, Instant::now());
+    let by_jti = |jti: &'static str| move |p: &Principal| matches!(p.credential(), Some(warden_policy::trust::Credential::Token(t)) if t.jti.as_deref() == Some(jti));
+    assert_eq!(b.discard_wills_where(by_jti("j2")), 0, "another token");
+    assert_eq!(b.discard_wills_where(by_jti("j1")), 1);
+    b.tick(Instant::now() + std::time::Duration::from_secs(60));
+    assert_eq!(b.retained_count(), 0, "never published");
+}
