@@ -281,6 +281,7 @@ impl Broker {
                         // Authorized again before it is sent: the policy may have changed.
                         policy_gen: crate::session::REAUTHORIZE,
                         seq: d.seq,
+                        from_retained: false,
                     };
                     match d.stage {
                         Some((pid, stage)) => {
@@ -471,7 +472,7 @@ impl Broker {
             inc_gauge(&self.stats.clients_connected, 1);
         }
         for (s, w) in wills_to_send {
-            self.publish_will(&s, w, now);
+            self.publish_will(&s, w.will, &w.owner, now);
         }
         inc(&self.stats.connections_total);
         write_connack(v, session_present, ReasonCode::SUCCESS, props, client_max, out);
@@ -483,7 +484,7 @@ impl Broker {
 
     /// Mark a session ended and drop its subscriptions; returns the waker of its live
     /// connection (to be told it was taken over) and its pending will.
-    fn end_session_locked(&self, s: &Arc<Session>) -> (Option<Arc<dyn Wake>>, Option<LastWill>) {
+    fn end_session_locked(&self, s: &Arc<Session>) -> (Option<Arc<dyn Wake>>, Option<PendingWill>) {
         let (conn, filters, will) = {
             let mut st = s.state.lock();
             s.set_ended();
@@ -496,7 +497,7 @@ impl Broker {
                     store.submit(PersistOp::SessionEnd { sid: s.id() });
                 }
             }
-            (st.conn.take(), filters, st.pending_will.take().map(|p| p.will))
+            (st.conn.take(), filters, st.pending_will.take().map(|p| *p))
         };
         if !filters.is_empty() {
             let mut trie = self.subs.write();
@@ -508,8 +509,16 @@ impl Broker {
         (conn.map(|c| c.waker), will)
     }
 
-    /// A connection ended. `will` is the will to publish (None after a normal DISCONNECT).
-    pub(crate) fn disconnected(&self, s: &Arc<Session>, generation: u64, will: Option<LastWill>, now: Instant) {
+    /// A connection ended. `will` is the will to publish (None after a normal DISCONNECT), set
+    /// by that connection, whose principal is `owner`.
+    pub(crate) fn disconnected(
+        &self,
+        s: &Arc<Session>,
+        generation: u64,
+        will: Option<LastWill>,
+        owner: &Arc<Principal>,
+        now: Instant,
+    ) {
         let mut st = s.state.lock();
         let ours = st.conn.as_ref().is_some_and(|c| c.generation == generation);
         if !ours {
@@ -518,7 +527,9 @@ impl Broker {
             drop(st);
             if let Some(w) = will {
                 if will_delay(&w) == 0 || s.is_ended() {
-                    self.publish_will(s, w, now);
+                    // Under the principal of the connection that set it, not the session's
+                    // new owner (a resume brings the new connection's principal).
+                    self.publish_will(s, w, owner, now);
                 }
             }
             return;
@@ -539,7 +550,7 @@ impl Broker {
                 self.end_session_locked(s);
             }
             if let Some(w) = will {
-                self.publish_will(s, w, now);
+                self.publish_will(s, w, owner, now);
             }
             return;
         }
@@ -549,15 +560,15 @@ impl Broker {
             if delay == 0 {
                 publish_now = Some(w);
             } else {
-                st.pending_will =
-                    Some(Box::new(PendingWill { will: w, due: now + Duration::from_secs(u64::from(delay)) }));
+                let due = now + Duration::from_secs(u64::from(delay));
+                st.pending_will = Some(Box::new(PendingWill { will: w, owner: owner.clone(), due }));
             }
         }
         drop(st);
         self.save_session(s);
         self.expiring.lock().insert(s.id(), s.clone());
         if let Some(w) = publish_now {
-            self.publish_will(s, w, now);
+            self.publish_will(s, w, owner, now);
         }
     }
 
@@ -572,14 +583,14 @@ impl Broker {
                 continue;
             }
             let will_due = st.pending_will.as_ref().is_some_and(|p| now >= p.due);
-            let will = if will_due { st.pending_will.take().map(|p| p.will) } else { None };
+            let will = if will_due { st.pending_will.take() } else { None };
             let expired = st.expiry_interval != u32::MAX
                 && st.disconnected_at.is_some_and(|d| {
                     now.saturating_duration_since(d.instant()) >= Duration::from_secs(u64::from(st.expiry_interval))
                 });
             drop(st);
             if let Some(w) = will {
-                self.publish_will(&s, w, now);
+                self.publish_will(&s, w.will, &w.owner, now);
             }
             if expired {
                 let will = {
@@ -594,32 +605,35 @@ impl Broker {
                 };
                 // The session ended before the will delay passed: publish it now [MQTT-3.1.3-9].
                 if let Some(w) = will {
-                    self.publish_will(&s, w, now);
+                    self.publish_will(&s, w.will, &w.owner, now);
                 }
             }
         }
     }
 
     /// A trust change (SPEC §10): discard the pending (delayed) wills of disconnected sessions
-    /// whose owner `lost` says lost its standing; they are never published. Returns how many.
+    /// whose principal (of the connection that set them) `lost` says lost its standing; they
+    /// are never published. Returns how many.
     pub fn discard_wills_where(&self, lost: impl Fn(&Principal) -> bool) -> usize {
         // Collected first: `expiring` comes after a session's state in the lock order.
         let waiting: Vec<Arc<Session>> = self.expiring.lock().values().cloned().collect();
         let mut n = 0;
         for s in waiting {
-            if lost(&s.owner()) && s.state.lock().pending_will.take().is_some() {
+            let mut st = s.state.lock();
+            if st.pending_will.as_ref().is_some_and(|w| lost(&w.owner)) {
+                st.pending_will = None;
                 n += 1;
             }
         }
         n
     }
 
-    /// Publish `s`'s will, if its owner may still publish there.
-    fn publish_will(&self, s: &Session, w: LastWill, now: Instant) {
-        let owner = s.owner().clone();
+    /// Publish `s`'s will, set by a connection of principal `owner`, if `owner` may still
+    /// publish there; it is published (a retained will kept) as `owner`'s.
+    fn publish_will(&self, s: &Session, w: LastWill, owner: &Arc<Principal>, now: Instant) {
         let d = authorize_publish(
             self.authorizer().as_ref(),
-            &owner,
+            owner,
             &s.client_id,
             Action::Publish { qos: w.qos as u8, retain: w.retain },
             w.topic.as_str(),
@@ -640,7 +654,7 @@ impl Broker {
                 origin: None,
                 persisted: Default::default(),
             }),
-            Some((&owner, &s.client_id)),
+            Some((owner, &s.client_id)),
         );
     }
 
@@ -975,6 +989,30 @@ impl Broker {
             out.push(m);
         }
         out
+    }
+
+    /// Whether a retained message that SUBSCRIBE queued may be sent now (with
+    /// `check_retain_source`; SPEC §10): the check is made when it is sent, not only when it
+    /// was queued (it may wait behind flow control, or in a persistent session across a
+    /// disconnect). It must still be its topic's retained message: one removed since (its
+    /// publisher lost its standing in a trust change, or an earlier check failed) is not sent,
+    /// nor one replaced or cleared since (the subscriber was sent the newer one as it was
+    /// published). And its publisher must still be allowed to publish it; if not, it is removed
+    /// and counted as denied, as on SUBSCRIBE.
+    pub(crate) fn retained_still_deliverable(&self, msg: &Arc<Message>) -> bool {
+        if !self.config.check_retain_source {
+            return true;
+        }
+        let current = self.retained.read().get_with_source(msg.topic.as_str());
+        let Some(source) = current.and_then(|(m, source)| Arc::ptr_eq(&m, msg).then_some(source)) else {
+            return false;
+        };
+        if self.retain_source_allowed(self.authorizer().as_ref(), msg, &source) {
+            return true;
+        }
+        inc(&self.stats.denied);
+        self.drop_retained(msg);
+        false
     }
 
     /// Publish the `$SYS/broker/...` topics (retained), as Mosquitto does.

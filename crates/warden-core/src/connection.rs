@@ -529,6 +529,7 @@ impl Connection {
                         sub_ids: sub_id.into_iter().collect(),
                         policy_gen: self.broker.policy_generation(),
                         seq: 0,
+                        from_retained: true,
                     });
                 }
             }
@@ -649,6 +650,16 @@ impl Connection {
             for (id, f) in inflight {
                 match f.stage {
                     OutStage::AwaitAck => {
+                        // Sent to an earlier connection, whose grants may have been wider: the
+                        // resuming one gets it again only if it may receive it (SPEC §10, as
+                        // for what is queued); if not, it is dropped and its packet id freed.
+                        if !self.authorize(Action::Receive, f.delivery.msg.topic.as_str()).is_allowed() {
+                            if let Some(i) = st.inflight_index(id) {
+                                st.inflight.remove(i);
+                            }
+                            self.delivery_done(f.delivery.seq);
+                            continue;
+                        }
                         if self.encode_delivery(f.delivery.as_ref(), id, true, now, out) {
                             sent += 1;
                         }
@@ -679,9 +690,11 @@ impl Connection {
             if front.msg.expired(now)
                 || (front.policy_gen != policy_gen
                     && !self.authorize(Action::Receive, front.msg.topic.as_str()).is_allowed())
+                || (front.from_retained && !broker.retained_still_deliverable(front.msg))
             {
-                // Expired [MQTT-3.3.2-5], or queued under a policy that has since changed
-                // and now denied.
+                // Expired [MQTT-3.3.2-5], queued under a policy that has since changed and
+                // now denied, or a retained message whose publisher lost the right (or its
+                // standing) since SUBSCRIBE queued it.
                 let seq = front.seq;
                 st.queue.skip();
                 self.delivery_done(seq);
@@ -736,6 +749,6 @@ impl Connection {
     pub fn closed(mut self, close: Close, now: Instant) {
         self.flush_wakes();
         let will = if close.publish_will { self.will.take().map(|w| *w) } else { None };
-        self.broker.disconnected(&self.session, self.generation, will, now);
+        self.broker.disconnected(&self.session, self.generation, will, &self.principal, now);
     }
 }

@@ -299,6 +299,8 @@ pub struct DeliveryRef<'a> {
     pub policy_gen: u64,
     /// Sequence number in the store (0: not stored).
     pub seq: u64,
+    /// Taken from the retained store on SUBSCRIBE (see [`Delivery::from_retained`]).
+    pub from_retained: bool,
 }
 
 impl<'a> DeliveryRef<'a> {
@@ -306,7 +308,15 @@ impl<'a> DeliveryRef<'a> {
     /// Retain As Published `rap`: the lower of the two QoS, RETAIN only as published with RAP
     /// [MQTT-3.3.1-12/13].
     pub fn of(msg: &'a Arc<Message>, max_qos: QoS, rap: bool, sub_ids: &'a [u32], policy_gen: u64) -> Self {
-        DeliveryRef { msg, qos: max_qos.min(msg.qos), retain: rap && msg.retain, sub_ids, policy_gen, seq: 0 }
+        DeliveryRef {
+            msg,
+            qos: max_qos.min(msg.qos),
+            retain: rap && msg.retain,
+            sub_ids,
+            policy_gen,
+            seq: 0,
+            from_retained: false,
+        }
     }
 
     /// An owned delivery (clones the message's `Arc`).
@@ -318,6 +328,7 @@ impl<'a> DeliveryRef<'a> {
             sub_ids: self.sub_ids.to_vec(),
             policy_gen: self.policy_gen,
             seq: self.seq,
+            from_retained: self.from_retained,
         }
     }
 }
@@ -332,6 +343,7 @@ impl Delivery {
             sub_ids: &self.sub_ids,
             policy_gen: self.policy_gen,
             seq: self.seq,
+            from_retained: self.from_retained,
         }
     }
 }
@@ -550,6 +562,7 @@ mod tests {
             sub_ids: vec![],
             policy_gen: 1,
             seq: 9,
+            from_retained: false,
         });
         q.push_run(run(&batch, QoS::AtLeastOnce));
         assert_eq!((q.len(), q.bytes()), (3, 2 + 3 + 4));
@@ -686,6 +699,7 @@ mod tests {
             sub_ids: vec![],
             policy_gen: 0,
             seq: 0,
+            from_retained: false,
         });
         assert_eq!((q.len(), q.bytes()), (5, 14));
         q.skip_in_run(3);

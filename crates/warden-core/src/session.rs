@@ -32,6 +32,10 @@ pub struct Delivery {
     pub policy_gen: u64,
     /// Its sequence number in the store (0 when it is not stored).
     pub seq: u64,
+    /// Taken from the retained store on SUBSCRIBE: sent only while it is still its topic's
+    /// retained message and its publisher may still publish it (`check_retain_source`,
+    /// checked again when it is sent: see [`crate::Broker::retained_still_deliverable`]).
+    pub from_retained: bool,
 }
 
 /// Where an outbound QoS 1/2 delivery stands.
@@ -129,6 +133,10 @@ pub struct Subscription {
 pub struct PendingWill {
     /// The will.
     pub will: LastWill,
+    /// The principal of the connection that set it: the will is authorized and published
+    /// under it (a trust change that ends its standing discards the will), never under a
+    /// later connection's.
+    pub owner: Arc<Principal>,
     /// When it is due.
     pub due: Instant,
 }
@@ -674,6 +682,7 @@ mod tests {
                 sub_ids: vec![],
                 policy_gen: 0,
                 seq: 0,
+                from_retained: false,
             };
             Offer::One(d)
         };
@@ -701,7 +710,15 @@ mod tests {
 
     fn inflight(id: u16) -> (u16, Inflight) {
         let msg = Arc::new(Message::for_test("t", b"", QoS::AtLeastOnce, false));
-        let delivery = Delivery { msg, qos: QoS::AtLeastOnce, retain: false, sub_ids: vec![], policy_gen: 0, seq: 0 };
+        let delivery = Delivery {
+            msg,
+            qos: QoS::AtLeastOnce,
+            retain: false,
+            sub_ids: vec![],
+            policy_gen: 0,
+            seq: 0,
+            from_retained: false,
+        };
         (id, Inflight { delivery, stage: OutStage::AwaitAck })
     }
 

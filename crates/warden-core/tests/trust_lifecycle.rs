@@ -357,6 +357,37 @@ fn item3_runs_queued_before_a_takeover_and_cached_routes_use_the_new_grants() {
     assert_eq!(payloads(&received(&mut dev2)), vec![&b"e"[..]], "no cached answer for the old grants");
 }
 
+/// Item 3, found by the trust model's property test (`tests/trust_model.rs`): messages in
+/// flight (sent, not acknowledged) when the session resumes are re-sent only if the resuming
+/// connection's grants allow receiving them; the others are dropped, counted as denied, and
+/// their packet ids freed. A PUBREL (no message) is re-sent as before.
+#[test]
+fn item3_in_flight_messages_are_reauthorized_before_they_are_re_sent_on_resume() {
+    let b = broker(Arc::new(PolicyAuthorizer::new(None, false)));
+    let mut dev = connect_persistent(&b, "dev", token("dev", &["mqtt:sub:fleet/#"]));
+    subscribe(&mut dev, "fleet/#", QoS::ExactlyOnce);
+    let mut p = connect(&b, "pub", Principal::user("ops"));
+    publish(&mut p, "fleet/secret", b"s1", QoS::AtLeastOnce, false, 1);
+    publish(&mut p, "fleet/public", b"p1", QoS::AtLeastOnce, false, 2);
+    publish(&mut p, "fleet/secret", b"s2", QoS::ExactlyOnce, false, 3);
+    let sent = received(&mut dev);
+    assert_eq!(payloads(&sent), vec![&b"s1"[..], &b"p1"[..], &b"s2"[..]], "sent, never acknowledged");
+    disconnect(dev);
+
+    let before = denied(&b);
+    let narrow = token("dev", &["mqtt:sub:fleet/public"]);
+    let mut dev = try_connect(&b, connect_packet("dev", false, 3600, None), narrow).expect("resumed");
+    let again = received(&mut dev);
+    assert_eq!(payloads(&again), vec![&b"p1"[..]], "only what the new grants allow is re-sent");
+    assert!(again[0].dup);
+    assert_eq!(denied(&b) - before, 2);
+    // The dropped ones are gone, not re-sent on the next resume.
+    disconnect(dev);
+    let mut dev =
+        try_connect(&b, connect_packet("dev", false, 3600, None), token("dev", &["mqtt:sub:fleet/#"])).unwrap();
+    assert_eq!(payloads(&received(&mut dev)), vec![&b"p1"[..]]);
+}
+
 // ---- 4. Retained messages and their publisher's current right -----------------------------
 
 const RETAIN_ACL: &str = "user pub\ntopic write sensors/#\nuser sub\ntopic read sensors/#\n";
@@ -448,4 +479,125 @@ fn item4_a_retained_message_of_unknown_publisher_needs_no_rules_to_be_delivered(
     subscribe(&mut s, "sensors/#", QoS::AtMostOnce);
     assert!(received(&mut s).is_empty(), "with rules, an unknown publisher has no right");
     assert_eq!(ruled.retained_count(), 0);
+}
+
+/// Item 4, found by the trust model's property test (`tests/trust_model.rs`): the check is made
+/// when the retained message is sent, not only when SUBSCRIBE queues it. A queued message can
+/// wait (flow control, a client not reading, a persistent session across a disconnect); if its
+/// publisher loses the right meanwhile (a policy change) or its standing (a trust change that
+/// removes its retained messages), it is not sent.
+#[test]
+fn item4_retained_message_queued_on_subscribe_is_checked_again_when_sent() {
+    // A policy change between SUBSCRIBE and the send, across a session resume.
+    let b = broker(Arc::new(acl(RETAIN_ACL)));
+    let mut p = connect(&b, "pub-1", Principal::user("pub"));
+    publish(&mut p, "sensors/t", b"21.5", QoS::AtLeastOnce, true, 1);
+    let mut s = connect_persistent(&b, "sub-1", Principal::user("sub"));
+    subscribe(&mut s, "sensors/#", QoS::AtLeastOnce);
+    b.set_authorizer(Arc::new(acl(REVOKED_ACL)));
+    let before = denied(&b);
+    let mut s = try_connect(&b, connect_packet("sub-1", false, 3600, None), Principal::user("sub")).unwrap();
+    assert!(received(&mut s).is_empty(), "the publisher lost its right before the message was sent");
+    assert_eq!(b.retained_count(), 0, "and the message is removed");
+    assert_eq!(denied(&b) - before, 1);
+
+    // A trust change (the publisher's credential revoked) between SUBSCRIBE and the send.
+    let b = broker(Arc::new(acl(RETAIN_ACL)));
+    let mut p = connect(&b, "pub-1", Principal::user("pub"));
+    publish(&mut p, "sensors/t", b"21.5", QoS::AtMostOnce, true, 0);
+    let mut s = connect(&b, "sub-1", Principal::user("sub"));
+    subscribe(&mut s, "sensors/#", QoS::AtMostOnce);
+    assert_eq!(b.drop_retained_where(|p| &*p.name == "pub"), 1);
+    assert!(received(&mut s).is_empty(), "its publisher lost its standing before it was sent");
+
+    // Still sent when nothing changed.
+    let b = broker(Arc::new(acl(RETAIN_ACL)));
+    let mut p = connect(&b, "pub-1", Principal::user("pub"));
+    publish(&mut p, "sensors/t", b"21.5", QoS::AtLeastOnce, true, 1);
+    let mut s = connect(&b, "sub-1", Principal::user("sub"));
+    subscribe(&mut s, "sensors/#", QoS::AtLeastOnce);
+    let got = received(&mut s);
+    assert_eq!(payloads(&got), vec![&b"21.5"[..]]);
+    assert!(got[0].retain, "sent as retained");
+}
+
+/// Item 4: with `check_retain_source = false`, a retained message queued on SUBSCRIBE is sent
+/// whatever happened to its publisher meanwhile (the old behaviour).
+#[test]
+fn item4_without_check_retain_source_a_queued_retained_message_is_sent() {
+    let cfg = BrokerConfig { check_retain_source: false, ..BrokerConfig::default() };
+    let b = Broker::new(cfg, Arc::new(acl(RETAIN_ACL)), Instant::now());
+    let mut p = connect(&b, "pub-1", Principal::user("pub"));
+    publish(&mut p, "sensors/t", b"kept", QoS::AtMostOnce, true, 0);
+    let mut s = connect(&b, "sub-1", Principal::user("sub"));
+    subscribe(&mut s, "sensors/t", QoS::AtMostOnce);
+    b.set_authorizer(Arc::new(acl(REVOKED_ACL)));
+    assert_eq!(payloads(&received(&mut s)), vec![&b"kept"[..]]);
+}
+
+// ---- Wills and the credential that set them ----------------------------------------------
+
+fn token_with_jti(name: &str, jti: &str, scopes: &[&str]) -> Principal {
+    use warden_policy::trust::{Credential, CredentialSource, TokenRef};
+    let cred = TokenRef { jti: Some(jti.into()), oauth_client: None };
+    token(name, scopes).with_credential(CredentialSource::Token, Some(Credential::Token(cred)))
+}
+
+fn status_will() -> LastWill {
+    LastWill {
+        topic: TopicName::new("status/dev").unwrap(),
+        payload: Bytes::from_static(b"offline"),
+        qos: QoS::AtMostOnce,
+        retain: true,
+        properties: Properties::default(),
+    }
+}
+
+/// The taken-over connection `old` ends as in the shell: its next pull fails (0x8E), then it
+/// is closed (a will published as for any server-side close).
+fn close_taken_over(mut old: Connection) {
+    let mut out = BytesMut::new();
+    let close = old.pull(Instant::now(), &mut out, usize::MAX).expect_err("taken over");
+    old.closed(close, Instant::now());
+}
+
+/// Found by the trust model's property test (`tests/trust_model.rs`): a will published when
+/// the same identity resumes the session (the old connection taken over) is the old
+/// connection's: authorized under its principal and kept (retained) as its publication, so
+/// that revoking the credential that set it removes it. Before, it was the resuming
+/// connection's: a will set with a leaked token survived that token's revocation.
+#[test]
+fn a_will_published_at_a_takeover_belongs_to_the_credential_that_set_it() {
+    let b = broker(Arc::new(PolicyAuthorizer::new(None, false)));
+    let leaked = token_with_jti("dev", "leaked", &["mqtt:pub:status/#"]);
+    let old = try_connect(&b, connect_packet("dev", false, 3600, Some(status_will())), leaked).expect("connected");
+    // The device resumes with a fresh token that may not publish there: the will is the old
+    // connection's, which may.
+    let fresh = token_with_jti("dev", "fresh", &["mqtt:sub:cmd/#"]);
+    let _dev = try_connect(&b, connect_packet("dev", false, 3600, None), fresh).expect("resumed");
+    close_taken_over(old);
+    assert_eq!(b.retained_count(), 1, "published under the principal that set it");
+    // Revoking the leaked token removes what it published, its will included.
+    let revoked = |p: &Principal| matches!(p.credential(), Some(warden_policy::trust::Credential::Token(t)) if t.jti.as_deref() == Some("leaked"));
+    assert_eq!(b.drop_retained_where(revoked), 1);
+    let mut s = connect(&b, "obs", Principal::user("obs"));
+    subscribe(&mut s, "status/#", QoS::AtMostOnce);
+    assert!(received(&mut s).is_empty());
+}
+
+/// A delayed will waiting in a disconnected session is the connection's that set it: a trust
+/// change that ends that credential's standing discards it (and only it).
+#[test]
+fn a_pending_will_is_discarded_when_the_credential_that_set_it_is_revoked() {
+    let b = broker(Arc::new(PolicyAuthorizer::new(None, false)));
+    let mut will = status_will();
+    will.properties.will_delay_interval = Some(30);
+    let dev = token_with_jti("dev", "j1", &["mqtt:pub:status/#"]);
+    let c = try_connect(&b, connect_packet("dev", false, 3600, Some(will)), dev).expect("connected");
+    c.closed(warden_core::Close { reason: ReasonCode::KEEP_ALIVE_TIMEOUT, publish_will: true }, Instant::now());
+    let by_jti = |jti: &'static str| move |p: &Principal| matches!(p.credential(), Some(warden_policy::trust::Credential::Token(t)) if t.jti.as_deref() == Some(jti));
+    assert_eq!(b.discard_wills_where(by_jti("j2")), 0, "another token");
+    assert_eq!(b.discard_wills_where(by_jti("j1")), 1);
+    b.tick(Instant::now() + std::time::Duration::from_secs(60));
+    assert_eq!(b.retained_count(), 0, "never published");
 }
