@@ -959,13 +959,30 @@ impl Broker {
         crate::limits::hit(self.stats.limits.quota(q));
         let now_s = self.started.elapsed().as_secs();
         if account.is_some_and(|a| a.usage().refused(q, now_s)) {
+            let cfg = &self.config;
+            let limit = match q {
+                Quota::Sessions => cfg.max_sessions_per_principal.to_string(),
+                Quota::Subscriptions => {
+                    format!(
+                        "{} / {} bytes",
+                        cfg.max_subscriptions_per_principal, cfg.max_subscription_bytes_per_principal
+                    )
+                }
+                Quota::Retained => format!(
+                    "{} / {} bytes",
+                    cfg.max_retained_messages_per_principal, cfg.max_retained_bytes_per_principal
+                ),
+                Quota::RetainedTotal => format!("{} / {} bytes", cfg.max_retained_messages, cfg.max_retained_bytes),
+            };
             let principal = owner.to_string();
             tracing::warn!(
                 principal = principal.as_str(),
                 client_id,
                 quota = q.keys(),
-                "quota exceeded: refused (v5 0x97); further refusals are counted in \
-                 $SYS/broker/limits/{}, not logged, until the principal is back under it",
+                limit = limit.as_str(),
+                "quota exceeded: {}; further refusals are counted in $SYS/broker/limits/{}, not logged, until \
+                 the principal gives something back",
+                q.refusal(),
                 q.counter_name()
             );
         }

@@ -54,6 +54,17 @@ impl Quota {
         }
     }
 
+    /// What the refusal does, in words.
+    pub fn refusal(self) -> &'static str {
+        match self {
+            Quota::Sessions => "a new persistent session refused (CONNACK 0x97, v3 0x03)",
+            Quota::Subscriptions => "a subscription refused (SUBACK 0x97, v3 0x80)",
+            Quota::Retained | Quota::RetainedTotal => {
+                "a retained message not retained (v5 QoS 1/2: PUBACK/PUBREC 0x97, not routed)"
+            }
+        }
+    }
+
     /// The configuration keys of the quota (count, bytes), as an operator reads them.
     pub fn keys(self) -> &'static str {
         match self {
