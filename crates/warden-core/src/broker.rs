@@ -732,12 +732,7 @@ impl Broker {
             }
         }
         // The local batch wakes the subscribers when it is dropped.
-        self.route_many(
-            &Arc::new(Batch::new(vec![msg])),
-            &mut WakeBatch::default(),
-            &mut RouteCache::default(),
-            publisher,
-        )
+        self.route_many(&Arc::new(Batch::new(vec![msg])), &mut WakeBatch::default(), &mut RouteCache::default())
     }
 
     /// Route a publisher's batch of messages, in order. Each subscriber session is locked once
@@ -750,13 +745,7 @@ impl Broker {
     /// Retained messages are not kept here: the caller did that first ([`Broker::retain`]; a
     /// connection does it when the PUBLISH arrives, so that a quota's refusal can be told in
     /// its acknowledgement).
-    pub fn route_many(
-        &self,
-        shared: &Arc<Batch>,
-        batch: &mut WakeBatch,
-        cache: &mut RouteCache,
-        _publisher: Option<(&Arc<Principal>, &Arc<str>)>,
-    ) -> usize {
+    pub fn route_many(&self, shared: &Arc<Batch>, batch: &mut WakeBatch, cache: &mut RouteCache) -> usize {
         let msgs = shared.messages();
         let policy_gen = self.policy_generation();
         let authz = self.authorizer();

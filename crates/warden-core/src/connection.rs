@@ -256,8 +256,7 @@ impl Connection {
         // Moved, not cloned, into the slice the subscribers' queues share.
         let cap = p.pending.len();
         let batch = Arc::new(Batch::new(std::mem::replace(&mut p.pending, Vec::with_capacity(cap))));
-        let publisher = Some((&self.principal, &self.session.client_id));
-        self.broker.route_many(&batch, &mut p.wakes, &mut p.route_cache, publisher);
+        self.broker.route_many(&batch, &mut p.wakes, &mut p.route_cache);
         // The acknowledgements wait until what was stored for them is durable.
         let t = std::mem::take(&mut p.wakes.durable);
         if std::mem::take(&mut p.pending_acked) {
