@@ -55,7 +55,7 @@ async fn issue_17_refusals_are_counted_each_and_logged_once_per_episode() {
     assert_eq!(limits.sessions_per_principal.load(Ordering::Relaxed), 40);
     assert_eq!(limits.subscriptions_per_principal.load(Ordering::Relaxed), 200);
     let log = buf.text();
-    let lines: Vec<&str> = log.lines().filter(|l| l.contains("quota exceeded")).collect();
+    let lines: Vec<&str> = log.lines().filter(|l| l.contains("WARN") && l.contains("quota exceeded:")).collect();
     assert_eq!(lines.len(), 2, "{lines:#?}\n{}", &log[..log.len().min(3000)]);
     assert!(
         lines[0].contains("max_sessions_per_principal") && lines[0].contains("principal=\"user:m\""),
