@@ -22,6 +22,7 @@ use crate::connection::Connection;
 use crate::message::Message;
 use crate::persist::{Persist, PersistOp, RestoredSession};
 use crate::queue::{Account, Batch, DeliveryRef, Offer, Run};
+use crate::quota::{grows_over, Quota};
 use crate::retained::{RetainSource, RetainedStore};
 use crate::session::{ConnLink, Delivery, Inflight, Moment, PendingWill, QueueLimits, Session, WakeBatch};
 use crate::trie::{SubEntry, SubTrie, Target};
@@ -229,28 +230,52 @@ impl Broker {
         self.store.as_ref()
     }
 
-    /// Store the session's record if it outlives its connections (expiry > 0). Returns the
-    /// store ticket (0 when nothing was stored or nothing needs to wait).
+    /// Store the session's record if it outlives its connections (expiry > 0); the first time,
+    /// its subscriptions too (later each SUBSCRIBE and UNSUBSCRIBE stores its own change).
+    /// Returns the store ticket (0 when nothing was stored or nothing needs to wait).
     pub(crate) fn save_session(&self, s: &Session) -> u64 {
         let Some(store) = &self.store else { return 0 };
         let st = s.state.lock();
         if st.expiry_interval == 0 || s.is_ended() {
             return 0;
         }
-        s.set_persisted(true);
+        let first = !s.set_persisted(true);
         let rec = s.record(&st);
         // Submitted under the session lock, so records reach the store in the order of changes.
-        store.submit(PersistOp::Session(Box::new(rec)))
+        let mut ticket = store.submit(PersistOp::Session(Box::new(rec)));
+        if first {
+            for sub in st.subscriptions.values() {
+                ticket = ticket.max(store.submit(PersistOp::Subscribe { sid: s.id(), sub: sub.clone() }));
+            }
+        }
+        ticket
+    }
+
+    /// Store a subscription change of `s` (its state locked by the caller) when the session is
+    /// stored; returns the ticket.
+    fn persist_subscription(&self, s: &Session, op: impl FnOnce(u64) -> PersistOp) -> u64 {
+        match &self.store {
+            Some(store) if s.is_persisted() => store.submit(op(s.id())),
+            _ => 0,
+        }
     }
 
     /// Put back what the store held: sessions with their subscriptions, queues, in-flight
     /// messages and inbound QoS 2 state, and retained messages. Call before connections are
     /// accepted.
+    ///
+    /// What was restored is charged to its principals' quotas whatever they are now: a quota
+    /// lowered since refuses new sessions, subscriptions and retained messages until the
+    /// principal is back under it, and takes nothing away.
     pub fn restore(&self, sessions: Vec<RestoredSession>, retained: Vec<(Arc<Message>, RetainSource)>, now: Instant) {
         {
             let mut r = self.retained.write();
             for (m, source) in retained {
-                r.set(m, source);
+                let account = match &source {
+                    RetainSource::Client { principal, .. } => Some(self.account_for(principal)),
+                    RetainSource::Broker | RetainSource::Unknown => None,
+                };
+                r.set_charged(m, source, account);
             }
         }
         let mut reg = self.sessions.lock();
@@ -260,6 +285,13 @@ impl Broker {
             let s = Arc::new(Session::new(rs.sid, rs.client_id.clone(), rs.owner, rs.expiry_interval));
             {
                 let mut st = s.state.lock();
+                {
+                    let mut u = account.usage();
+                    u.sessions += 1;
+                    let bytes = rs.subscriptions.iter().map(|sub| sub.filter.as_str().len() as u64).sum();
+                    u.charge_subscriptions(rs.subscriptions.len() as u64, bytes);
+                }
+                s.set_counted(true);
                 st.queue.set_account(Some(account));
                 s.set_persisted(true);
                 st.disconnected_at = Some(Moment::new(now.checked_sub(rs.disconnected_for).unwrap_or(now)));
@@ -295,7 +327,11 @@ impl Broker {
                 st.ids_in_order = st.inflight.is_empty();
             }
             self.expiring.lock().insert(s.id(), s.clone());
-            reg.insert(rs.client_id, s);
+            if let Some(old) = reg.insert(rs.client_id, s) {
+                // Two stored sessions of one client id (never written so, but the store is
+                // input): the later one stands, the other ends as a Clean Start would end it.
+                self.end_session_locked(&old);
+            }
         }
     }
 
@@ -307,6 +343,11 @@ impl Broker {
     /// Number of retained messages.
     pub fn retained_count(&self) -> usize {
         self.retained.read().len()
+    }
+
+    /// Bytes (topic + payload) of the retained messages.
+    pub fn retained_bytes(&self) -> u64 {
+        self.retained.read().bytes()
     }
 
     /// Number of subscriptions.
@@ -419,6 +460,16 @@ impl Broker {
             }
             match existing {
                 Some(s) if !connect.clean_start => {
+                    // A session made with no expiry becomes persistent: it counts now.
+                    if expiry > 0 && !s.is_counted() {
+                        let account = self.account_for(&principal);
+                        if !account.usage().add_session(cfg.max_sessions_per_principal, false) {
+                            drop(reg);
+                            self.quota_refused(Quota::Sessions, Some(&account), &principal, &client_id);
+                            return refuse(ReasonCode::QUOTA_EXCEEDED, out);
+                        }
+                        s.set_counted(true);
+                    }
                     // Same identity; the grants are the new connection's (a narrower token
                     // narrows the live subscriptions at once). Set before the trie's
                     // generation moves: a route that sees the new generation authorizes
@@ -446,6 +497,15 @@ impl Broker {
                     (s, true, old.map(|l| l.waker))
                 }
                 existing => {
+                    // One persistent session more for the principal (unless it replaces one
+                    // of its own): refused before anything changes [MQTT-3.2.2-?: 0x97].
+                    let account = self.account_for(&principal);
+                    let replacing = existing.as_ref().is_some_and(|old| old.is_counted());
+                    if expiry > 0 && !account.usage().add_session(cfg.max_sessions_per_principal, replacing) {
+                        drop(reg);
+                        self.quota_refused(Quota::Sessions, Some(&account), &principal, &client_id);
+                        return refuse(ReasonCode::QUOTA_EXCEEDED, out);
+                    }
                     let mut old_waker = None;
                     if let Some(old) = existing {
                         let (waker, will) = self.end_session_locked(&old);
@@ -453,10 +513,11 @@ impl Broker {
                         wills_to_send.extend(will.map(|w| (old.clone(), w)));
                     }
                     let s = Arc::new(Session::new(self.next_id(), client_id.clone(), principal.clone(), expiry));
+                    s.set_counted(expiry > 0);
                     {
                         let mut st = s.state.lock();
                         st.conn = Some(link);
-                        st.queue.set_account(Some(self.account_for(&principal)));
+                        st.queue.set_account(Some(account));
                     }
                     s.set_connected(true);
                     reg.insert(client_id.clone(), s.clone());
@@ -490,6 +551,14 @@ impl Broker {
             s.set_ended();
             s.set_connected(false);
             let filters: Vec<_> = st.subscriptions.drain().map(|(_, sub)| sub.filter).collect();
+            let counted = s.set_counted(false);
+            if let Some(a) = st.queue.account() {
+                let mut u = a.usage();
+                u.release_subscriptions(filters.len() as u64, filters.iter().map(|f| f.as_str().len() as u64).sum());
+                if counted {
+                    u.release_session();
+                }
+            }
             st.queue.clear();
             st.inflight.clear();
             if s.set_persisted(false) {
@@ -658,19 +727,26 @@ impl Broker {
         );
     }
 
-    /// Route a message: store it if retained, then queue it for every matching subscription
+    /// Route a message: keep it if retained (within its publisher's quotas: over one it is
+    /// routed all the same, not retained), then queue it for every matching subscription
     /// (one delivery per session at the highest matching QoS, carrying every matching
     /// subscription identifier [MQTT-3.3.4-2/3]; one member per shared group). Returns the
     /// number of deliveries queued. `publisher` is who published it (principal and client id;
     /// `None`: the broker itself), kept with a retained message.
     pub fn route(&self, msg: Arc<Message>, publisher: Option<(&Arc<Principal>, &Arc<str>)>) -> usize {
+        if msg.retain {
+            let (source, account) = match publisher {
+                None => (RetainSource::Broker, None),
+                Some((p, c)) => {
+                    (RetainSource::Client { principal: p.clone(), client_id: c.clone() }, Some(self.account_for(p)))
+                }
+            };
+            if let (Err(q), Some((p, c))) = (self.retain(&msg, source, account.as_ref()), publisher) {
+                self.quota_refused(q, account.as_deref(), p, c);
+            }
+        }
         // The local batch wakes the subscribers when it is dropped.
-        self.route_many(
-            &Arc::new(Batch::new(vec![msg])),
-            &mut WakeBatch::default(),
-            &mut RouteCache::default(),
-            publisher,
-        )
+        self.route_many(&Arc::new(Batch::new(vec![msg])), &mut WakeBatch::default(), &mut RouteCache::default())
     }
 
     /// Route a publisher's batch of messages, in order. Each subscriber session is locked once
@@ -680,25 +756,13 @@ impl Broker {
     /// decisions) unless a shared subscription needs a fresh round-robin pick per message;
     /// across batches, the publisher's `cache` keeps the last answer while it holds (see
     /// [`RouteCache`]). Returns the number of deliveries queued.
-    /// `publisher` is who published the batch (see [`Broker::route`]).
-    pub fn route_many(
-        &self,
-        shared: &Arc<Batch>,
-        batch: &mut WakeBatch,
-        cache: &mut RouteCache,
-        publisher: Option<(&Arc<Principal>, &Arc<str>)>,
-    ) -> usize {
+    /// Retained messages are not kept here: the caller did that first ([`Broker::retain`]; a
+    /// connection does it when the PUBLISH arrives, so that a quota's refusal can be told in
+    /// its acknowledgement).
+    pub fn route_many(&self, shared: &Arc<Batch>, batch: &mut WakeBatch, cache: &mut RouteCache) -> usize {
         let msgs = shared.messages();
         let policy_gen = self.policy_generation();
         let authz = self.authorizer();
-        for msg in msgs.iter().filter(|m| m.retain) {
-            // Only retained messages keep their publisher (two reference counts).
-            let source = match publisher {
-                None => RetainSource::Broker,
-                Some((p, c)) => RetainSource::Client { principal: p.clone(), client_id: c.clone() },
-            };
-            self.retain(msg, source, batch);
-        }
         // The run of a whole batch for one resolved session.
         let run = |shared: &Arc<Batch>, r: &Resolved| Run {
             batch: shared.clone(),
@@ -832,13 +896,98 @@ impl Broker {
         }
     }
 
-    /// Keep a retained message (an empty payload clears the topic) and store it.
-    fn retain(&self, msg: &Arc<Message>, source: RetainSource, batch: &mut WakeBatch) {
-        self.retained.write().set(msg.clone(), source.clone());
-        if let Some(store) = self.store.as_ref().filter(|_| !msg.topic.as_str().starts_with("$SYS/")) {
-            let stored = (!msg.payload.is_empty()).then(|| msg.clone());
-            let t = store.submit(PersistOp::Retained { topic: msg.topic.clone(), msg: stored, source });
-            batch.durable = batch.durable.max(t);
+    /// Keep a retained message (an empty payload clears the topic) and store it; returns the
+    /// store ticket its acknowledgement waits for. With an `account` (a client's: its
+    /// publisher's), the message is charged to it, and refused when it would take that
+    /// principal over `max_retained_messages_per_principal` / `max_retained_bytes_per_principal`
+    /// or the broker over `max_retained_messages` / `max_retained_bytes`: then nothing changes
+    /// (the topic keeps its retained message). Clearing a topic, or replacing a message with
+    /// one no larger, is never refused. Checked and applied under the retained store's lock:
+    /// concurrent publishers of one principal cannot both take its last place.
+    pub fn retain(
+        &self,
+        msg: &Arc<Message>,
+        source: RetainSource,
+        account: Option<&Arc<Account>>,
+    ) -> Result<u64, Quota> {
+        let mut r = self.retained.write();
+        if let Some(a) = account.filter(|_| !msg.payload.is_empty()) {
+            self.retained_fits(&r, msg, a)?;
+        }
+        r.set_charged(msg.clone(), source.clone(), account.cloned());
+        // Submitted under the lock: the store sees a topic's changes in the order they happened.
+        match self.store.as_ref().filter(|_| !msg.topic.as_str().starts_with("$SYS/")) {
+            Some(store) => {
+                let stored = (!msg.payload.is_empty()).then(|| msg.clone());
+                Ok(store.submit(PersistOp::Retained { topic: msg.topic.clone(), msg: stored, source }))
+            }
+            None => Ok(0),
+        }
+    }
+
+    /// Would retaining `msg`, charged to `a`, take its principal or the broker over a retained
+    /// quota? (See [`Broker::retain`].)
+    fn retained_fits(&self, r: &RetainedStore, msg: &Message, a: &Arc<Account>) -> Result<(), Quota> {
+        let cfg = &self.config;
+        let cost = msg.cost();
+        let held = r.held(msg.topic.as_str());
+        let old_cost = held.as_ref().map_or(0, |h| h.cost);
+        // The principal's figures: a message of its own on the topic is replaced, not added.
+        let own = held.as_ref().and_then(|h| h.account).is_some_and(|o| Arc::ptr_eq(o, a));
+        {
+            let u = a.usage();
+            let n = u.retained + u64::from(!own);
+            let bytes = u.retained_bytes.saturating_sub(if own { old_cost } else { 0 }).saturating_add(cost);
+            if grows_over(u.retained, n, cfg.max_retained_messages_per_principal as u64)
+                || grows_over(u.retained_bytes, bytes, cfg.max_retained_bytes_per_principal)
+            {
+                return Err(Quota::Retained);
+            }
+        }
+        let (n, bytes) = (r.len() as u64, r.bytes());
+        let next_n = n + u64::from(held.is_none());
+        let next_bytes = bytes.saturating_sub(old_cost).saturating_add(cost);
+        if grows_over(n, next_n, cfg.max_retained_messages as u64)
+            || grows_over(bytes, next_bytes, cfg.max_retained_bytes)
+        {
+            return Err(Quota::RetainedTotal);
+        }
+        Ok(())
+    }
+
+    /// A quota refused a request of `owner` (client `client_id`): count it, and log it once per
+    /// principal per episode (see [`crate::quota`]): never once per packet.
+    #[cold]
+    pub(crate) fn quota_refused(&self, q: Quota, account: Option<&Account>, owner: &Principal, client_id: &str) {
+        crate::limits::hit(self.stats.limits.quota(q));
+        let now_s = self.started.elapsed().as_secs();
+        if account.is_some_and(|a| a.usage().refused(q, now_s)) {
+            let cfg = &self.config;
+            let limit = match q {
+                Quota::Sessions => cfg.max_sessions_per_principal.to_string(),
+                Quota::Subscriptions => {
+                    format!(
+                        "{} / {} bytes",
+                        cfg.max_subscriptions_per_principal, cfg.max_subscription_bytes_per_principal
+                    )
+                }
+                Quota::Retained => format!(
+                    "{} / {} bytes",
+                    cfg.max_retained_messages_per_principal, cfg.max_retained_bytes_per_principal
+                ),
+                Quota::RetainedTotal => format!("{} / {} bytes", cfg.max_retained_messages, cfg.max_retained_bytes),
+            };
+            let principal = owner.to_string();
+            tracing::warn!(
+                principal = principal.as_str(),
+                client_id,
+                quota = q.keys(),
+                limit = limit.as_str(),
+                "quota exceeded: {}; further refusals are counted in $SYS/broker/limits/{}, not logged, until \
+                 the principal gives something back",
+                q.refusal(),
+                q.counter_name()
+            );
         }
     }
 
@@ -947,30 +1096,57 @@ impl Broker {
         Resolution { targets: out, reusable, denied, trie_gen }
     }
 
-    /// Add or replace a subscription; returns true when it already existed.
+    /// Add or replace a subscription, and store the change when the session is stored.
+    /// Returns whether it already existed and the store ticket; a new one that would take the
+    /// session's principal over `max_subscriptions_per_principal` or
+    /// `max_subscription_bytes_per_principal` is refused (nothing changes).
     pub(crate) fn subscribe(
         &self,
         s: &Arc<Session>,
         filter: &TopicFilter,
         options: SubscriptionOptions,
         id: Option<u32>,
-    ) -> bool {
+    ) -> Result<(bool, u64), Quota> {
+        let cfg = &self.config;
+        let mut st = s.state.lock();
+        if s.is_ended() {
+            // Taken over by a Clean Start meanwhile: nothing to subscribe.
+            return Ok((false, 0));
+        }
+        let existed = st.subscriptions.contains_key(filter.as_str());
+        if let Some(a) = st.queue.account().filter(|_| !existed) {
+            let len = filter.as_str().len() as u64;
+            if !a.usage().add_subscription(
+                len,
+                cfg.max_subscriptions_per_principal,
+                cfg.max_subscription_bytes_per_principal,
+            ) {
+                return Err(Quota::Subscriptions);
+            }
+        }
         let entry = SubEntry { session: s.clone(), options, id };
         let group = filter.shared().map(|(g, _)| g);
+        // Lock order: a session's state, then the trie.
         self.subs.write().insert(group, filter.match_filter(), entry);
-        let mut st = s.state.lock();
-        st.subscriptions
-            .insert(Arc::from(filter.as_str()), crate::session::Subscription { filter: filter.clone(), options, id })
-            .is_some()
+        let sub = crate::session::Subscription { filter: filter.clone(), options, id };
+        let ticket = self.persist_subscription(s, |sid| PersistOp::Subscribe { sid, sub: sub.clone() });
+        st.subscriptions.insert(Arc::from(filter.as_str()), sub);
+        Ok((existed, ticket))
     }
 
-    /// Remove a subscription; returns true when it existed.
-    pub(crate) fn unsubscribe(&self, s: &Arc<Session>, filter: &TopicFilter) -> bool {
-        let existed = s.state.lock().subscriptions.remove(filter.as_str()).is_some();
-        if existed {
-            self.subs.write().remove(filter.shared().map(|(g, _)| g), filter.match_filter(), s.id());
+    /// Remove a subscription, and store the change when the session is stored. Returns whether
+    /// it existed and the store ticket.
+    pub(crate) fn unsubscribe(&self, s: &Arc<Session>, filter: &TopicFilter) -> (bool, u64) {
+        let mut st = s.state.lock();
+        if st.subscriptions.remove(filter.as_str()).is_none() {
+            return (false, 0);
         }
-        existed
+        self.subs.write().remove(filter.shared().map(|(g, _)| g), filter.match_filter(), s.id());
+        if let Some(a) = st.queue.account() {
+            a.usage().release_subscriptions(1, filter.as_str().len() as u64);
+        }
+        let ticket = self.persist_subscription(s, |sid| PersistOp::Unsubscribe { sid, filter: filter.clone() });
+        (true, ticket)
     }
 
     /// Retained messages matching a (non-shared) filter that may be delivered: with

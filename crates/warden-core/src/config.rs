@@ -29,6 +29,25 @@ pub struct BrokerConfig {
     pub max_topic_levels: usize,
     /// Most subscriptions one session may hold.
     pub max_subscriptions_per_client: usize,
+    /// Most persistent sessions (expiry interval above 0) one principal (kind and name) may
+    /// hold; a CONNECT that would make one more is refused with 0x97 Quota exceeded.
+    pub max_sessions_per_principal: usize,
+    /// Most subscriptions across all the sessions of one principal; a filter beyond it gets
+    /// 0x97 (v3: 0x80) in its SUBACK.
+    pub max_subscriptions_per_principal: usize,
+    /// Most bytes of topic filters (as subscribed, `$share/…` included) across all the
+    /// sessions of one principal; as `max_subscriptions_per_principal`.
+    pub max_subscription_bytes_per_principal: u64,
+    /// Most retained messages one principal may have published (and still hold); a retained
+    /// PUBLISH beyond it is not retained (v5 QoS 1/2: refused with 0x97).
+    pub max_retained_messages_per_principal: usize,
+    /// Most bytes (topic + payload) of retained messages one principal may hold; as
+    /// `max_retained_messages_per_principal`.
+    pub max_retained_bytes_per_principal: u64,
+    /// Most retained messages in the broker, all publishers together.
+    pub max_retained_messages: usize,
+    /// Most bytes (topic + payload) of retained messages in the broker.
+    pub max_retained_bytes: u64,
     /// How often `$SYS` topics are refreshed.
     pub sys_interval: Duration,
     /// Before a retained message is delivered, check that its publisher may still publish to
@@ -51,6 +70,13 @@ impl Default for BrokerConfig {
             max_session_expiry: u32::MAX,
             max_topic_levels: 128,
             max_subscriptions_per_client: 1000,
+            max_sessions_per_principal: 1000,
+            max_subscriptions_per_principal: 10_000,
+            max_subscription_bytes_per_principal: 2 * 1024 * 1024,
+            max_retained_messages_per_principal: 10_000,
+            max_retained_bytes_per_principal: 32 * 1024 * 1024,
+            max_retained_messages: 1_000_000,
+            max_retained_bytes: 512 * 1024 * 1024,
             sys_interval: Duration::from_secs(10),
             check_retain_source: true,
         }

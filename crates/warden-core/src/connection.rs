@@ -23,6 +23,8 @@ use crate::broker::{Broker, RouteCache};
 use crate::message::Message;
 use crate::persist::PersistOp;
 use crate::queue::{Batch, DeliveryRef};
+use crate::quota::Quota;
+use crate::retained::RetainSource;
 use crate::session::{store_delivery, Delivery, Inflight, OutStage, Session, WakeBatch};
 
 /// Why (and how) a connection ends.
@@ -218,6 +220,33 @@ impl Connection {
         d
     }
 
+    /// Keep a retained message this connection published, within its principal's quotas (and
+    /// the broker's): the store ticket goes with the acknowledgement. A refusal is counted and
+    /// logged (once per episode) and returned.
+    fn retain_published(&mut self, msg: &Arc<Message>) -> Result<(), Quota> {
+        let account = self.session.state.lock().queue.account().cloned();
+        let source =
+            RetainSource::Client { principal: self.principal.clone(), client_id: self.session.client_id.clone() };
+        match self.broker.retain(msg, source, account.as_ref()) {
+            Ok(ticket) => {
+                if msg.qos != QoS::AtMostOnce {
+                    self.add_durable(ticket);
+                }
+                Ok(())
+            }
+            Err(q) => {
+                self.broker.quota_refused(q, account.as_deref(), &self.principal, &self.session.client_id);
+                Err(q)
+            }
+        }
+    }
+
+    /// A quota refused this connection's request: counted and logged (see [`crate::quota`]).
+    fn quota_refused(&self, q: Quota) {
+        let account = self.session.state.lock().queue.account().cloned();
+        self.broker.quota_refused(q, account.as_deref(), &self.principal, &self.session.client_id);
+    }
+
     /// Route the messages accepted so far (in order).
     fn route_pending(&mut self) {
         if self.received > 0 {
@@ -227,8 +256,7 @@ impl Connection {
         // Moved, not cloned, into the slice the subscribers' queues share.
         let cap = p.pending.len();
         let batch = Arc::new(Batch::new(std::mem::replace(&mut p.pending, Vec::with_capacity(cap))));
-        let publisher = Some((&self.principal, &self.session.client_id));
-        self.broker.route_many(&batch, &mut p.wakes, &mut p.route_cache, publisher);
+        self.broker.route_many(&batch, &mut p.wakes, &mut p.route_cache);
         // The acknowledgements wait until what was stored for them is durable.
         let t = std::mem::take(&mut p.wakes.durable);
         if std::mem::take(&mut p.pending_acked) {
@@ -431,10 +459,10 @@ impl Connection {
                 true
             }
         };
-        let ack_code =
-            if denied && self.protocol == Protocol::V5 { ReasonCode::NOT_AUTHORIZED } else { ReasonCode::SUCCESS };
+        let v5 = self.protocol == Protocol::V5;
+        let mut ack_code = if denied && v5 { ReasonCode::NOT_AUTHORIZED } else { ReasonCode::SUCCESS };
         if qos == QoS::ExactlyOnce {
-            let mut st = self.session.state.lock();
+            let st = self.session.state.lock();
             if st.inbound_qos2.contains(&packet_id) {
                 // A re-sent QoS 2 PUBLISH: acknowledge again, deliver nothing [MQTT-4.3.3-?].
                 drop(st);
@@ -446,19 +474,12 @@ impl Connection {
                 return Err(self.fail(out, ReasonCode::RECEIVE_MAXIMUM_EXCEEDED));
                 // [MQTT-3.3.4-9]
             }
-            if !(denied && self.protocol == Protocol::V5) {
-                st.inbound_qos2.insert(packet_id);
-                let persistent = self.session.is_persisted();
-                drop(st);
-                self.inbound_qos2(packet_id, true, persistent);
-            }
         }
+        let mut accepted = None;
         if !denied {
             let expires_at = properties.message_expiry_interval.map(|e| now + Duration::from_secs(u64::from(e)));
-            let properties =
-                if self.protocol == Protocol::V5 { Message::forwarded_properties(properties) } else { None };
-            let p = self.publishing.get_or_insert_with(Default::default);
-            p.pending.push(Arc::new(Message {
+            let properties = if v5 { Message::forwarded_properties(properties) } else { None };
+            let msg = Arc::new(Message {
                 topic,
                 payload,
                 qos,
@@ -467,7 +488,26 @@ impl Connection {
                 expires_at,
                 origin: Some(self.session.id()),
                 persisted: Default::default(),
-            }));
+            });
+            // A retained message is kept now, within the retained quotas. Over one, a v5
+            // QoS 1/2 PUBLISH is refused with 0x97 and not routed (a failing acknowledgement
+            // means the message was not accepted); a QoS 0 one (no acknowledgement to tell it
+            // in) and a v3 one (no reason codes) are routed all the same, not retained
+            // ([MQTT-3.3.1-7] in 3.1.1 lets a server discard a QoS 0 retained message).
+            if retain && self.retain_published(&msg).is_err() && v5 && qos != QoS::AtMostOnce {
+                ack_code = ReasonCode::QUOTA_EXCEEDED;
+            } else {
+                accepted = Some(msg);
+            }
+        }
+        if qos == QoS::ExactlyOnce && ack_code.is_success() {
+            self.session.state.lock().inbound_qos2.insert(packet_id);
+            let persistent = self.session.is_persisted();
+            self.inbound_qos2(packet_id, true, persistent);
+        }
+        if let Some(msg) = accepted {
+            let p = self.publishing.get_or_insert_with(Default::default);
+            p.pending.push(msg);
             p.pending_acked |= qos != QoS::AtMostOnce;
             if p.pending.len() >= 1024 {
                 self.route_pending();
@@ -484,7 +524,8 @@ impl Connection {
 
     fn handle_subscribe(&mut self, s: Subscribe, now: Instant, out: &mut BytesMut) -> Result<(), Close> {
         let v5 = self.protocol == Protocol::V5;
-        let cfg = &self.broker.config;
+        let broker = self.broker.clone();
+        let cfg = &broker.config;
         let sub_id = s.properties.subscription_identifiers.first().copied();
         let mut codes = Vec::with_capacity(s.filters.len());
         let mut retained = Vec::new();
@@ -506,7 +547,19 @@ impl Connection {
                 codes.push(if v5 { ReasonCode::QUOTA_EXCEEDED } else { ReasonCode::V3_SUBACK_FAILURE });
                 continue;
             }
-            let existed = self.broker.subscribe(&self.session, filter, *opts, sub_id);
+            let existed = match self.broker.subscribe(&self.session, filter, *opts, sub_id) {
+                Ok((existed, ticket)) => {
+                    self.add_durable(ticket);
+                    existed
+                }
+                Err(q) => {
+                    // The principal's subscriptions are at their quota: this filter is refused,
+                    // the others of the packet are still tried (a shorter one may fit).
+                    self.quota_refused(q);
+                    codes.push(if v5 { ReasonCode::QUOTA_EXCEEDED } else { ReasonCode::V3_SUBACK_FAILURE });
+                    continue;
+                }
+            };
             codes.push(ReasonCode(opts.qos as u8));
             let send_retained = !shared
                 && match opts.retain_handling {
@@ -534,8 +587,6 @@ impl Connection {
                 }
             }
         }
-        let t = self.broker.save_session(&self.session);
-        self.add_durable(t);
         self.send(
             &Packet::SubAck(SubAck { packet_id: s.packet_id, properties: Default::default(), reason_codes: codes }),
             out,
@@ -550,19 +601,12 @@ impl Connection {
     }
 
     fn handle_unsubscribe(&mut self, u: Unsubscribe, out: &mut BytesMut) {
-        let codes = u
-            .filters
-            .iter()
-            .map(|f| {
-                if self.broker.unsubscribe(&self.session, f) {
-                    ReasonCode::SUCCESS
-                } else {
-                    ReasonCode::NO_SUBSCRIPTION_EXISTED
-                }
-            })
-            .collect();
-        let t = self.broker.save_session(&self.session);
-        self.add_durable(t);
+        let mut codes = Vec::with_capacity(u.filters.len());
+        for f in &u.filters {
+            let (existed, ticket) = self.broker.unsubscribe(&self.session, f);
+            self.add_durable(ticket);
+            codes.push(if existed { ReasonCode::SUCCESS } else { ReasonCode::NO_SUBSCRIPTION_EXISTED });
+        }
         let reason_codes = if self.protocol == Protocol::V5 { codes } else { Vec::new() };
         self.send(
             &Packet::UnsubAck(UnsubAck { packet_id: u.packet_id, properties: Default::default(), reason_codes }),

@@ -1,9 +1,11 @@
 //! Abuse-resistance counters (SPEC §7) and their `$SYS/broker/limits/...` topics.
 //!
-//! The limits themselves are enforced by the shell (per-address guard, publish rate and
-//! bandwidth, TLS handshake timeout, memory high-water mark, stalled writers); the core only
-//! holds the counters, so they are exported with the other broker statistics, and measures
-//! how many bytes its session queues hold ([`Broker::queued_bytes`]).
+//! Most limits are enforced by the shell (per-address guard, publish rate and bandwidth, TLS
+//! handshake timeout, memory high-water mark, stalled writers); the core enforces the
+//! per-principal bounds (queued bytes, and the quotas of [`crate::quota`]), holds every
+//! counter, so they are exported with the other broker statistics, and measures how many
+//! bytes its session queues and retained messages hold ([`Broker::queued_bytes`],
+//! [`Broker::retained_bytes`]).
 
 use std::sync::atomic::{AtomicU64, Ordering};
 
@@ -49,6 +51,17 @@ pub struct LimitStats {
     /// CONNECTs refused with Server busy: no password-verification slot within
     /// `auth_hash_wait`.
     pub auth_hash_busy: AtomicU64,
+    /// CONNECTs refused with 0x97 Quota exceeded: the principal holds
+    /// `max_sessions_per_principal` persistent sessions.
+    pub sessions_per_principal: AtomicU64,
+    /// Subscriptions refused (SUBACK 0x97, v3 0x80): `max_subscriptions_per_principal` or
+    /// `max_subscription_bytes_per_principal`.
+    pub subscriptions_per_principal: AtomicU64,
+    /// Retained messages not retained (v5 QoS 1/2: PUBACK/PUBREC 0x97):
+    /// `max_retained_messages_per_principal` or `max_retained_bytes_per_principal`.
+    pub retained_per_principal: AtomicU64,
+    /// Retained messages not retained: `max_retained_messages` or `max_retained_bytes`.
+    pub retained_total: AtomicU64,
 }
 
 /// Add one to a counter.
@@ -57,8 +70,19 @@ pub fn hit(c: &AtomicU64) {
 }
 
 impl LimitStats {
+    /// The counter of `q`'s refusals.
+    pub fn quota(&self, q: crate::quota::Quota) -> &AtomicU64 {
+        use crate::quota::Quota;
+        match q {
+            Quota::Sessions => &self.sessions_per_principal,
+            Quota::Subscriptions => &self.subscriptions_per_principal,
+            Quota::Retained => &self.retained_per_principal,
+            Quota::RetainedTotal => &self.retained_total,
+        }
+    }
+
     /// `(name, value)` of every counter, in a fixed order.
-    pub fn snapshot(&self) -> [(&'static str, u64); 16] {
+    pub fn snapshot(&self) -> [(&'static str, u64); 20] {
         let v = |c: &AtomicU64| c.load(Ordering::Relaxed);
         [
             ("max_connections", v(&self.max_connections)),
@@ -77,16 +101,21 @@ impl LimitStats {
             ("queued_bytes_per_principal", v(&self.queued_bytes_per_principal)),
             ("write_stalled", v(&self.write_stalled)),
             ("auth_hash_busy", v(&self.auth_hash_busy)),
+            ("sessions_per_principal", v(&self.sessions_per_principal)),
+            ("subscriptions_per_principal", v(&self.subscriptions_per_principal)),
+            ("retained_per_principal", v(&self.retained_per_principal)),
+            ("retained_total", v(&self.retained_total)),
         ]
     }
 }
 
 impl Broker {
     /// Publish `$SYS/broker/limits/<counter>` (retained, QoS 0) for every [`LimitStats`]
-    /// counter, plus `$SYS/broker/limits/queued_bytes`. Called by [`Broker::publish_sys`].
+    /// counter, plus the gauges `$SYS/broker/limits/queued_bytes` and
+    /// `$SYS/broker/limits/retained_bytes`. Called by [`Broker::publish_sys`].
     pub fn publish_limits_sys(&self) {
         let counters = self.stats.limits.snapshot();
-        let extra = [("queued_bytes", self.queued_bytes())];
+        let extra = [("queued_bytes", self.queued_bytes()), ("retained_bytes", self.retained_bytes())];
         for (name, value) in counters.into_iter().chain(extra) {
             self.publish_sys_value(&format!("$SYS/broker/limits/{name}"), value.to_string());
         }
@@ -108,5 +137,11 @@ mod tests {
         names.dedup();
         assert_eq!(names.len(), snap.len());
         assert_eq!(snap.iter().find(|(n, _)| *n == "write_stalled").map(|x| x.1), Some(2));
+        // Every quota's counter is published under its own name.
+        use crate::quota::Quota;
+        for q in [Quota::Sessions, Quota::Subscriptions, Quota::Retained, Quota::RetainedTotal] {
+            hit(s.quota(q));
+            assert_eq!(s.snapshot().iter().find(|(n, _)| *n == q.counter_name()).map(|x| x.1), Some(1));
+        }
     }
 }

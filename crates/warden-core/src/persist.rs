@@ -7,8 +7,9 @@
 //! subscriber) must not reach the network before the store says that ticket is committed.
 //! Ticket 0 means "nothing to wait for" (the durability mode does not ask for it).
 //!
-//! What is persisted: sessions with a non-zero expiry interval (owner identity, expiry,
-//! subscriptions), their QoS 1/2 deliveries (queued and in flight, with packet id and stage),
+//! What is persisted: sessions with a non-zero expiry interval (owner identity, expiry) and
+//! their subscriptions, one record each (a SUBSCRIBE or UNSUBSCRIBE writes what it changed,
+//! not the whole session), their QoS 1/2 deliveries (queued and in flight, with packet id and stage),
 //! their inbound QoS 2 packet ids, and retained messages. A message fanned out to many
 //! persistent sessions is stored once ([`PersistOp::Message`]) and referenced by each delivery;
 //! it is dropped from the store when the last in-memory reference goes away.
@@ -16,7 +17,7 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use mqtt_codec::{QoS, TopicName};
+use mqtt_codec::{QoS, TopicFilter, TopicName};
 use warden_policy::Principal;
 
 use crate::message::Message;
@@ -30,7 +31,8 @@ pub trait Persist: Send + Sync {
     fn next_id(&self) -> u64;
 }
 
-/// A session as stored.
+/// A session as stored (its subscriptions are stored on their own, see
+/// [`PersistOp::Subscribe`]).
 #[derive(Clone)]
 pub struct SessionRecord {
     /// Session id (the key of its deliveries).
@@ -43,15 +45,27 @@ pub struct SessionRecord {
     pub expiry_interval: u32,
     /// When its last connection closed (None while connected).
     pub disconnected_at: Option<Instant>,
-    /// Its subscriptions.
-    pub subscriptions: Vec<Subscription>,
 }
 
 /// One change to durable state.
 pub enum PersistOp {
-    /// Create or replace a session record.
+    /// Create or replace a session record (without its subscriptions).
     Session(Box<SessionRecord>),
-    /// A session ended: remove it with its deliveries and inbound QoS 2 state.
+    /// Add or replace one subscription of a stored session.
+    Subscribe {
+        /// Session id.
+        sid: u64,
+        /// The subscription.
+        sub: Subscription,
+    },
+    /// Remove one subscription of a stored session.
+    Unsubscribe {
+        /// Session id.
+        sid: u64,
+        /// Its filter.
+        filter: TopicFilter,
+    },
+    /// A session ended: remove it with its subscriptions, deliveries and inbound QoS 2 state.
     SessionEnd {
         /// Session id.
         sid: u64,
@@ -127,6 +141,7 @@ impl PersistOp {
             PersistOp::Delivery { stage: Some(_), qos, .. } => *qos == QoS::ExactlyOnce,
             PersistOp::InboundQos2 { present, .. } => *present,
             PersistOp::Session(_) | PersistOp::SessionEnd { .. } => false,
+            PersistOp::Subscribe { .. } | PersistOp::Unsubscribe { .. } => false,
             PersistOp::MessageDrop { .. } | PersistOp::DeliveryDone { .. } => false,
         }
     }

@@ -21,8 +21,10 @@ use std::sync::{Arc, OnceLock};
 
 use bytes::BytesMut;
 use mqtt_codec::{Protocol, PublishRef, QoS};
+use parking_lot::{Mutex, MutexGuard};
 
 use crate::message::Message;
+use crate::quota::Usage;
 use crate::session::Delivery;
 
 /// A publisher's batch of messages (or the part of one that a set of subscribers receives),
@@ -352,15 +354,26 @@ impl Delivery {
 /// their queues (`Arc`): each queue adds what it charges and takes back what it releases, so
 /// the figure is the sum of those queues' charges, kept with one relaxed atomic per push or
 /// release (no lock, no walk over the sessions). The broker keeps one per principal that has
-/// a session and refuses deliveries that would take it over `max_queued_bytes_per_principal`.
+/// a session or a retained message and refuses deliveries that would take it over
+/// `max_queued_bytes_per_principal`.
+///
+/// Beside it, what the principal's other quotas bound ([`Usage`]: persistent sessions,
+/// subscriptions, retained messages), changed only on cold paths (see [`crate::quota`]).
 #[derive(Debug, Default)]
 pub struct Account {
     bytes: AtomicU64,
     /// When a refusal was last logged (seconds from the broker's start, plus one; 0 = never).
     logged_at: AtomicU64,
+    /// Sessions, subscriptions and retained messages held. Lock order: taken last.
+    usage: Mutex<Usage>,
 }
 
 impl Account {
+    /// What the principal holds that its quotas bound (locked; taken last, held briefly).
+    pub fn usage(&self) -> MutexGuard<'_, Usage> {
+        self.usage.lock()
+    }
+
     /// Bytes charged to the principal's queues now.
     pub fn bytes(&self) -> u64 {
         self.bytes.load(Ordering::Relaxed)

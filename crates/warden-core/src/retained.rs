@@ -1,7 +1,10 @@
 //! Retained messages, stored in a topic trie so that a wildcard SUBSCRIBE walks only the
 //! matching branches instead of every retained topic. Each keeps who published it
 //! ([`RetainSource`]): before it is delivered, its publisher's right to publish there is
-//! checked again (SPEC §10; Mosquitto's `check_retain_source`).
+//! checked again (SPEC §10; Mosquitto's `check_retain_source`). Each also keeps the account it
+//! is charged to (its publisher's, see [`crate::quota`]): the store counts its messages and
+//! bytes, and every message that comes or goes is charged or released there, so the figures
+//! the quotas read are exact by construction.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -9,6 +12,7 @@ use std::sync::Arc;
 use warden_policy::Principal;
 
 use crate::message::Message;
+use crate::queue::Account;
 
 /// Who published a retained message. Kept beside it in the store, not in [`Message`]:
 /// only retained messages pay for it.
@@ -27,10 +31,17 @@ pub enum RetainSource {
     Unknown,
 }
 
+/// A retained message with its publisher and the account it is charged to.
+struct Entry {
+    msg: Arc<Message>,
+    source: RetainSource,
+    account: Option<Arc<Account>>,
+}
+
 #[derive(Default)]
 struct Node {
     children: HashMap<Box<str>, Node>,
-    message: Option<(Arc<Message>, RetainSource)>,
+    message: Option<Entry>,
 }
 
 /// The retained-message store.
@@ -38,6 +49,16 @@ struct Node {
 pub struct RetainedStore {
     root: Node,
     count: usize,
+    /// Bytes (topic + payload, [`Message::cost`]) of every message held.
+    bytes: u64,
+}
+
+/// The retained message of a topic as a quota check sees it (see [`RetainedStore::held`]).
+pub struct Held<'a> {
+    /// Its bytes.
+    pub cost: u64,
+    /// The account it is charged to.
+    pub account: Option<&'a Arc<Account>>,
 }
 
 impl RetainedStore {
@@ -51,23 +72,50 @@ impl RetainedStore {
         self.count == 0
     }
 
+    /// Bytes (topic + payload) of the retained messages.
+    pub fn bytes(&self) -> u64 {
+        self.bytes
+    }
+
     /// Set (or with an empty payload, clear [MQTT-3.3.1-10]) the retained message of its topic,
-    /// published by `source`.
+    /// published by `source`, charged to no account.
     pub fn set(&mut self, msg: Arc<Message>, source: RetainSource) {
-        let topic = msg.topic.as_str().to_owned();
+        self.set_charged(msg, source, None);
+    }
+
+    /// [`RetainedStore::set`], the message charged to `account` (its publisher's); the message
+    /// it replaces or clears is released from the account it was charged to.
+    pub fn set_charged(&mut self, msg: Arc<Message>, source: RetainSource, account: Option<Arc<Account>>) {
         if msg.payload.is_empty() {
-            let levels: Vec<&str> = topic.split('/').collect();
-            if remove_rec(&mut self.root, &levels, None) {
-                self.count -= 1;
+            let levels: Vec<&str> = msg.topic.as_str().split('/').collect();
+            if let Some(old) = remove_rec(&mut self.root, &levels, None) {
+                self.released(&old);
             }
             return;
         }
         let mut node = &mut self.root;
-        for level in topic.split('/') {
+        for level in msg.topic.as_str().split('/') {
             node = node.children.entry(Box::from(level)).or_default();
         }
-        if node.message.replace((msg, source)).is_none() {
-            self.count += 1;
+        let cost = msg.cost();
+        if let Some(a) = &account {
+            a.usage().charge_retained(cost);
+        }
+        let old = node.message.replace(Entry { msg, source, account });
+        self.count += 1;
+        self.bytes += cost;
+        if let Some(old) = old {
+            self.released(&old);
+        }
+    }
+
+    /// An entry left the store: take it off the figures and its account.
+    fn released(&mut self, e: &Entry) {
+        let cost = e.msg.cost();
+        self.count -= 1;
+        self.bytes = self.bytes.saturating_sub(cost);
+        if let Some(a) = &e.account {
+            a.usage().release_retained(cost);
         }
     }
 
@@ -75,11 +123,13 @@ impl RetainedStore {
     /// returns true when it was removed.
     pub fn remove_if_same(&mut self, msg: &Arc<Message>) -> bool {
         let levels: Vec<&str> = msg.topic.as_str().split('/').collect();
-        let removed = remove_rec(&mut self.root, &levels, Some(msg));
-        if removed {
-            self.count -= 1;
+        match remove_rec(&mut self.root, &levels, Some(msg)) {
+            Some(old) => {
+                self.released(&old);
+                true
+            }
+            None => false,
         }
-        removed
     }
 
     /// The retained message of exactly `topic`.
@@ -87,13 +137,22 @@ impl RetainedStore {
         self.get_with_source(topic).map(|(m, _)| m)
     }
 
-    /// The retained message of exactly `topic`, with its publisher.
-    pub fn get_with_source(&self, topic: &str) -> Option<(Arc<Message>, RetainSource)> {
+    fn entry(&self, topic: &str) -> Option<&Entry> {
         let mut node = &self.root;
         for level in topic.split('/') {
             node = node.children.get(level)?;
         }
-        node.message.clone()
+        node.message.as_ref()
+    }
+
+    /// The retained message of exactly `topic`, with its publisher.
+    pub fn get_with_source(&self, topic: &str) -> Option<(Arc<Message>, RetainSource)> {
+        self.entry(topic).map(|e| (e.msg.clone(), e.source.clone()))
+    }
+
+    /// The size and account of the retained message of exactly `topic`, if any.
+    pub fn held(&self, topic: &str) -> Option<Held<'_>> {
+        self.entry(topic).map(|e| Held { cost: e.msg.cost(), account: e.account.as_ref() })
     }
 
     /// Every retained message matching `filter` (not a shared filter).
@@ -112,8 +171,8 @@ impl RetainedStore {
     /// Every retained message with its publisher, `$` topics included.
     pub fn all_with_source(&self, out: &mut Vec<(Arc<Message>, RetainSource)>) {
         fn walk(node: &Node, out: &mut Vec<(Arc<Message>, RetainSource)>) {
-            if let Some(m) = &node.message {
-                out.push(m.clone());
+            if let Some(e) = &node.message {
+                out.push((e.msg.clone(), e.source.clone()));
             }
             for child in node.children.values() {
                 walk(child, out);
@@ -123,15 +182,15 @@ impl RetainedStore {
     }
 }
 
-/// Remove the message at `levels` (only if it is `only` when given).
-fn remove_rec(node: &mut Node, levels: &[&str], only: Option<&Arc<Message>>) -> bool {
+/// Remove the message at `levels` (only if it is `only` when given); returns it.
+fn remove_rec(node: &mut Node, levels: &[&str], only: Option<&Arc<Message>>) -> Option<Entry> {
     let Some((first, rest)) = levels.split_first() else {
-        if only.is_some_and(|m| !node.message.as_ref().is_some_and(|(cur, _)| Arc::ptr_eq(cur, m))) {
-            return false;
+        if only.is_some_and(|m| !node.message.as_ref().is_some_and(|e| Arc::ptr_eq(&e.msg, m))) {
+            return None;
         }
-        return node.message.take().is_some();
+        return node.message.take();
     };
-    let Some(child) = node.children.get_mut(*first) else { return false };
+    let child = node.children.get_mut(*first)?;
     let removed = remove_rec(child, rest, only);
     if child.message.is_none() && child.children.is_empty() {
         node.children.remove(*first);
@@ -140,8 +199,8 @@ fn remove_rec(node: &mut Node, levels: &[&str], only: Option<&Arc<Message>>) -> 
 }
 
 fn collect_all(node: &Node, depth: usize, out: &mut Vec<(Arc<Message>, RetainSource)>) {
-    if let Some(m) = &node.message {
-        out.push(m.clone());
+    if let Some(e) = &node.message {
+        out.push((e.msg.clone(), e.source.clone()));
     }
     for (name, child) in &node.children {
         if depth == 0 && name.starts_with('$') {
@@ -153,8 +212,8 @@ fn collect_all(node: &Node, depth: usize, out: &mut Vec<(Arc<Message>, RetainSou
 
 fn match_rec(node: &Node, levels: &[&str], depth: usize, out: &mut Vec<(Arc<Message>, RetainSource)>) {
     let Some((first, rest)) = levels.split_first() else {
-        if let Some(m) = &node.message {
-            out.push(m.clone());
+        if let Some(e) = &node.message {
+            out.push((e.msg.clone(), e.source.clone()));
         }
         return;
     };

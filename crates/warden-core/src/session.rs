@@ -244,8 +244,8 @@ impl std::hash::BuildHasher for ProcessSeeded {
 /// A session: the client id, the principal that owns it, and its state.
 pub struct Session {
     /// The session's id (unique, never reused) above [`ID_SHIFT`], its flags ([`CONNECTED`],
-    /// [`ENDED`], [`PERSISTED`]) below: one word instead of a `u64` and three `AtomicBool`s
-    /// (8 bytes with the padding), toward mimalloc's 224-byte class for the `Arc<Session>`
+    /// [`ENDED`], [`PERSISTED`], [`COUNTED`]) below: one word instead of a `u64` and four
+    /// `AtomicBool`s (8 bytes with the padding), toward mimalloc's 224-byte class for the `Arc<Session>`
     /// that every connection, idle or not, has.
     word: AtomicU64,
     /// The client identifier.
@@ -282,7 +282,8 @@ impl Session {
         }
     }
 
-    /// The stored form of this session (its state is passed in, already locked).
+    /// The stored form of this session (its state is passed in, already locked); its
+    /// subscriptions are stored one by one ([`PersistOp::Subscribe`]).
     pub(crate) fn record(&self, st: &SessionState) -> SessionRecord {
         SessionRecord {
             sid: self.id(),
@@ -290,7 +291,6 @@ impl Session {
             owner: Principal::clone(&self.owner()),
             expiry_interval: st.expiry_interval,
             disconnected_at: st.disconnected_at.map(Moment::instant),
-            subscriptions: st.subscriptions.values().cloned().collect(),
         }
     }
 
@@ -346,6 +346,18 @@ impl Session {
     pub(crate) fn set_ended(&self) {
         self.set_flag(ENDED, true);
     }
+
+    /// The session is counted in its owner's persistent sessions
+    /// (`max_sessions_per_principal`, see [`crate::quota`]).
+    pub fn is_counted(&self) -> bool {
+        self.flag(COUNTED)
+    }
+
+    /// Mark the session as counted, or not; returns the old value. Changed under the session
+    /// registry's lock.
+    pub(crate) fn set_counted(&self, v: bool) -> bool {
+        self.set_flag(COUNTED, v)
+    }
 }
 
 /// [`Session`]'s id is kept above this many bits of flags.
@@ -357,6 +369,8 @@ const ENDED: u64 = 2;
 /// The session has a record in the store (it must be removed when the session ends); changed
 /// under the state lock.
 const PERSISTED: u64 = 4;
+/// The session is counted in its owner's persistent sessions; changed under the registry lock.
+const COUNTED: u64 = 8;
 
 /// The bounds a delivery must fit to be queued.
 #[derive(Debug, Clone, Copy)]

@@ -11,7 +11,13 @@
 //!   of producing garbage.
 //! - delivery: `[1][msg id u64][qos u8][retain u8][stage u8: 0 queued, 1 await ack, 2 await comp]
 //!   [packet id u16][n u16][n × subscription id u32]` (big-endian).
-//! - session: `[1]` followed by JSON ([`SessionJson`]).
+//! - session: `[2]` followed by JSON ([`SessionJson`]) without subscriptions: they are
+//!   records of their own. A version 1 session record (written before) holds its
+//!   subscriptions in its JSON (`subs`); it is read as it is, and the store moves them into
+//!   subscription records when it opens.
+//! - subscription, keyed by (session id, filter): `[1][options u8][has id u8][id u32]`
+//!   (big-endian; the id only when `has id` is 1). Its filter is the key, validated on the
+//!   way back in like a SUBSCRIBE's.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -27,7 +33,7 @@ use warden_policy::trust::CredentialSource;
 use warden_policy::{Principal, PrincipalKind};
 
 const V1: u8 = 1;
-/// Retained records with their publisher.
+/// Retained records with their publisher; session records without their subscriptions.
 const V2: u8 = 2;
 
 /// Converts between the broker's monotonic clock and wall-clock milliseconds.
@@ -267,6 +273,8 @@ pub(crate) struct SessionJson {
     pub expiry: u32,
     /// Wall-clock ms of the last disconnection (None while it was connected).
     pub disconnected: Option<u64>,
+    /// Version 1 only: the subscriptions (version 2 keeps them in records of their own).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
     subs: Vec<SubJson>,
     /// Which kind of credential proved the owner (SPEC §10), so that its grants are
     /// re-derived at load. Absent in records written before it was kept.
@@ -305,14 +313,10 @@ pub(crate) fn encode_session(r: &SessionRecord, clock: Clock) -> Vec<u8> {
         scopes: r.owner.scopes.iter().map(|s| s.to_string()).collect(),
         expiry: r.expiry_interval,
         disconnected: r.disconnected_at.map(|t| clock.to_wall(t)),
-        subs: r
-            .subscriptions
-            .iter()
-            .map(|s| SubJson { f: s.filter.as_str().to_owned(), o: s.options.to_byte(), i: s.id })
-            .collect(),
+        subs: Vec::new(),
         src: Some(r.owner.source.as_str().to_owned()),
     };
-    let mut v = vec![V1];
+    let mut v = vec![V2];
     // Serializing these plain types cannot fail.
     v.extend_from_slice(&serde_json::to_vec(&j).unwrap_or_default());
     v
@@ -321,14 +325,32 @@ pub(crate) fn encode_session(r: &SessionRecord, clock: Clock) -> Vec<u8> {
 pub(crate) struct DecodedSession {
     pub json: SessionJson,
     pub owner: Principal,
+    /// The subscriptions a version 1 record holds (none in version 2), then those of the
+    /// subscription records merged in by the loader.
     pub subscriptions: Vec<Subscription>,
 }
 
+impl DecodedSession {
+    /// The record as written (without subscriptions), for a rewrite.
+    pub(crate) fn record(&self, sid: u64, clock: Clock) -> SessionRecord {
+        SessionRecord {
+            sid,
+            client_id: Arc::from(self.json.client_id.as_str()),
+            owner: self.owner.clone(),
+            expiry_interval: self.json.expiry,
+            disconnected_at: self.json.disconnected.and_then(|ms| clock.to_instant(ms)),
+        }
+    }
+}
+
 pub(crate) fn decode_session(b: &[u8]) -> Result<DecodedSession, BadRecord> {
-    if b.first() != Some(&V1) {
+    if b.first() != Some(&V1) && b.first() != Some(&V2) {
         return Err(bad("unknown session record version"));
     }
     let json: SessionJson = serde_json::from_slice(&b[1..]).map_err(|e| bad(format!("session: {e}")))?;
+    if b[0] == V2 && !json.subs.is_empty() {
+        return Err(bad("version 2 session record with subscriptions"));
+    }
     let kind = match json.kind.as_str() {
         "user" => PrincipalKind::User,
         "certificate" => PrincipalKind::Certificate,
@@ -366,6 +388,36 @@ pub(crate) fn decode_session(b: &[u8]) -> Result<DecodedSession, BadRecord> {
         subscriptions.push(Subscription { filter, options, id: s.i });
     }
     Ok(DecodedSession { json, owner, subscriptions })
+}
+
+/// A subscription record's value (its key is the session id and the filter).
+pub(crate) fn encode_subscription(sub: &Subscription) -> Vec<u8> {
+    let mut v = Vec::with_capacity(7);
+    v.push(V1);
+    v.push(sub.options.to_byte());
+    match sub.id {
+        Some(id) => {
+            v.push(1);
+            v.extend_from_slice(&id.to_be_bytes());
+        }
+        None => v.push(0),
+    }
+    v
+}
+
+/// A subscription record, its filter read from its key.
+pub(crate) fn decode_subscription(filter: &str, b: &[u8]) -> Result<Subscription, BadRecord> {
+    let filter = TopicFilter::new(filter).map_err(|_| bad("subscription filter"))?;
+    let (options, id) = match b {
+        [V1, o, 0] => (*o, None),
+        [V1, o, 1, id @ ..] if id.len() == 4 => (*o, Some(u32::from_be_bytes([id[0], id[1], id[2], id[3]]))),
+        _ => return Err(bad("unknown subscription record version or length")),
+    };
+    let options = SubscriptionOptions::from_byte(options).map_err(|_| bad("subscription options"))?;
+    if id == Some(0) {
+        return Err(bad("subscription identifier 0"));
+    }
+    Ok(Subscription { filter, options, id })
 }
 
 #[cfg(test)]
@@ -473,14 +525,8 @@ mod tests {
     }
 
     fn session_of(owner: Principal) -> Vec<u8> {
-        let rec = SessionRecord {
-            sid: 1,
-            client_id: Arc::from("dev-1"),
-            owner,
-            expiry_interval: 60,
-            disconnected_at: None,
-            subscriptions: vec![],
-        };
+        let rec =
+            SessionRecord { sid: 1, client_id: Arc::from("dev-1"), owner, expiry_interval: 60, disconnected_at: None };
         encode_session(&rec, Clock::now())
     }
 
@@ -506,6 +552,50 @@ mod tests {
         let tok = decode_session(&session_of(tok)).unwrap().owner;
         assert!(open.authorize(&tok, "t", pubish, "a/b").is_allowed());
         assert!(!open.authorize(&tok, "t", pubish, "b").is_allowed());
+    }
+
+    /// Issue 17 item 3: a session record no longer holds the subscriptions (each is a record
+    /// of its own); a version 1 record that does is still read with them, and a version 2
+    /// record that claims some is refused, not half-read.
+    #[test]
+    fn session_records_v2_leave_subscriptions_out_and_v1_ones_still_read() {
+        let v2 = session_of(Principal::user("ann"));
+        assert_eq!(v2[0], V2);
+        assert!(!String::from_utf8_lossy(&v2).contains("subs"), "{}", String::from_utf8_lossy(&v2));
+        assert!(decode_session(&v2).unwrap().subscriptions.is_empty());
+        let v1 = br#"{"client_id":"c","kind":"user","name":"u","expiry":5,"disconnected":null,"src":"password-file",
+            "subs":[{"f":"a/#","o":2},{"f":"$share/g/b","o":1,"i":7}]}"#;
+        let mut rec = vec![V1];
+        rec.extend_from_slice(v1);
+        let back = decode_session(&rec).unwrap();
+        let subs: Vec<_> = back.subscriptions.iter().map(|s| (s.filter.as_str(), s.options.qos as u8, s.id)).collect();
+        assert_eq!(subs, vec![("a/#", 2, None), ("$share/g/b", 1, Some(7))]);
+        let mut claims = vec![V2];
+        claims.extend_from_slice(v1);
+        assert!(decode_session(&claims).is_err());
+    }
+
+    #[test]
+    fn subscription_records_round_trip_and_damage_is_refused() {
+        let opts = SubscriptionOptions { qos: QoS::AtLeastOnce, no_local: true, ..Default::default() };
+        for id in [None, Some(1), Some(268_435_455)] {
+            let sub = Subscription { filter: TopicFilter::new("a/+/c").unwrap(), options: opts, id };
+            let b = encode_subscription(&sub);
+            let back = decode_subscription("a/+/c", &b).unwrap();
+            assert_eq!((back.filter.as_str(), back.options.to_byte(), back.id), ("a/+/c", opts.to_byte(), id));
+            for cut in 0..b.len() {
+                assert!(decode_subscription("a/+/c", &b[..cut]).is_err(), "truncated at {cut}");
+            }
+            let mut long = b.clone();
+            long.push(0);
+            assert!(decode_subscription("a/+/c", &long).is_err());
+        }
+        let b = encode_subscription(&Subscription { filter: TopicFilter::new("x").unwrap(), options: opts, id: None });
+        assert!(decode_subscription("a/#/c", &b).is_err(), "an invalid filter in the key");
+        assert!(decode_subscription("", &b).is_err());
+        assert!(decode_subscription("x", &[V1, 0xFF, 0]).is_err(), "reserved option bits");
+        assert!(decode_subscription("x", &[9, 0, 0]).is_err(), "unknown version");
+        assert!(decode_subscription("x", &[V1, 0, 1, 0, 0, 0, 0]).is_err(), "identifier 0");
     }
 
     #[test]

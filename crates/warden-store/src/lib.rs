@@ -18,6 +18,13 @@
 //! - `None`: nothing waits; commits are not synced, and the file is made durable once a
 //!   second and at shutdown. A crash loses up to the last second.
 //!
+//! # Writes proportional to the change
+//! A session's subscriptions are records of their own, keyed by (session id, filter): a
+//! SUBSCRIBE or UNSUBSCRIBE writes the subscriptions it changes, never the whole session (a
+//! session with 1,000 large filters made every SUBSCRIBE rewrite all of them, issue 17). A
+//! store written before keeps them inside the session record (version 1); opening it moves
+//! them into subscription records, in one transaction.
+//!
 //! # Recovery
 //! Opening never trusts the file blindly: redb checks its pages, every record is decoded
 //! with the same validation as a packet from the network, records that fail are dropped and
@@ -44,6 +51,7 @@ use tokio::sync::watch;
 use tracing::{error, info, warn};
 use warden_core::persist::{Persist, PersistOp, PersistedMsg, RestoredDelivery, RestoredSession};
 use warden_core::retained::RetainSource;
+use warden_core::session::Subscription;
 use warden_core::Message;
 
 use crate::codec::{Clock, DeliveryRec};
@@ -53,6 +61,7 @@ const DELIVERIES: TableDefinition<(u64, u64), &[u8]> = TableDefinition::new("del
 const MESSAGES: TableDefinition<u64, &[u8]> = TableDefinition::new("messages");
 const QOS2_IN: TableDefinition<(u64, u16), ()> = TableDefinition::new("qos2_in");
 const RETAINED: TableDefinition<&str, &[u8]> = TableDefinition::new("retained");
+const SUBSCRIPTIONS: TableDefinition<(u64, &str), &[u8]> = TableDefinition::new("subscriptions");
 
 /// What an acknowledgement waits for (see the crate documentation).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -93,6 +102,10 @@ pub enum StoreError {
 pub struct Report {
     /// Sessions restored.
     pub sessions: usize,
+    /// Their subscriptions.
+    pub subscriptions: usize,
+    /// Sessions whose subscriptions were moved out of their (version 1) record.
+    pub migrated: usize,
     /// Deliveries (queued or in flight) restored.
     pub deliveries: usize,
     /// Retained messages restored.
@@ -132,22 +145,30 @@ pub struct Store {
     writer: Mutex<Option<JoinHandle<()>>>,
     commits: AtomicU64,
     ops: AtomicU64,
+    /// Bytes of keys and values written by commits.
+    written: AtomicU64,
 }
 
 /// Everything read from the file, before it becomes broker state.
 #[derive(Default)]
 struct Raw {
     sessions: BTreeMap<u64, codec::DecodedSession>,
+    /// Subscription records, by session.
+    subs: Vec<(u64, Subscription)>,
     deliveries: Vec<((u64, u64), DeliveryRec)>,
     messages: HashMap<u64, Message>,
     qos2: Vec<(u64, u16)>,
     retained: Vec<(String, Message, RetainSource)>,
     /// Keys of records to delete: unreadable, expired, or orphaned.
     bad_sessions: Vec<u64>,
+    bad_subs: Vec<(u64, String)>,
     bad_deliveries: Vec<(u64, u64)>,
     bad_messages: Vec<u64>,
     bad_qos2: Vec<(u64, u16)>,
     bad_retained: Vec<String>,
+    /// Sessions read from version 1 records that hold their subscriptions: rewritten, their
+    /// subscriptions moved into records of their own.
+    migrate: Vec<u64>,
     /// A table could not be read to its end: rebuild the file.
     damaged: bool,
     max_id: u64,
@@ -217,6 +238,7 @@ impl Store {
             writer: Mutex::new(None),
             commits: AtomicU64::new(0),
             ops: AtomicU64::new(0),
+            written: AtomicU64::new(0),
         });
         let loaded = restore(&store, raw, report);
         let writer = store.clone();
@@ -241,6 +263,12 @@ impl Store {
     /// Commits and ops applied since start.
     pub fn counters(&self) -> (u64, u64) {
         (self.commits.load(Ordering::Relaxed), self.ops.load(Ordering::Relaxed))
+    }
+
+    /// Bytes of keys and values the commits since start wrote (inserted or replaced; what the
+    /// file grows or rewrites by, before redb's own page overhead).
+    pub fn bytes_written(&self) -> u64 {
+        self.written.load(Ordering::Relaxed)
     }
 
     /// Wait until `ticket` (from [`Persist::submit`]) is committed. Returns at once for 0.
@@ -288,7 +316,8 @@ impl Store {
             }
             loop {
                 match commit(&db, &ops, sync) {
-                    Ok(()) => {
+                    Ok(bytes) => {
+                        self.written.fetch_add(bytes, Ordering::Relaxed);
                         if failures > 0 {
                             info!(path = %self.path.display(), "store writes succeed again");
                         }
@@ -395,6 +424,7 @@ fn aside_name(path: &Path, unix: u64) -> PathBuf {
 struct Net<'a> {
     ended: Vec<u64>,
     sessions: HashMap<u64, Option<&'a warden_core::persist::SessionRecord>>,
+    subs: HashMap<(u64, &'a str), Option<&'a Subscription>>,
     deliveries: HashMap<(u64, u64), Option<&'a PersistOp>>,
     messages: HashMap<u64, Option<&'a Arc<Message>>>,
     qos2: HashMap<(u64, u16), bool>,
@@ -409,10 +439,17 @@ impl<'a> Net<'a> {
                 PersistOp::Session(r) => {
                     n.sessions.insert(r.sid, Some(r));
                 }
+                PersistOp::Subscribe { sid, sub } => {
+                    n.subs.insert((*sid, sub.filter.as_str()), Some(sub));
+                }
+                PersistOp::Unsubscribe { sid, filter } => {
+                    n.subs.insert((*sid, filter.as_str()), None);
+                }
                 PersistOp::SessionEnd { sid } => {
                     // Everything the session did before it ended goes with it.
                     n.ended.push(*sid);
                     n.sessions.insert(*sid, None);
+                    n.subs.retain(|k, _| k.0 != *sid);
                     n.deliveries.retain(|k, _| k.0 != *sid);
                     n.qos2.retain(|k, _| k.0 != *sid);
                 }
@@ -440,11 +477,14 @@ impl<'a> Net<'a> {
     }
 }
 
-fn commit(db: &Database, ops: &[PersistOp], sync: bool) -> Result<(), redb::Error> {
+/// Apply a batch of ops in one transaction; returns the bytes of keys and values written.
+fn commit(db: &Database, ops: &[PersistOp], sync: bool) -> Result<u64, redb::Error> {
     let clock = Clock::now();
     let net = Net::of(ops);
     let mut txn = db.begin_write()?;
     txn.set_durability(if sync { redb::Durability::Immediate } else { redb::Durability::None });
+    let mut written = 0u64;
+    let mut count = |key: usize, value: &[u8]| written += (key + value.len()) as u64;
     {
         let mut t = Tables::open(&txn)?;
         for sid in &net.ended {
@@ -452,13 +492,31 @@ fn commit(db: &Database, ops: &[PersistOp], sync: bool) -> Result<(), redb::Erro
         }
         for (sid, r) in &net.sessions {
             match r {
-                Some(r) => t.sessions.insert(*sid, codec::encode_session(r, clock).as_slice())?,
+                Some(r) => {
+                    let v = codec::encode_session(r, clock);
+                    count(8, &v);
+                    t.sessions.insert(*sid, v.as_slice())?
+                }
                 None => t.sessions.remove(*sid)?,
+            };
+        }
+        for ((sid, filter), sub) in &net.subs {
+            match sub {
+                Some(sub) => {
+                    let v = codec::encode_subscription(sub);
+                    count(8 + filter.len(), &v);
+                    t.subs.insert((*sid, *filter), v.as_slice())?
+                }
+                None => t.subs.remove((*sid, *filter))?,
             };
         }
         for (id, m) in &net.messages {
             match m {
-                Some(m) => t.messages.insert(*id, codec::encode_message(m, clock).as_slice())?,
+                Some(m) => {
+                    let v = codec::encode_message(m, clock);
+                    count(8, &v);
+                    t.messages.insert(*id, v.as_slice())?
+                }
                 None => t.messages.remove(*id)?,
             };
         }
@@ -472,13 +530,16 @@ fn commit(db: &Database, ops: &[PersistOp], sync: bool) -> Result<(), redb::Erro
                         stage: *stage,
                         sub_ids: sub_ids.clone(),
                     };
-                    t.deliveries.insert(*key, codec::encode_delivery(&rec).as_slice())?
+                    let v = codec::encode_delivery(&rec);
+                    count(16, &v);
+                    t.deliveries.insert(*key, v.as_slice())?
                 }
                 _ => t.deliveries.remove(*key)?,
             };
         }
         for (key, present) in &net.qos2 {
             if *present {
+                count(10, &[]);
                 t.qos2.insert(*key, ())?;
             } else {
                 t.qos2.remove(*key)?;
@@ -486,13 +547,17 @@ fn commit(db: &Database, ops: &[PersistOp], sync: bool) -> Result<(), redb::Erro
         }
         for (topic, m) in &net.retained {
             match m {
-                Some((m, source)) => t.retained.insert(*topic, codec::encode_retained(m, source, clock).as_slice())?,
+                Some((m, source)) => {
+                    let v = codec::encode_retained(m, source, clock);
+                    count(topic.len(), &v);
+                    t.retained.insert(*topic, v.as_slice())?
+                }
                 None => t.retained.remove(*topic)?,
             };
         }
     }
     txn.commit()?;
-    Ok(())
+    Ok(written)
 }
 
 /// Read every table; a table that fails part-way marks the file damaged (what was read is kept).
@@ -528,12 +593,31 @@ fn read_tables(db: &Database, clock: Clock, raw: &mut Raw, report: &mut Report) 
                             report.expired += 1;
                             raw.bad_sessions.push(sid);
                         } else {
+                            if !s.subscriptions.is_empty() {
+                                raw.migrate.push(sid);
+                            }
                             raw.sessions.insert(sid, s);
                         }
                     }
                     Err(e) => {
                         report.dropped.push(format!("session {sid}: {e}"));
                         raw.bad_sessions.push(sid);
+                    }
+                }
+            }
+        }
+        Err(e) => open(e)?,
+    }
+    match txn.open_table(SUBSCRIPTIONS) {
+        Ok(t) => {
+            for row in t.iter()? {
+                let (k, v) = row?;
+                let (sid, filter) = k.value();
+                match codec::decode_subscription(filter, v.value()) {
+                    Ok(sub) => raw.subs.push((sid, sub)),
+                    Err(e) => {
+                        report.dropped.push(format!("subscription {sid}/{filter:?}: {e}"));
+                        raw.bad_subs.push((sid, filter.to_owned()));
                     }
                 }
             }
@@ -619,6 +703,19 @@ impl Raw {
     /// session and its message, a message needs a delivery, inbound QoS 2 state needs its
     /// session. What breaks them joins the records to remove.
     fn prune(&mut self) {
+        let (keep, orphans): (Vec<_>, Vec<_>) =
+            std::mem::take(&mut self.subs).into_iter().partition(|(sid, _)| self.sessions.contains_key(sid));
+        self.bad_subs.extend(orphans.into_iter().map(|(sid, sub)| (sid, sub.filter.as_str().to_owned())));
+        // A subscription record stands over the same filter in a version 1 session record (a
+        // later change of it); both cannot come from one writer, but the file is input.
+        for (sid, sub) in keep {
+            if let Some(s) = self.sessions.get_mut(&sid) {
+                match s.subscriptions.iter_mut().find(|x| x.filter == sub.filter) {
+                    Some(x) => *x = sub,
+                    None => s.subscriptions.push(sub),
+                }
+            }
+        }
         let (keep, orphans): (Vec<_>, Vec<_>) = std::mem::take(&mut self.deliveries)
             .into_iter()
             .partition(|(k, d)| self.sessions.contains_key(&k.0) && self.messages.contains_key(&d.msg_id));
@@ -644,6 +741,7 @@ struct Tables<'t> {
     messages: redb::Table<'t, u64, &'static [u8]>,
     qos2: redb::Table<'t, (u64, u16), ()>,
     retained: redb::Table<'t, &'static str, &'static [u8]>,
+    subs: redb::Table<'t, (u64, &'static str), &'static [u8]>,
 }
 
 impl<'t> Tables<'t> {
@@ -654,25 +752,42 @@ impl<'t> Tables<'t> {
             messages: txn.open_table(MESSAGES)?,
             qos2: txn.open_table(QOS2_IN)?,
             retained: txn.open_table(RETAINED)?,
+            subs: txn.open_table(SUBSCRIPTIONS)?,
         })
     }
 
-    /// Remove a session with everything filed under it (deliveries, inbound QoS 2 ids).
+    /// Remove a session with everything filed under it (subscriptions, deliveries, inbound
+    /// QoS 2 ids).
     fn end_session(&mut self, sid: u64) -> Result<(), redb::Error> {
         self.sessions.remove(sid)?;
+        // Keys order by session id first: every filter of `sid` lies in this range.
+        self.subs.retain_in((sid, "")..(sid + 1, ""), |_, _| false)?;
         self.deliveries.retain_in((sid, 0)..=(sid, u64::MAX), |_, _| false)?;
         self.qos2.retain_in((sid, 0)..=(sid, u16::MAX), |_, _| false)?;
         Ok(())
     }
 }
 
-/// Remove the records [`Raw::prune`] and reading set aside: unreadable, expired, orphaned.
+/// Remove the records [`Raw::prune`] and reading set aside (unreadable, expired, orphaned),
+/// and move the subscriptions of version 1 session records into records of their own.
 fn remove_bad(db: &Database, raw: &Raw) -> Result<(), redb::Error> {
+    let clock = Clock::now();
     let txn = db.begin_write()?;
     {
         let mut t = Tables::open(&txn)?;
         for sid in &raw.bad_sessions {
             t.end_session(*sid)?;
+        }
+        for (sid, filter) in &raw.bad_subs {
+            t.subs.remove((*sid, filter.as_str()))?;
+        }
+        for sid in &raw.migrate {
+            if let Some(s) = raw.sessions.get(sid) {
+                t.sessions.insert(*sid, codec::encode_session(&s.record(*sid, clock), clock).as_slice())?;
+                for sub in &s.subscriptions {
+                    t.subs.insert((*sid, sub.filter.as_str()), codec::encode_subscription(sub).as_slice())?;
+                }
+            }
         }
         for k in &raw.bad_deliveries {
             t.deliveries.remove(*k)?;
@@ -698,15 +813,10 @@ fn write_back(db: &Database, raw: &Raw) -> Result<(), redb::Error> {
     {
         let mut t = Tables::open(&txn)?;
         for (sid, s) in &raw.sessions {
-            let rec = warden_core::persist::SessionRecord {
-                sid: *sid,
-                client_id: Arc::from(s.json.client_id.as_str()),
-                owner: s.owner.clone(),
-                expiry_interval: s.json.expiry,
-                disconnected_at: s.json.disconnected.and_then(|ms| clock.to_instant(ms)),
-                subscriptions: s.subscriptions.clone(),
-            };
-            t.sessions.insert(*sid, codec::encode_session(&rec, clock).as_slice())?;
+            t.sessions.insert(*sid, codec::encode_session(&s.record(*sid, clock), clock).as_slice())?;
+            for sub in &s.subscriptions {
+                t.subs.insert((*sid, sub.filter.as_str()), codec::encode_subscription(sub).as_slice())?;
+            }
         }
         for (k, d) in &raw.deliveries {
             t.deliveries.insert(*k, codec::encode_delivery(d).as_slice())?;
@@ -758,8 +868,10 @@ fn restore(store: &Arc<Store>, raw: Raw, mut report: Report) -> Loaded {
     for (sid, pid) in raw.qos2 {
         qos2.entry(sid).or_default().push(pid);
     }
+    report.migrated = raw.migrate.len();
     let mut sessions = Vec::with_capacity(raw.sessions.len());
     for (sid, s) in raw.sessions {
+        report.subscriptions += s.subscriptions.len();
         let disconnected_for =
             s.json.disconnected.map_or(Duration::ZERO, |d| Duration::from_millis(clock.wall_ms().saturating_sub(d)));
         sessions.push(RestoredSession {

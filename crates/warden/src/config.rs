@@ -450,6 +450,33 @@ pub struct Limits {
     /// >= 1. Default 1000.
     #[serde(deserialize_with = "de_max_subscriptions_per_client")]
     pub max_subscriptions_per_client: usize,
+    /// Persistent sessions (session expiry above 0) one principal (kind and name) may hold,
+    /// at least 1; a CONNECT that would make one more gets 0x97 Quota exceeded (v3: 0x03).
+    /// Default 1000.
+    #[serde(deserialize_with = "de_max_sessions_per_principal")]
+    pub max_sessions_per_principal: usize,
+    /// Subscriptions across all the sessions of one principal, >= 1; a filter beyond it gets
+    /// 0x97 in the SUBACK (v3: 0x80). Default 10000.
+    #[serde(deserialize_with = "de_max_subscriptions_per_principal")]
+    pub max_subscriptions_per_principal: usize,
+    /// Bytes of topic filters across all the sessions of one principal, >= 1 byte; as
+    /// `max_subscriptions_per_principal`. Default 2 MiB.
+    #[serde(deserialize_with = "de_max_subscription_bytes_per_principal")]
+    pub max_subscription_bytes_per_principal: u64,
+    /// Retained messages one principal may hold, >= 1; beyond it a retained PUBLISH is not
+    /// retained (v5 QoS 1/2: PUBACK/PUBREC 0x97, not routed). Default 10000.
+    #[serde(deserialize_with = "de_max_retained_messages_per_principal")]
+    pub max_retained_messages_per_principal: usize,
+    /// Bytes (topic + payload) of the retained messages of one principal, >= 1 byte; as
+    /// `max_retained_messages_per_principal`. Default 32 MiB.
+    #[serde(deserialize_with = "de_max_retained_bytes_per_principal")]
+    pub max_retained_bytes_per_principal: u64,
+    /// Retained messages in the broker, all publishers together, >= 1. Default 1000000.
+    #[serde(deserialize_with = "de_max_retained_messages")]
+    pub max_retained_messages: usize,
+    /// Bytes of retained messages in the broker, >= 1 byte. Default 512 MiB.
+    #[serde(deserialize_with = "de_max_retained_bytes")]
+    pub max_retained_bytes: u64,
     /// Live connections from one source address, >= 1. Default 1000.
     #[serde(deserialize_with = "de_max_connections_per_ip")]
     pub max_connections_per_ip: usize,
@@ -622,6 +649,13 @@ impl Default for Limits {
             max_session_expiry: 604_800,
             max_topic_levels: 128,
             max_subscriptions_per_client: 1000,
+            max_sessions_per_principal: 1000,
+            max_subscriptions_per_principal: 10_000,
+            max_subscription_bytes_per_principal: 2 * 1024 * 1024,
+            max_retained_messages_per_principal: 10_000,
+            max_retained_bytes_per_principal: 32 * 1024 * 1024,
+            max_retained_messages: 1_000_000,
+            max_retained_bytes: 512 * 1024 * 1024,
             max_connections_per_ip: 1000,
             connect_rate_per_ip: 200,
             auth_fail_ban: AuthFailBan::default(),
@@ -1454,6 +1488,27 @@ fn de_max_topic_levels<'de, D: Deserializer<'de>>(d: D) -> Result<usize, D::Erro
 fn de_max_subscriptions_per_client<'de, D: Deserializer<'de>>(d: D) -> Result<usize, D::Error> {
     narrow(de_int(d, "max_subscriptions_per_client", 1, usize::MAX as u64)?)
 }
+fn de_max_sessions_per_principal<'de, D: Deserializer<'de>>(d: D) -> Result<usize, D::Error> {
+    narrow(de_int(d, "max_sessions_per_principal", 1, usize::MAX as u64)?)
+}
+fn de_max_subscriptions_per_principal<'de, D: Deserializer<'de>>(d: D) -> Result<usize, D::Error> {
+    narrow(de_int(d, "max_subscriptions_per_principal", 1, usize::MAX as u64)?)
+}
+fn de_max_subscription_bytes_per_principal<'de, D: Deserializer<'de>>(d: D) -> Result<u64, D::Error> {
+    de_size(d, "max_subscription_bytes_per_principal", 1, u64::MAX)
+}
+fn de_max_retained_messages_per_principal<'de, D: Deserializer<'de>>(d: D) -> Result<usize, D::Error> {
+    narrow(de_int(d, "max_retained_messages_per_principal", 1, usize::MAX as u64)?)
+}
+fn de_max_retained_bytes_per_principal<'de, D: Deserializer<'de>>(d: D) -> Result<u64, D::Error> {
+    de_size(d, "max_retained_bytes_per_principal", 1, u64::MAX)
+}
+fn de_max_retained_messages<'de, D: Deserializer<'de>>(d: D) -> Result<usize, D::Error> {
+    narrow(de_int(d, "max_retained_messages", 1, usize::MAX as u64)?)
+}
+fn de_max_retained_bytes<'de, D: Deserializer<'de>>(d: D) -> Result<u64, D::Error> {
+    de_size(d, "max_retained_bytes", 1, u64::MAX)
+}
 
 // ---------------------------------------------------------------------------------------------
 // Helpers.
@@ -1593,6 +1648,15 @@ sys_interval = "10s"              # $SYS topics are retained and refreshed this 
         assert_eq!(l.max_session_expiry, 604_800);
         assert_eq!(l.max_topic_levels, 128);
         assert_eq!(l.max_subscriptions_per_client, 1000);
+        // Per-principal quotas (issue 17): safe for a device fleet with one principal each,
+        // small enough that one account cannot fill memory or disk.
+        assert_eq!(l.max_sessions_per_principal, 1000);
+        assert_eq!(l.max_subscriptions_per_principal, 10_000);
+        assert_eq!(l.max_subscription_bytes_per_principal, 2 << 20);
+        assert_eq!(l.max_retained_messages_per_principal, 10_000);
+        assert_eq!(l.max_retained_bytes_per_principal, 32 << 20);
+        assert_eq!(l.max_retained_messages, 1_000_000);
+        assert_eq!(l.max_retained_bytes, 512 << 20);
 
         let c = Config::embedded_default();
         assert_eq!(c.data_dir, PathBuf::from("./warden-data"));
@@ -1996,5 +2060,42 @@ sys_interval = "10s"              # $SYS topics are retained and refreshed this 
         );
         fails_at(&with_limits("max_queued_bytes_per_principal = \"much\""), 4, "max_queued_bytes_per_principal");
         fails_at(&with_limits("auth_fail_backoff = { forever = true }"), 4, "unknown field `forever`");
+    }
+
+    /// Issue 17: every per-principal quota and the retained cap parse (counts as integers,
+    /// bytes as sizes), and a bad value is refused at start with its line and why.
+    #[test]
+    fn quotas_parse_and_bad_values_are_refused_with_their_line() {
+        let l = parse(&with_limits(
+            "max_sessions_per_principal = 5
+max_subscriptions_per_principal = 50
+             max_subscription_bytes_per_principal = \"64KiB\"
+max_retained_messages_per_principal = 7
+             max_retained_bytes_per_principal = \"1MiB\"
+max_retained_messages = 100
+max_retained_bytes = 4096",
+        ))
+        .unwrap()
+        .limits;
+        assert_eq!(
+            (l.max_sessions_per_principal, l.max_subscriptions_per_principal, l.max_subscription_bytes_per_principal),
+            (5, 50, 64 << 10)
+        );
+        assert_eq!((l.max_retained_messages_per_principal, l.max_retained_bytes_per_principal), (7, 1 << 20));
+        assert_eq!((l.max_retained_messages, l.max_retained_bytes), (100, 4096));
+        for (bad, why) in [
+            ("max_sessions_per_principal = 0", "between 1 and"),
+            ("max_sessions_per_principal = -1", "not -1"),
+            ("max_sessions_per_principal = \"many\"", "max_sessions_per_principal"),
+            ("max_subscriptions_per_principal = 0", "max_subscriptions_per_principal must be between 1"),
+            ("max_subscription_bytes_per_principal = \"0B\"", "max_subscription_bytes_per_principal"),
+            ("max_subscription_bytes_per_principal = \"2 lots\"", "max_subscription_bytes_per_principal"),
+            ("max_retained_messages_per_principal = 0", "max_retained_messages_per_principal"),
+            ("max_retained_bytes_per_principal = 0", "max_retained_bytes_per_principal"),
+            ("max_retained_messages = 0", "max_retained_messages must be between 1"),
+            ("max_retained_bytes = \"-5MiB\"", "max_retained_bytes"),
+        ] {
+            fails_at(&with_limits(&format!("max_packet_size = 1024\n{bad}")), 5, why);
+        }
     }
 }

@@ -606,7 +606,8 @@ async fn establish<S: Transport>(start: Box<Start<S>>) -> Option<Live<S::Read, S
             Ok(c) => c,
             Err(e) => {
                 info!(%peer, client_id = %crate::logsafe::Escaped(&client_id_req),
-                    principal = %crate::logsafe::Escaped(&principal), reason = %e.0, "connection refused");
+                    principal = %crate::logsafe::Escaped(&principal), reason = %e.0, why = e.0.description(),
+                    "connection refused");
                 let _ = wr.write_all(&wbuf).await;
                 let _ = wr.shutdown().await;
                 return None;

@@ -112,12 +112,16 @@ fn open_store(cfg: &Config) -> anyhow::Result<(Arc<Store>, warden_store::Loaded)
         path = %path.display(),
         ?durability,
         sessions = r.sessions,
+        subscriptions = r.subscriptions,
         messages = r.deliveries,
         retained = r.retained,
         expired = r.expired,
         ms = started.elapsed().as_millis() as u64,
         "store loaded"
     );
+    if r.migrated > 0 {
+        info!(path = %path.display(), sessions = r.migrated, "store: subscriptions moved out of version 1 session records");
+    }
     for d in &r.dropped {
         warn!(path = %path.display(), dropped = %d, "store: record dropped");
     }
@@ -142,6 +146,13 @@ pub fn broker_config(cfg: &Config) -> BrokerConfig {
         max_session_expiry: l.max_session_expiry,
         max_topic_levels: l.max_topic_levels,
         max_subscriptions_per_client: l.max_subscriptions_per_client,
+        max_sessions_per_principal: l.max_sessions_per_principal,
+        max_subscriptions_per_principal: l.max_subscriptions_per_principal,
+        max_subscription_bytes_per_principal: l.max_subscription_bytes_per_principal,
+        max_retained_messages_per_principal: l.max_retained_messages_per_principal,
+        max_retained_bytes_per_principal: l.max_retained_bytes_per_principal,
+        max_retained_messages: l.max_retained_messages,
+        max_retained_bytes: l.max_retained_bytes,
         sys_interval: l.sys_interval,
         check_retain_source: cfg.authz.check_retain_source,
     }
