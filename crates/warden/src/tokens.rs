@@ -103,6 +103,8 @@ impl TokenAuth {
                         issuer: c.issuer.clone(),
                         audience: c.audience.clone(),
                         leeway_secs: c.leeway.as_secs(),
+                        typ: None,
+                        max_lifetime_secs: None,
                     },
                     static_keys,
                     url_keys: RwLock::new(url_keys),
