@@ -106,9 +106,9 @@ pub fn scope_rule_lines<S: AsRef<str>>(scopes: &[S]) -> String {
     let mut text = String::new();
     for s in scopes {
         let s = s.as_ref();
-        let (access, filter) = if let Some(f) = s.strip_prefix("mqtt:pub:") {
+        let (access, filter) = if let Some(f) = s.strip_prefix(PUB_SCOPE_PREFIX) {
             ("write", f)
-        } else if let Some(f) = s.strip_prefix("mqtt:sub:") {
+        } else if let Some(f) = s.strip_prefix(SUB_SCOPE_PREFIX) {
             ("read", f)
         } else {
             continue;
@@ -128,6 +128,88 @@ pub fn scope_rule_lines<S: AsRef<str>>(scopes: &[S]) -> String {
 pub fn compile_scopes(scopes: &[std::sync::Arc<str>]) -> crate::acl::AclFile {
     // Every line was checked on its own; the whole cannot fail.
     crate::acl::AclFile::parse(&scope_rule_lines(scopes)).unwrap_or_default()
+}
+
+/// The native publish scope prefix: `mqtt:pub:<topic-filter>`.
+pub const PUB_SCOPE_PREFIX: &str = "mqtt:pub:";
+/// The native subscribe scope prefix: `mqtt:sub:<topic-filter>`.
+pub const SUB_SCOPE_PREFIX: &str = "mqtt:sub:";
+
+/// How an outside issuer's scopes become grants (`[auth.jwt]` `publish_scope_prefixes`,
+/// `subscribe_scope_prefixes`, `scope_roles`): a scope starting with a publish prefix grants
+/// publishing to the filter after it, one starting with a subscribe prefix grants subscribing
+/// and receiving (a prefix in both lists grants both); a scope named in the role table grants
+/// those roles. Everything else grants nothing.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ScopeMap {
+    /// Prefixes of publish scopes (non-empty strings).
+    pub publish: Vec<String>,
+    /// Prefixes of subscribe scopes (non-empty strings).
+    pub subscribe: Vec<String>,
+    /// Scope → role names.
+    pub roles: std::collections::BTreeMap<String, Vec<String>>,
+}
+
+impl Default for ScopeMap {
+    /// The native grammar: `mqtt:pub:` and `mqtt:sub:`, no roles.
+    fn default() -> Self {
+        ScopeMap {
+            publish: vec![PUB_SCOPE_PREFIX.to_owned()],
+            subscribe: vec![SUB_SCOPE_PREFIX.to_owned()],
+            roles: Default::default(),
+        }
+    }
+}
+
+/// What [`ScopeMap::map`] made of a token's scopes.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct MappedScopes {
+    /// Native scopes (`mqtt:pub:<filter>`, `mqtt:sub:<filter>`), each once, in token order:
+    /// what [`compile_scopes`] turns into rules (also after a restart).
+    pub scopes: Vec<String>,
+    /// Roles from the role table, each once.
+    pub roles: Vec<String>,
+    /// Scopes that granted nothing (for the log).
+    pub unmapped: usize,
+}
+
+impl ScopeMap {
+    /// Translate a token's scopes. An empty filter (the bare prefix) grants nothing; invalid
+    /// filters are dropped later by [`compile_scopes`], as for native scopes.
+    pub fn map<S: AsRef<str>>(&self, scopes: &[S]) -> MappedScopes {
+        let mut out = MappedScopes::default();
+        let push = |v: &mut Vec<String>, s: String| {
+            if !v.contains(&s) {
+                v.push(s);
+            }
+        };
+        for s in scopes {
+            let s = s.as_ref();
+            let mut used = false;
+            for (prefixes, native) in [(&self.publish, PUB_SCOPE_PREFIX), (&self.subscribe, SUB_SCOPE_PREFIX)] {
+                // The longest matching prefix decides the filter (`a:` and `a:b:` both listed).
+                let filter = prefixes
+                    .iter()
+                    .filter(|p| s.starts_with(p.as_str()))
+                    .max_by_key(|p| p.len())
+                    .map(|p| &s[p.len()..]);
+                if let Some(f) = filter.filter(|f| !f.is_empty()) {
+                    push(&mut out.scopes, format!("{native}{f}"));
+                    used = true;
+                }
+            }
+            if let Some(roles) = self.roles.get(s) {
+                for r in roles {
+                    push(&mut out.roles, r.clone());
+                }
+                used = true;
+            }
+            if !used {
+                out.unmapped += 1;
+            }
+        }
+        out
+    }
 }
 
 /// Which source decided a request (for audit records and `check --explain`).
@@ -349,6 +431,50 @@ mod tests {
         assert!(a.authorize(&p, "c", PUB, "devices/dev-001/t").is_allowed(), "from the scopes");
         assert!(!a.authorize(&p, "c", PUB, "devices/dev-001/secret").is_allowed(), "explicit deny wins");
         assert!(!a.authorize(&Principal::user("bob"), "c", PUB, "extra/x").is_allowed(), "default deny with an ACL");
+    }
+
+    /// Issue 17 item 7: an identity provider's own scope grammar, mapped by configuration.
+    #[test]
+    fn scope_map_translates_prefixes_and_roles_and_drops_the_rest() {
+        let native = ScopeMap::default();
+        let m = native.map(&["mqtt:pub:a/#", "mqtt:sub:b/+", "mqtt:publish:sensors/#", "openid", "mqtt:pub:"]);
+        assert_eq!(m.scopes, ["mqtt:pub:a/#", "mqtt:sub:b/+"]);
+        assert!(m.roles.is_empty());
+        assert_eq!(m.unmapped, 3, "mqtt:publish:…, openid and the bare prefix grant nothing");
+
+        let idp = ScopeMap {
+            publish: vec!["mqtt:publish:".into(), "iot/rw:".into()],
+            subscribe: vec!["mqtt:subscribe:".into(), "iot/rw:".into()],
+            roles: [("fleet.operator".to_string(), vec!["operator".to_string(), "viewer".to_string()])].into(),
+        };
+        let m = idp.map(&[
+            "mqtt:publish:sensors/#",
+            "mqtt:subscribe:commands/+",
+            "iot/rw:shared/#",
+            "fleet.operator",
+            "mqtt:pub:x/#",
+            "mqtt:publish:sensors/#",
+        ]);
+        assert_eq!(m.scopes, ["mqtt:pub:sensors/#", "mqtt:sub:commands/+", "mqtt:pub:shared/#", "mqtt:sub:shared/#"]);
+        assert_eq!(m.roles, ["operator", "viewer"]);
+        assert_eq!(m.unmapped, 1, "the native grammar is not in force once replaced");
+
+        // The mapped scopes grant exactly what they name.
+        let p = token(&m.scopes.iter().map(String::as_str).collect::<Vec<_>>());
+        let a = PolicyAuthorizer::new(None, false);
+        assert!(a.authorize(&p, "c", PUB, "sensors/t1").is_allowed());
+        assert!(!a.authorize(&p, "c", PUB, "commands/x").is_allowed());
+        assert!(a.authorize(&p, "c", SUB, "commands/x").is_allowed());
+        assert!(!a.authorize(&p, "c", PUB, "x/1").is_allowed());
+
+        // The longest prefix decides: `a:` and `a:b:` both listed.
+        let nested =
+            ScopeMap { publish: vec!["a:".into(), "a:b:".into()], subscribe: vec![], roles: Default::default() };
+        assert_eq!(nested.map(&["a:b:t/#"]).scopes, ["mqtt:pub:t/#"]);
+        // A mapped filter with a line break cannot smuggle in a rule.
+        let p =
+            token(&idp.map(&["mqtt:publish:x\ntopic write #"]).scopes.iter().map(String::as_str).collect::<Vec<_>>());
+        assert!(!a.authorize(&p, "c", PUB, "anything").is_allowed());
     }
 
     #[test]
