@@ -49,6 +49,9 @@ pub struct LimitStats {
     /// CONNECTs refused with Server busy: no password-verification slot within
     /// `auth_hash_wait`.
     pub auth_hash_busy: AtomicU64,
+    /// CONNECTs refused with Server busy: every look-up slot (`[auth.http] max_in_flight`)
+    /// was taken.
+    pub lookup_busy: AtomicU64,
 }
 
 /// Add one to a counter.
@@ -58,7 +61,7 @@ pub fn hit(c: &AtomicU64) {
 
 impl LimitStats {
     /// `(name, value)` of every counter, in a fixed order.
-    pub fn snapshot(&self) -> [(&'static str, u64); 16] {
+    pub fn snapshot(&self) -> [(&'static str, u64); 17] {
         let v = |c: &AtomicU64| c.load(Ordering::Relaxed);
         [
             ("max_connections", v(&self.max_connections)),
@@ -77,6 +80,7 @@ impl LimitStats {
             ("queued_bytes_per_principal", v(&self.queued_bytes_per_principal)),
             ("write_stalled", v(&self.write_stalled)),
             ("auth_hash_busy", v(&self.auth_hash_busy)),
+            ("lookup_busy", v(&self.lookup_busy)),
         ]
     }
 }

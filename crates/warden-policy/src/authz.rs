@@ -299,7 +299,9 @@ impl PolicyAuthorizer {
             crate::PrincipalKind::Anonymous => None,
             _ => Some(&*principal.name),
         };
-        let acl = self.acl.as_ref().map(|a| a.explain(user, client_id, action, topic));
+        // A fail-open client gets its fallback role only: the ACL file does not apply to it.
+        let acl =
+            self.acl.as_ref().filter(|_| !is_fallback(principal)).map(|a| a.explain(user, client_id, action, topic));
         let store = self.store.as_ref().map(|s| (s, s.check(principal, client_id, action, topic)));
         let scopes = principal.grants().map(|g| g.check(None, client_id, action, topic));
         let store_name = |s: &crate::store::CompiledStore, m: crate::store::StoreMatch| {
@@ -338,6 +340,12 @@ impl PolicyAuthorizer {
     }
 }
 
+/// Admitted by the look-up's `fail_open` ([`crate::PrincipalKind::Fallback`]).
+#[inline]
+fn is_fallback(p: &Principal) -> bool {
+    p.kind == crate::PrincipalKind::Fallback
+}
+
 impl PolicyAuthorizer {
     /// [`Authorizer::authorize`]; `no_source_allows` says what a principal no source names
     /// gets (true: everything; false: nothing, for [`Authorizer::authorize_granted`]).
@@ -353,7 +361,9 @@ impl PolicyAuthorizer {
             crate::PrincipalKind::Anonymous => None,
             _ => Some(&*principal.name),
         };
-        let from_acl = self.acl.as_ref().map(|a| a.check(user, client_id, action, topic));
+        // A fail-open client gets its fallback role only: the ACL file does not apply to it.
+        let from_acl =
+            self.acl.as_ref().filter(|_| !is_fallback(principal)).map(|a| a.check(user, client_id, action, topic));
         let from_store = self.store.as_ref().map(|s| s.check(principal, client_id, action, topic).map(|m| m.allowed));
         let from_scopes = principal.grants().map(|g| g.check(None, client_id, action, topic));
         let answers = [from_acl, from_store, from_scopes];
@@ -475,6 +485,68 @@ mod tests {
         let p =
             token(&idp.map(&["mqtt:publish:x\ntopic write #"]).scopes.iter().map(String::as_str).collect::<Vec<_>>());
         assert!(!a.authorize(&p, "c", PUB, "anything").is_allowed());
+    }
+
+    /// Issue 17 item 5: a look-up fail_open client gets its fallback role and nothing else —
+    /// not the ACL or store rules of the user whose name it claimed, not the rules for every
+    /// authenticated client, not `%u` patterns with that name; nothing at all without rules.
+    #[test]
+    fn a_fallback_principal_gets_its_role_only() {
+        use crate::store::*;
+        let allow = |id: &str, action, topic: &str| Rule {
+            id: id.into(),
+            action,
+            topic: topic.into(),
+            max_qos: 2,
+            retain: true,
+            effect: Effect::Allow,
+            priority: 0,
+        };
+        let mut st = PolicyStore::default();
+        st.roles.insert("degraded".into(), Role { rules: vec![allow("s", RuleAction::Subscribe, "status/#")] });
+        st.roles.insert("dev".into(), Role { rules: vec![allow("d", RuleAction::Publish, "store/dev-001/#")] });
+        st.roles.insert(
+            "everyone".into(),
+            Role {
+                rules: vec![
+                    allow("e", RuleAction::Publish, "everyone/#"),
+                    allow("u", RuleAction::Publish, "by-user/%u/#"),
+                ],
+            },
+        );
+        st.users.insert("dev-001".into(), User { roles: vec!["dev".into()], ..User::default() });
+        st.groups.insert(ANYONE_AUTHENTICATED.into(), Group { roles: vec!["everyone".into()] });
+        st.validate().unwrap();
+        let acl = crate::acl::AclFile::parse(
+            "topic read public/#\nuser dev-001\ntopic readwrite devices/dev-001/#\npattern write users/%u/#\n",
+        )
+        .unwrap();
+        let a = PolicyAuthorizer::new(Some(acl), false).with_store(Arc::new(st.compile()));
+        let real = Principal::user("dev-001");
+        let fb = Principal::fallback("dev-001", "degraded");
+        for (action, topic) in [
+            (PUB, "devices/dev-001/t"),
+            (PUB, "users/dev-001/x"),
+            (PUB, "store/dev-001/x"),
+            (PUB, "everyone/x"),
+            (PUB, "by-user/dev-001/x"),
+        ] {
+            assert!(a.authorize(&real, "c", action, topic).is_allowed(), "control: the real dev-001 may {topic}");
+            assert!(!a.authorize(&fb, "c", action, topic).is_allowed(), "fallback may not {topic}");
+        }
+        assert!(!a.authorize(&fb, "c", Action::Receive, "public/x").is_allowed(), "not even the ACL's general lines");
+        assert!(a.authorize(&fb, "c", SUB, "status/dev-001").is_allowed(), "its role");
+        assert!(a.authorize(&fb, "c", Action::Receive, "status/x").is_allowed());
+        assert!(!a.authorize_granted(&fb, "c", PUB, "$SYS/x").is_allowed());
+        // Without any source it gets nothing (never "no source names it: allow all").
+        let none = PolicyAuthorizer::new(None, false);
+        assert!(none.authorize(&real, "c", PUB, "x").is_allowed(), "control: no source allows all");
+        assert!(!none.authorize(&fb, "c", PUB, "x").is_allowed());
+        assert!(!none.authorize(&fb, "c", SUB, "#").is_allowed());
+        // The ACL alone, as an authorizer: nothing.
+        let only_acl =
+            crate::acl::AclAuthorizer::new(crate::acl::AclFile::parse("topic readwrite #\n").unwrap(), false);
+        assert!(!only_acl.authorize(&fb, "c", SUB, "a").is_allowed());
     }
 
     #[test]
