@@ -392,7 +392,7 @@ async fn fail_open_grants_the_fallback_role_only_never_another_principals_grants
 
     // dev-001's session survives and resumes once the service is back.
     real.client.disconnect().await.unwrap();
-    real.next(|p| matches!(p, Err(_)).then_some(())).await;
+    real.next(|p| p.is_err().then_some(())).await;
     svc.mode.store(UP, Ordering::SeqCst);
     let (_real, ack) = C5::connected(opts5(&b, "dev-001", "dev-001", "dev-001-pw", true)).await;
     assert!(ack.session_present, "dev-001's session was kept for it");
