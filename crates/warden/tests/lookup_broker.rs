@@ -420,3 +420,23 @@ async fn a_verified_principal_takes_its_client_id_back_from_a_fallback_client() 
         .await;
     assert_eq!(reason, p5::DisconnectReasonCode::SessionTakenOver);
 }
+
+/// A fallback client only claims its name: a client id reserved for a known principal (here an
+/// OAuth client's id) is refused to it even when it claims that very name (0x85).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_fallback_client_cannot_use_a_reserved_client_id() {
+    let (url, _svc) = start_switch(DOWN).await;
+    let b = fail_open_broker(
+        &url,
+        &format!(
+            "timeout = \"2s\"\n[oauth]\n[[oauth.client]]\nid = \"dev-003\"\nsecret_hash = '{}'\n",
+            warden_policy::password::hash_password(b"x")
+        ),
+    )
+    .await;
+    let (_c, r) = C5::connect(opts5(&b, "dev-003", "dev-003", "guess", false)).await;
+    assert_eq!(r.err(), Some(p5::ConnectReturnCode::ClientIdentifierNotValid));
+    // Control: the same claim with another client id is admitted (as a fallback principal).
+    let (_c, r) = C5::connect(opts5(&b, "dev-003-x", "dev-003", "guess", false)).await;
+    assert!(r.is_ok());
+}
