@@ -430,7 +430,10 @@ impl Broker {
         } else {
             u32::MAX
         };
-        let expiry = requested_expiry.min(cfg.max_session_expiry);
+        // A client admitted unverified by the look-up's fail_open keeps no session after it
+        // disconnects: nothing it leaves behind can hold a client id or messages later.
+        let expiry =
+            if principal.kind == PrincipalKind::Fallback { 0 } else { requested_expiry.min(cfg.max_session_expiry) };
         if v == Protocol::V5 && expiry != requested_expiry {
             props.session_expiry_interval = Some(expiry);
         }
@@ -451,15 +454,24 @@ impl Broker {
         let (session, session_present, old_waker) = {
             let mut reg = self.sessions.lock();
             let existing = reg.get(&client_id).filter(|s| !s.is_ended()).cloned();
+            let mut resumable = !connect.clean_start;
             if let Some(s) = &existing {
                 if !s.owner().same_identity(&principal) {
-                    // SPEC §3: a client id belongs to the principal that holds its session.
-                    drop(reg);
-                    return refuse(ReasonCode::NOT_AUTHORIZED, out);
+                    // A client admitted unverified (look-up fail_open) holds its client id only
+                    // until a verified principal asks for it: that one takes it over, with a
+                    // new session (nothing of the unverified one is handed on).
+                    let squatter =
+                        s.owner().kind == PrincipalKind::Fallback && principal.kind != PrincipalKind::Fallback;
+                    if !squatter {
+                        // SPEC §3: a client id belongs to the principal that holds its session.
+                        drop(reg);
+                        return refuse(ReasonCode::NOT_AUTHORIZED, out);
+                    }
+                    resumable = false;
                 }
             }
             match existing {
-                Some(s) if !connect.clean_start => {
+                Some(s) if resumable => {
                     // A session made with no expiry becomes persistent: it counts now.
                     if expiry > 0 && !s.is_counted() {
                         let account = self.account_for(&principal);

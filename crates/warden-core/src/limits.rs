@@ -62,6 +62,9 @@ pub struct LimitStats {
     pub retained_per_principal: AtomicU64,
     /// Retained messages not retained: `max_retained_messages` or `max_retained_bytes`.
     pub retained_total: AtomicU64,
+    /// CONNECTs refused with Server busy: every look-up slot (`[auth.http] max_in_flight`)
+    /// was taken.
+    pub lookup_busy: AtomicU64,
 }
 
 /// Add one to a counter.
@@ -82,7 +85,7 @@ impl LimitStats {
     }
 
     /// `(name, value)` of every counter, in a fixed order.
-    pub fn snapshot(&self) -> [(&'static str, u64); 20] {
+    pub fn snapshot(&self) -> [(&'static str, u64); 21] {
         let v = |c: &AtomicU64| c.load(Ordering::Relaxed);
         [
             ("max_connections", v(&self.max_connections)),
@@ -105,6 +108,7 @@ impl LimitStats {
             ("subscriptions_per_principal", v(&self.subscriptions_per_principal)),
             ("retained_per_principal", v(&self.retained_per_principal)),
             ("retained_total", v(&self.retained_total)),
+            ("lookup_busy", v(&self.lookup_busy)),
         ]
     }
 }

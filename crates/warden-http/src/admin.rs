@@ -3,10 +3,14 @@
 //! change live) is behind [`AdminBackend`], which the `warden` crate implements; this module is
 //! HTTP only and is tested without sockets.
 //!
-//! Authentication: `Authorization: Bearer <token>`, where the token is either an access token
-//! of the built-in token service carrying the `admin` scope or role, or the configured admin
-//! token (its argon2id hash is configured; compared by [`password::verify_hash`]). No or a bad
-//! token: 401; a valid token without `admin`: 403. Errors are JSON `{"error": "..."}`; nothing
+//! Authentication: `Authorization: Bearer <token>`, where the token is either the configured
+//! admin token (its argon2id hash is configured; compared by [`password::verify_hash`]) or an
+//! access token of the built-in token service carrying the `admin` *scope*, issued to an OAuth
+//! client the operator declared (config, admin API or CLI) that still has that scope. Nothing
+//! else is an admin: not a token *role* named `admin` (a policy-store role name, which anyone
+//! allowed to edit roles or a client's role list could hand out), not an outside issuer's JWT,
+//! not a look-up answer, not an MQTT password. No or a bad token: 401; a valid token without
+//! the `admin` scope: 403. Errors are JSON `{"error": "..."}`; nothing
 //! secret is ever echoed or logged. `GET /admin/openapi.json` (no authentication) describes
 //! every endpoint.
 
@@ -55,7 +59,7 @@ impl AdminError {
         AdminError { status: StatusCode::UNAUTHORIZED, message: "a valid admin bearer token is required".into() }
     }
     fn forbidden() -> Self {
-        AdminError { status: StatusCode::FORBIDDEN, message: "the token does not carry the admin scope or role".into() }
+        AdminError { status: StatusCode::FORBIDDEN, message: "the token does not carry the admin scope".into() }
     }
 }
 
@@ -162,7 +166,7 @@ pub trait AdminBackend: Send + Sync + 'static {
 pub struct AdminAuth {
     /// Hash of the static admin token (`[http] admin_token_hash`).
     pub token_hash: Option<String>,
-    /// The built-in token service (tokens with the `admin` scope or role are admins).
+    /// The built-in token service (its tokens with the `admin` scope are admins; never a role).
     pub oauth: Option<Arc<OAuthService>>,
 }
 
@@ -180,7 +184,8 @@ struct AdminState {
 
 type St = State<Arc<AdminState>>;
 
-/// The scope or role that makes a token an admin's.
+/// The scope that makes a built-in token service's token an admin's. Only the scope: a role
+/// of that name is an ordinary policy-store role.
 pub const ADMIN_SCOPE: &str = "admin";
 
 /// The admin router (paths under `/admin`).
@@ -223,12 +228,10 @@ async fn require_admin(st: &AdminState, headers: &HeaderMap) -> ApiResult<()> {
         .ok_or_else(AdminError::unauthorized)?;
     if bearer.split('.').count() == 3 {
         let Some(oauth) = &st.auth.oauth else { return Err(AdminError::unauthorized()) };
+        // Verified by the token service itself: its own keys only (never an outside issuer's),
+        // a client that is still declared and still has every scope the token carries.
         let t = oauth.verify(bearer).map_err(|_| AdminError::unauthorized())?;
-        return if t.scopes.iter().chain(t.roles.iter()).any(|s| s == ADMIN_SCOPE) {
-            Ok(())
-        } else {
-            Err(AdminError::forbidden())
-        };
+        return if t.scopes.iter().any(|s| s == ADMIN_SCOPE) { Ok(()) } else { Err(AdminError::forbidden()) };
     }
     let Some(hash) = st.auth.token_hash.clone() else { return Err(AdminError::unauthorized()) };
     let _permit = st.hashing.acquire().await.map_err(|_| AdminError::internal("shutting down"))?;

@@ -221,12 +221,15 @@ impl OAuthService {
     }
 
     /// The claim checks applied to this service's tokens: `iss` = the issuer, `aud` when
-    /// configured, no leeway.
+    /// configured, no leeway, `typ` exactly `at+jwt` (what it mints; RFC 9068 §4), and a
+    /// lifetime of at most 24 h (the longest `token_ttl`; longer when a longer TTL is set).
     pub fn jwt_settings(&self) -> JwtSettings {
         JwtSettings {
             issuer: Some(self.settings.issuer.clone()),
             audience: self.settings.audience.clone(),
             leeway_secs: 0,
+            typ: Some(vec![jwt::TYP_ACCESS_TOKEN.to_owned()]),
+            max_lifetime_secs: Some(self.settings.token_ttl.as_secs().max(jwt::DEFAULT_MAX_LIFETIME_SECS)),
         }
     }
 

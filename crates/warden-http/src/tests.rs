@@ -635,6 +635,48 @@ async fn issuer_and_audience_are_checked() {
     assert!(matches!(f.service.verify(&token), Err(TokenRejected::Invalid(JwtError::WrongIssuer))));
 }
 
+/// The service's own tokens are `at+jwt` and live at most 24 h: one signed with its key but
+/// typed `JWT`, or living longer, is refused (RFC 9068 §4; issue 17 item 7).
+#[tokio::test]
+async fn own_tokens_must_be_at_jwt_and_short_lived() {
+    let f = Fixture::new();
+    let token = f.token(DEV1, None).await;
+    assert_eq!(token_header(&token)["typ"], "at+jwt");
+    assert!(f.service.verify(&token).is_ok());
+    let key = SigningKey::generate();
+    let copy = SigningKey::from_pkcs8_pem(&key.to_pkcs8_pem()).unwrap();
+    f.service.rotate(key);
+    let claims = |iat: u64, exp: u64| AccessClaims {
+        issuer: ISSUER.into(),
+        subject: "dev-001".into(),
+        audience: Some("warden".into()),
+        client_id: "dev-001".into(),
+        scope: DEV1_SCOPES.join(" "),
+        roles: vec!["device".into()],
+        issued_at: iat,
+        expires_at: exp,
+        jti: format!("j-{iat}-{exp}"),
+    };
+    // Control: minted by hand with the same key, 24 h exactly.
+    assert!(f.service.verify(&jwt::mint(&claims(START, START + 86_400), &copy)).is_ok());
+    let long = jwt::mint(&claims(START, START + 86_401), &copy);
+    assert!(matches!(f.service.verify(&long), Err(TokenRejected::Invalid(JwtError::LifetimeTooLong))));
+    let ten_years = jwt::mint(&claims(START, START + 10 * 365 * 86_400), &copy);
+    assert!(matches!(f.service.verify(&ten_years), Err(TokenRejected::Invalid(JwtError::LifetimeTooLong))));
+    // Same claims, header typ "JWT" (re-signed by hand with the service's key).
+    let good = jwt::mint(&claims(START, START + 60), &copy);
+    let payload = good.split('.').nth(1).unwrap();
+    let header =
+        URL_SAFE_NO_PAD.encode(serde_json::json!({"alg": "EdDSA", "typ": "JWT", "kid": copy.kid()}).to_string());
+    let input = format!("{header}.{payload}");
+    let pem = copy.to_pkcs8_pem();
+    let der: String = pem.lines().filter(|l| !l.starts_with("-----")).collect();
+    let enc = jsonwebtoken::EncodingKey::from_ed_der(&STANDARD.decode(der).unwrap());
+    let sig = jsonwebtoken::crypto::sign(input.as_bytes(), &enc, jsonwebtoken::Algorithm::EdDSA).unwrap();
+    let typed_jwt = format!("{input}.{sig}");
+    assert!(matches!(f.service.verify(&typed_jwt), Err(TokenRejected::Invalid(JwtError::WrongType))));
+}
+
 #[tokio::test]
 async fn removed_clients_lose_their_tokens() {
     let f = Fixture::new();

@@ -737,6 +737,10 @@ impl Authorizer for AclAuthorizer {
     fn authorize(&self, principal: &Principal, client_id: &str, action: Action, topic: &str) -> Decision {
         let user = match principal.kind {
             PrincipalKind::Anonymous => None,
+            // A fail-open client: the file's rules are not for it (only its fallback role is).
+            PrincipalKind::Fallback => {
+                return Decision::Deny { disconnect: self.deny_disconnects && matches!(action, Action::Publish { .. }) }
+            }
             _ => Some(&*principal.name),
         };
         match self.acl.check(user, client_id, action, topic) {

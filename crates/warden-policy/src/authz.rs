@@ -106,9 +106,9 @@ pub fn scope_rule_lines<S: AsRef<str>>(scopes: &[S]) -> String {
     let mut text = String::new();
     for s in scopes {
         let s = s.as_ref();
-        let (access, filter) = if let Some(f) = s.strip_prefix("mqtt:pub:") {
+        let (access, filter) = if let Some(f) = s.strip_prefix(PUB_SCOPE_PREFIX) {
             ("write", f)
-        } else if let Some(f) = s.strip_prefix("mqtt:sub:") {
+        } else if let Some(f) = s.strip_prefix(SUB_SCOPE_PREFIX) {
             ("read", f)
         } else {
             continue;
@@ -128,6 +128,88 @@ pub fn scope_rule_lines<S: AsRef<str>>(scopes: &[S]) -> String {
 pub fn compile_scopes(scopes: &[std::sync::Arc<str>]) -> crate::acl::AclFile {
     // Every line was checked on its own; the whole cannot fail.
     crate::acl::AclFile::parse(&scope_rule_lines(scopes)).unwrap_or_default()
+}
+
+/// The native publish scope prefix: `mqtt:pub:<topic-filter>`.
+pub const PUB_SCOPE_PREFIX: &str = "mqtt:pub:";
+/// The native subscribe scope prefix: `mqtt:sub:<topic-filter>`.
+pub const SUB_SCOPE_PREFIX: &str = "mqtt:sub:";
+
+/// How an outside issuer's scopes become grants (`[auth.jwt]` `publish_scope_prefixes`,
+/// `subscribe_scope_prefixes`, `scope_roles`): a scope starting with a publish prefix grants
+/// publishing to the filter after it, one starting with a subscribe prefix grants subscribing
+/// and receiving (a prefix in both lists grants both); a scope named in the role table grants
+/// those roles. Everything else grants nothing.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ScopeMap {
+    /// Prefixes of publish scopes (non-empty strings).
+    pub publish: Vec<String>,
+    /// Prefixes of subscribe scopes (non-empty strings).
+    pub subscribe: Vec<String>,
+    /// Scope → role names.
+    pub roles: std::collections::BTreeMap<String, Vec<String>>,
+}
+
+impl Default for ScopeMap {
+    /// The native grammar: `mqtt:pub:` and `mqtt:sub:`, no roles.
+    fn default() -> Self {
+        ScopeMap {
+            publish: vec![PUB_SCOPE_PREFIX.to_owned()],
+            subscribe: vec![SUB_SCOPE_PREFIX.to_owned()],
+            roles: Default::default(),
+        }
+    }
+}
+
+/// What [`ScopeMap::map`] made of a token's scopes.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct MappedScopes {
+    /// Native scopes (`mqtt:pub:<filter>`, `mqtt:sub:<filter>`), each once, in token order:
+    /// what [`compile_scopes`] turns into rules (also after a restart).
+    pub scopes: Vec<String>,
+    /// Roles from the role table, each once.
+    pub roles: Vec<String>,
+    /// Scopes that granted nothing (for the log).
+    pub unmapped: usize,
+}
+
+impl ScopeMap {
+    /// Translate a token's scopes. An empty filter (the bare prefix) grants nothing; invalid
+    /// filters are dropped later by [`compile_scopes`], as for native scopes.
+    pub fn map<S: AsRef<str>>(&self, scopes: &[S]) -> MappedScopes {
+        let mut out = MappedScopes::default();
+        let push = |v: &mut Vec<String>, s: String| {
+            if !v.contains(&s) {
+                v.push(s);
+            }
+        };
+        for s in scopes {
+            let s = s.as_ref();
+            let mut used = false;
+            for (prefixes, native) in [(&self.publish, PUB_SCOPE_PREFIX), (&self.subscribe, SUB_SCOPE_PREFIX)] {
+                // The longest matching prefix decides the filter (`a:` and `a:b:` both listed).
+                let filter = prefixes
+                    .iter()
+                    .filter(|p| s.starts_with(p.as_str()))
+                    .max_by_key(|p| p.len())
+                    .map(|p| &s[p.len()..]);
+                if let Some(f) = filter.filter(|f| !f.is_empty()) {
+                    push(&mut out.scopes, format!("{native}{f}"));
+                    used = true;
+                }
+            }
+            if let Some(roles) = self.roles.get(s) {
+                for r in roles {
+                    push(&mut out.roles, r.clone());
+                }
+                used = true;
+            }
+            if !used {
+                out.unmapped += 1;
+            }
+        }
+        out
+    }
 }
 
 /// Which source decided a request (for audit records and `check --explain`).
@@ -217,7 +299,9 @@ impl PolicyAuthorizer {
             crate::PrincipalKind::Anonymous => None,
             _ => Some(&*principal.name),
         };
-        let acl = self.acl.as_ref().map(|a| a.explain(user, client_id, action, topic));
+        // A fail-open client gets its fallback role only: the ACL file does not apply to it.
+        let acl =
+            self.acl.as_ref().filter(|_| !is_fallback(principal)).map(|a| a.explain(user, client_id, action, topic));
         let store = self.store.as_ref().map(|s| (s, s.check(principal, client_id, action, topic)));
         let scopes = principal.grants().map(|g| g.check(None, client_id, action, topic));
         let store_name = |s: &crate::store::CompiledStore, m: crate::store::StoreMatch| {
@@ -256,6 +340,12 @@ impl PolicyAuthorizer {
     }
 }
 
+/// Admitted by the look-up's `fail_open` ([`crate::PrincipalKind::Fallback`]).
+#[inline]
+fn is_fallback(p: &Principal) -> bool {
+    p.kind == crate::PrincipalKind::Fallback
+}
+
 impl PolicyAuthorizer {
     /// [`Authorizer::authorize`]; `no_source_allows` says what a principal no source names
     /// gets (true: everything; false: nothing, for [`Authorizer::authorize_granted`]).
@@ -271,7 +361,9 @@ impl PolicyAuthorizer {
             crate::PrincipalKind::Anonymous => None,
             _ => Some(&*principal.name),
         };
-        let from_acl = self.acl.as_ref().map(|a| a.check(user, client_id, action, topic));
+        // A fail-open client gets its fallback role only: the ACL file does not apply to it.
+        let from_acl =
+            self.acl.as_ref().filter(|_| !is_fallback(principal)).map(|a| a.check(user, client_id, action, topic));
         let from_store = self.store.as_ref().map(|s| s.check(principal, client_id, action, topic).map(|m| m.allowed));
         let from_scopes = principal.grants().map(|g| g.check(None, client_id, action, topic));
         let answers = [from_acl, from_store, from_scopes];
@@ -349,6 +441,112 @@ mod tests {
         assert!(a.authorize(&p, "c", PUB, "devices/dev-001/t").is_allowed(), "from the scopes");
         assert!(!a.authorize(&p, "c", PUB, "devices/dev-001/secret").is_allowed(), "explicit deny wins");
         assert!(!a.authorize(&Principal::user("bob"), "c", PUB, "extra/x").is_allowed(), "default deny with an ACL");
+    }
+
+    /// Issue 17 item 7: an identity provider's own scope grammar, mapped by configuration.
+    #[test]
+    fn scope_map_translates_prefixes_and_roles_and_drops_the_rest() {
+        let native = ScopeMap::default();
+        let m = native.map(&["mqtt:pub:a/#", "mqtt:sub:b/+", "mqtt:publish:sensors/#", "openid", "mqtt:pub:"]);
+        assert_eq!(m.scopes, ["mqtt:pub:a/#", "mqtt:sub:b/+"]);
+        assert!(m.roles.is_empty());
+        assert_eq!(m.unmapped, 3, "mqtt:publish:…, openid and the bare prefix grant nothing");
+
+        let idp = ScopeMap {
+            publish: vec!["mqtt:publish:".into(), "iot/rw:".into()],
+            subscribe: vec!["mqtt:subscribe:".into(), "iot/rw:".into()],
+            roles: [("fleet.operator".to_string(), vec!["operator".to_string(), "viewer".to_string()])].into(),
+        };
+        let m = idp.map(&[
+            "mqtt:publish:sensors/#",
+            "mqtt:subscribe:commands/+",
+            "iot/rw:shared/#",
+            "fleet.operator",
+            "mqtt:pub:x/#",
+            "mqtt:publish:sensors/#",
+        ]);
+        assert_eq!(m.scopes, ["mqtt:pub:sensors/#", "mqtt:sub:commands/+", "mqtt:pub:shared/#", "mqtt:sub:shared/#"]);
+        assert_eq!(m.roles, ["operator", "viewer"]);
+        assert_eq!(m.unmapped, 1, "the native grammar is not in force once replaced");
+
+        // The mapped scopes grant exactly what they name.
+        let p = token(&m.scopes.iter().map(String::as_str).collect::<Vec<_>>());
+        let a = PolicyAuthorizer::new(None, false);
+        assert!(a.authorize(&p, "c", PUB, "sensors/t1").is_allowed());
+        assert!(!a.authorize(&p, "c", PUB, "commands/x").is_allowed());
+        assert!(a.authorize(&p, "c", SUB, "commands/x").is_allowed());
+        assert!(!a.authorize(&p, "c", PUB, "x/1").is_allowed());
+
+        // The longest prefix decides: `a:` and `a:b:` both listed.
+        let nested =
+            ScopeMap { publish: vec!["a:".into(), "a:b:".into()], subscribe: vec![], roles: Default::default() };
+        assert_eq!(nested.map(&["a:b:t/#"]).scopes, ["mqtt:pub:t/#"]);
+        // A mapped filter with a line break cannot smuggle in a rule.
+        let p =
+            token(&idp.map(&["mqtt:publish:x\ntopic write #"]).scopes.iter().map(String::as_str).collect::<Vec<_>>());
+        assert!(!a.authorize(&p, "c", PUB, "anything").is_allowed());
+    }
+
+    /// Issue 17 item 5: a look-up fail_open client gets its fallback role and nothing else —
+    /// not the ACL or store rules of the user whose name it claimed, not the rules for every
+    /// authenticated client, not `%u` patterns with that name; nothing at all without rules.
+    #[test]
+    fn a_fallback_principal_gets_its_role_only() {
+        use crate::store::*;
+        let allow = |id: &str, action, topic: &str| Rule {
+            id: id.into(),
+            action,
+            topic: topic.into(),
+            max_qos: 2,
+            retain: true,
+            effect: Effect::Allow,
+            priority: 0,
+        };
+        let mut st = PolicyStore::default();
+        st.roles.insert("degraded".into(), Role { rules: vec![allow("s", RuleAction::Subscribe, "status/#")] });
+        st.roles.insert("dev".into(), Role { rules: vec![allow("d", RuleAction::Publish, "store/dev-001/#")] });
+        st.roles.insert(
+            "everyone".into(),
+            Role {
+                rules: vec![
+                    allow("e", RuleAction::Publish, "everyone/#"),
+                    allow("u", RuleAction::Publish, "by-user/%u/#"),
+                ],
+            },
+        );
+        st.users.insert("dev-001".into(), User { roles: vec!["dev".into()], ..User::default() });
+        st.groups.insert(ANYONE_AUTHENTICATED.into(), Group { roles: vec!["everyone".into()] });
+        st.validate().unwrap();
+        let acl = crate::acl::AclFile::parse(
+            "topic read public/#\nuser dev-001\ntopic readwrite devices/dev-001/#\npattern write users/%u/#\n",
+        )
+        .unwrap();
+        let a = PolicyAuthorizer::new(Some(acl), false).with_store(Arc::new(st.compile()));
+        let real = Principal::user("dev-001");
+        let fb = Principal::fallback("dev-001", "degraded");
+        for (action, topic) in [
+            (PUB, "devices/dev-001/t"),
+            (PUB, "users/dev-001/x"),
+            (PUB, "store/dev-001/x"),
+            (PUB, "everyone/x"),
+            (PUB, "by-user/dev-001/x"),
+        ] {
+            assert!(a.authorize(&real, "c", action, topic).is_allowed(), "control: the real dev-001 may {topic}");
+            assert!(!a.authorize(&fb, "c", action, topic).is_allowed(), "fallback may not {topic}");
+        }
+        assert!(!a.authorize(&fb, "c", Action::Receive, "public/x").is_allowed(), "not even the ACL's general lines");
+        assert!(a.authorize(&fb, "c", SUB, "status/dev-001").is_allowed(), "its role");
+        assert!(a.authorize(&fb, "c", Action::Receive, "status/x").is_allowed());
+        assert!(!a.authorize_granted(&fb, "c", PUB, "$SYS/x").is_allowed());
+        // Without any source it gets nothing (never "no source names it: allow all").
+        let none = PolicyAuthorizer::new(None, false);
+        assert!(none.authorize(&real, "c", PUB, "x").is_allowed(), "control: no source allows all");
+        assert!(!none.authorize(&fb, "c", PUB, "x").is_allowed());
+        assert!(!none.authorize(&fb, "c", SUB, "#").is_allowed());
+        // The ACL alone, as an authorizer: nothing.
+        let only_acl =
+            crate::acl::AclAuthorizer::new(crate::acl::AclFile::parse("topic readwrite #\n").unwrap(), false);
+        assert!(!only_acl.authorize(&fb, "c", SUB, "a").is_allowed());
     }
 
     #[test]

@@ -9,8 +9,7 @@
 //!    ([`JwtError::AlgNone`]); any `crit` header is refused ([`JwtError::CritUnsupported`]: we
 //!    understand no extensions); `jku`, `jwk`, `x5u` and `x5c` are ignored entirely: a key is
 //!    only ever taken from our [`KeySet`]. (jsonwebtoken still parses the header: one it
-//!    cannot read, e.g. with a malformed `jwk` member, is refused as `Malformed`.) `typ` is not
-//!    checked (`JWT`, `at+jwt` or none are all accepted).
+//!    cannot read, e.g. with a malformed `jwk` member, is refused as `Malformed`.)
 //! 2. Key selection: with a `kid`, only keys whose kid is exactly that string (no
 //!    normalisation of any kind) — none is [`JwtError::UnknownKid`]. Without a `kid`, the keys
 //!    whose algorithm equals the header's `alg` — none is [`JwtError::NoMatchingKey`].
@@ -25,6 +24,13 @@
 //! 5. `iss` and `aud` are checked only when configured; then a missing claim is
 //!    [`JwtError::WrongIssuer`] / [`JwtError::WrongAudience`]. `aud` may be a string or an
 //!    array; `iss` must be a string.
+//! 6. Once the signature is verified, the header's `typ` must be one of
+//!    [`JwtSettings::typ`] (RFC 9068 §4: access tokens are `at+jwt`), compared ignoring ASCII
+//!    case and an `application/` prefix (RFC 7515 §4.1.9); a token without `typ` is refused
+//!    too ([`JwtError::WrongType`]).
+//! 7. The token's lifetime may not exceed [`JwtSettings::max_lifetime_secs`] (plus the
+//!    leeway): `exp - iat`, or `exp - now` when there is no `iat` or `iat` lies ahead
+//!    ([`JwtError::LifetimeTooLong`]), so a token valid for years is refused even while fresh.
 //!
 //! Errors and `Debug` output never contain key material or secrets.
 
@@ -41,8 +47,20 @@ use sha2::{Digest, Sha256};
 /// Longest token accepted, in bytes (an MQTT password is at most 65 535 bytes anyway).
 pub const MAX_TOKEN_LEN: usize = 64 * 1024;
 
+/// The `typ` of an RFC 9068 access token.
+pub const TYP_ACCESS_TOKEN: &str = "at+jwt";
+
+/// The generic `typ` many identity providers put on their access tokens.
+pub const TYP_JWT: &str = "JWT";
+
+/// Default longest token lifetime: 24 hours.
+pub const DEFAULT_MAX_LIFETIME_SECS: u64 = 24 * 3600;
+
 /// Verification settings (explicit; never a library's defaults).
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+///
+/// [`Default`] is the strict profile: any issuer and audience (set them), no leeway, `typ`
+/// exactly [`TYP_ACCESS_TOKEN`], lifetime at most [`DEFAULT_MAX_LIFETIME_SECS`].
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct JwtSettings {
     /// Required `iss` (exact string), or `None` to accept any issuer.
     pub issuer: Option<String>,
@@ -50,6 +68,36 @@ pub struct JwtSettings {
     pub audience: Option<String>,
     /// Clock leeway for `exp` and `nbf`, seconds. Default 0 (SPEC §4).
     pub leeway_secs: u64,
+    /// Accepted header `typ` values (compared ignoring ASCII case and an `application/`
+    /// prefix); a token without `typ` or with another is [`JwtError::WrongType`]. `None`: not
+    /// checked.
+    pub typ: Option<Vec<String>>,
+    /// Longest accepted lifetime in seconds (see the module docs, rule 7); `None`: no limit.
+    pub max_lifetime_secs: Option<u64>,
+}
+
+impl Default for JwtSettings {
+    fn default() -> Self {
+        JwtSettings {
+            issuer: None,
+            audience: None,
+            leeway_secs: 0,
+            typ: Some(vec![TYP_ACCESS_TOKEN.to_owned()]),
+            max_lifetime_secs: Some(DEFAULT_MAX_LIFETIME_SECS),
+        }
+    }
+}
+
+/// `typ` values name the same type: equal ignoring ASCII case, with or without the
+/// `application/` prefix (RFC 7515 §4.1.9).
+pub fn typ_matches(a: &str, b: &str) -> bool {
+    fn bare(s: &str) -> &str {
+        match s.get(..12) {
+            Some(p) if p.eq_ignore_ascii_case("application/") => &s[12..],
+            _ => s,
+        }
+    }
+    bare(a).eq_ignore_ascii_case(bare(b))
 }
 
 /// Why a token (or a key set, or a signing key) was refused. Never carries secrets.
@@ -79,6 +127,12 @@ pub enum JwtError {
     WrongIssuer,
     #[error("wrong or missing audience (aud)")]
     WrongAudience,
+    /// The header's `typ` is missing or not an accepted one (RFC 9068 §4: `at+jwt`).
+    #[error("token type (typ) not accepted")]
+    WrongType,
+    /// `exp` lies further from `iat` (or from now) than the configured maximum lifetime.
+    #[error("token lifetime longer than the maximum")]
+    LifetimeTooLong,
     #[error("missing or invalid claim `{0}`")]
     MissingClaim(&'static str),
     #[error("bad JWKS: {0}")]
@@ -392,11 +446,23 @@ pub fn verify(token: &str, keys: &KeySet, settings: &JwtSettings, now: u64) -> R
         }
     };
 
+    // Judged only once the signature is verified: an unsigned guess learns nothing from it.
+    let typ_ok = match &settings.typ {
+        None => true,
+        Some(accepted) => match header.get("typ") {
+            Some(Value::String(t)) => accepted.iter().any(|a| typ_matches(a, t)),
+            _ => false,
+        },
+    };
+
     let mut last = JwtError::BadSignature;
     for key in candidates {
         match check_with_key(token, key, settings) {
             Ok(()) => {
                 // Signature verified and jsonwebtoken's claim checks passed.
+                if !typ_ok {
+                    return Err(JwtError::WrongType);
+                }
                 let claims = decode_json_object(payload_seg)?;
                 return extract(&claims, settings, now);
             }
@@ -404,6 +470,9 @@ pub fn verify(token: &str, keys: &KeySet, settings: &JwtSettings, now: u64) -> R
             Err(JwtError::MissingClaim(_)) => {
                 // The signature was good (claims are checked after it). Report the first
                 // missing claim in a fixed order, not jsonwebtoken's HashSet order.
+                if !typ_ok {
+                    return Err(JwtError::WrongType);
+                }
                 let claims = decode_json_object(payload_seg)?;
                 return Err(extract(&claims, settings, now).err().unwrap_or(JwtError::MissingClaim("exp")));
             }
@@ -529,6 +598,14 @@ fn extract(claims: &Map<String, Value>, settings: &JwtSettings, now: u64) -> Res
         None | Some(Value::Null) => None,
         Some(v) => Some(numeric_date(v, false).ok_or(JwtError::Malformed)?),
     };
+    if let Some(max) = settings.max_lifetime_secs {
+        // From `iat`, or from now when there is none or it lies ahead (an `iat` in the future
+        // must not hide years of validity).
+        let start = issued_at.map_or(now, |iat| iat.min(now));
+        if exp.saturating_sub(start) > max.saturating_add(settings.leeway_secs) {
+            return Err(JwtError::LifetimeTooLong);
+        }
+    }
     let jti = opt_claim_str(claims, "jti")?;
     let client_id = match opt_claim_str(claims, "client_id")? {
         Some(c) => Some(c),
@@ -813,8 +890,10 @@ dwIDAQAB
         c
     }
 
+    /// Settings for the tests that are not about `typ` or the lifetime (many of their tokens
+    /// have neither `typ` nor a short life): those two checks off.
     fn s() -> JwtSettings {
-        JwtSettings::default()
+        JwtSettings { typ: None, max_lifetime_secs: None, ..JwtSettings::default() }
     }
 
     fn hs_keys() -> KeySet {
@@ -982,10 +1061,11 @@ dwIDAQAB
         let keys = KeySet::from_jwks_json(&jwks).unwrap();
         assert_eq!(keys.kids(), vec![key.kid().to_string()]);
         assert_eq!(peek_kid(&tok).as_deref(), Some(key.kid()));
+        // The strict profile (typ at+jwt, at most 24 h): what the token service mints passes.
         let settings = JwtSettings {
             issuer: Some("https://warden.example".into()),
             audience: Some("warden".into()),
-            leeway_secs: 0,
+            ..JwtSettings::default()
         };
         let t = verify(&tok, &keys, &settings, NOW).unwrap();
         assert_eq!(
@@ -1222,6 +1302,107 @@ dwIDAQAB
         assert_eq!(verify(&tok, &keys, &s(), NOW), Err(JwtError::AlgorithmMismatch));
         let tok = hs_with_header(json!({"alg": "HS256", "kid": "ed-1"}), &claims());
         assert_eq!(verify(&tok, &keys, &s(), NOW), Err(JwtError::AlgorithmMismatch));
+    }
+
+    // ---- typ (RFC 9068 §4) and the maximum lifetime ------------------------------------
+
+    #[test]
+    fn typ_is_checked_after_the_signature() {
+        let strict = JwtSettings::default();
+        let both = JwtSettings { typ: Some(vec![TYP_ACCESS_TOKEN.into(), TYP_JWT.into()]), ..JwtSettings::default() };
+        let with_typ = |typ: Value| {
+            let mut h = json!({"alg": "HS256"});
+            if !typ.is_null() {
+                h["typ"] = typ;
+            }
+            hs_with_header(h, &claims())
+        };
+        for ok in ["at+jwt", "AT+JWT", "application/at+jwt", "Application/At+JWT"] {
+            assert!(verify(&with_typ(json!(ok)), &hs_keys(), &strict, NOW).is_ok(), "{ok}");
+        }
+        for refused in [json!("JWT"), json!("jwt"), json!("id_token+jwt"), json!("at+jwt "), json!("")] {
+            assert_eq!(
+                verify(&with_typ(refused.clone()), &hs_keys(), &strict, NOW),
+                Err(JwtError::WrongType),
+                "{refused}"
+            );
+        }
+        assert_eq!(verify(&with_typ(Value::Null), &hs_keys(), &strict, NOW), Err(JwtError::WrongType), "no typ");
+        // A typ that is not a string: jsonwebtoken cannot read the header at all.
+        assert_eq!(verify(&with_typ(json!(1)), &hs_keys(), &strict, NOW), Err(JwtError::Malformed));
+        // `JWT` when configured, in any case; still not a missing typ.
+        for ok in ["at+jwt", "JWT", "jwt", "application/jwt"] {
+            assert!(verify(&with_typ(json!(ok)), &hs_keys(), &both, NOW).is_ok(), "{ok}");
+        }
+        assert_eq!(verify(&with_typ(Value::Null), &hs_keys(), &both, NOW), Err(JwtError::WrongType));
+        // Not checked at all when `typ` is None.
+        assert!(verify(&with_typ(Value::Null), &hs_keys(), &s(), NOW).is_ok());
+        // A forged token with the wrong typ is a bad signature, not a typ error.
+        let forged = sign_raw(
+            &json!({"alg": "HS256", "typ": "JWT"}),
+            &claims(),
+            &EncodingKey::from_secret(b"another secret of enough length!"),
+            Algorithm::HS256,
+        );
+        assert_eq!(verify(&forged, &hs_keys(), &strict, NOW), Err(JwtError::BadSignature));
+        // A good signature with a missing claim and a wrong typ: the typ is reported.
+        let no_exp = hs_with_header(json!({"alg": "HS256", "typ": "JWT"}), &without(claims(), "exp"));
+        assert_eq!(verify(&no_exp, &hs_keys(), &strict, NOW), Err(JwtError::WrongType));
+    }
+
+    #[test]
+    fn typ_matching() {
+        assert!(typ_matches("at+jwt", "application/AT+JWT"));
+        assert!(typ_matches("application/at+jwt", "at+jwt"));
+        assert!(!typ_matches("at+jwt", "jwt"));
+        assert!(!typ_matches("at+jwt", "application/"));
+        assert!(!typ_matches("at+jwt", "applicationat+jwt"));
+        assert!(!typ_matches("at+jwt", "x-application/at+jwt"));
+        assert!(!typ_matches("at+jwt", "applicatioé/at+jwt"), "a multi-byte character at the cut");
+    }
+
+    #[test]
+    fn lifetime_is_bounded_from_iat_or_now() {
+        let day = DEFAULT_MAX_LIFETIME_SECS;
+        let st = JwtSettings { typ: None, ..JwtSettings::default() };
+        let tok = |iat: Option<u64>, exp: u64| {
+            let mut c = with(claims(), "exp", json!(exp));
+            c = match iat {
+                Some(i) => with(c, "iat", json!(i)),
+                None => without(c, "iat"),
+            };
+            hs(&c)
+        };
+        // exp - iat: exactly 24 h is fine, one second more is not — even when most of it passed.
+        assert!(verify(&tok(Some(NOW - 10), NOW - 10 + day), &hs_keys(), &st, NOW).is_ok());
+        assert_eq!(verify(&tok(Some(NOW - 10), NOW - 9 + day), &hs_keys(), &st, NOW), Err(JwtError::LifetimeTooLong));
+        assert_eq!(
+            verify(&tok(Some(NOW - day), NOW + 60), &hs_keys(), &st, NOW),
+            Err(JwtError::LifetimeTooLong),
+            "a 24 h + 60 s token with a minute left"
+        );
+        // Ten years.
+        let ten_years = 10 * 365 * day;
+        assert_eq!(verify(&tok(Some(NOW), NOW + ten_years), &hs_keys(), &st, NOW), Err(JwtError::LifetimeTooLong));
+        // No iat: exp - now.
+        assert!(verify(&tok(None, NOW + day), &hs_keys(), &st, NOW).is_ok());
+        assert_eq!(verify(&tok(None, NOW + day + 1), &hs_keys(), &st, NOW), Err(JwtError::LifetimeTooLong));
+        assert_eq!(verify(&tok(None, NOW + ten_years), &hs_keys(), &st, NOW), Err(JwtError::LifetimeTooLong));
+        // An iat in the future does not hide the years ahead.
+        assert_eq!(
+            verify(&tok(Some(NOW + ten_years - 60), NOW + ten_years), &hs_keys(), &st, NOW),
+            Err(JwtError::LifetimeTooLong)
+        );
+        // The leeway widens the bound (clock skew between issuer and broker).
+        let lenient = JwtSettings { leeway_secs: 30, ..st.clone() };
+        assert!(verify(&tok(Some(NOW + 20), NOW + 20 + day), &hs_keys(), &lenient, NOW).is_ok());
+        assert_eq!(verify(&tok(Some(NOW + 20), NOW + 20 + day), &hs_keys(), &st, NOW), Err(JwtError::LifetimeTooLong));
+        // A configured maximum; None is no limit.
+        let hour = JwtSettings { max_lifetime_secs: Some(3600), ..st.clone() };
+        assert_eq!(verify(&tok(Some(NOW), NOW + 3601), &hs_keys(), &hour, NOW), Err(JwtError::LifetimeTooLong));
+        assert!(verify(&tok(Some(NOW), NOW + 3600), &hs_keys(), &hour, NOW).is_ok());
+        let unlimited = JwtSettings { max_lifetime_secs: None, ..st };
+        assert!(verify(&tok(Some(NOW), NOW + ten_years), &hs_keys(), &unlimited, NOW).is_ok());
     }
 
     // ---- structure ----------------------------------------------------------------------
@@ -1615,6 +1796,12 @@ dwIDAQAB
     }
 
     fn s_all() -> JwtSettings {
-        JwtSettings { issuer: Some("https://issuer.example".into()), audience: Some("warden".into()), leeway_secs: 5 }
+        JwtSettings {
+            issuer: Some("https://issuer.example".into()),
+            audience: Some("warden".into()),
+            leeway_secs: 5,
+            typ: Some(vec![TYP_ACCESS_TOKEN.into(), TYP_JWT.into()]),
+            max_lifetime_secs: Some(3600),
+        }
     }
 }

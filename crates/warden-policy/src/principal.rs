@@ -16,6 +16,12 @@ pub enum PrincipalKind {
     Token,
     /// No credentials (only where `allow_anonymous = true`); all anonymous clients are one principal.
     Anonymous,
+    /// Admitted unverified by the look-up's `fail_open` while its service was unavailable:
+    /// the name is the CONNECT user name (or certificate identity) it *claimed*. Never the same
+    /// identity as a verified principal of that name (so it cannot take over its sessions),
+    /// and granted only its roles (the configured `fallback_role`): no ACL-file or policy-store
+    /// rule naming the user, no rule for every authenticated client.
+    Fallback,
 }
 
 impl PrincipalKind {
@@ -26,6 +32,7 @@ impl PrincipalKind {
             PrincipalKind::Certificate => "certificate",
             PrincipalKind::Token => "token",
             PrincipalKind::Anonymous => "anonymous",
+            PrincipalKind::Fallback => "fallback",
         }
     }
 }
@@ -114,6 +121,21 @@ impl Principal {
         }
     }
 
+    /// A client admitted by the look-up's `fail_open` (see [`PrincipalKind::Fallback`]):
+    /// `claimed` is the name it gave, `role` the only role it holds. It has grants of its own
+    /// (none), so that where no rule gives the role anything it may do nothing — never
+    /// "no source names it, so everything".
+    pub fn fallback(claimed: &str, role: &str) -> Self {
+        Principal {
+            kind: PrincipalKind::Fallback,
+            name: Arc::from(claimed),
+            roles: Box::new([Arc::from(role)]),
+            scopes: Box::default(),
+            source: CredentialSource::Lookup,
+            extra: Some(Arc::new(Extra { grants: Some(Arc::new(crate::acl::AclFile::default())), credential: None })),
+        }
+    }
+
     /// This principal, proved by a credential of `source` (and `credential`, for a
     /// certificate or token).
     pub fn with_credential(mut self, source: CredentialSource, credential: Option<Credential>) -> Self {
@@ -172,5 +194,12 @@ mod tests {
         let cert = Principal { kind: PrincipalKind::Certificate, ..Principal::user("ann") };
         assert!(!cert.same_identity(&Principal::user("ann")));
         assert!(Principal::anonymous().same_identity(&Principal::anonymous()));
+        // A fail-open client that claims a name is not the principal of that name.
+        let f = Principal::fallback("ann", "degraded");
+        assert!(!f.same_identity(&Principal::user("ann")));
+        assert!(!Principal::user("ann").same_identity(&f));
+        assert_eq!(f.to_string(), "fallback:ann");
+        assert_eq!(&*f.roles, [Arc::from("degraded")]);
+        assert!(f.grants().is_some_and(|g| g.rules().is_empty()), "grants of its own: none");
     }
 }

@@ -503,13 +503,16 @@ impl CompiledStore {
         self.rules.get(index as usize)
     }
 
-    /// The tries that apply to `principal`.
+    /// The tries that apply to `principal`. A fail-open client ([`PrincipalKind::Fallback`])
+    /// gets its roles only: not the rules of the user whose name it claimed, nor those for
+    /// every authenticated client.
     fn tries<'a>(&'a self, principal: &'a Principal) -> impl Iterator<Item = &'a RuleTrie> + 'a {
         let anonymous = principal.kind == PrincipalKind::Anonymous;
-        let subject = if anonymous { &self.anonymous } else { &self.authenticated };
-        let user = (!anonymous).then(|| self.users.get(&*principal.name)).flatten();
+        let fallback = principal.kind == PrincipalKind::Fallback;
+        let subject = if anonymous { Some(&self.anonymous) } else { (!fallback).then_some(&self.authenticated) };
+        let user = (!anonymous && !fallback).then(|| self.users.get(&*principal.name)).flatten();
         let roles = principal.roles.iter().filter_map(move |r| if anonymous { None } else { self.roles.get(&**r) });
-        std::iter::once(subject).chain(user).chain(roles)
+        subject.into_iter().chain(user).chain(roles)
     }
 
     /// Decide `action` on `topic` for `principal` with `client_id` (module docs). `None`: no
@@ -526,7 +529,8 @@ impl CompiledStore {
             return Some(StoreMatch { allowed: false, rule: None });
         }
         let (user, identity) = match principal.kind {
-            PrincipalKind::Anonymous => (None, None),
+            // A claimed, unverified name substitutes nowhere.
+            PrincipalKind::Anonymous | PrincipalKind::Fallback => (None, None),
             PrincipalKind::User => (Some(&*principal.name), Some(&*principal.name)),
             _ => (None, Some(&*principal.name)),
         };

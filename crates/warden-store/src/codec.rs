@@ -288,6 +288,7 @@ fn kind_name(k: PrincipalKind) -> &'static str {
         PrincipalKind::Certificate => "certificate",
         PrincipalKind::Token => "token",
         PrincipalKind::Anonymous => "anonymous",
+        PrincipalKind::Fallback => "fallback",
     }
 }
 
@@ -356,6 +357,7 @@ pub(crate) fn decode_session(b: &[u8]) -> Result<DecodedSession, BadRecord> {
         "certificate" => PrincipalKind::Certificate,
         "token" => PrincipalKind::Token,
         "anonymous" => PrincipalKind::Anonymous,
+        "fallback" => PrincipalKind::Fallback,
         _ => return Err(bad("session owner kind")),
     };
     if json.client_id.is_empty() || json.client_id.contains('\0') {

@@ -26,6 +26,7 @@ use crate::config::{AuthConfig, ClientIdMatch, IdentityConfig};
 use crate::lookup::{HttpLookup, LookupRequest, LookupVerdict};
 use crate::tls::{CertIdentity, ClientCert};
 use crate::tokens::{TokenAuth, TokenInfo};
+use tracing::info;
 
 /// Who a connection is, and for how long (token-authenticated connections end at expiry).
 #[derive(Debug, Clone)]
@@ -39,6 +40,37 @@ pub struct Authenticated {
 impl From<Principal> for Authenticated {
     fn from(principal: Principal) -> Self {
         Authenticated { principal, token: None }
+    }
+}
+
+/// Why a CONNECT was refused: the reason code, and — for Server busy — which of the broker's
+/// own limits was full (the credentials were then not judged: not a failed login).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Refusal {
+    /// The v5 reason code (mapped for v3 clients when written).
+    pub code: ReasonCode,
+    /// Set with [`ReasonCode::SERVER_BUSY`].
+    pub busy: Option<Busy>,
+}
+
+/// Which of the broker's own limits was full.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Busy {
+    /// No password-verification slot within `auth_hash_wait`.
+    Hashing,
+    /// Every look-up slot (`[auth.http] max_in_flight`) taken.
+    Lookup,
+}
+
+impl Refusal {
+    fn busy(why: Busy) -> Refusal {
+        Refusal { code: ReasonCode::SERVER_BUSY, busy: Some(why) }
+    }
+}
+
+impl From<ReasonCode> for Refusal {
+    fn from(code: ReasonCode) -> Refusal {
+        Refusal { code, busy: None }
     }
 }
 
@@ -211,7 +243,9 @@ impl Authenticator {
     pub fn check_client_id(&self, principal: &Principal, client_id: &str) -> Result<(), ReasonCode> {
         // A client id named like another principal the broker knows is that principal's: no
         // other principal (anonymous included) may take it and hold its session (SPEC §3, §10).
-        if self.reserve_names && client_id != &*principal.name && self.is_principal_name(client_id) {
+        // A fail-open client only claimed its name: it is not that principal.
+        let own = client_id == &*principal.name && principal.kind != PrincipalKind::Fallback;
+        if self.reserve_names && !own && self.is_principal_name(client_id) {
             return Err(ReasonCode::CLIENT_IDENTIFIER_NOT_VALID);
         }
         if principal.kind == PrincipalKind::Anonymous {
@@ -231,8 +265,9 @@ impl Authenticator {
 
     /// Authenticate a CONNECT. Refusals carry the v5 reason code (mapped for v3 clients):
     /// 0x86 bad user name or password, 0x87 not authorized (anonymous refused, or a
-    /// certificate whose identity is refused), 0x89 server busy (no password-verification
-    /// slot within `auth_hash_wait`: not a failed login).
+    /// certificate whose identity is refused), 0x88 the look-up service unavailable, 0x89
+    /// server busy (no password-verification slot within `auth_hash_wait`, or every look-up
+    /// slot taken: not a failed login; [`Refusal::busy`] says which).
     ///
     /// A verified client certificate (`cert`) authenticates the connection at the transport:
     /// the principal is the certificate identity and the CONNECT's user name and password are
@@ -242,11 +277,11 @@ impl Authenticator {
         connect: &Connect,
         cert: CertIdentity,
         peer: SocketAddr,
-    ) -> Result<Authenticated, ReasonCode> {
+    ) -> Result<Authenticated, Refusal> {
         let a = self.authenticate_any(connect, cert, peer).await?;
         // A name disabled in the policy store is refused whichever method proved it (SPEC §10).
         if a.principal.kind != PrincipalKind::Anonymous && self.is_disabled(&a.principal.name) {
-            return Err(ReasonCode::NOT_AUTHORIZED);
+            return Err(ReasonCode::NOT_AUTHORIZED.into());
         }
         Ok(a)
     }
@@ -256,7 +291,7 @@ impl Authenticator {
         connect: &Connect,
         cert: CertIdentity,
         peer: SocketAddr,
-    ) -> Result<Authenticated, ReasonCode> {
+    ) -> Result<Authenticated, Refusal> {
         let (cert_identity, cert_ref) = match cert {
             Some(ClientCert { identity: Ok(name), cert }) if self.lookup.is_none() => {
                 let p = Principal::certificate(&name)
@@ -264,7 +299,7 @@ impl Authenticator {
                 return Ok(p.into());
             }
             Some(ClientCert { identity: Ok(name), cert }) => (Some(name), cert),
-            Some(ClientCert { identity: Err(_), .. }) => return Err(ReasonCode::NOT_AUTHORIZED),
+            Some(ClientCert { identity: Err(_), .. }) => return Err(ReasonCode::NOT_AUTHORIZED.into()),
             None => (None, None),
         };
         if let Some(name) = cert_identity {
@@ -274,7 +309,9 @@ impl Authenticator {
         }
         if let Some(password) = &connect.password {
             if let Some(r) = self.tokens.authenticate(connect, password).await {
-                return r.map(|(principal, token)| Authenticated { principal, token: Some(token) });
+                return r
+                    .map(|(principal, token)| Authenticated { principal, token: Some(token) })
+                    .map_err(Refusal::from);
             }
         }
         let file_knows_user =
@@ -282,21 +319,29 @@ impl Authenticator {
         if self.lookup.is_some() && connect.username.is_some() && !file_knows_user {
             return self.look_up(connect, peer, None, None).await.map(Authenticated::from);
         }
-        self.authenticate_password(connect).await.map(Authenticated::from)
+        self.authenticate_password(connect).await.map(Authenticated::from).map_err(|code| {
+            if code == ReasonCode::SERVER_BUSY {
+                Refusal::busy(Busy::Hashing)
+            } else {
+                code.into()
+            }
+        })
     }
 
     /// The third-party look-up decides (`[auth.http]`): its principal name and grants, a
-    /// refusal (0x86), or — when it cannot be reached — 0x88 unless `fail_open`.
+    /// refusal (0x86), 0x89 when the broker's own look-up slots are all taken, or — when the
+    /// service cannot be reached — 0x88, unless `fail_open` with a `fallback_role`: then an
+    /// unverified [`Principal::fallback`] holding that role only.
     async fn look_up(
         &self,
         connect: &Connect,
         peer: SocketAddr,
         cert_identity: Option<String>,
         cert_ref: Option<CertChain>,
-    ) -> Result<Principal, ReasonCode> {
+    ) -> Result<Principal, Refusal> {
         // The look-up's answer is the credential; a certificate behind it stays revocable.
         let credential = cert_ref.map(Credential::Certificate);
-        let Some(lookup) = &self.lookup else { return Err(ReasonCode::NOT_AUTHORIZED) };
+        let Some(lookup) = &self.lookup else { return Err(ReasonCode::NOT_AUTHORIZED.into()) };
         let req = LookupRequest {
             client_id: connect.client_id.clone(),
             username: connect.username.clone(),
@@ -316,18 +361,28 @@ impl Authenticator {
                 p.set_grants(grant.rules().map(Arc::new));
                 Ok(p)
             }
-            LookupVerdict::Deny => Err(ReasonCode::BAD_USER_NAME_OR_PASSWORD),
-            LookupVerdict::Unavailable if lookup.fail_open() => match (&cert_identity, &connect.username) {
-                (Some(name), _) => {
-                    Ok(Principal::certificate(name).with_credential(CredentialSource::Lookup, credential))
+            LookupVerdict::Deny => Err(ReasonCode::BAD_USER_NAME_OR_PASSWORD.into()),
+            // The broker's own overload: never a reason to let anyone in.
+            LookupVerdict::Busy => Err(Refusal::busy(Busy::Lookup)),
+            LookupVerdict::Unavailable => {
+                // fail_open: the name the client gave (or its certificate's), unverified by the
+                // service, as a fallback principal — its role only, no one else's grants or
+                // sessions. The name must be a safe identity (it appears in logs and audits).
+                let claimed = cert_identity.as_deref().or(connect.username.as_deref());
+                match (lookup.fallback_role(), claimed) {
+                    (Some(role), Some(name)) if warden_policy::cert::check_identity(name).is_ok() => {
+                        info!(client_id = %crate::logsafe::Escaped(&connect.client_id), claimed = %crate::logsafe::Escaped(name),
+                            %peer, role, "HTTP look-up unavailable: admitted as a fail-open fallback principal");
+                        Ok(Principal::fallback(name, role))
+                    }
+                    _ => Err(ReasonCode::SERVER_UNAVAILABLE.into()),
                 }
-                (None, Some(u)) => Ok(Principal::user(u).with_credential(CredentialSource::Lookup, None)),
-                (None, None) => Err(ReasonCode::SERVER_UNAVAILABLE),
-            },
-            LookupVerdict::Unavailable => Err(ReasonCode::SERVER_UNAVAILABLE),
+            }
         }
     }
 
+    /// Password file and policy-store users, then anonymous access. Its only Server busy is a
+    /// hashing slot not found in time.
     async fn authenticate_password(&self, connect: &Connect) -> Result<Principal, ReasonCode> {
         match (&connect.username, &connect.password) {
             (None, None) => {

@@ -223,8 +223,32 @@ pub enum SubjectMatch {
 pub struct JwtConfig {
     /// Required `iss`, when set.
     pub issuer: Option<String>,
-    /// Required `aud`, when set.
+    /// Required `aud`: this broker's name at the issuer. Mandatory (a configuration without it
+    /// is refused at start): without it a token the issuer made for any other service would be
+    /// accepted here.
     pub audience: Option<String>,
+    /// Accepted header `typ` values, compared ignoring ASCII case and an `application/`
+    /// prefix. Default `["at+jwt", "JWT"]`: RFC 9068 access tokens, and the generic `JWT` that
+    /// most identity providers put on theirs; `["at+jwt"]` is the strict RFC 9068 profile. A
+    /// token without `typ` is refused.
+    #[serde(default = "default_jwt_typ", deserialize_with = "de_jwt_typ")]
+    pub typ: Vec<String>,
+    /// Longest accepted token lifetime, `exp - iat` (or `exp - now` without `iat`); default
+    /// 24 h, at most 366 days.
+    #[serde(default = "default_max_token_lifetime", deserialize_with = "de_max_token_lifetime")]
+    pub max_token_lifetime: Duration,
+    /// Scope prefixes that grant publishing to the topic filter after them; default
+    /// `["mqtt:pub:"]`.
+    #[serde(default = "default_publish_prefixes", deserialize_with = "de_scope_prefixes")]
+    pub publish_scope_prefixes: Vec<String>,
+    /// Scope prefixes that grant subscribing to (and receiving from) the filter after them;
+    /// default `["mqtt:sub:"]`.
+    #[serde(default = "default_subscribe_prefixes", deserialize_with = "de_scope_prefixes")]
+    pub subscribe_scope_prefixes: Vec<String>,
+    /// Scope → policy-store role name(s) (a string or a list); default none. Scopes that are
+    /// neither mapped here nor start with a prefix above grant nothing.
+    #[serde(default, deserialize_with = "de_scope_roles")]
+    pub scope_roles: std::collections::BTreeMap<String, Vec<String>>,
     /// A JWKS file (RFC 7517) with the issuer's public keys.
     pub jwks_file: Option<PathBuf>,
     /// A JWKS URL, fetched at start, cached, refreshed on an unknown `kid` (rate-limited).
@@ -237,6 +261,103 @@ pub struct JwtConfig {
     /// Require the token subject to equal the user name or the client id.
     #[serde(default)]
     pub subject_must_match: SubjectMatch,
+}
+
+impl JwtConfig {
+    /// The scope mapping these settings describe.
+    pub fn scope_map(&self) -> warden_policy::authz::ScopeMap {
+        warden_policy::authz::ScopeMap {
+            publish: self.publish_scope_prefixes.clone(),
+            subscribe: self.subscribe_scope_prefixes.clone(),
+            roles: self.scope_roles.clone(),
+        }
+    }
+}
+
+fn default_jwt_typ() -> Vec<String> {
+    vec![warden_policy::jwt::TYP_ACCESS_TOKEN.to_owned(), warden_policy::jwt::TYP_JWT.to_owned()]
+}
+fn default_max_token_lifetime() -> Duration {
+    Duration::from_secs(warden_policy::jwt::DEFAULT_MAX_LIFETIME_SECS)
+}
+fn default_publish_prefixes() -> Vec<String> {
+    vec![warden_policy::authz::PUB_SCOPE_PREFIX.to_owned()]
+}
+fn default_subscribe_prefixes() -> Vec<String> {
+    vec![warden_policy::authz::SUB_SCOPE_PREFIX.to_owned()]
+}
+
+/// Longest `max_token_lifetime`.
+const MAX_TOKEN_LIFETIME_CAP: Duration = Duration::from_secs(366 * 86_400);
+
+fn de_max_token_lifetime<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+    let v = de_duration(d, "max_token_lifetime", Duration::from_secs(1))?;
+    if v > MAX_TOKEN_LIFETIME_CAP {
+        return Err(de::Error::custom("max_token_lifetime: at most 366 days (8784h)"));
+    }
+    Ok(v)
+}
+
+/// A `typ` value: visible ASCII, no spaces.
+fn de_jwt_typ<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<String>, D::Error> {
+    let v = Vec::<String>::deserialize(d)?;
+    if v.is_empty() {
+        return Err(de::Error::custom("typ: name at least one accepted token type (e.g. \"at+jwt\")"));
+    }
+    for t in &v {
+        if t.is_empty() || !t.bytes().all(|b| b.is_ascii_graphic()) {
+            return Err(de::Error::custom(format!("typ: {t:?} is not a token type (visible ASCII, no spaces)")));
+        }
+    }
+    Ok(v)
+}
+
+/// Scope prefixes: non-empty, no spaces (RFC 6749 §3.3 scope characters).
+fn de_scope_prefixes<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<String>, D::Error> {
+    let v = Vec::<String>::deserialize(d)?;
+    for p in &v {
+        if p.is_empty() {
+            return Err(de::Error::custom("an empty scope prefix would make every scope a topic filter"));
+        }
+        if !valid_scope_token(p) {
+            return Err(de::Error::custom(format!("scope prefix {p:?} has characters a scope cannot have")));
+        }
+    }
+    Ok(v)
+}
+
+/// RFC 6749 §3.3: `1*( %x21 / %x23-5B / %x5D-7E )`.
+fn valid_scope_token(s: &str) -> bool {
+    !s.is_empty() && s.bytes().all(|b| b == 0x21 || (0x23..=0x5B).contains(&b) || (0x5D..=0x7E).contains(&b))
+}
+
+/// `scope_roles`: scope → a role name or a list of them.
+fn de_scope_roles<'de, D: Deserializer<'de>>(
+    d: D,
+) -> Result<std::collections::BTreeMap<String, Vec<String>>, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Roles {
+        One(String),
+        Many(Vec<String>),
+    }
+    let raw = std::collections::BTreeMap::<String, Roles>::deserialize(d)?;
+    let mut out = std::collections::BTreeMap::new();
+    for (scope, roles) in raw {
+        if !valid_scope_token(&scope) {
+            return Err(de::Error::custom(format!("scope_roles: {scope:?} is not a scope")));
+        }
+        let roles = match roles {
+            Roles::One(r) => vec![r],
+            Roles::Many(v) => v,
+        };
+        for r in &roles {
+            warden_policy::store::valid_name("role", r)
+                .map_err(|e| de::Error::custom(format!("scope_roles: {scope:?}: {e}")))?;
+        }
+        out.insert(scope, roles);
+    }
+    Ok(out)
 }
 
 /// `[http]`.
@@ -744,6 +865,14 @@ impl Config {
                     return Err(invalid(
                         Some(span),
                         "[auth.jwt] needs a key source: jwks_file, jwks_url or hs256_secret".into(),
+                    ));
+                }
+                if j.audience.as_deref().is_none_or(str::is_empty) {
+                    return Err(invalid(
+                        Some(span),
+                        "[auth.jwt] needs `audience`: the `aud` value tokens for this broker carry (without it, \
+                         a token the issuer made for any other service would be accepted here)"
+                            .into(),
                     ));
                 }
                 if j.hs256_secret.as_ref().is_some_and(|s| s.0.len() < 16) {
@@ -1807,7 +1936,11 @@ sys_interval = "10s"              # $SYS topics are retained and refreshed this 
         assert_eq!(c.oauth.clients[0].scopes, vec!["mqtt:pub:d/#".to_string()]);
         assert_eq!(c.http.unwrap().bind, "127.0.0.1:8080".parse().unwrap());
         fails_at(&format!("{LISTENER}[auth.jwt]\nissuer = \"x\"\n"), 3, "needs a key source");
-        fails_at(&format!("{LISTENER}[auth.jwt]\nhs256_secret = \"short\"\n"), 3, "at least 16 bytes");
+        fails_at(
+            &format!("{LISTENER}[auth.jwt]\naudience = \"w\"\nhs256_secret = \"short\"\n"),
+            3,
+            "at least 16 bytes",
+        );
         fails_at(&format!("{LISTENER}[oauth]\ntoken_ttl = \"2d\"\n"), 4, "unknown unit");
         fails_at(&format!("{LISTENER}[oauth]\ntoken_ttl = \"48h\"\n"), 4, "at most 1 day");
         fails_at(
@@ -1815,6 +1948,58 @@ sys_interval = "10s"              # $SYS topics are retained and refreshed this 
             5,
             "secret_hash is not a hash",
         );
+    }
+
+    /// Issue 17 item 7: `[auth.jwt]` needs an audience; typ, lifetime and scope mapping
+    /// options with their defaults and refusals (file, line, reason).
+    #[test]
+    fn jwt_audience_typ_lifetime_and_scope_mapping() {
+        let jwt = |body: &str| {
+            format!("{LISTENER}[auth.jwt]\nissuer = \"i\"\nhs256_secret = \"0123456789abcdef0123\"\n{body}")
+        };
+        // No audience: refused at start, naming the table's line and the reason.
+        let shown = fails_at(&jwt(""), 3, "needs `audience`");
+        assert!(shown.contains("any other service"), "{shown}");
+        fails_at(&jwt("audience = \"\"\n"), 3, "needs `audience`");
+
+        // Defaults.
+        let c = parse(&jwt("audience = \"warden\"\n")).unwrap();
+        let j = c.auth.jwt.unwrap();
+        assert_eq!(j.typ, ["at+jwt", "JWT"]);
+        assert_eq!(j.max_token_lifetime, Duration::from_secs(86_400));
+        assert_eq!(j.publish_scope_prefixes, ["mqtt:pub:"]);
+        assert_eq!(j.subscribe_scope_prefixes, ["mqtt:sub:"]);
+        assert!(j.scope_roles.is_empty());
+        assert_eq!(j.scope_map(), warden_policy::authz::ScopeMap::default());
+
+        // Every option set.
+        let c = parse(&jwt(
+            "audience = \"warden\"\ntyp = [\"at+jwt\"]\nmax_token_lifetime = \"1h\"\n\
+             publish_scope_prefixes = [\"mqtt:publish:\"]\nsubscribe_scope_prefixes = [\"mqtt:subscribe:\", \"mqtt:rw:\"]\n\
+             [auth.jwt.scope_roles]\n\"fleet.ops\" = \"operator\"\n\"fleet.view\" = [\"viewer\", \"auditor\"]\n",
+        ))
+        .unwrap();
+        let j = c.auth.jwt.unwrap();
+        assert_eq!(j.typ, ["at+jwt"]);
+        assert_eq!(j.max_token_lifetime, Duration::from_secs(3600));
+        assert_eq!(j.publish_scope_prefixes, ["mqtt:publish:"]);
+        assert_eq!(j.subscribe_scope_prefixes, ["mqtt:subscribe:", "mqtt:rw:"]);
+        assert_eq!(j.scope_roles["fleet.ops"], ["operator"]);
+        assert_eq!(j.scope_roles["fleet.view"], ["viewer", "auditor"]);
+        // Empty prefix lists are allowed (no subscribe scopes at all).
+        assert!(parse(&jwt("audience = \"w\"\nsubscribe_scope_prefixes = []\n")).is_ok());
+
+        // Refusals, at the value's line.
+        let a = "audience = \"w\"\n";
+        fails_at(&jwt(&format!("{a}typ = []\n")), 7, "at least one");
+        fails_at(&jwt(&format!("{a}typ = [\"at jwt\"]\n")), 7, "not a token type");
+        fails_at(&jwt(&format!("{a}max_token_lifetime = \"0s\"\n")), 7, "max_token_lifetime");
+        fails_at(&jwt(&format!("{a}max_token_lifetime = \"8785h\"\n")), 7, "at most 366 days");
+        fails_at(&jwt(&format!("{a}publish_scope_prefixes = [\"\"]\n")), 7, "empty scope prefix");
+        fails_at(&jwt(&format!("{a}subscribe_scope_prefixes = [\"a b\"]\n")), 7, "characters a scope cannot have");
+        fails_at(&jwt(&format!("{a}scope_roles = {{ \"x\" = \"a:b\" }}\n")), 7, "scope_roles");
+        fails_at(&jwt(&format!("{a}scope_roles = {{ \"x y\" = \"r\" }}\n")), 7, "is not a scope");
+        fails_at(&jwt(&format!("{a}typo = 1\n")), 7, "unknown field `typo`");
     }
 
     #[test]

@@ -540,39 +540,47 @@ async fn establish<S: Transport>(start: Box<Start<S>>) -> Option<Live<S::Read, S
             scram_user = Some(user);
             crate::auth::Authenticated::from(principal)
         })
+        .map_err(crate::auth::Refusal::from)
     } else {
         Box::pin(ctx.auth.authenticate(&connect, cert, peer)).await
     };
     let authed = match authenticated.and_then(|a| {
         ctx.auth.check_client_id(&a.principal, &connect.client_id)?;
         if banned(Some(&a.principal.name)) {
-            return Err(ReasonCode::BANNED);
+            return Err(ReasonCode::BANNED.into());
         }
         Ok(a)
     }) {
         Ok(a) => {
+            // A fail-open client's password was not checked: it does not end a user's backoff.
+            let verified = a.principal.kind != warden_policy::PrincipalKind::Fallback;
             // Only the password of that user name lifts its backoff: a token or a certificate
             // of another principal sent with the name does not.
-            if let (Some(s), Some(user), true) = (&slot, connect.username.as_deref(), password_attempt) {
+            if let (Some(s), Some(user), true) = (&slot, connect.username.as_deref(), password_attempt && verified) {
                 if *a.principal.name == *user {
                     s.user_succeeded(user);
                 }
             }
             a
         }
-        Err(code) if code == ReasonCode::SERVER_BUSY => {
-            // No hashing slot in time: the credentials were not checked, so this is not a
-            // failed login (no ban, no backoff). Logged once per address per interval.
-            hit(&ctx.broker.stats.limits.auth_hash_busy);
+        Err(crate::auth::Refusal { code, busy: Some(why) }) => {
+            // One of the broker's own limits was full: the credentials were not checked, so
+            // this is not a failed login (no ban, no backoff). Logged once per address per
+            // interval.
+            let (counter, name) = match why {
+                crate::auth::Busy::Hashing => (&ctx.broker.stats.limits.auth_hash_busy, "auth_hash_wait"),
+                crate::auth::Busy::Lookup => (&ctx.broker.stats.limits.lookup_busy, "lookup max_in_flight"),
+            };
+            hit(counter);
             ctx.broker.stats.connections_refused.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-            ctx.log_limit(&peer.ip().to_string(), "auth_hash_wait", "CONNECT refused (0x89 server busy)");
+            ctx.log_limit(&peer.ip().to_string(), name, "CONNECT refused (0x89 server busy)");
             let client_max = connect.properties.maximum_packet_size.unwrap_or(u32::MAX);
             write_connack(protocol, false, code, Default::default(), client_max, &mut wbuf);
             let _ = wr.write_all(&wbuf).await;
             let _ = wr.shutdown().await;
             return None;
         }
-        Err(code) => {
+        Err(crate::auth::Refusal { code, busy: None }) => {
             if let Some(s) = slot.as_ref().filter(|_| failed_credentials(code, &connect)) {
                 let now = Instant::now();
                 if s.auth_failed(now) {

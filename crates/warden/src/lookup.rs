@@ -42,14 +42,22 @@
 //! Anything else — a transport error, the timeout, a status other than 200 (redirects are not
 //! followed), a body over [`MAX_BODY`], malformed JSON, a missing or non-boolean `allow` — makes
 //! the service *unavailable*: [`LookupVerdict::Unavailable`], which the caller turns into a
-//! refusal unless `fail_open = true`.
+//! refusal (0x88) unless `fail_open = true` and a `fallback_role` is configured; then the client
+//! is admitted as an unverified fallback principal holding that role only
+//! ([`warden_policy::PrincipalKind::Fallback`]).
+//!
+//! # The broker's own limit
+//! At most `max_in_flight` look-ups (default [`DEFAULT_MAX_IN_FLIGHT`]) run at once. A CONNECT
+//! that finds them all taken is refused at once with Server busy ([`LookupVerdict::Busy`]: v5
+//! 0x89, v3 0x03) — the broker's own overload, never "service unavailable", so `fail_open` never
+//! applies to it: a flood of bad CONNECTs cannot open the door for the next one.
 //!
 //! # Cache
 //! Only allows are cached, and only when the answer carries a `cache_ttl` > 0; the lifetime is
 //! the answer's `cache_ttl` capped by the configured `cache_ttl` (default and maximum 1 h;
 //! `0` turns the cache off). Denials and failures are never cached, so a corrected password
 //! works at once (repeated denials reach the service each time; the concurrency bound below
-//! keeps a flood from occupying more than [`MAX_IN_FLIGHT`] blocking threads). The key is a
+//! keeps a flood from occupying more than `max_in_flight` blocking threads). The key is a
 //! SHA-256 digest, salted with a random per-process value, over the client id, user name,
 //! password, certificate identity and the peer's IP address (not its port: the service may
 //! decide by address); the password is not kept. At most [`CACHE_CAPACITY`] entries; the
@@ -89,10 +97,13 @@ pub const MAX_CACHE_TTL: Duration = Duration::from_secs(3600);
 pub const MAX_BODY: u64 = 64 * 1024;
 /// Cached allows kept at most; the oldest is evicted first.
 pub const CACHE_CAPACITY: usize = 10_000;
-/// Look-ups in flight at once; more wait (within their timeout) for a slot.
-pub const MAX_IN_FLIGHT: usize = 32;
+/// Default look-ups in flight at once (`max_in_flight`); a CONNECT finding none free is
+/// refused busy.
+pub const DEFAULT_MAX_IN_FLIGHT: usize = 32;
+/// Largest `max_in_flight`.
+pub const MAX_IN_FLIGHT_CAP: usize = 1024;
 
-/// `[auth.lookup]`: the third-party look-up service.
+/// `[auth.http]`: the third-party look-up service.
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct LookupConfig {
@@ -102,10 +113,20 @@ pub struct LookupConfig {
     /// default 2 s, more than 0, at most 30 s.
     #[serde(default = "default_timeout", deserialize_with = "de_timeout")]
     pub timeout: Duration,
-    /// Allow the CONNECT when the service is unavailable (error, timeout, bad answer).
-    /// Default `false`: such CONNECTs are refused.
+    /// Admit the CONNECT when the service is unavailable (error, timeout, bad answer) — as an
+    /// unverified fallback principal holding `fallback_role` only, and only when that is set
+    /// (else the CONNECT is refused all the same). Default `false`: refused (v5 0x88, v3 0x03).
+    /// Never applies when the broker's own `max_in_flight` is full (that is 0x89 Server busy).
     #[serde(default)]
     pub fail_open: bool,
+    /// The policy-store role a `fail_open` client gets, and nothing else: not the grants of the
+    /// user whose name it gave, not its sessions. Default: none (fail_open then admits no one).
+    #[serde(default, deserialize_with = "de_fallback_role")]
+    pub fallback_role: Option<String>,
+    /// Look-ups in flight at once (default 32, 1 to 1024); a CONNECT that finds them all busy
+    /// is refused at once with Server busy (v5 0x89, v3 0x03).
+    #[serde(default = "default_max_in_flight", deserialize_with = "de_max_in_flight")]
+    pub max_in_flight: usize,
     /// Cap on how long an allow may be reused, as the answer's `cache_ttl` asks; default and
     /// maximum 1 h; `0` disables the cache.
     #[serde(default = "default_cache_ttl", deserialize_with = "de_cache_ttl")]
@@ -120,6 +141,24 @@ fn default_timeout() -> Duration {
 
 fn default_cache_ttl() -> Duration {
     MAX_CACHE_TTL
+}
+
+fn default_max_in_flight() -> usize {
+    DEFAULT_MAX_IN_FLIGHT
+}
+
+fn de_max_in_flight<'de, D: Deserializer<'de>>(d: D) -> Result<usize, D::Error> {
+    let v = u64::deserialize(d)?;
+    match usize::try_from(v) {
+        Ok(n) if (1..=MAX_IN_FLIGHT_CAP).contains(&n) => Ok(n),
+        _ => Err(de::Error::custom(format!("max_in_flight must be 1 to {MAX_IN_FLIGHT_CAP}"))),
+    }
+}
+
+fn de_fallback_role<'de, D: Deserializer<'de>>(d: D) -> Result<Option<String>, D::Error> {
+    let r = String::deserialize(d)?;
+    warden_policy::store::valid_name("role", &r).map_err(|e| de::Error::custom(format!("fallback_role: {e}")))?;
+    Ok(Some(r))
 }
 
 /// A duration: integer seconds or a string such as `"500ms"`, `"10s"`, `"5m"`, `"1h"`.
@@ -241,6 +280,9 @@ pub enum LookupVerdict {
     Deny,
     /// Error, timeout or bad answer: the caller applies `fail_open`.
     Unavailable,
+    /// The broker's own limit (`max_in_flight`) is reached: not asked. Refused with Server
+    /// busy; `fail_open` does not apply.
+    Busy,
 }
 
 /// The JSON body sent to the service.
@@ -292,8 +334,16 @@ struct WireAnswer {
 
 /// What one HTTP exchange produced.
 enum Outcome {
-    Answer { status: u16, answer: WireAnswer },
-    Failed { status: Option<u16>, reason: String },
+    Answer {
+        status: u16,
+        answer: WireAnswer,
+    },
+    Failed {
+        status: Option<u16>,
+        reason: String,
+    },
+    /// No free slot: the service was not asked.
+    Busy,
 }
 
 /// Check one `acl` line from an answer.
@@ -377,6 +427,8 @@ impl fmt::Debug for HttpLookup {
             .field("url", &self.cfg.url)
             .field("timeout", &self.cfg.timeout)
             .field("fail_open", &self.cfg.fail_open)
+            .field("fallback_role", &self.cfg.fallback_role)
+            .field("max_in_flight", &self.cfg.max_in_flight)
             .field("cache_ttl", &self.cfg.cache_ttl)
             .finish_non_exhaustive()
     }
@@ -387,22 +439,22 @@ impl HttpLookup {
     /// cache cap. A plain `http://` URL to a host other than loopback is allowed, with a
     /// warning (passwords would cross the network in clear).
     pub fn new(cfg: LookupConfig) -> anyhow::Result<Self> {
-        check_timeout(cfg.timeout).map_err(|e| anyhow!("[auth.lookup] {e}"))?;
-        check_cache_ttl(cfg.cache_ttl).map_err(|e| anyhow!("[auth.lookup] {e}"))?;
+        check_timeout(cfg.timeout).map_err(|e| anyhow!("[auth.http] {e}"))?;
+        check_cache_ttl(cfg.cache_ttl).map_err(|e| anyhow!("[auth.http] {e}"))?;
         let lower = cfg.url.to_ascii_lowercase();
         let rest = if let Some(r) = lower.strip_prefix("https://") {
             r
         } else if let Some(r) = lower.strip_prefix("http://") {
             r
         } else {
-            bail!("[auth.lookup] url must start with http:// or https://");
+            bail!("[auth.http] url must start with http:// or https://");
         };
         if cfg.url.chars().any(|c| c.is_whitespace() || c.is_control()) {
-            bail!("[auth.lookup] url contains white space or control characters");
+            bail!("[auth.http] url contains white space or control characters");
         }
         if let Some(t) = &cfg.bearer_token {
             if t.0.is_empty() || t.0.chars().any(|c| c.is_control()) {
-                bail!("[auth.lookup] bearer_token is empty or contains control characters");
+                bail!("[auth.http] bearer_token is empty or contains control characters");
             }
         }
         let agent = ureq::AgentBuilder::new()
@@ -411,14 +463,18 @@ impl HttpLookup {
             .try_proxy_from_env(false)
             .user_agent(concat!("warden/", env!("CARGO_PKG_VERSION")))
             .build();
-        agent.post(&cfg.url).request_url().map_err(|e| anyhow!("[auth.lookup] url: {e}"))?;
+        agent.post(&cfg.url).request_url().map_err(|e| anyhow!("[auth.http] url: {e}"))?;
         let host = rest.split(['/', '?', '#']).next().unwrap_or("");
         let host = host.rsplit('@').next().unwrap_or(host);
         let loopback =
             host.starts_with("127.") || host.starts_with("localhost") || host.starts_with("[::1]") || host.is_empty();
         if lower.starts_with("http://") && !loopback {
-            warn!(url = %cfg.url, "[auth.lookup] uses plain http: passwords cross the network unencrypted");
+            warn!(url = %cfg.url, "[auth.http] uses plain http: passwords cross the network unencrypted");
         }
+        if cfg.fail_open && cfg.fallback_role.is_none() {
+            warn!("[auth.http] fail_open = true without fallback_role: CONNECTs are refused while the service is unavailable");
+        }
+        let max_in_flight = cfg.max_in_flight.clamp(1, MAX_IN_FLIGHT_CAP);
         let mut salt = [0u8; 32];
         rand::RngCore::fill_bytes(&mut rand::rngs::OsRng, &mut salt);
         Ok(HttpLookup {
@@ -426,7 +482,7 @@ impl HttpLookup {
             agent,
             salt,
             cache: Mutex::new(Cache::default()),
-            in_flight: Arc::new(Semaphore::new(MAX_IN_FLIGHT)),
+            in_flight: Arc::new(Semaphore::new(max_in_flight)),
         })
     }
 
@@ -435,9 +491,10 @@ impl HttpLookup {
         &self.cfg
     }
 
-    /// `fail_open`: allow when [`LookupVerdict::Unavailable`].
-    pub fn fail_open(&self) -> bool {
-        self.cfg.fail_open
+    /// The role a client gets when the service is [`LookupVerdict::Unavailable`]:
+    /// `fallback_role` when `fail_open` is on, else `None` (refused).
+    pub fn fallback_role(&self) -> Option<&str> {
+        self.cfg.fallback_role.as_deref().filter(|_| self.cfg.fail_open)
     }
 
     /// Cached allows (for tests and `$SYS`).
@@ -458,9 +515,11 @@ impl HttpLookup {
         }
         let outcome = self.call(req).await;
         let (status, answer) = match outcome {
+            // Logged (rate-limited) by the connection that is refused.
+            Outcome::Busy => return LookupVerdict::Busy,
             Outcome::Failed { status, reason } => {
                 warn!(client_id = %Escaped(&req.client_id), username = ?req.username, peer = %req.peer, status = ?status,
-                    reason = %Escaped(&reason), fail_open = self.cfg.fail_open, "HTTP look-up: service unavailable");
+                    reason = %Escaped(&reason), fallback_role = ?self.fallback_role(), "HTTP look-up: service unavailable");
                 return LookupVerdict::Unavailable;
             }
             Outcome::Answer { status, answer } => (status, answer),
@@ -542,10 +601,9 @@ impl HttpLookup {
     /// One POST, on the blocking pool, bounded in concurrency and time.
     async fn call(&self, req: &LookupRequest) -> Outcome {
         let deadline = tokio::time::Instant::now() + self.cfg.timeout;
-        let permit = match tokio::time::timeout_at(deadline, self.in_flight.clone().acquire_owned()).await {
-            Ok(Ok(p)) => p,
-            _ => return Outcome::Failed { status: None, reason: "too many look-ups in flight".into() },
-        };
+        // No waiting for a slot: when they are all taken the broker itself is overloaded, which
+        // the client hears at once as Server busy (and which is never "service unavailable").
+        let Ok(permit) = self.in_flight.clone().try_acquire_owned() else { return Outcome::Busy };
         let body = match serde_json::to_vec(&WireRequest::new(req)) {
             Ok(b) => b,
             Err(e) => return Outcome::Failed { status: None, reason: format!("request encoding: {e}") },
@@ -608,19 +666,29 @@ mod tests {
         assert_eq!(c.url, "https://auth.example/check");
         assert_eq!(c.timeout, Duration::from_secs(2));
         assert!(!c.fail_open);
+        assert_eq!(c.fallback_role, None);
+        assert_eq!(c.max_in_flight, 32);
         assert_eq!(c.cache_ttl, Duration::from_secs(3600));
         assert_eq!(c.bearer_token, None);
+        // fail_open alone admits no one: there is no role to give.
+        let open = HttpLookup::new(parse("url = \"http://127.0.0.1:1/\"\nfail_open = true").unwrap()).unwrap();
+        assert_eq!(open.fallback_role(), None);
     }
 
     #[test]
     fn all_keys() {
         let c = parse(
             "url = \"http://127.0.0.1:9000/\"\ntimeout = \"500ms\"\nfail_open = true\ncache_ttl = \"5m\"\n\
-             bearer_token = \"t0k\"\n",
+             bearer_token = \"t0k\"\nfallback_role = \"degraded\"\nmax_in_flight = 4\n",
         )
         .unwrap();
         assert_eq!(c.timeout, Duration::from_millis(500));
         assert!(c.fail_open);
+        assert_eq!(c.fallback_role.as_deref(), Some("degraded"));
+        assert_eq!(c.max_in_flight, 4);
+        assert_eq!(HttpLookup::new(c.clone()).unwrap().fallback_role(), Some("degraded"));
+        let closed = LookupConfig { fail_open: false, ..c.clone() };
+        assert_eq!(HttpLookup::new(closed).unwrap().fallback_role(), None, "a role without fail_open is unused");
         assert_eq!(c.cache_ttl, Duration::from_secs(300));
         assert_eq!(c.bearer_token, Some(Secret("t0k".into())));
         assert!(!format!("{c:?}").contains("t0k"), "bearer token printed by Debug");
@@ -638,6 +706,10 @@ mod tests {
             ("url = \"http://x/\"\ntimeout = \"2\"", "missing unit"),
             ("url = \"http://x/\"\ncache_ttl = \"2h\"", "at most 1 hour"),
             ("url = \"http://x/\"\nttl = 1", "unknown field"),
+            ("url = \"http://x/\"\nmax_in_flight = 0", "max_in_flight must be 1 to 1024"),
+            ("url = \"http://x/\"\nmax_in_flight = 1025", "max_in_flight must be 1 to 1024"),
+            ("url = \"http://x/\"\nfallback_role = \"\"", "fallback_role"),
+            ("url = \"http://x/\"\nfallback_role = \"a:b\"", "fallback_role"),
             ("timeout = 1", "missing field `url`"),
         ] {
             let e = parse(text).unwrap_err();

@@ -15,12 +15,13 @@ use anyhow::{anyhow, Context};
 use mqtt_codec::{Connect, ReasonCode};
 use parking_lot::{Mutex, RwLock};
 use tracing::{info, warn};
-use warden_http::OAuthService;
+use warden_http::{OAuthService, TokenRejected};
 use warden_policy::jwt::{self, JwtError, JwtSettings, KeySet, VerifiedToken};
 use warden_policy::trust::{Credential, CredentialSource, TokenRef};
 use warden_policy::Principal;
 
 use crate::config::{JwtConfig, SubjectMatch};
+use warden_policy::authz::ScopeMap;
 
 /// Least time between two fetches of the outside JWKS URL.
 pub const JWKS_REFRESH_INTERVAL: Duration = Duration::from_secs(30);
@@ -46,6 +47,8 @@ struct External {
     url: Option<String>,
     last_fetch: Mutex<Option<Instant>>,
     subject_must_match: SubjectMatch,
+    /// How the issuer's scopes become grants.
+    scopes: ScopeMap,
 }
 
 /// Token verification for CONNECT.
@@ -103,12 +106,15 @@ impl TokenAuth {
                         issuer: c.issuer.clone(),
                         audience: c.audience.clone(),
                         leeway_secs: c.leeway.as_secs(),
+                        typ: Some(c.typ.clone()),
+                        max_lifetime_secs: Some(c.max_token_lifetime.as_secs()),
                     },
                     static_keys,
                     url_keys: RwLock::new(url_keys),
                     last_fetch: Mutex::new(fetched_at),
                     url: c.jwks_url.clone(),
                     subject_must_match: c.subject_must_match,
+                    scopes: c.scope_map(),
                 })
             }
         };
@@ -127,6 +133,11 @@ impl TokenAuth {
 
     /// Verify a token sent as the CONNECT password. `None`: not a token (or no token method),
     /// so the other methods decide.
+    ///
+    /// Refusals: v5 0x86 (v3 0x04) for a token that is not a valid credential (bad signature,
+    /// unknown key, malformed, expired, not yet valid, wrong issuer or audience, revoked);
+    /// 0x87 (v3 0x05) for a genuine token that policy refuses — a `typ` that is not accepted,
+    /// a lifetime over the maximum, a subject the configured rule refuses.
     pub async fn authenticate(
         &self,
         connect: &Connect,
@@ -138,10 +149,15 @@ impl TokenAuth {
         let token = std::str::from_utf8(password).ok()?;
         let now = unix_now();
         let mut last_err = String::from("no token method accepted it");
+        // A verifier whose key signed the token and that refused it on policy speaks for it.
+        let mut policy_refusal = false;
         if let Some(b) = &self.builtin {
             match b.verify(token) {
-                Ok(v) => return Some(grant(v, SubjectMatch::Off, connect, true)),
-                Err(e) => last_err = e.to_string(),
+                Ok(v) => return Some(grant(v, SubjectMatch::Off, None, connect)),
+                Err(e) => {
+                    policy_refusal = matches!(e, TokenRejected::Invalid(ref j) if is_policy_refusal(j));
+                    last_err = e.to_string();
+                }
             }
         }
         if let Some(x) = &self.external {
@@ -149,25 +165,35 @@ impl TokenAuth {
                 Ok(mut v) => {
                     // A token accepted within the leeway lives as long as the leeway allows.
                     v.expires_at = v.expires_at.saturating_add(x.settings.leeway_secs);
-                    return Some(grant(v, x.subject_must_match, connect, false));
+                    return Some(grant(v, x.subject_must_match, Some(&x.scopes), connect));
                 }
-                Err(e) => last_err = e.to_string(),
+                Err(e) if !policy_refusal || is_policy_refusal(&e) => {
+                    policy_refusal = is_policy_refusal(&e);
+                    last_err = e.to_string();
+                }
+                Err(_) => {}
             }
         }
         // The reason is logged; the token never is.
         info!(client_id = %Escaped(&connect.client_id), reason = %Escaped(&last_err), "access token refused");
-        Some(Err(ReasonCode::BAD_USER_NAME_OR_PASSWORD))
+        Some(Err(if policy_refusal { ReasonCode::NOT_AUTHORIZED } else { ReasonCode::BAD_USER_NAME_OR_PASSWORD }))
     }
 }
 
+/// A genuine token (its signature verified) refused on policy: the CONNECT gets 0x87.
+fn is_policy_refusal(e: &JwtError) -> bool {
+    matches!(e, JwtError::WrongType | JwtError::LifetimeTooLong)
+}
+
 /// The principal a verified token stands for, once its subject passes the configured rule.
-/// `builtin`: the token was issued by the built-in token service (its OAuth client is then
-/// the token's `client_id`, else its subject).
+/// `outside`: the token came from the `[auth.jwt]` issuer, whose scopes are mapped by this;
+/// `None`: the built-in token service issued it (its scopes are the native grammar, and its
+/// OAuth client is the token's `client_id`, else its subject).
 fn grant(
     v: VerifiedToken,
     rule: SubjectMatch,
+    outside: Option<&ScopeMap>,
     connect: &Connect,
-    builtin: bool,
 ) -> Result<(Principal, TokenInfo), ReasonCode> {
     let subject_ok = match rule {
         SubjectMatch::Off => true,
@@ -179,12 +205,30 @@ fn grant(
     }
     let credential = TokenRef {
         jti: v.jti.as_deref().map(Into::into),
-        oauth_client: builtin.then(|| v.client_id.as_deref().unwrap_or(&v.subject).into()),
+        oauth_client: outside.is_none().then(|| v.client_id.as_deref().unwrap_or(&v.subject).into()),
+    };
+    let (scopes, roles) = match outside {
+        None => (v.scopes, v.roles),
+        Some(map) => {
+            // The issuer's grammar, translated once: the principal keeps native scopes, so the
+            // grants are the same after a restart (re-derived from them).
+            let m = map.map(&v.scopes);
+            if m.unmapped > 0 {
+                tracing::debug!(subject = %Escaped(&v.subject), unmapped = m.unmapped, "token scopes that grant nothing");
+            }
+            let mut roles = v.roles;
+            for r in m.roles {
+                if !roles.contains(&r) {
+                    roles.push(r);
+                }
+            }
+            (m.scopes, roles)
+        }
     };
     let principal = Principal::token(
         &v.subject,
-        v.roles.iter().map(|r| Arc::from(r.as_str())).collect(),
-        v.scopes.iter().map(|s| Arc::from(s.as_str())).collect(),
+        roles.iter().map(|r| Arc::from(r.as_str())).collect(),
+        scopes.iter().map(|s| Arc::from(s.as_str())).collect(),
     )
     .with_credential(CredentialSource::Token, Some(Credential::Token(credential)));
     Ok((principal, TokenInfo { jti: v.jti, expires_at: v.expires_at }))

@@ -296,6 +296,97 @@ async fn admin_api_refusals() {
     b.stop().await;
 }
 
+/// Issue 17 item 7: the admin API right comes only from the admin token or the `admin` scope
+/// of an OAuth client the operator declared — never from a policy-store role named `admin`
+/// (whether a user holds it or an OAuth client's token carries it), a look-up answer naming
+/// it, or an outside issuer's JWT carrying it. Each of those credentials does work where it
+/// belongs (MQTT), so each refusal is meaningful.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_admin_right_comes_only_from_the_admin_token_or_a_declared_clients_admin_scope() {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::Arc;
+    // A look-up service that allows lk/lk-pw with the role and scope `admin`.
+    let calls = Arc::new(AtomicUsize::new(0));
+    let c2 = calls.clone();
+    let app = axum::Router::new().route(
+        "/auth",
+        axum::routing::post(move |axum::Json(req): axum::Json<Value>| {
+            let c2 = c2.clone();
+            async move {
+                c2.fetch_add(1, Ordering::SeqCst);
+                let ok = req["username"] == "lk" && req["password"] == "lk-pw";
+                axum::Json(json!({"allow": ok, "roles": ["admin"], "scopes": ["admin"]}))
+            }
+        }),
+    );
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let lookup_url = format!("http://{}/auth", l.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(l, app).await.unwrap() });
+    const HS: &str = "hs256 secret of the admin-right test";
+    let b = TestBroker::from_toml(&format!(
+        "{LISTENER}[http]\nbind = \"127.0.0.1:0\"\nadmin_token_hash = \"{h}\"\n\
+         [auth]\nallow_anonymous = false\n\
+         [auth.jwt]\nissuer = \"https://idp.example\"\naudience = \"warden\"\nhs256_secret = \"{HS}\"\n\
+         [auth.http]\nurl = \"{lookup_url}\"\n\
+         [oauth]\nenabled = true\n\
+         [[oauth.client]]\nid = \"ops\"\nsecret_hash = \"{h}\"\nscopes = [\"admin\"]\n\
+         [[oauth.client]]\nid = \"role-admin\"\nsecret_hash = \"{h}\"\nscopes = [\"mqtt:pub:x\"]\nroles = [\"admin\"]\n",
+        h = token_hash()
+    ))
+    .await;
+    // A policy-store role named `admin`, and a user holding it.
+    admin(&b, "POST", "/admin/roles", Some(json!({"name": "admin", "rules": [rule("a", "publish", "admin/#")]}))).await;
+    admin(&b, "POST", "/admin/users", Some(json!({"name": "boss", "password": PW, "roles": ["admin"]}))).await;
+    let status = |token: String| {
+        let b = &b;
+        async move { http(b, "GET", "/admin/users", Some(&token), None).await.0 }
+    };
+
+    // The policy-store user with the role: its password is an MQTT credential, not an admin one.
+    let mut boss = connected(&b, login(Protocol::V5, "boss-1", "boss", true)).await;
+    publish1(&mut boss, 1, "admin/x").await;
+    assert_eq!(status(PW.into()).await, 401);
+
+    // An OAuth client carrying the role `admin` in its tokens: a valid token, not an admin's.
+    let role_admin = oauth_token(&b, "role-admin").await;
+    let mut c = connect_packet(Protocol::V5, "ra-1", true);
+    c.username = Some("role-admin".into());
+    c.password = Some(Bytes::from(role_admin.clone()));
+    connected(&b, c).await;
+    assert_eq!(status(role_admin).await, 403);
+
+    // An outside issuer's JWT with the `admin` scope and role.
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs();
+    let mut header = jsonwebtoken::Header::new(jsonwebtoken::Algorithm::HS256);
+    header.typ = Some("at+jwt".into());
+    let outside = jsonwebtoken::encode(
+        &header,
+        &json!({"iss": "https://idp.example", "aud": "warden", "sub": "ops", "iat": now, "exp": now + 300,
+                "scope": "admin", "roles": ["admin"], "client_id": "ops"}),
+        &jsonwebtoken::EncodingKey::from_secret(HS.as_bytes()),
+    )
+    .unwrap();
+    let mut c = connect_packet(Protocol::V5, "ops-outside", true);
+    c.username = Some("ops".into());
+    c.password = Some(Bytes::from(outside.clone()));
+    connected(&b, c).await;
+    assert_eq!(status(outside).await, 401);
+
+    // A look-up answer naming `admin`: the admin API never asks the look-up service.
+    let mut c = connect_packet(Protocol::V5, "lk-1", true);
+    c.username = Some("lk".into());
+    c.password = Some(Bytes::from_static(b"lk-pw"));
+    connected(&b, c).await;
+    let asked = calls.load(Ordering::SeqCst);
+    assert_eq!(status("lk-pw".into()).await, 401);
+    assert_eq!(calls.load(Ordering::SeqCst), asked, "the admin API consulted the look-up service");
+
+    // The declared client's admin scope, and the admin token.
+    assert_eq!(status(oauth_token(&b, "ops").await).await, 200);
+    assert_eq!(status(ADMIN_TOKEN.into()).await, 200);
+    b.stop().await;
+}
+
 #[tokio::test]
 async fn on_deny_modes_apply_to_store_rules() {
     for (mode, v) in [("disconnect", Protocol::V5), ("drop", Protocol::V5), ("disconnect", Protocol::V311)] {

@@ -12,11 +12,26 @@ use serde_json::{json, Value};
 use warden::config::Secret;
 use warden::lookup::{Grant, HttpLookup, LookupConfig, LookupRequest, LookupVerdict};
 
-#[derive(Default)]
 struct Seen {
     hits: AtomicUsize,
     body: Mutex<Option<Value>>,
     headers: Mutex<Option<HeaderMap>>,
+    /// Requests that reached the `hang` mode (the test waits on it, never sleeps).
+    hanging: tokio::sync::watch::Sender<usize>,
+    /// `hang` answers once it gets a permit from here.
+    release: tokio::sync::Semaphore,
+}
+
+impl Default for Seen {
+    fn default() -> Self {
+        Seen {
+            hits: AtomicUsize::new(0),
+            body: Mutex::default(),
+            headers: Mutex::default(),
+            hanging: tokio::sync::watch::channel(0).0,
+            release: tokio::sync::Semaphore::new(0),
+        }
+    }
 }
 
 async fn serve(State(seen): State<Arc<Seen>>, Path(mode): Path<String>, headers: HeaderMap, body: String) -> Response {
@@ -36,6 +51,12 @@ async fn serve(State(seen): State<Arc<Seen>>, Path(mode): Path<String>, headers:
         "error" => (StatusCode::INTERNAL_SERVER_ERROR, "boom").into_response(),
         "slow" => {
             tokio::time::sleep(Duration::from_secs(3)).await;
+            ok(json!({"allow": true}))
+        }
+        // Holds the request until the test releases it.
+        "hang" => {
+            seen.hanging.send_modify(|n| *n += 1);
+            seen.release.acquire().await.expect("open").forget();
             ok(json!({"allow": true}))
         }
         "malformed" => (StatusCode::OK, "{\"allow\": tru").into_response(),
@@ -336,4 +357,38 @@ async fn verdicts_are_logged_without_secrets() {
         assert!(log.contains(needle), "{needle:?} missing from log:\n{log}");
     }
     assert!(!log.contains("Pa55-w0rd") && !log.contains("s3rvice-t0ken"), "secret logged:\n{log}");
+}
+
+/// Issue 17 item 5: when every look-up slot (`max_in_flight`) is taken, the next CONNECT's
+/// look-up is refused at once as Busy (the broker's own overload) — the service is not asked,
+/// and it is not "unavailable" (which `fail_open` would act on).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_slot_cap_is_busy_at_once_never_unavailable() {
+    let m = Mock::start().await;
+    let mut cfg = m.config("hang");
+    cfg.timeout = Duration::from_secs(20);
+    cfg.max_in_flight = 2;
+    cfg.fail_open = true;
+    cfg.fallback_role = Some("degraded".into());
+    let l = Arc::new(HttpLookup::new(cfg).unwrap());
+    let mut hanging = m.seen.hanging.subscribe();
+    let held: Vec<_> = (0..2)
+        .map(|i| {
+            let l = l.clone();
+            tokio::spawn(async move { l.check(&request(&format!("held-{i}"), Some("x"), Some(b"bad"))).await })
+        })
+        .collect();
+    hanging.wait_for(|n| *n == 2).await.unwrap();
+
+    let t = Instant::now();
+    assert_eq!(l.check(&request("dev-001", Some("dev-001"), Some(b"wrong"))).await, LookupVerdict::Busy);
+    assert!(t.elapsed() < Duration::from_secs(2), "refused at once, took {:?}", t.elapsed());
+    assert_eq!(m.hits(), 2, "the service was not asked");
+
+    // Slots free again once the held look-ups end.
+    m.seen.release.add_permits(3);
+    for h in held {
+        assert!(matches!(h.await.unwrap(), LookupVerdict::Allow(_)));
+    }
+    assert!(matches!(l.check(&request("dev-001", Some("dev-001"), Some(b"pw"))).await, LookupVerdict::Allow(_)));
 }

@@ -643,10 +643,15 @@ async fn jwks_file_ed25519_tokens_are_verified_and_embedded_keys_ignored() {
     let trusted_enc = ed_encoding_key(&trusted);
     let attacker_enc = ed_encoding_key(&attacker);
     let c = claims("sensor-9", 300);
-    let control = hand_made(&json!({ "alg": "EdDSA", "kid": trusted.kid() }), &c, &trusted_enc, Algorithm::EdDSA);
+    let control = hand_made(
+        &json!({ "alg": "EdDSA", "typ": "at+jwt", "kid": trusted.kid() }),
+        &c,
+        &trusted_enc,
+        Algorithm::EdDSA,
+    );
     assert_accepted(&b, &control, "hand-made EdDSA (control)").await;
     let ignored_jwk = hand_made(
-        &json!({ "alg": "EdDSA", "kid": trusted.kid(), "jwk": trusted.jwk() }),
+        &json!({ "alg": "EdDSA", "typ": "at+jwt", "kid": trusted.kid(), "jwk": trusted.jwk() }),
         &c,
         &trusted_enc,
         Algorithm::EdDSA,
@@ -655,17 +660,17 @@ async fn jwks_file_ed25519_tokens_are_verified_and_embedded_keys_ignored() {
 
     // The attacker embeds their own public key and signs with it.
     for header in [
-        json!({ "alg": "EdDSA", "jwk": attacker.jwk() }),
-        json!({ "alg": "EdDSA", "kid": attacker.kid(), "jwk": attacker.jwk() }),
-        json!({ "alg": "EdDSA", "kid": trusted.kid(), "jwk": attacker.jwk() }),
-        json!({ "alg": "EdDSA", "kid": attacker.kid(), "jku": "http://127.0.0.1:9/jwks.json" }),
+        json!({ "alg": "EdDSA", "typ": "at+jwt", "jwk": attacker.jwk() }),
+        json!({ "alg": "EdDSA", "typ": "at+jwt", "kid": attacker.kid(), "jwk": attacker.jwk() }),
+        json!({ "alg": "EdDSA", "typ": "at+jwt", "kid": trusted.kid(), "jwk": attacker.jwk() }),
+        json!({ "alg": "EdDSA", "typ": "at+jwt", "kid": attacker.kid(), "jku": "http://127.0.0.1:9/jwks.json" }),
     ] {
         let t = hand_made(&header, &c, &attacker_enc, Algorithm::EdDSA);
         assert_bad_token(&b, &t, &format!("attacker header {header}")).await;
     }
     // An HS256 token "signed" with the public key bytes (algorithm confusion).
     let confused = hand_made(
-        &json!({ "alg": "HS256", "kid": trusted.kid() }),
+        &json!({ "alg": "HS256", "typ": "at+jwt", "kid": trusted.kid() }),
         &c,
         &EncodingKey::from_secret(trusted.jwk()["x"].as_str().unwrap().as_bytes()),
         Algorithm::HS256,
@@ -911,4 +916,308 @@ async fn failed_tokens_do_not_put_the_user_name_in_backoff() {
     }
     let fresh = hs256(&hs, &claims("sensor-9", 300), HS_SECRET);
     assert_eq!(connack(&b, v3("c3", "sensor-9", &fresh)).await, ReasonCode::SUCCESS);
+}
+
+// ------------------------------------------------------------------------------------------
+// 8. typ, maximum lifetime and the scope mapping of outside tokens (issue 17 item 7), with a
+//    real client (rumqttc, MQTT 5 and 3.1.1)
+// ------------------------------------------------------------------------------------------
+
+use rumqttc::v5::mqttbytes::v5 as p5;
+
+/// An outside HS256 token with this header `typ` (`None`: no `typ` member) and claims.
+fn typed(typ: Option<&str>, claims: &Value) -> String {
+    let mut header = json!({ "alg": "HS256" });
+    if let Some(t) = typ {
+        header["typ"] = json!(t);
+    }
+    hand_made(&header, claims, &EncodingKey::from_secret(HS_SECRET.as_bytes()), Algorithm::HS256)
+}
+
+/// Claims for `sub` with this `iat` (`None`: no `iat` claim) and `exp`.
+fn lifetime_claims(sub: &str, iat: Option<i64>, exp: i64) -> Value {
+    let mut c = claims(sub, 0);
+    c["exp"] = json!(exp);
+    match iat {
+        Some(i) => c["iat"] = json!(i),
+        None => {
+            c.as_object_mut().unwrap().remove("iat");
+        }
+    }
+    c
+}
+
+/// What a rumqttc MQTT 5 client gets for a CONNECT with `token` as its password.
+async fn rq5_connack(b: &TestBroker, client_id: &str, token: &str) -> p5::ConnectReturnCode {
+    let mut o = rumqttc::v5::MqttOptions::new(client_id, "127.0.0.1", b.port());
+    o.set_credentials("someone", token);
+    let (_client, mut ev) = rumqttc::v5::AsyncClient::new(o, 10);
+    tokio::time::timeout(WAIT, async {
+        loop {
+            match ev.poll().await {
+                Ok(rumqttc::v5::Event::Incoming(p5::Packet::ConnAck(a))) => return a.code,
+                Ok(_) => {}
+                Err(rumqttc::v5::ConnectionError::ConnectionRefused(code)) => return code,
+                Err(e) => panic!("rumqttc v5: {e:?}"),
+            }
+        }
+    })
+    .await
+    .expect("CONNACK in time")
+}
+
+/// What a rumqttc MQTT 3.1.1 client gets for a CONNECT with `token` as its password.
+async fn rq3_connack(b: &TestBroker, client_id: &str, token: &str) -> rumqttc::ConnectReturnCode {
+    let mut o = rumqttc::MqttOptions::new(client_id, "127.0.0.1", b.port());
+    o.set_credentials("someone", token);
+    let (_client, mut ev) = rumqttc::AsyncClient::new(o, 10);
+    tokio::time::timeout(WAIT, async {
+        loop {
+            match ev.poll().await {
+                Ok(rumqttc::Event::Incoming(rumqttc::Packet::ConnAck(a))) => return a.code,
+                Ok(_) => {}
+                Err(rumqttc::ConnectionError::ConnectionRefused(code)) => return code,
+                Err(e) => panic!("rumqttc v3: {e:?}"),
+            }
+        }
+    })
+    .await
+    .expect("CONNACK in time")
+}
+
+/// Both protocol versions accept `token`.
+async fn rq_accepted(b: &TestBroker, token: &str, what: &str) {
+    assert_eq!(rq5_connack(b, "rq5", token).await, p5::ConnectReturnCode::Success, "v5: {what}");
+    assert_eq!(rq3_connack(b, "rq3", token).await, rumqttc::ConnectReturnCode::Success, "v3.1.1: {what}");
+}
+
+/// Both protocol versions refuse `token` as not authorized (v5 0x87, v3 0x05): a genuine token
+/// that policy refuses.
+async fn rq_not_authorized(b: &TestBroker, token: &str, what: &str) {
+    assert_eq!(rq5_connack(b, "rq5", token).await, p5::ConnectReturnCode::NotAuthorized, "v5: {what}");
+    assert_eq!(rq3_connack(b, "rq3", token).await, rumqttc::ConnectReturnCode::NotAuthorized, "v3.1.1: {what}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn outside_token_typ_is_checked() {
+    // Default: at+jwt and JWT (what most identity providers issue).
+    let b = TestBroker::from_toml(&hs256_config("")).await;
+    let c = claims("sensor-9", 300);
+    for ok in ["at+jwt", "application/at+jwt", "JWT", "jwt"] {
+        rq_accepted(&b, &typed(Some(ok), &c), &format!("typ {ok}")).await;
+    }
+    for refused in [Some("id_token+jwt"), Some("dpop+jwt"), Some("logout+jwt"), None] {
+        rq_not_authorized(&b, &typed(refused, &c), &format!("typ {refused:?}")).await;
+    }
+    // The signature is judged first: a forged token with a wrong typ is a bad credential.
+    let forged = hand_made(
+        &json!({ "alg": "HS256", "typ": "id_token+jwt" }),
+        &c,
+        &EncodingKey::from_secret(b"not the configured secret at all"),
+        Algorithm::HS256,
+    );
+    assert_eq!(rq5_connack(&b, "rq5", &forged).await, p5::ConnectReturnCode::BadUserNamePassword);
+
+    // Strict RFC 9068: at+jwt only.
+    let b = TestBroker::from_toml(&hs256_config("typ = [\"at+jwt\"]\n")).await;
+    rq_accepted(&b, &typed(Some("at+jwt"), &c), "typ at+jwt, strict").await;
+    rq_not_authorized(&b, &typed(Some("JWT"), &c), "typ JWT, strict").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn outside_token_lifetime_is_bounded() {
+    let now = unix_now();
+    let day = 86_400;
+    let b = TestBroker::from_toml(&hs256_config("")).await;
+    let tok = |iat, exp| typed(Some("at+jwt"), &lifetime_claims("sensor-9", iat, exp));
+    rq_accepted(&b, &tok(Some(now - 60), now - 60 + day), "24 h from iat (the default maximum)").await;
+    rq_not_authorized(&b, &tok(Some(now - 60), now + day), "24 h + 60 s from iat").await;
+    rq_not_authorized(&b, &tok(Some(now), now + 10 * 365 * day), "ten years").await;
+    rq_not_authorized(&b, &tok(Some(now - day), now + 120), "25 h token with two minutes left").await;
+    // Without iat the time left counts.
+    rq_accepted(&b, &tok(None, now + 300), "no iat, 5 min left").await;
+    rq_not_authorized(&b, &tok(None, now + day + 3600), "no iat, 25 h left").await;
+    // An iat in the future does not hide a far exp.
+    rq_not_authorized(&b, &tok(Some(now + 5 * 365 * day), now + 5 * 365 * day + 60), "iat years ahead").await;
+
+    let b = TestBroker::from_toml(&hs256_config("max_token_lifetime = \"1h\"\n")).await;
+    rq_accepted(&b, &tok(Some(now), now + 3600), "1 h, maximum 1 h").await;
+    rq_not_authorized(&b, &tok(Some(now), now + 7200), "2 h, maximum 1 h").await;
+}
+
+/// A rumqttc MQTT 5 client with its event loop in a task; events arrive on a channel.
+struct Rq5 {
+    client: rumqttc::v5::AsyncClient,
+    rx: tokio::sync::mpsc::UnboundedReceiver<Result<rumqttc::v5::Event, rumqttc::v5::ConnectionError>>,
+}
+
+impl Rq5 {
+    /// Connect with `token` as the password and wait for a successful CONNACK.
+    async fn connect(b: &TestBroker, client_id: &str, token: &str) -> Rq5 {
+        let mut o = rumqttc::v5::MqttOptions::new(client_id, "127.0.0.1", b.port());
+        o.set_credentials("someone", token);
+        let (client, mut ev) = rumqttc::v5::AsyncClient::new(o, 16);
+        let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+        tokio::spawn(async move {
+            loop {
+                let e = ev.poll().await;
+                let end = e.is_err();
+                if tx.send(e).is_err() || end {
+                    break;
+                }
+            }
+        });
+        let mut c = Rq5 { client, rx };
+        let code = c.next(|e| matches!(e, p5::Packet::ConnAck(_)).then(|| e.clone())).await;
+        assert!(matches!(code, p5::Packet::ConnAck(a) if a.code == p5::ConnectReturnCode::Success));
+        c
+    }
+
+    /// The first incoming packet `f` picks, within [`WAIT`].
+    async fn next<T>(&mut self, mut f: impl FnMut(&p5::Packet) -> Option<T>) -> T {
+        tokio::time::timeout(WAIT, async {
+            loop {
+                match self.rx.recv().await {
+                    Some(Ok(rumqttc::v5::Event::Incoming(p))) => {
+                        if let Some(v) = f(&p) {
+                            return v;
+                        }
+                    }
+                    Some(Ok(_)) => {}
+                    Some(Err(e)) => panic!("the connection ended: {e:?}"),
+                    None => panic!("the connection ended"),
+                }
+            }
+        })
+        .await
+        .expect("packet in time")
+    }
+
+    /// SUBACK reason of one subscription. rumqttc ends the connection on a refusing SUBACK
+    /// (`SubFail`): that is returned as the reason, and this client is done.
+    async fn subscribe(&mut self, filter: &str) -> p5::SubscribeReasonCode {
+        self.client.subscribe(filter, rumqttc::v5::mqttbytes::QoS::AtLeastOnce).await.unwrap();
+        tokio::time::timeout(WAIT, async {
+            loop {
+                match self.rx.recv().await {
+                    Some(Ok(rumqttc::v5::Event::Incoming(p5::Packet::SubAck(s)))) => return s.return_codes[0],
+                    Some(Ok(_)) => {}
+                    Some(Err(rumqttc::v5::ConnectionError::MqttState(rumqttc::v5::StateError::SubFail { reason }))) => {
+                        return reason
+                    }
+                    Some(Err(e)) => panic!("the connection ended: {e:?}"),
+                    None => panic!("the connection ended"),
+                }
+            }
+        })
+        .await
+        .expect("SUBACK in time")
+    }
+
+    /// PUBACK reason of one QoS 1 publish. rumqttc ends the connection on a refusing PUBACK
+    /// (`PubAckFail`): that is returned as the reason, and this client is done.
+    async fn publish(&mut self, topic: &str) -> p5::PubAckReason {
+        self.client.publish(topic, rumqttc::v5::mqttbytes::QoS::AtLeastOnce, false, "x").await.unwrap();
+        tokio::time::timeout(WAIT, async {
+            loop {
+                match self.rx.recv().await {
+                    Some(Ok(rumqttc::v5::Event::Incoming(p5::Packet::PubAck(a)))) => return a.reason,
+                    Some(Ok(_)) => {}
+                    Some(Err(rumqttc::v5::ConnectionError::MqttState(rumqttc::v5::StateError::PubAckFail {
+                        reason,
+                    }))) => return reason,
+                    Some(Err(e)) => panic!("the connection ended: {e:?}"),
+                    None => panic!("the connection ended"),
+                }
+            }
+        })
+        .await
+        .expect("PUBACK in time")
+    }
+}
+
+/// A fresh connection with `token` publishes to `topic` and is refused (v5 PUBACK 0x87 with
+/// `on_deny = "drop"`).
+async fn publish_refused(b: &TestBroker, token: &str, topic: &str) -> bool {
+    Rq5::connect(b, "pub-check", token).await.publish(topic).await == p5::PubAckReason::NotAuthorized
+}
+
+/// A fresh connection with `token` subscribes to `filter` and is refused (SUBACK 0x87).
+async fn subscribe_refused(b: &TestBroker, token: &str, filter: &str) -> bool {
+    Rq5::connect(b, "sub-check", token).await.subscribe(filter).await == SUB_DENIED
+}
+
+const GRANTED: p5::SubscribeReasonCode = p5::SubscribeReasonCode::Success(rumqttc::v5::mqttbytes::QoS::AtLeastOnce);
+const SUB_DENIED: p5::SubscribeReasonCode = p5::SubscribeReasonCode::NotAuthorized;
+
+/// True for a PUBACK that accepted the message (no subscriber is still a success).
+fn pub_ok(r: p5::PubAckReason) -> bool {
+    matches!(r, p5::PubAckReason::Success | p5::PubAckReason::NoMatchingSubscribers)
+}
+
+const ADMIN_TOKEN: &str = "admin token for the scope mapping tests";
+
+/// `POST` JSON to the admin API with the admin token; the call must succeed.
+async fn admin_post(b: &TestBroker, path: &str, body: Value) {
+    let url = format!("{}{path}", http_base(b));
+    let status = tokio::task::spawn_blocking(move || {
+        let r = ureq::post(&url)
+            .timeout(WAIT)
+            .set("Authorization", &format!("Bearer {ADMIN_TOKEN}"))
+            .send_string(&body.to_string());
+        match r {
+            Ok(r) | Err(ureq::Error::Status(_, r)) => r.status(),
+            Err(e) => panic!("POST {url}: {e}"),
+        }
+    })
+    .await
+    .unwrap();
+    assert!(status == 200 || status == 201, "admin API answered {status}");
+}
+
+/// An identity provider whose scopes are `mqtt:publish:<filter>` / `mqtt:subscribe:<filter>`,
+/// mapped by configuration; `fleet.operator` maps to the policy-store role `operator`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_identity_providers_scopes_are_mapped_by_configuration() {
+    let b = TestBroker::from_toml(&format!(
+        "{LISTENER}[http]\nbind = \"127.0.0.1:0\"\nadmin_token_hash = '{}'\n[authz]\non_deny = \"drop\"\n\
+         [auth.jwt]\nissuer = \"{ISS}\"\naudience = \"{AUD}\"\nhs256_secret = \"{HS_SECRET}\"\n\
+         publish_scope_prefixes = [\"mqtt:publish:\"]\nsubscribe_scope_prefixes = [\"mqtt:subscribe:\"]\n\
+         [auth.jwt.scope_roles]\n\"fleet.operator\" = \"operator\"\n",
+        hash_password(ADMIN_TOKEN.as_bytes())
+    ))
+    .await;
+    let rule = |id: &str, action: &str, topic: &str| json!({"id": id, "action": action, "topic": topic, "max_qos": 2, "retain": true, "effect": "allow"});
+    admin_post(&b, "/admin/roles", json!({"name": "operator", "rules": [rule("o", "subscribe", "fleet/#")]})).await;
+    // A role nothing maps to: a scope of the same name grants nothing.
+    admin_post(&b, "/admin/roles", json!({"name": "unmapped", "rules": [rule("u", "subscribe", "secret/#")]})).await;
+
+    let tok = |scope: &str| {
+        let mut c = claims("sensor-9", 300);
+        c["scope"] = json!(scope);
+        typed(Some("JWT"), &c)
+    };
+    // Mapped prefixes grant what they name.
+    let mapped = tok("mqtt:publish:sensors/sensor-9/# mqtt:subscribe:commands/sensor-9/#");
+    let mut c = Rq5::connect(&b, "s9", &mapped).await;
+    assert!(pub_ok(c.publish("sensors/sensor-9/temp").await));
+    assert_eq!(c.subscribe("commands/sensor-9/#").await, GRANTED);
+    assert!(subscribe_refused(&b, &mapped, "sensors/sensor-9/#").await, "publish scope only");
+    assert!(subscribe_refused(&b, &mapped, "fleet/#").await, "no role without its scope");
+    assert!(publish_refused(&b, &mapped, "commands/sensor-9/x").await, "subscribe scope only");
+
+    // Unmapped scopes — including the native grammar once it is replaced, and a role's own
+    // name — grant nothing.
+    let unmapped = tok("mqtt:pub:sensors/# mqtt:sub:# openid unmapped operator");
+    for filter in ["sensors/#", "secret/#", "fleet/#"] {
+        assert!(subscribe_refused(&b, &unmapped, filter).await, "{filter}");
+    }
+    assert!(publish_refused(&b, &unmapped, "sensors/sensor-9/temp").await);
+
+    // The role table: fleet.operator → operator's rules.
+    let operator = tok("fleet.operator");
+    let mut o = Rq5::connect(&b, "s9o", &operator).await;
+    assert_eq!(o.subscribe("fleet/#").await, GRANTED);
+    assert!(subscribe_refused(&b, &operator, "secret/#").await);
+    assert!(publish_refused(&b, &operator, "fleet/x").await, "the role grants subscribe only");
 }

@@ -92,7 +92,11 @@ fn fixture() -> Fx {
     let c = clock.clone();
     let oauth = Arc::new(OAuthService::new(
         OAuthSettings { issuer: "http://x".into(), token_ttl: Duration::from_secs(60), audience: None },
-        vec![client("ops", &["admin"]), client("dev", &["mqtt:pub:a"])],
+        vec![
+            client("ops", &["admin"]),
+            client("dev", &["mqtt:pub:a"]),
+            OAuthClient { roles: vec!["admin".into()], ..client("role-admin", &["mqtt:pub:a"]) },
+        ],
         vec![SigningKey::generate()],
         Arc::new(move || c.load(Ordering::SeqCst)),
     ));
@@ -137,6 +141,36 @@ async fn refusals_401_and_403() {
     let dev = fx.token_of("dev");
     assert_eq!(fx.call(Method::GET, "/admin/users", Some(&dev), None).await.0, StatusCode::FORBIDDEN);
     let ops = fx.token_of("ops");
+    assert_eq!(fx.call(Method::GET, "/admin/users", Some(&ops), None).await.0, StatusCode::OK);
+    // A role named `admin` (a policy-store role name) is not the admin right.
+    let role_admin = fx.token_of("role-admin");
+    let (s, v) = fx.call(Method::GET, "/admin/users", Some(&role_admin), None).await;
+    assert_eq!(s, StatusCode::FORBIDDEN, "{v}");
+    assert!(v["error"].as_str().unwrap().contains("admin scope"));
+    // Neither is the `admin` scope in a token the service did not sign (an outside issuer's).
+    let outside = {
+        let other = SigningKey::generate();
+        let now = fx.clock.load(Ordering::SeqCst);
+        warden_policy::jwt::mint(
+            &warden_policy::jwt::AccessClaims {
+                issuer: "http://x".into(),
+                subject: "ops".into(),
+                audience: None,
+                client_id: "ops".into(),
+                scope: "admin".into(),
+                roles: vec!["admin".into()],
+                issued_at: now,
+                expires_at: now + 60,
+                jti: "outside".into(),
+            },
+            &other,
+        )
+    };
+    assert_eq!(fx.call(Method::GET, "/admin/users", Some(&outside), None).await.0, StatusCode::UNAUTHORIZED);
+    // The declared client loses the scope: its tokens stop being admin tokens at once.
+    fx.oauth.set_clients(vec![client("ops", &["mqtt:pub:a"])]);
+    assert_eq!(fx.call(Method::GET, "/admin/users", Some(&ops), None).await.0, StatusCode::UNAUTHORIZED, "narrowed");
+    fx.oauth.set_clients(vec![client("ops", &["admin"])]);
     assert_eq!(fx.call(Method::GET, "/admin/users", Some(&ops), None).await.0, StatusCode::OK);
     fx.clock.fetch_add(3600, Ordering::SeqCst);
     assert_eq!(fx.call(Method::GET, "/admin/users", Some(&ops), None).await.0, StatusCode::UNAUTHORIZED, "expired");
