@@ -105,23 +105,56 @@ async fn partial_headers_are_closed_after_header_timeout_while_others_are_served
     assert!(TcpStream::connect(addr).await.is_err(), "the HTTP listener is closed");
 }
 
+/// A kept-alive connection from 127.0.0.`last` that the server has admitted: it answered one
+/// `/healthz` and the connection stays open for the next request. `None` if it was refused
+/// (closed without an answer).
+async fn admitted(last: u8, to: SocketAddr) -> Option<TcpStream> {
+    let mut s = tcp_from(last, to).await;
+    let _ = s.write_all(b"GET /healthz HTTP/1.1\r\nHost: t\r\n\r\n").await;
+    let mut got = Vec::new();
+    let mut buf = [0u8; 512];
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        match tokio::time::timeout_at(deadline, s.read(&mut buf)).await.expect("answer or close within 5 s") {
+            Ok(0) | Err(_) => return None,
+            Ok(n) => got.extend_from_slice(&buf[..n]),
+        }
+        if got.starts_with(b"HTTP/1.1 200") && got.ends_with(b"ok\n") {
+            return Some(s);
+        }
+    }
+}
+
+/// Open kept-alive connections from `last` until `n` are admitted. A slot given back by a
+/// finished connection (say a `Connection: close` request just answered) is freed by the
+/// server shortly after the client sees its close, so a refusal is retried, within 5 s.
+async fn admit_n(last: u8, to: SocketAddr, n: usize) -> Vec<TcpStream> {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let mut held = Vec::new();
+    while held.len() < n {
+        assert!(Instant::now() < deadline, "{n} connections from 127.0.0.{last} not admitted within 5 s");
+        if let Some(s) = admitted(last, to).await {
+            held.push(s);
+        }
+    }
+    held
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn connections_are_capped_per_address_and_in_all() {
     let b = broker("max_connections = 5\nmax_connections_per_ip = 3\nheader_timeout = \"60s\"\n").await;
     let addr = http_addr(&b);
     let deadline = || Instant::now() + Duration::from_secs(5);
-    let mut held = Vec::new();
-    for _ in 0..3 {
-        held.push(partial(67, addr).await);
-    }
+    // Three admitted from one address (each answered once, then kept alive).
+    let mut held = admit_n(67, addr, 3).await;
     // A fourth from the same address is closed at once; another address is served.
     let mut fourth = partial(67, addr).await;
     assert!(closed_by(&mut fourth, deadline()).await, "over max_connections_per_ip");
     assert!(held.iter().all(still_open), "the first three are kept");
     assert!(healthy(call_from(1, addr, HEALTHZ).await), "another address is served");
-    // Five open in all: a sixth, from any address, is closed.
-    held.push(partial(68, addr).await);
-    held.push(partial(68, addr).await);
+    // Five open in all (the one just answered gives its slot back): a sixth, from any
+    // address, is closed.
+    held.extend(admit_n(68, addr, 2).await);
     let mut sixth = partial(69, addr).await;
     assert!(closed_by(&mut sixth, deadline()).await, "over max_connections");
     assert!(held.iter().all(still_open));
