@@ -741,6 +741,11 @@ async fn drive<R: ReadReady, W: AsyncWrite + Unpin>(l: &mut Live<R, W>) -> Drive
     });
     // Bytes read before CONNECT was decoded may already hold more packets (a resumed
     // connection may have been woken for deliveries).
+    // A connection ended (revoked, kicked, banned) while it was parked or establishing takes
+    // nothing more: no delivery is pulled, no packet handled.
+    if let Some(close) = ended(notify, conn, wbuf) {
+        return Driven::Closed(close);
+    }
     let mut more = match conn.pull(Instant::now(), wbuf, WRITE_BUDGET) {
         Ok(m) => m,
         Err(c) => return Driven::Closed(c),
@@ -759,6 +764,11 @@ async fn drive<R: ReadReady, W: AsyncWrite + Unpin>(l: &mut Live<R, W>) -> Drive
     loop {
         if pending_input {
             pending_input = false;
+            // Ended since the last turn (the wake-up may not have been seen yet): what it sent
+            // meanwhile is not handled.
+            if let Some(close) = ended(notify, conn, wbuf) {
+                return Driven::Closed(close);
+            }
             let now = Instant::now();
             loop {
                 let before = rbuf.len();
@@ -794,6 +804,9 @@ async fn drive<R: ReadReady, W: AsyncWrite + Unpin>(l: &mut Live<R, W>) -> Drive
                 }
             }
             conn.flush_wakes();
+            if let Some(close) = ended(notify, conn, wbuf) {
+                return Driven::Closed(close);
+            }
             match conn.pull(now, wbuf, WRITE_BUDGET) {
                 Ok(m) => more = m,
                 Err(c) => return Driven::Closed(c),
@@ -886,6 +899,9 @@ async fn drive<R: ReadReady, W: AsyncWrite + Unpin>(l: &mut Live<R, W>) -> Drive
                     Ok(_) => {
                         stalled_since = None;
                         if more && wbuf.len() < WRITE_BUDGET / 2 {
+                            if let Some(close) = ended(notify, conn, wbuf) {
+                                return Driven::Closed(close);
+                            }
                             match conn.pull(Instant::now(), wbuf, WRITE_BUDGET) {
                                 Ok(m) => more = m,
                                 Err(c) => return Driven::Closed(c),
@@ -899,20 +915,8 @@ async fn drive<R: ReadReady, W: AsyncWrite + Unpin>(l: &mut Live<R, W>) -> Drive
             _ = notify.woken() => {
                 // The admin registry (kick, ban, user disabled or deleted; shutdown) and the
                 // trust seam (revocation, removal; crate::trust) end a connection through its wake-up.
-                match notify.end_reason() {
-                    Some(ReasonCode::SERVER_SHUTTING_DOWN) => return Driven::Closed(conn.shutdown(wbuf)),
-                    Some(reason) => {
-                        let mut close = conn.disconnect(wbuf, reason);
-                        if notify.revoked() {
-                            // Its credential lost its standing (SPEC §10): the will is discarded.
-                            close.publish_will = false;
-                            info!(client_id = %crate::logsafe::Escaped(conn.client_id()), %reason, "ended: its credential lost its standing (will discarded)");
-                        } else {
-                            info!(client_id = %crate::logsafe::Escaped(conn.client_id()), %reason, "ended by an administrator or a ban");
-                        }
-                        return Driven::Closed(close);
-                    }
-                    None => {}
+                if let Some(close) = ended(notify, conn, wbuf) {
+                    return Driven::Closed(close);
                 }
                 match conn.pull(Instant::now(), wbuf, WRITE_BUDGET) {
                     Ok(m) => more = m,
@@ -951,6 +955,27 @@ async fn drive<R: ReadReady, W: AsyncWrite + Unpin>(l: &mut Live<R, W>) -> Drive
                 }
                 // The memory sample: the next turn of the loop looks at the gauge again.
             }
+        }
+    }
+}
+
+/// The close for a connection that an administrator, a ban, the trust seam (revocation,
+/// removal; [`crate::trust`]) or shutdown asked to end, if one did. Checked before every pull
+/// of deliveries and before input is handled, not only when the wake-up is seen, so that a
+/// connection whose credential lost its standing receives and publishes nothing more.
+fn ended(notify: &ConnWaker, conn: &mut Connection, wbuf: &mut BytesMut) -> Option<Close> {
+    match notify.end_reason()? {
+        ReasonCode::SERVER_SHUTTING_DOWN => Some(conn.shutdown(wbuf)),
+        reason => {
+            let mut close = conn.disconnect(wbuf, reason);
+            if notify.revoked() {
+                // Its credential lost its standing (SPEC §10): the will is discarded.
+                close.publish_will = false;
+                info!(client_id = %crate::logsafe::Escaped(conn.client_id()), %reason, "ended: its credential lost its standing (will discarded)");
+            } else {
+                info!(client_id = %crate::logsafe::Escaped(conn.client_id()), %reason, "ended by an administrator or a ban");
+            }
+            Some(close)
         }
     }
 }

@@ -692,3 +692,46 @@ async fn item10_clients_cannot_publish_to_sys_with_no_authorization_source() {
     honest.send(&publish("plain/y", QoS::AtMostOnce, 0, b"fine")).await;
     assert_eq!(late.expect_publish().await.topic.as_str(), "plain/y", "no spoofed retained message");
 }
+
+/// A parked connection (idle, its task given up) whose user is disabled while a message for it
+/// is routed in the same instant — no connection task runs in between on this current-thread
+/// runtime — ends with DISCONNECT 0x87 and takes no delivery first: the driver checks for an
+/// end before it pulls deliveries, not only when it sees its wake-up.
+#[tokio::test]
+async fn a_connection_ended_by_a_trust_change_takes_no_delivery_routed_with_it() {
+    use std::collections::HashSet;
+    use std::sync::Arc;
+    use warden_policy::trust::TrustEvent;
+    let cfg = format!("{LISTENER}[auth]\npassword_file = \"passwd\"\n[limits]\nidle_park_after = \"50ms\"\n");
+    let b = broker_with_users(&cfg, &["sleeper"]).await;
+    let (mut sleeper, _) = connected(b.addr(), login("sleeper", "sleeper", "sleeper-pw")).await;
+    sleeper.subscribe(1, "cmd/#", QoS::AtLeastOnce).await;
+    let deadline = Instant::now() + WAIT;
+    while b.server.parked_connections() != 1 {
+        assert!(Instant::now() < deadline, "the subscriber did not park");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let applied = b.server.trust.apply(&TrustEvent::Disabled(Arc::new(HashSet::from(["sleeper".to_string()]))));
+    assert_eq!(applied.connections, 1);
+    let msg = mqtt_codec::TopicName::new("cmd/reboot").unwrap();
+    let routed = b.server.broker.route(
+        Arc::new(warden_core::Message {
+            topic: msg,
+            payload: bytes::Bytes::from_static(b"after the revocation"),
+            qos: QoS::AtLeastOnce,
+            retain: false,
+            properties: None,
+            expires_at: None,
+            origin: None,
+            persisted: Default::default(),
+        }),
+        None,
+    );
+    assert_eq!(routed, 1, "the message reached the session");
+    let packets = sleeper.expect_closed_within(WAIT).await;
+    assert!(!packets.iter().any(|p| matches!(p, Packet::Publish(_))), "a PUBLISH was delivered after its end");
+    assert!(
+        packets.iter().any(|p| matches!(p, Packet::Disconnect(d) if d.reason_code == ReasonCode::NOT_AUTHORIZED)),
+        "{packets:?}"
+    );
+}
