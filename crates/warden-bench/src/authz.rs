@@ -153,7 +153,7 @@ pub fn store(n: usize) -> PolicyStore {
             rule("dev5", Receive, format!("site{s}/user{r}/dev5/#"), Allow, 0, 2),
         ];
         let take = left.min(all.len());
-        st.roles.insert(format!("role{r}"), Role { rules: all.into_iter().take(take).collect() });
+        st.roles.insert(format!("role{r}"), Role { rules: all.into_iter().take(take).collect(), ..Role::default() });
         left -= take;
     }
     let groups = (roles / 10).max(1);

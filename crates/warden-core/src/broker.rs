@@ -188,8 +188,17 @@ impl Broker {
     /// Swap the authorization policy. It takes effect for the next decision, including the
     /// delivery of messages already queued (they are authorized again before they are sent).
     pub fn set_authorizer(&self, a: Arc<dyn Authorizer>) {
-        *self.authorizer.write() = a;
+        *self.authorizer.write() = a.clone();
         self.policy_gen.fetch_add(1, Ordering::AcqRel);
+        // Quota overrides of the principals' roles follow the policy at once (a lowered quota
+        // refuses growth from now on and takes nothing away). Lock order: the registry, a
+        // session's state, then its account.
+        for s in self.sessions.lock().values() {
+            let owner = s.owner().clone();
+            if let Some(acct) = s.state.lock().queue.account().cloned() {
+                acct.set_overrides(a.quotas(&owner));
+            }
+        }
     }
 
     /// Generation of the authorization policy (changes with every [`Broker::set_authorizer`]).
@@ -282,6 +291,7 @@ impl Broker {
         for rs in sessions {
             self.next_id.fetch_max(rs.sid + 1, Ordering::Relaxed);
             let account = self.account_for(&rs.owner);
+            account.set_overrides(self.authorizer().quotas(&rs.owner));
             let s = Arc::new(Session::new(rs.sid, rs.client_id.clone(), rs.owner, rs.expiry_interval));
             {
                 let mut st = s.state.lock();
@@ -422,6 +432,8 @@ impl Broker {
                 return refuse(ReasonCode::NOT_AUTHORIZED, out);
             }
         }
+        // The principal's roles may set its quotas (policy store): in force from this CONNECT.
+        self.account_for(&principal).set_overrides(self.authorizer().quotas(&principal));
         let cfg = &self.config;
         let requested_expiry = if v == Protocol::V5 {
             connect.properties.session_expiry_interval.unwrap_or(0)
@@ -475,7 +487,12 @@ impl Broker {
                     // A session made with no expiry becomes persistent: it counts now.
                     if expiry > 0 && !s.is_counted() {
                         let account = self.account_for(&principal);
-                        if !account.usage().add_session(cfg.max_sessions_per_principal, false) {
+                        let ok = {
+                            let mut u = account.usage();
+                            let max = u.limits(cfg).sessions;
+                            u.add_session(max, false)
+                        };
+                        if !ok {
                             drop(reg);
                             self.quota_refused(Quota::Sessions, Some(&account), &principal, &client_id);
                             return refuse(ReasonCode::QUOTA_EXCEEDED, out);
@@ -513,7 +530,12 @@ impl Broker {
                     // of its own): refused before anything changes [MQTT-3.2.2-?: 0x97].
                     let account = self.account_for(&principal);
                     let replacing = existing.as_ref().is_some_and(|old| old.is_counted());
-                    if expiry > 0 && !account.usage().add_session(cfg.max_sessions_per_principal, replacing) {
+                    let refused = expiry > 0 && {
+                        let mut u = account.usage();
+                        let max = u.limits(cfg).sessions;
+                        !u.add_session(max, replacing)
+                    };
+                    if refused {
                         drop(reg);
                         self.quota_refused(Quota::Sessions, Some(&account), &principal, &client_id);
                         return refuse(ReasonCode::QUOTA_EXCEEDED, out);
@@ -898,11 +920,11 @@ impl Broker {
         self.stats.limits.queued_bytes_per_principal.fetch_add(dropped as u64, Ordering::Relaxed);
         let account = s.state.lock().queue.account().cloned();
         let now_s = self.started.elapsed().as_secs();
-        if account.is_some_and(|a| a.should_log(now_s, 60)) {
+        if account.as_ref().is_some_and(|a| a.should_log(now_s, 60)) {
             tracing::warn!(
                 principal = %s.owner(),
                 client_id = %s.client_id,
-                limit = self.config.max_queued_bytes_per_principal,
+                limit = account.as_ref().map_or(self.config.max_queued_bytes_per_principal, |a| a.max_bytes(self.config.max_queued_bytes_per_principal)),
                 "max_queued_bytes_per_principal: deliveries to this principal's sessions dropped"
             );
         }
@@ -948,11 +970,10 @@ impl Broker {
         let own = held.as_ref().and_then(|h| h.account).is_some_and(|o| Arc::ptr_eq(o, a));
         {
             let u = a.usage();
+            let lim = u.limits(cfg);
             let n = u.retained + u64::from(!own);
             let bytes = u.retained_bytes.saturating_sub(if own { old_cost } else { 0 }).saturating_add(cost);
-            if grows_over(u.retained, n, cfg.max_retained_messages_per_principal as u64)
-                || grows_over(u.retained_bytes, bytes, cfg.max_retained_bytes_per_principal)
-            {
+            if grows_over(u.retained, n, lim.retained) || grows_over(u.retained_bytes, bytes, lim.retained_bytes) {
                 return Err(Quota::Retained);
             }
         }
@@ -975,18 +996,12 @@ impl Broker {
         let now_s = self.started.elapsed().as_secs();
         if account.is_some_and(|a| a.usage().refused(q, now_s)) {
             let cfg = &self.config;
+            let lim =
+                account.map_or_else(|| crate::quota::Limits::new(cfg, &Default::default()), |a| a.usage().limits(cfg));
             let limit = match q {
-                Quota::Sessions => cfg.max_sessions_per_principal.to_string(),
-                Quota::Subscriptions => {
-                    format!(
-                        "{} / {} bytes",
-                        cfg.max_subscriptions_per_principal, cfg.max_subscription_bytes_per_principal
-                    )
-                }
-                Quota::Retained => format!(
-                    "{} / {} bytes",
-                    cfg.max_retained_messages_per_principal, cfg.max_retained_bytes_per_principal
-                ),
+                Quota::Sessions => lim.sessions.to_string(),
+                Quota::Subscriptions => format!("{} / {} bytes", lim.subscriptions, lim.subscription_bytes),
+                Quota::Retained => format!("{} / {} bytes", lim.retained, lim.retained_bytes),
                 Quota::RetainedTotal => format!("{} / {} bytes", cfg.max_retained_messages, cfg.max_retained_bytes),
             };
             let principal = owner.to_string();
@@ -1128,11 +1143,9 @@ impl Broker {
         let existed = st.subscriptions.contains_key(filter.as_str());
         if let Some(a) = st.queue.account().filter(|_| !existed) {
             let len = filter.as_str().len() as u64;
-            if !a.usage().add_subscription(
-                len,
-                cfg.max_subscriptions_per_principal,
-                cfg.max_subscription_bytes_per_principal,
-            ) {
+            let mut u = a.usage();
+            let lim = u.limits(cfg);
+            if !u.add_subscription(len, lim.subscriptions, lim.subscription_bytes) {
                 return Err(Quota::Subscriptions);
             }
         }

@@ -362,6 +362,8 @@ impl Delivery {
 #[derive(Debug, Default)]
 pub struct Account {
     bytes: AtomicU64,
+    /// Its roles' `max_queued_bytes` override plus one (0: none, the configured bound applies).
+    queued_max: AtomicU64,
     /// When a refusal was last logged (seconds from the broker's start, plus one; 0 = never).
     logged_at: AtomicU64,
     /// Sessions, subscriptions and retained messages held. Lock order: taken last.
@@ -379,9 +381,24 @@ impl Account {
         self.bytes.load(Ordering::Relaxed)
     }
 
-    /// Would `cost` more bytes take the principal over `max`?
-    pub fn over(&self, cost: u64, max: u64) -> bool {
-        self.bytes().saturating_add(cost) > max
+    /// Would `cost` more bytes take the principal over its bound (`default`, the configured
+    /// `max_queued_bytes_per_principal`, unless its roles override it)?
+    pub fn over(&self, cost: u64, default: u64) -> bool {
+        self.bytes().saturating_add(cost) > self.max_bytes(default)
+    }
+
+    /// Its bound on queued bytes: its roles' override, else `default`.
+    pub fn max_bytes(&self, default: u64) -> u64 {
+        match self.queued_max.load(Ordering::Relaxed) {
+            0 => default,
+            m => m - 1,
+        }
+    }
+
+    /// Its roles' quota overrides (policy store) from now on.
+    pub fn set_overrides(&self, q: warden_policy::Quotas) {
+        self.queued_max.store(q.max_queued_bytes.map_or(0, |m| m.saturating_add(1).max(1)), Ordering::Relaxed);
+        self.usage.lock().overrides = q;
     }
 
     /// True at most once per `interval_s` seconds (`now_s`: seconds from any fixed origin):

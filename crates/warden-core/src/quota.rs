@@ -76,9 +76,43 @@ impl Quota {
     }
 }
 
+/// One principal's quotas in force: the broker's configured ones, with its roles' overrides
+/// (policy store, [`warden_policy::Quotas`]: the largest value among its roles) in their place.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Limits {
+    /// Persistent sessions.
+    pub sessions: u64,
+    /// Subscriptions across its sessions.
+    pub subscriptions: u64,
+    /// Bytes of their topic filters.
+    pub subscription_bytes: u64,
+    /// Retained messages it published.
+    pub retained: u64,
+    /// Their bytes (topic + payload).
+    pub retained_bytes: u64,
+    /// Bytes queued across its sessions.
+    pub queued_bytes: u64,
+}
+
+impl Limits {
+    /// The quotas of `cfg`, overridden by `o` where it sets a value.
+    pub fn new(cfg: &crate::BrokerConfig, o: &warden_policy::Quotas) -> Limits {
+        Limits {
+            sessions: o.max_sessions.unwrap_or(cfg.max_sessions_per_principal as u64),
+            subscriptions: o.max_subscriptions.unwrap_or(cfg.max_subscriptions_per_principal as u64),
+            subscription_bytes: o.max_subscription_bytes.unwrap_or(cfg.max_subscription_bytes_per_principal),
+            retained: o.max_retained_messages.unwrap_or(cfg.max_retained_messages_per_principal as u64),
+            retained_bytes: o.max_retained_bytes.unwrap_or(cfg.max_retained_bytes_per_principal),
+            queued_bytes: o.max_queued_bytes.unwrap_or(cfg.max_queued_bytes_per_principal),
+        }
+    }
+}
+
 /// What one principal holds that its quotas bound (see the module documentation).
 #[derive(Debug, Default)]
 pub struct Usage {
+    /// Its roles' quota overrides (set at each CONNECT and on every policy change).
+    pub overrides: warden_policy::Quotas,
     /// Persistent sessions (see [`crate::session::Session::is_counted`]).
     pub sessions: u64,
     /// Subscriptions across its sessions.
@@ -106,13 +140,18 @@ impl Usage {
     /// Count one more persistent session, unless that makes more than `max`. `replacing`: the
     /// new session takes the place of one that is counted and is about to end (a Clean Start
     /// over the principal's own session), so the figure does not grow.
-    pub(crate) fn add_session(&mut self, max: usize, replacing: bool) -> bool {
+    pub(crate) fn add_session(&mut self, max: u64, replacing: bool) -> bool {
         let after = self.sessions + 1 - u64::from(replacing && self.sessions > 0);
-        if grows_over(self.sessions, after, max as u64) {
+        if grows_over(self.sessions, after, max) {
             return false;
         }
         self.sessions += 1;
         true
+    }
+
+    /// The quotas in force for this principal under `cfg`.
+    pub fn limits(&self, cfg: &crate::BrokerConfig) -> Limits {
+        Limits::new(cfg, &self.overrides)
     }
 
     /// A counted session ended.
@@ -123,9 +162,9 @@ impl Usage {
 
     /// Count one more subscription with a filter of `len` bytes, unless that takes the
     /// principal over `max` subscriptions or `max_bytes` bytes of filters.
-    pub(crate) fn add_subscription(&mut self, len: u64, max: usize, max_bytes: u64) -> bool {
+    pub(crate) fn add_subscription(&mut self, len: u64, max: u64, max_bytes: u64) -> bool {
         let (n, b) = (self.subscriptions, self.subscription_bytes);
-        if grows_over(n, n + 1, max as u64) || grows_over(b, b.saturating_add(len), max_bytes) {
+        if grows_over(n, n + 1, max) || grows_over(b, b.saturating_add(len), max_bytes) {
             return false;
         }
         self.charge_subscriptions(1, len);
@@ -203,6 +242,28 @@ mod tests {
         u.release_subscriptions(1, 10);
         assert_eq!((u.subscriptions, u.subscription_bytes), (2, 15));
         assert!(grows_over(5, 6, 5) && !grows_over(7, 7, 5) && !grows_over(7, 6, 5));
+    }
+
+    /// A role's overrides replace the configured quotas they set, and only those; the
+    /// account's queued-bytes bound follows them (`Some(0)` is a bound of 0, not "unset").
+    #[test]
+    fn overrides_replace_only_what_they_set() {
+        let cfg = crate::BrokerConfig::default();
+        let base = Limits::new(&cfg, &warden_policy::Quotas::default());
+        assert_eq!(base.sessions, cfg.max_sessions_per_principal as u64);
+        assert_eq!(base.queued_bytes, cfg.max_queued_bytes_per_principal);
+        let o = warden_policy::Quotas { max_sessions: Some(7), max_queued_bytes: Some(0), ..Default::default() };
+        let l = Limits::new(&cfg, &o);
+        assert_eq!((l.sessions, l.queued_bytes), (7, 0));
+        assert_eq!((l.subscriptions, l.retained_bytes), (base.subscriptions, base.retained_bytes));
+        let a = crate::queue::Account::default();
+        assert_eq!(a.max_bytes(123), 123);
+        a.set_overrides(o);
+        assert_eq!(a.max_bytes(123), 0);
+        assert!(a.over(1, 123));
+        assert_eq!(a.usage().limits(&cfg), l);
+        a.set_overrides(warden_policy::Quotas::default());
+        assert_eq!(a.max_bytes(123), 123, "removed: the configured bound again");
     }
 
     /// Logged once per episode, at most once a minute: a flood of refusals is one line.

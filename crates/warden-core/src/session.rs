@@ -487,13 +487,15 @@ impl Session {
                 }
                 let (mut len, mut bytes) = (st.queue.len(), st.queue.bytes());
                 let mut principal = st.queue.account().map(|a| a.bytes());
+                let principal_max =
+                    st.queue.account().map_or(limits.principal_bytes, |a| a.max_bytes(limits.principal_bytes));
                 let parts = run.retain_split(|m| {
                     let cost = m.cost();
                     if len >= limits.messages || bytes + cost > limits.bytes {
                         n.count(Offered::Dropped);
                         return false;
                     }
-                    if principal.is_some_and(|p| p.saturating_add(cost) > limits.principal_bytes) {
+                    if principal.is_some_and(|p| p.saturating_add(cost) > principal_max) {
                         n.count(Offered::PrincipalDropped);
                         return false;
                     }

@@ -199,6 +199,7 @@ pub fn admin_router(backend: Arc<dyn AdminBackend>, auth: AdminAuth) -> Router {
         .route("/admin/groups/{name}", get(get_group).put(update_group).delete(delete_group))
         .route("/admin/roles", get(list_roles).post(create_role))
         .route("/admin/roles/{name}", get(get_role).delete(delete_role))
+        .route("/admin/roles/{name}/quotas", get(get_role_quotas).put(put_role_quotas))
         .route("/admin/roles/{name}/rules", get(list_rules).post(add_rule))
         .route("/admin/roles/{name}/rules/{id}", delete(delete_rule))
         .route("/admin/clients", get(list_clients))
@@ -458,12 +459,23 @@ struct NewRole {
     name: String,
     #[serde(default)]
     rules: Vec<Rule>,
+    #[serde(default)]
+    quotas: warden_policy::Quotas,
+}
+
+/// A role as the API shows it: its quotas only when it sets some.
+fn role_json(name: &str, r: &Role) -> serde_json::Value {
+    let mut v = serde_json::json!({ "name": name, "rules": r.rules });
+    if !r.quotas.is_empty() {
+        v["quotas"] = serde_json::json!(r.quotas);
+    }
+    v
 }
 
 async fn list_roles(State(st): St, h: HeaderMap) -> ApiResult<Response> {
     require_admin(&st, &h).await?;
     let p = st.backend.policy();
-    let v: Vec<_> = p.roles.iter().map(|(n, r)| serde_json::json!({ "name": n, "rules": r.rules })).collect();
+    let v: Vec<_> = p.roles.iter().map(|(n, r)| role_json(n, r)).collect();
     Ok(Json(v).into_response())
 }
 
@@ -471,7 +483,28 @@ async fn get_role(State(st): St, h: HeaderMap, Path(name): Path<String>) -> ApiR
     require_admin(&st, &h).await?;
     let p = st.backend.policy();
     let r = p.roles.get(&name).ok_or_else(|| AdminError::not_found(format!("no role '{name}'")))?;
-    Ok(Json(serde_json::json!({ "name": name, "rules": r.rules })).into_response())
+    Ok(Json(role_json(&name, r)).into_response())
+}
+
+async fn get_role_quotas(State(st): St, h: HeaderMap, Path(name): Path<String>) -> ApiResult<Response> {
+    require_admin(&st, &h).await?;
+    let p = st.backend.policy();
+    let r = p.roles.get(&name).ok_or_else(|| AdminError::not_found(format!("no role '{name}'")))?;
+    Ok(Json(r.quotas).into_response())
+}
+
+/// Replace a role's quota overrides (`{}` removes them: the broker's defaults apply).
+async fn put_role_quotas(State(st): St, h: HeaderMap, Path(name): Path<String>, body: Bytes) -> ApiResult<Response> {
+    require_admin(&st, &h).await?;
+    let q: warden_policy::Quotas = parse(&body)?;
+    edit(&st, |p| match p.roles.get_mut(&name) {
+        Some(r) => {
+            r.quotas = q;
+            Ok(())
+        }
+        None => Err(AdminError::not_found(format!("no role '{name}'"))),
+    })?;
+    Ok(done())
 }
 
 async fn create_role(State(st): St, h: HeaderMap, body: Bytes) -> ApiResult<Response> {
@@ -482,7 +515,7 @@ async fn create_role(State(st): St, h: HeaderMap, body: Bytes) -> ApiResult<Resp
         if p.roles.contains_key(&n.name) {
             return Err(AdminError::conflict(format!("role '{}' exists", n.name)));
         }
-        p.roles.insert(n.name.clone(), Role { rules: n.rules.clone() });
+        p.roles.insert(n.name.clone(), Role { rules: n.rules.clone(), quotas: n.quotas });
         Ok(())
     })?;
     Ok(created())

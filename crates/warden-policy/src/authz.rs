@@ -72,6 +72,13 @@ pub trait Authorizer: Send + Sync {
     fn has_rules(&self) -> bool {
         true
     }
+
+    /// The per-principal quota overrides of `principal`'s roles (policy store); empty: the
+    /// broker's configured quotas apply. Asked on cold paths only (CONNECT, a policy change).
+    fn quotas(&self, principal: &Principal) -> crate::Quotas {
+        let _ = principal;
+        crate::Quotas::default()
+    }
 }
 
 /// No authorization source configured: everything is allowed (Mosquitto's behaviour, SPEC §6);
@@ -249,6 +256,8 @@ impl std::fmt::Display for DecidedBy {
 pub struct PolicyAuthorizer {
     acl: Option<std::sync::Arc<crate::acl::AclFile>>,
     store: Option<std::sync::Arc<crate::store::CompiledStore>>,
+    /// The policy store for its roles' quota overrides, rules or not.
+    quotas: Option<std::sync::Arc<crate::store::CompiledStore>>,
     deny_disconnects: bool,
 }
 
@@ -262,11 +271,12 @@ impl PolicyAuthorizer {
     /// [`PolicyAuthorizer::new`] with an ACL file shared with other policies (the policy store
     /// rebuilds the authorizer on every change, keeping the ACL file as loaded).
     pub fn new_shared(acl: Option<std::sync::Arc<crate::acl::AclFile>>, deny_disconnects: bool) -> Self {
-        PolicyAuthorizer { acl, store: None, deny_disconnects }
+        PolicyAuthorizer { acl, store: None, quotas: None, deny_disconnects }
     }
 
     /// The same policy with the policy store as a source (it counts only when it has rules).
     pub fn with_store(mut self, store: std::sync::Arc<crate::store::CompiledStore>) -> Self {
+        self.quotas = Some(store.clone());
         self.store = Some(store).filter(|s| s.is_configured());
         self
     }
@@ -394,6 +404,10 @@ impl Authorizer for PolicyAuthorizer {
     fn has_rules(&self) -> bool {
         self.acl.is_some() || self.store.is_some()
     }
+
+    fn quotas(&self, principal: &Principal) -> crate::Quotas {
+        self.quotas.as_ref().map(|s| s.quotas(principal)).unwrap_or_default()
+    }
 }
 
 #[cfg(test)]
@@ -503,8 +517,14 @@ mod tests {
             priority: 0,
         };
         let mut st = PolicyStore::default();
-        st.roles.insert("degraded".into(), Role { rules: vec![allow("s", RuleAction::Subscribe, "status/#")] });
-        st.roles.insert("dev".into(), Role { rules: vec![allow("d", RuleAction::Publish, "store/dev-001/#")] });
+        st.roles.insert(
+            "degraded".into(),
+            Role { rules: vec![allow("s", RuleAction::Subscribe, "status/#")], ..Role::default() },
+        );
+        st.roles.insert(
+            "dev".into(),
+            Role { rules: vec![allow("d", RuleAction::Publish, "store/dev-001/#")], ..Role::default() },
+        );
         st.roles.insert(
             "everyone".into(),
             Role {
@@ -512,6 +532,7 @@ mod tests {
                     allow("e", RuleAction::Publish, "everyone/#"),
                     allow("u", RuleAction::Publish, "by-user/%u/#"),
                 ],
+                ..Role::default()
             },
         );
         st.users.insert("dev-001".into(), User { roles: vec!["dev".into()], ..User::default() });
@@ -594,7 +615,10 @@ mod tests {
         };
         st.roles.insert(
             "dev".into(),
-            Role { rules: vec![r("a", "store/#", Effect::Allow), r("d", "extra/blocked", Effect::Deny)] },
+            Role {
+                rules: vec![r("a", "store/#", Effect::Allow), r("d", "extra/blocked", Effect::Deny)],
+                ..Role::default()
+            },
         );
         st.users.insert("dev-001".into(), User { roles: vec!["dev".into()], ..User::default() });
         let acl = crate::acl::AclFile::parse("user dev-001\ntopic write extra/#\n").unwrap();

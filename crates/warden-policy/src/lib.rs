@@ -5,6 +5,7 @@
 //! - [`password`]: password files (argon2id, Mosquitto `$6$`/`$7$`), hashing and verification.
 //! - [`jwt`]: JSON Web Tokens: verification against a key set, minting for the token service.
 //! - [`authz`]: the one question every publish / subscribe / delivery asks: "is this allowed?".
+//! - [`quota`]: per-role quota overrides (policy store roles).
 //! - [`scram`]: SCRAM-SHA-256 (RFC 5802 / RFC 7677) server state machine for MQTT 5 AUTH.
 //! - [`acl`]: Mosquitto `acl_file` rules (`user`, `topic`, `pattern`), compiled to per-user tries.
 //! - [`store`]: the policy store (users, groups, roles, prioritized rules), compiled into the
@@ -18,9 +19,11 @@ pub mod cert;
 pub mod jwt;
 pub mod password;
 pub mod principal;
+pub mod quota;
 pub mod scram;
 pub mod store;
 pub mod trust;
 
 pub use authz::{Action, AllowAll, Authorizer, DecidedBy, Decision, PolicyAuthorizer};
 pub use principal::{Principal, PrincipalKind};
+pub use quota::Quotas;

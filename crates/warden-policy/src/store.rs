@@ -37,7 +37,7 @@ use std::fmt;
 use serde::{Deserialize, Serialize};
 
 use crate::acl::{plain_topic, safe_value, valid_filter, with_levels, FxMap, Node, Syntax, Template, TrieMarks, Vals};
-use crate::{Action, Principal, PrincipalKind};
+use crate::{Action, Principal, PrincipalKind, Quotas};
 
 /// The group whose roles apply to every authenticated principal.
 pub const ANYONE_AUTHENTICATED: &str = "anyone-authenticated";
@@ -125,6 +125,11 @@ pub struct Role {
     /// The rules, in order.
     #[serde(default)]
     pub rules: Vec<Rule>,
+    /// Per-principal quotas for the principals holding this role, instead of the broker's
+    /// `[limits]` defaults (the largest value among a principal's roles applies; see
+    /// [`crate::quota`]).
+    #[serde(default, skip_serializing_if = "Quotas::is_empty")]
+    pub quotas: Quotas,
 }
 
 /// A group of users sharing roles.
@@ -353,23 +358,39 @@ impl PolicyStore {
             }
             t
         };
+        let quotas = |roles: &mut dyn Iterator<Item = &String>| {
+            let mut q = Quotas::default();
+            for r in roles.filter_map(|r| self.roles.get(r)) {
+                q.raise(&r.quotas);
+            }
+            q
+        };
         for (name, u) in &self.users {
             if u.disabled {
                 continue;
             }
-            let group_roles = u.groups.iter().filter_map(|g| self.groups.get(g)).flat_map(|g| g.roles.iter());
-            let t = build(&c, &mut u.roles.iter().chain(group_roles));
+            let group_roles = || u.groups.iter().filter_map(|g| self.groups.get(g)).flat_map(|g| g.roles.iter());
+            let t = build(&c, &mut u.roles.iter().chain(group_roles()));
             c.users.insert(name.as_str().into(), t);
+            let q = quotas(&mut u.roles.iter().chain(group_roles()));
+            if !q.is_empty() {
+                c.user_quotas.insert(name.as_str().into(), q);
+            }
         }
-        for name in self.roles.keys() {
+        for (name, role) in &self.roles {
             let t = build(&c, &mut std::iter::once(name));
             c.roles.insert(name.as_str().into(), t);
+            if !role.quotas.is_empty() {
+                c.role_quotas.insert(name.as_str().into(), role.quotas);
+            }
         }
         if let Some(g) = self.groups.get(ANYONE_AUTHENTICATED) {
             c.authenticated = build(&c, &mut g.roles.iter());
+            c.authenticated_quotas = quotas(&mut g.roles.iter());
         }
         if let Some(g) = self.groups.get(ANONYMOUS) {
             c.anonymous = build(&c, &mut g.roles.iter());
+            c.anonymous_quotas = quotas(&mut g.roles.iter());
         }
         c
     }
@@ -490,6 +511,12 @@ pub struct CompiledStore {
     roles: FxMap<Box<str>, RuleTrie>,
     authenticated: RuleTrie,
     anonymous: RuleTrie,
+    /// Quota overrides, merged like the rules: per user (its roles and groups' roles), per
+    /// role, for every authenticated client and for anonymous clients. Only non-empty ones.
+    user_quotas: FxMap<Box<str>, Quotas>,
+    role_quotas: FxMap<Box<str>, Quotas>,
+    authenticated_quotas: Quotas,
+    anonymous_quotas: Quotas,
 }
 
 impl CompiledStore {
@@ -501,6 +528,32 @@ impl CompiledStore {
     /// The rule at `index` (from a [`StoreMatch`]).
     pub fn rule(&self, index: u32) -> Option<&CompiledRule> {
         self.rules.get(index as usize)
+    }
+
+    /// The quota overrides that apply to `principal`: from the same roles as its rules (its
+    /// user's roles and groups, the roles it carries, the `$authenticated` or `$anonymous`
+    /// group), the largest value of each quota among them. Empty: the broker's defaults.
+    pub fn quotas(&self, principal: &Principal) -> Quotas {
+        let anonymous = principal.kind == PrincipalKind::Anonymous;
+        let fallback = principal.kind == PrincipalKind::Fallback;
+        let mut q = if anonymous {
+            self.anonymous_quotas
+        } else if fallback {
+            Quotas::default()
+        } else {
+            self.authenticated_quotas
+        };
+        if !anonymous && !fallback {
+            if let Some(u) = self.user_quotas.get(&*principal.name) {
+                q.raise(u);
+            }
+        }
+        if !anonymous {
+            for r in principal.roles.iter().filter_map(|r| self.role_quotas.get(&**r)) {
+                q.raise(r);
+            }
+        }
+        q
     }
 
     /// The tries that apply to `principal`. A fail-open client ([`PrincipalKind::Fallback`])

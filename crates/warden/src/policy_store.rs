@@ -122,6 +122,10 @@ impl Authorizer for Audited {
     fn has_rules(&self) -> bool {
         self.policy.has_rules()
     }
+
+    fn quotas(&self, principal: &Principal) -> warden_policy::Quotas {
+        self.policy.quotas(principal)
+    }
 }
 
 /// Load the ACL file named by the configuration.

@@ -676,3 +676,54 @@ async fn automatic_bans_are_listed_and_can_be_lifted() {
     assert_eq!(s, 404, "nothing left to lift");
     b.stop().await;
 }
+
+/// Issue 17: per-role quota overrides in the policy store. With `max_sessions_per_principal = 1`,
+/// a user holding role `gateway` (quotas `{"max_sessions": 3}`) keeps three persistent sessions
+/// and its fourth is refused with CONNACK 0x97 [MQTT-3.2.2-? Quota exceeded]; a user without the
+/// role is refused at its second. The API shows and replaces the quotas; removing them lowers
+/// the bound for the next CONNECT (what is held is kept); unknown quota keys and negative values
+/// are refused with 400, an unknown role with 404.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_roles_quotas_override_the_configured_ones() {
+    let b = TestBroker::from_toml(&format!("{}[limits]\nmax_sessions_per_principal = 1\n", config("disconnect"))).await;
+    admin(&b, "POST", "/admin/roles", Some(json!({"name": "gateway", "quotas": {"max_sessions": 3}}))).await;
+    admin(&b, "POST", "/admin/users", Some(json!({"name": "gw", "password": PW, "roles": ["gateway"]}))).await;
+    admin(&b, "POST", "/admin/users", Some(json!({"name": "plain", "password": PW}))).await;
+    assert_eq!(admin(&b, "GET", "/admin/roles/gateway", None).await["quotas"], json!({"max_sessions": 3}));
+
+    for v in BOTH {
+        let tag = if v == Protocol::V5 { "5" } else { "3" };
+        let mut held = Vec::new();
+        for i in 0..3 {
+            held.push(connected(&b, login(v, &format!("gw-{tag}-{i}"), "gw", false)).await);
+        }
+        let refused = if v == Protocol::V5 { ReasonCode::QUOTA_EXCEEDED } else { ReasonCode(0x03) };
+        assert_eq!(connect(&b, login(v, &format!("gw-{tag}-3"), "gw", false)).await.1, refused, "a fourth");
+        let _p = connected(&b, login(v, &format!("plain-{tag}-0"), "plain", false)).await;
+        assert_eq!(connect(&b, login(v, &format!("plain-{tag}-1"), "plain", false)).await.1, refused, "no role");
+        // Sessions end for the next round (the count goes back down once they are gone).
+        drop(held);
+        drop(_p);
+        for id in [0, 1, 2].map(|i| format!("gw-{tag}-{i}")).into_iter().chain([format!("plain-{tag}-0")]) {
+            let user = if id.starts_with("gw") { "gw" } else { "plain" };
+            let mut c = login(v, &id, user, true);
+            c.clean_start = true;
+            let mut x = connected(&b, c).await;
+            x.send(&Packet::Disconnect(Default::default())).await;
+        }
+    }
+
+    // Refusals of the API.
+    let bad = |body: &str| http(&b, "PUT", "/admin/roles/gateway/quotas", Some(ADMIN_TOKEN), Some(body.into()));
+    assert_eq!(bad(r#"{"max_session": 2}"#).await.0, 400, "unknown key");
+    assert_eq!(bad(r#"{"max_sessions": -2}"#).await.0, 400, "negative");
+    let (s, _) = http(&b, "PUT", "/admin/roles/nope/quotas", Some(ADMIN_TOKEN), Some("{}".into())).await;
+    assert_eq!(s, 404);
+    assert_eq!(admin(&b, "GET", "/admin/roles/gateway/quotas", None).await, json!({"max_sessions": 3}));
+
+    // Quotas removed: the configured bound applies to the next CONNECT.
+    let _a = connected(&b, login(Protocol::V5, "gw-a", "gw", false)).await;
+    admin(&b, "PUT", "/admin/roles/gateway/quotas", Some(json!({}))).await;
+    assert!(admin(&b, "GET", "/admin/roles/gateway", None).await.get("quotas").is_none());
+    assert_eq!(connect(&b, login(Protocol::V5, "gw-b", "gw", false)).await.1, ReasonCode::QUOTA_EXCEEDED);
+}

@@ -22,7 +22,7 @@ fn allow(id: &str, action: RuleAction, topic: &str) -> Rule {
 fn store(roles: &[(&str, Vec<Rule>)], users: &[(&str, &[&str], &[&str])], groups: &[(&str, &[&str])]) -> PolicyStore {
     let mut s = PolicyStore::default();
     for (name, rules) in roles {
-        s.roles.insert((*name).into(), Role { rules: rules.clone() });
+        s.roles.insert((*name).into(), Role { rules: rules.clone(), ..Role::default() });
     }
     for (name, roles) in groups {
         s.groups.insert((*name).into(), Group { roles: roles.iter().map(|r| r.to_string()).collect() });
@@ -355,7 +355,7 @@ fn arb_store() -> impl Strategy<Value = PolicyStore> {
             for (j, r) in rules.iter_mut().enumerate() {
                 r.id = format!("x{j}");
             }
-            s.roles.insert(format!("r{i}"), Role { rules });
+            s.roles.insert(format!("r{i}"), Role { rules, ..Role::default() });
         }
         let names = ["g", ANYONE_AUTHENTICATED, ANONYMOUS];
         for (n, roles) in names.iter().zip(groups) {
@@ -418,4 +418,36 @@ proptest! {
             prop_assert_eq!(got, want, "{} {:?} {:?} {:?}\n{}", p, client, action, topic, s.to_json());
         }
     }
+}
+
+/// Issue 17: a role's quota overrides reach the principals its rules reach — through the
+/// user's roles and groups, the roles a token carries, `anyone-authenticated` and `anonymous` —
+/// the largest value among them applying; a fail-open client gets its role's only, and a
+/// disabled user none.
+#[test]
+fn quotas_follow_roles_and_the_largest_applies() {
+    let mut s = store(
+        &[("small", vec![]), ("big", vec![]), ("base", vec![]), ("anon", vec![])],
+        &[("gw", &["small"], &["gateways"]), ("dev", &[], &[])],
+        &[("gateways", &["big"]), (ANYONE_AUTHENTICATED, &["base"]), (ANONYMOUS, &["anon"])],
+    );
+    let q = |sessions: u64, bytes: Option<u64>| Quotas {
+        max_sessions: Some(sessions),
+        max_queued_bytes: bytes,
+        ..Quotas::default()
+    };
+    s.roles.get_mut("small").unwrap().quotas = q(5, Some(1000));
+    s.roles.get_mut("big").unwrap().quotas = q(50, None);
+    s.roles.get_mut("base").unwrap().quotas = q(2, None);
+    s.roles.get_mut("anon").unwrap().quotas = q(1, Some(10));
+    let c = s.compile();
+    assert!(!c.is_configured(), "quotas alone are no authorization source");
+    assert_eq!(c.quotas(&Principal::user("gw")), q(50, Some(1000)), "largest of small, big (group) and base");
+    assert_eq!(c.quotas(&Principal::user("dev")), q(2, None), "anyone-authenticated");
+    assert_eq!(c.quotas(&Principal::user("unknown")), q(2, None));
+    assert_eq!(c.quotas(&Principal::anonymous()), q(1, Some(10)));
+    assert_eq!(c.quotas(&Principal::token("t", vec![Arc::from("small")], vec![])), q(5, Some(1000)));
+    assert_eq!(c.quotas(&Principal::fallback("gw", "small")), q(5, Some(1000)), "its role only, not gw's");
+    s.users.get_mut("gw").unwrap().disabled = true;
+    assert_eq!(s.compile().quotas(&Principal::user("gw")), q(2, None), "a disabled user's roles give nothing");
 }
