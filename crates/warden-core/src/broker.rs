@@ -675,8 +675,15 @@ impl Broker {
         }
     }
 
-    /// Housekeeping: publish due wills and end expired sessions. Call about once a second.
+    /// Housekeeping: remove expired retained messages, publish due wills and end expired
+    /// sessions. Call about once a second.
     pub fn tick(&self, now: Instant) {
+        // Expired retained messages go (and stop counting against their publisher's quotas
+        // and the broker-wide cap); they were no longer delivered already.
+        let expired = self.retained.read().expired(now);
+        for m in &expired {
+            self.drop_retained(m);
+        }
         let candidates: Vec<Arc<Session>> = self.expiring.lock().values().cloned().collect();
         for s in candidates {
             let mut st = s.state.lock();

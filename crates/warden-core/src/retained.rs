@@ -6,8 +6,9 @@
 //! bytes, and every message that comes or goes is charged or released there, so the figures
 //! the quotas read are exact by construction.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
+use std::time::Instant;
 
 use warden_policy::Principal;
 
@@ -51,6 +52,15 @@ pub struct RetainedStore {
     count: usize,
     /// Bytes (topic + payload, [`Message::cost`]) of every message held.
     bytes: u64,
+    /// The messages held that expire (v5 Message Expiry Interval), by expiry: removed when
+    /// due ([`RetainedStore::expired`]) so that they stop counting against the quotas, and
+    /// taken out here whenever they leave the store otherwise (a replaced message is not kept).
+    expiring: BTreeMap<(Instant, usize), Arc<Message>>,
+}
+
+/// The key of `m` in [`RetainedStore::expiring`] (its address is unique while it is held).
+fn expiry_key(m: &Arc<Message>) -> Option<(Instant, usize)> {
+    m.expires_at.map(|t| (t, Arc::as_ptr(m) as usize))
 }
 
 /// The retained message of a topic as a quota check sees it (see [`RetainedStore::held`]).
@@ -101,6 +111,9 @@ impl RetainedStore {
         if let Some(a) = &account {
             a.usage().charge_retained(cost);
         }
+        if let Some(k) = expiry_key(&msg) {
+            self.expiring.insert(k, msg.clone());
+        }
         let old = node.message.replace(Entry { msg, source, account });
         self.count += 1;
         self.bytes += cost;
@@ -111,12 +124,21 @@ impl RetainedStore {
 
     /// An entry left the store: take it off the figures and its account.
     fn released(&mut self, e: &Entry) {
+        if let Some(k) = expiry_key(&e.msg) {
+            self.expiring.remove(&k);
+        }
         let cost = e.msg.cost();
         self.count -= 1;
         self.bytes = self.bytes.saturating_sub(cost);
         if let Some(a) = &e.account {
             a.usage().release_retained(cost);
         }
+    }
+
+    /// The messages held whose expiry passed at `now` (to be removed with
+    /// [`RetainedStore::remove_if_same`]).
+    pub fn expired(&self, now: Instant) -> Vec<Arc<Message>> {
+        self.expiring.range(..=(now, usize::MAX)).map(|(_, m)| m.clone()).collect()
     }
 
     /// Remove the retained message of its topic if it is still `msg` (not since replaced);
@@ -234,5 +256,49 @@ fn match_rec(node: &Node, levels: &[&str], depth: usize, out: &mut Vec<(Arc<Mess
                 match_rec(child, rest, depth + 1, out);
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use mqtt_codec::QoS;
+    use std::time::Duration;
+
+    fn expiring(topic: &str, at: Option<Instant>) -> Arc<Message> {
+        let mut m = Message::for_test(topic, b"v", QoS::AtLeastOnce, true);
+        m.expires_at = at;
+        Arc::new(m)
+    }
+
+    /// Issue 17 ("expired retained messages count until their topic is cleared"): an expired
+    /// retained message is found by [`RetainedStore::expired`] and, removed, is released from
+    /// its account; a replaced or cleared one leaves the expiry index at once (the index never
+    /// keeps a message the store no longer holds).
+    #[test]
+    fn expired_messages_are_found_and_replaced_ones_leave_the_index() {
+        let t0 = Instant::now();
+        let mut r = RetainedStore::default();
+        let account = Arc::new(Account::default());
+        let a = expiring("a", Some(t0 + Duration::from_secs(1)));
+        r.set_charged(a.clone(), RetainSource::Unknown, Some(account.clone()));
+        r.set_charged(expiring("b", Some(t0 + Duration::from_secs(5))), RetainSource::Unknown, Some(account.clone()));
+        r.set_charged(expiring("c", None), RetainSource::Unknown, Some(account.clone()));
+        assert_eq!(account.usage().retained, 3);
+        assert!(r.expired(t0).is_empty());
+        let due = r.expired(t0 + Duration::from_secs(2));
+        assert_eq!(due.len(), 1);
+        assert!(Arc::ptr_eq(&due[0], &a));
+        assert!(r.remove_if_same(&a));
+        assert_eq!((r.len(), account.usage().retained), (2, 2));
+        // "b" replaced by a message without expiry, then cleared: nothing left to expire.
+        r.set_charged(expiring("b", None), RetainSource::Unknown, Some(account.clone()));
+        assert!(r.expired(t0 + Duration::from_secs(60)).is_empty(), "the replaced message left the index");
+        r.set_charged(expiring("c", Some(t0)), RetainSource::Unknown, Some(account.clone()));
+        let mut clear = Message::for_test("c", b"", QoS::AtMostOnce, true);
+        clear.expires_at = None;
+        r.set_charged(Arc::new(clear), RetainSource::Unknown, None);
+        assert!(r.expired(t0 + Duration::from_secs(60)).is_empty(), "the cleared message left the index");
+        assert_eq!((r.len(), account.usage().retained), (1, 1));
     }
 }

@@ -254,3 +254,56 @@ async fn issue_17_item_2_a_retained_publish_over_the_principal_quota_gets_0x97()
     assert_eq!(b.server.broker.stats.limits.retained_per_principal.load(Ordering::Relaxed), 3);
     b.stop().await;
 }
+
+/// Issue 17 (left from the first slice: "expired retained messages count until their topic is
+/// cleared or replaced"): a retained message whose Message Expiry Interval passed is removed
+/// by the broker's housekeeping and stops counting against its publisher's quota. With
+/// `max_retained_messages_per_principal = 1`, m's second retained message is refused (0x97)
+/// while the first lives, and accepted once the first (expiry 1 s) expired; a new subscriber
+/// then finds only the second.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_expired_retained_message_stops_counting_against_the_quota() {
+    let b = broker("max_retained_messages_per_principal = 1\n").await;
+    let mut login = connect_packet(Protocol::V5, "m-exp", true);
+    login.username = Some("m".into());
+    login.password = Some(Bytes::from_static(b"mpw"));
+    let (mut m, _) = connected(b.addr(), login).await;
+    let retained = |topic: &str, id: u16, expiry: Option<u32>| {
+        let mut p = warden_testkit::publish(topic, QoS::AtLeastOnce, id, b"x");
+        if let Packet::Publish(ref mut x) = p {
+            x.retain = true;
+            x.properties.message_expiry_interval = expiry;
+        }
+        p
+    };
+    async fn puback(c: &mut RawClient) -> ReasonCode {
+        match c.recv_within(WAIT).await {
+            Recv::Packet(Packet::PubAck(a)) => a.reason_code,
+            other => panic!("expected PUBACK, got {other:?}"),
+        }
+    }
+    m.send(&retained("exp/1", 1, Some(1))).await;
+    assert_eq!(puback(&mut m).await, ReasonCode::SUCCESS);
+    m.send(&retained("exp/2", 2, None)).await;
+    assert_eq!(puback(&mut m).await, ReasonCode::QUOTA_EXCEEDED, "the first still counts");
+    // The broker removes it within a second of its expiry (housekeeping runs once a second).
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    let mut id = 3;
+    loop {
+        m.send(&retained("exp/2", id, None)).await;
+        if puback(&mut m).await == ReasonCode::SUCCESS {
+            break;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "the expired message still counts after 5 s");
+        id += 1;
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let (mut late, _) = connected(b.addr(), v3_login("v-late", "v", true)).await;
+    assert_eq!(late.subscribe(1, "exp/#", QoS::AtMostOnce).await, vec![ReasonCode(0)]);
+    let mut topics = Vec::new();
+    while let Recv::Packet(Packet::Publish(p)) = late.recv_within(QUIET).await {
+        topics.push(p.topic.as_str().to_owned());
+    }
+    assert_eq!(topics, ["exp/2"]);
+    b.stop().await;
+}
