@@ -20,6 +20,7 @@ use warden_policy::{Action, Authorizer, Principal, PrincipalKind};
 use crate::config::BrokerConfig;
 use crate::connection::Connection;
 use crate::message::Message;
+use crate::metrics::Denied;
 use crate::persist::{Persist, PersistOp, RestoredSession};
 use crate::queue::{Account, Batch, DeliveryRef, Offer, Run};
 use crate::quota::{grows_over, Quota};
@@ -37,16 +38,27 @@ pub struct Stats {
     pub connections_total: AtomicU64,
     /// CONNECTs refused since start.
     pub connections_refused: AtomicU64,
-    /// PUBLISH packets received from clients.
-    pub messages_received: AtomicU64,
-    /// PUBLISH packets sent to clients.
-    pub messages_sent: AtomicU64,
+    /// PUBLISH packets received from clients, by QoS (0, 1, 2).
+    pub messages_received: [AtomicU64; 3],
+    /// PUBLISH packets sent to clients, by QoS (0, 1, 2).
+    pub messages_sent: [AtomicU64; 3],
     /// Deliveries dropped because a session queue (or its principal's queues) was full.
     pub messages_dropped: AtomicU64,
     /// Operations refused by authorization.
     pub denied: AtomicU64,
     /// Abuse-resistance counters (see [`crate::limits`]).
     pub limits: crate::limits::LimitStats,
+    /// Authentication attempts, denials by action, TLS handshake failures (see
+    /// [`crate::metrics`]).
+    pub security: crate::metrics::SecurityStats,
+}
+
+impl Stats {
+    /// Count `n` authorization denials of `action` (the `$SYS` total and the metrics' label).
+    pub fn deny(&self, action: crate::metrics::Denied, n: u64) {
+        self.denied.fetch_add(n, Ordering::Relaxed);
+        self.security.denied(action, n);
+    }
 }
 
 fn inc(c: &AtomicU64) {
@@ -428,7 +440,7 @@ impl Broker {
                 w.topic.as_str(),
             );
             if !d.is_allowed() {
-                inc(&self.stats.denied);
+                self.stats.deny(Denied::Will, 1);
                 return refuse(ReasonCode::NOT_AUTHORIZED, out);
             }
         }
@@ -749,7 +761,7 @@ impl Broker {
             w.topic.as_str(),
         );
         if !d.is_allowed() {
-            inc(&self.stats.denied);
+            self.stats.deny(Denied::Will, 1);
             return;
         }
         let expires_at = w.properties.message_expiry_interval.map(|e| now + Duration::from_secs(u64::from(e)));
@@ -1090,7 +1102,7 @@ impl Broker {
         let mut denied = refused_groups > 0;
         if denied {
             // No member of a group may receive: the message is dropped for it (once counted).
-            self.stats.denied.fetch_add(refused_groups as u64, Ordering::Relaxed);
+            self.stats.deny(Denied::Receive, refused_groups as u64);
         }
         let reusable = !targets.iter().any(|t| t.shared);
         // No Local: never send a client its own publication [MQTT-3.8.3-3].
@@ -1121,7 +1133,7 @@ impl Broker {
             i = j;
             // A shared group's pick was authorized when it was picked.
             if !shared && !authz.authorize(&s.owner(), &s.client_id, Action::Receive, topic).is_allowed() {
-                inc(&self.stats.denied);
+                self.stats.deny(Denied::Receive, 1);
                 denied = true;
                 continue;
             }
@@ -1190,7 +1202,7 @@ impl Broker {
         let mut out = Vec::with_capacity(found.len());
         for (m, source) in found {
             if self.config.check_retain_source && !self.retain_source_allowed(authz, &m, &source) {
-                inc(&self.stats.denied);
+                self.stats.deny(Denied::Receive, 1);
                 self.drop_retained(&m);
                 continue;
             }
@@ -1218,7 +1230,7 @@ impl Broker {
         if self.retain_source_allowed(self.authorizer().as_ref(), msg, &source) {
             return true;
         }
-        inc(&self.stats.denied);
+        self.stats.deny(Denied::Receive, 1);
         self.drop_retained(msg);
         false
     }
@@ -1233,8 +1245,14 @@ impl Broker {
             ("$SYS/broker/clients/connected", load(&st.clients_connected)),
             ("$SYS/broker/clients/total", self.session_count().to_string()),
             ("$SYS/broker/connections/total", load(&st.connections_total)),
-            ("$SYS/broker/messages/received", load(&st.messages_received)),
-            ("$SYS/broker/messages/sent", load(&st.messages_sent)),
+            (
+                "$SYS/broker/messages/received",
+                st.messages_received.iter().map(|c| c.load(Ordering::Relaxed)).sum::<u64>().to_string(),
+            ),
+            (
+                "$SYS/broker/messages/sent",
+                st.messages_sent.iter().map(|c| c.load(Ordering::Relaxed)).sum::<u64>().to_string(),
+            ),
             ("$SYS/broker/messages/dropped", load(&st.messages_dropped)),
             ("$SYS/broker/subscriptions/count", self.subscription_count().to_string()),
             ("$SYS/broker/retained messages/count", self.retained_count().to_string()),

@@ -36,6 +36,23 @@ pub struct Close {
     pub publish_will: bool,
 }
 
+/// Bits of each QoS's field in [`Connection`]'s packed received counter.
+const RECEIVED_BITS: u32 = 21;
+const RECEIVED_MASK: u64 = (1 << RECEIVED_BITS) - 1;
+/// The top bit of every field: set, the counter is flushed.
+const RECEIVED_NEAR_FULL: u64 = (1 << 20) | (1 << 41) | (1 << 62);
+
+/// Add the PUBLISH packets counted in `packed` since the last flush to the broker's counters.
+fn flush_received(stats: &crate::Stats, packed: &mut u64) {
+    let packed = std::mem::take(packed);
+    for (q, c) in stats.messages_received.iter().enumerate() {
+        let n = (packed >> (RECEIVED_BITS * q as u32)) & RECEIVED_MASK;
+        if n > 0 {
+            c.fetch_add(n, Ordering::Relaxed);
+        }
+    }
+}
+
 /// An accepted client connection.
 pub struct Connection {
     broker: Arc<Broker>,
@@ -59,6 +76,8 @@ pub struct Connection {
     publishing: Option<Box<Publishing>>,
     /// PUBLISH packets received and not yet added to the broker's counter: added once per
     /// batch, not per message (the counter's cache line is shared by every connection).
+    /// Three counters in one word (QoS q in bits `21 q ..`), so that the connection (and a
+    /// parked one's record) does not grow; flushed long before a field could overflow.
     received: u64,
 }
 
@@ -215,7 +234,12 @@ impl Connection {
     fn authorize_with(&self, authz: &dyn Authorizer, action: Action, topic: &str) -> Decision {
         let d = authz.authorize(&self.principal, &self.session.client_id, action, topic);
         if !d.is_allowed() {
-            self.broker.stats.denied.fetch_add(1, Ordering::Relaxed);
+            let what = match action {
+                Action::Publish { .. } => crate::metrics::Denied::Publish,
+                Action::Subscribe { .. } => crate::metrics::Denied::Subscribe,
+                Action::Receive => crate::metrics::Denied::Receive,
+            };
+            self.broker.stats.deny(what, 1);
         }
         d
     }
@@ -249,8 +273,8 @@ impl Connection {
 
     /// Route the messages accepted so far (in order).
     fn route_pending(&mut self) {
-        if self.received > 0 {
-            self.broker.stats.messages_received.fetch_add(std::mem::take(&mut self.received), Ordering::Relaxed);
+        if self.received != 0 {
+            flush_received(&self.broker.stats, &mut self.received);
         }
         let Some(p) = self.publishing.as_deref_mut().filter(|p| !p.pending.is_empty()) else { return };
         // Moved, not cloned, into the slice the subscribers' queues share.
@@ -420,7 +444,10 @@ impl Connection {
         if topic.level_count() > cfg.max_topic_levels {
             return Err(self.fail(out, ReasonCode::TOPIC_NAME_INVALID));
         }
-        self.received += 1;
+        self.received += 1 << (RECEIVED_BITS * p.qos as u32);
+        if self.received & RECEIVED_NEAR_FULL != 0 {
+            flush_received(&self.broker.stats, &mut self.received);
+        }
         // A device publishing to one topic again and again is authorized once per policy:
         // the generation is read before the policy, so a swap in between is never cached.
         let policy_gen = self.broker.policy_generation();
@@ -442,7 +469,7 @@ impl Connection {
                 topic.as_str(),
             );
             if !d.is_allowed() {
-                self.broker.stats.denied.fetch_add(1, Ordering::Relaxed);
+                self.broker.stats.deny(crate::metrics::Denied::Publish, 1);
             }
             if d.is_allowed() && authz.allows_are_cacheable() {
                 self.publishing.get_or_insert_with(Default::default).publish_allowed =
@@ -686,7 +713,7 @@ impl Connection {
             return Err(self.fail(out, ReasonCode::SESSION_TAKEN_OVER)); // [MQTT-3.1.4-3]
         }
         // Counted locally and added once: the shared counter is touched once per batch.
-        let mut sent = 0u64;
+        let mut sent = [0u64; 3];
         if self.resend {
             // Resume: re-send unacknowledged PUBLISH with DUP, and PUBREL [MQTT-4.4.0-1].
             self.resend = false;
@@ -705,7 +732,7 @@ impl Connection {
                             continue;
                         }
                         if self.encode_delivery(f.delivery.as_ref(), id, true, now, out) {
-                            sent += 1;
+                            sent[f.delivery.qos as usize] += 1;
                         }
                     }
                     OutStage::AwaitComp => Packet::PubRel(PubAck::new(id)).encode(self.protocol, out),
@@ -722,7 +749,7 @@ impl Connection {
                 if let Some(f) = run.plain_frames(self.protocol).filter(|f| f.max_packet <= self.client_max_packet) {
                     let n = f.fitting(run.start, run.end, budget - out.len());
                     out.extend_from_slice(f.packets(run.start, run.start + n));
-                    sent += u64::from(n);
+                    sent[0] += u64::from(n); // plain frames are QoS 0 (`Run::plain_frames`)
                     st.queue.skip_in_run(n);
                     continue;
                 }
@@ -749,7 +776,7 @@ impl Connection {
                 let (seq, fits) = (front.seq, self.encode_delivery(front, 0, false, now, out));
                 st.queue.skip();
                 if fits {
-                    sent += 1;
+                    sent[0] += 1;
                 } else {
                     // Too large for the client: discard as if delivered [MQTT-3.1.2-25].
                     self.delivery_done(seq);
@@ -763,7 +790,7 @@ impl Connection {
                 self.delivery_done(d.seq);
                 continue; // [MQTT-3.1.2-25]
             }
-            sent += 1;
+            sent[d.qos as usize] += 1;
             if let Some(store) = broker.store().filter(|_| st.expiry_interval > 0) {
                 // The packet id is stored with the message; a QoS 2 PUBLISH leaves only once
                 // that is durable, so it is never sent twice under two ids.
@@ -774,7 +801,11 @@ impl Connection {
         }
         let more = !st.queue.is_empty() && out.len() >= budget;
         drop(st);
-        broker.stats.messages_sent.fetch_add(sent, Ordering::Relaxed);
+        for (c, n) in broker.stats.messages_sent.iter().zip(sent) {
+            if n > 0 {
+                c.fetch_add(n, Ordering::Relaxed);
+            }
+        }
         Ok(more)
     }
 

@@ -14,6 +14,8 @@
 //! - [`persist`]: the seam to durable storage (what is stored, and when an acknowledgement
 //!   must wait for it).
 //! - [`limits`]: abuse-resistance counters and their `$SYS/broker/limits/...` topics.
+//! - [`metrics`]: counters for the operator's metrics that `$SYS` does not carry
+//!   (authentication attempts, denials by action, a latency histogram).
 //! - [`quota`]: per-principal quotas (persistent sessions, subscriptions, retained messages)
 //!   counted in the principal's account beside its queued bytes.
 //! - [`connection`]: one client connection's protocol state machine (`handle` inbound packets,
@@ -30,6 +32,7 @@ pub mod config;
 pub mod connection;
 pub mod limits;
 pub mod message;
+pub mod metrics;
 pub mod persist;
 pub mod queue;
 pub mod quota;

@@ -147,6 +147,8 @@ pub struct Store {
     ops: AtomicU64,
     /// Bytes of keys and values written by commits.
     written: AtomicU64,
+    /// How long each commit took (write transaction and, when durable, its fsync).
+    commit_seconds: warden_core::metrics::Histogram,
 }
 
 /// Everything read from the file, before it becomes broker state.
@@ -239,6 +241,7 @@ impl Store {
             commits: AtomicU64::new(0),
             ops: AtomicU64::new(0),
             written: AtomicU64::new(0),
+            commit_seconds: Default::default(),
         });
         let loaded = restore(&store, raw, report);
         let writer = store.clone();
@@ -258,6 +261,11 @@ impl Store {
     /// The durability mode.
     pub fn durability(&self) -> Durability {
         self.durability
+    }
+
+    /// How long the commits since start took (`warden_store_commit_seconds`).
+    pub fn commit_seconds(&self) -> &warden_core::metrics::Histogram {
+        &self.commit_seconds
     }
 
     /// Commits and ops applied since start.
@@ -315,8 +323,10 @@ impl Store {
                 continue;
             }
             loop {
+                let started = std::time::Instant::now();
                 match commit(&db, &ops, sync) {
                     Ok(bytes) => {
+                        self.commit_seconds.observe(started.elapsed());
                         self.written.fetch_add(bytes, Ordering::Relaxed);
                         if failures > 0 {
                             info!(path = %self.path.display(), "store writes succeed again");

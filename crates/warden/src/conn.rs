@@ -104,11 +104,31 @@ impl ConnContext {
 }
 
 /// Counts a live connection (`max_connections`) until dropped.
-pub struct ConnCount(pub Arc<std::sync::atomic::AtomicUsize>);
+pub struct ConnCount(pub Arc<OpenCounts>);
+
+/// The open-connection counts one accept loop keeps: its listener's and every listener's.
+/// One pointer per connection (a parked connection's record stays in its size class).
+#[derive(Debug, Default)]
+pub struct OpenCounts {
+    /// Connections open on every listener (`max_connections`).
+    pub total: Arc<std::sync::atomic::AtomicUsize>,
+    /// Connections open on this listener (`warden_connections{listener}`).
+    pub listener: std::sync::atomic::AtomicUsize,
+}
+
+impl ConnCount {
+    /// Count one more connection in both.
+    pub fn new(counts: Arc<OpenCounts>) -> Self {
+        counts.total.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        counts.listener.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        ConnCount(counts)
+    }
+}
 
 impl Drop for ConnCount {
     fn drop(&mut self) {
-        self.0.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+        self.0.total.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+        self.0.listener.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
     }
 }
 
@@ -158,6 +178,43 @@ async fn read_connect<R: AsyncRead + Unpin>(rd: &mut R, buf: &mut BytesMut, max:
         }
         Err(ReadError::Decode(_)) => Pre::Closed("malformed CONNECT"),
         Err(ReadError::Closed) => Pre::Closed("closed before CONNECT"),
+    }
+}
+
+/// The authentication method that admitted `p` (the `method` label of
+/// `warden_auth_attempts_total` and the connection's log line).
+fn accepted_method(p: &warden_policy::Principal, scram: bool) -> warden_core::metrics::AuthMethod {
+    use warden_core::metrics::AuthMethod as M;
+    use warden_policy::trust::CredentialSource as S;
+    if scram {
+        return M::Scram;
+    }
+    if p.kind == warden_policy::PrincipalKind::Fallback {
+        return M::Lookup;
+    }
+    match p.source {
+        S::PasswordFile | S::StoreUser | S::Restored => M::Password,
+        S::Certificate => M::Certificate,
+        S::Token => M::Token,
+        S::Lookup => M::Lookup,
+        S::Anonymous => M::Anonymous,
+    }
+}
+
+/// The method a refused CONNECT tried: SCRAM when it named an authentication method, a
+/// password or a token when it sent one, else its client certificate, else none (anonymous).
+fn attempted_method(c: &mqtt_codec::Connect, password_attempt: bool, cert: bool) -> warden_core::metrics::AuthMethod {
+    use warden_core::metrics::AuthMethod as M;
+    if c.properties.authentication_method.is_some() {
+        M::Scram
+    } else if password_attempt {
+        M::Password
+    } else if c.password.is_some() {
+        M::Token
+    } else if cert {
+        M::Certificate
+    } else {
+        M::Anonymous
     }
 }
 
@@ -454,7 +511,9 @@ async fn finish<R: ReadReady, W: AsyncWrite + Unpin + Send>(l: Live<R, W>, close
         let _ = tokio::time::timeout(Duration::from_secs(1), wr.write_all(&wbuf)).await;
     }
     let _ = tokio::time::timeout(Duration::from_secs(1), wr.shutdown()).await;
-    debug!(?peer, client_id = %crate::logsafe::Escaped(conn.client_id()), reason = %close.reason, "client disconnected");
+    let peer = peer.map_or_else(|| "-".to_owned(), |p| p.to_string());
+    info!(peer = peer.as_str(), client_id = %crate::logsafe::Escaped(conn.client_id()), reason = %close.reason,
+        why = close.reason.description(), "client disconnected");
     conn.closed(close, Instant::now());
 }
 
@@ -498,7 +557,11 @@ async fn establish<S: Transport>(start: Box<Start<S>>) -> Option<Live<S::Read, S
     // (A verified client certificate authenticates on its own: a password sent with it is
     // not consulted, so it is no attempt at that user name's password.)
     let cert_proves = matches!(&cert, Some(crate::tls::ClientCert { identity: Ok(_), .. }));
+    // The certificate identity, for the connection's log line (the certificate itself goes to
+    // authentication).
+    let cert_identity = cert.as_ref().and_then(|c| c.identity.as_ref().ok().cloned());
     let password_attempt = ctx.auth.is_password_attempt(&connect) && !cert_proves;
+    let cert_present = cert.is_some();
     if let (Some(s), Some(user), true) = (&slot, connect.username.as_deref(), password_attempt) {
         let now = Instant::now();
         if s.user_backing_off(user, now) {
@@ -552,6 +615,7 @@ async fn establish<S: Transport>(start: Box<Start<S>>) -> Option<Live<S::Read, S
         Ok(a)
     }) {
         Ok(a) => {
+            ctx.broker.stats.security.auth_attempt(accepted_method(&a.principal, scram_user.is_some()), true);
             // A fail-open client's password was not checked: it does not end a user's backoff.
             let verified = a.principal.kind != warden_policy::PrincipalKind::Fallback;
             // Only the password of that user name lifts its backoff: a token or a certificate
@@ -590,8 +654,12 @@ async fn establish<S: Transport>(start: Box<Start<S>>) -> Option<Live<S::Read, S
                     s.user_failed(user, now);
                 }
             }
+            let method = attempted_method(&connect, password_attempt, cert_identity.is_some() || cert_present);
+            ctx.broker.stats.security.auth_attempt(method, false);
             // The user name is logged; the password never is.
-            info!(%peer, client_id = %crate::logsafe::Escaped(&connect.client_id), user = ?connect.username, reason = %code, "authentication refused");
+            info!(%peer, client_id = %crate::logsafe::Escaped(&connect.client_id),
+                user = %crate::logsafe::Escaped(connect.username.as_deref().unwrap_or("-")),
+                method = method.as_str(), reason = %code, why = code.description(), "authentication refused");
             ctx.broker.stats.connections_refused.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             let client_max = connect.properties.maximum_packet_size.unwrap_or(u32::MAX);
             write_connack(protocol, false, code, Default::default(), client_max, &mut wbuf);
@@ -621,7 +689,11 @@ async fn establish<S: Transport>(start: Box<Start<S>>) -> Option<Live<S::Read, S
                 return None;
             }
         };
-    debug!(%peer, client_id = %crate::logsafe::Escaped(conn.client_id()), principal = %crate::logsafe::Escaped(&principal), ?protocol, "client connected");
+    info!(%peer, client_id = %crate::logsafe::Escaped(conn.client_id()), principal = %crate::logsafe::Escaped(&principal),
+        method = accepted_method(&principal, scram_user.is_some()).as_str(),
+        certificate = %crate::logsafe::Escaped(cert_identity.as_deref().unwrap_or("-")),
+        protocol = match protocol { Protocol::V31 => "3.1", Protocol::V311 => "3.1.1", Protocol::V5 => "5" },
+        "client connected");
     let registration =
         ctx.live.register(conn.client_id().clone(), conn.principal().clone(), peer, protocol, notify.clone());
     if *ctx.shutdown.borrow() {

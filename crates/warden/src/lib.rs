@@ -26,6 +26,7 @@
 //!   narrowed, CRL or password file reloaded, store user disabled) is applied to live
 //!   connections and pending wills (SPEC §10).
 //! - [`bans`]: the admin ban list (client id, user name, IP, CIDR; persisted).
+//! - [`metrics`]: `GET /metrics`, the Prometheus text rendered from the broker's counters.
 //! - [`logsafe`]: peer-supplied strings in log lines, control characters escaped.
 
 pub mod admin_backend;
@@ -42,6 +43,7 @@ pub mod limits;
 pub mod live;
 pub mod logsafe;
 pub mod lookup;
+pub mod metrics;
 pub mod oauth_store;
 pub mod park;
 pub mod passwd_cmd;

@@ -40,6 +40,15 @@ pub struct BoundListener {
     pub addr: SocketAddr,
     /// WebSocket path (ws only).
     pub path: String,
+    /// Connections open on it now (`warden_connections{listener}`).
+    pub open: Arc<crate::conn::OpenCounts>,
+}
+
+impl BoundListener {
+    /// The `listener` label: protocol and bound address (`mqtt:127.0.0.1:1883`).
+    pub fn label(&self) -> String {
+        format!("{}:{}", self.protocol.as_str(), self.addr)
+    }
 }
 
 /// A running broker.
@@ -291,7 +300,8 @@ impl Server {
                 .await
                 .with_context(|| format!("cannot listen on {} ({})", l.bind, l.protocol.as_str()))?;
             let addr = tcp.local_addr()?;
-            listeners.push(BoundListener { protocol: l.protocol, addr, path: l.path.clone() });
+            let open = Arc::new(crate::conn::OpenCounts { total: live_count.clone(), listener: AtomicUsize::new(0) });
+            listeners.push(BoundListener { protocol: l.protocol, addr, path: l.path.clone(), open: open.clone() });
             let ctx = ctx.clone();
             let live = live_count.clone();
             let bans = bans.clone();
@@ -341,8 +351,7 @@ impl Server {
                             continue;
                         }
                     };
-                    live.fetch_add(1, Ordering::Relaxed);
-                    let live_slot = crate::conn::ConnCount(live.clone());
+                    let live_slot = crate::conn::ConnCount::new(open.clone());
                     let ctx = ctx.clone();
                     // A task's future lives as long as its connection: plain MQTT gets the
                     // small one; WebSocket and TLS handshakes (kilobytes of state) are boxed
@@ -363,7 +372,32 @@ impl Server {
             let tcp =
                 TcpListener::bind(http.bind).await.with_context(|| format!("cannot listen on {} (http)", http.bind))?;
             http_addr = Some(tcp.local_addr()?);
-            let mut app = axum::Router::new().route("/healthz", axum::routing::get(|| async { "ok\n" }));
+            let metrics = Arc::new(crate::metrics::Metrics {
+                broker: broker.clone(),
+                store: store.clone(),
+                bans: bans.clone(),
+                guard: guard.clone(),
+                listeners: listeners.clone(),
+            });
+            // /healthz: the process answers. /livez: the same (the Kubernetes name).
+            // /readyz: listeners bound and the store loaded (both happen before this line, so
+            // a broker that answers is ready; a cluster check joins here when there is one).
+            let mut app = axum::Router::new()
+                .route("/healthz", axum::routing::get(|| async { "ok\n" }))
+                .route("/livez", axum::routing::get(|| async { "ok\n" }))
+                .route("/readyz", axum::routing::get(|| async { "ready\n" }))
+                .route(
+                    "/metrics",
+                    axum::routing::get(move || {
+                        let m = metrics.clone();
+                        async move {
+                            (
+                                [(axum::http::header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")],
+                                m.render(),
+                            )
+                        }
+                    }),
+                );
             if let Some(o) = &oauth {
                 app = app.merge(warden_http::router(o.clone()));
             }
@@ -558,6 +592,7 @@ async fn serve_socket(
     let (stream, identity) = match tokio::time::timeout(handshake_deadline, tls.accept(sock, peer)).await {
         Ok(Some(s)) => s,
         Ok(None) => {
+            hit(&ctx.broker.stats.security.tls_handshake_failures);
             // A refused certificate counts like a failed password towards a ban.
             if let Some(s) = &slot {
                 if s.auth_failed(Instant::now()) {
@@ -567,6 +602,7 @@ async fn serve_socket(
             return;
         }
         Err(_) => {
+            hit(&ctx.broker.stats.security.tls_handshake_failures);
             hit(&ctx.broker.stats.limits.tls_handshake_timeouts);
             ctx.log_limit(&peer.ip().to_string(), "tls_handshake_timeout", "connection closed");
             return;

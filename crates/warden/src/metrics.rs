@@ -1,0 +1,180 @@
+//! `GET /metrics` (SPEC §9): the Prometheus text exposition format 0.0.4, rendered at scrape
+//! time from the counters the broker already keeps (`$SYS`'s, the limit counters, the
+//! security counters of `warden_core::metrics`, the store's commit histogram). Every family
+//! has its `# HELP` and `# TYPE` from the first scrape, with zero values where nothing
+//! happened yet. No label carries a client id, user name or topic (cardinality, and
+//! identities do not leave the broker this way): labels are the listener, QoS, method,
+//! result, action and limit names, all fixed sets.
+//!
+//! Hand-written rather than a metrics crate: the values live in the broker's own atomics (the
+//! hot path keeps one batched counter per connection), so a registry would be a second copy;
+//! the `prometheus-client` crate writes OpenMetrics, which Debian's `promtool check metrics`
+//! rejects for counters. The format is a few lines per family.
+
+use std::fmt::Write as _;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+
+use warden_core::metrics::{AuthMethod, Denied, Histogram};
+use warden_core::Broker;
+
+use crate::bans::BanList;
+use crate::guard::Guard;
+use crate::server::BoundListener;
+
+/// What `/metrics` reads.
+pub struct Metrics {
+    /// The broker core (counters, gauges).
+    pub broker: Arc<Broker>,
+    /// The durable store, when persistence is on.
+    pub store: Option<Arc<warden_store::Store>>,
+    /// The admin ban list.
+    pub bans: Arc<BanList>,
+    /// Automatic bans.
+    pub guard: Arc<Guard>,
+    /// The MQTT listeners, with their open-connection counts.
+    pub listeners: Vec<BoundListener>,
+}
+
+/// A writer of families.
+struct Out(String);
+
+impl Out {
+    fn family(&mut self, name: &str, kind: &str, help: &str) {
+        let _ = writeln!(self.0, "# HELP {name} {help}");
+        let _ = writeln!(self.0, "# TYPE {name} {kind}");
+    }
+
+    fn sample(&mut self, name: &str, labels: &[(&str, &str)], value: impl std::fmt::Display) {
+        self.0.push_str(name);
+        if !labels.is_empty() {
+            self.0.push('{');
+            for (i, (k, v)) in labels.iter().enumerate() {
+                if i > 0 {
+                    self.0.push(',');
+                }
+                let _ = write!(self.0, "{k}=\"{}\"", escape_label(v));
+            }
+            self.0.push('}');
+        }
+        let _ = writeln!(self.0, " {value}");
+    }
+
+    fn histogram(&mut self, name: &str, help: &str, h: Option<&Histogram>) {
+        self.family(name, "histogram", help);
+        let (cumulative, count, sum) = h.map(Histogram::snapshot).unwrap_or(([0; 12], 0, 0.0));
+        for (bound, c) in Histogram::BOUNDS.iter().zip(cumulative) {
+            self.sample(&format!("{name}_bucket"), &[("le", &bound.to_string())], c);
+        }
+        self.sample(&format!("{name}_bucket"), &[("le", "+Inf")], count);
+        self.sample(&format!("{name}_sum"), &[], sum);
+        self.sample(&format!("{name}_count"), &[], count);
+    }
+}
+
+/// A label value as the text format wants it: backslash, double quote and newline escaped.
+fn escape_label(v: &str) -> String {
+    let mut out = String::with_capacity(v.len());
+    for c in v.chars() {
+        match c {
+            '\\' => out.push_str("\\\\"),
+            '"' => out.push_str("\\\""),
+            '\n' => out.push_str("\\n"),
+            c => out.push(c),
+        }
+    }
+    out
+}
+
+impl Metrics {
+    /// The exposition, now.
+    pub fn render(&self) -> String {
+        let b = &self.broker;
+        let st = &b.stats;
+        let load = |c: &std::sync::atomic::AtomicU64| c.load(Ordering::Relaxed);
+        let mut o = Out(String::with_capacity(8 * 1024));
+
+        o.family("warden_connections", "gauge", "Network connections open now, by listener.");
+        for l in &self.listeners {
+            o.sample("warden_connections", &[("listener", &l.label())], l.open.listener.load(Ordering::Relaxed));
+        }
+        o.family("warden_clients_connected", "gauge", "MQTT clients connected to a session now.");
+        o.sample("warden_clients_connected", &[], load(&st.clients_connected));
+        o.family("warden_connections_accepted_total", "counter", "CONNECTs accepted.");
+        o.sample("warden_connections_accepted_total", &[], load(&st.connections_total));
+        o.family("warden_connections_refused_total", "counter", "CONNECTs refused (any reason).");
+        o.sample("warden_connections_refused_total", &[], load(&st.connections_refused));
+
+        o.family("warden_messages_received_total", "counter", "PUBLISH packets received from clients, by QoS.");
+        for (q, c) in st.messages_received.iter().enumerate() {
+            o.sample("warden_messages_received_total", &[("qos", &q.to_string())], load(c));
+        }
+        o.family("warden_messages_sent_total", "counter", "PUBLISH packets sent to clients, by QoS.");
+        for (q, c) in st.messages_sent.iter().enumerate() {
+            o.sample("warden_messages_sent_total", &[("qos", &q.to_string())], load(c));
+        }
+        o.family("warden_messages_dropped_total", "counter", "Deliveries dropped because a queue bound was reached.");
+        o.sample("warden_messages_dropped_total", &[], load(&st.messages_dropped));
+
+        o.family(
+            "warden_auth_attempts_total",
+            "counter",
+            "Authentication attempts, by method and result (refusals for a full broker limit are not attempts).",
+        );
+        for m in AuthMethod::ALL {
+            let (ok, refused) = st.security.auth_attempts(m);
+            o.sample("warden_auth_attempts_total", &[("method", m.as_str()), ("result", "ok")], ok);
+            o.sample("warden_auth_attempts_total", &[("method", m.as_str()), ("result", "refused")], refused);
+        }
+        o.family("warden_authz_denied_total", "counter", "Operations refused by authorization, by action.");
+        for a in Denied::ALL {
+            o.sample("warden_authz_denied_total", &[("action", a.as_str())], st.security.denials(a));
+        }
+        o.family("warden_tls_handshake_failures_total", "counter", "TLS handshakes that failed or timed out.");
+        o.sample("warden_tls_handshake_failures_total", &[], load(&st.security.tls_handshake_failures));
+        o.family("warden_limit_hits_total", "counter", "Times an abuse limit or quota refused or throttled, by limit.");
+        for (name, v) in st.limits.snapshot() {
+            o.sample("warden_limit_hits_total", &[("limit", name)], v);
+        }
+
+        let now = crate::tokens::unix_now();
+        let admin_bans = self.bans.list().iter().filter(|b| b.expires_at.is_none_or(|t| t > now)).count();
+        let auto_bans = self.guard.auto_bans(std::time::Instant::now()).len();
+        o.family(
+            "warden_bans_active",
+            "gauge",
+            "Bans in force now: by an administrator and automatic (failed logins).",
+        );
+        o.sample("warden_bans_active", &[("kind", "admin")], admin_bans);
+        o.sample("warden_bans_active", &[("kind", "auto")], auto_bans);
+        o.family("warden_sessions", "gauge", "Sessions held (connected and persistent offline ones).");
+        o.sample("warden_sessions", &[], b.session_count());
+        o.family("warden_subscriptions", "gauge", "Subscriptions held across sessions.");
+        o.sample("warden_subscriptions", &[], b.subscription_count());
+        o.family("warden_retained_messages", "gauge", "Retained messages held.");
+        o.sample("warden_retained_messages", &[], b.retained_count());
+        o.family("warden_retained_bytes", "gauge", "Bytes (topic + payload) of the retained messages.");
+        o.sample("warden_retained_bytes", &[], b.retained_bytes());
+        o.family("warden_queued_bytes", "gauge", "Bytes queued for delivery across sessions.");
+        o.sample("warden_queued_bytes", &[], b.queued_bytes());
+        o.histogram(
+            "warden_store_commit_seconds",
+            "Duration of the durable store's commits (write and, when durable, fsync).",
+            self.store.as_deref().map(warden_store::Store::commit_seconds),
+        );
+        o.0
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn label_values_are_escaped() {
+        assert_eq!(escape_label("a\"b\\c\nd"), "a\\\"b\\\\c\\nd");
+        let mut o = Out(String::new());
+        o.sample("x_total", &[("l", "v\"")], 3);
+        assert_eq!(o.0, "x_total{l=\"v\\\"\"} 3\n");
+    }
+}

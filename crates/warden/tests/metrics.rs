@@ -1,0 +1,179 @@
+//! `GET /metrics`, `/readyz`, `/livez` (SPEC §9) against the real broker: every family SPEC §9
+//! names is there with its type from the first scrape; the counters move with what real
+//! clients do (refused and accepted passwords, a QoS 1 PUBLISH, a denied subscription); no
+//! label value carries a client id, user name or topic; and, where `promtool` is installed
+//! (CI installs Debian's `prometheus` package), `promtool check metrics` accepts the text.
+
+use std::collections::HashMap;
+use std::io::Write as _;
+use std::process::{Command, Stdio};
+
+use bytes::Bytes;
+use mqtt_codec::{Packet, Protocol, QoS, ReasonCode};
+use warden_testkit::{connect_packet, publish, RawClient, Recv, TestBroker, WAIT};
+
+const USER: &str = "metrics-user-7f3a";
+const PW: &str = "metrics-pw";
+
+async fn broker() -> TestBroker {
+    let dir = tempfile::tempdir().unwrap();
+    let h = warden_policy::password::hash_password(PW.as_bytes());
+    std::fs::write(dir.path().join("passwd"), format!("{USER}:{h}\n")).unwrap();
+    std::fs::write(dir.path().join("acl"), format!("user {USER}\ntopic readwrite telemetry/#\n")).unwrap();
+    TestBroker::from_toml_in(
+        dir,
+        "[[listener]]\nbind = \"127.0.0.1:0\"\nprotocol = \"mqtt\"\n[auth]\npassword_file = \"{dir}/passwd\"\n\
+         [authz]\nacl_file = \"{dir}/acl\"\non_deny = \"drop\"\n[http]\nbind = \"127.0.0.1:0\"\n",
+    )
+    .await
+}
+
+async fn get(b: &TestBroker, path: &str) -> (u16, String, String) {
+    let url = format!("http://{}{path}", b.server.http_addr.expect("http listener"));
+    tokio::task::spawn_blocking(move || {
+        let r = match ureq::get(&url).timeout(WAIT).call() {
+            Ok(r) => r,
+            Err(ureq::Error::Status(_, r)) => r,
+            Err(e) => panic!("GET {url}: {e}"),
+        };
+        let ctype = r.header("content-type").unwrap_or("").to_owned();
+        (r.status(), ctype, r.into_string().unwrap())
+    })
+    .await
+    .unwrap()
+}
+
+/// One sample: name, labels, value.
+type Sample = (String, HashMap<String, String>, f64);
+
+/// `(family types, samples)` of an exposition.
+fn parse(text: &str) -> (HashMap<String, String>, Vec<Sample>) {
+    let mut types = HashMap::new();
+    let mut samples = Vec::new();
+    for line in text.lines() {
+        if let Some(rest) = line.strip_prefix("# TYPE ") {
+            let mut it = rest.split_whitespace();
+            types.insert(it.next().unwrap().to_owned(), it.next().unwrap().to_owned());
+            continue;
+        }
+        if line.starts_with('#') || line.is_empty() {
+            continue;
+        }
+        let (head, value) = line.rsplit_once(' ').expect("name value");
+        let (name, labels) = match head.split_once('{') {
+            Some((n, l)) => {
+                let l = l.strip_suffix('}').expect("closing brace");
+                let labels = l
+                    .split(',')
+                    .filter(|kv| !kv.is_empty())
+                    .map(|kv| {
+                        let (k, v) = kv.split_once('=').unwrap();
+                        (k.to_owned(), v.trim_matches('"').to_owned())
+                    })
+                    .collect();
+                (n.to_owned(), labels)
+            }
+            None => (head.to_owned(), HashMap::new()),
+        };
+        samples.push((name, labels, value.parse::<f64>().expect("a number")));
+    }
+    (types, samples)
+}
+
+fn sum(samples: &[Sample], name: &str, want: &[(&str, &str)]) -> f64 {
+    samples
+        .iter()
+        .filter(|(n, l, _)| n == name && want.iter().all(|(k, v)| l.get(*k).is_some_and(|x| x == v)))
+        .map(|(_, _, v)| v)
+        .sum()
+}
+
+fn login(client_id: &str, pw: &str) -> mqtt_codec::Connect {
+    let mut c = connect_packet(Protocol::V5, client_id, true);
+    c.username = Some(USER.into());
+    c.password = Some(Bytes::from(pw.as_bytes().to_vec()));
+    c
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metrics_expose_every_family_and_count_what_clients_do() {
+    let b = broker().await;
+    let (status, ctype, text) = get(&b, "/metrics").await;
+    assert_eq!(status, 200);
+    assert!(ctype.starts_with("text/plain; version=0.0.4"), "{ctype}");
+    let (types, before) = parse(&text);
+    for (family, kind) in [
+        ("warden_connections", "gauge"),
+        ("warden_messages_received_total", "counter"),
+        ("warden_messages_sent_total", "counter"),
+        ("warden_auth_attempts_total", "counter"),
+        ("warden_authz_denied_total", "counter"),
+        ("warden_tls_handshake_failures_total", "counter"),
+        ("warden_limit_hits_total", "counter"),
+        ("warden_bans_active", "gauge"),
+        ("warden_sessions", "gauge"),
+        ("warden_retained_messages", "gauge"),
+        ("warden_queued_bytes", "gauge"),
+        ("warden_store_commit_seconds", "histogram"),
+    ] {
+        assert_eq!(types.get(family).map(String::as_str), Some(kind), "{family} on a fresh broker");
+    }
+    assert_eq!(get(&b, "/readyz").await.0, 200);
+    assert_eq!(get(&b, "/livez").await.0, 200);
+
+    // Three wrong passwords, one right; a QoS 1 PUBLISH; a denied SUBSCRIBE.
+    for i in 0..3 {
+        let (_, r) = RawClient::connect(b.addr(), login(&format!("metrics-bad-{i}"), "wrong")).await;
+        assert!(
+            matches!(r, Recv::Packet(Packet::Connack(ref a)) if a.reason_code == ReasonCode::BAD_USER_NAME_OR_PASSWORD)
+        );
+    }
+    let (mut c, r) = RawClient::connect(b.addr(), login("metrics-client-9c1e", PW)).await;
+    assert!(matches!(r, Recv::Packet(Packet::Connack(ref a)) if a.reason_code == ReasonCode::SUCCESS), "{r:?}");
+    c.send(&publish("telemetry/metrics-topic-5d2b", QoS::AtLeastOnce, 1, b"21.5")).await;
+    assert!(matches!(c.recv().await, Recv::Packet(Packet::PubAck(_))));
+    assert_eq!(c.subscribe(2, "secret/#", QoS::AtMostOnce).await, vec![ReasonCode::NOT_AUTHORIZED]);
+
+    let (_, _, text) = get(&b, "/metrics").await;
+    let (_, after) = parse(&text);
+    let grew = |name: &str, labels: &[(&str, &str)]| sum(&after, name, labels) - sum(&before, name, labels);
+    assert_eq!(grew("warden_auth_attempts_total", &[("method", "password"), ("result", "refused")]), 3.0);
+    assert_eq!(grew("warden_auth_attempts_total", &[("method", "password"), ("result", "ok")]), 1.0);
+    assert_eq!(grew("warden_messages_received_total", &[("qos", "1")]), 1.0);
+    assert_eq!(grew("warden_authz_denied_total", &[("action", "subscribe")]), 1.0);
+    assert!(sum(&after, "warden_connections", &[]) >= 1.0, "the live connection is counted");
+    assert_eq!(sum(&after, "warden_sessions", &[]), 1.0);
+    // No identifying label values.
+    for (name, labels, _) in &after {
+        for v in labels.values() {
+            for secret in [USER, "metrics-client-9c1e", "metrics-bad-0", "metrics-topic-5d2b", "telemetry/"] {
+                assert!(!v.contains(secret), "{name} carries {v}");
+            }
+        }
+    }
+    promtool_accepts(&text);
+    b.stop().await;
+}
+
+/// `promtool check metrics` on the text, when promtool is installed (CI installs it).
+fn promtool_accepts(text: &str) {
+    let Ok(mut child) = Command::new("promtool")
+        .args(["check", "metrics"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+    else {
+        assert!(std::env::var_os("WARDEN_REQUIRE_PROMTOOL").is_none(), "promtool is required here but not installed");
+        eprintln!("promtool not installed: the exposition was not checked with it");
+        return;
+    };
+    child.stdin.take().unwrap().write_all(text.as_bytes()).unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "promtool check metrics: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
