@@ -44,6 +44,8 @@ pub struct Config {
     pub persistence: PersistenceConfig,
     /// The file this configuration was loaded from (`None` for the embedded default).
     pub source: Option<PathBuf>,
+    /// Every secret the file sets, and how (inline, `env:`, `*_file`); see [`Config::warnings`].
+    pub secrets: Vec<SecretRef>,
 }
 
 /// `[persistence]`.
@@ -204,6 +206,172 @@ impl fmt::Debug for Secret {
     }
 }
 
+fn empty_secret() -> Secret {
+    Secret(String::new())
+}
+
+/// The prefix of a secret given by reference to an environment variable: `"env:NAME"`.
+pub const ENV_PREFIX: &str = "env:";
+
+/// How a configured secret is given (SPEC §13, "secrets by reference").
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SecretOrigin {
+    /// Written in the configuration file itself (`warden check` warns about it).
+    Inline,
+    /// `"env:NAME"`: the value of the environment variable `NAME` when the file is loaded.
+    Env(String),
+    /// `<key>_file = "path"`: the file's content, trailing line break trimmed (path resolved).
+    File(PathBuf),
+}
+
+/// One secret the configuration sets, and how — never its value.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SecretRef {
+    /// Which secret: `[auth.jwt] hs256_secret`, `[[oauth.client]] "dev-1" secret_hash`…
+    pub key: String,
+    /// Line of the key in the configuration file (1-based).
+    pub line: usize,
+    pub origin: SecretOrigin,
+}
+
+/// Looks environment variables up for `"env:NAME"` secrets: `None` when unset. [`Config::load`]
+/// reads the process environment ([`process_env`]); tests pass their own.
+pub type EnvLookup<'a> = &'a dyn Fn(&str) -> Option<String>;
+
+/// The process environment (a value that is not UTF-8 counts as unset).
+pub fn process_env(name: &str) -> Option<String> {
+    std::env::var(name).ok()
+}
+
+/// A secret key as the file gives it: the value and the `_file` sibling, with positions.
+struct SecretSlot {
+    /// `[auth.jwt]`, `[[oauth.client]] "dev-1"`.
+    table: String,
+    /// `hs256_secret`.
+    name: &'static str,
+    value: Option<Spanned<String>>,
+    file: Option<Spanned<PathBuf>>,
+}
+
+/// An environment variable name as POSIX has them: letters, digits and `_`, not starting with
+/// a digit.
+fn is_env_name(name: &str) -> bool {
+    !name.is_empty()
+        && !name.starts_with(|c: char| c.is_ascii_digit())
+        && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
+}
+
+/// The secret `slot` names, read from where it points; `None` when it is not set. A refusal
+/// gives the span to report and the reason, which names the key, the variable or the file but
+/// never a secret.
+fn resolve_secret(
+    slot: SecretSlot,
+    text: &str,
+    base: &Path,
+    env: EnvLookup<'_>,
+) -> Result<Option<(Secret, SecretRef)>, (Range<usize>, String)> {
+    let SecretSlot { table, name, value, file } = slot;
+    let key = format!("{table} {name}");
+    match (value, file) {
+        (None, None) => Ok(None),
+        (Some(v), Some(f)) => {
+            let at = if f.span().start > v.span().start { f.span() } else { v.span() };
+            Err((at, format!("{key} and {name}_file are both set: give the secret one way only")))
+        }
+        (Some(v), None) => {
+            let line = line_of(text, v.span().start);
+            let span = v.span();
+            let v = v.into_inner();
+            let Some(var) = v.strip_prefix(ENV_PREFIX) else {
+                return Ok(Some((Secret(v), SecretRef { key, line, origin: SecretOrigin::Inline })));
+            };
+            if !is_env_name(var) {
+                return Err((
+                    span,
+                    format!(
+                        "{key}: \"{ENV_PREFIX}{}\" does not name an environment variable (letters, digits and _)",
+                        var.escape_debug()
+                    ),
+                ));
+            }
+            match env(var) {
+                Some(value) if !value.is_empty() => {
+                    Ok(Some((Secret(value), SecretRef { key, line, origin: SecretOrigin::Env(var.to_string()) })))
+                }
+                _ => Err((span, format!("{key}: environment variable {var} is not set or is empty"))),
+            }
+        }
+        (None, Some(f)) => {
+            let line = line_of(text, f.span().start);
+            let span = f.span();
+            let path = f.into_inner();
+            if path.as_os_str().is_empty() {
+                return Err((span, format!("{key}_file must not be empty")));
+            }
+            let path = resolve(base, path);
+            let content = std::fs::read_to_string(&path)
+                .map_err(|e| (span.clone(), format!("{key}_file: cannot read {}: {e}", path.display())))?;
+            let value = content.trim_end_matches(['\r', '\n']);
+            if value.is_empty() {
+                return Err((span, format!("{key}_file: {} is empty", path.display())));
+            }
+            Ok(Some((Secret(value.to_string()), SecretRef { key, line, origin: SecretOrigin::File(path) })))
+        }
+    }
+}
+
+/// The secret keys of a configuration file with their positions: a second, lenient pass over
+/// the text (the typed pass has already refused anything malformed or unknown).
+#[derive(Deserialize, Default)]
+#[serde(default)]
+struct SecretKeys {
+    auth: AuthSecretKeys,
+    http: HttpSecretKeys,
+    oauth: OAuthSecretKeys,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(default)]
+struct AuthSecretKeys {
+    jwt: JwtSecretKeys,
+    http: LookupSecretKeys,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(default)]
+struct JwtSecretKeys {
+    hs256_secret: Option<Spanned<String>>,
+    hs256_secret_file: Option<Spanned<PathBuf>>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(default)]
+struct LookupSecretKeys {
+    bearer_token: Option<Spanned<String>>,
+    bearer_token_file: Option<Spanned<PathBuf>>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(default)]
+struct HttpSecretKeys {
+    admin_token_hash: Option<Spanned<String>>,
+    admin_token_hash_file: Option<Spanned<PathBuf>>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(default)]
+struct OAuthSecretKeys {
+    client: Vec<Spanned<ClientSecretKeys>>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(default)]
+struct ClientSecretKeys {
+    id: String,
+    secret_hash: Option<Spanned<String>>,
+    secret_hash_file: Option<Spanned<PathBuf>>,
+}
+
 /// Which CONNECT field a token's subject must equal.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -253,8 +421,10 @@ pub struct JwtConfig {
     pub jwks_file: Option<PathBuf>,
     /// A JWKS URL, fetched at start, cached, refreshed on an unknown `kid` (rate-limited).
     pub jwks_url: Option<String>,
-    /// A shared HS256 secret.
+    /// A shared HS256 secret: inline, `"env:NAME"` or through `hs256_secret_file`.
     pub hs256_secret: Option<Secret>,
+    /// The file `hs256_secret` was read from (resolved), when given that way.
+    pub hs256_secret_file: Option<PathBuf>,
     /// Clock leeway for `exp`/`nbf` (default 0 s).
     #[serde(default, deserialize_with = "de_leeway")]
     pub leeway: Duration,
@@ -431,8 +601,12 @@ fn de_http_max_body_size<'de, D: Deserializer<'de>>(d: D) -> Result<u64, D::Erro
 pub struct OAuthClientConfig {
     /// Client id (also the `sub` of its tokens).
     pub id: String,
-    /// Hash of the client secret (`warden passwd --hash-only`).
+    /// Hash of the client secret (`warden passwd --hash-only`): inline, `"env:NAME"` or
+    /// through `secret_hash_file`.
+    #[serde(default = "empty_secret")]
     pub secret_hash: Secret,
+    /// The file `secret_hash` was read from (resolved), when given that way.
+    pub secret_hash_file: Option<PathBuf>,
     /// Scopes the client may ask for.
     #[serde(default)]
     pub scopes: Vec<String>,
@@ -828,23 +1002,99 @@ pub enum ConfigError {
 }
 
 impl Config {
-    /// Reads and validates the configuration file at `path`.
+    /// Reads and validates the configuration file at `path`; `"env:NAME"` secrets come from
+    /// the process environment.
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        Config::load_with_env(path, &process_env)
+    }
+
+    /// [`Config::load`] with `"env:NAME"` secrets looked up in `env`.
+    pub fn load_with_env(path: &Path, env: EnvLookup<'_>) -> Result<Config, ConfigError> {
         let text =
             std::fs::read_to_string(path).map_err(|source| ConfigError::Io { path: path.to_path_buf(), source })?;
-        Config::parse(&text, path)
+        Config::parse_with_env(&text, path, env)
     }
 
     /// Parses and validates configuration `text`; `path` names the file in error messages,
-    /// anchors relative paths (its directory) and becomes [`Config::source`].
+    /// anchors relative paths (its directory) and becomes [`Config::source`]. `"env:NAME"`
+    /// secrets come from the process environment; `*_file` secrets are read.
     pub fn parse(text: &str, path: &Path) -> Result<Config, ConfigError> {
+        Config::parse_with_env(text, path, &process_env)
+    }
+
+    /// [`Config::parse`] with `"env:NAME"` secrets looked up in `env`.
+    pub fn parse_with_env(text: &str, path: &Path, env: EnvLookup<'_>) -> Result<Config, ConfigError> {
         let invalid = |span: Option<Range<usize>>, reason: String| ConfigError::Invalid {
             path: path.to_path_buf(),
             line: span.map_or(1, |s| line_of(text, s.start)),
             reason,
         };
-        let raw: RawConfig = toml::from_str(text).map_err(|e| invalid(e.span(), one_line(e.message())))?;
+        let mut raw: RawConfig = toml::from_str(text).map_err(|e| invalid(e.span(), one_line(e.message())))?;
         let base = path.parent().unwrap_or(Path::new(""));
+
+        // Secrets: inline, "env:NAME" or `<key>_file`, resolved before they are validated.
+        let keys: SecretKeys = toml::from_str(text).map_err(|e| invalid(e.span(), one_line(e.message())))?;
+        let mut secrets = Vec::new();
+        let mut take = |slot: SecretSlot| -> Result<(Option<Secret>, Option<PathBuf>), ConfigError> {
+            match resolve_secret(slot, text, base, env).map_err(|(s, r)| invalid(Some(s), r))? {
+                None => Ok((None, None)),
+                Some((secret, r)) => {
+                    let file = match &r.origin {
+                        SecretOrigin::File(p) => Some(p.clone()),
+                        _ => None,
+                    };
+                    secrets.push(r);
+                    Ok((Some(secret), file))
+                }
+            }
+        };
+        if let Some(j) = raw.auth.jwt.as_mut() {
+            let k = keys.auth.jwt;
+            let j = j.get_mut();
+            (j.hs256_secret, j.hs256_secret_file) = take(SecretSlot {
+                table: "[auth.jwt]".into(),
+                name: "hs256_secret",
+                value: k.hs256_secret,
+                file: k.hs256_secret_file,
+            })?;
+        }
+        if let Some(l) = raw.auth.http.as_mut() {
+            let k = keys.auth.http;
+            (l.bearer_token, l.bearer_token_file) = take(SecretSlot {
+                table: "[auth.http]".into(),
+                name: "bearer_token",
+                value: k.bearer_token,
+                file: k.bearer_token_file,
+            })?;
+        }
+        if let Some(h) = raw.http.as_mut() {
+            let k = keys.http;
+            let h = h.get_mut();
+            let (hash, file) = take(SecretSlot {
+                table: "[http]".into(),
+                name: "admin_token_hash",
+                value: k.admin_token_hash,
+                file: k.admin_token_hash_file,
+            })?;
+            h.admin_token_hash = hash.map(|s| s.0);
+            h.admin_token_hash_file = file;
+        }
+        if let Some(o) = raw.oauth.as_mut() {
+            for (c, k) in o.get_mut().client.iter_mut().zip(keys.oauth.client) {
+                let span = k.span();
+                let k = k.into_inner();
+                let table = format!("[[oauth.client]] {:?}", k.id);
+                match take(SecretSlot { table, name: "secret_hash", value: k.secret_hash, file: k.secret_hash_file })? {
+                    (Some(hash), file) => (c.secret_hash, c.secret_hash_file) = (hash, file),
+                    (None, _) => {
+                        return Err(invalid(
+                            Some(span),
+                            format!("[[oauth.client]] {:?} needs secret_hash (or secret_hash_file)", c.id),
+                        ))
+                    }
+                }
+            }
+        }
 
         let data_dir = match raw.data_dir {
             Some(d) => resolve(base, non_empty_path(d, "data_dir").map_err(|(s, r)| invalid(Some(s), r))?),
@@ -1036,7 +1286,73 @@ impl Config {
             limits: raw.limits,
             persistence: raw.persistence,
             source: Some(path.to_path_buf()),
+            secrets,
         })
+    }
+
+    /// What `warden check` prints and the broker logs once at start, as warnings (SPEC §13):
+    /// each secret written inline in the file (not those given as `"env:NAME"` or `*_file`),
+    /// and each secret file that group or others may open (mode & 0o077): `*_file` secrets,
+    /// the password file, TLS private keys and the token service's signing keys. Never a
+    /// secret's value.
+    pub fn warnings(&self) -> Vec<String> {
+        let mut out = Vec::new();
+        let file = self.source.as_ref().map_or_else(|| "configuration".to_string(), |p| p.display().to_string());
+        for r in &self.secrets {
+            if r.origin == SecretOrigin::Inline {
+                let name = r.key.rsplit(' ').next().unwrap_or(&r.key);
+                out.push(format!(
+                    "{file}:{}: {} is written inline in the configuration file; give it as \
+                     {name} = \"env:NAME\" or {name}_file = \"/path\" (a 0600 file) instead",
+                    r.line, r.key
+                ));
+            }
+        }
+        for (what, path) in self.secret_files() {
+            if let Some(mode) = open_to_others(&path) {
+                out.push(format!(
+                    "{what} {} can be opened by group or others (mode {mode:04o}); chmod 600 it",
+                    path.display()
+                ));
+            }
+        }
+        out
+    }
+
+    /// The files holding secrets this configuration names or implies, each once: what they
+    /// are and where.
+    fn secret_files(&self) -> Vec<(String, PathBuf)> {
+        let mut files: Vec<(String, PathBuf)> = Vec::new();
+        let mut add = |what: String, path: PathBuf| {
+            if !files.iter().any(|(_, p)| *p == path) {
+                files.push((what, path));
+            }
+        };
+        for r in &self.secrets {
+            if let SecretOrigin::File(p) = &r.origin {
+                add(format!("{}_file", r.key), p.clone());
+            }
+        }
+        if let Some(p) = &self.auth.password_file {
+            add("[auth] password_file".into(), p.clone());
+        }
+        for l in &self.listeners {
+            if let Some(t) = &l.tls {
+                add(format!("TLS key of the {} listener {}", l.protocol, l.bind), t.key.clone());
+            }
+        }
+        if self.http.is_some() && self.oauth.enabled {
+            let dir = self.data_dir.join("oauth");
+            add("token service signing key".into(), dir.join("signing-key.pem"));
+            if let Ok(retired) = std::fs::read_dir(dir.join("retired")) {
+                let mut paths: Vec<PathBuf> = retired.filter_map(|e| e.ok().map(|e| e.path())).collect();
+                paths.sort();
+                for p in paths.into_iter().filter(|p| p.extension().is_some_and(|e| e == "pem")) {
+                    add("retired token service signing key".into(), p);
+                }
+            }
+        }
+        files
     }
 
     /// The configuration used when no file is given, loopback only: MQTT on 127.0.0.1:1883,
@@ -1086,6 +1402,7 @@ impl Config {
             limits: Limits::default(),
             persistence: PersistenceConfig::default(),
             source: None,
+            secrets: Vec::new(),
         }
     }
 }
@@ -1223,6 +1540,7 @@ struct RawConfig {
 struct RawHttp {
     bind: BindAddr,
     admin_token_hash: Option<String>,
+    admin_token_hash_file: Option<PathBuf>,
     #[serde(default = "http_default_max_connections", deserialize_with = "de_http_max_connections")]
     max_connections: usize,
     #[serde(default = "http_default_max_connections_per_ip", deserialize_with = "de_http_max_connections_per_ip")]
@@ -1641,6 +1959,20 @@ fn de_max_retained_bytes<'de, D: Deserializer<'de>>(d: D) -> Result<u64, D::Erro
 
 // ---------------------------------------------------------------------------------------------
 // Helpers.
+
+/// The permission bits of the file at `path` when group or others have any (`None` for a
+/// private file, or one that cannot be examined: loading it reports that).
+#[cfg(unix)]
+fn open_to_others(path: &Path) -> Option<u32> {
+    use std::os::unix::fs::PermissionsExt;
+    let mode = std::fs::metadata(path).ok()?.permissions().mode() & 0o7777;
+    (mode & 0o077 != 0).then_some(mode)
+}
+
+#[cfg(not(unix))]
+fn open_to_others(_path: &Path) -> Option<u32> {
+    None
+}
 
 /// 1-based line of byte offset `at` in `text`.
 fn line_of(text: &str, at: usize) -> usize {

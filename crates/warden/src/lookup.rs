@@ -71,6 +71,7 @@ use std::collections::{HashMap, VecDeque};
 use std::fmt;
 use std::io::Read;
 use std::net::{IpAddr, SocketAddr};
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -131,8 +132,11 @@ pub struct LookupConfig {
     /// maximum 1 h; `0` disables the cache.
     #[serde(default = "default_cache_ttl", deserialize_with = "de_cache_ttl")]
     pub cache_ttl: Duration,
-    /// Sent to the service as `Authorization: Bearer <token>`.
+    /// Sent to the service as `Authorization: Bearer <token>`: inline, `"env:NAME"` or
+    /// through `bearer_token_file` (resolved when the broker's configuration is loaded).
     pub bearer_token: Option<Secret>,
+    /// The file `bearer_token` was read from (resolved), when given that way.
+    pub bearer_token_file: Option<PathBuf>,
 }
 
 fn default_timeout() -> Duration {

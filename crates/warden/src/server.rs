@@ -219,6 +219,10 @@ impl Server {
         if !any_method {
             warn!("no authentication method is configured and anonymous access is off: every client will be refused");
         }
+        // The same warnings as `warden check`: inline secrets, secret files open to others.
+        for w in cfg.warnings() {
+            warn!("{w}");
+        }
         let bans = Arc::new(BanList::load(&cfg.data_dir)?);
         let policy =
             Arc::new(PolicyManager::load(&cfg.data_dir, &cfg.authz, auth.clone(), live.clone(), trust.clone())?);
