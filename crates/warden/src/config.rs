@@ -361,13 +361,13 @@ struct HttpSecretKeys {
 #[derive(Deserialize, Default)]
 #[serde(default)]
 struct OAuthSecretKeys {
-    client: Vec<Spanned<ClientSecretKeys>>,
+    client: Vec<ClientSecretKeys>,
 }
 
 #[derive(Deserialize, Default)]
 #[serde(default)]
 struct ClientSecretKeys {
-    id: String,
+    id: Option<Spanned<String>>,
     secret_hash: Option<Spanned<String>>,
     secret_hash_file: Option<Spanned<PathBuf>>,
 }
@@ -1080,10 +1080,11 @@ impl Config {
             h.admin_token_hash_file = file;
         }
         if let Some(o) = raw.oauth.as_mut() {
+            let oauth_span = o.span();
             for (c, k) in o.get_mut().client.iter_mut().zip(keys.oauth.client) {
-                let span = k.span();
-                let k = k.into_inner();
-                let table = format!("[[oauth.client]] {:?}", k.id);
+                // (toml cannot give the span of a table in an array of tables: use its id's.)
+                let span = k.id.as_ref().map_or(oauth_span.clone(), Spanned::span);
+                let table = format!("[[oauth.client]] {:?}", c.id);
                 match take(SecretSlot { table, name: "secret_hash", value: k.secret_hash, file: k.secret_hash_file })? {
                     (Some(hash), file) => (c.secret_hash, c.secret_hash_file) = (hash, file),
                     (None, _) => {
@@ -2614,5 +2615,240 @@ max_retained_bytes = 4096",
         ] {
             fails_at(&with_limits(&format!("max_packet_size = 1024\n{bad}")), 5, why);
         }
+    }
+
+    // ----------------------------------------------------------------- secrets by reference
+
+    /// An environment with exactly these variables.
+    fn env_of(vars: &[(&str, &str)]) -> impl Fn(&str) -> Option<String> {
+        let vars: Vec<(String, String)> = vars.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+        move |name| vars.iter().find(|(k, _)| k == name).map(|(_, v)| v.clone())
+    }
+
+    /// Writes `content` to `name` in `dir` with `mode`; returns the path.
+    fn secret_file(dir: &Path, name: &str, content: &str, mode: u32) -> PathBuf {
+        use std::os::unix::fs::PermissionsExt;
+        let p = dir.join(name);
+        std::fs::write(&p, content).unwrap();
+        std::fs::set_permissions(&p, std::fs::Permissions::from_mode(mode)).unwrap();
+        p
+    }
+
+    /// Parses `text` as `dir/warden.toml` with `env`, expecting an `Invalid` error on `line`
+    /// containing `needle`; returns the Display string.
+    fn refused(dir: &Path, text: &str, env: &[(&str, &str)], line: usize, needle: &str) -> String {
+        let e = Config::parse_with_env(text, &dir.join("warden.toml"), &env_of(env)).expect_err("should be refused");
+        let shown = e.to_string();
+        match &e {
+            ConfigError::Invalid { line: l, reason, .. } => {
+                assert_eq!(*l, line, "{shown}");
+                assert!(reason.contains(needle), "{shown} lacks {needle:?}");
+            }
+            other => panic!("expected Invalid, got {other:?}"),
+        }
+        shown
+    }
+
+    const JWT_HEAD: &str = "[auth.jwt]\nissuer = \"i\"\naudience = \"warden\"\n";
+
+    #[test]
+    fn secrets_inline_env_and_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path();
+        let admin_hash = warden_policy::password::hash_password(b"admin-token");
+        let client_hash = warden_policy::password::hash_password(b"client-secret");
+        secret_file(d, "hs.secret", "file-hs256-secret-0123456789\n", 0o600);
+        secret_file(d, "admin.hash", &format!("{admin_hash}\r\n"), 0o600);
+        secret_file(d, "bearer", "file-bearer", 0o600);
+        let env = [("HS", "env-hs256-secret-0123456789"), ("CLIENT_HASH", client_hash.as_str()), ("BEARER", "b-env")];
+
+        // Every secret from a file or the environment (relative paths against the file's dir).
+        let by_ref = format!(
+            "{LISTENER}[http]\nbind = \"127.0.0.1:0\"\nadmin_token_hash_file = \"admin.hash\"\n\
+             [auth.jwt]\nissuer = \"i\"\naudience = \"warden\"\nhs256_secret_file = \"hs.secret\"\n\
+             [auth.http]\nurl = \"http://127.0.0.1:1/\"\nbearer_token = \"env:BEARER\"\n\
+             [oauth]\n[[oauth.client]]\nid = \"dev-1\"\nsecret_hash = \"env:CLIENT_HASH\"\n"
+        );
+        let c = Config::parse_with_env(&by_ref, &d.join("warden.toml"), &env_of(&env)).unwrap();
+        let j = c.auth.jwt.as_ref().unwrap();
+        assert_eq!(j.hs256_secret, Some(Secret("file-hs256-secret-0123456789".into())), "trailing newline trimmed");
+        assert_eq!(j.hs256_secret_file, Some(d.join("hs.secret")));
+        assert_eq!(c.http.as_ref().unwrap().admin_token_hash, Some(Secret(admin_hash.clone())));
+        assert_eq!(c.oauth.clients[0].secret_hash, Secret(client_hash.clone()));
+        assert_eq!(c.oauth.clients[0].secret_hash_file, None);
+        assert_eq!(c.auth.lookup.as_ref().unwrap().bearer_token, Some(Secret("b-env".into())));
+        let origins: Vec<(&str, usize, &SecretOrigin)> =
+            c.secrets.iter().map(|r| (r.key.as_str(), r.line, &r.origin)).collect();
+        assert_eq!(
+            origins,
+            vec![
+                ("[auth.jwt] hs256_secret", 9, &SecretOrigin::File(d.join("hs.secret"))),
+                ("[auth.http] bearer_token", 12, &SecretOrigin::Env("BEARER".into())),
+                ("[http] admin_token_hash", 5, &SecretOrigin::File(d.join("admin.hash"))),
+                ("[[oauth.client]] \"dev-1\" secret_hash", 16, &SecretOrigin::Env("CLIENT_HASH".into())),
+            ]
+        );
+        assert!(c.warnings().is_empty(), "{:?}", c.warnings());
+        let shown = format!("{c:?}");
+        for secret in ["file-hs256-secret", "b-env", "env-hs256"] {
+            assert!(!shown.contains(secret), "{secret} printed by Debug");
+        }
+
+        // The same secrets inline, and the other way round (env <-> file).
+        let inline = format!(
+            "{LISTENER}[http]\nbind = \"127.0.0.1:0\"\nadmin_token_hash = '{admin_hash}'\n\
+             {JWT_HEAD}hs256_secret = \"env:HS\"\n\
+             [auth.http]\nurl = \"http://127.0.0.1:1/\"\nbearer_token_file = \"bearer\"\n\
+             [oauth]\n[[oauth.client]]\nid = \"dev-1\"\nsecret_hash = '{client_hash}'\n"
+        );
+        let c = Config::parse_with_env(&inline, &d.join("warden.toml"), &env_of(&env)).unwrap();
+        assert_eq!(c.auth.jwt.as_ref().unwrap().hs256_secret, Some(Secret("env-hs256-secret-0123456789".into())));
+        assert_eq!(c.auth.lookup.as_ref().unwrap().bearer_token, Some(Secret("file-bearer".into())));
+        assert_eq!(c.auth.lookup.as_ref().unwrap().bearer_token_file, Some(d.join("bearer")));
+        let inline_keys: Vec<&str> =
+            c.secrets.iter().filter(|r| r.origin == SecretOrigin::Inline).map(|r| r.key.as_str()).collect();
+        assert_eq!(inline_keys, ["[http] admin_token_hash", "[[oauth.client]] \"dev-1\" secret_hash"]);
+        let w = c.warnings();
+        assert_eq!(w.len(), 2, "{w:?}");
+        assert!(
+            w[0].contains(":5: [http] admin_token_hash is written inline") && w[0].contains("admin_token_hash_file")
+        );
+        assert!(w[1].contains("secret_hash") && w[1].contains("\"dev-1\""), "{w:?}");
+        assert!(w.iter().all(|w| !w.contains(&admin_hash) && !w.contains(&client_hash)), "a secret in a warning");
+    }
+
+    #[test]
+    fn secret_prefixes_other_than_env_are_literal() {
+        let dir = tempfile::tempdir().unwrap();
+        for literal in ["file:/etc/secret-0123456789", "ENV:HS_SECRET_0123456", "env-HS_0123456789abcdef"] {
+            let text = format!("{LISTENER}{JWT_HEAD}hs256_secret = {literal:?}\n");
+            let c = Config::parse_with_env(&text, &dir.path().join("w.toml"), &env_of(&[("HS_SECRET_0123456", "x")]))
+                .unwrap();
+            assert_eq!(c.auth.jwt.unwrap().hs256_secret, Some(Secret(literal.into())));
+            assert_eq!(c.secrets[0].origin, SecretOrigin::Inline);
+        }
+    }
+
+    #[test]
+    fn secret_refusals() {
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path();
+        secret_file(d, "hs.secret", "file-hs256-secret-0123456789\n", 0o600);
+        secret_file(d, "empty.secret", "\n", 0o600);
+        let jwt = |line: &str| format!("{LISTENER}{JWT_HEAD}{line}\n");
+
+        // Both forms: the later key's line.
+        let text = format!(
+            "{LISTENER}{JWT_HEAD}hs256_secret = \"inline-secret-0123456789\"\nhs256_secret_file = \"hs.secret\"\n"
+        );
+        let e = refused(d, &text, &[], 7, "hs256_secret and hs256_secret_file are both set");
+        assert!(!e.contains("inline-secret") && !e.contains("file-hs256"), "{e}");
+        let text = format!(
+            "{LISTENER}[http]\nbind = \"127.0.0.1:0\"\nadmin_token_hash_file = \"hs.secret\"\nadmin_token_hash = \"env:A\"\n"
+        );
+        refused(d, &text, &[("A", "x")], 6, "admin_token_hash and admin_token_hash_file are both set");
+
+        // env: a variable that is unset or empty, or no name at all; never the value.
+        let e = refused(
+            d,
+            &jwt("hs256_secret = \"env:WARDEN_TEST_HS\""),
+            &[],
+            6,
+            "environment variable WARDEN_TEST_HS is not set",
+        );
+        assert!(e.starts_with(&format!("{}:6: [auth.jwt] hs256_secret", d.join("warden.toml").display())), "{e}");
+        refused(
+            d,
+            &jwt("hs256_secret = \"env:WARDEN_TEST_HS\""),
+            &[("WARDEN_TEST_HS", "")],
+            6,
+            "is not set or is empty",
+        );
+        refused(d, &jwt("hs256_secret = \"env:\""), &[], 6, "does not name an environment variable");
+        refused(d, &jwt("hs256_secret = \"env:A B\""), &[], 6, "does not name an environment variable");
+        let text =
+            format!("{LISTENER}[auth.http]\nurl = \"http://127.0.0.1:1/\"\nbearer_token = \"env:NO_SUCH_VAR\"\n");
+        refused(d, &text, &[("OTHER", "v")], 5, "[auth.http] bearer_token: environment variable NO_SUCH_VAR");
+        // A short secret from the environment is refused like an inline one, without showing it.
+        let e = refused(d, &jwt("hs256_secret = \"env:HS\""), &[("HS", "short-value")], 3, "at least 16 bytes");
+        assert!(!e.contains("short-value"), "{e}");
+
+        // _file: unreadable, empty, or an empty path; the error names the path.
+        let e = refused(d, &jwt("hs256_secret_file = \"missing.secret\""), &[], 6, "hs256_secret_file: cannot read");
+        assert!(e.contains(&d.join("missing.secret").display().to_string()), "{e}");
+        refused(d, &jwt("hs256_secret_file = \"empty.secret\""), &[], 6, "is empty");
+        refused(d, &jwt("hs256_secret_file = \"\""), &[], 6, "hs256_secret_file must not be empty");
+        let text = format!(
+            "{LISTENER}[http]\nbind = \"127.0.0.1:0\"\n[oauth]\n[[oauth.client]]\nid = \"dev-1\"\nsecret_hash_file = \"nope\"\n"
+        );
+        refused(d, &text, &[], 8, "[[oauth.client]] \"dev-1\" secret_hash_file: cannot read");
+        // A client without any secret.
+        let text = format!("{LISTENER}[http]\nbind = \"127.0.0.1:0\"\n[oauth]\n[[oauth.client]]\nid = \"dev-1\"\n");
+        refused(d, &text, &[], 7, "needs secret_hash (or secret_hash_file)");
+        // A file that holds something else than a hash is refused like an inline non-hash.
+        let text = format!(
+            "{LISTENER}[http]\nbind = \"127.0.0.1:0\"\n[oauth]\n[[oauth.client]]\nid = \"dev-1\"\nsecret_hash_file = \"hs.secret\"\n"
+        );
+        let e = refused(d, &text, &[], 5, "secret_hash is not a hash");
+        assert!(!e.contains("file-hs256"), "{e}");
+    }
+
+    /// The value of `env:NAME` is the variable's, not the text `env:NAME`: a token signed with
+    /// that text is refused, one signed with the variable's value is accepted (edge.py, §3).
+    #[test]
+    fn env_secret_verifies_with_the_variables_value_not_the_reference_text() {
+        use warden_policy::jwt::{verify, JwtSettings, KeySet};
+        let value = "env-secret-from-the-variable-0123";
+        let text = format!("{LISTENER}{JWT_HEAD}hs256_secret = \"env:WARDEN_TEST_HS\"\n");
+        let c = Config::parse_with_env(&text, Path::new(FILE), &env_of(&[("WARDEN_TEST_HS", value)])).unwrap();
+        let j = c.auth.jwt.unwrap();
+        let mut keys = KeySet::empty();
+        keys.add_hs256_secret(j.hs256_secret.as_ref().unwrap().0.as_bytes());
+        let settings = JwtSettings {
+            issuer: j.issuer.clone(),
+            audience: j.audience.clone(),
+            typ: Some(j.typ.clone()),
+            ..JwtSettings::default()
+        };
+        let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs();
+        let claims = serde_json::json!({"sub": "s", "iss": "i", "aud": "warden", "iat": now, "exp": now + 60});
+        let sign = |key: &str| {
+            jsonwebtoken::encode(
+                &jsonwebtoken::Header::new(jsonwebtoken::Algorithm::HS256),
+                &claims,
+                &jsonwebtoken::EncodingKey::from_secret(key.as_bytes()),
+            )
+            .unwrap()
+        };
+        assert!(verify(&sign(value), &keys, &settings, now).is_ok());
+        assert!(verify(&sign("env:WARDEN_TEST_HS"), &keys, &settings, now).is_err());
+    }
+
+    #[test]
+    fn warnings_about_secret_files_open_to_others() {
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path();
+        let loose_pw = secret_file(d, "passwd-0644", "", 0o644);
+        let tight_pw = secret_file(d, "passwd-0600", "", 0o600);
+        secret_file(d, "hs-0640", "file-hs256-secret-0123456789", 0o640);
+        secret_file(d, "hs-0600", "file-hs256-secret-0123456789", 0o600);
+        let key = secret_file(d, "server.key", "", 0o604);
+        let cfg = |pw: &Path, hs: &str, tls: &str| {
+            let text = format!(
+                "{LISTENER}{tls}[auth]\npassword_file = \"{}\"\n{JWT_HEAD}hs256_secret_file = \"{hs}\"\n",
+                pw.display()
+            );
+            Config::parse_with_env(&text, &d.join("warden.toml"), &env_of(&[])).unwrap()
+        };
+        assert_eq!(cfg(&tight_pw, "hs-0600", "").warnings(), Vec::<String>::new());
+        let tls = "[[listener]]\nbind = \"127.0.0.1:8883\"\nprotocol = \"mqtts\"\ncert = \"server.pem\"\nkey = \"server.key\"\n";
+        let w = cfg(&loose_pw, "hs-0640", tls).warnings();
+        assert_eq!(w.len(), 3, "{w:?}");
+        assert!(w[0].contains("[auth.jwt] hs256_secret_file") && w[0].contains("hs-0640") && w[0].contains("0640"));
+        assert!(w[1].contains("[auth] password_file") && w[1].contains("passwd-0644") && w[1].contains("mode 0644"));
+        assert!(
+            w[2].contains("TLS key of the mqtts listener 127.0.0.1:8883") && w[2].contains(&key.display().to_string())
+        );
+        assert!(w.iter().all(|w| w.contains("chmod 600")), "{w:?}");
     }
 }
