@@ -261,6 +261,9 @@ fn is_env_name(name: &str) -> bool {
         && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
 }
 
+/// Where in the file, and why, a value is refused.
+type Refusal = (Range<usize>, String);
+
 /// The secret `slot` names, read from where it points; `None` when it is not set. A refusal
 /// gives the span to report and the reason, which names the key, the variable or the file but
 /// never a secret.
@@ -269,7 +272,7 @@ fn resolve_secret(
     text: &str,
     base: &Path,
     env: EnvLookup<'_>,
-) -> Result<Option<(Secret, SecretRef)>, (Range<usize>, String)> {
+) -> Result<Option<(Secret, SecretRef)>, Refusal> {
     let SecretSlot { table, name, value, file } = slot;
     let key = format!("{table} {name}");
     match (value, file) {
