@@ -1294,6 +1294,29 @@ impl Config {
         })
     }
 
+    /// For a reload (SIGHUP): this configuration with the OAuth clients' secret hashes that are
+    /// given by reference (`"env:NAME"`, `secret_hash_file`) read again — the source file with
+    /// `env` — so that a rotated hash applies without a restart. Everything else stays as it
+    /// was loaded (other secrets, like other settings, take a restart); an error (the file or a
+    /// reference no longer loads) leaves the caller with the configuration it has.
+    pub fn with_reread_secrets(&self, env: EnvLookup<'_>) -> Result<Config, ConfigError> {
+        let key = |id: &str| format!("[[oauth.client]] {id:?} secret_hash");
+        let by_ref = |id: &str| self.secrets.iter().any(|r| r.key == key(id) && r.origin != SecretOrigin::Inline);
+        let mut out = self.clone();
+        let Some(path) = &self.source else { return Ok(out) };
+        if !self.oauth.clients.iter().any(|c| by_ref(&c.id)) {
+            return Ok(out);
+        }
+        let fresh = Config::load_with_env(path, env)?;
+        for c in out.oauth.clients.iter_mut().filter(|c| by_ref(&c.id)) {
+            if let Some(f) = fresh.oauth.clients.iter().find(|f| f.id == c.id) {
+                c.secret_hash = f.secret_hash.clone();
+                c.secret_hash_file = f.secret_hash_file.clone();
+            }
+        }
+        Ok(out)
+    }
+
     /// What `warden check` prints and the broker logs once at start, as warnings (SPEC §13):
     /// each secret written inline in the file (not those given as `"env:NAME"` or `*_file`),
     /// and each secret file that group or others may open (mode & 0o077): `*_file` secrets,
@@ -2853,5 +2876,36 @@ max_retained_bytes = 4096",
             w[2].contains("TLS key of the mqtts listener 127.0.0.1:8883") && w[2].contains(&key.display().to_string())
         );
         assert!(w.iter().all(|w| w.contains("chmod 600")), "{w:?}");
+    }
+
+    #[test]
+    fn reload_rereads_oauth_secret_hashes_given_by_reference() {
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path();
+        let (h1, h2, h3) = (
+            warden_policy::password::hash_password(b"one"),
+            warden_policy::password::hash_password(b"two"),
+            warden_policy::password::hash_password(b"three"),
+        );
+        secret_file(d, "c.hash", &h1, 0o600);
+        let text = |inline: &str| {
+            format!(
+                "{LISTENER}[http]\nbind = \"127.0.0.1:0\"\n[oauth]\n[[oauth.client]]\nid = \"by-file\"\n\
+                 secret_hash_file = \"c.hash\"\n[[oauth.client]]\nid = \"by-env\"\nsecret_hash = \"env:H\"\n\
+                 [[oauth.client]]\nid = \"inline\"\nsecret_hash = '{inline}'\n"
+            )
+        };
+        let path = secret_file(d, "warden.toml", &text(&h1), 0o600);
+        let c = Config::load_with_env(&path, &env_of(&[("H", h1.as_str())])).unwrap();
+        assert!(c.oauth.clients.iter().all(|c| c.secret_hash.0 == h1));
+        // The file and the variable change, and so does the inline hash in the file.
+        secret_file(d, "c.hash", &h2, 0o600);
+        secret_file(d, "warden.toml", &text(&h3), 0o600);
+        let r = c.with_reread_secrets(&env_of(&[("H", h3.as_str())])).unwrap();
+        let hashes: Vec<&str> = r.oauth.clients.iter().map(|c| c.secret_hash.0.as_str()).collect();
+        assert_eq!(hashes, [h2.as_str(), h3.as_str(), h1.as_str()], "by reference re-read, inline as loaded");
+        // A reference that no longer resolves: an error, and the caller keeps what it has.
+        let e = c.with_reread_secrets(&env_of(&[])).unwrap_err().to_string();
+        assert!(e.contains("environment variable H is not set"), "{e}");
     }
 }

@@ -492,7 +492,12 @@ impl Server {
             self.trust.apply(&TrustEvent::CertificatesRevoked(Arc::new(revoked)));
         }
         if let Some(o) = &self.oauth {
-            match (oauth_clients(&self.config), crate::oauth_store::load_keys(&self.config.data_dir)) {
+            // Client secret hashes given as "env:NAME" or `secret_hash_file` are read again.
+            let cfg = self.config.with_reread_secrets(&crate::config::process_env).unwrap_or_else(|e| {
+                warn!(error = %e, "configuration secrets not re-read; the ones loaded at start stay");
+                self.config.clone()
+            });
+            match (oauth_clients(&cfg), crate::oauth_store::load_keys(&self.config.data_dir)) {
                 (Ok(clients), Ok(keys)) => {
                     let n = clients.len();
                     o.set_clients(clients);
