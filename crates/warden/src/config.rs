@@ -1348,7 +1348,7 @@ impl Config {
 
     /// The files holding secrets this configuration names or implies, each once: what they
     /// are and where.
-    fn secret_files(&self) -> Vec<(String, PathBuf)> {
+    pub fn secret_files(&self) -> Vec<(String, PathBuf)> {
         let mut files: Vec<(String, PathBuf)> = Vec::new();
         let mut add = |what: String, path: PathBuf| {
             if !files.iter().any(|(_, p)| *p == path) {
