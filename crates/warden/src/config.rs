@@ -44,6 +44,8 @@ pub struct Config {
     pub persistence: PersistenceConfig,
     /// The file this configuration was loaded from (`None` for the embedded default).
     pub source: Option<PathBuf>,
+    /// Every secret the file sets, and how (inline, `env:`, `*_file`); see [`Config::warnings`].
+    pub secrets: Vec<SecretRef>,
 }
 
 /// `[persistence]`.
@@ -204,6 +206,175 @@ impl fmt::Debug for Secret {
     }
 }
 
+fn empty_secret() -> Secret {
+    Secret(String::new())
+}
+
+/// The prefix of a secret given by reference to an environment variable: `"env:NAME"`.
+pub const ENV_PREFIX: &str = "env:";
+
+/// How a configured secret is given (SPEC §13, "secrets by reference").
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SecretOrigin {
+    /// Written in the configuration file itself (`warden check` warns about it).
+    Inline,
+    /// `"env:NAME"`: the value of the environment variable `NAME` when the file is loaded.
+    Env(String),
+    /// `<key>_file = "path"`: the file's content, trailing line break trimmed (path resolved).
+    File(PathBuf),
+}
+
+/// One secret the configuration sets, and how — never its value.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SecretRef {
+    /// Which secret: `[auth.jwt] hs256_secret`, `[[oauth.client]] "dev-1" secret_hash`…
+    pub key: String,
+    /// Line of the key in the configuration file (1-based).
+    pub line: usize,
+    pub origin: SecretOrigin,
+}
+
+/// Looks environment variables up for `"env:NAME"` secrets: `None` when unset. [`Config::load`]
+/// reads the process environment ([`process_env`]); tests pass their own.
+pub type EnvLookup<'a> = &'a dyn Fn(&str) -> Option<String>;
+
+/// The process environment (a value that is not UTF-8 counts as unset).
+pub fn process_env(name: &str) -> Option<String> {
+    std::env::var(name).ok()
+}
+
+/// A secret key as the file gives it: the value and the `_file` sibling, with positions.
+struct SecretSlot {
+    /// `[auth.jwt]`, `[[oauth.client]] "dev-1"`.
+    table: String,
+    /// `hs256_secret`.
+    name: &'static str,
+    value: Option<Spanned<String>>,
+    file: Option<Spanned<PathBuf>>,
+}
+
+/// An environment variable name as POSIX has them: letters, digits and `_`, not starting with
+/// a digit.
+fn is_env_name(name: &str) -> bool {
+    !name.is_empty()
+        && !name.starts_with(|c: char| c.is_ascii_digit())
+        && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
+}
+
+/// Where in the file, and why, a value is refused.
+type Refusal = (Range<usize>, String);
+
+/// The secret `slot` names, read from where it points; `None` when it is not set. A refusal
+/// gives the span to report and the reason, which names the key, the variable or the file but
+/// never a secret.
+fn resolve_secret(
+    slot: SecretSlot,
+    text: &str,
+    base: &Path,
+    env: EnvLookup<'_>,
+) -> Result<Option<(Secret, SecretRef)>, Refusal> {
+    let SecretSlot { table, name, value, file } = slot;
+    let key = format!("{table} {name}");
+    match (value, file) {
+        (None, None) => Ok(None),
+        (Some(v), Some(f)) => {
+            let at = if f.span().start > v.span().start { f.span() } else { v.span() };
+            Err((at, format!("{key} and {name}_file are both set: give the secret one way only")))
+        }
+        (Some(v), None) => {
+            let line = line_of(text, v.span().start);
+            let span = v.span();
+            let v = v.into_inner();
+            let Some(var) = v.strip_prefix(ENV_PREFIX) else {
+                return Ok(Some((Secret(v), SecretRef { key, line, origin: SecretOrigin::Inline })));
+            };
+            if !is_env_name(var) {
+                return Err((
+                    span,
+                    format!(
+                        "{key}: \"{ENV_PREFIX}{}\" does not name an environment variable (letters, digits and _)",
+                        var.escape_debug()
+                    ),
+                ));
+            }
+            match env(var) {
+                Some(value) if !value.is_empty() => {
+                    Ok(Some((Secret(value), SecretRef { key, line, origin: SecretOrigin::Env(var.to_string()) })))
+                }
+                _ => Err((span, format!("{key}: environment variable {var} is not set or is empty"))),
+            }
+        }
+        (None, Some(f)) => {
+            let line = line_of(text, f.span().start);
+            let span = f.span();
+            let path = f.into_inner();
+            if path.as_os_str().is_empty() {
+                return Err((span, format!("{key}_file must not be empty")));
+            }
+            let path = resolve(base, path);
+            let content = std::fs::read_to_string(&path)
+                .map_err(|e| (span.clone(), format!("{key}_file: cannot read {}: {e}", path.display())))?;
+            let value = content.trim_end_matches(['\r', '\n']);
+            if value.is_empty() {
+                return Err((span, format!("{key}_file: {} is empty", path.display())));
+            }
+            Ok(Some((Secret(value.to_string()), SecretRef { key, line, origin: SecretOrigin::File(path) })))
+        }
+    }
+}
+
+/// The secret keys of a configuration file with their positions: a second, lenient pass over
+/// the text (the typed pass has already refused anything malformed or unknown).
+#[derive(Deserialize, Default)]
+#[serde(default)]
+struct SecretKeys {
+    auth: AuthSecretKeys,
+    http: HttpSecretKeys,
+    oauth: OAuthSecretKeys,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(default)]
+struct AuthSecretKeys {
+    jwt: JwtSecretKeys,
+    http: LookupSecretKeys,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(default)]
+struct JwtSecretKeys {
+    hs256_secret: Option<Spanned<String>>,
+    hs256_secret_file: Option<Spanned<PathBuf>>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(default)]
+struct LookupSecretKeys {
+    bearer_token: Option<Spanned<String>>,
+    bearer_token_file: Option<Spanned<PathBuf>>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(default)]
+struct HttpSecretKeys {
+    admin_token_hash: Option<Spanned<String>>,
+    admin_token_hash_file: Option<Spanned<PathBuf>>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(default)]
+struct OAuthSecretKeys {
+    client: Vec<ClientSecretKeys>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(default)]
+struct ClientSecretKeys {
+    id: Option<Spanned<String>>,
+    secret_hash: Option<Spanned<String>>,
+    secret_hash_file: Option<Spanned<PathBuf>>,
+}
+
 /// Which CONNECT field a token's subject must equal.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -253,8 +424,10 @@ pub struct JwtConfig {
     pub jwks_file: Option<PathBuf>,
     /// A JWKS URL, fetched at start, cached, refreshed on an unknown `kid` (rate-limited).
     pub jwks_url: Option<String>,
-    /// A shared HS256 secret.
+    /// A shared HS256 secret: inline, `"env:NAME"` or through `hs256_secret_file`.
     pub hs256_secret: Option<Secret>,
+    /// The file `hs256_secret` was read from (resolved), when given that way.
+    pub hs256_secret_file: Option<PathBuf>,
     /// Clock leeway for `exp`/`nbf` (default 0 s).
     #[serde(default, deserialize_with = "de_leeway")]
     pub leeway: Duration,
@@ -431,8 +604,12 @@ fn de_http_max_body_size<'de, D: Deserializer<'de>>(d: D) -> Result<u64, D::Erro
 pub struct OAuthClientConfig {
     /// Client id (also the `sub` of its tokens).
     pub id: String,
-    /// Hash of the client secret (`warden passwd --hash-only`).
+    /// Hash of the client secret (`warden passwd --hash-only`): inline, `"env:NAME"` or
+    /// through `secret_hash_file`.
+    #[serde(default = "empty_secret")]
     pub secret_hash: Secret,
+    /// The file `secret_hash` was read from (resolved), when given that way.
+    pub secret_hash_file: Option<PathBuf>,
     /// Scopes the client may ask for.
     #[serde(default)]
     pub scopes: Vec<String>,
@@ -828,23 +1005,100 @@ pub enum ConfigError {
 }
 
 impl Config {
-    /// Reads and validates the configuration file at `path`.
+    /// Reads and validates the configuration file at `path`; `"env:NAME"` secrets come from
+    /// the process environment.
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        Config::load_with_env(path, &process_env)
+    }
+
+    /// [`Config::load`] with `"env:NAME"` secrets looked up in `env`.
+    pub fn load_with_env(path: &Path, env: EnvLookup<'_>) -> Result<Config, ConfigError> {
         let text =
             std::fs::read_to_string(path).map_err(|source| ConfigError::Io { path: path.to_path_buf(), source })?;
-        Config::parse(&text, path)
+        Config::parse_with_env(&text, path, env)
     }
 
     /// Parses and validates configuration `text`; `path` names the file in error messages,
-    /// anchors relative paths (its directory) and becomes [`Config::source`].
+    /// anchors relative paths (its directory) and becomes [`Config::source`]. `"env:NAME"`
+    /// secrets come from the process environment; `*_file` secrets are read.
     pub fn parse(text: &str, path: &Path) -> Result<Config, ConfigError> {
+        Config::parse_with_env(text, path, &process_env)
+    }
+
+    /// [`Config::parse`] with `"env:NAME"` secrets looked up in `env`.
+    pub fn parse_with_env(text: &str, path: &Path, env: EnvLookup<'_>) -> Result<Config, ConfigError> {
         let invalid = |span: Option<Range<usize>>, reason: String| ConfigError::Invalid {
             path: path.to_path_buf(),
             line: span.map_or(1, |s| line_of(text, s.start)),
             reason,
         };
-        let raw: RawConfig = toml::from_str(text).map_err(|e| invalid(e.span(), one_line(e.message())))?;
+        let mut raw: RawConfig = toml::from_str(text).map_err(|e| invalid(e.span(), one_line(e.message())))?;
         let base = path.parent().unwrap_or(Path::new(""));
+
+        // Secrets: inline, "env:NAME" or `<key>_file`, resolved before they are validated.
+        let keys: SecretKeys = toml::from_str(text).map_err(|e| invalid(e.span(), one_line(e.message())))?;
+        let mut secrets = Vec::new();
+        let mut take = |slot: SecretSlot| -> Result<(Option<Secret>, Option<PathBuf>), ConfigError> {
+            match resolve_secret(slot, text, base, env).map_err(|(s, r)| invalid(Some(s), r))? {
+                None => Ok((None, None)),
+                Some((secret, r)) => {
+                    let file = match &r.origin {
+                        SecretOrigin::File(p) => Some(p.clone()),
+                        _ => None,
+                    };
+                    secrets.push(r);
+                    Ok((Some(secret), file))
+                }
+            }
+        };
+        if let Some(j) = raw.auth.jwt.as_mut() {
+            let k = keys.auth.jwt;
+            let j = j.get_mut();
+            (j.hs256_secret, j.hs256_secret_file) = take(SecretSlot {
+                table: "[auth.jwt]".into(),
+                name: "hs256_secret",
+                value: k.hs256_secret,
+                file: k.hs256_secret_file,
+            })?;
+        }
+        if let Some(l) = raw.auth.http.as_mut() {
+            let k = keys.auth.http;
+            (l.bearer_token, l.bearer_token_file) = take(SecretSlot {
+                table: "[auth.http]".into(),
+                name: "bearer_token",
+                value: k.bearer_token,
+                file: k.bearer_token_file,
+            })?;
+        }
+        if let Some(h) = raw.http.as_mut() {
+            let k = keys.http;
+            let h = h.get_mut();
+            let (hash, file) = take(SecretSlot {
+                table: "[http]".into(),
+                name: "admin_token_hash",
+                value: k.admin_token_hash,
+                file: k.admin_token_hash_file,
+            })?;
+            h.admin_token_hash = hash.map(|s| s.0);
+            h.admin_token_hash_file = file;
+        }
+        if let Some(o) = raw.oauth.as_mut() {
+            let oauth_span = o.span();
+            for (c, k) in o.get_mut().client.iter_mut().zip(keys.oauth.client) {
+                // (toml cannot give the span of a table in an array of tables: use its id's.)
+                let span = k.id.as_ref().map_or(oauth_span.clone(), Spanned::span);
+                let table = format!("[[oauth.client]] {:?}", c.id);
+                match take(SecretSlot { table, name: "secret_hash", value: k.secret_hash, file: k.secret_hash_file })? {
+                    (Some(hash), file) => (c.secret_hash, c.secret_hash_file) = (hash, file),
+                    (None, _) => {
+                        return Err(invalid(
+                            Some(span),
+                            format!("[[oauth.client]] {:?} needs secret_hash (or secret_hash_file)", c.id),
+                        ))
+                    }
+                }
+            }
+        }
 
         let data_dir = match raw.data_dir {
             Some(d) => resolve(base, non_empty_path(d, "data_dir").map_err(|(s, r)| invalid(Some(s), r))?),
@@ -1036,7 +1290,96 @@ impl Config {
             limits: raw.limits,
             persistence: raw.persistence,
             source: Some(path.to_path_buf()),
+            secrets,
         })
+    }
+
+    /// For a reload (SIGHUP): this configuration with the OAuth clients' secret hashes that are
+    /// given by reference (`"env:NAME"`, `secret_hash_file`) read again — the source file with
+    /// `env` — so that a rotated hash applies without a restart. Everything else stays as it
+    /// was loaded (other secrets, like other settings, take a restart); an error (the file or a
+    /// reference no longer loads) leaves the caller with the configuration it has.
+    pub fn with_reread_secrets(&self, env: EnvLookup<'_>) -> Result<Config, ConfigError> {
+        let key = |id: &str| format!("[[oauth.client]] {id:?} secret_hash");
+        let by_ref = |id: &str| self.secrets.iter().any(|r| r.key == key(id) && r.origin != SecretOrigin::Inline);
+        let mut out = self.clone();
+        let Some(path) = &self.source else { return Ok(out) };
+        if !self.oauth.clients.iter().any(|c| by_ref(&c.id)) {
+            return Ok(out);
+        }
+        let fresh = Config::load_with_env(path, env)?;
+        for c in out.oauth.clients.iter_mut().filter(|c| by_ref(&c.id)) {
+            if let Some(f) = fresh.oauth.clients.iter().find(|f| f.id == c.id) {
+                c.secret_hash = f.secret_hash.clone();
+                c.secret_hash_file = f.secret_hash_file.clone();
+            }
+        }
+        Ok(out)
+    }
+
+    /// What `warden check` prints and the broker logs once at start, as warnings (SPEC §13):
+    /// each secret written inline in the file (not those given as `"env:NAME"` or `*_file`),
+    /// and each secret file that group or others may open (mode & 0o077): `*_file` secrets,
+    /// the password file, TLS private keys and the token service's signing keys. Never a
+    /// secret's value.
+    pub fn warnings(&self) -> Vec<String> {
+        let mut out = Vec::new();
+        let file = self.source.as_ref().map_or_else(|| "configuration".to_string(), |p| p.display().to_string());
+        for r in &self.secrets {
+            if r.origin == SecretOrigin::Inline {
+                let name = r.key.rsplit(' ').next().unwrap_or(&r.key);
+                out.push(format!(
+                    "{file}:{}: {} is written inline in the configuration file; give it as \
+                     {name} = \"env:NAME\" or {name}_file = \"/path\" (a 0600 file) instead",
+                    r.line, r.key
+                ));
+            }
+        }
+        for (what, path) in self.secret_files() {
+            if let Some(mode) = open_to_others(&path) {
+                out.push(format!(
+                    "{what} {} can be opened by group or others (mode {mode:04o}); chmod 600 it",
+                    path.display()
+                ));
+            }
+        }
+        out
+    }
+
+    /// The files holding secrets this configuration names or implies, each once: what they
+    /// are and where.
+    pub fn secret_files(&self) -> Vec<(String, PathBuf)> {
+        let mut files: Vec<(String, PathBuf)> = Vec::new();
+        let mut add = |what: String, path: PathBuf| {
+            if !files.iter().any(|(_, p)| *p == path) {
+                files.push((what, path));
+            }
+        };
+        for r in &self.secrets {
+            if let SecretOrigin::File(p) = &r.origin {
+                add(format!("{}_file", r.key), p.clone());
+            }
+        }
+        if let Some(p) = &self.auth.password_file {
+            add("[auth] password_file".into(), p.clone());
+        }
+        for l in &self.listeners {
+            if let Some(t) = &l.tls {
+                add(format!("TLS key of the {} listener {}", l.protocol, l.bind), t.key.clone());
+            }
+        }
+        if self.http.is_some() && self.oauth.enabled {
+            let dir = self.data_dir.join("oauth");
+            add("token service signing key".into(), dir.join("signing-key.pem"));
+            if let Ok(retired) = std::fs::read_dir(dir.join("retired")) {
+                let mut paths: Vec<PathBuf> = retired.filter_map(|e| e.ok().map(|e| e.path())).collect();
+                paths.sort();
+                for p in paths.into_iter().filter(|p| p.extension().is_some_and(|e| e == "pem")) {
+                    add("retired token service signing key".into(), p);
+                }
+            }
+        }
+        files
     }
 
     /// The configuration used when no file is given, loopback only: MQTT on 127.0.0.1:1883,
@@ -1086,6 +1429,7 @@ impl Config {
             limits: Limits::default(),
             persistence: PersistenceConfig::default(),
             source: None,
+            secrets: Vec::new(),
         }
     }
 }
@@ -1223,6 +1567,7 @@ struct RawConfig {
 struct RawHttp {
     bind: BindAddr,
     admin_token_hash: Option<String>,
+    admin_token_hash_file: Option<PathBuf>,
     #[serde(default = "http_default_max_connections", deserialize_with = "de_http_max_connections")]
     max_connections: usize,
     #[serde(default = "http_default_max_connections_per_ip", deserialize_with = "de_http_max_connections_per_ip")]
@@ -1641,6 +1986,20 @@ fn de_max_retained_bytes<'de, D: Deserializer<'de>>(d: D) -> Result<u64, D::Erro
 
 // ---------------------------------------------------------------------------------------------
 // Helpers.
+
+/// The permission bits of the file at `path` when group or others have any (`None` for a
+/// private file, or one that cannot be examined: loading it reports that).
+#[cfg(unix)]
+fn open_to_others(path: &Path) -> Option<u32> {
+    use std::os::unix::fs::PermissionsExt;
+    let mode = std::fs::metadata(path).ok()?.permissions().mode() & 0o7777;
+    (mode & 0o077 != 0).then_some(mode)
+}
+
+#[cfg(not(unix))]
+fn open_to_others(_path: &Path) -> Option<u32> {
+    None
+}
 
 /// 1-based line of byte offset `at` in `text`.
 fn line_of(text: &str, at: usize) -> usize {
@@ -2282,5 +2641,271 @@ max_retained_bytes = 4096",
         ] {
             fails_at(&with_limits(&format!("max_packet_size = 1024\n{bad}")), 5, why);
         }
+    }
+
+    // ----------------------------------------------------------------- secrets by reference
+
+    /// An environment with exactly these variables.
+    fn env_of(vars: &[(&str, &str)]) -> impl Fn(&str) -> Option<String> {
+        let vars: Vec<(String, String)> = vars.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+        move |name| vars.iter().find(|(k, _)| k == name).map(|(_, v)| v.clone())
+    }
+
+    /// Writes `content` to `name` in `dir` with `mode`; returns the path.
+    fn secret_file(dir: &Path, name: &str, content: &str, mode: u32) -> PathBuf {
+        use std::os::unix::fs::PermissionsExt;
+        let p = dir.join(name);
+        std::fs::write(&p, content).unwrap();
+        std::fs::set_permissions(&p, std::fs::Permissions::from_mode(mode)).unwrap();
+        p
+    }
+
+    /// Parses `text` as `dir/warden.toml` with `env`, expecting an `Invalid` error on `line`
+    /// containing `needle`; returns the Display string.
+    fn refused(dir: &Path, text: &str, env: &[(&str, &str)], line: usize, needle: &str) -> String {
+        let e = Config::parse_with_env(text, &dir.join("warden.toml"), &env_of(env)).expect_err("should be refused");
+        let shown = e.to_string();
+        match &e {
+            ConfigError::Invalid { line: l, reason, .. } => {
+                assert_eq!(*l, line, "{shown}");
+                assert!(reason.contains(needle), "{shown} lacks {needle:?}");
+            }
+            other => panic!("expected Invalid, got {other:?}"),
+        }
+        shown
+    }
+
+    const JWT_HEAD: &str = "[auth.jwt]\nissuer = \"i\"\naudience = \"warden\"\n";
+
+    #[test]
+    fn secrets_inline_env_and_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path();
+        let admin_hash = warden_policy::password::hash_password(b"admin-token");
+        let client_hash = warden_policy::password::hash_password(b"client-secret");
+        secret_file(d, "hs.secret", "file-hs256-secret-0123456789\n", 0o600);
+        secret_file(d, "admin.hash", &format!("{admin_hash}\r\n"), 0o600);
+        secret_file(d, "bearer", "file-bearer", 0o600);
+        let env = [("HS", "env-hs256-secret-0123456789"), ("CLIENT_HASH", client_hash.as_str()), ("BEARER", "b-env")];
+
+        // Every secret from a file or the environment (relative paths against the file's dir).
+        let by_ref = format!(
+            "{LISTENER}[http]\nbind = \"127.0.0.1:0\"\nadmin_token_hash_file = \"admin.hash\"\n\
+             [auth.jwt]\nissuer = \"i\"\naudience = \"warden\"\nhs256_secret_file = \"hs.secret\"\n\
+             [auth.http]\nurl = \"http://127.0.0.1:1/\"\nbearer_token = \"env:BEARER\"\n\
+             [oauth]\n[[oauth.client]]\nid = \"dev-1\"\nsecret_hash = \"env:CLIENT_HASH\"\n"
+        );
+        let c = Config::parse_with_env(&by_ref, &d.join("warden.toml"), &env_of(&env)).unwrap();
+        let j = c.auth.jwt.as_ref().unwrap();
+        assert_eq!(j.hs256_secret, Some(Secret("file-hs256-secret-0123456789".into())), "trailing newline trimmed");
+        assert_eq!(j.hs256_secret_file, Some(d.join("hs.secret")));
+        assert_eq!(c.http.as_ref().unwrap().admin_token_hash, Some(Secret(admin_hash.clone())));
+        assert_eq!(c.oauth.clients[0].secret_hash, Secret(client_hash.clone()));
+        assert_eq!(c.oauth.clients[0].secret_hash_file, None);
+        assert_eq!(c.auth.lookup.as_ref().unwrap().bearer_token, Some(Secret("b-env".into())));
+        let origins: Vec<(&str, usize, &SecretOrigin)> =
+            c.secrets.iter().map(|r| (r.key.as_str(), r.line, &r.origin)).collect();
+        assert_eq!(
+            origins,
+            vec![
+                ("[auth.jwt] hs256_secret", 9, &SecretOrigin::File(d.join("hs.secret"))),
+                ("[auth.http] bearer_token", 12, &SecretOrigin::Env("BEARER".into())),
+                ("[http] admin_token_hash", 5, &SecretOrigin::File(d.join("admin.hash"))),
+                ("[[oauth.client]] \"dev-1\" secret_hash", 16, &SecretOrigin::Env("CLIENT_HASH".into())),
+            ]
+        );
+        assert!(c.warnings().is_empty(), "{:?}", c.warnings());
+        let shown = format!("{c:?}");
+        for secret in ["file-hs256-secret", "b-env", "env-hs256"] {
+            assert!(!shown.contains(secret), "{secret} printed by Debug");
+        }
+
+        // The same secrets inline, and the other way round (env <-> file).
+        let inline = format!(
+            "{LISTENER}[http]\nbind = \"127.0.0.1:0\"\nadmin_token_hash = '{admin_hash}'\n\
+             {JWT_HEAD}hs256_secret = \"env:HS\"\n\
+             [auth.http]\nurl = \"http://127.0.0.1:1/\"\nbearer_token_file = \"bearer\"\n\
+             [oauth]\n[[oauth.client]]\nid = \"dev-1\"\nsecret_hash = '{client_hash}'\n"
+        );
+        let c = Config::parse_with_env(&inline, &d.join("warden.toml"), &env_of(&env)).unwrap();
+        assert_eq!(c.auth.jwt.as_ref().unwrap().hs256_secret, Some(Secret("env-hs256-secret-0123456789".into())));
+        assert_eq!(c.auth.lookup.as_ref().unwrap().bearer_token, Some(Secret("file-bearer".into())));
+        assert_eq!(c.auth.lookup.as_ref().unwrap().bearer_token_file, Some(d.join("bearer")));
+        let inline_keys: Vec<&str> =
+            c.secrets.iter().filter(|r| r.origin == SecretOrigin::Inline).map(|r| r.key.as_str()).collect();
+        assert_eq!(inline_keys, ["[http] admin_token_hash", "[[oauth.client]] \"dev-1\" secret_hash"]);
+        let w = c.warnings();
+        assert_eq!(w.len(), 2, "{w:?}");
+        assert!(
+            w[0].contains(":5: [http] admin_token_hash is written inline") && w[0].contains("admin_token_hash_file")
+        );
+        assert!(w[1].contains("secret_hash") && w[1].contains("\"dev-1\""), "{w:?}");
+        assert!(w.iter().all(|w| !w.contains(&admin_hash) && !w.contains(&client_hash)), "a secret in a warning");
+    }
+
+    #[test]
+    fn secret_prefixes_other_than_env_are_literal() {
+        let dir = tempfile::tempdir().unwrap();
+        for literal in ["file:/etc/secret-0123456789", "ENV:HS_SECRET_0123456", "env-HS_0123456789abcdef"] {
+            let text = format!("{LISTENER}{JWT_HEAD}hs256_secret = {literal:?}\n");
+            let c = Config::parse_with_env(&text, &dir.path().join("w.toml"), &env_of(&[("HS_SECRET_0123456", "x")]))
+                .unwrap();
+            assert_eq!(c.auth.jwt.unwrap().hs256_secret, Some(Secret(literal.into())));
+            assert_eq!(c.secrets[0].origin, SecretOrigin::Inline);
+        }
+    }
+
+    #[test]
+    fn secret_refusals() {
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path();
+        secret_file(d, "hs.secret", "file-hs256-secret-0123456789\n", 0o600);
+        secret_file(d, "empty.secret", "\n", 0o600);
+        let jwt = |line: &str| format!("{LISTENER}{JWT_HEAD}{line}\n");
+
+        // Both forms: the later key's line.
+        let text = format!(
+            "{LISTENER}{JWT_HEAD}hs256_secret = \"inline-secret-0123456789\"\nhs256_secret_file = \"hs.secret\"\n"
+        );
+        let e = refused(d, &text, &[], 7, "hs256_secret and hs256_secret_file are both set");
+        assert!(!e.contains("inline-secret") && !e.contains("file-hs256"), "{e}");
+        let text = format!(
+            "{LISTENER}[http]\nbind = \"127.0.0.1:0\"\nadmin_token_hash_file = \"hs.secret\"\nadmin_token_hash = \"env:A\"\n"
+        );
+        refused(d, &text, &[("A", "x")], 6, "admin_token_hash and admin_token_hash_file are both set");
+
+        // env: a variable that is unset or empty, or no name at all; never the value.
+        let e = refused(
+            d,
+            &jwt("hs256_secret = \"env:WARDEN_TEST_HS\""),
+            &[],
+            6,
+            "environment variable WARDEN_TEST_HS is not set",
+        );
+        assert!(e.starts_with(&format!("{}:6: [auth.jwt] hs256_secret", d.join("warden.toml").display())), "{e}");
+        refused(
+            d,
+            &jwt("hs256_secret = \"env:WARDEN_TEST_HS\""),
+            &[("WARDEN_TEST_HS", "")],
+            6,
+            "is not set or is empty",
+        );
+        refused(d, &jwt("hs256_secret = \"env:\""), &[], 6, "does not name an environment variable");
+        refused(d, &jwt("hs256_secret = \"env:A B\""), &[], 6, "does not name an environment variable");
+        let text =
+            format!("{LISTENER}[auth.http]\nurl = \"http://127.0.0.1:1/\"\nbearer_token = \"env:NO_SUCH_VAR\"\n");
+        refused(d, &text, &[("OTHER", "v")], 5, "[auth.http] bearer_token: environment variable NO_SUCH_VAR");
+        // A short secret from the environment is refused like an inline one, without showing it.
+        let e = refused(d, &jwt("hs256_secret = \"env:HS\""), &[("HS", "short-value")], 3, "at least 16 bytes");
+        assert!(!e.contains("short-value"), "{e}");
+
+        // _file: unreadable, empty, or an empty path; the error names the path.
+        let e = refused(d, &jwt("hs256_secret_file = \"missing.secret\""), &[], 6, "hs256_secret_file: cannot read");
+        assert!(e.contains(&d.join("missing.secret").display().to_string()), "{e}");
+        refused(d, &jwt("hs256_secret_file = \"empty.secret\""), &[], 6, "is empty");
+        refused(d, &jwt("hs256_secret_file = \"\""), &[], 6, "hs256_secret_file must not be empty");
+        let text = format!(
+            "{LISTENER}[http]\nbind = \"127.0.0.1:0\"\n[oauth]\n[[oauth.client]]\nid = \"dev-1\"\nsecret_hash_file = \"nope\"\n"
+        );
+        refused(d, &text, &[], 8, "[[oauth.client]] \"dev-1\" secret_hash_file: cannot read");
+        // A client without any secret.
+        let text = format!("{LISTENER}[http]\nbind = \"127.0.0.1:0\"\n[oauth]\n[[oauth.client]]\nid = \"dev-1\"\n");
+        refused(d, &text, &[], 7, "needs secret_hash (or secret_hash_file)");
+        // A file that holds something else than a hash is refused like an inline non-hash.
+        let text = format!(
+            "{LISTENER}[http]\nbind = \"127.0.0.1:0\"\n[oauth]\n[[oauth.client]]\nid = \"dev-1\"\nsecret_hash_file = \"hs.secret\"\n"
+        );
+        let e = refused(d, &text, &[], 5, "secret_hash is not a hash");
+        assert!(!e.contains("file-hs256"), "{e}");
+    }
+
+    /// The value of `env:NAME` is the variable's, not the text `env:NAME`: a token signed with
+    /// that text is refused, one signed with the variable's value is accepted (edge.py, §3).
+    #[test]
+    fn env_secret_verifies_with_the_variables_value_not_the_reference_text() {
+        use warden_policy::jwt::{verify, JwtSettings, KeySet};
+        let value = "env-secret-from-the-variable-0123";
+        let text = format!("{LISTENER}{JWT_HEAD}hs256_secret = \"env:WARDEN_TEST_HS\"\n");
+        let c = Config::parse_with_env(&text, Path::new(FILE), &env_of(&[("WARDEN_TEST_HS", value)])).unwrap();
+        let j = c.auth.jwt.unwrap();
+        let mut keys = KeySet::empty();
+        keys.add_hs256_secret(j.hs256_secret.as_ref().unwrap().0.as_bytes());
+        let settings = JwtSettings {
+            issuer: j.issuer.clone(),
+            audience: j.audience.clone(),
+            typ: Some(j.typ.clone()),
+            ..JwtSettings::default()
+        };
+        let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs();
+        let claims = serde_json::json!({"sub": "s", "iss": "i", "aud": "warden", "iat": now, "exp": now + 60});
+        let sign = |key: &str| {
+            jsonwebtoken::encode(
+                &jsonwebtoken::Header::new(jsonwebtoken::Algorithm::HS256),
+                &claims,
+                &jsonwebtoken::EncodingKey::from_secret(key.as_bytes()),
+            )
+            .unwrap()
+        };
+        assert!(verify(&sign(value), &keys, &settings, now).is_ok());
+        assert!(verify(&sign("env:WARDEN_TEST_HS"), &keys, &settings, now).is_err());
+    }
+
+    #[test]
+    fn warnings_about_secret_files_open_to_others() {
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path();
+        let loose_pw = secret_file(d, "passwd-0644", "", 0o644);
+        let tight_pw = secret_file(d, "passwd-0600", "", 0o600);
+        secret_file(d, "hs-0640", "file-hs256-secret-0123456789", 0o640);
+        secret_file(d, "hs-0600", "file-hs256-secret-0123456789", 0o600);
+        let key = secret_file(d, "server.key", "", 0o604);
+        let cfg = |pw: &Path, hs: &str, tls: &str| {
+            let text = format!(
+                "{LISTENER}{tls}[auth]\npassword_file = \"{}\"\n{JWT_HEAD}hs256_secret_file = \"{hs}\"\n",
+                pw.display()
+            );
+            Config::parse_with_env(&text, &d.join("warden.toml"), &env_of(&[])).unwrap()
+        };
+        assert_eq!(cfg(&tight_pw, "hs-0600", "").warnings(), Vec::<String>::new());
+        let tls = "[[listener]]\nbind = \"127.0.0.1:8883\"\nprotocol = \"mqtts\"\ncert = \"server.pem\"\nkey = \"server.key\"\n";
+        let w = cfg(&loose_pw, "hs-0640", tls).warnings();
+        assert_eq!(w.len(), 3, "{w:?}");
+        assert!(w[0].contains("[auth.jwt] hs256_secret_file") && w[0].contains("hs-0640") && w[0].contains("0640"));
+        assert!(w[1].contains("[auth] password_file") && w[1].contains("passwd-0644") && w[1].contains("mode 0644"));
+        assert!(
+            w[2].contains("TLS key of the mqtts listener 127.0.0.1:8883") && w[2].contains(&key.display().to_string())
+        );
+        assert!(w.iter().all(|w| w.contains("chmod 600")), "{w:?}");
+    }
+
+    #[test]
+    fn reload_rereads_oauth_secret_hashes_given_by_reference() {
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path();
+        let (h1, h2, h3) = (
+            warden_policy::password::hash_password(b"one"),
+            warden_policy::password::hash_password(b"two"),
+            warden_policy::password::hash_password(b"three"),
+        );
+        secret_file(d, "c.hash", &h1, 0o600);
+        let text = |inline: &str| {
+            format!(
+                "{LISTENER}[http]\nbind = \"127.0.0.1:0\"\n[oauth]\n[[oauth.client]]\nid = \"by-file\"\n\
+                 secret_hash_file = \"c.hash\"\n[[oauth.client]]\nid = \"by-env\"\nsecret_hash = \"env:H\"\n\
+                 [[oauth.client]]\nid = \"inline\"\nsecret_hash = '{inline}'\n"
+            )
+        };
+        let path = secret_file(d, "warden.toml", &text(&h1), 0o600);
+        let c = Config::load_with_env(&path, &env_of(&[("H", h1.as_str())])).unwrap();
+        assert!(c.oauth.clients.iter().all(|c| c.secret_hash.0 == h1));
+        // The file and the variable change, and so does the inline hash in the file.
+        secret_file(d, "c.hash", &h2, 0o600);
+        secret_file(d, "warden.toml", &text(&h3), 0o600);
+        let r = c.with_reread_secrets(&env_of(&[("H", h3.as_str())])).unwrap();
+        let hashes: Vec<&str> = r.oauth.clients.iter().map(|c| c.secret_hash.0.as_str()).collect();
+        assert_eq!(hashes, [h2.as_str(), h3.as_str(), h1.as_str()], "by reference re-read, inline as loaded");
+        // A reference that no longer resolves: an error, and the caller keeps what it has.
+        let e = c.with_reread_secrets(&env_of(&[])).unwrap_err().to_string();
+        assert!(e.contains("environment variable H is not set"), "{e}");
     }
 }

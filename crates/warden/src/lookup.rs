@@ -71,6 +71,7 @@ use std::collections::{HashMap, VecDeque};
 use std::fmt;
 use std::io::Read;
 use std::net::{IpAddr, SocketAddr};
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -131,8 +132,11 @@ pub struct LookupConfig {
     /// maximum 1 h; `0` disables the cache.
     #[serde(default = "default_cache_ttl", deserialize_with = "de_cache_ttl")]
     pub cache_ttl: Duration,
-    /// Sent to the service as `Authorization: Bearer <token>`.
+    /// Sent to the service as `Authorization: Bearer <token>`: inline, `"env:NAME"` or
+    /// through `bearer_token_file` (resolved when the broker's configuration is loaded).
     pub bearer_token: Option<Secret>,
+    /// The file `bearer_token` was read from (resolved), when given that way.
+    pub bearer_token_file: Option<PathBuf>,
 }
 
 fn default_timeout() -> Duration {
@@ -412,6 +416,17 @@ impl Cache {
     }
 }
 
+/// `url` with the credentials of its user-info part (`https://user:password@host/…`) hidden,
+/// for logs and `Debug`.
+pub fn redacted_url(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else { return url.to_string() };
+    let authority_end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
+    match rest[..authority_end].rfind('@') {
+        Some(at) => format!("{scheme}://***@{}", &rest[at + 1..]),
+        None => url.to_string(),
+    }
+}
+
 /// The third-party look-up method.
 pub struct HttpLookup {
     cfg: LookupConfig,
@@ -424,7 +439,7 @@ pub struct HttpLookup {
 impl fmt::Debug for HttpLookup {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("HttpLookup")
-            .field("url", &self.cfg.url)
+            .field("url", &redacted_url(&self.cfg.url))
             .field("timeout", &self.cfg.timeout)
             .field("fail_open", &self.cfg.fail_open)
             .field("fallback_role", &self.cfg.fallback_role)
@@ -469,7 +484,7 @@ impl HttpLookup {
         let loopback =
             host.starts_with("127.") || host.starts_with("localhost") || host.starts_with("[::1]") || host.is_empty();
         if lower.starts_with("http://") && !loopback {
-            warn!(url = %cfg.url, "[auth.http] uses plain http: passwords cross the network unencrypted");
+            warn!(url = %redacted_url(&cfg.url), "[auth.http] uses plain http: passwords cross the network unencrypted");
         }
         if cfg.fail_open && cfg.fallback_role.is_none() {
             warn!("[auth.http] fail_open = true without fallback_role: CONNECTs are refused while the service is unavailable");
@@ -715,6 +730,15 @@ mod tests {
             let e = parse(text).unwrap_err();
             assert!(e.contains(needle), "{text:?}: {e}");
         }
+    }
+
+    #[test]
+    fn urls_are_logged_without_credentials() {
+        assert_eq!(redacted_url("http://ann:s3cret@auth.example:8080/x?y@z"), "http://***@auth.example:8080/x?y@z");
+        assert_eq!(redacted_url("https://auth.example/a@b"), "https://auth.example/a@b");
+        assert_eq!(redacted_url("not a url"), "not a url");
+        let c = cfg("http://ann:s3cret@10.0.0.1/check");
+        assert!(!format!("{:?}", HttpLookup::new(c).unwrap()).contains("s3cret"));
     }
 
     fn cfg(url: &str) -> LookupConfig {

@@ -122,6 +122,10 @@ fn check(path: &std::path::Path) -> anyhow::Result<()> {
             warden::tls::server_config(t).map_err(|e| anyhow::anyhow!("{} listener {}: {e:#}", l.protocol, l.bind))?;
         }
     }
+    // Inline secrets and secret files open to group or others: warnings, not errors.
+    for w in cfg.warnings() {
+        eprintln!("warden: warning: {w}");
+    }
     println!(
         "{}: ok ({} listener(s), {} user(s) in the password file, {} in the policy store, anonymous {})",
         path.display(),

@@ -101,7 +101,13 @@ pub fn all_clients(cfg: &Config) -> anyhow::Result<Vec<OAuthClientConfig>> {
         if !warden_policy::password::is_valid_hash(&c.secret_hash) {
             bail!("{}: client {:?} has an invalid secret_hash", clients_path(&cfg.data_dir).display(), c.id);
         }
-        out.push(OAuthClientConfig { id: c.id, secret_hash: Secret(c.secret_hash), scopes: c.scopes, roles: c.roles });
+        out.push(OAuthClientConfig {
+            id: c.id,
+            secret_hash: Secret(c.secret_hash),
+            secret_hash_file: None,
+            scopes: c.scopes,
+            roles: c.roles,
+        });
     }
     Ok(out)
 }

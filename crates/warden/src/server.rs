@@ -228,6 +228,10 @@ impl Server {
         if !any_method {
             warn!("no authentication method is configured and anonymous access is off: every client will be refused");
         }
+        // The same warnings as `warden check`: inline secrets, secret files open to others.
+        for w in cfg.warnings() {
+            warn!("{w}");
+        }
         let bans = Arc::new(BanList::load(&cfg.data_dir)?);
         let policy =
             Arc::new(PolicyManager::load(&cfg.data_dir, &cfg.authz, auth.clone(), live.clone(), trust.clone())?);
@@ -522,7 +526,12 @@ impl Server {
             self.trust.apply(&TrustEvent::CertificatesRevoked(Arc::new(revoked)));
         }
         if let Some(o) = &self.oauth {
-            match (oauth_clients(&self.config), crate::oauth_store::load_keys(&self.config.data_dir)) {
+            // Client secret hashes given as "env:NAME" or `secret_hash_file` are read again.
+            let cfg = self.config.with_reread_secrets(&crate::config::process_env).unwrap_or_else(|e| {
+                warn!(error = %e, "configuration secrets not re-read; the ones loaded at start stay");
+                self.config.clone()
+            });
+            match (oauth_clients(&cfg), crate::oauth_store::load_keys(&self.config.data_dir)) {
                 (Ok(clients), Ok(keys)) => {
                     let n = clients.len();
                     o.set_clients(clients);
