@@ -165,7 +165,10 @@ async fn jwks(State(service): State<Arc<OAuthService>>) -> Response {
     no_store(Json(service.jwks()))
 }
 
-/// `GET /.well-known/oauth-authorization-server` (RFC 8414).
+/// `GET /.well-known/oauth-authorization-server` (RFC 8414). Unauthenticated, so it names no
+/// client and no client's scopes: `scopes_supported` (OPTIONAL) is left out, because the
+/// clients' scopes name device ids and topics (issue 17). A client learns its own scopes
+/// from its token response.
 async fn metadata(State(service): State<Arc<OAuthService>>) -> Response {
     no_store(Json(json!({
         "issuer": service.settings().issuer,
@@ -178,6 +181,5 @@ async fn metadata(State(service): State<Arc<OAuthService>>) -> Response {
         "token_endpoint_auth_methods_supported": AUTH_METHODS,
         "introspection_endpoint_auth_methods_supported": AUTH_METHODS,
         "revocation_endpoint_auth_methods_supported": AUTH_METHODS,
-        "scopes_supported": service.scopes_supported(),
     })))
 }

@@ -377,15 +377,6 @@ impl OAuthService {
         }
         Some(jti)
     }
-
-    /// The scopes offered in the RFC 8414 metadata: the union of the clients' scopes, sorted.
-    pub(crate) fn scopes_supported(&self) -> Vec<String> {
-        let clients = self.clients.read().clone();
-        let mut scopes: Vec<String> = clients.values().flat_map(|c| c.scopes.iter().cloned()).collect();
-        scopes.sort();
-        scopes.dedup();
-        scopes
-    }
 }
 
 /// The client a verified token belongs to: `client_id`, else `sub`.

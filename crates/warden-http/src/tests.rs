@@ -209,10 +209,20 @@ async fn metadata_names_every_endpoint() {
     assert_eq!(m["token_endpoint_auth_methods_supported"], methods);
     assert_eq!(m["introspection_endpoint_auth_methods_supported"], methods);
     assert_eq!(m["revocation_endpoint_auth_methods_supported"], methods);
-    assert_eq!(
-        m["scopes_supported"],
-        serde_json::json!(["mqtt:pub:devices/dev-001/#", "mqtt:pub:devices/dev-002/#", "mqtt:sub:commands/dev-001/#"])
-    );
+}
+
+/// Issue 17 (observation 6): the unauthenticated RFC 8414 metadata listed every OAuth client's
+/// scopes, which name device ids. It lists none (`scopes_supported` is OPTIONAL).
+#[tokio::test]
+async fn metadata_lists_no_client_scopes() {
+    let f = Fixture::new();
+    let m = f.get("/.well-known/oauth-authorization-server").await.json;
+    assert!(m.get("scopes_supported").is_none(), "{m}");
+    let text = m.to_string();
+    for s in DEV1_SCOPES.iter().chain(["mqtt:pub:devices/dev-002/#"].iter()) {
+        assert!(!text.contains(s), "metadata names a client's scope {s}: {text}");
+    }
+    assert!(!text.contains("dev-00"), "metadata names a client: {text}");
 }
 
 #[tokio::test]
@@ -685,9 +695,6 @@ async fn removed_clients_lose_their_tokens() {
     assert!(matches!(f.service.verify(&token), Err(TokenRejected::UnknownClient)));
     let reply = f.post("/oauth/token", &[("grant_type", "client_credentials")], Some(DEV2)).await;
     assert_oauth_error(&reply, StatusCode::UNAUTHORIZED, "invalid_client");
-    // Scopes advertised follow the live client list.
-    let meta = f.get("/.well-known/oauth-authorization-server").await.json;
-    assert_eq!(meta["scopes_supported"], serde_json::json!(DEV1_SCOPES));
 }
 
 /// Trust lifecycle item 2 (SPEC §10): a client whose scopes are narrowed no longer honours
