@@ -167,7 +167,7 @@ fn oauth_service(
     trust: &Arc<Trust>,
 ) -> anyhow::Result<Arc<OAuthService>> {
     let keys = crate::oauth_store::load_keys(&cfg.data_dir)?;
-    let issuer = cfg.oauth.issuer.clone().unwrap_or_else(|| format!("http://{}", http.bind));
+    let issuer = cfg.oauth.issuer.clone().unwrap_or_else(|| format!("{}://{}", http.scheme(), http.bind));
     let service = Arc::new(OAuthService::new(
         OAuthSettings { issuer, token_ttl: cfg.oauth.token_ttl, audience: cfg.oauth.audience.clone() },
         oauth_clients(cfg)?,
@@ -360,6 +360,14 @@ impl Server {
         // The HTTP side: token service, health.
         let mut http_addr = None;
         if let Some(http) = &cfg.http {
+            let http_tls = match &http.tls {
+                Some(t) => {
+                    let t = Arc::new(TlsListener::load(t).with_context(|| format!("[http] listener {}", http.bind))?);
+                    tls_listeners.push(t.clone());
+                    Some(t)
+                }
+                None => None,
+            };
             let tcp =
                 TcpListener::bind(http.bind).await.with_context(|| format!("cannot listen on {} (http)", http.bind))?;
             http_addr = Some(tcp.local_addr()?);
@@ -381,7 +389,7 @@ impl Server {
                 oauth: oauth.clone(),
             };
             app = app.merge(warden_http::admin::admin_router(backend, admin_auth));
-            tasks.spawn(crate::http_serve::serve(tcp, app, http.limits, bans.clone(), shutdown_rx.clone()));
+            tasks.spawn(crate::http_serve::serve(tcp, app, http.limits, bans.clone(), http_tls, shutdown_rx.clone()));
         }
         // Housekeeping: due wills and expired sessions, once a second.
         {

@@ -189,6 +189,22 @@ impl TlsListener {
     }
 }
 
+impl TlsListener {
+    /// The TLS handshake alone, for the HTTP listener (a client certificate, when `client_ca`
+    /// is set, is verified by the handshake; no principal is taken from it). Failures are
+    /// logged with the peer address and the reason.
+    pub async fn handshake(&self, sock: TcpStream, peer: SocketAddr) -> Option<TlsStream<TcpStream>> {
+        let acceptor = TlsAcceptor::from(self.current.read().clone());
+        match acceptor.accept(sock).await {
+            Ok(stream) => Some(stream),
+            Err(e) => {
+                info!(%peer, reason = %e, "HTTPS: TLS handshake failed");
+                None
+            }
+        }
+    }
+}
+
 /// Reload every TLS listener (logging the outcome); returns the certificates their CRLs
 /// revoke now (all listeners together: an issuer and serial name one certificate).
 pub fn reload_all(listeners: &[Arc<TlsListener>]) -> RevokedCerts {
