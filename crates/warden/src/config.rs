@@ -652,12 +652,20 @@ pub struct Limits {
     #[serde(deserialize_with = "de_write_stall_timeout")]
     pub write_stall_timeout: Duration,
     /// Password verifications (argon2id: CPU and ~19 MiB each) run at once on the blocking
-    /// pool, 0 ..= 1024; 0 = the number of cores minus one, at least 1. Default 0.
+    /// pool, 0 ..= 1024; 0 = the number of cores minus one, at least 1. Default 0. One budget
+    /// for the whole process: MQTT CONNECT passwords, OAuth client secrets, the admin token and
+    /// passwords hashed through the admin API all take a slot from it.
     #[serde(deserialize_with = "de_auth_hash_concurrency")]
     pub auth_hash_concurrency: usize,
-    /// A CONNECT that waits longer than this for a verification slot is refused with v5 0x89
-    /// Server busy (v3 0x03) and not counted as a failed login; 0 = refuse at once when every
-    /// slot is taken. Default 2 s.
+    /// Of those slots, how many the HTTP side (token service, admin API) may hold at once,
+    /// 0 ..= 1024 (never more than `auth_hash_concurrency`); 0 = half of them, at least 1.
+    /// Default 0. A flood of HTTP requests with wrong secrets then leaves the rest to MQTT
+    /// CONNECTs; an HTTP request that finds no slot within `auth_hash_wait` gets 503.
+    #[serde(deserialize_with = "de_auth_hash_http_max")]
+    pub auth_hash_http_max: usize,
+    /// A CONNECT (or an HTTP request with a secret) that waits longer than this for a
+    /// verification slot is refused with v5 0x89 Server busy (v3 0x03; HTTP 503) and not counted
+    /// as a failed login; 0 = refuse at once when every slot is taken. Default 2 s.
     #[serde(deserialize_with = "de_auth_hash_wait")]
     pub auth_hash_wait: Duration,
     /// A plain-TCP connection with nothing to read, write or wait for parks after this long:
@@ -724,6 +732,9 @@ fn de_write_stall_timeout<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D
 }
 fn de_auth_hash_concurrency<'de, D: Deserializer<'de>>(d: D) -> Result<usize, D::Error> {
     narrow(de_int(d, "auth_hash_concurrency", 0, 1024)?)
+}
+fn de_auth_hash_http_max<'de, D: Deserializer<'de>>(d: D) -> Result<usize, D::Error> {
+    narrow(de_int(d, "auth_hash_http_max", 0, 1024)?)
 }
 fn de_idle_park_after<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
     de_duration(d, "idle_park_after", Duration::ZERO)
@@ -807,6 +818,7 @@ impl Default for Limits {
             max_memory: 2 * 1024 * 1024 * 1024,
             write_stall_timeout: Duration::from_secs(60),
             auth_hash_concurrency: 0,
+            auth_hash_http_max: 0,
             auth_hash_wait: Duration::from_secs(2),
             idle_park_after: Duration::from_secs(2),
         }
@@ -2413,6 +2425,11 @@ sys_interval = "10s"              # $SYS topics are retained and refreshed this 
         assert_eq!((l.auth_hash_concurrency, l.auth_hash_wait), (3, Duration::from_millis(250)));
         let l = parse(&with_limits("auth_hash_wait = 0")).unwrap().limits;
         assert_eq!((l.auth_hash_concurrency, l.auth_hash_wait), (0, Duration::ZERO));
+        assert_eq!(l.auth_hash_http_max, 0, "default: half of the budget");
+        let l = parse(&with_limits("auth_hash_concurrency = 4\nauth_hash_http_max = 1")).unwrap().limits;
+        assert_eq!((l.auth_hash_concurrency, l.auth_hash_http_max), (4, 1));
+        fails_at(&with_limits("auth_hash_http_max = 1025"), 4, "auth_hash_http_max");
+        fails_at(&with_limits("auth_hash_http_max = -1"), 4, "auth_hash_http_max");
         fails_at(&with_limits("auth_fail_backoff = { failures = 0 }"), 4, "failures");
         // max_queued_bytes_per_principal: a quarter of max_memory, 64 MiB without it, or as set.
         assert_eq!(Limits::default().queued_bytes_per_principal(), 512 << 20);

@@ -176,6 +176,11 @@ async fn serve_connection<S: Stream>(
     let start = Instant::now();
     let last = Arc::new(AtomicU64::new(0));
     let io = hyper_util::rt::TokioIo::new(Tracked { inner: sock, start, last: last.clone() });
+    // Handlers learn the peer's address from this extension (the failure guard is per address).
+    let app = tower::ServiceExt::map_request(app, move |mut req: Request<hyper::body::Incoming>| {
+        req.extensions_mut().insert(warden_http::PeerAddr(peer));
+        req
+    });
     let service = hyper_util::service::TowerToHyperService::new(app);
     let mut builder = hyper::server::conn::http1::Builder::new();
     builder.timer(hyper_util::rt::TokioTimer::new()).header_read_timeout(limits.header_timeout).keep_alive(true);
