@@ -1101,9 +1101,10 @@ impl Config {
 
     /// The configuration used when no file is given, loopback only: MQTT on 127.0.0.1:1883,
     /// MQTT over TLS on 127.0.0.1:8883, WebSocket on 127.0.0.1:9001 and WebSocket over TLS on
-    /// 127.0.0.1:8443 (path `/mqtt`). TLS uses the development PKI in `./warden-data/tls`
-    /// (created on first start); client certificates signed by its CA are accepted (optional)
-    /// with the CN as identity. Anonymous clients are refused; password file
+    /// 127.0.0.1:8443 (path `/mqtt`), and the HTTP side over TLS on 127.0.0.1:8080. TLS uses
+    /// the development PKI in `./warden-data/tls` (created on first start); on the MQTT
+    /// listeners client certificates signed by its CA are accepted (optional) with the CN as
+    /// identity. Anonymous clients are refused; password file
     /// `./warden-data/passwd`; default limits.
     pub fn embedded_default() -> Config {
         let data_dir = PathBuf::from(DEFAULT_DATA_DIR);
@@ -1139,7 +1140,11 @@ impl Config {
                 lookup: None,
             },
             identity: IdentityConfig::default(),
-            http: Some(HttpConfig::new(SocketAddr::new(localhost, 8080))),
+            // HTTPS on loopback with the development server certificate (no client CA).
+            http: Some(HttpConfig {
+                tls: Some(TlsConfig { client_ca: None, client_cert: ClientCertMode::Required, ..tls.clone() }),
+                ..HttpConfig::new(SocketAddr::new(localhost, 8080))
+            }),
             oauth: OAuthConfig::default(),
             authz: AuthzConfig::default(),
             data_dir,
@@ -1923,6 +1928,10 @@ sys_interval = "10s"              # $SYS topics are retained and refreshed this 
         assert_eq!(by(ListenerProtocol::Ws).path, "/mqtt");
         assert!(c.listeners.iter().all(|l| l.bind.ip().is_loopback()), "loopback only");
         assert!(by(ListenerProtocol::Mqtt).tls.is_none());
+        let h = c.http.clone().unwrap();
+        assert_eq!(h.bind, "127.0.0.1:8080".parse().unwrap());
+        let ht = h.tls.expect("the embedded default serves HTTPS with the development certificate");
+        assert_eq!((ht.cert, ht.client_ca), (PathBuf::from("./warden-data/tls/server.pem"), None));
         let t = by(ListenerProtocol::Mqtts).tls.clone().unwrap();
         assert_eq!(t.client_cert, ClientCertMode::Optional);
         assert_eq!(t.client_ca, Some(PathBuf::from("./warden-data/tls/ca.pem")));

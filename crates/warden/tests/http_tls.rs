@@ -216,3 +216,37 @@ async fn a_handshake_that_never_finishes_is_closed_after_header_timeout() {
     }
     s.broker.stop().await;
 }
+
+/// `warden token` (a thin client of the token service) over HTTPS: `--cacert` names the CA to
+/// trust; without it the test CA is not trusted and the command fails, naming the URL.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn warden_token_speaks_https_with_cacert() {
+    let s = setup("").await;
+    let url = format!("https://localhost:{}", s.addr().port());
+    let ca = s.pki.ca_pem();
+    let run = move |cacert: Option<std::path::PathBuf>| {
+        let url = url.clone();
+        tokio::task::spawn_blocking(move || {
+            let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_warden"));
+            cmd.args(["token", "--client-id", "dev-001", "--secret-stdin", "--url", &url]);
+            if let Some(c) = &cacert {
+                cmd.arg("--cacert").arg(c);
+            }
+            let mut child = cmd
+                .stdin(std::process::Stdio::piped())
+                .stdout(std::process::Stdio::piped())
+                .stderr(std::process::Stdio::piped())
+                .spawn()
+                .unwrap();
+            use std::io::Write as _;
+            child.stdin.take().unwrap().write_all(format!("{SECRET}\n").as_bytes()).unwrap();
+            child.wait_with_output().unwrap()
+        })
+    };
+    let out = run(Some(ca)).await.unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim().split('.').count(), 3, "a JWT on stdout");
+    let out = run(None).await.unwrap();
+    assert!(!out.status.success(), "the test CA is not trusted without --cacert");
+    s.broker.stop().await;
+}
