@@ -250,3 +250,19 @@ async fn warden_token_speaks_https_with_cacert() {
     assert!(!out.status.success(), "the test CA is not trusted without --cacert");
     s.broker.stop().await;
 }
+
+/// SIGHUP (`Server::reload`) re-reads the HTTP listener's certificate and key, as for the
+/// mqtts/wss listeners: new connections get the new certificate.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reload_swaps_the_http_certificate() {
+    let s = setup("").await;
+    let addr = s.addr();
+    let next = TestPki::new(&s.pki.dir.join("next"), "next");
+    let trusts_next = client_config(&next.ca_pem(), None);
+    assert!(https_from(1, addr, trusts_next.clone(), HEALTHZ).await.is_err(), "not the new CA's yet");
+    std::fs::copy(next.server().cert, s.pki.server().cert).unwrap();
+    std::fs::copy(next.server().key, s.pki.server().key).unwrap();
+    s.broker.server.reload();
+    assert!(ok(&https_from(1, addr, trusts_next, HEALTHZ).await), "served with the reloaded certificate");
+    s.broker.stop().await;
+}
