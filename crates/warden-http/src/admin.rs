@@ -23,10 +23,10 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{delete, get, post};
 use axum::{Json, Router};
 use serde::{Deserialize, Serialize};
-use tokio::sync::Semaphore;
 use warden_policy::password;
 use warden_policy::store::{valid_name, Group, PolicyStore, Role, Rule, User};
 
+use crate::secrets::{peer_ip, CheckRefused, HashClass, PeerAddr, SecretChecks};
 use crate::OAuthService;
 
 /// An error answer: HTTP status and a fixed or validation message.
@@ -168,6 +168,9 @@ pub struct AdminAuth {
     pub token_hash: Option<String>,
     /// The built-in token service (its tokens with the `admin` scope are admins; never a role).
     pub oauth: Option<Arc<OAuthService>>,
+    /// The failure guard and hashing budget the admin token (and every password the API
+    /// hashes) goes through.
+    pub checks: SecretChecks,
 }
 
 impl std::fmt::Debug for AdminAuth {
@@ -179,8 +182,11 @@ impl std::fmt::Debug for AdminAuth {
 struct AdminState {
     backend: Arc<dyn AdminBackend>,
     auth: AdminAuth,
-    hashing: Semaphore,
 }
+
+/// The name the static admin token's failures are counted under in the failure guard (per
+/// address, like a user name; a NUL can never be an MQTT user name or an OAuth client id).
+const ADMIN_TOKEN_NAME: &str = "\0admin-token";
 
 type St = State<Arc<AdminState>>;
 
@@ -190,9 +196,8 @@ pub const ADMIN_SCOPE: &str = "admin";
 
 /// The admin router (paths under `/admin`).
 pub fn admin_router(backend: Arc<dyn AdminBackend>, auth: AdminAuth) -> Router {
-    let state = Arc::new(AdminState { backend, auth, hashing: Semaphore::new(4) });
-    Router::new()
-        .route("/admin/openapi.json", get(openapi))
+    let state = Arc::new(AdminState { backend, auth });
+    let protected = Router::new()
         .route("/admin/users", get(list_users).post(create_user))
         .route("/admin/users/{name}", get(get_user).put(update_user).delete(delete_user))
         .route("/admin/groups", get(list_groups).post(create_group))
@@ -207,8 +212,43 @@ pub fn admin_router(backend: Arc<dyn AdminBackend>, auth: AdminAuth) -> Router {
         .route("/admin/bans", get(list_bans).post(add_ban).delete(remove_ban))
         .route("/admin/oauth/clients", get(list_oauth).post(put_oauth))
         .route("/admin/oauth/clients/{id}", delete(delete_oauth))
+        // Every route but the OpenAPI document: an admin, checked before anything else.
+        .route_layer(axum::middleware::from_fn_with_state(state.clone(), admin_gate));
+    Router::new()
+        .route("/admin/openapi.json", get(openapi))
+        .merge(protected)
         .layer(axum::extract::DefaultBodyLimit::max(crate::MAX_BODY_BYTES))
         .with_state(state)
+}
+
+/// The admin check in front of every protected route (see [`require_admin`]).
+async fn admin_gate(State(st): St, req: axum::extract::Request, next: axum::middleware::Next) -> Response {
+    let peer = peer_ip(req.extensions().get::<PeerAddr>().copied());
+    match require_admin(&st, req.headers(), peer).await {
+        Ok(()) => next.run(req).await,
+        Err(refusal) => refusal,
+    }
+}
+
+/// 429 with `Retry-After`: too many failed authentications from this address.
+fn throttled(retry_after: u64) -> Response {
+    let mut r = (
+        StatusCode::TOO_MANY_REQUESTS,
+        Json(serde_json::json!({ "error": "too many failed authentications from this address; retry later" })),
+    )
+        .into_response();
+    r.headers_mut().insert(header::RETRY_AFTER, header::HeaderValue::from(retry_after));
+    r.headers_mut().insert(header::CACHE_CONTROL, header::HeaderValue::from_static("no-store"));
+    r
+}
+
+/// 503 with `Retry-After: 1`: no hashing slot in time.
+fn busy() -> Response {
+    let mut r =
+        AdminError { status: StatusCode::SERVICE_UNAVAILABLE, message: "the server is busy; retry shortly".into() }
+            .into_response();
+    r.headers_mut().insert(header::RETRY_AFTER, header::HeaderValue::from(1u64));
+    r
 }
 
 /// The OpenAPI 3 document of this API (also checked in as `docs/admin-openapi.json`).
@@ -218,33 +258,49 @@ async fn openapi() -> Response {
     ([(header::CONTENT_TYPE, "application/json")], OPENAPI).into_response()
 }
 
-/// Authenticate the request: Ok for an admin, 401 / 403 otherwise.
-async fn require_admin(st: &AdminState, headers: &HeaderMap) -> ApiResult<()> {
+/// Authenticate the request from `peer`: Ok for an admin; otherwise the answer. 401 for no or
+/// a wrong credential, 403 for a valid token without the `admin` scope, 429 (with
+/// `Retry-After`) when the address is banned after repeated failed authentications or the
+/// admin token is backing off from it — decided before any hashing or signature check — and
+/// 503 when no hashing slot was free in time. A wrong admin token or a bad signed token counts
+/// as a failed authentication from `peer` (the same per-address guard as MQTT's).
+async fn require_admin(st: &AdminState, headers: &HeaderMap, peer: std::net::IpAddr) -> Result<(), Response> {
+    let unauthorized = || AdminError::unauthorized().into_response();
     let bearer = headers
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.strip_prefix("Bearer ").or_else(|| v.strip_prefix("bearer ")))
         .map(str::trim)
         .filter(|t| !t.is_empty())
-        .ok_or_else(AdminError::unauthorized)?;
+        .ok_or_else(unauthorized)?;
+    let checks = &st.auth.checks;
+    let refused = |r: CheckRefused| match r {
+        CheckRefused::Throttled(t) => throttled(t.retry_after_secs()),
+        CheckRefused::Busy => busy(),
+        CheckRefused::Wrong => unauthorized(),
+    };
     if bearer.split('.').count() == 3 {
-        let Some(oauth) = &st.auth.oauth else { return Err(AdminError::unauthorized()) };
+        let Some(oauth) = &st.auth.oauth else { return Err(unauthorized()) };
+        checks.precheck(peer, None).map_err(refused)?;
         // Verified by the token service itself: its own keys only (never an outside issuer's),
         // a client that is still declared and still has every scope the token carries.
-        let t = oauth.verify(bearer).map_err(|_| AdminError::unauthorized())?;
-        return if t.scopes.iter().any(|s| s == ADMIN_SCOPE) { Ok(()) } else { Err(AdminError::forbidden()) };
+        let Ok(t) = oauth.verify(bearer) else {
+            checks.failed(peer, None);
+            tracing::info!(%peer, "admin API: bearer token refused");
+            return Err(unauthorized());
+        };
+        return if t.scopes.iter().any(|s| s == ADMIN_SCOPE) {
+            Ok(())
+        } else {
+            Err(AdminError::forbidden().into_response())
+        };
     }
-    let Some(hash) = st.auth.token_hash.clone() else { return Err(AdminError::unauthorized()) };
-    let _permit = st.hashing.acquire().await.map_err(|_| AdminError::internal("shutting down"))?;
-    let token = bearer.as_bytes().to_vec();
-    let ok = tokio::task::spawn_blocking(move || password::verify_hash(&hash, &token))
-        .await
-        .map_err(|_| AdminError::internal("verification failed"))?;
-    if ok {
-        Ok(())
-    } else {
-        Err(AdminError::unauthorized())
+    let Some(hash) = st.auth.token_hash.clone() else { return Err(unauthorized()) };
+    let r = checks.verify(peer, ADMIN_TOKEN_NAME, hash, bearer.as_bytes().to_vec()).await;
+    if let Err(e) = r {
+        tracing::info!(%peer, outcome = ?e, "admin API: admin token refused");
     }
+    r.map_err(refused)
 }
 
 /// Parse a JSON body, with a clear 400 on malformed input.
@@ -256,10 +312,15 @@ async fn hash(st: &AdminState, password: String) -> ApiResult<String> {
     if password.is_empty() {
         return Err(AdminError::bad_request("password must not be empty"));
     }
-    let _permit = st.hashing.acquire().await.map_err(|_| AdminError::internal("shutting down"))?;
-    tokio::task::spawn_blocking(move || password::hash_password(password.as_bytes()))
-        .await
-        .map_err(|_| AdminError::internal("hashing failed"))
+    st.auth.checks.budget.run(HashClass::Http, move || password::hash_password(password.as_bytes())).await.map_err(
+        |e| match e {
+            crate::HashError::Busy => AdminError {
+                status: StatusCode::SERVICE_UNAVAILABLE,
+                message: "the server is busy; retry shortly".into(),
+            },
+            crate::HashError::Failed => AdminError::internal("hashing failed"),
+        },
+    )
 }
 
 fn created() -> Response {
@@ -317,21 +378,18 @@ struct UserPatch {
     disabled: Option<bool>,
 }
 
-async fn list_users(State(st): St, h: HeaderMap) -> ApiResult<Response> {
-    require_admin(&st, &h).await?;
+async fn list_users(State(st): St) -> ApiResult<Response> {
     let p = st.backend.policy();
     Ok(Json(p.users.iter().map(|(n, u)| user_view(n, u)).collect::<Vec<_>>()).into_response())
 }
 
-async fn get_user(State(st): St, h: HeaderMap, Path(name): Path<String>) -> ApiResult<Response> {
-    require_admin(&st, &h).await?;
+async fn get_user(State(st): St, Path(name): Path<String>) -> ApiResult<Response> {
     let p = st.backend.policy();
     let u = p.users.get(&name).ok_or_else(|| AdminError::not_found(format!("no user '{name}'")))?;
     Ok(Json(user_view(&name, u)).into_response())
 }
 
-async fn create_user(State(st): St, h: HeaderMap, body: Bytes) -> ApiResult<Response> {
-    require_admin(&st, &h).await?;
+async fn create_user(State(st): St, body: Bytes) -> ApiResult<Response> {
     let n: NewUser = parse(&body)?;
     valid_name("user", &n.name).map_err(|e| AdminError::bad_request(e.0))?;
     let password_hash = match n.password {
@@ -349,8 +407,7 @@ async fn create_user(State(st): St, h: HeaderMap, body: Bytes) -> ApiResult<Resp
     Ok(created())
 }
 
-async fn update_user(State(st): St, h: HeaderMap, Path(name): Path<String>, body: Bytes) -> ApiResult<Response> {
-    require_admin(&st, &h).await?;
+async fn update_user(State(st): St, Path(name): Path<String>, body: Bytes) -> ApiResult<Response> {
     let patch: UserPatch = parse(&body)?;
     let password_hash = match patch.password.clone() {
         Some(p) => Some(hash(&st, p).await?),
@@ -375,8 +432,7 @@ async fn update_user(State(st): St, h: HeaderMap, Path(name): Path<String>, body
     Ok(done())
 }
 
-async fn delete_user(State(st): St, h: HeaderMap, Path(name): Path<String>) -> ApiResult<Response> {
-    require_admin(&st, &h).await?;
+async fn delete_user(State(st): St, Path(name): Path<String>) -> ApiResult<Response> {
     edit(&st, |p| p.users.remove(&name).map(|_| ()).ok_or_else(|| AdminError::not_found(format!("no user '{name}'"))))?;
     Ok(done())
 }
@@ -397,22 +453,19 @@ struct GroupPatch {
     roles: Vec<String>,
 }
 
-async fn list_groups(State(st): St, h: HeaderMap) -> ApiResult<Response> {
-    require_admin(&st, &h).await?;
+async fn list_groups(State(st): St) -> ApiResult<Response> {
     let p = st.backend.policy();
     let v: Vec<_> = p.groups.iter().map(|(n, g)| serde_json::json!({ "name": n, "roles": g.roles })).collect();
     Ok(Json(v).into_response())
 }
 
-async fn get_group(State(st): St, h: HeaderMap, Path(name): Path<String>) -> ApiResult<Response> {
-    require_admin(&st, &h).await?;
+async fn get_group(State(st): St, Path(name): Path<String>) -> ApiResult<Response> {
     let p = st.backend.policy();
     let g = p.groups.get(&name).ok_or_else(|| AdminError::not_found(format!("no group '{name}'")))?;
     Ok(Json(serde_json::json!({ "name": name, "roles": g.roles })).into_response())
 }
 
-async fn create_group(State(st): St, h: HeaderMap, body: Bytes) -> ApiResult<Response> {
-    require_admin(&st, &h).await?;
+async fn create_group(State(st): St, body: Bytes) -> ApiResult<Response> {
     let n: NewGroup = parse(&body)?;
     valid_name("group", &n.name).map_err(|e| AdminError::bad_request(e.0))?;
     edit(&st, |p| {
@@ -425,8 +478,7 @@ async fn create_group(State(st): St, h: HeaderMap, body: Bytes) -> ApiResult<Res
     Ok(created())
 }
 
-async fn update_group(State(st): St, h: HeaderMap, Path(name): Path<String>, body: Bytes) -> ApiResult<Response> {
-    require_admin(&st, &h).await?;
+async fn update_group(State(st): St, Path(name): Path<String>, body: Bytes) -> ApiResult<Response> {
     let patch: GroupPatch = parse(&body)?;
     edit(&st, |p| {
         let g = p.groups.get_mut(&name).ok_or_else(|| AdminError::not_found(format!("no group '{name}'")))?;
@@ -436,8 +488,7 @@ async fn update_group(State(st): St, h: HeaderMap, Path(name): Path<String>, bod
     Ok(done())
 }
 
-async fn delete_group(State(st): St, h: HeaderMap, Path(name): Path<String>) -> ApiResult<Response> {
-    require_admin(&st, &h).await?;
+async fn delete_group(State(st): St, Path(name): Path<String>) -> ApiResult<Response> {
     edit(
         &st,
         |p| {
@@ -472,30 +523,26 @@ fn role_json(name: &str, r: &Role) -> serde_json::Value {
     v
 }
 
-async fn list_roles(State(st): St, h: HeaderMap) -> ApiResult<Response> {
-    require_admin(&st, &h).await?;
+async fn list_roles(State(st): St) -> ApiResult<Response> {
     let p = st.backend.policy();
     let v: Vec<_> = p.roles.iter().map(|(n, r)| role_json(n, r)).collect();
     Ok(Json(v).into_response())
 }
 
-async fn get_role(State(st): St, h: HeaderMap, Path(name): Path<String>) -> ApiResult<Response> {
-    require_admin(&st, &h).await?;
+async fn get_role(State(st): St, Path(name): Path<String>) -> ApiResult<Response> {
     let p = st.backend.policy();
     let r = p.roles.get(&name).ok_or_else(|| AdminError::not_found(format!("no role '{name}'")))?;
     Ok(Json(role_json(&name, r)).into_response())
 }
 
-async fn get_role_quotas(State(st): St, h: HeaderMap, Path(name): Path<String>) -> ApiResult<Response> {
-    require_admin(&st, &h).await?;
+async fn get_role_quotas(State(st): St, Path(name): Path<String>) -> ApiResult<Response> {
     let p = st.backend.policy();
     let r = p.roles.get(&name).ok_or_else(|| AdminError::not_found(format!("no role '{name}'")))?;
     Ok(Json(r.quotas).into_response())
 }
 
 /// Replace a role's quota overrides (`{}` removes them: the broker's defaults apply).
-async fn put_role_quotas(State(st): St, h: HeaderMap, Path(name): Path<String>, body: Bytes) -> ApiResult<Response> {
-    require_admin(&st, &h).await?;
+async fn put_role_quotas(State(st): St, Path(name): Path<String>, body: Bytes) -> ApiResult<Response> {
     let q: warden_policy::Quotas = parse(&body)?;
     edit(&st, |p| match p.roles.get_mut(&name) {
         Some(r) => {
@@ -507,8 +554,7 @@ async fn put_role_quotas(State(st): St, h: HeaderMap, Path(name): Path<String>, 
     Ok(done())
 }
 
-async fn create_role(State(st): St, h: HeaderMap, body: Bytes) -> ApiResult<Response> {
-    require_admin(&st, &h).await?;
+async fn create_role(State(st): St, body: Bytes) -> ApiResult<Response> {
     let n: NewRole = parse(&body)?;
     valid_name("role", &n.name).map_err(|e| AdminError::bad_request(e.0))?;
     edit(&st, |p| {
@@ -521,21 +567,18 @@ async fn create_role(State(st): St, h: HeaderMap, body: Bytes) -> ApiResult<Resp
     Ok(created())
 }
 
-async fn delete_role(State(st): St, h: HeaderMap, Path(name): Path<String>) -> ApiResult<Response> {
-    require_admin(&st, &h).await?;
+async fn delete_role(State(st): St, Path(name): Path<String>) -> ApiResult<Response> {
     edit(&st, |p| if p.remove_role(&name) { Ok(()) } else { Err(AdminError::not_found(format!("no role '{name}'"))) })?;
     Ok(done())
 }
 
-async fn list_rules(State(st): St, h: HeaderMap, Path(name): Path<String>) -> ApiResult<Response> {
-    require_admin(&st, &h).await?;
+async fn list_rules(State(st): St, Path(name): Path<String>) -> ApiResult<Response> {
     let p = st.backend.policy();
     let r = p.roles.get(&name).ok_or_else(|| AdminError::not_found(format!("no role '{name}'")))?;
     Ok(Json(&r.rules).into_response())
 }
 
-async fn add_rule(State(st): St, h: HeaderMap, Path(name): Path<String>, body: Bytes) -> ApiResult<Response> {
-    require_admin(&st, &h).await?;
+async fn add_rule(State(st): St, Path(name): Path<String>, body: Bytes) -> ApiResult<Response> {
     let rule: Rule = parse(&body)?;
     rule.validate().map_err(|e| AdminError::bad_request(e.0))?;
     edit(&st, |p| {
@@ -549,8 +592,7 @@ async fn add_rule(State(st): St, h: HeaderMap, Path(name): Path<String>, body: B
     Ok(created())
 }
 
-async fn delete_rule(State(st): St, h: HeaderMap, Path((name, id)): Path<(String, String)>) -> ApiResult<Response> {
-    require_admin(&st, &h).await?;
+async fn delete_rule(State(st): St, Path((name, id)): Path<(String, String)>) -> ApiResult<Response> {
     edit(&st, |p| {
         let r = p.roles.get_mut(&name).ok_or_else(|| AdminError::not_found(format!("no role '{name}'")))?;
         let before = r.rules.len();
@@ -565,13 +607,11 @@ async fn delete_rule(State(st): St, h: HeaderMap, Path((name, id)): Path<(String
 
 // --- clients, kick, bans -------------------------------------------------------------------
 
-async fn list_clients(State(st): St, h: HeaderMap) -> ApiResult<Response> {
-    require_admin(&st, &h).await?;
+async fn list_clients(State(st): St) -> ApiResult<Response> {
     Ok(Json(st.backend.clients()).into_response())
 }
 
-async fn kick(State(st): St, h: HeaderMap, Path(id): Path<String>) -> ApiResult<Response> {
-    require_admin(&st, &h).await?;
+async fn kick(State(st): St, Path(id): Path<String>) -> ApiResult<Response> {
     if st.backend.kick(&id) {
         Ok(done())
     } else {
@@ -579,13 +619,11 @@ async fn kick(State(st): St, h: HeaderMap, Path(id): Path<String>) -> ApiResult<
     }
 }
 
-async fn list_bans(State(st): St, h: HeaderMap) -> ApiResult<Response> {
-    require_admin(&st, &h).await?;
+async fn list_bans(State(st): St) -> ApiResult<Response> {
     Ok(Json(st.backend.bans()).into_response())
 }
 
-async fn add_ban(State(st): St, h: HeaderMap, body: Bytes) -> ApiResult<Response> {
-    require_admin(&st, &h).await?;
+async fn add_ban(State(st): St, body: Bytes) -> ApiResult<Response> {
     let ban: Ban = parse(&body)?;
     st.backend.add_ban(ban)?;
     Ok(created())
@@ -599,10 +637,8 @@ struct BanKey {
 
 async fn remove_ban(
     State(st): St,
-    h: HeaderMap,
     q: Result<Query<BanKey>, axum::extract::rejection::QueryRejection>,
 ) -> ApiResult<Response> {
-    require_admin(&st, &h).await?;
     let Query(k) = q.map_err(|e| AdminError::bad_request(format!("expected ?kind=...&value=...: {e}")))?;
     if st.backend.remove_ban(k.kind, &k.value)? {
         Ok(done())
@@ -624,21 +660,18 @@ struct NewOAuthClient {
     roles: Vec<String>,
 }
 
-async fn list_oauth(State(st): St, h: HeaderMap) -> ApiResult<Response> {
-    require_admin(&st, &h).await?;
+async fn list_oauth(State(st): St) -> ApiResult<Response> {
     Ok(Json(st.backend.oauth_clients()?).into_response())
 }
 
-async fn put_oauth(State(st): St, h: HeaderMap, body: Bytes) -> ApiResult<Response> {
-    require_admin(&st, &h).await?;
+async fn put_oauth(State(st): St, body: Bytes) -> ApiResult<Response> {
     let n: NewOAuthClient = parse(&body)?;
     let secret_hash = hash(&st, n.secret).await?;
     st.backend.put_oauth_client(OAuthClientInfo { id: n.id, scopes: n.scopes, roles: n.roles }, secret_hash)?;
     Ok(created())
 }
 
-async fn delete_oauth(State(st): St, h: HeaderMap, Path(id): Path<String>) -> ApiResult<Response> {
-    require_admin(&st, &h).await?;
+async fn delete_oauth(State(st): St, Path(id): Path<String>) -> ApiResult<Response> {
     if st.backend.remove_oauth_client(&id)? {
         Ok(done())
     } else {

@@ -19,11 +19,34 @@ pub(crate) struct OAuthError {
     pub(crate) status: StatusCode,
     pub(crate) code: &'static str,
     pub(crate) description: Cow<'static, str>,
+    /// Seconds for a `Retry-After` header (429, 503).
+    pub(crate) retry_after: Option<u64>,
 }
 
 impl OAuthError {
     fn new(status: StatusCode, code: &'static str, description: impl Into<Cow<'static, str>>) -> Self {
-        OAuthError { status, code, description: description.into() }
+        OAuthError { status, code, description: description.into(), retry_after: None }
+    }
+
+    /// 429 `temporarily_unavailable` with `Retry-After`: too many failed client
+    /// authentications from this address (banned, or this client id backing off there). No
+    /// secret was checked.
+    pub(crate) fn throttled(retry_after: u64) -> Self {
+        let mut e = Self::new(
+            StatusCode::TOO_MANY_REQUESTS,
+            "temporarily_unavailable",
+            "too many failed client authentications from this address; retry later",
+        );
+        e.retry_after = Some(retry_after);
+        e
+    }
+
+    /// 503 `temporarily_unavailable` with `Retry-After: 1`: no hashing slot in time.
+    pub(crate) fn busy() -> Self {
+        let mut e =
+            Self::new(StatusCode::SERVICE_UNAVAILABLE, "temporarily_unavailable", "the server is busy; retry shortly");
+        e.retry_after = Some(1);
+        e
     }
 
     /// 400 `invalid_request`: missing, repeated or malformed parameters, or more than one
@@ -63,6 +86,9 @@ impl IntoResponse for OAuthError {
         let mut response = no_store((self.status, Json(body)));
         if self.status == StatusCode::UNAUTHORIZED {
             response.headers_mut().insert(header::WWW_AUTHENTICATE, HeaderValue::from_static(CHALLENGE));
+        }
+        if let Some(s) = self.retry_after {
+            response.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(s));
         }
         response
     }

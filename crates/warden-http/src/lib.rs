@@ -25,6 +25,8 @@
 //! - [`service`]: [`OAuthService`], the shared state: clients, signing keys and rotation,
 //!   token issuance and verification, the revocation list and its callbacks.
 //! - [`routes`]: [`router`], the axum handlers of the endpoints above.
+//! - [`secrets`]: the per-address failure guard and the hashing budget shared with MQTT,
+//!   through which every client secret and admin token is checked.
 //! - `request`: form parameters (RFC 6749 §3.2) and client credentials (§2.3.1).
 //! - `error`: RFC 6749 §5.2 error responses and the `no-store` headers.
 //! - `tests`: the endpoints end to end through the router (no sockets).
@@ -33,10 +35,12 @@ pub mod admin;
 mod error;
 mod request;
 pub mod routes;
+pub mod secrets;
 pub mod service;
 #[cfg(test)]
 mod tests;
 
 pub use routes::{router, MAX_BODY_BYTES};
+pub use secrets::{FailureGuard, HashBudget, HashClass, HashError, PeerAddr, SecretChecks, Throttled};
 pub use service::{OAuthClient, OAuthService, OAuthSettings, TokenRejected};
 pub use warden_policy::jwt::{KeySet, SigningKey, VerifiedToken};

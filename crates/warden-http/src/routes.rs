@@ -7,11 +7,13 @@ use axum::extract::{DefaultBodyLimit, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
+use axum::Extension;
 use axum::{Form, Json, Router};
 use serde_json::json;
 
 use crate::error::{no_store, OAuthError};
 use crate::request::{credentials, Params};
+use crate::secrets::{peer_ip, CheckRefused, PeerAddr};
 use crate::service::{token_client, OAuthService, ScopeError};
 
 /// Largest accepted request body.
@@ -39,6 +41,24 @@ pub fn router(service: Arc<OAuthService>) -> Router {
 
 type FormResult = Result<Form<Vec<(String, String)>>, FormRejection>;
 
+/// The request's peer (set by the serving loop).
+type Peer = Option<Extension<PeerAddr>>;
+
+fn peer_of(peer: Peer) -> std::net::IpAddr {
+    peer_ip(peer.map(|Extension(p)| p))
+}
+
+/// The answer to a client whose secret was not accepted: 401 `invalid_client` for a wrong one,
+/// 429 (with `Retry-After`) when it was not checked because the address or the client id is
+/// throttled, 503 when no hashing slot was free in time.
+fn refused(r: CheckRefused) -> OAuthError {
+    match r {
+        CheckRefused::Wrong => OAuthError::invalid_client("client authentication failed"),
+        CheckRefused::Throttled(t) => OAuthError::throttled(t.retry_after_secs()),
+        CheckRefused::Busy => OAuthError::busy(),
+    }
+}
+
 fn endpoint(service: &OAuthService, path: &str) -> String {
     format!("{}{path}", service.settings().issuer.trim_end_matches('/'))
 }
@@ -46,6 +66,7 @@ fn endpoint(service: &OAuthService, path: &str) -> String {
 /// Authenticates the client of an introspection / revocation request.
 async fn authenticate(
     service: &OAuthService,
+    peer: std::net::IpAddr,
     headers: &HeaderMap,
     params: &Params,
     endpoint: &'static str,
@@ -53,24 +74,29 @@ async fn authenticate(
     let creds = credentials(headers, params)?;
     let method = creds.method;
     let client_id = creds.client_id.clone();
-    match service.authenticate(&creds.client_id, creds.secret).await {
-        Some(client) => Ok(client.id),
-        None => {
-            tracing::info!(client_id = ?client_id, ?method, endpoint, "oauth: client authentication failed");
-            Err(OAuthError::invalid_client("client authentication failed"))
+    match service.authenticate(peer, &creds.client_id, creds.secret).await {
+        Ok(client) => Ok(client.id),
+        Err(r) => {
+            tracing::info!(client_id = ?client_id, ?method, endpoint, %peer, outcome = ?r, "oauth: client authentication failed");
+            Err(refused(r))
         }
     }
 }
 
 /// `POST /oauth/token`: the client-credentials grant (RFC 6749 §4.4).
-async fn token(State(service): State<Arc<OAuthService>>, headers: HeaderMap, form: FormResult) -> Response {
-    match token_inner(&service, &headers, form).await {
+async fn token(State(service): State<Arc<OAuthService>>, peer: Peer, headers: HeaderMap, form: FormResult) -> Response {
+    match token_inner(&service, peer_of(peer), &headers, form).await {
         Ok(response) => response,
         Err(error) => error.into_response(),
     }
 }
 
-async fn token_inner(service: &OAuthService, headers: &HeaderMap, form: FormResult) -> Result<Response, OAuthError> {
+async fn token_inner(
+    service: &OAuthService,
+    peer: std::net::IpAddr,
+    headers: &HeaderMap,
+    form: FormResult,
+) -> Result<Response, OAuthError> {
     let params = Params::from_form(form)?;
     if params.require("grant_type")? != "client_credentials" {
         return Err(OAuthError::unsupported_grant_type());
@@ -78,9 +104,12 @@ async fn token_inner(service: &OAuthService, headers: &HeaderMap, form: FormResu
     let creds = credentials(headers, &params)?;
     let method = creds.method;
     let client_id = creds.client_id.clone();
-    let Some(client) = service.authenticate(&creds.client_id, creds.secret).await else {
-        tracing::info!(client_id = ?client_id, ?method, "oauth: token refused: client authentication failed");
-        return Err(OAuthError::invalid_client("client authentication failed"));
+    let client = match service.authenticate(peer, &creds.client_id, creds.secret).await {
+        Ok(client) => client,
+        Err(r) => {
+            tracing::info!(client_id = ?client_id, ?method, %peer, outcome = ?r, "oauth: token refused: client authentication failed");
+            return Err(refused(r));
+        }
     };
     let issued = service.issue(&client, params.get("scope")).map_err(|e| {
         tracing::info!(client_id = ?client.id, "oauth: token refused: invalid scope");
@@ -102,8 +131,13 @@ async fn token_inner(service: &OAuthService, headers: &HeaderMap, form: FormResu
 /// reported active only to the client it was issued to: for every other caller (and for any
 /// invalid, expired or revoked token) the answer is `{"active": false}`, so introspection
 /// reveals nothing about other clients' tokens.
-async fn introspect(State(service): State<Arc<OAuthService>>, headers: HeaderMap, form: FormResult) -> Response {
-    match introspect_inner(&service, &headers, form).await {
+async fn introspect(
+    State(service): State<Arc<OAuthService>>,
+    peer: Peer,
+    headers: HeaderMap,
+    form: FormResult,
+) -> Response {
+    match introspect_inner(&service, peer_of(peer), &headers, form).await {
         Ok(response) => response,
         Err(error) => error.into_response(),
     }
@@ -111,11 +145,12 @@ async fn introspect(State(service): State<Arc<OAuthService>>, headers: HeaderMap
 
 async fn introspect_inner(
     service: &OAuthService,
+    peer: std::net::IpAddr,
     headers: &HeaderMap,
     form: FormResult,
 ) -> Result<Response, OAuthError> {
     let params = Params::from_form(form)?;
-    let caller = authenticate(service, headers, &params, "introspect").await?;
+    let caller = authenticate(service, peer, headers, &params, "introspect").await?;
     let token = params.require("token")?;
     let body = match service.verify(token) {
         Ok(verified) if token_client(&verified) == caller => {
@@ -143,16 +178,26 @@ async fn introspect_inner(
 /// `POST /oauth/revoke` (RFC 7009). A client may revoke only its own tokens; any other token
 /// (another client's, invalid, expired, already revoked) gets the same empty 200 and nothing
 /// happens, so the endpoint is no oracle for other clients' tokens.
-async fn revoke(State(service): State<Arc<OAuthService>>, headers: HeaderMap, form: FormResult) -> Response {
-    match revoke_inner(&service, &headers, form).await {
+async fn revoke(
+    State(service): State<Arc<OAuthService>>,
+    peer: Peer,
+    headers: HeaderMap,
+    form: FormResult,
+) -> Response {
+    match revoke_inner(&service, peer_of(peer), &headers, form).await {
         Ok(response) => response,
         Err(error) => error.into_response(),
     }
 }
 
-async fn revoke_inner(service: &OAuthService, headers: &HeaderMap, form: FormResult) -> Result<Response, OAuthError> {
+async fn revoke_inner(
+    service: &OAuthService,
+    peer: std::net::IpAddr,
+    headers: &HeaderMap,
+    form: FormResult,
+) -> Result<Response, OAuthError> {
     let params = Params::from_form(form)?;
-    let caller = authenticate(service, headers, &params, "revoke").await?;
+    let caller = authenticate(service, peer, headers, &params, "revoke").await?;
     let token = params.require("token")?;
     if let Some(jti) = service.revoke(token, &caller) {
         tracing::info!(client_id = ?caller, jti = %jti, "oauth: token revoked");
@@ -165,7 +210,10 @@ async fn jwks(State(service): State<Arc<OAuthService>>) -> Response {
     no_store(Json(service.jwks()))
 }
 
-/// `GET /.well-known/oauth-authorization-server` (RFC 8414).
+/// `GET /.well-known/oauth-authorization-server` (RFC 8414). Unauthenticated, so it names no
+/// client and no client's scopes: `scopes_supported` (OPTIONAL) is left out, because the
+/// clients' scopes name device ids and topics (issue 17). A client learns its own scopes
+/// from its token response.
 async fn metadata(State(service): State<Arc<OAuthService>>) -> Response {
     no_store(Json(json!({
         "issuer": service.settings().issuer,
@@ -178,6 +226,5 @@ async fn metadata(State(service): State<Arc<OAuthService>>) -> Response {
         "token_endpoint_auth_methods_supported": AUTH_METHODS,
         "introspection_endpoint_auth_methods_supported": AUTH_METHODS,
         "revocation_endpoint_auth_methods_supported": AUTH_METHODS,
-        "scopes_supported": service.scopes_supported(),
     })))
 }

@@ -10,15 +10,12 @@ use base64::Engine as _;
 use parking_lot::{Mutex, RwLock};
 use rand::RngCore as _;
 use warden_policy::jwt::{self, AccessClaims, JwtError, JwtSettings, KeySet, SigningKey, VerifiedToken};
-use warden_policy::password;
+
+use crate::secrets::{CheckRefused, SecretChecks};
 
 /// Revoked token ids are remembered this long after the token's `exp`, so that a verifier
 /// with clock leeway (`[auth.jwt] leeway`) still sees the revocation.
 pub const REVOCATION_GRACE_SECS: u64 = 300;
-
-/// At most this many client secrets are checked at once (each argon2id check takes ~19 MiB
-/// and tens of milliseconds of CPU); further requests wait their turn.
-const MAX_CONCURRENT_SECRET_CHECKS: usize = 4;
 
 /// An OAuth client allowed the client-credentials grant.
 #[derive(Clone, PartialEq, Eq)]
@@ -123,7 +120,8 @@ pub struct OAuthService {
     revoked: Mutex<HashMap<String, u64>>,
     on_revoke: RwLock<Vec<RevokeCallback>>,
     clock: Arc<dyn Fn() -> u64 + Send + Sync>,
-    secret_checks: tokio::sync::Semaphore,
+    /// The failure guard and the hashing budget every secret check goes through.
+    checks: RwLock<SecretChecks>,
 }
 
 impl std::fmt::Debug for OAuthService {
@@ -159,10 +157,29 @@ impl OAuthService {
             revoked: Mutex::new(HashMap::new()),
             on_revoke: RwLock::new(Vec::new()),
             clock,
-            secret_checks: tokio::sync::Semaphore::new(MAX_CONCURRENT_SECRET_CHECKS),
+            checks: RwLock::new(SecretChecks::default()),
         };
         service.set_clients(clients);
         service
+    }
+
+    /// Client secrets are checked through `checks`: the broker's per-address failure guard
+    /// first, then the hashing budget it shares with MQTT (by default: no guard, a budget of
+    /// the service's own).
+    pub fn with_secret_checks(self, checks: SecretChecks) -> Self {
+        self.set_secret_checks(checks);
+        self
+    }
+
+    /// As [`OAuthService::with_secret_checks`], once the service is shared (the broker makes
+    /// its guard after the token service).
+    pub fn set_secret_checks(&self, checks: SecretChecks) {
+        *self.checks.write() = checks;
+    }
+
+    /// The guard and budget client secrets are checked through.
+    pub fn secret_checks(&self) -> SecretChecks {
+        self.checks.read().clone()
     }
 
     /// The settings given to [`OAuthService::new`].
@@ -300,20 +317,22 @@ impl OAuthService {
         (self.clock)()
     }
 
-    /// Checks a client's secret. Unknown ids cost the same hashing work as known ones
-    /// (verification against an unparsable hash does dummy argon2id work). The hashing runs
-    /// on the blocking pool, at most [`MAX_CONCURRENT_SECRET_CHECKS`] at a time.
-    pub(crate) async fn authenticate(&self, client_id: &str, secret: String) -> Option<OAuthClient> {
+    /// Checks a client's secret, from `peer`. First the failure guard (a banned address, or
+    /// this client id backing off from it: refused without hashing), then one argon2id
+    /// verification on the blocking pool within the HTTP share of the hashing budget (none in
+    /// time: busy). Unknown ids cost the same hashing work as known ones (verification against
+    /// an unparsable hash does dummy argon2id work), and count as failures alike.
+    pub(crate) async fn authenticate(
+        &self,
+        peer: std::net::IpAddr,
+        client_id: &str,
+        secret: String,
+    ) -> Result<OAuthClient, CheckRefused> {
         let client = self.clients.read().get(client_id).cloned();
         let hash = client.as_ref().map(|c| c.secret_hash.clone()).unwrap_or_default();
-        let _permit = self.secret_checks.acquire().await.ok()?;
-        let ok =
-            tokio::task::spawn_blocking(move || password::verify_hash(&hash, secret.as_bytes())).await.unwrap_or(false);
-        if ok {
-            client
-        } else {
-            None
-        }
+        let checks = self.secret_checks();
+        checks.verify(peer, client_id, hash, secret.into_bytes()).await?;
+        client.ok_or(CheckRefused::Wrong)
     }
 
     /// Mints a token for an authenticated client. `requested`: the `scope` parameter; each
@@ -376,15 +395,6 @@ impl OAuthService {
             callback(&jti);
         }
         Some(jti)
-    }
-
-    /// The scopes offered in the RFC 8414 metadata: the union of the clients' scopes, sorted.
-    pub(crate) fn scopes_supported(&self) -> Vec<String> {
-        let clients = self.clients.read().clone();
-        let mut scopes: Vec<String> = clients.values().flat_map(|c| c.scopes.iter().cloned()).collect();
-        scopes.sort();
-        scopes.dedup();
-        scopes
     }
 }
 

@@ -209,10 +209,20 @@ async fn metadata_names_every_endpoint() {
     assert_eq!(m["token_endpoint_auth_methods_supported"], methods);
     assert_eq!(m["introspection_endpoint_auth_methods_supported"], methods);
     assert_eq!(m["revocation_endpoint_auth_methods_supported"], methods);
-    assert_eq!(
-        m["scopes_supported"],
-        serde_json::json!(["mqtt:pub:devices/dev-001/#", "mqtt:pub:devices/dev-002/#", "mqtt:sub:commands/dev-001/#"])
-    );
+}
+
+/// Issue 17 (observation 6): the unauthenticated RFC 8414 metadata listed every OAuth client's
+/// scopes, which name device ids. It lists none (`scopes_supported` is OPTIONAL).
+#[tokio::test]
+async fn metadata_lists_no_client_scopes() {
+    let f = Fixture::new();
+    let m = f.get("/.well-known/oauth-authorization-server").await.json;
+    assert!(m.get("scopes_supported").is_none(), "{m}");
+    let text = m.to_string();
+    for s in DEV1_SCOPES.iter().chain(["mqtt:pub:devices/dev-002/#"].iter()) {
+        assert!(!text.contains(s), "metadata names a client's scope {s}: {text}");
+    }
+    assert!(!text.contains("dev-00"), "metadata names a client: {text}");
 }
 
 #[tokio::test]
@@ -685,9 +695,6 @@ async fn removed_clients_lose_their_tokens() {
     assert!(matches!(f.service.verify(&token), Err(TokenRejected::UnknownClient)));
     let reply = f.post("/oauth/token", &[("grant_type", "client_credentials")], Some(DEV2)).await;
     assert_oauth_error(&reply, StatusCode::UNAUTHORIZED, "invalid_client");
-    // Scopes advertised follow the live client list.
-    let meta = f.get("/.well-known/oauth-authorization-server").await.json;
-    assert_eq!(meta["scopes_supported"], serde_json::json!(DEV1_SCOPES));
 }
 
 /// Trust lifecycle item 2 (SPEC §10): a client whose scopes are narrowed no longer honours
@@ -717,4 +724,112 @@ fn debug_output_hides_secrets() {
     let shown = format!("{client:?}");
     assert!(!shown.contains("argon2"), "{shown}");
     assert!(shown.contains("dev-001"));
+}
+
+/// A failure guard that throttles a (name, address) pair after two failures, and records what
+/// it was told.
+#[derive(Default)]
+struct TwoStrikes {
+    failures: Mutex<Vec<(std::net::IpAddr, Option<String>)>>,
+    successes: Mutex<Vec<(std::net::IpAddr, String)>>,
+}
+
+impl crate::FailureGuard for TwoStrikes {
+    fn check(&self, ip: std::net::IpAddr, name: Option<&str>) -> Result<(), crate::Throttled> {
+        let n = self.failures.lock().iter().filter(|(i, n)| *i == ip && n.as_deref() == name).count();
+        if n >= 2 {
+            Err(crate::Throttled::BackingOff { retry_after: Duration::from_millis(59_500) })
+        } else {
+            Ok(())
+        }
+    }
+    fn failed(&self, ip: std::net::IpAddr, name: Option<&str>) {
+        self.failures.lock().push((ip, name.map(str::to_owned)));
+    }
+    fn succeeded(&self, ip: std::net::IpAddr, name: &str) {
+        self.successes.lock().push((ip, name.to_owned()));
+    }
+}
+
+/// Issue 17 (observation 4, "hashing as a service"): client secrets go through the broker's
+/// failure guard before any hashing. Wrong secrets are counted per (client id, address); once
+/// the guard throttles the pair, even the right secret gets 429 with `Retry-After` and no hash
+/// is computed; another address, and another client id, are unaffected.
+#[tokio::test]
+async fn client_secrets_are_checked_by_the_failure_guard_before_hashing() {
+    let guard = Arc::new(TwoStrikes::default());
+    let budget = crate::HashBudget::new(2, 1, Duration::from_secs(5));
+    let service = Arc::new(
+        OAuthService::new(
+            OAuthSettings { issuer: ISSUER.into(), token_ttl: Duration::from_secs(TTL), audience: None },
+            clients(),
+            vec![SigningKey::generate()],
+            Arc::new(|| START),
+        )
+        .with_secret_checks(crate::SecretChecks { guard: Some(guard.clone()), budget: budget.clone() }),
+    );
+    let app = router(service);
+    let from = |last: u8, secret: &str| {
+        let mut r = post_request("/oauth/token", &[("grant_type", "client_credentials")], Some(("dev-001", secret)));
+        r.extensions_mut().insert(crate::PeerAddr(std::net::SocketAddr::from(([192, 0, 2, last], 40000))));
+        let app = app.clone();
+        async move { app.oneshot(r).await.unwrap() }
+    };
+    let runs = || budget.runs(crate::HashClass::Http);
+    assert_eq!(from(7, "wrong").await.status(), StatusCode::UNAUTHORIZED);
+    assert_eq!(from(7, "wrong").await.status(), StatusCode::UNAUTHORIZED);
+    assert_eq!(runs(), 2);
+    let ip7: std::net::IpAddr = [192, 0, 2, 7].into();
+    assert_eq!(*guard.failures.lock(), vec![(ip7, Some("dev-001".into())), (ip7, Some("dev-001".into()))]);
+    // Throttled now: the right secret is refused without a hash, with Retry-After.
+    let r = from(7, DEV1_SECRET).await;
+    assert_eq!(r.status(), StatusCode::TOO_MANY_REQUESTS);
+    assert_eq!(r.headers()[header::RETRY_AFTER], "60", "rounded up");
+    assert_eq!(r.headers()[header::CACHE_CONTROL], "no-store");
+    let body = axum::body::to_bytes(r.into_body(), 1 << 16).await.unwrap();
+    let json: Value = serde_json::from_slice(&body).unwrap();
+    assert_eq!(json["error"], "temporarily_unavailable");
+    assert_eq!(runs(), 2, "no hash for a throttled request");
+    // Another address is unaffected, and its success is reported.
+    assert_eq!(from(8, DEV1_SECRET).await.status(), StatusCode::OK);
+    assert_eq!(runs(), 3);
+    assert_eq!(*guard.successes.lock(), vec![([192, 0, 2, 8].into(), "dev-001".to_owned())]);
+    // Introspection and revocation authenticate through the same guard.
+    let mut r = post_request("/oauth/introspect", &[("token", "x")], Some(DEV1));
+    r.extensions_mut().insert(crate::PeerAddr(std::net::SocketAddr::from(([192, 0, 2, 7], 1))));
+    assert_eq!(app.clone().oneshot(r).await.unwrap().status(), StatusCode::TOO_MANY_REQUESTS);
+    assert_eq!(runs(), 3);
+}
+
+/// The token service's hashing takes the HTTP share of the budget: with that share taken, a
+/// request is answered 503 (with `Retry-After`) and is no failed authentication.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_the_http_share_of_hashing_taken_a_request_is_503_busy() {
+    let guard = Arc::new(TwoStrikes::default());
+    let budget = crate::HashBudget::new(2, 1, Duration::ZERO);
+    let service = Arc::new(
+        OAuthService::new(
+            OAuthSettings { issuer: ISSUER.into(), token_ttl: Duration::from_secs(TTL), audience: None },
+            clients(),
+            vec![SigningKey::generate()],
+            Arc::new(|| START),
+        )
+        .with_secret_checks(crate::SecretChecks { guard: Some(guard.clone()), budget: budget.clone() }),
+    );
+    let held = budget.acquire(crate::HashClass::Http).await.unwrap();
+    let r = router(service.clone())
+        .oneshot(post_request("/oauth/token", &[("grant_type", "client_credentials")], Some(DEV1)))
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(r.headers()[header::RETRY_AFTER], "1");
+    assert!(guard.failures.lock().is_empty(), "busy is no failed authentication");
+    // MQTT still finds a slot meanwhile.
+    assert!(budget.acquire(crate::HashClass::Mqtt).await.is_ok());
+    drop(held);
+    let r = router(service)
+        .oneshot(post_request("/oauth/token", &[("grant_type", "client_credentials")], Some(DEV1)))
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::OK);
 }

@@ -8,9 +8,13 @@ use serde_json::{json, Value};
 #[derive(clap::Args, Debug)]
 pub struct AdminArgs {
     /// Base URL of the broker's HTTP listener [default: $WARDEN_ADMIN_URL, else
-    /// http://127.0.0.1:8080].
+    /// https://127.0.0.1:8080, where the embedded default configuration serves it].
     #[arg(long, global = true)]
     pub url: Option<String>,
+    /// CA certificate (PEM) to trust for an https URL [default: $WARDEN_ADMIN_CACERT, else the
+    /// development CA ./warden-data/tls/ca.pem for the default URL, when it exists].
+    #[arg(long, global = true)]
+    pub cacert: Option<std::path::PathBuf>,
     /// Admin bearer token [default: $WARDEN_ADMIN_TOKEN, which keeps it out of process
     /// listings].
     #[arg(long, global = true)]
@@ -164,12 +168,15 @@ enum BanCmd {
 struct Api {
     url: String,
     token: String,
+    agent: ureq::Agent,
 }
 
 impl Api {
     fn call(&self, method: &str, path: &str, body: Option<Value>) -> anyhow::Result<Value> {
         let url = format!("{}{path}", self.url.trim_end_matches('/'));
-        let req = ureq::request(method, &url)
+        let req = self
+            .agent
+            .request(method, &url)
             .timeout(std::time::Duration::from_secs(30))
             .set("Authorization", &format!("Bearer {}", self.token));
         let resp = match body {
@@ -237,8 +244,13 @@ pub fn run(args: &AdminArgs) -> anyhow::Result<()> {
         .url
         .clone()
         .or_else(|| std::env::var("WARDEN_ADMIN_URL").ok())
-        .unwrap_or_else(|| "http://127.0.0.1:8080".into());
-    let api = Api { url, token };
+        .unwrap_or_else(|| "https://127.0.0.1:8080".into());
+    let cacert = args
+        .cacert
+        .clone()
+        .or_else(|| std::env::var_os("WARDEN_ADMIN_CACERT").filter(|v| !v.is_empty()).map(Into::into));
+    let agent = crate::tls::cli_agent(crate::tls::cli_cacert(cacert.as_deref(), &url).as_deref())?;
+    let api = Api { url, token, agent };
     match &args.command {
         AdminCommand::User(c) => match c {
             UserCmd::Add { name, groups, roles, no_password, password: p } => {

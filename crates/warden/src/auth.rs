@@ -5,9 +5,12 @@
 //! Refusals look the same whether the user exists or not: the same reason code, and the same
 //! slow-hash work (the password file verifies unknown users against a dummy hash). Secrets are
 //! never logged. Hashing runs on the blocking pool, a few at a time (`auth_hash_concurrency`, by
-//! default the cores minus one), so a flood of CONNECTs can neither exhaust memory (argon2id
-//! uses ~19 MiB per verification) nor take every core; a CONNECT that waits longer than
-//! `auth_hash_wait` for a slot is refused with Server busy.
+//! default the cores minus one; one budget shared with the HTTP side, which may hold at most
+//! `auth_hash_http_max` of the slots: [`warden_http::HashBudget`]), so a flood of CONNECTs or of
+//! HTTP requests with wrong secrets can neither exhaust memory (argon2id uses ~19 MiB per
+//! verification) nor take every core; a CONNECT that waits longer than `auth_hash_wait` for a
+//! slot is refused with Server busy. (A SCRAM exchange costs no slow hash on the broker: the
+//! stored keys are checked with HMACs; the client derives the salted password.)
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -17,7 +20,7 @@ use std::time::Duration;
 use anyhow::Context;
 use mqtt_codec::{Connect, ReasonCode};
 use parking_lot::RwLock;
-use tokio::sync::{Semaphore, TryAcquireError};
+use warden_http::{HashBudget, HashClass, HashError};
 use warden_policy::password::PasswordFile;
 use warden_policy::trust::{CertChain, Credential, CredentialSource};
 use warden_policy::{Principal, PrincipalKind};
@@ -106,9 +109,8 @@ pub struct Authenticator {
     store_users: RwLock<Option<Arc<PasswordFile>>>,
     /// Names disabled in the policy store: refused whichever method names them (SPEC §10).
     disabled: RwLock<Arc<std::collections::HashSet<String>>>,
-    hashing: Semaphore,
-    /// How long a CONNECT may wait for a slot in `hashing` before it is refused busy.
-    hash_wait: Duration,
+    /// The process-wide hashing budget (shared with the HTTP side).
+    hashing: Arc<HashBudget>,
 }
 
 impl std::fmt::Debug for Authenticator {
@@ -144,19 +146,21 @@ impl Authenticator {
             passwords: RwLock::new(passwords),
             store_users: RwLock::new(None),
             disabled: RwLock::default(),
-            hashing: Semaphore::new(default_hash_concurrency()),
-            hash_wait: Duration::from_secs(2),
+            hashing: HashBudget::new(default_hash_concurrency(), 0, Duration::from_secs(2)),
         })
     }
 
-    /// At most `concurrency` password verifications at once (0: [`default_hash_concurrency`]);
-    /// a CONNECT that waits longer than `wait` for a slot is refused with Server busy (0x89).
-    /// Waiting CONNECTs are served in arrival order.
-    pub fn with_hashing(mut self, concurrency: usize, wait: Duration) -> Self {
-        let n = if concurrency == 0 { default_hash_concurrency() } else { concurrency };
-        self.hashing = Semaphore::new(n);
-        self.hash_wait = wait;
+    /// Password verifications take a slot of `budget` (the process-wide hashing budget, shared
+    /// with the HTTP side): a CONNECT that waits longer than the budget's wait for a slot is
+    /// refused with Server busy (0x89). Waiting CONNECTs are served in arrival order.
+    pub fn with_hash_budget(mut self, budget: Arc<HashBudget>) -> Self {
+        self.hashing = budget;
         self
+    }
+
+    /// The hashing budget password verifications take their slots from.
+    pub fn hash_budget(&self) -> &Arc<HashBudget> {
+        &self.hashing
     }
 
     /// True when the CONNECT carries a user name and a password that would be checked as a
@@ -406,22 +410,14 @@ impl Authenticator {
                 };
                 // A bounded wait for a slot: under a flood of CONNECTs with passwords, waiting
                 // ones are refused busy (not counted as failed logins) instead of piling up.
-                let permit = if self.hash_wait.is_zero() {
-                    self.hashing.try_acquire().map_err(|e| match e {
-                        TryAcquireError::NoPermits => ReasonCode::SERVER_BUSY,
-                        TryAcquireError::Closed => ReasonCode::SERVER_UNAVAILABLE,
-                    })
-                } else {
-                    match tokio::time::timeout(self.hash_wait, self.hashing.acquire()).await {
-                        Ok(p) => p.map_err(|_| ReasonCode::SERVER_UNAVAILABLE),
-                        Err(_) => Err(ReasonCode::SERVER_BUSY),
-                    }
-                };
-                let _permit = permit?;
                 let (user_c, password) = (user.clone(), password.clone());
-                let ok = tokio::task::spawn_blocking(move || file.verify(&user_c, &password))
-                    .await
-                    .map_err(|_| ReasonCode::SERVER_UNAVAILABLE)?;
+                let ok =
+                    self.hashing.run(HashClass::Mqtt, move || file.verify(&user_c, &password)).await.map_err(|e| {
+                        match e {
+                            HashError::Busy => ReasonCode::SERVER_BUSY,
+                            HashError::Failed => ReasonCode::SERVER_UNAVAILABLE,
+                        }
+                    })?;
                 if ok {
                     Ok(Principal::user(user).with_credential(source, None))
                 } else {

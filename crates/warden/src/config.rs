@@ -542,13 +542,32 @@ pub struct HttpConfig {
     pub admin_token_hash: Option<Secret>,
     /// Connection limits and timeouts of the HTTP listener.
     pub limits: HttpLimits,
+    /// TLS (`cert`, `key`, optional `client_ca`, as for mqtts/wss listeners): HTTPS when set.
+    pub tls: Option<TlsConfig>,
+    /// `allow_plain_http = true`: plain HTTP on a non-loopback address is accepted (behind a
+    /// TLS-terminating proxy, say). Without it such a configuration is refused at load.
+    pub allow_plain_http: bool,
 }
 
 impl HttpConfig {
-    /// An HTTP listener on `bind` with the default limits and no admin token.
+    /// A plain HTTP listener on `bind` with the default limits and no admin token.
     pub fn new(bind: SocketAddr) -> HttpConfig {
-        HttpConfig { bind, admin_token_hash: None, limits: HttpLimits::default() }
+        HttpConfig { bind, admin_token_hash: None, limits: HttpLimits::default(), tls: None, allow_plain_http: false }
     }
+
+    /// `http` or `https`: the scheme of the listener's URLs.
+    pub fn scheme(&self) -> &'static str {
+        if self.tls.is_some() {
+            "https"
+        } else {
+            "http"
+        }
+    }
+}
+
+/// Is `ip` a loopback address (`127.0.0.0/8`, `::1`, or `::ffff:127.x.y.z`)?
+pub fn is_loopback(ip: IpAddr) -> bool {
+    ip.to_canonical().is_loopback()
 }
 
 /// `[http]` limits: what one client (or all of them) can hold of the HTTP listener.
@@ -810,12 +829,20 @@ pub struct Limits {
     #[serde(deserialize_with = "de_write_stall_timeout")]
     pub write_stall_timeout: Duration,
     /// Password verifications (argon2id: CPU and ~19 MiB each) run at once on the blocking
-    /// pool, 0 ..= 1024; 0 = the number of cores minus one, at least 1. Default 0.
+    /// pool, 0 ..= 1024; 0 = the number of cores minus one, at least 1. Default 0. One budget
+    /// for the whole process: MQTT CONNECT passwords, OAuth client secrets, the admin token and
+    /// passwords hashed through the admin API all take a slot from it.
     #[serde(deserialize_with = "de_auth_hash_concurrency")]
     pub auth_hash_concurrency: usize,
-    /// A CONNECT that waits longer than this for a verification slot is refused with v5 0x89
-    /// Server busy (v3 0x03) and not counted as a failed login; 0 = refuse at once when every
-    /// slot is taken. Default 2 s.
+    /// Of those slots, how many the HTTP side (token service, admin API) may hold at once,
+    /// 0 ..= 1024 (never more than `auth_hash_concurrency`); 0 = half of them, at least 1.
+    /// Default 0. A flood of HTTP requests with wrong secrets then leaves the rest to MQTT
+    /// CONNECTs; an HTTP request that finds no slot within `auth_hash_wait` gets 503.
+    #[serde(deserialize_with = "de_auth_hash_http_max")]
+    pub auth_hash_http_max: usize,
+    /// A CONNECT (or an HTTP request with a secret) that waits longer than this for a
+    /// verification slot is refused with v5 0x89 Server busy (v3 0x03; HTTP 503) and not counted
+    /// as a failed login; 0 = refuse at once when every slot is taken. Default 2 s.
     #[serde(deserialize_with = "de_auth_hash_wait")]
     pub auth_hash_wait: Duration,
     /// A plain-TCP connection with nothing to read, write or wait for parks after this long:
@@ -882,6 +909,9 @@ fn de_write_stall_timeout<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D
 }
 fn de_auth_hash_concurrency<'de, D: Deserializer<'de>>(d: D) -> Result<usize, D::Error> {
     narrow(de_int(d, "auth_hash_concurrency", 0, 1024)?)
+}
+fn de_auth_hash_http_max<'de, D: Deserializer<'de>>(d: D) -> Result<usize, D::Error> {
+    narrow(de_int(d, "auth_hash_http_max", 0, 1024)?)
 }
 fn de_idle_park_after<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
     de_duration(d, "idle_park_after", Duration::ZERO)
@@ -965,6 +995,7 @@ impl Default for Limits {
             max_memory: 2 * 1024 * 1024 * 1024,
             write_stall_timeout: Duration::from_secs(60),
             auth_hash_concurrency: 0,
+            auth_hash_http_max: 0,
             auth_hash_wait: Duration::from_secs(2),
             idle_park_after: Duration::from_secs(2),
         }
@@ -1155,7 +1186,30 @@ impl Config {
                     }
                 }
                 let limits = h.limits();
-                Some(HttpConfig { bind: h.bind.0, admin_token_hash: h.admin_token_hash.map(Secret), limits })
+                let tls = tls_settings(&h.tls_keys(), "the [http] listener", true, base)
+                    .map_err(|(s, r)| invalid(Some(s.unwrap_or_else(|| span.clone())), r))?;
+                let bind_span = h.bind.span();
+                let bind = h.bind.into_inner().0;
+                // RFC 6749 §3.2: the token endpoint needs TLS; client secrets and admin tokens
+                // must not cross a network in clear. Loopback never leaves the host.
+                if tls.is_none() && !is_loopback(bind.ip()) && !h.allow_plain_http {
+                    return Err(invalid(
+                        Some(bind_span),
+                        format!(
+                            "[http] bind {bind} is not a loopback address and the HTTP listener has no TLS: \
+                             client secrets and admin tokens would cross the network in clear (RFC 6749 §3.2). \
+                             Set `cert` and `key` in [http], bind 127.0.0.1, or set `allow_plain_http = true` \
+                             (behind a TLS-terminating proxy)"
+                        ),
+                    ));
+                }
+                Some(HttpConfig {
+                    bind,
+                    admin_token_hash: h.admin_token_hash.map(Secret),
+                    limits,
+                    tls,
+                    allow_plain_http: h.allow_plain_http,
+                })
             }
         };
         let mut oauth = OAuthConfig::default();
@@ -1221,7 +1275,13 @@ impl Config {
             let protocol = l.protocol.as_ref().map_or(ListenerProtocol::Mqtt, |p| *p.get_ref());
             // Errors about the listener as a whole point at its `protocol` (or `bind`) line.
             let at = l.protocol.as_ref().map_or_else(|| l.bind.span(), |p| p.span());
-            let tls = tls_settings(&l, protocol, base).map_err(|(s, r)| invalid(Some(s.unwrap_or(at)), r))?;
+            let what = format!("a {protocol} listener");
+            let keys = if protocol.is_tls() { Some(l.tls_keys()) } else { None };
+            let tls = match keys {
+                Some(k) => tls_settings(&k, &what, false, base),
+                None => no_tls_keys(&l.tls_keys(), protocol),
+            }
+            .map_err(|(s, r)| invalid(Some(s.unwrap_or(at)), r))?;
             let bind_span = l.bind.span();
             let bind = l.bind.into_inner().0;
             // Port 0 asks the OS for any free port: two such listeners do not collide.
@@ -1384,9 +1444,10 @@ impl Config {
 
     /// The configuration used when no file is given, loopback only: MQTT on 127.0.0.1:1883,
     /// MQTT over TLS on 127.0.0.1:8883, WebSocket on 127.0.0.1:9001 and WebSocket over TLS on
-    /// 127.0.0.1:8443 (path `/mqtt`). TLS uses the development PKI in `./warden-data/tls`
-    /// (created on first start); client certificates signed by its CA are accepted (optional)
-    /// with the CN as identity. Anonymous clients are refused; password file
+    /// 127.0.0.1:8443 (path `/mqtt`), and the HTTP side over TLS on 127.0.0.1:8080. TLS uses
+    /// the development PKI in `./warden-data/tls` (created on first start); on the MQTT
+    /// listeners client certificates signed by its CA are accepted (optional) with the CN as
+    /// identity. Anonymous clients are refused; password file
     /// `./warden-data/passwd`; default limits.
     pub fn embedded_default() -> Config {
         let data_dir = PathBuf::from(DEFAULT_DATA_DIR);
@@ -1422,7 +1483,11 @@ impl Config {
                 lookup: None,
             },
             identity: IdentityConfig::default(),
-            http: Some(HttpConfig::new(SocketAddr::new(localhost, 8080))),
+            // HTTPS on loopback with the development server certificate (no client CA).
+            http: Some(HttpConfig {
+                tls: Some(TlsConfig { client_ca: None, client_cert: ClientCertMode::Required, ..tls.clone() }),
+                ..HttpConfig::new(SocketAddr::new(localhost, 8080))
+            }),
             oauth: OAuthConfig::default(),
             authz: AuthzConfig::default(),
             data_dir,
@@ -1565,9 +1630,17 @@ struct RawConfig {
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawHttp {
-    bind: BindAddr,
+    bind: Spanned<BindAddr>,
     admin_token_hash: Option<String>,
     admin_token_hash_file: Option<PathBuf>,
+    #[serde(default)]
+    allow_plain_http: bool,
+    cert: Option<Spanned<PathBuf>>,
+    key: Option<Spanned<PathBuf>>,
+    client_ca: Option<Spanned<PathBuf>>,
+    client_cert: Option<Spanned<ClientCertMode>>,
+    crl: Option<Spanned<OneOrMany>>,
+    crl_scope: Option<Spanned<CrlScope>>,
     #[serde(default = "http_default_max_connections", deserialize_with = "de_http_max_connections")]
     max_connections: usize,
     #[serde(default = "http_default_max_connections_per_ip", deserialize_with = "de_http_max_connections_per_ip")]
@@ -1581,6 +1654,18 @@ struct RawHttp {
 }
 
 impl RawHttp {
+    fn tls_keys(&self) -> RawTls<'_> {
+        RawTls {
+            cert: &self.cert,
+            key: &self.key,
+            client_ca: &self.client_ca,
+            client_cert: &self.client_cert,
+            crl: &self.crl,
+            crl_scope: &self.crl_scope,
+            identity_from_cert: &None,
+        }
+    }
+
     fn limits(&self) -> HttpLimits {
         HttpLimits {
             max_connections: self.max_connections,
@@ -1675,28 +1760,59 @@ enum OneOrMany {
     Many(Vec<PathBuf>),
 }
 
-/// Validate the TLS keys of one listener against its protocol.
-fn tls_settings(
-    raw: &RawListener,
+/// The TLS keys of a table (`[[listener]]` or `[http]`), as written.
+struct RawTls<'a> {
+    cert: &'a Option<Spanned<PathBuf>>,
+    key: &'a Option<Spanned<PathBuf>>,
+    client_ca: &'a Option<Spanned<PathBuf>>,
+    client_cert: &'a Option<Spanned<ClientCertMode>>,
+    crl: &'a Option<Spanned<OneOrMany>>,
+    crl_scope: &'a Option<Spanned<CrlScope>>,
+    identity_from_cert: &'a Option<Spanned<String>>,
+}
+
+impl RawTls<'_> {
+    /// The TLS keys present, with their spans.
+    fn present(&self) -> Vec<(&'static str, Range<usize>)> {
+        let raw = self;
+        [
+            ("cert", raw.cert.as_ref().map(|v| v.span())),
+            ("key", raw.key.as_ref().map(|v| v.span())),
+            ("client_ca", raw.client_ca.as_ref().map(|v| v.span())),
+            ("client_cert", raw.client_cert.as_ref().map(|v| v.span())),
+            ("crl", raw.crl.as_ref().map(|v| v.span())),
+            ("crl_scope", raw.crl_scope.as_ref().map(|v| v.span())),
+            ("identity_from_cert", raw.identity_from_cert.as_ref().map(|v| v.span())),
+        ]
+        .into_iter()
+        .filter_map(|(k, s)| s.map(|s| (k, s)))
+        .collect()
+    }
+}
+
+/// A listener whose protocol has no TLS: any TLS key is an error.
+fn no_tls_keys(
+    raw: &RawTls<'_>,
     protocol: ListenerProtocol,
+) -> Result<Option<TlsConfig>, (Option<Range<usize>>, String)> {
+    match raw.present().first() {
+        Some((k, span)) => {
+            Err((Some(span.clone()), format!("`{k}` applies only to mqtts and wss listeners, not {protocol}")))
+        }
+        None => Ok(None),
+    }
+}
+
+/// Validate the TLS keys of a table that may have TLS (`what` names it in errors). `optional`
+/// (`[http]`): without any TLS key, no TLS (`Ok(None)`); else `cert` and `key` are required.
+fn tls_settings(
+    raw: &RawTls<'_>,
+    what: &str,
+    optional: bool,
     base: &Path,
 ) -> Result<Option<TlsConfig>, (Option<Range<usize>>, String)> {
-    let present: Vec<(&str, Range<usize>)> = [
-        ("cert", raw.cert.as_ref().map(|v| v.span())),
-        ("key", raw.key.as_ref().map(|v| v.span())),
-        ("client_ca", raw.client_ca.as_ref().map(|v| v.span())),
-        ("client_cert", raw.client_cert.as_ref().map(|v| v.span())),
-        ("crl", raw.crl.as_ref().map(|v| v.span())),
-        ("crl_scope", raw.crl_scope.as_ref().map(|v| v.span())),
-        ("identity_from_cert", raw.identity_from_cert.as_ref().map(|v| v.span())),
-    ]
-    .into_iter()
-    .filter_map(|(k, s)| s.map(|s| (k, s)))
-    .collect();
-    if !protocol.is_tls() {
-        if let Some((k, span)) = present.first() {
-            return Err((Some(span.clone()), format!("`{k}` applies only to mqtts and wss listeners, not {protocol}")));
-        }
+    let present = raw.present();
+    if optional && present.is_empty() {
         return Ok(None);
     }
     let path_of =
@@ -1707,11 +1823,10 @@ fn tls_settings(
                 Some(p) => Ok(Some(resolve(base, p.get_ref().clone()))),
             }
         };
-    let cert = path_of(&raw.cert, "cert")?
-        .ok_or((None, format!("a {protocol} listener needs `cert` (the server certificate chain, PEM)")))?;
-    let key = path_of(&raw.key, "key")?
-        .ok_or((None, format!("a {protocol} listener needs `key` (the server private key, PEM)")))?;
-    let client_ca = path_of(&raw.client_ca, "client_ca")?;
+    let cert =
+        path_of(raw.cert, "cert")?.ok_or((None, format!("{what} needs `cert` (the server certificate chain, PEM)")))?;
+    let key = path_of(raw.key, "key")?.ok_or((None, format!("{what} needs `key` (the server private key, PEM)")))?;
+    let client_ca = path_of(raw.client_ca, "client_ca")?;
     if client_ca.is_none() {
         for (k, span) in &present {
             if matches!(*k, "client_cert" | "crl" | "crl_scope" | "identity_from_cert") {
@@ -1720,7 +1835,7 @@ fn tls_settings(
         }
     }
     let client_cert = raw.client_cert.as_ref().map_or(ClientCertMode::Required, |v| *v.get_ref());
-    let crls = match &raw.crl {
+    let crls = match raw.crl {
         None => Vec::new(),
         Some(c) => match c.get_ref() {
             OneOrMany::One(p) => vec![resolve(base, p.clone())],
@@ -1728,7 +1843,7 @@ fn tls_settings(
         },
     };
     let crl_scope = raw.crl_scope.as_ref().map_or(CrlScope::default(), |v| *v.get_ref());
-    let identity_from_cert = match &raw.identity_from_cert {
+    let identity_from_cert = match raw.identity_from_cert {
         None => warden_policy::cert::IdentitySource::Cn,
         Some(v) => v.get_ref().parse().map_err(|_| {
             (
@@ -1757,6 +1872,20 @@ struct RawListener {
     crl: Option<Spanned<OneOrMany>>,
     crl_scope: Option<Spanned<CrlScope>>,
     identity_from_cert: Option<Spanned<String>>,
+}
+
+impl RawListener {
+    fn tls_keys(&self) -> RawTls<'_> {
+        RawTls {
+            cert: &self.cert,
+            key: &self.key,
+            client_ca: &self.client_ca,
+            client_cert: &self.client_cert,
+            crl: &self.crl,
+            crl_scope: &self.crl_scope,
+            identity_from_cert: &self.identity_from_cert,
+        }
+    }
 }
 
 /// The `listener` key: an array of tables (`[[listener]]`), with a clear message for `[listener]`.
@@ -2158,6 +2287,10 @@ sys_interval = "10s"              # $SYS topics are retained and refreshed this 
         assert_eq!(by(ListenerProtocol::Ws).path, "/mqtt");
         assert!(c.listeners.iter().all(|l| l.bind.ip().is_loopback()), "loopback only");
         assert!(by(ListenerProtocol::Mqtt).tls.is_none());
+        let h = c.http.clone().unwrap();
+        assert_eq!(h.bind, "127.0.0.1:8080".parse().unwrap());
+        let ht = h.tls.expect("the embedded default serves HTTPS with the development certificate");
+        assert_eq!((ht.cert, ht.client_ca), (PathBuf::from("./warden-data/tls/server.pem"), None));
         let t = by(ListenerProtocol::Mqtts).tls.clone().unwrap();
         assert_eq!(t.client_cert, ClientCertMode::Optional);
         assert_eq!(t.client_ca, Some(PathBuf::from("./warden-data/tls/ca.pem")));
@@ -2271,6 +2404,77 @@ sys_interval = "10s"              # $SYS topics are retained and refreshed this 
         at("header_timeout = \"0s\"\n", 5, "header_timeout must be greater than 0");
         at("request_timeout = \"soon\"\n", 5, "request_timeout");
         at("max_body_size = \"12 parsecs\"\n", 5, "max_body_size");
+    }
+
+    /// Issue 17 (observation 6): client secrets and admin tokens crossed the network in clear
+    /// when `[http]` bound a non-loopback address. Plain HTTP there is refused at load (file,
+    /// line of `bind`, why and what to do) unless `allow_plain_http = true`; TLS or loopback
+    /// are fine.
+    #[test]
+    fn plain_http_on_a_non_loopback_address_is_refused() {
+        for bind in ["0.0.0.0:8080", "192.0.2.1:8080", "[::]:8080", "[2001:db8::1]:8080", "10.0.0.1:0"] {
+            let shown = fails_at(
+                &format!(
+                    "{LISTENER}[http]\nadmin_token_hash = '{}'\nbind = \"{bind}\"\n",
+                    warden_policy::password::hash_password(b"s")
+                ),
+                5,
+                "is not a loopback address and the HTTP listener has no TLS",
+            );
+            assert!(shown.contains("allow_plain_http = true") && shown.contains("cert"), "{shown}");
+        }
+        for bind in ["127.0.0.1:8080", "127.0.0.9:0", "[::1]:8080", "[::ffff:127.0.0.1]:8080"] {
+            let c = parse(&format!("{LISTENER}[http]\nbind = \"{bind}\"\n")).unwrap();
+            let h = c.http.unwrap();
+            assert!(h.tls.is_none() && !h.allow_plain_http && h.scheme() == "http", "{bind}");
+        }
+        let c = parse(&format!("{LISTENER}[http]\nbind = \"0.0.0.0:8080\"\nallow_plain_http = true\n")).unwrap();
+        assert!(c.http.unwrap().allow_plain_http);
+        let c =
+            parse(&format!("{LISTENER}[http]\nbind = \"0.0.0.0:8443\"\ncert = \"s.pem\"\nkey = \"s.key\"\n")).unwrap();
+        let h = c.http.unwrap();
+        assert_eq!(h.scheme(), "https");
+        let tls = h.tls.unwrap();
+        assert_eq!(
+            (tls.cert, tls.key, tls.client_ca),
+            (PathBuf::from("conf/s.pem"), PathBuf::from("conf/s.key"), None)
+        );
+        assert!(!Config::embedded_default().http.unwrap().bind.ip().is_unspecified());
+    }
+
+    /// `[http]` TLS keys: as for mqtts/wss listeners (`cert`, `key`, optional `client_ca` with
+    /// `client_cert`, `crl`, `crl_scope`); errors name the file, the line and the key.
+    #[test]
+    fn http_tls_keys() {
+        let http = |body: &str| format!("{LISTENER}[http]\nbind = \"127.0.0.1:8443\"\n{body}");
+        let c = parse(&http("cert = \"s.pem\"\nkey = \"s.key\"\nclient_ca = \"ca.pem\"\ncrl = \"ca.crl\"\n")).unwrap();
+        let tls = c.http.unwrap().tls.unwrap();
+        assert_eq!(tls.client_ca, Some(PathBuf::from("conf/ca.pem")));
+        assert_eq!(tls.client_cert, ClientCertMode::Required, "client_ca alone: a certificate is required");
+        assert_eq!(tls.crls, vec![PathBuf::from("conf/ca.crl")]);
+        let c = parse(&http("cert = \"s.pem\"\nkey = \"s.key\"\nclient_ca = \"ca.pem\"\nclient_cert = \"optional\"\n"))
+            .unwrap();
+        assert_eq!(c.http.unwrap().tls.unwrap().client_cert, ClientCertMode::Optional);
+        fails_at(&http("cert = \"s.pem\"\n"), 3, "the [http] listener needs `key`");
+        fails_at(&http("key = \"s.key\"\n"), 3, "the [http] listener needs `cert`");
+        fails_at(
+            &http("cert = \"s.pem\"\nkey = \"s.key\"\nclient_cert = \"optional\"\n"),
+            7,
+            "`client_cert` needs `client_ca`",
+        );
+        fails_at(&http("cert = \"\"\nkey = \"s.key\"\n"), 5, "`cert` is empty");
+        fails_at(
+            &http("cert = \"s.pem\"\nkey = \"s.key\"\nidentity_from_cert = \"cn\"\n"),
+            7,
+            "unknown field `identity_from_cert`",
+        );
+        // Listeners keep their own messages.
+        fails_at("[[listener]]\nbind = \"127.0.0.1:1\"\nprotocol = \"mqtts\"\n", 3, "a mqtts listener needs `cert`");
+        fails_at(
+            "[[listener]]\nbind = \"127.0.0.1:1\"\ncert = \"c\"\n",
+            3,
+            "`cert` applies only to mqtts and wss listeners",
+        );
     }
 
     #[test]
@@ -2589,6 +2793,11 @@ sys_interval = "10s"              # $SYS topics are retained and refreshed this 
         assert_eq!((l.auth_hash_concurrency, l.auth_hash_wait), (3, Duration::from_millis(250)));
         let l = parse(&with_limits("auth_hash_wait = 0")).unwrap().limits;
         assert_eq!((l.auth_hash_concurrency, l.auth_hash_wait), (0, Duration::ZERO));
+        assert_eq!(l.auth_hash_http_max, 0, "default: half of the budget");
+        let l = parse(&with_limits("auth_hash_concurrency = 4\nauth_hash_http_max = 1")).unwrap().limits;
+        assert_eq!((l.auth_hash_concurrency, l.auth_hash_http_max), (4, 1));
+        fails_at(&with_limits("auth_hash_http_max = 1025"), 4, "auth_hash_http_max");
+        fails_at(&with_limits("auth_hash_http_max = -1"), 4, "auth_hash_http_max");
         fails_at(&with_limits("auth_fail_backoff = { failures = 0 }"), 4, "failures");
         // max_queued_bytes_per_principal: a quarter of max_memory, 64 MiB without it, or as set.
         assert_eq!(Limits::default().queued_bytes_per_principal(), 512 << 20);

@@ -204,6 +204,28 @@ impl Guard {
         self.users.lock().remove(&key);
     }
 
+    fn new_peer(self: &Arc<Self>, ip: IpAddr, now: Instant) -> Peer {
+        Peer {
+            slot: Arc::new(PeerSlot { guard: Arc::downgrade(self), ip, live: AtomicUsize::new(0) }),
+            tokens: self.rate,
+            refilled: now,
+            failures: VecDeque::new(),
+            banned_until: None,
+        }
+    }
+
+    /// How long `ip` stays banned after failed authentications (`None`: not banned).
+    pub fn ban_left(&self, ip: IpAddr, now: Instant) -> Option<Duration> {
+        let ip = canonical_ip(ip);
+        self.peers.lock().get(&ip).and_then(|p| p.banned_until).filter(|u| now < *u).map(|u| u - now)
+    }
+
+    /// How long `user` backs off from `ip` (`None`: it does not).
+    pub fn backoff_left(&self, ip: IpAddr, user: &str, now: Instant) -> Option<Duration> {
+        let key = self.user_entry(ip, user);
+        self.users.lock().get(&key).and_then(|u| u.until).filter(|u| now < *u).map(|u| u - now)
+    }
+
     /// May a new connection from `ip` proceed?
     pub fn admit(self: &Arc<Self>, ip: IpAddr, now: Instant) -> Result<Admitted, Refusal> {
         let ip = canonical_ip(ip);
@@ -211,13 +233,7 @@ impl Guard {
         if peers.len() >= MAX_TRACKED && !peers.contains_key(&ip) {
             prune(&mut peers, now, self.ban.within);
         }
-        let p = peers.entry(ip).or_insert_with(|| Peer {
-            slot: Arc::new(PeerSlot { guard: Arc::downgrade(self), ip, live: AtomicUsize::new(0) }),
-            tokens: self.rate,
-            refilled: now,
-            failures: VecDeque::new(),
-            banned_until: None,
-        });
+        let p = peers.entry(ip).or_insert_with(|| self.new_peer(ip, now));
         if let Some(until) = p.banned_until {
             if now < until {
                 self.stats.banned.fetch_add(1, Ordering::Relaxed);
@@ -244,10 +260,14 @@ impl Guard {
 
     /// Record a failed authentication from `ip`; bans it once the threshold is reached (and
     /// then returns true).
-    pub fn auth_failed(&self, ip: IpAddr, now: Instant) -> bool {
+    pub fn auth_failed(self: &Arc<Self>, ip: IpAddr, now: Instant) -> bool {
         let ip = canonical_ip(ip);
         let mut peers = self.peers.lock();
-        let Some(p) = peers.get_mut(&ip) else { return false };
+        if peers.len() >= MAX_TRACKED && !peers.contains_key(&ip) {
+            prune(&mut peers, now, self.ban.within);
+        }
+        // An address with no connection yet (the HTTP side does not go through `admit`).
+        let p = peers.entry(ip).or_insert_with(|| self.new_peer(ip, now));
         while p.failures.front().is_some_and(|t| now.saturating_duration_since(*t) > self.ban.within) {
             p.failures.pop_front();
         }
@@ -284,6 +304,63 @@ impl Guard {
     pub fn is_banned(&self, ip: IpAddr, now: Instant) -> bool {
         let ip = canonical_ip(ip);
         self.peers.lock().get(&ip).and_then(|p| p.banned_until).is_some_and(|u| now < u)
+    }
+}
+
+/// The guard as the HTTP side consults it ([`warden_http::FailureGuard`]): the same tables as
+/// MQTT's, so failures on either side add up to one per-address ban, and an address banned by
+/// either side is refused by both (HTTP: 429 on the token service and the admin API, before
+/// any hashing; `/healthz` and the metadata stay reachable). Loopback addresses are not exempt,
+/// as on the MQTT side: a local process guessing secrets is banned like a remote one (an
+/// operator locked out can wait for the ban to end, or restart the broker, which forgets it).
+pub struct HttpGuard {
+    guard: Arc<Guard>,
+    limits: Arc<warden_core::Broker>,
+}
+
+impl std::fmt::Debug for HttpGuard {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("HttpGuard").field("guard", &self.guard).finish_non_exhaustive()
+    }
+}
+
+impl HttpGuard {
+    /// The guard `guard`, counting bans and backoff refusals in `broker`'s limit statistics.
+    pub fn new(guard: Arc<Guard>, broker: Arc<warden_core::Broker>) -> HttpGuard {
+        HttpGuard { guard, limits: broker }
+    }
+}
+
+impl warden_http::FailureGuard for HttpGuard {
+    fn check(&self, ip: IpAddr, name: Option<&str>) -> Result<(), warden_http::Throttled> {
+        let now = Instant::now();
+        if let Some(left) = self.guard.ban_left(ip, now) {
+            self.guard.stats.banned.fetch_add(1, Ordering::Relaxed);
+            return Err(warden_http::Throttled::Banned { retry_after: left });
+        }
+        if let Some(left) = name.and_then(|n| self.guard.backoff_left(ip, n, now)) {
+            // As on MQTT: insisting during a backoff counts towards the address's ban.
+            if self.guard.auth_failed(ip, now) {
+                warden_core::limits::hit(&self.limits.stats.limits.bans);
+            }
+            warden_core::limits::hit(&self.limits.stats.limits.auth_backoff_refused);
+            return Err(warden_http::Throttled::BackingOff { retry_after: left });
+        }
+        Ok(())
+    }
+
+    fn failed(&self, ip: IpAddr, name: Option<&str>) {
+        let now = Instant::now();
+        if self.guard.auth_failed(ip, now) {
+            warden_core::limits::hit(&self.limits.stats.limits.bans);
+        }
+        if let Some(n) = name {
+            self.guard.user_failed(ip, n, now);
+        }
+    }
+
+    fn succeeded(&self, ip: IpAddr, name: &str) {
+        self.guard.user_succeeded(ip, name);
     }
 }
 

@@ -6,6 +6,10 @@
 //!   range holding the operator's own address can still be lifted), then at most `max_connections` open
 //!   connections in all and `max_connections_per_ip` per source address (IPv4-mapped IPv6
 //!   counted as IPv4); a connection over a cap is closed at once;
+//! - TLS (`[http] cert`/`key`, optional `client_ca`): the handshake must finish within
+//!   `header_timeout` (a client that opens a connection and sends a slow or no ClientHello
+//!   holds its slot no longer than one that sends slow headers); it runs on the connection's
+//!   own task, after the caps, so a slow handshake never delays accepting others;
 //! - per connection (hyper's HTTP/1 server): the request headers must be complete within
 //!   `header_timeout` (hyper's `header_read_timeout`, which also runs while a kept-alive
 //!   connection waits for its next request); reading the body and answering must finish within
@@ -36,6 +40,7 @@ use tracing::{debug, warn};
 
 use crate::bans::{canonical_ip, BanList};
 use crate::config::HttpLimits;
+use crate::tls::TlsListener;
 
 /// How long shutdown waits for open HTTP connections to finish their request.
 pub const GRACE: Duration = Duration::from_secs(2);
@@ -91,12 +96,14 @@ fn banned(bans: &BanList, ip: IpAddr, now: u64) -> bool {
     !canonical_ip(ip).is_loopback() && bans.ip_banned(ip, now)
 }
 
-/// Serve `app` on `tcp` until `stop` changes (or its sender is dropped).
+/// Serve `app` on `tcp` (over TLS when `tls` is given) until `stop` changes (or its sender is
+/// dropped).
 pub async fn serve(
     tcp: TcpListener,
     app: axum::Router,
     limits: HttpLimits,
     bans: Arc<BanList>,
+    tls: Option<Arc<TlsListener>>,
     mut stop: watch::Receiver<bool>,
 ) {
     let app = app.layer(axum::middleware::from_fn(move |req, next| limit_request(req, next, limits)));
@@ -130,7 +137,23 @@ pub async fn serve(
                 continue;
             }
         };
-        conns.spawn(serve_connection(sock, peer, app.clone(), limits, slot, stop.clone()));
+        let (app, stop) = (app.clone(), stop.clone());
+        match tls.clone() {
+            None => {
+                conns.spawn(serve_connection(sock, peer, app, limits, slot, stop));
+            }
+            Some(tls) => {
+                conns.spawn(async move {
+                    let _ = sock.set_nodelay(true);
+                    // A slowloris handshake holds its slot no longer than slow headers would.
+                    match tokio::time::timeout(limits.header_timeout, tls.handshake(sock, peer)).await {
+                        Ok(Some(stream)) => serve_connection(stream, peer, app, limits, slot, stop).await,
+                        Ok(None) => {}
+                        Err(_) => debug!(%peer, "HTTPS: TLS handshake not finished within header_timeout: closed"),
+                    }
+                });
+            }
+        }
     }
     drop(tcp);
     // Connections saw the same signal and are finishing their request; wait for them, bounded.
@@ -140,8 +163,8 @@ pub async fn serve(
 
 /// One connection: hyper's HTTP/1 server with the header timeout, an idle watchdog, and
 /// graceful shutdown on `stop`.
-async fn serve_connection(
-    sock: TcpStream,
+async fn serve_connection<S: Stream>(
+    sock: S,
     peer: SocketAddr,
     app: axum::Router,
     limits: HttpLimits,
@@ -149,10 +172,15 @@ async fn serve_connection(
     mut stop: watch::Receiver<bool>,
 ) {
     let _slot = slot;
-    let _ = sock.set_nodelay(true);
+    sock.nodelay();
     let start = Instant::now();
     let last = Arc::new(AtomicU64::new(0));
     let io = hyper_util::rt::TokioIo::new(Tracked { inner: sock, start, last: last.clone() });
+    // Handlers learn the peer's address from this extension (the failure guard is per address).
+    let app = tower::ServiceExt::map_request(app, move |mut req: Request<hyper::body::Incoming>| {
+        req.extensions_mut().insert(warden_http::PeerAddr(peer));
+        req
+    });
     let service = hyper_util::service::TowerToHyperService::new(app);
     let mut builder = hyper::server::conn::http1::Builder::new();
     builder.timer(hyper_util::rt::TokioTimer::new()).header_read_timeout(limits.header_timeout).keep_alive(true);
@@ -202,21 +230,39 @@ async fn limit_request(req: Request, next: Next, limits: HttpLimits) -> Response
     }
 }
 
+/// A connection's byte stream: TCP, or TLS over TCP.
+trait Stream: AsyncRead + AsyncWrite + Unpin + Send + 'static {
+    /// Turn off Nagle's algorithm (best effort).
+    fn nodelay(&self);
+}
+
+impl Stream for TcpStream {
+    fn nodelay(&self) {
+        let _ = self.set_nodelay(true);
+    }
+}
+
+impl Stream for tokio_rustls::server::TlsStream<TcpStream> {
+    fn nodelay(&self) {
+        let _ = self.get_ref().0.set_nodelay(true);
+    }
+}
+
 /// A socket that records when a byte last moved (milliseconds since `start`).
-struct Tracked {
-    inner: TcpStream,
+struct Tracked<S> {
+    inner: S,
     start: Instant,
     last: Arc<AtomicU64>,
 }
 
-impl Tracked {
+impl<S> Tracked<S> {
     fn touch(&self) {
         let ms = u64::try_from(self.start.elapsed().as_millis()).unwrap_or(u64::MAX);
         self.last.store(ms, Ordering::Relaxed);
     }
 }
 
-impl AsyncRead for Tracked {
+impl<S: AsyncRead + Unpin> AsyncRead for Tracked<S> {
     fn poll_read(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<std::io::Result<()>> {
         let before = buf.filled().len();
         let r = Pin::new(&mut self.inner).poll_read(cx, buf);
@@ -227,7 +273,7 @@ impl AsyncRead for Tracked {
     }
 }
 
-impl AsyncWrite for Tracked {
+impl<S: AsyncWrite + Unpin> AsyncWrite for Tracked<S> {
     fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, b: &[u8]) -> Poll<std::io::Result<usize>> {
         let r = Pin::new(&mut self.inner).poll_write(cx, b);
         if matches!(r, Poll::Ready(Ok(n)) if n > 0) {

@@ -232,8 +232,8 @@ fn banner(server: &Server, cfg: &Config, embedded: bool, admin_password: Option<
             ListenerProtocol::Wss => info!("listening: wss://{}{}", l.addr, l.path),
         }
     }
-    if let Some(a) = server.http_addr {
-        info!("listening: http://{a} (token service: /oauth/token, /.well-known/jwks.json)");
+    if let (Some(a), Some(h)) = (server.http_addr, &cfg.http) {
+        info!("listening: {}://{a} (token service: /oauth/token, /.well-known/jwks.json)", h.scheme());
     }
     if embedded {
         // The one-time password is shown once, on the terminal only (stdout), never in the logs.

@@ -71,6 +71,8 @@ pub struct Server {
     pub live: Arc<LiveClients>,
     /// The admin ban list.
     pub bans: Arc<BanList>,
+    /// The hashing budget shared by MQTT and HTTP (for inspection and tests).
+    pub hashing: Arc<warden_http::HashBudget>,
     /// Where changes of trust are applied (revocation, removal, narrowing).
     pub trust: Arc<Trust>,
     config: Config,
@@ -176,7 +178,7 @@ fn oauth_service(
     trust: &Arc<Trust>,
 ) -> anyhow::Result<Arc<OAuthService>> {
     let keys = crate::oauth_store::load_keys(&cfg.data_dir)?;
-    let issuer = cfg.oauth.issuer.clone().unwrap_or_else(|| format!("http://{}", http.bind));
+    let issuer = cfg.oauth.issuer.clone().unwrap_or_else(|| format!("{}://{}", http.scheme(), http.bind));
     let service = Arc::new(OAuthService::new(
         OAuthSettings { issuer, token_ttl: cfg.oauth.token_ttl, audience: cfg.oauth.audience.clone() },
         oauth_clients(cfg)?,
@@ -216,10 +218,16 @@ impl Server {
             _ => None,
         };
         let tokens = TokenAuth::new(cfg.auth.jwt.as_ref(), oauth.clone())?;
-        let auth = Arc::new(
-            Authenticator::load(&cfg.auth, cfg.identity, tokens)?
-                .with_hashing(cfg.limits.auth_hash_concurrency, cfg.limits.auth_hash_wait),
-        );
+        // One hashing budget for the process: MQTT passwords, OAuth client secrets, the admin
+        // token; HTTP holds at most its share of it.
+        let l = &cfg.limits;
+        let hash_slots = if l.auth_hash_concurrency == 0 {
+            crate::auth::default_hash_concurrency()
+        } else {
+            l.auth_hash_concurrency
+        };
+        let hashing = warden_http::HashBudget::new(hash_slots, l.auth_hash_http_max, l.auth_hash_wait);
+        let auth = Arc::new(Authenticator::load(&cfg.auth, cfg.identity, tokens)?.with_hash_budget(hashing.clone()));
         let any_method = cfg.auth.allow_anonymous
             || cfg.auth.password_file.is_some()
             || cfg.auth.jwt.is_some()
@@ -290,6 +298,15 @@ impl Server {
         let l = &cfg.limits;
         let guard =
             Guard::with_backoff(l.max_connections_per_ip, l.connect_rate_per_ip, l.auth_fail_ban, l.auth_fail_backoff);
+        // The HTTP side checks secrets through the same guard, before hashing, and within the
+        // HTTP share of the same hashing budget.
+        let secret_checks = warden_http::SecretChecks {
+            guard: Some(Arc::new(crate::guard::HttpGuard::new(guard.clone(), broker.clone()))),
+            budget: hashing.clone(),
+        };
+        if let Some(o) = &oauth {
+            o.set_secret_checks(secret_checks.clone());
+        }
         for l in &cfg.listeners {
             let tls = match &l.tls {
                 Some(t) => {
@@ -373,6 +390,14 @@ impl Server {
         // The HTTP side: token service, health.
         let mut http_addr = None;
         if let Some(http) = &cfg.http {
+            let http_tls = match &http.tls {
+                Some(t) => {
+                    let t = Arc::new(TlsListener::load(t).with_context(|| format!("[http] listener {}", http.bind))?);
+                    tls_listeners.push(t.clone());
+                    Some(t)
+                }
+                None => None,
+            };
             let tcp =
                 TcpListener::bind(http.bind).await.with_context(|| format!("cannot listen on {} (http)", http.bind))?;
             http_addr = Some(tcp.local_addr()?);
@@ -417,9 +442,10 @@ impl Server {
             let admin_auth = warden_http::admin::AdminAuth {
                 token_hash: http.admin_token_hash.as_ref().map(|s| s.0.clone()),
                 oauth: oauth.clone(),
+                checks: secret_checks.clone(),
             };
             app = app.merge(warden_http::admin::admin_router(backend, admin_auth));
-            tasks.spawn(crate::http_serve::serve(tcp, app, http.limits, bans.clone(), shutdown_rx.clone()));
+            tasks.spawn(crate::http_serve::serve(tcp, app, http.limits, bans.clone(), http_tls, shutdown_rx.clone()));
         }
         // Housekeeping: due wills and expired sessions, once a second.
         {
@@ -487,6 +513,7 @@ impl Server {
             policy,
             live,
             bans,
+            hashing,
             trust,
             config: cfg.clone(),
             shutdown,

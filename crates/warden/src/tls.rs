@@ -189,6 +189,63 @@ impl TlsListener {
     }
 }
 
+impl TlsListener {
+    /// The TLS handshake alone, for the HTTP listener (a client certificate, when `client_ca`
+    /// is set, is verified by the handshake; no principal is taken from it). Failures are
+    /// logged with the peer address and the reason.
+    pub async fn handshake(&self, sock: TcpStream, peer: SocketAddr) -> Option<TlsStream<TcpStream>> {
+        let acceptor = TlsAcceptor::from(self.current.read().clone());
+        match acceptor.accept(sock).await {
+            Ok(stream) => Some(stream),
+            Err(e) => {
+                info!(%peer, reason = %e, "HTTPS: TLS handshake failed");
+                None
+            }
+        }
+    }
+}
+
+/// The CA certificate of the development PKI the embedded default configuration serves HTTPS
+/// with (`./warden-data/tls/ca.pem`): what `warden token` and `warden admin` trust by default.
+pub const DEV_CA: &str = "./warden-data/tls/ca.pem";
+
+/// A TLS client configuration for the CLI's HTTP clients: trusting the CA certificates in
+/// `cacert` (PEM) when given, else `None` (the client's own roots).
+pub fn client_config(cacert: Option<&Path>) -> anyhow::Result<Option<Arc<rustls::ClientConfig>>> {
+    let Some(path) = cacert else { return Ok(None) };
+    let mut roots = RootCertStore::empty();
+    for c in read_certs(path, "CA certificate")? {
+        roots.add(c).map_err(|e| anyhow!("{}: unusable CA certificate: {e}", path.display()))?;
+    }
+    let cfg = rustls::ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+        .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
+        .context("TLS protocol versions")?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    Ok(Some(Arc::new(cfg)))
+}
+
+/// The CA file a CLI client trusts: `--cacert` when given, else the development CA when the
+/// URL is the embedded default's (`https://127.0.0.1:8080` or `https://localhost:8080`) and
+/// that file exists.
+pub fn cli_cacert(given: Option<&Path>, url: &str) -> Option<std::path::PathBuf> {
+    if let Some(p) = given {
+        return Some(p.to_owned());
+    }
+    let url = url.trim_end_matches('/');
+    let default = url == "https://127.0.0.1:8080" || url == "https://localhost:8080";
+    (default && Path::new(DEV_CA).is_file()).then(|| DEV_CA.into())
+}
+
+/// An HTTP agent for the CLI, trusting `cacert` (PEM) when given.
+pub fn cli_agent(cacert: Option<&Path>) -> anyhow::Result<ureq::Agent> {
+    let mut b = ureq::AgentBuilder::new();
+    if let Some(cfg) = client_config(cacert)? {
+        b = b.tls_config(cfg);
+    }
+    Ok(b.build())
+}
+
 /// Reload every TLS listener (logging the outcome); returns the certificates their CRLs
 /// revoke now (all listeners together: an issuer and serial name one certificate).
 pub fn reload_all(listeners: &[Arc<TlsListener>]) -> RevokedCerts {

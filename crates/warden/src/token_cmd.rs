@@ -23,9 +23,13 @@ pub struct TokenArgs {
     /// Space-separated scopes to ask for (default: all the client's scopes).
     #[arg(long)]
     pub scope: Option<String>,
-    /// The token service's base URL.
-    #[arg(long, default_value = "http://127.0.0.1:8080")]
+    /// The token service's base URL (the embedded default configuration serves HTTPS there).
+    #[arg(long, default_value = "https://127.0.0.1:8080")]
     pub url: String,
+    /// CA certificate (PEM) to trust for an https URL [default: the development CA
+    /// ./warden-data/tls/ca.pem for the default URL, when it exists; else the bundled roots].
+    #[arg(long)]
+    pub cacert: Option<std::path::PathBuf>,
 }
 
 fn form_encode(s: &str) -> String {
@@ -62,7 +66,9 @@ pub fn run(args: &TokenArgs) -> anyhow::Result<()> {
     if let Some(s) = &args.scope {
         form.push(("scope", s));
     }
-    let resp = ureq::post(&url)
+    let cacert = crate::tls::cli_cacert(args.cacert.as_deref(), &args.url);
+    let resp = crate::tls::cli_agent(cacert.as_deref())?
+        .post(&url)
         .timeout(Duration::from_secs(10))
         .set("Authorization", &format!("Basic {basic}"))
         .send_form(&form);

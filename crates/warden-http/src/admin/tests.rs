@@ -101,8 +101,11 @@ fn fixture() -> Fx {
         Arc::new(move || c.load(Ordering::SeqCst)),
     ));
     let backend = Arc::new(Memory::default());
-    let auth =
-        AdminAuth { token_hash: Some(password::hash_password(ADMIN_TOKEN.as_bytes())), oauth: Some(oauth.clone()) };
+    let auth = AdminAuth {
+        token_hash: Some(password::hash_password(ADMIN_TOKEN.as_bytes())),
+        oauth: Some(oauth.clone()),
+        checks: Default::default(),
+    };
     Fx { app: admin_router(backend.clone(), auth), backend, oauth, clock }
 }
 
@@ -257,4 +260,67 @@ fn openapi_document_names_every_route() {
     ] {
         assert!(doc["paths"][p].is_object(), "{p}");
     }
+}
+
+/// A failure guard that throttles an address after two failures (any name).
+#[derive(Default)]
+struct TwoStrikes(parking_lot::Mutex<Vec<(std::net::IpAddr, Option<String>)>>);
+
+impl crate::FailureGuard for TwoStrikes {
+    fn check(&self, ip: std::net::IpAddr, _: Option<&str>) -> Result<(), crate::Throttled> {
+        if self.0.lock().iter().filter(|(i, _)| *i == ip).count() >= 2 {
+            Err(crate::Throttled::Banned { retry_after: Duration::from_secs(300) })
+        } else {
+            Ok(())
+        }
+    }
+    fn failed(&self, ip: std::net::IpAddr, name: Option<&str>) {
+        self.0.lock().push((ip, name.map(str::to_owned)));
+    }
+    fn succeeded(&self, _: std::net::IpAddr, _: &str) {}
+}
+
+/// Issue 17 (observation 4): a wrong admin token, or a bad signed token, counts as a failed
+/// authentication from its address in the broker's guard; a throttled address gets 429 with
+/// `Retry-After` before any hashing, even with the right token; other addresses are served.
+/// The OpenAPI document needs no authentication and is not throttled.
+#[tokio::test]
+async fn admin_authentication_goes_through_the_failure_guard_before_hashing() {
+    let fx = fixture();
+    let guard = Arc::new(TwoStrikes::default());
+    let budget = crate::HashBudget::new(2, 1, Duration::from_secs(5));
+    let auth = AdminAuth {
+        token_hash: Some(password::hash_password(ADMIN_TOKEN.as_bytes())),
+        oauth: Some(fx.oauth.clone()),
+        checks: crate::SecretChecks { guard: Some(guard.clone()), budget: budget.clone() },
+    };
+    let app = admin_router(fx.backend.clone(), auth);
+    let call = |last: u8, token: String, path: &'static str| {
+        let mut r = Request::builder()
+            .uri(path)
+            .header(header::AUTHORIZATION, format!("Bearer {token}"))
+            .body(Body::empty())
+            .unwrap();
+        r.extensions_mut().insert(crate::PeerAddr(std::net::SocketAddr::from(([192, 0, 2, last], 1))));
+        let app = app.clone();
+        async move { app.oneshot(r).await.unwrap() }
+    };
+    assert_eq!(call(7, "wrong".into(), "/admin/users").await.status(), StatusCode::UNAUTHORIZED);
+    let mut forged = fx.token_of("ops");
+    forged.push('x');
+    assert_eq!(call(7, forged, "/admin/users").await.status(), StatusCode::UNAUTHORIZED);
+    assert_eq!(budget.runs(crate::HashClass::Http), 1, "one hash: the signed token needs none");
+    let ip7: std::net::IpAddr = [192, 0, 2, 7].into();
+    assert_eq!(*guard.0.lock(), vec![(ip7, Some("\0admin-token".into())), (ip7, None)]);
+    let r = call(7, ADMIN_TOKEN.into(), "/admin/users").await;
+    assert_eq!(r.status(), StatusCode::TOO_MANY_REQUESTS);
+    assert_eq!(r.headers()[header::RETRY_AFTER], "300");
+    assert_eq!(call(7, fx.token_of("ops"), "/admin/users").await.status(), StatusCode::TOO_MANY_REQUESTS);
+    assert_eq!(budget.runs(crate::HashClass::Http), 1, "no hash for a throttled address");
+    assert_eq!(call(7, "x".into(), "/admin/openapi.json").await.status(), StatusCode::OK);
+    assert_eq!(call(8, ADMIN_TOKEN.into(), "/admin/users").await.status(), StatusCode::OK);
+    assert_eq!(call(8, fx.token_of("ops"), "/admin/users").await.status(), StatusCode::OK);
+    // A valid token without the admin scope is 403, and no failure.
+    assert_eq!(call(8, fx.token_of("dev"), "/admin/users").await.status(), StatusCode::FORBIDDEN);
+    assert_eq!(guard.0.lock().len(), 2);
 }
