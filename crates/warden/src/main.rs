@@ -4,7 +4,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand, ValueEnum};
-use tracing::{error, info};
+use tracing::{error, info, warn};
 use warden::config::{Config, ListenerProtocol};
 use warden::server::Server;
 
@@ -193,6 +193,12 @@ fn serve(config: Option<PathBuf>) -> anyhow::Result<()> {
         if created {
             info!(ca = %pki.ca_cert.display(), "created a development CA and a localhost server certificate");
         }
+    }
+    // Every connection is a descriptor: the soft limit up to the hard one, before anything opens.
+    match warden::fdlimit::raise() {
+        Ok((before, after)) if after > before => info!(from = before, to = after, "raised the file descriptor limit"),
+        Ok(_) => {}
+        Err(e) => warn!(error = %e, "cannot raise the file descriptor limit"),
     }
     let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
     rt.block_on(async move {

@@ -42,6 +42,46 @@ pub struct BoundListener {
     pub path: String,
 }
 
+impl BoundListener {
+    /// `mqtt://127.0.0.1:1883`, `ws://127.0.0.1:8083/mqtt`, …: how the logs name it.
+    pub fn url(&self) -> String {
+        match self.protocol {
+            ListenerProtocol::Ws | ListenerProtocol::Wss => format!("{}://{}{}", self.protocol, self.addr, self.path),
+            _ => format!("{}://{}", self.protocol, self.addr),
+        }
+    }
+}
+
+/// Divide the file descriptors the soft limit leaves between the MQTT listeners and the HTTP
+/// listener ([`crate::fdlimit::plan`]); logs the limit, and the warning once when the
+/// configured caps do not fit.
+fn fd_plan(cfg: &Config, listeners: &[BoundListener], http: Option<SocketAddr>) -> crate::fdlimit::FdPlan {
+    let demand = crate::fdlimit::Demand {
+        mqtt_listeners: listeners.iter().map(BoundListener::url).collect(),
+        mqtt_max: cfg.limits.max_connections,
+        http: http.zip(cfg.http.as_ref()).map(|(a, h)| (format!("http://{a}"), h.limits.max_connections)),
+    };
+    let limit = match crate::fdlimit::current() {
+        Ok((soft, _)) => soft,
+        Err(e) => {
+            warn!(error = %e, "cannot read the file descriptor limit: the configured connection caps stand");
+            u64::MAX
+        }
+    };
+    let plan = crate::fdlimit::plan(limit, &demand);
+    info!(
+        limit = plan.limit,
+        budget = plan.budget,
+        mqtt_max_connections = plan.mqtt,
+        http_max_connections = plan.http,
+        "file descriptors"
+    );
+    if let Some(w) = &plan.warning {
+        warn!("{w}");
+    }
+    plan
+}
+
 /// A running broker.
 pub struct Server {
     /// Bound listeners, in configuration order.
@@ -56,6 +96,8 @@ pub struct Server {
     pub oauth: Option<Arc<OAuthService>>,
     /// The HTTP listener's address, when configured.
     pub http_addr: Option<SocketAddr>,
+    /// The connection caps in force, after the file descriptor limit (`fdlimit`).
+    pub fd_plan: crate::fdlimit::FdPlan,
     /// The policy in force: ACL file and policy store.
     pub policy: Arc<PolicyManager>,
     /// Live connections.
@@ -277,6 +319,8 @@ impl Server {
         let l = &cfg.limits;
         let guard =
             Guard::with_backoff(l.max_connections_per_ip, l.connect_rate_per_ip, l.auth_fail_ban, l.auth_fail_backoff);
+        // Bind every listener first, then divide the file descriptors between them.
+        let mut bound = Vec::new();
         for l in &cfg.listeners {
             let tls = match &l.tls {
                 Some(t) => {
@@ -292,14 +336,27 @@ impl Server {
                 .with_context(|| format!("cannot listen on {} ({})", l.bind, l.protocol.as_str()))?;
             let addr = tcp.local_addr()?;
             listeners.push(BoundListener { protocol: l.protocol, addr, path: l.path.clone() });
+            bound.push((tcp, l, tls));
+        }
+        let http_tcp = match &cfg.http {
+            Some(http) => Some(
+                TcpListener::bind(http.bind).await.with_context(|| format!("cannot listen on {} (http)", http.bind))?,
+            ),
+            None => None,
+        };
+        let http_addr = http_tcp.as_ref().map(TcpListener::local_addr).transpose()?;
+        let fd_plan = fd_plan(cfg, &listeners, http_addr);
+        for ((tcp, l, tls), b) in bound.into_iter().zip(&listeners) {
+            let name = b.url();
             let ctx = ctx.clone();
             let live = live_count.clone();
             let bans = bans.clone();
-            let max = cfg.limits.max_connections;
+            let max = fd_plan.mqtt;
             let protocol = l.protocol;
             let path = Arc::new(crate::ws::WsSettings::new(&l.path, &l.allowed_origins));
             let mut stop = shutdown_rx.clone();
             let guard = guard.clone();
+            let accept_errors = crate::fdlimit::AcceptErrors::new(name);
             tasks.spawn(async move {
                 loop {
                     let (sock, peer) = tokio::select! {
@@ -307,8 +364,7 @@ impl Server {
                             Ok(x) => x,
                             Err(e) => {
                                 // EMFILE and friends: back off briefly rather than spin.
-                                warn!(error = %e, "accept failed");
-                                tokio::time::sleep(Duration::from_millis(50)).await;
+                                accept_errors.failed(&e).await;
                                 continue;
                             }
                         },
@@ -358,11 +414,7 @@ impl Server {
             });
         }
         // The HTTP side: token service, health.
-        let mut http_addr = None;
-        if let Some(http) = &cfg.http {
-            let tcp =
-                TcpListener::bind(http.bind).await.with_context(|| format!("cannot listen on {} (http)", http.bind))?;
-            http_addr = Some(tcp.local_addr()?);
+        if let (Some(http), Some(tcp)) = (&cfg.http, http_tcp) {
             let mut app = axum::Router::new().route("/healthz", axum::routing::get(|| async { "ok\n" }));
             if let Some(o) = &oauth {
                 app = app.merge(warden_http::router(o.clone()));
@@ -381,7 +433,9 @@ impl Server {
                 oauth: oauth.clone(),
             };
             app = app.merge(warden_http::admin::admin_router(backend, admin_auth));
-            tasks.spawn(crate::http_serve::serve(tcp, app, http.limits, bans.clone(), shutdown_rx.clone()));
+            let mut limits = http.limits;
+            limits.max_connections = fd_plan.http.unwrap_or(limits.max_connections);
+            tasks.spawn(crate::http_serve::serve(tcp, app, limits, bans.clone(), shutdown_rx.clone()));
         }
         // Housekeeping: due wills and expired sessions, once a second.
         {
@@ -446,6 +500,7 @@ impl Server {
             tls: tls_listeners,
             oauth,
             http_addr,
+            fd_plan,
             policy,
             live,
             bans,
