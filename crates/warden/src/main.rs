@@ -122,6 +122,18 @@ fn check(path: &std::path::Path) -> anyhow::Result<()> {
             warden::tls::server_config(t).map_err(|e| anyhow::anyhow!("{} listener {}: {e:#}", l.protocol, l.bind))?;
         }
     }
+    // The connection caps against the descriptors `serve` would have (it raises the soft limit
+    // to this hard one): the same warning as at start, before it happens.
+    if let Ok((_, hard)) = warden::fdlimit::current() {
+        let demand = warden::fdlimit::Demand {
+            mqtt_listeners: cfg.listeners.iter().map(|l| format!("{}://{}", l.protocol, l.bind)).collect(),
+            mqtt_max: cfg.limits.max_connections,
+            http: cfg.http.as_ref().map(|h| (format!("http://{}", h.bind), h.limits.max_connections)),
+        };
+        if let Some(w) = warden::fdlimit::plan(hard, &demand).warning {
+            println!("warning: {w}");
+        }
+    }
     println!(
         "{}: ok ({} listener(s), {} user(s) in the password file, {} in the policy store, anonymous {})",
         path.display(),
