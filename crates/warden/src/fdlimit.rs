@@ -84,7 +84,8 @@ pub fn plan(limit: u64, d: &Demand) -> FdPlan {
     });
     let mqtt = d.mqtt_max.min(b.saturating_sub(http.unwrap_or(0))).max(1);
     let mut warning = format!(
-        "the file descriptor limit ({limit}, the hard limit; raise it with LimitNOFILE= or ulimit -Hn) \
+        "the file descriptor limit ({limit}; `warden serve` raises the soft limit to the hard one: raise that \
+         with LimitNOFILE= or ulimit -Hn) \
          leaves {budget} descriptors for connections ({RESERVE} are kept for the store, the log and \
          outgoing connections, {sockets} for the listening sockets), fewer than the configured caps: "
     );
