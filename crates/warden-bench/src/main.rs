@@ -126,8 +126,9 @@ enum Command {
         tls12: bool,
     },
     /// Legitimate pairs at a fixed rate while attackers from many 127.0.x.y addresses flood
-    /// connects, wrong passwords, slow CONNECTs and publishes and hold non-reading subscribers;
-    /// legitimate latency/loss and broker peak RSS (--no-attack: the baseline).
+    /// connects, wrong passwords, slow CONNECTs and publishes and hold non-reading subscribers
+    /// (or: one account fills memory; HTTP slowloris and hash flood); legitimate latency/loss,
+    /// reconnect time, broker peak RSS and descriptors (--no-attack: the baseline).
     Botnet {
         #[command(flatten)]
         common: Common,
@@ -154,9 +155,39 @@ enum Command {
         no_attack: bool,
         /// Attack kinds, comma-separated: connect (valid CONNECT, then close), password (wrong
         /// password), slow (CONNECT never finished), flood (publish flood), stall (subscribers to
-        /// everything that never read).
+        /// everything that never read), fill-memory (one account: offline persistent sessions on
+        /// its own topic and a QoS 1 flood to them), http-slowloris (partial HTTP requests, wrong
+        /// OAuth client secrets and admin tokens against --http-port).
         #[arg(long, value_delimiter = ',', default_value = "connect,password,slow,flood,stall")]
         attacks: Vec<String>,
+        /// fill-memory: the attacker's account (default: --username).
+        #[arg(long)]
+        attacker_username: Option<String>,
+        /// fill-memory: its password (default: --password).
+        #[arg(long)]
+        attacker_password: Option<String>,
+        /// fill-memory: offline persistent sessions of the account.
+        #[arg(long, default_value_t = 20)]
+        fill_sessions: usize,
+        /// fill-memory: publishing connections of the account.
+        #[arg(long, default_value_t = 2)]
+        fill_publishers: usize,
+        /// fill-memory: payload bytes per message.
+        #[arg(long, default_value_t = 16384)]
+        fill_payload: usize,
+        /// fill-memory: megabytes (MiB) published at most.
+        #[arg(long, default_value_t = 100)]
+        fill_mib: u64,
+        /// http-slowloris: the broker's HTTP listener port (on --host); without it the attack
+        /// is reported as not applicable (Mosquitto has no HTTP listener).
+        #[arg(long)]
+        http_port: Option<u16>,
+        /// http-slowloris: partial requests held per attacker task.
+        #[arg(long, default_value_t = 50)]
+        slowloris_conns: usize,
+        /// http-slowloris: the OAuth client id the wrong secrets are sent for.
+        #[arg(long, default_value = "bench-client")]
+        oauth_client: String,
     },
     /// The cost of one authorization decision (no broker): ACL file, policy store and token
     /// scopes of N rules, topics of 3-8 levels; one JSON line per case (ns per decision).
@@ -345,17 +376,52 @@ fn run(cli: Cli) -> Result<()> {
             flood_payload,
             no_attack,
             attacks,
+            attacker_username,
+            attacker_password,
+            fill_sessions,
+            fill_publishers,
+            fill_payload,
+            fill_mib,
+            http_port,
+            slowloris_conns,
+            oauth_client,
         } => {
-            if let Some(bad) =
-                attacks.iter().find(|k| !["connect", "password", "slow", "flood", "stall"].contains(&k.as_str()))
-            {
-                bail!("unknown attack kind {bad:?} (connect, password, slow, flood, stall)");
+            if let Some(bad) = attacks.iter().find(|k| !botnet::KINDS.contains(&k.as_str())) {
+                bail!("unknown attack kind {bad:?} ({})", botnet::KINDS.join(", "));
             }
             if !(duration > 0.0 && rate > 0.0 && pairs > 0) {
                 bail!("--duration, --rate and --pairs must be positive");
             }
             let attackers = if no_attack { 0 } else { attackers };
-            let p = botnet::Params { duration, pairs, rate, attackers, source_addrs, flood_payload, kinds: attacks };
+            let fill = botnet::FillMemory {
+                username: attacker_username.or_else(|| common.username.clone()),
+                password: attacker_password.or_else(|| common.password.clone()),
+                sessions: fill_sessions,
+                publishers: fill_publishers,
+                payload: fill_payload.max(8),
+                bytes: fill_mib.saturating_mul(1024 * 1024),
+            };
+            let http_addr = match http_port {
+                Some(port) => Some(
+                    (common.host.as_str(), port)
+                        .to_socket_addrs()?
+                        .next()
+                        .ok_or_else(|| anyhow!("cannot resolve {}", common.host))?,
+                ),
+                None => None,
+            };
+            let http = botnet::HttpAttack { addr: http_addr, slowloris_conns, oauth_client };
+            let p = botnet::Params {
+                duration,
+                pairs,
+                rate,
+                attackers,
+                source_addrs,
+                flood_payload,
+                kinds: attacks,
+                fill,
+                http,
+            };
             (common, Scenario::Botnet(p))
         }
         Command::TlsHandshakes { common, connections, concurrency, ca, cert, key, server_name, tls12 } => {

@@ -50,6 +50,9 @@ pub struct Output {
     pub broker_rss_peak_kib: Option<u64>,
     /// Broker RSS at the end of the run (VmRSS), KiB.
     pub broker_rss_now_kib: Option<u64>,
+    /// Botnet: the most file descriptors the broker held at once (/proc/PID/fd, every 100 ms).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub broker_fds_peak: Option<u64>,
     /// CPU seconds the generator itself used during the run.
     pub bench_cpu_s: f64,
     /// CPU seconds everything else on the machine used during the run (needs --pid): other load

@@ -36,7 +36,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 use tokio::task::JoinSet;
 use tokio::time::Instant;
-use tracing::{debug, warn};
+use tracing::debug;
 
 use crate::bans::{canonical_ip, BanList};
 use crate::config::HttpLimits;
@@ -109,6 +109,8 @@ pub async fn serve(
     let app = app.layer(axum::middleware::from_fn(move |req, next| limit_request(req, next, limits)));
     let counts = Arc::new(Counts::default());
     let mut conns = JoinSet::new();
+    let accept_errors =
+        crate::fdlimit::AcceptErrors::new(tcp.local_addr().map_or_else(|_| "http".into(), |a| format!("http://{a}")));
     loop {
         if *stop.borrow_and_update() {
             break;
@@ -118,8 +120,7 @@ pub async fn serve(
                 Ok(x) => x,
                 Err(e) => {
                     // EMFILE and friends: back off briefly rather than spin.
-                    warn!(error = %e, "HTTP accept failed");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    accept_errors.failed(&e).await;
                     continue;
                 }
             },

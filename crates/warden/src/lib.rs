@@ -11,6 +11,7 @@
 //! - [`tokens`]: access tokens in the CONNECT password (built-in token service, `[auth.jwt]`).
 //! - [`http_serve`]: the HTTP listener's serving loop: connection caps, header and request
 //!   timeouts, body limit, ban list, graceful shutdown.
+//! - [`fdlimit`]: the file descriptor limit, raised at start and divided between the listeners.
 //! - [`guard`]: per-address admission: connection caps, connect rate, failed-auth bans.
 //! - [`limits`]: publish rate/bandwidth buckets, the `max_memory` gauge, log-once-per-interval.
 //! - [`revocations`]: the token service's revocations, kept in the data directory.
@@ -37,6 +38,7 @@ pub mod bootstrap;
 pub mod cert_cmd;
 pub mod config;
 pub mod conn;
+pub mod fdlimit;
 pub mod guard;
 pub mod http_serve;
 pub mod limits;

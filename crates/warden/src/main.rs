@@ -4,7 +4,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand, ValueEnum};
-use tracing::{error, info};
+use tracing::{error, info, warn};
 use warden::config::{Config, ListenerProtocol};
 use warden::server::Server;
 
@@ -126,6 +126,18 @@ fn check(path: &std::path::Path) -> anyhow::Result<()> {
     for w in cfg.warnings() {
         eprintln!("warden: warning: {w}");
     }
+    // The connection caps against the descriptors `serve` would have (it raises the soft limit
+    // to this hard one): the same warning as at start, before it happens.
+    if let Ok((_, hard)) = warden::fdlimit::current() {
+        let demand = warden::fdlimit::Demand {
+            mqtt_listeners: cfg.listeners.iter().map(|l| format!("{}://{}", l.protocol, l.bind)).collect(),
+            mqtt_max: cfg.limits.max_connections,
+            http: cfg.http.as_ref().map(|h| (format!("http://{}", h.bind), h.limits.max_connections)),
+        };
+        if let Some(w) = warden::fdlimit::plan(hard, &demand).warning {
+            println!("warning: {w}");
+        }
+    }
     println!(
         "{}: ok ({} listener(s), {} user(s) in the password file, {} in the policy store, anonymous {})",
         path.display(),
@@ -197,6 +209,12 @@ fn serve(config: Option<PathBuf>) -> anyhow::Result<()> {
         if created {
             info!(ca = %pki.ca_cert.display(), "created a development CA and a localhost server certificate");
         }
+    }
+    // Every connection is a descriptor: the soft limit up to the hard one, before anything opens.
+    match warden::fdlimit::raise() {
+        Ok((before, after)) if after > before => info!(from = before, to = after, "raised the file descriptor limit"),
+        Ok(_) => {}
+        Err(e) => warn!(error = %e, "cannot raise the file descriptor limit"),
     }
     let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
     rt.block_on(async move {

@@ -51,6 +51,46 @@ impl BoundListener {
     }
 }
 
+impl BoundListener {
+    /// `mqtt://127.0.0.1:1883`, `ws://127.0.0.1:8083/mqtt`, …: how the logs name it.
+    pub fn url(&self) -> String {
+        match self.protocol {
+            ListenerProtocol::Ws | ListenerProtocol::Wss => format!("{}://{}{}", self.protocol, self.addr, self.path),
+            _ => format!("{}://{}", self.protocol, self.addr),
+        }
+    }
+}
+
+/// Divide the file descriptors the soft limit leaves between the MQTT listeners and the HTTP
+/// listener ([`crate::fdlimit::plan`]); logs the limit, and the warning once when the
+/// configured caps do not fit.
+fn fd_plan(cfg: &Config, listeners: &[BoundListener], http: Option<SocketAddr>) -> crate::fdlimit::FdPlan {
+    let demand = crate::fdlimit::Demand {
+        mqtt_listeners: listeners.iter().map(BoundListener::url).collect(),
+        mqtt_max: cfg.limits.max_connections,
+        http: http.zip(cfg.http.as_ref()).map(|(a, h)| (format!("http://{a}"), h.limits.max_connections)),
+    };
+    let limit = match crate::fdlimit::current() {
+        Ok((soft, _)) => soft,
+        Err(e) => {
+            warn!(error = %e, "cannot read the file descriptor limit: the configured connection caps stand");
+            u64::MAX
+        }
+    };
+    let plan = crate::fdlimit::plan(limit, &demand);
+    info!(
+        limit = plan.limit,
+        budget = plan.budget,
+        mqtt_max_connections = plan.mqtt,
+        http_max_connections = plan.http,
+        "file descriptors"
+    );
+    if let Some(w) = &plan.warning {
+        warn!("{w}");
+    }
+    plan
+}
+
 /// A running broker.
 pub struct Server {
     /// Bound listeners, in configuration order.
@@ -65,6 +105,8 @@ pub struct Server {
     pub oauth: Option<Arc<OAuthService>>,
     /// The HTTP listener's address, when configured.
     pub http_addr: Option<SocketAddr>,
+    /// The connection caps in force, after the file descriptor limit (`fdlimit`).
+    pub fd_plan: crate::fdlimit::FdPlan,
     /// The policy in force: ACL file and policy store.
     pub policy: Arc<PolicyManager>,
     /// Live connections.
@@ -307,6 +349,8 @@ impl Server {
         if let Some(o) = &oauth {
             o.set_secret_checks(secret_checks.clone());
         }
+        // Bind every listener first, then divide the file descriptors between them.
+        let mut bound = Vec::new();
         for l in &cfg.listeners {
             let tls = match &l.tls {
                 Some(t) => {
@@ -322,15 +366,29 @@ impl Server {
                 .with_context(|| format!("cannot listen on {} ({})", l.bind, l.protocol.as_str()))?;
             let addr = tcp.local_addr()?;
             let open = Arc::new(crate::conn::OpenCounts { total: live_count.clone(), listener: AtomicUsize::new(0) });
-            listeners.push(BoundListener { protocol: l.protocol, addr, path: l.path.clone(), open: open.clone() });
+            listeners.push(BoundListener { protocol: l.protocol, addr, path: l.path.clone(), open });
+            bound.push((tcp, l, tls));
+        }
+        let http_tcp = match &cfg.http {
+            Some(http) => Some(
+                TcpListener::bind(http.bind).await.with_context(|| format!("cannot listen on {} (http)", http.bind))?,
+            ),
+            None => None,
+        };
+        let http_addr = http_tcp.as_ref().map(TcpListener::local_addr).transpose()?;
+        let fd_plan = fd_plan(cfg, &listeners, http_addr);
+        for ((tcp, l, tls), b) in bound.into_iter().zip(&listeners) {
+            let name = b.url();
+            let open = b.open.clone();
             let ctx = ctx.clone();
             let live = live_count.clone();
             let bans = bans.clone();
-            let max = cfg.limits.max_connections;
+            let max = fd_plan.mqtt;
             let protocol = l.protocol;
             let path = Arc::new(crate::ws::WsSettings::new(&l.path, &l.allowed_origins));
             let mut stop = shutdown_rx.clone();
             let guard = guard.clone();
+            let accept_errors = crate::fdlimit::AcceptErrors::new(name);
             tasks.spawn(async move {
                 loop {
                     let (sock, peer) = tokio::select! {
@@ -338,8 +396,7 @@ impl Server {
                             Ok(x) => x,
                             Err(e) => {
                                 // EMFILE and friends: back off briefly rather than spin.
-                                warn!(error = %e, "accept failed");
-                                tokio::time::sleep(Duration::from_millis(50)).await;
+                                accept_errors.failed(&e).await;
                                 continue;
                             }
                         },
@@ -388,8 +445,7 @@ impl Server {
             });
         }
         // The HTTP side: token service, health.
-        let mut http_addr = None;
-        if let Some(http) = &cfg.http {
+        if let (Some(http), Some(tcp)) = (&cfg.http, http_tcp) {
             let http_tls = match &http.tls {
                 Some(t) => {
                     let t = Arc::new(TlsListener::load(t).with_context(|| format!("[http] listener {}", http.bind))?);
@@ -398,9 +454,6 @@ impl Server {
                 }
                 None => None,
             };
-            let tcp =
-                TcpListener::bind(http.bind).await.with_context(|| format!("cannot listen on {} (http)", http.bind))?;
-            http_addr = Some(tcp.local_addr()?);
             let metrics = Arc::new(crate::metrics::Metrics {
                 broker: broker.clone(),
                 store: store.clone(),
@@ -445,7 +498,9 @@ impl Server {
                 checks: secret_checks.clone(),
             };
             app = app.merge(warden_http::admin::admin_router(backend, admin_auth));
-            tasks.spawn(crate::http_serve::serve(tcp, app, http.limits, bans.clone(), http_tls, shutdown_rx.clone()));
+            let mut limits = http.limits;
+            limits.max_connections = fd_plan.http.unwrap_or(limits.max_connections);
+            tasks.spawn(crate::http_serve::serve(tcp, app, limits, bans.clone(), http_tls, shutdown_rx.clone()));
         }
         // Housekeeping: due wills and expired sessions, once a second.
         {
@@ -510,6 +565,7 @@ impl Server {
             tls: tls_listeners,
             oauth,
             http_addr,
+            fd_plan,
             policy,
             live,
             bans,

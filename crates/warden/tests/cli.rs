@@ -41,6 +41,36 @@ fn check_accepts_a_good_config_and_names_file_and_line_of_a_bad_one() {
     assert!(!out.status.success() && err.contains("bad_value.toml:4:") && err.contains("max_packet_size"), "{err}");
 }
 
+/// `check` warns, as `serve` would at start, when the connection caps exceed what the hard
+/// file descriptor limit leaves (here `ulimit -n 256` in `sh`, soft and hard); the config is
+/// still valid.
+#[test]
+fn check_warns_when_the_connection_caps_exceed_the_file_descriptor_limit() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = dir.path().join("c.toml");
+    std::fs::write(
+        &cfg,
+        "[[listener]]\nbind = \"127.0.0.1:0\"\n[auth]\nallow_anonymous = true\n[http]\nbind = \"127.0.0.1:0\"\n",
+    )
+    .unwrap();
+    let out = Command::new("sh")
+        .args(["-c", "ulimit -n 256 && exec \"$0\" check --config \"$1\"", BIN])
+        .arg(&cfg)
+        .output()
+        .expect("run warden");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(text.contains("warning: the file descriptor limit (256"), "{text}");
+    assert!(text.contains("100000 -> 167") && text.contains("1024 -> 23") && text.contains(": ok"), "{text}");
+    // With room enough (the defaults need 101024 + 66), no warning.
+    let out = Command::new("sh")
+        .args(["-c", "ulimit -n 200000 2>/dev/null || exit 0; exec \"$0\" check --config \"$1\"", BIN])
+        .arg(&cfg)
+        .output()
+        .expect("run warden");
+    assert!(!String::from_utf8_lossy(&out.stdout).contains("warning"));
+}
+
 #[test]
 fn a_missing_or_broken_password_file_is_refused_at_start() {
     let dir = tempfile::tempdir().unwrap();
