@@ -177,3 +177,92 @@ fn promtool_accepts(text: &str) {
         String::from_utf8_lossy(&out.stderr)
     );
 }
+
+/// A real Prometheus (Debian's `prometheus`, when installed; CI installs it) scrapes the real
+/// broker: the target is up, and every query of the Grafana dashboard in
+/// `docs/grafana/warden-dashboard.json` evaluates without error and names only families the
+/// broker exposes — so the dashboard cannot drift from the metric names.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_real_prometheus_scrapes_the_broker_and_the_dashboard_queries_evaluate() {
+    let dashboard: serde_json::Value =
+        serde_json::from_str(include_str!("../../../docs/grafana/warden-dashboard.json")).expect("dashboard JSON");
+    let exprs: Vec<String> = dashboard["panels"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .flat_map(|p| p["targets"].as_array().unwrap().iter().map(|t| t["expr"].as_str().unwrap().to_owned()))
+        .collect();
+    assert!(exprs.len() >= 10, "the dashboard has its panels");
+    let b = broker().await;
+    let (_, _, text) = get(&b, "/metrics").await;
+    let (types, _) = parse(&text);
+    for e in &exprs {
+        let names: Vec<&str> =
+            e.split(|c: char| !(c.is_ascii_alphanumeric() || c == '_')).filter(|w| w.starts_with("warden_")).collect();
+        assert!(!names.is_empty(), "{e}");
+        for n in names {
+            let family = n.strip_suffix("_bucket").unwrap_or(n);
+            assert!(types.contains_key(family), "the dashboard queries {n}, which /metrics does not expose");
+        }
+    }
+
+    let Ok(version) = Command::new("prometheus").arg("--version").output() else {
+        assert!(std::env::var_os("WARDEN_REQUIRE_PROMTOOL").is_none(), "prometheus is required here but not installed");
+        eprintln!("prometheus not installed: no real scrape");
+        return;
+    };
+    assert!(version.status.success());
+    let dir = tempfile::tempdir().unwrap();
+    let target = b.server.http_addr.unwrap();
+    std::fs::write(
+        dir.path().join("prometheus.yml"),
+        format!(
+            "global:\n  scrape_interval: 1s\n  scrape_timeout: 1s\n  evaluation_interval: 1s\n\
+             scrape_configs:\n  - job_name: warden\n    static_configs:\n      - targets: ['{target}']\n"
+        ),
+    )
+    .unwrap();
+    // A free loopback port for Prometheus's own API (bound, read, released).
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    struct Kill(std::process::Child);
+    impl Drop for Kill {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+    let _prom = Kill(
+        Command::new("prometheus")
+            .arg(format!("--config.file={}", dir.path().join("prometheus.yml").display()))
+            .arg(format!("--storage.tsdb.path={}", dir.path().join("data").display()))
+            .arg(format!("--web.listen-address=127.0.0.1:{port}"))
+            .arg("--log.level=warn")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    let query = |q: String| {
+        let url = format!("http://127.0.0.1:{port}/api/v1/query");
+        tokio::task::spawn_blocking(move || -> Option<serde_json::Value> {
+            ureq::get(&url).query("query", &q).timeout(WAIT).call().ok()?.into_json().ok()
+        })
+    };
+    // Up within 30 s (a scrape a second once Prometheus runs).
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    loop {
+        let up = query("up{job=\"warden\"}".into()).await.unwrap();
+        if up.as_ref().and_then(|v| v["data"]["result"][0]["value"][1].as_str()) == Some("1") {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "Prometheus did not scrape the broker within 30 s: {up:?}");
+        tokio::time::sleep(std::time::Duration::from_millis(250)).await;
+    }
+    let series = query("warden_sessions".into()).await.unwrap().expect("answer");
+    assert_eq!(series["data"]["result"].as_array().map(Vec::len), Some(1), "{series}");
+    for e in exprs {
+        let r = query(e.clone()).await.unwrap().expect("an answer");
+        assert_eq!(r["status"], "success", "{e}: {r}");
+    }
+    b.stop().await;
+}
