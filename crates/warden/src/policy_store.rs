@@ -142,7 +142,7 @@ pub fn load_acl(cfg: &AuthzConfig) -> anyhow::Result<Option<AclFile>> {
 /// The policy in force (ACL file + store) and the store's persistence.
 pub struct PolicyManager {
     data_dir: PathBuf,
-    authz: AuthzConfig,
+    authz: RwLock<AuthzConfig>,
     acl: RwLock<Option<Arc<AclFile>>>,
     store: Mutex<PolicyStore>,
     auth: Arc<Authenticator>,
@@ -166,7 +166,7 @@ impl PolicyManager {
         auth.set_disabled(Arc::new(disabled_names(&store)));
         Ok(PolicyManager {
             data_dir: data_dir.to_path_buf(),
-            authz: authz.clone(),
+            authz: RwLock::new(authz.clone()),
             acl: RwLock::new(acl),
             store: Mutex::new(store),
             auth,
@@ -183,9 +183,10 @@ impl PolicyManager {
     }
 
     fn build(&self, store: &PolicyStore) -> Arc<Audited> {
-        let policy = PolicyAuthorizer::new_shared(self.acl.read().clone(), self.authz.on_deny == OnDeny::Disconnect)
+        let authz = self.authz.read();
+        let policy = PolicyAuthorizer::new_shared(self.acl.read().clone(), authz.on_deny == OnDeny::Disconnect)
             .with_store(Arc::new(store.compile()));
-        Arc::new(Audited { policy, all: self.authz.audit == AuditMode::All, live: Some(self.live.clone()) })
+        Arc::new(Audited { policy, all: authz.audit == AuditMode::All, live: Some(self.live.clone()) })
     }
 
     /// The broker whose authorizer this manager swaps (set once, after the broker is made).
@@ -209,9 +210,21 @@ impl PolicyManager {
         self.store.lock().clone()
     }
 
+    /// Apply `[authz]`'s `on_deny` and `audit` of a reloaded configuration file (SIGHUP): the
+    /// next decision uses them.
+    pub fn set_modes(&self, on_deny: OnDeny, audit: AuditMode) {
+        {
+            let mut a = self.authz.write();
+            a.on_deny = on_deny;
+            a.audit = audit;
+        }
+        let store = self.store.lock();
+        self.swap(&store);
+    }
+
     /// Re-read the ACL file (SIGHUP); on error the previous one stays.
     pub fn reload_acl(&self) -> anyhow::Result<()> {
-        let acl = load_acl(&self.authz)?.map(Arc::new);
+        let acl = load_acl(&self.authz.read())?.map(Arc::new);
         let store = self.store.lock();
         *self.acl.write() = acl;
         self.swap(&store);

@@ -118,6 +118,8 @@ pub struct Server {
     /// Where changes of trust are applied (revocation, removal, narrowing).
     pub trust: Arc<Trust>,
     config: Config,
+    /// The configuration as last read (at start or by a SIGHUP): what a reload compares with.
+    applied: parking_lot::Mutex<Config>,
     shutdown: watch::Sender<bool>,
     tasks: JoinSet<()>,
     /// The durable store (`[persistence]`), closed at shutdown.
@@ -572,6 +574,7 @@ impl Server {
             hashing,
             trust,
             config: cfg.clone(),
+            applied: parking_lot::Mutex::new(cfg.clone()),
             shutdown,
             tasks,
             store,
@@ -596,6 +599,7 @@ impl Server {
     /// narrowed) ends its live connections, wills discarded ([`crate::trust`]); nothing else is
     /// disturbed.
     pub fn reload(&self) {
+        let reread = self.reload_config_file();
         match self.auth.reload() {
             Ok(Some(file)) => {
                 info!(users = file.len(), "password file reloaded");
@@ -609,11 +613,15 @@ impl Server {
             self.trust.apply(&TrustEvent::CertificatesRevoked(Arc::new(revoked)));
         }
         if let Some(o) = &self.oauth {
-            // Client secret hashes given as "env:NAME" or `secret_hash_file` are read again.
-            let cfg = self.config.with_reread_secrets(&crate::config::process_env).unwrap_or_else(|e| {
-                warn!(error = %e, "configuration secrets not re-read; the ones loaded at start stay");
-                self.config.clone()
-            });
+            // The OAuth clients of the configuration file as re-read now (their secret hashes
+            // given as "env:NAME" or `secret_hash_file` read again too).
+            let cfg = match reread {
+                Some(c) => c,
+                None => self.config.with_reread_secrets(&crate::config::process_env).unwrap_or_else(|e| {
+                    warn!(error = %e, "configuration secrets not re-read; the ones loaded at start stay");
+                    self.applied.lock().clone()
+                }),
+            };
             match (oauth_clients(&cfg), crate::oauth_store::load_keys(&self.config.data_dir)) {
                 (Ok(clients), Ok(keys)) => {
                     let n = clients.len();
@@ -636,6 +644,43 @@ impl Server {
                 Err(e) => warn!(error = %e, "ACL reload failed; the previous ACL stays in force"),
             }
         }
+    }
+
+    /// SIGHUP, the configuration file itself (none for the embedded default): read it again;
+    /// apply what can change live (`[authz] on_deny` and `audit` here, the OAuth clients and
+    /// every file the configuration names in [`Server::reload`]), and name in one log line
+    /// every other setting that changed, which needs a restart — never ignored silently. A
+    /// file that no longer loads is reported and the running configuration stays. Returns
+    /// the configuration read, when it loaded.
+    fn reload_config_file(&self) -> Option<Config> {
+        let path = self.config.source.as_ref()?;
+        let new = match Config::load(path) {
+            Ok(c) => c,
+            Err(e) => {
+                warn!(error = %format!("{e:#}"), "configuration file not reloaded: the running configuration stays");
+                return None;
+            }
+        };
+        let mut applied = self.applied.lock();
+        if new.authz.on_deny != applied.authz.on_deny || new.authz.audit != applied.authz.audit {
+            self.policy.set_modes(new.authz.on_deny, new.authz.audit);
+            info!(on_deny = ?new.authz.on_deny, audit = ?new.authz.audit, "configuration reloaded: [authz] on_deny and audit applied");
+            applied.authz.on_deny = new.authz.on_deny;
+            applied.authz.audit = new.authz.audit;
+        }
+        applied.oauth.clients = new.oauth.clients.clone();
+        let pending = restart_only_changes(&applied, &new);
+        if pending.is_empty() {
+            info!(config = %path.display(), "configuration file reloaded");
+        } else {
+            warn!(
+                config = %path.display(),
+                settings = pending.join("; ").as_str(),
+                "configuration file reloaded: these settings changed and apply only after a restart: {}",
+                pending.join("; ")
+            );
+        }
+        Some(new)
     }
 
     /// Raise the shutdown flag (listeners and timers stop), then end every live connection
@@ -721,4 +766,43 @@ mod tests {
         super::private_dir(&data).unwrap();
         assert_eq!(std::fs::metadata(&data).unwrap().permissions().mode() & 0o777, 0o700);
     }
+}
+
+/// The settings that differ between the running configuration and `new` and apply only after
+/// a restart, named as an operator wrote them.
+fn restart_only_changes(running: &Config, new: &Config) -> Vec<String> {
+    let mut out = Vec::new();
+    let binds = |c: &Config| c.listeners.iter().map(|l| format!("{}://{}", l.protocol, l.bind)).collect::<Vec<_>>();
+    if binds(running) != binds(new) {
+        out.push(format!("[[listener]] bind ({} -> {})", binds(running).join(", "), binds(new).join(", ")));
+    } else if running.listeners != new.listeners {
+        out.push("[[listener]]".to_owned());
+    }
+    if running.data_dir != new.data_dir {
+        out.push("data_dir".to_owned());
+    }
+    if running.auth != new.auth {
+        out.push("[auth]".to_owned());
+    }
+    if running.identity != new.identity {
+        out.push("[identity]".to_owned());
+    }
+    if running.http != new.http {
+        out.push("[http]".to_owned());
+    }
+    let mut oauth = running.oauth.clone();
+    oauth.clients = new.oauth.clients.clone();
+    if oauth != new.oauth {
+        out.push("[oauth] (other than its clients)".to_owned());
+    }
+    if running.authz != new.authz {
+        out.push("[authz] (other than on_deny and audit)".to_owned());
+    }
+    if running.limits != new.limits {
+        out.push("[limits]".to_owned());
+    }
+    if running.persistence != new.persistence {
+        out.push("[persistence]".to_owned());
+    }
+    out
 }
