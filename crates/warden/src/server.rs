@@ -752,22 +752,6 @@ async fn serve_socket(
     }
 }
 
-#[cfg(test)]
-mod tests {
-    /// Issue 17 (smaller ones): a data_dir the broker creates is the owner's only (0700).
-    #[test]
-    fn a_new_data_dir_is_private() {
-        use std::os::unix::fs::PermissionsExt;
-        let dir = tempfile::tempdir().unwrap();
-        let data = dir.path().join("a/b/data");
-        super::private_dir(&data).unwrap();
-        assert_eq!(std::fs::metadata(&data).unwrap().permissions().mode() & 0o777, 0o700);
-        // Again on the existing directory: fine, unchanged.
-        super::private_dir(&data).unwrap();
-        assert_eq!(std::fs::metadata(&data).unwrap().permissions().mode() & 0o777, 0o700);
-    }
-}
-
 /// The settings that differ between the running configuration and `new` and apply only after
 /// a restart, named as an operator wrote them.
 fn restart_only_changes(running: &Config, new: &Config) -> Vec<String> {
@@ -805,4 +789,20 @@ fn restart_only_changes(running: &Config, new: &Config) -> Vec<String> {
         out.push("[persistence]".to_owned());
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    /// Issue 17 (smaller ones): a data_dir the broker creates is the owner's only (0700).
+    #[test]
+    fn a_new_data_dir_is_private() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let data = dir.path().join("a/b/data");
+        super::private_dir(&data).unwrap();
+        assert_eq!(std::fs::metadata(&data).unwrap().permissions().mode() & 0o777, 0o700);
+        // Again on the existing directory: fine, unchanged.
+        super::private_dir(&data).unwrap();
+        assert_eq!(std::fs::metadata(&data).unwrap().permissions().mode() & 0o777, 0o700);
+    }
 }
