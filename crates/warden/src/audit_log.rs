@@ -233,6 +233,45 @@ mod tests {
         }
     }
 
+    #[derive(Clone, Default)]
+    struct Buf(std::sync::Arc<Mutex<Vec<u8>>>);
+
+    impl Write for Buf {
+        fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+            self.0.lock().extend_from_slice(b);
+            Ok(b.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn each_record_is_also_logged_on_the_admin_audit_target() {
+        let dir = tempfile::tempdir().unwrap();
+        let log = AuditLog::new(dir.path());
+        let buf = Buf::default();
+        let b = buf.clone();
+        let sub = tracing_subscriber::fmt().json().with_writer(move || b.clone()).finish();
+        tracing::subscriber::with_default(sub, || {
+            let mut r = record("ban.add", "203.0.113.7", 5);
+            r.detail = json!({"kind": "ip"});
+            r.result = "refused".into();
+            r.status = 400;
+            r.error = Some("bad\nvalue".into());
+            log.append(&r).unwrap();
+        });
+        let text = String::from_utf8(buf.0.lock().clone()).unwrap();
+        let v: serde_json::Value = serde_json::from_str(text.trim()).unwrap();
+        assert_eq!(v["target"], LOG_TARGET);
+        assert_eq!(v["level"], "INFO");
+        let f = &v["fields"];
+        assert_eq!((f["actor"].as_str(), f["action"].as_str()), (Some("admin-token"), Some("ban.add")));
+        assert_eq!((f["target_name"].as_str(), f["result"].as_str()), (Some("203.0.113.7"), Some("refused")));
+        assert_eq!(f["detail"], r#"{"kind":"ip"}"#);
+        assert_eq!(f["error"], "bad\nvalue", "a plain value (JSON escapes the newline)");
+    }
+
     #[test]
     fn cli_records_name_the_cli() {
         let dir = tempfile::tempdir().unwrap();
