@@ -458,3 +458,53 @@ async fn every_change_is_audited_with_its_actor_and_result_and_no_secret() {
     assert_eq!(fx.call(Method::GET, "/admin/audit", Some(&dev), None).await.0, StatusCode::FORBIDDEN);
     assert_eq!(fx.backend.audit.lock().len(), 12, "reading the trail is not a change");
 }
+
+/// Groups, role quotas, rule and role removal: each recorded with what changed and, for an
+/// update or a removal, what was there before.
+#[tokio::test]
+async fn group_role_and_rule_changes_record_what_was_there_before() {
+    let fx = fixture();
+    let r1 = json!({"id": "r1", "action": "publish", "topic": "t/#", "effect": "allow"});
+    assert_eq!(
+        fx.admin(Method::POST, "/admin/roles", Some(json!({"name": "dev", "rules": [r1]}))).await.0,
+        StatusCode::CREATED
+    );
+    assert_eq!(fx.admin(Method::POST, "/admin/roles", Some(json!({"name": "ops"}))).await.0, StatusCode::CREATED);
+    assert_eq!(
+        fx.admin(Method::POST, "/admin/groups", Some(json!({"name": "g", "roles": ["dev"]}))).await.0,
+        StatusCode::CREATED
+    );
+    assert_eq!(fx.admin(Method::PUT, "/admin/groups/g", Some(json!({"roles": ["ops"]}))).await.0, StatusCode::OK);
+    assert_eq!(fx.admin(Method::DELETE, "/admin/groups/g", None).await.0, StatusCode::OK);
+    assert_eq!(
+        fx.admin(Method::PUT, "/admin/roles/dev/quotas", Some(json!({"max_sessions": 5}))).await.0,
+        StatusCode::OK
+    );
+    assert_eq!(fx.admin(Method::DELETE, "/admin/roles/dev/rules/r1", None).await.0, StatusCode::OK);
+    assert_eq!(fx.admin(Method::DELETE, "/admin/roles/dev/rules/r1", None).await.0, StatusCode::NOT_FOUND);
+    assert_eq!(fx.admin(Method::DELETE, "/admin/roles/dev", None).await.0, StatusCode::OK);
+    let recs = fx.backend.audit.lock().clone();
+    let actions: Vec<_> = recs.iter().map(|r| (r.action.as_str(), r.target.as_str(), r.result.as_str())).collect();
+    assert_eq!(
+        actions,
+        [
+            ("role.create", "dev", "ok"),
+            ("role.create", "ops", "ok"),
+            ("group.create", "g", "ok"),
+            ("group.update", "g", "ok"),
+            ("group.delete", "g", "ok"),
+            ("role.quotas", "dev", "ok"),
+            ("rule.delete", "dev", "ok"),
+            ("rule.delete", "dev", "refused"),
+            ("role.delete", "dev", "ok"),
+        ]
+    );
+    assert_eq!(recs[3].detail, json!({"roles": ["ops"], "previous": {"roles": ["dev"]}}));
+    assert_eq!(recs[4].detail, json!({"roles": ["ops"]}));
+    assert_eq!(recs[5].detail["quotas"]["max_sessions"], 5);
+    assert_eq!(recs[5].detail["previous"]["quotas"], json!({}));
+    assert_eq!(recs[6].detail["rule_id"], "r1");
+    assert_eq!(recs[6].detail["rule"]["topic"], "t/#");
+    assert_eq!(recs[7].error.as_deref(), Some("role 'dev' has no rule 'r1'"));
+    assert_eq!(recs[8].detail, json!({"rules": []}));
+}
