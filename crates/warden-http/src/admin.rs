@@ -13,21 +13,31 @@
 //! the `admin` scope: 403. Errors are JSON `{"error": "..."}`; nothing
 //! secret is ever echoed or logged. `GET /admin/openapi.json` (no authentication) describes
 //! every endpoint.
+//!
+//! Audit trail (SPEC §9): the admin check names the caller ([`audit::AdminActor`], a request
+//! extension); every change — made or refused after authentication — is handed to
+//! [`AdminBackend::audit`] as an [`audit::AuditRecord`] (who, from where, what, on what, the
+//! result), and `GET /admin/audit` reads the trail back through [`AdminBackend::audit_since`].
 
 use std::sync::Arc;
 
 use axum::body::Bytes;
-use axum::extract::{Path, Query, State};
+use axum::extract::{Extension, Path, Query, State};
 use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{delete, get, post};
 use axum::{Json, Router};
 use serde::{Deserialize, Serialize};
+use serde_json::Value;
 use warden_policy::password;
 use warden_policy::store::{valid_name, Group, PolicyStore, Role, Rule, User};
 
 use crate::secrets::{peer_ip, CheckRefused, HashClass, PeerAddr, SecretChecks};
 use crate::OAuthService;
+
+pub mod audit;
+
+use audit::{AdminActor, AuditRecord};
 
 /// An error answer: HTTP status and a fixed or validation message.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -159,6 +169,12 @@ pub trait AdminBackend: Send + Sync + 'static {
     fn put_oauth_client(&self, client: OAuthClientInfo, secret_hash: String) -> Result<(), AdminError>;
     /// Remove a stored OAuth client; false when there was none.
     fn remove_oauth_client(&self, id: &str) -> Result<bool, AdminError>;
+    /// Append a record to the admin audit trail (persisted before this returns). A failure to
+    /// write is the implementation's to report (in its log); the change is already made.
+    fn audit(&self, record: &AuditRecord);
+    /// The audit trail's records stamped at or after `since` (unix seconds), oldest first: the
+    /// newest `limit` of them.
+    fn audit_since(&self, since: u64, limit: usize) -> Result<Vec<AuditRecord>, AdminError>;
 }
 
 /// How admins authenticate.
@@ -212,6 +228,7 @@ pub fn admin_router(backend: Arc<dyn AdminBackend>, auth: AdminAuth) -> Router {
         .route("/admin/bans", get(list_bans).post(add_ban).delete(remove_ban))
         .route("/admin/oauth/clients", get(list_oauth).post(put_oauth))
         .route("/admin/oauth/clients/{id}", delete(delete_oauth))
+        .route("/admin/audit", get(get_audit))
         // Every route but the OpenAPI document: an admin, checked before anything else.
         .route_layer(axum::middleware::from_fn_with_state(state.clone(), admin_gate));
     Router::new()
@@ -221,11 +238,15 @@ pub fn admin_router(backend: Arc<dyn AdminBackend>, auth: AdminAuth) -> Router {
         .with_state(state)
 }
 
-/// The admin check in front of every protected route (see [`require_admin`]).
-async fn admin_gate(State(st): St, req: axum::extract::Request, next: axum::middleware::Next) -> Response {
-    let peer = peer_ip(req.extensions().get::<PeerAddr>().copied());
-    match require_admin(&st, req.headers(), peer).await {
-        Ok(()) => next.run(req).await,
+/// The admin check in front of every protected route (see [`require_admin`]). An admin's
+/// request carries an [`AdminActor`] extension on to its handler (for the audit trail).
+async fn admin_gate(State(st): St, mut req: axum::extract::Request, next: axum::middleware::Next) -> Response {
+    let addr = req.extensions().get::<PeerAddr>().copied();
+    match require_admin(&st, req.headers(), peer_ip(addr)).await {
+        Ok(name) => {
+            req.extensions_mut().insert(AdminActor { name, peer: addr.map(|p| p.0) });
+            next.run(req).await
+        }
         Err(refusal) => refusal,
     }
 }
@@ -258,13 +279,14 @@ async fn openapi() -> Response {
     ([(header::CONTENT_TYPE, "application/json")], OPENAPI).into_response()
 }
 
-/// Authenticate the request from `peer`: Ok for an admin; otherwise the answer. 401 for no or
+/// Authenticate the request from `peer`: the admin's audit name (`admin-token`, or
+/// `oauth:<client id>`) for an admin; otherwise the answer. 401 for no or
 /// a wrong credential, 403 for a valid token without the `admin` scope, 429 (with
 /// `Retry-After`) when the address is banned after repeated failed authentications or the
 /// admin token is backing off from it — decided before any hashing or signature check — and
 /// 503 when no hashing slot was free in time. A wrong admin token or a bad signed token counts
 /// as a failed authentication from `peer` (the same per-address guard as MQTT's).
-async fn require_admin(st: &AdminState, headers: &HeaderMap, peer: std::net::IpAddr) -> Result<(), Response> {
+async fn require_admin(st: &AdminState, headers: &HeaderMap, peer: std::net::IpAddr) -> Result<String, Response> {
     let unauthorized = || AdminError::unauthorized().into_response();
     let bearer = headers
         .get(header::AUTHORIZATION)
@@ -290,7 +312,7 @@ async fn require_admin(st: &AdminState, headers: &HeaderMap, peer: std::net::IpA
             return Err(unauthorized());
         };
         return if t.scopes.iter().any(|s| s == ADMIN_SCOPE) {
-            Ok(())
+            Ok(format!("oauth:{}", crate::service::token_client(&t)))
         } else {
             Err(AdminError::forbidden().into_response())
         };
@@ -300,7 +322,8 @@ async fn require_admin(st: &AdminState, headers: &HeaderMap, peer: std::net::IpA
     if let Err(e) = r {
         tracing::info!(%peer, outcome = ?e, "admin API: admin token refused");
     }
-    r.map_err(refused)
+    r.map_err(refused)?;
+    Ok(audit::ACTOR_ADMIN_TOKEN.to_owned())
 }
 
 /// Parse a JSON body, with a clear 400 on malformed input.
@@ -333,6 +356,104 @@ fn done() -> Response {
 
 fn edit(st: &AdminState, mut f: impl FnMut(&mut PolicyStore) -> ApiResult<()>) -> ApiResult<()> {
     st.backend.update_policy(&mut f)
+}
+
+// --- audit trail ---------------------------------------------------------------------------
+
+/// One change being made: written to the audit trail, with its result, when it is answered.
+struct Change<'a> {
+    st: &'a AdminState,
+    actor: AdminActor,
+    action: &'static str,
+    target: String,
+    detail: serde_json::Map<String, Value>,
+}
+
+impl<'a> Change<'a> {
+    fn new(st: &'a AdminState, actor: AdminActor, action: &'static str, target: impl Into<String>) -> Self {
+        Change { st, actor, action, target: target.into(), detail: Default::default() }
+    }
+
+    /// Note what changed (never a secret).
+    fn set(&mut self, key: &str, value: impl Serialize) {
+        self.detail.insert(key.to_owned(), serde_json::to_value(value).unwrap_or(Value::Null));
+    }
+
+    /// Record the change with its answer, and pass the answer on.
+    fn done(self, answer: ApiResult<Response>) -> ApiResult<Response> {
+        let (status, error) = match &answer {
+            Ok(r) => (r.status(), None),
+            Err(e) => (e.status, Some(audit_error(&e.message))),
+        };
+        let peer = self.actor.peer.map_or_else(|| "unknown".to_owned(), |p| p.to_string());
+        let mut r = AuditRecord::now(&self.actor.name, &peer, self.action, &self.target);
+        r.detail = Value::Object(self.detail);
+        r.status = status.as_u16();
+        if !status.is_success() {
+            r.result = audit::RESULT_REFUSED.to_owned();
+            r.error = error;
+        }
+        self.st.backend.audit(&r);
+        answer
+    }
+}
+
+/// A refusal's message as the audit trail keeps it. A body the JSON parser refused is only
+/// named: its message can quote the body (`invalid type: integer `1234``, which could be a
+/// password given as a number).
+fn audit_error(message: &str) -> String {
+    const BODY: &str = "invalid JSON body";
+    if message.starts_with(BODY) {
+        BODY.to_owned()
+    } else {
+        message.to_owned()
+    }
+}
+
+/// A string field of a JSON body, for the target of a change whose body may be refused
+/// (empty when there is none).
+fn body_field(body: &Bytes, key: &str) -> String {
+    serde_json::from_slice::<Value>(body).ok().and_then(|v| v.get(key)?.as_str().map(str::to_owned)).unwrap_or_default()
+}
+
+/// Most records `GET /admin/audit` returns by default, and at most.
+const AUDIT_DEFAULT_LIMIT: usize = 1000;
+const AUDIT_MAX_LIMIT: usize = 10_000;
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct AuditQuery {
+    since: Option<String>,
+    limit: Option<usize>,
+}
+
+/// `GET /admin/audit?since=…&limit=…`: the newest `limit` records at or after `since`, oldest
+/// first.
+async fn get_audit(
+    State(st): St,
+    q: Result<Query<AuditQuery>, axum::extract::rejection::QueryRejection>,
+) -> ApiResult<Response> {
+    let Query(q) = q.map_err(|e| AdminError::bad_request(format!("expected ?since=...&limit=...: {e}")))?;
+    let since = match q.since.as_deref() {
+        None => 0,
+        Some(s) => {
+            // A `+hh:mm` offset arrives as ` hh:mm` when the client did not encode the `+`.
+            let fixed = match s.len().checked_sub(6) {
+                Some(i) if s.as_bytes()[i] == b' ' => format!("{}+{}", &s[..i], &s[i + 1..]),
+                _ => s.to_owned(),
+            };
+            audit::parse_time(&fixed).ok_or_else(|| {
+                AdminError::bad_request("since: unix seconds or an RFC 3339 date-time such as 2026-12-06T02:15:07Z")
+            })?
+        }
+    };
+    let limit = q.limit.unwrap_or(AUDIT_DEFAULT_LIMIT);
+    if !(1..=AUDIT_MAX_LIMIT).contains(&limit) {
+        return Err(AdminError::bad_request(format!("limit: 1 to {AUDIT_MAX_LIMIT}")));
+    }
+    let mut r = Json(st.backend.audit_since(since, limit)?).into_response();
+    r.headers_mut().insert(header::CACHE_CONTROL, header::HeaderValue::from_static("no-store"));
+    Ok(r)
 }
 
 // --- users ---------------------------------------------------------------------------------
@@ -389,52 +510,106 @@ async fn get_user(State(st): St, Path(name): Path<String>) -> ApiResult<Response
     Ok(Json(user_view(&name, u)).into_response())
 }
 
-async fn create_user(State(st): St, body: Bytes) -> ApiResult<Response> {
-    let n: NewUser = parse(&body)?;
-    valid_name("user", &n.name).map_err(|e| AdminError::bad_request(e.0))?;
-    let password_hash = match n.password {
-        Some(p) => Some(hash(&st, p).await?),
-        None => None,
-    };
-    let user = User { password_hash, groups: n.groups, roles: n.roles, disabled: n.disabled };
-    edit(&st, |p| {
-        if p.users.contains_key(&n.name) {
-            return Err(AdminError::conflict(format!("user '{}' exists", n.name)));
-        }
-        p.users.insert(n.name.clone(), user.clone());
-        Ok(())
-    })?;
-    Ok(created())
+async fn create_user(State(st): St, Extension(a): Extension<AdminActor>, body: Bytes) -> ApiResult<Response> {
+    let mut c = Change::new(&st, a, "user.create", body_field(&body, "name"));
+    let answer = async {
+        let n: NewUser = parse(&body)?;
+        c.set("password", if n.password.is_some() { "set" } else { "none" });
+        c.set("groups", &n.groups);
+        c.set("roles", &n.roles);
+        c.set("disabled", n.disabled);
+        valid_name("user", &n.name).map_err(|e| AdminError::bad_request(e.0))?;
+        let password_hash = match n.password {
+            Some(p) => Some(hash(&st, p).await?),
+            None => None,
+        };
+        let user = User { password_hash, groups: n.groups, roles: n.roles, disabled: n.disabled };
+        edit(&st, |p| {
+            if p.users.contains_key(&n.name) {
+                return Err(AdminError::conflict(format!("user '{}' exists", n.name)));
+            }
+            p.users.insert(n.name.clone(), user.clone());
+            Ok(())
+        })?;
+        Ok::<_, AdminError>(created())
+    }
+    .await;
+    c.done(answer)
 }
 
-async fn update_user(State(st): St, Path(name): Path<String>, body: Bytes) -> ApiResult<Response> {
-    let patch: UserPatch = parse(&body)?;
-    let password_hash = match patch.password.clone() {
-        Some(p) => Some(hash(&st, p).await?),
-        None => None,
-    };
-    edit(&st, |p| {
-        let u = p.users.get_mut(&name).ok_or_else(|| AdminError::not_found(format!("no user '{name}'")))?;
-        if let Some(h) = &password_hash {
-            u.password_hash = Some(h.clone());
+async fn update_user(
+    State(st): St,
+    Extension(a): Extension<AdminActor>,
+    Path(name): Path<String>,
+    body: Bytes,
+) -> ApiResult<Response> {
+    let mut c = Change::new(&st, a, "user.update", name.clone());
+    let answer = async {
+        let patch: UserPatch = parse(&body)?;
+        if patch.password.is_some() {
+            c.set("password", "changed");
         }
         if let Some(g) = &patch.groups {
-            u.groups = g.clone();
+            c.set("groups", g);
         }
         if let Some(r) = &patch.roles {
-            u.roles = r.clone();
+            c.set("roles", r);
         }
         if let Some(d) = patch.disabled {
-            u.disabled = d;
+            c.set("disabled", d);
         }
-        Ok(())
-    })?;
-    Ok(done())
+        let password_hash = match patch.password.clone() {
+            Some(p) => Some(hash(&st, p).await?),
+            None => None,
+        };
+        let mut previous = serde_json::Map::new();
+        edit(&st, |p| {
+            let u = p.users.get_mut(&name).ok_or_else(|| AdminError::not_found(format!("no user '{name}'")))?;
+            previous.clear();
+            if let Some(h) = &password_hash {
+                u.password_hash = Some(h.clone());
+            }
+            if let Some(g) = &patch.groups {
+                previous.insert("groups".into(), serde_json::json!(u.groups));
+                u.groups = g.clone();
+            }
+            if let Some(r) = &patch.roles {
+                previous.insert("roles".into(), serde_json::json!(u.roles));
+                u.roles = r.clone();
+            }
+            if let Some(d) = patch.disabled {
+                previous.insert("disabled".into(), serde_json::json!(u.disabled));
+                u.disabled = d;
+            }
+            Ok(())
+        })?;
+        if !previous.is_empty() {
+            c.set("previous", previous);
+        }
+        Ok::<_, AdminError>(done())
+    }
+    .await;
+    c.done(answer)
 }
 
-async fn delete_user(State(st): St, Path(name): Path<String>) -> ApiResult<Response> {
-    edit(&st, |p| p.users.remove(&name).map(|_| ()).ok_or_else(|| AdminError::not_found(format!("no user '{name}'"))))?;
-    Ok(done())
+async fn delete_user(
+    State(st): St,
+    Extension(a): Extension<AdminActor>,
+    Path(name): Path<String>,
+) -> ApiResult<Response> {
+    let mut c = Change::new(&st, a, "user.delete", name.clone());
+    let mut removed = None;
+    let answer = edit(&st, |p| {
+        let u = p.users.remove(&name).ok_or_else(|| AdminError::not_found(format!("no user '{name}'")))?;
+        removed = Some((u.groups, u.roles));
+        Ok(())
+    })
+    .map(|()| done());
+    if let (Ok(_), Some((groups, roles))) = (&answer, removed) {
+        c.set("groups", groups);
+        c.set("roles", roles);
+    }
+    c.done(answer)
 }
 
 // --- groups --------------------------------------------------------------------------------
@@ -465,41 +640,68 @@ async fn get_group(State(st): St, Path(name): Path<String>) -> ApiResult<Respons
     Ok(Json(serde_json::json!({ "name": name, "roles": g.roles })).into_response())
 }
 
-async fn create_group(State(st): St, body: Bytes) -> ApiResult<Response> {
-    let n: NewGroup = parse(&body)?;
-    valid_name("group", &n.name).map_err(|e| AdminError::bad_request(e.0))?;
-    edit(&st, |p| {
-        if p.groups.contains_key(&n.name) {
-            return Err(AdminError::conflict(format!("group '{}' exists", n.name)));
-        }
-        p.groups.insert(n.name.clone(), Group { roles: n.roles.clone() });
-        Ok(())
-    })?;
-    Ok(created())
-}
-
-async fn update_group(State(st): St, Path(name): Path<String>, body: Bytes) -> ApiResult<Response> {
-    let patch: GroupPatch = parse(&body)?;
-    edit(&st, |p| {
-        let g = p.groups.get_mut(&name).ok_or_else(|| AdminError::not_found(format!("no group '{name}'")))?;
-        g.roles = patch.roles.clone();
-        Ok(())
-    })?;
-    Ok(done())
-}
-
-async fn delete_group(State(st): St, Path(name): Path<String>) -> ApiResult<Response> {
-    edit(
-        &st,
-        |p| {
-            if p.remove_group(&name) {
-                Ok(())
-            } else {
-                Err(AdminError::not_found(format!("no group '{name}'")))
+async fn create_group(State(st): St, Extension(a): Extension<AdminActor>, body: Bytes) -> ApiResult<Response> {
+    let mut c = Change::new(&st, a, "group.create", body_field(&body, "name"));
+    let answer = async {
+        let n: NewGroup = parse(&body)?;
+        c.set("roles", &n.roles);
+        valid_name("group", &n.name).map_err(|e| AdminError::bad_request(e.0))?;
+        edit(&st, |p| {
+            if p.groups.contains_key(&n.name) {
+                return Err(AdminError::conflict(format!("group '{}' exists", n.name)));
             }
-        },
-    )?;
-    Ok(done())
+            p.groups.insert(n.name.clone(), Group { roles: n.roles.clone() });
+            Ok(())
+        })?;
+        Ok::<_, AdminError>(created())
+    }
+    .await;
+    c.done(answer)
+}
+
+async fn update_group(
+    State(st): St,
+    Extension(a): Extension<AdminActor>,
+    Path(name): Path<String>,
+    body: Bytes,
+) -> ApiResult<Response> {
+    let mut c = Change::new(&st, a, "group.update", name.clone());
+    let answer = async {
+        let patch: GroupPatch = parse(&body)?;
+        c.set("roles", &patch.roles);
+        let mut previous = Vec::new();
+        edit(&st, |p| {
+            let g = p.groups.get_mut(&name).ok_or_else(|| AdminError::not_found(format!("no group '{name}'")))?;
+            previous = std::mem::replace(&mut g.roles, patch.roles.clone());
+            Ok(())
+        })?;
+        c.set("previous", serde_json::json!({ "roles": previous }));
+        Ok::<_, AdminError>(done())
+    }
+    .await;
+    c.done(answer)
+}
+
+async fn delete_group(
+    State(st): St,
+    Extension(a): Extension<AdminActor>,
+    Path(name): Path<String>,
+) -> ApiResult<Response> {
+    let mut c = Change::new(&st, a, "group.delete", name.clone());
+    let mut roles = None;
+    let answer = edit(&st, |p| {
+        roles = p.groups.get(&name).map(|g| g.roles.clone());
+        if p.remove_group(&name) {
+            Ok(())
+        } else {
+            Err(AdminError::not_found(format!("no group '{name}'")))
+        }
+    })
+    .map(|()| done());
+    if let (Ok(_), Some(roles)) = (&answer, roles) {
+        c.set("roles", roles);
+    }
+    c.done(answer)
 }
 
 // --- roles and rules -----------------------------------------------------------------------
@@ -542,34 +744,73 @@ async fn get_role_quotas(State(st): St, Path(name): Path<String>) -> ApiResult<R
 }
 
 /// Replace a role's quota overrides (`{}` removes them: the broker's defaults apply).
-async fn put_role_quotas(State(st): St, Path(name): Path<String>, body: Bytes) -> ApiResult<Response> {
-    let q: warden_policy::Quotas = parse(&body)?;
-    edit(&st, |p| match p.roles.get_mut(&name) {
-        Some(r) => {
-            r.quotas = q;
+async fn put_role_quotas(
+    State(st): St,
+    Extension(a): Extension<AdminActor>,
+    Path(name): Path<String>,
+    body: Bytes,
+) -> ApiResult<Response> {
+    let mut c = Change::new(&st, a, "role.quotas", name.clone());
+    let answer = async {
+        let q: warden_policy::Quotas = parse(&body)?;
+        c.set("quotas", q);
+        let mut previous = None;
+        edit(&st, |p| match p.roles.get_mut(&name) {
+            Some(r) => {
+                previous = Some(std::mem::replace(&mut r.quotas, q));
+                Ok(())
+            }
+            None => Err(AdminError::not_found(format!("no role '{name}'"))),
+        })?;
+        c.set("previous", serde_json::json!({ "quotas": previous }));
+        Ok::<_, AdminError>(done())
+    }
+    .await;
+    c.done(answer)
+}
+
+async fn create_role(State(st): St, Extension(a): Extension<AdminActor>, body: Bytes) -> ApiResult<Response> {
+    let mut c = Change::new(&st, a, "role.create", body_field(&body, "name"));
+    let answer = async {
+        let n: NewRole = parse(&body)?;
+        c.set("rules", &n.rules);
+        if !n.quotas.is_empty() {
+            c.set("quotas", n.quotas);
+        }
+        valid_name("role", &n.name).map_err(|e| AdminError::bad_request(e.0))?;
+        edit(&st, |p| {
+            if p.roles.contains_key(&n.name) {
+                return Err(AdminError::conflict(format!("role '{}' exists", n.name)));
+            }
+            p.roles.insert(n.name.clone(), Role { rules: n.rules.clone(), quotas: n.quotas });
             Ok(())
-        }
-        None => Err(AdminError::not_found(format!("no role '{name}'"))),
-    })?;
-    Ok(done())
+        })?;
+        Ok::<_, AdminError>(created())
+    }
+    .await;
+    c.done(answer)
 }
 
-async fn create_role(State(st): St, body: Bytes) -> ApiResult<Response> {
-    let n: NewRole = parse(&body)?;
-    valid_name("role", &n.name).map_err(|e| AdminError::bad_request(e.0))?;
-    edit(&st, |p| {
-        if p.roles.contains_key(&n.name) {
-            return Err(AdminError::conflict(format!("role '{}' exists", n.name)));
+async fn delete_role(
+    State(st): St,
+    Extension(a): Extension<AdminActor>,
+    Path(name): Path<String>,
+) -> ApiResult<Response> {
+    let mut c = Change::new(&st, a, "role.delete", name.clone());
+    let mut rules = None;
+    let answer = edit(&st, |p| {
+        rules = p.roles.get(&name).map(|r| r.rules.clone());
+        if p.remove_role(&name) {
+            Ok(())
+        } else {
+            Err(AdminError::not_found(format!("no role '{name}'")))
         }
-        p.roles.insert(n.name.clone(), Role { rules: n.rules.clone(), quotas: n.quotas });
-        Ok(())
-    })?;
-    Ok(created())
-}
-
-async fn delete_role(State(st): St, Path(name): Path<String>) -> ApiResult<Response> {
-    edit(&st, |p| if p.remove_role(&name) { Ok(()) } else { Err(AdminError::not_found(format!("no role '{name}'"))) })?;
-    Ok(done())
+    })
+    .map(|()| done());
+    if let (Ok(_), Some(rules)) = (&answer, rules) {
+        c.set("rules", rules);
+    }
+    c.done(answer)
 }
 
 async fn list_rules(State(st): St, Path(name): Path<String>) -> ApiResult<Response> {
@@ -578,31 +819,54 @@ async fn list_rules(State(st): St, Path(name): Path<String>) -> ApiResult<Respon
     Ok(Json(&r.rules).into_response())
 }
 
-async fn add_rule(State(st): St, Path(name): Path<String>, body: Bytes) -> ApiResult<Response> {
-    let rule: Rule = parse(&body)?;
-    rule.validate().map_err(|e| AdminError::bad_request(e.0))?;
-    edit(&st, |p| {
-        let r = p.roles.get_mut(&name).ok_or_else(|| AdminError::not_found(format!("no role '{name}'")))?;
-        if r.rules.iter().any(|x| x.id == rule.id) {
-            return Err(AdminError::conflict(format!("role '{name}' already has a rule '{}'", rule.id)));
-        }
-        r.rules.push(rule.clone());
-        Ok(())
-    })?;
-    Ok(created())
+async fn add_rule(
+    State(st): St,
+    Extension(a): Extension<AdminActor>,
+    Path(name): Path<String>,
+    body: Bytes,
+) -> ApiResult<Response> {
+    let mut c = Change::new(&st, a, "rule.add", name.clone());
+    let answer = async {
+        let rule: Rule = parse(&body)?;
+        c.set("rule", &rule);
+        rule.validate().map_err(|e| AdminError::bad_request(e.0))?;
+        edit(&st, |p| {
+            let r = p.roles.get_mut(&name).ok_or_else(|| AdminError::not_found(format!("no role '{name}'")))?;
+            if r.rules.iter().any(|x| x.id == rule.id) {
+                return Err(AdminError::conflict(format!("role '{name}' already has a rule '{}'", rule.id)));
+            }
+            r.rules.push(rule.clone());
+            Ok(())
+        })?;
+        Ok::<_, AdminError>(created())
+    }
+    .await;
+    c.done(answer)
 }
 
-async fn delete_rule(State(st): St, Path((name, id)): Path<(String, String)>) -> ApiResult<Response> {
-    edit(&st, |p| {
+async fn delete_rule(
+    State(st): St,
+    Extension(a): Extension<AdminActor>,
+    Path((name, id)): Path<(String, String)>,
+) -> ApiResult<Response> {
+    let mut c = Change::new(&st, a, "rule.delete", name.clone());
+    c.set("rule_id", &id);
+    let mut removed = None;
+    let answer = edit(&st, |p| {
         let r = p.roles.get_mut(&name).ok_or_else(|| AdminError::not_found(format!("no role '{name}'")))?;
+        removed = r.rules.iter().find(|x| x.id == id).cloned();
         let before = r.rules.len();
         r.rules.retain(|x| x.id != id);
         if r.rules.len() == before {
             return Err(AdminError::not_found(format!("role '{name}' has no rule '{id}'")));
         }
         Ok(())
-    })?;
-    Ok(done())
+    })
+    .map(|()| done());
+    if let (Ok(_), Some(rule)) = (&answer, removed) {
+        c.set("rule", rule);
+    }
+    c.done(answer)
 }
 
 // --- clients, kick, bans -------------------------------------------------------------------
@@ -611,22 +875,36 @@ async fn list_clients(State(st): St) -> ApiResult<Response> {
     Ok(Json(st.backend.clients()).into_response())
 }
 
-async fn kick(State(st): St, Path(id): Path<String>) -> ApiResult<Response> {
-    if st.backend.kick(&id) {
+async fn kick(State(st): St, Extension(a): Extension<AdminActor>, Path(id): Path<String>) -> ApiResult<Response> {
+    let c = Change::new(&st, a, "client.kick", id.clone());
+    let answer = if st.backend.kick(&id) {
         Ok(done())
     } else {
         Err(AdminError::not_found(format!("no connected client '{id}'")))
-    }
+    };
+    c.done(answer)
 }
 
 async fn list_bans(State(st): St) -> ApiResult<Response> {
     Ok(Json(st.backend.bans()).into_response())
 }
 
-async fn add_ban(State(st): St, body: Bytes) -> ApiResult<Response> {
-    let ban: Ban = parse(&body)?;
-    st.backend.add_ban(ban)?;
-    Ok(created())
+async fn add_ban(State(st): St, Extension(a): Extension<AdminActor>, body: Bytes) -> ApiResult<Response> {
+    let mut c = Change::new(&st, a, "ban.add", body_field(&body, "value"));
+    let answer = async {
+        let ban: Ban = parse(&body)?;
+        c.set("kind", ban.kind);
+        if let Some(e) = ban.expires_at {
+            c.set("expires_at", e);
+        }
+        if let Some(r) = &ban.reason {
+            c.set("reason", r);
+        }
+        st.backend.add_ban(ban)?;
+        Ok::<_, AdminError>(created())
+    }
+    .await;
+    c.done(answer)
 }
 
 #[derive(Deserialize)]
@@ -637,14 +915,22 @@ struct BanKey {
 
 async fn remove_ban(
     State(st): St,
+    Extension(a): Extension<AdminActor>,
     q: Result<Query<BanKey>, axum::extract::rejection::QueryRejection>,
 ) -> ApiResult<Response> {
-    let Query(k) = q.map_err(|e| AdminError::bad_request(format!("expected ?kind=...&value=...: {e}")))?;
-    if st.backend.remove_ban(k.kind, &k.value)? {
-        Ok(done())
-    } else {
-        Err(AdminError::not_found("no such ban"))
+    let mut c = Change::new(&st, a, "ban.remove", "");
+    let answer = async {
+        let Query(k) = q.map_err(|e| AdminError::bad_request(format!("expected ?kind=...&value=...: {e}")))?;
+        c.target.clone_from(&k.value);
+        c.set("kind", k.kind);
+        if st.backend.remove_ban(k.kind, &k.value)? {
+            Ok::<_, AdminError>(done())
+        } else {
+            Err(AdminError::not_found("no such ban"))
+        }
     }
+    .await;
+    c.done(answer)
 }
 
 // --- OAuth clients -------------------------------------------------------------------------
@@ -664,19 +950,37 @@ async fn list_oauth(State(st): St) -> ApiResult<Response> {
     Ok(Json(st.backend.oauth_clients()?).into_response())
 }
 
-async fn put_oauth(State(st): St, body: Bytes) -> ApiResult<Response> {
-    let n: NewOAuthClient = parse(&body)?;
-    let secret_hash = hash(&st, n.secret).await?;
-    st.backend.put_oauth_client(OAuthClientInfo { id: n.id, scopes: n.scopes, roles: n.roles }, secret_hash)?;
-    Ok(created())
+/// Create a stored OAuth client (`oauth_client.create` in the audit trail) or replace one,
+/// secret included (`oauth_client.rotate`).
+async fn put_oauth(State(st): St, Extension(a): Extension<AdminActor>, body: Bytes) -> ApiResult<Response> {
+    let id = body_field(&body, "id");
+    let exists = !id.is_empty() && st.backend.oauth_clients().is_ok_and(|all| all.iter().any(|c| c.id == id));
+    let mut c = Change::new(&st, a, if exists { "oauth_client.rotate" } else { "oauth_client.create" }, id);
+    let answer = async {
+        let n: NewOAuthClient = parse(&body)?;
+        c.set("secret", "set");
+        c.set("scopes", &n.scopes);
+        c.set("roles", &n.roles);
+        let secret_hash = hash(&st, n.secret).await?;
+        st.backend.put_oauth_client(OAuthClientInfo { id: n.id, scopes: n.scopes, roles: n.roles }, secret_hash)?;
+        Ok::<_, AdminError>(created())
+    }
+    .await;
+    c.done(answer)
 }
 
-async fn delete_oauth(State(st): St, Path(id): Path<String>) -> ApiResult<Response> {
-    if st.backend.remove_oauth_client(&id)? {
-        Ok(done())
-    } else {
-        Err(AdminError::not_found(format!("no stored OAuth client '{id}'")))
-    }
+async fn delete_oauth(
+    State(st): St,
+    Extension(a): Extension<AdminActor>,
+    Path(id): Path<String>,
+) -> ApiResult<Response> {
+    let c = Change::new(&st, a, "oauth_client.delete", id.clone());
+    let answer = match st.backend.remove_oauth_client(&id) {
+        Ok(true) => Ok(done()),
+        Ok(false) => Err(AdminError::not_found(format!("no stored OAuth client '{id}'"))),
+        Err(e) => Err(e),
+    };
+    c.done(answer)
 }
 
 #[cfg(test)]

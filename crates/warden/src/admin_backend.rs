@@ -1,15 +1,18 @@
 //! The broker side of the admin API ([`warden_http::admin`]): the policy store, live clients,
-//! bans and stored OAuth clients, each change persisted and applied at once.
+//! bans and stored OAuth clients, each change persisted and applied at once; and the admin
+//! audit trail ([`crate::audit_log`]) every change through the API is written to.
 
 use std::sync::Arc;
 
 use crate::logsafe::Escaped;
 use mqtt_codec::ReasonCode;
 use tracing::info;
+use warden_http::admin::audit::AuditRecord;
 use warden_http::admin::{AdminBackend, AdminError, Ban, BanKind, ClientInfo, OAuthClientInfo, PolicyEdit};
 use warden_http::OAuthService;
 use warden_policy::store::PolicyStore;
 
+use crate::audit_log::AuditLog;
 use crate::bans::BanList;
 use crate::config::Config;
 use crate::live::LiveClients;
@@ -32,6 +35,8 @@ pub struct Backend {
     pub trust: Arc<crate::trust::Trust>,
     /// The configuration (data directory, declared OAuth clients).
     pub config: Config,
+    /// The admin audit trail (`<data_dir>/audit.jsonl`).
+    pub audit: Arc<AuditLog>,
 }
 
 /// The reason shown for a ban the broker set itself after failed authentications.
@@ -129,5 +134,19 @@ impl AdminBackend for Backend {
             .map_err(|e| internal("saving OAuth clients", e))?;
         self.refresh_oauth()?;
         Ok(removed)
+    }
+
+    fn audit(&self, record: &AuditRecord) {
+        if let Err(e) = self.audit.append(record) {
+            tracing::error!(
+                error = %format!("{e:#}"),
+                action = %record.action,
+                "admin audit trail: a change could not be recorded"
+            );
+        }
+    }
+
+    fn audit_since(&self, since: u64, limit: usize) -> Result<Vec<AuditRecord>, AdminError> {
+        self.audit.since(since, limit).map_err(|e| internal("reading the audit trail", e))
     }
 }

@@ -32,6 +32,7 @@
 
 pub mod admin_backend;
 pub mod admin_cmd;
+pub mod audit_log;
 pub mod auth;
 pub mod bans;
 pub mod bootstrap;

@@ -47,7 +47,7 @@ enum Command {
     /// Get an access token from the built-in token service (client-credentials grant).
     Token(warden::token_cmd::TokenArgs),
     /// Manage a running broker through its admin API: users, groups, roles, rules, clients,
-    /// kick, bans.
+    /// kick, bans, the audit trail.
     Admin(warden::admin_cmd::AdminArgs),
     /// Validate a configuration (and its password file) without starting.
     Check {

@@ -7,7 +7,8 @@
 //! - `<data_dir>/oauth/clients.toml`: OAuth clients created with `warden oauth client add`
 //!   (`[[client]]` tables, the same keys as `[[oauth.client]]` in the configuration).
 //!
-//! A running broker picks up both on SIGHUP.
+//! A running broker picks up both on SIGHUP. Each change is written to the admin audit trail
+//! (actor `cli`, [`crate::audit_log`]).
 
 use std::path::{Path, PathBuf};
 
@@ -214,6 +215,12 @@ pub fn run(args: &OAuthArgs) -> anyhow::Result<()> {
             write_atomically(&target, old.to_pkcs8_pem().as_bytes())?;
             let new = SigningKey::generate();
             write_atomically(&current, new.to_pkcs8_pem().as_bytes())?;
+            crate::audit_log::record_cli(
+                data_dir,
+                "oauth.rotate_key",
+                new.kid(),
+                serde_json::json!({ "retired": old.kid() }),
+            );
             println!("new signing key {} (retired {}); send SIGHUP to a running broker", new.kid(), old.kid());
         }
         OAuthCommand::Client(ClientCommand::List) => {
@@ -225,6 +232,7 @@ pub fn run(args: &OAuthArgs) -> anyhow::Result<()> {
             if !remove_stored_client(data_dir, id)? {
                 bail!("no client {id:?} in {}", clients_path(data_dir).display());
             }
+            crate::audit_log::record_cli(data_dir, "oauth_client.delete", id, serde_json::json!({}));
             println!("removed client {id:?}; send SIGHUP to a running broker");
         }
         OAuthCommand::Client(ClientCommand::Add { id, scopes, roles, secret_stdin }) => {
@@ -240,7 +248,14 @@ pub fn run(args: &OAuthArgs) -> anyhow::Result<()> {
                 bail!("empty secret");
             }
             let hash = warden_policy::password::hash_password(secret.as_bytes());
+            let exists = read_clients_file(data_dir)?.client.iter().any(|c| c.id == *id);
             put_stored_client(&cfg, id, hash, scopes.clone(), roles.clone())?;
+            crate::audit_log::record_cli(
+                data_dir,
+                if exists { "oauth_client.rotate" } else { "oauth_client.create" },
+                id,
+                serde_json::json!({ "secret": "set", "scopes": scopes, "roles": roles }),
+            );
             eprintln!("stored client {id:?} in {}; send SIGHUP to a running broker", clients_path(data_dir).display());
             if generated {
                 // The only time the secret is shown.
