@@ -624,6 +624,69 @@ impl Broker {
         (conn.map(|c| c.waker), will)
     }
 
+    /// Every session, as an operator sees it (the admin API); subscriptions are listed only
+    /// with `with_subscriptions`. Sorted by client id.
+    pub fn session_summaries(&self, with_subscriptions: bool) -> Vec<SessionSummary> {
+        let sessions: Vec<Arc<Session>> = self.sessions.lock().values().cloned().collect();
+        let mut out: Vec<_> = sessions.iter().map(|s| summarize(s, with_subscriptions)).collect();
+        out.sort_by(|a, b| a.client_id.cmp(&b.client_id));
+        out
+    }
+
+    /// One session (with its subscriptions), if `client_id` has one.
+    pub fn session_summary(&self, client_id: &str) -> Option<SessionSummary> {
+        let s = self.sessions.lock().get(client_id).cloned()?;
+        Some(summarize(&s, true))
+    }
+
+    /// An administrator removes `client_id`'s session: its subscriptions, queued and in-flight
+    /// messages and stored record go, its pending will is discarded (never published), and a
+    /// connection still attached to it is told it was taken away (the shell ends it too).
+    /// False when there is no such session.
+    pub fn discard_session(&self, client_id: &str) -> bool {
+        let waker = {
+            let mut reg = self.sessions.lock();
+            let Some(s) = reg.remove(client_id) else { return false };
+            s.state.lock().pending_will = None;
+            self.end_session_locked(&s).0
+        };
+        if let Some(w) = waker {
+            w.wake();
+        }
+        true
+    }
+
+    /// Retained messages matching `filter` (a topic filter, not shared), at most `limit`:
+    /// `(topic, payload bytes, QoS, publisher's principal if known)`, sorted by topic.
+    pub fn retained_summaries(&self, filter: &str, limit: usize) -> Vec<RetainedSummary> {
+        let mut found = Vec::new();
+        self.retained.read().matching_with_source(filter, &mut found);
+        let mut out: Vec<_> = found
+            .into_iter()
+            .map(|(m, source)| RetainedSummary {
+                topic: m.topic.as_str().to_owned(),
+                payload_bytes: m.payload.len(),
+                qos: m.qos as u8,
+                publisher: match source {
+                    RetainSource::Client { principal, .. } => Some(principal.to_string()),
+                    RetainSource::Broker => Some("broker".to_owned()),
+                    RetainSource::Unknown => None,
+                },
+            })
+            .collect();
+        out.sort_by(|a, b| a.topic.cmp(&b.topic));
+        out.truncate(limit);
+        out
+    }
+
+    /// An administrator clears the retained message of exactly `topic` (and its stored copy).
+    /// False when the topic holds none.
+    pub fn clear_retained(&self, topic: &str) -> bool {
+        let Some(m) = self.retained.read().get(topic) else { return false };
+        self.drop_retained(&m);
+        true
+    }
+
     /// A connection ended. `will` is the will to publish (None after a normal DISCONNECT), set
     /// by that connection, whose principal is `owner`.
     pub(crate) fn disconnected(
@@ -1327,4 +1390,66 @@ fn rand_u64(seed: u64) -> u64 {
     x = x.wrapping_mul(0xff51_afd7_ed55_8ccd);
     x ^= x >> 33;
     x
+}
+
+/// A session as the admin API shows it ([`Broker::session_summaries`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SessionSummary {
+    /// Its client id.
+    pub client_id: String,
+    /// Its principal (`kind:name`).
+    pub principal: String,
+    /// A connection is attached now.
+    pub connected: bool,
+    /// Session Expiry Interval, seconds (`u32::MAX`: never).
+    pub expiry_interval: u32,
+    /// Seconds since its connection ended (offline sessions).
+    pub disconnected_for: Option<u64>,
+    /// Number of subscriptions.
+    pub subscription_count: usize,
+    /// `(filter, maximum QoS)`, when asked for.
+    pub subscriptions: Vec<(String, u8)>,
+    /// Deliveries queued, and their bytes.
+    pub queued: usize,
+    /// Bytes of the queued deliveries.
+    pub queued_bytes: u64,
+    /// QoS 1/2 deliveries sent and not yet acknowledged.
+    pub inflight: usize,
+}
+
+fn summarize(s: &Arc<Session>, with_subscriptions: bool) -> SessionSummary {
+    let principal = s.owner().to_string();
+    let st = s.state.lock();
+    let mut subscriptions: Vec<(String, u8)> = if with_subscriptions {
+        st.subscriptions.values().map(|sub| (sub.filter.as_str().to_owned(), sub.options.qos as u8)).collect()
+    } else {
+        Vec::new()
+    };
+    subscriptions.sort();
+    SessionSummary {
+        client_id: s.client_id.to_string(),
+        principal,
+        connected: st.conn.is_some(),
+        expiry_interval: st.expiry_interval,
+        disconnected_for: st.disconnected_at.map(|d| Instant::now().saturating_duration_since(d.instant()).as_secs()),
+        subscription_count: st.subscriptions.len(),
+        subscriptions,
+        queued: st.queue.len(),
+        queued_bytes: st.queue.bytes(),
+        inflight: st.inflight.len(),
+    }
+}
+
+/// A retained message as the admin API shows it ([`Broker::retained_summaries`]); the payload
+/// itself is not shown.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RetainedSummary {
+    /// Its topic.
+    pub topic: String,
+    /// Payload size in bytes.
+    pub payload_bytes: usize,
+    /// QoS it was published with.
+    pub qos: u8,
+    /// Its publisher's principal (`kind:name`; `broker` for `$SYS`), when known.
+    pub publisher: Option<String>,
 }

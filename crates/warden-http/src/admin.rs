@@ -87,6 +87,56 @@ impl IntoResponse for AdminError {
 
 type ApiResult<T> = Result<T, AdminError>;
 
+/// A session, as `GET /admin/sessions` lists it (connected or persistent offline).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SessionView {
+    /// Client identifier.
+    pub client_id: String,
+    /// `kind:name` of the principal it belongs to.
+    pub principal: String,
+    /// A connection is attached now.
+    pub connected: bool,
+    /// Session Expiry Interval in seconds (4294967295: never).
+    pub expiry_interval: u32,
+    /// Seconds since its connection ended (offline sessions only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub disconnected_for: Option<u64>,
+    /// Number of subscriptions.
+    pub subscription_count: usize,
+    /// Its subscriptions (`GET /admin/sessions/{client_id}` only).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub subscriptions: Vec<SubscriptionView>,
+    /// Deliveries queued.
+    pub queued: usize,
+    /// Bytes of the queued deliveries.
+    pub queued_bytes: u64,
+    /// QoS 1/2 deliveries sent and not yet acknowledged.
+    pub inflight: usize,
+}
+
+/// A subscription of a session.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SubscriptionView {
+    /// Topic filter (a `$share/...` one as subscribed).
+    pub filter: String,
+    /// Maximum QoS granted.
+    pub qos: u8,
+}
+
+/// A retained message, as `GET /admin/retained` lists it (without its payload).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RetainedView {
+    /// Topic.
+    pub topic: String,
+    /// Payload size in bytes.
+    pub payload_bytes: usize,
+    /// QoS it was published with.
+    pub qos: u8,
+    /// Its publisher's principal (`kind:name`, `broker` for `$SYS`), when known.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub publisher: Option<String>,
+}
+
 /// A connected client, as `GET /admin/clients` lists it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ClientInfo {
@@ -175,6 +225,32 @@ pub trait AdminBackend: Send + Sync + 'static {
     /// The audit trail's records stamped at or after `since` (unix seconds), oldest first: the
     /// newest `limit` of them.
     fn audit_since(&self, since: u64, limit: usize) -> Result<Vec<AuditRecord>, AdminError>;
+    /// Every session (without their subscription lists), by client id. Default: none (a
+    /// backend without a broker).
+    fn sessions(&self) -> Vec<SessionView> {
+        Vec::new()
+    }
+    /// One session with its subscriptions.
+    fn session(&self, client_id: &str) -> Option<SessionView> {
+        let _ = client_id;
+        None
+    }
+    /// Remove a session (its connection, if any, is ended; its will is discarded); false when
+    /// there is none.
+    fn delete_session(&self, client_id: &str) -> bool {
+        let _ = client_id;
+        false
+    }
+    /// Retained messages matching `filter`, at most `limit`, by topic.
+    fn retained(&self, filter: &str, limit: usize) -> Result<Vec<RetainedView>, AdminError> {
+        let _ = (filter, limit);
+        Ok(Vec::new())
+    }
+    /// Clear the retained message of exactly `topic`; false when it holds none.
+    fn delete_retained(&self, topic: &str) -> Result<bool, AdminError> {
+        let _ = topic;
+        Ok(false)
+    }
 }
 
 /// How admins authenticate.
@@ -229,6 +305,9 @@ pub fn admin_router(backend: Arc<dyn AdminBackend>, auth: AdminAuth) -> Router {
         .route("/admin/oauth/clients", get(list_oauth).post(put_oauth))
         .route("/admin/oauth/clients/{id}", delete(delete_oauth))
         .route("/admin/audit", get(get_audit))
+        .route("/admin/sessions", get(list_sessions))
+        .route("/admin/sessions/{id}", get(get_session).delete(delete_session))
+        .route("/admin/retained", get(list_retained).delete(delete_retained))
         // Every route but the OpenAPI document: an admin, checked before anything else.
         .route_layer(axum::middleware::from_fn_with_state(state.clone(), admin_gate));
     Router::new()
@@ -927,6 +1006,87 @@ async fn remove_ban(
             Ok::<_, AdminError>(done())
         } else {
             Err(AdminError::not_found("no such ban"))
+        }
+    }
+    .await;
+    c.done(answer)
+}
+
+// --- sessions and retained messages -------------------------------------------------------
+
+async fn list_sessions(State(st): St) -> ApiResult<Response> {
+    Ok(Json(st.backend.sessions()).into_response())
+}
+
+async fn get_session(State(st): St, Path(id): Path<String>) -> ApiResult<Response> {
+    let s = st.backend.session(&id).ok_or_else(|| AdminError::not_found(format!("no session '{id}'")))?;
+    Ok(Json(s).into_response())
+}
+
+async fn delete_session(
+    State(st): St,
+    Extension(a): Extension<AdminActor>,
+    Path(id): Path<String>,
+) -> ApiResult<Response> {
+    let c = Change::new(&st, a, "session.delete", id.clone());
+    let answer = if st.backend.delete_session(&id) {
+        Ok(done())
+    } else {
+        Err(AdminError::not_found(format!("no session '{id}'")))
+    };
+    c.done(answer)
+}
+
+/// The most retained messages one `GET /admin/retained` returns.
+const MAX_RETAINED_LIST: usize = 10_000;
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RetainedQuery {
+    #[serde(default = "all_topics")]
+    filter: String,
+    #[serde(default = "default_retained_limit")]
+    limit: usize,
+}
+
+fn all_topics() -> String {
+    "#".to_owned()
+}
+
+fn default_retained_limit() -> usize {
+    1000
+}
+
+async fn list_retained(
+    State(st): St,
+    q: Result<Query<RetainedQuery>, axum::extract::rejection::QueryRejection>,
+) -> ApiResult<Response> {
+    let Query(q) = q.map_err(|e| AdminError::bad_request(format!("expected ?filter=...&limit=...: {e}")))?;
+    if q.limit == 0 || q.limit > MAX_RETAINED_LIST {
+        return Err(AdminError::bad_request(format!("limit must be 1 to {MAX_RETAINED_LIST}")));
+    }
+    Ok(Json(st.backend.retained(&q.filter, q.limit)?).into_response())
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RetainedTopic {
+    topic: String,
+}
+
+async fn delete_retained(
+    State(st): St,
+    Extension(a): Extension<AdminActor>,
+    q: Result<Query<RetainedTopic>, axum::extract::rejection::QueryRejection>,
+) -> ApiResult<Response> {
+    let mut c = Change::new(&st, a, "retained.delete", "");
+    let answer = async {
+        let Query(t) = q.map_err(|e| AdminError::bad_request(format!("expected ?topic=...: {e}")))?;
+        c.target.clone_from(&t.topic);
+        if st.backend.delete_retained(&t.topic)? {
+            Ok::<_, AdminError>(done())
+        } else {
+            Err(AdminError::not_found("no retained message on that topic"))
         }
     }
     .await;

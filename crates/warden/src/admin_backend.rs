@@ -37,6 +37,8 @@ pub struct Backend {
     pub config: Config,
     /// The admin audit trail (`<data_dir>/audit.jsonl`).
     pub audit: Arc<AuditLog>,
+    /// The broker core (sessions, retained messages).
+    pub broker: Arc<warden_core::Broker>,
 }
 
 /// The reason shown for a ban the broker set itself after failed authentications.
@@ -148,5 +150,71 @@ impl AdminBackend for Backend {
 
     fn audit_since(&self, since: u64, limit: usize) -> Result<Vec<AuditRecord>, AdminError> {
         self.audit.since(since, limit).map_err(|e| internal("reading the audit trail", e))
+    }
+
+    fn sessions(&self) -> Vec<warden_http::admin::SessionView> {
+        self.broker.session_summaries(false).into_iter().map(session_view).collect()
+    }
+
+    fn session(&self, client_id: &str) -> Option<warden_http::admin::SessionView> {
+        self.broker.session_summary(client_id).map(session_view)
+    }
+
+    fn delete_session(&self, client_id: &str) -> bool {
+        // The live connection first (v5 DISCONNECT 0x98 Administrative action), then the
+        // session: its subscriptions, queue and stored record, and its will, discarded.
+        self.live.kick(client_id);
+        let removed = self.broker.discard_session(client_id);
+        if removed {
+            info!(client_id = %crate::logsafe::Escaped(client_id), "admin API: session removed");
+        }
+        removed
+    }
+
+    fn retained(&self, filter: &str, limit: usize) -> Result<Vec<warden_http::admin::RetainedView>, AdminError> {
+        let f = mqtt_codec::TopicFilter::new(filter)
+            .map_err(|e| AdminError::bad_request(format!("filter {filter:?}: {e}")))?;
+        if f.shared().is_some() {
+            return Err(AdminError::bad_request("a shared subscription filter selects no retained message"));
+        }
+        Ok(self
+            .broker
+            .retained_summaries(filter, limit)
+            .into_iter()
+            .map(|r| warden_http::admin::RetainedView {
+                topic: r.topic,
+                payload_bytes: r.payload_bytes,
+                qos: r.qos,
+                publisher: r.publisher,
+            })
+            .collect())
+    }
+
+    fn delete_retained(&self, topic: &str) -> Result<bool, AdminError> {
+        mqtt_codec::TopicName::new(topic).map_err(|e| AdminError::bad_request(format!("topic {topic:?}: {e}")))?;
+        let cleared = self.broker.clear_retained(topic);
+        if cleared {
+            info!(topic = %crate::logsafe::Escaped(topic), "admin API: retained message cleared");
+        }
+        Ok(cleared)
+    }
+}
+
+fn session_view(s: warden_core::broker::SessionSummary) -> warden_http::admin::SessionView {
+    warden_http::admin::SessionView {
+        client_id: s.client_id,
+        principal: s.principal,
+        connected: s.connected,
+        expiry_interval: s.expiry_interval,
+        disconnected_for: s.disconnected_for,
+        subscription_count: s.subscription_count,
+        subscriptions: s
+            .subscriptions
+            .into_iter()
+            .map(|(filter, qos)| warden_http::admin::SubscriptionView { filter, qos })
+            .collect(),
+        queued: s.queued,
+        queued_bytes: s.queued_bytes,
+        inflight: s.inflight,
     }
 }

@@ -493,6 +493,7 @@ impl Server {
                 oauth: oauth.clone(),
                 trust: trust.clone(),
                 config: cfg.clone(),
+                broker: broker.clone(),
                 audit: Arc::new(crate::audit_log::AuditLog::new(&cfg.data_dir)),
             });
             let admin_auth = warden_http::admin::AdminAuth {

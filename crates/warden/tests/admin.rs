@@ -727,3 +727,88 @@ async fn a_roles_quotas_override_the_configured_ones() {
     assert!(admin(&b, "GET", "/admin/roles/gateway", None).await.get("quotas").is_none());
     assert_eq!(connect(&b, login(Protocol::V5, "gw-b", "gw", false)).await.1, ReasonCode::QUOTA_EXCEEDED);
 }
+
+/// Issue 19 ("no sessions, subscriptions or retained messages through the admin API"): an
+/// offline persistent session is listed with its subscriptions and queue, and removed (a
+/// resume then finds no session [MQTT-3.2.2-3: Session Present 0]); a connected one is removed
+/// with its connection (v5 DISCONNECT); retained messages are listed by filter without their
+/// payload and cleared (a new subscriber gets nothing); refusals: 404 for what is not there,
+/// 400 for a malformed filter, topic or limit.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sessions_and_retained_messages_are_listed_and_removed() {
+    let b = broker().await;
+    admin(
+        &b,
+        "POST",
+        "/admin/roles",
+        Some(json!({"name": "all", "rules": [rule("p", "publish", "#"), rule("s", "subscribe", "#"), rule("r", "receive", "#")]})),
+    )
+    .await;
+    admin(&b, "POST", "/admin/users", Some(json!({"name": "dev", "password": PW, "roles": ["all"]}))).await;
+    // An offline persistent session with two subscriptions and one queued message.
+    let mut sub = connected(&b, login(Protocol::V5, "sess-1", "dev", false)).await;
+    sub.subscribe(1, "fleet/+/temp", QoS::AtLeastOnce).await;
+    sub.subscribe(2, "cmd/sess-1", QoS::AtMostOnce).await;
+    sub.send(&Packet::Disconnect(Default::default())).await;
+    let mut p = connected(&b, login(Protocol::V5, "pub-1", "dev", true)).await;
+    publish1(&mut p, 1, "fleet/7/temp").await;
+    let mut retained = publish("state/dev-7", QoS::AtLeastOnce, 2, b"online");
+    if let Packet::Publish(ref mut x) = retained {
+        x.retain = true;
+    }
+    p.send(&retained).await;
+    assert!(matches!(p.recv().await, Recv::Packet(Packet::PubAck(_))));
+
+    let list = admin(&b, "GET", "/admin/sessions", None).await;
+    let s = list.as_array().unwrap().iter().find(|s| s["client_id"] == "sess-1").expect("listed").clone();
+    assert_eq!((s["connected"].clone(), s["subscription_count"].clone()), (json!(false), json!(2)));
+    assert_eq!(
+        (s["principal"].clone(), s["queued"].clone(), s["expiry_interval"].clone()),
+        (json!("user:dev"), json!(1), json!(300))
+    );
+    let one = admin(&b, "GET", "/admin/sessions/sess-1", None).await;
+    assert_eq!(one["subscriptions"], json!([{"filter": "cmd/sess-1", "qos": 0}, {"filter": "fleet/+/temp", "qos": 1}]));
+
+    let r = admin(&b, "GET", "/admin/retained?filter=state/%23", None).await;
+    assert_eq!(r, json!([{"topic": "state/dev-7", "payload_bytes": 6, "qos": 1, "publisher": "user:dev"}]));
+    assert!(!r.to_string().contains("online"), "payloads are not shown");
+    admin(&b, "DELETE", "/admin/retained?topic=state/dev-7", None).await;
+    assert_eq!(admin(&b, "GET", "/admin/retained", None).await, json!([]));
+    let mut late = connected(&b, login(Protocol::V5, "late", "dev", true)).await;
+    late.subscribe(1, "state/#", QoS::AtMostOnce).await;
+    publish1(&mut p, 3, "state/fence").await;
+    let first = late.expect_publish().await;
+    assert_eq!(first.topic.as_str(), "state/fence", "the cleared retained message is not delivered");
+
+    admin(&b, "DELETE", "/admin/sessions/sess-1", None).await;
+    let (s, _) = http(&b, "GET", "/admin/sessions/sess-1", Some(ADMIN_TOKEN), None).await;
+    assert_eq!(s, 404);
+    let (_, ack) = RawClient::connect(b.addr(), login(Protocol::V5, "sess-1", "dev", false)).await;
+    assert!(
+        matches!(ack, Recv::Packet(Packet::Connack(ref a)) if a.reason_code == ReasonCode::SUCCESS && !a.session_present)
+    );
+
+    // A connected session: its connection ends.
+    let mut live = connected(&b, login(Protocol::V5, "sess-2", "dev", false)).await;
+    admin(&b, "DELETE", "/admin/sessions/sess-2", None).await;
+    let packets = live.expect_closed_within(WAIT).await;
+    assert!(packets.iter().any(|p| matches!(p, Packet::Disconnect(_))), "{packets:?}");
+    assert!(admin(&b, "GET", "/admin/sessions", None)
+        .await
+        .as_array()
+        .unwrap()
+        .iter()
+        .all(|s| s["client_id"] != "sess-2"));
+
+    // Refusals.
+    let status = |m: &'static str, path: &'static str| {
+        let b = &b;
+        async move { http(b, m, path, Some(ADMIN_TOKEN), None).await.0 }
+    };
+    assert_eq!(status("DELETE", "/admin/sessions/nope").await, 404);
+    assert_eq!(status("DELETE", "/admin/retained?topic=state/none").await, 404);
+    assert_eq!(status("GET", "/admin/retained?filter=a/%23/b").await, 400);
+    assert_eq!(status("DELETE", "/admin/retained?topic=a/%2B").await, 400);
+    assert_eq!(status("GET", "/admin/retained?limit=0").await, 400);
+    assert_eq!(http(&b, "GET", "/admin/sessions", None, None).await.0, 401);
+}
