@@ -289,3 +289,56 @@ fn base64_encode(s: &str) -> String {
     use base64::Engine;
     base64::engine::general_purpose::STANDARD.encode(s)
 }
+
+fn passwd_add(file: &std::path::Path, user: &str, password: &str) {
+    let mut child = Command::new(BIN)
+        .args(["passwd", file.to_str().unwrap(), user, "--password-stdin"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    child.stdin.take().unwrap().write_all(format!("{password}\n").as_bytes()).unwrap();
+    assert!(child.wait_with_output().unwrap().status.success());
+}
+
+#[test]
+fn passwd_delete_removes_one_user_and_keeps_the_rest_and_the_mode() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("passwd");
+    passwd_add(&file, "alice", "a-secret");
+    passwd_add(&file, "dora", "d-secret");
+    passwd_add(&file, "bob", "b-secret");
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o640)).unwrap();
+    }
+    let f = file.to_str().unwrap();
+    let out = warden(&["passwd", "-D", f, "dora"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let text = std::fs::read_to_string(&file).unwrap();
+    let db = warden_policy::password::PasswordFile::parse(&text).unwrap();
+    assert!(!db.contains("dora") && db.verify("alice", b"a-secret") && db.verify("bob", b"b-secret"), "{text}");
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        assert_eq!(std::fs::metadata(&file).unwrap().permissions().mode() & 0o777, 0o640);
+    }
+
+    // Absent user: non-zero, the file and the user named, the file untouched.
+    let out = warden(&["passwd", "--delete", f, "dora"]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && err.contains("dora") && err.contains(f), "{err}");
+    assert_eq!(std::fs::read_to_string(&file).unwrap(), text);
+
+    // Missing file: non-zero, named.
+    let missing = dir.path().join("nope");
+    let out = warden(&["passwd", "-D", missing.to_str().unwrap(), "alice"]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && err.contains("nope"), "{err}");
+
+    // -D takes no password.
+    assert!(!warden(&["passwd", "-D", f, "alice", "--password-stdin"]).status.success());
+    assert!(std::fs::read_to_string(&file).unwrap().contains("alice:"));
+}
