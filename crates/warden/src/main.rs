@@ -40,7 +40,8 @@ enum Command {
     },
     /// Add or update a user in a password file (argon2id), like mosquitto_passwd.
     Passwd(warden::passwd_cmd::PasswdArgs),
-    /// Make a development PKI: `warden cert ca`, `warden cert server`, `warden cert client`.
+    /// Make a development PKI: `warden cert ca`, `warden cert server`, `warden cert client`;
+    /// revoke device certificates into DIR/ca.crl: `warden cert revoke`, `warden cert crl`.
     Cert(warden::cert_cmd::CertArgs),
     /// Manage the token service: `warden oauth client add|remove|list`, `warden oauth rotate-key`.
     Oauth(warden::oauth_store::OAuthArgs),
