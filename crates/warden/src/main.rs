@@ -1,4 +1,5 @@
-//! `warden`: the broker binary. Subcommands: `serve` (the default), `passwd`, `check`.
+//! `warden`: the broker binary. Subcommands: `serve` (the default), `check`, `passwd`, `cert`,
+//! `oauth`, `token`, `admin`, `completions`, `man`.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
