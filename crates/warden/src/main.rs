@@ -146,7 +146,11 @@ fn main() -> ExitCode {
         Command::Admin(args) => warden::admin_cmd::run(&args),
         Command::Check { config, explain: false, .. } => return check(&config),
         Command::Check { config, user, client, operation, .. } => {
-            // grep-like: 0 allow, 1 deny, 2 the question could not be answered.
+            // The configuration is checked first (its summary printed), as without --explain.
+            // Then grep-like: 0 allow, 1 deny, 2 the question could not be answered.
+            if check(&config) != ExitCode::SUCCESS {
+                return ExitCode::from(2);
+            }
             return match Config::load(&config)
                 .map_err(anyhow::Error::from)
                 .and_then(|cfg| explain_decision(&cfg, user.as_deref(), &client, &operation))
