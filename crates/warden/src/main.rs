@@ -103,7 +103,16 @@ fn completions(shell: CompletionShell) -> anyhow::Result<()> {
     };
     let mut out = Vec::new();
     clap_complete::generate(shell, &mut Cli::command(), "warden", &mut out);
-    std::io::Write::write_all(&mut std::io::stdout().lock(), &out).context("writing to stdout")
+    write_stdout(&out)
+}
+
+/// Write generated text to stdout; a reader that stopped early (`| head`) is not an error.
+fn write_stdout(data: &[u8]) -> anyhow::Result<()> {
+    let mut out = std::io::stdout().lock();
+    match std::io::Write::write_all(&mut out, data).and_then(|()| std::io::Write::flush(&mut out)) {
+        Err(e) if e.kind() != std::io::ErrorKind::BrokenPipe => Err(e).context("writing to stdout"),
+        _ => Ok(()),
+    }
 }
 
 /// `warden man [--dir DIR]`.
@@ -112,7 +121,7 @@ fn man_pages(dir: Option<&std::path::Path>) -> anyhow::Result<()> {
     let Some(dir) = dir else {
         let mut out = Vec::new();
         clap_mangen::Man::new(cmd).render(&mut out).context("rendering the man page")?;
-        return std::io::Write::write_all(&mut std::io::stdout().lock(), &out).context("writing to stdout");
+        return write_stdout(&out);
     };
     std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
     // warden.1, then warden-passwd.1, warden-cert-revoke.1, … (one per subcommand).
