@@ -461,9 +461,41 @@ pub fn upsert_user(file_text: &str, user: &str, hash: &str) -> Result<String, Pa
     Ok(out)
 }
 
+/// Returns `file_text` without `user`'s line, or `None` when no line names `user`. Other
+/// lines, comments and line endings are kept. The existing text must parse.
+pub fn remove_user(file_text: &str, user: &str) -> Result<Option<String>, PasswordFileError> {
+    PasswordFile::parse(file_text)?;
+    let mut out = String::with_capacity(file_text.len());
+    let mut removed = false;
+    for raw in file_text.split_inclusive('\n') {
+        let body = raw.strip_suffix('\n').unwrap_or(raw);
+        let body = body.strip_suffix('\r').unwrap_or(body);
+        // The text parsed above, so split_line cannot fail here.
+        match split_line(body) {
+            Ok(Line::Entry { user: u, .. }) if u == user => removed = true,
+            _ => out.push_str(raw),
+        }
+    }
+    Ok(removed.then_some(out))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn remove_user_keeps_the_other_lines() {
+        let text = "# users\r\nalice:$argon2id$x\nbob:plain-not-parsed\n";
+        // An unparsable file is refused, not rewritten.
+        assert!(remove_user(text, "alice").is_err());
+        let a = hash_password(b"a");
+        let b = hash_password(b"b");
+        let text = format!("# users\r\nalice:{a}\r\nbob:{b}\n");
+        assert_eq!(remove_user(&text, "alice").unwrap().unwrap(), format!("# users\r\nbob:{b}\n"));
+        assert_eq!(remove_user(&text, "bob").unwrap().unwrap(), format!("# users\r\nalice:{a}\r\n"));
+        assert!(remove_user(&text, "carol").unwrap().is_none());
+        assert!(remove_user("", "carol").unwrap().is_none());
+    }
     use proptest::prelude::*;
 
     // Made with the real `mosquitto_passwd` (Mosquitto 2.x):

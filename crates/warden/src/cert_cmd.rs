@@ -6,6 +6,14 @@
 //! - `warden cert client --cn DEVICE_ID` signs `DIR/NAME.pem` + `DIR/NAME.key` (EKU clientAuth,
 //!   subject CN = the device id, which becomes the principal with `identity_from_cert = "cn"`).
 //!
+//! - `warden cert revoke --cn DEVICE_ID` (or `--cert FILE`) revokes device certificates and
+//!   rewrites `DIR/ca.crl`, a CRL signed by the CA with an increasing CRL number; `warden cert
+//!   crl` re-signs it (a fresh nextUpdate) without revoking anything.
+//!
+//! `warden cert client` records what it issues (serial, CN, notAfter) in `DIR/issued.json`;
+//! revocations are kept in `DIR/revoked.json` (with the CRL number last used), and the CRL is
+//! always rebuilt from that record, so a lost or damaged `ca.crl` is simply written again.
+//!
 //! Private keys are PKCS#8 PEM written with mode 0600. Existing files are never overwritten
 //! without `--force`. [`ensure_dev_pki`] is what the embedded default configuration uses.
 
@@ -26,6 +34,13 @@ pub const DEFAULT_CA_CN: &str = "Warden Development CA";
 const DEFAULT_CA_DAYS: u32 = 3650;
 const DEFAULT_SERVER_DAYS: u32 = 825;
 const DEFAULT_CLIENT_DAYS: u32 = 365;
+const DEFAULT_CRL_DAYS: u32 = 30;
+/// What `warden cert client` issued, in DIR.
+const ISSUED_FILE: &str = "issued.json";
+/// What `warden cert revoke` revoked, and the last CRL number, in DIR.
+const REVOKED_FILE: &str = "revoked.json";
+/// The CRL, in DIR.
+const CRL_FILE: &str = "ca.crl";
 /// SANs of a server certificate when no `--san` is given (and of the embedded default's).
 const DEFAULT_SANS: [&str; 3] = ["localhost", "127.0.0.1", "::1"];
 /// Certificates start this much before "now", to tolerate clock skew between hosts.
@@ -47,6 +62,38 @@ enum CertCommand {
     Server(ServerArgs),
     /// Sign a device (client) certificate whose subject CN is the device id: DIR/NAME.pem and DIR/NAME.key.
     Client(ClientArgs),
+    /// Revoke device certificates issued by DIR's CA and rewrite DIR/ca.crl (TLS listeners with
+    /// `crl = "DIR/ca.crl"` apply it on SIGHUP).
+    Revoke(RevokeArgs),
+    /// Re-sign DIR/ca.crl from DIR/revoked.json (a new CRL number and nextUpdate), revoking nothing.
+    Crl(CrlArgs),
+}
+
+#[derive(clap::Args, Debug)]
+#[command(group(clap::ArgGroup::new("which").required(true).multiple(true).args(["cn", "cert"])))]
+struct RevokeArgs {
+    /// Directory holding ca.pem, ca.key and issued.json; ca.crl and revoked.json are written there.
+    #[arg(long, default_value = ".")]
+    dir: PathBuf,
+    /// Revoke every certificate `warden cert client` issued for this device id (subject CN).
+    #[arg(long, value_name = "DEVICE_ID")]
+    cn: Option<String>,
+    /// Revoke this certificate (PEM), e.g. one issued before issued.json was kept.
+    #[arg(long, value_name = "FILE")]
+    cert: Option<PathBuf>,
+    /// Days until the CRL's nextUpdate (re-sign it before then with `warden cert crl`).
+    #[arg(long, default_value_t = DEFAULT_CRL_DAYS, value_parser = days_parser())]
+    crl_days: u32,
+}
+
+#[derive(clap::Args, Debug)]
+struct CrlArgs {
+    /// Directory holding ca.pem, ca.key and revoked.json; ca.crl is written there.
+    #[arg(long, default_value = ".")]
+    dir: PathBuf,
+    /// Days until the CRL's nextUpdate.
+    #[arg(long, default_value_t = DEFAULT_CRL_DAYS, value_parser = days_parser())]
+    crl_days: u32,
 }
 
 #[derive(clap::Args, Debug)]
@@ -147,9 +194,230 @@ pub fn run(args: &CertArgs) -> anyhow::Result<()> {
             let leaf = issue_client(&ca, &a.cn, a.days)?;
             leaf.write(&cert, &key)?;
             print_written(&format!("client certificate for {:?}", a.cn), &cert, &key);
+            record_issued(&a.dir, &ca, &leaf, &a.cn, &cert)?;
+        }
+        CertCommand::Revoke(a) => revoke(a)?,
+        CertCommand::Crl(a) => {
+            let ca = LoadedCa::load(&a.dir)?;
+            let path = a.dir.join(REVOKED_FILE);
+            let mut log: RevokedLog = read_json(&path)?;
+            let (crl, count) = write_crl(&a.dir, &ca, &mut log, a.crl_days)?;
+            println!("wrote {} (CRL number {}, {count} revoked certificate(s))", crl.display(), log.crl_number);
         }
     }
     Ok(())
+}
+
+// ---------------------------------------------------------------------------------------------
+// Revocation
+
+/// One certificate `warden cert client` issued (DIR/issued.json).
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+struct IssuedRecord {
+    /// Serial number, lower-case hex without leading zero bytes.
+    serial: String,
+    /// Subject CN (the device id).
+    cn: String,
+    /// notAfter, seconds since the Unix epoch.
+    not_after: i64,
+    /// Serial of the CA that signed it (a CA made again with --force does not inherit records).
+    ca_serial: String,
+    /// The certificate file written.
+    file: PathBuf,
+}
+
+#[derive(Debug, Default, serde::Serialize, serde::Deserialize)]
+struct IssuedLog {
+    #[serde(default)]
+    certificates: Vec<IssuedRecord>,
+}
+
+/// One revoked certificate (DIR/revoked.json).
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+struct RevokedRecord {
+    serial: String,
+    cn: String,
+    /// Revocation time, seconds since the Unix epoch.
+    revoked_at: i64,
+    ca_serial: String,
+}
+
+#[derive(Debug, Default, serde::Serialize, serde::Deserialize)]
+struct RevokedLog {
+    /// The CRL number of the last CRL written (each new CRL gets the next one).
+    #[serde(default)]
+    crl_number: u64,
+    #[serde(default)]
+    revoked: Vec<RevokedRecord>,
+}
+
+/// The JSON record at `path`, or an empty one when the file does not exist.
+fn read_json<T: Default + serde::de::DeserializeOwned>(path: &Path) -> anyhow::Result<T> {
+    match fs::read(path) {
+        Ok(bytes) => serde_json::from_slice(&bytes).map_err(|e| anyhow::anyhow!("{}: {e}", path.display())),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(T::default()),
+        Err(e) => Err(e).with_context(|| format!("reading {}", path.display())),
+    }
+}
+
+fn write_json<T: serde::Serialize>(path: &Path, value: &T) -> anyhow::Result<()> {
+    let mut text = serde_json::to_string_pretty(value).context("encoding JSON")?;
+    text.push('\n');
+    write_atomically(path, text.as_bytes(), false).with_context(|| format!("writing {}", path.display()))
+}
+
+/// Lower-case hex of a DER INTEGER's content bytes, without leading zero bytes.
+fn serial_hex(raw: &[u8]) -> String {
+    let start = raw.iter().position(|b| *b != 0).unwrap_or(raw.len().saturating_sub(1));
+    raw[start..].iter().map(|b| format!("{b:02x}")).collect()
+}
+
+fn hex_bytes(hex: &str) -> Option<Vec<u8>> {
+    if hex.is_empty() || !hex.len().is_multiple_of(2) {
+        return None;
+    }
+    (0..hex.len()).step_by(2).map(|i| hex.get(i..i + 2).and_then(|b| u8::from_str_radix(b, 16).ok())).collect()
+}
+
+/// What revocation needs to know about one certificate.
+struct CertFacts {
+    serial: String,
+    cn: String,
+    not_after: i64,
+    issuer: Vec<u8>,
+}
+
+fn cert_facts(der: &[u8]) -> anyhow::Result<CertFacts> {
+    let (_, cert) = x509_parser::parse_x509_certificate(der).map_err(|e| anyhow::anyhow!("not a certificate: {e}"))?;
+    let parts = der_parts(der).context("malformed certificate")?;
+    let cn = cert.subject().iter_common_name().next().and_then(|a| a.as_str().ok()).unwrap_or("").to_string();
+    Ok(CertFacts {
+        serial: serial_hex(cert.tbs_certificate.raw_serial()),
+        cn,
+        not_after: cert.validity().not_after.timestamp(),
+        issuer: parts.issuer.to_vec(),
+    })
+}
+
+fn unix_now() -> i64 {
+    SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(0))
+}
+
+/// Append what `cert client` just issued to DIR/issued.json.
+fn record_issued(dir: &Path, ca: &LoadedCa, leaf: &Issued, cn: &str, file: &Path) -> anyhow::Result<()> {
+    let der = pem_first_cert(&leaf.chain_pem).context("the new certificate")?;
+    let facts = cert_facts(&der)?;
+    let path = dir.join(ISSUED_FILE);
+    let mut log: IssuedLog = read_json(&path)?;
+    log.certificates.push(IssuedRecord {
+        serial: facts.serial,
+        cn: cn.to_string(),
+        not_after: facts.not_after,
+        ca_serial: ca.serial.clone(),
+        file: file.to_path_buf(),
+    });
+    write_json(&path, &log)
+}
+
+fn revoke(a: &RevokeArgs) -> anyhow::Result<()> {
+    let ca = LoadedCa::load(&a.dir)?;
+    let ca_subject = der_parts(&ca.der).context("malformed CA certificate")?.subject.to_vec();
+    let mut targets: Vec<(String, String)> = Vec::new();
+    if let Some(file) = &a.cert {
+        let pem = fs::read_to_string(file).with_context(|| format!("reading {}", file.display()))?;
+        let der = pem_first_cert(&pem).with_context(|| format!("{}: no PEM certificate", file.display()))?;
+        let facts = cert_facts(&der).with_context(|| file.display().to_string())?;
+        if facts.issuer != ca_subject {
+            bail!("{} was not issued by the CA {}", file.display(), ca.cert_path.display());
+        }
+        targets.push((facts.serial, facts.cn));
+    }
+    if let Some(cn) = &a.cn {
+        let issued: IssuedLog = read_json(&a.dir.join(ISSUED_FILE))?;
+        let mut found: Vec<(String, String)> = issued
+            .certificates
+            .iter()
+            .filter(|r| &r.cn == cn && r.ca_serial == ca.serial)
+            .map(|r| (r.serial.clone(), r.cn.clone()))
+            .collect();
+        if found.is_empty() {
+            // Issued before issued.json was kept: DIR/CN.pem, when this CA signed it.
+            let guess = a.dir.join(format!("{cn}.pem"));
+            if let Some(facts) = fs::read_to_string(&guess)
+                .ok()
+                .and_then(|pem| pem_first_cert(&pem))
+                .and_then(|der| cert_facts(&der).ok())
+                .filter(|f| f.issuer == ca_subject && &f.cn == cn)
+            {
+                found.push((facts.serial, facts.cn));
+            }
+        }
+        if found.is_empty() {
+            bail!(
+                "no certificate for {cn:?} issued by {} is recorded in {} (for one made elsewhere or before \
+                 `warden cert revoke` existed, pass --cert FILE)",
+                ca.cert_path.display(),
+                a.dir.join(ISSUED_FILE).display()
+            );
+        }
+        targets.extend(found);
+    }
+    let path = a.dir.join(REVOKED_FILE);
+    let mut log: RevokedLog = read_json(&path)?;
+    let now = unix_now();
+    for (serial, cn) in targets {
+        if log.revoked.iter().any(|r| r.serial == serial && r.ca_serial == ca.serial) {
+            println!("already revoked: serial {serial} ({cn:?})");
+            continue;
+        }
+        println!("revoked: serial {serial} ({cn:?})");
+        log.revoked.push(RevokedRecord { serial, cn, revoked_at: now, ca_serial: ca.serial.clone() });
+    }
+    let (crl, count) = write_crl(&a.dir, &ca, &mut log, a.crl_days)?;
+    println!(
+        "wrote {} (CRL number {}, {count} revoked certificate(s)); TLS listeners with crl = {:?} apply it on SIGHUP",
+        crl.display(),
+        log.crl_number,
+        crl.display().to_string()
+    );
+    Ok(())
+}
+
+/// Sign a CRL of every certificate of `log` revoked under this CA with the next CRL number,
+/// save `log` (DIR/revoked.json) then the CRL (DIR/ca.crl, PEM). Returns the CRL path and how
+/// many certificates it lists.
+fn write_crl(dir: &Path, ca: &LoadedCa, log: &mut RevokedLog, days: u32) -> anyhow::Result<(PathBuf, usize)> {
+    let mut revoked_certs = Vec::new();
+    for r in log.revoked.iter().filter(|r| r.ca_serial == ca.serial) {
+        let serial = hex_bytes(&r.serial)
+            .with_context(|| format!("{}: serial {:?} is not hex", dir.join(REVOKED_FILE).display(), r.serial))?;
+        let at = SystemTime::UNIX_EPOCH + Duration::from_secs(u64::try_from(r.revoked_at).unwrap_or(0));
+        let revocation_time = at.into();
+        revoked_certs.push(rcgen::RevokedCertParams {
+            serial_number: SerialNumber::from(serial),
+            revocation_time,
+            reason_code: None,
+            invalidity_date: None,
+        });
+    }
+    let count = revoked_certs.len();
+    log.crl_number = log.crl_number.checked_add(1).context("CRL number overflow")?;
+    let now = SystemTime::now();
+    let next = now.checked_add(Duration::from_secs(u64::from(days) * DAY)).context("--crl-days is out of range")?;
+    let params = rcgen::CertificateRevocationListParams {
+        this_update: (now - BACKDATE).into(),
+        next_update: next.into(),
+        crl_number: SerialNumber::from(log.crl_number.to_be_bytes().to_vec()),
+        issuing_distribution_point: None,
+        revoked_certs,
+        key_identifier_method: rcgen::KeyIdMethod::Sha256,
+    };
+    let crl = params.signed_by(&ca.issuer, &ca.key).context("signing the CRL")?;
+    let pem = crl.pem().context("encoding the CRL")?;
+    write_json(&dir.join(REVOKED_FILE), log)?;
+    let path = dir.join(CRL_FILE);
+    write_atomically(&path, pem.as_bytes(), false).with_context(|| format!("writing {}", path.display()))?;
+    Ok((path, count))
 }
 
 /// Paths of the development PKI the embedded default uses.
@@ -345,6 +613,8 @@ struct LoadedCa {
     key: KeyPair,
     not_after: SystemTime,
     cert_path: PathBuf,
+    /// The CA certificate's serial (hex), tying issued.json / revoked.json records to it.
+    serial: String,
 }
 
 impl LoadedCa {
@@ -384,7 +654,10 @@ impl LoadedCa {
             bail!("the CA {} expired on {}", cert_path.display(), params.not_after.date());
         }
         let issuer = params.self_signed(&key).context("preparing the CA for signing")?;
-        Ok(LoadedCa { pem, der, issuer, key, not_after, cert_path })
+        let serial = x509_parser::parse_x509_certificate(&der)
+            .map(|(_, c)| serial_hex(c.tbs_certificate.raw_serial()))
+            .map_err(|e| anyhow::anyhow!("{}: malformed certificate: {e}", cert_path.display()))?;
+        Ok(LoadedCa { pem, der, issuer, key, not_after, cert_path, serial })
     }
 
     /// Sign `params` (for a fresh P-256 key) for `days`, clamped to the CA's own expiry.

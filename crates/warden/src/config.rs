@@ -1049,6 +1049,80 @@ impl Config {
         Config::parse_with_env(&text, path, env)
     }
 
+    /// [`Config::load`], but reporting every error it can find rather than the first
+    /// (`warden check`). After an error on a line that holds one whole `key = value` naming
+    /// that key in its reason (an unknown key, a bad value, a value at odds with another), the
+    /// line is set aside and the file validated again, so independent mistakes in different
+    /// tables are all listed, each with its file:line. It stops at an error that does not fit
+    /// that shape (a TOML syntax error, a missing table or key) or that only follows from a
+    /// line set aside.
+    ///
+    /// Returns the errors, and the configuration as validated with those lines set aside (when
+    /// it then validates), so that what it refers to can be checked too.
+    pub fn load_all_errors(path: &Path) -> (Option<Config>, Vec<ConfigError>) {
+        match std::fs::read_to_string(path) {
+            Ok(text) => Config::parse_all_errors(&text, path, &process_env),
+            Err(source) => (None, vec![ConfigError::Io { path: path.to_path_buf(), source }]),
+        }
+    }
+
+    /// [`Config::load_all_errors`] for `text` (see [`Config::parse_with_env`]).
+    pub fn parse_all_errors(text: &str, path: &Path, env: EnvLookup<'_>) -> (Option<Config>, Vec<ConfigError>) {
+        /// The key of a line that is exactly one `key = value`, else None.
+        fn single_key(line: &str) -> Option<String> {
+            let t = line.trim_start();
+            if t.is_empty() || t.starts_with('[') || t.starts_with('#') {
+                return None;
+            }
+            let table: toml::Table = toml::from_str(line).ok()?;
+            let mut keys = table.keys();
+            match (keys.next(), keys.next()) {
+                (Some(k), None) => Some(k.clone()),
+                _ => None,
+            }
+        }
+        let mut lines: Vec<&str> = text.split('\n').collect();
+        let mut set_aside: Vec<String> = Vec::new();
+        let mut errors = Vec::new();
+        let mut work = text.to_string();
+        // Each round sets one line aside: at most one round per line, plus the last.
+        for _ in 0..=lines.len() {
+            let e = match Config::parse_with_env(&work, path, env) {
+                Ok(cfg) => return (Some(cfg), errors),
+                Err(e) => e,
+            };
+            let ConfigError::Invalid { line, reason, .. } = &e else {
+                errors.push(e);
+                break;
+            };
+            // "missing field `bind`" after `bind = …` was set aside: not a mistake of its own.
+            if set_aside.iter().any(|k| reason.contains(&format!("`{k}`"))) && reason.contains("missing") {
+                break;
+            }
+            // serde's type errors carry the value's span but do not name the key: name it.
+            let serde_says = ["invalid type", "invalid value", "unknown variant", "invalid length"]
+                .iter()
+                .any(|p| reason.starts_with(p));
+            let key = lines
+                .get(line.wrapping_sub(1))
+                .and_then(|l| single_key(l))
+                .filter(|k| serde_says || reason.contains(k.as_str()));
+            let line = *line;
+            let e = match (&key, e) {
+                (Some(k), ConfigError::Invalid { path, line, reason }) if !reason.contains(k.as_str()) => {
+                    ConfigError::Invalid { path, line, reason: format!("{k}: {reason}") }
+                }
+                (_, e) => e,
+            };
+            errors.push(e);
+            let Some(key) = key else { break };
+            lines[line - 1] = "";
+            set_aside.push(key);
+            work = lines.join("\n");
+        }
+        (None, errors)
+    }
+
     /// Parses and validates configuration `text`; `path` names the file in error messages,
     /// anchors relative paths (its directory) and becomes [`Config::source`]. `"env:NAME"`
     /// secrets come from the process environment; `*_file` secrets are read.
@@ -2175,6 +2249,31 @@ mod tests {
 
     fn parse(text: &str) -> Result<Config, ConfigError> {
         Config::parse(text, Path::new(FILE))
+    }
+
+    fn all_errors(text: &str) -> (bool, Vec<String>) {
+        let (cfg, errors) = Config::parse_all_errors(text, Path::new(FILE), &|_| None);
+        (cfg.is_some(), errors.iter().map(ToString::to_string).collect())
+    }
+
+    #[test]
+    fn all_errors_lists_independent_mistakes_and_not_their_follow_ons() {
+        let (ok, errors) = all_errors("[[listener]]\nbind = \"127.0.0.1:0\"\n");
+        assert!(ok && errors.is_empty(), "{errors:?}");
+        let (ok, errors) = all_errors(
+            "[[listener]]\nbind = \"127.0.0.1:0\"\nshape = 1\n[auth]\nallow_anonymous = \"maybe\"\n[limits]\nmax_packet_size = \"x\"\n",
+        );
+        assert!(ok, "valid once those lines are set aside");
+        assert_eq!(errors.len(), 3, "{errors:?}");
+        assert!(errors[0].starts_with(&format!("{FILE}:3:")) && errors[0].contains("shape"), "{errors:?}");
+        assert!(errors[1].starts_with(&format!("{FILE}:5:")) && errors[1].contains("allow_anonymous"), "{errors:?}");
+        assert!(errors[2].starts_with(&format!("{FILE}:7:")) && errors[2].contains("max_packet_size"), "{errors:?}");
+        // A required key with a bad value: reported once, not again as "missing".
+        let (ok, errors) = all_errors("[[listener]]\nbind = \"nowhere\"\n");
+        assert!(!ok && errors.len() == 1 && errors[0].contains(":2:"), "{errors:?}");
+        // A syntax error: the one error.
+        let (ok, errors) = all_errors("[limits\nmax_packet_size = 1\n");
+        assert!(!ok && errors.len() == 1, "{errors:?}");
     }
 
     /// Parses `text`, expects an `Invalid` error on `line` whose reason contains `needle`;

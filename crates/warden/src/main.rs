@@ -1,9 +1,11 @@
-//! `warden`: the broker binary. Subcommands: `serve` (the default), `passwd`, `check`.
+//! `warden`: the broker binary. Subcommands: `serve` (the default), `check`, `passwd`, `cert`,
+//! `oauth`, `token`, `admin`, `completions`, `man`.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use clap::{Parser, Subcommand, ValueEnum};
+use anyhow::Context;
+use clap::{CommandFactory, Parser, Subcommand, ValueEnum};
 use tracing::{error, info, warn};
 use warden::config::{Config, ListenerProtocol};
 use warden::server::Server;
@@ -40,7 +42,8 @@ enum Command {
     },
     /// Add or update a user in a password file (argon2id), like mosquitto_passwd.
     Passwd(warden::passwd_cmd::PasswdArgs),
-    /// Make a development PKI: `warden cert ca`, `warden cert server`, `warden cert client`.
+    /// Make a development PKI: `warden cert ca`, `warden cert server`, `warden cert client`;
+    /// revoke device certificates into DIR/ca.crl: `warden cert revoke`, `warden cert crl`.
     Cert(warden::cert_cmd::CertArgs),
     /// Manage the token service: `warden oauth client add|remove|list`, `warden oauth rotate-key`.
     Oauth(warden::oauth_store::OAuthArgs),
@@ -49,7 +52,22 @@ enum Command {
     /// Manage a running broker through its admin API: users, groups, roles, rules, clients,
     /// kick, bans, the audit trail.
     Admin(warden::admin_cmd::AdminArgs),
-    /// Validate a configuration (and its password file) without starting.
+    /// Print a shell completion script: `warden completions bash > /etc/bash_completion.d/warden`.
+    Completions {
+        /// bash, zsh or fish.
+        #[arg(value_enum)]
+        shell: CompletionShell,
+    },
+    /// Write man pages generated from this command line: warden.1 and one per subcommand
+    /// (warden-passwd.1, …) into DIR, or warden.1 alone to stdout without --dir.
+    Man {
+        /// Directory to write the pages into (created when missing).
+        #[arg(long)]
+        dir: Option<PathBuf>,
+    },
+    /// Validate a configuration (and its password file) without starting: every error found is
+    /// listed, exit 1 when there is any. With --explain: the ACL decision for one operation,
+    /// exit 0 for allow, 1 for deny, 2 when it cannot be answered.
     Check {
         /// Configuration file (TOML).
         #[arg(long, short)]
@@ -68,6 +86,48 @@ enum Command {
         #[arg(num_args = 2, value_names = ["ACTION", "TOPIC"], requires = "explain")]
         operation: Vec<String>,
     },
+}
+
+#[derive(Clone, Copy, Debug, ValueEnum)]
+enum CompletionShell {
+    Bash,
+    Zsh,
+    Fish,
+}
+
+fn completions(shell: CompletionShell) -> anyhow::Result<()> {
+    let shell = match shell {
+        CompletionShell::Bash => clap_complete::Shell::Bash,
+        CompletionShell::Zsh => clap_complete::Shell::Zsh,
+        CompletionShell::Fish => clap_complete::Shell::Fish,
+    };
+    let mut out = Vec::new();
+    clap_complete::generate(shell, &mut Cli::command(), "warden", &mut out);
+    write_stdout(&out)
+}
+
+/// Write generated text to stdout; a reader that stopped early (`| head`) is not an error.
+fn write_stdout(data: &[u8]) -> anyhow::Result<()> {
+    let mut out = std::io::stdout().lock();
+    match std::io::Write::write_all(&mut out, data).and_then(|()| std::io::Write::flush(&mut out)) {
+        Err(e) if e.kind() != std::io::ErrorKind::BrokenPipe => Err(e).context("writing to stdout"),
+        _ => Ok(()),
+    }
+}
+
+/// `warden man [--dir DIR]`.
+fn man_pages(dir: Option<&std::path::Path>) -> anyhow::Result<()> {
+    let cmd = Cli::command();
+    let Some(dir) = dir else {
+        let mut out = Vec::new();
+        clap_mangen::Man::new(cmd).render(&mut out).context("rendering the man page")?;
+        return write_stdout(&out);
+    };
+    std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    // warden.1, then warden-passwd.1, warden-cert-revoke.1, … (one per subcommand).
+    clap_mangen::generate_to(cmd, dir).with_context(|| format!("writing man pages into {}", dir.display()))?;
+    println!("wrote the man pages (warden.1, warden-SUBCOMMAND.1) into {}", dir.display());
+    Ok(())
 }
 
 fn init_logging(format: LogFormat) {
@@ -93,13 +153,27 @@ fn main() -> ExitCode {
         Command::Token(args) => warden::token_cmd::run(&args),
         Command::Oauth(args) => warden::oauth_store::run(&args),
         Command::Admin(args) => warden::admin_cmd::run(&args),
-        Command::Check { config, explain, user, client, operation } => check(&config).and_then(|()| {
-            if explain {
-                explain_decision(&config, user.as_deref(), &client, &operation)
-            } else {
-                Ok(())
+        Command::Check { config, explain: false, .. } => return check(&config),
+        Command::Check { config, user, client, operation, .. } => {
+            // The configuration is checked first (its summary printed), as without --explain.
+            // Then grep-like: 0 allow, 1 deny, 2 the question could not be answered.
+            if check(&config) != ExitCode::SUCCESS {
+                return ExitCode::from(2);
             }
-        }),
+            return match Config::load(&config)
+                .map_err(anyhow::Error::from)
+                .and_then(|cfg| explain_decision(&cfg, user.as_deref(), &client, &operation))
+            {
+                Ok(true) => ExitCode::SUCCESS,
+                Ok(false) => ExitCode::from(1),
+                Err(e) => {
+                    eprintln!("warden: {e:#}");
+                    ExitCode::from(2)
+                }
+            };
+        }
+        Command::Completions { shell } => completions(shell),
+        Command::Man { dir } => man_pages(dir.as_deref()),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -110,17 +184,54 @@ fn main() -> ExitCode {
     }
 }
 
-fn check(path: &std::path::Path) -> anyhow::Result<()> {
-    let cfg = Config::load(path)?;
-    let tokens = warden::tokens::TokenAuth::new(cfg.auth.jwt.as_ref(), None)?;
-    let auth = warden::auth::Authenticator::load(&cfg.auth, cfg.identity, tokens)?;
-    warden::server::load_policy(&cfg.authz)?;
-    let store = warden::policy_store::load(&cfg.data_dir)?;
-    warden::bans::BanList::load(&cfg.data_dir)?;
+/// `warden check`: every error found is printed (`warden: FILE:LINE: reason`, one a line), then
+/// the count; exit 1 when there is any.
+fn check(path: &std::path::Path) -> ExitCode {
+    let (cfg, errors) = Config::load_all_errors(path);
+    let mut errors: Vec<String> = errors.iter().map(ToString::to_string).collect();
+    if let Some(cfg) = cfg {
+        // With lines set aside after errors, the rest is still checked (no summary then).
+        errors.extend(check_loaded(path, &cfg, errors.is_empty()));
+    }
+    if errors.is_empty() {
+        return ExitCode::SUCCESS;
+    }
+    for e in &errors {
+        eprintln!("warden: {e}");
+    }
+    eprintln!("warden: {}: {} error(s) found", path.display(), errors.len());
+    ExitCode::FAILURE
+}
+
+/// What a valid configuration refers to (password file, ACL, policy store, bans, TLS files),
+/// each checked on its own; the errors found (empty: all good, the summary printed).
+fn check_loaded(path: &std::path::Path, cfg: &Config, summary: bool) -> Vec<String> {
+    let mut errors = Vec::new();
+    let mut note = |r: anyhow::Result<()>| {
+        if let Err(e) = r {
+            errors.push(format!("{e:#}"));
+        }
+    };
+    let mut users = None;
+    note(warden::tokens::TokenAuth::new(cfg.auth.jwt.as_ref(), None).and_then(|tokens| {
+        users = Some(warden::auth::Authenticator::load(&cfg.auth, cfg.identity, tokens)?.user_count());
+        Ok(())
+    }));
+    note(warden::server::load_policy(&cfg.authz).map(drop));
+    let mut store_users = None;
+    note(warden::policy_store::load(&cfg.data_dir).map(|s| store_users = Some(s.users.len())));
+    note(warden::bans::BanList::load(&cfg.data_dir).map(drop));
     for l in &cfg.listeners {
         if let Some(t) = &l.tls {
-            warden::tls::server_config(t).map_err(|e| anyhow::anyhow!("{} listener {}: {e:#}", l.protocol, l.bind))?;
+            note(
+                warden::tls::server_config(t)
+                    .map(drop)
+                    .map_err(|e| anyhow::anyhow!("{} listener {}: {e:#}", l.protocol, l.bind)),
+            );
         }
+    }
+    if !errors.is_empty() || !summary {
+        return errors;
     }
     // Inline secrets and secret files open to group or others: warnings, not errors.
     for w in cfg.warnings() {
@@ -142,16 +253,16 @@ fn check(path: &std::path::Path) -> anyhow::Result<()> {
         "{}: ok ({} listener(s), {} user(s) in the password file, {} in the policy store, anonymous {})",
         path.display(),
         cfg.listeners.len(),
-        auth.user_count(),
-        store.users.len(),
+        users.unwrap_or(0),
+        store_users.unwrap_or(0),
         if cfg.auth.allow_anonymous { "allowed" } else { "refused" }
     );
-    Ok(())
+    Vec::new()
 }
 
-fn explain_decision(path: &std::path::Path, user: Option<&str>, client: &str, op: &[String]) -> anyhow::Result<()> {
+/// `warden check --explain`: prints the decision and what made it; true for allow.
+fn explain_decision(cfg: &Config, user: Option<&str>, client: &str, op: &[String]) -> anyhow::Result<bool> {
     use warden_policy::Action;
-    let cfg = Config::load(path)?;
     let (action, topic) = match op {
         [a, t] => (a.as_str(), t.as_str()),
         _ => anyhow::bail!("--explain needs ACTION TOPIC"),
@@ -172,26 +283,33 @@ fn explain_decision(path: &std::path::Path, user: Option<&str>, client: &str, op
         let (d, by) = policy.explain(&principal, client, action, topic);
         let verdict = if d.is_allowed() { "allow" } else { "deny" };
         println!("{verdict}: decided by {by} (ACL file and policy store, {who})");
-        return Ok(());
+        return Ok(d.is_allowed());
     }
     let Some(acl_path) = &cfg.authz.acl_file else {
         println!(
             "allow: no ACL file is configured, so {who} may do anything (token clients are bound by their scopes)"
         );
-        return Ok(());
+        return Ok(true);
     };
-    let text = std::fs::read_to_string(acl_path)?;
+    let text = std::fs::read_to_string(acl_path).with_context(|| format!("reading {}", acl_path.display()))?;
     let acl = warden_policy::acl::AclFile::parse(&text).map_err(|e| anyhow::anyhow!("{}: {e}", acl_path.display()))?;
-    match acl.explain(user, client, action, topic) {
-        Some(m) if m.line == 0 => println!("deny: {topic:?} is not a valid topic for this action"),
+    let allowed = match acl.explain(user, client, action, topic) {
+        Some(m) if m.line == 0 => {
+            println!("deny: {topic:?} is not a valid topic for this action");
+            false
+        }
         Some(m) => {
             let rule = text.lines().nth(m.line - 1).unwrap_or("").trim();
             let verdict = if m.allowed { "allow" } else { "deny" };
             println!("{verdict}: {}:{}: {rule}", acl_path.display(), m.line);
+            m.allowed
         }
-        None => println!("deny: no rule in {} matches (default deny)", acl_path.display()),
-    }
-    Ok(())
+        None => {
+            println!("deny: no rule in {} matches (default deny)", acl_path.display());
+            false
+        }
+    };
+    Ok(allowed)
 }
 
 fn serve(config: Option<PathBuf>) -> anyhow::Result<()> {

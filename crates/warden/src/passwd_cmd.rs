@@ -1,4 +1,5 @@
-//! `warden passwd FILE USER [--password-stdin]` and `warden passwd --hash-only` (SPEC §1).
+//! `warden passwd FILE USER [--password-stdin]`, `warden passwd -D FILE USER` and
+//! `warden passwd --hash-only` (SPEC §1, §9).
 //!
 //! All parsing and hashing lives in `warden_policy::password`; this file only does I/O.
 
@@ -7,7 +8,7 @@ use std::io::{self, BufRead, Write};
 use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context};
-use warden_policy::password::{hash_password, hash_password_scram, upsert_user};
+use warden_policy::password::{hash_password, hash_password_scram, remove_user, upsert_user};
 
 fn make_hash(args: &PasswdArgs, password: &[u8]) -> String {
     if args.scram {
@@ -23,9 +24,13 @@ pub struct PasswdArgs {
     /// Password file to create or update.
     #[arg(required_unless_present = "hash_only")]
     pub file: Option<PathBuf>,
-    /// User name to add or update.
+    /// User name to add, update or (with -D) delete.
     #[arg(required_unless_present = "hash_only")]
     pub user: Option<String>,
+    /// Delete USER from FILE (like `mosquitto_passwd -D`): an error when no line names USER.
+    /// A running broker applies it on SIGHUP.
+    #[arg(short = 'D', long = "delete", conflicts_with_all = ["password_stdin", "hash_only", "scram"])]
+    pub delete: bool,
     /// Read the password as one line from stdin instead of the terminal.
     #[arg(long)]
     pub password_stdin: bool,
@@ -45,8 +50,11 @@ pub fn run(args: &PasswdArgs) -> anyhow::Result<()> {
         return Ok(());
     }
     let (Some(file), Some(user)) = (&args.file, &args.user) else {
-        bail!("usage: warden passwd FILE USER [--password-stdin] | warden passwd --hash-only");
+        bail!("usage: warden passwd FILE USER [--password-stdin] | warden passwd -D FILE USER | warden passwd --hash-only");
     };
+    if args.delete {
+        return delete(file, user);
+    }
     let password = if args.password_stdin { read_stdin_line()? } else { read_terminal_twice()? };
     let hash = make_hash(args, &password);
 
@@ -60,6 +68,17 @@ pub fn run(args: &PasswdArgs) -> anyhow::Result<()> {
     write_atomically(file, text.as_bytes()).with_context(|| format!("writing {}", file.display()))?;
     let verb = if existing.is_some() { "updated" } else { "created" };
     eprintln!("{verb} {}: set password for user {user:?}", file.display());
+    Ok(())
+}
+
+/// `warden passwd -D FILE USER`: rewrite FILE without USER's line (atomically, mode kept).
+fn delete(file: &Path, user: &str) -> anyhow::Result<()> {
+    let text = fs::read_to_string(file).with_context(|| format!("reading {}", file.display()))?;
+    let Some(text) = remove_user(&text, user).with_context(|| format!("{}", file.display()))? else {
+        bail!("{}: no user {user:?} in this file; nothing deleted", file.display());
+    };
+    write_atomically(file, text.as_bytes()).with_context(|| format!("writing {}", file.display()))?;
+    eprintln!("updated {}: deleted user {user:?} (a running broker applies this on SIGHUP)", file.display());
     Ok(())
 }
 

@@ -545,21 +545,22 @@ async fn check_explain_names_the_deciding_store_rule() {
     .await;
     admin(&b, "POST", "/admin/groups", Some(json!({"name": "anyone-authenticated", "roles": ["dev"]}))).await;
     let cfg = b.path("warden.toml");
-    let explain = |topic: &str| {
+    // Exit status: 0 for allow, 1 for deny.
+    let explain = |topic: &str, code: i32| {
         let out = std::process::Command::new(env!("CARGO_BIN_EXE_warden"))
             .args(["check", "--config"])
             .arg(&cfg)
             .args(["--explain", "--user", "ann", "publish", topic])
             .output()
             .unwrap();
-        assert!(out.status.success(), "{out:?}");
+        assert_eq!(out.status.code(), Some(code), "{out:?}");
         String::from_utf8(out.stdout).unwrap()
     };
-    let out = explain("dev/ann/x");
+    let out = explain("dev/ann/x", 0);
     assert!(out.contains("1 in the policy store") || out.contains("0 in the policy store"), "{out}");
     assert!(out.contains("allow: decided by store:dev/own"), "{out}");
-    assert!(explain("dev/ann/secret").contains("deny: decided by store:dev/no"));
-    assert!(explain("dev/bob/x").contains("deny: decided by default-deny"));
+    assert!(explain("dev/ann/secret", 1).contains("deny: decided by store:dev/no"));
+    assert!(explain("dev/bob/x", 1).contains("deny: decided by default-deny"));
     b.stop().await;
 }
 

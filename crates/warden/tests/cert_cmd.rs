@@ -302,3 +302,74 @@ fn ensure_dev_pki_creates_then_reuses() {
     ok(&dir, &["client", "--cn", "dev-003"]);
     assert_verifies(&dir, "sslclient", "dev-003.pem");
 }
+
+/// Serials of the certificates a PEM CRL lists (hex, no leading zeros), and its CRL number.
+fn crl_contents(path: &Path) -> (Vec<String>, Vec<u8>) {
+    let text = fs::read(path).unwrap();
+    let (_, pem) = x509_parser::pem::parse_x509_pem(&text).unwrap();
+    assert_eq!(pem.label, "X509 CRL");
+    let (_, crl) = x509_parser::parse_x509_crl(&pem.contents).unwrap();
+    let serials = crl.iter_revoked_certificates().map(|r| format!("{:x}", r.user_certificate)).collect();
+    let number = crl.crl_number().expect("a CRL number").to_bytes_be();
+    (serials, number)
+}
+
+fn serial_of(path: &Path) -> String {
+    let text = fs::read(path).unwrap();
+    let (_, pem) = x509_parser::pem::parse_x509_pem(&text).unwrap();
+    let (_, cert) = x509_parser::parse_x509_certificate(&pem.contents).unwrap();
+    format!("{:x}", cert.serial)
+}
+
+#[test]
+fn revoke_by_cn_lists_that_certificate_in_a_signed_crl_and_not_the_other() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    ok(dir, &["ca"]);
+    ok(dir, &["client", "--cn", "dev-8"]);
+    ok(dir, &["client", "--cn", "dev-9"]);
+    let (s8, s9) = (serial_of(&dir.join("dev-8.pem")), serial_of(&dir.join("dev-9.pem")));
+    let issued = fs::read_to_string(dir.join("issued.json")).unwrap();
+    assert!(issued.contains(&s8) && issued.contains(&s9) && issued.contains("dev-9"), "{issued}");
+
+    let out = ok(dir, &["revoke", "--cn", "dev-9"]);
+    assert!(out.contains(&s9) && out.contains("ca.crl"), "{out}");
+    let (listed, n1) = crl_contents(&dir.join("ca.crl"));
+    assert_eq!(listed, vec![s9.clone()]);
+    assert!(fs::read_to_string(dir.join("revoked.json")).unwrap().contains(&s9));
+
+    // The CRL verifies against the CA (openssl, where installed).
+    if have_openssl() {
+        let (good, said) = openssl(dir, &["crl", "-in", "ca.crl", "-CAfile", "ca.pem", "-noout"]);
+        assert!(good && said.contains("verify OK"), "{said}");
+    }
+
+    // Revoking again is idempotent but re-signs with a higher CRL number; --cert works too.
+    let out = ok(dir, &["revoke", "--cert", dir.join("dev-9.pem").to_str().unwrap()]);
+    assert!(out.contains("already revoked"), "{out}");
+    let (listed, n2) = crl_contents(&dir.join("ca.crl"));
+    assert_eq!(listed, vec![s9.clone()]);
+    assert!(n2 > n1, "{n1:?} then {n2:?}");
+    ok(dir, &["crl"]);
+    let (_, n3) = crl_contents(&dir.join("ca.crl"));
+    assert!(n3 > n2);
+
+    // A certificate made before issued.json existed: DIR/CN.pem is used when this CA signed it.
+    ok(dir, &["client", "--cn", "dev-7"]);
+    fs::remove_file(dir.join("issued.json")).unwrap();
+    ok(dir, &["revoke", "--cn", "dev-7"]);
+    let (listed, _) = crl_contents(&dir.join("ca.crl"));
+    assert!(listed.contains(&serial_of(&dir.join("dev-7.pem"))) && listed.contains(&s9) && !listed.contains(&s8));
+
+    // Unknown device, foreign certificate, nothing named: refused with a reason.
+    let err = refused(dir, &["revoke", "--cn", "dev-unknown"]);
+    assert!(err.contains("dev-unknown") && err.contains("issued.json"), "{err}");
+    let other = tempfile::tempdir().unwrap();
+    ok(other.path(), &["ca", "--cn", "Other CA"]);
+    ok(other.path(), &["client", "--cn", "dev-8"]);
+    let err = refused(dir, &["revoke", "--cert", other.path().join("dev-8.pem").to_str().unwrap()]);
+    assert!(err.contains("not issued by"), "{err}");
+    refused(dir, &["revoke"]);
+    let (listed, _) = crl_contents(&dir.join("ca.crl"));
+    assert!(!listed.contains(&s8));
+}

@@ -212,19 +212,78 @@ fn check_explain_names_the_deciding_rule() {
         "[[listener]]\nbind = \"127.0.0.1:0\"\n[auth]\nallow_anonymous = true\n[authz]\nacl_file = \"acl\"\n",
     )
     .unwrap();
-    let run = |args: &[&str]| {
+    // Exit status: 0 allow, 1 deny (grep-like), 2 when the question cannot be answered.
+    let run = |args: &[&str], code: i32| {
         let mut a = vec!["check", "--config", cfg.to_str().unwrap(), "--explain"];
         a.extend_from_slice(args);
         let out = warden(&a);
-        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        assert_eq!(out.status.code(), Some(code), "{args:?}: {}", String::from_utf8_lossy(&out.stderr));
         String::from_utf8_lossy(&out.stdout).lines().last().unwrap_or("").to_string()
     };
     assert!(
-        run(&["--user", "alice", "publish", "sensors/a"]).starts_with("allow:")
-            && run(&["--user", "alice", "publish", "sensors/a"]).ends_with(":2: topic readwrite sensors/#")
+        run(&["--user", "alice", "publish", "sensors/a"], 0).starts_with("allow:")
+            && run(&["--user", "alice", "publish", "sensors/a"], 0).ends_with(":2: topic readwrite sensors/#")
     );
-    assert!(run(&["--user", "alice", "publish", "sensors/secret"]).contains(":3: topic deny sensors/secret"));
-    assert!(run(&["--user", "bob", "subscribe", "sensors/#"]).starts_with("deny: no rule"));
+    assert!(run(&["--user", "alice", "publish", "sensors/secret"], 1).contains(":3: topic deny sensors/secret"));
+    assert!(run(&["--user", "bob", "subscribe", "sensors/#"], 1).starts_with("deny: no rule"));
+    run(&["--user", "bob", "fly", "sensors/#"], 2);
+    std::fs::remove_file(dir.path().join("acl")).unwrap();
+    run(&["--user", "alice", "publish", "sensors/a"], 2);
+}
+
+#[test]
+fn check_reports_every_error_with_file_and_line_and_exits_non_zero() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = dir.path().join("two-errors.toml");
+    std::fs::write(
+        &cfg,
+        "data_dir = \"data\"\n[[listener]]\nbind = \"127.0.0.1:0\"\nprotocol = \"mqtt\"\ncolour_of_sky = \"blue\"\n\
+         path = \"/mqtt\"\n[limits]\nmax_packet_size = \"a lot\"\n[auth]\npassword_file = \"missing-passwd\"\n",
+    )
+    .unwrap();
+    let out = warden(&["check", "--config", cfg.to_str().unwrap()]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(err.contains("two-errors.toml:5: unknown field `colour_of_sky`"), "{err}");
+    assert!(err.contains("two-errors.toml:6: `path` applies only to ws and wss listeners"), "{err}");
+    assert!(err.contains("two-errors.toml:8: max_packet_size"), "{err}");
+    // What the configuration refers to is checked too, once the rest is set aside.
+    assert!(err.contains("missing-passwd"), "{err}");
+    assert!(err.contains("4 error(s) found"), "{err}");
+
+    // A syntax error stops the list there (nothing after it can be trusted), still non-zero.
+    std::fs::write(&cfg, "[[listener]\nbind = 1\n").unwrap();
+    let out = warden(&["check", "--config", cfg.to_str().unwrap()]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && err.contains("two-errors.toml:1:") && err.contains("1 error(s)"), "{err}");
+}
+
+#[test]
+fn completions_and_man_pages_name_the_subcommands() {
+    for shell in ["bash", "zsh", "fish"] {
+        let out = warden(&["completions", shell]);
+        let text = String::from_utf8_lossy(&out.stdout);
+        assert!(out.status.success() && text.contains("warden"), "{shell}: {text}");
+        for sub in ["passwd", "cert", "check", "completions", "revoke"] {
+            assert!(text.contains(sub), "{shell} completion lacks {sub}");
+        }
+    }
+    assert!(String::from_utf8_lossy(&warden(&["completions", "bash"]).stdout).contains("complete -F"));
+    assert!(!warden(&["completions", "tcsh"]).status.success());
+
+    let out = warden(&["man"]);
+    let page = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success() && page.contains(".TH warden 1"), "{page}");
+    for sub in ["passwd", "cert", "check", "completions", "man"] {
+        assert!(page.contains(sub), "warden.1 lacks {sub}");
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let out = warden(&["man", "--dir", dir.path().to_str().unwrap()]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    for name in ["warden.1", "warden-passwd.1", "warden-check.1", "warden-cert-revoke.1"] {
+        let text = std::fs::read_to_string(dir.path().join(name)).unwrap_or_default();
+        assert!(text.contains(".TH"), "{name} missing or empty");
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -288,4 +347,57 @@ async fn oauth_clients_and_key_rotation_from_the_cli_apply_on_reload() {
 fn base64_encode(s: &str) -> String {
     use base64::Engine;
     base64::engine::general_purpose::STANDARD.encode(s)
+}
+
+fn passwd_add(file: &std::path::Path, user: &str, password: &str) {
+    let mut child = Command::new(BIN)
+        .args(["passwd", file.to_str().unwrap(), user, "--password-stdin"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    child.stdin.take().unwrap().write_all(format!("{password}\n").as_bytes()).unwrap();
+    assert!(child.wait_with_output().unwrap().status.success());
+}
+
+#[test]
+fn passwd_delete_removes_one_user_and_keeps_the_rest_and_the_mode() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("passwd");
+    passwd_add(&file, "alice", "a-secret");
+    passwd_add(&file, "dora", "d-secret");
+    passwd_add(&file, "bob", "b-secret");
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o640)).unwrap();
+    }
+    let f = file.to_str().unwrap();
+    let out = warden(&["passwd", "-D", f, "dora"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let text = std::fs::read_to_string(&file).unwrap();
+    let db = warden_policy::password::PasswordFile::parse(&text).unwrap();
+    assert!(!db.contains("dora") && db.verify("alice", b"a-secret") && db.verify("bob", b"b-secret"), "{text}");
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        assert_eq!(std::fs::metadata(&file).unwrap().permissions().mode() & 0o777, 0o640);
+    }
+
+    // Absent user: non-zero, the file and the user named, the file untouched.
+    let out = warden(&["passwd", "--delete", f, "dora"]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && err.contains("dora") && err.contains(f), "{err}");
+    assert_eq!(std::fs::read_to_string(&file).unwrap(), text);
+
+    // Missing file: non-zero, named.
+    let missing = dir.path().join("nope");
+    let out = warden(&["passwd", "-D", missing.to_str().unwrap(), "alice"]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && err.contains("nope"), "{err}");
+
+    // -D takes no password.
+    assert!(!warden(&["passwd", "-D", f, "alice", "--password-stdin"]).status.success());
+    assert!(std::fs::read_to_string(&file).unwrap().contains("alice:"));
 }

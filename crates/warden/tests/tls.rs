@@ -421,3 +421,46 @@ async fn another_principals_success_does_not_lift_a_user_names_backoff() {
         "dev-001's success is not ann's: her backoff stays"
     );
 }
+
+/// `warden cert revoke` end to end: a CA and two device certificates made by the binary, one
+/// revoked; a listener with `crl = "DIR/ca.crl"` refuses it and accepts the other.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_crl_written_by_cert_revoke_refuses_that_device_and_accepts_the_other() {
+    let dir = tempfile::tempdir().unwrap();
+    let pki = dir.path().join("pki");
+    let cert = |args: &[&str]| {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_warden"))
+            .arg("cert")
+            .args(args)
+            .args(["--dir", pki.to_str().unwrap()])
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "cert {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+    };
+    for args in [&["ca"][..], &["server"], &["client", "--cn", "dev-8"], &["client", "--cn", "dev-9"]] {
+        cert(args);
+    }
+    cert(&["revoke", "--cn", "dev-9"]);
+    let body = format!(
+        "[[listener]]\nbind = \"127.0.0.1:0\"\nprotocol = \"mqtts\"\ncert = \"{p}/server.pem\"\nkey = \"{p}/server.key\"\n\
+         client_ca = \"{p}/ca.pem\"\nclient_cert = \"required\"\nidentity_from_cert = \"cn\"\ncrl = \"{p}/ca.crl\"\n",
+        p = pki.display()
+    );
+    let broker = TestBroker::from_toml_in(dir, &body).await;
+    let addr = broker.addr_of(ListenerProtocol::Mqtts);
+    let files =
+        |n: &str| CertFiles { cert: pki.join(format!("{n}.pem")), key: pki.join(format!("{n}.key")), serial: 0 };
+    let connack = |n: &'static str| {
+        let f = files(n);
+        let ca = pki.join("ca.pem");
+        async move {
+            let stream = tls_connect(addr, &ca, Some(&f)).await?;
+            match RawClient::connect_over(stream, connect_packet(Protocol::V5, n, true)).await.1 {
+                Recv::Packet(Packet::Connack(Connack { reason_code, .. })) => Ok(reason_code),
+                other => Err(format!("no CONNACK: {other:?}")),
+            }
+        }
+    };
+    assert_eq!(connack("dev-8").await, Ok(ReasonCode(0)));
+    assert!(connack("dev-9").await.is_err(), "the revoked certificate got through");
+}
