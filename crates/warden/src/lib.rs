@@ -17,6 +17,7 @@
 //! - [`revocations`]: the token service's revocations, kept in the data directory.
 //! - [`ws`]: WebSocket transport (`/mqtt`, subprotocol `mqtt`) bridged to a byte stream.
 //! - [`bootstrap`]: first-start set-up of the embedded default (admin user).
+//! - [`import_cmd`]: `warden import` (Mosquitto dynamic-security JSON, mosquitto.conf).
 //! - [`passwd_cmd`]: `warden passwd`.
 //! - [`policy_store`]: the policy store on disk (`policy.json`) and live (authorizer swap),
 //!   and the audited authorizer the broker runs.
@@ -42,6 +43,7 @@ pub mod conn;
 pub mod fdlimit;
 pub mod guard;
 pub mod http_serve;
+pub mod import_cmd;
 pub mod limits;
 pub mod live;
 pub mod logsafe;

@@ -52,6 +52,10 @@ enum Command {
     /// Manage a running broker through its admin API: users, groups, roles, rules, clients,
     /// kick, bans, the audit trail.
     Admin(warden::admin_cmd::AdminArgs),
+    /// Coming from Mosquitto: `warden import mosquitto-dynsec FILE --config CFG` (a dynamic-
+    /// security JSON into the policy store), `warden import mosquitto-conf FILE` (print the
+    /// equivalent warden.toml).
+    Import(warden::import_cmd::ImportArgs),
     /// Print a shell completion script: `warden completions bash > /etc/bash_completion.d/warden`.
     Completions {
         /// bash, zsh or fish.
@@ -153,6 +157,7 @@ fn main() -> ExitCode {
         Command::Token(args) => warden::token_cmd::run(&args),
         Command::Oauth(args) => warden::oauth_store::run(&args),
         Command::Admin(args) => warden::admin_cmd::run(&args),
+        Command::Import(args) => warden::import_cmd::run(&args),
         Command::Check { config, explain: false, .. } => return check(&config),
         Command::Check { config, user, client, operation, .. } => {
             // The configuration is checked first (its summary printed), as without --explain.
