@@ -88,7 +88,10 @@ pub enum DurabilityMode {
 /// One `[[listener]]` table.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ListenerConfig {
+    /// Address and port to listen on (`"127.0.0.1:1883"`, `"[::]:8883"`; port 0: any free
+    /// port, printed at start). No two listeners on one address.
     pub bind: SocketAddr,
+    /// `"mqtt"` (default), `"mqtts"`, `"ws"` or `"wss"`; mqtts and wss need `cert` and `key`.
     pub protocol: ListenerProtocol,
     /// WebSocket URL path (ws/wss only; `"/mqtt"` by default, always starts with `/`).
     pub path: String,
