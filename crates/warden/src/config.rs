@@ -362,6 +362,8 @@ struct LookupSecretKeys {
 struct HttpSecretKeys {
     admin_token_hash: Option<Spanned<String>>,
     admin_token_hash_file: Option<Spanned<PathBuf>>,
+    metrics_token_hash: Option<Spanned<String>>,
+    metrics_token_hash_file: Option<Spanned<PathBuf>>,
 }
 
 #[derive(Deserialize, Default)]
@@ -543,6 +545,9 @@ pub struct HttpConfig {
     pub bind: SocketAddr,
     /// Hash (argon2id, `warden passwd --hash-only`) of the static admin API token, if any.
     pub admin_token_hash: Option<Secret>,
+    /// Hash of a bearer token `GET /metrics` then requires (`Authorization: Bearer …`); none
+    /// (the default): metrics are served without authentication.
+    pub metrics_token_hash: Option<Secret>,
     /// Connection limits and timeouts of the HTTP listener.
     pub limits: HttpLimits,
     /// TLS (`cert`, `key`, optional `client_ca`, as for mqtts/wss listeners): HTTPS when set.
@@ -555,7 +560,14 @@ pub struct HttpConfig {
 impl HttpConfig {
     /// A plain HTTP listener on `bind` with the default limits and no admin token.
     pub fn new(bind: SocketAddr) -> HttpConfig {
-        HttpConfig { bind, admin_token_hash: None, limits: HttpLimits::default(), tls: None, allow_plain_http: false }
+        HttpConfig {
+            bind,
+            admin_token_hash: None,
+            metrics_token_hash: None,
+            limits: HttpLimits::default(),
+            tls: None,
+            allow_plain_http: false,
+        }
     }
 
     /// `http` or `https`: the scheme of the listener's URLs.
@@ -1189,6 +1201,14 @@ impl Config {
             })?;
             h.admin_token_hash = hash.map(|s| s.0);
             h.admin_token_hash_file = file;
+            let (hash, file) = take(SecretSlot {
+                table: "[http]".into(),
+                name: "metrics_token_hash",
+                value: k.metrics_token_hash,
+                file: k.metrics_token_hash_file,
+            })?;
+            h.metrics_token_hash = hash.map(|s| s.0);
+            h.metrics_token_hash_file = file;
         }
         if let Some(o) = raw.oauth.as_mut() {
             let oauth_span = o.span();
@@ -1254,11 +1274,13 @@ impl Config {
             Some(h) => {
                 let span = h.span();
                 let h = h.into_inner();
-                if let Some(t) = &h.admin_token_hash {
-                    if !warden_policy::password::is_valid_hash(t) {
+                for (key, t) in
+                    [("admin_token_hash", &h.admin_token_hash), ("metrics_token_hash", &h.metrics_token_hash)]
+                {
+                    if t.as_ref().is_some_and(|t| !warden_policy::password::is_valid_hash(t)) {
                         return Err(invalid(
                             Some(span),
-                            "[http] admin_token_hash is not a hash (use `warden passwd --hash-only`)".into(),
+                            format!("[http] {key} is not a hash (use `warden passwd --hash-only`)"),
                         ));
                     }
                 }
@@ -1283,6 +1305,7 @@ impl Config {
                 Some(HttpConfig {
                     bind,
                     admin_token_hash: h.admin_token_hash.map(Secret),
+                    metrics_token_hash: h.metrics_token_hash.map(Secret),
                     limits,
                     tls,
                     allow_plain_http: h.allow_plain_http,
@@ -1710,6 +1733,8 @@ struct RawHttp {
     bind: Spanned<BindAddr>,
     admin_token_hash: Option<String>,
     admin_token_hash_file: Option<PathBuf>,
+    metrics_token_hash: Option<String>,
+    metrics_token_hash_file: Option<PathBuf>,
     #[serde(default)]
     allow_plain_http: bool,
     cert: Option<Spanned<PathBuf>>,

@@ -166,6 +166,55 @@ impl Metrics {
     }
 }
 
+/// `[http] metrics_token_hash`: when set, `GET /metrics` needs `Authorization: Bearer TOKEN`.
+/// The token is verified against its argon2id hash within the HTTP share of the hashing budget;
+/// the SHA-256 of the last token that verified is kept so that a scraper (every 15 s, say) does
+/// not cost a slow hash per scrape (compared in constant time).
+pub struct MetricsAuth {
+    /// The token's hash; none: no authentication.
+    pub hash: Option<String>,
+    /// The hashing budget shared with MQTT.
+    pub budget: Arc<warden_http::HashBudget>,
+    accepted: parking_lot::Mutex<Option<[u8; 32]>>,
+}
+
+impl MetricsAuth {
+    /// The check for `hash` (none: open).
+    pub fn new(hash: Option<String>, budget: Arc<warden_http::HashBudget>) -> MetricsAuth {
+        MetricsAuth { hash, budget, accepted: parking_lot::Mutex::new(None) }
+    }
+
+    /// May a request with these headers read the metrics?
+    pub async fn allows(&self, headers: &axum::http::HeaderMap) -> bool {
+        use sha2::Digest as _;
+        use subtle::ConstantTimeEq as _;
+        let Some(hash) = &self.hash else { return true };
+        let Some(token) = headers
+            .get(axum::http::header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Bearer "))
+            .map(|t| t.trim().to_owned())
+            .filter(|t| !t.is_empty() && t.len() <= 4096)
+        else {
+            return false;
+        };
+        let digest: [u8; 32] = sha2::Sha256::digest(token.as_bytes()).into();
+        if self.accepted.lock().is_some_and(|a| bool::from(a.ct_eq(&digest))) {
+            return true;
+        }
+        let hash = hash.clone();
+        let ok = self
+            .budget
+            .run(warden_http::HashClass::Http, move || warden_policy::password::verify_hash(&hash, token.as_bytes()))
+            .await
+            .unwrap_or(false);
+        if ok {
+            *self.accepted.lock() = Some(digest);
+        }
+        ok
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -456,6 +456,10 @@ impl Server {
                 }
                 None => None,
             };
+            let metrics_auth = Arc::new(crate::metrics::MetricsAuth::new(
+                http.metrics_token_hash.as_ref().map(|s| s.0.clone()),
+                hashing.clone(),
+            ));
             let metrics = Arc::new(crate::metrics::Metrics {
                 broker: broker.clone(),
                 store: store.clone(),
@@ -472,13 +476,23 @@ impl Server {
                 .route("/readyz", axum::routing::get(|| async { "ready\n" }))
                 .route(
                     "/metrics",
-                    axum::routing::get(move || {
-                        let m = metrics.clone();
+                    axum::routing::get(move |headers: axum::http::HeaderMap| {
+                        let (m, auth) = (metrics.clone(), metrics_auth.clone());
                         async move {
+                            use axum::response::IntoResponse as _;
+                            if !auth.allows(&headers).await {
+                                return (
+                                    axum::http::StatusCode::UNAUTHORIZED,
+                                    [(axum::http::header::WWW_AUTHENTICATE, "Bearer")],
+                                    "a bearer token is required for /metrics\n",
+                                )
+                                    .into_response();
+                            }
                             (
                                 [(axum::http::header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")],
                                 m.render(),
                             )
+                                .into_response()
                         }
                     }),
                 );

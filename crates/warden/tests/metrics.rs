@@ -266,3 +266,45 @@ async fn a_real_prometheus_scrapes_the_broker_and_the_dashboard_queries_evaluate
     }
     b.stop().await;
 }
+
+/// `[http] metrics_token_hash` (SPEC §9: "no authentication by default, metrics_token_hash
+/// optional"): without the token, a wrong one or another scheme, `/metrics` answers 401 with
+/// `WWW-Authenticate: Bearer`; the right one reads the metrics (again, without a new hash:
+/// the HTTP hashing count does not grow on the second scrape). Health stays open.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_metrics_token_when_configured_is_required() {
+    let token = "scrape-token-0123456789abcdef";
+    let h = warden_policy::password::hash_password(token.as_bytes());
+    let b = TestBroker::from_toml(&format!(
+        "[[listener]]\nbind = \"127.0.0.1:0\"\nprotocol = \"mqtt\"\n[auth]\nallow_anonymous = true\n\
+         [http]\nbind = \"127.0.0.1:0\"\nmetrics_token_hash = '{h}'\n"
+    ))
+    .await;
+    let url = format!("http://{}/metrics", b.server.http_addr.unwrap());
+    let call = |auth: Option<String>| {
+        let url = url.clone();
+        tokio::task::spawn_blocking(move || {
+            let mut req = ureq::get(&url).timeout(WAIT);
+            if let Some(a) = auth {
+                req = req.set("Authorization", &a);
+            }
+            match req.call() {
+                Ok(r) => (r.status(), r.header("www-authenticate").map(str::to_owned), r.into_string().unwrap()),
+                Err(ureq::Error::Status(s, r)) => (s, r.header("www-authenticate").map(str::to_owned), String::new()),
+                Err(e) => panic!("{e}"),
+            }
+        })
+    };
+    let (s, challenge, _) = call(None).await.unwrap();
+    assert_eq!((s, challenge.as_deref()), (401, Some("Bearer")));
+    assert_eq!(call(Some("Bearer wrong-token".into())).await.unwrap().0, 401);
+    assert_eq!(call(Some(format!("Basic {token}"))).await.unwrap().0, 401);
+    let (s, _, body) = call(Some(format!("Bearer {token}"))).await.unwrap();
+    assert_eq!(s, 200);
+    assert!(body.contains("# TYPE warden_connections gauge"));
+    let hashed = b.server.hashing.runs(warden_http::HashClass::Http);
+    assert_eq!(call(Some(format!("Bearer {token}"))).await.unwrap().0, 200);
+    assert_eq!(b.server.hashing.runs(warden_http::HashClass::Http), hashed, "the accepted token is not hashed again");
+    assert_eq!(get(&b, "/healthz").await.0, 200);
+    b.stop().await;
+}
