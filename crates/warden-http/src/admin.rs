@@ -305,6 +305,8 @@ pub fn admin_router(backend: Arc<dyn AdminBackend>, auth: AdminAuth) -> Router {
         .route("/admin/oauth/clients", get(list_oauth).post(put_oauth))
         .route("/admin/oauth/clients/{id}", delete(delete_oauth))
         .route("/admin/audit", get(get_audit))
+        .route("/admin/tokens/introspect", post(introspect_token))
+        .route("/admin/tokens/revoke", post(revoke_token))
         .route("/admin/sessions", get(list_sessions))
         .route("/admin/sessions/{id}", get(get_session).delete(delete_session))
         .route("/admin/retained", get(list_retained).delete(delete_retained))
@@ -1006,6 +1008,60 @@ async fn remove_ban(
             Ok::<_, AdminError>(done())
         } else {
             Err(AdminError::not_found("no such ban"))
+        }
+    }
+    .await;
+    c.done(answer)
+}
+
+// --- tokens of the built-in token service -------------------------------------------------
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct TokenBody {
+    token: String,
+}
+
+fn token_service(st: &AdminState) -> Result<&Arc<OAuthService>, AdminError> {
+    st.auth.oauth.as_ref().ok_or_else(|| AdminError::not_found("the token service is not enabled"))
+}
+
+/// RFC 7662-shaped introspection of a token of the built-in token service, for an
+/// administrator (any client's token): `active` and, when active, its claims; when not, why.
+async fn introspect_token(State(st): St, body: Bytes) -> ApiResult<Response> {
+    let b: TokenBody = parse(&body)?;
+    let service = token_service(&st)?;
+    let v = match service.verify(&b.token) {
+        Ok(t) => serde_json::json!({
+            "active": true,
+            "sub": t.subject,
+            "client_id": t.client_id.clone().unwrap_or_else(|| t.subject.clone()),
+            "scope": t.scopes.join(" "),
+            "roles": t.roles,
+            "exp": t.expires_at,
+            "iat": t.issued_at,
+            "jti": t.jti,
+            "iss": t.issuer,
+        }),
+        Err(e) => serde_json::json!({ "active": false, "reason": e.to_string() }),
+    };
+    Ok(Json(v).into_response())
+}
+
+/// Revoke a token of the built-in token service (any client's): its connections end (v5
+/// DISCONNECT 0x87), its wills and retained messages go (SPEC §10).
+async fn revoke_token(State(st): St, Extension(a): Extension<AdminActor>, body: Bytes) -> ApiResult<Response> {
+    let mut c = Change::new(&st, a, "token.revoke", "");
+    let answer = async {
+        let b: TokenBody = parse(&body)?;
+        let service = token_service(&st)?;
+        match service.revoke_any(&b.token) {
+            Ok(Some(jti)) => {
+                c.target.clone_from(&jti);
+                Ok::<_, AdminError>(Json(serde_json::json!({ "revoked": jti })).into_response())
+            }
+            Ok(None) => Ok(Json(serde_json::json!({ "revoked": null, "note": "already revoked" })).into_response()),
+            Err(e) => Err(AdminError::bad_request(format!("not a valid token of this service: {e}"))),
         }
     }
     .await;

@@ -398,6 +398,32 @@ impl OAuthService {
     }
 }
 
+impl OAuthService {
+    /// Revokes `token` on an administrator's behalf, whichever client it belongs to. `Ok(None)`
+    /// when it was already revoked; an error when it is not a valid token of this service
+    /// (expired, bad signature, unknown client…).
+    pub fn revoke_any(&self, token: &str) -> Result<Option<String>, TokenRejected> {
+        let verified = match self.verify(token) {
+            Err(TokenRejected::Revoked) => return Ok(None),
+            r => r?,
+        };
+        let jti = verified.jti.ok_or(TokenRejected::MissingJti)?;
+        let now = self.now();
+        {
+            let mut revoked = self.revoked.lock();
+            revoked.retain(|_, exp| exp.saturating_add(REVOCATION_GRACE_SECS) >= now);
+            if revoked.insert(jti.clone(), verified.expires_at).is_some() {
+                return Ok(None);
+            }
+        }
+        let callbacks = self.on_revoke.read().clone();
+        for callback in callbacks {
+            callback(&jti);
+        }
+        Ok(Some(jti))
+    }
+}
+
 /// The client a verified token belongs to: `client_id`, else `sub`.
 pub(crate) fn token_client(token: &VerifiedToken) -> &str {
     token.client_id.as_deref().unwrap_or(&token.subject)

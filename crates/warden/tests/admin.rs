@@ -813,3 +813,53 @@ async fn sessions_and_retained_messages_are_listed_and_removed() {
     assert_eq!(status("GET", "/admin/retained?limit=0").await, 400);
     assert_eq!(http(&b, "GET", "/admin/sessions", None, None).await.0, 401);
 }
+
+/// Issue 19 ("an operator cannot introspect or revoke a device's token with the admin
+/// credential"): with the admin token, `POST /admin/tokens/introspect` shows any client's
+/// token (active, its client and scope) and `POST /admin/tokens/revoke` revokes it: the MQTT
+/// connection made with it ends (v5 DISCONNECT 0x87), introspection then says inactive, a
+/// second revocation says it already was, and the audit trail names the jti, never the token.
+/// Refusals: a malformed token (400), no admin credential (401), a device's own token (403).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_administrator_introspects_and_revokes_a_devices_token() {
+    let b = broker().await;
+    let dev = oauth_token(&b, "dev").await;
+    let mut c = connect_packet(Protocol::V5, "dev", true);
+    c.username = Some("dev".into());
+    c.password = Some(Bytes::from(dev.clone().into_bytes()));
+    let mut live = connected(&b, c).await;
+
+    let body = |t: &str| Some(json!({"token": t}));
+    let i = admin(&b, "POST", "/admin/tokens/introspect", body(&dev)).await;
+    assert_eq!(
+        (i["active"].clone(), i["client_id"].clone(), i["scope"].clone()),
+        (json!(true), json!("dev"), json!("mqtt:pub:x"))
+    );
+    let jti = i["jti"].as_str().unwrap().to_owned();
+
+    let r = admin(&b, "POST", "/admin/tokens/revoke", body(&dev)).await;
+    assert_eq!(r["revoked"], json!(jti));
+    let packets = live.expect_closed_within(WAIT).await;
+    assert!(
+        packets.iter().any(|p| matches!(p, Packet::Disconnect(d) if d.reason_code == ReasonCode::NOT_AUTHORIZED)),
+        "{packets:?}"
+    );
+    let i = admin(&b, "POST", "/admin/tokens/introspect", body(&dev)).await;
+    assert_eq!(i["active"], json!(false));
+    assert_eq!(admin(&b, "POST", "/admin/tokens/revoke", body(&dev)).await["revoked"], Value::Null);
+
+    let audit = admin(&b, "GET", "/admin/audit", None).await;
+    let rec = audit.as_array().unwrap().iter().find(|r| r["action"] == "token.revoke").expect("audited").clone();
+    assert_eq!(rec["target"], json!(jti));
+    assert!(!audit.to_string().contains(&dev), "the token itself is never recorded");
+
+    let (s, _) =
+        http(&b, "POST", "/admin/tokens/revoke", Some(ADMIN_TOKEN), Some(r#"{"token":"not.a.jwt"}"#.into())).await;
+    assert_eq!(s, 400);
+    let (s, _) = http(&b, "POST", "/admin/tokens/introspect", None, Some(json!({"token": dev}).to_string())).await;
+    assert_eq!(s, 401);
+    let other = oauth_token(&b, "dev").await;
+    let (s, _) =
+        http(&b, "POST", "/admin/tokens/revoke", Some(&other), Some(json!({"token": other}).to_string())).await;
+    assert_eq!(s, 403, "a device's own token is no admin credential");
+}
