@@ -4,6 +4,7 @@
 //! - [`config`]: TOML configuration → validated [`config::Config`] (errors with file:line).
 //! - [`auth`]: authentication of CONNECT credentials (password file, anonymous), run off the
 //!   async threads for slow hashes; reloadable on SIGHUP.
+//! - [`sd_notify`]: systemd readiness (`Type=notify`).
 //! - [`server`]: listeners (TCP, WebSocket), the accept loops, housekeeping and `$SYS` timers;
 //!   the one place where concurrency is decided.
 //! - [`conn`]: the task that drives one client connection: socket ↔ codec ↔ core.
@@ -54,6 +55,7 @@ pub mod park;
 pub mod passwd_cmd;
 pub mod policy_store;
 pub mod revocations;
+pub mod sd_notify;
 pub mod server;
 pub mod tls;
 pub mod token_cmd;

@@ -345,14 +345,20 @@ fn serve(config: Option<PathBuf>) -> anyhow::Result<()> {
         banner(&server, &cfg, embedded, admin_password.as_deref());
         let mut hup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())?;
         let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+        warden::sd_notify::notify("READY=1");
         loop {
             tokio::select! {
-                _ = hup.recv() => server.reload(),
+                _ = hup.recv() => {
+                    warden::sd_notify::notify("RELOADING=1");
+                    server.reload();
+                    warden::sd_notify::notify("READY=1");
+                }
                 _ = term.recv() => break,
                 _ = tokio::signal::ctrl_c() => break,
             }
         }
         info!("shutting down");
+        warden::sd_notify::notify("STOPPING=1");
         server.shutdown().await;
         Ok::<_, anyhow::Error>(())
     })
