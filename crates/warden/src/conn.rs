@@ -73,6 +73,8 @@ pub struct ConnContext {
     pub write_stall_timeout: Duration,
     /// Limit hits are logged once per client id (or address) per [`crate::limits::LOG_INTERVAL`].
     pub limit_log: LogOnce<String>,
+    /// Authentication refusals logged per peer address: a burst, then counted.
+    pub refusal_log: crate::limits::LogBurst<std::net::IpAddr>,
     /// Deadline for the TLS handshake (mqtts, wss).
     pub tls_handshake_timeout: Duration,
     /// Live connections, for the admin API (list, kick).
@@ -657,9 +659,14 @@ async fn establish<S: Transport>(start: Box<Start<S>>) -> Option<Live<S::Read, S
             let method = attempted_method(&connect, password_attempt, cert_identity.is_some() || cert_present);
             ctx.broker.stats.security.auth_attempt(method, false);
             // The user name is logged; the password never is.
-            info!(%peer, client_id = %crate::logsafe::Escaped(&connect.client_id),
-                user = %crate::logsafe::Escaped(connect.username.as_deref().unwrap_or("-")),
-                method = method.as_str(), reason = %code, why = code.description(), "authentication refused");
+            // Logged per peer address: its first refusals in a window, then counted (reported
+            // with its next line), so that a wrong-password flood cannot fill the log.
+            if let Some(not_logged) = ctx.refusal_log.check(peer.ip(), Instant::now()) {
+                info!(%peer, client_id = %crate::logsafe::Escaped(&connect.client_id),
+                    user = %crate::logsafe::Escaped(connect.username.as_deref().unwrap_or("-")),
+                    method = method.as_str(), reason = %code, why = code.description(), not_logged,
+                    "authentication refused");
+            }
             ctx.broker.stats.connections_refused.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             let client_max = connect.properties.maximum_packet_size.unwrap_or(u32::MAX);
             write_connack(protocol, false, code, Default::default(), client_max, &mut wbuf);

@@ -391,9 +391,65 @@ impl<K: Hash + Eq> LogOnce<K> {
     }
 }
 
+/// At most `burst` log lines per key in each `window`, then one line saying how many were not
+/// logged (the refusals of one peer: a wrong-password flood cannot fill the log, and a peer's
+/// first refusals are always there). Keys are bounded like [`LogOnce`]'s.
+pub struct LogBurst<K> {
+    window: Duration,
+    burst: u32,
+    cap: usize,
+    seen: Mutex<HashMap<K, (Instant, u32, u64)>>,
+}
+
+impl<K: Hash + Eq> LogBurst<K> {
+    /// Up to `burst` lines per `window` for each of up to `cap` keys.
+    pub fn new(window: Duration, burst: u32, cap: usize) -> LogBurst<K> {
+        LogBurst { window, burst, cap, seen: Mutex::new(HashMap::new()) }
+    }
+
+    /// `Some(not_logged_before)` when this hit is to be logged (with the number of hits of the
+    /// key that were not logged since its previous line), `None` when it is only counted.
+    pub fn check(&self, key: K, now: Instant) -> Option<u64> {
+        let mut seen = self.seen.lock();
+        if !seen.contains_key(&key) && seen.len() >= self.cap {
+            let window = self.window;
+            seen.retain(|_, (start, _, _)| now.saturating_duration_since(*start) < window);
+            if seen.len() >= self.cap {
+                return None;
+            }
+        }
+        let (start, logged, suppressed) = seen.entry(key).or_insert((now, 0, 0));
+        if now.saturating_duration_since(*start) >= self.window {
+            (*start, *logged) = (now, 0);
+        }
+        if *logged < self.burst {
+            *logged += 1;
+            Some(std::mem::take(suppressed))
+        } else {
+            *suppressed += 1;
+            None
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A peer's first refusals in a window are logged, the rest counted and reported with the
+    /// next line; another peer has its own budget.
+    #[test]
+    fn a_burst_per_key_per_window_then_counted() {
+        let t0 = Instant::now();
+        let l = LogBurst::new(Duration::from_secs(10), 3, 100);
+        assert_eq!((0..3).map(|_| l.check("a", t0)).collect::<Vec<_>>(), [Some(0), Some(0), Some(0)]);
+        assert!((0..50).all(|_| l.check("a", t0).is_none()), "beyond the burst: counted");
+        assert_eq!(l.check("b", t0), Some(0), "another peer");
+        assert_eq!(l.check("a", t0 + Duration::from_secs(11)), Some(50), "the next window reports what was not logged");
+        let capped = LogBurst::new(Duration::from_secs(10), 1, 2);
+        assert!(capped.check(1, t0).is_some() && capped.check(2, t0).is_some());
+        assert_eq!(capped.check(3, t0), None, "a flood of distinct keys is not logged");
+    }
 
     fn ms(n: u64) -> Duration {
         Duration::from_millis(n)

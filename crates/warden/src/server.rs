@@ -323,6 +323,7 @@ impl Server {
             memory: crate::limits::MemoryGauge::new(cfg.limits.max_memory),
             write_stall_timeout: cfg.limits.write_stall_timeout,
             limit_log: crate::limits::LogOnce::new(crate::limits::LOG_INTERVAL, 10_000),
+            refusal_log: crate::limits::LogBurst::new(Duration::from_secs(10), 20, 10_000),
             tls_handshake_timeout: cfg.limits.tls_handshake_timeout,
             live: live.clone(),
             bans: bans.clone(),
