@@ -790,6 +790,11 @@ fn restart_only_changes(running: &Config, new: &Config) -> Vec<String> {
     if running.persistence != new.persistence {
         out.push("[persistence]".to_owned());
     }
+    // The log file is reopened on SIGHUP (same path); a new level, format or path takes a
+    // restart.
+    if running.log != new.log {
+        out.push("[log]".to_owned());
+    }
     out
 }
 
