@@ -1772,7 +1772,7 @@ fn de_log_level<'de, D: Deserializer<'de>>(d: D) -> Result<String, D::Error> {
     }
     // A bare word is a level; `warden` alone would be read as "every level of target warden",
     // which is far likelier a misspelt level: a target takes `target=level`.
-    let levels = ["off", "error", "warn", "info", "debug", "trace"];
+    let levels = ["off", "error", "warn", "info", "debug", "trace", "0", "1", "2", "3", "4", "5"];
     if let Some(bad) = v
         .split(',')
         .map(str::trim)
@@ -3320,6 +3320,10 @@ max_retained_bytes = 4096",
         assert_eq!(c.log.level, "warn,warden=debug");
         assert_eq!(c.log.format, LogFormat::Json);
         assert_eq!(c.log.file, Some(PathBuf::from("/etc/warden/log/warden.log")));
+        assert_eq!(
+            parse(&format!("{LISTENER}[log]\nlevel = \"WARN,rustls=off\"\n")).unwrap().log.level,
+            "WARN,rustls=off"
+        );
         fails_at(&format!("{LISTENER}[log]\nlevel = \"warden=loud\"\n"), 4, "level");
         fails_at(&format!("{LISTENER}[log]\nlevel = \"inof\"\n"), 4, "not a level");
         fails_at(&format!("{LISTENER}[log]\nlevel = \"\"\n"), 4, "level");
