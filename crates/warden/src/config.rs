@@ -42,6 +42,8 @@ pub struct Config {
     pub limits: Limits,
     /// `[persistence]`: the durable store in `data_dir`.
     pub persistence: PersistenceConfig,
+    /// `[log]`: level, format and destination of the broker's log.
+    pub log: LogConfig,
     /// The file this configuration was loaded from (`None` for the embedded default).
     pub source: Option<PathBuf>,
     /// Every secret the file sets, and how (inline, `env:`, `*_file`); see [`Config::warnings`].
@@ -69,6 +71,39 @@ impl Default for PersistenceConfig {
     fn default() -> Self {
         PersistenceConfig { enabled: true, durability: DurabilityMode::Batched }
     }
+}
+
+/// `[log]`: where the log goes and what it holds. `RUST_LOG`, when set, overrides `level`;
+/// `--log-format`, when given, overrides `format`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LogConfig {
+    /// An `EnvFilter` directive string (`"info"`, `"warn,warden=debug"`), validated at load.
+    pub level: String,
+    /// `"text"` (the default) or `"json"` (one object per line, plain values).
+    pub format: LogFormat,
+    /// Append to this file (created 0600), reopened on SIGHUP and SIGUSR1 for logrotate;
+    /// `None`: standard error.
+    pub file: Option<PathBuf>,
+}
+
+impl Default for LogConfig {
+    fn default() -> Self {
+        LogConfig { level: DEFAULT_LOG_LEVEL.to_string(), format: LogFormat::Text, file: None }
+    }
+}
+
+/// `[log] level` when none is given.
+pub const DEFAULT_LOG_LEVEL: &str = "info";
+
+/// `[log] format`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    /// One human-readable line per event (control characters escaped).
+    #[default]
+    Text,
+    /// One JSON object per line.
+    Json,
 }
 
 /// `[persistence] durability` (see docs/persistence.md for what each promises).
@@ -1436,6 +1471,18 @@ impl Config {
             listeners.push(ListenerConfig { bind, protocol, path, allowed_origins, tls });
         }
 
+        let log = match raw.log {
+            None => LogConfig::default(),
+            Some(l) => LogConfig {
+                level: l.level,
+                format: l.format,
+                file: match l.file {
+                    Some(p) => Some(resolve(base, non_empty_path(p, "file").map_err(|(s, r)| invalid(Some(s), r))?)),
+                    None => None,
+                },
+            },
+        };
+
         Ok(Config {
             data_dir,
             listeners,
@@ -1449,6 +1496,7 @@ impl Config {
             authz,
             limits: raw.limits,
             persistence: raw.persistence,
+            log,
             source: Some(path.to_path_buf()),
             secrets,
         })
@@ -1593,6 +1641,7 @@ impl Config {
             data_dir,
             limits: Limits::default(),
             persistence: PersistenceConfig::default(),
+            log: LogConfig::default(),
             source: None,
             secrets: Vec::new(),
         }
@@ -1725,6 +1774,46 @@ struct RawConfig {
     limits: Limits,
     #[serde(default)]
     persistence: PersistenceConfig,
+    log: Option<RawLog>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawLog {
+    #[serde(default = "default_log_level", deserialize_with = "de_log_level")]
+    level: String,
+    #[serde(default)]
+    format: LogFormat,
+    file: Option<Spanned<PathBuf>>,
+}
+
+fn default_log_level() -> String {
+    DEFAULT_LOG_LEVEL.to_string()
+}
+
+/// `[log] level`: an `EnvFilter` directive string; a bad one is refused here, at its line.
+fn de_log_level<'de, D: Deserializer<'de>>(d: D) -> Result<String, D::Error> {
+    let v = String::deserialize(d)?;
+    if v.trim().is_empty() {
+        return Err(de::Error::custom("level must not be empty (e.g. \"info\" or \"warn,warden=debug\")"));
+    }
+    // A bare word is a level; `warden` alone would be read as "every level of target warden",
+    // which is far likelier a misspelt level: a target takes `target=level`.
+    let levels = ["off", "error", "warn", "info", "debug", "trace", "0", "1", "2", "3", "4", "5"];
+    if let Some(bad) = v
+        .split(',')
+        .map(str::trim)
+        .find(|d| !d.is_empty() && !d.contains(['=', '[']) && !levels.contains(&d.to_ascii_lowercase().as_str()))
+    {
+        return Err(de::Error::custom(format!(
+            "level {v:?}: {bad:?} is not a level (off, error, warn, info, debug, trace); a target takes \
+             `target=level`"
+        )));
+    }
+    tracing_subscriber::EnvFilter::builder().parse(&v).map_err(|e| {
+        de::Error::custom(format!("level {v:?} is not a log filter ({e}); e.g. \"info\" or \"warn,warden=debug\""))
+    })?;
+    Ok(v)
 }
 
 #[derive(Deserialize)]
@@ -3243,5 +3332,32 @@ max_retained_bytes = 4096",
         // A reference that no longer resolves: an error, and the caller keeps what it has.
         let e = c.with_reread_secrets(&env_of(&[])).unwrap_err().to_string();
         assert!(e.contains("environment variable H is not set"), "{e}");
+    }
+
+    /// Issue 19: `[log]` (level, format, file) with defaults, and a bad level refused at its line.
+    #[test]
+    fn log_section() {
+        let c = parse(LISTENER).unwrap();
+        assert_eq!(c.log, LogConfig::default());
+        assert_eq!(c.log.level, "info");
+        assert_eq!(Config::embedded_default().log, LogConfig::default());
+        let c = Config::parse(
+            &format!("{LISTENER}[log]\nlevel = \"warn,warden=debug\"\nformat = \"json\"\nfile = \"log/warden.log\"\n"),
+            Path::new("/etc/warden/warden.toml"),
+        )
+        .unwrap();
+        assert_eq!(c.log.level, "warn,warden=debug");
+        assert_eq!(c.log.format, LogFormat::Json);
+        assert_eq!(c.log.file, Some(PathBuf::from("/etc/warden/log/warden.log")));
+        assert_eq!(
+            parse(&format!("{LISTENER}[log]\nlevel = \"WARN,rustls=off\"\n")).unwrap().log.level,
+            "WARN,rustls=off"
+        );
+        fails_at(&format!("{LISTENER}[log]\nlevel = \"warden=loud\"\n"), 4, "level");
+        fails_at(&format!("{LISTENER}[log]\nlevel = \"inof\"\n"), 4, "not a level");
+        fails_at(&format!("{LISTENER}[log]\nlevel = \"\"\n"), 4, "level");
+        fails_at(&format!("{LISTENER}[log]\nformat = \"xml\"\n"), 4, "xml");
+        fails_at(&format!("{LISTENER}[log]\nfile = \"\"\n"), 4, "file");
+        fails_at(&format!("{LISTENER}[log]\ncolour = true\n"), 4, "colour");
     }
 }

@@ -30,6 +30,8 @@
 //!   connections and pending wills (SPEC §10).
 //! - [`bans`]: the admin ban list (client id, user name, IP, CIDR; persisted).
 //! - [`metrics`]: `GET /metrics`, the Prometheus text rendered from the broker's counters.
+//! - [`logging`]: the log filter (`[log] level`, `RUST_LOG`, rustls' SNI warning silenced) and
+//!   the `[log] file` writer, reopened on SIGHUP/SIGUSR1 for logrotate.
 //! - [`logsafe`]: peer-supplied strings in log lines, control characters escaped.
 
 pub mod admin_backend;
@@ -47,6 +49,7 @@ pub mod http_serve;
 pub mod import_cmd;
 pub mod limits;
 pub mod live;
+pub mod logging;
 pub mod logsafe;
 pub mod lookup;
 pub mod metrics;

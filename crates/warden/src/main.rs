@@ -7,7 +7,9 @@ use std::process::ExitCode;
 use anyhow::Context;
 use clap::{CommandFactory, Parser, Subcommand, ValueEnum};
 use tracing::{error, info, warn};
-use warden::config::{Config, ListenerProtocol};
+use tracing_subscriber::fmt::writer::BoxMakeWriter;
+use warden::config::{Config, ListenerProtocol, LogConfig};
+use warden::logging::LogFile;
 use warden::server::Server;
 
 /// mimalloc instead of glibc's malloc: glibc keeps the heaps that argon2id's 19 MiB blocks grew
@@ -19,9 +21,9 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 #[derive(Parser, Debug)]
 #[command(name = "warden", version, about = "Warden: a secure MQTT broker")]
 struct Cli {
-    /// Log format.
-    #[arg(long, value_enum, default_value_t = LogFormat::Text, global = true)]
-    log_format: LogFormat,
+    /// Log format: text or json. Default: `[log] format` of the configuration, else text.
+    #[arg(long, value_enum, global = true)]
+    log_format: Option<LogFormat>,
     #[command(subcommand)]
     command: Option<Command>,
 }
@@ -134,24 +136,61 @@ fn man_pages(dir: Option<&std::path::Path>) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn init_logging(format: LogFormat) {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).with_ansi(ansi);
+/// Starts the log, once: `[log]` of the configuration (the embedded default and the commands
+/// other than `serve` have none: standard error, info, text), `--log-format` over its format,
+/// `RUST_LOG` over its level. Returns the log file, to reopen on SIGHUP and SIGUSR1.
+fn init_logging(log: &LogConfig, format: Option<LogFormat>) -> anyhow::Result<Option<LogFile>> {
+    let rust_log = std::env::var("RUST_LOG").ok();
+    let (filter, note) = warden::logging::env_filter(&log.level, rust_log.as_deref());
+    let format = format.unwrap_or(match log.format {
+        warden::config::LogFormat::Text => LogFormat::Text,
+        warden::config::LogFormat::Json => LogFormat::Json,
+    });
+    let file = match &log.file {
+        Some(p) => Some(LogFile::open(p).with_context(|| format!("[log] file {}", p.display()))?),
+        None => None,
+    };
+    let (writer, ansi) = match &file {
+        Some(f) => (BoxMakeWriter::new(f.clone()), false),
+        None => (BoxMakeWriter::new(std::io::stderr), std::io::IsTerminal::is_terminal(&std::io::stderr())),
+    };
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(writer).with_ansi(ansi);
     match format {
         // Peer-supplied values are escaped where they are logged (warden::logsafe); the text
         // format escapes control characters in every field as well. JSON escapes its strings.
         LogFormat::Text => builder.fmt_fields(warden::logsafe::escaping_fields()).init(),
         LogFormat::Json => builder.json().init(),
     }
+    if let Some(note) = note {
+        warn!("{note}");
+    }
+    Ok(file)
+}
+
+/// SIGHUP / SIGUSR1: the log file opened again at its path (logrotate moved it away).
+fn reopen_log(file: Option<&LogFile>) {
+    if let Some(f) = file {
+        match f.reopen() {
+            Ok(()) => info!(file = %f.path().display(), "log file reopened"),
+            Err(e) => {
+                warn!(file = %f.path().display(), error = %e, "cannot reopen the log file; still writing to the one open")
+            }
+        }
+    }
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    init_logging(cli.log_format);
-    let result = match cli.command.unwrap_or(Command::Serve { config: None }) {
-        Command::Serve { config } => serve(config),
+    let command = cli.command.unwrap_or(Command::Serve { config: None });
+    // `serve` starts the log from its configuration, once loaded.
+    if !matches!(command, Command::Serve { .. }) {
+        if let Err(e) = init_logging(&LogConfig::default(), cli.log_format) {
+            eprintln!("warden: {e:#}");
+            return ExitCode::FAILURE;
+        }
+    }
+    let result = match command {
+        Command::Serve { config } => serve(config, cli.log_format),
         Command::Passwd(args) => warden::passwd_cmd::run(&args),
         Command::Cert(args) => warden::cert_cmd::run(&args),
         Command::Token(args) => warden::token_cmd::run(&args),
@@ -317,12 +356,14 @@ fn explain_decision(cfg: &Config, user: Option<&str>, client: &str, op: &[String
     Ok(allowed)
 }
 
-fn serve(config: Option<PathBuf>) -> anyhow::Result<()> {
+fn serve(config: Option<PathBuf>, log_format: Option<LogFormat>) -> anyhow::Result<()> {
     let embedded = config.is_none();
+    // Before the log starts: a configuration that does not load is printed by `main`.
     let cfg = match &config {
         Some(p) => Config::load(p)?,
         None => Config::embedded_default(),
     };
+    let log_file = init_logging(&cfg.log, log_format)?;
     let mut admin_password = None;
     if embedded {
         if let Some(pf) = &cfg.auth.password_file {
@@ -344,15 +385,19 @@ fn serve(config: Option<PathBuf>) -> anyhow::Result<()> {
         let server = Server::start(&cfg).await?;
         banner(&server, &cfg, embedded, admin_password.as_deref());
         let mut hup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())?;
+        let mut usr1 = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::user_defined1())?;
         let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
         warden::sd_notify::notify("READY=1");
         loop {
             tokio::select! {
+                // The log file first, so that what the reload says lands in the new one.
                 _ = hup.recv() => {
+                    reopen_log(log_file.as_ref());
                     warden::sd_notify::notify("RELOADING=1");
                     server.reload();
                     warden::sd_notify::notify("READY=1");
                 }
+                _ = usr1.recv() => reopen_log(log_file.as_ref()),
                 _ = term.recv() => break,
                 _ = tokio::signal::ctrl_c() => break,
             }

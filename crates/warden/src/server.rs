@@ -805,11 +805,26 @@ fn restart_only_changes(running: &Config, new: &Config) -> Vec<String> {
     if running.persistence != new.persistence {
         out.push("[persistence]".to_owned());
     }
+    // The log file is reopened on SIGHUP (same path); a new level, format or path takes a
+    // restart.
+    if running.log != new.log {
+        out.push("[log]".to_owned());
+    }
     out
 }
 
 #[cfg(test)]
 mod tests {
+    /// Issue 19: a change to `[log]` is named among the settings that need a restart.
+    #[test]
+    fn a_log_change_is_named_on_reload() {
+        let running = crate::config::Config::embedded_default();
+        let mut new = running.clone();
+        assert!(super::restart_only_changes(&running, &new).is_empty());
+        new.log.level = "debug".into();
+        assert_eq!(super::restart_only_changes(&running, &new), vec!["[log]".to_string()]);
+    }
+
     /// Issue 17 (smaller ones): a data_dir the broker creates is the owner's only (0700).
     #[test]
     fn a_new_data_dir_is_private() {

@@ -19,6 +19,7 @@ const SECTIONS: &[(&str, &str)] = &[
     ("[limits] auth_fail_ban = { … }", "AuthFailBan"),
     ("[limits] auth_fail_backoff = { … }", "AuthFailBackoff"),
     ("[persistence]", "PersistenceConfig"),
+    ("[log]", "RawLog"),
 ];
 
 /// Structs that deserialize something other than a table of the file (helpers of the secret
