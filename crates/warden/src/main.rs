@@ -88,6 +88,19 @@ enum Command {
         /// Client id.
         #[arg(long, default_value = "", requires = "explain")]
         client: String,
+        /// Explain for a client-certificate identity instead of a user.
+        #[arg(long, requires = "explain", conflicts_with_all = ["user", "token"])]
+        cert: Option<String>,
+        /// Explain for an access token with this subject (add its --scope and --role values).
+        #[arg(long, requires = "explain", conflicts_with = "user")]
+        token: Option<String>,
+        /// A scope of the token (`mqtt:pub:FILTER`, `mqtt:sub:FILTER`, …); repeatable.
+        #[arg(long = "scope", requires = "explain")]
+        scopes: Vec<String>,
+        /// A policy-store role the principal holds (a token's role; alone: a principal holding
+        /// only this role); repeatable.
+        #[arg(long = "role", requires = "explain", conflicts_with_all = ["user", "cert"])]
+        roles: Vec<String>,
         /// publish | subscribe | receive, then the topic (or filter).
         #[arg(num_args = 2, value_names = ["ACTION", "TOPIC"], requires = "explain")]
         operation: Vec<String>,
@@ -198,16 +211,19 @@ fn main() -> ExitCode {
         Command::Admin(args) => warden::admin_cmd::run(&args),
         Command::Import(args) => warden::import_cmd::run(&args),
         Command::Check { config, explain: false, .. } => return check(&config),
-        Command::Check { config, user, client, operation, .. } => {
+        Command::Check { config, user, client, operation, cert, token, scopes, roles, .. } => {
             // The configuration is checked first (its summary printed), as without --explain.
             // Then grep-like: 0 allow, 1 deny, 2 the question could not be answered.
             if check(&config) != ExitCode::SUCCESS {
                 return ExitCode::from(2);
             }
-            return match Config::load(&config)
-                .map_err(anyhow::Error::from)
-                .and_then(|cfg| explain_decision(&cfg, user.as_deref(), &client, &operation))
-            {
+            return match Config::load(&config).map_err(anyhow::Error::from).and_then(|cfg| {
+                let other = explain_principal(cert.as_deref(), token.as_deref(), &scopes, &roles);
+                match other {
+                    Some((principal, who)) => explain_for(&cfg, &principal, &who, &client, &operation),
+                    None => explain_decision(&cfg, user.as_deref(), &client, &operation),
+                }
+            }) {
                 Ok(true) => ExitCode::SUCCESS,
                 Ok(false) => ExitCode::from(1),
                 Err(e) => {
@@ -305,6 +321,64 @@ fn check_loaded(path: &std::path::Path, cfg: &Config, summary: bool) -> Vec<Stri
 }
 
 /// `warden check --explain`: prints the decision and what made it; true for allow.
+/// A principal other than a user or anonymous for `--explain`, and how to name it.
+fn explain_principal(
+    cert: Option<&str>,
+    token: Option<&str>,
+    scopes: &[String],
+    roles: &[String],
+) -> Option<(warden_policy::Principal, String)> {
+    let arcs = |v: &[String]| v.iter().map(|s| std::sync::Arc::from(s.as_str())).collect::<Vec<_>>();
+    if let Some(c) = cert {
+        return Some((warden_policy::Principal::certificate(c), format!("certificate identity {c:?}")));
+    }
+    if token.is_none() && scopes.is_empty() && roles.is_empty() {
+        return None;
+    }
+    let subject = token.unwrap_or("-");
+    let who = match token {
+        Some(t) => format!("token of {t:?} with scopes {scopes:?} and roles {roles:?}"),
+        None => format!("a principal holding roles {roles:?} (scopes {scopes:?})"),
+    };
+    Some((warden_policy::Principal::token(subject, arcs(roles), arcs(scopes)), who))
+}
+
+/// `--explain` for `principal` through the broker's own decision (ACL file, policy store,
+/// token scopes together), naming the deciding source.
+fn explain_for(
+    cfg: &Config,
+    principal: &warden_policy::Principal,
+    who: &str,
+    client: &str,
+    op: &[String],
+) -> anyhow::Result<bool> {
+    use warden_policy::Action;
+    let (action, topic) = match op {
+        [a, t] => (a.as_str(), t.as_str()),
+        _ => anyhow::bail!("--explain needs ACTION TOPIC"),
+    };
+    let action = match action {
+        "publish" => Action::Publish { qos: 0, retain: false },
+        "subscribe" => Action::Subscribe { qos: 0 },
+        "receive" => Action::Receive,
+        other => anyhow::bail!("unknown action {other:?}: publish, subscribe or receive"),
+    };
+    let store = warden::policy_store::load(&cfg.data_dir)?;
+    let acl = warden::policy_store::load_acl(&cfg.authz)?;
+    let policy = warden_policy::PolicyAuthorizer::new(acl, false).with_store(std::sync::Arc::new(store.compile()));
+    let (d, by) = policy.explain(principal, client, action, topic);
+    let verdict = if d.is_allowed() { "allow" } else { "deny" };
+    let by = match (&by, &cfg.authz.acl_file) {
+        (warden_policy::DecidedBy::Acl(line), Some(path)) if *line > 0 => {
+            let text = std::fs::read_to_string(path).unwrap_or_default();
+            format!("{}:{line}: {}", path.display(), text.lines().nth(line - 1).unwrap_or("").trim())
+        }
+        _ => by.to_string(),
+    };
+    println!("{verdict}: decided by {by} ({who})");
+    Ok(d.is_allowed())
+}
+
 fn explain_decision(cfg: &Config, user: Option<&str>, client: &str, op: &[String]) -> anyhow::Result<bool> {
     use warden_policy::Action;
     let (action, topic) = match op {

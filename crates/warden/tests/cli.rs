@@ -401,3 +401,54 @@ fn passwd_delete_removes_one_user_and_keeps_the_rest_and_the_mode() {
     assert!(!warden(&["passwd", "-D", f, "alice", "--password-stdin"]).status.success());
     assert!(std::fs::read_to_string(&file).unwrap().contains("alice:"));
 }
+
+/// Issue 19: `--explain` for every principal kind — a certificate identity (the ACL's `user`
+/// rules name it), a token with scopes (its scopes decide), a role of the policy store — with
+/// the same exit status (0 allow, 1 deny).
+#[test]
+fn check_explain_answers_for_certificates_tokens_and_roles() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("acl"), "user dev-001\ntopic write devices/dev-001/#\n").unwrap();
+    let mut store = warden_policy::store::PolicyStore::default();
+    store.roles.insert(
+        "ops".into(),
+        warden_policy::store::Role {
+            rules: vec![warden_policy::store::Rule {
+                id: "read".into(),
+                action: warden_policy::store::RuleAction::Subscribe,
+                topic: "ops/#".into(),
+                max_qos: 2,
+                retain: true,
+                effect: warden_policy::store::Effect::Allow,
+                priority: 0,
+            }],
+            ..Default::default()
+        },
+    );
+    std::fs::write(dir.path().join("policy.json"), store.to_json()).unwrap();
+    let cfg = dir.path().join("w.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "data_dir = \"{}\"\n[[listener]]\nbind = \"127.0.0.1:0\"\n[auth]\nallow_anonymous = true\n[authz]\nacl_file = \"acl\"\n",
+            dir.path().display()
+        ),
+    )
+    .unwrap();
+    let run = |args: &[&str], code: i32| {
+        let mut a = vec!["check", "--config", cfg.to_str().unwrap(), "--explain"];
+        a.extend_from_slice(args);
+        let out = warden(&a);
+        assert_eq!(out.status.code(), Some(code), "{args:?}: {}", String::from_utf8_lossy(&out.stderr));
+        String::from_utf8_lossy(&out.stdout).lines().last().unwrap_or("").to_string()
+    };
+    let line = run(&["--cert", "dev-001", "publish", "devices/dev-001/temp"], 0);
+    assert!(line.contains(":2: topic write devices/dev-001/#") && line.contains("certificate identity"), "{line}");
+    run(&["--cert", "dev-001", "publish", "devices/dev-002/temp"], 1);
+    let line = run(&["--token", "dev-9", "--scope", "mqtt:pub:telemetry/dev-9/#", "publish", "telemetry/dev-9/t"], 0);
+    assert!(line.contains("scopes"), "{line}");
+    run(&["--token", "dev-9", "--scope", "mqtt:pub:telemetry/dev-9/#", "publish", "telemetry/dev-8/t"], 1);
+    let line = run(&["--role", "ops", "subscribe", "ops/alerts"], 0);
+    assert!(line.contains("store:ops/read"), "{line}");
+    run(&["--role", "ops", "subscribe", "secrets/#"], 1);
+}
