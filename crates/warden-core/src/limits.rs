@@ -123,6 +123,20 @@ impl Broker {
         for (name, value) in counters.into_iter().chain(extra) {
             self.publish_sys_value(&format!("$SYS/broker/limits/{name}"), value.to_string());
         }
+        // The security counters of the metrics (`warden_auth_attempts_total`, …), as in
+        // `/metrics`: `$SYS/broker/auth/<method>/<ok|refused>`, `$SYS/broker/authz/denied/<action>`,
+        // `$SYS/broker/tls/handshake_failures`.
+        let sec = &self.stats.security;
+        for m in crate::metrics::AuthMethod::ALL {
+            let (ok, refused) = sec.auth_attempts(m);
+            self.publish_sys_value(&format!("$SYS/broker/auth/{}/ok", m.as_str()), ok.to_string());
+            self.publish_sys_value(&format!("$SYS/broker/auth/{}/refused", m.as_str()), refused.to_string());
+        }
+        for a in crate::metrics::Denied::ALL {
+            self.publish_sys_value(&format!("$SYS/broker/authz/denied/{}", a.as_str()), sec.denials(a).to_string());
+        }
+        let tls = sec.tls_handshake_failures.load(Ordering::Relaxed);
+        self.publish_sys_value("$SYS/broker/tls/handshake_failures", tls.to_string());
     }
 }
 

@@ -308,3 +308,34 @@ async fn a_metrics_token_when_configured_is_required() {
     assert_eq!(get(&b, "/healthz").await.0, 200);
     b.stop().await;
 }
+
+/// SPEC §9 / issue 19: "the same counters in `$SYS`": the authentication attempts by method and
+/// result are published as `$SYS/broker/auth/<method>/<ok|refused>` (retained, every
+/// `sys_interval`), beside the denials and TLS failures.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_security_counters_are_in_sys_too() {
+    let dir = tempfile::tempdir().unwrap();
+    let h = warden_policy::password::hash_password(PW.as_bytes());
+    std::fs::write(dir.path().join("passwd"), format!("{USER}:{h}\n")).unwrap();
+    let b = TestBroker::from_toml_in(
+        dir,
+        "[[listener]]\nbind = \"127.0.0.1:0\"\nprotocol = \"mqtt\"\n[auth]\nallow_anonymous = true\n\
+         password_file = \"{dir}/passwd\"\n[limits]\nsys_interval = 1\n",
+    )
+    .await;
+    let (_, r) = RawClient::connect(b.addr(), login("sys-bad", "wrong")).await;
+    assert!(
+        matches!(r, Recv::Packet(Packet::Connack(ref a)) if a.reason_code == ReasonCode::BAD_USER_NAME_OR_PASSWORD)
+    );
+    let (mut c, _) = warden_testkit::connected(b.addr(), connect_packet(Protocol::V5, "sys-watch", true)).await;
+    c.subscribe(1, "$SYS/broker/auth/password/refused", QoS::AtMostOnce).await;
+    // The retained value, then one a second: wait (bounded) for one that counts the refusal.
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        let p = tokio::time::timeout_at(deadline, c.expect_publish()).await.expect("a $SYS value within 10 s");
+        if std::str::from_utf8(&p.payload).ok().and_then(|v| v.parse::<u64>().ok()) >= Some(1) {
+            break;
+        }
+    }
+    b.stop().await;
+}
