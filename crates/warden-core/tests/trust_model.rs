@@ -940,10 +940,14 @@ impl Sim {
             }
         }
         let authz = authorizer(self.o.carol_acl);
-        // The old broker goes first: its messages' drops reach the store before it closes.
-        self.broker = Broker::new(BrokerConfig::default(), authz.clone(), self.now);
+        // As the real server stops (and as SIGKILL does), the store closes while the broker is
+        // still alive: what the old broker's messages submit as they drop (`MessageDrop`)
+        // afterwards never reaches it. (Dropping the broker first deleted the message records
+        // of queued deliveries whenever no other reference, such as a thread's routing cache,
+        // kept the messages alive: a flaky loss in this model, not in the server.)
         if let Some((dir, store)) = self.store.take() {
             store.close();
+            self.broker = Broker::new(BrokerConfig::default(), authz.clone(), self.now);
             drop(store);
             let (store, loaded) = Store::open(&dir.path().join("state.redb"), Durability::None).expect("reopen");
             if !loaded.report.dropped.is_empty() {
@@ -954,6 +958,7 @@ impl Sim {
             self.broker.restore(loaded.sessions, loaded.retained, self.now);
             self.store = Some((dir, store));
         } else {
+            self.broker = Broker::new(BrokerConfig::default(), authz, self.now);
             self.sessions = [None; 4];
         }
         self.restart_mark = self.o.msgs.len();
