@@ -303,7 +303,7 @@ fn check_loaded(path: &std::path::Path, cfg: &Config, summary: bool) -> Vec<Stri
         let demand = warden::fdlimit::Demand {
             mqtt_listeners: cfg.listeners.iter().map(|l| format!("{}://{}", l.protocol, l.bind)).collect(),
             mqtt_max: cfg.limits.max_connections,
-            http: cfg.http.as_ref().map(|h| (format!("http://{}", h.bind), h.limits.max_connections)),
+            http: cfg.http.as_ref().map(|h| (format!("{}://{}", h.scheme(), h.bind), h.limits.max_connections)),
         };
         if let Some(w) = warden::fdlimit::plan(hard, &demand).warning {
             println!("warning: {w}");

@@ -68,7 +68,7 @@ fn fd_plan(cfg: &Config, listeners: &[BoundListener], http: Option<SocketAddr>) 
     let demand = crate::fdlimit::Demand {
         mqtt_listeners: listeners.iter().map(BoundListener::url).collect(),
         mqtt_max: cfg.limits.max_connections,
-        http: http.zip(cfg.http.as_ref()).map(|(a, h)| (format!("http://{a}"), h.limits.max_connections)),
+        http: http.zip(cfg.http.as_ref()).map(|(a, h)| (format!("{}://{a}", h.scheme()), h.limits.max_connections)),
     };
     let limit = match crate::fdlimit::current() {
         Ok((soft, _)) => soft,
