@@ -47,6 +47,14 @@ enum AdminCommand {
     /// Bans: add, remove, list.
     #[command(subcommand)]
     Ban(BanCmd),
+    /// A device's access token (built-in token service): `introspect` shows whether it is
+    /// active and its claims, `revoke` revokes it (its connections end). The token is read
+    /// from standard input, so that it stays out of the shell's history and `ps`.
+    Token {
+        /// introspect | revoke
+        #[arg(value_enum)]
+        action: TokenAction,
+    },
     /// The admin audit trail: who changed what, when, from where, with what result (oldest
     /// first).
     Audit {
@@ -61,6 +69,15 @@ enum AdminCommand {
         #[arg(long)]
         json: bool,
     },
+}
+
+/// `warden admin token …`.
+#[derive(clap::ValueEnum, Clone, Copy, Debug)]
+enum TokenAction {
+    /// Is it active; its subject, client, scopes, expiry, jti.
+    Introspect,
+    /// Revoke it, whichever client it belongs to.
+    Revoke,
 }
 
 #[derive(clap::Args, Debug)]
@@ -434,6 +451,23 @@ pub fn run(args: &AdminArgs) -> anyhow::Result<()> {
                 }
             }
         },
+        AdminCommand::Token { action } => {
+            let mut token = String::new();
+            std::io::stdin().read_line(&mut token).context("reading the token from standard input")?;
+            let token = token.trim();
+            anyhow::ensure!(!token.is_empty(), "no token on standard input");
+            let body = Some(json!({ "token": token }));
+            match action {
+                TokenAction::Introspect => println!("{}", api.call("POST", "/admin/tokens/introspect", body)?),
+                TokenAction::Revoke => {
+                    let r = api.call("POST", "/admin/tokens/revoke", body)?;
+                    match r["revoked"].as_str() {
+                        Some(jti) => println!("revoked token {jti}"),
+                        None => println!("already revoked"),
+                    }
+                }
+            }
+        }
         AdminCommand::Audit { since, limit, json } => {
             let mut query = Vec::new();
             if let Some(s) = since {

@@ -863,3 +863,23 @@ async fn an_administrator_introspects_and_revokes_a_devices_token() {
         http(&b, "POST", "/admin/tokens/revoke", Some(&other), Some(json!({"token": other}).to_string())).await;
     assert_eq!(s, 403, "a device's own token is no admin credential");
 }
+
+/// `warden admin token introspect|revoke` (the token read from standard input): the same
+/// through the CLI; an empty input and a malformed token are refused with a non-zero exit.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_admin_cli_introspects_and_revokes_a_token_read_from_stdin() {
+    let b = broker().await;
+    let dev = oauth_token(&b, "dev").await;
+    let (ok, out) = cli(&b, &["token", "introspect"], Some(&format!("{dev}\n"))).await;
+    assert!(ok && out.contains("\"active\":true") && out.contains("\"client_id\":\"dev\""), "{out}");
+    let (ok, out) = cli(&b, &["token", "revoke"], Some(&dev)).await;
+    assert!(ok && out.starts_with("revoked token "), "{out}");
+    let (ok, out) = cli(&b, &["token", "revoke"], Some(&dev)).await;
+    assert!(ok && out.contains("already revoked"), "{out}");
+    let (ok, out) = cli(&b, &["token", "introspect"], Some(&dev)).await;
+    assert!(ok && out.contains("\"active\":false"), "{out}");
+    let (ok, _) = cli(&b, &["token", "revoke"], Some("")).await;
+    assert!(!ok, "no token on stdin");
+    let (ok, _) = cli(&b, &["token", "revoke"], Some("not.a.jwt")).await;
+    assert!(!ok, "a malformed token");
+}
