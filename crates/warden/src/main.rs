@@ -343,15 +343,8 @@ fn explain_principal(
     Some((warden_policy::Principal::token(subject, arcs(roles), arcs(scopes)), who))
 }
 
-/// `--explain` for `principal` through the broker's own decision (ACL file, policy store,
-/// token scopes together), naming the deciding source.
-fn explain_for(
-    cfg: &Config,
-    principal: &warden_policy::Principal,
-    who: &str,
-    client: &str,
-    op: &[String],
-) -> anyhow::Result<bool> {
+/// The `ACTION TOPIC` of `--explain`.
+fn explain_operation(op: &[String]) -> anyhow::Result<(warden_policy::Action, &str)> {
     use warden_policy::Action;
     let (action, topic) = match op {
         [a, t] => (a.as_str(), t.as_str()),
@@ -363,6 +356,19 @@ fn explain_for(
         "receive" => Action::Receive,
         other => anyhow::bail!("unknown action {other:?}: publish, subscribe or receive"),
     };
+    Ok((action, topic))
+}
+
+/// `--explain` for `principal` through the broker's own decision (ACL file, policy store,
+/// token scopes together), naming the deciding source.
+fn explain_for(
+    cfg: &Config,
+    principal: &warden_policy::Principal,
+    who: &str,
+    client: &str,
+    op: &[String],
+) -> anyhow::Result<bool> {
+    let (action, topic) = explain_operation(op)?;
     let store = warden::policy_store::load(&cfg.data_dir)?;
     let acl = warden::policy_store::load_acl(&cfg.authz)?;
     let policy = warden_policy::PolicyAuthorizer::new(acl, false).with_store(std::sync::Arc::new(store.compile()));
@@ -380,17 +386,7 @@ fn explain_for(
 }
 
 fn explain_decision(cfg: &Config, user: Option<&str>, client: &str, op: &[String]) -> anyhow::Result<bool> {
-    use warden_policy::Action;
-    let (action, topic) = match op {
-        [a, t] => (a.as_str(), t.as_str()),
-        _ => anyhow::bail!("--explain needs ACTION TOPIC"),
-    };
-    let action = match action {
-        "publish" => Action::Publish { qos: 0, retain: false },
-        "subscribe" => Action::Subscribe { qos: 0 },
-        "receive" => Action::Receive,
-        other => anyhow::bail!("unknown action {other:?}: publish, subscribe or receive"),
-    };
+    let (action, topic) = explain_operation(op)?;
     let who = user.map_or_else(|| "anonymous".to_string(), |u| format!("user {u:?}"));
     let store = warden::policy_store::load(&cfg.data_dir)?;
     if store.has_rules() {
