@@ -233,24 +233,11 @@ mod tests {
         }
     }
 
-    #[derive(Clone, Default)]
-    struct Buf(std::sync::Arc<Mutex<Vec<u8>>>);
-
-    impl Write for Buf {
-        fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
-            self.0.lock().extend_from_slice(b);
-            Ok(b.len())
-        }
-        fn flush(&mut self) -> std::io::Result<()> {
-            Ok(())
-        }
-    }
-
     #[test]
     fn each_record_is_also_logged_on_the_admin_audit_target() {
         let dir = tempfile::tempdir().unwrap();
         let log = AuditLog::new(dir.path());
-        let buf = Buf::default();
+        let buf = warden_testkit::LogBuf::default();
         let b = buf.clone();
         let sub = tracing_subscriber::fmt().json().with_writer(move || b.clone()).finish();
         tracing::subscriber::with_default(sub, || {
@@ -261,7 +248,7 @@ mod tests {
             r.error = Some("bad\nvalue".into());
             log.append(&r).unwrap();
         });
-        let text = String::from_utf8(buf.0.lock().clone()).unwrap();
+        let text = buf.text();
         let v: serde_json::Value = serde_json::from_str(text.trim()).unwrap();
         assert_eq!(v["target"], LOG_TARGET);
         assert_eq!(v["level"], "INFO");

@@ -273,30 +273,15 @@ fn store_users(store: &PolicyStore) -> anyhow::Result<PasswordFile> {
 
 #[cfg(test)]
 mod tests {
-    use std::io::Write;
-
     use super::*;
-
-    #[derive(Clone, Default)]
-    struct Buf(Arc<Mutex<Vec<u8>>>);
-
-    impl Write for Buf {
-        fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
-            self.0.lock().extend_from_slice(b);
-            Ok(b.len())
-        }
-        fn flush(&mut self) -> std::io::Result<()> {
-            Ok(())
-        }
-    }
 
     /// The audit records written while `f` runs (JSON lines).
     fn audit_lines(f: impl FnOnce()) -> Vec<serde_json::Value> {
-        let buf = Buf::default();
+        let buf = warden_testkit::LogBuf::default();
         let b = buf.clone();
         let sub = tracing_subscriber::fmt().json().with_writer(move || b.clone()).finish();
         tracing::subscriber::with_default(sub, f);
-        let text = String::from_utf8(buf.0.lock().clone()).unwrap();
+        let text = buf.text();
         text.lines().map(|l| serde_json::from_str(l).unwrap()).collect()
     }
 
