@@ -322,3 +322,19 @@ impl std::io::Write for LogBuf {
         Ok(())
     }
 }
+
+/// The lines a spawned process (the real `warden` binary, say) writes to standard error, read
+/// on a thread of their own and sent as they come: wait for one with `recv_timeout` (a bounded
+/// wait for what the process says, never a sleep). Takes the child's piped stderr.
+pub fn stderr_lines(child: &mut std::process::Child) -> std::sync::mpsc::Receiver<String> {
+    use std::io::BufRead;
+    let stderr = child.stderr.take().expect("stderr piped");
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        // Read to the end even once nobody listens: the process never blocks on a full pipe.
+        for line in std::io::BufReader::new(stderr).lines().map_while(Result::ok) {
+            let _ = tx.send(line);
+        }
+    });
+    rx
+}

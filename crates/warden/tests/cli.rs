@@ -1,7 +1,7 @@
 //! The `warden` binary as an operator uses it: `check`, `passwd`, `serve` with a config file
 //! (bad configs refused with file:line), SIGHUP reload and SIGTERM shutdown of the real process.
 
-use std::io::{BufRead, BufReader, Write};
+use std::io::Write;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
@@ -133,13 +133,7 @@ async fn real_process_serves_reloads_on_sighup_and_stops_on_sigterm() {
         .stdout(Stdio::null())
         .spawn()
         .unwrap();
-    let stderr = child.stderr.take().unwrap();
-    let (tx, rx) = std::sync::mpsc::channel::<String>();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-            let _ = tx.send(line);
-        }
-    });
+    let rx = warden_testkit::stderr_lines(&mut child);
     let addr = loop {
         let line = rx.recv_timeout(Duration::from_secs(20)).expect("broker prints its listen address");
         if let Some(rest) = line.split("listening: mqtt://").nth(1) {

@@ -3,7 +3,6 @@
 //! must still arrive (QoS 2 exactly once), with sessions and retained messages back.
 
 use std::collections::{BTreeSet, HashMap};
-use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
@@ -43,13 +42,7 @@ impl Proc {
             .stdout(Stdio::null())
             .spawn()
             .unwrap();
-        let stderr = child.stderr.take().unwrap();
-        let (tx, log) = std::sync::mpsc::channel::<String>();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-                let _ = tx.send(line);
-            }
-        });
+        let log = warden_testkit::stderr_lines(&mut child);
         let mut early = Vec::new();
         let addr = loop {
             let line = log.recv_timeout(Duration::from_secs(30)).expect("broker prints its listen address");

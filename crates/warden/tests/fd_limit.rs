@@ -7,7 +7,6 @@
 //!
 //! Nothing sleeps to synchronise: every wait is a read bounded by a deadline.
 
-use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
 use std::process::{Child, Command, Stdio};
 use std::sync::mpsc::Receiver;
@@ -50,13 +49,7 @@ impl Proc {
             .stdout(Stdio::null())
             .spawn()
             .unwrap();
-        let stderr = child.stderr.take().unwrap();
-        let (tx, log) = std::sync::mpsc::channel::<String>();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-                let _ = tx.send(line);
-            }
-        });
+        let log = warden_testkit::stderr_lines(&mut child);
         let (mut mqtt, mut http, mut early) = (None, None, Vec::new());
         while mqtt.is_none() || http.is_none() {
             let line =

@@ -11,7 +11,6 @@
 //! subscriptions (item 2), a wrong-password flood (hashing, item 4), and connections held open
 //! without a CONNECT. Linux only (`/proc`).
 
-use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
@@ -66,16 +65,13 @@ fn start(dir: &std::path::Path, users: &[&str]) -> Broker {
         .stdout(Stdio::null())
         .spawn()
         .unwrap();
-    let stderr = child.stderr.take().unwrap();
-    let (tx, rx) = std::sync::mpsc::channel::<SocketAddr>();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-            if let Some(rest) = line.split("listening: mqtt://").nth(1) {
-                let _ = tx.send(rest.trim().parse().unwrap());
-            }
+    let log = warden_testkit::stderr_lines(&mut child);
+    let addr = loop {
+        let line = log.recv_timeout(Duration::from_secs(30)).expect("broker prints its listen address");
+        if let Some(rest) = line.split("listening: mqtt://").nth(1) {
+            break rest.trim().parse().unwrap();
         }
-    });
-    let addr = rx.recv_timeout(Duration::from_secs(30)).expect("broker prints its listen address");
+    };
     Broker { child, addr }
 }
 
