@@ -14,6 +14,10 @@
 //! - [`packet`]: the [`Packet`] enum, the fixed header, [`decode`] and [`Packet::encode`].
 //! - `packets/`: one module per packet family (named-field structs, their decode and encode).
 
+// Workspace lints of issue 18, enabled per crate until every crate is clean.
+#![warn(missing_docs, unreachable_pub)]
+#![deny(clippy::unwrap_used)]
+
 pub mod error;
 pub mod packet;
 mod packets;
