@@ -193,7 +193,7 @@ impl HttpError {
 }
 
 /// The admin API's handlers return `Result<_, HttpError>`: `?` answers in its shape. The
-/// token service's handlers answer with [`HttpError::response`]`(Api::OAuth)`.
+/// token service's handlers answer with `HttpError::response(Api::OAuth)`.
 impl IntoResponse for HttpError {
     fn into_response(self) -> Response {
         self.response(Api::Admin)
