@@ -6,7 +6,8 @@
 //! before the body is buffered. Nothing here does I/O or panics on input.
 //!
 //! # Layout
-//! - [`error`]: decode errors and the reason code each maps to.
+//! - [`error`]: [`DecodeError`] and [`DecodeError::reason_code`], the one mapping from a decode
+//!   error to the reason code the peer is told.
 //! - [`reason`]: reason codes, kept as the raw byte with named constants.
 //! - [`topic`]: validated [`TopicName`] and [`TopicFilter`] types and matching.
 //! - [`properties`]: MQTT 5 properties, validated per packet type.
