@@ -355,6 +355,7 @@ impl Server {
             let mut stop = shutdown_rx.clone();
             let guard = guard.clone();
             let accept_errors = crate::admission::fdlimit::AcceptErrors::new(name);
+            let proxy_trusted = l.proxy_protocol.then(|| Arc::new(l.proxy_trusted.clone()));
             tasks.spawn(async move {
                 loop {
                     let (sock, peer) = tokio::select! {
@@ -375,25 +376,31 @@ impl Server {
                         drop(sock);
                         continue;
                     }
-                    // Admin bans, per-address limits and bans, before any handshake or hashing.
-                    if bans.ip_banned(peer.ip(), crate::auth::tokens::unix_now()) {
-                        tracing::debug!(%peer, "connection refused: address banned by an administrator");
-                        drop(sock);
-                        continue;
-                    }
-                    let slot = match guard.admit(peer.ip(), Instant::now()) {
-                        Ok(s) => s,
-                        Err(why) => {
-                            let (counter, name) = match why {
-                                Refusal::Banned => (&lim.banned_refused, "auth_fail_ban"),
-                                Refusal::TooManyConnections => (&lim.connections_per_ip, "max_connections_per_ip"),
-                                Refusal::RateExceeded => (&lim.connect_rate_per_ip, "connect_rate_per_ip"),
-                            };
-                            hit(counter);
-                            ctx.log_limit(&peer.ip().to_string(), name, "connection refused");
+                    if let Some(trusted) = &proxy_trusted {
+                        // PROXY protocol: only the load balancers speak here, and the per-address
+                        // checks wait for the address their header gives.
+                        if !trusted.iter().any(|net| net.contains(peer.ip())) {
+                            tracing::debug!(%peer, "connection closed: not from a proxy_trusted network");
                             drop(sock);
                             continue;
                         }
+                        let live_slot = crate::conn::ConnCount::new(open.clone());
+                        let serve = proxied(
+                            sock,
+                            peer,
+                            protocol,
+                            tls.clone(),
+                            path.clone(),
+                            Admission { bans: bans.clone(), guard: guard.clone() },
+                            ctx.clone(),
+                        );
+                        tokio::spawn(Box::pin(serve).map(move |()| drop(live_slot)));
+                        continue;
+                    }
+                    // Admin bans, per-address limits and bans, before any handshake or hashing.
+                    let Some(slot) = admit(&bans, &guard, &ctx, peer) else {
+                        drop(sock);
+                        continue;
                     };
                     let live_slot = crate::conn::ConnCount::new(open.clone());
                     let ctx = ctx.clone();
@@ -681,6 +688,59 @@ impl Server {
         // Give connection tasks a moment to flush their DISCONNECT.
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
+}
+
+/// Admin bans, then the per-address limits and bans, for a connection from `peer`: its slot,
+/// or `None` (counted and logged) when it is refused.
+fn admit(bans: &BanList, guard: &Arc<Guard>, ctx: &ConnContext, peer: SocketAddr) -> Option<Admitted> {
+    if bans.ip_banned(peer.ip(), crate::auth::tokens::unix_now()) {
+        tracing::debug!(%peer, "connection refused: address banned by an administrator");
+        return None;
+    }
+    match guard.admit(peer.ip(), Instant::now()) {
+        Ok(s) => Some(s),
+        Err(why) => {
+            let lim = &ctx.broker.stats.limits;
+            let (counter, name) = match why {
+                Refusal::Banned => (&lim.banned_refused, "auth_fail_ban"),
+                Refusal::TooManyConnections => (&lim.connections_per_ip, "max_connections_per_ip"),
+                Refusal::RateExceeded => (&lim.connect_rate_per_ip, "connect_rate_per_ip"),
+            };
+            hit(counter);
+            ctx.log_limit(&peer.ip().to_string(), name, "connection refused");
+            None
+        }
+    }
+}
+
+/// What [`admit`] checks with.
+struct Admission {
+    bans: Arc<BanList>,
+    guard: Arc<Guard>,
+}
+
+/// A connection on a `proxy_protocol` listener from a trusted balancer: its PROXY header first
+/// (within `connect_timeout`, before TLS and WebSocket), then the admission checks and the
+/// connection itself with the address the header gives (the socket's own for `UNKNOWN`/LOCAL).
+/// A missing, late or malformed header closes the connection, logged at debug level only.
+async fn proxied(
+    mut sock: TcpStream,
+    socket_peer: SocketAddr,
+    protocol: ListenerProtocol,
+    tls: Option<Arc<TlsListener>>,
+    path: Arc<crate::conn::ws::WsSettings>,
+    checks: Admission,
+    ctx: Arc<ConnContext>,
+) {
+    let peer = match crate::conn::proxy::read_header(&mut sock, ctx.connect_timeout).await {
+        Ok(h) => h.source.unwrap_or(socket_peer),
+        Err(e) => {
+            tracing::debug!(peer = %socket_peer, "connection closed: no valid PROXY header ({e:?})");
+            return;
+        }
+    };
+    let Some(slot) = admit(&checks.bans, &checks.guard, &ctx, peer) else { return };
+    serve_socket(sock, peer, protocol, tls, slot, path, ctx).await;
 }
 
 async fn serve_socket(

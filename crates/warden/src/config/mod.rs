@@ -136,6 +136,16 @@ pub struct ListenerConfig {
     /// (ws/wss only; exact `scheme://host[:port]`, or `"*"` for any): a handshake with another
     /// `Origin` is refused (403), one without `Origin` (not a browser) is not concerned.
     pub allowed_origins: Vec<String>,
+    /// Expect a PROXY protocol v1 or v2 header (HAProxy `send-proxy`/`send-proxy-v2`, nginx
+    /// stream `proxy_protocol on`, AWS NLB) at the start of every connection, before TLS and
+    /// WebSocket: bans, limits, audit records, `%`-patterns and the admin API then see the
+    /// address the header gives. Default `false`. Needs `proxy_trusted`; a connection from
+    /// elsewhere, or without a valid header within `connect_timeout`, is closed
+    /// (docs/operations.md, "Behind a load balancer").
+    pub proxy_protocol: bool,
+    /// The networks whose PROXY headers are believed (`["10.0.0.0/8", "127.0.0.1/32"]`; a bare
+    /// address is one host): the load balancers. Required and non-empty with `proxy_protocol`.
+    pub proxy_trusted: Vec<crate::conn::proxy::Cidr>,
     /// TLS settings (mqtts/wss only).
     pub tls: Option<TlsConfig>,
 }
@@ -1470,7 +1480,53 @@ impl Config {
                     o
                 }
             };
-            listeners.push(ListenerConfig { bind, protocol, path, allowed_origins, tls });
+            let proxy_protocol = l.proxy_protocol.as_ref().is_some_and(|p| *p.get_ref());
+            let proxy_trusted = match (l.proxy_trusted, &l.proxy_protocol) {
+                (None, _) if proxy_protocol => {
+                    return Err(invalid(
+                        l.proxy_protocol.map(|p| p.span()),
+                        "`proxy_protocol = true` needs `proxy_trusted`: the load balancers' networks \
+                         (e.g. [\"10.0.0.0/8\"])"
+                            .into(),
+                    ))
+                }
+                (None, _) => Vec::new(),
+                (Some(list), _) if !proxy_protocol => {
+                    return Err(invalid(
+                        Some(list.span()),
+                        "`proxy_trusted` applies only with `proxy_protocol = true`".into(),
+                    ))
+                }
+                (Some(list), _) => {
+                    let span = list.span();
+                    let list = list.into_inner();
+                    if list.is_empty() {
+                        return Err(invalid(
+                            Some(span),
+                            "`proxy_trusted` is empty: no load balancer could connect to this listener".into(),
+                        ));
+                    }
+                    let mut nets = Vec::with_capacity(list.len());
+                    for c in list {
+                        let at = c.span();
+                        nets.push(
+                            c.into_inner()
+                                .parse::<crate::conn::proxy::Cidr>()
+                                .map_err(|e| invalid(Some(at), format!("proxy_trusted: {e}")))?,
+                        );
+                    }
+                    nets
+                }
+            };
+            listeners.push(ListenerConfig {
+                bind,
+                protocol,
+                path,
+                allowed_origins,
+                proxy_protocol,
+                proxy_trusted,
+                tls,
+            });
         }
 
         let log = match raw.log {
@@ -1617,6 +1673,8 @@ impl Config {
             protocol,
             path: DEFAULT_WS_PATH.to_string(),
             allowed_origins: Vec::new(),
+            proxy_protocol: false,
+            proxy_trusted: Vec::new(),
             tls: protocol.is_tls().then(|| tls.clone()),
         };
         Config {
@@ -2058,6 +2116,8 @@ struct RawListener {
     protocol: Option<Spanned<ListenerProtocol>>,
     path: Option<Spanned<String>>,
     allowed_origins: Option<Spanned<Vec<String>>>,
+    proxy_protocol: Option<Spanned<bool>>,
+    proxy_trusted: Option<Spanned<Vec<Spanned<String>>>>,
     cert: Option<Spanned<PathBuf>>,
     key: Option<Spanned<PathBuf>>,
     client_ca: Option<Spanned<PathBuf>>,
@@ -2837,6 +2897,20 @@ sys_interval = "10s"              # $SYS topics are retained and refreshed this 
             "is not an origin",
         );
         fails_at("[listener]\nbind = \"127.0.0.1:1\"\n", 1, "write [[listener]]");
+        let b = "bind = \"127.0.0.1:1\"\n";
+        fails_at(&format!("{l}{b}proxy_protocol = true\n"), 3, "needs `proxy_trusted`");
+        fails_at(&format!("{l}{b}proxy_protocol = true\nproxy_trusted = []\n"), 4, "`proxy_trusted` is empty");
+        fails_at(&format!("{l}{b}proxy_trusted = [\"10.0.0.0/8\"]\n"), 3, "only with `proxy_protocol = true`");
+        fails_at(
+            &format!("{l}{b}proxy_protocol = true\nproxy_trusted = [\n  \"10.0.0.0/8\",\n  \"10.0.0.0/33\",\n]\n"),
+            6,
+            "prefix length",
+        );
+        fails_at(&format!("{l}{b}proxy_protocol = true\nproxy_trusted = [\"lb.example\"]\n"), 4, "is not a network");
+        let c = parse(&format!("{l}{b}proxy_protocol = true\nproxy_trusted = [\"10.0.0.0/8\", \"::1\"]\n")).unwrap();
+        assert!(c.listeners[0].proxy_protocol);
+        assert_eq!(c.listeners[0].proxy_trusted.len(), 2);
+        assert!(c.listeners[0].proxy_trusted[0].contains("10.9.9.9".parse().unwrap()));
         let c = parse(&format!("{l}bind = \"[::1]:9001\"\nprotocol = \"ws\"\npath = \"/ws\"\n")).unwrap();
         assert_eq!(c.listeners[0].bind, "[::1]:9001".parse().unwrap());
         assert_eq!(c.listeners[0].path, "/ws");

@@ -12,6 +12,7 @@
 
 pub mod live;
 pub mod park;
+pub mod proxy;
 pub mod ws;
 
 use std::net::SocketAddr;
