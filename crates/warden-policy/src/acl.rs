@@ -553,50 +553,10 @@ impl AclFile {
         let mut user: Option<String> = None;
         let text = text.strip_prefix('\u{feff}').unwrap_or(text);
         for (i, raw) in text.lines().enumerate() {
-            let line = i + 1;
-            let err = |reason: &str| AclError { line, reason: reason.to_string() };
-            let l = trim_ascii(raw);
-            if l.is_empty() || l.starts_with('#') {
-                continue;
-            }
-            let (directive, rest) = split_token(l);
-            match directive {
-                "user" => {
-                    if rest.is_empty() {
-                        return Err(err("missing user name after 'user'"));
-                    }
-                    if rest.contains('\0') {
-                        return Err(err("user name contains U+0000"));
-                    }
-                    user = Some(rest.to_string());
-                }
-                "topic" | "pattern" => {
-                    if rest.is_empty() {
-                        return Err(err(&format!("missing topic filter after '{directive}'")));
-                    }
-                    let (first, tail) = split_token(rest);
-                    let (access, filter) = if tail.is_empty() {
-                        (Access::ReadWrite, first)
-                    } else {
-                        match Access::parse(first) {
-                            Some(a) => (a, tail),
-                            None => {
-                                return Err(err(&format!(
-                                    "invalid access '{first}' (expected read, write, readwrite or deny)"
-                                )))
-                            }
-                        }
-                    };
-                    let filter =
-                        TopicFilter::new(filter).map_err(|r| err(&format!("invalid topic filter '{filter}': {r}")))?;
-                    let scope = match (directive, &user) {
-                        ("pattern", _) => RuleScope::Pattern,
-                        (_, Some(u)) => RuleScope::User(u.clone()),
-                        (_, None) => RuleScope::Anonymous,
-                    };
-                    rules.push(AclRule { line, scope, access, filter });
-                }
-                other => return Err(err(&format!("unknown directive '{other}'"))),
+            match parse_line(i + 1, raw, user.as_deref())? {
+                Line::Skip => {}
+                Line::User(u) => user = Some(u.to_owned()),
+                Line::Rule(r) => rules.push(r),
             }
         }
         Ok(AclFile::from_rules(rules))
@@ -683,6 +643,77 @@ impl AclFile {
             self.patterns.collect(req, 0, dollar, vals, &mut acc);
         });
         acc.verdict(need)
+    }
+}
+
+/// What one line of an ACL file is.
+enum Line<'a> {
+    /// Blank or a comment.
+    Skip,
+    /// `user <name>`.
+    User(&'a str),
+    /// A `topic` or `pattern` rule.
+    Rule(AclRule),
+}
+
+/// Parse line `line` (1-based) of an ACL file, `user` being the name of the `user` block it is
+/// in (if any).
+fn parse_line<'a>(line: usize, raw: &'a str, user: Option<&str>) -> Result<Line<'a>, AclError> {
+    let err = |reason: &str| AclError { line, reason: reason.to_string() };
+    let l = trim_ascii(raw);
+    if l.is_empty() || l.starts_with('#') {
+        return Ok(Line::Skip);
+    }
+    let (directive, rest) = split_token(l);
+    match directive {
+        "user" => {
+            if rest.is_empty() {
+                return Err(err("missing user name after 'user'"));
+            }
+            if rest.contains('\0') {
+                return Err(err("user name contains U+0000"));
+            }
+            Ok(Line::User(rest))
+        }
+        "topic" | "pattern" => {
+            if rest.is_empty() {
+                return Err(err(&format!("missing topic filter after '{directive}'")));
+            }
+            let (first, tail) = split_token(rest);
+            let (access, filter) = if tail.is_empty() {
+                (Access::ReadWrite, first)
+            } else {
+                match Access::parse(first) {
+                    Some(a) => (a, tail),
+                    None => {
+                        return Err(err(&format!("invalid access '{first}' (expected read, write, readwrite or deny)")))
+                    }
+                }
+            };
+            let filter = TopicFilter::new(filter).map_err(|r| err(&format!("invalid topic filter '{filter}': {r}")))?;
+            let scope = match (directive, user) {
+                ("pattern", _) => RuleScope::Pattern,
+                (_, Some(u)) => RuleScope::User(u.to_owned()),
+                (_, None) => RuleScope::Anonymous,
+            };
+            Ok(Line::Rule(AclRule { line, scope, access, filter }))
+        }
+        other => Err(err(&format!("unknown directive '{other}'"))),
+    }
+}
+
+impl AclRule {
+    /// Parse one `topic` or `pattern` line on its own (a look-up service's answer carries such
+    /// lines): a `topic` line is the principal's own ([`RuleScope::Anonymous`], checked with
+    /// no user name), a `pattern` line a pattern. The rule is numbered `line`; an error names
+    /// that line too. A `user` line, a blank line or a comment is refused.
+    pub fn parse_line(line: usize, text: &str) -> Result<AclRule, AclError> {
+        match parse_line(line, text, None)? {
+            Line::Rule(r) => Ok(r),
+            Line::User(_) | Line::Skip => {
+                Err(AclError { line, reason: "expected a 'topic' or 'pattern' line".to_string() })
+            }
+        }
     }
 }
 
