@@ -847,6 +847,59 @@ pub(crate) mod tests {
     }
 
     #[test]
+    fn from_rules_compiles_what_parse_compiles() {
+        let f = |t: &str| TopicFilter::new(t).unwrap();
+        // Given out of order: numbered rules are sorted, so `rule_at` finds them.
+        let rules = vec![
+            AclRule::new(5, RuleScope::User("ann".into()), Access::Deny, f("a/secret")),
+            AclRule::new(1, RuleScope::Anonymous, Access::Read, f("pub/#")),
+            AclRule::new(4, RuleScope::User("ann".into()), Access::ReadWrite, f("a/#")),
+            AclRule::new(2, RuleScope::Pattern, Access::Write, f("c/%c/+")),
+        ];
+        let built = AclFile::from_rules(rules);
+        let parsed = acl("topic read pub/#\npattern write c/%c/+\nuser ann\ntopic a/#\ntopic deny a/secret\n");
+        assert_eq!(built.rules(), parsed.rules());
+        assert_eq!(built.rule_at(5).unwrap().access, Access::Deny);
+        for (user, client, req, topic) in [
+            (None, "c", SUB, "pub/+"),
+            (Some("ann"), "c", PUB, "a/x"),
+            (Some("ann"), "c", PUB, "a/secret"),
+            (Some("ann"), "d1", PUB, "c/d1/x"),
+            (Some("bob"), "c", PUB, "a/x"),
+        ] {
+            assert_eq!(
+                built.explain_str(user, client, req, topic),
+                parsed.explain_str(user, client, req, topic),
+                "{user:?} {req:?} {topic}"
+            );
+        }
+        assert_eq!(built.check_str(Some("ann"), "c", PUB, "a/secret"), Some(false));
+        assert_eq!(AclFile::from_rules([]).check_str(Some("u"), "c", PUB, "a"), None);
+    }
+
+    #[test]
+    fn a_single_rule_line_parses_on_its_own() {
+        let r = AclRule::parse_line(7, "topic read x/#").unwrap();
+        assert_eq!((r.line, r.scope, r.access, r.filter.as_str()), (7, RuleScope::Anonymous, Access::Read, "x/#"));
+        let p = AclRule::parse_line(1, "pattern write dev/%c/#").unwrap();
+        assert_eq!((p.scope, p.access), (RuleScope::Pattern, Access::Write));
+        assert_eq!(AclRule::parse_line(1, "topic x").unwrap().access, Access::ReadWrite);
+        for (bad, reason) in [
+            ("user bob", "expected a 'topic' or 'pattern' line"),
+            ("", "expected a 'topic' or 'pattern' line"),
+            ("# comment", "expected a 'topic' or 'pattern' line"),
+            ("topic read a/#/b", "'#' must be the last"),
+            ("topic a+", "whole topic level"),
+            ("topic read a\0", "U+0000"),
+            ("frob x", "unknown directive"),
+        ] {
+            let e = AclRule::parse_line(3, bad).unwrap_err();
+            assert_eq!(e.line, 3, "{bad:?}");
+            assert!(e.reason.contains(reason), "{bad:?}: {e}");
+        }
+    }
+
+    #[test]
     fn parse_errors_carry_line_numbers() {
         let cases = [
             ("topic a\nfrobnicate x\n", 2, "unknown directive"),

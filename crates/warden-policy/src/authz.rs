@@ -457,6 +457,7 @@ impl Authorizer for PolicyAuthorizer {
 mod tests {
     use super::*;
     use crate::testutil::{AuthorizeStr, Req};
+    use mqtt_codec::{TopicFilter, TopicName};
     use std::sync::Arc;
 
     const PUB: Req = Req::Pub(QoS::AtLeastOnce, false);
@@ -684,5 +685,178 @@ mod tests {
         let empty = PolicyAuthorizer::new(None, false).with_store(Arc::new(PolicyStore::default().compile()));
         assert!(!empty.has_store(), "an empty store is no source");
         assert_eq!(empty.explain_str(&Principal::user("x"), "c", PUB, "t"), (Decision::Allow, DecidedBy::NoSource));
+    }
+
+    // --- The typed seam: the codec's TopicName / TopicFilter / QoS, asked directly ----------
+
+    fn name(t: &str) -> TopicName {
+        TopicName::new(t).unwrap()
+    }
+
+    fn filter(f: &str) -> TopicFilter {
+        TopicFilter::new(f).unwrap()
+    }
+
+    #[test]
+    fn typed_actions_allow_and_deny() {
+        let acl = crate::acl::AclFile::parse("user ann\ntopic readwrite a/#\ntopic deny a/secret\n").unwrap();
+        let z = PolicyAuthorizer::new(Some(acl), true);
+        let ann = Principal::user("ann");
+        let (ax, secret, other) = (name("a/x"), name("a/secret"), name("b/x"));
+        for qos in [QoS::AtMostOnce, QoS::AtLeastOnce, QoS::ExactlyOnce] {
+            assert!(z.authorize(&ann, "c", Action::publish(&ax, qos, false)).is_allowed(), "{qos:?}");
+            assert!(z.authorize(&ann, "c", Action::publish(&ax, qos, true)).is_allowed(), "{qos:?}");
+        }
+        assert_eq!(
+            z.authorize(&ann, "c", Action::publish(&secret, QoS::AtMostOnce, false)),
+            Decision::Deny { disconnect: true },
+            "a denied publish disconnects with on_deny = disconnect"
+        );
+        assert!(!z.authorize(&ann, "c", Action::publish(&other, QoS::AtMostOnce, false)).is_allowed());
+        assert!(z.authorize(&ann, "c", Action::receive(&ax)).is_allowed());
+        assert_eq!(z.authorize(&ann, "c", Action::receive(&secret)), Decision::Deny { disconnect: false });
+        assert!(z.authorize(&ann, "c", Action::subscribe(&filter("a/+"), QoS::ExactlyOnce)).is_allowed());
+        assert_eq!(
+            z.authorize(&ann, "c", Action::subscribe(&filter("#"), QoS::AtMostOnce)),
+            Decision::Deny { disconnect: false },
+            "a refused subscription never disconnects"
+        );
+        // The action reports what it carries.
+        let a = Action::publish(&ax, QoS::AtLeastOnce, true);
+        assert_eq!((a.topic(), a.qos(), a.is_publish()), ("a/x", Some(QoS::AtLeastOnce), true));
+        assert_eq!(Action::receive(&ax).qos(), None);
+    }
+
+    /// A shared subscription is decided on the filter after `$share/{group}/` [MQTT-4.8.2-1].
+    #[test]
+    fn shared_subscriptions_are_decided_on_their_filter() {
+        let acl = crate::acl::AclFile::parse("user ann\ntopic read jobs/#\n").unwrap();
+        let z = PolicyAuthorizer::new(Some(acl), false);
+        let ann = Principal::user("ann");
+        let shared = filter("$share/workers/jobs/+");
+        assert_eq!(Action::subscribe(&shared, QoS::AtMostOnce).topic(), "jobs/+");
+        assert!(z.authorize(&ann, "c", Action::subscribe(&shared, QoS::AtMostOnce)).is_allowed());
+        let outside = filter("$share/workers/other/+");
+        assert!(!z.authorize(&ann, "c", Action::subscribe(&outside, QoS::AtMostOnce)).is_allowed());
+    }
+
+    /// Policy-store rules cap the QoS (and retain) of publish and subscribe.
+    #[test]
+    fn typed_qos_caps_from_the_store() {
+        use crate::store::*;
+        let rule = |id: &str, action, topic: &str, max_qos, retain| Rule {
+            id: id.into(),
+            action,
+            topic: topic.into(),
+            max_qos,
+            retain,
+            effect: Effect::Allow,
+            priority: 0,
+        };
+        let mut st = PolicyStore::default();
+        st.roles.insert(
+            "dev".into(),
+            Role {
+                rules: vec![
+                    rule("p", RuleAction::Publish, "t/#", 1, false),
+                    rule("s", RuleAction::Subscribe, "t/#", 0, true),
+                ],
+                ..Role::default()
+            },
+        );
+        st.users.insert("ann".into(), User { roles: vec!["dev".into()], ..User::default() });
+        st.validate().unwrap();
+        let z = PolicyAuthorizer::new(None, false).with_store(Arc::new(st.compile()));
+        let ann = Principal::user("ann");
+        let t = name("t/x");
+        assert!(z.authorize(&ann, "c", Action::publish(&t, QoS::AtMostOnce, false)).is_allowed());
+        assert!(z.authorize(&ann, "c", Action::publish(&t, QoS::AtLeastOnce, false)).is_allowed());
+        assert!(!z.authorize(&ann, "c", Action::publish(&t, QoS::ExactlyOnce, false)).is_allowed(), "over max_qos");
+        assert!(!z.authorize(&ann, "c", Action::publish(&t, QoS::AtMostOnce, true)).is_allowed(), "retain refused");
+        let f = filter("t/+");
+        assert!(z.authorize(&ann, "c", Action::subscribe(&f, QoS::AtMostOnce)).is_allowed());
+        assert!(!z.authorize(&ann, "c", Action::subscribe(&f, QoS::AtLeastOnce)).is_allowed(), "over max_qos");
+        assert!(z.authorize(&ann, "c", Action::receive(&t)).is_allowed(), "receive follows subscribe");
+    }
+
+    /// `$` topics: wildcards at the first level never match them [MQTT-4.7.2-1]; a client
+    /// publish there needs an explicit grant even without any source (SPEC §10).
+    #[test]
+    fn typed_dollar_topics_and_wildcard_grants() {
+        let acl =
+            crate::acl::AclFile::parse("user ann\ntopic readwrite #\ntopic read +/status\ntopic read $SYS/broker/#\n")
+                .unwrap();
+        let z = PolicyAuthorizer::new(Some(acl), false);
+        let ann = Principal::user("ann");
+        let sys = name("$SYS/broker/uptime");
+        let sys_other = name("$SYS/other");
+        assert!(z.authorize(&ann, "c", Action::receive(&sys)).is_allowed(), "named explicitly");
+        assert!(!z.authorize(&ann, "c", Action::receive(&sys_other)).is_allowed(), "`#` does not reach `$SYS`");
+        assert!(!z.authorize(&ann, "c", Action::receive(&name("$x/status"))).is_allowed(), "nor does `+`");
+        assert!(z.authorize(&ann, "c", Action::receive(&name("dev/status"))).is_allowed());
+        assert!(z.authorize(&ann, "c", Action::subscribe(&filter("#"), QoS::AtMostOnce)).is_allowed());
+        assert!(!z.authorize(&ann, "c", Action::subscribe(&filter("$SYS/#"), QoS::AtMostOnce)).is_allowed());
+        assert!(z.authorize(&ann, "c", Action::subscribe(&filter("$SYS/broker/+"), QoS::AtMostOnce)).is_allowed());
+        assert!(!z.authorize_granted(&ann, "c", Action::publish(&sys, QoS::AtMostOnce, false)).is_allowed());
+        let none = PolicyAuthorizer::new(None, false);
+        assert!(none.authorize(&ann, "c", Action::publish(&name("a"), QoS::AtMostOnce, false)).is_allowed());
+        assert!(!none.authorize_granted(&ann, "c", Action::publish(&sys, QoS::AtMostOnce, false)).is_allowed());
+    }
+
+    /// CVE-2017-7650: `%u` / `%c` are substituted literally; a user name or client id holding
+    /// `+`, `#` or `/` gets nothing from an allow pattern and everything refused by a deny one.
+    #[test]
+    fn typed_pattern_substitution_resists_injection() {
+        let acl = crate::acl::AclFile::parse(
+            "pattern readwrite users/%u/#\npattern write clients/%c/state\npattern deny locked/%c\n",
+        )
+        .unwrap();
+        let z = PolicyAuthorizer::new(Some(acl), false);
+        fn pubq(t: &TopicName) -> Action<'_> {
+            Action::publish(t, QoS::AtMostOnce, false)
+        }
+        let mine = name("users/ann/x");
+        assert!(z.authorize(&Principal::user("ann"), "c", pubq(&mine)).is_allowed());
+        assert!(z.authorize(&Principal::user("ann"), "c1", pubq(&name("clients/c1/state"))).is_allowed());
+        for evil in ["+", "#", "ann/x", "a/+", "+/#"] {
+            let p = Principal::user(evil);
+            assert!(!z.authorize(&p, "c", pubq(&mine)).is_allowed(), "user {evil:?}");
+            assert!(!z.authorize(&p, "c", Action::subscribe(&filter("users/+/x"), QoS::AtMostOnce)).is_allowed());
+            assert!(!z.authorize(&p, "c", Action::receive(&name("users/bob/x"))).is_allowed(), "user {evil:?}");
+            // A client id with separators or wildcards: the %c allow gives nothing, and the
+            // %c deny pattern, which cannot be applied safely, denies everything (fail closed).
+            let ann = Principal::user("ann");
+            assert!(!z.authorize(&ann, evil, pubq(&name("clients/x/state"))).is_allowed(), "client {evil:?}");
+            assert!(!z.authorize(&ann, evil, pubq(&mine)).is_allowed(), "client {evil:?}: fail closed");
+        }
+        // Token scopes with wildcards grant exactly their filter, `+` one level, `#` the rest.
+        let p = token(&["mqtt:pub:fleet/+/temp", "mqtt:sub:cmd/#"]);
+        let none = PolicyAuthorizer::new(None, false);
+        assert!(none.authorize(&p, "c", pubq(&name("fleet/d1/temp"))).is_allowed());
+        assert!(!none.authorize(&p, "c", pubq(&name("fleet/d1/x/temp"))).is_allowed());
+        assert!(none.authorize(&p, "c", Action::subscribe(&filter("cmd/+/x"), QoS::AtMostOnce)).is_allowed());
+        assert!(none.authorize(&p, "c", Action::receive(&name("cmd"))).is_allowed(), "`#` matches its parent");
+    }
+
+    #[test]
+    fn scope_rules_are_typed_and_numbered() {
+        use crate::acl::{Access, RuleScope};
+        let rules =
+            scope_rules(&["mqtt:pub:a/#", "role", "mqtt:sub:b/+", "mqtt:pub:a/#/b", "mqtt:pub: c ", "mqtt:pub: "]);
+        let got: Vec<_> = rules.iter().map(|r| (r.line, r.scope.clone(), r.access, r.filter.as_str())).collect();
+        assert_eq!(
+            got,
+            [
+                (1, RuleScope::Anonymous, Access::Write, "a/#"),
+                (2, RuleScope::Anonymous, Access::Read, "b/+"),
+                (3, RuleScope::Anonymous, Access::Write, "c"),
+            ],
+            "invalid filters and blank ones give no rule; surrounding spaces are not part of one"
+        );
+        let p = token(&["mqtt:pub: "]);
+        let none = PolicyAuthorizer::new(None, false);
+        let write = name("write");
+        assert!(!none.authorize(&p, "c", Action::publish(&write, QoS::AtMostOnce, false)).is_allowed());
+        assert!(!none.authorize(&p, "c", Action::receive(&write)).is_allowed());
     }
 }

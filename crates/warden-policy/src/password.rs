@@ -537,6 +537,31 @@ mod tests {
     use super::*;
 
     #[test]
+    fn from_entries_builds_what_parse_builds() {
+        let a = hash_password(b"a-pass");
+        let f = PasswordFile::from_entries([("alice", a.as_str()), ("bob", SHA6)]).unwrap();
+        assert_eq!(f.len(), 2);
+        assert!(f.verify("alice", b"a-pass"));
+        assert!(!f.verify("alice", b"wrong"));
+        assert!(f.contains("bob") && !f.contains("carol"));
+        // The same checks as a file's lines, reported by position, never showing the hash.
+        let dup = PasswordFile::from_entries([("u", SHA6), ("v", SHA6), ("u", SHA6)]).unwrap_err();
+        assert_eq!(
+            dup,
+            PasswordFileError::Entry { index: 2, user: "u".into(), reason: Reason::DuplicateUser { first_line: 0 } }
+        );
+        let bad = PasswordFile::from_entries([("u", "not-a-hash")]).unwrap_err();
+        assert_eq!(bad.to_string(), "entry 0 (user \"u\"): unknown hash format");
+        assert!(!bad.to_string().contains("not-a-hash"));
+        for user in ["", "a:b", " lead", "#x", "nl\n"] {
+            assert!(PasswordFile::from_entries([(user, SHA6)]).is_err(), "{user:?}");
+        }
+        assert!(PasswordFile::from_entries(Vec::<(&str, &str)>::new()).unwrap().is_empty());
+        assert_eq!(check_hash(SHA6), Ok(()));
+        assert_eq!(check_hash("$7$x"), Err(Reason::MalformedPbkdf2));
+    }
+
+    #[test]
     fn remove_user_keeps_the_other_lines() {
         let text = "# users\r\nalice:$argon2id$x\nbob:plain-not-parsed\n";
         // An unparsable file is refused, not rewritten.

@@ -148,6 +148,13 @@ fn subjects_groups_roles_and_disabled_users() {
     let c = s.compile();
     assert_eq!(ok(&c, &ann, "c", PUB0, "grp/x"), None, "a disabled user gets nothing");
     assert!(!s.password_entries().any(|(u, _)| u == "ann"));
+    // The store's users as a password set: built from the entries, no text in between.
+    let h = crate::password::hash_password(b"pw");
+    s.users.insert("bob".into(), User { password_hash: Some(h.clone()), ..User::default() });
+    s.users.get_mut("ann").unwrap().password_hash = Some(h);
+    let file = s.password_file().unwrap();
+    assert!(file.verify("bob", b"pw"));
+    assert!(!file.contains("ann"), "a disabled user cannot log in");
 }
 
 #[test]
