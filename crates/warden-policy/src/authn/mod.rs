@@ -809,26 +809,26 @@ impl<'a> Chain<'a> {
             return self.refuse(ReasonCode::NOT_AUTHORIZED, Cause::Disabled);
         }
         let method = accepted_method(&principal);
-        // A fail-open client's password was not checked: it does not end a user's backoff.
-        // Only the password of that user name lifts its backoff: a token or a certificate of
-        // another principal sent with the name does not.
-        let verified = principal.kind != PrincipalKind::Fallback;
-        let backoff_cleared = self
-            .view
-            .username
-            .filter(|u| self.password_attempt && verified && *principal.name == **u)
-            .map(str::to_owned);
-        self.admit(Authenticated { principal, token, method, scram_user: None, auth_data: None, backoff_cleared })
+        self.admit(Authenticated { principal, token, method, scram_user: None, auth_data: None, backoff_cleared: None })
     }
 
     /// The client-id rules and the ban list with the principal's name, then admitted.
-    fn admit(&mut self, a: Authenticated) -> Step {
+    fn admit(&mut self, mut a: Authenticated) -> Step {
         if let Err(code) = self.ctx.check_client_id(&a.principal, self.view.client_id) {
             return self.refuse(code, Cause::ClientId);
         }
         if self.ctx.admission.name_banned(self.view.client_id, Some(&a.principal.name), self.now) {
             return self.refuse(ReasonCode::BANNED, Cause::BannedPrincipal);
         }
+        // A fail-open client's password was not checked: it does not end a user's backoff.
+        // Only the password of that user name lifts its backoff: a token or a certificate of
+        // another principal sent with the name does not.
+        let verified = a.principal.kind != PrincipalKind::Fallback;
+        a.backoff_cleared = self
+            .view
+            .username
+            .filter(|u| self.password_attempt && verified && *a.principal.name == **u)
+            .map(str::to_owned);
         Step::Done(Box::new(a))
     }
 
