@@ -2,8 +2,8 @@
 //! by [`warden_policy::authn`] (a verified client certificate, an access token in the password
 //! field, the look-up, the password file, the policy store's users, then anonymous access;
 //! bans, backoff and client-id rules); this module holds what that decision reads — the
-//! password sources, the disabled names, the token issuers ([`crate::tokens`]), the look-up
-//! ([`crate::lookup`]) — and performs the I/O it asks for: the slow hash, the look-up call, the
+//! password sources, the disabled names, the token issuers ([`crate::auth::tokens`]), the look-up
+//! ([`crate::auth::lookup`]) — and performs the I/O it asks for: the slow hash, the look-up call, the
 //! JWKS fetch.
 //!
 //! Refusals look the same whether the user exists or not: the same reason code, and the same
@@ -15,6 +15,9 @@
 //! verification) nor take every core; a CONNECT that waits longer than `auth_hash_wait` for a
 //! slot is refused with Server busy. (A SCRAM exchange costs no slow hash on the broker: the
 //! stored keys are checked with HMACs; the client derives the salted password.)
+
+pub mod lookup;
+pub mod tokens;
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -29,9 +32,9 @@ use warden_policy::authn::{
 use warden_policy::jwt::KeySet;
 use warden_policy::password::PasswordFile;
 
+use crate::auth::lookup::{HttpLookup, LookupVerdict};
+use crate::auth::tokens::TokenAuth;
 use crate::config::{AuthConfig, ClientIdMatch, IdentityConfig};
-use crate::lookup::{HttpLookup, LookupVerdict};
-use crate::tokens::TokenAuth;
 
 pub use warden_policy::authn::{has_prefix, Authenticated, Busy, Refusal, CLIENT_ID_DELIMITERS};
 
