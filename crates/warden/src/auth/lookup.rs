@@ -70,7 +70,7 @@
 use std::collections::{HashMap, VecDeque};
 use std::fmt;
 use std::io::Read;
-use std::net::{IpAddr, SocketAddr};
+use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -92,32 +92,9 @@ pub const MAX_BODY: u64 = 64 * 1024;
 /// Cached allows kept at most; the oldest is evicted first.
 pub const CACHE_CAPACITY: usize = 10_000;
 
-/// What the broker knows about a CONNECT, sent to the service.
-#[derive(Clone)]
-pub struct LookupRequest {
-    /// The CONNECT client id.
-    pub client_id: String,
-    /// The CONNECT user name.
-    pub username: Option<String>,
-    /// The CONNECT password (or token).
-    pub password: Option<Vec<u8>>,
-    /// The client's address.
-    pub peer: SocketAddr,
-    /// The verified client-certificate identity, if any.
-    pub cert_identity: Option<String>,
-}
-
-impl fmt::Debug for LookupRequest {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("LookupRequest")
-            .field("client_id", &self.client_id)
-            .field("username", &self.username)
-            .field("password", &self.password.as_ref().map(|_| "<redacted>"))
-            .field("peer", &self.peer)
-            .field("cert_identity", &self.cert_identity)
-            .finish()
-    }
-}
+/// What the broker knows about a CONNECT, sent to the service (the authentication chain
+/// asks for it: `warden_policy::authn::Step::NeedLookup`).
+pub use warden_policy::authn::LookupRequest;
 
 /// What an allow grants.
 #[derive(Debug, Clone, PartialEq, Eq)]
