@@ -184,7 +184,8 @@ pub const REAUTHORIZE: u64 = u64::MAX;
 
 /// An instant in 8 bytes (an `Instant` is 16, and `Option<Instant>` took [`SessionState`]
 /// out of its size class): milliseconds from the broker's clock origin (the `now` given to
-/// [`crate::Broker::new`]; no process-wide clock is read), never 0.
+/// [`crate::Broker::new`]; no process-wide clock is read). Kept as `ms + 1` from the origin
+/// on (`ms` before it), so that it is never 0 and the origin itself is exact.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Moment(NonZeroI64);
 
@@ -197,15 +198,16 @@ impl Moment {
             Some(after) => i64::try_from(after.as_millis()).unwrap_or(i64::MAX),
             None => -i64::try_from(o.duration_since(t).as_millis()).unwrap_or(i64::MAX),
         };
-        // 0 is 1 ms late; `MAX` is never taken.
-        Moment(NonZeroI64::new(if ms == 0 { 1 } else { ms }).unwrap_or(NonZeroI64::MAX))
+        let stored = if ms >= 0 { ms.saturating_add(1) } else { ms };
+        Moment(NonZeroI64::new(stored).unwrap_or(NonZeroI64::MAX))
     }
 
     /// Back to an `Instant`, from the same `origin` it was made with (the origin when out of
     /// range, which no instant made by [`Moment::new`] is).
     pub fn instant(self, origin: Instant) -> Instant {
         let o = origin;
-        let ms = self.0.get();
+        let stored = self.0.get();
+        let ms = if stored > 0 { stored - 1 } else { stored };
         let d = Duration::from_millis(ms.unsigned_abs());
         if ms >= 0 { o.checked_add(d) } else { o.checked_sub(d) }.unwrap_or(o)
     }
@@ -656,6 +658,13 @@ mod tests {
             let err = if back > t { back - t } else { t - back };
             assert!(err < Duration::from_millis(2), "{t:?} came back as {back:?}");
         }
+        // The origin and whole milliseconds come back exactly (the simulator's clock starts at
+        // the origin: a session disconnected then expires on the second).
+        assert_eq!(Moment::new(origin, origin).instant(origin), origin);
+        let later = origin + Duration::from_millis(5000);
+        assert_eq!(Moment::new(origin, later).instant(origin), later);
+        let earlier = origin.checked_sub(Duration::from_millis(5000)).unwrap_or(origin);
+        assert_eq!(Moment::new(origin, earlier).instant(origin), earlier);
         let (a, b) = (Moment::new(origin, now), Moment::new(origin, now + Duration::from_secs(1)));
         assert!(b.instant(origin) > a.instant(origin));
     }
