@@ -1094,3 +1094,48 @@ fn one_wake_per_subscriber_per_batch() {
     assert_eq!(s.get(q).map_or(0, |c| c.waker.count()) - before, 1);
     assert_eq!(publishes(&mut s, q).len(), 10);
 }
+
+// ---- The store seam ------------------------------------------------------------------------
+
+/// An in-memory store: every op gets the next ticket.
+#[derive(Default)]
+struct Tickets(std::sync::atomic::AtomicU64);
+
+impl warden_core::persist::Persist for Tickets {
+    fn submit(&self, _op: warden_core::persist::PersistOp) -> u64 {
+        self.0.fetch_add(1, std::sync::atomic::Ordering::Relaxed) + 1
+    }
+
+    fn next_id(&self) -> u64 {
+        self.0.fetch_add(1, std::sync::atomic::Ordering::Relaxed) + 1
+    }
+}
+
+/// The crate's call order: `flush_wakes` (which routes the batch and stores the deliveries to
+/// persistent sessions) comes before `take_durable`, or the PUBACK's ticket misses them.
+#[test]
+fn flush_wakes_before_take_durable_gives_the_ticket_the_ack_waits_for() {
+    let store = Arc::new(Tickets::default());
+    let mut s = Sim::with_store(BrokerConfig::default(), Arc::new(AllowAll), Some(store.clone()), Instant::now());
+    let q = join_persistent(&mut s, "q", 600);
+    subscribe(&mut s, q, "t", QoS::AtLeastOnce);
+    s.drop_connection(q);
+    let p = join(&mut s, "p");
+    let now = s.now;
+    let ticket = s
+        .with_connection(p, |conn| {
+            let mut out = bytes::BytesMut::new();
+            conn.handle(Packet::Publish(publish_packet("t", b"x", QoS::AtLeastOnce, false, 1)), now, &mut out)
+                .expect("open");
+            let early = conn.take_durable();
+            let before = store.0.load(std::sync::atomic::Ordering::Relaxed);
+            conn.flush_wakes();
+            let late = conn.take_durable();
+            assert_eq!(early, 0, "nothing was routed (nor stored) before flush_wakes");
+            assert!(late > before, "the delivery stored by routing: ticket {late}, store at {before} before");
+            late
+        })
+        .expect("connected");
+    assert!(ticket > 0);
+    assert_eq!(queued(&s, "q"), 1);
+}
