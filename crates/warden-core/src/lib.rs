@@ -38,8 +38,9 @@
 //! - Encoded packets appended to the caller's `out` buffer (CONNACK, acknowledgements,
 //!   deliveries, a server DISCONNECT). The core never writes them anywhere itself.
 //! - [`Wake::wake`] on the waker a connection registered: "call [`Connection::pull`]"
-//!   (deliveries queued, or the session taken over). Never called under a lock the caller
-//!   could hold; must not block.
+//!   (deliveries queued, or the session taken over). It may be called from any connection's
+//!   task (the publisher's, at its `flush_wakes`): it must not block nor call back into the
+//!   core, only schedule the woken connection's task.
 //! - A [`Close`] (as `Err`) from `handle`, `pull` or `handle_timeout`: flush `out`, then
 //!   close. Whether the will is published is in it.
 //! - [`persist::PersistOp`]s submitted to the [`persist::Persist`] store in the order the

@@ -34,7 +34,7 @@ pub struct Delivery {
     pub seq: u64,
     /// Taken from the retained store on SUBSCRIBE: sent only while it is still its topic's
     /// retained message and its publisher may still publish it (`check_retain_source`,
-    /// checked again when it is sent: see [`crate::Broker::retained_still_deliverable`]).
+    /// checked again when it is sent: see `Broker::retained_still_deliverable`).
     pub from_retained: bool,
 }
 
