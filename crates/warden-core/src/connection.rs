@@ -202,9 +202,10 @@ impl Connection {
         self.keep_alive
     }
 
-    /// Input came from the client at `now` (a packet, or some bytes of one): the keep alive
-    /// counts again from here. [`Connection::handle`] does this for every packet; a shell that
-    /// counts a partial packet's bytes as activity too calls it on every read.
+    /// Input came from the client at `now` (bytes read: a packet, several, or part of one): the
+    /// keep alive counts again from here [MQTT-3.1.2-24]. Call it once per read, before the
+    /// packets read are handled; [`Connection::handle`] does not (it runs once per packet, on
+    /// the hot path, and a partial packet counts as input too).
     pub fn note_input(&mut self, now: Instant) {
         if self.keep_alive != 0 {
             self.input_ds = self.input_ds.max(deciseconds(self.broker.clock_origin(), now));
@@ -234,7 +235,7 @@ impl Connection {
 
     /// The next moment the core must be told about ([`Connection::handle_timeout`]): the
     /// earlier of the keep alive's end and the credential's expiry; `None` when neither
-    /// applies. Changes with input ([`Connection::handle`], [`Connection::note_input`]) and
+    /// applies. Changes with input ([`Connection::note_input`]) and
     /// [`Connection::set_credential_expiry`]: ask again after each.
     pub fn poll_timeout(&self) -> Option<Instant> {
         let credential = self.extras.as_ref().and_then(|e| e.credential_expiry);
@@ -381,7 +382,6 @@ impl Connection {
 
     /// Handle one inbound packet.
     pub fn handle(&mut self, packet: Packet, now: Instant, out: &mut BytesMut) -> Result<(), Close> {
-        self.note_input(now);
         if !matches!(packet, Packet::Publish(_)) {
             // Anything else (a SUBSCRIBE that expects the retained message just published,
             // a DISCONNECT) sees every earlier PUBLISH routed.
@@ -965,6 +965,7 @@ mod tests {
         let mut out = BytesMut::new();
         assert!(c.handle_timeout(t0 + Duration::from_millis(14_999), &mut out).is_ok());
         assert!(out.is_empty());
+        c.note_input(t0 + Duration::from_secs(10));
         c.handle(Packet::PingReq, t0 + Duration::from_secs(10), &mut out).expect("open");
         out.clear();
         assert_eq!(c.poll_timeout(), Some(t0 + Duration::from_secs(25)));

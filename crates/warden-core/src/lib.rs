@@ -20,9 +20,9 @@
 //! - [`Broker::connect`]`(connect, principal, waker, enhanced_auth, now, out)`: an
 //!   authenticated CONNECT (the shell ran authentication); returns the [`Connection`] or the
 //!   refusal, the CONNACK written to `out` either way.
+//! - [`Connection::note_input`]`(now)` once per read of bytes (whole packets or part of
+//!   one): the keep alive counts from any input.
 //! - [`Connection::handle`]`(packet, now, out)`: each decoded inbound packet, in order.
-//!   [`Connection::note_input`] when bytes arrive that do not yet make a packet (the keep
-//!   alive counts from any input).
 //! - [`Connection::handle_timeout`]`(now, out)`: the instant [`Connection::poll_timeout`]
 //!   named has passed (keep alive 1.5× [MQTT-3.1.2-24], credential expiry set with
 //!   [`Connection::set_credential_expiry`]).

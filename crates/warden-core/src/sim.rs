@@ -186,6 +186,8 @@ impl Sim {
         let conn = cl.conn.as_mut().ok_or(NotConnected)?;
         let mut out = BytesMut::new();
         let mut result = Ok(());
+        // The bytes arrived: the keep alive counts from now (as the shell does per read).
+        conn.note_input(now);
         for p in packets {
             if let Err(close) = conn.handle(p, now, &mut out) {
                 result = Err(close);
