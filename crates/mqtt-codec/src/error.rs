@@ -31,7 +31,9 @@ pub enum DecodeError {
 }
 
 impl DecodeError {
-    /// The MQTT 5 reason code that reports this error to the peer.
+    /// The MQTT 5 reason code that reports this error to the peer: the one mapping from a
+    /// decode error to what the peer is told (a v3 CONNACK converts it with
+    /// [`ReasonCode::to_v3_connack`]).
     pub fn reason_code(&self) -> ReasonCode {
         match self {
             DecodeError::Malformed(_) => ReasonCode::MALFORMED_PACKET,
@@ -41,5 +43,30 @@ impl DecodeError {
             DecodeError::TopicFilterInvalid(_) => ReasonCode::TOPIC_FILTER_INVALID,
             DecodeError::TopicNameInvalid(_) => ReasonCode::TOPIC_NAME_INVALID,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Every variant maps to the reason code its documentation names (MQTT 5.0 §2.4); the
+    /// shell and the core report decode errors only through [`DecodeError::reason_code`].
+    #[test]
+    fn every_decode_error_maps_to_its_reason_code() {
+        let cases = [
+            (DecodeError::Malformed("x"), 0x81),
+            (DecodeError::Protocol("x"), 0x82),
+            (DecodeError::PacketTooLarge { size: 2, max: 1 }, 0x95),
+            (DecodeError::UnsupportedProtocol, 0x84),
+            (DecodeError::TopicFilterInvalid("x"), 0x8F),
+            (DecodeError::TopicNameInvalid("x"), 0x90),
+        ];
+        for (e, code) in cases {
+            assert_eq!(e.reason_code(), ReasonCode(code), "{e}");
+            assert!(!e.reason_code().is_success());
+        }
+        // [MQTT-3.1.2-2]: an MQTT 3.1.1 server answers an unsupported level with CONNACK 0x01.
+        assert_eq!(DecodeError::UnsupportedProtocol.reason_code().to_v3_connack(), ReasonCode(0x01));
     }
 }

@@ -6,13 +6,18 @@
 //! before the body is buffered. Nothing here does I/O or panics on input.
 //!
 //! # Layout
-//! - [`error`]: decode errors and the reason code each maps to.
+//! - [`error`]: [`DecodeError`] and [`DecodeError::reason_code`], the one mapping from a decode
+//!   error to the reason code the peer is told.
 //! - [`reason`]: reason codes, kept as the raw byte with named constants.
 //! - [`topic`]: validated [`TopicName`] and [`TopicFilter`] types and matching.
 //! - [`properties`]: MQTT 5 properties, validated per packet type.
 //! - [`wire`]: primitive readers and writers (integers, strings, variable byte integers).
 //! - [`packet`]: the [`Packet`] enum, the fixed header, [`decode`] and [`Packet::encode`].
 //! - `packets/`: one module per packet family (named-field structs, their decode and encode).
+
+// Workspace lints of issue 18, enabled per crate until every crate is clean.
+#![warn(missing_docs, unreachable_pub)]
+#![deny(clippy::unwrap_used)]
 
 pub mod error;
 pub mod packet;

@@ -22,7 +22,7 @@ use crate::proto::{self, ClientOpts, Frame, PubBatch};
 use crate::stats::{self, Histogram};
 
 /// Botnet-run parameters.
-pub struct Params {
+pub(crate) struct Params {
     /// Seconds of legitimate traffic (the attack runs over the same window).
     pub duration: f64,
     /// Legitimate publisher/subscriber pairs.
@@ -44,7 +44,7 @@ pub struct Params {
 }
 
 /// Every attack kind, in the order of `--attacks`.
-pub const KINDS: [&str; 7] = ["connect", "password", "slow", "flood", "stall", "fill-memory", "http-slowloris"];
+pub(crate) const KINDS: [&str; 7] = ["connect", "password", "slow", "flood", "stall", "fill-memory", "http-slowloris"];
 
 /// What the attackers did, by kind.
 #[derive(Default)]
@@ -97,7 +97,7 @@ async fn answered(s: &mut TcpStream, within: Duration) -> bool {
 }
 
 /// Run the scenario.
-pub async fn run(p: Params, opts: ClientOpts, pid: Option<u32>) -> Result<Output> {
+pub(crate) async fn run(p: Params, opts: ClientOpts, pid: Option<u32>) -> Result<Output> {
     let _ = rlimit::increase_nofile_limit(u64::MAX);
     let v = opts.protocol;
     let to = opts.addr;
@@ -425,7 +425,7 @@ fn read_legit(
 /// Every message is queued for every offline session: what the broker holds grows `sessions`
 /// times faster than what is sent.
 #[derive(Clone)]
-pub struct FillMemory {
+pub(crate) struct FillMemory {
     /// The attacker's account (user name, password).
     pub username: Option<String>,
     pub password: Option<String>,
@@ -444,7 +444,7 @@ pub struct FillMemory {
 /// header line more every second), and `attackers` tasks send token requests with a wrong
 /// client secret and admin requests with a wrong admin token, one connection each.
 #[derive(Clone)]
-pub struct HttpAttack {
+pub(crate) struct HttpAttack {
     /// The broker's HTTP listener; `None`: the broker has none (the attack does not apply).
     pub addr: Option<SocketAddr>,
     /// Partial requests held per slowloris task.
@@ -455,7 +455,7 @@ pub struct HttpAttack {
 
 /// What the two attacks added to [`Tally`].
 #[derive(Default)]
-pub struct Tally2 {
+pub(crate) struct Tally2 {
     fill_sessions: AtomicU64,
     fill_publishes: AtomicU64,
     fill_pubacks: AtomicU64,

@@ -13,7 +13,7 @@ use crate::proto::{self, ClientOpts};
 use crate::stats::{self, Histogram};
 
 /// Idle-run parameters.
-pub struct Params {
+pub(crate) struct Params {
     pub connections: usize,
     pub concurrency: usize,
     pub hold: f64,
@@ -21,7 +21,7 @@ pub struct Params {
 }
 
 /// Run the idle scenario.
-pub async fn run(p: Params, opts: ClientOpts, pid: Option<u32>) -> Result<Output> {
+pub(crate) async fn run(p: Params, opts: ClientOpts, pid: Option<u32>) -> Result<Output> {
     // Each connection is a descriptor here (and one in the broker): raise the soft limit.
     let limit = rlimit::increase_nofile_limit(u64::MAX).unwrap_or(1024);
     if (limit as usize) < p.connections + 64 {

@@ -5,6 +5,22 @@
 //! ```sh
 //! cargo run --release -p warden-bench -- fan-in --port 1883 --pid $(pidof warden) --qos 1
 //! ```
+//!
+//! # Layout
+//! - `main.rs`: the command line (one subcommand per scenario), address and option parsing;
+//!   `anyhow` for errors, as in any binary's edge (the bench is a binary only).
+//! - `traffic`: the publish/subscribe scenarios (fan-in, fan-out, pairs, latency).
+//! - `idle`: idle connections and the broker's RSS per connection.
+//! - `tls`: TLS handshake rate and the broker's CPU per handshake.
+//! - `botnet`: legitimate clients measured while many addresses attack the broker.
+//! - `authz`: the cost of one authorization decision, in memory (no broker).
+//! - `proto`: the MQTT client side (connect, subscribe, pre-encoded PUBLISH batches, framing).
+//! - `stats`: the latency histogram and `/proc` readings (CPU, RSS).
+//! - `output`: the one JSON line a run prints; `report`: those lines into Markdown tables.
+
+// Workspace lints of issue 18, enabled per crate until every crate is clean.
+#![warn(missing_docs, unreachable_pub)]
+#![deny(clippy::unwrap_used)]
 
 mod authz;
 mod botnet;

@@ -7,7 +7,7 @@ use crate::stats::Histogram;
 /// One run's figures. Rates exclude the quiet timeout that ends an incomplete run: delivered/s is
 /// `delivered` over the time from the first publish to the last delivery.
 #[derive(Serialize, Deserialize, Debug, Clone, Default)]
-pub struct Output {
+pub(crate) struct Output {
     pub scenario: String,
     /// Grouping key for `report` (scenario and its shape, e.g. "fan-in 4->1 qos0").
     pub case: String,
@@ -86,7 +86,7 @@ pub struct Output {
 
 impl Output {
     /// Latency fields from a histogram of nanoseconds.
-    pub fn set_latency(&mut self, h: &Histogram) {
+    pub(crate) fn set_latency(&mut self, h: &Histogram) {
         let us = |v: Option<u64>| v.map(|ns| (ns as f64 / 100.0).round() / 10.0);
         self.lat_samples = h.len();
         self.lat_p50_us = us(h.quantile(0.5));
@@ -96,14 +96,14 @@ impl Output {
     }
 
     /// Record the machine's other load: `host` busy seconds minus broker and generator.
-    pub fn set_other_cpu(&mut self, host_busy_s: f64) {
+    pub(crate) fn set_other_cpu(&mut self, host_busy_s: f64) {
         if let Some(b) = self.broker_cpu_s {
             self.other_cpu_s = Some(round((host_busy_s - b - self.bench_cpu_s).max(0.0), 2));
         }
     }
 
     /// Fill in the labels.
-    pub fn finish(mut self, broker: String, case: Option<String>, mqtt5: bool) -> Output {
+    pub(crate) fn finish(mut self, broker: String, case: Option<String>, mqtt5: bool) -> Output {
         self.broker = broker;
         self.protocol = if mqtt5 { "5.0" } else { "3.1.1" }.to_owned();
         self.case = case.unwrap_or_else(|| match self.scenario.as_str() {
@@ -124,7 +124,7 @@ impl Output {
 }
 
 /// Round to `digits` decimals (keeps the JSON short).
-pub fn round(v: f64, digits: i32) -> f64 {
+pub(crate) fn round(v: f64, digits: i32) -> f64 {
     let k = 10f64.powi(digits);
     (v * k).round() / k
 }

@@ -21,13 +21,13 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpSocket, TcpStream};
 
 /// Read-buffer headroom reserved before every read: `BytesMut` grows by tiny steps otherwise.
-pub const READ_RESERVE: usize = 256 * 1024;
+pub(crate) const READ_RESERVE: usize = 256 * 1024;
 /// Largest packet accepted from the broker.
 const MAX_PACKET: u32 = 16 * 1024 * 1024;
 
 /// How every connection of a run identifies itself.
 #[derive(Clone, Debug)]
-pub struct ClientOpts {
+pub(crate) struct ClientOpts {
     pub addr: SocketAddr,
     pub protocol: Protocol,
     pub username: Option<String>,
@@ -43,7 +43,7 @@ pub struct ClientOpts {
 }
 
 /// A connected client: the stream, the bytes read past the CONNACK, and what the broker allows.
-pub struct Client {
+pub(crate) struct Client {
     pub stream: TcpStream,
     pub rbuf: BytesMut,
     /// The broker's Receive Maximum (v5 CONNACK), or `None` for v3 / absent.
@@ -51,7 +51,7 @@ pub struct Client {
 }
 
 /// Open a TCP connection, send CONNECT and wait for a successful CONNACK.
-pub async fn connect(opts: &ClientOpts, client_id: &str) -> Result<Client> {
+pub(crate) async fn connect(opts: &ClientOpts, client_id: &str) -> Result<Client> {
     let stream = match opts.source {
         Some(src) => {
             let sock = if src.is_ipv4() { TcpSocket::new_v4()? } else { TcpSocket::new_v6()? };
@@ -104,7 +104,7 @@ pub async fn connect(opts: &ClientOpts, client_id: &str) -> Result<Client> {
 
 impl Client {
     /// Read until one whole packet is decoded (handshakes only; not the hot path).
-    pub async fn next_packet(&mut self, protocol: Protocol) -> Result<Packet> {
+    pub(crate) async fn next_packet(&mut self, protocol: Protocol) -> Result<Packet> {
         loop {
             if let Some(p) = decode(&mut self.rbuf, protocol, MAX_PACKET).map_err(|e| anyhow!("decode: {e}"))? {
                 return Ok(p);
@@ -117,7 +117,7 @@ impl Client {
     }
 
     /// SUBSCRIBE to `filters` at `qos` and wait for the SUBACK; a refused filter is an error.
-    pub async fn subscribe(&mut self, opts: &ClientOpts, filters: &[String], qos: QoS) -> Result<()> {
+    pub(crate) async fn subscribe(&mut self, opts: &ClientOpts, filters: &[String], qos: QoS) -> Result<()> {
         let mut list = Vec::new();
         for f in filters {
             let filter = TopicFilter::new(f).map_err(|e| anyhow!("filter {f}: {e}"))?;
@@ -149,7 +149,7 @@ impl Client {
 
 /// `n` copies of one PUBLISH, encoded once; packet identifiers and timestamps are patched in
 /// place before each write.
-pub struct PubBatch {
+pub(crate) struct PubBatch {
     buf: Vec<u8>,
     msg_len: usize,
     /// Offset of the packet identifier within one message (QoS 1 only).
@@ -164,7 +164,7 @@ pub struct PubBatch {
 
 impl PubBatch {
     /// A batch of up to `capacity` messages to `topic` from publisher number `index`.
-    pub fn new(
+    pub(crate) fn new(
         protocol: Protocol,
         topic: &str,
         qos: QoS,
@@ -204,13 +204,13 @@ impl PubBatch {
     }
 
     /// Messages in a full batch.
-    pub fn capacity(&self) -> usize {
+    pub(crate) fn capacity(&self) -> usize {
         self.capacity
     }
 
     /// The first `n` messages, stamped with `now_ns`, numbered from `first_seq` on and, for QoS 1,
     /// given packet identifiers from `*next_pid` on (1..=65535, wrapping).
-    pub fn fill(&mut self, n: usize, now_ns: u64, first_seq: u64, next_pid: &mut u16) -> &[u8] {
+    pub(crate) fn fill(&mut self, n: usize, now_ns: u64, first_seq: u64, next_pid: &mut u16) -> &[u8] {
         let n = n.min(self.capacity);
         let stamp = self.payload_len >= 8;
         let number = self.payload_len >= SEQ_PAYLOAD;
@@ -233,10 +233,10 @@ impl PubBatch {
 }
 
 /// Payloads of at least this many bytes carry the publisher index and a sequence number.
-pub const SEQ_PAYLOAD: usize = 20;
+pub(crate) const SEQ_PAYLOAD: usize = 20;
 
 /// What the framer found in one packet.
-pub enum Frame {
+pub(crate) enum Frame {
     /// A PUBLISH: QoS, packet identifier (0 for QoS 0), the timestamp in its payload, and the
     /// publisher index and sequence number in its payload.
     Publish { qos: u8, packet_id: u16, stamp: Option<u64>, origin: Option<(u32, u64)> },
@@ -247,7 +247,7 @@ pub enum Frame {
 }
 
 /// Take the next whole packet off the front of `buf`, or `None` if it is incomplete.
-pub fn next_frame(buf: &mut BytesMut, protocol: Protocol) -> Result<Option<Frame>> {
+pub(crate) fn next_frame(buf: &mut BytesMut, protocol: Protocol) -> Result<Option<Frame>> {
     let Some(h) = peek_header(buf).map_err(|e| anyhow!("bad fixed header: {e}"))? else {
         return Ok(None);
     };
@@ -294,10 +294,10 @@ pub fn next_frame(buf: &mut BytesMut, protocol: Protocol) -> Result<Option<Frame
 }
 
 /// Append a PUBACK for `packet_id` (success; the short form is valid in v3 and v5).
-pub fn put_puback(out: &mut Vec<u8>, packet_id: u16) {
+pub(crate) fn put_puback(out: &mut Vec<u8>, packet_id: u16) {
     let id = packet_id.to_be_bytes();
     out.extend_from_slice(&[0x40, 0x02, id[0], id[1]]);
 }
 
 /// A DISCONNECT (normal), the same bytes in v3 and v5.
-pub const DISCONNECT: [u8; 2] = [0xE0, 0x00];
+pub(crate) const DISCONNECT: [u8; 2] = [0xE0, 0x00];

@@ -100,7 +100,7 @@ fn headline(scenario: &str) -> [usize; 2] {
 }
 
 /// Render the tables for the runs in `inputs`, comparing every broker with `reference`.
-pub fn render(inputs: &[PathBuf], reference: &str) -> Result<String> {
+pub(crate) fn render(inputs: &[PathBuf], reference: &str) -> Result<String> {
     let mut runs: Vec<Output> = Vec::new();
     for path in inputs {
         let text = std::fs::read_to_string(path).with_context(|| format!("read {}", path.display()))?;

@@ -5,12 +5,12 @@ use std::fs;
 use anyhow::{anyhow, Context, Result};
 
 /// Clock ticks per second of `utime`/`stime` in /proc/PID/stat (`getconf CLK_TCK`; 100 on Linux).
-pub const CLK_TCK: f64 = 100.0;
+pub(crate) const CLK_TCK: f64 = 100.0;
 
 /// A log-linear histogram of nanosecond values: exact below 1,024 ns, then 512 sub-buckets per
 /// power of two (relative error under 0.2%), up to about 18 minutes.
 #[derive(Clone)]
-pub struct Histogram {
+pub(crate) struct Histogram {
     counts: Vec<u64>,
     total: u64,
     max: u64,
@@ -52,14 +52,14 @@ impl Histogram {
     }
 
     /// Record one value (ns).
-    pub fn record(&mut self, v: u64) {
+    pub(crate) fn record(&mut self, v: u64) {
         self.counts[Self::index(v)] += 1;
         self.total += 1;
         self.max = self.max.max(v);
     }
 
     /// Add another histogram's counts.
-    pub fn merge(&mut self, other: &Histogram) {
+    pub(crate) fn merge(&mut self, other: &Histogram) {
         for (a, b) in self.counts.iter_mut().zip(&other.counts) {
             *a += b;
         }
@@ -68,12 +68,12 @@ impl Histogram {
     }
 
     /// Values recorded.
-    pub fn len(&self) -> u64 {
+    pub(crate) fn len(&self) -> u64 {
         self.total
     }
 
     /// The value at quantile `q` (0..=1), in ns; `None` when empty.
-    pub fn quantile(&self, q: f64) -> Option<u64> {
+    pub(crate) fn quantile(&self, q: f64) -> Option<u64> {
         if self.total == 0 {
             return None;
         }
@@ -89,19 +89,19 @@ impl Histogram {
     }
 
     /// Largest value recorded (ns).
-    pub fn max(&self) -> Option<u64> {
+    pub(crate) fn max(&self) -> Option<u64> {
         (self.total > 0).then_some(self.max)
     }
 }
 
 /// CPU seconds (user + system) a process has used so far.
-pub fn cpu_seconds(pid: u32) -> Result<f64> {
+pub(crate) fn cpu_seconds(pid: u32) -> Result<f64> {
     let stat = fs::read_to_string(format!("/proc/{pid}/stat")).with_context(|| format!("read /proc/{pid}/stat"))?;
     cpu_from_stat(&stat)
 }
 
 /// CPU seconds of this process.
-pub fn own_cpu_seconds() -> Result<f64> {
+pub(crate) fn own_cpu_seconds() -> Result<f64> {
     cpu_from_stat(&fs::read_to_string("/proc/self/stat")?)
 }
 
@@ -117,7 +117,7 @@ fn cpu_from_stat(stat: &str) -> Result<f64> {
 
 /// CPU seconds all processes of the machine have used so far (/proc/stat: everything but idle
 /// and iowait), to tell how much else ran beside the broker and the generator.
-pub fn host_busy_seconds() -> Result<f64> {
+pub(crate) fn host_busy_seconds() -> Result<f64> {
     let stat = fs::read_to_string("/proc/stat")?;
     let line = stat.lines().next().ok_or_else(|| anyhow!("empty /proc/stat"))?;
     let v: Vec<u64> = line.split_whitespace().skip(1).filter_map(|x| x.parse().ok()).collect();
@@ -128,7 +128,7 @@ pub fn host_busy_seconds() -> Result<f64> {
 
 /// Memory figures from /proc/PID/status, in KiB.
 #[derive(Clone, Copy, Debug, Default)]
-pub struct Memory {
+pub(crate) struct Memory {
     /// Resident set size now (VmRSS).
     pub rss_kib: u64,
     /// Peak resident set size (VmHWM).
@@ -136,7 +136,7 @@ pub struct Memory {
 }
 
 /// Read VmRSS and VmHWM of a process.
-pub fn memory(pid: u32) -> Result<Memory> {
+pub(crate) fn memory(pid: u32) -> Result<Memory> {
     let status =
         fs::read_to_string(format!("/proc/{pid}/status")).with_context(|| format!("read /proc/{pid}/status"))?;
     let field = |name: &str| -> u64 {

@@ -21,7 +21,7 @@ use crate::proto::ClientOpts;
 use crate::stats::{self, Histogram};
 
 /// `tls-handshakes` parameters.
-pub struct Params {
+pub(crate) struct Params {
     pub connections: usize,
     pub concurrency: usize,
     /// CA certificate(s) the server certificate is verified against (PEM).
@@ -36,7 +36,7 @@ pub struct Params {
 
 /// The client configuration: ring, TLS 1.3 (and 1.2 if asked), no session resumption, so that
 /// every connection is a full handshake.
-pub fn client_config(p: &Params) -> Result<rustls::ClientConfig> {
+pub(crate) fn client_config(p: &Params) -> Result<rustls::ClientConfig> {
     let mut roots = rustls::RootCertStore::empty();
     for c in CertificateDer::pem_file_iter(&p.ca).with_context(|| format!("reading {}", p.ca.display()))? {
         roots.add(c.with_context(|| format!("reading {}", p.ca.display()))?)?;
@@ -105,7 +105,7 @@ fn connect_packet(opts: &ClientOpts, id: &str) -> Vec<u8> {
 }
 
 /// Run the scenario.
-pub async fn run(p: Params, opts: ClientOpts, pid: Option<u32>) -> Result<Output> {
+pub(crate) async fn run(p: Params, opts: ClientOpts, pid: Option<u32>) -> Result<Output> {
     let _ = rlimit::increase_nofile_limit(u64::MAX);
     let connector = TlsConnector::from(Arc::new(client_config(&p)?));
     let name = ServerName::try_from(p.server_name.clone()).map_err(|e| anyhow!("server name: {e}"))?;

@@ -20,7 +20,7 @@ use crate::proto::{self, ClientOpts, Frame, PubBatch, READ_RESERVE};
 use crate::stats::{self, Histogram};
 
 /// Who publishes where, who subscribes to what.
-pub struct Plan {
+pub(crate) struct Plan {
     scenario: &'static str,
     /// One topic per publisher.
     pubs: Vec<String>,
@@ -42,7 +42,7 @@ fn token() -> String {
 
 impl Plan {
     /// P publishers on `bench/T/in/i` -> 1 subscriber on `bench/T/in/+`.
-    pub fn fan_in(publishers: usize) -> Plan {
+    pub(crate) fn fan_in(publishers: usize) -> Plan {
         let t = token();
         Plan {
             scenario: "fan-in",
@@ -55,7 +55,7 @@ impl Plan {
     }
 
     /// 1 publisher on `bench/T/out` -> N subscribers of that topic.
-    pub fn fan_out(subscribers: usize) -> Plan {
+    pub(crate) fn fan_out(subscribers: usize) -> Plan {
         let t = token();
         let n = subscribers.max(1);
         Plan {
@@ -70,7 +70,7 @@ impl Plan {
 
     /// 1 publisher on `bench/T/work` -> N members of the shared subscription
     /// `$share/wb/bench/T/work`: each message goes to one of them.
-    pub fn shared(members: usize) -> Plan {
+    pub(crate) fn shared(members: usize) -> Plan {
         let t = token();
         let n = members.max(1);
         Plan {
@@ -86,7 +86,7 @@ impl Plan {
     }
 
     /// N pairs: publisher i on `bench/T/pair/i` -> subscriber i of that topic.
-    pub fn pairs(pairs: usize) -> Plan {
+    pub(crate) fn pairs(pairs: usize) -> Plan {
         let t = token();
         let n = pairs.max(1);
         Plan {
@@ -100,7 +100,7 @@ impl Plan {
     }
 
     /// 1 publisher -> 1 subscriber (run at a fixed rate).
-    pub fn latency() -> Plan {
+    pub(crate) fn latency() -> Plan {
         let t = token();
         Plan {
             scenario: "latency",
@@ -115,7 +115,7 @@ impl Plan {
 
 /// Traffic parameters.
 #[derive(Clone, Debug)]
-pub struct Params {
+pub(crate) struct Params {
     pub qos: QoS,
     pub payload: usize,
     pub count: Option<u64>,
@@ -156,7 +156,7 @@ struct SubResult {
 }
 
 /// Run a plan and return its figures.
-pub async fn run(plan: Plan, params: Params, opts: ClientOpts, pid: Option<u32>) -> Result<Output> {
+pub(crate) async fn run(plan: Plan, params: Params, opts: ClientOpts, pid: Option<u32>) -> Result<Output> {
     let sh = Arc::new(Shared {
         origin: Instant::now(),
         delivered: AtomicU64::new(0),

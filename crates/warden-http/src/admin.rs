@@ -32,58 +32,17 @@ use serde_json::Value;
 use warden_policy::password;
 use warden_policy::store::{valid_name, Group, PolicyStore, Role, Rule, User};
 
-use crate::secrets::{peer_ip, CheckRefused, HashClass, PeerAddr, SecretChecks};
+use crate::error::Api;
+use crate::secrets::{peer_ip, HashClass, PeerAddr, SecretChecks};
 use crate::OAuthService;
 
 pub mod audit;
 
 use audit::{AdminActor, AuditRecord};
 
-/// An error answer: HTTP status and a fixed or validation message.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct AdminError {
-    /// HTTP status.
-    pub status: StatusCode,
-    /// Message (never contains a secret).
-    pub message: String,
-}
-
-impl AdminError {
-    /// 400.
-    pub fn bad_request(m: impl Into<String>) -> Self {
-        AdminError { status: StatusCode::BAD_REQUEST, message: m.into() }
-    }
-    /// 404.
-    pub fn not_found(m: impl Into<String>) -> Self {
-        AdminError { status: StatusCode::NOT_FOUND, message: m.into() }
-    }
-    /// 409.
-    pub fn conflict(m: impl Into<String>) -> Self {
-        AdminError { status: StatusCode::CONFLICT, message: m.into() }
-    }
-    /// 500.
-    pub fn internal(m: impl Into<String>) -> Self {
-        AdminError { status: StatusCode::INTERNAL_SERVER_ERROR, message: m.into() }
-    }
-    fn unauthorized() -> Self {
-        AdminError { status: StatusCode::UNAUTHORIZED, message: "a valid admin bearer token is required".into() }
-    }
-    fn forbidden() -> Self {
-        AdminError { status: StatusCode::FORBIDDEN, message: "the token does not carry the admin scope".into() }
-    }
-}
-
-impl IntoResponse for AdminError {
-    fn into_response(self) -> Response {
-        let mut r = (self.status, Json(serde_json::json!({ "error": self.message }))).into_response();
-        r.headers_mut().insert(header::CACHE_CONTROL, header::HeaderValue::from_static("no-store"));
-        if self.status == StatusCode::UNAUTHORIZED {
-            r.headers_mut()
-                .insert(header::WWW_AUTHENTICATE, header::HeaderValue::from_static("Bearer realm=\"warden-admin\""));
-        }
-        r
-    }
-}
+/// The admin API's errors: the crate's one error type, mapped to a status in one place
+/// ([`crate::HttpError`]). Answered as JSON `{"error": "..."}` with `Cache-Control: no-store`.
+pub type AdminError = crate::HttpError;
 
 type ApiResult<T> = Result<T, AdminError>;
 
@@ -280,6 +239,9 @@ struct AdminState {
 /// address, like a user name; a NUL can never be an MQTT user name or an OAuth client id).
 const ADMIN_TOKEN_NAME: &str = "\0admin-token";
 
+/// The 401 message: no, or no valid, admin credential.
+const NOT_AN_ADMIN: &str = "a valid admin bearer token is required";
+
 type St = State<Arc<AdminState>>;
 
 /// The scope that makes a built-in token service's token an admin's. Only the scope: a role
@@ -328,29 +290,8 @@ async fn admin_gate(State(st): St, mut req: axum::extract::Request, next: axum::
             req.extensions_mut().insert(AdminActor { name, peer: addr.map(|p| p.0) });
             next.run(req).await
         }
-        Err(refusal) => refusal,
+        Err(refusal) => refusal.into_response(),
     }
-}
-
-/// 429 with `Retry-After`: too many failed authentications from this address.
-fn throttled(retry_after: u64) -> Response {
-    let mut r = (
-        StatusCode::TOO_MANY_REQUESTS,
-        Json(serde_json::json!({ "error": "too many failed authentications from this address; retry later" })),
-    )
-        .into_response();
-    r.headers_mut().insert(header::RETRY_AFTER, header::HeaderValue::from(retry_after));
-    r.headers_mut().insert(header::CACHE_CONTROL, header::HeaderValue::from_static("no-store"));
-    r
-}
-
-/// 503 with `Retry-After: 1`: no hashing slot in time.
-fn busy() -> Response {
-    let mut r =
-        AdminError { status: StatusCode::SERVICE_UNAVAILABLE, message: "the server is busy; retry shortly".into() }
-            .into_response();
-    r.headers_mut().insert(header::RETRY_AFTER, header::HeaderValue::from(1u64));
-    r
 }
 
 /// The OpenAPI 3 document of this API (also checked in as `docs/admin-openapi.json`).
@@ -367,8 +308,8 @@ async fn openapi() -> Response {
 /// admin token is backing off from it — decided before any hashing or signature check — and
 /// 503 when no hashing slot was free in time. A wrong admin token or a bad signed token counts
 /// as a failed authentication from `peer` (the same per-address guard as MQTT's).
-async fn require_admin(st: &AdminState, headers: &HeaderMap, peer: std::net::IpAddr) -> Result<String, Response> {
-    let unauthorized = || AdminError::unauthorized().into_response();
+async fn require_admin(st: &AdminState, headers: &HeaderMap, peer: std::net::IpAddr) -> Result<String, AdminError> {
+    let unauthorized = || AdminError::Unauthenticated(NOT_AN_ADMIN.into());
     let bearer = headers
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
@@ -377,11 +318,7 @@ async fn require_admin(st: &AdminState, headers: &HeaderMap, peer: std::net::IpA
         .filter(|t| !t.is_empty())
         .ok_or_else(unauthorized)?;
     let checks = &st.auth.checks;
-    let refused = |r: CheckRefused| match r {
-        CheckRefused::Throttled(t) => throttled(t.retry_after_secs()),
-        CheckRefused::Busy => busy(),
-        CheckRefused::Wrong => unauthorized(),
-    };
+    let refused = |r| AdminError::refused(r, NOT_AN_ADMIN);
     if bearer.split('.').count() == 3 {
         let Some(oauth) = &st.auth.oauth else { return Err(unauthorized()) };
         checks.precheck(peer, None).map_err(refused)?;
@@ -395,7 +332,7 @@ async fn require_admin(st: &AdminState, headers: &HeaderMap, peer: std::net::IpA
         return if t.scopes.iter().any(|s| s == ADMIN_SCOPE) {
             Ok(format!("oauth:{}", crate::service::token_client(&t)))
         } else {
-            Err(AdminError::forbidden().into_response())
+            Err(AdminError::Forbidden)
         };
     }
     let Some(hash) = st.auth.token_hash.clone() else { return Err(unauthorized()) };
@@ -416,15 +353,7 @@ async fn hash(st: &AdminState, password: String) -> ApiResult<String> {
     if password.is_empty() {
         return Err(AdminError::bad_request("password must not be empty"));
     }
-    st.auth.checks.budget.run(HashClass::Http, move || password::hash_password(password.as_bytes())).await.map_err(
-        |e| match e {
-            crate::HashError::Busy => AdminError {
-                status: StatusCode::SERVICE_UNAVAILABLE,
-                message: "the server is busy; retry shortly".into(),
-            },
-            crate::HashError::Failed => AdminError::internal("hashing failed"),
-        },
-    )
+    Ok(st.auth.checks.budget.run(HashClass::Http, move || password::hash_password(password.as_bytes())).await?)
 }
 
 fn created() -> Response {
@@ -464,7 +393,10 @@ impl<'a> Change<'a> {
     fn done(self, answer: ApiResult<Response>) -> ApiResult<Response> {
         let (status, error) = match &answer {
             Ok(r) => (r.status(), None),
-            Err(e) => (e.status, Some(audit_error(&e.message))),
+            Err(e) => {
+                let a = e.answer(Api::Admin);
+                (a.status, Some(audit_error(&a.message)))
+            }
         };
         let peer = self.actor.peer.map_or_else(|| "unknown".to_owned(), |p| p.to_string());
         let mut r = AuditRecord::now(&self.actor.name, &peer, self.action, &self.target);
@@ -599,7 +531,7 @@ async fn create_user(State(st): St, Extension(a): Extension<AdminActor>, body: B
         c.set("groups", &n.groups);
         c.set("roles", &n.roles);
         c.set("disabled", n.disabled);
-        valid_name("user", &n.name).map_err(|e| AdminError::bad_request(e.0))?;
+        valid_name("user", &n.name)?;
         let password_hash = match n.password {
             Some(p) => Some(hash(&st, p).await?),
             None => None,
@@ -726,7 +658,7 @@ async fn create_group(State(st): St, Extension(a): Extension<AdminActor>, body: 
     let answer = async {
         let n: NewGroup = parse(&body)?;
         c.set("roles", &n.roles);
-        valid_name("group", &n.name).map_err(|e| AdminError::bad_request(e.0))?;
+        valid_name("group", &n.name)?;
         edit(&st, |p| {
             if p.groups.contains_key(&n.name) {
                 return Err(AdminError::conflict(format!("group '{}' exists", n.name)));
@@ -858,7 +790,7 @@ async fn create_role(State(st): St, Extension(a): Extension<AdminActor>, body: B
         if !n.quotas.is_empty() {
             c.set("quotas", n.quotas);
         }
-        valid_name("role", &n.name).map_err(|e| AdminError::bad_request(e.0))?;
+        valid_name("role", &n.name)?;
         edit(&st, |p| {
             if p.roles.contains_key(&n.name) {
                 return Err(AdminError::conflict(format!("role '{}' exists", n.name)));
@@ -910,7 +842,7 @@ async fn add_rule(
     let answer = async {
         let rule: Rule = parse(&body)?;
         c.set("rule", &rule);
-        rule.validate().map_err(|e| AdminError::bad_request(e.0))?;
+        rule.validate()?;
         edit(&st, |p| {
             let r = p.roles.get_mut(&name).ok_or_else(|| AdminError::not_found(format!("no role '{name}'")))?;
             if r.rules.iter().any(|x| x.id == rule.id) {

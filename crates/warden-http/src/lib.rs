@@ -21,15 +21,24 @@
 //! The admin REST API ([`admin`], `/admin/...`) is mounted next to it by the broker.
 //!
 //! # Layout
-//! - [`admin`]: the admin API router over an [`admin::AdminBackend`] the broker implements.
+//! - [`admin`]: the admin API router over an [`admin::AdminBackend`] the broker implements;
+//!   `admin::audit`: the audit trail's record and time formats.
 //! - [`service`]: [`OAuthService`], the shared state: clients, signing keys and rotation,
 //!   token issuance and verification, the revocation list and its callbacks.
 //! - [`routes`]: [`router`], the axum handlers of the endpoints above.
 //! - [`secrets`]: the per-address failure guard and the hashing budget shared with MQTT,
 //!   through which every client secret and admin token is checked.
 //! - `request`: form parameters (RFC 6749 §3.2) and client credentials (§2.3.1).
-//! - `error`: RFC 6749 §5.2 error responses and the `no-store` headers.
-//! - `tests`: the endpoints end to end through the router (no sockets).
+//! - `error`: [`HttpError`], the crate's one error type, and the one place mapping it to what
+//!   the peer is told (status, RFC 6749 §5.2 `error` code, `Retry-After`, challenge) for both
+//!   APIs; policy-store, hashing and secret-check errors become an [`HttpError`] there. Also
+//!   the `no-store` headers.
+//! - `tests`: the endpoints end to end through the router (no sockets); `admin/tests.rs` the
+//!   admin API likewise.
+
+// Workspace lints of issue 18, enabled per crate until every crate is clean.
+#![warn(missing_docs, unreachable_pub)]
+#![deny(clippy::unwrap_used)]
 
 pub mod admin;
 mod error;
@@ -40,6 +49,7 @@ pub mod service;
 #[cfg(test)]
 mod tests;
 
+pub use error::HttpError;
 pub use routes::{router, MAX_BODY_BYTES};
 pub use secrets::{FailureGuard, HashBudget, HashClass, HashError, PeerAddr, SecretChecks, Throttled};
 pub use service::{OAuthClient, OAuthService, OAuthSettings, TokenRejected};

@@ -10,7 +10,7 @@ use base64::alphabet;
 use base64::engine::{DecodePaddingMode, GeneralPurpose, GeneralPurposeConfig};
 use base64::Engine as _;
 
-use crate::error::OAuthError;
+use crate::error::HttpError;
 
 /// The form parameters of one request. Parameters sent without a value are treated as omitted
 /// (RFC 6749 §3.2); a parameter sent more than once is an `invalid_request`; unknown
@@ -21,25 +21,25 @@ pub(crate) struct Params(HashMap<String, String>);
 impl Params {
     /// Parses the extracted form, mapping extractor failures to RFC 6749 errors (413 for an
     /// oversized body, else 400 `invalid_request`).
-    pub(crate) fn from_form(form: Result<Form<Vec<(String, String)>>, FormRejection>) -> Result<Params, OAuthError> {
+    pub(crate) fn from_form(form: Result<Form<Vec<(String, String)>>, FormRejection>) -> Result<Params, HttpError> {
         let Form(pairs) = form.map_err(|rejection| {
             if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
-                OAuthError::too_large()
+                HttpError::TooLarge
             } else {
-                OAuthError::invalid_request("the body must be application/x-www-form-urlencoded parameters")
+                HttpError::bad_request("the body must be application/x-www-form-urlencoded parameters")
             }
         })?;
         Params::from_pairs(pairs)
     }
 
-    pub(crate) fn from_pairs(pairs: Vec<(String, String)>) -> Result<Params, OAuthError> {
+    pub(crate) fn from_pairs(pairs: Vec<(String, String)>) -> Result<Params, HttpError> {
         let mut map = HashMap::with_capacity(pairs.len());
         for (name, value) in pairs {
             if value.is_empty() {
                 continue;
             }
             if map.insert(name, value).is_some() {
-                return Err(OAuthError::invalid_request("a request parameter is repeated"));
+                return Err(HttpError::bad_request("a request parameter is repeated"));
             }
         }
         Ok(Params(map))
@@ -50,8 +50,8 @@ impl Params {
     }
 
     /// The value of a required parameter, else `invalid_request`.
-    pub(crate) fn require(&self, name: &'static str) -> Result<&str, OAuthError> {
-        self.get(name).ok_or_else(|| OAuthError::invalid_request(format!("missing the '{name}' parameter")))
+    pub(crate) fn require(&self, name: &'static str) -> Result<&str, HttpError> {
+        self.get(name).ok_or_else(|| HttpError::bad_request(format!("missing the '{name}' parameter")))
     }
 }
 
@@ -89,21 +89,21 @@ impl std::fmt::Debug for Credentials {
 ///   client.
 /// - Without the header, `client_id` and `client_secret` parameters are used; a secret
 ///   without an id is an `invalid_request`; no credentials at all is 401 `invalid_client`.
-pub(crate) fn credentials(headers: &HeaderMap, params: &Params) -> Result<Credentials, OAuthError> {
+pub(crate) fn credentials(headers: &HeaderMap, params: &Params) -> Result<Credentials, HttpError> {
     let mut authorization = headers.get_all(header::AUTHORIZATION).iter();
     match (authorization.next(), authorization.next()) {
-        (Some(_), Some(_)) => Err(OAuthError::invalid_request("more than one Authorization header")),
+        (Some(_), Some(_)) => Err(HttpError::bad_request("more than one Authorization header")),
         (Some(value), None) => {
             let (client_id, secret) = value.to_str().ok().and_then(parse_basic).ok_or_else(|| {
-                OAuthError::invalid_client(
-                    "client authentication failed: use HTTP Basic (client_secret_basic) or client_secret_post",
+                HttpError::Unauthenticated(
+                    "client authentication failed: use HTTP Basic (client_secret_basic) or client_secret_post".into(),
                 )
             })?;
             if params.get("client_secret").is_some() {
-                return Err(OAuthError::invalid_request("more than one client authentication method"));
+                return Err(HttpError::bad_request("more than one client authentication method"));
             }
             if params.get("client_id").is_some_and(|id| id != client_id) {
-                return Err(OAuthError::invalid_request("client_id does not match the HTTP Basic credentials"));
+                return Err(HttpError::bad_request("client_id does not match the HTTP Basic credentials"));
             }
             Ok(Credentials { method: AuthMethod::Basic, client_id, secret })
         }
@@ -111,8 +111,8 @@ pub(crate) fn credentials(headers: &HeaderMap, params: &Params) -> Result<Creden
             (Some(client_id), Some(secret)) => {
                 Ok(Credentials { method: AuthMethod::Post, client_id: client_id.to_owned(), secret: secret.to_owned() })
             }
-            (None, Some(_)) => Err(OAuthError::invalid_request("client_secret without client_id")),
-            _ => Err(OAuthError::invalid_client("client authentication required")),
+            (None, Some(_)) => Err(HttpError::bad_request("client_secret without client_id")),
+            _ => Err(HttpError::Unauthenticated("client authentication required".into())),
         },
     }
 }
@@ -205,6 +205,6 @@ mod tests {
         assert_eq!(p.get("grant_type"), Some("x"));
         assert!(p.require("token").is_err());
         let err = Params::from_pairs(pairs(&[("scope", "a"), ("scope", "b")])).unwrap_err();
-        assert_eq!(err.code, "invalid_request");
+        assert_eq!(err.answer(crate::error::Api::OAuth).oauth_error, "invalid_request");
     }
 }

@@ -5,24 +5,29 @@ use std::sync::Arc;
 use axum::extract::rejection::FormRejection;
 use axum::extract::{DefaultBodyLimit, State};
 use axum::http::{HeaderMap, StatusCode};
-use axum::response::{IntoResponse, Response};
+use axum::response::Response;
 use axum::routing::{get, post};
 use axum::Extension;
 use axum::{Form, Json, Router};
 use serde_json::json;
 
-use crate::error::{no_store, OAuthError};
+use crate::error::{no_store, Api, HttpError};
 use crate::request::{credentials, Params};
-use crate::secrets::{peer_ip, CheckRefused, PeerAddr};
-use crate::service::{token_client, OAuthService, ScopeError};
+use crate::secrets::{peer_ip, PeerAddr};
+use crate::service::{token_client, OAuthService};
 
 /// Largest accepted request body.
 pub const MAX_BODY_BYTES: usize = 16 * 1024;
 
+/// The token endpoint (RFC 6749 §3.2).
 pub const TOKEN_PATH: &str = "/oauth/token";
+/// The introspection endpoint (RFC 7662).
 pub const INTROSPECT_PATH: &str = "/oauth/introspect";
+/// The revocation endpoint (RFC 7009).
 pub const REVOKE_PATH: &str = "/oauth/revoke";
+/// The public signing keys (JWKS).
 pub const JWKS_PATH: &str = "/.well-known/jwks.json";
+/// The authorization server metadata (RFC 8414).
 pub const METADATA_PATH: &str = "/.well-known/oauth-authorization-server";
 
 const AUTH_METHODS: [&str; 2] = ["client_secret_basic", "client_secret_post"];
@@ -48,16 +53,9 @@ fn peer_of(peer: Peer) -> std::net::IpAddr {
     peer_ip(peer.map(|Extension(p)| p))
 }
 
-/// The answer to a client whose secret was not accepted: 401 `invalid_client` for a wrong one,
-/// 429 (with `Retry-After`) when it was not checked because the address or the client id is
-/// throttled, 503 when no hashing slot was free in time.
-fn refused(r: CheckRefused) -> OAuthError {
-    match r {
-        CheckRefused::Wrong => OAuthError::invalid_client("client authentication failed"),
-        CheckRefused::Throttled(t) => OAuthError::throttled(t.retry_after_secs()),
-        CheckRefused::Busy => OAuthError::busy(),
-    }
-}
+/// The 401 message for a client whose secret was checked and is wrong (429 and 503 when it
+/// was not checked: see [`HttpError::refused`]).
+const WRONG_SECRET: &str = "client authentication failed";
 
 fn endpoint(service: &OAuthService, path: &str) -> String {
     format!("{}{path}", service.settings().issuer.trim_end_matches('/'))
@@ -70,7 +68,7 @@ async fn authenticate(
     headers: &HeaderMap,
     params: &Params,
     endpoint: &'static str,
-) -> Result<String, OAuthError> {
+) -> Result<String, HttpError> {
     let creds = credentials(headers, params)?;
     let method = creds.method;
     let client_id = creds.client_id.clone();
@@ -78,7 +76,7 @@ async fn authenticate(
         Ok(client) => Ok(client.id),
         Err(r) => {
             tracing::info!(client_id = ?client_id, ?method, endpoint, %peer, outcome = ?r, "oauth: client authentication failed");
-            Err(refused(r))
+            Err(HttpError::refused(r, WRONG_SECRET))
         }
     }
 }
@@ -87,7 +85,7 @@ async fn authenticate(
 async fn token(State(service): State<Arc<OAuthService>>, peer: Peer, headers: HeaderMap, form: FormResult) -> Response {
     match token_inner(&service, peer_of(peer), &headers, form).await {
         Ok(response) => response,
-        Err(error) => error.into_response(),
+        Err(error) => error.response(Api::OAuth),
     }
 }
 
@@ -96,10 +94,10 @@ async fn token_inner(
     peer: std::net::IpAddr,
     headers: &HeaderMap,
     form: FormResult,
-) -> Result<Response, OAuthError> {
+) -> Result<Response, HttpError> {
     let params = Params::from_form(form)?;
     if params.require("grant_type")? != "client_credentials" {
-        return Err(OAuthError::unsupported_grant_type());
+        return Err(HttpError::UnsupportedGrantType);
     }
     let creds = credentials(headers, &params)?;
     let method = creds.method;
@@ -108,15 +106,12 @@ async fn token_inner(
         Ok(client) => client,
         Err(r) => {
             tracing::info!(client_id = ?client_id, ?method, %peer, outcome = ?r, "oauth: token refused: client authentication failed");
-            return Err(refused(r));
+            return Err(HttpError::refused(r, WRONG_SECRET));
         }
     };
     let issued = service.issue(&client, params.get("scope")).map_err(|e| {
         tracing::info!(client_id = ?client.id, "oauth: token refused: invalid scope");
-        match e {
-            ScopeError::Malformed => OAuthError::invalid_scope("malformed scope"),
-            ScopeError::NotAllowed => OAuthError::invalid_scope("a requested scope is not allowed for this client"),
-        }
+        HttpError::from(e)
     })?;
     tracing::info!(client_id = ?client.id, jti = %issued.jti, scope = ?issued.scope, method = ?method, "oauth: token issued");
     Ok(no_store(Json(json!({
@@ -139,7 +134,7 @@ async fn introspect(
 ) -> Response {
     match introspect_inner(&service, peer_of(peer), &headers, form).await {
         Ok(response) => response,
-        Err(error) => error.into_response(),
+        Err(error) => error.response(Api::OAuth),
     }
 }
 
@@ -148,7 +143,7 @@ async fn introspect_inner(
     peer: std::net::IpAddr,
     headers: &HeaderMap,
     form: FormResult,
-) -> Result<Response, OAuthError> {
+) -> Result<Response, HttpError> {
     let params = Params::from_form(form)?;
     let caller = authenticate(service, peer, headers, &params, "introspect").await?;
     let token = params.require("token")?;
@@ -186,7 +181,7 @@ async fn revoke(
 ) -> Response {
     match revoke_inner(&service, peer_of(peer), &headers, form).await {
         Ok(response) => response,
-        Err(error) => error.into_response(),
+        Err(error) => error.response(Api::OAuth),
     }
 }
 
@@ -195,7 +190,7 @@ async fn revoke_inner(
     peer: std::net::IpAddr,
     headers: &HeaderMap,
     form: FormResult,
-) -> Result<Response, OAuthError> {
+) -> Result<Response, HttpError> {
     let params = Params::from_form(form)?;
     let caller = authenticate(service, peer, headers, &params, "revoke").await?;
     let token = params.require("token")?;

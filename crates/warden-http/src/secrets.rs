@@ -80,11 +80,13 @@ pub enum HashClass {
 }
 
 /// Why a hash was not run.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 pub enum HashError {
     /// No slot within the wait (not a failed authentication).
+    #[error("no hashing slot within the wait")]
     Busy,
     /// The hashing task panicked or was cancelled.
+    #[error("the hashing task failed")]
     Failed,
 }
 
@@ -247,14 +249,17 @@ impl HashBudget {
     }
 }
 
-/// Why a secret was not accepted.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// Why a secret was not accepted (answered through [`crate::HttpError::refused`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 pub(crate) enum CheckRefused {
     /// Not checked: the address or the (name, address) pair is throttled.
+    #[error("throttled")]
     Throttled(Throttled),
     /// Not checked: no hashing slot in time.
+    #[error("no hashing slot in time")]
     Busy,
     /// Checked, and wrong.
+    #[error("wrong secret")]
     Wrong,
 }
 

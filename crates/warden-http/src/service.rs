@@ -22,7 +22,7 @@ pub const REVOCATION_GRACE_SECS: u64 = 300;
 pub struct OAuthClient {
     /// The client id; also the access token's `sub`.
     pub id: String,
-    /// The secret's hash, any format [`password::verify_hash`] accepts (argon2id from
+    /// The secret's hash, any format [`warden_policy::password::verify_hash`] accepts (argon2id from
     /// `warden passwd --hash-only`).
     pub secret_hash: String,
     /// Scopes the client may request; the default grant is all of them.

@@ -74,7 +74,7 @@ impl Clock {
 /// Why a record could not be read back.
 #[derive(Debug, thiserror::Error)]
 #[error("{0}")]
-pub struct BadRecord(pub(crate) String);
+pub(crate) struct BadRecord(pub(crate) String);
 
 fn bad(s: impl Into<String>) -> BadRecord {
     BadRecord(s.into())

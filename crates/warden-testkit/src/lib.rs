@@ -1,10 +1,20 @@
 //! Test helpers for Warden (dev-only).
 //!
 //! # Layout
-//! - [`TestBroker`]: the real broker, in-process, on ephemeral loopback ports, with a
-//!   temporary data directory and graceful shutdown.
-//! - [`RawClient`]: a byte-level MQTT client for protocol and abuse tests (send any bytes,
-//!   read decoded packets, observe the close).
+//! - `lib.rs`: [`TestBroker`], the real broker in-process on ephemeral loopback ports (port 0),
+//!   with a temporary data directory and graceful shutdown; [`RawClient`], a byte-level MQTT
+//!   client for protocol and abuse tests (send any bytes, read decoded packets, observe the
+//!   close, every wait bounded by [`WAIT`]); packet builders ([`connect_packet`], [`publish`],
+//!   [`subscribe`]); [`LogBuf`] to read what was logged; [`stderr_lines`] to read a spawned
+//!   broker's standard error without sleeping.
+//! - [`pki`]: a test PKI (CA, server and client certificates, good and bad, CRLs) and a TLS
+//!   client speaking raw MQTT.
+//!
+//! Helpers panic with a message naming what failed: in a test, that is the failure report.
+
+// Workspace lints of issue 18, enabled per crate until every crate is clean.
+#![warn(missing_docs, unreachable_pub)]
+#![deny(clippy::unwrap_used)]
 
 pub mod pki;
 

@@ -43,21 +43,21 @@ enum Command {
         config: Option<PathBuf>,
     },
     /// Add or update a user in a password file (argon2id), like mosquitto_passwd.
-    Passwd(warden::passwd_cmd::PasswdArgs),
+    Passwd(warden::cli::passwd::PasswdArgs),
     /// Make a development PKI: `warden cert ca`, `warden cert server`, `warden cert client`;
     /// revoke device certificates into DIR/ca.crl: `warden cert revoke`, `warden cert crl`.
-    Cert(warden::cert_cmd::CertArgs),
+    Cert(warden::cli::cert::CertArgs),
     /// Manage the token service: `warden oauth client add|remove|list`, `warden oauth rotate-key`.
-    Oauth(warden::oauth_store::OAuthArgs),
+    Oauth(warden::admin::oauth_store::OAuthArgs),
     /// Get an access token from the built-in token service (client-credentials grant).
-    Token(warden::token_cmd::TokenArgs),
+    Token(warden::cli::token::TokenArgs),
     /// Manage a running broker through its admin API: users, groups, roles, rules, clients,
     /// kick, bans, the audit trail.
-    Admin(warden::admin_cmd::AdminArgs),
+    Admin(warden::cli::admin::AdminArgs),
     /// Coming from Mosquitto: `warden import mosquitto-dynsec FILE --config CFG` (a dynamic-
     /// security JSON into the policy store), `warden import mosquitto-conf FILE` (print the
     /// equivalent warden.toml).
-    Import(warden::import_cmd::ImportArgs),
+    Import(warden::cli::import::ImportArgs),
     /// Print a shell completion script: `warden completions bash > /etc/bash_completion.d/warden`.
     Completions {
         /// bash, zsh or fish.
@@ -204,12 +204,12 @@ fn main() -> ExitCode {
     }
     let result = match command {
         Command::Serve { config } => serve(config, cli.log_format),
-        Command::Passwd(args) => warden::passwd_cmd::run(&args),
-        Command::Cert(args) => warden::cert_cmd::run(&args),
-        Command::Token(args) => warden::token_cmd::run(&args),
-        Command::Oauth(args) => warden::oauth_store::run(&args),
-        Command::Admin(args) => warden::admin_cmd::run(&args),
-        Command::Import(args) => warden::import_cmd::run(&args),
+        Command::Passwd(args) => warden::cli::passwd::run(&args),
+        Command::Cert(args) => warden::cli::cert::run(&args),
+        Command::Token(args) => warden::cli::token::run(&args),
+        Command::Oauth(args) => warden::admin::oauth_store::run(&args),
+        Command::Admin(args) => warden::cli::admin::run(&args),
+        Command::Import(args) => warden::cli::import::run(&args),
         Command::Check { config, explain: false, .. } => return check(&config),
         Command::Check { config, user, client, operation, cert, token, scopes, roles, .. } => {
             // The configuration is checked first (its summary printed), as without --explain.
@@ -273,14 +273,14 @@ fn check_loaded(path: &std::path::Path, cfg: &Config, summary: bool) -> Vec<Stri
         }
     };
     let mut users = None;
-    note(warden::tokens::TokenAuth::new(cfg.auth.jwt.as_ref(), None).and_then(|tokens| {
+    note(warden::auth::tokens::TokenAuth::new(cfg.auth.jwt.as_ref(), None).and_then(|tokens| {
         users = Some(warden::auth::Authenticator::load(&cfg.auth, cfg.identity, tokens)?.user_count());
         Ok(())
     }));
     note(warden::server::load_policy(&cfg.authz).map(drop));
     let mut store_users = None;
-    note(warden::policy_store::load(&cfg.data_dir).map(|s| store_users = Some(s.users.len())));
-    note(warden::bans::BanList::load(&cfg.data_dir).map(drop));
+    note(warden::admin::policy_store::load(&cfg.data_dir).map(|s| store_users = Some(s.users.len())));
+    note(warden::admission::bans::BanList::load(&cfg.data_dir).map(drop));
     for l in &cfg.listeners {
         if let Some(t) = &l.tls {
             note(
@@ -299,13 +299,13 @@ fn check_loaded(path: &std::path::Path, cfg: &Config, summary: bool) -> Vec<Stri
     }
     // The connection caps against the descriptors `serve` would have (it raises the soft limit
     // to this hard one): the same warning as at start, before it happens.
-    if let Ok((_, hard)) = warden::fdlimit::current() {
-        let demand = warden::fdlimit::Demand {
+    if let Ok((_, hard)) = warden::admission::fdlimit::current() {
+        let demand = warden::admission::fdlimit::Demand {
             mqtt_listeners: cfg.listeners.iter().map(|l| format!("{}://{}", l.protocol, l.bind)).collect(),
             mqtt_max: cfg.limits.max_connections,
             http: cfg.http.as_ref().map(|h| (format!("{}://{}", h.scheme(), h.bind), h.limits.max_connections)),
         };
-        if let Some(w) = warden::fdlimit::plan(hard, &demand).warning {
+        if let Some(w) = warden::admission::fdlimit::plan(hard, &demand).warning {
             println!("warning: {w}");
         }
     }
@@ -369,8 +369,8 @@ fn explain_for(
     op: &[String],
 ) -> anyhow::Result<bool> {
     let (action, topic) = explain_operation(op)?;
-    let store = warden::policy_store::load(&cfg.data_dir)?;
-    let acl = warden::policy_store::load_acl(&cfg.authz)?;
+    let store = warden::admin::policy_store::load(&cfg.data_dir)?;
+    let acl = warden::admin::policy_store::load_acl(&cfg.authz)?;
     let policy = warden_policy::PolicyAuthorizer::new(acl, false).with_store(std::sync::Arc::new(store.compile()));
     let (d, by) = policy.explain(principal, client, action, topic);
     let verdict = if d.is_allowed() { "allow" } else { "deny" };
@@ -388,10 +388,10 @@ fn explain_for(
 fn explain_decision(cfg: &Config, user: Option<&str>, client: &str, op: &[String]) -> anyhow::Result<bool> {
     let (action, topic) = explain_operation(op)?;
     let who = user.map_or_else(|| "anonymous".to_string(), |u| format!("user {u:?}"));
-    let store = warden::policy_store::load(&cfg.data_dir)?;
+    let store = warden::admin::policy_store::load(&cfg.data_dir)?;
     if store.has_rules() {
         // The policy store is a source too: explain the combined decision.
-        let acl = warden::policy_store::load_acl(&cfg.authz)?;
+        let acl = warden::admin::policy_store::load_acl(&cfg.authz)?;
         let policy = warden_policy::PolicyAuthorizer::new(acl, false).with_store(std::sync::Arc::new(store.compile()));
         let principal = user.map_or_else(warden_policy::Principal::anonymous, warden_policy::Principal::user);
         let (d, by) = policy.explain(&principal, client, action, topic);
@@ -437,15 +437,15 @@ fn serve(config: Option<PathBuf>, log_format: Option<LogFormat>) -> anyhow::Resu
     let mut admin_password = None;
     if embedded {
         if let Some(pf) = &cfg.auth.password_file {
-            admin_password = warden::bootstrap::ensure_admin(&cfg.data_dir, pf)?;
+            admin_password = warden::cli::bootstrap::ensure_admin(&cfg.data_dir, pf)?;
         }
-        let (pki, created) = warden::cert_cmd::ensure_dev_pki(&cfg.data_dir.join("tls"))?;
+        let (pki, created) = warden::cli::cert::ensure_dev_pki(&cfg.data_dir.join("tls"))?;
         if created {
             info!(ca = %pki.ca_cert.display(), "created a development CA and a localhost server certificate");
         }
     }
     // Every connection is a descriptor: the soft limit up to the hard one, before anything opens.
-    match warden::fdlimit::raise() {
+    match warden::admission::fdlimit::raise() {
         Ok((before, after)) if after > before => info!(from = before, to = after, "raised the file descriptor limit"),
         Ok(_) => {}
         Err(e) => warn!(error = %e, "cannot raise the file descriptor limit"),

@@ -16,68 +16,39 @@ use tracing::{error, info, warn};
 use warden_core::{Broker, BrokerConfig};
 use warden_policy::PolicyAuthorizer;
 
+use crate::admin::oauth_store::oauth_clients;
+use crate::admin::policy_store::PolicyManager;
+use crate::admin::trust::Trust;
+use crate::admission::bans::BanList;
+use crate::admission::guard::{Admitted, Guard, Refusal};
+use crate::auth::tokens::TokenAuth;
 use crate::auth::Authenticator;
-use crate::bans::BanList;
 use crate::config::{AuthzConfig, Config, DurabilityMode, ListenerProtocol, OnDeny};
-use crate::conn::ConnContext;
-use crate::guard::{Admitted, Guard, Refusal};
-use crate::live::LiveClients;
-use crate::policy_store::PolicyManager;
+use crate::conn::live::LiveClients;
+use crate::conn::{BoundListener, ConnContext};
 use crate::tls::TlsListener;
-use crate::tokens::TokenAuth;
-use crate::trust::Trust;
 use warden_core::limits::hit;
-use warden_http::{OAuthClient, OAuthService, OAuthSettings};
+use warden_http::{OAuthService, OAuthSettings};
 use warden_policy::trust::TrustEvent;
 use warden_store::{Durability, Store};
 
-/// A listener that is bound and accepting.
-#[derive(Debug, Clone)]
-pub struct BoundListener {
-    /// Transport.
-    pub protocol: ListenerProtocol,
-    /// The actual address (the port is known even when the config said 0).
-    pub addr: SocketAddr,
-    /// WebSocket path (ws only).
-    pub path: String,
-    /// Connections open on it now (`warden_connections{listener}`).
-    pub open: Arc<crate::conn::OpenCounts>,
-}
-
-impl BoundListener {
-    /// The `listener` label: protocol and bound address (`mqtt:127.0.0.1:1883`).
-    pub fn label(&self) -> String {
-        format!("{}:{}", self.protocol.as_str(), self.addr)
-    }
-}
-
-impl BoundListener {
-    /// `mqtt://127.0.0.1:1883`, `ws://127.0.0.1:8083/mqtt`, …: how the logs name it.
-    pub fn url(&self) -> String {
-        match self.protocol {
-            ListenerProtocol::Ws | ListenerProtocol::Wss => format!("{}://{}{}", self.protocol, self.addr, self.path),
-            _ => format!("{}://{}", self.protocol, self.addr),
-        }
-    }
-}
-
 /// Divide the file descriptors the soft limit leaves between the MQTT listeners and the HTTP
-/// listener ([`crate::fdlimit::plan`]); logs the limit, and the warning once when the
+/// listener ([`crate::admission::fdlimit::plan`]); logs the limit, and the warning once when the
 /// configured caps do not fit.
-fn fd_plan(cfg: &Config, listeners: &[BoundListener], http: Option<SocketAddr>) -> crate::fdlimit::FdPlan {
-    let demand = crate::fdlimit::Demand {
+fn fd_plan(cfg: &Config, listeners: &[BoundListener], http: Option<SocketAddr>) -> crate::admission::fdlimit::FdPlan {
+    let demand = crate::admission::fdlimit::Demand {
         mqtt_listeners: listeners.iter().map(BoundListener::url).collect(),
         mqtt_max: cfg.limits.max_connections,
         http: http.zip(cfg.http.as_ref()).map(|(a, h)| (format!("{}://{a}", h.scheme()), h.limits.max_connections)),
     };
-    let limit = match crate::fdlimit::current() {
+    let limit = match crate::admission::fdlimit::current() {
         Ok((soft, _)) => soft,
         Err(e) => {
             warn!(error = %e, "cannot read the file descriptor limit: the configured connection caps stand");
             u64::MAX
         }
     };
-    let plan = crate::fdlimit::plan(limit, &demand);
+    let plan = crate::admission::fdlimit::plan(limit, &demand);
     info!(
         limit = plan.limit,
         budget = plan.budget,
@@ -106,7 +77,7 @@ pub struct Server {
     /// The HTTP listener's address, when configured.
     pub http_addr: Option<SocketAddr>,
     /// The connection caps in force, after the file descriptor limit (`fdlimit`).
-    pub fd_plan: crate::fdlimit::FdPlan,
+    pub fd_plan: crate::admission::fdlimit::FdPlan,
     /// The policy in force: ACL file and policy store.
     pub policy: Arc<PolicyManager>,
     /// Live connections.
@@ -125,7 +96,7 @@ pub struct Server {
     /// The durable store (`[persistence]`), closed at shutdown.
     store: Option<Arc<Store>>,
     /// Where idle connections park (stopped at shutdown, after they were told to end).
-    parking: Option<Arc<crate::park::ParkingLot>>,
+    parking: Option<Arc<crate::conn::park::ParkingLot>>,
 }
 
 impl Drop for Server {
@@ -223,16 +194,16 @@ fn oauth_service(
     http: &crate::config::HttpConfig,
     trust: &Arc<Trust>,
 ) -> anyhow::Result<Arc<OAuthService>> {
-    let keys = crate::oauth_store::load_keys(&cfg.data_dir)?;
+    let keys = crate::admin::oauth_store::load_keys(&cfg.data_dir)?;
     let issuer = cfg.oauth.issuer.clone().unwrap_or_else(|| format!("{}://{}", http.scheme(), http.bind));
     let service = Arc::new(OAuthService::new(
         OAuthSettings { issuer, token_ttl: cfg.oauth.token_ttl, audience: cfg.oauth.audience.clone() },
         oauth_clients(cfg)?,
         keys,
-        Arc::new(crate::tokens::unix_now),
+        Arc::new(crate::auth::tokens::unix_now),
     ));
     // Revocations survive restarts: saved on every revocation, loaded here.
-    crate::revocations::attach(&service, &cfg.data_dir)?;
+    crate::admin::revocations::attach(&service, &cfg.data_dir)?;
     let trust = trust.clone();
     service.on_revoke(Box::new(move |jti| {
         trust.apply(&TrustEvent::TokenRevoked { jti: jti.to_owned() });
@@ -240,17 +211,9 @@ fn oauth_service(
     Ok(service)
 }
 
-/// Every OAuth client (configured and stored) as the token service takes them.
-pub fn oauth_clients(cfg: &Config) -> anyhow::Result<Vec<OAuthClient>> {
-    Ok(crate::oauth_store::all_clients(cfg)?
-        .into_iter()
-        .map(|c| OAuthClient { id: c.id, secret_hash: c.secret_hash.0, scopes: c.scopes, roles: c.roles })
-        .collect())
-}
-
 /// The authorization policy of the ACL file alone (for `warden check`).
 pub fn load_policy(cfg: &AuthzConfig) -> anyhow::Result<PolicyAuthorizer> {
-    Ok(PolicyAuthorizer::new(crate::policy_store::load_acl(cfg)?, cfg.on_deny == OnDeny::Disconnect))
+    Ok(PolicyAuthorizer::new(crate::admin::policy_store::load_acl(cfg)?, cfg.on_deny == OnDeny::Disconnect))
 }
 
 impl Server {
@@ -316,16 +279,16 @@ impl Server {
             connect_timeout: cfg.limits.connect_timeout,
             shutdown: shutdown_rx.clone(),
             store: store.clone(),
-            publish_limits: crate::limits::PublishLimits {
+            publish_limits: crate::admission::limits::PublishLimits {
                 rate: cfg.limits.max_publish_rate,
                 bandwidth: cfg.limits.max_publish_bandwidth,
                 max_packet_size: cfg.limits.max_packet_size,
                 throttle: cfg.limits.publish_throttle,
             },
-            memory: crate::limits::MemoryGauge::new(cfg.limits.max_memory),
+            memory: crate::admission::limits::MemoryGauge::new(cfg.limits.max_memory),
             write_stall_timeout: cfg.limits.write_stall_timeout,
-            limit_log: crate::limits::LogOnce::new(crate::limits::LOG_INTERVAL, 10_000),
-            refusal_log: crate::limits::LogBurst::new(Duration::from_secs(10), 20, 10_000),
+            limit_log: crate::admission::limits::LogOnce::new(crate::admission::limits::LOG_INTERVAL, 10_000),
+            refusal_log: crate::admission::limits::LogBurst::new(Duration::from_secs(10), 20, 10_000),
             tls_handshake_timeout: cfg.limits.tls_handshake_timeout,
             live: live.clone(),
             bans: bans.clone(),
@@ -333,7 +296,7 @@ impl Server {
                 None
             } else {
                 Some(
-                    crate::park::ParkingLot::start(cfg.limits.idle_park_after)
+                    crate::conn::park::ParkingLot::start(cfg.limits.idle_park_after)
                         .context("cannot start the parking thread")?,
                 )
             },
@@ -348,7 +311,7 @@ impl Server {
         // The HTTP side checks secrets through the same guard, before hashing, and within the
         // HTTP share of the same hashing budget.
         let secret_checks = warden_http::SecretChecks {
-            guard: Some(Arc::new(crate::guard::HttpGuard::new(guard.clone(), broker.clone()))),
+            guard: Some(Arc::new(crate::admission::guard::HttpGuard::new(guard.clone(), broker.clone()))),
             budget: hashing.clone(),
         };
         if let Some(o) = &oauth {
@@ -390,10 +353,10 @@ impl Server {
             let bans = bans.clone();
             let max = fd_plan.mqtt;
             let protocol = l.protocol;
-            let path = Arc::new(crate::ws::WsSettings::new(&l.path, &l.allowed_origins));
+            let path = Arc::new(crate::conn::ws::WsSettings::new(&l.path, &l.allowed_origins));
             let mut stop = shutdown_rx.clone();
             let guard = guard.clone();
-            let accept_errors = crate::fdlimit::AcceptErrors::new(name);
+            let accept_errors = crate::admission::fdlimit::AcceptErrors::new(name);
             tasks.spawn(async move {
                 loop {
                     let (sock, peer) = tokio::select! {
@@ -415,7 +378,7 @@ impl Server {
                         continue;
                     }
                     // Admin bans, per-address limits and bans, before any handshake or hashing.
-                    if bans.ip_banned(peer.ip(), crate::tokens::unix_now()) {
+                    if bans.ip_banned(peer.ip(), crate::auth::tokens::unix_now()) {
                         tracing::debug!(%peer, "connection refused: address banned by an administrator");
                         drop(sock);
                         continue;
@@ -459,11 +422,11 @@ impl Server {
                 }
                 None => None,
             };
-            let metrics_auth = Arc::new(crate::metrics::MetricsAuth::new(
+            let metrics_auth = Arc::new(crate::http::metrics::MetricsAuth::new(
                 http.metrics_token_hash.as_ref().map(|s| s.0.clone()),
                 hashing.clone(),
             ));
-            let metrics = Arc::new(crate::metrics::Metrics {
+            let metrics = Arc::new(crate::http::metrics::Metrics {
                 broker: broker.clone(),
                 store: store.clone(),
                 bans: bans.clone(),
@@ -502,7 +465,7 @@ impl Server {
             if let Some(o) = &oauth {
                 app = app.merge(warden_http::router(o.clone()));
             }
-            let backend = Arc::new(crate::admin_backend::Backend {
+            let backend = Arc::new(crate::admin::backend::Backend {
                 policy: policy.clone(),
                 live: live.clone(),
                 bans: bans.clone(),
@@ -511,7 +474,7 @@ impl Server {
                 trust: trust.clone(),
                 config: cfg.clone(),
                 broker: broker.clone(),
-                audit: Arc::new(crate::audit_log::AuditLog::new(&cfg.data_dir)),
+                audit: Arc::new(crate::admin::audit_log::AuditLog::new(&cfg.data_dir)),
             });
             let admin_auth = warden_http::admin::AdminAuth {
                 token_hash: http.admin_token_hash.as_ref().map(|s| s.0.clone()),
@@ -521,7 +484,7 @@ impl Server {
             app = app.merge(warden_http::admin::admin_router(backend, admin_auth));
             let mut limits = http.limits;
             limits.max_connections = fd_plan.http.unwrap_or(limits.max_connections);
-            tasks.spawn(crate::http_serve::serve(tcp, app, limits, bans.clone(), http_tls, shutdown_rx.clone()));
+            tasks.spawn(crate::http::serve::serve(tcp, app, limits, bans.clone(), http_tls, shutdown_rx.clone()));
         }
         // Housekeeping: due wills and expired sessions, once a second.
         {
@@ -543,7 +506,7 @@ impl Server {
             let memory = ctx.memory.clone();
             let mut stop = shutdown_rx.clone();
             tasks.spawn(async move {
-                let mut every = tokio::time::interval(crate::limits::MemoryGauge::SAMPLE);
+                let mut every = tokio::time::interval(crate::admission::limits::MemoryGauge::SAMPLE);
                 let mut over = false;
                 loop {
                     tokio::select! {
@@ -601,7 +564,7 @@ impl Server {
         })
     }
 
-    /// Connections parked now (idle, without a task; see [`crate::park`]).
+    /// Connections parked now (idle, without a task; see [`crate::conn::park`]).
     pub fn parked_connections(&self) -> usize {
         self.parking.as_ref().map_or(0, |p| p.parked())
     }
@@ -615,7 +578,7 @@ impl Server {
     /// certificate, key, client CA and CRLs, the OAuth clients and keys, and the ACL file.
     /// Errors leave the old state in force. What a reload takes standing from (a user removed
     /// from the password file, a certificate a CRL now revokes, an OAuth client deleted or
-    /// narrowed) ends its live connections, wills discarded ([`crate::trust`]); nothing else is
+    /// narrowed) ends its live connections, wills discarded ([`crate::admin::trust`]); nothing else is
     /// disturbed.
     pub fn reload(&self) {
         let reread = self.reload_config_file();
@@ -641,7 +604,7 @@ impl Server {
                     self.applied.lock().clone()
                 }),
             };
-            match (oauth_clients(&cfg), crate::oauth_store::load_keys(&self.config.data_dir)) {
+            match (oauth_clients(&cfg), crate::admin::oauth_store::load_keys(&self.config.data_dir)) {
                 (Ok(clients), Ok(keys)) => {
                     let n = clients.len();
                     o.set_clients(clients);
@@ -728,14 +691,16 @@ async fn serve_socket(
     protocol: ListenerProtocol,
     tls: Option<Arc<TlsListener>>,
     slot: Admitted,
-    path: Arc<crate::ws::WsSettings>,
+    path: Arc<crate::conn::ws::WsSettings>,
     ctx: Arc<ConnContext>,
 ) {
     let slot = Some(slot);
     let _ = sock.set_nodelay(true);
     let Some(tls) = tls else {
         match protocol {
-            ListenerProtocol::Ws | ListenerProtocol::Wss => crate::ws::serve(sock, peer, None, slot, path, ctx).await,
+            ListenerProtocol::Ws | ListenerProtocol::Wss => {
+                crate::conn::ws::serve(sock, peer, None, slot, path, ctx).await
+            }
             ListenerProtocol::Mqtt | ListenerProtocol::Mqtts => {
                 crate::conn::run(sock, peer, None, slot, None, ctx).await
             }
@@ -765,7 +730,7 @@ async fn serve_socket(
         }
     };
     if protocol.is_ws() {
-        crate::ws::serve(stream, peer, identity, slot, path, ctx).await;
+        crate::conn::ws::serve(stream, peer, identity, slot, path, ctx).await;
     } else {
         crate::conn::run(stream, peer, identity, slot, None, ctx).await;
     }

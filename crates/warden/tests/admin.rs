@@ -667,7 +667,7 @@ async fn automatic_bans_are_listed_and_can_be_lifted() {
     let ban = list.as_array().unwrap().iter().find(|x| x["value"] == "127.0.0.11").unwrap_or_else(|| panic!("{list}"));
     assert_eq!(ban["kind"], "ip");
     assert!(ban["reason"].as_str().unwrap().starts_with("automatic"), "{ban}");
-    let left = ban["expires_at"].as_u64().unwrap().saturating_sub(warden::tokens::unix_now());
+    let left = ban["expires_at"].as_u64().unwrap().saturating_sub(warden::auth::tokens::unix_now());
     assert!((1..=300).contains(&left), "{ban}");
     admin(&b, "DELETE", "/admin/bans?kind=ip&value=127.0.0.11", None).await;
     assert_eq!(admin(&b, "GET", "/admin/bans", None).await, json!([]));

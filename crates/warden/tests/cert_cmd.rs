@@ -268,7 +268,7 @@ fn signs_with_an_openssl_made_ca() {
 fn ensure_dev_pki_creates_then_reuses() {
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path().join("warden-data").join("tls");
-    let (pki, created) = warden::cert_cmd::ensure_dev_pki(&dir).unwrap();
+    let (pki, created) = warden::cli::cert::ensure_dev_pki(&dir).unwrap();
     assert!(created);
     for p in [&pki.ca_cert, &pki.server_cert, &pki.server_key] {
         assert!(p.starts_with(&dir) && p.exists(), "{}", p.display());
@@ -279,7 +279,7 @@ fn ensure_dev_pki_creates_then_reuses() {
     let snapshot = |p: &Path| fs::read(p).unwrap();
     let before: Vec<_> = [&pki.ca_cert, &pki.server_cert, &pki.server_key].map(|p| snapshot(p)).to_vec();
 
-    let (again, created) = warden::cert_cmd::ensure_dev_pki(&dir).unwrap();
+    let (again, created) = warden::cli::cert::ensure_dev_pki(&dir).unwrap();
     assert!(!created);
     assert_eq!(again.server_cert, pki.server_cert);
     let after: Vec<_> = [&again.ca_cert, &again.server_cert, &again.server_key].map(|p| snapshot(p)).to_vec();
@@ -287,7 +287,7 @@ fn ensure_dev_pki_creates_then_reuses() {
 
     // A lost server pair is remade with the same CA (so issued device certificates stay valid).
     fs::remove_file(&pki.server_key).unwrap();
-    let (_, created) = warden::cert_cmd::ensure_dev_pki(&dir).unwrap();
+    let (_, created) = warden::cli::cert::ensure_dev_pki(&dir).unwrap();
     assert!(created);
     assert_eq!(snapshot(&pki.ca_cert), before[0], "CA kept");
 

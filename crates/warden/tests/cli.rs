@@ -182,12 +182,12 @@ async fn real_process_serves_reloads_on_sighup_and_stops_on_sigterm() {
 fn first_start_creates_an_admin_with_a_one_time_password() {
     let dir = tempfile::tempdir().unwrap();
     let pf = dir.path().join("data/passwd");
-    let pw = warden::bootstrap::ensure_admin(&dir.path().join("data"), &pf).unwrap().expect("created");
+    let pw = warden::cli::bootstrap::ensure_admin(&dir.path().join("data"), &pf).unwrap().expect("created");
     assert!(pw.len() >= 20);
     let text = std::fs::read_to_string(&pf).unwrap();
     assert!(!text.contains(&pw), "only a hash is stored");
     assert!(warden_policy::password::PasswordFile::parse(&text).unwrap().verify("admin", pw.as_bytes()));
-    assert_eq!(warden::bootstrap::ensure_admin(&dir.path().join("data"), &pf).unwrap(), None, "printed once");
+    assert_eq!(warden::cli::bootstrap::ensure_admin(&dir.path().join("data"), &pf).unwrap(), None, "printed once");
     #[cfg(unix)]
     {
         use std::os::unix::fs::PermissionsExt;

@@ -9,8 +9,8 @@ use axum::extract::{Path, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use serde_json::{json, Value};
+use warden::auth::lookup::{Grant, HttpLookup, LookupConfig, LookupRequest, LookupVerdict};
 use warden::config::Secret;
-use warden::lookup::{Grant, HttpLookup, LookupConfig, LookupRequest, LookupVerdict};
 
 struct Seen {
     hits: AtomicUsize,

@@ -1,4 +1,4 @@
-//! Parked connections (`idle_park_after`, `warden::park`): an idle plain-TCP connection gives
+//! Parked connections (`idle_park_after`, `warden::conn::park`): an idle plain-TCP connection gives
 //! up its task, and everything that would have woken the task resumes it. Each test parks
 //! its connections first (waiting on the broker's count of parked connections), then checks
 //! that the protocol behaves exactly as for a connection that never parked.

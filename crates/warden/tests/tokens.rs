@@ -20,7 +20,7 @@ use base64::Engine as _;
 use jsonwebtoken::{Algorithm, EncodingKey, Header};
 use mqtt_codec::{Connack, Connect, Packet, Protocol, QoS, ReasonCode};
 use serde_json::{json, Value};
-use warden::tokens::JWKS_REFRESH_INTERVAL;
+use warden::auth::tokens::JWKS_REFRESH_INTERVAL;
 use warden_policy::jwt::{mint, AccessClaims, SigningKey};
 use warden_policy::password::hash_password;
 use warden_testkit::{connect_packet, connected, publish, RawClient, Recv, TestBroker, WAIT};

@@ -268,7 +268,7 @@ async fn item2_a_removed_oauth_clients_connections_end() {
     let b = broker_with_users(&cfg, &[]).await;
     let data = b.dir().to_path_buf();
     let store_cfg = warden::config::Config::load(&b.path("warden.toml")).unwrap();
-    warden::oauth_store::put_stored_client(
+    warden::admin::oauth_store::put_stored_client(
         &store_cfg,
         DEV,
         hash_password(DEV_SECRET.as_bytes()),
@@ -280,7 +280,7 @@ async fn item2_a_removed_oauth_clients_connections_end() {
     let t = token(&b).await;
     let (mut dev, _) = connected(b.addr(), login("dev-rm", DEV, &t)).await;
     let (mut bystander, _) = connected(b.addr(), login("by", "watcher", "watcher-pw")).await;
-    assert!(warden::oauth_store::remove_stored_client(&data, DEV).unwrap());
+    assert!(warden::admin::oauth_store::remove_stored_client(&data, DEV).unwrap());
     b.server.reload();
     assert_eq!(expect_disconnect(&mut dev).await, ReasonCode::NOT_AUTHORIZED);
     assert_alive(&mut bystander).await;

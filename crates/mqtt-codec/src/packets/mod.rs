@@ -1,10 +1,10 @@
 //! One module per packet family: named-field structs with their decode and encode.
 
-pub mod ack;
-pub mod connect;
-pub mod disconnect;
-pub mod publish;
-pub mod subscribe;
+pub(crate) mod ack;
+pub(crate) mod connect;
+pub(crate) mod disconnect;
+pub(crate) mod publish;
+pub(crate) mod subscribe;
 
 use crate::topic::TopicError;
 use crate::DecodeError;
@@ -26,4 +26,27 @@ pub(crate) fn packet_id(r: &mut crate::wire::Reader) -> Result<u16, DecodeError>
         return Err(DecodeError::Malformed("packet identifier 0"));
     }
     Ok(id)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A topic name's validation error becomes the decode error (and so the reason code) that
+    /// reports it: a wildcard is 0x90 [MQTT-3.3.2-2], an empty name without an alias is a
+    /// protocol error (0x82) and U+0000 is malformed (0x81) [MQTT-4.7.3-2].
+    #[test]
+    fn topic_name_errors_map_to_decode_errors() {
+        // The filter-only errors never come from a topic name; any of them would be 0x90.
+        let cases = [
+            (TopicError::WildcardInName, 0x90),
+            (TopicError::Empty, 0x82),
+            (TopicError::Nul, 0x81),
+            (TopicError::TooLong, 0x90),
+            (TopicError::BadShare, 0x90),
+        ];
+        for (e, code) in cases {
+            assert_eq!(name_error(e).reason_code().0, code, "{e}");
+        }
+    }
 }

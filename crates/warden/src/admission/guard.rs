@@ -22,7 +22,7 @@ use std::time::{Duration, Instant};
 use parking_lot::Mutex;
 use tracing::warn;
 
-use crate::bans::canonical_ip;
+use crate::admission::bans::canonical_ip;
 use crate::config::{AuthFailBackoff, AuthFailBan};
 
 /// Addresses tracked at most; idle ones are forgotten first.

@@ -14,7 +14,7 @@ use std::sync::Arc;
 use mqtt_codec::{Protocol, ReasonCode};
 use parking_lot::Mutex;
 
-use crate::park::ConnWaker;
+use crate::conn::park::ConnWaker;
 use warden_policy::Principal;
 
 /// 56 bytes (every connection has one): the peer address packed, the connect time in 32 bits.
@@ -109,7 +109,7 @@ impl LiveClients {
         conn: Arc<ConnWaker>,
     ) -> LiveRegistration {
         let id = self.next.fetch_add(1, Ordering::Relaxed);
-        let connected_at = u32::try_from(crate::tokens::unix_now()).unwrap_or(u32::MAX);
+        let connected_at = u32::try_from(crate::auth::tokens::unix_now()).unwrap_or(u32::MAX);
         let entry = Entry { client_id, principal, conn, connected_at, peer: PackedAddr::new(peer), protocol };
         self.map.lock().insert(id, Box::new(entry));
         LiveRegistration { owner: Some(self.clone()), id }
@@ -157,7 +157,7 @@ impl LiveClients {
     }
 
     /// End, with their wills discarded, the connections whose principal `verdict` gives a
-    /// reason for (a trust change: [`crate::trust`]); returns how many were told to end.
+    /// reason for (a trust change: [`crate::admin::trust`]); returns how many were told to end.
     pub fn revoke_where(&self, verdict: impl Fn(&Principal) -> Option<ReasonCode>) -> usize {
         let ending: Vec<(Arc<ConnWaker>, ReasonCode)> =
             self.map.lock().values().filter_map(|e| verdict(&e.principal).map(|r| (e.conn.clone(), r))).collect();

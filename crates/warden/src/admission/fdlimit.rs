@@ -17,7 +17,7 @@ use std::time::{Duration, Instant};
 
 use tracing::warn;
 
-use crate::limits::LogOnce;
+use crate::admission::limits::LogOnce;
 
 /// Descriptors kept out of the connection budget: the store, log files, outgoing HTTP
 /// connections (look-up service, JWKS), the runtime's own (epoll, eventfd, signal pipe), stdio.

@@ -75,7 +75,7 @@ pub async fn serve<S>(
     stream: S,
     peer: SocketAddr,
     cert: CertIdentity,
-    slot: Option<crate::guard::Admitted>,
+    slot: Option<crate::admission::guard::Admitted>,
     settings: Arc<WsSettings>,
     ctx: Arc<ConnContext>,
 ) where

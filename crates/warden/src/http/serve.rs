@@ -38,7 +38,7 @@ use tokio::task::JoinSet;
 use tokio::time::Instant;
 use tracing::debug;
 
-use crate::bans::{canonical_ip, BanList};
+use crate::admission::bans::{canonical_ip, BanList};
 use crate::config::HttpLimits;
 use crate::tls::TlsListener;
 
@@ -109,8 +109,9 @@ pub async fn serve(
     let app = app.layer(axum::middleware::from_fn(move |req, next| limit_request(req, next, limits)));
     let counts = Arc::new(Counts::default());
     let mut conns = JoinSet::new();
-    let accept_errors =
-        crate::fdlimit::AcceptErrors::new(tcp.local_addr().map_or_else(|_| "http".into(), |a| format!("http://{a}")));
+    let accept_errors = crate::admission::fdlimit::AcceptErrors::new(
+        tcp.local_addr().map_or_else(|_| "http".into(), |a| format!("http://{a}")),
+    );
     loop {
         if *stop.borrow_and_update() {
             break;
@@ -127,7 +128,7 @@ pub async fn serve(
             Some(_) = conns.join_next(), if !conns.is_empty() => continue,
             _ = stop.changed() => break,
         };
-        if banned(&bans, peer.ip(), crate::tokens::unix_now()) {
+        if banned(&bans, peer.ip(), crate::auth::tokens::unix_now()) {
             debug!(%peer, "HTTP connection refused: address banned by an administrator");
             continue;
         }

@@ -8,7 +8,7 @@
 //!   (`[[client]]` tables, the same keys as `[[oauth.client]]` in the configuration).
 //!
 //! A running broker picks up both on SIGHUP. Each change is written to the admin audit trail
-//! (actor `cli`, [`crate::audit_log`]).
+//! (actor `cli`, [`crate::admin::audit_log`]).
 
 use std::path::{Path, PathBuf};
 
@@ -17,7 +17,7 @@ use serde::{Deserialize, Serialize};
 use warden_policy::jwt::SigningKey;
 
 use crate::config::{Config, OAuthClientConfig, Secret};
-use crate::passwd_cmd::write_atomically;
+use crate::fsutil::write_atomically;
 
 fn oauth_dir(data_dir: &Path) -> PathBuf {
     data_dir.join("oauth")
@@ -215,7 +215,7 @@ pub fn run(args: &OAuthArgs) -> anyhow::Result<()> {
             write_atomically(&target, old.to_pkcs8_pem().as_bytes())?;
             let new = SigningKey::generate();
             write_atomically(&current, new.to_pkcs8_pem().as_bytes())?;
-            crate::audit_log::record_cli(
+            crate::admin::audit_log::record_cli(
                 data_dir,
                 "oauth.rotate_key",
                 new.kid(),
@@ -232,7 +232,7 @@ pub fn run(args: &OAuthArgs) -> anyhow::Result<()> {
             if !remove_stored_client(data_dir, id)? {
                 bail!("no client {id:?} in {}", clients_path(data_dir).display());
             }
-            crate::audit_log::record_cli(data_dir, "oauth_client.delete", id, serde_json::json!({}));
+            crate::admin::audit_log::record_cli(data_dir, "oauth_client.delete", id, serde_json::json!({}));
             println!("removed client {id:?}; send SIGHUP to a running broker");
         }
         OAuthCommand::Client(ClientCommand::Add { id, scopes, roles, secret_stdin }) => {
@@ -250,7 +250,7 @@ pub fn run(args: &OAuthArgs) -> anyhow::Result<()> {
             let hash = warden_policy::password::hash_password(secret.as_bytes());
             let exists = read_clients_file(data_dir)?.client.iter().any(|c| c.id == *id);
             put_stored_client(&cfg, id, hash, scopes.clone(), roles.clone())?;
-            crate::audit_log::record_cli(
+            crate::admin::audit_log::record_cli(
                 data_dir,
                 if exists { "oauth_client.rotate" } else { "oauth_client.create" },
                 id,
@@ -264,4 +264,12 @@ pub fn run(args: &OAuthArgs) -> anyhow::Result<()> {
         }
     }
     Ok(())
+}
+
+/// Every OAuth client (configured and stored) as the token service takes them.
+pub fn oauth_clients(cfg: &Config) -> anyhow::Result<Vec<warden_http::OAuthClient>> {
+    Ok(all_clients(cfg)?
+        .into_iter()
+        .map(|c| warden_http::OAuthClient { id: c.id, secret_hash: c.secret_hash.0, scopes: c.scopes, roles: c.roles })
+        .collect())
 }

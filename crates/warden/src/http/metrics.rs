@@ -18,9 +18,9 @@ use std::sync::Arc;
 use warden_core::metrics::{AuthMethod, Denied, Histogram};
 use warden_core::Broker;
 
-use crate::bans::BanList;
-use crate::guard::Guard;
-use crate::server::BoundListener;
+use crate::admission::bans::BanList;
+use crate::admission::guard::Guard;
+use crate::conn::BoundListener;
 
 /// What `/metrics` reads.
 pub struct Metrics {
@@ -137,7 +137,7 @@ impl Metrics {
             o.sample("warden_limit_hits_total", &[("limit", name)], v);
         }
 
-        let now = crate::tokens::unix_now();
+        let now = crate::auth::tokens::unix_now();
         let admin_bans = self.bans.list().iter().filter(|b| b.expires_at.is_none_or(|t| t > now)).count();
         let auto_bans = self.guard.auto_bans(std::time::Instant::now()).len();
         o.family(

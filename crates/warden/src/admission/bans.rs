@@ -189,7 +189,7 @@ impl BanList {
         if let Some(dir) = self.path.parent() {
             std::fs::create_dir_all(dir)?;
         }
-        crate::passwd_cmd::write_atomically(&self.path, text.as_bytes())
+        crate::fsutil::write_atomically(&self.path, text.as_bytes())
             .with_context(|| format!("{}: cannot write", self.path.display()))?;
         *self.current.write() = Arc::new(compile(bans));
         Ok(())

@@ -5,10 +5,14 @@
 //! runs next (hashing off the async threads); then the core's [`Connection`] takes over
 //! until a [`Close`], EOF, an I/O error, a keep-alive timeout or shutdown.
 //!
-//! Limits enforced here (see [`crate::limits`]): publish rate and bandwidth (throttle, then
+//! Limits enforced here (see [`crate::admission::limits`]): publish rate and bandwidth (throttle, then
 //! DISCONNECT 0x96 / 0x97), the memory high-water mark (publishers stop being read), stalled
 //! writers (closed after `write_stall_timeout`), and the per-(user name, address) backoff
 //! after failed authentications (CONNACK 0x9F before any hashing).
+
+pub mod live;
+pub mod park;
+pub mod ws;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -22,11 +26,11 @@ use tracing::{debug, info};
 use warden_core::broker::write_connack;
 use warden_core::{Broker, Close, Connection};
 
-use crate::park::ConnWaker;
+use crate::conn::park::ConnWaker;
 
+use crate::admission::guard::Admitted;
+use crate::admission::limits::{LogOnce, MemCharge, MemoryGauge, PublishLimiter, PublishLimits, Throttle};
 use crate::auth::Authenticator;
-use crate::guard::Admitted;
-use crate::limits::{LogOnce, MemCharge, MemoryGauge, PublishLimiter, PublishLimits, Throttle};
 use crate::tls::CertIdentity;
 use warden_core::limits::hit;
 
@@ -61,7 +65,7 @@ pub struct ConnContext {
     /// Deadline for the CONNECT packet.
     pub connect_timeout: Duration,
     /// Flips to true on shutdown. Connections past their CONNACK are then ended through
-    /// [`crate::live::LiveClients::end_all`]; one that registers later sees the flag.
+    /// [`crate::conn::live::LiveClients::end_all`]; one that registers later sees the flag.
     pub shutdown: watch::Receiver<bool>,
     /// The durable store: acknowledgements wait for it (group commit).
     pub store: Option<Arc<warden_store::Store>>,
@@ -71,18 +75,18 @@ pub struct ConnContext {
     pub memory: Arc<MemoryGauge>,
     /// Close a connection whose output does not move for this long (zero = never).
     pub write_stall_timeout: Duration,
-    /// Limit hits are logged once per client id (or address) per [`crate::limits::LOG_INTERVAL`].
+    /// Limit hits are logged once per client id (or address) per [`crate::admission::limits::LOG_INTERVAL`].
     pub limit_log: LogOnce<String>,
     /// Authentication refusals logged per peer address: a burst, then counted.
-    pub refusal_log: crate::limits::LogBurst<std::net::IpAddr>,
+    pub refusal_log: crate::admission::limits::LogBurst<std::net::IpAddr>,
     /// Deadline for the TLS handshake (mqtts, wss).
     pub tls_handshake_timeout: Duration,
     /// Live connections, for the admin API (list, kick).
-    pub live: Arc<crate::live::LiveClients>,
+    pub live: Arc<crate::conn::live::LiveClients>,
     /// The admin ban list (client ids and user names are checked here).
-    pub bans: Arc<crate::bans::BanList>,
+    pub bans: Arc<crate::admission::bans::BanList>,
     /// Where idle plain-TCP connections park (`idle_park_after`; `None`: they never do).
-    pub parking: Option<Arc<crate::park::ParkingLot>>,
+    pub parking: Option<Arc<crate::conn::park::ParkingLot>>,
 }
 
 impl ConnContext {
@@ -293,7 +297,7 @@ pub trait Transport: AsyncRead + AsyncWrite + Unpin + Send + Sized {
     /// Split the transport.
     fn halves(self) -> (Self::Read, Self::Write);
     /// The socket of a plain TCP connection, taken out of tokio so that it can park
-    /// ([`crate::park`]): `Ok(Err(_))` when that failed (the connection is lost), `Err` with
+    /// ([`crate::conn::park`]): `Ok(Err(_))` when that failed (the connection is lost), `Err` with
     /// the halves for a transport that cannot park.
     #[allow(clippy::type_complexity)]
     fn into_std(
@@ -384,7 +388,7 @@ struct Live<R, W> {
     wbuf: BytesMut,
 }
 
-/// What a connection keeps for its life, driven or parked ([`crate::park`]).
+/// What a connection keeps for its life, driven or parked ([`crate::conn::park`]).
 pub struct Core {
     conn: Connection,
     notify: Arc<ConnWaker>,
@@ -393,7 +397,7 @@ pub struct Core {
     limits: Option<Box<Limits>>,
     /// Removed from the admin registry when the connection ends; the driver reads the end
     /// signals (of the admin and the token registries) when it is woken.
-    registration: crate::live::LiveRegistration,
+    registration: crate::conn::live::LiveRegistration,
     /// The per-address admission slot, released when the connection ends.
     _slot: Option<Admitted>,
     _count: Option<ConnCount>,
@@ -411,7 +415,7 @@ impl Core {
     }
 
     /// Where the connection parks when idle (none when parking is off).
-    pub fn parking(&self) -> Option<&Arc<crate::park::ParkingLot>> {
+    pub fn parking(&self) -> Option<&Arc<crate::conn::park::ParkingLot>> {
         self.ctx.parking.as_ref()
     }
 }
@@ -465,7 +469,7 @@ async fn live<S: Transport>(mut l: Live<S::Read, S::Write>) {
     }
 }
 
-/// Drive a parked connection again ([`crate::park`]): its socket back in tokio, a new task.
+/// Drive a parked connection again ([`crate::conn::park`]): its socket back in tokio, a new task.
 pub async fn resume(core: Core, stream: std::net::TcpStream) {
     match tokio::net::TcpStream::from_std(stream) {
         Ok(s) => {
@@ -539,7 +543,7 @@ async fn establish<S: Transport>(start: Box<Start<S>>) -> Option<Live<S::Read, S
     };
     let protocol = connect.protocol;
     // Banned client ids and user names are refused before any authentication work.
-    let banned = |user: Option<&str>| ctx.bans.name_banned(&connect.client_id, user, crate::tokens::unix_now());
+    let banned = |user: Option<&str>| ctx.bans.name_banned(&connect.client_id, user, crate::auth::tokens::unix_now());
     if banned(connect.username.as_deref()) {
         info!(%peer, client_id = %crate::logsafe::Escaped(&connect.client_id), user = ?connect.username, "banned client refused");
         let client_max = connect.properties.maximum_packet_size.unwrap_or(u32::MAX);
@@ -674,7 +678,7 @@ async fn establish<S: Transport>(start: Box<Start<S>>) -> Option<Live<S::Read, S
     // A token-authenticated connection ends when its token expires (a core timeout) or is
     // revoked.
     let token_expiry = authed.token.as_ref().map(|t| {
-        let left = t.expires_at.saturating_sub(crate::tokens::unix_now());
+        let left = t.expires_at.saturating_sub(crate::auth::tokens::unix_now());
         Instant::now() + Duration::from_secs(left)
     });
     let notify = Arc::new(ConnWaker::default());
@@ -976,7 +980,7 @@ async fn drive<R: ReadReady, W: AsyncWrite + Unpin>(l: &mut Live<R, W>) -> Drive
             // server's shutdown all wake the connection here: one wait instead of four.
             _ = notify.woken() => {
                 // The admin registry (kick, ban, user disabled or deleted; shutdown) and the
-                // trust seam (revocation, removal; crate::trust) end a connection through its wake-up.
+                // trust seam (revocation, removal; crate::admin::trust) end a connection through its wake-up.
                 if let Some(close) = ended(notify, conn, wbuf) {
                     return Driven::Closed(close);
                 }
@@ -1024,7 +1028,7 @@ async fn drive<R: ReadReady, W: AsyncWrite + Unpin>(l: &mut Live<R, W>) -> Drive
 }
 
 /// The close for a connection that an administrator, a ban, the trust seam (revocation,
-/// removal; [`crate::trust`]) or shutdown asked to end, if one did. Checked before every pull
+/// removal; [`crate::admin::trust`]) or shutdown asked to end, if one did. Checked before every pull
 /// of deliveries and before input is handled, not only when the wake-up is seen, so that a
 /// connection whose credential lost its standing receives and publishes nothing more.
 fn ended(notify: &ConnWaker, conn: &mut Connection, wbuf: &mut BytesMut) -> Option<Close> {
@@ -1071,5 +1075,37 @@ async fn sleep_until_opt(deadline: Option<tokio::time::Instant>) {
     match deadline {
         Some(d) => tokio::time::sleep_until(d).await,
         None => std::future::pending().await,
+    }
+}
+
+/// A listener that is bound and accepting.
+#[derive(Debug, Clone)]
+pub struct BoundListener {
+    /// Transport.
+    pub protocol: crate::config::ListenerProtocol,
+    /// The actual address (the port is known even when the config said 0).
+    pub addr: SocketAddr,
+    /// WebSocket path (ws only).
+    pub path: String,
+    /// Connections open on it now (`warden_connections{listener}`).
+    pub open: Arc<OpenCounts>,
+}
+
+impl BoundListener {
+    /// The `listener` label: protocol and bound address (`mqtt:127.0.0.1:1883`).
+    pub fn label(&self) -> String {
+        format!("{}:{}", self.protocol.as_str(), self.addr)
+    }
+}
+
+impl BoundListener {
+    /// `mqtt://127.0.0.1:1883`, `ws://127.0.0.1:8083/mqtt`, …: how the logs name it.
+    pub fn url(&self) -> String {
+        match self.protocol {
+            crate::config::ListenerProtocol::Ws | crate::config::ListenerProtocol::Wss => {
+                format!("{}://{}{}", self.protocol, self.addr, self.path)
+            }
+            _ => format!("{}://{}", self.protocol, self.addr),
+        }
     }
 }

@@ -63,12 +63,12 @@ pub fn run(args: &ImportArgs) -> anyhow::Result<()> {
             };
             let cfg = crate::config::Config::load(config)?;
             let text = std::fs::read_to_string(file).with_context(|| format!("{}: cannot read", file.display()))?;
-            let mut store = crate::policy_store::load(&cfg.data_dir)?;
+            let mut store = crate::admin::policy_store::load(&cfg.data_dir)?;
             let report = import_dynsec(&text, &mut store).with_context(|| format!("{}", file.display()))?;
             store
                 .validate()
                 .map_err(|e| anyhow::anyhow!("{}: the result is not a valid policy store: {}", file.display(), e.0))?;
-            crate::policy_store::save(&cfg.data_dir, &store)?;
+            crate::admin::policy_store::save(&cfg.data_dir, &store)?;
             print!("{report}");
             println!("policy store written to {}", cfg.data_dir.display());
             Ok(())

@@ -5,7 +5,7 @@
 //! started, so the trail takes at most twice that. Every record is also logged at `info` on
 //! the target `warden::admin_audit`.
 //!
-//! Writers: the broker's admin API ([`crate::admin_backend`]) and the `warden oauth …`
+//! Writers: the broker's admin API ([`crate::admin::backend`]) and the `warden oauth …`
 //! subcommands, which edit the data directory themselves (actor `cli`). Each record is one
 //! `write` on a file opened with `O_APPEND`, so the two never interleave within a line.
 

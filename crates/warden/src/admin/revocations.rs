@@ -16,7 +16,7 @@ use serde::{Deserialize, Serialize};
 use tracing::warn;
 use warden_http::OAuthService;
 
-use crate::passwd_cmd::write_atomically;
+use crate::fsutil::write_atomically;
 
 #[derive(Serialize, Deserialize, Default)]
 #[serde(deny_unknown_fields)]

@@ -239,9 +239,9 @@ fn enc(s: &str) -> String {
 
 fn password(p: &PasswordArg) -> anyhow::Result<String> {
     let bytes = if p.password_stdin {
-        crate::passwd_cmd::read_stdin_line()?
+        crate::cli::passwd::read_stdin_line()?
     } else {
-        crate::passwd_cmd::read_terminal_twice()?
+        crate::cli::passwd::read_terminal_twice()?
     };
     String::from_utf8(bytes).context("the password must be UTF-8")
 }
@@ -427,7 +427,7 @@ pub fn run(args: &AdminArgs) -> anyhow::Result<()> {
             BanCmd::Add { kind, value, expires_in, reason } => {
                 let mut body = json!({"kind": kind, "value": value});
                 if let Some(s) = expires_in {
-                    body["expires_at"] = json!(crate::tokens::unix_now().saturating_add(*s));
+                    body["expires_at"] = json!(crate::auth::tokens::unix_now().saturating_add(*s));
                 }
                 if let Some(r) = reason {
                     body["reason"] = json!(r);
@@ -471,7 +471,7 @@ pub fn run(args: &AdminArgs) -> anyhow::Result<()> {
         AdminCommand::Audit { since, limit, json } => {
             let mut query = Vec::new();
             if let Some(s) = since {
-                query.push(format!("since={}", enc(&since_param(s, crate::tokens::unix_now())?)));
+                query.push(format!("since={}", enc(&since_param(s, crate::auth::tokens::unix_now())?)));
             }
             if let Some(l) = limit {
                 query.push(format!("limit={l}"));

@@ -4,7 +4,7 @@
 //! All parsing and hashing lives in `warden_policy::password`; this file only does I/O.
 
 use std::fs;
-use std::io::{self, BufRead, Write};
+use std::io::{self, BufRead};
 use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context};
@@ -111,43 +111,4 @@ fn check_not_empty(password: Vec<u8>) -> anyhow::Result<Vec<u8>> {
     Ok(password)
 }
 
-/// Writes `data` to a temporary file next to `path`, then renames it over `path`. A new file
-/// gets mode 0600 on unix; an existing file keeps its permissions.
-/// Write `data` to `path` atomically (temp file in the same directory, fsync, rename); a new
-/// file gets mode 0600.
-pub fn write_atomically(path: &Path, data: &[u8]) -> io::Result<()> {
-    let dir = match path.parent() {
-        Some(p) if !p.as_os_str().is_empty() => p,
-        _ => Path::new("."),
-    };
-    let name = path.file_name().ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "path has no file name"))?;
-    let mut tmp_name = std::ffi::OsString::from(".");
-    tmp_name.push(name);
-    tmp_name.push(format!(".tmp.{}", std::process::id()));
-    let tmp = dir.join(tmp_name);
-
-    if let Err(e) = write_and_rename(&tmp, path, data) {
-        let _ = fs::remove_file(&tmp);
-        return Err(e);
-    }
-    // Make the rename durable; not all platforms can open a directory, so best effort.
-    if let Ok(d) = fs::File::open(dir) {
-        let _ = d.sync_all();
-    }
-    Ok(())
-}
-
-fn write_and_rename(tmp: &Path, path: &Path, data: &[u8]) -> io::Result<()> {
-    let mut opts = fs::OpenOptions::new();
-    opts.write(true).create_new(true);
-    #[cfg(unix)]
-    std::os::unix::fs::OpenOptionsExt::mode(&mut opts, 0o600);
-    let mut f = opts.open(tmp)?;
-    if let Ok(meta) = fs::metadata(path) {
-        f.set_permissions(meta.permissions())?;
-    }
-    f.write_all(data)?;
-    f.sync_all()?;
-    drop(f);
-    fs::rename(tmp, path)
-}
+use crate::fsutil::write_atomically;

@@ -25,7 +25,7 @@ use warden_policy::{Action, Authorizer, Decision, PolicyAuthorizer, Principal};
 
 use crate::auth::Authenticator;
 use crate::config::{AuditMode, AuthzConfig, OnDeny};
-use crate::live::LiveClients;
+use crate::conn::live::LiveClients;
 
 /// The file in the data directory.
 pub const FILE: &str = "policy.json";
@@ -46,7 +46,7 @@ pub fn load(data_dir: &Path) -> anyhow::Result<PolicyStore> {
 pub fn save(data_dir: &Path, store: &PolicyStore) -> anyhow::Result<()> {
     std::fs::create_dir_all(data_dir).with_context(|| format!("{}: cannot create", data_dir.display()))?;
     let path = data_dir.join(FILE);
-    crate::passwd_cmd::write_atomically(&path, store.to_json().as_bytes())
+    crate::fsutil::write_atomically(&path, store.to_json().as_bytes())
         .with_context(|| format!("{}: cannot write policy store", path.display()))
 }
 
@@ -147,7 +147,7 @@ pub struct PolicyManager {
     store: Mutex<PolicyStore>,
     auth: Arc<Authenticator>,
     live: Arc<LiveClients>,
-    trust: Arc<crate::trust::Trust>,
+    trust: Arc<crate::admin::trust::Trust>,
     broker: OnceLock<Arc<Broker>>,
 }
 
@@ -158,7 +158,7 @@ impl PolicyManager {
         authz: &AuthzConfig,
         auth: Arc<Authenticator>,
         live: Arc<LiveClients>,
-        trust: Arc<crate::trust::Trust>,
+        trust: Arc<crate::admin::trust::Trust>,
     ) -> anyhow::Result<PolicyManager> {
         let acl = load_acl(authz)?.map(Arc::new);
         let store = load(data_dir)?;

@@ -1,6 +1,6 @@
 //! Authentication of CONNECT credentials (SPEC §4): a verified client certificate, an access
-//! token in the password field ([`crate::tokens`]), the password file, the policy store's users
-//! ([`crate::policy_store`]), then anonymous access.
+//! token in the password field ([`crate::auth::tokens`]), the password file, the policy store's users
+//! ([`crate::admin::policy_store`]), then anonymous access.
 //!
 //! Refusals look the same whether the user exists or not: the same reason code, and the same
 //! slow-hash work (the password file verifies unknown users against a dummy hash). Secrets are
@@ -11,6 +11,9 @@
 //! verification) nor take every core; a CONNECT that waits longer than `auth_hash_wait` for a
 //! slot is refused with Server busy. (A SCRAM exchange costs no slow hash on the broker: the
 //! stored keys are checked with HMACs; the client derives the salted password.)
+
+pub mod lookup;
+pub mod tokens;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -25,10 +28,10 @@ use warden_policy::password::PasswordFile;
 use warden_policy::trust::{CertChain, Credential, CredentialSource};
 use warden_policy::{Principal, PrincipalKind};
 
+use crate::auth::lookup::{HttpLookup, LookupRequest, LookupVerdict};
+use crate::auth::tokens::{TokenAuth, TokenInfo};
 use crate::config::{AuthConfig, ClientIdMatch, IdentityConfig};
-use crate::lookup::{HttpLookup, LookupRequest, LookupVerdict};
 use crate::tls::{CertIdentity, ClientCert};
-use crate::tokens::{TokenAuth, TokenInfo};
 use tracing::info;
 
 /// Who a connection is, and for how long (token-authenticated connections end at expiry).

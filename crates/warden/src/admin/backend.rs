@@ -1,6 +1,6 @@
 //! The broker side of the admin API ([`warden_http::admin`]): the policy store, live clients,
 //! bans and stored OAuth clients, each change persisted and applied at once; and the admin
-//! audit trail ([`crate::audit_log`]) every change through the API is written to.
+//! audit trail ([`crate::admin::audit_log`]) every change through the API is written to.
 
 use std::sync::Arc;
 
@@ -12,11 +12,11 @@ use warden_http::admin::{AdminBackend, AdminError, Ban, BanKind, ClientInfo, OAu
 use warden_http::OAuthService;
 use warden_policy::store::PolicyStore;
 
-use crate::audit_log::AuditLog;
-use crate::bans::BanList;
+use crate::admin::audit_log::AuditLog;
+use crate::admin::policy_store::PolicyManager;
+use crate::admission::bans::BanList;
 use crate::config::Config;
-use crate::live::LiveClients;
-use crate::policy_store::PolicyManager;
+use crate::conn::live::LiveClients;
 
 /// The admin API's view of the running broker.
 pub struct Backend {
@@ -28,11 +28,11 @@ pub struct Backend {
     pub bans: Arc<BanList>,
     /// The per-address guard, whose automatic bans (`auth_fail_ban`) are listed and lifted
     /// with the operator's.
-    pub guard: Arc<crate::guard::Guard>,
+    pub guard: Arc<crate::admission::guard::Guard>,
     /// The token service, when enabled (its clients are refreshed after a change).
     pub oauth: Option<Arc<OAuthService>>,
     /// Where a change to the OAuth clients ends what deleted or narrowed clients hold.
-    pub trust: Arc<crate::trust::Trust>,
+    pub trust: Arc<crate::admin::trust::Trust>,
     /// The configuration (data directory, declared OAuth clients).
     pub config: Config,
     /// The admin audit trail (`<data_dir>/audit.jsonl`).
@@ -52,8 +52,8 @@ fn internal(what: &str, e: anyhow::Error) -> AdminError {
 impl Backend {
     fn refresh_oauth(&self) -> Result<(), AdminError> {
         if let Some(o) = &self.oauth {
-            let clients =
-                crate::server::oauth_clients(&self.config).map_err(|e| internal("loading OAuth clients", e))?;
+            let clients = crate::admin::oauth_store::oauth_clients(&self.config)
+                .map_err(|e| internal("loading OAuth clients", e))?;
             o.set_clients(clients);
             self.trust.oauth_clients_changed(o);
         }
@@ -84,7 +84,7 @@ impl AdminBackend for Backend {
 
     fn bans(&self) -> Vec<Ban> {
         let mut all = self.bans.list();
-        let now = crate::tokens::unix_now();
+        let now = crate::auth::tokens::unix_now();
         all.extend(self.guard.auto_bans(std::time::Instant::now()).into_iter().map(|(ip, left)| Ban {
             kind: BanKind::Ip,
             value: ip.to_string(),
@@ -95,9 +95,9 @@ impl AdminBackend for Backend {
     }
 
     fn add_ban(&self, ban: Ban) -> Result<(), AdminError> {
-        crate::bans::validate(&ban).map_err(AdminError::bad_request)?;
+        crate::admission::bans::validate(&ban).map_err(AdminError::bad_request)?;
         self.bans.add(ban.clone()).map_err(|e| internal("saving the ban list", e))?;
-        let now = crate::tokens::unix_now();
+        let now = crate::auth::tokens::unix_now();
         if ban.expires_at.is_none_or(|e| now < e) {
             // 0x98 Administrative action: 0x8A Banned is a CONNACK-only code (MQTT 5
             // §3.14.2.1 has no 0x8A for DISCONNECT; clients read it as a malformed packet).
@@ -121,18 +121,25 @@ impl AdminBackend for Backend {
     }
 
     fn oauth_clients(&self) -> Result<Vec<OAuthClientInfo>, AdminError> {
-        let all = crate::oauth_store::all_clients(&self.config).map_err(|e| internal("loading OAuth clients", e))?;
+        let all =
+            crate::admin::oauth_store::all_clients(&self.config).map_err(|e| internal("loading OAuth clients", e))?;
         Ok(all.into_iter().map(|c| OAuthClientInfo { id: c.id, scopes: c.scopes, roles: c.roles }).collect())
     }
 
     fn put_oauth_client(&self, client: OAuthClientInfo, secret_hash: String) -> Result<(), AdminError> {
-        crate::oauth_store::put_stored_client(&self.config, &client.id, secret_hash, client.scopes, client.roles)
-            .map_err(|e| AdminError::bad_request(format!("{e:#}")))?;
+        crate::admin::oauth_store::put_stored_client(
+            &self.config,
+            &client.id,
+            secret_hash,
+            client.scopes,
+            client.roles,
+        )
+        .map_err(|e| AdminError::bad_request(format!("{e:#}")))?;
         self.refresh_oauth()
     }
 
     fn remove_oauth_client(&self, id: &str) -> Result<bool, AdminError> {
-        let removed = crate::oauth_store::remove_stored_client(&self.config.data_dir, id)
+        let removed = crate::admin::oauth_store::remove_stored_client(&self.config.data_dir, id)
             .map_err(|e| internal("saving OAuth clients", e))?;
         self.refresh_oauth()?;
         Ok(removed)

@@ -18,11 +18,12 @@
 //! without `--force`. [`ensure_dev_pki`] is what the embedded default configuration uses.
 
 use std::fs;
-use std::io::{self, Write};
+use std::io;
 use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime};
 
+use crate::fsutil::write_atomically_with_mode;
 use anyhow::{bail, Context};
 use rcgen::{
     BasicConstraints, Certificate, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa,
@@ -263,7 +264,7 @@ fn read_json<T: Default + serde::de::DeserializeOwned>(path: &Path) -> anyhow::R
 fn write_json<T: serde::Serialize>(path: &Path, value: &T) -> anyhow::Result<()> {
     let mut text = serde_json::to_string_pretty(value).context("encoding JSON")?;
     text.push('\n');
-    write_atomically(path, text.as_bytes(), false).with_context(|| format!("writing {}", path.display()))
+    write_atomically_with_mode(path, text.as_bytes(), 0o644).with_context(|| format!("writing {}", path.display()))
 }
 
 /// Lower-case hex of a DER INTEGER's content bytes, without leading zero bytes.
@@ -416,7 +417,7 @@ fn write_crl(dir: &Path, ca: &LoadedCa, log: &mut RevokedLog, days: u32) -> anyh
     let pem = crl.pem().context("encoding the CRL")?;
     write_json(&dir.join(REVOKED_FILE), log)?;
     let path = dir.join(CRL_FILE);
-    write_atomically(&path, pem.as_bytes(), false).with_context(|| format!("writing {}", path.display()))?;
+    write_atomically_with_mode(&path, pem.as_bytes(), 0o644).with_context(|| format!("writing {}", path.display()))?;
     Ok((path, count))
 }
 
@@ -805,36 +806,8 @@ fn create_dir(dir: &Path) -> anyhow::Result<()> {
 
 /// Write the key (mode 0600) then the certificate, each atomically.
 fn write_pair(cert: &Path, cert_pem: &str, key: &Path, key_pem: &str) -> anyhow::Result<()> {
-    write_atomically(key, key_pem.as_bytes(), true).with_context(|| format!("writing {}", key.display()))?;
-    write_atomically(cert, cert_pem.as_bytes(), false).with_context(|| format!("writing {}", cert.display()))
-}
-
-/// Write to a new temporary file beside `path` (mode 0600 when `secret`, so the key is never
-/// readable by others, not even briefly), then rename it over `path`.
-fn write_atomically(path: &Path, data: &[u8], secret: bool) -> io::Result<()> {
-    let dir = path.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(Path::new("."));
-    let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
-    let tmp = dir.join(format!(".{name}.tmp-{}-{:08x}", std::process::id(), rand::random::<u32>()));
-    let mut options = fs::OpenOptions::new();
-    options.write(true).create_new(true);
-    #[cfg(unix)]
-    {
-        use std::os::unix::fs::OpenOptionsExt;
-        options.mode(if secret { 0o600 } else { 0o644 });
-    }
-    #[cfg(not(unix))]
-    let _ = secret;
-    let result = (|| {
-        let mut file = options.open(&tmp)?;
-        file.write_all(data)?;
-        file.sync_all()?;
-        drop(file);
-        fs::rename(&tmp, path)
-    })();
-    if result.is_err() {
-        let _ = fs::remove_file(&tmp);
-    }
-    result
+    write_atomically_with_mode(key, key_pem.as_bytes(), 0o600).with_context(|| format!("writing {}", key.display()))?;
+    write_atomically_with_mode(cert, cert_pem.as_bytes(), 0o644).with_context(|| format!("writing {}", cert.display()))
 }
 
 fn print_written(what: &str, cert: &Path, key: &Path) {

@@ -5,6 +5,8 @@
 //! TOML error carries the value's span) or, for checks that involve several values, afterwards
 //! using `toml::Spanned` positions.
 
+pub mod lookup;
+
 use std::collections::HashMap;
 use std::fmt;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
@@ -230,7 +232,7 @@ pub struct AuthConfig {
     /// `[auth.jwt]`: access tokens from an outside issuer in the CONNECT password field.
     pub jwt: Option<JwtConfig>,
     /// `[auth.http]`: third-party look-up of credentials.
-    pub lookup: Option<crate::lookup::LookupConfig>,
+    pub lookup: Option<crate::config::lookup::LookupConfig>,
 }
 
 /// A secret from the configuration: never printed by `Debug`.
@@ -2109,7 +2111,7 @@ struct RawAuth {
     allow_anonymous: bool,
     password_file: Option<Spanned<PathBuf>>,
     jwt: Option<Spanned<JwtConfig>>,
-    http: Option<crate::lookup::LookupConfig>,
+    http: Option<crate::config::lookup::LookupConfig>,
 }
 
 /// A socket address with a helpful error message.

@@ -21,7 +21,7 @@ pub fn ensure_admin(data_dir: &Path, password_file: &Path) -> anyhow::Result<Opt
         .with_context(|| format!("{}: cannot create data directory", data_dir.display()))?;
     let password = Alphanumeric.sample_string(&mut rand::rngs::OsRng, 24);
     let text = upsert_user("", ADMIN_USER, &hash_password(password.as_bytes()))?;
-    crate::passwd_cmd::write_atomically(password_file, text.as_bytes())
+    crate::fsutil::write_atomically(password_file, text.as_bytes())
         .with_context(|| format!("{}: cannot write password file", password_file.display()))?;
     Ok(Some(password))
 }

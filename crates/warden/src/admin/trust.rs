@@ -23,7 +23,7 @@ use tracing::info;
 use warden_core::Broker;
 use warden_policy::trust::{ClientGrants, TrustEvent, Verdict};
 
-use crate::live::LiveClients;
+use crate::conn::live::LiveClients;
 
 /// Applies trust events to live connections and sessions.
 pub struct Trust {

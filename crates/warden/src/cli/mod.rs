@@ -1,0 +1,16 @@
+//! The command-line tools beside `warden run` (the parsing itself is in `main.rs`).
+//!
+//! # Layout
+//! - [`passwd`]: `warden passwd` (the Mosquitto-compatible password file).
+//! - [`cert`]: `warden cert` (a CA, server and client certificates, revocation, CRLs).
+//! - [`token`]: `warden token` (mint a token from the built-in token service's key).
+//! - [`admin`]: `warden admin …`, the CLI over the admin API.
+//! - [`import`]: `warden import` (Mosquitto dynamic-security JSON, mosquitto.conf).
+//! - [`bootstrap`]: first start of the embedded default (the `admin` user).
+
+pub mod admin;
+pub mod bootstrap;
+pub mod cert;
+pub mod import;
+pub mod passwd;
+pub mod token;
