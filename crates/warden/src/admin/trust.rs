@@ -56,7 +56,7 @@ impl Trust {
     /// Apply `event` everywhere: end the live connections whose principal it takes standing
     /// from (their wills discarded), and discard such sessions' pending wills.
     pub fn apply(&self, event: &TrustEvent) -> Applied {
-        let connections = self.live.revoke_where(|p| event.verdict(p).map(reason_code));
+        let connections = self.live.revoke(event, reason_code);
         let lost = |p: &warden_policy::Principal| event.verdict(p).is_some();
         let (wills, retained) =
             self.broker.get().map_or((0, 0), |b| (b.discard_wills_where(lost), b.drop_retained_where(lost)));
