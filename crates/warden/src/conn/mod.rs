@@ -890,7 +890,13 @@ async fn drive<R: ReadReady, W: AsyncWrite + Unpin>(l: &mut Live<R, W>) -> Drive
         let park_at = park_after.filter(|_| quiet).map(|a| tokio::time::Instant::now() + a);
         // The core's own timeout: the keep alive [MQTT-3.1.2-24] or the access token's expiry.
         let core_deadline = conn.poll_timeout().map(tokio::time::Instant::from_std);
-        let wake_at = [core_deadline, throttled_until, stall_deadline, mem_sample, park_at].into_iter().flatten().min();
+        let deadlines = Deadlines {
+            stall: stall_deadline,
+            core: core_deadline,
+            throttle: throttled_until,
+            park: park_at,
+            memory_sample: mem_sample,
+        };
         tokio::select! {
             r = read_some(rd, rbuf, busy), if can_read => {
                 match r {
@@ -932,10 +938,8 @@ async fn drive<R: ReadReady, W: AsyncWrite + Unpin>(l: &mut Live<R, W>) -> Drive
                     Err(c) => return Driven::Closed(c),
                 }
             }
-            _ = sleep_until_opt(wake_at) => {
-                let now = tokio::time::Instant::now();
-                let passed = |d: Option<tokio::time::Instant>| d.is_some_and(|d| d <= now);
-                if passed(stall_deadline) {
+            _ = sleep_until_opt(deadlines.next()) => match deadlines.passed(tokio::time::Instant::now()) {
+                Some(Deadline::Stall) => {
                     // The client reads nothing: what is pending cannot be delivered, DISCONNECT
                     // included. Its QoS 1/2 messages stay in the session for a reconnect.
                     hit(&ctx.broker.stats.limits.write_stalled);
@@ -943,7 +947,7 @@ async fn drive<R: ReadReady, W: AsyncWrite + Unpin>(l: &mut Live<R, W>) -> Drive
                     wbuf.clear();
                     return Driven::Closed(conn.disconnect(&mut BytesMut::new(), ReasonCode::SERVER_BUSY));
                 }
-                if passed(core_deadline) {
+                Some(Deadline::Core) => {
                     // The keep alive ran out (0x8D, the will published) [MQTT-3.1.2-24], or the
                     // credential expired (0xA0, the will discarded like a revocation's: SPEC §10).
                     if let Err(close) = conn.handle_timeout(Instant::now(), wbuf) {
@@ -956,17 +960,67 @@ async fn drive<R: ReadReady, W: AsyncWrite + Unpin>(l: &mut Live<R, W>) -> Drive
                         return Driven::Closed(close);
                     }
                 }
-                if passed(throttled_until) {
-                    throttled_until = None;
-                }
-                if passed(park_at) {
+                Some(Deadline::Throttle) => throttled_until = None,
+                Some(Deadline::Park) => {
                     *parked_before = true;
                     conn.shrink();
                     return Driven::Quiet;
                 }
                 // The memory sample: the next turn of the loop looks at the gauge again.
+                Some(Deadline::MemorySample) | None => {}
             }
         }
+    }
+}
+
+/// Which of a connection's [`Deadlines`] passed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Deadline {
+    /// Output has not moved for `write_stall_timeout`: closed (Server busy).
+    Stall,
+    /// The core's timeout (`Connection::poll_timeout`: keep alive, credential expiry).
+    Core,
+    /// A publish throttle ends: reading resumes.
+    Throttle,
+    /// Quiet long enough: the connection parks.
+    Park,
+    /// Paused above `max_memory`: look at the gauge again.
+    MemorySample,
+}
+
+/// The deadlines of a connection, as one pure value the driver builds each turn: it sleeps
+/// until [`Deadlines::next`] (one timer: a tokio `Sleep` is over 100 bytes of the task's state)
+/// and asks [`Deadlines::passed`] which one fired.
+#[derive(Debug, Default, Clone, Copy)]
+struct Deadlines {
+    stall: Option<tokio::time::Instant>,
+    core: Option<tokio::time::Instant>,
+    throttle: Option<tokio::time::Instant>,
+    park: Option<tokio::time::Instant>,
+    memory_sample: Option<tokio::time::Instant>,
+}
+
+impl Deadlines {
+    /// In the order they are acted on when several passed at once: a connection that must
+    /// close is closed before it could park.
+    fn in_order(&self) -> [(Deadline, Option<tokio::time::Instant>); 5] {
+        [
+            (Deadline::Stall, self.stall),
+            (Deadline::Core, self.core),
+            (Deadline::Throttle, self.throttle),
+            (Deadline::Park, self.park),
+            (Deadline::MemorySample, self.memory_sample),
+        ]
+    }
+
+    /// The earliest deadline, if any.
+    fn next(&self) -> Option<tokio::time::Instant> {
+        self.in_order().into_iter().filter_map(|(_, d)| d).min()
+    }
+
+    /// The first deadline (in [`Deadlines::in_order`]) passed at `now`.
+    fn passed(&self, now: tokio::time::Instant) -> Option<Deadline> {
+        self.in_order().into_iter().find(|(_, d)| d.is_some_and(|d| d <= now)).map(|(w, _)| w)
     }
 }
 
@@ -1050,5 +1104,47 @@ impl BoundListener {
             }
             _ => format!("{}://{}", self.protocol, self.addr),
         }
+    }
+}
+
+#[cfg(test)]
+mod deadline_tests {
+    use super::{Deadline, Deadlines};
+    use std::time::Duration;
+    use tokio::time::Instant;
+
+    #[test]
+    fn no_deadline_means_no_timer_and_nothing_passed() {
+        let d = Deadlines::default();
+        assert_eq!(d.next(), None);
+        assert_eq!(d.passed(Instant::now()), None);
+    }
+
+    #[test]
+    fn the_timer_is_set_for_the_earliest_deadline() {
+        let t0 = Instant::now();
+        let s = Duration::from_secs(1);
+        let d =
+            Deadlines { core: Some(t0 + s), park: Some(t0 + 2 * s), throttle: Some(t0 + 3 * s), ..Default::default() };
+        assert_eq!(d.next(), Some(t0 + s));
+        assert_eq!(d.passed(t0), None, "none passed yet");
+        assert_eq!(d.passed(t0 + s), Some(Deadline::Core), "a deadline passes at its instant");
+        assert_eq!(d.passed(t0 + 2 * s), Some(Deadline::Core), "still the core's, which may close");
+    }
+
+    #[test]
+    fn a_closing_deadline_wins_over_parking_and_sampling() {
+        let t0 = Instant::now();
+        let all =
+            Deadlines { stall: Some(t0), core: Some(t0), throttle: Some(t0), park: Some(t0), memory_sample: Some(t0) };
+        assert_eq!(all.passed(t0), Some(Deadline::Stall), "a stalled writer is closed first");
+        let d = Deadlines { stall: None, ..all };
+        assert_eq!(d.passed(t0), Some(Deadline::Core), "keep alive [MQTT-3.1.2-24] and token expiry next");
+        let d = Deadlines { core: None, ..d };
+        assert_eq!(d.passed(t0), Some(Deadline::Throttle));
+        let d = Deadlines { throttle: None, ..d };
+        assert_eq!(d.passed(t0), Some(Deadline::Park));
+        let d = Deadlines { park: None, ..d };
+        assert_eq!(d.passed(t0), Some(Deadline::MemorySample));
     }
 }
