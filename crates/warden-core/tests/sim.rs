@@ -1,6 +1,7 @@
 //! The core in memory: protocol cases driven through `warden_core::sim::Sim` (many clients,
 //! a recording waker, a virtual clock; no socket, no sleep, no store). Each case names the
 //! MQTT 5 clause (or SPEC section) it checks. Time passes only through `Sim::advance`.
+#![allow(clippy::unwrap_used)] // test code: a failed unwrap is a failed test
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};

@@ -3,6 +3,7 @@
 //! 1 shared subscriptions pick a member allowed to receive; 2 `$` topics need an explicit
 //! grant; 3 queued messages are authorized again on session resume; 4 retained messages
 //! are checked against their publisher's current right to publish.
+#![allow(clippy::unwrap_used)] // test code: a failed unwrap is a failed test
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;

@@ -57,36 +57,54 @@ const B64: GeneralPurpose = GeneralPurpose::new(
 /// Never carries the hash text or any secret.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 pub enum Reason {
+    /// Missing ':' between user name and hash.
     #[error("missing ':' between user name and hash")]
     MissingSeparator,
+    /// Empty user name.
     #[error("empty user name")]
     EmptyUser,
+    /// User name has leading or trailing whitespace.
     #[error("user name has leading or trailing whitespace")]
     UserWhitespace,
+    /// User name contains a forbidden character.
     #[error("user name contains a forbidden character")]
     UserForbiddenChar,
+    /// User name starts with '#'.
     #[error("user name starts with '#'")]
     UserStartsWithHash,
+    /// Missing hash.
     #[error("missing hash")]
     MissingHash,
+    /// Hash contains whitespace or control characters.
     #[error("hash contains whitespace or control characters")]
     HashWhitespace,
+    /// Unknown hash format.
     #[error("unknown hash format")]
     UnknownFormat,
+    /// Malformed argon2 hash.
     #[error("malformed argon2 hash")]
     MalformedArgon2,
+    /// Argon2 memory cost too large.
     #[error("argon2 memory cost too large")]
     Argon2TooLarge,
+    /// Malformed $6$ hash.
     #[error("malformed $6$ hash")]
     MalformedSha512,
+    /// Malformed $7$ hash.
     #[error("malformed $7$ hash")]
     MalformedPbkdf2,
+    /// Malformed SCRAM-SHA-256 hash.
     #[error("malformed SCRAM-SHA-256 hash")]
     MalformedScram,
+    /// SCRAM-SHA-256 iteration count out of range (4096..=1000000).
     #[error("SCRAM-SHA-256 iteration count out of range (4096..=1000000)")]
     ScramIterations,
+    /// Duplicate user (first defined on line `first_line`).
     #[error("duplicate user (first defined on line {first_line})")]
-    DuplicateUser { first_line: usize },
+    DuplicateUser {
+        /// Where the user was first defined (1-based).
+        first_line: usize,
+    },
 }
 
 /// Error from [`PasswordFile::parse`] or [`upsert_user`].
@@ -94,7 +112,12 @@ pub enum Reason {
 pub enum PasswordFileError {
     /// A line of the file (1-based) is malformed.
     #[error("line {line}: {reason}")]
-    Line { line: usize, reason: Reason },
+    Line {
+        /// 1-based line number.
+        line: usize,
+        /// What is wrong with it.
+        reason: Reason,
+    },
     /// The user name given to [`upsert_user`] cannot be stored.
     #[error("invalid user name: {0}")]
     InvalidUser(Reason),

@@ -1,4 +1,5 @@
 //! Third-party look-up over HTTP (SPEC §4, method 4) against a mock look-up service.
+#![allow(clippy::unwrap_used)] // test code: a failed unwrap is a failed test
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
