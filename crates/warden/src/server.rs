@@ -182,7 +182,7 @@ pub fn broker_config(cfg: &Config) -> BrokerConfig {
         sys_interval: l.sys_interval,
         check_retain_source: cfg.authz.check_retain_source,
         // The core reads no clock: the seed of assigned client ids is the start time.
-        id_seed: std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_nanos() as u64),
+        id_seed: crate::clock::unix_nanos(),
     }
 }
 
@@ -200,7 +200,7 @@ fn oauth_service(
         OAuthSettings { issuer, token_ttl: cfg.oauth.token_ttl, audience: cfg.oauth.audience.clone() },
         oauth_clients(cfg)?,
         keys,
-        Arc::new(crate::auth::tokens::unix_now),
+        Arc::new(crate::clock::unix_now),
     ));
     // Revocations survive restarts: saved on every revocation, loaded here.
     crate::admin::revocations::attach(&service, &cfg.data_dir)?;
@@ -378,7 +378,7 @@ impl Server {
                         continue;
                     }
                     // Admin bans, per-address limits and bans, before any handshake or hashing.
-                    if bans.ip_banned(peer.ip(), crate::auth::tokens::unix_now()) {
+                    if bans.ip_banned(peer.ip(), crate::clock::unix_now()) {
                         tracing::debug!(%peer, "connection refused: address banned by an administrator");
                         drop(sock);
                         continue;

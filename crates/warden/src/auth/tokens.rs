@@ -11,7 +11,7 @@
 //! `warden_policy::jwt`).
 
 use std::sync::Arc;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, Context};
 use parking_lot::{Mutex, RwLock};
@@ -27,10 +27,7 @@ pub const JWKS_REFRESH_INTERVAL: Duration = Duration::from_secs(30);
 
 pub use warden_policy::authn::TokenInfo;
 
-/// Seconds since the epoch.
-pub fn unix_now() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs())
-}
+pub use crate::clock::unix_now;
 
 struct External {
     issuer: ExternalIssuer,

@@ -152,7 +152,7 @@ impl LiveClients {
         conn: Arc<ConnWaker>,
     ) -> LiveRegistration {
         let id = self.next.fetch_add(1, Ordering::Relaxed);
-        let connected_at = u32::try_from(crate::auth::tokens::unix_now()).unwrap_or(u32::MAX);
+        let connected_at = u32::try_from(crate::clock::unix_now()).unwrap_or(u32::MAX);
         let jti = token_id(&principal).map(Box::from);
         let entry = Entry {
             client_id: client_id.clone(),

@@ -244,7 +244,7 @@ where
         authn::ConnectView::of(connect),
         cert,
         peer,
-        crate::auth::tokens::unix_now(),
+        crate::clock::unix_now(),
     );
     let mut exchange_deadline = None;
     loop {
@@ -655,7 +655,7 @@ async fn establish<S: Transport>(start: Box<Start<S>>) -> Option<Live<S::Read, S
     // A token-authenticated connection ends when its token expires (a core timeout) or is
     // revoked.
     let token_expiry = authed.token.as_ref().map(|t| {
-        let left = t.expires_at.saturating_sub(crate::auth::tokens::unix_now());
+        let left = t.expires_at.saturating_sub(crate::clock::unix_now());
         Instant::now() + Duration::from_secs(left)
     });
     let notify = Arc::new(ConnWaker::default());
