@@ -270,6 +270,24 @@ pub enum Method {
     Anonymous,
 }
 
+impl Method {
+    /// Every method, in label order.
+    pub const ALL: [Method; 6] =
+        [Method::Password, Method::Scram, Method::Certificate, Method::Token, Method::Lookup, Method::Anonymous];
+
+    /// The label value (`warden_auth_attempts_total{method}`, log lines).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Method::Password => "password",
+            Method::Scram => "scram",
+            Method::Certificate => "certificate",
+            Method::Token => "token",
+            Method::Lookup => "lookup",
+            Method::Anonymous => "anonymous",
+        }
+    }
+}
+
 /// Who the CONNECT is, and what the shell records for it.
 #[derive(Debug, Clone)]
 pub struct Authenticated {

@@ -188,19 +188,6 @@ async fn read_connect<R: AsyncRead + Unpin>(rd: &mut R, buf: &mut BytesMut, max:
     }
 }
 
-/// The `method` label of `warden_auth_attempts_total` and the connection's log line.
-fn method_label(m: authn::Method) -> warden_core::metrics::AuthMethod {
-    use warden_core::metrics::AuthMethod as M;
-    match m {
-        authn::Method::Password => M::Password,
-        authn::Method::Scram => M::Scram,
-        authn::Method::Certificate => M::Certificate,
-        authn::Method::Token => M::Token,
-        authn::Method::Lookup => M::Lookup,
-        authn::Method::Anonymous => M::Anonymous,
-    }
-}
-
 /// The admission state the authentication chain consults for one CONNECT: the admin ban list,
 /// and the backoff of user names from this connection's address.
 struct Gate<'a> {
@@ -573,7 +560,7 @@ async fn establish<S: Transport>(start: Box<Start<S>>) -> Option<Live<S::Read, S
     let client_max = connect.properties.maximum_packet_size.unwrap_or(u32::MAX);
     let authed = match decided {
         Ok(a) => {
-            ctx.broker.stats.security.auth_attempt(method_label(a.method), true);
+            ctx.broker.stats.security.auth_attempt(a.method, true);
             if a.principal.kind == warden_policy::PrincipalKind::Fallback {
                 info!(client_id = %crate::logsafe::Escaped(&connect.client_id), claimed = %crate::logsafe::Escaped(&a.principal.name),
                     %peer, role = a.principal.roles.first().map_or("", |r| &**r),
@@ -627,7 +614,7 @@ async fn establish<S: Transport>(start: Box<Start<S>>) -> Option<Live<S::Read, S
                             s.user_failed(user, now);
                         }
                     }
-                    let method = method_label(r.method);
+                    let method = r.method;
                     ctx.broker.stats.security.auth_attempt(method, false);
                     // The user name is logged; the password never is.
                     // Logged per peer address: its first refusals in a window, then counted
@@ -674,7 +661,7 @@ async fn establish<S: Transport>(start: Box<Start<S>>) -> Option<Live<S::Read, S
             }
         };
     info!(%peer, client_id = %crate::logsafe::Escaped(conn.client_id()), principal = %crate::logsafe::Escaped(&principal),
-        method = method_label(authed.method).as_str(),
+        method = authed.method.as_str(),
         certificate = %crate::logsafe::Escaped(cert_identity.as_deref().unwrap_or("-")),
         protocol = match protocol { Protocol::V31 => "3.1", Protocol::V311 => "3.1.1", Protocol::V5 => "5" },
         "client connected");
