@@ -104,7 +104,7 @@ pub struct LiveCert {
     pub client_id: String,
     /// The identity taken from the certificate.
     pub identity: String,
-    /// The certificate's issuer and serial number (hex): the same value is the same certificate.
+    /// The certificate: `SERIAL@ISSUER` (hex); the same value is the same certificate.
     pub certificate: String,
 }
 
@@ -593,7 +593,7 @@ fn shared_certs(input: &PostureInput, out: &mut Vec<Finding>) {
             ),
             fix: "Issue one certificate per device (`warden cert client --cn DEVICE`) and revoke the shared one."
                 .into(),
-            subject: format!("certificate {identity} ({cert})"),
+            subject: format!("certificate {identity} (serial {})", cert.split('@').next().unwrap_or(cert)),
             doc: doc("shared-client-cert"),
         });
     }

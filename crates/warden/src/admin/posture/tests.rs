@@ -10,7 +10,12 @@ client_ca = \"/pki/ca.pem\"\nclient_cert = \"required\"\nidentity_from_cert = \"
 [auth]\nallow_anonymous = false\n";
 
 fn config(text: &str) -> Config {
-    let env = |_: &str| Some("0123456789abcdef0123456789abcdef".to_string());
+    static HASH: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    let hash = HASH.get_or_init(|| warden_policy::password::hash_password(b"admin-token"));
+    let env = |name: &str| match name {
+        "H" => Some(hash.clone()),
+        _ => Some("0123456789abcdef0123456789abcdef".to_string()),
+    };
     Config::parse_with_env(text, Path::new("/etc/warden/warden.toml"), &env).unwrap()
 }
 
@@ -215,14 +220,17 @@ fn inline_secrets() {
     let f: Vec<_> = audit(&i).into_iter().filter(|f| f.id == "inline-secret").collect();
     assert_eq!(f.len(), 1);
     assert_eq!(f[0].severity, Severity::Low);
-    assert!(f[0].title.contains("hs256_secret") && f[0].subject.ends_with(":12"), "{f:?}");
+    assert!(f[0].title.contains("hs256_secret") && f[0].subject.ends_with(":14"), "{f:?}");
     let by_env = input(&format!("{TIGHT}[auth.jwt]\naudience = \"w\"\nhs256_secret = \"env:S\"\n"));
     assert_eq!(has(&by_env, "inline-secret"), None);
 }
 
 #[test]
 fn admin_api_without_a_token_hash() {
+    // The token service (on by default with [http]) still admits its admin-scope tokens.
     let i = input(&format!("{TIGHT}[http]\nbind = \"127.0.0.1:8080\"\n"));
+    assert_eq!(has(&i, "admin-token-missing"), Some(Severity::Info));
+    let i = input(&format!("{TIGHT}[http]\nbind = \"127.0.0.1:8080\"\n[oauth]\nenabled = false\n"));
     assert_eq!(has(&i, "admin-token-missing"), Some(Severity::Low));
     let i = input(&format!("{TIGHT}[http]\nbind = \"127.0.0.1:8080\"\nadmin_token_hash = \"env:H\"\n"));
     assert_eq!(has(&i, "admin-token-missing"), None);
