@@ -627,7 +627,12 @@ dave:$7$101$xMLV0E0XbD07xjjh$5VRL76e0uvTcVcHJ88b+wCnaWCLZGGmwEBthhfu0TAKZXpJzbYs
 
     #[test]
     fn schemes_name_each_users_format_and_work_factor() {
-        let text = format!("{}\nbob:{}\nz:{}\n", MOSQ_7.lines().next().unwrap(), MOSQ_6.lines().next().unwrap().split_once(':').unwrap().1, hash_password(b"pw"));
+        let text = format!(
+            "{}\nbob:{}\nz:{}\n",
+            MOSQ_7.lines().next().unwrap(),
+            MOSQ_6.lines().next().unwrap().split_once(':').unwrap().1,
+            hash_password(b"pw")
+        );
         let f = PasswordFile::parse(&text).unwrap();
         let s = f.schemes();
         assert_eq!(s[1], ("bob", HashScheme::MosquittoSha512));

@@ -234,7 +234,8 @@ fn listeners(input: &PostureInput, out: &mut Vec<Finding>) {
             continue;
         }
         let subject = format!("listener {} {}", l.protocol, l.bind);
-        let mtls_required = l.tls.as_ref().is_some_and(|t| t.client_ca.is_some() && t.client_cert == ClientCertMode::Required);
+        let mtls_required =
+            l.tls.as_ref().is_some_and(|t| t.client_ca.is_some() && t.client_cert == ClientCertMode::Required);
         if cfg.auth.allow_anonymous && !mtls_required {
             let critical = !l.protocol.is_tls() && is_plain_unspecified(l.bind);
             out.push(Finding {
@@ -370,7 +371,9 @@ fn certificates(input: &PostureInput, out: &mut Vec<Finding>) {
                     }
                 },
                 CertKind::Crl => match x509_parser::parse_x509_crl(der) {
-                    Ok((_, crl)) => (crl.next_update().map(|t| t.timestamp()), crl.issuer().to_string(), CRL_EXPIRY_WARNING),
+                    Ok((_, crl)) => {
+                        (crl.next_update().map(|t| t.timestamp()), crl.issuer().to_string(), CRL_EXPIRY_WARNING)
+                    }
                     Err(_) => {
                         out.push(unreadable_cert(c, "a CRL does not parse"));
                         continue;
@@ -404,7 +407,9 @@ fn certificates(input: &PostureInput, out: &mut Vec<Finding>) {
                     id: "cert-expiring",
                     severity: Severity::Medium,
                     title: format!("{} expires in {} day(s) ({noun} of {name})", c.what, left / 86_400),
-                    why: format!("When it expires, clients (or the CRL check) start failing; renew before {noun} expiry."),
+                    why: format!(
+                        "When it expires, clients (or the CRL check) start failing; renew before {noun} expiry."
+                    ),
                     fix: format!("Reissue the {noun} now and reload the broker (SIGHUP)."),
                     subject,
                     doc: doc("cert-expiring"),
@@ -436,13 +441,10 @@ fn user_list(users: &[&str]) -> String {
 }
 
 fn password_hashes(input: &PostureInput, out: &mut Vec<Finding>) {
-    let file = input.config.auth.password_file.as_ref().map_or_else(|| "password file".into(), |p| p.display().to_string());
-    let sha: Vec<&str> = input
-        .passwords
-        .iter()
-        .filter(|(_, s)| *s == HashScheme::MosquittoSha512)
-        .map(|(u, _)| u.as_str())
-        .collect();
+    let file =
+        input.config.auth.password_file.as_ref().map_or_else(|| "password file".into(), |p| p.display().to_string());
+    let sha: Vec<&str> =
+        input.passwords.iter().filter(|(_, s)| *s == HashScheme::MosquittoSha512).map(|(u, _)| u.as_str()).collect();
     let weak: Vec<&str> = input
         .passwords
         .iter()
@@ -673,9 +675,10 @@ pub fn load(cfg: &Config, policy: Option<PolicyStore>, live_certs: Vec<LiveCert>
     }
     let mut passwords = Vec::new();
     if let Some(p) = &cfg.auth.password_file {
-        match std::fs::read_to_string(p).map_err(|e| e.to_string()).and_then(|t| {
-            PasswordFile::parse(&t).map_err(|e| e.to_string())
-        }) {
+        match std::fs::read_to_string(p)
+            .map_err(|e| e.to_string())
+            .and_then(|t| PasswordFile::parse(&t).map_err(|e| e.to_string()))
+        {
             Ok(f) => passwords = f.schemes().into_iter().map(|(u, s)| (u.to_owned(), s)).collect(),
             Err(e) => unreadable.push((format!("password file {}", p.display()), e)),
         }

@@ -76,7 +76,9 @@ fn anonymous_on_a_specific_non_loopback_address_is_high_and_on_loopback_nothing(
 
 #[test]
 fn plain_listener_is_high_when_passwords_travel_over_it() {
-    let i = input("[[listener]]\nbind = \"[::]:9001\"\nprotocol = \"ws\"\n[auth]\npassword_file = \"/etc/warden/passwd\"\n");
+    let i = input(
+        "[[listener]]\nbind = \"[::]:9001\"\nprotocol = \"ws\"\n[auth]\npassword_file = \"/etc/warden/passwd\"\n",
+    );
     let f: Vec<_> = audit(&i).into_iter().filter(|f| f.id == "plain-listener").collect();
     assert_eq!(f.len(), 1);
     assert_eq!(f[0].severity, Severity::High);
@@ -88,7 +90,9 @@ fn plain_listener_is_high_when_passwords_travel_over_it() {
 
 #[test]
 fn plain_http_on_a_public_address() {
-    let i = input(&format!("{TIGHT}[http]\nbind = \"0.0.0.0:8080\"\nallow_plain_http = true\nadmin_token_hash = \"env:H\"\n"));
+    let i = input(&format!(
+        "{TIGHT}[http]\nbind = \"0.0.0.0:8080\"\nallow_plain_http = true\nadmin_token_hash = \"env:H\"\n"
+    ));
     assert_eq!(has(&i, "plain-http"), Some(Severity::High));
     let i = input(&format!("{TIGHT}[http]\nbind = \"127.0.0.1:8080\"\nadmin_token_hash = \"env:H\"\n"));
     assert_eq!(has(&i, "plain-http"), None);
@@ -128,7 +132,10 @@ fn broad_policy_store_grants_to_non_admin_roles() {
     let f: Vec<_> = audit(&i).into_iter().filter(|f| f.id == "broad-grant").map(|f| (f.severity, f.subject)).collect();
     assert_eq!(
         f,
-        vec![(Severity::High, "role sensor (rule all)".to_string()), (Severity::Medium, "role dashboard (rule r)".to_string())]
+        vec![
+            (Severity::High, "role sensor (rule all)".to_string()),
+            (Severity::Medium, "role dashboard (rule r)".to_string())
+        ]
     );
 }
 
@@ -238,7 +245,8 @@ fn admin_api_without_a_token_hash() {
 
 #[test]
 fn one_certificate_on_several_live_connections() {
-    let conn = |id: &str, cert: &str| LiveCert { client_id: id.into(), identity: "dev-1".into(), certificate: cert.into() };
+    let conn =
+        |id: &str, cert: &str| LiveCert { client_id: id.into(), identity: "dev-1".into(), certificate: cert.into() };
     let mut i = input(TIGHT);
     i.live_certs = vec![conn("a", "ab:01"), conn("b", "ab:01"), conn("c", "ab:02")];
     let f = audit(&i);
