@@ -144,10 +144,9 @@ pub const LONG_TOKEN: Duration = Duration::from_secs(24 * 3600);
 /// Token lifetimes above this are reported as medium.
 pub const VERY_LONG_TOKEN: Duration = Duration::from_secs(7 * 24 * 3600);
 
-const DOC: &str = "docs/operations.md#posture-audit";
-
+/// The finding's section in docs/operations.md ("Posture audit"): its heading is the id.
 fn doc(id: &str) -> String {
-    format!("{DOC}-{id}")
+    format!("docs/operations.md#{id}")
 }
 
 /// Whether a role or user name counts as an administrator's: `admin`, or a name starting or
