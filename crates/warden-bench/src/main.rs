@@ -364,7 +364,7 @@ fn run(cli: Cli) -> Result<()> {
         }
         Command::Authz { rules, levels, sources, batch_ms, batches, print_acl } => {
             if let Some(n) = print_acl {
-                print!("{}", authz::acl_text(n));
+                print!("{}", authz::acl_text(n)?);
                 return Ok(());
             }
             let batch = Duration::from_millis(batch_ms.max(1));

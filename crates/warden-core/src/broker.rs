@@ -73,13 +73,12 @@ pub(crate) fn authorize_publish(
     authz: &dyn Authorizer,
     principal: &Principal,
     client_id: &str,
-    action: Action,
-    topic: &str,
+    action: Action<'_>,
 ) -> warden_policy::Decision {
-    if topic.starts_with('$') {
-        authz.authorize_granted(principal, client_id, action, topic)
+    if action.topic().starts_with('$') {
+        authz.authorize_granted(principal, client_id, action)
     } else {
-        authz.authorize(principal, client_id, action, topic)
+        authz.authorize(principal, client_id, action)
     }
 }
 
@@ -436,8 +435,7 @@ impl Broker {
                 self.authorizer().as_ref(),
                 &principal,
                 &client_id,
-                Action::Publish { qos: w.qos as u8, retain: w.retain },
-                w.topic.as_str(),
+                Action::publish(&w.topic, w.qos, w.retain),
             );
             if !d.is_allowed() {
                 self.stats.deny(Denied::Will, 1);
@@ -820,8 +818,7 @@ impl Broker {
             self.authorizer().as_ref(),
             owner,
             &s.client_id,
-            Action::Publish { qos: w.qos as u8, retain: w.retain },
-            w.topic.as_str(),
+            Action::publish(&w.topic, w.qos, w.retain),
         );
         if !d.is_allowed() {
             self.stats.deny(Denied::Will, 1);
@@ -1110,8 +1107,8 @@ impl Broker {
         match source {
             RetainSource::Broker => true,
             RetainSource::Client { principal, client_id } => {
-                let action = Action::Publish { qos: msg.qos as u8, retain: true };
-                authorize_publish(authz, principal, client_id, action, msg.topic.as_str()).is_allowed()
+                let action = Action::publish(&msg.topic, msg.qos, true);
+                authorize_publish(authz, principal, client_id, action).is_allowed()
             }
             RetainSource::Unknown => !authz.has_rules(),
         }
@@ -1152,11 +1149,12 @@ impl Broker {
     fn resolve(&self, msg: &Message, authz: &dyn Authorizer) -> Resolution {
         let mut targets: Vec<Target> = Vec::new();
         let topic = msg.topic.as_str();
+        let receive = Action::receive(&msg.topic);
         // A shared group's member is picked among those allowed to receive (asked only for
         // shared groups' members, so plain subscriptions pay nothing for it).
         let mut may_receive = |s: &Arc<Session>| {
             // No Local never applies to a shared subscription [MQTT-3.8.3-4].
-            authz.authorize(&s.owner(), &s.client_id, Action::Receive, topic).is_allowed()
+            authz.authorize(&s.owner(), &s.client_id, receive).is_allowed()
         };
         let ((lists, refused_groups), trie_gen) = {
             let trie = self.subs.read();
@@ -1195,7 +1193,7 @@ impl Broker {
             let shared = t.shared;
             i = j;
             // A shared group's pick was authorized when it was picked.
-            if !shared && !authz.authorize(&s.owner(), &s.client_id, Action::Receive, topic).is_allowed() {
+            if !shared && !authz.authorize(&s.owner(), &s.client_id, receive).is_allowed() {
                 self.stats.deny(Denied::Receive, 1);
                 denied = true;
                 continue;

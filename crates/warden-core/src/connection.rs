@@ -226,18 +226,18 @@ impl Connection {
         self.fail(out, reason)
     }
 
-    fn authorize(&self, action: Action, topic: &str) -> Decision {
-        self.authorize_with(self.broker.authorizer().as_ref(), action, topic)
+    fn authorize(&self, action: Action<'_>) -> Decision {
+        self.authorize_with(self.broker.authorizer().as_ref(), action)
     }
 
     /// [`Self::authorize`] with a policy the caller already holds.
-    fn authorize_with(&self, authz: &dyn Authorizer, action: Action, topic: &str) -> Decision {
-        let d = authz.authorize(&self.principal, &self.session.client_id, action, topic);
+    fn authorize_with(&self, authz: &dyn Authorizer, action: Action<'_>) -> Decision {
+        let d = authz.authorize(&self.principal, &self.session.client_id, action);
         if !d.is_allowed() {
             let what = match action {
                 Action::Publish { .. } => crate::metrics::Denied::Publish,
                 Action::Subscribe { .. } => crate::metrics::Denied::Subscribe,
-                Action::Receive => crate::metrics::Denied::Receive,
+                Action::Receive { .. } => crate::metrics::Denied::Receive,
             };
             self.broker.stats.deny(what, 1);
         }
@@ -460,14 +460,8 @@ impl Connection {
             Decision::Allow
         } else {
             let authz = self.broker.authorizer();
-            let action = Action::Publish { qos: qos as u8, retain };
-            let d = crate::broker::authorize_publish(
-                authz.as_ref(),
-                &self.principal,
-                &self.session.client_id,
-                action,
-                topic.as_str(),
-            );
+            let action = Action::publish(&topic, qos, retain);
+            let d = crate::broker::authorize_publish(authz.as_ref(), &self.principal, &self.session.client_id, action);
             if !d.is_allowed() {
                 self.broker.stats.deny(crate::metrics::Denied::Publish, 1);
             }
@@ -564,8 +558,8 @@ impl Connection {
             if shared && opts.no_local {
                 return Err(self.fail(out, ReasonCode::PROTOCOL_ERROR)); // [MQTT-3.8.3-4]
             }
-            // `$share/{group}/{filter}` is authorized on `{filter}`.
-            if !self.authorize(Action::Subscribe { qos: opts.qos as u8 }, filter.match_filter()).is_allowed() {
+            // `$share/{group}/{filter}` is authorized on `{filter}` (see `Action::Subscribe`).
+            if !self.authorize(Action::subscribe(filter, opts.qos)).is_allowed() {
                 codes.push(if v5 { ReasonCode::NOT_AUTHORIZED } else { ReasonCode::V3_SUBACK_FAILURE });
                 continue;
             }
@@ -597,7 +591,7 @@ impl Connection {
             if send_retained {
                 let authz = self.broker.authorizer();
                 for m in self.broker.retained_matching(filter.match_filter(), authz.as_ref()) {
-                    if m.expired(now) || !self.authorize(Action::Receive, m.topic.as_str()).is_allowed() {
+                    if m.expired(now) || !self.authorize(Action::receive(&m.topic)).is_allowed() {
                         continue;
                     }
                     let qos = m.qos.min(opts.qos);
@@ -724,7 +718,7 @@ impl Connection {
                         // Sent to an earlier connection, whose grants may have been wider: the
                         // resuming one gets it again only if it may receive it (SPEC §10, as
                         // for what is queued); if not, it is dropped and its packet id freed.
-                        if !self.authorize(Action::Receive, f.delivery.msg.topic.as_str()).is_allowed() {
+                        if !self.authorize(Action::receive(&f.delivery.msg.topic)).is_allowed() {
                             if let Some(i) = st.inflight_index(id) {
                                 st.inflight.remove(i);
                             }
@@ -759,8 +753,7 @@ impl Connection {
                 break; // flow control: wait for acknowledgements [MQTT-4.9.0-2]
             }
             if front.msg.expired(now)
-                || (front.policy_gen != policy_gen
-                    && !self.authorize(Action::Receive, front.msg.topic.as_str()).is_allowed())
+                || (front.policy_gen != policy_gen && !self.authorize(Action::receive(&front.msg.topic)).is_allowed())
                 || (front.from_retained && !broker.retained_still_deliverable(front.msg))
             {
                 // Expired [MQTT-3.3.2-5], queued under a policy that has since changed and

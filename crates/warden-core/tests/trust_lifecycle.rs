@@ -38,15 +38,15 @@ impl Swappable {
 }
 
 impl Authorizer for Swappable {
-    fn authorize(&self, p: &Principal, c: &str, a: Action, t: &str) -> warden_policy::Decision {
-        if a == Action::Receive {
+    fn authorize(&self, p: &Principal, c: &str, a: Action<'_>) -> warden_policy::Decision {
+        if matches!(a, Action::Receive { .. }) {
             self.receives.fetch_add(1, Ordering::Relaxed);
         }
-        self.inner.read().authorize(p, c, a, t)
+        self.inner.read().authorize(p, c, a)
     }
 
-    fn authorize_granted(&self, p: &Principal, c: &str, a: Action, t: &str) -> warden_policy::Decision {
-        self.inner.read().authorize_granted(p, c, a, t)
+    fn authorize_granted(&self, p: &Principal, c: &str, a: Action<'_>) -> warden_policy::Decision {
+        self.inner.read().authorize_granted(p, c, a)
     }
 
     fn has_rules(&self) -> bool {

@@ -801,7 +801,7 @@ pub fn mint(claims: &AccessClaims, key: &SigningKey) -> String {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use jsonwebtoken::EncodingKey;
     use proptest::prelude::*;
@@ -813,7 +813,7 @@ mod tests {
     const HS_SECRET: &[u8] = b"0123456789abcdef0123456789abcdef";
 
     /// Test-only RSA-2048 key (generated once with `openssl genpkey -algorithm RSA`).
-    const RSA_PRIV_PEM: &str = "-----BEGIN PRIVATE KEY-----
+    pub(crate) const RSA_PRIV_PEM: &str = "-----BEGIN PRIVATE KEY-----
 MIIEvAIBADANBgkqhkiG9w0BAQEFAASCBKYwggSiAgEAAoIBAQCekFezUC4xnaSB
 VycCdXMOpg8HFSakpcv7RS4NFrpZeP6lNfXCUsQ5Qm05e+8WvzvR17DrUSVEznYM
 1H73QuCP5DVfpDiuI1EoQMpu0972ILht63hkj7PscjReMZV6vB8i+trD//YpqHgE
@@ -853,8 +853,8 @@ dwIDAQAB
 -----END PUBLIC KEY-----
 ";
     /// Its modulus and exponent, base64url (`openssl rsa -noout -modulus`).
-    const RSA_N: &str = "npBXs1AuMZ2kgVcnAnVzDqYPBxUmpKXL-0UuDRa6WXj-pTX1wlLEOUJtOXvvFr870dew61ElRM52DNR-90Lgj-Q1X6Q4riNRKEDKbtPe9iC4bet4ZI-z7HI0XjGVerwfIvraw__2Kah4BAZOZy9Ctyswq0354AzbhCOYbnsG5HTVSgMrLy9mRzD0MB9UtQicyj2zJuYLha5UZ_hzWrJvy9Q2C4-dhjAFabRd4uyPcsU4CdPgnjeZzraonjVMKuoQ0yuRu7A-uDBXPBhoYSktJmdguYjKx7YLgdgAdXU1XbdZuO3_8rBS6WvJRsHgxw_q4iomP6BMg0eUOv1gaHRDdw";
-    const RSA_E: &str = "AQAB";
+    pub(crate) const RSA_N: &str = "npBXs1AuMZ2kgVcnAnVzDqYPBxUmpKXL-0UuDRa6WXj-pTX1wlLEOUJtOXvvFr870dew61ElRM52DNR-90Lgj-Q1X6Q4riNRKEDKbtPe9iC4bet4ZI-z7HI0XjGVerwfIvraw__2Kah4BAZOZy9Ctyswq0354AzbhCOYbnsG5HTVSgMrLy9mRzD0MB9UtQicyj2zJuYLha5UZ_hzWrJvy9Q2C4-dhjAFabRd4uyPcsU4CdPgnjeZzraonjVMKuoQ0yuRu7A-uDBXPBhoYSktJmdguYjKx7YLgdgAdXU1XbdZuO3_8rBS6WvJRsHgxw_q4iomP6BMg0eUOv1gaHRDdw";
+    pub(crate) const RSA_E: &str = "AQAB";
 
     fn b64json(v: &Value) -> String {
         URL_SAFE_NO_PAD.encode(v.to_string())

@@ -101,6 +101,17 @@ pub enum PasswordFileError {
     /// The hash given to [`upsert_user`] is not in an accepted format.
     #[error("invalid hash: {0}")]
     InvalidHash(Reason),
+    /// An entry given to [`PasswordFile::from_entries`] (0-based position; the user name is
+    /// not secret, the hash is never shown) is refused.
+    #[error("entry {index} (user {user:?}): {reason}")]
+    Entry {
+        /// Position among the entries, from 0.
+        index: usize,
+        /// Its user name.
+        user: String,
+        /// What is wrong with it.
+        reason: Reason,
+    },
 }
 
 /// A parsed, validated stored hash.
@@ -332,25 +343,62 @@ impl fmt::Debug for PasswordFile {
     }
 }
 
+/// Collects validated entries, each named by a position (a line number, or an index) so that
+/// a duplicate can name the first one.
+#[derive(Default)]
+struct Builder {
+    users: HashMap<String, (usize, StoredHash)>,
+}
+
+impl Builder {
+    /// Add `user` with stored `hash` (trimmed), found at `at`.
+    fn add(&mut self, at: usize, user: &str, hash: &str) -> Result<(), Reason> {
+        check_user(user)?;
+        if let Some(&(first_line, _)) = self.users.get(user) {
+            return Err(Reason::DuplicateUser { first_line });
+        }
+        let stored = parse_hash(hash.trim())?;
+        self.users.insert(user.to_owned(), (at, stored));
+        Ok(())
+    }
+
+    fn build(self) -> PasswordFile {
+        PasswordFile { users: self.users.into_iter().map(|(u, (_, h))| (u, h)).collect() }
+    }
+}
+
 impl PasswordFile {
     /// Parses the text of a password file. The first bad line is reported by its 1-based number.
     pub fn parse(text: &str) -> Result<PasswordFile, PasswordFileError> {
-        let mut users = HashMap::new();
-        let mut first_lines: HashMap<&str, usize> = HashMap::new();
+        let mut b = Builder::default();
         for (idx, raw) in text.split('\n').enumerate() {
             let line = idx + 1;
             let err = |reason| PasswordFileError::Line { line, reason };
             let Line::Entry { user, hash } = split_line(raw).map_err(err)? else {
                 continue;
             };
-            if let Some(&first_line) = first_lines.get(user) {
-                return Err(err(Reason::DuplicateUser { first_line }));
-            }
-            let stored = parse_hash(hash).map_err(err)?;
-            first_lines.insert(user, line);
-            users.insert(user.to_owned(), stored);
+            b.add(line, user, hash).map_err(err)?;
         }
-        Ok(PasswordFile { users })
+        Ok(b.build())
+    }
+
+    /// Builds the set from `(user, stored hash)` pairs (e.g. the policy store's users), with
+    /// the checks a password file's lines get: a user name a line could hold, each user once,
+    /// a hash in an accepted format. The first bad entry is reported by its 0-based position
+    /// (a duplicate's `first_line` is the first entry's position).
+    pub fn from_entries<U: AsRef<str>, H: AsRef<str>>(
+        entries: impl IntoIterator<Item = (U, H)>,
+    ) -> Result<PasswordFile, PasswordFileError> {
+        let mut b = Builder::default();
+        for (index, (user, hash)) in entries.into_iter().enumerate() {
+            let user = user.as_ref();
+            b.add(index, user, hash.as_ref()).map_err(|reason| PasswordFileError::Entry {
+                index,
+                user: user.to_owned(),
+                reason,
+            })?;
+        }
+        Ok(b.build())
     }
 
     /// Every user with the scheme of its stored hash, sorted by user name.
@@ -429,6 +477,11 @@ pub fn verify_hash(hash: &str, password: &[u8]) -> bool {
 /// True when `hash` is in a format [`verify_hash`] understands (for config validation).
 pub fn is_valid_hash(hash: &str) -> bool {
     parse_hash(hash.trim()).is_ok()
+}
+
+/// Why `hash` is not in a format [`verify_hash`] understands (for imports naming the reason).
+pub fn check_hash(hash: &str) -> Result<(), Reason> {
+    parse_hash(hash.trim()).map(|_| ())
 }
 
 /// A fixed argon2id hash (of a random password) to verify against for unknown users.
@@ -521,6 +574,31 @@ pub fn remove_user(file_text: &str, user: &str) -> Result<Option<String>, Passwo
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn from_entries_builds_what_parse_builds() {
+        let a = hash_password(b"a-pass");
+        let f = PasswordFile::from_entries([("alice", a.as_str()), ("bob", SHA6)]).unwrap();
+        assert_eq!(f.len(), 2);
+        assert!(f.verify("alice", b"a-pass"));
+        assert!(!f.verify("alice", b"wrong"));
+        assert!(f.contains("bob") && !f.contains("carol"));
+        // The same checks as a file's lines, reported by position, never showing the hash.
+        let dup = PasswordFile::from_entries([("u", SHA6), ("v", SHA6), ("u", SHA6)]).unwrap_err();
+        assert_eq!(
+            dup,
+            PasswordFileError::Entry { index: 2, user: "u".into(), reason: Reason::DuplicateUser { first_line: 0 } }
+        );
+        let bad = PasswordFile::from_entries([("u", "not-a-hash")]).unwrap_err();
+        assert_eq!(bad.to_string(), "entry 0 (user \"u\"): unknown hash format");
+        assert!(!bad.to_string().contains("not-a-hash"));
+        for user in ["", "a:b", " lead", "#x", "nl\n"] {
+            assert!(PasswordFile::from_entries([(user, SHA6)]).is_err(), "{user:?}");
+        }
+        assert!(PasswordFile::from_entries(Vec::<(&str, &str)>::new()).unwrap().is_empty());
+        assert_eq!(check_hash(SHA6), Ok(()));
+        assert_eq!(check_hash("$7$x"), Err(Reason::MalformedPbkdf2));
+    }
 
     #[test]
     fn remove_user_keeps_the_other_lines() {

@@ -26,7 +26,7 @@ use tokio::net::TcpStream;
 use tokio_rustls::server::TlsStream;
 use tokio_rustls::TlsAcceptor;
 use tracing::{info, warn};
-use warden_policy::cert::{identity_from_der, CertIdentityError};
+use warden_policy::cert::identity_from_der;
 use warden_policy::trust::{CertChain, RevokedCerts};
 
 use crate::config::{ClientCertMode, CrlScope, TlsConfig};
@@ -35,16 +35,9 @@ use crate::config::{ClientCertMode, CrlScope, TlsConfig};
 /// certificate with the principal name taken from it (or the reason its identity is refused).
 pub type CertIdentity = Option<ClientCert>;
 
-/// A verified client certificate.
-#[derive(Debug)]
-pub struct ClientCert {
-    /// The principal name taken from it, or why none can be.
-    pub identity: Result<String, CertIdentityError>,
-    /// Its issuer and serial, which a CRL names, and those of the intermediates it chains
-    /// through when `crl_scope = "chain"` (SPEC §10: a reloaded CRL that revokes any of them
-    /// ends the connection).
-    pub cert: Option<CertChain>,
-}
+/// A verified client certificate: the principal name taken from it (or why none can be) and
+/// the certificates a CRL names.
+pub use warden_policy::authn::ClientCert;
 
 /// A TLS listener's reloadable server configuration.
 pub struct TlsListener {
