@@ -333,10 +333,10 @@ fn grants(input: &PostureInput, out: &mut Vec<Finding>) {
                 Access::ReadWrite => (true, true),
             };
             let subject = format!("{who} ({file}:{})", r.line);
-            if write && broad(&r.filter, true) {
-                out.push(broad_grant(subject, &r.filter, true, "ACL file"));
-            } else if read && broad(&r.filter, false) {
-                out.push(broad_grant(subject, &r.filter, false, "ACL file"));
+            if write && broad(r.filter.as_str(), true) {
+                out.push(broad_grant(subject, r.filter.as_str(), true, "ACL file"));
+            } else if read && broad(r.filter.as_str(), false) {
+                out.push(broad_grant(subject, r.filter.as_str(), false, "ACL file"));
             }
         }
     }
