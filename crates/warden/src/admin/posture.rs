@@ -119,7 +119,8 @@ pub struct PostureInput {
     pub policy: Option<PolicyStore>,
     /// Certificates and CRLs the configuration names.
     pub certs: Vec<CertInput>,
-    /// The password file's users and their hash schemes.
+    /// The password file's users and their hash schemes (policy-store users as `NAME (policy
+    /// store)`).
     pub passwords: Vec<(String, HashScheme)>,
     /// Secret files that group or others may open: what, where, mode.
     pub open_secret_files: Vec<(String, PathBuf, u32)>,
@@ -681,6 +682,10 @@ pub fn load(cfg: &Config, policy: Option<PolicyStore>, live_certs: Vec<LiveCert>
             Ok(f) => passwords = f.schemes().into_iter().map(|(u, s)| (u.to_owned(), s)).collect(),
             Err(e) => unreadable.push((format!("password file {}", p.display()), e)),
         }
+    }
+    // Policy-store users' hashes too (`warden import mosquitto-dynsec` can bring $6$/$7$ ones).
+    if let Some(f) = policy.as_ref().and_then(|p| p.password_file().ok()) {
+        passwords.extend(f.schemes().into_iter().map(|(u, s)| (format!("{u} (policy store)"), s)));
     }
     let open_secret_files = cfg
         .secret_files()
