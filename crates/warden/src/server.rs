@@ -181,6 +181,8 @@ pub fn broker_config(cfg: &Config) -> BrokerConfig {
         max_retained_bytes: l.max_retained_bytes,
         sys_interval: l.sys_interval,
         check_retain_source: cfg.authz.check_retain_source,
+        // The core reads no clock: the seed of assigned client ids is the start time.
+        id_seed: std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_nanos() as u64),
     }
 }
 

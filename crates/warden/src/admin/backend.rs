@@ -171,11 +171,11 @@ impl AdminBackend for Backend {
     }
 
     fn sessions(&self) -> Vec<warden_http::admin::SessionView> {
-        self.broker.session_summaries(false).into_iter().map(session_view).collect()
+        self.broker.session_summaries(false, std::time::Instant::now()).into_iter().map(session_view).collect()
     }
 
     fn session(&self, client_id: &str) -> Option<warden_http::admin::SessionView> {
-        self.broker.session_summary(client_id).map(session_view)
+        self.broker.session_summary(client_id, std::time::Instant::now()).map(session_view)
     }
 
     fn delete_session(&self, client_id: &str) -> bool {

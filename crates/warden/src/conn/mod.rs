@@ -423,8 +423,6 @@ pub struct Core {
     /// The per-address admission slot, released when the connection ends.
     _slot: Option<Admitted>,
     _count: Option<ConnCount>,
-    /// When the keep alive runs out without input (none when the keep alive is 0).
-    keep_alive_deadline: Option<tokio::time::Instant>,
     /// Made at the first PUBLISH (a bucket starts full, so this is the same as making it now):
     /// connections that never publish carry none.
     limiter: Option<Box<PublishLimiter>>,
@@ -477,11 +475,8 @@ async fn live<S: Transport>(mut l: Live<S::Read, S::Write>) {
                 let Live { core, rd, wr, rbuf, wbuf } = l;
                 match S::into_std(rd, wr) {
                     Ok(Ok(stream)) => {
-                        let deadline = [core.keep_alive_deadline, core.limits.as_ref().and_then(|l| l.token_deadline)]
-                            .into_iter()
-                            .flatten()
-                            .min()
-                            .map(|d| d.into_std());
+                        // The core's next timeout (keep alive, token expiry) wakes it.
+                        let deadline = core.conn.poll_timeout();
                         match core.parking().cloned() {
                             Some(lot) => lot.park(core, stream, deadline),
                             None => lost(core, &"no parking lot"),
@@ -657,14 +652,15 @@ async fn establish<S: Transport>(start: Box<Start<S>>) -> Option<Live<S::Read, S
     let enhanced_auth = authed.auth_data.map(bytes::Bytes::from);
     let scram_user = authed.scram_user;
     let principal = authed.principal;
-    // A token-authenticated connection ends when its token expires or is revoked.
-    let token_deadline = authed.token.as_ref().map(|t| {
+    // A token-authenticated connection ends when its token expires (a core timeout) or is
+    // revoked.
+    let token_expiry = authed.token.as_ref().map(|t| {
         let left = t.expires_at.saturating_sub(crate::auth::tokens::unix_now());
-        tokio::time::Instant::now() + Duration::from_secs(left)
+        Instant::now() + Duration::from_secs(left)
     });
     let notify = Arc::new(ConnWaker::default());
     let client_id_req = connect.client_id.clone();
-    let conn =
+    let mut conn =
         match ctx.broker.connect(*connect, principal.clone(), notify.clone(), enhanced_auth, Instant::now(), &mut wbuf)
         {
             Ok(c) => c,
@@ -689,9 +685,8 @@ async fn establish<S: Transport>(start: Box<Start<S>>) -> Option<Live<S::Read, S
         // first): end this one too.
         notify.end(ReasonCode::SERVER_SHUTTING_DOWN);
     }
-    let limits =
-        (token_deadline.is_some() || scram_user.is_some()).then(|| Box::new(Limits { token_deadline, scram_user }));
-    let keep_alive_deadline = keep_alive_span(&conn).map(|k| tokio::time::Instant::now() + k);
+    conn.set_credential_expiry(token_expiry);
+    let limits = scram_user.is_some().then(|| Box::new(Limits { scram_user }));
     let core = Core {
         conn,
         notify,
@@ -700,36 +695,27 @@ async fn establish<S: Transport>(start: Box<Start<S>>) -> Option<Live<S::Read, S
         registration,
         _slot: slot,
         _count: count,
-        keep_alive_deadline,
         limiter: None,
         parked_before: false,
     };
     Some(Live { core, rd, wr, rbuf, wbuf })
 }
 
-/// How long a connection may stay silent: 1.5 × its keep alive [MQTT-3.1.2-24] (none for 0).
-fn keep_alive_span(conn: &Connection) -> Option<Duration> {
-    (conn.keep_alive() > 0).then(|| Duration::from_millis(u64::from(conn.keep_alive()) * 1500))
-}
-
-/// Deadlines that end a connection from outside the protocol.
+/// What only some connections carry (the keep alive and the token's expiry are the core's
+/// timeouts: `Connection::poll_timeout`).
 struct Limits {
-    /// When the access token expires.
-    token_deadline: Option<tokio::time::Instant>,
     /// The user of a connection authenticated with SCRAM-SHA-256 (it may re-authenticate).
     scram_user: Option<String>,
 }
 
 async fn drive<R: ReadReady, W: AsyncWrite + Unpin>(l: &mut Live<R, W>) -> Driven {
     let Live { core, rd, wr, rbuf, wbuf } = l;
-    let Core { conn, notify, ctx, limits, keep_alive_deadline: deadline, limiter, parked_before, .. } = core;
+    let Core { conn, notify, ctx, limits, limiter, parked_before, .. } = core;
     let (notify, ctx): (&ConnWaker, &ConnContext) = (notify, ctx);
     let limits = limits.as_deref();
     let scram_user = limits.and_then(|l| l.scram_user.as_deref());
-    let token_deadline = limits.and_then(|l| l.token_deadline);
     let lost = Close { reason: ReasonCode::UNSPECIFIED_ERROR, publish_will: true };
     let protocol = conn.protocol();
-    let keep_alive = keep_alive_span(conn);
     // Quiet this long, the connection parks (plain TCP only: its transport can wait without a
     // buffer and be taken out of tokio).
     // Most idle connections are idle from their CONNACK on (devices that connect, subscribe
@@ -902,10 +888,15 @@ async fn drive<R: ReadReady, W: AsyncWrite + Unpin>(l: &mut Live<R, W>) -> Drive
             && !mem_paused
             && reauth.is_idle();
         let park_at = park_after.filter(|_| quiet).map(|a| tokio::time::Instant::now() + a);
-        let wake_at = [*deadline, token_deadline, throttled_until, stall_deadline, mem_sample, park_at]
-            .into_iter()
-            .flatten()
-            .min();
+        // The core's own timeout: the keep alive [MQTT-3.1.2-24] or the access token's expiry.
+        let core_deadline = conn.poll_timeout().map(tokio::time::Instant::from_std);
+        let deadlines = Deadlines {
+            stall: stall_deadline,
+            core: core_deadline,
+            throttle: throttled_until,
+            park: park_at,
+            memory_sample: mem_sample,
+        };
         tokio::select! {
             r = read_some(rd, rbuf, busy), if can_read => {
                 match r {
@@ -913,9 +904,7 @@ async fn drive<R: ReadReady, W: AsyncWrite + Unpin>(l: &mut Live<R, W>) -> Drive
                     Ok((_, filled)) => {
                         busy = filled;
                         pending_input = true;
-                        if let Some(k) = keep_alive {
-                            *deadline = Some(tokio::time::Instant::now() + k);
-                        }
+                        conn.note_input(Instant::now());
                     }
                 }
             }
@@ -949,10 +938,8 @@ async fn drive<R: ReadReady, W: AsyncWrite + Unpin>(l: &mut Live<R, W>) -> Drive
                     Err(c) => return Driven::Closed(c),
                 }
             }
-            _ = sleep_until_opt(wake_at) => {
-                let now = tokio::time::Instant::now();
-                let passed = |d: Option<tokio::time::Instant>| d.is_some_and(|d| d <= now);
-                if passed(stall_deadline) {
+            _ = sleep_until_opt(deadlines.next()) => match deadlines.passed(tokio::time::Instant::now()) {
+                Some(Deadline::Stall) => {
                     // The client reads nothing: what is pending cannot be delivered, DISCONNECT
                     // included. Its QoS 1/2 messages stay in the session for a reconnect.
                     hit(&ctx.broker.stats.limits.write_stalled);
@@ -960,28 +947,80 @@ async fn drive<R: ReadReady, W: AsyncWrite + Unpin>(l: &mut Live<R, W>) -> Drive
                     wbuf.clear();
                     return Driven::Closed(conn.disconnect(&mut BytesMut::new(), ReasonCode::SERVER_BUSY));
                 }
-                if passed(*deadline) {
-                    debug!(client_id = %crate::logsafe::Escaped(conn.client_id()), "keep alive timeout");
-                    return Driven::Closed(conn.keep_alive_timeout(wbuf)); // [MQTT-3.1.2-24]
+                Some(Deadline::Core) => {
+                    // The keep alive ran out (0x8D, the will published) [MQTT-3.1.2-24], or the
+                    // credential expired (0xA0, the will discarded like a revocation's: SPEC §10).
+                    if let Err(close) = conn.handle_timeout(Instant::now(), wbuf) {
+                        let what = if close.reason == ReasonCode::KEEP_ALIVE_TIMEOUT {
+                            "keep alive timeout"
+                        } else {
+                            "access token expired"
+                        };
+                        debug!(client_id = %crate::logsafe::Escaped(conn.client_id()), "{what}");
+                        return Driven::Closed(close);
+                    }
                 }
-                if passed(token_deadline) {
-                    debug!(client_id = %crate::logsafe::Escaped(conn.client_id()), "access token expired");
-                    // The credential expired (SPEC §10): the will is discarded, like a revocation's.
-                    let mut close = conn.disconnect(wbuf, ReasonCode::MAXIMUM_CONNECT_TIME);
-                    close.publish_will = false;
-                    return Driven::Closed(close);
-                }
-                if passed(throttled_until) {
-                    throttled_until = None;
-                }
-                if passed(park_at) {
+                Some(Deadline::Throttle) => throttled_until = None,
+                Some(Deadline::Park) => {
                     *parked_before = true;
                     conn.shrink();
                     return Driven::Quiet;
                 }
                 // The memory sample: the next turn of the loop looks at the gauge again.
+                Some(Deadline::MemorySample) | None => {}
             }
         }
+    }
+}
+
+/// Which of a connection's [`Deadlines`] passed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Deadline {
+    /// Output has not moved for `write_stall_timeout`: closed (Server busy).
+    Stall,
+    /// The core's timeout (`Connection::poll_timeout`: keep alive, credential expiry).
+    Core,
+    /// A publish throttle ends: reading resumes.
+    Throttle,
+    /// Quiet long enough: the connection parks.
+    Park,
+    /// Paused above `max_memory`: look at the gauge again.
+    MemorySample,
+}
+
+/// The deadlines of a connection, as one pure value the driver builds each turn: it sleeps
+/// until [`Deadlines::next`] (one timer: a tokio `Sleep` is over 100 bytes of the task's state)
+/// and asks [`Deadlines::passed`] which one fired.
+#[derive(Debug, Default, Clone, Copy)]
+struct Deadlines {
+    stall: Option<tokio::time::Instant>,
+    core: Option<tokio::time::Instant>,
+    throttle: Option<tokio::time::Instant>,
+    park: Option<tokio::time::Instant>,
+    memory_sample: Option<tokio::time::Instant>,
+}
+
+impl Deadlines {
+    /// In the order they are acted on when several passed at once: a connection that must
+    /// close is closed before it could park.
+    fn in_order(&self) -> [(Deadline, Option<tokio::time::Instant>); 5] {
+        [
+            (Deadline::Stall, self.stall),
+            (Deadline::Core, self.core),
+            (Deadline::Throttle, self.throttle),
+            (Deadline::Park, self.park),
+            (Deadline::MemorySample, self.memory_sample),
+        ]
+    }
+
+    /// The earliest deadline, if any.
+    fn next(&self) -> Option<tokio::time::Instant> {
+        self.in_order().into_iter().filter_map(|(_, d)| d).min()
+    }
+
+    /// The first deadline (in [`Deadlines::in_order`]) passed at `now`.
+    fn passed(&self, now: tokio::time::Instant) -> Option<Deadline> {
+        self.in_order().into_iter().find(|(_, d)| d.is_some_and(|d| d <= now)).map(|(w, _)| w)
     }
 }
 
@@ -1065,5 +1104,47 @@ impl BoundListener {
             }
             _ => format!("{}://{}", self.protocol, self.addr),
         }
+    }
+}
+
+#[cfg(test)]
+mod deadline_tests {
+    use super::{Deadline, Deadlines};
+    use std::time::Duration;
+    use tokio::time::Instant;
+
+    #[test]
+    fn no_deadline_means_no_timer_and_nothing_passed() {
+        let d = Deadlines::default();
+        assert_eq!(d.next(), None);
+        assert_eq!(d.passed(Instant::now()), None);
+    }
+
+    #[test]
+    fn the_timer_is_set_for_the_earliest_deadline() {
+        let t0 = Instant::now();
+        let s = Duration::from_secs(1);
+        let d =
+            Deadlines { core: Some(t0 + s), park: Some(t0 + 2 * s), throttle: Some(t0 + 3 * s), ..Default::default() };
+        assert_eq!(d.next(), Some(t0 + s));
+        assert_eq!(d.passed(t0), None, "none passed yet");
+        assert_eq!(d.passed(t0 + s), Some(Deadline::Core), "a deadline passes at its instant");
+        assert_eq!(d.passed(t0 + 2 * s), Some(Deadline::Core), "still the core's, which may close");
+    }
+
+    #[test]
+    fn a_closing_deadline_wins_over_parking_and_sampling() {
+        let t0 = Instant::now();
+        let all =
+            Deadlines { stall: Some(t0), core: Some(t0), throttle: Some(t0), park: Some(t0), memory_sample: Some(t0) };
+        assert_eq!(all.passed(t0), Some(Deadline::Stall), "a stalled writer is closed first");
+        let d = Deadlines { stall: None, ..all };
+        assert_eq!(d.passed(t0), Some(Deadline::Core), "keep alive [MQTT-3.1.2-24] and token expiry next");
+        let d = Deadlines { core: None, ..d };
+        assert_eq!(d.passed(t0), Some(Deadline::Throttle));
+        let d = Deadlines { throttle: None, ..d };
+        assert_eq!(d.passed(t0), Some(Deadline::Park));
+        let d = Deadlines { park: None, ..d };
+        assert_eq!(d.passed(t0), Some(Deadline::MemorySample));
     }
 }
