@@ -335,6 +335,26 @@ fn split_line(raw: &str) -> Result<Line<'_>, Reason> {
     Ok(Line::Entry { user, hash: hash.trim() })
 }
 
+/// How a stored hash is made, for audits (`warden audit`): the scheme and its work factor,
+/// never the hash itself.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum HashScheme {
+    /// argon2id / argon2i / argon2d (PHC string).
+    Argon2,
+    /// Mosquitto `$6$`: one round of SHA-512 (fast to brute-force).
+    MosquittoSha512,
+    /// Mosquitto `$7$`: PBKDF2-HMAC-SHA512 with this many iterations.
+    MosquittoPbkdf2 {
+        /// PBKDF2 iterations.
+        iterations: u32,
+    },
+    /// RFC 5803 SCRAM-SHA-256 credentials with this many iterations.
+    ScramSha256 {
+        /// PBKDF2 iterations.
+        iterations: u32,
+    },
+}
+
 /// A parsed password file: user name → stored hash.
 pub struct PasswordFile {
     users: HashMap<String, StoredHash>,
@@ -402,6 +422,25 @@ impl PasswordFile {
             })?;
         }
         Ok(b.build())
+    }
+
+    /// Every user with the scheme of its stored hash, sorted by user name.
+    pub fn schemes(&self) -> Vec<(&str, HashScheme)> {
+        let mut v: Vec<(&str, HashScheme)> = self
+            .users
+            .iter()
+            .map(|(u, h)| {
+                let scheme = match h {
+                    StoredHash::Argon2(_) => HashScheme::Argon2,
+                    StoredHash::Sha512 { .. } => HashScheme::MosquittoSha512,
+                    StoredHash::Pbkdf2 { iterations, .. } => HashScheme::MosquittoPbkdf2 { iterations: *iterations },
+                    StoredHash::Scram(c) => HashScheme::ScramSha256 { iterations: c.iterations },
+                };
+                (u.as_str(), scheme)
+            })
+            .collect();
+        v.sort_by(|a, b| a.0.cmp(b.0));
+        v
     }
 
     /// Checks `password` for `username`. Unknown users cost the same argon2id work as a real
@@ -685,6 +724,21 @@ dave:$7$101$xMLV0E0XbD07xjjh$5VRL76e0uvTcVcHJ88b+wCnaWCLZGGmwEBthhfu0TAKZXpJzbYs
         assert!(!f.verify("dave", b"passwort"));
         // A hash belongs to its user only.
         assert!(!f.verify("carol", b"correct horse"));
+    }
+
+    #[test]
+    fn schemes_name_each_users_format_and_work_factor() {
+        let text = format!(
+            "{}\nbob:{}\nz:{}\n",
+            MOSQ_7.lines().next().unwrap(),
+            MOSQ_6.lines().next().unwrap().split_once(':').unwrap().1,
+            hash_password(b"pw")
+        );
+        let f = PasswordFile::parse(&text).unwrap();
+        let s = f.schemes();
+        assert_eq!(s[1], ("bob", HashScheme::MosquittoSha512));
+        assert_eq!(s[2], ("z", HashScheme::Argon2));
+        assert!(matches!(s[0], ("alice", HashScheme::MosquittoPbkdf2 { iterations }) if iterations > 0));
     }
 
     #[test]

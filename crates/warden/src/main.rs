@@ -1,5 +1,5 @@
 //! `warden`: the broker binary. Subcommands: `serve` (the default), `check`, `passwd`, `cert`,
-//! `oauth`, `token`, `admin`, `completions`, `man`.
+//! `oauth`, `token`, `admin`, `audit`, `import`, `completions`, `man`.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -54,6 +54,11 @@ enum Command {
     /// Manage a running broker through its admin API: users, groups, roles, rules, clients,
     /// kick, bans, the audit trail.
     Admin(warden::cli::admin::AdminArgs),
+    /// Posture audit of a configuration: anonymous or plain listeners on public addresses,
+    /// over-broad grants, expiring certificates, weak password hashes, long token lifetimes,
+    /// secrets open to others… Exit 1 when a finding is high or critical, 2 when the
+    /// configuration cannot be read.
+    Audit(warden::cli::audit::AuditArgs),
     /// Coming from Mosquitto: `warden import mosquitto-dynsec FILE --config CFG` (a dynamic-
     /// security JSON into the policy store), `warden import mosquitto-conf FILE` (print the
     /// equivalent warden.toml).
@@ -210,6 +215,7 @@ fn main() -> ExitCode {
         Command::Oauth(args) => warden::admin::oauth_store::run(&args),
         Command::Admin(args) => warden::cli::admin::run(&args),
         Command::Import(args) => warden::cli::import::run(&args),
+        Command::Audit(args) => return warden::cli::audit::run(&args),
         Command::Check { config, explain: false, .. } => return check(&config),
         Command::Check { config, user, client, operation, cert, token, scopes, roles, .. } => {
             // The configuration is checked first (its summary printed), as without --explain.

@@ -159,6 +159,17 @@ impl AdminBackend for Backend {
         self.audit.since(since, limit).map_err(|e| internal("reading the audit trail", e))
     }
 
+    fn posture(&self) -> Result<serde_json::Value, AdminError> {
+        let now = i64::try_from(crate::auth::tokens::unix_now()).unwrap_or(i64::MAX);
+        let input = crate::admin::posture::load(
+            &self.config,
+            Some(self.policy.store()),
+            self.live.certificate_connections(),
+            now,
+        );
+        Ok(crate::admin::posture::report_json(&crate::admin::posture::audit(&input)))
+    }
+
     fn sessions(&self) -> Vec<warden_http::admin::SessionView> {
         self.broker.session_summaries(false, std::time::Instant::now()).into_iter().map(session_view).collect()
     }

@@ -2324,15 +2324,17 @@ fn de_max_retained_bytes<'de, D: Deserializer<'de>>(d: D) -> Result<u64, D::Erro
 
 /// The permission bits of the file at `path` when group or others have any (`None` for a
 /// private file, or one that cannot be examined: loading it reports that).
+/// (What `warden check` and `warden audit` warn about.)
 #[cfg(unix)]
-fn open_to_others(path: &Path) -> Option<u32> {
+pub fn open_to_others(path: &Path) -> Option<u32> {
     use std::os::unix::fs::PermissionsExt;
     let mode = std::fs::metadata(path).ok()?.permissions().mode() & 0o7777;
     (mode & 0o077 != 0).then_some(mode)
 }
 
+/// Not a Unix system: file modes are not checked.
 #[cfg(not(unix))]
-fn open_to_others(_path: &Path) -> Option<u32> {
+pub fn open_to_others(_path: &Path) -> Option<u32> {
     None
 }
 

@@ -190,6 +190,29 @@ impl LiveClients {
         v
     }
 
+    /// The live connections authenticated with a client certificate (principal kind
+    /// certificate, or a fallback that claimed a certificate identity): client id, identity
+    /// and the certificate as `SERIAL@ISSUER` (hex of the serial number and of the issuer's DER name), for the posture audit's
+    /// shared-certificate finding.
+    pub fn certificate_connections(&self) -> Vec<crate::admin::posture::LiveCert> {
+        fn hex(b: &[u8]) -> String {
+            b.iter().map(|x| format!("{x:02x}")).collect()
+        }
+        self.inner
+            .lock()
+            .map
+            .values()
+            .filter_map(|e| match e.principal.credential() {
+                Some(Credential::Certificate(chain)) => Some(crate::admin::posture::LiveCert {
+                    client_id: e.client_id.to_string(),
+                    identity: e.principal.name.to_string(),
+                    certificate: format!("{}@{}", hex(&chain.leaf.serial), hex(&chain.leaf.issuer)),
+                }),
+                _ => None,
+            })
+            .collect()
+    }
+
     /// The peer address of a connected client (for audit records).
     pub fn peer_of(&self, client_id: &str) -> Option<SocketAddr> {
         let inner = self.inner.lock();
