@@ -19,9 +19,12 @@ pub enum TopicError {
     /// A wildcard in a topic name [MQTT-3.3.2-2].
     #[error("wildcard in a topic name")]
     WildcardInName,
-    /// `#` not alone as the last level, or `+` not alone in its level [MQTT-4.7.1-1/2].
-    #[error("misplaced wildcard in a topic filter")]
-    BadWildcard,
+    /// `#` followed by more levels [MQTT-4.7.1-2].
+    #[error("'#' must be the last level of a topic filter")]
+    HashNotLast,
+    /// `+` or `#` sharing a level with other characters [MQTT-4.7.1-2/3].
+    #[error("wildcards '+' and '#' must occupy a whole topic level")]
+    PartialWildcard,
     /// `$share/` without a valid share name or filter [MQTT-4.8.2-1/2].
     #[error("invalid shared subscription")]
     BadShare,
@@ -109,11 +112,11 @@ pub struct TopicFilter(Arc<str>);
 fn check_filter_levels(s: &str) -> Result<(), TopicError> {
     let mut levels = s.split('/').peekable();
     while let Some(level) = levels.next() {
-        if level.contains('#') && (level != "#" || levels.peek().is_some()) {
-            return Err(TopicError::BadWildcard);
+        if level == "#" && levels.peek().is_some() {
+            return Err(TopicError::HashNotLast);
         }
-        if level.contains('+') && level != "+" {
-            return Err(TopicError::BadWildcard);
+        if level.len() > 1 && level.contains(['+', '#']) {
+            return Err(TopicError::PartialWildcard);
         }
     }
     Ok(())
@@ -228,6 +231,10 @@ mod tests {
             assert!(TopicFilter::new(bad).is_err(), "{bad}");
         }
         assert_eq!(TopicFilter::new("$share/g/a/+").unwrap().shared(), Some(("g", "a/+")));
+        // The two misplaced-wildcard errors are told apart (ACL files report which).
+        assert_eq!(TopicFilter::new("a/#/b"), Err(TopicError::HashNotLast)); // [MQTT-4.7.1-2]
+        assert_eq!(TopicFilter::new("a/b#"), Err(TopicError::PartialWildcard)); // [MQTT-4.7.1-2]
+        assert_eq!(TopicFilter::new("a/+b"), Err(TopicError::PartialWildcard)); // [MQTT-4.7.1-3]
     }
 
     #[test]

@@ -1,4 +1,5 @@
 //! Round trips for every packet and property, and rejection of malformed input.
+#![allow(clippy::unwrap_used)] // test code: a failed unwrap is a failed test
 
 use bytes::{Bytes, BytesMut};
 use mqtt_codec::*;

@@ -73,13 +73,12 @@ pub(crate) fn authorize_publish(
     authz: &dyn Authorizer,
     principal: &Principal,
     client_id: &str,
-    action: Action,
-    topic: &str,
+    action: Action<'_>,
 ) -> warden_policy::Decision {
-    if topic.starts_with('$') {
-        authz.authorize_granted(principal, client_id, action, topic)
+    if action.topic().starts_with('$') {
+        authz.authorize_granted(principal, client_id, action)
     } else {
-        authz.authorize(principal, client_id, action, topic)
+        authz.authorize(principal, client_id, action)
     }
 }
 
@@ -146,7 +145,12 @@ pub struct Broker {
     store: Option<Arc<dyn Persist>>,
     policy_gen: AtomicU64,
     next_id: AtomicU64,
-    started: Instant,
+    /// The clock origin: the `now` given to [`Broker::new`]. Every [`Moment`] a session keeps
+    /// counts from it, and `$SYS/broker/uptime` too.
+    origin: Instant,
+    /// The latest time the broker was told (seconds since `origin`, from `connect`, `tick`
+    /// and `disconnected`): rate-limits the quota logs without reading a clock.
+    seen_s: AtomicU64,
     /// The queued-bytes account of each principal that has a session (see [`Account`]).
     accounts: Mutex<Accounts>,
 }
@@ -187,7 +191,8 @@ impl Broker {
             authorizer: RwLock::new(authorizer),
             policy_gen: AtomicU64::new(0),
             next_id: AtomicU64::new(1),
-            started: now,
+            origin: now,
+            seen_s: AtomicU64::new(0),
             accounts: Mutex::new(Accounts::default()),
         })
     }
@@ -242,6 +247,17 @@ impl Broker {
         }
     }
 
+    /// Note the time the caller passed in (see `seen_s`).
+    fn see(&self, now: Instant) {
+        self.seen_s.fetch_max(now.saturating_duration_since(self.origin).as_secs(), Ordering::Relaxed);
+    }
+
+    /// The clock origin (the `now` the broker was made with): what the sessions' [`Moment`]s
+    /// count from.
+    pub fn clock_origin(&self) -> Instant {
+        self.origin
+    }
+
     fn next_id(&self) -> u64 {
         self.next_id.fetch_add(1, Ordering::Relaxed)
     }
@@ -261,7 +277,7 @@ impl Broker {
             return 0;
         }
         let first = !s.set_persisted(true);
-        let rec = s.record(&st);
+        let rec = s.record(&st, self.origin);
         // Submitted under the session lock, so records reach the store in the order of changes.
         let mut ticket = store.submit(PersistOp::Session(Box::new(rec)));
         if first {
@@ -316,7 +332,8 @@ impl Broker {
                 s.set_counted(true);
                 st.queue.set_account(Some(account));
                 s.set_persisted(true);
-                st.disconnected_at = Some(Moment::new(now.checked_sub(rs.disconnected_for).unwrap_or(now)));
+                st.disconnected_at =
+                    Some(Moment::new(self.origin, now.checked_sub(rs.disconnected_for).unwrap_or(now)));
                 st.inbound_qos2 = rs.inbound_qos2.into_iter().collect();
                 let mut trie = self.subs.write();
                 for sub in rs.subscriptions {
@@ -401,6 +418,7 @@ impl Broker {
         now: Instant,
         out: &mut BytesMut,
     ) -> Result<Connection, ConnectError> {
+        self.see(now);
         let v = connect.protocol;
         // One copy, shared by the connection, its session and the shell's registry.
         let principal = Arc::new(principal);
@@ -423,7 +441,7 @@ impl Broker {
             if v != Protocol::V5 && (!connect.clean_start || v == Protocol::V31) {
                 return refuse(ReasonCode::CLIENT_IDENTIFIER_NOT_VALID, out); // [MQTT-3.1.3-8]
             }
-            let id = format!("warden-{:016x}", rand_u64(self.next_id()));
+            let id = format!("warden-{:016x}", rand_u64(self.config.id_seed, self.next_id()));
             if v == Protocol::V5 {
                 props.assigned_client_identifier = Some(id.clone()); // [MQTT-3.2.2-16]
             }
@@ -436,8 +454,7 @@ impl Broker {
                 self.authorizer().as_ref(),
                 &principal,
                 &client_id,
-                Action::Publish { qos: w.qos as u8, retain: w.retain },
-                w.topic.as_str(),
+                Action::publish(&w.topic, w.qos, w.retain),
             );
             if !d.is_allowed() {
                 self.stats.deny(Denied::Will, 1);
@@ -584,7 +601,7 @@ impl Broker {
         inc(&self.stats.connections_total);
         write_connack(v, session_present, ReasonCode::SUCCESS, props, client_max, out);
         let mut conn =
-            Connection::new(self.clone(), session, generation, connect, principal, keep_alive, session_present);
+            Connection::new(self.clone(), session, generation, connect, principal, keep_alive, session_present, now);
         conn.add_durable(durable);
         Ok(conn)
     }
@@ -626,17 +643,18 @@ impl Broker {
 
     /// Every session, as an operator sees it (the admin API); subscriptions are listed only
     /// with `with_subscriptions`. Sorted by client id.
-    pub fn session_summaries(&self, with_subscriptions: bool) -> Vec<SessionSummary> {
+    /// `now` is the time `disconnected_for` is counted to.
+    pub fn session_summaries(&self, with_subscriptions: bool, now: Instant) -> Vec<SessionSummary> {
         let sessions: Vec<Arc<Session>> = self.sessions.lock().values().cloned().collect();
-        let mut out: Vec<_> = sessions.iter().map(|s| summarize(s, with_subscriptions)).collect();
+        let mut out: Vec<_> = sessions.iter().map(|s| summarize(s, with_subscriptions, self.origin, now)).collect();
         out.sort_by(|a, b| a.client_id.cmp(&b.client_id));
         out
     }
 
     /// One session (with its subscriptions), if `client_id` has one.
-    pub fn session_summary(&self, client_id: &str) -> Option<SessionSummary> {
+    pub fn session_summary(&self, client_id: &str, now: Instant) -> Option<SessionSummary> {
         let s = self.sessions.lock().get(client_id).cloned()?;
-        Some(summarize(&s, true))
+        Some(summarize(&s, true, self.origin, now))
     }
 
     /// An administrator removes `client_id`'s session: its subscriptions, queued and in-flight
@@ -697,6 +715,7 @@ impl Broker {
         owner: &Arc<Principal>,
         now: Instant,
     ) {
+        self.see(now);
         let mut st = s.state.lock();
         let ours = st.conn.as_ref().is_some_and(|c| c.generation == generation);
         if !ours {
@@ -715,7 +734,7 @@ impl Broker {
         st.conn = None;
         s.set_connected(false);
         inc_gauge(&self.stats.clients_connected, -1);
-        st.disconnected_at = Some(Moment::new(now));
+        st.disconnected_at = Some(Moment::new(self.origin, now));
         if st.expiry_interval == 0 {
             drop(st);
             {
@@ -753,6 +772,7 @@ impl Broker {
     /// Housekeeping: remove expired retained messages, publish due wills and end expired
     /// sessions. Call about once a second.
     pub fn tick(&self, now: Instant) {
+        self.see(now);
         // Expired retained messages go (and stop counting against their publisher's quotas
         // and the broker-wide cap); they were no longer delivered already.
         let expired = self.retained.read().expired(now);
@@ -771,7 +791,8 @@ impl Broker {
             let will = if will_due { st.pending_will.take() } else { None };
             let expired = st.expiry_interval != u32::MAX
                 && st.disconnected_at.is_some_and(|d| {
-                    now.saturating_duration_since(d.instant()) >= Duration::from_secs(u64::from(st.expiry_interval))
+                    now.saturating_duration_since(d.instant(self.origin))
+                        >= Duration::from_secs(u64::from(st.expiry_interval))
                 });
             drop(st);
             if let Some(w) = will {
@@ -820,8 +841,7 @@ impl Broker {
             self.authorizer().as_ref(),
             owner,
             &s.client_id,
-            Action::Publish { qos: w.qos as u8, retain: w.retain },
-            w.topic.as_str(),
+            Action::publish(&w.topic, w.qos, w.retain),
         );
         if !d.is_allowed() {
             self.stats.deny(Denied::Will, 1);
@@ -1001,7 +1021,7 @@ impl Broker {
     fn principal_over(&self, s: &Session, dropped: usize) {
         self.stats.limits.queued_bytes_per_principal.fetch_add(dropped as u64, Ordering::Relaxed);
         let account = s.state.lock().queue.account().cloned();
-        let now_s = self.started.elapsed().as_secs();
+        let now_s = self.seen_s.load(Ordering::Relaxed);
         if account.as_ref().is_some_and(|a| a.should_log(now_s, 60)) {
             tracing::warn!(
                 principal = %s.owner(),
@@ -1075,7 +1095,7 @@ impl Broker {
     #[cold]
     pub(crate) fn quota_refused(&self, q: Quota, account: Option<&Account>, owner: &Principal, client_id: &str) {
         crate::limits::hit(self.stats.limits.quota(q));
-        let now_s = self.started.elapsed().as_secs();
+        let now_s = self.seen_s.load(Ordering::Relaxed);
         if account.is_some_and(|a| a.usage().refused(q, now_s)) {
             let cfg = &self.config;
             let lim =
@@ -1110,8 +1130,8 @@ impl Broker {
         match source {
             RetainSource::Broker => true,
             RetainSource::Client { principal, client_id } => {
-                let action = Action::Publish { qos: msg.qos as u8, retain: true };
-                authorize_publish(authz, principal, client_id, action, msg.topic.as_str()).is_allowed()
+                let action = Action::publish(&msg.topic, msg.qos, true);
+                authorize_publish(authz, principal, client_id, action).is_allowed()
             }
             RetainSource::Unknown => !authz.has_rules(),
         }
@@ -1152,11 +1172,12 @@ impl Broker {
     fn resolve(&self, msg: &Message, authz: &dyn Authorizer) -> Resolution {
         let mut targets: Vec<Target> = Vec::new();
         let topic = msg.topic.as_str();
+        let receive = Action::receive(&msg.topic);
         // A shared group's member is picked among those allowed to receive (asked only for
         // shared groups' members, so plain subscriptions pay nothing for it).
         let mut may_receive = |s: &Arc<Session>| {
             // No Local never applies to a shared subscription [MQTT-3.8.3-4].
-            authz.authorize(&s.owner(), &s.client_id, Action::Receive, topic).is_allowed()
+            authz.authorize(&s.owner(), &s.client_id, receive).is_allowed()
         };
         let ((lists, refused_groups), trie_gen) = {
             let trie = self.subs.read();
@@ -1195,7 +1216,7 @@ impl Broker {
             let shared = t.shared;
             i = j;
             // A shared group's pick was authorized when it was picked.
-            if !shared && !authz.authorize(&s.owner(), &s.client_id, Action::Receive, topic).is_allowed() {
+            if !shared && !authz.authorize(&s.owner(), &s.client_id, receive).is_allowed() {
                 self.stats.deny(Denied::Receive, 1);
                 denied = true;
                 continue;
@@ -1304,7 +1325,7 @@ impl Broker {
         let load = |c: &AtomicU64| c.load(Ordering::Relaxed).to_string();
         let topics: [(&str, String); 10] = [
             ("$SYS/broker/version", VERSION.to_string()),
-            ("$SYS/broker/uptime", format!("{} seconds", now.saturating_duration_since(self.started).as_secs())),
+            ("$SYS/broker/uptime", format!("{} seconds", now.saturating_duration_since(self.origin).as_secs())),
             ("$SYS/broker/clients/connected", load(&st.clients_connected)),
             ("$SYS/broker/clients/total", self.session_count().to_string()),
             ("$SYS/broker/connections/total", load(&st.connections_total)),
@@ -1382,10 +1403,11 @@ pub fn write_connack(
     Packet::Connack(Connack { session_present, reason_code, properties: properties.into() }).encode(v, out);
 }
 
-/// A cheap, non-cryptographic mix for assigned client ids (uniqueness comes from the counter).
-fn rand_u64(seed: u64) -> u64 {
-    let t = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_nanos() as u64);
-    let mut x = seed ^ t.rotate_left(17) ^ 0x9E37_79B9_7F4A_7C15;
+/// A cheap, non-cryptographic mix for assigned client ids: `counter` mixed with the broker's
+/// `seed` ([`BrokerConfig::id_seed`]). The mix is a bijection of `counter` for a given seed,
+/// so ids from distinct counters never collide.
+fn rand_u64(seed: u64, counter: u64) -> u64 {
+    let mut x = counter ^ seed.rotate_left(17) ^ 0x9E37_79B9_7F4A_7C15;
     x ^= x >> 33;
     x = x.wrapping_mul(0xff51_afd7_ed55_8ccd);
     x ^= x >> 33;
@@ -1417,7 +1439,7 @@ pub struct SessionSummary {
     pub inflight: usize,
 }
 
-fn summarize(s: &Arc<Session>, with_subscriptions: bool) -> SessionSummary {
+fn summarize(s: &Arc<Session>, with_subscriptions: bool, origin: Instant, now: Instant) -> SessionSummary {
     let principal = s.owner().to_string();
     let st = s.state.lock();
     let mut subscriptions: Vec<(String, u8)> = if with_subscriptions {
@@ -1431,7 +1453,7 @@ fn summarize(s: &Arc<Session>, with_subscriptions: bool) -> SessionSummary {
         principal,
         connected: st.conn.is_some(),
         expiry_interval: st.expiry_interval,
-        disconnected_for: st.disconnected_at.map(|d| Instant::now().saturating_duration_since(d.instant()).as_secs()),
+        disconnected_for: st.disconnected_at.map(|d| now.saturating_duration_since(d.instant(origin)).as_secs()),
         subscription_count: st.subscriptions.len(),
         subscriptions,
         queued: st.queue.len(),

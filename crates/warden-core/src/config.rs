@@ -54,6 +54,10 @@ pub struct BrokerConfig {
     /// its topic; if not, it is not delivered and is removed (Mosquitto's
     /// `check_retain_source`; SPEC §10).
     pub check_retain_source: bool,
+    /// Seed of the client identifiers the broker assigns (a v5 CONNECT with an empty one):
+    /// an input, so that the core reads no clock or entropy itself. The shell passes a fresh
+    /// value per start; tests and the simulator pass a fixed one for repeatable ids.
+    pub id_seed: u64,
 }
 
 impl Default for BrokerConfig {
@@ -79,6 +83,7 @@ impl Default for BrokerConfig {
             max_retained_bytes: 512 * 1024 * 1024,
             sys_interval: Duration::from_secs(10),
             check_retain_source: true,
+            id_seed: 0,
         }
     }
 }

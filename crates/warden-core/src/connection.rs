@@ -65,11 +65,17 @@ pub struct Connection {
     client_receive_max: u16,
     client_max_packet: u32,
     client_alias_max: u16,
-    /// Made at the first topic alias: most connections never use one.
-    aliases: Option<Box<Aliases>>,
+    /// Made at the first topic alias or credential expiry: most connections have neither.
+    extras: Option<Box<Extras>>,
     will: Option<Box<LastWill>>,
-    resend: bool,
-    connect_expiry_zero: bool,
+    /// [`RESEND`] and [`CONNECT_EXPIRY_ZERO`]: two flags in one byte, so that the keep alive's
+    /// clock fits in the room the second `bool` took (a parked connection's record is at the
+    /// top of its allocation size class).
+    flags: u8,
+    /// When input last came (the keep alive counts from it): tenths of a second since the
+    /// broker's clock origin, rounded up (so the keep alive never ends early); 13 years of
+    /// uptime fit.
+    input_ds: u32,
     /// Store ticket the output written so far must wait for (0: none).
     durable: u64,
     /// Made at the first PUBLISH; given back by [`Connection::shrink`] once nothing is pending.
@@ -81,9 +87,23 @@ pub struct Connection {
     received: u64,
 }
 
-/// Topic aliases (MQTT 5 §3.3.2.3.4), both ways.
+/// Resume: re-send the in-flight deliveries first [MQTT-4.4.0-1].
+const RESEND: u8 = 1;
+/// The v5 CONNECT set Session Expiry Interval 0 (a DISCONNECT may not raise it).
+const CONNECT_EXPIRY_ZERO: u8 = 2;
+
+/// Tenths of a second since `origin` (rounded up, saturating).
+fn deciseconds(origin: Instant, t: Instant) -> u32 {
+    let ms = t.saturating_duration_since(origin).as_millis();
+    u32::try_from(ms.div_ceil(100)).unwrap_or(u32::MAX)
+}
+
+/// What few connections need: topic aliases (MQTT 5 §3.3.2.3.4), both ways, and the expiry
+/// of the credential they authenticated with.
 #[derive(Default)]
-struct Aliases {
+struct Extras {
+    /// When the credential (an access token) expires: the connection ends then (SPEC §10).
+    credential_expiry: Option<Instant>,
     /// Set by the client's PUBLISH packets.
     inbound: HashMap<u16, TopicName>,
     /// Chosen by the broker for its deliveries (up to the client's Topic Alias Maximum).
@@ -117,22 +137,26 @@ impl Connection {
         principal: Arc<Principal>,
         keep_alive: u16,
         session_present: bool,
+        now: Instant,
     ) -> Self {
         let p = &connect.properties;
+        let expiry_zero = connect.protocol == Protocol::V5 && p.session_expiry_interval.unwrap_or(0) == 0;
+        let flags = if session_present { RESEND } else { 0 } | if expiry_zero { CONNECT_EXPIRY_ZERO } else { 0 };
+        let input_ds = deciseconds(broker.clock_origin(), now);
         Connection {
+            flags,
+            input_ds,
             generation,
             protocol: connect.protocol,
             client_receive_max: p.receive_maximum.unwrap_or(u16::MAX),
             client_max_packet: p.maximum_packet_size.unwrap_or(u32::MAX),
             client_alias_max: p.topic_alias_maximum.unwrap_or(0),
-            connect_expiry_zero: connect.protocol == Protocol::V5 && p.session_expiry_interval.unwrap_or(0) == 0,
             will: connect.will.map(Box::new),
             keep_alive,
             principal,
             session,
             broker,
-            aliases: None,
-            resend: session_present,
+            extras: None,
             durable: 0,
             publishing: None,
             received: 0,
@@ -176,6 +200,66 @@ impl Connection {
     /// a packet [MQTT-3.1.2-24].
     pub fn keep_alive(&self) -> u16 {
         self.keep_alive
+    }
+
+    /// Input came from the client at `now` (bytes read: a packet, several, or part of one): the
+    /// keep alive counts again from here [MQTT-3.1.2-24]. Call it once per read, before the
+    /// packets read are handled; [`Connection::handle`] does not (it runs once per packet, on
+    /// the hot path, and a partial packet counts as input too).
+    pub fn note_input(&mut self, now: Instant) {
+        if self.keep_alive != 0 {
+            self.input_ds = self.input_ds.max(deciseconds(self.broker.clock_origin(), now));
+        }
+    }
+
+    /// The connection's credential (an access token) expires at `at` (`None`: never): then
+    /// [`Connection::handle_timeout`] ends the connection (v5 DISCONNECT 0xA0, will
+    /// discarded: SPEC §10).
+    pub fn set_credential_expiry(&mut self, at: Option<Instant>) {
+        match (at, &mut self.extras) {
+            (None, None) => {}
+            (None, Some(e)) => e.credential_expiry = None,
+            (Some(_), e) => e.get_or_insert_with(Default::default).credential_expiry = at,
+        }
+    }
+
+    /// When the keep alive runs out without input: 1.5 × the keep alive after the last input
+    /// [MQTT-3.1.2-24]; none when the keep alive is 0.
+    fn keep_alive_deadline(&self) -> Option<Instant> {
+        if self.keep_alive == 0 {
+            return None;
+        }
+        let ms = u64::from(self.input_ds) * 100 + u64::from(self.keep_alive) * 1500;
+        self.broker.clock_origin().checked_add(Duration::from_millis(ms))
+    }
+
+    /// The next moment the core must be told about ([`Connection::handle_timeout`]): the
+    /// earlier of the keep alive's end and the credential's expiry; `None` when neither
+    /// applies. Changes with input ([`Connection::note_input`]) and
+    /// [`Connection::set_credential_expiry`]: ask again after each.
+    pub fn poll_timeout(&self) -> Option<Instant> {
+        let credential = self.extras.as_ref().and_then(|e| e.credential_expiry);
+        match (self.keep_alive_deadline(), credential) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
+    }
+
+    /// Time passed to `now`: when the keep alive ran out (no packet within 1.5 × the keep
+    /// alive: DISCONNECT 0x8D, the will published [MQTT-3.1.2-24]) or the credential expired
+    /// (DISCONNECT 0xA0 Maximum connect time, the will discarded: SPEC §10), returns the
+    /// [`Close`] (the keep alive is checked first). `Ok` when nothing is due yet (an early or
+    /// spurious timer).
+    pub fn handle_timeout(&mut self, now: Instant, out: &mut BytesMut) -> Result<(), Close> {
+        if self.keep_alive_deadline().is_some_and(|d| now >= d) {
+            return Err(self.keep_alive_timeout(out));
+        }
+        if self.extras.as_ref().and_then(|e| e.credential_expiry).is_some_and(|d| now >= d) {
+            let mut close = self.fail(out, ReasonCode::MAXIMUM_CONNECT_TIME);
+            close.publish_will = false;
+            return Err(close);
+        }
+        Ok(())
     }
 
     /// The client identifier (assigned if the client sent none).
@@ -226,18 +310,18 @@ impl Connection {
         self.fail(out, reason)
     }
 
-    fn authorize(&self, action: Action, topic: &str) -> Decision {
-        self.authorize_with(self.broker.authorizer().as_ref(), action, topic)
+    fn authorize(&self, action: Action<'_>) -> Decision {
+        self.authorize_with(self.broker.authorizer().as_ref(), action)
     }
 
     /// [`Self::authorize`] with a policy the caller already holds.
-    fn authorize_with(&self, authz: &dyn Authorizer, action: Action, topic: &str) -> Decision {
-        let d = authz.authorize(&self.principal, &self.session.client_id, action, topic);
+    fn authorize_with(&self, authz: &dyn Authorizer, action: Action<'_>) -> Decision {
+        let d = authz.authorize(&self.principal, &self.session.client_id, action);
         if !d.is_allowed() {
             let what = match action {
                 Action::Publish { .. } => crate::metrics::Denied::Publish,
                 Action::Subscribe { .. } => crate::metrics::Denied::Subscribe,
-                Action::Receive => crate::metrics::Denied::Receive,
+                Action::Receive { .. } => crate::metrics::Denied::Receive,
             };
             self.broker.stats.deny(what, 1);
         }
@@ -392,7 +476,7 @@ impl Connection {
             }
             Packet::Disconnect(d) => {
                 if let Some(e) = d.properties.session_expiry_interval {
-                    if self.connect_expiry_zero && e != 0 {
+                    if self.flags & CONNECT_EXPIRY_ZERO != 0 && e != 0 {
                         return Err(self.fail(out, ReasonCode::PROTOCOL_ERROR)); // [MQTT-3.14.2-2]
                     }
                     self.session.state.lock().expiry_interval = e.min(self.broker.config.max_session_expiry);
@@ -429,12 +513,12 @@ impl Connection {
                     // [MQTT-3.3.2-9/10]
                 }
                 if topic.is_empty() {
-                    match self.aliases.as_ref().and_then(|a| a.inbound.get(&alias)) {
+                    match self.extras.as_ref().and_then(|a| a.inbound.get(&alias)) {
                         Some(t) => topic = t.clone(),
                         None => return Err(self.fail(out, ReasonCode::PROTOCOL_ERROR)),
                     }
                 } else {
-                    self.aliases.get_or_insert_with(Default::default).inbound.insert(alias, topic.clone());
+                    self.extras.get_or_insert_with(Default::default).inbound.insert(alias, topic.clone());
                 }
             }
         }
@@ -460,14 +544,8 @@ impl Connection {
             Decision::Allow
         } else {
             let authz = self.broker.authorizer();
-            let action = Action::Publish { qos: qos as u8, retain };
-            let d = crate::broker::authorize_publish(
-                authz.as_ref(),
-                &self.principal,
-                &self.session.client_id,
-                action,
-                topic.as_str(),
-            );
+            let action = Action::publish(&topic, qos, retain);
+            let d = crate::broker::authorize_publish(authz.as_ref(), &self.principal, &self.session.client_id, action);
             if !d.is_allowed() {
                 self.broker.stats.deny(crate::metrics::Denied::Publish, 1);
             }
@@ -564,8 +642,8 @@ impl Connection {
             if shared && opts.no_local {
                 return Err(self.fail(out, ReasonCode::PROTOCOL_ERROR)); // [MQTT-3.8.3-4]
             }
-            // `$share/{group}/{filter}` is authorized on `{filter}`.
-            if !self.authorize(Action::Subscribe { qos: opts.qos as u8 }, filter.match_filter()).is_allowed() {
+            // `$share/{group}/{filter}` is authorized on `{filter}` (see `Action::Subscribe`).
+            if !self.authorize(Action::subscribe(filter, opts.qos)).is_allowed() {
                 codes.push(if v5 { ReasonCode::NOT_AUTHORIZED } else { ReasonCode::V3_SUBACK_FAILURE });
                 continue;
             }
@@ -597,7 +675,7 @@ impl Connection {
             if send_retained {
                 let authz = self.broker.authorizer();
                 for m in self.broker.retained_matching(filter.match_filter(), authz.as_ref()) {
-                    if m.expired(now) || !self.authorize(Action::Receive, m.topic.as_str()).is_allowed() {
+                    if m.expired(now) || !self.authorize(Action::receive(&m.topic)).is_allowed() {
                         continue;
                     }
                     let qos = m.qos.min(opts.qos);
@@ -662,7 +740,7 @@ impl Connection {
             let expiry = d.msg.remaining_expiry(now);
             let mut alias = None;
             if self.client_alias_max > 0 {
-                let used = self.aliases.as_ref().map(|a| &a.outbound);
+                let used = self.extras.as_ref().map(|a| &a.outbound);
                 let in_use = used.map_or(0, HashMap::len);
                 if let Some(&a) = used.and_then(|o| o.get(&d.msg.topic)) {
                     alias = Some(a);
@@ -695,7 +773,7 @@ impl Connection {
         }
         packet.encode(self.protocol, out);
         if let Some(a) = new_alias {
-            self.aliases.get_or_insert_with(Default::default).outbound.insert(d.msg.topic.clone(), a);
+            self.extras.get_or_insert_with(Default::default).outbound.insert(d.msg.topic.clone(), a);
         }
         true
     }
@@ -714,9 +792,9 @@ impl Connection {
         }
         // Counted locally and added once: the shared counter is touched once per batch.
         let mut sent = [0u64; 3];
-        if self.resend {
+        if self.flags & RESEND != 0 {
             // Resume: re-send unacknowledged PUBLISH with DUP, and PUBREL [MQTT-4.4.0-1].
-            self.resend = false;
+            self.flags &= !RESEND;
             let inflight: Vec<(u16, Inflight)> = st.inflight.iter().cloned().collect();
             for (id, f) in inflight {
                 match f.stage {
@@ -724,7 +802,7 @@ impl Connection {
                         // Sent to an earlier connection, whose grants may have been wider: the
                         // resuming one gets it again only if it may receive it (SPEC §10, as
                         // for what is queued); if not, it is dropped and its packet id freed.
-                        if !self.authorize(Action::Receive, f.delivery.msg.topic.as_str()).is_allowed() {
+                        if !self.authorize(Action::receive(&f.delivery.msg.topic)).is_allowed() {
                             if let Some(i) = st.inflight_index(id) {
                                 st.inflight.remove(i);
                             }
@@ -759,8 +837,7 @@ impl Connection {
                 break; // flow control: wait for acknowledgements [MQTT-4.9.0-2]
             }
             if front.msg.expired(now)
-                || (front.policy_gen != policy_gen
-                    && !self.authorize(Action::Receive, front.msg.topic.as_str()).is_allowed())
+                || (front.policy_gen != policy_gen && !self.authorize(Action::receive(&front.msg.topic)).is_allowed())
                 || (front.from_retained && !broker.retained_still_deliverable(front.msg))
             {
                 // Expired [MQTT-3.3.2-5], queued under a policy that has since changed and
@@ -825,5 +902,122 @@ impl Connection {
         self.flush_wakes();
         let will = if close.publish_will { self.will.take().map(|w| *w) } else { None };
         self.broker.disconnected(&self.session, self.generation, will, &self.principal, now);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use mqtt_codec::{decode, Properties};
+    use warden_policy::AllowAll;
+
+    struct NoWake;
+    impl crate::Wake for NoWake {
+        fn wake(&self) {}
+    }
+
+    /// A v5 connection with keep alive `keep_alive` at `t0`, on a broker made at `t0`.
+    fn connect(keep_alive: u16, t0: Instant) -> Connection {
+        let broker = Broker::new(crate::BrokerConfig::default(), Arc::new(AllowAll), t0);
+        let c = Connect {
+            protocol: Protocol::V5,
+            clean_start: true,
+            keep_alive,
+            properties: Properties::default(),
+            client_id: "c".into(),
+            will: None,
+            username: None,
+            password: None,
+        };
+        let mut out = BytesMut::new();
+        broker.connect(c, Principal::anonymous(), Arc::new(NoWake), None, t0, &mut out).expect("connected")
+    }
+
+    fn disconnect_reason(out: &mut BytesMut) -> Option<ReasonCode> {
+        match decode(out, Protocol::V5, u32::MAX) {
+            Ok(Some(Packet::Disconnect(d))) => Some(d.reason_code),
+            _ => None,
+        }
+    }
+
+    /// A parked connection's record holds a `Connection`: at 88 bytes its record stays in
+    /// its allocation size class (the keep alive's clock took the room of a `bool`).
+    #[cfg(target_pointer_width = "64")]
+    #[test]
+    fn a_connection_stays_in_its_size_class() {
+        assert!(std::mem::size_of::<Connection>() <= 88, "Connection is {} bytes", std::mem::size_of::<Connection>());
+    }
+
+    /// [MQTT-3.1.2-24]: no packet within 1.5 × the keep alive ends the connection with 0x8D
+    /// and the will; each packet restarts the count.
+    #[test]
+    fn keep_alive_ends_a_silent_connection_after_one_and_a_half_times_it() {
+        let t0 = Instant::now();
+        let mut c = connect(10, t0);
+        assert_eq!(c.poll_timeout(), Some(t0 + Duration::from_secs(15)));
+        let mut out = BytesMut::new();
+        assert!(c.handle_timeout(t0 + Duration::from_millis(14_999), &mut out).is_ok());
+        assert!(out.is_empty());
+        c.note_input(t0 + Duration::from_secs(10));
+        c.handle(Packet::PingReq, t0 + Duration::from_secs(10), &mut out).expect("open");
+        out.clear();
+        assert_eq!(c.poll_timeout(), Some(t0 + Duration::from_secs(25)));
+        assert!(c.handle_timeout(t0 + Duration::from_secs(16), &mut out).is_ok(), "the ping restarted it");
+        let close = c.handle_timeout(t0 + Duration::from_secs(25), &mut out).expect_err("timed out");
+        assert_eq!(close, Close { reason: ReasonCode::KEEP_ALIVE_TIMEOUT, publish_will: true });
+        assert_eq!(disconnect_reason(&mut out), Some(ReasonCode::KEEP_ALIVE_TIMEOUT));
+    }
+
+    /// Keep alive 0 turns the mechanism off (MQTT 5 §3.1.2.10): no timeout at all.
+    #[test]
+    fn keep_alive_zero_has_no_timeout() {
+        let t0 = Instant::now();
+        let mut c = connect(0, t0);
+        assert_eq!(c.poll_timeout(), None);
+        let mut out = BytesMut::new();
+        assert!(c.handle_timeout(t0 + Duration::from_secs(1_000_000), &mut out).is_ok());
+        c.note_input(t0 + Duration::from_secs(5));
+        assert_eq!(c.poll_timeout(), None);
+    }
+
+    /// Input counted to the tenth of a second, rounded up: the keep alive never ends early.
+    #[test]
+    fn input_between_tenths_rounds_the_deadline_up() {
+        let t0 = Instant::now();
+        let mut c = connect(1, t0);
+        c.note_input(t0 + Duration::from_millis(1_001));
+        let d = c.poll_timeout().expect("a deadline");
+        assert!(d >= t0 + Duration::from_millis(2_501) && d <= t0 + Duration::from_millis(2_600), "{d:?}");
+        // Input seen out of order never moves the deadline back.
+        c.note_input(t0);
+        assert_eq!(c.poll_timeout(), Some(d));
+    }
+
+    /// SPEC §10: an access token's expiry ends the connection with 0xA0, the will discarded;
+    /// the earlier of the two deadlines is the one polled.
+    #[test]
+    fn credential_expiry_ends_the_connection_without_its_will() {
+        let t0 = Instant::now();
+        let mut c = connect(60, t0);
+        c.set_credential_expiry(Some(t0 + Duration::from_secs(30)));
+        assert_eq!(c.poll_timeout(), Some(t0 + Duration::from_secs(30)));
+        let mut out = BytesMut::new();
+        assert!(c.handle_timeout(t0 + Duration::from_secs(29), &mut out).is_ok());
+        let close = c.handle_timeout(t0 + Duration::from_secs(30), &mut out).expect_err("expired");
+        assert_eq!(close, Close { reason: ReasonCode::MAXIMUM_CONNECT_TIME, publish_will: false });
+        assert_eq!(disconnect_reason(&mut out), Some(ReasonCode::MAXIMUM_CONNECT_TIME));
+        // A credential that no longer expires leaves the keep alive alone.
+        c.set_credential_expiry(None);
+        assert_eq!(c.poll_timeout(), Some(t0 + Duration::from_secs(90)));
+    }
+
+    /// Both due at once: the keep alive is reported (the shell's order: 0x8D, will published).
+    #[test]
+    fn keep_alive_is_checked_before_the_credential() {
+        let t0 = Instant::now();
+        let mut c = connect(2, t0);
+        c.set_credential_expiry(Some(t0 + Duration::from_secs(3)));
+        let close = c.handle_timeout(t0 + Duration::from_secs(5), &mut BytesMut::new()).expect_err("due");
+        assert_eq!(close.reason, ReasonCode::KEEP_ALIVE_TIMEOUT);
     }
 }

@@ -6,49 +6,13 @@
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
-/// How a CONNECT tried to authenticate (the `method` label).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum AuthMethod {
-    /// User name and password (password file or policy store).
-    Password,
-    /// MQTT 5 enhanced authentication, SCRAM-SHA-256.
-    Scram,
-    /// A TLS client certificate.
-    Certificate,
-    /// An access token in the password field.
-    Token,
-    /// The third-party look-up service.
-    Lookup,
-    /// No credentials.
-    Anonymous,
-}
+/// The authentication method, as counted (`warden_auth_attempts_total{method}`): the
+/// authentication chain's own ([`warden_policy::authn::Method`]).
+pub use warden_policy::authn::Method as AuthMethod;
 
-impl AuthMethod {
-    /// Every method, in label order.
-    pub const ALL: [AuthMethod; 6] = [
-        AuthMethod::Password,
-        AuthMethod::Scram,
-        AuthMethod::Certificate,
-        AuthMethod::Token,
-        AuthMethod::Lookup,
-        AuthMethod::Anonymous,
-    ];
-
-    /// The label value.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            AuthMethod::Password => "password",
-            AuthMethod::Scram => "scram",
-            AuthMethod::Certificate => "certificate",
-            AuthMethod::Token => "token",
-            AuthMethod::Lookup => "lookup",
-            AuthMethod::Anonymous => "anonymous",
-        }
-    }
-
-    fn index(self) -> usize {
-        self as usize
-    }
+/// A method's row in the counters ([`AuthMethod::ALL`] order).
+fn index(m: AuthMethod) -> usize {
+    m as usize
 }
 
 /// What an authorization denial refused (the `action` label).
@@ -93,12 +57,12 @@ pub struct SecurityStats {
 impl SecurityStats {
     /// Count an authentication attempt by `method`.
     pub fn auth_attempt(&self, method: AuthMethod, accepted: bool) {
-        self.auth[method.index()][usize::from(!accepted)].fetch_add(1, Ordering::Relaxed);
+        self.auth[index(method)][usize::from(!accepted)].fetch_add(1, Ordering::Relaxed);
     }
 
     /// Attempts by `method`: `(accepted, refused)`.
     pub fn auth_attempts(&self, method: AuthMethod) -> (u64, u64) {
-        let [ok, refused] = &self.auth[method.index()];
+        let [ok, refused] = &self.auth[index(method)];
         (ok.load(Ordering::Relaxed), refused.load(Ordering::Relaxed))
     }
 
@@ -180,6 +144,6 @@ mod tests {
         assert_eq!((s.denials(Denied::Will), s.denials(Denied::Publish)), (2, 0));
         let labels: Vec<_> = AuthMethod::ALL.iter().map(|m| m.as_str()).collect();
         assert_eq!(labels, ["password", "scram", "certificate", "token", "lookup", "anonymous"]);
-        assert!(AuthMethod::ALL.iter().enumerate().all(|(i, m)| m.index() == i));
+        assert!(AuthMethod::ALL.iter().enumerate().all(|(i, m)| index(*m) == i));
     }
 }

@@ -34,7 +34,7 @@ pub struct Delivery {
     pub seq: u64,
     /// Taken from the retained store on SUBSCRIBE: sent only while it is still its topic's
     /// retained message and its publisher may still publish it (`check_retain_source`,
-    /// checked again when it is sent: see [`crate::Broker::retained_still_deliverable`]).
+    /// checked again when it is sent: see `Broker::retained_still_deliverable`).
     pub from_retained: bool,
 }
 
@@ -183,32 +183,31 @@ pub struct SessionState {
 pub const REAUTHORIZE: u64 = u64::MAX;
 
 /// An instant in 8 bytes (an `Instant` is 16, and `Option<Instant>` took [`SessionState`]
-/// out of its size class): milliseconds from a process-wide origin, never 0.
+/// out of its size class): milliseconds from the broker's clock origin (the `now` given to
+/// [`crate::Broker::new`]; no process-wide clock is read). Kept as `ms + 1` from the origin
+/// on (`ms` before it), so that it is never 0 and the origin itself is exact.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Moment(NonZeroI64);
 
-fn origin() -> Instant {
-    static ORIGIN: OnceLock<Instant> = OnceLock::new();
-    *ORIGIN.get_or_init(Instant::now)
-}
-
 impl Moment {
-    /// `t`, to a millisecond or two (plenty for expiry intervals counted in seconds).
-    pub fn new(t: Instant) -> Self {
-        let o = origin();
+    /// `t`, to a millisecond or two (plenty for expiry intervals counted in seconds), as an
+    /// offset from `origin`.
+    pub fn new(origin: Instant, t: Instant) -> Self {
+        let o = origin;
         let ms = match t.checked_duration_since(o) {
             Some(after) => i64::try_from(after.as_millis()).unwrap_or(i64::MAX),
             None => -i64::try_from(o.duration_since(t).as_millis()).unwrap_or(i64::MAX),
         };
-        // 0 is 1 ms late; `MAX` is never taken.
-        Moment(NonZeroI64::new(if ms == 0 { 1 } else { ms }).unwrap_or(NonZeroI64::MAX))
+        let stored = if ms >= 0 { ms.saturating_add(1) } else { ms };
+        Moment(NonZeroI64::new(stored).unwrap_or(NonZeroI64::MAX))
     }
 
-    /// Back to an `Instant` (the origin when out of range, which no instant made by
-    /// [`Moment::new`] is).
-    pub fn instant(self) -> Instant {
-        let o = origin();
-        let ms = self.0.get();
+    /// Back to an `Instant`, from the same `origin` it was made with (the origin when out of
+    /// range, which no instant made by [`Moment::new`] is).
+    pub fn instant(self, origin: Instant) -> Instant {
+        let o = origin;
+        let stored = self.0.get();
+        let ms = if stored > 0 { stored - 1 } else { stored };
         let d = Duration::from_millis(ms.unsigned_abs());
         if ms >= 0 { o.checked_add(d) } else { o.checked_sub(d) }.unwrap_or(o)
     }
@@ -283,14 +282,15 @@ impl Session {
     }
 
     /// The stored form of this session (its state is passed in, already locked); its
-    /// subscriptions are stored one by one ([`PersistOp::Subscribe`]).
-    pub(crate) fn record(&self, st: &SessionState) -> SessionRecord {
+    /// subscriptions are stored one by one ([`PersistOp::Subscribe`]). `origin` is the
+    /// broker's clock origin ([`Moment`]).
+    pub(crate) fn record(&self, st: &SessionState, origin: Instant) -> SessionRecord {
         SessionRecord {
             sid: self.id(),
             client_id: self.client_id.clone(),
             owner: Principal::clone(&self.owner()),
             expiry_interval: st.expiry_interval,
-            disconnected_at: st.disconnected_at.map(Moment::instant),
+            disconnected_at: st.disconnected_at.map(|m| m.instant(origin)),
         }
     }
 
@@ -649,19 +649,24 @@ mod tests {
     /// mimalloc's 256-byte class. A field added here moves every session up to the 320 class.
     #[test]
     fn a_moment_keeps_an_instant_to_a_millisecond_or_two() {
-        let now = Instant::now();
-        for t in [
-            now,
-            now + Duration::from_secs(3600),
-            now.checked_sub(Duration::from_secs(86_400)).unwrap_or(now),
-            origin(),
-        ] {
-            let back = Moment::new(t).instant();
+        let origin = Instant::now();
+        let now = origin + Duration::from_millis(1234);
+        for t in
+            [now, now + Duration::from_secs(3600), now.checked_sub(Duration::from_secs(86_400)).unwrap_or(now), origin]
+        {
+            let back = Moment::new(origin, t).instant(origin);
             let err = if back > t { back - t } else { t - back };
             assert!(err < Duration::from_millis(2), "{t:?} came back as {back:?}");
         }
-        let (a, b) = (Moment::new(now), Moment::new(now + Duration::from_secs(1)));
-        assert!(b.instant() > a.instant());
+        // The origin and whole milliseconds come back exactly (the simulator's clock starts at
+        // the origin: a session disconnected then expires on the second).
+        assert_eq!(Moment::new(origin, origin).instant(origin), origin);
+        let later = origin + Duration::from_millis(5000);
+        assert_eq!(Moment::new(origin, later).instant(origin), later);
+        let earlier = origin.checked_sub(Duration::from_millis(5000)).unwrap_or(origin);
+        assert_eq!(Moment::new(origin, earlier).instant(origin), earlier);
+        let (a, b) = (Moment::new(origin, now), Moment::new(origin, now + Duration::from_secs(1)));
+        assert!(b.instant(origin) > a.instant(origin));
     }
 
     /// Every connection has a session, allocated as an `Arc` (16 bytes of counts): at most

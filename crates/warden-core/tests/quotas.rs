@@ -9,6 +9,7 @@
 //!
 //! Each quota is tested for what it refuses (0x97, nothing else changed), for what it does not
 //! (another principal, a replacement, what was given back) and for its counter.
+#![allow(clippy::unwrap_used)] // test code: a failed unwrap is a failed test
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;

@@ -1,5 +1,6 @@
 //! The subscription and retained tries agree with the reference matcher of the codec
 //! (§4.7), including `$`-topics [MQTT-4.7.2-1] and `#` matching its parent level [MQTT-4.7.1-2].
+#![allow(clippy::unwrap_used)] // test code: a failed unwrap is a failed test
 
 use std::sync::Arc;
 use std::time::Instant;

@@ -3,6 +3,7 @@
 //! 1 shared subscriptions pick a member allowed to receive; 2 `$` topics need an explicit
 //! grant; 3 queued messages are authorized again on session resume; 4 retained messages
 //! are checked against their publisher's current right to publish.
+#![allow(clippy::unwrap_used)] // test code: a failed unwrap is a failed test
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -38,15 +39,15 @@ impl Swappable {
 }
 
 impl Authorizer for Swappable {
-    fn authorize(&self, p: &Principal, c: &str, a: Action, t: &str) -> warden_policy::Decision {
-        if a == Action::Receive {
+    fn authorize(&self, p: &Principal, c: &str, a: Action<'_>) -> warden_policy::Decision {
+        if matches!(a, Action::Receive { .. }) {
             self.receives.fetch_add(1, Ordering::Relaxed);
         }
-        self.inner.read().authorize(p, c, a, t)
+        self.inner.read().authorize(p, c, a)
     }
 
-    fn authorize_granted(&self, p: &Principal, c: &str, a: Action, t: &str) -> warden_policy::Decision {
-        self.inner.read().authorize_granted(p, c, a, t)
+    fn authorize_granted(&self, p: &Principal, c: &str, a: Action<'_>) -> warden_policy::Decision {
+        self.inner.read().authorize_granted(p, c, a)
     }
 
     fn has_rules(&self) -> bool {

@@ -61,6 +61,7 @@
 //! session expiry, certificate, look-up and policy-store principals, re-authentication
 //! (AUTH), what SUBACK grants (deliveries are checked, not subscriptions), shared groups'
 //! fairness, and the broker's own `$SYS` values.
+#![allow(clippy::unwrap_used)] // test code: a failed unwrap is a failed test
 
 use std::cell::RefCell;
 use std::collections::{HashMap, HashSet};

@@ -184,6 +184,12 @@ pub trait AdminBackend: Send + Sync + 'static {
     /// The audit trail's records stamped at or after `since` (unix seconds), oldest first: the
     /// newest `limit` of them.
     fn audit_since(&self, since: u64, limit: usize) -> Result<Vec<AuditRecord>, AdminError>;
+    /// The posture audit of the running broker (SPEC §13), as the JSON report `warden audit
+    /// --format json` prints: `{"findings": [...], "counts": {...}, "highest": ..., "fail": ...}`.
+    /// Default: not available (a backend without a configuration).
+    fn posture(&self) -> Result<serde_json::Value, AdminError> {
+        Err(AdminError::not_found("the posture audit is not available"))
+    }
     /// Every session (without their subscription lists), by client id. Default: none (a
     /// backend without a broker).
     fn sessions(&self) -> Vec<SessionView> {
@@ -267,6 +273,7 @@ pub fn admin_router(backend: Arc<dyn AdminBackend>, auth: AdminAuth) -> Router {
         .route("/admin/oauth/clients", get(list_oauth).post(put_oauth))
         .route("/admin/oauth/clients/{id}", delete(delete_oauth))
         .route("/admin/audit", get(get_audit))
+        .route("/admin/audit/posture", get(get_posture))
         .route("/admin/tokens/introspect", post(introspect_token))
         .route("/admin/tokens/revoke", post(revoke_token))
         .route("/admin/sessions", get(list_sessions))
@@ -438,6 +445,13 @@ const AUDIT_MAX_LIMIT: usize = 10_000;
 struct AuditQuery {
     since: Option<String>,
     limit: Option<usize>,
+}
+
+/// `GET /admin/audit/posture`: the posture audit's findings (never cached).
+async fn get_posture(State(st): St) -> ApiResult<Response> {
+    let mut r = Json(st.backend.posture()?).into_response();
+    r.headers_mut().insert(header::CACHE_CONTROL, header::HeaderValue::from_static("no-store"));
+    Ok(r)
 }
 
 /// `GET /admin/audit?since=…&limit=…`: the newest `limit` records at or after `since`, oldest

@@ -9,7 +9,7 @@ use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine as _;
 use parking_lot::{Mutex, RwLock};
 use rand::RngCore as _;
-use warden_policy::jwt::{self, AccessClaims, JwtError, JwtSettings, KeySet, SigningKey, VerifiedToken};
+use warden_policy::jwt::{self, AccessClaims, JwtSettings, KeySet, SigningKey, VerifiedToken};
 
 use crate::secrets::{CheckRefused, SecretChecks};
 
@@ -54,25 +54,9 @@ pub struct OAuthSettings {
     pub audience: Option<String>,
 }
 
-/// Why [`OAuthService::verify`] refused a token.
-#[derive(Debug, thiserror::Error)]
-pub enum TokenRejected {
-    /// Bad signature, unknown `kid`, wrong issuer/audience, expired, malformed...
-    #[error("invalid token: {0}")]
-    Invalid(#[from] JwtError),
-    /// No `jti`: every token this service issues has one (revocation needs it).
-    #[error("token has no jti")]
-    MissingJti,
-    /// Its client no longer has every scope or role the token carries.
-    #[error("token grants more than its client now has (client narrowed)")]
-    Narrowed,
-    /// Revoked through `/oauth/revoke`.
-    #[error("token has been revoked")]
-    Revoked,
-    /// The client the token was issued to is no longer configured.
-    #[error("token's client is no longer registered")]
-    UnknownClient,
-}
+/// Why [`OAuthService::verify`] refused a token: the decision is
+/// [`warden_policy::authn::tokens::verify_issued`]'s, the one the CONNECT chain makes.
+pub use warden_policy::authn::IssuedRejected as TokenRejected;
 
 /// A freshly issued access token.
 #[derive(Debug, Clone)]
@@ -253,25 +237,7 @@ impl OAuthService {
     /// Verifies a token this service issued: signature by one of its keys, issuer, audience,
     /// expiry, a `jti` that is not revoked, and a client that is still configured.
     pub fn verify(&self, token: &str) -> Result<VerifiedToken, TokenRejected> {
-        let key_set = self.keys.read().key_set.clone();
-        let verified = jwt::verify(token, &key_set, &self.jwt_settings(), self.now())?;
-        let jti = verified.jti.as_deref().ok_or(TokenRejected::MissingJti)?;
-        if self.is_revoked(jti) {
-            return Err(TokenRejected::Revoked);
-        }
-        let clients = self.clients.read();
-        let Some(client) = clients.get(token_client(&verified)) else {
-            return Err(TokenRejected::UnknownClient);
-        };
-        // A client narrowed since the token was issued: the token's grants are no longer its
-        // client's (SPEC §10), so it is refused rather than honoured until it expires.
-        let within = verified.scopes.iter().all(|s| client.scopes.contains(s))
-            && verified.roles.iter().all(|r| client.roles.contains(r));
-        if !within {
-            return Err(TokenRejected::Narrowed);
-        }
-        drop(clients);
-        Ok(verified)
+        warden_policy::authn::tokens::verify_issued(token, self, self.now())
     }
 
     /// True when the token with this `jti` was revoked (and has not long expired).
@@ -425,9 +391,7 @@ impl OAuthService {
 }
 
 /// The client a verified token belongs to: `client_id`, else `sub`.
-pub(crate) fn token_client(token: &VerifiedToken) -> &str {
-    token.client_id.as_deref().unwrap_or(&token.subject)
-}
+pub(crate) use warden_policy::authn::tokens::token_client;
 
 /// RFC 6749 §3.3: `scope-token *( SP scope-token )`, `scope-token = 1*( %x21 / %x23-5B /
 /// %x5D-7E )`. Duplicates are dropped (first occurrence kept).
@@ -460,6 +424,33 @@ fn dedup_kids(keys: Vec<SigningKey>) -> Vec<SigningKey> {
         }
     }
     out
+}
+
+/// The built-in token service as the CONNECT chain reads it (`warden_policy::authn`): its keys
+/// and claim checks, its revocation set and its client registry.
+impl warden_policy::authn::TokenIssuer for OAuthService {
+    fn keys(&self) -> Arc<KeySet> {
+        self.keys.read().key_set.clone()
+    }
+
+    fn settings(&self) -> JwtSettings {
+        self.jwt_settings()
+    }
+
+    fn is_revoked(&self, jti: &str) -> bool {
+        OAuthService::is_revoked(self, jti)
+    }
+
+    fn client(&self, id: &str) -> Option<warden_policy::trust::ClientGrants> {
+        self.clients
+            .read()
+            .get(id)
+            .map(|c| warden_policy::trust::ClientGrants { scopes: c.scopes.clone(), roles: c.roles.clone() })
+    }
+
+    fn has_client(&self, id: &str) -> bool {
+        OAuthService::has_client(self, id)
+    }
 }
 
 #[cfg(test)]

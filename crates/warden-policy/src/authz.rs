@@ -1,25 +1,79 @@
 //! The authorization seam: one place where every publish, subscribe and delivery asks
 //! "is this allowed?". The policy sources (ACL file, policy store, token scopes) plug in here.
 
+use mqtt_codec::{QoS, TopicFilter, TopicName};
+
 use crate::Principal;
 
-/// What a client is trying to do with a topic.
+/// What a client is trying to do, with the topic it is about in the codec's own type: a
+/// validated [`TopicName`] for publish and receive, a validated [`TopicFilter`] for subscribe.
+/// The broker holds these values decoded already, so an authorizer never re-validates a topic
+/// and the hot path borrows, never allocates.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Action {
+pub enum Action<'a> {
     /// Publish to a topic name (with this QoS and retain flag).
     Publish {
+        /// The topic name.
+        topic: &'a TopicName,
         /// Requested QoS.
-        qos: u8,
+        qos: QoS,
         /// Retain flag.
         retain: bool,
     },
-    /// Subscribe to a topic filter (with this maximum QoS).
+    /// Subscribe to a topic filter (with this maximum QoS). A shared subscription
+    /// (`$share/{group}/{filter}`) is decided on `{filter}` ([`TopicFilter::match_filter`]).
     Subscribe {
+        /// The requested filter.
+        filter: &'a TopicFilter,
         /// Requested maximum QoS.
-        qos: u8,
+        qos: QoS,
     },
     /// Receive a message published on a topic name (checked at delivery time).
-    Receive,
+    Receive {
+        /// The message's topic name.
+        topic: &'a TopicName,
+    },
+}
+
+impl<'a> Action<'a> {
+    /// Publish to `topic` at `qos`, with `retain`.
+    pub fn publish(topic: &'a TopicName, qos: QoS, retain: bool) -> Self {
+        Action::Publish { topic, qos, retain }
+    }
+
+    /// Subscribe to `filter` with maximum `qos`.
+    pub fn subscribe(filter: &'a TopicFilter, qos: QoS) -> Self {
+        Action::Subscribe { filter, qos }
+    }
+
+    /// Receive a message published on `topic`.
+    pub fn receive(topic: &'a TopicName) -> Self {
+        Action::Receive { topic }
+    }
+
+    /// The text the rules are matched against: the topic name, or for a subscription the
+    /// filter without its `$share/{group}/` prefix.
+    #[inline]
+    pub fn topic(&self) -> &'a str {
+        match self {
+            Action::Publish { topic, .. } | Action::Receive { topic } => topic.as_str(),
+            Action::Subscribe { filter, .. } => filter.match_filter(),
+        }
+    }
+
+    /// True for a publish (the only action a denial may disconnect for).
+    #[inline]
+    pub fn is_publish(&self) -> bool {
+        matches!(self, Action::Publish { .. })
+    }
+
+    /// The requested QoS (publish, subscribe); `None` for receive.
+    pub fn qos(&self) -> Option<QoS> {
+        match self {
+            Action::Publish { qos, .. } | Action::Subscribe { qos, .. } => Some(*qos),
+            Action::Receive { .. } => None,
+        }
+    }
 }
 
 /// The answer to an authorization question.
@@ -43,8 +97,8 @@ impl Decision {
 
 /// Decides what a principal may do. Implementations must be cheap: this is on the hot path.
 pub trait Authorizer: Send + Sync {
-    /// Decide `action` on `topic` (a topic name for publish/receive, a filter for subscribe).
-    fn authorize(&self, principal: &Principal, client_id: &str, action: Action, topic: &str) -> Decision;
+    /// Decide `action` (which carries its topic name or filter).
+    fn authorize(&self, principal: &Principal, client_id: &str, action: Action<'_>) -> Decision;
 
     /// True when an `Allow` for the same principal, client id, action and topic may be reused
     /// until this authorizer is replaced: the decision is a pure function of them and has no
@@ -54,14 +108,14 @@ pub trait Authorizer: Send + Sync {
         false
     }
 
-    /// Decide `action` on `topic` allowing only what a rule of a configured source grants:
+    /// Decide `action` allowing only what a rule of a configured source grants:
     /// where [`Authorizer::authorize`] allows because no source applies (Mosquitto without an
     /// ACL), this denies. The broker asks it for client publishes and wills to `$` topics
     /// (`$SYS/…`), which need an explicit grant even when no source is configured (SPEC §10).
     /// Default: denied, so that an authorizer (or a wrapper) grants `$` topics only by saying
     /// so.
-    fn authorize_granted(&self, principal: &Principal, client_id: &str, action: Action, topic: &str) -> Decision {
-        let _ = (principal, client_id, action, topic);
+    fn authorize_granted(&self, principal: &Principal, client_id: &str, action: Action<'_>) -> Decision {
+        let _ = (principal, client_id, action);
         Decision::Deny { disconnect: false }
     }
 
@@ -87,7 +141,7 @@ pub trait Authorizer: Send + Sync {
 pub struct AllowAll;
 
 impl Authorizer for AllowAll {
-    fn authorize(&self, _: &Principal, _: &str, _: Action, _: &str) -> Decision {
+    fn authorize(&self, _: &Principal, _: &str, _: Action<'_>) -> Decision {
         Decision::Allow
     }
 
@@ -96,7 +150,7 @@ impl Authorizer for AllowAll {
     }
 
     /// Nothing is granted explicitly: `$` topics stay closed to clients.
-    fn authorize_granted(&self, _: &Principal, _: &str, _: Action, _: &str) -> Decision {
+    fn authorize_granted(&self, _: &Principal, _: &str, _: Action<'_>) -> Decision {
         Decision::Deny { disconnect: false }
     }
 
@@ -105,36 +159,40 @@ impl Authorizer for AllowAll {
     }
 }
 
-/// The rule lines that `mqtt:` scopes stand for: `mqtt:pub:<filter>` → `topic write <filter>`,
-/// `mqtt:sub:<filter>` → `topic read <filter>`. Other scopes (role names) and scopes with an
-/// invalid filter give no line; one rule per line, so a filter with a newline cannot smuggle in
-/// another directive.
-pub fn scope_rule_lines<S: AsRef<str>>(scopes: &[S]) -> String {
-    let mut text = String::new();
+/// The rules that `mqtt:` scopes stand for: `mqtt:pub:<filter>` grants `write` on the filter,
+/// `mqtt:sub:<filter>` grants `read`, numbered from 1 in scope order. Other scopes (role names)
+/// and scopes whose filter is empty or not a valid topic filter give no rule. The rules are the
+/// principal's own: checked with no user name, like an ACL file's lines before any `user`.
+pub fn scope_rules<S: AsRef<str>>(scopes: &[S]) -> Vec<crate::acl::AclRule> {
+    use crate::acl::{Access, AclRule, RuleScope};
+    let mut rules = Vec::new();
     for s in scopes {
         let s = s.as_ref();
         let (access, filter) = if let Some(f) = s.strip_prefix(PUB_SCOPE_PREFIX) {
-            ("write", f)
+            (Access::Write, f)
         } else if let Some(f) = s.strip_prefix(SUB_SCOPE_PREFIX) {
-            ("read", f)
+            (Access::Read, f)
         } else {
             continue;
         };
-        let line = format!("topic {access} {filter}\n");
-        if filter.is_empty() || filter.contains(['\n', '\r']) || crate::acl::AclFile::parse(&line).is_err() {
+        // Surrounding ASCII white space is not part of the filter (as when scopes were
+        // compiled through rule lines); a line break is no filter at all.
+        let filter = filter.trim_matches(|c: char| c.is_ascii_whitespace());
+        if filter.is_empty() || filter.contains(['\n', '\r']) {
             continue;
         }
-        text.push_str(&line);
+        if let Ok(filter) = TopicFilter::new(filter) {
+            rules.push(AclRule::new(rules.len() + 1, RuleScope::Anonymous, access, filter));
+        }
     }
-    text
+    rules
 }
 
-/// Compile token scopes into rules (see [`scope_rule_lines`]): `mqtt:pub:<filter>` allows
+/// Compile token scopes into rules (see [`scope_rules`]): `mqtt:pub:<filter>` allows
 /// publishing to what the filter matches, `mqtt:sub:<filter>` allows subscribing within the
 /// filter and receiving what it matches.
 pub fn compile_scopes(scopes: &[std::sync::Arc<str>]) -> crate::acl::AclFile {
-    // Every line was checked on its own; the whole cannot fail.
-    crate::acl::AclFile::parse(&scope_rule_lines(scopes)).unwrap_or_default()
+    crate::acl::AclFile::from_rules(scope_rules(scopes))
 }
 
 /// The native publish scope prefix: `mqtt:pub:<topic-filter>`.
@@ -298,22 +356,15 @@ impl PolicyAuthorizer {
 
     /// Decide, naming the deciding source and rule (slower than [`Authorizer::authorize`]:
     /// it builds the rule name).
-    pub fn explain(
-        &self,
-        principal: &Principal,
-        client_id: &str,
-        action: Action,
-        topic: &str,
-    ) -> (Decision, DecidedBy) {
+    pub fn explain(&self, principal: &Principal, client_id: &str, action: Action<'_>) -> (Decision, DecidedBy) {
         let user = match principal.kind {
             crate::PrincipalKind::Anonymous => None,
             _ => Some(&*principal.name),
         };
         // A fail-open client gets its fallback role only: the ACL file does not apply to it.
-        let acl =
-            self.acl.as_ref().filter(|_| !is_fallback(principal)).map(|a| a.explain(user, client_id, action, topic));
-        let store = self.store.as_ref().map(|s| (s, s.check(principal, client_id, action, topic)));
-        let scopes = principal.grants().map(|g| g.check(None, client_id, action, topic));
+        let acl = self.acl.as_ref().filter(|_| !is_fallback(principal)).map(|a| a.explain(user, client_id, action));
+        let store = self.store.as_ref().map(|s| (s, s.check(principal, client_id, action)));
+        let scopes = principal.grants().map(|g| g.check(None, client_id, action));
         let store_name = |s: &crate::store::CompiledStore, m: crate::store::StoreMatch| {
             DecidedBy::Store(
                 m.rule.and_then(|i| s.rule(i)).map(|r| format!("{}/{}", r.role, r.rule.id)).unwrap_or_default(),
@@ -341,11 +392,11 @@ impl PolicyAuthorizer {
         (self.decision(allowed, action), by)
     }
 
-    fn decision(&self, allowed: bool, action: Action) -> Decision {
+    fn decision(&self, allowed: bool, action: Action<'_>) -> Decision {
         if allowed {
             Decision::Allow
         } else {
-            Decision::Deny { disconnect: self.deny_disconnects && matches!(action, Action::Publish { .. }) }
+            Decision::Deny { disconnect: self.deny_disconnects && action.is_publish() }
         }
     }
 }
@@ -359,23 +410,15 @@ fn is_fallback(p: &Principal) -> bool {
 impl PolicyAuthorizer {
     /// [`Authorizer::authorize`]; `no_source_allows` says what a principal no source names
     /// gets (true: everything; false: nothing, for [`Authorizer::authorize_granted`]).
-    fn decide(
-        &self,
-        principal: &Principal,
-        client_id: &str,
-        action: Action,
-        topic: &str,
-        no_source_allows: bool,
-    ) -> Decision {
+    fn decide(&self, principal: &Principal, client_id: &str, action: Action<'_>, no_source_allows: bool) -> Decision {
         let user = match principal.kind {
             crate::PrincipalKind::Anonymous => None,
             _ => Some(&*principal.name),
         };
         // A fail-open client gets its fallback role only: the ACL file does not apply to it.
-        let from_acl =
-            self.acl.as_ref().filter(|_| !is_fallback(principal)).map(|a| a.check(user, client_id, action, topic));
-        let from_store = self.store.as_ref().map(|s| s.check(principal, client_id, action, topic).map(|m| m.allowed));
-        let from_scopes = principal.grants().map(|g| g.check(None, client_id, action, topic));
+        let from_acl = self.acl.as_ref().filter(|_| !is_fallback(principal)).map(|a| a.check(user, client_id, action));
+        let from_store = self.store.as_ref().map(|s| s.check(principal, client_id, action).map(|m| m.allowed));
+        let from_scopes = principal.grants().map(|g| g.check(None, client_id, action));
         let answers = [from_acl, from_store, from_scopes];
         let allowed = if answers.iter().all(Option::is_none) {
             no_source_allows // no source names this principal
@@ -389,16 +432,16 @@ impl PolicyAuthorizer {
 }
 
 impl Authorizer for PolicyAuthorizer {
-    fn authorize(&self, principal: &Principal, client_id: &str, action: Action, topic: &str) -> Decision {
-        self.decide(principal, client_id, action, topic, true)
+    fn authorize(&self, principal: &Principal, client_id: &str, action: Action<'_>) -> Decision {
+        self.decide(principal, client_id, action, true)
     }
 
     fn allows_are_cacheable(&self) -> bool {
         true
     }
 
-    fn authorize_granted(&self, principal: &Principal, client_id: &str, action: Action, topic: &str) -> Decision {
-        self.decide(principal, client_id, action, topic, false)
+    fn authorize_granted(&self, principal: &Principal, client_id: &str, action: Action<'_>) -> Decision {
+        self.decide(principal, client_id, action, false)
     }
 
     fn has_rules(&self) -> bool {
@@ -413,10 +456,13 @@ impl Authorizer for PolicyAuthorizer {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::testutil::{AuthorizeStr, Req};
+    use mqtt_codec::{TopicFilter, TopicName};
     use std::sync::Arc;
 
-    const PUB: Action = Action::Publish { qos: 1, retain: false };
-    const SUB: Action = Action::Subscribe { qos: 1 };
+    const PUB: Req = Req::Pub(QoS::AtLeastOnce, false);
+    const SUB: Req = Req::Sub(QoS::AtLeastOnce);
+    const RCV: Req = Req::Rcv;
 
     fn token(scopes: &[&str]) -> Principal {
         Principal::token("dev-001", vec![], scopes.iter().map(|s| Arc::from(*s)).collect())
@@ -426,14 +472,14 @@ mod tests {
     fn scopes_grant_what_they_name_and_nothing_else() {
         let p = token(&["mqtt:pub:devices/dev-001/#", "mqtt:sub:commands/dev-001/#", "operator"]);
         let a = PolicyAuthorizer::new(None, true);
-        assert!(a.authorize(&p, "dev-001", PUB, "devices/dev-001/temp").is_allowed());
-        assert_eq!(a.authorize(&p, "dev-001", PUB, "devices/dev-002/temp"), Decision::Deny { disconnect: true });
-        assert!(a.authorize(&p, "dev-001", SUB, "commands/dev-001/+").is_allowed());
-        assert!(!a.authorize(&p, "dev-001", SUB, "commands/#").is_allowed(), "broader than granted");
-        assert!(!a.authorize(&p, "dev-001", PUB, "commands/dev-001/x").is_allowed(), "sub scope is not pub");
-        assert!(a.authorize(&p, "dev-001", Action::Receive, "commands/dev-001/reboot").is_allowed());
-        assert!(!a.authorize(&p, "dev-001", Action::Receive, "$SYS/broker/uptime").is_allowed());
-        assert_eq!(a.authorize(&p, "dev-001", SUB, "x"), Decision::Deny { disconnect: false });
+        assert!(a.authorize_str(&p, "dev-001", PUB, "devices/dev-001/temp").is_allowed());
+        assert_eq!(a.authorize_str(&p, "dev-001", PUB, "devices/dev-002/temp"), Decision::Deny { disconnect: true });
+        assert!(a.authorize_str(&p, "dev-001", SUB, "commands/dev-001/+").is_allowed());
+        assert!(!a.authorize_str(&p, "dev-001", SUB, "commands/#").is_allowed(), "broader than granted");
+        assert!(!a.authorize_str(&p, "dev-001", PUB, "commands/dev-001/x").is_allowed(), "sub scope is not pub");
+        assert!(a.authorize_str(&p, "dev-001", RCV, "commands/dev-001/reboot").is_allowed());
+        assert!(!a.authorize_str(&p, "dev-001", RCV, "$SYS/broker/uptime").is_allowed());
+        assert_eq!(a.authorize_str(&p, "dev-001", SUB, "x"), Decision::Deny { disconnect: false });
     }
 
     #[test]
@@ -441,7 +487,7 @@ mod tests {
         let a = PolicyAuthorizer::new(None, false);
         let p = token(&["operator", "mqtt:pub:", "mqtt:pub:a/#/b", "mqtt:pub:x\ntopic write #"]);
         for t in ["a", "a/x/b", "x", "anything"] {
-            assert!(!a.authorize(&p, "c", PUB, t).is_allowed(), "{t}");
+            assert!(!a.authorize_str(&p, "c", PUB, t).is_allowed(), "{t}");
         }
     }
 
@@ -451,10 +497,13 @@ mod tests {
             .unwrap();
         let a = PolicyAuthorizer::new(Some(acl), true);
         let p = token(&["mqtt:pub:devices/dev-001/#"]);
-        assert!(a.authorize(&p, "c", PUB, "extra/x").is_allowed(), "from the ACL");
-        assert!(a.authorize(&p, "c", PUB, "devices/dev-001/t").is_allowed(), "from the scopes");
-        assert!(!a.authorize(&p, "c", PUB, "devices/dev-001/secret").is_allowed(), "explicit deny wins");
-        assert!(!a.authorize(&Principal::user("bob"), "c", PUB, "extra/x").is_allowed(), "default deny with an ACL");
+        assert!(a.authorize_str(&p, "c", PUB, "extra/x").is_allowed(), "from the ACL");
+        assert!(a.authorize_str(&p, "c", PUB, "devices/dev-001/t").is_allowed(), "from the scopes");
+        assert!(!a.authorize_str(&p, "c", PUB, "devices/dev-001/secret").is_allowed(), "explicit deny wins");
+        assert!(
+            !a.authorize_str(&Principal::user("bob"), "c", PUB, "extra/x").is_allowed(),
+            "default deny with an ACL"
+        );
     }
 
     /// Issue 17 item 7: an identity provider's own scope grammar, mapped by configuration.
@@ -486,10 +535,10 @@ mod tests {
         // The mapped scopes grant exactly what they name.
         let p = token(&m.scopes.iter().map(String::as_str).collect::<Vec<_>>());
         let a = PolicyAuthorizer::new(None, false);
-        assert!(a.authorize(&p, "c", PUB, "sensors/t1").is_allowed());
-        assert!(!a.authorize(&p, "c", PUB, "commands/x").is_allowed());
-        assert!(a.authorize(&p, "c", SUB, "commands/x").is_allowed());
-        assert!(!a.authorize(&p, "c", PUB, "x/1").is_allowed());
+        assert!(a.authorize_str(&p, "c", PUB, "sensors/t1").is_allowed());
+        assert!(!a.authorize_str(&p, "c", PUB, "commands/x").is_allowed());
+        assert!(a.authorize_str(&p, "c", SUB, "commands/x").is_allowed());
+        assert!(!a.authorize_str(&p, "c", PUB, "x/1").is_allowed());
 
         // The longest prefix decides: `a:` and `a:b:` both listed.
         let nested =
@@ -498,7 +547,7 @@ mod tests {
         // A mapped filter with a line break cannot smuggle in a rule.
         let p =
             token(&idp.map(&["mqtt:publish:x\ntopic write #"]).scopes.iter().map(String::as_str).collect::<Vec<_>>());
-        assert!(!a.authorize(&p, "c", PUB, "anything").is_allowed());
+        assert!(!a.authorize_str(&p, "c", PUB, "anything").is_allowed());
     }
 
     /// Issue 17 item 5: a look-up fail_open client gets its fallback role and nothing else —
@@ -552,29 +601,29 @@ mod tests {
             (PUB, "everyone/x"),
             (PUB, "by-user/dev-001/x"),
         ] {
-            assert!(a.authorize(&real, "c", action, topic).is_allowed(), "control: the real dev-001 may {topic}");
-            assert!(!a.authorize(&fb, "c", action, topic).is_allowed(), "fallback may not {topic}");
+            assert!(a.authorize_str(&real, "c", action, topic).is_allowed(), "control: the real dev-001 may {topic}");
+            assert!(!a.authorize_str(&fb, "c", action, topic).is_allowed(), "fallback may not {topic}");
         }
-        assert!(!a.authorize(&fb, "c", Action::Receive, "public/x").is_allowed(), "not even the ACL's general lines");
-        assert!(a.authorize(&fb, "c", SUB, "status/dev-001").is_allowed(), "its role");
-        assert!(a.authorize(&fb, "c", Action::Receive, "status/x").is_allowed());
-        assert!(!a.authorize_granted(&fb, "c", PUB, "$SYS/x").is_allowed());
+        assert!(!a.authorize_str(&fb, "c", RCV, "public/x").is_allowed(), "not even the ACL's general lines");
+        assert!(a.authorize_str(&fb, "c", SUB, "status/dev-001").is_allowed(), "its role");
+        assert!(a.authorize_str(&fb, "c", RCV, "status/x").is_allowed());
+        assert!(!a.authorize_granted_str(&fb, "c", PUB, "$SYS/x").is_allowed());
         // Without any source it gets nothing (never "no source names it: allow all").
         let none = PolicyAuthorizer::new(None, false);
-        assert!(none.authorize(&real, "c", PUB, "x").is_allowed(), "control: no source allows all");
-        assert!(!none.authorize(&fb, "c", PUB, "x").is_allowed());
-        assert!(!none.authorize(&fb, "c", SUB, "#").is_allowed());
+        assert!(none.authorize_str(&real, "c", PUB, "x").is_allowed(), "control: no source allows all");
+        assert!(!none.authorize_str(&fb, "c", PUB, "x").is_allowed());
+        assert!(!none.authorize_str(&fb, "c", SUB, "#").is_allowed());
         // The ACL alone, as an authorizer: nothing.
         let only_acl =
             crate::acl::AclAuthorizer::new(crate::acl::AclFile::parse("topic readwrite #\n").unwrap(), false);
-        assert!(!only_acl.authorize(&fb, "c", SUB, "a").is_allowed());
+        assert!(!only_acl.authorize_str(&fb, "c", SUB, "a").is_allowed());
     }
 
     #[test]
     fn no_source_means_allow_all() {
         let a = PolicyAuthorizer::new(None, true);
-        assert!(a.authorize(&Principal::user("ann"), "c", PUB, "$SYS/x").is_allowed());
-        assert!(a.authorize(&Principal::anonymous(), "c", SUB, "#").is_allowed());
+        assert!(a.authorize_str(&Principal::user("ann"), "c", PUB, "$SYS/x").is_allowed());
+        assert!(a.authorize_str(&Principal::anonymous(), "c", SUB, "#").is_allowed());
     }
 
     /// Trust lifecycle item 2 (`$` topics): with no source, `authorize_granted` grants nothing
@@ -584,20 +633,20 @@ mod tests {
         let none = PolicyAuthorizer::new(None, true);
         assert!(!none.has_rules());
         assert_eq!(
-            none.authorize_granted(&Principal::user("ann"), "c", PUB, "$SYS/broker/version"),
+            none.authorize_granted_str(&Principal::user("ann"), "c", PUB, "$SYS/broker/version"),
             Decision::Deny { disconnect: true },
             "per on_deny, like any denial"
         );
-        assert!(!AllowAll.authorize_granted(&Principal::user("ann"), "c", PUB, "$SYS/x").is_allowed());
+        assert!(!AllowAll.authorize_granted_str(&Principal::user("ann"), "c", PUB, "$SYS/x").is_allowed());
         assert!(!AllowAll.has_rules());
         let acl = crate::acl::AclFile::parse("user ann\ntopic write $SYS/custom/#\ntopic write #\n").unwrap();
         let a = PolicyAuthorizer::new(Some(acl), false);
         assert!(a.has_rules());
-        assert!(a.authorize_granted(&Principal::user("ann"), "c", PUB, "$SYS/custom/x").is_allowed());
-        assert!(!a.authorize_granted(&Principal::user("ann"), "c", PUB, "$SYS/broker/version").is_allowed());
-        assert!(a.authorize_granted(&Principal::user("ann"), "c", PUB, "a/b").is_allowed());
+        assert!(a.authorize_granted_str(&Principal::user("ann"), "c", PUB, "$SYS/custom/x").is_allowed());
+        assert!(!a.authorize_granted_str(&Principal::user("ann"), "c", PUB, "$SYS/broker/version").is_allowed());
+        assert!(a.authorize_granted_str(&Principal::user("ann"), "c", PUB, "a/b").is_allowed());
         let p = token(&["mqtt:pub:$SYS/t"]);
-        assert!(none.authorize_granted(&p, "c", PUB, "$SYS/t").is_allowed(), "a token scope is a grant");
+        assert!(none.authorize_granted_str(&p, "c", PUB, "$SYS/t").is_allowed(), "a token scope is a grant");
     }
 
     #[test]
@@ -625,16 +674,189 @@ mod tests {
         let a = PolicyAuthorizer::new(Some(acl), true).with_store(Arc::new(st.compile()));
         assert!(a.has_store());
         let p = token(&["mqtt:pub:devices/dev-001/#"]);
-        assert!(a.authorize(&p, "c", PUB, "store/x").is_allowed(), "from the store");
-        assert!(a.authorize(&p, "c", PUB, "extra/x").is_allowed(), "from the ACL");
-        assert!(a.authorize(&p, "c", PUB, "devices/dev-001/x").is_allowed(), "from the scopes");
-        assert!(!a.authorize(&p, "c", PUB, "extra/blocked").is_allowed(), "a store deny beats an ACL allow");
-        assert_eq!(a.explain(&p, "c", PUB, "extra/blocked").1, DecidedBy::Store("dev/d".into()));
-        assert_eq!(a.explain(&p, "c", PUB, "extra/x").1, DecidedBy::Acl(2));
-        assert_eq!(a.explain(&p, "c", PUB, "nowhere").1, DecidedBy::Default);
-        assert_eq!(a.explain(&p, "c", PUB, "nowhere").1.to_string(), "default-deny");
+        assert!(a.authorize_str(&p, "c", PUB, "store/x").is_allowed(), "from the store");
+        assert!(a.authorize_str(&p, "c", PUB, "extra/x").is_allowed(), "from the ACL");
+        assert!(a.authorize_str(&p, "c", PUB, "devices/dev-001/x").is_allowed(), "from the scopes");
+        assert!(!a.authorize_str(&p, "c", PUB, "extra/blocked").is_allowed(), "a store deny beats an ACL allow");
+        assert_eq!(a.explain_str(&p, "c", PUB, "extra/blocked").1, DecidedBy::Store("dev/d".into()));
+        assert_eq!(a.explain_str(&p, "c", PUB, "extra/x").1, DecidedBy::Acl(2));
+        assert_eq!(a.explain_str(&p, "c", PUB, "nowhere").1, DecidedBy::Default);
+        assert_eq!(a.explain_str(&p, "c", PUB, "nowhere").1.to_string(), "default-deny");
         let empty = PolicyAuthorizer::new(None, false).with_store(Arc::new(PolicyStore::default().compile()));
         assert!(!empty.has_store(), "an empty store is no source");
-        assert_eq!(empty.explain(&Principal::user("x"), "c", PUB, "t"), (Decision::Allow, DecidedBy::NoSource));
+        assert_eq!(empty.explain_str(&Principal::user("x"), "c", PUB, "t"), (Decision::Allow, DecidedBy::NoSource));
+    }
+
+    // --- The typed seam: the codec's TopicName / TopicFilter / QoS, asked directly ----------
+
+    fn name(t: &str) -> TopicName {
+        TopicName::new(t).unwrap()
+    }
+
+    fn filter(f: &str) -> TopicFilter {
+        TopicFilter::new(f).unwrap()
+    }
+
+    #[test]
+    fn typed_actions_allow_and_deny() {
+        let acl = crate::acl::AclFile::parse("user ann\ntopic readwrite a/#\ntopic deny a/secret\n").unwrap();
+        let z = PolicyAuthorizer::new(Some(acl), true);
+        let ann = Principal::user("ann");
+        let (ax, secret, other) = (name("a/x"), name("a/secret"), name("b/x"));
+        for qos in [QoS::AtMostOnce, QoS::AtLeastOnce, QoS::ExactlyOnce] {
+            assert!(z.authorize(&ann, "c", Action::publish(&ax, qos, false)).is_allowed(), "{qos:?}");
+            assert!(z.authorize(&ann, "c", Action::publish(&ax, qos, true)).is_allowed(), "{qos:?}");
+        }
+        assert_eq!(
+            z.authorize(&ann, "c", Action::publish(&secret, QoS::AtMostOnce, false)),
+            Decision::Deny { disconnect: true },
+            "a denied publish disconnects with on_deny = disconnect"
+        );
+        assert!(!z.authorize(&ann, "c", Action::publish(&other, QoS::AtMostOnce, false)).is_allowed());
+        assert!(z.authorize(&ann, "c", Action::receive(&ax)).is_allowed());
+        assert_eq!(z.authorize(&ann, "c", Action::receive(&secret)), Decision::Deny { disconnect: false });
+        assert!(z.authorize(&ann, "c", Action::subscribe(&filter("a/+"), QoS::ExactlyOnce)).is_allowed());
+        assert_eq!(
+            z.authorize(&ann, "c", Action::subscribe(&filter("#"), QoS::AtMostOnce)),
+            Decision::Deny { disconnect: false },
+            "a refused subscription never disconnects"
+        );
+        // The action reports what it carries.
+        let a = Action::publish(&ax, QoS::AtLeastOnce, true);
+        assert_eq!((a.topic(), a.qos(), a.is_publish()), ("a/x", Some(QoS::AtLeastOnce), true));
+        assert_eq!(Action::receive(&ax).qos(), None);
+    }
+
+    /// A shared subscription is decided on the filter after `$share/{group}/` [MQTT-4.8.2-1].
+    #[test]
+    fn shared_subscriptions_are_decided_on_their_filter() {
+        let acl = crate::acl::AclFile::parse("user ann\ntopic read jobs/#\n").unwrap();
+        let z = PolicyAuthorizer::new(Some(acl), false);
+        let ann = Principal::user("ann");
+        let shared = filter("$share/workers/jobs/+");
+        assert_eq!(Action::subscribe(&shared, QoS::AtMostOnce).topic(), "jobs/+");
+        assert!(z.authorize(&ann, "c", Action::subscribe(&shared, QoS::AtMostOnce)).is_allowed());
+        let outside = filter("$share/workers/other/+");
+        assert!(!z.authorize(&ann, "c", Action::subscribe(&outside, QoS::AtMostOnce)).is_allowed());
+    }
+
+    /// Policy-store rules cap the QoS (and retain) of publish and subscribe.
+    #[test]
+    fn typed_qos_caps_from_the_store() {
+        use crate::store::*;
+        let rule = |id: &str, action, topic: &str, max_qos, retain| Rule {
+            id: id.into(),
+            action,
+            topic: topic.into(),
+            max_qos,
+            retain,
+            effect: Effect::Allow,
+            priority: 0,
+        };
+        let mut st = PolicyStore::default();
+        st.roles.insert(
+            "dev".into(),
+            Role {
+                rules: vec![
+                    rule("p", RuleAction::Publish, "t/#", 1, false),
+                    rule("s", RuleAction::Subscribe, "t/#", 0, true),
+                ],
+                ..Role::default()
+            },
+        );
+        st.users.insert("ann".into(), User { roles: vec!["dev".into()], ..User::default() });
+        st.validate().unwrap();
+        let z = PolicyAuthorizer::new(None, false).with_store(Arc::new(st.compile()));
+        let ann = Principal::user("ann");
+        let t = name("t/x");
+        assert!(z.authorize(&ann, "c", Action::publish(&t, QoS::AtMostOnce, false)).is_allowed());
+        assert!(z.authorize(&ann, "c", Action::publish(&t, QoS::AtLeastOnce, false)).is_allowed());
+        assert!(!z.authorize(&ann, "c", Action::publish(&t, QoS::ExactlyOnce, false)).is_allowed(), "over max_qos");
+        assert!(!z.authorize(&ann, "c", Action::publish(&t, QoS::AtMostOnce, true)).is_allowed(), "retain refused");
+        let f = filter("t/+");
+        assert!(z.authorize(&ann, "c", Action::subscribe(&f, QoS::AtMostOnce)).is_allowed());
+        assert!(!z.authorize(&ann, "c", Action::subscribe(&f, QoS::AtLeastOnce)).is_allowed(), "over max_qos");
+        assert!(z.authorize(&ann, "c", Action::receive(&t)).is_allowed(), "receive follows subscribe");
+    }
+
+    /// `$` topics: wildcards at the first level never match them [MQTT-4.7.2-1]; a client
+    /// publish there needs an explicit grant even without any source (SPEC §10).
+    #[test]
+    fn typed_dollar_topics_and_wildcard_grants() {
+        let acl =
+            crate::acl::AclFile::parse("user ann\ntopic readwrite #\ntopic read +/status\ntopic read $SYS/broker/#\n")
+                .unwrap();
+        let z = PolicyAuthorizer::new(Some(acl), false);
+        let ann = Principal::user("ann");
+        let sys = name("$SYS/broker/uptime");
+        let sys_other = name("$SYS/other");
+        assert!(z.authorize(&ann, "c", Action::receive(&sys)).is_allowed(), "named explicitly");
+        assert!(!z.authorize(&ann, "c", Action::receive(&sys_other)).is_allowed(), "`#` does not reach `$SYS`");
+        assert!(!z.authorize(&ann, "c", Action::receive(&name("$x/status"))).is_allowed(), "nor does `+`");
+        assert!(z.authorize(&ann, "c", Action::receive(&name("dev/status"))).is_allowed());
+        assert!(z.authorize(&ann, "c", Action::subscribe(&filter("#"), QoS::AtMostOnce)).is_allowed());
+        assert!(!z.authorize(&ann, "c", Action::subscribe(&filter("$SYS/#"), QoS::AtMostOnce)).is_allowed());
+        assert!(z.authorize(&ann, "c", Action::subscribe(&filter("$SYS/broker/+"), QoS::AtMostOnce)).is_allowed());
+        assert!(!z.authorize_granted(&ann, "c", Action::publish(&sys, QoS::AtMostOnce, false)).is_allowed());
+        let none = PolicyAuthorizer::new(None, false);
+        assert!(none.authorize(&ann, "c", Action::publish(&name("a"), QoS::AtMostOnce, false)).is_allowed());
+        assert!(!none.authorize_granted(&ann, "c", Action::publish(&sys, QoS::AtMostOnce, false)).is_allowed());
+    }
+
+    /// CVE-2017-7650: `%u` / `%c` are substituted literally; a user name or client id holding
+    /// `+`, `#` or `/` gets nothing from an allow pattern and everything refused by a deny one.
+    #[test]
+    fn typed_pattern_substitution_resists_injection() {
+        let acl = crate::acl::AclFile::parse(
+            "pattern readwrite users/%u/#\npattern write clients/%c/state\npattern deny locked/%c\n",
+        )
+        .unwrap();
+        let z = PolicyAuthorizer::new(Some(acl), false);
+        fn pubq(t: &TopicName) -> Action<'_> {
+            Action::publish(t, QoS::AtMostOnce, false)
+        }
+        let mine = name("users/ann/x");
+        assert!(z.authorize(&Principal::user("ann"), "c", pubq(&mine)).is_allowed());
+        assert!(z.authorize(&Principal::user("ann"), "c1", pubq(&name("clients/c1/state"))).is_allowed());
+        for evil in ["+", "#", "ann/x", "a/+", "+/#"] {
+            let p = Principal::user(evil);
+            assert!(!z.authorize(&p, "c", pubq(&mine)).is_allowed(), "user {evil:?}");
+            assert!(!z.authorize(&p, "c", Action::subscribe(&filter("users/+/x"), QoS::AtMostOnce)).is_allowed());
+            assert!(!z.authorize(&p, "c", Action::receive(&name("users/bob/x"))).is_allowed(), "user {evil:?}");
+            // A client id with separators or wildcards: the %c allow gives nothing, and the
+            // %c deny pattern, which cannot be applied safely, denies everything (fail closed).
+            let ann = Principal::user("ann");
+            assert!(!z.authorize(&ann, evil, pubq(&name("clients/x/state"))).is_allowed(), "client {evil:?}");
+            assert!(!z.authorize(&ann, evil, pubq(&mine)).is_allowed(), "client {evil:?}: fail closed");
+        }
+        // Token scopes with wildcards grant exactly their filter, `+` one level, `#` the rest.
+        let p = token(&["mqtt:pub:fleet/+/temp", "mqtt:sub:cmd/#"]);
+        let none = PolicyAuthorizer::new(None, false);
+        assert!(none.authorize(&p, "c", pubq(&name("fleet/d1/temp"))).is_allowed());
+        assert!(!none.authorize(&p, "c", pubq(&name("fleet/d1/x/temp"))).is_allowed());
+        assert!(none.authorize(&p, "c", Action::subscribe(&filter("cmd/+/x"), QoS::AtMostOnce)).is_allowed());
+        assert!(none.authorize(&p, "c", Action::receive(&name("cmd"))).is_allowed(), "`#` matches its parent");
+    }
+
+    #[test]
+    fn scope_rules_are_typed_and_numbered() {
+        use crate::acl::{Access, RuleScope};
+        let rules =
+            scope_rules(&["mqtt:pub:a/#", "role", "mqtt:sub:b/+", "mqtt:pub:a/#/b", "mqtt:pub: c ", "mqtt:pub: "]);
+        let got: Vec<_> = rules.iter().map(|r| (r.line, r.scope.clone(), r.access, r.filter.as_str())).collect();
+        assert_eq!(
+            got,
+            [
+                (1, RuleScope::Anonymous, Access::Write, "a/#"),
+                (2, RuleScope::Anonymous, Access::Read, "b/+"),
+                (3, RuleScope::Anonymous, Access::Write, "c"),
+            ],
+            "invalid filters and blank ones give no rule; surrounding spaces are not part of one"
+        );
+        let p = token(&["mqtt:pub: "]);
+        let none = PolicyAuthorizer::new(None, false);
+        let write = name("write");
+        assert!(!none.authorize(&p, "c", Action::publish(&write, QoS::AtMostOnce, false)).is_allowed());
+        assert!(!none.authorize(&p, "c", Action::receive(&write)).is_allowed());
     }
 }

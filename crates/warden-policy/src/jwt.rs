@@ -103,28 +103,40 @@ pub fn typ_matches(a: &str, b: &str) -> bool {
 /// Why a token (or a key set, or a signing key) was refused. Never carries secrets.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum JwtError {
+    /// Malformed token.
     #[error("malformed token")]
     Malformed,
+    /// Unsigned token (alg: none) refused.
     #[error("unsigned token (alg: none) refused")]
     AlgNone,
+    /// Unsupported signature algorithm.
     #[error("unsupported signature algorithm")]
     UnsupportedAlgorithm,
+    /// Unknown key id (kid).
     #[error("unknown key id (kid)")]
     UnknownKid,
+    /// No key for the token's algorithm.
     #[error("no key for the token's algorithm")]
     NoMatchingKey,
+    /// Token algorithm does not match the key's algorithm.
     #[error("token algorithm does not match the key's algorithm")]
     AlgorithmMismatch,
+    /// Bad signature.
     #[error("bad signature")]
     BadSignature,
+    /// Token has a critical header extension (crit) we do not understand.
     #[error("token has a critical header extension (crit) we do not understand")]
     CritUnsupported,
+    /// Token expired.
     #[error("token expired")]
     Expired,
+    /// Token not yet valid (nbf).
     #[error("token not yet valid (nbf)")]
     NotYetValid,
+    /// Wrong or missing issuer (iss).
     #[error("wrong or missing issuer (iss)")]
     WrongIssuer,
+    /// Wrong or missing audience (aud).
     #[error("wrong or missing audience (aud)")]
     WrongAudience,
     /// The header's `typ` is missing or not an accepted one (RFC 9068 §4: `at+jwt`).
@@ -133,8 +145,10 @@ pub enum JwtError {
     /// `exp` lies further from `iat` (or from now) than the configured maximum lifetime.
     #[error("token lifetime longer than the maximum")]
     LifetimeTooLong,
+    /// Missing or invalid claim ``0``.
     #[error("missing or invalid claim `{0}`")]
     MissingClaim(&'static str),
+    /// Bad JWKS: `0`.
     #[error("bad JWKS: {0}")]
     BadJwks(String),
     /// A signing key could not be read (e.g. not an unencrypted PKCS#8 Ed25519 PEM).
@@ -273,6 +287,7 @@ impl KeySet {
         self.keys.len()
     }
 
+    /// True when the set holds no key.
     pub fn is_empty(&self) -> bool {
         self.keys.is_empty()
     }
@@ -636,7 +651,9 @@ pub struct VerifiedToken {
     pub roles: Vec<String>,
     /// `exp`, unix seconds (fractions rounded down).
     pub expires_at: u64,
+    /// `iat`, unix seconds, when present.
     pub issued_at: Option<u64>,
+    /// `jti`, the token's id (revocation), when present.
     pub jti: Option<String>,
     /// `iss` when it is a string.
     pub issuer: Option<String>,
@@ -758,16 +775,23 @@ impl SigningKey {
 /// Claims of an access token minted by the token service (RFC 9068 profile).
 #[derive(Debug, Clone)]
 pub struct AccessClaims {
+    /// `iss`: the token service's issuer URL.
     pub issuer: String,
+    /// `sub`: the principal the token is for.
     pub subject: String,
+    /// `aud`, when configured.
     pub audience: Option<String>,
+    /// `client_id`: the OAuth client it was issued to.
     pub client_id: String,
     /// Space-separated scopes (omitted from the token when empty).
     pub scope: String,
     /// Omitted from the token when empty.
     pub roles: Vec<String>,
+    /// `iat`, unix seconds.
     pub issued_at: u64,
+    /// `exp`, unix seconds.
     pub expires_at: u64,
+    /// `jti`: a unique id, for revocation.
     pub jti: String,
 }
 
@@ -801,7 +825,7 @@ pub fn mint(claims: &AccessClaims, key: &SigningKey) -> String {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use jsonwebtoken::EncodingKey;
     use proptest::prelude::*;
@@ -813,7 +837,7 @@ mod tests {
     const HS_SECRET: &[u8] = b"0123456789abcdef0123456789abcdef";
 
     /// Test-only RSA-2048 key (generated once with `openssl genpkey -algorithm RSA`).
-    const RSA_PRIV_PEM: &str = "-----BEGIN PRIVATE KEY-----
+    pub(crate) const RSA_PRIV_PEM: &str = "-----BEGIN PRIVATE KEY-----
 MIIEvAIBADANBgkqhkiG9w0BAQEFAASCBKYwggSiAgEAAoIBAQCekFezUC4xnaSB
 VycCdXMOpg8HFSakpcv7RS4NFrpZeP6lNfXCUsQ5Qm05e+8WvzvR17DrUSVEznYM
 1H73QuCP5DVfpDiuI1EoQMpu0972ILht63hkj7PscjReMZV6vB8i+trD//YpqHgE
@@ -853,8 +877,8 @@ dwIDAQAB
 -----END PUBLIC KEY-----
 ";
     /// Its modulus and exponent, base64url (`openssl rsa -noout -modulus`).
-    const RSA_N: &str = "npBXs1AuMZ2kgVcnAnVzDqYPBxUmpKXL-0UuDRa6WXj-pTX1wlLEOUJtOXvvFr870dew61ElRM52DNR-90Lgj-Q1X6Q4riNRKEDKbtPe9iC4bet4ZI-z7HI0XjGVerwfIvraw__2Kah4BAZOZy9Ctyswq0354AzbhCOYbnsG5HTVSgMrLy9mRzD0MB9UtQicyj2zJuYLha5UZ_hzWrJvy9Q2C4-dhjAFabRd4uyPcsU4CdPgnjeZzraonjVMKuoQ0yuRu7A-uDBXPBhoYSktJmdguYjKx7YLgdgAdXU1XbdZuO3_8rBS6WvJRsHgxw_q4iomP6BMg0eUOv1gaHRDdw";
-    const RSA_E: &str = "AQAB";
+    pub(crate) const RSA_N: &str = "npBXs1AuMZ2kgVcnAnVzDqYPBxUmpKXL-0UuDRa6WXj-pTX1wlLEOUJtOXvvFr870dew61ElRM52DNR-90Lgj-Q1X6Q4riNRKEDKbtPe9iC4bet4ZI-z7HI0XjGVerwfIvraw__2Kah4BAZOZy9Ctyswq0354AzbhCOYbnsG5HTVSgMrLy9mRzD0MB9UtQicyj2zJuYLha5UZ_hzWrJvy9Q2C4-dhjAFabRd4uyPcsU4CdPgnjeZzraonjVMKuoQ0yuRu7A-uDBXPBhoYSktJmdguYjKx7YLgdgAdXU1XbdZuO3_8rBS6WvJRsHgxw_q4iomP6BMg0eUOv1gaHRDdw";
+    pub(crate) const RSA_E: &str = "AQAB";
 
     fn b64json(v: &Value) -> String {
         URL_SAFE_NO_PAD.encode(v.to_string())

@@ -57,36 +57,54 @@ const B64: GeneralPurpose = GeneralPurpose::new(
 /// Never carries the hash text or any secret.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 pub enum Reason {
+    /// Missing ':' between user name and hash.
     #[error("missing ':' between user name and hash")]
     MissingSeparator,
+    /// Empty user name.
     #[error("empty user name")]
     EmptyUser,
+    /// User name has leading or trailing whitespace.
     #[error("user name has leading or trailing whitespace")]
     UserWhitespace,
+    /// User name contains a forbidden character.
     #[error("user name contains a forbidden character")]
     UserForbiddenChar,
+    /// User name starts with '#'.
     #[error("user name starts with '#'")]
     UserStartsWithHash,
+    /// Missing hash.
     #[error("missing hash")]
     MissingHash,
+    /// Hash contains whitespace or control characters.
     #[error("hash contains whitespace or control characters")]
     HashWhitespace,
+    /// Unknown hash format.
     #[error("unknown hash format")]
     UnknownFormat,
+    /// Malformed argon2 hash.
     #[error("malformed argon2 hash")]
     MalformedArgon2,
+    /// Argon2 memory cost too large.
     #[error("argon2 memory cost too large")]
     Argon2TooLarge,
+    /// Malformed $6$ hash.
     #[error("malformed $6$ hash")]
     MalformedSha512,
+    /// Malformed $7$ hash.
     #[error("malformed $7$ hash")]
     MalformedPbkdf2,
+    /// Malformed SCRAM-SHA-256 hash.
     #[error("malformed SCRAM-SHA-256 hash")]
     MalformedScram,
+    /// SCRAM-SHA-256 iteration count out of range (4096..=1000000).
     #[error("SCRAM-SHA-256 iteration count out of range (4096..=1000000)")]
     ScramIterations,
+    /// Duplicate user (first defined on line `first_line`).
     #[error("duplicate user (first defined on line {first_line})")]
-    DuplicateUser { first_line: usize },
+    DuplicateUser {
+        /// Where the user was first defined (1-based).
+        first_line: usize,
+    },
 }
 
 /// Error from [`PasswordFile::parse`] or [`upsert_user`].
@@ -94,13 +112,29 @@ pub enum Reason {
 pub enum PasswordFileError {
     /// A line of the file (1-based) is malformed.
     #[error("line {line}: {reason}")]
-    Line { line: usize, reason: Reason },
+    Line {
+        /// 1-based line number.
+        line: usize,
+        /// What is wrong with it.
+        reason: Reason,
+    },
     /// The user name given to [`upsert_user`] cannot be stored.
     #[error("invalid user name: {0}")]
     InvalidUser(Reason),
     /// The hash given to [`upsert_user`] is not in an accepted format.
     #[error("invalid hash: {0}")]
     InvalidHash(Reason),
+    /// An entry given to [`PasswordFile::from_entries`] (0-based position; the user name is
+    /// not secret, the hash is never shown) is refused.
+    #[error("entry {index} (user {user:?}): {reason}")]
+    Entry {
+        /// Position among the entries, from 0.
+        index: usize,
+        /// Its user name.
+        user: String,
+        /// What is wrong with it.
+        reason: Reason,
+    },
 }
 
 /// A parsed, validated stored hash.
@@ -301,6 +335,26 @@ fn split_line(raw: &str) -> Result<Line<'_>, Reason> {
     Ok(Line::Entry { user, hash: hash.trim() })
 }
 
+/// How a stored hash is made, for audits (`warden audit`): the scheme and its work factor,
+/// never the hash itself.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum HashScheme {
+    /// argon2id / argon2i / argon2d (PHC string).
+    Argon2,
+    /// Mosquitto `$6$`: one round of SHA-512 (fast to brute-force).
+    MosquittoSha512,
+    /// Mosquitto `$7$`: PBKDF2-HMAC-SHA512 with this many iterations.
+    MosquittoPbkdf2 {
+        /// PBKDF2 iterations.
+        iterations: u32,
+    },
+    /// RFC 5803 SCRAM-SHA-256 credentials with this many iterations.
+    ScramSha256 {
+        /// PBKDF2 iterations.
+        iterations: u32,
+    },
+}
+
 /// A parsed password file: user name → stored hash.
 pub struct PasswordFile {
     users: HashMap<String, StoredHash>,
@@ -312,25 +366,81 @@ impl fmt::Debug for PasswordFile {
     }
 }
 
+/// Collects validated entries, each named by a position (a line number, or an index) so that
+/// a duplicate can name the first one.
+#[derive(Default)]
+struct Builder {
+    users: HashMap<String, (usize, StoredHash)>,
+}
+
+impl Builder {
+    /// Add `user` with stored `hash` (trimmed), found at `at`.
+    fn add(&mut self, at: usize, user: &str, hash: &str) -> Result<(), Reason> {
+        check_user(user)?;
+        if let Some(&(first_line, _)) = self.users.get(user) {
+            return Err(Reason::DuplicateUser { first_line });
+        }
+        let stored = parse_hash(hash.trim())?;
+        self.users.insert(user.to_owned(), (at, stored));
+        Ok(())
+    }
+
+    fn build(self) -> PasswordFile {
+        PasswordFile { users: self.users.into_iter().map(|(u, (_, h))| (u, h)).collect() }
+    }
+}
+
 impl PasswordFile {
     /// Parses the text of a password file. The first bad line is reported by its 1-based number.
     pub fn parse(text: &str) -> Result<PasswordFile, PasswordFileError> {
-        let mut users = HashMap::new();
-        let mut first_lines: HashMap<&str, usize> = HashMap::new();
+        let mut b = Builder::default();
         for (idx, raw) in text.split('\n').enumerate() {
             let line = idx + 1;
             let err = |reason| PasswordFileError::Line { line, reason };
             let Line::Entry { user, hash } = split_line(raw).map_err(err)? else {
                 continue;
             };
-            if let Some(&first_line) = first_lines.get(user) {
-                return Err(err(Reason::DuplicateUser { first_line }));
-            }
-            let stored = parse_hash(hash).map_err(err)?;
-            first_lines.insert(user, line);
-            users.insert(user.to_owned(), stored);
+            b.add(line, user, hash).map_err(err)?;
         }
-        Ok(PasswordFile { users })
+        Ok(b.build())
+    }
+
+    /// Builds the set from `(user, stored hash)` pairs (e.g. the policy store's users), with
+    /// the checks a password file's lines get: a user name a line could hold, each user once,
+    /// a hash in an accepted format. The first bad entry is reported by its 0-based position
+    /// (a duplicate's `first_line` is the first entry's position).
+    pub fn from_entries<U: AsRef<str>, H: AsRef<str>>(
+        entries: impl IntoIterator<Item = (U, H)>,
+    ) -> Result<PasswordFile, PasswordFileError> {
+        let mut b = Builder::default();
+        for (index, (user, hash)) in entries.into_iter().enumerate() {
+            let user = user.as_ref();
+            b.add(index, user, hash.as_ref()).map_err(|reason| PasswordFileError::Entry {
+                index,
+                user: user.to_owned(),
+                reason,
+            })?;
+        }
+        Ok(b.build())
+    }
+
+    /// Every user with the scheme of its stored hash, sorted by user name.
+    pub fn schemes(&self) -> Vec<(&str, HashScheme)> {
+        let mut v: Vec<(&str, HashScheme)> = self
+            .users
+            .iter()
+            .map(|(u, h)| {
+                let scheme = match h {
+                    StoredHash::Argon2(_) => HashScheme::Argon2,
+                    StoredHash::Sha512 { .. } => HashScheme::MosquittoSha512,
+                    StoredHash::Pbkdf2 { iterations, .. } => HashScheme::MosquittoPbkdf2 { iterations: *iterations },
+                    StoredHash::Scram(c) => HashScheme::ScramSha256 { iterations: c.iterations },
+                };
+                (u.as_str(), scheme)
+            })
+            .collect();
+        v.sort_by(|a, b| a.0.cmp(b.0));
+        v
     }
 
     /// Checks `password` for `username`. Unknown users cost the same argon2id work as a real
@@ -390,6 +500,11 @@ pub fn verify_hash(hash: &str, password: &[u8]) -> bool {
 /// True when `hash` is in a format [`verify_hash`] understands (for config validation).
 pub fn is_valid_hash(hash: &str) -> bool {
     parse_hash(hash.trim()).is_ok()
+}
+
+/// Why `hash` is not in a format [`verify_hash`] understands (for imports naming the reason).
+pub fn check_hash(hash: &str) -> Result<(), Reason> {
+    parse_hash(hash.trim()).map(|_| ())
 }
 
 /// A fixed argon2id hash (of a random password) to verify against for unknown users.
@@ -482,6 +597,31 @@ pub fn remove_user(file_text: &str, user: &str) -> Result<Option<String>, Passwo
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn from_entries_builds_what_parse_builds() {
+        let a = hash_password(b"a-pass");
+        let f = PasswordFile::from_entries([("alice", a.as_str()), ("bob", SHA6)]).unwrap();
+        assert_eq!(f.len(), 2);
+        assert!(f.verify("alice", b"a-pass"));
+        assert!(!f.verify("alice", b"wrong"));
+        assert!(f.contains("bob") && !f.contains("carol"));
+        // The same checks as a file's lines, reported by position, never showing the hash.
+        let dup = PasswordFile::from_entries([("u", SHA6), ("v", SHA6), ("u", SHA6)]).unwrap_err();
+        assert_eq!(
+            dup,
+            PasswordFileError::Entry { index: 2, user: "u".into(), reason: Reason::DuplicateUser { first_line: 0 } }
+        );
+        let bad = PasswordFile::from_entries([("u", "not-a-hash")]).unwrap_err();
+        assert_eq!(bad.to_string(), "entry 0 (user \"u\"): unknown hash format");
+        assert!(!bad.to_string().contains("not-a-hash"));
+        for user in ["", "a:b", " lead", "#x", "nl\n"] {
+            assert!(PasswordFile::from_entries([(user, SHA6)]).is_err(), "{user:?}");
+        }
+        assert!(PasswordFile::from_entries(Vec::<(&str, &str)>::new()).unwrap().is_empty());
+        assert_eq!(check_hash(SHA6), Ok(()));
+        assert_eq!(check_hash("$7$x"), Err(Reason::MalformedPbkdf2));
+    }
 
     #[test]
     fn remove_user_keeps_the_other_lines() {
@@ -584,6 +724,21 @@ dave:$7$101$xMLV0E0XbD07xjjh$5VRL76e0uvTcVcHJ88b+wCnaWCLZGGmwEBthhfu0TAKZXpJzbYs
         assert!(!f.verify("dave", b"passwort"));
         // A hash belongs to its user only.
         assert!(!f.verify("carol", b"correct horse"));
+    }
+
+    #[test]
+    fn schemes_name_each_users_format_and_work_factor() {
+        let text = format!(
+            "{}\nbob:{}\nz:{}\n",
+            MOSQ_7.lines().next().unwrap(),
+            MOSQ_6.lines().next().unwrap().split_once(':').unwrap().1,
+            hash_password(b"pw")
+        );
+        let f = PasswordFile::parse(&text).unwrap();
+        let s = f.schemes();
+        assert_eq!(s[1], ("bob", HashScheme::MosquittoSha512));
+        assert_eq!(s[2], ("z", HashScheme::Argon2));
+        assert!(matches!(s[0], ("alice", HashScheme::MosquittoPbkdf2 { iterations }) if iterations > 0));
     }
 
     #[test]

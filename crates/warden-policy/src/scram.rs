@@ -75,7 +75,9 @@ const FAKE_SALT_LEN: usize = 16;
 /// verify a plain password, never the password itself.
 #[derive(Clone, PartialEq, Eq)]
 pub struct ScramCredentials {
+    /// The salt the client derives its salted password with.
     pub salt: Vec<u8>,
+    /// The PBKDF2 iteration count.
     pub iterations: u32,
     /// H(ClientKey).
     pub stored_key: [u8; 32],

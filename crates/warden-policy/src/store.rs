@@ -36,7 +36,9 @@ use std::fmt;
 
 use serde::{Deserialize, Serialize};
 
-use crate::acl::{plain_topic, safe_value, valid_filter, with_levels, FxMap, Node, Syntax, Template, TrieMarks, Vals};
+use mqtt_codec::TopicFilter;
+
+use crate::acl::{safe_value, with_levels, FxMap, Node, Syntax, Template, TrieMarks, Vals};
 use crate::{Action, Principal, PrincipalKind, Quotas};
 
 /// The group whose roles apply to every authenticated principal.
@@ -219,7 +221,8 @@ impl Rule {
     /// Check the rule on its own.
     pub fn validate(&self) -> Result<(), StoreError> {
         valid_name("rule", &self.id)?;
-        valid_filter(&self.topic).map_err(|r| StoreError(format!("rule '{}': invalid topic filter: {r}", self.id)))?;
+        TopicFilter::new(&self.topic)
+            .map_err(|r| StoreError(format!("rule '{}': invalid topic filter: {r}", self.id)))?;
         if self.max_qos > 2 {
             return err(format!("rule '{}': max_qos must be 0, 1 or 2", self.id));
         }
@@ -318,20 +321,19 @@ impl PolicyStore {
         self.roles.values().any(|r| !r.rules.is_empty())
     }
 
-    /// The password-file text of the enabled users with a password (`user:hash` lines), for
-    /// [`crate::password::PasswordFile::parse`]: store users authenticate exactly like
-    /// password-file users (same hashing, same refusal, same dummy work for unknown users).
-    pub fn password_lines(&self) -> String {
-        let mut text = String::new();
-        for (name, u) in &self.users {
-            if let (false, Some(h)) = (u.disabled, &u.password_hash) {
-                text.push_str(name);
-                text.push(':');
-                text.push_str(h.trim());
-                text.push('\n');
-            }
-        }
-        text
+    /// The enabled users with a password, as `(user, hash)` pairs.
+    pub fn password_entries(&self) -> impl Iterator<Item = (&str, &str)> + '_ {
+        self.users
+            .iter()
+            .filter(|(_, u)| !u.disabled)
+            .filter_map(|(n, u)| Some((n.as_str(), u.password_hash.as_deref()?)))
+    }
+
+    /// The enabled users with a password as a [`crate::password::PasswordFile`]: store users
+    /// authenticate exactly like password-file users (same hashing, same refusal, same dummy
+    /// work for unknown users).
+    pub fn password_file(&self) -> Result<crate::password::PasswordFile, crate::password::PasswordFileError> {
+        crate::password::PasswordFile::from_entries(self.password_entries())
     }
 
     /// Compile into tries (the store must be valid: see [`PolicyStore::validate`]).
@@ -568,17 +570,15 @@ impl CompiledStore {
         subject.into_iter().chain(user).chain(roles)
     }
 
-    /// Decide `action` on `topic` for `principal` with `client_id` (module docs). `None`: no
-    /// rule of the store matches.
-    pub fn check(&self, principal: &Principal, client_id: &str, action: Action, topic: &str) -> Option<StoreMatch> {
+    /// Decide `action` (on its topic name or filter) for `principal` with `client_id`
+    /// (module docs). `None`: no rule of the store matches.
+    pub fn check(&self, principal: &Principal, client_id: &str, action: Action<'_>) -> Option<StoreMatch> {
         if !self.configured {
             return None;
         }
-        let well_formed = match action {
-            Action::Subscribe { .. } => valid_filter(topic).is_ok(),
-            _ => plain_topic(topic),
-        };
-        if !well_formed {
+        // The codec validated the name or filter; only the alias placeholder can be empty.
+        let topic = action.topic();
+        if topic.is_empty() {
             return Some(StoreMatch { allowed: false, rule: None });
         }
         let (user, identity) = match principal.kind {
@@ -610,9 +610,9 @@ impl CompiledStore {
             }
         });
         let (level, qos, retain) = match action {
-            Action::Publish { qos, retain } => (acc.0[0], qos, retain),
-            Action::Subscribe { qos } => (acc.0[1], qos, false),
-            Action::Receive => (acc.0[2].or(acc.0[1]), 0, false),
+            Action::Publish { qos, retain, .. } => (acc.0[0], qos as u8, retain),
+            Action::Subscribe { qos, .. } => (acc.0[1], qos as u8, false),
+            Action::Receive { .. } => (acc.0[2].or(acc.0[1]), 0, false),
         };
         let level = level?;
         if let Some(d) = level.deny {

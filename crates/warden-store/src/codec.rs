@@ -537,14 +537,18 @@ mod tests {
     /// recorded (which reads as "no source names it": allow all).
     #[test]
     fn a_restored_lookup_principal_gets_no_grants_never_all() {
+        use mqtt_codec::{QoS, TopicName};
         use warden_policy::{Action, Authorizer, PolicyAuthorizer};
         let mut p = Principal::user("dev-1").with_credential(CredentialSource::Lookup, None);
         p.roles = vec![Arc::from("device")].into();
         let back = decode_session(&session_of(p)).unwrap().owner;
         assert_eq!(back.source, CredentialSource::Lookup);
         let open = PolicyAuthorizer::new(None, false);
-        let pubish = Action::Publish { qos: 0, retain: false };
-        assert!(!open.authorize(&back, "dev-1", pubish, "denied/by/lookup").is_allowed());
+        let name = |t: &str| TopicName::new(t).unwrap();
+        fn pubish(t: &TopicName) -> Action<'_> {
+            Action::publish(t, QoS::AtMostOnce, false)
+        }
+        assert!(!open.authorize(&back, "dev-1", pubish(&name("denied/by/lookup"))).is_allowed());
         // A password-file user is re-derived by name: no grants of its own, rules decide.
         let user = decode_session(&session_of(Principal::user("ann"))).unwrap().owner;
         assert_eq!(user.source, CredentialSource::PasswordFile);
@@ -552,8 +556,8 @@ mod tests {
         // A token keeps the scopes its issuer signed.
         let tok = Principal::token("t", vec![], vec![Arc::from("mqtt:pub:a/#")]);
         let tok = decode_session(&session_of(tok)).unwrap().owner;
-        assert!(open.authorize(&tok, "t", pubish, "a/b").is_allowed());
-        assert!(!open.authorize(&tok, "t", pubish, "b").is_allowed());
+        assert!(open.authorize(&tok, "t", pubish(&name("a/b"))).is_allowed());
+        assert!(!open.authorize(&tok, "t", pubish(&name("b"))).is_allowed());
     }
 
     /// Issue 17 item 3: a session record no longer holds the subscriptions (each is a record

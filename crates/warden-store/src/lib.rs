@@ -43,8 +43,6 @@
 //!   durability modes, recovery from damaged files and records).
 
 // Workspace lints of issue 18, enabled per crate until every crate is clean.
-#![warn(missing_docs, unreachable_pub)]
-#![deny(clippy::unwrap_used)]
 // redb::Error is large (160 B); it only travels on cold paths (a failed commit, a damaged file).
 #![allow(clippy::result_large_err)]
 

@@ -58,7 +58,8 @@ fn write_and_rename(tmp: &Path, path: &Path, data: &[u8], mode: Option<u32>) -> 
     fs::rename(tmp, path)
 }
 
-#[cfg(all(test, unix))]
+#[cfg(test)]
+#[cfg(unix)]
 mod tests {
     use super::*;
     use std::os::unix::fs::PermissionsExt;

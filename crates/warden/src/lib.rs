@@ -2,8 +2,8 @@
 //!
 //! # Layout
 //! Folders name the parts; dependencies point one way (each line uses only lines above it):
-//! - [`fsutil`], [`logsafe`], [`logging`], [`sd_notify`]: utilities (the one atomic file
-//!   writer; peer strings escaped in logs; the log filter and file; systemd readiness).
+//! - [`clock`], [`fsutil`], [`logsafe`], [`logging`], [`sd_notify`]: utilities (the one wall
+//!   clock; the one atomic file writer; peer strings escaped in logs; the log filter and file; systemd readiness).
 //! - [`config`]: TOML configuration → validated [`config::Config`] (errors with file:line).
 //! - [`tls`]: TLS acceptors (rustls), client-certificate identity, reload.
 //! - [`admission`]: who may open a connection and how much one may do: per-address guard,
@@ -23,6 +23,7 @@ pub mod admin;
 pub mod admission;
 pub mod auth;
 pub mod cli;
+pub mod clock;
 pub mod config;
 pub mod conn;
 pub mod fsutil;

@@ -1,5 +1,5 @@
 //! `warden`: the broker binary. Subcommands: `serve` (the default), `check`, `passwd`, `cert`,
-//! `oauth`, `token`, `admin`, `completions`, `man`.
+//! `oauth`, `token`, `admin`, `audit`, `import`, `completions`, `man`.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -54,6 +54,11 @@ enum Command {
     /// Manage a running broker through its admin API: users, groups, roles, rules, clients,
     /// kick, bans, the audit trail.
     Admin(warden::cli::admin::AdminArgs),
+    /// Posture audit of a configuration: anonymous or plain listeners on public addresses,
+    /// over-broad grants, expiring certificates, weak password hashes, long token lifetimes,
+    /// secrets open to others… Exit 1 when a finding is high or critical, 2 when the
+    /// configuration cannot be read.
+    Audit(warden::cli::audit::AuditArgs),
     /// Coming from Mosquitto: `warden import mosquitto-dynsec FILE --config CFG` (a dynamic-
     /// security JSON into the policy store), `warden import mosquitto-conf FILE` (print the
     /// equivalent warden.toml).
@@ -210,6 +215,7 @@ fn main() -> ExitCode {
         Command::Oauth(args) => warden::admin::oauth_store::run(&args),
         Command::Admin(args) => warden::cli::admin::run(&args),
         Command::Import(args) => warden::cli::import::run(&args),
+        Command::Audit(args) => return warden::cli::audit::run(&args),
         Command::Check { config, explain: false, .. } => return check(&config),
         Command::Check { config, user, client, operation, cert, token, scopes, roles, .. } => {
             // The configuration is checked first (its summary printed), as without --explain.
@@ -343,20 +349,44 @@ fn explain_principal(
     Some((warden_policy::Principal::token(subject, arcs(roles), arcs(scopes)), who))
 }
 
-/// The `ACTION TOPIC` of `--explain`.
-fn explain_operation(op: &[String]) -> anyhow::Result<(warden_policy::Action, &str)> {
-    use warden_policy::Action;
+/// The `ACTION TOPIC` of `--explain`, its topic parsed by the codec as the broker would
+/// (a name for publish and receive, a filter for subscribe).
+enum Operation {
+    Publish(mqtt_codec::TopicName),
+    Subscribe(mqtt_codec::TopicFilter),
+    Receive(mqtt_codec::TopicName),
+}
+
+impl Operation {
+    /// The question asked (QoS 0, not retained).
+    fn action(&self) -> warden_policy::Action<'_> {
+        use warden_policy::Action;
+        match self {
+            Operation::Publish(t) => Action::publish(t, mqtt_codec::QoS::AtMostOnce, false),
+            Operation::Subscribe(f) => Action::subscribe(f, mqtt_codec::QoS::AtMostOnce),
+            Operation::Receive(t) => Action::receive(t),
+        }
+    }
+}
+
+/// The `ACTION TOPIC` of `--explain`: the operation (`None` when the topic is not valid for
+/// that action: denied, as the broker never gets that far) and the topic as given.
+fn explain_operation(op: &[String]) -> anyhow::Result<(Option<Operation>, &str)> {
+    use mqtt_codec::{TopicFilter, TopicName};
     let (action, topic) = match op {
         [a, t] => (a.as_str(), t.as_str()),
         _ => anyhow::bail!("--explain needs ACTION TOPIC"),
     };
-    let action = match action {
-        "publish" => Action::Publish { qos: 0, retain: false },
-        "subscribe" => Action::Subscribe { qos: 0 },
-        "receive" => Action::Receive,
+    let operation = match action {
+        "publish" => TopicName::new(topic).ok().map(Operation::Publish),
+        "subscribe" => TopicFilter::new(topic).ok().map(Operation::Subscribe),
+        "receive" => TopicName::new(topic).ok().map(Operation::Receive),
         other => anyhow::bail!("unknown action {other:?}: publish, subscribe or receive"),
     };
-    Ok((action, topic))
+    if operation.is_none() {
+        println!("deny: {topic:?} is not a valid topic for this action");
+    }
+    Ok((operation, topic))
 }
 
 /// `--explain` for `principal` through the broker's own decision (ACL file, policy store,
@@ -368,11 +398,11 @@ fn explain_for(
     client: &str,
     op: &[String],
 ) -> anyhow::Result<bool> {
-    let (action, topic) = explain_operation(op)?;
+    let Some(operation) = explain_operation(op)?.0 else { return Ok(false) };
     let store = warden::admin::policy_store::load(&cfg.data_dir)?;
     let acl = warden::admin::policy_store::load_acl(&cfg.authz)?;
     let policy = warden_policy::PolicyAuthorizer::new(acl, false).with_store(std::sync::Arc::new(store.compile()));
-    let (d, by) = policy.explain(principal, client, action, topic);
+    let (d, by) = policy.explain(principal, client, operation.action());
     let verdict = if d.is_allowed() { "allow" } else { "deny" };
     let by = match (&by, &cfg.authz.acl_file) {
         (warden_policy::DecidedBy::Acl(line), Some(path)) if *line > 0 => {
@@ -386,7 +416,8 @@ fn explain_for(
 }
 
 fn explain_decision(cfg: &Config, user: Option<&str>, client: &str, op: &[String]) -> anyhow::Result<bool> {
-    let (action, topic) = explain_operation(op)?;
+    let (Some(operation), topic) = explain_operation(op)? else { return Ok(false) };
+    let action = operation.action();
     let who = user.map_or_else(|| "anonymous".to_string(), |u| format!("user {u:?}"));
     let store = warden::admin::policy_store::load(&cfg.data_dir)?;
     if store.has_rules() {
@@ -394,7 +425,7 @@ fn explain_decision(cfg: &Config, user: Option<&str>, client: &str, op: &[String
         let acl = warden::admin::policy_store::load_acl(&cfg.authz)?;
         let policy = warden_policy::PolicyAuthorizer::new(acl, false).with_store(std::sync::Arc::new(store.compile()));
         let principal = user.map_or_else(warden_policy::Principal::anonymous, warden_policy::Principal::user);
-        let (d, by) = policy.explain(&principal, client, action, topic);
+        let (d, by) = policy.explain(&principal, client, action);
         let verdict = if d.is_allowed() { "allow" } else { "deny" };
         println!("{verdict}: decided by {by} (ACL file and policy store, {who})");
         return Ok(d.is_allowed());
@@ -407,7 +438,7 @@ fn explain_decision(cfg: &Config, user: Option<&str>, client: &str, op: &[String
     };
     let text = std::fs::read_to_string(acl_path).with_context(|| format!("reading {}", acl_path.display()))?;
     let acl = warden_policy::acl::AclFile::parse(&text).map_err(|e| anyhow::anyhow!("{}: {e}", acl_path.display()))?;
-    let allowed = match acl.explain(user, client, action, topic) {
+    let allowed = match acl.explain(user, client, action) {
         Some(m) if m.line == 0 => {
             println!("deny: {topic:?} is not a valid topic for this action");
             false

@@ -181,6 +181,8 @@ pub fn broker_config(cfg: &Config) -> BrokerConfig {
         max_retained_bytes: l.max_retained_bytes,
         sys_interval: l.sys_interval,
         check_retain_source: cfg.authz.check_retain_source,
+        // The core reads no clock: the seed of assigned client ids is the start time.
+        id_seed: crate::clock::unix_nanos(),
     }
 }
 
@@ -198,7 +200,7 @@ fn oauth_service(
         OAuthSettings { issuer, token_ttl: cfg.oauth.token_ttl, audience: cfg.oauth.audience.clone() },
         oauth_clients(cfg)?,
         keys,
-        Arc::new(crate::auth::tokens::unix_now),
+        Arc::new(crate::clock::unix_now),
     ));
     // Revocations survive restarts: saved on every revocation, loaded here.
     crate::admin::revocations::attach(&service, &cfg.data_dir)?;
@@ -693,7 +695,7 @@ impl Server {
 /// Admin bans, then the per-address limits and bans, for a connection from `peer`: its slot,
 /// or `None` (counted and logged) when it is refused.
 fn admit(bans: &BanList, guard: &Arc<Guard>, ctx: &ConnContext, peer: SocketAddr) -> Option<Admitted> {
-    if bans.ip_banned(peer.ip(), crate::auth::tokens::unix_now()) {
+    if bans.ip_banned(peer.ip(), crate::clock::unix_now()) {
         tracing::debug!(%peer, "connection refused: address banned by an administrator");
         return None;
     }

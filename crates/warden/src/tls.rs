@@ -12,11 +12,10 @@
 //! leaf certificate by `warden_policy::cert` (ambiguous subjects are refused, never guessed).
 
 use std::net::SocketAddr;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use crate::logsafe::Escaped;
-use anyhow::{anyhow, Context};
 use parking_lot::RwLock;
 use rustls::server::WebPkiClientVerifier;
 use rustls::{RootCertStore, ServerConfig};
@@ -26,7 +25,7 @@ use tokio::net::TcpStream;
 use tokio_rustls::server::TlsStream;
 use tokio_rustls::TlsAcceptor;
 use tracing::{info, warn};
-use warden_policy::cert::{identity_from_der, CertIdentityError};
+use warden_policy::cert::identity_from_der;
 use warden_policy::trust::{CertChain, RevokedCerts};
 
 use crate::config::{ClientCertMode, CrlScope, TlsConfig};
@@ -35,16 +34,9 @@ use crate::config::{ClientCertMode, CrlScope, TlsConfig};
 /// certificate with the principal name taken from it (or the reason its identity is refused).
 pub type CertIdentity = Option<ClientCert>;
 
-/// A verified client certificate.
-#[derive(Debug)]
-pub struct ClientCert {
-    /// The principal name taken from it, or why none can be.
-    pub identity: Result<String, CertIdentityError>,
-    /// Its issuer and serial, which a CRL names, and those of the intermediates it chains
-    /// through when `crl_scope = "chain"` (SPEC §10: a reloaded CRL that revokes any of them
-    /// ends the connection).
-    pub cert: Option<CertChain>,
-}
+/// A verified client certificate: the principal name taken from it (or why none can be) and
+/// the certificates a CRL names.
+pub use warden_policy::authn::ClientCert;
 
 /// A TLS listener's reloadable server configuration.
 pub struct TlsListener {
@@ -60,44 +52,97 @@ impl std::fmt::Debug for TlsListener {
     }
 }
 
-fn read_certs(path: &Path, what: &str) -> anyhow::Result<Vec<CertificateDer<'static>>> {
+/// Why TLS material could not be loaded: each names the file and what it was for.
+#[derive(Debug, thiserror::Error)]
+pub enum TlsError {
+    /// A file could not be opened or read.
+    #[error("{}: cannot read {what}", path.display())]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// What it holds (`server certificate`, `client CA`, `CRL`, …).
+        what: &'static str,
+        /// The underlying error.
+        #[source]
+        source: rustls::pki_types::pem::Error,
+    },
+    /// A file was read but its content is not what it should be.
+    #[error("{}: {what}: {detail}", path.display())]
+    Invalid {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong (`invalid CRL`, `unusable CA certificate`, …).
+        what: String,
+        /// The parser's or rustls' words.
+        detail: String,
+    },
+    /// A certificate file holds no certificate.
+    #[error("{}: no certificate found in {what} (PEM expected)", path.display())]
+    NoCertificate {
+        /// The file.
+        path: PathBuf,
+        /// What it should hold.
+        what: &'static str,
+    },
+    /// rustls refused the combination (protocol versions, certificate and key).
+    #[error("{context}: {detail}")]
+    Config {
+        /// What was being built (`TLS protocol versions`, `cert.pem / key.pem`).
+        context: String,
+        /// rustls' words.
+        detail: String,
+    },
+}
+
+fn invalid(path: &Path, what: impl Into<String>, detail: impl std::fmt::Display) -> TlsError {
+    TlsError::Invalid { path: path.to_owned(), what: what.into(), detail: detail.to_string() }
+}
+
+fn versions_error(e: rustls::Error) -> TlsError {
+    TlsError::Config { context: "TLS protocol versions".into(), detail: e.to_string() }
+}
+
+fn read_certs(path: &Path, what: &'static str) -> Result<Vec<CertificateDer<'static>>, TlsError> {
     let certs = CertificateDer::pem_file_iter(path)
-        .with_context(|| format!("{}: cannot read {what}", path.display()))?
+        .map_err(|source| TlsError::Read { path: path.to_owned(), what, source })?
         .collect::<Result<Vec<_>, _>>()
-        .map_err(|e| anyhow!("{}: invalid {what}: {e}", path.display()))?;
+        .map_err(|e| invalid(path, format!("invalid {what}"), e))?;
     if certs.is_empty() {
-        return Err(anyhow!("{}: no certificate found in {what} (PEM expected)", path.display()));
+        return Err(TlsError::NoCertificate { path: path.to_owned(), what });
     }
     Ok(certs)
 }
 
-fn read_crl(path: &Path) -> anyhow::Result<Vec<CertificateRevocationListDer<'static>>> {
-    let bytes = std::fs::read(path).with_context(|| format!("{}: cannot read CRL", path.display()))?;
+fn read_crl(path: &Path) -> Result<Vec<CertificateRevocationListDer<'static>>, TlsError> {
+    let bytes = std::fs::read(path).map_err(|e| TlsError::Read {
+        path: path.to_owned(),
+        what: "CRL",
+        source: rustls::pki_types::pem::Error::Io(e),
+    })?;
     if bytes.starts_with(b"-----") {
         CertificateRevocationListDer::pem_slice_iter(&bytes)
             .collect::<Result<Vec<_>, _>>()
-            .map_err(|e| anyhow!("{}: invalid CRL: {e}", path.display()))
+            .map_err(|e| invalid(path, "invalid CRL", e))
     } else {
         Ok(vec![CertificateRevocationListDer::from(bytes)])
     }
 }
 
 /// Build a server config from the files named in `settings`.
-pub fn server_config(settings: &TlsConfig) -> anyhow::Result<ServerConfig> {
+pub fn server_config(settings: &TlsConfig) -> Result<ServerConfig, TlsError> {
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let certs = read_certs(&settings.cert, "server certificate")?;
-    let key = PrivateKeyDer::from_pem_file(&settings.key).map_err(|e| {
-        anyhow!("{}: cannot read the private key (PEM PKCS#8, PKCS#1 or SEC1): {e}", settings.key.display())
-    })?;
+    let key = PrivateKeyDer::from_pem_file(&settings.key)
+        .map_err(|e| invalid(&settings.key, "cannot read the private key (PEM PKCS#8, PKCS#1 or SEC1)", e))?;
     let builder = ServerConfig::builder_with_provider(provider.clone())
         .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
-        .context("TLS protocol versions")?;
+        .map_err(versions_error)?;
     let builder = match &settings.client_ca {
         None => builder.with_no_client_auth(),
         Some(ca) => {
             let mut roots = RootCertStore::empty();
             for c in read_certs(ca, "client CA")? {
-                roots.add(c).map_err(|e| anyhow!("{}: unusable CA certificate: {e}", ca.display()))?;
+                roots.add(c).map_err(|e| invalid(ca, "unusable CA certificate", e))?;
             }
             let mut crls = Vec::new();
             for p in &settings.crls {
@@ -110,21 +155,24 @@ pub fn server_config(settings: &TlsConfig) -> anyhow::Result<ServerConfig> {
             if settings.client_cert == ClientCertMode::Optional {
                 v = v.allow_unauthenticated();
             }
-            let verifier = v.build().map_err(|e| anyhow!("{}: client certificate verifier: {e}", ca.display()))?;
+            let verifier = v.build().map_err(|e| invalid(ca, "client certificate verifier", e))?;
             builder.with_client_cert_verifier(verifier)
         }
     };
-    builder
-        .with_single_cert(certs, key)
-        .map_err(|e| anyhow!("{} / {}: {e}", settings.cert.display(), settings.key.display()))
+    builder.with_single_cert(certs, key).map_err(|e| TlsError::Config {
+        context: format!("{} / {}", settings.cert.display(), settings.key.display()),
+        detail: e.to_string(),
+    })
 }
 
 /// The certificates revoked by the CRLs named in `settings`.
-fn revoked_certs(settings: &TlsConfig) -> anyhow::Result<RevokedCerts> {
+fn revoked_certs(settings: &TlsConfig) -> Result<RevokedCerts, TlsError> {
     let mut revoked = RevokedCerts::default();
     for p in &settings.crls {
         for der in read_crl(p)? {
-            revoked.add_der(der.as_ref()).map_err(|e| anyhow!("{}: {e}", p.display()))?;
+            revoked
+                .add_der(der.as_ref())
+                .map_err(|e| TlsError::Config { context: p.display().to_string(), detail: e.to_string() })?;
         }
     }
     Ok(revoked)
@@ -132,7 +180,7 @@ fn revoked_certs(settings: &TlsConfig) -> anyhow::Result<RevokedCerts> {
 
 impl TlsListener {
     /// Load the listener's certificate, key, client CA and CRLs.
-    pub fn load(settings: &TlsConfig) -> anyhow::Result<TlsListener> {
+    pub fn load(settings: &TlsConfig) -> Result<TlsListener, TlsError> {
         // The CRLs first: their errors name the CRL file (the verifier's would name the CA).
         let revoked = revoked_certs(settings)?;
         let cfg = server_config(settings)?;
@@ -144,7 +192,7 @@ impl TlsListener {
     }
 
     /// Re-read every file; on error the config in force stays.
-    pub fn reload(&self) -> anyhow::Result<()> {
+    pub fn reload(&self) -> Result<(), TlsError> {
         let revoked = revoked_certs(&self.settings)?;
         let cfg = server_config(&self.settings)?;
         *self.current.write() = Arc::new(cfg);
@@ -211,15 +259,15 @@ pub const DEV_CA: &str = "./warden-data/tls/ca.pem";
 
 /// A TLS client configuration for the CLI's HTTP clients: trusting the CA certificates in
 /// `cacert` (PEM) when given, else `None` (the client's own roots).
-pub fn client_config(cacert: Option<&Path>) -> anyhow::Result<Option<Arc<rustls::ClientConfig>>> {
+pub fn client_config(cacert: Option<&Path>) -> Result<Option<Arc<rustls::ClientConfig>>, TlsError> {
     let Some(path) = cacert else { return Ok(None) };
     let mut roots = RootCertStore::empty();
     for c in read_certs(path, "CA certificate")? {
-        roots.add(c).map_err(|e| anyhow!("{}: unusable CA certificate: {e}", path.display()))?;
+        roots.add(c).map_err(|e| invalid(path, "unusable CA certificate", e))?;
     }
     let cfg = rustls::ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
         .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
-        .context("TLS protocol versions")?
+        .map_err(versions_error)?
         .with_root_certificates(roots)
         .with_no_client_auth();
     Ok(Some(Arc::new(cfg)))
@@ -238,7 +286,7 @@ pub fn cli_cacert(given: Option<&Path>, url: &str) -> Option<std::path::PathBuf>
 }
 
 /// An HTTP agent for the CLI, trusting `cacert` (PEM) when given.
-pub fn cli_agent(cacert: Option<&Path>) -> anyhow::Result<ureq::Agent> {
+pub fn cli_agent(cacert: Option<&Path>) -> Result<ureq::Agent, TlsError> {
     let mut b = ureq::AgentBuilder::new();
     if let Some(cfg) = client_config(cacert)? {
         b = b.tls_config(cfg);

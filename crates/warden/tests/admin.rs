@@ -5,6 +5,7 @@
 //!
 //! To show that a message is NOT delivered, a later "fence" message that must arrive first is
 //! published (as in `authz.rs`): nothing sleeps to synchronise.
+#![allow(clippy::unwrap_used)] // test code: a failed unwrap is a failed test
 
 use std::sync::OnceLock;
 use std::time::Duration;

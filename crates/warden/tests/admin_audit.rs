@@ -3,6 +3,7 @@
 //! are recorded in order with actor, action, target and result; `GET /admin/audit` and
 //! `warden admin audit` read them back; the file (0600) holds no secret and survives a
 //! restart.
+#![allow(clippy::unwrap_used)] // test code: a failed unwrap is a failed test
 
 use std::sync::OnceLock;
 

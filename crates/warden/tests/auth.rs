@@ -1,4 +1,5 @@
 //! Password authentication and identity binding against the real broker (SPEC §3, §4).
+#![allow(clippy::unwrap_used)] // test code: a failed unwrap is a failed test
 
 use std::time::Duration;
 

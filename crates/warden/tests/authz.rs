@@ -7,6 +7,7 @@
 //! routes a PUBLISH before acknowledging it, so messages acknowledged one after the other are
 //! queued to a subscriber in that order, whoever published them. Nothing sleeps to synchronise;
 //! the one bounded wait lets `$SYS` refreshes happen.
+#![allow(clippy::unwrap_used)] // test code: a failed unwrap is a failed test
 
 use std::sync::atomic::Ordering;
 use std::sync::OnceLock;

@@ -1,5 +1,6 @@
 //! `warden cert ca|server|client` and `ensure_dev_pki`, checked with the real binary and with
 //! the `openssl` CLI (skipped, with a message, where `openssl` is not installed).
+#![allow(clippy::unwrap_used)] // test code: a failed unwrap is a failed test
 
 use std::fs;
 use std::path::Path;

@@ -1,5 +1,6 @@
 //! The `warden` binary as an operator uses it: `check`, `passwd`, `serve` with a config file
 //! (bad configs refused with file:line), SIGHUP reload and SIGTERM shutdown of the real process.
+#![allow(clippy::unwrap_used)] // test code: a failed unwrap is a failed test
 
 use std::io::Write;
 use std::process::{Command, Stdio};

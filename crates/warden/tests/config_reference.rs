@@ -3,6 +3,7 @@
 //! are read from the configuration structs' source (the `Deserialize` structs of config.rs and
 //! lookup.rs); each must have its row in its section's table. After adding a key, run
 //! `scripts/gen-config-reference`.
+#![allow(clippy::unwrap_used)] // test code: a failed unwrap is a failed test
 
 /// The TOML table each struct is read from (as the page's headings name them).
 const SECTIONS: &[(&str, &str)] = &[

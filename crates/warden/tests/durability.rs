@@ -1,6 +1,7 @@
 //! Durable state, proved the hard way: the real `warden` process is killed with SIGKILL while
 //! clients are mid-flight, restarted on the same data directory, and every acknowledged message
 //! must still arrive (QoS 2 exactly once), with sessions and retained messages back.
+#![allow(clippy::unwrap_used)] // test code: a failed unwrap is a failed test
 
 use std::collections::{BTreeSet, HashMap};
 use std::net::SocketAddr;

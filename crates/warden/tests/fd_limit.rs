@@ -6,6 +6,7 @@
 //! holds no more than its share while an MQTT client still gets its CONNACK.
 //!
 //! Nothing sleeps to synchronise: every wait is a read bounded by a deadline.
+#![allow(clippy::unwrap_used)] // test code: a failed unwrap is a failed test
 
 use std::net::SocketAddr;
 use std::process::{Child, Command, Stdio};

@@ -12,6 +12,7 @@
 //!   CONNECT with a password is still verified and accepted.
 //!
 //! Clients come from distinct loopback addresses (127.0.0.81 …). Nothing sleeps to synchronise.
+#![allow(clippy::unwrap_used)] // test code: a failed unwrap is a failed test
 
 use std::net::SocketAddr;
 use std::sync::atomic::Ordering;

@@ -5,6 +5,7 @@
 //! addresses (127.0.0.66 …), so the caps of one do not touch the others.
 //!
 //! Nothing sleeps to synchronise: every wait is a read or a retry bounded by a deadline.
+#![allow(clippy::unwrap_used)] // test code: a failed unwrap is a failed test
 
 use std::net::SocketAddr;
 use std::time::Duration;

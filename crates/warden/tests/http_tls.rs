@@ -7,6 +7,7 @@
 //! Clients are real TLS clients: `ureq` (rustls) and a rustls client speaking HTTP/1.1 by
 //! hand (so that it can come from a chosen loopback address). The PKI is made by the tests.
 //! Nothing sleeps to synchronise: every wait is a read bounded by a deadline.
+#![allow(clippy::unwrap_used)] // test code: a failed unwrap is a failed test
 
 use std::net::SocketAddr;
 use std::path::Path;

@@ -3,6 +3,7 @@
 //! PBKDF2-SHA512 passwords (a wrong one refused), their roles, groups and ACLs (allowed and
 //! denied operations, with a real MQTT exchange); a mosquitto.conf converts into a warden.toml
 //! that `warden check` accepts; refusals: no --config, a malformed document.
+#![allow(clippy::unwrap_used)] // test code: a failed unwrap is a failed test
 
 use std::process::Command;
 

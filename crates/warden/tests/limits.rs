@@ -4,6 +4,7 @@
 //!
 //! Every wait is bounded; the events waited for are the broker's own (a DISCONNECT, a closed
 //! socket, a will, a `$SYS` publication), never a sleep.
+#![allow(clippy::unwrap_used)] // test code: a failed unwrap is a failed test
 
 use std::net::SocketAddr;
 use std::sync::atomic::Ordering;

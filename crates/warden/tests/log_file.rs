@@ -5,6 +5,7 @@
 //! filter names rustls.
 //!
 //! Every wait polls the log file with a bounded deadline.
+#![allow(clippy::unwrap_used)] // test code: a failed unwrap is a failed test
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};

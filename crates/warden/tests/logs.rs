@@ -7,6 +7,7 @@
 //!
 //! The subscriber is set for the test's thread; `#[tokio::test]` runs the broker's tasks on that
 //! same thread, so every line the broker logs is captured.
+#![allow(clippy::unwrap_used)] // test code: a failed unwrap is a failed test
 
 use bytes::Bytes;
 use mqtt_codec::{Packet, Protocol, QoS, ReasonCode};

@@ -1,4 +1,5 @@
 //! Third-party look-up over HTTP (SPEC §4, method 4) against a mock look-up service.
+#![allow(clippy::unwrap_used)] // test code: a failed unwrap is a failed test
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -143,13 +144,16 @@ async fn allow_carries_roles_scopes_and_acl() {
             cache_ttl: None,
         }
     );
+    use mqtt_codec::{QoS, TopicFilter, TopicName};
     use warden_policy::Action;
+    let name = |t: &str| TopicName::new(t).expect("topic name");
     let rules = g.rules().expect("rules");
-    assert_eq!(rules.check(None, "dev-1", Action::Publish { qos: 1, retain: false }, "a/1"), Some(true));
-    assert_eq!(rules.check(None, "dev-1", Action::Subscribe { qos: 1 }, "b/c"), Some(true));
-    assert_eq!(rules.check(None, "dev-1", Action::Receive, "x/y"), Some(true));
-    assert_eq!(rules.check(None, "dev-1", Action::Receive, "x/secret"), Some(false));
-    assert_eq!(rules.check(None, "dev-1", Action::Publish { qos: 0, retain: false }, "x/y"), None);
+    assert_eq!(rules.check(None, "dev-1", Action::publish(&name("a/1"), QoS::AtLeastOnce, false)), Some(true));
+    let b_c = TopicFilter::new("b/c").expect("filter");
+    assert_eq!(rules.check(None, "dev-1", Action::subscribe(&b_c, QoS::AtLeastOnce)), Some(true));
+    assert_eq!(rules.check(None, "dev-1", Action::receive(&name("x/y"))), Some(true));
+    assert_eq!(rules.check(None, "dev-1", Action::receive(&name("x/secret"))), Some(false));
+    assert_eq!(rules.check(None, "dev-1", Action::publish(&name("x/y"), QoS::AtMostOnce, false)), None);
 }
 
 #[tokio::test]

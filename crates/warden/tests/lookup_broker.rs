@@ -1,5 +1,6 @@
 //! The third-party look-up (`[auth.http]`) wired into the real broker: who decides, the
 //! CONNACK codes, and that the service's grants bind what the client may do.
+#![allow(clippy::unwrap_used)] // test code: a failed unwrap is a failed test
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;

@@ -10,6 +10,7 @@
 //! one account fills its offline sessions (item 1), one fills the retained store and one its
 //! subscriptions (item 2), a wrong-password flood (hashing, item 4), and connections held open
 //! without a CONNECT. Linux only (`/proc`).
+#![allow(clippy::unwrap_used)] // test code: a failed unwrap is a failed test
 
 use std::net::SocketAddr;
 use std::process::{Child, Command, Stdio};

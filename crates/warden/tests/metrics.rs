@@ -3,6 +3,7 @@
 //! clients do (refused and accepted passwords, a QoS 1 PUBLISH, a denied subscription); no
 //! label value carries a client id, user name or topic; and, where `promtool` is installed
 //! (CI installs Debian's `prometheus` package), `promtool check metrics` accepts the text.
+#![allow(clippy::unwrap_used)] // test code: a failed unwrap is a failed test
 
 use std::collections::HashMap;
 use std::io::Write as _;

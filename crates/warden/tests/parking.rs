@@ -2,6 +2,7 @@
 //! up its task, and everything that would have woken the task resumes it. Each test parks
 //! its connections first (waiting on the broker's count of parked connections), then checks
 //! that the protocol behaves exactly as for a connection that never parked.
+#![allow(clippy::unwrap_used)] // test code: a failed unwrap is a failed test
 
 use std::time::{Duration, Instant};
 

@@ -1,5 +1,6 @@
 //! Protocol conformance and protocol abuse, byte by byte, against the real broker.
 //! Each test names the normative statement it guards.
+#![allow(clippy::unwrap_used)] // test code: a failed unwrap is a failed test
 
 use std::time::Duration;
 

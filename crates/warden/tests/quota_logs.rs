@@ -2,6 +2,7 @@
 //! episode (log flooding is an attack too). On its own in this binary: the log is captured
 //! with a thread-local subscriber, which a test running beside it on another thread could
 //! race for the broker's log call sites.
+#![allow(clippy::unwrap_used)] // test code: a failed unwrap is a failed test
 
 use std::sync::atomic::Ordering;
 

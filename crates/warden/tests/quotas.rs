@@ -11,6 +11,7 @@
 //! Users `m` (the one hitting its quota) and `v` (the one that must not notice) sign in with
 //! passwords. Every wait is bounded and waits for the broker's own answer; the one absence
 //! check (no retained message beyond those expected) watches for [`QUIET`].
+#![allow(clippy::unwrap_used)] // test code: a failed unwrap is a failed test
 
 use std::sync::atomic::Ordering;
 use std::time::Duration;

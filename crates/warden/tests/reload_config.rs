@@ -5,6 +5,7 @@
 //!
 //! The subscriber is set for the test's thread; `#[tokio::test]` runs the broker's tasks and
 //! the reload on that same thread, so every line is captured.
+#![allow(clippy::unwrap_used)] // test code: a failed unwrap is a failed test
 
 use mqtt_codec::{Packet, Protocol, QoS, ReasonCode};
 use warden_testkit::{connect_packet, connected, publish, Recv, TestBroker, WAIT};

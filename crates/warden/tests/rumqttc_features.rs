@@ -16,6 +16,7 @@
 //!
 //! Scenarios that exist in both protocol versions are written once against the [`Mqtt`] trait
 //! and instantiated for [`C3`] (MQTT 3.1.1) and [`C5`] (MQTT 5).
+#![allow(clippy::unwrap_used)] // test code: a failed unwrap is a failed test
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 use std::fmt::Debug;

@@ -1,5 +1,6 @@
 //! MQTT 5 enhanced authentication with SCRAM-SHA-256 (RFC 5802 / RFC 7677) against the real
 //! broker, with a client written here from the RFC (no shared code with the server).
+#![allow(clippy::unwrap_used)] // test code: a failed unwrap is a failed test
 
 use base64::engine::general_purpose::STANDARD as B64;
 use base64::Engine;

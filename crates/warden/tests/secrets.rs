@@ -6,6 +6,7 @@
 //!
 //! The in-process broker gets its environment through `Config::load_with_env` (no
 //! `std::env::set_var` in a multi-threaded test); the binary through `Command::env`.
+#![allow(clippy::unwrap_used)] // test code: a failed unwrap is a failed test
 
 use std::io::{BufRead, BufReader};
 use std::os::unix::fs::PermissionsExt;

@@ -1,5 +1,6 @@
 //! TLS, mutual TLS and X.509 client identity (issue 4) against the real broker, with a PKI
 //! made by the tests (rcgen). Every refusal is tested next to its accept.
+#![allow(clippy::unwrap_used)] // test code: a failed unwrap is a failed test
 
 use std::time::Duration;
 

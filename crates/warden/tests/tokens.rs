@@ -10,6 +10,7 @@
 //! [`RawClient`] (v3.1.1 and v5), and `rumqttc` for one real-client check. Nothing sleeps to
 //! synchronise: the only waits are for time itself to pass (a 2 s token lifetime, the JWKS
 //! refresh interval).
+#![allow(clippy::unwrap_used)] // test code: a failed unwrap is a failed test
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;

@@ -8,6 +8,7 @@
 //! testkit's raw clients. Absence of a will is shown without sleeping: once the connection is
 //! gone from the broker, a marker published on the will topic arrives at the observer first
 //! (deliveries to one subscriber keep their order), and no retained message is left.
+#![allow(clippy::unwrap_used)] // test code: a failed unwrap is a failed test
 
 use std::time::{Duration, Instant};
 

@@ -84,7 +84,7 @@ impl AdminBackend for Backend {
 
     fn bans(&self) -> Vec<Ban> {
         let mut all = self.bans.list();
-        let now = crate::auth::tokens::unix_now();
+        let now = crate::clock::unix_now();
         all.extend(self.guard.auto_bans(std::time::Instant::now()).into_iter().map(|(ip, left)| Ban {
             kind: BanKind::Ip,
             value: ip.to_string(),
@@ -97,7 +97,7 @@ impl AdminBackend for Backend {
     fn add_ban(&self, ban: Ban) -> Result<(), AdminError> {
         crate::admission::bans::validate(&ban).map_err(AdminError::bad_request)?;
         self.bans.add(ban.clone()).map_err(|e| internal("saving the ban list", e))?;
-        let now = crate::auth::tokens::unix_now();
+        let now = crate::clock::unix_now();
         if ban.expires_at.is_none_or(|e| now < e) {
             // 0x98 Administrative action: 0x8A Banned is a CONNACK-only code (MQTT 5
             // §3.14.2.1 has no 0x8A for DISCONNECT; clients read it as a malformed packet).
@@ -159,12 +159,23 @@ impl AdminBackend for Backend {
         self.audit.since(since, limit).map_err(|e| internal("reading the audit trail", e))
     }
 
+    fn posture(&self) -> Result<serde_json::Value, AdminError> {
+        let now = i64::try_from(crate::auth::tokens::unix_now()).unwrap_or(i64::MAX);
+        let input = crate::admin::posture::load(
+            &self.config,
+            Some(self.policy.store()),
+            self.live.certificate_connections(),
+            now,
+        );
+        Ok(crate::admin::posture::report_json(&crate::admin::posture::audit(&input)))
+    }
+
     fn sessions(&self) -> Vec<warden_http::admin::SessionView> {
-        self.broker.session_summaries(false).into_iter().map(session_view).collect()
+        self.broker.session_summaries(false, std::time::Instant::now()).into_iter().map(session_view).collect()
     }
 
     fn session(&self, client_id: &str) -> Option<warden_http::admin::SessionView> {
-        self.broker.session_summary(client_id).map(session_view)
+        self.broker.session_summary(client_id, std::time::Instant::now()).map(session_view)
     }
 
     fn delete_session(&self, client_id: &str) -> bool {

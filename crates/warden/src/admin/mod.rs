@@ -11,10 +11,12 @@
 //! - [`oauth_store`]: the token service's OAuth clients, kept in the data directory.
 //! - [`revocations`]: the token service's revocations, kept in the data directory.
 //! - [`audit_log`]: the audit trail of administrative and security events.
+//! - [`posture`]: the posture audit (`warden audit`, `GET /admin/audit/posture`).
 
 pub mod audit_log;
 pub mod backend;
 pub mod oauth_store;
 pub mod policy_store;
+pub mod posture;
 pub mod revocations;
 pub mod trust;

@@ -61,11 +61,13 @@ pub struct Audited {
 }
 
 impl Audited {
-    fn record(&self, principal: &Principal, client_id: &str, action: Action, topic: &str, d: Decision, by: &str) {
-        let (action, qos, retain) = match action {
-            Action::Publish { qos, retain } => ("publish", Some(qos), Some(retain)),
-            Action::Subscribe { qos } => ("subscribe", Some(qos), None),
-            Action::Receive => ("receive", None, None),
+    fn record(&self, principal: &Principal, client_id: &str, action: Action<'_>, d: Decision, by: &str) {
+        let topic = action.topic();
+        let qos = action.qos().map(|q| q as u8);
+        let (action, retain) = match action {
+            Action::Publish { retain, .. } => ("publish", Some(retain)),
+            Action::Subscribe { .. } => ("subscribe", None),
+            Action::Receive { .. } => ("receive", None),
         };
         let peer = self.live.as_ref().and_then(|l| l.peer_of(client_id)).map(|p| p.to_string());
         let result = if d.is_allowed() { "allow" } else { "deny" };
@@ -87,15 +89,15 @@ impl Audited {
 }
 
 impl Authorizer for Audited {
-    fn authorize(&self, principal: &Principal, client_id: &str, action: Action, topic: &str) -> Decision {
+    fn authorize(&self, principal: &Principal, client_id: &str, action: Action<'_>) -> Decision {
         if !self.all {
-            let d = self.policy.authorize(principal, client_id, action, topic);
+            let d = self.policy.authorize(principal, client_id, action);
             if d.is_allowed() {
                 return d;
             }
         }
-        let (d, by) = self.policy.explain(principal, client_id, action, topic);
-        self.record(principal, client_id, action, topic, d, &by.to_string());
+        let (d, by) = self.policy.explain(principal, client_id, action);
+        self.record(principal, client_id, action, d, &by.to_string());
         d
     }
 
@@ -105,16 +107,16 @@ impl Authorizer for Audited {
     }
 
     /// The policy's explicit grants (asked for `$` topics), audited like other decisions.
-    fn authorize_granted(&self, principal: &Principal, client_id: &str, action: Action, topic: &str) -> Decision {
-        let d = self.policy.authorize_granted(principal, client_id, action, topic);
+    fn authorize_granted(&self, principal: &Principal, client_id: &str, action: Action<'_>) -> Decision {
+        let d = self.policy.authorize_granted(principal, client_id, action);
         if self.all || !d.is_allowed() {
-            let (_, by) = self.policy.explain(principal, client_id, action, topic);
+            let (_, by) = self.policy.explain(principal, client_id, action);
             let by = match by {
                 // No source: `authorize` would allow, but a `$` topic needs a grant.
                 warden_policy::DecidedBy::NoSource => "no-grant".to_owned(),
                 by => by.to_string(),
             };
-            self.record(principal, client_id, action, topic, d, &by);
+            self.record(principal, client_id, action, d, &by);
         }
         d
     }
@@ -268,7 +270,7 @@ fn disabled_names(store: &PolicyStore) -> HashSet<String> {
 }
 
 fn store_users(store: &PolicyStore) -> anyhow::Result<PasswordFile> {
-    PasswordFile::parse(&store.password_lines()).map_err(|e| anyhow::anyhow!("policy store users: {e}"))
+    store.password_file().map_err(|e| anyhow::anyhow!("policy store users: {e}"))
 }
 
 #[cfg(test)]
@@ -293,11 +295,13 @@ mod tests {
     #[test]
     fn denials_are_always_audited_and_allows_only_with_all() {
         let ann = Principal::user("ann");
-        let pubq = Action::Publish { qos: 1, retain: false };
+        let name = |t: &str| mqtt_codec::TopicName::new(t).unwrap();
+        let (a_x, a_secret, b) = (name("a/x"), name("a/secret"), name("b"));
+        let pubq = |t| Action::publish(t, mqtt_codec::QoS::AtLeastOnce, false);
         let lines = audit_lines(|| {
             let a = audited(false);
-            assert!(a.authorize(&ann, "c1", pubq, "a/x").is_allowed());
-            assert!(!a.authorize(&ann, "c1", pubq, "a/secret").is_allowed());
+            assert!(a.authorize(&ann, "c1", pubq(&a_x)).is_allowed());
+            assert!(!a.authorize(&ann, "c1", pubq(&a_secret)).is_allowed());
         });
         assert_eq!(lines.len(), 1, "{lines:?}");
         let f = &lines[0]["fields"];
@@ -312,8 +316,8 @@ mod tests {
         assert!(lines[0]["timestamp"].is_string());
         let lines = audit_lines(|| {
             let a = audited(true);
-            a.authorize(&ann, "c1", pubq, "a/x");
-            a.authorize(&ann, "c1", Action::Receive, "b");
+            a.authorize(&ann, "c1", pubq(&a_x));
+            a.authorize(&ann, "c1", Action::receive(&b));
         });
         assert_eq!(lines.len(), 2);
         assert_eq!((&lines[0]["fields"]["result"], &lines[0]["fields"]["rule"]), (&"allow".into(), &"acl:2".into()));

@@ -70,7 +70,7 @@
 use std::collections::{HashMap, VecDeque};
 use std::fmt;
 use std::io::Read;
-use std::net::{IpAddr, SocketAddr};
+use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -82,7 +82,7 @@ use parking_lot::Mutex;
 use serde::{Deserialize, Serialize};
 use tokio::sync::Semaphore;
 use tracing::{debug, info, warn};
-use warden_policy::acl::AclFile;
+use warden_policy::acl::{AclFile, AclRule};
 
 pub use crate::config::lookup::LookupConfig;
 use crate::config::lookup::{check_cache_ttl, check_timeout, MAX_IN_FLIGHT_CAP};
@@ -92,32 +92,9 @@ pub const MAX_BODY: u64 = 64 * 1024;
 /// Cached allows kept at most; the oldest is evicted first.
 pub const CACHE_CAPACITY: usize = 10_000;
 
-/// What the broker knows about a CONNECT, sent to the service.
-#[derive(Clone)]
-pub struct LookupRequest {
-    /// The CONNECT client id.
-    pub client_id: String,
-    /// The CONNECT user name.
-    pub username: Option<String>,
-    /// The CONNECT password (or token).
-    pub password: Option<Vec<u8>>,
-    /// The client's address.
-    pub peer: SocketAddr,
-    /// The verified client-certificate identity, if any.
-    pub cert_identity: Option<String>,
-}
-
-impl fmt::Debug for LookupRequest {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("LookupRequest")
-            .field("client_id", &self.client_id)
-            .field("username", &self.username)
-            .field("password", &self.password.as_ref().map(|_| "<redacted>"))
-            .field("peer", &self.peer)
-            .field("cert_identity", &self.cert_identity)
-            .finish()
-    }
-}
+/// What the broker knows about a CONNECT, sent to the service (the authentication chain
+/// asks for it: `warden_policy::authn::Step::NeedLookup`).
+pub use warden_policy::authn::LookupRequest;
 
 /// What an allow grants.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -142,16 +119,19 @@ impl Grant {
     /// The rules are checked as the principal's own (user `None` in
     /// [`AclFile::check`], like token scopes): `topic` lines and `pattern` lines with `%c` apply.
     pub fn rules(&self) -> Option<AclFile> {
-        let mut text = warden_policy::authz::scope_rule_lines(&self.scopes);
-        for l in &self.acl {
-            text.push_str(l);
-            text.push('\n');
+        let mut rules = warden_policy::authz::scope_rules(&self.scopes);
+        let first = rules.len() + 1;
+        for (i, l) in self.acl.iter().enumerate() {
+            match AclRule::parse_line(first + i, l) {
+                Ok(r) => rules.push(r),
+                // Every line was checked on its own; an error grants nothing (fail closed).
+                Err(_) => return Some(AclFile::default()),
+            }
         }
-        if text.is_empty() {
+        if rules.is_empty() {
             return None;
         }
-        // Every line was checked on its own; an error grants nothing (fail closed).
-        Some(AclFile::parse(&text).unwrap_or_default())
+        Some(AclFile::from_rules(rules))
     }
 }
 
@@ -242,7 +222,7 @@ fn check_acl_line(l: &str) -> Result<(), String> {
     if l.contains("%u") {
         return Err("'%u' in an ACL line (name the principal instead)".into());
     }
-    AclFile::parse(l).map(|_| ()).map_err(|e| e.to_string())
+    AclRule::parse_line(1, l).map(|_| ()).map_err(|e| e.to_string())
 }
 
 struct Entry {
@@ -739,12 +719,14 @@ mod tests {
             acl: vec!["topic read x/#".into(), "topic deny x/secret".into()],
             cache_ttl: None,
         };
+        use mqtt_codec::{QoS, TopicName};
         use warden_policy::Action;
+        let name = |t: &str| TopicName::new(t).unwrap();
         let r = g.rules().unwrap();
-        assert_eq!(r.check(None, "c", Action::Publish { qos: 0, retain: false }, "a/1"), Some(true));
-        assert_eq!(r.check(None, "c", Action::Receive, "x/1"), Some(true));
-        assert_eq!(r.check(None, "c", Action::Receive, "x/secret"), Some(false));
-        assert_eq!(r.check(None, "c", Action::Receive, "bad/1/x"), None);
+        assert_eq!(r.check(None, "c", Action::publish(&name("a/1"), QoS::AtMostOnce, false)), Some(true));
+        assert_eq!(r.check(None, "c", Action::receive(&name("x/1"))), Some(true));
+        assert_eq!(r.check(None, "c", Action::receive(&name("x/secret"))), Some(false));
+        assert_eq!(r.check(None, "c", Action::receive(&name("bad/1/x"))), None);
         let empty = Grant { scopes: vec!["openid".into()], acl: vec![], ..g };
         assert!(empty.rules().is_none());
     }

@@ -427,7 +427,7 @@ pub fn run(args: &AdminArgs) -> anyhow::Result<()> {
             BanCmd::Add { kind, value, expires_in, reason } => {
                 let mut body = json!({"kind": kind, "value": value});
                 if let Some(s) = expires_in {
-                    body["expires_at"] = json!(crate::auth::tokens::unix_now().saturating_add(*s));
+                    body["expires_at"] = json!(crate::clock::unix_now().saturating_add(*s));
                 }
                 if let Some(r) = reason {
                     body["reason"] = json!(r);
@@ -471,7 +471,7 @@ pub fn run(args: &AdminArgs) -> anyhow::Result<()> {
         AdminCommand::Audit { since, limit, json } => {
             let mut query = Vec::new();
             if let Some(s) = since {
-                query.push(format!("since={}", enc(&since_param(s, crate::auth::tokens::unix_now())?)));
+                query.push(format!("since={}", enc(&since_param(s, crate::clock::unix_now())?)));
             }
             if let Some(l) = limit {
                 query.push(format!("limit={l}"));

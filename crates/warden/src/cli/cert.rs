@@ -301,7 +301,7 @@ fn cert_facts(der: &[u8]) -> anyhow::Result<CertFacts> {
 }
 
 fn unix_now() -> i64 {
-    SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(0))
+    i64::try_from(crate::clock::unix_now()).unwrap_or(i64::MAX)
 }
 
 /// Append what `cert client` just issued to DIR/issued.json.

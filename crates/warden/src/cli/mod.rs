@@ -6,9 +6,11 @@
 //! - [`token`]: `warden token` (mint a token from the built-in token service's key).
 //! - [`admin`]: `warden admin …`, the CLI over the admin API.
 //! - [`import`]: `warden import` (Mosquitto dynamic-security JSON, mosquitto.conf).
+//! - [`audit`]: `warden audit` (the posture audit, a deployment gate).
 //! - [`bootstrap`]: first start of the embedded default (the `admin` user).
 
 pub mod admin;
+pub mod audit;
 pub mod bootstrap;
 pub mod cert;
 pub mod import;

@@ -43,6 +43,7 @@ pub struct PasswdArgs {
     pub scram: bool,
 }
 
+/// `warden passwd`: add, update or delete (`-D`) a user, or print a hash (`--hash-only`).
 pub fn run(args: &PasswdArgs) -> anyhow::Result<()> {
     if args.hash_only {
         let password = read_stdin_line()?;

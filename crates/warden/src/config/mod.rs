@@ -34,13 +34,17 @@ pub struct Config {
     pub data_dir: PathBuf,
     /// `[[listener]]` tables; at least one, no duplicate bind addresses.
     pub listeners: Vec<ListenerConfig>,
+    /// `[auth]`: authentication methods, anonymous access, hashing limits.
     pub auth: AuthConfig,
+    /// `[identity]`: client-id rules binding client ids to principals.
     pub identity: IdentityConfig,
     /// The HTTP side (token service, metrics); `None` when `[http]` is absent.
     pub http: Option<HttpConfig>,
     /// The built-in OAuth 2.0 token service (needs `[http]`).
     pub oauth: OAuthConfig,
+    /// `[authz]`: ACL file, policy store, what a denial does.
     pub authz: AuthzConfig,
+    /// `[limits]`: abuse limits, quotas, timeouts.
     pub limits: Limits,
     /// `[persistence]`: the durable store in `data_dir`.
     pub persistence: PersistenceConfig,
@@ -153,9 +157,13 @@ pub struct ListenerConfig {
 /// Transport of a listener. TOML: `"mqtt"` | `"mqtts"` | `"ws"` | `"wss"`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum ListenerProtocol {
+    /// MQTT over plain TCP.
     Mqtt,
+    /// MQTT over TLS.
     Mqtts,
+    /// MQTT over WebSocket.
     Ws,
+    /// MQTT over WebSocket over TLS.
     Wss,
 }
 
@@ -281,6 +289,7 @@ pub struct SecretRef {
     pub key: String,
     /// Line of the key in the configuration file (1-based).
     pub line: usize,
+    /// Where its value comes from (inline, a file, the environment).
     pub origin: SecretOrigin,
 }
 
@@ -1083,16 +1092,20 @@ pub enum ConfigError {
     /// The file could not be read. Display: `path: reason`.
     #[error("{}: {source}", path.display())]
     Io {
+        /// The file.
         path: PathBuf,
+        /// Why it could not be read.
         #[source]
         source: std::io::Error,
     },
     /// The file is not a valid configuration. Display: `path:line: reason`.
     #[error("{}:{line}: {reason}", path.display())]
     Invalid {
+        /// The file.
         path: PathBuf,
         /// 1-based line.
         line: usize,
+        /// What is wrong, in words.
         reason: String,
     },
 }
@@ -2371,15 +2384,17 @@ fn de_max_retained_bytes<'de, D: Deserializer<'de>>(d: D) -> Result<u64, D::Erro
 
 /// The permission bits of the file at `path` when group or others have any (`None` for a
 /// private file, or one that cannot be examined: loading it reports that).
+/// (What `warden check` and `warden audit` warn about.)
 #[cfg(unix)]
-fn open_to_others(path: &Path) -> Option<u32> {
+pub fn open_to_others(path: &Path) -> Option<u32> {
     use std::os::unix::fs::PermissionsExt;
     let mode = std::fs::metadata(path).ok()?.permissions().mode() & 0o7777;
     (mode & 0o077 != 0).then_some(mode)
 }
 
+/// Not a Unix system: file modes are not checked.
 #[cfg(not(unix))]
-fn open_to_others(_path: &Path) -> Option<u32> {
+pub fn open_to_others(_path: &Path) -> Option<u32> {
     None
 }
 

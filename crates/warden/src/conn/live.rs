@@ -152,7 +152,7 @@ impl LiveClients {
         conn: Arc<ConnWaker>,
     ) -> LiveRegistration {
         let id = self.next.fetch_add(1, Ordering::Relaxed);
-        let connected_at = u32::try_from(crate::auth::tokens::unix_now()).unwrap_or(u32::MAX);
+        let connected_at = u32::try_from(crate::clock::unix_now()).unwrap_or(u32::MAX);
         let jti = token_id(&principal).map(Box::from);
         let entry = Entry {
             client_id: client_id.clone(),
@@ -188,6 +188,29 @@ impl LiveClients {
             .collect();
         v.sort_by(|a, b| a.client_id.cmp(&b.client_id));
         v
+    }
+
+    /// The live connections authenticated with a client certificate (principal kind
+    /// certificate, or a fallback that claimed a certificate identity): client id, identity
+    /// and the certificate as `SERIAL@ISSUER` (hex of the serial number and of the issuer's DER name), for the posture audit's
+    /// shared-certificate finding.
+    pub fn certificate_connections(&self) -> Vec<crate::admin::posture::LiveCert> {
+        fn hex(b: &[u8]) -> String {
+            b.iter().map(|x| format!("{x:02x}")).collect()
+        }
+        self.inner
+            .lock()
+            .map
+            .values()
+            .filter_map(|e| match e.principal.credential() {
+                Some(Credential::Certificate(chain)) => Some(crate::admin::posture::LiveCert {
+                    client_id: e.client_id.to_string(),
+                    identity: e.principal.name.to_string(),
+                    certificate: format!("{}@{}", hex(&chain.leaf.serial), hex(&chain.leaf.issuer)),
+                }),
+                _ => None,
+            })
+            .collect()
     }
 
     /// The peer address of a connected client (for audit records).

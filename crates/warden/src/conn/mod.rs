@@ -34,6 +34,7 @@ use crate::admission::limits::{LogOnce, MemCharge, MemoryGauge, PublishLimiter, 
 use crate::auth::Authenticator;
 use crate::tls::CertIdentity;
 use warden_core::limits::hit;
+use warden_policy::authn;
 
 /// Read buffer of a quiet connection: idle connections should cost little memory.
 const IDLE_READ: usize = 512;
@@ -188,105 +189,113 @@ async fn read_connect<R: AsyncRead + Unpin>(rd: &mut R, buf: &mut BytesMut, max:
     }
 }
 
-/// The authentication method that admitted `p` (the `method` label of
-/// `warden_auth_attempts_total` and the connection's log line).
-fn accepted_method(p: &warden_policy::Principal, scram: bool) -> warden_core::metrics::AuthMethod {
-    use warden_core::metrics::AuthMethod as M;
-    use warden_policy::trust::CredentialSource as S;
-    if scram {
-        return M::Scram;
+/// The admission state the authentication chain consults for one CONNECT: the admin ban list,
+/// and the backoff of user names from this connection's address.
+struct Gate<'a> {
+    bans: &'a crate::admission::bans::BanList,
+    slot: Option<&'a Admitted>,
+    now: Instant,
+}
+
+impl authn::Admission for Gate<'_> {
+    fn name_banned(&self, client_id: &str, username: Option<&str>, now: u64) -> bool {
+        self.bans.name_banned(client_id, username, now)
     }
-    if p.kind == warden_policy::PrincipalKind::Fallback {
-        return M::Lookup;
-    }
-    match p.source {
-        S::PasswordFile | S::StoreUser | S::Restored => M::Password,
-        S::Certificate => M::Certificate,
-        S::Token => M::Token,
-        S::Lookup => M::Lookup,
-        S::Anonymous => M::Anonymous,
+
+    fn backing_off(&self, username: &str) -> bool {
+        self.slot.is_some_and(|s| s.user_backing_off(username, self.now))
     }
 }
 
-/// The method a refused CONNECT tried: SCRAM when it named an authentication method, a
-/// password or a token when it sent one, else its client certificate, else none (anonymous).
-fn attempted_method(c: &mqtt_codec::Connect, password_attempt: bool, cert: bool) -> warden_core::metrics::AuthMethod {
-    use warden_core::metrics::AuthMethod as M;
-    if c.properties.authentication_method.is_some() {
-        M::Scram
-    } else if password_attempt {
-        M::Password
-    } else if c.password.is_some() {
-        M::Token
-    } else if cert {
-        M::Certificate
-    } else {
-        M::Anonymous
-    }
-}
-
-/// Does a CONNECT refused with `code` count as a failed login towards the address's ban and the
-/// user name's backoff? Only guesses do: a wrong secret (0x86), and a CONNECT without any
-/// credentials where anonymous clients are refused (0x87: a scanner). A refusal of what the
-/// credentials may do — a will topic, an unsupported authentication method (0x8C), a client id
-/// (0x85), a disabled account, a ban — is not a guess: counting it would let one misconfigured
-/// device ban the whole address it shares with others behind a NAT.
-fn failed_credentials(code: ReasonCode, connect: &mqtt_codec::Connect) -> bool {
-    code == ReasonCode::BAD_USER_NAME_OR_PASSWORD
-        || (code == ReasonCode::NOT_AUTHORIZED
-            && connect.username.is_none()
-            && connect.password.is_none()
-            && connect.properties.authentication_method.is_none())
-}
-
-/// The SCRAM-SHA-256 exchange (RFC 5802 / 7677) carried in CONNECT → AUTH (0x18) → AUTH (0x18)
-/// → CONNACK. Returns the user name and the server-final message, or the CONNACK refusal:
-/// 0x8C for an unsupported method (or no SCRAM credentials configured), 0x86 for a failed
-/// proof (the same exchange whether the user exists or not), 0x82 for a protocol violation.
-async fn scram_exchange<R, W>(
+/// Run the authentication chain ([`warden_policy::authn`]) to its verdict, performing the I/O
+/// it asks for: the slow hash on the blocking pool (within the hashing budget), the look-up
+/// call, the JWKS fetch, and the SCRAM-SHA-256 exchange (RFC 5802 / 7677) carried in CONNECT →
+/// AUTH (0x18) → AUTH (0x18) → CONNACK, within the same `connect_timeout` [MQTT-4.12.0-1].
+#[allow(clippy::too_many_arguments)]
+async fn authenticate<R, W>(
+    ctx: &ConnContext,
     connect: &mqtt_codec::Connect,
+    cert: CertIdentity,
+    peer: SocketAddr,
+    slot: Option<&Admitted>,
+    rd: &mut R,
+    wr: &mut W,
+    rbuf: &mut BytesMut,
+) -> Result<authn::Authenticated, authn::Refusal>
+where
+    R: AsyncRead + Unpin,
+    W: AsyncWrite + Unpin,
+{
+    let gate = Gate { bans: &ctx.bans, slot, now: Instant::now() };
+    let (mut chain, mut step) = authn::Chain::begin(
+        ctx.auth.context(&gate),
+        authn::ConnectView::of(connect),
+        cert,
+        peer,
+        crate::clock::unix_now(),
+    );
+    let mut exchange_deadline = None;
+    loop {
+        let answer = match step {
+            authn::Step::Done(a) => return Ok(*a),
+            authn::Step::Refuse(r) => {
+                if let authn::Cause::Token(reason) = &r.cause {
+                    // The reason is logged; the token never is.
+                    info!(client_id = %crate::logsafe::Escaped(&connect.client_id),
+                        reason = %crate::logsafe::Escaped(reason), "access token refused");
+                }
+                return Err(r);
+            }
+            authn::Step::NeedHash(job) => authn::Answer::Hash(ctx.auth.hash(job).await),
+            authn::Step::NeedLookup(req) => authn::Answer::Lookup(ctx.auth.look_up(&req).await),
+            authn::Step::NeedJwks => authn::Answer::Jwks(ctx.auth.refresh_jwks().await),
+            authn::Step::NeedAuthData(challenge) => {
+                let deadline =
+                    *exchange_deadline.get_or_insert_with(|| tokio::time::Instant::now() + ctx.connect_timeout);
+                // Boxed: this state is needed only during CONNECT, not for the connection's life.
+                let exchange = Box::pin(auth_exchange(challenge, rd, wr, rbuf, ctx.max_packet_size));
+                let reply = tokio::time::timeout_at(deadline, exchange).await.unwrap_or(authn::AuthReply::TimedOut);
+                authn::Answer::AuthData(reply)
+            }
+        };
+        step = chain.continue_with(answer);
+    }
+}
+
+/// Send an AUTH packet (0x18 Continue authentication) and read the client's reply.
+async fn auth_exchange<R, W>(
+    challenge: authn::AuthChallenge,
     rd: &mut R,
     wr: &mut W,
     rbuf: &mut BytesMut,
     max: u32,
-    auth: &Authenticator,
-) -> Result<(String, Vec<u8>), ReasonCode>
+) -> authn::AuthReply
 where
     R: AsyncRead + Unpin,
     W: AsyncWrite + Unpin,
 {
     use mqtt_codec::{Auth, Properties};
-    use warden_policy::scram::ScramServer;
-    let method = connect.properties.authentication_method.clone().unwrap_or_default();
-    if connect.protocol != Protocol::V5 || method != "SCRAM-SHA-256" || !auth.scram_enabled() {
-        return Err(ReasonCode::BAD_AUTHENTICATION_METHOD);
-    }
-    let first_data = connect.properties.authentication_data.as_deref().unwrap_or_default();
-    let first = ScramServer::client_first(first_data).map_err(|_| ReasonCode::BAD_USER_NAME_OR_PASSWORD)?;
-    let creds = auth.scram_credentials(&first.username);
-    let (server, server_first) = ScramServer::server_first(first, creds.as_ref());
     let mut out = BytesMut::new();
     let props = Properties {
-        authentication_method: Some(method.clone()),
-        authentication_data: Some(bytes::Bytes::from(server_first)),
+        authentication_method: Some(challenge.method),
+        authentication_data: Some(bytes::Bytes::from(challenge.data)),
         ..Default::default()
     };
     Packet::Auth(Auth { reason_code: ReasonCode::CONTINUE_AUTHENTICATION, properties: props.into() })
         .encode(Protocol::V5, &mut out);
-    wr.write_all(&out).await.map_err(|_| ReasonCode::UNSPECIFIED_ERROR)?;
-    let reply = match read_packet(rd, rbuf, Protocol::V5, max).await {
-        Ok(p) => p,
-        Err(ReadError::Decode(e)) => return Err(e.reason_code()),
-        Err(ReadError::Closed) => return Err(ReasonCode::UNSPECIFIED_ERROR),
-    };
-    let Packet::Auth(a) = reply else { return Err(ReasonCode::PROTOCOL_ERROR) };
-    if a.reason_code != ReasonCode::CONTINUE_AUTHENTICATION
-        || a.properties.authentication_method.as_deref() != Some(&method)
-    {
-        return Err(ReasonCode::PROTOCOL_ERROR); // the method may not change mid-exchange [MQTT-4.12.0-?]
+    if wr.write_all(&out).await.is_err() {
+        return authn::AuthReply::Closed;
     }
-    let data = a.properties.authentication_data.as_deref().unwrap_or_default();
-    server.client_final(data).map_err(|_| ReasonCode::BAD_USER_NAME_OR_PASSWORD)
+    match read_packet(rd, rbuf, Protocol::V5, max).await {
+        Ok(Packet::Auth(a)) => authn::AuthReply::Auth {
+            reason_code: a.reason_code,
+            method: a.properties.authentication_method.clone(),
+            data: a.properties.authentication_data.as_deref().map(<[u8]>::to_vec),
+        },
+        Ok(_) => authn::AuthReply::Other,
+        Err(ReadError::Decode(e)) => authn::AuthReply::Malformed(e.reason_code()),
+        Err(ReadError::Closed) => authn::AuthReply::Closed,
+    }
 }
 
 /// A connection's transport, split into halves that the driver reads and writes concurrently.
@@ -402,8 +411,6 @@ pub struct Core {
     /// The per-address admission slot, released when the connection ends.
     _slot: Option<Admitted>,
     _count: Option<ConnCount>,
-    /// When the keep alive runs out without input (none when the keep alive is 0).
-    keep_alive_deadline: Option<tokio::time::Instant>,
     /// Made at the first PUBLISH (a bucket starts full, so this is the same as making it now):
     /// connections that never publish carry none.
     limiter: Option<Box<PublishLimiter>>,
@@ -456,11 +463,8 @@ async fn live<S: Transport>(mut l: Live<S::Read, S::Write>) {
                 let Live { core, rd, wr, rbuf, wbuf } = l;
                 match S::into_std(rd, wr) {
                     Ok(Ok(stream)) => {
-                        let deadline = [core.keep_alive_deadline, core.limits.as_ref().and_then(|l| l.token_deadline)]
-                            .into_iter()
-                            .flatten()
-                            .min()
-                            .map(|d| d.into_std());
+                        // The core's next timeout (keep alive, token expiry) wakes it.
+                        let deadline = core.conn.poll_timeout();
                         match core.parking().cloned() {
                             Some(lot) => lot.park(core, stream, deadline),
                             None => lost(core, &"no parking lot"),
@@ -548,147 +552,103 @@ async fn establish<S: Transport>(start: Box<Start<S>>) -> Option<Live<S::Read, S
         }
     };
     let protocol = connect.protocol;
-    // Banned client ids and user names are refused before any authentication work.
-    let banned = |user: Option<&str>| ctx.bans.name_banned(&connect.client_id, user, crate::auth::tokens::unix_now());
-    if banned(connect.username.as_deref()) {
-        info!(%peer, client_id = %crate::logsafe::Escaped(&connect.client_id), user = ?connect.username, "banned client refused");
-        let client_max = connect.properties.maximum_packet_size.unwrap_or(u32::MAX);
-        write_connack(protocol, false, ReasonCode::BANNED, Default::default(), client_max, &mut wbuf);
-        let _ = wr.write_all(&wbuf).await;
-        let _ = wr.shutdown().await;
-        return None;
-    }
-    // A user name backing off from this address after repeated failed passwords is refused
-    // before any hashing (v5 0x9F Connection rate exceeded; v3 0x03). Other addresses are not
-    // affected, and neither are access tokens (nothing to guess; the address ban covers floods).
-    // (A verified client certificate authenticates on its own: a password sent with it is
-    // not consulted, so it is no attempt at that user name's password.)
-    let cert_proves = matches!(&cert, Some(crate::tls::ClientCert { identity: Ok(_), .. }));
     // The certificate identity, for the connection's log line (the certificate itself goes to
     // authentication).
     let cert_identity = cert.as_ref().and_then(|c| c.identity.as_ref().ok().cloned());
-    let password_attempt = ctx.auth.is_password_attempt(&connect) && !cert_proves;
-    let cert_present = cert.is_some();
-    if let (Some(s), Some(user), true) = (&slot, connect.username.as_deref(), password_attempt) {
-        let now = Instant::now();
-        if s.user_backing_off(user, now) {
-            if s.auth_failed(now) {
-                hit(&ctx.broker.stats.limits.bans);
-            }
-            hit(&ctx.broker.stats.limits.auth_backoff_refused);
-            ctx.broker.stats.connections_refused.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-            ctx.log_limit(&peer.ip().to_string(), "auth_fail_backoff", "CONNECT refused (0x9F)");
-            let client_max = connect.properties.maximum_packet_size.unwrap_or(u32::MAX);
-            write_connack(
-                protocol,
-                false,
-                ReasonCode::CONNECTION_RATE_EXCEEDED,
-                Default::default(),
-                client_max,
-                &mut wbuf,
-            );
-            let _ = wr.write_all(&wbuf).await;
-            let _ = wr.shutdown().await;
-            return None;
-        }
-    }
-    // MQTT 5 enhanced authentication (SCRAM-SHA-256) runs before the CONNACK, within the
-    // same connect_timeout [MQTT-4.12.0-?]; otherwise the configured methods decide.
-    let mut enhanced_auth = None;
-    let mut scram_user = None;
-    let authenticated = if connect.properties.authentication_method.is_some() {
-        // Boxed: this state is needed only during CONNECT, not for the connection's life.
-        tokio::time::timeout(
-            ctx.connect_timeout,
-            Box::pin(scram_exchange(&connect, &mut rd, &mut wr, &mut rbuf, ctx.max_packet_size, &ctx.auth)),
-        )
-        .await
-        .unwrap_or(Err(ReasonCode::NOT_AUTHORIZED))
-        .map(|(user, server_final)| {
-            enhanced_auth = Some(bytes::Bytes::from(server_final));
-            let principal = warden_policy::Principal::user(&user);
-            scram_user = Some(user);
-            crate::auth::Authenticated::from(principal)
-        })
-        .map_err(crate::auth::Refusal::from)
-    } else {
-        Box::pin(ctx.auth.authenticate(&connect, cert, peer)).await
-    };
-    let authed = match authenticated.and_then(|a| {
-        ctx.auth.check_client_id(&a.principal, &connect.client_id)?;
-        if banned(Some(&a.principal.name)) {
-            return Err(ReasonCode::BANNED.into());
-        }
-        Ok(a)
-    }) {
+    // Who the client is: bans, backoff, SCRAM, the configured methods, the client-id rules —
+    // all decided by the chain; boxed, as its state is needed only during CONNECT.
+    let decided = Box::pin(authenticate(&ctx, &connect, cert, peer, slot.as_ref(), &mut rd, &mut wr, &mut rbuf)).await;
+    let client_max = connect.properties.maximum_packet_size.unwrap_or(u32::MAX);
+    let authed = match decided {
         Ok(a) => {
-            ctx.broker.stats.security.auth_attempt(accepted_method(&a.principal, scram_user.is_some()), true);
-            // A fail-open client's password was not checked: it does not end a user's backoff.
-            let verified = a.principal.kind != warden_policy::PrincipalKind::Fallback;
-            // Only the password of that user name lifts its backoff: a token or a certificate
-            // of another principal sent with the name does not.
-            if let (Some(s), Some(user), true) = (&slot, connect.username.as_deref(), password_attempt && verified) {
-                if *a.principal.name == *user {
-                    s.user_succeeded(user);
-                }
+            ctx.broker.stats.security.auth_attempt(a.method, true);
+            if a.principal.kind == warden_policy::PrincipalKind::Fallback {
+                info!(client_id = %crate::logsafe::Escaped(&connect.client_id), claimed = %crate::logsafe::Escaped(&a.principal.name),
+                    %peer, role = a.principal.roles.first().map_or("", |r| &**r),
+                    "HTTP look-up unavailable: admitted as a fail-open fallback principal");
+            }
+            if let (Some(s), Some(user)) = (&slot, a.backoff_cleared.as_deref()) {
+                s.user_succeeded(user);
             }
             a
         }
-        Err(crate::auth::Refusal { code, busy: Some(why) }) => {
-            // One of the broker's own limits was full: the credentials were not checked, so
-            // this is not a failed login (no ban, no backoff). Logged once per address per
-            // interval.
-            let (counter, name) = match why {
-                crate::auth::Busy::Hashing => (&ctx.broker.stats.limits.auth_hash_busy, "auth_hash_wait"),
-                crate::auth::Busy::Lookup => (&ctx.broker.stats.limits.lookup_busy, "lookup max_in_flight"),
-            };
-            hit(counter);
-            ctx.broker.stats.connections_refused.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-            ctx.log_limit(&peer.ip().to_string(), name, "CONNECT refused (0x89 server busy)");
-            let client_max = connect.properties.maximum_packet_size.unwrap_or(u32::MAX);
-            write_connack(protocol, false, code, Default::default(), client_max, &mut wbuf);
-            let _ = wr.write_all(&wbuf).await;
-            let _ = wr.shutdown().await;
-            return None;
-        }
-        Err(crate::auth::Refusal { code, busy: None }) => {
-            if let Some(s) = slot.as_ref().filter(|_| failed_credentials(code, &connect)) {
-                let now = Instant::now();
-                if s.auth_failed(now) {
-                    hit(&ctx.broker.stats.limits.bans);
+        Err(r) => {
+            match r.cause {
+                authn::Cause::Banned => {
+                    // Banned client ids and user names are refused before any authentication
+                    // work.
+                    info!(%peer, client_id = %crate::logsafe::Escaped(&connect.client_id), user = ?connect.username, "banned client refused");
                 }
-                if let (Some(user), true) = (connect.username.as_deref(), password_attempt) {
-                    s.user_failed(user, now);
+                authn::Cause::BackingOff => {
+                    // A user name backing off from this address after repeated failed
+                    // passwords is refused before any hashing (v5 0x9F; v3 0x03).
+                    if let Some(s) = &slot {
+                        if s.auth_failed(Instant::now()) {
+                            hit(&ctx.broker.stats.limits.bans);
+                        }
+                    }
+                    hit(&ctx.broker.stats.limits.auth_backoff_refused);
+                    ctx.broker.stats.connections_refused.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    ctx.log_limit(&peer.ip().to_string(), "auth_fail_backoff", "CONNECT refused (0x9F)");
+                }
+                authn::Cause::Busy(why) => {
+                    // One of the broker's own limits was full: the credentials were not
+                    // checked, so this is not a failed login (no ban, no backoff). Logged once
+                    // per address per interval.
+                    let (counter, name) = match why {
+                        authn::Busy::Hashing => (&ctx.broker.stats.limits.auth_hash_busy, "auth_hash_wait"),
+                        authn::Busy::Lookup => (&ctx.broker.stats.limits.lookup_busy, "lookup max_in_flight"),
+                    };
+                    hit(counter);
+                    ctx.broker.stats.connections_refused.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    ctx.log_limit(&peer.ip().to_string(), name, "CONNECT refused (0x89 server busy)");
+                }
+                _ => {
+                    // A guess counts towards the address's ban, and a guessed password towards
+                    // the user name's backoff (the chain says which).
+                    if let Some(s) = slot.as_ref().filter(|_| r.guess) {
+                        let now = Instant::now();
+                        if s.auth_failed(now) {
+                            hit(&ctx.broker.stats.limits.bans);
+                        }
+                        if let Some(user) = r.backoff_user.as_deref() {
+                            s.user_failed(user, now);
+                        }
+                    }
+                    let method = r.method;
+                    ctx.broker.stats.security.auth_attempt(method, false);
+                    // The user name is logged; the password never is.
+                    // Logged per peer address: its first refusals in a window, then counted
+                    // (reported with its next line), so that a wrong-password flood cannot fill
+                    // the log.
+                    let code = r.code;
+                    if let Some(not_logged) = ctx.refusal_log.check(peer.ip(), Instant::now()) {
+                        info!(%peer, client_id = %crate::logsafe::Escaped(&connect.client_id),
+                            user = %crate::logsafe::Escaped(connect.username.as_deref().unwrap_or("-")),
+                            method = method.as_str(), reason = %code, why = code.description(), not_logged,
+                            "authentication refused");
+                    }
+                    ctx.broker.stats.connections_refused.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                 }
             }
-            let method = attempted_method(&connect, password_attempt, cert_identity.is_some() || cert_present);
-            ctx.broker.stats.security.auth_attempt(method, false);
-            // The user name is logged; the password never is.
-            // Logged per peer address: its first refusals in a window, then counted (reported
-            // with its next line), so that a wrong-password flood cannot fill the log.
-            if let Some(not_logged) = ctx.refusal_log.check(peer.ip(), Instant::now()) {
-                info!(%peer, client_id = %crate::logsafe::Escaped(&connect.client_id),
-                    user = %crate::logsafe::Escaped(connect.username.as_deref().unwrap_or("-")),
-                    method = method.as_str(), reason = %code, why = code.description(), not_logged,
-                    "authentication refused");
-            }
-            ctx.broker.stats.connections_refused.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-            let client_max = connect.properties.maximum_packet_size.unwrap_or(u32::MAX);
-            write_connack(protocol, false, code, Default::default(), client_max, &mut wbuf);
+            write_connack(protocol, false, r.code, Default::default(), client_max, &mut wbuf);
             let _ = wr.write_all(&wbuf).await;
             let _ = wr.shutdown().await;
             return None;
         }
     };
+    let enhanced_auth = authed.auth_data.map(bytes::Bytes::from);
+    let scram_user = authed.scram_user;
     let principal = authed.principal;
-    // A token-authenticated connection ends when its token expires or is revoked.
-    let token_deadline = authed.token.as_ref().map(|t| {
-        let left = t.expires_at.saturating_sub(crate::auth::tokens::unix_now());
-        tokio::time::Instant::now() + Duration::from_secs(left)
+    // A token-authenticated connection ends when its token expires (a core timeout) or is
+    // revoked.
+    let token_expiry = authed.token.as_ref().map(|t| {
+        let left = t.expires_at.saturating_sub(crate::clock::unix_now());
+        Instant::now() + Duration::from_secs(left)
     });
     let notify = Arc::new(ConnWaker::default());
     let client_id_req = connect.client_id.clone();
-    let conn =
+    let mut conn =
         match ctx.broker.connect(*connect, principal.clone(), notify.clone(), enhanced_auth, Instant::now(), &mut wbuf)
         {
             Ok(c) => c,
@@ -702,7 +662,7 @@ async fn establish<S: Transport>(start: Box<Start<S>>) -> Option<Live<S::Read, S
             }
         };
     info!(%peer, client_id = %crate::logsafe::Escaped(conn.client_id()), principal = %crate::logsafe::Escaped(&principal),
-        method = accepted_method(&principal, scram_user.is_some()).as_str(),
+        method = authed.method.as_str(),
         certificate = %crate::logsafe::Escaped(cert_identity.as_deref().unwrap_or("-")),
         protocol = match protocol { Protocol::V31 => "3.1", Protocol::V311 => "3.1.1", Protocol::V5 => "5" },
         "client connected");
@@ -713,9 +673,8 @@ async fn establish<S: Transport>(start: Box<Start<S>>) -> Option<Live<S::Read, S
         // first): end this one too.
         notify.end(ReasonCode::SERVER_SHUTTING_DOWN);
     }
-    let limits =
-        (token_deadline.is_some() || scram_user.is_some()).then(|| Box::new(Limits { token_deadline, scram_user }));
-    let keep_alive_deadline = keep_alive_span(&conn).map(|k| tokio::time::Instant::now() + k);
+    conn.set_credential_expiry(token_expiry);
+    let limits = scram_user.is_some().then(|| Box::new(Limits { scram_user }));
     let core = Core {
         conn,
         notify,
@@ -724,93 +683,27 @@ async fn establish<S: Transport>(start: Box<Start<S>>) -> Option<Live<S::Read, S
         registration,
         _slot: slot,
         _count: count,
-        keep_alive_deadline,
         limiter: None,
         parked_before: false,
     };
     Some(Live { core, rd, wr, rbuf, wbuf })
 }
 
-/// How long a connection may stay silent: 1.5 × its keep alive [MQTT-3.1.2-24] (none for 0).
-fn keep_alive_span(conn: &Connection) -> Option<Duration> {
-    (conn.keep_alive() > 0).then(|| Duration::from_millis(u64::from(conn.keep_alive()) * 1500))
-}
-
-/// Deadlines that end a connection from outside the protocol.
+/// What only some connections carry (the keep alive and the token's expiry are the core's
+/// timeouts: `Connection::poll_timeout`).
 struct Limits {
-    /// When the access token expires.
-    token_deadline: Option<tokio::time::Instant>,
     /// The user of a connection authenticated with SCRAM-SHA-256 (it may re-authenticate).
     scram_user: Option<String>,
 }
 
-/// MQTT 5 re-authentication (§4.12.1) of a SCRAM-authenticated connection: AUTH 0x19
-/// (client-first) → AUTH 0x18 (server-first) → AUTH 0x18 (client-final) → AUTH 0x00
-/// (server-final). The same user must prove itself again; a failure disconnects with 0x87.
-#[derive(Default)]
-enum Reauth {
-    #[default]
-    Idle,
-    /// Boxed: a connection holds it only between two AUTH packets.
-    AwaitFinal(Box<warden_policy::scram::ScramServer>),
-}
-
-impl Reauth {
-    fn step(
-        &mut self,
-        a: mqtt_codec::Auth,
-        user: &str,
-        auth: &Authenticator,
-        out: &mut BytesMut,
-    ) -> Result<(), ReasonCode> {
-        use mqtt_codec::{Auth, Properties};
-        use warden_policy::scram::ScramServer;
-        const METHOD: &str = "SCRAM-SHA-256";
-        // The method may not change [MQTT-4.12.1-1].
-        if a.properties.authentication_method.as_deref() != Some(METHOD) {
-            return Err(ReasonCode::PROTOCOL_ERROR);
-        }
-        let data = a.properties.authentication_data.as_deref().unwrap_or_default();
-        let reply = |code: ReasonCode, data: Vec<u8>, out: &mut BytesMut| {
-            let properties = Properties {
-                authentication_method: Some(METHOD.into()),
-                authentication_data: Some(bytes::Bytes::from(data)),
-                ..Default::default()
-            };
-            Packet::Auth(Auth { reason_code: code, properties: properties.into() }).encode(Protocol::V5, out);
-        };
-        match (std::mem::take(self), a.reason_code) {
-            (Reauth::Idle, ReasonCode::REAUTHENTICATE) => {
-                let first = ScramServer::client_first(data).map_err(|_| ReasonCode::NOT_AUTHORIZED)?;
-                if first.username != user {
-                    return Err(ReasonCode::NOT_AUTHORIZED); // the identity may not change
-                }
-                let creds = auth.scram_credentials(&first.username);
-                let (server, server_first) = ScramServer::server_first(first, creds.as_ref());
-                reply(ReasonCode::CONTINUE_AUTHENTICATION, server_first, out);
-                *self = Reauth::AwaitFinal(Box::new(server));
-                Ok(())
-            }
-            (Reauth::AwaitFinal(server), ReasonCode::CONTINUE_AUTHENTICATION) => {
-                let (_, server_final) = server.client_final(data).map_err(|_| ReasonCode::NOT_AUTHORIZED)?;
-                reply(ReasonCode::SUCCESS, server_final, out);
-                Ok(())
-            }
-            _ => Err(ReasonCode::PROTOCOL_ERROR),
-        }
-    }
-}
-
 async fn drive<R: ReadReady, W: AsyncWrite + Unpin>(l: &mut Live<R, W>) -> Driven {
     let Live { core, rd, wr, rbuf, wbuf } = l;
-    let Core { conn, notify, ctx, limits, keep_alive_deadline: deadline, limiter, parked_before, .. } = core;
+    let Core { conn, notify, ctx, limits, limiter, parked_before, .. } = core;
     let (notify, ctx): (&ConnWaker, &ConnContext) = (notify, ctx);
     let limits = limits.as_deref();
     let scram_user = limits.and_then(|l| l.scram_user.as_deref());
-    let token_deadline = limits.and_then(|l| l.token_deadline);
     let lost = Close { reason: ReasonCode::UNSPECIFIED_ERROR, publish_will: true };
     let protocol = conn.protocol();
-    let keep_alive = keep_alive_span(conn);
     // Quiet this long, the connection parks (plain TCP only: its transport can wait without a
     // buffer and be taken out of tokio).
     // Most idle connections are idle from their CONNACK on (devices that connect, subscribe
@@ -836,7 +729,7 @@ async fn drive<R: ReadReady, W: AsyncWrite + Unpin>(l: &mut Live<R, W>) -> Drive
     };
     let mut pending_input = !rbuf.is_empty();
     let mut busy = false;
-    let mut reauth = Reauth::default();
+    let mut reauth = authn::Reauth::default();
     // Reading is paused until then (publish rate or bandwidth throttle).
     let mut throttled_until: Option<tokio::time::Instant> = None;
     let mut mem = MemCharge::new(ctx.memory.clone(), Instant::now());
@@ -858,9 +751,32 @@ async fn drive<R: ReadReady, W: AsyncWrite + Unpin>(l: &mut Live<R, W>) -> Drive
                 let before = rbuf.len();
                 match decode_cached(rbuf, protocol, ctx.max_packet_size, &mut last_topic) {
                     Ok(Some(Packet::Auth(a))) if scram_user.is_some() => {
-                        if let Err(code) = reauth.step(a, scram_user.unwrap_or(""), &ctx.auth, wbuf) {
-                            info!(client_id = %crate::logsafe::Escaped(conn.client_id()), reason = %code, "re-authentication refused");
-                            return Driven::Closed(conn.disconnect(wbuf, code));
+                        // MQTT 5 re-authentication (§4.12.1): the same user proves itself again.
+                        let passwords = ctx.auth.passwords();
+                        let step = reauth.step(
+                            a.reason_code,
+                            a.properties.authentication_method.as_deref(),
+                            a.properties.authentication_data.as_deref(),
+                            scram_user.unwrap_or(""),
+                            passwords.as_deref(),
+                        );
+                        match step {
+                            Ok(reply) => {
+                                let properties = mqtt_codec::Properties {
+                                    authentication_method: Some(warden_policy::scram::MECHANISM.into()),
+                                    authentication_data: Some(bytes::Bytes::from(reply.data)),
+                                    ..Default::default()
+                                };
+                                Packet::Auth(mqtt_codec::Auth {
+                                    reason_code: reply.reason_code,
+                                    properties: properties.into(),
+                                })
+                                .encode(Protocol::V5, wbuf);
+                            }
+                            Err(code) => {
+                                info!(client_id = %crate::logsafe::Escaped(conn.client_id()), reason = %code, "re-authentication refused");
+                                return Driven::Closed(conn.disconnect(wbuf, code));
+                            }
                         }
                     }
                     Ok(Some(p)) => {
@@ -958,12 +874,17 @@ async fn drive<R: ReadReady, W: AsyncWrite + Unpin>(l: &mut Live<R, W>) -> Drive
             && wbuf.is_empty()
             && throttled_until.is_none()
             && !mem_paused
-            && matches!(reauth, Reauth::Idle);
+            && reauth.is_idle();
         let park_at = park_after.filter(|_| quiet).map(|a| tokio::time::Instant::now() + a);
-        let wake_at = [*deadline, token_deadline, throttled_until, stall_deadline, mem_sample, park_at]
-            .into_iter()
-            .flatten()
-            .min();
+        // The core's own timeout: the keep alive [MQTT-3.1.2-24] or the access token's expiry.
+        let core_deadline = conn.poll_timeout().map(tokio::time::Instant::from_std);
+        let deadlines = Deadlines {
+            stall: stall_deadline,
+            core: core_deadline,
+            throttle: throttled_until,
+            park: park_at,
+            memory_sample: mem_sample,
+        };
         tokio::select! {
             r = read_some(rd, rbuf, busy), if can_read => {
                 match r {
@@ -971,9 +892,7 @@ async fn drive<R: ReadReady, W: AsyncWrite + Unpin>(l: &mut Live<R, W>) -> Drive
                     Ok((_, filled)) => {
                         busy = filled;
                         pending_input = true;
-                        if let Some(k) = keep_alive {
-                            *deadline = Some(tokio::time::Instant::now() + k);
-                        }
+                        conn.note_input(Instant::now());
                     }
                 }
             }
@@ -1007,10 +926,8 @@ async fn drive<R: ReadReady, W: AsyncWrite + Unpin>(l: &mut Live<R, W>) -> Drive
                     Err(c) => return Driven::Closed(c),
                 }
             }
-            _ = sleep_until_opt(wake_at) => {
-                let now = tokio::time::Instant::now();
-                let passed = |d: Option<tokio::time::Instant>| d.is_some_and(|d| d <= now);
-                if passed(stall_deadline) {
+            _ = sleep_until_opt(deadlines.next()) => match deadlines.passed(tokio::time::Instant::now()) {
+                Some(Deadline::Stall) => {
                     // The client reads nothing: what is pending cannot be delivered, DISCONNECT
                     // included. Its QoS 1/2 messages stay in the session for a reconnect.
                     hit(&ctx.broker.stats.limits.write_stalled);
@@ -1018,28 +935,80 @@ async fn drive<R: ReadReady, W: AsyncWrite + Unpin>(l: &mut Live<R, W>) -> Drive
                     wbuf.clear();
                     return Driven::Closed(conn.disconnect(&mut BytesMut::new(), ReasonCode::SERVER_BUSY));
                 }
-                if passed(*deadline) {
-                    debug!(client_id = %crate::logsafe::Escaped(conn.client_id()), "keep alive timeout");
-                    return Driven::Closed(conn.keep_alive_timeout(wbuf)); // [MQTT-3.1.2-24]
+                Some(Deadline::Core) => {
+                    // The keep alive ran out (0x8D, the will published) [MQTT-3.1.2-24], or the
+                    // credential expired (0xA0, the will discarded like a revocation's: SPEC §10).
+                    if let Err(close) = conn.handle_timeout(Instant::now(), wbuf) {
+                        let what = if close.reason == ReasonCode::KEEP_ALIVE_TIMEOUT {
+                            "keep alive timeout"
+                        } else {
+                            "access token expired"
+                        };
+                        debug!(client_id = %crate::logsafe::Escaped(conn.client_id()), "{what}");
+                        return Driven::Closed(close);
+                    }
                 }
-                if passed(token_deadline) {
-                    debug!(client_id = %crate::logsafe::Escaped(conn.client_id()), "access token expired");
-                    // The credential expired (SPEC §10): the will is discarded, like a revocation's.
-                    let mut close = conn.disconnect(wbuf, ReasonCode::MAXIMUM_CONNECT_TIME);
-                    close.publish_will = false;
-                    return Driven::Closed(close);
-                }
-                if passed(throttled_until) {
-                    throttled_until = None;
-                }
-                if passed(park_at) {
+                Some(Deadline::Throttle) => throttled_until = None,
+                Some(Deadline::Park) => {
                     *parked_before = true;
                     conn.shrink();
                     return Driven::Quiet;
                 }
                 // The memory sample: the next turn of the loop looks at the gauge again.
+                Some(Deadline::MemorySample) | None => {}
             }
         }
+    }
+}
+
+/// Which of a connection's [`Deadlines`] passed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Deadline {
+    /// Output has not moved for `write_stall_timeout`: closed (Server busy).
+    Stall,
+    /// The core's timeout (`Connection::poll_timeout`: keep alive, credential expiry).
+    Core,
+    /// A publish throttle ends: reading resumes.
+    Throttle,
+    /// Quiet long enough: the connection parks.
+    Park,
+    /// Paused above `max_memory`: look at the gauge again.
+    MemorySample,
+}
+
+/// The deadlines of a connection, as one pure value the driver builds each turn: it sleeps
+/// until [`Deadlines::next`] (one timer: a tokio `Sleep` is over 100 bytes of the task's state)
+/// and asks [`Deadlines::passed`] which one fired.
+#[derive(Debug, Default, Clone, Copy)]
+struct Deadlines {
+    stall: Option<tokio::time::Instant>,
+    core: Option<tokio::time::Instant>,
+    throttle: Option<tokio::time::Instant>,
+    park: Option<tokio::time::Instant>,
+    memory_sample: Option<tokio::time::Instant>,
+}
+
+impl Deadlines {
+    /// In the order they are acted on when several passed at once: a connection that must
+    /// close is closed before it could park.
+    fn in_order(&self) -> [(Deadline, Option<tokio::time::Instant>); 5] {
+        [
+            (Deadline::Stall, self.stall),
+            (Deadline::Core, self.core),
+            (Deadline::Throttle, self.throttle),
+            (Deadline::Park, self.park),
+            (Deadline::MemorySample, self.memory_sample),
+        ]
+    }
+
+    /// The earliest deadline, if any.
+    fn next(&self) -> Option<tokio::time::Instant> {
+        self.in_order().into_iter().filter_map(|(_, d)| d).min()
+    }
+
+    /// The first deadline (in [`Deadlines::in_order`]) passed at `now`.
+    fn passed(&self, now: tokio::time::Instant) -> Option<Deadline> {
+        self.in_order().into_iter().find(|(_, d)| d.is_some_and(|d| d <= now)).map(|(w, _)| w)
     }
 }
 
@@ -1123,5 +1092,47 @@ impl BoundListener {
             }
             _ => format!("{}://{}", self.protocol, self.addr),
         }
+    }
+}
+
+#[cfg(test)]
+mod deadline_tests {
+    use super::{Deadline, Deadlines};
+    use std::time::Duration;
+    use tokio::time::Instant;
+
+    #[test]
+    fn no_deadline_means_no_timer_and_nothing_passed() {
+        let d = Deadlines::default();
+        assert_eq!(d.next(), None);
+        assert_eq!(d.passed(Instant::now()), None);
+    }
+
+    #[test]
+    fn the_timer_is_set_for_the_earliest_deadline() {
+        let t0 = Instant::now();
+        let s = Duration::from_secs(1);
+        let d =
+            Deadlines { core: Some(t0 + s), park: Some(t0 + 2 * s), throttle: Some(t0 + 3 * s), ..Default::default() };
+        assert_eq!(d.next(), Some(t0 + s));
+        assert_eq!(d.passed(t0), None, "none passed yet");
+        assert_eq!(d.passed(t0 + s), Some(Deadline::Core), "a deadline passes at its instant");
+        assert_eq!(d.passed(t0 + 2 * s), Some(Deadline::Core), "still the core's, which may close");
+    }
+
+    #[test]
+    fn a_closing_deadline_wins_over_parking_and_sampling() {
+        let t0 = Instant::now();
+        let all =
+            Deadlines { stall: Some(t0), core: Some(t0), throttle: Some(t0), park: Some(t0), memory_sample: Some(t0) };
+        assert_eq!(all.passed(t0), Some(Deadline::Stall), "a stalled writer is closed first");
+        let d = Deadlines { stall: None, ..all };
+        assert_eq!(d.passed(t0), Some(Deadline::Core), "keep alive [MQTT-3.1.2-24] and token expiry next");
+        let d = Deadlines { core: None, ..d };
+        assert_eq!(d.passed(t0), Some(Deadline::Throttle));
+        let d = Deadlines { throttle: None, ..d };
+        assert_eq!(d.passed(t0), Some(Deadline::Park));
+        let d = Deadlines { park: None, ..d };
+        assert_eq!(d.passed(t0), Some(Deadline::MemorySample));
     }
 }

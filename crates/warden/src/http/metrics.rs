@@ -137,7 +137,7 @@ impl Metrics {
             o.sample("warden_limit_hits_total", &[("limit", name)], v);
         }
 
-        let now = crate::auth::tokens::unix_now();
+        let now = crate::clock::unix_now();
         let admin_bans = self.bans.list().iter().filter(|b| b.expires_at.is_none_or(|t| t > now)).count();
         let auto_bans = self.guard.auto_bans(std::time::Instant::now()).len();
         o.family(

@@ -128,7 +128,7 @@ pub async fn serve(
             Some(_) = conns.join_next(), if !conns.is_empty() => continue,
             _ = stop.changed() => break,
         };
-        if banned(&bans, peer.ip(), crate::auth::tokens::unix_now()) {
+        if banned(&bans, peer.ip(), crate::clock::unix_now()) {
             debug!(%peer, "HTTP connection refused: address banned by an administrator");
             continue;
         }
