@@ -3,6 +3,8 @@
 //! garbage are closed; a header split over two writes is read whole. Every byte goes to
 //! 127.0.0.1; the headers only claim 10.x addresses.
 
+#![allow(clippy::unwrap_used)] // test code: a failed unwrap is a failed test
+
 use std::net::SocketAddr;
 use std::sync::OnceLock;
 

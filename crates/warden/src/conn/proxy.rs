@@ -316,6 +316,7 @@ impl fmt::Display for Cidr {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)] // test code: a failed unwrap is a failed test
 mod tests {
     use super::*;
     use proptest::prelude::*;
