@@ -97,16 +97,7 @@ pub enum CertKind {
     Crl,
 }
 
-/// One live connection authenticated with a client certificate.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct LiveCert {
-    /// Its client id.
-    pub client_id: String,
-    /// The identity taken from the certificate.
-    pub identity: String,
-    /// The certificate: `SERIAL@ISSUER` (hex); the same value is the same certificate.
-    pub certificate: String,
-}
+pub use crate::conn::live::LiveCert;
 
 /// Everything the audit looks at, already loaded.
 #[derive(Debug)]

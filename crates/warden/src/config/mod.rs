@@ -5,7 +5,10 @@
 //! TOML error carries the value's span) or, for checks that involve several values, afterwards
 //! using `toml::Spanned` positions.
 
+mod cidr;
 pub mod lookup;
+
+pub use cidr::Cidr;
 
 use std::collections::HashMap;
 use std::fmt;
@@ -149,7 +152,7 @@ pub struct ListenerConfig {
     pub proxy_protocol: bool,
     /// The networks whose PROXY headers are believed (`["10.0.0.0/8", "127.0.0.1/32"]`; a bare
     /// address is one host): the load balancers. Required and non-empty with `proxy_protocol`.
-    pub proxy_trusted: Vec<crate::conn::proxy::Cidr>,
+    pub proxy_trusted: Vec<Cidr>,
     /// TLS settings (mqtts/wss only).
     pub tls: Option<TlsConfig>,
 }
@@ -1524,7 +1527,7 @@ impl Config {
                         let at = c.span();
                         nets.push(
                             c.into_inner()
-                                .parse::<crate::conn::proxy::Cidr>()
+                                .parse::<Cidr>()
                                 .map_err(|e| invalid(Some(at), format!("proxy_trusted: {e}")))?,
                         );
                     }

@@ -66,6 +66,17 @@ impl PackedAddr {
     }
 }
 
+/// One live connection authenticated with a client certificate.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LiveCert {
+    /// Its client id.
+    pub client_id: String,
+    /// The identity taken from the certificate.
+    pub identity: String,
+    /// The certificate: `SERIAL@ISSUER` (hex); the same value is the same certificate.
+    pub certificate: String,
+}
+
 /// Live connections by registration id, with indexes by client id and token id.
 #[derive(Default)]
 pub struct LiveClients {
@@ -194,7 +205,7 @@ impl LiveClients {
     /// certificate, or a fallback that claimed a certificate identity): client id, identity
     /// and the certificate as `SERIAL@ISSUER` (hex of the serial number and of the issuer's DER name), for the posture audit's
     /// shared-certificate finding.
-    pub fn certificate_connections(&self) -> Vec<crate::admin::posture::LiveCert> {
+    pub fn certificate_connections(&self) -> Vec<LiveCert> {
         fn hex(b: &[u8]) -> String {
             b.iter().map(|x| format!("{x:02x}")).collect()
         }
@@ -203,7 +214,7 @@ impl LiveClients {
             .map
             .values()
             .filter_map(|e| match e.principal.credential() {
-                Some(Credential::Certificate(chain)) => Some(crate::admin::posture::LiveCert {
+                Some(Credential::Certificate(chain)) => Some(LiveCert {
                     client_id: e.client_id.to_string(),
                     identity: e.principal.name.to_string(),
                     certificate: format!("{}@{}", hex(&chain.leaf.serial), hex(&chain.leaf.issuer)),
