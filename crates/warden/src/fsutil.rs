@@ -5,7 +5,42 @@
 
 use std::fs;
 use std::io::{self, Write};
-use std::path::Path;
+use std::path::{Path, PathBuf};
+
+/// Why a state file in the data directory (ban list, revocations, stores) could not be read
+/// or written: each names the file.
+#[derive(Debug, thiserror::Error)]
+pub enum FileError {
+    /// The file exists but could not be read.
+    #[error("{}: cannot read", path.display())]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// The underlying error.
+        #[source]
+        source: io::Error,
+    },
+    /// The file (or its directory) could not be written.
+    #[error("{}: cannot write", path.display())]
+    Write {
+        /// The file.
+        path: PathBuf,
+        /// The underlying error.
+        #[source]
+        source: io::Error,
+    },
+    /// The file was read but its content is not valid.
+    #[error("{}: {reason}", path.display())]
+    Corrupt {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong, in words.
+        reason: String,
+    },
+    /// What was to be stored is not valid (nothing was written).
+    #[error("{0}")]
+    Invalid(String),
+}
 
 /// Write `data` to `path` atomically. A new file gets mode 0600 on unix; an existing file keeps
 /// its permissions (an operator who made the password file group-readable keeps that).

@@ -286,7 +286,7 @@ fn check_loaded(path: &std::path::Path, cfg: &Config, summary: bool) -> Vec<Stri
     note(warden::server::load_policy(&cfg.authz).map(drop));
     let mut store_users = None;
     note(warden::admin::policy_store::load(&cfg.data_dir).map(|s| store_users = Some(s.users.len())));
-    note(warden::admission::bans::BanList::load(&cfg.data_dir).map(drop));
+    note(warden::admission::bans::BanList::load(&cfg.data_dir).map(drop).map_err(anyhow::Error::from));
     for l in &cfg.listeners {
         if let Some(t) = &l.tls {
             note(

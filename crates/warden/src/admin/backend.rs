@@ -44,7 +44,7 @@ pub struct Backend {
 /// The reason shown for a ban the broker set itself after failed authentications.
 pub const AUTO_BAN_REASON: &str = "automatic: repeated failed authentication (auth_fail_ban)";
 
-fn internal(what: &str, e: anyhow::Error) -> AdminError {
+fn internal(what: &str, e: impl std::fmt::Display) -> AdminError {
     tracing::warn!(error = %format!("{e:#}"), "admin API: {what} failed");
     AdminError::internal(format!("{what} failed (see the broker log)"))
 }

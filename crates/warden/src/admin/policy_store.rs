@@ -238,7 +238,7 @@ impl PolicyManager {
         let mut store = self.store.lock();
         let mut next = store.clone();
         edit(&mut next)?;
-        next.validate().map_err(|e| AdminError::bad_request(e.0))?;
+        next.validate()?; // a policy error becomes a 400 in warden-http (HttpError: From<StoreError>)
         let users = store_users(&next).map_err(|e| AdminError::bad_request(e.to_string()))?;
         save(&self.data_dir, &next).map_err(|e| {
             tracing::warn!(error = %e, "policy store not saved; the change is not applied");

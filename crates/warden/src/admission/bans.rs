@@ -12,11 +12,11 @@
 //! in that form is stored as the IPv4 address (`::ffff:10.0.0.0/104` as `10.0.0.0/8`), and a
 //! peer is checked as its IPv4 address, so either spelling bans either kind of peer.
 
+use crate::fsutil::FileError;
 use std::net::{IpAddr, Ipv4Addr};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use anyhow::Context;
 use parking_lot::{Mutex, RwLock};
 use serde::{Deserialize, Serialize};
 use warden_http::admin::{Ban, BanKind};
@@ -159,22 +159,22 @@ impl std::fmt::Debug for BanList {
 
 impl BanList {
     /// Load `<data_dir>/bans.json` (missing: empty).
-    pub fn load(data_dir: &Path) -> anyhow::Result<BanList> {
+    pub fn load(data_dir: &Path) -> Result<BanList, FileError> {
         let path = data_dir.join(FILE);
         let bans = match std::fs::read_to_string(&path) {
             Ok(text) => {
-                let f: BanFile = serde_json::from_str(&text)
-                    .map_err(|e| anyhow::anyhow!("{}: corrupt ban list: {e}", path.display()))?;
+                let corrupt = |reason: String| FileError::Corrupt { path: path.clone(), reason };
+                let f: BanFile = serde_json::from_str(&text).map_err(|e| corrupt(format!("corrupt ban list: {e}")))?;
                 if f.version != 1 {
-                    anyhow::bail!("{}: unsupported version {}", path.display(), f.version);
+                    return Err(corrupt(format!("unsupported version {}", f.version)));
                 }
                 for b in &f.bans {
-                    validate(b).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
+                    validate(b).map_err(|e| corrupt(e.to_string()))?;
                 }
                 f.bans.into_iter().map(canonical).collect()
             }
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Vec::new(),
-            Err(e) => return Err(e).with_context(|| format!("{}: cannot read", path.display())),
+            Err(source) => return Err(FileError::Read { path, source }),
         };
         Ok(BanList { path, current: RwLock::new(Arc::new(compile(bans))), write: Mutex::new(()) })
     }
@@ -184,21 +184,23 @@ impl BanList {
         self.current.read().bans.clone()
     }
 
-    fn store(&self, bans: Vec<Ban>) -> anyhow::Result<()> {
-        let text = serde_json::to_string_pretty(&BanFile { version: 1, bans: bans.clone() })? + "\n";
+    fn store(&self, bans: Vec<Ban>) -> Result<(), FileError> {
+        let text = serde_json::to_string_pretty(&BanFile { version: 1, bans: bans.clone() })
+            .map_err(|e| FileError::Invalid(e.to_string()))?
+            + "\n";
+        let write_error = |source| FileError::Write { path: self.path.clone(), source };
         if let Some(dir) = self.path.parent() {
-            std::fs::create_dir_all(dir)?;
+            std::fs::create_dir_all(dir).map_err(write_error)?;
         }
-        crate::fsutil::write_atomically(&self.path, text.as_bytes())
-            .with_context(|| format!("{}: cannot write", self.path.display()))?;
+        crate::fsutil::write_atomically(&self.path, text.as_bytes()).map_err(write_error)?;
         *self.current.write() = Arc::new(compile(bans));
         Ok(())
     }
 
     /// Add or replace (same kind and value) a ban, persisted before it applies. An
     /// IPv4-mapped address or block is stored as the IPv4 one.
-    pub fn add(&self, ban: Ban) -> anyhow::Result<()> {
-        validate(&ban).map_err(|e| anyhow::anyhow!(e))?;
+    pub fn add(&self, ban: Ban) -> Result<(), FileError> {
+        validate(&ban).map_err(|e| FileError::Invalid(e.to_string()))?;
         let ban = canonical(ban);
         let _w = self.write.lock();
         let mut bans = self.list();
@@ -208,7 +210,7 @@ impl BanList {
     }
 
     /// Remove a ban; false when there was none.
-    pub fn remove(&self, kind: BanKind, value: &str) -> anyhow::Result<bool> {
+    pub fn remove(&self, kind: BanKind, value: &str) -> Result<bool, FileError> {
         let value = canonical_value(kind, value);
         let _w = self.write.lock();
         let mut bans = self.list();
