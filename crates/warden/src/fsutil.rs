@@ -37,6 +37,16 @@ pub enum FileError {
         /// What is wrong, in words.
         reason: String,
     },
+    /// The file was read but a line of it is not valid.
+    #[error("{}:{line}: {reason}", path.display())]
+    CorruptAt {
+        /// The file.
+        path: PathBuf,
+        /// 1-based line.
+        line: usize,
+        /// What is wrong, in words.
+        reason: String,
+    },
     /// What was to be stored is not valid (nothing was written).
     #[error("{0}")]
     Invalid(String),

@@ -10,13 +10,12 @@
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Weak};
 
-use anyhow::{anyhow, Context};
 use parking_lot::Mutex;
 use serde::{Deserialize, Serialize};
 use tracing::warn;
 use warden_http::OAuthService;
 
-use crate::fsutil::write_atomically;
+use crate::fsutil::{write_atomically, FileError};
 
 #[derive(Serialize, Deserialize, Default)]
 #[serde(deny_unknown_fields)]
@@ -37,31 +36,33 @@ pub fn path(data_dir: &Path) -> PathBuf {
 }
 
 /// Read the saved revocations (none when the file does not exist).
-pub fn load(data_dir: &Path) -> anyhow::Result<Vec<(String, u64)>> {
+pub fn load(data_dir: &Path) -> Result<Vec<(String, u64)>, FileError> {
     let p = path(data_dir);
     if !p.exists() {
         return Ok(Vec::new());
     }
-    let text = std::fs::read_to_string(&p).with_context(|| format!("{}: cannot read", p.display()))?;
-    let file: RevokedFile = serde_json::from_str(&text).map_err(|e| {
-        anyhow!("{}:{}: {e} (remove the file only if losing every revocation is acceptable)", p.display(), e.line())
+    let text = std::fs::read_to_string(&p).map_err(|source| FileError::Read { path: p.clone(), source })?;
+    let file: RevokedFile = serde_json::from_str(&text).map_err(|e| FileError::CorruptAt {
+        path: p.clone(),
+        line: e.line(),
+        reason: format!("{e} (remove the file only if losing every revocation is acceptable)"),
     })?;
     Ok(file.revoked.into_iter().map(|e| (e.jti, e.exp)).collect())
 }
 
 /// Write `entries` to the file, atomically.
-pub fn save(data_dir: &Path, entries: Vec<(String, u64)>) -> anyhow::Result<()> {
+pub fn save(data_dir: &Path, entries: Vec<(String, u64)>) -> Result<(), FileError> {
     let p = path(data_dir);
     if let Some(dir) = p.parent() {
-        std::fs::create_dir_all(dir).with_context(|| format!("{}: cannot create", dir.display()))?;
+        std::fs::create_dir_all(dir).map_err(|source| FileError::Write { path: dir.to_owned(), source })?;
     }
     let file = RevokedFile { revoked: entries.into_iter().map(|(jti, exp)| Entry { jti, exp }).collect() };
-    let json = serde_json::to_vec_pretty(&file)?;
-    write_atomically(&p, &json).with_context(|| format!("{}: cannot write", p.display()))
+    let json = serde_json::to_vec_pretty(&file).map_err(|e| FileError::Invalid(e.to_string()))?;
+    write_atomically(&p, &json).map_err(|source| FileError::Write { path: p, source })
 }
 
 /// Load the saved revocations into `service` and keep the file up to date from now on.
-pub fn attach(service: &Arc<OAuthService>, data_dir: &Path) -> anyhow::Result<()> {
+pub fn attach(service: &Arc<OAuthService>, data_dir: &Path) -> Result<(), FileError> {
     service.restore_revocations(load(data_dir)?);
     // Rewrite at start too: entries that expired while the broker was down are pruned.
     save(data_dir, service.revocations())?;
