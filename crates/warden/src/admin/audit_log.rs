@@ -13,7 +13,7 @@ use std::fs::{File, OpenOptions};
 use std::io::{BufRead, BufReader, Write};
 use std::path::{Path, PathBuf};
 
-use anyhow::Context;
+use crate::fsutil::FileError;
 use parking_lot::Mutex;
 use warden_http::admin::audit::AuditRecord;
 
@@ -58,7 +58,7 @@ impl AuditLog {
     }
 
     /// Append one record: logged on [`LOG_TARGET`], then written and flushed to disk.
-    pub fn append(&self, r: &AuditRecord) -> anyhow::Result<()> {
+    pub fn append(&self, r: &AuditRecord) -> Result<(), FileError> {
         let detail = r.detail.to_string();
         tracing::info!(
             target: LOG_TARGET,
@@ -72,40 +72,41 @@ impl AuditLog {
             error = r.error.as_deref(),
             "admin change"
         );
-        let mut line = serde_json::to_string(r).context("serialising an audit record")?;
+        let mut line =
+            serde_json::to_string(r).map_err(|e| FileError::Invalid(format!("serialising an audit record: {e}")))?;
         line.push('\n');
         let _one = self.lock.lock();
         if let Some(dir) = self.path.parent() {
-            std::fs::create_dir_all(dir).with_context(|| format!("{}: cannot create", dir.display()))?;
+            std::fs::create_dir_all(dir).map_err(|source| FileError::Write { path: dir.to_path_buf(), source })?;
         }
         let len = std::fs::metadata(&self.path).map(|m| m.len()).unwrap_or(0);
         if len > 0 && len + line.len() as u64 > self.max_bytes {
             std::fs::rename(&self.path, self.rotated())
-                .with_context(|| format!("{}: cannot rotate", self.path.display()))?;
+                .map_err(|source| FileError::Write { path: self.path.to_path_buf(), source })?;
             if let Some(dir) = self.path.parent() {
                 // The rename itself on disk (best effort: not every platform opens directories).
                 let _ = File::open(dir).and_then(|d| d.sync_all());
             }
         }
         let mut f = open_append(&self.path)?;
-        f.write_all(line.as_bytes()).with_context(|| format!("{}: cannot write", self.path.display()))?;
-        f.sync_data().with_context(|| format!("{}: cannot flush", self.path.display()))?;
+        f.write_all(line.as_bytes()).map_err(|source| FileError::Write { path: self.path.to_path_buf(), source })?;
+        f.sync_data().map_err(|source| FileError::Write { path: self.path.to_path_buf(), source })?;
         Ok(())
     }
 
     /// The records stamped at or after `since` (unix seconds), oldest first: the newest
     /// `limit` of them. Lines that are not records (a torn last line after a crash) are
     /// skipped.
-    pub fn since(&self, since: u64, limit: usize) -> anyhow::Result<Vec<AuditRecord>> {
+    pub fn since(&self, since: u64, limit: usize) -> Result<Vec<AuditRecord>, FileError> {
         let mut out = std::collections::VecDeque::new();
         for path in [self.rotated(), self.path.clone()] {
             let f = match File::open(&path) {
                 Ok(f) => f,
                 Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
-                Err(e) => return Err(e).with_context(|| format!("{}: cannot read", path.display())),
+                Err(e) => return Err(e).map_err(|source| FileError::Read { path: path.to_path_buf(), source }),
             };
             for line in BufReader::new(f).split(b'\n') {
-                let line = line.with_context(|| format!("{}: cannot read", path.display()))?;
+                let line = line.map_err(|source| FileError::Read { path: path.to_path_buf(), source })?;
                 let Ok(r) = serde_json::from_slice::<AuditRecord>(&line) else { continue };
                 if r.unix >= since && limit > 0 {
                     if out.len() == limit {
@@ -120,26 +121,31 @@ impl AuditLog {
 }
 
 #[cfg(unix)]
-fn open_append(path: &Path) -> anyhow::Result<File> {
+fn open_append(path: &Path) -> Result<File, FileError> {
     use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
     let f = OpenOptions::new()
         .append(true)
         .create(true)
         .mode(0o600)
         .open(path)
-        .with_context(|| format!("{}: cannot open", path.display()))?;
+        .map_err(|source| FileError::Write { path: path.to_path_buf(), source })?;
     // A file made by hand (or by an older version) with a wider mode is narrowed.
-    let mode = f.metadata()?.permissions().mode();
+    let mode =
+        f.metadata().map_err(|source| FileError::Read { path: path.to_path_buf(), source })?.permissions().mode();
     if mode & 0o077 != 0 {
         f.set_permissions(std::fs::Permissions::from_mode(0o600))
-            .with_context(|| format!("{}: cannot make it 0600", path.display()))?;
+            .map_err(|source| FileError::Write { path: path.to_path_buf(), source })?;
     }
     Ok(f)
 }
 
 #[cfg(not(unix))]
-fn open_append(path: &Path) -> anyhow::Result<File> {
-    OpenOptions::new().append(true).create(true).open(path).with_context(|| format!("{}: cannot open", path.display()))
+fn open_append(path: &Path) -> Result<File, FileError> {
+    OpenOptions::new()
+        .append(true)
+        .create(true)
+        .open(path)
+        .map_err(|source| FileError::Write { path: path.to_path_buf(), source })
 }
 
 /// Record a change made by a `warden` subcommand on this machine (actor `cli`, peer `local`,
