@@ -150,6 +150,15 @@ impl Principal {
         self.extra.as_ref().and_then(|e| e.credential.as_ref())
     }
 
+    /// The `jti` of the access token behind this principal, if it authenticated with one that
+    /// has an id (what a revocation names).
+    pub fn token_id(&self) -> Option<&str> {
+        match self.credential() {
+            Some(Credential::Token(t)) => t.jti.as_deref(),
+            _ => None,
+        }
+    }
+
     /// Rules of its own: a token's `mqtt:` scopes compiled (an empty set grants nothing), a
     /// look-up answer's rules; `None` when only the configured sources decide. See
     /// [`crate::authz::compile_scopes`].

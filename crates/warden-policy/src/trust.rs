@@ -219,9 +219,7 @@ impl TrustEvent {
     /// Whether this event ends `p`'s standing (`None`: `p` is not affected).
     pub fn verdict(&self, p: &Principal) -> Option<Verdict> {
         let lost = match self {
-            TrustEvent::TokenRevoked { jti } => {
-                matches!(p.credential(), Some(Credential::Token(t)) if t.jti.as_deref() == Some(jti.as_str()))
-            }
+            TrustEvent::TokenRevoked { jti } => p.token_id() == Some(jti.as_str()),
             TrustEvent::OAuthClients(clients) => match p.credential() {
                 Some(Credential::Token(TokenRef { oauth_client: Some(id), .. })) => match clients.get(&**id) {
                     None => true,

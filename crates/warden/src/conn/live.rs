@@ -95,20 +95,13 @@ struct Inner {
     by_token: HashMap<Box<str>, Vec<u64>>,
 }
 
-fn token_id(p: &Principal) -> Option<&str> {
-    match p.credential() {
-        Some(Credential::Token(t)) => t.jti.as_deref(),
-        _ => None,
-    }
-}
-
 impl Inner {
     fn remove(&mut self, id: u64) -> Option<Box<Entry>> {
         let entry = self.map.remove(&id)?;
         if self.by_client.get(&entry.client_id) == Some(&id) {
             self.by_client.remove(&entry.client_id);
         }
-        if let Some(jti) = token_id(&entry.principal) {
+        if let Some(jti) = entry.principal.token_id() {
             if let Some(ids) = self.by_token.get_mut(jti) {
                 ids.retain(|&i| i != id);
                 if ids.is_empty() {
@@ -164,7 +157,7 @@ impl LiveClients {
     ) -> LiveRegistration {
         let id = self.next.fetch_add(1, Ordering::Relaxed);
         let connected_at = u32::try_from(crate::clock::unix_now()).unwrap_or(u32::MAX);
-        let jti = token_id(&principal).map(Box::from);
+        let jti = principal.token_id().map(Box::from);
         let entry = Entry {
             client_id: client_id.clone(),
             principal,

@@ -403,7 +403,8 @@ pub struct Core {
     conn: Connection,
     notify: Arc<ConnWaker>,
     ctx: Arc<ConnContext>,
-    /// Boxed: only token- and SCRAM-authenticated connections have limits of their own.
+    /// Boxed: only SCRAM-authenticated connections (which may re-authenticate) have any; a
+    /// token's expiry is the core's timeout ([`Connection::poll_timeout`]).
     limits: Option<Box<Limits>>,
     /// Removed from the admin registry when the connection ends; the driver reads the end
     /// signals (of the admin and the token registries) when it is woken.
