@@ -6,7 +6,7 @@
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
@@ -19,6 +19,7 @@ use warden_policy::{Action, Authorizer, Principal, PrincipalKind};
 
 use crate::config::BrokerConfig;
 use crate::connection::Connection;
+use crate::fabric::Fabric;
 use crate::message::Message;
 use crate::metrics::Denied;
 use crate::persist::{Persist, PersistOp, RestoredSession};
@@ -153,6 +154,8 @@ pub struct Broker {
     seen_s: AtomicU64,
     /// The queued-bytes account of each principal that has a session (see [`Account`]).
     accounts: Mutex<Accounts>,
+    /// The cluster fabric, when this broker is one node of several (see [`crate::fabric`]).
+    fabric: OnceLock<Arc<dyn Fabric>>,
 }
 
 /// Principals' accounts by identity. Entries no session holds any more are pruned when the
@@ -194,7 +197,33 @@ impl Broker {
             origin: now,
             seen_s: AtomicU64::new(0),
             accounts: Mutex::new(Accounts::default()),
+            fabric: OnceLock::new(),
         })
+    }
+
+    /// Make this broker one node of a cluster: from now on `fabric` is told what the other
+    /// nodes need (see [`crate::fabric`]), starting with the interest held now (restored
+    /// sessions' subscriptions). Shared groups are matched only through the fabric from here
+    /// on. Set once, before accepting connections; a second call is ignored (returns false).
+    pub fn attach_fabric(&self, fabric: Arc<dyn Fabric>) -> bool {
+        let mut trie = self.subs.write();
+        if self.fabric.set(fabric.clone()).is_err() {
+            return false;
+        }
+        for change in trie.attach_fabric() {
+            fabric.interest(change);
+        }
+        true
+    }
+
+    /// Tell the fabric (if any) the trie's interest changes; called with the trie still locked
+    /// so that changes reach it in the order they happened.
+    fn report_interest(&self, trie: &mut SubTrie) {
+        if let Some(f) = self.fabric.get() {
+            for change in trie.take_interest() {
+                f.interest(change);
+            }
+        }
     }
 
     /// The authorization policy in force.
@@ -341,6 +370,7 @@ impl Broker {
                     trie.insert(sub.filter.shared().map(|(g, _)| g), sub.filter.match_filter(), entry);
                     st.subscriptions.insert(Arc::from(sub.filter.as_str()), sub);
                 }
+                self.report_interest(&mut trie);
                 drop(trie);
                 let mut max_pid = 0;
                 for d in rs.deliveries {
@@ -636,6 +666,7 @@ impl Broker {
             for f in filters {
                 trie.remove(f.shared().map(|(g, _)| g), f.match_filter(), s.id());
             }
+            self.report_interest(&mut trie);
         }
         self.expiring.lock().remove(&s.id());
         (conn.map(|c| c.waker), will)
@@ -896,6 +927,60 @@ impl Broker {
     /// connection does it when the PUBLISH arrives, so that a quota's refusal can be told in
     /// its acknowledgement).
     pub fn route_many(&self, shared: &Arc<Batch>, batch: &mut WakeBatch, cache: &mut RouteCache) -> usize {
+        if let Some(f) = self.fabric.get() {
+            forward(f.as_ref(), shared.messages());
+        }
+        self.route_here(shared, batch, cache)
+    }
+
+    /// A message another node of the cluster accepted, for this node's plain subscribers
+    /// (authorized again here for each of them, [`Authorizer`] `receive`). It is not forwarded
+    /// again, and No Local does not apply (its publisher is on another node). Returns the
+    /// number of deliveries queued.
+    pub fn route_from_peer(&self, msg: Arc<Message>) -> usize {
+        self.route_here(&Arc::new(Batch::new(vec![msg])), &mut WakeBatch::default(), &mut RouteCache::default())
+    }
+
+    /// A message the fabric gave to this node for shared group `group` on `filter`: queued
+    /// for one member allowed to receive it (connected ones first). Returns 1 when a member
+    /// took it, 0 when the group is gone from this node or no member may receive it.
+    pub fn route_from_peer_group(&self, msg: Arc<Message>, group: &str, filter: &str) -> usize {
+        let authz = self.authorizer();
+        let receive = Action::receive(&msg.topic);
+        let mut allow = |s: &Arc<Session>| authz.authorize(&s.owner(), &s.client_id, receive).is_allowed();
+        let (target, trie_gen) = {
+            let trie = self.subs.read();
+            (trie.pick_shared(group, filter, &mut allow), trie.generation())
+        };
+        let Some(t) = target else {
+            self.stats.deny(Denied::Receive, 1);
+            return 0;
+        };
+        let r = Resolved {
+            session: t.session,
+            qos: t.options.qos,
+            rap: t.options.retain_as_published,
+            ids: t.id.into_iter().collect(),
+        };
+        let policy_gen = self.policy_generation();
+        let offer = Offer::One(DeliveryRef::of(&msg, r.qos, r.rap, &r.ids, policy_gen).to_owned());
+        let mut batch = WakeBatch::default();
+        self.enqueue(&r.session, [offer], &mut batch, trie_gen)
+    }
+
+    /// Keep a retained message another node accepted (see [`Broker::retain`]; not charged to
+    /// a quota here, the publisher's node did that, and not forwarded again).
+    pub fn retain_from_peer(&self, msg: &Arc<Message>, source: RetainSource) {
+        let mut r = self.retained.write();
+        r.set_charged(msg.clone(), source.clone(), None);
+        if let Some(store) = self.store.as_ref().filter(|_| !msg.topic.as_str().starts_with("$SYS/")) {
+            let stored = (!msg.payload.is_empty()).then(|| msg.clone());
+            store.submit(PersistOp::Retained { topic: msg.topic.clone(), msg: stored, source });
+        }
+    }
+
+    /// [`Broker::route_many`] without the fabric: this node's subscribers only.
+    fn route_here(&self, shared: &Arc<Batch>, batch: &mut WakeBatch, cache: &mut RouteCache) -> usize {
         let msgs = shared.messages();
         let policy_gen = self.policy_generation();
         let authz = self.authorizer();
@@ -1051,6 +1136,9 @@ impl Broker {
             self.retained_fits(&r, msg, a)?;
         }
         r.set_charged(msg.clone(), source.clone(), account.cloned());
+        if let Some(f) = self.fabric.get().filter(|_| !msg.topic.as_str().starts_with('$')) {
+            f.retained(msg, &source);
+        }
         // Submitted under the lock: the store sees a topic's changes in the order they happened.
         match self.store.as_ref().filter(|_| !msg.topic.as_str().starts_with("$SYS/")) {
             Some(store) => {
@@ -1255,7 +1343,11 @@ impl Broker {
         let entry = SubEntry { session: s.clone(), options, id };
         let group = filter.shared().map(|(g, _)| g);
         // Lock order: a session's state, then the trie.
-        self.subs.write().insert(group, filter.match_filter(), entry);
+        {
+            let mut trie = self.subs.write();
+            trie.insert(group, filter.match_filter(), entry);
+            self.report_interest(&mut trie);
+        }
         let sub = crate::session::Subscription { filter: filter.clone(), options, id };
         let ticket = self.persist_subscription(s, |sid| PersistOp::Subscribe { sid, sub: sub.clone() });
         st.subscriptions.insert(Arc::from(filter.as_str()), sub);
@@ -1269,7 +1361,11 @@ impl Broker {
         if st.subscriptions.remove(filter.as_str()).is_none() {
             return (false, 0);
         }
-        self.subs.write().remove(filter.shared().map(|(g, _)| g), filter.match_filter(), s.id());
+        {
+            let mut trie = self.subs.write();
+            trie.remove(filter.shared().map(|(g, _)| g), filter.match_filter(), s.id());
+            self.report_interest(&mut trie);
+        }
         if let Some(a) = st.queue.account() {
             a.usage().release_subscriptions(1, filter.as_str().len() as u64);
         }
@@ -1474,4 +1570,17 @@ pub struct RetainedSummary {
     pub qos: u8,
     /// Its publisher's principal (`kind:name`; `broker` for `$SYS`), when known.
     pub publisher: Option<String>,
+}
+
+/// Give the fabric the messages of a batch that other nodes may need (not `$SYS`: each node
+/// has its own).
+fn forward(f: &dyn Fabric, msgs: &[Arc<Message>]) {
+    if msgs.iter().any(|m| m.topic.as_str().starts_with("$SYS/")) {
+        let kept: Vec<Arc<Message>> = msgs.iter().filter(|m| !m.topic.as_str().starts_with("$SYS/")).cloned().collect();
+        if !kept.is_empty() {
+            f.forward(&kept);
+        }
+    } else {
+        f.forward(msgs);
+    }
 }

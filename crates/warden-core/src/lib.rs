@@ -97,6 +97,7 @@
 pub mod broker;
 pub mod config;
 pub mod connection;
+pub mod fabric;
 pub mod limits;
 pub mod message;
 pub mod metrics;

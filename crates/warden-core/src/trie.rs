@@ -17,6 +17,7 @@ use std::sync::Arc;
 use foldhash::HashMap;
 use mqtt_codec::SubscriptionOptions;
 
+use crate::fabric::Interest;
 use crate::session::Session;
 
 /// One subscription held in the trie.
@@ -67,6 +68,11 @@ pub struct SubTrie {
     root: Node,
     count: usize,
     generation: u64,
+    /// With a cluster fabric: the interest changes not yet taken ([`SubTrie::take_interest`]).
+    interest: Option<Vec<Interest>>,
+    /// With a cluster fabric, shared groups are matched only through
+    /// [`SubTrie::pick_shared`] (the fabric picks the node): [`SubTrie::matches`] skips them.
+    groups_remote: bool,
 }
 
 impl SubTrie {
@@ -80,6 +86,29 @@ impl SubTrie {
     /// changed, so its `receive` authorizations must be asked again).
     pub fn touch(&mut self) {
         self.generation += 1;
+    }
+
+    /// Start recording interest changes (a cluster fabric is attached) and leave shared groups
+    /// to the fabric; returns the interest held now (each distinct plain filter once, each
+    /// shared group once), for the fabric to start from.
+    pub fn attach_fabric(&mut self) -> Vec<Interest> {
+        self.interest = Some(Vec::new());
+        self.groups_remote = true;
+        let mut out = Vec::new();
+        let mut path = Vec::new();
+        collect_interest(&self.root, &mut path, &mut out);
+        out
+    }
+
+    /// The interest changes since the last call (none without a fabric).
+    pub fn take_interest(&mut self) -> Vec<Interest> {
+        self.interest.as_mut().map(std::mem::take).unwrap_or_default()
+    }
+
+    fn note(&mut self, group: Option<&str>, filter: &str, present: bool) {
+        if let Some(log) = &mut self.interest {
+            log.push(Interest { group: group.map(Arc::from), filter: Arc::from(filter), present });
+        }
     }
 
     /// Number of subscriptions held.
@@ -102,6 +131,10 @@ impl SubTrie {
             node = node.children.entry(Box::from(level)).or_default();
         }
         let sid = entry.session.id();
+        let was_empty = match group {
+            None => node.subs.is_empty(),
+            Some(g) => !node.shared.iter().any(|s| &*s.name == g),
+        };
         let list = match group {
             None => &mut node.subs,
             Some(g) => {
@@ -125,6 +158,9 @@ impl SubTrie {
         } else {
             list.push(entry);
             self.count += 1;
+            if was_empty {
+                self.note(group, filter, true);
+            }
             false
         }
     }
@@ -133,11 +169,35 @@ impl SubTrie {
     pub fn remove(&mut self, group: Option<&str>, filter: &str, session_id: u64) -> bool {
         self.generation += 1;
         let levels: Vec<&str> = filter.split('/').collect();
-        let removed = remove_rec(&mut self.root, &levels, group, session_id);
+        let (removed, emptied) = remove_rec(&mut self.root, &levels, group, session_id);
         if removed {
             self.count -= 1;
         }
+        if emptied {
+            self.note(group, filter, false);
+        }
         removed
+    }
+
+    /// One member of shared group `group` on exactly `filter` (the fabric chose this node for a
+    /// message of that group), picked as [`SubTrie::matches_with`] picks: round-robin among
+    /// the members `allow` accepts, connected ones first. `None` when the group is not here
+    /// or no member is allowed.
+    pub fn pick_shared(
+        &self,
+        group: &str,
+        filter: &str,
+        allow: &mut dyn FnMut(&Arc<Session>) -> bool,
+    ) -> Option<Target> {
+        let mut node = &self.root;
+        for level in filter.split('/') {
+            node = node.children.get(level)?;
+        }
+        let g = node.shared.iter().find(|g| &*g.name == group)?;
+        let mut out = Vec::with_capacity(1);
+        let mut m = Walk { out: &mut out, lists: 0, refused_groups: 0, allow, groups: true };
+        emit_group(g, &mut m);
+        out.pop()
     }
 
     /// Collect every subscription matching `topic` into `out`. Shared groups contribute one
@@ -161,34 +221,38 @@ impl SubTrie {
         allow: &mut dyn FnMut(&Arc<Session>) -> bool,
     ) -> (usize, usize) {
         let dollar = topic.starts_with('$');
-        let mut m = Walk { out, lists: 0, refused_groups: 0, allow };
+        let mut m = Walk { out, lists: 0, refused_groups: 0, allow, groups: !self.groups_remote };
         match_rec(&self.root, topic.split('/'), 0, dollar, &mut m);
         (m.lists, m.refused_groups)
     }
 }
 
-fn remove_rec(node: &mut Node, levels: &[&str], group: Option<&str>, sid: u64) -> bool {
+/// Remove `sid`'s subscription; returns whether it existed and whether its list (the plain
+/// subscribers of the filter, or the shared group) is now gone.
+fn remove_rec(node: &mut Node, levels: &[&str], group: Option<&str>, sid: u64) -> (bool, bool) {
     let Some((first, rest)) = levels.split_first() else {
         return match group {
             None => {
                 let before = node.subs.len();
                 node.subs.retain(|e| e.session.id() != sid);
-                node.subs.len() != before
+                let removed = node.subs.len() != before;
+                (removed, removed && node.subs.is_empty())
             }
             Some(g) => {
-                let Some(i) = node.shared.iter().position(|s| &*s.name == g) else { return false };
+                let Some(i) = node.shared.iter().position(|s| &*s.name == g) else { return (false, false) };
                 let grp = &mut node.shared[i];
                 let before = grp.members.len();
                 grp.members.retain(|e| e.session.id() != sid);
                 let removed = grp.members.len() != before;
-                if grp.members.is_empty() {
+                let emptied = grp.members.is_empty();
+                if emptied {
                     node.shared.swap_remove(i);
                 }
-                removed
+                (removed, removed && emptied)
             }
         };
     };
-    let Some(child) = node.children.get_mut(*first) else { return false };
+    let Some(child) = node.children.get_mut(*first) else { return (false, false) };
     let removed = remove_rec(child, rest, group, sid);
     if child.is_empty() {
         node.children.remove(*first);
@@ -202,6 +266,27 @@ struct Walk<'a, 'f> {
     lists: usize,
     refused_groups: usize,
     allow: &'f mut dyn FnMut(&Arc<Session>) -> bool,
+    /// Whether shared groups are matched here (not with a cluster fabric, see
+    /// [`SubTrie::pick_shared`]).
+    groups: bool,
+}
+
+/// Every distinct plain filter and shared group under `node` (`path`: its levels).
+fn collect_interest<'a>(node: &'a Node, path: &mut Vec<&'a str>, out: &mut Vec<Interest>) {
+    if !node.subs.is_empty() || !node.shared.is_empty() {
+        let filter: Arc<str> = Arc::from(path.join("/"));
+        if !node.subs.is_empty() {
+            out.push(Interest { group: None, filter: filter.clone(), present: true });
+        }
+        for g in &node.shared {
+            out.push(Interest { group: Some(g.name.clone()), filter: filter.clone(), present: true });
+        }
+    }
+    for (level, child) in &node.children {
+        path.push(level);
+        collect_interest(child, path, out);
+        path.pop();
+    }
 }
 
 fn emit(node: &Node, m: &mut Walk<'_, '_>) {
@@ -209,10 +294,20 @@ fn emit(node: &Node, m: &mut Walk<'_, '_>) {
     for e in &node.subs {
         m.out.push(Target { session: e.session.clone(), options: e.options, id: e.id, shared: false });
     }
+    if !m.groups {
+        return;
+    }
     for g in &node.shared {
+        emit_group(g, m);
+    }
+}
+
+/// One member of `g` for a message (see [`emit`]).
+fn emit_group(g: &SharedGroup, m: &mut Walk<'_, '_>) {
+    {
         let n = g.members.len();
         if n == 0 {
-            continue;
+            return;
         }
         // Round-robin among the members allowed to receive, preferring one whose connection
         // is live (else the first allowed one, whose session queues what it may). A denied
@@ -238,7 +333,7 @@ fn emit(node: &Node, m: &mut Walk<'_, '_>) {
         }
         let Some(pick) = pick.or(offline) else {
             m.refused_groups += 1;
-            continue;
+            return;
         };
         g.next.store(pick + 1, Ordering::Relaxed);
         let e = &g.members[pick];

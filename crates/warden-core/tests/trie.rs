@@ -149,3 +149,49 @@ fn retained_clear_with_empty_payload() {
     assert!(store.is_empty());
     let _ = Instant::now();
 }
+
+fn entry(id: u64) -> SubEntry {
+    SubEntry { session: session(id), options: SubscriptionOptions::default(), id: None }
+}
+
+fn change(group: Option<&str>, filter: &str, present: bool) -> warden_core::fabric::Interest {
+    warden_core::fabric::Interest { group: group.map(Arc::from), filter: Arc::from(filter), present }
+}
+
+#[test]
+fn interest_is_reported_per_distinct_filter_and_group() {
+    // A cluster fabric subscribes once per distinct filter (SPEC §11): the trie reports a
+    // filter when it gets its first subscriber and when it loses its last.
+    let mut trie = SubTrie::default();
+    trie.insert(None, "held/before", entry(9));
+    assert_eq!(trie.attach_fabric(), vec![change(None, "held/before", true)], "what was held already");
+    trie.insert(None, "a/+", entry(1));
+    trie.insert(None, "a/+", entry(2));
+    trie.insert(None, "a/+", SubEntry { id: Some(5), ..entry(1) }); // a replacement
+    trie.insert(Some("g"), "a/+", entry(3));
+    trie.insert(Some("g"), "a/+", entry(4));
+    assert_eq!(trie.take_interest(), vec![change(None, "a/+", true), change(Some("g"), "a/+", true)]);
+    trie.remove(None, "a/+", 1);
+    trie.remove(Some("g"), "a/+", 3);
+    trie.remove(None, "a/+", 7); // not there
+    assert_eq!(trie.take_interest(), vec![]);
+    trie.remove(None, "a/+", 2);
+    trie.remove(Some("g"), "a/+", 4);
+    assert_eq!(trie.take_interest(), vec![change(None, "a/+", false), change(Some("g"), "a/+", false)]);
+}
+
+#[test]
+fn with_a_fabric_shared_groups_are_picked_only_through_it() {
+    let mut trie = SubTrie::default();
+    trie.insert(Some("g"), "t/#", entry(1));
+    trie.insert(None, "t/#", entry(2));
+    trie.attach_fabric();
+    let mut out = Vec::new();
+    trie.matches("t/x", &mut out);
+    assert_eq!(out.iter().map(|t| t.session.id()).collect::<Vec<_>>(), vec![2], "plain subscribers only");
+    let picked = trie.pick_shared("g", "t/#", &mut |_| true).unwrap();
+    assert_eq!((picked.session.id(), picked.shared), (1, true));
+    assert!(trie.pick_shared("g", "t/+", &mut |_| true).is_none(), "another filter is another group");
+    assert!(trie.pick_shared("h", "t/#", &mut |_| true).is_none());
+    assert!(trie.pick_shared("g", "t/#", &mut |_| false).is_none(), "no member allowed");
+}

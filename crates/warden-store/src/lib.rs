@@ -48,6 +48,29 @@
 
 mod codec;
 
+/// A message with its publisher as bytes, in the store's own retained-record format
+/// (`codec`: a version byte, the expiry as wall-clock milliseconds, the publisher, then the
+/// codec's MQTT 5 PUBLISH packet). The cluster (`warden-cluster`) sends messages between nodes
+/// in this form, so that a message crossing nodes is validated on the way in exactly as one
+/// read back from disk or from the network.
+pub mod wire {
+    use warden_core::retained::RetainSource;
+    use warden_core::Message;
+
+    use crate::codec::{self, Clock};
+
+    /// Encode `m`, published by `source`.
+    pub fn encode(m: &Message, source: &RetainSource) -> Vec<u8> {
+        codec::encode_retained(m, source, Clock::now())
+    }
+
+    /// Decode what [`encode`] made; `Ok(None)` when the message has expired meanwhile. The
+    /// error says what is wrong with the bytes.
+    pub fn decode(b: &[u8]) -> Result<Option<(Message, RetainSource)>, String> {
+        codec::decode_retained(b, Clock::now()).map_err(|e| e.0)
+    }
+}
+
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};

@@ -97,6 +97,8 @@ pub struct Server {
     store: Option<Arc<Store>>,
     /// Where idle connections park (stopped at shutdown, after they were told to end).
     parking: Option<Arc<crate::conn::park::ParkingLot>>,
+    /// This node's side of the cluster (`[cluster]`), if any.
+    pub cluster: Option<Arc<warden_cluster::Cluster>>,
 }
 
 impl Drop for Server {
@@ -271,6 +273,11 @@ impl Server {
         });
         policy.attach(broker.clone());
         trust.attach(broker.clone());
+        // A node of a cluster (SPEC §11): attached before any client connects.
+        let cluster = match &cfg.cluster {
+            Some(c) => Some(warden_cluster::Cluster::start(cluster_config(c), broker.clone()).await?),
+            None => None,
+        };
         let (shutdown, shutdown_rx) = watch::channel(false);
         let ctx = Arc::new(ConnContext {
             broker: broker.clone(),
@@ -441,12 +448,26 @@ impl Server {
                 listeners: listeners.clone(),
             });
             // /healthz: the process answers. /livez: the same (the Kubernetes name).
-            // /readyz: listeners bound and the store loaded (both happen before this line, so
-            // a broker that answers is ready; a cluster check joins here when there is one).
+            // /readyz: listeners bound and the store loaded (both happen before this line), and
+            // with a [cluster], connected to NATS (503 while not).
+            let ready_cluster = cluster.clone();
             let mut app = axum::Router::new()
                 .route("/healthz", axum::routing::get(|| async { "ok\n" }))
                 .route("/livez", axum::routing::get(|| async { "ok\n" }))
-                .route("/readyz", axum::routing::get(|| async { "ready\n" }))
+                .route(
+                    "/readyz",
+                    axum::routing::get(move || {
+                        let c = ready_cluster.clone();
+                        async move {
+                            match c {
+                                Some(c) if !c.connected() => {
+                                    (axum::http::StatusCode::SERVICE_UNAVAILABLE, "not ready: no NATS connection\n")
+                                }
+                                _ => (axum::http::StatusCode::OK, "ready\n"),
+                            }
+                        }
+                    }),
+                )
                 .route(
                     "/metrics",
                     axum::routing::get(move |headers: axum::http::HeaderMap| {
@@ -568,6 +589,7 @@ impl Server {
             tasks,
             store,
             parking: ctx.parking.clone(),
+            cluster,
         })
     }
 
@@ -838,6 +860,19 @@ fn restart_only_changes(running: &Config, new: &Config) -> Vec<String> {
         out.push("[log]".to_owned());
     }
     out
+}
+
+/// The cluster crate's settings from `[cluster]`.
+fn cluster_config(c: &crate::config::ClusterSettings) -> warden_cluster::ClusterConfig {
+    warden_cluster::ClusterConfig {
+        node: c.node.clone(),
+        nats: c.nats.clone(),
+        replicas: c.replicas,
+        user: c.nats_user.clone(),
+        password: c.nats_password.as_ref().map(|p| p.0.clone()),
+        creds_file: c.nats_creds_file.clone(),
+        subject_prefix: c.subject_prefix.clone(),
+    }
 }
 
 #[cfg(test)]

@@ -21,6 +21,7 @@ const SECTIONS: &[(&str, &str)] = &[
     ("[limits] auth_fail_backoff = { … }", "AuthFailBackoff"),
     ("[persistence]", "PersistenceConfig"),
     ("[log]", "RawLog"),
+    ("[cluster]", "RawCluster"),
 ];
 
 /// Structs that deserialize something other than a table of the file (helpers of the secret
@@ -34,6 +35,7 @@ const NOT_SECTIONS: &[&str] = &[
     "HttpSecretKeys",
     "OAuthSecretKeys",
     "ClientSecretKeys",
+    "ClusterSecretKeys",
 ];
 
 /// `(struct name, keys)` of every struct deriving `Deserialize` in `src` (a key is the field's
@@ -51,7 +53,7 @@ fn deserialize_structs(src: &str) -> Vec<(String, Vec<String>)> {
                 j += 1;
             }
             let head = lines.get(j).map(|s| s.trim()).unwrap_or("");
-            let head = head.strip_prefix("pub ").unwrap_or(head);
+            let head = ["pub(super) ", "pub(crate) ", "pub "].iter().find_map(|p| head.strip_prefix(p)).unwrap_or(head);
             if let Some(rest) = head.strip_prefix("struct ").filter(|r| r.ends_with('{')) {
                 let name: String = rest.chars().take_while(|c| c.is_alphanumeric() || *c == '_').collect();
                 let mut keys = Vec::new();
@@ -64,7 +66,8 @@ fn deserialize_structs(src: &str) -> Vec<(String, Vec<String>)> {
                             rename = r.split('"').next().map(str::to_owned);
                         }
                     } else if !f.starts_with("//") {
-                        let f = f.strip_prefix("pub ").unwrap_or(f);
+                        let f =
+                            ["pub(super) ", "pub(crate) ", "pub "].iter().find_map(|p| f.strip_prefix(p)).unwrap_or(f);
                         if let Some((field, _)) = f.split_once(':') {
                             if !field.is_empty() && field.chars().all(|c| c.is_alphanumeric() || c == '_') {
                                 keys.push(rename.take().unwrap_or_else(|| field.to_owned()));
@@ -86,6 +89,7 @@ fn deserialize_structs(src: &str) -> Vec<(String, Vec<String>)> {
 fn the_configuration_reference_lists_every_key_in_its_section() {
     let mut structs = deserialize_structs(include_str!("../src/config/mod.rs"));
     structs.extend(deserialize_structs(include_str!("../src/config/lookup.rs")));
+    structs.extend(deserialize_structs(include_str!("../src/config/cluster.rs")));
     let page = include_str!("../../../docs/configuration.md");
     for (name, keys) in &structs {
         if NOT_SECTIONS.contains(&name.as_str()) {

@@ -6,9 +6,11 @@
 //! using `toml::Spanned` positions.
 
 mod cidr;
+mod cluster;
 pub mod lookup;
 
 pub use cidr::Cidr;
+pub use cluster::ClusterSettings;
 
 use std::collections::HashMap;
 use std::fmt;
@@ -57,6 +59,8 @@ pub struct Config {
     pub source: Option<PathBuf>,
     /// Every secret the file sets, and how (inline, `env:`, `*_file`); see [`Config::warnings`].
     pub secrets: Vec<SecretRef>,
+    /// `[cluster]`: this broker as one node of several (SPEC §11); `None`: a single node.
+    pub cluster: Option<ClusterSettings>,
 }
 
 /// `[persistence]`.
@@ -393,6 +397,7 @@ struct SecretKeys {
     auth: AuthSecretKeys,
     http: HttpSecretKeys,
     oauth: OAuthSecretKeys,
+    cluster: cluster::ClusterSecretKeys,
 }
 
 #[derive(Deserialize, Default)]
@@ -1253,6 +1258,18 @@ impl Config {
                 file: k.bearer_token_file,
             })?;
         }
+        let cluster_password = match raw.cluster.is_some() {
+            true => {
+                take(SecretSlot {
+                    table: "[cluster]".into(),
+                    name: "nats_password",
+                    value: keys.cluster.nats_password,
+                    file: keys.cluster.nats_password_file,
+                })?
+                .0
+            }
+            false => None,
+        };
         if let Some(h) = raw.http.as_mut() {
             let k = keys.http;
             let h = h.get_mut();
@@ -1557,6 +1574,13 @@ impl Config {
             },
         };
 
+        let cluster = match raw.cluster {
+            Some(c) => {
+                Some(c.into_inner().validate(cluster_password, base, resolve).map_err(|(s, r)| invalid(Some(s), r))?)
+            }
+            None => None,
+        };
+
         Ok(Config {
             data_dir,
             listeners,
@@ -1573,6 +1597,7 @@ impl Config {
             log,
             source: Some(path.to_path_buf()),
             secrets,
+            cluster,
         })
     }
 
@@ -1717,6 +1742,7 @@ impl Config {
             data_dir,
             limits: Limits::default(),
             persistence: PersistenceConfig::default(),
+            cluster: None,
             log: LogConfig::default(),
             source: None,
             secrets: Vec::new(),
@@ -1851,6 +1877,7 @@ struct RawConfig {
     #[serde(default)]
     persistence: PersistenceConfig,
     log: Option<RawLog>,
+    cluster: Option<Spanned<cluster::RawCluster>>,
 }
 
 #[derive(Deserialize)]

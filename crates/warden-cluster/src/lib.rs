@@ -1,0 +1,510 @@
+//! Warden as one node of a cluster (SPEC §11, docs/cluster.md): the core's
+//! [`warden_core::fabric::Fabric`] over NATS.
+//!
+//! Every node is equal. Each one connects to the NATS servers and:
+//! - publishes every message its clients publish on the message subject of its topic
+//!   ([`subject`]), wrapped in an [`envelope`] that names this node's run and numbers the
+//!   message;
+//! - subscribes once per distinct filter its sessions hold (not once per subscription), and
+//!   routes what arrives to its own subscribers ([`warden_core::Broker::route_from_peer`]),
+//!   authorizing each delivery again here; copies that arrive through two overlapping filters
+//!   are dropped by `(origin, seq)`; its own messages are skipped (it delivered them already);
+//! - joins, per `$share` group it has members of, a NATS queue group named after the group and
+//!   filter, so that each message reaches one node and there one member
+//!   ([`warden_core::Broker::route_from_peer_group`]);
+//! - publishes the retained messages its clients keep on the retained subject of their topic,
+//!   and keeps every other node's ([`warden_core::Broker::retain_from_peer`]).
+//!
+//! The core never waits for NATS: it hands messages and interest changes to this crate's task
+//! through an unbounded channel (bounded in bytes: beyond [`MAX_BACKLOG`] bytes waiting,
+//! further messages are counted as dropped).
+
+pub mod envelope;
+pub mod subject;
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use futures_util::StreamExt;
+use tokio::sync::mpsc;
+use tokio_stream::StreamMap;
+use warden_core::fabric::{Fabric, Interest};
+use warden_core::retained::RetainSource;
+use warden_core::{Broker, Message};
+
+use crate::envelope::Seen;
+use crate::subject::Kind;
+
+/// The most bytes of messages waiting for the NATS connection before more are dropped.
+pub const MAX_BACKLOG: u64 = 64 << 20;
+
+/// The `[cluster]` settings (SPEC §11).
+#[derive(Clone, Debug)]
+pub struct ClusterConfig {
+    /// This node's name, unique in the cluster.
+    pub node: String,
+    /// NATS server URLs.
+    pub nats: Vec<String>,
+    /// JetStream replicas for the cluster's streams and buckets.
+    pub replicas: usize,
+    /// NATS user name.
+    pub user: Option<String>,
+    /// NATS password (resolved from its reference by the caller; never logged).
+    pub password: Option<String>,
+    /// A NATS credentials file (JWT + NKey seed).
+    pub creds_file: Option<PathBuf>,
+    /// The first token of every subject the cluster uses (several clusters may share NATS).
+    pub subject_prefix: String,
+}
+
+/// Why the cluster could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum ClusterError {
+    /// The subject prefix is not one plain NATS token.
+    #[error("cluster subject_prefix {0:?}: must be 1 to 64 characters of A-Z a-z 0-9 _ -")]
+    Prefix(String),
+    /// The NATS credentials file could not be read.
+    #[error("cluster nats_creds_file {path}: {source}")]
+    Creds {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// The NATS client refused the settings.
+    #[error("cluster nats: {0}")]
+    Connect(String),
+}
+
+/// Counters of the cluster's traffic.
+#[derive(Default, Debug)]
+pub struct ClusterStats {
+    /// Messages sent to other nodes.
+    pub forwarded: AtomicU64,
+    /// Messages received from other nodes and routed here.
+    pub received: AtomicU64,
+    /// Second copies dropped (overlapping filters).
+    pub duplicates: AtomicU64,
+    /// Messages dropped: the backlog was full, or NATS refused them.
+    pub dropped: AtomicU64,
+    /// Messages from other nodes that did not decode (counted, never routed).
+    pub malformed: AtomicU64,
+    /// Retained messages sent to other nodes.
+    pub retained_out: AtomicU64,
+    /// Retained messages received from other nodes and kept here.
+    pub retained_in: AtomicU64,
+}
+
+/// Work for the cluster's task.
+enum Out {
+    Forward(Vec<Arc<Message>>, u64),
+    Retained(Arc<Message>, RetainSource),
+    Interest(Interest),
+}
+
+/// One node's side of the cluster: the fabric the core talks to.
+pub struct Cluster {
+    tx: mpsc::UnboundedSender<Out>,
+    backlog: Arc<AtomicU64>,
+    client: async_nats::Client,
+    stats: Arc<ClusterStats>,
+    node: String,
+}
+
+impl Cluster {
+    /// Connect to NATS (in the background: the broker starts even while NATS is away, and
+    /// reports not ready) and attach to `broker` as its fabric. Call before accepting
+    /// connections, after restoring the store.
+    pub async fn start(cfg: ClusterConfig, broker: Arc<Broker>) -> Result<Arc<Cluster>, ClusterError> {
+        if !subject::valid_prefix(&cfg.subject_prefix) {
+            return Err(ClusterError::Prefix(cfg.subject_prefix));
+        }
+        let mut opts = async_nats::ConnectOptions::new()
+            .name(format!("warden-{}", cfg.node))
+            .retry_on_initial_connect()
+            .connection_timeout(Duration::from_secs(5))
+            .subscription_capacity(1 << 16);
+        if let Some(path) = &cfg.creds_file {
+            opts = opts
+                .credentials_file(path)
+                .await
+                .map_err(|source| ClusterError::Creds { path: path.clone(), source })?;
+        }
+        if let (Some(u), Some(p)) = (&cfg.user, &cfg.password) {
+            opts = opts.user_and_password(u.clone(), p.clone());
+        }
+        let addrs: Vec<async_nats::ServerAddr> = cfg
+            .nats
+            .iter()
+            .map(|u| u.parse().map_err(|e| ClusterError::Connect(format!("{u}: {e}"))))
+            .collect::<Result<_, _>>()?;
+        let client = opts.connect(addrs).await.map_err(|e| ClusterError::Connect(e.to_string()))?;
+        let (tx, rx) = mpsc::unbounded_channel();
+        let stats = Arc::new(ClusterStats::default());
+        let backlog = Arc::new(AtomicU64::new(0));
+        let cluster = Arc::new(Cluster {
+            tx,
+            backlog: backlog.clone(),
+            client: client.clone(),
+            stats: stats.clone(),
+            node: cfg.node,
+        });
+        let origin = rand::random::<u64>();
+        let retained_stream = retained_stream_config(&cfg.subject_prefix, cfg.replicas);
+        let task = Task {
+            retained_stream: retained_stream.clone(),
+            stream_ok: false,
+            js: async_nats::jetstream::new(client.clone()),
+            client: client.clone(),
+            prefix: cfg.subject_prefix.clone(),
+            broker: broker.clone(),
+            origin,
+            seq: 0,
+            seen: Seen::default(),
+            subs: StreamMap::new(),
+            by_interest: HashMap::new(),
+            roles: HashMap::new(),
+            next_key: 0,
+            stats,
+            backlog,
+        };
+        let retained = Retained {
+            js: async_nats::jetstream::new(client.clone()),
+            config: retained_stream,
+            broker: broker.clone(),
+            origin,
+            stats: cluster.stats.clone(),
+        };
+        tokio::spawn(task.run(rx));
+        tokio::spawn(retained.run());
+        broker.attach_fabric(cluster.clone());
+        Ok(cluster)
+    }
+
+    /// True while connected to a NATS server.
+    pub fn connected(&self) -> bool {
+        self.client.connection_state() == async_nats::connection::State::Connected
+    }
+
+    /// This node's name.
+    pub fn node(&self) -> &str {
+        &self.node
+    }
+
+    /// The traffic counters.
+    pub fn stats(&self) -> &ClusterStats {
+        &self.stats
+    }
+
+    fn send(&self, out: Out) {
+        // The task ends only with the runtime: a failed send means shutdown.
+        let _ = self.tx.send(out);
+    }
+}
+
+impl Fabric for Cluster {
+    fn forward(&self, msgs: &[Arc<Message>]) {
+        let bytes: u64 = msgs.iter().map(|m| m.cost() + 64).sum();
+        if self.backlog.fetch_add(bytes, Ordering::Relaxed) > MAX_BACKLOG {
+            self.backlog.fetch_sub(bytes, Ordering::Relaxed);
+            self.stats.dropped.fetch_add(msgs.len() as u64, Ordering::Relaxed);
+            return;
+        }
+        self.send(Out::Forward(msgs.to_vec(), bytes));
+    }
+
+    fn retained(&self, msg: &Arc<Message>, source: &RetainSource) {
+        self.send(Out::Retained(msg.clone(), source.clone()));
+    }
+
+    fn interest(&self, change: Interest) {
+        self.send(Out::Interest(change));
+    }
+}
+
+/// What a NATS subscription of this node is for.
+#[derive(Clone)]
+enum Role {
+    /// Plain subscribers (and the long-topic subject).
+    Plain,
+    /// One shared group on one filter.
+    Group { group: Arc<str>, filter: Arc<str> },
+}
+
+/// An interest: the shared group (if any) and the filter.
+type InterestKey = (Option<Arc<str>>, Arc<str>);
+
+struct Task {
+    client: async_nats::Client,
+    js: async_nats::jetstream::Context,
+    retained_stream: async_nats::jetstream::stream::Config,
+    stream_ok: bool,
+    prefix: String,
+    broker: Arc<Broker>,
+    origin: u64,
+    seq: u64,
+    seen: Seen,
+    subs: StreamMap<u64, async_nats::Subscriber>,
+    /// The subscriptions (keys in `subs`) and role of each interest.
+    by_interest: HashMap<InterestKey, Vec<u64>>,
+    roles: HashMap<u64, Role>,
+    next_key: u64,
+    stats: Arc<ClusterStats>,
+    backlog: Arc<AtomicU64>,
+}
+
+impl Task {
+    async fn run(mut self, mut rx: mpsc::UnboundedReceiver<Out>) {
+        // Every node hears the long-topic subject and every retained message.
+        let long = subject::long_messages(&self.prefix);
+        self.subscribe(long, None, Role::Plain).await;
+        loop {
+            tokio::select! {
+                out = rx.recv() => match out {
+                    Some(out) => self.handle_out(out).await,
+                    None => return,
+                },
+                Some((key, msg)) = self.subs.next() => self.handle_in(key, msg),
+            }
+        }
+    }
+
+    fn next_seq(&mut self) -> u64 {
+        self.seq += 1;
+        self.seq
+    }
+
+    async fn publish(&self, subject: String, payload: Vec<u8>) {
+        if let Err(e) = self.client.publish(subject, Bytes::from(payload)).await {
+            self.stats.dropped.fetch_add(1, Ordering::Relaxed);
+            tracing::debug!(error = %e, "cluster: a message could not be handed to NATS");
+        }
+    }
+
+    async fn handle_out(&mut self, out: Out) {
+        match out {
+            Out::Forward(msgs, bytes) => {
+                for m in &msgs {
+                    let seq = self.next_seq();
+                    let record = warden_store::wire::encode(m, &RetainSource::Broker);
+                    let subject = subject::topic_subject(&self.prefix, Kind::Message, m.topic.as_str());
+                    self.publish(subject, envelope::wrap(self.origin, seq, &record)).await;
+                }
+                self.stats.forwarded.fetch_add(msgs.len() as u64, Ordering::Relaxed);
+                self.backlog.fetch_sub(bytes, Ordering::Relaxed);
+            }
+            Out::Retained(m, source) => {
+                let seq = self.next_seq();
+                let record = warden_store::wire::encode(&m, &source);
+                let subject = subject::topic_subject(&self.prefix, Kind::Retained, m.topic.as_str());
+                let payload = Bytes::from(envelope::wrap(self.origin, seq, &record));
+                if !self.stream_ok {
+                    // The first retained message of this run: the stream must exist for JetStream
+                    // to store it (whichever node starts first makes it).
+                    match self.js.get_or_create_stream(self.retained_stream.clone()).await {
+                        Ok(_) => self.stream_ok = true,
+                        Err(e) => tracing::warn!(error = %e, "cluster: the retained stream is not available"),
+                    }
+                }
+                match self.js.publish(subject, payload).await {
+                    Ok(ack) => {
+                        self.stats.retained_out.fetch_add(1, Ordering::Relaxed);
+                        let stats = self.stats.clone();
+                        tokio::spawn(async move {
+                            if let Err(e) = ack.await {
+                                stats.dropped.fetch_add(1, Ordering::Relaxed);
+                                tracing::warn!(error = %e, "cluster: a retained message was not stored in JetStream");
+                            }
+                        });
+                    }
+                    Err(e) => {
+                        self.stats.dropped.fetch_add(1, Ordering::Relaxed);
+                        tracing::warn!(error = %e, "cluster: a retained message could not be sent to JetStream");
+                    }
+                }
+            }
+            Out::Interest(i) => self.interest(i).await,
+        }
+    }
+
+    async fn interest(&mut self, i: Interest) {
+        let key = (i.group.clone(), i.filter.clone());
+        if !i.present {
+            for k in self.by_interest.remove(&key).unwrap_or_default() {
+                // Dropping the subscriber unsubscribes.
+                self.subs.remove(&k);
+                self.roles.remove(&k);
+            }
+            return;
+        }
+        if self.by_interest.contains_key(&key) {
+            return;
+        }
+        let patterns = subject::filter_patterns(&self.prefix, &i.filter);
+        let mut keys = Vec::with_capacity(patterns.len() + 1);
+        match &i.group {
+            None => {
+                for p in patterns {
+                    keys.extend(self.subscribe(p, None, Role::Plain).await);
+                }
+            }
+            Some(g) => {
+                let queue = subject::queue_name(g, &i.filter);
+                let role = Role::Group { group: g.clone(), filter: i.filter.clone() };
+                for p in patterns.into_iter().chain([subject::long_messages(&self.prefix)]) {
+                    keys.extend(self.subscribe(p, Some(queue.clone()), role.clone()).await);
+                }
+            }
+        }
+        // The subscription is on the server once this returns (a round trip), so a message
+        // published after it is not missed by this node's connection.
+        if let Err(e) = self.client.flush().await {
+            tracing::debug!(error = %e, "cluster: flush after subscribing failed");
+        }
+        self.by_interest.insert(key, keys);
+    }
+
+    async fn subscribe(&mut self, pattern: String, queue: Option<String>, role: Role) -> Option<u64> {
+        let sub = match queue {
+            None => self.client.subscribe(pattern.clone()).await,
+            Some(q) => self.client.queue_subscribe(pattern.clone(), q).await,
+        };
+        match sub {
+            Ok(sub) => {
+                let k = self.next_key;
+                self.next_key += 1;
+                self.subs.insert(k, sub);
+                self.roles.insert(k, role);
+                Some(k)
+            }
+            Err(e) => {
+                tracing::warn!(subject = %pattern, error = %e, "cluster: cannot subscribe on NATS");
+                None
+            }
+        }
+    }
+
+    fn handle_in(&mut self, key: u64, msg: async_nats::Message) {
+        let Some(role) = self.roles.get(&key).cloned() else { return };
+        let Some((origin, seq, record)) = envelope::unwrap(&msg.payload) else {
+            self.stats.malformed.fetch_add(1, Ordering::Relaxed);
+            return;
+        };
+        match role {
+            Role::Plain => {
+                if origin == self.origin {
+                    return; // delivered here when it was published
+                }
+                if !self.seen.first(origin, seq) {
+                    self.stats.duplicates.fetch_add(1, Ordering::Relaxed);
+                    return;
+                }
+                if let Some((m, _)) = self.decode(record) {
+                    self.stats.received.fetch_add(1, Ordering::Relaxed);
+                    self.broker.route_from_peer(Arc::new(m));
+                }
+            }
+            Role::Group { group, filter } => {
+                if let Some((m, _)) = self.decode(record) {
+                    if mqtt_codec::topic::filter_matches(&filter, m.topic.as_str()) {
+                        self.stats.received.fetch_add(1, Ordering::Relaxed);
+                        self.broker.route_from_peer_group(Arc::new(m), &group, &filter);
+                    }
+                }
+            }
+        }
+    }
+
+    fn decode(&self, record: &[u8]) -> Option<(Message, RetainSource)> {
+        match warden_store::wire::decode(record) {
+            Ok(Some((mut m, source))) => {
+                // Its publisher's session is on another node: No Local does not apply here.
+                m.origin = None;
+                Some((m, source))
+            }
+            Ok(None) => None, // expired on the way
+            Err(e) => {
+                self.stats.malformed.fetch_add(1, Ordering::Relaxed);
+                tracing::debug!(error = %e, "cluster: a message from another node did not decode");
+                None
+            }
+        }
+    }
+}
+
+/// Every node's copy of the retained messages: a JetStream stream that keeps the last message
+/// of each retained subject (so a node that starts later, or comes back, reads them all), read
+/// from the start by an ordered consumer and applied in the stream's order.
+struct Retained {
+    js: async_nats::jetstream::Context,
+    config: async_nats::jetstream::stream::Config,
+    broker: Arc<Broker>,
+    origin: u64,
+    stats: Arc<ClusterStats>,
+}
+
+impl Retained {
+    /// Follow the stream for ever; on any failure (NATS away, no quorum), start again after a
+    /// second, from the last message of each subject (applying one twice does no harm).
+    async fn run(self) {
+        loop {
+            if let Err(e) = self.follow().await {
+                tracing::debug!(error = %e, "cluster: following the retained stream failed; retrying");
+            }
+            tokio::time::sleep(Duration::from_secs(1)).await;
+        }
+    }
+
+    async fn follow(&self) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
+        use async_nats::jetstream::consumer;
+        let s = self.js.get_or_create_stream(self.config.clone()).await?;
+        let c = s
+            .create_consumer(consumer::pull::OrderedConfig {
+                deliver_policy: consumer::DeliverPolicy::LastPerSubject,
+                filter_subject: self.config.subjects.first().cloned().unwrap_or_default(),
+                ..Default::default()
+            })
+            .await?;
+        let mut msgs = c.messages().await?;
+        while let Some(m) = msgs.next().await {
+            let m = m?;
+            let Some((origin, _, record)) = envelope::unwrap(&m.message.payload) else {
+                self.stats.malformed.fetch_add(1, Ordering::Relaxed);
+                continue;
+            };
+            if origin == self.origin {
+                continue; // kept here when it was published
+            }
+            match warden_store::wire::decode(record) {
+                Ok(Some((mut msg, source))) => {
+                    msg.origin = None;
+                    self.stats.retained_in.fetch_add(1, Ordering::Relaxed);
+                    self.broker.retain_from_peer(&Arc::new(msg), source);
+                }
+                Ok(None) => {}
+                Err(e) => {
+                    self.stats.malformed.fetch_add(1, Ordering::Relaxed);
+                    tracing::debug!(error = %e, "cluster: a retained message from another node did not decode");
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+/// The retained messages' stream: the last message of each retained subject, on disk, on
+/// `replicas` servers.
+fn retained_stream_config(prefix: &str, replicas: usize) -> async_nats::jetstream::stream::Config {
+    async_nats::jetstream::stream::Config {
+        name: format!("{prefix}_RETAINED"),
+        subjects: vec![subject::all_retained(prefix)],
+        max_messages_per_subject: 1,
+        num_replicas: replicas,
+        storage: async_nats::jetstream::stream::StorageType::File,
+        ..Default::default()
+    }
+}

@@ -1,0 +1,42 @@
+//! The seam between the core and a cluster of brokers (SPEC §11; the `warden-cluster` crate
+//! implements it over NATS). Without a fabric (the single-node default) nothing here runs.
+//!
+//! The core tells the fabric, synchronously and in the order things happen, what other nodes
+//! need: the messages its clients publish ([`Fabric::forward`]), the retained messages they keep
+//! ([`Fabric::retained`]) and the distinct filters its sessions subscribe to
+//! ([`Fabric::interest`]: a change is reported when a filter gets its first subscriber on this
+//! node or loses its last, and for a shared group when the group appears or disappears here).
+//! The fabric must not block: it hands the work to its own tasks.
+//!
+//! With a fabric, shared subscriptions are the fabric's: a message published here reaches a
+//! `$share` group only through it (so that one member across the cluster gets it, whichever
+//! node it is on), and the fabric hands this node the messages its group should take
+//! ([`crate::Broker::route_from_peer_group`]). Plain subscribers here get local messages
+//! directly and other nodes' messages through [`crate::Broker::route_from_peer`].
+
+use std::sync::Arc;
+
+use crate::message::Message;
+use crate::retained::RetainSource;
+
+/// A change of this node's interest (see the module doc).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Interest {
+    /// The shared group's name (`None`: plain subscriptions).
+    pub group: Option<Arc<str>>,
+    /// The filter to match (after `$share/{group}/` for a shared one).
+    pub filter: Arc<str>,
+    /// True when it appeared, false when it went away.
+    pub present: bool,
+}
+
+/// What the core gives to the other nodes of a cluster. Calls never block.
+pub trait Fabric: Send + Sync {
+    /// Messages accepted from this node's clients (or its wills), in order. `$SYS` topics are
+    /// never forwarded (each node has its own).
+    fn forward(&self, msgs: &[Arc<Message>]);
+    /// A retained message kept on this node (empty payload: the topic was cleared).
+    fn retained(&self, msg: &Arc<Message>, source: &RetainSource);
+    /// This node's interest changed.
+    fn interest(&self, change: Interest);
+}
