@@ -103,12 +103,16 @@ pub struct ClusterStats {
 enum Out {
     Forward(Vec<Arc<Message>>, u64),
     Retained(Arc<Message>, RetainSource),
-    Interest(Interest),
+    Interest(Interest, u64),
 }
 
 /// One node's side of the cluster: the fabric the core talks to.
 pub struct Cluster {
     tx: mpsc::UnboundedSender<Out>,
+    /// Interest changes handed to the task so far (the tickets [`Fabric::issued`] gives).
+    issued: AtomicU64,
+    /// The last interest ticket in force on NATS.
+    applied: tokio::sync::watch::Receiver<u64>,
     backlog: Arc<AtomicU64>,
     client: async_nats::Client,
     stats: Arc<ClusterStats>,
@@ -146,8 +150,11 @@ impl Cluster {
         let (tx, rx) = mpsc::unbounded_channel();
         let stats = Arc::new(ClusterStats::default());
         let backlog = Arc::new(AtomicU64::new(0));
+        let (applied_tx, applied) = tokio::sync::watch::channel(0);
         let cluster = Arc::new(Cluster {
             tx,
+            issued: AtomicU64::new(0),
+            applied,
             backlog: backlog.clone(),
             client: client.clone(),
             stats: stats.clone(),
@@ -171,6 +178,7 @@ impl Cluster {
             next_key: 0,
             stats,
             backlog,
+            applied: applied_tx,
         };
         let retained = Retained {
             js: async_nats::jetstream::new(client.clone()),
@@ -188,6 +196,14 @@ impl Cluster {
     /// True while connected to a NATS server.
     pub fn connected(&self) -> bool {
         self.client.connection_state() == async_nats::connection::State::Connected
+    }
+
+    /// Wait until interest ticket `ticket` is in force on NATS (the subscription is on the
+    /// server this node is connected to), at most `limit`: a SUBACK waits for it. Returns
+    /// false when the limit passed first (NATS away): the SUBACK goes out all the same.
+    pub async fn wait_interest(&self, ticket: u64, limit: Duration) -> bool {
+        let mut rx = self.applied.clone();
+        tokio::time::timeout(limit, rx.wait_for(|&n| n >= ticket)).await.is_ok_and(|r| r.is_ok())
     }
 
     /// This node's name.
@@ -222,7 +238,13 @@ impl Fabric for Cluster {
     }
 
     fn interest(&self, change: Interest) {
-        self.send(Out::Interest(change));
+        // Called under the trie's lock: tickets follow the order of the changes.
+        let ticket = self.issued.fetch_add(1, Ordering::AcqRel) + 1;
+        self.send(Out::Interest(change, ticket));
+    }
+
+    fn issued(&self) -> u64 {
+        self.issued.load(Ordering::Acquire)
     }
 }
 
@@ -255,6 +277,8 @@ struct Task {
     next_key: u64,
     stats: Arc<ClusterStats>,
     backlog: Arc<AtomicU64>,
+    /// The last interest ticket in force.
+    applied: tokio::sync::watch::Sender<u64>,
 }
 
 impl Task {
@@ -327,7 +351,10 @@ impl Task {
                     }
                 }
             }
-            Out::Interest(i) => self.interest(i).await,
+            Out::Interest(i, ticket) => {
+                self.interest(i).await;
+                self.applied.send_modify(|n| *n = (*n).max(ticket));
+            }
         }
     }
 

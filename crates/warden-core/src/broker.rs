@@ -216,6 +216,11 @@ impl Broker {
         true
     }
 
+    /// The fabric's interest ticket ([`Fabric::issued`]); 0 without a fabric.
+    pub fn interest_issued(&self) -> u64 {
+        self.fabric.get().map_or(0, |f| f.issued())
+    }
+
     /// Tell the fabric (if any) the trie's interest changes; called with the trie still locked
     /// so that changes reach it in the order they happened.
     fn report_interest(&self, trie: &mut SubTrie) {

@@ -108,6 +108,9 @@ struct Extras {
     inbound: HashMap<u16, TopicName>,
     /// Chosen by the broker for its deliveries (up to the client's Topic Alias Maximum).
     outbound: HashMap<TopicName, u16>,
+    /// With a cluster fabric: the interest ticket a SUBACK waits for (see
+    /// [`Connection::take_interest_wait`]).
+    interest_wait: u64,
 }
 
 /// What a publishing connection keeps between the packets of a read batch, and the caches
@@ -172,6 +175,13 @@ impl Connection {
     /// waits for it (group commit) before writing.
     pub fn take_durable(&mut self) -> u64 {
         std::mem::take(&mut self.durable)
+    }
+
+    /// With a cluster fabric: the interest ticket ([`crate::fabric::Fabric::issued`]) the
+    /// output produced since the last call must wait for — a SUBACK is sent once the
+    /// subscription is in force across the cluster (SPEC §11); 0 when none.
+    pub fn take_interest_wait(&mut self) -> u64 {
+        self.extras.as_mut().map_or(0, |e| std::mem::take(&mut e.interest_wait))
     }
 
     /// Record that the session's delivery `seq` is finished in the store.
@@ -655,6 +665,10 @@ impl Connection {
             let existed = match self.broker.subscribe(&self.session, filter, *opts, sub_id) {
                 Ok((existed, ticket)) => {
                     self.add_durable(ticket);
+                    let issued = self.broker.interest_issued();
+                    if issued != 0 {
+                        self.extras.get_or_insert_with(Default::default).interest_wait = issued;
+                    }
                     existed
                 }
                 Err(q) => {

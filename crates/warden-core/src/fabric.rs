@@ -39,4 +39,7 @@ pub trait Fabric: Send + Sync {
     fn retained(&self, msg: &Arc<Message>, source: &RetainSource);
     /// This node's interest changed.
     fn interest(&self, change: Interest);
+    /// How many interest changes were handed over so far: a ticket that a SUBACK waits for
+    /// (the shell asks the fabric when it is in force, [`crate::Connection::take_interest_wait`]).
+    fn issued(&self) -> u64;
 }

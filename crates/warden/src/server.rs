@@ -286,6 +286,7 @@ impl Server {
             connect_timeout: cfg.limits.connect_timeout,
             shutdown: shutdown_rx.clone(),
             store: store.clone(),
+            cluster: cluster.clone(),
             publish_limits: crate::admission::limits::PublishLimits {
                 rate: cfg.limits.max_publish_rate,
                 bandwidth: cfg.limits.max_publish_bandwidth,

@@ -89,6 +89,8 @@ pub struct ConnContext {
     pub bans: Arc<crate::admission::bans::BanList>,
     /// Where idle plain-TCP connections park (`idle_park_after`; `None`: they never do).
     pub parking: Option<Arc<crate::conn::park::ParkingLot>>,
+    /// This node's side of the cluster (`[cluster]`): SUBACKs wait for its interest.
+    pub cluster: Option<Arc<warden_cluster::Cluster>>,
 }
 
 impl ConnContext {
@@ -107,6 +109,14 @@ impl ConnContext {
         let ticket = conn.take_durable();
         if let Some(store) = &self.store {
             store.wait(ticket).await;
+        }
+        // A node of a cluster sends a SUBACK once the subscription is in force on NATS
+        // (SPEC §11); if NATS is away it does not wait for ever.
+        let interest = conn.take_interest_wait();
+        if let (Some(c), true) = (&self.cluster, interest != 0) {
+            if !c.wait_interest(interest, Duration::from_secs(5)).await {
+                tracing::debug!("cluster: SUBACK sent before the subscription reached NATS (not connected)");
+            }
         }
     }
 }
