@@ -15,11 +15,17 @@
 //! - publishes the retained messages its clients keep on the retained subject of their topic,
 //!   and keeps every other node's ([`warden_core::Broker::retain_from_peer`]).
 //!
+//! - shares the shell's state and commands through the [`control`] plane (trust changes made
+//!   through any node's admin API reach every node), and binds each client id to one
+//!   principal cluster-wide through the [`registry`] (takeover across nodes).
+//!
 //! The core never waits for NATS: it hands messages and interest changes to this crate's task
 //! through an unbounded channel (bounded in bytes: beyond [`MAX_BACKLOG`] bytes waiting,
 //! further messages are counted as dropped).
 
+pub mod control;
 pub mod envelope;
+pub mod registry;
 pub mod subject;
 
 use std::collections::HashMap;
@@ -36,7 +42,9 @@ use warden_core::fabric::{Fabric, Interest};
 use warden_core::retained::RetainSource;
 use warden_core::{Broker, Message};
 
+use crate::control::ControlSink;
 use crate::envelope::Seen;
+use crate::registry::{ClaimResult, Registry};
 use crate::subject::Kind;
 
 /// The most bytes of messages waiting for the NATS connection before more are dropped.
@@ -117,6 +125,25 @@ pub struct Cluster {
     client: async_nats::Client,
     stats: Arc<ClusterStats>,
     node: String,
+    prefix: String,
+    replicas: usize,
+    /// This run of the node (the envelopes' origin).
+    origin: u64,
+    /// The client registry, made at its first use (NATS may be away at start).
+    registry: tokio::sync::OnceCell<Arc<Registry>>,
+    /// The control documents' task, once the shell attached its sink.
+    docs: std::sync::OnceLock<mpsc::UnboundedSender<(String, Bytes)>>,
+}
+
+/// What a CONNECT's claim of its client id leaves to do once the local broker answered
+/// ([`Cluster::claim`]).
+#[derive(Debug)]
+pub struct ClaimTicket {
+    client_id: String,
+    identity: String,
+    conn: u64,
+    /// The entry was this node's: written once the local broker accepted.
+    confirm: Option<u64>,
 }
 
 impl Cluster {
@@ -158,9 +185,14 @@ impl Cluster {
             backlog: backlog.clone(),
             client: client.clone(),
             stats: stats.clone(),
-            node: cfg.node,
+            node: cfg.node.clone(),
+            prefix: cfg.subject_prefix.clone(),
+            replicas: cfg.replicas,
+            origin: rand::random::<u64>(),
+            registry: tokio::sync::OnceCell::new(),
+            docs: std::sync::OnceLock::new(),
         });
-        let origin = rand::random::<u64>();
+        let origin = cluster.origin;
         let retained_stream = retained_stream_config(&cfg.subject_prefix, cfg.replicas);
         let task = Task {
             retained_stream: retained_stream.clone(),
@@ -189,8 +221,134 @@ impl Cluster {
         };
         tokio::spawn(task.run(rx));
         tokio::spawn(retained.run());
+        tokio::spawn(lease(cluster.clone()));
         broker.attach_fabric(cluster.clone());
         Ok(cluster)
+    }
+
+    /// Attach the shell's side of the control plane: from now on documents and node commands
+    /// from other nodes reach `sink`. Call once, before accepting connections.
+    pub fn attach_control(&self, sink: Arc<dyn ControlSink>) {
+        let (tx, rx) = mpsc::unbounded_channel();
+        if self.docs.set(tx).is_err() {
+            return;
+        }
+        let docs = control::Documents::new(
+            async_nats::jetstream::new(self.client.clone()),
+            control::control_stream_config(&self.prefix, self.replicas),
+            self.prefix.clone(),
+            self.origin,
+            sink.clone(),
+        );
+        tokio::spawn(docs.run(rx));
+        tokio::spawn(control::node_commands(
+            self.client.clone(),
+            control::node_subject(&self.prefix, &self.node),
+            sink,
+        ));
+    }
+
+    /// Share this node's new version of document `name` with every node (kept by JetStream;
+    /// retried until it is). `name` is a plain token ([`control::valid_doc_name`]).
+    pub fn publish_document(&self, name: &str, body: Vec<u8>) {
+        debug_assert!(control::valid_doc_name(name));
+        if let Some(tx) = self.docs.get() {
+            let _ = tx.send((name.to_owned(), body.into()));
+        }
+    }
+
+    async fn registry(&self) -> Result<&Arc<Registry>, Box<dyn std::error::Error + Send + Sync>> {
+        self.registry
+            .get_or_try_init(|| async {
+                let js = async_nats::jetstream::new(self.client.clone());
+                let clients = js.create_key_value(registry::clients_bucket(&self.prefix, self.replicas)).await?;
+                let nodes = js.create_key_value(registry::nodes_bucket(&self.prefix, self.replicas)).await?;
+                Ok::<_, Box<dyn std::error::Error + Send + Sync>>(Arc::new(Registry {
+                    clients,
+                    nodes,
+                    node: self.node.clone(),
+                }))
+            })
+            .await
+    }
+
+    /// Claim `client_id` for connection `conn` (unique in this run of the node) of the
+    /// principal `identity` (`kind:name`), before the local broker takes it: another
+    /// principal's live claim on another node refuses it (CONNACK 0x87), the same principal's
+    /// connection on another node is told to end (DISCONNECT 0x8E), and a registry that cannot
+    /// be asked refuses it as unavailable (CONNACK 0x88). After the local broker accepted,
+    /// call [`Cluster::connected_as`] with the ticket; when the connection ends,
+    /// [`Cluster::release`].
+    pub async fn claim(&self, client_id: &str, identity: &str, conn: u64, now: u64) -> (ClaimResult, ClaimTicket) {
+        let mut ticket =
+            ClaimTicket { client_id: client_id.to_owned(), identity: identity.to_owned(), conn, confirm: None };
+        let r = match self.registry().await {
+            Ok(reg) => reg.claim(client_id, identity, conn, now).await,
+            Err(e) => Err(e),
+        };
+        match r {
+            Ok((result, confirm)) => {
+                ticket.confirm = confirm;
+                if let ClaimResult::Granted { takeover: Some(node) } = &result {
+                    let subject = control::node_subject(&self.prefix, node);
+                    let cmd = control::end_command(client_id, 0x8E);
+                    if let Err(e) = self.client.publish(subject, cmd).await {
+                        tracing::debug!(error = %e, "cluster: sending a takeover failed");
+                    }
+                    let _ = self.client.flush().await;
+                }
+                (result, ticket)
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "cluster: the client registry cannot be asked; CONNECT refused (0x88)");
+                (ClaimResult::Unavailable, ticket)
+            }
+        }
+    }
+
+    /// The local broker accepted the connection of `ticket`.
+    pub fn connected_as(self: &Arc<Self>, ticket: &ClaimTicket) {
+        let Some(revision) = ticket.confirm else { return };
+        let me = self.clone();
+        let (id, identity, conn) = (ticket.client_id.clone(), ticket.identity.clone(), ticket.conn);
+        tokio::spawn(async move {
+            if let Ok(reg) = me.registry().await {
+                reg.confirm(&id, &identity, conn, Some(revision)).await;
+            }
+        });
+    }
+
+    /// The connection of `ticket` ended; its session lasts until `keep_until` (Unix seconds)
+    /// or ended with it (`None`).
+    pub fn release(self: &Arc<Self>, ticket: &ClaimTicket, keep_until: Option<u64>) {
+        let me = self.clone();
+        let (id, conn) = (ticket.client_id.clone(), ticket.conn);
+        tokio::spawn(async move {
+            if let Ok(reg) = me.registry().await {
+                reg.release(&id, conn, keep_until).await;
+            }
+        });
+    }
+
+    /// End `client_id`'s connection wherever in the cluster it is (with MQTT reason code
+    /// `reason`). True when the registry knows a connection of it on another node (told).
+    pub async fn end_elsewhere(&self, client_id: &str, reason: u8) -> bool {
+        let Ok(reg) = self.registry().await else { return false };
+        match reg.locate(client_id).await {
+            Ok(Some(c)) if c.node != self.node => {
+                let subject = control::node_subject(&self.prefix, &c.node);
+                let ok = self.client.publish(subject, control::end_command(client_id, reason)).await.is_ok();
+                let _ = self.client.flush().await;
+                ok
+            }
+            _ => false,
+        }
+    }
+
+    /// The connections of every node, as the registry has them.
+    pub async fn connected_clients(&self) -> Vec<registry::Claim> {
+        let Ok(reg) = self.registry().await else { return Vec::new() };
+        reg.connected().await.unwrap_or_default()
     }
 
     /// True while connected to a NATS server.
@@ -533,5 +691,20 @@ fn retained_stream_config(prefix: &str, replicas: usize) -> async_nats::jetstrea
         num_replicas: replicas,
         storage: async_nats::jetstream::stream::StorageType::File,
         ..Default::default()
+    }
+}
+
+/// Keep this node's lease for ever (SPEC §11: a claim of a node without a lease is stale).
+async fn lease(cluster: Arc<Cluster>) {
+    loop {
+        match cluster.registry().await {
+            Ok(reg) => {
+                if let Err(e) = reg.renew().await {
+                    tracing::debug!(error = %e, "cluster: renewing this node's lease failed");
+                }
+            }
+            Err(e) => tracing::debug!(error = %e, "cluster: the client registry is not reachable yet"),
+        }
+        tokio::time::sleep(registry::LEASE_REFRESH).await;
     }
 }

@@ -278,6 +278,12 @@ impl Connection {
         &self.session.client_id
     }
 
+    /// The session's expiry interval now (seconds; 0: the session ends with the connection):
+    /// the CONNECT's, or a DISCONNECT's that changed it.
+    pub fn session_expiry(&self) -> u32 {
+        self.session.state.lock().expiry_interval
+    }
+
     /// The principal this connection authenticated as (shared with its session; the shell's
     /// registry of live connections keeps a clone).
     pub fn principal(&self) -> &Arc<Principal> {

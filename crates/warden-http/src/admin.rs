@@ -109,7 +109,13 @@ pub struct ClientInfo {
     pub protocol: String,
     /// Unix seconds when it connected.
     pub connected_at: u64,
+    /// The cluster node it is connected to (SPEC §11; absent on a single node).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub node: Option<String>,
 }
+
+/// A future the admin API awaits: an answer from the other nodes of a cluster.
+pub type BackendFuture<T> = std::pin::Pin<Box<dyn std::future::Future<Output = T> + Send + 'static>>;
 
 /// What a ban matches.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -166,6 +172,17 @@ pub trait AdminBackend: Send + Sync + 'static {
     fn clients(&self) -> Vec<ClientInfo>;
     /// Disconnect a client (v5 DISCONNECT 0x98). False when no such client is connected.
     fn kick(&self, client_id: &str) -> bool;
+    /// End `client_id`'s connection on another node of a cluster (SPEC §11), when [`kick`]
+    /// found none here: true when a node holding it was told.
+    ///
+    /// [`kick`]: AdminBackend::kick
+    fn kick_elsewhere(&self, _client_id: &str) -> BackendFuture<bool> {
+        Box::pin(async { false })
+    }
+    /// The clients connected to the other nodes of a cluster.
+    fn clients_elsewhere(&self) -> BackendFuture<Vec<ClientInfo>> {
+        Box::pin(async { Vec::new() })
+    }
     /// Bans in force.
     fn bans(&self) -> Vec<Ban>;
     /// Add (or replace) a ban; persisted; live connections it matches are disconnected.
@@ -899,12 +916,14 @@ async fn delete_rule(
 // --- clients, kick, bans -------------------------------------------------------------------
 
 async fn list_clients(State(st): St) -> ApiResult<Response> {
-    Ok(Json(st.backend.clients()).into_response())
+    let mut all = st.backend.clients();
+    all.extend(st.backend.clients_elsewhere().await);
+    Ok(Json(all).into_response())
 }
 
 async fn kick(State(st): St, Extension(a): Extension<AdminActor>, Path(id): Path<String>) -> ApiResult<Response> {
     let c = Change::new(&st, a, "client.kick", id.clone());
-    let answer = if st.backend.kick(&id) {
+    let answer = if st.backend.kick(&id) || st.backend.kick_elsewhere(&id).await {
         Ok(done())
     } else {
         Err(AdminError::not_found(format!("no connected client '{id}'")))

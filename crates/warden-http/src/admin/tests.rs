@@ -42,6 +42,7 @@ impl AdminBackend for Memory {
             peer: "127.0.0.1:5000".into(),
             protocol: "5.0".into(),
             connected_at: 1,
+            node: None,
         }]
     }
     fn kick(&self, client_id: &str) -> bool {

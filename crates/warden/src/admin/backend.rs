@@ -39,6 +39,9 @@ pub struct Backend {
     pub audit: Arc<AuditLog>,
     /// The broker core (sessions, retained messages).
     pub broker: Arc<warden_core::Broker>,
+    /// This node's side of the cluster (SPEC §11): every change is shared with the other
+    /// nodes ([`crate::admin::cluster_sync`]).
+    pub cluster: Option<Arc<warden_cluster::Cluster>>,
 }
 
 /// The reason shown for a ban the broker set itself after failed authentications.
@@ -50,6 +53,69 @@ fn internal(what: &str, e: impl std::fmt::Display) -> AdminError {
 }
 
 impl Backend {
+    /// Add a ban here and end the live connections it matches (not shared).
+    fn apply_ban(&self, ban: Ban) -> Result<(), AdminError> {
+        crate::admission::bans::validate(&ban).map_err(AdminError::bad_request)?;
+        self.bans.add(ban.clone()).map_err(|e| internal("saving the ban list", e))?;
+        let now = crate::clock::unix_now();
+        if ban.expires_at.is_none_or(|e| now < e) {
+            // 0x98 Administrative action: 0x8A Banned is a CONNACK-only code (MQTT 5
+            // §3.14.2.1 has no 0x8A for DISCONNECT; clients read it as a malformed packet).
+            let n = self.live.end_where(ReasonCode::ADMINISTRATIVE_ACTION, |c, p, peer| {
+                BanList::matches(&ban, c, &p.name, peer.ip())
+            });
+            info!(kind = ?ban.kind, value = %Escaped(&ban.value), connections = n, "admin API: ban added");
+        }
+        Ok(())
+    }
+
+    /// Remove a listed ban here (not shared).
+    fn apply_unban(&self, kind: BanKind, value: &str) -> Result<bool, AdminError> {
+        self.bans.remove(kind, value).map_err(|e| internal("saving the ban list", e))
+    }
+
+    /// Share the policy store with the other nodes of the cluster.
+    fn share_policy(&self) {
+        if let Some(c) = &self.cluster {
+            c.publish_document(crate::admin::cluster_sync::POLICY, self.policy.store().to_json().into_bytes());
+        }
+    }
+
+    /// Share the operator's ban list with the other nodes of the cluster.
+    fn share_bans(&self) {
+        if let Some(c) = &self.cluster {
+            match serde_json::to_vec(&self.bans.list()) {
+                Ok(body) => c.publish_document(crate::admin::cluster_sync::BANS, body),
+                Err(e) => tracing::warn!(error = %e, "cluster: the ban list could not be encoded"),
+            }
+        }
+    }
+
+    /// Replace the policy store with another node's version.
+    pub(crate) fn policy_from_peer(&self, store: warden_policy::store::PolicyStore) -> Result<(), AdminError> {
+        self.policy.update(&mut |s| {
+            *s = store.clone();
+            Ok(())
+        })
+    }
+
+    /// Replace the operator's ban list with another node's version: the bans added there are
+    /// applied here (live connections they match end), the ones removed there are lifted.
+    pub(crate) fn bans_from_peer(&self, bans: Vec<Ban>) -> Result<(), AdminError> {
+        let here = self.bans.list();
+        for b in &here {
+            if !bans.iter().any(|n| n.kind == b.kind && n.value == b.value) {
+                self.apply_unban(b.kind, &b.value)?;
+            }
+        }
+        for n in bans {
+            if !here.contains(&n) {
+                self.apply_ban(n)?;
+            }
+        }
+        Ok(())
+    }
+
     fn refresh_oauth(&self) -> Result<(), AdminError> {
         if let Some(o) = &self.oauth {
             let clients = crate::admin::oauth_store::oauth_clients(&self.config)
@@ -67,7 +133,9 @@ impl AdminBackend for Backend {
     }
 
     fn update_policy(&self, edit: PolicyEdit<'_>) -> Result<(), AdminError> {
-        self.policy.update(edit)
+        self.policy.update(edit)?;
+        self.share_policy();
+        Ok(())
     }
 
     fn clients(&self) -> Vec<ClientInfo> {
@@ -95,29 +163,53 @@ impl AdminBackend for Backend {
     }
 
     fn add_ban(&self, ban: Ban) -> Result<(), AdminError> {
-        crate::admission::bans::validate(&ban).map_err(AdminError::bad_request)?;
-        self.bans.add(ban.clone()).map_err(|e| internal("saving the ban list", e))?;
-        let now = crate::clock::unix_now();
-        if ban.expires_at.is_none_or(|e| now < e) {
-            // 0x98 Administrative action: 0x8A Banned is a CONNACK-only code (MQTT 5
-            // §3.14.2.1 has no 0x8A for DISCONNECT; clients read it as a malformed packet).
-            let n = self.live.end_where(ReasonCode::ADMINISTRATIVE_ACTION, |c, p, peer| {
-                BanList::matches(&ban, c, &p.name, peer.ip())
-            });
-            info!(kind = ?ban.kind, value = %Escaped(&ban.value), connections = n, "admin API: ban added");
-        }
+        self.apply_ban(ban)?;
+        self.share_bans();
         Ok(())
     }
 
     fn remove_ban(&self, kind: BanKind, value: &str) -> Result<bool, AdminError> {
-        let listed = self.bans.remove(kind, value).map_err(|e| internal("saving the ban list", e))?;
-        // An automatic ban is lifted by its address (either spelling of an IPv4 peer).
+        let listed = self.apply_unban(kind, value)?;
+        // An automatic ban is lifted by its address (either spelling of an IPv4 peer); those
+        // are this node's own (each node counts its failed logins).
         let lifted = kind == BanKind::Ip
             && value.parse::<std::net::IpAddr>().is_ok_and(|ip| self.guard.lift(ip, std::time::Instant::now()));
         if lifted {
             info!(address = %Escaped(value), "admin API: automatic ban lifted");
         }
+        if listed {
+            self.share_bans();
+        }
         Ok(listed || lifted)
+    }
+
+    fn kick_elsewhere(&self, client_id: &str) -> warden_http::admin::BackendFuture<bool> {
+        let Some(c) = self.cluster.clone() else { return Box::pin(async { false }) };
+        let id = client_id.to_owned();
+        Box::pin(async move { c.end_elsewhere(&id, ReasonCode::ADMINISTRATIVE_ACTION.0).await })
+    }
+
+    fn clients_elsewhere(&self) -> warden_http::admin::BackendFuture<Vec<ClientInfo>> {
+        let Some(c) = self.cluster.clone() else { return Box::pin(async { Vec::new() }) };
+        Box::pin(async move {
+            let me = c.node().to_owned();
+            let mut v: Vec<ClientInfo> = c
+                .connected_clients()
+                .await
+                .into_iter()
+                .filter(|e| e.node != me)
+                .map(|e| ClientInfo {
+                    client_id: e.client_id,
+                    principal: e.identity,
+                    peer: "-".into(),
+                    protocol: "-".into(),
+                    connected_at: 0,
+                    node: Some(e.node),
+                })
+                .collect();
+            v.sort_by(|a, b| a.client_id.cmp(&b.client_id));
+            v
+        })
     }
 
     fn oauth_clients(&self) -> Result<Vec<OAuthClientInfo>, AdminError> {

@@ -10,11 +10,13 @@
 //!   and the audited authorizer the broker runs.
 //! - [`oauth_store`]: the token service's OAuth clients, kept in the data directory.
 //! - [`revocations`]: the token service's revocations, kept in the data directory.
+//! - [`cluster_sync`]: what the other nodes of a cluster share, applied here (SPEC §11).
 //! - [`audit_log`]: the audit trail of administrative and security events.
 //! - [`posture`]: the posture audit (`warden audit`, `GET /admin/audit/posture`).
 
 pub mod audit_log;
 pub mod backend;
+pub mod cluster_sync;
 pub mod oauth_store;
 pub mod policy_store;
 pub mod posture;

@@ -188,6 +188,7 @@ impl LiveClients {
                 peer: e.peer.get().to_string(),
                 protocol: protocol_name(e.protocol).into(),
                 connected_at: u64::from(e.connected_at),
+                node: None,
             })
             .collect();
         v.sort_by(|a, b| a.client_id.cmp(&b.client_id));

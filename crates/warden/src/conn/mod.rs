@@ -427,6 +427,9 @@ pub struct Core {
     limiter: Option<Box<PublishLimiter>>,
     /// Parked at least once: later parks wait the full `idle_park_after`.
     parked_before: bool,
+    /// On a node of a cluster: the client id's claim in the cluster's registry, released
+    /// when the connection ends.
+    claim: Option<(Arc<warden_cluster::Cluster>, Box<warden_cluster::ClaimTicket>)>,
 }
 
 impl Core {
@@ -521,9 +524,15 @@ enum Driven {
 async fn finish<R: ReadReady, W: AsyncWrite + Unpin + Send>(l: Live<R, W>, close: Close) {
     // The rest of `l` (the admission slot among it) is dropped once the session is closed.
     let Live { core, mut wr, wbuf, .. } = l;
-    let Core { mut conn, ctx, registration, .. } = core;
+    let Core { mut conn, ctx, registration, claim, .. } = core;
     // The peer address is kept once, in the registry: read as the entry is removed.
     let peer = registration.remove();
+    if let Some((c, ticket)) = &claim {
+        // The client id stays bound to its principal while its session lasts.
+        let expiry = conn.session_expiry();
+        let keep = (expiry > 0).then(|| crate::clock::unix_now().saturating_add(u64::from(expiry)));
+        c.release(ticket, keep);
+    }
     // Messages accepted in the last batch are routed now, and their acknowledgements (already
     // in `wbuf`) leave only once what the store must keep for them is durable.
     conn.flush_wakes();
@@ -657,6 +666,35 @@ async fn establish<S: Transport>(start: Box<Start<S>>) -> Option<Live<S::Read, S
         let left = t.expires_at.saturating_sub(crate::clock::unix_now());
         Instant::now() + Duration::from_secs(left)
     });
+    // On a node of a cluster, the client id is claimed cluster-wide first (SPEC §3, §11):
+    // another principal's elsewhere is refused (0x87), the same principal's connection on
+    // another node is told to end (0x8E), and no registry means no CONNECT (0x88). A client
+    // id the broker assigns is unique by construction.
+    let claim = match &ctx.cluster {
+        Some(c) if !connect.client_id.is_empty() => {
+            static CONN_IDS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
+            let conn_id = CONN_IDS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            let identity = principal.to_string();
+            let (result, ticket) = c.claim(&connect.client_id, &identity, conn_id, crate::clock::unix_now()).await;
+            let refused = match result {
+                warden_cluster::registry::ClaimResult::Granted { .. } => None,
+                warden_cluster::registry::ClaimResult::Refused => Some(ReasonCode::NOT_AUTHORIZED),
+                warden_cluster::registry::ClaimResult::Unavailable => Some(ReasonCode::SERVER_UNAVAILABLE),
+            };
+            if let Some(code) = refused {
+                info!(%peer, client_id = %crate::logsafe::Escaped(&connect.client_id),
+                    principal = %crate::logsafe::Escaped(&principal), reason = %code, why = code.description(),
+                    "connection refused by the cluster's client registry");
+                ctx.broker.stats.connections_refused.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                write_connack(protocol, false, code, Default::default(), client_max, &mut wbuf);
+                let _ = wr.write_all(&wbuf).await;
+                let _ = wr.shutdown().await;
+                return None;
+            }
+            Some((c.clone(), Box::new(ticket)))
+        }
+        _ => None,
+    };
     let notify = Arc::new(ConnWaker::default());
     let client_id_req = connect.client_id.clone();
     let mut conn =
@@ -664,6 +702,9 @@ async fn establish<S: Transport>(start: Box<Start<S>>) -> Option<Live<S::Read, S
         {
             Ok(c) => c,
             Err(e) => {
+                if let Some((c, ticket)) = &claim {
+                    c.release(ticket, None);
+                }
                 info!(%peer, client_id = %crate::logsafe::Escaped(&client_id_req),
                     principal = %crate::logsafe::Escaped(&principal), reason = %e.0, why = e.0.description(),
                     "connection refused");
@@ -685,6 +726,9 @@ async fn establish<S: Transport>(start: Box<Start<S>>) -> Option<Live<S::Read, S
         notify.end(ReasonCode::SERVER_SHUTTING_DOWN);
     }
     conn.set_credential_expiry(token_expiry);
+    if let Some((c, ticket)) = &claim {
+        c.connected_as(ticket);
+    }
     let limits = scram_user.is_some().then(|| Box::new(Limits { scram_user }));
     let core = Core {
         conn,
@@ -696,6 +740,7 @@ async fn establish<S: Transport>(start: Box<Start<S>>) -> Option<Live<S::Read, S
         _count: count,
         limiter: None,
         parked_before: false,
+        claim,
     };
     Some(Live { core, rd, wr, rbuf, wbuf })
 }

@@ -1,0 +1,241 @@
+//! The cluster's control plane (SPEC §11 "trust changes are cluster-wide", "takeover"): what
+//! the nodes share besides messages.
+//!
+//! - **Documents**: the shell's shared state (the policy store, the ban list, ...) as named
+//!   documents, each a whole snapshot, kept in the JetStream stream `{PREFIX}_CONTROL` (the
+//!   last version of each, on disk, on `replicas` servers). A node that changes one publishes
+//!   it; every node follows the stream and hands each version it did not write to its
+//!   [`ControlSink`]. The stream's order is the one order: every node ends with the stream's
+//!   last version (last writer wins; admin changes are rare and made by operators). A node
+//!   that starts reads the last version of each document, so that the cluster's copy wins
+//!   over a node's local file once any node has written one.
+//! - **Node commands**: `{prefix}.c.node.<node>` (core NATS), telling one node to end one of its
+//!   connections (a kick through another node's admin API, a takeover).
+//! - **The client registry** ([`crate::registry`]).
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use futures_util::StreamExt;
+use tokio::sync::mpsc;
+
+use crate::envelope;
+
+/// What the shell does with what the control plane brings.
+pub trait ControlSink: Send + Sync + 'static {
+    /// Another node changed the shared document `name` (or, at start, this is the cluster's
+    /// last version of it): apply `body`, without publishing it again.
+    fn document(&self, name: &str, body: &[u8]);
+    /// End this node's connection of `client_id` with the MQTT reason code `reason`. True when
+    /// there was one.
+    fn end_client(&self, client_id: &str, reason: u8) -> bool;
+}
+
+/// A node command's operation byte: end a connection.
+const OP_END: u8 = 1;
+
+/// The subject of node `node`'s commands.
+pub(crate) fn node_subject(prefix: &str, node: &str) -> String {
+    format!("{prefix}.c.node.{node}")
+}
+
+/// The subject of document `name` (a plain token: the shell names them).
+fn doc_subject(prefix: &str, name: &str) -> String {
+    format!("{prefix}.c.doc.{name}")
+}
+
+/// A node command that ends `client_id`'s connection with `reason`.
+pub(crate) fn end_command(client_id: &str, reason: u8) -> Bytes {
+    let mut b = Vec::with_capacity(2 + client_id.len());
+    b.push(OP_END);
+    b.push(reason);
+    b.extend_from_slice(client_id.as_bytes());
+    b.into()
+}
+
+/// Read a node command: `(client_id, reason)`; `None` for anything else (counted, ignored).
+fn parse_command(b: &[u8]) -> Option<(&str, u8)> {
+    match b {
+        [OP_END, reason, id @ ..] => std::str::from_utf8(id).ok().map(|id| (id, *reason)),
+        _ => None,
+    }
+}
+
+/// True for a document name the control plane accepts: a plain subject token.
+pub fn valid_doc_name(name: &str) -> bool {
+    !name.is_empty() && name.len() <= 32 && name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
+}
+
+/// The control stream: the last version of every document.
+pub(crate) fn control_stream_config(prefix: &str, replicas: usize) -> async_nats::jetstream::stream::Config {
+    async_nats::jetstream::stream::Config {
+        name: format!("{prefix}_CONTROL"),
+        subjects: vec![format!("{prefix}.c.doc.>")],
+        max_messages_per_subject: 1,
+        num_replicas: replicas,
+        storage: async_nats::jetstream::stream::StorageType::File,
+        ..Default::default()
+    }
+}
+
+/// The documents' task: publishes this node's versions (retrying until JetStream keeps them)
+/// and follows everyone's.
+pub(crate) struct Documents {
+    pub(crate) js: async_nats::jetstream::Context,
+    pub(crate) config: async_nats::jetstream::stream::Config,
+    pub(crate) prefix: String,
+    pub(crate) origin: u64,
+    pub(crate) sink: Arc<dyn ControlSink>,
+    /// The body of each document as this node has it now (applied or written here).
+    current: HashMap<String, Bytes>,
+    /// This node's versions not yet kept by JetStream.
+    pending: HashMap<String, Bytes>,
+    /// The stream sequence of this node's last version of each document.
+    own_seq: HashMap<String, u64>,
+}
+
+type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+impl Documents {
+    pub(crate) fn new(
+        js: async_nats::jetstream::Context,
+        config: async_nats::jetstream::stream::Config,
+        prefix: String,
+        origin: u64,
+        sink: Arc<dyn ControlSink>,
+    ) -> Documents {
+        Documents {
+            js,
+            config,
+            prefix,
+            origin,
+            sink,
+            current: HashMap::new(),
+            pending: HashMap::new(),
+            own_seq: HashMap::new(),
+        }
+    }
+
+    /// Run for ever: on any failure (NATS away, no quorum), start again after a second.
+    pub(crate) async fn run(mut self, mut rx: mpsc::UnboundedReceiver<(String, Bytes)>) {
+        loop {
+            match self.follow(&mut rx).await {
+                Ok(()) => return, // the sender is gone: shutdown
+                Err(e) => tracing::debug!(error = %e, "cluster: the control stream failed; retrying"),
+            }
+            tokio::time::sleep(Duration::from_secs(1)).await;
+        }
+    }
+
+    async fn follow(&mut self, rx: &mut mpsc::UnboundedReceiver<(String, Bytes)>) -> Result<(), BoxError> {
+        use async_nats::jetstream::consumer;
+        let stream = self.js.get_or_create_stream(self.config.clone()).await?;
+        self.flush().await?;
+        let c = stream
+            .create_consumer(consumer::pull::OrderedConfig {
+                deliver_policy: consumer::DeliverPolicy::LastPerSubject,
+                filter_subject: format!("{}.c.doc.>", self.prefix),
+                ..Default::default()
+            })
+            .await?;
+        let mut msgs = c.messages().await?;
+        loop {
+            tokio::select! {
+                doc = rx.recv() => {
+                    let Some((name, body)) = doc else { return Ok(()) };
+                    self.current.insert(name.clone(), body.clone());
+                    self.pending.insert(name, body);
+                    self.flush().await?;
+                }
+                m = msgs.next() => {
+                    let Some(m) = m else { return Err("the control consumer ended".into()) };
+                    let m = m?;
+                    let seq = m.info().map(|i| i.stream_sequence).unwrap_or(0);
+                    let Some(name) = m.subject.strip_prefix(&format!("{}.c.doc.", self.prefix)) else { continue };
+                    let name = name.to_owned();
+                    self.received(&name, &m.payload, seq);
+                }
+            }
+        }
+    }
+
+    /// Publish every pending version; each one that JetStream keeps leaves `pending`.
+    async fn flush(&mut self) -> Result<(), BoxError> {
+        let names: Vec<String> = self.pending.keys().cloned().collect();
+        for name in names {
+            let Some(body) = self.pending.get(&name).cloned() else { continue };
+            let payload = envelope::wrap(self.origin, 0, &body);
+            let ack = self.js.publish(doc_subject(&self.prefix, &name), payload.into()).await?.await?;
+            self.own_seq.insert(name.clone(), ack.sequence);
+            if self.pending.get(&name) == Some(&body) {
+                self.pending.remove(&name);
+            }
+        }
+        Ok(())
+    }
+
+    fn received(&mut self, name: &str, payload: &[u8], seq: u64) {
+        let Some((origin, _, body)) = envelope::unwrap(payload) else {
+            tracing::debug!(document = name, "cluster: a control document did not decode");
+            return;
+        };
+        if origin == self.origin {
+            // Our own version: skipped while a newer one of ours is on its way or kept.
+            if self.pending.contains_key(name) || self.own_seq.get(name).is_some_and(|&own| seq < own) {
+                return;
+            }
+        }
+        if self.current.get(name).is_some_and(|b| b[..] == *body) {
+            return;
+        }
+        self.current.insert(name.to_owned(), Bytes::copy_from_slice(body));
+        self.sink.document(name, body);
+    }
+}
+
+/// Follow this node's commands (core NATS) for ever.
+pub(crate) async fn node_commands(client: async_nats::Client, subject: String, sink: Arc<dyn ControlSink>) {
+    loop {
+        match client.subscribe(subject.clone()).await {
+            Ok(mut sub) => {
+                while let Some(m) = sub.next().await {
+                    match parse_command(&m.payload) {
+                        Some((client_id, reason)) => {
+                            let ended = sink.end_client(client_id, reason);
+                            tracing::debug!(ended, reason, "cluster: end-connection command");
+                        }
+                        None => tracing::debug!("cluster: a node command did not decode"),
+                    }
+                }
+            }
+            Err(e) => tracing::debug!(error = %e, "cluster: subscribing to node commands failed; retrying"),
+        }
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn commands_round_trip_and_garbage_is_refused() {
+        let c = end_command("dev/1", 0x8E);
+        assert_eq!(parse_command(&c), Some(("dev/1", 0x8E)));
+        assert_eq!(parse_command(&end_command("", 0x98)), Some(("", 0x98)));
+        assert_eq!(parse_command(b""), None);
+        assert_eq!(parse_command(&[9, 1, b'x']), None);
+        assert_eq!(parse_command(&[OP_END, 0x8E, 0xff, 0xfe]), None);
+    }
+
+    #[test]
+    fn document_names_are_plain_tokens() {
+        assert!(valid_doc_name("policy"));
+        assert!(valid_doc_name("oauth-clients"));
+        for bad in ["", "a.b", "a*", ">", "a b", &"x".repeat(33)] {
+            assert!(!valid_doc_name(bad), "{bad:?}");
+        }
+    }
+}

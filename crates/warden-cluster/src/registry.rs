@@ -1,0 +1,374 @@
+//! The cluster's client registry (SPEC §3 and §11): which node holds each client id, for which
+//! principal — so that a client id is unique cluster-wide, a takeover reaches the node that
+//! held it (DISCONNECT 0x8E there), and another principal is refused everywhere (0x87).
+//!
+//! One JetStream KV bucket, `{PREFIX}_CLIENTS`: key = SHA-256 of the client id (hex: any
+//! client id becomes a valid key, and none reaches the NATS protocol), value = a [`Claim`].
+//! Every write is a compare-and-set on the key's revision, so that two nodes that take the
+//! same client id at once cannot both win. A second bucket, `{PREFIX}_NODES`, holds each
+//! node's lease (its name, refreshed every [`LEASE_REFRESH`], gone after [`LEASE_TTL`]): a
+//! claim of a node without a lease is stale and may be taken by anyone.
+//!
+//! What is not here yet (docs/cluster.md): sessions themselves stay on their node, so a
+//! persistent session resumed on another node starts empty there.
+
+use std::time::Duration;
+
+use async_nats::jetstream::kv;
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+
+/// How long a node's lease lasts without a refresh.
+pub const LEASE_TTL: Duration = Duration::from_secs(10);
+/// How often a node refreshes its lease.
+pub const LEASE_REFRESH: Duration = Duration::from_secs(3);
+/// The longest one registry operation may take before the CONNECT is refused as unavailable.
+const OP_TIMEOUT: Duration = Duration::from_secs(3);
+
+/// One client id's entry.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Claim {
+    /// The client id.
+    pub client_id: String,
+    /// The node holding it.
+    pub node: String,
+    /// The connection (unique per node run) holding it, 0 when none is connected.
+    pub conn: u64,
+    /// The principal (`kind:name`) it belongs to.
+    pub identity: String,
+    /// While no connection holds it: when its session ends (Unix seconds); 0 = with the
+    /// connection.
+    #[serde(default)]
+    pub expires_at: u64,
+}
+
+/// The answer to a CONNECT's claim.
+#[derive(Debug, PartialEq, Eq)]
+pub enum ClaimResult {
+    /// The client id is this connection's. `takeover` names the node whose connection must
+    /// end (already told).
+    Granted {
+        /// The node told to end its connection (DISCONNECT 0x8E), if another one held it.
+        takeover: Option<String>,
+    },
+    /// Another principal holds the client id on another node: CONNACK 0x87.
+    Refused,
+    /// The registry could not be asked (NATS away, no quorum): CONNACK 0x88.
+    Unavailable,
+}
+
+/// The registry key of a client id.
+pub(crate) fn key(client_id: &str) -> String {
+    let d = Sha256::digest(client_id.as_bytes());
+    d.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// The buckets' configuration.
+pub(crate) fn clients_bucket(prefix: &str, replicas: usize) -> kv::Config {
+    kv::Config {
+        bucket: format!("{prefix}_CLIENTS"),
+        history: 1,
+        num_replicas: replicas,
+        storage: async_nats::jetstream::stream::StorageType::File,
+        ..Default::default()
+    }
+}
+
+pub(crate) fn nodes_bucket(prefix: &str, replicas: usize) -> kv::Config {
+    kv::Config {
+        bucket: format!("{prefix}_NODES"),
+        history: 1,
+        max_age: LEASE_TTL,
+        num_replicas: replicas,
+        storage: async_nats::jetstream::stream::StorageType::File,
+        ..Default::default()
+    }
+}
+
+/// What a claim decides from the entry it found (pure: tested below).
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) enum Decision {
+    /// Write our claim (create when `revision` is `None`, else compare-and-set on it) and tell
+    /// `takeover`'s node to end its connection.
+    Take { revision: Option<u64>, takeover: Option<String> },
+    /// The entry is this node's: the local broker decides (takeover or refusal), and the
+    /// claim is written after it accepted.
+    Local { revision: u64 },
+    /// Another principal's, live: refuse.
+    Refuse,
+}
+
+/// Decide a claim of `identity` on node `me`, from the current entry (`None`: no entry) and
+/// whether its node holds a lease.
+pub(crate) fn decide(me: &str, identity: &str, found: Option<(&Claim, u64)>, node_alive: bool, now: u64) -> Decision {
+    let Some((c, revision)) = found else { return Decision::Take { revision: None, takeover: None } };
+    let stale = !node_alive || (c.conn == 0 && c.expires_at != 0 && c.expires_at <= now);
+    if stale {
+        return Decision::Take { revision: Some(revision), takeover: None };
+    }
+    if c.node == me {
+        return Decision::Local { revision };
+    }
+    if c.identity != identity {
+        return Decision::Refuse;
+    }
+    let takeover = (c.conn != 0).then(|| c.node.clone());
+    Decision::Take { revision: Some(revision), takeover }
+}
+
+/// The registry as one node uses it.
+pub(crate) struct Registry {
+    pub(crate) clients: kv::Store,
+    pub(crate) nodes: kv::Store,
+    pub(crate) node: String,
+}
+
+type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+async fn timed<T, E: Into<BoxError>>(f: impl std::future::Future<Output = Result<T, E>>) -> Result<T, BoxError> {
+    match tokio::time::timeout(OP_TIMEOUT, f).await {
+        Ok(r) => r.map_err(Into::into),
+        Err(_) => Err("timed out".into()),
+    }
+}
+
+impl Registry {
+    /// The current entry of `key` and its revision (deleted entries read as none).
+    async fn entry(&self, key: &str) -> Result<Option<(Claim, u64)>, BoxError> {
+        let e = timed(self.clients.entry(key)).await?;
+        Ok(e.filter(|e| e.operation == kv::Operation::Put).and_then(|e| {
+            match serde_json::from_slice::<Claim>(&e.value) {
+                Ok(c) => Some((c, e.revision)),
+                Err(_) => {
+                    tracing::debug!("cluster: a client registry entry did not decode; treated as none");
+                    None
+                }
+            }
+        }))
+    }
+
+    async fn node_alive(&self, node: &str) -> Result<bool, BoxError> {
+        if node == self.node {
+            return Ok(true);
+        }
+        Ok(timed(self.nodes.get(node)).await?.is_some())
+    }
+
+    /// Refresh this node's lease.
+    pub(crate) async fn renew(&self) -> Result<(), BoxError> {
+        timed(self.nodes.put(&self.node, bytes::Bytes::from_static(b"1"))).await?;
+        Ok(())
+    }
+
+    /// Claim `client_id` for connection `conn` of principal `identity`. Returns the decision
+    /// and, for [`Decision::Local`], the revision to write after the local broker accepted.
+    pub(crate) async fn claim(
+        &self,
+        client_id: &str,
+        identity: &str,
+        conn: u64,
+        now: u64,
+    ) -> Result<(ClaimResult, Option<u64>), BoxError> {
+        let key = key(client_id);
+        let mine = Claim {
+            client_id: client_id.to_owned(),
+            node: self.node.clone(),
+            conn,
+            identity: identity.to_owned(),
+            expires_at: 0,
+        };
+        let value: bytes::Bytes = serde_json::to_vec(&mine)?.into();
+        // A compare-and-set lost to another node's write is tried again, a few times.
+        for _ in 0..5 {
+            let found = self.entry(&key).await?;
+            let alive = match &found {
+                Some((c, _)) => self.node_alive(&c.node).await?,
+                None => true,
+            };
+            match decide(&self.node, identity, found.as_ref().map(|(c, r)| (c, *r)), alive, now) {
+                Decision::Refuse => return Ok((ClaimResult::Refused, None)),
+                Decision::Local { revision } => return Ok((ClaimResult::Granted { takeover: None }, Some(revision))),
+                Decision::Take { revision, takeover } => {
+                    let lost = match revision {
+                        None => {
+                            match tokio::time::timeout(OP_TIMEOUT, self.clients.create(&key, value.clone())).await {
+                                Ok(Ok(_)) => false,
+                                Ok(Err(e)) if e.kind() == kv::CreateErrorKind::AlreadyExists => true,
+                                Ok(Err(e)) => return Err(e.into()),
+                                Err(_) => return Err("timed out".into()),
+                            }
+                        }
+                        Some(r) => {
+                            match tokio::time::timeout(OP_TIMEOUT, self.clients.update(&key, value.clone(), r)).await {
+                                Ok(Ok(_)) => false,
+                                Ok(Err(e)) if e.kind() == kv::UpdateErrorKind::WrongLastRevision => true,
+                                Ok(Err(e)) => return Err(e.into()),
+                                Err(_) => return Err("timed out".into()),
+                            }
+                        }
+                    };
+                    if !lost {
+                        return Ok((ClaimResult::Granted { takeover }, None));
+                    }
+                    // Lost the race to another node's write: read again.
+                }
+            }
+        }
+        Err("the client registry entry kept changing".into())
+    }
+
+    /// Write this node's claim after the local broker accepted a connection whose entry was
+    /// already this node's (compare-and-set; the entry may have changed since the claim read
+    /// it: the previous connection's release, which checks the connection, may have run
+    /// first). When another node has taken the client id meanwhile, its claim stands and its
+    /// takeover command ends this connection.
+    pub(crate) async fn confirm(&self, client_id: &str, identity: &str, conn: u64, mut revision: Option<u64>) {
+        let c = Claim {
+            client_id: client_id.to_owned(),
+            node: self.node.clone(),
+            conn,
+            identity: identity.to_owned(),
+            expires_at: 0,
+        };
+        let Ok(value) = serde_json::to_vec(&c) else { return };
+        let key = key(client_id);
+        for _ in 0..5 {
+            let written = match revision {
+                Some(r) => timed(self.clients.update(&key, value.clone().into(), r)).await.map(drop),
+                None => timed(self.clients.create(&key, value.clone().into())).await.map(drop),
+            };
+            if written.is_ok() {
+                return;
+            }
+            match self.entry(&key).await {
+                Ok(None) => revision = None,
+                Ok(Some((e, r))) if e.node == self.node => revision = Some(r),
+                Ok(Some(_)) => return, // another node's now
+                Err(e) => {
+                    tracing::debug!(error = %e, "cluster: confirming a client registry entry failed");
+                    return;
+                }
+            }
+        }
+    }
+
+    /// Connection `conn` of `client_id` ended: drop its claim, or keep it (with no
+    /// connection) until `keep_until` while its session lasts — only if it is still this
+    /// connection's.
+    pub(crate) async fn release(&self, client_id: &str, conn: u64, keep_until: Option<u64>) {
+        let key = key(client_id);
+        let r = async {
+            let Some((mut c, revision)) = self.entry(&key).await? else { return Ok(()) };
+            if c.node != self.node || c.conn != conn {
+                return Ok(()); // taken over since
+            }
+            match keep_until {
+                Some(t) => {
+                    c.conn = 0;
+                    c.expires_at = t;
+                    timed(self.clients.update(&key, serde_json::to_vec(&c)?.into(), revision)).await?;
+                }
+                None => timed(self.clients.delete_expect_revision(&key, Some(revision))).await?,
+            }
+            Ok::<(), BoxError>(())
+        };
+        if let Err(e) = r.await {
+            tracing::debug!(error = %e, "cluster: releasing a client registry entry failed");
+        }
+    }
+
+    /// Where `client_id` is connected, if anywhere (for a kick through another node).
+    pub(crate) async fn locate(&self, client_id: &str) -> Result<Option<Claim>, BoxError> {
+        Ok(self.entry(&key(client_id)).await?.map(|(c, _)| c).filter(|c| c.conn != 0))
+    }
+
+    /// Every entry with a connection (the cluster-wide client list).
+    pub(crate) async fn connected(&self) -> Result<Vec<Claim>, BoxError> {
+        use futures_util::TryStreamExt;
+        let keys: Vec<String> = timed(async {
+            let keys = self.clients.keys().await.map_err(|e| -> BoxError { e.into() })?;
+            keys.try_collect::<Vec<String>>().await.map_err(|e| -> BoxError { e.into() })
+        })
+        .await?;
+        let mut out = Vec::new();
+        for k in keys {
+            if let Some((c, _)) = self.entry(&k).await? {
+                if c.conn != 0 {
+                    out.push(c);
+                }
+            }
+        }
+        Ok(out)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn claim(node: &str, conn: u64, identity: &str, expires_at: u64) -> Claim {
+        Claim { client_id: "x".into(), node: node.into(), conn, identity: identity.into(), expires_at }
+    }
+
+    #[test]
+    fn a_free_client_id_is_created() {
+        assert_eq!(decide("a", "user:alice", None, true, 100), Decision::Take { revision: None, takeover: None });
+    }
+
+    #[test]
+    fn the_same_principal_takes_over_from_another_node() {
+        let c = claim("b", 7, "user:alice", 0);
+        assert_eq!(
+            decide("a", "user:alice", Some((&c, 3)), true, 100),
+            Decision::Take { revision: Some(3), takeover: Some("b".into()) }
+        );
+        // A session kept with no connection is resumed without a takeover message.
+        let kept = claim("b", 0, "user:alice", 500);
+        assert_eq!(
+            decide("a", "user:alice", Some((&kept, 4)), true, 100),
+            Decision::Take { revision: Some(4), takeover: None }
+        );
+    }
+
+    #[test]
+    fn another_principal_is_refused_while_the_claim_is_live() {
+        let c = claim("b", 7, "user:alice", 0);
+        assert_eq!(decide("a", "user:bob", Some((&c, 3)), true, 100), Decision::Refuse);
+        // A session kept (no connection) still binds its client id until it ends.
+        let kept = claim("b", 0, "user:alice", 500);
+        assert_eq!(decide("a", "user:bob", Some((&kept, 3)), true, 100), Decision::Refuse);
+    }
+
+    #[test]
+    fn stale_claims_are_free() {
+        let c = claim("b", 7, "user:alice", 0);
+        assert_eq!(
+            decide("a", "user:bob", Some((&c, 3)), false, 100),
+            Decision::Take { revision: Some(3), takeover: None },
+            "the node's lease is gone"
+        );
+        let ended = claim("b", 0, "user:alice", 50);
+        assert_eq!(
+            decide("a", "user:bob", Some((&ended, 3)), true, 100),
+            Decision::Take { revision: Some(3), takeover: None },
+            "the kept session expired"
+        );
+    }
+
+    #[test]
+    fn this_nodes_own_claims_are_the_local_brokers() {
+        let c = claim("a", 7, "user:alice", 0);
+        assert_eq!(decide("a", "user:bob", Some((&c, 9)), true, 100), Decision::Local { revision: 9 });
+        assert_eq!(decide("a", "user:alice", Some((&c, 9)), true, 100), Decision::Local { revision: 9 });
+    }
+
+    #[test]
+    fn keys_are_fixed_length_hex_for_any_client_id() {
+        for id in ["", "a.b", "*", ">", "with space", "ü", &"x".repeat(70000)] {
+            let k = key(id);
+            assert_eq!(k.len(), 64);
+            assert!(k.bytes().all(|b| b.is_ascii_hexdigit()));
+        }
+        assert_ne!(key("a"), key("b"));
+    }
+}
