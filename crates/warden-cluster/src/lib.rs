@@ -194,10 +194,15 @@ impl Cluster {
         });
         let origin = cluster.origin;
         let retained_stream = retained_stream_config(&cfg.subject_prefix, cfg.replicas);
+        let (retained_out, retained_rx) = mpsc::unbounded_channel();
+        tokio::spawn(store_retained(
+            async_nats::jetstream::new(client.clone()),
+            retained_stream.clone(),
+            retained_rx,
+            stats.clone(),
+        ));
         let task = Task {
-            retained_stream: retained_stream.clone(),
-            stream_ok: false,
-            js: async_nats::jetstream::new(client.clone()),
+            retained_out,
             client: client.clone(),
             prefix: cfg.subject_prefix.clone(),
             broker: broker.clone(),
@@ -420,9 +425,8 @@ type InterestKey = (Option<Arc<str>>, Arc<str>);
 
 struct Task {
     client: async_nats::Client,
-    js: async_nats::jetstream::Context,
-    retained_stream: async_nats::jetstream::stream::Config,
-    stream_ok: bool,
+    /// The retained messages on their way to JetStream ([`store_retained`]).
+    retained_out: mpsc::UnboundedSender<(String, Bytes)>,
     prefix: String,
     broker: Arc<Broker>,
     origin: u64,
@@ -484,30 +488,9 @@ impl Task {
                 let record = warden_store::wire::encode(&m, &source);
                 let subject = subject::topic_subject(&self.prefix, Kind::Retained, m.topic.as_str());
                 let payload = Bytes::from(envelope::wrap(self.origin, seq, &record));
-                if !self.stream_ok {
-                    // The first retained message of this run: the stream must exist for JetStream
-                    // to store it (whichever node starts first makes it).
-                    match self.js.get_or_create_stream(self.retained_stream.clone()).await {
-                        Ok(_) => self.stream_ok = true,
-                        Err(e) => tracing::warn!(error = %e, "cluster: the retained stream is not available"),
-                    }
-                }
-                match self.js.publish(subject, payload).await {
-                    Ok(ack) => {
-                        self.stats.retained_out.fetch_add(1, Ordering::Relaxed);
-                        let stats = self.stats.clone();
-                        tokio::spawn(async move {
-                            if let Err(e) = ack.await {
-                                stats.dropped.fetch_add(1, Ordering::Relaxed);
-                                tracing::warn!(error = %e, "cluster: a retained message was not stored in JetStream");
-                            }
-                        });
-                    }
-                    Err(e) => {
-                        self.stats.dropped.fetch_add(1, Ordering::Relaxed);
-                        tracing::warn!(error = %e, "cluster: a retained message could not be sent to JetStream");
-                    }
-                }
+                // In order, each one retried until JetStream keeps it (its own task: the
+                // acknowledgements do not hold up the messages forwarded here).
+                let _ = self.retained_out.send((subject, payload));
             }
             Out::Interest(i, ticket) => {
                 self.interest(i).await;
@@ -708,3 +691,64 @@ async fn lease(cluster: Arc<Cluster>) {
         tokio::time::sleep(registry::LEASE_REFRESH).await;
     }
 }
+
+/// Store this node's retained messages in JetStream, in order, each one retried (the stream
+/// made first if it is missing) until JetStream keeps it: at start the NATS cluster may still
+/// be electing its leaders. A message still not kept after [`RETAINED_PATIENCE`] is dropped
+/// (counted, logged); one that a newer message of the same topic replaced meanwhile is not
+/// retried.
+async fn store_retained(
+    js: async_nats::jetstream::Context,
+    config: async_nats::jetstream::stream::Config,
+    mut rx: mpsc::UnboundedReceiver<(String, Bytes)>,
+    stats: Arc<ClusterStats>,
+) {
+    let mut stream_ok = false;
+    let mut queue: std::collections::VecDeque<(String, Bytes)> = std::collections::VecDeque::new();
+    loop {
+        if queue.is_empty() {
+            match rx.recv().await {
+                Some(m) => queue.push_back(m),
+                None => return,
+            }
+        }
+        while let Ok(m) = rx.try_recv() {
+            queue.push_back(m);
+        }
+        let Some((subject, payload)) = queue.pop_front() else { continue };
+        if queue.iter().any(|(s, _)| *s == subject) {
+            continue; // a newer retained message of the same topic follows
+        }
+        let deadline = tokio::time::Instant::now() + RETAINED_PATIENCE;
+        loop {
+            let stored = async {
+                if !stream_ok {
+                    js.get_or_create_stream(config.clone()).await?;
+                    stream_ok = true;
+                }
+                js.publish(subject.clone(), payload.clone()).await?.await?;
+                Ok::<(), Box<dyn std::error::Error + Send + Sync>>(())
+            }
+            .await;
+            match stored {
+                Ok(()) => {
+                    stats.retained_out.fetch_add(1, Ordering::Relaxed);
+                    break;
+                }
+                Err(e) if tokio::time::Instant::now() >= deadline => {
+                    stats.dropped.fetch_add(1, Ordering::Relaxed);
+                    tracing::warn!(error = %e, "cluster: a retained message could not be stored in JetStream; the other nodes do not have it");
+                    break;
+                }
+                Err(e) => {
+                    tracing::debug!(error = %e, "cluster: storing a retained message failed; retrying");
+                    stream_ok = false;
+                    tokio::time::sleep(Duration::from_millis(250)).await;
+                }
+            }
+        }
+    }
+}
+
+/// How long a retained message is retried before it is dropped.
+const RETAINED_PATIENCE: Duration = Duration::from_secs(30);
