@@ -109,7 +109,10 @@ pub struct ClusterStats {
 
 /// Work for the cluster's task.
 enum Out {
-    Forward(Vec<Arc<Message>>, u64),
+    /// Messages, their backlog bytes, and the forward ticket of a batch with QoS 1/2 ones.
+    Forward(Vec<Arc<Message>>, u64, Option<u64>),
+    /// A forward ticket whose batch was dropped (the backlog was full): resolved as failed.
+    Failed(u64),
     Retained(Arc<Message>, RetainSource),
     Interest(Interest, u64),
 }
@@ -133,6 +136,40 @@ pub struct Cluster {
     registry: tokio::sync::OnceCell<Arc<Registry>>,
     /// The control documents' task, once the shell attached its sink.
     docs: std::sync::OnceLock<mpsc::UnboundedSender<(String, Bytes)>>,
+    /// Forward tickets handed out (batches with QoS 1/2 messages), and the lock that keeps
+    /// tickets in the order of the task's channel.
+    stored_issued: std::sync::Mutex<u64>,
+    /// What the task has resolved of them.
+    stored: Arc<Stored>,
+}
+
+/// The forward tickets the task has resolved: up to which one, and which of them failed
+/// (JetStream did not keep every message of the batch).
+#[derive(Default)]
+struct Stored {
+    upto: tokio::sync::Notify,
+    state: std::sync::Mutex<(u64, std::collections::BTreeSet<u64>)>,
+}
+
+impl Stored {
+    fn resolve(&self, ticket: u64, ok: bool) {
+        if let Ok(mut st) = self.state.lock() {
+            if !ok {
+                st.1.insert(ticket);
+                // Waiters give up after seconds: failures far behind are nobody's any more.
+                let keep = ticket.saturating_sub(1 << 20);
+                st.1 = st.1.split_off(&keep);
+            }
+            st.0 = st.0.max(ticket);
+        }
+        self.upto.notify_waiters();
+    }
+
+    /// `Some(ok)` once tickets `first..=last` are all resolved.
+    fn check(&self, first: u64, last: u64) -> Option<bool> {
+        let st = self.state.lock().ok()?;
+        (st.0 >= last).then(|| st.1.range(first..=last).next().is_none())
+    }
 }
 
 /// What a CONNECT's claim of its client id leaves to do once the local broker answered
@@ -191,6 +228,8 @@ impl Cluster {
             origin: rand::random::<u64>(),
             registry: tokio::sync::OnceCell::new(),
             docs: std::sync::OnceLock::new(),
+            stored_issued: std::sync::Mutex::new(0),
+            stored: Arc::new(Stored::default()),
         });
         let origin = cluster.origin;
         let retained_stream = retained_stream_config(&cfg.subject_prefix, cfg.replicas);
@@ -203,6 +242,11 @@ impl Cluster {
         ));
         let task = Task {
             retained_out,
+            js: async_nats::jetstream::new(client.clone()),
+            msgs_stream: messages_stream_config(&cfg.subject_prefix, cfg.replicas),
+            msgs_stream_ok: false,
+            acks: futures_util::stream::FuturesOrdered::new(),
+            stored: cluster.stored.clone(),
             client: client.clone(),
             prefix: cfg.subject_prefix.clone(),
             broker: broker.clone(),
@@ -369,6 +413,23 @@ impl Cluster {
         tokio::time::timeout(limit, rx.wait_for(|&n| n >= ticket)).await.is_ok_and(|r| r.is_ok())
     }
 
+    /// Wait until the QoS 1/2 messages of forward tickets `first..=last`
+    /// ([`warden_core::Connection::take_forward_wait`]) are kept by JetStream (a quorum of its
+    /// servers), at most `limit`. False when one of them was not kept, or the limit passed:
+    /// the acknowledgements must not be sent (SPEC §11: no PUBACK without a quorum).
+    pub async fn wait_stored(&self, first: u64, last: u64, limit: Duration) -> bool {
+        let wait = async {
+            loop {
+                let notified = self.stored.upto.notified();
+                if let Some(ok) = self.stored.check(first, last) {
+                    return ok;
+                }
+                notified.await;
+            }
+        };
+        tokio::time::timeout(limit, wait).await.unwrap_or(false)
+    }
+
     /// This node's name.
     pub fn node(&self) -> &str {
         &self.node
@@ -388,12 +449,31 @@ impl Cluster {
 impl Fabric for Cluster {
     fn forward(&self, msgs: &[Arc<Message>]) {
         let bytes: u64 = msgs.iter().map(|m| m.cost() + 64).sum();
-        if self.backlog.fetch_add(bytes, Ordering::Relaxed) > MAX_BACKLOG {
+        let full = self.backlog.fetch_add(bytes, Ordering::Relaxed) > MAX_BACKLOG;
+        if full {
             self.backlog.fetch_sub(bytes, Ordering::Relaxed);
             self.stats.dropped.fetch_add(msgs.len() as u64, Ordering::Relaxed);
+        }
+        if !msgs.iter().any(|m| m.qos != mqtt_codec::QoS::AtMostOnce) {
+            if !full {
+                self.send(Out::Forward(msgs.to_vec(), bytes, None));
+            }
             return;
         }
-        self.send(Out::Forward(msgs.to_vec(), bytes));
+        // A ticket the acknowledgements wait for, taken and sent under one lock so that the
+        // task sees tickets in order.
+        let Ok(mut issued) = self.stored_issued.lock() else { return };
+        *issued += 1;
+        let ticket = *issued;
+        if full {
+            self.send(Out::Failed(ticket));
+        } else {
+            self.send(Out::Forward(msgs.to_vec(), bytes, Some(ticket)));
+        }
+    }
+
+    fn stored_issued(&self) -> u64 {
+        self.stored_issued.lock().map_or(0, |n| *n)
     }
 
     fn retained(&self, msg: &Arc<Message>, source: &RetainSource) {
@@ -423,8 +503,19 @@ enum Role {
 /// An interest: the shared group (if any) and the filter.
 type InterestKey = (Option<Arc<str>>, Arc<str>);
 
+/// A batch's forward ticket, resolved when JetStream has answered for each of its QoS 1/2
+/// messages: `(ticket, all kept)`.
+type AckFuture = std::pin::Pin<Box<dyn std::future::Future<Output = (u64, bool)> + Send>>;
+
 struct Task {
     client: async_nats::Client,
+    js: async_nats::jetstream::Context,
+    /// The messages stream (QoS 1/2 messages), and whether it is known to exist.
+    msgs_stream: async_nats::jetstream::stream::Config,
+    msgs_stream_ok: bool,
+    /// The forward tickets waiting for JetStream's acknowledgements, in order.
+    acks: futures_util::stream::FuturesOrdered<AckFuture>,
+    stored: Arc<Stored>,
     /// The retained messages on their way to JetStream ([`store_retained`]).
     retained_out: mpsc::UnboundedSender<(String, Bytes)>,
     prefix: String,
@@ -445,9 +536,10 @@ struct Task {
 
 impl Task {
     async fn run(mut self, mut rx: mpsc::UnboundedReceiver<Out>) {
-        // Every node hears the long-topic subject and every retained message.
-        let long = subject::long_messages(&self.prefix);
-        self.subscribe(long, None, Role::Plain).await;
+        // Every node hears the long-topic subjects.
+        for long in [subject::long_messages(&self.prefix), subject::long_durable(&self.prefix)] {
+            self.subscribe(long, None, Role::Plain).await;
+        }
         loop {
             tokio::select! {
                 out = rx.recv() => match out {
@@ -455,6 +547,12 @@ impl Task {
                     None => return,
                 },
                 Some((key, msg)) = self.subs.next() => self.handle_in(key, msg),
+                Some((ticket, ok)) = self.acks.next(), if !self.acks.is_empty() => {
+                    if !ok {
+                        self.msgs_stream_ok = false; // made again (or found) before the next one
+                    }
+                    self.stored.resolve(ticket, ok);
+                }
             }
         }
     }
@@ -464,8 +562,8 @@ impl Task {
         self.seq
     }
 
-    async fn publish(&self, subject: String, payload: Vec<u8>) {
-        if let Err(e) = self.client.publish(subject, Bytes::from(payload)).await {
+    async fn publish(&mut self, subject: String, payload: Bytes) {
+        if let Err(e) = self.client.publish(subject, payload).await {
             self.stats.dropped.fetch_add(1, Ordering::Relaxed);
             tracing::debug!(error = %e, "cluster: a message could not be handed to NATS");
         }
@@ -473,16 +571,64 @@ impl Task {
 
     async fn handle_out(&mut self, out: Out) {
         match out {
-            Out::Forward(msgs, bytes) => {
+            Out::Forward(msgs, bytes, ticket) => {
+                if ticket.is_some() && !self.msgs_stream_ok {
+                    // The first QoS 1/2 message of this run: the stream must exist for
+                    // JetStream to keep it (whichever node comes first makes it).
+                    match self.js.get_or_create_stream(self.msgs_stream.clone()).await {
+                        Ok(_) => self.msgs_stream_ok = true,
+                        Err(e) => tracing::warn!(error = %e, "cluster: the messages stream is not available"),
+                    }
+                }
+                let mut acks = Vec::new();
+                let mut ok = true;
                 for m in &msgs {
                     let seq = self.next_seq();
                     let record = warden_store::wire::encode(m, &RetainSource::Broker);
-                    let subject = subject::topic_subject(&self.prefix, Kind::Message, m.topic.as_str());
-                    self.publish(subject, envelope::wrap(self.origin, seq, &record)).await;
+                    let payload = Bytes::from(envelope::wrap(self.origin, seq, &record));
+                    if m.qos == mqtt_codec::QoS::AtMostOnce {
+                        let subject = subject::topic_subject(&self.prefix, Kind::Message, m.topic.as_str());
+                        self.publish(subject, payload).await;
+                        continue;
+                    }
+                    let subject = subject::topic_subject(&self.prefix, Kind::Durable, m.topic.as_str());
+                    match self.js.publish(subject, payload).await {
+                        Ok(ack) => acks.push(ack),
+                        Err(e) => {
+                            ok = false;
+                            self.stats.dropped.fetch_add(1, Ordering::Relaxed);
+                            tracing::debug!(error = %e, "cluster: a QoS 1/2 message could not be handed to JetStream");
+                        }
+                    }
                 }
                 self.stats.forwarded.fetch_add(msgs.len() as u64, Ordering::Relaxed);
                 self.backlog.fetch_sub(bytes, Ordering::Relaxed);
+                if let Some(t) = ticket {
+                    let stats = self.stats.clone();
+                    self.acks.push_back(Box::pin(async move {
+                        let mut all = ok;
+                        for r in
+                            futures_util::future::join_all(acks.into_iter().map(std::future::IntoFuture::into_future))
+                                .await
+                        {
+                            if let Err(e) = r {
+                                all = false;
+                                stats.dropped.fetch_add(1, Ordering::Relaxed);
+                                tracing::debug!(error = %e, "cluster: JetStream did not keep a QoS 1/2 message");
+                            }
+                        }
+                        if !all {
+                            // A message may have reached some nodes' subscribers all the same:
+                            // the client, not acknowledged, sends it again (QoS 1: at least once).
+                            tracing::warn!(
+                                "cluster: QoS 1/2 messages not kept by JetStream (no quorum?): not acknowledged"
+                            );
+                        }
+                        (t, all)
+                    }));
+                }
             }
+            Out::Failed(t) => self.acks.push_back(Box::pin(async move { (t, false) })),
             Out::Retained(m, source) => {
                 let seq = self.next_seq();
                 let record = warden_store::wire::encode(&m, &source);
@@ -512,7 +658,11 @@ impl Task {
         if self.by_interest.contains_key(&key) {
             return;
         }
-        let patterns = subject::filter_patterns(&self.prefix, &i.filter);
+        // Both spaces: QoS 0 messages and the QoS 1/2 ones the messages stream keeps.
+        let patterns: Vec<String> = [Kind::Message, Kind::Durable]
+            .into_iter()
+            .flat_map(|k| subject::filter_patterns_of(&self.prefix, k, &i.filter))
+            .collect();
         let mut keys = Vec::with_capacity(patterns.len() + 1);
         match &i.group {
             None => {
@@ -523,7 +673,8 @@ impl Task {
             Some(g) => {
                 let queue = subject::queue_name(g, &i.filter);
                 let role = Role::Group { group: g.clone(), filter: i.filter.clone() };
-                for p in patterns.into_iter().chain([subject::long_messages(&self.prefix)]) {
+                let longs = [subject::long_messages(&self.prefix), subject::long_durable(&self.prefix)];
+                for p in patterns.into_iter().chain(longs) {
                     keys.extend(self.subscribe(p, Some(queue.clone()), role.clone()).await);
                 }
             }
@@ -752,3 +903,19 @@ async fn store_retained(
 
 /// How long a retained message is retried before it is dropped.
 const RETAINED_PATIENCE: Duration = Duration::from_secs(30);
+
+/// The messages stream: every QoS 1 and 2 message, on disk, on `replicas` servers; a PUBACK
+/// waits until JetStream has it. Kept one hour (at most 256 MiB), the window in which a
+/// session could be resumed from it (docs/cluster.md).
+fn messages_stream_config(prefix: &str, replicas: usize) -> async_nats::jetstream::stream::Config {
+    async_nats::jetstream::stream::Config {
+        name: format!("{prefix}_MSGS"),
+        subjects: vec![subject::all_durable(prefix)],
+        max_age: Duration::from_secs(3600),
+        max_bytes: 256 << 20,
+        discard: async_nats::jetstream::stream::DiscardPolicy::Old,
+        num_replicas: replicas,
+        storage: async_nats::jetstream::stream::StorageType::File,
+        ..Default::default()
+    }
+}

@@ -26,8 +26,11 @@ pub const MAX_SUBJECT: usize = 2048;
 /// The kind of subject.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Kind {
-    /// Messages to route.
+    /// Messages to route, QoS 0 (core NATS only).
     Message,
+    /// Messages to route, QoS 1 and 2: also kept by the JetStream messages stream, whose
+    /// quorum acknowledgement the PUBACK / PUBREC waits for.
+    Durable,
     /// Retained messages.
     Retained,
 }
@@ -36,6 +39,7 @@ impl Kind {
     fn token(self) -> &'static str {
         match self {
             Kind::Message => "m",
+            Kind::Durable => "q",
             Kind::Retained => "r",
         }
     }
@@ -100,6 +104,7 @@ pub fn topic_subject(prefix: &str, kind: Kind, topic: &str) -> String {
 fn long_subject(prefix: &str, kind: Kind, topic: &str) -> String {
     match kind {
         Kind::Message => format!("{prefix}.m.l"),
+        Kind::Durable => format!("{prefix}.q.l"),
         Kind::Retained => {
             let digest = Sha256::digest(topic.as_bytes());
             let mut hex = String::with_capacity(64);
@@ -117,6 +122,16 @@ pub fn long_messages(prefix: &str) -> String {
     format!("{prefix}.m.l")
 }
 
+/// [`long_messages`] for QoS 1 and 2 messages ([`Kind::Durable`]).
+pub fn long_durable(prefix: &str) -> String {
+    format!("{prefix}.q.l")
+}
+
+/// The subject pattern covering every QoS 1 and 2 message (the messages stream's).
+pub fn all_durable(prefix: &str) -> String {
+    format!("{prefix}.q.>")
+}
+
 /// The subject pattern covering every retained message.
 pub fn all_retained(prefix: &str) -> String {
     format!("{prefix}.r.>")
@@ -126,7 +141,7 @@ pub fn all_retained(prefix: &str) -> String {
 /// long form, which names no topic).
 pub fn subject_topic(prefix: &str, subject: &str) -> Option<String> {
     let rest = subject.strip_prefix(prefix)?.strip_prefix('.')?;
-    let rest = rest.strip_prefix("m.").or_else(|| rest.strip_prefix("r."))?;
+    let rest = rest.strip_prefix("m.").or_else(|| rest.strip_prefix("q.")).or_else(|| rest.strip_prefix("r."))?;
     let (sp, levels) = rest.split_once('.')?;
     if sp != "t" && sp != "d" {
         return None;
@@ -165,10 +180,16 @@ pub fn subject_topic(prefix: &str, subject: &str) -> Option<String> {
 /// pattern would be too long is covered by its whole space (the node's own subscriptions
 /// then decide, as for every message it receives).
 pub fn filter_patterns(prefix: &str, filter: &str) -> Vec<String> {
+    filter_patterns_of(prefix, Kind::Message, filter)
+}
+
+/// [`filter_patterns`] in the subject space of `kind`.
+pub fn filter_patterns_of(prefix: &str, kind: Kind, filter: &str) -> Vec<String> {
+    let k = kind.token();
     let levels: Vec<&str> = filter.split('/').collect();
     let first = levels.first().copied().unwrap_or("");
     let sp = if first == "+" || first == "#" { "t" } else { space(first) };
-    let mut base = format!("{prefix}.m.{sp}");
+    let mut base = format!("{prefix}.{k}.{sp}");
     let hash = levels.last() == Some(&"#");
     let body = if hash { &levels[..levels.len() - 1] } else { &levels[..] };
     for level in body {
@@ -180,7 +201,7 @@ pub fn filter_patterns(prefix: &str, filter: &str) -> Vec<String> {
         }
     }
     if base.len() + 2 > MAX_SUBJECT {
-        return vec![format!("{prefix}.m.{sp}.>")];
+        return vec![format!("{prefix}.{k}.{sp}.>")];
     }
     if !hash {
         return vec![base];
@@ -261,6 +282,11 @@ mod tests {
         assert_eq!(topic_subject("w", Kind::Message, "~"), "w.m.t.~7E");
         assert_eq!(topic_subject("w", Kind::Message, "é"), "w.m.t.~C3~A9");
         assert_eq!(topic_subject("w", Kind::Retained, "$SYS/x"), "w.r.d.~24SYS.x");
+        // QoS 1 and 2 in their own space (the messages stream's), same encoding.
+        assert_eq!(topic_subject("w", Kind::Durable, "a/b"), "w.q.t.a.b");
+        assert_eq!(subject_topic("w", "w.q.t.a.b").as_deref(), Some("a/b"));
+        assert_eq!(filter_patterns_of("w", Kind::Durable, "a/#"), ["w.q.t.a.>", "w.q.t.a"]);
+        assert_eq!(topic_subject("w", Kind::Durable, &"y/".repeat(1500)), long_durable("w"));
     }
 
     #[test]

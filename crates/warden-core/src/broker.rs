@@ -221,6 +221,11 @@ impl Broker {
         self.fabric.get().map_or(0, |f| f.issued())
     }
 
+    /// The fabric's last forward ticket ([`Fabric::stored_issued`]; 0 without a fabric).
+    pub fn forward_issued(&self) -> u64 {
+        self.fabric.get().map_or(0, |f| f.stored_issued())
+    }
+
     /// Tell the fabric (if any) the trie's interest changes; called with the trie still locked
     /// so that changes reach it in the order they happened.
     fn report_interest(&self, trie: &mut SubTrie) {

@@ -128,6 +128,10 @@ struct Publishing {
     publish_allowed: Option<(TopicName, QoS, bool, u64)>,
     /// Who received this connection's last topic (reused while nothing changed).
     route_cache: RouteCache,
+    /// With a cluster fabric that keeps QoS 1/2 messages: the forward tickets (first, last)
+    /// the acknowledgements written since the last call wait for
+    /// ([`Connection::take_forward_wait`]).
+    forward_wait: Option<(u64, u64)>,
 }
 
 impl Connection {
@@ -182,6 +186,14 @@ impl Connection {
     /// subscription is in force across the cluster (SPEC §11); 0 when none.
     pub fn take_interest_wait(&mut self) -> u64 {
         self.extras.as_mut().map_or(0, |e| std::mem::take(&mut e.interest_wait))
+    }
+
+    /// With a cluster fabric that keeps QoS 1/2 messages ([`crate::fabric::Fabric::stored_issued`]):
+    /// the forward tickets `(first, last)` the acknowledgements written since the last call
+    /// wait for — a PUBACK or PUBREC leaves once every one of them is kept (SPEC §11:
+    /// acknowledged = committed on a quorum); `None` when none.
+    pub fn take_forward_wait(&mut self) -> Option<(u64, u64)> {
+        self.publishing.as_mut().and_then(|p| p.forward_wait.take())
     }
 
     /// Record that the session's delivery `seq` is finished in the store.
@@ -380,10 +392,17 @@ impl Connection {
         // Moved, not cloned, into the slice the subscribers' queues share.
         let cap = p.pending.len();
         let batch = Arc::new(Batch::new(std::mem::replace(&mut p.pending, Vec::with_capacity(cap))));
+        let before = self.broker.forward_issued();
         self.broker.route_many(&batch, &mut p.wakes, &mut p.route_cache);
-        // The acknowledgements wait until what was stored for them is durable.
+        // The acknowledgements wait until what was stored for them is durable (here, and in
+        // the cluster when it keeps them).
         let t = std::mem::take(&mut p.wakes.durable);
         if std::mem::take(&mut p.pending_acked) {
+            let after = self.broker.forward_issued();
+            if after > before {
+                let first = p.forward_wait.map_or(before + 1, |(f, _)| f);
+                p.forward_wait = Some((first, after));
+            }
             self.add_durable(t);
         }
     }
@@ -391,7 +410,11 @@ impl Connection {
     /// Give back what only a publishing connection needs, once nothing is pending (the shell
     /// calls this before it parks an idle connection).
     pub fn shrink(&mut self) {
-        if self.publishing.as_ref().is_some_and(|p| p.pending.is_empty() && p.wakes.is_empty()) {
+        if self
+            .publishing
+            .as_ref()
+            .is_some_and(|p| p.pending.is_empty() && p.wakes.is_empty() && p.forward_wait.is_none())
+        {
             self.publishing = None;
         }
     }

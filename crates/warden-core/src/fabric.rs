@@ -42,4 +42,11 @@ pub trait Fabric: Send + Sync {
     /// How many interest changes were handed over so far: a ticket that a SUBACK waits for
     /// (the shell asks the fabric when it is in force, [`crate::Connection::take_interest_wait`]).
     fn issued(&self) -> u64;
+    /// How many batches with QoS 1 or 2 messages were handed to [`Fabric::forward`] so far:
+    /// a ticket that their acknowledgements (PUBACK, PUBREC) wait for — the fabric keeps them
+    /// durably before it says so ([`crate::Connection::take_forward_wait`]). 0 when the fabric
+    /// keeps nothing.
+    fn stored_issued(&self) -> u64 {
+        0
+    }
 }

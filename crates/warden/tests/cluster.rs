@@ -555,3 +555,27 @@ async fn trust_changes_through_one_nodes_admin_api_reach_the_others() {
         "{code}"
     );
 }
+
+#[tokio::test]
+async fn no_puback_for_a_qos1_message_jetstream_did_not_keep() {
+    let Some(nats) = nats() else { return };
+    let (_dir, extra) = users();
+    let a = secure_node(&nats, "a", &extra).await;
+    let (mut p, code) = connack_code(a.addr(), as_user("durable-pub", "alice")).await;
+    assert_eq!(code, mqtt_codec::ReasonCode::SUCCESS);
+    // Kept by JetStream: acknowledged.
+    p.send(&publish("d/1", QoS::AtLeastOnce, 1, b"kept")).await;
+    assert!(matches!(p.recv().await, Recv::Packet(Packet::PubAck(_))));
+    drop(nats); // no JetStream: nothing can be committed
+    p.send(&publish("d/1", QoS::AtLeastOnce, 2, b"not kept")).await;
+    // SPEC §11: no PUBACK without a quorum; the connection ends (0x89 Server busy) and the
+    // client sends the message again on its next connection.
+    let packets = p.expect_closed_within(Duration::from_secs(20)).await;
+    assert!(!packets.iter().any(|x| matches!(x, Packet::PubAck(_))), "{packets:?}");
+    assert!(
+        packets
+            .iter()
+            .any(|x| matches!(x, Packet::Disconnect(d) if d.reason_code == mqtt_codec::ReasonCode::SERVER_BUSY)),
+        "{packets:?}"
+    );
+}

@@ -104,11 +104,18 @@ impl ConnContext {
 
 impl ConnContext {
     /// Wait until what `conn`'s output so far acknowledges is durable (at once when nothing
-    /// needs the store).
-    async fn wait_durable(&self, conn: &mut Connection) {
+    /// needs the store). False when it cannot be: on a node of a cluster, JetStream did not
+    /// keep a QoS 1/2 message (no quorum) — the output must not leave (no PUBACK, SPEC §11).
+    #[must_use]
+    async fn wait_durable(&self, conn: &mut Connection) -> bool {
         let ticket = conn.take_durable();
         if let Some(store) = &self.store {
             store.wait(ticket).await;
+        }
+        if let (Some(c), Some((first, last))) = (&self.cluster, conn.take_forward_wait()) {
+            if !c.wait_stored(first, last, Duration::from_secs(10)).await {
+                return false;
+            }
         }
         // A node of a cluster sends a SUBACK once the subscription is in force on NATS
         // (SPEC §11); if NATS is away it does not wait for ever.
@@ -118,6 +125,7 @@ impl ConnContext {
                 tracing::debug!("cluster: SUBACK sent before the subscription reached NATS (not connected)");
             }
         }
+        true
     }
 }
 
@@ -523,7 +531,7 @@ enum Driven {
 /// The end of a connection: unregister, flush what is pending, close the session.
 async fn finish<R: ReadReady, W: AsyncWrite + Unpin + Send>(l: Live<R, W>, close: Close) {
     // The rest of `l` (the admission slot among it) is dropped once the session is closed.
-    let Live { core, mut wr, wbuf, .. } = l;
+    let Live { core, mut wr, mut wbuf, .. } = l;
     let Core { mut conn, ctx, registration, claim, .. } = core;
     // The peer address is kept once, in the registry: read as the entry is removed.
     let peer = registration.remove();
@@ -536,7 +544,9 @@ async fn finish<R: ReadReady, W: AsyncWrite + Unpin + Send>(l: Live<R, W>, close
     // Messages accepted in the last batch are routed now, and their acknowledgements (already
     // in `wbuf`) leave only once what the store must keep for them is durable.
     conn.flush_wakes();
-    ctx.wait_durable(&mut conn).await;
+    if !ctx.wait_durable(&mut conn).await {
+        wbuf.clear(); // acknowledgements of messages the cluster did not keep stay unsent
+    }
     // Flush what is pending (a DISCONNECT with a reason code, for instance), briefly.
     if !wbuf.is_empty() {
         let _ = tokio::time::timeout(Duration::from_secs(1), wr.write_all(&wbuf)).await;
@@ -892,7 +902,13 @@ async fn drive<R: ReadReady, W: AsyncWrite + Unpin>(l: &mut Live<R, W>) -> Drive
         }
         // Output that acknowledges something the store must keep leaves only once it is
         // durable; one commit covers every connection waiting meanwhile.
-        ctx.wait_durable(conn).await;
+        if !ctx.wait_durable(conn).await {
+            // The cluster did not keep messages this output acknowledges (no quorum): nothing
+            // of it leaves, and the connection ends with DISCONNECT 0x89 Server busy (MQTT 5 §4.13)
+            // (the client sends them again on a new connection: QoS 1/2 are not lost).
+            wbuf.clear();
+            return Driven::Closed(conn.disconnect(wbuf, ReasonCode::SERVER_BUSY));
+        }
         // An empty read buffer is given back unless the connection is streaming (its last read
         // filled the buffer) or its transport cannot wait without one: an idle TCP connection
         // waits for input without a buffer (`ReadReady`).
