@@ -31,10 +31,16 @@ pub trait ControlSink: Send + Sync + 'static {
     /// End this node's connection of `client_id` with the MQTT reason code `reason`. True when
     /// there was one.
     fn end_client(&self, client_id: &str, reason: u8) -> bool;
+    /// Another node took `client_id` over for the same principal: end its connection here
+    /// (DISCONNECT 0x8E) and discard this node's copy of its session (the other node resumes
+    /// it from the cluster's record, or starts anew).
+    fn taken_over(&self, client_id: &str);
 }
 
 /// A node command's operation byte: end a connection.
 const OP_END: u8 = 1;
+/// A node command's operation byte: the client id was taken over elsewhere.
+const OP_TAKE: u8 = 2;
 
 /// The subject of node `node`'s commands.
 pub(crate) fn node_subject(prefix: &str, node: &str) -> String {
@@ -55,10 +61,20 @@ pub(crate) fn end_command(client_id: &str, reason: u8) -> Bytes {
     b.into()
 }
 
-/// Read a node command: `(client_id, reason)`; `None` for anything else (counted, ignored).
-fn parse_command(b: &[u8]) -> Option<(&str, u8)> {
+/// A node command telling that `client_id` was taken over on another node.
+pub(crate) fn take_command(client_id: &str) -> Bytes {
+    let mut b = Vec::with_capacity(2 + client_id.len());
+    b.push(OP_TAKE);
+    b.push(0x8E);
+    b.extend_from_slice(client_id.as_bytes());
+    b.into()
+}
+
+/// Read a node command: `(operation, client_id, reason)`; `None` for anything else (counted,
+/// ignored).
+fn parse_command(b: &[u8]) -> Option<(u8, &str, u8)> {
     match b {
-        [OP_END, reason, id @ ..] => std::str::from_utf8(id).ok().map(|id| (id, *reason)),
+        [op @ (OP_END | OP_TAKE), reason, id @ ..] => std::str::from_utf8(id).ok().map(|id| (*op, id, *reason)),
         _ => None,
     }
 }
@@ -202,7 +218,8 @@ pub(crate) async fn node_commands(client: async_nats::Client, subject: String, s
             Ok(mut sub) => {
                 while let Some(m) = sub.next().await {
                     match parse_command(&m.payload) {
-                        Some((client_id, reason)) => {
+                        Some((OP_TAKE, client_id, _)) => sink.taken_over(client_id),
+                        Some((_, client_id, reason)) => {
                             let ended = sink.end_client(client_id, reason);
                             tracing::debug!(ended, reason, "cluster: end-connection command");
                         }
@@ -222,9 +239,10 @@ mod tests {
 
     #[test]
     fn commands_round_trip_and_garbage_is_refused() {
-        let c = end_command("dev/1", 0x8E);
-        assert_eq!(parse_command(&c), Some(("dev/1", 0x8E)));
-        assert_eq!(parse_command(&end_command("", 0x98)), Some(("", 0x98)));
+        let c = end_command("dev/1", 0x98);
+        assert_eq!(parse_command(&c), Some((OP_END, "dev/1", 0x98)));
+        assert_eq!(parse_command(&end_command("", 0x98)), Some((OP_END, "", 0x98)));
+        assert_eq!(parse_command(&take_command("dev/2")), Some((OP_TAKE, "dev/2", 0x8E)));
         assert_eq!(parse_command(b""), None);
         assert_eq!(parse_command(&[9, 1, b'x']), None);
         assert_eq!(parse_command(&[OP_END, 0x8E, 0xff, 0xfe]), None);

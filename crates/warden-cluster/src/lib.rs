@@ -26,6 +26,7 @@
 pub mod control;
 pub mod envelope;
 pub mod registry;
+pub mod sessions;
 pub mod subject;
 
 use std::collections::HashMap;
@@ -45,7 +46,11 @@ use warden_core::{Broker, Message};
 use crate::control::ControlSink;
 use crate::envelope::Seen;
 use crate::registry::{ClaimResult, Registry};
+use crate::sessions::{SessionOp, Sessions, SubRecord};
 use crate::subject::Kind;
+
+/// How long a CONNECT's claim of its client id is tried before CONNACK 0x88.
+pub const CLAIM_PATIENCE: Duration = Duration::from_secs(5);
 
 /// The most bytes of messages waiting for the NATS connection before more are dropped.
 pub const MAX_BACKLOG: u64 = 64 << 20;
@@ -141,6 +146,10 @@ pub struct Cluster {
     stored_issued: std::sync::Mutex<u64>,
     /// What the task has resolved of them.
     stored: Arc<Stored>,
+    /// The sessions bucket, made at its first use.
+    sessions: tokio::sync::OnceCell<Arc<Sessions>>,
+    /// Changes of this node's lasting sessions, for the sessions task.
+    session_tx: mpsc::UnboundedSender<SessionOp>,
 }
 
 /// The forward tickets the task has resolved: up to which one, and which of them failed
@@ -212,6 +221,7 @@ impl Cluster {
             .collect::<Result<_, _>>()?;
         let client = opts.connect(addrs).await.map_err(|e| ClusterError::Connect(e.to_string()))?;
         let (tx, rx) = mpsc::unbounded_channel();
+        let (session_tx, session_rx) = mpsc::unbounded_channel();
         let stats = Arc::new(ClusterStats::default());
         let backlog = Arc::new(AtomicU64::new(0));
         let (applied_tx, applied) = tokio::sync::watch::channel(0);
@@ -230,6 +240,8 @@ impl Cluster {
             docs: std::sync::OnceLock::new(),
             stored_issued: std::sync::Mutex::new(0),
             stored: Arc::new(Stored::default()),
+            sessions: tokio::sync::OnceCell::new(),
+            session_tx,
         });
         let origin = cluster.origin;
         let retained_stream = retained_stream_config(&cfg.subject_prefix, cfg.replicas);
@@ -271,6 +283,7 @@ impl Cluster {
         tokio::spawn(task.run(rx));
         tokio::spawn(retained.run());
         tokio::spawn(lease(cluster.clone()));
+        tokio::spawn(keep_sessions(cluster.clone(), session_rx));
         broker.attach_fabric(cluster.clone());
         Ok(cluster)
     }
@@ -331,21 +344,25 @@ impl Cluster {
     pub async fn claim(&self, client_id: &str, identity: &str, conn: u64, now: u64) -> (ClaimResult, ClaimTicket) {
         let mut ticket =
             ClaimTicket { client_id: client_id.to_owned(), identity: identity.to_owned(), conn, confirm: None };
-        let r = match self.registry().await {
-            Ok(reg) => reg.claim(client_id, identity, conn, now).await,
-            Err(e) => Err(e),
+        // Transient failures (a NATS server lost, the bucket's leader being elected) are
+        // tried again for a few seconds before the CONNECT is refused as unavailable.
+        let deadline = tokio::time::Instant::now() + CLAIM_PATIENCE;
+        let r = loop {
+            let r = match self.registry().await {
+                Ok(reg) => reg.claim(client_id, identity, conn, now).await,
+                Err(e) => Err(e),
+            };
+            match r {
+                Err(e) if tokio::time::Instant::now() < deadline => {
+                    tracing::debug!(error = %e, "cluster: the client registry did not answer; trying again");
+                    tokio::time::sleep(Duration::from_millis(250)).await;
+                }
+                r => break r,
+            }
         };
         match r {
             Ok((result, confirm)) => {
                 ticket.confirm = confirm;
-                if let ClaimResult::Granted { takeover: Some(node) } = &result {
-                    let subject = control::node_subject(&self.prefix, node);
-                    let cmd = control::end_command(client_id, 0x8E);
-                    if let Err(e) = self.client.publish(subject, cmd).await {
-                        tracing::debug!(error = %e, "cluster: sending a takeover failed");
-                    }
-                    let _ = self.client.flush().await;
-                }
                 (result, ticket)
             }
             Err(e) => {
@@ -353,6 +370,91 @@ impl Cluster {
                 (ClaimResult::Unavailable, ticket)
             }
         }
+    }
+
+    async fn sessions(&self) -> Result<&Arc<Sessions>, Box<dyn std::error::Error + Send + Sync>> {
+        self.sessions
+            .get_or_try_init(|| async {
+                let js = async_nats::jetstream::new(self.client.clone());
+                let kv = js.create_key_value(sessions::sessions_bucket(&self.prefix, self.replicas)).await?;
+                Ok::<_, Box<dyn std::error::Error + Send + Sync>>(Arc::new(Sessions {
+                    kv,
+                    js,
+                    msgs_stream: format!("{}_MSGS", self.prefix),
+                    node: self.node.clone(),
+                }))
+            })
+            .await
+    }
+
+    /// Take `client_id`'s lasting session from node `from` (its CONNECT here asked to resume
+    /// it; the registry said the same principal held it there): its expiry, subscriptions and
+    /// the QoS 1/2 messages after its position that they match (in order; decoded, not yet
+    /// authorized), and the record written as this node's. `None` when there is no record of
+    /// it on `from` (nothing to resume: a new session).
+    pub async fn resume_session(
+        &self,
+        client_id: &str,
+        from: &str,
+    ) -> Option<(u32, Vec<warden_core::session::Subscription>, Vec<Arc<Message>>)> {
+        let r = async {
+            let sessions = self.sessions().await?;
+            let Some((mut record, _)) = sessions.get(client_id).await? else { return Ok(None) };
+            if record.node != from {
+                return Ok(None);
+            }
+            let mut subs = Vec::new();
+            let mut subjects = vec![subject::long_durable(&self.prefix)];
+            for s in &record.subs {
+                let (Ok(filter), Ok(options)) = (
+                    mqtt_codec::TopicFilter::new(s.filter.as_str()),
+                    mqtt_codec::SubscriptionOptions::from_byte(s.options),
+                ) else {
+                    continue;
+                };
+                if filter.shared().is_none() {
+                    subjects.extend(subject::filter_patterns_of(&self.prefix, Kind::Durable, filter.match_filter()));
+                }
+                subs.push(warden_core::session::Subscription { filter, options, id: s.id });
+            }
+            let upto = sessions.stream_position().await?;
+            let envelopes = sessions.replay(record.position, upto, subjects).await?;
+            let mut msgs = Vec::with_capacity(envelopes.len());
+            for e in &envelopes {
+                match envelope::unwrap(e).map(|(_, _, r)| warden_store::wire::decode(r)) {
+                    Some(Ok(Some((mut m, _)))) => {
+                        m.origin = None;
+                        msgs.push(Arc::new(m));
+                    }
+                    _ => {
+                        self.stats.malformed.fetch_add(1, Ordering::Relaxed);
+                    }
+                }
+            }
+            record.node = self.node.clone();
+            record.position = upto;
+            sessions.take(&record).await?;
+            Ok::<_, Box<dyn std::error::Error + Send + Sync>>(Some((record.expiry, subs, msgs)))
+        };
+        match r.await {
+            Ok(x) => x,
+            Err(e) => {
+                tracing::warn!(error = %e, "cluster: a session could not be taken from another node; it starts anew here");
+                None
+            }
+        }
+    }
+
+    /// Tell node `node` that `client_id` was taken over here ([`ClaimResult::Granted`]'s
+    /// `takeover`): it ends its connection (DISCONNECT 0x8E) and discards its copy of the
+    /// session. Call after [`Cluster::resume_session`], so that the session's record is this
+    /// node's before that node lets its copy go.
+    pub async fn send_takeover(&self, node: &str, client_id: &str) {
+        let subject = control::node_subject(&self.prefix, node);
+        if let Err(e) = self.client.publish(subject, control::take_command(client_id)).await {
+            tracing::debug!(error = %e, "cluster: sending a takeover failed");
+        }
+        let _ = self.client.flush().await;
     }
 
     /// The local broker accepted the connection of `ticket`.
@@ -474,6 +576,18 @@ impl Fabric for Cluster {
 
     fn stored_issued(&self) -> u64 {
         self.stored_issued.lock().map_or(0, |n| *n)
+    }
+
+    fn session_saved(&self, client_id: &Arc<str>, expiry: u32, subs: Vec<warden_core::session::Subscription>) {
+        let subs = subs
+            .into_iter()
+            .map(|s| SubRecord { filter: s.filter.as_str().to_owned(), options: s.options.to_byte(), id: s.id })
+            .collect();
+        let _ = self.session_tx.send(SessionOp::Saved { client_id: client_id.to_string(), expiry, subs });
+    }
+
+    fn session_ended(&self, client_id: &Arc<str>) {
+        let _ = self.session_tx.send(SessionOp::Ended { client_id: client_id.to_string() });
     }
 
     fn retained(&self, msg: &Arc<Message>, source: &RetainSource) {
@@ -917,5 +1031,18 @@ fn messages_stream_config(prefix: &str, replicas: usize) -> async_nats::jetstrea
         num_replicas: replicas,
         storage: async_nats::jetstream::stream::StorageType::File,
         ..Default::default()
+    }
+}
+
+/// Keep this node's lasting sessions' records in step, in order (SPEC §11).
+async fn keep_sessions(cluster: Arc<Cluster>, mut rx: mpsc::UnboundedReceiver<SessionOp>) {
+    while let Some(op) = rx.recv().await {
+        let r = match cluster.sessions().await {
+            Ok(s) => s.apply(op).await,
+            Err(e) => Err(e),
+        };
+        if let Err(e) = r {
+            tracing::debug!(error = %e, "cluster: a session record could not be written");
+        }
     }
 }

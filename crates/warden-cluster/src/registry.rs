@@ -45,10 +45,11 @@ pub struct Claim {
 /// The answer to a CONNECT's claim.
 #[derive(Debug, PartialEq, Eq)]
 pub enum ClaimResult {
-    /// The client id is this connection's. `takeover` names the node whose connection must
-    /// end (already told).
+    /// The client id is this connection's. `takeover` names the node that held it for the
+    /// same principal (already told to end its connection and discard its session copy): a
+    /// resume takes the session from there ([`crate::Cluster::resume_session`]).
     Granted {
-        /// The node told to end its connection (DISCONNECT 0x8E), if another one held it.
+        /// The node that held the client id, if another one did.
         takeover: Option<String>,
     },
     /// Another principal holds the client id on another node: CONNACK 0x87.
@@ -112,8 +113,9 @@ pub(crate) fn decide(me: &str, identity: &str, found: Option<(&Claim, u64)>, nod
     if c.identity != identity {
         return Decision::Refuse;
     }
-    let takeover = (c.conn != 0).then(|| c.node.clone());
-    Decision::Take { revision: Some(revision), takeover }
+    // Connected there or not, the node holding the session is told to end it: its
+    // connection (if any) with 0x8E, its copy of the session (taken here, if resumed).
+    Decision::Take { revision: Some(revision), takeover: Some(c.node.clone()) }
 }
 
 /// The registry as one node uses it.
@@ -322,11 +324,11 @@ mod tests {
             decide("a", "user:alice", Some((&c, 3)), true, 100),
             Decision::Take { revision: Some(3), takeover: Some("b".into()) }
         );
-        // A session kept with no connection is resumed without a takeover message.
+        // A session kept with no connection there is taken too (its node discards its copy).
         let kept = claim("b", 0, "user:alice", 500);
         assert_eq!(
             decide("a", "user:alice", Some((&kept, 4)), true, 100),
-            Decision::Take { revision: Some(4), takeover: None }
+            Decision::Take { revision: Some(4), takeover: Some("b".into()) }
         );
     }
 

@@ -310,6 +310,12 @@ impl Broker {
     /// its subscriptions too (later each SUBSCRIBE and UNSUBSCRIBE stores its own change).
     /// Returns the store ticket (0 when nothing was stored or nothing needs to wait).
     pub(crate) fn save_session(&self, s: &Session) -> u64 {
+        if let Some(f) = self.fabric.get() {
+            let st = s.state.lock();
+            if st.expiry_interval > 0 && !s.is_ended() {
+                f.session_saved(&s.client_id, st.expiry_interval, st.subscriptions.values().cloned().collect());
+            }
+        }
         let Some(store) = &self.store else { return 0 };
         let st = s.state.lock();
         if st.expiry_interval == 0 || s.is_ended() {
@@ -668,6 +674,9 @@ impl Broker {
                 if let Some(store) = &self.store {
                     store.submit(PersistOp::SessionEnd { sid: s.id() });
                 }
+            }
+            if let Some(f) = self.fabric.get().filter(|_| st.expiry_interval > 0) {
+                f.session_ended(&s.client_id);
             }
             (st.conn.take(), filters, st.pending_will.take().map(|p| *p))
         };
@@ -1361,6 +1370,7 @@ impl Broker {
         let sub = crate::session::Subscription { filter: filter.clone(), options, id };
         let ticket = self.persist_subscription(s, |sid| PersistOp::Subscribe { sid, sub: sub.clone() });
         st.subscriptions.insert(Arc::from(filter.as_str()), sub);
+        self.share_session(s, &st);
         Ok((existed, ticket))
     }
 
@@ -1380,7 +1390,96 @@ impl Broker {
             a.usage().release_subscriptions(1, filter.as_str().len() as u64);
         }
         let ticket = self.persist_subscription(s, |sid| PersistOp::Unsubscribe { sid, filter: filter.clone() });
+        self.share_session(s, &st);
         (true, ticket)
+    }
+
+    /// Tell the fabric (if any) a lasting session's subscriptions now.
+    fn share_session(&self, s: &Session, st: &crate::session::SessionState) {
+        if let Some(f) = self.fabric.get() {
+            if st.expiry_interval > 0 {
+                f.session_saved(&s.client_id, st.expiry_interval, st.subscriptions.values().cloned().collect());
+            }
+        }
+    }
+
+    /// A session another node of the cluster held, taken over here before its client's
+    /// CONNECT is handled (SPEC §11): made disconnected with `subs`, so that the CONNECT
+    /// resumes it (session present). False when a session of `client_id` is here already (it
+    /// stands).
+    pub fn adopt_session(
+        &self,
+        client_id: &str,
+        owner: Arc<Principal>,
+        expiry: u32,
+        subs: Vec<crate::session::Subscription>,
+        now: Instant,
+    ) -> bool {
+        let mut reg = self.sessions.lock();
+        if reg.get(client_id).is_some_and(|s| !s.is_ended()) {
+            return false;
+        }
+        let client_id: Arc<str> = Arc::from(client_id);
+        let account = self.account_for(&owner);
+        let s = Arc::new(Session::new(self.next_id(), client_id.clone(), owner, expiry));
+        {
+            let mut st = s.state.lock();
+            st.queue.set_account(Some(account.clone()));
+            st.disconnected_at = Some(Moment::new(self.origin, now));
+            let mut trie = self.subs.write();
+            for sub in subs {
+                let entry = SubEntry { session: s.clone(), options: sub.options, id: sub.id };
+                trie.insert(sub.filter.shared().map(|(g, _)| g), sub.filter.match_filter(), entry);
+                st.subscriptions.insert(Arc::from(sub.filter.as_str()), sub);
+            }
+            {
+                let mut u = account.usage();
+                let bytes = st.subscriptions.keys().map(|f| f.len() as u64).sum();
+                u.charge_subscriptions(st.subscriptions.len() as u64, bytes);
+            }
+            self.report_interest(&mut trie);
+        }
+        self.expiring.lock().insert(s.id(), s.clone());
+        if let Some(old) = reg.insert(client_id, s) {
+            self.end_session_locked(&old);
+        }
+        true
+    }
+
+    /// A message another node accepted while `client_id`'s session was on that node, queued
+    /// for this session alone (its resume here, SPEC §11): once, at the highest QoS of its
+    /// matching (non-shared) subscriptions, if the session may receive it. Returns whether it
+    /// was queued.
+    pub fn replay_to(&self, client_id: &str, msg: Arc<Message>) -> bool {
+        let Some(s) = self.sessions.lock().get(client_id).cloned() else { return false };
+        let (qos, rap, ids) = {
+            let st = s.state.lock();
+            let mut best: Option<(QoS, bool, Vec<u32>)> = None;
+            for sub in st.subscriptions.values() {
+                if sub.filter.shared().is_some() || !sub.filter.matches(msg.topic.as_str()) {
+                    continue;
+                }
+                let b = best.get_or_insert((QoS::AtMostOnce, false, Vec::new()));
+                b.0 = b.0.max(sub.options.qos);
+                b.1 |= sub.options.retain_as_published;
+                b.2.extend(sub.id);
+            }
+            match best {
+                Some(b) => b,
+                None => return false,
+            }
+        };
+        let authz = self.authorizer();
+        if !authz.authorize(&s.owner(), &s.client_id, Action::receive(&msg.topic)).is_allowed() {
+            self.stats.deny(Denied::Receive, 1);
+            return false;
+        }
+        let qos = qos.min(msg.qos);
+        let policy_gen = self.policy_generation();
+        let trie_gen = self.subs.read().generation();
+        let offer = Offer::One(DeliveryRef::of(&msg, qos, rap, &ids, policy_gen).to_owned());
+        let mut batch = WakeBatch::default();
+        self.enqueue(&s, [offer], &mut batch, trie_gen) > 0
     }
 
     /// Retained messages matching a (non-shared) filter that may be delivered: with

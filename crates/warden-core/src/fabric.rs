@@ -18,6 +18,7 @@ use std::sync::Arc;
 
 use crate::message::Message;
 use crate::retained::RetainSource;
+use crate::session::Subscription;
 
 /// A change of this node's interest (see the module doc).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -49,4 +50,10 @@ pub trait Fabric: Send + Sync {
     fn stored_issued(&self) -> u64 {
         0
     }
+    /// A session that outlives its connections (expiry > 0) was made, resumed or changed its
+    /// subscriptions: `subs` are all of them now (the cluster keeps a copy, so that another
+    /// node can resume it). Called under the session's lock, in the order of its changes.
+    fn session_saved(&self, _client_id: &Arc<str>, _expiry: u32, _subs: Vec<Subscription>) {}
+    /// A session ended (its copy goes).
+    fn session_ended(&self, _client_id: &Arc<str>) {}
 }

@@ -491,8 +491,15 @@ async fn a_node_without_its_registry_refuses_connects_as_unavailable() {
     let (_c, code) = connack_code(a.addr(), as_user("before", "alice")).await;
     assert_eq!(code, mqtt_codec::ReasonCode::SUCCESS);
     drop(nats); // NATS gone: the registry cannot be asked
-    let (_c, code) = connack_code(a.addr(), as_user("after", "alice")).await;
-    assert_eq!(code, mqtt_codec::ReasonCode::SERVER_UNAVAILABLE, "CONNACK 0x88 [MQTT-3.2.2-?] / SPEC §11");
+                // Tried for warden_cluster::CLAIM_PATIENCE (a NATS server lost is survived), then refused.
+    let mut c = RawClient::open(a.addr(), Protocol::V5).await;
+    c.send(&Packet::Connect(Box::new(as_user("after", "alice")))).await;
+    match c.recv_within(warden_cluster::CLAIM_PATIENCE + Duration::from_secs(15)).await {
+        Recv::Packet(Packet::Connack(ack)) => {
+            assert_eq!(ack.reason_code, mqtt_codec::ReasonCode::SERVER_UNAVAILABLE, "CONNACK 0x88, SPEC §11")
+        }
+        other => panic!("expected CONNACK, got {other:?}"),
+    }
 }
 
 #[tokio::test]
@@ -578,4 +585,45 @@ async fn no_puback_for_a_qos1_message_jetstream_did_not_keep() {
             .any(|x| matches!(x, Packet::Disconnect(d) if d.reason_code == mqtt_codec::ReasonCode::SERVER_BUSY)),
         "{packets:?}"
     );
+}
+
+#[tokio::test]
+async fn a_lasting_session_resumes_on_another_node_with_what_it_missed() {
+    let Some(nats) = nats() else { return };
+    let (_dir, extra) = users();
+    let a = secure_node(&nats, "a", &extra).await;
+    let b = secure_node(&nats, "b", &extra).await;
+    let lasting = |clean: bool| {
+        let mut c = as_user("roamer", "alice");
+        c.clean_start = clean;
+        c.properties.session_expiry_interval = Some(600);
+        c
+    };
+    // A session on a (expiry 600) subscribed at QoS 1, then offline.
+    let (mut s, code) = connack_code(a.addr(), lasting(true)).await;
+    assert_eq!(code, mqtt_codec::ReasonCode::SUCCESS);
+    let mut p = RawClient::connect(b.addr(), as_user("roam-pub", "alice")).await.0;
+    s.send(&warden_testkit::subscribe(1, "roam/#", QoS::AtLeastOnce)).await;
+    assert!(matches!(s.recv().await, Recv::Packet(Packet::SubAck(_))));
+    probe(&mut s, &mut p, "roam/probe").await;
+    s.send(&Packet::Disconnect(mqtt_codec::Disconnect::new(mqtt_codec::ReasonCode::SUCCESS))).await;
+    s.expect_closed_within(Duration::from_secs(5)).await;
+    // 20 QoS 1 messages accepted on b while it is offline.
+    send_numbered(&mut p, "roam/m", QoS::AtLeastOnce, 20).await;
+    // Resumed on b: session present [MQTT-3.2.2-2], and every message it missed arrives.
+    let (mut r, ack) = connected(b.addr(), lasting(false)).await;
+    assert!(ack.session_present, "the session made on a resumes on b");
+    let got = receive(&mut r, 20).await;
+    let mut seqs: Vec<usize> = got.iter().filter_map(|(m, _)| std::str::from_utf8(m).ok()?.parse().ok()).collect();
+    seqs.sort_unstable();
+    seqs.dedup();
+    assert_eq!(seqs, (0..20).collect::<Vec<_>>());
+    // Its subscription came with it: a new message reaches it here.
+    send_numbered(&mut p, "roam/m", QoS::AtLeastOnce, 1).await;
+    let next = receive(&mut r, 1).await;
+    assert_eq!(next[0].0, b"0");
+    // a let its copy go: resuming there again finds the session (taken back from b).
+    drop(r);
+    let (_r2, ack) = connected(a.addr(), lasting(false)).await;
+    assert!(ack.session_present);
 }

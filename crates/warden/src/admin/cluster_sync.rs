@@ -50,6 +50,13 @@ impl ControlSink for ClusterSync {
         }
     }
 
+    fn taken_over(&self, client_id: &str) {
+        let ended = self.backend.live.end_where(ReasonCode::SESSION_TAKEN_OVER, |c, _, _| c == client_id);
+        // The session goes with it: the other node resumes it from the cluster's record.
+        let discarded = self.backend.broker.discard_session(client_id);
+        info!(client_id = %Escaped(client_id), connections = ended, discarded, "cluster: client id taken over on another node");
+    }
+
     fn end_client(&self, client_id: &str, reason: u8) -> bool {
         let n = self.backend.live.end_where(ReasonCode(reason), |c, _, _| c == client_id);
         if n > 0 {

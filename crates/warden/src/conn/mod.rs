@@ -686,8 +686,34 @@ async fn establish<S: Transport>(start: Box<Start<S>>) -> Option<Live<S::Read, S
             let conn_id = CONN_IDS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             let identity = principal.to_string();
             let (result, ticket) = c.claim(&connect.client_id, &identity, conn_id, crate::clock::unix_now()).await;
-            let refused = match result {
-                warden_cluster::registry::ClaimResult::Granted { .. } => None,
+            let refused = match &result {
+                warden_cluster::registry::ClaimResult::Granted { takeover: Some(node) } => {
+                    // The same principal held the client id on another node: a resume takes
+                    // its session from there (subscriptions, and the QoS 1/2 messages it
+                    // missed), then that node lets its copy go.
+                    if !connect.clean_start {
+                        if let Some((expiry, subs, msgs)) = c.resume_session(&connect.client_id, node).await {
+                            let now = Instant::now();
+                            if ctx.broker.adopt_session(
+                                &connect.client_id,
+                                Arc::new(principal.clone()),
+                                expiry,
+                                subs,
+                                now,
+                            ) {
+                                let n = msgs
+                                    .into_iter()
+                                    .filter(|m| ctx.broker.replay_to(&connect.client_id, m.clone()))
+                                    .count();
+                                info!(client_id = %crate::logsafe::Escaped(&connect.client_id), from = node.as_str(),
+                                    queued = n, "cluster: session taken over from another node");
+                            }
+                        }
+                    }
+                    c.send_takeover(node, &connect.client_id).await;
+                    None
+                }
+                warden_cluster::registry::ClaimResult::Granted { takeover: None } => None,
                 warden_cluster::registry::ClaimResult::Refused => Some(ReasonCode::NOT_AUTHORIZED),
                 warden_cluster::registry::ClaimResult::Unavailable => Some(ReasonCode::SERVER_UNAVAILABLE),
             };
