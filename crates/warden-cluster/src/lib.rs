@@ -72,6 +72,9 @@ pub struct ClusterConfig {
     pub creds_file: Option<PathBuf>,
     /// The first token of every subject the cluster uses (several clusters may share NATS).
     pub subject_prefix: String,
+    /// How long a QoS 1/2 message is tried until JetStream keeps it before its
+    /// acknowledgement is refused (a NATS server lost, a stream leader elected meanwhile).
+    pub publish_timeout: Duration,
 }
 
 /// Why the cluster could not start.
@@ -146,10 +149,14 @@ pub struct Cluster {
     stored_issued: std::sync::Mutex<u64>,
     /// What the task has resolved of them.
     stored: Arc<Stored>,
+    /// [`ClusterConfig::publish_timeout`], which [`Cluster::wait_stored`] callers add a margin to.
+    publish_timeout: Duration,
     /// The sessions bucket, made at its first use.
     sessions: tokio::sync::OnceCell<Arc<Sessions>>,
     /// Changes of this node's lasting sessions, for the sessions task.
     session_tx: mpsc::UnboundedSender<SessionOp>,
+    /// Set once this node holds every retained message the cluster had when it started.
+    retained_ready: Arc<std::sync::atomic::AtomicBool>,
 }
 
 /// The forward tickets the task has resolved: up to which one, and which of them failed
@@ -240,8 +247,10 @@ impl Cluster {
             docs: std::sync::OnceLock::new(),
             stored_issued: std::sync::Mutex::new(0),
             stored: Arc::new(Stored::default()),
+            publish_timeout: cfg.publish_timeout,
             sessions: tokio::sync::OnceCell::new(),
             session_tx,
+            retained_ready: Arc::new(std::sync::atomic::AtomicBool::new(false)),
         });
         let origin = cluster.origin;
         let retained_stream = retained_stream_config(&cfg.subject_prefix, cfg.replicas);
@@ -259,6 +268,7 @@ impl Cluster {
             msgs_stream_ok: false,
             acks: futures_util::stream::FuturesOrdered::new(),
             stored: cluster.stored.clone(),
+            publish_timeout: cfg.publish_timeout,
             client: client.clone(),
             prefix: cfg.subject_prefix.clone(),
             broker: broker.clone(),
@@ -274,6 +284,7 @@ impl Cluster {
             applied: applied_tx,
         };
         let retained = Retained {
+            ready: cluster.retained_ready.clone(),
             js: async_nats::jetstream::new(client.clone()),
             config: retained_stream,
             broker: broker.clone(),
@@ -507,6 +518,13 @@ impl Cluster {
         self.client.connection_state() == async_nats::connection::State::Connected
     }
 
+    /// Ready to serve as a node of the cluster: connected to NATS, and holding every retained
+    /// message the cluster had when this node started (a subscriber here gets what one on
+    /// another node gets). `/readyz` answers with it.
+    pub fn ready(&self) -> bool {
+        self.connected() && self.retained_ready.load(Ordering::Acquire)
+    }
+
     /// Wait until interest ticket `ticket` is in force on NATS (the subscription is on the
     /// server this node is connected to), at most `limit`: a SUBACK waits for it. Returns
     /// false when the limit passed first (NATS away): the SUBACK goes out all the same.
@@ -530,6 +548,11 @@ impl Cluster {
             }
         };
         tokio::time::timeout(limit, wait).await.unwrap_or(false)
+    }
+
+    /// [`ClusterConfig::publish_timeout`].
+    pub fn publish_timeout(&self) -> Duration {
+        self.publish_timeout
     }
 
     /// This node's name.
@@ -630,6 +653,8 @@ struct Task {
     /// The forward tickets waiting for JetStream's acknowledgements, in order.
     acks: futures_util::stream::FuturesOrdered<AckFuture>,
     stored: Arc<Stored>,
+    /// [`ClusterConfig::publish_timeout`].
+    publish_timeout: Duration,
     /// The retained messages on their way to JetStream ([`store_retained`]).
     retained_out: mpsc::UnboundedSender<(String, Bytes)>,
     prefix: String,
@@ -694,8 +719,8 @@ impl Task {
                         Err(e) => tracing::warn!(error = %e, "cluster: the messages stream is not available"),
                     }
                 }
-                let mut acks = Vec::new();
-                let mut ok = true;
+                // Each QoS 1/2 message: (subject, payload, the first try's acknowledgement).
+                let mut durable = Vec::new();
                 for m in &msgs {
                     let seq = self.next_seq();
                     let record = warden_store::wire::encode(m, &RetainSource::Broker);
@@ -706,31 +731,19 @@ impl Task {
                         continue;
                     }
                     let subject = subject::topic_subject(&self.prefix, Kind::Durable, m.topic.as_str());
-                    match self.js.publish(subject, payload).await {
-                        Ok(ack) => acks.push(ack),
-                        Err(e) => {
-                            ok = false;
-                            self.stats.dropped.fetch_add(1, Ordering::Relaxed);
-                            tracing::debug!(error = %e, "cluster: a QoS 1/2 message could not be handed to JetStream");
-                        }
-                    }
+                    let first = self.js.publish(subject.clone(), payload.clone()).await.ok();
+                    durable.push((subject, payload, first));
                 }
                 self.stats.forwarded.fetch_add(msgs.len() as u64, Ordering::Relaxed);
                 self.backlog.fetch_sub(bytes, Ordering::Relaxed);
                 if let Some(t) = ticket {
-                    let stats = self.stats.clone();
+                    let (stats, js, patience) = (self.stats.clone(), self.js.clone(), self.publish_timeout);
                     self.acks.push_back(Box::pin(async move {
-                        let mut all = ok;
-                        for r in
-                            futures_util::future::join_all(acks.into_iter().map(std::future::IntoFuture::into_future))
-                                .await
-                        {
-                            if let Err(e) = r {
-                                all = false;
-                                stats.dropped.fetch_add(1, Ordering::Relaxed);
-                                tracing::debug!(error = %e, "cluster: JetStream did not keep a QoS 1/2 message");
-                            }
-                        }
+                        let deadline = tokio::time::Instant::now() + patience;
+                        let tries = durable.into_iter().map(|(subject, payload, first)| {
+                            keep_durable(js.clone(), subject, payload, first, deadline, stats.clone())
+                        });
+                        let all = futures_util::future::join_all(tries).await.into_iter().all(|kept| kept);
                         if !all {
                             // A message may have reached some nodes' subscribers all the same:
                             // the client, not acknowledged, sends it again (QoS 1: at least once).
@@ -873,6 +886,7 @@ impl Task {
 /// of each retained subject (so a node that starts later, or comes back, reads them all), read
 /// from the start by an ordered consumer and applied in the stream's order.
 struct Retained {
+    ready: Arc<std::sync::atomic::AtomicBool>,
     js: async_nats::jetstream::Context,
     config: async_nats::jetstream::stream::Config,
     broker: Arc<Broker>,
@@ -884,10 +898,19 @@ impl Retained {
     /// Follow the stream for ever; on any failure (NATS away, no quorum), start again after a
     /// second, from the last message of each subject (applying one twice does no harm).
     async fn run(self) {
+        let mut failures = 0u32;
         loop {
-            if let Err(e) = self.follow().await {
-                tracing::debug!(error = %e, "cluster: following the retained stream failed; retrying");
+            match self.follow().await {
+                // Said once it lasts (a stream with more replicas than NATS servers never
+                // comes: the node stays not ready), then every minute or so.
+                Err(e) if failures % 60 == 5 => tracing::warn!(
+                    error = %e, replicas = self.config.num_replicas,
+                    "cluster: cannot follow the retained messages stream (are there as many NATS servers with JetStream as replicas?); not ready"
+                ),
+                Err(e) => tracing::debug!(error = %e, "cluster: following the retained stream failed; retrying"),
+                Ok(()) => failures = 0,
             }
+            failures = failures.saturating_add(1);
             tokio::time::sleep(Duration::from_secs(1)).await;
         }
     }
@@ -902,30 +925,43 @@ impl Retained {
                 ..Default::default()
             })
             .await?;
+        if c.cached_info().num_pending == 0 {
+            self.ready.store(true, Ordering::Release);
+        }
         let mut msgs = c.messages().await?;
         while let Some(m) = msgs.next().await {
             let m = m?;
-            let Some((origin, _, record)) = envelope::unwrap(&m.message.payload) else {
-                self.stats.malformed.fetch_add(1, Ordering::Relaxed);
-                continue;
-            };
-            if origin == self.origin {
-                continue; // kept here when it was published
-            }
-            match warden_store::wire::decode(record) {
-                Ok(Some((mut msg, source))) => {
-                    msg.origin = None;
-                    self.stats.retained_in.fetch_add(1, Ordering::Relaxed);
-                    self.broker.retain_from_peer(&Arc::new(msg), source);
-                }
-                Ok(None) => {}
-                Err(e) => {
-                    self.stats.malformed.fetch_add(1, Ordering::Relaxed);
-                    tracing::debug!(error = %e, "cluster: a retained message from another node did not decode");
-                }
+            self.apply(&m.message.payload);
+            if m.info().is_ok_and(|i| i.pending == 0) {
+                self.ready.store(true, Ordering::Release); // caught up
             }
         }
         Ok(())
+    }
+}
+
+impl Retained {
+    /// Keep one retained message of another node here.
+    fn apply(&self, payload: &[u8]) {
+        let Some((origin, _, record)) = envelope::unwrap(payload) else {
+            self.stats.malformed.fetch_add(1, Ordering::Relaxed);
+            return;
+        };
+        if origin == self.origin {
+            return; // kept here when it was published
+        }
+        match warden_store::wire::decode(record) {
+            Ok(Some((mut msg, source))) => {
+                msg.origin = None;
+                self.stats.retained_in.fetch_add(1, Ordering::Relaxed);
+                self.broker.retain_from_peer(&Arc::new(msg), source);
+            }
+            Ok(None) => {}
+            Err(e) => {
+                self.stats.malformed.fetch_add(1, Ordering::Relaxed);
+                tracing::debug!(error = %e, "cluster: a retained message from another node did not decode");
+            }
+        }
     }
 }
 
@@ -1045,4 +1081,44 @@ async fn keep_sessions(cluster: Arc<Cluster>, mut rx: mpsc::UnboundedReceiver<Se
             tracing::debug!(error = %e, "cluster: a session record could not be written");
         }
     }
+}
+
+/// Wait for JetStream to keep one QoS 1/2 message (`first`: the first try's pending
+/// acknowledgement), publishing it again until `deadline`. A second copy a retry may make is
+/// dropped by the receiving nodes' duplicate window only when it is close by (QoS 1 is at
+/// least once).
+async fn keep_durable(
+    js: async_nats::jetstream::Context,
+    subject: String,
+    payload: Bytes,
+    first: Option<async_nats::jetstream::context::PublishAckFuture>,
+    deadline: tokio::time::Instant,
+    stats: Arc<ClusterStats>,
+) -> bool {
+    let mut pending = first;
+    loop {
+        if let Some(ack) = pending.take() {
+            match tokio::time::timeout_at(deadline, std::future::IntoFuture::into_future(ack)).await {
+                Ok(Ok(_)) => return true,
+                Ok(Err(e)) => {
+                    tracing::debug!(error = %e, "cluster: JetStream did not keep a QoS 1/2 message; trying again")
+                }
+                Err(_) => break,
+            }
+        }
+        if tokio::time::Instant::now() >= deadline {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+        pending = match tokio::time::timeout_at(deadline, js.publish(subject.clone(), payload.clone())).await {
+            Ok(Ok(ack)) => Some(ack),
+            Ok(Err(e)) => {
+                tracing::debug!(error = %e, "cluster: a QoS 1/2 message could not be handed to JetStream");
+                None
+            }
+            Err(_) => break,
+        };
+    }
+    stats.dropped.fetch_add(1, Ordering::Relaxed);
+    false
 }

@@ -467,7 +467,8 @@ impl Server {
             });
             // /healthz: the process answers. /livez: the same (the Kubernetes name).
             // /readyz: listeners bound and the store loaded (both happen before this line), and
-            // with a [cluster], connected to NATS (503 while not).
+            // with a [cluster], connected to NATS and holding the cluster's retained messages (503
+            // while not).
             let ready_cluster = cluster.clone();
             let mut app = axum::Router::new()
                 .route("/healthz", axum::routing::get(|| async { "ok\n" }))
@@ -481,6 +482,10 @@ impl Server {
                                 Some(c) if !c.connected() => {
                                     (axum::http::StatusCode::SERVICE_UNAVAILABLE, "not ready: no NATS connection\n")
                                 }
+                                Some(c) if !c.ready() => (
+                                    axum::http::StatusCode::SERVICE_UNAVAILABLE,
+                                    "not ready: the cluster's retained messages are still loading\n",
+                                ),
                                 _ => (axum::http::StatusCode::OK, "ready\n"),
                             }
                         }
@@ -879,6 +884,7 @@ fn cluster_config(c: &crate::config::ClusterSettings) -> warden_cluster::Cluster
         password: c.nats_password.as_ref().map(|p| p.0.clone()),
         creds_file: c.nats_creds_file.clone(),
         subject_prefix: c.subject_prefix.clone(),
+        publish_timeout: c.publish_timeout,
     }
 }
 

@@ -348,6 +348,8 @@ fn the_cluster_table_refuses_bad_settings_with_the_line() {
         ("node = \"a\"\nnats = [\"nats://127.0.0.1:4222\"]\nsubject_prefix = \"$JS\"\n", "subject_prefix"),
         ("node = \"a\"\nnats = [\"nats://127.0.0.1:4222\"]\nnats_user = \"u\"\n", "go together"),
         ("node = \"a\"\nnats = [\"nats://127.0.0.1:4222\"]\nnodes = 3\n", "unknown field"),
+        ("node = \"a\"\nnats = [\"nats://127.0.0.1:4222\"]\npublish_timeout = \"0s\"\n", "publish_timeout"),
+        ("node = \"a\"\nnats = [\"nats://127.0.0.1:4222\"]\npublish_timeout = \"soon\"\n", "publish_timeout"),
     ] {
         let e = Config::parse(&format!("{base}{body}"), &path).unwrap_err().to_string();
         assert!(e.contains(want), "{body:?}: {e}");
@@ -363,6 +365,7 @@ fn the_cluster_table_refuses_bad_settings_with_the_line() {
     .unwrap();
     let c = ok.cluster.unwrap();
     assert_eq!((c.node.as_str(), c.replicas, c.subject_prefix.as_str()), ("a", 3, "warden"));
+    assert_eq!(c.publish_timeout, Duration::from_secs(25));
     assert_eq!(c.nats_password.unwrap().0, "pw-from-env");
 }
 
@@ -391,8 +394,16 @@ fn users() -> (tempfile::TempDir, String) {
 
 /// A node of the cluster with `extra` (which brings its own `[auth]`).
 async fn secure_node(nats: &Nats, name: &str, extra: &str) -> TestBroker {
-    TestBroker::with_config(&format!("{extra}[cluster]\nnode = \"{name}\"\nnats = [\"{}\"]\nreplicas = 1\n", nats.url))
-        .await
+    secure_node_with(nats, name, extra, "").await
+}
+
+/// [`secure_node`] with more `[cluster]` settings.
+async fn secure_node_with(nats: &Nats, name: &str, extra: &str, cluster: &str) -> TestBroker {
+    TestBroker::with_config(&format!(
+        "{extra}[cluster]\nnode = \"{name}\"\nnats = [\"{}\"]\nreplicas = 1\n{cluster}",
+        nats.url
+    ))
+    .await
 }
 
 fn as_user(id: &str, user: &str) -> mqtt_codec::Connect {
@@ -567,7 +578,8 @@ async fn trust_changes_through_one_nodes_admin_api_reach_the_others() {
 async fn no_puback_for_a_qos1_message_jetstream_did_not_keep() {
     let Some(nats) = nats() else { return };
     let (_dir, extra) = users();
-    let a = secure_node(&nats, "a", &extra).await;
+    // JetStream is given 2 s (`publish_timeout`) to keep a message before it is refused.
+    let a = secure_node_with(&nats, "a", &extra, "publish_timeout = \"2s\"\n").await;
     let (mut p, code) = connack_code(a.addr(), as_user("durable-pub", "alice")).await;
     assert_eq!(code, mqtt_codec::ReasonCode::SUCCESS);
     // Kept by JetStream: acknowledged.
@@ -609,15 +621,15 @@ async fn a_lasting_session_resumes_on_another_node_with_what_it_missed() {
     s.send(&Packet::Disconnect(mqtt_codec::Disconnect::new(mqtt_codec::ReasonCode::SUCCESS))).await;
     s.expect_closed_within(Duration::from_secs(5)).await;
     // 20 QoS 1 messages accepted on b while it is offline.
-    send_numbered(&mut p, "roam/m", QoS::AtLeastOnce, 20).await;
+    send_numbered(&mut p, "roam/m", QoS::AtLeastOnce, 100).await;
     // Resumed on b: session present [MQTT-3.2.2-2], and every message it missed arrives.
     let (mut r, ack) = connected(b.addr(), lasting(false)).await;
     assert!(ack.session_present, "the session made on a resumes on b");
-    let got = receive(&mut r, 20).await;
+    let got = receive(&mut r, 100).await;
     let mut seqs: Vec<usize> = got.iter().filter_map(|(m, _)| std::str::from_utf8(m).ok()?.parse().ok()).collect();
     seqs.sort_unstable();
     seqs.dedup();
-    assert_eq!(seqs, (0..20).collect::<Vec<_>>());
+    assert_eq!(seqs, (0..100).collect::<Vec<_>>());
     // Its subscription came with it: a new message reaches it here.
     send_numbered(&mut p, "roam/m", QoS::AtLeastOnce, 1).await;
     let next = receive(&mut r, 1).await;

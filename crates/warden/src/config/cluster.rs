@@ -37,6 +37,16 @@ pub(super) struct RawCluster {
     nats_password_file: Option<toml::Value>,
     /// A NATS credentials file (JWT and NKey seed), instead of a user and password. Default: none.
     nats_creds_file: Option<Spanned<PathBuf>>,
+    /// How long a QoS 1/2 message is tried until JetStream keeps it on a quorum before the
+    /// client's PUBLISH is refused (no PUBACK; the connection ends with 0x89 and the client
+    /// sends it again): long enough for a stream leader to be elected after a NATS server is
+    /// lost. `"1s"` to `"300s"`. Default `"25s"`.
+    #[serde(default = "default_publish_timeout")]
+    publish_timeout: Spanned<String>,
+}
+
+fn default_publish_timeout() -> Spanned<String> {
+    Spanned::new(0..0, "25s".to_owned())
 }
 
 fn default_replicas() -> Spanned<usize> {
@@ -72,6 +82,8 @@ pub struct ClusterSettings {
     pub nats_password: Option<Secret>,
     /// A NATS credentials file (JWT and NKey seed), resolved against the file's directory.
     pub nats_creds_file: Option<PathBuf>,
+    /// How long a QoS 1/2 message is tried until JetStream keeps it (default 25 s).
+    pub publish_timeout: std::time::Duration,
 }
 
 fn plain_token(s: &str) -> bool {
@@ -140,7 +152,13 @@ impl RawCluster {
         if nats_creds_file.is_some() && nats_user.is_some() {
             return Err((span, "[cluster] give nats_creds_file or nats_user / nats_password, not both".into()));
         }
+        let span = self.publish_timeout.span();
+        let publish_timeout = super::parse_duration(self.publish_timeout.get_ref())
+            .ok()
+            .filter(|d| (1..=300).contains(&d.as_secs()))
+            .ok_or((span, "[cluster] publish_timeout: a duration from \"1s\" to \"300s\"".to_owned()))?;
         Ok(ClusterSettings {
+            publish_timeout,
             node,
             nats,
             replicas,

@@ -113,7 +113,10 @@ impl ConnContext {
             store.wait(ticket).await;
         }
         if let (Some(c), Some((first, last))) = (&self.cluster, conn.take_forward_wait()) {
-            if !c.wait_stored(first, last, Duration::from_secs(10)).await {
+            // The cluster's own patience (`[cluster] publish_timeout`) decides; this cap only
+            // bounds a wait that nothing answers.
+            let cap = c.publish_timeout() + Duration::from_secs(5);
+            if !c.wait_stored(first, last, cap).await {
                 return false;
             }
         }
