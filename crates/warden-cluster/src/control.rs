@@ -4,7 +4,7 @@
 //! - **Documents**: the shell's shared state (the policy store, the ban list, ...) as named
 //!   documents, each a whole snapshot, kept in the JetStream stream `{PREFIX}_CONTROL` (the
 //!   last version of each, on disk, on `replicas` servers). A node that changes one publishes
-//!   it; every node follows the stream and hands each version it did not write to its
+//!   it; every node reads the last version of each every [`POLL`] and hands each version it did not write to its
 //!   [`ControlSink`]. The stream's order is the one order: every node ends with the stream's
 //!   last version (last writer wins; admin changes are rare and made by operators). A node
 //!   that starts reads the last version of each document, so that the cluster's copy wins
@@ -36,6 +36,9 @@ pub trait ControlSink: Send + Sync + 'static {
     /// it from the cluster's record, or starts anew).
     fn taken_over(&self, client_id: &str);
 }
+
+/// How often each document's last version is read.
+pub const POLL: Duration = Duration::from_millis(500);
 
 /// A node command's operation byte: end a connection.
 const OP_END: u8 = 1;
@@ -104,6 +107,8 @@ pub(crate) struct Documents {
     pub(crate) prefix: String,
     pub(crate) origin: u64,
     pub(crate) sink: Arc<dyn ControlSink>,
+    /// The documents' names (the shell's).
+    names: Vec<String>,
     /// The body of each document as this node has it now (applied or written here).
     current: HashMap<String, Bytes>,
     /// This node's versions not yet kept by JetStream.
@@ -121,8 +126,10 @@ impl Documents {
         prefix: String,
         origin: u64,
         sink: Arc<dyn ControlSink>,
+        names: Vec<String>,
     ) -> Documents {
         Documents {
+            names,
             js,
             config,
             prefix,
@@ -146,17 +153,14 @@ impl Documents {
     }
 
     async fn follow(&mut self, rx: &mut mpsc::UnboundedReceiver<(String, Bytes)>) -> Result<(), BoxError> {
-        use async_nats::jetstream::consumer;
         let stream = self.js.get_or_create_stream(self.config.clone()).await?;
         self.flush().await?;
-        let c = stream
-            .create_consumer(consumer::pull::OrderedConfig {
-                deliver_policy: consumer::DeliverPolicy::LastPerSubject,
-                filter_subject: format!("{}.c.doc.>", self.prefix),
-                ..Default::default()
-            })
-            .await?;
-        let mut msgs = c.messages().await?;
+        // The last version of each document is read from the stream's leader every
+        // [`POLL`]: a few small reads a second per node, and nothing that can stall unseen
+        // (a long-lived consumer made while the NATS cluster was still electing its leaders
+        // once stopped delivering for seconds).
+        let mut tick = tokio::time::interval(POLL);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             tokio::select! {
                 doc = rx.recv() => {
@@ -165,13 +169,15 @@ impl Documents {
                     self.pending.insert(name, body);
                     self.flush().await?;
                 }
-                m = msgs.next() => {
-                    let Some(m) = m else { return Err("the control consumer ended".into()) };
-                    let m = m?;
-                    let seq = m.info().map(|i| i.stream_sequence).unwrap_or(0);
-                    let Some(name) = m.subject.strip_prefix(&format!("{}.c.doc.", self.prefix)) else { continue };
-                    let name = name.to_owned();
-                    self.received(&name, &m.payload, seq);
+                _ = tick.tick() => {
+                    self.flush().await?;
+                    for name in self.names.clone() {
+                        match stream.get_last_raw_message_by_subject(&doc_subject(&self.prefix, &name)).await {
+                            Ok(m) => self.received(&name, &m.payload, m.sequence),
+                            Err(e) if e.kind() == async_nats::jetstream::stream::LastRawMessageErrorKind::NoMessageFound => {}
+                            Err(e) => return Err(e.into()),
+                        }
+                    }
                 }
             }
         }

@@ -301,7 +301,7 @@ impl Cluster {
 
     /// Attach the shell's side of the control plane: from now on documents and node commands
     /// from other nodes reach `sink`. Call once, before accepting connections.
-    pub fn attach_control(&self, sink: Arc<dyn ControlSink>) {
+    pub fn attach_control(&self, sink: Arc<dyn ControlSink>, documents: &[&str]) {
         let (tx, rx) = mpsc::unbounded_channel();
         if self.docs.set(tx).is_err() {
             return;
@@ -312,6 +312,7 @@ impl Cluster {
             self.prefix.clone(),
             self.origin,
             sink.clone(),
+            documents.iter().map(|d| (*d).to_owned()).collect(),
         );
         tokio::spawn(docs.run(rx));
         tokio::spawn(control::node_commands(
@@ -334,8 +335,9 @@ impl Cluster {
         self.registry
             .get_or_try_init(|| async {
                 let js = async_nats::jetstream::new(self.client.clone());
-                let clients = js.create_key_value(registry::clients_bucket(&self.prefix, self.replicas)).await?;
-                let nodes = js.create_key_value(registry::nodes_bucket(&self.prefix, self.replicas)).await?;
+                let clients =
+                    registry::linearizable_kv(&js, registry::clients_bucket(&self.prefix, self.replicas)).await?;
+                let nodes = registry::linearizable_kv(&js, registry::nodes_bucket(&self.prefix, self.replicas)).await?;
                 Ok::<_, Box<dyn std::error::Error + Send + Sync>>(Arc::new(Registry {
                     clients,
                     nodes,
@@ -387,7 +389,7 @@ impl Cluster {
         self.sessions
             .get_or_try_init(|| async {
                 let js = async_nats::jetstream::new(self.client.clone());
-                let kv = js.create_key_value(sessions::sessions_bucket(&self.prefix, self.replicas)).await?;
+                let kv = registry::linearizable_kv(&js, sessions::sessions_bucket(&self.prefix, self.replicas)).await?;
                 Ok::<_, Box<dyn std::error::Error + Send + Sync>>(Arc::new(Sessions {
                     kv,
                     js,

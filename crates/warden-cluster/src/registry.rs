@@ -86,6 +86,33 @@ pub(crate) fn nodes_bucket(prefix: &str, replicas: usize) -> kv::Config {
     }
 }
 
+/// Make (or find) the KV bucket `config` with reads from its stream leader only. JetStream's
+/// KV answers reads from any replica by default ("direct get"), which may lag the leader: a
+/// claim decided on such a read let another principal take a client id a moment after its
+/// owner did (seen with three NATS servers under load). The registry needs to read what the
+/// last compare-and-set wrote.
+pub(crate) async fn linearizable_kv(
+    js: &async_nats::jetstream::Context,
+    config: kv::Config,
+) -> Result<kv::Store, Box<dyn std::error::Error + Send + Sync>> {
+    let bucket = config.bucket.clone();
+    let stream_name = format!("KV_{bucket}");
+    // Made by the first node (another node's create would find a changed configuration).
+    if js.get_stream(&stream_name).await.is_err() {
+        if let Err(e) = js.create_key_value(config).await {
+            tracing::debug!(error = %e, bucket, "cluster: creating a bucket failed (another node made it?)");
+        }
+    }
+    let mut stream = js.get_stream(&stream_name).await?;
+    let info = stream.info().await?;
+    if info.config.allow_direct {
+        let mut c = info.config.clone();
+        c.allow_direct = false;
+        js.update_stream(c).await?;
+    }
+    Ok(js.get_key_value(bucket).await?)
+}
+
 /// What a claim decides from the entry it found (pure: tested below).
 #[derive(Debug, PartialEq, Eq)]
 pub(crate) enum Decision {

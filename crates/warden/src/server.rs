@@ -442,7 +442,10 @@ impl Server {
             cluster: cluster.clone(),
         });
         if let Some(c) = &cluster {
-            c.attach_control(Arc::new(crate::admin::cluster_sync::ClusterSync { backend: backend.clone() }));
+            c.attach_control(
+                Arc::new(crate::admin::cluster_sync::ClusterSync { backend: backend.clone() }),
+                crate::admin::cluster_sync::DOCUMENTS,
+            );
         }
         // The HTTP side: token service, health.
         if let (Some(http), Some(tcp)) = (&cfg.http, http_tcp) {

@@ -23,6 +23,8 @@ use crate::logsafe::Escaped;
 pub const POLICY: &str = "policy";
 /// The ban list's document.
 pub const BANS: &str = "bans";
+/// Every document this node shares.
+pub const DOCUMENTS: &[&str] = &[POLICY, BANS];
 
 /// Applies what other nodes share to this node.
 pub struct ClusterSync {
