@@ -154,7 +154,10 @@ pub(crate) struct Registry {
 
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
-async fn timed<T, E: Into<BoxError>>(f: impl std::future::Future<Output = Result<T, E>>) -> Result<T, BoxError> {
+/// `f`, at most [`OP_TIMEOUT`] (the registry's and the sessions bucket's operations).
+pub(crate) async fn timed<T, E: Into<BoxError>>(
+    f: impl std::future::Future<Output = Result<T, E>>,
+) -> Result<T, BoxError> {
     match tokio::time::timeout(OP_TIMEOUT, f).await {
         Ok(r) => r.map_err(Into::into),
         Err(_) => Err("timed out".into()),

@@ -20,7 +20,7 @@ use std::time::Duration;
 use async_nats::jetstream::kv;
 use serde::{Deserialize, Serialize};
 
-use crate::registry::key;
+use crate::registry::{key, timed};
 
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
@@ -28,7 +28,6 @@ type BoxError = Box<dyn std::error::Error + Send + Sync>;
 pub const MAX_REPLAY: usize = 100_000;
 /// The longest a resume's replay may take.
 const REPLAY_TIME: Duration = Duration::from_secs(10);
-const OP_TIMEOUT: Duration = Duration::from_secs(3);
 
 /// One subscription of a session record.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -71,13 +70,6 @@ pub(crate) fn sessions_bucket(prefix: &str, replicas: usize) -> kv::Config {
         num_replicas: replicas,
         storage: async_nats::jetstream::stream::StorageType::File,
         ..Default::default()
-    }
-}
-
-async fn timed<T, E: Into<BoxError>>(f: impl std::future::Future<Output = Result<T, E>>) -> Result<T, BoxError> {
-    match tokio::time::timeout(OP_TIMEOUT, f).await {
-        Ok(r) => r.map_err(Into::into),
-        Err(_) => Err("timed out".into()),
     }
 }
 
