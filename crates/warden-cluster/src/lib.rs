@@ -157,6 +157,23 @@ pub struct Cluster {
     session_tx: mpsc::UnboundedSender<SessionOp>,
     /// Set once this node holds every retained message the cluster had when it started.
     retained_ready: Arc<std::sync::atomic::AtomicBool>,
+    /// A messages-stream sequence read at least [`POSITION_POLL`] ago: every message published
+    /// since is after it (the mark of a session's change, [`sessions::SessionOp::Saved`]).
+    position_floor: AtomicU64,
+    /// This node's lease was renewed at its last try: the client registry answers, so a
+    /// CONNECT here can be claimed (not "unavailable").
+    registry_ok: std::sync::atomic::AtomicBool,
+}
+
+/// A lasting session read from another node's record ([`Cluster::resume_session`]).
+pub struct Resumed {
+    /// Its session expiry interval (seconds).
+    pub expiry: u32,
+    /// Its subscriptions.
+    pub subs: Vec<warden_core::session::Subscription>,
+    record: sessions::SessionRecord,
+    /// The stream subjects its replay reads.
+    subjects: Vec<String>,
 }
 
 /// The forward tickets the task has resolved: up to which one, and which of them failed
@@ -251,6 +268,8 @@ impl Cluster {
             sessions: tokio::sync::OnceCell::new(),
             session_tx,
             retained_ready: Arc::new(std::sync::atomic::AtomicBool::new(false)),
+            position_floor: AtomicU64::new(0),
+            registry_ok: std::sync::atomic::AtomicBool::new(false),
         });
         let origin = cluster.origin;
         let retained_stream = retained_stream_config(&cfg.subject_prefix, cfg.replicas);
@@ -295,6 +314,7 @@ impl Cluster {
         tokio::spawn(retained.run());
         tokio::spawn(lease(cluster.clone()));
         tokio::spawn(keep_sessions(cluster.clone(), session_rx));
+        tokio::spawn(watch_position(Arc::downgrade(&cluster)));
         broker.attach_fabric(cluster.clone());
         Ok(cluster)
     }
@@ -400,19 +420,15 @@ impl Cluster {
             .await
     }
 
-    /// Take `client_id`'s lasting session from node `from` (its CONNECT here asked to resume
-    /// it; the registry said the same principal held it there): its expiry, subscriptions and
-    /// the QoS 1/2 messages after its position that they match (in order; decoded, not yet
-    /// authorized), and the record written as this node's. `None` when there is no record of
-    /// it on `from` (nothing to resume: a new session).
-    pub async fn resume_session(
-        &self,
-        client_id: &str,
-        from: &str,
-    ) -> Option<(u32, Vec<warden_core::session::Subscription>, Vec<Arc<Message>>)> {
+    /// Read `client_id`'s lasting session on node `from` (its CONNECT here asked to resume it;
+    /// the registry said the same principal held it there): its expiry and subscriptions.
+    /// `None` when there is no record of it on `from` (nothing to resume: a new session). Make
+    /// the session here with them, wait until its subscriptions are in force on NATS
+    /// ([`Cluster::wait_interest`]), then [`Cluster::replay_resumed`].
+    pub async fn resume_session(&self, client_id: &str, from: &str) -> Option<Resumed> {
         let r = async {
             let sessions = self.sessions().await?;
-            let Some((mut record, _)) = sessions.get(client_id).await? else { return Ok(None) };
+            let Some((record, _)) = sessions.get(client_id).await? else { return Ok(None) };
             if record.node != from {
                 return Ok(None);
             }
@@ -430,6 +446,30 @@ impl Cluster {
                 }
                 subs.push(warden_core::session::Subscription { filter, options, id: s.id });
             }
+            Ok::<_, Box<dyn std::error::Error + Send + Sync>>(Some(Resumed {
+                expiry: record.expiry,
+                subs,
+                record,
+                subjects,
+            }))
+        };
+        match r.await {
+            Ok(x) => x,
+            Err(e) => {
+                tracing::warn!(error = %e, "cluster: a session could not be taken from another node; it starts anew here");
+                None
+            }
+        }
+    }
+
+    /// The QoS 1/2 messages the stream kept after the resumed session's position that its
+    /// subscriptions match, up to the stream's position now (in order; decoded, not yet
+    /// authorized); the record is written as this node's with that position. Call once the
+    /// session's subscriptions are in force here: what the stream keeps later reaches them.
+    pub async fn replay_resumed(&self, resumed: Resumed) -> Vec<Arc<Message>> {
+        let Resumed { mut record, subjects, .. } = resumed;
+        let r = async {
+            let sessions = self.sessions().await?;
             let upto = sessions.stream_position().await?;
             let envelopes = sessions.replay(record.position, upto, subjects).await?;
             let mut msgs = Vec::with_capacity(envelopes.len());
@@ -447,15 +487,21 @@ impl Cluster {
             record.node = self.node.clone();
             record.position = upto;
             sessions.take(&record).await?;
-            Ok::<_, Box<dyn std::error::Error + Send + Sync>>(Some((record.expiry, subs, msgs)))
+            Ok::<_, Box<dyn std::error::Error + Send + Sync>>(msgs)
         };
         match r.await {
             Ok(x) => x,
             Err(e) => {
-                tracing::warn!(error = %e, "cluster: a session could not be taken from another node; it starts anew here");
-                None
+                tracing::warn!(error = %e, "cluster: a resumed session's missed messages could not be read");
+                Vec::new()
             }
         }
+    }
+
+    /// The last interest change handed out ([`Fabric::issued`]): the ticket for
+    /// [`Cluster::wait_interest`] after the subscriptions of a session were made.
+    pub fn interest_issued(&self) -> u64 {
+        self.issued.load(Ordering::Acquire)
     }
 
     /// Tell node `node` that `client_id` was taken over here ([`ClaimResult::Granted`]'s
@@ -520,11 +566,12 @@ impl Cluster {
         self.client.connection_state() == async_nats::connection::State::Connected
     }
 
-    /// Ready to serve as a node of the cluster: connected to NATS, and holding every retained
-    /// message the cluster had when this node started (a subscriber here gets what one on
-    /// another node gets). `/readyz` answers with it.
+    /// Ready to serve as a node of the cluster: connected to NATS, its client registry
+    /// answering (its lease renewed at the last try: a CONNECT can be claimed), and holding
+    /// every retained message the cluster had when this node started (a subscriber here gets
+    /// what one on another node gets). `/readyz` answers with it.
     pub fn ready(&self) -> bool {
-        self.connected() && self.retained_ready.load(Ordering::Acquire)
+        self.connected() && self.registry_ok.load(Ordering::Acquire) && self.retained_ready.load(Ordering::Acquire)
     }
 
     /// Wait until interest ticket `ticket` is in force on NATS (the subscription is on the
@@ -603,12 +650,22 @@ impl Fabric for Cluster {
         self.stored_issued.lock().map_or(0, |n| *n)
     }
 
-    fn session_saved(&self, client_id: &Arc<str>, expiry: u32, subs: Vec<warden_core::session::Subscription>) {
+    fn session_saved(
+        &self,
+        client_id: &Arc<str>,
+        expiry: u32,
+        subs: Vec<warden_core::session::Subscription>,
+        settled: bool,
+    ) {
+        // The mark is taken now, not when the sessions task gets to the change (the bucket
+        // may be slow, and messages for the session may be kept by the stream meanwhile).
+        let mark = self.position_floor.load(Ordering::Acquire);
         let subs = subs
             .into_iter()
             .map(|s| SubRecord { filter: s.filter.as_str().to_owned(), options: s.options.to_byte(), id: s.id })
             .collect();
-        let _ = self.session_tx.send(SessionOp::Saved { client_id: client_id.to_string(), expiry, subs });
+        let _ =
+            self.session_tx.send(SessionOp::Saved { client_id: client_id.to_string(), expiry, subs, mark, settled });
     }
 
     fn session_ended(&self, client_id: &Arc<str>) {
@@ -983,15 +1040,22 @@ fn retained_stream_config(prefix: &str, replicas: usize) -> async_nats::jetstrea
 /// Keep this node's lease for ever (SPEC §11: a claim of a node without a lease is stale).
 async fn lease(cluster: Arc<Cluster>) {
     loop {
-        match cluster.registry().await {
-            Ok(reg) => {
-                if let Err(e) = reg.renew().await {
+        let ok = match cluster.registry().await {
+            Ok(reg) => match reg.renew().await {
+                Ok(()) => true,
+                Err(e) => {
                     tracing::debug!(error = %e, "cluster: renewing this node's lease failed");
+                    false
                 }
+            },
+            Err(e) => {
+                tracing::debug!(error = %e, "cluster: the client registry is not reachable yet");
+                false
             }
-            Err(e) => tracing::debug!(error = %e, "cluster: the client registry is not reachable yet"),
-        }
-        tokio::time::sleep(registry::LEASE_REFRESH).await;
+        };
+        cluster.registry_ok.store(ok, Ordering::Release);
+        // A failed renewal is tried again soon: the lease must not lapse, and /readyz waits.
+        tokio::time::sleep(if ok { registry::LEASE_REFRESH } else { Duration::from_millis(500) }).await;
     }
 }
 
@@ -1069,6 +1133,33 @@ fn messages_stream_config(prefix: &str, replicas: usize) -> async_nats::jetstrea
         num_replicas: replicas,
         storage: async_nats::jetstream::stream::StorageType::File,
         ..Default::default()
+    }
+}
+
+/// How often the messages stream's position is read for [`Cluster::position_floor`].
+const POSITION_POLL: Duration = Duration::from_millis(500);
+
+/// Keep [`Cluster::position_floor`] one reading behind the stream (a reading at least
+/// [`POSITION_POLL`] old: a message the stream kept just before a reading may still be on its
+/// way to this node). Makes the sessions bucket early, too, so that the first session's
+/// record does not wait for it. Ends with the cluster.
+async fn watch_position(cluster: std::sync::Weak<Cluster>) {
+    let mut last = 0;
+    loop {
+        {
+            let Some(c) = cluster.upgrade() else { return };
+            match c.sessions().await {
+                Ok(s) => match s.stream_position().await {
+                    Ok(p) => {
+                        c.position_floor.fetch_max(last, Ordering::AcqRel);
+                        last = p;
+                    }
+                    Err(e) => tracing::debug!(error = %e, "cluster: the messages stream's position is unknown"),
+                },
+                Err(e) => tracing::debug!(error = %e, "cluster: the sessions bucket is not reachable yet"),
+            }
+        }
+        tokio::time::sleep(POSITION_POLL).await;
     }
 }
 

@@ -6,14 +6,18 @@
 //! subscriptions and a *position* in the messages stream (`{PREFIX}_MSGS`, every QoS 1/2
 //! message once). The holding node keeps the record in step with the session (the core tells
 //! it, [`warden_core::fabric::Fabric::session_saved`]). When the client comes back on another
-//! node, that node takes the record, makes the session with its subscriptions, and queues
-//! every QoS 1/2 message of the stream after the position that one of them matches — then
-//! writes the record as its own with the stream's position at that moment. The old node is
-//! told to discard its copy.
+//! node, that node takes the record, makes the session with its subscriptions, waits until
+//! they are in force on NATS, and then queues every QoS 1/2 message of the stream after the
+//! position that one of them matches, up to the stream's position at that moment — which
+//! becomes the record's position, the record now this node's. The old node is told to discard
+//! its copy.
 //!
-//! The promise is at least once: messages the old node delivered after the position are
-//! delivered again; the position is where the session's record was first written on a node,
-//! so a resume may also bring messages published between that moment and a later SUBSCRIBE.
+//! The position is a sequence the node had seen in the stream at least half a second before
+//! the session was made, or before a change at which the session had nothing queued or in
+//! flight (its client had acknowledged all it was sent); while messages wait for the client it
+//! stays where it was. The promise is at least once: a resume may deliver again messages the
+//! old node delivered after the position, and messages published shortly before the session
+//! subscribed.
 
 use std::time::Duration;
 
@@ -52,15 +56,27 @@ pub struct SessionRecord {
     pub expiry: u32,
     /// Its subscriptions.
     pub subs: Vec<SubRecord>,
-    /// The messages stream's sequence up to which the holding node had the session's messages
-    /// when it took the session (a resume elsewhere replays what follows).
+    /// The messages stream's sequence after which a resume elsewhere replays what the
+    /// session's subscriptions match: a sequence the holding node had seen in the stream before
+    /// the session was made, taken from another node, or last had nothing queued or in flight.
     pub position: u64,
 }
 
 /// A change the core reported, for the sessions task.
 pub(crate) enum SessionOp {
-    Saved { client_id: String, expiry: u32, subs: Vec<SubRecord> },
-    Ended { client_id: String },
+    /// `mark`: the stream position the node had seen before the change (at least half a
+    /// second before: a message kept by the stream before it may still be on its way to this
+    /// node); `settled`: nothing was queued or in flight for the session.
+    Saved {
+        client_id: String,
+        expiry: u32,
+        subs: Vec<SubRecord>,
+        mark: u64,
+        settled: bool,
+    },
+    Ended {
+        client_id: String,
+    },
 }
 
 pub(crate) fn sessions_bucket(prefix: &str, replicas: usize) -> kv::Config {
@@ -99,23 +115,28 @@ impl Sessions {
     }
 
     /// Apply one change of a session this node holds: written when the record is this
-    /// node's or missing (its position then the stream's now); a record another node holds
-    /// is that node's (this node is about to be told to discard its copy).
+    /// node's or missing; a record another node holds is that node's (this node is about to
+    /// be told to discard its copy). The position is the change's mark when the record is
+    /// new, and moves up to it when the session was settled (everything before the mark that
+    /// it matched was delivered and acknowledged); otherwise it stays (the messages queued
+    /// here are after it, and a resume elsewhere replays them).
     pub(crate) async fn apply(&self, op: SessionOp) -> Result<(), BoxError> {
         match op {
-            SessionOp::Saved { client_id, expiry, subs } => {
+            SessionOp::Saved { client_id, expiry, subs, mark, settled } => {
                 let k = key(&client_id);
                 match self.get(&client_id).await? {
                     Some((r, _)) if r.node != self.node => Ok(()),
                     Some((mut r, rev)) => {
                         r.expiry = expiry;
                         r.subs = subs;
+                        if settled {
+                            r.position = r.position.max(mark);
+                        }
                         timed(self.kv.update(&k, serde_json::to_vec(&r)?.into(), rev)).await?;
                         Ok(())
                     }
                     None => {
-                        let position = self.stream_position().await?;
-                        let r = SessionRecord { client_id, node: self.node.clone(), expiry, subs, position };
+                        let r = SessionRecord { client_id, node: self.node.clone(), expiry, subs, position: mark };
                         timed(self.kv.create(&k, serde_json::to_vec(&r)?.into())).await?;
                         Ok(())
                     }

@@ -313,7 +313,13 @@ impl Broker {
         if let Some(f) = self.fabric.get() {
             let st = s.state.lock();
             if st.expiry_interval > 0 && !s.is_ended() {
-                f.session_saved(&s.client_id, st.expiry_interval, st.subscriptions.values().cloned().collect());
+                let settled = st.queue.is_empty() && st.inflight.is_empty();
+                f.session_saved(
+                    &s.client_id,
+                    st.expiry_interval,
+                    st.subscriptions.values().cloned().collect(),
+                    settled,
+                );
             }
         }
         let Some(store) = &self.store else { return 0 };
@@ -1398,7 +1404,13 @@ impl Broker {
     fn share_session(&self, s: &Session, st: &crate::session::SessionState) {
         if let Some(f) = self.fabric.get() {
             if st.expiry_interval > 0 {
-                f.session_saved(&s.client_id, st.expiry_interval, st.subscriptions.values().cloned().collect());
+                let settled = st.queue.is_empty() && st.inflight.is_empty();
+                f.session_saved(
+                    &s.client_id,
+                    st.expiry_interval,
+                    st.subscriptions.values().cloned().collect(),
+                    settled,
+                );
             }
         }
     }

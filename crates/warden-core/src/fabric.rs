@@ -52,8 +52,11 @@ pub trait Fabric: Send + Sync {
     }
     /// A session that outlives its connections (expiry > 0) was made, resumed or changed its
     /// subscriptions: `subs` are all of them now (the cluster keeps a copy, so that another
-    /// node can resume it). Called under the session's lock, in the order of its changes.
-    fn session_saved(&self, _client_id: &Arc<str>, _expiry: u32, _subs: Vec<Subscription>) {}
+    /// node can resume it). `settled`: nothing is queued for it or in flight to it (every
+    /// message it was sent so far was acknowledged), so another node resuming it needs only
+    /// what is published from now on. Called under the session's lock, in the order of its
+    /// changes.
+    fn session_saved(&self, _client_id: &Arc<str>, _expiry: u32, _subs: Vec<Subscription>, _settled: bool) {}
     /// A session ended (its copy goes).
     fn session_ended(&self, _client_id: &Arc<str>) {}
 }

@@ -695,16 +695,26 @@ async fn establish<S: Transport>(start: Box<Start<S>>) -> Option<Live<S::Read, S
                     // its session from there (subscriptions, and the QoS 1/2 messages it
                     // missed), then that node lets its copy go.
                     if !connect.clean_start {
-                        if let Some((expiry, subs, msgs)) = c.resume_session(&connect.client_id, node).await {
+                        if let Some(resumed) = c.resume_session(&connect.client_id, node).await {
                             let now = Instant::now();
                             if ctx.broker.adopt_session(
                                 &connect.client_id,
                                 Arc::new(principal.clone()),
-                                expiry,
-                                subs,
+                                resumed.expiry,
+                                resumed.subs.clone(),
                                 now,
                             ) {
-                                let n = msgs
+                                // Its subscriptions in force on NATS first: the replay reads
+                                // up to the stream's position after that, so nothing falls
+                                // between the two (at least once: some may come both ways).
+                                if !c.wait_interest(c.interest_issued(), Duration::from_secs(5)).await {
+                                    tracing::debug!(
+                                        "cluster: a resumed session's subscriptions did not reach NATS in time"
+                                    );
+                                }
+                                let n = c
+                                    .replay_resumed(resumed)
+                                    .await
                                     .into_iter()
                                     .filter(|m| ctx.broker.replay_to(&connect.client_id, m.clone()))
                                     .count();
