@@ -81,17 +81,26 @@ type RevokeCallback = Arc<dyn Fn(&str) + Send + Sync>;
 struct Keys {
     /// First = the current signer; the rest are rotated out but still published.
     signers: Vec<SigningKey>,
+    /// The public keys of the other nodes' token services (a cluster: SPEC §11), each a JWK
+    /// that parses on its own; their tokens verify here too.
+    peers: Vec<serde_json::Value>,
     jwks: serde_json::Value,
     key_set: Arc<KeySet>,
 }
 
 impl Keys {
-    fn new(signers: Vec<SigningKey>) -> Keys {
-        let jwks = serde_json::json!({
-            "keys": signers.iter().map(SigningKey::jwk).collect::<Vec<_>>(),
+    fn new(signers: Vec<SigningKey>, peers: Vec<serde_json::Value>) -> Keys {
+        let own: Vec<serde_json::Value> = signers.iter().map(SigningKey::jwk).collect();
+        let peers: Vec<serde_json::Value> =
+            peers.into_iter().filter(|p| !own.iter().any(|o| o.get("kid") == p.get("kid"))).collect();
+        let jwks = serde_json::json!({ "keys": own.iter().chain(&peers).collect::<Vec<_>>() });
+        let key_set = KeySet::from_jwks_json(&jwks.to_string()).unwrap_or_else(|e| {
+            // Unreachable: every peer key parsed on its own before it was kept.
+            tracing::error!(error = %e, "oauth: the key set does not parse; the peers' keys are left out");
+            let own = serde_json::json!({ "keys": own });
+            KeySet::from_jwks_json(&own.to_string()).unwrap_or_default()
         });
-        let key_set = KeySet::from_jwks_json(&jwks.to_string()).expect("the JWKS of our own signing keys parses");
-        Keys { signers, jwks, key_set: Arc::new(key_set) }
+        Keys { signers, peers, jwks, key_set: Arc::new(key_set) }
     }
 }
 
@@ -137,7 +146,7 @@ impl OAuthService {
         let service = OAuthService {
             settings,
             clients: RwLock::new(Arc::new(HashMap::new())),
-            keys: RwLock::new(Keys::new(keys)),
+            keys: RwLock::new(Keys::new(keys, Vec::new())),
             revoked: Mutex::new(HashMap::new()),
             on_revoke: RwLock::new(Vec::new()),
             clock,
@@ -202,7 +211,8 @@ impl OAuthService {
         let mut signers = std::mem::take(&mut keys.signers);
         signers.retain(|k| k.kid() != new_key.kid());
         signers.insert(0, new_key);
-        *keys = Keys::new(signers);
+        let peers = std::mem::take(&mut keys.peers);
+        *keys = Keys::new(signers, peers);
         tracing::info!(kid = keys.signers[0].kid(), "oauth: signing key rotated");
     }
 
@@ -216,9 +226,36 @@ impl OAuthService {
         (*self.keys.read().key_set).clone()
     }
 
-    /// The JWKS document served at `/.well-known/jwks.json`.
+    /// The JWKS document served at `/.well-known/jwks.json`: this service's keys, then the
+    /// other nodes' ([`OAuthService::set_peer_keys`]).
     pub fn jwks(&self) -> serde_json::Value {
         self.keys.read().jwks.clone()
+    }
+
+    /// This service's own public keys (current and rotated out), as JWKs: what it shares
+    /// with the other nodes of a cluster.
+    pub fn own_jwks(&self) -> Vec<serde_json::Value> {
+        self.keys.read().signers.iter().map(SigningKey::jwk).collect()
+    }
+
+    /// The public keys of the other nodes' token services (a cluster: they issue tokens
+    /// with the same issuer, each signing with its own key), replacing the previous ones:
+    /// their tokens verify here as this service's own do (same claims, same revocations).
+    /// Keys that do not parse as a signing JWK are left out; returns how many were kept.
+    pub fn set_peer_keys(&self, jwks: Vec<serde_json::Value>) -> usize {
+        let kept: Vec<serde_json::Value> = jwks
+            .into_iter()
+            .filter(|k| {
+                k.get("kid").and_then(serde_json::Value::as_str).is_some()
+                    && KeySet::from_jwks_json(&serde_json::json!({ "keys": [k] }).to_string())
+                        .is_ok_and(|s| s.len() == 1)
+            })
+            .collect();
+        let n = kept.len();
+        let mut keys = self.keys.write();
+        let signers = std::mem::take(&mut keys.signers);
+        *keys = Keys::new(signers, kept);
+        n
     }
 
     /// The claim checks applied to this service's tokens: `iss` = the issuer, `aud` when
@@ -270,6 +307,31 @@ impl OAuthService {
                 revoked.insert(jti, exp);
             }
         }
+    }
+
+    /// Revocations another node of a cluster made: the ones new here are recorded and the
+    /// callbacks called for each (their connections end, the file is saved), as for a
+    /// revocation made here. Entries past their grace period are skipped. Returns the new
+    /// `jti`s.
+    pub fn revocations_from_peer(&self, entries: impl IntoIterator<Item = (String, u64)>) -> Vec<String> {
+        let now = self.now();
+        let mut new = Vec::new();
+        {
+            let mut revoked = self.revoked.lock();
+            for (jti, exp) in entries {
+                if exp.saturating_add(REVOCATION_GRACE_SECS) >= now && !revoked.contains_key(&jti) {
+                    revoked.insert(jti.clone(), exp);
+                    new.push(jti);
+                }
+            }
+        }
+        let callbacks = self.on_revoke.read().clone();
+        for jti in &new {
+            for callback in &callbacks {
+                callback(jti);
+            }
+        }
+        new
     }
 
     /// Registers `f` to be called with the `jti` of each newly revoked token (after the

@@ -833,3 +833,48 @@ async fn with_the_http_share_of_hashing_taken_a_request_is_503_busy() {
         .unwrap();
     assert_eq!(r.status(), StatusCode::OK);
 }
+
+/// A cluster's nodes share their token services' public keys (SPEC §11): a token another
+/// service minted verifies once its keys are given as peers, and only then; keys that are no
+/// signing JWK are left out; peers survive a rotation and are published in the JWKS.
+#[tokio::test]
+async fn peer_keys_verify_the_other_nodes_tokens() {
+    let here = Fixture::new();
+    let there = Fixture::new();
+    let token = there.token(DEV1, None).await;
+    assert!(here.service.verify(&token).is_err(), "a stranger's key is not trusted");
+    let junk = vec![
+        serde_json::json!({ "kty": "OKP", "crv": "Ed25519" }),
+        serde_json::json!({ "kty": "oct", "kid": "hs", "k": "c2VjcmV0" }),
+        serde_json::json!({ "kty": "OKP", "crv": "Ed25519", "kid": "bad", "x": "!!" }),
+    ];
+    let mut peers = there.service.own_jwks();
+    peers.extend(junk);
+    assert_eq!(here.service.set_peer_keys(peers), 1, "only the signing JWK with a kid is kept");
+    assert!(here.service.verify(&token).is_ok(), "the peer's token verifies");
+    here.service.rotate(SigningKey::generate());
+    assert!(here.service.verify(&token).is_ok(), "a rotation keeps the peers' keys");
+    let kids: Vec<String> =
+        here.service.jwks()["keys"].as_array().unwrap().iter().map(|k| k["kid"].as_str().unwrap().to_owned()).collect();
+    assert!(kids.contains(&there.service.current_kid()), "the JWKS lists the peer's key");
+    assert_eq!(here.service.own_jwks().len(), 2, "own keys: the first and the rotated-in one");
+    here.service.set_peer_keys(Vec::new());
+    assert!(here.service.verify(&token).is_err(), "peers replaced: no longer trusted");
+}
+
+/// Another node's revocations: the new ones are recorded and reported to the callbacks (so
+/// their connections end here), known and long-expired ones are not.
+#[tokio::test]
+async fn revocations_from_a_peer_call_back_for_new_ones_only() {
+    let f = Fixture::new();
+    let t = f.token(DEV1, None).await;
+    let jti = token_claims(&t)["jti"].as_str().unwrap().to_owned();
+    let exp = START + TTL;
+    let new = f.service.revocations_from_peer([(jti.clone(), exp), ("old".into(), 1)]);
+    assert_eq!(new, vec![jti.clone()], "an entry past its grace is skipped");
+    assert!(f.service.is_revoked(&jti));
+    assert!(f.service.verify(&t).is_err(), "the revoked token is refused");
+    assert_eq!(*f.revoked.lock(), vec![jti.clone()], "the callbacks heard of it");
+    assert!(f.service.revocations_from_peer([(jti, exp)]).is_empty(), "known: nothing new");
+    assert_eq!(f.revoked.lock().len(), 1);
+}

@@ -197,6 +197,12 @@ fn oauth_service(
     trust: &Arc<Trust>,
 ) -> anyhow::Result<Arc<OAuthService>> {
     let keys = crate::admin::oauth_store::load_keys(&cfg.data_dir)?;
+    if cfg.cluster.is_some() && cfg.oauth.issuer.is_none() {
+        warn!(
+            "[oauth] issuer is not set on a node of a cluster: this node's tokens carry its own address as issuer \
+             and the other nodes refuse them; set the same issuer (the address clients use) on every node"
+        );
+    }
     let issuer = cfg.oauth.issuer.clone().unwrap_or_else(|| format!("{}://{}", http.scheme(), http.bind));
     let service = Arc::new(OAuthService::new(
         OAuthSettings { issuer, token_ttl: cfg.oauth.token_ttl, audience: cfg.oauth.audience.clone() },
@@ -441,11 +447,10 @@ impl Server {
             audit: Arc::new(crate::admin::audit_log::AuditLog::new(&cfg.data_dir)),
             cluster: cluster.clone(),
         });
-        if let Some(c) = &cluster {
-            c.attach_control(
-                Arc::new(crate::admin::cluster_sync::ClusterSync { backend: backend.clone() }),
-                crate::admin::cluster_sync::DOCUMENTS,
-            );
+        if let (Some(c), Some(settings)) = (&cluster, &cfg.cluster) {
+            let sync = crate::admin::cluster_sync::ClusterSync::new(backend.clone(), settings.node.clone());
+            c.attach_control(sync.clone(), crate::admin::cluster_sync::DOCUMENTS);
+            sync.start();
         }
         // The HTTP side: token service, health.
         if let (Some(http), Some(tcp)) = (&cfg.http, http_tcp) {

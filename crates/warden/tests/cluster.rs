@@ -639,3 +639,99 @@ async fn a_lasting_session_resumes_on_another_node_with_what_it_missed() {
     let (_r2, ack) = connected(a.addr(), lasting(false)).await;
     assert!(ack.session_present);
 }
+
+const DEV: &str = "dev-001";
+const DEV_SECRET: &str = "dev-001 secret, 32 bytes or so!!";
+
+/// `users()`'s settings with a token service of issuer `issuer` and the client `dev-001`.
+fn with_token_service(users: &str, issuer: &str) -> String {
+    format!(
+        "{users}[oauth]\nissuer = \"{issuer}\"\n[[oauth.client]]\nid = \"{DEV}\"\nsecret_hash = '{}'\n\
+         scopes = [\"mqtt:pub:dev/#\"]\n",
+        warden_policy::password::hash_password(DEV_SECRET.as_bytes())
+    )
+}
+
+/// POST a form to node `b`'s HTTP listener as the OAuth client `dev-001`: (status, JSON body).
+async fn oauth_post(b: &TestBroker, path: &str, form: Vec<(&'static str, String)>) -> (u16, serde_json::Value) {
+    use base64::Engine as _;
+    let url = format!("http://{}{path}", b.server.http_addr.expect("http listener"));
+    let basic = base64::engine::general_purpose::STANDARD.encode(format!("{DEV}:{DEV_SECRET}"));
+    tokio::task::spawn_blocking(move || {
+        let form: Vec<(&str, &str)> = form.iter().map(|(k, v)| (*k, v.as_str())).collect();
+        let r = match ureq::post(&url).set("Authorization", &format!("Basic {basic}")).send_form(&form) {
+            Ok(r) => r,
+            Err(ureq::Error::Status(_, r)) => r,
+            Err(e) => panic!("{url}: {e}"),
+        };
+        (r.status(), r.into_json::<serde_json::Value>().unwrap_or(serde_json::Value::Null))
+    })
+    .await
+    .unwrap()
+}
+
+async fn mint(b: &TestBroker) -> String {
+    let (status, v) = oauth_post(b, "/oauth/token", vec![("grant_type", "client_credentials".into())]).await;
+    assert_eq!(status, 200, "{v}");
+    v["access_token"].as_str().expect("an access token").to_owned()
+}
+
+fn with_token(id: &str, token: &str) -> mqtt_codec::Connect {
+    let mut c = v5(id);
+    c.username = Some(DEV.to_owned());
+    c.password = Some(bytes::Bytes::from(token.to_owned()));
+    c
+}
+
+/// Token-service tokens across nodes (SPEC §11 "trust changes are cluster-wide"): the nodes
+/// share their token services' public keys, so a token one node minted signs in on another
+/// of the same issuer (not on a node of another issuer); its revocation on the minting node
+/// ends its connection on the other within 2 s, and the other refuses it from then on.
+#[tokio::test]
+async fn a_token_minted_on_one_node_signs_in_on_another_until_it_is_revoked() {
+    let Some(nats) = nats() else { return };
+    let (_dir, users) = users();
+    let same = with_token_service(&users, "https://mqtt.example");
+    let a = secure_node(&nats, "a", &same).await;
+    let b = secure_node(&nats, "b", &same).await;
+    let c = secure_node(&nats, "c", &with_token_service(&users, "https://elsewhere.example")).await;
+    let t = mint(&a).await;
+    // b hears of a's key through the cluster's documents (polled twice a second).
+    let mut on_b = None;
+    for _ in 0..50 {
+        let (client, code) = connack_code(b.addr(), with_token("dev-on-b", &t)).await;
+        if code == mqtt_codec::ReasonCode::SUCCESS {
+            on_b = Some(client);
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let mut on_b = on_b.expect("a token minted on a signs in on b within 5 s");
+    // c has a's key too, but its issuer is another: refused (SPEC §5: `iss` is checked).
+    let (_r, code) = connack_code(c.addr(), with_token("dev-on-c", &t)).await;
+    assert_ne!(code, mqtt_codec::ReasonCode::SUCCESS, "a token of another issuer is refused");
+    // Revoked through a's token service (RFC 7009): the connection on b ends with 0x87.
+    let (status, _) = oauth_post(&a, "/oauth/revoke", vec![("token", t.clone())]).await;
+    assert_eq!(status, 200);
+    assert_eq!(
+        disconnected_with(&mut on_b, Duration::from_secs(2)).await,
+        Some(mqtt_codec::ReasonCode::NOT_AUTHORIZED),
+        "the revocation reaches the connection on b within 2 s"
+    );
+    let (_r, code) = connack_code(b.addr(), with_token("dev-on-b", &t)).await;
+    assert!(
+        [mqtt_codec::ReasonCode::BAD_USER_NAME_OR_PASSWORD, mqtt_codec::ReasonCode::NOT_AUTHORIZED].contains(&code),
+        "b refuses the revoked token: {code:?}"
+    );
+    // A token b mints signs in on a: the keys go both ways.
+    let t2 = mint(&b).await;
+    let mut ok = false;
+    for _ in 0..50 {
+        if connack_code(a.addr(), with_token("dev-on-a", &t2)).await.1 == mqtt_codec::ReasonCode::SUCCESS {
+            ok = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(ok, "a token minted on b signs in on a within 5 s");
+}

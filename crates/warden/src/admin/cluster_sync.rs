@@ -6,10 +6,19 @@
 //!
 //! Shared documents ([`warden_cluster::control`]): [`POLICY`] (the policy store as
 //! `policy.json` holds it) and [`BANS`] (the operator's ban list; automatic bans stay per node,
-//! as each node counts its own failed logins). Not shared yet: the token service's OAuth
-//! clients and revocations (docs/cluster.md).
+//! as each node counts its own failed logins), each the last version any node wrote; and the
+//! token service's [`TOKEN_KEYS`] (every node's public keys, so that a token minted by one
+//! node's token service verifies on every node) and [`REVOCATIONS`] (revoked token ids), each
+//! a set that only grows (until its entries expire): a node merges what it reads, and writes
+//! the union again when the version it read lacks something it holds, so that two nodes
+//! writing at once converge. Not shared: the OAuth clients (configuration and `warden oauth
+//! client add`, per node).
 
-use std::sync::Arc;
+use std::collections::BTreeMap;
+use std::sync::{Arc, Weak};
+
+use parking_lot::Mutex;
+use serde::{Deserialize, Serialize};
 
 use mqtt_codec::ReasonCode;
 use tracing::{info, warn};
@@ -23,13 +32,134 @@ use crate::logsafe::Escaped;
 pub const POLICY: &str = "policy";
 /// The ban list's document.
 pub const BANS: &str = "bans";
+/// The token services' public keys, by node.
+pub const TOKEN_KEYS: &str = "token-keys";
+/// The token services' revocations.
+pub const REVOCATIONS: &str = "revocations";
 /// Every document this node shares.
-pub const DOCUMENTS: &[&str] = &[POLICY, BANS];
+pub const DOCUMENTS: &[&str] = &[POLICY, BANS, TOKEN_KEYS, REVOCATIONS];
+
+/// [`TOKEN_KEYS`]: each node's public JWKs.
+#[derive(Serialize, Deserialize, Default)]
+struct TokenKeys {
+    nodes: BTreeMap<String, Vec<serde_json::Value>>,
+}
+
+/// One entry of [`REVOCATIONS`].
+#[derive(Serialize, Deserialize)]
+struct Revoked {
+    jti: String,
+    exp: u64,
+}
 
 /// Applies what other nodes share to this node.
 pub struct ClusterSync {
     /// This node's admin backend.
-    pub backend: Arc<Backend>,
+    backend: Arc<Backend>,
+    /// This node's name.
+    node: String,
+    /// The other nodes' token-service keys seen so far (keys are added, never dropped: a
+    /// rotated-out key keeps verifying its tokens until they expire).
+    peer_keys: Mutex<BTreeMap<String, Vec<serde_json::Value>>>,
+}
+
+impl ClusterSync {
+    /// The sink for `backend`'s node `node`.
+    pub fn new(backend: Arc<Backend>, node: String) -> Arc<ClusterSync> {
+        Arc::new(ClusterSync { backend, node, peer_keys: Mutex::new(BTreeMap::new()) })
+    }
+
+    /// Share this node's token-service keys and revocations now, and each revocation made
+    /// here from now on. Call once, after [`warden_cluster::Cluster::attach_control`].
+    pub fn start(self: &Arc<Self>) {
+        let Some(o) = &self.backend.oauth else { return };
+        self.share_keys();
+        if !o.revocations().is_empty() {
+            self.share_revocations();
+        }
+        let weak: Weak<ClusterSync> = Arc::downgrade(self);
+        o.on_revoke(Box::new(move |_jti| {
+            if let Some(s) = weak.upgrade() {
+                s.share_revocations();
+            }
+        }));
+    }
+
+    /// What this node knows of every node's keys, its own first-hand.
+    fn known_keys(&self) -> TokenKeys {
+        let mut doc = TokenKeys { nodes: self.peer_keys.lock().clone() };
+        if let Some(o) = &self.backend.oauth {
+            doc.nodes.insert(self.node.clone(), o.own_jwks());
+        }
+        doc
+    }
+
+    fn share_keys(&self) {
+        if let Some(c) = &self.backend.cluster {
+            match serde_json::to_vec(&self.known_keys()) {
+                Ok(body) => c.publish_document(TOKEN_KEYS, body),
+                Err(e) => warn!(error = %e, "cluster: the token keys could not be encoded"),
+            }
+        }
+    }
+
+    fn share_revocations(&self) {
+        let (Some(c), Some(o)) = (&self.backend.cluster, &self.backend.oauth) else { return };
+        let list: Vec<Revoked> = o.revocations().into_iter().map(|(jti, exp)| Revoked { jti, exp }).collect();
+        match serde_json::to_vec(&list) {
+            Ok(body) => c.publish_document(REVOCATIONS, body),
+            Err(e) => warn!(error = %e, "cluster: the revocations could not be encoded"),
+        }
+    }
+
+    /// Merge another node's view of the token keys; write the union back when it lacked one
+    /// this node holds (its own included).
+    fn keys_from_peer(&self, body: &[u8]) -> Result<(), String> {
+        let Some(o) = &self.backend.oauth else { return Ok(()) };
+        let doc: TokenKeys = serde_json::from_slice(body).map_err(|e| e.to_string())?;
+        let kid = |k: &serde_json::Value| k.get("kid").and_then(serde_json::Value::as_str).map(str::to_owned);
+        let all = {
+            let mut peers = self.peer_keys.lock();
+            for (node, keys) in doc.nodes.iter().filter(|(n, _)| **n != self.node) {
+                let held = peers.entry(node.clone()).or_default();
+                for k in keys {
+                    if kid(k).is_some() && !held.iter().any(|h| kid(h) == kid(k)) {
+                        held.push(k.clone());
+                    }
+                }
+            }
+            peers.values().flatten().cloned().collect::<Vec<_>>()
+        };
+        let kept = o.set_peer_keys(all);
+        let known = self.known_keys();
+        let lacks = known.nodes.iter().any(|(node, keys)| {
+            let theirs = doc.nodes.get(node);
+            keys.iter().any(|k| !theirs.is_some_and(|t| t.iter().any(|x| kid(x) == kid(k))))
+        });
+        info!(peer_keys = kept, "cluster: the other nodes' token keys verify here");
+        if lacks {
+            self.share_keys();
+        }
+        Ok(())
+    }
+
+    /// Apply another node's revocations (connections holding the tokens end here); write the
+    /// union back when it lacked one this node holds.
+    fn revocations_from_peer(&self, body: &[u8]) -> Result<(), String> {
+        let Some(o) = &self.backend.oauth else { return Ok(()) };
+        let list: Vec<Revoked> = serde_json::from_slice(body).map_err(|e| e.to_string())?;
+        let theirs: std::collections::HashSet<&str> = list.iter().map(|r| r.jti.as_str()).collect();
+        let lacks = o.revocations().iter().any(|(jti, _)| !theirs.contains(jti.as_str()));
+        let new = o.revocations_from_peer(list.iter().map(|r| (r.jti.clone(), r.exp)));
+        if !new.is_empty() {
+            info!(revoked = new.len(), "cluster: token revocations from another node applied");
+        }
+        // A new entry was shared again by the revocation callback already.
+        if lacks && new.is_empty() {
+            self.share_revocations();
+        }
+        Ok(())
+    }
 }
 
 impl ControlSink for ClusterSync {
@@ -42,6 +172,8 @@ impl ControlSink for ClusterSync {
             BANS => serde_json::from_slice::<Vec<Ban>>(body)
                 .map_err(|e| e.to_string())
                 .and_then(|bans| self.backend.bans_from_peer(bans).map_err(|e| e.to_string())),
+            TOKEN_KEYS => self.keys_from_peer(body),
+            REVOCATIONS => self.revocations_from_peer(body),
             _ => Err("unknown document (a newer node?)".into()),
         };
         match applied {
