@@ -248,6 +248,14 @@ struct Common {
     /// Broker process id: report its CPU seconds per million delivered messages and its RSS.
     #[arg(long)]
     pid: Option<u32>,
+    /// Traffic scenarios: subscribers connect to this port instead of --port (another node of
+    /// a cluster: every message crosses between nodes).
+    #[arg(long)]
+    sub_port: Option<u16>,
+    /// Traffic scenarios: more process ids whose CPU counts with the broker's (the other nodes
+    /// of a cluster, its NATS servers), comma-separated. RSS stays --pid's.
+    #[arg(long, value_delimiter = ',')]
+    also_pid: Vec<u32>,
     /// Broker label in the output (default: host:port).
     #[arg(long)]
     label: Option<String>,
@@ -475,7 +483,12 @@ fn run(cli: Cli) -> Result<()> {
                 quiet: Duration::from_secs_f64(common.quiet_timeout),
             };
             let opts = common.client_opts()?;
-            rt.block_on(traffic::run(plan, params, opts, common.pid))?
+            let mut sub_opts = opts.clone();
+            if let Some(port) = common.sub_port {
+                sub_opts.addr.set_port(port);
+            }
+            let cpu = traffic::Processes { pid: common.pid, also: common.also_pid.clone() };
+            rt.block_on(traffic::run(plan, params, opts, sub_opts, cpu))?
         }
         Scenario::Botnet(params) => {
             let opts = common.client_opts()?;

@@ -155,8 +155,35 @@ struct SubResult {
     error: Option<String>,
 }
 
-/// Run a plan and return its figures.
-pub(crate) async fn run(plan: Plan, params: Params, opts: ClientOpts, pid: Option<u32>) -> Result<Output> {
+/// The processes a run's CPU figure counts: the broker (`pid`, whose RSS is reported too) and
+/// any others that serve the same messages (a cluster's other nodes and NATS servers).
+pub(crate) struct Processes {
+    pub pid: Option<u32>,
+    pub also: Vec<u32>,
+}
+
+impl Processes {
+    /// Their CPU seconds so far; `None` without `pid`.
+    fn cpu_seconds(&self) -> Result<Option<f64>> {
+        let Some(pid) = self.pid else { return Ok(None) };
+        let mut total = stats::cpu_seconds(pid)?;
+        for p in &self.also {
+            total += stats::cpu_seconds(*p)?;
+        }
+        Ok(Some(total))
+    }
+}
+
+/// Run a plan and return its figures. Publishers connect with `opts`, subscribers with
+/// `sub_opts` (the same broker, or another node of a cluster).
+pub(crate) async fn run(
+    plan: Plan,
+    params: Params,
+    opts: ClientOpts,
+    sub_opts: ClientOpts,
+    procs: Processes,
+) -> Result<Output> {
+    let pid = procs.pid;
     let sh = Arc::new(Shared {
         origin: Instant::now(),
         delivered: AtomicU64::new(0),
@@ -174,7 +201,7 @@ pub(crate) async fn run(plan: Plan, params: Params, opts: ClientOpts, pid: Optio
     // Subscribers first, all subscribed before anything is published.
     let mut handshakes = Vec::new();
     for (i, filters) in plan.subs.iter().enumerate() {
-        let (opts, filters, id) = (opts.clone(), filters.clone(), format!("wb{}s{i}", plan.token));
+        let (opts, filters, id) = (sub_opts.clone(), filters.clone(), format!("wb{}s{i}", plan.token));
         let qos = params.qos;
         handshakes.push(tokio::spawn(async move {
             let mut c = proto::connect(&opts, &id).await?;
@@ -205,7 +232,7 @@ pub(crate) async fn run(plan: Plan, params: Params, opts: ClientOpts, pid: Optio
         })
         .collect();
 
-    let cpu0 = pid.map(stats::cpu_seconds).transpose()?;
+    let cpu0 = procs.cpu_seconds()?;
     let own0 = stats::own_cpu_seconds()?;
     let host0 = stats::host_busy_seconds()?;
     let t0_ns = sh.now_ns();
@@ -262,7 +289,7 @@ pub(crate) async fn run(plan: Plan, params: Params, opts: ClientOpts, pid: Optio
             break;
         }
     }
-    let cpu1 = pid.map(stats::cpu_seconds).transpose()?;
+    let cpu1 = procs.cpu_seconds()?;
     let mem = pid.map(stats::memory).transpose()?;
     let own1 = stats::own_cpu_seconds()?;
     let host1 = stats::host_busy_seconds()?;
