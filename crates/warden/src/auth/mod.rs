@@ -166,11 +166,6 @@ impl Authenticator {
         self.tokens.refresh_jwks().await
     }
 
-    /// The password file in force, if any (SCRAM re-authentication reads its credentials).
-    pub fn passwords(&self) -> Option<Arc<PasswordFile>> {
-        self.passwords.read().clone()
-    }
-
     /// The password file in use, if any.
     pub fn password_path(&self) -> Option<&std::path::Path> {
         self.password_path.as_deref()
