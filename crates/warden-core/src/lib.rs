@@ -13,7 +13,7 @@
 //! The caller owns time. Every input that needs it takes `now: Instant`; the `now` given to
 //! [`Broker::new`] / [`Broker::with_store`] is the **clock origin**: the instants a session
 //! keeps ([`session::Moment`]) count from it, and so does `$SYS/broker/uptime`. Pass
-//! instants that never go backwards. A simulator passes a virtual clock ([`sim::Sim`]).
+//! instants that never go backwards. A simulator passes a virtual clock (`sim::Sim`).
 //! The seed of assigned client identifiers is an input too ([`BrokerConfig::id_seed`]).
 //!
 //! ## Inputs
@@ -85,8 +85,9 @@
 //! - [`connection`]: one client connection's protocol state machine (`handle` inbound packets,
 //!   `pull` outbound deliveries, encoded into a write buffer; keep alive and credential expiry
 //!   as timeouts).
-//! - [`sim`]: an in-memory simulator of many clients on a virtual clock, driving the core as
-//!   the shell does; used by the tests and the `session_ops` fuzz target.
+//! - `sim` (cargo feature `sim`): an in-memory simulator of many clients on a virtual clock,
+//!   driving the core as the shell does; used by the tests (which turn the feature on) and the
+//!   `session_ops` fuzz target, never built into the broker.
 //!
 //! # Concurrency contract
 //! The broker is shared (`Arc<Broker>`); each connection is driven by one task. No lock is held
@@ -106,6 +107,7 @@ pub mod queue;
 pub mod quota;
 pub mod retained;
 pub mod session;
+#[cfg(feature = "sim")]
 pub mod sim;
 pub mod trie;
 

@@ -6,6 +6,9 @@
 //!   clock; the one atomic file writer; peer strings escaped in logs; the log filter and file; systemd readiness).
 //! - [`config`]: TOML configuration → validated [`config::Config`] (errors with file:line).
 //! - [`tls`]: TLS acceptors (rustls), client-certificate identity, reload.
+//! - [`error`]: the shell's one error tree ([`Error`]: configuration with file and line, I/O
+//!   with what was being done, TLS, state files, store, cluster, …); `anyhow` only in the
+//!   binary and [`cli`].
 //! - [`admission`]: who may open a connection and how much one may do: per-address guard,
 //!   bans, rate and memory limits, the file descriptor plan.
 //! - [`auth`]: authentication of CONNECT credentials and its I/O workers (slow hashes on the
@@ -26,6 +29,7 @@ pub mod cli;
 pub mod clock;
 pub mod config;
 pub mod conn;
+pub mod error;
 pub mod fsutil;
 pub mod http;
 pub mod logging;
@@ -33,3 +37,5 @@ pub mod logsafe;
 pub mod sd_notify;
 pub mod server;
 pub mod tls;
+
+pub use error::{Error, Result};

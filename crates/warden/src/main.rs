@@ -48,7 +48,7 @@ enum Command {
     /// revoke device certificates into DIR/ca.crl: `warden cert revoke`, `warden cert crl`.
     Cert(warden::cli::cert::CertArgs),
     /// Manage the token service: `warden oauth client add|remove|list`, `warden oauth rotate-key`.
-    Oauth(warden::admin::oauth_store::OAuthArgs),
+    Oauth(warden::cli::oauth::OAuthArgs),
     /// Get an access token from the built-in token service (client-credentials grant).
     Token(warden::cli::token::TokenArgs),
     /// Manage a running broker through its admin API: users, groups, roles, rules, clients,
@@ -212,7 +212,7 @@ fn main() -> ExitCode {
         Command::Passwd(args) => warden::cli::passwd::run(&args),
         Command::Cert(args) => warden::cli::cert::run(&args),
         Command::Token(args) => warden::cli::token::run(&args),
-        Command::Oauth(args) => warden::admin::oauth_store::run(&args),
+        Command::Oauth(args) => warden::cli::oauth::run(&args),
         Command::Admin(args) => warden::cli::admin::run(&args),
         Command::Import(args) => warden::cli::import::run(&args),
         Command::Audit(args) => return warden::cli::audit::run(&args),
@@ -279,13 +279,21 @@ fn check_loaded(path: &std::path::Path, cfg: &Config, summary: bool) -> Vec<Stri
         }
     };
     let mut users = None;
-    note(warden::auth::tokens::TokenAuth::new(cfg.auth.jwt.as_ref(), None).and_then(|tokens| {
-        users = Some(warden::auth::Authenticator::load(&cfg.auth, cfg.identity, tokens)?.user_count());
-        Ok(())
-    }));
-    note(warden::server::load_policy(&cfg.authz).map(drop));
+    note(
+        warden::auth::tokens::TokenAuth::new(cfg.auth.jwt.as_ref(), None)
+            .and_then(|tokens| {
+                users = Some(warden::auth::Authenticator::load(&cfg.auth, cfg.identity, tokens)?.user_count());
+                Ok(())
+            })
+            .map_err(anyhow::Error::from),
+    );
+    note(warden::server::load_policy(&cfg.authz).map(drop).map_err(anyhow::Error::from));
     let mut store_users = None;
-    note(warden::admin::policy_store::load(&cfg.data_dir).map(|s| store_users = Some(s.users.len())));
+    note(
+        warden::admin::policy_store::load(&cfg.data_dir)
+            .map(|s| store_users = Some(s.users.len()))
+            .map_err(anyhow::Error::from),
+    );
     note(warden::admission::bans::BanList::load(&cfg.data_dir).map(drop).map_err(anyhow::Error::from));
     for l in &cfg.listeners {
         if let Some(t) = &l.tls {

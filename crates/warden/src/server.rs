@@ -7,7 +7,6 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use anyhow::Context;
 use futures_util::FutureExt;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
@@ -125,8 +124,9 @@ fn private_dir(dir: &std::path::Path) -> std::io::Result<()> {
 }
 
 /// Open `data_dir/state.redb` and say what it held (and what it had to drop).
-fn open_store(cfg: &Config) -> anyhow::Result<(Arc<Store>, warden_store::Loaded)> {
-    private_dir(&cfg.data_dir).with_context(|| format!("cannot create data_dir {}", cfg.data_dir.display()))?;
+fn open_store(cfg: &Config) -> crate::Result<(Arc<Store>, warden_store::Loaded)> {
+    private_dir(&cfg.data_dir)
+        .map_err(|e| crate::Error::io(format!("cannot create data_dir {}", cfg.data_dir.display()), e))?;
     let path = cfg.data_dir.join("state.redb");
     let durability = match cfg.persistence.durability {
         DurabilityMode::Sync => Durability::Sync,
@@ -134,7 +134,7 @@ fn open_store(cfg: &Config) -> anyhow::Result<(Arc<Store>, warden_store::Loaded)
         DurabilityMode::None => Durability::None,
     };
     let started = Instant::now();
-    let (store, loaded) = Store::open(&path, durability).context("cannot open the store")?;
+    let (store, loaded) = Store::open(&path, durability).map_err(crate::Error::Store)?;
     let r = &loaded.report;
     info!(
         path = %path.display(),
@@ -195,7 +195,7 @@ fn oauth_service(
     cfg: &Config,
     http: &crate::config::HttpConfig,
     trust: &Arc<Trust>,
-) -> anyhow::Result<Arc<OAuthService>> {
+) -> crate::Result<Arc<OAuthService>> {
     let keys = crate::admin::oauth_store::load_keys(&cfg.data_dir)?;
     if cfg.cluster.is_some() && cfg.oauth.issuer.is_none() {
         warn!(
@@ -220,13 +220,13 @@ fn oauth_service(
 }
 
 /// The authorization policy of the ACL file alone (for `warden check`).
-pub fn load_policy(cfg: &AuthzConfig) -> anyhow::Result<PolicyAuthorizer> {
+pub fn load_policy(cfg: &AuthzConfig) -> crate::Result<PolicyAuthorizer> {
     Ok(PolicyAuthorizer::new(crate::admin::policy_store::load_acl(cfg)?, cfg.on_deny == OnDeny::Disconnect))
 }
 
 impl Server {
     /// Bind every listener and start serving.
-    pub async fn start(cfg: &Config) -> anyhow::Result<Server> {
+    pub async fn start(cfg: &Config) -> crate::Result<Server> {
         let live = Arc::new(LiveClients::default());
         // Every change of trust (revocation, removal, narrowing) is applied here (SPEC §10).
         let trust = Trust::new(live.clone());
@@ -311,7 +311,7 @@ impl Server {
             } else {
                 Some(
                     crate::conn::park::ParkingLot::start(cfg.limits.idle_park_after)
-                        .context("cannot start the parking thread")?,
+                        .map_err(|e| crate::Error::io("cannot start the parking thread", e))?,
                 )
             },
         });
@@ -336,8 +336,10 @@ impl Server {
         for l in &cfg.listeners {
             let tls = match &l.tls {
                 Some(t) => {
-                    let t =
-                        Arc::new(TlsListener::load(t).with_context(|| format!("{} listener {}", l.protocol, l.bind))?);
+                    let t = Arc::new(TlsListener::load(t).map_err(|source| crate::Error::Tls {
+                        listener: format!("{} listener {}", l.protocol, l.bind),
+                        source,
+                    })?);
                     tls_listeners.push(t.clone());
                     Some(t)
                 }
@@ -345,19 +347,25 @@ impl Server {
             };
             let tcp = TcpListener::bind(l.bind)
                 .await
-                .with_context(|| format!("cannot listen on {} ({})", l.bind, l.protocol.as_str()))?;
-            let addr = tcp.local_addr()?;
+                .map_err(|e| crate::Error::io(format!("cannot listen on {} ({})", l.bind, l.protocol.as_str()), e))?;
+            let addr = tcp.local_addr().map_err(|e| crate::Error::io(format!("{}: no local address", l.bind), e))?;
             let open = Arc::new(crate::conn::OpenCounts { total: live_count.clone(), listener: AtomicUsize::new(0) });
             listeners.push(BoundListener { protocol: l.protocol, addr, path: l.path.clone(), open });
             bound.push((tcp, l, tls));
         }
         let http_tcp = match &cfg.http {
             Some(http) => Some(
-                TcpListener::bind(http.bind).await.with_context(|| format!("cannot listen on {} (http)", http.bind))?,
+                TcpListener::bind(http.bind)
+                    .await
+                    .map_err(|e| crate::Error::io(format!("cannot listen on {} (http)", http.bind), e))?,
             ),
             None => None,
         };
-        let http_addr = http_tcp.as_ref().map(TcpListener::local_addr).transpose()?;
+        let http_addr = http_tcp
+            .as_ref()
+            .map(TcpListener::local_addr)
+            .transpose()
+            .map_err(|e| crate::Error::io("the HTTP listener has no local address", e))?;
         let fd_plan = fd_plan(cfg, &listeners, http_addr);
         for ((tcp, l, tls), b) in bound.into_iter().zip(&listeners) {
             let name = b.url();
@@ -456,7 +464,10 @@ impl Server {
         if let (Some(http), Some(tcp)) = (&cfg.http, http_tcp) {
             let http_tls = match &http.tls {
                 Some(t) => {
-                    let t = Arc::new(TlsListener::load(t).with_context(|| format!("[http] listener {}", http.bind))?);
+                    let t = Arc::new(TlsListener::load(t).map_err(|source| crate::Error::Tls {
+                        listener: format!("[http] listener {}", http.bind),
+                        source,
+                    })?);
                     tls_listeners.push(t.clone());
                     Some(t)
                 }

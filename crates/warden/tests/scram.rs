@@ -64,9 +64,21 @@ async fn scram_login(b: &TestBroker, user: &str, password: &str) -> Recv {
 
 /// Like [`scram_login`], keeping the connection.
 async fn scram_login_keep(b: &TestBroker, user: &str, password: &str) -> (RawClient, Recv) {
+    scram_login_as(b, "scram-client", user, password, || {}).await
+}
+
+/// The client side with client id `client_id`; `between` runs once the server-first message
+/// has arrived, before the client-final message is sent.
+async fn scram_login_as(
+    b: &TestBroker,
+    client_id: &str,
+    user: &str,
+    password: &str,
+    between: impl FnOnce(),
+) -> (RawClient, Recv) {
     let nonce = "fyko+d2lbbFgONRv9qkxdawL";
     let bare = format!("n={user},r={nonce}");
-    let mut c = connect_packet(Protocol::V5, "scram-client", true);
+    let mut c = connect_packet(Protocol::V5, client_id, true);
     c.properties.authentication_method = Some(METHOD.into());
     c.properties.authentication_data = Some(format!("n,,{bare}").into_bytes().into());
     let (mut cl, r) = RawClient::connect(b.addr(), c).await;
@@ -78,6 +90,7 @@ async fn scram_login_keep(b: &TestBroker, user: &str, password: &str) -> (RawCli
         }
         other => return (cl, other),
     };
+    between();
     let (final_msg, expected) = client_final(&bare, nonce, &server_first, password);
     cl.send(&auth_packet(ReasonCode::CONTINUE_AUTHENTICATION, final_msg)).await;
     let answer = cl.recv().await;
@@ -91,6 +104,11 @@ async fn scram_login_keep(b: &TestBroker, user: &str, password: &str) -> (RawCli
 }
 
 async fn broker() -> TestBroker {
+    broker_and_file().await.0
+}
+
+/// The broker and its password file (ann: SCRAM "annpw", ben: argon2id "benpw").
+async fn broker_and_file() -> (TestBroker, std::path::PathBuf) {
     let dir = tempfile::tempdir().unwrap();
     let passwd = dir.path().join("passwd");
     let text = format!(
@@ -105,7 +123,7 @@ async fn broker() -> TestBroker {
     ))
     .await;
     std::mem::forget(dir);
-    b
+    (b, passwd)
 }
 
 fn code(r: &Recv) -> Option<ReasonCode> {
@@ -190,4 +208,86 @@ async fn a_scram_connection_can_re_authenticate_and_a_failed_one_is_disconnected
         seen.iter().any(|p| matches!(p, Packet::Disconnect(d) if d.reason_code == ReasonCode::NOT_AUTHORIZED)),
         "{seen:?}"
     );
+}
+
+/// Disable (or enable again) `user` in the policy store, as the admin API does.
+fn set_disabled(b: &TestBroker, user: &str, disabled: bool) {
+    b.server
+        .policy
+        .update(&mut |s| {
+            s.users.entry(user.to_owned()).or_default().disabled = disabled;
+            Ok(())
+        })
+        .unwrap();
+}
+
+/// Wait until the server sends DISCONNECT and closes; its reason codes.
+async fn disconnect_codes(c: &mut RawClient) -> Vec<ReasonCode> {
+    let seen = c.expect_closed_within(warden_testkit::WAIT).await;
+    seen.iter()
+        .filter_map(|p| match p {
+            Packet::Disconnect(d) => Some(d.reason_code),
+            _ => None,
+        })
+        .collect()
+}
+
+/// SPEC §10: a user disabled in the policy store is refused by SCRAM as by every method
+/// (CONNACK 0x87 after a correct proof; a wrong one still reads 0x86), and its live
+/// SCRAM-authenticated connection ends with DISCONNECT 0x87 [MQTT-3.14.2-1]; another SCRAM
+/// user is untouched, and enabled again the user logs in.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_disabled_user_is_refused_by_scram_and_its_scram_connection_ends() {
+    let (b, passwd) = broker_and_file().await;
+    let text = std::fs::read_to_string(&passwd).unwrap();
+    std::fs::write(&passwd, format!("{text}cat:{}\n", warden_policy::password::hash_password_scram(b"catpw"))).unwrap();
+    b.server.reload();
+    let (mut live, r) = scram_login_as(&b, "ann-1", "ann", "annpw", || {}).await;
+    assert_eq!(code(&r), Some(ReasonCode::SUCCESS));
+    let (mut other, r) = scram_login_as(&b, "cat-1", "cat", "catpw", || {}).await;
+    assert_eq!(code(&r), Some(ReasonCode::SUCCESS));
+
+    set_disabled(&b, "ann", true);
+    assert_eq!(disconnect_codes(&mut live).await, vec![ReasonCode::NOT_AUTHORIZED]);
+    other.send(&Packet::PingReq).await;
+    assert!(matches!(other.recv_within(warden_testkit::WAIT).await, Recv::Packet(Packet::PingResp)));
+
+    let (_, r) = scram_login_as(&b, "ann-2", "ann", "annpw", || {}).await;
+    assert_eq!(code(&r), Some(ReasonCode::NOT_AUTHORIZED), "SCRAM cannot bring a disabled user back");
+    let (_, r) = scram_login_as(&b, "ann-3", "ann", "wrong", || {}).await;
+    assert_eq!(code(&r), Some(ReasonCode::BAD_USER_NAME_OR_PASSWORD));
+
+    set_disabled(&b, "ann", false);
+    let (_, r) = scram_login_as(&b, "ann-4", "ann", "annpw", || {}).await;
+    assert_eq!(code(&r), Some(ReasonCode::SUCCESS));
+}
+
+/// A user disabled while its SCRAM exchange waits for the client-final message is not let in
+/// for good: the CONNECT's verdict was read before the change, but the connection is ended
+/// (DISCONNECT 0x87) as soon as it is registered where trust changes reach it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_user_disabled_during_the_scram_exchange_does_not_stay_connected() {
+    let b = broker().await;
+    let (mut c, r) = scram_login_as(&b, "ann-1", "ann", "annpw", || set_disabled(&b, "ann", true)).await;
+    match code(&r) {
+        Some(ReasonCode::NOT_AUTHORIZED) => {}
+        Some(ReasonCode::SUCCESS) => assert_eq!(disconnect_codes(&mut c).await, vec![ReasonCode::NOT_AUTHORIZED]),
+        other => panic!("{other:?} {r:?}"),
+    }
+}
+
+/// A user removed from the password file (SIGHUP): its live SCRAM connection ends (0x87) and
+/// a new SCRAM login fails at the proof like an unknown user's (0x86).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_user_removed_from_the_password_file_is_refused_by_scram_and_its_connection_ends() {
+    let (b, passwd) = broker_and_file().await;
+    let (mut live, r) = scram_login_as(&b, "ann-1", "ann", "annpw", || {}).await;
+    assert_eq!(code(&r), Some(ReasonCode::SUCCESS));
+    let text = std::fs::read_to_string(&passwd).unwrap();
+    let kept: String = text.lines().filter(|l| !l.starts_with("ann:")).map(|l| format!("{l}\n")).collect();
+    std::fs::write(&passwd, kept).unwrap();
+    b.server.reload();
+    assert_eq!(disconnect_codes(&mut live).await, vec![ReasonCode::NOT_AUTHORIZED]);
+    let (_, r) = scram_login_as(&b, "ann-2", "ann", "annpw", || {}).await;
+    assert_eq!(code(&r), Some(ReasonCode::BAD_USER_NAME_OR_PASSWORD));
 }

@@ -20,8 +20,9 @@
 //! 4. otherwise: a verified client certificate (through the look-up when one is configured), an
 //!    access token in the password field ([`tokens`]), the look-up for user names no password
 //!    source knows, the password file then the policy store's users, then anonymous access;
-//!    a name disabled in the policy store is refused whichever of these proved it (0x87);
-//! 5. the client-id rules ([`Rules::client_id_rule`], reserved principal names: 0x85) and the
+//! 5. a name disabled in the policy store is refused whichever method proved it, SCRAM
+//!    included (0x87; every proved principal passes one funnel, `admit`);
+//! 6. the client-id rules ([`Rules::client_id_rule`], reserved principal names: 0x85) and the
 //!    ban list again, now with the principal's name (0x8A).
 //!
 //! Refusals look the same whether the user exists or not: the same reason code, and the same
@@ -29,6 +30,11 @@
 //! [`PasswordFile::verify`]; a SCRAM exchange for an unknown user runs to its failed proof).
 //! Each [`Refusal`] also says whether it counts as a guess towards the address's ban and the
 //! user name's backoff, so that the shell records exactly what the decision says.
+//!
+//! A decision reads snapshots taken as it begins, and may wait (a SCRAM exchange waits on the
+//! client). [`Context::stands`] reads a proved principal against a fresh context — not
+//! disabled, still in its password source — so that the shell can end a connection whose user
+//! was disabled or removed meanwhile, and [`Reauth`] asks it at every re-authentication.
 
 use std::collections::HashSet;
 use std::net::SocketAddr;
@@ -225,6 +231,29 @@ impl Context<'_> {
             (_, Some(s)) if s.contains(user) => Some((s.clone(), CredentialSource::StoreUser)),
             (Some(f), _) => Some((f.clone(), CredentialSource::PasswordFile)),
             (None, s) => s.clone().map(|s| (s, CredentialSource::StoreUser)),
+        }
+    }
+
+    /// True when `p`'s name is disabled in the policy store (the anonymous principal never is).
+    pub fn is_disabled(&self, p: &Principal) -> bool {
+        p.kind != PrincipalKind::Anonymous && self.disabled.contains(&*p.name)
+    }
+
+    /// True when a principal proved earlier still stands on what this context reads now: its
+    /// name is not disabled in the policy store, and a user of the password file or of the
+    /// policy store is still there (the same rules as [`crate::trust::TrustEvent::verdict`] for
+    /// `Disabled`, `PasswordFile` and `StoreUsers`). The shell asks it with a fresh context
+    /// once a new connection is registered where trust changes reach it — a change made while
+    /// the chain waited (a SCRAM exchange waits on the client, a hash on the pool) would
+    /// otherwise pass unseen — and [`Reauth`] asks it at every re-authentication.
+    pub fn stands(&self, p: &Principal) -> bool {
+        if self.is_disabled(p) {
+            return false;
+        }
+        match p.source {
+            CredentialSource::PasswordFile => self.passwords.as_ref().is_some_and(|f| f.contains(&p.name)),
+            CredentialSource::StoreUser => self.store_users.as_ref().is_some_and(|f| f.contains(&p.name)),
+            _ => true,
         }
     }
 
@@ -669,9 +698,9 @@ impl<'a> Chain<'a> {
         };
         match server.client_final(&data) {
             Ok((user, server_final)) => {
-                // SCRAM proves a password-file user; the policy store's disabled names are not
-                // consulted here (as before the chain).
-                let principal = Principal::user(&user);
+                // SCRAM proves a password-file user; like every proved principal it passes
+                // through `admit`, which refuses a name the policy store has disabled.
+                let principal = Principal::user(&user).with_credential(CredentialSource::PasswordFile, None);
                 self.admit(Authenticated {
                     principal,
                     token: None,
@@ -823,15 +852,17 @@ impl<'a> Chain<'a> {
     }
 
     fn proved_with(&mut self, principal: Principal, token: Option<TokenInfo>) -> Step {
-        if principal.kind != PrincipalKind::Anonymous && self.ctx.disabled.contains(&*principal.name) {
-            return self.refuse(ReasonCode::NOT_AUTHORIZED, Cause::Disabled);
-        }
         let method = accepted_method(&principal);
         self.admit(Authenticated { principal, token, method, scram_user: None, auth_data: None, backoff_cleared: None })
     }
 
-    /// The client-id rules and the ban list with the principal's name, then admitted.
+    /// Every proved principal, whichever method proved it (SCRAM included), passes here: a
+    /// name disabled in the policy store is refused (0x87, SPEC §10), then the client-id rules
+    /// and the ban list with the principal's name, then admitted.
     fn admit(&mut self, mut a: Authenticated) -> Step {
+        if self.ctx.is_disabled(&a.principal) {
+            return self.refuse(ReasonCode::NOT_AUTHORIZED, Cause::Disabled);
+        }
         if let Err(code) = self.ctx.check_client_id(&a.principal, self.view.client_id) {
             return self.refuse(code, Cause::ClientId);
         }

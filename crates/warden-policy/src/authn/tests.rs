@@ -544,9 +544,9 @@ fn scram_refusals() {
 
 #[test]
 fn reauthentication_proves_the_same_user_again() {
-    let file = passwords();
-    let auth =
-        |r: &mut Reauth, code, data: &[u8], user| r.step(code, Some("SCRAM-SHA-256"), Some(data), user, Some(&file));
+    let f = Fix::new();
+    let ctx = f.ctx();
+    let auth = |r: &mut Reauth, code, data: &[u8], user| r.step(code, Some("SCRAM-SHA-256"), Some(data), user, &ctx);
     let mut r = Reauth::default();
     let (mut client, first) = ScramClient::new("sam", b"sesame");
     let reply = auth(&mut r, ReasonCode::REAUTHENTICATE, &first, "sam").unwrap();
@@ -574,8 +574,101 @@ fn reauthentication_proves_the_same_user_again() {
         auth(&mut Reauth::default(), ReasonCode::CONTINUE_AUTHENTICATION, &first, "sam"),
         Err(ReasonCode::PROTOCOL_ERROR)
     );
-    let step = Reauth::default().step(ReasonCode::REAUTHENTICATE, Some("PLAIN"), Some(&first), "sam", Some(&file));
+    let step = Reauth::default().step(ReasonCode::REAUTHENTICATE, Some("PLAIN"), Some(&first), "sam", &ctx);
     assert_eq!(step, Err(ReasonCode::PROTOCOL_ERROR));
+}
+
+/// SPEC §10: a name disabled in the policy store is refused by SCRAM too (0x87, after the
+/// proof, as the password path refuses it after the hash: a wrong password still reads 0x86),
+/// and the refusal is not a guess.
+#[test]
+fn scram_refuses_a_disabled_user() {
+    let mut f = Fix::new();
+    f.disabled.insert("sam".into());
+    let r = refused(scram(&f, "sam", b"sesame").0);
+    assert_eq!((r.code, &r.cause, r.method), (ReasonCode::NOT_AUTHORIZED, &Cause::Disabled, Method::Scram));
+    assert!(!r.guess && r.backoff_user.is_none(), "not a guess");
+    let r = refused(scram(&f, "sam", b"wrong").0);
+    assert_eq!((r.code, &r.cause), (ReasonCode::BAD_USER_NAME_OR_PASSWORD, &Cause::BadCredentials));
+    // Another user is untouched; enabled again, sam logs in.
+    f.disabled = HashSet::from(["alice".to_owned()]);
+    let a = done(scram(&f, "sam", b"sesame").0);
+    assert_eq!((&*a.principal.name, a.principal.source), ("sam", CredentialSource::PasswordFile));
+}
+
+/// A user removed from the password file cannot log in with SCRAM: the exchange reads the file
+/// in force when it begins, and fails at the proof like an unknown user's.
+#[test]
+fn scram_refuses_a_user_removed_from_the_password_file() {
+    let mut f = Fix::new();
+    let text = format!("alice:{}\n", hash_password(b"wonderland"));
+    f.passwords = Some(Arc::new(PasswordFile::parse(&text).unwrap()));
+    let r = refused(scram(&f, "sam", b"sesame").0);
+    assert_eq!((r.code, &r.cause), (ReasonCode::BAD_USER_NAME_OR_PASSWORD, &Cause::BadCredentials));
+}
+
+/// What a SCRAM-proved principal stands on, read again with the context of the moment: its
+/// name not disabled, still in the password file. The shell asks after registering a new
+/// connection, so that a change made while the exchange waited on the client is not missed.
+#[test]
+fn a_scram_principal_stands_only_while_enabled_and_in_the_file() {
+    let mut f = Fix::new();
+    let a = done(scram(&f, "sam", b"sesame").0);
+    assert!(f.ctx().stands(&a.principal));
+    f.disabled.insert("sam".into());
+    assert!(!f.ctx().stands(&a.principal), "disabled meanwhile");
+    f.disabled.clear();
+    f.passwords = Some(Arc::new(PasswordFile::parse("").unwrap()));
+    assert!(!f.ctx().stands(&a.principal), "removed meanwhile");
+    f.passwords = None;
+    assert!(!f.ctx().stands(&a.principal), "no password file any more");
+    // The other sources: a store user stands while the store holds it; others by name only.
+    let mut f = Fix::new();
+    f.store_users = Some(store_users());
+    let stella = Principal::user("stella").with_credential(CredentialSource::StoreUser, None);
+    assert!(f.ctx().stands(&stella));
+    f.store_users = None;
+    assert!(!f.ctx().stands(&stella));
+    let cert = Principal::certificate("stella");
+    assert!(f.ctx().stands(&cert));
+    f.disabled.insert("stella".into());
+    assert!(!f.ctx().stands(&cert));
+    assert!(f.ctx().stands(&Principal::anonymous()));
+}
+
+/// Re-authentication [MQTT-4.12.1-2] of a user disabled in the policy store or removed from
+/// the password file since it connected fails (0x87: the shell ends the connection with that
+/// DISCONNECT), whether the change comes before the exchange or between its two AUTH packets.
+#[test]
+fn reauthentication_of_a_disabled_or_removed_user_ends_the_connection() {
+    let step =
+        |r: &mut Reauth, f: &Fix, code, data: &[u8]| r.step(code, Some("SCRAM-SHA-256"), Some(data), "sam", &f.ctx());
+    let mut disabled = Fix::new();
+    disabled.disabled.insert("sam".into());
+    let mut removed = Fix::new();
+    removed.passwords = Some(Arc::new(PasswordFile::parse(&format!("alice:{}\n", hash_password(b"x"))).unwrap()));
+    let enabled = Fix::new();
+    for (name, changed) in [("disabled", &disabled), ("removed", &removed)] {
+        // Changed before the exchange: refused at its first packet.
+        let (_, first) = ScramClient::new("sam", b"sesame");
+        let mut r = Reauth::default();
+        assert_eq!(
+            step(&mut r, changed, ReasonCode::REAUTHENTICATE, &first),
+            Err(ReasonCode::NOT_AUTHORIZED),
+            "{name}"
+        );
+        assert!(r.is_idle());
+        // Changed between the two packets: the right proof is refused all the same.
+        let (mut client, first) = ScramClient::new("sam", b"sesame");
+        let mut r = Reauth::default();
+        let reply = step(&mut r, &enabled, ReasonCode::REAUTHENTICATE, &first).unwrap();
+        let fin = client.client_final(&reply.data).unwrap();
+        assert_eq!(
+            step(&mut r, changed, ReasonCode::CONTINUE_AUTHENTICATION, &fin),
+            Err(ReasonCode::NOT_AUTHORIZED),
+            "{name}"
+        );
+    }
 }
 
 // ---- client certificates ------------------------------------------------------------------

@@ -12,7 +12,6 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, OnceLock};
 
 use crate::logsafe::Escaped;
-use anyhow::Context;
 use parking_lot::{Mutex, RwLock};
 use tracing::info;
 use warden_core::Broker;
@@ -31,23 +30,23 @@ use crate::conn::live::LiveClients;
 pub const FILE: &str = "policy.json";
 
 /// Read `<data_dir>/policy.json` (missing: an empty store).
-pub fn load(data_dir: &Path) -> anyhow::Result<PolicyStore> {
+pub fn load(data_dir: &Path) -> crate::Result<PolicyStore> {
     let path = data_dir.join(FILE);
     match std::fs::read_to_string(&path) {
-        Ok(text) => {
-            PolicyStore::from_json(&text).map_err(|e| anyhow::anyhow!("{}: corrupt policy store: {e}", path.display()))
-        }
+        Ok(text) => PolicyStore::from_json(&text)
+            .map_err(|e| crate::Error::invalid(&path, format_args!("corrupt policy store: {e}"))),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(PolicyStore::default()),
-        Err(e) => Err(e).with_context(|| format!("{}: cannot read policy store", path.display())),
+        Err(e) => Err(crate::Error::io(format!("{}: cannot read policy store", path.display()), e)),
     }
 }
 
 /// Write the store atomically.
-pub fn save(data_dir: &Path, store: &PolicyStore) -> anyhow::Result<()> {
-    std::fs::create_dir_all(data_dir).with_context(|| format!("{}: cannot create", data_dir.display()))?;
+pub fn save(data_dir: &Path, store: &PolicyStore) -> crate::Result<()> {
+    std::fs::create_dir_all(data_dir)
+        .map_err(|e| crate::Error::io(format!("{}: cannot create", data_dir.display()), e))?;
     let path = data_dir.join(FILE);
     crate::fsutil::write_atomically(&path, store.to_json().as_bytes())
-        .with_context(|| format!("{}: cannot write policy store", path.display()))
+        .map_err(|e| crate::Error::io(format!("{}: cannot write policy store", path.display()), e))
 }
 
 /// The broker's authorizer: the policy, with decisions written to the audit log.
@@ -131,12 +130,13 @@ impl Authorizer for Audited {
 }
 
 /// Load the ACL file named by the configuration.
-pub fn load_acl(cfg: &AuthzConfig) -> anyhow::Result<Option<AclFile>> {
+pub fn load_acl(cfg: &AuthzConfig) -> crate::Result<Option<AclFile>> {
     match &cfg.acl_file {
         None => Ok(None),
         Some(p) => {
-            let text = std::fs::read_to_string(p).with_context(|| format!("{}: cannot read ACL file", p.display()))?;
-            Ok(Some(AclFile::parse(&text).map_err(|e| crate::config::file_line_error(p, &e))?))
+            let text = std::fs::read_to_string(p)
+                .map_err(|e| crate::Error::io(format!("{}: cannot read ACL file", p.display()), e))?;
+            Ok(Some(AclFile::parse(&text).map_err(|e| crate::Error::acl_file(p, e))?))
         }
     }
 }
@@ -161,7 +161,7 @@ impl PolicyManager {
         auth: Arc<Authenticator>,
         live: Arc<LiveClients>,
         trust: Arc<crate::admin::trust::Trust>,
-    ) -> anyhow::Result<PolicyManager> {
+    ) -> crate::Result<PolicyManager> {
         let acl = load_acl(authz)?.map(Arc::new);
         let store = load(data_dir)?;
         auth.set_store_users(store_users(&store)?);
@@ -225,7 +225,7 @@ impl PolicyManager {
     }
 
     /// Re-read the ACL file (SIGHUP); on error the previous one stays.
-    pub fn reload_acl(&self) -> anyhow::Result<()> {
+    pub fn reload_acl(&self) -> crate::Result<()> {
         let acl = load_acl(&self.authz.read())?.map(Arc::new);
         let store = self.store.lock();
         *self.acl.write() = acl;
@@ -269,8 +269,8 @@ fn disabled_names(store: &PolicyStore) -> HashSet<String> {
     store.users.iter().filter(|(_, u)| u.disabled).map(|(n, _)| n.clone()).collect()
 }
 
-fn store_users(store: &PolicyStore) -> anyhow::Result<PasswordFile> {
-    store.password_file().map_err(|e| anyhow::anyhow!("policy store users: {e}"))
+fn store_users(store: &PolicyStore) -> crate::Result<PasswordFile> {
+    store.password_file().map_err(|e| crate::Error::Policy(format!("policy store users: {e}")))
 }
 
 #[cfg(test)]

@@ -75,7 +75,6 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crate::logsafe::Escaped;
-use anyhow::{anyhow, bail};
 use base64::engine::general_purpose::STANDARD;
 use base64::Engine as _;
 use parking_lot::Mutex;
@@ -313,23 +312,25 @@ impl HttpLookup {
     /// Set up from the configuration: checks the URL (`http` or `https`), the timeout and the
     /// cache cap. A plain `http://` URL to a host other than loopback is allowed, with a
     /// warning (passwords would cross the network in clear).
-    pub fn new(cfg: LookupConfig) -> anyhow::Result<Self> {
-        check_timeout(cfg.timeout).map_err(|e| anyhow!("[auth.http] {e}"))?;
-        check_cache_ttl(cfg.cache_ttl).map_err(|e| anyhow!("[auth.http] {e}"))?;
+    pub fn new(cfg: LookupConfig) -> crate::Result<Self> {
+        check_timeout(cfg.timeout).map_err(|e| crate::Error::Setting(format!("[auth.http] {e}")))?;
+        check_cache_ttl(cfg.cache_ttl).map_err(|e| crate::Error::Setting(format!("[auth.http] {e}")))?;
         let lower = cfg.url.to_ascii_lowercase();
         let rest = if let Some(r) = lower.strip_prefix("https://") {
             r
         } else if let Some(r) = lower.strip_prefix("http://") {
             r
         } else {
-            bail!("[auth.http] url must start with http:// or https://");
+            return Err(crate::Error::Setting("[auth.http] url must start with http:// or https://".into()));
         };
         if cfg.url.chars().any(|c| c.is_whitespace() || c.is_control()) {
-            bail!("[auth.http] url contains white space or control characters");
+            return Err(crate::Error::Setting("[auth.http] url contains white space or control characters".into()));
         }
         if let Some(t) = &cfg.bearer_token {
             if t.0.is_empty() || t.0.chars().any(|c| c.is_control()) {
-                bail!("[auth.http] bearer_token is empty or contains control characters");
+                return Err(crate::Error::Setting(
+                    "[auth.http] bearer_token is empty or contains control characters".into(),
+                ));
             }
         }
         let agent = ureq::AgentBuilder::new()
@@ -338,7 +339,7 @@ impl HttpLookup {
             .try_proxy_from_env(false)
             .user_agent(concat!("warden/", env!("CARGO_PKG_VERSION")))
             .build();
-        agent.post(&cfg.url).request_url().map_err(|e| anyhow!("[auth.http] url: {e}"))?;
+        agent.post(&cfg.url).request_url().map_err(|e| crate::Error::Setting(format!("[auth.http] url: {e}")))?;
         let host = rest.split(['/', '?', '#']).next().unwrap_or("");
         let host = host.rsplit('@').next().unwrap_or(host);
         let loopback =

@@ -23,7 +23,6 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use anyhow::Context as _;
 use parking_lot::RwLock;
 use warden_http::{HashBudget, HashClass, HashError};
 use warden_policy::authn::{
@@ -68,15 +67,15 @@ impl std::fmt::Debug for Authenticator {
     }
 }
 
-fn load_file(path: &PathBuf) -> anyhow::Result<PasswordFile> {
-    let text =
-        std::fs::read_to_string(path).with_context(|| format!("{}: cannot read password file", path.display()))?;
-    PasswordFile::parse(&text).map_err(|e| crate::config::file_line_error(path, &e))
+fn load_file(path: &PathBuf) -> crate::Result<PasswordFile> {
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| crate::Error::io(format!("{}: cannot read password file", path.display()), e))?;
+    PasswordFile::parse(&text).map_err(|e| crate::Error::password_file(path, e))
 }
 
 impl Authenticator {
     /// Load the password file named by the configuration (if any).
-    pub fn load(cfg: &AuthConfig, identity: IdentityConfig, tokens: TokenAuth) -> anyhow::Result<Self> {
+    pub fn load(cfg: &AuthConfig, identity: IdentityConfig, tokens: TokenAuth) -> crate::Result<Self> {
         let passwords = match &cfg.password_file {
             Some(p) => Some(Arc::new(load_file(p)?)),
             None => None,
@@ -166,11 +165,6 @@ impl Authenticator {
         self.tokens.refresh_jwks().await
     }
 
-    /// The password file in force, if any (SCRAM re-authentication reads its credentials).
-    pub fn passwords(&self) -> Option<Arc<PasswordFile>> {
-        self.passwords.read().clone()
-    }
-
     /// The password file in use, if any.
     pub fn password_path(&self) -> Option<&std::path::Path> {
         self.password_path.as_deref()
@@ -198,7 +192,7 @@ impl Authenticator {
 
     /// Re-read the password file (SIGHUP). On error the old file stays in force. Returns the
     /// file now in force (`None`: no password file is configured).
-    pub fn reload(&self) -> anyhow::Result<Option<Arc<PasswordFile>>> {
+    pub fn reload(&self) -> crate::Result<Option<Arc<PasswordFile>>> {
         let Some(path) = &self.password_path else { return Ok(None) };
         let file = Arc::new(load_file(path)?);
         *self.passwords.write() = Some(file.clone());

@@ -13,7 +13,6 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use anyhow::{anyhow, Context};
 use parking_lot::{Mutex, RwLock};
 use tracing::{info, warn};
 use warden_http::OAuthService;
@@ -42,27 +41,27 @@ pub struct TokenAuth {
     builtin: Option<Arc<OAuthService>>,
 }
 
-fn fetch_jwks(url: &str) -> anyhow::Result<KeySet> {
+fn fetch_jwks(url: &str) -> crate::Result<KeySet> {
     let body = ureq::get(url)
         .timeout(Duration::from_secs(5))
         .call()
-        .map_err(|e| anyhow!("GET {url}: {e}"))?
+        .map_err(|e| crate::Error::Http(format!("GET {url}: {e}")))?
         .into_string()
-        .with_context(|| format!("GET {url}: body"))?;
-    KeySet::from_jwks_json(&body).map_err(|e| anyhow!("{url}: {e}"))
+        .map_err(|e| crate::Error::io(format!("GET {url}: body"), e))?;
+    KeySet::from_jwks_json(&body).map_err(|e| crate::Error::Http(format!("{url}: {e}")))
 }
 
 impl TokenAuth {
     /// Set up from `[auth.jwt]` and the built-in token service (either may be absent).
-    pub fn new(cfg: Option<&JwtConfig>, builtin: Option<Arc<OAuthService>>) -> anyhow::Result<TokenAuth> {
+    pub fn new(cfg: Option<&JwtConfig>, builtin: Option<Arc<OAuthService>>) -> crate::Result<TokenAuth> {
         let external = match cfg {
             None => None,
             Some(c) => {
                 let mut static_keys = match &c.jwks_file {
                     Some(p) => {
-                        let text =
-                            std::fs::read_to_string(p).with_context(|| format!("{}: cannot read JWKS", p.display()))?;
-                        KeySet::from_jwks_json(&text).map_err(|e| anyhow!("{}: {e}", p.display()))?
+                        let text = std::fs::read_to_string(p)
+                            .map_err(|e| crate::Error::io(format!("{}: cannot read JWKS", p.display()), e))?;
+                        KeySet::from_jwks_json(&text).map_err(|e| crate::Error::invalid(p, e))?
                     }
                     None => KeySet::empty(),
                 };

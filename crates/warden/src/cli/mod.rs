@@ -3,6 +3,7 @@
 //! # Layout
 //! - [`passwd`]: `warden passwd` (the Mosquitto-compatible password file).
 //! - [`cert`]: `warden cert` (a CA, server and client certificates, revocation, CRLs).
+//! - [`oauth`]: `warden oauth` (OAuth clients stored in the data directory, the signing key).
 //! - [`token`]: `warden token` (mint a token from the built-in token service's key).
 //! - [`admin`]: `warden admin …`, the CLI over the admin API.
 //! - [`import`]: `warden import` (Mosquitto dynamic-security JSON, mosquitto.conf).
@@ -14,5 +15,6 @@ pub mod audit;
 pub mod bootstrap;
 pub mod cert;
 pub mod import;
+pub mod oauth;
 pub mod passwd;
 pub mod token;

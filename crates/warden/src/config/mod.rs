@@ -1802,12 +1802,6 @@ impl<'de> Deserialize<'de> for ListenerProtocol {
     }
 }
 
-/// `path:N: reason` from a line-numbered parse error of a file named by the configuration (a
-/// password file, an ACL file), whose message reads `line N: reason`.
-pub fn file_line_error(path: &Path, e: &dyn std::fmt::Display) -> anyhow::Error {
-    anyhow::anyhow!("{}:{}", path.display(), e.to_string().trim_start_matches("line "))
-}
-
 /// Parses a size: a whole number of bytes with an optional unit, `B`, `KiB`, `MiB`, `GiB`
 /// (powers of 2) or `KB`/`kB`, `MB`, `GB` (powers of 10); e.g. `"256KiB"`, `"16 MiB"`,
 /// `"1000"`.

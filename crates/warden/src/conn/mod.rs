@@ -773,6 +773,12 @@ async fn establish<S: Transport>(start: Box<Start<S>>) -> Option<Live<S::Read, S
         // Registered after the server told every live connection to end (it set the flag
         // first): end this one too.
         notify.end(ReasonCode::SERVER_SHUTTING_DOWN);
+    } else if !ctx.auth.context(&authn::Unrestricted).stands(conn.principal()) {
+        // A trust change (user disabled, removed from the password file or the store) made
+        // while the chain waited — on the client's SCRAM reply, the hash pool, the look-up —
+        // walked the live registry before this connection was in it; every change updates
+        // what authentication reads first, so it is seen here (SPEC §10).
+        notify.end(ReasonCode::NOT_AUTHORIZED);
     }
     conn.set_credential_expiry(token_expiry);
     if let Some((c, ticket)) = &claim {
@@ -856,14 +862,14 @@ async fn drive<R: ReadReady, W: AsyncWrite + Unpin>(l: &mut Live<R, W>) -> Drive
                 let before = rbuf.len();
                 match decode_cached(rbuf, protocol, ctx.max_packet_size, &mut last_topic) {
                     Ok(Some(Packet::Auth(a))) if scram_user.is_some() => {
-                        // MQTT 5 re-authentication (§4.12.1): the same user proves itself again.
-                        let passwords = ctx.auth.passwords();
+                        // MQTT 5 re-authentication (§4.12.1): the same user proves itself again,
+                        // against the password file and disabled names in force now.
                         let step = reauth.step(
                             a.reason_code,
                             a.properties.authentication_method.as_deref(),
                             a.properties.authentication_data.as_deref(),
                             scram_user.unwrap_or(""),
-                            passwords.as_deref(),
+                            &ctx.auth.context(&authn::Unrestricted),
                         );
                         match step {
                             Ok(reply) => {
