@@ -147,6 +147,9 @@ pub struct Cluster {
     /// Forward tickets handed out (batches with QoS 1/2 messages), and the lock that keeps
     /// tickets in the order of the task's channel.
     stored_issued: std::sync::Mutex<u64>,
+    /// The same count, for reading without the lock ([`Fabric::stored_issued`] is read on
+    /// every routed batch; it is written under the lock, after the ticket was sent).
+    stored_issued_now: AtomicU64,
     /// What the task has resolved of them.
     stored: Arc<Stored>,
     /// [`ClusterConfig::publish_timeout`], which [`Cluster::wait_stored`] callers add a margin to.
@@ -263,6 +266,7 @@ impl Cluster {
             registry: tokio::sync::OnceCell::new(),
             docs: std::sync::OnceLock::new(),
             stored_issued: std::sync::Mutex::new(0),
+            stored_issued_now: AtomicU64::new(0),
             stored: Arc::new(Stored::default()),
             publish_timeout: cfg.publish_timeout,
             sessions: tokio::sync::OnceCell::new(),
@@ -644,10 +648,11 @@ impl Fabric for Cluster {
         } else {
             self.send(Out::Forward(msgs.to_vec(), bytes, Some(ticket)));
         }
+        self.stored_issued_now.store(ticket, Ordering::Release);
     }
 
     fn stored_issued(&self) -> u64 {
-        self.stored_issued.lock().map_or(0, |n| *n)
+        self.stored_issued_now.load(Ordering::Acquire)
     }
 
     fn session_saved(
