@@ -5,11 +5,10 @@
 //! TOML error carries the value's span) or, for checks that involve several values, afterwards
 //! using `toml::Spanned` positions.
 
-mod cidr;
 mod cluster;
 pub mod lookup;
 
-pub use cidr::Cidr;
+pub use warden_policy::cidr::Cidr;
 pub use cluster::ClusterSettings;
 
 use std::collections::HashMap;
