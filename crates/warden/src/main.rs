@@ -321,7 +321,11 @@ fn check_loaded(path: &std::path::Path, cfg: &Config, summary: bool) -> Vec<Stri
         cfg.listeners.len(),
         users.unwrap_or(0),
         store_users.unwrap_or(0),
-        if cfg.auth.allow_anonymous { "allowed" } else { "refused" }
+        match cfg.listeners.iter().filter(|l| l.anonymous(&cfg.auth)).count() {
+            0 => "refused".to_owned(),
+            n if n == cfg.listeners.len() => "allowed".to_owned(),
+            n => format!("allowed on {n} listener(s)"),
+        }
     );
     Vec::new()
 }
