@@ -159,12 +159,19 @@ pub struct ListenerConfig {
     pub proxy_trusted: Vec<Cidr>,
     /// TLS settings (mqtts/wss only).
     pub tls: Option<TlsConfig>,
-    /// `auth = ["password", "scram", "certificate", "token", "lookup"]`: the authentication
-    /// methods this listener allows (the names of `warden_auth_attempts_total{method}`); a
-    /// method not listed is refused here even with valid credentials. `None` (no `auth` key):
-    /// the default chain, every configured method.
+    /// The authentication methods this listener allows, among `"password"`, `"scram"`,
+    /// `"certificate"`, `"token"` and `"lookup"` (the `method` names of
+    /// `warden_auth_attempts_total`), e.g. `["certificate"]` on a device port, `["password",
+    /// "scram"]` on an operator port. A method not listed is refused on this listener even with
+    /// valid credentials (SCRAM: CONNACK 0x8C; others: 0x87, v3 return code 5). Without the
+    /// key: every configured method (the default chain). Checked at load: an unknown or
+    /// repeated name, `"certificate"` without `client_ca` on this listener, `"scram"` without
+    /// `[auth] password_file`, `"token"` without `[auth.jwt]` or the token service, `"lookup"`
+    /// without `[auth.http]`, and `auth = []` without anonymous access are errors
+    /// (docs/authentication.md, "Per-listener methods").
     pub auth: Option<Methods>,
-    /// Anonymous access on this listener; `None`: `[auth] allow_anonymous`.
+    /// Anonymous access on this listener (`true`/`false`); without the key, `[auth]
+    /// allow_anonymous` decides.
     pub allow_anonymous: Option<bool>,
 }
 
