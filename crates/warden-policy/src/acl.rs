@@ -1053,7 +1053,9 @@ pub(crate) mod tests {
         // Through the authorizer: the principal's address.
         let z = AclAuthorizer::new(a, true);
         let p = Principal::user("u");
-        assert!(!z.authorize_str(&p.clone().with_peer("192.0.2.1".parse().unwrap()), "c1", PUB, "plant/a").is_allowed());
+        assert!(!z
+            .authorize_str(&p.clone().with_peer("192.0.2.1".parse().unwrap()), "c1", PUB, "plant/a")
+            .is_allowed());
         assert!(z.authorize_str(&p.with_peer("10.0.0.1".parse().unwrap()), "c1", PUB, "plant/a").is_allowed());
     }
 

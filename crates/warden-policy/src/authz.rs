@@ -362,7 +362,11 @@ impl PolicyAuthorizer {
             _ => Some(&*principal.name),
         };
         // A fail-open client gets its fallback role only: the ACL file does not apply to it.
-        let acl = self.acl.as_ref().filter(|_| !is_fallback(principal)).map(|a| a.explain_from(user, client_id, principal.peer(), action));
+        let acl = self
+            .acl
+            .as_ref()
+            .filter(|_| !is_fallback(principal))
+            .map(|a| a.explain_from(user, client_id, principal.peer(), action));
         let store = self.store.as_ref().map(|s| (s, s.check(principal, client_id, action)));
         let scopes = principal.grants().map(|g| g.check_from(None, client_id, principal.peer(), action));
         let store_name = |s: &crate::store::CompiledStore, m: crate::store::StoreMatch| {
@@ -416,7 +420,11 @@ impl PolicyAuthorizer {
             _ => Some(&*principal.name),
         };
         // A fail-open client gets its fallback role only: the ACL file does not apply to it.
-        let from_acl = self.acl.as_ref().filter(|_| !is_fallback(principal)).map(|a| a.check_from(user, client_id, principal.peer(), action));
+        let from_acl = self
+            .acl
+            .as_ref()
+            .filter(|_| !is_fallback(principal))
+            .map(|a| a.check_from(user, client_id, principal.peer(), action));
         let from_store = self.store.as_ref().map(|s| s.check(principal, client_id, action).map(|m| m.allowed));
         let from_scopes = principal.grants().map(|g| g.check_from(None, client_id, principal.peer(), action));
         let answers = [from_acl, from_store, from_scopes];

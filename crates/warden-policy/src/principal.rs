@@ -207,7 +207,12 @@ impl Principal {
         self.extra.as_ref().and_then(|e| e.peer6)
     }
 
-    fn set_extra(&mut self, grants: Option<Arc<crate::acl::AclFile>>, credential: Option<Credential>, peer6: Option<Ipv6Addr>) {
+    fn set_extra(
+        &mut self,
+        grants: Option<Arc<crate::acl::AclFile>>,
+        credential: Option<Credential>,
+        peer6: Option<Ipv6Addr>,
+    ) {
         self.extra = (grants.is_some() || credential.is_some() || peer6.is_some())
             .then(|| Arc::new(Extra { grants, credential, peer6 }));
     }

@@ -627,9 +627,10 @@ impl CompiledStore {
         let peer = principal.peer();
         if bad.0 || bad.1 || bad.2 {
             for t in self.tries(principal) {
-                let hit = t.templated_denies.iter().find(|(_, u, g)| {
-                    ((u.0 && bad.0) || (u.1 && bad.1) || (u.2 && bad.2)) && t.applies(*g, peer)
-                });
+                let hit = t
+                    .templated_denies
+                    .iter()
+                    .find(|(_, u, g)| ((u.0 && bad.0) || (u.1 && bad.1) || (u.2 && bad.2)) && t.applies(*g, peer));
                 if let Some(&(i, _, _)) = hit {
                     return Some(StoreMatch { allowed: false, rule: Some(i) });
                 }

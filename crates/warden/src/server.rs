@@ -419,7 +419,15 @@ impl Server {
                     // so that they do not make every idle TCP connection pay for them.
                     if tls.is_none() && protocol == ListenerProtocol::Mqtt {
                         let _ = sock.set_nodelay(true);
-                        tokio::spawn(crate::conn::run(sock, peer, None, listener_auth, Some(slot), Some(live_slot), ctx));
+                        tokio::spawn(crate::conn::run(
+                            sock,
+                            peer,
+                            None,
+                            listener_auth,
+                            Some(slot),
+                            Some(live_slot),
+                            ctx,
+                        ));
                     } else {
                         let serve = serve_socket(sock, peer, endpoint.clone(), slot, ctx);
                         tokio::spawn(Box::pin(serve).map(move |()| drop(live_slot)));
@@ -789,9 +797,14 @@ struct Endpoint {
     auth: warden_policy::authn::ListenerAuth,
 }
 
-async fn serve_socket(sock: TcpStream, peer: SocketAddr, endpoint: Arc<Endpoint>, slot: Admitted, ctx: Arc<ConnContext>) {
-    let (protocol, tls, path, auth) =
-        (endpoint.protocol, endpoint.tls.clone(), endpoint.path.clone(), endpoint.auth);
+async fn serve_socket(
+    sock: TcpStream,
+    peer: SocketAddr,
+    endpoint: Arc<Endpoint>,
+    slot: Admitted,
+    ctx: Arc<ConnContext>,
+) {
+    let (protocol, tls, path, auth) = (endpoint.protocol, endpoint.tls.clone(), endpoint.path.clone(), endpoint.auth);
     drop(endpoint);
     let slot = Some(slot);
     let _ = sock.set_nodelay(true);

@@ -40,8 +40,11 @@ async fn fleet(limits: &str) -> Fleet {
     let dir = tempfile::tempdir().unwrap();
     let pki = TestPki::new(&dir.path().join("pki"), "fleet");
     let passwd = dir.path().join("passwd");
-    std::fs::write(&passwd, format!("ops:{}\nsam:{}\n", hash_password(OPS.1.as_bytes()), hash_password_scram(b"sesame")))
-        .unwrap();
+    std::fs::write(
+        &passwd,
+        format!("ops:{}\nsam:{}\n", hash_password(OPS.1.as_bytes()), hash_password_scram(b"sesame")),
+    )
+    .unwrap();
     let s = pki.server();
     let tls = format!(
         "protocol = \"mqtts\"\ncert = \"{}\"\nkey = \"{}\"\nclient_ca = \"{}\"\nclient_cert = \"optional\"\n",
@@ -290,8 +293,11 @@ fn check_names_file_and_line_of_a_bad_listener_method() {
         ("auth = [\"certificate\"]\n", 5, "needs TLS client-certificate verification"),
         ("auth = [\"lookup\"]\n", 5, "needs [auth.http]"),
     ] {
-        std::fs::write(&cfg, format!("{head}[[listener]]\nbind = \"127.0.0.1:0\"\nprotocol = \"mqtt\"\n{listener}{tail}"))
-            .unwrap();
+        std::fs::write(
+            &cfg,
+            format!("{head}[[listener]]\nbind = \"127.0.0.1:0\"\nprotocol = \"mqtt\"\n{listener}{tail}"),
+        )
+        .unwrap();
         let out = std::process::Command::new(env!("CARGO_BIN_EXE_warden"))
             .args(["check", "--config", cfg.to_str().unwrap()])
             .output()

@@ -272,7 +272,8 @@ async fn policy_store_rules_with_a_source_through_the_admin_api() {
     assert_eq!(status, 201, "{v}");
     let bad_rule = json!({"id": "x", "action": "publish", "topic": "lab/x", "effect": "allow", "source": ["nope"]});
     assert_eq!(admin(&b, "POST", "/admin/roles/lab/rules", Some(bad_rule)).await.0, 400);
-    let (status, v) = admin(&b, "POST", "/admin/groups", Some(json!({"name": "anyone-authenticated", "roles": ["lab"]}))).await;
+    let (status, v) =
+        admin(&b, "POST", "/admin/groups", Some(json!({"name": "anyone-authenticated", "roles": ["lab"]}))).await;
     assert_eq!(status, 201, "{v}");
     let (_, rules) = admin(&b, "GET", "/admin/roles/lab/rules", None).await;
     assert_eq!(rules[0]["source"], json!(["127.0.0.5/32", "::1/128"]));
@@ -282,7 +283,8 @@ async fn policy_store_rules_with_a_source_through_the_admin_api() {
     let mut other = ops_over(tcp_from(ip("127.0.0.6"), to).await, b"", "lab-6").await;
     assert_eq!(puback(&mut lab, 1, "lab/a").await, ReasonCode::SUCCESS);
     assert_eq!(puback(&mut other, 1, "lab/a").await, DENIED);
-    let mut proxied = ops_over(tcp_from(ip("127.0.0.1"), addr(&b, PROXIED)).await, &proxy_v1("127.0.0.5"), "lab-px").await;
+    let mut proxied =
+        ops_over(tcp_from(ip("127.0.0.1"), addr(&b, PROXIED)).await, &proxy_v1("127.0.0.5"), "lab-px").await;
     assert_eq!(puback(&mut proxied, 1, "lab/a").await, ReasonCode::SUCCESS, "the header's address, not the socket's");
     b.stop().await;
 }

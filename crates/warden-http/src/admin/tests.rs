@@ -212,7 +212,8 @@ async fn crud_users_groups_roles_rules() {
     let (s, v) = fx.admin(Method::POST, "/admin/roles/dev/rules", Some(bad)).await;
     assert_eq!(s, StatusCode::BAD_REQUEST);
     assert!(v["error"].as_str().unwrap().contains("10.0.0.1/8"), "{v}");
-    let lan = json!({"id": "r3", "action": "publish", "topic": "a", "effect": "allow", "source": ["10.0.0.0/8", "::1"]});
+    let lan =
+        json!({"id": "r3", "action": "publish", "topic": "a", "effect": "allow", "source": ["10.0.0.0/8", "::1"]});
     assert_eq!(fx.admin(Method::POST, "/admin/roles/dev/rules", Some(lan)).await.0, StatusCode::CREATED);
     assert_eq!(fx.backend.policy().roles["dev"].rules[1].source.len(), 2);
     let (_, rules) = fx.admin(Method::GET, "/admin/roles/dev/rules", None).await;

@@ -653,8 +653,7 @@ impl<'a> Chain<'a> {
         // A verified client certificate authenticates on its own: a password sent with it is
         // not consulted, so it is no attempt at that user name's password.
         // A method the listener does not allow is no attempt at anything: refused unhashed.
-        let cert_proves =
-            matches!(&cert, Some(ClientCert { identity: Ok(_), .. })) && ctx.allows(Method::Certificate);
+        let cert_proves = matches!(&cert, Some(ClientCert { identity: Ok(_), .. })) && ctx.allows(Method::Certificate);
         let password_attempt = ctx.is_password_attempt(&view) && !cert_proves && ctx.allows(Method::Password);
         let mut chain =
             Chain { ctx, view, peer, now, cert_present: cert.is_some(), password_attempt, wait: Wait::Nothing };

@@ -1013,7 +1013,11 @@ fn a_listener_refuses_valid_passwords_where_password_is_not_allowed() {
     assert!(!chain.password_attempt(), "nothing is hashed, so no backoff either");
     not_allowed(step, ReasonCode::NOT_AUTHORIZED, Method::Password);
     // ... a wrong password the same way (nothing is verified: no oracle).
-    not_allowed(f.begin(&Conn::new("alice", Some("alice"), Some(b"nope")), None).1, ReasonCode::NOT_AUTHORIZED, Method::Password);
+    not_allowed(
+        f.begin(&Conn::new("alice", Some("alice"), Some(b"nope")), None).1,
+        ReasonCode::NOT_AUTHORIZED,
+        Method::Password,
+    );
     // SCRAM still works there.
     assert_eq!(done(scram(&f, "sam", b"sesame").0).method, Method::Scram);
     // On a listener allowing passwords, the same CONNECT is hashed and admitted.
@@ -1099,7 +1103,11 @@ fn anonymous_access_per_listener() {
     f.rules.allow_anonymous = false;
     only(&mut f, &[], Some(true));
     assert_eq!(done(f.begin(&Conn::anonymous("a"), None).1).principal.kind, PrincipalKind::Anonymous);
-    not_allowed(f.begin(&Conn::new("alice", Some("alice"), Some(b"wonderland")), None).1, ReasonCode::NOT_AUTHORIZED, Method::Password);
+    not_allowed(
+        f.begin(&Conn::new("alice", Some("alice"), Some(b"wonderland")), None).1,
+        ReasonCode::NOT_AUTHORIZED,
+        Method::Password,
+    );
 }
 
 #[test]

@@ -8,8 +8,8 @@
 mod cluster;
 pub mod lookup;
 
-pub use warden_policy::cidr::Cidr;
 pub use cluster::ClusterSettings;
+pub use warden_policy::cidr::Cidr;
 
 use std::collections::HashMap;
 use std::fmt;
@@ -1617,9 +1617,9 @@ impl Config {
                             Method::Scram if password_file.is_none() => {
                                 Some("\"scram\" needs [auth] password_file (it holds the SCRAM credentials)")
                             }
-                            Method::Token if jwt.is_none() && !(http.is_some() && oauth.enabled) => Some(
-                                "\"token\" needs [auth.jwt] or the built-in token service ([http] with [oauth])",
-                            ),
+                            Method::Token if jwt.is_none() && !(http.is_some() && oauth.enabled) => {
+                                Some("\"token\" needs [auth.jwt] or the built-in token service ([http] with [oauth])")
+                            }
                             Method::Lookup if raw.auth.http.is_none() => Some("\"lookup\" needs [auth.http]"),
                             _ => None,
                         };
@@ -3075,12 +3075,25 @@ sys_interval = "10s"              # $SYS topics are retained and refreshed this 
         let c = parse(&format!("{LISTENER}{tail}")).unwrap();
         assert_eq!(c.listeners[0].auth_rules(), ListenerAuth::default());
         // Refusals, each at the line of the offending value.
-        fails_at(&format!("{LISTENER}auth = [\"password\", \"kerberos\"]\n{tail}"), 3, "unknown authentication method \"kerberos\"");
-        fails_at(&format!("{LISTENER}auth = [\n  \"password\",\n  \"Password\",\n]\n{tail}"), 5, "unknown authentication method");
+        fails_at(
+            &format!("{LISTENER}auth = [\"password\", \"kerberos\"]\n{tail}"),
+            3,
+            "unknown authentication method \"kerberos\"",
+        );
+        fails_at(
+            &format!("{LISTENER}auth = [\n  \"password\",\n  \"Password\",\n]\n{tail}"),
+            5,
+            "unknown authentication method",
+        );
         fails_at(&format!("{LISTENER}auth = [\"anonymous\"]\n{tail}"), 3, "allow_anonymous = true");
         fails_at(&format!("{LISTENER}auth = [\"password\", \"password\"]\n{tail}"), 3, "listed twice");
-        fails_at(&format!("{LISTENER}auth = [\"certificate\"]\n{tail}"), 3, "needs TLS client-certificate verification");
-        let no_ca = "[[listener]]\nbind = \"127.0.0.1:8883\"\nprotocol = \"mqtts\"\ncert = \"s.pem\"\nkey = \"s.key\"\n";
+        fails_at(
+            &format!("{LISTENER}auth = [\"certificate\"]\n{tail}"),
+            3,
+            "needs TLS client-certificate verification",
+        );
+        let no_ca =
+            "[[listener]]\nbind = \"127.0.0.1:8883\"\nprotocol = \"mqtts\"\ncert = \"s.pem\"\nkey = \"s.key\"\n";
         fails_at(&format!("{no_ca}auth = [\"certificate\"]\n{tail}"), 6, "needs TLS client-certificate verification");
         fails_at(&format!("{LISTENER}auth = [\"scram\"]\n"), 3, "needs [auth] password_file");
         fails_at(&format!("{LISTENER}auth = [\"token\"]\n{tail}"), 3, "needs [auth.jwt]");

@@ -594,7 +594,8 @@ async fn establish<S: Transport>(start: Box<Start<S>>) -> Option<Live<S::Read, S
     let cert_identity = cert.as_ref().and_then(|c| c.identity.as_ref().ok().cloned());
     // Who the client is: bans, backoff, SCRAM, the configured methods, the client-id rules —
     // all decided by the chain; boxed, as its state is needed only during CONNECT.
-    let decided = Box::pin(authenticate(&ctx, &connect, cert, listener, peer, slot.as_ref(), &mut rd, &mut wr, &mut rbuf)).await;
+    let decided =
+        Box::pin(authenticate(&ctx, &connect, cert, listener, peer, slot.as_ref(), &mut rd, &mut wr, &mut rbuf)).await;
     let client_max = connect.properties.maximum_packet_size.unwrap_or(u32::MAX);
     let authed = match decided {
         Ok(a) => {
