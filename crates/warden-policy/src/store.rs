@@ -494,8 +494,12 @@ impl StoreMarks {
 struct RuleTrie {
     trie: Node<StoreMarks>,
     by_source: Vec<(Box<[Cidr]>, Node<StoreMarks>)>,
-    templated_denies: Vec<(u32, (bool, bool, bool), Option<usize>)>,
+    templated_denies: Vec<TemplatedDeny>,
 }
+
+/// A deny rule using substitutions: its index, whether it uses `%u`, `%c`, `%i`, and the
+/// position of its `source` list in [`RuleTrie::by_source`] (none: any address).
+type TemplatedDeny = (u32, (bool, bool, bool), Option<usize>);
 
 impl RuleTrie {
     fn add(&mut self, index: u32, r: &Rule) {

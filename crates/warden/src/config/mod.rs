@@ -1610,7 +1610,7 @@ impl Config {
                         }
                         // A method this broker cannot perform would refuse every client of it.
                         let missing = match method {
-                            Method::Certificate if !tls.as_ref().is_some_and(|t| t.client_ca.is_some()) => Some(
+                            Method::Certificate if tls.as_ref().is_none_or(|t| t.client_ca.is_none()) => Some(
                                 "\"certificate\" needs TLS client-certificate verification on this listener \
                                  (an mqtts or wss listener with `client_ca`)",
                             ),
