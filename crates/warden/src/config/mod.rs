@@ -168,7 +168,7 @@ pub struct ListenerConfig {
     /// repeated name, `"certificate"` without `client_ca` on this listener, `"scram"` without
     /// `[auth] password_file`, `"token"` without `[auth.jwt]` or the token service, `"lookup"`
     /// without `[auth.http]`, and `auth = []` without anonymous access are errors
-    /// (docs/authentication.md, "Per-listener methods").
+    /// (docs/auth/README.md, "Per-listener methods").
     pub auth: Option<Methods>,
     /// Anonymous access on this listener (`true`/`false`); without the key, `[auth]
     /// allow_anonymous` decides.
