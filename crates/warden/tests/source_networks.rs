@@ -311,3 +311,39 @@ async fn an_invalid_network_in_the_acl_file_stops_the_start_with_file_and_line()
     };
     assert!(e.contains(&format!("{}:3", acl.display())) && e.contains("host bits"), "{e}");
 }
+
+/// `warden check --explain --from ADDRESS` judges source conditions for that address.
+#[test]
+fn check_explain_from_an_address() {
+    let dir = tempfile::tempdir().unwrap();
+    let acl = dir.path().join("acl");
+    std::fs::write(&acl, ACL).unwrap();
+    let cfg = dir.path().join("warden.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "data_dir = \"{}\"\n[[listener]]\nbind = \"127.0.0.1:0\"\n[authz]\nacl_file = \"{}\"\n",
+            dir.path().join("data").display(),
+            acl.display()
+        ),
+    )
+    .unwrap();
+    let explain = |from: Option<&str>, op: &str, topic: &str| {
+        let mut args = vec!["check", "--config", cfg.to_str().unwrap(), "--explain", "--user", "ops"];
+        if let Some(f) = from {
+            args.extend(["--from", f]);
+        }
+        args.extend([op, topic]);
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_warden")).args(&args).output().unwrap();
+        (out.status.code(), String::from_utf8_lossy(&out.stdout).into_owned())
+    };
+    let (code, out) = explain(Some("127.0.0.2"), "publish", "plant/a");
+    assert_eq!(code, Some(0), "{out}");
+    assert!(out.contains(":2: topic readwrite source=127.0.0.2,10.1.0.0/16 plant/#"), "{out}");
+    assert_eq!(explain(Some("10.1.9.9"), "publish", "plant/a").0, Some(0));
+    assert_eq!(explain(None, "publish", "plant/a").0, Some(1), "no address: the conditional rule does not apply");
+    assert_eq!(explain(Some("127.0.0.1"), "publish", "plant/a").0, Some(1));
+    let (code, out) = explain(Some("10.9.0.1"), "subscribe", "plant/status");
+    assert_eq!(code, Some(1), "{out}");
+    assert!(out.contains(":4:"), "the deny rule decides: {out}");
+}
