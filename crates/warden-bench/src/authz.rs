@@ -161,7 +161,7 @@ pub(crate) fn acl_text(n: usize) -> Result<String> {
 }
 
 fn rule(id: &str, action: RuleAction, topic: String, effect: Effect, priority: i32, max_qos: u8) -> Rule {
-    Rule { id: id.into(), action, topic, max_qos, retain: true, effect, priority }
+    Rule { id: id.into(), action, topic, max_qos, retain: true, effect, priority, source: vec![] }
 }
 
 /// A policy store of exactly `n` rules (module docs); `n` must be at least 1.

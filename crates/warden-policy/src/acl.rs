@@ -14,6 +14,13 @@
 //!   even after a `user` line; `%u` is replaced by the user name and `%c` by the client id
 //!   (anywhere in a level, left to right, like Mosquitto). A pattern using `%u` never applies to
 //!   anonymous clients (Mosquitto skips it).
+//! - Warden's extension, a **source condition** (AWS `aws:SourceIp` style): `topic read
+//!   source=10.0.0.0/8,::1/128 sensors/#` (also on `pattern` lines; the access keyword is then
+//!   required, and the comma-separated networks come right after it). Such a rule applies only
+//!   to a client whose address — the PROXY-protocol address when a header gave one — is in one
+//!   of the networks ([`crate::cidr`]); to other clients, and where the address is not known,
+//!   it is as if the line were not there (an allow grants nothing, a deny denies nothing).
+//!   A filter that itself starts with `source=` cannot be written after an access keyword.
 //! - A line whose first non-blank character is `#` is a comment; blank lines are ignored.
 //!   Keywords are case-sensitive. Tokens are separated by spaces or tabs (Mosquitto: spaces).
 //!
@@ -43,13 +50,19 @@
 //! Rules are compiled into one topic trie per user (plus one for anonymous clients and one for
 //! patterns, whose `%u` / `%c` levels are matched in place, without building strings), so a
 //! check walks the levels of the topic in two tries and never looks at other users' rules.
+//! Rules with a source condition are compiled into tries of their own, one set per distinct
+//! list of networks; a check walks those only for the lists its client's address is in (a few
+//! integer comparisons per network, no allocation).
 
 use std::collections::HashMap;
 use std::fmt;
 use std::hash::{BuildHasherDefault, Hasher};
 
+use std::net::IpAddr;
+
 use mqtt_codec::TopicFilter;
 
+use crate::cidr::{any_contains, Cidr};
 use crate::{Action, Authorizer, Decision, Principal, PrincipalKind};
 
 /// A line of an ACL file was refused.
@@ -128,19 +141,34 @@ pub struct AclRule {
     pub access: Access,
     /// The filter as written (for patterns, before substitution), validated by the codec.
     pub filter: TopicFilter,
+    /// `source=…`: the networks the client's address must be in for the rule to apply; empty:
+    /// any address.
+    pub source: Box<[Cidr]>,
 }
 
 impl AclRule {
-    /// A rule at position `line` (1-based).
+    /// A rule at position `line` (1-based), for any source address.
     pub fn new(line: usize, scope: RuleScope, access: Access, filter: TopicFilter) -> Self {
-        AclRule { line, scope, access, filter }
+        AclRule { line, scope, access, filter, source: Box::default() }
+    }
+
+    /// This rule, applying only to clients whose address is in one of `nets` (none: any).
+    #[must_use]
+    pub fn with_source(mut self, nets: impl Into<Box<[Cidr]>>) -> Self {
+        self.source = nets.into();
+        self
     }
 }
 
 impl fmt::Display for AclRule {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let kw = if self.scope == RuleScope::Pattern { "pattern" } else { "topic" };
-        write!(f, "line {}: {kw} {} {}", self.line, self.access.as_str(), self.filter)?;
+        write!(f, "line {}: {kw} {}", self.line, self.access.as_str())?;
+        if !self.source.is_empty() {
+            let nets: Vec<String> = self.source.iter().map(Cidr::to_string).collect();
+            write!(f, " source={}", nets.join(","))?;
+        }
+        write!(f, " {}", self.filter)?;
         if let RuleScope::User(u) = &self.scope {
             write!(f, " (user {u})")?;
         }
@@ -514,10 +542,20 @@ impl<M: TrieMarks> Node<M> {
     }
 }
 
-/// A compiled ACL file: one trie per user, one for anonymous clients, one for patterns.
+/// A compiled ACL file: one trie per user, one for anonymous clients, one for patterns; the
+/// same again for each distinct `source=` list.
 #[derive(Debug, Default)]
 pub struct AclFile {
     rules: Vec<AclRule>,
+    /// The rules for any source address.
+    any: AclTries,
+    /// The rules with a source condition, by their list of networks.
+    by_source: Vec<(Box<[Cidr]>, AclTries)>,
+}
+
+/// The tries of rules that apply to the same addresses.
+#[derive(Debug, Default)]
+struct AclTries {
     users: FxMap<Box<str>, Node<AclMarks>>,
     anonymous: Node<AclMarks>,
     patterns: Node<AclMarks>,
@@ -563,22 +601,35 @@ impl AclFile {
     }
 
     fn add(&mut self, rule: AclRule) {
-        let levels: Vec<&str> = rule.filter.as_str().split('/').collect();
-        let mark = AclMarks::of(rule.access, rule.line);
-        match &rule.scope {
-            RuleScope::Anonymous => self.anonymous.insert(&levels, &mark, Syntax::Literal),
-            RuleScope::User(u) => {
-                self.users.entry(u.as_str().into()).or_default().insert(&levels, &mark, Syntax::Literal)
-            }
-            RuleScope::Pattern => {
-                self.patterns.insert(&levels, &mark, Syntax::Pattern);
-                let (uses_user, uses_client, _) = Template::uses(rule.filter.as_str(), Syntax::Pattern);
-                if rule.access == Access::Deny && (uses_user || uses_client) {
-                    self.deny_patterns.push((rule.line, uses_user, uses_client));
+        let tries = if rule.source.is_empty() {
+            &mut self.any
+        } else {
+            match self.by_source.iter().position(|(nets, _)| *nets == rule.source) {
+                Some(i) => &mut self.by_source[i].1,
+                None => {
+                    self.by_source.push((rule.source.clone(), AclTries::default()));
+                    &mut self.by_source.last_mut().expect("just pushed").1
                 }
             }
-        }
+        };
+        tries.add(&rule);
         self.rules.push(rule);
+    }
+
+    /// The tries that apply to a client at `peer`: those for any address, and those whose
+    /// networks hold it.
+    fn tries(&self, peer: Option<IpAddr>) -> impl Iterator<Item = &AclTries> + '_ {
+        let conditional = self
+            .by_source
+            .iter()
+            .filter(move |(nets, _)| peer.is_some_and(|ip| any_contains(nets, ip)))
+            .map(|(_, t)| t);
+        std::iter::once(&self.any).chain(conditional)
+    }
+
+    /// True when some rule has a `source=` condition.
+    pub fn has_source_conditions(&self) -> bool {
+        !self.by_source.is_empty()
     }
 
     /// The rules, in file order.
@@ -595,14 +646,39 @@ impl AclFile {
     /// `action` (on its topic name for publish / receive, its filter for subscribe)?
     /// `Some(true)`: allowed; `Some(false)`: explicitly denied; `None`: no rule matches (the
     /// caller denies by default).
+    /// Rules with a `source=` condition do not apply (the address is not known): see
+    /// [`AclFile::check_from`].
     pub fn check(&self, user: Option<&str>, client_id: &str, action: Action<'_>) -> Option<bool> {
-        self.explain(user, client_id, action).map(|m| m.allowed)
+        self.explain_from(user, client_id, None, action).map(|m| m.allowed)
+    }
+
+    /// [`AclFile::check`] for a client connected from `peer`: rules with a `source=`
+    /// condition apply when `peer` is in one of their networks.
+    pub fn check_from(
+        &self,
+        user: Option<&str>,
+        client_id: &str,
+        peer: Option<IpAddr>,
+        action: Action<'_>,
+    ) -> Option<bool> {
+        self.explain_from(user, client_id, peer, action).map(|m| m.allowed)
     }
 
     /// Like [`AclFile::check`], also naming the deciding rule's line. The empty topic-alias
     /// placeholder (never authorized by the broker, which resolves it first) is denied with
     /// line 0.
     pub fn explain(&self, user: Option<&str>, client_id: &str, action: Action<'_>) -> Option<AclMatch> {
+        self.explain_from(user, client_id, None, action)
+    }
+
+    /// [`AclFile::explain`] for a client connected from `peer` (see [`AclFile::check_from`]).
+    pub fn explain_from(
+        &self,
+        user: Option<&str>,
+        client_id: &str,
+        peer: Option<IpAddr>,
+        action: Action<'_>,
+    ) -> Option<AclMatch> {
         let need = if action.is_publish() { Need::Write } else { Need::Read };
         // The codec validated the name or filter; only the alias placeholder can be empty.
         let topic = action.topic();
@@ -616,9 +692,10 @@ impl AclFile {
         let client_unsafe = !safe_value(client_id);
         if user_unsafe || client_unsafe {
             let fail_closed = self
-                .deny_patterns
-                .iter()
-                .find(|&&(_, u, c)| !(u && user.is_none()) && ((u && user_unsafe) || (c && client_unsafe)));
+                .tries(peer)
+                .flat_map(|t| t.deny_patterns.iter())
+                .filter(|&&(_, u, c)| !(u && user.is_none()) && ((u && user_unsafe) || (c && client_unsafe)))
+                .min_by_key(|&&(line, _, _)| line);
             if let Some(&(line, _, _)) = fail_closed {
                 return Some(AclMatch { allowed: false, line });
             }
@@ -627,24 +704,49 @@ impl AclFile {
         let dollar = topic.starts_with('$');
         let mut acc = AclMarks::default();
         let none = Vals::default();
-        let own = match user {
-            None => Some(&self.anonymous),
-            Some(u) => self.users.get(u),
-        };
         let vals = Vals {
             user: user.filter(|_| !user_unsafe),
             client: Some(client_id).filter(|_| !client_unsafe),
             identity: None,
         };
         with_levels(topic, |req| {
-            if let Some(t) = own {
-                t.collect(req, 0, dollar, none, &mut acc);
+            for tries in self.tries(peer) {
+                let own = match user {
+                    None => Some(&tries.anonymous),
+                    Some(u) => tries.users.get(u),
+                };
+                if let Some(t) = own {
+                    t.collect(req, 0, dollar, none, &mut acc);
+                }
+                tries.patterns.collect(req, 0, dollar, vals, &mut acc);
             }
-            self.patterns.collect(req, 0, dollar, vals, &mut acc);
         });
         acc.verdict(need)
     }
 }
+
+impl AclTries {
+    fn add(&mut self, rule: &AclRule) {
+        let levels: Vec<&str> = rule.filter.as_str().split('/').collect();
+        let mark = AclMarks::of(rule.access, rule.line);
+        match &rule.scope {
+            RuleScope::Anonymous => self.anonymous.insert(&levels, &mark, Syntax::Literal),
+            RuleScope::User(u) => {
+                self.users.entry(u.as_str().into()).or_default().insert(&levels, &mark, Syntax::Literal)
+            }
+            RuleScope::Pattern => {
+                self.patterns.insert(&levels, &mark, Syntax::Pattern);
+                let (uses_user, uses_client, _) = Template::uses(rule.filter.as_str(), Syntax::Pattern);
+                if rule.access == Access::Deny && (uses_user || uses_client) {
+                    self.deny_patterns.push((rule.line, uses_user, uses_client));
+                }
+            }
+        }
+    }
+}
+
+/// The source condition's keyword on a `topic` or `pattern` line.
+const SOURCE_PREFIX: &str = "source=";
 
 /// What one line of an ACL file is.
 enum Line<'a> {
@@ -680,6 +782,11 @@ fn parse_line<'a>(line: usize, raw: &'a str, user: Option<&str>) -> Result<Line<
                 return Err(err(&format!("missing topic filter after '{directive}'")));
             }
             let (first, tail) = split_token(rest);
+            if first.starts_with(SOURCE_PREFIX) {
+                return Err(err(&format!(
+                    "an access keyword (read, write, readwrite or deny) must come before '{SOURCE_PREFIX}'"
+                )));
+            }
             let (access, filter) = if tail.is_empty() {
                 (Access::ReadWrite, first)
             } else {
@@ -690,13 +797,27 @@ fn parse_line<'a>(line: usize, raw: &'a str, user: Option<&str>) -> Result<Line<
                     }
                 }
             };
+            let (source, filter) = match filter.strip_prefix(SOURCE_PREFIX) {
+                None => (Vec::new(), filter),
+                Some(after) => {
+                    let (list, filter) = split_token(after);
+                    if filter.is_empty() {
+                        return Err(err(&format!("missing topic filter after '{SOURCE_PREFIX}{list}'")));
+                    }
+                    let mut nets = Vec::new();
+                    for n in list.split(',') {
+                        nets.push(n.parse::<Cidr>().map_err(|e| err(&format!("{SOURCE_PREFIX}: {e}")))?);
+                    }
+                    (nets, filter)
+                }
+            };
             let filter = TopicFilter::new(filter).map_err(|r| err(&format!("invalid topic filter '{filter}': {r}")))?;
             let scope = match (directive, user) {
                 ("pattern", _) => RuleScope::Pattern,
                 (_, Some(u)) => RuleScope::User(u.to_owned()),
                 (_, None) => RuleScope::Anonymous,
             };
-            Ok(Line::Rule(AclRule { line, scope, access, filter }))
+            Ok(Line::Rule(AclRule { line, scope, access, filter, source: source.into() }))
         }
         other => Err(err(&format!("unknown directive '{other}'"))),
     }
@@ -765,7 +886,7 @@ impl Authorizer for AclAuthorizer {
             }
             _ => Some(&*principal.name),
         };
-        match self.acl.check(user, client_id, action) {
+        match self.acl.check_from(user, client_id, principal.peer(), action) {
             Some(true) => Decision::Allow,
             _ => Decision::Deny { disconnect: self.deny_disconnects && action.is_publish() },
         }
@@ -780,7 +901,7 @@ impl Authorizer for AclAuthorizer {
 #[cfg(test)]
 pub(crate) mod tests {
     use super::*;
-    use crate::testutil::{qos, try_act, AclStr, AuthorizeStr, Req};
+    use crate::testutil::{act, qos, try_act, AclStr, AuthorizeStr, Req};
     use mqtt_codec::{QoS, TopicName};
     use proptest::prelude::*;
 
@@ -835,7 +956,8 @@ pub(crate) mod tests {
                 line: 6,
                 scope: RuleScope::User("roger".into()),
                 access: Access::ReadWrite,
-                filter: TopicFilter::new("foo/bar").unwrap()
+                filter: TopicFilter::new("foo/bar").unwrap(),
+                source: Box::default(),
             }
         );
         assert_eq!(a.rule_at(9).unwrap().scope, RuleScope::Pattern);
@@ -896,6 +1018,61 @@ pub(crate) mod tests {
             let e = AclRule::parse_line(3, bad).unwrap_err();
             assert_eq!(e.line, 3, "{bad:?}");
             assert!(e.reason.contains(reason), "{bad:?}: {e}");
+        }
+    }
+
+    #[test]
+    fn source_conditions() {
+        let a = acl("user u\n\
+                     topic readwrite source=10.0.0.0/8,::1/128 plant/#\n\
+                     topic write plant/public\n\
+                     topic deny source=10.9.0.0/16 plant/#\n\
+                     pattern read source=127.0.0.2 c/%c/#\n");
+        assert!(a.has_source_conditions());
+        let at = |s: &str| Some(s.parse::<IpAddr>().unwrap());
+        let pub_ = |peer, topic: &str| act(PUB, topic, |x| a.check_from(Some("u"), "c1", peer, x));
+        // In a network of the condition: the rule applies (IPv4, IPv6, IPv4-mapped).
+        assert_eq!(pub_(at("10.1.2.3"), "plant/a"), Some(true));
+        assert_eq!(pub_(at("::1"), "plant/a"), Some(true));
+        assert_eq!(pub_(at("::ffff:10.1.2.3"), "plant/a"), Some(true));
+        // Outside, or unknown: as if the line were not there.
+        assert_eq!(pub_(at("192.0.2.1"), "plant/a"), None);
+        assert_eq!(pub_(None, "plant/a"), None);
+        assert_eq!(a.check_str(Some("u"), "c1", PUB, "plant/a"), None, "check without an address");
+        assert_eq!(pub_(at("192.0.2.1"), "plant/public"), Some(true), "an unconditional rule applies anywhere");
+        // A conditional deny applies only from its networks, and wins there.
+        assert_eq!(pub_(at("10.9.1.1"), "plant/public"), Some(false));
+        assert_eq!(act(PUB, "plant/a", |x| a.explain_from(Some("u"), "c1", at("10.9.1.1"), x)).unwrap().line, 4);
+        // Patterns too.
+        let sub = |peer| act(SUB, "c/c1/x", |x| a.check_from(Some("u"), "c1", peer, x));
+        assert_eq!((sub(at("127.0.0.2")), sub(at("127.0.0.1"))), (Some(true), None));
+        assert_eq!(
+            a.rule_at(2).unwrap().to_string(),
+            "line 2: topic readwrite source=10.0.0.0/8,::1/128 plant/# (user u)"
+        );
+        // Through the authorizer: the principal's address.
+        let z = AclAuthorizer::new(a, true);
+        let p = Principal::user("u");
+        assert!(!z
+            .authorize_str(&p.clone().with_peer("192.0.2.1".parse().unwrap()), "c1", PUB, "plant/a")
+            .is_allowed());
+        assert!(z.authorize_str(&p.with_peer("10.0.0.1".parse().unwrap()), "c1", PUB, "plant/a").is_allowed());
+    }
+
+    #[test]
+    fn source_condition_errors() {
+        for (text, reason) in [
+            ("topic read source=10.0.0.0/33 a", "prefix length"),
+            ("topic read source=10.0.0.1/8 a", "host bits"),
+            ("topic read source=lb.example a", "is not a network"),
+            ("topic read source=10.0.0.0/8, a", "is not a network"),
+            ("topic read source=10.0.0.0/8", "missing topic filter"),
+            ("topic source=10.0.0.0/8 a", "access keyword"),
+            ("pattern source=10.0.0.0/8 a/%c", "access keyword"),
+        ] {
+            let e = AclFile::parse(&format!("user u\n{text}\n")).unwrap_err();
+            assert_eq!(e.line, 2, "{text}");
+            assert!(e.reason.contains(reason), "{text}: {e}");
         }
     }
 

@@ -362,9 +362,13 @@ impl PolicyAuthorizer {
             _ => Some(&*principal.name),
         };
         // A fail-open client gets its fallback role only: the ACL file does not apply to it.
-        let acl = self.acl.as_ref().filter(|_| !is_fallback(principal)).map(|a| a.explain(user, client_id, action));
+        let acl = self
+            .acl
+            .as_ref()
+            .filter(|_| !is_fallback(principal))
+            .map(|a| a.explain_from(user, client_id, principal.peer(), action));
         let store = self.store.as_ref().map(|s| (s, s.check(principal, client_id, action)));
-        let scopes = principal.grants().map(|g| g.check(None, client_id, action));
+        let scopes = principal.grants().map(|g| g.check_from(None, client_id, principal.peer(), action));
         let store_name = |s: &crate::store::CompiledStore, m: crate::store::StoreMatch| {
             DecidedBy::Store(
                 m.rule.and_then(|i| s.rule(i)).map(|r| format!("{}/{}", r.role, r.rule.id)).unwrap_or_default(),
@@ -416,9 +420,13 @@ impl PolicyAuthorizer {
             _ => Some(&*principal.name),
         };
         // A fail-open client gets its fallback role only: the ACL file does not apply to it.
-        let from_acl = self.acl.as_ref().filter(|_| !is_fallback(principal)).map(|a| a.check(user, client_id, action));
+        let from_acl = self
+            .acl
+            .as_ref()
+            .filter(|_| !is_fallback(principal))
+            .map(|a| a.check_from(user, client_id, principal.peer(), action));
         let from_store = self.store.as_ref().map(|s| s.check(principal, client_id, action).map(|m| m.allowed));
-        let from_scopes = principal.grants().map(|g| g.check(None, client_id, action));
+        let from_scopes = principal.grants().map(|g| g.check_from(None, client_id, principal.peer(), action));
         let answers = [from_acl, from_store, from_scopes];
         let allowed = if answers.iter().all(Option::is_none) {
             no_source_allows // no source names this principal
@@ -564,6 +572,7 @@ mod tests {
             retain: true,
             effect: Effect::Allow,
             priority: 0,
+            source: Vec::new(),
         };
         let mut st = PolicyStore::default();
         st.roles.insert(
@@ -661,6 +670,7 @@ mod tests {
             retain: true,
             effect,
             priority: 0,
+            source: Vec::new(),
         };
         st.roles.insert(
             "dev".into(),
@@ -752,6 +762,7 @@ mod tests {
             retain,
             effect: Effect::Allow,
             priority: 0,
+            source: Vec::new(),
         };
         let mut st = PolicyStore::default();
         st.roles.insert(

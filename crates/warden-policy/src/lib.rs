@@ -7,6 +7,7 @@
 //! - [`authn`]: who a CONNECT is: authentication and admission as one pausing state machine
 //!   (bans, backoff, method order, anonymous access, tokens, look-up, SCRAM, client-id rules);
 //!   the shell performs only the I/O it asks for.
+//! - [`cidr`]: IPv4/IPv6 networks: `proxy_trusted`, and rules' `source` conditions.
 //! - [`authz`]: the one question every publish / subscribe / delivery asks: "is this allowed?".
 //! - [`quota`]: per-role quota overrides (policy store roles).
 //! - [`scram`]: SCRAM-SHA-256 (RFC 5802 / RFC 7677) server state machine for MQTT 5 AUTH.
@@ -20,6 +21,7 @@ pub mod acl;
 pub mod authn;
 pub mod authz;
 pub mod cert;
+pub mod cidr;
 pub mod jwt;
 pub mod password;
 pub mod principal;

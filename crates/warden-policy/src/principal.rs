@@ -1,6 +1,7 @@
 //! The identity a connection authenticated as.
 
 use std::fmt;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::sync::Arc;
 
 use crate::trust::{Credential, CredentialSource};
@@ -59,6 +60,20 @@ pub struct Principal {
     /// that plain users and anonymous clients do without: a principal stays at 64 bytes
     /// (every connection has one; see [`Principal::grants`], [`Principal::credential`]).
     extra: Option<Arc<Extra>>,
+    /// The address the client connected from (see [`Principal::peer`]): an IPv4 address in
+    /// the principal itself (5 bytes of what was padding), an IPv6 address in [`Extra`].
+    peer: Peer,
+}
+
+/// Where the client's address is kept.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Peer {
+    /// Not known (a principal restored from the store, or made outside a CONNECT).
+    Unknown,
+    /// An IPv4 address (an IPv4-mapped IPv6 address is kept as its IPv4 address).
+    V4([u8; 4]),
+    /// An IPv6 address, in [`Extra::peer6`].
+    V6,
 }
 
 /// What only some principals carry.
@@ -68,6 +83,8 @@ struct Extra {
     grants: Option<Arc<crate::acl::AclFile>>,
     /// The certificate or token behind it.
     credential: Option<Credential>,
+    /// The IPv6 address it connected from ([`Peer::V6`]).
+    peer6: Option<Ipv6Addr>,
 }
 
 impl Principal {
@@ -81,6 +98,7 @@ impl Principal {
             scopes: Box::default(),
             source: CredentialSource::Anonymous,
             extra: None,
+            peer: Peer::Unknown,
         }
     }
 
@@ -93,6 +111,7 @@ impl Principal {
             scopes: Box::default(),
             source: CredentialSource::PasswordFile,
             extra: None,
+            peer: Peer::Unknown,
         }
     }
 
@@ -105,6 +124,7 @@ impl Principal {
             scopes: Box::default(),
             source: CredentialSource::Certificate,
             extra: None,
+            peer: Peer::Unknown,
         }
     }
 
@@ -117,7 +137,8 @@ impl Principal {
             roles: roles.into(),
             scopes: scopes.into(),
             source: CredentialSource::Token,
-            extra: Some(Arc::new(Extra { grants, credential: None })),
+            extra: Some(Arc::new(Extra { grants, credential: None, peer6: None })),
+            peer: Peer::Unknown,
         }
     }
 
@@ -132,7 +153,12 @@ impl Principal {
             roles: Box::new([Arc::from(role)]),
             scopes: Box::default(),
             source: CredentialSource::Lookup,
-            extra: Some(Arc::new(Extra { grants: Some(Arc::new(crate::acl::AclFile::default())), credential: None })),
+            extra: Some(Arc::new(Extra {
+                grants: Some(Arc::new(crate::acl::AclFile::default())),
+                credential: None,
+                peer6: None,
+            })),
+            peer: Peer::Unknown,
         }
     }
 
@@ -141,8 +167,54 @@ impl Principal {
     pub fn with_credential(mut self, source: CredentialSource, credential: Option<Credential>) -> Self {
         self.source = source;
         let grants = self.grants().cloned();
-        self.extra = (grants.is_some() || credential.is_some()).then(|| Arc::new(Extra { grants, credential }));
+        self.set_extra(grants, credential, self.peer6());
         self
+    }
+
+    /// This principal, connected from `ip` (the PROXY-protocol address when a header gave
+    /// one): what rules' `source` conditions are matched against ([`crate::cidr`]).
+    pub fn with_peer(mut self, ip: IpAddr) -> Self {
+        let ip = match ip {
+            IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(ip, IpAddr::V4),
+            v4 => v4,
+        };
+        let (grants, credential) = (self.grants().cloned(), self.credential().cloned());
+        match ip {
+            IpAddr::V4(v4) => {
+                self.peer = Peer::V4(v4.octets());
+                self.set_extra(grants, credential, None);
+            }
+            IpAddr::V6(v6) => {
+                self.peer = Peer::V6;
+                self.set_extra(grants, credential, Some(v6));
+            }
+        }
+        self
+    }
+
+    /// The address the client connected from, if known. Cheap (no allocation): asked by
+    /// every check of a rule with a `source` condition.
+    #[inline]
+    pub fn peer(&self) -> Option<IpAddr> {
+        match self.peer {
+            Peer::Unknown => None,
+            Peer::V4(b) => Some(IpAddr::V4(Ipv4Addr::from(b))),
+            Peer::V6 => self.peer6().map(IpAddr::V6),
+        }
+    }
+
+    fn peer6(&self) -> Option<Ipv6Addr> {
+        self.extra.as_ref().and_then(|e| e.peer6)
+    }
+
+    fn set_extra(
+        &mut self,
+        grants: Option<Arc<crate::acl::AclFile>>,
+        credential: Option<Credential>,
+        peer6: Option<Ipv6Addr>,
+    ) {
+        self.extra = (grants.is_some() || credential.is_some() || peer6.is_some())
+            .then(|| Arc::new(Extra { grants, credential, peer6 }));
     }
 
     /// The certificate or token behind this principal, if any.
@@ -169,7 +241,7 @@ impl Principal {
     /// Replace its own rules (the credential stays).
     pub fn set_grants(&mut self, grants: Option<Arc<crate::acl::AclFile>>) {
         let credential = self.credential().cloned();
-        self.extra = (grants.is_some() || credential.is_some()).then(|| Arc::new(Extra { grants, credential }));
+        self.set_extra(grants, credential, self.peer6());
     }
 
     /// True when `other` is the same identity (so it may take over this principal's sessions).
@@ -210,5 +282,28 @@ mod tests {
         assert_eq!(f.to_string(), "fallback:ann");
         assert_eq!(&*f.roles, [Arc::from("degraded")]);
         assert!(f.grants().is_some_and(|g| g.rules().is_empty()), "grants of its own: none");
+    }
+
+    #[test]
+    fn the_peer_address_is_kept_compactly() {
+        let p = Principal::user("ann");
+        assert_eq!(p.peer(), None);
+        let v4 = p.clone().with_peer("10.1.2.3".parse().unwrap());
+        assert_eq!(v4.peer(), Some("10.1.2.3".parse().unwrap()));
+        assert!(v4.extra.is_none(), "an IPv4 peer needs no allocation");
+        assert!(v4.same_identity(&p), "the address is not the identity");
+        let mapped = p.clone().with_peer("::ffff:10.0.0.9".parse().unwrap());
+        assert_eq!(mapped.peer(), Some("10.0.0.9".parse().unwrap()));
+        let v6 = p.with_peer("2001:db8::7".parse().unwrap());
+        assert_eq!(v6.peer(), Some("2001:db8::7".parse().unwrap()));
+        // Grants and credential changes keep the address.
+        let mut t = Principal::token("dev", vec![], vec![Arc::from("mqtt:pub:a/#")]).with_peer("::1".parse().unwrap());
+        t = t.with_credential(CredentialSource::Token, None);
+        assert_eq!(t.peer(), Some("::1".parse().unwrap()));
+        assert!(t.grants().is_some());
+        t.set_grants(None);
+        assert_eq!(t.peer(), Some("::1".parse().unwrap()));
+        let t4 = Principal::token("dev", vec![], vec![]).with_peer("192.0.2.1".parse().unwrap());
+        assert!(t4.grants().is_some() && t4.peer() == Some("192.0.2.1".parse().unwrap()));
     }
 }

@@ -25,6 +25,13 @@
 //!    `subscribe` rules applied to the topic name: a client receives what it may subscribe to,
 //!    so removing a subscribe permission stops live deliveries at once.
 //!
+//! # Source conditions
+//! A rule may carry `source: ["10.0.0.0/8", "::1/128"]` (AWS `aws:SourceIp` style): it then
+//! applies only to a client whose address — the PROXY-protocol address when a header gave one
+//! ([`Principal::peer`]) — is in one of the networks; to other clients, and where the address
+//! is not known, it is as if the rule were not there. Such rules are compiled into tries of
+//! their own per distinct list of networks, walked only for a client in one of them.
+//!
 //! # Substitution
 //! `%u` (the user name of a user principal), `%c` (the client id) and `%i` (the identity of any
 //! non-anonymous principal: user name, certificate identity, token subject) are literal: a
@@ -39,6 +46,7 @@ use serde::{Deserialize, Serialize};
 use mqtt_codec::TopicFilter;
 
 use crate::acl::{safe_value, with_levels, FxMap, Node, Syntax, Template, TrieMarks, Vals};
+use crate::cidr::{any_contains, Cidr};
 use crate::{Action, Principal, PrincipalKind, Quotas};
 
 /// The group whose roles apply to every authenticated principal.
@@ -118,6 +126,10 @@ pub struct Rule {
     /// Higher decides first; 0 by default.
     #[serde(default)]
     pub priority: i32,
+    /// The networks the client's address must be in for the rule to apply (`["10.0.0.0/8"]`);
+    /// empty (the default): any address.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub source: Vec<Cidr>,
 }
 
 /// A role: ordered rules.
@@ -475,21 +487,48 @@ impl StoreMarks {
     }
 }
 
-/// The rules of one subject, compiled: a trie, plus the deny rules that use substitutions
-/// (index, uses `%u`, `%c`, `%i`) for the fail-closed check.
+/// The rules of one subject, compiled: a trie (and one per distinct `source` list), plus the
+/// deny rules that use substitutions (index, uses `%u`, `%c`, `%i`, the `source` list's
+/// position in `by_source` if any) for the fail-closed check.
 #[derive(Debug, Default)]
 struct RuleTrie {
     trie: Node<StoreMarks>,
-    templated_denies: Vec<(u32, (bool, bool, bool))>,
+    by_source: Vec<(Box<[Cidr]>, Node<StoreMarks>)>,
+    templated_denies: Vec<TemplatedDeny>,
 }
+
+/// A deny rule using substitutions: its index, whether it uses `%u`, `%c`, `%i`, and the
+/// position of its `source` list in [`RuleTrie::by_source`] (none: any address).
+type TemplatedDeny = (u32, (bool, bool, bool), Option<usize>);
 
 impl RuleTrie {
     fn add(&mut self, index: u32, r: &Rule) {
         let levels: Vec<&str> = r.topic.split('/').collect();
-        self.trie.insert(&levels, &StoreMarks::of(index, r), Syntax::Store);
+        let (trie, group) = if r.source.is_empty() {
+            (&mut self.trie, None)
+        } else {
+            let i = match self.by_source.iter().position(|(nets, _)| **nets == *r.source) {
+                Some(i) => i,
+                None => {
+                    self.by_source.push((r.source.clone().into(), Node::default()));
+                    self.by_source.len() - 1
+                }
+            };
+            (&mut self.by_source[i].1, Some(i))
+        };
+        trie.insert(&levels, &StoreMarks::of(index, r), Syntax::Store);
         let uses = Template::uses(&r.topic, Syntax::Store);
         if r.effect == Effect::Deny && (uses.0 || uses.1 || uses.2) {
-            self.templated_denies.push((index, uses));
+            self.templated_denies.push((index, uses, group));
+        }
+    }
+
+    /// True when the `source` list at `group` (none: unconditional) holds `peer`.
+    #[inline]
+    fn applies(&self, group: Option<usize>, peer: Option<std::net::IpAddr>) -> bool {
+        match group {
+            None => true,
+            Some(i) => peer.is_some_and(|ip| any_contains(&self.by_source[i].0, ip)),
         }
     }
 }
@@ -589,10 +628,14 @@ impl CompiledStore {
         };
         let unsafe_ = |v: Option<&str>| v.is_some_and(|v| !safe_value(v));
         let bad = (unsafe_(user), !safe_value(client_id), unsafe_(identity));
+        let peer = principal.peer();
         if bad.0 || bad.1 || bad.2 {
             for t in self.tries(principal) {
-                let hit = t.templated_denies.iter().find(|(_, u)| (u.0 && bad.0) || (u.1 && bad.1) || (u.2 && bad.2));
-                if let Some(&(i, _)) = hit {
+                let hit = t
+                    .templated_denies
+                    .iter()
+                    .find(|(_, u, g)| ((u.0 && bad.0) || (u.1 && bad.1) || (u.2 && bad.2)) && t.applies(*g, peer));
+                if let Some(&(i, _, _)) = hit {
                     return Some(StoreMatch { allowed: false, rule: Some(i) });
                 }
             }
@@ -607,6 +650,11 @@ impl CompiledStore {
         with_levels(topic, |req| {
             for t in self.tries(principal) {
                 t.trie.collect(req, 0, dollar, vals, &mut acc);
+                for (i, (_, trie)) in t.by_source.iter().enumerate() {
+                    if t.applies(Some(i), peer) {
+                        trie.collect(req, 0, dollar, vals, &mut acc);
+                    }
+                }
             }
         });
         let (level, qos, retain) = match action {

@@ -106,6 +106,10 @@ enum Command {
         /// only this role); repeatable.
         #[arg(long = "role", requires = "explain", conflicts_with_all = ["user", "cert"])]
         roles: Vec<String>,
+        /// The client's address (`10.1.2.3`, `::1`): rules with a `source` condition apply when
+        /// it is in one of their networks; without it they do not apply.
+        #[arg(long, requires = "explain")]
+        from: Option<std::net::IpAddr>,
         /// publish | subscribe | receive, then the topic (or filter).
         #[arg(num_args = 2, value_names = ["ACTION", "TOPIC"], requires = "explain")]
         operation: Vec<String>,
@@ -217,7 +221,7 @@ fn main() -> ExitCode {
         Command::Import(args) => warden::cli::import::run(&args),
         Command::Audit(args) => return warden::cli::audit::run(&args),
         Command::Check { config, explain: false, .. } => return check(&config),
-        Command::Check { config, user, client, operation, cert, token, scopes, roles, .. } => {
+        Command::Check { config, user, client, operation, cert, token, scopes, roles, from, .. } => {
             // The configuration is checked first (its summary printed), as without --explain.
             // Then grep-like: 0 allow, 1 deny, 2 the question could not be answered.
             if check(&config) != ExitCode::SUCCESS {
@@ -226,8 +230,14 @@ fn main() -> ExitCode {
             return match Config::load(&config).map_err(anyhow::Error::from).and_then(|cfg| {
                 let other = explain_principal(cert.as_deref(), token.as_deref(), &scopes, &roles);
                 match other {
-                    Some((principal, who)) => explain_for(&cfg, &principal, &who, &client, &operation),
-                    None => explain_decision(&cfg, user.as_deref(), &client, &operation),
+                    Some((principal, who)) => {
+                        let principal = match from {
+                            Some(ip) => principal.with_peer(ip),
+                            None => principal,
+                        };
+                        explain_for(&cfg, &principal, &who, &client, &operation)
+                    }
+                    None => explain_decision(&cfg, user.as_deref(), from, &client, &operation),
                 }
             }) {
                 Ok(true) => ExitCode::SUCCESS,
@@ -329,7 +339,11 @@ fn check_loaded(path: &std::path::Path, cfg: &Config, summary: bool) -> Vec<Stri
         cfg.listeners.len(),
         users.unwrap_or(0),
         store_users.unwrap_or(0),
-        if cfg.auth.allow_anonymous { "allowed" } else { "refused" }
+        match cfg.listeners.iter().filter(|l| l.anonymous(&cfg.auth)).count() {
+            0 => "refused".to_owned(),
+            n if n == cfg.listeners.len() => "allowed".to_owned(),
+            n => format!("allowed on {n} listener(s)"),
+        }
     );
     Vec::new()
 }
@@ -423,7 +437,13 @@ fn explain_for(
     Ok(d.is_allowed())
 }
 
-fn explain_decision(cfg: &Config, user: Option<&str>, client: &str, op: &[String]) -> anyhow::Result<bool> {
+fn explain_decision(
+    cfg: &Config,
+    user: Option<&str>,
+    from: Option<std::net::IpAddr>,
+    client: &str,
+    op: &[String],
+) -> anyhow::Result<bool> {
     let (Some(operation), topic) = explain_operation(op)? else { return Ok(false) };
     let action = operation.action();
     let who = user.map_or_else(|| "anonymous".to_string(), |u| format!("user {u:?}"));
@@ -433,6 +453,10 @@ fn explain_decision(cfg: &Config, user: Option<&str>, client: &str, op: &[String
         let acl = warden::admin::policy_store::load_acl(&cfg.authz)?;
         let policy = warden_policy::PolicyAuthorizer::new(acl, false).with_store(std::sync::Arc::new(store.compile()));
         let principal = user.map_or_else(warden_policy::Principal::anonymous, warden_policy::Principal::user);
+        let principal = match from {
+            Some(ip) => principal.with_peer(ip),
+            None => principal,
+        };
         let (d, by) = policy.explain(&principal, client, action);
         let verdict = if d.is_allowed() { "allow" } else { "deny" };
         println!("{verdict}: decided by {by} (ACL file and policy store, {who})");
@@ -446,7 +470,7 @@ fn explain_decision(cfg: &Config, user: Option<&str>, client: &str, op: &[String
     };
     let text = std::fs::read_to_string(acl_path).with_context(|| format!("reading {}", acl_path.display()))?;
     let acl = warden_policy::acl::AclFile::parse(&text).map_err(|e| anyhow::anyhow!("{}: {e}", acl_path.display()))?;
-    let allowed = match acl.explain(user, client, action) {
+    let allowed = match acl.explain_from(user, client, from, action) {
         Some(m) if m.line == 0 => {
             println!("deny: {topic:?} is not a valid topic for this action");
             false

@@ -245,7 +245,7 @@ impl Server {
         };
         let hashing = warden_http::HashBudget::new(hash_slots, l.auth_hash_http_max, l.auth_hash_wait);
         let auth = Arc::new(Authenticator::load(&cfg.auth, cfg.identity, tokens)?.with_hash_budget(hashing.clone()));
-        let any_method = cfg.auth.allow_anonymous
+        let any_method = cfg.listeners.iter().any(|l| l.anonymous(&cfg.auth))
             || cfg.auth.password_file.is_some()
             || cfg.auth.jwt.is_some()
             || (cfg.http.is_some() && cfg.oauth.enabled)
@@ -380,6 +380,8 @@ impl Server {
             let guard = guard.clone();
             let accept_errors = crate::admission::fdlimit::AcceptErrors::new(name);
             let proxy_trusted = l.proxy_protocol.then(|| Arc::new(l.proxy_trusted.clone()));
+            let listener_auth = l.auth_rules();
+            let endpoint = Arc::new(Endpoint { protocol, tls: tls.clone(), path: path.clone(), auth: listener_auth });
             tasks.spawn(async move {
                 loop {
                     let (sock, peer) = tokio::select! {
@@ -412,9 +414,7 @@ impl Server {
                         let serve = proxied(
                             sock,
                             peer,
-                            protocol,
-                            tls.clone(),
-                            path.clone(),
+                            endpoint.clone(),
                             Admission { bans: bans.clone(), guard: guard.clone() },
                             ctx.clone(),
                         );
@@ -433,9 +433,17 @@ impl Server {
                     // so that they do not make every idle TCP connection pay for them.
                     if tls.is_none() && protocol == ListenerProtocol::Mqtt {
                         let _ = sock.set_nodelay(true);
-                        tokio::spawn(crate::conn::run(sock, peer, None, Some(slot), Some(live_slot), ctx));
+                        tokio::spawn(crate::conn::run(
+                            sock,
+                            peer,
+                            None,
+                            listener_auth,
+                            Some(slot),
+                            Some(live_slot),
+                            ctx,
+                        ));
                     } else {
-                        let serve = serve_socket(sock, peer, protocol, tls.clone(), slot, path.clone(), ctx);
+                        let serve = serve_socket(sock, peer, endpoint.clone(), slot, ctx);
                         tokio::spawn(Box::pin(serve).map(move |()| drop(live_slot)));
                     }
                 }
@@ -781,9 +789,7 @@ struct Admission {
 async fn proxied(
     mut sock: TcpStream,
     socket_peer: SocketAddr,
-    protocol: ListenerProtocol,
-    tls: Option<Arc<TlsListener>>,
-    path: Arc<crate::conn::ws::WsSettings>,
+    endpoint: Arc<Endpoint>,
     checks: Admission,
     ctx: Arc<ConnContext>,
 ) {
@@ -795,27 +801,36 @@ async fn proxied(
         }
     };
     let Some(slot) = admit(&checks.bans, &checks.guard, &ctx, peer) else { return };
-    serve_socket(sock, peer, protocol, tls, slot, path, ctx).await;
+    serve_socket(sock, peer, endpoint, slot, ctx).await;
+}
+
+/// What a listener's connections are served with: its transport, TLS, WebSocket settings and
+/// the authentication methods it allows.
+struct Endpoint {
+    protocol: ListenerProtocol,
+    tls: Option<Arc<TlsListener>>,
+    path: Arc<crate::conn::ws::WsSettings>,
+    auth: warden_policy::authn::ListenerAuth,
 }
 
 async fn serve_socket(
     sock: TcpStream,
     peer: SocketAddr,
-    protocol: ListenerProtocol,
-    tls: Option<Arc<TlsListener>>,
+    endpoint: Arc<Endpoint>,
     slot: Admitted,
-    path: Arc<crate::conn::ws::WsSettings>,
     ctx: Arc<ConnContext>,
 ) {
+    let (protocol, tls, path, auth) = (endpoint.protocol, endpoint.tls.clone(), endpoint.path.clone(), endpoint.auth);
+    drop(endpoint);
     let slot = Some(slot);
     let _ = sock.set_nodelay(true);
     let Some(tls) = tls else {
         match protocol {
             ListenerProtocol::Ws | ListenerProtocol::Wss => {
-                crate::conn::ws::serve(sock, peer, None, slot, path, ctx).await
+                crate::conn::ws::serve(sock, peer, None, auth, slot, path, ctx).await
             }
             ListenerProtocol::Mqtt | ListenerProtocol::Mqtts => {
-                crate::conn::run(sock, peer, None, slot, None, ctx).await
+                crate::conn::run(sock, peer, None, auth, slot, None, ctx).await
             }
         }
         return;
@@ -843,9 +858,9 @@ async fn serve_socket(
         }
     };
     if protocol.is_ws() {
-        crate::conn::ws::serve(stream, peer, identity, slot, path, ctx).await;
+        crate::conn::ws::serve(stream, peer, identity, auth, slot, path, ctx).await;
     } else {
-        crate::conn::run(stream, peer, identity, slot, None, ctx).await;
+        crate::conn::run(stream, peer, identity, auth, slot, None, ctx).await;
     }
 }
 

@@ -416,6 +416,7 @@ fn check_explain_answers_for_certificates_tokens_and_roles() {
                 retain: true,
                 effect: warden_policy::store::Effect::Allow,
                 priority: 0,
+                source: Vec::new(),
             }],
             ..Default::default()
         },

@@ -207,6 +207,19 @@ async fn crud_users_groups_roles_rules() {
     assert_eq!(fx.admin(Method::POST, "/admin/roles/dev/rules", Some(rule)).await.0, StatusCode::CONFLICT);
     let bad = json!({"id": "r2", "action": "publish", "topic": "a/#/b", "effect": "allow"});
     assert_eq!(fx.admin(Method::POST, "/admin/roles/dev/rules", Some(bad)).await.0, StatusCode::BAD_REQUEST);
+    // A source condition: its networks are validated (400 naming the bad one), then kept.
+    let bad = json!({"id": "r3", "action": "publish", "topic": "a", "effect": "allow", "source": ["10.0.0.1/8"]});
+    let (s, v) = fx.admin(Method::POST, "/admin/roles/dev/rules", Some(bad)).await;
+    assert_eq!(s, StatusCode::BAD_REQUEST);
+    assert!(v["error"].as_str().unwrap().contains("10.0.0.1/8"), "{v}");
+    let lan =
+        json!({"id": "r3", "action": "publish", "topic": "a", "effect": "allow", "source": ["10.0.0.0/8", "::1"]});
+    assert_eq!(fx.admin(Method::POST, "/admin/roles/dev/rules", Some(lan)).await.0, StatusCode::CREATED);
+    assert_eq!(fx.backend.policy().roles["dev"].rules[1].source.len(), 2);
+    let (_, rules) = fx.admin(Method::GET, "/admin/roles/dev/rules", None).await;
+    assert_eq!(rules[1]["source"], json!(["10.0.0.0/8", "::1/128"]));
+    assert!(rules[0].get("source").is_none(), "no condition, no key");
+    assert_eq!(fx.admin(Method::DELETE, "/admin/roles/dev/rules/r3", None).await.0, StatusCode::OK);
     assert_eq!(
         fx.admin(Method::POST, "/admin/groups", Some(json!({"name": "g", "roles": ["dev"]}))).await.0,
         StatusCode::CREATED

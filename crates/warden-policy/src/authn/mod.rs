@@ -17,6 +17,8 @@
 //! 2. a user name backing off from this address after failed passwords is refused (0x9F)
 //!    before any hashing (a password attempt only: tokens and certificates are not guesses);
 //! 3. MQTT 5 enhanced authentication (SCRAM-SHA-256) when the CONNECT names a method;
+//!    throughout, a method the listener does not allow ([`ListenerAuth`], an input in the
+//!    [`Context`]) is refused there, valid credentials or not (0x8C for SCRAM, else 0x87);
 //! 4. otherwise: a verified client certificate (through the look-up when one is configured), an
 //!    access token in the password field ([`tokens`]), the look-up for user names no password
 //!    source knows, the password file then the policy store's users, then anonymous access;
@@ -145,6 +147,69 @@ pub struct Rules {
     pub fallback_role: Option<String>,
 }
 
+/// A set of authentication methods ([`Method`] but [`Method::Anonymous`], which
+/// `allow_anonymous` governs): what a listener's `auth = [...]` allows.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+pub struct Methods(u8);
+
+impl Methods {
+    /// No method.
+    pub const NONE: Methods = Methods(0);
+
+    /// Every method (the default chain).
+    pub const ALL: Methods = Methods(0b1_1111);
+
+    fn bit(m: Method) -> u8 {
+        match m {
+            Method::Password => 1,
+            Method::Scram => 1 << 1,
+            Method::Certificate => 1 << 2,
+            Method::Token => 1 << 3,
+            Method::Lookup => 1 << 4,
+            Method::Anonymous => 0,
+        }
+    }
+
+    /// This set and `m` ([`Method::Anonymous`] adds nothing).
+    #[must_use]
+    pub fn with(self, m: Method) -> Methods {
+        Methods(self.0 | Methods::bit(m))
+    }
+
+    /// True when `m` is in the set (never [`Method::Anonymous`]).
+    pub fn contains(self, m: Method) -> bool {
+        Methods::bit(m) != 0 && self.0 & Methods::bit(m) != 0
+    }
+
+    /// The methods in the set, in label order.
+    pub fn iter(self) -> impl Iterator<Item = Method> {
+        Method::ALL.into_iter().filter(move |m| self.contains(*m))
+    }
+}
+
+impl FromIterator<Method> for Methods {
+    fn from_iter<I: IntoIterator<Item = Method>>(iter: I) -> Self {
+        iter.into_iter().fold(Methods::NONE, Methods::with)
+    }
+}
+
+/// What one listener allows (`[[listener]] auth`, `allow_anonymous`): an input to every
+/// decision of the chain. `None` in either: the default chain (every configured method;
+/// `[auth] allow_anonymous`). A method the listener does not allow is refused there even when
+/// the credentials are valid: SCRAM with 0x8C (Bad authentication method), a certificate, a
+/// token or a password with 0x87 (Not authorized; v3 return code 5) — never counted as a guess.
+/// A user name no password source knows goes to the look-up only where `lookup` is allowed;
+/// where `lookup` is allowed but `password` is not, every user name goes to the look-up.
+/// A verified client certificate is decided by the look-up (with `[auth.http]`) only where
+/// `lookup` is allowed too; where only `certificate` is, the certificate proves on its own.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct ListenerAuth {
+    /// The methods allowed; `None`: all of them.
+    pub methods: Option<Methods>,
+    /// Anonymous access here; `None`: `[auth] allow_anonymous`.
+    pub allow_anonymous: Option<bool>,
+}
+
 /// The admission state the chain consults: the admin ban list and the per-(user name,
 /// address) backoff after failed passwords. The shell implements it over its live state for
 /// one CONNECT (its peer address and the current instant).
@@ -188,6 +253,8 @@ pub struct Context<'a> {
     pub external: Option<&'a ExternalIssuer>,
     /// The outside issuer's keys fetched from its JWKS URL so far.
     pub jwks: Option<Arc<KeySet>>,
+    /// What the listener the CONNECT arrived on allows.
+    pub listener: ListenerAuth,
 }
 
 impl std::fmt::Debug for Context<'_> {
@@ -197,6 +264,19 @@ impl std::fmt::Debug for Context<'_> {
 }
 
 impl Context<'_> {
+    /// True when the listener allows `m` (every method, on a listener that names none).
+    pub fn allows(&self, m: Method) -> bool {
+        match m {
+            Method::Anonymous => self.anonymous_allowed(),
+            _ => self.listener.methods.is_none_or(|s| s.contains(m)),
+        }
+    }
+
+    /// Anonymous access on this listener (its `allow_anonymous`, else `[auth]`'s).
+    pub fn anonymous_allowed(&self) -> bool {
+        self.listener.allow_anonymous.unwrap_or(self.rules.allow_anonymous)
+    }
+
     /// True when some token method is configured.
     pub fn tokens_enabled(&self) -> bool {
         self.issuer.is_some() || self.external.is_some()
@@ -304,6 +384,11 @@ impl Method {
     pub const ALL: [Method; 6] =
         [Method::Password, Method::Scram, Method::Certificate, Method::Token, Method::Lookup, Method::Anonymous];
 
+    /// The method of this label value (`"password"`, …), as `[[listener]] auth` names them.
+    pub fn from_name(name: &str) -> Option<Method> {
+        Method::ALL.into_iter().find(|m| m.as_str() == name)
+    }
+
     /// The label value (`warden_auth_attempts_total{method}`, log lines).
     pub fn as_str(self) -> &'static str {
         match self {
@@ -379,6 +464,8 @@ pub enum Cause {
     Disabled,
     /// The client id is not one this principal may use.
     ClientId,
+    /// Credentials of a method the listener does not allow (`[[listener]] auth`).
+    MethodNotAllowed(Method),
     /// The principal's name is banned.
     BannedPrincipal,
     /// The shell answered a request the chain did not make (a bug): refused.
@@ -594,8 +681,9 @@ impl<'a> Chain<'a> {
     ) -> (Chain<'a>, Step) {
         // A verified client certificate authenticates on its own: a password sent with it is
         // not consulted, so it is no attempt at that user name's password.
-        let cert_proves = matches!(&cert, Some(ClientCert { identity: Ok(_), .. }));
-        let password_attempt = ctx.is_password_attempt(&view) && !cert_proves;
+        // A method the listener does not allow is no attempt at anything: refused unhashed.
+        let cert_proves = matches!(&cert, Some(ClientCert { identity: Ok(_), .. })) && ctx.allows(Method::Certificate);
+        let password_attempt = ctx.is_password_attempt(&view) && !cert_proves && ctx.allows(Method::Password);
         let mut chain =
             Chain { ctx, view, peer, now, cert_present: cert.is_some(), password_attempt, wait: Wait::Nothing };
         let step = chain.start(cert);
@@ -638,6 +726,9 @@ impl<'a> Chain<'a> {
         // MQTT 5 enhanced authentication runs before the CONNACK [MQTT-4.12.0-1]; otherwise
         // the configured methods decide.
         if let Some(method) = v.auth_method {
+            if !self.ctx.allows(Method::Scram) {
+                return self.not_allowed(ReasonCode::BAD_AUTHENTICATION_METHOD, Method::Scram);
+            }
             return self.scram_first(method);
         }
         self.any_method(cert)
@@ -718,8 +809,21 @@ impl<'a> Chain<'a> {
     /// then anonymous access.
     fn any_method(&mut self, cert: Option<ClientCert>) -> Step {
         let v = self.view;
+        let cert = match cert {
+            // A certificate where the listener does not allow the method: no credential here.
+            // Sent alone, a verified one is refused as such (not taken for a scanner's empty
+            // CONNECT); sent with a user name or password, those decide.
+            Some(c) if !self.ctx.allows(Method::Certificate) => {
+                if c.identity.is_ok() && v.username.is_none() && v.password.is_none() {
+                    return self.not_allowed(ReasonCode::NOT_AUTHORIZED, Method::Certificate);
+                }
+                None
+            }
+            c => c,
+        };
+        let lookup = self.ctx.rules.lookup && self.ctx.allows(Method::Lookup);
         match cert {
-            Some(ClientCert { identity: Ok(name), cert }) if !self.ctx.rules.lookup => {
+            Some(ClientCert { identity: Ok(name), cert }) if !lookup => {
                 let p = Principal::certificate(&name)
                     .with_credential(CredentialSource::Certificate, cert.map(Credential::Certificate));
                 return self.proved(p);
@@ -733,12 +837,15 @@ impl<'a> Chain<'a> {
             None => {}
         }
         if let Some(password) = v.password {
+            if !self.ctx.allows(Method::Token) && self.ctx.tokens_enabled() && jwt::looks_like_jwt(password) {
+                return self.not_allowed(ReasonCode::NOT_AUTHORIZED, Method::Token);
+            }
             if let Some(outcome) = tokens::verify(&self.ctx, password, self.now, &v) {
                 return self.token_outcome(outcome);
             }
         }
         let file_knows_user = v.username.is_some_and(|u| self.ctx.file_for(u).is_some_and(|(f, _)| f.contains(u)));
-        if self.ctx.rules.lookup && v.username.is_some() && !file_knows_user {
+        if lookup && v.username.is_some() && (!file_knows_user || !self.ctx.allows(Method::Password)) {
             return self.look_up(None, None);
         }
         self.password_or_anonymous()
@@ -757,7 +864,7 @@ impl<'a> Chain<'a> {
 
     /// Password file and policy-store users, then anonymous access.
     fn password_or_anonymous(&mut self) -> Step {
-        let anonymous = self.ctx.rules.allow_anonymous;
+        let anonymous = self.ctx.anonymous_allowed();
         match (self.view.username, self.view.password) {
             (None, None) => {
                 if anonymous {
@@ -778,6 +885,9 @@ impl<'a> Chain<'a> {
                         self.refuse(ReasonCode::BAD_USER_NAME_OR_PASSWORD, Cause::BadCredentials)
                     };
                 };
+                if !self.ctx.allows(Method::Password) {
+                    return self.not_allowed(ReasonCode::NOT_AUTHORIZED, Method::Password);
+                }
                 self.wait = Wait::Hash { source, user: user.to_owned() };
                 Step::NeedHash(HashJob { file, user: user.to_owned(), password: password.to_vec() })
             }
@@ -858,7 +968,8 @@ impl<'a> Chain<'a> {
 
     /// Every proved principal, whichever method proved it (SCRAM included), passes here: a
     /// name disabled in the policy store is refused (0x87, SPEC §10), then the client-id rules
-    /// and the ban list with the principal's name, then admitted.
+    /// and the ban list with the principal's name, then admitted, with the address it
+    /// connected from (rules' `source` conditions match it).
     fn admit(&mut self, mut a: Authenticated) -> Step {
         if self.ctx.is_disabled(&a.principal) {
             return self.refuse(ReasonCode::NOT_AUTHORIZED, Cause::Disabled);
@@ -872,6 +983,7 @@ impl<'a> Chain<'a> {
         // A fail-open client's password was not checked: it does not end a user's backoff.
         // Only the password of that user name lifts its backoff: a token or a certificate of
         // another principal sent with the name does not.
+        a.principal = a.principal.with_peer(self.peer.ip());
         let verified = a.principal.kind != PrincipalKind::Fallback;
         a.backoff_cleared = self
             .view
@@ -893,6 +1005,12 @@ impl<'a> Chain<'a> {
         } else {
             Method::Anonymous
         }
+    }
+
+    /// Credentials of `method`, which the listener does not allow: refused without any work,
+    /// and no guess (the same whether they are valid or not; nothing is verified).
+    fn not_allowed(&self, code: ReasonCode, method: Method) -> Step {
+        Step::Refuse(Refusal { code, cause: Cause::MethodNotAllowed(method), method, guess: false, backoff_user: None })
     }
 
     /// A refusal after authentication work: whether it is a guess is decided here.

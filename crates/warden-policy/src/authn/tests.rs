@@ -122,6 +122,7 @@ struct Fix {
     issuer: Option<Issuer>,
     external: Option<ExternalIssuer>,
     jwks: Option<Arc<KeySet>>,
+    listener: ListenerAuth,
 }
 
 impl Fix {
@@ -136,6 +137,7 @@ impl Fix {
             issuer: None,
             external: None,
             jwks: None,
+            listener: ListenerAuth::default(),
         }
     }
 
@@ -149,6 +151,7 @@ impl Fix {
             issuer: self.issuer.as_ref().map(|i| i as &(dyn TokenIssuer + Sync)),
             external: self.external.as_ref(),
             jwks: self.jwks.clone(),
+            listener: self.listener,
         }
     }
 
@@ -1064,4 +1067,145 @@ fn an_answer_to_a_question_not_asked_is_refused() {
     let (mut chain, _) = f.begin(&c, None);
     done(chain.continue_with(Answer::Hash(HashAnswer::Verified(true))));
     assert_eq!(refused(chain.continue_with(Answer::Hash(HashAnswer::Verified(true)))).cause, Cause::Unexpected);
+}
+
+// ---- per-listener methods ------------------------------------------------------------------
+
+/// A listener allowing only `methods` (names as `[[listener]] auth` gives them).
+fn only(f: &mut Fix, methods: &[&str], anonymous: Option<bool>) {
+    let set = methods.iter().map(|m| Method::from_name(m).expect("a method name")).collect();
+    f.listener = ListenerAuth { methods: Some(set), allow_anonymous: anonymous };
+}
+
+#[track_caller]
+fn not_allowed(step: Step, code: ReasonCode, method: Method) {
+    let r = refused(step);
+    assert_eq!((r.code, &r.cause, r.method), (code, &Cause::MethodNotAllowed(method), method));
+    assert!(!r.guess && r.backoff_user.is_none(), "a method refused by the listener is no guess");
+}
+
+#[test]
+fn method_names_and_sets() {
+    for m in Method::ALL {
+        assert_eq!(Method::from_name(m.as_str()), Some(m));
+    }
+    assert_eq!(Method::from_name("kerberos"), None);
+    let s: Methods = [Method::Password, Method::Token].into_iter().collect();
+    assert!(s.contains(Method::Password) && s.contains(Method::Token) && !s.contains(Method::Scram));
+    assert!(!Methods::ALL.contains(Method::Anonymous), "anonymous is allow_anonymous's");
+    assert_eq!(s.iter().collect::<Vec<_>>(), [Method::Password, Method::Token]);
+    assert_eq!(Methods::ALL.iter().count(), 5);
+}
+
+#[test]
+fn a_listener_refuses_valid_passwords_where_password_is_not_allowed() {
+    let mut f = Fix::new();
+    only(&mut f, &["scram"], None);
+    let c = Conn::new("alice", Some("alice"), Some(b"wonderland"));
+    let (chain, step) = f.begin(&c, None);
+    assert!(!chain.password_attempt(), "nothing is hashed, so no backoff either");
+    not_allowed(step, ReasonCode::NOT_AUTHORIZED, Method::Password);
+    // ... a wrong password the same way (nothing is verified: no oracle).
+    not_allowed(
+        f.begin(&Conn::new("alice", Some("alice"), Some(b"nope")), None).1,
+        ReasonCode::NOT_AUTHORIZED,
+        Method::Password,
+    );
+    // SCRAM still works there.
+    assert_eq!(done(scram(&f, "sam", b"sesame").0).method, Method::Scram);
+    // On a listener allowing passwords, the same CONNECT is hashed and admitted.
+    only(&mut f, &["password"], None);
+    assert_eq!(done(f.run(&c, None)).method, Method::Password);
+}
+
+#[test]
+fn scram_where_it_is_not_allowed_is_a_bad_authentication_method() {
+    let mut f = Fix::new();
+    only(&mut f, &["password"], None);
+    let (_, first) = ScramClient::new("sam", b"sesame");
+    // [MQTT-4.12.0-1]: a method the server does not support here: CONNACK 0x8C.
+    not_allowed(f.begin(&Conn::scram("c", &first), None).1, ReasonCode::BAD_AUTHENTICATION_METHOD, Method::Scram);
+}
+
+#[test]
+fn a_certificate_where_it_is_not_allowed() {
+    let mut f = Fix::new();
+    only(&mut f, &["password"], Some(true));
+    let der = cert_with_cn("dev-7");
+    // Alone: refused, even with anonymous access on the listener.
+    not_allowed(
+        f.begin(&Conn::anonymous("dev-7"), Some(client_cert(&der, IdentitySource::Cn))).1,
+        ReasonCode::NOT_AUTHORIZED,
+        Method::Certificate,
+    );
+    // With a password: the password decides (the certificate is no credential here).
+    let c = Conn::new("alice", Some("alice"), Some(b"wonderland"));
+    let a = done(f.run(&c, Some(client_cert(&der, IdentitySource::Cn))));
+    assert_eq!((&*a.principal.name, a.method), ("alice", Method::Password));
+    // Where certificates are allowed it proves the client.
+    only(&mut f, &["certificate"], None);
+    let a = done(f.begin(&Conn::anonymous("dev-7"), Some(client_cert(&der, IdentitySource::Cn))).1);
+    assert_eq!((&*a.principal.name, a.method), ("dev-7", Method::Certificate));
+    // ... and a password there is refused, certificate or not.
+    not_allowed(f.begin(&c, None).1, ReasonCode::NOT_AUTHORIZED, Method::Password);
+}
+
+#[test]
+fn a_token_where_tokens_are_not_allowed() {
+    let mut f = Fix::new().with_hs256(SubjectRule::Off);
+    only(&mut f, &["password"], None);
+    let tok = hs256(json!({"alg": "HS256", "typ": "at+jwt"}), &outside_claims());
+    not_allowed(f.begin(&Conn::token("dev-001", None, &tok), None).1, ReasonCode::NOT_AUTHORIZED, Method::Token);
+    only(&mut f, &["token"], None);
+    assert_eq!(done(f.begin(&Conn::token("dev-001", None, &tok), None).1).method, Method::Token);
+}
+
+#[test]
+fn the_lookup_only_where_it_is_allowed() {
+    let mut f = Fix::new();
+    f.rules.lookup = true;
+    let remote = Conn::new("c9", Some("remote"), Some(b"pw"));
+    // Not allowed: an unknown user name is checked against the password file (and fails).
+    only(&mut f, &["password"], None);
+    hash_job(f.begin(&remote, None).1);
+    // Allowed without passwords: every user name goes to the look-up, known ones too.
+    only(&mut f, &["lookup"], None);
+    lookup_request(f.begin(&remote, None).1);
+    lookup_request(f.begin(&Conn::new("alice", Some("alice"), Some(b"wonderland")), None).1);
+    // A certificate where only `certificate` is allowed proves on its own.
+    only(&mut f, &["certificate"], None);
+    let der = cert_with_cn("dev-8");
+    let a = done(f.begin(&Conn::anonymous("dev-8"), Some(client_cert(&der, IdentitySource::Cn))).1);
+    assert_eq!((&*a.principal.name, a.method), ("dev-8", Method::Certificate));
+    // ... and through the look-up where both are.
+    only(&mut f, &["certificate", "lookup"], None);
+    lookup_request(f.begin(&Conn::anonymous("dev-8"), Some(client_cert(&der, IdentitySource::Cn))).1);
+}
+
+#[test]
+fn anonymous_access_per_listener() {
+    let mut f = Fix::new();
+    f.rules.allow_anonymous = true;
+    // The default chain: [auth] allow_anonymous.
+    assert_eq!(done(f.begin(&Conn::anonymous("a"), None).1).principal.kind, PrincipalKind::Anonymous);
+    // A listener that says no.
+    f.listener.allow_anonymous = Some(false);
+    let r = refused(f.begin(&Conn::anonymous("a"), None).1);
+    assert_eq!((r.code, &r.cause), (ReasonCode::NOT_AUTHORIZED, &Cause::AnonymousRefused));
+    // A listener that says yes while [auth] says no, with no method at all.
+    f.rules.allow_anonymous = false;
+    only(&mut f, &[], Some(true));
+    assert_eq!(done(f.begin(&Conn::anonymous("a"), None).1).principal.kind, PrincipalKind::Anonymous);
+    not_allowed(
+        f.begin(&Conn::new("alice", Some("alice"), Some(b"wonderland")), None).1,
+        ReasonCode::NOT_AUTHORIZED,
+        Method::Password,
+    );
+}
+
+#[test]
+fn the_admitted_principal_carries_the_peer_address() {
+    let f = Fix::new();
+    let a = done(f.run(&Conn::new("alice", Some("alice"), Some(b"wonderland")), None));
+    assert_eq!(a.principal.peer(), Some(peer().ip()));
 }

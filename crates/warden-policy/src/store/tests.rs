@@ -14,7 +14,7 @@ const SUB1: Req = Req::Sub(QoS::AtLeastOnce);
 const RCV: Req = Req::Rcv;
 
 fn rule(id: &str, action: RuleAction, topic: &str, effect: Effect, priority: i32) -> Rule {
-    Rule { id: id.into(), action, topic: topic.into(), max_qos: 2, retain: true, effect, priority }
+    Rule { id: id.into(), action, topic: topic.into(), max_qos: 2, retain: true, effect, priority, source: vec![] }
 }
 
 fn allow(id: &str, action: RuleAction, topic: &str) -> Rule {
@@ -348,6 +348,7 @@ fn arb_rule() -> impl Strategy<Value = Rule> {
             retain,
             effect,
             priority,
+            source: Vec::new(),
         },
     )
 }
@@ -464,4 +465,56 @@ fn quotas_follow_roles_and_the_largest_applies() {
     assert_eq!(c.quotas(&Principal::fallback("gw", "small")), q(5, Some(1000)), "its role only, not gw's");
     s.users.get_mut("gw").unwrap().disabled = true;
     assert_eq!(s.compile().quotas(&Principal::user("gw")), q(2, None), "a disabled user's roles give nothing");
+}
+
+fn from(net: &[&str], r: Rule) -> Rule {
+    Rule { source: net.iter().map(|n| n.parse().unwrap()).collect(), ..r }
+}
+
+#[test]
+fn source_conditions_apply_only_from_their_networks() {
+    let s = store(
+        &[(
+            "plant",
+            vec![
+                from(&["10.0.0.0/8", "::1/128"], allow("lan", RuleAction::Publish, "plant/#")),
+                allow("public", RuleAction::Publish, "plant/public"),
+                from(&["10.9.0.0/16"], rule("quarantine", RuleAction::Publish, "plant/#", Effect::Deny, 0)),
+                from(&["127.0.0.2"], rule("own", RuleAction::Subscribe, "c/%c/#", Effect::Allow, 0)),
+                from(&["10.9.0.0/16"], rule("bad-ids", RuleAction::Subscribe, "x/%c", Effect::Deny, 0)),
+            ],
+        )],
+        &[("u", &["plant"], &[])],
+        &[],
+    );
+    let c = s.compile();
+    let u = |ip: &str| Principal::user("u").with_peer(ip.parse().unwrap());
+    assert_eq!(ok(&c, &u("10.1.2.3"), "c1", PUB0, "plant/a"), Some(true));
+    assert_eq!(ok(&c, &u("::1"), "c1", PUB0, "plant/a"), Some(true));
+    assert_eq!(ok(&c, &u("192.0.2.1"), "c1", PUB0, "plant/a"), None, "outside: as if the rule were not there");
+    assert_eq!(ok(&c, &Principal::user("u"), "c1", PUB0, "plant/a"), None, "no address known");
+    assert_eq!(ok(&c, &u("192.0.2.1"), "c1", PUB0, "plant/public"), Some(true));
+    // A conditional deny, from its network only.
+    let m = act(PUB0, "plant/public", |a| c.check(&u("10.9.3.3"), "c1", a)).unwrap();
+    assert_eq!((m.allowed, c.rule(m.rule.unwrap()).unwrap().rule.id.as_str()), (false, "quarantine"));
+    assert_eq!(ok(&c, &u("127.0.0.2"), "c1", SUB1, "c/c1/#"), Some(true));
+    assert_eq!(ok(&c, &u("127.0.0.1"), "c1", SUB1, "c/c1/#"), None);
+    // The fail-closed deny of an unsafe client id applies only from its network.
+    assert_eq!(ok(&c, &u("10.9.3.3"), "a/b", PUB0, "plant/public"), Some(false));
+    assert_eq!(ok(&c, &u("192.0.2.1"), "a/b", PUB0, "plant/public"), Some(true));
+}
+
+#[test]
+fn source_conditions_in_json() {
+    let text = r#"{"version":1,"roles":{"r":{"rules":[{"id":"a","action":"publish","topic":"x/#","effect":"allow","source":["10.0.0.0/8","::1/128"]}]}}}"#;
+    let s = PolicyStore::from_json(text).unwrap();
+    assert_eq!(s.roles["r"].rules[0].source.len(), 2);
+    assert!(s.to_json().contains("\"10.0.0.0/8\""));
+    // Without a condition nothing is written (the format stays as it was).
+    let plain = store(&[("r", vec![allow("a", RuleAction::Publish, "x")])], &[], &[]);
+    assert!(!plain.to_json().contains("source"));
+    for bad in ["10.0.0.0/33", "10.0.0.1/8", "host.example"] {
+        let e = PolicyStore::from_json(&text.replace("10.0.0.0/8", bad)).unwrap_err();
+        assert!(e.0.contains(bad), "{bad}: {e}");
+    }
 }

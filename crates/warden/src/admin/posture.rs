@@ -227,7 +227,7 @@ fn listeners(input: &PostureInput, out: &mut Vec<Finding>) {
         let subject = format!("listener {} {}", l.protocol, l.bind);
         let mtls_required =
             l.tls.as_ref().is_some_and(|t| t.client_ca.is_some() && t.client_cert == ClientCertMode::Required);
-        if cfg.auth.allow_anonymous && !mtls_required {
+        if l.anonymous(&cfg.auth) && !mtls_required {
             let critical = !l.protocol.is_tls() && is_plain_unspecified(l.bind);
             out.push(Finding {
                 id: "anonymous-listener",
@@ -239,8 +239,9 @@ fn listeners(input: &PostureInput, out: &mut Vec<Finding>) {
                     l.bind,
                     if critical { ", over plain TCP on every interface" } else { "" }
                 ),
-                fix: "Set [auth] allow_anonymous = false, or bind the listener to 127.0.0.1 / ::1, or require \
-                      client certificates (client_cert = \"required\")."
+                fix: "Set allow_anonymous = false (on the listener, or in [auth] for listeners that do not \
+                      set it), or bind the listener to 127.0.0.1 / ::1, or require client certificates \
+                      (client_cert = \"required\")."
                     .into(),
                 subject: subject.clone(),
                 doc: doc("anonymous-listener"),

@@ -26,7 +26,8 @@ use std::time::Duration;
 use parking_lot::RwLock;
 use warden_http::{HashBudget, HashClass, HashError};
 use warden_policy::authn::{
-    Admission, ClientIdRule, Context, HashAnswer, HashJob, LookupAnswer, LookupGrant, LookupRequest, Rules,
+    Admission, ClientIdRule, Context, HashAnswer, HashJob, ListenerAuth, LookupAnswer, LookupGrant, LookupRequest,
+    Rules,
 };
 use warden_policy::jwt::KeySet;
 use warden_policy::password::PasswordFile;
@@ -119,8 +120,8 @@ impl Authenticator {
 
     /// What the authentication chain reads for one CONNECT: the rules and snapshots of the
     /// password sources, disabled names and token keys, with `admission` (bans and backoff for
-    /// this CONNECT's address).
-    pub fn context<'a>(&'a self, admission: &'a (dyn Admission + Sync)) -> Context<'a> {
+    /// this CONNECT's address) and what the listener it arrived on allows.
+    pub fn context<'a>(&'a self, admission: &'a (dyn Admission + Sync), listener: ListenerAuth) -> Context<'a> {
         Context {
             rules: &self.rules,
             passwords: self.passwords.read().clone(),
@@ -130,6 +131,7 @@ impl Authenticator {
             issuer: self.tokens.issuer(),
             external: self.tokens.external(),
             jwks: self.tokens.jwks(),
+            listener,
         }
     }
 

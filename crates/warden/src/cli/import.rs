@@ -123,6 +123,7 @@ pub fn import_dynsec(text: &str, store: &mut PolicyStore) -> anyhow::Result<Stri
                 retain: true,
                 effect: if allow { Effect::Allow } else { Effect::Deny },
                 priority: i32::try_from(priority).unwrap_or(0),
+                source: Vec::new(),
             });
         }
         let _ = writeln!(report, "role {name}: {} rule(s)", rules.len());
@@ -199,6 +200,7 @@ pub fn import_dynsec(text: &str, store: &mut PolicyStore) -> anyhow::Result<Stri
                     retain: true,
                     effect: Effect::Allow,
                     priority: i32::MIN,
+                    source: Vec::new(),
                 });
             }
         }

@@ -5,12 +5,11 @@
 //! TOML error carries the value's span) or, for checks that involve several values, afterwards
 //! using `toml::Spanned` positions.
 
-mod cidr;
 mod cluster;
 pub mod lookup;
 
-pub use cidr::Cidr;
 pub use cluster::ClusterSettings;
+pub use warden_policy::cidr::Cidr;
 
 use std::collections::HashMap;
 use std::fmt;
@@ -22,6 +21,7 @@ use std::time::Duration;
 use serde::de::{self, Deserializer, Visitor};
 use serde::Deserialize;
 use toml::Spanned;
+use warden_policy::authn::{ListenerAuth, Method, Methods};
 
 /// Largest packet MQTT can express (variable byte integer maximum, 256 MiB - 1).
 pub const MQTT_MAX_PACKET_SIZE: u32 = 268_435_455;
@@ -159,6 +159,32 @@ pub struct ListenerConfig {
     pub proxy_trusted: Vec<Cidr>,
     /// TLS settings (mqtts/wss only).
     pub tls: Option<TlsConfig>,
+    /// The authentication methods this listener allows, among `"password"`, `"scram"`,
+    /// `"certificate"`, `"token"` and `"lookup"` (the `method` names of
+    /// `warden_auth_attempts_total`), e.g. `["certificate"]` on a device port, `["password",
+    /// "scram"]` on an operator port. A method not listed is refused on this listener even with
+    /// valid credentials (SCRAM: CONNACK 0x8C; others: 0x87, v3 return code 5). Without the
+    /// key: every configured method (the default chain). Checked at load: an unknown or
+    /// repeated name, `"certificate"` without `client_ca` on this listener, `"scram"` without
+    /// `[auth] password_file`, `"token"` without `[auth.jwt]` or the token service, `"lookup"`
+    /// without `[auth.http]`, and `auth = []` without anonymous access are errors
+    /// (docs/auth/README.md, "Per-listener methods").
+    pub auth: Option<Methods>,
+    /// Anonymous access on this listener (`true`/`false`); without the key, `[auth]
+    /// allow_anonymous` decides.
+    pub allow_anonymous: Option<bool>,
+}
+
+impl ListenerConfig {
+    /// What the authentication chain reads of this listener.
+    pub fn auth_rules(&self) -> ListenerAuth {
+        ListenerAuth { methods: self.auth, allow_anonymous: self.allow_anonymous }
+    }
+
+    /// Whether anonymous clients are admitted here (its `allow_anonymous`, else `[auth]`'s).
+    pub fn anonymous(&self, auth: &AuthConfig) -> bool {
+        self.allow_anonymous.unwrap_or(auth.allow_anonymous)
+    }
 }
 
 /// Transport of a listener. TOML: `"mqtt"` | `"mqtts"` | `"ws"` | `"wss"`.
@@ -1551,6 +1577,68 @@ impl Config {
                     nets
                 }
             };
+            let allow_anonymous = l.allow_anonymous.as_ref().map(|a| *a.get_ref());
+            let auth = match l.auth {
+                None => None,
+                Some(list) => {
+                    let span = list.span();
+                    let mut set = Methods::NONE;
+                    for name in list.into_inner() {
+                        let at = name.span();
+                        let name = name.into_inner();
+                        let method = match Method::from_name(&name) {
+                            Some(Method::Anonymous) => {
+                                return Err(invalid(
+                                    Some(at),
+                                    "auth: \"anonymous\" is not a method here; set `allow_anonymous = true` on the listener"
+                                        .into(),
+                                ))
+                            }
+                            Some(m) => m,
+                            None => {
+                                return Err(invalid(
+                                    Some(at),
+                                    format!(
+                                        "auth: unknown authentication method {name:?} \
+                                         (expected password, scram, certificate, token or lookup)"
+                                    ),
+                                ))
+                            }
+                        };
+                        if set.contains(method) {
+                            return Err(invalid(Some(at), format!("auth: {name:?} is listed twice")));
+                        }
+                        // A method this broker cannot perform would refuse every client of it.
+                        let missing = match method {
+                            Method::Certificate if tls.as_ref().is_none_or(|t| t.client_ca.is_none()) => Some(
+                                "\"certificate\" needs TLS client-certificate verification on this listener \
+                                 (an mqtts or wss listener with `client_ca`)",
+                            ),
+                            Method::Scram if password_file.is_none() => {
+                                Some("\"scram\" needs [auth] password_file (it holds the SCRAM credentials)")
+                            }
+                            Method::Token if jwt.is_none() && !(http.is_some() && oauth.enabled) => {
+                                Some("\"token\" needs [auth.jwt] or the built-in token service ([http] with [oauth])")
+                            }
+                            Method::Lookup if raw.auth.http.is_none() => Some("\"lookup\" needs [auth.http]"),
+                            _ => None,
+                        };
+                        if let Some(why) = missing {
+                            return Err(invalid(Some(at), format!("auth: {why}")));
+                        }
+                        set = set.with(method);
+                    }
+                    if set == Methods::NONE && !allow_anonymous.unwrap_or(raw.auth.allow_anonymous) {
+                        return Err(invalid(
+                            Some(span),
+                            "auth = [] and no anonymous access: no client could connect to this listener \
+                             (list a method, or set allow_anonymous = true)"
+                                .into(),
+                        ));
+                    }
+                    Some(set)
+                }
+            };
             listeners.push(ListenerConfig {
                 bind,
                 protocol,
@@ -1559,6 +1647,8 @@ impl Config {
                 proxy_protocol,
                 proxy_trusted,
                 tls,
+                auth,
+                allow_anonymous,
             });
         }
 
@@ -1717,6 +1807,8 @@ impl Config {
             proxy_protocol: false,
             proxy_trusted: Vec::new(),
             tls: protocol.is_tls().then(|| tls.clone()),
+            auth: None,
+            allow_anonymous: None,
         };
         Config {
             listeners: vec![
@@ -2155,6 +2247,8 @@ struct RawListener {
     allowed_origins: Option<Spanned<Vec<String>>>,
     proxy_protocol: Option<Spanned<bool>>,
     proxy_trusted: Option<Spanned<Vec<Spanned<String>>>>,
+    auth: Option<Spanned<Vec<Spanned<String>>>>,
+    allow_anonymous: Option<Spanned<bool>>,
     cert: Option<Spanned<PathBuf>>,
     key: Option<Spanned<PathBuf>>,
     client_ca: Option<Spanned<PathBuf>>,
@@ -2953,6 +3047,56 @@ sys_interval = "10s"              # $SYS topics are retained and refreshed this 
         let c = parse(&format!("{l}bind = \"[::1]:9001\"\nprotocol = \"ws\"\npath = \"/ws\"\n")).unwrap();
         assert_eq!(c.listeners[0].bind, "[::1]:9001".parse().unwrap());
         assert_eq!(c.listeners[0].path, "/ws");
+    }
+
+    /// Issue 22: `auth` and `allow_anonymous` per listener, validated at load.
+    #[test]
+    fn per_listener_authentication() {
+        let mtls = "[[listener]]\nbind = \"127.0.0.1:8883\"\nprotocol = \"mqtts\"\ncert = \"s.pem\"\nkey = \"s.key\"\n\
+                    client_ca = \"ca.pem\"\n";
+        let tail = "[auth]\npassword_file = \"passwd\"\n";
+        // Lines 1-6: the mTLS listener; 7: its auth.
+        let c = parse(&format!("{mtls}auth = [\"certificate\"]\n{LISTENER}auth = [\"password\", \"scram\"]\nallow_anonymous = true\n{tail}"))
+            .unwrap();
+        let (a, b) = (&c.listeners[0], &c.listeners[1]);
+        assert_eq!(a.auth, Some(Methods::NONE.with(Method::Certificate)));
+        assert_eq!((a.allow_anonymous, a.anonymous(&c.auth)), (None, false));
+        assert!(b.auth.is_some_and(|m| m.contains(Method::Password) && m.contains(Method::Scram)));
+        assert!(!b.auth.is_some_and(|m| m.contains(Method::Certificate)));
+        assert_eq!(b.auth_rules(), ListenerAuth { methods: b.auth, allow_anonymous: Some(true) });
+        assert!(b.anonymous(&c.auth));
+        // No `auth`: the default chain.
+        let c = parse(&format!("{LISTENER}{tail}")).unwrap();
+        assert_eq!(c.listeners[0].auth_rules(), ListenerAuth::default());
+        // Refusals, each at the line of the offending value.
+        fails_at(
+            &format!("{LISTENER}auth = [\"password\", \"kerberos\"]\n{tail}"),
+            3,
+            "unknown authentication method \"kerberos\"",
+        );
+        fails_at(
+            &format!("{LISTENER}auth = [\n  \"password\",\n  \"Password\",\n]\n{tail}"),
+            5,
+            "unknown authentication method",
+        );
+        fails_at(&format!("{LISTENER}auth = [\"anonymous\"]\n{tail}"), 3, "allow_anonymous = true");
+        fails_at(&format!("{LISTENER}auth = [\"password\", \"password\"]\n{tail}"), 3, "listed twice");
+        fails_at(
+            &format!("{LISTENER}auth = [\"certificate\"]\n{tail}"),
+            3,
+            "needs TLS client-certificate verification",
+        );
+        let no_ca =
+            "[[listener]]\nbind = \"127.0.0.1:8883\"\nprotocol = \"mqtts\"\ncert = \"s.pem\"\nkey = \"s.key\"\n";
+        fails_at(&format!("{no_ca}auth = [\"certificate\"]\n{tail}"), 6, "needs TLS client-certificate verification");
+        fails_at(&format!("{LISTENER}auth = [\"scram\"]\n"), 3, "needs [auth] password_file");
+        fails_at(&format!("{LISTENER}auth = [\"token\"]\n{tail}"), 3, "needs [auth.jwt]");
+        fails_at(&format!("{LISTENER}auth = [\"lookup\"]\n{tail}"), 3, "needs [auth.http]");
+        fails_at(&format!("{LISTENER}auth = []\n{tail}"), 3, "no client could connect");
+        fails_at(&format!("{LISTENER}auth = \"password\"\n{tail}"), 3, "invalid type");
+        // An anonymous-only listener.
+        let c = parse(&format!("{LISTENER}auth = []\nallow_anonymous = true\n{tail}")).unwrap();
+        assert_eq!(c.listeners[0].auth, Some(Methods::NONE));
     }
 
     #[test]

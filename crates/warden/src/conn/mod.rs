@@ -237,6 +237,7 @@ async fn authenticate<R, W>(
     ctx: &ConnContext,
     connect: &mqtt_codec::Connect,
     cert: CertIdentity,
+    listener: authn::ListenerAuth,
     peer: SocketAddr,
     slot: Option<&Admitted>,
     rd: &mut R,
@@ -249,7 +250,7 @@ where
 {
     let gate = Gate { bans: &ctx.bans, slot, now: Instant::now() };
     let (mut chain, mut step) = authn::Chain::begin(
-        ctx.auth.context(&gate),
+        ctx.auth.context(&gate, listener),
         authn::ConnectView::of(connect),
         cert,
         peer,
@@ -405,6 +406,7 @@ struct Start<S> {
     stream: S,
     peer: SocketAddr,
     cert: CertIdentity,
+    listener: authn::ListenerAuth,
     slot: Option<Admitted>,
     count: Option<ConnCount>,
     ctx: Arc<ConnContext>,
@@ -455,8 +457,9 @@ impl Core {
     }
 }
 
-/// Drive one connection to its end. `cert` is what TLS proved about the client; `slot` is its
-/// admission by the per-address guard (failed authentications are reported to it).
+/// Drive one connection to its end. `cert` is what TLS proved about the client; `listener`
+/// what the listener it arrived on allows (`[[listener]] auth`, `allow_anonymous`); `slot` is
+/// its admission by the per-address guard (failed authentications are reported to it).
 ///
 /// The task's future is allocated once, at the size of its largest state, and lives as long
 /// as the connection: the CONNECT and authentication phase (kilobytes of state: the decoded
@@ -467,11 +470,12 @@ pub fn run<S: Transport>(
     stream: S,
     peer: SocketAddr,
     cert: CertIdentity,
+    listener: authn::ListenerAuth,
     slot: Option<Admitted>,
     count: Option<ConnCount>,
     ctx: Arc<ConnContext>,
 ) -> impl std::future::Future<Output = ()> + Send {
-    serve(Box::new(Start { stream, peer, cert, slot, count, ctx }))
+    serve(Box::new(Start { stream, peer, cert, listener, slot, count, ctx }))
 }
 
 async fn serve<S: Transport>(start: Box<Start<S>>) {
@@ -563,7 +567,7 @@ async fn finish<R: ReadReady, W: AsyncWrite + Unpin + Send>(l: Live<R, W>, close
 
 /// CONNECT, authentication and CONNACK; `None` when the connection ended there.
 async fn establish<S: Transport>(start: Box<Start<S>>) -> Option<Live<S::Read, S::Write>> {
-    let Start { stream, peer, cert, slot, count, ctx } = *start;
+    let Start { stream, peer, cert, listener, slot, count, ctx } = *start;
     let (mut rd, mut wr) = stream.halves();
     let mut rbuf = BytesMut::with_capacity(IDLE_READ);
     let mut wbuf = BytesMut::new();
@@ -590,7 +594,8 @@ async fn establish<S: Transport>(start: Box<Start<S>>) -> Option<Live<S::Read, S
     let cert_identity = cert.as_ref().and_then(|c| c.identity.as_ref().ok().cloned());
     // Who the client is: bans, backoff, SCRAM, the configured methods, the client-id rules —
     // all decided by the chain; boxed, as its state is needed only during CONNECT.
-    let decided = Box::pin(authenticate(&ctx, &connect, cert, peer, slot.as_ref(), &mut rd, &mut wr, &mut rbuf)).await;
+    let decided =
+        Box::pin(authenticate(&ctx, &connect, cert, listener, peer, slot.as_ref(), &mut rd, &mut wr, &mut rbuf)).await;
     let client_max = connect.properties.maximum_packet_size.unwrap_or(u32::MAX);
     let authed = match decided {
         Ok(a) => {
@@ -773,7 +778,7 @@ async fn establish<S: Transport>(start: Box<Start<S>>) -> Option<Live<S::Read, S
         // Registered after the server told every live connection to end (it set the flag
         // first): end this one too.
         notify.end(ReasonCode::SERVER_SHUTTING_DOWN);
-    } else if !ctx.auth.context(&authn::Unrestricted).stands(conn.principal()) {
+    } else if !ctx.auth.context(&authn::Unrestricted, authn::ListenerAuth::default()).stands(conn.principal()) {
         // A trust change (user disabled, removed from the password file or the store) made
         // while the chain waited — on the client's SCRAM reply, the hash pool, the look-up —
         // walked the live registry before this connection was in it; every change updates
@@ -863,13 +868,14 @@ async fn drive<R: ReadReady, W: AsyncWrite + Unpin>(l: &mut Live<R, W>) -> Drive
                 match decode_cached(rbuf, protocol, ctx.max_packet_size, &mut last_topic) {
                     Ok(Some(Packet::Auth(a))) if scram_user.is_some() => {
                         // MQTT 5 re-authentication (§4.12.1): the same user proves itself again,
-                        // against the password file and disabled names in force now.
+                        // against the password file and disabled names in force now (the
+                        // listener allowed SCRAM at CONNECT: re-authentication repeats it).
                         let step = reauth.step(
                             a.reason_code,
                             a.properties.authentication_method.as_deref(),
                             a.properties.authentication_data.as_deref(),
                             scram_user.unwrap_or(""),
-                            &ctx.auth.context(&authn::Unrestricted),
+                            &ctx.auth.context(&authn::Unrestricted, authn::ListenerAuth::default()),
                         );
                         match step {
                             Ok(reply) => {

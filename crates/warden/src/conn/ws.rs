@@ -75,6 +75,7 @@ pub async fn serve<S>(
     stream: S,
     peer: SocketAddr,
     cert: CertIdentity,
+    listener: warden_policy::authn::ListenerAuth,
     slot: Option<crate::admission::guard::Admitted>,
     settings: Arc<WsSettings>,
     ctx: Arc<ConnContext>,
@@ -159,7 +160,7 @@ pub async fn serve<S>(
         }
         let _ = sink.close().await;
     };
-    let mqtt = crate::conn::run(mqtt_side, peer, cert, slot, None, ctx);
+    let mqtt = crate::conn::run(mqtt_side, peer, cert, listener, slot, None, ctx);
     // The MQTT side ends first in every orderly case; its end closes the duplex, which ends
     // the outbound pump; the inbound pump ends with the socket.
     tokio::join!(mqtt, outbound, async {

@@ -64,6 +64,21 @@ fn anonymous_on_a_public_plain_listener_is_critical() {
 }
 
 #[test]
+fn anonymous_per_listener_is_judged_per_listener() {
+    // [auth] refuses anonymous clients, but this listener allows them.
+    let i = input(
+        "[[listener]]\nbind = \"0.0.0.0:1883\"\nallow_anonymous = true\n[[listener]]\nbind = \"0.0.0.0:1884\"\n\
+         [auth]\nallow_anonymous = false\n",
+    );
+    let f: Vec<_> = audit(&i).into_iter().filter(|f| f.id == "anonymous-listener").collect();
+    assert_eq!(f.len(), 1);
+    assert!(f[0].title.contains("1883"), "{}", f[0].title);
+    // [auth] allows them, but this public listener refuses them.
+    let i = input("[[listener]]\nbind = \"0.0.0.0:1883\"\nallow_anonymous = false\n[auth]\nallow_anonymous = true\n");
+    assert_eq!(has(&i, "anonymous-listener"), None);
+}
+
+#[test]
 fn anonymous_on_a_specific_non_loopback_address_is_high_and_on_loopback_nothing() {
     let tls = "protocol = \"mqtts\"\ncert = \"/pki/s.pem\"\nkey = \"/pki/s.key\"\n[auth]\nallow_anonymous = true\n";
     let i = input(&format!("[[listener]]\nbind = \"192.0.2.10:8883\"\n{tls}"));

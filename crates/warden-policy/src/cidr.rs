@@ -1,12 +1,15 @@
-//! Networks in the configuration (`proxy_trusted`): parsed once, matched without allocation.
+//! IPv4 and IPv6 networks (`"10.0.0.0/8"`, `"::1/128"`): a listener's `proxy_trusted`, and the
+//! `source` condition of authorization rules (AWS `aws:SourceIp` style; [`crate::acl`],
+//! [`crate::store`]). Parsed once, matched without allocation: a check compares masked integers.
 
 use std::fmt;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::str::FromStr;
 
 /// An IPv4 or IPv6 network (`"10.0.0.0/8"`, `"2001:db8::/32"`; a bare address is a single
-/// host), as listed in a listener's `proxy_trusted`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// host), as listed in a listener's `proxy_trusted` or a rule's `source`. Serialized as that
+/// text (the policy store's JSON).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct Cidr {
     addr: IpAddr,
     prefix: u8,
@@ -26,6 +29,12 @@ impl Cidr {
             _ => false,
         }
     }
+}
+
+/// True when `ip` is in one of `nets`.
+#[inline]
+pub fn any_contains(nets: &[Cidr], ip: IpAddr) -> bool {
+    nets.iter().any(|n| n.contains(ip))
 }
 
 fn mask32(a: u32, prefix: u8) -> u32 {
@@ -78,6 +87,19 @@ impl fmt::Display for Cidr {
     }
 }
 
+impl serde::Serialize for Cidr {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
+}
+
+impl<'de> serde::Deserialize<'de> for Cidr {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = <std::borrow::Cow<'de, str>>::deserialize(d)?;
+        s.parse().map_err(serde::de::Error::custom)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -101,5 +123,15 @@ mod tests {
             assert!(bad.parse::<Cidr>().is_err(), "{bad}");
         }
         assert_eq!(one.to_string(), "127.0.0.1/32");
+        assert!(any_contains(&[c, one], "127.0.0.1".parse().unwrap()));
+        assert!(!any_contains(&[], "127.0.0.1".parse().unwrap()));
+    }
+
+    #[test]
+    fn serde_as_text() {
+        let v: Vec<Cidr> = serde_json::from_str(r#"["10.0.0.0/8", "::1/128"]"#).unwrap();
+        assert_eq!(serde_json::to_string(&v).unwrap(), r#"["10.0.0.0/8","::1/128"]"#);
+        let e = serde_json::from_str::<Vec<Cidr>>(r#"["10.0.0.1/8"]"#).unwrap_err().to_string();
+        assert!(e.contains("host bits"), "{e}");
     }
 }
