@@ -310,17 +310,8 @@ impl Broker {
     /// its subscriptions too (later each SUBSCRIBE and UNSUBSCRIBE stores its own change).
     /// Returns the store ticket (0 when nothing was stored or nothing needs to wait).
     pub(crate) fn save_session(&self, s: &Session) -> u64 {
-        if let Some(f) = self.fabric.get() {
-            let st = s.state.lock();
-            if st.expiry_interval > 0 && !s.is_ended() {
-                let settled = st.queue.is_empty() && st.inflight.is_empty();
-                f.session_saved(
-                    &s.client_id,
-                    st.expiry_interval,
-                    st.subscriptions.values().cloned().collect(),
-                    settled,
-                );
-            }
+        if self.fabric.get().is_some() && !s.is_ended() {
+            self.share_session(s, &s.state.lock());
         }
         let Some(store) = &self.store else { return 0 };
         let st = s.state.lock();
@@ -1400,7 +1391,8 @@ impl Broker {
         (true, ticket)
     }
 
-    /// Tell the fabric (if any) a lasting session's subscriptions now.
+    /// Tell the fabric (if any) a lasting session's subscriptions now, and whether it is
+    /// settled (nothing queued or in flight).
     fn share_session(&self, s: &Session, st: &crate::session::SessionState) {
         if let Some(f) = self.fabric.get() {
             if st.expiry_interval > 0 {
