@@ -66,7 +66,15 @@ pub trait Fabric: Send + Sync {
     /// that is published `delay` seconds after the connection ends (the will delay, at most
     /// the session's expiry): the cluster keeps a copy, so that another node publishes it if
     /// this node dies (SPEC §11). Replaces any earlier copy of the client id's.
-    fn will_set(&self, _client_id: &Arc<str>, _generation: u64, _owner: &Arc<Principal>, _will: &LastWill, _delay: u32) {}
+    fn will_set(
+        &self,
+        _client_id: &Arc<str>,
+        _generation: u64,
+        _owner: &Arc<Principal>,
+        _will: &LastWill,
+        _delay: u32,
+    ) {
+    }
     /// The will of connection `generation` of `client_id` is no longer this node's to keep:
     /// published here, discarded (normal DISCONNECT, trust change, a new connection before its
     /// delay passed) or gone with its session. A copy of a later connection stays.
