@@ -174,6 +174,9 @@ pub struct Cluster {
     wills: tokio::sync::OnceCell<Arc<Wills>>,
     /// Changes of this node's wills, for the wills task.
     will_tx: mpsc::UnboundedSender<WillOp>,
+    /// How many will changes were handed to the task, and how many it has applied.
+    wills_sent: AtomicU64,
+    wills_done: Arc<tokio::sync::watch::Sender<u64>>,
     /// The shell's side of the control plane (asked whether a dead node's will's owner stands).
     sink: std::sync::OnceLock<Arc<dyn ControlSink>>,
 }
@@ -287,6 +290,8 @@ impl Cluster {
             registry_ok: std::sync::atomic::AtomicBool::new(false),
             wills: tokio::sync::OnceCell::new(),
             will_tx,
+            wills_sent: AtomicU64::new(0),
+            wills_done: Arc::new(tokio::sync::watch::channel(0).0),
             sink: std::sync::OnceLock::new(),
         });
         let origin = cluster.origin;
@@ -652,6 +657,16 @@ impl Cluster {
         tokio::time::timeout(limit, wait).await.unwrap_or(false)
     }
 
+    /// Wait until the will changes reported so far are applied to the cluster's copies, at
+    /// most `limit`: at shutdown, after the connections ended (their wills published or
+    /// discarded here), so that no other node publishes them again once this node's lease
+    /// lapses. False when the limit passed first.
+    pub async fn settle_wills(&self, limit: Duration) -> bool {
+        let want = self.wills_sent.load(Ordering::Acquire);
+        let mut rx = self.wills_done.subscribe();
+        tokio::time::timeout(limit, rx.wait_for(|&n| n >= want)).await.is_ok_and(|r| r.is_ok())
+    }
+
     /// [`ClusterConfig::publish_timeout`].
     pub fn publish_timeout(&self) -> Duration {
         self.publish_timeout
@@ -757,6 +772,7 @@ impl Fabric for Cluster {
         );
         match wills::encode_entry(&header, &record) {
             Ok(value) => {
+                self.wills_sent.fetch_add(1, Ordering::AcqRel);
                 let _ = self.will_tx.send(WillOp::Set { client_id: client_id.clone(), generation, value });
             }
             Err(e) => tracing::warn!(error = %e, "cluster: a will's copy could not be encoded"),
@@ -764,6 +780,7 @@ impl Fabric for Cluster {
     }
 
     fn will_cleared(&self, client_id: &Arc<str>, generation: u64) {
+        self.wills_sent.fetch_add(1, Ordering::AcqRel);
         let _ = self.will_tx.send(WillOp::Cleared { client_id: client_id.clone(), generation });
     }
 
@@ -1269,6 +1286,7 @@ async fn keep_wills(cluster: Arc<Cluster>, mut rx: mpsc::UnboundedReceiver<WillO
         if let Err(e) = r {
             tracing::debug!(error = %e, "cluster: a will's copy could not be written");
         }
+        cluster.wills_done.send_modify(|n| *n += 1);
     }
 }
 

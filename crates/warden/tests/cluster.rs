@@ -913,3 +913,34 @@ async fn the_wills_of_a_killed_node_are_published_once_by_another() {
         other => panic!("a second will arrived: {other:?}"),
     }
 }
+
+/// A node stopped with SIGTERM clears the cluster's copies of its wills before it exits (they
+/// were published or discarded as its connections ended): no other node publishes them again
+/// once its lease lapses.
+#[tokio::test]
+async fn a_node_stopped_gracefully_leaves_no_will_for_the_others() {
+    let Some(nats) = nats() else { return };
+    let (_dir, extra) = users();
+    let _b = secure_node(&nats, "b", &extra).await;
+    let mut a = node_process(&nats, "a", &extra);
+    let (_c, code) = connack_code(a.addr, with_will(as_user("w-term", "alice"), "wills/term", b"bye", Some(0))).await;
+    assert_eq!(code, mqtt_codec::ReasonCode::SUCCESS);
+    let mut seq = 0;
+    for _ in 0..200 {
+        seq = stream_last_seq(&nats, "KV_warden_WILLS").await;
+        if seq >= 1 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await; // polling a condition, bounded
+    }
+    assert_eq!(seq, 1, "the will's copy is kept");
+    let term = Command::new("kill").args(["-TERM", &a.child.id().to_string()]).status().unwrap();
+    assert!(term.success());
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while a.child.try_wait().unwrap().is_none() {
+        assert!(std::time::Instant::now() < deadline, "the node did not stop within 20 s of SIGTERM");
+        tokio::time::sleep(Duration::from_millis(50)).await; // polling a condition, bounded
+    }
+    // Nothing writes for a any more: its copy was deleted before it exited.
+    assert_eq!(stream_last_seq(&nats, "KV_warden_WILLS").await, 2, "set, then deleted at shutdown");
+}
