@@ -425,19 +425,23 @@ impl Cluster {
                 ticket.confirm = confirm;
                 if matches!(result, ClaimResult::Granted { .. }) {
                     // Claimed again before another node (or a dead run of this one) published
-                    // its will: cancelled [MQTT-3.1.3-9].
-                    let cancelled = match self.wills().await {
-                        Ok(w) => w.cancel_foreign(client_id).await,
-                        Err(e) => Err(e),
-                    };
-                    match cancelled {
-                        Ok(true) => {
-                            tracing::debug!("cluster: a will kept for another node cancelled by a new connection")
+                    // its will: cancelled [MQTT-3.1.3-9]. In the background: the CONNECT does
+                    // not wait for a second bucket (this connection's own copy, written later,
+                    // is never taken for another node's).
+                    match self.wills.get() {
+                        Some(w) => {
+                            let (w, id) = (w.clone(), client_id.to_owned());
+                            tokio::spawn(async move {
+                                match w.cancel_foreign(&id).await {
+                                    Ok(true) => tracing::debug!("cluster: a will kept for another node cancelled"),
+                                    Ok(false) => {}
+                                    Err(e) => {
+                                        tracing::debug!(error = %e, "cluster: the wills bucket could not be asked")
+                                    }
+                                }
+                            });
                         }
-                        Ok(false) => {}
-                        Err(e) => {
-                            tracing::debug!(error = %e, "cluster: the wills bucket could not be asked at a claim")
-                        }
+                        None => tracing::debug!("cluster: the wills bucket is not reachable yet; no will cancelled"),
                     }
                 }
                 (result, ticket)
@@ -1294,8 +1298,14 @@ async fn keep_wills(cluster: Arc<Cluster>, mut rx: mpsc::UnboundedReceiver<WillO
 /// the node was seen dead ([`wills`]). Ends with the cluster.
 async fn reap_wills(cluster: std::sync::Weak<Cluster>, broker: Arc<Broker>) {
     let mut seen = HashMap::new();
+    let mut first = true;
     loop {
-        tokio::time::sleep(wills::REAP_EVERY).await;
+        // The bucket is made at once (a claim cancels wills only once it is there), then
+        // looked at every REAP_EVERY.
+        if !first {
+            tokio::time::sleep(wills::REAP_EVERY).await;
+        }
+        first = false;
         let Some(c) = cluster.upgrade() else { return };
         let due = async {
             let reg = c.registry().await?;
