@@ -56,6 +56,9 @@ use crate::wills::{WillOp, Wills};
 /// How long a CONNECT's claim of its client id is tried before CONNACK 0x88.
 pub const CLAIM_PATIENCE: Duration = Duration::from_secs(5);
 
+/// The longest one try of a claim may take before it is tried again.
+const CLAIM_TRY: Duration = Duration::from_millis(1500);
+
 /// The most bytes of messages waiting for the NATS connection before more are dropped.
 pub const MAX_BACKLOG: u64 = 64 << 20;
 
@@ -408,9 +411,19 @@ impl Cluster {
         // tried again for a few seconds before the CONNECT is refused as unavailable.
         let deadline = tokio::time::Instant::now() + CLAIM_PATIENCE;
         let r = loop {
-            let r = match self.registry().await {
-                Ok(reg) => reg.claim(client_id, identity, conn, now).await,
-                Err(e) => Err(e),
+            // Each try is bounded well below the patience: a request sent while the bucket's
+            // leader is being elected may never be answered, and the first try after the
+            // election must come soon (NATS elects within 4 to 9 s of losing a leader).
+            let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+            let attempt = async {
+                match self.registry().await {
+                    Ok(reg) => reg.claim(client_id, identity, conn, now).await,
+                    Err(e) => Err(e),
+                }
+            };
+            let r = match tokio::time::timeout(CLAIM_TRY.min(left.max(Duration::from_millis(100))), attempt).await {
+                Ok(r) => r,
+                Err(_) => Err("timed out".into()),
             };
             match r {
                 Err(e) if tokio::time::Instant::now() < deadline => {
