@@ -4,8 +4,9 @@
 //! - **Documents**: the shell's shared state (the policy store, the ban list, ...) as named
 //!   documents, each a whole snapshot, kept in the JetStream stream `{PREFIX}_CONTROL` (the
 //!   last version of each, on disk, on `replicas` servers). A node that changes one publishes
-//!   it; every node reads the last version of each every [`POLL`] and hands each version it did not write to its
-//!   [`ControlSink`]. The stream's order is the one order: every node ends with the stream's
+//!   it; every node reads the last version of each every [`POLL`], and at once when the
+//!   writing node says so on core NATS (`{prefix}.c.changed`), and hands each version it did
+//!   not write to its [`ControlSink`]. The stream's order is the one order: every node ends with the stream's
 //!   last version (last writer wins; admin changes are rare and made by operators). A node
 //!   that starts reads the last version of each document, so that the cluster's copy wins
 //!   over a node's local file once any node has written one.
@@ -53,6 +54,11 @@ const OP_END: u8 = 1;
 const OP_TAKE: u8 = 2;
 
 /// The subject of node `node`'s commands.
+/// Where a node says it wrote a version of a document (core NATS, no payload).
+fn changed_subject(prefix: &str) -> String {
+    format!("{prefix}.c.changed")
+}
+
 pub(crate) fn node_subject(prefix: &str, node: &str) -> String {
     format!("{prefix}.c.node.{node}")
 }
@@ -168,13 +174,26 @@ impl Documents {
         // once stopped delivering for seconds).
         let mut tick = tokio::time::interval(POLL);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        // A node that wrote a version says so on core NATS: the others read at once instead
+        // of at their next tick (a ban made on one node refuses the client id on the others
+        // within milliseconds). A lost hint costs only the wait for the tick.
+        let client = self.js.client();
+        let mut changed = client.subscribe(changed_subject(&self.prefix)).await?;
         loop {
             tokio::select! {
                 doc = rx.recv() => {
                     let Some((name, body)) = doc else { return Ok(()) };
                     self.current.insert(name.clone(), body.clone());
                     self.pending.insert(name, body);
-                    self.flush().await?;
+                    if self.flush().await? {
+                        let _ = client.publish(changed_subject(&self.prefix), Bytes::new()).await;
+                    }
+                }
+                hint = changed.next() => {
+                    if hint.is_none() {
+                        return Err("the documents' change subscription ended".into());
+                    }
+                    tick.reset_immediately();
                 }
                 _ = tick.tick() => {
                     self.flush().await?;
@@ -190,9 +209,11 @@ impl Documents {
         }
     }
 
-    /// Publish every pending version; each one that JetStream keeps leaves `pending`.
-    async fn flush(&mut self) -> Result<(), BoxError> {
+    /// Publish every pending version; each one that JetStream keeps leaves `pending`. True
+    /// when one was published.
+    async fn flush(&mut self) -> Result<bool, BoxError> {
         let names: Vec<String> = self.pending.keys().cloned().collect();
+        let published = !names.is_empty();
         for name in names {
             let Some(body) = self.pending.get(&name).cloned() else { continue };
             let payload = envelope::wrap(self.origin, 0, &body);
@@ -202,7 +223,7 @@ impl Documents {
                 self.pending.remove(&name);
             }
         }
-        Ok(())
+        Ok(published)
     }
 
     fn received(&mut self, name: &str, payload: &[u8], seq: u64) {
