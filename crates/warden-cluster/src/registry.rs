@@ -177,6 +177,16 @@ pub(crate) async fn timed<T, E: Into<BoxError>>(
     }
 }
 
+/// Every key of `store` now, at most [`OP_TIMEOUT`] for the whole listing.
+pub(crate) async fn all_keys(store: &kv::Store) -> Result<Vec<String>, BoxError> {
+    use futures_util::TryStreamExt;
+    timed(async {
+        let keys = store.keys().await.map_err(|e| -> BoxError { e.into() })?;
+        keys.try_collect::<Vec<String>>().await.map_err(|e| -> BoxError { e.into() })
+    })
+    .await
+}
+
 impl Registry {
     /// The current entry of `key` and its revision (deleted entries read as none).
     async fn entry(&self, key: &str) -> Result<Option<(Claim, u64)>, BoxError> {
@@ -329,12 +339,7 @@ impl Registry {
 
     /// Every entry with a connection (the cluster-wide client list).
     pub(crate) async fn connected(&self) -> Result<Vec<Claim>, BoxError> {
-        use futures_util::TryStreamExt;
-        let keys: Vec<String> = timed(async {
-            let keys = self.clients.keys().await.map_err(|e| -> BoxError { e.into() })?;
-            keys.try_collect::<Vec<String>>().await.map_err(|e| -> BoxError { e.into() })
-        })
-        .await?;
+        let keys = all_keys(&self.clients).await?;
         let mut out = Vec::new();
         for k in keys {
             if let Some((c, _)) = self.entry(&k).await? {

@@ -5,7 +5,7 @@
 //! `{PREFIX}_WILLS` (key: SHA-256 of the client id, as in the client registry): a
 //! [`WillHeader`] (the node and its run, the connection, the will delay, the owner principal
 //! and what its standing is checked on) followed by the will as a message record
-//! ([`warden_store::wire`], its publisher the owner). The node writes it when it accepts the
+//! ([`warden_store::wire`]). The node writes it when it accepts the
 //! connection ([`warden_core::fabric::Fabric::will_set`]) and deletes it when the will is no
 //! longer its to keep — published or discarded here, or gone with the session
 //! ([`warden_core::fabric::Fabric::will_cleared`]); a task writes both in the order the core
@@ -28,10 +28,9 @@ use async_nats::jetstream::kv;
 use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 use warden_core::Message;
-use warden_policy::trust::CredentialSource;
-use warden_policy::{Principal, PrincipalKind};
+use warden_policy::Principal;
 
-use crate::registry::{key, timed};
+use crate::registry::{all_keys, key, timed};
 
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
@@ -131,32 +130,13 @@ pub(crate) fn header_of(
     }
 }
 
-/// The owner principal a header names, made again (its token's scopes compiled again; a
-/// certificate's or token's credential details are not kept: the standing check uses the
-/// `jti`). `None`: a kind this node does not know.
+/// The owner principal a header names, made again as a session restored from the store is
+/// ([`warden_store::wire::restore_owner`]: a token's scopes compiled again, a look-up's
+/// principal with no grants of its own; a certificate's or token's credential details are
+/// not kept: the standing check uses the `jti`). `None`: a kind or source this node does not
+/// know.
 pub(crate) fn owner_of(h: &WillHeader) -> Option<Principal> {
-    let roles: Vec<Arc<str>> = h.roles.iter().map(|r| Arc::from(r.as_str())).collect();
-    let mut p = match h.kind.as_str() {
-        "user" => Principal::user(&h.name),
-        "certificate" => Principal::certificate(&h.name),
-        "token" => Principal::token(&h.name, roles.clone(), h.scopes.iter().map(|s| Arc::from(s.as_str())).collect()),
-        "anonymous" => Principal::anonymous(),
-        "fallback" => Principal::fallback(&h.name, h.roles.first().map_or("", String::as_str)),
-        _ => return None,
-    };
-    if p.kind != PrincipalKind::Fallback {
-        p.roles = roles.into();
-    }
-    let source = match h.source.as_str() {
-        "anonymous" => CredentialSource::Anonymous,
-        "password-file" => CredentialSource::PasswordFile,
-        "policy-store" => CredentialSource::StoreUser,
-        "certificate" => CredentialSource::Certificate,
-        "token" => CredentialSource::Token,
-        "lookup" => CredentialSource::Lookup,
-        _ => CredentialSource::Restored,
-    };
-    Some(p.with_credential(source, None))
+    warden_store::wire::restore_owner(&h.kind, &h.name, &h.roles, &h.scopes, &h.source).ok()
 }
 
 /// The wills bucket as one node uses it.
@@ -213,12 +193,7 @@ impl Wills {
 
     /// The leases now: node → run (0: a lease that names no run, taken as any run).
     async fn leases(&self, nodes: &kv::Store) -> Result<HashMap<String, u64>, BoxError> {
-        use futures_util::TryStreamExt;
-        let names: Vec<String> = timed(async {
-            let keys = nodes.keys().await.map_err(|e| -> BoxError { e.into() })?;
-            keys.try_collect::<Vec<String>>().await.map_err(|e| -> BoxError { e.into() })
-        })
-        .await?;
+        let names = all_keys(nodes).await?;
         let mut out = HashMap::new();
         for n in names {
             if let Some(v) = timed(nodes.get(&n)).await? {
@@ -236,12 +211,7 @@ impl Wills {
         nodes: &kv::Store,
         seen: &mut HashMap<(String, u64), tokio::time::Instant>,
     ) -> Result<Vec<Due>, BoxError> {
-        use futures_util::TryStreamExt;
-        let keys: Vec<String> = timed(async {
-            let keys = self.kv.keys().await.map_err(|e| -> BoxError { e.into() })?;
-            keys.try_collect::<Vec<String>>().await.map_err(|e| -> BoxError { e.into() })
-        })
-        .await?;
+        let keys = all_keys(&self.kv).await?;
         if keys.is_empty() {
             seen.clear();
             return Ok(Vec::new());
@@ -296,6 +266,8 @@ impl Wills {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use warden_policy::trust::CredentialSource;
+    use warden_policy::PrincipalKind;
 
     #[test]
     fn entries_round_trip_and_garbage_is_refused() {

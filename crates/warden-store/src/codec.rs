@@ -118,7 +118,7 @@ struct PublisherJson {
 pub(crate) fn encode_retained(m: &Message, source: &RetainSource, clock: Clock) -> Vec<u8> {
     let publisher = match source {
         RetainSource::Client { principal, client_id } => serde_json::to_vec(&PublisherJson {
-            kind: kind_name(principal.kind).to_owned(),
+            kind: principal.kind.as_str().to_owned(),
             name: principal.name.to_string(),
             client_id: client_id.to_string(),
         })
@@ -282,16 +282,6 @@ pub(crate) struct SessionJson {
     src: Option<String>,
 }
 
-fn kind_name(k: PrincipalKind) -> &'static str {
-    match k {
-        PrincipalKind::User => "user",
-        PrincipalKind::Certificate => "certificate",
-        PrincipalKind::Token => "token",
-        PrincipalKind::Anonymous => "anonymous",
-        PrincipalKind::Fallback => "fallback",
-    }
-}
-
 fn source_from_name(s: &str) -> Option<CredentialSource> {
     Some(match s {
         "anonymous" => CredentialSource::Anonymous,
@@ -308,7 +298,7 @@ fn source_from_name(s: &str) -> Option<CredentialSource> {
 pub(crate) fn encode_session(r: &SessionRecord, clock: Clock) -> Vec<u8> {
     let j = SessionJson {
         client_id: r.client_id.to_string(),
-        kind: kind_name(r.owner.kind).to_owned(),
+        kind: r.owner.kind.as_str().to_owned(),
         name: r.owner.name.to_string(),
         roles: r.owner.roles.iter().map(|s| s.to_string()).collect(),
         scopes: r.owner.scopes.iter().map(|s| s.to_string()).collect(),
@@ -344,15 +334,20 @@ impl DecodedSession {
     }
 }
 
-pub(crate) fn decode_session(b: &[u8]) -> Result<DecodedSession, BadRecord> {
-    if b.first() != Some(&V1) && b.first() != Some(&V2) {
-        return Err(bad("unknown session record version"));
-    }
-    let json: SessionJson = serde_json::from_slice(&b[1..]).map_err(|e| bad(format!("session: {e}")))?;
-    if b[0] == V2 && !json.subs.is_empty() {
-        return Err(bad("version 2 session record with subscriptions"));
-    }
-    let kind = match json.kind.as_str() {
+/// The owner principal of a record, made again from its kind, name, roles, scopes and
+/// credential source (`None`: a record that does not say). Grants are re-derived from what can
+/// be derived again (SPEC §10): a token's scopes were signed by its issuer; ACL and store rules
+/// name the principal. A look-up answer (or a record that does not say where its owner came
+/// from, and carries grants) cannot be asked again here: it gets no grants of its own, never
+/// "no source names it" (allow all).
+pub(crate) fn restore_owner(
+    kind: &str,
+    name: &str,
+    roles: &[String],
+    scopes: &[String],
+    src: Option<&str>,
+) -> Result<Principal, BadRecord> {
+    let kind = match kind {
         "user" => PrincipalKind::User,
         "certificate" => PrincipalKind::Certificate,
         "token" => PrincipalKind::Token,
@@ -360,19 +355,12 @@ pub(crate) fn decode_session(b: &[u8]) -> Result<DecodedSession, BadRecord> {
         "fallback" => PrincipalKind::Fallback,
         _ => return Err(bad("session owner kind")),
     };
-    if json.client_id.is_empty() || json.client_id.contains('\0') {
-        return Err(bad("session client id"));
-    }
     let mut owner = Principal::anonymous();
     owner.kind = kind;
-    owner.name = Arc::from(json.name.as_str());
-    owner.roles = json.roles.iter().map(|s| Arc::from(s.as_str())).collect();
-    owner.scopes = json.scopes.iter().map(|s| Arc::from(s.as_str())).collect();
-    // Grants are re-derived from what can be derived again (SPEC §10): a token's scopes were
-    // signed by its issuer; ACL and store rules name the principal. A look-up answer (or a
-    // record that does not say where its owner came from, and carries grants) cannot be asked
-    // again here: it gets no grants of its own, never "no source names it" (allow all).
-    owner.source = match json.src.as_deref() {
+    owner.name = Arc::from(name);
+    owner.roles = roles.iter().map(|s| Arc::from(s.as_str())).collect();
+    owner.scopes = scopes.iter().map(|s| Arc::from(s.as_str())).collect();
+    owner.source = match src {
         Some(s) => source_from_name(s).ok_or_else(|| bad("session owner credential source"))?,
         None => CredentialSource::Restored,
     };
@@ -382,6 +370,21 @@ pub(crate) fn decode_session(b: &[u8]) -> Result<DecodedSession, BadRecord> {
         owner.set_grants(Some(Arc::new(warden_policy::authz::compile_scopes(&owner.scopes))));
     } else if owner.source == CredentialSource::Lookup || from_unknown {
         owner.set_grants(Some(Arc::new(warden_policy::authz::compile_scopes(&[]))));
+    }
+    Ok(owner)
+}
+
+pub(crate) fn decode_session(b: &[u8]) -> Result<DecodedSession, BadRecord> {
+    if b.first() != Some(&V1) && b.first() != Some(&V2) {
+        return Err(bad("unknown session record version"));
+    }
+    let json: SessionJson = serde_json::from_slice(&b[1..]).map_err(|e| bad(format!("session: {e}")))?;
+    if b[0] == V2 && !json.subs.is_empty() {
+        return Err(bad("version 2 session record with subscriptions"));
+    }
+    let owner = restore_owner(&json.kind, &json.name, &json.roles, &json.scopes, json.src.as_deref())?;
+    if json.client_id.is_empty() || json.client_id.contains('\0') {
+        return Err(bad("session client id"));
     }
     let mut subscriptions = Vec::with_capacity(json.subs.len());
     for s in &json.subs {

@@ -69,6 +69,19 @@ pub mod wire {
     pub fn decode(b: &[u8]) -> Result<Option<(Message, RetainSource)>, String> {
         codec::decode_retained(b, Clock::now()).map_err(|e| e.0)
     }
+
+    /// A principal made again from its kind, name, roles, scopes and credential source (their
+    /// `as_str` names), its grants re-derived as for a session restored from the store (SPEC
+    /// §10: a look-up's principal gets none of its own). The error names what is unknown.
+    pub fn restore_owner(
+        kind: &str,
+        name: &str,
+        roles: &[String],
+        scopes: &[String],
+        source: &str,
+    ) -> Result<warden_policy::Principal, String> {
+        codec::restore_owner(kind, name, roles, scopes, Some(source)).map_err(|e| e.0)
+    }
 }
 
 use std::collections::{BTreeMap, HashMap};
