@@ -766,18 +766,8 @@ impl Fabric for Cluster {
         will: &mqtt_codec::LastWill,
         delay: u32,
     ) {
-        let message = Message {
-            topic: will.topic.clone(),
-            payload: will.payload.clone(),
-            qos: will.qos,
-            retain: will.retain,
-            properties: Message::forwarded_properties(will.properties.clone()),
-            expires_at: None,
-            origin: None,
-            persisted: Default::default(),
-        };
-        let source = RetainSource::Client { principal: owner.clone(), client_id: client_id.clone() };
-        let record = warden_store::wire::encode(&message, &source);
+        // The owner travels in the entry's header: the record is the message alone.
+        let record = warden_store::wire::encode(&Message::from_will(will.clone()), &RetainSource::Broker);
         let header = wills::header_of(
             &self.node,
             self.origin,

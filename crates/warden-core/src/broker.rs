@@ -914,13 +914,33 @@ impl Broker {
     /// force now; the message's expiry counts from now. False when it was refused.
     pub fn publish_peer_will(
         &self,
-        mut msg: Message,
+        msg: Message,
         message_expiry: Option<u32>,
         owner: &Arc<Principal>,
         client_id: &Arc<str>,
         now: Instant,
     ) -> bool {
         self.see(now);
+        self.publish_will_message(msg, message_expiry, owner, client_id, now)
+    }
+
+    /// Publish `s`'s will, set by a connection of principal `owner`, if `owner` may still
+    /// publish there; it is published (a retained will kept) as `owner`'s.
+    fn publish_will(&self, s: &Session, w: LastWill, owner: &Arc<Principal>, now: Instant) {
+        let expiry = w.properties.message_expiry_interval;
+        self.publish_will_message(Message::from_will(w), expiry, owner, &s.client_id, now);
+    }
+
+    /// A will as `owner`'s, if `owner` may publish there under the policy in force now; its
+    /// expiry counts from `now`. False when it was refused.
+    fn publish_will_message(
+        &self,
+        mut msg: Message,
+        message_expiry: Option<u32>,
+        owner: &Arc<Principal>,
+        client_id: &Arc<str>,
+        now: Instant,
+    ) -> bool {
         let d = authorize_publish(
             self.authorizer().as_ref(),
             owner,
@@ -935,35 +955,6 @@ impl Broker {
         msg.origin = None;
         self.route(Arc::new(msg), Some((owner, client_id)));
         true
-    }
-
-    /// Publish `s`'s will, set by a connection of principal `owner`, if `owner` may still
-    /// publish there; it is published (a retained will kept) as `owner`'s.
-    fn publish_will(&self, s: &Session, w: LastWill, owner: &Arc<Principal>, now: Instant) {
-        let d = authorize_publish(
-            self.authorizer().as_ref(),
-            owner,
-            &s.client_id,
-            Action::publish(&w.topic, w.qos, w.retain),
-        );
-        if !d.is_allowed() {
-            self.stats.deny(Denied::Will, 1);
-            return;
-        }
-        let expires_at = w.properties.message_expiry_interval.map(|e| now + Duration::from_secs(u64::from(e)));
-        self.route(
-            Arc::new(Message {
-                topic: w.topic,
-                payload: w.payload,
-                qos: w.qos,
-                retain: w.retain,
-                properties: Message::forwarded_properties(w.properties),
-                expires_at,
-                origin: None,
-                persisted: Default::default(),
-            }),
-            Some((owner, &s.client_id)),
-        );
     }
 
     /// Route a message: keep it if retained (within its publisher's quotas: over one it is

@@ -60,6 +60,20 @@ impl Message {
             .id
     }
 
+    /// A will as the message it becomes (no expiry yet: it counts from its publication).
+    pub fn from_will(w: mqtt_codec::LastWill) -> Message {
+        Message {
+            topic: w.topic,
+            payload: w.payload,
+            qos: w.qos,
+            retain: w.retain,
+            properties: Message::forwarded_properties(w.properties),
+            expires_at: None,
+            origin: None,
+            persisted: Default::default(),
+        }
+    }
+
     /// Keep only the properties that are forwarded to subscribers [MQTT-3.3.2-?], in the box
     /// they came in (`None` when nothing is forwarded).
     pub fn forwarded_properties(p: impl Into<LazyProperties>) -> Option<Box<Properties>> {
