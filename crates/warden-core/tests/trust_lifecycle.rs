@@ -540,7 +540,7 @@ fn item4_without_check_retain_source_a_queued_retained_message_is_sent() {
 
 fn token_with_jti(name: &str, jti: &str, scopes: &[&str]) -> Principal {
     use warden_policy::trust::{Credential, CredentialSource, TokenRef};
-    let cred = TokenRef { jti: Some(jti.into()), oauth_client: None };
+    let cred = TokenRef { jti: Some(jti.into()), oauth_client: None, expires_at: None };
     token(name, scopes).with_credential(CredentialSource::Token, Some(Credential::Token(cred)))
 }
 

@@ -297,7 +297,8 @@ impl Oracle {
                 let t = &self.tokens[t];
                 let scopes = (0..SCOPES.len()).filter(|i| t.scopes & (1 << i) != 0).map(|i| Arc::from(SCOPES[i]));
                 let name = NAMES[t.principal];
-                let cred = TokenRef { jti: Some(t.jti.as_str().into()), oauth_client: Some(name.into()) };
+                let cred =
+                    TokenRef { jti: Some(t.jti.as_str().into()), oauth_client: Some(name.into()), expires_at: None };
                 Principal::token(name, vec![], scopes.collect())
                     .with_credential(CredentialSource::Token, Some(Credential::Token(cred)))
             }

@@ -97,7 +97,7 @@ pub struct RetainedView {
 }
 
 /// A connected client, as `GET /admin/clients` lists it.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ClientInfo {
     /// Client identifier.
     pub client_id: String,
@@ -112,6 +112,135 @@ pub struct ClientInfo {
     /// The cluster node it is connected to (SPEC §11; absent on a single node).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub node: Option<String>,
+    /// How it authenticated: `password-file`, `policy-store`, `certificate`, `token`,
+    /// `lookup`, `anonymous` (absent for a client on another node).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub method: Option<String>,
+    /// The subject of its client certificate (certificate clients whose certificate this node
+    /// saw in a TLS handshake).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub certificate: Option<String>,
+    /// Unix seconds when its client certificate expires.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cert_expires_at: Option<u64>,
+    /// Unix seconds when its access token expires (token clients).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub token_expires_at: Option<u64>,
+}
+
+/// A client certificate the broker has seen in a verified TLS handshake, as
+/// `GET /admin/certificates` lists it (most recently seen first).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CertificateView {
+    /// SHA-256 of the DER certificate, lower-case hex.
+    pub fingerprint: String,
+    /// Subject distinguished name (RFC 4514 text).
+    pub subject: String,
+    /// Issuer distinguished name.
+    pub issuer: String,
+    /// Serial number, hex.
+    pub serial: String,
+    /// The identity the listener took from it (absent: none could be taken, the client was refused).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub identity: Option<String>,
+    /// Validity, unix seconds.
+    pub not_before: u64,
+    /// Validity end, unix seconds.
+    pub not_after: u64,
+    /// First and last handshake with it, unix seconds.
+    pub first_seen: u64,
+    /// Last handshake with it, unix seconds.
+    pub last_seen: u64,
+    /// The address of the last handshake.
+    pub last_peer: String,
+    /// Handshakes seen with it.
+    pub handshakes: u64,
+    /// Revoked by a CRL in force now.
+    pub revoked: bool,
+    /// Connections authenticated with it now.
+    pub connected: usize,
+}
+
+/// The broker's counters at a moment, as `GET /admin/stats` answers (the console's Overview
+/// computes rates from two of them).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StatsView {
+    /// Unix milliseconds of the reading.
+    pub at_ms: u64,
+    /// MQTT clients connected now.
+    pub connections: u64,
+    /// Sessions held (connected and offline).
+    pub sessions: u64,
+    /// Subscriptions held.
+    pub subscriptions: u64,
+    /// PUBLISH packets received from clients since start.
+    pub messages_received: u64,
+    /// PUBLISH packets sent to clients since start.
+    pub messages_sent: u64,
+    /// CONNECTs accepted since start.
+    pub connections_accepted: u64,
+    /// CONNECTs refused since start (any reason).
+    pub connections_refused: u64,
+    /// Refused authentication attempts since start, all methods.
+    pub auth_failures: u64,
+    /// Refused authentication attempts by method.
+    pub auth_failures_by_method: std::collections::BTreeMap<String, u64>,
+    /// Operations refused by authorization since start.
+    pub authz_denied: u64,
+    /// Bans in force (the operator's and automatic).
+    pub bans_active: u64,
+}
+
+/// `POST /admin/explain`: one question to the broker's authorization, answered by its own code
+/// path (ACL file, policy store and a token's scopes together).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ExplainRequest {
+    /// The principal's plain name (a user name, certificate identity or token subject).
+    pub principal: String,
+    /// `user` (default), `certificate`, `token` or `anonymous`.
+    #[serde(default)]
+    pub kind: Option<String>,
+    /// The client id (rules with `%c`).
+    #[serde(default)]
+    pub client_id: String,
+    /// `publish`, `subscribe` or `receive`.
+    pub action: String,
+    /// The topic (a filter for subscribe).
+    pub topic: String,
+    /// QoS asked (default 0).
+    #[serde(default)]
+    pub qos: u8,
+    /// A retained publish (default no).
+    #[serde(default)]
+    pub retain: bool,
+    /// The client's address (rules with a `source` condition apply only when given).
+    #[serde(default)]
+    pub from: Option<std::net::IpAddr>,
+    /// A token principal's scopes.
+    #[serde(default)]
+    pub scopes: Vec<String>,
+    /// A token principal's roles.
+    #[serde(default)]
+    pub roles: Vec<String>,
+}
+
+/// The answer to an [`ExplainRequest`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ExplainAnswer {
+    /// `allow` or `deny`.
+    pub decision: String,
+    /// What decided: `store:ROLE/RULE`, `acl:LINE`, `scopes`, `default-deny`, `no-source`,
+    /// `invalid-topic`.
+    pub decided_by: String,
+    /// The deciding policy-store role and rule id, when the store decided.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub role: Option<String>,
+    /// The deciding rule id.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rule: Option<String>,
+    /// One sentence for people: the deciding ACL line's text, or why nothing matched.
+    pub detail: String,
 }
 
 /// A future the admin API awaits: an answer from the other nodes of a cluster.
@@ -233,6 +362,19 @@ pub trait AdminBackend: Send + Sync + 'static {
         let _ = topic;
         Ok(false)
     }
+    /// Client certificates seen in verified TLS handshakes. Default: none.
+    fn certificates(&self) -> Vec<CertificateView> {
+        Vec::new()
+    }
+    /// The broker's counters now. Default: zeros.
+    fn stats(&self) -> StatsView {
+        StatsView::default()
+    }
+    /// Explain one authorization decision. Default: not available.
+    fn explain(&self, req: &ExplainRequest) -> Result<ExplainAnswer, AdminError> {
+        let _ = req;
+        Err(AdminError::not_found("explain is not available"))
+    }
 }
 
 /// How admins authenticate.
@@ -245,6 +387,11 @@ pub struct AdminAuth {
     /// The failure guard and hashing budget the admin token (and every password the API
     /// hashes) goes through.
     pub checks: SecretChecks,
+    /// SHA-256 of the last static admin token that verified: the console asks the API every
+    /// second or two, and a slow hash per request would cost a core's worth of argon2id
+    /// (compared in constant time; a wrong token still goes through the slow hash and the
+    /// failure guard).
+    pub verified: Arc<parking_lot::Mutex<Option<[u8; 32]>>>,
 }
 
 impl std::fmt::Debug for AdminAuth {
@@ -296,6 +443,9 @@ pub fn admin_router(backend: Arc<dyn AdminBackend>, auth: AdminAuth) -> Router {
         .route("/admin/sessions", get(list_sessions))
         .route("/admin/sessions/{id}", get(get_session).delete(delete_session))
         .route("/admin/retained", get(list_retained).delete(delete_retained))
+        .route("/admin/certificates", get(list_certificates))
+        .route("/admin/stats", get(get_stats))
+        .route("/admin/explain", post(explain))
         // Every route but the OpenAPI document: an admin, checked before anything else.
         .route_layer(axum::middleware::from_fn_with_state(state.clone(), admin_gate));
     Router::new()
@@ -308,6 +458,9 @@ pub fn admin_router(backend: Arc<dyn AdminBackend>, auth: AdminAuth) -> Router {
 /// The admin check in front of every protected route (see [`require_admin`]). An admin's
 /// request carries an [`AdminActor`] extension on to its handler (for the audit trail).
 async fn admin_gate(State(st): St, mut req: axum::extract::Request, next: axum::middleware::Next) -> Response {
+    if !same_origin(req.headers()) {
+        return AdminError::CrossOrigin.into_response();
+    }
     let addr = req.extensions().get::<PeerAddr>().copied();
     match require_admin(&st, req.headers(), peer_ip(addr)).await {
         Ok(name) => {
@@ -316,6 +469,22 @@ async fn admin_gate(State(st): St, mut req: axum::extract::Request, next: axum::
         }
         Err(refusal) => refusal.into_response(),
     }
+}
+
+/// A browser's request from a page of this origin, or not a browser's (no `Origin` header):
+/// the API never grants another origin anything (no CORS headers), and refuses, before any
+/// credential is checked, a request whose `Origin` is not the host it was sent to — a page
+/// elsewhere cannot even make the API do something it could not read the answer of. (Behind a
+/// reverse proxy, the proxy must pass the `Host` the browser used.)
+fn same_origin(headers: &HeaderMap) -> bool {
+    let Some(origin) = headers.get(header::ORIGIN) else { return true };
+    let authority = origin
+        .to_str()
+        .ok()
+        .and_then(|o| o.strip_prefix("http://").or_else(|| o.strip_prefix("https://")))
+        .filter(|a| !a.is_empty() && !a.contains('/'));
+    let host = headers.get(header::HOST).and_then(|h| h.to_str().ok());
+    matches!((authority, host), (Some(a), Some(h)) if a.eq_ignore_ascii_case(h))
 }
 
 /// The OpenAPI 3 document of this API (also checked in as `docs/admin-openapi.json`).
@@ -360,11 +529,21 @@ async fn require_admin(st: &AdminState, headers: &HeaderMap, peer: std::net::IpA
         };
     }
     let Some(hash) = st.auth.token_hash.clone() else { return Err(unauthorized()) };
+    let digest: [u8; 32] = {
+        use sha2::Digest as _;
+        sha2::Sha256::digest(bearer.as_bytes()).into()
+    };
+    if st.auth.verified.lock().is_some_and(|v| bool::from(subtle::ConstantTimeEq::ct_eq(&v[..], &digest[..]))) {
+        // A banned address stays refused even with the right token.
+        checks.precheck(peer, Some(ADMIN_TOKEN_NAME)).map_err(refused)?;
+        return Ok(audit::ACTOR_ADMIN_TOKEN.to_owned());
+    }
     let r = checks.verify(peer, ADMIN_TOKEN_NAME, hash, bearer.as_bytes().to_vec()).await;
     if let Err(e) = r {
         tracing::info!(%peer, outcome = ?e, "admin API: admin token refused");
     }
     r.map_err(refused)?;
+    *st.auth.verified.lock() = Some(digest);
     Ok(audit::ACTOR_ADMIN_TOKEN.to_owned())
 }
 
@@ -919,6 +1098,26 @@ async fn list_clients(State(st): St) -> ApiResult<Response> {
     let mut all = st.backend.clients();
     all.extend(st.backend.clients_elsewhere().await);
     Ok(Json(all).into_response())
+}
+
+async fn list_certificates(State(st): St) -> ApiResult<Response> {
+    Ok(Json(st.backend.certificates()).into_response())
+}
+
+async fn get_stats(State(st): St) -> ApiResult<Response> {
+    Ok(Json(st.backend.stats()).into_response())
+}
+
+/// Read-only: not a change, so not in the audit trail.
+async fn explain(State(st): St, body: Bytes) -> ApiResult<Response> {
+    let req: ExplainRequest = parse(&body)?;
+    if req.qos > 2 {
+        return Err(AdminError::bad_request("qos must be 0, 1 or 2"));
+    }
+    if !matches!(req.action.as_str(), "publish" | "subscribe" | "receive") {
+        return Err(AdminError::bad_request("action must be publish, subscribe or receive"));
+    }
+    Ok(Json(st.backend.explain(&req)?).into_response())
 }
 
 async fn kick(State(st): St, Extension(a): Extension<AdminActor>, Path(id): Path<String>) -> ApiResult<Response> {

@@ -41,6 +41,10 @@ pub enum HttpError {
     /// 403: an authenticated caller without the right (a token without the `admin` scope).
     #[error("the token does not carry the admin scope")]
     Forbidden,
+    /// 403: a browser's request from a page of another origin (the admin API serves only
+    /// pages of its own origin, such as the console).
+    #[error("cross-origin requests to the admin API are refused")]
+    CrossOrigin,
     /// 400 `invalid_scope`.
     #[error("{0}")]
     InvalidScope(Cow<'static, str>),
@@ -131,6 +135,7 @@ impl HttpError {
             HttpError::InvalidRequest(_) => (StatusCode::BAD_REQUEST, "invalid_request"),
             HttpError::Unauthenticated(_) => (StatusCode::UNAUTHORIZED, "invalid_client"),
             HttpError::Forbidden => (StatusCode::FORBIDDEN, "unauthorized_client"),
+            HttpError::CrossOrigin => (StatusCode::FORBIDDEN, "invalid_request"),
             HttpError::InvalidScope(_) => (StatusCode::BAD_REQUEST, "invalid_scope"),
             HttpError::UnsupportedGrantType => (StatusCode::BAD_REQUEST, "unsupported_grant_type"),
             HttpError::TooLarge => (StatusCode::PAYLOAD_TOO_LARGE, "invalid_request"),
@@ -251,10 +256,11 @@ mod tests {
     #[test]
     fn every_error_maps_to_one_status_and_oauth_code() {
         use HttpError as E;
-        let cases: [(E, u16, &str, Option<u64>); 11] = [
+        let cases: [(E, u16, &str, Option<u64>); 12] = [
             (E::bad_request("x"), 400, "invalid_request", None),
             (E::Unauthenticated("x".into()), 401, "invalid_client", None),
             (E::Forbidden, 403, "unauthorized_client", None),
+            (E::CrossOrigin, 403, "invalid_request", None),
             (E::InvalidScope("x".into()), 400, "invalid_scope", None),
             (E::UnsupportedGrantType, 400, "unsupported_grant_type", None),
             (E::TooLarge, 413, "invalid_request", None),

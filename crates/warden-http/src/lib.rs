@@ -25,6 +25,7 @@
 //!   `admin::audit`: the audit trail's record and time formats.
 //! - [`service`]: [`OAuthService`], the shared state: clients, signing keys and rotation,
 //!   token issuance and verification, the revocation list and its callbacks.
+//! - [`console`]: the security console's page and assets, embedded, at `/console/`.
 //! - [`routes`]: [`router`], the axum handlers of the endpoints above.
 //! - [`secrets`]: the per-address failure guard and the hashing budget shared with MQTT,
 //!   through which every client secret and admin token is checked.
@@ -39,6 +40,7 @@
 // Workspace lints of issue 18, enabled per crate until every crate is clean.
 
 pub mod admin;
+pub mod console;
 mod error;
 mod request;
 pub mod routes;

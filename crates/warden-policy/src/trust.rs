@@ -118,6 +118,8 @@ pub struct TokenRef {
     pub jti: Option<Box<str>>,
     /// The built-in token service's client the token was issued to (`None`: an outside issuer).
     pub oauth_client: Option<Box<str>>,
+    /// Unix seconds when it expires (`exp`), shown to operators.
+    pub expires_at: Option<u64>,
 }
 
 /// The certificates revoked by a set of CRLs (issuer name + serial).
@@ -263,7 +265,11 @@ mod tests {
     fn token(sub: &str, jti: &str, client: Option<&str>, scopes: &[&str]) -> Principal {
         Principal::token(sub, vec![], scopes.iter().map(|s| Arc::from(*s)).collect()).with_credential(
             CredentialSource::Token,
-            Some(Credential::Token(TokenRef { jti: Some(jti.into()), oauth_client: client.map(Into::into) })),
+            Some(Credential::Token(TokenRef {
+                jti: Some(jti.into()),
+                oauth_client: client.map(Into::into),
+                expires_at: None,
+            })),
         )
     }
 

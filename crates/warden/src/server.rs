@@ -462,6 +462,7 @@ impl Server {
             broker: broker.clone(),
             audit: Arc::new(crate::admin::audit_log::AuditLog::new(&cfg.data_dir)),
             cluster: cluster.clone(),
+            tls: tls_listeners.clone(),
         });
         if let (Some(c), Some(settings)) = (&cluster, &cfg.cluster) {
             let sync =
@@ -548,8 +549,11 @@ impl Server {
                 token_hash: http.admin_token_hash.as_ref().map(|s| s.0.clone()),
                 oauth: oauth.clone(),
                 checks: secret_checks.clone(),
+                verified: Default::default(),
             };
             app = app.merge(warden_http::admin::admin_router(backend, admin_auth));
+            // The security console (SPEC §12): a static page that calls the admin API above.
+            app = app.merge(warden_http::console::console_router());
             let mut limits = http.limits;
             limits.max_connections = fd_plan.http.unwrap_or(limits.max_connections);
             tasks.spawn(crate::http::serve::serve(tcp, app, limits, bans.clone(), http_tls, shutdown_rx.clone()));
@@ -840,7 +844,12 @@ async fn serve_socket(
     // connect_timeout either (slowloris over TLS); then CONNECT has connect_timeout.
     let handshake_deadline = ctx.tls_handshake_timeout.min(ctx.connect_timeout);
     let (stream, identity) = match tokio::time::timeout(handshake_deadline, tls.accept(sock, peer)).await {
-        Ok(Some(s)) => s,
+        Ok(Some((stream, identity, seen))) => {
+            if let Some(seen) = seen {
+                ctx.live.certs.record(seen, peer);
+            }
+            (stream, identity)
+        }
         Ok(None) => {
             hit(&ctx.broker.stats.security.tls_handshake_failures);
             // A refused certificate counts like a failed password towards a ban.

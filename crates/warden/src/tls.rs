@@ -212,7 +212,13 @@ impl TlsListener {
 
     /// Run the TLS handshake and take the client's identity from its certificate.
     /// Failures are logged with the peer address and the reason (never key material).
-    pub async fn accept(&self, sock: TcpStream, peer: SocketAddr) -> Option<(TlsStream<TcpStream>, CertIdentity)> {
+    /// The third value describes the client's certificate for the admin API's list of
+    /// certificates seen.
+    pub async fn accept(
+        &self,
+        sock: TcpStream,
+        peer: SocketAddr,
+    ) -> Option<(TlsStream<TcpStream>, CertIdentity, Option<crate::admin::certs_seen::SeenCert>)> {
         let acceptor = TlsAcceptor::from(self.current.read().clone());
         match acceptor.accept(sock).await {
             Ok(stream) => {
@@ -227,7 +233,15 @@ impl TlsListener {
                 if let Some(ClientCert { identity: Err(e), .. }) = &identity {
                     info!(%peer, reason = %Escaped(e), "client certificate identity refused");
                 }
-                Some((stream, identity))
+                let seen = match (chain.first(), &identity) {
+                    (Some(leaf), Some(id)) => crate::admin::certs_seen::SeenCert::from_der(
+                        leaf.as_ref(),
+                        id.cert.clone(),
+                        id.identity.as_ref().ok().cloned(),
+                    ),
+                    _ => None,
+                };
+                Some((stream, identity, seen))
             }
             Err(e) => {
                 info!(%peer, reason = %e, "TLS handshake failed");

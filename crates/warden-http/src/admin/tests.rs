@@ -42,7 +42,7 @@ impl AdminBackend for Memory {
             peer: "127.0.0.1:5000".into(),
             protocol: "5.0".into(),
             connected_at: 1,
-            node: None,
+            ..ClientInfo::default()
         }]
     }
     fn kick(&self, client_id: &str) -> bool {
@@ -114,6 +114,7 @@ fn fixture() -> Fx {
         token_hash: Some(password::hash_password(ADMIN_TOKEN.as_bytes())),
         oauth: Some(oauth.clone()),
         checks: Default::default(),
+        ..Default::default()
     };
     Fx { app: admin_router(backend.clone(), auth), backend, oauth, clock }
 }
@@ -315,6 +316,7 @@ async fn admin_authentication_goes_through_the_failure_guard_before_hashing() {
         token_hash: Some(password::hash_password(ADMIN_TOKEN.as_bytes())),
         oauth: Some(fx.oauth.clone()),
         checks: crate::SecretChecks { guard: Some(guard.clone()), budget: budget.clone() },
+        ..Default::default()
     };
     let app = admin_router(fx.backend.clone(), auth);
     let call = |last: u8, token: String, path: &'static str| {

@@ -252,6 +252,7 @@ fn grant(v: VerifiedToken, rule: SubjectRule, outside: Option<&ScopeMap>, view: 
     let credential = TokenRef {
         jti: v.jti.as_deref().map(Into::into),
         oauth_client: outside.is_none().then(|| token_client(&v).into()),
+        expires_at: Some(v.expires_at),
     };
     let (scopes, roles) = match outside {
         None => (v.scopes, v.roles),

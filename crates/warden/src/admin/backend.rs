@@ -42,6 +42,8 @@ pub struct Backend {
     /// This node's side of the cluster (SPEC §11): every change is shared with the other
     /// nodes ([`crate::admin::cluster_sync`]).
     pub cluster: Option<Arc<warden_cluster::Cluster>>,
+    /// The MQTT TLS listeners, whose CRLs say which certificates seen are revoked.
+    pub tls: Vec<Arc<crate::tls::TlsListener>>,
 }
 
 /// The reason shown for a ban the broker set itself after failed authentications.
@@ -128,6 +130,50 @@ impl Backend {
 }
 
 impl AdminBackend for Backend {
+    fn certificates(&self) -> Vec<warden_http::admin::CertificateView> {
+        let revoked: Vec<_> = self.tls.iter().map(|t| t.revoked()).collect();
+        let counts = self.live.cert_counts();
+        self.live.certs.list(&revoked, |leaf| counts.get(leaf).copied().unwrap_or(0))
+    }
+
+    fn stats(&self) -> warden_http::admin::StatsView {
+        use std::sync::atomic::Ordering::Relaxed;
+        use warden_core::metrics::{AuthMethod, Denied};
+        let st = &self.broker.stats;
+        let mut by_method = std::collections::BTreeMap::new();
+        for m in AuthMethod::ALL {
+            let (_, refused) = st.security.auth_attempts(m);
+            by_method.insert(m.as_str().to_owned(), refused);
+        }
+        let now = crate::clock::unix_now();
+        let admin_bans = self.bans.list().iter().filter(|b| b.expires_at.is_none_or(|t| t > now)).count();
+        let auto_bans = self.guard.auto_bans(std::time::Instant::now()).len();
+        let at_ms = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX));
+        warden_http::admin::StatsView {
+            at_ms,
+            connections: st.clients_connected.load(Relaxed),
+            sessions: self.broker.session_count() as u64,
+            subscriptions: self.broker.subscription_count() as u64,
+            messages_received: st.messages_received.iter().map(|c| c.load(Relaxed)).sum(),
+            messages_sent: st.messages_sent.iter().map(|c| c.load(Relaxed)).sum(),
+            connections_accepted: st.connections_total.load(Relaxed),
+            connections_refused: st.connections_refused.load(Relaxed),
+            auth_failures: by_method.values().sum(),
+            auth_failures_by_method: by_method,
+            authz_denied: Denied::ALL.iter().map(|a| st.security.denials(*a)).sum(),
+            bans_active: (admin_bans + auto_bans) as u64,
+        }
+    }
+
+    fn explain(
+        &self,
+        req: &warden_http::admin::ExplainRequest,
+    ) -> Result<warden_http::admin::ExplainAnswer, AdminError> {
+        self.policy.explain(req)
+    }
+
     fn policy(&self) -> PolicyStore {
         self.policy.store()
     }
@@ -205,6 +251,7 @@ impl AdminBackend for Backend {
                     protocol: "-".into(),
                     connected_at: 0,
                     node: Some(e.node),
+                    ..ClientInfo::default()
                 })
                 .collect();
             v.sort_by(|a, b| a.client_id.cmp(&b.client_id));

@@ -16,6 +16,7 @@
 
 pub mod audit_log;
 pub mod backend;
+pub mod certs_seen;
 pub mod cluster_sync;
 pub mod oauth_store;
 pub mod policy_store;

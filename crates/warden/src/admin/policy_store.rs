@@ -233,6 +233,103 @@ impl PolicyManager {
         Ok(())
     }
 
+    /// `POST /admin/explain`: one decision of the authorizer in force (the same code path as
+    /// a live connection's, ACL file, policy store and token scopes together), naming what
+    /// decided. A topic the codec refuses for that action is denied as `invalid-topic`, as the
+    /// broker never gets that far.
+    pub fn explain(
+        &self,
+        req: &warden_http::admin::ExplainRequest,
+    ) -> Result<warden_http::admin::ExplainAnswer, AdminError> {
+        use mqtt_codec::{QoS, TopicFilter, TopicName};
+        use warden_http::admin::ExplainAnswer;
+        use warden_policy::trust::CredentialSource;
+        let arcs = |v: &[String]| v.iter().map(|s| Arc::from(s.as_str())).collect::<Vec<_>>();
+        let name = req.principal.trim();
+        let principal = match req.kind.as_deref().unwrap_or("user") {
+            "anonymous" => Principal::anonymous(),
+            _ if name.is_empty() => return Err(AdminError::bad_request("principal must not be empty")),
+            "user" => {
+                let source = if self.store.lock().users.contains_key(name) {
+                    CredentialSource::StoreUser
+                } else {
+                    CredentialSource::PasswordFile
+                };
+                Principal::user(name).with_credential(source, None)
+            }
+            "certificate" => Principal::certificate(name).with_credential(CredentialSource::Certificate, None),
+            "token" => Principal::token(name, arcs(&req.roles), arcs(&req.scopes))
+                .with_credential(CredentialSource::Token, None),
+            other => {
+                return Err(AdminError::bad_request(format!(
+                    "unknown principal kind '{other}': user, certificate, token or anonymous"
+                )))
+            }
+        };
+        let principal = match req.from {
+            Some(ip) => principal.with_peer(ip),
+            None => principal,
+        };
+        let qos = QoS::from_u8(req.qos).ok_or_else(|| AdminError::bad_request("qos must be 0, 1 or 2"))?;
+        let invalid = || ExplainAnswer {
+            decision: "deny".into(),
+            decided_by: "invalid-topic".into(),
+            role: None,
+            rule: None,
+            detail: format!("{:?} is not a valid topic for {}", req.topic, req.action),
+        };
+        let (name_t, filter_t);
+        let action = match req.action.as_str() {
+            "publish" | "receive" => match TopicName::new(req.topic.as_str()) {
+                Ok(t) => {
+                    name_t = t;
+                    if req.action == "publish" {
+                        Action::publish(&name_t, qos, req.retain)
+                    } else {
+                        Action::receive(&name_t)
+                    }
+                }
+                Err(_) => return Ok(invalid()),
+            },
+            "subscribe" => match TopicFilter::new(req.topic.as_str()) {
+                Ok(f) => {
+                    filter_t = f;
+                    Action::subscribe(&filter_t, qos)
+                }
+                Err(_) => return Ok(invalid()),
+            },
+            other => return Err(AdminError::bad_request(format!("unknown action '{other}'"))),
+        };
+        let authz = self.authorizer();
+        let (d, by) = authz.policy.explain(&principal, &req.client_id, action);
+        let decision = if d.is_allowed() { "allow" } else { "deny" };
+        let (mut role, mut rule) = (None, None);
+        let detail = match &by {
+            warden_policy::DecidedBy::Store(r) => {
+                if let Some((ro, ru)) = r.split_once('/') {
+                    role = Some(ro.to_owned());
+                    rule = Some(ru.to_owned());
+                }
+                format!(
+                    "rule '{}' of role '{}' in the policy store",
+                    rule.as_deref().unwrap_or(""),
+                    role.as_deref().unwrap_or("")
+                )
+            }
+            warden_policy::DecidedBy::Acl(line) if *line > 0 => {
+                let path = self.authz.read().acl_file.clone();
+                let text = path.as_ref().and_then(|p| std::fs::read_to_string(p).ok()).unwrap_or_default();
+                let at = path.map(|p| p.display().to_string()).unwrap_or_default();
+                format!("{at}:{line}: {}", text.lines().nth(line - 1).unwrap_or("").trim())
+            }
+            warden_policy::DecidedBy::Acl(_) => "the topic is not valid for this action".to_owned(),
+            warden_policy::DecidedBy::Scopes => "the token's scopes or the look-up's rules".to_owned(),
+            warden_policy::DecidedBy::Default => "no rule of any source matches: denied by default".to_owned(),
+            warden_policy::DecidedBy::NoSource => "no ACL file, policy-store rule or scopes apply: allowed".to_owned(),
+        };
+        Ok(ExplainAnswer { decision: decision.into(), decided_by: by.to_string(), role, rule, detail })
+    }
+
     /// Edit the store: on a copy, validated, persisted, then applied live. All or nothing.
     pub fn update(&self, edit: warden_http::admin::PolicyEdit<'_>) -> Result<(), AdminError> {
         let mut store = self.store.lock();

@@ -82,6 +82,9 @@ pub struct LiveCert {
 pub struct LiveClients {
     inner: Mutex<Inner>,
     next: AtomicU64,
+    /// The client certificates seen in TLS handshakes (the admin API lists them; the client
+    /// list shows a certificate client's subject and expiry from it).
+    pub certs: crate::admin::certs_seen::CertsSeen,
 }
 
 #[derive(Default)]
@@ -189,10 +192,34 @@ impl LiveClients {
                 protocol: protocol_name(e.protocol).into(),
                 connected_at: u64::from(e.connected_at),
                 node: None,
+                method: Some(e.principal.source.as_str().to_owned()),
+                certificate: match e.principal.credential() {
+                    Some(Credential::Certificate(c)) => self.certs.subject_of(&c.leaf).map(|s| s.0),
+                    _ => None,
+                },
+                cert_expires_at: match e.principal.credential() {
+                    Some(Credential::Certificate(c)) => self.certs.subject_of(&c.leaf).map(|s| s.1),
+                    _ => None,
+                },
+                token_expires_at: match e.principal.credential() {
+                    Some(Credential::Token(t)) => t.expires_at,
+                    _ => None,
+                },
             })
             .collect();
         v.sort_by(|a, b| a.client_id.cmp(&b.client_id));
         v
+    }
+
+    /// How many live connections hold each certificate (by its issuer and serial).
+    pub fn cert_counts(&self) -> HashMap<warden_policy::trust::CertRef, usize> {
+        let mut out = HashMap::new();
+        for e in self.inner.lock().map.values() {
+            if let Some(Credential::Certificate(c)) = e.principal.credential() {
+                *out.entry(c.leaf.clone()).or_insert(0) += 1;
+            }
+        }
+        out
     }
 
     /// The live connections authenticated with a client certificate (principal kind
@@ -306,7 +333,7 @@ mod tests {
     }
 
     fn token_principal(jti: &str) -> Arc<Principal> {
-        let tok = TokenRef { jti: Some(jti.into()), oauth_client: None };
+        let tok = TokenRef { jti: Some(jti.into()), oauth_client: None, expires_at: None };
         Arc::new(
             Principal::token("dev", vec![], vec![])
                 .with_credential(CredentialSource::Token, Some(Credential::Token(tok))),
