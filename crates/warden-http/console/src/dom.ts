@@ -38,10 +38,11 @@ let ids = 0;
 /** A unique id for a label's `for`. */
 export const uid = (p = 'f'): string => `${p}-${++ids}`;
 
-/** A labelled text field: the label is a real <label for>, so screen readers and tests find it. */
-export function field(label: string, input: HTMLInputElement | HTMLSelectElement): HTMLLabelElement {
+/** A labelled field: a real <label for> beside its control (not around it, so the label's
+ * text is the label alone and never a select's options), for screen readers and tests. */
+export function field(label: string, input: HTMLInputElement | HTMLSelectElement): HTMLDivElement {
   if (!input.id) input.id = uid();
-  return h('label', { for: input.id }, label, input);
+  return h('div', { class: 'field' }, h('label', { for: input.id }, label), input);
 }
 
 export function select(options: [string, string][], attrs: Attrs = {}): HTMLSelectElement {

@@ -53,7 +53,7 @@ function signIn(message = ''): void {
   },
     h('h1', { id: 'signin-title' }, 'Warden security console'),
     h('p', {}, 'Sign in with the broker\'s admin token. It stays in this browser tab and is sent only in the Authorization header of the console\'s calls to the admin API.'),
-    h('label', { for: 'admin-token' }, 'Admin token', input),
+    h('div', { class: 'field' }, h('label', { for: 'admin-token' }, 'Admin token'), input),
     alert,
     button);
   set(app, h('main', { id: 'main' }, form));

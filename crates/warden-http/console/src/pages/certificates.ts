@@ -1,5 +1,5 @@
 import { get, type Cert } from '../api';
-import { ago, h, set, table, time, until } from '../dom';
+import { ago, field, h, set, table, time, until } from '../dom';
 import { button, every, frame, type Page } from '../page';
 
 export const certificates: Page = root => {
@@ -7,7 +7,7 @@ export const certificates: Page = root => {
   const filter = h('input', { type: 'search', id: 'certs-filter', placeholder: 'subject, identity, issuer or fingerprint' });
   const list = h('div');
   let all: Cert[] = [];
-  f.body.append(h('div', { class: 'row' }, h('label', { for: 'certs-filter' }, 'Filter', filter), button('Refresh', () => void load(), 'secondary')), list);
+  f.body.append(h('div', { class: 'row' }, field('Filter', filter), button('Refresh', () => void load(), 'secondary')), list);
   filter.addEventListener('input', () => render());
   const status = (c: Cert) => {
     const now = Date.now() / 1000;

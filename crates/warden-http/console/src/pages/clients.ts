@@ -1,5 +1,5 @@
 import { enc, get, post, type Client } from '../api';
-import { ago, h, set, table, time, until } from '../dom';
+import { ago, field, h, set, table, time, until } from '../dom';
 import { button, every, frame, type Page } from '../page';
 
 export const clients: Page = root => {
@@ -7,7 +7,7 @@ export const clients: Page = root => {
   const filter = h('input', { type: 'search', id: 'clients-filter', placeholder: 'client id, principal or address' });
   const list = h('div');
   let all: Client[] = [];
-  f.body.append(h('div', { class: 'row' }, h('label', { for: 'clients-filter' }, 'Filter', filter), button('Refresh', () => void load(), 'secondary')), list);
+  f.body.append(h('div', { class: 'row' }, field('Filter', filter), button('Refresh', () => void load(), 'secondary')), list);
   filter.addEventListener('input', () => render());
 
   const render = () => {

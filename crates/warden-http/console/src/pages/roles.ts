@@ -115,6 +115,7 @@ function explainBox(): HTMLElement {
       },
     },
       h('div', { class: 'row' }, field('Principal', principal), field('Kind', kind), field('Client id', client)),
-      h('div', { class: 'row' }, field('Action', action), field('Topic', topic), field('QoS', qos), field('From address', from), h('button', { type: 'submit' }, 'Explain'))),
+      h('div', { class: 'row' }, field('Action', action), field('Topic', topic), field('QoS', qos), field('From address', from)),
+      h('p', {}, h('button', { type: 'submit' }, 'Explain'))),
     answer);
 }
