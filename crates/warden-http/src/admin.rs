@@ -370,6 +370,11 @@ pub trait AdminBackend: Send + Sync + 'static {
     fn stats(&self) -> StatsView {
         StatsView::default()
     }
+    /// The counters sampled every few seconds over the last minutes, oldest first (the
+    /// Overview's charts start from them). Default: none.
+    fn stats_history(&self) -> Vec<StatsView> {
+        Vec::new()
+    }
     /// Explain one authorization decision. Default: not available.
     fn explain(&self, req: &ExplainRequest) -> Result<ExplainAnswer, AdminError> {
         let _ = req;
@@ -445,6 +450,7 @@ pub fn admin_router(backend: Arc<dyn AdminBackend>, auth: AdminAuth) -> Router {
         .route("/admin/retained", get(list_retained).delete(delete_retained))
         .route("/admin/certificates", get(list_certificates))
         .route("/admin/stats", get(get_stats))
+        .route("/admin/stats/history", get(get_stats_history))
         .route("/admin/explain", post(explain))
         // Every route but the OpenAPI document: an admin, checked before anything else.
         .route_layer(axum::middleware::from_fn_with_state(state.clone(), admin_gate));
@@ -1106,6 +1112,10 @@ async fn list_certificates(State(st): St) -> ApiResult<Response> {
 
 async fn get_stats(State(st): St) -> ApiResult<Response> {
     Ok(Json(st.backend.stats()).into_response())
+}
+
+async fn get_stats_history(State(st): St) -> ApiResult<Response> {
+    Ok(Json(st.backend.stats_history()).into_response())
 }
 
 /// Read-only: not a change, so not in the audit trail.

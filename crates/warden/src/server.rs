@@ -463,7 +463,22 @@ impl Server {
             audit: Arc::new(crate::admin::audit_log::AuditLog::new(&cfg.data_dir)),
             cluster: cluster.clone(),
             tls: tls_listeners.clone(),
+            history: Default::default(),
         });
+        // The Overview's history: the counters every few seconds.
+        {
+            let backend = backend.clone();
+            let mut stop = shutdown_rx.clone();
+            tasks.spawn(async move {
+                let mut every = tokio::time::interval(crate::admin::backend::STATS_EVERY);
+                loop {
+                    tokio::select! {
+                        _ = every.tick() => backend.sample_stats(),
+                        _ = stop.changed() => break,
+                    }
+                }
+            });
+        }
         if let (Some(c), Some(settings)) = (&cluster, &cfg.cluster) {
             let sync =
                 crate::admin::cluster_sync::ClusterSync::new(backend.clone(), settings.node.clone(), auth.clone());

@@ -175,6 +175,10 @@ async fn stats_count_connections_messages_and_authentication_failures() {
     assert!(n(&after, "at_ms") >= n(&before, "at_ms"));
     let (s, _, _) = http(&b, "GET", "/admin/stats", &[("Authorization", "Bearer wrong-token")], None).await;
     assert_eq!(s, 401);
+    // The history is sampled from the start (its first sample at once, then every 5 s).
+    let history = admin(&b, "GET", "/admin/stats/history", None).await;
+    let first = &history.as_array().expect("an array")[0];
+    assert!(n(first, "at_ms") <= n(&after, "at_ms"), "{history}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -24,6 +24,7 @@ export class Chart {
   push(t: number, v: number): void {
     this.points.push({ t, v });
     const from = t - this.windowSecs * 1000;
+    if (this.points.length > 1 && t < this.points[this.points.length - 2].t) this.points.sort((a, b) => a.t - b.t);
     while (this.points.length > 2 && this.points[0].t < from) this.points.shift();
     this.draw();
   }

@@ -44,7 +44,15 @@ pub struct Backend {
     pub cluster: Option<Arc<warden_cluster::Cluster>>,
     /// The MQTT TLS listeners, whose CRLs say which certificates seen are revoked.
     pub tls: Vec<Arc<crate::tls::TlsListener>>,
+    /// The counters sampled every [`STATS_EVERY`], the newest [`STATS_KEPT`] (see
+    /// [`Backend::sample_stats`]).
+    pub history: parking_lot::Mutex<std::collections::VecDeque<warden_http::admin::StatsView>>,
 }
+
+/// How often the counters are sampled for `GET /admin/stats/history`.
+pub const STATS_EVERY: std::time::Duration = std::time::Duration::from_secs(5);
+/// How many samples are kept: 15 minutes.
+pub const STATS_KEPT: usize = 180;
 
 /// The reason shown for a ban the broker set itself after failed authentications.
 pub const AUTO_BAN_REASON: &str = "automatic: repeated failed authentication (auth_fail_ban)";
@@ -55,6 +63,17 @@ fn internal(what: &str, e: impl std::fmt::Display) -> AdminError {
 }
 
 impl Backend {
+    /// Take one sample of the counters for the history (the server calls it every
+    /// [`STATS_EVERY`]).
+    pub fn sample_stats(&self) {
+        let now = AdminBackend::stats(self);
+        let mut h = self.history.lock();
+        if h.len() >= STATS_KEPT {
+            h.pop_front();
+        }
+        h.push_back(now);
+    }
+
     /// Add a ban here and end the live connections it matches (not shared).
     fn apply_ban(&self, ban: Ban) -> Result<(), AdminError> {
         crate::admission::bans::validate(&ban).map_err(AdminError::bad_request)?;
@@ -165,6 +184,10 @@ impl AdminBackend for Backend {
             authz_denied: Denied::ALL.iter().map(|a| st.security.denials(*a)).sum(),
             bans_active: (admin_bans + auto_bans) as u64,
         }
+    }
+
+    fn stats_history(&self) -> Vec<warden_http::admin::StatsView> {
+        self.history.lock().iter().cloned().collect()
     }
 
     fn explain(

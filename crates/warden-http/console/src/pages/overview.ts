@@ -6,10 +6,11 @@ import { every, frame, type Page } from '../page';
 export const overview: Page = root => {
   const f = frame(root, 'Overview', 'The broker now: who is connected, how much flows, and what was refused. Updated every second.');
   const tiles = h('div', { class: 'tiles', 'aria-live': 'off' });
+  const WINDOW = 600;
   const charts = {
-    msgs: new Chart('Messages received per second', 'msg/s'),
-    conns: new Chart('Connections', 'connections'),
-    fails: new Chart('Authentication failures per minute', 'failures/min'),
+    msgs: new Chart('Messages received per second', 'msg/s', WINDOW),
+    conns: new Chart('Connections', 'connections', WINDOW),
+    fails: new Chart('Authentication failures per minute', 'failures/min', WINDOW),
   };
   const recent = h('div');
   f.body.append(
@@ -23,7 +24,23 @@ export const overview: Page = root => {
   let prev: Stats | null = null;
   const tile = (label: string, value: string, note = '') =>
     h('div', { class: 'tile' }, h('div', { class: 'label' }, label), h('div', { class: 'value' }, value), note ? h('div', { class: 'label' }, note) : null);
+  // The last minutes first (sampled by the broker every few seconds), then every second.
+  let seeded = false;
+  const seed = async () => {
+    let hist: Stats[] = [];
+    try { hist = await get<Stats[]>('/admin/stats/history'); } catch { return; }
+    for (let i = 0; i < hist.length; i++) {
+      const s = hist[i], p = hist[i - 1];
+      if (p) {
+        const dt = Math.max(0.001, (s.at_ms - p.at_ms) / 1000);
+        charts.msgs.push(s.at_ms, Math.max(0, (s.messages_received - p.messages_received) / dt));
+        charts.fails.push(s.at_ms, Math.max(0, (s.auth_failures - p.auth_failures) / dt) * 60);
+      }
+      charts.conns.push(s.at_ms, s.connections);
+    }
+  };
   const stopStats = every(1000, async () => {
+    if (!seeded) { seeded = true; await seed(); }
     let s: Stats;
     try { s = await get<Stats>('/admin/stats'); } catch (e) { f.error(`Could not read the broker's figures: ${(e as Error).message}`); return; }
     const dt = prev ? Math.max(0.001, (s.at_ms - prev.at_ms) / 1000) : 0;
