@@ -492,16 +492,23 @@ fn explain_decision(
 fn serve(config: Option<PathBuf>, log_format: Option<LogFormat>) -> anyhow::Result<()> {
     let embedded = config.is_none();
     // Before the log starts: a configuration that does not load is printed by `main`.
-    let cfg = match &config {
+    let mut cfg = match &config {
         Some(p) => Config::load(p)?,
         None => Config::embedded_default(),
     };
     let log_file = init_logging(&cfg.log, log_format)?;
     let mut admin_password = None;
+    let mut admin_token = None;
     if embedded {
         if let Some(pf) = &cfg.auth.password_file {
             admin_password = warden::cli::bootstrap::ensure_admin(&cfg.data_dir, pf)?;
         }
+        // The admin API and the console need an admin token: made on first start, shown once.
+        let (hash, token) = warden::cli::bootstrap::ensure_admin_token(&cfg.data_dir)?;
+        if let Some(http) = cfg.http.as_mut() {
+            http.admin_token_hash = Some(warden::config::Secret(hash));
+        }
+        admin_token = token;
         let (pki, created) = warden::cli::cert::ensure_dev_pki(&cfg.data_dir.join("tls"))?;
         if created {
             info!(ca = %pki.ca_cert.display(), "created a development CA and a localhost server certificate");
@@ -516,7 +523,7 @@ fn serve(config: Option<PathBuf>, log_format: Option<LogFormat>) -> anyhow::Resu
     let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
     rt.block_on(async move {
         let server = Server::start(&cfg).await?;
-        banner(&server, &cfg, embedded, admin_password.as_deref());
+        banner(&server, &cfg, embedded, admin_password.as_deref(), admin_token.as_deref());
         let mut hup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())?;
         let mut usr1 = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::user_defined1())?;
         let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
@@ -543,7 +550,7 @@ fn serve(config: Option<PathBuf>, log_format: Option<LogFormat>) -> anyhow::Resu
     .inspect_err(|e| error!("{e:#}"))
 }
 
-fn banner(server: &Server, cfg: &Config, embedded: bool, admin_password: Option<&str>) {
+fn banner(server: &Server, cfg: &Config, embedded: bool, admin_password: Option<&str>, admin_token: Option<&str>) {
     let source = match &cfg.source {
         Some(p) => p.display().to_string(),
         None => "embedded default configuration".to_string(),
@@ -589,6 +596,19 @@ fn banner(server: &Server, cfg: &Config, embedded: bool, admin_password: Option<
                 "  Device certificates: warden cert client --dir {} --cn DEVICE_ID",
                 ca.parent().unwrap_or(&ca).display()
             );
+        }
+        if let (Some(a), Some(h)) = (server.http_addr, &cfg.http) {
+            println!("  Security console: {}://{a}/console/", h.scheme());
+            match admin_token {
+                Some(t) => println!(
+                    "  Admin token (shown only now; its hash is in {}): {t}",
+                    cfg.data_dir.join(warden::cli::bootstrap::ADMIN_TOKEN_HASH_FILE).display()
+                ),
+                None => println!(
+                    "  Sign in with the admin token shown on the first start (delete {} and restart for a new one)",
+                    cfg.data_dir.join(warden::cli::bootstrap::ADMIN_TOKEN_HASH_FILE).display()
+                ),
+            }
         }
         println!();
     }

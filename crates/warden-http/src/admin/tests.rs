@@ -280,6 +280,10 @@ fn openapi_document_names_every_route() {
         "/admin/clients/{id}/kick",
         "/admin/bans",
         "/admin/oauth/clients",
+        "/admin/certificates",
+        "/admin/stats",
+        "/admin/stats/history",
+        "/admin/explain",
     ] {
         assert!(doc["paths"][p].is_object(), "{p}");
     }
