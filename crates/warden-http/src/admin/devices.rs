@@ -125,6 +125,7 @@ fn device_mut<'a>(p: &'a mut warden_policy::store::PolicyStore, id: &str) -> Api
 
 /// Add `fp` to device `id`, refusing one already registered (to it or to another device).
 fn add_cert(p: &mut warden_policy::store::PolicyStore, id: &str, fp: &str, cert: &DeviceCert) -> ApiResult<()> {
+    device_mut(p, id)?;
     if let Some(other) = p.devices.iter().find(|(_, d)| d.certificates.contains_key(fp)).map(|(o, _)| o.clone()) {
         return Err(AdminError::conflict(format!("certificate {fp} is already registered to device '{other}'")));
     }
