@@ -44,6 +44,10 @@
 //!   client at all, and deny patterns using it deny that client everything (fail closed). So a
 //!   user named `#` gets nothing from `pattern readwrite users/%u/#`, and client id `a/b` does not
 //!   get `c/a/b` from `pattern write c/%c`. (Mosquitto refuses only `+` and `#`.)
+//! - Warden's extension, **device attributes**: `%{attr:NAME}` in a `pattern` line is the
+//!   attribute `NAME` of the device the client is ([`crate::devices`]), with the same safety
+//!   (an empty value is unsafe too); a missing attribute, or a client that is no device, makes
+//!   the pattern match nothing.
 //! - No rule matching means no answer (`None`): the caller denies by default.
 //!
 //! # Cost
