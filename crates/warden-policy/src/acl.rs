@@ -349,6 +349,9 @@ pub(crate) enum Part {
     Attr(Box<str>),
 }
 
+/// The device attributes a rule uses (`%{attr:NAME}`).
+pub(crate) type AttrNames = Box<[Box<str>]>;
+
 /// How a device attribute begins in a pattern level, after its `%`.
 const ATTR_OPEN: &str = "{attr:";
 
@@ -427,7 +430,7 @@ impl Template {
     }
 
     /// The device attributes a whole filter uses (`%{attr:NAME}`).
-    pub(crate) fn attrs(filter: &str, syntax: Syntax) -> Box<[Box<str>]> {
+    pub(crate) fn attrs(filter: &str, syntax: Syntax) -> AttrNames {
         let mut names: Vec<Box<str>> = Vec::new();
         for t in filter.split('/').filter_map(|l| Template::parse(l, syntax)) {
             for p in t.parts {
@@ -604,7 +607,7 @@ struct AclTries {
     /// Deny patterns using substitutions, in file order: (line, uses `%u`, uses `%c`, the
     /// device attributes it uses). One that applies to a client whose value is unsafe denies
     /// it everything.
-    deny_patterns: Vec<(usize, bool, bool, Box<[Box<str>]>)>,
+    deny_patterns: Vec<(usize, bool, bool, AttrNames)>,
 }
 
 /// A substitution value is safe when it cannot add levels or wildcards (CVE-2017-7650).

@@ -535,7 +535,7 @@ struct RuleTrie {
 /// A deny rule using substitutions: its index, whether it uses `%u`, `%c`, `%i`, the
 /// position of its `source` list in [`RuleTrie::by_source`] (none: any address), and the
 /// device attributes (`%{attr:NAME}`) it uses.
-type TemplatedDeny = (u32, (bool, bool, bool), Option<usize>, Box<[Box<str>]>);
+type TemplatedDeny = (u32, (bool, bool, bool), Option<usize>, crate::acl::AttrNames);
 
 impl RuleTrie {
     fn add(&mut self, index: u32, r: &Rule) {

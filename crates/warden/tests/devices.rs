@@ -315,3 +315,48 @@ async fn malformed_registry_requests_are_refused() {
     assert_eq!(v["attributes"], json!({"site": "berlin"}));
     assert_eq!(v["certificates"].as_array().unwrap().len(), 1);
 }
+
+/// `warden admin device …` against the running broker; (success, stdout + stderr).
+async fn cli(b: &TestBroker, args: &[&str]) -> (bool, String) {
+    let url = format!("http://{}", b.server.http_addr.unwrap());
+    let args: Vec<String> = args.iter().map(|s| s.to_string()).collect();
+    tokio::task::spawn_blocking(move || {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_warden"))
+            .args(["admin", "--url", &url, "device"])
+            .args(&args)
+            .env("WARDEN_ADMIN_TOKEN", ADMIN_TOKEN)
+            .stdin(std::process::Stdio::null())
+            .output()
+            .expect("run warden");
+        let text = String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
+        (out.status.success(), text)
+    })
+    .await
+    .unwrap()
+}
+
+/// The CLI drives the registry: add with a certificate file, list, revoke (the live
+/// connection ends), and refusals come back as the API's errors.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_admin_cli_manages_devices() {
+    let s = setup("").await;
+    let b = &s.broker;
+    let dev = s.pki.client("dev-1", Validity::Valid);
+    let cert = dev.cert.display().to_string();
+    let (ok, out) = cli(b, &["add", "dev-1", "--type", "sensor", "--attr", "site=berlin", "--cert", &cert]).await;
+    assert!(ok, "{out}");
+    let (ok, out) = cli(b, &["list"]).await;
+    assert!(ok && out.contains("dev-1\ttype=sensor\towner=-\tattributes=site=berlin"), "{out}");
+    let fp = out.lines().find_map(|l| l.strip_prefix("  ")).and_then(|l| l.split('\t').next()).unwrap().to_owned();
+    assert!(out.contains(&format!("{fp}\tactive")), "{out}");
+    let mut c = s.connected(&dev, "dev-1", Protocol::V5).await;
+    let (ok, out) = cli(b, &["cert-status", "dev-1", &fp, "revoked"]).await;
+    assert!(ok, "{out}");
+    assert_eq!(expect_disconnect(&mut c).await, ReasonCode::NOT_AUTHORIZED);
+    let (ok, out) = cli(b, &["cert-status", "dev-1", &fp, "active"]).await;
+    assert!(!ok && out.contains("409"), "{out}");
+    let (ok, out) = cli(b, &["add", "dev/2"]).await;
+    assert!(!ok && out.contains("400"), "{out}");
+    let (ok, out) = cli(b, &["set", "dev-1", "--attr", "no-equals-sign"]).await;
+    assert!(!ok && out.contains("expected NAME=VALUE"), "{out}");
+}
