@@ -596,6 +596,8 @@ pub struct AclFile {
     any: AclTries,
     /// The rules with a source condition, by their list of networks.
     by_source: Vec<(Box<[Cidr]>, AclTries)>,
+    /// Some pattern uses a device attribute (`%{attr:NAME}`).
+    uses_attrs: bool,
 }
 
 /// The tries of rules that apply to the same addresses.
@@ -647,6 +649,9 @@ impl AclFile {
     }
 
     fn add(&mut self, rule: AclRule) {
+        if rule.scope == RuleScope::Pattern && !Template::attrs(rule.filter.as_str(), Syntax::Pattern).is_empty() {
+            self.uses_attrs = true;
+        }
         let tries = if rule.source.is_empty() {
             &mut self.any
         } else {
@@ -671,6 +676,12 @@ impl AclFile {
             .filter(move |(nets, _)| peer.is_some_and(|ip| any_contains(nets, ip)))
             .map(|(_, t)| t);
         std::iter::once(&self.any).chain(conditional)
+    }
+
+    /// True when some pattern uses a device attribute (`%{attr:NAME}`): only then are a
+    /// client's attributes looked up.
+    pub fn uses_attrs(&self) -> bool {
+        self.uses_attrs
     }
 
     /// True when some rule has a `source=` condition.

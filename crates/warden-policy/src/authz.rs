@@ -343,6 +343,10 @@ impl PolicyAuthorizer {
     /// not): `%{attr:NAME}` in ACL patterns and store rules.
     #[inline]
     fn device_attrs(&self, principal: &Principal) -> Option<&crate::devices::DeviceAttrs> {
+        // Looked up only where an ACL pattern uses attributes (the store looks up its own).
+        if !self.acl.as_ref().is_some_and(|a| a.uses_attrs()) {
+            return None;
+        }
         self.quotas.as_ref().and_then(|s| s.device_attrs(principal))
     }
 

@@ -390,6 +390,7 @@ impl PolicyStore {
         for (name, role) in &self.roles {
             let ids = role_rules.entry(name).or_default();
             for r in &role.rules {
+                c.uses_attrs |= !Template::attrs(&r.topic, Syntax::Store).is_empty();
                 ids.push(c.rules.len() as u32);
                 c.rules.push(CompiledRule { role: name.clone(), rule: r.clone() });
             }
@@ -584,6 +585,8 @@ pub struct StoreMatch {
 #[derive(Debug, Default)]
 pub struct CompiledStore {
     configured: bool,
+    /// Some rule uses a device attribute (`%{attr:NAME}`).
+    uses_attrs: bool,
     rules: Vec<CompiledRule>,
     users: FxMap<Box<str>, RuleTrie>,
     roles: FxMap<Box<str>, RuleTrie>,
@@ -608,6 +611,11 @@ impl CompiledStore {
             return None;
         }
         self.devices.get(&*principal.name)
+    }
+
+    /// True when some rule uses a device attribute (`%{attr:NAME}`).
+    pub fn uses_attrs(&self) -> bool {
+        self.uses_attrs
     }
 
     /// True when the store has at least one rule (it is then an authorization source).
@@ -678,7 +686,7 @@ impl CompiledStore {
         let unsafe_ = |v: Option<&str>| v.is_some_and(|v| !safe_value(v));
         let bad = (unsafe_(user), !safe_value(client_id), unsafe_(identity));
         let peer = principal.peer();
-        let attrs = self.device_attrs(principal);
+        let attrs = if self.uses_attrs { self.device_attrs(principal) } else { None };
         if bad.0 || bad.1 || bad.2 || attrs.is_some() {
             let attr_unsafe = |names: &[Box<str>]| attrs.is_some_and(|a| names.iter().any(|n| a.is_unsafe(n)));
             for t in self.tries(principal) {

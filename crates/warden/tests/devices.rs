@@ -360,3 +360,48 @@ async fn the_admin_cli_manages_devices() {
     let (ok, out) = cli(b, &["set", "dev-1", "--attr", "no-equals-sign"]).await;
     assert!(!ok && out.contains("expected NAME=VALUE"), "{out}");
 }
+
+/// `warden check` reads `registered_certificates_only`, says what it means, warns when no
+/// listener verifies client certificates, and refuses a policy store whose registry is
+/// invalid.
+#[test]
+fn warden_check_reports_the_registry() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    std::fs::create_dir_all(&data).unwrap();
+    let cfg = dir.path().join("warden.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "data_dir = \"{}\"\n[[listener]]\nbind = \"127.0.0.1:0\"\nprotocol = \"mqtt\"\n[auth]\nregistered_certificates_only = true\n",
+            data.display()
+        ),
+    )
+    .unwrap();
+    let check = || {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_warden"))
+            .args(["check", "--config", cfg.to_str().unwrap()])
+            .output()
+            .unwrap();
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr),
+        )
+    };
+    let (ok, out) = check();
+    assert!(ok, "{out}");
+    assert!(out.contains("device registry: 0 device(s)"), "{out}");
+    assert!(out.contains("registered_certificates_only is set but no listener verifies client certificates"), "{out}");
+    // A registry naming one certificate for two devices: refused with the file's name.
+    let fp = "ab".repeat(32);
+    let store = format!(
+        r#"{{"version":1,"devices":{{"a":{{"certificates":{{"{fp}":{{}}}}}},"b":{{"certificates":{{"{fp}":{{}}}}}}}}}}"#
+    );
+    std::fs::write(data.join("policy.json"), store).unwrap();
+    let (ok, out) = check();
+    assert!(!ok && out.contains("policy.json") && out.contains("registered to both"), "{out}");
+    // A misspelt key is refused.
+    std::fs::write(&cfg, "[auth]\nregistered_certificate_only = true\n").unwrap();
+    let (ok, out) = check();
+    assert!(!ok && out.contains("registered_certificate_only"), "{out}");
+}
