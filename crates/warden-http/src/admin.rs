@@ -1,5 +1,5 @@
-//! The admin REST API (`/admin/...`): the policy store (users, groups, roles, rules), OAuth
-//! clients, connected clients (list, kick) and bans. The broker side (persistence, applying a
+//! The admin REST API (`/admin/...`): the policy store (users, groups, roles, rules, the
+//! device registry: [`devices`]), OAuth clients, connected clients (list, kick) and bans. The broker side (persistence, applying a
 //! change live) is behind [`AdminBackend`], which the `warden` crate implements; this module is
 //! HTTP only and is tested without sockets.
 //!
@@ -37,6 +37,7 @@ use crate::secrets::{peer_ip, HashClass, PeerAddr, SecretChecks};
 use crate::OAuthService;
 
 pub mod audit;
+mod devices;
 
 use audit::{AdminActor, AuditRecord};
 
@@ -436,6 +437,16 @@ pub fn admin_router(backend: Arc<dyn AdminBackend>, auth: AdminAuth) -> Router {
         .route("/admin/roles/{name}/quotas", get(get_role_quotas).put(put_role_quotas))
         .route("/admin/roles/{name}/rules", get(list_rules).post(add_rule))
         .route("/admin/roles/{name}/rules/{id}", delete(delete_rule))
+        .route("/admin/devices", get(devices::list_devices).post(devices::create_device))
+        .route(
+            "/admin/devices/{id}",
+            get(devices::get_device).put(devices::update_device).delete(devices::delete_device),
+        )
+        .route("/admin/devices/{id}/certificates", get(devices::list_certs).post(devices::add_cert_route))
+        .route(
+            "/admin/devices/{id}/certificates/{fingerprint}",
+            axum::routing::put(devices::set_cert_status).delete(devices::remove_cert),
+        )
         .route("/admin/clients", get(list_clients))
         .route("/admin/clients/{id}/kick", post(kick))
         .route("/admin/bans", get(list_bans).post(add_ban).delete(remove_ban))

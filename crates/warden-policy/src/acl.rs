@@ -44,6 +44,10 @@
 //!   client at all, and deny patterns using it deny that client everything (fail closed). So a
 //!   user named `#` gets nothing from `pattern readwrite users/%u/#`, and client id `a/b` does not
 //!   get `c/a/b` from `pattern write c/%c`. (Mosquitto refuses only `+` and `#`.)
+//! - Warden's extension, **device attributes**: `%{attr:NAME}` in a `pattern` line is the
+//!   attribute `NAME` of the device the client is ([`crate::devices`]), with the same safety
+//!   (an empty value is unsafe too); a missing attribute, or a client that is no device, makes
+//!   the pattern match nothing.
 //! - No rule matching means no answer (`None`): the caller denies by default.
 //!
 //! # Cost
@@ -341,7 +345,15 @@ pub(crate) enum Part {
     Client,
     /// `%i` (policy store only).
     Identity,
+    /// `%{attr:NAME}`: an attribute of the device the principal is (crate::devices).
+    Attr(Box<str>),
 }
+
+/// The device attributes a rule uses (`%{attr:NAME}`).
+pub(crate) type AttrNames = Box<[Box<str>]>;
+
+/// How a device attribute begins in a pattern level, after its `%`.
+const ATTR_OPEN: &str = "{attr:";
 
 /// Which substitutions a trie understands in its rules' levels.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -367,6 +379,8 @@ pub(crate) struct Vals<'a> {
     pub(crate) user: Option<&'a str>,
     pub(crate) client: Option<&'a str>,
     pub(crate) identity: Option<&'a str>,
+    /// The attributes of the device the principal is (`None`: it is no device).
+    pub(crate) attrs: Option<&'a crate::devices::DeviceAttrs>,
 }
 
 impl Template {
@@ -378,29 +392,56 @@ impl Template {
         }
         let mut parts = Vec::new();
         let mut lit = String::new();
-        let mut chars = level.chars().peekable();
-        while let Some(ch) = chars.next() {
-            let var = match (ch, chars.peek()) {
-                ('%', Some('u')) => Some(Part::User),
-                ('%', Some('c')) => Some(Part::Client),
-                ('%', Some('i')) if syntax == Syntax::Store => Some(Part::Identity),
+        let mut rest = level;
+        while let Some(ch) = rest.chars().next() {
+            let after = &rest[ch.len_utf8()..];
+            let var = match (ch, after.chars().next()) {
+                ('%', Some('u')) => Some((Part::User, 1)),
+                ('%', Some('c')) => Some((Part::Client, 1)),
+                ('%', Some('i')) if syntax == Syntax::Store => Some((Part::Identity, 1)),
+                // `%{attr:NAME}`: a device attribute (crate::devices).
+                ('%', Some('{')) => after.strip_prefix(ATTR_OPEN).and_then(|a| {
+                    let end = a.find('}')?;
+                    let name = &a[..end];
+                    crate::devices::valid_attribute_name(name)
+                        .ok()
+                        .map(|_| (Part::Attr(name.into()), ATTR_OPEN.len() + end + 1))
+                }),
                 _ => None,
             };
             match var {
-                Some(v) => {
-                    chars.next();
+                Some((v, len)) => {
+                    rest = &after[len..];
                     if !lit.is_empty() {
                         parts.push(Part::Lit(std::mem::take(&mut lit).into()));
                     }
                     parts.push(v);
                 }
-                None => lit.push(ch),
+                None => {
+                    lit.push(ch);
+                    rest = after;
+                }
             }
         }
         if !lit.is_empty() {
             parts.push(Part::Lit(lit.into()));
         }
         parts.iter().any(|p| !matches!(p, Part::Lit(_))).then_some(Template { parts })
+    }
+
+    /// The device attributes a whole filter uses (`%{attr:NAME}`).
+    pub(crate) fn attrs(filter: &str, syntax: Syntax) -> AttrNames {
+        let mut names: Vec<Box<str>> = Vec::new();
+        for t in filter.split('/').filter_map(|l| Template::parse(l, syntax)) {
+            for p in t.parts {
+                if let Part::Attr(n) = p {
+                    if !names.contains(&n) {
+                        names.push(n);
+                    }
+                }
+            }
+        }
+        names.into()
     }
 
     /// The substitutions a whole filter uses: (`%u`, `%c`, `%i`).
@@ -412,7 +453,7 @@ impl Template {
                     Part::User => uses.0 = true,
                     Part::Client => uses.1 = true,
                     Part::Identity => uses.2 = true,
-                    Part::Lit(_) => {}
+                    Part::Lit(_) | Part::Attr(_) => {}
                 }
             }
         }
@@ -434,6 +475,10 @@ impl Template {
                 },
                 Part::Identity => match vals.identity {
                     Some(i) => i,
+                    None => return false,
+                },
+                Part::Attr(n) => match vals.attrs.and_then(|a| a.safe(n)) {
+                    Some(v) => v,
                     None => return false,
                 },
             };
@@ -464,7 +509,7 @@ pub(crate) struct Node<M> {
     hash: Option<M>,
     plus: Option<Box<Node<M>>>,
     literal: FxMap<Box<str>, Node<M>>,
-    /// Levels with substitutions (`%u`, `%c`, `%i`), when the syntax has them.
+    /// Levels with substitutions (`%u`, `%c`, `%i`, `%{attr:NAME}`), when the syntax has them.
     templated: Vec<(Template, Node<M>)>,
 }
 
@@ -551,6 +596,8 @@ pub struct AclFile {
     any: AclTries,
     /// The rules with a source condition, by their list of networks.
     by_source: Vec<(Box<[Cidr]>, AclTries)>,
+    /// Some pattern uses a device attribute (`%{attr:NAME}`).
+    uses_attrs: bool,
 }
 
 /// The tries of rules that apply to the same addresses.
@@ -559,9 +606,10 @@ struct AclTries {
     users: FxMap<Box<str>, Node<AclMarks>>,
     anonymous: Node<AclMarks>,
     patterns: Node<AclMarks>,
-    /// Deny patterns using substitutions, in file order: (line, uses `%u`, uses `%c`). One
-    /// that applies to a client whose value is unsafe denies it everything.
-    deny_patterns: Vec<(usize, bool, bool)>,
+    /// Deny patterns using substitutions, in file order: (line, uses `%u`, uses `%c`, the
+    /// device attributes it uses). One that applies to a client whose value is unsafe denies
+    /// it everything.
+    deny_patterns: Vec<(usize, bool, bool, AttrNames)>,
 }
 
 /// A substitution value is safe when it cannot add levels or wildcards (CVE-2017-7650).
@@ -601,6 +649,9 @@ impl AclFile {
     }
 
     fn add(&mut self, rule: AclRule) {
+        if rule.scope == RuleScope::Pattern && !Template::attrs(rule.filter.as_str(), Syntax::Pattern).is_empty() {
+            self.uses_attrs = true;
+        }
         let tries = if rule.source.is_empty() {
             &mut self.any
         } else {
@@ -625,6 +676,12 @@ impl AclFile {
             .filter(move |(nets, _)| peer.is_some_and(|ip| any_contains(nets, ip)))
             .map(|(_, t)| t);
         std::iter::once(&self.any).chain(conditional)
+    }
+
+    /// True when some pattern uses a device attribute (`%{attr:NAME}`): only then are a
+    /// client's attributes looked up.
+    pub fn uses_attrs(&self) -> bool {
+        self.uses_attrs
     }
 
     /// True when some rule has a `source=` condition.
@@ -679,6 +736,20 @@ impl AclFile {
         peer: Option<IpAddr>,
         action: Action<'_>,
     ) -> Option<AclMatch> {
+        self.explain_with(user, client_id, peer, None, action)
+    }
+
+    /// [`AclFile::explain_from`] for a client that is a device of the registry with `attrs`
+    /// (`%{attr:NAME}` in patterns; `None`: no device, patterns using attributes match
+    /// nothing).
+    pub fn explain_with(
+        &self,
+        user: Option<&str>,
+        client_id: &str,
+        peer: Option<IpAddr>,
+        attrs: Option<&crate::devices::DeviceAttrs>,
+        action: Action<'_>,
+    ) -> Option<AclMatch> {
         let need = if action.is_publish() { Need::Write } else { Need::Read };
         // The codec validated the name or filter; only the alias placeholder can be empty.
         let topic = action.topic();
@@ -687,17 +758,21 @@ impl AclFile {
         }
 
         // Fail closed: a deny pattern that cannot be substituted safely denies everything.
-        // (A pattern using `%u` does not apply to anonymous clients at all.)
+        // (A pattern using `%u` does not apply to anonymous clients at all; one using a
+        // missing attribute applies to no one.)
         let user_unsafe = user.is_some_and(|u| !safe_value(u));
         let client_unsafe = !safe_value(client_id);
-        if user_unsafe || client_unsafe {
+        if user_unsafe || client_unsafe || attrs.is_some() {
+            let attr_unsafe = |names: &[Box<str>]| attrs.is_some_and(|a| names.iter().any(|n| a.is_unsafe(n)));
             let fail_closed = self
                 .tries(peer)
                 .flat_map(|t| t.deny_patterns.iter())
-                .filter(|&&(_, u, c)| !(u && user.is_none()) && ((u && user_unsafe) || (c && client_unsafe)))
-                .min_by_key(|&&(line, _, _)| line);
-            if let Some(&(line, _, _)) = fail_closed {
-                return Some(AclMatch { allowed: false, line });
+                .filter(|(_, u, c, a)| {
+                    !(*u && user.is_none()) && ((*u && user_unsafe) || (*c && client_unsafe) || attr_unsafe(a))
+                })
+                .min_by_key(|(line, _, _, _)| *line);
+            if let Some((line, _, _, _)) = fail_closed {
+                return Some(AclMatch { allowed: false, line: *line });
             }
         }
 
@@ -708,6 +783,7 @@ impl AclFile {
             user: user.filter(|_| !user_unsafe),
             client: Some(client_id).filter(|_| !client_unsafe),
             identity: None,
+            attrs,
         };
         with_levels(topic, |req| {
             for tries in self.tries(peer) {
@@ -737,8 +813,9 @@ impl AclTries {
             RuleScope::Pattern => {
                 self.patterns.insert(&levels, &mark, Syntax::Pattern);
                 let (uses_user, uses_client, _) = Template::uses(rule.filter.as_str(), Syntax::Pattern);
-                if rule.access == Access::Deny && (uses_user || uses_client) {
-                    self.deny_patterns.push((rule.line, uses_user, uses_client));
+                let attrs = Template::attrs(rule.filter.as_str(), Syntax::Pattern);
+                if rule.access == Access::Deny && (uses_user || uses_client || !attrs.is_empty()) {
+                    self.deny_patterns.push((rule.line, uses_user, uses_client, attrs));
                 }
             }
         }

@@ -339,6 +339,17 @@ impl PolicyAuthorizer {
         self
     }
 
+    /// The attributes of the device `principal` is, from the policy store's registry (rules or
+    /// not): `%{attr:NAME}` in ACL patterns and store rules.
+    #[inline]
+    fn device_attrs(&self, principal: &Principal) -> Option<&crate::devices::DeviceAttrs> {
+        // Looked up only where an ACL pattern uses attributes (the store looks up its own).
+        if !self.acl.as_ref().is_some_and(|a| a.uses_attrs()) {
+            return None;
+        }
+        self.quotas.as_ref().and_then(|s| s.device_attrs(principal))
+    }
+
     /// True when an ACL file is in force.
     pub fn has_acl(&self) -> bool {
         self.acl.is_some()
@@ -366,7 +377,7 @@ impl PolicyAuthorizer {
             .acl
             .as_ref()
             .filter(|_| !is_fallback(principal))
-            .map(|a| a.explain_from(user, client_id, principal.peer(), action));
+            .map(|a| a.explain_with(user, client_id, principal.peer(), self.device_attrs(principal), action));
         let store = self.store.as_ref().map(|s| (s, s.check(principal, client_id, action)));
         let scopes = principal.grants().map(|g| g.check_from(None, client_id, principal.peer(), action));
         let store_name = |s: &crate::store::CompiledStore, m: crate::store::StoreMatch| {
@@ -420,11 +431,9 @@ impl PolicyAuthorizer {
             _ => Some(&*principal.name),
         };
         // A fail-open client gets its fallback role only: the ACL file does not apply to it.
-        let from_acl = self
-            .acl
-            .as_ref()
-            .filter(|_| !is_fallback(principal))
-            .map(|a| a.check_from(user, client_id, principal.peer(), action));
+        let from_acl = self.acl.as_ref().filter(|_| !is_fallback(principal)).map(|a| {
+            a.explain_with(user, client_id, principal.peer(), self.device_attrs(principal), action).map(|m| m.allowed)
+        });
         let from_store = self.store.as_ref().map(|s| s.check(principal, client_id, action).map(|m| m.allowed));
         let from_scopes = principal.grants().map(|g| g.check_from(None, client_id, principal.peer(), action));
         let answers = [from_acl, from_store, from_scopes];
@@ -847,6 +856,47 @@ mod tests {
         assert!(!none.authorize(&p, "c", pubq(&name("fleet/d1/x/temp"))).is_allowed());
         assert!(none.authorize(&p, "c", Action::subscribe(&filter("cmd/+/x"), QoS::AtMostOnce)).is_allowed());
         assert!(none.authorize(&p, "c", Action::receive(&name("cmd"))).is_allowed(), "`#` matches its parent");
+    }
+
+    /// `%{attr:NAME}` in ACL-file patterns: the device registry (policy store, no rules of
+    /// its own needed) gives the values; injection attempts and missing attributes never widen.
+    #[test]
+    fn acl_patterns_use_device_attributes() {
+        use crate::devices::Device;
+        let acl = crate::acl::AclFile::parse(
+            "pattern readwrite devices/%{attr:site}/%u/#\npattern deny devices/%{attr:site}/locked\n",
+        )
+        .unwrap();
+        let mut store = crate::store::PolicyStore::default();
+        for (id, site) in [("dev-1", Some("berlin")), ("evil", Some("+")), ("bare", None)] {
+            let mut d = Device::default();
+            if let Some(s) = site {
+                d.attributes.insert("site".into(), s.into());
+            }
+            store.devices.insert(id.into(), d);
+        }
+        store.validate().unwrap();
+        let z = PolicyAuthorizer::new(Some(acl), false).with_store(Arc::new(store.compile()));
+        assert!(!z.has_store(), "the registry alone is no authorization source");
+        fn pubq(t: &TopicName) -> Action<'_> {
+            Action::publish(t, QoS::AtMostOnce, false)
+        }
+        let dev = Principal::certificate("dev-1");
+        assert!(z.authorize(&dev, "c", pubq(&name("devices/berlin/dev-1/t"))).is_allowed());
+        assert!(!z.authorize(&dev, "c", pubq(&name("devices/paris/dev-1/t"))).is_allowed());
+        assert!(!z.authorize(&dev, "c", pubq(&name("devices/berlin/locked"))).is_allowed());
+        assert_eq!(z.explain(&dev, "c", pubq(&name("devices/berlin/dev-1/t"))).1, DecidedBy::Acl(1));
+        let evil = Principal::certificate("evil");
+        for t in ["devices/x/evil/t", "devices/berlin/evil/t"] {
+            assert!(!z.authorize(&evil, "c", pubq(&name(t))).is_allowed(), "{t}");
+        }
+        assert!(!z.authorize(&evil, "c", Action::subscribe(&filter("devices/+/evil/#"), QoS::AtMostOnce)).is_allowed());
+        // Unsafe value and a deny pattern using it: everything denied (fail closed).
+        assert_eq!(z.explain(&evil, "c", pubq(&name("other"))).1, DecidedBy::Acl(2));
+        let bare = Principal::certificate("bare");
+        assert!(!z.authorize(&bare, "c", pubq(&name("devices/x/bare/t"))).is_allowed());
+        assert_eq!(z.explain(&bare, "c", pubq(&name("other"))).1, DecidedBy::Default, "missing: deny does not apply");
+        assert!(!z.authorize(&Principal::anonymous(), "c", pubq(&name("devices/berlin/anonymous/t"))).is_allowed());
     }
 
     #[test]

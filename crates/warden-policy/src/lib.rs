@@ -22,6 +22,7 @@ pub mod authn;
 pub mod authz;
 pub mod cert;
 pub mod cidr;
+pub mod devices;
 pub mod jwt;
 pub mod password;
 pub mod principal;

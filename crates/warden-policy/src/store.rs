@@ -37,6 +37,12 @@
 //! non-anonymous principal: user name, certificate identity, token subject) are literal: a
 //! value containing `/`, `+`, `#` or U+0000 never satisfies an allow rule using it, and a deny
 //! rule using it denies that client everything (fail closed), as in [`crate::acl`].
+//! `%{attr:NAME}` is an attribute of the device the principal is ([`crate::devices`]): the
+//! same rules, plus an empty value counts as unsafe and a missing one matches nothing.
+//!
+//! # Devices
+//! `devices` is the device registry ([`crate::devices`]): attributes and certificates by
+//! fingerprint, by device id.
 
 use std::collections::{BTreeMap, HashMap};
 use std::fmt;
@@ -47,6 +53,7 @@ use mqtt_codec::TopicFilter;
 
 use crate::acl::{safe_value, with_levels, FxMap, Node, Syntax, Template, TrieMarks, Vals};
 use crate::cidr::{any_contains, Cidr};
+use crate::devices::{Device, DeviceAttrs, DeviceCerts};
 use crate::{Action, Principal, PrincipalKind, Quotas};
 
 /// The group whose roles apply to every authenticated principal.
@@ -200,11 +207,21 @@ pub struct PolicyStore {
     /// Roles by name.
     #[serde(default)]
     pub roles: BTreeMap<String, Role>,
+    /// The device registry: devices by id ([`crate::devices`]). Absent in files written
+    /// before it existed.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub devices: BTreeMap<String, Device>,
 }
 
 impl Default for PolicyStore {
     fn default() -> Self {
-        PolicyStore { version: FORMAT_VERSION, users: BTreeMap::new(), groups: BTreeMap::new(), roles: BTreeMap::new() }
+        PolicyStore {
+            version: FORMAT_VERSION,
+            users: BTreeMap::new(),
+            groups: BTreeMap::new(),
+            roles: BTreeMap::new(),
+            devices: BTreeMap::new(),
+        }
     }
 }
 
@@ -300,7 +317,22 @@ impl PolicyStore {
                 }
             }
         }
+        let mut owners: HashMap<&str, &str> = HashMap::new();
+        for (id, d) in &self.devices {
+            d.validate(id)?;
+            for fp in d.certificates.keys() {
+                if let Some(other) = owners.insert(fp, id) {
+                    return err(format!("certificate {fp} is registered to both device '{other}' and '{id}'"));
+                }
+            }
+        }
         Ok(())
+    }
+
+    /// The registry's certificates, for authentication and trust events (`strict`:
+    /// `registered_certificates_only`).
+    pub fn device_certs(&self, strict: bool) -> DeviceCerts {
+        DeviceCerts::new(&self.devices, strict)
     }
 
     /// Remove a role and every reference to it. False when it did not exist.
@@ -351,10 +383,14 @@ impl PolicyStore {
     /// Compile into tries (the store must be valid: see [`PolicyStore::validate`]).
     pub fn compile(&self) -> CompiledStore {
         let mut c = CompiledStore { configured: self.has_rules(), ..CompiledStore::default() };
+        for (id, d) in &self.devices {
+            c.devices.insert(id.as_str().into(), DeviceAttrs::of(id, d));
+        }
         let mut role_rules: HashMap<&str, Vec<u32>> = HashMap::new();
         for (name, role) in &self.roles {
             let ids = role_rules.entry(name).or_default();
             for r in &role.rules {
+                c.uses_attrs |= !Template::attrs(&r.topic, Syntax::Store).is_empty();
                 ids.push(c.rules.len() as u32);
                 c.rules.push(CompiledRule { role: name.clone(), rule: r.clone() });
             }
@@ -489,7 +525,7 @@ impl StoreMarks {
 
 /// The rules of one subject, compiled: a trie (and one per distinct `source` list), plus the
 /// deny rules that use substitutions (index, uses `%u`, `%c`, `%i`, the `source` list's
-/// position in `by_source` if any) for the fail-closed check.
+/// position in `by_source` if any, the device attributes used) for the fail-closed check.
 #[derive(Debug, Default)]
 struct RuleTrie {
     trie: Node<StoreMarks>,
@@ -497,9 +533,10 @@ struct RuleTrie {
     templated_denies: Vec<TemplatedDeny>,
 }
 
-/// A deny rule using substitutions: its index, whether it uses `%u`, `%c`, `%i`, and the
-/// position of its `source` list in [`RuleTrie::by_source`] (none: any address).
-type TemplatedDeny = (u32, (bool, bool, bool), Option<usize>);
+/// A deny rule using substitutions: its index, whether it uses `%u`, `%c`, `%i`, the
+/// position of its `source` list in [`RuleTrie::by_source`] (none: any address), and the
+/// device attributes (`%{attr:NAME}`) it uses.
+type TemplatedDeny = (u32, (bool, bool, bool), Option<usize>, crate::acl::AttrNames);
 
 impl RuleTrie {
     fn add(&mut self, index: u32, r: &Rule) {
@@ -518,8 +555,9 @@ impl RuleTrie {
         };
         trie.insert(&levels, &StoreMarks::of(index, r), Syntax::Store);
         let uses = Template::uses(&r.topic, Syntax::Store);
-        if r.effect == Effect::Deny && (uses.0 || uses.1 || uses.2) {
-            self.templated_denies.push((index, uses, group));
+        let attrs = Template::attrs(&r.topic, Syntax::Store);
+        if r.effect == Effect::Deny && (uses.0 || uses.1 || uses.2 || !attrs.is_empty()) {
+            self.templated_denies.push((index, uses, group, attrs));
         }
     }
 
@@ -547,6 +585,8 @@ pub struct StoreMatch {
 #[derive(Debug, Default)]
 pub struct CompiledStore {
     configured: bool,
+    /// Some rule uses a device attribute (`%{attr:NAME}`).
+    uses_attrs: bool,
     rules: Vec<CompiledRule>,
     users: FxMap<Box<str>, RuleTrie>,
     roles: FxMap<Box<str>, RuleTrie>,
@@ -558,9 +598,26 @@ pub struct CompiledStore {
     role_quotas: FxMap<Box<str>, Quotas>,
     authenticated_quotas: Quotas,
     anonymous_quotas: Quotas,
+    /// The device registry's attributes, by device id (`%{attr:NAME}`).
+    devices: FxMap<Box<str>, DeviceAttrs>,
 }
 
 impl CompiledStore {
+    /// The attributes of the device `principal` is: a verified, non-anonymous principal whose
+    /// name is a device id of the registry (`None`: it is no device; `%{attr:NAME}` then
+    /// matches nothing). A fail-open client only claimed its name: it is no device.
+    pub fn device_attrs(&self, principal: &Principal) -> Option<&DeviceAttrs> {
+        if self.devices.is_empty() || matches!(principal.kind, PrincipalKind::Anonymous | PrincipalKind::Fallback) {
+            return None;
+        }
+        self.devices.get(&*principal.name)
+    }
+
+    /// True when some rule uses a device attribute (`%{attr:NAME}`).
+    pub fn uses_attrs(&self) -> bool {
+        self.uses_attrs
+    }
+
     /// True when the store has at least one rule (it is then an authorization source).
     pub fn is_configured(&self) -> bool {
         self.configured
@@ -629,14 +686,15 @@ impl CompiledStore {
         let unsafe_ = |v: Option<&str>| v.is_some_and(|v| !safe_value(v));
         let bad = (unsafe_(user), !safe_value(client_id), unsafe_(identity));
         let peer = principal.peer();
-        if bad.0 || bad.1 || bad.2 {
+        let attrs = if self.uses_attrs { self.device_attrs(principal) } else { None };
+        if bad.0 || bad.1 || bad.2 || attrs.is_some() {
+            let attr_unsafe = |names: &[Box<str>]| attrs.is_some_and(|a| names.iter().any(|n| a.is_unsafe(n)));
             for t in self.tries(principal) {
-                let hit = t
-                    .templated_denies
-                    .iter()
-                    .find(|(_, u, g)| ((u.0 && bad.0) || (u.1 && bad.1) || (u.2 && bad.2)) && t.applies(*g, peer));
-                if let Some(&(i, _, _)) = hit {
-                    return Some(StoreMatch { allowed: false, rule: Some(i) });
+                let hit = t.templated_denies.iter().find(|(_, u, g, a)| {
+                    ((u.0 && bad.0) || (u.1 && bad.1) || (u.2 && bad.2) || attr_unsafe(a)) && t.applies(*g, peer)
+                });
+                if let Some((i, _, _, _)) = hit {
+                    return Some(StoreMatch { allowed: false, rule: Some(*i) });
                 }
             }
         }
@@ -644,6 +702,7 @@ impl CompiledStore {
             user: user.filter(|v| safe_value(v)),
             client: Some(client_id).filter(|v| safe_value(v)),
             identity: identity.filter(|v| safe_value(v)),
+            attrs,
         };
         let dollar = topic.starts_with('$');
         let mut acc = StoreMarks::default();

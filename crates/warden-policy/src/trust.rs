@@ -89,20 +89,25 @@ pub struct CertChain {
     pub leaf: CertRef,
     /// The intermediate CAs between it and the trust anchor (empty: none, or not checked).
     pub issuers: Box<[CertRef]>,
+    /// SHA-256 of the client's DER certificate, lowercase hex, as the device registry names
+    /// it (computed once, at the TLS handshake; `None`: not known).
+    pub fingerprint: Option<Box<str>>,
 }
 
 impl CertChain {
     /// A certificate alone (its chain not checked).
     pub fn leaf(leaf: CertRef) -> CertChain {
-        CertChain { leaf, issuers: Box::default() }
+        CertChain { leaf, issuers: Box::default(), fingerprint: None }
     }
 
     /// From the DER certificates a client presented, leaf first (`None`: the leaf is not a
     /// certificate). Intermediates that cannot be parsed are left out: the TLS layer verified
     /// the chain it used, and a CRL can only name what parses.
     pub fn from_ders<'a>(mut ders: impl Iterator<Item = &'a [u8]>) -> Option<CertChain> {
-        let leaf = CertRef::from_der(ders.next()?)?;
-        Some(CertChain { leaf, issuers: ders.filter_map(CertRef::from_der).collect() })
+        let der = ders.next()?;
+        let leaf = CertRef::from_der(der)?;
+        let fingerprint = Some(crate::cert::sha256_fingerprint(der).into());
+        Some(CertChain { leaf, issuers: ders.filter_map(CertRef::from_der).collect(), fingerprint })
     }
 }
 
@@ -208,6 +213,10 @@ pub enum TrustEvent {
     /// These names are disabled in the policy store: every principal of that name loses its
     /// standing, whichever method proved it (password, certificate, token, look-up).
     Disabled(Arc<HashSet<String>>),
+    /// The device registry's certificates now stand so: a client certificate made inactive
+    /// or revoked there, registered to another device, or (with `registered_certificates_only`)
+    /// no longer registered, loses its standing.
+    DeviceCertificates(Arc<crate::devices::DeviceCerts>),
 }
 
 /// How a trust event ends a principal's standing.
@@ -235,6 +244,7 @@ impl TrustEvent {
             TrustEvent::PasswordFile(file) => p.source == CredentialSource::PasswordFile && !file.contains(&p.name),
             TrustEvent::StoreUsers(users) => p.source == CredentialSource::StoreUser && !users.contains(&*p.name),
             TrustEvent::Disabled(names) => p.source != CredentialSource::Anonymous && names.contains(&*p.name),
+            TrustEvent::DeviceCertificates(certs) => certs.admits(p).is_err(),
         };
         lost.then_some(Verdict::Revoked)
     }
@@ -248,6 +258,7 @@ impl TrustEvent {
             TrustEvent::PasswordFile(_) => "password file reloaded",
             TrustEvent::StoreUsers(_) => "policy-store users changed",
             TrustEvent::Disabled(_) => "policy-store users disabled",
+            TrustEvent::DeviceCertificates(_) => "device registry certificates changed",
         }
     }
 }
@@ -335,9 +346,40 @@ mod tests {
         let other = CertRef { serial: [1u8, 3].as_slice().into(), ..cert.clone() };
         assert_eq!(ev.verdict(&holding(CertChain::leaf(other.clone()))), None);
         // Issued under a revoked intermediate: revoked too.
-        let under = CertChain { leaf: other.clone(), issuers: vec![cert].into() };
+        let under = CertChain { leaf: other.clone(), issuers: vec![cert].into(), fingerprint: None };
         assert_eq!(ev.verdict(&holding(under)), Some(Verdict::Revoked));
         assert_eq!(trim(&[0, 0, 5]), &[5]);
         assert_eq!(trim(&[0]), &[0]);
+    }
+
+    #[test]
+    fn device_registry_certificates_by_fingerprint() {
+        use crate::devices::{CertStatus, Device, DeviceCert, DeviceCerts};
+        let fp = "ab".repeat(32);
+        let holding = |fp: Option<&str>, name: &str| {
+            let chain = CertChain {
+                fingerprint: fp.map(Into::into),
+                ..CertChain::leaf(CertRef { issuer: b"ca".as_slice().into(), serial: [1u8].as_slice().into() })
+            };
+            Principal::certificate(name)
+                .with_credential(CredentialSource::Certificate, Some(Credential::Certificate(chain)))
+        };
+        let registry = |status| {
+            let mut d = Device::default();
+            d.certificates.insert(fp.clone(), DeviceCert { status, ..Default::default() });
+            std::collections::BTreeMap::from([("dev-1".to_string(), d)])
+        };
+        let ev = |status, strict| TrustEvent::DeviceCertificates(Arc::new(DeviceCerts::new(&registry(status), strict)));
+        assert_eq!(ev(CertStatus::Active, false).verdict(&holding(Some(&fp), "dev-1")), None);
+        assert_eq!(ev(CertStatus::Revoked, false).verdict(&holding(Some(&fp), "dev-1")), Some(Verdict::Revoked));
+        assert_eq!(ev(CertStatus::Inactive, false).verdict(&holding(Some(&fp), "dev-1")), Some(Verdict::Revoked));
+        assert_eq!(ev(CertStatus::Revoked, false).verdict(&holding(Some(&"cd".repeat(32)), "dev-1")), None);
+        assert_eq!(
+            ev(CertStatus::Active, true).verdict(&holding(Some(&"cd".repeat(32)), "dev-1")),
+            Some(Verdict::Revoked)
+        );
+        // Only certificate holders: a user of that name is untouched.
+        let user = Principal::user("dev-1").with_credential(CredentialSource::StoreUser, None);
+        assert_eq!(ev(CertStatus::Revoked, true).verdict(&user), None);
     }
 }

@@ -298,10 +298,13 @@ fn check_loaded(path: &std::path::Path, cfg: &Config, summary: bool) -> Vec<Stri
             .map_err(anyhow::Error::from),
     );
     note(warden::server::load_policy(&cfg.authz).map(drop).map_err(anyhow::Error::from));
-    let mut store_users = None;
+    let (mut store_users, mut devices) = (None, 0);
     note(
         warden::admin::policy_store::load(&cfg.data_dir)
-            .map(|s| store_users = Some(s.users.len()))
+            .map(|s| {
+                store_users = Some(s.users.len());
+                devices = s.devices.len();
+            })
             .map_err(anyhow::Error::from),
     );
     note(warden::admission::bans::BanList::load(&cfg.data_dir).map(drop).map_err(anyhow::Error::from));
@@ -320,6 +323,14 @@ fn check_loaded(path: &std::path::Path, cfg: &Config, summary: bool) -> Vec<Stri
     // Inline secrets and secret files open to group or others: warnings, not errors.
     for w in cfg.warnings() {
         eprintln!("warden: warning: {w}");
+    }
+    if cfg.auth.registered_certificates_only {
+        if !cfg.listeners.iter().any(|l| l.tls.as_ref().is_some_and(|t| t.client_ca.is_some())) {
+            eprintln!(
+                "warden: warning: [auth] registered_certificates_only is set but no listener verifies client certificates (client_ca)"
+            );
+        }
+        println!("device registry: {devices} device(s); only their active certificates are accepted");
     }
     // The connection caps against the descriptors `serve` would have (it raises the soft limit
     // to this hard one): the same warning as at start, before it happens.

@@ -284,6 +284,10 @@ fn openapi_document_names_every_route() {
         "/admin/stats",
         "/admin/stats/history",
         "/admin/explain",
+        "/admin/devices",
+        "/admin/devices/{id}",
+        "/admin/devices/{id}/certificates",
+        "/admin/devices/{id}/certificates/{fingerprint}",
     ] {
         assert!(doc["paths"][p].is_object(), "{p}");
     }
@@ -527,4 +531,88 @@ async fn group_role_and_rule_changes_record_what_was_there_before() {
     assert_eq!(recs[6].detail["rule"]["topic"], "t/#");
     assert_eq!(recs[7].error.as_deref(), Some("role 'dev' has no rule 'r1'"));
     assert_eq!(recs[8].detail, json!({"rules": []}));
+}
+
+/// Issue 23: the device registry's CRUD, its refusals (400 malformed or invalid, 404, 409) and
+/// the audit record of each change.
+#[tokio::test]
+async fn devices_crud_refusals_and_audit() {
+    let fx = fixture();
+    let fp = "AB:".repeat(31) + "AB";
+    let norm = "ab".repeat(32);
+    let body = json!({"id": "dev-1", "type": "sensor", "owner": "acme", "attributes": {"site": "berlin"},
+        "certificates": [{"fingerprint": fp}]});
+    let (s, v) = fx.admin(Method::POST, "/admin/devices", Some(body.clone())).await;
+    assert_eq!(s, StatusCode::CREATED, "{v}");
+    assert_eq!(fx.admin(Method::POST, "/admin/devices", Some(body)).await.0, StatusCode::CONFLICT);
+    let (s, v) = fx.admin(Method::GET, "/admin/devices/dev-1", None).await;
+    assert_eq!(s, StatusCode::OK);
+    assert_eq!((&v["type"], &v["attributes"]["site"]), (&json!("sensor"), &json!("berlin")));
+    assert_eq!(v["certificates"][0], json!({"fingerprint": norm, "status": "active"}));
+    assert_eq!(fx.admin(Method::GET, "/admin/devices", None).await.1.as_array().unwrap().len(), 1);
+    // A certificate from its PEM.
+    let key = rcgen::KeyPair::generate().unwrap();
+    let cert = rcgen::CertificateParams::new(vec!["dev-1".into()]).unwrap().self_signed(&key).unwrap();
+    let (s, v) = fx.admin(Method::POST, "/admin/devices/dev-1/certificates", Some(json!({"pem": cert.pem()}))).await;
+    assert_eq!(s, StatusCode::CREATED, "{v}");
+    let pem_fp = v["fingerprint"].as_str().unwrap().to_owned();
+    assert_eq!(pem_fp, warden_policy::cert::sha256_fingerprint(cert.der()));
+    // Status changes; a revoked certificate stays revoked and registered.
+    let path = format!("/admin/devices/dev-1/certificates/{norm}");
+    assert_eq!(fx.admin(Method::PUT, &path, Some(json!({"status": "inactive"}))).await.0, StatusCode::OK);
+    assert_eq!(fx.admin(Method::PUT, &path, Some(json!({"status": "revoked"}))).await.0, StatusCode::OK);
+    assert_eq!(fx.admin(Method::PUT, &path, Some(json!({"status": "active"}))).await.0, StatusCode::CONFLICT);
+    assert_eq!(fx.admin(Method::DELETE, &path, None).await.0, StatusCode::CONFLICT);
+    assert_eq!(fx.admin(Method::DELETE, "/admin/devices/dev-1", None).await.0, StatusCode::CONFLICT);
+    let pem_path = format!("/admin/devices/dev-1/certificates/{pem_fp}");
+    assert_eq!(fx.admin(Method::DELETE, &pem_path, None).await.0, StatusCode::OK);
+    // Patch: fields given are set, an empty one cleared.
+    let (s, _) = fx
+        .admin(Method::PUT, "/admin/devices/dev-1", Some(json!({"owner": "", "attributes": {"site": "paris"}})))
+        .await;
+    assert_eq!(s, StatusCode::OK);
+    let v = fx.admin(Method::GET, "/admin/devices/dev-1", None).await.1;
+    assert_eq!((&v["owner"], &v["type"], &v["attributes"]["site"]), (&Value::Null, &json!("sensor"), &json!("paris")));
+    // Refusals.
+    for (method, path, body) in [
+        (Method::POST, "/admin/devices", "{"),
+        (Method::POST, "/admin/devices", r#"{"id":"dev/2"}"#),
+        (Method::POST, "/admin/devices", r#"{"id":""}"#),
+        (Method::POST, "/admin/devices", r#"{"id":"d","bogus":1}"#),
+        (Method::POST, "/admin/devices", r#"{"id":"d","attributes":{"owner":"x"}}"#),
+        (Method::POST, "/admin/devices", r#"{"id":"d","attributes":{"a b":"x"}}"#),
+        (Method::POST, "/admin/devices", r#"{"id":"d","certificates":[{"fingerprint":"abc"}]}"#),
+        (Method::POST, "/admin/devices", r#"{"id":"d","certificates":[{}]}"#),
+        (Method::POST, "/admin/devices/dev-1/certificates", r#"{"pem":"-----BEGIN CERTIFICATE-----\nnope\n"}"#),
+        (Method::POST, "/admin/devices/dev-1/certificates", r#"{"fingerprint":"x","pem":"y"}"#),
+        (Method::PUT, "/admin/devices/dev-1", r#"{"attributes":{"site":"a\u0000b"}}"#),
+        (Method::PUT, "/admin/devices/dev-1/certificates/zz", r#"{"status":"active"}"#),
+    ] {
+        let (s, v) = fx.call(method.clone(), path, Some(ADMIN_TOKEN), Some(body)).await;
+        assert_eq!(s, StatusCode::BAD_REQUEST, "{method} {path} {body}: {v}");
+    }
+    let (s, _) = fx.call(Method::PUT, &path, Some(ADMIN_TOKEN), Some(r#"{"status":"lost"}"#)).await;
+    assert_eq!(s, StatusCode::BAD_REQUEST);
+    // The same certificate on a second device: 409.
+    let second = json!({"id": "dev-2", "certificates": [{"fingerprint": norm}]});
+    assert_eq!(fx.admin(Method::POST, "/admin/devices", Some(second)).await.0, StatusCode::CONFLICT);
+    assert_eq!(fx.admin(Method::GET, "/admin/devices/nope", None).await.0, StatusCode::NOT_FOUND);
+    assert_eq!(fx.admin(Method::PUT, "/admin/devices/nope", Some(json!({}))).await.0, StatusCode::NOT_FOUND);
+    let other = format!("/admin/devices/dev-1/certificates/{}", "cd".repeat(32));
+    assert_eq!(fx.admin(Method::PUT, &other, Some(json!({"status": "active"}))).await.0, StatusCode::NOT_FOUND);
+    assert_eq!(fx.call(Method::GET, "/admin/devices", None, None).await.0, StatusCode::UNAUTHORIZED);
+    // Audited, made or refused.
+    let recs = fx.backend.audit.lock().clone();
+    let actions: Vec<_> = recs.iter().map(|r| (r.action.as_str(), r.status)).collect();
+    assert!(actions.contains(&("device.create", 201)), "{actions:?}");
+    assert!(actions.contains(&("device.create", 409)));
+    assert!(actions.contains(&("device.cert.add", 201)));
+    assert!(actions.contains(&("device.cert.status", 200)));
+    assert!(actions.contains(&("device.cert.status", 409)));
+    assert!(actions.contains(&("device.cert.remove", 200)));
+    assert!(actions.contains(&("device.update", 200)));
+    assert!(actions.contains(&("device.delete", 409)));
+    let revoke = recs.iter().find(|r| r.action == "device.cert.status" && r.detail["status"] == "revoked").unwrap();
+    assert_eq!((revoke.target.as_str(), &revoke.detail["previous"]), ("dev-1", &json!("inactive")));
+    assert_eq!(revoke.detail["fingerprint"], json!(norm));
 }

@@ -245,6 +245,10 @@ pub struct Context<'a> {
     pub store_users: Option<Arc<PasswordFile>>,
     /// Names the policy store has disabled: refused whichever method proves them (SPEC §10).
     pub disabled: Arc<HashSet<String>>,
+    /// The device registry's certificates (and whether only registered ones are accepted): a
+    /// client certificate inactive or revoked there, registered to another device, or
+    /// unregistered where registration is required, proves no one.
+    pub device_certs: Arc<crate::devices::DeviceCerts>,
     /// Bans and backoff.
     pub admission: &'a (dyn Admission + Sync),
     /// The built-in token service, if enabled.
@@ -327,7 +331,7 @@ impl Context<'_> {
     /// the chain waited (a SCRAM exchange waits on the client, a hash on the pool) would
     /// otherwise pass unseen — and [`Reauth`] asks it at every re-authentication.
     pub fn stands(&self, p: &Principal) -> bool {
-        if self.is_disabled(p) {
+        if self.is_disabled(p) || self.device_certs.admits(p).is_err() {
             return false;
         }
         match p.source {
@@ -462,6 +466,9 @@ pub enum Cause {
     TimedOut,
     /// The principal's name is disabled in the policy store.
     Disabled,
+    /// The client certificate is refused by the device registry (inactive, revoked, another
+    /// device's, or unregistered with `registered_certificates_only`).
+    DeviceCertificate(crate::devices::CertRefusal),
     /// The client id is not one this principal may use.
     ClientId,
     /// Credentials of a method the listener does not allow (`[[listener]] auth`).
@@ -973,6 +980,13 @@ impl<'a> Chain<'a> {
     fn admit(&mut self, mut a: Authenticated) -> Step {
         if self.ctx.is_disabled(&a.principal) {
             return self.refuse(ReasonCode::NOT_AUTHORIZED, Cause::Disabled);
+        }
+        if let Err(why) = self.ctx.device_certs.admits(&a.principal) {
+            // A certificate the TLS layer verified is no guess: not counted towards a ban.
+            return match self.refuse(ReasonCode::NOT_AUTHORIZED, Cause::DeviceCertificate(why)) {
+                Step::Refuse(r) => Step::Refuse(Refusal { guess: false, backoff_user: None, ..r }),
+                other => other,
+            };
         }
         if let Err(code) = self.ctx.check_client_id(&a.principal, self.view.client_id) {
             return self.refuse(code, Cause::ClientId);

@@ -14,7 +14,7 @@ use crate::cert::{identity_from_der, IdentitySource};
 use crate::jwt::{mint, AccessClaims, JwtSettings, KeySet, SigningKey};
 use crate::password::{hash_password, hash_password_scram, PasswordFile};
 use crate::scram::ScramClient;
-use crate::trust::{CertChain, CertRef, ClientGrants, Credential, CredentialSource};
+use crate::trust::{CertChain, ClientGrants, Credential, CredentialSource};
 use crate::PrincipalKind;
 
 const NOW: u64 = 1_700_000_000;
@@ -118,6 +118,7 @@ struct Fix {
     passwords: Option<Arc<PasswordFile>>,
     store_users: Option<Arc<PasswordFile>>,
     disabled: HashSet<String>,
+    device_certs: crate::devices::DeviceCerts,
     gate: Gate,
     issuer: Option<Issuer>,
     external: Option<ExternalIssuer>,
@@ -133,6 +134,7 @@ impl Fix {
             passwords: Some(passwords()),
             store_users: None,
             disabled: HashSet::new(),
+            device_certs: Default::default(),
             gate: Gate::default(),
             issuer: None,
             external: None,
@@ -147,6 +149,7 @@ impl Fix {
             passwords: self.passwords.clone(),
             store_users: self.store_users.clone(),
             disabled: Arc::new(self.disabled.clone()),
+            device_certs: Arc::new(self.device_certs.clone()),
             admission: &self.gate,
             issuer: self.issuer.as_ref().map(|i| i as &(dyn TokenIssuer + Sync)),
             external: self.external.as_ref(),
@@ -302,7 +305,7 @@ fn cert_with_cn(cn: &str) -> Vec<u8> {
 
 /// What the TLS layer hands on for a verified certificate, its identity taken per `source`.
 fn client_cert(der: &[u8], source: IdentitySource) -> ClientCert {
-    ClientCert { identity: identity_from_der(der, source), cert: CertRef::from_der(der).map(CertChain::leaf) }
+    ClientCert { identity: identity_from_der(der, source), cert: CertChain::from_ders(std::iter::once(der)) }
 }
 
 // ---- password file and policy-store users ------------------------------------------------
@@ -1208,4 +1211,57 @@ fn the_admitted_principal_carries_the_peer_address() {
     let f = Fix::new();
     let a = done(f.run(&Conn::new("alice", Some("alice"), Some(b"wonderland")), None));
     assert_eq!(a.principal.peer(), Some(peer().ip()));
+}
+
+// ---- the device registry ------------------------------------------------------------------
+
+#[test]
+fn the_device_registry_decides_client_certificates() {
+    use crate::devices::{CertRefusal, CertStatus, Device, DeviceCert, DeviceCerts};
+    let (der, other) = (cert_with_cn("dev-1"), cert_with_cn("dev-1"));
+    let fp = crate::cert::sha256_fingerprint(&der);
+    let registry = |status: CertStatus, id: &str| {
+        let mut d = Device::default();
+        d.certificates.insert(fp.clone(), DeviceCert { status, ..Default::default() });
+        std::collections::BTreeMap::from([(id.to_string(), d)])
+    };
+    let c = Conn::new("dev-1", None, None);
+    let run = |certs: DeviceCerts, der: &[u8]| {
+        let mut f = Fix::new();
+        f.device_certs = certs;
+        f.run(&c, Some(client_cert(der, IdentitySource::Cn)))
+    };
+    // Registered and active: admitted, in either mode.
+    for strict in [false, true] {
+        let a = done(run(DeviceCerts::new(&registry(CertStatus::Active, "dev-1"), strict), &der));
+        assert_eq!((a.principal.kind, &*a.principal.name), (PrincipalKind::Certificate, "dev-1"));
+    }
+    // Inactive or revoked: refused 0x87, not counted as a guess.
+    for status in [CertStatus::Inactive, CertStatus::Revoked] {
+        let r = refused(run(DeviceCerts::new(&registry(status, "dev-1"), false), &der));
+        assert_eq!(
+            (r.code, r.cause, r.guess),
+            (ReasonCode::NOT_AUTHORIZED, Cause::DeviceCertificate(CertRefusal::NotActive(status)), false)
+        );
+    }
+    // Registered to another device than its CN names.
+    let r = refused(run(DeviceCerts::new(&registry(CertStatus::Active, "dev-2"), false), &der));
+    assert_eq!(r.cause, Cause::DeviceCertificate(CertRefusal::OtherDevice));
+    // Unregistered: accepted unless only registered certificates are.
+    done(run(DeviceCerts::new(&registry(CertStatus::Active, "dev-1"), false), &other));
+    let r = refused(run(DeviceCerts::new(&registry(CertStatus::Active, "dev-1"), true), &other));
+    assert_eq!(r.cause, Cause::DeviceCertificate(CertRefusal::Unregistered));
+    // Strict mode does not touch other methods: a password user is admitted.
+    let mut f = Fix::new();
+    f.device_certs = DeviceCerts::new(&Default::default(), true);
+    let pw = Conn::new("alice", Some("alice"), Some(b"wonderland"));
+    let (mut chain, step) = f.begin(&pw, None);
+    assert!(hash_job(step).verify());
+    done(chain.continue_with(Answer::Hash(HashAnswer::Verified(true))));
+    // stands(): a certificate revoked while its CONNECT was decided no longer stands.
+    let a = done(run(DeviceCerts::default(), &der));
+    let mut f = Fix::new();
+    assert!(f.ctx().stands(&a.principal));
+    f.device_certs = DeviceCerts::new(&registry(CertStatus::Revoked, "dev-1"), false);
+    assert!(!f.ctx().stands(&a.principal));
 }

@@ -518,3 +518,159 @@ fn source_conditions_in_json() {
         assert!(e.0.contains(bad), "{bad}: {e}");
     }
 }
+
+// --- Device registry ------------------------------------------------------------------------
+
+fn device(kind: Option<&str>, attrs: &[(&str, &str)]) -> Device {
+    Device {
+        kind: kind.map(Into::into),
+        owner: Some("acme".into()),
+        attributes: attrs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
+        certificates: Default::default(),
+    }
+}
+
+fn with_devices(mut s: PolicyStore, devices: &[(&str, Device)]) -> PolicyStore {
+    for (id, d) in devices {
+        s.devices.insert((*id).into(), d.clone());
+    }
+    s.validate().expect("valid store");
+    s
+}
+
+#[test]
+fn device_attributes_substitute_literally() {
+    let s = store(
+        &[(
+            "fleet",
+            vec![
+                allow("site", RuleAction::Publish, "devices/%{attr:site}/%i/#"),
+                allow("sub", RuleAction::Subscribe, "cmd/%{attr:type}-%{attr:owner}/#"),
+                allow("id", RuleAction::Publish, "by-id/%{attr:id}"),
+            ],
+        )],
+        &[],
+        &[(ANYONE_AUTHENTICATED, &["fleet"])],
+    );
+    let s = with_devices(
+        s,
+        &[
+            ("dev-1", device(Some("sensor"), &[("site", "berlin")])),
+            ("evil-1", device(Some("sensor"), &[("site", "#")])),
+            ("evil-2", device(Some("a/b"), &[("site", "+")])),
+            ("evil-3", device(None, &[("site", "")])),
+            ("evil-4", device(None, &[("site", "a/b")])),
+        ],
+    );
+    let c = s.compile();
+    let dev = Principal::certificate("dev-1");
+    assert_eq!(ok(&c, &dev, "dev-1", PUB0, "devices/berlin/dev-1/temp"), Some(true));
+    assert_eq!(ok(&c, &dev, "dev-1", PUB0, "devices/paris/dev-1/temp"), None, "another site");
+    assert_eq!(ok(&c, &dev, "dev-1", PUB0, "devices/berlin/dev-2/temp"), None, "another device");
+    assert_eq!(ok(&c, &dev, "dev-1", SUB1, "cmd/sensor-acme/#"), Some(true));
+    assert_eq!(ok(&c, &dev, "dev-1", SUB1, "cmd/#"), None, "a narrower rule never covers a wider filter");
+    assert_eq!(ok(&c, &dev, "dev-1", PUB0, "by-id/dev-1"), Some(true));
+    // The same name by any method is the same device (a user, a token subject).
+    assert_eq!(ok(&c, &Principal::user("dev-1"), "x", PUB0, "devices/berlin/dev-1/a"), Some(true));
+    // Not a device: attribute rules match nothing; anonymous and fail-open clients neither.
+    assert_eq!(ok(&c, &Principal::certificate("dev-9"), "c", PUB0, "devices/berlin/dev-9/t"), None);
+    assert_eq!(ok(&c, &Principal::certificate("dev-9"), "c", PUB0, "by-id/dev-9"), None);
+    assert_eq!(ok(&c, &Principal::fallback("dev-1", "r"), "c", PUB0, "by-id/dev-1"), None);
+    // Injection: `#`, `+`, `/` or an empty value never widens a rule.
+    for (id, topics) in [
+        ("evil-1", &["devices/x/evil-1/t", "devices/a/evil-1/b"][..]),
+        ("evil-2", &["devices/x/evil-2/t"][..]),
+        ("evil-3", &["devices//evil-3/t", "devices/x/evil-3/t"][..]),
+        ("evil-4", &["devices/a/b/evil-4/t", "devices/a/evil-4/t"][..]),
+    ] {
+        let p = Principal::certificate(id);
+        for t in topics {
+            assert_ne!(ok(&c, &p, id, PUB0, t), Some(true), "{id} {t}");
+        }
+        for f in ["devices/#", "devices/+/#", &format!("devices/+/{id}/#")] {
+            assert_ne!(ok(&c, &p, id, SUB1, f), Some(true), "{id} {f}");
+        }
+    }
+    let evil2 = Principal::certificate("evil-2");
+    for f in ["cmd/a/b-acme/#", "cmd/#", "cmd/+/#"] {
+        assert_ne!(ok(&c, &evil2, "evil-2", SUB1, f), Some(true), "{f}");
+    }
+    // A missing attribute: no match (evil-3 has no type).
+    assert_eq!(ok(&c, &Principal::certificate("evil-3"), "c", SUB1, "cmd/-acme/#"), None);
+}
+
+#[test]
+fn deny_rules_with_unsafe_attributes_fail_closed() {
+    let s = store(
+        &[(
+            "fleet",
+            vec![
+                allow("all", RuleAction::Publish, "open/#"),
+                rule("d", RuleAction::Publish, "open/%{attr:site}", Effect::Deny, 0),
+            ],
+        )],
+        &[],
+        &[(ANYONE_AUTHENTICATED, &["fleet"])],
+    );
+    let s = with_devices(
+        s,
+        &[
+            ("ok", device(None, &[("site", "s1")])),
+            ("bad", device(None, &[("site", "a/b")])),
+            ("empty", device(None, &[("site", "")])),
+            ("none", device(None, &[])),
+        ],
+    );
+    let c = s.compile();
+    let p = |n| Principal::certificate(n);
+    assert_eq!(ok(&c, &p("ok"), "c", PUB0, "open/x"), Some(true));
+    assert_eq!(ok(&c, &p("ok"), "c", PUB0, "open/s1"), Some(false), "the deny applies");
+    assert_eq!(ok(&c, &p("bad"), "c", PUB0, "open/x"), Some(false), "unsafe value: denied everything");
+    assert_eq!(ok(&c, &p("empty"), "c", PUB0, "open/x"), Some(false), "empty value: denied everything");
+    assert_eq!(ok(&c, &p("none"), "c", PUB0, "open/x"), Some(true), "missing: the deny does not apply");
+    assert_eq!(ok(&c, &p("stranger"), "c", PUB0, "open/x"), Some(true), "no device: the deny does not apply");
+}
+
+#[test]
+fn devices_in_json_and_validation() {
+    // A file written before the registry existed still loads, and one without devices is
+    // written without the key.
+    let old = r#"{"version":1,"users":{},"groups":{},"roles":{}}"#;
+    let s = PolicyStore::from_json(old).unwrap();
+    assert!(s.devices.is_empty());
+    assert!(!s.to_json().contains("devices"));
+    let fp = "ab".repeat(32);
+    let text = format!(
+        r#"{{"version":1,"devices":{{"dev-1":{{"type":"sensor","owner":"acme","attributes":{{"site":"berlin"}},
+            "certificates":{{"{fp}":{{"status":"revoked"}}}}}}}}}}"#
+    );
+    let s = PolicyStore::from_json(&text).unwrap();
+    assert_eq!(s.devices["dev-1"].certificates[&fp].status, crate::devices::CertStatus::Revoked);
+    assert_eq!(PolicyStore::from_json(&s.to_json()).unwrap(), s);
+    // One certificate, two devices: refused.
+    let mut two = s.clone();
+    two.devices.insert("dev-2".into(), s.devices["dev-1"].clone());
+    assert!(two.validate().unwrap_err().0.contains("registered to both"));
+    let bad = text.replace("\"status\":\"revoked\"", "\"status\":\"lost\"");
+    assert!(PolicyStore::from_json(&bad).is_err());
+    let bad = text.replace("dev-1", "dev/1");
+    assert!(PolicyStore::from_json(&bad).is_err());
+}
+
+#[test]
+fn attribute_templates_parse_only_well_formed_names() {
+    // `%{attr:...}` with a bad name or no closing brace is literal text.
+    let s = store(
+        &[(
+            "r",
+            vec![allow("a", RuleAction::Publish, "x/%{attr:si te}"), allow("b", RuleAction::Publish, "y/%{attr:site")],
+        )],
+        &[],
+        &[(ANYONE_AUTHENTICATED, &["r"])],
+    );
+    let c = with_devices(s, &[("d", device(None, &[("site", "s")]))]).compile();
+    let d = Principal::certificate("d");
+    assert_eq!(ok(&c, &d, "c", PUB0, "x/%{attr:si te}"), Some(true));
+    assert_eq!(ok(&c, &d, "c", PUB0, "y/%{attr:site"), Some(true));
+    assert_eq!(ok(&c, &d, "c", PUB0, "y/s"), None);
+}

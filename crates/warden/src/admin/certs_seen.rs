@@ -46,9 +46,14 @@ impl SeenCert {
             None => CertChain::leaf(CertRef::from_der(der)?),
         };
         let secs = |t: x509_parser::time::ASN1Time| u64::try_from(t.timestamp()).unwrap_or(0);
+        // Computed once at the handshake (the chain carries it for the device registry).
+        let fingerprint = match &chain.fingerprint {
+            Some(f) => f.to_string(),
+            None => warden_policy::cert::sha256_fingerprint(der),
+        };
         Some(SeenCert {
             chain,
-            fingerprint: warden_policy::cert::sha256_fingerprint(der),
+            fingerprint,
             subject: cert.subject().to_string(),
             issuer: cert.issuer().to_string(),
             serial: cert.raw_serial_as_string().replace(':', ""),

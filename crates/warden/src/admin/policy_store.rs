@@ -166,6 +166,7 @@ impl PolicyManager {
         let store = load(data_dir)?;
         auth.set_store_users(store_users(&store)?);
         auth.set_disabled(Arc::new(disabled_names(&store)));
+        auth.set_device_certs(Arc::new(store.device_certs(auth.registered_certificates_only())));
         Ok(PolicyManager {
             data_dir: data_dir.to_path_buf(),
             authz: RwLock::new(authz.clone()),
@@ -348,17 +349,37 @@ impl PolicyManager {
             .map(|(n, _)| n.clone())
             .collect();
         let disabled = Arc::new(disabled_names(&next));
+        let certs_changed = cert_standing_changed(&store, &next);
+        let certs = Arc::new(next.device_certs(self.auth.registered_certificates_only()));
         self.auth.set_store_users(users);
         self.auth.set_disabled(disabled.clone());
+        self.auth.set_device_certs(certs.clone());
         self.swap(&next);
         *store = next;
         drop(store);
         // Store users deleted or disabled, and every principal of a disabled name (whichever
-        // method proved it), lose their standing (SPEC §10).
+        // method proved it), lose their standing (SPEC §10); so do client certificates the
+        // device registry made inactive, revoked, moved or (strict) unregistered.
         self.trust.apply(&TrustEvent::StoreUsers(Arc::new(enabled)));
         self.trust.apply(&TrustEvent::Disabled(disabled));
+        if certs_changed {
+            self.trust.apply(&TrustEvent::DeviceCertificates(certs));
+        }
         Ok(())
     }
+}
+
+/// True when some registered certificate's standing differs between `a` and `b` (its status,
+/// its device, or whether it is registered at all).
+fn cert_standing_changed(a: &PolicyStore, b: &PolicyStore) -> bool {
+    let standing =
+        |s: &PolicyStore| -> std::collections::BTreeMap<String, (String, warden_policy::devices::CertStatus)> {
+            s.devices
+                .iter()
+                .flat_map(|(id, d)| d.certificates.iter().map(move |(fp, c)| (fp.clone(), (id.clone(), c.status))))
+                .collect()
+        };
+    (!a.devices.is_empty() || !b.devices.is_empty()) && standing(a) != standing(b)
 }
 
 /// The names the store has disabled.

@@ -55,6 +55,10 @@ pub struct Authenticator {
     store_users: RwLock<Option<Arc<PasswordFile>>>,
     /// Names disabled in the policy store: refused whichever method names them (SPEC §10).
     disabled: RwLock<Arc<std::collections::HashSet<String>>>,
+    /// The device registry's certificates (`[auth] registered_certificates_only` included).
+    device_certs: RwLock<Arc<warden_policy::devices::DeviceCerts>>,
+    /// `[auth] registered_certificates_only`.
+    registered_only: bool,
     /// The process-wide hashing budget (shared with the HTTP side).
     hashing: Arc<HashBudget>,
 }
@@ -101,6 +105,11 @@ impl Authenticator {
             passwords: RwLock::new(passwords),
             store_users: RwLock::new(None),
             disabled: RwLock::default(),
+            device_certs: RwLock::new(Arc::new(warden_policy::devices::DeviceCerts::new(
+                &Default::default(),
+                cfg.registered_certificates_only,
+            ))),
+            registered_only: cfg.registered_certificates_only,
             hashing: HashBudget::new(default_hash_concurrency(), 0, Duration::from_secs(2)),
         })
     }
@@ -127,6 +136,7 @@ impl Authenticator {
             passwords: self.passwords.read().clone(),
             store_users: self.store_users.read().clone(),
             disabled: self.disabled.read().clone(),
+            device_certs: self.device_certs.read().clone(),
             admission,
             issuer: self.tokens.issuer(),
             external: self.tokens.external(),
@@ -180,6 +190,18 @@ impl Authenticator {
     /// The policy store's users (those enabled and with a password), applied at once.
     pub fn set_store_users(&self, users: PasswordFile) {
         *self.store_users.write() = (!users.is_empty()).then(|| Arc::new(users));
+    }
+
+    /// `[auth] registered_certificates_only`: only certificates registered (active) in the
+    /// device registry are accepted.
+    pub fn registered_certificates_only(&self) -> bool {
+        self.registered_only
+    }
+
+    /// The device registry's certificates, applied at once to new CONNECTs (made with
+    /// [`Authenticator::registered_certificates_only`]).
+    pub fn set_device_certs(&self, certs: Arc<warden_policy::devices::DeviceCerts>) {
+        *self.device_certs.write() = certs;
     }
 
     /// The names the policy store has disabled, applied at once to new CONNECTs.

@@ -47,6 +47,9 @@ enum AdminCommand {
     /// Bans: add, remove, list.
     #[command(subcommand)]
     Ban(BanCmd),
+    /// The device registry: add, set, remove, list, cert-add, cert-status, cert-remove.
+    #[command(subcommand)]
+    Device(DeviceCmd),
     /// A device's access token (built-in token service): `introspect` shows whether it is
     /// active and its claims, `revoke` revokes it (its connections end). The token is read
     /// from standard input, so that it stays out of the shell's history and `ps`.
@@ -194,6 +197,71 @@ enum BanCmd {
     Remove { kind: String, value: String },
     /// List bans.
     List,
+}
+
+#[derive(clap::Subcommand, Debug)]
+enum DeviceCmd {
+    /// Register a device (its id is the certificate identity, user name or token subject it
+    /// connects with).
+    Add {
+        id: String,
+        /// Its type (`%{attr:type}`).
+        #[arg(long = "type")]
+        kind: Option<String>,
+        /// Its owner (`%{attr:owner}`).
+        #[arg(long)]
+        owner: Option<String>,
+        /// An attribute NAME=VALUE (repeatable; `%{attr:NAME}` in rules).
+        #[arg(long = "attr")]
+        attrs: Vec<String>,
+        /// A PEM certificate file to register as active (repeatable).
+        #[arg(long = "cert")]
+        certs: Vec<std::path::PathBuf>,
+    },
+    /// Change a device: the type, owner given; `--attr` replaces all its attributes.
+    Set {
+        id: String,
+        #[arg(long = "type")]
+        kind: Option<String>,
+        #[arg(long)]
+        owner: Option<String>,
+        #[arg(long = "attr")]
+        attrs: Vec<String>,
+    },
+    /// Remove a device (refused while it holds a revoked certificate).
+    Remove { id: String },
+    /// List devices and their certificates.
+    List,
+    /// Register a certificate to a device, from its PEM file or its SHA-256 fingerprint.
+    CertAdd {
+        id: String,
+        #[arg(long, conflicts_with = "fingerprint", required_unless_present = "fingerprint")]
+        cert: Option<std::path::PathBuf>,
+        #[arg(long)]
+        fingerprint: Option<String>,
+        /// active | inactive | revoked [default: active]
+        #[arg(long)]
+        status: Option<String>,
+    },
+    /// Set a certificate's status: active | inactive | revoked (inactive and revoked end its
+    /// connections at once; revoked is final).
+    CertStatus { id: String, fingerprint: String, status: String },
+    /// Unregister a certificate (refused for a revoked one).
+    CertRemove { id: String, fingerprint: String },
+}
+
+/// `NAME=VALUE` pairs as a JSON object.
+fn attr_map(attrs: &[String]) -> anyhow::Result<Value> {
+    let mut m = serde_json::Map::new();
+    for a in attrs {
+        let (k, v) = a.split_once('=').ok_or_else(|| anyhow!("--attr {a:?}: expected NAME=VALUE"))?;
+        m.insert(k.to_owned(), json!(v));
+    }
+    Ok(Value::Object(m))
+}
+
+fn read_pem(path: &std::path::Path) -> anyhow::Result<String> {
+    std::fs::read_to_string(path).map_err(|e| anyhow!("{}: {e}", path.display()))
 }
 
 struct Api {
@@ -406,6 +474,74 @@ pub fn run(args: &AdminArgs) -> anyhow::Result<()> {
                 {
                     print_rule(r);
                 }
+            }
+        },
+        AdminCommand::Device(c) => match c {
+            DeviceCmd::Add { id, kind, owner, attrs, certs } => {
+                let certs =
+                    certs.iter().map(|p| Ok(json!({"pem": read_pem(p)?}))).collect::<anyhow::Result<Vec<_>>>()?;
+                let body = json!({"id": id, "type": kind, "owner": owner, "attributes": attr_map(attrs)?, "certificates": certs});
+                api.call("POST", "/admin/devices", Some(body))?;
+                println!("added device {id:?}");
+            }
+            DeviceCmd::Set { id, kind, owner, attrs } => {
+                let mut body = json!({});
+                if let Some(k) = kind {
+                    body["type"] = json!(k);
+                }
+                if let Some(o) = owner {
+                    body["owner"] = json!(o);
+                }
+                if !attrs.is_empty() {
+                    body["attributes"] = attr_map(attrs)?;
+                }
+                api.call("PUT", &format!("/admin/devices/{}", enc(id)), Some(body))?;
+                println!("device {id:?} changed");
+            }
+            DeviceCmd::Remove { id } => {
+                api.call("DELETE", &format!("/admin/devices/{}", enc(id)), None)?;
+                println!("removed device {id:?}");
+            }
+            DeviceCmd::List => {
+                for d in api.call("GET", "/admin/devices", None)?.as_array().into_iter().flatten() {
+                    let attrs = d["attributes"].as_object().map(|m| {
+                        m.iter().map(|(k, v)| format!("{k}={}", v.as_str().unwrap_or(""))).collect::<Vec<_>>().join(",")
+                    });
+                    println!(
+                        "{}	type={}	owner={}	attributes={}",
+                        crate::logsafe::Escaped(d["id"].as_str().unwrap_or("")),
+                        crate::logsafe::Escaped(d["type"].as_str().unwrap_or("-")),
+                        crate::logsafe::Escaped(d["owner"].as_str().unwrap_or("-")),
+                        crate::logsafe::Escaped(attrs.unwrap_or_default()),
+                    );
+                    for c in d["certificates"].as_array().into_iter().flatten() {
+                        println!(
+                            "  {}	{}",
+                            c["fingerprint"].as_str().unwrap_or(""),
+                            c["status"].as_str().unwrap_or("")
+                        );
+                    }
+                }
+            }
+            DeviceCmd::CertAdd { id, cert, fingerprint, status } => {
+                let mut body = match (cert, fingerprint) {
+                    (Some(p), _) => json!({"pem": read_pem(p)?}),
+                    (None, f) => json!({"fingerprint": f}),
+                };
+                if let Some(s) = status {
+                    body["status"] = json!(s);
+                }
+                let v = api.call("POST", &format!("/admin/devices/{}/certificates", enc(id)), Some(body))?;
+                println!("registered certificate {} to device {id:?}", v["fingerprint"].as_str().unwrap_or(""));
+            }
+            DeviceCmd::CertStatus { id, fingerprint, status } => {
+                let path = format!("/admin/devices/{}/certificates/{}", enc(id), enc(fingerprint));
+                api.call("PUT", &path, Some(json!({"status": status})))?;
+                println!("certificate {fingerprint} of device {id:?} is now {status}");
+            }
+            DeviceCmd::CertRemove { id, fingerprint } => {
+                api.call("DELETE", &format!("/admin/devices/{}/certificates/{}", enc(id), enc(fingerprint)), None)?;
+                println!("unregistered certificate {fingerprint} of device {id:?}");
             }
         },
         AdminCommand::Clients => {

@@ -284,6 +284,11 @@ pub struct AuthConfig {
     pub jwt: Option<JwtConfig>,
     /// `[auth.http]`: third-party look-up of credentials.
     pub lookup: Option<crate::config::lookup::LookupConfig>,
+    /// Default `false`: any client certificate the listener's `client_ca` verifies is accepted
+    /// (unless the device registry has it inactive or revoked). `true`: only certificates
+    /// registered as `active` in the device registry (`/admin/devices`) are accepted, not every
+    /// certificate the CA signed (AWS IoT's model).
+    pub registered_certificates_only: bool,
 }
 
 /// A secret from the configuration: never printed by `Debug`.
@@ -1674,7 +1679,13 @@ impl Config {
         Ok(Config {
             data_dir,
             listeners,
-            auth: AuthConfig { allow_anonymous: raw.auth.allow_anonymous, password_file, jwt, lookup: raw.auth.http },
+            auth: AuthConfig {
+                allow_anonymous: raw.auth.allow_anonymous,
+                password_file,
+                jwt,
+                lookup: raw.auth.http,
+                registered_certificates_only: raw.auth.registered_certificates_only,
+            },
             identity: IdentityConfig {
                 client_id_must_match: raw.identity.client_id_must_match,
                 reserve_principal_names: raw.identity.reserve_principal_names,
@@ -1822,6 +1833,7 @@ impl Config {
                 password_file: Some(data_dir.join("passwd")),
                 jwt: None,
                 lookup: None,
+                registered_certificates_only: false,
             },
             identity: IdentityConfig::default(),
             // HTTPS on loopback with the development server certificate (no client CA).
@@ -2300,6 +2312,8 @@ impl<'de> Deserialize<'de> for RawListeners {
 struct RawAuth {
     #[serde(default)]
     allow_anonymous: bool,
+    #[serde(default)]
+    registered_certificates_only: bool,
     password_file: Option<Spanned<PathBuf>>,
     jwt: Option<Spanned<JwtConfig>>,
     http: Option<crate::config::lookup::LookupConfig>,

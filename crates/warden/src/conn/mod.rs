@@ -641,6 +641,17 @@ async fn establish<S: Transport>(start: Box<Start<S>>) -> Option<Live<S::Read, S
                     ctx.broker.stats.connections_refused.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                     ctx.log_limit(&peer.ip().to_string(), name, "CONNECT refused (0x89 server busy)");
                 }
+                authn::Cause::DeviceCertificate(why) => {
+                    // The device registry refused a verified certificate: not a guess (no ban),
+                    // logged with why (never the certificate).
+                    ctx.broker.stats.security.auth_attempt(r.method, false);
+                    if let Some(not_logged) = ctx.refusal_log.check(peer.ip(), Instant::now()) {
+                        info!(%peer, client_id = %crate::logsafe::Escaped(&connect.client_id),
+                            reason = %r.code, why = why.as_str(), not_logged,
+                            "client certificate refused by the device registry");
+                    }
+                    ctx.broker.stats.connections_refused.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                }
                 _ => {
                     // A guess counts towards the address's ban, and a guessed password towards
                     // the user name's backoff (the chain says which).
