@@ -244,6 +244,23 @@ test('Roles, Users and Explain: a role and rule made in the UI decide what the n
   assert.ok(!got.includes('other/a'), 'the denied publish was delivered');
 });
 
+test('Users: editing a user\'s roles in the UI takes its grants away at once', async () => {
+  await go('Users');
+  await row('dev-7').getByRole('button', { name: 'Edit dev-7' }).click();
+  const form = page.getByRole('form', { name: 'Edit user dev-7' });
+  assert.ok(await form.getByRole('checkbox', { name: 'sensor' }).isChecked());
+  await form.getByRole('checkbox', { name: 'sensor' }).uncheck();
+  await form.getByRole('button', { name: 'Save user' }).click();
+  await page.getByRole('status').filter({ hasText: 'Saved dev-7' }).waitFor();
+  assert.deepEqual((await api('GET', '/admin/users/dev-7')).json.roles, []);
+  await assert.rejects(devClient.publishAsync('sensors/b', 'no longer', { qos: 1 }), /135|Not authorized/i);
+  await row('dev-7').getByRole('button', { name: 'Edit dev-7' }).click();
+  await page.getByRole('form', { name: 'Edit user dev-7' }).getByRole('checkbox', { name: 'sensor' }).check();
+  await page.getByRole('button', { name: 'Save user' }).click();
+  await page.getByRole('status').filter({ hasText: 'Saved dev-7' }).waitFor();
+  await devClient.publishAsync('sensors/c', 'again', { qos: 1 });
+});
+
 test('Users: disabling a user ends its connection', async () => {
   await go('Users');
   await row('dev-7').getByRole('button', { name: 'Disable dev-7' }).click();

@@ -16,7 +16,6 @@
 
 pub mod audit_log;
 pub mod backend;
-pub mod certs_seen;
 pub mod cluster_sync;
 pub mod oauth_store;
 pub mod policy_store;
