@@ -6,6 +6,7 @@
 //!   clock; the one atomic file writer; peer strings escaped in logs; the log filter and file; systemd readiness).
 //! - [`config`]: TOML configuration → validated [`config::Config`] (errors with file:line).
 //! - [`tls`]: TLS acceptors (rustls), client-certificate identity, reload.
+//! - [`certs_seen`]: client certificates seen in TLS handshakes (the admin API lists them).
 //! - [`error`]: the shell's one error tree ([`Error`]: configuration with file and line, I/O
 //!   with what was being done, TLS, state files, store, cluster, …); `anyhow` only in the
 //!   binary and [`cli`].
@@ -25,6 +26,7 @@
 pub mod admin;
 pub mod admission;
 pub mod auth;
+pub mod certs_seen;
 pub mod cli;
 pub mod clock;
 pub mod config;

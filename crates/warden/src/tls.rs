@@ -218,7 +218,7 @@ impl TlsListener {
         &self,
         sock: TcpStream,
         peer: SocketAddr,
-    ) -> Option<(TlsStream<TcpStream>, CertIdentity, Option<crate::conn::certs_seen::SeenCert>)> {
+    ) -> Option<(TlsStream<TcpStream>, CertIdentity, Option<crate::certs_seen::SeenCert>)> {
         let acceptor = TlsAcceptor::from(self.current.read().clone());
         match acceptor.accept(sock).await {
             Ok(stream) => {
@@ -234,7 +234,7 @@ impl TlsListener {
                     info!(%peer, reason = %Escaped(e), "client certificate identity refused");
                 }
                 let seen = match (chain.first(), &identity) {
-                    (Some(leaf), Some(id)) => crate::conn::certs_seen::SeenCert::from_der(
+                    (Some(leaf), Some(id)) => crate::certs_seen::SeenCert::from_der(
                         leaf.as_ref(),
                         id.cert.clone(),
                         id.identity.as_ref().ok().cloned(),

@@ -84,7 +84,7 @@ pub struct LiveClients {
     next: AtomicU64,
     /// The client certificates seen in TLS handshakes (the admin API lists them; the client
     /// list shows a certificate client's subject and expiry from it).
-    pub certs: crate::conn::certs_seen::CertsSeen,
+    pub certs: crate::certs_seen::CertsSeen,
 }
 
 #[derive(Default)]

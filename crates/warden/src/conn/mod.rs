@@ -10,7 +10,6 @@
 //! writers (closed after `write_stall_timeout`), and the per-(user name, address) backoff
 //! after failed authentications (CONNACK 0x9F before any hashing).
 
-pub mod certs_seen;
 pub mod live;
 pub mod park;
 pub mod proxy;
