@@ -65,4 +65,6 @@ export interface OAuthClient { id: string; scopes: string[]; roles: string[] }
 export interface Cert { fingerprint: string; subject: string; issuer: string; serial: string; identity?: string; not_before: number; not_after: number; first_seen: number; last_seen: number; last_peer: string; handshakes: number; revoked: boolean; connected: number }
 export interface Stats { at_ms: number; connections: number; sessions: number; subscriptions: number; messages_received: number; messages_sent: number; connections_accepted: number; connections_refused: number; auth_failures: number; auth_failures_by_method: Record<string, number>; authz_denied: number; bans_active: number }
 export interface AuditRecord { time: string; unix: number; actor: string; peer: string; action: string; target: string; detail: unknown; result: string; status: number; error?: string }
+export interface DeviceCert { fingerprint: string; status: string; subject?: string; not_after?: number }
+export interface Device { id: string; type?: string; owner?: string; attributes: Record<string, string>; certificates: DeviceCert[] }
 export interface Explained { decision: string; decided_by: string; role?: string; rule?: string; detail: string }

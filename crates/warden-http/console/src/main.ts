@@ -10,6 +10,7 @@ import { users, groups } from './pages/users';
 import { roles } from './pages/roles';
 import { oauth } from './pages/oauth';
 import { certificates } from './pages/certificates';
+import { devices } from './pages/devices';
 import { bans } from './pages/bans';
 import { audit } from './pages/audit';
 
@@ -21,6 +22,7 @@ const PAGES: [string, string, Page][] = [
   ['roles', 'Roles', roles],
   ['oauth', 'OAuth clients', oauth],
   ['certificates', 'Certificates', certificates],
+  ['devices', 'Devices', devices],
   ['bans', 'Bans', bans],
   ['audit', 'Audit', audit],
 ];

@@ -71,7 +71,7 @@ before(async () => {
   for (const u of ['alice', 'bob']) warden(['passwd', path.join(work, 'passwd'), u, '--password-stdin'], `${u}-pw\n`);
   const hash = warden(['passwd', '--hash-only'], TOKEN + '\n').trim().split('\n').pop();
   const pki = path.join(work, 'pki');
-  for (const a of [['ca'], ['server'], ['client', '--cn', 'dev-1']]) warden(['cert', ...a, '--dir', pki]);
+  for (const a of [['ca'], ['server'], ['client', '--cn', 'dev-1'], ['client', '--cn', 'dev-2']]) warden(['cert', ...a, '--dir', pki]);
   warden(['cert', 'crl', '--dir', pki]);
   fs.writeFileSync(path.join(work, 'acl'), 'user alice\ntopic readwrite #\n\nuser bob\ntopic readwrite #\n');
   fs.writeFileSync(path.join(work, 'warden.toml'), `data_dir = "${work}/data"
@@ -146,7 +146,7 @@ test('every field of the sign-in form is labelled and it works from the keyboard
 test('sign-in with the admin token shows every page', async () => {
   await page.getByLabel('Admin token').fill(TOKEN);
   await page.getByRole('button', { name: 'Sign in' }).click();
-  for (const name of ['Overview', 'Clients', 'Users', 'Groups', 'Roles', 'OAuth clients', 'Certificates', 'Bans', 'Audit']) {
+  for (const name of ['Overview', 'Clients', 'Users', 'Groups', 'Roles', 'OAuth clients', 'Certificates', 'Devices', 'Bans', 'Audit']) {
     await page.getByRole('link', { name, exact: true }).waitFor();
   }
   assert.equal(await page.getByLabel('Admin token').count(), 0);
@@ -325,6 +325,38 @@ test('Certificates: a device certificate seen over mqtts is listed, then marked 
   await until(async () => { await page.getByRole('button', { name: 'Refresh' }).click(); return await row('CN=dev-1').filter({ hasText: 'revoked' }).count() > 0; }, WAIT, 'the certificate to show as revoked');
 });
 
+test('Devices: a device registered in the UI with its certificate; revoking it there ends its connection and refuses it', async () => {
+  const pki = path.join(work, 'pki');
+  await go('Devices');
+  await page.getByLabel('Device id').fill('dev-2');
+  await page.getByLabel('Type').fill('sensor');
+  await page.getByLabel('Attributes').fill('site=berlin, line=3');
+  await page.getByLabel('Certificate (PEM, optional)').fill(fs.readFileSync(path.join(pki, 'dev-2.pem'), 'utf8'));
+  await page.getByRole('button', { name: 'Create device' }).click();
+  await row('dev-2').filter({ hasText: 'site=berlin' }).filter({ hasText: 'active' }).waitFor();
+  await shot('12-devices');
+  const tlsConnect = () => new Promise(resolve => {
+    const cl = mqtt.connect({ host: '127.0.0.1', port: T, protocol: 'mqtts', protocolVersion: 5, reconnectPeriod: 0, clientId: 'dev-2',
+      ca: fs.readFileSync(path.join(pki, 'ca.pem')), cert: fs.readFileSync(path.join(pki, 'dev-2.pem')), key: fs.readFileSync(path.join(pki, 'dev-2.key')), servername: 'localhost' });
+    clients.push(cl);
+    cl.events = [];
+    cl.on('disconnect', p => cl.events.push({ disconnect: p.reasonCode }));
+    cl.on('close', () => cl.events.push({ close: true }));
+    cl.once('connect', () => resolve({ c: cl }));
+    cl.once('error', error => resolve({ c: cl, error }));
+  });
+  const dev = await tlsConnect();
+  assert.ifError(dev.error);
+  await go('Certificates');
+  await row('CN=dev-2').filter({ hasText: 'dev-2 (active)' }).waitFor();
+  await go('Devices');
+  await row('dev-2').getByRole('button', { name: /^Revoke certificate/ }).click();
+  await until(() => dev.c.events.some(e => e.disconnect === 0x87), WAIT, 'DISCONNECT 0x87 after the revocation');
+  await row('dev-2').filter({ hasText: 'revoked' }).waitFor();
+  const again = await tlsConnect();
+  assert.ok(again.error, 'the revoked certificate connected again');
+});
+
 test('Audit: lists the changes made and tails new ones without a reload', async () => {
   await go('Audit');
   await row('role.create').filter({ hasText: 'sensor' }).waitFor();
@@ -353,7 +385,7 @@ test('Overview: figures and a chart that moves while clients publish', async () 
 
 test('no page has a console or script error, and nothing left 127.0.0.1', async () => {
   const before = consoleErrors.length;
-  for (const name of ['Overview', 'Clients', 'Users', 'Groups', 'Roles', 'OAuth clients', 'Certificates', 'Bans', 'Audit']) await go(name);
+  for (const name of ['Overview', 'Clients', 'Users', 'Groups', 'Roles', 'OAuth clients', 'Certificates', 'Devices', 'Bans', 'Audit']) await go(name);
   assert.deepEqual(consoleErrors.slice(before), []);
   assert.deepEqual(pageErrors, []);
   assert.ok(requests.every(r => new URL(r.url()).hostname === '127.0.0.1' || r.url().startsWith('data:')));
