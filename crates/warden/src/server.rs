@@ -306,6 +306,7 @@ impl Server {
             tls_handshake_timeout: cfg.limits.tls_handshake_timeout,
             live: live.clone(),
             bans: bans.clone(),
+            arrivals: Default::default(),
             parking: if cfg.limits.idle_park_after.is_zero() {
                 None
             } else {

@@ -11,6 +11,7 @@
 //! after failed authentications (CONNACK 0x9F before any hashing).
 
 pub mod live;
+pub mod order;
 pub mod park;
 pub mod proxy;
 pub mod ws;
@@ -91,6 +92,8 @@ pub struct ConnContext {
     pub parking: Option<Arc<crate::conn::park::ParkingLot>>,
     /// This node's side of the cluster (`[cluster]`): SUBACKs wait for its interest.
     pub cluster: Option<Arc<warden_cluster::Cluster>>,
+    /// Subscription changes read and applied ([`order`]: arrival order across connections).
+    pub arrivals: order::Arrivals,
 }
 
 impl ConnContext {
@@ -440,6 +443,9 @@ pub struct Core {
     limiter: Option<Box<PublishLimiter>>,
     /// Parked at least once: later parks wait the full `idle_park_after`.
     parked_before: bool,
+    /// The input that resumed this parked connection starts with a subscription change, which
+    /// the parking thread announced ([`order`]); the driver counts it applied once handled.
+    announced: bool,
     /// On a node of a cluster: the client id's claim in the cluster's registry, released
     /// when the connection ends.
     claim: Option<(Arc<warden_cluster::Cluster>, Box<warden_cluster::ClaimTicket>)>,
@@ -454,6 +460,17 @@ impl Core {
     /// Where the connection parks when idle (none when parking is off).
     pub fn parking(&self) -> Option<&Arc<crate::conn::park::ParkingLot>> {
         self.ctx.parking.as_ref()
+    }
+
+    /// A parked connection is resumed: if the input waiting on `stream` starts with a
+    /// subscription change, announce it now, before its task is spawned ([`order`]).
+    pub fn announce_input(&mut self, stream: &std::net::TcpStream) {
+        let mut first = [0u8; 1];
+        if !self.announced && matches!(stream.peek(&mut first), Ok(1)) && order::starts_with_subscription_change(&first)
+        {
+            self.ctx.arrivals.announce_detached();
+            self.announced = true;
+        }
     }
 }
 
@@ -510,10 +527,19 @@ async fn live<S: Transport>(mut l: Live<S::Read, S::Write>) {
 
 /// Drive a parked connection again ([`crate::conn::park`]): its socket back in tokio, a new task.
 pub async fn resume(core: Core, stream: std::net::TcpStream) {
+    let mut rbuf = BytesMut::new();
+    if core.announced {
+        // The subscription change is read at once (a socket new to tokio is read only once
+        // its I/O driver has polled it); an error or EOF is left for the driver's own read.
+        use std::io::Read;
+        rbuf.resize(IDLE_READ, 0);
+        let n = (&stream).read(&mut rbuf).unwrap_or(0);
+        rbuf.truncate(n);
+    }
     match tokio::net::TcpStream::from_std(stream) {
         Ok(s) => {
             let (rd, wr) = s.into_split();
-            let l = Live { core, rd, wr, rbuf: BytesMut::new(), wbuf: BytesMut::new() };
+            let l = Live { core, rd, wr, rbuf, wbuf: BytesMut::new() };
             Box::pin(live::<tokio::net::TcpStream>(l)).await
         }
         Err(e) => lost(core, &e),
@@ -800,6 +826,7 @@ async fn establish<S: Transport>(start: Box<Start<S>>) -> Option<Live<S::Read, S
         _count: count,
         limiter: None,
         parked_before: false,
+        announced: false,
         claim,
     };
     Some(Live { core, rd, wr, rbuf, wbuf })
@@ -814,7 +841,7 @@ struct Limits {
 
 async fn drive<R: ReadReady, W: AsyncWrite + Unpin>(l: &mut Live<R, W>) -> Driven {
     let Live { core, rd, wr, rbuf, wbuf } = l;
-    let Core { conn, notify, ctx, limits, limiter, parked_before, .. } = core;
+    let Core { conn, notify, ctx, limits, limiter, parked_before, announced: resumed_announced, .. } = core;
     let (notify, ctx): (&ConnWaker, &ConnContext) = (notify, ctx);
     let limits = limits.as_deref();
     let scram_user = limits.and_then(|l| l.scram_user.as_deref());
@@ -854,6 +881,8 @@ async fn drive<R: ReadReady, W: AsyncWrite + Unpin>(l: &mut Live<R, W>) -> Drive
     let mut stalled_since: Option<tokio::time::Instant> = None;
     // The name of the last PUBLISH, reused while a client publishes to the same topic.
     let mut last_topic = None;
+    // A subscription change read and not yet handled (arrival order: `order`).
+    let mut announced = std::mem::take(resumed_announced).then(|| ctx.arrivals.adopt());
     loop {
         if pending_input {
             pending_input = false;
@@ -863,6 +892,8 @@ async fn drive<R: ReadReady, W: AsyncWrite + Unpin>(l: &mut Live<R, W>) -> Drive
                 return Driven::Closed(close);
             }
             let now = Instant::now();
+            // This batch waited for the subscription changes other connections read (once).
+            let mut waited = false;
             loop {
                 let before = rbuf.len();
                 match decode_cached(rbuf, protocol, ctx.max_packet_size, &mut last_topic) {
@@ -898,6 +929,13 @@ async fn drive<R: ReadReady, W: AsyncWrite + Unpin>(l: &mut Live<R, W>) -> Drive
                     }
                     Ok(Some(p)) => {
                         if matches!(p, Packet::Publish(_)) {
+                            if !waited {
+                                // Arrival order (`order`): a SUBSCRIBE another connection has
+                                // read is applied before this batch's PUBLISHes are routed.
+                                waited = true;
+                                drop(announced.take()); // its own, handled by now
+                                ctx.arrivals.give_way().await;
+                            }
                             let size = before - rbuf.len();
                             mem.published(size as u64, now);
                             if limiter.is_none() {
@@ -912,6 +950,8 @@ async fn drive<R: ReadReady, W: AsyncWrite + Unpin>(l: &mut Live<R, W>) -> Drive
                         if let Err(c) = conn.handle(p, now, wbuf) {
                             return Driven::Closed(c);
                         }
+                        // An announced change was the batch's first packet: applied now.
+                        announced = None;
                     }
                     Ok(None) => break,
                     Err(e) => {
@@ -1014,6 +1054,9 @@ async fn drive<R: ReadReady, W: AsyncWrite + Unpin>(l: &mut Live<R, W>) -> Drive
                     Ok((0, _)) | Err(_) => return Driven::Closed(lost),
                     Ok((_, filled)) => {
                         busy = filled;
+                        if announced.is_none() && order::starts_with_subscription_change(rbuf) {
+                            announced = Some(ctx.arrivals.announce());
+                        }
                         pending_input = true;
                         conn.note_input(Instant::now());
                     }

@@ -212,8 +212,9 @@ pub struct Parked {
 impl Parked {
     /// Take the socket out of the parking set and spawn a driver for the connection again.
     fn resume(self) {
-        let Parked { core, stream, token } = self;
+        let Parked { mut core, stream, token } = self;
         tracing::trace!(token = token.0, "resuming a parked connection");
+        core.announce_input(&stream);
         // Always there: only a parking lot makes a `Parked` (the lot is not kept in the
         // record: 8 bytes that would take it out of its allocation size class).
         match core.parking().cloned() {
