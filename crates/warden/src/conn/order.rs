@@ -13,22 +13,25 @@
 //! packet, then it waits), or the input that resumes a parked connection
 //! ([`crate::conn::park`]), looked at by the parking thread before the connection's task is
 //! spawned — and counts it applied once it has handled that packet. A connection about to
-//! route a read batch's PUBLISHes first waits (yielding to the scheduler) until every change
-//! announced by then is applied, at most [`MAX_WAIT`]. When no change is in flight, which is
+//! route a read batch's PUBLISHes first yields once to the scheduler (the subscriber's task may
+//! be queued behind it), then waits until every change announced by then is applied, at most
+//! [`MAX_WAIT`]. When no change is in flight, which is
 //! nearly always, that is two loads of counters that only subscription changes write.
 
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 /// The longest a publishing connection waits for announced changes (a safety bound: applying
-/// one takes microseconds once its task runs).
-pub const MAX_WAIT: Duration = Duration::from_millis(2);
+/// one takes microseconds once its task runs, but the thread running it may be preempted).
+pub const MAX_WAIT: Duration = Duration::from_millis(10);
 
 /// The broker-wide counts of subscription changes read and applied.
 #[derive(Debug, Default)]
 pub struct Arrivals {
     read: AtomicU64,
     applied: AtomicU64,
+    /// Publishers waiting for changes to be applied are woken here.
+    applied_event: tokio::sync::Notify,
 }
 
 impl Arrivals {
@@ -55,22 +58,32 @@ impl Arrivals {
     }
 
     /// What a connection does before it routes a read batch's PUBLISHes: yield once to the
-    /// scheduler, then wait for the changes announced by then ([`Arrivals::wait_applied`]).
+    /// scheduler (tokio polls the task woken last first: a subscriber woken by the same
+    /// `epoll_wait` just before this connection waits in the run queue), then wait for the
+    /// changes announced by then ([`Arrivals::wait_applied`]).
     pub async fn give_way(&self) {
         tokio::task::yield_now().await;
         self.wait_applied().await;
     }
 
-    /// Wait until the changes announced by now are applied, yielding to the scheduler (their
-    /// connections' tasks may be queued behind this one), at most [`MAX_WAIT`].
+    /// Wait until the changes announced by now are applied (woken when one is), at most
+    /// [`MAX_WAIT`].
     pub async fn wait_applied(&self) {
         let target = self.read.load(Ordering::SeqCst);
         if self.applied.load(Ordering::Acquire) >= target {
             return;
         }
-        let deadline = Instant::now() + MAX_WAIT;
-        while self.applied.load(Ordering::Acquire) < target && Instant::now() < deadline {
-            tokio::task::yield_now().await;
+        let deadline = tokio::time::Instant::now() + MAX_WAIT;
+        loop {
+            let notified = self.applied_event.notified();
+            tokio::pin!(notified);
+            // Registered before the count is read again: an application in between wakes it.
+            notified.as_mut().enable();
+            if self.applied.load(Ordering::Acquire) >= target
+                || tokio::time::timeout_at(deadline, notified).await.is_err()
+            {
+                return;
+            }
         }
     }
 }
@@ -82,6 +95,7 @@ pub struct Announced<'a>(&'a Arrivals);
 impl Drop for Announced<'_> {
     fn drop(&mut self) {
         self.0.applied.fetch_add(1, Ordering::Release);
+        self.0.applied_event.notify_waiters();
     }
 }
 
@@ -114,7 +128,7 @@ mod tests {
         let a = Arrivals::default();
         a.wait_applied().await; // nothing in flight: at once
         let g = a.announce();
-        let start = Instant::now();
+        let start = std::time::Instant::now();
         a.wait_applied().await; // never applied here: the bound ends the wait
         assert!(start.elapsed() >= MAX_WAIT);
         drop(g);
