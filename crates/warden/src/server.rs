@@ -312,7 +312,7 @@ impl Server {
             } else {
                 Some(
                     crate::conn::park::ParkingLot::start(cfg.limits.idle_park_after)
-                        .map_err(|e| crate::Error::io("cannot start the parking thread", e))?,
+                        .map_err(|e| crate::Error::io("cannot start the parking lot", e))?,
                 )
             },
         });

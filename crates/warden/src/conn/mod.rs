@@ -444,7 +444,7 @@ pub struct Core {
     /// Parked at least once: later parks wait the full `idle_park_after`.
     parked_before: bool,
     /// The input that resumed this parked connection starts with a subscription change, which
-    /// the parking thread announced ([`order`]); the driver counts it applied once handled.
+    /// the parking lot announced ([`order`]); the driver counts it applied once handled.
     announced: bool,
     /// On a node of a cluster: the client id's claim in the cluster's registry, released
     /// when the connection ends.

@@ -11,8 +11,8 @@
 //! A connection announces a subscription change as soon as it reads one — a read batch whose
 //! first packet is a SUBSCRIBE or UNSUBSCRIBE (what a client writes when it subscribes: one
 //! packet, then it waits), or the input that resumes a parked connection
-//! ([`crate::conn::park`]), looked at by the parking thread before the connection's task is
-//! spawned — and counts it applied once it has handled that packet. A connection about to
+//! ([`crate::conn::park`]), looked at (`peek`) by the parking lot's task before the connection's
+//! task is spawned — and counts it applied once it has handled that packet. A connection about to
 //! route a read batch's PUBLISHes first yields once to the scheduler (the subscriber's task may
 //! be queued behind it), then waits until every change announced by then is applied, at most
 //! [`MAX_WAIT`]. When no change is in flight, which is
@@ -41,7 +41,7 @@ impl Arrivals {
         Announced(self)
     }
 
-    /// A change announced elsewhere (the parking thread, for the input that resumes a parked
+    /// A change announced elsewhere (the parking lot, for the input that resumes a parked
     /// connection: [`Arrivals::announce_detached`]) is now this guard's.
     pub fn adopt(&self) -> Announced<'_> {
         Announced(self)

@@ -6,14 +6,17 @@
 //! sends a PINGREQ a minute. A broker holding a fleet of mostly idle devices pays that per
 //! device. After `idle_park_after` of quiet (`[limits]`), the driver ends its task and leaves
 //! a [`Parked`] record — the core connection and the socket — in the connection's
-//! [`ConnWaker`]; the socket is watched by one thread for the whole broker (one `epoll` set,
-//! through `mio`), together with a heap of the parked connections' keep-alive and token
-//! deadlines.
+//! [`ConnWaker`]; the socket joins one `epoll` set for the whole broker (through `mio`),
+//! which is itself one registration in tokio's reactor, watched by one task that also keeps a
+//! heap of the parked connections' keep-alive and token deadlines. (Until issue 24 a thread of
+//! its own watched the set: then input to a parked connection was seen by another `epoll_wait`
+//! than input to running ones, in no order with it; now one `epoll_wait` sees both in the
+//! order they came, which [`crate::conn::order`] relies on.)
 //!
 //! Anything that would have woken the task resumes it instead: input on the socket (or its
 //! end), a delivery from the core, an administrator's or a token revocation's end signal,
 //! shutdown, or a deadline. Resuming takes the record out of the waker, takes the socket out of
-//! the parking thread's set and spawns a new driver task, which finds the connection exactly as
+//! the set and spawns a new driver task, which finds the connection exactly as
 //! it was left (its keep-alive deadline included) and sorts out what woke it the same way a
 //! running driver does.
 //!
@@ -45,7 +48,7 @@ const PARKED: u8 = 2;
 const REVOKED: u8 = 4;
 
 /// A connection's single wake-up: the core (deliveries, a take-over), the admin registry and
-/// the trust seam (end signals) and the parking thread (input, deadlines) all call
+/// the trust seam (end signals) and the parking lot's task (input, deadlines) all call
 /// [`Wake::wake`]; a running driver waits for it with [`ConnWaker::woken`], a parked one is
 /// resumed by it.
 ///
@@ -204,7 +207,7 @@ impl ConnWaker {
 pub struct Parked {
     /// The connection's state (core connection, registrations, deadlines).
     pub core: crate::conn::Core,
-    /// The socket, registered with the parking thread under `token`.
+    /// The socket, registered in the parking lot's set under `token`.
     pub stream: std::net::TcpStream,
     token: Token,
 }
