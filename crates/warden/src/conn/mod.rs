@@ -462,12 +462,11 @@ impl Core {
         self.ctx.parking.as_ref()
     }
 
-    /// A parked connection is resumed: if the input waiting on `stream` starts with a
-    /// subscription change, announce it now, before its task is spawned ([`order`]).
+    /// A parked connection is resumed: if the input waiting on `stream` holds a subscription
+    /// change (before any PUBLISH), announce it now, before its task is spawned ([`order`]).
     pub fn announce_input(&mut self, stream: &std::net::TcpStream) {
-        let mut first = [0u8; 1];
-        if !self.announced && matches!(stream.peek(&mut first), Ok(1)) && order::starts_with_subscription_change(&first)
-        {
+        let mut head = [0u8; 64];
+        if !self.announced && stream.peek(&mut head).is_ok_and(|n| order::has_subscription_change(&head[..n])) {
             self.ctx.arrivals.announce_detached();
             self.announced = true;
         }
@@ -549,6 +548,9 @@ pub async fn resume(core: Core, stream: std::net::TcpStream) {
 /// A connection whose socket was lost on its way into or out of the parking lot: its session
 /// sees it gone as after an I/O error (the will is published).
 pub fn lost(core: Core, why: &dyn std::fmt::Display) {
+    if core.announced {
+        drop(core.ctx.arrivals.adopt()); // no driver will apply it
+    }
     debug!(client_id = %crate::logsafe::Escaped(core.conn.client_id()), error = %why, "socket lost while parking or resuming");
     core.conn.closed(Close { reason: ReasonCode::UNSPECIFIED_ERROR, publish_will: true }, Instant::now());
 }
@@ -928,6 +930,7 @@ async fn drive<R: ReadReady, W: AsyncWrite + Unpin>(l: &mut Live<R, W>) -> Drive
                         }
                     }
                     Ok(Some(p)) => {
+                        let change = matches!(p, Packet::Subscribe(_) | Packet::Unsubscribe(_));
                         if matches!(p, Packet::Publish(_)) {
                             if !waited {
                                 // Arrival order (`order`): a SUBSCRIBE another connection has
@@ -950,8 +953,9 @@ async fn drive<R: ReadReady, W: AsyncWrite + Unpin>(l: &mut Live<R, W>) -> Drive
                         if let Err(c) = conn.handle(p, now, wbuf) {
                             return Driven::Closed(c);
                         }
-                        // An announced change was the batch's first packet: applied now.
-                        announced = None;
+                        if change {
+                            announced = None; // applied
+                        }
                     }
                     Ok(None) => break,
                     Err(e) => {
@@ -960,6 +964,10 @@ async fn drive<R: ReadReady, W: AsyncWrite + Unpin>(l: &mut Live<R, W>) -> Drive
                     }
                 }
             }
+            // An announcement never outlives its batch (a SUBSCRIBE not read whole yet is
+            // announced again by the read that completes it): a client that stops halfway
+            // through one cannot hold the broker's publishers back.
+            announced = None;
             conn.flush_wakes();
             if let Some(close) = ended(notify, conn, wbuf) {
                 return Driven::Closed(close);
@@ -1054,7 +1062,7 @@ async fn drive<R: ReadReady, W: AsyncWrite + Unpin>(l: &mut Live<R, W>) -> Drive
                     Ok((0, _)) | Err(_) => return Driven::Closed(lost),
                     Ok((_, filled)) => {
                         busy = filled;
-                        if announced.is_none() && order::starts_with_subscription_change(rbuf) {
+                        if announced.is_none() && order::has_subscription_change(rbuf) {
                             announced = Some(ctx.arrivals.announce());
                         }
                         pending_input = true;

@@ -8,11 +8,12 @@
 //! clients and test suites (Paho's v5 interoperability tests) expect a SUBSCRIBE that reached
 //! the broker before another client's PUBLISH to apply to it.
 //!
-//! A connection announces a subscription change as soon as it reads one — a read batch whose
-//! first packet is a SUBSCRIBE or UNSUBSCRIBE (what a client writes when it subscribes: one
-//! packet, then it waits), or the input that resumes a parked connection
+//! A connection announces a subscription change as soon as it reads one — a read batch with a
+//! SUBSCRIBE or UNSUBSCRIBE before any PUBLISH ([`has_subscription_change`]), or the input that
+//! resumes a parked connection
 //! ([`crate::conn::park`]), looked at (`peek`) by the parking lot's task before the connection's
-//! task is spawned — and counts it applied once it has handled that packet. A connection about to
+//! task is spawned — and counts it applied once it has handled that packet, or at the end of
+//! the batch in any case (a packet not read whole is announced again by the next read). A connection about to
 //! route a read batch's PUBLISHes first yields once to the scheduler (the subscriber's task may
 //! be queued behind it), then waits until every change announced by then is applied, at most
 //! [`MAX_WAIT`]. When no change is in flight, which is
@@ -99,10 +100,37 @@ impl Drop for Announced<'_> {
     }
 }
 
-/// True when the first packet in `buf` is a SUBSCRIBE or UNSUBSCRIBE (its fixed header's
-/// packet type: 8 or 10).
-pub fn starts_with_subscription_change(buf: &[u8]) -> bool {
-    matches!(buf.first().map(|b| b >> 4), Some(8 | 10))
+/// How many packets of a read batch [`has_subscription_change`] looks at, at most.
+const SCAN: usize = 16;
+
+/// True when the packets at the start of `buf`, before any PUBLISH, include a SUBSCRIBE or
+/// UNSUBSCRIBE (packet types 8 and 10): their fixed headers are walked (type, remaining
+/// length), at most [`SCAN`] of them. A subscriber's read batch may start with
+/// acknowledgements of what it received (a PUBACK, then its SUBSCRIBE); a publisher's starts
+/// with a PUBLISH and costs one look.
+pub fn has_subscription_change(buf: &[u8]) -> bool {
+    let mut at = 0usize;
+    for _ in 0..SCAN {
+        let Some(&header) = buf.get(at) else { return false };
+        match header >> 4 {
+            8 | 10 => return true,
+            3 => return false,
+            _ => {}
+        }
+        // The remaining length: up to four bytes, seven bits each.
+        let mut len = 0usize;
+        let mut i = at + 1;
+        for shift in [0, 7, 14, 21] {
+            let Some(&b) = buf.get(i) else { return false };
+            len |= usize::from(b & 0x7f) << shift;
+            i += 1;
+            if b & 0x80 == 0 {
+                break;
+            }
+        }
+        at = i.saturating_add(len);
+    }
+    false
 }
 
 #[cfg(test)]
@@ -136,12 +164,27 @@ mod tests {
     }
 
     #[test]
-    fn subscribe_and_unsubscribe_headers_are_told_apart() {
-        assert!(starts_with_subscription_change(&[0x82, 0x05]));
-        assert!(starts_with_subscription_change(&[0xA2, 0x05]));
-        for other in [0x30u8, 0x32, 0x40, 0x62, 0xC0, 0xE0] {
-            assert!(!starts_with_subscription_change(&[other, 0]), "{other:#x}");
-        }
-        assert!(!starts_with_subscription_change(&[]));
+    fn a_subscription_change_is_found_before_the_first_publish() {
+        // SUBSCRIBE, UNSUBSCRIBE alone (a header is enough: the rest may not be read yet).
+        assert!(has_subscription_change(&[0x82, 0x05]));
+        assert!(has_subscription_change(&[0xA2]));
+        // Behind a PUBACK (0x40, 2 bytes) and a PINGREQ (0xC0, 0).
+        assert!(has_subscription_change(&[0x40, 0x02, 0x00, 0x01, 0xC0, 0x00, 0x82, 0x01, 0x00]));
+        // Behind a packet with a two-byte remaining length (0x80 0x01 = 128).
+        let mut long = vec![0x40, 0x80, 0x01];
+        long.extend([0u8; 128]);
+        long.extend([0x82, 0x00]);
+        assert!(has_subscription_change(&long));
+        // After a PUBLISH: not looked for; none at all; a packet not read whole.
+        assert!(!has_subscription_change(&[0x30, 0x00, 0x82, 0x00]));
+        assert!(!has_subscription_change(&[0x40, 0x02, 0x00, 0x01, 0xC0, 0x00]));
+        assert!(!has_subscription_change(&[0x40, 0x02, 0x00]));
+        assert!(!has_subscription_change(&[0x40]));
+        assert!(!has_subscription_change(&[]));
+        // A remaining length longer than four bytes is not followed.
+        assert!(!has_subscription_change(&[0x40, 0xff, 0xff, 0xff, 0xff, 0xff, 0x82]));
+        // At most SCAN packets are looked at.
+        let many: Vec<u8> = std::iter::repeat_n([0xC0u8, 0x00], SCAN).flatten().chain([0x82, 0x00]).collect();
+        assert!(!has_subscription_change(&many));
     }
 }
