@@ -15,9 +15,11 @@
 //! timeout decides a miss.
 //!
 //! What the broker cannot see is not ordered: a subscriber whose task another worker thread
-//! took from the run queue, and which the OS preempted before it read its socket. On a 2-core
-//! machine loaded by other builds (load 5) that was 0-4 % of rounds; the tests allow
-//! [`TOLERATED`]. Without the ordering 12-50 % of rounds miss.
+//! took from the run queue, and which the OS preempted before it read its socket, or one still
+//! busy with its last turn when its SUBSCRIBE comes (so the rounds start from quiet
+//! connections). On a 2-core machine loaded by other builds (load 5) that left 0-4 rounds of
+//! 200 (running) and 0-4 of 100 (parked) missed, against 5-16 and 55-59 without the ordering;
+//! each test allows a few.
 #![allow(clippy::unwrap_used)] // test code: a failed unwrap is a failed test
 
 use std::io::{Read, Write};
@@ -30,17 +32,14 @@ use warden_testkit::{connect_packet, publish, subscribe, TestBroker, WAIT};
 
 const V5: Protocol = Protocol::V5;
 
-/// Rounds allowed to miss: 5 % (see the module's documentation).
-const TOLERATED: f64 = 0.05;
-
 /// The two tests measure timing: they run one at a time, not against each other.
 static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
 
-/// Assert that at most [`TOLERATED`] of `rounds` missed.
-fn assert_few_missed(what: &str, missed: &[u16], rounds: u16) {
+/// Assert that at most `tolerated` of `rounds` missed.
+fn assert_few_missed(what: &str, missed: &[u16], rounds: u16, tolerated: usize) {
     eprintln!("arrival order ({what}): {} of {rounds} rounds missed", missed.len());
     assert!(
-        missed.len() as f64 <= f64::from(rounds) * TOLERATED,
+        missed.len() <= tolerated,
         "{what}: {} of {rounds} first messages not routed to the subscription: rounds {missed:?}",
         missed.len()
     );
@@ -148,7 +147,8 @@ fn a_subscribe_written_before_a_publish_applies_to_it() {
             !round(&mut a, &mut b, &format!("arrival/{i}"), i)
         })
         .collect();
-    assert_few_missed("running subscriber", &missed, ROUNDS);
+    // Measured: 0-4 with the ordering, 5-16 without.
+    assert_few_missed("running subscriber", &missed, ROUNDS, 4);
     rt.block_on(broker.stop());
 }
 
@@ -181,6 +181,7 @@ fn a_parked_subscribers_subscribe_applies_to_a_publish_written_after_it() {
             missed.push(i);
         }
     }
-    assert_few_missed("parked subscriber", &missed, ROUNDS);
+    // Measured: 0-4 with the ordering, 55-59 without.
+    assert_few_missed("parked subscriber", &missed, ROUNDS, 5);
     rt.block_on(broker.stop());
 }
