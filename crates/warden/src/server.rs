@@ -306,12 +306,13 @@ impl Server {
             tls_handshake_timeout: cfg.limits.tls_handshake_timeout,
             live: live.clone(),
             bans: bans.clone(),
+            arrivals: Default::default(),
             parking: if cfg.limits.idle_park_after.is_zero() {
                 None
             } else {
                 Some(
                     crate::conn::park::ParkingLot::start(cfg.limits.idle_park_after)
-                        .map_err(|e| crate::Error::io("cannot start the parking thread", e))?,
+                        .map_err(|e| crate::Error::io("cannot start the parking lot", e))?,
                 )
             },
         });

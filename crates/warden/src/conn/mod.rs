@@ -11,6 +11,7 @@
 //! after failed authentications (CONNACK 0x9F before any hashing).
 
 pub mod live;
+pub mod order;
 pub mod park;
 pub mod proxy;
 pub mod ws;
@@ -91,6 +92,8 @@ pub struct ConnContext {
     pub parking: Option<Arc<crate::conn::park::ParkingLot>>,
     /// This node's side of the cluster (`[cluster]`): SUBACKs wait for its interest.
     pub cluster: Option<Arc<warden_cluster::Cluster>>,
+    /// Subscription changes read and applied ([`order`]: arrival order across connections).
+    pub arrivals: order::Arrivals,
 }
 
 impl ConnContext {
@@ -440,6 +443,9 @@ pub struct Core {
     limiter: Option<Box<PublishLimiter>>,
     /// Parked at least once: later parks wait the full `idle_park_after`.
     parked_before: bool,
+    /// The input that resumed this parked connection starts with a subscription change, which
+    /// the parking lot announced ([`order`]); the driver counts it applied once handled.
+    announced: bool,
     /// On a node of a cluster: the client id's claim in the cluster's registry, released
     /// when the connection ends.
     claim: Option<(Arc<warden_cluster::Cluster>, Box<warden_cluster::ClaimTicket>)>,
@@ -454,6 +460,16 @@ impl Core {
     /// Where the connection parks when idle (none when parking is off).
     pub fn parking(&self) -> Option<&Arc<crate::conn::park::ParkingLot>> {
         self.ctx.parking.as_ref()
+    }
+
+    /// A parked connection is resumed: if the input waiting on `stream` holds a subscription
+    /// change (before any PUBLISH), announce it now, before its task is spawned ([`order`]).
+    pub fn announce_input(&mut self, stream: &std::net::TcpStream) {
+        let mut head = [0u8; 64];
+        if !self.announced && stream.peek(&mut head).is_ok_and(|n| order::has_subscription_change(&head[..n])) {
+            self.ctx.arrivals.announce_detached();
+            self.announced = true;
+        }
     }
 }
 
@@ -510,10 +526,19 @@ async fn live<S: Transport>(mut l: Live<S::Read, S::Write>) {
 
 /// Drive a parked connection again ([`crate::conn::park`]): its socket back in tokio, a new task.
 pub async fn resume(core: Core, stream: std::net::TcpStream) {
+    let mut rbuf = BytesMut::new();
+    if core.announced {
+        // The subscription change is read at once (a socket new to tokio is read only once
+        // its I/O driver has polled it); an error or EOF is left for the driver's own read.
+        use std::io::Read;
+        rbuf.resize(IDLE_READ, 0);
+        let n = (&stream).read(&mut rbuf).unwrap_or(0);
+        rbuf.truncate(n);
+    }
     match tokio::net::TcpStream::from_std(stream) {
         Ok(s) => {
             let (rd, wr) = s.into_split();
-            let l = Live { core, rd, wr, rbuf: BytesMut::new(), wbuf: BytesMut::new() };
+            let l = Live { core, rd, wr, rbuf, wbuf: BytesMut::new() };
             Box::pin(live::<tokio::net::TcpStream>(l)).await
         }
         Err(e) => lost(core, &e),
@@ -523,6 +548,9 @@ pub async fn resume(core: Core, stream: std::net::TcpStream) {
 /// A connection whose socket was lost on its way into or out of the parking lot: its session
 /// sees it gone as after an I/O error (the will is published).
 pub fn lost(core: Core, why: &dyn std::fmt::Display) {
+    if core.announced {
+        drop(core.ctx.arrivals.adopt()); // no driver will apply it
+    }
     debug!(client_id = %crate::logsafe::Escaped(core.conn.client_id()), error = %why, "socket lost while parking or resuming");
     core.conn.closed(Close { reason: ReasonCode::UNSPECIFIED_ERROR, publish_will: true }, Instant::now());
 }
@@ -811,6 +839,7 @@ async fn establish<S: Transport>(start: Box<Start<S>>) -> Option<Live<S::Read, S
         _count: count,
         limiter: None,
         parked_before: false,
+        announced: false,
         claim,
     };
     Some(Live { core, rd, wr, rbuf, wbuf })
@@ -825,7 +854,7 @@ struct Limits {
 
 async fn drive<R: ReadReady, W: AsyncWrite + Unpin>(l: &mut Live<R, W>) -> Driven {
     let Live { core, rd, wr, rbuf, wbuf } = l;
-    let Core { conn, notify, ctx, limits, limiter, parked_before, .. } = core;
+    let Core { conn, notify, ctx, limits, limiter, parked_before, announced: resumed_announced, .. } = core;
     let (notify, ctx): (&ConnWaker, &ConnContext) = (notify, ctx);
     let limits = limits.as_deref();
     let scram_user = limits.and_then(|l| l.scram_user.as_deref());
@@ -865,6 +894,8 @@ async fn drive<R: ReadReady, W: AsyncWrite + Unpin>(l: &mut Live<R, W>) -> Drive
     let mut stalled_since: Option<tokio::time::Instant> = None;
     // The name of the last PUBLISH, reused while a client publishes to the same topic.
     let mut last_topic = None;
+    // A subscription change read and not yet handled (arrival order: `order`).
+    let mut announced = std::mem::take(resumed_announced).then(|| ctx.arrivals.adopt());
     loop {
         if pending_input {
             pending_input = false;
@@ -874,6 +905,8 @@ async fn drive<R: ReadReady, W: AsyncWrite + Unpin>(l: &mut Live<R, W>) -> Drive
                 return Driven::Closed(close);
             }
             let now = Instant::now();
+            // This batch waited for the subscription changes other connections read (once).
+            let mut waited = false;
             loop {
                 let before = rbuf.len();
                 match decode_cached(rbuf, protocol, ctx.max_packet_size, &mut last_topic) {
@@ -908,7 +941,15 @@ async fn drive<R: ReadReady, W: AsyncWrite + Unpin>(l: &mut Live<R, W>) -> Drive
                         }
                     }
                     Ok(Some(p)) => {
+                        let change = matches!(p, Packet::Subscribe(_) | Packet::Unsubscribe(_));
                         if matches!(p, Packet::Publish(_)) {
+                            if !waited {
+                                // Arrival order (`order`): a SUBSCRIBE another connection has
+                                // read is applied before this batch's PUBLISHes are routed.
+                                waited = true;
+                                drop(announced.take()); // its own, handled by now
+                                ctx.arrivals.give_way().await;
+                            }
                             let size = before - rbuf.len();
                             mem.published(size as u64, now);
                             if limiter.is_none() {
@@ -923,6 +964,9 @@ async fn drive<R: ReadReady, W: AsyncWrite + Unpin>(l: &mut Live<R, W>) -> Drive
                         if let Err(c) = conn.handle(p, now, wbuf) {
                             return Driven::Closed(c);
                         }
+                        if change {
+                            announced = None; // applied
+                        }
                     }
                     Ok(None) => break,
                     Err(e) => {
@@ -931,6 +975,10 @@ async fn drive<R: ReadReady, W: AsyncWrite + Unpin>(l: &mut Live<R, W>) -> Drive
                     }
                 }
             }
+            // An announcement never outlives its batch (a SUBSCRIBE not read whole yet is
+            // announced again by the read that completes it): a client that stops halfway
+            // through one cannot hold the broker's publishers back.
+            announced = None;
             conn.flush_wakes();
             if let Some(close) = ended(notify, conn, wbuf) {
                 return Driven::Closed(close);
@@ -1025,6 +1073,9 @@ async fn drive<R: ReadReady, W: AsyncWrite + Unpin>(l: &mut Live<R, W>) -> Drive
                     Ok((0, _)) | Err(_) => return Driven::Closed(lost),
                     Ok((_, filled)) => {
                         busy = filled;
+                        if announced.is_none() && order::has_subscription_change(rbuf) {
+                            announced = Some(ctx.arrivals.announce());
+                        }
                         pending_input = true;
                         conn.note_input(Instant::now());
                     }

@@ -6,14 +6,17 @@
 //! sends a PINGREQ a minute. A broker holding a fleet of mostly idle devices pays that per
 //! device. After `idle_park_after` of quiet (`[limits]`), the driver ends its task and leaves
 //! a [`Parked`] record — the core connection and the socket — in the connection's
-//! [`ConnWaker`]; the socket is watched by one thread for the whole broker (one `epoll` set,
-//! through `mio`), together with a heap of the parked connections' keep-alive and token
-//! deadlines.
+//! [`ConnWaker`]; the socket joins one `epoll` set for the whole broker (through `mio`),
+//! which is itself one registration in tokio's reactor, watched by one task that also keeps a
+//! heap of the parked connections' keep-alive and token deadlines. (Until issue 24 a thread of
+//! its own watched the set: then input to a parked connection was seen by another `epoll_wait`
+//! than input to running ones, in no order with it; now one `epoll_wait` sees both in the
+//! order they came, which [`crate::conn::order`] relies on.)
 //!
 //! Anything that would have woken the task resumes it instead: input on the socket (or its
 //! end), a delivery from the core, an administrator's or a token revocation's end signal,
 //! shutdown, or a deadline. Resuming takes the record out of the waker, takes the socket out of
-//! the parking thread's set and spawns a new driver task, which finds the connection exactly as
+//! the set and spawns a new driver task, which finds the connection exactly as
 //! it was left (its keep-alive deadline included) and sorts out what woke it the same way a
 //! running driver does.
 //!
@@ -45,7 +48,7 @@ const PARKED: u8 = 2;
 const REVOKED: u8 = 4;
 
 /// A connection's single wake-up: the core (deliveries, a take-over), the admin registry and
-/// the trust seam (end signals) and the parking thread (input, deadlines) all call
+/// the trust seam (end signals) and the parking lot's task (input, deadlines) all call
 /// [`Wake::wake`]; a running driver waits for it with [`ConnWaker::woken`], a parked one is
 /// resumed by it.
 ///
@@ -204,7 +207,7 @@ impl ConnWaker {
 pub struct Parked {
     /// The connection's state (core connection, registrations, deadlines).
     pub core: crate::conn::Core,
-    /// The socket, registered with the parking thread under `token`.
+    /// The socket, registered in the parking lot's set under `token`.
     pub stream: std::net::TcpStream,
     token: Token,
 }
@@ -212,8 +215,9 @@ pub struct Parked {
 impl Parked {
     /// Take the socket out of the parking set and spawn a driver for the connection again.
     fn resume(self) {
-        let Parked { core, stream, token } = self;
+        let Parked { mut core, stream, token } = self;
         tracing::trace!(token = token.0, "resuming a parked connection");
+        core.announce_input(&stream);
         // Always there: only a parking lot makes a `Parked` (the lot is not kept in the
         // record: 8 bytes that would take it out of its allocation size class).
         match core.parking().cloned() {
@@ -244,12 +248,12 @@ fn entry_of(entries: &Slab<Arc<ConnWaker>>, token: Token) -> Option<&Arc<ConnWak
     entries.get(key_of(token)).filter(|w| w.generation.load(Ordering::Relaxed) as usize == token.0 >> 32)
 }
 
-/// The parking lot: one `epoll` set watched by one thread, and the parked connections'
-/// deadlines.
+/// The parking lot: one `epoll` set, itself watched by tokio's reactor (one registration for
+/// the whole set), and the parked connections' deadlines, kept by one task.
 pub struct ParkingLot {
     registry: mio::Registry,
-    /// Interrupts the thread's wait (stop, an earlier deadline).
-    interrupt: mio::Waker,
+    /// Interrupts the task's wait (stop, an earlier deadline).
+    interrupt: tokio::sync::Notify,
     /// One per parked socket, by the low half of its token.
     entries: Mutex<Slab<Arc<ConnWaker>>>,
     /// Deadlines in nanoseconds since `epoch` (16 bytes an entry, not 24), with their tokens.
@@ -264,15 +268,23 @@ pub struct ParkingLot {
     pub after: Duration,
 }
 
-const INTERRUPT: Token = Token(usize::MAX);
-
 impl ParkingLot {
-    /// Start the parking thread; connections quiet for `after` park (from within a tokio
-    /// runtime: resumed drivers are spawned on it).
+    /// Start the parking lot's task; connections quiet for `after` park (from within a tokio
+    /// runtime: the set is watched by its reactor, and resumed drivers are spawned on it).
     pub fn start(after: Duration) -> std::io::Result<Arc<ParkingLot>> {
         let poll = mio::Poll::new()?;
         let registry = poll.registry().try_clone()?;
-        let interrupt = mio::Waker::new(poll.registry(), INTERRUPT)?;
+        let interrupt = tokio::sync::Notify::new();
+        // The set's own descriptor is readable while a parked socket has an event: tokio's
+        // reactor sees it in the same `epoll_wait` as the running connections' sockets, in the
+        // order the events came (arrival order, `crate::conn::order`).
+        // `with_interest` is deprecated because nothing stops an arbitrary `AsRawFd` from
+        // closing or changing its descriptor while registered (tokio#8587); a `mio::Poll` owns
+        // its epoll descriptor for its whole life and always returns that one, and the
+        // `AsyncFd` owns the `Poll`. The replacement, `register_with_interest`, is `unsafe`,
+        // which the workspace forbids.
+        #[allow(deprecated)]
+        let watched = tokio::io::unix::AsyncFd::with_interest(poll, tokio::io::Interest::READABLE)?;
         let lot = Arc::new(ParkingLot {
             registry,
             interrupt,
@@ -286,7 +298,7 @@ impl ParkingLot {
             after,
         });
         let shared = lot.clone();
-        std::thread::Builder::new().name("warden-parking".into()).spawn(move || shared.run(poll))?;
+        lot.handle.spawn(async move { shared.run(watched).await });
         Ok(lot)
     }
 
@@ -295,10 +307,10 @@ impl ParkingLot {
         self.parked.load(Ordering::Relaxed)
     }
 
-    /// Stop the thread (parked connections are resumed by their end signals first).
+    /// Stop the task (parked connections are resumed by their end signals first).
     pub fn stop(&self) {
         self.stop.store(true, Ordering::Release);
-        let _ = self.interrupt.wake();
+        self.interrupt.notify_one();
     }
 
     /// Park `core` with `stream`: the task that drove it ends after this. The connection is
@@ -325,7 +337,7 @@ impl ParkingLot {
             heap.push(Reverse((d, token.0)));
             drop(heap);
             if earliest {
-                let _ = self.interrupt.wake();
+                self.interrupt.notify_one();
             }
         }
         self.parked.fetch_add(1, Ordering::Relaxed);
@@ -354,27 +366,42 @@ impl ParkingLot {
         u64::try_from(t.saturating_duration_since(self.epoch).as_nanos()).unwrap_or(u64::MAX)
     }
 
-    fn run(&self, mut poll: mio::Poll) {
+    /// The lot's task: parked sockets' events and deadlines wake their connections.
+    async fn run(&self, mut watched: tokio::io::unix::AsyncFd<mio::Poll>) {
         let mut events = Events::with_capacity(1024);
         let mut due = Vec::new();
         while !self.stop.load(Ordering::Acquire) {
-            let timeout = {
+            let next = {
                 let heap = self.deadlines.lock();
-                heap.peek().map(|Reverse((d, _))| Duration::from_nanos(*d).saturating_sub(self.epoch.elapsed()))
+                heap.peek().map(|Reverse((d, _))| tokio::time::Instant::from_std(self.epoch + Duration::from_nanos(*d)))
             };
-            if let Err(e) = poll.poll(&mut events, timeout) {
-                if e.kind() != std::io::ErrorKind::Interrupted {
-                    tracing::error!(error = %e, "parking thread: poll failed");
-                    std::thread::sleep(Duration::from_millis(100));
-                }
-                continue;
-            }
-            for ev in events.iter() {
-                if ev.token() != INTERRUPT {
-                    if let Some(w) = self.waker_of(ev.token()) {
-                        w.wake();
+            tokio::select! {
+                ready = watched.readable_mut() => match ready {
+                    Ok(mut guard) => {
+                        if let Err(e) = guard.get_inner_mut().poll(&mut events, Some(Duration::ZERO)) {
+                            if e.kind() != std::io::ErrorKind::Interrupted {
+                                tracing::error!(error = %e, "parking lot: poll failed");
+                                tokio::time::sleep(Duration::from_millis(100)).await;
+                            }
+                            continue;
+                        }
+                        // A full batch may have left events behind: look again before waiting.
+                        if events.iter().count() < events.capacity() {
+                            guard.clear_ready();
+                        }
+                        for ev in events.iter() {
+                            if let Some(w) = self.waker_of(ev.token()) {
+                                w.wake();
+                            }
+                        }
                     }
-                }
+                    Err(e) => {
+                        tracing::error!(error = %e, "parking lot: cannot watch the set");
+                        tokio::time::sleep(Duration::from_millis(100)).await;
+                    }
+                },
+                _ = crate::conn::sleep_until_opt(next) => {}
+                _ = self.interrupt.notified() => {}
             }
             let now = self.nanos(Instant::now());
             {
