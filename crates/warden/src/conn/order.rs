@@ -63,6 +63,11 @@ impl Arrivals {
     /// `epoll_wait` just before this connection waits in the run queue), then wait for the
     /// changes announced by then ([`Arrivals::wait_applied`]).
     pub async fn give_way(&self) {
+        if self.settled() {
+            // Nothing announced is in flight (nearly always): no yield, which measured ~25 %
+            // more CPU per message with 50 pairs of connections.
+            return;
+        }
         tokio::task::yield_now().await;
         self.wait_applied().await;
     }
