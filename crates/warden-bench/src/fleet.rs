@@ -255,7 +255,14 @@ pub(crate) async fn run(p: Params, opts: ClientOpts, pid: Option<u32>) -> Result
     if backends == 0 {
         bail!("no backend: --shared-members and --plain-backends are both 0");
     }
-    // Every device is a descriptor here and one in the broker: raise the soft limit.
+    // Every device is a descriptor here and one in the broker: raise the soft limit, and the
+    // hard one when it is too low and this process may (root: 50,000 devices need it).
+    let want = (p.devices + backends + 1024) as u64;
+    if let Ok((soft, hard)) = rlimit::getrlimit(rlimit::Resource::NOFILE) {
+        if hard < want {
+            let _ = rlimit::setrlimit(rlimit::Resource::NOFILE, soft.max(want), want);
+        }
+    }
     let limit = rlimit::increase_nofile_limit(u64::MAX).unwrap_or(1024);
     if (limit as usize) < p.devices + backends + 64 {
         eprintln!("warden-bench: open-file limit {limit} is below {} connections", p.devices + backends);
@@ -414,7 +421,7 @@ pub(crate) async fn run(p: Params, opts: ClientOpts, pid: Option<u32>) -> Result
         delivered,
         lost: expected.saturating_sub(delivered),
         extra: delivered.saturating_sub(expected),
-        complete: complete && held == p.devices as u64,
+        complete: complete && held == p.devices as u64 && sh.unacked.load(Ordering::Acquire) == 0,
         publish_s: round(publish_s, 3),
         deliver_s: round(deliver_s, 3),
         sent_per_s: per_s(sent, publish_s),
