@@ -484,12 +484,15 @@ async fn device(
     tokio::time::sleep_until(cfg.not_before.into()).await;
     let client = {
         let Ok(_permit) = sem.acquire().await else { return };
-        async {
+        // The TCP connect is bounded too (a full listen backlog drops SYNs, retried for minutes).
+        let limit = opts.handshake_timeout * 3;
+        tokio::time::timeout(limit, async {
             let mut c = proto::connect(&opts, &cfg.id).await?;
             c.subscribe(&opts, &[commands_topic(&cfg.id)], QoS::AtLeastOnce).await?;
             anyhow::Ok(c)
-        }
+        })
         .await
+        .unwrap_or_else(|_| Err(anyhow::anyhow!("no connection within {limit:?}")))
     };
     let (mut stream, mut buf) = match client {
         Ok(c) => (c.stream, c.rbuf),

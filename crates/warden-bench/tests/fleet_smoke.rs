@@ -36,10 +36,11 @@ async fn fleet(extra: &[&str]) -> Value {
     ];
     args.extend_from_slice(extra);
     let args: Vec<String> = args.iter().map(|s| s.to_string()).collect();
-    let out = tokio::task::spawn_blocking(move || Command::new(env!("CARGO_BIN_EXE_warden-bench")).args(&args).output())
-        .await
-        .expect("join")
-        .expect("run warden-bench");
+    let out =
+        tokio::task::spawn_blocking(move || Command::new(env!("CARGO_BIN_EXE_warden-bench")).args(&args).output())
+            .await
+            .expect("join")
+            .expect("run warden-bench");
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(out.status.success(), "warden-bench failed: {}\n{stdout}", String::from_utf8_lossy(&out.stderr));
     broker.stop().await;
