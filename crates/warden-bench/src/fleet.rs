@@ -256,7 +256,7 @@ pub(crate) async fn run(p: Params, opts: ClientOpts, pid: Option<u32>) -> Result
         bail!("no backend: --shared-members and --plain-backends are both 0");
     }
     // Every device is a descriptor here and one in the broker: raise the soft limit, and the
-    // hard one when it is too low and this process may (root: 50,000 devices need it).
+    // hard one when it is too low and this process may (CAP_SYS_RESOURCE; 50,000 devices need it).
     let want = (p.devices + backends + 1024) as u64;
     if let Ok((soft, hard)) = rlimit::getrlimit(rlimit::Resource::NOFILE) {
         if hard < want {
