@@ -114,7 +114,9 @@ enum Command {
         #[arg(long, default_value_t = 1)]
         source_addrs: u8,
     },
-    /// N quiet devices (clean session, many loopback source addresses) publish QoS 1 telemetry
+    /// N quiet devices publish QoS 1 telemetry to backends, commands back (issue 24).
+    ///
+    /// N devices (clean session, many loopback source addresses) publish QoS 1 telemetry
     /// to `devices/<id>/telemetry` at a low jittered rate and wait for each PUBACK; backends
     /// receive it (a `$share/backend/devices/+/telemetry` group and plain `devices/+/telemetry`
     /// subscribers, QoS 1); a backend sends QoS 1 commands to `devices/<id>/commands` of a subset.
