@@ -601,7 +601,7 @@ fn spawn_fill_memory(
                         _ => {}
                     }
                     while let Ok(Some(fr)) = proto::next_frame(&mut c.rbuf, v) {
-                        if matches!(fr, Frame::PubAck) {
+                        if matches!(fr, Frame::PubAck { .. }) {
                             inflight = inflight.saturating_sub(1);
                             add(&t.fill_pubacks);
                         }

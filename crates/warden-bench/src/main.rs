@@ -11,6 +11,7 @@
 //!   `anyhow` for errors, as in any binary's edge (the bench is a binary only).
 //! - `traffic`: the publish/subscribe scenarios (fan-in, fan-out, pairs, latency).
 //! - `idle`: idle connections and the broker's RSS per connection.
+//! - `fleet`: many quiet devices publishing QoS 1 telemetry to backends, commands back (issue 24).
 //! - `tls`: TLS handshake rate and the broker's CPU per handshake.
 //! - `botnet`: legitimate clients measured while many addresses attack the broker.
 //! - `authz`: the cost of one authorization decision, in memory (no broker).
@@ -22,6 +23,7 @@
 
 mod authz;
 mod botnet;
+mod fleet;
 mod idle;
 mod output;
 mod proto;
@@ -111,6 +113,60 @@ enum Command {
         /// Spread client sockets over this many source addresses 127.0.0.1.. (1: let the kernel choose).
         #[arg(long, default_value_t = 1)]
         source_addrs: u8,
+    },
+    /// N quiet devices publish QoS 1 telemetry to backends, commands back (issue 24).
+    ///
+    /// N devices (clean session, many loopback source addresses) publish QoS 1 telemetry
+    /// to `devices/<id>/telemetry` at a low jittered rate and wait for each PUBACK; backends
+    /// receive it (a `$share/backend/devices/+/telemetry` group and plain `devices/+/telemetry`
+    /// subscribers, QoS 1); a backend sends QoS 1 commands to `devices/<id>/commands` of a subset.
+    /// The ramp-up (connecting every device) is not measured; then a window of --duration
+    /// seconds: delivered/s, lost, broker CPU-s per million delivered, publish-to-backend latency,
+    /// command delivery, broker RSS at the end, connections held.
+    Fleet {
+        #[command(flatten)]
+        common: Common,
+        /// Devices (one connection each; the open-file limit is raised).
+        #[arg(long, default_value_t = 10_000)]
+        devices: usize,
+        /// Telemetry messages per second per device (a device's intervals are jittered).
+        #[arg(long, default_value_t = 0.2)]
+        rate: f64,
+        /// Each interval is 1/--rate × (1 ± up to this fraction); first publications at uniform
+        /// phases within the first interval.
+        #[arg(long, default_value_t = 0.2)]
+        jitter: f64,
+        /// Seconds of the measured window.
+        #[arg(long, default_value_t = 60.0)]
+        duration: f64,
+        /// Payload bytes (the first 20 carry the send time, the device index, a sequence number).
+        #[arg(long, default_value_t = 64)]
+        payload: usize,
+        /// Members of the shared backend group `$share/backend/devices/+/telemetry` (0: none).
+        #[arg(long, default_value_t = 2)]
+        shared_members: usize,
+        /// Plain backend subscribers of `devices/+/telemetry`.
+        #[arg(long, default_value_t = 1)]
+        plain_backends: usize,
+        /// Fraction of the devices that receive commands (0: no commands).
+        #[arg(long, default_value_t = 0.01)]
+        command_fraction: f64,
+        /// Seconds between two commands to the same commanded device.
+        #[arg(long, default_value_t = 10.0)]
+        command_interval: f64,
+        /// Seconds a device waits for a PUBACK before counting the publication as unacknowledged.
+        #[arg(long, default_value_t = 10.0)]
+        ack_timeout: f64,
+        /// Ramp-up: connection handshakes in flight at once (Mosquitto's listen backlog is 100).
+        #[arg(long, default_value_t = 100)]
+        concurrency: usize,
+        /// Ramp-up: connection attempts per second at most.
+        #[arg(long, default_value_t = 2000.0)]
+        connect_rate: f64,
+        /// Loopback source addresses the devices spread over (127.0.1.1, 127.0.1.2, ...; 0: one
+        /// per 1,000 devices), so that no source address runs out of ephemeral ports.
+        #[arg(long, default_value_t = 0)]
+        source_addrs: usize,
     },
     /// N TLS connections, C at a time: full handshake (no resumption), CONNECT/CONNACK,
     /// DISCONNECT, close; handshakes/s and broker CPU per handshake.
@@ -451,6 +507,53 @@ fn run(cli: Cli) -> Result<()> {
             let client_cert = cert.zip(key);
             (common, Scenario::Tls(tls::Params { connections, concurrency, ca, client_cert, server_name, tls12 }))
         }
+        Command::Fleet {
+            common,
+            devices,
+            rate,
+            jitter,
+            duration,
+            payload,
+            shared_members,
+            plain_backends,
+            command_fraction,
+            command_interval,
+            ack_timeout,
+            concurrency,
+            connect_rate,
+            source_addrs,
+        } => {
+            let positive = |v: f64| v.is_finite() && v > 0.0;
+            if devices == 0 || !positive(rate) || !positive(duration) || !positive(connect_rate) {
+                bail!("--devices, --rate, --duration and --connect-rate must be positive");
+            }
+            if !positive(command_interval) || !positive(ack_timeout) || !(0.0..=1.0).contains(&jitter) {
+                bail!("--command-interval and --ack-timeout must be positive, --jitter within 0..1");
+            }
+            if !(0.0..=1.0).contains(&command_fraction) {
+                bail!("--command-fraction must be within 0..1");
+            }
+            if payload < proto::SEQ_PAYLOAD {
+                bail!("--payload must be at least {} bytes (send time, device, sequence)", proto::SEQ_PAYLOAD);
+            }
+            let p = fleet::Params {
+                devices,
+                rate,
+                jitter,
+                duration: Duration::from_secs_f64(duration),
+                payload,
+                shared_members,
+                plain_backends,
+                command_fraction,
+                command_interval,
+                ack_timeout: Duration::from_secs_f64(ack_timeout),
+                concurrency,
+                connect_rate,
+                source_addrs,
+                quiet: Duration::from_secs_f64(common.quiet_timeout),
+            };
+            (common, Scenario::Fleet(p))
+        }
         Command::Idle { common, connections, concurrency, hold, source_addrs } => {
             (common, Scenario::Idle(idle::Params { connections, concurrency, hold, source_addrs }))
         }
@@ -497,6 +600,13 @@ fn run(cli: Cli) -> Result<()> {
             }
             rt.block_on(botnet::run(params, opts, common.pid))?
         }
+        Scenario::Fleet(params) => {
+            let opts = common.client_opts()?;
+            if !matches!(opts.addr.ip(), IpAddr::V4(a) if a.is_loopback()) {
+                bail!("fleet binds devices to 127.x.y.z source addresses: it needs an IPv4 loopback broker address");
+            }
+            rt.block_on(fleet::run(params, opts, common.pid))?
+        }
         Scenario::Tls(params) => rt.block_on(tls::run(params, common.client_opts()?, common.pid))?,
         Scenario::Idle(params) => {
             let mut opts = common.client_opts()?;
@@ -517,4 +627,5 @@ enum Scenario {
     Idle(idle::Params),
     Tls(tls::Params),
     Botnet(botnet::Params),
+    Fleet(fleet::Params),
 }

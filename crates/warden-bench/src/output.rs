@@ -61,18 +61,35 @@ pub(crate) struct Output {
     /// Seconds over which the CPU figures were taken (the whole run, quiet timeout included).
     #[serde(default)]
     pub wall_s: f64,
-    /// Idle: connections established.
+    /// Idle: connections established; fleet: device connections held at the end.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub connections: Option<u64>,
-    /// Idle: connection attempts that failed.
+    /// Idle: connection attempts that failed; fleet: devices that failed to connect or were dropped.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub connect_failures: Option<u64>,
-    /// Idle: successful CONNECT/CONNACK handshakes per second.
+    /// Idle: successful CONNECT/CONNACK handshakes per second (fleet: during the ramp-up).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub connects_per_s: Option<f64>,
     /// Idle: broker RSS growth per connection (VmRSS with the connections open minus before), bytes.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub rss_per_conn_bytes: Option<f64>,
+    /// Fleet: telemetry messages per second per device.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rate_per_device: Option<f64>,
+    /// Fleet: publications whose PUBACK did not arrive within the acknowledgement timeout.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub unacked: Option<u64>,
+    /// Fleet: commands published by the backend.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub commands_sent: Option<u64>,
+    /// Fleet: commands received by the devices.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub commands_delivered: Option<u64>,
+    /// Fleet: command latency (backend publish written -> device read), p50 and p99.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cmd_lat_p50_us: Option<f64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cmd_lat_p99_us: Option<f64>,
     /// TLS handshakes: whether the client presented a certificate.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub client_cert: Option<bool>,
@@ -113,6 +130,7 @@ impl Output {
             "pairs" => format!("pairs {}x qos{}", self.publishers, self.qos),
             "latency" => format!("latency qos{}", self.qos),
             "idle" => format!("idle {}", self.connections.unwrap_or(0)),
+            "fleet" => format!("fleet {} devices {}/s qos1", self.publishers, self.rate_per_device.unwrap_or(0.0)),
             "tls-handshakes" => {
                 format!("tls-handshakes{}", if self.client_cert == Some(true) { " mTLS" } else { "" })
             }

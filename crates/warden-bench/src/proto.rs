@@ -240,8 +240,8 @@ pub(crate) enum Frame {
     /// A PUBLISH: QoS, packet identifier (0 for QoS 0), the timestamp in its payload, and the
     /// publisher index and sequence number in its payload.
     Publish { qos: u8, packet_id: u16, stamp: Option<u64>, origin: Option<(u32, u64)> },
-    /// A PUBACK.
-    PubAck,
+    /// A PUBACK and the packet identifier it acknowledges.
+    PubAck { packet_id: u16 },
     /// Anything else, decoded by `mqtt_codec`.
     Other(Box<Packet>),
 }
@@ -284,8 +284,9 @@ pub(crate) fn next_frame(buf: &mut BytesMut, protocol: Protocol) -> Result<Optio
         return Ok(Some(Frame::Publish { qos, packet_id, stamp, origin }));
     }
     if kind == 4 && h.total >= h.header_len + 2 {
+        let packet_id = u16::from_be_bytes([buf[h.header_len], buf[h.header_len + 1]]);
         buf.advance(h.total);
-        return Ok(Some(Frame::PubAck));
+        return Ok(Some(Frame::PubAck { packet_id }));
     }
     match decode(buf, protocol, MAX_PACKET).map_err(|e| anyhow!("decode: {e}"))? {
         Some(p) => Ok(Some(Frame::Other(Box::new(p)))),

@@ -85,6 +85,38 @@ fn metrics(scenario: &str) -> Vec<Metric> {
             Metric { name: "CONNACK latency p99 µs", better: Better::Lower, get: |o| o.lat_p99_us },
             Metric { name: "connections failed", better: Better::Lower, get: |o| o.connect_failures.map(|f| f as f64) },
         ],
+        "fleet" => vec![
+            rate,
+            cpu,
+            lost,
+            Metric {
+                name: "unacknowledged %",
+                better: Better::Lower,
+                get: |o| o.unacked.filter(|_| o.sent > 0).map(|u| 100.0 * u as f64 / o.sent as f64),
+            },
+            p50,
+            p99,
+            p999,
+            Metric {
+                name: "commands lost %",
+                better: Better::Lower,
+                get: |o| match (o.commands_sent, o.commands_delivered) {
+                    (Some(s), Some(d)) if s > 0 => Some(100.0 * s.saturating_sub(d) as f64 / s as f64),
+                    _ => None,
+                },
+            },
+            Metric { name: "command latency p99 µs", better: Better::Lower, get: |o| o.cmd_lat_p99_us },
+            Metric {
+                name: "broker RSS at the end MiB",
+                better: Better::Lower,
+                get: |o| o.broker_rss_now_kib.map(|k| k as f64 / 1024.0),
+            },
+            Metric {
+                name: "device connections held",
+                better: Better::Higher,
+                get: |o| o.connections.map(|c| c as f64),
+            },
+        ],
         "latency" => vec![p50, p99, p999, cpu, lost, rate],
         _ => vec![rate, cpu, lost, p50, p99, rss],
     }
@@ -95,6 +127,7 @@ fn headline(scenario: &str) -> [usize; 2] {
     match scenario {
         "idle" => [0, 1],
         "latency" => [0, 1],
+        "fleet" => [1, 5],
         _ => [0, 1],
     }
 }
@@ -169,6 +202,17 @@ pub(crate) fn render(inputs: &[PathBuf], reference: &str) -> Result<String> {
         s.push_str(&format!("\n#### {case}\n\n"));
         if first.scenario == "idle" {
             s.push_str(&format!("{} connections, MQTT {}.\n\n", first.expected, first.protocol));
+        } else if first.scenario == "fleet" {
+            s.push_str(&format!(
+                "{} devices at {} msg/s each (QoS 1, {} B), {} backend subscriber(s), commands to a subset, \
+                 MQTT {}; {} s measured window.\n\n",
+                first.publishers,
+                fmt(first.rate_per_device),
+                first.payload,
+                first.subscribers,
+                first.protocol,
+                fmt(Some(first.publish_s))
+            ));
         } else {
             s.push_str(&format!(
                 "{} publisher(s), {} subscriber(s), QoS {}, {} B payload, MQTT {}.\n\n",
@@ -185,7 +229,22 @@ pub(crate) fn render(inputs: &[PathBuf], reference: &str) -> Result<String> {
                 (Some(a), Some(b)) => format!(", p50/p99 {a}/{b} µs"),
                 _ => String::new(),
             };
-            let what = if r.scenario == "idle" {
+            let what = if r.scenario == "fleet" {
+                format!(
+                    "{} devices held, sent {} ({} msg/s), delivered {} ({} msg/s), lost {}, unacknowledged {}, \
+                     commands {}/{} delivered, broker RSS at the end {} MiB",
+                    r.connections.unwrap_or(0),
+                    r.sent,
+                    fmt(Some(r.sent_per_s)),
+                    r.delivered,
+                    fmt(Some(r.delivered_per_s)),
+                    r.lost,
+                    r.unacked.unwrap_or(0),
+                    r.commands_delivered.unwrap_or(0),
+                    r.commands_sent.unwrap_or(0),
+                    fmt(r.broker_rss_now_kib.map(|k| k as f64 / 1024.0))
+                )
+            } else if r.scenario == "idle" {
                 format!(
                     "{} connections, {} connects/s, {} B RSS per connection",
                     r.connections.unwrap_or(0),
@@ -238,4 +297,54 @@ fn table_header<B: std::fmt::Display, O: std::fmt::Display>(
     s.push_str(&"---|".repeat(leading.len()));
     s.push_str(&"---:|".repeat(brokers.len() + others.len()));
     s.push('\n');
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn fleet_runs_render_like_the_others() {
+        let run = |broker: &str, cpu: f64| Output {
+            scenario: "fleet".into(),
+            case: "fleet 100 devices 0.2/s qos1".into(),
+            broker: broker.into(),
+            protocol: "3.1.1".into(),
+            qos: 1,
+            payload: 64,
+            publishers: 100,
+            subscribers: 3,
+            sent: 1000,
+            expected: 2000,
+            delivered: 1990,
+            lost: 10,
+            publish_s: 60.0,
+            deliver_s: 60.1,
+            delivered_per_s: 33.1,
+            lat_p99_us: Some(900.0),
+            broker_cpu_s: Some(cpu),
+            broker_cpu_s_per_m: Some(cpu / 1990.0 * 1e6),
+            broker_rss_now_kib: Some(20480),
+            connections: Some(100),
+            rate_per_device: Some(0.2),
+            unacked: Some(5),
+            commands_sent: Some(60),
+            commands_delivered: Some(60),
+            cmd_lat_p99_us: Some(700.0),
+            ..Default::default()
+        };
+        let lines: Vec<String> =
+            [run("warden", 0.1), run("mosquitto", 0.4)].iter().map(|o| serde_json::to_string(o).unwrap()).collect();
+        let path = std::env::temp_dir().join(format!("wb-fleet-report-{}.jsonl", std::process::id()));
+        std::fs::write(&path, lines.join("\n")).unwrap();
+        let md = render(std::slice::from_ref(&path), "warden").unwrap();
+        let _ = std::fs::remove_file(&path);
+        assert!(md.contains("| fleet 100 devices 0.2/s qos1 | broker CPU-s per M delivered ↓ |"), "{md}");
+        assert!(md.contains("| fleet 100 devices 0.2/s qos1 | latency p99 µs ↓ |"), "{md}");
+        assert!(md.contains("100 devices at 0.20 msg/s each"), "{md}");
+        assert!(md.contains("| unacknowledged % | 0.50 | 0.50 |"), "{md}");
+        assert!(md.contains("| device connections held | 100 | 100 |"), "{md}");
+        assert!(md.contains("commands 60/60 delivered"), "{md}");
+        assert!(md.contains("0.25×"), "{md}");
+    }
 }

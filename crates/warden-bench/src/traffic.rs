@@ -561,7 +561,7 @@ async fn ack_reader(
         let mut acked = 0;
         while let Some(f) = proto::next_frame(&mut buf, protocol)? {
             match f {
-                Frame::PubAck => acked += 1,
+                Frame::PubAck { .. } => acked += 1,
                 Frame::Other(p) => {
                     if let Packet::Disconnect(d) = *p {
                         bail!("DISCONNECT 0x{:02x} from the broker", d.reason_code.0);
