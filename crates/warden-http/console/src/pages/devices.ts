@@ -62,7 +62,13 @@ export const devices: Page = root => {
       if (kind.value.trim()) body.type = kind.value.trim();
       if (owner.value.trim()) body.owner = owner.value.trim();
       if (pem.value.trim()) body.certificates = [{ pem: pem.value.trim() }];
-      void f.act(async () => { await post('/admin/devices', body); await load(); return `Registered device ${body.id}.`; });
+      void f.act(async () => {
+        await post('/admin/devices', body);
+        for (const el of [id, kind, owner, attrs]) el.value = '';
+        pem.value = '';
+        await load();
+        return `Registered device ${body.id}.`;
+      });
     },
   }, h('h3', { id: 'new-device-title' }, 'New device'),
     h('div', { class: 'row' }, field('Device id', id), field('Type', kind), field('Owner', owner), field('Attributes', attrs)),
