@@ -165,11 +165,9 @@ impl AdminBackend for Backend {
             by_method.insert(m.as_str().to_owned(), refused);
         }
         let now = crate::clock::unix_now();
-        let admin_bans = self.bans.list().iter().filter(|b| b.expires_at.is_none_or(|t| t > now)).count();
+        let admin_bans = self.bans.in_force(now);
         let auto_bans = self.guard.auto_bans(std::time::Instant::now()).len();
-        let at_ms = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX));
+        let at_ms = crate::clock::unix_nanos() / 1_000_000;
         warden_http::admin::StatsView {
             at_ms,
             connections: st.clients_connected.load(Relaxed),

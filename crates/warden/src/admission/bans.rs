@@ -184,6 +184,11 @@ impl BanList {
         self.current.read().bans.clone()
     }
 
+    /// How many bans are in force at `now` (unix seconds): the expired ones left out.
+    pub fn in_force(&self, now: u64) -> usize {
+        self.current.read().bans.iter().filter(|b| b.expires_at.is_none_or(|t| t > now)).count()
+    }
+
     fn store(&self, bans: Vec<Ban>) -> Result<(), FileError> {
         let text = serde_json::to_string_pretty(&BanFile { version: 1, bans: bans.clone() })
             .map_err(|e| FileError::Invalid(e.to_string()))?

@@ -185,26 +185,26 @@ impl LiveClients {
             .lock()
             .map
             .values()
-            .map(|e| warden_http::admin::ClientInfo {
-                client_id: e.client_id.to_string(),
-                principal: e.principal.to_string(),
-                peer: e.peer.get().to_string(),
-                protocol: protocol_name(e.protocol).into(),
-                connected_at: u64::from(e.connected_at),
-                node: None,
-                method: Some(e.principal.source.as_str().to_owned()),
-                certificate: match e.principal.credential() {
-                    Some(Credential::Certificate(c)) => self.certs.subject_of(&c.leaf).map(|s| s.0),
-                    _ => None,
-                },
-                cert_expires_at: match e.principal.credential() {
-                    Some(Credential::Certificate(c)) => self.certs.subject_of(&c.leaf).map(|s| s.1),
-                    _ => None,
-                },
-                token_expires_at: match e.principal.credential() {
-                    Some(Credential::Token(t)) => t.expires_at,
-                    _ => None,
-                },
+            .map(|e| {
+                // The certificate's subject and expiry, looked up once; a token's expiry.
+                let (cert, token_expires_at) = match e.principal.credential() {
+                    Some(Credential::Certificate(c)) => (self.certs.subject_of(&c.leaf), None),
+                    Some(Credential::Token(t)) => (None, t.expires_at),
+                    None => (None, None),
+                };
+                let (certificate, cert_expires_at) = cert.map_or((None, None), |(s, exp)| (Some(s), Some(exp)));
+                warden_http::admin::ClientInfo {
+                    client_id: e.client_id.to_string(),
+                    principal: e.principal.to_string(),
+                    peer: e.peer.get().to_string(),
+                    protocol: protocol_name(e.protocol).into(),
+                    connected_at: u64::from(e.connected_at),
+                    node: None,
+                    method: Some(e.principal.source.as_str().to_owned()),
+                    certificate,
+                    cert_expires_at,
+                    token_expires_at,
+                }
             })
             .collect();
         v.sort_by(|a, b| a.client_id.cmp(&b.client_id));

@@ -138,7 +138,7 @@ impl Metrics {
         }
 
         let now = crate::clock::unix_now();
-        let admin_bans = self.bans.list().iter().filter(|b| b.expires_at.is_none_or(|t| t > now)).count();
+        let admin_bans = self.bans.in_force(now);
         let auto_bans = self.guard.auto_bans(std::time::Instant::now()).len();
         o.family(
             "warden_bans_active",
