@@ -382,40 +382,16 @@ fn explain_principal(
     Some((warden_policy::Principal::token(subject, arcs(roles), arcs(scopes)), who))
 }
 
-/// The `ACTION TOPIC` of `--explain`, its topic parsed by the codec as the broker would
-/// (a name for publish and receive, a filter for subscribe).
-enum Operation {
-    Publish(mqtt_codec::TopicName),
-    Subscribe(mqtt_codec::TopicFilter),
-    Receive(mqtt_codec::TopicName),
-}
-
-impl Operation {
-    /// The question asked (QoS 0, not retained).
-    fn action(&self) -> warden_policy::Action<'_> {
-        use warden_policy::Action;
-        match self {
-            Operation::Publish(t) => Action::publish(t, mqtt_codec::QoS::AtMostOnce, false),
-            Operation::Subscribe(f) => Action::subscribe(f, mqtt_codec::QoS::AtMostOnce),
-            Operation::Receive(t) => Action::receive(t),
-        }
-    }
-}
-
 /// The `ACTION TOPIC` of `--explain`: the operation (`None` when the topic is not valid for
 /// that action: denied, as the broker never gets that far) and the topic as given.
+use warden::admin::policy_store::{acl_line, Operation};
+
 fn explain_operation(op: &[String]) -> anyhow::Result<(Option<Operation>, &str)> {
-    use mqtt_codec::{TopicFilter, TopicName};
     let (action, topic) = match op {
         [a, t] => (a.as_str(), t.as_str()),
         _ => anyhow::bail!("--explain needs ACTION TOPIC"),
     };
-    let operation = match action {
-        "publish" => TopicName::new(topic).ok().map(Operation::Publish),
-        "subscribe" => TopicFilter::new(topic).ok().map(Operation::Subscribe),
-        "receive" => TopicName::new(topic).ok().map(Operation::Receive),
-        other => anyhow::bail!("unknown action {other:?}: publish, subscribe or receive"),
-    };
+    let operation = Operation::parse(action, topic).map_err(|e| anyhow::anyhow!(e))?;
     if operation.is_none() {
         println!("deny: {topic:?} is not a valid topic for this action");
     }
@@ -435,13 +411,10 @@ fn explain_for(
     let store = warden::admin::policy_store::load(&cfg.data_dir)?;
     let acl = warden::admin::policy_store::load_acl(&cfg.authz)?;
     let policy = warden_policy::PolicyAuthorizer::new(acl, false).with_store(std::sync::Arc::new(store.compile()));
-    let (d, by) = policy.explain(principal, client, operation.action());
+    let (d, by) = policy.explain(principal, client, operation.action(mqtt_codec::QoS::AtMostOnce, false));
     let verdict = if d.is_allowed() { "allow" } else { "deny" };
     let by = match (&by, &cfg.authz.acl_file) {
-        (warden_policy::DecidedBy::Acl(line), Some(path)) if *line > 0 => {
-            let text = std::fs::read_to_string(path).unwrap_or_default();
-            format!("{}:{line}: {}", path.display(), text.lines().nth(line - 1).unwrap_or("").trim())
-        }
+        (warden_policy::DecidedBy::Acl(line), Some(path)) if *line > 0 => acl_line(path, *line),
         _ => by.to_string(),
     };
     println!("{verdict}: decided by {by} ({who})");
@@ -456,7 +429,7 @@ fn explain_decision(
     op: &[String],
 ) -> anyhow::Result<bool> {
     let (Some(operation), topic) = explain_operation(op)? else { return Ok(false) };
-    let action = operation.action();
+    let action = operation.action(mqtt_codec::QoS::AtMostOnce, false);
     let who = user.map_or_else(|| "anonymous".to_string(), |u| format!("user {u:?}"));
     let store = warden::admin::policy_store::load(&cfg.data_dir)?;
     if store.has_rules() {

@@ -141,6 +141,46 @@ pub fn load_acl(cfg: &AuthzConfig) -> crate::Result<Option<AclFile>> {
     }
 }
 
+/// One operation to explain (`warden check --explain`, `POST /admin/explain`), its topic parsed
+/// by the codec as the broker would: a name for publish and receive, a filter for subscribe.
+pub enum Operation {
+    /// A PUBLISH to this topic.
+    Publish(mqtt_codec::TopicName),
+    /// A SUBSCRIBE to this filter.
+    Subscribe(mqtt_codec::TopicFilter),
+    /// A delivery of this topic.
+    Receive(mqtt_codec::TopicName),
+}
+
+impl Operation {
+    /// `action` (`publish`, `subscribe`, `receive`) on `topic`; `Ok(None)` when the topic is not
+    /// valid for that action (denied: the broker never gets that far), `Err` for another action.
+    pub fn parse(action: &str, topic: &str) -> Result<Option<Operation>, String> {
+        use mqtt_codec::{TopicFilter, TopicName};
+        Ok(match action {
+            "publish" => TopicName::new(topic).ok().map(Operation::Publish),
+            "subscribe" => TopicFilter::new(topic).ok().map(Operation::Subscribe),
+            "receive" => TopicName::new(topic).ok().map(Operation::Receive),
+            other => return Err(format!("unknown action {other:?}: publish, subscribe or receive")),
+        })
+    }
+
+    /// The question asked of the authorizer, at `qos` (publish, subscribe) and `retain` (publish).
+    pub fn action(&self, qos: mqtt_codec::QoS, retain: bool) -> Action<'_> {
+        match self {
+            Operation::Publish(t) => Action::publish(t, qos, retain),
+            Operation::Subscribe(f) => Action::subscribe(f, qos),
+            Operation::Receive(t) => Action::receive(t),
+        }
+    }
+}
+
+/// `FILE:LINE: rule` for the ACL file's line `line` (1-based), as an explanation names it.
+pub fn acl_line(path: &Path, line: usize) -> String {
+    let text = std::fs::read_to_string(path).unwrap_or_default();
+    format!("{}:{line}: {}", path.display(), text.lines().nth(line.saturating_sub(1)).unwrap_or("").trim())
+}
+
 /// The policy in force (ACL file + store) and the store's persistence.
 pub struct PolicyManager {
     data_dir: PathBuf,
@@ -242,7 +282,7 @@ impl PolicyManager {
         &self,
         req: &warden_http::admin::ExplainRequest,
     ) -> Result<warden_http::admin::ExplainAnswer, AdminError> {
-        use mqtt_codec::{QoS, TopicFilter, TopicName};
+        use mqtt_codec::QoS;
         use warden_http::admin::ExplainAnswer;
         use warden_policy::trust::CredentialSource;
         let arcs = |v: &[String]| v.iter().map(|s| Arc::from(s.as_str())).collect::<Vec<_>>();
@@ -279,28 +319,12 @@ impl PolicyManager {
             rule: None,
             detail: format!("{:?} is not a valid topic for {}", req.topic, req.action),
         };
-        let (name_t, filter_t);
-        let action = match req.action.as_str() {
-            "publish" | "receive" => match TopicName::new(req.topic.as_str()) {
-                Ok(t) => {
-                    name_t = t;
-                    if req.action == "publish" {
-                        Action::publish(&name_t, qos, req.retain)
-                    } else {
-                        Action::receive(&name_t)
-                    }
-                }
-                Err(_) => return Ok(invalid()),
-            },
-            "subscribe" => match TopicFilter::new(req.topic.as_str()) {
-                Ok(f) => {
-                    filter_t = f;
-                    Action::subscribe(&filter_t, qos)
-                }
-                Err(_) => return Ok(invalid()),
-            },
-            other => return Err(AdminError::bad_request(format!("unknown action '{other}'"))),
+        let operation = match Operation::parse(&req.action, &req.topic) {
+            Ok(Some(op)) => op,
+            Ok(None) => return Ok(invalid()),
+            Err(e) => return Err(AdminError::bad_request(e)),
         };
+        let action = operation.action(qos, req.retain);
         let authz = self.authorizer();
         let (d, by) = authz.policy.explain(&principal, &req.client_id, action);
         let decision = if d.is_allowed() { "allow" } else { "deny" };
@@ -317,12 +341,10 @@ impl PolicyManager {
                     role.as_deref().unwrap_or("")
                 )
             }
-            warden_policy::DecidedBy::Acl(line) if *line > 0 => {
-                let path = self.authz.read().acl_file.clone();
-                let text = path.as_ref().and_then(|p| std::fs::read_to_string(p).ok()).unwrap_or_default();
-                let at = path.map(|p| p.display().to_string()).unwrap_or_default();
-                format!("{at}:{line}: {}", text.lines().nth(line - 1).unwrap_or("").trim())
-            }
+            warden_policy::DecidedBy::Acl(line) if *line > 0 => match self.authz.read().acl_file.as_deref() {
+                Some(path) => acl_line(path, *line),
+                None => format!("ACL line {line}"),
+            },
             warden_policy::DecidedBy::Acl(_) => "the topic is not valid for this action".to_owned(),
             warden_policy::DecidedBy::Scopes => "the token's scopes or the look-up's rules".to_owned(),
             warden_policy::DecidedBy::Default => "no rule of any source matches: denied by default".to_owned(),
