@@ -257,3 +257,17 @@ pub async fn tls_connect(
     stream.flush().await.map_err(|e| e.to_string())?;
     Ok(stream)
 }
+
+/// Run `warden cert ARGS --dir DIR` with the broker binary `bin` (an integration test's
+/// `env!("CARGO_BIN_EXE_warden")`): the development PKI and CRL a real operator would make.
+/// Panics, with its stderr, when the command fails.
+pub fn warden_cert(bin: &str, dir: &Path, args: &[&str]) {
+    let out = std::process::Command::new(bin)
+        .arg("cert")
+        .args(args)
+        .arg("--dir")
+        .arg(dir)
+        .output()
+        .unwrap_or_else(|e| panic!("running {bin}: {e}"));
+    assert!(out.status.success(), "cert {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+}

@@ -13,7 +13,7 @@ use bytes::Bytes;
 use mqtt_codec::{Connack, Packet, Protocol, QoS, ReasonCode};
 use serde_json::{json, Value};
 use warden::config::ListenerProtocol;
-use warden_testkit::pki::{tls_connect, CertFiles};
+use warden_testkit::pki::{tls_connect, warden_cert, CertFiles};
 use warden_testkit::{connect_packet, publish, RawClient, Recv, TestBroker, WAIT};
 
 const ADMIN_TOKEN: &str = "console-admin-token-0123456789abcdef";
@@ -215,15 +215,7 @@ async fn the_client_list_says_how_each_client_authenticated_and_when_its_token_e
 async fn certificates_seen_are_listed_and_marked_revoked_once_a_reloaded_crl_names_them() {
     let dir = tempfile::tempdir().unwrap();
     let pki = dir.path().join("pki");
-    let cert = |args: &[&str]| {
-        let out = std::process::Command::new(env!("CARGO_BIN_EXE_warden"))
-            .arg("cert")
-            .args(args)
-            .args(["--dir", pki.to_str().unwrap()])
-            .output()
-            .unwrap();
-        assert!(out.status.success(), "cert {args:?}: {}", String::from_utf8_lossy(&out.stderr));
-    };
+    let cert = |args: &[&str]| warden_cert(env!("CARGO_BIN_EXE_warden"), &pki, args);
     for args in [&["ca"][..], &["server"], &["client", "--cn", "dev-8"], &["client", "--cn", "dev-9"]] {
         cert(args);
     }

@@ -7,7 +7,7 @@ use std::time::Duration;
 use mqtt_codec::{Connack, Packet, Protocol, ReasonCode};
 use rcgen::{DnType, ExtendedKeyUsagePurpose};
 use warden::config::ListenerProtocol;
-use warden_testkit::pki::{tls_connect, CertFiles, TestPki, Validity};
+use warden_testkit::pki::{tls_connect, warden_cert, CertFiles, TestPki, Validity};
 use warden_testkit::{connect_packet, RawClient, Recv, TestBroker};
 
 struct Setup {
@@ -429,15 +429,7 @@ async fn another_principals_success_does_not_lift_a_user_names_backoff() {
 async fn a_crl_written_by_cert_revoke_refuses_that_device_and_accepts_the_other() {
     let dir = tempfile::tempdir().unwrap();
     let pki = dir.path().join("pki");
-    let cert = |args: &[&str]| {
-        let out = std::process::Command::new(env!("CARGO_BIN_EXE_warden"))
-            .arg("cert")
-            .args(args)
-            .args(["--dir", pki.to_str().unwrap()])
-            .output()
-            .unwrap();
-        assert!(out.status.success(), "cert {args:?}: {}", String::from_utf8_lossy(&out.stderr));
-    };
+    let cert = |args: &[&str]| warden_cert(env!("CARGO_BIN_EXE_warden"), &pki, args);
     for args in [&["ca"][..], &["server"], &["client", "--cn", "dev-8"], &["client", "--cn", "dev-9"]] {
         cert(args);
     }
