@@ -156,6 +156,8 @@ pub struct Broker {
     accounts: Mutex<Accounts>,
     /// The cluster fabric, when this broker is one node of several (see [`crate::fabric`]).
     fabric: OnceLock<Arc<dyn Fabric>>,
+    /// The shell's handler of `$warden/` requests ([`crate::service`]).
+    services: OnceLock<Arc<dyn crate::service::Services>>,
 }
 
 /// Principals' accounts by identity. Entries no session holds any more are pruned when the
@@ -198,6 +200,7 @@ impl Broker {
             seen_s: AtomicU64::new(0),
             accounts: Mutex::new(Accounts::default()),
             fabric: OnceLock::new(),
+            services: OnceLock::new(),
         })
     }
 
@@ -214,6 +217,17 @@ impl Broker {
             fabric.interest(change);
         }
         true
+    }
+
+    /// Hand `$warden/` requests to `services` ([`crate::service`]). Set once; a second call is
+    /// ignored (returns false). Without it, such requests are refused (0x90).
+    pub fn attach_services(&self, services: Arc<dyn crate::service::Services>) -> bool {
+        self.services.set(services).is_ok()
+    }
+
+    /// The handler of `$warden/` requests, if attached.
+    pub(crate) fn services(&self) -> Option<&Arc<dyn crate::service::Services>> {
+        self.services.get()
     }
 
     /// The fabric's interest ticket ([`Fabric::issued`]); 0 without a fabric.
@@ -514,10 +528,10 @@ impl Broker {
         } else {
             u32::MAX
         };
-        // A client admitted unverified by the look-up's fail_open keeps no session after it
-        // disconnects: nothing it leaves behind can hold a client id or messages later.
-        let expiry =
-            if principal.kind == PrincipalKind::Fallback { 0 } else { requested_expiry.min(cfg.max_session_expiry) };
+        // A client admitted unverified by the look-up's fail_open, or connected with a claim
+        // certificate to enroll, keeps no session after it disconnects: nothing it leaves
+        // behind can hold a client id or messages later.
+        let expiry = if principal.is_provisional() { 0 } else { requested_expiry.min(cfg.max_session_expiry) };
         if v == Protocol::V5 && expiry != requested_expiry {
             props.session_expiry_interval = Some(expiry);
         }
@@ -541,11 +555,11 @@ impl Broker {
             let mut resumable = !connect.clean_start;
             if let Some(s) = &existing {
                 if !s.owner().same_identity(&principal) {
-                    // A client admitted unverified (look-up fail_open) holds its client id only
-                    // until a verified principal asks for it: that one takes it over, with a
-                    // new session (nothing of the unverified one is handed on).
-                    let squatter =
-                        s.owner().kind == PrincipalKind::Fallback && principal.kind != PrincipalKind::Fallback;
+                    // A client admitted unverified (look-up fail_open) or enrolling with a
+                    // claim certificate holds its client id only until a verified principal
+                    // asks for it: that one takes it over, with a new session (nothing of the
+                    // provisional one is handed on).
+                    let squatter = s.owner().is_provisional() && !principal.is_provisional();
                     if !squatter {
                         // SPEC §3: a client id belongs to the principal that holds its session.
                         drop(reg);
@@ -1497,10 +1511,10 @@ impl Broker {
         true
     }
 
-    /// A message another node accepted while `client_id`'s session was on that node, queued
-    /// for this session alone (its resume here, SPEC §11): once, at the highest QoS of its
-    /// matching (non-shared) subscriptions, if the session may receive it. Returns whether it
-    /// was queued.
+    /// A message queued for `client_id`'s session alone: one another node accepted while the
+    /// session was on that node (its resume here, SPEC §11), or a broker service's answer
+    /// ([`crate::service`]). Once, at the highest QoS of its matching (non-shared)
+    /// subscriptions, if the session may receive it. Returns whether it was queued.
     pub fn replay_to(&self, client_id: &str, msg: Arc<Message>) -> bool {
         let Some(s) = self.sessions.lock().get(client_id).cloned() else { return false };
         let (qos, rap, ids) = {

@@ -620,7 +620,22 @@ impl Connection {
             }
         }
         let mut accepted = None;
-        if !denied {
+        if !denied && crate::service::is_service_topic(topic.as_str()) {
+            // The broker's own topic: handed to its service, never routed nor retained.
+            let code = match self.broker.services() {
+                Some(s) => s.request(crate::service::ServiceRequest {
+                    principal: self.principal.clone(),
+                    client_id: self.session.client_id.clone(),
+                    topic,
+                    payload,
+                    correlation_data: properties.correlation_data.clone(),
+                }),
+                None => ReasonCode::TOPIC_NAME_INVALID,
+            };
+            if v5 {
+                ack_code = code;
+            }
+        } else if !denied {
             let expires_at = properties.message_expiry_interval.map(|e| now + Duration::from_secs(u64::from(e)));
             let properties = if v5 { Message::forwarded_properties(properties) } else { None };
             let msg = Arc::new(Message {

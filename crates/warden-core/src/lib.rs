@@ -106,6 +106,7 @@ pub mod persist;
 pub mod queue;
 pub mod quota;
 pub mod retained;
+pub mod service;
 pub mod session;
 #[cfg(feature = "sim")]
 pub mod sim;

@@ -141,17 +141,25 @@ pub trait Authorizer: Send + Sync {
 pub struct AllowAll;
 
 impl Authorizer for AllowAll {
-    fn authorize(&self, _: &Principal, _: &str, _: Action<'_>) -> Decision {
-        Decision::Allow
+    /// Everything, but what enrollment confines ([`crate::enroll::confine`]).
+    fn authorize(&self, principal: &Principal, client_id: &str, action: Action<'_>) -> Decision {
+        match crate::enroll::confine(principal, client_id, action) {
+            Some(false) => Decision::Deny { disconnect: false },
+            _ => Decision::Allow,
+        }
     }
 
     fn allows_are_cacheable(&self) -> bool {
         true
     }
 
-    /// Nothing is granted explicitly: `$` topics stay closed to clients.
-    fn authorize_granted(&self, _: &Principal, _: &str, _: Action<'_>) -> Decision {
-        Decision::Deny { disconnect: false }
+    /// Nothing is granted explicitly: `$` topics stay closed to clients (but a client's own
+    /// enrollment topics).
+    fn authorize_granted(&self, principal: &Principal, client_id: &str, action: Action<'_>) -> Decision {
+        match crate::enroll::confine(principal, client_id, action) {
+            Some(true) => Decision::Allow,
+            _ => Decision::Deny { disconnect: false },
+        }
     }
 
     fn has_rules(&self) -> bool {
@@ -290,6 +298,9 @@ pub enum DecidedBy {
     Store(String),
     /// The principal's token scopes or look-up rules.
     Scopes,
+    /// Enrollment's own topics and a claim certificate's confinement ([`crate::enroll::confine`]),
+    /// decided before any rule.
+    Enrollment,
 }
 
 impl std::fmt::Display for DecidedBy {
@@ -300,6 +311,7 @@ impl std::fmt::Display for DecidedBy {
             DecidedBy::Acl(line) => write!(f, "acl:{line}"),
             DecidedBy::Store(r) => write!(f, "store:{r}"),
             DecidedBy::Scopes => f.write_str("scopes"),
+            DecidedBy::Enrollment => f.write_str("enrollment"),
         }
     }
 }
@@ -368,6 +380,9 @@ impl PolicyAuthorizer {
     /// Decide, naming the deciding source and rule (slower than [`Authorizer::authorize`]:
     /// it builds the rule name).
     pub fn explain(&self, principal: &Principal, client_id: &str, action: Action<'_>) -> (Decision, DecidedBy) {
+        if let Some(allowed) = crate::enroll::confine(principal, client_id, action) {
+            return (self.decision(allowed, action), DecidedBy::Enrollment);
+        }
         let user = match principal.kind {
             crate::PrincipalKind::Anonymous => None,
             _ => Some(&*principal.name),
@@ -426,6 +441,9 @@ impl PolicyAuthorizer {
     /// [`Authorizer::authorize`]; `no_source_allows` says what a principal no source names
     /// gets (true: everything; false: nothing, for [`Authorizer::authorize_granted`]).
     fn decide(&self, principal: &Principal, client_id: &str, action: Action<'_>, no_source_allows: bool) -> Decision {
+        if let Some(allowed) = crate::enroll::confine(principal, client_id, action) {
+            return self.decision(allowed, action);
+        }
         let user = match principal.kind {
             crate::PrincipalKind::Anonymous => None,
             _ => Some(&*principal.name),

@@ -264,6 +264,8 @@ impl CertRefusal {
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct DeviceCerts {
     by_fingerprint: HashMap<Box<str>, (Arc<str>, CertStatus)>,
+    /// Claim certificates ([`crate::enroll`]): fingerprint → (claim, status).
+    claims: HashMap<Box<str>, (Arc<str>, CertStatus)>,
     /// `registered_certificates_only`.
     pub strict: bool,
 }
@@ -278,7 +280,37 @@ impl DeviceCerts {
                 by_fingerprint.insert(fp.as_str().into(), (id.clone(), c.status));
             }
         }
-        DeviceCerts { by_fingerprint, strict }
+        DeviceCerts { by_fingerprint, claims: HashMap::new(), strict }
+    }
+
+    /// With the claim certificates of `claims`.
+    pub fn with_claims(mut self, claims: &BTreeMap<String, crate::enroll::Claim>) -> DeviceCerts {
+        for (name, c) in claims {
+            let name: Arc<str> = name.as_str().into();
+            for (fp, cert) in &c.certificates {
+                self.claims.insert(fp.as_str().into(), (name.clone(), cert.status));
+            }
+        }
+        self
+    }
+
+    /// The claim a client certificate with fingerprint `fp` is a claim certificate of, with
+    /// its status.
+    pub fn claim(&self, fp: &str) -> Option<(&str, CertStatus)> {
+        self.claims.get(fp).map(|(c, s)| (&**c, *s))
+    }
+
+    /// The active claim `p`'s client certificate is a claim certificate of, if it is one.
+    pub fn claim_of(&self, p: &Principal) -> Option<&str> {
+        match p.credential() {
+            Some(crate::trust::Credential::Certificate(chain)) if p.kind != PrincipalKind::Anonymous => chain
+                .fingerprint
+                .as_deref()
+                .and_then(|fp| self.claim(fp))
+                .filter(|(_, s)| *s == CertStatus::Active)
+                .map(|(c, _)| c),
+            _ => None,
+        }
     }
 
     /// The device and status of the certificate with fingerprint `fp`.
@@ -289,6 +321,13 @@ impl DeviceCerts {
     /// Whether a client certificate with fingerprint `fp` (`None`: not known) may prove
     /// principal name `name`.
     pub fn check(&self, fp: Option<&str>, name: &str) -> Result<(), CertRefusal> {
+        // A claim certificate proves its holder may enroll, whatever its name (and is
+        // registered, for `registered_certificates_only`).
+        match fp.and_then(|f| self.claim(f)) {
+            Some((_, CertStatus::Active)) => return Ok(()),
+            Some((_, s)) => return Err(CertRefusal::NotActive(s)),
+            None => {}
+        }
         match fp.and_then(|f| self.get(f)) {
             Some((_, s)) if s != CertStatus::Active => Err(CertRefusal::NotActive(s)),
             Some((device, _)) if device != name => Err(CertRefusal::OtherDevice),
@@ -311,7 +350,7 @@ impl DeviceCerts {
 
     /// True when nothing is registered and registration is not required.
     pub fn is_empty(&self) -> bool {
-        self.by_fingerprint.is_empty() && !self.strict
+        self.by_fingerprint.is_empty() && self.claims.is_empty() && !self.strict
     }
 }
 

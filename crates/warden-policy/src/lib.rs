@@ -23,6 +23,7 @@ pub mod authz;
 pub mod cert;
 pub mod cidr;
 pub mod devices;
+pub mod enroll;
 pub mod jwt;
 pub mod password;
 pub mod principal;

@@ -246,7 +246,23 @@ impl Principal {
 
     /// True when `other` is the same identity (so it may take over this principal's sessions).
     pub fn same_identity(&self, other: &Principal) -> bool {
-        self.kind == other.kind && self.name == other.name
+        // A claim certificate's holder is never the identity of the same name proved otherwise
+        // (it could otherwise take over that one's sessions).
+        self.kind == other.kind && self.name == other.name && self.is_claim() == other.is_claim()
+    }
+
+    /// Connected with a claim certificate: good for enrollment only ([`crate::enroll`]).
+    #[inline]
+    pub fn is_claim(&self) -> bool {
+        self.source == CredentialSource::Claim
+    }
+
+    /// Holds its client id only until a verified principal asks for it, and keeps no session
+    /// after it disconnects: a client admitted unverified by the look-up's `fail_open`, or one
+    /// connected with a claim certificate (it enrolls, then comes back as the device).
+    #[inline]
+    pub fn is_provisional(&self) -> bool {
+        self.kind == PrincipalKind::Fallback || self.is_claim()
     }
 }
 

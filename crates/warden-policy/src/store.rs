@@ -211,6 +211,10 @@ pub struct PolicyStore {
     /// before it existed.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub devices: BTreeMap<String, Device>,
+    /// Enrollment claims by name ([`crate::enroll`]): the claim certificates devices enroll
+    /// with, and the template of the devices they enroll.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub claims: BTreeMap<String, crate::enroll::Claim>,
 }
 
 impl Default for PolicyStore {
@@ -221,6 +225,7 @@ impl Default for PolicyStore {
             groups: BTreeMap::new(),
             roles: BTreeMap::new(),
             devices: BTreeMap::new(),
+            claims: BTreeMap::new(),
         }
     }
 }
@@ -326,13 +331,25 @@ impl PolicyStore {
                 }
             }
         }
+        let mut claim_of: HashMap<&str, &str> = HashMap::new();
+        for (name, c) in &self.claims {
+            c.validate(name)?;
+            for fp in c.certificates.keys() {
+                if let Some(device) = owners.get(fp.as_str()) {
+                    return err(format!("certificate {fp} is both device '{device}''s and claim '{name}''s"));
+                }
+                if let Some(other) = claim_of.insert(fp, name) {
+                    return err(format!("certificate {fp} belongs to both claim '{other}' and '{name}'"));
+                }
+            }
+        }
         Ok(())
     }
 
     /// The registry's certificates, for authentication and trust events (`strict`:
     /// `registered_certificates_only`).
     pub fn device_certs(&self, strict: bool) -> DeviceCerts {
-        DeviceCerts::new(&self.devices, strict)
+        DeviceCerts::new(&self.devices, strict).with_claims(&self.claims)
     }
 
     /// Remove a role and every reference to it. False when it did not exist.

@@ -29,6 +29,9 @@ pub enum CredentialSource {
     StoreUser,
     /// A client certificate verified by a TLS listener.
     Certificate,
+    /// A claim certificate of the policy store ([`crate::enroll`]): verified like any client
+    /// certificate, but good for enrollment only.
+    Claim,
     /// An access token (built-in token service or outside issuer).
     Token,
     /// An answer of the third-party look-up service.
@@ -46,6 +49,7 @@ impl CredentialSource {
             CredentialSource::PasswordFile => "password-file",
             CredentialSource::StoreUser => "policy-store",
             CredentialSource::Certificate => "certificate",
+            CredentialSource::Claim => "claim",
             CredentialSource::Token => "token",
             CredentialSource::Lookup => "lookup",
             CredentialSource::Restored => "restored",

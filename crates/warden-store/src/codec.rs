@@ -288,6 +288,7 @@ fn source_from_name(s: &str) -> Option<CredentialSource> {
         "password-file" => CredentialSource::PasswordFile,
         "policy-store" => CredentialSource::StoreUser,
         "certificate" => CredentialSource::Certificate,
+        "claim" => CredentialSource::Claim,
         "token" => CredentialSource::Token,
         "lookup" => CredentialSource::Lookup,
         "restored" => CredentialSource::Restored,

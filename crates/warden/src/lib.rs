@@ -36,6 +36,7 @@ pub mod fsutil;
 pub mod http;
 pub mod logging;
 pub mod logsafe;
+pub mod pki;
 pub mod sd_notify;
 pub mod server;
 pub mod tls;

@@ -988,6 +988,11 @@ impl<'a> Chain<'a> {
                 other => other,
             };
         }
+        if self.ctx.device_certs.claim_of(&a.principal).is_some() {
+            // A claim certificate: good for enrollment only (crate::enroll::confine).
+            let credential = a.principal.credential().cloned();
+            a.principal = a.principal.with_credential(CredentialSource::Claim, credential);
+        }
         if let Err(code) = self.ctx.check_client_id(&a.principal, self.view.client_id) {
             return self.refuse(code, Cause::ClientId);
         }
@@ -1047,7 +1052,7 @@ fn accepted_method(p: &Principal) -> Method {
     }
     match p.source {
         CredentialSource::PasswordFile | CredentialSource::StoreUser | CredentialSource::Restored => Method::Password,
-        CredentialSource::Certificate => Method::Certificate,
+        CredentialSource::Certificate | CredentialSource::Claim => Method::Certificate,
         CredentialSource::Token => Method::Token,
         CredentialSource::Lookup => Method::Lookup,
         CredentialSource::Anonymous => Method::Anonymous,

@@ -347,6 +347,10 @@ impl PolicyManager {
             },
             warden_policy::DecidedBy::Acl(_) => "the topic is not valid for this action".to_owned(),
             warden_policy::DecidedBy::Scopes => "the token's scopes or the look-up's rules".to_owned(),
+            warden_policy::DecidedBy::Enrollment => {
+                "enrollment: a client's own $warden/enroll/ topics only; a claim certificate may use nothing else"
+                    .to_owned()
+            }
             warden_policy::DecidedBy::Default => "no rule of any source matches: denied by default".to_owned(),
             warden_policy::DecidedBy::NoSource => "no ACL file, policy-store rule or scopes apply: allowed".to_owned(),
         };
@@ -396,12 +400,17 @@ impl PolicyManager {
 fn cert_standing_changed(a: &PolicyStore, b: &PolicyStore) -> bool {
     let standing =
         |s: &PolicyStore| -> std::collections::BTreeMap<String, (String, warden_policy::devices::CertStatus)> {
-            s.devices
-                .iter()
-                .flat_map(|(id, d)| d.certificates.iter().map(move |(fp, c)| (fp.clone(), (id.clone(), c.status))))
+            let devices = s.devices.iter().flat_map(|(id, d)| d.certificates.iter().map(move |(fp, c)| (fp, id, c)));
+            // A claim's certificates stand under "claim:<name>" (a certificate is never both a
+            // device's and a claim's: the store refuses it).
+            let claims = s.claims.iter().flat_map(|(n, c)| c.certificates.iter().map(move |(fp, cert)| (fp, n, cert)));
+            devices
+                .map(|(fp, id, c)| (fp.clone(), (id.clone(), c.status)))
+                .chain(claims.map(|(fp, n, c)| (fp.clone(), (format!("claim:{n}"), c.status))))
                 .collect()
         };
-    (!a.devices.is_empty() || !b.devices.is_empty()) && standing(a) != standing(b)
+    let any = |s: &PolicyStore| !s.devices.is_empty() || !s.claims.is_empty();
+    (any(a) || any(b)) && standing(a) != standing(b)
 }
 
 /// The names the store has disabled.

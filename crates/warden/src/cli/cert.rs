@@ -24,10 +24,13 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime};
 
 use crate::fsutil::write_atomically_with_mode;
+use crate::pki::{
+    ca_paths, der_parts, dn, leaf_params, new_key, pem_first_cert, random_serial, serial_hex, shell_word, validity,
+    Issued, LoadedCa, BACKDATE, DAY,
+};
 use anyhow::{bail, Context};
 use rcgen::{
-    BasicConstraints, Certificate, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa,
-    KeyPair, KeyUsagePurpose, SanType, SerialNumber,
+    BasicConstraints, CertificateParams, ExtendedKeyUsagePurpose, IsCa, KeyUsagePurpose, SanType, SerialNumber,
 };
 
 /// Default subject CN of a CA made by `warden cert ca` and by [`ensure_dev_pki`].
@@ -44,10 +47,6 @@ const REVOKED_FILE: &str = "revoked.json";
 const CRL_FILE: &str = "ca.crl";
 /// SANs of a server certificate when no `--san` is given (and of the embedded default's).
 const DEFAULT_SANS: [&str; 3] = ["localhost", "127.0.0.1", "::1"];
-/// Certificates start this much before "now", to tolerate clock skew between hosts.
-const BACKDATE: Duration = Duration::from_secs(5 * 60);
-const DAY: u64 = 24 * 60 * 60;
-
 /// `warden cert …` arguments.
 #[derive(clap::Args, Debug)]
 pub struct CertArgs {
@@ -267,12 +266,6 @@ fn write_json<T: serde::Serialize>(path: &Path, value: &T) -> anyhow::Result<()>
     write_atomically_with_mode(path, text.as_bytes(), 0o644).with_context(|| format!("writing {}", path.display()))
 }
 
-/// Lower-case hex of a DER INTEGER's content bytes, without leading zero bytes.
-fn serial_hex(raw: &[u8]) -> String {
-    let start = raw.iter().position(|b| *b != 0).unwrap_or(raw.len().saturating_sub(1));
-    raw[start..].iter().map(|b| format!("{b:02x}")).collect()
-}
-
 fn hex_bytes(hex: &str) -> Option<Vec<u8>> {
     if hex.is_empty() || !hex.len().is_multiple_of(2) {
         return None;
@@ -486,23 +479,6 @@ fn make_ca(cn: &str, days: u32) -> anyhow::Result<(String, String)> {
     Ok((cert.pem(), key.serialize_pem()))
 }
 
-/// A signed leaf: its certificate (and chain) PEM, its key PEM, and a note for the user.
-struct Issued {
-    chain_pem: String,
-    key_pem: String,
-    note: Option<String>,
-}
-
-impl Issued {
-    fn write(&self, cert: &Path, key: &Path) -> anyhow::Result<()> {
-        write_pair(cert, &self.chain_pem, key, &self.key_pem)?;
-        if let Some(note) = &self.note {
-            eprintln!("warden: note: {note}");
-        }
-        Ok(())
-    }
-}
-
 fn issue_server(ca: &LoadedCa, sans: &[String], cn: Option<&str>, days: u32) -> anyhow::Result<Issued> {
     let mut san_types = Vec::with_capacity(sans.len());
     for san in sans {
@@ -530,44 +506,6 @@ fn issue_client(ca: &LoadedCa, device_id: &str, days: u32) -> anyhow::Result<Iss
     let mut params = leaf_params(device_id);
     params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
     ca.sign(params, days)
-}
-
-/// Parameters shared by every leaf: one CN, CA:FALSE (+ subject key id), authority key id,
-/// keyUsage digitalSignature (rcgen always marks keyUsage critical), a random serial.
-fn leaf_params(cn: &str) -> CertificateParams {
-    let mut params = CertificateParams::default();
-    params.distinguished_name = dn(cn);
-    params.is_ca = IsCa::ExplicitNoCa;
-    params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
-    params.use_authority_key_identifier_extension = true;
-    params.serial_number = Some(random_serial());
-    params
-}
-
-/// A DN with exactly one attribute, the CN. (rcgen's `DistinguishedName` keeps one value per
-/// attribute type, so a second CN could not sneak in anyway.)
-fn dn(cn: &str) -> DistinguishedName {
-    let mut dn = DistinguishedName::new();
-    dn.push(DnType::CommonName, cn);
-    dn
-}
-
-fn new_key() -> anyhow::Result<KeyPair> {
-    KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).context("generating an ECDSA P-256 key")
-}
-
-/// 128 random bits, positive, always 16 bytes long in DER.
-fn random_serial() -> SerialNumber {
-    let mut bytes: [u8; 16] = rand::random();
-    bytes[0] = (bytes[0] & 0x7f) | 0x40;
-    SerialNumber::from(bytes.to_vec())
-}
-
-/// (not before, not after) for a certificate valid `days` days from now.
-fn validity(days: u32) -> anyhow::Result<(SystemTime, SystemTime)> {
-    let now = SystemTime::now();
-    let not_after = now.checked_add(Duration::from_secs(u64::from(days) * DAY)).context("--days is out of range")?;
-    Ok((now - BACKDATE, not_after))
 }
 
 /// An IP address becomes an IP SAN (also `[v6]`), anything else a DNS name.
@@ -602,178 +540,8 @@ fn validate_device_id(cn: &str) -> anyhow::Result<()> {
 // ---------------------------------------------------------------------------------------------
 // An existing CA
 
-/// A CA loaded from DIR/ca.pem + DIR/ca.key, ready to sign.
-struct LoadedCa {
-    /// ca.pem as read (possibly several certificates: the first is the CA itself).
-    pem: String,
-    /// The CA's own certificate (DER).
-    der: Vec<u8>,
-    /// Re-signed copy of the CA: same DN, same key, same subject key id; only used as the
-    /// `issuer` argument of `signed_by`.
-    issuer: Certificate,
-    key: KeyPair,
-    not_after: SystemTime,
-    cert_path: PathBuf,
-    /// The CA certificate's serial (hex), tying issued.json / revoked.json records to it.
-    serial: String,
-}
-
-impl LoadedCa {
-    fn load(dir: &Path) -> anyhow::Result<Self> {
-        let (cert_path, key_path) = ca_paths(dir);
-        let pem = match fs::read_to_string(&cert_path) {
-            Ok(pem) => pem,
-            Err(e) if e.kind() == io::ErrorKind::NotFound => {
-                bail!("no CA at {} (make one with `warden cert ca --dir {}`)", cert_path.display(), shell_word(dir))
-            }
-            Err(e) => return Err(e).with_context(|| format!("reading {}", cert_path.display())),
-        };
-        let key_pem = fs::read_to_string(&key_path).with_context(|| format!("reading {}", key_path.display()))?;
-        let der = pem_first_cert(&pem).with_context(|| format!("{}: no PEM certificate", cert_path.display()))?;
-        let params = CertificateParams::from_ca_cert_pem(&pem).map_err(|e| {
-            anyhow::anyhow!(
-                "{}: cannot use this certificate as a CA ({e}; multi-valued RDNs are not supported)",
-                cert_path.display()
-            )
-        })?;
-        if !matches!(params.is_ca, IsCa::Ca(_)) {
-            bail!("{}: not a CA certificate (basicConstraints CA:TRUE is missing)", cert_path.display());
-        }
-        let key = KeyPair::from_pem(&key_pem).map_err(|e| {
-            anyhow::anyhow!(
-                "{}: cannot load the CA private key ({e}); an unencrypted PKCS#8 PEM key is expected \
-                 (convert with `openssl pkcs8 -topk8 -nocrypt`)",
-                key_path.display()
-            )
-        })?;
-        let parts = der_parts(&der).with_context(|| format!("{}: malformed certificate", cert_path.display()))?;
-        if bit_string_of_spki(parts.spki) != bit_string_of_spki(&key.public_key_der()) {
-            bail!("{} does not belong to the CA certificate {}", key_path.display(), cert_path.display());
-        }
-        let not_after = SystemTime::from(params.not_after);
-        if not_after <= SystemTime::now() {
-            bail!("the CA {} expired on {}", cert_path.display(), params.not_after.date());
-        }
-        let issuer = params.self_signed(&key).context("preparing the CA for signing")?;
-        let serial = x509_parser::parse_x509_certificate(&der)
-            .map(|(_, c)| serial_hex(c.tbs_certificate.raw_serial()))
-            .map_err(|e| anyhow::anyhow!("{}: malformed certificate: {e}", cert_path.display()))?;
-        Ok(LoadedCa { pem, der, issuer, key, not_after, cert_path, serial })
-    }
-
-    /// Sign `params` (for a fresh P-256 key) for `days`, clamped to the CA's own expiry.
-    fn sign(&self, mut params: CertificateParams, days: u32) -> anyhow::Result<Issued> {
-        let (not_before, mut not_after) = validity(days)?;
-        let mut note = None;
-        if not_after > self.not_after {
-            not_after = self.not_after;
-            note = Some(format!("validity shortened to the CA's expiry ({})", self.issuer.params().not_after.date()));
-        }
-        params.not_before = not_before.into();
-        params.not_after = not_after.into();
-        let key = new_key()?;
-        let cert = params.signed_by(&key, &self.issuer, &self.key).context("signing the certificate")?;
-        // rcgen re-encodes the CA's name from its parsed form; make sure it came out byte for byte,
-        // or chain building (issuer == subject) would fail later in a confusing way.
-        let ca = der_parts(&self.der).context("malformed CA certificate")?;
-        let leaf = der_parts(cert.der()).context("malformed new certificate")?;
-        if leaf.issuer != ca.subject {
-            bail!(
-                "cannot sign with {}: its subject name cannot be reproduced exactly (rcgen supports one value \
-                 per attribute type and single-valued RDNs only)",
-                self.cert_path.display()
-            );
-        }
-        Ok(Issued { chain_pem: cert.pem(), key_pem: key.serialize_pem(), note })
-    }
-}
-
-/// DER of the first CERTIFICATE block of a PEM text.
-fn pem_first_cert(pem: &str) -> Option<Vec<u8>> {
-    use rustls_pki_types::pem::PemObject;
-    rustls_pki_types::CertificateDer::from_pem_slice(pem.as_bytes()).ok().map(|der| der.to_vec())
-}
-
-/// Raw TLVs of the fields of a certificate that matter here.
-struct DerParts<'a> {
-    issuer: &'a [u8],
-    subject: &'a [u8],
-    spki: &'a [u8],
-}
-
-/// Certificate ::= SEQUENCE { tbs SEQUENCE { [0] version?, serial, sigAlg, issuer, validity, subject, spki, … } … }
-fn der_parts(der: &[u8]) -> Option<DerParts<'_>> {
-    let cert = Tlv::parse(der)?.content;
-    let mut tbs = Tlv::parse(cert)?.content;
-    let mut next = || {
-        let tlv = Tlv::parse(tbs)?;
-        tbs = tlv.rest;
-        Some(tlv)
-    };
-    let mut serial = next()?;
-    if serial.tag == 0xa0 {
-        serial = next()?; // after the version
-    }
-    if serial.tag != 0x02 {
-        return None;
-    }
-    next()?; // signature algorithm
-    let issuer = next()?.whole;
-    next()?; // validity
-    let subject = next()?.whole;
-    let spki = next()?.whole;
-    Some(DerParts { issuer, subject, spki })
-}
-
-/// The subjectPublicKey BIT STRING of a SubjectPublicKeyInfo (ignores how the algorithm
-/// identifier is spelled).
-fn bit_string_of_spki(spki: &[u8]) -> Option<&[u8]> {
-    let algorithm = Tlv::parse(Tlv::parse(spki)?.content)?;
-    Some(Tlv::parse(algorithm.rest)?.whole)
-}
-
-/// One DER TLV. Low tag numbers only, definite lengths.
-struct Tlv<'a> {
-    tag: u8,
-    /// Tag, length and content.
-    whole: &'a [u8],
-    content: &'a [u8],
-    /// What follows the TLV.
-    rest: &'a [u8],
-}
-
-impl<'a> Tlv<'a> {
-    fn parse(input: &'a [u8]) -> Option<Self> {
-        let tag = *input.first()?;
-        if tag & 0x1f == 0x1f {
-            return None;
-        }
-        let first = *input.get(1)?;
-        let (len, header) = if first < 0x80 {
-            (usize::from(first), 2)
-        } else {
-            let n = usize::from(first & 0x7f);
-            if n == 0 || n > 4 {
-                return None;
-            }
-            let mut len = 0usize;
-            for b in input.get(2..2 + n)? {
-                len = (len << 8) | usize::from(*b);
-            }
-            (len, 2 + n)
-        };
-        let end = header.checked_add(len)?;
-        let whole = input.get(..end)?;
-        Some(Tlv { tag, whole, content: &whole[header..], rest: &input[end..] })
-    }
-}
-
 // ---------------------------------------------------------------------------------------------
 // Files
-
-fn ca_paths(dir: &Path) -> (PathBuf, PathBuf) {
-    (dir.join("ca.pem"), dir.join("ca.key"))
-}
 
 fn leaf_paths(dir: &Path, name: &str) -> (PathBuf, PathBuf) {
     (dir.join(format!("{name}.pem")), dir.join(format!("{name}.key")))
@@ -804,25 +572,9 @@ fn create_dir(dir: &Path) -> anyhow::Result<()> {
     fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))
 }
 
-/// Write the key (mode 0600) then the certificate, each atomically.
-fn write_pair(cert: &Path, cert_pem: &str, key: &Path, key_pem: &str) -> anyhow::Result<()> {
-    write_atomically_with_mode(key, key_pem.as_bytes(), 0o600).with_context(|| format!("writing {}", key.display()))?;
-    write_atomically_with_mode(cert, cert_pem.as_bytes(), 0o644).with_context(|| format!("writing {}", cert.display()))
-}
-
 fn print_written(what: &str, cert: &Path, key: &Path) {
     println!("wrote {} ({what})", cert.display());
     println!("wrote {} (private key, mode 0600)", key.display());
-}
-
-/// A path as one shell word, for the hints printed to the user.
-fn shell_word(path: &Path) -> String {
-    let s = path.display().to_string();
-    if !s.is_empty() && s.bytes().all(|b| b.is_ascii_alphanumeric() || b"-_./:@%+=,".contains(&b)) {
-        s
-    } else {
-        format!("'{}'", s.replace('\'', r"'\''"))
-    }
 }
 
 #[cfg(test)]
@@ -865,7 +617,23 @@ mod tests {
         let der = pem_first_cert(&cert_pem).unwrap();
         let parts = der_parts(&der).unwrap();
         assert_eq!(parts.issuer, parts.subject);
-        let key = KeyPair::from_pem(&key_pem).unwrap();
+        let key = rcgen::KeyPair::from_pem(&key_pem).unwrap();
         assert_eq!(parts.spki, key.public_key_der().as_slice());
     }
+}
+
+impl Issued {
+    fn write(&self, cert: &Path, key: &Path) -> anyhow::Result<()> {
+        write_pair(cert, &self.chain_pem, key, &self.key_pem)?;
+        if let Some(note) = &self.note {
+            eprintln!("warden: note: {note}");
+        }
+        Ok(())
+    }
+}
+
+/// Write the key (mode 0600) then the certificate, each atomically.
+fn write_pair(cert: &Path, cert_pem: &str, key: &Path, key_pem: &str) -> anyhow::Result<()> {
+    write_atomically_with_mode(key, key_pem.as_bytes(), 0o600).with_context(|| format!("writing {}", key.display()))?;
+    write_atomically_with_mode(cert, cert_pem.as_bytes(), 0o644).with_context(|| format!("writing {}", cert.display()))
 }
