@@ -37,6 +37,7 @@ use crate::secrets::{peer_ip, HashClass, PeerAddr, SecretChecks};
 use crate::OAuthService;
 
 pub mod audit;
+mod claims;
 mod devices;
 
 use audit::{AdminActor, AuditRecord};
@@ -447,6 +448,10 @@ pub fn admin_router(backend: Arc<dyn AdminBackend>, auth: AdminAuth) -> Router {
             "/admin/devices/{id}/certificates/{fingerprint}",
             axum::routing::put(devices::set_cert_status).delete(devices::remove_cert),
         )
+        .route("/admin/claims", get(claims::list_claims).post(claims::create_claim))
+        .route("/admin/claims/{name}", get(claims::get_claim).delete(claims::delete_claim))
+        .route("/admin/claims/{name}/certificates", post(claims::add_claim_cert))
+        .route("/admin/claims/{name}/certificates/{fingerprint}", axum::routing::put(claims::set_claim_cert_status))
         .route("/admin/clients", get(list_clients))
         .route("/admin/clients/{id}/kick", post(kick))
         .route("/admin/bans", get(list_bans).post(add_ban).delete(remove_ban))

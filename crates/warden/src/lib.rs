@@ -31,6 +31,7 @@ pub mod cli;
 pub mod clock;
 pub mod config;
 pub mod conn;
+pub mod enroll;
 pub mod error;
 pub mod fsutil;
 pub mod http;

@@ -185,7 +185,6 @@ impl LoadedCa {
             fingerprint: warden_policy::cert::sha256_fingerprint(&der),
             serial: serial_hex(parsed.tbs_certificate.raw_serial()),
             not_after: u64::try_from(parsed.validity().not_after.timestamp()).unwrap_or(0),
-            der,
         })
     }
 
@@ -200,8 +199,6 @@ impl LoadedCa {
 pub(crate) struct SignedCsr {
     /// PEM of the certificate alone.
     pub(crate) pem: String,
-    /// Its DER.
-    pub(crate) der: Vec<u8>,
     /// SHA-256 of the DER, lowercase hex.
     pub(crate) fingerprint: String,
     /// Serial, hex.
@@ -229,11 +226,19 @@ impl std::fmt::Display for CsrError {
     }
 }
 
+/// SHA-256 (hex) of the SubjectPublicKeyInfo of a request whose signature verifies and whose
+/// key is accepted (what [`LoadedCa::sign_csr`] would sign), to name the key to others.
+pub(crate) fn csr_key_sha256(csr: &[u8]) -> Result<String, CsrError> {
+    CsrKey::from_request(csr).map(|k| k.spki_sha256)
+}
+
 /// The public key of a verified request, as rcgen signs for it.
 struct CsrKey {
     /// The subjectPublicKey bits.
     raw: Vec<u8>,
     alg: &'static rcgen::SignatureAlgorithm,
+    /// SHA-256 of the SubjectPublicKeyInfo DER, hex.
+    spki_sha256: String,
 }
 
 impl rcgen::PublicKeyData for CsrKey {
@@ -303,7 +308,8 @@ impl CsrKey {
             }
             (other, _) => return Err(CsrError::WeakKey(format!("key algorithm {other} is not accepted"))),
         };
-        Ok(CsrKey { raw: spki.subject_public_key.data.to_vec(), alg })
+        let spki_sha256 = warden_policy::cert::sha256_fingerprint(spki.raw);
+        Ok(CsrKey { raw: spki.subject_public_key.data.to_vec(), alg, spki_sha256 })
     }
 }
 
@@ -426,7 +432,8 @@ mod tests {
         // It asks to be "admin" with a SAN: it gets CN=dev-1 and nothing else.
         let (key, pem) = csr(&rcgen::PKCS_ECDSA_P256_SHA256, "admin", vec!["evil.example".into()]);
         let signed = ca.sign_csr(pem.as_bytes(), "dev-1", 30).unwrap();
-        let (_, cert) = x509_parser::parse_x509_certificate(&signed.der).unwrap();
+        let signed_der = x509_parser::pem::parse_x509_pem(signed.pem.as_bytes()).unwrap().1.contents;
+        let (_, cert) = x509_parser::parse_x509_certificate(&signed_der).unwrap();
         let cns: Vec<_> = cert.subject().iter_common_name().map(|a| a.as_str().unwrap().to_owned()).collect();
         assert_eq!(cns, ["dev-1"]);
         assert!(cert.subject_alternative_name().unwrap().is_none());
@@ -438,7 +445,7 @@ mod tests {
         let (_, ca_cert) = x509_parser::parse_x509_certificate(&ca.der).unwrap();
         cert.verify_signature(Some(ca_cert.public_key())).unwrap();
         assert_eq!(cert.issuer(), ca_cert.subject());
-        assert_eq!(signed.fingerprint, warden_policy::cert::sha256_fingerprint(&signed.der));
+        assert_eq!(signed.fingerprint, warden_policy::cert::sha256_fingerprint(&signed_der));
         assert!(signed.not_after > crate::clock::unix_now() + 29 * DAY);
         // DER is accepted too; so are Ed25519 and P-384 keys.
         let der = x509_parser::pem::parse_x509_pem(pem.as_bytes()).unwrap().1.contents;

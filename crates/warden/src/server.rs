@@ -466,6 +466,10 @@ impl Server {
             tls: tls_listeners.clone(),
             history: Default::default(),
         });
+        // Enrollment by claim: `$warden/enroll/` requests go to its service.
+        if cfg.enroll.enabled {
+            broker.attach_services(crate::enroll::Enroll::new(&cfg.enroll, &cfg.data_dir, backend.clone())?);
+        }
         // The Overview's history: the counters every few seconds.
         {
             let backend = backend.clone();

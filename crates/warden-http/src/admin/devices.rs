@@ -33,7 +33,7 @@ struct DeviceView {
 }
 
 #[derive(Serialize)]
-struct CertView {
+pub(super) struct CertView {
     fingerprint: String,
     status: CertStatus,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -42,7 +42,7 @@ struct CertView {
     not_after: Option<u64>,
 }
 
-fn cert_view(fp: &str, c: &DeviceCert) -> CertView {
+pub(super) fn cert_view(fp: &str, c: &DeviceCert) -> CertView {
     CertView { fingerprint: fp.to_owned(), status: c.status, subject: c.subject.clone(), not_after: c.not_after }
 }
 
@@ -59,7 +59,7 @@ fn device_view(id: &str, d: &Device) -> DeviceView {
 /// A certificate to register: its PEM, or its fingerprint (hex, any case, `:` allowed).
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
-struct NewCert {
+pub(super) struct NewCert {
     pem: Option<String>,
     fingerprint: Option<String>,
     #[serde(default)]
@@ -68,7 +68,7 @@ struct NewCert {
 
 impl NewCert {
     /// The registry's key and entry for it.
-    fn resolve(&self) -> ApiResult<(String, DeviceCert)> {
+    pub(super) fn resolve(&self) -> ApiResult<(String, DeviceCert)> {
         let (fp, mut cert) = match (&self.pem, &self.fingerprint) {
             (Some(pem), None) => cert_from_pem(pem)?,
             (None, Some(f)) => {
@@ -280,7 +280,7 @@ pub(super) async fn add_cert_route(
 }
 
 /// The fingerprint in a path, normalized (400 when it is none).
-fn path_fingerprint(f: &str) -> ApiResult<String> {
+pub(super) fn path_fingerprint(f: &str) -> ApiResult<String> {
     normalize_fingerprint(f).ok_or_else(|| AdminError::bad_request("not a SHA-256 fingerprint (64 hex digits)"))
 }
 

@@ -6,9 +6,11 @@
 //! using `toml::Spanned` positions.
 
 mod cluster;
+mod enroll;
 pub mod lookup;
 
 pub use cluster::ClusterSettings;
+pub use enroll::EnrollConfig;
 pub use warden_policy::cidr::Cidr;
 
 use std::collections::HashMap;
@@ -61,6 +63,8 @@ pub struct Config {
     pub secrets: Vec<SecretRef>,
     /// `[cluster]`: this broker as one node of several (SPEC §11); `None`: a single node.
     pub cluster: Option<ClusterSettings>,
+    /// `[enroll]`: enrollment by claim (off by default).
+    pub enroll: EnrollConfig,
 }
 
 /// `[persistence]`.
@@ -1676,6 +1680,11 @@ impl Config {
             None => None,
         };
 
+        let enroll = match raw.enroll {
+            Some(e) => e.validate(base, resolve).map_err(|(s, r)| invalid(Some(s), r))?,
+            None => EnrollConfig::default(),
+        };
+
         Ok(Config {
             data_dir,
             listeners,
@@ -1699,6 +1708,7 @@ impl Config {
             source: Some(path.to_path_buf()),
             secrets,
             cluster,
+            enroll,
         })
     }
 
@@ -1847,6 +1857,7 @@ impl Config {
             limits: Limits::default(),
             persistence: PersistenceConfig::default(),
             cluster: None,
+            enroll: EnrollConfig::default(),
             log: LogConfig::default(),
             source: None,
             secrets: Vec::new(),
@@ -1976,6 +1987,7 @@ struct RawConfig {
     persistence: PersistenceConfig,
     log: Option<RawLog>,
     cluster: Option<Spanned<cluster::RawCluster>>,
+    enroll: Option<enroll::RawEnroll>,
 }
 
 #[derive(Deserialize)]

@@ -1,0 +1,435 @@
+//! Enrollment by claim: the service behind `$warden/enroll/<client id>/request`
+//! ([`warden_policy::enroll`] has the pure part: topics, confinement, claims, bodies).
+//!
+//! A request is worked on in its own task (at most `[enroll] max_pending` at once; more are
+//! refused `rate_limited`): who may ask is decided from the policy store as it is now (a claim
+//! certificate of an active claim for a new device, or a device's own active certificate for a
+//! new certificate of its own: rotation); the pre-provisioning hook, if configured, approves or
+//! refuses (fail closed); the CA signs the request's key with the device id as CN; the device
+//! and its certificate are registered through the admin path (saved, applied live, shared with
+//! a cluster's other nodes, audited); and the answer is queued for the requesting client alone
+//! on `.../accepted` or `.../rejected`.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use mqtt_codec::{Properties, QoS, ReasonCode, TopicName};
+use serde::{Deserialize, Serialize};
+use tokio::sync::Semaphore;
+use tracing::{info, warn};
+use warden_core::service::{ServiceRequest, Services};
+use warden_core::{Broker, Message};
+use warden_http::admin::audit::{AuditRecord, RESULT_REFUSED};
+use warden_http::admin::{AdminBackend, AdminError};
+use warden_policy::devices::{CertStatus, Device, DeviceCert, MAX_CERTIFICATES};
+use warden_policy::enroll::{self as pure, Answer, Issued, Reason, Refusal, Request};
+use warden_policy::trust::Credential;
+use warden_policy::Principal;
+
+use crate::admin::backend::Backend;
+use crate::config::EnrollConfig;
+use crate::logsafe::Escaped;
+use crate::pki::{CsrError, LoadedCa};
+
+/// The enrollment service.
+pub struct Enroll {
+    cfg: EnrollConfig,
+    ca_dir: PathBuf,
+    backend: Arc<Backend>,
+    broker: Arc<Broker>,
+    pending: Arc<Semaphore>,
+    hook: Option<ureq::Agent>,
+    /// Itself, for the tasks a request spawns.
+    me: std::sync::Weak<Enroll>,
+}
+
+/// What asks: a claim (a new device) or a device (a new certificate of its own).
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Asker {
+    Claim(String),
+    Device,
+}
+
+/// What the pre-provisioning hook is sent (JSON).
+#[derive(Debug, Serialize)]
+struct HookRequest<'a> {
+    device_id: &'a str,
+    client_id: &'a str,
+    /// The claim it enrolls with (`None`: a registered device renewing its certificate).
+    claim: Option<&'a str>,
+    rotation: bool,
+    /// The address the request came from.
+    peer: Option<String>,
+    /// SHA-256 of the request's public key (SubjectPublicKeyInfo DER), hex.
+    public_key_sha256: String,
+    /// What the device sent as `context`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    context: Option<&'a serde_json::Value>,
+}
+
+/// What the hook answers (HTTP 200).
+#[derive(Debug, Default, Deserialize)]
+struct HookAnswer {
+    allow: bool,
+    #[serde(default)]
+    reason: Option<String>,
+    #[serde(default, rename = "type")]
+    kind: Option<String>,
+    #[serde(default)]
+    owner: Option<String>,
+    #[serde(default)]
+    attributes: std::collections::BTreeMap<String, String>,
+}
+
+/// Largest hook answer read.
+const MAX_HOOK_ANSWER: u64 = 64 * 1024;
+
+impl Enroll {
+    /// The service for `cfg` (checks that its CA can sign now).
+    pub fn new(cfg: &EnrollConfig, data_dir: &std::path::Path, backend: Arc<Backend>) -> crate::Result<Arc<Enroll>> {
+        let ca_dir = cfg.ca_dir(data_dir);
+        LoadedCa::load(&ca_dir).map_err(|e| crate::Error::Setting(format!("[enroll] CA: {e:#}")))?;
+        let hook = cfg.hook_url.as_ref().map(|url| {
+            let lower = url.to_ascii_lowercase();
+            let host = lower.split("://").nth(1).unwrap_or("").split(['/', '?', '#']).next().unwrap_or("");
+            if lower.starts_with("http://") && !(host.starts_with("127.") || host.starts_with("localhost")) {
+                warn!(url = %crate::auth::lookup::redacted_url(url), "[enroll] hook_url uses plain http");
+            }
+            ureq::AgentBuilder::new()
+                .redirects(0)
+                .timeout(cfg.hook_timeout)
+                .try_proxy_from_env(false)
+                .user_agent(concat!("warden/", env!("CARGO_PKG_VERSION")))
+                .build()
+        });
+        let broker = backend.broker.clone();
+        Ok(Arc::new_cyclic(|me| Enroll {
+            cfg: cfg.clone(),
+            ca_dir,
+            backend,
+            broker,
+            pending: Arc::new(Semaphore::new(cfg.max_pending)),
+            hook,
+            me: me.clone(),
+        }))
+    }
+
+    /// Enroll `device_id` for `principal` with `body` (a [`Request`]).
+    pub async fn enroll(&self, principal: &Principal, client_id: &str, body: &[u8]) -> Answer {
+        let answer = match self.try_enroll(principal, client_id, body).await {
+            Ok(issued) => Answer::Accepted(issued),
+            Err(r) => Answer::Rejected(r),
+        };
+        self.record(principal, client_id, &answer);
+        answer
+    }
+
+    async fn try_enroll(&self, principal: &Principal, device_id: &str, body: &[u8]) -> Result<Issued, Refusal> {
+        let req = Request::parse(body)?;
+        if req.device_id.as_deref().is_some_and(|d| d != device_id) {
+            return Err(Refusal::new(Reason::IdNotAllowed, "device_id differs from the client id"));
+        }
+        pure::valid_device_id(device_id).map_err(|m| Refusal::new(Reason::IdNotAllowed, m))?;
+        let asker = self.asker(principal, device_id)?;
+        // The key, checked before the hook is asked (a malformed request costs it nothing).
+        let csr = req.csr.clone();
+        let spki_sha = tokio::task::spawn_blocking(move || crate::pki::csr_key_sha256(csr.as_bytes()))
+            .await
+            .map_err(|_| internal("checking the request"))?
+            .map_err(csr_refusal)?;
+        let extra = match &self.hook {
+            Some(agent) => Some(self.ask_hook(agent, principal, device_id, &asker, spki_sha, req.context.as_ref()).await?),
+            None => None,
+        };
+        let (ca_dir, days, csr, id) = (self.ca_dir.clone(), self.cfg.certificate_days, req.csr, device_id.to_owned());
+        let signed = tokio::task::spawn_blocking(move || {
+            let ca = LoadedCa::load(&ca_dir).map_err(|e| CsrError::Internal(format!("loading the CA: {e:#}")))?;
+            ca.sign_csr(csr.as_bytes(), &id, days).map(|s| (s, ca.pem().to_owned()))
+        })
+        .await
+        .map_err(|_| internal("signing"))?;
+        let (signed, ca_pem) = signed.map_err(csr_refusal)?;
+        self.register(&asker, device_id, &signed, extra)?;
+        Ok(Issued {
+            device_id: device_id.to_owned(),
+            certificate: signed.pem,
+            ca: ca_pem,
+            fingerprint: signed.fingerprint,
+            not_after: signed.not_after,
+            serial: signed.serial,
+        })
+    }
+
+    /// Who asks, from the store as it is now.
+    fn asker(&self, principal: &Principal, device_id: &str) -> Result<Asker, Refusal> {
+        let store = self.backend.policy.store();
+        let fp = match principal.credential() {
+            Some(Credential::Certificate(chain)) => chain.fingerprint.as_deref().map(str::to_owned),
+            _ => None,
+        };
+        if principal.is_claim() {
+            let claim = fp.as_deref().and_then(|fp| {
+                store
+                    .claims
+                    .iter()
+                    .find(|(_, c)| c.certificates.get(fp).is_some_and(|c| c.status == CertStatus::Active))
+            });
+            let Some((name, claim)) = claim else {
+                return Err(Refusal::new(Reason::IdNotAllowed, "the claim certificate is no longer active"));
+            };
+            claim.may_enroll(device_id)?;
+            if store.devices.get(device_id).is_some_and(|d| !d.certificates.is_empty()) {
+                return Err(Refusal::new(
+                    Reason::AlreadyRegistered,
+                    format!("device '{device_id}' is registered already: it renews with its own certificate"),
+                ));
+            }
+            return Ok(Asker::Claim(name.clone()));
+        }
+        let own = principal.kind == warden_policy::PrincipalKind::Certificate
+            && &*principal.name == device_id
+            && fp.as_deref().is_some_and(|fp| {
+                store
+                    .devices
+                    .get(device_id)
+                    .and_then(|d| d.certificates.get(fp))
+                    .is_some_and(|c| c.status == CertStatus::Active)
+            });
+        if own {
+            Ok(Asker::Device)
+        } else {
+            Err(Refusal::new(
+                Reason::IdNotAllowed,
+                "only a claim certificate, or the device's own registered certificate, may enroll",
+            ))
+        }
+    }
+
+    async fn ask_hook(
+        &self,
+        agent: &ureq::Agent,
+        principal: &Principal,
+        device_id: &str,
+        asker: &Asker,
+        public_key_sha256: String,
+        context: Option<&serde_json::Value>,
+    ) -> Result<HookAnswer, Refusal> {
+        let Some(url) = self.cfg.hook_url.clone() else { return Ok(HookAnswer::default()) };
+        let claim = match asker {
+            Asker::Claim(c) => Some(c.as_str()),
+            Asker::Device => None,
+        };
+        let body = serde_json::to_vec(&HookRequest {
+            device_id,
+            client_id: device_id,
+            claim,
+            rotation: *asker == Asker::Device,
+            peer: principal.peer().map(|p| p.to_string()),
+            public_key_sha256,
+            context,
+        })
+        .map_err(|_| internal("encoding the hook request"))?;
+        let agent = agent.clone();
+        let answer = tokio::task::spawn_blocking(move || -> Result<HookAnswer, String> {
+            let resp = match agent.post(&url).set("Content-Type", "application/json").send_bytes(&body) {
+                Ok(r) => r,
+                Err(ureq::Error::Status(code, _)) => return Err(format!("HTTP {code}")),
+                Err(e) => return Err(e.kind().to_string()),
+            };
+            let mut text = String::new();
+            std::io::Read::read_to_string(&mut std::io::Read::take(resp.into_reader(), MAX_HOOK_ANSWER), &mut text)
+                .map_err(|e| format!("reading the answer: {e}"))?;
+            serde_json::from_str::<HookAnswer>(&text).map_err(|e| format!("unusable answer: {e}"))
+        })
+        .await
+        .map_err(|_| internal("asking the hook"))?;
+        match answer {
+            Err(why) => {
+                warn!(device_id, reason = %Escaped(&why), "enrollment: the pre-provisioning hook is unavailable; refused");
+                Err(Refusal::new(Reason::HookUnavailable, "the pre-provisioning service could not be asked; try again later"))
+            }
+            Ok(a) if !a.allow => {
+                let why = a.reason.unwrap_or_else(|| "refused by the pre-provisioning service".to_owned());
+                let why: String = why.chars().filter(|c| !c.is_control()).take(256).collect();
+                Err(Refusal::new(Reason::Refused, why))
+            }
+            Ok(a) => Ok(a),
+        }
+    }
+
+    /// Register the device (new) or its new certificate (rotation), all or nothing.
+    fn register(
+        &self,
+        asker: &Asker,
+        device_id: &str,
+        signed: &crate::pki::SignedCsr,
+        extra: Option<HookAnswer>,
+    ) -> Result<(), Refusal> {
+        let cert = DeviceCert {
+            status: CertStatus::Active,
+            subject: Some(format!("CN={device_id}")),
+            not_after: Some(signed.not_after),
+        };
+        let mut refusal = None;
+        let result = self.backend.update_policy(&mut |s| {
+            match asker {
+                Asker::Claim(name) => {
+                    // Checked again under the store's lock: two requests for one id, or a
+                    // claim changed meanwhile, cannot both pass.
+                    let Some(claim) = s.claims.get_mut(name) else {
+                        refusal = Some(Refusal::new(Reason::IdNotAllowed, "the claim was removed"));
+                        return Err(AdminError::conflict("claim removed"));
+                    };
+                    if let Err(r) = claim.may_enroll(device_id) {
+                        refusal = Some(r);
+                        return Err(AdminError::conflict("claim exhausted"));
+                    }
+                    claim.enrolled += 1;
+                    let template = claim.clone();
+                    let d = s.devices.entry(device_id.to_owned()).or_insert_with(Device::default);
+                    if !d.certificates.is_empty() {
+                        refusal = Some(Refusal::new(Reason::AlreadyRegistered, "registered meanwhile"));
+                        return Err(AdminError::conflict("registered meanwhile"));
+                    }
+                    // What the operator pre-registered wins over the claim's template, which
+                    // wins over the hook's answer only where the hook says nothing.
+                    let hook = extra.as_ref();
+                    d.kind = d.kind.take().or(hook.and_then(|h| h.kind.clone())).or(template.kind);
+                    d.owner = d.owner.take().or(hook.and_then(|h| h.owner.clone())).or(template.owner);
+                    for (k, v) in template.attributes.into_iter().chain(hook.map(|h| h.attributes.clone()).unwrap_or_default())
+                    {
+                        d.attributes.entry(k).or_insert(v);
+                    }
+                    d.certificates.insert(signed.fingerprint.clone(), cert.clone());
+                }
+                Asker::Device => {
+                    let Some(d) = s.devices.get_mut(device_id) else {
+                        refusal = Some(Refusal::new(Reason::IdNotAllowed, "the device was removed"));
+                        return Err(AdminError::conflict("device removed"));
+                    };
+                    if d.certificates.len() >= MAX_CERTIFICATES {
+                        // Make room: the inactive certificate that expires first goes (a
+                        // revoked one stays: it must never become acceptable again).
+                        let oldest = d
+                            .certificates
+                            .iter()
+                            .filter(|(_, c)| c.status == CertStatus::Inactive)
+                            .min_by_key(|(_, c)| c.not_after.unwrap_or(0))
+                            .map(|(fp, _)| fp.clone());
+                        match oldest {
+                            Some(fp) => {
+                                d.certificates.remove(&fp);
+                            }
+                            None => {
+                                refusal = Some(Refusal::new(
+                                    Reason::IdNotAllowed,
+                                    format!("the device holds {MAX_CERTIFICATES} certificates: an operator must remove one"),
+                                ));
+                                return Err(AdminError::conflict("too many certificates"));
+                            }
+                        }
+                    }
+                    d.certificates.insert(signed.fingerprint.clone(), cert.clone());
+                }
+            }
+            Ok(())
+        });
+        match result {
+            Ok(()) => Ok(()),
+            Err(e) => Err(refusal.unwrap_or_else(|| {
+                warn!(device_id, error = %e, "enrollment: the device could not be registered");
+                Refusal::new(Reason::Internal, "the device could not be registered (see the broker's log)")
+            })),
+        }
+    }
+
+    /// The audit trail's record of a request, and a log line.
+    fn record(&self, principal: &Principal, client_id: &str, answer: &Answer) {
+        let peer = principal.peer().map_or_else(|| "-".to_owned(), |p| p.to_string());
+        let actor = if principal.is_claim() { format!("claim:{}", principal.name) } else { format!("device:{}", principal.name) };
+        let mut r = AuditRecord::now(&actor, &peer, "device.enroll", client_id);
+        match answer {
+            Answer::Accepted(i) => {
+                info!(target: "warden::enroll", device_id = %i.device_id, fingerprint = %i.fingerprint, actor = %Escaped(&actor), peer, "enrollment: certificate issued");
+                r.detail = serde_json::json!({"fingerprint": i.fingerprint, "serial": i.serial, "not_after": i.not_after});
+            }
+            Answer::Rejected(why) => {
+                info!(target: "warden::enroll", client_id = %Escaped(client_id), reason = why.reason.as_str(), message = %Escaped(&why.message), actor = %Escaped(&actor), peer, "enrollment: refused");
+                r.result = RESULT_REFUSED.to_owned();
+                r.error = Some(format!("{}: {}", why.reason.as_str(), why.message));
+            }
+        }
+        self.backend.audit(&r);
+    }
+
+    /// Queue `answer` for `client_id` on its answer topic.
+    fn deliver(&self, client_id: &str, answer: &Answer, correlation: Option<Bytes>) {
+        let last = match answer {
+            Answer::Accepted(_) => pure::ACCEPTED,
+            Answer::Rejected(_) => pure::REJECTED,
+        };
+        let Ok(topic) = TopicName::new(&pure::answer_topic(client_id, last)) else { return };
+        let payload = serde_json::to_vec(answer).unwrap_or_default();
+        let properties = correlation.map(|c| {
+            Box::new(Properties {
+                correlation_data: Some(c),
+                content_type: Some("application/json".into()),
+                ..Default::default()
+            })
+        });
+        let msg = Message {
+            topic,
+            payload: payload.into(),
+            qos: QoS::AtLeastOnce,
+            retain: false,
+            properties,
+            expires_at: None,
+            origin: None,
+            persisted: Default::default(),
+        };
+        if !self.broker.replay_to(client_id, Arc::new(msg)) {
+            info!(target: "warden::enroll", client_id = %Escaped(client_id),
+                "enrollment: answer not delivered (the client is gone or not subscribed to its answer topic)");
+        }
+    }
+}
+
+fn internal(what: &str) -> Refusal {
+    warn!("enrollment: {what} failed");
+    Refusal::new(Reason::Internal, format!("{what} failed (see the broker's log)"))
+}
+
+fn csr_refusal(e: CsrError) -> Refusal {
+    match e {
+        CsrError::Malformed(m) => Refusal::new(Reason::Malformed, m),
+        CsrError::WeakKey(m) => Refusal::new(Reason::WeakKey, m),
+        CsrError::Internal(m) => {
+            warn!(error = %m, "enrollment: signing failed");
+            Refusal::new(Reason::Internal, "the certificate could not be signed (see the broker's log)")
+        }
+    }
+}
+
+impl Services for Enroll {
+    fn request(&self, req: ServiceRequest) -> ReasonCode {
+        if pure::request_client_id(req.topic.as_str()) != Some(&*req.client_id) {
+            return ReasonCode::TOPIC_NAME_INVALID;
+        }
+        let Ok(permit) = self.pending.clone().try_acquire_owned() else {
+            let answer = Answer::Rejected(Refusal::new(Reason::RateLimited, "too many enrollments at once; try again"));
+            self.record(&req.principal, &req.client_id, &answer);
+            self.deliver(&req.client_id, &answer, req.correlation_data);
+            return ReasonCode::QUOTA_EXCEEDED;
+        };
+        let Some(me) = self.me.upgrade() else {
+            return ReasonCode::TOPIC_NAME_INVALID;
+        };
+        tokio::spawn(async move {
+            let answer = me.enroll(&req.principal, &req.client_id, &req.payload).await;
+            me.deliver(&req.client_id, &answer, req.correlation_data);
+            drop(permit);
+        });
+        ReasonCode::SUCCESS
+    }
+}
