@@ -956,7 +956,11 @@ impl AclAuthorizer {
 impl Authorizer for AclAuthorizer {
     fn authorize(&self, principal: &Principal, client_id: &str, action: Action<'_>) -> Decision {
         if let Some(allowed) = crate::enroll::confine(principal, client_id, action) {
-            return if allowed { Decision::Allow } else { Decision::Deny { disconnect: self.deny_disconnects && action.is_publish() } };
+            return if allowed {
+                Decision::Allow
+            } else {
+                Decision::Deny { disconnect: self.deny_disconnects && action.is_publish() }
+            };
         }
         let user = match principal.kind {
             PrincipalKind::Anonymous => None,

@@ -154,7 +154,10 @@ impl Claim {
     pub fn may_enroll(&self, device_id: &str) -> Result<(), Refusal> {
         if let Some(p) = &self.id_prefix {
             if !device_id.starts_with(p.as_str()) {
-                return Err(Refusal::new(Reason::IdNotAllowed, format!("this claim enrolls only ids starting with '{p}'")));
+                return Err(Refusal::new(
+                    Reason::IdNotAllowed,
+                    format!("this claim enrolls only ids starting with '{p}'"),
+                ));
             }
         }
         if self.max_devices.is_some_and(|m| self.enrolled >= m) {
@@ -348,7 +351,10 @@ mod tests {
         let p = claim_principal();
         let t = |s: &str| TopicName::new(s).unwrap();
         let f = |s: &str| TopicFilter::new(s).unwrap();
-        assert_eq!(confine(&p, "dev-1", Action::publish(&t("$warden/enroll/dev-1/request"), QoS::AtMostOnce, false)), Some(true));
+        assert_eq!(
+            confine(&p, "dev-1", Action::publish(&t("$warden/enroll/dev-1/request"), QoS::AtMostOnce, false)),
+            Some(true)
+        );
         assert_eq!(confine(&p, "dev-1", Action::publish(&t("devices/dev-1/x"), QoS::AtMostOnce, false)), Some(false));
         assert_eq!(confine(&p, "dev-1", Action::subscribe(&f("#"), QoS::AtMostOnce)), Some(false));
         assert_eq!(confine(&p, "dev-1", Action::receive(&t("a"))), Some(false));
@@ -389,7 +395,8 @@ mod tests {
 
     #[test]
     fn requests_are_json_or_a_bare_csr() {
-        let r = Request::parse(b"-----BEGIN CERTIFICATE REQUEST-----\nAA==\n-----END CERTIFICATE REQUEST-----\n").unwrap();
+        let r =
+            Request::parse(b"-----BEGIN CERTIFICATE REQUEST-----\nAA==\n-----END CERTIFICATE REQUEST-----\n").unwrap();
         assert!(r.csr.starts_with("-----BEGIN"));
         let r = Request::parse(br#"{"csr": "x", "device_id": "d", "context": {"serial": 7}}"#).unwrap();
         assert_eq!(r.device_id.as_deref(), Some("d"));

@@ -126,6 +126,15 @@ impl TestPki {
         self.dir.join(format!("{}-ca.pem", self.name))
     }
 
+    /// Write this CA's certificate and key as `dir/ca.pem` + `dir/ca.key` (the layout `warden
+    /// cert ca` makes, which `[enroll] ca_dir` signs with); returns `dir`.
+    pub fn write_ca_dir(&self, dir: &Path) -> PathBuf {
+        std::fs::create_dir_all(dir).expect("ca dir");
+        std::fs::write(dir.join("ca.pem"), self.ca.pem()).expect("write ca.pem");
+        std::fs::write(dir.join("ca.key"), self.ca_key.serialize_pem()).expect("write ca.key");
+        dir.to_owned()
+    }
+
     /// The server certificate and key (written by [`TestPki::new`]).
     pub fn server(&self) -> CertFiles {
         CertFiles { cert: self.dir.join("server.pem"), key: self.dir.join("server.key"), serial: 0 }

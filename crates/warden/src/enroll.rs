@@ -139,7 +139,9 @@ impl Enroll {
             .map_err(|_| internal("checking the request"))?
             .map_err(csr_refusal)?;
         let extra = match &self.hook {
-            Some(agent) => Some(self.ask_hook(agent, principal, device_id, &asker, spki_sha, req.context.as_ref()).await?),
+            Some(agent) => {
+                Some(self.ask_hook(agent, principal, device_id, &asker, spki_sha, req.context.as_ref()).await?)
+            }
             None => None,
         };
         let (ca_dir, days, csr, id) = (self.ca_dir.clone(), self.cfg.certificate_days, req.csr, device_id.to_owned());
@@ -247,7 +249,10 @@ impl Enroll {
         match answer {
             Err(why) => {
                 warn!(device_id, reason = %Escaped(&why), "enrollment: the pre-provisioning hook is unavailable; refused");
-                Err(Refusal::new(Reason::HookUnavailable, "the pre-provisioning service could not be asked; try again later"))
+                Err(Refusal::new(
+                    Reason::HookUnavailable,
+                    "the pre-provisioning service could not be asked; try again later",
+                ))
             }
             Ok(a) if !a.allow => {
                 let why = a.reason.unwrap_or_else(|| "refused by the pre-provisioning service".to_owned());
@@ -297,7 +302,8 @@ impl Enroll {
                     let hook = extra.as_ref();
                     d.kind = d.kind.take().or(hook.and_then(|h| h.kind.clone())).or(template.kind);
                     d.owner = d.owner.take().or(hook.and_then(|h| h.owner.clone())).or(template.owner);
-                    for (k, v) in template.attributes.into_iter().chain(hook.map(|h| h.attributes.clone()).unwrap_or_default())
+                    for (k, v) in
+                        template.attributes.into_iter().chain(hook.map(|h| h.attributes.clone()).unwrap_or_default())
                     {
                         d.attributes.entry(k).or_insert(v);
                     }
@@ -324,7 +330,9 @@ impl Enroll {
                             None => {
                                 refusal = Some(Refusal::new(
                                     Reason::IdNotAllowed,
-                                    format!("the device holds {MAX_CERTIFICATES} certificates: an operator must remove one"),
+                                    format!(
+                                        "the device holds {MAX_CERTIFICATES} certificates: an operator must remove one"
+                                    ),
                                 ));
                                 return Err(AdminError::conflict("too many certificates"));
                             }
@@ -347,12 +355,17 @@ impl Enroll {
     /// The audit trail's record of a request, and a log line.
     fn record(&self, principal: &Principal, client_id: &str, answer: &Answer) {
         let peer = principal.peer().map_or_else(|| "-".to_owned(), |p| p.to_string());
-        let actor = if principal.is_claim() { format!("claim:{}", principal.name) } else { format!("device:{}", principal.name) };
+        let actor = if principal.is_claim() {
+            format!("claim:{}", principal.name)
+        } else {
+            format!("device:{}", principal.name)
+        };
         let mut r = AuditRecord::now(&actor, &peer, "device.enroll", client_id);
         match answer {
             Answer::Accepted(i) => {
                 info!(target: "warden::enroll", device_id = %i.device_id, fingerprint = %i.fingerprint, actor = %Escaped(&actor), peer, "enrollment: certificate issued");
-                r.detail = serde_json::json!({"fingerprint": i.fingerprint, "serial": i.serial, "not_after": i.not_after});
+                r.detail =
+                    serde_json::json!({"fingerprint": i.fingerprint, "serial": i.serial, "not_after": i.not_after});
             }
             Answer::Rejected(why) => {
                 info!(target: "warden::enroll", client_id = %Escaped(client_id), reason = why.reason.as_str(), message = %Escaped(&why.message), actor = %Escaped(&actor), peer, "enrollment: refused");

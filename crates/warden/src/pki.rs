@@ -302,7 +302,9 @@ impl CsrKey {
                     _ => return Err(CsrError::Malformed("malformed RSA public key".into())),
                 };
                 if bits < MIN_RSA_BITS {
-                    return Err(CsrError::WeakKey(format!("an RSA key of {bits} bits is too weak (at least {MIN_RSA_BITS})")));
+                    return Err(CsrError::WeakKey(format!(
+                        "an RSA key of {bits} bits is too weak (at least {MIN_RSA_BITS})"
+                    )));
                 }
                 &rcgen::PKCS_RSA_SHA256
             }

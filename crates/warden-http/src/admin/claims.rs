@@ -120,7 +120,9 @@ pub(super) async fn create_claim(
             p.claims.insert(n.name.clone(), claim.clone());
             Ok(())
         })?;
-        Ok::<_, AdminError>((StatusCode::CREATED, Json(serde_json::json!({ "ok": true, "name": n.name }))).into_response())
+        Ok::<_, AdminError>(
+            (StatusCode::CREATED, Json(serde_json::json!({ "ok": true, "name": n.name }))).into_response(),
+        )
     })();
     c.done(answer)
 }

@@ -112,7 +112,8 @@ impl RawEnroll {
             c.hook_url = Some(u);
         }
         if let Some(t) = self.hook_timeout {
-            let v = super::parse_duration(t.get_ref()).map_err(|e| (t.span(), format!("[enroll] hook_timeout: {e}")))?;
+            let v =
+                super::parse_duration(t.get_ref()).map_err(|e| (t.span(), format!("[enroll] hook_timeout: {e}")))?;
             if v.is_zero() || v > Duration::from_secs(30) {
                 return Err((t.span(), "[enroll] hook_timeout must be more than 0 and at most 30s".into()));
             }
