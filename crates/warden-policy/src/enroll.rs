@@ -74,12 +74,12 @@ pub fn confine(principal: &Principal, client_id: &str, action: Action<'_>) -> Op
             .strip_prefix(client_id)
             .and_then(|r| r.strip_prefix('/'))
             .filter(|_| !client_id.is_empty() && !client_id.contains(['/', '+', '#']));
-        let allowed = match (action, own) {
-            (Action::Publish { .. }, Some(REQUEST)) => true,
-            (Action::Subscribe { .. }, Some(ACCEPTED | REJECTED | "+" | "#")) => true,
-            (Action::Receive { .. }, Some(ACCEPTED | REJECTED)) => true,
-            _ => false,
-        };
+        let allowed = matches!(
+            (action, own),
+            (Action::Publish { .. }, Some(REQUEST))
+                | (Action::Subscribe { .. }, Some(ACCEPTED | REJECTED | "+" | "#"))
+                | (Action::Receive { .. }, Some(ACCEPTED | REJECTED))
+        );
         return Some(allowed);
     }
     is_claim(principal).then_some(false)

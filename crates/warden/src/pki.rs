@@ -443,7 +443,7 @@ mod tests {
         assert!(eku.client_auth && !eku.server_auth);
         assert!(!cert.is_ca());
         // Its key is the request's, and the CA signed it.
-        assert_eq!(cert.public_key().subject_public_key.data.as_ref(), &key.public_key_raw()[..]);
+        assert_eq!(cert.public_key().subject_public_key.data.as_ref(), key.public_key_raw());
         let (_, ca_cert) = x509_parser::parse_x509_certificate(&ca.der).unwrap();
         cert.verify_signature(Some(ca_cert.public_key())).unwrap();
         assert_eq!(cert.issuer(), ca_cert.subject());

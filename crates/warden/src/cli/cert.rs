@@ -577,6 +577,22 @@ fn print_written(what: &str, cert: &Path, key: &Path) {
     println!("wrote {} (private key, mode 0600)", key.display());
 }
 
+impl Issued {
+    fn write(&self, cert: &Path, key: &Path) -> anyhow::Result<()> {
+        write_pair(cert, &self.chain_pem, key, &self.key_pem)?;
+        if let Some(note) = &self.note {
+            eprintln!("warden: note: {note}");
+        }
+        Ok(())
+    }
+}
+
+/// Write the key (mode 0600) then the certificate, each atomically.
+fn write_pair(cert: &Path, cert_pem: &str, key: &Path, key_pem: &str) -> anyhow::Result<()> {
+    write_atomically_with_mode(key, key_pem.as_bytes(), 0o600).with_context(|| format!("writing {}", key.display()))?;
+    write_atomically_with_mode(cert, cert_pem.as_bytes(), 0o644).with_context(|| format!("writing {}", cert.display()))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -620,20 +636,4 @@ mod tests {
         let key = rcgen::KeyPair::from_pem(&key_pem).unwrap();
         assert_eq!(parts.spki, key.public_key_der().as_slice());
     }
-}
-
-impl Issued {
-    fn write(&self, cert: &Path, key: &Path) -> anyhow::Result<()> {
-        write_pair(cert, &self.chain_pem, key, &self.key_pem)?;
-        if let Some(note) = &self.note {
-            eprintln!("warden: note: {note}");
-        }
-        Ok(())
-    }
-}
-
-/// Write the key (mode 0600) then the certificate, each atomically.
-fn write_pair(cert: &Path, cert_pem: &str, key: &Path, key_pem: &str) -> anyhow::Result<()> {
-    write_atomically_with_mode(key, key_pem.as_bytes(), 0o600).with_context(|| format!("writing {}", key.display()))?;
-    write_atomically_with_mode(cert, cert_pem.as_bytes(), 0o644).with_context(|| format!("writing {}", cert.display()))
 }
