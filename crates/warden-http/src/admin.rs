@@ -451,6 +451,8 @@ pub fn admin_router(backend: Arc<dyn AdminBackend>, auth: AdminAuth) -> Router {
         .route("/admin/claims", get(claims::list_claims).post(claims::create_claim))
         .route("/admin/claims/{name}", get(claims::get_claim).delete(claims::delete_claim))
         .route("/admin/claims/{name}/certificates", post(claims::add_claim_cert))
+        .route("/admin/claims/{name}/tokens", post(claims::create_token))
+        .route("/admin/claims/{name}/tokens/{id}", delete(claims::delete_token))
         .route("/admin/claims/{name}/certificates/{fingerprint}", axum::routing::put(claims::set_claim_cert_status))
         .route("/admin/clients", get(list_clients))
         .route("/admin/clients/{id}/kick", post(kick))

@@ -112,6 +112,59 @@ pub struct Claim {
     /// Devices it has enrolled so far.
     #[serde(default)]
     pub enrolled: u64,
+    /// One-time enrollment tokens (HTTP `POST /enroll`) by id, each good for one device.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub tokens: BTreeMap<String, EnrollToken>,
+}
+
+/// A one-time enrollment token of a claim: the token itself is `<id>.<secret>`, shown once
+/// when it is made; the store keeps the SHA-256 of the secret (256 random bits: a slow hash
+/// would add nothing against guessing, and the id finds it without a scan).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EnrollToken {
+    /// SHA-256 of the secret part, lowercase hex.
+    pub secret_sha256: String,
+    /// The only device id it may enroll (`None`: any the claim may).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub device_id: Option<String>,
+    /// Unix seconds after which it is refused.
+    pub expires_at: u64,
+}
+
+/// Longest lifetime of an enrollment token.
+pub const MAX_TOKEN_TTL_SECS: u64 = 30 * 24 * 3600;
+
+/// Most unused tokens a claim holds.
+pub const MAX_TOKENS: usize = 10_000;
+
+/// A new token: `(id, secret, the token as given to the device, what the store keeps)`.
+pub fn new_token(device_id: Option<String>, expires_at: u64) -> (String, String, EnrollToken) {
+    use base64::Engine as _;
+    let id: [u8; 8] = rand::random();
+    let secret: [u8; 32] = rand::random();
+    let id = id.iter().map(|b| format!("{b:02x}")).collect::<String>();
+    let secret = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(secret);
+    let token = format!("{id}.{secret}");
+    let stored =
+        EnrollToken { secret_sha256: crate::cert::sha256_fingerprint(secret.as_bytes()), device_id, expires_at };
+    (id, token, stored)
+}
+
+/// Split a token as given (`<id>.<secret>`): `None` when it has not that shape.
+pub fn split_token(token: &str) -> Option<(&str, &str)> {
+    let (id, secret) = token.trim().split_once('.')?;
+    let id_ok = id.len() == 16 && id.bytes().all(|b| b.is_ascii_hexdigit());
+    (id_ok && (20..=64).contains(&secret.len())).then_some((id, secret))
+}
+
+impl EnrollToken {
+    /// Whether `secret` is this token's (constant time).
+    pub fn matches(&self, secret: &str) -> bool {
+        use subtle::ConstantTimeEq as _;
+        let digest = crate::cert::sha256_fingerprint(secret.as_bytes());
+        bool::from(digest.as_bytes().ct_eq(self.secret_sha256.as_bytes()))
+    }
 }
 
 fn err<T>(s: impl Into<String>) -> Result<T, StoreError> {
@@ -122,8 +175,16 @@ impl Claim {
     /// Refuse a claim the store must not hold.
     pub fn validate(&self, name: &str) -> Result<(), StoreError> {
         valid_name("claim", name)?;
-        if self.certificates.is_empty() {
-            return err(format!("claim '{name}': at least one certificate is needed"));
+        if self.tokens.len() > MAX_TOKENS {
+            return err(format!("claim '{name}': more than {MAX_TOKENS} unused tokens"));
+        }
+        for (id, t) in &self.tokens {
+            if split_token(&format!("{id}.{}", "x".repeat(43))).is_none() || t.secret_sha256.len() != 64 {
+                return err(format!("claim '{name}': token '{id}' is malformed"));
+            }
+            if let Some(d) = &t.device_id {
+                valid_device_id(d).map_err(|why| StoreError(format!("claim '{name}': token '{id}': {why}")))?;
+            }
         }
         for fp in self.certificates.keys() {
             if crate::devices::normalize_fingerprint(fp).as_deref() != Some(fp.as_str()) {
@@ -234,6 +295,8 @@ pub enum Reason {
     HookUnavailable,
     /// Too many requests from this client or credential.
     RateLimited,
+    /// The enrollment token is unknown, used, expired or wrong (HTTP).
+    Unauthorized,
     /// The broker could not sign or register it (see its log).
     Internal,
 }
@@ -250,6 +313,7 @@ impl Reason {
             Reason::Refused => "refused",
             Reason::HookUnavailable => "hook_unavailable",
             Reason::RateLimited => "rate_limited",
+            Reason::Unauthorized => "unauthorized",
             Reason::Internal => "internal",
         }
     }
@@ -365,7 +429,7 @@ mod tests {
     fn claims_are_validated() {
         let fp = "00112233445566778899aabbccddeeff00112233445566778899aabbccddeeff";
         let mut c = Claim::default();
-        assert!(c.validate("batch-1").unwrap_err().0.contains("at least one certificate"));
+        c.validate("tokens-only").unwrap();
         c.certificates.insert(fp.to_uppercase(), DeviceCert::default());
         assert!(c.validate("batch-1").unwrap_err().0.contains("not a SHA-256"));
         c.certificates = BTreeMap::from([(fp.to_owned(), DeviceCert::default())]);
@@ -382,6 +446,24 @@ mod tests {
         c.max_devices = Some(1);
         c.enrolled = 1;
         assert_eq!(c.may_enroll("sensor-2").unwrap_err().reason, Reason::ClaimExhausted);
+    }
+
+    #[test]
+    fn tokens_are_one_id_and_a_secret_checked_by_its_hash() {
+        let (id, token, stored) = new_token(Some("dev-1".into()), 10);
+        let (i, secret) = split_token(&token).unwrap();
+        assert_eq!(i, id);
+        assert!(stored.matches(secret));
+        assert!(!stored.matches(&secret.replace(&secret[..1], if &secret[..1] == "A" { "B" } else { "A" })));
+        assert!(!token.contains(&stored.secret_sha256), "the store keeps no secret");
+        for bad in ["", "nodot", "zz.abc", &format!("{id}.short"), &format!("{id}x.{secret}")] {
+            assert!(split_token(bad).is_none(), "{bad:?}");
+        }
+        let mut c = Claim::default();
+        c.tokens.insert(id.clone(), stored.clone());
+        c.validate("b").unwrap();
+        c.tokens.insert("nothex".into(), stored);
+        assert!(c.validate("b").unwrap_err().0.contains("malformed"));
     }
 
     #[test]

@@ -47,8 +47,21 @@ pub struct Enroll {
 /// What asks: a claim (a new device) or a device (a new certificate of its own).
 #[derive(Debug, Clone, PartialEq, Eq)]
 enum Asker {
+    /// A claim certificate of this claim.
     Claim(String),
+    /// A one-time token `id` of this claim (consumed by the registration).
+    Token { claim: String, id: String },
+    /// The device's own registered certificate.
     Device,
+}
+
+impl Asker {
+    fn claim(&self) -> Option<&str> {
+        match self {
+            Asker::Claim(c) | Asker::Token { claim: c, .. } => Some(c),
+            Asker::Device => None,
+        }
+    }
 }
 
 /// What the pre-provisioning hook is sent (JSON).
@@ -132,6 +145,67 @@ impl Enroll {
         }
         pure::valid_device_id(device_id).map_err(|m| Refusal::new(Reason::IdNotAllowed, m))?;
         let asker = self.asker(principal, device_id)?;
+        self.issue(asker, principal.peer(), device_id, req).await
+    }
+
+    /// Enroll with a one-time token (HTTP `POST /enroll`): the device id is the token's, or
+    /// the body's `device_id`. `peer` is where the request came from.
+    pub async fn enroll_with_token(&self, token: &str, body: &[u8], peer: std::net::IpAddr) -> Answer {
+        let result = async {
+            let req = Request::parse(body)?;
+            let (asker, device_id) = self.token_asker(token, req.device_id.as_deref())?;
+            let issued = self.issue(asker, Some(peer), &device_id, req).await;
+            Ok::<_, Refusal>((device_id, issued))
+        }
+        .await;
+        let (target, answer) = match result {
+            Ok((id, Ok(issued))) => (id, Answer::Accepted(issued)),
+            Ok((id, Err(r))) => (id, Answer::Rejected(r)),
+            Err(r) => ("-".to_owned(), Answer::Rejected(r)),
+        };
+        let actor = match pure::split_token(token) {
+            Some((id, _)) => format!("token:{id}"),
+            None => "token:-".to_owned(),
+        };
+        self.record_as(&actor, &peer.to_string(), &target, &answer);
+        answer
+    }
+
+    /// The claim and id a token stands for, and the device id it enrolls.
+    fn token_asker(&self, token: &str, asked: Option<&str>) -> Result<(Asker, String), Refusal> {
+        let unauthorized =
+            || Refusal::new(Reason::Unauthorized, "the enrollment token is unknown, used, expired or wrong");
+        let (id, secret) = pure::split_token(token).ok_or_else(unauthorized)?;
+        let store = self.backend.policy.store();
+        let (claim_name, claim, t) =
+            store.claims.iter().find_map(|(n, c)| c.tokens.get(id).map(|t| (n, c, t))).ok_or_else(unauthorized)?;
+        if !t.matches(secret) || t.expires_at <= crate::clock::unix_now() {
+            return Err(unauthorized());
+        }
+        let device_id = match (&t.device_id, asked) {
+            (Some(bound), Some(a)) if bound != a => {
+                return Err(Refusal::new(Reason::IdNotAllowed, format!("this token enrolls '{bound}' only")))
+            }
+            (Some(bound), _) => bound.clone(),
+            (None, Some(a)) => a.to_owned(),
+            (None, None) => return Err(Refusal::new(Reason::Malformed, "device_id is missing")),
+        };
+        pure::valid_device_id(&device_id).map_err(|m| Refusal::new(Reason::IdNotAllowed, m))?;
+        claim.may_enroll(&device_id)?;
+        if store.devices.get(&device_id).is_some_and(|d| !d.certificates.is_empty()) {
+            return Err(Refusal::new(Reason::AlreadyRegistered, format!("device '{device_id}' is registered already")));
+        }
+        Ok((Asker::Token { claim: claim_name.clone(), id: id.to_owned() }, device_id))
+    }
+
+    /// Check the request's key, ask the hook, sign, register.
+    async fn issue(
+        &self,
+        asker: Asker,
+        peer: Option<std::net::IpAddr>,
+        device_id: &str,
+        req: Request,
+    ) -> Result<Issued, Refusal> {
         // The key, checked before the hook is asked (a malformed request costs it nothing).
         let csr = req.csr.clone();
         let spki_sha = tokio::task::spawn_blocking(move || crate::pki::csr_key_sha256(csr.as_bytes()))
@@ -139,9 +213,7 @@ impl Enroll {
             .map_err(|_| internal("checking the request"))?
             .map_err(csr_refusal)?;
         let extra = match &self.hook {
-            Some(agent) => {
-                Some(self.ask_hook(agent, principal, device_id, &asker, spki_sha, req.context.as_ref()).await?)
-            }
+            Some(agent) => Some(self.ask_hook(agent, peer, device_id, &asker, spki_sha, req.context.as_ref()).await?),
             None => None,
         };
         let (ca_dir, days, csr, id) = (self.ca_dir.clone(), self.cfg.certificate_days, req.csr, device_id.to_owned());
@@ -211,23 +283,20 @@ impl Enroll {
     async fn ask_hook(
         &self,
         agent: &ureq::Agent,
-        principal: &Principal,
+        peer: Option<std::net::IpAddr>,
         device_id: &str,
         asker: &Asker,
         public_key_sha256: String,
         context: Option<&serde_json::Value>,
     ) -> Result<HookAnswer, Refusal> {
         let Some(url) = self.cfg.hook_url.clone() else { return Ok(HookAnswer::default()) };
-        let claim = match asker {
-            Asker::Claim(c) => Some(c.as_str()),
-            Asker::Device => None,
-        };
+        let claim = asker.claim();
         let body = serde_json::to_vec(&HookRequest {
             device_id,
             client_id: device_id,
             claim,
             rotation: *asker == Asker::Device,
-            peer: principal.peer().map(|p| p.to_string()),
+            peer: peer.map(|p| p.to_string()),
             public_key_sha256,
             context,
         })
@@ -279,13 +348,21 @@ impl Enroll {
         let mut refusal = None;
         let result = self.backend.update_policy(&mut |s| {
             match asker {
-                Asker::Claim(name) => {
+                Asker::Claim(name) | Asker::Token { claim: name, .. } => {
                     // Checked again under the store's lock: two requests for one id, or a
                     // claim changed meanwhile, cannot both pass.
                     let Some(claim) = s.claims.get_mut(name) else {
                         refusal = Some(Refusal::new(Reason::IdNotAllowed, "the claim was removed"));
                         return Err(AdminError::conflict("claim removed"));
                     };
+                    if let Asker::Token { id, .. } = asker {
+                        // One-time: it goes with this registration, or the registration fails.
+                        if claim.tokens.remove(id).is_none() {
+                            refusal =
+                                Some(Refusal::new(Reason::Unauthorized, "the enrollment token was used meanwhile"));
+                            return Err(AdminError::conflict("token used"));
+                        }
+                    }
                     if let Err(r) = claim.may_enroll(device_id) {
                         refusal = Some(r);
                         return Err(AdminError::conflict("claim exhausted"));
@@ -360,15 +437,19 @@ impl Enroll {
         } else {
             format!("device:{}", principal.name)
         };
-        let mut r = AuditRecord::now(&actor, &peer, "device.enroll", client_id);
+        self.record_as(&actor, &peer, client_id, answer);
+    }
+
+    fn record_as(&self, actor: &str, peer: &str, client_id: &str, answer: &Answer) {
+        let mut r = AuditRecord::now(actor, peer, "device.enroll", client_id);
         match answer {
             Answer::Accepted(i) => {
-                info!(target: "warden::enroll", device_id = %i.device_id, fingerprint = %i.fingerprint, actor = %Escaped(&actor), peer, "enrollment: certificate issued");
+                info!(target: "warden::enroll", device_id = %i.device_id, fingerprint = %i.fingerprint, actor = %Escaped(actor), peer, "enrollment: certificate issued");
                 r.detail =
                     serde_json::json!({"fingerprint": i.fingerprint, "serial": i.serial, "not_after": i.not_after});
             }
             Answer::Rejected(why) => {
-                info!(target: "warden::enroll", client_id = %Escaped(client_id), reason = why.reason.as_str(), message = %Escaped(&why.message), actor = %Escaped(&actor), peer, "enrollment: refused");
+                info!(target: "warden::enroll", client_id = %Escaped(client_id), reason = why.reason.as_str(), message = %Escaped(&why.message), actor = %Escaped(actor), peer, "enrollment: refused");
                 r.result = RESULT_REFUSED.to_owned();
                 r.error = Some(format!("{}: {}", why.reason.as_str(), why.message));
             }
@@ -445,4 +526,82 @@ impl Services for Enroll {
         });
         ReasonCode::SUCCESS
     }
+}
+
+/// `POST /enroll` on the HTTP listener: a device with a one-time enrollment token
+/// (`Authorization: Bearer <token>`) sends a [`Request`] and gets its certificate ([`Issued`],
+/// 200) or why not ([`Refusal`]: 400 malformed or weak key, 401 a bad token, 403 an id it may
+/// not enroll or the hook's refusal, 409 already registered, 429 too many at once, 503 the
+/// hook unavailable). A bad token counts as a failed authentication of the address (the
+/// per-address ban applies, as on MQTT and the token service).
+pub fn router(enroll: Arc<Enroll>, guard: Option<Arc<dyn warden_http::FailureGuard>>) -> axum::Router {
+    axum::Router::new().route("/enroll", axum::routing::post(post_enroll)).with_state((enroll, guard))
+}
+
+type EnrollState = axum::extract::State<(Arc<Enroll>, Option<Arc<dyn warden_http::FailureGuard>>)>;
+
+async fn post_enroll(
+    axum::extract::State((enroll, guard)): EnrollState,
+    peer: Option<axum::extract::Extension<warden_http::PeerAddr>>,
+    headers: axum::http::HeaderMap,
+    body: axum::body::Bytes,
+) -> axum::response::Response {
+    use axum::http::{header, HeaderValue, StatusCode};
+    use axum::response::IntoResponse;
+    let ip = peer.map_or(std::net::IpAddr::from([127, 0, 0, 1]), |axum::extract::Extension(p)| p.0.ip());
+    let json = |status: StatusCode, v: &Answer| (status, axum::Json(v)).into_response();
+    if let Some(g) = &guard {
+        if let Err(t) = g.check(ip, None) {
+            let (warden_http::Throttled::Banned { retry_after } | warden_http::Throttled::BackingOff { retry_after }) =
+                t;
+            let a = Answer::Rejected(Refusal::new(Reason::RateLimited, "too many failed attempts from this address"));
+            let mut r = json(StatusCode::TOO_MANY_REQUESTS, &a);
+            if let Ok(v) = HeaderValue::from_str(&retry_after.as_secs().max(1).to_string()) {
+                r.headers_mut().insert(header::RETRY_AFTER, v);
+            }
+            return r;
+        }
+    }
+    let token = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer ").or_else(|| v.strip_prefix("bearer ")))
+        .map(str::trim);
+    let Some(token) = token else {
+        let a = Answer::Rejected(Refusal::new(
+            Reason::Unauthorized,
+            "an enrollment token is required (Authorization: Bearer)",
+        ));
+        let mut r = json(StatusCode::UNAUTHORIZED, &a);
+        r.headers_mut().insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+        return r;
+    };
+    let Ok(permit) = enroll.pending.clone().try_acquire_owned() else {
+        let a = Answer::Rejected(Refusal::new(Reason::RateLimited, "too many enrollments at once; try again"));
+        return json(StatusCode::TOO_MANY_REQUESTS, &a);
+    };
+    let answer = enroll.enroll_with_token(token, &body, ip).await;
+    drop(permit);
+    let status = match &answer {
+        Answer::Accepted(_) => StatusCode::OK,
+        Answer::Rejected(r) => match r.reason {
+            Reason::Malformed | Reason::WeakKey => StatusCode::BAD_REQUEST,
+            Reason::Unauthorized => {
+                if let Some(g) = &guard {
+                    g.failed(ip, None);
+                }
+                StatusCode::UNAUTHORIZED
+            }
+            Reason::IdNotAllowed | Reason::Refused | Reason::ClaimExhausted => StatusCode::FORBIDDEN,
+            Reason::AlreadyRegistered => StatusCode::CONFLICT,
+            Reason::RateLimited => StatusCode::TOO_MANY_REQUESTS,
+            Reason::HookUnavailable => StatusCode::SERVICE_UNAVAILABLE,
+            Reason::Internal => StatusCode::INTERNAL_SERVER_ERROR,
+        },
+    };
+    let mut r = json(status, &answer);
+    if status == StatusCode::UNAUTHORIZED {
+        r.headers_mut().insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+    }
+    r
 }

@@ -466,10 +466,16 @@ impl Server {
             tls: tls_listeners.clone(),
             history: Default::default(),
         });
-        // Enrollment by claim: `$warden/enroll/` requests go to its service.
-        if cfg.enroll.enabled {
-            broker.attach_services(crate::enroll::Enroll::new(&cfg.enroll, &cfg.data_dir, backend.clone())?);
-        }
+        // Enrollment by claim: `$warden/enroll/` requests go to its service (and `POST /enroll`
+        // on the HTTP listener, below).
+        let enroll = match cfg.enroll.enabled {
+            true => {
+                let e = crate::enroll::Enroll::new(&cfg.enroll, &cfg.data_dir, backend.clone())?;
+                broker.attach_services(e.clone());
+                Some(e)
+            }
+            false => None,
+        };
         // The Overview's history: the counters every few seconds.
         {
             let backend = backend.clone();
@@ -572,6 +578,9 @@ impl Server {
                 verified: Default::default(),
             };
             app = app.merge(warden_http::admin::admin_router(backend, admin_auth));
+            if let Some(e) = &enroll {
+                app = app.merge(crate::enroll::router(e.clone(), secret_checks.guard.clone()));
+            }
             // The security console (SPEC §12): a static page that calls the admin API above.
             app = app.merge(warden_http::console::console_router());
             let mut limits = http.limits;

@@ -385,7 +385,7 @@ async fn only_a_claim_enrolls_new_ids_and_a_revoked_claim_ends_its_connections()
         s.http("PUT", &format!("/admin/claims/batch-1/certificates/{fp}"), Some(json!({"status": "active"}))).await;
     assert_eq!(st, 409);
     // The API refuses malformed claims.
-    let (st, _) = s.http("POST", "/admin/claims", Some(json!({"name": "b2", "certificates": []}))).await;
+    let (st, _) = s.http("POST", "/admin/claims", Some(json!({"name": "b2", "id_prefix": "a/b"}))).await;
     assert_eq!(st, 400);
     let (st, _) =
         s.http("POST", "/admin/claims", Some(json!({"name": "b3", "certificates": [{"fingerprint": "zz"}]}))).await;
@@ -489,4 +489,87 @@ async fn the_pre_provisioning_hook_approves_adds_attributes_or_refuses() {
         assert_eq!(a["reason"], "hook_unavailable", "{url}: {a}");
         assert_eq!(s.http("GET", "/admin/devices/sensor-3", None).await.0, 404);
     }
+}
+
+/// `POST /enroll` with `token` (`None`: no Authorization) and `body`: status and JSON.
+async fn post_enroll(s: &Setup, token: Option<&str>, body: Value) -> (u16, Value, Option<String>) {
+    let url = format!("http://{}/enroll", s.broker.server.http_addr.expect("http listener"));
+    let token = token.map(str::to_owned);
+    tokio::task::spawn_blocking(move || {
+        let mut req = ureq::post(&url).timeout(WAIT).set("Content-Type", "application/json");
+        if let Some(t) = token {
+            req = req.set("Authorization", &format!("Bearer {t}"));
+        }
+        let resp = match req.send_string(&body.to_string()) {
+            Ok(r) => r,
+            Err(ureq::Error::Status(_, r)) => r,
+            Err(e) => panic!("POST /enroll: {e}"),
+        };
+        let challenge = resp.header("WWW-Authenticate").map(str::to_owned);
+        (resp.status(), resp.into_json::<Value>().unwrap_or(Value::Null), challenge)
+    })
+    .await
+    .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_device_enrolls_over_http_with_a_one_time_token() {
+    let s = setup(batch_1(), "").await;
+    // A token bound to one device id; shown once, never listed.
+    let t = s.admin("POST", "/admin/claims/batch-1/tokens", json!({"device_id": "sensor-h1", "ttl": 3600})).await;
+    let token = t["token"].as_str().unwrap().to_owned();
+    let listed = s.admin("GET", "/admin/claims/batch-1", Value::Null).await;
+    assert_eq!(listed["tokens"][0]["id"], t["id"]);
+    assert_eq!(listed["tokens"][0]["device_id"], "sensor-h1");
+    assert!(!listed.to_string().contains(token.split('.').nth(1).unwrap()), "the secret is never shown again");
+
+    // Refusals first: no token, a wrong one, a malformed request (the token stays good),
+    // another device id than the token's.
+    let (csr_pem, key_pem) = csr("x");
+    let (st, a, challenge) = post_enroll(&s, None, json!({"csr": csr_pem})).await;
+    assert_eq!((st, &a["reason"], challenge.as_deref()), (401, &json!("unauthorized"), Some("Bearer")));
+    let wrong = format!("{}.{}", t["id"].as_str().unwrap(), "A".repeat(43));
+    assert_eq!(post_enroll(&s, Some(&wrong), json!({"csr": csr_pem})).await.0, 401);
+    assert_eq!(post_enroll(&s, Some("not-a-token"), json!({"csr": csr_pem})).await.0, 401);
+    let (st, a, _) = post_enroll(
+        &s,
+        Some(&token),
+        json!({"csr": "-----BEGIN CERTIFICATE REQUEST-----\nAAAA\n-----END CERTIFICATE REQUEST-----\n"}),
+    )
+    .await;
+    assert_eq!((st, &a["reason"]), (400, &json!("malformed")));
+    let (st, a, _) = post_enroll(&s, Some(&token), json!({"csr": csr_pem, "device_id": "sensor-h2"})).await;
+    assert_eq!((st, &a["reason"]), (403, &json!("id_not_allowed")));
+
+    // The good request: the device's certificate; the token is used up.
+    let (st, a, _) = post_enroll(&s, Some(&token), json!({"csr": csr_pem})).await;
+    assert_eq!(st, 200, "{a}");
+    assert_eq!(a["device_id"], "sensor-h1");
+    let (st, a2, _) = post_enroll(&s, Some(&token), json!({"csr": csr("y").0})).await;
+    assert_eq!((st, &a2["reason"]), (401, &json!("unauthorized")), "one-time");
+    assert_eq!(s.admin("GET", "/admin/claims/batch-1", Value::Null).await["tokens"], json!([]));
+    let audit = s.admin("GET", "/admin/audit?limit=100", Value::Null).await;
+    let rec = audit.as_array().unwrap().iter().find(|r| r["action"] == "device.enroll" && r["result"] == "ok").unwrap();
+    assert_eq!(rec["actor"], format!("token:{}", t["id"].as_str().unwrap()));
+    assert!(!audit.to_string().contains(token.split('.').nth(1).unwrap()), "no secret in the audit trail");
+
+    // With it, the device connects over mqtts and works within its own topics.
+    let files = cert_files(s.broker.dir(), "sensor-h1", &a, &key_pem);
+    let mut dev = s.connected(&files, "sensor-h1", Protocol::V5).await;
+    assert_eq!(puback(&mut dev, "devices/sensor-h1/t", 1).await, ReasonCode::SUCCESS);
+
+    // An unbound token enrolls the id the body names (within the claim's rules).
+    let t = s.admin("POST", "/admin/claims/batch-1/tokens", json!({})).await;
+    let token = t["token"].as_str().unwrap();
+    let (st, a, _) = post_enroll(&s, Some(token), json!({"csr": csr("z").0})).await;
+    assert_eq!((st, &a["reason"]), (400, &json!("malformed")), "no device_id: {a}");
+    let (st, a, _) = post_enroll(&s, Some(token), json!({"csr": csr("z").0, "device_id": "sensor-h1"})).await;
+    assert_eq!((st, &a["reason"]), (409, &json!("already_registered")));
+    let (st, a, _) = post_enroll(&s, Some(token), json!({"csr": csr("z").0, "device_id": "sensor-h3"})).await;
+    assert_eq!(st, 200, "{a}");
+    // Token refusals of the admin API.
+    for bad in [json!({"ttl": 0}), json!({"ttl": 99_999_999}), json!({"device_id": "a/b"}), json!({"x": 1})] {
+        assert_eq!(s.http("POST", "/admin/claims/batch-1/tokens", Some(bad.clone())).await.0, 400, "{bad}");
+    }
+    assert_eq!(s.http("POST", "/admin/claims/nope/tokens", Some(json!({}))).await.0, 404);
 }

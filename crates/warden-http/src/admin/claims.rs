@@ -5,7 +5,10 @@
 //! the template of the devices it enrolls (type, owner, attributes, an id prefix, a limit). A
 //! claim certificate made `inactive` or `revoked` ends its live connections at once. Each
 //! change is written to the audit trail (`claim.create`, `claim.delete`, `claim.cert.add`,
-//! `claim.cert.status`).
+//! `claim.cert.status`, `claim.token.create`, `claim.token.delete`).
+//!
+//! A claim may also hand out one-time enrollment tokens (for `POST /enroll` over HTTP): the
+//! token is shown once, in the answer that makes it; the store keeps the SHA-256 of its secret.
 
 use std::collections::BTreeMap;
 
@@ -34,6 +37,15 @@ struct ClaimView {
     max_devices: Option<u64>,
     enrolled: u64,
     certificates: Vec<CertView>,
+    /// Unused one-time tokens (never their secret).
+    tokens: Vec<TokenView>,
+}
+
+#[derive(Serialize)]
+struct TokenView {
+    id: String,
+    device_id: Option<String>,
+    expires_at: u64,
 }
 
 fn claim_view(name: &str, c: &Claim) -> ClaimView {
@@ -46,6 +58,11 @@ fn claim_view(name: &str, c: &Claim) -> ClaimView {
         max_devices: c.max_devices,
         enrolled: c.enrolled,
         certificates: c.certificates.iter().map(|(fp, x)| cert_view(fp, x)).collect(),
+        tokens: c
+            .tokens
+            .iter()
+            .map(|(id, t)| TokenView { id: id.clone(), device_id: t.device_id.clone(), expires_at: t.expires_at })
+            .collect(),
     }
 }
 
@@ -53,6 +70,7 @@ fn claim_view(name: &str, c: &Claim) -> ClaimView {
 #[serde(deny_unknown_fields)]
 struct NewClaim {
     name: String,
+    #[serde(default)]
     certificates: Vec<NewCert>,
     #[serde(rename = "type")]
     kind: Option<String>,
@@ -111,6 +129,7 @@ pub(super) async fn create_claim(
             id_prefix: n.id_prefix.filter(|p| !p.is_empty()),
             max_devices: n.max_devices,
             enrolled: 0,
+            tokens: BTreeMap::new(),
         };
         claim.validate(&n.name)?;
         edit(&st, |p| {
@@ -207,5 +226,71 @@ pub(super) async fn set_claim_cert_status(
         })?;
         Ok::<_, AdminError>(done())
     })();
+    c.done(answer)
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct NewToken {
+    /// The only device id it may enroll.
+    device_id: Option<String>,
+    /// Lifetime in seconds (default 7 days, at most 30).
+    ttl: Option<u64>,
+}
+
+/// Default lifetime of an enrollment token.
+const DEFAULT_TOKEN_TTL: u64 = 7 * 24 * 3600;
+
+pub(super) async fn create_token(
+    State(st): St,
+    Extension(a): Extension<AdminActor>,
+    Path(name): Path<String>,
+    body: Bytes,
+) -> ApiResult<Response> {
+    let mut c = Change::new(&st, a, "claim.token.create", name.clone());
+    let answer = (|| {
+        let n: NewToken = if body.is_empty() { NewToken { device_id: None, ttl: None } } else { parse(&body)? };
+        let ttl = n.ttl.unwrap_or(DEFAULT_TOKEN_TTL);
+        if ttl == 0 || ttl > warden_policy::enroll::MAX_TOKEN_TTL_SECS {
+            return Err(AdminError::bad_request("ttl must be 1 second to 30 days"));
+        }
+        if let Some(d) = &n.device_id {
+            warden_policy::enroll::valid_device_id(d).map_err(AdminError::bad_request)?;
+        }
+        let expires_at = super::audit::unix_now().saturating_add(ttl);
+        let (id, token, stored) = warden_policy::enroll::new_token(n.device_id.clone(), expires_at);
+        c.set("id", &id);
+        c.set("device_id", &n.device_id);
+        c.set("expires_at", expires_at);
+        edit(&st, |p| {
+            let claim = claim_mut(p, &name)?;
+            let now = super::audit::unix_now();
+            claim.tokens.retain(|_, t| t.expires_at > now); // the expired ones go
+            claim.tokens.insert(id.clone(), stored.clone());
+            Ok(())
+        })?;
+        Ok::<_, AdminError>(
+            (StatusCode::CREATED, Json(serde_json::json!({ "id": id, "token": token, "expires_at": expires_at })))
+                .into_response(),
+        )
+    })();
+    c.done(answer)
+}
+
+pub(super) async fn delete_token(
+    State(st): St,
+    Extension(a): Extension<AdminActor>,
+    Path((name, id)): Path<(String, String)>,
+) -> ApiResult<Response> {
+    let mut c = Change::new(&st, a, "claim.token.delete", name.clone());
+    c.set("id", &id);
+    let answer = edit(&st, |p| {
+        claim_mut(p, &name)?
+            .tokens
+            .remove(&id)
+            .map(|_| ())
+            .ok_or_else(|| AdminError::not_found(format!("claim '{name}' has no token '{id}'")))
+    })
+    .map(|()| done());
     c.done(answer)
 }
