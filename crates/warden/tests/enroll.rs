@@ -573,3 +573,56 @@ async fn a_device_enrolls_over_http_with_a_one_time_token() {
     }
     assert_eq!(s.http("POST", "/admin/claims/nope/tokens", Some(json!({}))).await.0, 404);
 }
+
+/// `warden admin claim …` against the running broker; (success, stdout, stderr).
+async fn cli(s: &Setup, args: &[&str]) -> (bool, String, String) {
+    let url = format!("http://{}", s.broker.server.http_addr.unwrap());
+    let args: Vec<String> = args.iter().map(|s| s.to_string()).collect();
+    tokio::task::spawn_blocking(move || {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_warden"))
+            .args(["admin", "--url", &url, "claim"])
+            .args(&args)
+            .env("WARDEN_ADMIN_TOKEN", ADMIN_TOKEN)
+            .stdin(std::process::Stdio::null())
+            .output()
+            .expect("run warden");
+        let text = |b: &[u8]| String::from_utf8_lossy(b).into_owned();
+        (out.status.success(), text(&out.stdout), text(&out.stderr))
+    })
+    .await
+    .unwrap()
+}
+
+/// The CLI manages claims: add with a certificate file, list, a token printed alone on
+/// standard output (which enrolls over HTTP), revoke; refusals come back as the API's errors.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_admin_cli_manages_claims() {
+    let s = setup(batch_1(), "").await;
+    let cert = s.pki.client("claim-2", Validity::Valid);
+    let path = cert.cert.display().to_string();
+    let (ok, out, err) =
+        cli(&s, &["add", "batch-2", "--cert", &path, "--type", "camera", "--id-prefix", "cam-", "--max-devices", "5"])
+            .await;
+    assert!(ok, "{out}{err}");
+    let (ok, out, _) = cli(&s, &["list"]).await;
+    assert!(ok && out.contains("batch-2\ttype=camera\towner=-\tid_prefix=cam-\tenrolled=0/5"), "{out}");
+    let fp = out
+        .lines()
+        .skip_while(|l| !l.starts_with("batch-2"))
+        .find_map(|l| l.strip_prefix("  cert "))
+        .and_then(|l| l.split('\t').next())
+        .unwrap()
+        .to_owned();
+    let (ok, token, err) = cli(&s, &["token", "batch-2", "--device-id", "cam-1", "--ttl", "600"]).await;
+    assert!(ok && err.contains("shown once"), "{err}");
+    let (st, a, _) = post_enroll(&s, Some(token.trim()), json!({"csr": csr("x").0})).await;
+    assert_eq!((st, &a["device_id"]), (200, &json!("cam-1")), "{a}");
+    let (ok, out, err) = cli(&s, &["cert-status", "batch-2", &fp, "revoked"]).await;
+    assert!(ok, "{out}{err}");
+    let (ok, _, err) = cli(&s, &["remove", "batch-2"]).await;
+    assert!(!ok && err.contains("409"), "{err}");
+    let (ok, _, err) = cli(&s, &["token", "batch-2", "--ttl", "0"]).await;
+    assert!(!ok && err.contains("400"), "{err}");
+    let (ok, _, err) = cli(&s, &["add", "bad:name"]).await;
+    assert!(!ok && err.contains("400"), "{err}");
+}

@@ -50,6 +50,10 @@ enum AdminCommand {
     /// The device registry: add, set, remove, list, cert-add, cert-status, cert-remove.
     #[command(subcommand)]
     Device(DeviceCmd),
+    /// Enrollment claims: add, remove, list, cert-add, cert-status, token (a one-time
+    /// enrollment token, printed once), token-remove.
+    #[command(subcommand)]
+    Claim(ClaimCmd),
     /// A device's access token (built-in token service): `introspect` shows whether it is
     /// active and its claims, `revoke` revokes it (its connections end). The token is read
     /// from standard input, so that it stays out of the shell's history and `ps`.
@@ -248,6 +252,60 @@ enum DeviceCmd {
     CertStatus { id: String, fingerprint: String, status: String },
     /// Unregister a certificate (refused for a revoked one).
     CertRemove { id: String, fingerprint: String },
+}
+
+#[derive(clap::Subcommand, Debug)]
+enum ClaimCmd {
+    /// Make a claim: the certificate(s) a batch of devices ships with, good only to enroll, and
+    /// the template of the devices it enrolls.
+    Add {
+        name: String,
+        /// A PEM claim certificate file (repeatable; none: tokens only).
+        #[arg(long = "cert")]
+        certs: Vec<std::path::PathBuf>,
+        /// The type of the devices it enrolls.
+        #[arg(long = "type")]
+        kind: Option<String>,
+        /// Their owner.
+        #[arg(long)]
+        owner: Option<String>,
+        /// An attribute NAME=VALUE they get (repeatable).
+        #[arg(long = "attr")]
+        attrs: Vec<String>,
+        /// Device ids it enrolls must start with this.
+        #[arg(long)]
+        id_prefix: Option<String>,
+        /// The most devices it may enroll.
+        #[arg(long)]
+        max_devices: Option<u64>,
+    },
+    /// Remove a claim (refused while it holds a revoked certificate).
+    Remove { name: String },
+    /// List claims, their certificates and unused tokens.
+    List,
+    /// Add a claim certificate, from its PEM file or its SHA-256 fingerprint.
+    CertAdd {
+        name: String,
+        #[arg(long, conflicts_with = "fingerprint", required_unless_present = "fingerprint")]
+        cert: Option<std::path::PathBuf>,
+        #[arg(long)]
+        fingerprint: Option<String>,
+    },
+    /// Set a claim certificate's status: active | inactive | revoked (inactive and revoked end
+    /// its connections at once; revoked is final).
+    CertStatus { name: String, fingerprint: String, status: String },
+    /// Make a one-time enrollment token (for `POST /enroll`), printed once.
+    Token {
+        name: String,
+        /// The only device id it may enroll.
+        #[arg(long)]
+        device_id: Option<String>,
+        /// Lifetime in seconds [default: 7 days; at most 30 days].
+        #[arg(long)]
+        ttl: Option<u64>,
+    },
+    /// Remove an unused enrollment token.
+    TokenRemove { name: String, id: String },
 }
 
 /// `NAME=VALUE` pairs as a JSON object.
@@ -542,6 +600,80 @@ pub fn run(args: &AdminArgs) -> anyhow::Result<()> {
             DeviceCmd::CertRemove { id, fingerprint } => {
                 api.call("DELETE", &format!("/admin/devices/{}/certificates/{}", enc(id), enc(fingerprint)), None)?;
                 println!("unregistered certificate {fingerprint} of device {id:?}");
+            }
+        },
+        AdminCommand::Claim(c) => match c {
+            ClaimCmd::Add { name, certs, kind, owner, attrs, id_prefix, max_devices } => {
+                let certs =
+                    certs.iter().map(|p| Ok(json!({"pem": read_pem(p)?}))).collect::<anyhow::Result<Vec<_>>>()?;
+                let body = json!({"name": name, "certificates": certs, "type": kind, "owner": owner,
+                    "attributes": attr_map(attrs)?, "id_prefix": id_prefix, "max_devices": max_devices});
+                api.call("POST", "/admin/claims", Some(body))?;
+                println!("added claim {name:?}");
+            }
+            ClaimCmd::Remove { name } => {
+                api.call("DELETE", &format!("/admin/claims/{}", enc(name)), None)?;
+                println!("removed claim {name:?}");
+            }
+            ClaimCmd::List => {
+                for c in api.call("GET", "/admin/claims", None)?.as_array().into_iter().flatten() {
+                    let esc = |v: &Value| crate::logsafe::Escaped(v.as_str().unwrap_or("-").to_owned()).to_string();
+                    println!(
+                        "{}\ttype={}\towner={}\tid_prefix={}\tenrolled={}/{}",
+                        esc(&c["name"]),
+                        esc(&c["type"]),
+                        esc(&c["owner"]),
+                        esc(&c["id_prefix"]),
+                        c["enrolled"],
+                        c["max_devices"].as_u64().map_or("-".to_owned(), |m| m.to_string()),
+                    );
+                    for x in c["certificates"].as_array().into_iter().flatten() {
+                        println!(
+                            "  cert {}\t{}",
+                            x["fingerprint"].as_str().unwrap_or(""),
+                            x["status"].as_str().unwrap_or("")
+                        );
+                    }
+                    for t in c["tokens"].as_array().into_iter().flatten() {
+                        println!(
+                            "  token {}\tdevice={}\texpires_at={}",
+                            esc(&t["id"]),
+                            esc(&t["device_id"]),
+                            t["expires_at"]
+                        );
+                    }
+                }
+            }
+            ClaimCmd::CertAdd { name, cert, fingerprint } => {
+                let body = match (cert, fingerprint) {
+                    (Some(p), _) => json!({"pem": read_pem(p)?}),
+                    (None, f) => json!({"fingerprint": f}),
+                };
+                let v = api.call("POST", &format!("/admin/claims/{}/certificates", enc(name)), Some(body))?;
+                println!("added certificate {} to claim {name:?}", v["fingerprint"].as_str().unwrap_or(""));
+            }
+            ClaimCmd::CertStatus { name, fingerprint, status } => {
+                let path = format!("/admin/claims/{}/certificates/{}", enc(name), enc(fingerprint));
+                api.call("PUT", &path, Some(json!({"status": status})))?;
+                println!("certificate {fingerprint} of claim {name:?} is now {status}");
+            }
+            ClaimCmd::Token { name, device_id, ttl } => {
+                let v = api.call(
+                    "POST",
+                    &format!("/admin/claims/{}/tokens", enc(name)),
+                    Some(json!({"device_id": device_id, "ttl": ttl})),
+                )?;
+                // The token on standard output alone (for scripts); the rest on standard error.
+                eprintln!(
+                    "enrollment token {} of claim {name:?}, expires at {} (shown once):",
+                    v["id"].as_str().unwrap_or(""),
+                    v["expires_at"]
+                );
+                println!("{}", v["token"].as_str().unwrap_or(""));
+            }
+            ClaimCmd::TokenRemove { name, id } => {
+                api.call("DELETE", &format!("/admin/claims/{}/tokens/{}", enc(name), enc(id)), None)?;
+                println!("removed token {id} of claim {name:?}");
             }
         },
         AdminCommand::Clients => {
