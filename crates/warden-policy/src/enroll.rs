@@ -467,6 +467,32 @@ mod tests {
     }
 
     #[test]
+    fn a_certificate_is_a_claims_or_a_devices_never_both() {
+        let fp = "00112233445566778899aabbccddeeff00112233445566778899aabbccddeeff";
+        let mut store = crate::store::PolicyStore::default();
+        let mut claim = Claim::default();
+        claim.certificates.insert(fp.into(), DeviceCert::default());
+        store.claims.insert("c".into(), claim.clone());
+        store.validate().unwrap();
+        // A claim certificate is good to enroll, whatever its name, and only while active.
+        let certs = store.device_certs(true);
+        assert_eq!(certs.claim(fp), Some(("c", crate::devices::CertStatus::Active)));
+        assert_eq!(certs.check(Some(fp), "anything"), Ok(()));
+        let mut d = crate::devices::Device::default();
+        d.certificates.insert(fp.into(), DeviceCert::default());
+        store.devices.insert("dev-1".into(), d);
+        assert!(store.validate().unwrap_err().0.contains("both device"));
+        store.devices.clear();
+        store.claims.insert("c2".into(), claim);
+        assert!(store.validate().unwrap_err().0.contains("both claim"));
+        store.claims.remove("c2");
+        store.claims.get_mut("c").unwrap().certificates.get_mut(fp).unwrap().status =
+            crate::devices::CertStatus::Inactive;
+        let certs = store.device_certs(false);
+        assert!(certs.check(Some(fp), "anything").is_err());
+    }
+
+    #[test]
     fn device_ids_are_topic_levels_and_common_names() {
         valid_device_id("sensor-0001").unwrap();
         valid_device_id("a.b_c:d@e").unwrap();

@@ -288,6 +288,12 @@ fn openapi_document_names_every_route() {
         "/admin/devices/{id}",
         "/admin/devices/{id}/certificates",
         "/admin/devices/{id}/certificates/{fingerprint}",
+        "/admin/claims",
+        "/admin/claims/{name}",
+        "/admin/claims/{name}/certificates",
+        "/admin/claims/{name}/certificates/{fingerprint}",
+        "/admin/claims/{name}/tokens",
+        "/admin/claims/{name}/tokens/{id}",
     ] {
         assert!(doc["paths"][p].is_object(), "{p}");
     }
