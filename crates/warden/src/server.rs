@@ -98,6 +98,8 @@ pub struct Server {
     parking: Option<Arc<crate::conn::park::ParkingLot>>,
     /// This node's side of the cluster (`[cluster]`), if any.
     pub cluster: Option<Arc<warden_cluster::Cluster>>,
+    /// The admin API's view of the broker (a reload shares what changed with the cluster).
+    backend: Arc<crate::admin::backend::Backend>,
 }
 
 impl Drop for Server {
@@ -465,7 +467,9 @@ impl Server {
             cluster: cluster.clone(),
             tls: tls_listeners.clone(),
             history: Default::default(),
+            oauth_shared: Default::default(),
         });
+        let admin_backend = backend.clone();
         // The Overview's history: the counters every few seconds.
         {
             let backend = backend.clone();
@@ -650,6 +654,7 @@ impl Server {
             store,
             parking: ctx.parking.clone(),
             cluster,
+            backend: admin_backend,
         })
     }
 
@@ -703,6 +708,8 @@ impl Server {
                     }
                     info!(clients = n, kid = %o.current_kid(), "token service reloaded");
                     self.trust.oauth_clients_changed(o);
+                    // `warden oauth client add` on this node reaches the others.
+                    self.backend.share_oauth_clients_if_changed();
                 }
                 (Err(e), _) | (_, Err(e)) => {
                     warn!(error = %e, "token service reload failed; the previous clients and keys stay")

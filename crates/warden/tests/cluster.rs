@@ -741,6 +741,162 @@ async fn a_token_minted_on_one_node_signs_in_on_another_until_it_is_revoked() {
     assert!(ok, "a token minted on b signs in on a within 5 s");
 }
 
+/// `/oauth/token` of node `b` for the client `id` with `secret`: the status (and the token).
+async fn token_for(b: &TestBroker, id: &str, secret: &str) -> (u16, Option<String>) {
+    use base64::Engine as _;
+    let url = format!("http://{}/oauth/token", b.server.http_addr.expect("http listener"));
+    let basic = base64::engine::general_purpose::STANDARD.encode(format!("{id}:{secret}"));
+    tokio::task::spawn_blocking(move || {
+        let r = match ureq::post(&url)
+            .set("Authorization", &format!("Basic {basic}"))
+            .send_form(&[("grant_type", "client_credentials")])
+        {
+            Ok(r) => r,
+            Err(ureq::Error::Status(_, r)) => r,
+            Err(e) => panic!("{url}: {e}"),
+        };
+        let status = r.status();
+        let v = r.into_json::<serde_json::Value>().unwrap_or(serde_json::Value::Null);
+        (status, v["access_token"].as_str().map(str::to_owned))
+    })
+    .await
+    .unwrap()
+}
+
+/// Ask `b` for a token until the answer's status is `want` (bounded: 5 s).
+async fn token_until(b: &TestBroker, id: &str, secret: &str, want: u16) -> Option<String> {
+    let mut last = 0;
+    for _ in 0..50 {
+        let (status, token) = token_for(b, id, secret).await;
+        if status == want {
+            return token;
+        }
+        last = status;
+        tokio::time::sleep(Duration::from_millis(100)).await; // polling a condition, bounded
+    }
+    panic!("/oauth/token of {id} answered {last}, not {want}, within 5 s");
+}
+
+/// The last version of the control document `name`, read raw from JetStream (NATS protocol
+/// over TCP: the stream's "get last message by subject" API).
+async fn control_document_raw(nats: &Nats, name: &str) -> String {
+    use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt};
+    let addr = nats.url.trim_start_matches("nats://").to_owned();
+    let s = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let mut s = tokio::io::BufReader::new(s);
+    let req = format!("{{\"last_by_subj\":\"warden.c.doc.{name}\"}}");
+    let out = format!(
+        "CONNECT {{\"verbose\":false}}\r\nSUB _INBOX.raw 1\r\nPUB $JS.API.STREAM.MSG.GET.warden_CONTROL _INBOX.raw {}\r\n{req}\r\n",
+        req.len()
+    );
+    s.get_mut().write_all(out.as_bytes()).await.unwrap();
+    let read = async {
+        loop {
+            let mut line = String::new();
+            assert!(s.read_line(&mut line).await.unwrap() > 0, "NATS closed");
+            if let Some(rest) = line.strip_prefix("MSG ") {
+                let len: usize = rest.split_whitespace().last().unwrap().parse().unwrap();
+                let mut body = vec![0; len + 2];
+                s.read_exact(&mut body).await.unwrap();
+                return String::from_utf8_lossy(&body[..len]).into_owned();
+            }
+        }
+    };
+    let reply = tokio::time::timeout(Duration::from_secs(5), read).await.expect("JetStream answers");
+    let v: serde_json::Value = serde_json::from_str(&reply).unwrap();
+    use base64::Engine as _;
+    let data = v["message"]["data"].as_str().unwrap_or_else(|| panic!("no message: {reply}"));
+    String::from_utf8_lossy(&base64::engine::general_purpose::STANDARD.decode(data).unwrap()).into_owned()
+}
+
+/// The token service's stored OAuth clients are one document of the cluster (SPEC §11): a
+/// client created through node a's admin API gets tokens from node b; its secret rotated on a
+/// is refused on b; narrowed or deleted on a, its tokens' connections end on every node
+/// within 2 s (0x87), and b refuses it. Its secret crosses NATS only as the salted hash.
+#[tokio::test]
+async fn oauth_clients_made_on_one_node_are_the_clusters() {
+    let Some(nats) = nats() else { return };
+    let (_dir, users) = users();
+    let same = with_token_service(&users, "https://mqtt.example");
+    let a = secure_node(&nats, "a", &same).await;
+    let b = secure_node(&nats, "b", &same).await;
+    let limit = Duration::from_secs(2);
+    const ID: &str = "svc-7";
+    const OLD: &str = "svc-7 first secret, long enough!";
+    const NEW: &str = "svc-7 second secret, long enough";
+    let make = |secret: &str, scopes: &[&str]| serde_json::json!({"id": ID, "secret": secret, "scopes": scopes});
+    assert_eq!(
+        admin(&a, "POST", "/admin/oauth/clients", Some(make(OLD, &["mqtt:pub:svc/#", "mqtt:sub:svc/#"]))).await.0,
+        201
+    );
+    // b's token service knows it within the document's propagation (bounded wait).
+    let t = token_until(&b, ID, OLD, 200).await.expect("a token from b");
+    let listed = admin(&b, "GET", "/admin/oauth/clients", None).await.1;
+    assert!(listed.as_array().unwrap().iter().any(|c| c["id"] == ID), "{listed}");
+    // Only the salted slow hash crossed NATS, never the secret.
+    let doc = control_document_raw(&nats, "oauth-clients").await;
+    assert!(doc.contains("$argon2id$") && doc.contains(ID), "{doc}");
+    assert!(!doc.contains(OLD), "the secret in clear in NATS");
+    // Its token signs in on both nodes.
+    let as_svc = |cid: &str, token: &str| {
+        let mut c = v5(cid);
+        c.username = Some(ID.to_owned());
+        c.password = Some(bytes::Bytes::from(token.to_owned()));
+        c
+    };
+    let mut on_b = None;
+    for _ in 0..50 {
+        let (c, code) = connack_code(b.addr(), as_svc("svc-on-b", &t)).await;
+        if code == mqtt_codec::ReasonCode::SUCCESS {
+            on_b = Some(c);
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await; // b may not hold a's key yet
+    }
+    let mut on_b = on_b.expect("b's token signs in on b");
+    let (mut on_a, code) = connack_code(a.addr(), as_svc("svc-on-a", &t)).await;
+    assert_eq!(code, mqtt_codec::ReasonCode::SUCCESS);
+
+    // Rotated on a: b refuses the old secret and takes the new one. The same grants: live
+    // connections stay.
+    assert_eq!(
+        admin(&a, "POST", "/admin/oauth/clients", Some(make(NEW, &["mqtt:pub:svc/#", "mqtt:sub:svc/#"]))).await.0,
+        201
+    );
+    token_until(&b, ID, OLD, 401).await;
+    let t2 = token_until(&b, ID, NEW, 200).await.expect("a token of the new secret");
+    on_b.send(&publish("svc/still", QoS::AtLeastOnce, 1, b"up")).await;
+    assert!(matches!(on_b.recv().await, Recv::Packet(Packet::PubAck(_))), "a rotation alone ends nothing");
+
+    // Narrowed on a (the subscribe scope dropped): tokens holding it end on both nodes.
+    assert_eq!(admin(&a, "POST", "/admin/oauth/clients", Some(make(NEW, &["mqtt:pub:svc/#"]))).await.0, 201);
+    assert_eq!(disconnected_with(&mut on_b, limit).await, Some(mqtt_codec::ReasonCode::NOT_AUTHORIZED));
+    assert_eq!(disconnected_with(&mut on_a, limit).await, Some(mqtt_codec::ReasonCode::NOT_AUTHORIZED));
+
+    // A token of the narrowed client signs in on b; deleted on a, it ends there and b refuses
+    // the client from then on.
+    let t3 = token_until(&b, ID, NEW, 200).await.expect("a token of the narrowed client");
+    let (mut again, code) = connack_code(b.addr(), as_svc("svc-on-b", &t3)).await;
+    assert_eq!(code, mqtt_codec::ReasonCode::SUCCESS);
+    assert_eq!(admin(&a, "DELETE", &format!("/admin/oauth/clients/{ID}"), None).await.0, 200);
+    assert_eq!(disconnected_with(&mut again, limit).await, Some(mqtt_codec::ReasonCode::NOT_AUTHORIZED));
+    token_until(&b, ID, NEW, 401).await;
+    let (_c, code) = connack_code(b.addr(), as_svc("svc-on-b", &t2)).await;
+    assert_ne!(code, mqtt_codec::ReasonCode::SUCCESS, "a token of a deleted client is refused on b");
+    let listed = admin(&b, "GET", "/admin/oauth/clients", None).await.1;
+    assert!(!listed.as_array().unwrap().iter().any(|c| c["id"] == ID), "{listed}");
+
+    // A client added to a's file (`warden oauth client add`) is shared by a's reload (SIGHUP).
+    const CLI_SECRET: &str = "cli-added client secret, 32 bytes";
+    let file = format!(
+        "[[client]]\nid = \"cli-1\"\nsecret_hash = '{}'\nscopes = [\"mqtt:pub:cli/#\"]\n",
+        warden_policy::password::hash_password(CLI_SECRET.as_bytes())
+    );
+    std::fs::write(a.path("oauth/clients.toml"), file).unwrap();
+    a.server.reload();
+    token_until(&b, "cli-1", CLI_SECRET, 200).await.expect("a token on b of the client added on a");
+}
+
 // --- wills of a dead node ----------------------------------------------------------------------
 
 /// A node run as its own process (so that it can be killed with SIGKILL: no shutdown path).

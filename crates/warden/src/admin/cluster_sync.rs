@@ -11,8 +11,11 @@
 //! node's token service verifies on every node) and [`REVOCATIONS`] (revoked token ids), each
 //! a set that only grows (until its entries expire): a node merges what it reads, and writes
 //! the union again when the version it read lacks something it holds, so that two nodes
-//! writing at once converge. Not shared: the OAuth clients (configuration and `warden oauth
-//! client add`, per node).
+//! writing at once converge. [`OAUTH_CLIENTS`]: the token service's stored OAuth clients
+//! (`<data_dir>/oauth/clients.toml`: the admin API's and `warden oauth client add`'s), each
+//! secret only as its salted slow hash, the last version any node wrote; a node applies it as
+//! its own change (the file rewritten, tokens of deleted or narrowed clients ended). Not
+//! shared: the clients declared in the configuration (give every node the same).
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, Weak};
@@ -36,8 +39,10 @@ pub const BANS: &str = "bans";
 pub const TOKEN_KEYS: &str = "token-keys";
 /// The token services' revocations.
 pub const REVOCATIONS: &str = "revocations";
+/// The token service's stored OAuth clients.
+pub const OAUTH_CLIENTS: &str = "oauth-clients";
 /// Every document this node shares.
-pub const DOCUMENTS: &[&str] = &[POLICY, BANS, TOKEN_KEYS, REVOCATIONS];
+pub const DOCUMENTS: &[&str] = &[POLICY, BANS, TOKEN_KEYS, REVOCATIONS, OAUTH_CLIENTS];
 
 /// [`TOKEN_KEYS`]: each node's public JWKs.
 #[derive(Serialize, Deserialize, Default)]
@@ -175,6 +180,9 @@ impl ControlSink for ClusterSync {
                 .map_err(|e| e.to_string())
                 .and_then(|bans| self.backend.bans_from_peer(bans).map_err(|e| e.to_string())),
             TOKEN_KEYS => self.keys_from_peer(body),
+            OAUTH_CLIENTS => serde_json::from_slice::<Vec<crate::admin::oauth_store::StoredClient>>(body)
+                .map_err(|e| e.to_string())
+                .and_then(|clients| self.backend.oauth_clients_from_peer(clients).map_err(|e| e.to_string())),
             REVOCATIONS => self.revocations_from_peer(body),
             _ => Err("unknown document (a newer node?)".into()),
         };
