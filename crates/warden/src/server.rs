@@ -98,8 +98,8 @@ pub struct Server {
     parking: Option<Arc<crate::conn::park::ParkingLot>>,
     /// This node's side of the cluster (`[cluster]`), if any.
     pub cluster: Option<Arc<warden_cluster::Cluster>>,
-    /// The admin API's view of the broker (a reload shares what changed with the cluster).
-    backend: Arc<crate::admin::backend::Backend>,
+    /// Where this node shares with the cluster what a reload changed.
+    sync: Option<Arc<crate::admin::cluster_sync::ClusterSync>>,
 }
 
 impl Drop for Server {
@@ -469,7 +469,6 @@ impl Server {
             history: Default::default(),
             oauth_shared: Default::default(),
         });
-        let admin_backend = backend.clone();
         // The Overview's history: the counters every few seconds.
         {
             let backend = backend.clone();
@@ -484,12 +483,16 @@ impl Server {
                 }
             });
         }
-        if let (Some(c), Some(settings)) = (&cluster, &cfg.cluster) {
-            let sync =
-                crate::admin::cluster_sync::ClusterSync::new(backend.clone(), settings.node.clone(), auth.clone());
-            c.attach_control(sync.clone(), crate::admin::cluster_sync::DOCUMENTS);
-            sync.start();
-        }
+        let sync = match (&cluster, &cfg.cluster) {
+            (Some(c), Some(settings)) => {
+                let sync =
+                    crate::admin::cluster_sync::ClusterSync::new(backend.clone(), settings.node.clone(), auth.clone());
+                c.attach_control(sync.clone(), crate::admin::cluster_sync::DOCUMENTS);
+                sync.start();
+                Some(sync)
+            }
+            _ => None,
+        };
         // The HTTP side: token service, health.
         if let (Some(http), Some(tcp)) = (&cfg.http, http_tcp) {
             let http_tls = match &http.tls {
@@ -654,7 +657,7 @@ impl Server {
             store,
             parking: ctx.parking.clone(),
             cluster,
-            backend: admin_backend,
+            sync,
         })
     }
 
@@ -708,8 +711,6 @@ impl Server {
                     }
                     info!(clients = n, kid = %o.current_kid(), "token service reloaded");
                     self.trust.oauth_clients_changed(o);
-                    // `warden oauth client add` on this node reaches the others.
-                    self.backend.share_oauth_clients_if_changed();
                 }
                 (Err(e), _) | (_, Err(e)) => {
                     warn!(error = %e, "token service reload failed; the previous clients and keys stay")
@@ -721,6 +722,10 @@ impl Server {
                 Ok(()) => info!("ACL file reloaded"),
                 Err(e) => warn!(error = %e, "ACL reload failed; the previous ACL stays in force"),
             }
+        }
+        // On a node of a cluster: the other nodes hear of this node's CRLs and OAuth clients.
+        if let Some(s) = &self.sync {
+            s.reloaded();
         }
     }
 

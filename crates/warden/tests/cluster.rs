@@ -1228,3 +1228,62 @@ async fn a_device_certificate_revoked_on_one_node_ends_its_connection_on_another
     assert_eq!(disconnected_with(&mut w, limit).await, Some(mqtt_codec::ReasonCode::NOT_AUTHORIZED));
     assert_eq!(tls_open(&b, &pki, &w_cert, "dev-w").await.1, Some(mqtt_codec::ReasonCode::NOT_AUTHORIZED));
 }
+
+/// CRL reloads are the cluster's (SPEC §11): node a's reload (SIGHUP) whose CRL revokes a
+/// certificate ends that certificate's live connection on node b within 2 s (v5 DISCONNECT
+/// 0x87, as a reload on b itself would) and b refuses it from then on; a node started later
+/// refuses it too; a's CRL reloaded without it lets it in again everywhere.
+#[tokio::test]
+async fn a_crl_reloaded_on_one_node_revokes_on_every_node() {
+    let Some(nats) = nats() else { return };
+    let pki_dir = tempfile::tempdir().unwrap();
+    let pki = warden_testkit::pki::TestPki::new(&pki_dir.path().join("pki"), "fleet");
+    // Each node its own CRL file: only a's changes.
+    let (crl_a, crl_b, crl_c) = (pki.crl("a.crl", &[]), pki.crl("b.crl", &[]), pki.crl("c.crl", &[]));
+    let a = tls_node(&nats, "a", &pki, &format!("crl = \"{}\"", crl_a.display())).await;
+    let b = tls_node(&nats, "b", &pki, &format!("crl = \"{}\"", crl_b.display())).await;
+    let limit = Duration::from_secs(2);
+    let (bad, good) = (
+        pki.client("dev-bad", warden_testkit::pki::Validity::Valid),
+        pki.client("dev-good", warden_testkit::pki::Validity::Valid),
+    );
+    let (x, code) = tls_open(&b, &pki, &bad, "dev-bad").await;
+    assert_eq!(code, Some(mqtt_codec::ReasonCode::SUCCESS));
+    let mut x = x.unwrap();
+    let (y, code) = tls_open(&b, &pki, &good, "dev-good").await;
+    assert_eq!(code, Some(mqtt_codec::ReasonCode::SUCCESS));
+    let mut y = y.unwrap();
+
+    pki.crl("a.crl", &[bad.serial]);
+    a.server.reload();
+    assert_eq!(disconnected_with(&mut x, limit).await, Some(mqtt_codec::ReasonCode::NOT_AUTHORIZED));
+    assert_eq!(tls_open(&b, &pki, &bad, "dev-bad").await.1, None, "b refuses the certificate a's CRL revokes");
+    assert_eq!(tls_open(&a, &pki, &bad, "dev-bad").await.1, None, "and so does a");
+    y.send(&Packet::PingReq).await;
+    assert!(matches!(y.recv_within(Duration::from_secs(5)).await, Recv::Packet(Packet::PingResp)), "others stay");
+    // A node started afterwards reads the revocations at start.
+    let c = tls_node(&nats, "c", &pki, &format!("crl = \"{}\"", crl_c.display())).await;
+    let mut refused = false;
+    for _ in 0..50 {
+        if tls_open(&c, &pki, &bad, "dev-bad").await.1.is_none() {
+            refused = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await; // polling a condition, bounded
+    }
+    assert!(refused, "a node started later refuses it within 5 s");
+    // a's CRL without it again: every node lets it in.
+    pki.crl("a.crl", &[]);
+    a.server.reload();
+    for node in [&b, &c] {
+        let mut back = false;
+        for _ in 0..50 {
+            if tls_open(node, &pki, &bad, "dev-bad").await.1 == Some(mqtt_codec::ReasonCode::SUCCESS) {
+                back = true;
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await; // polling a condition, bounded
+        }
+        assert!(back, "un-revoked on a, accepted again within 5 s");
+    }
+}

@@ -208,7 +208,8 @@ impl Backend {
 
 impl AdminBackend for Backend {
     fn certificates(&self) -> Vec<warden_http::admin::CertificateView> {
-        let revoked: Vec<_> = self.tls.iter().map(|t| t.revoked()).collect();
+        // This node's CRLs and, on a node of a cluster, the other nodes'.
+        let revoked: Vec<_> = self.tls.iter().flat_map(|t| [t.revoked(), t.peer_revoked()]).collect();
         let counts = self.live.cert_counts();
         self.live.certs.list(&revoked, |leaf| counts.get(leaf).copied().unwrap_or(0))
     }

@@ -16,6 +16,9 @@
 //! secret only as its salted slow hash, the last version any node wrote; a node applies it as
 //! its own change (the file rewritten, tokens of deleted or narrowed clients ended). Not
 //! shared: the clients declared in the configuration (give every node the same).
+//! [`CRL_REVOKED`]: by node, the certificates its TLS listeners' CRLs revoke (each node writes
+//! its own entry at start and after a SIGHUP); every other node refuses them at its TLS
+//! listeners and ends the connections holding them, as a reload of its own CRLs does.
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, Weak};
@@ -41,8 +44,51 @@ pub const TOKEN_KEYS: &str = "token-keys";
 pub const REVOCATIONS: &str = "revocations";
 /// The token service's stored OAuth clients.
 pub const OAUTH_CLIENTS: &str = "oauth-clients";
+/// The certificates each node's CRLs revoke.
+pub const CRL_REVOKED: &str = "crl-revoked";
 /// Every document this node shares.
-pub const DOCUMENTS: &[&str] = &[POLICY, BANS, TOKEN_KEYS, REVOCATIONS, OAUTH_CLIENTS];
+pub const DOCUMENTS: &[&str] = &[POLICY, BANS, TOKEN_KEYS, REVOCATIONS, OAUTH_CLIENTS, CRL_REVOKED];
+
+/// The largest [`CRL_REVOKED`] document shared (NATS refuses messages over 1 MiB by default,
+/// and a document JetStream refuses would hold up the others behind it).
+const MAX_CRL_DOCUMENT: usize = 512 * 1024;
+
+/// [`CRL_REVOKED`]: by node, the certificates its CRLs revoke, by issuer (the issuer's
+/// distinguished name, DER, base64) then serial numbers (big-endian bytes, base64).
+#[derive(Serialize, Deserialize, Default, PartialEq, Eq, Clone)]
+struct CrlRevoked {
+    nodes: BTreeMap<String, BTreeMap<String, std::collections::BTreeSet<String>>>,
+}
+
+type RevokedByIssuer = BTreeMap<String, std::collections::BTreeSet<String>>;
+
+fn by_issuer(revoked: &warden_policy::trust::RevokedCerts) -> RevokedByIssuer {
+    use base64::Engine as _;
+    let b64 = &base64::engine::general_purpose::STANDARD;
+    let mut out = RevokedByIssuer::new();
+    for c in revoked.iter() {
+        out.entry(b64.encode(&c.issuer)).or_default().insert(b64.encode(&c.serial));
+    }
+    out
+}
+
+fn from_issuers<'a>(
+    lists: impl Iterator<Item = &'a RevokedByIssuer>,
+) -> Result<warden_policy::trust::RevokedCerts, String> {
+    use base64::Engine as _;
+    let b64 = &base64::engine::general_purpose::STANDARD;
+    let mut out = warden_policy::trust::RevokedCerts::default();
+    for list in lists {
+        for (issuer, serials) in list {
+            let issuer: Box<[u8]> = b64.decode(issuer).map_err(|e| e.to_string())?.into();
+            for s in serials {
+                let serial = b64.decode(s).map_err(|e| e.to_string())?.into();
+                out.insert(warden_policy::trust::CertRef { issuer: issuer.clone(), serial });
+            }
+        }
+    }
+    Ok(out)
+}
 
 /// [`TOKEN_KEYS`]: each node's public JWKs.
 #[derive(Serialize, Deserialize, Default)]
@@ -68,17 +114,28 @@ pub struct ClusterSync {
     /// The other nodes' token-service keys seen so far (keys are added, never dropped: a
     /// rotated-out key keeps verifying its tokens until they expire).
     peer_keys: Mutex<BTreeMap<String, Vec<serde_json::Value>>>,
+    /// The other nodes' CRL revocations as last read (each node's entry is its latest set).
+    peer_crls: Mutex<BTreeMap<String, RevokedByIssuer>>,
 }
 
 impl ClusterSync {
     /// The sink for `backend`'s node `node`.
     pub fn new(backend: Arc<Backend>, node: String, auth: Arc<crate::auth::Authenticator>) -> Arc<ClusterSync> {
-        Arc::new(ClusterSync { backend, node, auth, peer_keys: Mutex::new(BTreeMap::new()) })
+        Arc::new(ClusterSync {
+            backend,
+            node,
+            auth,
+            peer_keys: Mutex::new(BTreeMap::new()),
+            peer_crls: Mutex::new(BTreeMap::new()),
+        })
     }
 
     /// Share this node's token-service keys and revocations now, and each revocation made
     /// here from now on. Call once, after [`warden_cluster::Cluster::attach_control`].
     pub fn start(self: &Arc<Self>) {
+        if !self.own_crls().is_empty() {
+            self.share_crls();
+        }
         let Some(o) = &self.backend.oauth else { return };
         self.share_keys();
         if !o.revocations().is_empty() {
@@ -90,6 +147,71 @@ impl ClusterSync {
                 s.share_revocations();
             }
         }));
+    }
+
+    /// After this node's reload (SIGHUP): share what it changed — the stored OAuth clients
+    /// when the file changed (`warden oauth client add`), the certificates its CRLs revoke.
+    pub fn reloaded(&self) {
+        self.backend.share_oauth_clients_if_changed();
+        self.share_crls();
+    }
+
+    /// The certificates this node's own CRLs revoke now (every MQTT TLS listener).
+    fn own_crls(&self) -> RevokedByIssuer {
+        let mut all = warden_policy::trust::RevokedCerts::default();
+        for l in &self.backend.tls {
+            all.extend(&l.revoked());
+        }
+        by_issuer(&all)
+    }
+
+    /// What this node knows of every node's CRL revocations, its own first-hand.
+    fn known_crls(&self) -> CrlRevoked {
+        let mut doc = CrlRevoked { nodes: self.peer_crls.lock().clone() };
+        doc.nodes.insert(self.node.clone(), self.own_crls());
+        doc.nodes.retain(|_, v| !v.is_empty());
+        doc
+    }
+
+    fn share_crls(&self) {
+        if let Some(c) = &self.backend.cluster {
+            match serde_json::to_vec(&self.known_crls()) {
+                Ok(body) if body.len() > MAX_CRL_DOCUMENT => warn!(
+                    bytes = body.len(),
+                    "cluster: the CRL revocations are too many to share; each node's CRLs stay its own (give every node the same CRL files)"
+                ),
+                Ok(body) => c.publish_document(CRL_REVOKED, body),
+                Err(e) => warn!(error = %e, "cluster: the CRL revocations could not be encoded"),
+            }
+        }
+    }
+
+    /// Take the other nodes' CRL revocations: this node's TLS listeners refuse those
+    /// certificates from now on and the live connections holding them end (0x87, as a CRL
+    /// reload here does); write this node's own set back when the version read lacks it.
+    fn crls_from_peer(&self, body: &[u8]) -> Result<(), String> {
+        let doc: CrlRevoked = serde_json::from_slice(body).map_err(|e| e.to_string())?;
+        let union = {
+            let mut peers = self.peer_crls.lock();
+            *peers = doc.nodes.iter().filter(|(n, _)| **n != self.node).map(|(n, v)| (n.clone(), v.clone())).collect();
+            from_issuers(peers.values())?
+        };
+        let union = Arc::new(union);
+        for l in &self.backend.tls {
+            l.set_peer_revoked(union.clone());
+        }
+        let applied = self.backend.trust.apply(&warden_policy::trust::TrustEvent::CertificatesRevoked(union.clone()));
+        info!(
+            revoked = union.len(),
+            connections = applied.connections,
+            "cluster: certificates the other nodes' CRLs revoke are refused here"
+        );
+        let own = self.own_crls();
+        let theirs = doc.nodes.get(&self.node).cloned().unwrap_or_default();
+        if own != theirs {
+            self.share_crls();
+        }
+        Ok(())
     }
 
     /// What this node knows of every node's keys, its own first-hand.
@@ -184,6 +306,7 @@ impl ControlSink for ClusterSync {
                 .map_err(|e| e.to_string())
                 .and_then(|clients| self.backend.oauth_clients_from_peer(clients).map_err(|e| e.to_string())),
             REVOCATIONS => self.revocations_from_peer(body),
+            CRL_REVOKED => self.crls_from_peer(body),
             _ => Err("unknown document (a newer node?)".into()),
         };
         match applied {
