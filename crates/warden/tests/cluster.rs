@@ -1287,3 +1287,60 @@ async fn a_crl_reloaded_on_one_node_revokes_on_every_node() {
         assert!(back, "un-revoked on a, accepted again within 5 s");
     }
 }
+
+// --- the admin API's view of every node ---------------------------------------------------------
+
+/// `GET /admin/sessions` on one node lists every node's sessions (SPEC §11, as
+/// `/admin/clients` lists every node's clients), each with the node that holds it: connected
+/// and persistent offline ones, with their subscriptions counted.
+#[tokio::test]
+async fn admin_sessions_lists_the_sessions_of_every_node() {
+    let Some(nats) = nats() else { return };
+    let (_dir, extra) = users();
+    let a = secure_node(&nats, "a", &extra).await;
+    let b = secure_node(&nats, "b", &extra).await;
+    let lasting = |id: &str| {
+        let mut c = as_user(id, "alice");
+        c.properties.session_expiry_interval = Some(600);
+        c
+    };
+    let (mut on_b, code) = connack_code(b.addr(), lasting("held-on-b")).await;
+    assert_eq!(code, mqtt_codec::ReasonCode::SUCCESS);
+    on_b.subscribe(1, "s/one/#", QoS::AtLeastOnce).await;
+    on_b.subscribe(2, "s/two/#", QoS::AtLeastOnce).await;
+    let (mut off, code) = connack_code(b.addr(), lasting("offline-on-b")).await;
+    assert_eq!(code, mqtt_codec::ReasonCode::SUCCESS);
+    off.send(&Packet::Disconnect(mqtt_codec::Disconnect::new(mqtt_codec::ReasonCode::SUCCESS))).await;
+    off.expect_closed_within(Duration::from_secs(5)).await;
+    let (_on_a, code) = connack_code(a.addr(), as_user("held-on-a", "bob")).await;
+    assert_eq!(code, mqtt_codec::ReasonCode::SUCCESS);
+
+    // b's offline session is listed once b's broker has it so (bounded wait).
+    let find = |v: &serde_json::Value, id: &str| v.as_array().unwrap().iter().find(|s| s["client_id"] == id).cloned();
+    let mut listed = serde_json::Value::Null;
+    for _ in 0..50 {
+        let (st, v) = admin(&a, "GET", "/admin/sessions", None).await;
+        assert_eq!(st, 200);
+        if find(&v, "offline-on-b").is_some_and(|s| s["connected"] == false) {
+            listed = v;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await; // polling a condition, bounded
+    }
+    let held = find(&listed, "held-on-b").unwrap_or_else(|| panic!("b's session listed on a: {listed}"));
+    assert_eq!((held["node"].as_str(), held["principal"].as_str()), (Some("b"), Some("user:alice")));
+    assert_eq!((held["connected"].as_bool(), held["subscription_count"].as_u64()), (Some(true), Some(2)));
+    let offline = find(&listed, "offline-on-b").unwrap();
+    assert_eq!((offline["node"].as_str(), offline["expiry_interval"].as_u64()), (Some("b"), Some(600)));
+    let mine = find(&listed, "held-on-a").unwrap_or_else(|| panic!("a's own session: {listed}"));
+    assert_eq!(mine["node"].as_str(), Some("a"));
+    // Each session once.
+    let ids: Vec<&str> = listed.as_array().unwrap().iter().filter_map(|s| s["client_id"].as_str()).collect();
+    let mut unique = ids.clone();
+    unique.sort_unstable();
+    unique.dedup();
+    assert_eq!(ids.len(), unique.len(), "{listed}");
+    // And from b: a's session with node "a".
+    let (_, v) = admin(&b, "GET", "/admin/sessions", None).await;
+    assert_eq!(find(&v, "held-on-a").and_then(|s| s["node"].as_str().map(str::to_owned)).as_deref(), Some("a"));
+}

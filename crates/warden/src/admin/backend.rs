@@ -394,7 +394,31 @@ impl AdminBackend for Backend {
     }
 
     fn sessions(&self) -> Vec<warden_http::admin::SessionView> {
-        self.broker.session_summaries(false, std::time::Instant::now()).into_iter().map(session_view).collect()
+        let node = self.cluster.as_ref().map(|c| c.node().to_owned());
+        self.broker
+            .session_summaries(false, std::time::Instant::now())
+            .into_iter()
+            .map(|s| warden_http::admin::SessionView { node: node.clone(), ..session_view(s) })
+            .collect()
+    }
+
+    fn sessions_elsewhere(&self) -> warden_http::admin::BackendFuture<Vec<warden_http::admin::SessionView>> {
+        let Some(c) = self.cluster.clone() else { return Box::pin(async { Vec::new() }) };
+        Box::pin(async move {
+            let mut all = Vec::new();
+            for (node, body) in c.sessions_elsewhere().await {
+                match serde_json::from_slice::<Vec<warden_http::admin::SessionView>>(&body) {
+                    Ok(list) => all.extend(
+                        list.into_iter().map(|s| warden_http::admin::SessionView { node: Some(node.clone()), ..s }),
+                    ),
+                    Err(e) => {
+                        tracing::warn!(node = %Escaped(&node), error = %e, "cluster: another node's sessions did not decode")
+                    }
+                }
+            }
+            all.sort_by(|a, b| a.client_id.cmp(&b.client_id));
+            all
+        })
     }
 
     fn session(&self, client_id: &str) -> Option<warden_http::admin::SessionView> {
@@ -457,5 +481,6 @@ fn session_view(s: warden_core::broker::SessionSummary) -> warden_http::admin::S
         queued: s.queued,
         queued_bytes: s.queued_bytes,
         inflight: s.inflight,
+        node: None,
     }
 }

@@ -336,6 +336,30 @@ impl ControlSink for ClusterSync {
         stands
     }
 
+    fn sessions(&self) -> Vec<u8> {
+        // At most MAX_SESSIONS_ANSWER bytes of JSON: the first sessions by client id.
+        let mut list = warden_http::admin::AdminBackend::sessions(&*self.backend);
+        list.sort_by(|a, b| a.client_id.cmp(&b.client_id));
+        let mut out = b"[".to_vec();
+        let mut left_out = 0usize;
+        for s in &list {
+            let Ok(one) = serde_json::to_vec(s) else { continue };
+            if left_out > 0 || out.len() + one.len() + 2 > warden_cluster::control::MAX_SESSIONS_ANSWER {
+                left_out += 1;
+                continue;
+            }
+            if out.len() > 1 {
+                out.push(b',');
+            }
+            out.extend_from_slice(&one);
+        }
+        out.push(b']');
+        if left_out > 0 {
+            warn!(left_out, "cluster: too many sessions to list for another node; the first by client id were sent");
+        }
+        out
+    }
+
     fn end_client(&self, client_id: &str, reason: u8) -> bool {
         let n = self.backend.live.end_where(ReasonCode(reason), |c, _, _| c == client_id);
         if n > 0 {
