@@ -1287,6 +1287,23 @@ async fn a_crl_reloaded_on_one_node_revokes_on_every_node() {
         }
         assert!(back, "un-revoked on a, accepted again within 5 s");
     }
+    // A node that starts with a CRL of its own shares it, and a's (revoking again) stays.
+    pki.crl("a.crl", &[bad.serial]);
+    a.server.reload();
+    let late = pki.client("dev-late", warden_testkit::pki::Validity::Valid);
+    let crl_d = pki.crl("d.crl", &[late.serial]);
+    let _d = tls_node(&nats, "d", &pki, &format!("crl = \"{}\"", crl_d.display())).await;
+    for cert in [&late, &bad] {
+        let mut refused = false;
+        for _ in 0..50 {
+            if tls_open(&b, &pki, cert, "dev-any").await.1.is_none() {
+                refused = true;
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await; // polling a condition, bounded
+        }
+        assert!(refused, "b refuses serial {} within 5 s", cert.serial);
+    }
 }
 
 // --- the admin API's view of every node ---------------------------------------------------------

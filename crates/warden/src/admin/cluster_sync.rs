@@ -117,6 +117,8 @@ pub struct ClusterSync {
     peer_keys: Mutex<BTreeMap<String, Vec<serde_json::Value>>>,
     /// The other nodes' CRL revocations as last read (each node's entry is its latest set).
     peer_crls: Mutex<BTreeMap<String, RevokedByIssuer>>,
+    /// True once a version of [`CRL_REVOKED`] was read.
+    crl_read: std::sync::atomic::AtomicBool,
 }
 
 impl ClusterSync {
@@ -128,6 +130,7 @@ impl ClusterSync {
             auth,
             peer_keys: Mutex::new(BTreeMap::new()),
             peer_crls: Mutex::new(BTreeMap::new()),
+            crl_read: std::sync::atomic::AtomicBool::new(false),
         })
     }
 
@@ -135,7 +138,18 @@ impl ClusterSync {
     /// here from now on. Call once, after [`warden_cluster::Cluster::attach_control`].
     pub fn start(self: &Arc<Self>) {
         if !self.own_crls().is_empty() {
-            self.share_crls();
+            // Once the cluster's version has been read, it is written back with this node's
+            // entry (crls_from_peer), the other nodes' kept; when there is none after a few
+            // polls, this node writes it alone.
+            let weak: Weak<ClusterSync> = Arc::downgrade(self);
+            tokio::spawn(async move {
+                tokio::time::sleep(warden_cluster::control::POLL * 4).await;
+                if let Some(s) = weak.upgrade() {
+                    if !s.crl_read.load(std::sync::atomic::Ordering::Relaxed) {
+                        s.share_crls();
+                    }
+                }
+            });
         }
         let Some(o) = &self.backend.oauth else { return };
         self.share_keys();
@@ -192,6 +206,7 @@ impl ClusterSync {
     /// reload here does); write this node's own set back when the version read lacks it.
     fn crls_from_peer(&self, body: &[u8]) -> Result<(), String> {
         let doc: CrlRevoked = serde_json::from_slice(body).map_err(|e| e.to_string())?;
+        self.crl_read.store(true, std::sync::atomic::Ordering::Relaxed);
         let union = {
             let mut peers = self.peer_crls.lock();
             *peers = doc.nodes.iter().filter(|(n, _)| **n != self.node).map(|(n, v)| (n.clone(), v.clone())).collect();
