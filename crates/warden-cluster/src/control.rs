@@ -11,7 +11,8 @@
 //!   that starts reads the last version of each document, so that the cluster's copy wins
 //!   over a node's local file once any node has written one.
 //! - **Node commands**: `{prefix}.c.node.<node>` (core NATS), telling one node to end one of its
-//!   connections (a kick through another node's admin API, a takeover).
+//!   connections (a kick through another node's admin API, a takeover), or asking it for its
+//!   sessions (request and reply: another node's `GET /admin/sessions`).
 //! - **The client registry** ([`crate::registry`]).
 
 use std::collections::HashMap;
@@ -43,7 +44,15 @@ pub trait ControlSink: Send + Sync + 'static {
     fn will_owner_stands(&self, _owner: &warden_policy::Principal, _jti: Option<&str>) -> bool {
         true
     }
+    /// This node's sessions, as the shell lists them (its encoding, at most
+    /// [`MAX_SESSIONS_ANSWER`] bytes), for another node's admin API. The default: none.
+    fn sessions(&self) -> Vec<u8> {
+        Vec::new()
+    }
 }
+
+/// The largest answer to a sessions request (NATS refuses messages over 1 MiB by default).
+pub const MAX_SESSIONS_ANSWER: usize = 900 * 1024;
 
 /// How often each document's last version is read.
 pub const POLL: Duration = Duration::from_millis(500);
@@ -52,6 +61,9 @@ pub const POLL: Duration = Duration::from_millis(500);
 const OP_END: u8 = 1;
 /// A node command's operation byte: the client id was taken over elsewhere.
 const OP_TAKE: u8 = 2;
+/// A node command's operation byte: a request for the node's sessions (answered on the
+/// message's reply subject).
+const OP_SESSIONS: u8 = 3;
 
 /// The subject of node `node`'s commands.
 /// Where a node says it wrote a version of a document (core NATS, no payload).
@@ -86,11 +98,18 @@ pub(crate) fn take_command(client_id: &str) -> Bytes {
     b.into()
 }
 
+/// A request for a node's sessions.
+pub(crate) fn sessions_command() -> Bytes {
+    Bytes::from_static(&[OP_SESSIONS, 0])
+}
+
 /// Read a node command: `(operation, client_id, reason)`; `None` for anything else (counted,
 /// ignored).
 fn parse_command(b: &[u8]) -> Option<(u8, &str, u8)> {
     match b {
-        [op @ (OP_END | OP_TAKE), reason, id @ ..] => std::str::from_utf8(id).ok().map(|id| (*op, id, *reason)),
+        [op @ (OP_END | OP_TAKE | OP_SESSIONS), reason, id @ ..] => {
+            std::str::from_utf8(id).ok().map(|id| (*op, id, *reason))
+        }
         _ => None,
     }
 }
@@ -253,6 +272,14 @@ pub(crate) async fn node_commands(client: async_nats::Client, subject: String, s
                 while let Some(m) = sub.next().await {
                     match parse_command(&m.payload) {
                         Some((OP_TAKE, client_id, _)) => sink.taken_over(client_id),
+                        Some((OP_SESSIONS, _, _)) => {
+                            if let Some(reply) = m.reply.clone() {
+                                let answer = sink.sessions();
+                                if let Err(e) = client.publish(reply, answer.into()).await {
+                                    tracing::debug!(error = %e, "cluster: answering a sessions request failed");
+                                }
+                            }
+                        }
                         Some((_, client_id, reason)) => {
                             let ended = sink.end_client(client_id, reason);
                             tracing::debug!(ended, reason, "cluster: end-connection command");
@@ -277,6 +304,7 @@ mod tests {
         assert_eq!(parse_command(&c), Some((OP_END, "dev/1", 0x98)));
         assert_eq!(parse_command(&end_command("", 0x98)), Some((OP_END, "", 0x98)));
         assert_eq!(parse_command(&take_command("dev/2")), Some((OP_TAKE, "dev/2", 0x8E)));
+        assert_eq!(parse_command(&sessions_command()), Some((OP_SESSIONS, "", 0)));
         assert_eq!(parse_command(b""), None);
         assert_eq!(parse_command(&[9, 1, b'x']), None);
         assert_eq!(parse_command(&[OP_END, 0x8E, 0xff, 0xfe]), None);

@@ -53,6 +53,9 @@ use crate::sessions::{SessionOp, Sessions, SubRecord};
 use crate::subject::Kind;
 use crate::wills::{WillOp, Wills};
 
+/// How long another node's answer to a sessions request is waited for.
+pub const SESSIONS_PATIENCE: Duration = Duration::from_secs(2);
+
 /// How long a CONNECT's claim of its client id is tried before CONNACK 0x88.
 pub const CLAIM_PATIENCE: Duration = Duration::from_secs(5);
 
@@ -628,6 +631,26 @@ impl Cluster {
             }
             _ => false,
         }
+    }
+
+    /// The sessions of every other live node (a node holding a lease), as each answers
+    /// within [`SESSIONS_PATIENCE`]: `(node, the shell's encoding)`. A node that does not
+    /// answer in time is left out.
+    pub async fn sessions_elsewhere(&self) -> Vec<(String, Bytes)> {
+        let Ok(reg) = self.registry().await else { return Vec::new() };
+        let Ok(nodes) = registry::all_keys(&reg.nodes).await else { return Vec::new() };
+        let asks = nodes.into_iter().filter(|n| *n != self.node).map(|node| async move {
+            let subject = control::node_subject(&self.prefix, &node);
+            let ask = self.client.request(subject, control::sessions_command());
+            match tokio::time::timeout(SESSIONS_PATIENCE, ask).await {
+                Ok(Ok(m)) => Some((node, m.payload)),
+                _ => {
+                    tracing::debug!(node = %node, "cluster: a node did not answer a sessions request in time");
+                    None
+                }
+            }
+        });
+        futures_util::future::join_all(asks).await.into_iter().flatten().collect()
     }
 
     /// The connections of every node, as the registry has them.

@@ -73,6 +73,9 @@ pub struct SessionView {
     pub queued_bytes: u64,
     /// QoS 1/2 deliveries sent and not yet acknowledged.
     pub inflight: usize,
+    /// The cluster node that holds it (SPEC §11; absent on a single node).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub node: Option<String>,
 }
 
 /// A subscription of a session.
@@ -342,6 +345,10 @@ pub trait AdminBackend: Send + Sync + 'static {
     /// backend without a broker).
     fn sessions(&self) -> Vec<SessionView> {
         Vec::new()
+    }
+    /// The sessions the other nodes of a cluster hold (SPEC §11), each with its `node`.
+    fn sessions_elsewhere(&self) -> BackendFuture<Vec<SessionView>> {
+        Box::pin(async { Vec::new() })
     }
     /// One session with its subscriptions.
     fn session(&self, client_id: &str) -> Option<SessionView> {
@@ -1263,7 +1270,9 @@ async fn revoke_token(State(st): St, Extension(a): Extension<AdminActor>, body: 
 // --- sessions and retained messages -------------------------------------------------------
 
 async fn list_sessions(State(st): St) -> ApiResult<Response> {
-    Ok(Json(st.backend.sessions()).into_response())
+    let mut all = st.backend.sessions();
+    all.extend(st.backend.sessions_elsewhere().await);
+    Ok(Json(all).into_response())
 }
 
 async fn get_session(State(st): St, Path(id): Path<String>) -> ApiResult<Response> {

@@ -159,6 +159,16 @@ impl RevokedCerts {
         Ok(())
     }
 
+    /// Add one revoked certificate (another node's CRL entry, SPEC §11).
+    pub fn insert(&mut self, cert: CertRef) {
+        self.revoked.insert(cert);
+    }
+
+    /// Every revoked certificate, in no order.
+    pub fn iter(&self) -> impl Iterator<Item = &CertRef> {
+        self.revoked.iter()
+    }
+
     /// Add every certificate `other` revokes.
     pub fn extend(&mut self, other: &RevokedCerts) {
         self.revoked.extend(other.revoked.iter().cloned());

@@ -98,6 +98,8 @@ pub struct Server {
     parking: Option<Arc<crate::conn::park::ParkingLot>>,
     /// This node's side of the cluster (`[cluster]`), if any.
     pub cluster: Option<Arc<warden_cluster::Cluster>>,
+    /// Where this node shares with the cluster what a reload changed.
+    sync: Option<Arc<crate::admin::cluster_sync::ClusterSync>>,
 }
 
 impl Drop for Server {
@@ -465,6 +467,7 @@ impl Server {
             cluster: cluster.clone(),
             tls: tls_listeners.clone(),
             history: Default::default(),
+            oauth_shared: Default::default(),
         });
         // Enrollment by claim: `$warden/enroll/` requests go to its service (and `POST /enroll`
         // on the HTTP listener, below).
@@ -490,12 +493,16 @@ impl Server {
                 }
             });
         }
-        if let (Some(c), Some(settings)) = (&cluster, &cfg.cluster) {
-            let sync =
-                crate::admin::cluster_sync::ClusterSync::new(backend.clone(), settings.node.clone(), auth.clone());
-            c.attach_control(sync.clone(), crate::admin::cluster_sync::DOCUMENTS);
-            sync.start();
-        }
+        let sync = match (&cluster, &cfg.cluster) {
+            (Some(c), Some(settings)) => {
+                let sync =
+                    crate::admin::cluster_sync::ClusterSync::new(backend.clone(), settings.node.clone(), auth.clone());
+                c.attach_control(sync.clone(), crate::admin::cluster_sync::DOCUMENTS);
+                sync.start();
+                Some(sync)
+            }
+            _ => None,
+        };
         // The HTTP side: token service, health.
         if let (Some(http), Some(tcp)) = (&cfg.http, http_tcp) {
             let http_tls = match &http.tls {
@@ -663,6 +670,7 @@ impl Server {
             store,
             parking: ctx.parking.clone(),
             cluster,
+            sync,
         })
     }
 
@@ -727,6 +735,10 @@ impl Server {
                 Ok(()) => info!("ACL file reloaded"),
                 Err(e) => warn!(error = %e, "ACL reload failed; the previous ACL stays in force"),
             }
+        }
+        // On a node of a cluster: the other nodes hear of this node's CRLs and OAuth clients.
+        if let Some(s) = &self.sync {
+            s.reloaded();
         }
     }
 

@@ -44,6 +44,9 @@ pub struct TlsListener {
     current: RwLock<Arc<ServerConfig>>,
     /// The certificates its CRLs revoke (for connections made before a reload).
     revoked: RwLock<Arc<RevokedCerts>>,
+    /// The certificates the other nodes of the cluster's CRLs revoke (SPEC §11,
+    /// [`crate::admin::cluster_sync::CRL_REVOKED`]): refused after the handshake.
+    peer_revoked: RwLock<Arc<RevokedCerts>>,
 }
 
 impl std::fmt::Debug for TlsListener {
@@ -188,6 +191,7 @@ impl TlsListener {
             settings: settings.clone(),
             current: RwLock::new(Arc::new(cfg)),
             revoked: RwLock::new(Arc::new(revoked)),
+            peer_revoked: RwLock::new(Arc::new(RevokedCerts::default())),
         })
     }
 
@@ -203,6 +207,16 @@ impl TlsListener {
     /// The certificates this listener's CRLs revoke now.
     pub fn revoked(&self) -> Arc<RevokedCerts> {
         self.revoked.read().clone()
+    }
+
+    /// The certificates the other nodes' CRLs revoke now (kept until the next set).
+    pub fn set_peer_revoked(&self, revoked: Arc<RevokedCerts>) {
+        *self.peer_revoked.write() = revoked;
+    }
+
+    /// The certificates the other nodes' CRLs revoke.
+    pub fn peer_revoked(&self) -> Arc<RevokedCerts> {
+        self.peer_revoked.read().clone()
     }
 
     /// The certificate file (for log lines).
@@ -232,6 +246,12 @@ impl TlsListener {
                 });
                 if let Some(ClientCert { identity: Err(e), .. }) = &identity {
                     info!(%peer, reason = %Escaped(e), "client certificate identity refused");
+                }
+                // Revoked by another node's CRL (the handshake checked this node's own).
+                if identity.as_ref().and_then(|c| c.cert.as_ref()).is_some_and(|c| self.peer_revoked.read().revokes(c))
+                {
+                    info!(%peer, "TLS connection refused: a CRL of another node of the cluster revokes the client certificate");
+                    return None;
                 }
                 let seen = match (chain.first(), &identity) {
                     (Some(leaf), Some(id)) => crate::certs_seen::SeenCert::from_der(

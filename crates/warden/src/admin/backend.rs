@@ -47,6 +47,9 @@ pub struct Backend {
     /// The counters sampled every [`STATS_EVERY`], the newest [`STATS_KEPT`] (see
     /// [`Backend::sample_stats`]).
     pub history: parking_lot::Mutex<std::collections::VecDeque<warden_http::admin::StatsView>>,
+    /// The stored OAuth clients as this node last shared them or applied another node's
+    /// version (a reload shares the file only when it differs: `warden oauth client add`).
+    pub oauth_shared: parking_lot::Mutex<Option<Vec<crate::admin::oauth_store::StoredClient>>>,
 }
 
 /// How often the counters are sampled for `GET /admin/stats/history`.
@@ -137,6 +140,61 @@ impl Backend {
         Ok(())
     }
 
+    /// Share the stored OAuth clients (their secrets as the stored salted hashes, never in
+    /// clear) with the other nodes of the cluster.
+    pub(crate) fn share_oauth_clients(&self) {
+        let Some(c) = &self.cluster else { return };
+        let list = match crate::admin::oauth_store::stored_clients(&self.config.data_dir) {
+            Ok(list) => list,
+            Err(e) => return tracing::warn!(error = %e, "cluster: the OAuth clients could not be shared"),
+        };
+        match serde_json::to_vec(&list) {
+            Ok(body) => {
+                c.publish_document(crate::admin::cluster_sync::OAUTH_CLIENTS, body);
+                *self.oauth_shared.lock() = Some(list);
+            }
+            Err(e) => tracing::warn!(error = %e, "cluster: the OAuth clients could not be encoded"),
+        }
+    }
+
+    /// After a reload: share the stored OAuth clients when the file is not the version this
+    /// node last shared or applied (a client added with `warden oauth client add` here).
+    pub(crate) fn share_oauth_clients_if_changed(&self) {
+        if self.cluster.is_none() {
+            return;
+        }
+        let now = crate::admin::oauth_store::stored_clients(&self.config.data_dir).ok();
+        let last = self.oauth_shared.lock().clone();
+        let changed = match (&now, &last) {
+            (Some(now), Some(last)) => now != last,
+            (Some(now), None) => !now.is_empty(),
+            (None, _) => false,
+        };
+        if changed {
+            info!("cluster: the stored OAuth clients changed on this node; shared");
+            self.share_oauth_clients();
+        }
+    }
+
+    /// Replace the stored OAuth clients with another node's version and apply it as a local
+    /// change: the token service takes the new clients, and the tokens of clients deleted or
+    /// narrowed there lose their connections here.
+    pub(crate) fn oauth_clients_from_peer(
+        &self,
+        clients: Vec<crate::admin::oauth_store::StoredClient>,
+    ) -> Result<(), AdminError> {
+        let left_out = crate::admin::oauth_store::replace_stored_clients(&self.config, clients)
+            .map_err(|e| internal("saving OAuth clients", e))?;
+        *self.oauth_shared.lock() = crate::admin::oauth_store::stored_clients(&self.config.data_dir).ok();
+        for id in left_out {
+            tracing::warn!(
+                client = %Escaped(&id),
+                "cluster: an OAuth client from another node left out (declared in this node's configuration, or an invalid id or secret hash)"
+            );
+        }
+        self.refresh_oauth()
+    }
+
     fn refresh_oauth(&self) -> Result<(), AdminError> {
         if let Some(o) = &self.oauth {
             let clients = crate::admin::oauth_store::oauth_clients(&self.config)
@@ -150,7 +208,8 @@ impl Backend {
 
 impl AdminBackend for Backend {
     fn certificates(&self) -> Vec<warden_http::admin::CertificateView> {
-        let revoked: Vec<_> = self.tls.iter().map(|t| t.revoked()).collect();
+        // This node's CRLs and, on a node of a cluster, the other nodes'.
+        let revoked: Vec<_> = self.tls.iter().flat_map(|t| [t.revoked(), t.peer_revoked()]).collect();
         let counts = self.live.cert_counts();
         self.live.certs.list(&revoked, |leaf| counts.get(leaf).copied().unwrap_or(0))
     }
@@ -295,12 +354,16 @@ impl AdminBackend for Backend {
             client.roles,
         )
         .map_err(|e| AdminError::bad_request(format!("{e:#}")))?;
+        self.share_oauth_clients();
         self.refresh_oauth()
     }
 
     fn remove_oauth_client(&self, id: &str) -> Result<bool, AdminError> {
         let removed = crate::admin::oauth_store::remove_stored_client(&self.config.data_dir, id)
             .map_err(|e| internal("saving OAuth clients", e))?;
+        if removed {
+            self.share_oauth_clients();
+        }
         self.refresh_oauth()?;
         Ok(removed)
     }
@@ -331,7 +394,31 @@ impl AdminBackend for Backend {
     }
 
     fn sessions(&self) -> Vec<warden_http::admin::SessionView> {
-        self.broker.session_summaries(false, std::time::Instant::now()).into_iter().map(session_view).collect()
+        let node = self.cluster.as_ref().map(|c| c.node().to_owned());
+        self.broker
+            .session_summaries(false, std::time::Instant::now())
+            .into_iter()
+            .map(|s| warden_http::admin::SessionView { node: node.clone(), ..session_view(s) })
+            .collect()
+    }
+
+    fn sessions_elsewhere(&self) -> warden_http::admin::BackendFuture<Vec<warden_http::admin::SessionView>> {
+        let Some(c) = self.cluster.clone() else { return Box::pin(async { Vec::new() }) };
+        Box::pin(async move {
+            let mut all = Vec::new();
+            for (node, body) in c.sessions_elsewhere().await {
+                match serde_json::from_slice::<Vec<warden_http::admin::SessionView>>(&body) {
+                    Ok(list) => all.extend(
+                        list.into_iter().map(|s| warden_http::admin::SessionView { node: Some(node.clone()), ..s }),
+                    ),
+                    Err(e) => {
+                        tracing::warn!(node = %Escaped(&node), error = %e, "cluster: another node's sessions did not decode")
+                    }
+                }
+            }
+            all.sort_by(|a, b| a.client_id.cmp(&b.client_id));
+            all
+        })
     }
 
     fn session(&self, client_id: &str) -> Option<warden_http::admin::SessionView> {
@@ -394,5 +481,6 @@ fn session_view(s: warden_core::broker::SessionSummary) -> warden_http::admin::S
         queued: s.queued,
         queued_bytes: s.queued_bytes,
         inflight: s.inflight,
+        node: None,
     }
 }

@@ -2,7 +2,8 @@
 //! cluster-wide"): a change made through one node's admin API is applied by every node, the
 //! way that node applies its own — the policy store swapped (disabled and removed users lose
 //! their connections), a ban's live connections ended — and a kick or a takeover from another
-//! node ends the connection here.
+//! node ends the connection here; another node's `GET /admin/sessions` is answered here with
+//! this node's sessions.
 //!
 //! Shared documents ([`warden_cluster::control`]): [`POLICY`] (the policy store as
 //! `policy.json` holds it) and [`BANS`] (the operator's ban list; automatic bans stay per node,
@@ -11,8 +12,14 @@
 //! node's token service verifies on every node) and [`REVOCATIONS`] (revoked token ids), each
 //! a set that only grows (until its entries expire): a node merges what it reads, and writes
 //! the union again when the version it read lacks something it holds, so that two nodes
-//! writing at once converge. Not shared: the OAuth clients (configuration and `warden oauth
-//! client add`, per node).
+//! writing at once converge. [`OAUTH_CLIENTS`]: the token service's stored OAuth clients
+//! (`<data_dir>/oauth/clients.toml`: the admin API's and `warden oauth client add`'s), each
+//! secret only as its salted slow hash, the last version any node wrote; a node applies it as
+//! its own change (the file rewritten, tokens of deleted or narrowed clients ended). Not
+//! shared: the clients declared in the configuration (give every node the same).
+//! [`CRL_REVOKED`]: by node, the certificates its TLS listeners' CRLs revoke (each node writes
+//! its own entry at start and after a SIGHUP); every other node refuses them at its TLS
+//! listeners and ends the connections holding them, as a reload of its own CRLs does.
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, Weak};
@@ -36,8 +43,53 @@ pub const BANS: &str = "bans";
 pub const TOKEN_KEYS: &str = "token-keys";
 /// The token services' revocations.
 pub const REVOCATIONS: &str = "revocations";
+/// The token service's stored OAuth clients.
+pub const OAUTH_CLIENTS: &str = "oauth-clients";
+/// The certificates each node's CRLs revoke.
+pub const CRL_REVOKED: &str = "crl-revoked";
 /// Every document this node shares.
-pub const DOCUMENTS: &[&str] = &[POLICY, BANS, TOKEN_KEYS, REVOCATIONS];
+pub const DOCUMENTS: &[&str] = &[POLICY, BANS, TOKEN_KEYS, REVOCATIONS, OAUTH_CLIENTS, CRL_REVOKED];
+
+/// The largest [`CRL_REVOKED`] document shared (NATS refuses messages over 1 MiB by default,
+/// and a document JetStream refuses would hold up the others behind it).
+const MAX_CRL_DOCUMENT: usize = 512 * 1024;
+
+/// [`CRL_REVOKED`]: by node, the certificates its CRLs revoke, by issuer (the issuer's
+/// distinguished name, DER, base64) then serial numbers (big-endian bytes, base64).
+#[derive(Serialize, Deserialize, Default, PartialEq, Eq, Clone)]
+struct CrlRevoked {
+    nodes: BTreeMap<String, BTreeMap<String, std::collections::BTreeSet<String>>>,
+}
+
+type RevokedByIssuer = BTreeMap<String, std::collections::BTreeSet<String>>;
+
+fn by_issuer(revoked: &warden_policy::trust::RevokedCerts) -> RevokedByIssuer {
+    use base64::Engine as _;
+    let b64 = &base64::engine::general_purpose::STANDARD;
+    let mut out = RevokedByIssuer::new();
+    for c in revoked.iter() {
+        out.entry(b64.encode(&c.issuer)).or_default().insert(b64.encode(&c.serial));
+    }
+    out
+}
+
+fn from_issuers<'a>(
+    lists: impl Iterator<Item = &'a RevokedByIssuer>,
+) -> Result<warden_policy::trust::RevokedCerts, String> {
+    use base64::Engine as _;
+    let b64 = &base64::engine::general_purpose::STANDARD;
+    let mut out = warden_policy::trust::RevokedCerts::default();
+    for list in lists {
+        for (issuer, serials) in list {
+            let issuer: Box<[u8]> = b64.decode(issuer).map_err(|e| e.to_string())?.into();
+            for s in serials {
+                let serial = b64.decode(s).map_err(|e| e.to_string())?.into();
+                out.insert(warden_policy::trust::CertRef { issuer: issuer.clone(), serial });
+            }
+        }
+    }
+    Ok(out)
+}
 
 /// [`TOKEN_KEYS`]: each node's public JWKs.
 #[derive(Serialize, Deserialize, Default)]
@@ -63,17 +115,42 @@ pub struct ClusterSync {
     /// The other nodes' token-service keys seen so far (keys are added, never dropped: a
     /// rotated-out key keeps verifying its tokens until they expire).
     peer_keys: Mutex<BTreeMap<String, Vec<serde_json::Value>>>,
+    /// The other nodes' CRL revocations as last read (each node's entry is its latest set).
+    peer_crls: Mutex<BTreeMap<String, RevokedByIssuer>>,
+    /// True once a version of [`CRL_REVOKED`] was read.
+    crl_read: std::sync::atomic::AtomicBool,
 }
 
 impl ClusterSync {
     /// The sink for `backend`'s node `node`.
     pub fn new(backend: Arc<Backend>, node: String, auth: Arc<crate::auth::Authenticator>) -> Arc<ClusterSync> {
-        Arc::new(ClusterSync { backend, node, auth, peer_keys: Mutex::new(BTreeMap::new()) })
+        Arc::new(ClusterSync {
+            backend,
+            node,
+            auth,
+            peer_keys: Mutex::new(BTreeMap::new()),
+            peer_crls: Mutex::new(BTreeMap::new()),
+            crl_read: std::sync::atomic::AtomicBool::new(false),
+        })
     }
 
     /// Share this node's token-service keys and revocations now, and each revocation made
     /// here from now on. Call once, after [`warden_cluster::Cluster::attach_control`].
     pub fn start(self: &Arc<Self>) {
+        if !self.own_crls().is_empty() {
+            // Once the cluster's version has been read, it is written back with this node's
+            // entry (crls_from_peer), the other nodes' kept; when there is none after a few
+            // polls, this node writes it alone.
+            let weak: Weak<ClusterSync> = Arc::downgrade(self);
+            tokio::spawn(async move {
+                tokio::time::sleep(warden_cluster::control::POLL * 4).await;
+                if let Some(s) = weak.upgrade() {
+                    if !s.crl_read.load(std::sync::atomic::Ordering::Relaxed) {
+                        s.share_crls();
+                    }
+                }
+            });
+        }
         let Some(o) = &self.backend.oauth else { return };
         self.share_keys();
         if !o.revocations().is_empty() {
@@ -85,6 +162,72 @@ impl ClusterSync {
                 s.share_revocations();
             }
         }));
+    }
+
+    /// After this node's reload (SIGHUP): share what it changed — the stored OAuth clients
+    /// when the file changed (`warden oauth client add`), the certificates its CRLs revoke.
+    pub fn reloaded(&self) {
+        self.backend.share_oauth_clients_if_changed();
+        self.share_crls();
+    }
+
+    /// The certificates this node's own CRLs revoke now (every MQTT TLS listener).
+    fn own_crls(&self) -> RevokedByIssuer {
+        let mut all = warden_policy::trust::RevokedCerts::default();
+        for l in &self.backend.tls {
+            all.extend(&l.revoked());
+        }
+        by_issuer(&all)
+    }
+
+    /// What this node knows of every node's CRL revocations, its own first-hand.
+    fn known_crls(&self) -> CrlRevoked {
+        let mut doc = CrlRevoked { nodes: self.peer_crls.lock().clone() };
+        doc.nodes.insert(self.node.clone(), self.own_crls());
+        doc.nodes.retain(|_, v| !v.is_empty());
+        doc
+    }
+
+    fn share_crls(&self) {
+        if let Some(c) = &self.backend.cluster {
+            match serde_json::to_vec(&self.known_crls()) {
+                Ok(body) if body.len() > MAX_CRL_DOCUMENT => warn!(
+                    bytes = body.len(),
+                    "cluster: the CRL revocations are too many to share; each node's CRLs stay its own (give every node the same CRL files)"
+                ),
+                Ok(body) => c.publish_document(CRL_REVOKED, body),
+                Err(e) => warn!(error = %e, "cluster: the CRL revocations could not be encoded"),
+            }
+        }
+    }
+
+    /// Take the other nodes' CRL revocations: this node's TLS listeners refuse those
+    /// certificates from now on and the live connections holding them end (0x87, as a CRL
+    /// reload here does); write this node's own set back when the version read lacks it.
+    fn crls_from_peer(&self, body: &[u8]) -> Result<(), String> {
+        let doc: CrlRevoked = serde_json::from_slice(body).map_err(|e| e.to_string())?;
+        self.crl_read.store(true, std::sync::atomic::Ordering::Relaxed);
+        let union = {
+            let mut peers = self.peer_crls.lock();
+            *peers = doc.nodes.iter().filter(|(n, _)| **n != self.node).map(|(n, v)| (n.clone(), v.clone())).collect();
+            from_issuers(peers.values())?
+        };
+        let union = Arc::new(union);
+        for l in &self.backend.tls {
+            l.set_peer_revoked(union.clone());
+        }
+        let applied = self.backend.trust.apply(&warden_policy::trust::TrustEvent::CertificatesRevoked(union.clone()));
+        info!(
+            revoked = union.len(),
+            connections = applied.connections,
+            "cluster: certificates the other nodes' CRLs revoke are refused here"
+        );
+        let own = self.own_crls();
+        let theirs = doc.nodes.get(&self.node).cloned().unwrap_or_default();
+        if own != theirs {
+            self.share_crls();
+        }
+        Ok(())
     }
 
     /// What this node knows of every node's keys, its own first-hand.
@@ -175,7 +318,11 @@ impl ControlSink for ClusterSync {
                 .map_err(|e| e.to_string())
                 .and_then(|bans| self.backend.bans_from_peer(bans).map_err(|e| e.to_string())),
             TOKEN_KEYS => self.keys_from_peer(body),
+            OAUTH_CLIENTS => serde_json::from_slice::<Vec<crate::admin::oauth_store::StoredClient>>(body)
+                .map_err(|e| e.to_string())
+                .and_then(|clients| self.backend.oauth_clients_from_peer(clients).map_err(|e| e.to_string())),
             REVOCATIONS => self.revocations_from_peer(body),
+            CRL_REVOKED => self.crls_from_peer(body),
             _ => Err("unknown document (a newer node?)".into()),
         };
         match applied {
@@ -203,6 +350,30 @@ impl ControlSink for ClusterSync {
             info!(principal = %crate::logsafe::Escaped(&owner.to_string()), "cluster: a dead node's will not published: its owner lost its standing");
         }
         stands
+    }
+
+    fn sessions(&self) -> Vec<u8> {
+        // At most MAX_SESSIONS_ANSWER bytes of JSON: the first sessions by client id.
+        let mut list = warden_http::admin::AdminBackend::sessions(&*self.backend);
+        list.sort_by(|a, b| a.client_id.cmp(&b.client_id));
+        let mut out = b"[".to_vec();
+        let mut left_out = 0usize;
+        for s in &list {
+            let Ok(one) = serde_json::to_vec(s) else { continue };
+            if left_out > 0 || out.len() + one.len() + 2 > warden_cluster::control::MAX_SESSIONS_ANSWER {
+                left_out += 1;
+                continue;
+            }
+            if out.len() > 1 {
+                out.push(b',');
+            }
+            out.extend_from_slice(&one);
+        }
+        out.push(b']');
+        if left_out > 0 {
+            warn!(left_out, "cluster: too many sessions to list for another node; the first by client id were sent");
+        }
+        out
     }
 
     fn end_client(&self, client_id: &str, reason: u8) -> bool {

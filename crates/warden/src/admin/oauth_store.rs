@@ -9,7 +9,10 @@
 //!   (`[[client]]` tables, the same keys as `[[oauth.client]]` in the configuration).
 //!
 //! A running broker picks up both on SIGHUP. Each change is written to the admin audit trail
-//! (actor `cli`, [`crate::admin::audit_log`]).
+//! (actor `cli`, [`crate::admin::audit_log`]). On a node of a cluster the stored clients are
+//! one shared document ([`crate::admin::cluster_sync::OAUTH_CLIENTS`]): changed through the
+//! admin API or found changed by a SIGHUP, the file is published; another node's version
+//! replaces it ([`replace_stored_clients`]).
 
 use std::path::{Path, PathBuf};
 
@@ -66,15 +69,21 @@ struct ClientsFile {
     client: Vec<StoredClient>,
 }
 
-#[derive(Serialize, Deserialize, Clone)]
+/// A client stored in the data directory: its secret only as a salted slow hash (the form the
+/// cluster shares it in too, [`crate::admin::cluster_sync::OAUTH_CLIENTS`]).
+#[derive(Serialize, Deserialize, Clone, PartialEq, Eq, Debug)]
 #[serde(deny_unknown_fields)]
-struct StoredClient {
-    id: String,
-    secret_hash: String,
+pub struct StoredClient {
+    /// The client id.
+    pub id: String,
+    /// The secret's hash (a PHC string; never the secret).
+    pub secret_hash: String,
+    /// The scopes its tokens may carry.
     #[serde(default)]
-    scopes: Vec<String>,
+    pub scopes: Vec<String>,
+    /// The policy-store roles its tokens carry.
     #[serde(default)]
-    roles: Vec<String>,
+    pub roles: Vec<String>,
 }
 
 /// `<data_dir>/oauth/clients.toml`.
@@ -160,6 +169,37 @@ pub fn remove_stored_client(data_dir: &Path, id: &str) -> crate::Result<bool> {
     }
     write_clients(data_dir, &f)?;
     Ok(true)
+}
+
+/// The clients stored in the data directory (`warden oauth client add`, the admin API), in
+/// the file's order.
+pub fn stored_clients(data_dir: &Path) -> crate::Result<Vec<StoredClient>> {
+    Ok(read_clients_file(data_dir)?.client)
+}
+
+/// Replace the clients stored in the data directory with `clients` (another node's version,
+/// SPEC §11): a client whose id this node's configuration declares, whose id is not a valid
+/// principal name, or whose `secret_hash` is not a hash this broker verifies is left out
+/// (each named in the answer). An unchanged file is not written again.
+pub fn replace_stored_clients(cfg: &Config, clients: Vec<StoredClient>) -> crate::Result<Vec<String>> {
+    let mut left_out = Vec::new();
+    let mut kept: Vec<StoredClient> = Vec::with_capacity(clients.len());
+    for c in clients {
+        let valid = !c.id.is_empty()
+            && warden_policy::cert::check_identity(&c.id).is_ok()
+            && warden_policy::password::is_valid_hash(&c.secret_hash)
+            && !cfg.oauth.clients.iter().any(|d| d.id == c.id)
+            && !kept.iter().any(|k| k.id == c.id);
+        if valid {
+            kept.push(c);
+        } else {
+            left_out.push(c.id);
+        }
+    }
+    if read_clients_file(&cfg.data_dir)?.client != kept {
+        write_clients(&cfg.data_dir, &ClientsFile { client: kept })?;
+    }
+    Ok(left_out)
 }
 
 fn write_clients(data_dir: &Path, f: &ClientsFile) -> crate::Result<()> {
