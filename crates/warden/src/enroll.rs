@@ -42,7 +42,13 @@ pub struct Enroll {
     hook: Option<ureq::Agent>,
     /// Itself, for the tasks a request spawns.
     me: std::sync::Weak<Enroll>,
+    /// Held while the CA directory's records (issued.json, revoked.json, ca.crl) are written.
+    files: Arc<parking_lot::Mutex<()>>,
 }
+
+/// How long a CRL written after a revocation is valid (as `warden cert revoke`'s default:
+/// re-sign it with `warden cert crl` before then).
+const CRL_DAYS: u32 = 30;
 
 /// What asks: a claim (a new device) or a device (a new certificate of its own).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -117,7 +123,8 @@ impl Enroll {
                 .build()
         });
         let broker = backend.broker.clone();
-        Ok(Arc::new_cyclic(|me| Enroll {
+        let policy = backend.policy.clone();
+        let enroll = Arc::new_cyclic(|me| Enroll {
             cfg: cfg.clone(),
             ca_dir,
             backend,
@@ -125,7 +132,31 @@ impl Enroll {
             pending: Arc::new(Semaphore::new(cfg.max_pending)),
             hook,
             me: me.clone(),
-        }))
+            files: Default::default(),
+        });
+        let weak = Arc::downgrade(&enroll);
+        policy.on_revoked(Arc::new(move |fps: &[String]| {
+            if let Some(e) = weak.upgrade() {
+                e.revoked(fps);
+            }
+        }));
+        Ok(enroll)
+    }
+
+    /// Certificates this CA issued that the registry revoked: into the CA's CRL
+    /// (`<ca_dir>/revoked.json` and `ca.crl`, as `warden cert revoke` writes them).
+    fn revoked(&self, fingerprints: &[String]) {
+        let _files = self.files.lock();
+        let result = LoadedCa::load(&self.ca_dir)
+            .and_then(|ca| crate::pki::revoke_fingerprints(&self.ca_dir, &ca, fingerprints, CRL_DAYS));
+        match result {
+            Ok(serials) if serials.is_empty() => {}
+            Ok(serials) => {
+                info!(target: "warden::enroll", serials = ?serials, crl = %self.ca_dir.join(crate::pki::CRL_FILE).display(),
+                "enrollment: revoked certificates written into the CA's CRL")
+            }
+            Err(e) => warn!(error = %format!("{e:#}"), "enrollment: the CA's CRL could not be written"),
+        }
     }
 
     /// Enroll `device_id` for `principal` with `body` (a [`Request`]).
@@ -217,9 +248,15 @@ impl Enroll {
             None => None,
         };
         let (ca_dir, days, csr, id) = (self.ca_dir.clone(), self.cfg.certificate_days, req.csr, device_id.to_owned());
+        let files = self.files.clone();
         let signed = tokio::task::spawn_blocking(move || {
             let ca = LoadedCa::load(&ca_dir).map_err(|e| CsrError::Internal(format!("loading the CA: {e:#}")))?;
-            ca.sign_csr(csr.as_bytes(), &id, days).map(|s| (s, ca.pem().to_owned()))
+            let signed = ca.sign_csr(csr.as_bytes(), &id, days)?;
+            // Recorded before it is handed out, so that a revocation can always find it.
+            let _files = files.lock();
+            crate::pki::record_enrolled(&ca_dir, &ca, &signed, &id)
+                .map_err(|e| CsrError::Internal(format!("recording it in issued.json: {e:#}")))?;
+            Ok((signed, ca.pem().to_owned()))
         })
         .await
         .map_err(|_| internal("signing"))?;

@@ -11,6 +11,8 @@ use std::io;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime};
 
+use crate::fsutil::write_atomically_with_mode;
+
 use anyhow::{bail, Context};
 use rcgen::{Certificate, CertificateParams, DistinguishedName, DnType, IsCa, KeyPair, KeyUsagePurpose, SerialNumber};
 
@@ -407,6 +409,180 @@ pub(crate) fn shell_word(path: &Path) -> String {
     } else {
         format!("'{}'", s.replace('\'', r"'\''"))
     }
+}
+
+// ---------------------------------------------------------------------------------------------
+// What a CA issued and revoked (DIR/issued.json, DIR/revoked.json, DIR/ca.crl)
+
+/// What `warden cert client` issued, in DIR.
+pub(crate) const ISSUED_FILE: &str = "issued.json";
+
+/// What `warden cert revoke` revoked, and the last CRL number, in DIR.
+pub(crate) const REVOKED_FILE: &str = "revoked.json";
+
+/// The CRL, in DIR.
+pub(crate) const CRL_FILE: &str = "ca.crl";
+
+/// One certificate `warden cert client` or enrollment issued (DIR/issued.json).
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+pub(crate) struct IssuedRecord {
+    /// Serial number, lower-case hex without leading zero bytes.
+    pub(crate) serial: String,
+    /// Subject CN (the device id).
+    pub(crate) cn: String,
+    /// notAfter, seconds since the Unix epoch.
+    pub(crate) not_after: i64,
+    /// Serial of the CA that signed it (a CA made again with --force does not inherit records).
+    pub(crate) ca_serial: String,
+    /// The certificate file written (empty for an enrolled device's: it went to the device).
+    #[serde(default)]
+    pub(crate) file: PathBuf,
+    /// SHA-256 of the DER certificate, hex (how the device registry knows it); absent in
+    /// records written before enrollment existed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub(crate) fingerprint: Option<String>,
+}
+
+#[derive(Debug, Default, serde::Serialize, serde::Deserialize)]
+pub(crate) struct IssuedLog {
+    #[serde(default)]
+    pub(crate) certificates: Vec<IssuedRecord>,
+}
+
+/// One revoked certificate (DIR/revoked.json).
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+pub(crate) struct RevokedRecord {
+    pub(crate) serial: String,
+    pub(crate) cn: String,
+    /// Revocation time, seconds since the Unix epoch.
+    pub(crate) revoked_at: i64,
+    pub(crate) ca_serial: String,
+}
+
+#[derive(Debug, Default, serde::Serialize, serde::Deserialize)]
+pub(crate) struct RevokedLog {
+    /// The CRL number of the last CRL written (each new CRL gets the next one).
+    #[serde(default)]
+    pub(crate) crl_number: u64,
+    #[serde(default)]
+    pub(crate) revoked: Vec<RevokedRecord>,
+}
+
+/// The JSON record at `path`, or an empty one when the file does not exist.
+pub(crate) fn read_json<T: Default + serde::de::DeserializeOwned>(path: &Path) -> anyhow::Result<T> {
+    match fs::read(path) {
+        Ok(bytes) => serde_json::from_slice(&bytes).map_err(|e| anyhow::anyhow!("{}: {e}", path.display())),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(T::default()),
+        Err(e) => Err(e).with_context(|| format!("reading {}", path.display())),
+    }
+}
+
+pub(crate) fn write_json<T: serde::Serialize>(path: &Path, value: &T) -> anyhow::Result<()> {
+    let mut text = serde_json::to_string_pretty(value).context("encoding JSON")?;
+    text.push('\n');
+    write_atomically_with_mode(path, text.as_bytes(), 0o644).with_context(|| format!("writing {}", path.display()))
+}
+
+pub(crate) fn hex_bytes(hex: &str) -> Option<Vec<u8>> {
+    if hex.is_empty() || !hex.len().is_multiple_of(2) {
+        return None;
+    }
+    (0..hex.len()).step_by(2).map(|i| hex.get(i..i + 2).and_then(|b| u8::from_str_radix(b, 16).ok())).collect()
+}
+
+pub(crate) fn unix_now() -> i64 {
+    i64::try_from(crate::clock::unix_now()).unwrap_or(i64::MAX)
+}
+
+/// Sign a CRL of every certificate of `log` revoked under this CA with the next CRL number,
+/// save `log` (DIR/revoked.json) then the CRL (DIR/ca.crl, PEM). Returns the CRL path and how
+/// many certificates it lists.
+pub(crate) fn write_crl(
+    dir: &Path,
+    ca: &LoadedCa,
+    log: &mut RevokedLog,
+    days: u32,
+) -> anyhow::Result<(PathBuf, usize)> {
+    let mut revoked_certs = Vec::new();
+    for r in log.revoked.iter().filter(|r| r.ca_serial == ca.serial) {
+        let serial = hex_bytes(&r.serial)
+            .with_context(|| format!("{}: serial {:?} is not hex", dir.join(REVOKED_FILE).display(), r.serial))?;
+        let at = SystemTime::UNIX_EPOCH + Duration::from_secs(u64::try_from(r.revoked_at).unwrap_or(0));
+        let revocation_time = at.into();
+        revoked_certs.push(rcgen::RevokedCertParams {
+            serial_number: SerialNumber::from(serial),
+            revocation_time,
+            reason_code: None,
+            invalidity_date: None,
+        });
+    }
+    let count = revoked_certs.len();
+    log.crl_number = log.crl_number.checked_add(1).context("CRL number overflow")?;
+    let now = SystemTime::now();
+    let next = now.checked_add(Duration::from_secs(u64::from(days) * DAY)).context("--crl-days is out of range")?;
+    let params = rcgen::CertificateRevocationListParams {
+        this_update: (now - BACKDATE).into(),
+        next_update: next.into(),
+        crl_number: SerialNumber::from(log.crl_number.to_be_bytes().to_vec()),
+        issuing_distribution_point: None,
+        revoked_certs,
+        key_identifier_method: rcgen::KeyIdMethod::Sha256,
+    };
+    let crl = params.signed_by(&ca.issuer, &ca.key).context("signing the CRL")?;
+    let pem = crl.pem().context("encoding the CRL")?;
+    write_json(&dir.join(REVOKED_FILE), log)?;
+    let path = dir.join(CRL_FILE);
+    write_atomically_with_mode(&path, pem.as_bytes(), 0o644).with_context(|| format!("writing {}", path.display()))?;
+    Ok((path, count))
+}
+
+/// Record a certificate enrollment issued in DIR/issued.json (so that revoking it in the
+/// device registry, or `warden cert revoke --cn`, can put it in the CRL).
+pub(crate) fn record_enrolled(dir: &Path, ca: &LoadedCa, signed: &SignedCsr, cn: &str) -> anyhow::Result<()> {
+    let path = dir.join(ISSUED_FILE);
+    let mut log: IssuedLog = read_json(&path)?;
+    log.certificates.push(IssuedRecord {
+        serial: signed.serial.clone(),
+        cn: cn.to_owned(),
+        not_after: i64::try_from(signed.not_after).unwrap_or(i64::MAX),
+        ca_serial: ca.serial.clone(),
+        file: PathBuf::new(),
+        fingerprint: Some(signed.fingerprint.clone()),
+    });
+    write_json(&path, &log)
+}
+
+/// Revoke, in DIR/revoked.json and a new DIR/ca.crl, the certificates of DIR/issued.json this
+/// CA issued whose fingerprint is in `fingerprints`. Returns the serials newly revoked (none:
+/// nothing is written).
+pub(crate) fn revoke_fingerprints(
+    dir: &Path,
+    ca: &LoadedCa,
+    fingerprints: &[String],
+    crl_days: u32,
+) -> anyhow::Result<Vec<String>> {
+    let issued: IssuedLog = read_json(&dir.join(ISSUED_FILE))?;
+    let path = dir.join(REVOKED_FILE);
+    let mut log: RevokedLog = read_json(&path)?;
+    let now = unix_now();
+    let mut newly = Vec::new();
+    for r in issued.certificates.iter().filter(|r| r.ca_serial == ca.serial) {
+        let Some(fp) = &r.fingerprint else { continue };
+        if !fingerprints.contains(fp) || log.revoked.iter().any(|x| x.serial == r.serial && x.ca_serial == ca.serial) {
+            continue;
+        }
+        log.revoked.push(RevokedRecord {
+            serial: r.serial.clone(),
+            cn: r.cn.clone(),
+            revoked_at: now,
+            ca_serial: ca.serial.clone(),
+        });
+        newly.push(r.serial.clone());
+    }
+    if !newly.is_empty() {
+        write_crl(dir, ca, &mut log, crl_days)?;
+    }
+    Ok(newly)
 }
 
 #[cfg(test)]

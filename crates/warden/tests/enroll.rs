@@ -626,3 +626,50 @@ async fn the_admin_cli_manages_claims() {
     let (ok, _, err) = cli(&s, &["add", "bad:name"]).await;
     assert!(!ok && err.contains("400"), "{err}");
 }
+
+/// Revoking an enrolled certificate in the registry also writes it into the signing CA's CRL
+/// (`<ca_dir>/ca.crl`, as `warden cert revoke` does), so that every other party that trusts
+/// the CA learns it; `warden cert revoke --cn` finds enrolled certificates too.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_revocation_in_the_registry_reaches_the_cas_crl() {
+    let s = setup(batch_1(), "").await;
+    let mut serials = Vec::new();
+    let mut fps = Vec::new();
+    for id in ["sensor-r1", "sensor-r2"] {
+        let t = s.admin("POST", "/admin/claims/batch-1/tokens", json!({"device_id": id})).await;
+        let (st, a, _) = post_enroll(&s, t["token"].as_str(), json!({"csr": csr("x").0})).await;
+        assert_eq!(st, 200, "{a}");
+        serials.push(a["serial"].as_str().unwrap().to_owned());
+        fps.push(a["fingerprint"].as_str().unwrap().to_owned());
+    }
+    let signing = s.broker.dir().join("signing");
+    let issued: Value = serde_json::from_slice(&std::fs::read(signing.join("issued.json")).unwrap()).unwrap();
+    assert_eq!(issued["certificates"].as_array().unwrap().len(), 2, "{issued}");
+    assert!(!signing.join("ca.crl").exists(), "nothing revoked yet");
+
+    s.admin("PUT", &format!("/admin/devices/sensor-r1/certificates/{}", fps[0]), json!({"status": "revoked"})).await;
+    let crl_serials = |p: &Path| -> Vec<String> {
+        let pem = std::fs::read(p).unwrap();
+        let der = x509_parser::pem::parse_x509_pem(&pem).unwrap().1.contents;
+        let (_, crl) = x509_parser::parse_x509_crl(&der).unwrap();
+        crl.iter_revoked_certificates().map(|r| r.raw_serial_as_string().replace(':', "")).collect()
+    };
+    // Written before the admin call answered.
+    assert_eq!(crl_serials(&signing.join("ca.crl")), [serials[0].clone()]);
+    // Inactive is not revoked: the CRL does not change.
+    s.admin("PUT", &format!("/admin/devices/sensor-r2/certificates/{}", fps[1]), json!({"status": "inactive"})).await;
+    assert_eq!(crl_serials(&signing.join("ca.crl")), [serials[0].clone()]);
+    // The CLI revokes an enrolled certificate by device id, into the same CRL.
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_warden"))
+        .args(["cert", "revoke", "--dir"])
+        .arg(&signing)
+        .args(["--cn", "sensor-r2"])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let mut got = crl_serials(&signing.join("ca.crl"));
+    got.sort();
+    let mut want = serials.clone();
+    want.sort();
+    assert_eq!(got, want);
+}

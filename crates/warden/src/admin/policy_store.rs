@@ -191,7 +191,13 @@ pub struct PolicyManager {
     live: Arc<LiveClients>,
     trust: Arc<crate::admin::trust::Trust>,
     broker: OnceLock<Arc<Broker>>,
+    /// Told the fingerprints of device certificates a change revoked (enrollment writes them
+    /// into its CA's CRL).
+    revoked_sink: OnceLock<RevokedSink>,
 }
+
+/// What is told of device certificates newly revoked in the registry (their fingerprints).
+pub type RevokedSink = Arc<dyn Fn(&[String]) + Send + Sync>;
 
 impl PolicyManager {
     /// Load the ACL file and the store; give the store's users to the authenticator.
@@ -216,7 +222,14 @@ impl PolicyManager {
             live,
             trust,
             broker: OnceLock::new(),
+            revoked_sink: OnceLock::new(),
         })
+    }
+
+    /// Tell `sink` the fingerprints of device certificates each change revokes, once the
+    /// change is applied (set once; a second call is ignored).
+    pub fn on_revoked(&self, sink: RevokedSink) {
+        let _ = self.revoked_sink.set(sink);
     }
 
     /// The authorizer for the current ACL file and store.
@@ -376,6 +389,7 @@ impl PolicyManager {
             .collect();
         let disabled = Arc::new(disabled_names(&next));
         let certs_changed = cert_standing_changed(&store, &next);
+        let revoked_now = if certs_changed { newly_revoked(&store, &next) } else { Vec::new() };
         let certs = Arc::new(next.device_certs(self.auth.registered_certificates_only()));
         self.auth.set_store_users(users);
         self.auth.set_disabled(disabled.clone());
@@ -390,6 +404,9 @@ impl PolicyManager {
         self.trust.apply(&TrustEvent::Disabled(disabled));
         if certs_changed {
             self.trust.apply(&TrustEvent::DeviceCertificates(certs));
+        }
+        if let (false, Some(sink)) = (revoked_now.is_empty(), self.revoked_sink.get()) {
+            sink(&revoked_now);
         }
         Ok(())
     }
@@ -411,6 +428,18 @@ fn cert_standing_changed(a: &PolicyStore, b: &PolicyStore) -> bool {
         };
     let any = |s: &PolicyStore| !s.devices.is_empty() || !s.claims.is_empty();
     (any(a) || any(b)) && standing(a) != standing(b)
+}
+
+/// Device certificates revoked in `b` that were not in `a`.
+fn newly_revoked(a: &PolicyStore, b: &PolicyStore) -> Vec<String> {
+    use warden_policy::devices::CertStatus::Revoked;
+    let was = |fp: &str| a.devices.values().any(|d| d.certificates.get(fp).is_some_and(|c| c.status == Revoked));
+    b.devices
+        .values()
+        .flat_map(|d| d.certificates.iter())
+        .filter(|(fp, c)| c.status == Revoked && !was(fp))
+        .map(|(fp, _)| fp.clone())
+        .collect()
 }
 
 /// The names the store has disabled.

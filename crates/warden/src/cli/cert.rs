@@ -18,20 +18,17 @@
 //! without `--force`. [`ensure_dev_pki`] is what the embedded default configuration uses.
 
 use std::fs;
-use std::io;
 use std::net::IpAddr;
 use std::path::{Path, PathBuf};
-use std::time::{Duration, SystemTime};
 
 use crate::fsutil::write_atomically_with_mode;
 use crate::pki::{
-    ca_paths, der_parts, dn, leaf_params, new_key, pem_first_cert, random_serial, serial_hex, shell_word, validity,
-    Issued, LoadedCa, BACKDATE, DAY,
+    ca_paths, der_parts, dn, leaf_params, new_key, pem_first_cert, random_serial, read_json, serial_hex, shell_word,
+    unix_now, validity, write_crl, write_json, Issued, IssuedLog, IssuedRecord, LoadedCa, RevokedLog, RevokedRecord,
+    ISSUED_FILE, REVOKED_FILE,
 };
 use anyhow::{bail, Context};
-use rcgen::{
-    BasicConstraints, CertificateParams, ExtendedKeyUsagePurpose, IsCa, KeyUsagePurpose, SanType, SerialNumber,
-};
+use rcgen::{BasicConstraints, CertificateParams, ExtendedKeyUsagePurpose, IsCa, KeyUsagePurpose, SanType};
 
 /// Default subject CN of a CA made by `warden cert ca` and by [`ensure_dev_pki`].
 pub const DEFAULT_CA_CN: &str = "Warden Development CA";
@@ -39,12 +36,6 @@ const DEFAULT_CA_DAYS: u32 = 3650;
 const DEFAULT_SERVER_DAYS: u32 = 825;
 const DEFAULT_CLIENT_DAYS: u32 = 365;
 const DEFAULT_CRL_DAYS: u32 = 30;
-/// What `warden cert client` issued, in DIR.
-const ISSUED_FILE: &str = "issued.json";
-/// What `warden cert revoke` revoked, and the last CRL number, in DIR.
-const REVOKED_FILE: &str = "revoked.json";
-/// The CRL, in DIR.
-const CRL_FILE: &str = "ca.crl";
 /// SANs of a server certificate when no `--san` is given (and of the embedded default's).
 const DEFAULT_SANS: [&str; 3] = ["localhost", "127.0.0.1", "::1"];
 /// `warden cert …` arguments.
@@ -211,68 +202,6 @@ pub fn run(args: &CertArgs) -> anyhow::Result<()> {
 // ---------------------------------------------------------------------------------------------
 // Revocation
 
-/// One certificate `warden cert client` issued (DIR/issued.json).
-#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
-struct IssuedRecord {
-    /// Serial number, lower-case hex without leading zero bytes.
-    serial: String,
-    /// Subject CN (the device id).
-    cn: String,
-    /// notAfter, seconds since the Unix epoch.
-    not_after: i64,
-    /// Serial of the CA that signed it (a CA made again with --force does not inherit records).
-    ca_serial: String,
-    /// The certificate file written.
-    file: PathBuf,
-}
-
-#[derive(Debug, Default, serde::Serialize, serde::Deserialize)]
-struct IssuedLog {
-    #[serde(default)]
-    certificates: Vec<IssuedRecord>,
-}
-
-/// One revoked certificate (DIR/revoked.json).
-#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
-struct RevokedRecord {
-    serial: String,
-    cn: String,
-    /// Revocation time, seconds since the Unix epoch.
-    revoked_at: i64,
-    ca_serial: String,
-}
-
-#[derive(Debug, Default, serde::Serialize, serde::Deserialize)]
-struct RevokedLog {
-    /// The CRL number of the last CRL written (each new CRL gets the next one).
-    #[serde(default)]
-    crl_number: u64,
-    #[serde(default)]
-    revoked: Vec<RevokedRecord>,
-}
-
-/// The JSON record at `path`, or an empty one when the file does not exist.
-fn read_json<T: Default + serde::de::DeserializeOwned>(path: &Path) -> anyhow::Result<T> {
-    match fs::read(path) {
-        Ok(bytes) => serde_json::from_slice(&bytes).map_err(|e| anyhow::anyhow!("{}: {e}", path.display())),
-        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(T::default()),
-        Err(e) => Err(e).with_context(|| format!("reading {}", path.display())),
-    }
-}
-
-fn write_json<T: serde::Serialize>(path: &Path, value: &T) -> anyhow::Result<()> {
-    let mut text = serde_json::to_string_pretty(value).context("encoding JSON")?;
-    text.push('\n');
-    write_atomically_with_mode(path, text.as_bytes(), 0o644).with_context(|| format!("writing {}", path.display()))
-}
-
-fn hex_bytes(hex: &str) -> Option<Vec<u8>> {
-    if hex.is_empty() || !hex.len().is_multiple_of(2) {
-        return None;
-    }
-    (0..hex.len()).step_by(2).map(|i| hex.get(i..i + 2).and_then(|b| u8::from_str_radix(b, 16).ok())).collect()
-}
-
 /// What revocation needs to know about one certificate.
 struct CertFacts {
     serial: String,
@@ -293,10 +222,6 @@ fn cert_facts(der: &[u8]) -> anyhow::Result<CertFacts> {
     })
 }
 
-fn unix_now() -> i64 {
-    i64::try_from(crate::clock::unix_now()).unwrap_or(i64::MAX)
-}
-
 /// Append what `cert client` just issued to DIR/issued.json.
 fn record_issued(dir: &Path, ca: &LoadedCa, leaf: &Issued, cn: &str, file: &Path) -> anyhow::Result<()> {
     let der = pem_first_cert(&leaf.chain_pem).context("the new certificate")?;
@@ -309,6 +234,7 @@ fn record_issued(dir: &Path, ca: &LoadedCa, leaf: &Issued, cn: &str, file: &Path
         not_after: facts.not_after,
         ca_serial: ca.serial.clone(),
         file: file.to_path_buf(),
+        fingerprint: Some(warden_policy::cert::sha256_fingerprint(&der)),
     });
     write_json(&path, &log)
 }
@@ -375,43 +301,6 @@ fn revoke(a: &RevokeArgs) -> anyhow::Result<()> {
         crl.display().to_string()
     );
     Ok(())
-}
-
-/// Sign a CRL of every certificate of `log` revoked under this CA with the next CRL number,
-/// save `log` (DIR/revoked.json) then the CRL (DIR/ca.crl, PEM). Returns the CRL path and how
-/// many certificates it lists.
-fn write_crl(dir: &Path, ca: &LoadedCa, log: &mut RevokedLog, days: u32) -> anyhow::Result<(PathBuf, usize)> {
-    let mut revoked_certs = Vec::new();
-    for r in log.revoked.iter().filter(|r| r.ca_serial == ca.serial) {
-        let serial = hex_bytes(&r.serial)
-            .with_context(|| format!("{}: serial {:?} is not hex", dir.join(REVOKED_FILE).display(), r.serial))?;
-        let at = SystemTime::UNIX_EPOCH + Duration::from_secs(u64::try_from(r.revoked_at).unwrap_or(0));
-        let revocation_time = at.into();
-        revoked_certs.push(rcgen::RevokedCertParams {
-            serial_number: SerialNumber::from(serial),
-            revocation_time,
-            reason_code: None,
-            invalidity_date: None,
-        });
-    }
-    let count = revoked_certs.len();
-    log.crl_number = log.crl_number.checked_add(1).context("CRL number overflow")?;
-    let now = SystemTime::now();
-    let next = now.checked_add(Duration::from_secs(u64::from(days) * DAY)).context("--crl-days is out of range")?;
-    let params = rcgen::CertificateRevocationListParams {
-        this_update: (now - BACKDATE).into(),
-        next_update: next.into(),
-        crl_number: SerialNumber::from(log.crl_number.to_be_bytes().to_vec()),
-        issuing_distribution_point: None,
-        revoked_certs,
-        key_identifier_method: rcgen::KeyIdMethod::Sha256,
-    };
-    let crl = params.signed_by(&ca.issuer, &ca.key).context("signing the CRL")?;
-    let pem = crl.pem().context("encoding the CRL")?;
-    write_json(&dir.join(REVOKED_FILE), log)?;
-    let path = dir.join(CRL_FILE);
-    write_atomically_with_mode(&path, pem.as_bytes(), 0o644).with_context(|| format!("writing {}", path.display()))?;
-    Ok((path, count))
 }
 
 /// Paths of the development PKI the embedded default uses.
