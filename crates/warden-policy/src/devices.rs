@@ -97,6 +97,11 @@ pub struct Device {
     /// Certificates by SHA-256 fingerprint (lowercase hex).
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub certificates: BTreeMap<String, DeviceCert>,
+    /// Disabled: its name is refused whatever proves it — certificate, password (a store user
+    /// of that name), access token (an OAuth client of that id, whose tokens' subject it is) —
+    /// and its live connections end (0x87), as for a disabled user.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub disabled: bool,
 }
 
 fn err<T>(s: impl Into<String>) -> Result<T, StoreError> {

@@ -278,6 +278,35 @@ async fn revoking_a_device_certificate_ends_its_connection() {
     assert!(actions.contains(&"device.create") && actions.contains(&"device.cert.status"), "{actions:?}");
 }
 
+/// Disabling a device refuses its name whatever proves it: its live connections end (0x87),
+/// its reconnect is refused, and enabling it lets it back; the view says whether a password
+/// (a store user of its name) is one of its credentials.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_disabled_device_is_refused_whatever_proves_it() {
+    let s = setup("").await;
+    let b = &s.broker;
+    let (dev_d, dev_e) = (s.pki.client("dev-d", Validity::Valid), s.pki.client("dev-e", Validity::Valid));
+    register(b, "dev-d", "berlin", &dev_d).await;
+    register(b, "dev-e", "berlin", &dev_e).await;
+    admin(b, "POST", "/admin/users", json!({"name": "dev-d", "password": "a-long-device-password-1"})).await;
+    let view = admin(b, "GET", "/admin/devices/dev-d", Value::Null).await;
+    assert_eq!((&view["disabled"], &view["password"]), (&json!(false), &json!(true)));
+    assert_eq!(admin(b, "GET", "/admin/devices/dev-e", Value::Null).await["password"], json!(false));
+    let mut d = s.connected(&dev_d, "dev-d", Protocol::V5).await;
+    let mut e = s.connected(&dev_e, "dev-e", Protocol::V5).await;
+
+    admin(b, "PUT", "/admin/devices/dev-d", json!({"disabled": true})).await;
+    assert_eq!(expect_disconnect(&mut d).await, ReasonCode::NOT_AUTHORIZED);
+    assert_alive(&mut e).await;
+    assert_eq!(s.connack(&dev_d, "dev-d", Protocol::V5).await, Some(ReasonCode::NOT_AUTHORIZED));
+    assert_eq!(admin(b, "GET", "/admin/devices/dev-d", Value::Null).await["disabled"], json!(true));
+
+    admin(b, "PUT", "/admin/devices/dev-d", json!({"disabled": false})).await;
+    s.connected(&dev_d, "dev-d", Protocol::V5).await;
+    let (st, _) = http(b, "PUT", "/admin/devices/dev-d", Some(r#"{"disabled":"yes"}"#.into())).await;
+    assert_eq!(st, 400);
+}
+
 /// Wrong or malformed input to the registry's API: 400 (and 404 / 409 where they apply),
 /// nothing changed.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -30,6 +30,10 @@ struct DeviceView {
     owner: Option<String>,
     attributes: BTreeMap<String, String>,
     certificates: Vec<CertView>,
+    disabled: bool,
+    /// Whether a policy-store user of the device's name has a password (its password
+    /// credential).
+    password: bool,
 }
 
 #[derive(Serialize)]
@@ -46,8 +50,10 @@ pub(super) fn cert_view(fp: &str, c: &DeviceCert) -> CertView {
     CertView { fingerprint: fp.to_owned(), status: c.status, subject: c.subject.clone(), not_after: c.not_after }
 }
 
-fn device_view(id: &str, d: &Device) -> DeviceView {
+fn device_view(p: &warden_policy::store::PolicyStore, id: &str, d: &Device) -> DeviceView {
     DeviceView {
+        disabled: d.disabled,
+        password: p.users.get(id).is_some_and(|u| u.password_hash.is_some()),
         id: id.to_owned(),
         kind: d.kind.clone(),
         owner: d.owner.clone(),
@@ -106,6 +112,7 @@ struct DevicePatch {
     kind: Option<String>,
     owner: Option<String>,
     attributes: Option<BTreeMap<String, String>>,
+    disabled: Option<bool>,
 }
 
 #[derive(Deserialize)]
@@ -139,13 +146,13 @@ fn empty_is_none(s: &str) -> Option<String> {
 
 pub(super) async fn list_devices(State(st): St) -> ApiResult<Response> {
     let p = st.backend.policy();
-    Ok(Json(p.devices.iter().map(|(id, d)| device_view(id, d)).collect::<Vec<_>>()).into_response())
+    Ok(Json(p.devices.iter().map(|(id, d)| device_view(&p, id, d)).collect::<Vec<_>>()).into_response())
 }
 
 pub(super) async fn get_device(State(st): St, Path(id): Path<String>) -> ApiResult<Response> {
     let p = st.backend.policy();
     let d = p.devices.get(&id).ok_or_else(|| no_device(&id))?;
-    Ok(Json(device_view(&id, d)).into_response())
+    Ok(Json(device_view(&p, &id, d)).into_response())
 }
 
 pub(super) async fn create_device(
@@ -166,6 +173,7 @@ pub(super) async fn create_device(
             owner: n.owner.as_deref().and_then(empty_is_none),
             attributes: n.attributes.clone(),
             certificates: BTreeMap::new(),
+            disabled: false,
         };
         device.validate(&n.id)?;
         edit(&st, |p| {
@@ -208,6 +216,10 @@ pub(super) async fn update_device(
                 previous.insert("attributes".into(), serde_json::json!(d.attributes));
                 d.attributes = attrs.clone();
             }
+            if let Some(off) = patch.disabled {
+                previous.insert("disabled".into(), serde_json::json!(d.disabled));
+                d.disabled = off;
+            }
             Ok(())
         })?;
         if let Some(k) = &patch.kind {
@@ -218,6 +230,9 @@ pub(super) async fn update_device(
         }
         if let Some(attrs) = &patch.attributes {
             c.set("attributes", attrs);
+        }
+        if let Some(off) = patch.disabled {
+            c.set("disabled", off);
         }
         if !previous.is_empty() {
             c.set("previous", previous);

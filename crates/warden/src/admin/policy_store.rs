@@ -442,9 +442,12 @@ fn newly_revoked(a: &PolicyStore, b: &PolicyStore) -> Vec<String> {
         .collect()
 }
 
-/// The names the store has disabled.
+/// The names the store has disabled (users and devices).
 fn disabled_names(store: &PolicyStore) -> HashSet<String> {
-    store.users.iter().filter(|(_, u)| u.disabled).map(|(n, _)| n.clone()).collect()
+    let users = store.users.iter().filter(|(_, u)| u.disabled).map(|(n, _)| n.clone());
+    // A disabled device is refused whichever method proves its name.
+    let devices = store.devices.iter().filter(|(_, d)| d.disabled).map(|(id, _)| id.clone());
+    users.chain(devices).collect()
 }
 
 fn store_users(store: &PolicyStore) -> crate::Result<PasswordFile> {

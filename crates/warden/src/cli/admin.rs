@@ -222,7 +222,8 @@ enum DeviceCmd {
         #[arg(long = "cert")]
         certs: Vec<std::path::PathBuf>,
     },
-    /// Change a device: the type, owner given; `--attr` replaces all its attributes.
+    /// Change a device: the type, owner given; `--attr` replaces all its attributes;
+    /// `--disabled true` refuses its name whatever proves it (its connections end at once).
     Set {
         id: String,
         #[arg(long = "type")]
@@ -231,6 +232,8 @@ enum DeviceCmd {
         owner: Option<String>,
         #[arg(long = "attr")]
         attrs: Vec<String>,
+        #[arg(long)]
+        disabled: Option<bool>,
     },
     /// Remove a device (refused while it holds a revoked certificate).
     Remove { id: String },
@@ -542,8 +545,11 @@ pub fn run(args: &AdminArgs) -> anyhow::Result<()> {
                 api.call("POST", "/admin/devices", Some(body))?;
                 println!("added device {id:?}");
             }
-            DeviceCmd::Set { id, kind, owner, attrs } => {
+            DeviceCmd::Set { id, kind, owner, attrs, disabled } => {
                 let mut body = json!({});
+                if let Some(d) = disabled {
+                    body["disabled"] = json!(d);
+                }
                 if let Some(k) = kind {
                     body["type"] = json!(k);
                 }
@@ -566,11 +572,12 @@ pub fn run(args: &AdminArgs) -> anyhow::Result<()> {
                         m.iter().map(|(k, v)| format!("{k}={}", v.as_str().unwrap_or(""))).collect::<Vec<_>>().join(",")
                     });
                     println!(
-                        "{}	type={}	owner={}	attributes={}",
+                        "{}	type={}	owner={}	attributes={}{}",
                         crate::logsafe::Escaped(d["id"].as_str().unwrap_or("")),
                         crate::logsafe::Escaped(d["type"].as_str().unwrap_or("-")),
                         crate::logsafe::Escaped(d["owner"].as_str().unwrap_or("-")),
                         crate::logsafe::Escaped(attrs.unwrap_or_default()),
+                        if d["disabled"] == json!(true) { "\tdisabled" } else { "" },
                     );
                     for c in d["certificates"].as_array().into_iter().flatten() {
                         println!(
