@@ -558,6 +558,91 @@ CONF
 }
 tls_checks
 
+# --- Enrollment by claim (docs/enroll.md), with Mosquitto's own clients and curl: a broker
+# whose mqtts listener trusts PKI 1 and whose [enroll] signs with PKI 1's CA. A device holding
+# only the claim certificate makes its key and CSR with openssl, sends it with mosquitto_rr
+# (MQTT 5 request/response), comes back with the certificate it got (mosquitto_pub), while the
+# claim certificate itself is refused anything else; a second device enrolls over HTTP with a
+# one-time token (curl), which cannot be used twice.
+ENR=$TMP/enroll
+ENR_TOKEN="enroll-admin-$RANDOM$RANDOM-$$"
+enroll_checks() {
+  local port http_port pid log="$ENR/warden.log" hash
+  mkdir -p "$ENR" || return
+  [ -f "$PKI1/ca.key" ] || { fail "enroll: PKI 1 is missing (the TLS section failed)"; return; }
+  "$BIN" cert client --dir "$PKI1" --cn factory-claim --out claim >/dev/null 2>&1 ||
+    { fail "enroll: warden cert client (the claim certificate)"; return; }
+  hash=$(printf '%s' "$ENR_TOKEN" | "$BIN" passwd --hash-only 2>/dev/null) || { fail "enroll: admin token hash"; return; }
+  port=$(free_port); http_port=$(free_port)
+  while [ "$http_port" = "$port" ]; do http_port=$(free_port); done
+  cat >"$ENR/warden.toml" <<CONF
+data_dir = "$ENR/data"
+[[listener]]
+bind = "127.0.0.1:$port"
+protocol = "mqtts"
+cert = "$PKI1/server.pem"
+key = "$PKI1/server.key"
+client_ca = "$PKI1/ca.pem"
+client_cert = "required"
+[http]
+bind = "127.0.0.1:$http_port"
+admin_token_hash = "$hash"
+[enroll]
+enabled = true
+ca_dir = "$PKI1"
+[limits]
+auth_fail_ban = { failures = 100000 }
+CONF
+  "$BIN" serve --config "$ENR/warden.toml" >"$log" 2>&1 &
+  pid=$!
+  BG_PIDS+=("$pid")
+  if ! { wait_port "$port" 30 "$pid" && wait_port "$http_port" 10 "$pid"; }; then
+    fail "enroll: broker listens"; tail -20 "$log" | sed 's/^/    /'; return
+  fi
+  export WARDEN_ADMIN_URL="http://127.0.0.1:$http_port" WARDEN_ADMIN_TOKEN="$ENR_TOKEN"
+  check "enroll: warden admin claim add (claim certificate, template, id prefix)" \
+    "$BIN" admin claim add batch-1 --cert "$PKI1/claim.pem" --type sensor --attr site=lab --id-prefix sensor-
+  local tls=(-h 127.0.0.1 -p "$port" --cafile "$PKI1/ca.pem")
+  enroll_mqtt() {
+    openssl req -new -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -subj "/CN=whatever" \
+      -keyout "$ENR/sensor-1.key" -out "$ENR/sensor-1.csr" 2>/dev/null &&
+    timeout 20 mosquitto_rr "${tls[@]}" --cert "$PKI1/claim.pem" --key "$PKI1/claim.key" -i sensor-1 \
+      -t '$warden/enroll/sensor-1/request' -e '$warden/enroll/sensor-1/accepted' \
+      -m "$(cat "$ENR/sensor-1.csr")" -W 15 >"$ENR/answer.json" &&
+    python3 -c 'import json,sys; a=json.load(open(sys.argv[1])); assert a["device_id"]=="sensor-1", a; open(sys.argv[2],"w").write(a["certificate"])' \
+      "$ENR/answer.json" "$ENR/sensor-1.pem" &&
+    openssl x509 -in "$ENR/sensor-1.pem" -noout -subject | grep -q 'CN *= *sensor-1'
+  }
+  check "enroll: mosquitto_rr (MQTT 5) with the claim certificate gets a certificate for CN=sensor-1" enroll_mqtt
+  check "enroll: mosquitto_pub -V mqttv5 connects with it as sensor-1 and publishes (QoS 1)" \
+    timeout 10 mosquitto_pub "${tls[@]}" --cert "$ENR/sensor-1.pem" --key "$ENR/sensor-1.key" -i sensor-1 \
+      -V mqttv5 -q 1 -t devices/sensor-1/t -m 21.5
+  claim_refused() {  # the claim certificate may do nothing but enroll (on_deny = disconnect)
+    ! timeout 10 mosquitto_pub "${tls[@]}" --cert "$PKI1/claim.pem" --key "$PKI1/claim.key" -i sensor-2 \
+      -V mqttv5 -q 1 -t devices/sensor-2/t -m x
+  }
+  check "enroll: the claim certificate cannot publish elsewhere" claim_refused
+  check "enroll: warden admin device list shows sensor-1 with the claim's template" \
+    sh -c "\"$BIN\" admin device list | grep -q 'sensor-1\ttype=sensor\towner=-\tattributes=site=lab'"
+  enroll_http() {
+    local tok code
+    tok=$("$BIN" admin claim token batch-1 --device-id sensor-3 2>/dev/null) || return 1
+    openssl req -new -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -subj "/CN=x" \
+      -keyout "$ENR/sensor-3.key" -out "$ENR/sensor-3.csr" 2>/dev/null || return 1
+    python3 -c 'import json,sys; print(json.dumps({"csr": open(sys.argv[1]).read()}))' "$ENR/sensor-3.csr" >"$ENR/req.json"
+    code=$(curl -sS -o "$ENR/http.json" -w '%{http_code}' -H "Authorization: Bearer $tok" \
+      -H 'Content-Type: application/json' --data-binary @"$ENR/req.json" "http://127.0.0.1:$http_port/enroll")
+    [ "$code" = 200 ] && grep -q '"device_id":"sensor-3"' "$ENR/http.json" || { cat "$ENR/http.json"; return 1; }
+    code=$(curl -sS -o "$ENR/http2.json" -w '%{http_code}' -H "Authorization: Bearer $tok" \
+      -H 'Content-Type: application/json' --data-binary @"$ENR/req.json" "http://127.0.0.1:$http_port/enroll")
+    [ "$code" = 401 ] || { echo "second use: HTTP $code"; cat "$ENR/http2.json"; return 1; }
+  }
+  check "enroll: curl POST /enroll with a one-time token (200), not twice (401)" enroll_http
+  check "enroll: broker process still running" kill -0 "$pid"
+  unset WARDEN_ADMIN_URL WARDEN_ADMIN_TOKEN
+}
+enroll_checks
+
 # --- An outside OAuth 2.0 issuer: oidc-provider (panva/node-oidc-provider, from npm)
 # scripts/interop_oidc.mjs runs it on loopback with one client-credentials client that gets
 # RFC 9068 JWT access tokens (resource indicator urn:warden:mqtt, aud "warden"). A third broker
