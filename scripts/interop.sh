@@ -622,8 +622,8 @@ CONF
       -V mqttv5 -q 1 -t devices/sensor-2/t -m x
   }
   check "enroll: the claim certificate cannot publish elsewhere" claim_refused
-  check "enroll: warden admin device list shows sensor-1 with the claim's template" \
-    sh -c "\"$BIN\" admin device list | grep -q 'sensor-1\ttype=sensor\towner=-\tattributes=site=lab'"
+  device_listed() { "$BIN" admin device list | grep -q '^sensor-1.type=sensor.owner=-.attributes=site=lab'; }
+  check "enroll: warden admin device list shows sensor-1 with the claim's template" device_listed
   enroll_http() {
     local tok code
     tok=$("$BIN" admin claim token batch-1 --device-id sensor-3 2>/dev/null) || return 1
