@@ -211,6 +211,9 @@ pub struct PolicyStore {
     /// before it existed.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub devices: BTreeMap<String, Device>,
+    /// The behaviour watch's rules ([`crate::watch`]); absent: the default rules.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub watch: Option<crate::watch::WatchPolicy>,
 }
 
 impl Default for PolicyStore {
@@ -221,6 +224,7 @@ impl Default for PolicyStore {
             groups: BTreeMap::new(),
             roles: BTreeMap::new(),
             devices: BTreeMap::new(),
+            watch: None,
         }
     }
 }
@@ -325,6 +329,9 @@ impl PolicyStore {
                     return err(format!("certificate {fp} is registered to both device '{other}' and '{id}'"));
                 }
             }
+        }
+        if let Some(w) = &self.watch {
+            w.validate()?;
         }
         Ok(())
     }
