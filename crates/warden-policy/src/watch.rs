@@ -246,7 +246,8 @@ impl WatchPolicy {
             duration_secs: None,
             enabled: true,
         };
-        let mut volume = rule("publish-volume", Metric::PublishBytes, Some(1_048_576.0), Some(50.0), WatchAction::Throttle);
+        let mut volume =
+            rule("publish-volume", Metric::PublishBytes, Some(1_048_576.0), Some(50.0), WatchAction::Throttle);
         volume.throttle_rate = Some(10);
         volume.duration_secs = Some(600);
         WatchPolicy {
@@ -288,7 +289,12 @@ impl WatchPolicy {
 
     /// `quarantine_topics` for this client: `%c`, `%u`, `%i` substituted; a pattern whose
     /// value is unsafe (contains `/`, `+`, `#`, U+0000, or is empty) is left out (fail closed).
-    pub fn quarantine_filters(&self, client_id: &str, user: Option<&str>, identity: &str) -> Vec<mqtt_codec::TopicFilter> {
+    pub fn quarantine_filters(
+        &self,
+        client_id: &str,
+        user: Option<&str>,
+        identity: &str,
+    ) -> Vec<mqtt_codec::TopicFilter> {
         let safe = |v: &str| !v.is_empty() && !v.contains(['/', '+', '#', '\0']);
         self.quarantine_topics
             .iter()

@@ -39,5 +39,6 @@ pub mod logsafe;
 pub mod sd_notify;
 pub mod server;
 pub mod tls;
+pub mod watch;
 
 pub use error::{Error, Result};

@@ -22,6 +22,7 @@ const SECTIONS: &[(&str, &str)] = &[
     ("[persistence]", "PersistenceConfig"),
     ("[log]", "RawLog"),
     ("[cluster]", "RawCluster"),
+    ("[watch]", "WatchConfig"),
 ];
 
 /// Structs that deserialize something other than a table of the file (helpers of the secret
@@ -90,6 +91,7 @@ fn the_configuration_reference_lists_every_key_in_its_section() {
     let mut structs = deserialize_structs(include_str!("../src/config/mod.rs"));
     structs.extend(deserialize_structs(include_str!("../src/config/lookup.rs")));
     structs.extend(deserialize_structs(include_str!("../src/config/cluster.rs")));
+    structs.extend(deserialize_structs(include_str!("../src/config/watch.rs")));
     let page = include_str!("../../../docs/configuration.md");
     for (name, keys) in &structs {
         if NOT_SECTIONS.contains(&name.as_str()) {

@@ -288,6 +288,12 @@ fn openapi_document_names_every_route() {
         "/admin/devices/{id}",
         "/admin/devices/{id}/certificates",
         "/admin/devices/{id}/certificates/{fingerprint}",
+        "/admin/watch/rules",
+        "/admin/watch/rules/{id}",
+        "/admin/watch/quarantine-topics",
+        "/admin/watch/alerts",
+        "/admin/watch/restrictions",
+        "/admin/watch/restrictions/{kind}/{name}",
     ] {
         assert!(doc["paths"][p].is_object(), "{p}");
     }

@@ -7,9 +7,11 @@
 
 mod cluster;
 pub mod lookup;
+mod watch;
 
 pub use cluster::ClusterSettings;
 pub use warden_policy::cidr::Cidr;
+pub use watch::WatchConfig;
 
 use std::collections::HashMap;
 use std::fmt;
@@ -61,6 +63,8 @@ pub struct Config {
     pub secrets: Vec<SecretRef>,
     /// `[cluster]`: this broker as one node of several (SPEC §11); `None`: a single node.
     pub cluster: Option<ClusterSettings>,
+    /// `[watch]`: the behaviour watch (docs/watch.md); off by default.
+    pub watch: WatchConfig,
 }
 
 /// `[persistence]`.
@@ -1695,6 +1699,7 @@ impl Config {
             authz,
             limits: raw.limits,
             persistence: raw.persistence,
+            watch: raw.watch,
             log,
             source: Some(path.to_path_buf()),
             secrets,
@@ -1796,7 +1801,8 @@ impl Config {
     /// the development PKI in `./warden-data/tls` (created on first start); on the MQTT
     /// listeners client certificates signed by its CA are accepted (optional) with the CN as
     /// identity. Anonymous clients are refused; password file
-    /// `./warden-data/passwd`; default limits.
+    /// `./warden-data/passwd`; default limits. The behaviour watch is off (`[watch] enabled =
+    /// true` turns it on with the default rules, docs/watch.md).
     pub fn embedded_default() -> Config {
         let data_dir = PathBuf::from(DEFAULT_DATA_DIR);
         let localhost = IpAddr::V4(Ipv4Addr::LOCALHOST);
@@ -1847,6 +1853,7 @@ impl Config {
             limits: Limits::default(),
             persistence: PersistenceConfig::default(),
             cluster: None,
+            watch: WatchConfig::default(),
             log: LogConfig::default(),
             source: None,
             secrets: Vec::new(),
@@ -1976,6 +1983,8 @@ struct RawConfig {
     persistence: PersistenceConfig,
     log: Option<RawLog>,
     cluster: Option<Spanned<cluster::RawCluster>>,
+    #[serde(default)]
+    watch: WatchConfig,
 }
 
 #[derive(Deserialize)]

@@ -1,0 +1,150 @@
+//! The behaviour watch's actions (docs/watch.md): every `[watch] window` the server calls
+//! [`Engine::tick`], which closes each watched principal's window ([`crate::watch`]), evaluates
+//! the rules ([`warden_policy::watch`]) and applies what fired: an alert (a log line, an event
+//! message on `$warden/events/watch/<kind>/<name>`, kept for `GET /admin/watch/alerts`), a
+//! throttle, a quarantine (applied to live connections through the authorizer swap) or a ban
+//! (the operator's ban list, the principal's connections ended with DISCONNECT 0x98).
+//! Windows that fire nothing are added to the principal's baseline.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use bytes::Bytes;
+use mqtt_codec::{QoS, TopicName};
+use tracing::warn;
+use warden_core::message::Message;
+use warden_http::admin::{AdminBackend, Ban, BanKind};
+use warden_policy::watch::{Baseline, WatchAction, WatchRule, Window};
+
+use crate::admin::backend::Backend;
+use crate::logsafe::Escaped;
+use crate::watch::{Alert, Restriction, Tracked, Watch};
+
+/// The topic prefix of the watch's event messages.
+pub const EVENTS_PREFIX: &str = "$warden/events/watch/";
+
+/// The event topic of a principal: `$warden/events/watch/<kind>/<name>`, with `/`, `+`, `#`,
+/// `%` and U+0000 of the name percent-encoded (one level, never a wildcard).
+pub fn event_topic(kind: &str, name: &str) -> String {
+    let mut t = format!("{EVENTS_PREFIX}{kind}/");
+    for c in name.chars() {
+        match c {
+            '/' | '+' | '#' | '%' | '\0' => t.push_str(&format!("%{:02X}", c as u32)),
+            c => t.push(c),
+        }
+    }
+    t
+}
+
+/// Applies the watch's rules.
+pub struct Engine {
+    /// The sensors and state.
+    pub watch: Arc<Watch>,
+    /// Bans go through the admin backend (persisted, shared with a cluster, live connections
+    /// ended), as an operator's would.
+    pub backend: Arc<Backend>,
+}
+
+impl Engine {
+    /// Close the window: evaluate every watched principal, apply what fired, lift what
+    /// expired.
+    pub fn tick(&self) {
+        let now = crate::clock::unix_now();
+        self.watch.expire(now);
+        let policy = self.watch.policy();
+        for (t, w, base) in self.watch.close_window() {
+            let fired = policy.evaluate(&w, base.as_ref());
+            if fired.is_empty() {
+                self.watch.learn(&t, &w);
+                continue;
+            }
+            for rule in fired {
+                self.act(&t, rule, &w, base.as_ref(), now);
+            }
+        }
+    }
+
+    fn act(&self, t: &Tracked, rule: &WatchRule, w: &Window, base: Option<&Baseline>, now: u64) {
+        let key = &t.key;
+        let until = rule.duration_secs.map(|d| now.saturating_add(d));
+        let restriction =
+            |action| Restriction { action, rule: rule.id.clone(), since: now, until, rate: rule.throttle_rate };
+        match rule.action {
+            WatchAction::Alert => {
+                if self.watch.recently_alerted(t, &rule.id, Instant::now()) {
+                    return;
+                }
+            }
+            WatchAction::Throttle => {
+                if self.watch.restricted(key, "throttle") {
+                    return;
+                }
+                self.watch.throttle(key, restriction("throttle"));
+            }
+            WatchAction::Quarantine => {
+                if self.watch.restricted(key, "quarantine") {
+                    return;
+                }
+                self.watch.quarantine(key, restriction("quarantine"));
+            }
+            WatchAction::Ban => {
+                let ban = Ban {
+                    kind: BanKind::Username,
+                    value: key.1.to_string(),
+                    expires_at: until,
+                    reason: Some(format!("behaviour watch: rule '{}'", rule.id)),
+                };
+                if let Err(e) = self.backend.add_ban(ban) {
+                    warn!(error = %e, "behaviour watch: the ban could not be added");
+                }
+            }
+        }
+        let m = rule.metric;
+        let alert = Alert {
+            at: now,
+            principal_kind: key.0.as_str(),
+            principal: key.1.to_string(),
+            rule: rule.id.clone(),
+            metric: m.as_str(),
+            value: w.get(m),
+            baseline: base.map(|b| b.mean[m.index()]),
+            action: rule.action.as_str(),
+        };
+        warn!(principal_kind = alert.principal_kind, principal = %Escaped(&*key.1), rule = %Escaped(&rule.id),
+            metric = alert.metric, value = alert.value, baseline = alert.baseline, action = alert.action,
+            "behaviour watch: rule fired");
+        self.publish(&alert);
+        self.watch.record(alert);
+    }
+
+    /// The alert as a QoS 0 message from the broker itself on the principal's event topic.
+    fn publish(&self, alert: &Alert) {
+        let Ok(topic) = TopicName::new(&event_topic(alert.principal_kind, &alert.principal)) else { return };
+        let body = serde_json::to_vec(alert).unwrap_or_default();
+        self.backend.broker.route(
+            Arc::new(Message {
+                topic,
+                payload: Bytes::from(body),
+                qos: QoS::AtMostOnce,
+                retain: false,
+                properties: None,
+                expires_at: None,
+                origin: None,
+                persisted: Default::default(),
+            }),
+            None,
+        );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn event_topics_are_one_level_per_name() {
+        assert_eq!(event_topic("user", "dev-1"), "$warden/events/watch/user/dev-1");
+        assert_eq!(event_topic("user", "a/b+#%"), "$warden/events/watch/user/a%2Fb%2B%23%25");
+        assert!(TopicName::new(&event_topic("user", "a\0b")).is_ok());
+    }
+}
