@@ -63,6 +63,7 @@ async fn a_rogue_device_is_quarantined_and_its_neighbours_lose_nothing() {
     assert!(out.status.success(), "warden-bench failed: {}\n{stdout}", String::from_utf8_lossy(&out.stderr));
     broker.stop().await;
     let v: Value = serde_json::from_str(stdout.trim()).unwrap_or_else(|e| panic!("not one JSON line ({e}): {stdout}"));
+    eprintln!("{v}");
     assert_eq!(v["scenario"], "compromised", "{v}");
     let t = v["time_to_quarantine_s"].as_f64().unwrap_or_else(|| panic!("not quarantined: {v}"));
     assert!(t < 10.0, "quarantined after {t} s: {v}");
