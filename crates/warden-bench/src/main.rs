@@ -558,7 +558,13 @@ fn run(cli: Cli) -> Result<()> {
             device_password,
         } => {
             let positive = |v: f64| v.is_finite() && v > 0.0;
-            if devices < 2 || !positive(rate) || !positive(factor) || !positive(deadline) || !(learn >= 0.0) {
+            if devices < 2
+                || !positive(rate)
+                || !positive(factor)
+                || !positive(deadline)
+                || !learn.is_finite()
+                || learn < 0.0
+            {
                 bail!("compromised: --devices >= 2, and --rate, --factor, --deadline > 0, --learn >= 0");
             }
             let p = compromised::Params {

@@ -431,8 +431,9 @@ pub struct Core {
     conn: Connection,
     notify: Arc<ConnWaker>,
     ctx: Arc<ConnContext>,
-    /// Boxed: only SCRAM-authenticated connections (which may re-authenticate) have any; a
-    /// token's expiry is the core's timeout ([`Connection::poll_timeout`]).
+    /// Boxed: only SCRAM-authenticated connections (which may re-authenticate) and, with the
+    /// behaviour watch, watched principals' connections have any; a token's expiry is the
+    /// core's timeout ([`Connection::poll_timeout`]).
     limits: Option<Box<Limits>>,
     /// Removed from the admin registry when the connection ends; the driver reads the end
     /// signals (of the admin and the token registries) when it is woken.
@@ -451,8 +452,6 @@ pub struct Core {
     /// On a node of a cluster: the client id's claim in the cluster's registry, released
     /// when the connection ends.
     claim: Option<(Arc<warden_cluster::Cluster>, Box<warden_cluster::ClaimTicket>)>,
-    /// With the behaviour watch: the principal's counters (see [`crate::watch`]).
-    watched: Option<crate::watch::Watched>,
 }
 
 impl Core {
@@ -835,8 +834,8 @@ async fn establish<S: Transport>(start: Box<Start<S>>) -> Option<Live<S::Read, S
     if let Some((c, ticket)) = &claim {
         c.connected_as(ticket);
     }
-    let limits = scram_user.is_some().then(|| Box::new(Limits { scram_user }));
     let watched = ctx.watch.as_ref().and_then(|w| w.connected(conn.principal(), peer.ip()));
+    let limits = (scram_user.is_some() || watched.is_some()).then(|| Box::new(Limits { scram_user, watched }));
     let core = Core {
         conn,
         notify,
@@ -849,7 +848,6 @@ async fn establish<S: Transport>(start: Box<Start<S>>) -> Option<Live<S::Read, S
         parked_before: false,
         announced: false,
         claim,
-        watched,
     };
     Some(Live { core, rd, wr, rbuf, wbuf })
 }
@@ -859,17 +857,20 @@ async fn establish<S: Transport>(start: Box<Start<S>>) -> Option<Live<S::Read, S
 struct Limits {
     /// The user of a connection authenticated with SCRAM-SHA-256 (it may re-authenticate).
     scram_user: Option<String>,
+    /// With the behaviour watch: the principal's counters (see [`crate::watch`]). Here, not
+    /// in [`Core`], so that a parked connection stays in its size class.
+    watched: Option<crate::watch::Watched>,
 }
 
 async fn drive<R: ReadReady, W: AsyncWrite + Unpin>(l: &mut Live<R, W>) -> Driven {
     let Live { core, rd, wr, rbuf, wbuf } = l;
-    let Core { conn, notify, ctx, limits, limiter, parked_before, announced: resumed_announced, watched, .. } = core;
-    let watched = watched.as_deref();
+    let Core { conn, notify, ctx, limits, limiter, parked_before, announced: resumed_announced, .. } = core;
     // The behaviour watch's throttle applied to `limiter` (messages/s; 0: none).
     let mut watch_rate = 0u32;
     let (notify, ctx): (&ConnWaker, &ConnContext) = (notify, ctx);
     let limits = limits.as_deref();
     let scram_user = limits.and_then(|l| l.scram_user.as_deref());
+    let watched = limits.and_then(|l| l.watched.as_deref());
     let lost = Close { reason: ReasonCode::UNSPECIFIED_ERROR, publish_will: true };
     let protocol = conn.protocol();
     // Quiet this long, the connection parks (plain TCP only: its transport can wait without a
