@@ -486,7 +486,11 @@ impl Server {
         });
         // The behaviour watch's windows: rules evaluated, actions applied.
         if let Some(w) = &watch {
-            let engine = crate::admin::watch::Engine { watch: w.clone(), backend: backend.clone() };
+            let engine = crate::admin::watch::Engine {
+                watch: w.clone(),
+                backend: backend.clone(),
+                webhook: w.cfg.webhook_url.as_deref().map(crate::admin::watch::Webhook::new),
+            };
             let mut stop = shutdown_rx.clone();
             let period = w.cfg.window;
             tasks.spawn(async move {

@@ -3,8 +3,8 @@
 //! quarantined (its probes refused with v5 PUBACK 0x87, its own topic still served) and a
 //! neighbour's messages all arrive (read by a real MQTT 5 client, rumqttc); the operator lifts
 //! the quarantine; a ban rule ends the device's connection with DISCONNECT 0x98 and refuses
-//! its reconnection; the admin API refuses malformed rules (400) and callers without a token
-//! (401).
+//! its reconnection; a throttle rule holds the device to its rate and its alert is POSTed to the
+//! webhook; the admin API refuses malformed rules (400) and callers without a token (401).
 //!
 //! Windows are 200 ms and baselines are learned over 3 of them. Every wait is for the broker's
 //! own word: the watch's event messages on `$warden/events/watch/#` (read by an operator's
@@ -41,6 +41,11 @@ fn token_hash() -> &'static str {
 /// A broker with users `dev1`, `dev2`, `ops` (password: the name + `pw`), the admin API and
 /// the watch on with 200 ms windows and 3-window baselines.
 async fn broker() -> TestBroker {
+    broker_with("").await
+}
+
+/// [`broker`] with more `[watch]` keys.
+async fn broker_with(watch: &str) -> TestBroker {
     let dir = tempfile::tempdir().unwrap();
     let users: String =
         ["dev1", "dev2", "dev3", "ops"].iter().map(|u| format!("{u}:{}\n", hash(&format!("{u}pw")))).collect();
@@ -50,7 +55,7 @@ async fn broker() -> TestBroker {
         &format!(
             "[[listener]]\nbind = \"127.0.0.1:0\"\nprotocol = \"mqtt\"\n[auth]\npassword_file = \"{{dir}}/passwd\"\n\
              [http]\nbind = \"127.0.0.1:0\"\nadmin_token_hash = \"{}\"\n\
-             [watch]\nenabled = true\nwindow = \"200ms\"\nlearning_windows = 3\n[limits]\nmax_publish_rate = 100000\n",
+             [watch]\nenabled = true\nwindow = \"200ms\"\nlearning_windows = 3\n{watch}\n[limits]\nmax_publish_rate = 100000\n",
             token_hash()
         ),
     )
@@ -366,5 +371,110 @@ async fn the_admin_api_refuses_malformed_rules_and_callers_without_a_token() {
     let (_, audit) = http(&b, "GET", "/admin/audit", None, true).await;
     let actions: Vec<&str> = audit.as_array().unwrap().iter().filter_map(|r| r["action"].as_str()).collect();
     assert!(actions.contains(&"watch.rule.put") && actions.contains(&"watch.rule.delete"), "{actions:?}");
+    b.stop().await;
+}
+
+/// A webhook receiver on 127.0.0.1:0: the bodies of the requests it answers (200).
+async fn webhook() -> (String, mpsc::UnboundedReceiver<Value>) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}/hook", l.local_addr().unwrap());
+    let (tx, rx) = mpsc::unbounded_channel();
+    tokio::spawn(async move {
+        while let Ok((mut s, _)) = l.accept().await {
+            let tx = tx.clone();
+            tokio::spawn(async move {
+                let mut buf = Vec::new();
+                let mut chunk = [0u8; 4096];
+                // Headers, then Content-Length bytes of body.
+                let body = loop {
+                    let Ok(n) = s.read(&mut chunk).await else { return };
+                    if n == 0 {
+                        return;
+                    }
+                    buf.extend_from_slice(&chunk[..n]);
+                    let text = String::from_utf8_lossy(&buf).to_string();
+                    if let Some(end) = text.find("\r\n\r\n") {
+                        let len = text[..end]
+                            .lines()
+                            .find_map(|l| {
+                                l.to_ascii_lowercase().strip_prefix("content-length:").map(|v| v.trim().to_owned())
+                            })
+                            .and_then(|v| v.parse::<usize>().ok())
+                            .unwrap_or(0);
+                        if buf.len() >= end + 4 + len {
+                            break buf[end + 4..end + 4 + len].to_vec();
+                        }
+                    }
+                };
+                let _ = s.write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\nconnection: close\r\n\r\n").await;
+                let _ = tx.send(serde_json::from_slice(&body).unwrap_or(Value::Null));
+            });
+        }
+    });
+    (url, rx)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_throttle_rule_lowers_the_rate_and_every_alert_reaches_the_webhook() {
+    let (url, mut hook) = webhook().await;
+    let b = broker_with(&format!("webhook_url = \"{url}\"")).await;
+    let mut ev = events(&b).await;
+    let rule =
+        json!({"metric": "publishes", "above": 40, "action": "throttle", "throttle_rate": 5, "duration_secs": 600});
+    let (s, v) = http(&b, "PUT", "/admin/watch/rules/slow-down", Some(rule), true).await;
+    assert_eq!(s, 200, "{v}");
+    let (mut dev, _) = connected(b.addr(), login("dev1-c", "dev1")).await;
+    // 20 messages every 20 ms (200 a window) to its one topic: throttled (absolute threshold,
+    // learning or not).
+    let mut every = tokio::time::interval(Duration::from_millis(20));
+    let started = tokio::time::Instant::now();
+    let throttled = loop {
+        tokio::select! {
+            _ = every.tick() => {
+                for _ in 0..20 {
+                    dev.send(&publish("devices/dev1/t", QoS::AtMostOnce, 0, b"x")).await;
+                }
+            }
+            e = ev.recv() => {
+                let e = e.expect("events client ended");
+                if e["principal"] == "dev1" && e["action"] == "throttle" {
+                    break e;
+                }
+            }
+        }
+        assert!(started.elapsed() < CAUGHT_WITHIN, "not throttled within {CAUGHT_WITHIN:?}");
+    };
+    assert_eq!(throttled["rule"], "slow-down");
+    // The webhook got the same alert.
+    let posted = tokio::time::timeout(WAIT, async {
+        loop {
+            let v = hook.recv().await.expect("webhook receiver ended");
+            if v["principal"] == "dev1" && v["action"] == "throttle" {
+                return v;
+            }
+        }
+    })
+    .await
+    .expect("no alert POSTed to the webhook");
+    assert_eq!(posted["rule"], "slow-down");
+    assert_eq!(posted["metric"], "publishes");
+    // Listed with its rate and expiry; lifted by the operator.
+    let (_, list) = http(&b, "GET", "/admin/watch/restrictions", None, true).await;
+    let r = list.as_array().unwrap().iter().find(|r| r["principal"] == "dev1").cloned().unwrap_or_default();
+    assert_eq!((r["action"].as_str(), r["rate"].as_u64()), (Some("throttle"), Some(5)), "{list}");
+    assert!(r["until"].as_u64().unwrap() >= r["since"].as_u64().unwrap() + 600, "{r}");
+    // A new connection of the principal (its flood's debt left behind) is held to 5 messages
+    // a second (burst 5): 15 QoS 1 messages take at least 2 s to be acknowledged (the socket
+    // is not read while the bucket is in debt).
+    drop(dev);
+    let (mut dev, _) = connected(b.addr(), login("dev1-c2", "dev1")).await;
+    let t0 = tokio::time::Instant::now();
+    for i in 0..15u16 {
+        assert!(publish_acked(&mut dev, "devices/dev1/t", i + 1).await.is_success());
+    }
+    assert!(t0.elapsed() >= Duration::from_millis(1500), "not throttled: {:?}", t0.elapsed());
+    let (s, _) = http(&b, "DELETE", "/admin/watch/restrictions/user/dev1", None, true).await;
+    assert_eq!(s, 200);
     b.stop().await;
 }

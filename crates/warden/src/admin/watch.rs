@@ -6,6 +6,7 @@
 //! (the operator's ban list, the principal's connections ended with DISCONNECT 0x98).
 //! Windows that fire nothing are added to the principal's baseline.
 
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -36,6 +37,54 @@ pub fn event_topic(kind: &str, name: &str) -> String {
     t
 }
 
+/// Alerts POSTed to `[watch] webhook_url`, in the background (blocking pool), a few at a time.
+pub struct Webhook {
+    url: String,
+    agent: ureq::Agent,
+    in_flight: Arc<AtomicUsize>,
+    dropped: AtomicU64,
+}
+
+/// Webhook requests in flight at most; more alerts meanwhile are not sent (counted, logged).
+const WEBHOOK_IN_FLIGHT: usize = 4;
+
+impl Webhook {
+    /// A webhook for `url` (validated by the configuration).
+    pub fn new(url: &str) -> Webhook {
+        let agent = ureq::AgentBuilder::new()
+            .redirects(0)
+            .timeout(std::time::Duration::from_secs(5))
+            .try_proxy_from_env(false)
+            .user_agent(concat!("warden/", env!("CARGO_PKG_VERSION")))
+            .build();
+        Webhook { url: url.to_owned(), agent, in_flight: Default::default(), dropped: AtomicU64::new(0) }
+    }
+
+    fn send(&self, body: Vec<u8>) {
+        let Ok(rt) = tokio::runtime::Handle::try_current() else { return };
+        if self.in_flight.fetch_add(1, Ordering::AcqRel) >= WEBHOOK_IN_FLIGHT {
+            self.in_flight.fetch_sub(1, Ordering::AcqRel);
+            let n = self.dropped.fetch_add(1, Ordering::Relaxed) + 1;
+            if n.is_power_of_two() {
+                warn!(dropped = n, "behaviour watch: webhook busy, alerts not sent to it");
+            }
+            return;
+        }
+        let req = self.agent.post(&self.url).set("Content-Type", "application/json");
+        let in_flight = self.in_flight.clone();
+        rt.spawn_blocking(move || {
+            match req.send_bytes(&body) {
+                Ok(_) => {}
+                Err(ureq::Error::Status(code, _)) => warn!(status = code, "behaviour watch: webhook refused the alert"),
+                Err(ureq::Error::Transport(t)) => {
+                    warn!(error = %Escaped(&t.kind().to_string()), "behaviour watch: webhook unreachable")
+                }
+            }
+            in_flight.fetch_sub(1, Ordering::AcqRel);
+        });
+    }
+}
+
 /// Applies the watch's rules.
 pub struct Engine {
     /// The sensors and state.
@@ -43,6 +92,8 @@ pub struct Engine {
     /// Bans go through the admin backend (persisted, shared with a cluster, live connections
     /// ended), as an operator's would.
     pub backend: Arc<Backend>,
+    /// `[watch] webhook_url`.
+    pub webhook: Option<Webhook>,
 }
 
 impl Engine {
@@ -121,6 +172,9 @@ impl Engine {
     fn publish(&self, alert: &Alert) {
         let Ok(topic) = TopicName::new(&event_topic(alert.principal_kind, &alert.principal)) else { return };
         let body = serde_json::to_vec(alert).unwrap_or_default();
+        if let Some(w) = &self.webhook {
+            w.send(body.clone());
+        }
         self.backend.broker.route(
             Arc::new(Message {
                 topic,

@@ -29,6 +29,11 @@ pub struct WatchConfig {
     /// Most alerts kept for the admin API (default 1000; the oldest go first).
     #[serde(default = "default_alerts_kept", deserialize_with = "de_alerts_kept")]
     pub alerts_kept: usize,
+    /// An `http://` or `https://` URL every alert is also POSTed to (JSON: the event's body);
+    /// none by default. In the background, at most 4 at a time (more are dropped, and logged),
+    /// each within 5 s, no redirects.
+    #[serde(default, deserialize_with = "de_webhook_url")]
+    pub webhook_url: Option<String>,
 }
 
 impl Default for WatchConfig {
@@ -40,6 +45,7 @@ impl Default for WatchConfig {
             max_principals: default_max_principals(),
             max_topics: default_max_topics(),
             alerts_kept: default_alerts_kept(),
+            webhook_url: None,
         }
     }
 }
@@ -71,6 +77,15 @@ fn de_max_principals<'de, D: Deserializer<'de>>(d: D) -> Result<usize, D::Error>
 }
 fn de_max_topics<'de, D: Deserializer<'de>>(d: D) -> Result<usize, D::Error> {
     super::narrow(super::de_int(d, "max_topics", 0, 1_000_000)?)
+}
+fn de_webhook_url<'de, D: Deserializer<'de>>(d: D) -> Result<Option<String>, D::Error> {
+    let url = String::deserialize(d)?;
+    let lower = url.to_ascii_lowercase();
+    let rest = lower.strip_prefix("https://").or_else(|| lower.strip_prefix("http://"));
+    if rest.is_none_or(|r| r.is_empty()) || url.chars().any(|c| c.is_whitespace() || c.is_control()) {
+        return Err(serde::de::Error::custom("webhook_url must be an http:// or https:// URL without white space"));
+    }
+    Ok(Some(url))
 }
 fn de_alerts_kept<'de, D: Deserializer<'de>>(d: D) -> Result<usize, D::Error> {
     super::narrow(super::de_int(d, "alerts_kept", 1, 1_000_000)?)
