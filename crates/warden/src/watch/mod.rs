@@ -177,6 +177,9 @@ pub struct Watch {
     policy: RwLock<Arc<WatchPolicy>>,
     /// Quarantined principals: read by the authorizer (a copy swapped whole on change).
     quarantined: RwLock<Arc<HashMap<Key, Quarantined>>>,
+    /// `quarantined` is not empty: read first (a plain load), so that while nobody is
+    /// quarantined a decision takes no lock.
+    any_quarantined: std::sync::atomic::AtomicBool,
     restrictions: Mutex<HashMap<Key, Vec<Restriction>>>,
     alerts: Mutex<VecDeque<Alert>>,
     /// Told when the quarantined set changes (the policy manager swaps the broker's
@@ -199,6 +202,7 @@ impl Watch {
             principals: Default::default(),
             policy: RwLock::new(Arc::new(policy.unwrap_or_default())),
             quarantined: Default::default(),
+            any_quarantined: Default::default(),
             restrictions: Default::default(),
             alerts: Default::default(),
             on_quarantine: OnceLock::new(),
@@ -278,9 +282,14 @@ impl Watch {
     /// of a publish or subscribe is observed (learned, or counted as new), and a quarantined
     /// principal is refused what it did not use while learning (`Some(deny)`).
     pub fn observe(&self, principal: &Principal, client_id: &str, action: Action<'_>) -> Option<Decision> {
+        let receive = matches!(action, Action::Receive { .. });
+        let quarantines = self.any_quarantined.load(Ordering::Acquire);
+        if receive && !quarantines {
+            return None;
+        }
         let key = key_of(principal)?;
         let topic = action.topic();
-        if !matches!(action, Action::Receive { .. }) {
+        if !receive {
             if let Some(t) = self.tracked(&key) {
                 let mut s = t.slow.lock();
                 if !s.baseline.learned(self.cfg.learning_windows) {
@@ -292,10 +301,10 @@ impl Watch {
                 }
             }
         }
-        let q = self.quarantined.read().clone();
-        if q.is_empty() {
+        if !quarantines {
             return None;
         }
+        let q = self.quarantined.read().clone();
         let entry = q.get(&key)?;
         if entry.topics.contains(topic) {
             return None;
@@ -401,6 +410,7 @@ impl Watch {
             let mut next = HashMap::clone(&q);
             next.insert(key.clone(), Quarantined { topics });
             *q = Arc::new(next);
+            self.any_quarantined.store(true, Ordering::Release);
         }
         self.quarantine_changed();
     }
@@ -437,6 +447,7 @@ impl Watch {
                 let mut q = self.quarantined.write();
                 let mut next = HashMap::clone(&q);
                 next.remove(key);
+                self.any_quarantined.store(!next.is_empty(), Ordering::Release);
                 *q = Arc::new(next);
             }
             self.quarantine_changed();
