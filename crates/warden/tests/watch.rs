@@ -478,3 +478,96 @@ async fn a_throttle_rule_lowers_the_rate_and_every_alert_reaches_the_webhook() {
     assert_eq!(s, 200);
     b.stop().await;
 }
+
+/// `warden admin ARGS` against `b` (the admin token in the environment): success and output.
+async fn cli(b: &TestBroker, args: &[&str]) -> (bool, String) {
+    let url = format!("http://{}", b.server.http_addr.unwrap());
+    let args: Vec<String> = args.iter().map(|s| s.to_string()).collect();
+    tokio::task::spawn_blocking(move || {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_warden"))
+            .arg("admin")
+            .arg("--url")
+            .arg(&url)
+            .args(&args)
+            .env("WARDEN_ADMIN_TOKEN", ADMIN_TOKEN)
+            .output()
+            .expect("run warden");
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr),
+        )
+    })
+    .await
+    .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn warden_admin_watch_manages_rules_and_lifts_a_quarantine() {
+    let b = broker().await;
+    let mut ev = events(&b).await;
+    let (ok, out) = cli(&b, &["watch", "rules"]).await;
+    assert!(ok && out.contains("watch enabled; default rules") && out.contains("publish-flood"), "{out}");
+    let (ok, out) = cli(
+        &b,
+        &[
+            "watch",
+            "put",
+            "burst",
+            "--metric",
+            "publishes",
+            "--above",
+            "30",
+            "--action",
+            "quarantine",
+            "--duration",
+            "600",
+        ],
+    )
+    .await;
+    assert!(ok, "{out}");
+    let (ok, out) = cli(&b, &["watch", "quarantine-topics", "devices/%c/#"]).await;
+    assert!(ok, "{out}");
+    let (ok, out) = cli(&b, &["watch", "rules"]).await;
+    assert!(ok && !out.contains("default rules") && out.contains("burst\tpublishes\tabove=30"), "{out}");
+    assert!(out.contains("quarantine topics: devices/%c/#"), "{out}");
+    // A refused rule: the broker's reason, and a failure exit.
+    let (ok, out) = cli(&b, &["watch", "put", "bad", "--metric", "publishes", "--action", "alert"]).await;
+    assert!(!ok && out.contains("400") && out.contains("set 'above'"), "{out}");
+    // A burst quarantines dev1; the CLI lists it, its alert, and lifts it.
+    let (mut dev, _) = connected(b.addr(), login("dev1-c", "dev1")).await;
+    let mut every = tokio::time::interval(Duration::from_millis(20));
+    let started = tokio::time::Instant::now();
+    loop {
+        tokio::select! {
+            _ = every.tick() => {
+                for _ in 0..10 {
+                    dev.send(&publish("devices/dev1/t", QoS::AtMostOnce, 0, b"x")).await;
+                }
+            }
+            e = ev.recv() => {
+                let e = e.expect("events client ended");
+                if e["principal"] == "dev1" && e["action"] == "quarantine" {
+                    break;
+                }
+            }
+        }
+        assert!(started.elapsed() < CAUGHT_WITHIN, "not quarantined within {CAUGHT_WITHIN:?}");
+    }
+    // The quarantine topic pattern (%c = dev1-c) is kept; other topics are refused.
+    assert_eq!(publish_acked(&mut dev, "devices/dev1-c/status", 1).await, ReasonCode::SUCCESS);
+    assert_eq!(publish_acked(&mut dev, "elsewhere", 2).await, ReasonCode::NOT_AUTHORIZED);
+    let (ok, out) = cli(&b, &["watch", "restrictions"]).await;
+    assert!(ok && out.contains("user:dev1\tquarantine\trule=burst"), "{out}");
+    let (ok, out) = cli(&b, &["watch", "alerts", "--limit", "5"]).await;
+    assert!(ok && out.contains("user:dev1\tburst\tpublishes="), "{out}");
+    let (ok, out) = cli(&b, &["watch", "alerts", "--json"]).await;
+    assert!(ok && out.lines().any(|l| serde_json::from_str::<Value>(l).is_ok_and(|v| v["rule"] == "burst")), "{out}");
+    let (ok, out) = cli(&b, &["watch", "lift", "user", "dev1"]).await;
+    assert!(ok, "{out}");
+    assert_eq!(publish_acked(&mut dev, "elsewhere", 3).await, ReasonCode::SUCCESS);
+    let (ok, out) = cli(&b, &["watch", "lift", "user", "dev1"]).await;
+    assert!(!ok && out.contains("404"), "{out}");
+    let (ok, out) = cli(&b, &["watch", "remove", "burst"]).await;
+    assert!(ok, "{out}");
+    b.stop().await;
+}
