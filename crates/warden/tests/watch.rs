@@ -569,5 +569,13 @@ async fn warden_admin_watch_manages_rules_and_lifts_a_quarantine() {
     assert!(!ok && out.contains("404"), "{out}");
     let (ok, out) = cli(&b, &["watch", "remove", "burst"]).await;
     assert!(ok, "{out}");
+    // The quarantine is in the admin audit trail, by the watch; the lift by the operator.
+    let (_, audit) = http(&b, "GET", "/admin/audit", None, true).await;
+    let rec =
+        |action: &str| audit.as_array().unwrap().iter().find(|r| r["action"] == action).cloned().unwrap_or_default();
+    let q = rec("watch.quarantine");
+    assert_eq!((q["actor"].as_str(), q["target"].as_str()), (Some("behaviour-watch"), Some("user:dev1")), "{audit}");
+    assert_eq!(q["detail"]["rule"], "burst");
+    assert_eq!(rec("watch.lift")["target"], "user:dev1");
     b.stop().await;
 }

@@ -21,6 +21,9 @@ use crate::admin::backend::Backend;
 use crate::logsafe::Escaped;
 use crate::watch::{Alert, Restriction, Tracked, Watch};
 
+/// The actor the watch's own actions are written to the admin audit trail as.
+pub const AUDIT_ACTOR: &str = "behaviour-watch";
+
 /// The topic prefix of the watch's event messages.
 pub const EVENTS_PREFIX: &str = "$warden/events/watch/";
 
@@ -161,6 +164,18 @@ impl Engine {
             baseline: base.map(|b| b.mean[m.index()]),
             action: rule.action.as_str(),
         };
+        if rule.action != WatchAction::Alert {
+            // A change of standing: in the admin audit trail, by the watch itself.
+            let mut r = warden_http::admin::audit::AuditRecord::now(
+                AUDIT_ACTOR,
+                "local",
+                &format!("watch.{}", rule.action.as_str()),
+                &format!("{}:{}", alert.principal_kind, alert.principal),
+            );
+            r.detail = serde_json::json!({"rule": rule.id, "metric": alert.metric, "value": alert.value,
+                "baseline": alert.baseline, "until": until});
+            self.backend.audit(&r);
+        }
         warn!(principal_kind = alert.principal_kind, principal = %Escaped(&*key.1), rule = %Escaped(&rule.id),
             metric = alert.metric, value = alert.value, baseline = alert.baseline, action = alert.action,
             "behaviour watch: rule fired");
