@@ -28,6 +28,9 @@ use warden_policy::{Action, Decision, Principal, PrincipalKind};
 
 use crate::config::WatchConfig;
 
+/// Most networks remembered per principal while its baseline is learned.
+const MAX_NETWORKS: usize = 64;
+
 /// A watched principal: kind and name.
 pub type Key = (PrincipalKind, Arc<str>);
 
@@ -254,7 +257,9 @@ impl Watch {
         let mut s = t.slow.lock();
         s.connections += 1;
         if !s.baseline.learned(self.cfg.learning_windows) {
-            s.networks.insert(net);
+            if s.networks.len() < MAX_NETWORKS {
+                s.networks.insert(net);
+            }
         } else if !s.networks.contains(&net) {
             // Counted once per window and network.
             let probe: Box<str> = format!("\0net:{net:?}").into();
