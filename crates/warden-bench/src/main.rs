@@ -14,6 +14,8 @@
 //! - `fleet`: many quiet devices publishing QoS 1 telemetry to backends, commands back (issue 24).
 //! - `tls`: TLS handshake rate and the broker's CPU per handshake.
 //! - `botnet`: legitimate clients measured while many addresses attack the broker.
+//! - `compromised`: one device of a fleet turns rogue; time until the behaviour watch
+//!   quarantines it, and the neighbours' losses (issue 23).
 //! - `authz`: the cost of one authorization decision, in memory (no broker).
 //! - `proto`: the MQTT client side (connect, subscribe, pre-encoded PUBLISH batches, framing).
 //! - `stats`: the latency histogram and `/proc` readings (CPU, RSS).
@@ -23,6 +25,7 @@
 
 mod authz;
 mod botnet;
+mod compromised;
 mod fleet;
 mod idle;
 mod output;
@@ -113,6 +116,41 @@ enum Command {
         /// Spread client sockets over this many source addresses 127.0.0.1.. (1: let the kernel choose).
         #[arg(long, default_value_t = 1)]
         source_addrs: u8,
+    },
+    /// The behaviour watch's check: N devices at a baseline rate, device 0 turns rogue (probing
+    /// new topics, --factor x its rate); time to its quarantine, neighbours' lost messages.
+    /// The broker needs `[watch] enabled = true`, users --device-prefix0..N-1, and
+    /// --username allowed to subscribe to `$warden/events/watch/#`.
+    Compromised {
+        #[command(flatten)]
+        common: Common,
+        /// Devices, each its own user (device 0 turns rogue).
+        #[arg(long, default_value_t = 20)]
+        devices: usize,
+        /// QoS 1 messages per second per device.
+        #[arg(long, default_value_t = 2.0)]
+        rate: f64,
+        /// Seconds of normal traffic (the baseline is learned meanwhile) before the turn.
+        #[arg(long, default_value_t = 330.0)]
+        learn: f64,
+        /// The rogue's publish rate, as a multiple of --rate.
+        #[arg(long, default_value_t = 50.0)]
+        factor: f64,
+        /// New topics the rogue probes per second.
+        #[arg(long, default_value_t = 5.0)]
+        probe_rate: f64,
+        /// Seconds after the turn before the run gives up on the quarantine.
+        #[arg(long, default_value_t = 15.0)]
+        deadline: f64,
+        /// Seconds the neighbours go on publishing after the quarantine.
+        #[arg(long, default_value_t = 2.0)]
+        after: f64,
+        /// Device user names: this prefix and the device's index.
+        #[arg(long, default_value = "device-")]
+        device_prefix: String,
+        /// The devices' password (default: --password).
+        #[arg(long)]
+        device_password: Option<String>,
     },
     /// N quiet devices publish QoS 1 telemetry to backends, commands back (issue 24).
     ///
@@ -507,6 +545,41 @@ fn run(cli: Cli) -> Result<()> {
             let client_cert = cert.zip(key);
             (common, Scenario::Tls(tls::Params { connections, concurrency, ca, client_cert, server_name, tls12 }))
         }
+        Command::Compromised {
+            common,
+            devices,
+            rate,
+            learn,
+            factor,
+            probe_rate,
+            deadline,
+            after,
+            device_prefix,
+            device_password,
+        } => {
+            let positive = |v: f64| v.is_finite() && v > 0.0;
+            if devices < 2
+                || !positive(rate)
+                || !positive(factor)
+                || !positive(deadline)
+                || !learn.is_finite()
+                || learn < 0.0
+            {
+                bail!("compromised: --devices >= 2, and --rate, --factor, --deadline > 0, --learn >= 0");
+            }
+            let p = compromised::Params {
+                devices,
+                rate,
+                learn,
+                factor,
+                probe_rate: probe_rate.max(0.0),
+                deadline,
+                after: after.max(0.0),
+                prefix: device_prefix,
+                device_password,
+            };
+            (common, Scenario::Compromised(p))
+        }
         Command::Fleet {
             common,
             devices,
@@ -608,6 +681,7 @@ fn run(cli: Cli) -> Result<()> {
             rt.block_on(fleet::run(params, opts, common.pid))?
         }
         Scenario::Tls(params) => rt.block_on(tls::run(params, common.client_opts()?, common.pid))?,
+        Scenario::Compromised(params) => rt.block_on(compromised::run(params, common.client_opts()?, common.pid))?,
         Scenario::Idle(params) => {
             let mut opts = common.client_opts()?;
             if params.source_addrs > 1 && !matches!(opts.addr.ip(), IpAddr::V4(a) if a.is_loopback()) {
@@ -628,4 +702,5 @@ enum Scenario {
     Tls(tls::Params),
     Botnet(botnet::Params),
     Fleet(fleet::Params),
+    Compromised(compromised::Params),
 }

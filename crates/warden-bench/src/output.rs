@@ -99,6 +99,16 @@ pub(crate) struct Output {
     /// Botnet: what the attackers did, by kind.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub attack: Option<std::collections::BTreeMap<String, u64>>,
+    /// Compromised: seconds from the rogue device's turn to its quarantine (or ban) event;
+    /// none when it was not caught before the deadline.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub time_to_quarantine_s: Option<f64>,
+    /// Compromised: the watch rule that caught it, and its action.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub watch_rule: Option<String>,
+    /// Compromised: alerts about the other devices (false positives).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub neighbour_alerts: Option<u64>,
 }
 
 impl Output {
@@ -133,6 +143,9 @@ impl Output {
             "fleet" => format!("fleet {} devices {}/s qos1", self.publishers, self.rate_per_device.unwrap_or(0.0)),
             "tls-handshakes" => {
                 format!("tls-handshakes{}", if self.client_cert == Some(true) { " mTLS" } else { "" })
+            }
+            "compromised" => {
+                format!("compromised {} devices {}/s", self.publishers, self.rate_per_device.unwrap_or(0.0))
             }
             "botnet" | "botnet-baseline" => format!("{} {} pairs", self.scenario, self.publishers),
             other => other.to_owned(),

@@ -39,6 +39,9 @@ use crate::OAuthService;
 pub mod audit;
 mod claims;
 mod devices;
+mod watch;
+
+pub use watch::WatchRestrictionView;
 
 use audit::{AdminActor, AuditRecord};
 
@@ -384,6 +387,23 @@ pub trait AdminBackend: Send + Sync + 'static {
     fn stats_history(&self) -> Vec<StatsView> {
         Vec::new()
     }
+    /// Whether the behaviour watch runs (`[watch] enabled`). Default: no.
+    fn watch_enabled(&self) -> bool {
+        false
+    }
+    /// The behaviour watch's newest `limit` alerts, newest first. Default: none.
+    fn watch_alerts(&self, _limit: usize) -> Result<Vec<Value>, AdminError> {
+        Ok(Vec::new())
+    }
+    /// The quarantines and throttles the behaviour watch holds. Default: none.
+    fn watch_restrictions(&self) -> Result<Vec<WatchRestrictionView>, AdminError> {
+        Ok(Vec::new())
+    }
+    /// Lift the quarantine and throttle of principal `kind`/`name`; false when none was in
+    /// force. Default: none ever is.
+    fn watch_lift(&self, _kind: &str, _name: &str) -> Result<bool, AdminError> {
+        Ok(false)
+    }
     /// Explain one authorization decision. Default: not available.
     fn explain(&self, req: &ExplainRequest) -> Result<ExplainAnswer, AdminError> {
         let _ = req;
@@ -477,6 +497,12 @@ pub fn admin_router(backend: Arc<dyn AdminBackend>, auth: AdminAuth) -> Router {
         .route("/admin/stats", get(get_stats))
         .route("/admin/stats/history", get(get_stats_history))
         .route("/admin/explain", post(explain))
+        .route("/admin/watch/rules", get(watch::list_rules))
+        .route("/admin/watch/rules/{id}", axum::routing::put(watch::put_rule).delete(watch::delete_rule))
+        .route("/admin/watch/quarantine-topics", axum::routing::put(watch::put_quarantine_topics))
+        .route("/admin/watch/alerts", get(watch::list_alerts))
+        .route("/admin/watch/restrictions", get(watch::list_restrictions))
+        .route("/admin/watch/restrictions/{kind}/{name}", delete(watch::lift))
         // Every route but the OpenAPI document: an admin, checked before anything else.
         .route_layer(axum::middleware::from_fn_with_state(state.clone(), admin_gate));
     Router::new()

@@ -31,6 +31,7 @@ pub mod quota;
 pub mod scram;
 pub mod store;
 pub mod trust;
+pub mod watch;
 
 pub use authz::{Action, AllowAll, Authorizer, DecidedBy, Decision, PolicyAuthorizer};
 pub use principal::{Principal, PrincipalKind};

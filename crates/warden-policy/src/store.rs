@@ -215,6 +215,9 @@ pub struct PolicyStore {
     /// with, and the template of the devices they enroll.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub claims: BTreeMap<String, crate::enroll::Claim>,
+    /// The behaviour watch's rules ([`crate::watch`]); absent: the default rules.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub watch: Option<crate::watch::WatchPolicy>,
 }
 
 impl Default for PolicyStore {
@@ -226,6 +229,7 @@ impl Default for PolicyStore {
             roles: BTreeMap::new(),
             devices: BTreeMap::new(),
             claims: BTreeMap::new(),
+            watch: None,
         }
     }
 }
@@ -342,6 +346,9 @@ impl PolicyStore {
                     return err(format!("certificate {fp} belongs to both claim '{other}' and '{name}'"));
                 }
             }
+        }
+        if let Some(w) = &self.watch {
+            w.validate()?;
         }
         Ok(())
     }

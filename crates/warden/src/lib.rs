@@ -41,5 +41,6 @@ pub mod pki;
 pub mod sd_notify;
 pub mod server;
 pub mod tls;
+pub mod watch;
 
 pub use error::{Error, Result};

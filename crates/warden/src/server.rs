@@ -262,6 +262,12 @@ impl Server {
         let bans = Arc::new(BanList::load(&cfg.data_dir)?);
         let policy =
             Arc::new(PolicyManager::load(&cfg.data_dir, &cfg.authz, auth.clone(), live.clone(), trust.clone())?);
+        // The behaviour watch (docs/watch.md): asked by the authorizer, so attached before the
+        // broker takes its first one.
+        let watch = cfg.watch.enabled.then(|| crate::watch::Watch::new(cfg.watch.clone(), None));
+        if let Some(w) = &watch {
+            policy.attach_watch(w.clone());
+        }
         if !policy.has_rules() {
             warn!("no ACL file and no policy-store rules: every authenticated client (but token clients, bound by their scopes) may publish and subscribe anywhere");
         }
@@ -280,6 +286,16 @@ impl Server {
             store
         });
         policy.attach(broker.clone());
+        if let Some(w) = &watch {
+            // A quarantine begins or ends: the authorizer is swapped, so cached allows and
+            // queued deliveries are decided again (weak: the manager holds the watch).
+            let p = Arc::downgrade(&policy);
+            w.on_quarantine_change(Box::new(move || {
+                if let Some(p) = p.upgrade() {
+                    p.reapply();
+                }
+            }));
+        }
         trust.attach(broker.clone());
         // A node of a cluster (SPEC §11): attached before any client connects.
         let cluster = match &cfg.cluster {
@@ -309,6 +325,7 @@ impl Server {
             live: live.clone(),
             bans: bans.clone(),
             arrivals: Default::default(),
+            watch: watch.clone(),
             parking: if cfg.limits.idle_park_after.is_zero() {
                 None
             } else {
@@ -468,6 +485,7 @@ impl Server {
             tls: tls_listeners.clone(),
             history: Default::default(),
             oauth_shared: Default::default(),
+            watch: watch.clone(),
         });
         // Enrollment by claim: `$warden/enroll/` requests go to its service (and `POST /enroll`
         // on the HTTP listener, below).
@@ -479,6 +497,26 @@ impl Server {
             }
             false => None,
         };
+        // The behaviour watch's windows: rules evaluated, actions applied.
+        if let Some(w) = &watch {
+            let engine = crate::admin::watch::Engine {
+                watch: w.clone(),
+                backend: backend.clone(),
+                webhook: w.cfg.webhook_url.as_deref().map(crate::admin::watch::Webhook::new),
+            };
+            let mut stop = shutdown_rx.clone();
+            let period = w.cfg.window;
+            tasks.spawn(async move {
+                let mut every = tokio::time::interval_at(tokio::time::Instant::now() + period, period);
+                every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+                loop {
+                    tokio::select! {
+                        _ = every.tick() => engine.tick(),
+                        _ = stop.changed() => break,
+                    }
+                }
+            });
+        }
         // The Overview's history: the counters every few seconds.
         {
             let backend = backend.clone();

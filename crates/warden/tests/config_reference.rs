@@ -23,6 +23,7 @@ const SECTIONS: &[(&str, &str)] = &[
     ("[log]", "RawLog"),
     ("[cluster]", "RawCluster"),
     ("[enroll]", "RawEnroll"),
+    ("[watch]", "WatchConfig"),
 ];
 
 /// Structs that deserialize something other than a table of the file (helpers of the secret
@@ -92,6 +93,7 @@ fn the_configuration_reference_lists_every_key_in_its_section() {
     structs.extend(deserialize_structs(include_str!("../src/config/lookup.rs")));
     structs.extend(deserialize_structs(include_str!("../src/config/cluster.rs")));
     structs.extend(deserialize_structs(include_str!("../src/config/enroll.rs")));
+    structs.extend(deserialize_structs(include_str!("../src/config/watch.rs")));
     let page = include_str!("../../../docs/configuration.md");
     for (name, keys) in &structs {
         if NOT_SECTIONS.contains(&name.as_str()) {

@@ -68,3 +68,7 @@ export interface AuditRecord { time: string; unix: number; actor: string; peer: 
 export interface DeviceCert { fingerprint: string; status: string; subject?: string; not_after?: number }
 export interface Device { id: string; type?: string; owner?: string; attributes: Record<string, string>; certificates: DeviceCert[] }
 export interface Explained { decision: string; decided_by: string; role?: string; rule?: string; detail: string }
+export interface WatchAlert { at: number; principal_kind: string; principal: string; rule: string; metric: string; value: number; baseline: number | null; action: string }
+export interface WatchRestriction { principal_kind: string; principal: string; action: string; rule: string; since: number; until?: number | null; rate?: number }
+export interface WatchRule { id: string; metric: string; above?: number; baseline_times?: number; action: string; throttle_rate?: number; duration_secs?: number; enabled: boolean }
+export interface WatchRules { enabled: boolean; defaults: boolean; rules: WatchRule[]; quarantine_topics: string[] }

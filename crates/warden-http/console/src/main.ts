@@ -13,6 +13,7 @@ import { certificates } from './pages/certificates';
 import { devices } from './pages/devices';
 import { bans } from './pages/bans';
 import { audit } from './pages/audit';
+import { alerts } from './pages/alerts';
 
 const PAGES: [string, string, Page][] = [
   ['overview', 'Overview', overview],
@@ -24,6 +25,7 @@ const PAGES: [string, string, Page][] = [
   ['certificates', 'Certificates', certificates],
   ['devices', 'Devices', devices],
   ['bans', 'Bans', bans],
+  ['alerts', 'Alerts', alerts],
   ['audit', 'Audit', audit],
 ];
 

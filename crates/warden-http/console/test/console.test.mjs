@@ -98,6 +98,10 @@ password_file = "${work}/passwd"
 [authz]
 acl_file = "${work}/acl"
 on_deny = "drop"
+[watch]
+enabled = true
+window = "1s"
+learning_windows = 100000
 `);
   broker = spawn(WARDEN, ['serve', '--config', path.join(work, 'warden.toml')], { stdio: ['ignore', 'ignore', 'pipe'], cwd: work });
   let log = '';
@@ -368,6 +372,29 @@ test('Audit: lists the changes made and tails new ones without a reload', async 
   assert.equal(await page.getByRole('row').count(), 2, 'the filter keeps only the header and the record');
 });
 
+test('Alerts: a flooding client is quarantined, shown with its alert, and lifted from the page', async () => {
+  // Absolute threshold: fires while the baselines are still being learned.
+  assert.equal((await api('PUT', '/admin/watch/rules/console-flood', { metric: 'publishes', above: 50, action: 'quarantine', duration_secs: 600 })).status, 200);
+  const dev = await connect({ clientId: 'mq-flood', username: 'bob', password: 'bob-pw' });
+  assert.ifError(dev.error);
+  let on = true;
+  (async () => { while (on) { for (let i = 0; i < 20; i++) dev.c.publish('flood/x', 'x'); await new Promise(r => setTimeout(r, 20)); } })();
+  await go('Alerts');
+  await page.getByRole('table', { name: 'Restrictions in force' }).getByRole('row').filter({ hasText: 'user:bob' }).filter({ hasText: 'quarantine' }).waitFor();
+  on = false;
+  await page.getByRole('table', { name: 'Recent alerts' }).getByRole('row').filter({ hasText: 'console-flood' }).first().waitFor();
+  await shot('13-alerts');
+  // Quarantined: a topic it never used is refused (v5 PUBACK 0x87).
+  const refused = await new Promise(resolve => dev.c.publish('never/used', 'x', { qos: 1 }, (e, p) => resolve(e ? e.code : p?.reasonCode ?? 0)));
+  assert.equal(refused, 0x87);
+  await page.getByRole('button', { name: 'Lift the quarantine of bob' }).click();
+  await page.getByRole('status').filter({ hasText: 'Lifted the restrictions of bob' }).waitFor();
+  await until(async () => (await api('GET', '/admin/watch/restrictions')).json.length === 0, WAIT, 'the quarantine to be lifted');
+  const allowed = await new Promise(resolve => dev.c.publish('never/used/2', 'x', { qos: 1 }, (e, p) => resolve(e ? e.code : p?.reasonCode ?? 0)));
+  assert.equal(allowed, 0);
+  assert.equal((await api('DELETE', '/admin/watch/rules/console-flood')).status, 200);
+});
+
 test('Overview: figures and a chart that moves while clients publish', async () => {
   const pub = await connect({ clientId: 'mq-load', username: 'alice', password: 'alice-pw' });
   let on = true;
@@ -385,7 +412,7 @@ test('Overview: figures and a chart that moves while clients publish', async () 
 
 test('no page has a console or script error, and nothing left 127.0.0.1', async () => {
   const before = consoleErrors.length;
-  for (const name of ['Overview', 'Clients', 'Users', 'Groups', 'Roles', 'OAuth clients', 'Certificates', 'Devices', 'Bans', 'Audit']) await go(name);
+  for (const name of ['Overview', 'Clients', 'Users', 'Groups', 'Roles', 'OAuth clients', 'Certificates', 'Devices', 'Bans', 'Alerts', 'Audit']) await go(name);
   assert.deepEqual(consoleErrors.slice(before), []);
   assert.deepEqual(pageErrors, []);
   assert.ok(requests.every(r => new URL(r.url()).hostname === '127.0.0.1' || r.url().startsWith('data:')));

@@ -34,7 +34,7 @@ pub struct AuditRecord {
     pub time: String,
     /// When, unix seconds.
     pub unix: u64,
-    /// Who: `admin-token`, `oauth:<client id>`, `cli`.
+    /// Who: `admin-token`, `oauth:<client id>`, `cli`, `behaviour-watch`.
     pub actor: String,
     /// From where: the HTTP peer address, `local` for the CLI.
     pub peer: String,

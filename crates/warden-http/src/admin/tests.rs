@@ -294,6 +294,12 @@ fn openapi_document_names_every_route() {
         "/admin/claims/{name}/certificates/{fingerprint}",
         "/admin/claims/{name}/tokens",
         "/admin/claims/{name}/tokens/{id}",
+        "/admin/watch/rules",
+        "/admin/watch/rules/{id}",
+        "/admin/watch/quarantine-topics",
+        "/admin/watch/alerts",
+        "/admin/watch/restrictions",
+        "/admin/watch/restrictions/{kind}/{name}",
     ] {
         assert!(doc["paths"][p].is_object(), "{p}");
     }

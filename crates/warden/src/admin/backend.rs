@@ -50,6 +50,8 @@ pub struct Backend {
     /// The stored OAuth clients as this node last shared them or applied another node's
     /// version (a reload shares the file only when it differs: `warden oauth client add`).
     pub oauth_shared: parking_lot::Mutex<Option<Vec<crate::admin::oauth_store::StoredClient>>>,
+    /// The behaviour watch, when `[watch] enabled` (docs/watch.md).
+    pub watch: Option<Arc<crate::watch::Watch>>,
 }
 
 /// How often the counters are sampled for `GET /admin/stats/history`.
@@ -252,6 +254,50 @@ impl AdminBackend for Backend {
         req: &warden_http::admin::ExplainRequest,
     ) -> Result<warden_http::admin::ExplainAnswer, AdminError> {
         self.policy.explain(req)
+    }
+
+    fn watch_enabled(&self) -> bool {
+        self.watch.is_some()
+    }
+
+    fn watch_alerts(&self, limit: usize) -> Result<Vec<serde_json::Value>, AdminError> {
+        let Some(w) = &self.watch else { return Ok(Vec::new()) };
+        Ok(w.alerts(limit).iter().filter_map(|a| serde_json::to_value(a).ok()).collect())
+    }
+
+    fn watch_restrictions(&self) -> Result<Vec<warden_http::admin::WatchRestrictionView>, AdminError> {
+        let Some(w) = &self.watch else { return Ok(Vec::new()) };
+        Ok(w.restrictions()
+            .into_iter()
+            .flat_map(|(k, rs)| {
+                rs.into_iter().map(move |r| warden_http::admin::WatchRestrictionView {
+                    principal_kind: k.0.as_str().to_owned(),
+                    principal: k.1.to_string(),
+                    action: r.action.to_owned(),
+                    rule: r.rule,
+                    since: r.since,
+                    until: r.until,
+                    rate: r.rate,
+                })
+            })
+            .collect())
+    }
+
+    fn watch_lift(&self, kind: &str, name: &str) -> Result<bool, AdminError> {
+        use warden_policy::PrincipalKind;
+        let Some(w) = &self.watch else { return Ok(false) };
+        let kind = match kind {
+            "user" => PrincipalKind::User,
+            "certificate" => PrincipalKind::Certificate,
+            "token" => PrincipalKind::Token,
+            "fallback" => PrincipalKind::Fallback,
+            other => return Err(AdminError::bad_request(format!("unknown principal kind '{other}'"))),
+        };
+        let lifted = w.lift(&(kind, Arc::from(name)));
+        if lifted {
+            info!(principal = %Escaped(name), "admin API: behaviour watch restriction lifted");
+        }
+        Ok(lifted)
     }
 
     fn policy(&self) -> PolicyStore {

@@ -22,3 +22,4 @@ pub mod policy_store;
 pub mod posture;
 pub mod revocations;
 pub mod trust;
+pub mod watch;

@@ -57,6 +57,9 @@ pub struct Audited {
     pub all: bool,
     /// For the peer address of audit records.
     pub live: Option<Arc<LiveClients>>,
+    /// The behaviour watch, when enabled: it observes topics and refuses what a quarantined
+    /// principal may no longer do ([`crate::watch::Watch::observe`]).
+    pub watch: Option<Arc<crate::watch::Watch>>,
 }
 
 impl Audited {
@@ -89,6 +92,10 @@ impl Audited {
 
 impl Authorizer for Audited {
     fn authorize(&self, principal: &Principal, client_id: &str, action: Action<'_>) -> Decision {
+        if let Some(d) = self.watch.as_ref().and_then(|w| w.observe(principal, client_id, action)) {
+            self.record(principal, client_id, action, d, "watch-quarantine");
+            return d;
+        }
         if !self.all {
             let d = self.policy.authorize(principal, client_id, action);
             if d.is_allowed() {
@@ -107,6 +114,10 @@ impl Authorizer for Audited {
 
     /// The policy's explicit grants (asked for `$` topics), audited like other decisions.
     fn authorize_granted(&self, principal: &Principal, client_id: &str, action: Action<'_>) -> Decision {
+        if let Some(d) = self.watch.as_ref().and_then(|w| w.observe(principal, client_id, action)) {
+            self.record(principal, client_id, action, d, "watch-quarantine");
+            return d;
+        }
         let d = self.policy.authorize_granted(principal, client_id, action);
         if self.all || !d.is_allowed() {
             let (_, by) = self.policy.explain(principal, client_id, action);
@@ -194,6 +205,7 @@ pub struct PolicyManager {
     /// Told the fingerprints of device certificates a change revoked (enrollment writes them
     /// into its CA's CRL).
     revoked_sink: OnceLock<RevokedSink>,
+    watch: OnceLock<Arc<crate::watch::Watch>>,
 }
 
 /// What is told of device certificates newly revoked in the registry (their fingerprints).
@@ -223,6 +235,7 @@ impl PolicyManager {
             trust,
             broker: OnceLock::new(),
             revoked_sink: OnceLock::new(),
+            watch: OnceLock::new(),
         })
     }
 
@@ -242,7 +255,26 @@ impl PolicyManager {
         let authz = self.authz.read();
         let policy = PolicyAuthorizer::new_shared(self.acl.read().clone(), authz.on_deny == OnDeny::Disconnect)
             .with_store(Arc::new(store.compile()));
-        Arc::new(Audited { policy, all: authz.audit == AuditMode::All, live: Some(self.live.clone()) })
+        Arc::new(Audited {
+            policy,
+            all: authz.audit == AuditMode::All,
+            live: Some(self.live.clone()),
+            watch: self.watch.get().cloned(),
+        })
+    }
+
+    /// The behaviour watch (set once, before the broker is made): the authorizer asks it
+    /// first, and it gets the store's watch rules now and after every change.
+    pub fn attach_watch(&self, watch: Arc<crate::watch::Watch>) {
+        watch.set_policy(self.store.lock().watch.clone());
+        let _ = self.watch.set(watch);
+    }
+
+    /// Swap the broker's authorizer for an identical one (a new policy generation): what was
+    /// allowed and cached is decided again, queued deliveries too (the watch's quarantines).
+    pub fn reapply(&self) {
+        let store = self.store.lock();
+        self.swap(&store);
     }
 
     /// The broker whose authorizer this manager swaps (set once, after the broker is made).
@@ -395,6 +427,9 @@ impl PolicyManager {
         self.auth.set_disabled(disabled.clone());
         self.auth.set_device_certs(certs.clone());
         self.swap(&next);
+        if let Some(w) = self.watch.get() {
+            w.set_policy(next.watch.clone());
+        }
         *store = next;
         drop(store);
         // Store users deleted or disabled, and every principal of a disabled name (whichever
@@ -470,7 +505,7 @@ mod tests {
 
     fn audited(all: bool) -> Audited {
         let acl = AclFile::parse("user ann\ntopic write a/#\ntopic deny a/secret\n").unwrap();
-        Audited { policy: PolicyAuthorizer::new(Some(acl), true), all, live: None }
+        Audited { policy: PolicyAuthorizer::new(Some(acl), true), all, live: None, watch: None }
     }
 
     #[test]

@@ -4,6 +4,8 @@
 use anyhow::{anyhow, bail, Context};
 use serde_json::{json, Value};
 
+mod watch;
+
 /// `warden admin` arguments.
 #[derive(clap::Args, Debug)]
 pub struct AdminArgs {
@@ -54,6 +56,9 @@ enum AdminCommand {
     /// enrollment token, printed once), token-remove.
     #[command(subcommand)]
     Claim(ClaimCmd),
+    /// The behaviour watch: rules, put, remove, quarantine-topics, alerts, restrictions, lift.
+    #[command(subcommand)]
+    Watch(watch::WatchCmd),
     /// A device's access token (built-in token service): `introspect` shows whether it is
     /// active and its claims, `revoke` revokes it (its connections end). The token is read
     /// from standard input, so that it stays out of the shell's history and `ps`.
@@ -537,6 +542,7 @@ pub fn run(args: &AdminArgs) -> anyhow::Result<()> {
                 }
             }
         },
+        AdminCommand::Watch(c) => watch::run(&api, c)?,
         AdminCommand::Device(c) => match c {
             DeviceCmd::Add { id, kind, owner, attrs, certs } => {
                 let certs =

@@ -8,10 +8,12 @@
 mod cluster;
 mod enroll;
 pub mod lookup;
+mod watch;
 
 pub use cluster::ClusterSettings;
 pub use enroll::EnrollConfig;
 pub use warden_policy::cidr::Cidr;
+pub use watch::WatchConfig;
 
 use std::collections::HashMap;
 use std::fmt;
@@ -65,6 +67,8 @@ pub struct Config {
     pub cluster: Option<ClusterSettings>,
     /// `[enroll]`: enrollment by claim (off by default).
     pub enroll: EnrollConfig,
+    /// `[watch]`: the behaviour watch (docs/watch.md); off by default.
+    pub watch: WatchConfig,
 }
 
 /// `[persistence]`.
@@ -1704,6 +1708,7 @@ impl Config {
             authz,
             limits: raw.limits,
             persistence: raw.persistence,
+            watch: raw.watch,
             log,
             source: Some(path.to_path_buf()),
             secrets,
@@ -1806,7 +1811,8 @@ impl Config {
     /// the development PKI in `./warden-data/tls` (created on first start); on the MQTT
     /// listeners client certificates signed by its CA are accepted (optional) with the CN as
     /// identity. Anonymous clients are refused; password file
-    /// `./warden-data/passwd`; default limits.
+    /// `./warden-data/passwd`; default limits. The behaviour watch is off (`[watch] enabled =
+    /// true` turns it on with the default rules, docs/watch.md).
     pub fn embedded_default() -> Config {
         let data_dir = PathBuf::from(DEFAULT_DATA_DIR);
         let localhost = IpAddr::V4(Ipv4Addr::LOCALHOST);
@@ -1858,6 +1864,7 @@ impl Config {
             persistence: PersistenceConfig::default(),
             cluster: None,
             enroll: EnrollConfig::default(),
+            watch: WatchConfig::default(),
             log: LogConfig::default(),
             source: None,
             secrets: Vec::new(),
@@ -1988,6 +1995,8 @@ struct RawConfig {
     log: Option<RawLog>,
     cluster: Option<Spanned<cluster::RawCluster>>,
     enroll: Option<enroll::RawEnroll>,
+    #[serde(default)]
+    watch: WatchConfig,
 }
 
 #[derive(Deserialize)]

@@ -88,6 +88,8 @@ pub struct ConnContext {
     pub live: Arc<crate::conn::live::LiveClients>,
     /// The admin ban list (client ids and user names are checked here).
     pub bans: Arc<crate::admission::bans::BanList>,
+    /// The behaviour watch, when enabled: each connection feeds its principal's counters.
+    pub watch: Option<Arc<crate::watch::Watch>>,
     /// Where idle plain-TCP connections park (`idle_park_after`; `None`: they never do).
     pub parking: Option<Arc<crate::conn::park::ParkingLot>>,
     /// This node's side of the cluster (`[cluster]`): SUBACKs wait for its interest.
@@ -429,8 +431,9 @@ pub struct Core {
     conn: Connection,
     notify: Arc<ConnWaker>,
     ctx: Arc<ConnContext>,
-    /// Boxed: only SCRAM-authenticated connections (which may re-authenticate) have any; a
-    /// token's expiry is the core's timeout ([`Connection::poll_timeout`]).
+    /// Boxed: only SCRAM-authenticated connections (which may re-authenticate) and, with the
+    /// behaviour watch, watched principals' connections have any; a token's expiry is the
+    /// core's timeout ([`Connection::poll_timeout`]).
     limits: Option<Box<Limits>>,
     /// Removed from the admin registry when the connection ends; the driver reads the end
     /// signals (of the admin and the token registries) when it is woken.
@@ -694,6 +697,9 @@ async fn establish<S: Transport>(start: Box<Start<S>>) -> Option<Live<S::Read, S
                     }
                     let method = r.method;
                     ctx.broker.stats.security.auth_attempt(method, false);
+                    if let (Some(w), Some(user)) = (&ctx.watch, connect.username.as_deref()) {
+                        w.auth_failed(user);
+                    }
                     // The user name is logged; the password never is.
                     // Logged per peer address: its first refusals in a window, then counted
                     // (reported with its next line), so that a wrong-password flood cannot fill
@@ -828,7 +834,8 @@ async fn establish<S: Transport>(start: Box<Start<S>>) -> Option<Live<S::Read, S
     if let Some((c, ticket)) = &claim {
         c.connected_as(ticket);
     }
-    let limits = scram_user.is_some().then(|| Box::new(Limits { scram_user }));
+    let watched = ctx.watch.as_ref().and_then(|w| w.connected(conn.principal(), peer.ip()));
+    let limits = (scram_user.is_some() || watched.is_some()).then(|| Box::new(Limits { scram_user, watched }));
     let core = Core {
         conn,
         notify,
@@ -850,14 +857,20 @@ async fn establish<S: Transport>(start: Box<Start<S>>) -> Option<Live<S::Read, S
 struct Limits {
     /// The user of a connection authenticated with SCRAM-SHA-256 (it may re-authenticate).
     scram_user: Option<String>,
+    /// With the behaviour watch: the principal's counters (see [`crate::watch`]). Here, not
+    /// in [`Core`], so that a parked connection stays in its size class.
+    watched: Option<crate::watch::Watched>,
 }
 
 async fn drive<R: ReadReady, W: AsyncWrite + Unpin>(l: &mut Live<R, W>) -> Driven {
     let Live { core, rd, wr, rbuf, wbuf } = l;
     let Core { conn, notify, ctx, limits, limiter, parked_before, announced: resumed_announced, .. } = core;
+    // The behaviour watch's throttle applied to `limiter` (messages/s; 0: none).
+    let mut watch_rate = 0u32;
     let (notify, ctx): (&ConnWaker, &ConnContext) = (notify, ctx);
     let limits = limits.as_deref();
     let scram_user = limits.and_then(|l| l.scram_user.as_deref());
+    let watched = limits.and_then(|l| l.watched.as_deref());
     let lost = Close { reason: ReasonCode::UNSPECIFIED_ERROR, publish_will: true };
     let protocol = conn.protocol();
     // Quiet this long, the connection parks (plain TCP only: its transport can wait without a
@@ -907,6 +920,9 @@ async fn drive<R: ReadReady, W: AsyncWrite + Unpin>(l: &mut Live<R, W>) -> Drive
             let now = Instant::now();
             // This batch waited for the subscription changes other connections read (once).
             let mut waited = false;
+            // PUBLISH packets and bytes of this batch, for the behaviour watch (added to the
+            // principal's counters once per batch).
+            let (mut published, mut published_bytes) = (0u64, 0u64);
             loop {
                 let before = rbuf.len();
                 match decode_cached(rbuf, protocol, ctx.max_packet_size, &mut last_topic) {
@@ -942,6 +958,9 @@ async fn drive<R: ReadReady, W: AsyncWrite + Unpin>(l: &mut Live<R, W>) -> Drive
                     }
                     Ok(Some(p)) => {
                         let change = matches!(p, Packet::Subscribe(_) | Packet::Unsubscribe(_));
+                        if let (Packet::Subscribe(s), Some(w)) = (&p, watched) {
+                            w.subscribed(s.filters.len() as u64);
+                        }
                         if matches!(p, Packet::Publish(_)) {
                             if !waited {
                                 // Arrival order (`order`): a SUBSCRIBE another connection has
@@ -952,6 +971,8 @@ async fn drive<R: ReadReady, W: AsyncWrite + Unpin>(l: &mut Live<R, W>) -> Drive
                             }
                             let size = before - rbuf.len();
                             mem.published(size as u64, now);
+                            published += 1;
+                            published_bytes += size as u64;
                             if limiter.is_none() {
                                 *limiter = PublishLimiter::new(ctx.publish_limits, now).map(Box::new);
                             }
@@ -979,6 +1000,20 @@ async fn drive<R: ReadReady, W: AsyncWrite + Unpin>(l: &mut Live<R, W>) -> Drive
             // announced again by the read that completes it): a client that stops halfway
             // through one cannot hold the broker's publishers back.
             announced = None;
+            if let Some(w) = watched.filter(|_| published > 0) {
+                w.published(published, published_bytes);
+                let rate = w.throttle.load(std::sync::atomic::Ordering::Relaxed);
+                if rate != watch_rate {
+                    // Throttled (or lifted) by the behaviour watch: the publish limiter is made
+                    // again with the lower rate.
+                    watch_rate = rate;
+                    let mut l = ctx.publish_limits;
+                    if rate > 0 {
+                        l.rate = if l.rate == 0 { rate } else { l.rate.min(rate) };
+                    }
+                    *limiter = PublishLimiter::new(l, now).map(Box::new);
+                }
+            }
             conn.flush_wakes();
             if let Some(close) = ended(notify, conn, wbuf) {
                 return Driven::Closed(close);
