@@ -527,6 +527,7 @@ fn device(kind: Option<&str>, attrs: &[(&str, &str)]) -> Device {
         owner: Some("acme".into()),
         attributes: attrs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
         certificates: Default::default(),
+        disabled: false,
     }
 }
 
