@@ -653,6 +653,39 @@ impl Cluster {
         futures_util::future::join_all(asks).await.into_iter().flatten().collect()
     }
 
+    /// Ask the node that holds `client_id`'s session, when the client registry names another
+    /// node (connected there, or its session kept there), with node command `op`: `(node,
+    /// answer)`; `None` when no other node holds it or it did not answer within
+    /// [`SESSIONS_PATIENCE`].
+    async fn ask_holder(&self, op: u8, client_id: &str) -> Option<(String, Bytes)> {
+        let reg = self.registry().await.ok()?;
+        let node = match reg.holder(client_id).await {
+            Ok(Some(c)) if c.node != self.node => c.node,
+            _ => return None,
+        };
+        let subject = control::node_subject(&self.prefix, &node);
+        let ask = self.client.request(subject, control::session_command(op, client_id));
+        match tokio::time::timeout(SESSIONS_PATIENCE, ask).await {
+            Ok(Ok(m)) => Some((node, m.payload)),
+            _ => {
+                tracing::debug!(node = %node, "cluster: the node holding a session did not answer in time");
+                None
+            }
+        }
+    }
+
+    /// `client_id`'s session held by another node, as that node's shell encodes it: `(node,
+    /// session)`, or `None`.
+    pub async fn session_elsewhere(&self, client_id: &str) -> Option<(String, Bytes)> {
+        self.ask_holder(control::OP_SESSION, client_id).await.filter(|(_, b)| !b.is_empty())
+    }
+
+    /// Remove `client_id`'s session held by another node (its connection ended there, its will
+    /// discarded): true when that node held one.
+    pub async fn drop_session_elsewhere(&self, client_id: &str) -> bool {
+        self.ask_holder(control::OP_DROP_SESSION, client_id).await.is_some_and(|(_, b)| b[..] == [1])
+    }
+
     /// The connections of every node, as the registry has them.
     pub async fn connected_clients(&self) -> Vec<registry::Claim> {
         let Ok(reg) = self.registry().await else { return Vec::new() };
@@ -1321,50 +1354,83 @@ async fn keep_wills(cluster: Arc<Cluster>, mut rx: mpsc::UnboundedReceiver<WillO
 }
 
 /// Publish the wills of dead nodes that fall to this node, once their delay has passed since
-/// the node was seen dead ([`wills`]). Ends with the cluster.
+/// the node was seen dead ([`wills`]): the bucket is followed by a watch (O(changes)) and
+/// looked at every [`wills::REAP_EVERY`]. Ends with the cluster.
 async fn reap_wills(cluster: std::sync::Weak<Cluster>, broker: Arc<Broker>) {
+    use futures_util::StreamExt as _;
     let mut seen = HashMap::new();
-    let mut first = true;
+    let mut index: HashMap<String, wills::Kept> = HashMap::new();
+    let mut watch: Option<async_nats::jetstream::kv::Watch> = None;
+    let mut tick = tokio::time::interval(wills::REAP_EVERY);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
-        // The bucket is made at once (a claim cancels wills only once it is there), then
-        // looked at every REAP_EVERY.
-        if !first {
-            tokio::time::sleep(wills::REAP_EVERY).await;
+        if watch.is_none() {
+            // The bucket is made at once (a claim cancels wills only once it is there); a
+            // watch that failed is made again at the next tick, its index read anew.
+            let Some(c) = cluster.upgrade() else { return };
+            match async { c.wills().await?.watch().await }.await {
+                Ok(w) => {
+                    index.clear();
+                    watch = Some(w);
+                }
+                Err(e) => tracing::debug!(error = %e, "cluster: the wills bucket could not be watched"),
+            }
         }
-        first = false;
-        let Some(c) = cluster.upgrade() else { return };
-        let due = async {
-            let reg = c.registry().await?;
-            c.wills().await?.reap(&reg.nodes, &mut seen).await
-        };
-        let due = match due.await {
-            Ok(d) => d,
-            Err(e) => {
-                tracing::debug!(error = %e, "cluster: the wills of dead nodes could not be looked at");
-                continue;
+        let change = async {
+            match watch.as_mut() {
+                Some(w) => w.next().await,
+                None => std::future::pending().await,
             }
         };
-        for d in due {
-            let Some(owner) = wills::owner_of(&d.header) else {
-                tracing::warn!(kind = %d.header.kind, "cluster: a dead node's will names an owner of an unknown kind; not published");
-                continue;
-            };
-            let stands = c.sink.get().is_none_or(|s| s.will_owner_stands(&owner, d.header.jti.as_deref()));
-            let published = stands
-                && broker.publish_peer_will(
-                    d.message,
-                    d.header.message_expiry,
-                    &Arc::new(owner),
-                    &Arc::from(d.header.client_id.as_str()),
-                    std::time::Instant::now(),
-                );
-            tracing::info!(
-                node = %d.header.node,
-                published,
-                owner_stands = stands,
-                "cluster: the will of a dead node's client handled here"
-            );
+        tokio::select! {
+            e = change => match e {
+                Some(Ok(e)) => wills::note(&mut index, &e),
+                Some(Err(e)) => {
+                    tracing::debug!(error = %e, "cluster: the wills watch failed; watching again");
+                    watch = None;
+                }
+                None => watch = None,
+            },
+            _ = tick.tick() => {
+                let Some(c) = cluster.upgrade() else { return };
+                if watch.is_none() {
+                    continue;
+                }
+                let due = async {
+                    let reg = c.registry().await?;
+                    c.wills().await?.reap(&reg.nodes, &index, &mut seen).await
+                };
+                match due.await {
+                    Ok(due) => publish_dead_wills(&c, &broker, due),
+                    Err(e) => tracing::debug!(error = %e, "cluster: the wills of dead nodes could not be looked at"),
+                }
+            }
         }
+    }
+}
+
+/// Publish the dead nodes' wills this node deleted from the bucket, if their owners stand.
+fn publish_dead_wills(c: &Cluster, broker: &Broker, due: Vec<wills::Due>) {
+    for d in due {
+        let Some(owner) = wills::owner_of(&d.header) else {
+            tracing::warn!(kind = %d.header.kind, "cluster: a dead node's will names an owner of an unknown kind; not published");
+            continue;
+        };
+        let stands = c.sink.get().is_none_or(|s| s.will_owner_stands(&owner, d.header.jti.as_deref()));
+        let published = stands
+            && broker.publish_peer_will(
+                d.message,
+                d.header.message_expiry,
+                &Arc::new(owner),
+                &Arc::from(d.header.client_id.as_str()),
+                std::time::Instant::now(),
+            );
+        tracing::info!(
+            node = %d.header.node,
+            published,
+            owner_stands = stands,
+            "cluster: the will of a dead node's client handled here"
+        );
     }
 }
 

