@@ -1578,3 +1578,69 @@ async fn admin_session_by_client_id_reaches_the_node_holding_it() {
     }
     assert_eq!(admin(&a, "DELETE", "/admin/sessions/nowhere", None).await.0, 404);
 }
+
+/// SPEC §10/§11: as a certificate's, a dead node's will whose token was revoked, or whose
+/// policy-store user was removed, after the node died is not published; a token left alone
+/// has its will published, once.
+#[tokio::test]
+async fn a_dead_nodes_will_is_not_published_for_a_token_revoked_or_a_user_removed_since() {
+    let Some(nats) = nats() else { return };
+    let (_dir, users) = users();
+    let extra = with_token_service(&users, "https://mqtt.example");
+    let b = secure_node(&nats, "b", &extra).await;
+    let a = node_process(&nats, "a", &extra);
+    let carol = serde_json::json!({"name": "carol", "password": "carol-pw"});
+    assert_eq!(admin(&b, "POST", "/admin/users", Some(carol)).await.0, 201);
+    let (mut watch, code) = connack_code(b.addr(), as_user("will-watch", "alice")).await;
+    assert_eq!(code, mqtt_codec::ReasonCode::SUCCESS);
+    watch.send(&warden_testkit::subscribe(1, "dev/will/#", QoS::AtLeastOnce)).await;
+    assert!(matches!(watch.recv().await, Recv::Packet(Packet::SubAck(_))));
+    let (revoked, kept) = (mint(&b).await, mint(&b).await);
+    // On a, once it has b's token keys and carol (the cluster's documents, bounded wait).
+    let mut held = Vec::new();
+    let wills = [
+        (with_token("t-revoked", &revoked), "dev/will/revoked"),
+        (with_token("t-kept", &kept), "dev/will/kept"),
+        (as_user("u-carol", "carol"), "dev/will/carol"),
+    ];
+    for (c, topic) in wills {
+        let mut ok = false;
+        for _ in 0..50 {
+            let (client, code) = connack_code(a.addr, with_will(c.clone(), topic, b"gone", Some(0))).await;
+            if code == mqtt_codec::ReasonCode::SUCCESS {
+                held.push(client);
+                ok = true;
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await; // polling a condition, bounded
+        }
+        assert!(ok, "{topic}'s client signs in on a within 5 s");
+    }
+    let mut seq = 0;
+    for _ in 0..200 {
+        seq = stream_last_seq(&nats, "KV_warden_WILLS").await;
+        if seq >= 3 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await; // polling a condition, bounded
+    }
+    assert!(seq >= 3, "a kept its wills in the cluster ({seq} writes)");
+
+    drop(a); // SIGKILL
+             // While a's lease runs out: one token revoked, carol removed (through b).
+    assert_eq!(oauth_post(&b, "/oauth/revoke", vec![("token", revoked.clone())]).await.0, 200);
+    assert_eq!(admin(&b, "DELETE", "/admin/users/carol", None).await.0, 200);
+    let first = loop {
+        match watch.recv_within(Duration::from_secs(30)).await {
+            Recv::Packet(Packet::Publish(m)) => break m,
+            Recv::Packet(_) => {}
+            other => panic!("no will within 30 s of the kill: {other:?}"),
+        }
+    };
+    assert_eq!((first.topic.as_str(), &first.payload[..]), ("dev/will/kept", &b"gone"[..]));
+    watch.send(&Packet::PubAck(mqtt_codec::PubAck::new(first.packet_id))).await;
+    match watch.recv_within(Duration::from_secs(6)).await {
+        Recv::Timeout => {}
+        other => panic!("a revoked token's or removed user's will arrived: {other:?}"),
+    }
+}
