@@ -84,6 +84,10 @@ pub(crate) const OP_SESSION: u8 = 4;
 /// A node command's operation byte: remove one of the node's sessions (answered `[1]` when it
 /// held one, `[0]` when not).
 pub(crate) const OP_DROP_SESSION: u8 = 5;
+/// A node command's operation byte: a ping, answered at once (empty): the answer shows that
+/// the interest this node's NATS server held before it sent the ping is held by the other
+/// node's server too ([`crate::Cluster::wait_interest`]).
+const OP_PING: u8 = 6;
 
 /// The subject of node `node`'s commands.
 /// Where a node says it wrote a version of a document (core NATS, no payload).
@@ -127,6 +131,11 @@ pub(crate) fn session_command(op: u8, client_id: &str) -> Bytes {
     b.into()
 }
 
+/// A ping ([`OP_PING`]).
+pub(crate) fn ping_command() -> Bytes {
+    Bytes::from_static(&[OP_PING, 0])
+}
+
 /// A request for a node's sessions.
 pub(crate) fn sessions_command() -> Bytes {
     Bytes::from_static(&[OP_SESSIONS, 0])
@@ -136,7 +145,7 @@ pub(crate) fn sessions_command() -> Bytes {
 /// ignored).
 fn parse_command(b: &[u8]) -> Option<(u8, &str, u8)> {
     match b {
-        [op @ (OP_END | OP_TAKE | OP_SESSIONS | OP_SESSION | OP_DROP_SESSION), reason, id @ ..] => {
+        [op @ (OP_END | OP_TAKE | OP_SESSIONS | OP_SESSION | OP_DROP_SESSION | OP_PING), reason, id @ ..] => {
             std::str::from_utf8(id).ok().map(|id| (*op, id, *reason))
         }
         _ => None,
@@ -301,8 +310,9 @@ pub(crate) async fn node_commands(client: async_nats::Client, subject: String, s
                 while let Some(m) = sub.next().await {
                     match parse_command(&m.payload) {
                         Some((OP_TAKE, client_id, _)) => sink.taken_over(client_id),
-                        Some((op @ (OP_SESSIONS | OP_SESSION | OP_DROP_SESSION), client_id, _)) => {
+                        Some((op @ (OP_SESSIONS | OP_SESSION | OP_DROP_SESSION | OP_PING), client_id, _)) => {
                             let answer = match op {
+                                OP_PING => Vec::new(),
                                 OP_SESSIONS => sink.sessions(),
                                 OP_SESSION => sink.session(client_id).unwrap_or_default(),
                                 _ => vec![u8::from(sink.drop_session(client_id))],
@@ -338,6 +348,7 @@ mod tests {
         assert_eq!(parse_command(&end_command("", 0x98)), Some((OP_END, "", 0x98)));
         assert_eq!(parse_command(&take_command("dev/2")), Some((OP_TAKE, "dev/2", 0x8E)));
         assert_eq!(parse_command(&sessions_command()), Some((OP_SESSIONS, "", 0)));
+        assert_eq!(parse_command(&ping_command()), Some((OP_PING, "", 0)));
         assert_eq!(parse_command(&session_command(OP_SESSION, "d/3")), Some((OP_SESSION, "d/3", 0)));
         assert_eq!(parse_command(&session_command(OP_DROP_SESSION, "d/4")), Some((OP_DROP_SESSION, "d/4", 0)));
         assert_eq!(parse_command(b""), None);

