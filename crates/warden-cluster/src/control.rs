@@ -12,7 +12,8 @@
 //!   over a node's local file once any node has written one.
 //! - **Node commands**: `{prefix}.c.node.<node>` (core NATS), telling one node to end one of its
 //!   connections (a kick through another node's admin API, a takeover), or asking it for its
-//!   sessions (request and reply: another node's `GET /admin/sessions`).
+//!   sessions, for one of them or to remove one (request and reply: another node's
+//!   `GET /admin/sessions`, `GET` and `DELETE /admin/sessions/{client_id}`).
 //! - **The client registry** ([`crate::registry`]).
 
 use std::collections::HashMap;
@@ -39,7 +40,9 @@ pub trait ControlSink: Send + Sync + 'static {
     fn taken_over(&self, client_id: &str);
     /// A dead node's will is about to be published here under `owner` (made again from the
     /// cluster's copy, [`crate::wills`]; `jti`: its token's id): true when `owner` still stands
-    /// on what this node reads now — not disabled, removed, or its token revoked. The core then
+    /// on what this node reads now — not disabled, removed, its token revoked, or its
+    /// certificate (the owner's credential, kept with the will) revoked by a CRL or the device
+    /// registry. The core then
     /// authorizes the will against the policy in force. The default: it stands.
     fn will_owner_stands(&self, _owner: &warden_policy::Principal, _jti: Option<&str>) -> bool {
         true
@@ -48,6 +51,17 @@ pub trait ControlSink: Send + Sync + 'static {
     /// [`MAX_SESSIONS_ANSWER`] bytes), for another node's admin API. The default: none.
     fn sessions(&self) -> Vec<u8> {
         Vec::new()
+    }
+    /// One session of this node with its subscriptions, as the shell shows it (its encoding),
+    /// for another node's `GET /admin/sessions/{client_id}`; `None`: not here. The default:
+    /// none.
+    fn session(&self, _client_id: &str) -> Option<Vec<u8>> {
+        None
+    }
+    /// Remove one session of this node (its connection ended, its will discarded), for another
+    /// node's `DELETE /admin/sessions/{client_id}`: true when there was one. The default: none.
+    fn drop_session(&self, _client_id: &str) -> bool {
+        false
     }
 }
 
@@ -64,6 +78,16 @@ const OP_TAKE: u8 = 2;
 /// A node command's operation byte: a request for the node's sessions (answered on the
 /// message's reply subject).
 const OP_SESSIONS: u8 = 3;
+/// A node command's operation byte: a request for one of the node's sessions (answered with
+/// the shell's encoding, empty when the node holds none of that client id).
+pub(crate) const OP_SESSION: u8 = 4;
+/// A node command's operation byte: remove one of the node's sessions (answered `[1]` when it
+/// held one, `[0]` when not).
+pub(crate) const OP_DROP_SESSION: u8 = 5;
+/// A node command's operation byte: a ping, answered at once (empty): the answer shows that
+/// the interest this node's NATS server held before it sent the ping is held by the other
+/// node's server too ([`crate::Cluster::wait_interest`]).
+const OP_PING: u8 = 6;
 
 /// The subject of node `node`'s commands.
 /// Where a node says it wrote a version of a document (core NATS, no payload).
@@ -98,6 +122,20 @@ pub(crate) fn take_command(client_id: &str) -> Bytes {
     b.into()
 }
 
+/// A request about `client_id`'s session: [`OP_SESSION`] or [`OP_DROP_SESSION`].
+pub(crate) fn session_command(op: u8, client_id: &str) -> Bytes {
+    let mut b = Vec::with_capacity(2 + client_id.len());
+    b.push(op);
+    b.push(0);
+    b.extend_from_slice(client_id.as_bytes());
+    b.into()
+}
+
+/// A ping ([`OP_PING`]).
+pub(crate) fn ping_command() -> Bytes {
+    Bytes::from_static(&[OP_PING, 0])
+}
+
 /// A request for a node's sessions.
 pub(crate) fn sessions_command() -> Bytes {
     Bytes::from_static(&[OP_SESSIONS, 0])
@@ -107,7 +145,7 @@ pub(crate) fn sessions_command() -> Bytes {
 /// ignored).
 fn parse_command(b: &[u8]) -> Option<(u8, &str, u8)> {
     match b {
-        [op @ (OP_END | OP_TAKE | OP_SESSIONS), reason, id @ ..] => {
+        [op @ (OP_END | OP_TAKE | OP_SESSIONS | OP_SESSION | OP_DROP_SESSION | OP_PING), reason, id @ ..] => {
             std::str::from_utf8(id).ok().map(|id| (*op, id, *reason))
         }
         _ => None,
@@ -272,9 +310,14 @@ pub(crate) async fn node_commands(client: async_nats::Client, subject: String, s
                 while let Some(m) = sub.next().await {
                     match parse_command(&m.payload) {
                         Some((OP_TAKE, client_id, _)) => sink.taken_over(client_id),
-                        Some((OP_SESSIONS, _, _)) => {
+                        Some((op @ (OP_SESSIONS | OP_SESSION | OP_DROP_SESSION | OP_PING), client_id, _)) => {
+                            let answer = match op {
+                                OP_PING => Vec::new(),
+                                OP_SESSIONS => sink.sessions(),
+                                OP_SESSION => sink.session(client_id).unwrap_or_default(),
+                                _ => vec![u8::from(sink.drop_session(client_id))],
+                            };
                             if let Some(reply) = m.reply.clone() {
-                                let answer = sink.sessions();
                                 if let Err(e) = client.publish(reply, answer.into()).await {
                                     tracing::debug!(error = %e, "cluster: answering a sessions request failed");
                                 }
@@ -305,6 +348,9 @@ mod tests {
         assert_eq!(parse_command(&end_command("", 0x98)), Some((OP_END, "", 0x98)));
         assert_eq!(parse_command(&take_command("dev/2")), Some((OP_TAKE, "dev/2", 0x8E)));
         assert_eq!(parse_command(&sessions_command()), Some((OP_SESSIONS, "", 0)));
+        assert_eq!(parse_command(&ping_command()), Some((OP_PING, "", 0)));
+        assert_eq!(parse_command(&session_command(OP_SESSION, "d/3")), Some((OP_SESSION, "d/3", 0)));
+        assert_eq!(parse_command(&session_command(OP_DROP_SESSION, "d/4")), Some((OP_DROP_SESSION, "d/4", 0)));
         assert_eq!(parse_command(b""), None);
         assert_eq!(parse_command(&[9, 1, b'x']), None);
         assert_eq!(parse_command(&[OP_END, 0x8E, 0xff, 0xfe]), None);

@@ -9,6 +9,8 @@
 //!   routes what arrives to its own subscribers ([`warden_core::Broker::route_from_peer`]),
 //!   authorizing each delivery again here; copies that arrive through two overlapping filters
 //!   are dropped by `(origin, seq)`; its own messages are skipped (it delivered them already);
+//!   a SUBACK waits until the other nodes' NATS servers hold a new interest too
+//!   ([`Cluster::wait_interest`]: a ping to each other node after the subscription);
 //! - joins, per `$share` group it has members of, a NATS queue group named after the group and
 //!   filter, so that each message reaches one node and there one member
 //!   ([`warden_core::Broker::route_from_peer_group`]);
@@ -272,6 +274,7 @@ impl Cluster {
         let stats = Arc::new(ClusterStats::default());
         let backlog = Arc::new(AtomicU64::new(0));
         let (applied_tx, applied) = tokio::sync::watch::channel(0);
+        let (local_tx, local_rx) = tokio::sync::watch::channel(0);
         let cluster = Arc::new(Cluster {
             tx,
             issued: AtomicU64::new(0),
@@ -329,7 +332,7 @@ impl Cluster {
             next_key: 0,
             stats,
             backlog,
-            applied: applied_tx,
+            applied: local_tx,
         };
         let retained = Retained {
             ready: cluster.retained_ready.clone(),
@@ -346,6 +349,7 @@ impl Cluster {
         tokio::spawn(watch_position(Arc::downgrade(&cluster)));
         tokio::spawn(keep_wills(cluster.clone(), will_rx));
         tokio::spawn(reap_wills(Arc::downgrade(&cluster), broker.clone()));
+        tokio::spawn(propagate_interest(Arc::downgrade(&cluster), local_rx, applied_tx));
         broker.attach_fabric(cluster.clone());
         Ok(cluster)
     }
@@ -653,6 +657,39 @@ impl Cluster {
         futures_util::future::join_all(asks).await.into_iter().flatten().collect()
     }
 
+    /// Ask the node that holds `client_id`'s session, when the client registry names another
+    /// node (connected there, or its session kept there), with node command `op`: `(node,
+    /// answer)`; `None` when no other node holds it or it did not answer within
+    /// [`SESSIONS_PATIENCE`].
+    async fn ask_holder(&self, op: u8, client_id: &str) -> Option<(String, Bytes)> {
+        let reg = self.registry().await.ok()?;
+        let node = match reg.holder(client_id).await {
+            Ok(Some(c)) if c.node != self.node => c.node,
+            _ => return None,
+        };
+        let subject = control::node_subject(&self.prefix, &node);
+        let ask = self.client.request(subject, control::session_command(op, client_id));
+        match tokio::time::timeout(SESSIONS_PATIENCE, ask).await {
+            Ok(Ok(m)) => Some((node, m.payload)),
+            _ => {
+                tracing::debug!(node = %node, "cluster: the node holding a session did not answer in time");
+                None
+            }
+        }
+    }
+
+    /// `client_id`'s session held by another node, as that node's shell encodes it: `(node,
+    /// session)`, or `None`.
+    pub async fn session_elsewhere(&self, client_id: &str) -> Option<(String, Bytes)> {
+        self.ask_holder(control::OP_SESSION, client_id).await.filter(|(_, b)| !b.is_empty())
+    }
+
+    /// Remove `client_id`'s session held by another node (its connection ended there, its will
+    /// discarded): true when that node held one.
+    pub async fn drop_session_elsewhere(&self, client_id: &str) -> bool {
+        self.ask_holder(control::OP_DROP_SESSION, client_id).await.is_some_and(|(_, b)| b[..] == [1])
+    }
+
     /// The connections of every node, as the registry has them.
     pub async fn connected_clients(&self) -> Vec<registry::Claim> {
         let Ok(reg) = self.registry().await else { return Vec::new() };
@@ -672,9 +709,10 @@ impl Cluster {
         self.connected() && self.registry_ok.load(Ordering::Acquire) && self.retained_ready.load(Ordering::Acquire)
     }
 
-    /// Wait until interest ticket `ticket` is in force on NATS (the subscription is on the
-    /// server this node is connected to), at most `limit`: a SUBACK waits for it. Returns
-    /// false when the limit passed first (NATS away): the SUBACK goes out all the same.
+    /// Wait until interest ticket `ticket` is in force on NATS — on the server this node is
+    /// connected to, and on the servers of the other live nodes ([`propagate_interest`]) —
+    /// at most `limit`: a SUBACK waits for it. Returns false when the limit passed first (NATS
+    /// away): the SUBACK goes out all the same.
     pub async fn wait_interest(&self, ticket: u64, limit: Duration) -> bool {
         let mut rx = self.applied.clone();
         tokio::time::timeout(limit, rx.wait_for(|&n| n >= ticket)).await.is_ok_and(|r| r.is_ok())
@@ -1321,50 +1359,135 @@ async fn keep_wills(cluster: Arc<Cluster>, mut rx: mpsc::UnboundedReceiver<WillO
 }
 
 /// Publish the wills of dead nodes that fall to this node, once their delay has passed since
-/// the node was seen dead ([`wills`]). Ends with the cluster.
+/// the node was seen dead ([`wills`]): the bucket is followed by a watch (O(changes)) and
+/// looked at every [`wills::REAP_EVERY`]. Ends with the cluster.
 async fn reap_wills(cluster: std::sync::Weak<Cluster>, broker: Arc<Broker>) {
+    use futures_util::StreamExt as _;
     let mut seen = HashMap::new();
-    let mut first = true;
+    let mut index: HashMap<String, wills::Kept> = HashMap::new();
+    let mut watch: Option<async_nats::jetstream::kv::Watch> = None;
+    let mut tick = tokio::time::interval(wills::REAP_EVERY);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
-        // The bucket is made at once (a claim cancels wills only once it is there), then
-        // looked at every REAP_EVERY.
-        if !first {
-            tokio::time::sleep(wills::REAP_EVERY).await;
+        if watch.is_none() {
+            // The bucket is made at once (a claim cancels wills only once it is there); a
+            // watch that failed is made again at the next tick, its index read anew.
+            let Some(c) = cluster.upgrade() else { return };
+            match async { c.wills().await?.watch().await }.await {
+                Ok(w) => {
+                    index.clear();
+                    watch = Some(w);
+                }
+                Err(e) => tracing::debug!(error = %e, "cluster: the wills bucket could not be watched"),
+            }
         }
-        first = false;
-        let Some(c) = cluster.upgrade() else { return };
-        let due = async {
-            let reg = c.registry().await?;
-            c.wills().await?.reap(&reg.nodes, &mut seen).await
-        };
-        let due = match due.await {
-            Ok(d) => d,
-            Err(e) => {
-                tracing::debug!(error = %e, "cluster: the wills of dead nodes could not be looked at");
-                continue;
+        let change = async {
+            match watch.as_mut() {
+                Some(w) => w.next().await,
+                None => std::future::pending().await,
             }
         };
-        for d in due {
-            let Some(owner) = wills::owner_of(&d.header) else {
-                tracing::warn!(kind = %d.header.kind, "cluster: a dead node's will names an owner of an unknown kind; not published");
-                continue;
-            };
-            let stands = c.sink.get().is_none_or(|s| s.will_owner_stands(&owner, d.header.jti.as_deref()));
-            let published = stands
-                && broker.publish_peer_will(
-                    d.message,
-                    d.header.message_expiry,
-                    &Arc::new(owner),
-                    &Arc::from(d.header.client_id.as_str()),
-                    std::time::Instant::now(),
-                );
-            tracing::info!(
-                node = %d.header.node,
-                published,
-                owner_stands = stands,
-                "cluster: the will of a dead node's client handled here"
-            );
+        tokio::select! {
+            e = change => match e {
+                Some(Ok(e)) => wills::note(&mut index, &e),
+                Some(Err(e)) => {
+                    tracing::debug!(error = %e, "cluster: the wills watch failed; watching again");
+                    watch = None;
+                }
+                None => watch = None,
+            },
+            _ = tick.tick() => {
+                let Some(c) = cluster.upgrade() else { return };
+                if watch.is_none() {
+                    continue;
+                }
+                let due = async {
+                    let reg = c.registry().await?;
+                    c.wills().await?.reap(&reg.nodes, &index, &mut seen).await
+                };
+                match due.await {
+                    Ok(due) => publish_dead_wills(&c, &broker, due),
+                    Err(e) => tracing::debug!(error = %e, "cluster: the wills of dead nodes could not be looked at"),
+                }
+            }
         }
+    }
+}
+
+/// Publish the dead nodes' wills this node deleted from the bucket, if their owners stand.
+fn publish_dead_wills(c: &Cluster, broker: &Broker, due: Vec<wills::Due>) {
+    for d in due {
+        let Some(owner) = wills::owner_of(&d.header) else {
+            tracing::warn!(kind = %d.header.kind, "cluster: a dead node's will names an owner of an unknown kind; not published");
+            continue;
+        };
+        let stands = c.sink.get().is_none_or(|s| s.will_owner_stands(&owner, d.header.jti.as_deref()));
+        let published = stands
+            && broker.publish_peer_will(
+                d.message,
+                d.header.message_expiry,
+                &Arc::new(owner),
+                &Arc::from(d.header.client_id.as_str()),
+                std::time::Instant::now(),
+            );
+        tracing::info!(
+            node = %d.header.node,
+            published,
+            owner_stands = stands,
+            "cluster: the will of a dead node's client handled here"
+        );
+    }
+}
+
+/// How long the node names (leases) used for the interest pings are kept before they are
+/// read again.
+const PEERS_FRESH: Duration = Duration::from_secs(3);
+
+/// Carry the interest tickets in force on this node's NATS server (`local`, after the
+/// subscription's round trip) to `done` once the servers of the other nodes hold them too:
+/// each other node (holding a lease) is pinged on its command subject, through this node's
+/// connection, after the subscription. A NATS server forwards a connection's protocol in
+/// order, and sends an account's interest changes and messages to a routed server on one
+/// route connection, in order: when another node's answer comes back, its server had the new
+/// interest before it passed the ping on, so whatever that node publishes afterwards reaches
+/// this node (SPEC §11's subscribe gap). A node that does not answer within
+/// [`SESSIONS_PATIENCE`] (or has no responder: dead) is not waited for. Many changes made
+/// meanwhile share one round of pings. Ends with the cluster.
+async fn propagate_interest(
+    cluster: std::sync::Weak<Cluster>,
+    mut local: tokio::sync::watch::Receiver<u64>,
+    done: tokio::sync::watch::Sender<u64>,
+) {
+    let mut at = 0;
+    let mut peers: Option<(tokio::time::Instant, Vec<String>)> = None;
+    loop {
+        if local.wait_for(|&n| n > at).await.is_err() {
+            return;
+        }
+        let target = *local.borrow();
+        let Some(c) = cluster.upgrade() else { return };
+        if peers.as_ref().is_none_or(|(t, _)| t.elapsed() > PEERS_FRESH) {
+            let names = async { registry::all_keys(&c.registry().await?.nodes).await };
+            peers = match names.await {
+                Ok(n) => Some((tokio::time::Instant::now(), n.into_iter().filter(|n| *n != c.node).collect())),
+                Err(e) => {
+                    tracing::debug!(error = %e, "cluster: the other nodes are not known; interest not confirmed there");
+                    None
+                }
+            };
+        }
+        let pings = peers.iter().flat_map(|(_, p)| p.iter()).map(|node| {
+            let ask = c.client.request(control::node_subject(&c.prefix, node), control::ping_command());
+            async move {
+                if !matches!(tokio::time::timeout(SESSIONS_PATIENCE, ask).await, Ok(Ok(_))) {
+                    tracing::debug!(node = %node, "cluster: a node did not answer an interest ping");
+                }
+            }
+        });
+        futures_util::future::join_all(pings).await;
+        drop(c);
+        at = target;
+        done.send_modify(|n| *n = (*n).max(target));
     }
 }
 

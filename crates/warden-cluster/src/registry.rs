@@ -337,6 +337,12 @@ impl Registry {
         Ok(self.entry(&key(client_id)).await?.map(|(c, _)| c).filter(|c| c.conn != 0))
     }
 
+    /// The entry of `client_id`, connected or kept for its session (the node that holds its
+    /// session).
+    pub(crate) async fn holder(&self, client_id: &str) -> Result<Option<Claim>, BoxError> {
+        Ok(self.entry(&key(client_id)).await?.map(|(c, _)| c))
+    }
+
     /// Every entry with a connection (the cluster-wide client list).
     pub(crate) async fn connected(&self) -> Result<Vec<Claim>, BoxError> {
         let keys = all_keys(&self.clients).await?;

@@ -11,12 +11,16 @@
 //! ([`warden_core::fabric::Fabric::will_cleared`]); a task writes both in the order the core
 //! reported them.
 //!
-//! Every node looks at the entries every [`REAP_EVERY`]: one whose node holds no lease, or
-//! a lease of another run (it restarted), is a dead node's. From when a node first sees it so,
+//! Every node follows the bucket with a KV watch (each entry's last version at start, then each
+//! change: O(changes), never a scan of every entry) and keeps the headers only ([`Kept`]).
+//! Every [`REAP_EVERY`], when it knows entries of other nodes, it reads the node leases
+//! (O(nodes)): an entry whose node holds no lease, or a lease of another run (it restarted), is
+//! a dead node's. From when a node first sees it so,
 //! it waits the will's delay, then deletes the entry with a compare-and-set on the revision it
 //! read: the one node whose delete succeeds publishes the will (exactly one node), through its
 //! core, under the owner principal and the policy in force now — after the shell said the
-//! owner still stands (not disabled, removed, or its token revoked: [`crate::control::ControlSink::will_owner_stands`]).
+//! owner still stands (not disabled, removed, its token revoked, its certificate revoked by a
+//! CRL or the device registry: [`crate::control::ControlSink::will_owner_stands`]).
 //! A client that claims its client id again first (on any node) cancels it: the claim
 //! deletes another node's entry ([`crate::Cluster::claim`]).
 
@@ -28,9 +32,11 @@ use async_nats::jetstream::kv;
 use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 use warden_core::Message;
+use warden_policy::trust::{CertChain, CertRef, Credential};
 use warden_policy::Principal;
 
 use crate::registry::{all_keys, key, timed};
+use std::collections::HashSet;
 
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
@@ -69,6 +75,57 @@ pub struct WillHeader {
     /// Its token's `jti`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub jti: Option<String>,
+    /// Its certificate, as CRLs and the device registry name it (a certificate owner's).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cert: Option<WillCert>,
+}
+
+/// A certificate owner's certificate in a [`WillHeader`]: enough to check, when the will falls
+/// due, that no CRL and no device registry entry revoked it meanwhile.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WillCert {
+    /// The issuer's distinguished name (DER, hex).
+    pub issuer: String,
+    /// The serial number (big-endian, hex).
+    pub serial: String,
+    /// The intermediate CAs it chained through: (issuer, serial) as above.
+    #[serde(default)]
+    pub chain: Vec<(String, String)>,
+    /// SHA-256 of the DER certificate (lowercase hex), as the device registry names it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fingerprint: Option<String>,
+}
+
+fn hex(b: &[u8]) -> String {
+    b.iter().map(|x| format!("{x:02x}")).collect()
+}
+
+fn unhex(s: &str) -> Option<Box<[u8]>> {
+    if !s.len().is_multiple_of(2) {
+        return None;
+    }
+    (0..s.len()).step_by(2).map(|i| u8::from_str_radix(s.get(i..i + 2)?, 16).ok()).collect()
+}
+
+impl WillCert {
+    fn of(chain: &CertChain) -> WillCert {
+        WillCert {
+            issuer: hex(&chain.leaf.issuer),
+            serial: hex(&chain.leaf.serial),
+            chain: chain.issuers.iter().map(|c| (hex(&c.issuer), hex(&c.serial))).collect(),
+            fingerprint: chain.fingerprint.as_deref().map(str::to_owned),
+        }
+    }
+
+    /// The chain again (`None`: not hex).
+    fn chain(&self) -> Option<CertChain> {
+        let cert = |i: &str, s: &str| Some(CertRef { issuer: unhex(i)?, serial: unhex(s)? });
+        Some(CertChain {
+            leaf: cert(&self.issuer, &self.serial)?,
+            issuers: self.chain.iter().map(|(i, s)| cert(i, s)).collect::<Option<_>>()?,
+            fingerprint: self.fingerprint.as_deref().map(Into::into),
+        })
+    }
 }
 
 /// A will change for the wills task.
@@ -127,16 +184,28 @@ pub(crate) fn header_of(
         roles: owner.roles.iter().map(|r| r.to_string()).collect(),
         scopes: owner.scopes.iter().map(|s| s.to_string()).collect(),
         jti: owner.token_id().map(str::to_owned),
+        cert: match owner.credential() {
+            Some(Credential::Certificate(chain)) => Some(WillCert::of(chain)),
+            _ => None,
+        },
     }
 }
 
 /// The owner principal a header names, made again as a session restored from the store is
 /// ([`warden_store::wire::restore_owner`]: a token's scopes compiled again, a look-up's
 /// principal with no grants of its own; a certificate's or token's credential details are
-/// not kept: the standing check uses the `jti`). `None`: a kind or source this node does not
-/// know.
+/// kept: the standing check uses the `jti`; a certificate's chain and fingerprint are, for the
+/// CRL and device registry checks). `None`: a kind or source this node does not know, or a
+/// certificate that does not decode.
 pub(crate) fn owner_of(h: &WillHeader) -> Option<Principal> {
-    warden_store::wire::restore_owner(&h.kind, &h.name, &h.roles, &h.scopes, &h.source).ok()
+    let p = warden_store::wire::restore_owner(&h.kind, &h.name, &h.roles, &h.scopes, &h.source).ok()?;
+    match &h.cert {
+        Some(c) => {
+            let source = p.source;
+            Some(p.with_credential(source, Some(Credential::Certificate(c.chain()?))))
+        }
+        None => Some(p),
+    }
 }
 
 /// The wills bucket as one node uses it.
@@ -144,6 +213,31 @@ pub(crate) struct Wills {
     pub(crate) kv: kv::Store,
     pub(crate) node: String,
     pub(crate) run: u64,
+}
+
+/// What a node keeps of one entry of the bucket, from its watch: the revision and the header
+/// (the will itself is read when it falls due).
+pub(crate) struct Kept {
+    pub(crate) revision: u64,
+    pub(crate) header: WillHeader,
+}
+
+/// Take one change the watch brought into `index` (key → what is kept of it).
+pub(crate) fn note(index: &mut HashMap<String, Kept>, e: &kv::Entry) {
+    match e.operation {
+        kv::Operation::Put => match decode_entry(&e.value) {
+            Some((header, _)) => {
+                index.insert(e.key.clone(), Kept { revision: e.revision, header });
+            }
+            None => {
+                tracing::debug!("cluster: a will entry did not decode; left alone");
+                index.remove(&e.key);
+            }
+        },
+        kv::Operation::Delete | kv::Operation::Purge => {
+            index.remove(&e.key);
+        }
+    }
 }
 
 /// One dead node's will this node may publish.
@@ -203,32 +297,34 @@ impl Wills {
         Ok(out)
     }
 
-    /// One look at the entries: those of dead nodes are noted in `seen` (key, revision → when
-    /// first seen dead); those whose delay has passed since are deleted, and the ones whose
-    /// delete succeeded (this node's to publish) returned.
+    /// Follow the bucket: each entry's last version (delete markers included), then every
+    /// change.
+    pub(crate) async fn watch(&self) -> Result<kv::Watch, BoxError> {
+        timed(self.kv.watch_with_history(">")).await
+    }
+
+    /// One look at the entries the watch brought (`index`): those of dead nodes are noted in
+    /// `seen` (key, revision → when first seen dead); those whose delay has passed since are
+    /// read (at the stream's leader), deleted by compare-and-set on that revision, and the
+    /// ones whose delete succeeded (this node's to publish) returned. The leases are read
+    /// only when `index` holds another node's (or another run's) entry.
     pub(crate) async fn reap(
         &self,
         nodes: &kv::Store,
+        index: &HashMap<String, Kept>,
         seen: &mut HashMap<(String, u64), tokio::time::Instant>,
     ) -> Result<Vec<Due>, BoxError> {
-        let keys = all_keys(&self.kv).await?;
-        if keys.is_empty() {
+        let mine = |h: &WillHeader| h.node == self.node && h.run == self.run;
+        if index.values().all(|k| mine(&k.header)) {
             seen.clear();
             return Ok(Vec::new());
         }
         let leases = self.leases(nodes).await?;
         let now = tokio::time::Instant::now();
-        let mut present = std::collections::HashSet::new();
+        let mut present = HashSet::new();
         let mut due = Vec::new();
-        for k in keys {
-            let Some(e) = timed(self.kv.entry(k.clone())).await? else { continue };
-            if e.operation != kv::Operation::Put {
-                continue;
-            }
-            let Some((header, record)) = decode_entry(&e.value) else {
-                tracing::debug!("cluster: a will entry did not decode; left alone");
-                continue;
-            };
+        for (k, kept) in index {
+            let header = &kept.header;
             let alive = if header.node == self.node {
                 header.run == self.run
             } else {
@@ -237,12 +333,18 @@ impl Wills {
             if alive {
                 continue;
             }
-            let id = (k.clone(), e.revision);
+            let id = (k.clone(), kept.revision);
             present.insert(id.clone());
             let first = *seen.entry(id).or_insert(now);
             if now < first + Duration::from_secs(u64::from(header.delay)) {
                 continue;
             }
+            // The will itself, at the revision seen dead (changed since: the watch says so).
+            let Some(e) = timed(self.kv.entry(k.clone())).await? else { continue };
+            if e.operation != kv::Operation::Put || e.revision != kept.revision {
+                continue;
+            }
+            let Some((header, record)) = decode_entry(&e.value) else { continue };
             let message = match warden_store::wire::decode(record) {
                 Ok(Some((m, _))) => Some(m),
                 Ok(None) => None, // expired
@@ -252,7 +354,7 @@ impl Wills {
                 }
             };
             // Whoever deletes it publishes it: exactly one node.
-            if timed(self.kv.delete_expect_revision(&k, Some(e.revision))).await.is_ok() {
+            if timed(self.kv.delete_expect_revision(k, Some(e.revision))).await.is_ok() {
                 if let Some(message) = message {
                     due.push(Due { header, message });
                 }
@@ -296,5 +398,24 @@ mod tests {
         );
         let p = owner_of(&user).unwrap();
         assert_eq!((p.kind, p.source), (PrincipalKind::User, CredentialSource::PasswordFile));
+        assert!(user.cert.is_none());
+    }
+
+    #[test]
+    fn a_certificate_owners_chain_and_fingerprint_are_kept() {
+        let chain = CertChain {
+            leaf: CertRef { issuer: Box::from(&[0x30, 0x0a, 0xff][..]), serial: Box::from(&[0x01, 0x00][..]) },
+            issuers: Box::from([CertRef { issuer: Box::from(&[0x30][..]), serial: Box::from(&[0x7f][..]) }]),
+            fingerprint: Some("ab".repeat(32).into()),
+        };
+        let owner = Principal::certificate("dev-1")
+            .with_credential(CredentialSource::Certificate, Some(Credential::Certificate(chain.clone())));
+        let h = header_of("a", 7, "dev-1", 3, 0, None, &owner);
+        let (h2, _) = decode_entry(&encode_entry(&h, b"").unwrap()).unwrap();
+        let p = owner_of(&h2).unwrap();
+        assert_eq!(p.credential(), Some(&Credential::Certificate(chain)));
+        let mut bad = h2.clone();
+        bad.cert.as_mut().unwrap().serial = "0g".into();
+        assert!(owner_of(&bad).is_none(), "a certificate that does not decode names no owner");
     }
 }

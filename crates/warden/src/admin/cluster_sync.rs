@@ -230,6 +230,13 @@ impl ClusterSync {
         Ok(())
     }
 
+    /// True when another node's shared CRL revocations name `chain` (also where this node
+    /// has no TLS listener to hold them).
+    fn peer_crls_revoke(&self, chain: &warden_policy::trust::CertChain) -> bool {
+        let peers = self.peer_crls.lock();
+        from_issuers(peers.values()).is_ok_and(|all| all.revokes(chain))
+    }
+
     /// What this node knows of every node's keys, its own first-hand.
     fn known_keys(&self) -> TokenKeys {
         let mut doc = TokenKeys { nodes: self.peer_keys.lock().clone() };
@@ -344,7 +351,16 @@ impl ControlSink for ClusterSync {
         // What the next CONNECT of that credential is refused on: a disabled name, a user gone
         // from the password file or the policy store, a revoked token (SPEC §10).
         let ctx = self.auth.context(&warden_policy::authn::Unrestricted, warden_policy::authn::ListenerAuth::default());
-        let revoked = jti.is_some_and(|j| self.backend.oauth.as_ref().is_some_and(|o| o.is_revoked(j)));
+        // A certificate's standing: the device registry (in `stands`) and every CRL this node
+        // knows, its own listeners' and the other nodes' (`crl-revoked`), as loaded now.
+        let revoked = jti.is_some_and(|j| self.backend.oauth.as_ref().is_some_and(|o| o.is_revoked(j)))
+            || match owner.credential() {
+                Some(warden_policy::trust::Credential::Certificate(chain)) => {
+                    self.backend.tls.iter().any(|l| l.revoked().revokes(chain) || l.peer_revoked().revokes(chain))
+                        || self.peer_crls_revoke(chain)
+                }
+                _ => false,
+            };
         let stands = ctx.stands(owner) && !revoked;
         if !stands {
             info!(principal = %crate::logsafe::Escaped(&owner.to_string()), "cluster: a dead node's will not published: its owner lost its standing");
@@ -374,6 +390,19 @@ impl ControlSink for ClusterSync {
             warn!(left_out, "cluster: too many sessions to list for another node; the first by client id were sent");
         }
         out
+    }
+
+    fn session(&self, client_id: &str) -> Option<Vec<u8>> {
+        let s = warden_http::admin::AdminBackend::session(&*self.backend, client_id)?;
+        serde_json::to_vec(&s).ok()
+    }
+
+    fn drop_session(&self, client_id: &str) -> bool {
+        let removed = warden_http::admin::AdminBackend::delete_session(&*self.backend, client_id);
+        if removed {
+            info!(client_id = %Escaped(client_id), "cluster: session removed for another node's admin API");
+        }
+        removed
     }
 
     fn end_client(&self, client_id: &str, reason: u8) -> bool {
