@@ -30,11 +30,12 @@ done
 TMP=$(mktemp -d "${TMPDIR:-/tmp}/warden-interop.XXXXXX")
 BROKER_PID=
 TLS_PID=    # the second broker, with TLS listeners (see the TLS section)
+ENR_PID=    # the enrollment broker (see the enrollment section)
 BG_PIDS=()  # running background clients only: a reaped PID may be reused by anything
 cleanup() {
   local p
   for p in "${BG_PIDS[@]}"; do kill "$p" 2>/dev/null; done
-  for p in "$BROKER_PID" "$TLS_PID"; do
+  for p in "$BROKER_PID" "$TLS_PID" "$ENR_PID"; do
     [ -n "$p" ] || continue
     kill "$p" 2>/dev/null
     wait "$p" 2>/dev/null
@@ -595,7 +596,7 @@ auth_fail_ban = { failures = 100000 }
 CONF
   "$BIN" serve --config "$ENR/warden.toml" >"$log" 2>&1 &
   pid=$!
-  BG_PIDS+=("$pid")
+  ENR_PID=$pid
   if ! { wait_port "$port" 30 "$pid" && wait_port "$http_port" 10 "$pid"; }; then
     fail "enroll: broker listens"; tail -20 "$log" | sed 's/^/    /'; return
   fi
@@ -640,6 +641,9 @@ CONF
   check "enroll: curl POST /enroll with a one-time token (200), not twice (401)" enroll_http
   check "enroll: broker process still running" kill -0 "$pid"
   unset WARDEN_ADMIN_URL WARDEN_ADMIN_TOKEN
+  kill "$pid" 2>/dev/null
+  wait "$pid" 2>/dev/null
+  ENR_PID=
 }
 enroll_checks
 
