@@ -43,28 +43,9 @@ async fn broker() -> TestBroker {
 
 /// One HTTP call (ureq on the blocking pool); returns the status and the JSON body.
 async fn http(b: &TestBroker, method: &str, path: &str, token: Option<&str>, body: Option<String>) -> (u16, Value) {
-    let url = format!("http://{}{path}", b.server.http_addr.expect("http listener"));
-    let (method, token) = (method.to_owned(), token.map(str::to_owned));
-    tokio::task::spawn_blocking(move || {
-        let mut req = ureq::request(&method, &url).timeout(WAIT);
-        if let Some(t) = token {
-            req = req.set("Authorization", &format!("Bearer {t}"));
-        }
-        let resp = match body {
-            Some(b) => req.set("Content-Type", "application/json").send_string(&b),
-            None => req.call(),
-        };
-        let resp = match resp {
-            Ok(r) => r,
-            Err(ureq::Error::Status(_, r)) => r,
-            Err(e) => panic!("HTTP {method} {url}: {e}"),
-        };
-        let status = resp.status();
-        let v = resp.into_json::<Value>().unwrap_or(Value::Null);
-        (status, v)
-    })
-    .await
-    .expect("http task")
+    let headers: Vec<_> = token.map(warden_testkit::http::bearer).into_iter().collect();
+    let a = b.http(method, path, &headers, body).await;
+    (a.status, a.json())
 }
 
 async fn admin(b: &TestBroker, method: &str, path: &str, body: Option<Value>) -> Value {

@@ -35,23 +35,8 @@ fn config() -> String {
 
 /// One HTTP call (ureq on the blocking pool); returns the status and the JSON body.
 async fn http(b: &TestBroker, method: &str, path: &str, token: &str, body: Option<Value>) -> (u16, Value) {
-    let url = format!("http://{}{path}", b.server.http_addr.expect("http listener"));
-    let (method, token) = (method.to_owned(), token.to_owned());
-    tokio::task::spawn_blocking(move || {
-        let req = ureq::request(&method, &url).timeout(WAIT).set("Authorization", &format!("Bearer {token}"));
-        let resp = match body {
-            Some(b) => req.set("Content-Type", "application/json").send_string(&b.to_string()),
-            None => req.call(),
-        };
-        let resp = match resp {
-            Ok(r) => r,
-            Err(ureq::Error::Status(_, r)) => r,
-            Err(e) => panic!("HTTP {method} {url}: {e}"),
-        };
-        (resp.status(), resp.into_json::<Value>().unwrap_or(Value::Null))
-    })
-    .await
-    .expect("http task")
+    let a = b.http(method, path, &[warden_testkit::http::bearer(token)], body.map(|v| v.to_string())).await;
+    (a.status, a.json())
 }
 
 async fn admin(b: &TestBroker, method: &str, path: &str, body: Option<Value>) -> u16 {

@@ -41,33 +41,13 @@ async fn http(
     headers: &[(&str, &str)],
     body: Option<Value>,
 ) -> (u16, Vec<Option<String>>, Value) {
-    let url = format!("http://{}{path}", b.server.http_addr.expect("http listener"));
-    let method = method.to_owned();
-    let headers: Vec<(String, String)> = headers.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())).collect();
-    tokio::task::spawn_blocking(move || {
-        let mut req = ureq::request(&method, &url).timeout(WAIT);
-        for (k, v) in &headers {
-            req = req.set(k, v);
-        }
-        let resp = match body {
-            Some(b) => req.set("Content-Type", "application/json").send_string(&b.to_string()),
-            None => req.call(),
-        };
-        let resp = match resp {
-            Ok(r) => r,
-            Err(ureq::Error::Status(_, r)) => r,
-            Err(e) => panic!("HTTP {method} {url}: {e}"),
-        };
-        let status = resp.status();
-        let asked = ["access-control-allow-origin", "content-security-policy", "content-type"]
-            .iter()
-            .map(|h| resp.header(h).map(str::to_owned))
-            .collect();
-        let text = resp.into_string().unwrap_or_default();
-        (status, asked, serde_json::from_str(&text).unwrap_or(Value::String(text)))
-    })
-    .await
-    .unwrap()
+    let headers: Vec<(&str, String)> = headers.iter().map(|(k, v)| (*k, (*v).to_owned())).collect();
+    let a = b.http(method, path, &headers, body.map(|v| v.to_string())).await;
+    let asked = ["access-control-allow-origin", "content-security-policy", "content-type"]
+        .iter()
+        .map(|h| a.header(h).map(str::to_owned))
+        .collect();
+    (a.status, asked, serde_json::from_str(&a.text).unwrap_or(Value::String(a.text.clone())))
 }
 
 const BEARER: &str = "Bearer console-admin-token-0123456789abcdef";

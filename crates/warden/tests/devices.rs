@@ -45,23 +45,8 @@ async fn setup(extra: &str) -> Setup {
 
 /// One admin API call; the status and the JSON body.
 async fn http(b: &TestBroker, method: &str, path: &str, body: Option<String>) -> (u16, Value) {
-    let url = format!("http://{}{path}", b.server.http_addr.expect("http listener"));
-    let method = method.to_owned();
-    tokio::task::spawn_blocking(move || {
-        let req = ureq::request(&method, &url).timeout(WAIT).set("Authorization", &format!("Bearer {ADMIN_TOKEN}"));
-        let resp = match body {
-            Some(b) => req.set("Content-Type", "application/json").send_string(&b),
-            None => req.call(),
-        };
-        let resp = match resp {
-            Ok(r) => r,
-            Err(ureq::Error::Status(_, r)) => r,
-            Err(e) => panic!("HTTP {method} {url}: {e}"),
-        };
-        (resp.status(), resp.into_json::<Value>().unwrap_or(Value::Null))
-    })
-    .await
-    .expect("http task")
+    let a = b.http(method, path, &[warden_testkit::http::bearer(ADMIN_TOKEN)], body).await;
+    (a.status, a.json())
 }
 
 /// An admin API call that must succeed.

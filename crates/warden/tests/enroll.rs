@@ -16,6 +16,7 @@ use bytes::Bytes;
 use mqtt_codec::{Packet, Protocol, QoS, ReasonCode};
 use serde_json::{json, Value};
 use warden::config::ListenerProtocol;
+use warden_testkit::http::bearer;
 use warden_testkit::pki::{tls_connect, CertFiles, TestPki, Validity};
 use warden_testkit::{connect_packet, publish, RawClient, Recv, TestBroker, WAIT};
 
@@ -76,23 +77,8 @@ fn batch_1() -> Value {
 impl Setup {
     /// One admin API call; the status and the JSON body.
     async fn http(&self, method: &str, path: &str, body: Option<Value>) -> (u16, Value) {
-        let url = format!("http://{}{path}", self.broker.server.http_addr.expect("http listener"));
-        let method = method.to_owned();
-        tokio::task::spawn_blocking(move || {
-            let req = ureq::request(&method, &url).timeout(WAIT).set("Authorization", &format!("Bearer {ADMIN_TOKEN}"));
-            let resp = match body {
-                Some(b) => req.set("Content-Type", "application/json").send_string(&b.to_string()),
-                None => req.call(),
-            };
-            let resp = match resp {
-                Ok(r) => r,
-                Err(ureq::Error::Status(_, r)) => r,
-                Err(e) => panic!("HTTP {method} {url}: {e}"),
-            };
-            (resp.status(), resp.into_json::<Value>().unwrap_or(Value::Null))
-        })
-        .await
-        .expect("http task")
+        let a = self.broker.http(method, path, &[bearer(ADMIN_TOKEN)], body.map(|v| v.to_string())).await;
+        (a.status, a.json())
     }
 
     async fn admin(&self, method: &str, path: &str, body: Value) -> Value {
@@ -493,23 +479,9 @@ async fn the_pre_provisioning_hook_approves_adds_attributes_or_refuses() {
 
 /// `POST /enroll` with `token` (`None`: no Authorization) and `body`: status and JSON.
 async fn post_enroll(s: &Setup, token: Option<&str>, body: Value) -> (u16, Value, Option<String>) {
-    let url = format!("http://{}/enroll", s.broker.server.http_addr.expect("http listener"));
-    let token = token.map(str::to_owned);
-    tokio::task::spawn_blocking(move || {
-        let mut req = ureq::post(&url).timeout(WAIT).set("Content-Type", "application/json");
-        if let Some(t) = token {
-            req = req.set("Authorization", &format!("Bearer {t}"));
-        }
-        let resp = match req.send_string(&body.to_string()) {
-            Ok(r) => r,
-            Err(ureq::Error::Status(_, r)) => r,
-            Err(e) => panic!("POST /enroll: {e}"),
-        };
-        let challenge = resp.header("WWW-Authenticate").map(str::to_owned);
-        (resp.status(), resp.into_json::<Value>().unwrap_or(Value::Null), challenge)
-    })
-    .await
-    .unwrap()
+    let headers: Vec<_> = token.map(bearer).into_iter().collect();
+    let a = s.broker.http("POST", "/enroll", &headers, Some(body.to_string())).await;
+    (a.status, a.json(), a.header("WWW-Authenticate").map(str::to_owned))
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -64,26 +64,9 @@ async fn broker_with(watch: &str) -> TestBroker {
 
 /// One admin API call (`token`: send the admin token); the status and the JSON body.
 async fn http(b: &TestBroker, method: &str, path: &str, body: Option<Value>, token: bool) -> (u16, Value) {
-    let url = format!("http://{}{path}", b.server.http_addr.expect("http listener"));
-    let method = method.to_owned();
-    tokio::task::spawn_blocking(move || {
-        let mut req = ureq::request(&method, &url).timeout(WAIT);
-        if token {
-            req = req.set("Authorization", &format!("Bearer {ADMIN_TOKEN}"));
-        }
-        let resp = match body {
-            Some(b) => req.set("Content-Type", "application/json").send_string(&b.to_string()),
-            None => req.call(),
-        };
-        let resp = match resp {
-            Ok(r) => r,
-            Err(ureq::Error::Status(_, r)) => r,
-            Err(e) => panic!("HTTP {method} {url}: {e}"),
-        };
-        (resp.status(), resp.into_json::<Value>().unwrap_or(Value::Null))
-    })
-    .await
-    .expect("http task")
+    let headers: Vec<_> = token.then(|| warden_testkit::http::bearer(ADMIN_TOKEN)).into_iter().collect();
+    let a = b.http(method, path, &headers, body.map(|v| v.to_string())).await;
+    (a.status, a.json())
 }
 
 fn login(id: &str, user: &str) -> mqtt_codec::Connect {
