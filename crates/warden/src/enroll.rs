@@ -238,20 +238,23 @@ impl Enroll {
         req: Request,
     ) -> Result<Issued, Refusal> {
         // The key, checked before the hook is asked (a malformed request costs it nothing).
-        let csr = req.csr.clone();
-        let spki_sha = tokio::task::spawn_blocking(move || crate::pki::csr_key_sha256(csr.as_bytes()))
+        let csr = req.csr;
+        let key = tokio::task::spawn_blocking(move || crate::pki::CsrKey::from_request(csr.as_bytes()))
             .await
             .map_err(|_| internal("checking the request"))?
             .map_err(csr_refusal)?;
         let extra = match &self.hook {
-            Some(agent) => Some(self.ask_hook(agent, peer, device_id, &asker, spki_sha, req.context.as_ref()).await?),
+            Some(agent) => {
+                let spki = key.spki_sha256().to_owned();
+                Some(self.ask_hook(agent, peer, device_id, &asker, spki, req.context.as_ref()).await?)
+            }
             None => None,
         };
-        let (ca_dir, days, csr, id) = (self.ca_dir.clone(), self.cfg.certificate_days, req.csr, device_id.to_owned());
+        let (ca_dir, days, id) = (self.ca_dir.clone(), self.cfg.certificate_days, device_id.to_owned());
         let files = self.files.clone();
         let signed = tokio::task::spawn_blocking(move || {
             let ca = LoadedCa::load(&ca_dir).map_err(|e| CsrError::Internal(format!("loading the CA: {e:#}")))?;
-            let signed = ca.sign_csr(csr.as_bytes(), &id, days)?;
+            let signed = ca.sign_csr(&key, &id, days)?;
             // Recorded before it is handed out, so that a revocation can always find it.
             let _files = files.lock();
             crate::pki::record_enrolled(&ca_dir, &ca, &signed, &id)

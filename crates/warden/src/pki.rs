@@ -170,15 +170,12 @@ impl LoadedCa {
     }
 
     /// A client certificate (EKU clientAuth, subject exactly `CN=<cn>`, no SAN) for the key of
-    /// `csr`, valid `days` (clamped to the CA's expiry). What the request asks for besides its
-    /// key — subject, extensions — is ignored. Refused: a request that does not parse, whose
-    /// signature does not verify (the requester must hold the private key), or whose key is
-    /// weak or of a type this CA does not sign for.
-    pub(crate) fn sign_csr(&self, csr: &[u8], cn: &str, days: u32) -> Result<SignedCsr, CsrError> {
-        let key = CsrKey::from_request(csr)?;
+    /// a verified request ([`CsrKey::from_request`]), valid `days` (clamped to the CA's
+    /// expiry). What the request asks for besides its key — subject, extensions — is ignored.
+    pub(crate) fn sign_csr(&self, key: &CsrKey, cn: &str, days: u32) -> Result<SignedCsr, CsrError> {
         let mut params = leaf_params(cn);
         params.extended_key_usages = vec![rcgen::ExtendedKeyUsagePurpose::ClientAuth];
-        let (cert, _) = self.sign_key(params, days, &key).map_err(|e| CsrError::Internal(format!("{e:#}")))?;
+        let (cert, _) = self.sign_key(params, days, key).map_err(|e| CsrError::Internal(format!("{e:#}")))?;
         let der = cert.der().to_vec();
         let (_, parsed) = x509_parser::parse_x509_certificate(&der)
             .map_err(|e| CsrError::Internal(format!("the new certificate does not parse: {e}")))?;
@@ -228,19 +225,20 @@ impl std::fmt::Display for CsrError {
     }
 }
 
-/// SHA-256 (hex) of the SubjectPublicKeyInfo of a request whose signature verifies and whose
-/// key is accepted (what [`LoadedCa::sign_csr`] would sign), to name the key to others.
-pub(crate) fn csr_key_sha256(csr: &[u8]) -> Result<String, CsrError> {
-    CsrKey::from_request(csr).map(|k| k.spki_sha256)
-}
-
 /// The public key of a verified request, as rcgen signs for it.
-struct CsrKey {
+pub(crate) struct CsrKey {
     /// The subjectPublicKey bits.
     raw: Vec<u8>,
     alg: &'static rcgen::SignatureAlgorithm,
     /// SHA-256 of the SubjectPublicKeyInfo DER, hex.
     spki_sha256: String,
+}
+
+impl CsrKey {
+    /// SHA-256 (hex) of its SubjectPublicKeyInfo, to name the key to others (the hook).
+    pub(crate) fn spki_sha256(&self) -> &str {
+        &self.spki_sha256
+    }
 }
 
 impl rcgen::PublicKeyData for CsrKey {
@@ -263,8 +261,10 @@ const MIN_RSA_BITS: usize = 2048;
 
 impl CsrKey {
     /// The key of a PKCS#10 request (PEM `CERTIFICATE REQUEST` or DER) whose self-signature
-    /// verifies: ECDSA P-256 / P-384, Ed25519, or RSA of at least 2048 bits.
-    fn from_request(input: &[u8]) -> Result<CsrKey, CsrError> {
+    /// verifies: ECDSA P-256 / P-384, Ed25519, or RSA of at least 2048 bits. Refused: a request
+    /// that does not parse, whose signature does not verify (the requester must hold the
+    /// private key), or whose key is weak or of a type this CA does not sign for.
+    pub(crate) fn from_request(input: &[u8]) -> Result<CsrKey, CsrError> {
         use x509_parser::certification_request::X509CertificationRequest;
         use x509_parser::prelude::FromDer;
         let der = if input.trim_ascii_start().starts_with(b"-----BEGIN") {
@@ -596,6 +596,11 @@ mod tests {
         (dir, ca)
     }
 
+    /// Verify `csr` and sign its key, as enrollment does.
+    fn sign(ca: &LoadedCa, csr: &[u8], cn: &str, days: u32) -> Result<SignedCsr, CsrError> {
+        ca.sign_csr(&CsrKey::from_request(csr)?, cn, days)
+    }
+
     fn csr(alg: &'static rcgen::SignatureAlgorithm, cn: &str, sans: Vec<String>) -> (KeyPair, String) {
         let key = KeyPair::generate_for(alg).unwrap();
         let mut params = CertificateParams::new(sans).unwrap();
@@ -609,7 +614,7 @@ mod tests {
         let (_dir, ca) = ca();
         // It asks to be "admin" with a SAN: it gets CN=dev-1 and nothing else.
         let (key, pem) = csr(&rcgen::PKCS_ECDSA_P256_SHA256, "admin", vec!["evil.example".into()]);
-        let signed = ca.sign_csr(pem.as_bytes(), "dev-1", 30).unwrap();
+        let signed = sign(&ca, pem.as_bytes(), "dev-1", 30).unwrap();
         let signed_der = x509_parser::pem::parse_x509_pem(signed.pem.as_bytes()).unwrap().1.contents;
         let (_, cert) = x509_parser::parse_x509_certificate(&signed_der).unwrap();
         let cns: Vec<_> = cert.subject().iter_common_name().map(|a| a.as_str().unwrap().to_owned()).collect();
@@ -627,10 +632,10 @@ mod tests {
         assert!(signed.not_after > crate::clock::unix_now() + 29 * DAY);
         // DER is accepted too; so are Ed25519 and P-384 keys.
         let der = x509_parser::pem::parse_x509_pem(pem.as_bytes()).unwrap().1.contents;
-        ca.sign_csr(&der, "dev-1", 1).unwrap();
+        sign(&ca, &der, "dev-1", 1).unwrap();
         for alg in [&rcgen::PKCS_ED25519, &rcgen::PKCS_ECDSA_P384_SHA384] {
             let (_, pem) = csr(alg, "x", vec![]);
-            ca.sign_csr(pem.as_bytes(), "dev-2", 1).unwrap();
+            sign(&ca, pem.as_bytes(), "dev-2", 1).unwrap();
         }
     }
 
@@ -641,11 +646,11 @@ mod tests {
         let mut der = x509_parser::pem::parse_x509_pem(pem.as_bytes()).unwrap().1.contents;
         // The last byte is in the signature: flipping it breaks proof of possession.
         *der.last_mut().unwrap() ^= 1;
-        assert!(matches!(ca.sign_csr(&der, "dev-1", 1), Err(CsrError::Malformed(m)) if m.contains("signature")));
+        assert!(matches!(sign(&ca, &der, "dev-1", 1), Err(CsrError::Malformed(m)) if m.contains("signature")));
         for junk in [&b""[..], b"hello", b"-----BEGIN CERTIFICATE-----\nAAAA\n-----END CERTIFICATE-----\n"] {
-            assert!(matches!(ca.sign_csr(junk, "dev-1", 1), Err(CsrError::Malformed(_))), "{junk:?}");
+            assert!(matches!(sign(&ca, junk, "dev-1", 1), Err(CsrError::Malformed(_))), "{junk:?}");
         }
         // A certificate is not a request.
-        assert!(matches!(ca.sign_csr(ca.pem().as_bytes(), "dev-1", 1), Err(CsrError::Malformed(_))));
+        assert!(matches!(sign(&ca, ca.pem().as_bytes(), "dev-1", 1), Err(CsrError::Malformed(_))));
     }
 }

@@ -468,13 +468,16 @@ fn cert_standing_changed(a: &PolicyStore, b: &PolicyStore) -> bool {
 /// Device certificates revoked in `b` that were not in `a`.
 fn newly_revoked(a: &PolicyStore, b: &PolicyStore) -> Vec<String> {
     use warden_policy::devices::CertStatus::Revoked;
-    let was = |fp: &str| a.devices.values().any(|d| d.certificates.get(fp).is_some_and(|c| c.status == Revoked));
-    b.devices
-        .values()
-        .flat_map(|d| d.certificates.iter())
-        .filter(|(fp, c)| c.status == Revoked && !was(fp))
-        .map(|(fp, _)| fp.clone())
-        .collect()
+    let revoked = |s: &PolicyStore| -> HashSet<String> {
+        s.devices
+            .values()
+            .flat_map(|d| d.certificates.iter())
+            .filter(|(_, c)| c.status == Revoked)
+            .map(|(fp, _)| fp.clone())
+            .collect()
+    };
+    let was = revoked(a);
+    revoked(b).into_iter().filter(|fp| !was.contains(fp)).collect()
 }
 
 /// The names the store has disabled (users and devices).
