@@ -110,9 +110,7 @@ impl Enroll {
         let ca_dir = cfg.ca_dir(data_dir);
         LoadedCa::load(&ca_dir).map_err(|e| crate::Error::Setting(format!("[enroll] CA: {e:#}")))?;
         let hook = cfg.hook_url.as_ref().map(|url| {
-            let lower = url.to_ascii_lowercase();
-            let host = lower.split("://").nth(1).unwrap_or("").split(['/', '?', '#']).next().unwrap_or("");
-            if lower.starts_with("http://") && !(host.starts_with("127.") || host.starts_with("localhost")) {
+            if crate::auth::lookup::plain_http_off_loopback(url) {
                 warn!(url = %crate::auth::lookup::redacted_url(url), "[enroll] hook_url uses plain http");
             }
             ureq::AgentBuilder::new()

@@ -286,6 +286,18 @@ pub fn redacted_url(url: &str) -> String {
     }
 }
 
+/// True for an `http://` URL (any case) whose host is not loopback (`127.*`, `localhost`,
+/// `[::1]`): what it carries crosses the network in clear.
+pub fn plain_http_off_loopback(url: &str) -> bool {
+    let lower = url.to_ascii_lowercase();
+    let Some(rest) = lower.strip_prefix("http://") else { return false };
+    let host = rest.split(['/', '?', '#']).next().unwrap_or("");
+    let host = host.rsplit('@').next().unwrap_or(host);
+    let loopback =
+        host.starts_with("127.") || host.starts_with("localhost") || host.starts_with("[::1]") || host.is_empty();
+    !loopback
+}
+
 /// The third-party look-up method.
 pub struct HttpLookup {
     cfg: LookupConfig,
@@ -316,13 +328,9 @@ impl HttpLookup {
         check_timeout(cfg.timeout).map_err(|e| crate::Error::Setting(format!("[auth.http] {e}")))?;
         check_cache_ttl(cfg.cache_ttl).map_err(|e| crate::Error::Setting(format!("[auth.http] {e}")))?;
         let lower = cfg.url.to_ascii_lowercase();
-        let rest = if let Some(r) = lower.strip_prefix("https://") {
-            r
-        } else if let Some(r) = lower.strip_prefix("http://") {
-            r
-        } else {
+        if !(lower.starts_with("https://") || lower.starts_with("http://")) {
             return Err(crate::Error::Setting("[auth.http] url must start with http:// or https://".into()));
-        };
+        }
         if cfg.url.chars().any(|c| c.is_whitespace() || c.is_control()) {
             return Err(crate::Error::Setting("[auth.http] url contains white space or control characters".into()));
         }
@@ -340,11 +348,7 @@ impl HttpLookup {
             .user_agent(concat!("warden/", env!("CARGO_PKG_VERSION")))
             .build();
         agent.post(&cfg.url).request_url().map_err(|e| crate::Error::Setting(format!("[auth.http] url: {e}")))?;
-        let host = rest.split(['/', '?', '#']).next().unwrap_or("");
-        let host = host.rsplit('@').next().unwrap_or(host);
-        let loopback =
-            host.starts_with("127.") || host.starts_with("localhost") || host.starts_with("[::1]") || host.is_empty();
-        if lower.starts_with("http://") && !loopback {
+        if plain_http_off_loopback(&cfg.url) {
             warn!(url = %redacted_url(&cfg.url), "[auth.http] uses plain http: passwords cross the network unencrypted");
         }
         if cfg.fail_open && cfg.fallback_role.is_none() {
