@@ -316,6 +316,14 @@ enum ClaimCmd {
     TokenRemove { name: String, id: String },
 }
 
+/// A certificate to register (device or claim): its PEM file's content, or its fingerprint.
+fn cert_body(cert: Option<&std::path::Path>, fingerprint: Option<&str>) -> anyhow::Result<Value> {
+    Ok(match cert {
+        Some(p) => json!({"pem": read_pem(p)?}),
+        None => json!({"fingerprint": fingerprint}),
+    })
+}
+
 /// `NAME=VALUE` pairs as a JSON object.
 fn attr_map(attrs: &[String]) -> anyhow::Result<Value> {
     let mut m = serde_json::Map::new();
@@ -595,10 +603,7 @@ pub fn run(args: &AdminArgs) -> anyhow::Result<()> {
                 }
             }
             DeviceCmd::CertAdd { id, cert, fingerprint, status } => {
-                let mut body = match (cert, fingerprint) {
-                    (Some(p), _) => json!({"pem": read_pem(p)?}),
-                    (None, f) => json!({"fingerprint": f}),
-                };
+                let mut body = cert_body(cert.as_deref(), fingerprint.as_deref())?;
                 if let Some(s) = status {
                     body["status"] = json!(s);
                 }
@@ -658,10 +663,7 @@ pub fn run(args: &AdminArgs) -> anyhow::Result<()> {
                 }
             }
             ClaimCmd::CertAdd { name, cert, fingerprint } => {
-                let body = match (cert, fingerprint) {
-                    (Some(p), _) => json!({"pem": read_pem(p)?}),
-                    (None, f) => json!({"fingerprint": f}),
-                };
+                let body = cert_body(cert.as_deref(), fingerprint.as_deref())?;
                 let v = api.call("POST", &format!("/admin/claims/{}/certificates", enc(name)), Some(body))?;
                 println!("added certificate {} to claim {name:?}", v["fingerprint"].as_str().unwrap_or(""));
             }
