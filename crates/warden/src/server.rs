@@ -330,7 +330,7 @@ impl Server {
                 None
             } else {
                 Some(
-                    crate::conn::park::ParkingLot::start(cfg.limits.idle_park_after)
+                    crate::conn::park::ParkingLot::start(cfg.limits.idle_park_after, cfg.limits.idle_park_max)
                         .map_err(|e| crate::Error::io("cannot start the parking lot", e))?,
                 )
             },
@@ -564,6 +564,7 @@ impl Server {
                 bans: bans.clone(),
                 guard: guard.clone(),
                 listeners: listeners.clone(),
+                parking: ctx.parking.clone(),
             });
             // /healthz: the process answers. /livez: the same (the Kubernetes name).
             // /readyz: listeners bound and the store loaded (both happen before this line), and
@@ -715,6 +716,11 @@ impl Server {
     /// Connections parked now (idle, without a task; see [`crate::conn::park`]).
     pub fn parked_connections(&self) -> usize {
         self.parking.as_ref().map_or(0, |p| p.parked())
+    }
+
+    /// Parked connections resumed since the start (0 when parking is off).
+    pub fn connection_resumes(&self) -> u64 {
+        self.parking.as_ref().map_or(0, |p| p.resumes())
     }
 
     /// The address of the first listener of this kind.

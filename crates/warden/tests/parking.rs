@@ -217,3 +217,83 @@ async fn a_parked_connection_holds_its_address_slot_until_it_ends() {
         }
     }
 }
+
+/// A device connected, parked once and resumed by its first message: the delay is learnt
+/// from that park and resume on.
+async fn device(b: &TestBroker, client_id: &str) -> RawClient {
+    let (mut dev, _) = connected(b.addr(), connect_packet(V3, client_id, true)).await;
+    until_parked(b, 1).await;
+    dev.send(&publish("fleet/dev/telemetry", QoS::AtLeastOnce, 1, b"0")).await;
+    assert_eq!(dev.recv().await, Recv::Packet(Packet::PubAck(PubAck::new(1))));
+    dev
+}
+
+/// `dev` publishes every `period` with the packet ids `ids`: the resumes the broker counted
+/// meanwhile.
+async fn resumes_while_publishing(
+    b: &TestBroker,
+    dev: &mut RawClient,
+    period: Duration,
+    ids: std::ops::Range<u16>,
+) -> u64 {
+    let before = b.server.connection_resumes();
+    let mut next = tokio::time::Instant::now();
+    for id in ids {
+        // The device's own pace (its telemetry period) is the workload, not a synchronisation.
+        next += period;
+        tokio::time::sleep_until(next).await;
+        dev.send(&publish("fleet/dev/telemetry", QoS::AtLeastOnce, id, b"21.5")).await;
+        assert_eq!(dev.recv().await, Recv::Packet(Packet::PubAck(PubAck::new(id))));
+    }
+    b.server.connection_resumes() - before
+}
+
+#[tokio::test]
+async fn a_device_that_publishes_every_few_moments_stops_parking_between_messages() {
+    // Issue 24: a park and a resume per message cost more CPU than the memory they save. A
+    // device whose messages come within `idle_park_max` of each other waits one and a half
+    // of its periods before it parks; with the bound equal to `idle_park_after` (a fixed
+    // delay) it parks between every two messages.
+    let period = Duration::from_millis(150);
+    let adaptive = parking_broker_with("idle_park_max = \"5s\"\n").await;
+    let mut dev = device(&adaptive, "steady").await;
+    let resumed = resumes_while_publishing(&adaptive, &mut dev, period, 2..14).await;
+    // A late wake of the test's timer (a loaded machine) may let it park once or twice.
+    assert!(resumed <= 3, "adaptive: {resumed} resumes for 12 messages");
+
+    let fixed = parking_broker_with("idle_park_max = \"50ms\"\n").await;
+    let mut dev = device(&fixed, "steady").await;
+    let resumed = resumes_while_publishing(&fixed, &mut dev, period, 2..14).await;
+    assert!(resumed >= 10, "fixed delay: {resumed} resumes for 12 messages (one per message expected)");
+}
+
+#[tokio::test]
+async fn a_device_that_goes_quiet_parks_again_after_the_configured_quiet() {
+    // After a burst of messages 100 ms apart the device waits longer before it parks; quiet
+    // for longer than the bound, its next park comes after `idle_park_after` (50 ms) again:
+    // its memory is given back. The metrics show parked connections and resumes.
+    let b = TestBroker::with_config(
+        "[auth]\nallow_anonymous = true\n[http]\nbind = \"127.0.0.1:0\"\n\
+         [limits]\nidle_park_after = \"50ms\"\nidle_park_max = \"2s\"\n",
+    )
+    .await;
+    let mut dev = device(&b, "bursty").await;
+    let resumed = resumes_while_publishing(&b, &mut dev, Duration::from_millis(100), 2..6).await;
+    assert!(resumed <= 2, "{resumed} resumes for 4 messages 100 ms apart");
+    let text = b.http("GET", "/metrics", &[], None).await.text;
+    assert!(text.contains("\nwarden_connection_resumes_total "), "{text}");
+    // Quiet: it parks, after the learnt delay (at most the bound).
+    until_parked(&b, 1).await;
+    let text = b.http("GET", "/metrics", &[], None).await.text;
+    assert!(text.contains("\nwarden_connections_parked 1\n"), "{text}");
+    // Quiet for longer than the bound (the device's own pause, not a synchronisation), then
+    // one message: the period is over the bound, so it parks again after 50 ms (a delay that
+    // kept growing with the pause would be the 2 s bound).
+    tokio::time::sleep(Duration::from_millis(2100)).await;
+    dev.send(&publish("fleet/dev/telemetry", QoS::AtLeastOnce, 7, b"22.0")).await;
+    assert_eq!(dev.recv().await, Recv::Packet(Packet::PubAck(PubAck::new(7))));
+    let acked = Instant::now();
+    until_parked(&b, 1).await;
+    let waited = acked.elapsed();
+    assert!(waited < Duration::from_millis(1500), "parked {waited:?} after the message: the learnt delay was kept");
+}

@@ -968,6 +968,14 @@ pub struct Limits {
     /// or its keep alive wakes it (memory per idle connection); 0 = never. Default 2 s.
     #[serde(deserialize_with = "de_idle_park_after")]
     pub idle_park_after: Duration,
+    /// A connection that keeps coming back soon after it parked (a device publishing every
+    /// few seconds) waits up to this long before it parks again: one and a half times the
+    /// time between its bursts of activity, when that is under this bound (a park and resume
+    /// per message costs more CPU than the memory it saves is worth). Devices quiet for longer
+    /// (keep alives of a minute) park after `idle_park_after`. At most 10 min; not below
+    /// `idle_park_after` (equal: a fixed delay). Default 15 s.
+    #[serde(deserialize_with = "de_idle_park_max")]
+    pub idle_park_max: Duration,
 }
 
 /// `auth_fail_backoff = { failures = 5, initial = "1s", max = "5m" }`: after `failures`
@@ -1033,6 +1041,13 @@ fn de_auth_hash_http_max<'de, D: Deserializer<'de>>(d: D) -> Result<usize, D::Er
 }
 fn de_idle_park_after<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
     de_duration(d, "idle_park_after", Duration::ZERO)
+}
+fn de_idle_park_max<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+    let v = de_duration(d, "idle_park_max", Duration::ZERO)?;
+    if v > Duration::from_secs(600) {
+        return Err(de::Error::custom("idle_park_max: at most 10m"));
+    }
+    Ok(v)
 }
 fn de_auth_hash_wait<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
     de_duration(d, "auth_hash_wait", Duration::ZERO)
@@ -1116,6 +1131,7 @@ impl Default for Limits {
             auth_hash_http_max: 0,
             auth_hash_wait: Duration::from_secs(2),
             idle_park_after: Duration::from_secs(2),
+            idle_park_max: Duration::from_secs(15),
         }
     }
 }
@@ -3309,6 +3325,11 @@ sys_interval = "10s"              # $SYS topics are retained and refreshed this 
         fails_at(&with_limits("auth_hash_http_max = 1025"), 4, "auth_hash_http_max");
         fails_at(&with_limits("auth_hash_http_max = -1"), 4, "auth_hash_http_max");
         fails_at(&with_limits("auth_fail_backoff = { failures = 0 }"), 4, "failures");
+        assert_eq!(Limits::default().idle_park_max, Duration::from_secs(15));
+        let l = parse(&with_limits("idle_park_max = \"40s\"")).unwrap().limits;
+        assert_eq!(l.idle_park_max, Duration::from_secs(40));
+        fails_at(&with_limits("idle_park_max = \"11m\""), 4, "at most 10m");
+        fails_at(&with_limits("idle_park_max = -1"), 4, "idle_park_max");
         // max_queued_bytes_per_principal: a quarter of max_memory, 64 MiB without it, or as set.
         assert_eq!(Limits::default().queued_bytes_per_principal(), 512 << 20);
         let l = parse(&with_limits("max_memory = 0")).unwrap().limits;

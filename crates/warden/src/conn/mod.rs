@@ -444,8 +444,13 @@ pub struct Core {
     /// Made at the first PUBLISH (a bucket starts full, so this is the same as making it now):
     /// connections that never publish carry none.
     limiter: Option<Box<PublishLimiter>>,
-    /// Parked at least once: later parks wait the full `idle_park_after`.
-    parked_before: bool,
+    /// The quiet time after which it parks next, in [`park::TICK`]s (0: never parked yet: the
+    /// first park comes after [`FIRST_PARK_AFTER`]); set from its last park and resume by
+    /// [`crate::conn::park::ParkingLot::next_delay`]. Ticks, not ms, and 16 bits: the parked
+    /// record stays in its allocation size class.
+    park_delay: u16,
+    /// When it last parked, in ticks since the parking lot started (wrapping).
+    parked_at: u32,
     /// The input that resumed this parked connection starts with a subscription change, which
     /// the parking lot announced ([`order`]); the driver counts it applied once handled.
     announced: bool,
@@ -845,7 +850,8 @@ async fn establish<S: Transport>(start: Box<Start<S>>) -> Option<Live<S::Read, S
         _slot: slot,
         _count: count,
         limiter: None,
-        parked_before: false,
+        park_delay: 0,
+        parked_at: 0,
         announced: false,
         claim,
     };
@@ -864,7 +870,7 @@ struct Limits {
 
 async fn drive<R: ReadReady, W: AsyncWrite + Unpin>(l: &mut Live<R, W>) -> Driven {
     let Live { core, rd, wr, rbuf, wbuf } = l;
-    let Core { conn, notify, ctx, limits, limiter, parked_before, announced: resumed_announced, .. } = core;
+    let Core { conn, notify, ctx, limits, limiter, park_delay, announced: resumed_announced, .. } = core;
     // The behaviour watch's throttle applied to `limiter` (messages/s; 0: none).
     let mut watch_rate = 0u32;
     let (notify, ctx): (&ConnWaker, &ConnContext) = (notify, ctx);
@@ -878,11 +884,14 @@ async fn drive<R: ReadReady, W: AsyncWrite + Unpin>(l: &mut Live<R, W>) -> Drive
     // Most idle connections are idle from their CONNACK on (devices that connect, subscribe
     // and wait): the first park comes sooner, so that a burst of connections (a fleet coming
     // back after a restart) never holds a task each at once.
+    // Later parks wait the delay its last park and resume chose: a device that keeps coming
+    // back soon after it parked (telemetry every few seconds) waits longer, up to
+    // `idle_park_max`, so that it does not pay a park and a resume per message.
     let park_after = ctx.parking.as_ref().filter(|_| R::WAITS_WITHOUT_BUFFER).map(|p| {
-        if *parked_before {
-            p.after
-        } else {
+        if *park_delay == 0 {
             p.after.min(FIRST_PARK_AFTER)
+        } else {
+            park::from_ticks(*park_delay)
         }
     });
     // Bytes read before CONNECT was decoded may already hold more packets (a resumed
@@ -1170,7 +1179,8 @@ async fn drive<R: ReadReady, W: AsyncWrite + Unpin>(l: &mut Live<R, W>) -> Drive
                 }
                 Some(Deadline::Throttle) => throttled_until = None,
                 Some(Deadline::Park) => {
-                    *parked_before = true;
+                    // The delay it waited, for the resume to judge (at least 1: parked before).
+                    *park_delay = park_after.map_or(1, park::to_ticks);
                     conn.shrink();
                     return Driven::Quiet;
                 }

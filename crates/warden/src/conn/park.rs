@@ -28,7 +28,7 @@
 use std::cmp::Reverse;
 use std::collections::BinaryHeap;
 use std::os::fd::AsRawFd;
-use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU8, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicU8, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::task::{Context, Poll, Waker};
 use std::time::{Duration, Instant};
@@ -222,12 +222,40 @@ impl Parked {
         // record: 8 bytes that would take it out of its allocation size class).
         match core.parking().cloned() {
             Some(lot) => {
+                let parked_for = lot.ticks(Instant::now()).wrapping_sub(core.parked_at);
+                let parked_for = TICK.saturating_mul(parked_for);
+                core.park_delay = to_ticks(lot.next_delay(from_ticks(core.park_delay), parked_for));
                 lot.forget(&stream, token);
                 lot.parked.fetch_sub(1, Ordering::Relaxed);
+                lot.resumes.fetch_add(1, Ordering::Relaxed);
                 lot.handle.spawn(crate::conn::resume(core, stream));
             }
             None => crate::conn::lost(core, &"no parking lot"),
         }
+    }
+}
+
+/// The unit of a connection's park delay and park time (16 bits of it: 655 s, more than
+/// `idle_park_max` may be).
+pub const TICK: Duration = Duration::from_millis(10);
+
+/// `d` in [`TICK`]s, at least 1 (0 is "never parked"), at most `u16::MAX`.
+pub fn to_ticks(d: Duration) -> u16 {
+    u16::try_from(d.as_millis() / TICK.as_millis()).unwrap_or(u16::MAX).max(1)
+}
+
+/// `ticks` as a duration.
+pub fn from_ticks(ticks: u16) -> Duration {
+    TICK.saturating_mul(u32::from(ticks))
+}
+
+/// [`ParkingLot::next_delay`] with the lot's `after` and `max`.
+fn next_delay(after: Duration, max: Duration, waited: Duration, parked_for: Duration) -> Duration {
+    let period = waited.saturating_add(parked_for);
+    if period >= max {
+        after
+    } else {
+        (period + period / 2).clamp(after, max)
     }
 }
 
@@ -262,16 +290,21 @@ pub struct ParkingLot {
     generation: AtomicU32,
     stop: AtomicBool,
     parked: AtomicUsize,
+    /// Parked connections resumed since the start (`warden_connection_resumes_total`).
+    resumes: AtomicU64,
     /// Resumed drivers are spawned here.
     handle: tokio::runtime::Handle,
-    /// Quiet this long before a connection parks.
+    /// Quiet this long before a connection parks (`idle_park_after`).
     pub after: Duration,
+    /// The longest quiet a connection that keeps coming back waits before it parks
+    /// (`idle_park_max`; [`ParkingLot::next_delay`]).
+    pub max: Duration,
 }
 
 impl ParkingLot {
     /// Start the parking lot's task; connections quiet for `after` park (from within a tokio
     /// runtime: the set is watched by its reactor, and resumed drivers are spawned on it).
-    pub fn start(after: Duration) -> std::io::Result<Arc<ParkingLot>> {
+    pub fn start(after: Duration, max: Duration) -> std::io::Result<Arc<ParkingLot>> {
         let poll = mio::Poll::new()?;
         let registry = poll.registry().try_clone()?;
         let interrupt = tokio::sync::Notify::new();
@@ -294,8 +327,10 @@ impl ParkingLot {
             generation: AtomicU32::new(0),
             stop: AtomicBool::new(false),
             parked: AtomicUsize::new(0),
+            resumes: AtomicU64::new(0),
             handle: tokio::runtime::Handle::current(),
             after,
+            max: max.max(after),
         });
         let shared = lot.clone();
         lot.handle.spawn(async move { shared.run(watched).await });
@@ -307,6 +342,11 @@ impl ParkingLot {
         self.parked.load(Ordering::Relaxed)
     }
 
+    /// Parked connections resumed since the start.
+    pub fn resumes(&self) -> u64 {
+        self.resumes.load(Ordering::Relaxed)
+    }
+
     /// Stop the task (parked connections are resumed by their end signals first).
     pub fn stop(&self) {
         self.stop.store(true, Ordering::Release);
@@ -315,7 +355,8 @@ impl ParkingLot {
 
     /// Park `core` with `stream`: the task that drove it ends after this. The connection is
     /// resumed at once if something woke it meanwhile, or if the socket cannot be watched.
-    pub fn park(self: &Arc<Self>, core: crate::conn::Core, stream: std::net::TcpStream, deadline: Option<Instant>) {
+    pub fn park(self: &Arc<Self>, mut core: crate::conn::Core, stream: std::net::TcpStream, deadline: Option<Instant>) {
+        core.parked_at = self.ticks(Instant::now());
         let waker = core.waker().clone();
         let generation = self.generation.fetch_add(1, Ordering::Relaxed);
         let token = {
@@ -359,6 +400,27 @@ impl ParkingLot {
     /// The waker of the connection parked under `token`, if it still is.
     fn waker_of(&self, token: Token) -> Option<Arc<ConnWaker>> {
         entry_of(&self.entries.lock(), token).cloned()
+    }
+
+    /// `t` in [`TICK`]s since the lot started, wrapping every 497 days (only differences of
+    /// seconds are read: a wrong one costs one early or late park).
+    fn ticks(&self, t: Instant) -> u32 {
+        let ticks = t.saturating_duration_since(self.epoch).as_millis() / TICK.as_millis();
+        // Truncation is the wrap.
+        #[allow(clippy::cast_possible_truncation)]
+        let wrapped = ticks as u32;
+        wrapped
+    }
+
+    /// The quiet time after which a connection parks next, given the delay it waited before
+    /// it last parked (`waited`) and how long it then stayed parked (`parked_for`): their sum
+    /// is its period, the time between two bursts of activity (messages in or out, a keep
+    /// alive). A period under `max` means it would park and resume once per burst, each pair
+    /// four `epoll_ctl` calls and a task spawn, for a few seconds of saved memory: it waits
+    /// one and a half periods (at least `after`, at most `max`) instead. A longer period (an
+    /// idle device, a keep alive of a minute) parks after `after` again.
+    pub fn next_delay(&self, waited: Duration, parked_for: Duration) -> Duration {
+        next_delay(self.after, self.max, waited, parked_for)
     }
 
     /// `t` in nanoseconds since the lot started (584 years fit).
@@ -425,6 +487,43 @@ impl ParkingLot {
                 }
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod delay_tests {
+    use super::next_delay;
+    use std::time::Duration;
+
+    const AFTER: Duration = Duration::from_secs(2);
+    const MAX: Duration = Duration::from_secs(15);
+
+    fn s(x: f64) -> Duration {
+        Duration::from_secs_f64(x)
+    }
+
+    #[test]
+    fn a_device_that_comes_back_within_the_bound_stays_unparked_for_its_period() {
+        // Telemetry every 5 s: it parked 2 s after a message and was resumed 3 s later.
+        assert_eq!(next_delay(AFTER, MAX, s(2.0), s(3.0)), s(7.5));
+        // Then (with 7.5 s it never parks while it keeps its rate; if it was parked by a
+        // pause of 1 s more) the delay follows the period.
+        assert_eq!(next_delay(AFTER, MAX, s(7.5), s(1.0)), s(12.75));
+        // Every 12 s: capped at the bound.
+        assert_eq!(next_delay(AFTER, MAX, s(2.0), s(10.0)), MAX);
+        // The first park (20 ms after the CONNACK), resumed at once: never below `after`.
+        assert_eq!(next_delay(AFTER, MAX, s(0.02), s(0.1)), AFTER);
+    }
+
+    #[test]
+    fn an_idle_device_parks_after_the_configured_quiet_again() {
+        // A keep alive of a minute: the period is over the bound.
+        assert_eq!(next_delay(AFTER, MAX, s(2.0), s(58.0)), AFTER);
+        assert_eq!(next_delay(AFTER, MAX, MAX, s(60.0)), AFTER);
+        // Exactly the bound: parks.
+        assert_eq!(next_delay(AFTER, MAX, s(2.0), s(13.0)), AFTER);
+        // A fixed delay (`idle_park_max` = `idle_park_after`): always `after`.
+        assert_eq!(next_delay(AFTER, AFTER, s(2.0), s(0.5)), AFTER);
     }
 }
 

@@ -34,6 +34,8 @@ pub struct Metrics {
     pub guard: Arc<Guard>,
     /// The MQTT listeners, with their open-connection counts.
     pub listeners: Vec<BoundListener>,
+    /// Where idle connections park (none when parking is off).
+    pub parking: Option<Arc<crate::conn::park::ParkingLot>>,
 }
 
 /// A writer of families.
@@ -98,6 +100,18 @@ impl Metrics {
         for l in &self.listeners {
             o.sample("warden_connections", &[("listener", &l.label())], l.open.listener.load(Ordering::Relaxed));
         }
+        o.family(
+            "warden_connections_parked",
+            "gauge",
+            "Idle plain-TCP connections parked now (no task; idle_park_after).",
+        );
+        o.sample("warden_connections_parked", &[], self.parking.as_ref().map_or(0, |p| p.parked()));
+        o.family(
+            "warden_connection_resumes_total",
+            "counter",
+            "Parked connections resumed (by input, a delivery, a deadline or an end signal).",
+        );
+        o.sample("warden_connection_resumes_total", &[], self.parking.as_ref().map_or(0, |p| p.resumes()));
         o.family("warden_clients_connected", "gauge", "MQTT clients connected to a session now.");
         o.sample("warden_clients_connected", &[], load(&st.clients_connected));
         o.family("warden_connections_accepted_total", "counter", "CONNECTs accepted.");
