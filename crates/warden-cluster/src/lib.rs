@@ -15,7 +15,8 @@
 //!   filter, so that each message reaches one node and there one member
 //!   ([`warden_core::Broker::route_from_peer_group`]);
 //! - publishes the retained messages its clients keep on the retained subject of their topic,
-//!   and keeps every other node's ([`warden_core::Broker::retain_from_peer`]).
+//!   and keeps every other node's in the retained stream's order, so that every node ends with
+//!   the stream's last message of each topic ([`warden_core::Broker::retain_from_peer_if`]).
 //!
 //! - shares the shell's state and commands through the [`control`] plane (trust changes made
 //!   through any node's admin API reach every node), and binds each client id to one
@@ -133,7 +134,8 @@ enum Out {
     Forward(Vec<Arc<Message>>, u64, Option<u64>),
     /// A forward ticket whose batch was dropped (the backlog was full): resolved as failed.
     Failed(u64),
-    Retained(Arc<Message>, RetainSource),
+    /// A retained message of this node, with its number ([`PendingRetained`]).
+    Retained(Arc<Message>, RetainSource, u64),
     Interest(Interest, u64),
 }
 
@@ -172,6 +174,8 @@ pub struct Cluster {
     session_tx: mpsc::UnboundedSender<SessionOp>,
     /// Set once this node holds every retained message the cluster had when it started.
     retained_ready: Arc<std::sync::atomic::AtomicBool>,
+    /// This node's retained messages not yet back from the retained stream.
+    retained_pending: Arc<PendingRetained>,
     /// A messages-stream sequence read at least [`POSITION_POLL`] ago: every message published
     /// since is after it (the mark of a session's change, [`sessions::SessionOp::Saved`]).
     position_floor: AtomicU64,
@@ -295,6 +299,7 @@ impl Cluster {
             sessions: tokio::sync::OnceCell::new(),
             session_tx,
             retained_ready: Arc::new(std::sync::atomic::AtomicBool::new(false)),
+            retained_pending: Arc::new(PendingRetained::default()),
             position_floor: AtomicU64::new(0),
             registry_ok: std::sync::atomic::AtomicBool::new(false),
             wills: tokio::sync::OnceCell::new(),
@@ -311,6 +316,7 @@ impl Cluster {
             retained_stream.clone(),
             retained_rx,
             stats.clone(),
+            cluster.retained_pending.clone(),
         ));
         let task = Task {
             retained_out,
@@ -341,6 +347,7 @@ impl Cluster {
             broker: broker.clone(),
             origin,
             stats: cluster.stats.clone(),
+            pending: cluster.retained_pending.clone(),
         };
         tokio::spawn(task.run(rx));
         tokio::spawn(retained.run());
@@ -853,7 +860,9 @@ impl Fabric for Cluster {
     }
 
     fn retained(&self, msg: &Arc<Message>, source: &RetainSource) {
-        self.send(Out::Retained(msg.clone(), source.clone()));
+        // Called under the retained store's lock: numbered in the order the topic changed here.
+        let n = self.retained_pending.sent(msg.topic.as_str());
+        self.send(Out::Retained(msg.clone(), source.clone(), n));
     }
 
     fn interest(&self, change: Interest) {
@@ -895,7 +904,7 @@ struct Task {
     /// [`ClusterConfig::publish_timeout`].
     publish_timeout: Duration,
     /// The retained messages on their way to JetStream ([`store_retained`]).
-    retained_out: mpsc::UnboundedSender<(String, Bytes)>,
+    retained_out: mpsc::UnboundedSender<RetainedOut>,
     prefix: String,
     broker: Arc<Broker>,
     origin: u64,
@@ -995,14 +1004,17 @@ impl Task {
                 }
             }
             Out::Failed(t) => self.acks.push_back(Box::pin(async move { (t, false) })),
-            Out::Retained(m, source) => {
-                let seq = self.next_seq();
+            Out::Retained(m, source, n) => {
+                // The envelope carries the message's number (not a forwarding sequence: the
+                // retained stream is read by [`Retained`] alone), which tells its echo.
                 let record = warden_store::wire::encode(&m, &source);
                 let subject = subject::topic_subject(&self.prefix, Kind::Retained, m.topic.as_str());
-                let payload = Bytes::from(envelope::wrap(self.origin, seq, &record));
+                let payload = Bytes::from(envelope::wrap(self.origin, n, &record));
                 // In order, each one retried until JetStream keeps it (its own task: the
                 // acknowledgements do not hold up the messages forwarded here).
-                let _ = self.retained_out.send((subject, payload));
+                let msg_id = format!("{:016x}-{n}", self.origin);
+                let _ =
+                    self.retained_out.send(RetainedOut { subject, payload, topic: m.topic.as_str().into(), n, msg_id });
             }
             Out::Interest(i, ticket) => {
                 self.interest(i).await;
@@ -1131,6 +1143,7 @@ struct Retained {
     broker: Arc<Broker>,
     origin: u64,
     stats: Arc<ClusterStats>,
+    pending: Arc<PendingRetained>,
 }
 
 impl Retained {
@@ -1180,21 +1193,29 @@ impl Retained {
 }
 
 impl Retained {
-    /// Keep one retained message of another node here.
+    /// Apply one message of the retained stream, in the stream's order, so that every node
+    /// ends with the stream's last message of each topic. This node's own (this run's) was
+    /// kept here when it was published (charged to its publisher's quota): its echo only says
+    /// it is in the stream. Another node's is kept unless a message of this node on the same
+    /// topic is still on its way to the stream: that one comes later in the stream's order,
+    /// and replaces it everywhere (read-your-writes here, and no node keeps the older one).
     fn apply(&self, payload: &[u8]) {
-        let Some((origin, _, record)) = envelope::unwrap(payload) else {
+        let Some((origin, n, record)) = envelope::unwrap(payload) else {
             self.stats.malformed.fetch_add(1, Ordering::Relaxed);
             return;
         };
-        if origin == self.origin {
-            return; // kept here when it was published
-        }
         match warden_store::wire::decode(record) {
+            Ok(Some((msg, _))) if origin == self.origin => self.pending.done(msg.topic.as_str(), n),
             Ok(Some((mut msg, source))) => {
                 msg.origin = None;
-                self.stats.retained_in.fetch_add(1, Ordering::Relaxed);
-                self.broker.retain_from_peer(&Arc::new(msg), source);
+                let topic = msg.topic.clone();
+                let pending = &self.pending;
+                if self.broker.retain_from_peer_if(&Arc::new(msg), source, || !pending.waits(topic.as_str())) {
+                    self.stats.retained_in.fetch_add(1, Ordering::Relaxed);
+                }
             }
+            // Expired on the way: this node's own is out of the stream's way all the same.
+            Ok(None) if origin == self.origin => self.pending.done_any(n),
             Ok(None) => {}
             Err(e) => {
                 self.stats.malformed.fetch_add(1, Ordering::Relaxed);
@@ -1239,19 +1260,73 @@ async fn lease(cluster: Arc<Cluster>) {
     }
 }
 
+/// This node's retained messages on their way to the retained stream, by topic: the number of
+/// the last one (numbers grow with every retained message of this node's run). While a topic
+/// has one, other nodes' messages of that topic read from the stream are older than it there,
+/// and are not kept ([`Retained::apply`]).
+#[derive(Default)]
+struct PendingRetained {
+    last: std::sync::Mutex<(u64, HashMap<Box<str>, u64>)>,
+}
+
+impl PendingRetained {
+    /// A retained message of `topic` leaves this node: its number.
+    fn sent(&self, topic: &str) -> u64 {
+        let mut st = self.last.lock().unwrap_or_else(|e| e.into_inner());
+        st.0 += 1;
+        let n = st.0;
+        st.1.insert(topic.into(), n);
+        n
+    }
+
+    /// Message `n` of `topic` is in the stream (or will never be): the topic waits no more
+    /// unless a later one of this node is on its way.
+    fn done(&self, topic: &str, n: u64) {
+        let mut st = self.last.lock().unwrap_or_else(|e| e.into_inner());
+        if st.1.get(topic).is_some_and(|last| *last <= n) {
+            st.1.remove(topic);
+        }
+    }
+
+    /// [`PendingRetained::done`] when only the number is known.
+    fn done_any(&self, n: u64) {
+        let mut st = self.last.lock().unwrap_or_else(|e| e.into_inner());
+        st.1.retain(|_, last| *last != n);
+    }
+
+    /// Whether a message of this node on `topic` is still on its way to the stream.
+    fn waits(&self, topic: &str) -> bool {
+        self.last.lock().unwrap_or_else(|e| e.into_inner()).1.contains_key(topic)
+    }
+}
+
+/// A retained message for [`store_retained`].
+struct RetainedOut {
+    subject: String,
+    payload: Bytes,
+    topic: Box<str>,
+    /// Its number ([`PendingRetained`]).
+    n: u64,
+    /// Its JetStream message id (origin and number): a retry after a lost acknowledgement is
+    /// not kept twice (the stream's duplicate window), so no other node's message of the topic
+    /// can fall between two copies of it.
+    msg_id: String,
+}
+
 /// Store this node's retained messages in JetStream, in order, each one retried (the stream
 /// made first if it is missing) until JetStream keeps it: at start the NATS cluster may still
 /// be electing its leaders. A message still not kept after [`RETAINED_PATIENCE`] is dropped
-/// (counted, logged); one that a newer message of the same topic replaced meanwhile is not
-/// retried.
+/// (counted, logged; it stays on this node only); one that a newer message of the same topic
+/// replaced meanwhile is not retried.
 async fn store_retained(
     js: async_nats::jetstream::Context,
     config: async_nats::jetstream::stream::Config,
-    mut rx: mpsc::UnboundedReceiver<(String, Bytes)>,
+    mut rx: mpsc::UnboundedReceiver<RetainedOut>,
     stats: Arc<ClusterStats>,
+    pending: Arc<PendingRetained>,
 ) {
     let mut stream_ok = false;
-    let mut queue: std::collections::VecDeque<(String, Bytes)> = std::collections::VecDeque::new();
+    let mut queue: std::collections::VecDeque<RetainedOut> = std::collections::VecDeque::new();
     loop {
         if queue.is_empty() {
             match rx.recv().await {
@@ -1262,8 +1337,8 @@ async fn store_retained(
         while let Ok(m) = rx.try_recv() {
             queue.push_back(m);
         }
-        let Some((subject, payload)) = queue.pop_front() else { continue };
-        if queue.iter().any(|(s, _)| *s == subject) {
+        let Some(out) = queue.pop_front() else { continue };
+        if queue.iter().any(|o| o.subject == out.subject) {
             continue; // a newer retained message of the same topic follows
         }
         let deadline = tokio::time::Instant::now() + RETAINED_PATIENCE;
@@ -1273,7 +1348,10 @@ async fn store_retained(
                     js.get_or_create_stream(config.clone()).await?;
                     stream_ok = true;
                 }
-                js.publish(subject.clone(), payload.clone()).await?.await?;
+                let publish = async_nats::jetstream::message::PublishMessage::build()
+                    .payload(out.payload.clone())
+                    .message_id(&out.msg_id);
+                js.send_publish(out.subject.clone(), publish).await?.await?;
                 Ok::<(), Box<dyn std::error::Error + Send + Sync>>(())
             }
             .await;
@@ -1284,6 +1362,7 @@ async fn store_retained(
                 }
                 Err(e) if tokio::time::Instant::now() >= deadline => {
                     stats.dropped.fetch_add(1, Ordering::Relaxed);
+                    pending.done(&out.topic, out.n);
                     tracing::warn!(error = %e, "cluster: a retained message could not be stored in JetStream; the other nodes do not have it");
                     break;
                 }

@@ -272,6 +272,72 @@ async fn a_retained_message_kept_on_one_node_is_sent_by_another() {
     assert!(cleared, "clearing a retained message on one node clears it everywhere [MQTT-3.3.1-6]");
 }
 
+/// The retained message a fresh subscriber on `addr` gets on `topic` (`None`: none within
+/// 500 ms).
+async fn retained_on(addr: std::net::SocketAddr, id: &str, topic: &str) -> Option<Vec<u8>> {
+    let (mut s, _) = connected(addr, v5(id)).await;
+    s.subscribe(1, topic, QoS::AtLeastOnce).await;
+    loop {
+        match s.recv_within(Duration::from_millis(500)).await {
+            Recv::Packet(Packet::Publish(m)) if m.retain => return Some(m.payload.to_vec()),
+            Recv::Packet(_) => {}
+            _ => return None,
+        }
+    }
+}
+
+/// Concurrent retained writes of one topic on two nodes: every node ends with the retained
+/// stream's last message of the topic (before, each node skipped its own messages read back
+/// from the stream, and the nodes could keep different ones for good).
+#[tokio::test]
+async fn concurrent_retained_writes_on_two_nodes_converge_to_the_streams_last() {
+    let Some(nats) = nats() else { return };
+    let a = node(&nats, "a", "").await;
+    let b = node(&nats, "b", "").await;
+    let c = node(&nats, "c", "").await;
+    const N: usize = 300;
+    for round in 0..3 {
+        let topic = format!("cl/race/{round}");
+        let burst = |addr, who: &'static str, topic: String| async move {
+            let (mut p, _) = connected(addr, v5(&format!("race-{who}"))).await;
+            for i in 0..N {
+                let mut m = publish(&topic, QoS::AtMostOnce, 0, format!("{who}-{i:05}").as_bytes());
+                if let Packet::Publish(p) = &mut m {
+                    p.retain = true;
+                }
+                p.send(&m).await;
+            }
+            // A QoS 1 message after the burst: the burst was handled when its PUBACK comes.
+            p.send(&publish("cl/race/done", QoS::AtLeastOnce, 1, b"done")).await;
+            assert!(matches!(p.recv().await, Recv::Packet(Packet::PubAck(_))));
+        };
+        tokio::join!(burst(a.addr(), "a", topic.clone()), burst(b.addr(), "b", topic.clone()));
+        // Every node ends with the same message, the stream's last (bounded wait: the nodes
+        // read the stream's tail within moments).
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
+        let mut k = 0;
+        loop {
+            let last = stream_last_raw(&nats, "warden_RETAINED", &format!("warden.r.t.cl.race.{round}")).await;
+            let mut got = Vec::new();
+            for n in [&a, &b, &c] {
+                k += 1;
+                got.push(retained_on(n.addr(), &format!("race-sub-{k}"), &topic).await);
+            }
+            let in_stream =
+                |p: &Option<Vec<u8>>| p.as_ref().is_some_and(|p| last.windows(p.len()).any(|w| w == p.as_slice()));
+            if got.iter().all(|p| *p == got[0]) && in_stream(&got[0]) {
+                break;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "round {round}: nodes a, b, c keep {:?}, the stream's last holds {:?}",
+                got.iter().map(|p| p.as_deref().map(String::from_utf8_lossy)).collect::<Vec<_>>(),
+                String::from_utf8_lossy(&last)
+            );
+        }
+    }
+}
+
 #[tokio::test]
 async fn a_shared_group_over_two_nodes_gets_each_message_once() {
     let Some(nats) = nats() else { return };
@@ -793,16 +859,22 @@ async fn token_until(b: &TestBroker, id: &str, secret: &str, want: u16) -> Optio
     panic!("/oauth/token of {id} answered {last}, not {want}, within 5 s");
 }
 
-/// The last version of the control document `name`, read raw from JetStream (NATS protocol
-/// over TCP: the stream's "get last message by subject" API).
+/// The last version of the control document `name`, read raw from JetStream.
 async fn control_document_raw(nats: &Nats, name: &str) -> String {
+    let raw = stream_last_raw(nats, "warden_CONTROL", &format!("warden.c.doc.{name}")).await;
+    String::from_utf8_lossy(&raw).into_owned()
+}
+
+/// The last message of `subject` in JetStream stream `stream`, read raw (NATS protocol over
+/// TCP: the stream's "get last message by subject" API).
+async fn stream_last_raw(nats: &Nats, stream: &str, subject: &str) -> Vec<u8> {
     use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt};
     let addr = nats.url.trim_start_matches("nats://").to_owned();
     let s = tokio::net::TcpStream::connect(addr).await.unwrap();
     let mut s = tokio::io::BufReader::new(s);
-    let req = format!("{{\"last_by_subj\":\"warden.c.doc.{name}\"}}");
+    let req = format!("{{\"last_by_subj\":\"{subject}\"}}");
     let out = format!(
-        "CONNECT {{\"verbose\":false}}\r\nSUB _INBOX.raw 1\r\nPUB $JS.API.STREAM.MSG.GET.warden_CONTROL _INBOX.raw {}\r\n{req}\r\n",
+        "CONNECT {{\"verbose\":false}}\r\nSUB _INBOX.raw 1\r\nPUB $JS.API.STREAM.MSG.GET.{stream} _INBOX.raw {}\r\n{req}\r\n",
         req.len()
     );
     s.get_mut().write_all(out.as_bytes()).await.unwrap();
@@ -822,7 +894,7 @@ async fn control_document_raw(nats: &Nats, name: &str) -> String {
     let v: serde_json::Value = serde_json::from_str(&reply).unwrap();
     use base64::Engine as _;
     let data = v["message"]["data"].as_str().unwrap_or_else(|| panic!("no message: {reply}"));
-    String::from_utf8_lossy(&base64::engine::general_purpose::STANDARD.decode(data).unwrap()).into_owned()
+    base64::engine::general_purpose::STANDARD.decode(data).unwrap()
 }
 
 /// The token service's stored OAuth clients are one document of the cluster (SPEC §11): a
