@@ -193,6 +193,15 @@ pub struct Cluster {
     sink: std::sync::OnceLock<Arc<dyn ControlSink>>,
 }
 
+/// A lasting session kept by a node that holds no lease ([`Cluster::sessions_of_dead_nodes`]).
+#[derive(Debug, Clone)]
+pub struct DeadNodeSession {
+    /// Its record (client id, node, expiry, subscriptions).
+    pub record: sessions::SessionRecord,
+    /// Its principal (`kind:name`), from its client id's entry while that names the node.
+    pub principal: Option<String>,
+}
+
 /// A lasting session read from another node's record ([`Cluster::resume_session`]).
 pub struct Resumed {
     /// Its session expiry interval (seconds).
@@ -695,6 +704,78 @@ impl Cluster {
     /// discarded): true when that node held one.
     pub async fn drop_session_elsewhere(&self, client_id: &str) -> bool {
         self.ask_holder(control::OP_DROP_SESSION, client_id).await.is_some_and(|(_, b)| b[..] == [1])
+    }
+
+    /// The lasting sessions of nodes that hold no lease (dead: killed, or gone for more than
+    /// [`registry::LEASE_TTL`]), from their records in `{PREFIX}_SESSIONS`, by client id. Their
+    /// clients resume them on any node (the client registry lets their principal take them over); `None` when the bucket or the
+    /// leases could not be read.
+    pub async fn sessions_of_dead_nodes(&self) -> Option<Vec<DeadNodeSession>> {
+        let r = async {
+            let reg = self.registry().await?;
+            let live = reg.live_nodes().await?;
+            let sessions = self.sessions().await?;
+            let mut out = Vec::new();
+            for r in sessions.all().await? {
+                if r.node == self.node || live.contains(&r.node) {
+                    continue;
+                }
+                out.push(self.dead_node_session(reg, r).await);
+            }
+            out.sort_by(|a, b| a.record.client_id.cmp(&b.record.client_id));
+            Ok::<_, Box<dyn std::error::Error + Send + Sync>>(out)
+        };
+        match r.await {
+            Ok(v) => Some(v),
+            Err(e) => {
+                tracing::debug!(error = %e, "cluster: the sessions of dead nodes could not be read");
+                None
+            }
+        }
+    }
+
+    /// The principal of a dead node's session: its client id's entry, while it names that node.
+    async fn dead_node_session(&self, reg: &Registry, record: sessions::SessionRecord) -> DeadNodeSession {
+        let principal = match reg.holder(&record.client_id).await {
+            Ok(Some(c)) if c.node == record.node => Some(c.identity),
+            _ => None,
+        };
+        DeadNodeSession { record, principal }
+    }
+
+    /// `client_id`'s lasting session kept by a dead node ([`Cluster::sessions_of_dead_nodes`]).
+    pub async fn session_of_dead_node(&self, client_id: &str) -> Option<DeadNodeSession> {
+        let reg = self.registry().await.ok()?;
+        let (record, _) = self.sessions().await.ok()?.get(client_id).await.ok()??;
+        if record.node == self.node || reg.live_nodes().await.ok()?.contains(&record.node) {
+            return None;
+        }
+        Some(self.dead_node_session(reg, record).await)
+    }
+
+    /// Remove `client_id`'s lasting session kept by a dead node: its record, and its client
+    /// id's entry while it names that node (so that nobody resumes it, and the client id is
+    /// free). True when there was one.
+    pub async fn drop_session_of_dead_node(&self, client_id: &str) -> bool {
+        let r = async {
+            let reg = self.registry().await?;
+            let sessions = self.sessions().await?;
+            let Some((record, _)) = sessions.get(client_id).await? else { return Ok(false) };
+            if record.node == self.node || reg.live_nodes().await?.contains(&record.node) {
+                return Ok(false);
+            }
+            // The claim first: a CONNECT between the two finds no entry of the dead node to
+            // take the session over from.
+            reg.forget_of(client_id, &record.node).await?;
+            sessions.remove_of(client_id, &record.node).await
+        };
+        match r.await {
+            Ok(b) => b,
+            Err(e) => {
+                tracing::warn!(error = %e, "cluster: a dead node's session could not be removed");
+                false
+            }
+        }
     }
 
     /// The connections of every node, as the registry has them.

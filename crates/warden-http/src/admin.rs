@@ -79,6 +79,10 @@ pub struct SessionView {
     /// The cluster node that holds it (SPEC §11; absent on a single node).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub node: Option<String>,
+    /// That node is gone (holds no lease: killed, or away for more than 10 s): the session is
+    /// kept in the cluster's sessions bucket, and its client resumes it on any node.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub node_gone: bool,
 }
 
 /// A subscription of a session.

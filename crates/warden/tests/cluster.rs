@@ -868,6 +868,11 @@ async fn control_document_raw(nats: &Nats, name: &str) -> String {
 /// The last message of `subject` in JetStream stream `stream`, read raw (NATS protocol over
 /// TCP: the stream's "get last message by subject" API).
 async fn stream_last_raw(nats: &Nats, stream: &str, subject: &str) -> Vec<u8> {
+    stream_last_raw_opt(nats, stream, subject).await.unwrap_or_else(|| panic!("no message on {subject} in {stream}"))
+}
+
+/// [`stream_last_raw`], `None` when the stream has no message there.
+async fn stream_last_raw_opt(nats: &Nats, stream: &str, subject: &str) -> Option<Vec<u8>> {
     use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt};
     let addr = nats.url.trim_start_matches("nats://").to_owned();
     let s = tokio::net::TcpStream::connect(addr).await.unwrap();
@@ -893,8 +898,8 @@ async fn stream_last_raw(nats: &Nats, stream: &str, subject: &str) -> Vec<u8> {
     let reply = tokio::time::timeout(Duration::from_secs(5), read).await.expect("JetStream answers");
     let v: serde_json::Value = serde_json::from_str(&reply).unwrap();
     use base64::Engine as _;
-    let data = v["message"]["data"].as_str().unwrap_or_else(|| panic!("no message: {reply}"));
-    base64::engine::general_purpose::STANDARD.decode(data).unwrap()
+    let data = v["message"]["data"].as_str()?;
+    Some(base64::engine::general_purpose::STANDARD.decode(data).unwrap())
 }
 
 /// The token service's stored OAuth clients are one document of the cluster (SPEC §11): a
@@ -1456,6 +1461,119 @@ async fn admin_sessions_lists_the_sessions_of_every_node() {
     // And from b: a's session with node "a".
     let (_, v) = admin(&b, "GET", "/admin/sessions", None).await;
     assert_eq!(find(&v, "held-on-a").and_then(|s| s["node"].as_str().map(str::to_owned)).as_deref(), Some("a"));
+}
+
+/// The record of `client_id` in the cluster's sessions bucket, raw (`None`: none).
+async fn session_record_raw(nats: &Nats, client_id: &str) -> Option<String> {
+    use sha2::Digest as _;
+    let key: String = sha2::Sha256::digest(client_id.as_bytes()).iter().map(|b| format!("{b:02x}")).collect();
+    let raw = stream_last_raw_opt(nats, "KV_warden_SESSIONS", &format!("$KV.warden_SESSIONS.{key}")).await?;
+    Some(String::from_utf8_lossy(&raw).into_owned())
+}
+
+/// SPEC §11: the lasting sessions of a node killed with SIGKILL (kept in the sessions bucket)
+/// are listed by `/admin/sessions` on every other node as offline, with their node and
+/// `node_gone`; their client resumes one on another node (with the QoS 1 message published
+/// meanwhile); `DELETE /admin/sessions/{id}` of one removes it, so that it cannot be resumed.
+#[tokio::test]
+async fn a_dead_nodes_sessions_are_listed_resumed_and_removed_through_any_node() {
+    let Some(nats) = nats() else { return };
+    let (_dir, extra) = users();
+    let b = secure_node(&nats, "b", &extra).await;
+    let c = secure_node(&nats, "c", &extra).await;
+    let a = node_process(&nats, "a", &extra);
+    let lasting = |id: &str, clean: bool| {
+        let mut c = as_user(id, "alice");
+        c.properties.session_expiry_interval = Some(600);
+        c.clean_start = clean;
+        c
+    };
+    // On a: kept-1 stays connected, kept-2 left; each with one subscription.
+    let (mut k1, code) = connack_code(a.addr, lasting("kept-1", true)).await;
+    assert_eq!(code, mqtt_codec::ReasonCode::SUCCESS);
+    k1.subscribe(1, "dead/one/#", QoS::AtLeastOnce).await;
+    let (mut k2, code) = connack_code(a.addr, lasting("kept-2", true)).await;
+    assert_eq!(code, mqtt_codec::ReasonCode::SUCCESS);
+    k2.subscribe(1, "dead/two/#", QoS::AtLeastOnce).await;
+    k2.send(&Packet::Disconnect(mqtt_codec::Disconnect::new(mqtt_codec::ReasonCode::SUCCESS))).await;
+    k2.expect_closed_within(Duration::from_secs(5)).await;
+    // a wrote both records with their subscription (bounded wait), then dies.
+    for (id, filter) in [("kept-1", "dead/one/#"), ("kept-2", "dead/two/#")] {
+        let mut written = false;
+        for _ in 0..100 {
+            if session_record_raw(&nats, id).await.is_some_and(|r| r.contains(filter)) {
+                written = true;
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await; // polling a condition, bounded
+        }
+        assert!(written, "a kept {id}'s record in the cluster");
+    }
+    drop(a); // SIGKILL
+
+    // Listed through b once a's lease lapsed (10 s): offline, node a, gone.
+    let find = |v: &serde_json::Value, id: &str| v.as_array().unwrap().iter().find(|s| s["client_id"] == id).cloned();
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    let listed = loop {
+        let (st, v) = admin(&b, "GET", "/admin/sessions", None).await;
+        assert_eq!(st, 200);
+        if find(&v, "kept-1").is_some_and(|s| s["node_gone"] == true) && find(&v, "kept-2").is_some() {
+            break v;
+        }
+        assert!(std::time::Instant::now() < deadline, "a's sessions not listed as a dead node's within 30 s: {v}");
+        tokio::time::sleep(Duration::from_millis(200)).await; // polling a condition, bounded
+    };
+    for id in ["kept-1", "kept-2"] {
+        let s = find(&listed, id).unwrap();
+        assert_eq!(
+            (s["node"].as_str(), s["node_gone"].as_bool(), s["connected"].as_bool(), s["principal"].as_str()),
+            (Some("a"), Some(true), Some(false), Some("user:alice")),
+            "{s}"
+        );
+        assert_eq!((s["expiry_interval"].as_u64(), s["subscription_count"].as_u64()), (Some(600), Some(1)));
+    }
+    // One of them through c, with its subscriptions.
+    let (st, one) = admin(&c, "GET", "/admin/sessions/kept-1", None).await;
+    assert_eq!(st, 200, "{one}");
+    assert_eq!((one["node"].as_str(), one["node_gone"].as_bool()), (Some("a"), Some(true)));
+    assert_eq!(one["subscriptions"][0]["filter"].as_str(), Some("dead/one/#"));
+
+    // A QoS 1 message for kept-1 while a is dead.
+    let (mut p, code) = connack_code(b.addr(), as_user("dead-pub", "bob")).await;
+    assert_eq!(code, mqtt_codec::ReasonCode::SUCCESS);
+    p.send(&publish("dead/one/x", QoS::AtLeastOnce, 1, b"missed")).await;
+    assert!(matches!(p.recv().await, Recv::Packet(Packet::PubAck(_))));
+
+    // kept-2 removed through c: gone from the list, its client starts anew.
+    let (st, v) = admin(&c, "DELETE", "/admin/sessions/kept-2", None).await;
+    assert_eq!(st, 200, "{v}");
+    assert_eq!(admin(&b, "GET", "/admin/sessions/kept-2", None).await.0, 404);
+    let (_, v) = admin(&b, "GET", "/admin/sessions", None).await;
+    assert!(find(&v, "kept-2").is_none(), "{v}");
+    assert_eq!(admin(&b, "DELETE", "/admin/sessions/kept-2", None).await.0, 404, "removed once");
+    let (_fresh, r) = RawClient::connect(b.addr(), lasting("kept-2", false)).await;
+    match r {
+        Recv::Packet(Packet::Connack(ack)) => {
+            assert!(ack.reason_code.is_success());
+            assert!(!ack.session_present, "a removed session is not resumed");
+        }
+        other => panic!("{other:?}"),
+    }
+
+    // kept-1 resumes on c, with the message it missed.
+    let (mut back, r) = RawClient::connect(c.addr(), lasting("kept-1", false)).await;
+    match r {
+        Recv::Packet(Packet::Connack(ack)) => {
+            assert!(ack.reason_code.is_success());
+            assert!(ack.session_present, "the dead node's session resumes on c");
+        }
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(receive(&mut back, 1).await[0].0, b"missed");
+    // Now c's: listed with node c, not gone.
+    let (_, v) = admin(&b, "GET", "/admin/sessions", None).await;
+    let s = find(&v, "kept-1").unwrap_or_else(|| panic!("{v}"));
+    assert_eq!((s["node"].as_str(), s.get("node_gone")), (Some("c"), None), "{s}");
 }
 
 // --- what an idle cluster asks of NATS --------------------------------------------------------
