@@ -59,8 +59,10 @@ use crate::wills::{WillOp, Wills};
 /// How long another node's answer to a sessions request is waited for.
 pub const SESSIONS_PATIENCE: Duration = Duration::from_secs(2);
 
-/// How long a CONNECT's claim of its client id is tried before CONNACK 0x88.
-pub const CLAIM_PATIENCE: Duration = Duration::from_secs(5);
+/// How long a CONNECT's claim of its client id is tried before CONNACK 0x88 by default
+/// ([`ClusterConfig::connect_patience`]): through a leader election of the registry's bucket
+/// (NATS waits 4 to 9 s for a lost leader's heartbeat before it elects another), with room.
+pub const CLAIM_PATIENCE: Duration = Duration::from_secs(12);
 
 /// The longest one try of a claim may take before it is tried again.
 const CLAIM_TRY: Duration = Duration::from_millis(1500);
@@ -88,6 +90,9 @@ pub struct ClusterConfig {
     /// How long a QoS 1/2 message is tried until JetStream keeps it before its
     /// acknowledgement is refused (a NATS server lost, a stream leader elected meanwhile).
     pub publish_timeout: Duration,
+    /// How long a CONNECT's claim of its client id is tried before CONNACK 0x88 (a bucket's
+    /// leader elected after a NATS server was lost: 4 to 9 s). Default [`CLAIM_PATIENCE`].
+    pub connect_patience: Duration,
 }
 
 /// Why the cluster could not start.
@@ -182,6 +187,12 @@ pub struct Cluster {
     /// This node's lease was renewed at its last try: the client registry answers, so a
     /// CONNECT here can be claimed (not "unavailable").
     registry_ok: std::sync::atomic::AtomicBool,
+    /// Since when the lease's renewals fail (`None`: the last one succeeded): once that is
+    /// longer than [`ClusterConfig::connect_patience`] (no quorum, not an election), a CONNECT
+    /// gets one short try, not the whole patience.
+    registry_down_since: std::sync::Mutex<Option<tokio::time::Instant>>,
+    /// [`ClusterConfig::connect_patience`].
+    connect_patience: Duration,
     /// The wills bucket, made at its first use.
     wills: tokio::sync::OnceCell<Arc<Wills>>,
     /// Changes of this node's wills, for the wills task.
@@ -311,6 +322,8 @@ impl Cluster {
             retained_pending: Arc::new(PendingRetained::default()),
             position_floor: AtomicU64::new(0),
             registry_ok: std::sync::atomic::AtomicBool::new(false),
+            registry_down_since: std::sync::Mutex::new(None),
+            connect_patience: cfg.connect_patience,
             wills: tokio::sync::OnceCell::new(),
             will_tx,
             wills_sent: AtomicU64::new(0),
@@ -431,8 +444,11 @@ impl Cluster {
         let mut ticket =
             ClaimTicket { client_id: client_id.to_owned(), identity: identity.to_owned(), conn, confirm: None };
         // Transient failures (a NATS server lost, the bucket's leader being elected) are
-        // tried again for a few seconds before the CONNECT is refused as unavailable.
-        let deadline = tokio::time::Instant::now() + CLAIM_PATIENCE;
+        // tried again for `connect_patience` before the CONNECT is refused as unavailable;
+        // when the registry has been away for longer than that already (no quorum), one short
+        // try: the CONNECTs of a cluster without quorum are answered at once, not piled up.
+        let patience = if self.registry_down_for() > self.connect_patience { CLAIM_TRY } else { self.connect_patience };
+        let deadline = tokio::time::Instant::now() + patience;
         let r = loop {
             // Each try is bounded well below the patience: a request sent while the bucket's
             // leader is being elected may never be answered, and the first try after the
@@ -593,6 +609,14 @@ impl Cluster {
                 tracing::warn!(error = %e, "cluster: a resumed session's missed messages could not be read");
                 Vec::new()
             }
+        }
+    }
+
+    /// How long the lease's renewals have been failing (zero while the last one succeeded).
+    fn registry_down_for(&self) -> Duration {
+        match self.registry_down_since.lock().ok().and_then(|s| *s) {
+            Some(t) => t.elapsed(),
+            None => Duration::ZERO,
         }
     }
 
@@ -1336,6 +1360,13 @@ async fn lease(cluster: Arc<Cluster>) {
             }
         };
         cluster.registry_ok.store(ok, Ordering::Release);
+        if let Ok(mut since) = cluster.registry_down_since.lock() {
+            match (ok, *since) {
+                (true, _) => *since = None,
+                (false, None) => *since = Some(tokio::time::Instant::now()),
+                (false, Some(_)) => {}
+            }
+        }
         // A failed renewal is tried again soon: the lease must not lapse, and /readyz waits.
         tokio::time::sleep(if ok { registry::LEASE_REFRESH } else { Duration::from_millis(500) }).await;
     }

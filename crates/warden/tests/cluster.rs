@@ -437,6 +437,7 @@ fn the_cluster_table_refuses_bad_settings_with_the_line() {
         ("node = \"a\"\nnats = [\"nats://127.0.0.1:4222\"]\nnodes = 3\n", "unknown field"),
         ("node = \"a\"\nnats = [\"nats://127.0.0.1:4222\"]\npublish_timeout = \"0s\"\n", "publish_timeout"),
         ("node = \"a\"\nnats = [\"nats://127.0.0.1:4222\"]\npublish_timeout = \"soon\"\n", "publish_timeout"),
+        ("node = \"a\"\nnats = [\"nats://127.0.0.1:4222\"]\nconnect_patience = \"90s\"\n", "connect_patience"),
     ] {
         let e = Config::parse(&format!("{base}{body}"), &path).unwrap_err().to_string();
         assert!(e.contains(want), "{body:?}: {e}");
@@ -453,6 +454,7 @@ fn the_cluster_table_refuses_bad_settings_with_the_line() {
     let c = ok.cluster.unwrap();
     assert_eq!((c.node.as_str(), c.replicas, c.subject_prefix.as_str()), ("a", 3, "warden"));
     assert_eq!(c.publish_timeout, Duration::from_secs(25));
+    assert_eq!(c.connect_patience, Duration::from_secs(12));
     assert_eq!(c.nats_password.unwrap().0, "pw-from-env");
 }
 
@@ -589,7 +591,8 @@ async fn a_node_without_its_registry_refuses_connects_as_unavailable() {
     let (_c, code) = connack_code(a.addr(), as_user("before", "alice")).await;
     assert_eq!(code, mqtt_codec::ReasonCode::SUCCESS);
     drop(nats); // NATS gone: the registry cannot be asked
-                // Tried for warden_cluster::CLAIM_PATIENCE (a NATS server lost is survived), then refused.
+                // Tried for connect_patience (warden_cluster::CLAIM_PATIENCE: a leader election is
+                // waited through), then refused.
     let mut c = RawClient::open(a.addr(), Protocol::V5).await;
     c.send(&Packet::Connect(Box::new(as_user("after", "alice")))).await;
     match c.recv_within(warden_cluster::CLAIM_PATIENCE + Duration::from_secs(15)).await {
@@ -597,6 +600,135 @@ async fn a_node_without_its_registry_refuses_connects_as_unavailable() {
             assert_eq!(ack.reason_code, mqtt_codec::ReasonCode::SERVER_UNAVAILABLE, "CONNACK 0x88, SPEC §11")
         }
         other => panic!("expected CONNACK, got {other:?}"),
+    }
+}
+
+/// Three routed nats-servers with JetStream (one NATS cluster named `name`), each healthy
+/// (`/healthz`: JetStream with its meta leader) within 30 s; `None` when there is no
+/// nats-server here.
+async fn nats_cluster(name: &str) -> Option<Vec<Nats>> {
+    if nats_binary().is_none() {
+        let _ = nats(); // says so, or fails where NATS is required
+        return None;
+    }
+    // A clustered JetStream server needs its routes at start: three ephemeral ports, asked
+    // of the system (bound, then freed) and given to all three.
+    let ports: Vec<u16> = (0..3)
+        .map(|_| std::net::TcpListener::bind("127.0.0.1:0").unwrap())
+        .collect::<Vec<_>>()
+        .iter()
+        .map(|l| l.local_addr().unwrap().port())
+        .collect();
+    let routes = ports.iter().map(|p| format!("nats://127.0.0.1:{p}")).collect::<Vec<_>>().join(",");
+    let mut servers = Vec::new();
+    for (i, port) in ports.iter().enumerate() {
+        let listen = format!("nats://127.0.0.1:{port}");
+        let n = format!("s{}", i + 1);
+        servers.push(nats_with(&["--cluster", &listen, "--cluster_name", name, "--routes", &routes, "-n", &n])?);
+    }
+    for server in &servers {
+        let url = format!("{}/healthz", server.monitor);
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        loop {
+            let u = url.clone();
+            let ok = tokio::task::spawn_blocking(move || ureq::get(&u).timeout(Duration::from_secs(2)).call().is_ok())
+                .await
+                .unwrap();
+            if ok {
+                break;
+            }
+            assert!(std::time::Instant::now() < deadline, "{url} healthy within 30 s");
+            tokio::time::sleep(Duration::from_millis(100)).await; // polling a condition, bounded
+        }
+    }
+    Some(servers)
+}
+
+/// The server (`-n` name) leading JetStream stream `stream`, as `server`'s monitoring
+/// endpoint reports it.
+async fn stream_leader(server: &Nats, stream: &str) -> Option<String> {
+    let url = format!("{}/jsz?accounts=true&streams=true", server.monitor);
+    let json: serde_json::Value = tokio::task::spawn_blocking(move || {
+        ureq::get(&url).timeout(Duration::from_secs(5)).call().ok()?.into_json().ok()
+    })
+    .await
+    .unwrap()?;
+    fn find(v: &serde_json::Value, name: &str) -> Option<String> {
+        match v {
+            serde_json::Value::Object(m) => {
+                if m.get("name").and_then(|n| n.as_str()) == Some(name) {
+                    if let Some(l) = m.get("cluster").and_then(|c| c.get("leader")).and_then(|l| l.as_str()) {
+                        return Some(l.to_owned());
+                    }
+                }
+                m.values().find_map(|x| find(x, name))
+            }
+            serde_json::Value::Array(a) => a.iter().find_map(|x| find(x, name)),
+            _ => None,
+        }
+    }
+    find(&json, stream)
+}
+
+/// A CONNECT's CONNACK code and how long it took.
+async fn timed_connack(addr: std::net::SocketAddr, id: &str) -> (mqtt_codec::ReasonCode, Duration) {
+    let started = std::time::Instant::now();
+    let mut c = RawClient::open(addr, Protocol::V5).await;
+    c.send(&Packet::Connect(Box::new(v5(id)))).await;
+    match c.recv_within(Duration::from_secs(60)).await {
+        Recv::Packet(Packet::Connack(ack)) => (ack.reason_code, started.elapsed()),
+        other => panic!("{id}: expected CONNACK, got {other:?}"),
+    }
+}
+
+/// SPEC §11 "one NATS server of three down: service continues": the nats-server leading the
+/// client registry's bucket is killed and a client connects at once: its CONNECT waits
+/// through the bucket's leader election (NATS: 4 to 9 s; before, CONNACK 0x88 after 5 s)
+/// and succeeds. With a second server killed (quorum lost) CONNECTs get 0x88 within the
+/// patience, and once the registry has been away longer than that, at once.
+#[tokio::test]
+async fn a_connect_waits_through_a_nats_leader_election_and_quorum_lost_is_0x88() {
+    let Some(mut servers) = nats_cluster("elect").await else { return };
+    let urls: Vec<String> = servers.iter().map(|s| format!("\"{}\"", s.url)).collect();
+    let a = TestBroker::with_config(&format!(
+        "[auth]\nallow_anonymous = true\n[cluster]\nnode = \"a\"\nnats = [{}]\nreplicas = 3\n",
+        urls.join(", ")
+    ))
+    .await;
+    let cluster = a.server.cluster.clone().unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while !cluster.ready() {
+        assert!(std::time::Instant::now() < deadline, "node a ready within 30 s");
+        tokio::time::sleep(Duration::from_millis(100)).await; // polling a condition, bounded
+    }
+    let (code, _) = timed_connack(a.addr(), "before").await;
+    assert_eq!(code, mqtt_codec::ReasonCode::SUCCESS);
+    // The registry's leader, killed.
+    let leader = stream_leader(&servers[0], "KV_warden_CLIENTS").await.expect("the clients bucket has a leader");
+    let i = ["s1", "s2", "s3"].iter().position(|n| *n == leader).expect("a known server leads");
+    drop(servers.remove(i)); // SIGKILL
+    let (code, took) = timed_connack(a.addr(), "during-election").await;
+    eprintln!("CONNECT right after the registry's leader {leader} was killed: {code:?} after {took:?}");
+    assert_eq!(code, mqtt_codec::ReasonCode::SUCCESS, "waited through the election ({took:?})");
+    assert!(took < warden_cluster::CLAIM_PATIENCE + Duration::from_secs(3), "{took:?}");
+    let (code, _) = timed_connack(a.addr(), "after-election").await;
+    assert_eq!(code, mqtt_codec::ReasonCode::SUCCESS);
+
+    // Quorum lost: 0x88, within the patience; once the registry has been away for longer, at
+    // once (bounded).
+    drop(servers.remove(0)); // SIGKILL
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    let mut k = 0;
+    loop {
+        k += 1;
+        let (code, took) = timed_connack(a.addr(), &format!("no-quorum-{k}")).await;
+        eprintln!("CONNECT {k} without quorum: {code:?} after {took:?}");
+        assert_eq!(code, mqtt_codec::ReasonCode::SERVER_UNAVAILABLE, "CONNACK 0x88 without quorum (SPEC §11)");
+        assert!(took < warden_cluster::CLAIM_PATIENCE + Duration::from_secs(3), "{took:?}");
+        if took < Duration::from_secs(3) {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "CONNECTs without quorum still wait the whole patience");
     }
 }
 
