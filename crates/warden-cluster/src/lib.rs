@@ -681,20 +681,44 @@ impl Cluster {
     /// within [`SESSIONS_PATIENCE`]: `(node, the shell's encoding)`. A node that does not
     /// answer in time is left out.
     pub async fn sessions_elsewhere(&self) -> Vec<(String, Bytes)> {
-        let Ok(reg) = self.registry().await else { return Vec::new() };
-        let Ok(nodes) = registry::all_keys(&reg.nodes).await else { return Vec::new() };
-        let asks = nodes.into_iter().filter(|n| *n != self.node).map(|node| async move {
-            let subject = control::node_subject(&self.prefix, &node);
-            let ask = self.client.request(subject, control::sessions_command());
-            match tokio::time::timeout(SESSIONS_PATIENCE, ask).await {
-                Ok(Ok(m)) => Some((node, m.payload)),
-                _ => {
-                    tracing::debug!(node = %node, "cluster: a node did not answer a sessions request in time");
-                    None
+        self.ask_every_node(control::sessions_command()).await.0
+    }
+
+    /// The counters of every other live node, as each answers within [`SESSIONS_PATIENCE`]:
+    /// `(node, the shell's encoding)`, and the live nodes that did not answer in time; `None`
+    /// when the leases could not be read.
+    pub async fn stats_elsewhere(&self) -> Option<(Vec<(String, Bytes)>, Vec<String>)> {
+        let (answers, missing, ok) = self.ask_every_node(control::stats_command()).await;
+        ok.then_some((answers, missing))
+    }
+
+    /// Send `command` to every other node holding a lease and gather the answers given within
+    /// [`SESSIONS_PATIENCE`] (at once): `(answers, nodes that did not answer, leases read)`.
+    async fn ask_every_node(&self, command: Bytes) -> (Vec<(String, Bytes)>, Vec<String>, bool) {
+        let Ok(reg) = self.registry().await else { return (Vec::new(), Vec::new(), false) };
+        let Ok(nodes) = registry::all_keys(&reg.nodes).await else { return (Vec::new(), Vec::new(), false) };
+        let asks = nodes.into_iter().filter(|n| *n != self.node).map(|node| {
+            let command = command.clone();
+            async move {
+                let subject = control::node_subject(&self.prefix, &node);
+                let ask = self.client.request(subject, command);
+                match tokio::time::timeout(SESSIONS_PATIENCE, ask).await {
+                    Ok(Ok(m)) => Ok((node, m.payload)),
+                    _ => {
+                        tracing::debug!(node = %node, "cluster: a node did not answer a request in time");
+                        Err(node)
+                    }
                 }
             }
         });
-        futures_util::future::join_all(asks).await.into_iter().flatten().collect()
+        let (mut answers, mut missing) = (Vec::new(), Vec::new());
+        for r in futures_util::future::join_all(asks).await {
+            match r {
+                Ok(a) => answers.push(a),
+                Err(n) => missing.push(n),
+            }
+        }
+        (answers, missing, true)
     }
 
     /// Ask the node that holds `client_id`'s session, when the client registry names another

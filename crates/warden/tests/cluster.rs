@@ -1708,6 +1708,56 @@ async fn a_dead_nodes_sessions_are_listed_resumed_and_removed_through_any_node()
     assert_eq!((s["node"].as_str(), s.get("node_gone")), (Some("c"), None), "{s}");
 }
 
+/// `GET /admin/stats?scope=cluster` on any node: every live node's counters and their sum,
+/// naming the live nodes that did not answer (a node killed is left out once its lease
+/// lapsed); without `scope`, this node's alone.
+#[tokio::test]
+async fn admin_stats_scope_cluster_sums_every_nodes_counters() {
+    let Some(nats) = nats() else { return };
+    let (_dir, extra) = users();
+    let a = secure_node(&nats, "a", &extra).await;
+    let b = secure_node(&nats, "b", &extra).await;
+    // Two connections on a, one on b.
+    let (_a1, code) = connack_code(a.addr(), as_user("st-a1", "alice")).await;
+    assert_eq!(code, mqtt_codec::ReasonCode::SUCCESS);
+    let (_a2, code) = connack_code(a.addr(), as_user("st-a2", "alice")).await;
+    assert_eq!(code, mqtt_codec::ReasonCode::SUCCESS);
+    let (_b1, code) = connack_code(b.addr(), as_user("st-b1", "bob")).await;
+    assert_eq!(code, mqtt_codec::ReasonCode::SUCCESS);
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    let v = loop {
+        let (st, v) = admin(&b, "GET", "/admin/stats?scope=cluster", None).await;
+        assert_eq!(st, 200, "{v}");
+        if v["total"]["connections"] == 3 {
+            break v;
+        }
+        assert!(std::time::Instant::now() < deadline, "3 connections in the cluster's sum: {v}");
+        tokio::time::sleep(Duration::from_millis(100)).await; // polling a condition, bounded
+    };
+    assert_eq!((v["nodes"]["a"]["connections"].as_u64(), v["nodes"]["b"]["connections"].as_u64()), (Some(2), Some(1)));
+    assert_eq!(v["missing"], serde_json::json!([]));
+    assert!(v["total"]["connections_accepted"].as_u64().unwrap() >= 3, "{v}");
+    // This node's alone by default.
+    let (st, here) = admin(&b, "GET", "/admin/stats", None).await;
+    assert_eq!((st, here["connections"].as_u64()), (200, Some(1)), "{here}");
+    assert_eq!(admin(&b, "GET", "/admin/stats?scope=galaxy", None).await.0, 400);
+    // A node killed while its lease still runs (10 s): named as missing, not in the sum.
+    let c = node_process(&nats, "c", &extra);
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let (_, v) = admin(&b, "GET", "/admin/stats?scope=cluster", None).await;
+        if v["nodes"].get("c").is_some() {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "c answers within 30 s: {v}");
+        tokio::time::sleep(Duration::from_millis(100)).await; // polling a condition, bounded
+    }
+    drop(c); // SIGKILL
+    let (_, v) = admin(&b, "GET", "/admin/stats?scope=cluster", None).await;
+    assert_eq!(v["missing"], serde_json::json!(["c"]), "{v}");
+    assert!(v["nodes"].get("c").is_none() && v["total"]["connections"] == 3, "{v}");
+}
+
 // --- what an idle cluster asks of NATS --------------------------------------------------------
 
 /// The messages the NATS server received from its clients so far (`/varz` `in_msgs`).

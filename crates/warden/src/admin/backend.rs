@@ -476,6 +476,31 @@ impl AdminBackend for Backend {
         })
     }
 
+    fn stats_cluster(&self) -> warden_http::admin::BackendFuture<Option<warden_http::admin::ClusterStatsView>> {
+        let Some(c) = self.cluster.clone() else { return Box::pin(async { None }) };
+        let here = AdminBackend::stats(self);
+        Box::pin(async move {
+            let (answers, missing) = c.stats_elsewhere().await?;
+            let mut v = warden_http::admin::ClusterStatsView { missing, ..Default::default() };
+            v.total.add(&here);
+            v.nodes.insert(c.node().to_owned(), here);
+            for (node, body) in answers {
+                match serde_json::from_slice::<warden_http::admin::StatsView>(&body) {
+                    Ok(s) => {
+                        v.total.add(&s);
+                        v.nodes.insert(node, s);
+                    }
+                    Err(e) => {
+                        tracing::warn!(node = %Escaped(&node), error = %e, "cluster: another node's counters did not decode");
+                        v.missing.push(node);
+                    }
+                }
+            }
+            v.missing.sort();
+            Some(v)
+        })
+    }
+
     fn session(&self, client_id: &str) -> Option<warden_http::admin::SessionView> {
         let node = self.cluster.as_ref().map(|c| c.node().to_owned());
         self.broker
