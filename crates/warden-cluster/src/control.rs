@@ -63,6 +63,11 @@ pub trait ControlSink: Send + Sync + 'static {
     fn drop_session(&self, _client_id: &str) -> bool {
         false
     }
+    /// This node's counters now, as the shell shows them (its encoding), for another node's
+    /// cluster-wide `GET /admin/stats?scope=cluster`. The default: none.
+    fn stats(&self) -> Vec<u8> {
+        Vec::new()
+    }
 }
 
 /// The largest answer to a sessions request (NATS refuses messages over 1 MiB by default).
@@ -88,6 +93,8 @@ pub(crate) const OP_DROP_SESSION: u8 = 5;
 /// the interest this node's NATS server held before it sent the ping is held by the other
 /// node's server too ([`crate::Cluster::wait_interest`]).
 const OP_PING: u8 = 6;
+/// A node command's operation byte: a request for the node's counters ([`ControlSink::stats`]).
+const OP_STATS: u8 = 7;
 
 /// The subject of node `node`'s commands.
 /// Where a node says it wrote a version of a document (core NATS, no payload).
@@ -141,11 +148,16 @@ pub(crate) fn sessions_command() -> Bytes {
     Bytes::from_static(&[OP_SESSIONS, 0])
 }
 
+/// A request for a node's counters.
+pub(crate) fn stats_command() -> Bytes {
+    Bytes::from_static(&[OP_STATS, 0])
+}
+
 /// Read a node command: `(operation, client_id, reason)`; `None` for anything else (counted,
 /// ignored).
 fn parse_command(b: &[u8]) -> Option<(u8, &str, u8)> {
     match b {
-        [op @ (OP_END | OP_TAKE | OP_SESSIONS | OP_SESSION | OP_DROP_SESSION | OP_PING), reason, id @ ..] => {
+        [op @ (OP_END | OP_TAKE | OP_SESSIONS | OP_SESSION | OP_DROP_SESSION | OP_PING | OP_STATS), reason, id @ ..] => {
             std::str::from_utf8(id).ok().map(|id| (*op, id, *reason))
         }
         _ => None,
@@ -310,9 +322,14 @@ pub(crate) async fn node_commands(client: async_nats::Client, subject: String, s
                 while let Some(m) = sub.next().await {
                     match parse_command(&m.payload) {
                         Some((OP_TAKE, client_id, _)) => sink.taken_over(client_id),
-                        Some((op @ (OP_SESSIONS | OP_SESSION | OP_DROP_SESSION | OP_PING), client_id, _)) => {
+                        Some((
+                            op @ (OP_SESSIONS | OP_SESSION | OP_DROP_SESSION | OP_PING | OP_STATS),
+                            client_id,
+                            _,
+                        )) => {
                             let answer = match op {
                                 OP_PING => Vec::new(),
+                                OP_STATS => sink.stats(),
                                 OP_SESSIONS => sink.sessions(),
                                 OP_SESSION => sink.session(client_id).unwrap_or_default(),
                                 _ => vec![u8::from(sink.drop_session(client_id))],

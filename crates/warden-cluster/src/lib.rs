@@ -15,7 +15,8 @@
 //!   filter, so that each message reaches one node and there one member
 //!   ([`warden_core::Broker::route_from_peer_group`]);
 //! - publishes the retained messages its clients keep on the retained subject of their topic,
-//!   and keeps every other node's ([`warden_core::Broker::retain_from_peer`]).
+//!   and keeps every other node's in the retained stream's order, so that every node ends with
+//!   the stream's last message of each topic ([`warden_core::Broker::retain_from_peer_if`]).
 //!
 //! - shares the shell's state and commands through the [`control`] plane (trust changes made
 //!   through any node's admin API reach every node), and binds each client id to one
@@ -58,8 +59,10 @@ use crate::wills::{WillOp, Wills};
 /// How long another node's answer to a sessions request is waited for.
 pub const SESSIONS_PATIENCE: Duration = Duration::from_secs(2);
 
-/// How long a CONNECT's claim of its client id is tried before CONNACK 0x88.
-pub const CLAIM_PATIENCE: Duration = Duration::from_secs(5);
+/// How long a CONNECT's claim of its client id is tried before CONNACK 0x88 by default
+/// ([`ClusterConfig::connect_patience`]): through a leader election of the registry's bucket
+/// (NATS waits 4 to 9 s for a lost leader's heartbeat before it elects another), with room.
+pub const CLAIM_PATIENCE: Duration = Duration::from_secs(12);
 
 /// The longest one try of a claim may take before it is tried again.
 const CLAIM_TRY: Duration = Duration::from_millis(1500);
@@ -87,6 +90,9 @@ pub struct ClusterConfig {
     /// How long a QoS 1/2 message is tried until JetStream keeps it before its
     /// acknowledgement is refused (a NATS server lost, a stream leader elected meanwhile).
     pub publish_timeout: Duration,
+    /// How long a CONNECT's claim of its client id is tried before CONNACK 0x88 (a bucket's
+    /// leader elected after a NATS server was lost: 4 to 9 s). Default [`CLAIM_PATIENCE`].
+    pub connect_patience: Duration,
 }
 
 /// Why the cluster could not start.
@@ -133,7 +139,8 @@ enum Out {
     Forward(Vec<Arc<Message>>, u64, Option<u64>),
     /// A forward ticket whose batch was dropped (the backlog was full): resolved as failed.
     Failed(u64),
-    Retained(Arc<Message>, RetainSource),
+    /// A retained message of this node, with its number ([`PendingRetained`]).
+    Retained(Arc<Message>, RetainSource, u64),
     Interest(Interest, u64),
 }
 
@@ -172,12 +179,20 @@ pub struct Cluster {
     session_tx: mpsc::UnboundedSender<SessionOp>,
     /// Set once this node holds every retained message the cluster had when it started.
     retained_ready: Arc<std::sync::atomic::AtomicBool>,
+    /// This node's retained messages not yet back from the retained stream.
+    retained_pending: Arc<PendingRetained>,
     /// A messages-stream sequence read at least [`POSITION_POLL`] ago: every message published
     /// since is after it (the mark of a session's change, [`sessions::SessionOp::Saved`]).
     position_floor: AtomicU64,
     /// This node's lease was renewed at its last try: the client registry answers, so a
     /// CONNECT here can be claimed (not "unavailable").
     registry_ok: std::sync::atomic::AtomicBool,
+    /// Since when the lease's renewals fail (`None`: the last one succeeded): once that is
+    /// longer than [`ClusterConfig::connect_patience`] (no quorum, not an election), a CONNECT
+    /// gets one short try, not the whole patience.
+    registry_down_since: std::sync::Mutex<Option<tokio::time::Instant>>,
+    /// [`ClusterConfig::connect_patience`].
+    connect_patience: Duration,
     /// The wills bucket, made at its first use.
     wills: tokio::sync::OnceCell<Arc<Wills>>,
     /// Changes of this node's wills, for the wills task.
@@ -187,6 +202,15 @@ pub struct Cluster {
     wills_done: Arc<tokio::sync::watch::Sender<u64>>,
     /// The shell's side of the control plane (asked whether a dead node's will's owner stands).
     sink: std::sync::OnceLock<Arc<dyn ControlSink>>,
+}
+
+/// A lasting session kept by a node that holds no lease ([`Cluster::sessions_of_dead_nodes`]).
+#[derive(Debug, Clone)]
+pub struct DeadNodeSession {
+    /// Its record (client id, node, expiry, subscriptions).
+    pub record: sessions::SessionRecord,
+    /// Its principal (`kind:name`), from its client id's entry while that names the node.
+    pub principal: Option<String>,
 }
 
 /// A lasting session read from another node's record ([`Cluster::resume_session`]).
@@ -295,8 +319,11 @@ impl Cluster {
             sessions: tokio::sync::OnceCell::new(),
             session_tx,
             retained_ready: Arc::new(std::sync::atomic::AtomicBool::new(false)),
+            retained_pending: Arc::new(PendingRetained::default()),
             position_floor: AtomicU64::new(0),
             registry_ok: std::sync::atomic::AtomicBool::new(false),
+            registry_down_since: std::sync::Mutex::new(None),
+            connect_patience: cfg.connect_patience,
             wills: tokio::sync::OnceCell::new(),
             will_tx,
             wills_sent: AtomicU64::new(0),
@@ -311,6 +338,7 @@ impl Cluster {
             retained_stream.clone(),
             retained_rx,
             stats.clone(),
+            cluster.retained_pending.clone(),
         ));
         let task = Task {
             retained_out,
@@ -341,6 +369,7 @@ impl Cluster {
             broker: broker.clone(),
             origin,
             stats: cluster.stats.clone(),
+            pending: cluster.retained_pending.clone(),
         };
         tokio::spawn(task.run(rx));
         tokio::spawn(retained.run());
@@ -415,8 +444,11 @@ impl Cluster {
         let mut ticket =
             ClaimTicket { client_id: client_id.to_owned(), identity: identity.to_owned(), conn, confirm: None };
         // Transient failures (a NATS server lost, the bucket's leader being elected) are
-        // tried again for a few seconds before the CONNECT is refused as unavailable.
-        let deadline = tokio::time::Instant::now() + CLAIM_PATIENCE;
+        // tried again for `connect_patience` before the CONNECT is refused as unavailable;
+        // when the registry has been away for longer than that already (no quorum), one short
+        // try: the CONNECTs of a cluster without quorum are answered at once, not piled up.
+        let patience = if self.registry_down_for() > self.connect_patience { CLAIM_TRY } else { self.connect_patience };
+        let deadline = tokio::time::Instant::now() + patience;
         let r = loop {
             // Each try is bounded well below the patience: a request sent while the bucket's
             // leader is being elected may never be answered, and the first try after the
@@ -580,6 +612,14 @@ impl Cluster {
         }
     }
 
+    /// How long the lease's renewals have been failing (zero while the last one succeeded).
+    fn registry_down_for(&self) -> Duration {
+        match self.registry_down_since.lock().ok().and_then(|s| *s) {
+            Some(t) => t.elapsed(),
+            None => Duration::ZERO,
+        }
+    }
+
     /// The last interest change handed out ([`Fabric::issued`]): the ticket for
     /// [`Cluster::wait_interest`] after the subscriptions of a session were made.
     pub fn interest_issued(&self) -> u64 {
@@ -641,20 +681,44 @@ impl Cluster {
     /// within [`SESSIONS_PATIENCE`]: `(node, the shell's encoding)`. A node that does not
     /// answer in time is left out.
     pub async fn sessions_elsewhere(&self) -> Vec<(String, Bytes)> {
-        let Ok(reg) = self.registry().await else { return Vec::new() };
-        let Ok(nodes) = registry::all_keys(&reg.nodes).await else { return Vec::new() };
-        let asks = nodes.into_iter().filter(|n| *n != self.node).map(|node| async move {
-            let subject = control::node_subject(&self.prefix, &node);
-            let ask = self.client.request(subject, control::sessions_command());
-            match tokio::time::timeout(SESSIONS_PATIENCE, ask).await {
-                Ok(Ok(m)) => Some((node, m.payload)),
-                _ => {
-                    tracing::debug!(node = %node, "cluster: a node did not answer a sessions request in time");
-                    None
+        self.ask_every_node(control::sessions_command()).await.0
+    }
+
+    /// The counters of every other live node, as each answers within [`SESSIONS_PATIENCE`]:
+    /// `(node, the shell's encoding)`, and the live nodes that did not answer in time; `None`
+    /// when the leases could not be read.
+    pub async fn stats_elsewhere(&self) -> Option<(Vec<(String, Bytes)>, Vec<String>)> {
+        let (answers, missing, ok) = self.ask_every_node(control::stats_command()).await;
+        ok.then_some((answers, missing))
+    }
+
+    /// Send `command` to every other node holding a lease and gather the answers given within
+    /// [`SESSIONS_PATIENCE`] (at once): `(answers, nodes that did not answer, leases read)`.
+    async fn ask_every_node(&self, command: Bytes) -> (Vec<(String, Bytes)>, Vec<String>, bool) {
+        let Ok(reg) = self.registry().await else { return (Vec::new(), Vec::new(), false) };
+        let Ok(nodes) = registry::all_keys(&reg.nodes).await else { return (Vec::new(), Vec::new(), false) };
+        let asks = nodes.into_iter().filter(|n| *n != self.node).map(|node| {
+            let command = command.clone();
+            async move {
+                let subject = control::node_subject(&self.prefix, &node);
+                let ask = self.client.request(subject, command);
+                match tokio::time::timeout(SESSIONS_PATIENCE, ask).await {
+                    Ok(Ok(m)) => Ok((node, m.payload)),
+                    _ => {
+                        tracing::debug!(node = %node, "cluster: a node did not answer a request in time");
+                        Err(node)
+                    }
                 }
             }
         });
-        futures_util::future::join_all(asks).await.into_iter().flatten().collect()
+        let (mut answers, mut missing) = (Vec::new(), Vec::new());
+        for r in futures_util::future::join_all(asks).await {
+            match r {
+                Ok(a) => answers.push(a),
+                Err(n) => missing.push(n),
+            }
+        }
+        (answers, missing, true)
     }
 
     /// Ask the node that holds `client_id`'s session, when the client registry names another
@@ -688,6 +752,78 @@ impl Cluster {
     /// discarded): true when that node held one.
     pub async fn drop_session_elsewhere(&self, client_id: &str) -> bool {
         self.ask_holder(control::OP_DROP_SESSION, client_id).await.is_some_and(|(_, b)| b[..] == [1])
+    }
+
+    /// The lasting sessions of nodes that hold no lease (dead: killed, or gone for more than
+    /// [`registry::LEASE_TTL`]), from their records in `{PREFIX}_SESSIONS`, by client id. Their
+    /// clients resume them on any node (the client registry lets their principal take them over); `None` when the bucket or the
+    /// leases could not be read.
+    pub async fn sessions_of_dead_nodes(&self) -> Option<Vec<DeadNodeSession>> {
+        let r = async {
+            let reg = self.registry().await?;
+            let live = reg.live_nodes().await?;
+            let sessions = self.sessions().await?;
+            let mut out = Vec::new();
+            for r in sessions.all().await? {
+                if r.node == self.node || live.contains(&r.node) {
+                    continue;
+                }
+                out.push(self.dead_node_session(reg, r).await);
+            }
+            out.sort_by(|a, b| a.record.client_id.cmp(&b.record.client_id));
+            Ok::<_, Box<dyn std::error::Error + Send + Sync>>(out)
+        };
+        match r.await {
+            Ok(v) => Some(v),
+            Err(e) => {
+                tracing::debug!(error = %e, "cluster: the sessions of dead nodes could not be read");
+                None
+            }
+        }
+    }
+
+    /// The principal of a dead node's session: its client id's entry, while it names that node.
+    async fn dead_node_session(&self, reg: &Registry, record: sessions::SessionRecord) -> DeadNodeSession {
+        let principal = match reg.holder(&record.client_id).await {
+            Ok(Some(c)) if c.node == record.node => Some(c.identity),
+            _ => None,
+        };
+        DeadNodeSession { record, principal }
+    }
+
+    /// `client_id`'s lasting session kept by a dead node ([`Cluster::sessions_of_dead_nodes`]).
+    pub async fn session_of_dead_node(&self, client_id: &str) -> Option<DeadNodeSession> {
+        let reg = self.registry().await.ok()?;
+        let (record, _) = self.sessions().await.ok()?.get(client_id).await.ok()??;
+        if record.node == self.node || reg.live_nodes().await.ok()?.contains(&record.node) {
+            return None;
+        }
+        Some(self.dead_node_session(reg, record).await)
+    }
+
+    /// Remove `client_id`'s lasting session kept by a dead node: its record, and its client
+    /// id's entry while it names that node (so that nobody resumes it, and the client id is
+    /// free). True when there was one.
+    pub async fn drop_session_of_dead_node(&self, client_id: &str) -> bool {
+        let r = async {
+            let reg = self.registry().await?;
+            let sessions = self.sessions().await?;
+            let Some((record, _)) = sessions.get(client_id).await? else { return Ok(false) };
+            if record.node == self.node || reg.live_nodes().await?.contains(&record.node) {
+                return Ok(false);
+            }
+            // The claim first: a CONNECT between the two finds no entry of the dead node to
+            // take the session over from.
+            reg.forget_of(client_id, &record.node).await?;
+            sessions.remove_of(client_id, &record.node).await
+        };
+        match r.await {
+            Ok(b) => b,
+            Err(e) => {
+                tracing::warn!(error = %e, "cluster: a dead node's session could not be removed");
+                false
+            }
+        }
     }
 
     /// The connections of every node, as the registry has them.
@@ -853,7 +989,9 @@ impl Fabric for Cluster {
     }
 
     fn retained(&self, msg: &Arc<Message>, source: &RetainSource) {
-        self.send(Out::Retained(msg.clone(), source.clone()));
+        // Called under the retained store's lock: numbered in the order the topic changed here.
+        let n = self.retained_pending.sent(msg.topic.as_str());
+        self.send(Out::Retained(msg.clone(), source.clone(), n));
     }
 
     fn interest(&self, change: Interest) {
@@ -895,7 +1033,7 @@ struct Task {
     /// [`ClusterConfig::publish_timeout`].
     publish_timeout: Duration,
     /// The retained messages on their way to JetStream ([`store_retained`]).
-    retained_out: mpsc::UnboundedSender<(String, Bytes)>,
+    retained_out: mpsc::UnboundedSender<RetainedOut>,
     prefix: String,
     broker: Arc<Broker>,
     origin: u64,
@@ -995,14 +1133,17 @@ impl Task {
                 }
             }
             Out::Failed(t) => self.acks.push_back(Box::pin(async move { (t, false) })),
-            Out::Retained(m, source) => {
-                let seq = self.next_seq();
+            Out::Retained(m, source, n) => {
+                // The envelope carries the message's number (not a forwarding sequence: the
+                // retained stream is read by [`Retained`] alone), which tells its echo.
                 let record = warden_store::wire::encode(&m, &source);
                 let subject = subject::topic_subject(&self.prefix, Kind::Retained, m.topic.as_str());
-                let payload = Bytes::from(envelope::wrap(self.origin, seq, &record));
+                let payload = Bytes::from(envelope::wrap(self.origin, n, &record));
                 // In order, each one retried until JetStream keeps it (its own task: the
                 // acknowledgements do not hold up the messages forwarded here).
-                let _ = self.retained_out.send((subject, payload));
+                let msg_id = format!("{:016x}-{n}", self.origin);
+                let _ =
+                    self.retained_out.send(RetainedOut { subject, payload, topic: m.topic.as_str().into(), n, msg_id });
             }
             Out::Interest(i, ticket) => {
                 self.interest(i).await;
@@ -1131,6 +1272,7 @@ struct Retained {
     broker: Arc<Broker>,
     origin: u64,
     stats: Arc<ClusterStats>,
+    pending: Arc<PendingRetained>,
 }
 
 impl Retained {
@@ -1180,21 +1322,29 @@ impl Retained {
 }
 
 impl Retained {
-    /// Keep one retained message of another node here.
+    /// Apply one message of the retained stream, in the stream's order, so that every node
+    /// ends with the stream's last message of each topic. This node's own (this run's) was
+    /// kept here when it was published (charged to its publisher's quota): its echo only says
+    /// it is in the stream. Another node's is kept unless a message of this node on the same
+    /// topic is still on its way to the stream: that one comes later in the stream's order,
+    /// and replaces it everywhere (read-your-writes here, and no node keeps the older one).
     fn apply(&self, payload: &[u8]) {
-        let Some((origin, _, record)) = envelope::unwrap(payload) else {
+        let Some((origin, n, record)) = envelope::unwrap(payload) else {
             self.stats.malformed.fetch_add(1, Ordering::Relaxed);
             return;
         };
-        if origin == self.origin {
-            return; // kept here when it was published
-        }
         match warden_store::wire::decode(record) {
+            Ok(Some((msg, _))) if origin == self.origin => self.pending.done(msg.topic.as_str(), n),
             Ok(Some((mut msg, source))) => {
                 msg.origin = None;
-                self.stats.retained_in.fetch_add(1, Ordering::Relaxed);
-                self.broker.retain_from_peer(&Arc::new(msg), source);
+                let topic = msg.topic.clone();
+                let pending = &self.pending;
+                if self.broker.retain_from_peer_if(&Arc::new(msg), source, || !pending.waits(topic.as_str())) {
+                    self.stats.retained_in.fetch_add(1, Ordering::Relaxed);
+                }
             }
+            // Expired on the way: this node's own is out of the stream's way all the same.
+            Ok(None) if origin == self.origin => self.pending.done_any(n),
             Ok(None) => {}
             Err(e) => {
                 self.stats.malformed.fetch_add(1, Ordering::Relaxed);
@@ -1234,24 +1384,85 @@ async fn lease(cluster: Arc<Cluster>) {
             }
         };
         cluster.registry_ok.store(ok, Ordering::Release);
+        if let Ok(mut since) = cluster.registry_down_since.lock() {
+            match (ok, *since) {
+                (true, _) => *since = None,
+                (false, None) => *since = Some(tokio::time::Instant::now()),
+                (false, Some(_)) => {}
+            }
+        }
         // A failed renewal is tried again soon: the lease must not lapse, and /readyz waits.
         tokio::time::sleep(if ok { registry::LEASE_REFRESH } else { Duration::from_millis(500) }).await;
     }
 }
 
+/// This node's retained messages on their way to the retained stream, by topic: the number of
+/// the last one (numbers grow with every retained message of this node's run). While a topic
+/// has one, other nodes' messages of that topic read from the stream are older than it there,
+/// and are not kept ([`Retained::apply`]).
+#[derive(Default)]
+struct PendingRetained {
+    last: std::sync::Mutex<(u64, HashMap<Box<str>, u64>)>,
+}
+
+impl PendingRetained {
+    /// A retained message of `topic` leaves this node: its number.
+    fn sent(&self, topic: &str) -> u64 {
+        let mut st = self.last.lock().unwrap_or_else(|e| e.into_inner());
+        st.0 += 1;
+        let n = st.0;
+        st.1.insert(topic.into(), n);
+        n
+    }
+
+    /// Message `n` of `topic` is in the stream (or will never be): the topic waits no more
+    /// unless a later one of this node is on its way.
+    fn done(&self, topic: &str, n: u64) {
+        let mut st = self.last.lock().unwrap_or_else(|e| e.into_inner());
+        if st.1.get(topic).is_some_and(|last| *last <= n) {
+            st.1.remove(topic);
+        }
+    }
+
+    /// [`PendingRetained::done`] when only the number is known.
+    fn done_any(&self, n: u64) {
+        let mut st = self.last.lock().unwrap_or_else(|e| e.into_inner());
+        st.1.retain(|_, last| *last != n);
+    }
+
+    /// Whether a message of this node on `topic` is still on its way to the stream.
+    fn waits(&self, topic: &str) -> bool {
+        self.last.lock().unwrap_or_else(|e| e.into_inner()).1.contains_key(topic)
+    }
+}
+
+/// A retained message for [`store_retained`].
+struct RetainedOut {
+    subject: String,
+    payload: Bytes,
+    topic: Box<str>,
+    /// Its number ([`PendingRetained`]).
+    n: u64,
+    /// Its JetStream message id (origin and number): a retry after a lost acknowledgement is
+    /// not kept twice (the stream's duplicate window), so no other node's message of the topic
+    /// can fall between two copies of it.
+    msg_id: String,
+}
+
 /// Store this node's retained messages in JetStream, in order, each one retried (the stream
 /// made first if it is missing) until JetStream keeps it: at start the NATS cluster may still
 /// be electing its leaders. A message still not kept after [`RETAINED_PATIENCE`] is dropped
-/// (counted, logged); one that a newer message of the same topic replaced meanwhile is not
-/// retried.
+/// (counted, logged; it stays on this node only); one that a newer message of the same topic
+/// replaced meanwhile is not retried.
 async fn store_retained(
     js: async_nats::jetstream::Context,
     config: async_nats::jetstream::stream::Config,
-    mut rx: mpsc::UnboundedReceiver<(String, Bytes)>,
+    mut rx: mpsc::UnboundedReceiver<RetainedOut>,
     stats: Arc<ClusterStats>,
+    pending: Arc<PendingRetained>,
 ) {
     let mut stream_ok = false;
-    let mut queue: std::collections::VecDeque<(String, Bytes)> = std::collections::VecDeque::new();
+    let mut queue: std::collections::VecDeque<RetainedOut> = std::collections::VecDeque::new();
     loop {
         if queue.is_empty() {
             match rx.recv().await {
@@ -1262,8 +1473,8 @@ async fn store_retained(
         while let Ok(m) = rx.try_recv() {
             queue.push_back(m);
         }
-        let Some((subject, payload)) = queue.pop_front() else { continue };
-        if queue.iter().any(|(s, _)| *s == subject) {
+        let Some(out) = queue.pop_front() else { continue };
+        if queue.iter().any(|o| o.subject == out.subject) {
             continue; // a newer retained message of the same topic follows
         }
         let deadline = tokio::time::Instant::now() + RETAINED_PATIENCE;
@@ -1273,7 +1484,10 @@ async fn store_retained(
                     js.get_or_create_stream(config.clone()).await?;
                     stream_ok = true;
                 }
-                js.publish(subject.clone(), payload.clone()).await?.await?;
+                let publish = async_nats::jetstream::message::PublishMessage::build()
+                    .payload(out.payload.clone())
+                    .message_id(&out.msg_id);
+                js.send_publish(out.subject.clone(), publish).await?.await?;
                 Ok::<(), Box<dyn std::error::Error + Send + Sync>>(())
             }
             .await;
@@ -1284,6 +1498,7 @@ async fn store_retained(
                 }
                 Err(e) if tokio::time::Instant::now() >= deadline => {
                     stats.dropped.fetch_add(1, Ordering::Relaxed);
+                    pending.done(&out.topic, out.n);
                     tracing::warn!(error = %e, "cluster: a retained message could not be stored in JetStream; the other nodes do not have it");
                     break;
                 }

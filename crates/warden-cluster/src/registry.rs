@@ -9,8 +9,8 @@
 //! node's lease (its name, refreshed every [`LEASE_REFRESH`], gone after [`LEASE_TTL`]): a
 //! claim of a node without a lease is stale and may be taken by anyone.
 //!
-//! What is not here yet (docs/cluster.md): sessions themselves stay on their node, so a
-//! persistent session resumed on another node starts empty there.
+//! A lasting session's record is in [`crate::sessions`]; its client id's entry here names the
+//! node that keeps it, also after that node died (its principal resumes it on any node).
 
 use std::time::Duration;
 
@@ -130,9 +130,14 @@ pub(crate) enum Decision {
 /// whether its node holds a lease.
 pub(crate) fn decide(me: &str, identity: &str, found: Option<(&Claim, u64)>, node_alive: bool, now: u64) -> Decision {
     let Some((c, revision)) = found else { return Decision::Take { revision: None, takeover: None } };
-    let stale = !node_alive || (c.conn == 0 && c.expires_at != 0 && c.expires_at <= now);
-    if stale {
-        return Decision::Take { revision: Some(revision), takeover: None };
+    if c.conn == 0 && c.expires_at != 0 && c.expires_at <= now {
+        return Decision::Take { revision: Some(revision), takeover: None }; // its session ended
+    }
+    if !node_alive {
+        // A dead node's: free. Its principal takes over the session the node kept (resumed
+        // from its record in `{PREFIX}_SESSIONS`); its command to the dead node goes nowhere.
+        let takeover = (c.identity == identity).then(|| c.node.clone());
+        return Decision::Take { revision: Some(revision), takeover };
     }
     if c.node == me {
         return Decision::Local { revision };
@@ -343,6 +348,24 @@ impl Registry {
         Ok(self.entry(&key(client_id)).await?.map(|(c, _)| c))
     }
 
+    /// The nodes holding a lease now.
+    pub(crate) async fn live_nodes(&self) -> Result<std::collections::HashSet<String>, BoxError> {
+        Ok(all_keys(&self.nodes).await?.into_iter().collect())
+    }
+
+    /// Delete `client_id`'s entry if it names node `node` (compare-and-set on the revision
+    /// read): true when it was deleted.
+    pub(crate) async fn forget_of(&self, client_id: &str, node: &str) -> Result<bool, BoxError> {
+        let key = key(client_id);
+        match self.entry(&key).await? {
+            Some((c, rev)) if c.node == node => {
+                timed(self.clients.delete_expect_revision(&key, Some(rev))).await?;
+                Ok(true)
+            }
+            _ => Ok(false),
+        }
+    }
+
     /// Every entry with a connection (the cluster-wide client list).
     pub(crate) async fn connected(&self) -> Result<Vec<Claim>, BoxError> {
         let keys = all_keys(&self.clients).await?;
@@ -402,6 +425,22 @@ mod tests {
             decide("a", "user:bob", Some((&c, 3)), false, 100),
             Decision::Take { revision: Some(3), takeover: None },
             "the node's lease is gone"
+        );
+        // Its own principal takes over the session the dead node kept (resumed here).
+        assert_eq!(
+            decide("a", "user:alice", Some((&c, 3)), false, 100),
+            Decision::Take { revision: Some(3), takeover: Some("b".into()) }
+        );
+        let kept = claim("b", 0, "user:alice", 500);
+        assert_eq!(
+            decide("a", "user:alice", Some((&kept, 3)), false, 100),
+            Decision::Take { revision: Some(3), takeover: Some("b".into()) }
+        );
+        let expired = claim("b", 0, "user:alice", 50);
+        assert_eq!(
+            decide("a", "user:alice", Some((&expired, 3)), false, 100),
+            Decision::Take { revision: Some(3), takeover: None },
+            "nothing to resume: the kept session ended"
         );
         let ended = claim("b", 0, "user:alice", 50);
         assert_eq!(

@@ -152,6 +152,46 @@ impl Sessions {
         }
     }
 
+    /// Every record in the bucket now (its last version of each key, read by one ordered
+    /// consumer, at most [`crate::registry::timed`]'s bound for the whole listing).
+    pub(crate) async fn all(&self) -> Result<Vec<SessionRecord>, BoxError> {
+        use futures_util::StreamExt;
+        // The bucket's stream now (the store's own status is the one cached when it was made).
+        let mut stream = timed(self.js.get_stream(format!("KV_{}", self.kv.name))).await?;
+        if timed(stream.info()).await?.state.messages == 0 {
+            return Ok(Vec::new()); // a watch would wait for the first change
+        }
+        timed(async {
+            let mut w = self.kv.watch_with_history(">").await?;
+            let mut out = Vec::new();
+            while let Some(e) = w.next().await {
+                let e = e?;
+                if e.operation == kv::Operation::Put {
+                    if let Ok(r) = serde_json::from_slice::<SessionRecord>(&e.value) {
+                        out.push(r);
+                    }
+                }
+                if e.delta == 0 {
+                    break;
+                }
+            }
+            Ok::<_, BoxError>(out)
+        })
+        .await
+    }
+
+    /// Delete `client_id`'s record if node `node` holds it (compare-and-set on the revision
+    /// read): true when it was deleted.
+    pub(crate) async fn remove_of(&self, client_id: &str, node: &str) -> Result<bool, BoxError> {
+        match self.get(client_id).await? {
+            Some((r, rev)) if r.node == node => {
+                timed(self.kv.delete_expect_revision(key(client_id), Some(rev))).await?;
+                Ok(true)
+            }
+            _ => Ok(false),
+        }
+    }
+
     /// Write `record` as this node's (a resume here), whatever the record was.
     pub(crate) async fn take(&self, record: &SessionRecord) -> Result<(), BoxError> {
         timed(self.kv.put(key(&record.client_id), serde_json::to_vec(record)?.into())).await?;

@@ -1048,12 +1048,24 @@ impl Broker {
     /// Keep a retained message another node accepted (see [`Broker::retain`]; not charged to
     /// a quota here, the publisher's node did that, and not forwarded again).
     pub fn retain_from_peer(&self, msg: &Arc<Message>, source: RetainSource) {
+        self.retain_from_peer_if(msg, source, || true);
+    }
+
+    /// [`Broker::retain_from_peer`] when `keep()`, asked under the retained store's lock (the
+    /// lock [`Fabric::retained`] is called under): a fabric can tell, without a race with this
+    /// node's own publishers, whether a newer message of the topic is on its way. Returns
+    /// whether it was kept.
+    pub fn retain_from_peer_if(&self, msg: &Arc<Message>, source: RetainSource, keep: impl FnOnce() -> bool) -> bool {
         let mut r = self.retained.write();
+        if !keep() {
+            return false;
+        }
         r.set_charged(msg.clone(), source.clone(), None);
         if let Some(store) = self.store.as_ref().filter(|_| !msg.topic.as_str().starts_with("$SYS/")) {
             let stored = (!msg.payload.is_empty()).then(|| msg.clone());
             store.submit(PersistOp::Retained { topic: msg.topic.clone(), msg: stored, source });
         }
+        true
     }
 
     /// [`Broker::route_many`] without the fabric: this node's subscribers only.

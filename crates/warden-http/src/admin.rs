@@ -79,6 +79,10 @@ pub struct SessionView {
     /// The cluster node that holds it (SPEC §11; absent on a single node).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub node: Option<String>,
+    /// That node is gone (holds no lease: killed, or away for more than 10 s): the session is
+    /// kept in the cluster's sessions bucket, and its client resumes it on any node.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub node_gone: bool,
 }
 
 /// A subscription of a session.
@@ -197,6 +201,37 @@ pub struct StatsView {
     pub authz_denied: u64,
     /// Bans in force (the operator's and automatic).
     pub bans_active: u64,
+}
+
+impl StatsView {
+    /// Add `other`'s counters to these (a cluster's sum; `at_ms` the later of the two).
+    pub fn add(&mut self, other: &StatsView) {
+        self.at_ms = self.at_ms.max(other.at_ms);
+        self.connections += other.connections;
+        self.sessions += other.sessions;
+        self.subscriptions += other.subscriptions;
+        self.messages_received += other.messages_received;
+        self.messages_sent += other.messages_sent;
+        self.connections_accepted += other.connections_accepted;
+        self.connections_refused += other.connections_refused;
+        self.auth_failures += other.auth_failures;
+        for (m, n) in &other.auth_failures_by_method {
+            *self.auth_failures_by_method.entry(m.clone()).or_default() += n;
+        }
+        self.authz_denied += other.authz_denied;
+        self.bans_active += other.bans_active;
+    }
+}
+
+/// `GET /admin/stats?scope=cluster`: every node's counters and their sum.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ClusterStatsView {
+    /// The sum over the nodes that answered.
+    pub total: StatsView,
+    /// Each node's counters (this node's included), by node name.
+    pub nodes: std::collections::BTreeMap<String, StatsView>,
+    /// Live nodes (holding a lease) that did not answer within 2 s: not in the sum.
+    pub missing: Vec<String>,
 }
 
 /// `POST /admin/explain`: one question to the broker's authorization, answered by its own code
@@ -393,6 +428,11 @@ pub trait AdminBackend: Send + Sync + 'static {
     /// The broker's counters now. Default: zeros.
     fn stats(&self) -> StatsView {
         StatsView::default()
+    }
+    /// The counters of every node of a cluster and their sum (`GET /admin/stats?scope=cluster`);
+    /// `None` when this broker is not a node of a cluster. Default: none.
+    fn stats_cluster(&self) -> BackendFuture<Option<ClusterStatsView>> {
+        Box::pin(async { None })
     }
     /// The counters sampled every few seconds over the last minutes, oldest first (the
     /// Overview's charts start from them). Default: none.
@@ -1173,8 +1213,26 @@ async fn list_certificates(State(st): St) -> ApiResult<Response> {
     Ok(Json(st.backend.certificates()).into_response())
 }
 
-async fn get_stats(State(st): St) -> ApiResult<Response> {
-    Ok(Json(st.backend.stats()).into_response())
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct StatsQuery {
+    #[serde(default)]
+    scope: Option<String>,
+}
+
+async fn get_stats(
+    State(st): St,
+    q: Result<Query<StatsQuery>, axum::extract::rejection::QueryRejection>,
+) -> ApiResult<Response> {
+    let Query(q) = q.map_err(|e| AdminError::bad_request(format!("expected ?scope=node or ?scope=cluster: {e}")))?;
+    match q.scope.as_deref() {
+        None | Some("node") => Ok(Json(st.backend.stats()).into_response()),
+        Some("cluster") => match st.backend.stats_cluster().await {
+            Some(v) => Ok(Json(v).into_response()),
+            None => Err(AdminError::bad_request("scope=cluster: this broker is not a node of a cluster")),
+        },
+        Some(_) => Err(AdminError::bad_request("scope must be node or cluster")),
+    }
 }
 
 async fn get_stats_history(State(st): St) -> ApiResult<Response> {

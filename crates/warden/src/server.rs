@@ -1014,6 +1014,7 @@ fn cluster_config(c: &crate::config::ClusterSettings) -> warden_cluster::Cluster
         creds_file: c.nats_creds_file.clone(),
         subject_prefix: c.subject_prefix.clone(),
         publish_timeout: c.publish_timeout,
+        connect_patience: c.connect_patience,
     }
 }
 

@@ -272,6 +272,72 @@ async fn a_retained_message_kept_on_one_node_is_sent_by_another() {
     assert!(cleared, "clearing a retained message on one node clears it everywhere [MQTT-3.3.1-6]");
 }
 
+/// The retained message a fresh subscriber on `addr` gets on `topic` (`None`: none within
+/// 500 ms).
+async fn retained_on(addr: std::net::SocketAddr, id: &str, topic: &str) -> Option<Vec<u8>> {
+    let (mut s, _) = connected(addr, v5(id)).await;
+    s.subscribe(1, topic, QoS::AtLeastOnce).await;
+    loop {
+        match s.recv_within(Duration::from_millis(500)).await {
+            Recv::Packet(Packet::Publish(m)) if m.retain => return Some(m.payload.to_vec()),
+            Recv::Packet(_) => {}
+            _ => return None,
+        }
+    }
+}
+
+/// Concurrent retained writes of one topic on two nodes: every node ends with the retained
+/// stream's last message of the topic (before, each node skipped its own messages read back
+/// from the stream, and the nodes could keep different ones for good).
+#[tokio::test]
+async fn concurrent_retained_writes_on_two_nodes_converge_to_the_streams_last() {
+    let Some(nats) = nats() else { return };
+    let a = node(&nats, "a", "").await;
+    let b = node(&nats, "b", "").await;
+    let c = node(&nats, "c", "").await;
+    const N: usize = 300;
+    for round in 0..3 {
+        let topic = format!("cl/race/{round}");
+        let burst = |addr, who: &'static str, topic: String| async move {
+            let (mut p, _) = connected(addr, v5(&format!("race-{who}"))).await;
+            for i in 0..N {
+                let mut m = publish(&topic, QoS::AtMostOnce, 0, format!("{who}-{i:05}").as_bytes());
+                if let Packet::Publish(p) = &mut m {
+                    p.retain = true;
+                }
+                p.send(&m).await;
+            }
+            // A QoS 1 message after the burst: the burst was handled when its PUBACK comes.
+            p.send(&publish("cl/race/done", QoS::AtLeastOnce, 1, b"done")).await;
+            assert!(matches!(p.recv().await, Recv::Packet(Packet::PubAck(_))));
+        };
+        tokio::join!(burst(a.addr(), "a", topic.clone()), burst(b.addr(), "b", topic.clone()));
+        // Every node ends with the same message, the stream's last (bounded wait: the nodes
+        // read the stream's tail within moments).
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
+        let mut k = 0;
+        loop {
+            let last = stream_last_raw(&nats, "warden_RETAINED", &format!("warden.r.t.cl.race.{round}")).await;
+            let mut got = Vec::new();
+            for n in [&a, &b, &c] {
+                k += 1;
+                got.push(retained_on(n.addr(), &format!("race-sub-{k}"), &topic).await);
+            }
+            let in_stream =
+                |p: &Option<Vec<u8>>| p.as_ref().is_some_and(|p| last.windows(p.len()).any(|w| w == p.as_slice()));
+            if got.iter().all(|p| *p == got[0]) && in_stream(&got[0]) {
+                break;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "round {round}: nodes a, b, c keep {:?}, the stream's last holds {:?}",
+                got.iter().map(|p| p.as_deref().map(String::from_utf8_lossy)).collect::<Vec<_>>(),
+                String::from_utf8_lossy(&last)
+            );
+        }
+    }
+}
+
 #[tokio::test]
 async fn a_shared_group_over_two_nodes_gets_each_message_once() {
     let Some(nats) = nats() else { return };
@@ -371,6 +437,7 @@ fn the_cluster_table_refuses_bad_settings_with_the_line() {
         ("node = \"a\"\nnats = [\"nats://127.0.0.1:4222\"]\nnodes = 3\n", "unknown field"),
         ("node = \"a\"\nnats = [\"nats://127.0.0.1:4222\"]\npublish_timeout = \"0s\"\n", "publish_timeout"),
         ("node = \"a\"\nnats = [\"nats://127.0.0.1:4222\"]\npublish_timeout = \"soon\"\n", "publish_timeout"),
+        ("node = \"a\"\nnats = [\"nats://127.0.0.1:4222\"]\nconnect_patience = \"90s\"\n", "connect_patience"),
     ] {
         let e = Config::parse(&format!("{base}{body}"), &path).unwrap_err().to_string();
         assert!(e.contains(want), "{body:?}: {e}");
@@ -387,6 +454,7 @@ fn the_cluster_table_refuses_bad_settings_with_the_line() {
     let c = ok.cluster.unwrap();
     assert_eq!((c.node.as_str(), c.replicas, c.subject_prefix.as_str()), ("a", 3, "warden"));
     assert_eq!(c.publish_timeout, Duration::from_secs(25));
+    assert_eq!(c.connect_patience, Duration::from_secs(12));
     assert_eq!(c.nats_password.unwrap().0, "pw-from-env");
 }
 
@@ -523,7 +591,8 @@ async fn a_node_without_its_registry_refuses_connects_as_unavailable() {
     let (_c, code) = connack_code(a.addr(), as_user("before", "alice")).await;
     assert_eq!(code, mqtt_codec::ReasonCode::SUCCESS);
     drop(nats); // NATS gone: the registry cannot be asked
-                // Tried for warden_cluster::CLAIM_PATIENCE (a NATS server lost is survived), then refused.
+                // Tried for connect_patience (warden_cluster::CLAIM_PATIENCE: a leader election is
+                // waited through), then refused.
     let mut c = RawClient::open(a.addr(), Protocol::V5).await;
     c.send(&Packet::Connect(Box::new(as_user("after", "alice")))).await;
     match c.recv_within(warden_cluster::CLAIM_PATIENCE + Duration::from_secs(15)).await {
@@ -531,6 +600,135 @@ async fn a_node_without_its_registry_refuses_connects_as_unavailable() {
             assert_eq!(ack.reason_code, mqtt_codec::ReasonCode::SERVER_UNAVAILABLE, "CONNACK 0x88, SPEC §11")
         }
         other => panic!("expected CONNACK, got {other:?}"),
+    }
+}
+
+/// Three routed nats-servers with JetStream (one NATS cluster named `name`), each healthy
+/// (`/healthz`: JetStream with its meta leader) within 30 s; `None` when there is no
+/// nats-server here.
+async fn nats_cluster(name: &str) -> Option<Vec<Nats>> {
+    if nats_binary().is_none() {
+        let _ = nats(); // says so, or fails where NATS is required
+        return None;
+    }
+    // A clustered JetStream server needs its routes at start: three ephemeral ports, asked
+    // of the system (bound, then freed) and given to all three.
+    let ports: Vec<u16> = (0..3)
+        .map(|_| std::net::TcpListener::bind("127.0.0.1:0").unwrap())
+        .collect::<Vec<_>>()
+        .iter()
+        .map(|l| l.local_addr().unwrap().port())
+        .collect();
+    let routes = ports.iter().map(|p| format!("nats://127.0.0.1:{p}")).collect::<Vec<_>>().join(",");
+    let mut servers = Vec::new();
+    for (i, port) in ports.iter().enumerate() {
+        let listen = format!("nats://127.0.0.1:{port}");
+        let n = format!("s{}", i + 1);
+        servers.push(nats_with(&["--cluster", &listen, "--cluster_name", name, "--routes", &routes, "-n", &n])?);
+    }
+    for server in &servers {
+        let url = format!("{}/healthz", server.monitor);
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        loop {
+            let u = url.clone();
+            let ok = tokio::task::spawn_blocking(move || ureq::get(&u).timeout(Duration::from_secs(2)).call().is_ok())
+                .await
+                .unwrap();
+            if ok {
+                break;
+            }
+            assert!(std::time::Instant::now() < deadline, "{url} healthy within 30 s");
+            tokio::time::sleep(Duration::from_millis(100)).await; // polling a condition, bounded
+        }
+    }
+    Some(servers)
+}
+
+/// The server (`-n` name) leading JetStream stream `stream`, as `server`'s monitoring
+/// endpoint reports it.
+async fn stream_leader(server: &Nats, stream: &str) -> Option<String> {
+    let url = format!("{}/jsz?accounts=true&streams=true", server.monitor);
+    let json: serde_json::Value = tokio::task::spawn_blocking(move || {
+        ureq::get(&url).timeout(Duration::from_secs(5)).call().ok()?.into_json().ok()
+    })
+    .await
+    .unwrap()?;
+    fn find(v: &serde_json::Value, name: &str) -> Option<String> {
+        match v {
+            serde_json::Value::Object(m) => {
+                if m.get("name").and_then(|n| n.as_str()) == Some(name) {
+                    if let Some(l) = m.get("cluster").and_then(|c| c.get("leader")).and_then(|l| l.as_str()) {
+                        return Some(l.to_owned());
+                    }
+                }
+                m.values().find_map(|x| find(x, name))
+            }
+            serde_json::Value::Array(a) => a.iter().find_map(|x| find(x, name)),
+            _ => None,
+        }
+    }
+    find(&json, stream)
+}
+
+/// A CONNECT's CONNACK code and how long it took.
+async fn timed_connack(addr: std::net::SocketAddr, id: &str) -> (mqtt_codec::ReasonCode, Duration) {
+    let started = std::time::Instant::now();
+    let mut c = RawClient::open(addr, Protocol::V5).await;
+    c.send(&Packet::Connect(Box::new(v5(id)))).await;
+    match c.recv_within(Duration::from_secs(60)).await {
+        Recv::Packet(Packet::Connack(ack)) => (ack.reason_code, started.elapsed()),
+        other => panic!("{id}: expected CONNACK, got {other:?}"),
+    }
+}
+
+/// SPEC §11 "one NATS server of three down: service continues": the nats-server leading the
+/// client registry's bucket is killed and a client connects at once: its CONNECT waits
+/// through the bucket's leader election (NATS: 4 to 9 s; before, CONNACK 0x88 after 5 s)
+/// and succeeds. With a second server killed (quorum lost) CONNECTs get 0x88 within the
+/// patience, and once the registry has been away longer than that, at once.
+#[tokio::test]
+async fn a_connect_waits_through_a_nats_leader_election_and_quorum_lost_is_0x88() {
+    let Some(mut servers) = nats_cluster("elect").await else { return };
+    let urls: Vec<String> = servers.iter().map(|s| format!("\"{}\"", s.url)).collect();
+    let a = TestBroker::with_config(&format!(
+        "[auth]\nallow_anonymous = true\n[cluster]\nnode = \"a\"\nnats = [{}]\nreplicas = 3\n",
+        urls.join(", ")
+    ))
+    .await;
+    let cluster = a.server.cluster.clone().unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while !cluster.ready() {
+        assert!(std::time::Instant::now() < deadline, "node a ready within 30 s");
+        tokio::time::sleep(Duration::from_millis(100)).await; // polling a condition, bounded
+    }
+    let (code, _) = timed_connack(a.addr(), "before").await;
+    assert_eq!(code, mqtt_codec::ReasonCode::SUCCESS);
+    // The registry's leader, killed.
+    let leader = stream_leader(&servers[0], "KV_warden_CLIENTS").await.expect("the clients bucket has a leader");
+    let i = ["s1", "s2", "s3"].iter().position(|n| *n == leader).expect("a known server leads");
+    drop(servers.remove(i)); // SIGKILL
+    let (code, took) = timed_connack(a.addr(), "during-election").await;
+    eprintln!("CONNECT right after the registry's leader {leader} was killed: {code:?} after {took:?}");
+    assert_eq!(code, mqtt_codec::ReasonCode::SUCCESS, "waited through the election ({took:?})");
+    assert!(took < warden_cluster::CLAIM_PATIENCE + Duration::from_secs(3), "{took:?}");
+    let (code, _) = timed_connack(a.addr(), "after-election").await;
+    assert_eq!(code, mqtt_codec::ReasonCode::SUCCESS);
+
+    // Quorum lost: 0x88, within the patience; once the registry has been away for longer, at
+    // once (bounded).
+    drop(servers.remove(0)); // SIGKILL
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    let mut k = 0;
+    loop {
+        k += 1;
+        let (code, took) = timed_connack(a.addr(), &format!("no-quorum-{k}")).await;
+        eprintln!("CONNECT {k} without quorum: {code:?} after {took:?}");
+        assert_eq!(code, mqtt_codec::ReasonCode::SERVER_UNAVAILABLE, "CONNACK 0x88 without quorum (SPEC §11)");
+        assert!(took < warden_cluster::CLAIM_PATIENCE + Duration::from_secs(3), "{took:?}");
+        if took < Duration::from_secs(3) {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "CONNECTs without quorum still wait the whole patience");
     }
 }
 
@@ -793,16 +991,27 @@ async fn token_until(b: &TestBroker, id: &str, secret: &str, want: u16) -> Optio
     panic!("/oauth/token of {id} answered {last}, not {want}, within 5 s");
 }
 
-/// The last version of the control document `name`, read raw from JetStream (NATS protocol
-/// over TCP: the stream's "get last message by subject" API).
+/// The last version of the control document `name`, read raw from JetStream.
 async fn control_document_raw(nats: &Nats, name: &str) -> String {
+    let raw = stream_last_raw(nats, "warden_CONTROL", &format!("warden.c.doc.{name}")).await;
+    String::from_utf8_lossy(&raw).into_owned()
+}
+
+/// The last message of `subject` in JetStream stream `stream`, read raw (NATS protocol over
+/// TCP: the stream's "get last message by subject" API).
+async fn stream_last_raw(nats: &Nats, stream: &str, subject: &str) -> Vec<u8> {
+    stream_last_raw_opt(nats, stream, subject).await.unwrap_or_else(|| panic!("no message on {subject} in {stream}"))
+}
+
+/// [`stream_last_raw`], `None` when the stream has no message there.
+async fn stream_last_raw_opt(nats: &Nats, stream: &str, subject: &str) -> Option<Vec<u8>> {
     use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt};
     let addr = nats.url.trim_start_matches("nats://").to_owned();
     let s = tokio::net::TcpStream::connect(addr).await.unwrap();
     let mut s = tokio::io::BufReader::new(s);
-    let req = format!("{{\"last_by_subj\":\"warden.c.doc.{name}\"}}");
+    let req = format!("{{\"last_by_subj\":\"{subject}\"}}");
     let out = format!(
-        "CONNECT {{\"verbose\":false}}\r\nSUB _INBOX.raw 1\r\nPUB $JS.API.STREAM.MSG.GET.warden_CONTROL _INBOX.raw {}\r\n{req}\r\n",
+        "CONNECT {{\"verbose\":false}}\r\nSUB _INBOX.raw 1\r\nPUB $JS.API.STREAM.MSG.GET.{stream} _INBOX.raw {}\r\n{req}\r\n",
         req.len()
     );
     s.get_mut().write_all(out.as_bytes()).await.unwrap();
@@ -821,8 +1030,8 @@ async fn control_document_raw(nats: &Nats, name: &str) -> String {
     let reply = tokio::time::timeout(Duration::from_secs(5), read).await.expect("JetStream answers");
     let v: serde_json::Value = serde_json::from_str(&reply).unwrap();
     use base64::Engine as _;
-    let data = v["message"]["data"].as_str().unwrap_or_else(|| panic!("no message: {reply}"));
-    String::from_utf8_lossy(&base64::engine::general_purpose::STANDARD.decode(data).unwrap()).into_owned()
+    let data = v["message"]["data"].as_str()?;
+    Some(base64::engine::general_purpose::STANDARD.decode(data).unwrap())
 }
 
 /// The token service's stored OAuth clients are one document of the cluster (SPEC §11): a
@@ -1384,6 +1593,169 @@ async fn admin_sessions_lists_the_sessions_of_every_node() {
     // And from b: a's session with node "a".
     let (_, v) = admin(&b, "GET", "/admin/sessions", None).await;
     assert_eq!(find(&v, "held-on-a").and_then(|s| s["node"].as_str().map(str::to_owned)).as_deref(), Some("a"));
+}
+
+/// The record of `client_id` in the cluster's sessions bucket, raw (`None`: none).
+async fn session_record_raw(nats: &Nats, client_id: &str) -> Option<String> {
+    use sha2::Digest as _;
+    let key: String = sha2::Sha256::digest(client_id.as_bytes()).iter().map(|b| format!("{b:02x}")).collect();
+    let raw = stream_last_raw_opt(nats, "KV_warden_SESSIONS", &format!("$KV.warden_SESSIONS.{key}")).await?;
+    Some(String::from_utf8_lossy(&raw).into_owned())
+}
+
+/// SPEC §11: the lasting sessions of a node killed with SIGKILL (kept in the sessions bucket)
+/// are listed by `/admin/sessions` on every other node as offline, with their node and
+/// `node_gone`; their client resumes one on another node (with the QoS 1 message published
+/// meanwhile); `DELETE /admin/sessions/{id}` of one removes it, so that it cannot be resumed.
+#[tokio::test]
+async fn a_dead_nodes_sessions_are_listed_resumed_and_removed_through_any_node() {
+    let Some(nats) = nats() else { return };
+    let (_dir, extra) = users();
+    let b = secure_node(&nats, "b", &extra).await;
+    let c = secure_node(&nats, "c", &extra).await;
+    let a = node_process(&nats, "a", &extra);
+    let lasting = |id: &str, clean: bool| {
+        let mut c = as_user(id, "alice");
+        c.properties.session_expiry_interval = Some(600);
+        c.clean_start = clean;
+        c
+    };
+    // On a: kept-1 stays connected, kept-2 left; each with one subscription.
+    let (mut k1, code) = connack_code(a.addr, lasting("kept-1", true)).await;
+    assert_eq!(code, mqtt_codec::ReasonCode::SUCCESS);
+    k1.subscribe(1, "dead/one/#", QoS::AtLeastOnce).await;
+    let (mut k2, code) = connack_code(a.addr, lasting("kept-2", true)).await;
+    assert_eq!(code, mqtt_codec::ReasonCode::SUCCESS);
+    k2.subscribe(1, "dead/two/#", QoS::AtLeastOnce).await;
+    k2.send(&Packet::Disconnect(mqtt_codec::Disconnect::new(mqtt_codec::ReasonCode::SUCCESS))).await;
+    k2.expect_closed_within(Duration::from_secs(5)).await;
+    // a wrote both records with their subscription (bounded wait), then dies.
+    for (id, filter) in [("kept-1", "dead/one/#"), ("kept-2", "dead/two/#")] {
+        let mut written = false;
+        for _ in 0..100 {
+            if session_record_raw(&nats, id).await.is_some_and(|r| r.contains(filter)) {
+                written = true;
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await; // polling a condition, bounded
+        }
+        assert!(written, "a kept {id}'s record in the cluster");
+    }
+    drop(a); // SIGKILL
+
+    // Listed through b once a's lease lapsed (10 s): offline, node a, gone.
+    let find = |v: &serde_json::Value, id: &str| v.as_array().unwrap().iter().find(|s| s["client_id"] == id).cloned();
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    let listed = loop {
+        let (st, v) = admin(&b, "GET", "/admin/sessions", None).await;
+        assert_eq!(st, 200);
+        if find(&v, "kept-1").is_some_and(|s| s["node_gone"] == true) && find(&v, "kept-2").is_some() {
+            break v;
+        }
+        assert!(std::time::Instant::now() < deadline, "a's sessions not listed as a dead node's within 30 s: {v}");
+        tokio::time::sleep(Duration::from_millis(200)).await; // polling a condition, bounded
+    };
+    for id in ["kept-1", "kept-2"] {
+        let s = find(&listed, id).unwrap();
+        assert_eq!(
+            (s["node"].as_str(), s["node_gone"].as_bool(), s["connected"].as_bool(), s["principal"].as_str()),
+            (Some("a"), Some(true), Some(false), Some("user:alice")),
+            "{s}"
+        );
+        assert_eq!((s["expiry_interval"].as_u64(), s["subscription_count"].as_u64()), (Some(600), Some(1)));
+    }
+    // One of them through c, with its subscriptions.
+    let (st, one) = admin(&c, "GET", "/admin/sessions/kept-1", None).await;
+    assert_eq!(st, 200, "{one}");
+    assert_eq!((one["node"].as_str(), one["node_gone"].as_bool()), (Some("a"), Some(true)));
+    assert_eq!(one["subscriptions"][0]["filter"].as_str(), Some("dead/one/#"));
+
+    // A QoS 1 message for kept-1 while a is dead.
+    let (mut p, code) = connack_code(b.addr(), as_user("dead-pub", "bob")).await;
+    assert_eq!(code, mqtt_codec::ReasonCode::SUCCESS);
+    p.send(&publish("dead/one/x", QoS::AtLeastOnce, 1, b"missed")).await;
+    assert!(matches!(p.recv().await, Recv::Packet(Packet::PubAck(_))));
+
+    // kept-2 removed through c: gone from the list, its client starts anew.
+    let (st, v) = admin(&c, "DELETE", "/admin/sessions/kept-2", None).await;
+    assert_eq!(st, 200, "{v}");
+    assert_eq!(admin(&b, "GET", "/admin/sessions/kept-2", None).await.0, 404);
+    let (_, v) = admin(&b, "GET", "/admin/sessions", None).await;
+    assert!(find(&v, "kept-2").is_none(), "{v}");
+    assert_eq!(admin(&b, "DELETE", "/admin/sessions/kept-2", None).await.0, 404, "removed once");
+    let (_fresh, r) = RawClient::connect(b.addr(), lasting("kept-2", false)).await;
+    match r {
+        Recv::Packet(Packet::Connack(ack)) => {
+            assert!(ack.reason_code.is_success());
+            assert!(!ack.session_present, "a removed session is not resumed");
+        }
+        other => panic!("{other:?}"),
+    }
+
+    // kept-1 resumes on c, with the message it missed.
+    let (mut back, r) = RawClient::connect(c.addr(), lasting("kept-1", false)).await;
+    match r {
+        Recv::Packet(Packet::Connack(ack)) => {
+            assert!(ack.reason_code.is_success());
+            assert!(ack.session_present, "the dead node's session resumes on c");
+        }
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(receive(&mut back, 1).await[0].0, b"missed");
+    // Now c's: listed with node c, not gone.
+    let (_, v) = admin(&b, "GET", "/admin/sessions", None).await;
+    let s = find(&v, "kept-1").unwrap_or_else(|| panic!("{v}"));
+    assert_eq!((s["node"].as_str(), s.get("node_gone")), (Some("c"), None), "{s}");
+}
+
+/// `GET /admin/stats?scope=cluster` on any node: every live node's counters and their sum,
+/// naming the live nodes that did not answer (a node killed is left out once its lease
+/// lapsed); without `scope`, this node's alone.
+#[tokio::test]
+async fn admin_stats_scope_cluster_sums_every_nodes_counters() {
+    let Some(nats) = nats() else { return };
+    let (_dir, extra) = users();
+    let a = secure_node(&nats, "a", &extra).await;
+    let b = secure_node(&nats, "b", &extra).await;
+    // Two connections on a, one on b.
+    let (_a1, code) = connack_code(a.addr(), as_user("st-a1", "alice")).await;
+    assert_eq!(code, mqtt_codec::ReasonCode::SUCCESS);
+    let (_a2, code) = connack_code(a.addr(), as_user("st-a2", "alice")).await;
+    assert_eq!(code, mqtt_codec::ReasonCode::SUCCESS);
+    let (_b1, code) = connack_code(b.addr(), as_user("st-b1", "bob")).await;
+    assert_eq!(code, mqtt_codec::ReasonCode::SUCCESS);
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    let v = loop {
+        let (st, v) = admin(&b, "GET", "/admin/stats?scope=cluster", None).await;
+        assert_eq!(st, 200, "{v}");
+        if v["total"]["connections"] == 3 {
+            break v;
+        }
+        assert!(std::time::Instant::now() < deadline, "3 connections in the cluster's sum: {v}");
+        tokio::time::sleep(Duration::from_millis(100)).await; // polling a condition, bounded
+    };
+    assert_eq!((v["nodes"]["a"]["connections"].as_u64(), v["nodes"]["b"]["connections"].as_u64()), (Some(2), Some(1)));
+    assert_eq!(v["missing"], serde_json::json!([]));
+    assert!(v["total"]["connections_accepted"].as_u64().unwrap() >= 3, "{v}");
+    // This node's alone by default.
+    let (st, here) = admin(&b, "GET", "/admin/stats", None).await;
+    assert_eq!((st, here["connections"].as_u64()), (200, Some(1)), "{here}");
+    assert_eq!(admin(&b, "GET", "/admin/stats?scope=galaxy", None).await.0, 400);
+    // A node killed while its lease still runs (10 s): named as missing, not in the sum.
+    let c = node_process(&nats, "c", &extra);
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let (_, v) = admin(&b, "GET", "/admin/stats?scope=cluster", None).await;
+        if v["nodes"].get("c").is_some() {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "c answers within 30 s: {v}");
+        tokio::time::sleep(Duration::from_millis(100)).await; // polling a condition, bounded
+    }
+    drop(c); // SIGKILL
+    let (_, v) = admin(&b, "GET", "/admin/stats?scope=cluster", None).await;
+    assert_eq!(v["missing"], serde_json::json!(["c"]), "{v}");
+    assert!(v["nodes"].get("c").is_none() && v["total"]["connections"] == 3, "{v}");
 }
 
 // --- what an idle cluster asks of NATS --------------------------------------------------------

@@ -462,8 +462,42 @@ impl AdminBackend for Backend {
                     }
                 }
             }
+            // The sessions kept by nodes that are gone (listed without their subscriptions, as
+            // the live nodes' are).
+            let dead = c.sessions_of_dead_nodes().await.unwrap_or_default();
+            all.extend(
+                dead.into_iter().map(|s| warden_http::admin::SessionView {
+                    subscriptions: Vec::new(),
+                    ..dead_node_session_view(s)
+                }),
+            );
             all.sort_by(|a, b| a.client_id.cmp(&b.client_id));
             all
+        })
+    }
+
+    fn stats_cluster(&self) -> warden_http::admin::BackendFuture<Option<warden_http::admin::ClusterStatsView>> {
+        let Some(c) = self.cluster.clone() else { return Box::pin(async { None }) };
+        let here = AdminBackend::stats(self);
+        Box::pin(async move {
+            let (answers, missing) = c.stats_elsewhere().await?;
+            let mut v = warden_http::admin::ClusterStatsView { missing, ..Default::default() };
+            v.total.add(&here);
+            v.nodes.insert(c.node().to_owned(), here);
+            for (node, body) in answers {
+                match serde_json::from_slice::<warden_http::admin::StatsView>(&body) {
+                    Ok(s) => {
+                        v.total.add(&s);
+                        v.nodes.insert(node, s);
+                    }
+                    Err(e) => {
+                        tracing::warn!(node = %Escaped(&node), error = %e, "cluster: another node's counters did not decode");
+                        v.missing.push(node);
+                    }
+                }
+            }
+            v.missing.sort();
+            Some(v)
         })
     }
 
@@ -481,7 +515,9 @@ impl AdminBackend for Backend {
         let Some(c) = self.cluster.clone() else { return Box::pin(async { None }) };
         let id = client_id.to_owned();
         Box::pin(async move {
-            let (node, body) = c.session_elsewhere(&id).await?;
+            let Some((node, body)) = c.session_elsewhere(&id).await else {
+                return c.session_of_dead_node(&id).await.map(dead_node_session_view);
+            };
             match serde_json::from_slice::<warden_http::admin::SessionView>(&body) {
                 Ok(s) => Some(warden_http::admin::SessionView { node: Some(node), ..s }),
                 Err(e) => {
@@ -495,7 +531,16 @@ impl AdminBackend for Backend {
     fn delete_session_elsewhere(&self, client_id: &str) -> warden_http::admin::BackendFuture<bool> {
         let Some(c) = self.cluster.clone() else { return Box::pin(async { false }) };
         let id = client_id.to_owned();
-        Box::pin(async move { c.drop_session_elsewhere(&id).await })
+        Box::pin(async move {
+            if c.drop_session_elsewhere(&id).await {
+                return true;
+            }
+            let dropped = c.drop_session_of_dead_node(&id).await;
+            if dropped {
+                info!(client_id = %Escaped(&id), "admin API: a dead node's session removed");
+            }
+            dropped
+        })
     }
 
     fn delete_session(&self, client_id: &str) -> bool {
@@ -555,5 +600,30 @@ fn session_view(s: warden_core::broker::SessionSummary) -> warden_http::admin::S
         queued_bytes: s.queued_bytes,
         inflight: s.inflight,
         node: None,
+        node_gone: false,
+    }
+}
+
+/// A session a dead node of the cluster kept, as the admin API shows it (offline, with its
+/// node, `node_gone`).
+fn dead_node_session_view(s: warden_cluster::DeadNodeSession) -> warden_http::admin::SessionView {
+    let r = s.record;
+    warden_http::admin::SessionView {
+        client_id: r.client_id,
+        principal: s.principal.unwrap_or_default(),
+        connected: false,
+        expiry_interval: r.expiry,
+        disconnected_for: None,
+        subscription_count: r.subs.len(),
+        subscriptions: r
+            .subs
+            .iter()
+            .map(|sub| warden_http::admin::SubscriptionView { filter: sub.filter.clone(), qos: sub.options & 3 })
+            .collect(),
+        queued: 0,
+        queued_bytes: 0,
+        inflight: 0,
+        node: Some(r.node),
+        node_gone: true,
     }
 }

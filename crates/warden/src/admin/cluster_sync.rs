@@ -392,6 +392,10 @@ impl ControlSink for ClusterSync {
         out
     }
 
+    fn stats(&self) -> Vec<u8> {
+        serde_json::to_vec(&warden_http::admin::AdminBackend::stats(&*self.backend)).unwrap_or_default()
+    }
+
     fn session(&self, client_id: &str) -> Option<Vec<u8>> {
         let s = warden_http::admin::AdminBackend::session(&*self.backend, client_id)?;
         serde_json::to_vec(&s).ok()

@@ -43,10 +43,19 @@ pub(super) struct RawCluster {
     /// lost. `"1s"` to `"300s"`. Default `"25s"`.
     #[serde(default = "default_publish_timeout")]
     publish_timeout: Spanned<String>,
+    /// How long a CONNECT waits for the client registry before CONNACK 0x88: long enough for
+    /// a bucket's leader to be elected after a NATS server is lost (NATS: 4 to 9 s). `"1s"` to
+    /// `"60s"`. Default `"12s"`.
+    #[serde(default = "default_connect_patience")]
+    connect_patience: Spanned<String>,
 }
 
 fn default_publish_timeout() -> Spanned<String> {
     Spanned::new(0..0, "25s".to_owned())
+}
+
+fn default_connect_patience() -> Spanned<String> {
+    Spanned::new(0..0, "12s".to_owned())
 }
 
 fn default_replicas() -> Spanned<usize> {
@@ -84,6 +93,8 @@ pub struct ClusterSettings {
     pub nats_creds_file: Option<PathBuf>,
     /// How long a QoS 1/2 message is tried until JetStream keeps it (default 25 s).
     pub publish_timeout: std::time::Duration,
+    /// How long a CONNECT waits for the client registry before CONNACK 0x88 (default 12 s).
+    pub connect_patience: std::time::Duration,
 }
 
 fn plain_token(s: &str) -> bool {
@@ -157,8 +168,14 @@ impl RawCluster {
             .ok()
             .filter(|d| (1..=300).contains(&d.as_secs()))
             .ok_or((span, "[cluster] publish_timeout: a duration from \"1s\" to \"300s\"".to_owned()))?;
+        let span = self.connect_patience.span();
+        let connect_patience = super::parse_duration(self.connect_patience.get_ref())
+            .ok()
+            .filter(|d| (1..=60).contains(&d.as_secs()))
+            .ok_or((span, "[cluster] connect_patience: a duration from \"1s\" to \"60s\"".to_owned()))?;
         Ok(ClusterSettings {
             publish_timeout,
+            connect_patience,
             node,
             nats,
             replicas,
