@@ -64,10 +64,13 @@ impl Device {
     /// CONNACK reason code (`None`: the connection ended without one).
     async fn connect(&self, addr: SocketAddr, cid: &str) -> (bool, Option<ReasonCode>) {
         let sock = TcpStream::connect(addr).await.unwrap();
-        let stream: TlsStream<TcpStream> = tokio_rustls::TlsConnector::from(self.0.clone())
+        let stream: TlsStream<TcpStream> = match tokio_rustls::TlsConnector::from(self.0.clone())
             .connect(ServerName::try_from("localhost").unwrap(), sock)
             .await
-            .unwrap();
+        {
+            Ok(s) => s,
+            Err(_) => return (false, None), // refused during the handshake
+        };
         let resumed = stream.get_ref().1.handshake_kind() == Some(HandshakeKind::Resumed);
         // Reading the CONNACK also reads the session tickets the broker sends after the handshake.
         let code = match RawClient::connect_over(stream, connect_packet(Protocol::V5, cid, true)).await.1 {
@@ -142,5 +145,25 @@ async fn session_tickets_false_means_a_full_handshake_every_time() {
         for _ in 0..2 {
             assert_eq!(dev.connect(addr, "dev-001").await, (false, Some(ReasonCode(0))), "tls13={tls13}");
         }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_new_client_ca_makes_the_old_tickets_useless() {
+    let (b, pki) = broker("").await;
+    let addr = b.addr_of(ListenerProtocol::Mqtts);
+    let cert = pki.client("dev-001", Validity::Valid);
+    for tls13 in [true, false] {
+        std::fs::copy(pki.dir.join("ca.keep"), pki.ca_pem()).ok();
+        std::fs::copy(pki.ca_pem(), pki.dir.join("ca.keep")).unwrap();
+        b.server.reload();
+        let dev = Device::new(&pki, &cert, tls13);
+        assert_eq!(dev.connect(addr, "dev-001").await, (false, Some(ReasonCode(0))), "tls13={tls13}");
+        // The operator trusts another CA only (same file, SIGHUP): the device's ticket was
+        // issued under the old one, so no resumption, and its certificate no longer verifies.
+        let other = TestPki::new(&pki.dir.join("other"), "other");
+        std::fs::copy(other.ca_pem(), pki.ca_pem()).unwrap();
+        b.server.reload();
+        assert_eq!(dev.connect(addr, "dev-001").await, (false, None), "tls13={tls13}");
     }
 }
