@@ -18,6 +18,23 @@ pub(crate) struct Params {
     pub concurrency: usize,
     pub hold: f64,
     pub source_addrs: u8,
+    /// Over TLS (`--tls-ca`): the connector, the server name, whether a client certificate is sent.
+    pub tls: Option<(tokio_rustls::TlsConnector, rustls::pki_types::ServerName<'static>, bool)>,
+}
+
+/// A held connection, plain or TLS.
+enum Held {
+    Plain(proto::Client),
+    Tls(Box<tokio_rustls::client::TlsStream<tokio::net::TcpStream>>),
+}
+
+impl Held {
+    fn tcp(&self) -> &tokio::net::TcpStream {
+        match self {
+            Held::Plain(c) => &c.stream,
+            Held::Tls(s) => s.get_ref().0,
+        }
+    }
 }
 
 /// Run the idle scenario.
@@ -44,10 +61,17 @@ pub(crate) async fn run(p: Params, opts: ClientOpts, pid: Option<u32>) -> Result
             opts.source = Some(IpAddr::V4(Ipv4Addr::new(127, 0, 0, 1 + (i % p.source_addrs as usize) as u8)));
         }
         let id = format!("wb{token}i{i}");
+        let tls = p.tls.clone();
         tasks.push(tokio::spawn(async move {
             let _permit = sem.acquire_owned().await?;
             let t = origin.elapsed();
-            let c = proto::connect(&opts, &id).await?;
+            let c = match tls {
+                None => Held::Plain(proto::connect(&opts, &id).await?),
+                Some((connector, name, _)) => {
+                    let packet = crate::tls::connect_packet(&opts, &id);
+                    Held::Tls(Box::new(crate::tls::handshake(&connector, name, &opts, &packet).await?))
+                }
+            };
             let done = origin.elapsed();
             anyhow::Ok((c, (done - t).as_nanos() as u64, done))
         }));
@@ -84,7 +108,7 @@ pub(crate) async fn run(p: Params, opts: ClientOpts, pid: Option<u32>) -> Result
     let mut dropped = 0u64;
     for c in &clients {
         let mut probe = [0u8; 1];
-        match c.stream.try_read(&mut probe) {
+        match c.tcp().try_read(&mut probe) {
             Ok(0) => dropped += 1,
             Err(e) if e.kind() != std::io::ErrorKind::WouldBlock => dropped += 1,
             _ => {}
@@ -96,13 +120,16 @@ pub(crate) async fn run(p: Params, opts: ClientOpts, pid: Option<u32>) -> Result
     let host1 = stats::host_busy_seconds()?;
     let wall_s = origin.elapsed().as_secs_f64();
     for c in &clients {
-        let _ = c.stream.try_write(&proto::DISCONNECT);
+        if let Held::Plain(c) = c {
+            let _ = c.stream.try_write(&proto::DISCONNECT);
+        }
     }
     drop(clients);
 
     let secs = last.as_secs_f64();
     let mut out = Output {
         scenario: "idle".into(),
+        client_cert: p.tls.as_ref().map(|t| t.2),
         subscribers: 0,
         publishers: 0,
         expected: p.connections as u64,

@@ -116,6 +116,18 @@ enum Command {
         /// Spread client sockets over this many source addresses 127.0.0.1.. (1: let the kernel choose).
         #[arg(long, default_value_t = 1)]
         source_addrs: u8,
+        /// Connect over TLS 1.3, verifying the server certificate against this CA (PEM).
+        #[arg(long)]
+        tls_ca: Option<PathBuf>,
+        /// Client certificate chain (PEM) for mutual TLS (with --key and --tls-ca).
+        #[arg(long, requires_all = ["key", "tls_ca"])]
+        cert: Option<PathBuf>,
+        /// Client private key (PEM).
+        #[arg(long, requires = "cert")]
+        key: Option<PathBuf>,
+        /// Name the server certificate must carry (default: --host).
+        #[arg(long, requires = "tls_ca")]
+        server_name: Option<String>,
     },
     /// The behaviour watch's check: N devices at a baseline rate, device 0 turns rogue (probing
     /// new topics, --factor x its rate); time to its quarantine, neighbours' lost messages.
@@ -232,6 +244,10 @@ enum Command {
         /// Offer TLS 1.2 too (default: TLS 1.3 only).
         #[arg(long)]
         tls12: bool,
+        /// Reconnect storm: each of the --connections devices makes one full handshake, then
+        /// this many reconnects resuming its session (scenario `tls-resume`; 0: full handshakes).
+        #[arg(long, default_value_t = 0)]
+        resume: usize,
     },
     /// Legitimate pairs at a fixed rate while attackers from many 127.0.x.y addresses flood
     /// connects, wrong passwords, slow CONNECTs and publishes and hold non-reading subscribers
@@ -540,10 +556,11 @@ fn run(cli: Cli) -> Result<()> {
             };
             (common, Scenario::Botnet(p))
         }
-        Command::TlsHandshakes { common, connections, concurrency, ca, cert, key, server_name, tls12 } => {
+        Command::TlsHandshakes { common, connections, concurrency, ca, cert, key, server_name, tls12, resume } => {
             let server_name = server_name.unwrap_or_else(|| common.host.clone());
             let client_cert = cert.zip(key);
-            (common, Scenario::Tls(tls::Params { connections, concurrency, ca, client_cert, server_name, tls12 }))
+            let p = tls::Params { connections, concurrency, ca, client_cert, server_name, tls12, resume };
+            (common, Scenario::Tls(p))
         }
         Command::Compromised {
             common,
@@ -627,8 +644,29 @@ fn run(cli: Cli) -> Result<()> {
             };
             (common, Scenario::Fleet(p))
         }
-        Command::Idle { common, connections, concurrency, hold, source_addrs } => {
-            (common, Scenario::Idle(idle::Params { connections, concurrency, hold, source_addrs }))
+        Command::Idle { common, connections, concurrency, hold, source_addrs, tls_ca, cert, key, server_name } => {
+            let tls = match tls_ca {
+                None => None,
+                Some(ca) => {
+                    let server_name = server_name.unwrap_or_else(|| common.host.clone());
+                    let client_cert = cert.zip(key);
+                    let with_cert = client_cert.is_some();
+                    let p = tls::Params {
+                        connections,
+                        concurrency,
+                        ca,
+                        client_cert,
+                        server_name: server_name.clone(),
+                        tls12: false,
+                        resume: 0,
+                    };
+                    let connector = tokio_rustls::TlsConnector::from(std::sync::Arc::new(tls::client_config(&p)?));
+                    let name = rustls::pki_types::ServerName::try_from(server_name)
+                        .map_err(|e| anyhow::anyhow!("server name: {e}"))?;
+                    Some((connector, name, with_cert))
+                }
+            };
+            (common, Scenario::Idle(idle::Params { connections, concurrency, hold, source_addrs, tls }))
         }
     };
     let rt = runtime(common.threads)?;

@@ -93,6 +93,12 @@ pub(crate) struct Output {
     /// TLS handshakes: whether the client presented a certificate.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub client_cert: Option<bool>,
+    /// TLS resume: the share of reconnect handshakes that resumed the session, %.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resumed_pct: Option<f64>,
+    /// TLS resume: broker CPU per first (full) handshake of a device, µs.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub full_cpu_us: Option<f64>,
     /// The first few errors the connections met.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub errors: Vec<String>,
@@ -139,10 +145,18 @@ impl Output {
             "shared" => format!("shared 1->{} members qos{}", self.subscribers, self.qos),
             "pairs" => format!("pairs {}x qos{}", self.publishers, self.qos),
             "latency" => format!("latency qos{}", self.qos),
-            "idle" => format!("idle {}", self.connections.unwrap_or(0)),
+            "idle" => format!(
+                "idle {}{}",
+                self.connections.unwrap_or(0),
+                match self.client_cert {
+                    None => "",
+                    Some(false) => " TLS",
+                    Some(true) => " mTLS",
+                }
+            ),
             "fleet" => format!("fleet {} devices {}/s qos1", self.publishers, self.rate_per_device.unwrap_or(0.0)),
-            "tls-handshakes" => {
-                format!("tls-handshakes{}", if self.client_cert == Some(true) { " mTLS" } else { "" })
+            "tls-handshakes" | "tls-resume" => {
+                format!("{}{}", self.scenario, if self.client_cert == Some(true) { " mTLS" } else { "" })
             }
             "compromised" => {
                 format!("compromised {} devices {}/s", self.publishers, self.rate_per_device.unwrap_or(0.0))

@@ -51,7 +51,8 @@ pub(crate) struct Client {
 }
 
 /// Open a TCP connection, send CONNECT and wait for a successful CONNACK.
-pub(crate) async fn connect(opts: &ClientOpts, client_id: &str) -> Result<Client> {
+/// A TCP connection to the broker, from `opts.source` when set, Nagle off.
+pub(crate) async fn tcp(opts: &ClientOpts) -> Result<TcpStream> {
     let stream = match opts.source {
         Some(src) => {
             let sock = if src.is_ipv4() { TcpSocket::new_v4()? } else { TcpSocket::new_v6()? };
@@ -63,6 +64,11 @@ pub(crate) async fn connect(opts: &ClientOpts, client_id: &str) -> Result<Client
     }
     .with_context(|| format!("connect to {}", opts.addr))?;
     stream.set_nodelay(true)?;
+    Ok(stream)
+}
+
+pub(crate) async fn connect(opts: &ClientOpts, client_id: &str) -> Result<Client> {
+    let stream = tcp(opts).await?;
     let mut client = Client { stream, rbuf: BytesMut::with_capacity(4096), receive_maximum: None };
     let mut properties = Properties::default();
     if opts.protocol.is_v5() {

@@ -85,6 +85,18 @@ fn metrics(scenario: &str) -> Vec<Metric> {
             Metric { name: "CONNACK latency p99 µs", better: Better::Lower, get: |o| o.lat_p99_us },
             Metric { name: "connections failed", better: Better::Lower, get: |o| o.connect_failures.map(|f| f as f64) },
         ],
+        "tls-resume" => vec![
+            Metric { name: "reconnect handshakes/s", better: Better::Higher, get: |o| o.connects_per_s },
+            Metric { name: "resumed %", better: Better::Higher, get: |o| o.resumed_pct },
+            Metric {
+                name: "broker CPU µs per reconnect handshake",
+                better: Better::Lower,
+                get: |o| o.broker_cpu_s_per_m, // CPU-s per M = µs each
+            },
+            Metric { name: "broker CPU µs per first (full) handshake", better: Better::Lower, get: |o| o.full_cpu_us },
+            Metric { name: "CONNACK latency p99 µs", better: Better::Lower, get: |o| o.lat_p99_us },
+            Metric { name: "connections failed", better: Better::Lower, get: |o| o.connect_failures.map(|f| f as f64) },
+        ],
         "fleet" => vec![
             rate,
             cpu,

@@ -1,6 +1,11 @@
 //! TLS handshakes: open N connections, C at a time, each a full TLS handshake (no session
 //! resumption), CONNECT/CONNACK, then DISCONNECT and close; handshakes per second and the
 //! broker's CPU per handshake, with or without a client certificate.
+//!
+//! `--resume R` (scenario `tls-resume`, a reconnect storm): N devices, each with its own session
+//! cache, first make one full handshake each (measured apart: `full_cpu_us`), then reconnect R
+//! times each offering the ticket the broker gave it; handshakes/s, broker CPU per reconnect
+//! handshake and the share that resumed.
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -32,6 +37,9 @@ pub(crate) struct Params {
     pub server_name: String,
     /// Allow TLS 1.2 as well (default: TLS 1.3 only).
     pub tls12: bool,
+    /// Reconnects per device after its first, full handshake, resuming the session (0: every
+    /// connection a full handshake, no resumption).
+    pub resume: usize,
 }
 
 /// The client configuration: ring, TLS 1.3 (and 1.2 if asked), no session resumption, so that
@@ -62,14 +70,13 @@ pub(crate) fn client_config(p: &Params) -> Result<rustls::ClientConfig> {
 }
 
 /// One connection: TCP, TLS, CONNECT/CONNACK. Returns the stream to close.
-async fn handshake(
+pub(crate) async fn handshake(
     connector: &TlsConnector,
     name: ServerName<'static>,
     opts: &ClientOpts,
     connect: &[u8],
 ) -> Result<tokio_rustls::client::TlsStream<TcpStream>> {
-    let tcp = TcpStream::connect(opts.addr).await.with_context(|| format!("connect to {}", opts.addr))?;
-    tcp.set_nodelay(true)?;
+    let tcp = crate::proto::tcp(opts).await?;
     let mut tls = connector.connect(name, tcp).await.context("TLS handshake")?;
     tls.write_all(connect).await?;
     let mut buf = BytesMut::with_capacity(64);
@@ -88,7 +95,7 @@ async fn handshake(
 }
 
 /// The CONNECT packet of client `id`.
-fn connect_packet(opts: &ClientOpts, id: &str) -> Vec<u8> {
+pub(crate) fn connect_packet(opts: &ClientOpts, id: &str) -> Vec<u8> {
     let packet = Packet::Connect(Box::new(Connect {
         protocol: opts.protocol,
         clean_start: true,
@@ -104,81 +111,155 @@ fn connect_packet(opts: &ClientOpts, id: &str) -> Vec<u8> {
     out.to_vec()
 }
 
+/// What one phase (a handshake for each connector, `rounds` times each) gave.
+#[derive(Default)]
+struct Phase {
+    hist: Histogram,
+    ok: u64,
+    resumed: u64,
+    failures: u64,
+    errors: Vec<String>,
+    /// From the phase's start to the last CONNACK.
+    last: Duration,
+    broker_cpu_s: Option<f64>,
+    own_cpu_s: f64,
+    host_busy_s: f64,
+}
+
+/// For each connector (a device), `rounds` connections one after another, `concurrency`
+/// handshakes in flight at once over all devices; CPU taken around it.
+async fn phase(
+    devices: &[TlsConnector],
+    rounds: usize,
+    p: &Params,
+    name: &ServerName<'static>,
+    opts: &ClientOpts,
+    pid: Option<u32>,
+    id_base: usize,
+) -> Result<Phase> {
+    let cpu0 = pid.map(stats::cpu_seconds).transpose()?;
+    let own0 = stats::own_cpu_seconds()?;
+    let host0 = stats::host_busy_seconds()?;
+    let sem = Arc::new(Semaphore::new(p.concurrency.max(1)));
+    let origin = Instant::now();
+    let mut tasks = Vec::with_capacity(devices.len());
+    for (i, connector) in devices.iter().enumerate() {
+        let (sem, connector, name, opts) = (sem.clone(), connector.clone(), name.clone(), opts.clone());
+        let packet = connect_packet(&opts, &format!("wbtls{}", id_base + i));
+        tasks.push(tokio::spawn(async move {
+            let mut got = Vec::with_capacity(rounds);
+            for _ in 0..rounds {
+                let permit = sem.clone().acquire_owned().await?;
+                let t = origin.elapsed();
+                let r =
+                    tokio::time::timeout(opts.handshake_timeout, handshake(&connector, name.clone(), &opts, &packet))
+                        .await;
+                let done = origin.elapsed();
+                drop(permit);
+                let r = match r {
+                    Err(_) => Err(anyhow!("no CONNACK within {:?}", opts.handshake_timeout)),
+                    Ok(Err(e)) => Err(e),
+                    Ok(Ok(s)) => {
+                        let resumed = s.get_ref().1.handshake_kind() == Some(rustls::HandshakeKind::Resumed);
+                        close(s).await;
+                        Ok(((done - t).as_nanos() as u64, done, resumed))
+                    }
+                };
+                got.push(r);
+            }
+            anyhow::Ok(got)
+        }));
+    }
+    let mut ph = Phase::default();
+    for t in tasks {
+        let results = match t.await.map_err(anyhow::Error::from).and_then(|r| r) {
+            Ok(v) => v,
+            Err(e) => vec![Err(e)],
+        };
+        for r in results {
+            match r {
+                Ok((lat, done, resumed)) => {
+                    ph.ok += 1;
+                    ph.resumed += u64::from(resumed);
+                    ph.hist.record(lat);
+                    ph.last = ph.last.max(done);
+                }
+                Err(e) => {
+                    ph.failures += 1;
+                    if ph.errors.len() < 5 {
+                        ph.errors.push(format!("{e:#}"));
+                    }
+                }
+            }
+        }
+    }
+    let cpu1 = pid.map(stats::cpu_seconds).transpose()?;
+    ph.broker_cpu_s = cpu0.zip(cpu1).map(|(a, b)| b - a);
+    ph.own_cpu_s = stats::own_cpu_seconds()? - own0;
+    ph.host_busy_s = stats::host_busy_seconds()? - host0;
+    Ok(ph)
+}
+
 /// Run the scenario.
 pub(crate) async fn run(p: Params, opts: ClientOpts, pid: Option<u32>) -> Result<Output> {
     let _ = rlimit::increase_nofile_limit(u64::MAX);
-    let connector = TlsConnector::from(Arc::new(client_config(&p)?));
+    let base = client_config(&p)?;
+    let connector = TlsConnector::from(Arc::new(base.clone()));
     let name = ServerName::try_from(p.server_name.clone()).map_err(|e| anyhow!("server name: {e}"))?;
     // One warm-up connection (it also checks the set-up) before the measurement starts.
     let warm = connect_packet(&opts, "wbtls-warmup");
     let s = handshake(&connector, name.clone(), &opts, &warm).await?;
     close(s).await;
 
-    let cpu0 = pid.map(stats::cpu_seconds).transpose()?;
-    let own0 = stats::own_cpu_seconds()?;
-    let host0 = stats::host_busy_seconds()?;
-    let sem = Arc::new(Semaphore::new(p.concurrency.max(1)));
     let origin = Instant::now();
-    let mut tasks = Vec::with_capacity(p.connections);
-    for i in 0..p.connections {
-        let (sem, connector, name, opts) = (sem.clone(), connector.clone(), name.clone(), opts.clone());
-        let packet = connect_packet(&opts, &format!("wbtls{i}"));
-        tasks.push(tokio::spawn(async move {
-            let permit = sem.acquire_owned().await?;
-            let t = origin.elapsed();
-            let r = tokio::time::timeout(opts.handshake_timeout, handshake(&connector, name, &opts, &packet)).await;
-            let done = origin.elapsed();
-            drop(permit);
-            let s = r.map_err(|_| anyhow!("no CONNACK within {:?}", opts.handshake_timeout))??;
-            close(s).await;
-            anyhow::Ok(((done - t).as_nanos() as u64, done))
-        }));
-    }
-    let mut hist = Histogram::default();
-    let (mut ok, mut failures, mut errors, mut last) = (0u64, 0u64, Vec::new(), Duration::ZERO);
-    for t in tasks {
-        match t.await.map_err(anyhow::Error::from).and_then(|r| r) {
-            Ok((lat, done)) => {
-                ok += 1;
-                hist.record(lat);
-                last = last.max(done);
-            }
-            Err(e) => {
-                failures += 1;
-                if errors.len() < 5 {
-                    errors.push(format!("{e:#}"));
-                }
-            }
+    let (ph, full) = if p.resume == 0 {
+        let devices = vec![connector; p.connections];
+        (phase(&devices, 1, &p, &name, &opts, pid, 0).await?, None)
+    } else {
+        // A session cache per device (as each real device has its own), resumption on.
+        let devices: Vec<TlsConnector> = (0..p.connections)
+            .map(|_| {
+                let mut c = base.clone();
+                c.resumption = rustls::client::Resumption::in_memory_sessions(4);
+                TlsConnector::from(Arc::new(c))
+            })
+            .collect();
+        let full = phase(&devices, 1, &p, &name, &opts, pid, 0).await?;
+        if full.failures > 0 {
+            bail!("first (full) handshakes failed: {:?}", full.errors);
         }
-    }
-    let cpu1 = pid.map(stats::cpu_seconds).transpose()?;
-    let own1 = stats::own_cpu_seconds()?;
-    let host1 = stats::host_busy_seconds()?;
-    let secs = last.as_secs_f64();
+        (phase(&devices, p.resume, &p, &name, &opts, pid, 0).await?, Some(full))
+    };
+    let expected = (p.connections * p.resume.max(1)) as u64;
+    let secs = ph.last.as_secs_f64();
     let mut out = Output {
-        scenario: "tls-handshakes".into(),
-        expected: p.connections as u64,
-        delivered: ok,
-        lost: p.connections as u64 - ok,
-        complete: failures == 0,
+        scenario: if p.resume > 0 { "tls-resume" } else { "tls-handshakes" }.into(),
+        expected,
+        delivered: ph.ok,
+        lost: expected - ph.ok.min(expected),
+        complete: ph.failures == 0,
         deliver_s: round(secs, 3),
-        connections: Some(ok),
-        connect_failures: Some(failures),
-        connects_per_s: Some(if secs > 0.0 { round(ok as f64 / secs, 0) } else { 0.0 }),
+        connections: Some(if p.resume > 0 { p.connections as u64 } else { ph.ok }),
+        connect_failures: Some(ph.failures),
+        connects_per_s: Some(if secs > 0.0 { round(ph.ok as f64 / secs, 0) } else { 0.0 }),
         client_cert: Some(p.client_cert.is_some()),
-        bench_cpu_s: round(own1 - own0, 2),
+        bench_cpu_s: round(ph.own_cpu_s, 2),
         wall_s: round(origin.elapsed().as_secs_f64(), 3),
-        errors,
+        errors: ph.errors.clone(),
         ..Default::default()
     };
-    out.set_latency(&hist);
-    if let (Some(c0), Some(c1)) = (cpu0, cpu1) {
-        out.broker_cpu_s = Some(round(c1 - c0, 2));
-        if ok > 0 {
-            out.broker_cpu_s_per_m = Some(round((c1 - c0) / (ok as f64 / 1e6), 1));
+    out.set_latency(&ph.hist);
+    if let Some(c) = ph.broker_cpu_s {
+        out.broker_cpu_s = Some(round(c, 2));
+        if ph.ok > 0 {
+            out.broker_cpu_s_per_m = Some(round(c / (ph.ok as f64 / 1e6), 1));
         }
     }
-    out.set_other_cpu(host1 - host0);
+    if let Some(full) = full {
+        out.resumed_pct = Some(if ph.ok > 0 { round(100.0 * ph.resumed as f64 / ph.ok as f64, 1) } else { 0.0 });
+        out.full_cpu_us = full.broker_cpu_s.filter(|_| full.ok > 0).map(|c| round(c / (full.ok as f64 / 1e6), 1));
+    }
+    out.set_other_cpu(ph.host_busy_s);
     Ok(out)
 }
 
@@ -219,6 +300,7 @@ mod tests {
             client_cert: None,
             server_name: "127.0.0.1".into(),
             tls12: false,
+            resume: 0,
         };
         let c = client_config(&p).unwrap();
         assert!(!c.client_auth_cert_resolver.has_certs());

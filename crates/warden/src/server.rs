@@ -914,10 +914,14 @@ async fn serve_socket(
     drop(endpoint);
     let slot = Some(slot);
     let _ = sock.set_nodelay(true);
+    // This future is the connection task's for as long as a TLS connection lives (they do not
+    // park), and a future is as large as its largest state: the handshake and the WebSocket
+    // paths are boxed so that an idle mqtts connection does not keep their room (issue 24:
+    // 21.7 KB per idle TLS connection before, see docs/PERFORMANCE.md "Idle TLS connections").
     let Some(tls) = tls else {
         match protocol {
             ListenerProtocol::Ws | ListenerProtocol::Wss => {
-                crate::conn::ws::serve(sock, peer, None, auth, slot, path, ctx).await
+                Box::pin(crate::conn::ws::serve(sock, peer, None, auth, slot, path, ctx)).await
             }
             ListenerProtocol::Mqtt | ListenerProtocol::Mqtts => {
                 crate::conn::run(sock, peer, None, auth, slot, None, ctx).await
@@ -928,7 +932,7 @@ async fn serve_socket(
     // The handshake must finish within tls_handshake_timeout, and never takes longer than
     // connect_timeout either (slowloris over TLS); then CONNECT has connect_timeout.
     let handshake_deadline = ctx.tls_handshake_timeout.min(ctx.connect_timeout);
-    let (stream, identity) = match tokio::time::timeout(handshake_deadline, tls.accept(sock, peer)).await {
+    let (stream, identity) = match Box::pin(tokio::time::timeout(handshake_deadline, tls.accept(sock, peer))).await {
         Ok(Some((stream, identity, seen))) => {
             if let Some(seen) = seen {
                 ctx.live.certs.record(seen, peer);
@@ -953,7 +957,7 @@ async fn serve_socket(
         }
     };
     if protocol.is_ws() {
-        crate::conn::ws::serve(stream, peer, identity, auth, slot, path, ctx).await;
+        Box::pin(crate::conn::ws::serve(stream, peer, identity, auth, slot, path, ctx)).await;
     } else {
         crate::conn::run(stream, peer, identity, auth, slot, None, ctx).await;
     }

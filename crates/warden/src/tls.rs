@@ -10,6 +10,18 @@
 //! extended key usage (clientAuth) and, when CRLs are configured, revocation of the end-entity
 //! certificate (an unknown revocation status is refused). The principal is then taken from the
 //! leaf certificate by `warden_policy::cert` (ambiguous subjects are refused, never guessed).
+//!
+//! Session resumption (`session_tickets`, default on; off: no resumption at all): TLS 1.3 (and 1.2) stateless tickets
+//! from rustls' ring `Ticketer` (random ChaCha20-Poly1305 keys held in memory only, rotated
+//! every 6 hours; a ticket lives at most 12 hours), so a fleet reconnecting after a network
+//! blip or a broker restart of its load balancer does not pay a full handshake each. The
+//! ticketer outlives a reload (a CRL refresh must not turn into a handshake storm) unless the
+//! client CA or `client_cert` changed. A resumed session carries the client's certificate
+//! chain from its first handshake, but webpki does not run again: [`TlsListener::accept`]
+//! re-checks what could have changed since — the listener's CRLs in force now, the leaf's
+//! validity period, a required certificate being present — and the principal is taken from
+//! that chain exactly as after a full handshake, so the device registry and the cluster's CRLs
+//! apply the same way.
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -17,8 +29,8 @@ use std::sync::Arc;
 
 use crate::logsafe::Escaped;
 use parking_lot::RwLock;
-use rustls::server::WebPkiClientVerifier;
-use rustls::{RootCertStore, ServerConfig};
+use rustls::server::{ProducesTickets, WebPkiClientVerifier};
+use rustls::{HandshakeKind, RootCertStore, ServerConfig};
 use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, CertificateRevocationListDer, PrivateKeyDer};
 use tokio::net::TcpStream;
@@ -47,6 +59,46 @@ pub struct TlsListener {
     /// The certificates the other nodes of the cluster's CRLs revoke (SPEC §11,
     /// [`crate::admin::cluster_sync::CRL_REVOKED`]): refused after the handshake.
     peer_revoked: RwLock<Arc<RevokedCerts>>,
+    /// The session ticket keys (`session_tickets`), kept across reloads while the client
+    /// authentication settings stay the same; `None` when tickets are off.
+    tickets: RwLock<Option<Tickets>>,
+}
+
+/// A ticketer and the client authentication it issued tickets under (the client CA file's
+/// bytes and the `client_cert` mode): when that changes, a new ticketer makes every older
+/// ticket useless, so no session verified against a CA no longer trusted is resumed.
+struct Tickets {
+    client_auth: (Option<Vec<u8>>, ClientCertMode),
+    ticketer: Arc<dyn ProducesTickets>,
+}
+
+impl Tickets {
+    fn client_auth(settings: &TlsConfig) -> Result<(Option<Vec<u8>>, ClientCertMode), TlsError> {
+        let ca = match &settings.client_ca {
+            None => None,
+            Some(p) => Some(std::fs::read(p).map_err(|e| TlsError::Read {
+                path: p.clone(),
+                what: "client CA",
+                source: rustls::pki_types::pem::Error::Io(e),
+            })?),
+        };
+        Ok((ca, settings.client_cert))
+    }
+
+    /// The ticketer for `settings`: `previous`'s while the client authentication is the same,
+    /// else a new one (`None` with `session_tickets = false`).
+    fn for_settings(settings: &TlsConfig, previous: Option<&Tickets>) -> Result<Option<Tickets>, TlsError> {
+        if !settings.session_tickets {
+            return Ok(None);
+        }
+        let client_auth = Tickets::client_auth(settings)?;
+        if let Some(p) = previous.filter(|p| p.client_auth == client_auth) {
+            return Ok(Some(Tickets { client_auth, ticketer: p.ticketer.clone() }));
+        }
+        let ticketer = rustls::crypto::ring::Ticketer::new()
+            .map_err(|e| TlsError::Config { context: "TLS session tickets".into(), detail: e.to_string() })?;
+        Ok(Some(Tickets { client_auth, ticketer }))
+    }
 }
 
 impl std::fmt::Debug for TlsListener {
@@ -131,7 +183,8 @@ fn read_crl(path: &Path) -> Result<Vec<CertificateRevocationListDer<'static>>, T
     }
 }
 
-/// Build a server config from the files named in `settings`.
+/// Build a server config from the files named in `settings` (without session tickets: the
+/// listener adds its own, [`TlsListener`]).
 pub fn server_config(settings: &TlsConfig) -> Result<ServerConfig, TlsError> {
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let certs = read_certs(&settings.cert, "server certificate")?;
@@ -186,22 +239,47 @@ impl TlsListener {
     pub fn load(settings: &TlsConfig) -> Result<TlsListener, TlsError> {
         // The CRLs first: their errors name the CRL file (the verifier's would name the CA).
         let revoked = revoked_certs(settings)?;
-        let cfg = server_config(settings)?;
+        let tickets = Tickets::for_settings(settings, None)?;
+        let cfg = with_tickets(server_config(settings)?, tickets.as_ref());
         Ok(TlsListener {
             settings: settings.clone(),
             current: RwLock::new(Arc::new(cfg)),
             revoked: RwLock::new(Arc::new(revoked)),
             peer_revoked: RwLock::new(Arc::new(RevokedCerts::default())),
+            tickets: RwLock::new(tickets),
         })
     }
 
     /// Re-read every file; on error the config in force stays.
     pub fn reload(&self) -> Result<(), TlsError> {
         let revoked = revoked_certs(&self.settings)?;
-        let cfg = server_config(&self.settings)?;
+        let tickets = Tickets::for_settings(&self.settings, self.tickets.read().as_ref())?;
+        let cfg = with_tickets(server_config(&self.settings)?, tickets.as_ref());
         *self.current.write() = Arc::new(cfg);
         *self.revoked.write() = Arc::new(revoked);
+        *self.tickets.write() = tickets;
         Ok(())
+    }
+
+    /// Why a resumed session is refused now, if it is: the checks of a full handshake that
+    /// can give another answer since the session's first handshake (webpki does not run on
+    /// resumption). The chain and the principal are the first handshake's, as rustls keeps them.
+    fn refuse_resumed(&self, identity: &CertIdentity, leaf: Option<&CertificateDer<'_>>) -> Option<&'static str> {
+        let Some(leaf) = leaf else {
+            let required = self.settings.client_ca.is_some() && self.settings.client_cert == ClientCertMode::Required;
+            return required.then_some("the listener requires a client certificate");
+        };
+        if identity.as_ref().and_then(|c| c.cert.as_ref()).is_some_and(|c| self.revoked.read().revokes(c)) {
+            return Some("a CRL of this listener revokes the client certificate");
+        }
+        let Ok((_, cert)) = x509_parser::parse_x509_certificate(leaf.as_ref()) else {
+            return Some("the client certificate cannot be parsed");
+        };
+        let now = x509_parser::time::ASN1Time::now();
+        if now < cert.validity().not_before || now > cert.validity().not_after {
+            return Some("the client certificate is outside its validity period");
+        }
+        None
     }
 
     /// The certificates this listener's CRLs revoke now.
@@ -236,7 +314,8 @@ impl TlsListener {
         let acceptor = TlsAcceptor::from(self.current.read().clone());
         match acceptor.accept(sock).await {
             Ok(stream) => {
-                let chain = stream.get_ref().1.peer_certificates().unwrap_or_default();
+                let conn = stream.get_ref().1;
+                let chain = conn.peer_certificates().unwrap_or_default();
                 let identity = chain.first().map(|leaf| ClientCert {
                     identity: identity_from_der(leaf.as_ref(), self.settings.identity_from_cert),
                     cert: match self.settings.crl_scope {
@@ -244,6 +323,12 @@ impl TlsListener {
                         CrlScope::EndEntity => CertChain::from_ders(chain.iter().take(1).map(|c| c.as_ref())),
                     },
                 });
+                if conn.handshake_kind() == Some(HandshakeKind::Resumed) {
+                    if let Some(reason) = self.refuse_resumed(&identity, chain.first()) {
+                        info!(%peer, reason, "resumed TLS session refused");
+                        return None;
+                    }
+                }
                 if let Some(ClientCert { identity: Err(e), .. }) = &identity {
                     info!(%peer, reason = %Escaped(e), "client certificate identity refused");
                 }
@@ -285,6 +370,19 @@ impl TlsListener {
             }
         }
     }
+}
+
+/// `cfg` issuing session tickets from `tickets`; none (`session_tickets = false`): no
+/// resumption at all, every connection a full handshake (not rustls' default 256-session cache).
+fn with_tickets(mut cfg: ServerConfig, tickets: Option<&Tickets>) -> ServerConfig {
+    match tickets {
+        Some(t) => cfg.ticketer = t.ticketer.clone(),
+        None => {
+            cfg.session_storage = Arc::new(rustls::server::NoServerSessionStorage {});
+            cfg.send_tls13_tickets = 0;
+        }
+    }
+    cfg
 }
 
 /// The CA certificate of the development PKI the embedded default configuration serves HTTPS

@@ -249,6 +249,10 @@ pub struct TlsConfig {
     pub crl_scope: CrlScope,
     /// Which part of the client certificate names the principal (default `cn`).
     pub identity_from_cert: warden_policy::cert::IdentitySource,
+    /// TLS session resumption by stateless tickets (default `true`): a reconnecting client skips
+    /// the certificate exchange and signatures (docs/auth/certificates.md, "Session
+    /// resumption"). The ticket keys are random, in memory only, rotated every 6 hours.
+    pub session_tickets: bool,
 }
 
 /// The `[identity]` table.
@@ -1841,6 +1845,7 @@ impl Config {
             crls: Vec::new(),
             crl_scope: CrlScope::Chain,
             identity_from_cert: warden_policy::cert::IdentitySource::Cn,
+            session_tickets: true,
         };
         let listener = |port, protocol: ListenerProtocol| ListenerConfig {
             bind: SocketAddr::new(localhost, port),
@@ -2092,6 +2097,7 @@ impl RawHttp {
             crl: &self.crl,
             crl_scope: &self.crl_scope,
             identity_from_cert: &None,
+            session_tickets: &None,
         }
     }
 
@@ -2198,6 +2204,7 @@ struct RawTls<'a> {
     crl: &'a Option<Spanned<OneOrMany>>,
     crl_scope: &'a Option<Spanned<CrlScope>>,
     identity_from_cert: &'a Option<Spanned<String>>,
+    session_tickets: &'a Option<Spanned<bool>>,
 }
 
 impl RawTls<'_> {
@@ -2212,6 +2219,7 @@ impl RawTls<'_> {
             ("crl", raw.crl.as_ref().map(|v| v.span())),
             ("crl_scope", raw.crl_scope.as_ref().map(|v| v.span())),
             ("identity_from_cert", raw.identity_from_cert.as_ref().map(|v| v.span())),
+            ("session_tickets", raw.session_tickets.as_ref().map(|v| v.span())),
         ]
         .into_iter()
         .filter_map(|(k, s)| s.map(|s| (k, s)))
@@ -2284,7 +2292,8 @@ fn tls_settings(
             )
         })?,
     };
-    Ok(Some(TlsConfig { cert, key, client_ca, client_cert, crls, crl_scope, identity_from_cert }))
+    let session_tickets = raw.session_tickets.as_ref().is_none_or(|v| *v.get_ref());
+    Ok(Some(TlsConfig { cert, key, client_ca, client_cert, crls, crl_scope, identity_from_cert, session_tickets }))
 }
 
 #[derive(Deserialize)]
@@ -2305,6 +2314,7 @@ struct RawListener {
     crl: Option<Spanned<OneOrMany>>,
     crl_scope: Option<Spanned<CrlScope>>,
     identity_from_cert: Option<Spanned<String>>,
+    session_tickets: Option<Spanned<bool>>,
 }
 
 impl RawListener {
@@ -2317,6 +2327,7 @@ impl RawListener {
             crl: &self.crl,
             crl_scope: &self.crl_scope,
             identity_from_cert: &self.identity_from_cert,
+            session_tickets: &self.session_tickets,
         }
     }
 }
