@@ -18,6 +18,12 @@
 //! stays where it was. The promise is at least once: a resume may deliver again messages the
 //! old node delivered after the position, and messages published shortly before the session
 //! subscribed.
+//!
+//! The sessions a dead node kept expire: one live node (the [`Reaper`]: the smallest live
+//! name) discards each once its expiry passed since the node's death, or since its disconnect
+//! when it was already offline there — its client id's entry, then its record, each by a
+//! compare-and-set on the revision read, so that a resume meanwhile wins [MQTT-4.1.0-2].
+//! Nothing in the messages stream is kept for a session: its position is a number here.
 
 use std::collections::{HashMap, HashSet};
 use std::time::Duration;
@@ -115,6 +121,9 @@ pub(crate) struct Doomed {
 /// it: perhaps resuming it) is left before its record alone is discarded, if still the same.
 pub(crate) const RESUME_GRACE: u64 = 30;
 
+/// A dead node's record read with its revision, and its client id's entry with its revision.
+pub(crate) type ReadRecord = (SessionRecord, u64, Option<(crate::registry::Claim, u64)>);
+
 /// What one node knows of the dead nodes' kept sessions. Every node reads the leases every
 /// [`crate::wills::REAP_EVERY`] and notes when each node it saw alive was first seen without
 /// one (its death); the live node with the smallest name (the *reaper*) reads the sessions
@@ -170,11 +179,7 @@ impl Reaper {
 
     /// The dead nodes' records read now, each with its client id's entry (and revision) when
     /// that names the record's node: their ends replace what was kept.
-    pub(crate) fn scanned(
-        &mut self,
-        records: Vec<(SessionRecord, u64, Option<(crate::registry::Claim, u64)>)>,
-        now: u64,
-    ) {
+    pub(crate) fn scanned(&mut self, records: Vec<ReadRecord>, now: u64) {
         self.pending.clear();
         self.read_all = false;
         self.scanned = self.died.keys().cloned().collect();
