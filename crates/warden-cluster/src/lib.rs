@@ -378,6 +378,7 @@ impl Cluster {
         tokio::spawn(watch_position(Arc::downgrade(&cluster)));
         tokio::spawn(keep_wills(cluster.clone(), will_rx));
         tokio::spawn(reap_wills(Arc::downgrade(&cluster), broker.clone()));
+        tokio::spawn(expire_dead_sessions(Arc::downgrade(&cluster)));
         tokio::spawn(propagate_interest(Arc::downgrade(&cluster), local_rx, applied_tx));
         broker.attach_fabric(cluster.clone());
         Ok(cluster)
@@ -824,6 +825,65 @@ impl Cluster {
                 false
             }
         }
+    }
+
+    /// One look at the dead nodes' kept sessions ([`sessions::Reaper`]): the leases read; on
+    /// the reaper, the sessions bucket read when needed, and the sessions whose end came
+    /// discarded.
+    async fn expire_tick(&self, st: &mut sessions::Reaper) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
+        let reg = self.registry().await?;
+        let mut live = reg.live_nodes().await?;
+        live.insert(self.node.clone());
+        if !st.observe(&live, &self.node, unix_now()) {
+            return Ok(());
+        }
+        let sessions = self.sessions().await?;
+        if st.needs_scan() {
+            let mut records = Vec::new();
+            for (r, rev) in sessions.all_revisions().await? {
+                if live.contains(&r.node) {
+                    continue;
+                }
+                let claim = reg.entry_of(&r.client_id).await?;
+                records.push((r, rev, claim));
+            }
+            st.scanned(records, unix_now());
+        }
+        for d in st.due(unix_now()) {
+            match self.discard_expired(reg, sessions, &d).await {
+                Ok(Some(later)) => st.again(later),
+                Ok(None) => {}
+                Err(e) => {
+                    tracing::debug!(error = %e, "cluster: an expired session of a dead node could not be discarded; trying again");
+                    st.again(d);
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Discard a dead node's kept session whose expiry passed [MQTT-4.1.0-2]: its client id's
+    /// entry first (a CONNECT between the two finds nothing of the dead node to resume), then
+    /// its record, each by a compare-and-set on the revision read. A changed entry (a client
+    /// claimed the id: perhaps resuming it) leaves the record for [`sessions::RESUME_GRACE`]
+    /// more, after which it goes only if still the same (a resume rewrites it). `Some`: look
+    /// again later.
+    async fn discard_expired(
+        &self,
+        reg: &Registry,
+        sessions: &Sessions,
+        d: &sessions::Doomed,
+    ) -> Result<Option<sessions::Doomed>, Box<dyn std::error::Error + Send + Sync>> {
+        if let Some(rev) = d.claim {
+            if !reg.forget_at(&d.client_id, rev).await? {
+                let ends_at = unix_now().saturating_add(sessions::RESUME_GRACE);
+                return Ok(Some(sessions::Doomed { claim: None, ends_at, ..d.clone() }));
+            }
+        }
+        if sessions.remove_at(&d.client_id, d.record).await? {
+            tracing::info!(node = %d.node, "cluster: a dead node's kept session expired; discarded");
+        }
+        Ok(None)
     }
 
     /// The connections of every node, as the registry has them.
@@ -1627,6 +1687,27 @@ async fn reap_wills(cluster: std::sync::Weak<Cluster>, broker: Arc<Broker>) {
             }
         }
     }
+}
+
+/// Discard the dead nodes' kept sessions once their expiry passed, on one node (the reaper:
+/// [`sessions::Reaper`]); every node looks at the leases every [`wills::REAP_EVERY`]. Ends
+/// with the cluster.
+async fn expire_dead_sessions(cluster: std::sync::Weak<Cluster>) {
+    let mut st = sessions::Reaper::default();
+    let mut tick = tokio::time::interval(wills::REAP_EVERY);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        let Some(c) = cluster.upgrade() else { return };
+        if let Err(e) = c.expire_tick(&mut st).await {
+            tracing::debug!(error = %e, "cluster: the sessions of dead nodes could not be looked at");
+        }
+    }
+}
+
+/// Now, in Unix seconds (the registry's clock: [`registry::Claim::expires_at`]).
+fn unix_now() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs())
 }
 
 /// Publish the dead nodes' wills this node deleted from the bucket, if their owners stand.

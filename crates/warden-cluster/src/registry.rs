@@ -366,6 +366,25 @@ impl Registry {
         }
     }
 
+    /// The entry of `client_id` and its revision (a dead node's kept session: [`crate::sessions`]).
+    pub(crate) async fn entry_of(&self, client_id: &str) -> Result<Option<(Claim, u64)>, BoxError> {
+        self.entry(&key(client_id)).await
+    }
+
+    /// Delete `client_id`'s entry if it is still revision `revision` (compare-and-set): true
+    /// when this call deleted it, false when it changed since (or is gone).
+    pub(crate) async fn forget_at(&self, client_id: &str, revision: u64) -> Result<bool, BoxError> {
+        let key = key(client_id);
+        match tokio::time::timeout(OP_TIMEOUT, self.clients.delete_expect_revision(&key, Some(revision))).await {
+            Ok(Ok(())) => Ok(true),
+            Ok(Err(e)) => match self.entry(&key).await? {
+                Some((_, r)) if r == revision => Err(e.into()), // still there: a real failure
+                _ => Ok(false),
+            },
+            Err(_) => Err("timed out".into()),
+        }
+    }
+
     /// Every entry with a connection (the cluster-wide client list).
     pub(crate) async fn connected(&self) -> Result<Vec<Claim>, BoxError> {
         let keys = all_keys(&self.clients).await?;

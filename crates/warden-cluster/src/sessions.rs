@@ -18,7 +18,14 @@
 //! stays where it was. The promise is at least once: a resume may deliver again messages the
 //! old node delivered after the position, and messages published shortly before the session
 //! subscribed.
+//!
+//! The sessions a dead node kept expire: one live node (the [`Reaper`]: the smallest live
+//! name) discards each once its expiry passed since the node's death, or since its disconnect
+//! when it was already offline there — its client id's entry, then its record, each by a
+//! compare-and-set on the revision read, so that a resume meanwhile wins [MQTT-4.1.0-2].
+//! Nothing in the messages stream is kept for a session: its position is a number here.
 
+use std::collections::{HashMap, HashSet};
 use std::time::Duration;
 
 use async_nats::jetstream::kv;
@@ -77,6 +84,132 @@ pub(crate) enum SessionOp {
     Ended {
         client_id: String,
     },
+}
+
+/// When a dead node's kept session ends (Unix seconds; `None`: never, expiry 0xFFFFFFFF
+/// [MQTT-3.1.2-23]). `claim` is its client id's entry when it names the dead node `node`:
+/// a session already offline there ended at the entry's end (its disconnect plus its expiry);
+/// one whose connection was live when the node died counts its expiry from the death
+/// (`died_at`: when its lease was seen gone) [MQTT-4.1.0-2].
+pub(crate) fn dead_session_end(expiry: u32, claim: Option<&crate::registry::Claim>, died_at: u64) -> Option<u64> {
+    if expiry == u32::MAX {
+        return None;
+    }
+    match claim {
+        Some(c) if c.conn == 0 && c.expires_at != 0 => {
+            Some(c.expires_at.min(died_at.saturating_add(u64::from(expiry))))
+        }
+        _ => Some(died_at.saturating_add(u64::from(expiry))),
+    }
+}
+
+/// A dead node's kept session waiting for its end ([`dead_session_end`]), with the revisions
+/// read: it is discarded only while both are still those (a resume meanwhile wins).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Doomed {
+    pub(crate) client_id: String,
+    pub(crate) node: String,
+    /// Unix seconds.
+    pub(crate) ends_at: u64,
+    /// The record's revision.
+    pub(crate) record: u64,
+    /// Its client id's entry's revision, while the entry names the dead node.
+    pub(crate) claim: Option<u64>,
+}
+
+/// How long a dead node's expired session whose client id's entry changed (a CONNECT claimed
+/// it: perhaps resuming it) is left before its record alone is discarded, if still the same.
+pub(crate) const RESUME_GRACE: u64 = 30;
+
+/// A dead node's record read with its revision, and its client id's entry with its revision.
+pub(crate) type ReadRecord = (SessionRecord, u64, Option<(crate::registry::Claim, u64)>);
+
+/// What one node knows of the dead nodes' kept sessions. Every node reads the leases every
+/// [`crate::wills::REAP_EVERY`] and notes when each node it saw alive was first seen without
+/// one (its death); the live node with the smallest name (the *reaper*) reads the sessions
+/// bucket when it becomes the reaper and when a node dies, keeps the end of each dead node's
+/// session ([`dead_session_end`]) and discards it then ([`crate::Cluster`]'s
+/// `discard_expired`). Two nodes that both think themselves the reaper for a moment are
+/// harmless: every discard is a compare-and-set on the revisions read.
+#[derive(Debug, Default)]
+pub(crate) struct Reaper {
+    /// The nodes holding a lease at the last look.
+    alive: HashSet<String>,
+    /// Dead nodes: when first seen so (Unix seconds).
+    died: HashMap<String, u64>,
+    /// The dead nodes whose sessions are in `pending`.
+    scanned: HashSet<String>,
+    /// This node was the reaper at the last look.
+    reaping: bool,
+    /// The bucket must be read whole (this node just became the reaper).
+    read_all: bool,
+    /// The dead nodes' sessions with an end, by client id.
+    pending: HashMap<String, Doomed>,
+}
+
+impl Reaper {
+    /// The nodes holding a lease now (`me` among them): true when `me` is the reaper.
+    pub(crate) fn observe(&mut self, live: &HashSet<String>, me: &str, now: u64) -> bool {
+        for gone in self.alive.difference(live) {
+            self.died.entry(gone.clone()).or_insert(now);
+        }
+        for n in live {
+            // Back (restarted under its name): its records are its own again.
+            self.died.remove(n);
+            self.scanned.remove(n);
+        }
+        self.pending.retain(|_, d| !live.contains(&d.node));
+        self.alive = live.clone();
+        let reaper = live.iter().min().is_some_and(|n| n == me);
+        if !reaper {
+            self.reaping = false;
+            self.pending.clear();
+            self.scanned.clear();
+        } else if !self.reaping {
+            self.reaping = true;
+            self.read_all = true;
+        }
+        reaper
+    }
+
+    /// The sessions bucket must be read (this node became the reaper, or a node died since).
+    pub(crate) fn needs_scan(&self) -> bool {
+        self.read_all || self.died.keys().any(|n| !self.scanned.contains(n))
+    }
+
+    /// The dead nodes' records read now, each with its client id's entry (and revision) when
+    /// that names the record's node: their ends replace what was kept.
+    pub(crate) fn scanned(&mut self, records: Vec<ReadRecord>, now: u64) {
+        self.pending.clear();
+        self.read_all = false;
+        self.scanned = self.died.keys().cloned().collect();
+        for (r, rev, claim) in records {
+            if self.alive.contains(&r.node) {
+                continue;
+            }
+            let died_at = *self.died.entry(r.node.clone()).or_insert(now);
+            self.scanned.insert(r.node.clone());
+            let claim = claim.filter(|(c, _)| c.node == r.node);
+            if let Some(ends_at) = dead_session_end(r.expiry, claim.as_ref().map(|(c, _)| c), died_at) {
+                let d =
+                    Doomed { client_id: r.client_id, node: r.node, ends_at, record: rev, claim: claim.map(|(_, v)| v) };
+                self.pending.insert(d.client_id.clone(), d);
+            }
+        }
+    }
+
+    /// The sessions whose end has come (taken out).
+    pub(crate) fn due(&mut self, now: u64) -> Vec<Doomed> {
+        let ids: Vec<String> = self.pending.iter().filter(|(_, d)| d.ends_at <= now).map(|(k, _)| k.clone()).collect();
+        ids.into_iter().filter_map(|k| self.pending.remove(&k)).collect()
+    }
+
+    /// Keep `d` for later (a discard that failed, or waits for a resume's grace).
+    pub(crate) fn again(&mut self, d: Doomed) {
+        if self.reaping && !self.alive.contains(&d.node) {
+            self.pending.entry(d.client_id.clone()).or_insert(d);
+        }
+    }
 }
 
 pub(crate) fn sessions_bucket(prefix: &str, replicas: usize) -> kv::Config {
@@ -155,6 +288,11 @@ impl Sessions {
     /// Every record in the bucket now (its last version of each key, read by one ordered
     /// consumer, at most [`crate::registry::timed`]'s bound for the whole listing).
     pub(crate) async fn all(&self) -> Result<Vec<SessionRecord>, BoxError> {
+        Ok(self.all_revisions().await?.into_iter().map(|(r, _)| r).collect())
+    }
+
+    /// [`Sessions::all`], each record with its revision.
+    pub(crate) async fn all_revisions(&self) -> Result<Vec<(SessionRecord, u64)>, BoxError> {
         use futures_util::StreamExt;
         // The bucket's stream now (the store's own status is the one cached when it was made).
         let mut stream = timed(self.js.get_stream(format!("KV_{}", self.kv.name))).await?;
@@ -168,7 +306,7 @@ impl Sessions {
                 let e = e?;
                 if e.operation == kv::Operation::Put {
                     if let Ok(r) = serde_json::from_slice::<SessionRecord>(&e.value) {
-                        out.push(r);
+                        out.push((r, e.revision));
                     }
                 }
                 if e.delta == 0 {
@@ -189,6 +327,18 @@ impl Sessions {
                 Ok(true)
             }
             _ => Ok(false),
+        }
+    }
+
+    /// Delete `client_id`'s record if it is still revision `revision` (compare-and-set):
+    /// true when this call deleted it, false when it changed since (or is gone).
+    pub(crate) async fn remove_at(&self, client_id: &str, revision: u64) -> Result<bool, BoxError> {
+        match timed(self.kv.delete_expect_revision(key(client_id), Some(revision))).await {
+            Ok(()) => Ok(true),
+            Err(e) => match self.get(client_id).await? {
+                Some((_, r)) if r == revision => Err(e),
+                _ => Ok(false),
+            },
         }
     }
 
@@ -250,5 +400,72 @@ impl Sessions {
             Err(_) => tracing::warn!(replayed = out.len(), "cluster: a session's replay took too long; stopped there"),
         }
         Ok(out)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::registry::Claim;
+
+    fn claim(conn: u64, expires_at: u64) -> Claim {
+        Claim { client_id: "x".into(), node: "a".into(), conn, identity: "user:alice".into(), expires_at }
+    }
+
+    #[test]
+    fn a_dead_nodes_session_ends_its_expiry_after_the_death_or_its_disconnect() {
+        // Connected when the node died: from the death.
+        assert_eq!(dead_session_end(2, Some(&claim(7, 0)), 1000), Some(1002));
+        assert_eq!(dead_session_end(3600, None, 1000), Some(4600), "no entry naming the node");
+        // Offline already: from its disconnect (the entry's end), never later than from the death.
+        assert_eq!(dead_session_end(60, Some(&claim(0, 950)), 1000), Some(950));
+        assert_eq!(dead_session_end(60, Some(&claim(0, 5000)), 1000), Some(1060));
+        // 0xFFFFFFFF: never [MQTT-3.1.2-23].
+        assert_eq!(dead_session_end(u32::MAX, Some(&claim(7, 0)), 1000), None);
+        assert_eq!(dead_session_end(u32::MAX, Some(&claim(0, 9000)), 1000), None);
+    }
+
+    fn record(id: &str, node: &str, expiry: u32) -> SessionRecord {
+        SessionRecord { client_id: id.into(), node: node.into(), expiry, subs: Vec::new(), position: 0 }
+    }
+
+    #[test]
+    fn the_reaper_is_one_node_and_counts_from_the_death_it_saw() {
+        let set = |v: &[&str]| v.iter().map(|s| s.to_string()).collect::<HashSet<String>>();
+        let (mut a, mut b) = (Reaper::default(), Reaper::default());
+        assert!(a.observe(&set(&["a", "b", "c"]), "a", 100), "the smallest live name reaps");
+        assert!(!b.observe(&set(&["a", "b", "c"]), "b", 100));
+        assert!(a.needs_scan(), "a first read when it becomes the reaper");
+        a.scanned(Vec::new(), 100);
+        assert!(!a.needs_scan());
+        // c dies (seen at 120): a reads the bucket again.
+        assert!(a.observe(&set(&["a", "b"]), "a", 120));
+        assert!(!b.observe(&set(&["a", "b"]), "b", 120));
+        assert!(a.needs_scan());
+        let mut c2 = claim(7, 0);
+        c2.node = "c".into();
+        a.scanned(
+            vec![
+                (record("two", "c", 2), 5, Some((c2.clone(), 9))),
+                (record("hour", "c", 3600), 6, None),
+                (record("ever", "c", u32::MAX), 7, None),
+                (record("live", "b", 2), 8, None),
+            ],
+            130,
+        );
+        assert!(!a.needs_scan());
+        assert!(a.due(121).is_empty());
+        assert_eq!(
+            a.due(122),
+            vec![Doomed { client_id: "two".into(), node: "c".into(), ends_at: 122, record: 5, claim: Some(9) }]
+        );
+        assert!(a.due(3719).is_empty());
+        assert_eq!(a.due(3720).len(), 1, "the hour's one");
+        assert!(a.due(u64::MAX).is_empty(), "0xFFFFFFFF never ends; a live node's is its own");
+        // a dies: b becomes the reaper and reads the bucket; c's death counts from when b saw it.
+        assert!(b.observe(&set(&["b"]), "b", 140));
+        assert!(b.needs_scan());
+        b.scanned(vec![(record("hour", "c", 3600), 6, None)], 141);
+        assert_eq!(b.due(3720).len(), 1);
     }
 }

@@ -1708,6 +1708,113 @@ async fn a_dead_nodes_sessions_are_listed_resumed_and_removed_through_any_node()
     assert_eq!((s["node"].as_str(), s.get("node_gone")), (Some("c"), None), "{s}");
 }
 
+/// The client id's entry of `client_id` in the client registry, raw (`None`: none, or deleted).
+async fn client_claim_raw(nats: &Nats, client_id: &str) -> Option<String> {
+    use sha2::Digest as _;
+    let key: String = sha2::Sha256::digest(client_id.as_bytes()).iter().map(|b| format!("{b:02x}")).collect();
+    let raw = stream_last_raw_opt(nats, "KV_warden_CLIENTS", &format!("$KV.warden_CLIENTS.{key}")).await?;
+    Some(String::from_utf8_lossy(&raw).into_owned())
+}
+
+/// MQTT 5 [MQTT-4.1.0-2]: the kept sessions of a node killed with SIGKILL expire. One live
+/// node (b, the smallest live name) discards the one with expiry 2 s (connected when a died)
+/// once its expiry passed after a's lease lapsed — its record and its client id's entry — so
+/// that it leaves `/admin/sessions` and its client comes back without a session; the one with
+/// expiry 1 h (offline when a died) stays, listed and resumable with its queued QoS 1 message.
+#[tokio::test]
+async fn a_dead_nodes_kept_sessions_expire_after_their_expiry() {
+    let Some(nats) = nats() else { return };
+    let (_dir, extra) = users();
+    let b = secure_node(&nats, "b", &extra).await;
+    let c = secure_node(&nats, "c", &extra).await;
+    let a = node_process(&nats, "a", &extra);
+    let lasting = |id: &str, expiry: u32, clean: bool| {
+        let mut c = as_user(id, "alice");
+        c.properties.session_expiry_interval = Some(expiry);
+        c.clean_start = clean;
+        c
+    };
+    // On a: exp-short (2 s) stays connected; exp-long (1 h) subscribes and leaves.
+    let (mut short, code) = connack_code(a.addr, lasting("exp-short", 2, true)).await;
+    assert_eq!(code, mqtt_codec::ReasonCode::SUCCESS);
+    short.subscribe(1, "expire/short/#", QoS::AtLeastOnce).await;
+    let (mut long, code) = connack_code(a.addr, lasting("exp-long", 3600, true)).await;
+    assert_eq!(code, mqtt_codec::ReasonCode::SUCCESS);
+    long.subscribe(1, "expire/long/#", QoS::AtLeastOnce).await;
+    long.send(&Packet::Disconnect(mqtt_codec::Disconnect::new(mqtt_codec::ReasonCode::SUCCESS))).await;
+    long.expect_closed_within(Duration::from_secs(5)).await;
+    for (id, filter) in [("exp-short", "expire/short/#"), ("exp-long", "expire/long/#")] {
+        let deadline = std::time::Instant::now() + Duration::from_secs(5);
+        while !session_record_raw(&nats, id).await.is_some_and(|r| r.contains(filter)) {
+            assert!(std::time::Instant::now() < deadline, "a kept {id}'s record in the cluster");
+            tokio::time::sleep(Duration::from_millis(50)).await; // polling a condition, bounded
+        }
+    }
+    // exp-long's entry is kept offline (with its end) before a dies.
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    while !client_claim_raw(&nats, "exp-long").await.is_some_and(|r| r.contains("\"conn\":0")) {
+        assert!(std::time::Instant::now() < deadline, "exp-long's entry kept offline");
+        tokio::time::sleep(Duration::from_millis(50)).await; // polling a condition, bounded
+    }
+    let killed = std::time::Instant::now();
+    drop(a); // SIGKILL
+    drop(short);
+
+    // Within 10 s (lease) + 2 s (look) + 2 s (expiry) + slack: exp-short gone from the list
+    // of every node, exp-long still there as a dead node's.
+    let find = |v: &serde_json::Value, id: &str| v.as_array().unwrap().iter().find(|s| s["client_id"] == id).cloned();
+    let deadline = std::time::Instant::now() + Duration::from_secs(40);
+    let mut seen_dead = false;
+    loop {
+        let (st, v) = admin(&c, "GET", "/admin/sessions", None).await;
+        assert_eq!(st, 200);
+        // (Left out while a's lease runs: a holds it but does not answer.)
+        let long = find(&v, "exp-long");
+        assert!(!seen_dead || long.is_some(), "the 1 h session stays: {v}");
+        seen_dead |= long.is_some_and(|s| s["node_gone"] == true);
+        if seen_dead && find(&v, "exp-short").is_none() {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "exp-short not discarded within 40 s: {v}");
+        tokio::time::sleep(Duration::from_millis(200)).await; // polling a condition, bounded
+    }
+    let took = killed.elapsed();
+    assert!(took >= Duration::from_secs(10), "not before a's lease lapsed and its expiry passed: {took:?}");
+    // Its record and its client id's entry are gone; exp-long's are there.
+    assert_eq!(session_record_raw(&nats, "exp-short").await, None);
+    assert_eq!(client_claim_raw(&nats, "exp-short").await, None);
+    assert!(session_record_raw(&nats, "exp-long").await.is_some());
+    assert!(client_claim_raw(&nats, "exp-long").await.is_some());
+    let (_, v) = admin(&b, "GET", "/admin/sessions", None).await;
+    assert!(find(&v, "exp-short").is_none() && find(&v, "exp-long").is_some(), "{v}");
+
+    // A QoS 1 message for exp-long while a is dead.
+    let (mut p, code) = connack_code(b.addr(), as_user("exp-pub", "bob")).await;
+    assert_eq!(code, mqtt_codec::ReasonCode::SUCCESS);
+    p.send(&publish("expire/long/x", QoS::AtLeastOnce, 1, b"kept")).await;
+    assert!(matches!(p.recv().await, Recv::Packet(Packet::PubAck(_))));
+
+    // exp-short comes back with Clean Start 0: a new session [MQTT-3.2.2-3].
+    let (_fresh, r) = RawClient::connect(b.addr(), lasting("exp-short", 2, false)).await;
+    match r {
+        Recv::Packet(Packet::Connack(ack)) => {
+            assert!(ack.reason_code.is_success());
+            assert!(!ack.session_present, "an expired session is not resumed");
+        }
+        other => panic!("{other:?}"),
+    }
+    // exp-long resumes on c with its message.
+    let (mut back, r) = RawClient::connect(c.addr(), lasting("exp-long", 3600, false)).await;
+    match r {
+        Recv::Packet(Packet::Connack(ack)) => {
+            assert!(ack.reason_code.is_success());
+            assert!(ack.session_present, "the 1 h session resumes");
+        }
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(receive(&mut back, 1).await[0].0, b"kept");
+}
+
 /// `GET /admin/stats?scope=cluster` on any node: every live node's counters and their sum,
 /// naming the live nodes that did not answer (a node killed is left out once its lease
 /// lapsed); without `scope`, this node's alone.
