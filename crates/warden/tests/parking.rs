@@ -16,10 +16,16 @@ async fn parking_broker() -> TestBroker {
     parking_broker_with("").await
 }
 
-/// A broker whose connections park after 50 ms of quiet, with more `[limits]` lines.
+/// A broker whose connections park after 50 ms of quiet, with more `[limits]` lines. Unless
+/// they set `idle_park_max`, the delay is fixed: tests that wait for a park, act, and wait for
+/// the next would otherwise teach it to grow (each period they show is the delay plus a
+/// moment).
 async fn parking_broker_with(limits: &str) -> TestBroker {
-    TestBroker::with_config(&format!("[auth]\nallow_anonymous = true\n[limits]\nidle_park_after = \"50ms\"\n{limits}"))
-        .await
+    let fixed = if limits.contains("idle_park_max") { "" } else { "idle_park_max = \"50ms\"\n" };
+    TestBroker::with_config(&format!(
+        "[auth]\nallow_anonymous = true\n[limits]\nidle_park_after = \"50ms\"\n{fixed}{limits}"
+    ))
+    .await
 }
 
 /// Wait until exactly `n` connections are parked (the broker parks after 50 ms of quiet).

@@ -907,6 +907,11 @@ async fn drive<R: ReadReady, W: AsyncWrite + Unpin>(l: &mut Live<R, W>) -> Drive
     };
     let mut pending_input = !rbuf.is_empty();
     let mut busy = false;
+    // The last read came after this connection had read nothing for `order::FRESH_AFTER` (or
+    // is its first since it was resumed): its PUBLISHes give way to other connections'
+    // subscription changes woken in the same turn of the reactor (`order`).
+    let mut fresh = true;
+    let mut last_read: Option<Instant> = None;
     let mut reauth = authn::Reauth::default();
     // Reading is paused until then (publish rate or bandwidth throttle).
     let mut throttled_until: Option<tokio::time::Instant> = None;
@@ -976,7 +981,7 @@ async fn drive<R: ReadReady, W: AsyncWrite + Unpin>(l: &mut Live<R, W>) -> Drive
                                 // read is applied before this batch's PUBLISHes are routed.
                                 waited = true;
                                 drop(announced.take()); // its own, handled by now
-                                ctx.arrivals.give_way().await;
+                                ctx.arrivals.give_way(fresh).await;
                             }
                             let size = before - rbuf.len();
                             mem.published(size as u64, now);
@@ -1121,7 +1126,10 @@ async fn drive<R: ReadReady, W: AsyncWrite + Unpin>(l: &mut Live<R, W>) -> Drive
                             announced = Some(ctx.arrivals.announce());
                         }
                         pending_input = true;
-                        conn.note_input(Instant::now());
+                        let now = Instant::now();
+                        fresh = last_read.is_none_or(|t| now.saturating_duration_since(t) >= order::FRESH_AFTER);
+                        last_read = Some(now);
+                        conn.note_input(now);
                     }
                 }
             }
