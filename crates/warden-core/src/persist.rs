@@ -99,6 +99,11 @@ pub enum PersistOp {
         sub_ids: Vec<u32>,
         /// Packet id and stage once sent.
         stage: Option<(u16, OutStage)>,
+        /// The first op of this delivery: its sequence number was just given and nothing was
+        /// stored under it yet. The store may then skip it altogether when the delivery is
+        /// done before it is committed (a delivery queued, sent and acknowledged within one
+        /// commit window costs no write).
+        new: bool,
     },
     /// A delivery is complete (acknowledged, expired or discarded).
     DeliveryDone {

@@ -557,7 +557,8 @@ pub(crate) fn store_delivery(
     d: &mut Delivery,
     stage: Option<(u16, OutStage)>,
 ) -> u64 {
-    if d.seq == 0 {
+    let new = d.seq == 0;
+    if new {
         d.seq = store.next_id();
     }
     let msg_id = d.msg.stored_id(store);
@@ -569,6 +570,7 @@ pub(crate) fn store_delivery(
         retain: d.retain,
         sub_ids: d.sub_ids.clone(),
         stage,
+        new,
     })
 }
 

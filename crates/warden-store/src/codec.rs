@@ -82,6 +82,13 @@ fn bad(s: impl Into<String>) -> BadRecord {
 
 pub(crate) fn encode_message(m: &Message, clock: Clock) -> Vec<u8> {
     let mut out = BytesMut::with_capacity(16 + m.topic.as_str().len() + m.payload.len());
+    encode_message_into(m, clock, &mut out);
+    out.to_vec()
+}
+
+/// [`encode_message`] into `out` (cleared first; the writer reuses one buffer per commit).
+pub(crate) fn encode_message_into(m: &Message, clock: Clock, out: &mut BytesMut) {
+    out.clear();
     out.extend_from_slice(&[V1]);
     out.extend_from_slice(&m.expires_at.map_or(0, |e| clock.to_wall(e)).to_be_bytes());
     let p = Publish {
@@ -93,8 +100,7 @@ pub(crate) fn encode_message(m: &Message, clock: Clock) -> Vec<u8> {
         properties: m.properties.clone().into(),
         payload: m.payload.clone(),
     };
-    Packet::Publish(p).encode(Protocol::V5, &mut out);
-    out.to_vec()
+    Packet::Publish(p).encode(Protocol::V5, out);
 }
 
 /// A message record; `Ok(None)` when it has expired.
@@ -207,6 +213,13 @@ pub(crate) struct DeliveryRec {
 
 pub(crate) fn encode_delivery(d: &DeliveryRec) -> Vec<u8> {
     let mut v = Vec::with_capacity(16 + 4 * d.sub_ids.len());
+    encode_delivery_into(d, &mut v);
+    v
+}
+
+/// [`encode_delivery`] into `v` (cleared first).
+pub(crate) fn encode_delivery_into(d: &DeliveryRec, v: &mut Vec<u8>) {
+    v.clear();
     v.push(V1);
     v.extend_from_slice(&d.msg_id.to_be_bytes());
     v.push(d.qos as u8);
@@ -223,7 +236,6 @@ pub(crate) fn encode_delivery(d: &DeliveryRec) -> Vec<u8> {
     for id in &d.sub_ids[..n] {
         v.extend_from_slice(&id.to_be_bytes());
     }
-    v
 }
 
 pub(crate) fn decode_delivery(b: &[u8]) -> Result<DeliveryRec, BadRecord> {

@@ -58,6 +58,7 @@ fn fill(store: &Arc<Store>) -> Arc<Message> {
             retain: false,
             sub_ids: vec![7],
             stage,
+            new: true,
         });
     }
     store.submit(PersistOp::InboundQos2 { sid: 5, packet_id: 42, present: true });
@@ -161,6 +162,7 @@ fn tickets_follow_the_durability_mode() {
             retain: false,
             sub_ids: vec![],
             stage: None,
+            new: true,
         });
         assert_eq!(t != 0, delivery_waits, "{mode:?}");
         tokio::runtime::Builder::new_current_thread().build().unwrap().block_on(store.wait(t));
@@ -377,5 +379,107 @@ fn issue_17_item_3_a_subscribe_writes_what_it_changes_not_the_session() {
     drop(rt);
     let (store, loaded) = Store::open(&dir.path().join("state.redb"), Durability::Sync).unwrap();
     assert_eq!(loaded.sessions[0].subscriptions.len(), 1000);
+    store.close();
+}
+
+fn delivery(sid: u64, seq: u64, msg_id: u64, stage: Option<(u16, OutStage)>, new: bool) -> PersistOp {
+    PersistOp::Delivery { sid, seq, msg_id, qos: QoS::AtLeastOnce, retain: false, sub_ids: vec![], stage, new }
+}
+
+fn table_len<K: redb::Key + 'static, V: redb::Value + 'static>(
+    db: &redb::Database,
+    t: redb::TableDefinition<K, V>,
+) -> u64 {
+    use redb::ReadableTableMetadata;
+    db.begin_read().unwrap().open_table(t).unwrap().len().unwrap()
+}
+
+/// Issue 24, durable QoS 1: a delivery queued, sent and acknowledged within one commit window
+/// writes nothing (not even a removal), and a message nobody refers to any more when its
+/// batch is committed is not written; what is still referred to is written as before.
+#[test]
+fn issue_24_what_is_done_within_one_commit_window_is_not_written() {
+    type HashSet<T> = foldhash::HashSet<T>;
+    let dir = tempfile::tempdir().unwrap();
+    let db = redb::Database::create(dir.path().join("net.redb")).unwrap();
+    // Tables exist.
+    super::commit(&db, &[session(1, "c")], true, &HashSet::default()).unwrap();
+
+    // The message is still referred to (a fan-out delivery pending elsewhere): it is written;
+    // the finished delivery is not.
+    let m = msg("a/b", b"payload");
+    let ops = vec![
+        PersistOp::Message { id: 10, msg: m.clone() },
+        delivery(1, 11, 10, None, true),
+        delivery(1, 11, 10, Some((1, OutStage::AwaitAck)), false),
+        PersistOp::DeliveryDone { sid: 1, seq: 11 },
+        delivery(1, 12, 10, None, true),
+    ];
+    let done = super::commit(&db, &ops, true, &HashSet::default()).unwrap();
+    assert!(done.unwritten.is_empty());
+    assert_eq!(table_len(&db, super::MESSAGES), 1);
+    assert_eq!(table_len(&db, super::DELIVERIES), 1, "only the pending delivery 12");
+
+    // A delivery stored earlier (not new) and finished now is removed.
+    let done = super::commit(&db, &[PersistOp::DeliveryDone { sid: 1, seq: 12 }], true, &HashSet::default()).unwrap();
+    assert_eq!(done.written, 0);
+    assert_eq!(table_len(&db, super::DELIVERIES), 0);
+    drop(ops);
+    drop(m);
+    super::commit(&db, &[PersistOp::MessageDrop { id: 10 }], true, &HashSet::default()).unwrap();
+    assert_eq!(table_len(&db, super::MESSAGES), 0);
+
+    // Only the batch refers to the message: every delivery of it is gone from memory. Neither
+    // it nor the record of a delivery of it is written; its later drop is no removal.
+    let ops = vec![
+        PersistOp::Message { id: 20, msg: msg("a/b", b"gone") },
+        delivery(1, 21, 20, None, true),
+        delivery(1, 21, 20, Some((2, OutStage::AwaitAck)), false),
+    ];
+    let done = super::commit(&db, &ops, true, &HashSet::default()).unwrap();
+    assert_eq!((done.written, done.unwritten.clone()), (0, vec![20]));
+    assert_eq!(table_len(&db, super::MESSAGES), 0);
+    assert_eq!(table_len(&db, super::DELIVERIES), 0);
+    let unwritten: HashSet<u64> = done.unwritten.into_iter().collect();
+    let done = super::commit(&db, &[PersistOp::MessageDrop { id: 20 }], true, &unwritten).unwrap();
+    assert_eq!(done.forgotten, vec![20]);
+
+    // Stored and dropped within one batch: nothing.
+    let ops = vec![PersistOp::Message { id: 30, msg: msg("a/b", b"x") }, PersistOp::MessageDrop { id: 30 }];
+    let done = super::commit(&db, &ops, true, &HashSet::default()).unwrap();
+    assert_eq!(done.written, 0);
+    assert_eq!(table_len(&db, super::MESSAGES), 0);
+}
+
+/// The same through the writer thread: messages finished as fast as they are stored leave
+/// nothing behind, those still queued come back whole.
+#[test]
+fn issue_24_finished_and_pending_deliveries_through_the_writer() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("state.redb");
+    let (store, _) = Store::open(&path, Durability::Batched).unwrap();
+    let sink: Arc<dyn Persist> = store.clone();
+    store.submit(session(1, "c"));
+    let mut kept = Vec::new();
+    for i in 0..2000u64 {
+        let m = msg("a/b", b"payload");
+        let id = m.stored_id(&sink);
+        let seq = sink.next_id();
+        store.submit(delivery(1, seq, id, None, true));
+        store.submit(delivery(1, seq, id, Some((1, OutStage::AwaitAck)), false));
+        if i % 3 == 0 {
+            kept.push((seq, m));
+        } else {
+            store.submit(PersistOp::DeliveryDone { sid: 1, seq });
+        }
+    }
+    store.close();
+    drop(store);
+    let (store, loaded) = Store::open(&path, Durability::Batched).unwrap();
+    assert!(loaded.report.dropped.is_empty(), "{:?}", loaded.report.dropped);
+    let s = &loaded.sessions[0];
+    let seqs: Vec<u64> = s.deliveries.iter().map(|d| d.seq).collect();
+    assert_eq!(seqs, kept.iter().map(|(s, _)| *s).collect::<Vec<_>>());
+    assert!(s.deliveries.iter().all(|d| &d.msg.payload[..] == b"payload"));
     store.close();
 }
