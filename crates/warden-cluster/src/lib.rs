@@ -796,7 +796,7 @@ impl Cluster {
     pub async fn session_of_dead_node(&self, client_id: &str) -> Option<DeadNodeSession> {
         let reg = self.registry().await.ok()?;
         let (record, _) = self.sessions().await.ok()?.get(client_id).await.ok()??;
-        if record.node == self.node || reg.live_nodes().await.ok()?.contains(&record.node) {
+        if reg.node_alive(&record.node).await.ok()? {
             return None;
         }
         Some(self.dead_node_session(reg, record).await)
@@ -810,7 +810,7 @@ impl Cluster {
             let reg = self.registry().await?;
             let sessions = self.sessions().await?;
             let Some((record, _)) = sessions.get(client_id).await? else { return Ok(false) };
-            if record.node == self.node || reg.live_nodes().await?.contains(&record.node) {
+            if reg.node_alive(&record.node).await? {
                 return Ok(false);
             }
             // The claim first: a CONNECT between the two finds no entry of the dead node to

@@ -207,7 +207,8 @@ impl Registry {
         }))
     }
 
-    async fn node_alive(&self, node: &str) -> Result<bool, BoxError> {
+    /// Whether `node` holds a lease (this node always does): one read, not a listing.
+    pub(crate) async fn node_alive(&self, node: &str) -> Result<bool, BoxError> {
         if node == self.node {
             return Ok(true);
         }
