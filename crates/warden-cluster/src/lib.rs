@@ -131,6 +131,10 @@ pub struct ClusterStats {
     pub retained_out: AtomicU64,
     /// Retained messages received from other nodes and kept here.
     pub retained_in: AtomicU64,
+    /// Client ids granted on a replica's copy of the registry while its leader was elected.
+    pub provisional_claims: AtomicU64,
+    /// Of those, found another node's once the registry had a leader (that connection ended).
+    pub provisional_lost: AtomicU64,
 }
 
 /// Work for the cluster's task.
@@ -191,6 +195,8 @@ pub struct Cluster {
     /// longer than [`ClusterConfig::connect_patience`] (no quorum, not an election), a CONNECT
     /// gets one short try, not the whole patience.
     registry_down_since: std::sync::Mutex<Option<tokio::time::Instant>>,
+    /// Since when CONNECTs' claims fail (`None`: the last one was answered).
+    claims_down_since: std::sync::Mutex<Option<tokio::time::Instant>>,
     /// [`ClusterConfig::connect_patience`].
     connect_patience: Duration,
     /// The wills bucket, made at its first use.
@@ -262,6 +268,36 @@ pub struct ClaimTicket {
     conn: u64,
     /// The entry was this node's: written once the local broker accepted.
     confirm: Option<u64>,
+    /// Granted while the registry's bucket had no leader: written when it has one again.
+    provisional: Option<Arc<Provisional>>,
+}
+
+/// A claim granted on a replica's copy of the registry while its bucket had no leader
+/// ([`Cluster::claim`], [`registry::provisional`]): its writer puts it in the registry once
+/// the bucket has a leader again, as the connection stands then.
+#[derive(Debug)]
+struct Provisional {
+    /// The revision the replica's copy had (`None`: no entry).
+    revision: Option<u64>,
+    state: std::sync::Mutex<ProvisionalState>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Want {
+    /// The connection is live: its claim.
+    Live,
+    /// It ended, its session kept until then (Unix seconds): the claim with no connection.
+    Kept(u64),
+    /// It ended with its session: nothing.
+    Gone,
+}
+
+#[derive(Debug)]
+struct ProvisionalState {
+    want: Want,
+    /// The writer is done: the registry holds the claim (or it was lost); a release goes the
+    /// usual way.
+    settled: bool,
 }
 
 impl Cluster {
@@ -323,6 +359,7 @@ impl Cluster {
             position_floor: AtomicU64::new(0),
             registry_ok: std::sync::atomic::AtomicBool::new(false),
             registry_down_since: std::sync::Mutex::new(None),
+            claims_down_since: std::sync::Mutex::new(None),
             connect_patience: cfg.connect_patience,
             wills: tokio::sync::OnceCell::new(),
             will_tx,
@@ -422,7 +459,7 @@ impl Cluster {
             .get_or_try_init(|| async {
                 let js = async_nats::jetstream::new(self.client.clone());
                 let clients =
-                    registry::linearizable_kv(&js, registry::clients_bucket(&self.prefix, self.replicas)).await?;
+                    registry::kv_with_direct(&js, registry::clients_bucket(&self.prefix, self.replicas), true).await?;
                 let nodes = registry::linearizable_kv(&js, registry::nodes_bucket(&self.prefix, self.replicas)).await?;
                 Ok::<_, Box<dyn std::error::Error + Send + Sync>>(Arc::new(Registry {
                     clients,
@@ -442,8 +479,13 @@ impl Cluster {
     /// call [`Cluster::connected_as`] with the ticket; when the connection ends,
     /// [`Cluster::release`].
     pub async fn claim(&self, client_id: &str, identity: &str, conn: u64, now: u64) -> (ClaimResult, ClaimTicket) {
-        let mut ticket =
-            ClaimTicket { client_id: client_id.to_owned(), identity: identity.to_owned(), conn, confirm: None };
+        let mut ticket = ClaimTicket {
+            client_id: client_id.to_owned(),
+            identity: identity.to_owned(),
+            conn,
+            confirm: None,
+            provisional: None,
+        };
         // Transient failures (a NATS server lost, the bucket's leader being elected) are
         // tried again for `connect_patience` before the CONNECT is refused as unavailable;
         // when the registry has been away for longer than that already (no quorum), one short
@@ -468,11 +510,29 @@ impl Cluster {
             match r {
                 Err(e) if tokio::time::Instant::now() < deadline => {
                     tracing::debug!(error = %e, "cluster: the client registry did not answer; trying again");
+                    self.claims_failing();
+                    // The bucket's leader may be being elected (NATS: 4 to 9 s after it was
+                    // lost): a client id no other node holds is granted on a replica's copy
+                    // while the registry has been away for less than the patience (beyond
+                    // that it is no election: CONNACK 0x88). A replica may not answer at
+                    // first (this node's NATS connection moving to another server, the
+                    // routes' interest settling): asked again at each try.
+                    if self.within_election_window() {
+                        if let Some(p) = self.claim_on_replica(client_id, now).await {
+                            tracing::info!(client_id, "cluster: client id granted on a replica's copy of the registry while its leader is elected; written when it has one");
+                            self.stats.provisional_claims.fetch_add(1, Ordering::Relaxed);
+                            ticket.provisional = Some(p);
+                            break Ok((ClaimResult::Granted { takeover: None }, None));
+                        }
+                    }
                     tokio::time::sleep(Duration::from_millis(250)).await;
                 }
                 r => break r,
             }
         };
+        if r.is_ok() && ticket.provisional.is_none() {
+            self.claims_answered();
+        }
         match r {
             Ok((result, confirm)) => {
                 ticket.confirm = confirm;
@@ -504,6 +564,149 @@ impl Cluster {
                 (ClaimResult::Unavailable, ticket)
             }
         }
+    }
+
+    /// A claim of the registry failed: since when claims fail (kept from the first).
+    fn claims_failing(&self) {
+        if let Ok(mut since) = self.claims_down_since.lock() {
+            since.get_or_insert_with(tokio::time::Instant::now);
+        }
+    }
+
+    /// A claim was answered by the registry's leader.
+    fn claims_answered(&self) {
+        if let Ok(mut since) = self.claims_down_since.lock() {
+            *since = None;
+        }
+    }
+
+    /// Whether the registry has been away for less than the patience — its lease renewals
+    /// and its claims alike: a leader election, not a cluster without quorum.
+    fn within_election_window(&self) -> bool {
+        let claims = self.claims_down_since.lock().ok().and_then(|s| *s).map_or(Duration::ZERO, |t| t.elapsed());
+        self.registry_down_for() <= self.connect_patience && claims <= self.connect_patience
+    }
+
+    /// Grant `client_id` on a replica's copy of its entry ([`registry::provisional`]). A
+    /// replica may not answer at once (this node's NATS connection moving to another server,
+    /// the routes' interest settling): asked a few times, a quarter second apart.
+    async fn claim_on_replica(&self, client_id: &str, now: u64) -> Option<Arc<Provisional>> {
+        let reg = self.registry().await.ok()?;
+        let key = registry::key(client_id);
+        let mut tries = 0;
+        let found = loop {
+            tries += 1;
+            match reg.entry_from_replica(&key).await {
+                Ok(found) => break found,
+                Err(e) if tries < 4 => {
+                    tracing::debug!(error = %e, "cluster: no replica of the client registry answered; asking again");
+                    tokio::time::sleep(Duration::from_millis(250)).await;
+                }
+                Err(e) => {
+                    tracing::debug!(error = %e, "cluster: no replica of the client registry answered");
+                    return None;
+                }
+            }
+        };
+        let revision = registry::provisional(&self.node, found.as_ref().map(|(c, r)| (c, *r)), now)?;
+        Some(Arc::new(Provisional {
+            revision,
+            state: std::sync::Mutex::new(ProvisionalState { want: Want::Live, settled: false }),
+        }))
+    }
+
+    /// Put a provisional claim in the registry once its bucket has a leader again, as its
+    /// connection stands then (live, ended with its session kept, or gone). A compare-and-set
+    /// lost to another node (its claim written before the leader was lost, which the
+    /// replica's copy missed, or since) ends this node's connection and session of the client
+    /// id (DISCONNECT 0x8E): the registry's entry is the client id's owner (SPEC §11).
+    async fn write_provisional(self: Arc<Self>, p: Arc<Provisional>, id: String, identity: String, conn: u64) {
+        let mut revision = p.revision;
+        let mut pause = Duration::from_millis(250);
+        loop {
+            let want = p.state.lock().unwrap_or_else(|e| e.into_inner()).want;
+            let claim = match want {
+                Want::Gone => break,
+                Want::Live => registry::Claim {
+                    client_id: id.clone(),
+                    node: self.node.clone(),
+                    conn,
+                    identity: identity.clone(),
+                    expires_at: 0,
+                },
+                Want::Kept(t) => registry::Claim {
+                    client_id: id.clone(),
+                    node: self.node.clone(),
+                    conn: 0,
+                    identity: identity.clone(),
+                    expires_at: t,
+                },
+            };
+            let reg = match self.registry().await {
+                Ok(reg) => reg.clone(),
+                Err(_) => {
+                    tokio::time::sleep(pause).await;
+                    continue;
+                }
+            };
+            match reg.write_claim(&claim, revision).await {
+                Ok(_) => {
+                    self.claims_answered();
+                    let now = {
+                        let mut st = p.state.lock().unwrap_or_else(|e| e.into_inner());
+                        st.settled = true;
+                        st.want
+                    };
+                    if now != want {
+                        // Ended while the write was on its way: as its release would.
+                        reg.release(&id, conn, if let Want::Kept(t) = now { Some(t) } else { None }).await;
+                    }
+                    tracing::debug!("cluster: a provisional claim is in the registry");
+                    return;
+                }
+                Err(registry::WriteFailure::Conflict) => {
+                    let found = match reg.entry_of(&id).await {
+                        Ok(found) => found,
+                        Err(_) => {
+                            tokio::time::sleep(pause).await;
+                            continue;
+                        }
+                    };
+                    let now_s =
+                        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs());
+                    match registry::after_conflict(&self.node, conn, found.as_ref().map(|(c, r)| (c, *r)), now_s) {
+                        registry::AfterConflict::Retry(r) => revision = r,
+                        registry::AfterConflict::Ours => {
+                            // Written by an earlier try; a release since goes the usual way.
+                            let now = {
+                                let mut st = p.state.lock().unwrap_or_else(|e| e.into_inner());
+                                st.settled = true;
+                                st.want
+                            };
+                            if now != Want::Live {
+                                reg.release(&id, conn, if let Want::Kept(t) = now { Some(t) } else { None }).await;
+                            }
+                            return;
+                        }
+                        registry::AfterConflict::Yield => break,
+                        registry::AfterConflict::Lost => {
+                            self.stats.provisional_lost.fetch_add(1, Ordering::Relaxed);
+                            tracing::warn!(client_id = %id, "cluster: a client id granted while the registry elected its leader was another node's; this node's connection and session of it end (0x8E)");
+                            if let Some(sink) = self.sink.get() {
+                                sink.taken_over(&id);
+                            }
+                            break;
+                        }
+                    }
+                }
+                Err(registry::WriteFailure::Unavailable(e)) => {
+                    tracing::debug!(error = %e, "cluster: a provisional claim waits for the client registry");
+                    tokio::time::sleep(pause).await;
+                    pause = (pause * 2).min(Duration::from_secs(2));
+                }
+            }
+        }
+        p.state.lock().unwrap_or_else(|e| e.into_inner()).settled = true;
     }
 
     async fn wills(&self) -> Result<&Arc<Wills>, Box<dyn std::error::Error + Send + Sync>> {
@@ -641,6 +844,12 @@ impl Cluster {
 
     /// The local broker accepted the connection of `ticket`.
     pub fn connected_as(self: &Arc<Self>, ticket: &ClaimTicket) {
+        if let Some(p) = &ticket.provisional {
+            let me = self.clone();
+            let (p, id, identity, conn) = (p.clone(), ticket.client_id.clone(), ticket.identity.clone(), ticket.conn);
+            tokio::spawn(async move { me.write_provisional(p, id, identity, conn).await });
+            return;
+        }
         let Some(revision) = ticket.confirm else { return };
         let me = self.clone();
         let (id, identity, conn) = (ticket.client_id.clone(), ticket.identity.clone(), ticket.conn);
@@ -654,6 +863,14 @@ impl Cluster {
     /// The connection of `ticket` ended; its session lasts until `keep_until` (Unix seconds)
     /// or ended with it (`None`).
     pub fn release(self: &Arc<Self>, ticket: &ClaimTicket, keep_until: Option<u64>) {
+        if let Some(p) = &ticket.provisional {
+            let mut st = p.state.lock().unwrap_or_else(|e| e.into_inner());
+            if !st.settled {
+                // Not in the registry yet: its writer writes what is left, or nothing.
+                st.want = keep_until.map_or(Want::Gone, Want::Kept);
+                return;
+            }
+        }
         let me = self.clone();
         let (id, conn) = (ticket.client_id.clone(), ticket.conn);
         tokio::spawn(async move {

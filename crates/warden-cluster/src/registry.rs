@@ -95,6 +95,18 @@ pub(crate) async fn linearizable_kv(
     js: &async_nats::jetstream::Context,
     config: kv::Config,
 ) -> Result<kv::Store, Box<dyn std::error::Error + Send + Sync>> {
+    kv_with_direct(js, config, false).await
+}
+
+/// Make (or find) the KV bucket `config`, its stream set to answer direct gets from every
+/// replica (`direct`) or from its leader only. The client registry's bucket answers direct
+/// gets: its own reads go to the leader all the same ([`Registry::entry`]), and a follower's
+/// copy is read only while the leader is being elected ([`Registry::entry_from_replica`]).
+pub(crate) async fn kv_with_direct(
+    js: &async_nats::jetstream::Context,
+    config: kv::Config,
+    direct: bool,
+) -> Result<kv::Store, Box<dyn std::error::Error + Send + Sync>> {
     let bucket = config.bucket.clone();
     let stream_name = format!("KV_{bucket}");
     // Made by the first node (another node's create would find a changed configuration).
@@ -105,9 +117,9 @@ pub(crate) async fn linearizable_kv(
     }
     let mut stream = js.get_stream(&stream_name).await?;
     let info = stream.info().await?;
-    if info.config.allow_direct {
+    if info.config.allow_direct != direct {
         let mut c = info.config.clone();
-        c.allow_direct = false;
+        c.allow_direct = direct;
         js.update_stream(c).await?;
     }
     Ok(js.get_key_value(bucket).await?)
@@ -150,6 +162,59 @@ pub(crate) fn decide(me: &str, identity: &str, found: Option<(&Claim, u64)>, nod
     Decision::Take { revision: Some(revision), takeover: Some(c.node.clone()) }
 }
 
+/// Whether a CONNECT may be admitted while the bucket has no leader (an election: NATS waits
+/// 4 to 9 s for a lost leader's heartbeat), from a replica's copy of the entry: only where no
+/// other node is involved — a free client id, one whose kept session ended, or this node's
+/// own entry (the local broker decides between its connections). `Some(revision)`: the
+/// revision the claim is written on once the bucket has a leader (`None`: created).
+/// Another node's entry waits for the leader, as before: its node may be alive, and its
+/// principal's claim stands.
+pub(crate) fn provisional(me: &str, found: Option<(&Claim, u64)>, now: u64) -> Option<Option<u64>> {
+    match found {
+        None => Some(None),
+        Some((c, r)) if c.conn == 0 && c.expires_at != 0 && c.expires_at <= now => Some(Some(r)),
+        Some((c, r)) if c.node == me => Some(Some(r)),
+        Some(_) => None,
+    }
+}
+
+/// What a provisional claim's writer does when its compare-and-set failed: the entry changed
+/// since the replica's copy it was granted on.
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) enum AfterConflict {
+    /// Still free, or an older connection's of this node: write again on this revision.
+    Retry(Option<u64>),
+    /// It is this connection's already (an earlier try was written; its answer was lost).
+    Ours,
+    /// A newer connection of this node holds it: the local broker ended this one.
+    Yield,
+    /// Another node holds it (written before the leader was lost, or since): this
+    /// connection ends, its session with it (DISCONNECT 0x8E).
+    Lost,
+}
+
+/// Decide [`AfterConflict`] for connection `conn` of node `me` from the leader's entry.
+/// Connection numbers grow within a node's run: a larger one is newer.
+pub(crate) fn after_conflict(me: &str, conn: u64, found: Option<(&Claim, u64)>, now: u64) -> AfterConflict {
+    match found {
+        None => AfterConflict::Retry(None),
+        Some((c, _)) if c.node == me && c.conn == conn => AfterConflict::Ours,
+        Some((c, _)) if c.node == me && c.conn > conn => AfterConflict::Yield,
+        Some((c, r)) if c.node == me => AfterConflict::Retry(Some(r)),
+        Some((c, r)) if c.conn == 0 && c.expires_at != 0 && c.expires_at <= now => AfterConflict::Retry(Some(r)),
+        Some(_) => AfterConflict::Lost,
+    }
+}
+
+/// Why a write of a claim failed.
+#[derive(Debug)]
+pub(crate) enum WriteFailure {
+    /// The entry is not at the revision written on (compare-and-set lost).
+    Conflict,
+    /// The bucket did not take it (no leader, no quorum, timed out).
+    Unavailable(BoxError),
+}
+
 /// The registry as one node uses it.
 pub(crate) struct Registry {
     pub(crate) clients: kv::Store,
@@ -172,6 +237,25 @@ pub(crate) fn lease_run(v: &[u8]) -> u64 {
 
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
+/// The longest a replica's copy of an entry is waited for ([`Registry::entry_from_replica`]).
+const REPLICA_READ: Duration = Duration::from_millis(1000);
+
+/// A registry entry from its stream message: `None` for a deletion, a purge or a marker, or
+/// a value that does not decode.
+fn decode_entry(m: &async_nats::jetstream::message::StreamMessage) -> Option<(Claim, u64)> {
+    let op = m.headers.get("KV-Operation").map(|v| v.as_str());
+    if matches!(op, Some(o) if o != "PUT") || m.headers.get("Nats-Marker-Reason").is_some() {
+        return None;
+    }
+    match serde_json::from_slice::<Claim>(&m.payload) {
+        Ok(c) => Some((c, m.sequence)),
+        Err(_) => {
+            tracing::debug!("cluster: a client registry entry did not decode; treated as none");
+            None
+        }
+    }
+}
+
 /// `f`, at most [`OP_TIMEOUT`] (the registry's and the sessions bucket's operations).
 pub(crate) async fn timed<T, E: Into<BoxError>>(
     f: impl std::future::Future<Output = Result<T, E>>,
@@ -193,18 +277,40 @@ pub(crate) async fn all_keys(store: &kv::Store) -> Result<Vec<String>, BoxError>
 }
 
 impl Registry {
-    /// The current entry of `key` and its revision (deleted entries read as none).
+    /// The current entry of `key` and its revision (deleted entries read as none), as the
+    /// bucket's stream leader has it: what the last compare-and-set wrote. (The bucket answers
+    /// direct gets from any replica, which may lag the leader: a claim decided on such a read
+    /// let another principal take a client id a moment after its owner did, seen with three
+    /// NATS servers under load; so the registry asks the leader, explicitly.)
     async fn entry(&self, key: &str) -> Result<Option<(Claim, u64)>, BoxError> {
-        let e = timed(self.clients.entry(key)).await?;
-        Ok(e.filter(|e| e.operation == kv::Operation::Put).and_then(|e| {
-            match serde_json::from_slice::<Claim>(&e.value) {
-                Ok(c) => Some((c, e.revision)),
-                Err(_) => {
-                    tracing::debug!("cluster: a client registry entry did not decode; treated as none");
-                    None
-                }
+        use async_nats::jetstream::stream::LastRawMessageErrorKind;
+        let subject = format!("{}{key}", self.clients.prefix);
+        let m = timed(async {
+            match self.clients.stream.get_last_raw_message_by_subject(&subject).await {
+                Ok(m) => Ok(Some(m)),
+                Err(e) if matches!(e.kind(), LastRawMessageErrorKind::NoMessageFound) => Ok(None),
+                Err(e) => Err(e),
             }
-        }))
+        })
+        .await?;
+        Ok(m.and_then(|m| decode_entry(&m)))
+    }
+
+    /// `key`'s entry as any replica of the bucket has it (a direct get), answered while the
+    /// bucket has no leader: the copy a follower applied, which may miss what the leader
+    /// committed in its last moments. Only a provisional claim reads it
+    /// ([`provisional`]), at most [`REPLICA_READ`].
+    pub(crate) async fn entry_from_replica(&self, key: &str) -> Result<Option<(Claim, u64)>, BoxError> {
+        use async_nats::jetstream::stream::DirectGetErrorKind;
+        let subject = format!("{}{key}", self.clients.prefix);
+        let m = match tokio::time::timeout(REPLICA_READ, self.clients.stream.direct_get_last_for_subject(subject)).await
+        {
+            Ok(Ok(m)) => Some(m),
+            Ok(Err(e)) if matches!(e.kind(), DirectGetErrorKind::NotFound) => None,
+            Ok(Err(e)) => return Err(e.into()),
+            Err(_) => return Err("timed out".into()),
+        };
+        Ok(m.and_then(|m| decode_entry(&m)))
     }
 
     /// Whether `node` holds a lease (this node always does): one read, not a listing.
@@ -276,6 +382,27 @@ impl Registry {
             }
         }
         Err("the client registry entry kept changing".into())
+    }
+
+    /// Write `claim` as `client_id`'s entry: created (`revision` none) or compare-and-set on
+    /// `revision`. Its new revision.
+    pub(crate) async fn write_claim(&self, claim: &Claim, revision: Option<u64>) -> Result<u64, WriteFailure> {
+        let key = key(&claim.client_id);
+        let value: bytes::Bytes = serde_json::to_vec(claim).map_err(|e| WriteFailure::Unavailable(e.into()))?.into();
+        match revision {
+            None => match tokio::time::timeout(OP_TIMEOUT, self.clients.create(&key, value)).await {
+                Ok(Ok(r)) => Ok(r),
+                Ok(Err(e)) if e.kind() == kv::CreateErrorKind::AlreadyExists => Err(WriteFailure::Conflict),
+                Ok(Err(e)) => Err(WriteFailure::Unavailable(e.into())),
+                Err(_) => Err(WriteFailure::Unavailable("timed out".into())),
+            },
+            Some(rev) => match tokio::time::timeout(OP_TIMEOUT, self.clients.update(&key, value, rev)).await {
+                Ok(Ok(r)) => Ok(r),
+                Ok(Err(e)) if e.kind() == kv::UpdateErrorKind::WrongLastRevision => Err(WriteFailure::Conflict),
+                Ok(Err(e)) => Err(WriteFailure::Unavailable(e.into())),
+                Err(_) => Err(WriteFailure::Unavailable("timed out".into())),
+            },
+        }
     }
 
     /// Write this node's claim after the local broker accepted a connection whose entry was
@@ -475,6 +602,39 @@ mod tests {
         let c = claim("a", 7, "user:alice", 0);
         assert_eq!(decide("a", "user:bob", Some((&c, 9)), true, 100), Decision::Local { revision: 9 });
         assert_eq!(decide("a", "user:alice", Some((&c, 9)), true, 100), Decision::Local { revision: 9 });
+    }
+
+    #[test]
+    fn only_client_ids_no_other_node_holds_are_granted_on_a_replicas_copy() {
+        assert_eq!(provisional("a", None, 100), Some(None), "free: created");
+        let ended = claim("b", 0, "user:alice", 50);
+        assert_eq!(provisional("a", Some((&ended, 4)), 100), Some(Some(4)), "its kept session ended");
+        let mine = claim("a", 7, "user:alice", 0);
+        assert_eq!(provisional("a", Some((&mine, 5)), 100), Some(Some(5)), "this node's: the local broker decides");
+        // Another node's, live or kept, same principal or not: wait for the leader.
+        assert_eq!(provisional("a", Some((&claim("b", 7, "user:alice", 0), 6)), 100), None);
+        assert_eq!(provisional("a", Some((&claim("b", 7, "user:bob", 0), 6)), 100), None);
+        assert_eq!(provisional("a", Some((&claim("b", 0, "user:alice", 500), 6)), 100), None);
+    }
+
+    #[test]
+    fn a_provisional_claim_that_lost_its_compare_and_set_reads_again() {
+        // Gone since, or still free: written on what is there now.
+        assert_eq!(after_conflict("a", 7, None, 100), AfterConflict::Retry(None));
+        let ended = claim("b", 0, "user:alice", 50);
+        assert_eq!(after_conflict("a", 7, Some((&ended, 9)), 100), AfterConflict::Retry(Some(9)));
+        // Written by an earlier try whose answer was lost.
+        assert_eq!(after_conflict("a", 7, Some((&claim("a", 7, "user:alice", 0), 9)), 100), AfterConflict::Ours);
+        // An older connection of this node: overwritten; a newer one: it holds the client id.
+        assert_eq!(
+            after_conflict("a", 7, Some((&claim("a", 3, "user:alice", 0), 9)), 100),
+            AfterConflict::Retry(Some(9))
+        );
+        assert_eq!(after_conflict("a", 7, Some((&claim("a", 8, "user:alice", 0), 9)), 100), AfterConflict::Yield);
+        // Another node's (its principal or another, connected or kept): this one lost.
+        assert_eq!(after_conflict("a", 7, Some((&claim("b", 2, "user:alice", 0), 9)), 100), AfterConflict::Lost);
+        assert_eq!(after_conflict("a", 7, Some((&claim("b", 2, "user:bob", 0), 9)), 100), AfterConflict::Lost);
+        assert_eq!(after_conflict("a", 7, Some((&claim("b", 0, "user:bob", 500), 9)), 100), AfterConflict::Lost);
     }
 
     #[test]

@@ -565,6 +565,7 @@ impl Server {
                 guard: guard.clone(),
                 listeners: listeners.clone(),
                 parking: ctx.parking.clone(),
+                cluster: cluster.clone(),
             });
             // /healthz: the process answers. /livez: the same (the Kubernetes name).
             // /readyz: listeners bound and the store loaded (both happen before this line), and

@@ -36,6 +36,8 @@ pub struct Metrics {
     pub listeners: Vec<BoundListener>,
     /// Where idle connections park (none when parking is off).
     pub parking: Option<Arc<crate::conn::park::ParkingLot>>,
+    /// This node's side of the cluster, on a node of one: its families are rendered then.
+    pub cluster: Option<Arc<warden_cluster::Cluster>>,
 }
 
 /// A writer of families.
@@ -176,6 +178,34 @@ impl Metrics {
             "Duration of the durable store's commits (write and, when durable, fsync).",
             self.store.as_deref().map(warden_store::Store::commit_seconds),
         );
+        if let Some(c) = &self.cluster {
+            let cs = c.stats();
+            for (name, help, v) in [
+                ("warden_cluster_forwarded_total", "Messages sent to other nodes.", &cs.forwarded),
+                ("warden_cluster_received_total", "Messages from other nodes routed here.", &cs.received),
+                (
+                    "warden_cluster_dropped_total",
+                    "Messages not sent to other nodes (backlog full, NATS refused).",
+                    &cs.dropped,
+                ),
+                ("warden_cluster_malformed_total", "Messages from other nodes that did not decode.", &cs.malformed),
+                (
+                    "warden_cluster_provisional_claims_total",
+                    "Client ids granted on a replica's copy of the registry while its leader was elected.",
+                    &cs.provisional_claims,
+                ),
+                (
+                    "warden_cluster_provisional_lost_total",
+                    "Provisional claims found to be another node's once the registry had a leader (connection ended).",
+                    &cs.provisional_lost,
+                ),
+            ] {
+                o.family(name, "counter", help);
+                o.sample(name, &[], load(v));
+            }
+            o.family("warden_cluster_ready", "gauge", "1 while this node is ready as a node of the cluster (/readyz).");
+            o.sample("warden_cluster_ready", &[], u8::from(c.ready()));
+        }
         o.0
     }
 }
