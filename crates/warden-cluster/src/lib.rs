@@ -67,6 +67,10 @@ pub const CLAIM_PATIENCE: Duration = Duration::from_secs(12);
 /// The longest one try of a claim may take before it is tried again.
 const CLAIM_TRY: Duration = Duration::from_millis(1500);
 
+/// Claims failing no further apart than this are one outage of the registry (a CONNECT tries
+/// again every 250 ms, each try bounded to [`CLAIM_TRY`]).
+const FAILING_GAP: Duration = Duration::from_secs(5);
+
 /// The most bytes of messages waiting for the NATS connection before more are dropped.
 pub const MAX_BACKLOG: u64 = 64 << 20;
 
@@ -195,8 +199,9 @@ pub struct Cluster {
     /// longer than [`ClusterConfig::connect_patience`] (no quorum, not an election), a CONNECT
     /// gets one short try, not the whole patience.
     registry_down_since: std::sync::Mutex<Option<tokio::time::Instant>>,
-    /// Since when CONNECTs' claims fail (`None`: the last one was answered).
-    claims_down_since: std::sync::Mutex<Option<tokio::time::Instant>>,
+    /// Since when CONNECTs' claims fail without a pause longer than [`FAILING_GAP`], and the
+    /// last failure (`None`: the last claim was answered).
+    claims_down_since: std::sync::Mutex<Option<(tokio::time::Instant, tokio::time::Instant)>>,
     /// [`ClusterConfig::connect_patience`].
     connect_patience: Duration,
     /// The wills bucket, made at its first use.
@@ -507,10 +512,14 @@ impl Cluster {
                 Ok(r) => r,
                 Err(_) => Err("timed out".into()),
             };
+            if r.is_err() {
+                self.claims_failing();
+            }
             match r {
-                Err(e) if tokio::time::Instant::now() < deadline => {
+                // Tried again until the deadline, or until the registry has been away for
+                // longer than the patience (no election takes that long: no quorum).
+                Err(e) if tokio::time::Instant::now() < deadline && self.within_election_window() => {
                     tracing::debug!(error = %e, "cluster: the client registry did not answer; trying again");
-                    self.claims_failing();
                     // The bucket's leader may be being elected (NATS: 4 to 9 s after it was
                     // lost): a client id no other node holds is granted on a replica's copy
                     // while the registry has been away for less than the patience (beyond
@@ -566,24 +575,32 @@ impl Cluster {
         }
     }
 
-    /// A claim of the registry failed: since when claims fail (kept from the first).
+    /// A claim of the registry failed: since when claims fail (kept from the first of a run
+    /// of failures less than [`FAILING_GAP`] apart).
     fn claims_failing(&self) {
-        if let Ok(mut since) = self.claims_down_since.lock() {
-            since.get_or_insert_with(tokio::time::Instant::now);
+        if let Ok(mut st) = self.claims_down_since.lock() {
+            let now = tokio::time::Instant::now();
+            *st = match *st {
+                Some((since, last)) if now.duration_since(last) <= FAILING_GAP => Some((since, now)),
+                _ => Some((now, now)),
+            };
         }
     }
 
     /// A claim was answered by the registry's leader.
     fn claims_answered(&self) {
-        if let Ok(mut since) = self.claims_down_since.lock() {
-            *since = None;
+        if let Ok(mut st) = self.claims_down_since.lock() {
+            *st = None;
         }
     }
 
-    /// Whether the registry has been away for less than the patience — its lease renewals
-    /// and its claims alike: a leader election, not a cluster without quorum.
+    /// Whether the registry has been away for at most the patience — its lease renewals and
+    /// its claims alike: a leader election, not a cluster without quorum.
     fn within_election_window(&self) -> bool {
-        let claims = self.claims_down_since.lock().ok().and_then(|s| *s).map_or(Duration::ZERO, |t| t.elapsed());
+        let claims = match self.claims_down_since.lock().ok().and_then(|s| *s) {
+            Some((since, last)) if last.elapsed() <= FAILING_GAP => since.elapsed(),
+            _ => Duration::ZERO,
+        };
         self.registry_down_for() <= self.connect_patience && claims <= self.connect_patience
     }
 
