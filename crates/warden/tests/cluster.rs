@@ -2,7 +2,8 @@
 //! published on one node reach subscribers on another (QoS 0, 1, 2, in order), retained
 //! messages are seen on every node, a `$share` group spread over nodes gets each message once,
 //! `/readyz` says whether the node has NATS, a client id belongs to one principal across the
-//! nodes (takeover 0x8E, another principal 0x87), trust changes made through one node's admin
+//! nodes (takeover 0x8E, another principal 0x87; a free client id granted on a replica's copy of
+//! the registry while its leader is elected, another principal's never), trust changes made through one node's admin
 //! API reach the others (the device registry's certificates, the stored OAuth clients, CRL
 //! reloads included), `/admin/sessions` lists every node's sessions and
 //! `/admin/sessions/{client_id}` reaches the node holding one, the wills of a node killed with
@@ -681,6 +682,18 @@ async fn stream_leader(server: &Nats, stream: &str) -> Option<String> {
     find(&json, stream)
 }
 
+/// Wait (bounded: 30 s) until each node is ready as a node of its cluster (`/readyz`'s answer).
+async fn until_ready(nodes: &[&TestBroker]) {
+    for n in nodes {
+        let c = n.server.cluster.as_ref().expect("a node of a cluster");
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        while !c.ready() {
+            assert!(std::time::Instant::now() < deadline, "node {} ready within 30 s", c.node());
+            tokio::time::sleep(Duration::from_millis(100)).await; // polling a condition, bounded
+        }
+    }
+}
+
 /// A CONNECT's CONNACK code and how long it took.
 async fn timed_connack(addr: std::net::SocketAddr, id: &str) -> (mqtt_codec::ReasonCode, Duration) {
     let (_, code, took) = timed_connect(addr, id).await;
@@ -715,12 +728,8 @@ async fn a_connect_is_granted_through_a_nats_leader_election_and_quorum_lost_is_
         urls.join(", ")
     ))
     .await;
+    until_ready(&[&a]).await;
     let cluster = a.server.cluster.clone().unwrap();
-    let deadline = std::time::Instant::now() + Duration::from_secs(30);
-    while !cluster.ready() {
-        assert!(std::time::Instant::now() < deadline, "node a ready within 30 s");
-        tokio::time::sleep(Duration::from_millis(100)).await; // polling a condition, bounded
-    }
     let (code, _) = timed_connack(a.addr(), "before").await;
     assert_eq!(code, mqtt_codec::ReasonCode::SUCCESS);
     assert_eq!(cluster.stats().provisional_claims.load(std::sync::atomic::Ordering::Relaxed), 0);
@@ -785,14 +794,7 @@ async fn another_principals_client_id_is_not_granted_during_an_election() {
     let cluster_toml = format!("[cluster]\nnats = [{}]\nreplicas = 3\n", urls.join(", "));
     let a = TestBroker::with_config(&format!("{extra}{cluster_toml}node = \"a\"\n")).await;
     let b = TestBroker::with_config(&format!("{extra}{cluster_toml}node = \"b\"\n")).await;
-    for n in [&a, &b] {
-        let c = n.server.cluster.clone().unwrap();
-        let deadline = std::time::Instant::now() + Duration::from_secs(30);
-        while !c.ready() {
-            assert!(std::time::Instant::now() < deadline, "node ready within 30 s");
-            tokio::time::sleep(Duration::from_millis(100)).await; // polling a condition, bounded
-        }
-    }
+    until_ready(&[&a, &b]).await;
     let (mut owner, code) = connack_code(a.addr(), as_user("owned-id", "alice")).await;
     assert_eq!(code, mqtt_codec::ReasonCode::SUCCESS);
     let leader = stream_leader(&servers[0], "KV_warden_CLIENTS").await.expect("the clients bucket has a leader");
@@ -2316,18 +2318,7 @@ async fn a_suback_waits_until_the_other_nodes_nats_servers_hold_the_interest() {
     }
     let a = node(&s1, "a", "").await;
     let b = node(&s2, "b", "").await;
-    for n in [&a, &b] {
-        let c = n.server.cluster.as_ref().unwrap();
-        let mut ready = false;
-        for _ in 0..300 {
-            if c.ready() {
-                ready = true;
-                break;
-            }
-            tokio::time::sleep(Duration::from_millis(100)).await; // polling a condition, bounded
-        }
-        assert!(ready, "node {} ready within 30 s", c.node());
-    }
+    until_ready(&[&a, &b]).await;
     let (mut s, _) = connected(a.addr(), v5("gap-sub")).await;
     s.subscribe(1, "gap/probe", QoS::AtMostOnce).await;
     let (mut p, _) = connected(b.addr(), v5("gap-pub")).await;
