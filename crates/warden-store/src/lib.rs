@@ -14,7 +14,11 @@
 //!   the PUBACK / PUBREC / PUBLISH that depends on them; other changes (session records,
 //!   acknowledgements received, disconnection times) go into the next commit without holding
 //!   anything back. After a crash, a message acknowledged by its subscriber just before may
-//!   be delivered again (QoS 1 allows that; QoS 2 stays exactly once).
+//!   be delivered again (QoS 1 allows that; QoS 2 stays exactly once). What nobody waits on
+//!   (a QoS 1 delivery's in-flight update, a finished delivery's or message's removal) is
+//!   held back one more commit window, where it mostly cancels against what follows it on
+//!   the same record (issue 24; `commit` says why a crash then still loses nothing
+//!   acknowledged, and only redelivers).
 //! - `None`: nothing waits; commits are not synced, and the file is made durable once a
 //!   second and at shutdown. A crash loses up to the last second.
 //!
@@ -91,6 +95,7 @@ use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::Duration;
 
+use mqtt_codec::QoS;
 use parking_lot::{Condvar, Mutex};
 use redb::{Database, ReadableTable, ReadableTableMetadata, TableDefinition};
 use tokio::sync::watch;
@@ -349,11 +354,14 @@ impl Store {
         let mut failures = 0u32;
         // Messages never written (see `Committed::unwritten`) until their drop is seen.
         let mut unwritten = foldhash::HashSet::default();
+        // Ops the last window held back (see `commit`): applied with the next window's, or
+        // after a second at the latest when no other op comes.
+        let mut held: Vec<PersistOp> = Vec::new();
         loop {
             let (ops, ticket, closing) = {
                 let mut p = self.pending.lock();
                 while p.ops.is_empty() && !p.closing {
-                    if unsynced {
+                    if unsynced || !held.is_empty() {
                         if self.wake.wait_for(&mut p, Duration::from_secs(1)).timed_out() {
                             break;
                         }
@@ -364,17 +372,25 @@ impl Store {
                 (std::mem::take(&mut p.ops), p.ticket, p.closing)
             };
             let sync = self.durability != Durability::None || closing || ops.is_empty();
-            if ops.is_empty() && !unsynced {
+            if ops.is_empty() && !unsynced && held.is_empty() {
                 if closing {
                     return;
                 }
                 continue;
             }
-            loop {
+            let w = Window {
+                sync,
+                hold: self.durability == Durability::Batched && !closing,
+                skip_empty: self.durability != Durability::None,
+            };
+            let carry = loop {
                 let started = std::time::Instant::now();
-                match commit(&db, &ops, sync, &unwritten) {
+                match commit(&db, &held, &ops, w, &unwritten) {
                     Ok(done) => {
-                        self.commit_seconds.observe(started.elapsed());
+                        if done.wrote {
+                            self.commit_seconds.observe(started.elapsed());
+                            self.commits.fetch_add(1, Ordering::Relaxed);
+                        }
                         self.written.fetch_add(done.written, Ordering::Relaxed);
                         unwritten.extend(done.unwritten);
                         for id in done.forgotten {
@@ -384,7 +400,7 @@ impl Store {
                             info!(path = %self.path.display(), "store writes succeed again");
                         }
                         failures = 0;
-                        break;
+                        break done.held;
                     }
                     Err(e) => {
                         // Acknowledgements keep waiting: nothing is acknowledged that is not stored.
@@ -399,13 +415,24 @@ impl Store {
                         std::thread::sleep(Duration::from_millis(100));
                     }
                 }
-            }
+            };
             unsynced = !sync;
-            self.commits.fetch_add(1, Ordering::Relaxed);
             self.ops.fetch_add(ops.len() as u64, Ordering::Relaxed);
             self.committed.send_replace(ticket);
-            drop(ops); // may drop the last reference to messages, which queues their removal
-            if closing && self.pending.lock().ops.is_empty() && !unsynced {
+            let applied = std::mem::replace(&mut held, Vec::with_capacity(carry.len()));
+            let mut carry = carry.into_iter().peekable();
+            let mut rest = Vec::with_capacity(ops.len() - carry.len());
+            for (i, op) in ops.into_iter().enumerate() {
+                if carry.next_if_eq(&i).is_some() {
+                    held.push(op);
+                } else {
+                    rest.push(op);
+                }
+            }
+            // May drop the last reference to messages, which queues their removal.
+            drop(applied);
+            drop(rest);
+            if closing && self.pending.lock().ops.is_empty() && !unsynced && held.is_empty() {
                 return;
             }
         }
@@ -480,6 +507,11 @@ fn aside_name(path: &Path, unix: u64) -> PathBuf {
     path.with_file_name(name)
 }
 
+/// A key's net state in a batch: its last op's (None: removed), whether the key is new in
+/// the batch, and where that last op is in this window's ops (None: held back from the
+/// window before).
+type Last<T> = (Option<T>, bool, Option<usize>);
+
 /// The net effect of a batch of ops, key by key. A delivery enqueued, sent and acknowledged
 /// within one commit window costs nothing: its first op says it is new (nothing stored under
 /// its key), so its net "removed" is no removal at all. Likewise a message whose `Message` op
@@ -491,18 +523,23 @@ struct Net<'a> {
     ended: Vec<u64>,
     sessions: foldhash::HashMap<u64, Option<&'a warden_core::persist::SessionRecord>>,
     subs: foldhash::HashMap<(u64, &'a str), Option<&'a Subscription>>,
-    /// The last op of each delivery, and whether it was new in this batch.
-    deliveries: foldhash::HashMap<(u64, u64), (Option<&'a PersistOp>, bool)>,
-    /// The message (None: dropped), and whether its `Message` op is in this batch.
-    messages: foldhash::HashMap<u64, (Option<&'a Arc<Message>>, bool)>,
+    /// The last op of each delivery, whether it was new in this batch, and where that last op
+    /// is in this window's ops (None: it was held back from the window before).
+    deliveries: foldhash::HashMap<(u64, u64), Last<&'a PersistOp>>,
+    /// The message (None: dropped), whether its `Message` op is in this batch, and where its
+    /// last op is in this window's ops (None: held back from the window before).
+    messages: foldhash::HashMap<u64, Last<&'a Arc<Message>>>,
     qos2: foldhash::HashMap<(u64, u16), bool>,
     retained: foldhash::HashMap<&'a str, Option<(&'a Arc<Message>, &'a RetainSource)>>,
 }
 
 impl<'a> Net<'a> {
-    fn of(ops: &'a [PersistOp]) -> Net<'a> {
+    /// The net effect of `held` (ops held back from the window before, see [`commit`]) then
+    /// `ops` (this window's), in that order.
+    fn of(held: &'a [PersistOp], ops: &'a [PersistOp]) -> Net<'a> {
         let mut n = Net::default();
-        for op in ops {
+        let all = held.iter().map(|op| (None, op)).chain(ops.iter().enumerate().map(|(i, op)| (Some(i), op)));
+        for (at, op) in all {
             match op {
                 PersistOp::Session(r) => {
                     n.sessions.insert(r.sid, Some(r));
@@ -523,16 +560,19 @@ impl<'a> Net<'a> {
                 }
                 PersistOp::Message { id, msg } => {
                     // A message id is given once and stored by one op: it is new.
-                    n.messages.insert(*id, (Some(msg), true));
+                    n.messages.insert(*id, (Some(msg), true, at));
                 }
                 PersistOp::MessageDrop { id } => {
-                    n.messages.entry(*id).or_insert((None, false)).0 = None;
+                    let e = n.messages.entry(*id).or_insert((None, false, at));
+                    (e.0, e.2) = (None, at);
                 }
                 PersistOp::Delivery { sid, seq, new, .. } => {
-                    n.deliveries.entry((*sid, *seq)).or_insert((None, *new)).0 = Some(op);
+                    let e = n.deliveries.entry((*sid, *seq)).or_insert((None, *new, at));
+                    (e.0, e.2) = (Some(op), at);
                 }
                 PersistOp::DeliveryDone { sid, seq } => {
-                    n.deliveries.entry((*sid, *seq)).or_insert((None, false)).0 = None;
+                    let e = n.deliveries.entry((*sid, *seq)).or_insert((None, false, at));
+                    (e.0, e.2) = (None, at);
                 }
                 PersistOp::InboundQos2 { sid, packet_id, present } => {
                     n.qos2.insert((*sid, *packet_id), *present);
@@ -556,19 +596,82 @@ struct Committed {
     unwritten: Vec<u64>,
     /// `MessageDrop`s of such messages, now seen: forget them.
     forgotten: Vec<u64>,
+    /// Indices in this window's ops of the ops held back for the next window (see [`commit`]).
+    held: Vec<usize>,
+    /// Whether a write transaction was committed (false: nothing to write).
+    wrote: bool,
 }
 
-/// Apply a batch of ops in one transaction. `unwritten`: messages never stored (see
-/// [`Committed::unwritten`]).
+/// How [`commit`] treats a window.
+#[derive(Clone, Copy)]
+struct Window {
+    /// Make the commit durable (fsync).
+    sync: bool,
+    /// Hold back what nobody waits on (`batched`, not closing; see [`commit`]).
+    hold: bool,
+    /// Commit no transaction when nothing is to be written (false in `none` mode, where an
+    /// empty synced commit makes the unsynced ones before it durable).
+    skip_empty: bool,
+}
+
+/// Apply `held` (the ops the window before held back) and then a window's `ops` in one
+/// transaction. `unwritten`: messages never stored (see [`Committed::unwritten`]).
+///
+/// # Holding back what nobody waits on (issue 24, lever 1)
+/// With `hold`, a record whose commit no acknowledgement waits on
+/// ([`PersistOp::acknowledged`] false: the in-flight update of a QoS 1 delivery, a
+/// `DeliveryDone`, a `MessageDrop`) is not written in the window it arrived in, unless its
+/// key was new in this batch (then it is written with the key's insert, at no extra cost):
+/// its op is carried into the next window (once: an op from the window before is applied),
+/// where what follows it on the same key mostly cancels it — a QoS 1 delivery sent in one
+/// window and acknowledged in the next costs one removal, not an update and a removal — and
+/// a window with nothing else to write commits nothing.
+///
+/// Why a crash loses nothing acknowledged: every op held back moves the stored state only
+/// toward *more* redelivery, never toward less. A held-back `DeliveryDone` or `MessageDrop`
+/// leaves a record the subscriber has finished with: after a crash the delivery is sent again
+/// (QoS 1 is at least once [MQTT-4.3.2]; a message left without deliveries is an orphan that
+/// opening removes). A held-back in-flight update leaves the delivery stored as queued, as a
+/// crash just before any commit does: it is sent again under a newly assigned packet id and
+/// without DUP (it may never have reached the client; the id was never acknowledged, so
+/// nothing refers to it). What an acknowledgement waits on — a message, a queued delivery,
+/// QoS 2 state, retained messages — is never held back: a PUBACK still leaves only after the
+/// message is committed. Order: the store restores in-flight deliveries before queued ones,
+/// so a QoS 1 delivery whose in-flight update was held back could come back after a later one
+/// whose update was written; [`restore`] re-queues the later ones [MQTT-4.6.0-1].
 fn commit(
     db: &Database,
+    held: &[PersistOp],
     ops: &[PersistOp],
-    sync: bool,
+    w: Window,
     unwritten: &foldhash::HashSet<u64>,
 ) -> Result<Committed, redb::Error> {
     let clock = Clock::now();
-    let net = Net::of(ops);
+    let mut net = Net::of(held, ops);
     let mut done = Committed::default();
+    if w.hold {
+        // The last op of a key that was not new in this batch, from this window, and not
+        // waited on: carry it (it stands for every op of its key before it).
+        net.deliveries.retain(|_, (d, new, at)| match (*new, *at, d) {
+            (false, Some(i), None) => {
+                done.held.push(i);
+                false
+            }
+            (false, Some(i), Some(op)) if !op.acknowledged() => {
+                done.held.push(i);
+                false
+            }
+            _ => true,
+        });
+        net.messages.retain(|id, (m, new, at)| match (*new, *at, m) {
+            (false, Some(i), None) if !unwritten.contains(id) => {
+                done.held.push(i);
+                false
+            }
+            _ => true,
+        });
+        done.held.sort_unstable();
+    }
     // A message whose only reference left is the op in this batch is done with: every
     // delivery of it is gone from memory (finished, or its session ended), nobody can take a
     // new one (ids are never shared between copies: `Message::clone` is a new message). Its
@@ -577,11 +680,36 @@ fn commit(
     let dead: foldhash::HashSet<u64> = net
         .messages
         .iter()
-        .filter(|(_, (m, _))| m.is_some_and(|m| Arc::strong_count(m) == 1))
+        .filter(|(_, (m, _, _))| m.is_some_and(|m| Arc::strong_count(m) == 1))
         .map(|(id, _)| *id)
         .collect();
+    let nothing = net.ended.is_empty()
+        && net.sessions.is_empty()
+        && net.subs.is_empty()
+        && net.qos2.is_empty()
+        && net.retained.is_empty()
+        && net.deliveries.values().all(|(d, new, _)| match d {
+            None => *new,
+            Some(PersistOp::Delivery { msg_id, .. }) => *new && dead.contains(msg_id),
+            Some(_) => false,
+        })
+        && net.messages.iter().all(|(id, (m, new, _))| match m {
+            Some(_) => dead.contains(id),
+            None => *new || unwritten.contains(id),
+        });
+    if nothing && w.skip_empty {
+        for (id, (m, new, _)) in &net.messages {
+            match m {
+                Some(_) => done.unwritten.push(*id),
+                None if !*new => done.forgotten.push(*id),
+                None => {}
+            }
+        }
+        return Ok(done);
+    }
+    done.wrote = true;
     let mut txn = db.begin_write()?;
-    txn.set_durability(if sync { redb::Durability::Immediate } else { redb::Durability::None });
+    txn.set_durability(if w.sync { redb::Durability::Immediate } else { redb::Durability::None });
     let mut count = |key: usize, value: &[u8]| done.written += (key + value.len()) as u64;
     let mut unwritten_now = Vec::new();
     let mut forgotten = Vec::new();
@@ -611,7 +739,7 @@ fn commit(
             };
         }
         let (mut mbuf, mut buf) = (bytes::BytesMut::new(), Vec::new());
-        for (id, (m, new)) in &net.messages {
+        for (id, (m, new, _)) in &net.messages {
             match m {
                 Some(_) if dead.contains(id) => unwritten_now.push(*id),
                 Some(m) => {
@@ -627,7 +755,7 @@ fn commit(
                 }
             };
         }
-        for (key, (d, new)) in &net.deliveries {
+        for (key, (d, new, _)) in &net.deliveries {
             match d {
                 Some(PersistOp::Delivery { msg_id, qos, retain, sub_ids, stage, .. }) if !dead.contains(msg_id) => {
                     let rec = DeliveryRec {
@@ -977,6 +1105,9 @@ fn restore(store: &Arc<Store>, raw: Raw, mut report: Report) -> Loaded {
             stage: d.stage,
         });
     }
+    for ds in per_session.values_mut() {
+        requeue_after_gap(ds);
+    }
     let mut qos2: HashMap<u64, Vec<u16>> = HashMap::new();
     for (sid, pid) in raw.qos2 {
         qos2.entry(sid).or_default().push(pid);
@@ -1005,6 +1136,25 @@ fn restore(store: &Arc<Store>, raw: Raw, mut report: Report) -> Loaded {
         warn!(dropped = report.dropped.len(), "store: records dropped while loading");
     }
     Loaded { sessions, retained, report }
+}
+
+/// Keep a session's QoS 1 deliveries in the order they were sent. `ds` is in queue order
+/// (sequence numbers are given in it); the core restores the in-flight ones first, then the
+/// queued ones. A QoS 1 delivery stored as queued with one stored in flight after it is what a
+/// held-back in-flight update leaves (see [`commit`]): it was sent before the later one, so the
+/// later ones are queued again too and everything from the first queued one on is sent again
+/// in its original order [MQTT-4.6.0-1], under new packet ids and without DUP (as any delivery
+/// whose in-flight update a crash lost). QoS 2 deliveries keep their packet ids: their state is
+/// never held back, and they are exactly once [MQTT-4.3.3].
+fn requeue_after_gap(ds: &mut [RestoredDelivery]) {
+    let mut gap = false;
+    for d in ds.iter_mut().filter(|d| d.qos == QoS::AtLeastOnce) {
+        match d.stage {
+            None => gap = true,
+            Some(_) if gap => d.stage = None,
+            Some(_) => {}
+        }
+    }
 }
 
 #[cfg(test)]

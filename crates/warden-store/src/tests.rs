@@ -386,6 +386,11 @@ fn delivery(sid: u64, seq: u64, msg_id: u64, stage: Option<(u16, OutStage)>, new
     PersistOp::Delivery { sid, seq, msg_id, qos: QoS::AtLeastOnce, retain: false, sub_ids: vec![], stage, new }
 }
 
+/// A window as `sync` and `none` modes commit it (nothing held back, an empty commit made).
+const PLAIN: super::Window = super::Window { sync: true, hold: false, skip_empty: false };
+/// A window as `batched` mode commits it.
+const HOLD: super::Window = super::Window { sync: true, hold: true, skip_empty: true };
+
 fn table_len<K: redb::Key + 'static, V: redb::Value + 'static>(
     db: &redb::Database,
     t: redb::TableDefinition<K, V>,
@@ -403,7 +408,7 @@ fn issue_24_what_is_done_within_one_commit_window_is_not_written() {
     let dir = tempfile::tempdir().unwrap();
     let db = redb::Database::create(dir.path().join("net.redb")).unwrap();
     // Tables exist.
-    super::commit(&db, &[session(1, "c")], true, &HashSet::default()).unwrap();
+    super::commit(&db, &[], &[session(1, "c")], PLAIN, &HashSet::default()).unwrap();
 
     // The message is still referred to (a fan-out delivery pending elsewhere): it is written;
     // the finished delivery is not.
@@ -415,18 +420,19 @@ fn issue_24_what_is_done_within_one_commit_window_is_not_written() {
         PersistOp::DeliveryDone { sid: 1, seq: 11 },
         delivery(1, 12, 10, None, true),
     ];
-    let done = super::commit(&db, &ops, true, &HashSet::default()).unwrap();
+    let done = super::commit(&db, &[], &ops, PLAIN, &HashSet::default()).unwrap();
     assert!(done.unwritten.is_empty());
     assert_eq!(table_len(&db, super::MESSAGES), 1);
     assert_eq!(table_len(&db, super::DELIVERIES), 1, "only the pending delivery 12");
 
     // A delivery stored earlier (not new) and finished now is removed.
-    let done = super::commit(&db, &[PersistOp::DeliveryDone { sid: 1, seq: 12 }], true, &HashSet::default()).unwrap();
+    let done =
+        super::commit(&db, &[], &[PersistOp::DeliveryDone { sid: 1, seq: 12 }], PLAIN, &HashSet::default()).unwrap();
     assert_eq!(done.written, 0);
     assert_eq!(table_len(&db, super::DELIVERIES), 0);
     drop(ops);
     drop(m);
-    super::commit(&db, &[PersistOp::MessageDrop { id: 10 }], true, &HashSet::default()).unwrap();
+    super::commit(&db, &[], &[PersistOp::MessageDrop { id: 10 }], PLAIN, &HashSet::default()).unwrap();
     assert_eq!(table_len(&db, super::MESSAGES), 0);
 
     // Only the batch refers to the message: every delivery of it is gone from memory. Neither
@@ -436,17 +442,17 @@ fn issue_24_what_is_done_within_one_commit_window_is_not_written() {
         delivery(1, 21, 20, None, true),
         delivery(1, 21, 20, Some((2, OutStage::AwaitAck)), false),
     ];
-    let done = super::commit(&db, &ops, true, &HashSet::default()).unwrap();
+    let done = super::commit(&db, &[], &ops, PLAIN, &HashSet::default()).unwrap();
     assert_eq!((done.written, done.unwritten.clone()), (0, vec![20]));
     assert_eq!(table_len(&db, super::MESSAGES), 0);
     assert_eq!(table_len(&db, super::DELIVERIES), 0);
     let unwritten: HashSet<u64> = done.unwritten.into_iter().collect();
-    let done = super::commit(&db, &[PersistOp::MessageDrop { id: 20 }], true, &unwritten).unwrap();
+    let done = super::commit(&db, &[], &[PersistOp::MessageDrop { id: 20 }], PLAIN, &unwritten).unwrap();
     assert_eq!(done.forgotten, vec![20]);
 
     // Stored and dropped within one batch: nothing.
     let ops = vec![PersistOp::Message { id: 30, msg: msg("a/b", b"x") }, PersistOp::MessageDrop { id: 30 }];
-    let done = super::commit(&db, &ops, true, &HashSet::default()).unwrap();
+    let done = super::commit(&db, &[], &ops, PLAIN, &HashSet::default()).unwrap();
     assert_eq!(done.written, 0);
     assert_eq!(table_len(&db, super::MESSAGES), 0);
 }
@@ -482,4 +488,176 @@ fn issue_24_finished_and_pending_deliveries_through_the_writer() {
     assert_eq!(seqs, kept.iter().map(|(s, _)| *s).collect::<Vec<_>>());
     assert!(s.deliveries.iter().all(|d| &d.msg.payload[..] == b"payload"));
     store.close();
+}
+
+/// The stored stage of delivery `key`, None when there is no record.
+fn stored_stage(db: &redb::Database, key: (u64, u64)) -> Option<Option<(u16, OutStage)>> {
+    let txn = db.begin_read().unwrap();
+    let t = txn.open_table(super::DELIVERIES).unwrap();
+    let v = t.get(key).unwrap()?;
+    Some(super::codec::decode_delivery(v.value()).unwrap().stage)
+}
+
+/// The ops of `ops` at `at`, as the writer carries them into the next window.
+fn carried(ops: Vec<PersistOp>, at: &[usize]) -> Vec<PersistOp> {
+    ops.into_iter().enumerate().filter(|(i, _)| at.contains(i)).map(|(_, op)| op).collect()
+}
+
+/// Issue 24, lever 1: in `batched` mode what nobody waits on (a QoS 1 delivery's in-flight
+/// update, a delivery's or a message's removal) is held back one window and cancels against
+/// what follows it; what is waited on (a message, a queued delivery, QoS 2 state) never is.
+#[test]
+fn issue_24_held_back_records_cancel_in_the_next_window() {
+    type HashSet<T> = foldhash::HashSet<T>;
+    let none = HashSet::default();
+    let dir = tempfile::tempdir().unwrap();
+    let db = redb::Database::create(dir.path().join("hold.redb")).unwrap();
+    let m = msg("a/b", b"payload");
+    // Window 1: the message and its queued delivery (what the PUBACK waits on) are written.
+    let w1 = vec![session(1, "c"), PersistOp::Message { id: 10, msg: m.clone() }, delivery(1, 11, 10, None, true)];
+    let done = super::commit(&db, &[], &w1, HOLD, &none).unwrap();
+    assert!(done.wrote && done.held.is_empty());
+    assert_eq!(stored_stage(&db, (1, 11)), Some(None));
+
+    // Window 2: the in-flight update alone is held back: no transaction at all.
+    let w2 = vec![delivery(1, 11, 10, Some((1, OutStage::AwaitAck)), false)];
+    let done = super::commit(&db, &[], &w2, HOLD, &none).unwrap();
+    assert_eq!((done.wrote, done.held.clone()), (false, vec![0]));
+    assert_eq!(stored_stage(&db, (1, 11)), Some(None), "still stored as queued");
+    let held = carried(w2, &done.held);
+
+    // Window 3: the subscriber's PUBACK: the held-back update and the removal cancel into one
+    // removal, itself held back (it is this window's): still nothing written.
+    let w3 = vec![PersistOp::DeliveryDone { sid: 1, seq: 11 }];
+    let done = super::commit(&db, &held, &w3, HOLD, &none).unwrap();
+    assert_eq!((done.wrote, done.held.clone()), (false, vec![0]));
+    let held = carried(w3, &done.held);
+
+    // Window 4: the message's last reference is gone. The removal held back from window 3 is
+    // applied now (an op is held back once); the message's removal is held back in turn.
+    drop(w1);
+    drop(m);
+    let w4 = vec![PersistOp::MessageDrop { id: 10 }];
+    let done = super::commit(&db, &held, &w4, HOLD, &none).unwrap();
+    assert_eq!((done.wrote, done.held.clone()), (true, vec![0]));
+    assert_eq!(stored_stage(&db, (1, 11)), None);
+    assert_eq!(table_len(&db, super::MESSAGES), 1);
+    let held = carried(w4, &done.held);
+    // Window 5 (empty: the writer's one-second timeout, or closing): applied.
+    let done = super::commit(&db, &held, &[], HOLD, &none).unwrap();
+    assert!(done.wrote && done.held.is_empty());
+    assert_eq!(table_len(&db, super::MESSAGES), 0);
+
+    // A key new in its window is written with its latest state, in-flight update included (it
+    // costs the insert the queued delivery needs anyway): nothing is held back.
+    let m = msg("a/b", b"two");
+    let w = vec![
+        PersistOp::Message { id: 20, msg: m.clone() },
+        delivery(1, 21, 20, None, true),
+        delivery(1, 21, 20, Some((2, OutStage::AwaitAck)), false),
+    ];
+    let done = super::commit(&db, &[], &w, HOLD, &none).unwrap();
+    assert!(done.held.is_empty());
+    assert_eq!(stored_stage(&db, (1, 21)), Some(Some((2, OutStage::AwaitAck))));
+
+    // QoS 2 progress is waited on (exactly once): written in its window, never held back.
+    let q2 = |stage, new| PersistOp::Delivery {
+        sid: 1,
+        seq: 22,
+        msg_id: 20,
+        qos: QoS::ExactlyOnce,
+        retain: false,
+        sub_ids: vec![],
+        stage,
+        new,
+    };
+    super::commit(&db, &[], &[q2(None, true)], HOLD, &none).unwrap();
+    let done = super::commit(&db, &[], &[q2(Some((3, OutStage::AwaitAck)), false)], HOLD, &none).unwrap();
+    assert!(done.wrote && done.held.is_empty());
+    assert_eq!(stored_stage(&db, (1, 22)), Some(Some((3, OutStage::AwaitAck))));
+
+    // Not holding back (`sync` and `none` modes, or closing): applied in its window.
+    let done = super::commit(&db, &[], &[PersistOp::DeliveryDone { sid: 1, seq: 21 }], PLAIN, &none).unwrap();
+    assert!(done.wrote && done.held.is_empty());
+    assert_eq!(stored_stage(&db, (1, 21)), None);
+
+    // A session that ends takes what was held back for it along.
+    let held = vec![PersistOp::DeliveryDone { sid: 1, seq: 21 }];
+    let done = super::commit(&db, &held, &[PersistOp::SessionEnd { sid: 1 }], HOLD, &none).unwrap();
+    assert!(done.wrote && done.held.is_empty());
+    assert_eq!(table_len(&db, super::DELIVERIES), 0);
+    drop(m);
+}
+
+/// A restored delivery: sequence number, stage, payload.
+type Got<'a> = (u64, Option<(u16, OutStage)>, &'a [u8]);
+
+/// Issue 24, lever 1, the crash: what was held back is lost with the process. Opening the
+/// store then loses nothing the broker acknowledged: a delivery whose in-flight update was
+/// held back comes back queued (sent again under a new packet id), one whose removal was held
+/// back comes back (sent again: QoS 1 is at least once), and a later delivery stored in flight
+/// is queued again behind them so that the redelivery keeps the original order
+/// [MQTT-4.6.0-1].
+#[test]
+fn issue_24_a_crash_with_records_held_back_redelivers_in_order() {
+    type HashSet<T> = foldhash::HashSet<T>;
+    let none = HashSet::default();
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("state.redb");
+    let (m10, m20, m30) = (msg("a/b", b"ten"), msg("a/b", b"twenty"), msg("a/b", b"thirty"));
+    {
+        let db = redb::Database::create(&path).unwrap();
+        let w1 = vec![
+            session(1, "c"),
+            PersistOp::Message { id: 10, msg: m10.clone() },
+            delivery(1, 11, 10, None, true),
+            PersistOp::Message { id: 20, msg: m20.clone() },
+            delivery(1, 12, 20, None, true),
+        ];
+        super::commit(&db, &[], &w1, HOLD, &none).unwrap();
+        let w2 = vec![
+            delivery(1, 11, 10, Some((1, OutStage::AwaitAck)), false),
+            delivery(1, 12, 20, Some((2, OutStage::AwaitAck)), false),
+            PersistOp::DeliveryDone { sid: 1, seq: 12 },
+            PersistOp::Message { id: 30, msg: m30.clone() },
+            delivery(1, 13, 30, None, true),
+            delivery(1, 13, 30, Some((3, OutStage::AwaitAck)), false),
+        ];
+        let done = super::commit(&db, &[], &w2, HOLD, &none).unwrap();
+        assert_eq!(done.held, vec![0, 2]);
+        assert_eq!(stored_stage(&db, (1, 13)), Some(Some((3, OutStage::AwaitAck))));
+        // kill -9: the held-back ops never reach the file.
+    }
+    let (store, loaded) = Store::open(&path, Durability::Batched).unwrap();
+    assert!(loaded.report.dropped.is_empty(), "{:?}", loaded.report.dropped);
+    let s = &loaded.sessions[0];
+    let got: Vec<Got> = s.deliveries.iter().map(|d| (d.seq, d.stage, &d.msg.payload[..])).collect();
+    assert_eq!(got, vec![(11, None, &b"ten"[..]), (12, None, &b"twenty"[..]), (13, None, &b"thirty"[..])]);
+    store.close();
+}
+
+/// Only QoS 1 deliveries after a queued QoS 1 delivery are queued again; QoS 2 keeps its
+/// packet id (exactly once), and an in-flight prefix keeps its ids (sent again with DUP).
+#[test]
+fn issue_24_requeue_after_gap_keeps_qos2_and_the_in_flight_prefix() {
+    let m = msg("a/b", b"x");
+    let d = |seq, qos, stage| warden_core::persist::RestoredDelivery {
+        seq,
+        msg: m.clone(),
+        qos,
+        retain: false,
+        sub_ids: vec![],
+        stage,
+    };
+    let ack = |pid| Some((pid, OutStage::AwaitAck));
+    let mut ds = vec![
+        d(1, QoS::AtLeastOnce, ack(1)),
+        d(2, QoS::AtLeastOnce, None),
+        d(3, QoS::ExactlyOnce, ack(3)),
+        d(4, QoS::AtLeastOnce, ack(4)),
+        d(5, QoS::AtLeastOnce, None),
+    ];
+    super::requeue_after_gap(&mut ds);
+    let stages: Vec<_> = ds.iter().map(|d| d.stage).collect();
+    assert_eq!(stages, vec![ack(1), None, ack(3), None, None]);
 }
