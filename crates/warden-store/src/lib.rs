@@ -29,6 +29,18 @@
 //! store written before keeps them inside the session record (version 1); opening it moves
 //! them into subscription records, in one transaction.
 //!
+//! # One record for a message with one delivery
+//! A message fanned out to several persistent sessions is stored once, in a record of its
+//! own, and each delivery record refers to it. The common case, one persistent subscriber,
+//! would write two records (and later remove two) for one message; instead the delivery's
+//! record carries the message (version 2 delivery record, `codec`) when the message and
+//! exactly one delivery of it are written in one commit (issue 24). A delivery that comes to
+//! refer to it in a later commit gives it a record of its own then, in that commit (its
+//! acknowledgement waits on that commit), so a message is always stored as long as one of its
+//! deliveries is. Version 1 delivery records (every store written before) read as before; an
+//! older broker opening a store with version 2 records drops those deliveries as unreadable
+//! (a downgrade loses queued messages).
+//!
 //! # Recovery
 //! Opening never trusts the file blindly: redb checks its pages, every record is decoded
 //! with the same validation as a packet from the network, records that fail are dropped and
@@ -210,6 +222,12 @@ struct Raw {
     subs: Vec<(u64, Subscription)>,
     deliveries: Vec<((u64, u64), DeliveryRec)>,
     messages: HashMap<u64, Message>,
+    /// Messages read from the delivery record carrying them (version 2): its key, and whether
+    /// the message has a record of its own too.
+    carried: HashMap<u64, ((u64, u64), bool)>,
+    /// Carried messages to give a record of their own (their carrying record is dropped,
+    /// other deliveries still refer to them).
+    spill: Vec<u64>,
     qos2: Vec<(u64, u16)>,
     retained: Vec<(String, Message, RetainSource)>,
     /// Keys of records to delete: unreadable, expired, or orphaned.
@@ -277,6 +295,8 @@ impl Store {
                 private_file(path).map_err(|error| StoreError::Io { path: path.to_owned(), error })?;
                 let db = Database::create(path).map_err(|e| db_err(e.into()))?;
                 write_back(&db, &raw).map_err(db_err)?;
+                // Every message now has a record of its own.
+                raw.carried.clear();
                 db
             }
         };
@@ -294,11 +314,11 @@ impl Store {
             written: AtomicU64::new(0),
             commit_seconds: Default::default(),
         });
-        let loaded = restore(&store, raw, report);
+        let (loaded, state) = restore(&store, raw, report);
         let writer = store.clone();
         let handle = std::thread::Builder::new()
             .name("warden-store".into())
-            .spawn(move || writer.run(db))
+            .spawn(move || writer.run(db, state))
             .map_err(|error| StoreError::Io { path: path.to_owned(), error })?;
         *store.writer.lock() = Some(handle);
         Ok((store, loaded))
@@ -349,11 +369,9 @@ impl Store {
         }
     }
 
-    fn run(self: Arc<Self>, db: Database) {
+    fn run(self: Arc<Self>, db: Database, mut state: State) {
         let mut unsynced = false;
         let mut failures = 0u32;
-        // Messages never written (see `Committed::unwritten`) until their drop is seen.
-        let mut unwritten = foldhash::HashSet::default();
         // Ops the last window held back (see `commit`): applied with the next window's, or
         // after a second at the latest when no other op comes.
         let mut held: Vec<PersistOp> = Vec::new();
@@ -385,17 +403,14 @@ impl Store {
             };
             let carry = loop {
                 let started = std::time::Instant::now();
-                match commit(&db, &held, &ops, w, &unwritten) {
-                    Ok(done) => {
+                match commit(&db, &held, &ops, w, &state) {
+                    Ok(mut done) => {
                         if done.wrote {
                             self.commit_seconds.observe(started.elapsed());
                             self.commits.fetch_add(1, Ordering::Relaxed);
                         }
                         self.written.fetch_add(done.written, Ordering::Relaxed);
-                        unwritten.extend(done.unwritten);
-                        for id in done.forgotten {
-                            unwritten.remove(&id);
-                        }
+                        state.apply(&mut done);
                         if failures > 0 {
                             info!(path = %self.path.display(), "store writes succeed again");
                         }
@@ -586,6 +601,49 @@ impl<'a> Net<'a> {
     }
 }
 
+/// A message stored inside the record of its one delivery (a version 2 delivery record,
+/// issue 24 lever 2) instead of a record of its own.
+struct Carried {
+    /// The message, to write again when its delivery's record is rewritten or another
+    /// delivery comes to refer to it (a `Weak`: the store must not keep it alive, its drop is
+    /// what removes it).
+    msg: std::sync::Weak<Message>,
+    /// The delivery whose record carries it.
+    owner: (u64, u64),
+    /// It has been given a record of its own too (another delivery referred to it).
+    spilled: bool,
+}
+
+/// What the writer knows beyond the file, across commits.
+#[derive(Default)]
+struct State {
+    /// Messages never written (see [`Committed::unwritten`]) until their drop is seen.
+    unwritten: foldhash::HashSet<u64>,
+    /// Messages carried by their delivery's record, until their drop is seen.
+    carried: foldhash::HashMap<u64, Carried>,
+}
+
+impl State {
+    /// Take in what a successful commit did.
+    fn apply(&mut self, done: &mut Committed) {
+        self.unwritten.extend(done.unwritten.drain(..));
+        for id in done.forgotten.drain(..) {
+            self.unwritten.remove(&id);
+        }
+        for (id, c) in done.carried.drain(..) {
+            self.carried.insert(id, c);
+        }
+        for id in done.spilled.drain(..) {
+            if let Some(c) = self.carried.get_mut(&id) {
+                c.spilled = true;
+            }
+        }
+        for id in done.uncarried.drain(..) {
+            self.carried.remove(&id);
+        }
+    }
+}
+
 /// What a commit did.
 #[derive(Default)]
 struct Committed {
@@ -600,6 +658,12 @@ struct Committed {
     held: Vec<usize>,
     /// Whether a write transaction was committed (false: nothing to write).
     wrote: bool,
+    /// Messages now carried by their one delivery's record.
+    carried: Vec<(u64, Carried)>,
+    /// Carried messages now given a record of their own.
+    spilled: Vec<u64>,
+    /// Carried messages whose drop was seen: forget them.
+    uncarried: Vec<u64>,
 }
 
 /// How [`commit`] treats a window.
@@ -644,8 +708,9 @@ fn commit(
     held: &[PersistOp],
     ops: &[PersistOp],
     w: Window,
-    unwritten: &foldhash::HashSet<u64>,
+    state: &State,
 ) -> Result<Committed, redb::Error> {
+    let (unwritten, carried) = (&state.unwritten, &state.carried);
     let clock = Clock::now();
     let mut net = Net::of(held, ops);
     let mut done = Committed::default();
@@ -664,7 +729,7 @@ fn commit(
             _ => true,
         });
         net.messages.retain(|id, (m, new, at)| match (*new, *at, m) {
-            (false, Some(i), None) if !unwritten.contains(id) => {
+            (false, Some(i), None) if !unwritten.contains(id) && !carried.contains_key(id) => {
                 done.held.push(i);
                 false
             }
@@ -683,6 +748,18 @@ fn commit(
         .filter(|(_, (m, _, _))| m.is_some_and(|m| Arc::strong_count(m) == 1))
         .map(|(id, _)| *id)
         .collect();
+    // Lever 2: a message new in this batch with exactly one delivery to write goes into that
+    // delivery's record (one insert, later one removal, instead of two each). A delivery
+    // that comes to refer to it later gives it a record of its own then (`spilled`).
+    let mut single: foldhash::HashMap<u64, ((u64, u64), u32)> = Default::default();
+    for (key, (d, _, _)) in &net.deliveries {
+        if let Some(PersistOp::Delivery { msg_id, .. }) = d {
+            if matches!(net.messages.get(msg_id), Some((Some(_), true, _))) && !dead.contains(msg_id) {
+                single.entry(*msg_id).or_insert((*key, 0)).1 += 1;
+            }
+        }
+    }
+    single.retain(|_, (_, n)| *n == 1);
     let nothing = net.ended.is_empty()
         && net.sessions.is_empty()
         && net.subs.is_empty()
@@ -695,14 +772,15 @@ fn commit(
         })
         && net.messages.iter().all(|(id, (m, new, _))| match m {
             Some(_) => dead.contains(id),
-            None => *new || unwritten.contains(id),
+            None => *new || unwritten.contains(id) || carried.get(id).is_some_and(|c| !c.spilled),
         });
     if nothing && w.skip_empty {
         for (id, (m, new, _)) in &net.messages {
             match m {
                 Some(_) => done.unwritten.push(*id),
-                None if !*new => done.forgotten.push(*id),
-                None => {}
+                None if *new => {}
+                None if carried.contains_key(id) => done.uncarried.push(*id),
+                None => done.forgotten.push(*id),
             }
         }
         return Ok(done);
@@ -742,6 +820,10 @@ fn commit(
         for (id, (m, new, _)) in &net.messages {
             match m {
                 Some(_) if dead.contains(id) => unwritten_now.push(*id),
+                Some(m) if single.contains_key(id) => {
+                    let owner = single[id].0;
+                    done.carried.push((*id, Carried { msg: Arc::downgrade(m), owner, spilled: false }));
+                }
                 Some(m) => {
                     codec::encode_message_into(m, clock, &mut mbuf);
                     count(8, &mbuf);
@@ -750,6 +832,12 @@ fn commit(
                 // Stored and dropped within this batch: nothing was ever on disk.
                 None if *new => {}
                 None if unwritten.contains(id) => forgotten.push(*id),
+                None if carried.contains_key(id) => {
+                    if carried[id].spilled {
+                        t.messages.remove(*id)?;
+                    }
+                    done.uncarried.push(*id);
+                }
                 None => {
                     t.messages.remove(*id)?;
                 }
@@ -765,7 +853,32 @@ fn commit(
                         stage: *stage,
                         sub_ids: sub_ids.clone(),
                     };
-                    codec::encode_delivery_into(&rec, &mut buf);
+                    match (single.get(msg_id), carried.get(msg_id)) {
+                        // The one delivery of a message new in this batch: it carries it.
+                        (Some(_), _) => {
+                            let Some((Some(m), _, _)) = net.messages.get(msg_id) else { unreachable!() };
+                            codec::encode_delivery_with_message_into(&rec, m, clock, &mut mbuf, &mut buf);
+                        }
+                        (None, Some(c)) => {
+                            // Held alive by a delivery in memory; if not, every delivery of it
+                            // is finished and this one's removal follows: nothing to write.
+                            let Some(m) = c.msg.upgrade() else { continue };
+                            if c.owner == *key {
+                                // The carrying record, rewritten (its stage changed).
+                                codec::encode_delivery_with_message_into(&rec, &m, clock, &mut mbuf, &mut buf);
+                            } else {
+                                // Another delivery refers to it: it gets a record of its own.
+                                if !c.spilled && !done.spilled.contains(msg_id) {
+                                    codec::encode_message_into(&m, clock, &mut mbuf);
+                                    count(8, &mbuf);
+                                    t.messages.insert(*msg_id, &mbuf[..])?;
+                                    done.spilled.push(*msg_id);
+                                }
+                                codec::encode_delivery_into(&rec, &mut buf);
+                            }
+                        }
+                        (None, None) => codec::encode_delivery_into(&rec, &mut buf),
+                    }
                     count(16, &buf);
                     t.deliveries.insert(*key, buf.as_slice())?;
                 }
@@ -892,7 +1005,24 @@ fn read_tables(db: &Database, clock: Clock, raw: &mut Raw, report: &mut Report) 
                 let key = k.value();
                 raw.max_id = raw.max_id.max(key.1);
                 match codec::decode_delivery(v.value()) {
-                    Ok(d) => raw.deliveries.push((key, d)),
+                    Ok((d, None)) => raw.deliveries.push((key, d)),
+                    Ok((d, Some(m))) => {
+                        // Ids are given from one counter: the carried message's counts too.
+                        raw.max_id = raw.max_id.max(d.msg_id);
+                        match codec::decode_message(m, clock) {
+                            Ok(Some(m)) => {
+                                let own = raw.messages.contains_key(&d.msg_id);
+                                raw.messages.entry(d.msg_id).or_insert(m);
+                                raw.carried.insert(d.msg_id, (key, own));
+                                raw.deliveries.push((key, d));
+                            }
+                            Ok(None) => raw.bad_deliveries.push(key), // expired
+                            Err(e) => {
+                                report.dropped.push(format!("delivery {}/{}: {e}", key.0, key.1));
+                                raw.bad_deliveries.push(key);
+                            }
+                        }
+                    }
                     Err(e) => {
                         report.dropped.push(format!("delivery {}/{}: {e}", key.0, key.1));
                         raw.bad_deliveries.push(key);
@@ -960,10 +1090,26 @@ impl Raw {
         let (keep, orphans): (Vec<_>, Vec<_>) = std::mem::take(&mut self.deliveries)
             .into_iter()
             .partition(|(k, d)| self.sessions.contains_key(&k.0) && self.messages.contains_key(&d.msg_id));
+        // A carried message whose carrying record is dropped but that other deliveries still
+        // refer to gets a record of its own (never written so: a second delivery gives it one
+        // in the commit that stores that delivery; but the file is input).
+        let dropped: std::collections::HashSet<(u64, u64)> = orphans.iter().map(|(k, _)| *k).collect();
+        let spill = &mut self.spill;
+        self.carried.retain(|id, (owner, own)| {
+            if !dropped.contains(owner) {
+                return true;
+            }
+            if !*own {
+                spill.push(*id);
+            }
+            false
+        });
         self.bad_deliveries.extend(orphans.into_iter().map(|(k, _)| k));
         self.deliveries = keep;
         let referenced: std::collections::HashSet<u64> = self.deliveries.iter().map(|(_, d)| d.msg_id).collect();
         let unreferenced: Vec<u64> = self.messages.keys().filter(|id| !referenced.contains(id)).copied().collect();
+        let messages = &self.messages;
+        self.spill.retain(|id| referenced.contains(id) && messages.contains_key(id));
         for id in unreferenced {
             self.messages.remove(&id);
             self.bad_messages.push(id);
@@ -1033,6 +1179,11 @@ fn remove_bad(db: &Database, raw: &Raw) -> Result<(), redb::Error> {
         for k in &raw.bad_deliveries {
             t.deliveries.remove(*k)?;
         }
+        for id in &raw.spill {
+            if let Some(m) = raw.messages.get(id) {
+                t.messages.insert(*id, codec::encode_message(m, clock).as_slice())?;
+            }
+        }
         for id in &raw.bad_messages {
             t.messages.remove(*id)?;
         }
@@ -1077,7 +1228,8 @@ fn write_back(db: &Database, raw: &Raw) -> Result<(), redb::Error> {
 }
 
 /// Turn what was read into broker state; messages shared by deliveries become one `Arc`.
-fn restore(store: &Arc<Store>, raw: Raw, mut report: Report) -> Loaded {
+/// Also the writer's [`State`]: which messages are carried by their delivery's record.
+fn restore(store: &Arc<Store>, raw: Raw, mut report: Report) -> (Loaded, State) {
     let clock = Clock::now();
     let sink: Arc<dyn Persist> = store.clone();
     let mut messages: HashMap<u64, Arc<Message>> = HashMap::new();
@@ -1108,6 +1260,12 @@ fn restore(store: &Arc<Store>, raw: Raw, mut report: Report) -> Loaded {
     for ds in per_session.values_mut() {
         requeue_after_gap(ds);
     }
+    let mut state = State::default();
+    for (id, (owner, spilled)) in raw.carried {
+        if let Some(m) = messages.get(&id) {
+            state.carried.insert(id, Carried { msg: Arc::downgrade(m), owner, spilled });
+        }
+    }
     let mut qos2: HashMap<u64, Vec<u16>> = HashMap::new();
     for (sid, pid) in raw.qos2 {
         qos2.entry(sid).or_default().push(pid);
@@ -1135,7 +1293,7 @@ fn restore(store: &Arc<Store>, raw: Raw, mut report: Report) -> Loaded {
     if !report.dropped.is_empty() {
         warn!(dropped = report.dropped.len(), "store: records dropped while loading");
     }
-    Loaded { sessions, retained, report }
+    (Loaded { sessions, retained, report }, state)
 }
 
 /// Keep a session's QoS 1 deliveries in the order they were sent. `ds` is in queue order
