@@ -849,3 +849,23 @@ fn issue_24_a_carried_message_outlives_its_dropped_carrier() {
         store.close();
     }
 }
+
+/// Issue 24: with a commit interval, windows start at most once per interval (what an
+/// acknowledgement waits on is committed all the same, only later).
+#[test]
+fn issue_24_a_commit_interval_paces_the_windows() {
+    let dir = tempfile::tempdir().unwrap();
+    let (store, _) = Store::open(&dir.path().join("state.redb"), Durability::Batched).unwrap();
+    store.set_commit_interval(Duration::from_millis(20));
+    let rt = tokio::runtime::Builder::new_current_thread().build().unwrap();
+    let started = Instant::now();
+    for i in 0..6u64 {
+        let t = store.submit(session(i + 1, "c"));
+        let t = t.max(store.submit(delivery(i + 1, 100 + i, 1, None, true)));
+        assert_ne!(t, 0);
+        rt.block_on(store.wait(t));
+    }
+    // Six windows, each after the one before by at least 20 ms.
+    assert!(started.elapsed() >= Duration::from_millis(100), "{:?}", started.elapsed());
+    store.close();
+}
