@@ -22,6 +22,10 @@
 //! - `None`: nothing waits; commits are not synced, and the file is made durable once a
 //!   second and at shutdown. A crash loses up to the last second.
 //!
+//! A commit window starts as soon as the commit before is done, or at most once per
+//! [`Store::set_commit_interval`] (`[persistence] commit_interval`): longer windows make fewer,
+//! larger commits, and let more deliveries finish before their window commits (issue 24).
+//!
 //! # Writes proportional to the change
 //! A session's subscriptions are records of their own, keyed by (session id, filter): a
 //! SUBSCRIBE or UNSUBSCRIBE writes the subscriptions it changes, never the whole session (a
