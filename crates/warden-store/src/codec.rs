@@ -10,7 +10,9 @@
 //!   in is the same as for a packet from the network: a damaged record fails to decode instead
 //!   of producing garbage.
 //! - delivery: `[1][msg id u64][qos u8][retain u8][stage u8: 0 queued, 1 await ack, 2 await comp]
-//!   [packet id u16][n u16][n × subscription id u32]` (big-endian).
+//!   [packet id u16][n u16][n × subscription id u32]` (big-endian). Version 2 (issue 24: the
+//!   one delivery of a message carries it, one record instead of two) is the same followed by
+//!   the message's own record (`[1][expires_at][PUBLISH]`); version 1 records stay readable.
 //! - session: `[2]` followed by JSON ([`SessionJson`]) without subscriptions: they are
 //!   records of their own. A version 1 session record (written before) holds its
 //!   subscriptions in its JSON (`subs`); it is read as it is, and the store moves them into
@@ -238,8 +240,25 @@ pub(crate) fn encode_delivery_into(d: &DeliveryRec, v: &mut Vec<u8>) {
     }
 }
 
-pub(crate) fn decode_delivery(b: &[u8]) -> Result<DeliveryRec, BadRecord> {
-    if b.len() < 16 || b[0] != V1 {
+/// A delivery record carrying its message (version 2): [`encode_delivery_into`] followed by
+/// the message record ([`encode_message_into`], through `mbuf`).
+pub(crate) fn encode_delivery_with_message_into(
+    d: &DeliveryRec,
+    m: &Message,
+    clock: Clock,
+    mbuf: &mut BytesMut,
+    v: &mut Vec<u8>,
+) {
+    encode_delivery_into(d, v);
+    v[0] = V2;
+    encode_message_into(m, clock, mbuf);
+    v.extend_from_slice(mbuf);
+}
+
+/// A delivery record of either version, with the bytes of the message record a version 2
+/// record carries (to [`decode_message`]).
+pub(crate) fn decode_delivery(b: &[u8]) -> Result<(DeliveryRec, Option<&[u8]>), BadRecord> {
+    if b.len() < 16 || (b[0] != V1 && b[0] != V2) {
         return Err(bad("unknown delivery record version or short record"));
     }
     let msg_id = u64::from_be_bytes(b[1..9].try_into().map_err(|_| bad("short"))?);
@@ -257,11 +276,14 @@ pub(crate) fn decode_delivery(b: &[u8]) -> Result<DeliveryRec, BadRecord> {
         _ => return Err(bad("delivery stage")),
     };
     let n = usize::from(u16::from_be_bytes([b[14], b[15]]));
-    if b.len() != 16 + 4 * n {
-        return Err(bad("delivery record length"));
-    }
-    let sub_ids = b[16..].chunks_exact(4).map(|c| u32::from_be_bytes([c[0], c[1], c[2], c[3]])).collect();
-    Ok(DeliveryRec { msg_id, qos, retain, stage, sub_ids })
+    let end = 16 + 4 * n;
+    let message = match b[0] {
+        V1 if b.len() == end => None,
+        V2 if b.len() > end => Some(&b[end..]),
+        _ => return Err(bad("delivery record length")),
+    };
+    let sub_ids = b[16..end].chunks_exact(4).map(|c| u32::from_be_bytes([c[0], c[1], c[2], c[3]])).collect();
+    Ok((DeliveryRec { msg_id, qos, retain, stage, sub_ids }, message))
 }
 
 #[derive(Serialize, Deserialize)]
@@ -530,10 +552,27 @@ mod tests {
             stage: Some((3, OutStage::AwaitComp)),
             sub_ids: vec![1, 2],
         });
-        let back = decode_delivery(&d).unwrap();
+        let (back, carried) = decode_delivery(&d).unwrap();
         assert_eq!((back.msg_id, back.stage, back.sub_ids), (7, Some((3, OutStage::AwaitComp)), vec![1, 2]));
+        assert!(carried.is_none());
         for cut in 0..d.len() {
             assert!(decode_delivery(&d[..cut]).is_err());
+        }
+        // Version 2 carries its message; cut anywhere in the delivery part, or with the
+        // message missing, it is refused; a damaged message fails when decoded.
+        let rec = DeliveryRec { msg_id: 7, qos: QoS::AtLeastOnce, retain: true, stage: None, sub_ids: vec![4] };
+        let (mut mbuf, mut d2) = (BytesMut::new(), Vec::new());
+        encode_delivery_with_message_into(&rec, &msg(None), c, &mut mbuf, &mut d2);
+        let (back, carried) = decode_delivery(&d2).unwrap();
+        assert_eq!((back.msg_id, back.retain, back.sub_ids), (7, true, vec![4]));
+        let m = decode_message(carried.unwrap(), c).unwrap().unwrap();
+        assert_eq!(&m.payload[..], &msg(None).payload[..]);
+        for cut in 0..=20 {
+            assert!(decode_delivery(&d2[..cut]).is_err(), "cut at {cut}");
+        }
+        for cut in 21..d2.len() {
+            let (_, carried) = decode_delivery(&d2[..cut]).unwrap();
+            assert!(decode_message(carried.unwrap(), c).is_err(), "cut at {cut}");
         }
         let mut bad_stage = d.clone();
         bad_stage[11] = 7;

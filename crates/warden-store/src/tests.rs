@@ -386,6 +386,11 @@ fn delivery(sid: u64, seq: u64, msg_id: u64, stage: Option<(u16, OutStage)>, new
     PersistOp::Delivery { sid, seq, msg_id, qos: QoS::AtLeastOnce, retain: false, sub_ids: vec![], stage, new }
 }
 
+/// A window as `sync` and `none` modes commit it (nothing held back, an empty commit made).
+const PLAIN: super::Window = super::Window { sync: true, hold: false, skip_empty: false };
+/// A window as `batched` mode commits it.
+const HOLD: super::Window = super::Window { sync: true, hold: true, skip_empty: true };
+
 fn table_len<K: redb::Key + 'static, V: redb::Value + 'static>(
     db: &redb::Database,
     t: redb::TableDefinition<K, V>,
@@ -399,14 +404,14 @@ fn table_len<K: redb::Key + 'static, V: redb::Value + 'static>(
 /// batch is committed is not written; what is still referred to is written as before.
 #[test]
 fn issue_24_what_is_done_within_one_commit_window_is_not_written() {
-    type HashSet<T> = foldhash::HashSet<T>;
+    let none = super::State::default();
     let dir = tempfile::tempdir().unwrap();
     let db = redb::Database::create(dir.path().join("net.redb")).unwrap();
     // Tables exist.
-    super::commit(&db, &[session(1, "c")], true, &HashSet::default()).unwrap();
+    super::commit(&db, &[], &[session(1, "c")], PLAIN, &none).unwrap();
 
-    // The message is still referred to (a fan-out delivery pending elsewhere): it is written;
-    // the finished delivery is not.
+    // The message is still referred to (fan-out deliveries pending): it is written; the
+    // finished delivery is not.
     let m = msg("a/b", b"payload");
     let ops = vec![
         PersistOp::Message { id: 10, msg: m.clone() },
@@ -414,19 +419,22 @@ fn issue_24_what_is_done_within_one_commit_window_is_not_written() {
         delivery(1, 11, 10, Some((1, OutStage::AwaitAck)), false),
         PersistOp::DeliveryDone { sid: 1, seq: 11 },
         delivery(1, 12, 10, None, true),
+        delivery(1, 13, 10, None, true),
     ];
-    let done = super::commit(&db, &ops, true, &HashSet::default()).unwrap();
+    let done = super::commit(&db, &[], &ops, PLAIN, &none).unwrap();
     assert!(done.unwritten.is_empty());
     assert_eq!(table_len(&db, super::MESSAGES), 1);
-    assert_eq!(table_len(&db, super::DELIVERIES), 1, "only the pending delivery 12");
+    assert_eq!(table_len(&db, super::DELIVERIES), 2, "only the pending deliveries 12 and 13");
 
     // A delivery stored earlier (not new) and finished now is removed.
-    let done = super::commit(&db, &[PersistOp::DeliveryDone { sid: 1, seq: 12 }], true, &HashSet::default()).unwrap();
+    let done = super::commit(&db, &[], &[PersistOp::DeliveryDone { sid: 1, seq: 12 }], PLAIN, &none).unwrap();
     assert_eq!(done.written, 0);
+    assert_eq!(table_len(&db, super::DELIVERIES), 1);
+    super::commit(&db, &[], &[PersistOp::DeliveryDone { sid: 1, seq: 13 }], PLAIN, &none).unwrap();
     assert_eq!(table_len(&db, super::DELIVERIES), 0);
     drop(ops);
     drop(m);
-    super::commit(&db, &[PersistOp::MessageDrop { id: 10 }], true, &HashSet::default()).unwrap();
+    super::commit(&db, &[], &[PersistOp::MessageDrop { id: 10 }], PLAIN, &none).unwrap();
     assert_eq!(table_len(&db, super::MESSAGES), 0);
 
     // Only the batch refers to the message: every delivery of it is gone from memory. Neither
@@ -436,17 +444,18 @@ fn issue_24_what_is_done_within_one_commit_window_is_not_written() {
         delivery(1, 21, 20, None, true),
         delivery(1, 21, 20, Some((2, OutStage::AwaitAck)), false),
     ];
-    let done = super::commit(&db, &ops, true, &HashSet::default()).unwrap();
+    let done = super::commit(&db, &[], &ops, PLAIN, &none).unwrap();
     assert_eq!((done.written, done.unwritten.clone()), (0, vec![20]));
     assert_eq!(table_len(&db, super::MESSAGES), 0);
     assert_eq!(table_len(&db, super::DELIVERIES), 0);
-    let unwritten: HashSet<u64> = done.unwritten.into_iter().collect();
-    let done = super::commit(&db, &[PersistOp::MessageDrop { id: 20 }], true, &unwritten).unwrap();
+    let (mut st, mut done) = (super::State::default(), done);
+    st.apply(&mut done);
+    let done = super::commit(&db, &[], &[PersistOp::MessageDrop { id: 20 }], PLAIN, &st).unwrap();
     assert_eq!(done.forgotten, vec![20]);
 
     // Stored and dropped within one batch: nothing.
     let ops = vec![PersistOp::Message { id: 30, msg: msg("a/b", b"x") }, PersistOp::MessageDrop { id: 30 }];
-    let done = super::commit(&db, &ops, true, &HashSet::default()).unwrap();
+    let done = super::commit(&db, &[], &ops, PLAIN, &none).unwrap();
     assert_eq!(done.written, 0);
     assert_eq!(table_len(&db, super::MESSAGES), 0);
 }
@@ -481,5 +490,382 @@ fn issue_24_finished_and_pending_deliveries_through_the_writer() {
     let seqs: Vec<u64> = s.deliveries.iter().map(|d| d.seq).collect();
     assert_eq!(seqs, kept.iter().map(|(s, _)| *s).collect::<Vec<_>>());
     assert!(s.deliveries.iter().all(|d| &d.msg.payload[..] == b"payload"));
+    store.close();
+}
+
+/// The stored stage of delivery `key`, None when there is no record.
+fn stored_stage(db: &redb::Database, key: (u64, u64)) -> Option<Option<(u16, OutStage)>> {
+    let txn = db.begin_read().unwrap();
+    let t = txn.open_table(super::DELIVERIES).unwrap();
+    let v = t.get(key).unwrap()?;
+    Some(super::codec::decode_delivery(v.value()).unwrap().0.stage)
+}
+
+/// The ops of `ops` at `at`, as the writer carries them into the next window.
+fn carried(ops: Vec<PersistOp>, at: &[usize]) -> Vec<PersistOp> {
+    ops.into_iter().enumerate().filter(|(i, _)| at.contains(i)).map(|(_, op)| op).collect()
+}
+
+/// Issue 24, lever 1: in `batched` mode what nobody waits on (a QoS 1 delivery's in-flight
+/// update, a delivery's or a message's removal) is held back one window and cancels against
+/// what follows it; what is waited on (a message, a queued delivery, QoS 2 state) never is.
+#[test]
+fn issue_24_held_back_records_cancel_in_the_next_window() {
+    let none = super::State::default();
+    let dir = tempfile::tempdir().unwrap();
+    let db = redb::Database::create(dir.path().join("hold.redb")).unwrap();
+    let m = msg("a/b", b"payload");
+    // Window 1: the message and its queued deliveries (what the PUBACK waits on) are written
+    // (two deliveries: the message has a record of its own).
+    let w1 = vec![
+        session(1, "c"),
+        PersistOp::Message { id: 10, msg: m.clone() },
+        delivery(1, 11, 10, None, true),
+        delivery(1, 12, 10, None, true),
+    ];
+    let done = super::commit(&db, &[], &w1, HOLD, &none).unwrap();
+    assert!(done.wrote && done.held.is_empty());
+    assert_eq!(stored_stage(&db, (1, 11)), Some(None));
+
+    // Window 2: the in-flight update alone is held back: no transaction at all.
+    let w2 = vec![delivery(1, 11, 10, Some((1, OutStage::AwaitAck)), false)];
+    let done = super::commit(&db, &[], &w2, HOLD, &none).unwrap();
+    assert_eq!((done.wrote, done.held.clone()), (false, vec![0]));
+    assert_eq!(stored_stage(&db, (1, 11)), Some(None), "still stored as queued");
+    let held = carried(w2, &done.held);
+
+    // Window 3: the subscriber's PUBACK: the held-back update and the removal cancel into one
+    // removal, itself held back (it is this window's): still nothing written.
+    let w3 = vec![PersistOp::DeliveryDone { sid: 1, seq: 11 }, PersistOp::DeliveryDone { sid: 1, seq: 12 }];
+    let done = super::commit(&db, &held, &w3, HOLD, &none).unwrap();
+    assert_eq!((done.wrote, done.held.clone()), (false, vec![0, 1]));
+    let held = carried(w3, &done.held);
+
+    // Window 4: the message's last reference is gone. The removal held back from window 3 is
+    // applied now (an op is held back once); the message's removal is held back in turn.
+    drop(w1);
+    drop(m);
+    let w4 = vec![PersistOp::MessageDrop { id: 10 }];
+    let done = super::commit(&db, &held, &w4, HOLD, &none).unwrap();
+    assert_eq!((done.wrote, done.held.clone()), (true, vec![0]));
+    assert_eq!(table_len(&db, super::DELIVERIES), 0);
+    assert_eq!(table_len(&db, super::MESSAGES), 1);
+    let held = carried(w4, &done.held);
+    // Window 5 (empty: the writer's one-second timeout, or closing): applied.
+    let done = super::commit(&db, &held, &[], HOLD, &none).unwrap();
+    assert!(done.wrote && done.held.is_empty());
+    assert_eq!(table_len(&db, super::MESSAGES), 0);
+
+    // A key new in its window is written with its latest state, in-flight update included (it
+    // costs the insert the queued delivery needs anyway): nothing is held back.
+    let m = msg("a/b", b"two");
+    let w = vec![
+        PersistOp::Message { id: 20, msg: m.clone() },
+        delivery(1, 21, 20, None, true),
+        delivery(1, 21, 20, Some((2, OutStage::AwaitAck)), false),
+    ];
+    let done = super::commit(&db, &[], &w, HOLD, &none).unwrap();
+    assert!(done.held.is_empty());
+    assert_eq!(stored_stage(&db, (1, 21)), Some(Some((2, OutStage::AwaitAck))));
+
+    // QoS 2 progress is waited on (exactly once): written in its window, never held back.
+    let q2 = |stage, new| PersistOp::Delivery {
+        sid: 1,
+        seq: 22,
+        msg_id: 20,
+        qos: QoS::ExactlyOnce,
+        retain: false,
+        sub_ids: vec![],
+        stage,
+        new,
+    };
+    super::commit(&db, &[], &[q2(None, true)], HOLD, &none).unwrap();
+    let done = super::commit(&db, &[], &[q2(Some((3, OutStage::AwaitAck)), false)], HOLD, &none).unwrap();
+    assert!(done.wrote && done.held.is_empty());
+    assert_eq!(stored_stage(&db, (1, 22)), Some(Some((3, OutStage::AwaitAck))));
+
+    // Not holding back (`sync` and `none` modes, or closing): applied in its window.
+    let done = super::commit(&db, &[], &[PersistOp::DeliveryDone { sid: 1, seq: 21 }], PLAIN, &none).unwrap();
+    assert!(done.wrote && done.held.is_empty());
+    assert_eq!(stored_stage(&db, (1, 21)), None);
+
+    // A session that ends takes what was held back for it along.
+    let held = vec![PersistOp::DeliveryDone { sid: 1, seq: 21 }];
+    let done = super::commit(&db, &held, &[PersistOp::SessionEnd { sid: 1 }], HOLD, &none).unwrap();
+    assert!(done.wrote && done.held.is_empty());
+    assert_eq!(table_len(&db, super::DELIVERIES), 0);
+    drop(m);
+}
+
+/// A restored delivery: sequence number, stage, payload.
+type Got<'a> = (u64, Option<(u16, OutStage)>, &'a [u8]);
+
+/// Issue 24, lever 1, the crash: what was held back is lost with the process. Opening the
+/// store then loses nothing the broker acknowledged: a delivery whose in-flight update was
+/// held back comes back queued (sent again under a new packet id), one whose removal was held
+/// back comes back (sent again: QoS 1 is at least once), and a later delivery stored in flight
+/// is queued again behind them so that the redelivery keeps the original order
+/// [MQTT-4.6.0-1].
+#[test]
+fn issue_24_a_crash_with_records_held_back_redelivers_in_order() {
+    let none = super::State::default();
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("state.redb");
+    let (m10, m20, m30) = (msg("a/b", b"ten"), msg("a/b", b"twenty"), msg("a/b", b"thirty"));
+    {
+        let db = redb::Database::create(&path).unwrap();
+        let w1 = vec![
+            session(1, "c"),
+            PersistOp::Message { id: 10, msg: m10.clone() },
+            delivery(1, 11, 10, None, true),
+            PersistOp::Message { id: 20, msg: m20.clone() },
+            delivery(1, 12, 20, None, true),
+        ];
+        super::commit(&db, &[], &w1, HOLD, &none).unwrap();
+        let w2 = vec![
+            delivery(1, 11, 10, Some((1, OutStage::AwaitAck)), false),
+            delivery(1, 12, 20, Some((2, OutStage::AwaitAck)), false),
+            PersistOp::DeliveryDone { sid: 1, seq: 12 },
+            PersistOp::Message { id: 30, msg: m30.clone() },
+            delivery(1, 13, 30, None, true),
+            delivery(1, 13, 30, Some((3, OutStage::AwaitAck)), false),
+        ];
+        let done = super::commit(&db, &[], &w2, HOLD, &none).unwrap();
+        assert_eq!(done.held, vec![0, 2]);
+        assert_eq!(stored_stage(&db, (1, 13)), Some(Some((3, OutStage::AwaitAck))));
+        // kill -9: the held-back ops never reach the file.
+    }
+    let (store, loaded) = Store::open(&path, Durability::Batched).unwrap();
+    assert!(loaded.report.dropped.is_empty(), "{:?}", loaded.report.dropped);
+    let s = &loaded.sessions[0];
+    let got: Vec<Got> = s.deliveries.iter().map(|d| (d.seq, d.stage, &d.msg.payload[..])).collect();
+    assert_eq!(got, vec![(11, None, &b"ten"[..]), (12, None, &b"twenty"[..]), (13, None, &b"thirty"[..])]);
+    store.close();
+}
+
+/// Only QoS 1 deliveries after a queued QoS 1 delivery are queued again; QoS 2 keeps its
+/// packet id (exactly once), and an in-flight prefix keeps its ids (sent again with DUP).
+#[test]
+fn issue_24_requeue_after_gap_keeps_qos2_and_the_in_flight_prefix() {
+    let m = msg("a/b", b"x");
+    let d = |seq, qos, stage| warden_core::persist::RestoredDelivery {
+        seq,
+        msg: m.clone(),
+        qos,
+        retain: false,
+        sub_ids: vec![],
+        stage,
+    };
+    let ack = |pid| Some((pid, OutStage::AwaitAck));
+    let mut ds = vec![
+        d(1, QoS::AtLeastOnce, ack(1)),
+        d(2, QoS::AtLeastOnce, None),
+        d(3, QoS::ExactlyOnce, ack(3)),
+        d(4, QoS::AtLeastOnce, ack(4)),
+        d(5, QoS::AtLeastOnce, None),
+    ];
+    super::requeue_after_gap(&mut ds);
+    let stages: Vec<_> = ds.iter().map(|d| d.stage).collect();
+    assert_eq!(stages, vec![ack(1), None, ack(3), None, None]);
+}
+
+/// Whether the stored record of delivery `key` carries its message (version 2).
+fn carries(db: &redb::Database, key: (u64, u64)) -> bool {
+    let txn = db.begin_read().unwrap();
+    let t = txn.open_table(super::DELIVERIES).unwrap();
+    let v = t.get(key).unwrap().unwrap();
+    super::codec::decode_delivery(v.value()).unwrap().1.is_some()
+}
+
+/// Issue 24, lever 2: the one delivery of a message carries it (one insert, later one
+/// removal); a delivery that refers to it later gives it a record of its own; the carrying
+/// record keeps it when rewritten; its drop removes what it has.
+#[test]
+fn issue_24_one_delivery_carries_its_message() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = redb::Database::create(dir.path().join("carry.redb")).unwrap();
+    let mut st = super::State::default();
+    let run = |st: &mut super::State, held: &[PersistOp], ops: &[PersistOp], w| {
+        let mut done = super::commit(&db, held, ops, w, st).unwrap();
+        st.apply(&mut done);
+        done
+    };
+    // As the core gives ids: the delivery's sequence number first, then the message's.
+    let m = msg("a/b", b"carried");
+    let w1 = vec![session(1, "c"), PersistOp::Message { id: 12, msg: m.clone() }, delivery(1, 11, 12, None, true)];
+    run(&mut st, &[], &w1, HOLD);
+    assert_eq!((table_len(&db, super::MESSAGES), table_len(&db, super::DELIVERIES)), (0, 1));
+    assert!(carries(&db, (1, 11)));
+    assert!(st.carried.contains_key(&12));
+
+    // The carrying record rewritten (its in-flight update, not held back) keeps the message.
+    run(&mut st, &[], &[delivery(1, 11, 12, Some((1, OutStage::AwaitAck)), false)], PLAIN);
+    assert!(carries(&db, (1, 11)));
+    assert_eq!(stored_stage(&db, (1, 11)), Some(Some((1, OutStage::AwaitAck))));
+
+    // A second delivery of it, in a later window: the message gets a record of its own then.
+    run(&mut st, &[], &[delivery(1, 13, 12, None, true)], HOLD);
+    assert_eq!(table_len(&db, super::MESSAGES), 1);
+    assert!(!carries(&db, (1, 13)));
+    assert!(st.carried[&12].spilled);
+
+    // Both done, then the message's drop: its own record is removed, the state forgotten.
+    let done = [PersistOp::DeliveryDone { sid: 1, seq: 11 }, PersistOp::DeliveryDone { sid: 1, seq: 13 }];
+    run(&mut st, &[], &done, PLAIN);
+    drop(w1);
+    drop(m);
+    run(&mut st, &[], &[PersistOp::MessageDrop { id: 12 }], HOLD);
+    assert_eq!((table_len(&db, super::MESSAGES), table_len(&db, super::DELIVERIES)), (0, 0));
+    assert!(st.carried.is_empty());
+
+    // Never spilled: the drop is no removal, and alone in its window commits nothing.
+    let m = msg("a/b", b"again");
+    let w = vec![PersistOp::Message { id: 22, msg: m.clone() }, delivery(1, 21, 22, None, true)];
+    run(&mut st, &[], &w, HOLD);
+    run(&mut st, &[], &[PersistOp::DeliveryDone { sid: 1, seq: 21 }], PLAIN);
+    drop(w);
+    drop(m);
+    let done = run(&mut st, &[], &[PersistOp::MessageDrop { id: 22 }], HOLD);
+    assert!(!done.wrote && done.held.is_empty());
+    assert!(st.carried.is_empty());
+}
+
+/// Lever 2 across restarts: a carried message comes back with its delivery, its id is not
+/// given again, and a rewrite of the carrying record after the restart still carries it
+/// (the writer learns from the file which records carry their message).
+#[test]
+fn issue_24_a_carried_message_survives_restarts_and_rewrites() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("state.redb");
+    let (store, _) = Store::open(&path, Durability::Batched).unwrap();
+    let sink: Arc<dyn Persist> = store.clone();
+    store.submit(session(1, "c"));
+    let m = msg("a/b", b"kept");
+    let seq = sink.next_id();
+    let id = m.stored_id(&sink);
+    assert!(id > seq);
+    store.submit(delivery(1, seq, id, None, true));
+    store.close();
+    drop((store, sink, m));
+
+    let (store, loaded) = Store::open(&path, Durability::Batched).unwrap();
+    assert!(loaded.report.dropped.is_empty(), "{:?}", loaded.report.dropped);
+    assert!(store.next_id() > id, "ids are unique across restarts");
+    let d = &loaded.sessions[0].deliveries[0];
+    assert_eq!((d.seq, &d.msg.payload[..]), (seq, &b"kept"[..]));
+    // Sent after the restart: the carrying record is rewritten with its packet id.
+    store.submit(delivery(1, seq, id, Some((4, OutStage::AwaitAck)), false));
+    store.close();
+    drop(store);
+    drop(loaded);
+
+    let (store, loaded) = Store::open(&path, Durability::Batched).unwrap();
+    assert!(loaded.report.dropped.is_empty(), "{:?}", loaded.report.dropped);
+    let d = &loaded.sessions[0].deliveries[0];
+    assert_eq!((d.seq, d.stage, &d.msg.payload[..]), (seq, Some((4, OutStage::AwaitAck)), &b"kept"[..]));
+    store.close();
+}
+
+/// A store written before lever 2 (every message in a record of its own, version 1 delivery
+/// records) opens as it is, and what it holds keeps working.
+#[test]
+fn issue_24_a_store_without_carried_messages_still_opens() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("state.redb");
+    {
+        let db = redb::Database::create(&path).unwrap();
+        let txn = db.begin_write().unwrap();
+        {
+            let mut t = super::Tables::open(&txn).unwrap();
+            let m = msg("a/b", b"old");
+            let c = super::codec::Clock::now();
+            let rec = super::codec::DeliveryRec {
+                msg_id: 8,
+                qos: QoS::AtLeastOnce,
+                retain: false,
+                stage: Some((2, OutStage::AwaitAck)),
+                sub_ids: vec![],
+            };
+            let s = match session(1, "c") {
+                PersistOp::Session(r) => r,
+                _ => unreachable!(),
+            };
+            t.sessions.insert(1, super::codec::encode_session(&s, c).as_slice()).unwrap();
+            t.messages.insert(8, super::codec::encode_message(&m, c).as_slice()).unwrap();
+            t.deliveries.insert((1, 7), super::codec::encode_delivery(&rec).as_slice()).unwrap();
+        }
+        txn.commit().unwrap();
+    }
+    let (store, loaded) = Store::open(&path, Durability::Batched).unwrap();
+    assert!(loaded.report.dropped.is_empty(), "{:?}", loaded.report.dropped);
+    let d = &loaded.sessions[0].deliveries[0];
+    assert_eq!((d.seq, d.stage, &d.msg.payload[..]), (7, Some((2, OutStage::AwaitAck)), &b"old"[..]));
+    store.submit(PersistOp::DeliveryDone { sid: 1, seq: 7 });
+    store.close();
+    drop(store);
+    drop(loaded);
+    let (store, loaded) = Store::open(&path, Durability::Batched).unwrap();
+    assert!(loaded.sessions[0].deliveries.is_empty());
+    store.close();
+}
+
+/// The file is input: a carried message whose carrying record is dropped at opening (its
+/// session is gone) while another delivery still refers to it gets a record of its own, so
+/// it survives the next restart too.
+#[test]
+fn issue_24_a_carried_message_outlives_its_dropped_carrier() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("state.redb");
+    {
+        let db = redb::Database::create(&path).unwrap();
+        let txn = db.begin_write().unwrap();
+        {
+            let mut t = super::Tables::open(&txn).unwrap();
+            let c = super::codec::Clock::now();
+            let rec = super::codec::DeliveryRec {
+                msg_id: 9,
+                qos: QoS::AtLeastOnce,
+                retain: false,
+                stage: None,
+                sub_ids: vec![],
+            };
+            let s = match session(1, "c") {
+                PersistOp::Session(r) => r,
+                _ => unreachable!(),
+            };
+            t.sessions.insert(1, super::codec::encode_session(&s, c).as_slice()).unwrap();
+            let (mut mbuf, mut v) = (bytes::BytesMut::new(), Vec::new());
+            super::codec::encode_delivery_with_message_into(&rec, &msg("a/b", b"shared"), c, &mut mbuf, &mut v);
+            t.deliveries.insert((2, 5), v.as_slice()).unwrap(); // session 2 does not exist
+            t.deliveries.insert((1, 6), super::codec::encode_delivery(&rec).as_slice()).unwrap();
+        }
+        txn.commit().unwrap();
+    }
+    for _ in 0..2 {
+        let (store, loaded) = Store::open(&path, Durability::Batched).unwrap();
+        assert!(loaded.report.dropped.is_empty(), "{:?}", loaded.report.dropped);
+        let d = &loaded.sessions[0].deliveries;
+        assert_eq!((d.len(), d[0].seq, &d[0].msg.payload[..]), (1, 6, &b"shared"[..]));
+        store.close();
+    }
+}
+
+/// Issue 24: with a commit interval, windows start at most once per interval (what an
+/// acknowledgement waits on is committed all the same, only later).
+#[test]
+fn issue_24_a_commit_interval_paces_the_windows() {
+    let dir = tempfile::tempdir().unwrap();
+    let (store, _) = Store::open(&dir.path().join("state.redb"), Durability::Batched).unwrap();
+    store.set_commit_interval(Duration::from_millis(20));
+    let rt = tokio::runtime::Builder::new_current_thread().build().unwrap();
+    let started = Instant::now();
+    for i in 0..6u64 {
+        let t = store.submit(session(i + 1, "c"));
+        let t = t.max(store.submit(delivery(i + 1, 100 + i, 1, None, true)));
+        assert_ne!(t, 0);
+        rt.block_on(store.wait(t));
+    }
+    // Six windows, each after the one before by at least 20 ms.
+    assert!(started.elapsed() >= Duration::from_millis(100), "{:?}", started.elapsed());
     store.close();
 }

@@ -137,6 +137,7 @@ fn open_store(cfg: &Config) -> crate::Result<(Arc<Store>, warden_store::Loaded)>
     };
     let started = Instant::now();
     let (store, loaded) = Store::open(&path, durability).map_err(crate::Error::Store)?;
+    store.set_commit_interval(cfg.persistence.commit_interval);
     let r = &loaded.report;
     info!(
         path = %path.display(),
