@@ -82,14 +82,14 @@ pub struct PersistenceConfig {
     /// What an acknowledgement waits for: `"sync"`, `"batched"` (default) or `"none"`.
     #[serde(default)]
     pub durability: DurabilityMode,
-    /// Least time between the starts of two store commits: `"0ms"` (default: a commit starts
-    /// as soon as the one before is done and a change is queued), at most 1 s. Each commit
+    /// Least time between the starts of two store commits: `"1ms"` by default, `"0ms"` (a
+    /// commit starts as soon as the one before is done and a change is queued), at most 1 s. Each commit
     /// then collects more changes, and a message its subscriber acknowledged before the commit
     /// is not written at all: with the store on a fast device (tmpfs) at 100k durable msg/s,
     /// `"1ms"` halved the broker's CPU per message (docs/PERFORMANCE.md, "Durable QoS 1"). The
     /// price: a PUBACK/PUBREC that waits on the store may wait up to this much longer. No
     /// effect when commits take longer anyway (a disk's fsync).
-    #[serde(default, deserialize_with = "de_commit_interval")]
+    #[serde(default = "default_commit_interval", deserialize_with = "de_commit_interval")]
     pub commit_interval: Duration,
 }
 
@@ -97,9 +97,17 @@ fn yes() -> bool {
     true
 }
 
+fn default_commit_interval() -> Duration {
+    DEFAULT_COMMIT_INTERVAL
+}
+
 impl Default for PersistenceConfig {
     fn default() -> Self {
-        PersistenceConfig { enabled: true, durability: DurabilityMode::Batched, commit_interval: Duration::ZERO }
+        PersistenceConfig {
+            enabled: true,
+            durability: DurabilityMode::Batched,
+            commit_interval: DEFAULT_COMMIT_INTERVAL,
+        }
     }
 }
 
@@ -2510,6 +2518,9 @@ fn narrow<T: TryFrom<u64>, E: de::Error>(v: u64) -> Result<T, E> {
 fn de_max_packet_size<'de, D: Deserializer<'de>>(d: D) -> Result<u32, D::Error> {
     narrow(de_size(d, "max_packet_size", 64, MQTT_MAX_PACKET_SIZE.into())?)
 }
+/// `[persistence] commit_interval` by default (issue 24: docs/persistence.md).
+const DEFAULT_COMMIT_INTERVAL: Duration = Duration::from_millis(1);
+
 fn de_commit_interval<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
     let v = de_duration(d, "commit_interval", Duration::ZERO)?;
     if v > Duration::from_secs(1) {
@@ -2641,13 +2652,19 @@ mod tests {
         Config::parse(text, Path::new(FILE))
     }
 
-    /// Issue 24: `[persistence] commit_interval`, 0 by default, at most 1 s.
+    /// Issue 24: `[persistence] commit_interval`, 1 ms by default, 0 allowed, at most 1 s.
     #[test]
-    fn persistence_commit_interval_defaults_to_zero_and_is_bounded() {
+    fn persistence_commit_interval_defaults_to_1ms_and_is_bounded() {
         let base = "[[listener]]\nbind = \"127.0.0.1:0\"\n";
-        assert_eq!(parse(base).unwrap().persistence.commit_interval, Duration::ZERO);
-        let cfg = parse(&format!("{base}[persistence]\ncommit_interval = \"1ms\"\n")).unwrap();
-        assert_eq!(cfg.persistence.commit_interval, Duration::from_millis(1));
+        assert_eq!(parse(base).unwrap().persistence.commit_interval, Duration::from_millis(1));
+        assert_eq!(
+            parse(&format!("{base}[persistence]\nenabled = true\n")).unwrap().persistence.commit_interval,
+            Duration::from_millis(1)
+        );
+        let cfg = parse(&format!("{base}[persistence]\ncommit_interval = \"0ms\"\n")).unwrap();
+        assert_eq!(cfg.persistence.commit_interval, Duration::ZERO);
+        let cfg = parse(&format!("{base}[persistence]\ncommit_interval = \"5ms\"\n")).unwrap();
+        assert_eq!(cfg.persistence.commit_interval, Duration::from_millis(5));
         assert_eq!(cfg.persistence.durability, DurabilityMode::Batched);
         let err = parse(&format!("{base}[persistence]\ncommit_interval = \"2s\"\n")).unwrap_err().to_string();
         assert!(err.contains("commit_interval must be at most 1s"), "{err}");
