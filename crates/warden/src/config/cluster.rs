@@ -43,9 +43,12 @@ pub(super) struct RawCluster {
     /// lost. `"1s"` to `"300s"`. Default `"25s"`.
     #[serde(default = "default_publish_timeout")]
     publish_timeout: Spanned<String>,
-    /// How long a CONNECT waits for the client registry before CONNACK 0x88: long enough for
-    /// a bucket's leader to be elected after a NATS server is lost (NATS: 4 to 9 s). `"1s"` to
-    /// `"60s"`. Default `"12s"`.
+    /// How long the cluster's client registry may be away and still count as a leader
+    /// election (NATS elects 4 to 9 s after a server is lost): meanwhile a CONNECT whose client
+    /// id no other node holds is granted on a replica's copy of the registry (written once the
+    /// bucket has a leader again), and other CONNECTs wait for it; once the registry has been
+    /// away for longer (no quorum), CONNECTs get CONNACK 0x88 (Server unavailable) after one
+    /// short try (docs/cluster.md, "Provisional claims"). `"1s"` to `"60s"`. Default `"12s"`.
     #[serde(default = "default_connect_patience")]
     connect_patience: Spanned<String>,
 }
