@@ -247,6 +247,10 @@ mod tests {
         let b = buf.clone();
         let sub = tracing_subscriber::fmt().json().with_writer(move || b.clone()).finish();
         tracing::subscriber::with_default(sub, || {
+            // The audit callsite is shared with tests on other threads: one of them may have
+            // registered it while only the global (no-op) dispatcher was there, caching
+            // "never" after this default was set (tracing's interest cache race). Ask again.
+            tracing::callsite::rebuild_interest_cache();
             let mut r = record("ban.add", "203.0.113.7", 5);
             r.detail = json!({"kind": "ip"});
             r.result = "refused".into();

@@ -501,7 +501,11 @@ mod tests {
         let buf = warden_testkit::LogBuf::default();
         let b = buf.clone();
         let sub = tracing_subscriber::fmt().json().with_writer(move || b.clone()).finish();
-        tracing::subscriber::with_default(sub, f);
+        tracing::subscriber::with_default(sub, || {
+            // Shared callsites (other tests' threads): see audit_log's test.
+            tracing::callsite::rebuild_interest_cache();
+            f()
+        });
         let text = buf.text();
         text.lines().map(|l| serde_json::from_str(l).unwrap()).collect()
     }
