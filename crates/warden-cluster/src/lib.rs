@@ -381,6 +381,7 @@ impl Cluster {
             retained_rx,
             stats.clone(),
             cluster.retained_pending.clone(),
+            broker.clone(),
         ));
         let task = Task {
             retained_out,
@@ -1606,7 +1607,8 @@ impl Retained {
         let mut msgs = c.messages().await?;
         while let Some(m) = msgs.next().await {
             let m = m?;
-            self.apply(&m.message.payload);
+            let seq = m.info().map_or(0, |i| i.stream_sequence);
+            self.apply(&m.message.payload, seq);
             if m.info().is_ok_and(|i| i.pending == 0) {
                 self.ready.store(true, Ordering::Release); // caught up
             }
@@ -1622,7 +1624,7 @@ impl Retained {
     /// it is in the stream. Another node's is kept unless a message of this node on the same
     /// topic is still on its way to the stream: that one comes later in the stream's order,
     /// and replaces it everywhere (read-your-writes here, and no node keeps the older one).
-    fn apply(&self, payload: &[u8]) {
+    fn apply(&self, payload: &[u8], seq: u64) {
         let Some((origin, n, record)) = envelope::unwrap(payload) else {
             self.stats.malformed.fetch_add(1, Ordering::Relaxed);
             return;
@@ -1633,8 +1635,15 @@ impl Retained {
                 msg.origin = None;
                 let topic = msg.topic.clone();
                 let pending = &self.pending;
-                if self.broker.retain_from_peer_if(&Arc::new(msg), source, || !pending.waits(topic.as_str())) {
+                let msg = Arc::new(msg);
+                let mut waited = false;
+                if self.broker.retain_from_peer_if(&msg, source.clone(), || {
+                    waited = pending.waits(topic.as_str());
+                    !waited
+                }) {
                     self.stats.retained_in.fetch_add(1, Ordering::Relaxed);
+                } else if waited {
+                    pending.set_aside(msg, source, seq);
                 }
             }
             // Expired on the way: this node's own is out of the stream's way all the same.
@@ -1694,10 +1703,22 @@ async fn lease(cluster: Arc<Cluster>) {
 /// the last one (numbers grow with every retained message of this node's run). While a topic
 /// has one, other nodes' messages of that topic read from the stream are older than it there,
 /// and are not kept ([`Retained::apply`]).
+///
+/// Another node's message read while one of this node's is on its way is set aside with its
+/// stream sequence, not dropped: the stream keeps one message per subject, so this node's may
+/// be deleted from the stream by that newer one before this node reads it back (its echo never
+/// comes). When this node's is stored, its acknowledgement's sequence decides: the message set
+/// aside is kept if it came later in the stream ([`PendingRetained::stored`]).
 #[derive(Default)]
 struct PendingRetained {
     last: std::sync::Mutex<(u64, HashMap<Box<str>, u64>)>,
+    /// By topic: the latest other node's message read while this node's waited, with its
+    /// stream sequence.
+    aside: std::sync::Mutex<HashMap<Box<str>, SetAside>>,
 }
+
+/// Another node's retained message set aside: its stream sequence, the message, its source.
+type SetAside = (u64, Arc<Message>, RetainSource);
 
 impl PendingRetained {
     /// A retained message of `topic` leaves this node: its number.
@@ -1728,6 +1749,43 @@ impl PendingRetained {
     fn waits(&self, topic: &str) -> bool {
         self.last.lock().unwrap_or_else(|e| e.into_inner()).1.contains_key(topic)
     }
+
+    /// Set another node's message (stream sequence `seq`) aside while this node's waits: the
+    /// later in the stream of the two kept.
+    fn set_aside(&self, msg: Arc<Message>, source: RetainSource, seq: u64) {
+        let mut aside = self.aside.lock().unwrap_or_else(|e| e.into_inner());
+        match aside.get(msg.topic.as_str()) {
+            Some((s, _, _)) if *s >= seq => {}
+            _ => {
+                aside.insert(msg.topic.as_str().into(), (seq, msg, source));
+            }
+        }
+    }
+
+    /// This node's message `n` of `topic` is in the stream at sequence `seq`: it is done, and
+    /// another node's message set aside meanwhile that came later in the stream is returned, to
+    /// keep (an earlier one is dropped: this node's replaced it).
+    fn stored(&self, topic: &str, n: u64, seq: u64) -> Option<(Arc<Message>, RetainSource)> {
+        self.done(topic, n);
+        // A later message of this node still on its way decides when it is stored.
+        let still = self.waits(topic);
+        let mut aside = self.aside.lock().unwrap_or_else(|e| e.into_inner());
+        match aside.get(topic) {
+            Some((s, _, _)) if *s > seq && still => None,
+            Some((s, _, _)) if *s > seq => aside.remove(topic).map(|(_, m, src)| (m, src)),
+            Some(_) => {
+                aside.remove(topic);
+                None
+            }
+            None => None,
+        }
+    }
+
+    /// This node's message of `topic` will never be in the stream: what was set aside is kept.
+    fn given_up(&self, topic: &str, n: u64) -> Option<(Arc<Message>, RetainSource)> {
+        self.done(topic, n);
+        self.aside.lock().unwrap_or_else(|e| e.into_inner()).remove(topic).map(|(_, m, src)| (m, src))
+    }
 }
 
 /// A retained message for [`store_retained`].
@@ -1754,7 +1812,17 @@ async fn store_retained(
     mut rx: mpsc::UnboundedReceiver<RetainedOut>,
     stats: Arc<ClusterStats>,
     pending: Arc<PendingRetained>,
+    broker: Arc<Broker>,
 ) {
+    // Another node's message set aside while this node's waited, kept now (see PendingRetained).
+    let keep = |aside: Option<(Arc<Message>, RetainSource)>| {
+        if let Some((m, source)) = aside {
+            let topic = m.topic.clone();
+            if broker.retain_from_peer_if(&m, source, || !pending.waits(topic.as_str())) {
+                stats.retained_in.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+    };
     let mut stream_ok = false;
     let mut queue: std::collections::VecDeque<RetainedOut> = std::collections::VecDeque::new();
     loop {
@@ -1781,18 +1849,19 @@ async fn store_retained(
                 let publish = async_nats::jetstream::message::PublishMessage::build()
                     .payload(out.payload.clone())
                     .message_id(&out.msg_id);
-                js.send_publish(out.subject.clone(), publish).await?.await?;
-                Ok::<(), Box<dyn std::error::Error + Send + Sync>>(())
+                let ack = js.send_publish(out.subject.clone(), publish).await?.await?;
+                Ok::<u64, Box<dyn std::error::Error + Send + Sync>>(ack.sequence)
             }
             .await;
             match stored {
-                Ok(()) => {
+                Ok(seq) => {
                     stats.retained_out.fetch_add(1, Ordering::Relaxed);
+                    keep(pending.stored(&out.topic, out.n, seq));
                     break;
                 }
                 Err(e) if tokio::time::Instant::now() >= deadline => {
                     stats.dropped.fetch_add(1, Ordering::Relaxed);
-                    pending.done(&out.topic, out.n);
+                    keep(pending.given_up(&out.topic, out.n));
                     tracing::warn!(error = %e, "cluster: a retained message could not be stored in JetStream; the other nodes do not have it");
                     break;
                 }
@@ -2072,4 +2141,62 @@ async fn keep_durable(
     }
     stats.dropped.fetch_add(1, Ordering::Relaxed);
     false
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn retained(topic: &str, body: &str) -> Arc<Message> {
+        Arc::new(Message {
+            topic: mqtt_codec::TopicName::new(topic).unwrap(),
+            payload: Bytes::from(body.to_owned()),
+            qos: mqtt_codec::QoS::AtMostOnce,
+            retain: true,
+            properties: None,
+            expires_at: None,
+            origin: None,
+            persisted: Default::default(),
+        })
+    }
+
+    /// The stream keeps one message per subject: this node's may be deleted by another
+    /// node's newer one before this node reads it back. The acknowledgement's sequence
+    /// decides which of the two this node keeps (the CI flake of
+    /// `concurrent_retained_writes_on_two_nodes_converge_to_the_streams_last`).
+    #[test]
+    fn another_nodes_retained_message_set_aside_is_kept_when_it_is_later_in_the_stream() {
+        let p = PendingRetained::default();
+        let n = p.sent("t");
+        assert!(p.waits("t"));
+        // Another node's at sequence 11, read while this node's waits: set aside.
+        p.set_aside(retained("t", "b-1"), RetainSource::Broker, 11);
+        // An older one of it does not replace it.
+        p.set_aside(retained("t", "b-0"), RetainSource::Broker, 9);
+        // This node's stored at 10: the one at 11 is later, kept.
+        let kept = p.stored("t", n, 10).expect("the later message is kept");
+        assert_eq!(kept.0.payload, Bytes::from("b-1"));
+        assert!(!p.waits("t"));
+
+        // This node's stored at 20, after another node's at 15: this node's stays.
+        let n = p.sent("t");
+        p.set_aside(retained("t", "b-2"), RetainSource::Broker, 15);
+        assert!(p.stored("t", n, 20).is_none());
+        assert!(p.aside.lock().unwrap().is_empty(), "nothing left aside");
+
+        // Given up (never stored): what was set aside is kept.
+        let n = p.sent("t");
+        p.set_aside(retained("t", "b-3"), RetainSource::Broker, 30);
+        assert_eq!(p.given_up("t", n).expect("kept").0.payload, Bytes::from("b-3"));
+
+        // A newer message of this node still waits after an older one is stored.
+        let n1 = p.sent("t");
+        let n2 = p.sent("t");
+        p.set_aside(retained("t", "b-4"), RetainSource::Broker, 40);
+        assert!(p.stored("t", n1, 39).is_none(), "n2 is still on its way: it decides");
+        assert!(p.waits("t"));
+        assert!(p.stored("t", n2, 41).is_none(), "n2 came after b-4");
+        assert!(!p.waits("t"));
+        assert!(p.aside.lock().unwrap().is_empty());
+    }
 }
