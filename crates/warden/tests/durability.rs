@@ -11,7 +11,7 @@ use std::sync::mpsc::Receiver;
 use std::time::Duration;
 
 use mqtt_codec::{Packet, Protocol, PubAck, QoS};
-use warden_testkit::{connect_packet, connected, publish, Recv};
+use warden_testkit::{connect_packet, connected, publish, RawClient, Recv};
 
 const BIN: &str = env!("CARGO_BIN_EXE_warden");
 
@@ -77,6 +77,38 @@ impl Drop for Proc {
     }
 }
 
+/// QoS 1 messages `0, 1, 2, …` (their number as payload) published in windows of 50 packet
+/// ids: which were acknowledged, which are in flight (packet id → number), the next number.
+#[derive(Default)]
+struct Windows {
+    acked: BTreeSet<u32>,
+    in_window: HashMap<u16, u32>,
+    next: u32,
+}
+
+impl Windows {
+    /// Send one window of 50 messages on `topic`.
+    async fn send(&mut self, p: &mut RawClient, topic: &str) {
+        for _ in 0..50 {
+            let pid = (self.next % 60_000 + 1) as u16;
+            self.in_window.insert(pid, self.next);
+            p.send(&publish(topic, QoS::AtLeastOnce, pid, self.next.to_string().as_bytes())).await;
+            self.next += 1;
+        }
+    }
+
+    /// Send windows, each acknowledged in full before the next, until `n` are acknowledged.
+    async fn acknowledged_until(&mut self, p: &mut RawClient, topic: &str, n: usize) {
+        while self.acked.len() < n {
+            self.send(p, topic).await;
+            while !self.in_window.is_empty() {
+                let pid = puback_id(p.recv().await).expect("PUBACK");
+                self.acked.insert(self.in_window.remove(&pid).expect("acknowledged a packet id in flight"));
+            }
+        }
+    }
+}
+
 fn puback_id(r: Recv) -> Option<u16> {
     match r {
         Recv::Packet(Packet::PubAck(a)) if a.reason_code.is_success() => Some(a.packet_id),
@@ -104,32 +136,15 @@ async fn kill_9_under_load_loses_no_acknowledged_message() {
     assert_eq!(puback_id(p.recv().await), Some(1));
 
     // Publish in windows of 50 and kill the broker mid-stream, with a window unacknowledged.
-    let mut acked = BTreeSet::new();
-    let mut in_window: HashMap<u16, u32> = HashMap::new();
-    let mut next = 0u32;
+    let mut w = Windows::default();
     let killed_after = 3000;
-    while acked.len() < killed_after {
-        for _ in 0..50 {
-            let pid = (next % 60_000 + 1) as u16;
-            in_window.insert(pid, next);
-            p.send(&publish("load/m", QoS::AtLeastOnce, pid, next.to_string().as_bytes())).await;
-            next += 1;
-        }
-        while !in_window.is_empty() {
-            let pid = puback_id(p.recv().await).expect("PUBACK");
-            acked.insert(in_window.remove(&pid).expect("acknowledged a packet id in flight"));
-        }
-    }
+    w.acknowledged_until(&mut p, "load/m", killed_after).await;
     // One more window in flight, then SIGKILL while the broker is working on it.
-    for _ in 0..50 {
-        let pid = (next % 60_000 + 1) as u16;
-        in_window.insert(pid, next);
-        p.send(&publish("load/m", QoS::AtLeastOnce, pid, next.to_string().as_bytes())).await;
-        next += 1;
-    }
+    w.send(&mut p, "load/m").await;
     if let Some(pid) = puback_id(p.recv_within(Duration::from_millis(200)).await) {
-        acked.insert(in_window.remove(&pid).unwrap());
+        w.acked.insert(w.in_window.remove(&pid).unwrap());
     }
+    let (acked, next) = (w.acked, w.next);
     let old_log = broker.kill9();
     assert!(!old_log.iter().any(|l| l.contains("panicked")), "{old_log:?}");
 
@@ -200,30 +215,13 @@ async fn kill_9_with_an_online_subscriber_loses_no_acknowledged_message() {
             let _ = stopped.await;
         });
         let (mut p, _) = connected(broker.addr, connect_packet(Protocol::V311, "live-pub", true)).await;
-        let mut acked = BTreeSet::new();
-        let mut in_window: HashMap<u16, u32> = HashMap::new();
-        let mut next = 0u32;
-        while acked.len() < 3000 {
-            for _ in 0..50 {
-                let pid = (next % 60_000 + 1) as u16;
-                in_window.insert(pid, next);
-                p.send(&publish("live/m", QoS::AtLeastOnce, pid, next.to_string().as_bytes())).await;
-                next += 1;
-            }
-            while !in_window.is_empty() {
-                let pid = puback_id(p.recv().await).expect("PUBACK");
-                acked.insert(in_window.remove(&pid).expect("acknowledged a packet id in flight"));
-            }
-        }
-        for _ in 0..50 {
-            let pid = (next % 60_000 + 1) as u16;
-            in_window.insert(pid, next);
-            p.send(&publish("live/m", QoS::AtLeastOnce, pid, next.to_string().as_bytes())).await;
-            next += 1;
-        }
+        let mut w = Windows::default();
+        w.acknowledged_until(&mut p, "live/m", 3000).await;
+        w.send(&mut p, "live/m").await;
         while let Some(pid) = puback_id(p.recv_within(Duration::from_millis(20)).await) {
-            acked.insert(in_window.remove(&pid).unwrap());
+            w.acked.insert(w.in_window.remove(&pid).unwrap());
         }
+        let (acked, next) = (w.acked, w.next);
         let old_log = broker.kill9();
         assert!(!old_log.iter().any(|l| l.contains("panicked")), "{old_log:?}");
         drop(stop);
