@@ -670,15 +670,7 @@ impl Cluster {
             match reg.write_claim(&claim, revision).await {
                 Ok(_) => {
                     self.claims_answered();
-                    let now = {
-                        let mut st = p.state.lock().unwrap_or_else(|e| e.into_inner());
-                        st.settled = true;
-                        st.want
-                    };
-                    if now != want {
-                        // Ended while the write was on its way: as its release would.
-                        reg.release(&id, conn, if let Want::Kept(t) = now { Some(t) } else { None }).await;
-                    }
+                    settle(&p, &reg, &id, conn, want).await;
                     tracing::debug!("cluster: a provisional claim is in the registry");
                     return;
                 }
@@ -695,15 +687,8 @@ impl Cluster {
                     match registry::after_conflict(&self.node, conn, found.as_ref().map(|(c, r)| (c, *r)), now_s) {
                         registry::AfterConflict::Retry(r) => revision = r,
                         registry::AfterConflict::Ours => {
-                            // Written by an earlier try; a release since goes the usual way.
-                            let now = {
-                                let mut st = p.state.lock().unwrap_or_else(|e| e.into_inner());
-                                st.settled = true;
-                                st.want
-                            };
-                            if now != Want::Live {
-                                reg.release(&id, conn, if let Want::Kept(t) = now { Some(t) } else { None }).await;
-                            }
+                            // Written (live) by an earlier try whose answer was lost.
+                            settle(&p, &reg, &id, conn, Want::Live).await;
                             return;
                         }
                         registry::AfterConflict::Yield => break,
@@ -1654,6 +1639,20 @@ impl Retained {
                 tracing::debug!(error = %e, "cluster: a retained message from another node did not decode");
             }
         }
+    }
+}
+
+/// A provisional claim is in the registry as `written`: a release goes the usual way from now
+/// on, and one that came while the write was on its way (the connection ended, its session
+/// kept or not) is done now, as it would have been.
+async fn settle(p: &Provisional, reg: &Registry, id: &str, conn: u64, written: Want) {
+    let now = {
+        let mut st = p.state.lock().unwrap_or_else(|e| e.into_inner());
+        st.settled = true;
+        st.want
+    };
+    if now != written {
+        reg.release(id, conn, if let Want::Kept(t) = now { Some(t) } else { None }).await;
     }
 }
 
