@@ -504,7 +504,13 @@ fn serve(config: Option<PathBuf>, log_format: Option<LogFormat>) -> anyhow::Resu
         Ok(_) => {}
         Err(e) => warn!(error = %e, "cannot raise the file descriptor limit"),
     }
-    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    let mut rt = tokio::runtime::Builder::new_multi_thread();
+    // `worker_threads`: one per core unless the configuration says (TOKIO_WORKER_THREADS, which
+    // tokio reads, still applies when it does not).
+    if let Some(n) = cfg.worker_threads {
+        rt.worker_threads(n.get());
+    }
+    let rt = rt.enable_all().build()?;
     rt.block_on(async move {
         let server = Server::start(&cfg).await?;
         banner(&server, &cfg, embedded, admin_password.as_deref(), admin_token.as_deref());
@@ -539,7 +545,8 @@ fn banner(server: &Server, cfg: &Config, embedded: bool, admin_password: Option<
         Some(p) => p.display().to_string(),
         None => "embedded default configuration".to_string(),
     };
-    info!(config = %source, data_dir = %cfg.data_dir.display(), "{}", warden_core::broker::VERSION);
+    let workers = tokio::runtime::Handle::current().metrics().num_workers();
+    info!(config = %source, data_dir = %cfg.data_dir.display(), worker_threads = workers, "{}", warden_core::broker::VERSION);
     for l in &server.listeners {
         match l.protocol {
             ListenerProtocol::Mqtt => info!("listening: mqtt://{}", l.addr),

@@ -978,6 +978,9 @@ fn restart_only_changes(running: &Config, new: &Config) -> Vec<String> {
     if running.data_dir != new.data_dir {
         out.push("data_dir".to_owned());
     }
+    if running.worker_threads != new.worker_threads {
+        out.push("worker_threads".to_owned());
+    }
     if running.auth != new.auth {
         out.push("[auth]".to_owned());
     }
@@ -1034,6 +1037,9 @@ mod tests {
         assert!(super::restart_only_changes(&running, &new).is_empty());
         new.log.level = "debug".into();
         assert_eq!(super::restart_only_changes(&running, &new), vec!["[log]".to_string()]);
+        let mut new = running.clone();
+        new.worker_threads = std::num::NonZeroUsize::new(1);
+        assert_eq!(super::restart_only_changes(&running, &new), vec!["worker_threads".to_string()]);
     }
 
     /// Issue 17 (smaller ones): a data_dir the broker creates is the owner's only (0700).

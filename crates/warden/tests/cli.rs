@@ -448,3 +448,68 @@ fn check_explain_answers_for_certificates_tokens_and_roles() {
     assert!(line.contains("store:ops/read"), "{line}");
     run(&["--role", "ops", "subscribe", "secrets/#"], 1);
 }
+
+/// Issue 24: `worker_threads` sets the threads that run connections (the start-up log shows
+/// the number tokio runs with); a real client (rumqttc) is served by a one-thread broker, and
+/// without the key the broker runs one per core.
+#[tokio::test]
+async fn worker_threads_sets_the_runtime_and_a_one_thread_broker_serves_clients() {
+    async fn start(extra: &str) -> (std::process::Child, std::net::SocketAddr, usize, tempfile::TempDir) {
+        let dir = tempfile::tempdir().unwrap();
+        let cfg = dir.path().join("w.toml");
+        std::fs::write(
+            &cfg,
+            format!(
+                "{extra}data_dir = \"{}\"\n[[listener]]\nbind = \"127.0.0.1:0\"\n[auth]\nallow_anonymous = true\n",
+                dir.path().join("data").display()
+            ),
+        )
+        .unwrap();
+        let mut child = Command::new(BIN)
+            .args(["serve", "--config", cfg.to_str().unwrap()])
+            .stderr(Stdio::piped())
+            .stdout(Stdio::null())
+            .spawn()
+            .unwrap();
+        let rx = warden_testkit::stderr_lines(&mut child);
+        let mut workers = None;
+        let addr = loop {
+            let line = rx.recv_timeout(Duration::from_secs(20)).expect("broker prints its listen address");
+            if let Some(n) = line.split("worker_threads=").nth(1) {
+                workers = n.split(|c: char| !c.is_ascii_digit()).next().and_then(|d| d.parse().ok());
+            }
+            if let Some(rest) = line.split("listening: mqtt://").nth(1) {
+                break rest.trim().parse::<std::net::SocketAddr>().unwrap();
+            }
+        };
+        (child, addr, workers.expect("the start-up line names worker_threads"), dir)
+    }
+
+    let (mut one, addr, workers, _dir) = start("worker_threads = 1\n").await;
+    assert_eq!(workers, 1);
+    let mut opts = rumqttc::MqttOptions::new("wt-one", addr.ip().to_string(), addr.port());
+    opts.set_keep_alive(Duration::from_secs(30));
+    let (client, mut events) = rumqttc::AsyncClient::new(opts, 10);
+    client.subscribe("t/one", rumqttc::QoS::AtLeastOnce).await.unwrap();
+    let got = tokio::time::timeout(Duration::from_secs(20), async {
+        loop {
+            match events.poll().await.unwrap() {
+                rumqttc::Event::Incoming(rumqttc::Packet::SubAck(_)) => {
+                    client.publish("t/one", rumqttc::QoS::AtLeastOnce, false, "hello").await.unwrap();
+                }
+                rumqttc::Event::Incoming(rumqttc::Packet::Publish(p)) => break p,
+                _ => {}
+            }
+        }
+    })
+    .await
+    .expect("the message comes back through the one-thread broker");
+    assert_eq!((got.topic.as_str(), &got.payload[..]), ("t/one", &b"hello"[..]));
+    one.kill().unwrap();
+    one.wait().unwrap();
+
+    let (mut default, _, workers, _dir2) = start("").await;
+    assert_eq!(workers, std::thread::available_parallelism().map_or(1, |n| n.get()), "one per core by default");
+    default.kill().unwrap();
+    default.wait().unwrap();
+}

@@ -18,6 +18,7 @@ pub use watch::WatchConfig;
 use std::collections::HashMap;
 use std::fmt;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::num::NonZeroUsize;
 use std::ops::Range;
 use std::path::{Component, Path, PathBuf};
 use std::time::Duration;
@@ -69,6 +70,8 @@ pub struct Config {
     pub enroll: EnrollConfig,
     /// `[watch]`: the behaviour watch (docs/watch.md); off by default.
     pub watch: WatchConfig,
+    /// `worker_threads`: the threads that run connections; `None`: one per core.
+    pub worker_threads: Option<NonZeroUsize>,
 }
 
 /// `[persistence]`.
@@ -1746,6 +1749,7 @@ impl Config {
             limits: raw.limits,
             persistence: raw.persistence,
             watch: raw.watch,
+            worker_threads: raw.worker_threads,
             log,
             source: Some(path.to_path_buf()),
             secrets,
@@ -1903,6 +1907,7 @@ impl Config {
             cluster: None,
             enroll: EnrollConfig::default(),
             watch: WatchConfig::default(),
+            worker_threads: None,
             log: LogConfig::default(),
             source: None,
             secrets: Vec::new(),
@@ -2035,6 +2040,14 @@ struct RawConfig {
     enroll: Option<enroll::RawEnroll>,
     #[serde(default)]
     watch: WatchConfig,
+    #[serde(default, deserialize_with = "de_worker_threads")]
+    worker_threads: Option<NonZeroUsize>,
+}
+
+/// `worker_threads` (top level): 1 to 1024.
+fn de_worker_threads<'de, D: Deserializer<'de>>(d: D) -> Result<Option<NonZeroUsize>, D::Error> {
+    let n = narrow(de_int(d, "worker_threads", 1, 1024)?)?;
+    Ok(NonZeroUsize::new(n))
 }
 
 #[derive(Deserialize)]
@@ -2717,6 +2730,22 @@ mod tests {
     fn with_limits(body: &str) -> String {
         // Lines 1-2 listener, line 3 [limits], body starts on line 4.
         format!("{LISTENER}[limits]\n{body}\n")
+    }
+
+    #[test]
+    fn worker_threads_defaults_to_one_per_core_and_is_bounded() {
+        assert_eq!(parse(LISTENER).unwrap().worker_threads, None);
+        assert_eq!(Config::embedded_default().worker_threads, None);
+        let c = parse(&format!("worker_threads = 1\n{LISTENER}")).unwrap();
+        assert_eq!(c.worker_threads, NonZeroUsize::new(1));
+        assert_eq!(
+            parse(&format!("worker_threads = 1024\n{LISTENER}")).unwrap().worker_threads,
+            NonZeroUsize::new(1024)
+        );
+        fails_at(&format!("data_dir = \"d\"\nworker_threads = 0\n{LISTENER}"), 2, "worker_threads");
+        fails_at(&format!("worker_threads = 1025\n{LISTENER}"), 1, "worker_threads");
+        fails_at(&format!("worker_threads = -2\n{LISTENER}"), 1, "worker_threads");
+        fails_at(&format!("worker_threads = \"two\"\n{LISTENER}"), 1, "worker_threads");
     }
 
     #[test]

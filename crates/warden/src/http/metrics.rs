@@ -98,6 +98,10 @@ impl Metrics {
         let load = |c: &std::sync::atomic::AtomicU64| c.load(Ordering::Relaxed);
         let mut o = Out(String::with_capacity(8 * 1024));
 
+        if let Ok(rt) = tokio::runtime::Handle::try_current() {
+            o.family("warden_runtime_worker_threads", "gauge", "Threads that run connections (`worker_threads`).");
+            o.sample("warden_runtime_worker_threads", &[], rt.metrics().num_workers());
+        }
         o.family("warden_connections", "gauge", "Network connections open now, by listener.");
         for l in &self.listeners {
             o.sample("warden_connections", &[("listener", &l.label())], l.open.listener.load(Ordering::Relaxed));
