@@ -27,6 +27,7 @@ mod authz;
 mod botnet;
 mod compromised;
 mod fleet;
+mod floor;
 mod idle;
 mod output;
 mod proto;
@@ -98,6 +99,14 @@ enum Command {
         common: Common,
         #[command(flatten)]
         load: Load,
+    },
+    /// Not a load: the fleet scenario's floor, a one-thread MQTT 3.1.1 forwarder that does only
+    /// what every broker must (read, acknowledge, match, forward; no security, no session), to
+    /// run the fleet generator against (docs/PERFORMANCE.md, "The floor"). Runs until killed.
+    FloorBroker {
+        /// Address to listen on (port 0: any; the address is printed on stderr).
+        #[arg(long, default_value = "127.0.0.1:0")]
+        bind: std::net::SocketAddr,
     },
     /// C idle connections: connects/s and broker RSS per connection.
     Idle {
@@ -644,6 +653,7 @@ fn run(cli: Cli) -> Result<()> {
             };
             (common, Scenario::Fleet(p))
         }
+        Command::FloorBroker { bind } => return floor::run(bind),
         Command::Idle { common, connections, concurrency, hold, source_addrs, tls_ca, cert, key, server_name } => {
             let tls = match tls_ca {
                 None => None,
