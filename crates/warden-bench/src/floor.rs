@@ -367,7 +367,7 @@ mod tests {
         assert_eq!(frame(&[0x30, 2, 0]), None);
         assert_eq!(frame(&[0x30, 2, 0, 0]), Some((0x30, 2, 4)));
         let mut long = vec![0x30, 0x80, 0x01];
-        long.extend(std::iter::repeat(0).take(128));
+        long.extend(std::iter::repeat_n(0, 128));
         assert_eq!(frame(&long), Some((0x30, 3, 131)));
         let mut out = Vec::new();
         put_len(&mut out, 128);
