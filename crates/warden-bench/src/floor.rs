@@ -13,7 +13,9 @@
 //! route: no broker can go below it on the same machine.
 //!
 //! A measuring tool, not a broker: it trusts its input (a malformed packet closes that
-//! connection) and holds everything in memory.
+//! connection) and holds everything in memory. Its framing is hand-written rather than
+//! `mqtt-codec`'s on purpose: the floor must not carry a full decoder's validation and
+//! properties, only the bytes any broker has to look at (type, length, topic, packet id).
 
 use std::collections::HashMap;
 use std::io::{ErrorKind, Read, Write};
