@@ -810,7 +810,6 @@ impl Broker {
         }
         st.conn = None;
         s.set_connected(false);
-        inc_gauge(&self.stats.clients_connected, -1);
         st.disconnected_at = Some(Moment::new(self.origin, now));
         if st.expiry_interval == 0 {
             drop(st);
@@ -826,6 +825,8 @@ impl Broker {
             if let Some(w) = will {
                 self.publish_will(s, w, owner, now);
             }
+            // Last: a client counted gone has its session ended and its will published.
+            inc_gauge(&self.stats.clients_connected, -1);
             return;
         }
         let mut publish_now = None;
@@ -844,6 +845,9 @@ impl Broker {
         if let Some(w) = publish_now {
             self.publish_will(s, w, owner, now);
         }
+        // Last: a client counted gone has its will published or pending, and its session is
+        // among those housekeeping (`tick`) looks at.
+        inc_gauge(&self.stats.clients_connected, -1);
     }
 
     /// Housekeeping: remove expired retained messages, publish due wills and end expired
