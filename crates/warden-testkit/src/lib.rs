@@ -347,3 +347,21 @@ pub fn stderr_lines(child: &mut std::process::Child) -> std::sync::mpsc::Receive
     });
     rx
 }
+
+/// Read `log` (from [`stderr_lines`]) up to the broker's `listening: mqtt://ADDR` line: that
+/// address, and the lines before it. Panics when no such line comes within `timeout` of the
+/// last one.
+pub fn mqtt_listen_address(
+    log: &std::sync::mpsc::Receiver<String>,
+    timeout: std::time::Duration,
+) -> (std::net::SocketAddr, Vec<String>) {
+    let mut before = Vec::new();
+    loop {
+        let line = log.recv_timeout(timeout).unwrap_or_else(|_| panic!("no listen address; the log: {before:?}"));
+        if let Some(rest) = line.split("listening: mqtt://").nth(1) {
+            let addr = rest.trim().parse().unwrap_or_else(|e| panic!("listen address {rest:?}: {e}"));
+            return (addr, before);
+        }
+        before.push(line);
+    }
+}

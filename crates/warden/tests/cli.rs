@@ -135,12 +135,7 @@ async fn real_process_serves_reloads_on_sighup_and_stops_on_sigterm() {
         .spawn()
         .unwrap();
     let rx = warden_testkit::stderr_lines(&mut child);
-    let addr = loop {
-        let line = rx.recv_timeout(Duration::from_secs(20)).expect("broker prints its listen address");
-        if let Some(rest) = line.split("listening: mqtt://").nth(1) {
-            break rest.trim().parse::<std::net::SocketAddr>().unwrap();
-        }
-    };
+    let (addr, _) = warden_testkit::mqtt_listen_address(&rx, Duration::from_secs(20));
     let login = |user: &str, pw: &str| {
         let mut c = connect_packet(Protocol::V5, "cli-test", true);
         c.username = Some(user.into());
@@ -472,17 +467,13 @@ async fn worker_threads_sets_the_runtime_and_a_one_thread_broker_serves_clients(
             .spawn()
             .unwrap();
         let rx = warden_testkit::stderr_lines(&mut child);
-        let mut workers = None;
-        let addr = loop {
-            let line = rx.recv_timeout(Duration::from_secs(20)).expect("broker prints its listen address");
-            if let Some(n) = line.split("worker_threads=").nth(1) {
-                workers = n.split(|c: char| !c.is_ascii_digit()).next().and_then(|d| d.parse().ok());
-            }
-            if let Some(rest) = line.split("listening: mqtt://").nth(1) {
-                break rest.trim().parse::<std::net::SocketAddr>().unwrap();
-            }
-        };
-        (child, addr, workers.expect("the start-up line names worker_threads"), dir)
+        let (addr, before) = warden_testkit::mqtt_listen_address(&rx, Duration::from_secs(20));
+        let workers = before
+            .iter()
+            .find_map(|l| l.split("worker_threads=").nth(1))
+            .and_then(|n| n.split(|c: char| !c.is_ascii_digit()).next()?.parse().ok())
+            .expect("the start-up line names worker_threads");
+        (child, addr, workers, dir)
     }
 
     let (mut one, addr, workers, _dir) = start("worker_threads = 1\n").await;

@@ -49,14 +49,7 @@ impl Proc {
             .spawn()
             .unwrap();
         let log = warden_testkit::stderr_lines(&mut child);
-        let mut early = Vec::new();
-        let addr = loop {
-            let line = log.recv_timeout(Duration::from_secs(30)).expect("broker prints its listen address");
-            if let Some(rest) = line.split("listening: mqtt://").nth(1) {
-                break rest.trim().parse().unwrap();
-            }
-            early.push(line);
-        };
+        let (addr, early) = warden_testkit::mqtt_listen_address(&log, Duration::from_secs(30));
         Proc { child, addr, log, early }
     }
 

@@ -67,12 +67,7 @@ fn start(dir: &std::path::Path, users: &[&str]) -> Broker {
         .spawn()
         .unwrap();
     let log = warden_testkit::stderr_lines(&mut child);
-    let addr = loop {
-        let line = log.recv_timeout(Duration::from_secs(30)).expect("broker prints its listen address");
-        if let Some(rest) = line.split("listening: mqtt://").nth(1) {
-            break rest.trim().parse().unwrap();
-        }
-    };
+    let (addr, _) = warden_testkit::mqtt_listen_address(&log, Duration::from_secs(30));
     Broker { child, addr }
 }
 
